@@ -1,0 +1,34 @@
+"""What every benchmark shares: a table on stdout and JSON in build/bench/."""
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent.parent / "build" / "bench"
+
+
+def report(name: str, rows: list[dict], notes: str = "") -> Path:
+    """Print `rows` as a table and write them with machine facts to build/bench/<name>.json."""
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    cells = [[_fmt(row.get(c, "")) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    print(f"\n== {name} ==")
+    if notes:
+        print(notes)
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths)))
+    for r in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(r, widths)))
+    BENCH_DIR.mkdir(parents=True, exist_ok=True)
+    path = BENCH_DIR / f"{name}.json"
+    path.write_text(json.dumps({"benchmark": name, "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                "machine": platform.platform(), "notes": notes, "rows": rows}, indent=2))
+    print(f"-> {path}")
+    return path
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)

@@ -1,0 +1,1 @@
+"""Amaranth HDL: the engines, the overlay top and its AXI interfaces."""

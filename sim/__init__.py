@@ -1,0 +1,1 @@
+"""Hardware in simulators: cocotb benches and the RTL backend of the driver."""

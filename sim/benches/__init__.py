@@ -1,0 +1,1 @@
+"""cocotb test modules. Each is run by `sim.runner.run_bench` on generated Verilog."""

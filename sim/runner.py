@@ -1,0 +1,94 @@
+"""Run a cocotb bench on generated Verilog, from Python (pytest, the CLI, the driver)."""
+from __future__ import annotations
+
+import json
+import os
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from pathlib import Path
+
+from sim.toolchain import icarus_available, setup_verilator_env
+
+REPO = Path(__file__).resolve().parent.parent
+BUILD = REPO / "build"
+BENCHES = Path(__file__).resolve().parent / "benches"
+
+# Amaranth's Verilog trips width lints that are harmless in generated code;
+# the lint check in the test suite (not the simulation build) is where they are judged.
+VERILATOR_BUILD_ARGS = ["-Wno-fatal", "-Wno-WIDTHEXPAND", "-Wno-WIDTHTRUNC", "-O3"]
+
+
+def waves_requested() -> bool:
+    """Waveforms on demand: SAM2FPGA_WAVES=1 (or `--waves` on the CLI / pytest)."""
+    return os.environ.get("SAM2FPGA_WAVES", "") not in ("", "0")
+
+
+class BenchFailed(AssertionError):
+    """A cocotb bench reported failing tests."""
+
+
+@dataclass
+class BenchResult:
+    build_dir: Path
+    results_xml: Path
+    passed: int
+    failed: int
+    waves: Path | None
+    reports: list[dict]   # what the bench passed to sim.benches.report.write_report
+
+
+def run_bench(verilog: Path | list[Path], toplevel: str, bench_module: str, *,
+              name: str | None = None, simulator: str = "verilator",
+              waves: bool | None = None, extra_env: dict[str, str] | None = None,
+              testcase: str | None = None, seed: int | None = None) -> BenchResult:
+    """Build `verilog` and run the cocotb tests in `sim.benches.<bench_module>`.
+
+    `extra_env` reaches the bench through os.environ (how benches get their
+    parameters). Raises BenchFailed when any cocotb test fails.
+    """
+    from cocotb_tools.runner import get_runner
+
+    waves = waves_requested() if waves is None else waves
+    sources = [verilog] if isinstance(verilog, (str, Path)) else list(verilog)
+    if simulator == "verilator":
+        setup_verilator_env()
+        build_args = list(VERILATOR_BUILD_ARGS)
+    elif simulator == "icarus":
+        if not icarus_available():
+            raise RuntimeError("icarus requested but iverilog/vvp are not on PATH")
+        build_args = []
+    else:
+        raise ValueError(f"unknown simulator {simulator!r} (verilator, icarus)")
+
+    build_dir = BUILD / "sim" / (name or toplevel) / simulator
+    runner = get_runner(simulator)
+    runner.build(sources=sources, hdl_toplevel=toplevel, build_dir=build_dir,
+                 build_args=build_args, waves=waves, timescale=("1ns", "1ps"),
+                 log_file=build_dir / "build.log")
+    report = build_dir / "report.jsonl"
+    report.unlink(missing_ok=True)
+    env = {"PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+           "BENCH_REPORT": str(report), **(extra_env or {})}
+    results = runner.test(test_module=f"sim.benches.{bench_module}", hdl_toplevel=toplevel,
+                          build_dir=build_dir, test_dir=build_dir, extra_env=env,
+                          waves=waves, testcase=testcase, seed=seed,
+                          log_file=build_dir / "test.log")
+    passed, failed = _count_results(Path(results))
+    wave_file = next(iter(sorted(build_dir.glob("*.vcd")) + sorted(build_dir.glob("*.fst"))), None)
+    reports = [json.loads(line) for line in report.read_text().splitlines()] if report.exists() else []
+    result = BenchResult(build_dir, Path(results), passed, failed, wave_file if waves else None, reports)
+    if failed or not passed:
+        raise BenchFailed(f"{bench_module} on {toplevel}: {passed} passed, {failed} failed "
+                          f"(log: {build_dir / 'test.log'})")
+    return result
+
+
+def _count_results(xml_path: Path) -> tuple[int, int]:
+    root = ET.parse(xml_path).getroot()
+    passed = failed = 0
+    for case in root.iter("testcase"):
+        if case.find("failure") is not None or case.find("error") is not None:
+            failed += 1
+        elif case.find("skipped") is None:
+            passed += 1
+    return passed, failed

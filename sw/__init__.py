@@ -1,0 +1,1 @@
+"""Host side: compiler, driver and backends, CLI."""

@@ -1,0 +1,66 @@
+"""`sam2fpga`: the project's one command line.
+
+Each subcommand lives in its own module under `sw/commands/` with two names:
+`add_arguments(parser)` and `run(args) -> int`. Add a module and list it in
+COMMANDS to add a subcommand; imports are lazy so `--help` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# subcommand -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo": ("sw.commands.demo", "run the most complete path the project has, end to end"),
+    "toolchain": ("sw.commands.toolchain", "show which simulators and FPGA tools this machine has"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sam2fpga",
+        description="SAM 2 on Zynq FPGAs: golden model, hardware generation, simulation, drivers.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(_module=module)
+        importlib.import_module(module).add_arguments(p)
+    return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("sam2-fpga")
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    module = importlib.import_module(args._module)
+    try:
+        return int(module.run(args) or 0)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except UsageError as e:
+        parser.error(str(e))  # exits 2
+    except CommandError as e:
+        print(f"sam2fpga {args.command}: error: {e}", file=sys.stderr)
+        return 1
+
+
+class UsageError(Exception):
+    """Arguments that parse but make no sense together: usage error, exit 2."""
+
+
+class CommandError(Exception):
+    """A clear, expected failure (missing tool, bad file): message, exit 1."""
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""One module per `sam2fpga` subcommand (see sw/cli.py)."""

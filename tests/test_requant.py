@@ -1,0 +1,101 @@
+"""The requantiser: golden spec, Amaranth-simulator unit test, cocotb/Verilator bench."""
+import random
+
+import numpy as np
+import pytest
+from amaranth.sim import Simulator
+
+from golden_model.intops import MULT_BITS, quantize_multiplier, requantize
+from hw.requant import Requantizer
+from hw.verilog import write_verilog
+from sim.runner import BUILD, run_bench, waves_requested
+
+
+def reference_bigint(acc, m, s, relu):
+    """Python's unbounded ints: an independent reading of the spec."""
+    y = (acc * m + ((1 << (s - 1)) if s else 0)) >> s
+    if relu:
+        y = max(y, 0)
+    return max(-128, min(127, y))
+
+
+def test_golden_matches_bigint_reading_of_spec():
+    rng = random.Random(0)
+    cases = [(rng.randrange(-2**31, 2**31), rng.randrange(0, 2**31), rng.randrange(0, 64), rng.random() < .5)
+             for _ in range(3000)]
+    cases += [(a, m, s, r) for a in (-2**31, 2**31 - 1, -1, 0, 1) for m in (0, 1, 2**31 - 1)
+              for s in (0, 1, 63) for r in (False, True)]
+    for acc, m, s, relu in cases:
+        assert requantize(acc, m, s, relu=relu) == reference_bigint(acc, m, s, relu), (acc, m, s, relu)
+
+
+def test_golden_rounds_half_up_and_saturates():
+    # m / 2**s = 1/2: 3/2 -> 2, -3/2 -> -1 (half towards +inf); 300 -> 127; -300 -> -128.
+    got = requantize(np.array([3, -3, 600, -600]), 1, 1)
+    assert got.tolist() == [2, -1, 127, -128]
+    assert got.dtype == np.int8
+
+
+@pytest.mark.parametrize("bad", [dict(acc=2**31), dict(m=2**MULT_BITS), dict(m=-1), dict(s=64)])
+def test_golden_refuses_out_of_range(bad):
+    args = dict(acc=0, m=1, s=0) | bad
+    with pytest.raises(ValueError):
+        requantize(args["acc"], args["m"], args["s"])
+
+
+@pytest.mark.parametrize("scale", [1e-6, 0.0123, 0.5, 1.0, 3.7])
+def test_quantize_multiplier_is_close(scale):
+    m, s = quantize_multiplier(scale)
+    assert abs(m / 2**s - scale) <= scale * 2**-30
+
+
+def test_requantizer_amaranth_sim():
+    """Cycle-level unit test in Amaranth's own simulator, with random stalls."""
+    dut = Requantizer()
+    rng = np.random.default_rng(3)
+    n = 200
+    acc = rng.integers(-2**31, 2**31, n)
+    mult = rng.integers(0, 2**31, n)
+    shift = rng.integers(25, 45, n)
+    expected = requantize(acc, mult, shift, relu=True)
+    got = []
+    stalls = random.Random(5)
+
+    async def producer(ctx):
+        ctx.set(dut.relu, 1)
+        for a, m, s in zip(acc, mult, shift):
+            while stalls.random() < 0.3:
+                await ctx.tick()
+            ctx.set(dut.i.payload.acc, int(a))
+            ctx.set(dut.i.payload.multiplier, int(m))
+            ctx.set(dut.i.payload.shift, int(s))
+            ctx.set(dut.i.valid, 1)
+            await ctx.tick().until(dut.i.ready)
+            ctx.set(dut.i.valid, 0)
+
+    async def consumer(ctx):
+        sink_rng = random.Random(6)
+        while len(got) < n:
+            ready = sink_rng.random() > 0.3
+            ctx.set(dut.o.ready, ready)
+            _, _, valid, payload = await ctx.tick().sample(dut.o.valid, dut.o.payload)
+            if ready and valid:
+                got.append(payload)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(producer)
+    sim.add_testbench(consumer)
+    if waves_requested():
+        with sim.write_vcd(str(BUILD / "amaranth_requant.vcd")):
+            sim.run()
+    else:
+        sim.run()
+    assert np.array_equal(np.array(got), expected)
+
+
+@pytest.mark.rtl
+def test_requantizer_rtl_bench(tmp_path):
+    verilog = write_verilog(Requantizer(), "requant", BUILD / "verilog" / "requant")
+    result = run_bench(verilog, "requant", "requant_bench", name="test-requant")
+    assert result.passed == 2 and result.failed == 0
