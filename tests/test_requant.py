@@ -9,6 +9,7 @@ from golden_model.intops import MULT_BITS, quantize_multiplier, requantize
 from hw.requant import Requantizer
 from hw.verilog import write_verilog
 from sim.runner import BUILD, run_bench, waves_requested
+from sim.toolchain import icarus_available
 
 
 def reference_bigint(acc, m, s, relu):
@@ -101,4 +102,12 @@ def test_requantizer_amaranth_sim():
 def test_requantizer_rtl_bench(tmp_path):
     verilog = write_verilog(Requantizer(), "requant", BUILD / "verilog" / "requant")
     result = run_bench(verilog, "requant", "requant_bench", name="test-requant")
+    assert result.passed == 2 and result.failed == 0
+
+
+@pytest.mark.rtl
+@pytest.mark.skipif(not icarus_available(), reason="Icarus Verilog not installed (optional simulator)")
+def test_requantizer_bench_on_icarus():
+    verilog = write_verilog(Requantizer(), "requant", BUILD / "verilog" / "requant-icarus")
+    result = run_bench(verilog, "requant", "requant_bench", name="test-requant", simulator="icarus")
     assert result.passed == 2 and result.failed == 0
