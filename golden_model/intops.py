@@ -55,3 +55,65 @@ def quantize_multiplier(scale: float) -> tuple[int, int]:
         if 0 < m < (1 << MULT_BITS):
             return m, s
     raise ValueError(f"quantize_multiplier: scale {scale} cannot be represented")
+
+
+#: The largest K whose int8 x int8 dot products provably fit an int32 accumulator:
+#: |sum| <= K * 128 * 128 < 2**31.
+MAX_K = ((1 << (ACC_BITS - 1)) - 1) // (128 * 128)
+
+
+def saturate_int32(x) -> np.ndarray:
+    """Clamp int64 values to the int32 range (the bias adder saturates, it never wraps)."""
+    lo, hi = -(1 << (ACC_BITS - 1)), (1 << (ACC_BITS - 1)) - 1
+    return np.clip(np.asarray(x, dtype=np.int64), lo, hi)
+
+
+def int8_matmul(a, b) -> np.ndarray:
+    """Exact int8 (M, K) @ int8 (K, N) -> int64 via float64 BLAS.
+
+    Every product is <= 2**14 and every partial sum below 2**53, so float64 is exact.
+    """
+    a = np.asarray(a)
+    b = np.asarray(b)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
+        raise ValueError(f"int8_matmul: shapes {a.shape} and {b.shape} do not chain")
+    for name, x in (("a", a), ("b", b)):
+        if x.dtype != np.int8:
+            raise ValueError(f"int8_matmul: {name} must be int8, got {x.dtype}")
+    return (a.astype(np.float64) @ b.astype(np.float64)).astype(np.int64)
+
+
+def gemm(a, b, bias=None, multiplier=None, shift=None, *, relu: bool = False,
+         out_int32: bool = False) -> np.ndarray:
+    """The quantised linear layer every GEMM engine implements, bit for bit.
+
+    a: int8 (M, K) activations; b: int8 (K, N) weights (per output channel n);
+    bias: int32 (N,) or None (= 0); multiplier, shift: per output channel (N,) or scalars.
+    Exactly:
+      acc[m, n] = sum_k a[m, k] * b[k, n]                 (exact; K <= MAX_K keeps it in int32)
+      t[m, n]   = clamp(acc[m, n] + bias[n], int32)       (saturating add)
+      int8 mode : y = requantize(t, multiplier[n], shift[n], relu)   (see `requantize`)
+      int32 mode: y = max(t, 0) if relu else t            (int32; multiplier/shift unused)
+    """
+    a = np.asarray(a)
+    b = np.asarray(b)
+    k = a.shape[-1] if a.ndim else 0
+    if k > MAX_K:
+        raise ValueError(f"gemm: K={k} exceeds {MAX_K}, where int32 accumulation could overflow")
+    acc = int8_matmul(a, b)
+    n = b.shape[1]
+    if bias is None:
+        bias = np.zeros(n, dtype=np.int32)
+    bias = np.asarray(bias)
+    if bias.shape not in ((), (n,)):
+        raise ValueError(f"gemm: bias shape {bias.shape}, expected ({n},)")
+    if np.any((bias.astype(np.int64) < -(1 << 31)) | (bias.astype(np.int64) >= (1 << 31))):
+        raise ValueError("gemm: bias outside int32")
+    t = saturate_int32(acc + bias.astype(np.int64))
+    if out_int32:
+        if relu:
+            t = np.maximum(t, 0)
+        return t.astype(np.int32)
+    if multiplier is None or shift is None:
+        raise ValueError("gemm: int8 output needs multiplier and shift (or out_int32=True)")
+    return requantize(t, multiplier, shift, relu=relu)

@@ -40,11 +40,29 @@ def setup_verilator_env() -> Path:
                              "(Debian/Ubuntu: `apt-get install make`).")
     root = verilator_root()
     os.environ["VERILATOR_ROOT"] = str(root)
+    _fix_pch_include_flag(root)
     bin_dir = str(root / "bin")
     path = os.environ.get("PATH", "").split(os.pathsep)
     if bin_dir not in path:
         os.environ["PATH"] = os.pathsep.join([bin_dir, *path])
     return root
+
+
+def _fix_pch_include_flag(root: Path) -> None:
+    """The wheel's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty, so designs big enough
+    to be split into several C++ files fail to compile (the precompiled header is passed
+    as an input file instead of `-include`d). Override it on make's command line via
+    MAKEFLAGS, which make treats like command-line variables."""
+    mk = root / "include" / "verilated.mk"
+    try:
+        text = mk.read_text()
+    except OSError:
+        return
+    if any(line.split("=", 1)[-1].strip() == "" for line in text.splitlines()
+           if line.startswith("CFG_CXXFLAGS_PCH_I ")):
+        flags = os.environ.get("MAKEFLAGS", "")
+        if "CFG_CXXFLAGS_PCH_I" not in flags:
+            os.environ["MAKEFLAGS"] = f"{flags} CFG_CXXFLAGS_PCH_I=-include".strip()
 
 
 def icarus_available() -> bool:

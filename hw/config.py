@@ -1,0 +1,109 @@
+"""The overlay's configuration: one object drives the generated hardware and the host compiler.
+
+Plain Python (no Amaranth import), so the host (sw/) on the board's ARM can use it.
+Presets name the boards of ARCHITECTURE.md plus a small one for fast simulation.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+ENGINES = ("gemm", "attention", "conv")   # engines the overlay knows of; only gemm exists so far
+
+
+@dataclass(frozen=True)
+class OverlayConfig:
+    """Everything that shapes the overlay.
+
+    rows x cols   : the systolic array (R x C), 2..32 each way.
+    a_depth       : entries of the input scratchpad (one entry = R int8, one k of an R-row block).
+    b_depth       : entries of the weight scratchpad (one entry = C int8, one k of a C-column block).
+    acc_depth     : rows of the accumulator scratchpad (one row = C int32).
+    param_depth   : entries of the per-channel parameter scratchpad (one entry = C channels).
+    axi_data_bits : AXI4 master data width to DDR (64: Zynq-7000 HP, 128: UltraScale+ HP).
+    axi_addr_bits : AXI4 master address width.
+    engines       : engines present in the overlay.
+    clock_mhz     : target clock (for reports and the board flow).
+    """
+    name: str
+    rows: int
+    cols: int
+    a_depth: int
+    b_depth: int
+    acc_depth: int
+    param_depth: int
+    axi_data_bits: int = 128
+    axi_addr_bits: int = 32
+    engines: tuple[str, ...] = ("gemm",)
+    clock_mhz: float = 200.0
+    board: str = ""
+
+    def __post_init__(self):
+        errors = []
+        for k in ("rows", "cols"):
+            if not 2 <= getattr(self, k) <= 32:
+                errors.append(f"{k}={getattr(self, k)} outside 2..32")
+        for k in ("a_depth", "b_depth", "acc_depth", "param_depth"):
+            v = getattr(self, k)
+            if v < 2 or v & (v - 1):
+                errors.append(f"{k}={v} must be a power of two >= 2")
+        if self.axi_data_bits not in (64, 128):
+            errors.append(f"axi_data_bits={self.axi_data_bits} must be 64 or 128")
+        if not 32 <= self.axi_addr_bits <= 64:
+            errors.append(f"axi_addr_bits={self.axi_addr_bits} outside 32..64")
+        if self.acc_depth < self.rows:
+            errors.append(f"acc_depth={self.acc_depth} smaller than one tile ({self.rows} rows)")
+        for e in self.engines:
+            if e not in ENGINES:
+                errors.append(f"unknown engine {e!r} (known: {', '.join(ENGINES)})")
+        if "gemm" not in self.engines:
+            errors.append("the gemm engine is required (the others plug into its DMA and scratchpads)")
+        # Output rows are stored as whole AXI beats: C int8 must fill at least one beat exactly.
+        beat = self.axi_data_bits // 8
+        if self.cols % beat and beat % self.cols:
+            errors.append(f"cols={self.cols} must divide or be a multiple of the AXI beat ({beat} bytes)")
+        if self.rows % beat and beat % self.rows:
+            errors.append(f"rows={self.rows} must divide or be a multiple of the AXI beat ({beat} bytes)")
+        if self.cols < beat:
+            errors.append(f"cols={self.cols} int8 outputs per row must fill an AXI beat ({beat} bytes)")
+        if errors:
+            raise ValueError(f"overlay config {self.name!r}: " + "; ".join(errors))
+
+    @property
+    def beat_bytes(self) -> int:
+        return self.axi_data_bits // 8
+
+    @property
+    def macs(self) -> int:
+        return self.rows * self.cols
+
+    def replace(self, **changes) -> "OverlayConfig":
+        return dataclasses.replace(self, **changes)
+
+    def summary(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+PRESETS: dict[str, OverlayConfig] = {
+    # Small enough that a whole layer simulates in seconds under Verilator.
+    "sim": OverlayConfig("sim", rows=4, cols=8, a_depth=4096, b_depth=4096, acc_depth=64,
+                         param_depth=16, axi_data_bits=64, clock_mhz=100.0, board="(simulation)"),
+    # Zynq-7000: 220 DSP48E1, 64-bit HP ports; 256 MACs (the few beyond the DSPs go to LUTs).
+    "pynq-z2": OverlayConfig("pynq-z2", rows=16, cols=16, a_depth=2048, b_depth=2048, acc_depth=256,
+                             param_depth=64, axi_data_bits=64, clock_mhz=150.0, board="PYNQ-Z2 xc7z020"),
+    # Zynq UltraScale+: 128-bit HP ports.
+    "kv260": OverlayConfig("kv260", rows=32, cols=32, a_depth=4096, b_depth=4096, acc_depth=512,
+                           param_depth=128, axi_data_bits=128, clock_mhz=300.0, board="KV260 xck26"),
+    "zcu104": OverlayConfig("zcu104", rows=32, cols=32, a_depth=8192, b_depth=8192, acc_depth=1024,
+                            param_depth=256, axi_data_bits=128, clock_mhz=300.0, board="ZCU104 xczu7ev"),
+    # The 16 x 16 overlay the benchmarks measure (utilisation, resources).
+    "bench16": OverlayConfig("bench16", rows=16, cols=16, a_depth=2048, b_depth=2048, acc_depth=256,
+                             param_depth=64, axi_data_bits=128, clock_mhz=200.0, board="(benchmark)"),
+}
+
+
+def preset(name: str) -> OverlayConfig:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}") from None

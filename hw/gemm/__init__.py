@@ -1,0 +1,1 @@
+"""The GEMM engine: an output-stationary systolic array with its scratchpads and output stage."""

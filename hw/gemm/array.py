@@ -1,0 +1,95 @@
+"""Output-stationary R x C systolic array of int8 x int8 -> int32 multiply-accumulate cells.
+
+Dataflow (why output-stationary): every processing element (PE) owns one output
+C[i, j] and accumulates it over the whole K of a tile without ever leaving the PE.
+  * K can be as long as the scratchpads (4096 and more) with no accumulator
+    traffic: each PE does exactly one MAC per cycle, so utilisation is set only by
+    how fast operands arrive, not by partial-sum read-modify-write.
+  * Both operands stream: A's rows enter from the left (row i delayed by i
+    cycles), B's columns from the top (column j delayed by j), so PE(i, j) sees
+    a[i, k] and b[k, j] together at cycle k + i + j. Reuse of A across N-tiles and
+    of B across M-tiles is the scratchpads' job, which the host compiler schedules.
+  * The results leave through a separate shadow-register chain (one `out`
+    register per PE, shifted down a column per cycle) while the next tile already
+    accumulates, so back-to-back tiles with K >= 2R + C - 1 never stall.
+Weight-stationary would need one accumulator write per output per K-slice of R
+(an accumulator scratchpad port per column every cycle) and a weight preload per
+tile: more memory traffic for the same MACs.
+
+`valid` and `last` travel with A along the rows. On `last` a PE moves its sum
+(including this cycle's product) into `out` and restarts from zero, so tiles can
+follow each other with no gap in the stream. `shift` moves every column's `out`
+registers down by one; `out` (the bottom row) is then row R-1, R-2, ... 0.
+The caller must keep `shift` away from cycles in which `out` registers are
+written (see GemmCompute: the array never stalls, so this is pure timing).
+"""
+from amaranth import Module, Signal, signed
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+from golden_model.intops import ACC_BITS
+
+INT8 = signed(8)
+ACC = signed(ACC_BITS)
+
+
+class SystolicArray(wiring.Component):
+    def __init__(self, rows: int, cols: int):
+        self.rows, self.cols = rows, cols
+        super().__init__({
+            "a": In(data.ArrayLayout(INT8, rows)),
+            "b": In(data.ArrayLayout(INT8, cols)),
+            "valid": In(1),
+            "last": In(1),
+            "shift": In(1),
+            "out": Out(data.ArrayLayout(ACC, cols)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        R, C = self.rows, self.cols
+
+        def delayed(sig, n, name):
+            """`sig` through n registers (the skew that lines the wavefront up)."""
+            for t in range(n):
+                r = Signal.like(sig, name=f"{name}_d{t + 1}")
+                m.d.sync += r.eq(sig)
+                sig = r
+            return sig
+
+        # Skewed inputs at the array's edges.
+        a_edge = [delayed(self.a[i], i, f"a{i}") for i in range(R)]
+        v_edge = [delayed(self.valid, i, f"v{i}") for i in range(R)]
+        l_edge = [delayed(self.last, i, f"l{i}") for i in range(R)]
+        b_edge = [delayed(self.b[j], j, f"b{j}") for j in range(C)]
+
+        out = [[Signal(ACC, name=f"out_{i}_{j}") for j in range(C)] for i in range(R)]
+        b_from_above = b_edge
+        for i in range(R):
+            a_in, v_in, l_in = a_edge[i], v_edge[i], l_edge[i]
+            b_below = []
+            for j in range(C):
+                b_in = b_from_above[j]
+                acc = Signal(ACC, name=f"acc_{i}_{j}")
+                prod = Signal(signed(16), name=f"prod_{i}_{j}")
+                m.d.comb += prod.eq(a_in * b_in)
+                with m.If(self.shift):
+                    m.d.sync += out[i][j].eq(out[i - 1][j] if i else 0)
+                with m.If(v_in):
+                    with m.If(l_in):
+                        m.d.sync += [out[i][j].eq(acc + prod), acc.eq(0)]
+                    with m.Else():
+                        m.d.sync += acc.eq(acc + prod)
+                # Forward operands to the right and downwards (not past the edges).
+                if j + 1 < C:
+                    a_r, v_r, l_r = Signal.like(a_in, name=f"a_{i}_{j}"), Signal(name=f"v_{i}_{j}"), Signal(name=f"l_{i}_{j}")
+                    m.d.sync += [a_r.eq(a_in), v_r.eq(v_in), l_r.eq(l_in)]
+                    a_in, v_in, l_in = a_r, v_r, l_r
+                if i + 1 < R:
+                    b_r = Signal(INT8, name=f"b_{i}_{j}")
+                    m.d.sync += b_r.eq(b_in)
+                    b_below.append(b_r)
+            b_from_above = b_below
+        for j in range(C):
+            m.d.comb += self.out[j].eq(out[R - 1][j])
+        return m

@@ -1,0 +1,278 @@
+"""GemmEngine: scratchpads + systolic array + output stage, driven by two command streams.
+
+      a_wr ─► [A scratchpad  a_depth x R int8] ─┐
+      b_wr ─► [B scratchpad  b_depth x C int8] ─┴► GemmCompute ─► SystolicArray ─► drain
+      p_wr ─► [param scratchpad  C x (bias, multiplier, shift)]                      │
+                                                                                      ▼
+   store cmd ─► GemmStore ◄── [accumulator scratchpad  acc_depth x C int32] ◄──────────┘
+                   │  bias (saturating) ─► C x Requantizer (int8) | int32 + ReLU
+                   ▼
+                  out (C lanes of int32; int8 results sign-extended)
+
+Every scratchpad has its own write port and the compute and store units their own
+read ports, so loads, compute and stores all overlap: the host double-buffers by
+choosing addresses (load tile t+1 into one half while tile t is read from the other).
+Ordering between units (data loaded before it is computed on, results drained before
+they are stored) is the command processor's job (hw/overlay.py); the engine does
+not check it. `compute_done` pulses when a compute command's results are in the
+accumulator scratchpad.
+"""
+from amaranth import Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
+
+from golden_model.intops import ACC_BITS, MULT_BITS, SHIFT_BITS
+from hw.gemm.array import ACC, INT8, SystolicArray
+from hw.requant import Requantizer
+
+
+class ChannelParams(data.Struct):
+    """Per output channel: int32 bias, requantisation multiplier and shift."""
+    bias: signed(ACC_BITS)
+    multiplier: unsigned(MULT_BITS)
+    shift: unsigned(SHIFT_BITS)
+
+
+def abits(depth: int) -> int:
+    return max(1, ceil_log2(depth))
+
+
+class EngineLayouts:
+    """The engine's port layouts for one configuration (shared with the overlay and benches)."""
+
+    def __init__(self, cfg):
+        R, C = cfg.rows, cfg.cols
+        self.a_write = data.StructLayout({"addr": unsigned(abits(cfg.a_depth)), "data": data.ArrayLayout(INT8, R)})
+        self.b_write = data.StructLayout({"addr": unsigned(abits(cfg.b_depth)), "data": data.ArrayLayout(INT8, C)})
+        self.p_write = data.StructLayout({"addr": unsigned(abits(cfg.param_depth)),
+                                          "data": data.ArrayLayout(ChannelParams, C)})
+        k_bits = abits(min(cfg.a_depth, cfg.b_depth))
+        #: K = k_last + 1 consecutive entries from a_base and b_base (addresses wrap).
+        self.compute = data.StructLayout({
+            "a_base": unsigned(abits(cfg.a_depth)),
+            "b_base": unsigned(abits(cfg.b_depth)),
+            "k_last": unsigned(k_bits),
+            "acc_base": unsigned(abits(cfg.acc_depth)),
+            "accumulate": unsigned(1),     # add to the accumulator rows instead of overwriting
+        })
+        #: rows_last + 1 accumulator rows from acc_base, through channel params entry param_addr.
+        self.store = data.StructLayout({
+            "acc_base": unsigned(abits(cfg.acc_depth)),
+            "rows_last": unsigned(abits(R)),
+            "param_addr": unsigned(abits(cfg.param_depth)),
+            "relu": unsigned(1),
+            "out_int32": unsigned(1),
+        })
+        self.out = data.ArrayLayout(ACC, C)
+
+
+class GemmCompute(wiring.Component):
+    """Streams A and B entries through the array and drains results into the accumulator scratchpad.
+
+    Timing (the array never stalls; bubbles carry valid=0): the entry for step k is
+    addressed at cycle t, enters the array at t+1. A command's last step, issued at
+    t_L, leaves the last PE's `out` written by cycle t_L + R + C - 1; the drain then
+    shifts R rows out over cycles t_L + R + C .. t_L + 2R + C - 1, so the next
+    command's last step may issue from t_L + 2R + C - 1 on (it writes `out` one cycle later).
+    """
+
+    def __init__(self, cfg, a_mem: Memory, b_mem: Memory, acc_mem: Memory):
+        self.cfg = cfg
+        self.layouts = EngineLayouts(cfg)
+        # Ports are made here: a memory takes no new ports once elaborated.
+        self._rd_a, self._rd_b = a_mem.read_port(), b_mem.read_port()
+        self._acc_rd, self._acc_wr = acc_mem.read_port(), acc_mem.write_port()
+        super().__init__({
+            "cmd": In(stream.Signature(self.layouts.compute)),
+            "done": Out(1),
+            "busy": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        R, C = self.cfg.rows, self.cfg.cols
+        drain_start = R + C - 1          # cycles after the last issue (as counted by `since_last`)
+        drain_end = drain_start + R - 1  # inclusive; also the earliest next last issue
+
+        m.submodules.array = array = SystolicArray(R, C)
+        rd_a, rd_b, acc_rd, acc_wr = self._rd_a, self._rd_b, self._acc_rd, self._acc_wr
+
+        cmd = Signal(self.layouts.compute)
+        busy = Signal()
+        k = Signal.like(cmd.k_last)
+        since_last = Signal(range(drain_end + 2), init=drain_end + 1)
+        is_last = k == cmd.k_last
+        issue = Signal()
+        m.d.comb += issue.eq(busy & ~(is_last & (since_last < drain_end)))
+
+        # Issue: address this step's entries; data and flags meet at the array next cycle.
+        m.d.comb += [rd_a.addr.eq(cmd.a_base + k), rd_b.addr.eq(cmd.b_base + k)]
+        valid1, last1 = Signal(), Signal()
+        m.d.sync += [valid1.eq(issue), last1.eq(issue & is_last)]
+        m.d.comb += [array.a.eq(rd_a.data), array.b.eq(rd_b.data),
+                     array.valid.eq(valid1), array.last.eq(last1)]
+
+        with m.If(since_last <= drain_end):
+            m.d.sync += since_last.eq(since_last + 1)
+        drain_base = Signal.like(cmd.acc_base)
+        drain_accum = Signal()
+        with m.If(issue):
+            m.d.sync += k.eq(k + 1)
+            with m.If(is_last):
+                m.d.sync += [busy.eq(0), since_last.eq(0),
+                             drain_base.eq(cmd.acc_base), drain_accum.eq(cmd.accumulate)]
+        # Take the next command the cycle the current one issues its last step.
+        m.d.comb += self.cmd.ready.eq(~busy | (issue & is_last))
+        with m.If(self.cmd.valid & self.cmd.ready):
+            m.d.sync += [cmd.eq(self.cmd.payload), k.eq(0), busy.eq(1)]
+
+        # Drain: the bottom row is row R-1-d at drain cycle d; read the old row for
+        # accumulate now, write the sum next cycle.
+        draining = (since_last >= drain_start) & (since_last <= drain_end)
+        d = Signal(range(R))
+        m.d.comb += [d.eq(since_last - drain_start), array.shift.eq(draining)]
+        row_addr = Signal.like(drain_base)
+        m.d.comb += [row_addr.eq(drain_base + (R - 1) - d), acc_rd.addr.eq(row_addr)]
+        w_valid, w_last, w_accum = Signal(), Signal(), Signal()
+        w_addr = Signal.like(drain_base)
+        w_data = Signal(data.ArrayLayout(ACC, C))
+        m.d.sync += [w_valid.eq(draining), w_last.eq(draining & (d == R - 1)), w_accum.eq(drain_accum),
+                     w_addr.eq(row_addr), w_data.eq(array.out)]
+        m.d.comb += [acc_wr.en.eq(w_valid), acc_wr.addr.eq(w_addr), self.done.eq(w_last)]
+        for j in range(C):
+            m.d.comb += acc_wr.data[j].eq(w_data[j] + Mux(w_accum, acc_rd.data[j], 0))
+        m.d.comb += self.busy.eq(busy | (since_last <= drain_end) | w_valid)
+        return m
+
+
+class GemmStore(wiring.Component):
+    """Reads accumulator rows, adds bias (saturating), requantises (or not), emits rows.
+
+    One command at a time: a new command starts when the previous one's rows have all
+    left, so int8 and int32 results never overtake each other.
+    """
+
+    def __init__(self, cfg, acc_mem: Memory, p_mem: Memory):
+        self.cfg = cfg
+        self.layouts = EngineLayouts(cfg)
+        self._rd, self._p_rd = acc_mem.read_port(), p_mem.read_port()
+        super().__init__({
+            "cmd": In(stream.Signature(self.layouts.store)),
+            "out": Out(stream.Signature(self.layouts.out)),
+            "busy": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        R, C = self.cfg.rows, self.cfg.cols
+        rd, p_rd = self._rd, self._p_rd
+        lanes = [Requantizer() for _ in range(C)]
+        for j, lane in enumerate(lanes):
+            m.submodules[f"requant{j}"] = lane
+
+        cmd = Signal(self.layouts.store)
+        running = Signal()
+        row = Signal(range(R + 1))
+        in_flight = Signal(range(R + 2))
+        # Stage 1: the accumulator row read (memory output register), with its valid.
+        s1_valid = Signal()
+        s1_ready = Signal()
+        advance = ~s1_valid | s1_ready
+        issue = running & advance
+        m.d.comb += [rd.en.eq(advance), rd.addr.eq(cmd.acc_base + row)]
+        with m.If(advance):
+            m.d.sync += s1_valid.eq(issue)
+        with m.If(issue):
+            m.d.sync += row.eq(row + 1)
+            with m.If(row == cmd.rows_last):
+                m.d.sync += running.eq(0)
+
+        # Parameters: read at command start, held (en=0) for the command.
+        accept = ~running & (in_flight == 0)
+        m.d.comb += [self.cmd.ready.eq(accept), p_rd.addr.eq(self.cmd.payload.param_addr),
+                     p_rd.en.eq(accept)]
+        with m.If(self.cmd.valid & accept):
+            m.d.sync += [cmd.eq(self.cmd.payload), running.eq(1), row.eq(0)]
+        params = p_rd.data
+
+        # Bias, saturating to int32.
+        lo, hi = -(1 << (ACC_BITS - 1)), (1 << (ACC_BITS - 1)) - 1
+        biased = []
+        for j in range(C):
+            s = Signal(signed(ACC_BITS + 1), name=f"sum{j}")
+            t = Signal(ACC, name=f"biased{j}")
+            m.d.comb += [s.eq(rd.data[j] + params[j].bias), t.eq(Mux(s > hi, hi, Mux(s < lo, lo, s)))]
+            biased.append(t)
+
+        # int8: C requantiser lanes in lockstep (same valid and ready, so same state).
+        # int32: one register stage with ReLU.
+        o32_valid = Signal()
+        o32 = Signal(self.layouts.out)
+        o32_advance = ~o32_valid | self.out.ready
+        for j, lane in enumerate(lanes):
+            m.d.comb += [lane.relu.eq(cmd.relu), lane.i.valid.eq(s1_valid & ~cmd.out_int32),
+                         lane.i.payload.acc.eq(biased[j]),
+                         lane.i.payload.multiplier.eq(params[j].multiplier),
+                         lane.i.payload.shift.eq(params[j].shift),
+                         lane.o.ready.eq(self.out.ready)]
+        m.d.comb += s1_ready.eq(Mux(cmd.out_int32, o32_advance, lanes[0].i.ready))
+        with m.If(o32_advance):
+            m.d.sync += o32_valid.eq(s1_valid & cmd.out_int32)
+            for j in range(C):
+                m.d.sync += o32[j].eq(Mux(cmd.relu & (biased[j] < 0), 0, biased[j]))
+        with m.If(cmd.out_int32):
+            m.d.comb += [self.out.valid.eq(o32_valid), self.out.payload.eq(o32)]
+        with m.Else():
+            m.d.comb += self.out.valid.eq(lanes[0].o.valid)
+            for j in range(C):
+                m.d.comb += self.out.payload[j].eq(lanes[j].o.payload)
+
+        sent = self.out.valid & self.out.ready
+        with m.If(issue & ~sent):
+            m.d.sync += in_flight.eq(in_flight + 1)
+        with m.Elif(~issue & sent):
+            m.d.sync += in_flight.eq(in_flight - 1)
+        m.d.comb += self.busy.eq(running | (in_flight != 0))
+        return m
+
+
+class GemmEngine(wiring.Component):
+    """The whole engine for one `hw.config.OverlayConfig`."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.layouts = L = EngineLayouts(cfg)
+        super().__init__({
+            "a_wr": In(stream.Signature(L.a_write)),
+            "b_wr": In(stream.Signature(L.b_write)),
+            "p_wr": In(stream.Signature(L.p_write)),
+            "compute": In(stream.Signature(L.compute)),
+            "store": In(stream.Signature(L.store)),
+            "out": Out(stream.Signature(L.out)),
+            "compute_done": Out(1),
+            "compute_busy": Out(1),
+            "store_busy": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self.cfg
+        m.submodules.a_mem = a_mem = Memory(shape=data.ArrayLayout(INT8, cfg.rows), depth=cfg.a_depth, init=[])
+        m.submodules.b_mem = b_mem = Memory(shape=data.ArrayLayout(INT8, cfg.cols), depth=cfg.b_depth, init=[])
+        m.submodules.acc_mem = acc_mem = Memory(shape=data.ArrayLayout(ACC, cfg.cols), depth=cfg.acc_depth, init=[])
+        m.submodules.p_mem = p_mem = Memory(shape=data.ArrayLayout(ChannelParams, cfg.cols),
+                                            depth=cfg.param_depth, init=[])
+        for port, mem in ((self.a_wr, a_mem), (self.b_wr, b_mem), (self.p_wr, p_mem)):
+            wp = mem.write_port()
+            m.d.comb += [wp.addr.eq(port.payload.addr), wp.data.eq(port.payload.data),
+                         wp.en.eq(port.valid), port.ready.eq(1)]
+        m.submodules.compute_unit = cu = GemmCompute(cfg, a_mem, b_mem, acc_mem)
+        m.submodules.store_unit = su = GemmStore(cfg, acc_mem, p_mem)
+        wiring.connect(m, wiring.flipped(self.compute), cu.cmd)
+        wiring.connect(m, wiring.flipped(self.store), su.cmd)
+        wiring.connect(m, su.out, wiring.flipped(self.out))
+        m.d.comb += [self.compute_done.eq(cu.done), self.compute_busy.eq(cu.busy),
+                     self.store_busy.eq(su.busy)]
+        return m

@@ -1,0 +1,138 @@
+"""The overlay's host interface, defined once: register map, descriptor format, DDR layouts.
+
+Plain Python (no Amaranth): the hardware (hw/overlay.py), the host compiler and
+driver (sw/) and docs/overlay.md all read these tables.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+# ---------------------------------------------------------------- registers (AXI4-Lite, 32-bit)
+
+
+@dataclass(frozen=True)
+class Register:
+    name: str
+    offset: int
+    access: str          # "rw", "ro", "w1s" (write 1 to set), "w1c" (write 1 to clear)
+    doc: str
+
+
+REGISTERS = [
+    Register("CONTROL", 0x00, "w1s", "bit0 START: run DESC_COUNT descriptors from DESC_ADDR; "
+             "bit1 RESET: soft-reset the command processor, engines and counters (self-clearing)"),
+    Register("STATUS", 0x04, "w1c", "bit0 BUSY (ro); bit1 DONE (sticky, write 1 to clear); bit2 ERROR (ro, = ERROR != 0)"),
+    Register("ERROR", 0x08, "ro", "bit0 BAD_OPCODE; bit1 AXI_READ_ERROR (RRESP != OKAY); "
+             "bit2 AXI_WRITE_ERROR (BRESP != OKAY); cleared by RESET"),
+    Register("IRQ_ENABLE", 0x0C, "rw", "bit0: raise `irq` while STATUS.DONE or STATUS.ERROR"),
+    Register("DESC_ADDR", 0x10, "rw", "DDR byte address of the first descriptor (32-byte aligned)"),
+    Register("DESC_COUNT", 0x14, "rw", "number of descriptors to run"),
+    Register("DESC_DONE", 0x18, "ro", "descriptors dispatched so far in this run"),
+    Register("CYCLES", 0x1C, "ro", "clock cycles from START to DONE (or now, while busy)"),
+    Register("LOADS_DONE", 0x20, "ro", "LOAD descriptors completed in this run"),
+    Register("COMPUTES_DONE", 0x24, "ro", "COMPUTE descriptors completed in this run"),
+    Register("STORES_DONE", 0x28, "ro", "STORE descriptors completed in this run"),
+    Register("CONFIG", 0x2C, "ro", "bits 7:0 rows R; 15:8 cols C; 23:16 AXI data bytes; 31:24 ISA_VERSION"),
+    Register("ERROR_DESC", 0x30, "ro", "index of the descriptor being dispatched when ERROR was first set"),
+]
+REG = {r.name: r.offset for r in REGISTERS}
+CONTROL_START, CONTROL_RESET = 1 << 0, 1 << 1
+STATUS_BUSY, STATUS_DONE, STATUS_ERROR = 1 << 0, 1 << 1, 1 << 2
+ERROR_BAD_OPCODE, ERROR_AXI_READ, ERROR_AXI_WRITE = 1 << 0, 1 << 1, 1 << 2
+ERROR_NAMES = {ERROR_BAD_OPCODE: "bad opcode", ERROR_AXI_READ: "AXI read error response",
+               ERROR_AXI_WRITE: "AXI write error response"}
+ISA_VERSION = 1
+CSR_ADDR_BITS = 8
+
+# ---------------------------------------------------------------- descriptors (32 bytes each)
+
+OPCODES = {
+    "LOAD": 1,       # DDR -> scratchpad `target`, `count` entries from `dram_addr` into entry `sp_addr`
+    "COMPUTE": 2,    # GEMM engine: K = k_last + 1 entries of A from `sp_addr` and of B from `b_base`
+    "STORE": 3,      # accumulator rows -> output stage -> DDR, `count` rows, row r at dram_addr + r * stride
+    "SYNC": 4,       # wait until every dispatched descriptor has completed
+    # Reserved for the engines of later issues (decoded as BAD_OPCODE until they exist):
+    "ATTENTION": 8,
+    "CONV": 9,
+}
+IMPLEMENTED_OPCODES = ("LOAD", "COMPUTE", "STORE", "SYNC")
+#: LOAD targets: which scratchpad (later engines add theirs here, sharing the DMA).
+TARGETS = {"A": 0, "B": 1, "PARAM": 2}
+
+DESCRIPTOR_BYTES = 32
+#: (name, width, doc), packed LSB first in this order; the rest of the 256 bits are zero.
+DESCRIPTOR_FIELDS = [
+    ("opcode", 8, "OPCODES"),
+    ("target", 4, "LOAD: TARGETS"),
+    ("relu", 1, "STORE: ReLU"),
+    ("out_int32", 1, "STORE: write int32 (bias added, not requantised) instead of int8"),
+    ("accumulate", 1, "COMPUTE: add to the accumulator rows instead of overwriting them"),
+    ("reserved0", 1, "zero"),
+    ("wait_load", 16, "dispatch only when LOADS_DONE >= wait_load"),
+    ("wait_compute", 16, "dispatch only when COMPUTES_DONE >= wait_compute"),
+    ("wait_store", 16, "dispatch only when STORES_DONE >= wait_store"),
+    ("dram_addr", 32, "LOAD/STORE: DDR byte address (AXI-beat aligned)"),
+    ("stride", 32, "STORE: bytes between output rows (AXI-beat aligned)"),
+    ("count", 16, "LOAD: entries; STORE: rows (1..R)"),
+    ("sp_addr", 16, "LOAD: first scratchpad entry; COMPUTE: A base; STORE: accumulator row"),
+    ("b_base", 16, "COMPUTE: B base"),
+    ("k_last", 16, "COMPUTE: K - 1"),
+    ("acc_base", 16, "COMPUTE: first accumulator row written"),
+    ("param_addr", 16, "STORE: parameter entry (per-channel bias/multiplier/shift)"),
+]
+
+
+def field_offsets() -> dict[str, tuple[int, int]]:
+    offsets, pos = {}, 0
+    for name, width, _ in DESCRIPTOR_FIELDS:
+        offsets[name] = (pos, width)
+        pos += width
+    assert pos <= DESCRIPTOR_BYTES * 8
+    return offsets
+
+
+FIELDS = field_offsets()
+
+
+def pack_descriptor(**fields) -> bytes:
+    word = 0
+    for name, value in fields.items():
+        if name not in FIELDS:
+            raise ValueError(f"descriptor has no field {name!r}")
+        pos, width = FIELDS[name]
+        value = int(value)
+        if not 0 <= value < (1 << width):
+            raise ValueError(f"descriptor field {name}={value} does not fit {width} bits")
+        word |= value << pos
+    return word.to_bytes(DESCRIPTOR_BYTES, "little")
+
+
+def unpack_descriptor(raw: bytes) -> dict[str, int]:
+    word = int.from_bytes(bytes(raw[:DESCRIPTOR_BYTES]), "little")
+    return {name: (word >> pos) & ((1 << width) - 1) for name, (pos, width) in FIELDS.items()}
+
+
+# ---------------------------------------------------------------- DDR layouts of scratchpad entries
+
+PARAM_CHANNEL_BYTES = 16    # per output channel: int32 bias, uint32 multiplier, uint32 shift, uint32 zero
+
+
+def entry_bytes(cfg, target: str) -> int:
+    """Bytes one scratchpad entry occupies in DDR (entries are contiguous, little-endian)."""
+    return {"A": cfg.rows, "B": cfg.cols, "PARAM": cfg.cols * PARAM_CHANNEL_BYTES}[target]
+
+
+def scratchpad_depth(cfg, target: str) -> int:
+    return {"A": cfg.a_depth, "B": cfg.b_depth, "PARAM": cfg.param_depth}[target]
+
+
+def pack_params(bias, multiplier, shift) -> np.ndarray:
+    """Per-channel parameters as the PARAM scratchpad reads them from DDR (uint8 bytes)."""
+    n = len(bias)
+    words = np.zeros((n, 4), dtype="<u4")
+    words[:, 0] = np.asarray(bias, np.int64).astype(np.int32).view(np.uint32)
+    words[:, 1] = np.asarray(multiplier, np.int64)
+    words[:, 2] = np.asarray(shift, np.int64)
+    return words.view(np.uint8).reshape(n * PARAM_CHANNEL_BYTES)

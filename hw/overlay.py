@@ -1,0 +1,369 @@
+"""The overlay: AXI4-Lite control/status, AXI4 master to DDR, command processor, GEMM engine.
+
+   s_axil ─► registers (hw.isa.REGISTERS) ── start/reset ─► Core
+   Core:  Fetcher ─► descriptor FIFO ─► Dispatcher ─┬─► LoadUnit  ─► scratchpads (A, B, PARAM)
+          (AXI AR/R, id 0)                          ├─► engine compute
+                                                    ├─► StoreUnit ─► engine store ─► AXI AW/W/B
+                                                    └─► SYNC (waits for all units)
+          LoadUnit reads through AXI AR/R id 1; the AR channel is shared by arbitration.
+
+Descriptors run in order. Each carries wait_load/compute/store counts: it is dispatched
+only when that many LOAD/COMPUTE/STORE descriptors have completed, so the compiler
+states every dependency exactly and loads, computes and stores of different tiles
+overlap (double buffering) without the hardware tracking addresses.
+Later engines (attention, convolution) plug in as further dispatcher outputs with their
+own opcodes (reserved in hw.isa.OPCODES) and LOAD targets, reusing the DMA units.
+"""
+from amaranth import Cat, Const, Module, Mux, ResetInserter, Signal, unsigned
+from amaranth.lib import data, wiring
+from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.wiring import In, Out
+from amaranth.utils import exact_log2
+
+from hw import isa
+from hw.axi import BOUNDARY, BURST_INCR, MAX_BURST_BEATS, Axi4Signature, AxiLiteSignature
+from hw.gemm.engine import GemmEngine
+
+DESCRIPTOR = data.StructLayout({name: unsigned(width) for name, width, _ in isa.DESCRIPTOR_FIELDS})
+COUNT_BITS = 16
+
+
+class Core(wiring.Component):
+    """Everything the soft reset clears: command processor, DMA units, engine, counters."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        super().__init__({
+            "start": In(1), "desc_addr": In(32), "desc_count": In(32),
+            "busy": Out(1), "done": Out(1), "error": Out(3), "error_desc": Out(32),
+            "desc_done": Out(32), "cycles": Out(32),
+            "loads_done": Out(COUNT_BITS), "computes_done": Out(COUNT_BITS), "stores_done": Out(COUNT_BITS),
+            "m_axi": Out(Axi4Signature(cfg.axi_addr_bits, cfg.axi_data_bits, 1)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self.cfg
+        R, C = cfg.rows, cfg.cols
+        DB = cfg.axi_data_bits // 8
+        DW = cfg.axi_data_bits
+        axi = self.m_axi
+        m.submodules.engine = engine = GemmEngine(cfg)
+
+        running = Signal()
+        error = Signal(3)
+        m.d.comb += [self.busy.eq(running), self.error.eq(error)]
+        with m.If(running):
+            m.d.sync += self.cycles.eq(self.cycles + 1)
+
+        # ------------------------------------------------ AR arbitration (fetch id 0, load id 1)
+        f_ar_valid, f_ar_ready, f_ar_addr, f_ar_len = Signal(), Signal(), Signal(32), Signal(8)
+        l_ar_valid, l_ar_ready, l_ar_addr, l_ar_len = Signal(), Signal(), Signal(32), Signal(8)
+        ar_free = ~axi.arvalid | axi.arready
+        m.d.comb += [axi.arsize.eq(exact_log2(DB)), axi.arburst.eq(BURST_INCR),
+                     f_ar_ready.eq(ar_free & f_ar_valid),
+                     l_ar_ready.eq(ar_free & ~f_ar_valid & l_ar_valid)]
+        with m.If(ar_free):
+            m.d.sync += axi.arvalid.eq(f_ar_valid | l_ar_valid)
+            with m.If(f_ar_valid):
+                m.d.sync += [axi.araddr.eq(f_ar_addr), axi.arlen.eq(f_ar_len), axi.arid.eq(0)]
+            with m.Else():
+                m.d.sync += [axi.araddr.eq(l_ar_addr), axi.arlen.eq(l_ar_len), axi.arid.eq(1)]
+        f_r_ready, l_r_ready = Signal(), Signal()
+        m.d.comb += axi.rready.eq(Mux(axi.rid, l_r_ready, f_r_ready))
+        r_fire = axi.rvalid & axi.rready
+        f_beat = r_fire & (axi.rid == 0)
+        l_beat = r_fire & (axi.rid == 1)
+        with m.If(r_fire & (axi.rresp != 0)):
+            m.d.sync += error.eq(error | isa.ERROR_AXI_READ)
+
+        # ------------------------------------------------ fetcher
+        m.submodules.descs = fifo = SyncFIFOBuffered(width=isa.DESCRIPTOR_BYTES * 8, depth=2)
+        beats_per_desc = isa.DESCRIPTOR_BYTES // DB
+        f_ptr = Signal(32)
+        f_left = Signal(32)
+        f_inflight = Signal()
+        f_ar_pending = Signal()
+        f_beats = Signal(range(beats_per_desc + 1))
+        f_buf = Signal(isa.DESCRIPTOR_BYTES * 8)
+        m.d.comb += [f_ar_valid.eq(f_ar_pending), f_ar_addr.eq(f_ptr), f_ar_len.eq(beats_per_desc - 1),
+                     f_r_ready.eq(1)]
+        with m.If(running & ~f_inflight & (f_left != 0) & fifo.w_rdy & (error == 0)):
+            m.d.sync += [f_inflight.eq(1), f_ar_pending.eq(1), f_beats.eq(0)]
+        with m.If(f_ar_ready):
+            m.d.sync += f_ar_pending.eq(0)
+        shifted = Cat(f_buf, axi.rdata)[DW:]
+        m.d.comb += fifo.w_data.eq(shifted)
+        with m.If(f_beat):
+            m.d.sync += [f_buf.eq(shifted), f_beats.eq(f_beats + 1)]
+            with m.If(f_beats == beats_per_desc - 1):
+                m.d.comb += fifo.w_en.eq(1)
+                m.d.sync += [f_inflight.eq(0), f_ptr.eq(f_ptr + isa.DESCRIPTOR_BYTES), f_left.eq(f_left - 1)]
+
+        # ------------------------------------------------ counters
+        issued = {u: Signal(COUNT_BITS, name=f"{u}_issued") for u in ("load", "compute", "store")}
+        load_done_pulse, store_done_pulse = Signal(), Signal()
+        with m.If(load_done_pulse):
+            m.d.sync += self.loads_done.eq(self.loads_done + 1)
+        with m.If(engine.compute_done):
+            m.d.sync += self.computes_done.eq(self.computes_done + 1)
+        with m.If(store_done_pulse):
+            m.d.sync += self.stores_done.eq(self.stores_done + 1)
+        all_idle = ((issued["load"] == self.loads_done) & (issued["compute"] == self.computes_done)
+                    & (issued["store"] == self.stores_done))
+
+        # ------------------------------------------------ start / done
+        with m.If(self.start & ~running):
+            m.d.sync += [running.eq(1), f_ptr.eq(self.desc_addr), f_left.eq(self.desc_count),
+                         self.desc_done.eq(0), self.cycles.eq(0),
+                         self.loads_done.eq(0), self.computes_done.eq(0), self.stores_done.eq(0),
+                         issued["load"].eq(0), issued["compute"].eq(0), issued["store"].eq(0)]
+        with m.If(running & (self.desc_done == self.desc_count) & all_idle & ~f_inflight):
+            m.d.sync += running.eq(0)
+            m.d.comb += self.done.eq(1)
+
+        # ------------------------------------------------ dispatcher
+        desc = data.View(DESCRIPTOR, fifo.r_data[:DESCRIPTOR.size])
+        waits_met = ((self.loads_done >= desc.wait_load) & (self.computes_done >= desc.wait_compute)
+                     & (self.stores_done >= desc.wait_store))
+        can_dispatch = running & fifo.r_rdy & waits_met & (error == 0)
+        l_cmd_valid, l_cmd_ready = Signal(), Signal()
+        s_cmd_valid, s_cmd_ready = Signal(), Signal()
+        taken = Signal()
+        op = isa.OPCODES
+        with m.If(can_dispatch):
+            with m.Switch(desc.opcode):
+                with m.Case(op["LOAD"]):
+                    with m.If(desc.target <= max(isa.TARGETS.values())):
+                        m.d.comb += [l_cmd_valid.eq(1), taken.eq(l_cmd_ready)]
+                    with m.Else():
+                        m.d.sync += [error.eq(error | isa.ERROR_BAD_OPCODE), self.error_desc.eq(self.desc_done)]
+                with m.Case(op["COMPUTE"]):
+                    m.d.comb += [engine.compute.valid.eq(1), taken.eq(engine.compute.ready)]
+                with m.Case(op["STORE"]):
+                    m.d.comb += [s_cmd_valid.eq(1), taken.eq(s_cmd_ready)]
+                with m.Case(op["SYNC"]):
+                    m.d.comb += taken.eq(all_idle)
+                with m.Default():
+                    m.d.sync += [error.eq(error | isa.ERROR_BAD_OPCODE), self.error_desc.eq(self.desc_done)]
+        m.d.comb += fifo.r_en.eq(taken)
+        with m.If(taken):
+            m.d.sync += self.desc_done.eq(self.desc_done + 1)
+            with m.Switch(desc.opcode):
+                for name, unit in (("LOAD", "load"), ("COMPUTE", "compute"), ("STORE", "store")):
+                    with m.Case(op[name]):
+                        m.d.sync += issued[unit].eq(issued[unit] + 1)
+        m.d.comb += [engine.compute.payload.a_base.eq(desc.sp_addr), engine.compute.payload.b_base.eq(desc.b_base),
+                     engine.compute.payload.k_last.eq(desc.k_last), engine.compute.payload.acc_base.eq(desc.acc_base),
+                     engine.compute.payload.accumulate.eq(desc.accumulate)]
+
+        # ------------------------------------------------ load unit
+        targets = {"A": (R, engine.a_wr), "B": (C, engine.b_wr), "PARAM": (C * isa.PARAM_CHANNEL_BYTES, engine.p_wr)}
+        l_busy = Signal()
+        l_target = Signal(4)
+        l_sp = Signal(16)
+        l_entries = Signal(COUNT_BITS + 1)
+        l_ar_addr_r = Signal(32)
+        l_ar_left = Signal(32)
+        l_r_left = Signal(32)
+        m.d.comb += l_cmd_ready.eq(~l_busy)
+        total_beats = Signal(32)
+        with m.Switch(desc.target):
+            for name, (eb, _) in targets.items():
+                with m.Case(isa.TARGETS[name]):
+                    if eb >= DB:
+                        m.d.comb += total_beats.eq(desc.count * (eb // DB))
+                    else:
+                        m.d.comb += total_beats.eq((desc.count + (DB // eb - 1)) >> exact_log2(DB // eb))
+        with m.If(l_cmd_valid & l_cmd_ready):
+            m.d.sync += [l_busy.eq(1), l_target.eq(desc.target), l_sp.eq(desc.sp_addr), l_entries.eq(desc.count),
+                         l_ar_addr_r.eq(desc.dram_addr), l_ar_left.eq(total_beats), l_r_left.eq(total_beats)]
+        # AR: bursts of up to 256 beats, never across a 4 KiB boundary.
+        to_boundary = Signal(range(BOUNDARY // DB + 1))
+        m.d.comb += to_boundary.eq((BOUNDARY - l_ar_addr_r[:exact_log2(BOUNDARY)]) >> exact_log2(DB))
+        capped = Signal(range(MAX_BURST_BEATS + 1))
+        burst = Signal(range(MAX_BURST_BEATS + 1))
+        m.d.comb += [capped.eq(Mux(to_boundary < MAX_BURST_BEATS, to_boundary, MAX_BURST_BEATS)),
+                     burst.eq(Mux(l_ar_left < capped, l_ar_left, capped))]
+        m.d.comb += [l_ar_valid.eq(l_busy & (l_ar_left != 0)), l_ar_addr.eq(l_ar_addr_r), l_ar_len.eq(burst - 1)]
+        with m.If(l_ar_ready):
+            m.d.sync += [l_ar_addr_r.eq(l_ar_addr_r + burst * DB), l_ar_left.eq(l_ar_left - burst)]
+        # R: the gearbox from beats to scratchpad entries.
+        max_eb = max(DB, *(eb for eb, _ in targets.values()))
+        sr = Signal(max_eb * 8)
+        sr_next = Cat(sr, axi.rdata)[DW:]
+        beat_in_entry = Signal(range(max(2, max_eb // DB + 1)))
+        hold = Signal(DW)
+        holding = Signal()
+        sub = Signal(range(max(2, DB)))
+        written = Signal(16)
+        write_en = Signal()
+        m.d.comb += l_r_ready.eq(l_busy & ~holding)
+        with m.If(l_beat):
+            m.d.sync += [l_r_left.eq(l_r_left - 1), sr.eq(sr_next)]
+        for name, (eb, port) in targets.items():
+            sel = l_target == isa.TARGETS[name]
+            m.d.comb += port.payload.addr.eq(l_sp + written)
+            if eb >= DB:
+                n = eb // DB
+                entry = sr_next[len(sr_next) - eb * 8:]
+                complete = l_beat & sel & ((beat_in_entry == n - 1) if n > 1 else 1)
+                with m.If(l_beat & sel):
+                    m.d.sync += beat_in_entry.eq(Mux(beat_in_entry == n - 1, 0, beat_in_entry + 1))
+            else:
+                epb = DB // eb
+                entry = hold.word_select(sub, eb * 8)
+                with m.If(l_beat & sel):
+                    m.d.sync += [hold.eq(axi.rdata), holding.eq(1), sub.eq(0)]
+                complete = holding & sel
+                with m.If(complete):
+                    m.d.sync += sub.eq(sub + 1)
+                    with m.If((sub == epb - 1) | (l_entries == 1)):
+                        m.d.sync += holding.eq(0)
+            fire = complete & (l_entries != 0)
+            m.d.comb += port.valid.eq(fire)
+            with m.If(fire):
+                m.d.comb += write_en.eq(1)
+            if name == "PARAM":
+                for j in range(C):
+                    base = j * isa.PARAM_CHANNEL_BYTES * 8
+                    m.d.comb += [port.payload.data[j].bias.eq(entry[base:base + 32]),
+                                 port.payload.data[j].multiplier.eq(entry[base + 32:base + 63]),
+                                 port.payload.data[j].shift.eq(entry[base + 64:base + 70])]
+            else:
+                m.d.comb += port.payload.data.eq(entry)
+        with m.If(write_en):
+            m.d.sync += [written.eq(written + 1), l_entries.eq(l_entries - 1)]
+        with m.If(l_busy & (l_entries == 0) & (l_r_left == 0) & (l_ar_left == 0) & ~holding):
+            m.d.sync += [l_busy.eq(0), written.eq(0), beat_in_entry.eq(0)]
+            m.d.comb += load_done_pulse.eq(1)
+
+        # ------------------------------------------------ store unit
+        s_busy = Signal()
+        s_engine_cmd = Signal()
+        s_aw_addr = Signal(32)
+        s_stride = Signal(32)
+        s_aw_left = Signal(range(R + 1))
+        s_w_left = Signal(range(R + 1))
+        s_b_left = Signal(range(R + 1))
+        s_int32 = Signal()
+        m.d.comb += s_cmd_ready.eq(~s_busy)
+        sp = engine.store.payload
+        with m.If(s_cmd_valid & s_cmd_ready):
+            m.d.sync += [s_busy.eq(1), s_engine_cmd.eq(1), s_aw_addr.eq(desc.dram_addr), s_stride.eq(desc.stride),
+                         s_aw_left.eq(desc.count), s_w_left.eq(desc.count), s_b_left.eq(desc.count),
+                         s_int32.eq(desc.out_int32),
+                         sp.acc_base.eq(desc.sp_addr), sp.rows_last.eq(desc.count - 1),
+                         sp.param_addr.eq(desc.param_addr), sp.relu.eq(desc.relu), sp.out_int32.eq(desc.out_int32)]
+        m.d.comb += engine.store.valid.eq(s_engine_cmd)
+        with m.If(engine.store.ready & s_engine_cmd):
+            m.d.sync += s_engine_cmd.eq(0)
+        bpr8, bpr32 = C // DB, C * 4 // DB          # beats per output row
+        m.d.comb += [axi.awvalid.eq(s_busy & (s_aw_left != 0)), axi.awaddr.eq(s_aw_addr), axi.awid.eq(0),
+                     axi.awlen.eq(Mux(s_int32, bpr32 - 1, bpr8 - 1)),
+                     axi.awsize.eq(exact_log2(DB)), axi.awburst.eq(BURST_INCR)]
+        with m.If(axi.awvalid & axi.awready):
+            m.d.sync += [s_aw_addr.eq(s_aw_addr + s_stride), s_aw_left.eq(s_aw_left - 1)]
+        wbuf = Signal(C * 32)
+        w_holding = Signal()
+        w_beat = Signal(range(max(2, bpr32)))
+        m.d.comb += engine.out.ready.eq(~w_holding)
+        with m.If(engine.out.valid & engine.out.ready):
+            m.d.sync += [w_holding.eq(1), w_beat.eq(0),
+                         wbuf.eq(Mux(s_int32, Cat(*[engine.out.payload[j] for j in range(C)]),
+                                     Cat(*[engine.out.payload[j][:8] for j in range(C)])))]
+        w_last = w_beat == Mux(s_int32, bpr32 - 1, bpr8 - 1)
+        m.d.comb += [axi.wvalid.eq(w_holding), axi.wdata.eq(wbuf.word_select(w_beat, DW)),
+                     axi.wstrb.eq((1 << DB) - 1), axi.wlast.eq(w_last)]
+        with m.If(axi.wvalid & axi.wready):
+            m.d.sync += w_beat.eq(w_beat + 1)
+            with m.If(w_last):
+                m.d.sync += [w_holding.eq(0), s_w_left.eq(s_w_left - 1)]
+        m.d.comb += axi.bready.eq(1)
+        with m.If(axi.bvalid):
+            m.d.sync += s_b_left.eq(s_b_left - 1)
+            with m.If(axi.bresp != 0):
+                m.d.sync += error.eq(error | isa.ERROR_AXI_WRITE)
+        with m.If(s_busy & ~s_engine_cmd & (s_aw_left == 0) & (s_w_left == 0) & (s_b_left == 0)):
+            m.d.sync += s_busy.eq(0)
+            m.d.comb += store_done_pulse.eq(1)
+
+        with m.If((error != 0) & running):
+            m.d.sync += running.eq(0)
+        return m
+
+
+class Overlay(wiring.Component):
+    """The top level: `s_axil` registers, `m_axi` to DDR, `irq`."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        super().__init__({
+            "s_axil": In(AxiLiteSignature(isa.CSR_ADDR_BITS, 32)),
+            "m_axi": Out(Axi4Signature(cfg.axi_addr_bits, cfg.axi_data_bits, 1)),
+            "irq": Out(1),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        cfg = self.cfg
+        soft_reset = Signal()
+        m.submodules.core = core = ResetInserter(soft_reset)(Core(cfg))
+        wiring.connect(m, core.m_axi, wiring.flipped(self.m_axi))
+
+        desc_addr, desc_count, irq_enable = Signal(32), Signal(32), Signal()
+        done_flag = Signal()
+        m.d.comb += [core.desc_addr.eq(desc_addr), core.desc_count.eq(desc_count)]
+        with m.If(core.done):
+            m.d.sync += done_flag.eq(1)
+        m.d.comb += self.irq.eq(irq_enable & (done_flag | (core.error != 0)))
+        reg = isa.REG
+        readable = {
+            reg["STATUS"]: Cat(core.busy, done_flag, core.error != 0),
+            reg["ERROR"]: core.error, reg["IRQ_ENABLE"]: irq_enable,
+            reg["DESC_ADDR"]: desc_addr, reg["DESC_COUNT"]: desc_count, reg["DESC_DONE"]: core.desc_done,
+            reg["CYCLES"]: core.cycles, reg["LOADS_DONE"]: core.loads_done,
+            reg["COMPUTES_DONE"]: core.computes_done, reg["STORES_DONE"]: core.stores_done,
+            reg["CONFIG"]: Const(cfg.rows | cfg.cols << 8 | (cfg.axi_data_bits // 8) << 16 | isa.ISA_VERSION << 24, 32),
+            reg["ERROR_DESC"]: core.error_desc,
+        }
+
+        # AXI4-Lite: a write needs address and data together; one outstanding response each way.
+        s = self.s_axil
+        bvalid, rvalid = Signal(), Signal()
+        rdata = Signal(32)
+        m.d.comb += [s.bvalid.eq(bvalid), s.bresp.eq(0), s.rvalid.eq(rvalid), s.rdata.eq(rdata), s.rresp.eq(0)]
+        write = s.awvalid & s.wvalid & ~bvalid
+        m.d.comb += [s.awready.eq(write), s.wready.eq(write)]
+        with m.If(write):
+            m.d.sync += bvalid.eq(1)
+            with m.Switch(s.awaddr[2:]):
+                with m.Case(reg["CONTROL"] >> 2):
+                    m.d.comb += [core.start.eq(s.wdata[0]), soft_reset.eq(s.wdata[1])]
+                    with m.If(s.wdata[0] & ~core.busy):
+                        m.d.sync += done_flag.eq(0)
+                    with m.If(s.wdata[1]):
+                        m.d.sync += done_flag.eq(0)
+                with m.Case(reg["STATUS"] >> 2):
+                    with m.If(s.wdata[1]):
+                        m.d.sync += done_flag.eq(0)
+                with m.Case(reg["IRQ_ENABLE"] >> 2):
+                    m.d.sync += irq_enable.eq(s.wdata[0])
+                with m.Case(reg["DESC_ADDR"] >> 2):
+                    m.d.sync += desc_addr.eq(s.wdata)
+                with m.Case(reg["DESC_COUNT"] >> 2):
+                    m.d.sync += desc_count.eq(s.wdata)
+        with m.If(s.bvalid & s.bready):
+            m.d.sync += bvalid.eq(0)
+        m.d.comb += s.arready.eq(~rvalid)
+        with m.If(s.arvalid & ~rvalid):
+            m.d.sync += rvalid.eq(1)
+            with m.Switch(s.araddr[2:]):
+                for offset, value in readable.items():
+                    with m.Case(offset >> 2):
+                        m.d.sync += rdata.eq(value)
+                with m.Default():
+                    m.d.sync += rdata.eq(0)
+        with m.If(s.rvalid & s.rready):
+            m.d.sync += rvalid.eq(0)
+        return m

@@ -1,0 +1,1 @@
+"""Backends that execute compiled programs: sim (functional model), rtl (Verilator), pynq."""

@@ -1,0 +1,46 @@
+"""The rtl backend: the generated overlay Verilog under cocotb/Verilator, DDR = cocotbext-axi AxiRam.
+
+Programs (DDR images with descriptors) go to the bench as .npz files; one Verilator
+build and one simulator run serve a whole batch of programs.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+
+def overlay_verilog(cfg) -> Path:
+    from hw.overlay import Overlay
+    from hw.verilog import write_verilog
+    from sim.runner import BUILD
+    return write_verilog(Overlay(cfg), "overlay", BUILD / "verilog" / f"overlay_{config_tag(cfg)}")
+
+
+def config_tag(cfg) -> str:
+    digest = hashlib.sha1(json.dumps(cfg.summary(), sort_keys=True).encode()).hexdigest()[:8]
+    return f"{cfg.name}_{digest}"
+
+
+def run_images(cfg, jobs: list[dict], *, stall: float = 0.0, seed: int = 1, waves: bool | None = None,
+               name: str | None = None) -> list[dict]:
+    """Run each job {base, image (uint8), desc_count[, timeout]} on the RTL; return the bench's results.
+
+    Each result has: image (DDR after the run), status, error, cycles, desc_done, timed_out.
+    """
+    from sim.runner import run_bench
+    verilog = overlay_verilog(cfg)
+    with tempfile.TemporaryDirectory(prefix="sam2fpga-rtl-") as tmp:
+        folder = Path(tmp)
+        for i, job in enumerate(jobs):
+            np.savez(folder / f"prog_{i:03d}.npz", **{k: np.asarray(v) for k, v in job.items()})
+        run_bench(verilog, "overlay", "overlay_bench", name=name or f"overlay-{config_tag(cfg)}", waves=waves,
+                  extra_env={"PROGRAM_DIR": str(folder), "BENCH_STALL": str(stall), "BENCH_SEED": str(seed)})
+        out = []
+        for i in range(len(jobs)):
+            with np.load(folder / f"res_{i:03d}.npz") as r:
+                out.append({k: (r[k] if r[k].ndim else r[k].item()) for k in r.files})
+        return out

@@ -1,0 +1,204 @@
+"""The sim backend: a bit-exact functional model of the overlay with a cycle model.
+
+`SimOverlay` has the overlay's registers (hw.isa.REGISTERS) and a numpy DDR; START
+executes the descriptor list exactly as the hardware does (same DMA layouts, same
+arithmetic: golden_model.intops) and estimates the cycles the RTL would take from
+the units' occupancy and the descriptors' wait counts. A descriptor whose waits can
+never be met leaves it BUSY forever, like the hardware (the driver's time-out case).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from golden_model.intops import requantize, saturate_int32
+from hw import isa
+
+# Latencies of the RTL (cycles), measured against the Verilator runs (see tests/test_overlay.py).
+FETCH_CYCLES = 6          # AR -> descriptor in the FIFO (plus its beats)
+READ_LATENCY = 4          # AR handshake to first R beat
+STORE_LATENCY = 5         # row to B response, per store descriptor
+START_CYCLES = 3
+
+
+class SimOverlay:
+    def __init__(self, cfg, ddr_bytes: int = 1 << 24):
+        self.cfg = cfg
+        self.ddr = np.zeros(ddr_bytes, np.uint8)
+        self.regs = {r.name: 0 for r in isa.REGISTERS}
+        self.regs["CONFIG"] = cfg.rows | cfg.cols << 8 | (cfg.axi_data_bits // 8) << 16 | isa.ISA_VERSION << 24
+        self._soft_reset()
+
+    def _soft_reset(self):
+        cfg = self.cfg
+        self.a = np.zeros((cfg.a_depth, cfg.rows), np.int8)
+        self.b = np.zeros((cfg.b_depth, cfg.cols), np.int8)
+        self.params = np.zeros((cfg.param_depth, cfg.cols, 3), np.int64)
+        self.acc = np.zeros((cfg.acc_depth, cfg.cols), np.int64)
+        for name in ("STATUS", "ERROR", "DESC_DONE", "CYCLES", "LOADS_DONE", "COMPUTES_DONE",
+                     "STORES_DONE", "ERROR_DESC"):
+            self.regs[name] = 0
+
+    # ---------------------------------------------------------------- register interface
+    def read_reg(self, offset: int) -> int:
+        for r in isa.REGISTERS:
+            if r.offset == offset:
+                value = self.regs[r.name]
+                if r.name == "STATUS":
+                    value |= isa.STATUS_ERROR if self.regs["ERROR"] else 0
+                return value & 0xFFFFFFFF
+        return 0
+
+    def write_reg(self, offset: int, value: int) -> None:
+        reg = isa.REG
+        if offset == reg["CONTROL"]:
+            if value & isa.CONTROL_RESET:
+                self._soft_reset()
+            elif value & isa.CONTROL_START and not self.regs["STATUS"] & isa.STATUS_BUSY:
+                self.regs["STATUS"] &= ~isa.STATUS_DONE
+                self._run()
+        elif offset == reg["STATUS"]:
+            if value & isa.STATUS_DONE:
+                self.regs["STATUS"] &= ~isa.STATUS_DONE
+        elif offset in (reg["IRQ_ENABLE"], reg["DESC_ADDR"], reg["DESC_COUNT"]):
+            name = next(r.name for r in isa.REGISTERS if r.offset == offset)
+            self.regs[name] = value & 0xFFFFFFFF
+
+    @property
+    def irq(self) -> bool:
+        return bool(self.regs["IRQ_ENABLE"] & 1) and bool(self.regs["STATUS"] & isa.STATUS_DONE or self.regs["ERROR"])
+
+    # ---------------------------------------------------------------- execution
+    def _error(self, bit: int, index: int):
+        if not self.regs["ERROR"]:
+            self.regs["ERROR_DESC"] = index
+        self.regs["ERROR"] |= bit
+        self.regs["STATUS"] &= ~isa.STATUS_BUSY
+
+    def _ddr(self, addr: int, size: int) -> np.ndarray | None:
+        if addr < 0 or addr + size > len(self.ddr):
+            return None
+        return self.ddr[addr:addr + size]
+
+    def _run(self):
+        cfg = self.cfg
+        R, C, DB = cfg.rows, cfg.cols, cfg.beat_bytes
+        self.regs["STATUS"] = isa.STATUS_BUSY
+        for name in ("DESC_DONE", "LOADS_DONE", "COMPUTES_DONE", "STORES_DONE"):
+            self.regs[name] = 0
+        base, count = self.regs["DESC_ADDR"], self.regs["DESC_COUNT"]
+        done = {"LOAD": [], "COMPUTE": [], "STORE": []}      # completion times, in order
+        unit_free = {"LOAD": 0, "STORE": 0}
+        t_dispatch = START_CYCLES
+        fetched = []                                          # time each descriptor reaches the FIFO
+        fetched_dispatch = []                                 # time each descriptor left the FIFO
+        c_last_issue = -10 ** 9                               # engine: last step issue of previous compute
+        gap = 2 * R + C - 1
+        for i in range(count):
+            raw = self._ddr(base + i * isa.DESCRIPTOR_BYTES, isa.DESCRIPTOR_BYTES)
+            if raw is None:
+                return self._error(isa.ERROR_AXI_READ, i)
+            d = isa.unpack_descriptor(raw)
+            # fetch: one descriptor at a time, FIFO of 2 ahead of the dispatcher
+            prev_fetch = fetched[-1] if fetched else START_CYCLES
+            fifo_space = fetched_dispatch[i - 2] if i >= 2 else 0
+            fetched.append(max(prev_fetch, fifo_space) + FETCH_CYCLES + isa.DESCRIPTOR_BYTES // DB)
+            t = max(t_dispatch, fetched[i])
+            waits = {"LOAD": d["wait_load"], "COMPUTE": d["wait_compute"], "STORE": d["wait_store"]}
+            for unit, n in waits.items():
+                if n > len(done[unit]):
+                    # Only descriptors already dispatched can complete: the hardware waits forever.
+                    self.regs["DESC_DONE"] = i
+                    return     # stays BUSY
+                if n:
+                    t = max(t, done[unit][n - 1] + 1)
+            op = d["opcode"]
+            if op == isa.OPCODES["LOAD"]:
+                target = next((k for k, v in isa.TARGETS.items() if v == d["target"]), None)
+                if target is None:
+                    return self._error(isa.ERROR_BAD_OPCODE, i)
+                eb = isa.entry_bytes(cfg, target)
+                n = d["count"]
+                beats = n * eb // DB if eb >= DB else -(-n // (DB // eb))
+                src = self._ddr(d["dram_addr"], beats * DB)
+                if src is None:
+                    return self._error(isa.ERROR_AXI_READ, i)
+                self._load(target, d["sp_addr"], n, src[:n * eb])
+                t = max(t, unit_free["LOAD"])
+                cycles = beats if eb >= DB else max(beats, n)
+                bursts = -(-beats // 256)
+                finish = t + READ_LATENCY * bursts + cycles + 2
+                unit_free["LOAD"] = finish
+                done["LOAD"].append(finish)
+            elif op == isa.OPCODES["COMPUTE"]:
+                k = d["k_last"] + 1
+                self._compute(d["sp_addr"], d["b_base"], k, d["acc_base"], d["accumulate"])
+                t = max(t, c_last_issue)          # the engine takes a command at its predecessor's last step
+                start = t + 1
+                last_issue = max(start + k - 1, c_last_issue + gap)
+                c_last_issue = last_issue
+                done["COMPUTE"].append(last_issue + R + C + R)
+            elif op == isa.OPCODES["STORE"]:
+                rows = d["count"]
+                eb = 4 if d["out_int32"] else 1
+                row_bytes = C * eb
+                if not self._store(d, rows, row_bytes):
+                    return self._error(isa.ERROR_AXI_WRITE, i)
+                t = max(t, unit_free["STORE"])
+                finish = t + 4 + rows * (row_bytes // DB + 1) + STORE_LATENCY
+                unit_free["STORE"] = finish
+                done["STORE"].append(finish)
+            elif op == isa.OPCODES["SYNC"]:
+                t = max([t] + [v[-1] + 1 for v in done.values() if v])
+            else:
+                return self._error(isa.ERROR_BAD_OPCODE, i)
+            fetched_dispatch.append(t)
+            t_dispatch = t + 1
+            self.regs["DESC_DONE"] = i + 1
+        end = max([t_dispatch] + [v[-1] + 1 for v in done.values() if v])
+        self.regs["LOADS_DONE"], self.regs["COMPUTES_DONE"], self.regs["STORES_DONE"] = (
+            len(done["LOAD"]), len(done["COMPUTE"]), len(done["STORE"]))
+        self.regs["CYCLES"] = end
+        self.regs["STATUS"] = isa.STATUS_DONE
+
+    def _load(self, target, sp, n, raw):
+        cfg = self.cfg
+        if target == "A":
+            rows = raw.view(np.int8).reshape(n, cfg.rows)
+            idx = (sp + np.arange(n)) % cfg.a_depth
+            self.a[idx] = rows
+        elif target == "B":
+            rows = raw.view(np.int8).reshape(n, cfg.cols)
+            idx = (sp + np.arange(n)) % cfg.b_depth
+            self.b[idx] = rows
+        else:
+            words = raw.view("<u4").reshape(n, cfg.cols, 4).astype(np.int64)
+            p = np.stack([words[..., 0].astype(np.uint32).view(np.int32).astype(np.int64),
+                          words[..., 1] & ((1 << 31) - 1), words[..., 2] & 63], axis=-1)
+            idx = (sp + np.arange(n)) % cfg.param_depth
+            self.params[idx] = p
+
+    def _compute(self, a_base, b_base, k, acc_base, accumulate):
+        cfg = self.cfg
+        a = self.a[(a_base + np.arange(k)) % cfg.a_depth].astype(np.float64)      # (k, R)
+        b = self.b[(b_base + np.arange(k)) % cfg.b_depth].astype(np.float64)      # (k, C)
+        prod = (a.T @ b).astype(np.int64)
+        rows = (acc_base + np.arange(cfg.rows)) % cfg.acc_depth
+        new = prod + (self.acc[rows] if accumulate else 0)
+        self.acc[rows] = ((new + (1 << 31)) % (1 << 32)) - (1 << 31)              # int32 wrap, as the adder
+
+    def _store(self, d, rows, row_bytes) -> bool:
+        cfg = self.cfg
+        idx = (d["sp_addr"] + np.arange(rows)) % cfg.acc_depth
+        p = self.params[d["param_addr"] % cfg.param_depth]
+        t = saturate_int32(self.acc[idx] + p[:, 0])
+        if d["out_int32"]:
+            y = np.maximum(t, 0) if d["relu"] else t
+            data = y.astype("<i4").view(np.uint8).reshape(rows, row_bytes)
+        else:
+            data = requantize(t, p[:, 1], p[:, 2], relu=bool(d["relu"])).view(np.uint8).reshape(rows, row_bytes)
+        for r in range(rows):
+            dst = self._ddr(d["dram_addr"] + r * d["stride"], row_bytes)
+            if dst is None:
+                return False
+            dst[:] = data[r]
+        return True

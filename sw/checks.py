@@ -1,0 +1,67 @@
+"""Host-side checks of a descriptor list before it is submitted: nothing may point outside its buffer."""
+from __future__ import annotations
+
+from hw import isa
+
+
+class DescriptorError(ValueError):
+    """A descriptor would read or write outside its buffer or scratchpad; the message says which and why."""
+
+
+def check_descriptors(cfg, descriptors: list[dict], buffer_base: int, buffer_size: int) -> None:
+    R, C, DB = cfg.rows, cfg.cols, cfg.beat_bytes
+    lo, hi = buffer_base, buffer_base + buffer_size
+    counts = {"LOAD": 0, "COMPUTE": 0, "STORE": 0}
+    names = {v: k for k, v in isa.OPCODES.items()}
+    targets = {v: k for k, v in isa.TARGETS.items()}
+
+    def fail(i, why):
+        raise DescriptorError(f"descriptor {i} ({names.get(d.get('opcode'), d.get('opcode'))}): {why}")
+
+    def in_buffer(i, addr, size, what):
+        if addr % DB:
+            fail(i, f"{what} address {addr:#x} is not aligned to the {DB}-byte AXI beat")
+        if addr < lo or addr + size > hi:
+            fail(i, f"{what} [{addr:#x}, {addr + size:#x}) outside the buffer [{lo:#x}, {hi:#x})")
+
+    for i, d in enumerate(descriptors):
+        op = names.get(d.get("opcode"))
+        if op not in isa.IMPLEMENTED_OPCODES:
+            fail(i, f"opcode {d.get('opcode')} is not one of {list(isa.IMPLEMENTED_OPCODES)}")
+        for unit in counts:
+            need = d.get(f"wait_{unit.lower()}", 0)
+            if need > counts[unit]:
+                fail(i, f"waits for {need} {unit}s but only {counts[unit]} come before it (would hang)")
+        if op == "LOAD":
+            target = targets.get(d.get("target"))
+            if target is None:
+                fail(i, f"unknown LOAD target {d.get('target')}")
+            n, sp = d["count"], d["sp_addr"]
+            depth = isa.scratchpad_depth(cfg, target)
+            if n < 1 or sp + n > depth:
+                fail(i, f"entries [{sp}, {sp + n}) outside the {target} scratchpad (depth {depth})")
+            eb = isa.entry_bytes(cfg, target)
+            size = n * eb if eb >= DB else -(-n * eb // DB) * DB
+            in_buffer(i, d["dram_addr"], size, "source")
+        elif op == "COMPUTE":
+            k = d["k_last"] + 1
+            if d["sp_addr"] + k > cfg.a_depth or d["b_base"] + k > cfg.b_depth:
+                fail(i, f"K={k} entries from A {d['sp_addr']} / B {d['b_base']} run past the scratchpads")
+            if d["acc_base"] + R > cfg.acc_depth:
+                fail(i, f"accumulator rows [{d['acc_base']}, {d['acc_base'] + R}) past depth {cfg.acc_depth}")
+        elif op == "STORE":
+            rows = d["count"]
+            if not 1 <= rows <= R:
+                fail(i, f"{rows} rows, must be 1..{R}")
+            if d["sp_addr"] + rows > cfg.acc_depth or d["param_addr"] >= cfg.param_depth:
+                fail(i, "accumulator rows or parameter entry outside their scratchpads")
+            row_bytes = C * (4 if d.get("out_int32") else 1)
+            if d["stride"] % DB:
+                fail(i, f"row stride {d['stride']} not a multiple of the {DB}-byte beat")
+            in_buffer(i, d["dram_addr"], (rows - 1) * d["stride"] + row_bytes, "destination")
+            for r in range(rows):
+                start = d["dram_addr"] + r * d["stride"]
+                if start // 4096 != (start + row_bytes - 1) // 4096:
+                    fail(i, f"row {r} crosses a 4 KiB boundary (AXI bursts may not)")
+        if op in counts:
+            counts[op] += 1

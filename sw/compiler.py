@@ -1,0 +1,266 @@
+"""Compiler: a quantised linear layer (M x K @ K x N) -> DDR image + command descriptors.
+
+DDR image (one buffer, byte offsets from its start, every region 4 KiB aligned):
+  descriptors   n x 32 bytes                      (hw.isa descriptor format)
+  A             per M-tile (R rows): K entries of R int8   = A[m0:m0+R, k] (rows past M zero)
+  B             per N-tile (C cols): K entries of C int8   = B[k, n0:n0+C] (cols past N zero)
+  params        per N-tile: C x 16 bytes (hw.isa.pack_params; channels past N zero)
+  out           M rows x Np columns (Np = N rounded up to C), int8 or int32, row-major
+The host slices out[:, :N].
+
+Schedule. K fits half a scratchpad ("resident" path): the B scratchpad half holds
+`nb` N-tiles, loaded once per N-block; the A half holds one M-tile, loaded once per
+(N-block, M-tile); each A load feeds nb computes. Otherwise K is cut into chunks of
+half a scratchpad accumulated in place (the accumulate flag) with A and B chunks
+reloaded per tile. Halves alternate (double buffering); every descriptor carries
+the exact completion counts it must wait for (hw.isa wait_* fields), computed here
+from which scratchpad half / accumulator region / parameter entry each op touches.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from golden_model.intops import MAX_K
+from hw import isa
+
+ALIGN = 4096
+
+
+class CompileError(ValueError):
+    """The layer does not fit this overlay configuration (the message says why)."""
+
+
+@dataclass
+class Program:
+    cfg: object
+    m: int
+    k: int
+    n: int
+    out_int32: bool
+    image: np.ndarray                  # uint8 DDR image (descriptors, operands, space for out)
+    descriptors: list[dict]
+    regions: dict[str, tuple[int, int]]   # name -> (offset, size) in the image
+    macs: int = 0
+    base_addr: int = 0
+
+    @property
+    def n_padded(self) -> int:
+        return -(-self.n // self.cfg.cols) * self.cfg.cols
+
+    def output(self, image: np.ndarray) -> np.ndarray:
+        """The (M, N) result from a DDR image the overlay has run on."""
+        off, size = self.regions["out"]
+        dtype = np.dtype("<i4") if self.out_int32 else np.int8
+        out = np.frombuffer(image[off:off + size].tobytes(), dtype=dtype).reshape(self.m, self.n_padded)
+        return out[:, :self.n].astype(np.int32 if self.out_int32 else np.int8)
+
+
+def _align(x: int) -> int:
+    return -(-x // ALIGN) * ALIGN
+
+
+def compile_linear(cfg, a, b, bias, multiplier=None, shift=None, *, relu=False, out_int32=False,
+                   base_addr: int = 0, max_ddr_bytes: int = 1 << 30) -> Program:
+    """Compile one layer for a DDR buffer at physical address `base_addr` (4 KiB aligned)."""
+    if base_addr % ALIGN:
+        raise CompileError(f"DDR buffer address {base_addr:#x} is not {ALIGN}-byte aligned")
+    a = np.asarray(a)
+    b = np.asarray(b)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
+        raise CompileError(f"shapes {a.shape} and {b.shape} are not M x K and K x N")
+    if a.dtype != np.int8 or b.dtype != np.int8:
+        raise CompileError(f"activations and weights must be int8 (got {a.dtype}, {b.dtype})")
+    M, K = a.shape
+    N = b.shape[1]
+    if min(M, K, N) < 1:
+        raise CompileError(f"empty layer {M} x {K} x {N}")
+    if K > MAX_K:
+        raise CompileError(f"K={K} exceeds {MAX_K}: int32 accumulation could overflow")
+    if not out_int32 and (multiplier is None or shift is None):
+        raise CompileError("int8 output needs per-channel multiplier and shift")
+    R, C = cfg.rows, cfg.cols
+    bias = np.broadcast_to(np.asarray(0 if bias is None else bias, np.int64), (N,))
+    multiplier = np.broadcast_to(np.asarray(0 if multiplier is None else multiplier, np.int64), (N,))
+    shift = np.broadcast_to(np.asarray(0 if shift is None else shift, np.int64), (N,))
+    mt, nt = -(-M // R), -(-N // C)
+    a_half, b_half = cfg.a_depth // 2, cfg.b_depth // 2
+    regions_acc = cfg.acc_depth // R
+    if regions_acc < 2:
+        raise CompileError(f"accumulator scratchpad ({cfg.acc_depth} rows) cannot double-buffer {R}-row tiles")
+    if cfg.param_depth < 2:
+        raise CompileError("parameter scratchpad needs at least 2 entries")
+
+    ebytes = 4 if out_int32 else 1
+    np_cols = nt * C
+    # ---- DDR layout
+    # Tiles start on AXI beats: the DMA reads whole, aligned beats.
+    a_stride = -(-K * R // cfg.beat_bytes) * cfg.beat_bytes
+    b_stride = -(-K * C // cfg.beat_bytes) * cfg.beat_bytes
+    sizes = {"A": mt * a_stride, "B": nt * b_stride, "params": nt * C * isa.PARAM_CHANNEL_BYTES,
+             "out": M * np_cols * ebytes}
+
+    # ---- the op list (before descriptors get their addresses)
+    ops: list[dict] = []       # dicts with 'op' and resource annotations
+    resident = K <= min(a_half, b_half)
+    tile_no = 0
+    if resident:
+        kc = K
+        nb = max(1, min(b_half // K, cfg.param_depth // 2, nt))
+        step = 0
+        for blk, nj0 in enumerate(range(0, nt, nb)):
+            tiles_n = list(range(nj0, min(nj0 + nb, nt)))
+            hb, hp = blk % 2, blk % 2
+            b_loads = [dict(op="LOAD", target="B", src=("B", nj * b_stride), count=K,
+                            sp=hb * b_half + i * K, res=("B", hb)) for i, nj in enumerate(tiles_n)]
+            p_loads = [dict(op="LOAD", target="PARAM", src=("params", nj * C * isa.PARAM_CHANNEL_BYTES), count=1,
+                            sp=hp * (cfg.param_depth // 2) + i, res=("P", hp)) for i, nj in enumerate(tiles_n)]
+            for mi in range(mt):
+                ha = step % 2
+                a_load = dict(op="LOAD", target="A", src=("A", mi * a_stride), count=K, sp=ha * a_half, res=("A", ha))
+                loads = ([*b_loads, *p_loads] if mi == 0 else []) + [a_load]
+                for i, nj in enumerate(tiles_n):
+                    region = tile_no % regions_acc
+                    rows = min(R, M - mi * R)
+                    ops.append(dict(op="COMPUTE", loads=loads if i == 0 else [], a=("A", ha), b=("B", hb),
+                                    a_base=ha * a_half, b_base=hb * b_half + i * K, k_last=kc - 1,
+                                    acc=region, accumulate=0,
+                                    store=dict(op="STORE", rows=rows, acc=region, param=hp * (cfg.param_depth // 2) + i,
+                                               p=("P", hp), dst=("out", (mi * R * np_cols + nj * C) * ebytes))))
+                    tile_no += 1
+                step += 1
+    else:
+        kc = min(a_half, b_half)
+        step = 0
+        for mi in range(mt):
+            for nj in range(nt):
+                region = tile_no % regions_acc
+                hp = tile_no % 2
+                p_load = dict(op="LOAD", target="PARAM", src=("params", nj * C * isa.PARAM_CHANNEL_BYTES), count=1,
+                              sp=hp, res=("P", hp))
+                chunks = list(range(0, K, kc))
+                for ci, k0 in enumerate(chunks):
+                    kk = min(kc, K - k0)
+                    h = step % 2
+                    loads = [dict(op="LOAD", target="A", src=("A", mi * a_stride + k0 * R), count=kk, sp=h * a_half, res=("A", h)),
+                             dict(op="LOAD", target="B", src=("B", nj * b_stride + k0 * C), count=kk, sp=h * b_half, res=("B", h))]
+                    if ci == 0:
+                        loads.append(p_load)
+                    last = ci == len(chunks) - 1
+                    ops.append(dict(op="COMPUTE", loads=loads, a=("A", h), b=("B", h), a_base=h * a_half,
+                                    b_base=h * b_half, k_last=kk - 1, acc=region, accumulate=int(ci > 0),
+                                    store=dict(op="STORE", rows=min(R, M - mi * R), acc=region, param=hp, p=("P", hp),
+                                               dst=("out", (mi * R * np_cols + nj * C) * ebytes)) if last else None))
+                    step += 1
+                tile_no += 1
+
+    # ---- emission order and exact waits
+    descs: list[dict] = []
+    counts = {"LOAD": 0, "COMPUTE": 0, "STORE": 0}
+    last_reader = {}          # resource -> (unit, completion count needed) of its last user
+    acc_free = {}             # acc region -> stores_done needed before overwriting
+    emitted_loads = set()
+
+    def emit(d, waits):
+        d = dict(d)
+        d.update({"wait_load": waits.get("LOAD", 0), "wait_compute": waits.get("COMPUTE", 0),
+                  "wait_store": waits.get("STORE", 0)})
+        descs.append(d)
+
+    def emit_loads(op):
+        for ld in op["loads"]:
+            if id(ld) in emitted_loads:
+                continue
+            emitted_loads.add(id(ld))
+            waits = {}
+            unit, cnt = last_reader.get(ld["res"], ("COMPUTE", 0))
+            waits[unit] = max(waits.get(unit, 0), cnt)
+            counts["LOAD"] += 1
+            ld["done_at"] = counts["LOAD"]
+            emit(dict(opcode="LOAD", target=ld["target"], src=ld["src"], count=ld["count"], sp_addr=ld["sp"]), waits)
+
+    pending_store = None
+    for i, op in enumerate(ops):
+        if i == 0:
+            emit_loads(op)
+        waits = {"LOAD": max([ld["done_at"] for ld in op["loads"]], default=0),
+                 "STORE": acc_free.get(op["acc"], 0) if not op["accumulate"] else 0}
+        counts["COMPUTE"] += 1
+        op["done_at"] = counts["COMPUTE"]
+        emit(dict(opcode="COMPUTE", sp_addr=op["a_base"], b_base=op["b_base"], k_last=op["k_last"],
+                  acc_base=op["acc"] * R, accumulate=op["accumulate"]), waits)
+        last_reader[op["a"]] = ("COMPUTE", op["done_at"])
+        last_reader[op["b"]] = ("COMPUTE", op["done_at"])
+        if pending_store is not None:
+            _emit_store(pending_store, emit, counts, last_reader, acc_free, R, relu, out_int32, np_cols * ebytes)
+        pending_store = (op["store"], op["done_at"]) if op["store"] else None
+        if i + 1 < len(ops):
+            emit_loads(ops[i + 1])
+    if pending_store is not None:
+        _emit_store(pending_store, emit, counts, last_reader, acc_free, R, relu, out_int32, np_cols * ebytes)
+
+    # ---- addresses
+    offsets, pos = {}, 0
+    sizes = {"descriptors": len(descs) * isa.DESCRIPTOR_BYTES, **sizes}
+    for name, size in sizes.items():
+        offsets[name] = (pos, size)
+        pos = _align(pos + size)
+    if pos > max_ddr_bytes or base_addr + pos > (1 << cfg.axi_addr_bits):
+        raise CompileError(f"layer needs {pos} bytes of DDR, more than the {max_ddr_bytes} allowed")
+    image = np.zeros(pos, np.uint8)
+    _fill_operands(cfg, image, offsets, a, b, bias, multiplier, shift, mt, nt, a_stride, b_stride)
+    raw = []
+    for d in descs:
+        fields = {k: v for k, v in d.items() if k in isa.FIELDS}
+        fields["opcode"] = isa.OPCODES[d["opcode"]]
+        if "target" in d:
+            fields["target"] = isa.TARGETS[d["target"]]
+        for key in ("src", "dst"):
+            if key in d:
+                region, off = d[key]
+                fields["dram_addr"] = base_addr + offsets[region][0] + off
+        raw.append(fields)
+    for j, fields in enumerate(raw):
+        try:
+            packed = isa.pack_descriptor(**fields)
+        except ValueError as e:
+            raise CompileError(f"descriptor {j} does not fit the format ({e}); split the layer") from None
+        image[j * 32:(j + 1) * 32] = np.frombuffer(packed, np.uint8)
+    return Program(cfg, M, K, N, out_int32, image, raw, offsets, macs=M * K * N, base_addr=base_addr)
+
+
+def _emit_store(pending, emit, counts, last_reader, acc_free, R, relu, out_int32, row_bytes):
+    st, compute_done = pending
+    counts["STORE"] += 1
+    emit(dict(opcode="STORE", count=st["rows"], sp_addr=st["acc"] * R, param_addr=st["param"],
+              relu=int(relu), out_int32=int(out_int32), dst=st["dst"], stride=row_bytes),
+         {"COMPUTE": compute_done})
+    acc_free[st["acc"]] = counts["STORE"]
+    prev = last_reader.get(st["p"], ("STORE", 0))
+    last_reader[st["p"]] = ("STORE", max(counts["STORE"], prev[1] if prev[0] == "STORE" else 0))
+
+
+def _fill_operands(cfg, image, offsets, a, b, bias, multiplier, shift, mt, nt, a_stride, b_stride):
+    R, C = cfg.rows, cfg.cols
+    M, K = a.shape
+    N = b.shape[1]
+    ap = np.zeros((mt * R, K), np.int8)
+    ap[:M] = a
+    # per M-tile: K entries of R -> [mt, K, R]
+    tiles_a = ap.reshape(mt, R, K).transpose(0, 2, 1).reshape(mt, K * R)
+    off = offsets["A"][0]
+    for i in range(mt):
+        image[off + i * a_stride:off + i * a_stride + K * R] = tiles_a[i].view(np.uint8)
+    bp = np.zeros((K, nt * C), np.int8)
+    bp[:, :N] = b
+    tiles_b = np.ascontiguousarray(bp.reshape(K, nt, C).transpose(1, 0, 2)).reshape(nt, K * C)
+    off = offsets["B"][0]
+    for j in range(nt):
+        image[off + j * b_stride:off + j * b_stride + K * C] = tiles_b[j].view(np.uint8)
+    pad = nt * C - N
+    params = isa.pack_params(np.concatenate([bias, np.zeros(pad, np.int64)]),
+                             np.concatenate([multiplier, np.zeros(pad, np.int64)]),
+                             np.concatenate([shift, np.zeros(pad, np.int64)]))
+    off = offsets["params"][0]
+    image[off:off + params.size] = params

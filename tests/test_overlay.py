@@ -1,0 +1,151 @@
+"""Overlay + compiler + driver: rtl == sim == golden bit for bit; bad input; hung accelerator."""
+import numpy as np
+import pytest
+
+from golden_model.intops import gemm
+from hw import isa
+from hw.config import preset
+from sw.checks import DescriptorError, check_descriptors
+from sw.compiler import CompileError, compile_linear
+from sw.driver import AcceleratorError, Driver
+
+SIM = preset("sim")
+
+
+def layer(rng, m, k, n, extremes=False):
+    a = rng.integers(-128, 128, (m, k)).astype(np.int8)
+    b = rng.integers(-128, 128, (k, n)).astype(np.int8)
+    if extremes:
+        a[0] = -128
+        b[:, 0] = -128
+        b[:, -1] = 127
+    bias = rng.integers(-2**20, 2**20, n)
+    bias[0] = -2**31
+    mult = rng.integers(1 << 29, 1 << 31, n)
+    shift = rng.integers(34, 44, n)
+    return a, b, bias, mult, shift
+
+
+CASES = [  # m, k, n, relu, out_int32
+    (1, 1, 8, False, False), (5, 9, 11, True, False), (4, 8, 8, False, True), (9, 70, 20, True, True),
+    (13, 33, 17, False, False),
+]
+
+
+@pytest.mark.parametrize("m,k,n,relu,out_int32", CASES)
+def test_sim_backend_matches_golden(m, k, n, relu, out_int32):
+    rng = np.random.default_rng(m * 1000 + k * 10 + n)
+    a, b, bias, mult, shift = layer(rng, m, k, n, extremes=True)
+    got = Driver(SIM, "sim").linear(a, b, bias, mult, shift, relu=relu, out_int32=out_int32)
+    assert np.array_equal(got, gemm(a, b, bias, mult, shift, relu=relu, out_int32=out_int32))
+
+
+def test_sim_backend_k_split_and_small_scratchpads():
+    """K larger than half a scratchpad: accumulated chunks; acc scratchpad of just two tiles."""
+    cfg = SIM.replace(a_depth=64, b_depth=64, acc_depth=8, param_depth=2)
+    rng = np.random.default_rng(3)
+    a, b, bias, mult, shift = layer(rng, 9, 100, 19, extremes=True)
+    drv = Driver(cfg, "sim")
+    assert np.array_equal(drv.linear(a, b, bias, mult, shift), gemm(a, b, bias, mult, shift))
+    assert np.array_equal(drv.linear(a, b, bias, out_int32=True), gemm(a, b, bias, out_int32=True))
+
+
+@pytest.mark.rtl
+def test_rtl_equals_sim_equals_golden_with_axi_backpressure():
+    """One Verilator run for several layers, random stalls on every AXI channel."""
+    from sw.backends.rtl import run_images
+    rng = np.random.default_rng(7)
+    cases = CASES + [(4, 2100, 8, True, False)]          # K split into accumulated chunks
+    drv = Driver(SIM, "sim")
+    progs, wants, sims = [], [], []
+    for m, k, n, relu, out_int32 in cases:
+        a, b, bias, mult, shift = layer(rng, m, k, n, extremes=True)
+        prog = drv.compile(a, b, bias, mult, shift, relu=relu, out_int32=out_int32)
+        progs.append(prog)
+        wants.append(gemm(a, b, bias, mult, shift, relu=relu, out_int32=out_int32))
+        sims.append((prog.output(drv.run(prog)), drv.last_run.cycles))
+    results = run_images(SIM, [dict(base=p.base_addr, image=p.image, desc_count=len(p.descriptors),
+                                    timeout=2_000_000) for p in progs], stall=0.3, seed=11,
+                         name="test-overlay-stalls")
+    for prog, want, (sim_out, _), res in zip(progs, wants, sims, results):
+        assert res["error"] == 0 and not res["timed_out"], res
+        rtl_out = prog.output(res["image"])
+        assert np.array_equal(rtl_out, want), (prog.m, prog.k, prog.n)
+        assert np.array_equal(sim_out, rtl_out)
+
+
+@pytest.mark.rtl
+def test_rtl_bad_opcode_and_hang_are_reported_and_reset():
+    from sw.backends.rtl import run_images
+    rng = np.random.default_rng(1)
+    a, b, bias, mult, shift = layer(rng, 4, 8, 8)
+    prog = compile_linear(SIM, a, b, bias, mult, shift, base_addr=0x10000)
+    bad = prog.image.copy()
+    bad[0] = 0x77                                            # descriptor 0: unknown opcode
+    hang = prog.image.copy()
+    hang[32 * 3:32 * 4] = np.frombuffer(isa.pack_descriptor(opcode=isa.OPCODES["SYNC"], wait_load=99), np.uint8)
+    jobs = [dict(base=0x10000, image=img, desc_count=len(prog.descriptors), timeout=t)
+            for img, t in ((bad, 20_000), (hang, 5_000), (prog.image, 200_000))]
+    r_bad, r_hang, r_ok = run_images(SIM, jobs, name="test-overlay-errors")
+    assert r_bad["error"] == isa.ERROR_BAD_OPCODE and r_bad["error_desc"] == 0
+    assert r_hang["timed_out"] and r_hang["error"] == 0 and r_hang["desc_done"] == 3
+    assert r_hang["status_after_reset"] == 0                 # reset: not busy, no error
+    assert np.array_equal(prog.output(r_ok["image"]), gemm(a, b, bias, mult, shift))   # still works after reset
+
+
+def test_driver_times_out_on_hung_sim_and_resets():
+    rng = np.random.default_rng(2)
+    a, b, bias, mult, shift = layer(rng, 4, 8, 8)
+    drv = Driver(SIM, "sim", timeout_s=0.2)
+    prog = drv.compile(a, b, bias, mult, shift)
+    descs = [dict(d) for d in prog.descriptors]
+    # A wait that only a later descriptor could satisfy is refused by the host check ...
+    descs[0]["wait_compute"] = 1
+    with pytest.raises(DescriptorError, match="would hang"):
+        drv.run(prog, descs)
+    # ... so corrupt the DDR copy after the check, as a faulty memory or bitstream would.
+    prog.image[32 * 3:32 * 4] = np.frombuffer(isa.pack_descriptor(opcode=isa.OPCODES["SYNC"], wait_store=5), np.uint8)
+    with pytest.raises(AcceleratorError, match=r"hung.*DESC_DONE=3.*reset"):
+        drv.run(prog)
+    assert drv._sim.read_reg(isa.REG["STATUS"]) == 0         # reset
+    good = drv.compile(a, b, bias, mult, shift)
+    assert np.array_equal(good.output(drv.run(good)), gemm(a, b, bias, mult, shift))
+
+
+def test_driver_reports_bad_opcode_error():
+    rng = np.random.default_rng(4)
+    a, b, bias, mult, shift = layer(rng, 4, 8, 8)
+    drv = Driver(SIM, "sim")
+    prog = drv.compile(a, b, bias, mult, shift)
+    prog.image[0] = 0x77
+    with pytest.raises(AcceleratorError, match="bad opcode"):
+        drv.run(prog)
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("dram_addr", 0x100, "outside the buffer"), ("dram_addr", 0x100004, "aligned"),
+    ("count", 5000, "scratchpad"), ("opcode", 8, "opcode"), ("wait_store", 3, "would hang"),
+])
+def test_host_refuses_bad_descriptors(field, value, match):
+    prog = compile_linear(SIM, *layer(np.random.default_rng(0), 4, 8, 8), base_addr=0x100000)
+    descs = [dict(d) for d in prog.descriptors]
+    descs[0][field] = value
+    with pytest.raises(DescriptorError, match=match):
+        check_descriptors(SIM, descs, prog.base_addr, len(prog.image))
+
+
+def test_compiler_refuses_what_does_not_fit():
+    rng = np.random.default_rng(0)
+    a, b, *_ = layer(rng, 4, 8, 8)
+    with pytest.raises(CompileError, match="int8"):
+        compile_linear(SIM, a.astype(np.int16), b, None, out_int32=True)
+    with pytest.raises(CompileError, match="not M x K"):
+        compile_linear(SIM, a, b.T[:3], None, out_int32=True)
+    with pytest.raises(CompileError, match="multiplier"):
+        compile_linear(SIM, a, b, None)
+    with pytest.raises(CompileError, match="bytes of DDR"):
+        compile_linear(SIM, *layer(rng, 300, 64, 300)[:2], None, out_int32=True, max_ddr_bytes=1 << 16)
+    with pytest.raises(CompileError, match="accumulator"):
+        compile_linear(SIM.replace(acc_depth=4), a, b, None, out_int32=True)
+    with pytest.raises(CompileError, match="aligned"):
+        compile_linear(SIM, a, b, None, out_int32=True, base_addr=100)
