@@ -19,14 +19,19 @@ class Board:
     bram36: int            # Xilinx BRAM36 tiles; for ECP5, EBR (18 Kb) blocks
     uram: int
     macs_per_dsp: int      # int8 MACs one DSP does per cycle (WP486 packing on DSP48E2)
-    axi_data_width: int    # PS DDR port width the overlay's AXI master uses
+    axi_data_bits: int     # PS DDR port width the overlay's AXI master uses
     vendor: str            # "xilinx" (Vivado flow) or "lattice" (open flow)
+    ps: str = ""           # Zynq processing system: "zynq_ultra_ps_e" or "processing_system7"
+    vivado_board_part: str = ""   # Vivado board part (board files) for the PS presets (DDR, MIO)
 
 
 BOARDS: dict[str, Board] = {b.name: b for b in [
-    Board("kv260", "xck26-sfvc784-2LV-c", "xcup", 117_120, 234_240, 1_248, 144, 64, 2, 128, "xilinx"),
-    Board("zcu104", "xczu7ev-ffvc1156-2-e", "xcup", 230_400, 460_800, 1_728, 312, 96, 2, 128, "xilinx"),
-    Board("pynq-z2", "xc7z020clg400-1", "xc7", 53_200, 106_400, 220, 140, 0, 1, 64, "xilinx"),
+    Board("kv260", "xck26-sfvc784-2LV-c", "xcup", 117_120, 234_240, 1_248, 144, 64, 2, 128, "xilinx",
+          "zynq_ultra_ps_e", "xilinx.com:kv260_som:part0:1.4"),
+    Board("zcu104", "xczu7ev-ffvc1156-2-e", "xcup", 230_400, 460_800, 1_728, 312, 96, 2, 128, "xilinx",
+          "zynq_ultra_ps_e", "xilinx.com:zcu104:part0:1.1"),
+    Board("pynq-z2", "xc7z020clg400-1", "xc7", 53_200, 106_400, 220, 140, 0, 1, 64, "xilinx",
+          "processing_system7", "tul.com.tw:pynq-z2:part0:1.0"),
     Board("ulx3s-85f", "LFE5U-85F-6BG381C", "ecp5", 83_640, 83_640, 156, 208, 0, 1, 32, "lattice"),
 ]}
 

@@ -9,6 +9,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+#: The overlay IP's Vivado VLNV: the board flow packages the IP under it and the
+#: pynq backend's driver binds to it (pynq.DefaultIP.bindto).
+IP_VLNV = "sam2-fpga.org:sam2fpga:overlay:1.0"
+
 # ---------------------------------------------------------------- registers (AXI4-Lite, 32-bit)
 
 

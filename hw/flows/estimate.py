@@ -36,7 +36,9 @@ def yosys_command() -> list[str]:
 
 def synth_script(verilog: str, top: str, family: str, stat_json: str) -> str:
     if family in ("xc7", "xcup"):
-        synth = f"synth_xilinx -family {family} -top {top}"
+        # -flatten: yosys 0.70's abc9 trips an internal assertion on the
+        # hierarchical overlay (ABC_OPS_REINTEGRATE); flat, it maps cleanly.
+        synth = f"synth_xilinx -family {family} -flatten -top {top}"
     elif family == "ecp5":
         synth = f"synth_ecp5 -top {top}"
     else:

@@ -17,6 +17,10 @@ WAIVERS: dict[str, str] = {
     "WIDTHTRUNC": "As WIDTHEXPAND, for the implicit truncation of wide intermediate results.",
     "UNUSEDPARAM": "Generated modules carry parameters for debug annotations only.",
     "DECLFILENAME": "One file may hold a top module and its generated submodules.",
+    "CASEINCOMPLETE": "An Amaranth Switch without a Default keeps the signal's prior value; the "
+                      "backend assigns that value before the case, so uncovered values are intended.",
+    "ASCRANGE": "Amaranth emits zero-width signals (the address of a one-entry FIFO) as [-1:0]; "
+                "nothing reads them.",
 }
 
 

@@ -1,0 +1,132 @@
+"""`sam2fpga build --board B [--preset P] [-o DIR]`: a bitstream flow for one board.
+
+Zynq boards: the overlay's Verilog, a yosys resource estimate checked against
+the part, and the Vivado batch Tcl flow (run when Vivado is on PATH).
+ULX3S-85F (ECP5): the whole open flow, yosys + nextpnr + ecppack, with Fmax.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from hw.boards import BOARDS
+
+#: The preset each board builds unless told otherwise.
+DEFAULT_PRESET = {"kv260": "kv260", "zcu104": "zcu104", "pynq-z2": "pynq-z2", "ulx3s-85f": "sim"}
+TOP = "sam2fpga_overlay"
+
+
+def add_arguments(parser):
+    parser.add_argument("--board", required=True, choices=sorted(BOARDS), help="target board")
+    parser.add_argument("--preset", help="overlay preset (default: the board's own; `sim` for ulx3s-85f)")
+    parser.add_argument("-o", "--out", type=Path, help="output folder (default: bitstreams/<board>/)")
+    parser.add_argument("--jobs", type=int, default=4, help="Vivado implementation jobs (default 4)")
+    parser.add_argument("--skip-estimate", action="store_true",
+                        help="Zynq boards: skip the yosys estimate (minutes for the large presets)")
+
+
+def run(args) -> int:
+    from hw.boards import board as get_board
+    from hw.config import preset as get_preset
+    from sw.cli import CommandError, UsageError
+
+    board = get_board(args.board)
+    try:
+        cfg = get_preset(args.preset or DEFAULT_PRESET[board.name])
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    if board.vendor == "xilinx" and cfg.axi_data_bits != board.axi_data_bits:
+        raise UsageError(f"preset {cfg.name!r} has a {cfg.axi_data_bits}-bit AXI master but {board.name}'s "
+                         f"HP port is {board.axi_data_bits}-bit: pick a preset made for {board.name}")
+    out = args.out or Path("bitstreams") / board.name
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"board": board.name, "part": board.part, "preset": cfg.summary()}
+    try:
+        if board.vendor == "lattice":
+            report |= _open_flow(cfg, board, out)
+        else:
+            verilog, signature = _generate(cfg, out)
+            if not args.skip_estimate:
+                report["estimate"] = _estimate(verilog, board, out)
+            report |= _vivado_flow(cfg, signature, board, out, args.jobs)
+    finally:
+        (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
+    print(f"report: {out / 'report.json'}")
+    return 0
+
+
+def _generate(cfg, out: Path):
+    """The overlay's Verilog, and its signature (ports) for the Tcl flow."""
+    from hw.overlay import Overlay
+    from hw.verilog import write_verilog
+    print(f"[generate] overlay Verilog for preset {cfg.name} ({cfg.rows}x{cfg.cols} array, "
+          f"{cfg.axi_data_bits}-bit AXI, {cfg.clock_mhz:g} MHz target)")
+    overlay = Overlay(cfg)
+    path = write_verilog(overlay, TOP, out)
+    print(f"           {path}")
+    return path, overlay.signature
+
+
+def _estimate(verilog: Path, board, out: Path) -> dict:
+    from hw.flows.estimate import estimate, fits
+    from sw.cli import CommandError
+    print(f"[estimate] yosys synth_xilinx -family {board.family} (the 32x32 presets take many minutes)...")
+    t0 = time.monotonic()
+    res = estimate(verilog, TOP, board.family, out / "yosys")
+    caps = {"luts": board.luts, "ffs": board.ffs, "dsps": board.dsps, "bram36": board.bram36, "uram": board.uram}
+    for k, cap in caps.items():
+        used = getattr(res, k)
+        print(f"           {k:>6}: {used:>9g} / {cap:<9} ({100 * used / cap if cap else 0:5.1f} %)")
+    print(f"           ({time.monotonic() - t0:.0f} s; yosys estimates, Vivado's numbers will differ)")
+    over = fits(res, board)
+    if over:
+        raise CommandError(f"preset does not fit {board.part}: " + "; ".join(over))
+    return res.as_dict()
+
+
+def _vivado_flow(cfg, signature, board, out: Path, jobs: int) -> dict:
+    from hw.flows.vivado import vivado_tcl
+    from sw.cli import CommandError
+    design = f"sam2fpga_{board.name.replace('-', '_')}"
+    tcl = out / f"{design}.tcl"
+    tcl.write_text(vivado_tcl(signature=signature, top_name=TOP, verilog_file=f"{TOP}.v", board=board,
+                              clock_mhz=cfg.clock_mhz, axi_data_bits=cfg.axi_data_bits,
+                              axi_addr_bits=cfg.axi_addr_bits, design_name=design, jobs=jobs))
+    print(f"[vivado]   Tcl flow: {tcl}")
+    vivado = shutil.which("vivado")
+    if vivado is None:
+        print("           Vivado is not on PATH here, so the flow stops after generating.\n"
+              f"           On a machine with Vivado (2022.1 or newer, with the {board.name} board files):\n"
+              f"             cd {out} && vivado -mode batch -source {tcl.name}\n"
+              f"           It writes {design}.bit and {design}.hwh; copy both to the board (see bitstreams/README.md).")
+        return {"vivado": "not run (not on PATH)", "tcl": str(tcl)}
+    proc = subprocess.run([vivado, "-mode", "batch", "-source", tcl.name, "-nojournal",
+                           "-log", "vivado.log"], cwd=out)
+    if proc.returncode != 0:
+        raise CommandError(f"Vivado failed (exit {proc.returncode}): see {out / 'vivado.log'}")
+    return {"vivado": "ok", "bitstream": str(out / f"{design}.bit"), "hwh": str(out / f"{design}.hwh")}
+
+
+def _open_flow(cfg, board, out: Path) -> dict:
+    from hw.flows.ecp5 import build_ecp5
+    from hw.overlay import Overlay
+    from sw.cli import CommandError
+    print(f"[ecp5]     yosys synth_ecp5 + nextpnr-ecp5 + ecppack for {board.part} at {cfg.clock_mhz:g} MHz...")
+    t0 = time.monotonic()
+    rep = build_ecp5(Overlay(cfg), TOP, out / "ecp5", target_mhz=cfg.clock_mhz, board=board.name)
+    for k in ("TRELLIS_COMB", "TRELLIS_FF", "MULT18X18D", "DP16KD"):
+        used, cap = rep.utilisation.get(k, (0, 0))
+        print(f"           {k:>12}: {used:>6} / {cap}")
+    verdict = "meets" if rep.meets_timing else "MISSES"
+    print(f"           Fmax {rep.fmax_mhz:.1f} MHz {verdict} the {cfg.clock_mhz:g} MHz target "
+          f"({time.monotonic() - t0:.0f} s); bitstream {rep.bitstream}")
+    result = {"fmax_mhz": rep.fmax_mhz, "target_mhz": cfg.clock_mhz, "utilisation": rep.utilisation,
+              "bitstream": str(rep.bitstream), "critical_path": rep.critical_path}
+    if not rep.meets_timing:
+        (out / "critical_path.txt").write_text(rep.critical_path)
+        raise CommandError(f"timing not met: Fmax {rep.fmax_mhz:.1f} MHz < {cfg.clock_mhz:g} MHz "
+                           f"(critical path in {out / 'critical_path.txt'})")
+    return result

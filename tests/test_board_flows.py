@@ -1,0 +1,127 @@
+"""`sam2fpga build`: the Vivado Tcl flow (dry-run in a Tcl interpreter), lint of the
+overlay, the yosys estimate and the open ECP5 flow on the small preset."""
+import json
+import re
+
+import pytest
+
+from hw import isa
+from hw.boards import BOARDS
+from hw.config import preset
+from hw.flows.estimate import Resources
+from hw.flows.lint import lint
+from hw.flows.vivado import bus_ports, vivado_tcl
+from hw.overlay import Overlay
+from hw.verilog import write_verilog
+from sim.runner import BUILD
+from sw.cli import main
+from sw.commands.build import DEFAULT_PRESET, TOP
+from tests.vivado_dryrun import dry_run
+
+ZYNQ = [b for b in BOARDS.values() if b.vendor == "xilinx"]
+
+
+def _tcl_for(board):
+    cfg = preset(DEFAULT_PRESET[board.name])
+    return cfg, vivado_tcl(signature=Overlay(cfg).signature, top_name=TOP, verilog_file=f"{TOP}.v",
+                           board=board, clock_mhz=cfg.clock_mhz, axi_data_bits=cfg.axi_data_bits,
+                           axi_addr_bits=cfg.axi_addr_bits, design_name=f"d_{board.name}")
+
+
+@pytest.fixture(scope="module")
+def small_overlay_verilog():
+    return write_verilog(Overlay(preset("sim")), TOP, BUILD / "verilog" / "board-flows-sim")
+
+
+@pytest.mark.parametrize("board", ZYNQ, ids=lambda b: b.name)
+def test_vivado_tcl_runs_to_the_end_with_values_from_the_config(board):
+    cfg, tcl = _tcl_for(board)
+    calls = dry_run(tcl)
+    flat = [" ".join(c) for c in calls]
+    vendor, library, name, version = isa.IP_VLNV.split(":")
+    assert any(c[0] == "ipx::package_project" and c[c.index("-vendor") + 1] == vendor
+               and c[c.index("-library") + 1] == library for c in calls)
+    assert any(c[:3] == ["set_property", "name", name] for c in calls)
+    assert any(c[:3] == ["set_property", "version", version] for c in calls)
+    assert any(c[0] == "create_bd_cell" and isa.IP_VLNV in c for c in calls)
+    words = next(c[2] for c in calls if c[:2] == ["set_property", "-dict"] and "FREQMHZ" in c[2]).split()
+    ps_config = dict(zip(words[::2], words[1::2]))
+    hp_width = ps_config.get("CONFIG.PSU__SAXIGP2__DATA_WIDTH") or ps_config.get("CONFIG.PCW_S_AXI_HP0_DATA_WIDTH")
+    assert int(hp_width) == cfg.axi_data_bits == board.axi_data_bits
+    freq = ps_config.get("CONFIG.PSU__CRL_APB__PL0_REF_CTRL__FREQMHZ") or ps_config.get("CONFIG.PCW_FPGA0_PERIPHERAL_FREQMHZ")
+    assert int(freq) == int(cfg.clock_mhz)
+    assert any(c[0] == "create_project" and board.part in c for c in calls)   # ...and arrives
+    assert any(c[0] == "file copy" and c[-1].endswith(f"d_{board.name}.hwh") for c in calls)
+    assert any(c[0] == "file copy" and c[-1].endswith(f"d_{board.name}.bit") for c in calls)
+
+
+def test_vivado_tcl_stops_on_failed_timing_and_missing_board_files():
+    _, tcl = _tcl_for(BOARDS["kv260"])
+    with pytest.raises(Exception, match="timing not met"):
+        dry_run(tcl, slack="-0.3")
+    with pytest.raises(Exception, match="no board files"):
+        dry_run(tcl, board_parts=())
+    with pytest.raises(Exception, match="implementation failed"):
+        dry_run(tcl, progress="50%")
+
+
+def test_ip_port_maps_are_the_verilog_ports(small_overlay_verilog):
+    """Every AXI signal mapped in the IP is a port of the generated module, and vice versa."""
+    sig = Overlay(preset("sim")).signature
+    mapped = {phys for bus in bus_ports(sig) for _, phys in bus.signals}
+    header = re.search(rf"module {TOP}\((.*?)\);", small_overlay_verilog.read_text(), re.S).group(1)
+    ports = {p.strip() for p in header.split(",")}
+    assert mapped | {"clk", "rst", "irq"} == ports
+
+
+def test_overlay_verilog_lints_clean(small_overlay_verilog):
+    lint(small_overlay_verilog, TOP)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["build", "--board", "zedboard"], "invalid choice"),
+    (["build", "--board", "kv260", "--preset", "nope"], "unknown preset"),
+    (["build", "--board", "pynq-z2", "--preset", "kv260"], "HP port is 64-bit"),
+])
+def test_build_bad_input_is_a_usage_error(argv, message, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_build_refuses_a_preset_that_does_not_fit(monkeypatch, tmp_path, capsys):
+    import hw.flows.estimate as est
+    monkeypatch.setattr(est, "estimate", lambda *a, **k: Resources(luts=1000, ffs=1000, dsps=999, bram36=10))
+    assert main(["build", "--board", "pynq-z2", "--preset", "pynq-z2", "-o", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert "does not fit xc7z020clg400-1" in err and "DSP: 999 used > 220" in err
+
+
+def test_build_zynq_without_vivado_generates_and_says_how(tmp_path, capsys, monkeypatch):
+    import hw.flows.estimate as est
+    monkeypatch.setattr(est, "estimate", lambda *a, **k: Resources(luts=1000, ffs=1000, dsps=100, bram36=10))
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")        # no vivado
+    assert main(["build", "--board", "pynq-z2", "-o", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "Vivado is not on PATH" in out and "vivado -mode batch -source sam2fpga_pynq_z2.tcl" in out
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["estimate"]["dsps"] == 100 and report["vivado"].startswith("not run")
+    dry_run((tmp_path / "sam2fpga_pynq_z2.tcl").read_text())
+
+
+@pytest.mark.slow
+def test_yosys_estimate_of_small_overlay(small_overlay_verilog, tmp_path):
+    from hw.flows.estimate import estimate, fits
+    res = estimate(small_overlay_verilog, TOP, "xc7", tmp_path)
+    cfg = preset("sim")
+    assert res.dsps >= cfg.rows * cfg.cols // 2       # the MACs map to DSPs
+    assert fits(res, BOARDS["pynq-z2"]) == []
+
+
+@pytest.mark.slow
+def test_ecp5_open_flow_meets_the_small_preset_clock(tmp_path, capsys):
+    assert main(["build", "--board", "ulx3s-85f", "-o", str(tmp_path)]) == 0
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["fmax_mhz"] >= preset("sim").clock_mhz
+    assert (tmp_path / "ecp5" / f"{TOP}.bit").stat().st_size > 100_000
