@@ -9,6 +9,7 @@ BENCH_TIMEOUT (cycles per program).
 """
 import os
 import random
+import time
 from pathlib import Path
 
 import cocotb
@@ -84,5 +85,7 @@ async def run_programs(dut):
     await tb.reset()
     for path, meta in zip(progs, metas):
         timeout = int(meta["timeout"]) if "timeout" in meta else int(os.environ.get("BENCH_TIMEOUT", "10000000"))
+        t0 = time.monotonic()
         res = await tb.run(int(meta["base"]), meta["image"], int(meta["desc_count"]), timeout)
+        res["sim_wall_s"] = time.monotonic() - t0      # simulation only, without build and start-up
         np.savez(folder / path.name.replace("prog_", "res_"), **res)
