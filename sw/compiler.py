@@ -238,6 +238,23 @@ def compile_linear(cfg, a, b, bias, multiplier=None, shift=None, *, relu=False, 
     return Program(cfg, M, K, N, out_int32, image, raw, offsets, macs=M * K * N, base_addr=base_addr)
 
 
+def relocate(prog: Program, new_base: int) -> Program:
+    """The same program for a buffer at another physical address (descriptor addresses moved)."""
+    import dataclasses
+    if new_base % ALIGN:
+        raise CompileError(f"DDR buffer address {new_base:#x} is not {ALIGN}-byte aligned")
+    delta = new_base - prog.base_addr
+    image = prog.image.copy()
+    descs = []
+    for j, d in enumerate(prog.descriptors):
+        d = dict(d)
+        if "dram_addr" in d:
+            d["dram_addr"] += delta
+        image[j * 32:(j + 1) * 32] = np.frombuffer(isa.pack_descriptor(**d), np.uint8)
+        descs.append(d)
+    return dataclasses.replace(prog, image=image, descriptors=descs, base_addr=new_base)
+
+
 def _emit_store(pending, emit, counts, last_reader, acc_free, R, relu, out_int32, row_bytes):
     st, compute_done = pending
     counts["STORE"] += 1
