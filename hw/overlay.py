@@ -198,7 +198,8 @@ class Core(wiring.Component):
         sub = Signal(range(max(2, DB)))
         written = Signal(16)
         write_en = Signal()
-        m.d.comb += l_r_ready.eq(l_busy & ~holding)
+        hold_free = Signal()
+        m.d.comb += l_r_ready.eq(l_busy & (~holding | hold_free))
         with m.If(l_beat):
             m.d.sync += [l_r_left.eq(l_r_left - 1), sr.eq(sr_next)]
         for name, (eb, port) in targets.items():
@@ -213,13 +214,15 @@ class Core(wiring.Component):
             else:
                 epb = DB // eb
                 entry = hold.word_select(sub, eb * 8)
-                with m.If(l_beat & sel):
-                    m.d.sync += [hold.eq(axi.rdata), holding.eq(1), sub.eq(0)]
                 complete = holding & sel
                 with m.If(complete):
                     m.d.sync += sub.eq(sub + 1)
                     with m.If((sub == epb - 1) | (l_entries == 1)):
                         m.d.sync += holding.eq(0)
+                        m.d.comb += hold_free.eq(1)
+                # A new beat may arrive in the cycle the held one's last entry is written.
+                with m.If(l_beat & sel):
+                    m.d.sync += [hold.eq(axi.rdata), holding.eq(1), sub.eq(0)]
             fire = complete & (l_entries != 0)
             m.d.comb += port.valid.eq(fire)
             with m.If(fire):

@@ -75,7 +75,7 @@ def test_rtl_equals_sim_equals_golden_with_axi_backpressure():
 
 
 @pytest.mark.rtl
-def test_rtl_bad_opcode_and_hang_are_reported_and_reset():
+def test_rtl_errors_hang_reset_and_cycle_model():
     from sw.backends.rtl import run_images
     rng = np.random.default_rng(1)
     a, b, bias, mult, shift = layer(rng, 4, 8, 8)
@@ -86,7 +86,17 @@ def test_rtl_bad_opcode_and_hang_are_reported_and_reset():
     hang[32 * 3:32 * 4] = np.frombuffer(isa.pack_descriptor(opcode=isa.OPCODES["SYNC"], wait_load=99), np.uint8)
     jobs = [dict(base=0x10000, image=img, desc_count=len(prog.descriptors), timeout=t)
             for img, t in ((bad, 20_000), (hang, 5_000), (prog.image, 200_000))]
-    r_bad, r_hang, r_ok = run_images(SIM, jobs, name="test-overlay-errors")
+    # Two more layers without stalls: the sim model's cycles must be within 5% of the RTL's.
+    drv = Driver(SIM, "sim")
+    timed = []
+    for m, k, n in ((9, 70, 20), (16, 256, 32)):
+        p = drv.compile(*layer(rng, m, k, n))
+        drv.run(p)
+        timed.append(drv.last_run.cycles)
+        jobs.append(dict(base=p.base_addr, image=p.image, desc_count=len(p.descriptors), timeout=500_000))
+    r_bad, r_hang, r_ok, *r_timed = run_images(SIM, jobs, name="test-overlay-errors")
+    for sim_cycles, r in zip(timed, r_timed):
+        assert r["error"] == 0 and abs(sim_cycles / r["cycles"] - 1) < 0.05, (sim_cycles, r["cycles"])
     assert r_bad["error"] == isa.ERROR_BAD_OPCODE and r_bad["error_desc"] == 0
     assert r_hang["timed_out"] and r_hang["error"] == 0 and r_hang["desc_done"] == 3
     assert r_hang["status_after_reset"] == 0                 # reset: not busy, no error
@@ -149,3 +159,26 @@ def test_compiler_refuses_what_does_not_fit():
         compile_linear(SIM.replace(acc_depth=4), a, b, None, out_int32=True)
     with pytest.raises(CompileError, match="aligned"):
         compile_linear(SIM, a, b, None, out_int32=True, base_addr=100)
+
+
+@pytest.mark.rtl
+@pytest.mark.slow
+def test_rtl_128bit_axi_bit_exact_and_cycles():
+    """UltraScale+ width: 128-bit beats, four A entries per beat, int32 rows of four beats."""
+    from sw.backends.rtl import run_images
+    cfg = SIM.replace(name="sim128", cols=16, axi_data_bits=128, acc_depth=32)
+    drv = Driver(cfg, "sim")
+    rng = np.random.default_rng(9)
+    progs, wants, cycles = [], [], []
+    for m, k, n, relu, out_int32 in [(7, 45, 37, True, False), (5, 130, 16, False, True), (12, 64, 48, False, False)]:
+        a, b, bias, mult, shift = layer(rng, m, k, n, extremes=True)
+        p = drv.compile(a, b, bias, mult, shift, relu=relu, out_int32=out_int32)
+        assert np.array_equal(p.output(drv.run(p)), want := gemm(a, b, bias, mult, shift, relu=relu,
+                                                                    out_int32=out_int32))
+        progs.append(p), wants.append(want), cycles.append(drv.last_run.cycles)
+    results = run_images(cfg, [dict(base=p.base_addr, image=p.image, desc_count=len(p.descriptors),
+                                    timeout=500_000) for p in progs], name="test-overlay-128")
+    for p, want, sim_cycles, r in zip(progs, wants, cycles, results):
+        assert r["error"] == 0 and not r["timed_out"]
+        assert np.array_equal(p.output(r["image"]), want)
+        assert abs(sim_cycles / r["cycles"] - 1) < 0.05, (sim_cycles, r["cycles"])

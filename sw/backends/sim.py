@@ -124,7 +124,7 @@ class SimOverlay:
                     return self._error(isa.ERROR_AXI_READ, i)
                 self._load(target, d["sp_addr"], n, src[:n * eb])
                 t = max(t, unit_free["LOAD"])
-                cycles = beats if eb >= DB else max(beats, n)
+                cycles = beats if eb >= DB else n + 1
                 bursts = -(-beats // 256)
                 finish = t + READ_LATENCY * bursts + cycles + 2
                 unit_free["LOAD"] = finish
