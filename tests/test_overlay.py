@@ -65,8 +65,7 @@ def test_rtl_equals_sim_equals_golden_with_axi_backpressure():
         wants.append(gemm(a, b, bias, mult, shift, relu=relu, out_int32=out_int32))
         sims.append((prog.output(drv.run(prog)), drv.last_run.cycles))
     results = run_images(SIM, [dict(base=p.base_addr, image=p.image, desc_count=len(p.descriptors),
-                                    timeout=2_000_000) for p in progs], stall=0.3, seed=11,
-                         name="test-overlay-stalls")
+                                    timeout=2_000_000) for p in progs], stall=0.3, seed=11)
     for prog, want, (sim_out, _), res in zip(progs, wants, sims, results):
         assert res["error"] == 0 and not res["timed_out"], res
         rtl_out = prog.output(res["image"])
@@ -94,7 +93,7 @@ def test_rtl_errors_hang_reset_and_cycle_model():
         drv.run(p)
         timed.append(drv.last_run.cycles)
         jobs.append(dict(base=p.base_addr, image=p.image, desc_count=len(p.descriptors), timeout=500_000))
-    r_bad, r_hang, r_ok, *r_timed = run_images(SIM, jobs, name="test-overlay-errors")
+    r_bad, r_hang, r_ok, *r_timed = run_images(SIM, jobs)
     for sim_cycles, r in zip(timed, r_timed):
         assert r["error"] == 0 and abs(sim_cycles / r["cycles"] - 1) < 0.05, (sim_cycles, r["cycles"])
     assert r_bad["error"] == isa.ERROR_BAD_OPCODE and r_bad["error_desc"] == 0
@@ -182,3 +181,18 @@ def test_rtl_128bit_axi_bit_exact_and_cycles():
         assert r["error"] == 0 and not r["timed_out"]
         assert np.array_equal(p.output(r["image"]), want)
         assert abs(sim_cycles / r["cycles"] - 1) < 0.05, (sim_cycles, r["cycles"])
+
+
+def test_sim_model_reports_axi_errors_outside_ddr():
+    """Addresses outside DDR answer with an AXI error response: ERROR bit, ERROR_DESC, irq."""
+    from sw.backends.sim import SimOverlay
+    model = SimOverlay(SIM, 1 << 16)
+    descs = [isa.pack_descriptor(opcode=isa.OPCODES["LOAD"], target=0, count=4, dram_addr=1 << 20),
+             isa.pack_descriptor(opcode=isa.OPCODES["SYNC"])]
+    model.ddr[0x1000:0x1000 + 64] = np.frombuffer(b"".join(descs), np.uint8)
+    for name, value in (("DESC_ADDR", 0x1000), ("DESC_COUNT", 2), ("IRQ_ENABLE", 1), ("CONTROL", isa.CONTROL_START)):
+        model.write_reg(isa.REG[name], value)
+    assert model.read_reg(isa.REG["ERROR"]) == isa.ERROR_AXI_READ and model.irq
+    assert model.read_reg(isa.REG["STATUS"]) & isa.STATUS_ERROR and model.read_reg(isa.REG["ERROR_DESC"]) == 0
+    model.write_reg(isa.REG["CONTROL"], isa.CONTROL_RESET)
+    assert model.read_reg(isa.REG["ERROR"]) == 0 and not model.irq

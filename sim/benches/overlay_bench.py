@@ -34,7 +34,9 @@ class OverlayTB:
         if stall > 0:
             rng = random.Random(seed)
             for ch in (self.ram.write_if.aw_channel, self.ram.write_if.w_channel, self.ram.write_if.b_channel,
-                       self.ram.read_if.ar_channel, self.ram.read_if.r_channel):
+                       self.ram.read_if.ar_channel, self.ram.read_if.r_channel,
+                       self.ctrl.write_if.aw_channel, self.ctrl.write_if.w_channel, self.ctrl.write_if.b_channel,
+                       self.ctrl.read_if.ar_channel, self.ctrl.read_if.r_channel):
                 ch.set_pause_generator(pauses(random.Random(rng.random()), stall))
 
     async def reset(self):
