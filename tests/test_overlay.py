@@ -196,3 +196,21 @@ def test_sim_model_reports_axi_errors_outside_ddr():
     assert model.read_reg(isa.REG["STATUS"]) & isa.STATUS_ERROR and model.read_reg(isa.REG["ERROR_DESC"]) == 0
     model.write_reg(isa.REG["CONTROL"], isa.CONTROL_RESET)
     assert model.read_reg(isa.REG["ERROR"]) == 0 and not model.irq
+
+
+@pytest.mark.rtl
+@pytest.mark.slow
+def test_rtl_8x16_overlay_bit_exact():
+    """A larger array (8 x 16, 128-bit) on a layer with ragged edges; benchmarks/gemm.py does 16 x 16."""
+    from sw.backends.rtl import run_images
+    cfg = preset("bench16").replace(name="mid8x16", rows=8, a_depth=1024, b_depth=1024, acc_depth=64)
+    rng = np.random.default_rng(16)
+    a, b, bias, mult, shift = layer(rng, 37, 300, 45, extremes=True)
+    drv = Driver(cfg, "sim")
+    prog = drv.compile(a, b, bias, mult, shift, relu=True)
+    want = gemm(a, b, bias, mult, shift, relu=True)
+    assert np.array_equal(prog.output(drv.run(prog)), want)
+    res = run_images(cfg, [dict(base=prog.base_addr, image=prog.image, desc_count=len(prog.descriptors),
+                                timeout=1_000_000)], stall=0.2)[0]
+    assert res["error"] == 0 and not res["timed_out"]
+    assert np.array_equal(prog.output(res["image"]), want)
