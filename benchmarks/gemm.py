@@ -41,7 +41,7 @@ def run(synth: bool = True) -> None:
         wants.append(gemm(a, b, bias, mult, shift))
     t0 = time.monotonic()
     results = run_images(cfg, [dict(base=p.base_addr, image=p.image, desc_count=len(p.descriptors),
-                                    timeout=10_000_000) for p in progs], name="bench-gemm")
+                                    timeout=10_000_000) for p in progs])
     wall = time.monotonic() - t0
     for prog, want, (sim_out, sim_cycles, sim_wall), res in zip(progs, wants, sims, results):
         rtl_out = prog.output(res["image"])

@@ -15,7 +15,7 @@ from pathlib import Path
 import cocotb
 import numpy as np
 from cocotb.clock import Clock
-from cocotb.triggers import ClockCycles, RisingEdge
+from cocotb.triggers import ClockCycles, First, RisingEdge, Timer
 from cocotbext.axi import AxiBus, AxiLiteBus, AxiLiteMaster, AxiRam
 
 from hw import isa
@@ -58,10 +58,9 @@ class OverlayTB:
         await self.write("DESC_COUNT", desc_count)
         await self.write("IRQ_ENABLE", 1)
         await self.write("CONTROL", isa.CONTROL_START)
-        waited = 0
-        while not self.dut.irq.value and waited < timeout:
-            await RisingEdge(self.dut.clk)
-            waited += 1
+        if not self.dut.irq.value:     # one trigger, not a Python wake-up per cycle
+            await First(RisingEdge(self.dut.irq), Timer(timeout * 10, unit="ns"))
+        await RisingEdge(self.dut.clk)
         status = await self.read("STATUS")
         result = {"status": status, "error": await self.read("ERROR"), "cycles": await self.read("CYCLES"),
                   "desc_done": await self.read("DESC_DONE"), "error_desc": await self.read("ERROR_DESC"),
