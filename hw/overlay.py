@@ -137,7 +137,7 @@ class Core(wiring.Component):
                     with m.If(desc.target <= max(isa.TARGETS.values())):
                         m.d.comb += [l_cmd_valid.eq(1), taken.eq(l_cmd_ready)]
                     with m.Else():
-                        m.d.sync += [error.eq(error | isa.ERROR_BAD_OPCODE), self.error_desc.eq(self.desc_done)]
+                        m.d.sync += error.eq(error | isa.ERROR_BAD_OPCODE)
                 with m.Case(op["COMPUTE"]):
                     m.d.comb += [engine.compute.valid.eq(1), taken.eq(engine.compute.ready)]
                 with m.Case(op["STORE"]):
@@ -145,7 +145,7 @@ class Core(wiring.Component):
                 with m.Case(op["SYNC"]):
                     m.d.comb += taken.eq(all_idle)
                 with m.Default():
-                    m.d.sync += [error.eq(error | isa.ERROR_BAD_OPCODE), self.error_desc.eq(self.desc_done)]
+                    m.d.sync += error.eq(error | isa.ERROR_BAD_OPCODE)
         m.d.comb += fifo.r_en.eq(taken)
         with m.If(taken):
             m.d.sync += self.desc_done.eq(self.desc_done + 1)
@@ -292,7 +292,8 @@ class Core(wiring.Component):
             m.d.comb += store_done_pulse.eq(1)
 
         with m.If((error != 0) & running):
-            m.d.sync += running.eq(0)
+            # First error of the run: stop, and remember where the dispatcher was.
+            m.d.sync += [running.eq(0), self.error_desc.eq(self.desc_done)]
         return m
 
 

@@ -83,8 +83,15 @@ def test_rtl_errors_hang_reset_and_cycle_model():
     bad[0] = 0x77                                            # descriptor 0: unknown opcode
     hang = prog.image.copy()
     hang[32 * 3:32 * 4] = np.frombuffer(isa.pack_descriptor(opcode=isa.OPCODES["SYNC"], wait_load=99), np.uint8)
+    # Addresses outside the DDR model: the AXI slave answers SLVERR on the read / write.
+    read_err, write_err = prog.image.copy(), prog.image.copy()
+    store = next(i for i, d in enumerate(prog.descriptors) if d["opcode"] == isa.OPCODES["STORE"])
+    for img, i in ((read_err, 0), (write_err, store)):
+        img[32 * i:32 * (i + 1)] = np.frombuffer(isa.pack_descriptor(**(prog.descriptors[i] | {"dram_addr": 1 << 30})),
+                                                 np.uint8)
     jobs = [dict(base=0x10000, image=img, desc_count=len(prog.descriptors), timeout=t)
-            for img, t in ((bad, 20_000), (hang, 5_000), (prog.image, 200_000))]
+            for img, t in ((bad, 20_000), (hang, 5_000), (read_err, 20_000), (write_err, 20_000),
+                           (prog.image, 200_000))]
     # Two more layers without stalls: the sim model's cycles must be within 5% of the RTL's.
     drv = Driver(SIM, "sim")
     timed = []
@@ -93,7 +100,10 @@ def test_rtl_errors_hang_reset_and_cycle_model():
         drv.run(p)
         timed.append(drv.last_run.cycles)
         jobs.append(dict(base=p.base_addr, image=p.image, desc_count=len(p.descriptors), timeout=500_000))
-    r_bad, r_hang, r_ok, *r_timed = run_images(SIM, jobs)
+    r_bad, r_hang, r_read, r_write, r_ok, *r_timed = run_images(SIM, jobs)
+    assert r_read["error"] == isa.ERROR_AXI_READ and r_read["error_desc"] == 1
+    assert r_write["error"] == isa.ERROR_AXI_WRITE and r_write["status"] & isa.STATUS_ERROR
+    assert r_read["status_after_reset"] == 0 and r_write["status_after_reset"] == 0
     for sim_cycles, r in zip(timed, r_timed):
         assert r["error"] == 0 and abs(sim_cycles / r["cycles"] - 1) < 0.05, (sim_cycles, r["cycles"])
     assert r_bad["error"] == isa.ERROR_BAD_OPCODE and r_bad["error_desc"] == 0
@@ -193,7 +203,7 @@ def test_sim_model_reports_axi_errors_outside_ddr():
     for name, value in (("DESC_ADDR", 0x1000), ("DESC_COUNT", 2), ("IRQ_ENABLE", 1), ("CONTROL", isa.CONTROL_START)):
         model.write_reg(isa.REG[name], value)
     assert model.read_reg(isa.REG["ERROR"]) == isa.ERROR_AXI_READ and model.irq
-    assert model.read_reg(isa.REG["STATUS"]) & isa.STATUS_ERROR and model.read_reg(isa.REG["ERROR_DESC"]) == 0
+    assert model.read_reg(isa.REG["STATUS"]) & isa.STATUS_ERROR and model.read_reg(isa.REG["ERROR_DESC"]) == 1
     model.write_reg(isa.REG["CONTROL"], isa.CONTROL_RESET)
     assert model.read_reg(isa.REG["ERROR"]) == 0 and not model.irq
 

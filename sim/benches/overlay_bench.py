@@ -1,5 +1,6 @@
-"""cocotb bench: the whole overlay through its AXI ports (cocotbext-axi AxiRam + AxiLiteMaster).
+"""cocotb bench: the whole overlay through its AXI ports (cocotbext-axi AxiSlave + AxiLiteMaster).
 
+DDR is cocotbext-axi's AxiSlave on a MemoryRegion (out-of-range accesses answer SLVERR).
 Runs compiled programs (sw.compiler: DDR image + descriptors) exactly as a host
 would: image into DDR, DESC_ADDR/DESC_COUNT, START, wait for the done interrupt,
 read STATUS/ERROR/CYCLES, DDR back out. Random backpressure on every AXI channel
@@ -16,7 +17,8 @@ import cocotb
 import numpy as np
 from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, First, RisingEdge, Timer
-from cocotbext.axi import AxiBus, AxiLiteBus, AxiLiteMaster, AxiRam
+from cocotbext.axi import AxiBus, AxiLiteBus, AxiLiteMaster, AxiSlave
+from cocotbext.axi.address_space import MemoryRegion
 
 from hw import isa
 
@@ -29,7 +31,9 @@ def pauses(rng: random.Random, p: float):
 class OverlayTB:
     def __init__(self, dut, ddr_bytes: int, stall: float, seed: int):
         self.dut = dut
-        self.ram = AxiRam(AxiBus.from_prefix(dut, "m_axi_"), dut.clk, dut.rst, size=ddr_bytes)
+        # DDR: cocotbext-axi's slave on a memory region; accesses outside it answer SLVERR.
+        self.ddr = MemoryRegion(ddr_bytes)
+        self.ram = AxiSlave(AxiBus.from_prefix(dut, "m_axi_"), dut.clk, dut.rst, target=self.ddr)
         self.ctrl = AxiLiteMaster(AxiLiteBus.from_prefix(dut, "s_axil_"), dut.clk, dut.rst)
         if stall > 0:
             rng = random.Random(seed)
@@ -53,7 +57,7 @@ class OverlayTB:
         await self.ctrl.write(isa.REG[name], int(value).to_bytes(4, "little"))
 
     async def run(self, base, image, desc_count, timeout):
-        self.ram.write(base, image.tobytes())
+        self.ddr.mem[base:base + len(image)] = image.tobytes()
         await self.write("DESC_ADDR", base)
         await self.write("DESC_COUNT", desc_count)
         await self.write("IRQ_ENABLE", 1)
@@ -70,7 +74,7 @@ class OverlayTB:
             result["status_after_reset"] = await self.read("STATUS")
         else:
             await self.write("STATUS", isa.STATUS_DONE)        # acknowledge the interrupt
-        result["image"] = np.frombuffer(self.ram.read(base, len(image)), np.uint8)
+        result["image"] = np.frombuffer(self.ddr.mem[base:base + len(image)], np.uint8).copy()
         return result
 
 
