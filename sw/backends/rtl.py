@@ -1,4 +1,4 @@
-"""The rtl backend: the generated overlay Verilog under cocotb/Verilator, DDR = cocotbext-axi AxiRam.
+"""The rtl backend: the generated overlay Verilog under cocotb/Verilator, DDR = a cocotbext-axi AXI slave.
 
 Programs (DDR images with descriptors) go to the bench as .npz files; one Verilator
 build and one simulator run serve a whole batch of programs.
