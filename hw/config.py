@@ -49,8 +49,8 @@ class OverlayConfig:
                 errors.append(f"{k}={v} must be a power of two >= 2")
         if self.axi_data_bits not in (64, 128):
             errors.append(f"axi_data_bits={self.axi_data_bits} must be 64 or 128")
-        if not 32 <= self.axi_addr_bits <= 64:
-            errors.append(f"axi_addr_bits={self.axi_addr_bits} outside 32..64")
+        if self.axi_addr_bits != 32:
+            errors.append(f"axi_addr_bits={self.axi_addr_bits}: descriptors carry 32-bit DDR addresses (use 32)")
         if self.acc_depth < self.rows:
             errors.append(f"acc_depth={self.acc_depth} smaller than one tile ({self.rows} rows)")
         for e in self.engines:

@@ -137,7 +137,7 @@ class Core(wiring.Component):
                     with m.If(desc.target <= max(isa.TARGETS.values())):
                         m.d.comb += [l_cmd_valid.eq(1), taken.eq(l_cmd_ready)]
                     with m.Else():
-                        m.d.sync += [error.eq(error | isa.ERROR_BAD_OPCODE), self.error_desc.eq(self.desc_done)]
+                        m.d.sync += error.eq(error | isa.ERROR_BAD_OPCODE)
                 with m.Case(op["COMPUTE"]):
                     m.d.comb += [engine.compute.valid.eq(1), taken.eq(engine.compute.ready)]
                 with m.Case(op["STORE"]):
@@ -145,7 +145,7 @@ class Core(wiring.Component):
                 with m.Case(op["SYNC"]):
                     m.d.comb += taken.eq(all_idle)
                 with m.Default():
-                    m.d.sync += [error.eq(error | isa.ERROR_BAD_OPCODE), self.error_desc.eq(self.desc_done)]
+                    m.d.sync += error.eq(error | isa.ERROR_BAD_OPCODE)
         m.d.comb += fifo.r_en.eq(taken)
         with m.If(taken):
             m.d.sync += self.desc_done.eq(self.desc_done + 1)
@@ -198,7 +198,8 @@ class Core(wiring.Component):
         sub = Signal(range(max(2, DB)))
         written = Signal(16)
         write_en = Signal()
-        m.d.comb += l_r_ready.eq(l_busy & ~holding)
+        hold_free = Signal()
+        m.d.comb += l_r_ready.eq(l_busy & (~holding | hold_free))
         with m.If(l_beat):
             m.d.sync += [l_r_left.eq(l_r_left - 1), sr.eq(sr_next)]
         for name, (eb, port) in targets.items():
@@ -213,13 +214,15 @@ class Core(wiring.Component):
             else:
                 epb = DB // eb
                 entry = hold.word_select(sub, eb * 8)
-                with m.If(l_beat & sel):
-                    m.d.sync += [hold.eq(axi.rdata), holding.eq(1), sub.eq(0)]
                 complete = holding & sel
                 with m.If(complete):
                     m.d.sync += sub.eq(sub + 1)
                     with m.If((sub == epb - 1) | (l_entries == 1)):
                         m.d.sync += holding.eq(0)
+                        m.d.comb += hold_free.eq(1)
+                # A new beat may arrive in the cycle the held one's last entry is written.
+                with m.If(l_beat & sel):
+                    m.d.sync += [hold.eq(axi.rdata), holding.eq(1), sub.eq(0)]
             fire = complete & (l_entries != 0)
             m.d.comb += port.valid.eq(fire)
             with m.If(fire):
@@ -289,7 +292,8 @@ class Core(wiring.Component):
             m.d.comb += store_done_pulse.eq(1)
 
         with m.If((error != 0) & running):
-            m.d.sync += running.eq(0)
+            # First error of the run: stop, and remember where the dispatcher was.
+            m.d.sync += [running.eq(0), self.error_desc.eq(self.desc_done)]
         return m
 
 

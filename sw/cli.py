@@ -14,6 +14,8 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("sw.commands.demo", "run the most complete path the project has, end to end"),
     "toolchain": ("sw.commands.toolchain", "show which simulators and FPGA tools this machine has"),
+    "generate": ("sw.commands.generate", "write the overlay's Verilog and a summary of its parameters"),
+    "sim": ("sw.commands.sim", "simulate one layer (sim model or Verilator), check it against golden"),
     "build": ("sw.commands.build", "bitstream flow for a board: Vivado Tcl (Zynq) or open ECP5 flow"),
 }
 

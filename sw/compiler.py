@@ -160,7 +160,6 @@ def compile_linear(cfg, a, b, bias, multiplier=None, shift=None, *, relu=False, 
     counts = {"LOAD": 0, "COMPUTE": 0, "STORE": 0}
     last_reader = {}          # resource -> (unit, completion count needed) of its last user
     acc_free = {}             # acc region -> stores_done needed before overwriting
-    emitted_loads = set()
 
     def emit(d, waits):
         d = dict(d)
@@ -168,22 +167,32 @@ def compile_linear(cfg, a, b, bias, multiplier=None, shift=None, *, relu=False, 
                   "wait_store": waits.get("STORE", 0)})
         descs.append(d)
 
-    def emit_loads(op):
+    # Each load goes right after the compute that follows its hazard (the last compute
+    # using its half, or for parameters the last store using them): early enough to be
+    # hidden behind compute, late enough that the in-order dispatcher never waits on it
+    # while the engine has nothing queued.
+    buckets: dict[int, list] = {}
+    last_user: dict = {}
+    for j, op in enumerate(ops):
         for ld in op["loads"]:
-            if id(ld) in emitted_loads:
-                continue
-            emitted_loads.add(id(ld))
-            waits = {}
+            hz = last_user.get(ld["res"])
+            pos = -1 if hz is None else hz + (2 if ld["res"][0] == "P" else 1)
+            buckets.setdefault(min(pos, j - 1), []).append(ld)
+        last_user[op["a"]] = last_user[op["b"]] = j
+        if op["store"]:
+            last_user[op["store"]["p"]] = j
+
+    def emit_bucket(pos):
+        for ld in buckets.get(pos, []):
             unit, cnt = last_reader.get(ld["res"], ("COMPUTE", 0))
-            waits[unit] = max(waits.get(unit, 0), cnt)
             counts["LOAD"] += 1
             ld["done_at"] = counts["LOAD"]
-            emit(dict(opcode="LOAD", target=ld["target"], src=ld["src"], count=ld["count"], sp_addr=ld["sp"]), waits)
+            emit(dict(opcode="LOAD", target=ld["target"], src=ld["src"], count=ld["count"], sp_addr=ld["sp"]),
+                 {unit: cnt})
 
+    emit_bucket(-1)
     pending_store = None
     for i, op in enumerate(ops):
-        if i == 0:
-            emit_loads(op)
         waits = {"LOAD": max([ld["done_at"] for ld in op["loads"]], default=0),
                  "STORE": acc_free.get(op["acc"], 0) if not op["accumulate"] else 0}
         counts["COMPUTE"] += 1
@@ -195,8 +204,7 @@ def compile_linear(cfg, a, b, bias, multiplier=None, shift=None, *, relu=False, 
         if pending_store is not None:
             _emit_store(pending_store, emit, counts, last_reader, acc_free, R, relu, out_int32, np_cols * ebytes)
         pending_store = (op["store"], op["done_at"]) if op["store"] else None
-        if i + 1 < len(ops):
-            emit_loads(ops[i + 1])
+        emit_bucket(i)
     if pending_store is not None:
         _emit_store(pending_store, emit, counts, last_reader, acc_free, R, relu, out_int32, np_cols * ebytes)
 
@@ -228,6 +236,23 @@ def compile_linear(cfg, a, b, bias, multiplier=None, shift=None, *, relu=False, 
             raise CompileError(f"descriptor {j} does not fit the format ({e}); split the layer") from None
         image[j * 32:(j + 1) * 32] = np.frombuffer(packed, np.uint8)
     return Program(cfg, M, K, N, out_int32, image, raw, offsets, macs=M * K * N, base_addr=base_addr)
+
+
+def relocate(prog: Program, new_base: int) -> Program:
+    """The same program for a buffer at another physical address (descriptor addresses moved)."""
+    import dataclasses
+    if new_base % ALIGN:
+        raise CompileError(f"DDR buffer address {new_base:#x} is not {ALIGN}-byte aligned")
+    delta = new_base - prog.base_addr
+    image = prog.image.copy()
+    descs = []
+    for j, d in enumerate(prog.descriptors):
+        d = dict(d)
+        if "dram_addr" in d:
+            d["dram_addr"] += delta
+        image[j * 32:(j + 1) * 32] = np.frombuffer(isa.pack_descriptor(**d), np.uint8)
+        descs.append(d)
+    return dataclasses.replace(prog, image=image, descriptors=descs, base_addr=new_base)
 
 
 def _emit_store(pending, emit, counts, last_reader, acc_free, R, relu, out_int32, row_bytes):

@@ -65,8 +65,7 @@ def test_rtl_equals_sim_equals_golden_with_axi_backpressure():
         wants.append(gemm(a, b, bias, mult, shift, relu=relu, out_int32=out_int32))
         sims.append((prog.output(drv.run(prog)), drv.last_run.cycles))
     results = run_images(SIM, [dict(base=p.base_addr, image=p.image, desc_count=len(p.descriptors),
-                                    timeout=2_000_000) for p in progs], stall=0.3, seed=11,
-                         name="test-overlay-stalls")
+                                    timeout=2_000_000) for p in progs], stall=0.3, seed=11)
     for prog, want, (sim_out, _), res in zip(progs, wants, sims, results):
         assert res["error"] == 0 and not res["timed_out"], res
         rtl_out = prog.output(res["image"])
@@ -75,7 +74,7 @@ def test_rtl_equals_sim_equals_golden_with_axi_backpressure():
 
 
 @pytest.mark.rtl
-def test_rtl_bad_opcode_and_hang_are_reported_and_reset():
+def test_rtl_errors_hang_reset_and_cycle_model():
     from sw.backends.rtl import run_images
     rng = np.random.default_rng(1)
     a, b, bias, mult, shift = layer(rng, 4, 8, 8)
@@ -84,9 +83,29 @@ def test_rtl_bad_opcode_and_hang_are_reported_and_reset():
     bad[0] = 0x77                                            # descriptor 0: unknown opcode
     hang = prog.image.copy()
     hang[32 * 3:32 * 4] = np.frombuffer(isa.pack_descriptor(opcode=isa.OPCODES["SYNC"], wait_load=99), np.uint8)
+    # Addresses outside the DDR model: the AXI slave answers SLVERR on the read / write.
+    read_err, write_err = prog.image.copy(), prog.image.copy()
+    store = next(i for i, d in enumerate(prog.descriptors) if d["opcode"] == isa.OPCODES["STORE"])
+    for img, i in ((read_err, 0), (write_err, store)):
+        img[32 * i:32 * (i + 1)] = np.frombuffer(isa.pack_descriptor(**(prog.descriptors[i] | {"dram_addr": 1 << 30})),
+                                                 np.uint8)
     jobs = [dict(base=0x10000, image=img, desc_count=len(prog.descriptors), timeout=t)
-            for img, t in ((bad, 20_000), (hang, 5_000), (prog.image, 200_000))]
-    r_bad, r_hang, r_ok = run_images(SIM, jobs, name="test-overlay-errors")
+            for img, t in ((bad, 20_000), (hang, 5_000), (read_err, 20_000), (write_err, 20_000),
+                           (prog.image, 200_000))]
+    # Two more layers without stalls: the sim model's cycles must be within 5% of the RTL's.
+    drv = Driver(SIM, "sim")
+    timed = []
+    for m, k, n in ((9, 70, 20), (16, 256, 32)):
+        p = drv.compile(*layer(rng, m, k, n))
+        drv.run(p)
+        timed.append(drv.last_run.cycles)
+        jobs.append(dict(base=p.base_addr, image=p.image, desc_count=len(p.descriptors), timeout=500_000))
+    r_bad, r_hang, r_read, r_write, r_ok, *r_timed = run_images(SIM, jobs)
+    assert r_read["error"] == isa.ERROR_AXI_READ and r_read["error_desc"] == 1
+    assert r_write["error"] == isa.ERROR_AXI_WRITE and r_write["status"] & isa.STATUS_ERROR
+    assert r_read["status_after_reset"] == 0 and r_write["status_after_reset"] == 0
+    for sim_cycles, r in zip(timed, r_timed):
+        assert r["error"] == 0 and abs(sim_cycles / r["cycles"] - 1) < 0.05, (sim_cycles, r["cycles"])
     assert r_bad["error"] == isa.ERROR_BAD_OPCODE and r_bad["error_desc"] == 0
     assert r_hang["timed_out"] and r_hang["error"] == 0 and r_hang["desc_done"] == 3
     assert r_hang["status_after_reset"] == 0                 # reset: not busy, no error
@@ -149,3 +168,59 @@ def test_compiler_refuses_what_does_not_fit():
         compile_linear(SIM.replace(acc_depth=4), a, b, None, out_int32=True)
     with pytest.raises(CompileError, match="aligned"):
         compile_linear(SIM, a, b, None, out_int32=True, base_addr=100)
+
+
+@pytest.mark.rtl
+@pytest.mark.slow
+def test_rtl_128bit_axi_bit_exact_and_cycles():
+    """UltraScale+ width: 128-bit beats, four A entries per beat, int32 rows of four beats."""
+    from sw.backends.rtl import run_images
+    cfg = SIM.replace(name="sim128", cols=16, axi_data_bits=128, acc_depth=32)
+    drv = Driver(cfg, "sim")
+    rng = np.random.default_rng(9)
+    progs, wants, cycles = [], [], []
+    for m, k, n, relu, out_int32 in [(7, 45, 37, True, False), (5, 130, 16, False, True), (12, 64, 48, False, False)]:
+        a, b, bias, mult, shift = layer(rng, m, k, n, extremes=True)
+        p = drv.compile(a, b, bias, mult, shift, relu=relu, out_int32=out_int32)
+        assert np.array_equal(p.output(drv.run(p)), want := gemm(a, b, bias, mult, shift, relu=relu,
+                                                                    out_int32=out_int32))
+        progs.append(p), wants.append(want), cycles.append(drv.last_run.cycles)
+    results = run_images(cfg, [dict(base=p.base_addr, image=p.image, desc_count=len(p.descriptors),
+                                    timeout=500_000) for p in progs], name="test-overlay-128")
+    for p, want, sim_cycles, r in zip(progs, wants, cycles, results):
+        assert r["error"] == 0 and not r["timed_out"]
+        assert np.array_equal(p.output(r["image"]), want)
+        assert abs(sim_cycles / r["cycles"] - 1) < 0.05, (sim_cycles, r["cycles"])
+
+
+def test_sim_model_reports_axi_errors_outside_ddr():
+    """Addresses outside DDR answer with an AXI error response: ERROR bit, ERROR_DESC, irq."""
+    from sw.backends.sim import SimOverlay
+    model = SimOverlay(SIM, 1 << 16)
+    descs = [isa.pack_descriptor(opcode=isa.OPCODES["LOAD"], target=0, count=4, dram_addr=1 << 20),
+             isa.pack_descriptor(opcode=isa.OPCODES["SYNC"])]
+    model.ddr[0x1000:0x1000 + 64] = np.frombuffer(b"".join(descs), np.uint8)
+    for name, value in (("DESC_ADDR", 0x1000), ("DESC_COUNT", 2), ("IRQ_ENABLE", 1), ("CONTROL", isa.CONTROL_START)):
+        model.write_reg(isa.REG[name], value)
+    assert model.read_reg(isa.REG["ERROR"]) == isa.ERROR_AXI_READ and model.irq
+    assert model.read_reg(isa.REG["STATUS"]) & isa.STATUS_ERROR and model.read_reg(isa.REG["ERROR_DESC"]) == 1
+    model.write_reg(isa.REG["CONTROL"], isa.CONTROL_RESET)
+    assert model.read_reg(isa.REG["ERROR"]) == 0 and not model.irq
+
+
+@pytest.mark.rtl
+@pytest.mark.slow
+def test_rtl_8x16_overlay_bit_exact():
+    """A larger array (8 x 16, 128-bit) on a layer with ragged edges; benchmarks/gemm.py does 16 x 16."""
+    from sw.backends.rtl import run_images
+    cfg = preset("bench16").replace(name="mid8x16", rows=8, a_depth=1024, b_depth=1024, acc_depth=64)
+    rng = np.random.default_rng(16)
+    a, b, bias, mult, shift = layer(rng, 37, 300, 45, extremes=True)
+    drv = Driver(cfg, "sim")
+    prog = drv.compile(a, b, bias, mult, shift, relu=True)
+    want = gemm(a, b, bias, mult, shift, relu=True)
+    assert np.array_equal(prog.output(drv.run(prog)), want)
+    res = run_images(cfg, [dict(base=prog.base_addr, image=prog.image, desc_count=len(prog.descriptors),
+                                timeout=1_000_000)], stall=0.2)[0]
+    assert res["error"] == 0 and not res["timed_out"]
+    assert np.array_equal(prog.output(res["image"]), want)

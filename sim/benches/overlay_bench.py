@@ -1,5 +1,6 @@
-"""cocotb bench: the whole overlay through its AXI ports (cocotbext-axi AxiRam + AxiLiteMaster).
+"""cocotb bench: the whole overlay through its AXI ports (cocotbext-axi AxiSlave + AxiLiteMaster).
 
+DDR is cocotbext-axi's AxiSlave on a MemoryRegion (out-of-range accesses answer SLVERR).
 Runs compiled programs (sw.compiler: DDR image + descriptors) exactly as a host
 would: image into DDR, DESC_ADDR/DESC_COUNT, START, wait for the done interrupt,
 read STATUS/ERROR/CYCLES, DDR back out. Random backpressure on every AXI channel
@@ -9,13 +10,15 @@ BENCH_TIMEOUT (cycles per program).
 """
 import os
 import random
+import time
 from pathlib import Path
 
 import cocotb
 import numpy as np
 from cocotb.clock import Clock
-from cocotb.triggers import ClockCycles, RisingEdge
-from cocotbext.axi import AxiBus, AxiLiteBus, AxiLiteMaster, AxiRam
+from cocotb.triggers import ClockCycles, First, RisingEdge, Timer
+from cocotbext.axi import AxiBus, AxiLiteBus, AxiLiteMaster, AxiSlave
+from cocotbext.axi.address_space import MemoryRegion
 
 from hw import isa
 
@@ -28,12 +31,16 @@ def pauses(rng: random.Random, p: float):
 class OverlayTB:
     def __init__(self, dut, ddr_bytes: int, stall: float, seed: int):
         self.dut = dut
-        self.ram = AxiRam(AxiBus.from_prefix(dut, "m_axi_"), dut.clk, dut.rst, size=ddr_bytes)
+        # DDR: cocotbext-axi's slave on a memory region; accesses outside it answer SLVERR.
+        self.ddr = MemoryRegion(ddr_bytes)
+        self.ram = AxiSlave(AxiBus.from_prefix(dut, "m_axi_"), dut.clk, dut.rst, target=self.ddr)
         self.ctrl = AxiLiteMaster(AxiLiteBus.from_prefix(dut, "s_axil_"), dut.clk, dut.rst)
         if stall > 0:
             rng = random.Random(seed)
             for ch in (self.ram.write_if.aw_channel, self.ram.write_if.w_channel, self.ram.write_if.b_channel,
-                       self.ram.read_if.ar_channel, self.ram.read_if.r_channel):
+                       self.ram.read_if.ar_channel, self.ram.read_if.r_channel,
+                       self.ctrl.write_if.aw_channel, self.ctrl.write_if.w_channel, self.ctrl.write_if.b_channel,
+                       self.ctrl.read_if.ar_channel, self.ctrl.read_if.r_channel):
                 ch.set_pause_generator(pauses(random.Random(rng.random()), stall))
 
     async def reset(self):
@@ -50,15 +57,14 @@ class OverlayTB:
         await self.ctrl.write(isa.REG[name], int(value).to_bytes(4, "little"))
 
     async def run(self, base, image, desc_count, timeout):
-        self.ram.write(base, image.tobytes())
+        self.ddr.mem[base:base + len(image)] = image.tobytes()
         await self.write("DESC_ADDR", base)
         await self.write("DESC_COUNT", desc_count)
         await self.write("IRQ_ENABLE", 1)
         await self.write("CONTROL", isa.CONTROL_START)
-        waited = 0
-        while not self.dut.irq.value and waited < timeout:
-            await RisingEdge(self.dut.clk)
-            waited += 1
+        if not self.dut.irq.value:     # one trigger, not a Python wake-up per cycle
+            await First(RisingEdge(self.dut.irq), Timer(timeout * 10, unit="ns"))
+        await RisingEdge(self.dut.clk)
         status = await self.read("STATUS")
         result = {"status": status, "error": await self.read("ERROR"), "cycles": await self.read("CYCLES"),
                   "desc_done": await self.read("DESC_DONE"), "error_desc": await self.read("ERROR_DESC"),
@@ -68,7 +74,7 @@ class OverlayTB:
             result["status_after_reset"] = await self.read("STATUS")
         else:
             await self.write("STATUS", isa.STATUS_DONE)        # acknowledge the interrupt
-        result["image"] = np.frombuffer(self.ram.read(base, len(image)), np.uint8)
+        result["image"] = np.frombuffer(self.ddr.mem[base:base + len(image)], np.uint8).copy()
         return result
 
 
@@ -84,5 +90,7 @@ async def run_programs(dut):
     await tb.reset()
     for path, meta in zip(progs, metas):
         timeout = int(meta["timeout"]) if "timeout" in meta else int(os.environ.get("BENCH_TIMEOUT", "10000000"))
+        t0 = time.monotonic()
         res = await tb.run(int(meta["base"]), meta["image"], int(meta["desc_count"]), timeout)
+        res["sim_wall_s"] = time.monotonic() - t0      # simulation only, without build and start-up
         np.savez(folder / path.name.replace("prog_", "res_"), **res)

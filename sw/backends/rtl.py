@@ -1,10 +1,11 @@
-"""The rtl backend: the generated overlay Verilog under cocotb/Verilator, DDR = cocotbext-axi AxiRam.
+"""The rtl backend: the generated overlay Verilog under cocotb/Verilator, DDR = a cocotbext-axi AXI slave.
 
 Programs (DDR images with descriptors) go to the bench as .npz files; one Verilator
 build and one simulator run serve a whole batch of programs.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import tempfile
@@ -31,13 +32,18 @@ def run_images(cfg, jobs: list[dict], *, stall: float = 0.0, seed: int = 1, wave
 
     Each result has: image (DDR after the run), status, error, cycles, desc_done, timed_out.
     """
-    from sim.runner import run_bench
+    from sim.runner import BUILD, run_bench
     verilog = overlay_verilog(cfg)
-    with tempfile.TemporaryDirectory(prefix="sam2fpga-rtl-") as tmp:
+    name = name or f"overlay-{config_tag(cfg)}"
+    lock_path = BUILD / "sim" / f"{name}.lock"
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    # One build directory per configuration, shared by processes (pytest workers, CLI): take turns.
+    with open(lock_path, "w") as lock, tempfile.TemporaryDirectory(prefix="sam2fpga-rtl-") as tmp:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         folder = Path(tmp)
         for i, job in enumerate(jobs):
             np.savez(folder / f"prog_{i:03d}.npz", **{k: np.asarray(v) for k, v in job.items()})
-        run_bench(verilog, "overlay", "overlay_bench", name=name or f"overlay-{config_tag(cfg)}", waves=waves,
+        run_bench(verilog, "overlay", "overlay_bench", name=name, waves=waves,
                   extra_env={"PROGRAM_DIR": str(folder), "BENCH_STALL": str(stall), "BENCH_SEED": str(seed)})
         out = []
         for i in range(len(jobs)):

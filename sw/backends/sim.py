@@ -121,10 +121,10 @@ class SimOverlay:
                 beats = n * eb // DB if eb >= DB else -(-n // (DB // eb))
                 src = self._ddr(d["dram_addr"], beats * DB)
                 if src is None:
-                    return self._error(isa.ERROR_AXI_READ, i)
+                    return self._error(isa.ERROR_AXI_READ, i + 1)     # reported after dispatch
                 self._load(target, d["sp_addr"], n, src[:n * eb])
                 t = max(t, unit_free["LOAD"])
-                cycles = beats if eb >= DB else max(beats, n)
+                cycles = beats if eb >= DB else n + 1
                 bursts = -(-beats // 256)
                 finish = t + READ_LATENCY * bursts + cycles + 2
                 unit_free["LOAD"] = finish
@@ -142,7 +142,7 @@ class SimOverlay:
                 eb = 4 if d["out_int32"] else 1
                 row_bytes = C * eb
                 if not self._store(d, rows, row_bytes):
-                    return self._error(isa.ERROR_AXI_WRITE, i)
+                    return self._error(isa.ERROR_AXI_WRITE, i + 1)
                 t = max(t, unit_free["STORE"])
                 finish = t + 4 + rows * (row_bytes // DB + 1) + STORE_LATENCY
                 unit_free["STORE"] = finish
