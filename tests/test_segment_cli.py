@@ -121,3 +121,17 @@ def test_choice_is_the_best_iou_candidate(photo_png, cheap_model):
     all_logits, ious, _ = p.predict(point_coords=[[70.0, 60.0]], point_labels=[1], return_logits=True)
     assert n == 3 and best == int(np.argmax(ious)) and iou == pytest.approx(float(ious.max()))
     np.testing.assert_array_equal(logits, all_logits[best])
+
+
+def test_demo_segmentation_step_writes_overlay(tmp_path, capsys, cheap_model):
+    """The demo's photo step (the requantiser steps are covered by tests/test_cli.py)."""
+    pytest.importorskip("skimage")
+    import argparse
+
+    from sw.commands import demo
+    demo._segment_photo(argparse.Namespace(out=tmp_path, checkpoint=None))
+    out = capsys.readouterr().out
+    assert "RANDOM weights" in out
+    png = tmp_path / "segment_chelsea.png"
+    assert np.asarray(Image.open(png)).shape == (300, 451, 3)
+    assert cheap_model == [("tiny", None, 0)]
