@@ -260,3 +260,14 @@ def test_forward_sam_heads_matches_official(case):
              "object_score_logits"]
     for name, gv, ov in zip(names, g, o):
         assert_close(gv, ov, name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["base_plus", "large"])
+def test_predictor_photo_large_models(name):
+    p = pair(name)
+    p.set_image(photo())
+    for prompt in ("point", "box_and_point"):
+        for mm in (True, False):
+            check(*p.both(**PROMPTS[prompt], multimask_output=mm, return_logits=True), mm)
+    _pairs.pop(name)  # free the big model
