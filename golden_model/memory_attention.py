@@ -43,6 +43,32 @@ class MemoryAttentionConfig:
     pos_enc_at_cross_attn_keys: bool = True
     pos_enc_at_cross_attn_queries: bool = False
 
+    @classmethod
+    def from_yaml(cls, section) -> "MemoryAttentionConfig":
+        """From the `memory_attention:` section of an official config (nested mappings)."""
+        try:
+            layer, sa, ca = section["layer"], section["layer"]["self_attention"], section["layer"]["cross_attention"]
+            cfg = cls(d_model=int(section["d_model"]), num_layers=int(section["num_layers"]),
+                      dim_feedforward=int(layer["dim_feedforward"]), activation=str(layer["activation"]),
+                      num_heads=int(ca.get("num_heads", 1)), kv_in_dim=int(ca.get("kv_in_dim") or section["d_model"]),
+                      rope_theta=float(ca.get("rope_theta", 10000.0)),
+                      feat_sizes=tuple(int(v) for v in ca.get("feat_sizes", (64, 64))),
+                      pos_enc_at_input=bool(section["pos_enc_at_input"]),
+                      pos_enc_at_attn=bool(layer["pos_enc_at_attn"]),
+                      pos_enc_at_cross_attn_keys=bool(layer["pos_enc_at_cross_attn_keys"]),
+                      pos_enc_at_cross_attn_queries=bool(layer["pos_enc_at_cross_attn_queries"]))
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"memory_attention config: missing or malformed entry {e}") from e
+        for name, att in (("self_attention", sa), ("cross_attention", ca)):
+            if not str(att.get("_target_", "")).endswith("RoPEAttention") or int(att.get("downsample_rate", 1)) != 1 \
+                    or int(att.get("num_heads", 1)) != cfg.num_heads or int(att["embedding_dim"]) != cfg.d_model \
+                    or float(att.get("rope_theta", 10000.0)) != cfg.rope_theta:
+                raise ValueError(f"memory_attention config: {name} must be a RoPEAttention like the official ones")
+        if sa.get("kv_in_dim") not in (None, cfg.d_model) or sa.get("rope_k_repeat", False) \
+                or not ca.get("rope_k_repeat", False):
+            raise ValueError("memory_attention config: unsupported self/cross attention key settings")
+        return cfg
+
 
 @lru_cache(maxsize=8)
 def axial_rope(dim: int, end_x: int, end_y: int, theta: float = 10000.0) -> tuple[np.ndarray, np.ndarray]:

@@ -31,6 +31,26 @@ class MemoryEncoderConfig:
     fuser_padding: int = 3
     pos_temperature: float = 10000.0
 
+    @classmethod
+    def from_yaml(cls, section) -> "MemoryEncoderConfig":
+        """From the `memory_encoder:` section of an official config (nested mappings)."""
+        try:
+            ds, fuser, layer, pe = (section["mask_downsampler"], section["fuser"], section["fuser"]["layer"],
+                                    section["position_encoding"])
+            cfg = cls(in_dim=int(section.get("in_dim", 256)), out_dim=int(section["out_dim"]),
+                      ds_kernel_size=int(ds.get("kernel_size", 4)), ds_stride=int(ds.get("stride", 4)),
+                      ds_padding=int(ds.get("padding", 0)), ds_total_stride=int(ds.get("total_stride", 16)),
+                      fuser_layers=int(fuser["num_layers"]), fuser_kernel_size=int(layer.get("kernel_size", 7)),
+                      fuser_padding=int(layer.get("padding", 3)),
+                      pos_temperature=float(pe.get("temperature", 10000)))
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"memory_encoder config: missing or malformed entry {e}") from e
+        if int(pe["num_pos_feats"]) != cfg.out_dim or not pe.get("normalize", True) or pe.get("scale") is not None:
+            raise ValueError("memory_encoder config: only a normalised sine encoding of out_dim features is supported")
+        if int(layer.get("dim", cfg.in_dim)) != cfg.in_dim or not layer.get("use_dwconv", True):
+            raise ValueError("memory_encoder config: the fuser must be depthwise CXBlocks of in_dim channels")
+        return cfg
+
 
 def sine_position_encoding(num_pos_feats: int, h: int, w: int, temperature: float = 10000.0) -> np.ndarray:
     """PositionEmbeddingSine(num_pos_feats, normalize=True, scale=2*pi) for an h x w map:

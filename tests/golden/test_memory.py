@@ -151,3 +151,16 @@ def test_memory_attention_rejects_bad_shapes(official):
         att(curr[:, :15], mem, pos[:, :15], mpos)
     with pytest.raises(ValueError, match="multiple"):
         att(curr, mem[:, :-3], pos, mpos[:, :-3])
+
+
+@pytest.mark.parametrize("name", ["tiny", "small", "base_plus", "large"])
+def test_tracker_config_from_vendored_yaml(name):
+    """Every size's memory encoder/attention sections parse, and equal the sam2.1 values the defaults carry;
+    the video options carry build_sam2_video_predictor's binarised click masks."""
+    from golden_model.config import load_config
+    from golden_model.memory_encoder import MemoryEncoderConfig
+    from golden_model.video import TrackerConfig
+    cfg = TrackerConfig.from_config(load_config(name))
+    assert cfg.memory_encoder == MemoryEncoderConfig() and cfg.memory_attention == MemoryAttentionConfig()
+    assert cfg == TrackerConfig()
+    assert not TrackerConfig.from_config(load_config(name, apply_postprocessing=False)).binarize_mask_from_pts_for_mem_enc

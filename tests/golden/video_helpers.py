@@ -1,0 +1,85 @@
+"""Shared by the video tests: a synthetic clip, the official predictor's run, comparisons."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def write_moving_shape_clip(directory: Path, n_frames: int = 10, size=(160, 120), seed: int = 0) -> list[Path]:
+    """A textured background with a bright ellipse moving right and down (jpg, named 00000.jpg ...)."""
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    w, h = size
+    yy, xx = np.mgrid[0:h, 0:w]
+    base = (rng.integers(0, 60, (h // 8 + 1, w // 8 + 1, 3)).repeat(8, 0).repeat(8, 1)[:h, :w]).astype(np.float32)
+    base += 40 * np.sin(xx / 7.0)[..., None]
+    paths = []
+    directory.mkdir(parents=True, exist_ok=True)
+    for t in range(n_frames):
+        cx, cy = 40 + 6 * t, 45 + 3 * t
+        inside = ((xx - cx) / 22.0) ** 2 + ((yy - cy) / 16.0) ** 2 <= 1.0
+        img = base.copy()
+        img[inside] = [230, 200, 40]
+        p = directory / f"{t:05d}.jpg"
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(p, quality=95)
+        paths.append(p)
+    return paths
+
+
+def memoize_official_image_encoder(model):
+    """The official predictor re-encodes a frame whenever it is not the last one used; the results are
+    deterministic, so the tests reuse them (keyed by the frame's content) to save time."""
+    import hashlib
+    cache = {}
+    original = model.forward_image
+
+    def forward_image(img):
+        key = (hashlib.sha1(img.detach().contiguous().numpy().tobytes()).hexdigest(), tuple(img.shape))
+        if key not in cache:
+            cache[key] = original(img)
+        out = cache[key]
+        return {**out, "backbone_fpn": list(out["backbone_fpn"]), "vision_pos_enc": list(out["vision_pos_enc"])}
+
+    model.forward_image = forward_image
+    return model
+
+
+class OfficialImagePath:
+    """The official model's image path (forward_image, _forward_sam_heads) behind the NumPy interface
+    golden_model.video.Tracker expects: isolates the memory/tracking logic in tests."""
+
+    def __init__(self, model):
+        import torch
+        self.torch, self.model = torch, model
+        self.no_obj_ptr = model.no_obj_ptr.detach().numpy()
+
+    def forward_image(self, img):
+        with self.torch.no_grad():
+            out = self.model.forward_image(self.torch.from_numpy(np.ascontiguousarray(img)))
+        return {k: [t.numpy() for t in out[k]] for k in ("backbone_fpn", "vision_pos_enc")}
+
+    def forward_sam_heads(self, backbone_features, point_inputs=None, mask_inputs=None, high_res_features=None,
+                          multimask_output=False):
+        t = lambda a: None if a is None else self.torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
+        pts = None if point_inputs is None else {"point_coords": t(point_inputs["point_coords"]),
+                                                  "point_labels": t(point_inputs["point_labels"])}
+        with self.torch.no_grad():
+            outs = self.model._forward_sam_heads(t(backbone_features), pts, t(mask_inputs),
+                                                 None if high_res_features is None else [t(x) for x in high_res_features],
+                                                 multimask_output)
+        return tuple(o.numpy() for o in outs)
+
+
+def memory_weights(model):
+    """The official state dict's tensors that golden_model.video.Tracker owns."""
+    from golden_model.weights import Weights
+    own = ("memory_encoder.", "memory_attention.", "maskmem_tpos_enc", "no_mem_embed", "no_mem_pos_enc",
+           "no_obj_embed_spatial", "obj_ptr_tpos_proj.", "mask_downsample.")
+    return Weights({k: v.detach().numpy() for k, v in model.state_dict().items() if k.startswith(own)})
+
+
+def max_rel_err(golden, official) -> float:
+    official = np.asarray(official)
+    assert golden.shape == official.shape, (golden.shape, official.shape)
+    return float(np.abs(golden - official).max() / max(1.0, np.abs(official).max()))
