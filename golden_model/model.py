@@ -46,25 +46,27 @@ def head_options(config) -> dict:
 class SAM2Model:
     """SAM2Base: image encoder + SAM heads (+ the tracker's memory parts), strict by official keys.
 
-    `image_encoder`: normally built here from the config; tests may pass another object with the same
-    call (img (B, 3, S, S) -> {"vision_features", "vision_pos_enc", "backbone_fpn"}), in which case the
-    weights must not contain image_encoder.* keys."""
+    `config`: golden_model.config.load_config(name) unless given (a SAM2Config, or a flat dict of
+    SAM2Base options; {} means the sam2.1 defaults). `image_encoder`: normally built here from the
+    config; tests may pass another object with the same call (img (B, 3, S, S) -> {"vision_features",
+    "vision_pos_enc", "backbone_fpn"}), in which case the weights must not hold image_encoder.* keys."""
 
     def __init__(self, name: str = "tiny", *, state_dict=None, seed: int | None = None,
                  apply_postprocessing: bool = True, image_encoder=None, config=None):
         if (state_dict is None) == (seed is None):
             raise ValueError("SAM2Model needs either a state_dict (checkpoint) or a seed (random weights)")
         self.name = name
-        if config is None and image_encoder is None:
+        if config is None:
             from golden_model.config import load_config
-            config = load_config(name)
+            config = load_config(name, apply_postprocessing=apply_postprocessing)
         opts = head_options(config)
-        self.options = opts
+        self.config, self.options = config, opts
         self.weights = weights = Weights(state_dict) if state_dict is not None else Weights(seed=seed)
 
         self.image_size = int(opts.get("image_size", 1024))
         self.backbone_stride = int(opts.get("backbone_stride", 16))
-        self.hidden_dim = c = int(opts.get("hidden_dim", 256))
+        neck = getattr(getattr(config, "image_encoder", None), "neck", None)
+        self.hidden_dim = c = int(neck.d_model) if neck is not None else int(opts.get("hidden_dim", 256))
         self.use_high_res_features_in_sam = bool(opts.get("use_high_res_features_in_sam", True))
         self.num_feature_levels = 3 if self.use_high_res_features_in_sam else 1
         self.directly_add_no_mem_embed = bool(opts.get("directly_add_no_mem_embed", True))
@@ -84,9 +86,11 @@ class SAM2Model:
                                                 input_image_size=(self.image_size, self.image_size),
                                                 mask_in_chans=MASK_IN_CHANS)
         dec_fields = MaskDecoderConfig.__dataclass_fields__
+        # build_sam2(apply_postprocessing=True) turns dynamic multimask on; MaskDecoder's own default is off
         dec_cfg = replace(MaskDecoderConfig(), transformer_dim=c,
                           use_high_res_features=self.use_high_res_features_in_sam,
-                          dynamic_multimask_via_stability=apply_postprocessing,
+                          dynamic_multimask_via_stability=bool(opts.get("dynamic_multimask_via_stability",
+                                                                        apply_postprocessing)),
                           **{k: v for k, v in opts.items()
                              if k in dec_fields and k not in ("transformer_dim", "use_high_res_features",
                                                               "dynamic_multimask_via_stability")})
@@ -102,10 +106,7 @@ class SAM2Model:
 
         # The memory half (owned by golden_model.video): it takes its own keys, no_mem_embed among them.
         from golden_model.video import Tracker, TrackerConfig
-        tracker_cfg = TrackerConfig.from_mapping(opts)
-        if not apply_postprocessing:
-            tracker_cfg = replace(tracker_cfg, binarize_mask_from_pts_for_mem_enc=False)
-        self.tracker = Tracker(weights, self, tracker_cfg)
+        self.tracker = Tracker(weights, self, TrackerConfig.from_mapping(opts))
         if state_dict is not None:
             weights.check_complete()
 

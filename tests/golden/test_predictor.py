@@ -98,7 +98,7 @@ class Pair:
         official.image_encoder = self.memo
         self.official = SAM2ImagePredictor(official)
         sd = {k: v.numpy() for k, v in official.state_dict().items() if not k.startswith("image_encoder.")}
-        model = SAM2Model(name, state_dict=sd, image_encoder=NumpyImageEncoder(self.memo), config={})
+        model = SAM2Model(name, state_dict=sd, image_encoder=NumpyImageEncoder(self.memo))
         self.golden = ImagePredictor(model)
         self.image = None
 
