@@ -96,7 +96,7 @@ def build_model(name: str, checkpoint: Path | None, seed: int):
         return SAM2Model.from_checkpoint(name, checkpoint)
     except WeightError as e:
         raise CommandError(f"checkpoint {checkpoint} does not fit model {name!r}: {e}") from e
-    except ValueError as e:  # malformed file (the loader never unpickles code)
+    except (ValueError, OSError) as e:  # malformed file (the loader never unpickles code)
         raise CommandError(f"cannot load checkpoint {checkpoint}: {e}") from e
 
 
