@@ -58,6 +58,24 @@ def overlay(frame_path: Path, logits, colour=(255, 64, 32), alpha: float = 0.5):
     return Image.fromarray(img.clip(0, 255).astype(np.uint8))
 
 
+def frame_sizes(frames) -> tuple[int, int]:
+    """(width, height) shared by all frames, read from the file headers; a clear error otherwise."""
+    from PIL import Image, UnidentifiedImageError
+    from sw.cli import CommandError
+    size = None
+    for path in frames:
+        try:
+            with Image.open(path) as img:
+                this = img.size
+        except (OSError, UnidentifiedImageError) as e:
+            raise CommandError(f"cannot read frame {path}: {e}") from e
+        if size is None:
+            size = this
+        elif this != size:
+            raise CommandError(f"frame {path.name} is {this[0]}x{this[1]}, earlier frames are {size[0]}x{size[1]}")
+    return size
+
+
 def run(args) -> int:
     import numpy as np
     from tqdm import tqdm
@@ -72,26 +90,22 @@ def run(args) -> int:
         raise CommandError(str(e)) from e
     if not 0 <= args.frame < len(frames):
         raise UsageError(f"--frame {args.frame}: the video has {len(frames)} frames (0..{len(frames) - 1})")
+    w, h = frame_sizes(frames)
+    for x, y, _ in clicks:
+        if not (0 <= x < w and 0 <= y < h):
+            raise UsageError(f"--point {x:g},{y:g} lies outside the {w}x{h} frames")
     if args.checkpoint is not None and not args.checkpoint.is_file():
         raise CommandError(f"checkpoint {args.checkpoint} does not exist")
 
     model = _build_model(args)
     predictor = VideoPredictor(model.tracker)
-    try:
-        state = predictor.init_state(frames)
-    except ValueError as e:
-        raise CommandError(str(e)) from e
-    w, h = state.video_width, state.video_height
-    for x, y, _ in clicks:
-        if not (0 <= x < w and 0 <= y < h):
-            raise UsageError(f"--point {x:g},{y:g} lies outside the {w}x{h} frames")
-
     args.out.mkdir(parents=True, exist_ok=True)
     if args.logits_out:
         args.logits_out.mkdir(parents=True, exist_ok=True)
     points = [[x, y] for x, y, _ in clicks]
     labels = [label for _, _, label in clicks]
     try:
+        state = predictor.init_state(frames)
         predictor.add_new_points(state, args.frame, 1, points, labels)
         scores = {}
         todo = len(frames) - args.frame
@@ -102,7 +116,7 @@ def run(args) -> int:
             if args.logits_out:
                 np.save(args.logits_out / f"{stem}.npy", logits.astype(np.float32))
             scores[stem] = predictor.object_score_logits(state, idx)
-    except ValueError as e:  # frames that cannot be read or differ in size
+    except ValueError as e:  # a frame that went bad while tracking
         raise CommandError(str(e)) from e
     (args.out / "object_scores.json").write_text(json.dumps(
         {"object_score_logits": scores, "present": {k: v > 0 for k, v in scores.items()}}, indent=1))
