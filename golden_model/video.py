@@ -449,15 +449,25 @@ class VideoPredictor:
             raise ValueError(f"this predictor tracks one object ({state.obj_id!r}); got object id {obj_id!r}")
 
     # ---------------------------------------------------------------- prompts
-    def add_new_points(self, state: VideoState, frame_idx: int, obj_id, points, labels,
-                       clear_old_points: bool = True, normalize_coords: bool = True):
-        """Clicks on a frame (x, y in video pixels; label 1 positive, 0 negative): returns
+    def add_new_points(self, state: VideoState, frame_idx: int, obj_id, points=None, labels=None,
+                       clear_old_points: bool = True, normalize_coords: bool = True, box=None):
+        """Clicks on a frame (x, y in video pixels; label 1 positive, 0 negative) and/or a box
+        (x0, y0, x1, y1, sent first as two points labelled 2 and 3): returns
         (frame_idx, [obj_id], video-resolution mask logits (1, 1, H, W))."""
         self._check_frame(state, frame_idx)
-        pts = np.asarray(points, F32).reshape(-1, 2)
-        lab = np.asarray(labels, np.int32).reshape(-1)
-        if len(pts) == 0 or len(pts) != len(lab):
+        if (points is None) != (labels is None):
+            raise ValueError("points and labels must be given together")
+        if points is None and box is None:
+            raise ValueError("give points (with labels) or a box")
+        pts = np.zeros((0, 2), F32) if points is None else np.asarray(points, F32).reshape(-1, 2)
+        lab = np.zeros((0,), np.int32) if labels is None else np.asarray(labels, np.int32).reshape(-1)
+        if len(pts) != len(lab):
             raise ValueError(f"need one label per point, got {len(pts)} points and {len(lab)} labels")
+        if box is not None:
+            if not clear_old_points:
+                raise ValueError("a box must come before any point: use clear_old_points=True")
+            pts = np.concatenate([np.asarray(box, F32).reshape(2, 2), pts])
+            lab = np.concatenate([np.array([2, 3], np.int32), lab])
         self._check_obj(state, obj_id)
         if normalize_coords:
             pts = pts / np.array([state.video_width, state.video_height], F32)

@@ -129,3 +129,26 @@ def test_mask_input_as_output_matches_official(tiny_pair, present):
                                         torch.from_numpy(mask))
     for name, a, b in zip(("low", "high", "ious", "low_res_masks", "high_res_masks", "obj_ptr", "score"), ours, ref):
         assert max_rel_err(a, b.numpy()) < 1e-4, name
+
+
+def test_bfloat16_storage_rounding_matches_torch():
+    from golden_model.video import to_bfloat16
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.standard_normal(10000).astype(np.float32) * 10.0 ** rng.integers(-8, 8, 10000),
+                        np.array([0.0, -0.0, 1.0 + 2 ** -8, 1.0 + 3 * 2 ** -8, np.inf, -np.inf, 3.389e38,
+                                  1e-40], np.float32)]).astype(np.float32)
+    ref = torch.from_numpy(x).to(torch.bfloat16).float().numpy()
+    np.testing.assert_array_equal(to_bfloat16(x), ref)
+    assert np.isnan(to_bfloat16(np.array([np.nan], np.float32))).all()
+
+
+def test_temporal_pointer_encoding_and_cond_frame_selection_match_official():
+    from sam2.modeling.sam2_utils import get_1d_sine_pe as official_pe, select_closest_cond_frames as official_sel
+    from golden_model.video import get_1d_sine_pe, select_closest_cond_frames
+    pos = np.array([-3, 0, 1, 5, 15], np.int64)
+    ref = official_pe(torch.from_numpy(pos) / 15, dim=256).numpy()
+    assert np.abs(get_1d_sine_pe((pos / 15).astype(np.float32), 256) - ref).max() < 1e-6
+    cond = {t: f"out{t}" for t in (0, 4, 9, 20, 31)}
+    for frame in (0, 5, 12, 25, 40):
+        for limit in (-1, 2, 3, 4, 5):
+            assert select_closest_cond_frames(frame, cond, limit) == official_sel(frame, cond, limit)
