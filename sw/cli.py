@@ -14,6 +14,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("sw.commands.demo", "run the most complete path the project has, end to end"),
     "toolchain": ("sw.commands.toolchain", "show which simulators and FPGA tools this machine has"),
+    "convert": ("sw.commands.convert", "convert an official SAM 2 checkpoint (.pt) to .safetensors, without torch"),
     "track": ("sw.commands.track", "track one object through a folder of video frames (golden SAM 2)"),
     "segment": ("sw.commands.segment", "segment an image from point/box prompts on the golden SAM 2"),
 }
