@@ -179,7 +179,7 @@ class MemoryEncoder:
             raise ValueError(f"memory encoder: masks must be {(n, 1, h * s, w * s)}, got {masks.shape}")
         masks = masks.astype(F32, copy=False)
         if not skip_mask_sigmoid:
-            masks = nn.sigmoid(masks)
+            masks = _sigmoid(masks)
         x = nn.conv2d(pix_feat.astype(F32, copy=False), self.pix_w, self.pix_b) + self.mask_downsampler(masks)
         for block in self.fuser:
             x = block(x)
@@ -193,11 +193,17 @@ class MemoryEncoder:
         return self._pos_cache[(h, w)]
 
 
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    """nn.sigmoid without the overflow warning: absent objects carry -1024 logits, exp(1024) = inf gives 0."""
+    with np.errstate(over="ignore"):
+        return nn.sigmoid(x)
+
+
 def mask_for_memory(high_res_logits: np.ndarray, *, scale: float, bias: float, binarize: bool) -> np.ndarray:
     """SAM2Base._encode_new_memory's mask preparation: sigmoid (or >0 when binarising
     clicked frames), then scale and bias, applied only when they are not the identity."""
     m = high_res_logits.astype(F32, copy=False)
-    m = (m > 0).astype(F32) if binarize else nn.sigmoid(m)
+    m = (m > 0).astype(F32) if binarize else _sigmoid(m)
     if scale != 1.0:
         m = m * F32(scale)
     if bias != 0.0:
