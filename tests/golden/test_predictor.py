@@ -271,3 +271,97 @@ def test_predictor_photo_large_models(name):
         for mm in (True, False):
             check(*p.both(**PROMPTS[prompt], multimask_output=mm, return_logits=True), mm)
     _pairs.pop(name)  # free the big model
+
+
+# ---------------------------------------------------------------- end to end: golden checkpoint loader + image encoder
+@pytest.fixture(scope="module")
+def checkpoint_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("checkpoints"))
+
+
+_golden_full = {}
+
+
+def golden_from_checkpoint(name, checkpoint_dir) -> ImagePredictor:
+    """The whole golden model, loaded strictly from the official-layout .pt by golden_model.checkpoint."""
+    from tests.golden.oracle import official_checkpoint
+    if name not in _golden_full:
+        _golden_full[name] = ImagePredictor(SAM2Model.from_checkpoint(name, official_checkpoint(name, SEED, checkpoint_dir)))
+    return _golden_full[name]
+
+
+@pytest.mark.parametrize("make", [photo, synthetic])
+def test_end_to_end_from_checkpoint_tiny(make, checkpoint_dir):
+    """Golden image encoder + heads from the saved checkpoint vs the official predictor."""
+    p = pair("tiny")
+    image = make()
+    p.set_image(image)
+    golden = golden_from_checkpoint("tiny", checkpoint_dir)
+    golden.set_image(image)
+    feats = p.official._features
+    assert_close(golden.features.image_embed, feats["image_embed"], "image embedding (+ no_mem_embed)")
+    for i, (g, o) in enumerate(zip(golden.features.high_res_feats, feats["high_res_feats"])):
+        assert_close(g, o, f"high-res features {i}")
+    h, w = image.shape[:2]
+    prompts = [dict(point_coords=[[0.45 * w, 0.4 * h]], point_labels=[1], multimask_output=True),
+               dict(point_coords=[[0.45 * w, 0.4 * h], [0.1 * w, 0.9 * h]], point_labels=[1, 0],
+                    multimask_output=False),
+               dict(box=[0.15 * w, 0.1 * h, 0.7 * w, 0.8 * h], multimask_output=False)]
+    for prompt in prompts:
+        g = golden.predict(**prompt, return_logits=True)
+        with torch.no_grad():
+            o = p.official.predict(**prompt, return_logits=True)
+        check(g, o, prompt["multimask_output"])
+
+
+@pytest.mark.slow
+def test_end_to_end_from_checkpoint_small(checkpoint_dir):
+    p = pair("small")
+    p.set_image(photo())
+    golden = golden_from_checkpoint("small", checkpoint_dir)
+    golden.set_image(photo())
+    for prompt in (PROMPTS["point"], PROMPTS["box_and_point"]):
+        for mm in (True, False):
+            g = golden.predict(**prompt, multimask_output=mm, return_logits=True)
+            with torch.no_grad():
+                o = p.official.predict(**prompt, multimask_output=mm, return_logits=True)
+            check(g, o, mm)
+    _golden_full.pop("small")
+
+
+def test_segment_cli_matches_official(checkpoint_dir, tmp_path, capsys):
+    """`sam2fpga segment` with an official-layout checkpoint: its saved logits are the official
+    predictor's best-IoU mask logits."""
+    from PIL import Image
+
+    from sw.cli import main
+    from tests.golden.oracle import official_checkpoint
+    image = photo()
+    Image.fromarray(image).save(tmp_path / "cat.png")
+    ckpt = official_checkpoint("tiny", SEED, checkpoint_dir)
+    out, logits_path = tmp_path / "cat_mask.png", tmp_path / "logits.npy"
+    assert main(["segment", str(tmp_path / "cat.png"), "--point", "220,130", "--checkpoint", str(ckpt),
+                 "-o", str(out), "--logits-out", str(logits_path)]) == 0
+    assert "all keys matched" in capsys.readouterr().out
+    p = pair("tiny")
+    p.set_image(image)
+    with torch.no_grad():
+        masks, ious, _ = p.official.predict(point_coords=[[220.0, 130.0]], point_labels=[1], return_logits=True)
+    assert_close(np.load(logits_path), masks[int(np.argmax(ious))], "CLI logits")
+    assert np.asarray(Image.open(out)).shape == image.shape
+
+
+def test_segment_cli_rejects_mismatched_checkpoint(checkpoint_dir, tmp_path, capsys):
+    from sw.cli import main
+    from tests.golden.oracle import official_checkpoint
+    sd = torch.load(official_checkpoint("tiny", SEED, checkpoint_dir), weights_only=True)["model"]
+    sd.pop("sam_mask_decoder.iou_token.weight")
+    sd["sam_mask_decoder.mask_tokens.weight"] = torch.zeros(3, 256)
+    bad = tmp_path / "bad.pt"
+    torch.save({"model": sd}, bad)
+    from PIL import Image
+    Image.fromarray(photo()).save(tmp_path / "cat.png")
+    assert main(["segment", str(tmp_path / "cat.png"), "--point", "220,130", "--checkpoint", str(bad),
+                 "-o", str(tmp_path / "o.png")]) == 1
+    err = capsys.readouterr().err
+    assert "does not fit model 'tiny'" in err and "iou_token.weight" in err and "mask_tokens.weight" in err
