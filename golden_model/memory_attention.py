@@ -105,12 +105,18 @@ def apply_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
     return out
 
 
-def _softmax_blocks(q: np.ndarray, k: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """softmax(q k^T) v for one head, q already scaled; query blocks bound the score memory,
-    and one score buffer is reused across blocks (fresh 59 MB arrays cost page faults)."""
+def _rotate_halves(x: np.ndarray, cos: np.ndarray, sin: np.ndarray, axis: int) -> np.ndarray:
+    """RoPE on a split layout (all pair-first channels, then all pair-second channels along `axis`):
+    the same products and sums as apply_rope on the interleaved layout, on contiguous halves."""
+    a, b = np.split(x, 2, axis=axis)
+    return np.concatenate([a * cos - b * sin, a * sin + b * cos], axis=axis)
+
+
+def _softmax_blocks(q: np.ndarray, kt: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """softmax(q kt) v for one head, q already scaled, keys transposed (D, Lk); query blocks bound
+    the score memory, and one score buffer is reused across blocks (fresh 59 MB arrays page-fault)."""
     out = np.empty((q.shape[0], v.shape[1]), F32)
-    kt = np.ascontiguousarray(k.T)
-    scores = np.empty((min(QUERY_BLOCK, q.shape[0]), k.shape[0]), F32)
+    scores = np.empty((min(QUERY_BLOCK, q.shape[0]), kt.shape[1]), F32)
     for s in range(0, q.shape[0], QUERY_BLOCK):
         qb = q[s:s + QUERY_BLOCK]
         sb = scores[:qb.shape[0]]
@@ -138,6 +144,14 @@ class RoPEAttention:
         self.k_w, self.k_b = w.take("k_proj.weight", (d, kv_in_dim)), w.take("k_proj.bias", (d,))
         self.v_w, self.v_b = w.take("v_proj.weight", (d, kv_in_dim)), w.take("v_proj.bias", (d,))
         self.o_w, self.o_b = w.take("out_proj.weight", (d, d)), w.take("out_proj.bias", (d,))
+        # Scores only need q.k per head, so the q and k channels may be reordered alike: each head's
+        # (even, odd) RoPE pairs become (first half, second half), making the rotation contiguous.
+        # The 1/sqrt(head_dim) scale (a power of two here) is folded into the q projection.
+        hd = d // self.heads
+        order = np.concatenate([h * hd + np.r_[0:hd:2, 1:hd:2] for h in range(self.heads)])
+        scale = F32(1.0 / math.sqrt(hd))
+        self._qw, self._qb = self.q_w[order] * scale, self.q_b[order] * scale
+        self._kw, self._kb = np.ascontiguousarray(self.k_w[order]), self.k_b[order]
 
     def __call__(self, q: np.ndarray, k: np.ndarray, v: np.ndarray, num_k_exclude_rope: int = 0) -> np.ndarray:
         """q (Lq, d), k and v (Lk, kv_in_dim) for one batch element -> (Lq, d)."""
@@ -147,27 +161,43 @@ class RoPEAttention:
             raise ValueError(f"RoPE attention needs a square query map, got {lq} tokens")
         if lq != lk - num_k_exclude_rope and not self.rope_k_repeat:
             raise ValueError("keys differ in number from queries but rope_k_repeat is off")
+        n_rope = lk - num_k_exclude_rope
+        if n_rope % lq:
+            raise ValueError(f"RoPE: {n_rope} keys is not a multiple of the {lq}-position table")
         hd = self.cfg.d_model // self.heads
         cos, sin = axial_rope(hd, side, side, self.cfg.rope_theta)
-        n_rope = lk - num_k_exclude_rope
-        qp = nn.linear(q, self.q_w, self.q_b)
-        kp = nn.linear(k, self.k_w, self.k_b)
-        scale = F32(1.0 / math.sqrt(hd))
+        qp = nn.linear(q, self._qw, self._qb)
+        kt = self._kw @ k.astype(F32, copy=False).T                    # (d, Lk): keys already transposed
+        kt += self._kb[:, None]
         # value path: project after attention when that is cheaper (kv_in_dim < head width)
         late_v = self.heads == 1 and self.kv_in_dim < hd
         vp = v.astype(F32, copy=False) if late_v else nn.linear(v, self.v_w, self.v_b)
+        reps = n_rope // lq
         outs = []
         for h in range(self.heads):
             sl = slice(h * hd, (h + 1) * hd)
-            qh = apply_rope(qp[:, sl], cos, sin) * scale
-            kh = kp[:, sl].copy()
+            qh = _rotate_halves(qp[:, sl], cos, sin, axis=1)
+            kh = kt[sl]
             if n_rope:
-                kh[:n_rope] = apply_rope(kh[:n_rope], cos, sin)
+                kh[:, :n_rope] = _rotate_halves(kh[:, :n_rope], _tiled_t(cos, reps), _tiled_t(sin, reps), axis=0)
             outs.append(_softmax_blocks(qh, kh, vp if late_v else vp[:, sl]))
         out = outs[0] if self.heads == 1 else np.concatenate(outs, axis=1)
         if late_v:
             out = nn.linear(out, self.v_w, self.v_b)
         return nn.linear(out, self.o_w, self.o_b)
+
+
+_TILED: dict = {}
+
+
+def _tiled_t(table: np.ndarray, reps: int) -> np.ndarray:
+    """The RoPE table transposed (D/2, N*reps), repeated once per memory frame; cached per table."""
+    key = (id(table), reps)
+    if key not in _TILED:
+        if len(_TILED) > 16:
+            _TILED.clear()
+        _TILED[key] = (table, np.ascontiguousarray(np.tile(table.T, (1, reps))))
+    return _TILED[key][1]
 
 
 class MemoryAttentionLayer:
