@@ -168,8 +168,10 @@ class Tracker:
         if is_init_cond_frame:
             if cfg.directly_add_no_mem_embed:
                 return (vision_feat + self.no_mem_embed).transpose(0, 2, 1).reshape(b, c, side, side)
-            memory = np.broadcast_to(self.no_mem_embed[:cfg.mem_dim], (b, 1, cfg.mem_dim))
-            memory_pos = np.broadcast_to(self.no_mem_pos_enc[:cfg.mem_dim], (b, 1, cfg.mem_dim))
+            if cfg.mem_dim != c:  # the official expand() of a (1, 1, C) embedding to mem_dim fails likewise
+                raise ValueError("a no-memory token on initial frames needs mem_dim == hidden_dim")
+            memory = np.broadcast_to(self.no_mem_embed, (b, 1, c))
+            memory_pos = np.broadcast_to(self.no_mem_pos_enc, (b, 1, c))
         else:
             memory, memory_pos = [], []
             cond_outputs = output_dict["cond_frame_outputs"]
