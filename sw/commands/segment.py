@@ -21,12 +21,13 @@ MODELS = ("tiny", "small", "base_plus", "large")
 MASK_COLOUR = (30, 144, 255)
 MASK_ALPHA = 0.5
 POINT_COLOURS = {1: (0, 220, 0), 0: (230, 0, 0)}
+_FORMS = {"point": ("X,Y", "X,Y,LABEL"), "box": ("X0,Y0,X1,Y1",)}
 
 
 def _numbers(text: str, counts: tuple[int, ...], what: str) -> list[float]:
     parts = text.split(",")
     if len(parts) not in counts:
-        raise argparse.ArgumentTypeError(f"{what} must be {' or '.join(_forms[what])}, got {text!r}")
+        raise argparse.ArgumentTypeError(f"{what} must be {' or '.join(_FORMS[what])}, got {text!r}")
     try:
         values = [float(p) for p in parts]
     except ValueError:
@@ -34,9 +35,6 @@ def _numbers(text: str, counts: tuple[int, ...], what: str) -> list[float]:
     if not all(v == v and abs(v) != float("inf") for v in values):
         raise argparse.ArgumentTypeError(f"{what} must be finite numbers, got {text!r}")
     return values
-
-
-_forms = {"point": ("X,Y", "X,Y,LABEL"), "box": ("X0,Y0,X1,Y1",)}
 
 
 def parse_point(text: str) -> tuple[float, float, int]:
