@@ -82,12 +82,14 @@ class MultiScaleAttention:
         b, h, w, _ = x.shape
         nh, hd = self.num_heads, self.dim_out // self.num_heads
         qkv = self.qkv(x).reshape(b, h * w, 3, nh, hd)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         if self.q_stride:
-            q = nn.max_pool2d_nhwc(q.reshape(b, h, w, nh * hd), self.q_stride)
+            q = nn.max_pool2d_nhwc(qkv[:, :, 0].reshape(b, h, w, nh * hd), self.q_stride)
             h, w = q.shape[1:3]
-            q = q.reshape(b, h * w, nh, hd)
-        out = nn.attention(q.transpose(0, 2, 1, 3), k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3))
+            q = q.reshape(b, h * w, nh, hd).transpose(0, 2, 1, 3)
+            k, v = np.ascontiguousarray(qkv[:, :, 1:].transpose(2, 0, 3, 1, 4))   # one copy: (B, nh, L, hd) each
+        else:
+            q, k, v = np.ascontiguousarray(qkv.transpose(2, 0, 3, 1, 4))
+        out = nn.attention(q, k, v)
         out = out.transpose(0, 2, 1, 3).reshape(b, h, w, nh * hd)
         return self.proj(out)
 
