@@ -147,9 +147,9 @@ class _RestrictedUnpickler(pickle.Unpickler):
         return self._load_storage(stype.dtype, str(key), int(numel))
 
 
-def _read_pt_raw(path: Path, blob: bytes | None = None):
+def _read_pt_raw(path: Path):
     try:
-        zf = zipfile.ZipFile(path if blob is None else io.BytesIO(blob))
+        zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as e:
         raise CheckpointError(f"{path}: not a readable torch zip checkpoint ({e})") from e
     with zf:
@@ -158,6 +158,11 @@ def _read_pt_raw(path: Path, blob: bytes | None = None):
         if len(pkls) != 1:
             raise CheckpointError(f"{path}: torch zip without exactly one <root>/data.pkl (has {names[:5]}...)")
         root = pkls[0][:-len("data.pkl")]
+        archive_size = Path(path).stat().st_size
+        for info in zf.infolist():   # torch stores members uncompressed: anything bigger is a zip bomb
+            if info.file_size > archive_size:
+                raise CheckpointError(f"{path}: member {info.filename} claims {info.file_size} bytes, "
+                                      f"more than the whole {archive_size}-byte file")
         byteorder = "little"
         if root + "byteorder" in names:
             byteorder = zf.read(root + "byteorder").decode("ascii", "replace").strip()
@@ -177,7 +182,9 @@ def _read_pt_raw(path: Path, blob: bytes | None = None):
                 raise CheckpointError(f"{path}: storage {member} holds {len(raw)} bytes, "
                                       f"{numel} x {np_dtype.itemsize} expected")
             arr = np.frombuffer(raw, np_dtype.newbyteorder("<" if byteorder == "little" else ">"))
-            cache[key] = _Storage(dtype, arr.astype(np_dtype.newbyteorder("<")))
+            if byteorder == "big":
+                arr = arr.astype(np_dtype.newbyteorder("<"))
+            cache[key] = _Storage(dtype, arr)   # read-only view of the member; tensors copy out of it
             return cache[key]
 
         try:
@@ -291,14 +298,15 @@ def load_raw(path: str | Path) -> dict[str, Tensor]:
     """A checkpoint's tensors as stored (BF16 as bit patterns), format picked by content."""
     path = Path(path)
     try:
-        blob = path.read_bytes()
+        with open(path, "rb") as f:
+            head = f.read(16)
     except OSError as e:
         raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
-    kind = sniff_format(blob[:16])
+    kind = sniff_format(head)
     if kind == "torch-zip":
-        return _state_dict_of(_read_pt_raw(path, blob), path)
+        return _state_dict_of(_read_pt_raw(path), path)
     if kind == "safetensors":
-        return _read_safetensors_raw(path, blob)[0]
+        return _read_safetensors_raw(path)[0]
     if kind == "torch-legacy":
         raise CheckpointError(f"{path}: legacy (pre-1.6, non-zip) torch checkpoint; re-save it with a current torch")
     raise CheckpointError(f"{path}: neither a torch .pt (zip) nor a .safetensors file")

@@ -210,3 +210,12 @@ def test_convert_cli_usage(tmp_path, capsys):
     assert cli(["convert", str(src), str(dst)]) == 1
     assert "exists" in capsys.readouterr().err
     assert cli(["convert", str(src), str(dst), "--force"]) == 0
+
+
+def test_compressed_zip_bomb_is_refused(tmp_path):
+    path = tmp_path / "bomb.pt"
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("archive/data.pkl", b"\x80\x02}.")
+        zf.writestr("archive/data/0", bytes(50_000_000))
+    with pytest.raises(CheckpointError, match="claims 50000000 bytes"):
+        load_state_dict(path)
