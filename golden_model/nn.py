@@ -86,11 +86,19 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 def layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float = 1e-5) -> np.ndarray:
-    """LayerNorm over the last axis (biased variance, eps inside the sqrt)."""
+    """LayerNorm over the last axis (biased variance, eps inside the sqrt).
+    Two passes over x, the rest in place on the centred copy."""
     mean = x.mean(-1, keepdims=True)
     xc = x - mean
-    var = (xc * xc).mean(-1, keepdims=True)
-    return xc / np.sqrt(var + eps) * weight + bias
+    flat = xc.reshape(-1, xc.shape[-1])
+    var = np.einsum("ij,ij->i", flat, flat).reshape(mean.shape)   # row sums of squares, no temporary
+    var /= xc.shape[-1]
+    var += eps
+    np.sqrt(var, out=var)
+    xc /= var
+    xc *= weight
+    xc += bias
+    return xc
 
 
 def layer_norm_2d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float = 1e-6) -> np.ndarray:

@@ -101,3 +101,12 @@ def test_linear_on_batched_and_strided_inputs():
     for x in (randn(2, 3, 4, 5), randn(2, 5, 3, 4).transpose(0, 2, 3, 1), randn(5)):
         ref = F.linear(*map(lambda a: torch.from_numpy(np.ascontiguousarray(a)), (x, w, b))).numpy()
         assert np.abs(nn.linear(x, w, b) - ref).max() < 1e-5
+
+
+@pytest.mark.parametrize("shape,eps", [((2, 9, 11, 96), 1e-6), ((7, 256), 1e-5), ((5,), 1e-5)])
+def test_layer_norm(shape, eps):
+    x, w, b = randn(*shape, scale=3) + 2, randn(shape[-1]), randn(shape[-1])
+    ref = F.layer_norm(*map(torch.from_numpy, (x,)), shape[-1:], torch.from_numpy(w), torch.from_numpy(b), eps).numpy()
+    out = nn.layer_norm(x, w, b, eps)
+    assert out.dtype == np.float32 and np.abs(out - ref).max() < 1e-5
+    assert np.abs(nn.layer_norm(x.swapaxes(0, -1).swapaxes(0, -1), w, b, eps) - ref).max() < 1e-5
