@@ -53,10 +53,18 @@ def image_encoder_case(model: str, size: int, batch: int = 1):
     return Case(f"image_encoder {model} {size}x{size} b{batch}", setup)
 
 
+def video_case(model: str, part: str):
+    """A steady-state video frame with a full memory bank (benchmarks/golden_video.py), or its memory attention."""
+    from benchmarks.golden_video import PARTS, video_setup
+    return Case(f"{model} {PARTS[part]}", lambda: video_setup(model, part)[:2])
+
+
 # Other helpers: append cases here (e.g. one video frame of the tracker).
 CASES: list[Case] = [
     image_encoder_case("tiny", 1024),
     image_encoder_case("small", 1024),
+    video_case("tiny", "memory_attention"),
+    video_case("tiny", "frame"),
 ]
 
 

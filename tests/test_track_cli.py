@@ -65,3 +65,26 @@ def test_track_runs_end_to_end_on_random_weights(clip, tmp_path, capsys):
         assert a.shape == (64, 96) and a.dtype == np.float32 and np.isfinite(a).all()
     scores = json.loads((out / "object_scores.json").read_text())
     assert set(scores["present"]) == {"00001", "00002"}
+
+
+@pytest.mark.slow
+@pytest.mark.oracle
+def test_track_logits_from_checkpoint_match_official(clip, tmp_path, capsys):
+    """`track --checkpoint` (official-layout file, golden loader) writes the official predictor's
+    video-resolution logits for every frame, within 1e-3 relative."""
+    torch = pytest.importorskip("torch")
+    from tests.golden.oracle import official_checkpoint, official_model
+    ckpt = official_checkpoint("tiny", 0, str(tmp_path / "ckpt"))
+    logits = tmp_path / "logits"
+    assert main(["track", str(clip), "--point", "40,30", "--checkpoint", str(ckpt), "-o", str(tmp_path / "out"),
+                 "--logits-out", str(logits)]) == 0
+    assert "RANDOM" not in capsys.readouterr().out
+    model = official_model("tiny", 0, video=True)
+    with torch.inference_mode():
+        state = model.init_state(str(clip))
+        model.add_new_points_or_box(state, 0, 1, points=[[40, 30]], labels=[1])
+        official = {f: m[0, 0].numpy() for f, _, m in model.propagate_in_video(state)}
+    assert sorted(official) == [0, 1, 2]
+    for f, ref in official.items():
+        got = np.load(logits / f"{f:05d}.npy")
+        assert np.abs(got - ref).max() <= 1e-3 * max(1.0, np.abs(ref).max()), f"frame {f}"
