@@ -95,6 +95,9 @@ def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=Fals
     flat = storage.data
     if math.prod(size) == 0:
         return Tensor(storage.dtype, np.zeros(size, flat.dtype))
+    if math.prod(size) > flat.size:   # only expanded (stride-0) views could; a state dict has none
+        raise CheckpointError(f"checkpoint: tensor of size {size} has more elements than its storage "
+                              f"({flat.size}); expanded views are not supported")
     last = offset + sum((n - 1) * s for n, s in zip(size, stride))
     if last >= flat.size:
         raise CheckpointError(f"checkpoint: tensor of size {size} stride {stride} offset {offset} "
@@ -288,7 +291,8 @@ def _state_dict_of(obj, path) -> dict[str, Tensor]:
         obj = obj["model"]
     if not isinstance(obj, dict) or not obj:
         raise CheckpointError(f"{path}: holds no state dict (expected {{'model': state_dict}} or a state dict)")
-    bad = [k for k, v in obj.items() if not (isinstance(k, str) and isinstance(v, Tensor))]
+    bad = [k for k, v in obj.items()
+           if not (isinstance(k, str) and isinstance(v, Tensor) and isinstance(v.data, np.ndarray))]
     if bad:
         raise CheckpointError(f"{path}: state dict entries that are not tensors: {bad[:10]}")
     return dict(obj)

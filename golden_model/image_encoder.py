@@ -137,7 +137,8 @@ class MultiScaleBlock:
 
 
 class Hiera:
-    """The trunk: patch embed, position embedding, blocks; returns stage-end features NCHW, high-res first."""
+    """The trunk: patch embed, position embedding, blocks; returns stage-end features NHWC, high-res first
+    (the official trunk returns them NCHW; the neck here takes NHWC so its 1x1 convs are plain GEMMs)."""
 
     def __init__(self, w, cfg: HieraConfig):
         self.cfg = cfg

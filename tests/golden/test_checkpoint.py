@@ -1,6 +1,7 @@
 """golden_model.checkpoint: torch-free .pt reading, safetensors I/O, refusal of code-carrying pickles."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import pickle
@@ -219,3 +220,42 @@ def test_compressed_zip_bomb_is_refused(tmp_path):
         zf.writestr("archive/data/0", bytes(50_000_000))
     with pytest.raises(CheckpointError, match="claims 50000000 bytes"):
         load_state_dict(path)
+
+
+def _pt_with_pickle(path, payload: bytes, storages: dict[str, bytes]):
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("archive/data.pkl", payload)
+        for key, data in storages.items():
+            zf.writestr(f"archive/data/{key}", data)
+    return path
+
+
+def _tensor_pickle(size, stride, offset=0, numel=4):
+    """A pickle of {"model": {"t": tensor}} with any geometry, laid out as torch writes it."""
+    class Rebuild:
+        def __reduce__(self):
+            return (torch._utils._rebuild_tensor_v2, (_Pid(numel), offset, size, stride, False, OrderedDict()))
+
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            return ("storage", torch.FloatStorage, "0", "cpu", obj.numel) if isinstance(obj, _Pid) else None
+    buf = io.BytesIO()
+    Pickler(buf, protocol=2).dump({"model": {"t": Rebuild()}})
+    return buf.getvalue()
+
+
+class _Pid:
+    def __init__(self, numel):
+        self.numel = numel
+
+
+def test_hand_made_tensor_pickles(tmp_path):
+    data = np.arange(4, dtype=np.float32).tobytes()
+    ok = _pt_with_pickle(tmp_path / "ok.pt", _tensor_pickle((2, 2), (1, 2)), {"0": data})
+    assert np.array_equal(load_state_dict(ok)["t"], [[0, 2], [1, 3]])
+    expanded = _pt_with_pickle(tmp_path / "exp.pt", _tensor_pickle((1000, 1000), (0, 0)), {"0": data})
+    with pytest.raises(CheckpointError, match="expanded"):
+        load_state_dict(expanded)
+    past_end = _pt_with_pickle(tmp_path / "end.pt", _tensor_pickle((2, 2), (2, 1), offset=1), {"0": data})
+    with pytest.raises(CheckpointError, match="past its storage"):
+        load_state_dict(past_end)
