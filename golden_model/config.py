@@ -31,8 +31,8 @@ CONFIG_FILES = {
 
 # Official constructor defaults for arguments the yaml files do not set.
 HIERA_DEFAULTS = dict(embed_dim=96, num_heads=1, stages=(2, 3, 16, 3), global_att_blocks=(12, 16, 20),
-                      window_pos_embed_bkg_spatial_size=(14, 14), drop_path_rate=0.0, q_pool=3, q_stride=(2, 2), dim_mul=2.0, head_mul=2.0,
-                      window_spec=(8, 4, 14, 7), return_interm_layers=True)
+                      window_pos_embed_bkg_spatial_size=(14, 14), drop_path_rate=0.0, q_pool=3, q_stride=(2, 2),
+                      dim_mul=2.0, head_mul=2.0, window_spec=(8, 4, 14, 7), return_interm_layers=True)
 FPN_NECK_DEFAULTS = dict(kernel_size=1, stride=1, padding=0, fuse_type="sum")
 SINE_PE_DEFAULTS = dict(temperature=10000, normalize=True, scale=None)
 SAM2BASE_DEFAULTS = dict(backbone_stride=16, binarize_mask_from_pts_for_mem_enc=False, max_cond_frames_in_attn=-1,

@@ -19,8 +19,6 @@ The trunk works in NHWC (tokens last) so every Linear is one 2-D matmul.
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from golden_model import nn
@@ -256,8 +254,9 @@ class HighResProjection:
     """sam_mask_decoder.conv_s0 / conv_s1 (1x1 convs d_model -> d_model/8, d_model/4) on FPN levels 0 and 1."""
 
     def __init__(self, w, d_model: int = 256):
-        self.conv_s0 = (w.take("conv_s0.weight", (d_model // 8, d_model, 1, 1)), w.take("conv_s0.bias", (d_model // 8,)))
-        self.conv_s1 = (w.take("conv_s1.weight", (d_model // 4, d_model, 1, 1)), w.take("conv_s1.bias", (d_model // 4,)))
+        c0, c1 = d_model // 8, d_model // 4   # MaskDecoder's conv_s0 / conv_s1 widths
+        self.conv_s0 = (w.take("conv_s0.weight", (c0, d_model, 1, 1)), w.take("conv_s0.bias", (c0,)))
+        self.conv_s1 = (w.take("conv_s1.weight", (c1, d_model, 1, 1)), w.take("conv_s1.bias", (c1,)))
 
     def __call__(self, backbone_out: dict) -> dict:
         """SAM2Base.forward_image's projection: a new dict, levels 0 and 1 of backbone_fpn replaced."""
