@@ -165,3 +165,40 @@ def test_temporal_pointer_encoding_and_cond_frame_selection_match_official():
     for frame in (0, 5, 12, 25, 40):
         for limit in (-1, 2, 3, 4, 5):
             assert select_closest_cond_frames(frame, cond, limit) == official_sel(frame, cond, limit)
+
+
+@pytest.mark.parametrize("reverse,stride,max_cond", [(False, 1, -1), (True, 3, 2)])
+def test_memory_conditioning_matches_official(reverse, stride, max_cond):
+    """_prepare_memory_conditioned_features at the real 64x64 size on a bank of 29 frames with 3
+    conditioning frames: memory selection (forward/reverse, temporal stride, closest conditioning
+    frames, unselected ones reused as recent frames), temporal encodings, signed pointer positions."""
+    from dataclasses import replace
+
+    from benchmarks.golden_video import _torch_bank
+    from golden_model.video import Tracker, TrackerConfig, to_bfloat16
+    from tests.golden.oracle import official_model
+    from tests.golden.video_helpers import memory_weights
+    model = official_model("tiny", seed=4, video=True)
+    model.memory_temporal_stride_for_eval, model.max_cond_frames_in_attn = stride, max_cond
+    cfg = replace(TrackerConfig(), memory_temporal_stride_for_eval=stride, max_cond_frames_in_attn=max_cond)
+    tracker = Tracker(memory_weights(model), image_model=None, cfg=cfg)
+    rng = np.random.default_rng(5)
+    pos = tracker.memory_encoder.position_encoding(64, 64)[None]
+    frame, n = 12, 30
+
+    def out():
+        return {"maskmem_features": to_bfloat16(rng.standard_normal((1, 64, 64, 64)).astype(np.float32)),
+                "maskmem_pos_enc": pos, "pred_masks": np.zeros((1, 1, 256, 256), np.float32),
+                "obj_ptr": rng.standard_normal((1, 256)).astype(np.float32),
+                "object_score_logits": np.ones((1, 1), np.float32)}
+    cond = (0, 9, 25)
+    bank = {"cond_frame_outputs": {t: out() for t in cond},
+            "non_cond_frame_outputs": {t: out() for t in range(1, n) if t not in cond and t != frame}}
+    feat = rng.standard_normal((1, 4096, 256)).astype(np.float32)
+    feat_pos = rng.standard_normal((1, 4096, 256)).astype(np.float32)
+    ours = tracker.prepare_memory_conditioned_features(frame, False, feat, feat_pos, bank, n, reverse)
+    with torch.inference_mode():
+        ref = model._prepare_memory_conditioned_features(
+            frame, False, [torch.from_numpy(feat).transpose(0, 1)], [torch.from_numpy(feat_pos).transpose(0, 1)],
+            [(64, 64)], _torch_bank(bank), n, reverse)
+    assert max_rel_err(ours, ref.numpy()) < 1e-4

@@ -45,32 +45,6 @@ def memoize_official_image_encoder(model):
     return model
 
 
-class OfficialImagePath:
-    """The official model's image path (forward_image, _forward_sam_heads) behind the NumPy interface
-    golden_model.video.Tracker expects: isolates the memory/tracking logic in tests."""
-
-    def __init__(self, model):
-        import torch
-        self.torch, self.model = torch, model
-        self.no_obj_ptr = model.no_obj_ptr.detach().numpy()
-
-    def forward_image(self, img):
-        with self.torch.no_grad():
-            out = self.model.forward_image(self.torch.from_numpy(np.ascontiguousarray(img)))
-        return {k: [t.numpy() for t in out[k]] for k in ("backbone_fpn", "vision_pos_enc")}
-
-    def forward_sam_heads(self, backbone_features, point_inputs=None, mask_inputs=None, high_res_features=None,
-                          multimask_output=False):
-        t = lambda a: None if a is None else self.torch.from_numpy(np.ascontiguousarray(a))  # noqa: E731
-        pts = None if point_inputs is None else {"point_coords": t(point_inputs["point_coords"]),
-                                                  "point_labels": t(point_inputs["point_labels"])}
-        with self.torch.no_grad():
-            outs = self.model._forward_sam_heads(t(backbone_features), pts, t(mask_inputs),
-                                                 None if high_res_features is None else [t(x) for x in high_res_features],
-                                                 multimask_output)
-        return tuple(o.numpy() for o in outs)
-
-
 def memory_weights(model):
     """The official state dict's tensors that golden_model.video.Tracker owns."""
     from golden_model.weights import Weights
