@@ -34,19 +34,6 @@ def _bank(rng, pos_enc, side=64, mem_dim=64, hidden=256):
     return {"cond_frame_outputs": {0: out()}, "non_cond_frame_outputs": {t: out() for t in range(1, FRAME)}}
 
 
-def _torch_bank(bank):
-    import torch
-    conv = {}
-    for key, frames in bank.items():
-        conv[key] = {t: {"maskmem_features": torch.from_numpy(o["maskmem_features"]).to(torch.bfloat16),
-                         "maskmem_pos_enc": [torch.from_numpy(np.ascontiguousarray(o["maskmem_pos_enc"]))],
-                         "pred_masks": torch.from_numpy(o["pred_masks"]),
-                         "obj_ptr": torch.from_numpy(o["obj_ptr"]),
-                         "object_score_logits": torch.from_numpy(o["object_score_logits"])}
-                     for t, o in frames.items()}
-    return conv
-
-
 def video_setup(name: str = "tiny", part: str = "frame"):
     """(golden_fn, official_fn, compare(golden_result, official_result) -> max relative error)."""
     import torch
@@ -54,6 +41,7 @@ def video_setup(name: str = "tiny", part: str = "frame"):
     from golden_model.model import SAM2Model
     from golden_model.video import frame_features
     from tests.golden.oracle import official_model
+    from tests.golden.video_helpers import torch_bank
 
     if part not in PARTS:
         raise ValueError(f"part must be one of {list(PARTS)}")
@@ -61,7 +49,7 @@ def video_setup(name: str = "tiny", part: str = "frame"):
     golden = SAM2Model(name, state_dict={k: v.detach().numpy() for k, v in official.state_dict().items()})
     rng = np.random.default_rng(0)
     bank = _bank(rng, golden.tracker.memory_encoder.position_encoding(64, 64)[None])
-    tbank = _torch_bank(bank)
+    tbank = torch_bank(bank)
     img = rng.standard_normal((1, 3, 1024, 1024)).astype(np.float32)
     num_frames = FRAME + 1
 

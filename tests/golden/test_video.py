@@ -174,10 +174,9 @@ def test_memory_conditioning_matches_official(reverse, stride, max_cond):
     frames, unselected ones reused as recent frames), temporal encodings, signed pointer positions."""
     from dataclasses import replace
 
-    from benchmarks.golden_video import _torch_bank
     from golden_model.video import Tracker, TrackerConfig, to_bfloat16
     from tests.golden.oracle import official_model
-    from tests.golden.video_helpers import memory_weights
+    from tests.golden.video_helpers import memory_weights, torch_bank
     model = official_model("tiny", seed=4, video=True)
     model.memory_temporal_stride_for_eval, model.max_cond_frames_in_attn = stride, max_cond
     cfg = replace(TrackerConfig(), memory_temporal_stride_for_eval=stride, max_cond_frames_in_attn=max_cond)
@@ -200,5 +199,5 @@ def test_memory_conditioning_matches_official(reverse, stride, max_cond):
     with torch.inference_mode():
         ref = model._prepare_memory_conditioned_features(
             frame, False, [torch.from_numpy(feat).transpose(0, 1)], [torch.from_numpy(feat_pos).transpose(0, 1)],
-            [(64, 64)], _torch_bank(bank), n, reverse)
+            [(64, 64)], torch_bank(bank), n, reverse)
     assert max_rel_err(ours, ref.numpy()) < 1e-4

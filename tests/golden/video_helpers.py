@@ -57,3 +57,17 @@ def max_rel_err(golden, official) -> float:
     official = np.asarray(official)
     assert golden.shape == official.shape, (golden.shape, official.shape)
     return float(np.abs(golden - official).max() / max(1.0, np.abs(official).max()))
+
+
+def torch_bank(bank):
+    """A NumPy memory bank ({cond,non_cond}_frame_outputs) as the official predictor stores it (bf16 memories)."""
+    import torch
+    conv = {}
+    for key, frames in bank.items():
+        conv[key] = {t: {"maskmem_features": torch.from_numpy(o["maskmem_features"]).to(torch.bfloat16),
+                         "maskmem_pos_enc": [torch.from_numpy(np.ascontiguousarray(o["maskmem_pos_enc"]))],
+                         "pred_masks": torch.from_numpy(o["pred_masks"]),
+                         "obj_ptr": torch.from_numpy(o["obj_ptr"]),
+                         "object_score_logits": torch.from_numpy(o["object_score_logits"])}
+                     for t, o in frames.items()}
+    return conv
