@@ -163,4 +163,5 @@ def test_tracker_config_from_vendored_yaml(name):
     cfg = TrackerConfig.from_config(load_config(name))
     assert cfg.memory_encoder == MemoryEncoderConfig() and cfg.memory_attention == MemoryAttentionConfig()
     assert cfg == TrackerConfig()
-    assert not TrackerConfig.from_config(load_config(name, apply_postprocessing=False)).binarize_mask_from_pts_for_mem_enc
+    plain = TrackerConfig.from_config(load_config(name, apply_postprocessing=False))
+    assert not plain.binarize_mask_from_pts_for_mem_enc

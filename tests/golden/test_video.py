@@ -94,7 +94,8 @@ def test_video_pipeline_matches_official_predictor(clip, official_run):
     present = "".join("1" if s > 0 else "0" for _, _, _, s in official)
     print(f"{name}: worst relative mask-logit error {worst:.2e} over {len(results)} outputs; presence {present}")
     # the bank really filled and dropped: the last frame saw 6 recent memories + the conditioning frame
-    assert len(state.output_dict["non_cond_frame_outputs"]) == 9 and list(state.output_dict["cond_frame_outputs"]) == [0]
+    assert len(state.output_dict["non_cond_frame_outputs"]) == 9
+    assert list(state.output_dict["cond_frame_outputs"]) == [0]
 
 
 def test_predictor_rejects_bad_prompts(clip):
