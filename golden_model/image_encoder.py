@@ -210,6 +210,18 @@ class FpnNeck:
             self._pe_cache[(h, w)] = sine_position_encoding(pe.num_pos_feats, h, w, pe.temperature)
         return self._pe_cache[(h, w)]
 
+    @staticmethod
+    def _lateral(x: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarray:
+        """1x1 conv of NHWC x straight into NCHW: W (Cout, C) @ X^T (C, HW) per image, X^T read transposed
+        by BLAS, so no layout copy of the big maps."""
+        b, h, w, c = x.shape
+        wgt = weight[:, :, 0, 0]
+        out = np.empty((b, wgt.shape[0], h, w), np.result_type(x, weight))
+        for i in range(b):
+            np.matmul(wgt, x[i].reshape(h * w, c).T, out=out[i].reshape(wgt.shape[0], h * w))
+        out += bias[:, None, None]
+        return out
+
     def __call__(self, xs: list[np.ndarray]) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """xs: trunk outputs NHWC, high-res first. Returns NCHW features and position encodings."""
         n = len(self.convs) - 1
@@ -218,8 +230,7 @@ class FpnNeck:
         out, pos = [None] * (n + 1), [None] * (n + 1)
         prev = None
         for i in range(n, -1, -1):
-            wgt, bias = self.convs[n - i]
-            lateral = nn.linear(xs[i], wgt[:, :, 0, 0], bias).transpose(0, 3, 1, 2)
+            lateral = self._lateral(xs[i], *self.convs[n - i])
             if i in self.cfg.fpn_top_down_levels and prev is not None:
                 prev = lateral + nn.upsample_nearest2x(prev)
                 if self.cfg.fuse_type == "avg":

@@ -135,7 +135,7 @@ def attention(q: np.ndarray, k: np.ndarray, v: np.ndarray, block_scores: int = 1
     if lq * lk <= block_scores:
         g, qb = max(1, block_scores // (lq * lk)), lq
     else:
-        g, qb = 1, max(128, block_scores // lk)   # skinnier GEMMs than 128 rows lose more than cache gains
+        g, qb = 1, max(256, block_scores // lk)   # skinnier GEMMs than 256 rows lose more than cache gains
     buf = np.empty(min(g, g_all) * min(qb, lq) * lk, dtype)
     for i in range(0, g_all, g):
         gi = min(g, g_all - i)
