@@ -154,7 +154,7 @@ def _read_pt_raw(path: Path):
     try:
         zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError) as e:
-        raise CheckpointError(f"{path}: not a readable torch zip checkpoint ({e})") from e
+        raise CheckpointError(f"{path}: starts like a torch zip checkpoint but is truncated or damaged ({e})") from e
     with zf:
         names = zf.namelist()
         pkls = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
@@ -306,6 +306,8 @@ def load_raw(path: str | Path) -> dict[str, Tensor]:
             head = f.read(16)
     except OSError as e:
         raise CheckpointError(f"cannot read checkpoint {path}: {e}") from e
+    if not head:
+        raise CheckpointError(f"{path}: empty file, not a checkpoint")
     kind = sniff_format(head)
     if kind == "torch-zip":
         return _state_dict_of(_read_pt_raw(path), path)
