@@ -130,8 +130,10 @@ class MultiScaleBlock:
             pad_hw = (h + (-h) % ws, w + (-w) % ws) if ws > 0 else None
         if self.window_size > 0:
             x = window_unpartition(x, ws, pad_hw, (h, w))
-        x = shortcut + x
-        return x + self.mlp(self.norm2(x))
+        x += shortcut                    # x is the attention's fresh output: add in place
+        y = self.mlp(self.norm2(x))
+        y += x
+        return y
 
 
 class Hiera:
