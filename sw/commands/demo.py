@@ -4,7 +4,10 @@ Today: generate Verilog for the requantiser (the output stage every engine
 shares), simulate it under cocotb/Verilator against its NumPy reference with
 random stalls; then one quantised linear layer through the whole GEMM overlay
 (compiler -> descriptors -> DDR) on the sim and rtl backends, checked bit-exact
-against golden, with cycles and MAC utilisation.
+against golden, with cycles and MAC utilisation;
+and finally segment a real photo (scikit-image's cat) from one click
+on the NumPy golden SAM 2.1 tiny and write the overlay PNG. Without
+--checkpoint the model has seeded random weights, and the demo says so.
 """
 from __future__ import annotations
 
@@ -15,7 +18,9 @@ from pathlib import Path
 def add_arguments(parser):
     parser.add_argument("--waves", action="store_true", help="dump waveforms (VCD) into build/sim/")
     parser.add_argument("-o", "--out", type=Path, default=Path("build/demo"),
-                        help="where generated Verilog goes (default: build/demo)")
+                        help="where generated Verilog and the segmentation overlay go (default: build/demo)")
+    parser.add_argument("--checkpoint", type=Path,
+                        help="official SAM 2.1 tiny checkpoint for the segmentation step (default: random weights)")
 
 
 def run(args) -> int:
@@ -24,30 +29,32 @@ def run(args) -> int:
 
     try:
         _requant_smoke(args)
-        return _gemm_layer(args)
+        _gemm_layer(args)
     except ToolchainError as e:
         raise CommandError(str(e)) from e
+    _segment_photo(args)
+    print("demo: OK")
+    return 0
 
 
-def _requant_smoke(args) -> int:
+def _requant_smoke(args) -> None:
     from hw.requant import Requantizer
     from hw.verilog import write_verilog
     from sim.runner import run_bench
 
-    print("[1/3] Amaranth -> Verilog: requantiser (int32 -> int8, fixed-point multiplier and shift)")
+    print("[1/4] Amaranth -> Verilog: requantiser (int32 -> int8, fixed-point multiplier and shift)")
     path = write_verilog(Requantizer(), "requant", args.out)
     print(f"      wrote {path} ({len(path.read_text().splitlines())} lines)")
-    print("[2/3] cocotb + Verilator: RTL vs golden_model.intops.requantize, random stalls on both streams")
+    print("[2/4] cocotb + Verilator: RTL vs golden_model.intops.requantize, random stalls on both streams")
     t0 = time.monotonic()
     result = run_bench(path, "requant", "requant_bench", name="demo-requant", waves=args.waves)
     print(f"      {result.passed} cocotb tests passed, 0 failed, bit-exact against golden "
           f"({time.monotonic() - t0:.1f} s incl. Verilator build)")
     if result.waves:
         print(f"      waveforms: {result.waves}")
-    return 0
 
 
-def _gemm_layer(args) -> int:
+def _gemm_layer(args) -> None:
     import numpy as np
 
     from golden_model.intops import gemm
@@ -58,7 +65,7 @@ def _gemm_layer(args) -> int:
 
     cfg = preset("sim")
     m, k, n = 24, 96, 40
-    print(f"[3/3] GEMM overlay ({cfg.rows} x {cfg.cols} systolic array, preset {cfg.name}): quantised linear layer "
+    print(f"[3/4] GEMM overlay ({cfg.rows} x {cfg.cols} systolic array, preset {cfg.name}): quantised linear layer "
           f"{m} x {k} x {n}, int8 + per-channel requantisation + ReLU, operands in DDR")
     a, b, bias, mult, shift = random_layer(np.random.default_rng(0), m, k, n)
     want = gemm(a, b, bias, mult, shift, relu=True)
@@ -71,5 +78,37 @@ def _gemm_layer(args) -> int:
         r = drv.last_run
         print(f"      {backend:<3}: bit-exact against golden; {r.cycles} cycles, MAC utilisation {r.utilisation:.1%}, "
               f"{r.descriptors} descriptors ({time.monotonic() - t0:.1f} s)")
-    print("demo: OK")
-    return 0
+
+
+#: The demo photo and its click: scikit-image's `chelsea` (451x300), a point on the cat's face.
+DEMO_POINT = (250.0, 170.0, 1)
+
+
+def _segment_photo(args) -> None:
+    import numpy as np
+    from PIL import Image
+
+    from sw.cli import CommandError
+    from sw.commands.segment import build_model, overlay, segment
+
+    print("[4/4] golden SAM 2.1 tiny (NumPy): segment a photo from one click")
+    try:
+        from skimage import data
+    except ImportError as e:
+        raise CommandError("the segmentation step needs scikit-image for its photo "
+                           "(pip install scikit-image, or install the project's [test] extra)") from e
+    image = data.chelsea()
+    model = build_model("tiny", args.checkpoint, seed=0)
+    if args.checkpoint is None:
+        print("      no --checkpoint: RANDOM weights (seed 0), so the mask shows the pipeline, "
+              "not a real segmentation")
+    t0 = time.monotonic()
+    logits, iou, best, n = segment(image, [DEMO_POINT], None, model)
+    mask = logits > 0
+    path = args.out / "segment_chelsea.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(overlay(image, mask, [DEMO_POINT])).save(path)
+    print(f"      {image.shape[1]}x{image.shape[0]} photo, click {DEMO_POINT[0]:g},{DEMO_POINT[1]:g}: "
+          f"mask {best + 1} of {n} (predicted IoU {iou:.3f}), {100 * np.mean(mask):.1f}% of pixels "
+          f"({time.monotonic() - t0:.1f} s)")
+    print(f"      wrote {path}")

@@ -1,0 +1,173 @@
+"""`sam2fpga segment`: segment an image with point / box prompts on the NumPy golden SAM 2.
+
+    sam2fpga segment photo.jpg --point 220,130 -o out.png
+    sam2fpga segment photo.jpg --point 220,130,1 --point 40,260,0 --box 60,40,300,250 \\
+        --model tiny --checkpoint sam2.1_hiera_tiny.pt -o out.png --logits-out logits.npy
+
+Writes the image with the mask overlaid (prompts drawn on top). A single point
+without a box asks for three candidate masks and keeps the one with the highest
+predicted IoU (the official recommendation for ambiguous clicks); other prompts
+ask for one mask. --logits-out saves that mask's full-resolution logits
+(float32, H x W). Without --checkpoint the model runs on seeded random weights,
+and says so: the result is then not a real segmentation.
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+MODELS = ("tiny", "small", "base_plus", "large")
+MASK_COLOUR = (30, 144, 255)
+MASK_ALPHA = 0.5
+POINT_COLOURS = {1: (0, 220, 0), 0: (230, 0, 0)}
+_FORMS = {"point": ("X,Y", "X,Y,LABEL"), "box": ("X0,Y0,X1,Y1",)}
+
+
+def _numbers(text: str, counts: tuple[int, ...], what: str) -> list[float]:
+    parts = text.split(",")
+    if len(parts) not in counts:
+        raise argparse.ArgumentTypeError(f"{what} must be {' or '.join(_FORMS[what])}, got {text!r}")
+    try:
+        values = [float(p) for p in parts]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{what} must be numbers separated by commas, got {text!r}") from None
+    if not all(v == v and abs(v) != float("inf") for v in values):
+        raise argparse.ArgumentTypeError(f"{what} must be finite numbers, got {text!r}")
+    return values
+
+
+def parse_point(text: str) -> tuple[float, float, int]:
+    """X,Y or X,Y,LABEL with LABEL 1 (foreground, the default) or 0 (background)."""
+    v = _numbers(text, (2, 3), "point")
+    label = 1 if len(v) == 2 else v[2]
+    if label not in (0, 1):
+        raise argparse.ArgumentTypeError(f"point label must be 1 (foreground) or 0 (background), got {text!r}")
+    return v[0], v[1], int(label)
+
+
+def parse_box(text: str) -> tuple[float, float, float, float]:
+    x0, y0, x1, y1 = _numbers(text, (4,), "box")
+    if x1 <= x0 or y1 <= y0:
+        raise argparse.ArgumentTypeError(f"box must have x0 < x1 and y0 < y1, got {text!r}")
+    return x0, y0, x1, y1
+
+
+def add_arguments(parser):
+    parser.add_argument("image", type=Path, help="input image (any format Pillow reads; converted to RGB)")
+    parser.add_argument("--point", type=parse_point, action="append", default=[], metavar="X,Y[,LABEL]",
+                        help="a click in pixels; LABEL 1 = foreground (default), 0 = background; repeatable")
+    parser.add_argument("--box", type=parse_box, metavar="X0,Y0,X1,Y1", help="a box prompt in pixels")
+    parser.add_argument("--model", choices=MODELS, default="tiny", help="SAM 2.1 size (default: tiny)")
+    parser.add_argument("--checkpoint", type=Path,
+                        help="official SAM 2.1 checkpoint (.pt) matching --model; without it: random weights")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights without --checkpoint")
+    parser.add_argument("-o", "--out", type=Path, required=True, help="output PNG: the image with the mask overlaid")
+    parser.add_argument("--logits-out", type=Path, metavar="FILE.npy",
+                        help="save the chosen mask's full-resolution logits (float32, H x W)")
+
+
+def load_rgb(path: Path):
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
+
+    from sw.cli import CommandError
+    if not path.is_file():
+        raise CommandError(f"image not found: {path}")
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as e:
+        raise CommandError(f"cannot read image {path}: {e}") from e
+
+
+def build_model(name: str, checkpoint: Path | None, seed: int):
+    """The golden SAM2Model: strict from a checkpoint, or seeded random weights."""
+    from golden_model.model import SAM2Model
+    from golden_model.weights import WeightError
+    from sw.cli import CommandError
+    if checkpoint is None:
+        return SAM2Model(name, seed=seed)
+    if not checkpoint.is_file():
+        raise CommandError(f"checkpoint not found: {checkpoint}")
+    try:
+        return SAM2Model.from_checkpoint(name, checkpoint)
+    except WeightError as e:
+        raise CommandError(f"checkpoint {checkpoint} does not fit model {name!r}: {e}") from e
+    except (ValueError, OSError) as e:  # malformed file (the loader never unpickles code)
+        raise CommandError(f"cannot load checkpoint {checkpoint}: {e}") from e
+
+
+def overlay(image, mask, points=(), box=None):
+    """The image with `mask` tinted and the prompts drawn: uint8 (H, W, 3)."""
+    import numpy as np
+    out = image.astype(np.float32)
+    colour = np.array(MASK_COLOUR, np.float32)
+    out[mask] = (1 - MASK_ALPHA) * out[mask] + MASK_ALPHA * colour
+    out = out.round().astype(np.uint8)
+    from PIL import Image, ImageDraw
+    im = Image.fromarray(out)
+    draw = ImageDraw.Draw(im)
+    r = max(3, round(min(image.shape[:2]) / 100))
+    if box is not None:
+        draw.rectangle(box, outline=(255, 210, 0), width=max(1, r // 2))
+    for x, y, label in points:
+        draw.ellipse((x - r, y - r, x + r, y + r), fill=POINT_COLOURS[label], outline=(255, 255, 255))
+    return np.asarray(im)
+
+
+def segment(image, points, box, model):
+    """(chosen mask logits (H, W) float32, its predicted IoU, index among the candidates, candidate count)."""
+    import numpy as np
+
+    from golden_model.predictor import ImagePredictor
+    predictor = ImagePredictor(model)
+    predictor.set_image(image)
+    multimask = len(points) == 1 and box is None
+    logits, ious, _ = predictor.predict(
+        point_coords=[p[:2] for p in points] if points else None,
+        point_labels=[p[2] for p in points] if points else None,
+        box=list(box) if box is not None else None, multimask_output=multimask, return_logits=True)
+    best = int(np.argmax(ious))
+    return logits[best].astype(np.float32), float(ious[best]), best, len(ious)
+
+
+def run(args) -> int:
+    import numpy as np
+    from PIL import Image
+
+    from sw.cli import UsageError
+    if not args.point and args.box is None:
+        raise UsageError("segment needs a prompt: at least one --point X,Y[,LABEL] or a --box X0,Y0,X1,Y1")
+    if args.out.suffix.lower() != ".png":
+        raise UsageError(f"-o must name a .png file, got {args.out}")
+    if args.logits_out is not None and args.logits_out.suffix.lower() != ".npy":
+        raise UsageError(f"--logits-out must name a .npy file, got {args.logits_out}")
+    image = load_rgb(args.image)
+    h, w = image.shape[:2]
+    for x, y, _ in args.point:
+        if not (0 <= x < w and 0 <= y < h):
+            raise UsageError(f"point {x:g},{y:g} lies outside the {w}x{h} image")
+
+    t0 = time.monotonic()
+    model = build_model(args.model, args.checkpoint, args.seed)
+    if args.checkpoint is None:
+        print(f"segment: no --checkpoint given: SAM 2.1 {args.model} runs on RANDOM weights (seed {args.seed}); "
+              "the mask shows the pipeline working, not a real segmentation")
+    else:
+        print(f"segment: SAM 2.1 {args.model} from {args.checkpoint} (all keys matched)")
+    t1 = time.monotonic()
+    logits, iou, best, candidates = segment(image, args.point, args.box, model)
+    t2 = time.monotonic()
+    mask = logits > 0
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(overlay(image, mask, args.point, args.box)).save(args.out)
+    choice = f"mask {best + 1} of {candidates} (highest predicted IoU)" if candidates > 1 else "single mask"
+    print(f"segment: {w}x{h} image, {choice}: predicted IoU {iou:.3f}, "
+          f"{int(mask.sum())} pixels ({100 * mask.mean():.1f}%)")
+    print(f"segment: wrote {args.out}  (model build {t1 - t0:.1f} s, image encoder + prompt/decoder {t2 - t1:.1f} s)")
+    if args.logits_out is not None:
+        args.logits_out.parent.mkdir(parents=True, exist_ok=True)
+        np.save(args.logits_out, logits.astype(np.float32))
+        print(f"segment: wrote {args.logits_out} (float32 logits, {h}x{w})")
+    return 0
