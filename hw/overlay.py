@@ -297,6 +297,10 @@ class Core(wiring.Component):
         return m
 
 
+#: The overlay's Verilog module name (simulation, Vivado IP, ECP5 flow).
+VERILOG_NAME = "sam2fpga_overlay"
+
+
 class Overlay(wiring.Component):
     """The top level: `s_axil` registers, `m_axi` to DDR, `irq`."""
 

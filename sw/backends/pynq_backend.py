@@ -1,7 +1,7 @@
 """The pynq backend: pynq.Overlay + pynq.allocate + MMIO, the same register writes and descriptors.
 
 On a board the real library talks to the real overlay (`bitfile` = the .bit with its .hwh;
-the overlay IP is found by its VLNV, OVERLAY_VLNV). Without a board,
+the overlay IP is found by its VLNV, hw.isa.IP_VLNV). Without a board,
 `use_simulated_device(cfg)` registers a pynq Device whose registers and memory are the
 sim backend's model (SimOverlay): the real pynq 4.0 code paths (Overlay(download=False),
 DefaultIP driver binding, MMIO, allocate/PynqBuffer, flush/invalidate) run against it.
@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-OVERLAY_VLNV = "sam2fpga:user:gemm_overlay:1.0"
+from hw import isa
+
+OVERLAY_VLNV = isa.IP_VLNV   # the board flow packages the IP under this VLNV
 IP_NAME = "gemm_overlay_0"
 CSR_BASE = 0xA000_0000          # where the registers sit in the simulated address map
 _SIM = {"cfg": None, "ddr_bytes": 1 << 26}

@@ -15,10 +15,10 @@ import numpy as np
 
 
 def overlay_verilog(cfg) -> Path:
-    from hw.overlay import Overlay
+    from hw.overlay import VERILOG_NAME, Overlay
     from hw.verilog import write_verilog
     from sim.runner import BUILD
-    return write_verilog(Overlay(cfg), "overlay", BUILD / "verilog" / f"overlay_{config_tag(cfg)}")
+    return write_verilog(Overlay(cfg), VERILOG_NAME, BUILD / "verilog" / f"overlay_{config_tag(cfg)}")
 
 
 def config_tag(cfg) -> str:
@@ -32,6 +32,7 @@ def run_images(cfg, jobs: list[dict], *, stall: float = 0.0, seed: int = 1, wave
 
     Each result has: image (DDR after the run), status, error, cycles, desc_done, timed_out.
     """
+    from hw.overlay import VERILOG_NAME
     from sim.runner import BUILD, run_bench
     verilog = overlay_verilog(cfg)
     name = name or f"overlay-{config_tag(cfg)}"
@@ -43,7 +44,7 @@ def run_images(cfg, jobs: list[dict], *, stall: float = 0.0, seed: int = 1, wave
         folder = Path(tmp)
         for i, job in enumerate(jobs):
             np.savez(folder / f"prog_{i:03d}.npz", **{k: np.asarray(v) for k, v in job.items()})
-        run_bench(verilog, "overlay", "overlay_bench", name=name, waves=waves,
+        run_bench(verilog, VERILOG_NAME, "overlay_bench", name=name, waves=waves,
                   extra_env={"PROGRAM_DIR": str(folder), "BENCH_STALL": str(stall), "BENCH_SEED": str(seed)})
         out = []
         for i in range(len(jobs)):

@@ -14,12 +14,12 @@ def add_arguments(parser):
 def run(args) -> int:
     from hw import isa
     from hw.config import preset
-    from hw.overlay import Overlay
+    from hw.overlay import VERILOG_NAME, Overlay
     from hw.verilog import write_verilog
 
     cfg = preset(args.preset)
-    path = write_verilog(Overlay(cfg), "overlay", args.out)
-    summary = {"config": cfg.summary(), "top": "overlay", "verilog": path.name,
+    path = write_verilog(Overlay(cfg), VERILOG_NAME, args.out)
+    summary = {"config": cfg.summary(), "top": VERILOG_NAME, "verilog": path.name,
                "ports": {"s_axil": f"AXI4-Lite slave, {isa.CSR_ADDR_BITS}-bit address, 32-bit data",
                          "m_axi": f"AXI4 master, {cfg.axi_addr_bits}-bit address, {cfg.axi_data_bits}-bit data",
                          "irq": "level, IRQ_ENABLE & (DONE | ERROR)"},
