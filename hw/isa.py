@@ -12,6 +12,8 @@ import numpy as np
 #: The overlay IP's Vivado VLNV: the board flow packages the IP under it and the
 #: pynq backend's driver binds to it (pynq.DefaultIP.bindto).
 IP_VLNV = "sam2-fpga.org:sam2fpga:overlay:1.0"
+#: The overlay's instance name in the board design (pynq.Overlay exposes it as an attribute).
+IP_INSTANCE = "sam2fpga_overlay_0"
 
 # ---------------------------------------------------------------- registers (AXI4-Lite, 32-bit)
 

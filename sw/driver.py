@@ -89,7 +89,10 @@ class MmioSession:
 
 class Driver:
     def __init__(self, cfg, backend: str = "sim", *, timeout_s: float = 10.0, timeout_cycles: int = 50_000_000,
-                 ddr_bytes: int = 1 << 26, stall: float = 0.0, waves: bool | None = None):
+                 ddr_bytes: int = 1 << 26, stall: float = 0.0, waves: bool | None = None,
+                 bitfile: str | None = None):
+        """`bitfile`: pynq backend on a board, the overlay's .bit (its .hwh beside it);
+        None runs the real pynq library on the simulated device."""
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         self.cfg, self.backend = cfg, backend
@@ -98,6 +101,7 @@ class Driver:
         self.last_run: RunStats | None = None
         self._sim = None
         self._pynq = None
+        self.bitfile = bitfile
 
     # Where the layer's buffer lives in the backend's address space.
     BUFFER_BASE = 0x0010_0000
@@ -152,5 +156,5 @@ class Driver:
     def _run_pynq(self, prog, count):
         from sw.backends.pynq_backend import PynqRunner
         if self._pynq is None:
-            self._pynq = PynqRunner(self.cfg, timeout_s=self.timeout_s)
+            self._pynq = PynqRunner(self.cfg, timeout_s=self.timeout_s, bitfile=self.bitfile)
         return self._pynq.run(prog, count)

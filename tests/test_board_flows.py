@@ -43,7 +43,11 @@ def test_vivado_tcl_runs_to_the_end_with_values_from_the_config(board):
                and c[c.index("-library") + 1] == library for c in calls)
     assert any(c[:3] == ["set_property", "name", name] for c in calls)
     assert any(c[:3] == ["set_property", "version", version] for c in calls)
-    assert any(c[0] == "create_bd_cell" and isa.IP_VLNV in c for c in calls)
+    assert any(c[0] == "create_bd_cell" and isa.IP_VLNV in c and isa.IP_INSTANCE in c for c in calls)
+    cells = {c[-1] for c in calls if c[0] == "create_bd_cell"}
+    for c in calls:       # every pin and address segment named belongs to a cell the script made
+        if c[0] in ("get_bd_pins", "get_bd_intf_pins", "get_bd_addr_segs", "get_bd_addr_spaces"):
+            assert c[1].split("/")[0] in cells, c
     words = next(c[2] for c in calls if c[:2] == ["set_property", "-dict"] and "FREQMHZ" in c[2]).split()
     ps_config = dict(zip(words[::2], words[1::2]))
     hp_width = ps_config.get("CONFIG.PSU__SAXIGP2__DATA_WIDTH") or ps_config.get("CONFIG.PCW_S_AXI_HP0_DATA_WIDTH")

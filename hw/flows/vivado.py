@@ -89,6 +89,7 @@ def vivado_tcl(*, signature: wiring.Signature, top_name: str, verilog_file: str,
         raise ValueError("the board design expects one AXI master (to DDR) and one AXI-Lite slave")
     m_axi, s_axil = masters[0], slaves[0]
     mhz = int(round(clock_mhz))
+    inst = isa.IP_INSTANCE
     ps_config = _tcl_dict(ps["config"](axi_data_bits, mhz))
 
     lines = [
@@ -178,26 +179,26 @@ def vivado_tcl(*, signature: wiring.Signature, top_name: str, verilog_file: str,
         f"set ps [create_bd_cell -type ip -vlnv {ps['vlnv']} zynq_ps]",
         f"apply_bd_automation -rule xilinx.com:bd_rule:{board.ps} -config {{apply_board_preset \"1\"}} $ps",
         f"set_property -dict [list {ps_config}] $ps",
-        f"set overlay [create_bd_cell -type ip -vlnv {isa.IP_VLNV} overlay]",
+        f"set overlay [create_bd_cell -type ip -vlnv {isa.IP_VLNV} {inst}]",
         "set ctrl_sc [create_bd_cell -type ip -vlnv xilinx.com:ip:smartconnect ctrl_sc]",
         "set_property -dict [list CONFIG.NUM_SI {1} CONFIG.NUM_MI {1}] $ctrl_sc",
         "set ddr_sc [create_bd_cell -type ip -vlnv xilinx.com:ip:smartconnect ddr_sc]",
         "set_property -dict [list CONFIG.NUM_SI {1} CONFIG.NUM_MI {1}] $ddr_sc",
         "set rst [create_bd_cell -type ip -vlnv xilinx.com:ip:proc_sys_reset rst_ps]",
         f"connect_bd_intf_net [get_bd_intf_pins zynq_ps/{ps['gp_master']}] [get_bd_intf_pins ctrl_sc/S00_AXI]",
-        f"connect_bd_intf_net [get_bd_intf_pins ctrl_sc/M00_AXI] [get_bd_intf_pins overlay/{s_axil.name}]",
-        f"connect_bd_intf_net [get_bd_intf_pins overlay/{m_axi.name}] [get_bd_intf_pins ddr_sc/S00_AXI]",
+        f"connect_bd_intf_net [get_bd_intf_pins ctrl_sc/M00_AXI] [get_bd_intf_pins {inst}/{s_axil.name}]",
+        f"connect_bd_intf_net [get_bd_intf_pins {inst}/{m_axi.name}] [get_bd_intf_pins ddr_sc/S00_AXI]",
         f"connect_bd_intf_net [get_bd_intf_pins ddr_sc/M00_AXI] [get_bd_intf_pins zynq_ps/{ps['hp_slave']}]",
         f"set fclk [get_bd_pins zynq_ps/{ps['fclk']}]",
         f"connect_bd_net $fclk [get_bd_pins zynq_ps/{ps['gp_clk']}] [get_bd_pins zynq_ps/{ps['hp_clk']}] "
-        "[get_bd_pins overlay/clk] [get_bd_pins ctrl_sc/aclk] [get_bd_pins ddr_sc/aclk] [get_bd_pins rst_ps/slowest_sync_clk]",
+        f"[get_bd_pins {inst}/clk] [get_bd_pins ctrl_sc/aclk] [get_bd_pins ddr_sc/aclk] [get_bd_pins rst_ps/slowest_sync_clk]",
         f"connect_bd_net [get_bd_pins zynq_ps/{ps['fresetn']}] [get_bd_pins rst_ps/ext_reset_in]",
-        "connect_bd_net [get_bd_pins rst_ps/peripheral_reset] [get_bd_pins overlay/rst]",
+        f"connect_bd_net [get_bd_pins rst_ps/peripheral_reset] [get_bd_pins {inst}/rst]",
         "connect_bd_net [get_bd_pins rst_ps/interconnect_aresetn] [get_bd_pins ctrl_sc/aresetn] [get_bd_pins ddr_sc/aresetn]",
-        f"connect_bd_net [get_bd_pins overlay/irq] [get_bd_pins zynq_ps/{ps['irq']}]",
+        f"connect_bd_net [get_bd_pins {inst}/irq] [get_bd_pins zynq_ps/{ps['irq']}]",
         "# The registers at a fixed address; then every DDR segment into the overlay's master space.",
         f"assign_bd_address -offset {ps['ctrl_base']:#x} -range {CTRL_RANGE // 1024}K "
-        f"-target_address_space [get_bd_addr_spaces zynq_ps/Data] [get_bd_addr_segs overlay/{s_axil.name}/registers]",
+        f"-target_address_space [get_bd_addr_spaces zynq_ps/Data] [get_bd_addr_segs {inst}/{s_axil.name}/registers]",
         "assign_bd_address",
         "validate_bd_design",
         "save_bd_design",

@@ -197,14 +197,28 @@ class GemmStore(wiring.Component):
             m.d.sync += [cmd.eq(self.cmd.payload), running.eq(1), row.eq(0)]
         params = p_rd.data
 
-        # Bias, saturating to int32.
+        # Two register stages before the requantisers, for timing: stage 2 holds the
+        # raw accumulator row (the RAM's output goes straight to flip-flops), stage 3
+        # the bias-added, int32-saturated row (the adders get a cycle of their own).
+        s2_valid, s3_valid = Signal(), Signal()
+        s3_ready = Signal()
+        advance3 = ~s3_valid | s3_ready
+        advance2 = ~s2_valid | advance3
+        m.d.comb += s1_ready.eq(advance2)
+        row2 = Signal.like(rd.data)
+        with m.If(advance2):
+            m.d.sync += [s2_valid.eq(s1_valid), row2.eq(rd.data)]
         lo, hi = -(1 << (ACC_BITS - 1)), (1 << (ACC_BITS - 1)) - 1
         biased = []
         for j in range(C):
             s = Signal(signed(ACC_BITS + 1), name=f"sum{j}")
             t = Signal(ACC, name=f"biased{j}")
-            m.d.comb += [s.eq(rd.data[j] + params[j].bias), t.eq(Mux(s > hi, hi, Mux(s < lo, lo, s)))]
+            m.d.comb += s.eq(row2[j] + params[j].bias)
+            with m.If(advance3):
+                m.d.sync += t.eq(Mux(s > hi, hi, Mux(s < lo, lo, s)))
             biased.append(t)
+        with m.If(advance3):
+            m.d.sync += s3_valid.eq(s2_valid)
 
         # int8: C requantiser lanes in lockstep (same valid and ready, so same state).
         # int32: one register stage with ReLU.
@@ -212,14 +226,14 @@ class GemmStore(wiring.Component):
         o32 = Signal(self.layouts.out)
         o32_advance = ~o32_valid | self.out.ready
         for j, lane in enumerate(lanes):
-            m.d.comb += [lane.relu.eq(cmd.relu), lane.i.valid.eq(s1_valid & ~cmd.out_int32),
+            m.d.comb += [lane.relu.eq(cmd.relu), lane.i.valid.eq(s3_valid & ~cmd.out_int32),
                          lane.i.payload.acc.eq(biased[j]),
                          lane.i.payload.multiplier.eq(params[j].multiplier),
                          lane.i.payload.shift.eq(params[j].shift),
                          lane.o.ready.eq(self.out.ready)]
-        m.d.comb += s1_ready.eq(Mux(cmd.out_int32, o32_advance, lanes[0].i.ready))
+        m.d.comb += s3_ready.eq(Mux(cmd.out_int32, o32_advance, lanes[0].i.ready))
         with m.If(o32_advance):
-            m.d.sync += o32_valid.eq(s1_valid & cmd.out_int32)
+            m.d.sync += o32_valid.eq(s3_valid & cmd.out_int32)
             for j in range(C):
                 m.d.sync += o32[j].eq(Mux(cmd.relu & (biased[j] < 0), 0, biased[j]))
         with m.If(cmd.out_int32):

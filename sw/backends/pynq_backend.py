@@ -13,7 +13,7 @@ import numpy as np
 from hw import isa
 
 OVERLAY_VLNV = isa.IP_VLNV   # the board flow packages the IP under this VLNV
-IP_NAME = "gemm_overlay_0"
+IP_NAME = isa.IP_INSTANCE
 CSR_BASE = 0xA000_0000          # where the registers sit in the simulated address map
 _SIM = {"cfg": None, "ddr_bytes": 1 << 26}
 
@@ -130,7 +130,8 @@ class PynqRunner:
         from pynq.pl_server.device import Device
 
         self.cfg, self.timeout_s = cfg, timeout_s
-        if bitfile is None:
+        on_board = bitfile is not None
+        if not on_board:
             # No board: the simulated device (must be registered before pynq probes).
             use_simulated_device(cfg)
             from sim.runner import BUILD
@@ -139,7 +140,7 @@ class PynqRunner:
             placeholder.write_bytes(b"")
             bitfile = str(placeholder)
         self.device = Device.active_device
-        self.overlay = pynq.Overlay(bitfile, download=False, device=self.device)
+        self.overlay = pynq.Overlay(bitfile, download=on_board, device=self.device)
         self.ip = getattr(self.overlay, IP_NAME)
         self.pynq = pynq
 
