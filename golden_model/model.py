@@ -106,7 +106,10 @@ class SAM2Model:
 
         # The memory half (owned by golden_model.video): it takes its own keys, no_mem_embed among them.
         from golden_model.video import Tracker, TrackerConfig
-        self.tracker = Tracker(weights, self, TrackerConfig.from_mapping(opts))
+        # A full SAM2Config also carries the memory modules' yaml sections: read them from there.
+        tracker_cfg = (TrackerConfig.from_config(config) if hasattr(config, "memory_attention")
+                       else TrackerConfig.from_mapping(opts))
+        self.tracker = Tracker(weights, self, tracker_cfg)
         if state_dict is not None:
             weights.check_complete()
 
