@@ -3,13 +3,14 @@ import json
 
 import pytest
 
+from hw.overlay import VERILOG_NAME
 from sw.cli import main
 
 
 def test_generate_writes_verilog_and_summary(tmp_path, capsys):
     assert main(["generate", "--preset", "sim", "-o", str(tmp_path)]) == 0
-    v = (tmp_path / "overlay.v").read_text()
-    assert "module overlay" in v and "m_axi__awaddr" in v and "s_axil__araddr" in v
+    v = (tmp_path / f"{VERILOG_NAME}.v").read_text()
+    assert f"module {VERILOG_NAME}(" in v and "m_axi__awaddr" in v and "s_axil__araddr" in v
     summary = json.loads((tmp_path / "overlay.json").read_text())
     assert summary["config"]["rows"] == 4 and summary["registers"]["CONTROL"] == "0x0"
 
