@@ -31,7 +31,7 @@ def add_arguments(parser):
 def run(args) -> int:
     from hw.boards import board as get_board
     from hw.config import preset as get_preset
-    from sw.cli import CommandError, UsageError
+    from sw.cli import UsageError
 
     board = get_board(args.board)
     try:
