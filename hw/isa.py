@@ -15,6 +15,10 @@ IP_VLNV = "sam2-fpga.org:sam2fpga:overlay:1.0"
 #: The overlay's instance name in the board design (pynq.Overlay exposes it as an attribute).
 IP_INSTANCE = "sam2fpga_overlay_0"
 
+#: Pipeline depth the sim backend's cycle model shares with the hardware: registers
+#: the systolic array adds beyond its skew (edge input register, product register).
+ARRAY_EXTRA_LATENCY = 2
+
 # ---------------------------------------------------------------- registers (AXI4-Lite, 32-bit)
 
 

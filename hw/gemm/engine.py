@@ -73,9 +73,9 @@ class GemmCompute(wiring.Component):
 
     Timing (the array never stalls; bubbles carry valid=0): the entry for step k is
     addressed at cycle t, enters the array at t+1. A command's last step, issued at
-    t_L, leaves the last PE's `out` written by cycle t_L + R + C - 1; the drain then
-    shifts R rows out over cycles t_L + R + C .. t_L + 2R + C - 1, so the next
-    command's last step may issue from t_L + 2R + C - 1 on (it writes `out` one cycle later).
+    t_L, leaves the last PE's `out` written by cycle t_L + R + C - 1 + X (X: the
+    array's EXTRA_LATENCY); the drain then shifts R rows out over the next R cycles,
+    and the next command's last step may issue once the drain's last cycle has come.
     """
 
     def __init__(self, cfg, a_mem: Memory, b_mem: Memory, acc_mem: Memory):
@@ -93,7 +93,8 @@ class GemmCompute(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         R, C = self.cfg.rows, self.cfg.cols
-        drain_start = R + C - 1          # cycles after the last issue (as counted by `since_last`)
+        # cycles after the last issue (as counted by `since_last`)
+        drain_start = R + C - 1 + SystolicArray.EXTRA_LATENCY
         drain_end = drain_start + R - 1  # inclusive; also the earliest next last issue
 
         m.submodules.array = array = SystolicArray(R, C)

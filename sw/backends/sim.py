@@ -92,7 +92,7 @@ class SimOverlay:
         fetched = []                                          # time each descriptor reaches the FIFO
         fetched_dispatch = []                                 # time each descriptor left the FIFO
         c_last_issue = -10 ** 9                               # engine: last step issue of previous compute
-        gap = 2 * R + C - 1
+        gap = 2 * R + C - 1 + isa.ARRAY_EXTRA_LATENCY     # last-step to last-step, as the engine allows
         for i in range(count):
             raw = self._ddr(base + i * isa.DESCRIPTOR_BYTES, isa.DESCRIPTOR_BYTES)
             if raw is None:
@@ -136,7 +136,7 @@ class SimOverlay:
                 start = t + 1
                 last_issue = max(start + k - 1, c_last_issue + gap)
                 c_last_issue = last_issue
-                done["COMPUTE"].append(last_issue + R + C + R)
+                done["COMPUTE"].append(last_issue + R + C + R + isa.ARRAY_EXTRA_LATENCY)
             elif op == isa.OPCODES["STORE"]:
                 rows = d["count"]
                 eb = 4 if d["out_int32"] else 1
