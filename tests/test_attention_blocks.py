@@ -97,3 +97,35 @@ def test_online_softmax_matches_golden(mult, shift):
     want = softmax_golden(rows, mult, shift)
     for g, w in zip(got, want):
         assert g == w, (g, w)
+
+
+def test_normaliser_matches_golden():
+    from hw.attention.normalise import Normaliser
+    lanes = 4
+    dut = Normaliser(lanes)
+    rng = np.random.default_rng(2)
+    items, want = [], []
+    for row in range(12):
+        l = [1 << A.P_BITS, (1 << 31), (1 << 32) - 1, (1 << A.P_BITS) + 1][row] if row < 4 else \
+            int(rng.integers(1 << A.P_BITS, 1 << 31))
+        chunks = int(rng.integers(1, 4))
+        for c in range(chunks):
+            o = rng.integers(-l * 128, l * 128 + 1, lanes)
+            if row == 1:
+                o[:] = [-(1 << 38), (1 << 38) - 1, 0, -1]
+            items.append((o, l, int(c == 0), row * 10 + c))
+            want.append((A.normalise(o[None], np.array([l]))[0].tolist(), row * 10 + c))
+
+    def set_inputs(ctx, item):
+        o, l, first, tag = item
+        for j in range(lanes):
+            ctx.set(dut.i.payload.o[j], int(o[j]))
+        ctx.set(dut.i.payload.l, l)
+        ctx.set(dut.i.payload.first, first)
+        ctx.set(dut.i.payload.tag, tag)
+
+    def read_outputs(ctx):
+        return ([ctx.get(dut.o.payload.t[j]) for j in range(lanes)], ctx.get(dut.o.payload.tag))
+
+    got = run_stream(dut, items, set_inputs, read_outputs, len(items), seed=4, name="normaliser")
+    assert got == want
