@@ -66,6 +66,8 @@ class EngineLayouts:
             "out_int32": unsigned(1),
         })
         self.out = data.ArrayLayout(ACC, C)
+        #: A whole accumulator row written by another engine (attention).
+        self.acc_write = data.StructLayout({"addr": unsigned(abits(cfg.acc_depth)), "data": data.ArrayLayout(ACC, C)})
 
 
 class GemmCompute(wiring.Component):
@@ -84,11 +86,15 @@ class GemmCompute(wiring.Component):
         # Ports are made here: a memory takes no new ports once elaborated.
         self._rd_a, self._rd_b = a_mem.read_port(), b_mem.read_port()
         self._acc_rd, self._acc_wr = acc_mem.read_port(), acc_mem.write_port()
-        super().__init__({
+        ports = {
             "cmd": In(stream.Signature(self.layouts.compute)),
             "done": Out(1),
             "busy": Out(1),
-        })
+        }
+        if "attention" in cfg.engines:
+            # The attention engine's writes (normalised rows), taken when the drain is not writing.
+            ports["ext_wr"] = In(stream.Signature(self.layouts.acc_write))
+        super().__init__(ports)
 
     def elaborate(self, platform):
         m = Module()
@@ -144,6 +150,13 @@ class GemmCompute(wiring.Component):
         m.d.comb += [acc_wr.en.eq(w_valid), acc_wr.addr.eq(w_addr), self.done.eq(w_last)]
         for j in range(C):
             m.d.comb += acc_wr.data[j].eq(w_data[j] + Mux(w_accum, acc_rd.data[j], 0))
+        if "attention" in self.cfg.engines:
+            ext = self.ext_wr
+            m.d.comb += ext.ready.eq(~w_valid)
+            with m.If(ext.valid & ~w_valid):
+                m.d.comb += [acc_wr.en.eq(1), acc_wr.addr.eq(ext.payload.addr)]
+                for j in range(C):
+                    m.d.comb += acc_wr.data[j].eq(ext.payload.data[j])
         m.d.comb += self.busy.eq(busy | (since_last <= drain_end) | w_valid)
         return m
 
@@ -259,7 +272,7 @@ class GemmEngine(wiring.Component):
     def __init__(self, cfg):
         self.cfg = cfg
         self.layouts = L = EngineLayouts(cfg)
-        super().__init__({
+        ports = {
             "a_wr": In(stream.Signature(L.a_write)),
             "b_wr": In(stream.Signature(L.b_write)),
             "p_wr": In(stream.Signature(L.p_write)),
@@ -269,7 +282,12 @@ class GemmEngine(wiring.Component):
             "compute_done": Out(1),
             "compute_busy": Out(1),
             "store_busy": Out(1),
-        })
+        }
+        if "attention" in cfg.engines:
+            # The attention engine reads S rows and writes normalised rows (hw/attention/engine.py).
+            ports |= {"attn_acc_rd_addr": In(abits(cfg.acc_depth)), "attn_acc_rd_data": Out(data.ArrayLayout(ACC, cfg.cols)),
+                      "attn_acc_wr": In(stream.Signature(L.acc_write))}
+        super().__init__(ports)
 
     def elaborate(self, platform):
         m = Module()
@@ -283,8 +301,13 @@ class GemmEngine(wiring.Component):
             wp = mem.write_port()
             m.d.comb += [wp.addr.eq(port.payload.addr), wp.data.eq(port.payload.data),
                          wp.en.eq(port.valid), port.ready.eq(1)]
+        if "attention" in cfg.engines:
+            attn_rd = acc_mem.read_port()
+            m.d.comb += [attn_rd.addr.eq(self.attn_acc_rd_addr), self.attn_acc_rd_data.eq(attn_rd.data)]
         m.submodules.compute_unit = cu = GemmCompute(cfg, a_mem, b_mem, acc_mem)
         m.submodules.store_unit = su = GemmStore(cfg, acc_mem, p_mem)
+        if "attention" in cfg.engines:
+            wiring.connect(m, wiring.flipped(self.attn_acc_wr), cu.ext_wr)
         wiring.connect(m, wiring.flipped(self.compute), cu.cmd)
         wiring.connect(m, wiring.flipped(self.store), su.cmd)
         wiring.connect(m, su.out, wiring.flipped(self.out))
