@@ -130,7 +130,7 @@ def build_ecp5(core: wiring.Component, name: str, out_dir: Path, target_mhz: flo
     out_dir = Path(out_dir)
     platform = _ulx3s_85f_build_only()
     platform.build(TimingHarness(core, target_mhz), name=name, build_dir=str(out_dir),
-                   do_program=False, nextpnr_opts="--seed 1 --timing-allow-fail")
+                   do_program=False, nextpnr_opts="--seed 1 --router router2 --timing-allow-fail")
     return parse_nextpnr_log((out_dir / f"{name}.tim").read_text(), out_dir / f"{name}.bit", target_mhz)
 
 
