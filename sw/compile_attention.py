@@ -56,8 +56,15 @@ class AttentionProgram:
 
     @property
     def ddr_bytes(self) -> int:
-        """Bytes the program moves over AXI: descriptors, Q, K, V, parameters read; output written."""
-        return sum(self.regions[r][1] for r in ("descriptors", "Q", "K", "V", "params", "out"))
+        """Bytes the program moves over AXI: descriptors, Q (once), K and V (once per query tile),
+        parameters read; output written."""
+        return self.kv_bytes + sum(self.regions[r][1] for r in ("descriptors", "Q", "params", "out"))
+
+    @property
+    def kv_min_bytes(self) -> int:
+        """The least K and V traffic for this engine: each K and V read once per query tile of
+        R rows (its resident state), without the padding of d and of the last key tile."""
+        return 2 * self.heads * -(-self.lq // self.cfg.rows) * self.lk * self.d
 
     @property
     def d_padded(self) -> int:
