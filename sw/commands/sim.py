@@ -90,8 +90,6 @@ def run_attention(args) -> int:
     from golden_model import intattn
     from hw.config import preset
     from sw.cli import CommandError, UsageError
-    from sw.compile_attention import compile_attention
-
     cfg = preset(args.preset)
     if "attention" not in cfg.engines:
         with_attn = [n for n, c in _presets().items() if "attention" in c.engines]
@@ -109,22 +107,20 @@ def run_attention(args) -> int:
     q, k, v, quant, scales = case
     drv = _driver(args, cfg)
     try:
-        prog = compile_attention(cfg, q, k, v, quant, base_addr=drv.BUFFER_BASE,
-                                 max_ddr_bytes=drv.ddr_bytes - drv.BUFFER_BASE)
-        got = prog.output(drv.run(prog))
+        got = drv.attention(q, k, v, quant)
     except _accelerator_errors() as e:
         raise CommandError(str(e)) from e
     want = np.stack([intattn.attention(q[h], k[h], v[h], quant, cfg.cols) for h in range(args.heads)])
     err, floor = attention_error(got, q, k, v, scales)
-    run = drv.last_run
+    run, progs = drv.last_run, drv.last_programs
     ok = np.array_equal(got, want)
     print(f"attention {args.heads} head(s) x {args.q} queries x {args.kv} keys, d {args.d} on {cfg.name} "
           f"({cfg.rows} x {cfg.cols}), backend {args.backend}: "
           f"{'bit-exact against golden' if ok else 'MISMATCH against golden'}")
-    print(f"  cycles {run.cycles}, MAC utilisation {run.utilisation:.1%} (Q K^T + P V, {prog.array_macs} MACs/cycle), "
-          f"{run.descriptors} descriptors, {run.wall_s:.2f} s wall ({run.cycles_per_s:,.0f} simulated cycles/s)")
-    print(f"  DDR bytes moved {prog.ddr_bytes:,} (K and V {prog.kv_bytes:,}; minimum for K and V "
-          f"{prog.kv_min_bytes:,}: each read once per query tile of {cfg.rows})")
+    print(f"  cycles {run.cycles}, MAC utilisation {run.utilisation:.1%} (Q K^T + P V, {run.array_macs} MACs/cycle), "
+          f"{run.descriptors} descriptors in {len(progs)} program(s), {run.wall_s:.2f} s wall ({run.cycles_per_s:,.0f} simulated cycles/s)")
+    print(f"  DDR bytes moved {sum(p.ddr_bytes for p in progs):,} (K and V {sum(p.kv_bytes for p in progs):,}; "
+          f"minimum for K and V {sum(p.kv_min_bytes for p in progs):,}: each read once per query tile of {cfg.rows})")
     print(f"  relative L2 error against float attention on the same int8 inputs: {err:.3%} "
           f"(int8 output grid alone: {floor:.3%})")
     if not ok:
