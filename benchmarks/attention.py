@@ -18,8 +18,7 @@ both arrays: (Q K^T + P V MACs) / (cycles x 2 x 16 x 16).
 4. yosys synth_xilinx resources of the attention engine alone, and of the GEMM-only overlay
    (whose array the engine shares for Q K^T).
 
-Verilator needs well over an hour to build bench16 on a 2-core machine; the same measurement on the
-small `sim` overlay (same DMA-to-compute ratio per key tile) takes minutes:
+The same measurement on the small `sim` overlay (same DMA-to-compute ratio per key tile):
     python -c "from benchmarks.attention import run; run(synth=False, preset_name='sim', name='attention-sim-preset')"
 """
 from __future__ import annotations
