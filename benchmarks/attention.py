@@ -152,12 +152,12 @@ def synth_rows(cfg, whole_overlay: bool = False) -> list[dict]:
     folder = write_verilog(AttentionEngine(cfg), "attention_engine",
                            BENCH_VERILOG / f"attention_engine_{config_tag(cfg)}").parent
     try:
-        # -noabc9: yosys 0.70's abc9 asserts (ABC_OPS_REINTEGRATE) on the engine.
+        # abc instead of abc9: yosys 0.70's abc9 asserts (ABC_OPS_REINTEGRATE) on the engine.
         r = estimate(folder / "attention_engine.v", "attention_engine", "xcup", folder / "yosys", abc9=False)
         res = {"LUT": r.luts, "FF": r.ffs, "DSP": r.dsps, "BRAM36": r.bram36, "LUTRAM_cells": r.lutram}
     except EstimateError as e:
         res = {"synth_error": str(e)[-300:]}
-    out.append({"what": f"yosys synth_xilinx -family xcup -noabc9: attention engine alone ({cfg.name})", **res,
+    out.append({"what": f"yosys synth_xilinx -family xcup (abc, not abc9): attention engine alone ({cfg.name})", **res,
                 "synth_wall_s": time.monotonic() - t0})
     configs = [("GEMM only", cfg.replace(engines=("gemm",)))] + ([("with attention", cfg)] if whole_overlay else [])
     for label, c in configs:

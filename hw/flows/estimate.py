@@ -39,8 +39,14 @@ def synth_script(verilog: str, top: str, family: str, stat_json: str, abc9: bool
     if family in ("xc7", "xcup"):
         # -flatten: yosys 0.70's abc9 trips an internal assertion on the
         # hierarchical overlay (ABC_OPS_REINTEGRATE); flat, it maps cleanly.
-        # abc9=False (-noabc9): the attention engine trips the same assertion even flat.
-        synth = f"synth_xilinx -family {family} -flatten{'' if abc9 else ' -noabc9'} -top {top}"
+        synth = f"synth_xilinx -family {family} -flatten -top {top}"
+        if not abc9:
+            # The attention engine trips that assertion even flat: synth_xilinx's own script
+            # with its map_luts step done by the classic abc instead of abc9.
+            synth = (f"{synth} -run :map_luts; opt_expr -mux_undef -noclkinv; abc -luts 2:2,3,6:5,10,20; clean; "
+                     "xilinx_srl -fixed -minlen 3; techmap -map +/xilinx/lut_map.v -map +/xilinx/cells_map.v "
+                     f"-D LUT_WIDTH=6; xilinx_dffopt; opt_lut_ins -tech xilinx; "
+                     f"synth_xilinx -family {family} -top {top} -run finalize:")
     elif family == "ecp5":
         synth = f"synth_ecp5 -top {top}"
     else:
