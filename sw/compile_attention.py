@@ -56,8 +56,15 @@ class AttentionProgram:
 
     @property
     def ddr_bytes(self) -> int:
-        """Bytes the program moves over AXI: descriptors, Q, K, V, parameters read; output written."""
-        return sum(self.regions[r][1] for r in ("descriptors", "Q", "K", "V", "params", "out"))
+        """Bytes the program moves over AXI: descriptors, Q (once), K and V (once per query tile),
+        parameters read; output written."""
+        return self.kv_bytes + sum(self.regions[r][1] for r in ("descriptors", "Q", "params", "out"))
+
+    @property
+    def kv_min_bytes(self) -> int:
+        """The least K and V traffic for this engine: each K and V read once per query tile of
+        R rows (its resident state), without the padding of d and of the last key tile."""
+        return 2 * self.heads * -(-self.lq // self.cfg.rows) * self.lk * self.d
 
     @property
     def d_padded(self) -> int:
@@ -236,3 +243,31 @@ def _fill(image, offsets, q, k, v, quant, R, C, dp, qt, kt, q_stride, k_stride):
     params = isa.pack_params(np.zeros(C, np.int64), np.full(C, quant.out_mult), np.full(C, quant.out_shift))
     off = offsets["params"][0]
     image[off:off + params.size] = params
+
+
+def max_query_tiles(cfg, lk: int) -> int:
+    """Query tiles (per head) one program can hold: a descriptor's wait counts are 16-bit, and
+    each query tile issues 1 + 2 * (key tiles) LOADs (Q, then K and V per key tile)."""
+    limit = (1 << isa.FIELDS["wait_load"][1]) - 1
+    per_tile = 1 + 2 * -(-lk // cfg.cols)
+    return max(1, (limit - 1) // per_tile)
+
+
+def compile_attention_calls(cfg, q, k, v, quant: intattn.AttentionQuant, *, out_int32: bool = False,
+                            base_addr: int = 0, max_ddr_bytes: int = 1 << 30):
+    """Split an attention too big for one program into programs over heads and query rows
+    (independent: each query row's softmax sees all keys); yields (head, q0, q1, program).
+    One program when everything fits."""
+    q, k, v = _heads(q, "q"), _heads(k, "k"), _heads(v, "v")
+    H, Lq, _ = q.shape
+    per = max_query_tiles(cfg, k.shape[1]) * cfg.rows
+    if H * -(-Lq // cfg.rows) * cfg.rows <= per:
+        yield None, 0, Lq, compile_attention(cfg, q, k, v, quant, out_int32=out_int32, base_addr=base_addr,
+                                             max_ddr_bytes=max_ddr_bytes)
+        return
+    for h in range(H):
+        for q0 in range(0, Lq, per):
+            q1 = min(Lq, q0 + per)
+            yield h, q0, q1, compile_attention(cfg, q[h:h + 1, q0:q1], k[h:h + 1], v[h:h + 1], quant,
+                                               out_int32=out_int32, base_addr=base_addr,
+                                               max_ddr_bytes=max_ddr_bytes)

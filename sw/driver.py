@@ -99,6 +99,7 @@ class Driver:
         self.timeout_s, self.timeout_cycles = timeout_s, timeout_cycles
         self.ddr_bytes, self.stall, self.waves = ddr_bytes, stall, waves
         self.last_run: RunStats | None = None
+        self.last_programs: list = []
         self._sim = None
         self._pynq = None
         self.bitfile = bitfile
@@ -119,12 +120,28 @@ class Driver:
     def attention(self, q, k, v, quant, *, out_int32: bool = False) -> np.ndarray:
         """Attention on the overlay: q (Lq, d) or (H, Lq, d), k and v (Lk, d) or (H, Lk, d), int8;
         `quant` a golden_model.intattn.AttentionQuant. Returns int8 (or int32 O / l) of q's shape,
-        bit-identical to intattn.attention(..., key_tile=cfg.cols) per head."""
-        from sw.compile_attention import compile_attention
+        bit-identical to intattn.attention(..., key_tile=cfg.cols) per head. Calls too big for one
+        program run as several (sw.compile_attention.compile_attention_calls); `last_run` sums
+        them and `last_programs` lists them."""
+        from sw.compile_attention import compile_attention_calls
         base = self._buffer_base()
-        prog = compile_attention(self.cfg, q, k, v, quant, out_int32=out_int32, base_addr=base,
-                                 max_ddr_bytes=self.ddr_bytes - base)
-        out = prog.output(self.run(prog))
+        q3 = np.asarray(q)[None] if np.asarray(q).ndim == 2 else np.asarray(q)
+        out, runs, self.last_programs = None, [], []
+        for h, q0, q1, prog in compile_attention_calls(self.cfg, q, k, v, quant, out_int32=out_int32,
+                                                       base_addr=base, max_ddr_bytes=self.ddr_bytes - base):
+            y = prog.output(self.run(prog))
+            runs.append(self.last_run)
+            self.last_programs.append(prog)
+            if h is None:
+                out = y
+                break
+            if out is None:
+                out = np.zeros(q3.shape, y.dtype)
+            out[h, q0:q1] = y[0]
+        if len(runs) > 1:
+            self.last_run = RunStats(self.backend, sum(r.cycles for r in runs), sum(r.macs for r in runs),
+                                     runs[0].array_macs, sum(r.wall_s for r in runs),
+                                     sum(r.descriptors for r in runs))
         return out[0] if np.asarray(q).ndim == 2 else out
 
     def run(self, prog, descriptors: list[dict] | None = None) -> np.ndarray:

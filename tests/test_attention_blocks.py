@@ -72,9 +72,9 @@ def softmax_golden(rows, mult, shift):
     return out
 
 
-@pytest.mark.parametrize("mult,shift", [(40000, 24), (65535, 1), (1, 63), (12345, 17)])
-def test_online_softmax_matches_golden(mult, shift):
-    lanes = 8
+@pytest.mark.parametrize("mult,shift,lanes", [(40000, 24, 8), (65535, 1, 8), (1, 63, 8), (12345, 17, 5),
+                                             (777, 20, 16)])
+def test_online_softmax_matches_golden(mult, shift, lanes):
     dut = OnlineSoftmax(lanes)
     rows = softmax_rows(np.random.default_rng(mult + shift), 60, lanes)
 

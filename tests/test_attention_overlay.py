@@ -148,3 +148,24 @@ def test_host_refuses_bad_attention_descriptors(field, value, match):
     with pytest.raises(DescriptorError, match="target"):
         check_descriptors(no_attn, [dict(opcode=1, target=3, count=1, sp_addr=0, dram_addr=0x100000)],
                           prog.base_addr, len(prog.image))
+
+
+def test_driver_splits_calls_too_big_for_one_program(monkeypatch):
+    """Wait counts are 16-bit: big calls run as several programs over heads and query rows."""
+    import sw.compile_attention as ca
+    assert ca.max_query_tiles(preset("bench16"), 8192) == 63       # (2^16 - 2) // (1 + 2 * 512)
+    rng = np.random.default_rng(4)
+    q, k, v, quant = case(rng, 2, 11, 21, 16)
+    whole = Driver(SIM, "sim")
+    want = whole.attention(q, k, v, quant)
+    assert len(whole.last_programs) == 1
+    monkeypatch.setattr(ca, "max_query_tiles", lambda cfg, lk: 2)   # 8 query rows per program
+    drv = Driver(SIM, "sim")
+    got = drv.attention(q, k, v, quant)
+    assert np.array_equal(got, want) and np.array_equal(got, golden(q, k, v, quant, SIM))
+    assert len(drv.last_programs) == 4                               # 2 heads x (rows 0..7, 8..10)
+    assert drv.last_run.macs == whole.last_run.macs
+    assert drv.last_run.cycles > whole.last_run.cycles          # four start-ups and drains
+    assert sum(p.kv_min_bytes for p in drv.last_programs) == whole.last_programs[0].kv_min_bytes
+    got2 = drv.attention(q[1], k[1], v[1], quant)                   # 2-D in, 2-D out
+    assert np.array_equal(got2, want[1])

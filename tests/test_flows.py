@@ -59,6 +59,12 @@ def test_yosys_xilinx_estimate(requant_verilog, tmp_path):
     assert fits(res, BOARDS["kv260"]) == []
 
 
+def test_yosys_xilinx_estimate_with_classic_abc(requant_verilog, tmp_path):
+    """The abc (not abc9) LUT mapping the attention benchmark uses gives the same kind of netlist."""
+    res = estimate(requant_verilog, "requant", "xcup", tmp_path, abc9=False)
+    assert res.dsps >= 1 and res.luts > 50 and res.ffs > 50
+
+
 @pytest.mark.slow
 def test_ecp5_place_and_route_meets_100mhz(tmp_path):
     report = build_ecp5(Requantizer(), "requant", tmp_path, target_mhz=100)

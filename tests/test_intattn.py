@@ -199,3 +199,37 @@ def test_bad_inputs_are_refused():
         A.AttentionQuant(1 << A.SCORE_MULT_BITS, 4, 1, 1)
     with pytest.raises(ValueError, match="positive"):
         A.AttentionQuant.from_scales(0.0, 0.1, 0.1, 0.1, 8)
+
+
+def adversarial_case(kind, lk, d, rng):
+    """int8 q (4, d), k, v (lk, d) and q/k scales for the issue's stability cases."""
+    v = rng.integers(-128, 128, (lk, d)).astype(np.int8)
+    if kind == "equal":                              # all scores equal (q = 0): the mean of v
+        q = np.zeros((4, d), np.int8)
+        k = rng.integers(-128, 128, (lk, d)).astype(np.int8)
+        s = 0.01
+    elif kind == "dominant":                         # one key ~ +1000 logits above the rest
+        q = np.full((4, d), 127, np.int8)
+        k = rng.integers(-20, 20, (lk, d)).astype(np.int8)
+        k[lk // 3] = 127
+        s = math.sqrt(1000 * math.sqrt(d) / (127 * 127 * d))
+    else:                                            # int8 extremes: q = -128, k and v at -128 / 127
+        q = np.full((4, d), -128, np.int8)
+        k = np.where(np.arange(lk)[:, None] % 2, 127, -128).astype(np.int8) * np.ones((1, d), np.int8)
+        k[::5] = -128                                # several keys tie at the top score
+        v = np.where(rng.random((lk, d)) < 0.5, 127, -128).astype(np.int8)
+        s = 0.02
+    return q, k, v, s
+
+
+@pytest.mark.parametrize("kind", ["equal", "dominant", "extremes"])
+@pytest.mark.parametrize("lk,d", [(16, 16), (16, 256), (4099, 32), (32768, 96)])
+def test_adversarial_cases_within_one_percent_of_float(kind, lk, d):
+    """Equal scores, one dominant score and int8 extremes: relative L2 of O / l against float
+    softmax attention on the same int8 inputs <= 1 % (head dims 16..256, keys 16..32k)."""
+    rng = np.random.default_rng(lk + d)
+    q, k, v, s = adversarial_case(kind, lk, d, rng)
+    ref = A.attention_float(q, k, v, s, s, 1.0)
+    quant = A.AttentionQuant.from_scales(s, s, 1.0, 1.0, d)
+    t = A.attention(q, k, v, quant, 16, out_int32=True) / 2 ** A.NORM_FRAC_BITS
+    assert rel_l2(t, ref) <= 0.01, (kind, lk, d, rel_l2(t, ref))

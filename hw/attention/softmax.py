@@ -118,11 +118,20 @@ class OnlineSoftmax(wiring.Component):
             xs.append(stage(Mux(shifted > hi, hi, Mux(shifted < lo, lo, shifted)), f"x{j}", signed(X_BITS)))
             ok.append(stage(j < counts[0], f"ok{j}"))
         # s3: the new maximum (lanes past count do not take part; M_INIT is the identity).
-        best = ms[1]
-        for j in range(N):
-            cand = Mux(ok[j], xs[j], lo)
-            best = Mux(cand > best, cand, best)
-        m_new = stage(best, "m_new", signed(X_BITS))
+        # A balanced tree of named signals: an expression reusing `best` twice per step would
+        # double the emitted Verilog per lane (2^N copies).
+        level = [ms[1]] + [Mux(ok[j], xs[j], lo) for j in range(N)]
+        depth = 0
+        while len(level) > 1:
+            nxt = []
+            for i in range(0, len(level) - 1, 2):
+                a, b = level[i], level[i + 1]
+                w = Signal(signed(X_BITS), name=f"max{depth}_{i // 2}")
+                m.d.comb += w.eq(Mux(b > a, b, a))
+                nxt.append(w)
+            level = nxt + level[len(level) & ~1:]
+            depth += 1
+        m_new = stage(level[0], "m_new", signed(X_BITS))
         xs3 = [stage(xs[j], f"x{j}_s3") for j in range(N)]
         ok3 = [stage(ok[j], f"ok{j}_s3") for j in range(N)]
         # s4: deltas (>= 0 by construction).

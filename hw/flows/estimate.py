@@ -35,11 +35,18 @@ def yosys_command() -> list[str]:
         raise EstimateError(str(e)) from None
 
 
-def synth_script(verilog: str, top: str, family: str, stat_json: str) -> str:
+def synth_script(verilog: str, top: str, family: str, stat_json: str, abc9: bool = True) -> str:
     if family in ("xc7", "xcup"):
         # -flatten: yosys 0.70's abc9 trips an internal assertion on the
         # hierarchical overlay (ABC_OPS_REINTEGRATE); flat, it maps cleanly.
         synth = f"synth_xilinx -family {family} -flatten -top {top}"
+        if not abc9:
+            # The attention engine trips that assertion even flat: synth_xilinx's own script
+            # with its map_luts step done by the classic abc instead of abc9.
+            synth = (f"{synth} -run :map_luts; opt_expr -mux_undef -noclkinv; abc -luts 2:2,3,6:5,10,20; clean; "
+                     "xilinx_srl -fixed -minlen 3; techmap -map +/xilinx/lut_map.v -map +/xilinx/cells_map.v "
+                     f"-D LUT_WIDTH=6; xilinx_dffopt; opt_lut_ins -tech xilinx; "
+                     f"synth_xilinx -family {family} -top {top} -run finalize:")
     elif family == "ecp5":
         synth = f"synth_ecp5 -top {top}"
     else:
@@ -47,7 +54,7 @@ def synth_script(verilog: str, top: str, family: str, stat_json: str) -> str:
     return f"read_verilog {verilog}; {synth}; tee -q -o {stat_json} stat -json"
 
 
-def estimate(verilog: Path, top: str, family: str, work_dir: Path) -> Resources:
+def estimate(verilog: Path, top: str, family: str, work_dir: Path, abc9: bool = True) -> Resources:
     """Synthesise `verilog` for `family` and count what it uses."""
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -57,7 +64,7 @@ def estimate(verilog: Path, top: str, family: str, work_dir: Path) -> Resources:
     if Path(verilog).resolve() != local.resolve():
         shutil.copyfile(verilog, local)
     stat_json = f"{top}.{family}.stat.json"
-    script = synth_script(local.name, top, family, stat_json)
+    script = synth_script(local.name, top, family, stat_json, abc9)
     proc = subprocess.run([*yosys_command(), "-q", "-l", f"{top}.{family}.yosys.log", "-p", script],
                           capture_output=True, text=True, cwd=work_dir)
     if proc.returncode != 0:

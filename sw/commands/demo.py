@@ -4,8 +4,10 @@ Today: generate Verilog for the requantiser (the output stage every engine
 shares), simulate it under cocotb/Verilator against its NumPy reference with
 random stalls; then one quantised linear layer through the whole GEMM overlay
 (compiler -> descriptors -> DDR) on the sim and rtl backends, checked bit-exact
-against golden, with cycles and MAC utilisation;
-and finally segment a real photo (scikit-image's cat) from one click
+against golden, with cycles and MAC utilisation; one attention call (a 64x64 query
+map against two 64x64 memory frames, d 256) on the sim backend whole and on the rtl
+backend as a tile of it, checked bit-exact against golden, with cycles and the error
+against float attention; and finally segment a real photo (scikit-image's cat) from one click
 on the NumPy golden SAM 2.1 tiny and write the overlay PNG. Without
 --checkpoint the model has seeded random weights, and the demo says so.
 """
@@ -30,6 +32,7 @@ def run(args) -> int:
     try:
         _requant_smoke(args)
         _gemm_layer(args)
+        _attention_call(args)
     except ToolchainError as e:
         raise CommandError(str(e)) from e
     _segment_photo(args)
@@ -42,10 +45,10 @@ def _requant_smoke(args) -> None:
     from hw.verilog import write_verilog
     from sim.runner import run_bench
 
-    print("[1/4] Amaranth -> Verilog: requantiser (int32 -> int8, fixed-point multiplier and shift)")
+    print("[1/5] Amaranth -> Verilog: requantiser (int32 -> int8, fixed-point multiplier and shift)")
     path = write_verilog(Requantizer(), "requant", args.out)
     print(f"      wrote {path} ({len(path.read_text().splitlines())} lines)")
-    print("[2/4] cocotb + Verilator: RTL vs golden_model.intops.requantize, random stalls on both streams")
+    print("[2/5] cocotb + Verilator: RTL vs golden_model.intops.requantize, random stalls on both streams")
     t0 = time.monotonic()
     result = run_bench(path, "requant", "requant_bench", name="demo-requant", waves=args.waves)
     print(f"      {result.passed} cocotb tests passed, 0 failed, bit-exact against golden "
@@ -65,7 +68,7 @@ def _gemm_layer(args) -> None:
 
     cfg = preset("sim")
     m, k, n = 24, 96, 40
-    print(f"[3/4] GEMM overlay ({cfg.rows} x {cfg.cols} systolic array, preset {cfg.name}): quantised linear layer "
+    print(f"[3/5] GEMM overlay ({cfg.rows} x {cfg.cols} systolic array, preset {cfg.name}): quantised linear layer "
           f"{m} x {k} x {n}, int8 + per-channel requantisation + ReLU, operands in DDR")
     a, b, bias, mult, shift = random_layer(np.random.default_rng(0), m, k, n)
     want = gemm(a, b, bias, mult, shift, relu=True)
@@ -80,6 +83,59 @@ def _gemm_layer(args) -> None:
               f"{r.descriptors} descriptors ({time.monotonic() - t0:.1f} s)")
 
 
+#: The demo's attention call: a 64 x 64 query map against two 64 x 64 memory frames, head dim 256.
+ATTN_QUERIES, ATTN_KEYS, ATTN_D = 64 * 64, 2 * 64 * 64, 256
+#: The part of it Verilator runs inside the demo's time budget (the sim model runs it whole).
+ATTN_RTL_QUERIES, ATTN_RTL_KEYS = 4, 1024
+
+
+def _attention_call(args) -> None:
+    import numpy as np
+
+    from golden_model import intattn
+    from hw.config import preset
+    from sw.cli import CommandError
+    from sw.commands.sim import attention_error, random_attention
+    from sw.driver import Driver
+
+    big, small = preset("bench16"), preset("sim")
+    lq, lk, d = ATTN_QUERIES, ATTN_KEYS, ATTN_D
+    print(f"[4/5] attention engine (integer online softmax, Q K^T on the GEMM array + P V array): "
+          f"{lq} queries (64x64 map) x {lk} keys (2 memory frames), d {d}, int8 q/k/v in DDR")
+    t0 = time.monotonic()
+    q, k, v, quant, scales = random_attention(np.random.default_rng(0), 1, lq, lk, d)
+    drv = Driver(big, "sim", ddr_bytes=1 << 27)
+    got = drv.attention(q, k, v, quant)
+    want = intattn.attention(q[0], k[0], v[0], quant, big.cols)[None]
+    if not np.array_equal(got, want):
+        raise CommandError(f"sim backend differs from golden in {int((got != want).sum())} outputs")
+    err, floor = attention_error(got, q, k, v, scales)
+    r = drv.last_run
+    print(f"      sim: whole call on {big.name} ({big.rows} x {big.cols}): bit-exact against golden; {r.cycles:,} "
+          f"cycles ({r.cycles / big.clock_mhz / 1e3:.0f} ms at {big.clock_mhz:g} MHz), MAC utilisation "
+          f"{r.utilisation:.1%}, {len(drv.last_programs)} programs ({time.monotonic() - t0:.1f} s)")
+    print(f"      relative L2 error against float attention: {err:.2%} (the int8 output grid alone: {floor:.2%}; "
+          f"the engine's own: {np.sqrt(max(err ** 2 - floor ** 2, 0)):.2%})")
+    # Verilator simulates ~10^4 cycles/s: the whole call (~10^8 cycles) would take hours, so the rtl
+    # backend runs a tile of the same inputs on the small overlay the GEMM step built.
+    tq, tk = ATTN_RTL_QUERIES, ATTN_RTL_KEYS
+    tile = q[:, :tq], k[:, :tk], v[:, :tk]
+    want = intattn.attention(*(x[0] for x in tile), quant, small.cols)[None]
+    cycles = {}
+    for backend in ("sim", "rtl"):
+        t0 = time.monotonic()
+        drv = Driver(small, backend, waves=args.waves or None)
+        got = drv.attention(*tile, quant)
+        if not np.array_equal(got, want):
+            raise CommandError(f"{backend} backend differs from golden in {int((got != want).sum())} outputs")
+        cycles[backend] = drv.last_run.cycles
+        print(f"      {backend:<3}: tile of the same call, queries 0..{tq - 1} x keys 0..{tk - 1}, d {d}, on "
+              f"{small.name} ({small.rows} x {small.cols}): bit-exact against golden; {drv.last_run.cycles:,} "
+              f"cycles, MAC utilisation {drv.last_run.utilisation:.1%} ({time.monotonic() - t0:.1f} s)")
+    print(f"      (rtl runs a tile: the whole call is ~10^8 cycles, hours under Verilator); "
+          f"sim model vs rtl cycles: {cycles['sim'] / cycles['rtl'] - 1:+.1%}")
+
+
 #: The demo photo and its click: scikit-image's `chelsea` (451x300), a point on the cat's face.
 DEMO_POINT = (250.0, 170.0, 1)
 
@@ -91,7 +147,7 @@ def _segment_photo(args) -> None:
     from sw.cli import CommandError
     from sw.commands.segment import build_model, overlay, segment
 
-    print("[4/4] golden SAM 2.1 tiny (NumPy): segment a photo from one click")
+    print("[5/5] golden SAM 2.1 tiny (NumPy): segment a photo from one click")
     try:
         from skimage import data
     except ImportError as e:

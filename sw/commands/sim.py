@@ -1,40 +1,75 @@
-"""`sam2fpga sim gemm --m M --k K --n N`: one random quantised linear layer, checked against golden."""
+"""`sam2fpga sim gemm|attention ...`: one random quantised layer on the overlay, checked against golden.
+
+  sim gemm --m M --k K --n N            one linear layer (int8 GEMM + requantisation)
+  sim attention --q Q --kv KV --d D     one attention (int8 q, k, v; online softmax), per head
+"""
 from __future__ import annotations
 
 
 def add_arguments(parser):
+    sub = parser.add_subparsers(dest="what", metavar="WHAT", required=True)
+    g = sub.add_parser("gemm", help="one quantised linear layer", description="one quantised linear layer")
+    g.add_argument("--m", type=int, required=True, help="rows of activations")
+    g.add_argument("--k", type=int, required=True, help="inner dimension")
+    g.add_argument("--n", type=int, required=True, help="output channels")
+    g.add_argument("--relu", action="store_true")
+    g.add_argument("--int32", action="store_true", help="int32 output (bias added, not requantised)")
+    _common(g)
+    g.set_defaults(_run=run_gemm)
+    a = sub.add_parser("attention", help="one softmax attention (integer online softmax)",
+                       description="one softmax attention softmax(q k^T / sqrt(d)) v on random int8 data")
+    a.add_argument("--q", type=int, required=True, help="queries per head")
+    a.add_argument("--kv", type=int, required=True, help="keys (= values) per head")
+    a.add_argument("--d", type=int, required=True, help="head dim")
+    a.add_argument("--heads", type=int, default=1, help="heads (independent attentions in one program)")
+    a.add_argument("--logit-std", type=float, default=3.0, help="standard deviation of the random logits")
+    _common(a)
+    a.set_defaults(_run=run_attention)
+
+
+def _common(p):
     from hw.config import PRESETS
-    parser.add_argument("what", choices=["gemm"], help="what to simulate")
-    parser.add_argument("--m", type=int, required=True, help="rows of activations")
-    parser.add_argument("--k", type=int, required=True, help="inner dimension")
-    parser.add_argument("--n", type=int, required=True, help="output channels")
-    parser.add_argument("--preset", default="sim", choices=sorted(PRESETS), help="overlay configuration")
-    parser.add_argument("--backend", default="sim", choices=["sim", "rtl"], help="functional model or Verilator")
-    parser.add_argument("--waves", action="store_true", help="dump waveforms (rtl)")
-    parser.add_argument("--relu", action="store_true")
-    parser.add_argument("--int32", action="store_true", help="int32 output (bias added, not requantised)")
-    parser.add_argument("--stall", type=float, default=0.0, help="rtl: random AXI backpressure probability")
-    parser.add_argument("--seed", type=int, default=0)
+    p.add_argument("--preset", default="sim", choices=sorted(PRESETS), help="overlay configuration")
+    p.add_argument("--backend", default="sim", choices=["sim", "rtl"], help="functional model or Verilator")
+    p.add_argument("--waves", action="store_true", help="dump waveforms (rtl)")
+    p.add_argument("--stall", type=float, default=0.0, help="rtl: random AXI backpressure probability")
+    p.add_argument("--seed", type=int, default=0)
 
 
 def run(args) -> int:
+    from sw.cli import UsageError
+    if not 0.0 <= args.stall < 1.0:
+        raise UsageError("--stall must be in [0, 1)")
+    return args._run(args)
+
+
+def _driver(args, cfg):
+    from sw.driver import Driver
+    return Driver(cfg, args.backend, stall=args.stall, waves=args.waves or None)
+
+
+def _accelerator_errors():
+    from sim.toolchain import ToolchainError
+    from sw.compiler import CompileError
+    from sw.driver import AcceleratorError
+    return CompileError, AcceleratorError, ToolchainError
+
+
+def run_gemm(args) -> int:
     import numpy as np
 
     from golden_model.intops import gemm
     from hw.config import preset
-    from sim.toolchain import ToolchainError
     from sw.cli import CommandError, UsageError
-    from sw.compiler import CompileError
-    from sw.driver import AcceleratorError, Driver
 
     if min(args.m, args.k, args.n) < 1:
         raise UsageError("--m, --k and --n must be positive")
     cfg = preset(args.preset)
     a, b, bias, mult, shift = random_layer(np.random.default_rng(args.seed), args.m, args.k, args.n)
-    drv = Driver(cfg, args.backend, stall=args.stall, waves=args.waves or None)
+    drv = _driver(args, cfg)
     try:
         got = drv.linear(a, b, bias, mult, shift, relu=args.relu, out_int32=args.int32)
-    except (CompileError, AcceleratorError, ToolchainError) as e:
+    except _accelerator_errors() as e:
         raise CommandError(str(e)) from e
     want = gemm(a, b, bias, mult, shift, relu=args.relu, out_int32=args.int32)
     run = drv.last_run
@@ -49,6 +84,56 @@ def run(args) -> int:
     return 0
 
 
+def run_attention(args) -> int:
+    import numpy as np
+
+    from golden_model import intattn
+    from hw.config import preset
+    from sw.cli import CommandError, UsageError
+    cfg = preset(args.preset)
+    if "attention" not in cfg.engines:
+        with_attn = [n for n, c in _presets().items() if "attention" in c.engines]
+        raise UsageError(f"preset {cfg.name!r} has no attention engine; use one of {', '.join(with_attn)}")
+    max_d = min(cfg.attn_max_dim, intattn.MAX_HEAD_DIM)
+    if min(args.q, args.kv, args.heads) < 1:
+        raise UsageError("--q, --kv and --heads must be positive")
+    if not 1 <= args.d <= max_d:
+        raise UsageError(f"--d {args.d} outside 1..{max_d} (the {cfg.name} engine's largest head dim)")
+    if args.kv > intattn.MAX_KEYS:
+        raise UsageError(f"--kv {args.kv} exceeds {intattn.MAX_KEYS} keys (the running sum's width)")
+    if not (args.logit_std > 0 and np.isfinite(args.logit_std)):
+        raise UsageError("--logit-std must be positive")
+    case = random_attention(np.random.default_rng(args.seed), args.heads, args.q, args.kv, args.d, args.logit_std)
+    q, k, v, quant, scales = case
+    drv = _driver(args, cfg)
+    try:
+        got = drv.attention(q, k, v, quant)
+    except _accelerator_errors() as e:
+        raise CommandError(str(e)) from e
+    want = np.stack([intattn.attention(q[h], k[h], v[h], quant, cfg.cols) for h in range(args.heads)])
+    err, floor = attention_error(got, q, k, v, scales)
+    run, progs = drv.last_run, drv.last_programs
+    ok = np.array_equal(got, want)
+    print(f"attention {args.heads} head(s) x {args.q} queries x {args.kv} keys, d {args.d} on {cfg.name} "
+          f"({cfg.rows} x {cfg.cols}), backend {args.backend}: "
+          f"{'bit-exact against golden' if ok else 'MISMATCH against golden'}")
+    print(f"  cycles {run.cycles}, MAC utilisation {run.utilisation:.1%} (Q K^T + P V, {run.array_macs} MACs/cycle), "
+          f"{run.descriptors} descriptors in {len(progs)} program(s), {run.wall_s:.2f} s wall ({run.cycles_per_s:,.0f} simulated cycles/s)")
+    print(f"  DDR bytes moved {sum(p.ddr_bytes for p in progs):,} (K and V {sum(p.kv_bytes for p in progs):,}; "
+          f"minimum for K and V {sum(p.kv_min_bytes for p in progs):,}: each read once per query tile of {cfg.rows})")
+    print(f"  relative L2 error against float attention on the same int8 inputs: {err:.3%} "
+          f"(int8 output grid alone: {floor:.3%})")
+    if not ok:
+        bad = np.argwhere(got != want)
+        raise CommandError(f"{len(bad)} outputs differ, first at {tuple(bad[0])}")
+    return 0
+
+
+def _presets():
+    from hw.config import PRESETS
+    return PRESETS
+
+
 def random_layer(rng, m, k, n):
     import numpy as np
     a = rng.integers(-128, 128, (m, k)).astype(np.int8)
@@ -58,3 +143,35 @@ def random_layer(rng, m, k, n):
     mult = rng.integers(1 << 29, 1 << 30, n)
     shift = np.full(n, 30 + max(1, int(np.ceil(np.log2(128 * 128 * np.sqrt(k) / 64)))))
     return a, b, bias, mult, shift
+
+
+INT8_STD = 73.9       # standard deviation of uniform int8
+
+
+def random_attention(rng, heads, lq, lk, d, logit_std=3.0):
+    """Random int8 q, k, v (heads, L, d) whose logits q k^T / sqrt(d) have std `logit_std`;
+    the AttentionQuant with the output scale calibrated on the float result; the scales."""
+    import math
+
+    import numpy as np
+
+    from golden_model import intattn
+    q, k, v = (rng.integers(-128, 128, (heads, n, d)).astype(np.int8) for n in (lq, lk, lk))
+    s = math.sqrt(logit_std) / INT8_STD
+    sv = 0.02
+    ref = np.stack([intattn.attention_float(q[h], k[h], v[h], s, s, sv) for h in range(heads)])
+    so = intattn.output_scale_for(ref)
+    quant = intattn.AttentionQuant.from_scales(s, s, sv, so, d)
+    return q, k, v, quant, dict(q=s, k=s, v=sv, out=so, ref=ref)
+
+
+def attention_error(got, q, k, v, scales) -> tuple[float, float]:
+    """Relative L2 of the int8 output against float attention, and of the float result rounded
+    to the same int8 grid (the part no engine can avoid)."""
+    import numpy as np
+    ref, so = scales["ref"], scales["out"]
+    norm = float(np.linalg.norm(ref))
+    err = float(np.linalg.norm(got.astype(np.float64) * so - ref)) / norm
+    floor = float(np.linalg.norm(np.clip(np.round(ref / so), -128, 127) * so - ref)) / norm
+    return err, floor
+
