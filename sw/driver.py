@@ -116,6 +116,25 @@ class Driver:
         prog = self.compile(a, b, bias, multiplier, shift, relu=relu, out_int32=out_int32)
         return prog.output(self.run(prog))
 
+    # Convolutions (sw/conv.py routes each one to an engine): int8 (C, H, W) feature maps.
+    def conv2d(self, x, w, bias=None, multiplier=None, shift=None, *, stride=1, padding=0, relu=False,
+               out_int32=False) -> np.ndarray:
+        from sw import conv
+        return conv.conv2d(self, x, w, bias, multiplier, shift, stride=stride, padding=padding, relu=relu,
+                           out_int32=out_int32)
+
+    def depthwise_conv2d(self, x, w, bias=None, multiplier=None, shift=None, *, stride=1, padding=0, relu=False,
+                         out_int32=False) -> np.ndarray:
+        from sw import conv
+        return conv.depthwise_conv2d(self, x, w, bias, multiplier, shift, stride=stride, padding=padding,
+                                     relu=relu, out_int32=out_int32)
+
+    def conv_transpose2d(self, x, w, bias=None, multiplier=None, shift=None, *, stride=2, padding=0, relu=False,
+                         out_int32=False) -> np.ndarray:
+        from sw import conv
+        return conv.conv_transpose2d(self, x, w, bias, multiplier, shift, stride=stride, padding=padding,
+                                     relu=relu, out_int32=out_int32)
+
     def run(self, prog, descriptors: list[dict] | None = None) -> np.ndarray:
         """Submit a compiled program; return the buffer's bytes after the run."""
         descriptors = prog.descriptors if descriptors is None else descriptors
