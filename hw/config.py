@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-ENGINES = ("gemm", "attention", "conv")   # engines the overlay knows of; only gemm exists so far
+ENGINES = ("gemm", "attention", "conv")   # engines the overlay knows of (conv: hw/conv, on the GEMM array)
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class OverlayConfig:
     param_depth: int
     axi_data_bits: int = 128
     axi_addr_bits: int = 32
-    engines: tuple[str, ...] = ("gemm",)
+    engines: tuple[str, ...] = ("gemm", "conv")
     clock_mhz: float = 200.0
     board: str = ""
 

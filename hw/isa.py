@@ -65,7 +65,8 @@ OPCODES = {
 }
 IMPLEMENTED_OPCODES = ("LOAD", "COMPUTE", "STORE", "SYNC")
 #: LOAD targets: which scratchpad (later engines add theirs here, sharing the DMA).
-TARGETS = {"A": 0, "B": 1, "PARAM": 2}
+#: IM2COL: the convolution engine's input side (hw/conv/im2col.py) gathers B entries from a feature map.
+TARGETS = {"A": 0, "B": 1, "PARAM": 2, "IM2COL": 3}
 
 DESCRIPTOR_BYTES = 32
 #: (name, width, doc), packed LSB first in this order; the rest of the 256 bits are zero.
@@ -75,7 +76,7 @@ DESCRIPTOR_FIELDS = [
     ("relu", 1, "STORE: ReLU"),
     ("out_int32", 1, "STORE: write int32 (bias added, not requantised) instead of int8"),
     ("accumulate", 1, "COMPUTE: add to the accumulator rows instead of overwriting them"),
-    ("reserved0", 1, "zero"),
+    ("param_rows", 1, "STORE: per-row parameters (row r uses channel r of the entry: convolutions, rows = channels)"),
     ("wait_load", 16, "dispatch only when LOADS_DONE >= wait_load"),
     ("wait_compute", 16, "dispatch only when COMPUTES_DONE >= wait_compute"),
     ("wait_store", 16, "dispatch only when STORES_DONE >= wait_store"),
@@ -87,6 +88,11 @@ DESCRIPTOR_FIELDS = [
     ("k_last", 16, "COMPUTE: K - 1"),
     ("acc_base", 16, "COMPUTE: first accumulator row written"),
     ("param_addr", 16, "STORE: parameter entry (per-channel bias/multiplier/shift)"),
+    ("kernel_last", 3, "IM2COL LOAD: K - 1 (kernel K x K, K <= 7)"),
+    ("stride_log2", 2, "IM2COL LOAD: log2 of the convolution stride (1, 2, 4)"),
+    ("col_offset", 5, "IM2COL LOAD: byte of the first input column within the first beat"),
+    ("plane_rows", 14, "IM2COL LOAD: rows per channel plane (plane bytes = plane_rows x stride)"),
+    ("cols", 8, "STORE: columns written per row (0 = all C; the rest keep their bytes: write strobes)"),
 ]
 
 
@@ -131,7 +137,7 @@ def entry_bytes(cfg, target: str) -> int:
 
 
 def scratchpad_depth(cfg, target: str) -> int:
-    return {"A": cfg.a_depth, "B": cfg.b_depth, "PARAM": cfg.param_depth}[target]
+    return {"A": cfg.a_depth, "B": cfg.b_depth, "PARAM": cfg.param_depth, "IM2COL": cfg.b_depth}[target]
 
 
 def pack_params(bias, multiplier, shift) -> np.ndarray:
@@ -163,6 +169,8 @@ def markdown_tables() -> str:
     lines += [f"| {k} | {v} | {'implemented' if k in IMPLEMENTED_OPCODES else 'reserved (BAD_OPCODE today)'} |"
               for k, v in OPCODES.items()]
     lines += ["", "LOAD targets: " + ", ".join(f"{k} = {v}" for k, v in TARGETS.items()) + ". "
+              "IM2COL: `count` input channels from `dram_addr` (row pitch `stride`), count x K x K B entries "
+              "from `sp_addr` in (channel, ky, kx) order, lane j = byte col_offset + kx + j * stride of each row. "
               f"PARAM entries hold C channels of {PARAM_CHANNEL_BYTES} bytes: int32 bias, uint32 multiplier "
               "(< 2^31), uint32 shift (< 64), uint32 zero."]
     return "\n".join(lines)
