@@ -1,17 +1,21 @@
 """Convolutions on the overlay: which engine runs each one, and the layout transforms around it.
 
-Routing (decided here, once):
-  * 1x1, stride 1, no padding        -> the GEMM engine: pixels are rows (M = H*W), K = Cin, N = Cout.
+Routing (decided here, once; `last_run.engine` says which was taken):
+  * 1x1, stride 1, no padding        -> "gemm": pixels are rows (M = H*W), K = Cin, N = Cout; every
+                                         array row and column does useful work, no im2col needed.
   * transposed, kernel == stride, no padding (SAM 2's 2x2/s2 upscaling)
-                                      -> the GEMM engine: M = H*W, K = Cin, N = Cout*K*K (every
-                                         input pixel writes its own KxK output patch, no overlap),
-                                         then a pixel shuffle on the host.
-  * dense / strided / padded KxK      -> the GEMM engine on host-built im2col rows (M = Ho*Wo,
-                                         K = Cin*K*K, N = Cout).
-  * depthwise                        -> the same, with block-diagonal weights (K = C*K*K, N = C):
-                                         correct, but only one column in C does useful work.
-Every route is bit-identical to golden_model.intconv (same per-channel requantisation: channels
-are the GEMM's output columns). `last_run.macs` counts the convolution's useful MACs.
+                                      -> "gemm": M = H*W, K = Cin, N = Cout*K*K (every input pixel
+                                         writes its own KxK output patch, no overlap), then a pixel
+                                         shuffle on the host.
+  * dense / strided / padded KxK, depthwise, kernels 1-7, strides 1/2/4, padding 0-3
+                                      -> "conv": the convolution engine (on-the-fly im2col into the
+                                         systolic array, sw/compile_conv.py), feature maps in the
+                                         overlay's planar layout.
+  * anything else (other strides, wider padding, an overlay without the conv engine)
+                                      -> "gemm-im2col": host-built im2col rows on the GEMM engine
+                                         (depthwise with block-diagonal weights).
+Every route is bit-identical to golden_model.intconv (same per-channel requantisation).
+`last_run.macs` counts the convolution's useful MACs.
 """
 from __future__ import annotations
 
@@ -35,10 +39,27 @@ def _per_channel(v, n):
     return None if v is None else np.broadcast_to(np.asarray(v, np.int64), (n,))
 
 
-def _run(drv, a, b, bias, multiplier, shift, relu, out_int32, useful_macs):
+def _run(drv, a, b, bias, multiplier, shift, relu, out_int32, useful_macs, engine="gemm"):
     y = drv.linear(a, b, bias, multiplier, shift, relu=relu, out_int32=out_int32)
     drv.last_run.macs = int(useful_macs)
+    drv.last_run.engine = engine
     return y
+
+
+def _run_conv_engine(drv, x, w, bias, multiplier, shift, *, stride, padding, depthwise, relu, out_int32):
+    from sw.compile_conv import compile_conv2d
+    base = drv._buffer_base()
+    prog = compile_conv2d(drv.cfg, x, w, bias, multiplier, shift, stride=stride, padding=padding,
+                          depthwise=depthwise, relu=relu, out_int32=out_int32, base_addr=base,
+                          max_ddr_bytes=drv.ddr_bytes - base)
+    y = prog.output(drv.run(prog))
+    drv.last_run.engine = "conv"
+    return y
+
+
+def _on_conv_engine(drv, k, stride, padding) -> bool:
+    from sw.compile_conv import supported
+    return supported(drv.cfg, k, stride, padding) is None
 
 
 def conv2d(drv, x, w, bias=None, multiplier=None, shift=None, *, stride=1, padding=0, relu=False,
@@ -55,11 +76,14 @@ def conv2d(drv, x, w, bias=None, multiplier=None, shift=None, *, stride=1, paddi
     if ho < 1 or wo < 1:
         raise ConvError(f"{k}x{k} kernel with padding {padding} does not fit a {h}x{wd} input")
     if k == 1 and stride == 1 and padding == 0:
-        a = x.reshape(cin, h * wd).T
+        a, engine = x.reshape(cin, h * wd).T, "gemm"
+    elif _on_conv_engine(drv, k, stride, padding):
+        return _run_conv_engine(drv, x, w, bias, multiplier, shift, stride=stride, padding=padding,
+                                depthwise=False, relu=relu, out_int32=out_int32)
     else:
-        a = intconv.im2col(x, k, stride, padding).T
+        a, engine = intconv.im2col(x, k, stride, padding).T, "gemm-im2col"
     y = _run(drv, np.ascontiguousarray(a), np.ascontiguousarray(w.reshape(cout, -1).T), bias, multiplier, shift,
-             relu, out_int32, cout * ho * wo * cin * k * k)
+             relu, out_int32, cout * ho * wo * cin * k * k, engine)
     return np.ascontiguousarray(y.T).reshape(cout, ho, wo)
 
 
@@ -76,12 +100,15 @@ def depthwise_conv2d(drv, x, w, bias=None, multiplier=None, shift=None, *, strid
     ho, wo = intconv.out_size(h, k, stride, padding), intconv.out_size(wd, k, stride, padding)
     if ho < 1 or wo < 1:
         raise ConvError(f"{k}x{k} kernel with padding {padding} does not fit a {h}x{wd} input")
+    if _on_conv_engine(drv, k, stride, padding):
+        return _run_conv_engine(drv, x, w, bias, multiplier, shift, stride=stride, padding=padding,
+                                depthwise=True, relu=relu, out_int32=out_int32)
     kk = k * k
     b = np.zeros((c * kk, c), np.int8)
     for ch in range(c):
         b[ch * kk:(ch + 1) * kk, ch] = w[ch, 0].reshape(-1)
     a = np.ascontiguousarray(intconv.im2col(x, k, stride, padding).T)
-    y = _run(drv, a, b, bias, multiplier, shift, relu, out_int32, c * ho * wo * kk)
+    y = _run(drv, a, b, bias, multiplier, shift, relu, out_int32, c * ho * wo * kk, "gemm-im2col")
     return np.ascontiguousarray(y.T).reshape(c, ho, wo)
 
 

@@ -36,6 +36,7 @@ class RunStats:
     array_macs: int
     wall_s: float          # rtl: simulation only (no Verilator build / cocotb start-up)
     descriptors: int
+    engine: str = "gemm"   # convolutions: which route ran it (sw/conv.py)
 
     @property
     def utilisation(self) -> float:
@@ -143,7 +144,8 @@ class Driver:
         self._sim_wall = None
         image, cycles = getattr(self, f"_run_{self.backend}")(prog, len(descriptors))
         wall = self._sim_wall if self._sim_wall is not None else time.monotonic() - t0
-        self.last_run = RunStats(self.backend, int(cycles), prog.macs, self.cfg.macs, wall, len(descriptors))
+        self.last_run = RunStats(self.backend, int(cycles), prog.macs, self.cfg.macs, wall, len(descriptors),
+                                 "conv" if getattr(prog, "out_layout", None) is not None else "gemm")
         return image
 
     def _buffer_base(self) -> int:

@@ -67,6 +67,20 @@ def test_sim_backend_bit_exact(kind, cin, h, w, cout, k, stride, padding, relu, 
     want = golden(kind, x, wt, bias, mult, shift, stride, padding, relu, out_int32)
     assert got.dtype == want.dtype and np.array_equal(got, want)
     assert 0 < drv.last_run.utilisation <= 1
+    assert drv.last_run.engine == ("gemm" if kind == "transposed" or k == 1 else "conv")
+
+
+@pytest.mark.parametrize("kind,cin,h,w,cout,k,stride,padding,relu,out_int32", [
+    ("dense", 3, 19, 13, 10, 7, 4, 3, False, False), ("depthwise", 5, 9, 9, 5, 3, 2, 1, True, True),
+    ("dense", 2, 11, 10, 3, 3, 3, 1, False, False), ("dense", 2, 6, 6, 3, 3, 1, 4, True, False)])
+def test_gemm_im2col_fallback_bit_exact(kind, cin, h, w, cout, k, stride, padding, relu, out_int32):
+    """Overlays without the conv engine, and strides/paddings it does not take, run on the GEMM engine."""
+    x, wt, bias, mult, shift = case(kind, cin, h, w, cout, k, stride, padding)
+    cfg = SIM.replace(engines=("gemm",)) if stride in (1, 2, 4) and padding <= 3 else SIM
+    drv = Driver(cfg, "sim")
+    got = run(drv, kind, x, wt, bias, mult, shift, stride, padding, relu, out_int32)
+    assert np.array_equal(got, golden(kind, x, wt, bias, mult, shift, stride, padding, relu, out_int32))
+    assert drv.last_run.engine == "gemm-im2col"
 
 
 def test_pynq_backend_bit_exact():
