@@ -31,18 +31,11 @@ def image_encoder_case(model: str, size: int, batch: int = 1):
         import numpy as np
         import torch
 
-        from golden_model.config import load_config
-        from golden_model.image_encoder import HighResProjection, build_image_encoder, forward_image
-        from golden_model.weights import Weights
-        from tests.golden.oracle import official_model
+        from golden_model.image_encoder import forward_image
+        from tests.golden.oracle import golden_image_encoder, official_model
 
         official = official_model(model, seed=0)
-        sd = {k: v.numpy() for k, v in official.state_dict().items()
-              if k.startswith("image_encoder.") or k.startswith("sam_mask_decoder.conv_s")}
-        w = Weights(sd)
-        enc = build_image_encoder(w.take_prefix("image_encoder"), load_config(model))
-        hr = HighResProjection(w.take_prefix("sam_mask_decoder"))
-        w.check_complete()
+        enc, hr = golden_image_encoder(official, model)
         img = np.random.default_rng(0).standard_normal((batch, 3, size, size)).astype(np.float32)
         timg = torch.from_numpy(img)
 

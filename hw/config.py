@@ -23,6 +23,7 @@ class OverlayConfig:
     axi_data_bits : AXI4 master data width to DDR (64: Zynq-7000 HP, 128: UltraScale+ HP).
     axi_addr_bits : AXI4 master address width.
     engines       : engines present in the overlay.
+    attn_max_dim  : attention engine: the largest head dim (its O and V memories), a multiple of cols.
     clock_mhz     : target clock (for reports and the board flow).
     """
     name: str
@@ -37,6 +38,7 @@ class OverlayConfig:
     engines: tuple[str, ...] = ("gemm", "conv")
     clock_mhz: float = 200.0
     board: str = ""
+    attn_max_dim: int = 256
 
     def __post_init__(self):
         errors = []
@@ -56,6 +58,11 @@ class OverlayConfig:
         for e in self.engines:
             if e not in ENGINES:
                 errors.append(f"unknown engine {e!r} (known: {', '.join(ENGINES)})")
+        if "attention" in self.engines:
+            if self.cols & (self.cols - 1):
+                errors.append(f"attention engine: cols={self.cols} must be a power of two")
+            if self.attn_max_dim < self.cols or self.attn_max_dim % self.cols:
+                errors.append(f"attn_max_dim={self.attn_max_dim} must be a positive multiple of cols={self.cols}")
         if "gemm" not in self.engines:
             errors.append("the gemm engine is required (the others plug into its DMA and scratchpads)")
         # Output rows are stored as whole AXI beats: C int8 must fill at least one beat exactly.
@@ -87,7 +94,8 @@ class OverlayConfig:
 PRESETS: dict[str, OverlayConfig] = {
     # Small enough that a whole layer simulates in seconds under Verilator.
     "sim": OverlayConfig("sim", rows=4, cols=8, a_depth=4096, b_depth=4096, acc_depth=64,
-                         param_depth=16, axi_data_bits=64, clock_mhz=100.0, board="(simulation)"),
+                         param_depth=16, axi_data_bits=64, clock_mhz=100.0, board="(simulation)",
+                         engines=("gemm", "attention", "conv")),
     # Zynq-7000: 220 DSP48E1, 64-bit HP ports; 256 MACs (the few beyond the DSPs go to LUTs).
     "pynq-z2": OverlayConfig("pynq-z2", rows=16, cols=16, a_depth=2048, b_depth=2048, acc_depth=256,
                              param_depth=64, axi_data_bits=64, clock_mhz=150.0, board="PYNQ-Z2 xc7z020"),
@@ -98,7 +106,8 @@ PRESETS: dict[str, OverlayConfig] = {
                             param_depth=256, axi_data_bits=128, clock_mhz=300.0, board="ZCU104 xczu7ev"),
     # The 16 x 16 overlay the benchmarks measure (utilisation, resources).
     "bench16": OverlayConfig("bench16", rows=16, cols=16, a_depth=2048, b_depth=2048, acc_depth=256,
-                             param_depth=64, axi_data_bits=128, clock_mhz=200.0, board="(benchmark)"),
+                             param_depth=64, axi_data_bits=128, clock_mhz=200.0, board="(benchmark)",
+                             engines=("gemm", "attention", "conv")),
 }
 
 

@@ -15,6 +15,10 @@ IP_VLNV = "sam2-fpga.org:sam2fpga:overlay:1.0"
 #: The overlay's instance name in the board design (pynq.Overlay exposes it as an attribute).
 IP_INSTANCE = "sam2fpga_overlay_0"
 
+#: Pipeline depth the sim backend's cycle model shares with the hardware: registers
+#: the systolic array adds beyond its skew (edge input register, product register).
+ARRAY_EXTRA_LATENCY = 2
+
 # ---------------------------------------------------------------- registers (AXI4-Lite, 32-bit)
 
 
@@ -42,6 +46,7 @@ REGISTERS = [
     Register("STORES_DONE", 0x28, "ro", "STORE descriptors completed in this run"),
     Register("CONFIG", 0x2C, "ro", "bits 7:0 rows R; 15:8 cols C; 23:16 AXI data bytes; 31:24 ISA_VERSION"),
     Register("ERROR_DESC", 0x30, "ro", "DESC_DONE when ERROR was first set (BAD_OPCODE: the bad descriptor's index)"),
+    Register("ATTENTIONS_DONE", 0x34, "ro", "ATTENTION descriptors completed in this run"),
 ]
 REG = {r.name: r.offset for r in REGISTERS}
 CONTROL_START, CONTROL_RESET = 1 << 0, 1 << 1
@@ -59,40 +64,55 @@ OPCODES = {
     "COMPUTE": 2,    # GEMM engine: K = k_last + 1 entries of A from `sp_addr` and of B from `b_base`
     "STORE": 3,      # accumulator rows -> output stage -> DDR, `count` rows, row r at dram_addr + r * stride
     "SYNC": 4,       # wait until every dispatched descriptor has completed
+    "ATTENTION": 8,  # attention engine: one key tile (mode STEP) or the normalisation (mode NORM)
     # Reserved for the engines of later issues (decoded as BAD_OPCODE until they exist):
-    "ATTENTION": 8,
     "CONV": 9,
 }
-IMPLEMENTED_OPCODES = ("LOAD", "COMPUTE", "STORE", "SYNC")
+IMPLEMENTED_OPCODES = ("LOAD", "COMPUTE", "STORE", "SYNC", "ATTENTION")
+#: Opcodes that need an engine besides gemm (BAD_OPCODE in an overlay without it).
+OPCODE_ENGINE = {"ATTENTION": "attention"}
 #: LOAD targets: which scratchpad (later engines add theirs here, sharing the DMA).
 #: IM2COL: the convolution engine's input side (hw/conv/im2col.py) gathers B entries from a feature map.
-TARGETS = {"A": 0, "B": 1, "PARAM": 2, "IM2COL": 3}
+TARGETS = {"A": 0, "B": 1, "PARAM": 2, "V": 3, "IM2COL": 4}
+TARGET_ENGINE = {"V": "attention", "IM2COL": "conv"}
+#: ATTENTION modes (in the `target` field).
+ATTN_MODES = {"STEP": 0, "NORM": 1}
 
 DESCRIPTOR_BYTES = 32
 #: (name, width, doc), packed LSB first in this order; the rest of the 256 bits are zero.
 DESCRIPTOR_FIELDS = [
     ("opcode", 8, "OPCODES"),
-    ("target", 4, "LOAD: TARGETS"),
+    ("target", 4, "LOAD: TARGETS; ATTENTION: mode (0 STEP: one key tile, 1 NORM: O / l into accumulator rows)"),
     ("relu", 1, "STORE: ReLU"),
     ("out_int32", 1, "STORE: write int32 (bias added, not requantised) instead of int8"),
-    ("accumulate", 1, "COMPUTE: add to the accumulator rows instead of overwriting them"),
+    ("accumulate", 1, "COMPUTE: add to the accumulator rows instead of overwriting them; "
+     "ATTENTION STEP: continue the rows' softmax state (0: first key tile)"),
     ("param_rows", 1, "STORE: per-row parameters (row r uses channel r of the entry: convolutions, rows = channels)"),
     ("wait_load", 16, "dispatch only when LOADS_DONE >= wait_load"),
     ("wait_compute", 16, "dispatch only when COMPUTES_DONE >= wait_compute"),
     ("wait_store", 16, "dispatch only when STORES_DONE >= wait_store"),
     ("dram_addr", 32, "LOAD/STORE: DDR byte address (AXI-beat aligned)"),
-    ("stride", 32, "STORE: bytes between output rows (AXI-beat aligned)"),
-    ("count", 16, "LOAD: entries; STORE: rows (1..R)"),
-    ("sp_addr", 16, "LOAD: first scratchpad entry; COMPUTE: A base; STORE: accumulator row"),
-    ("b_base", 16, "COMPUTE: B base"),
-    ("k_last", 16, "COMPUTE: K - 1"),
-    ("acc_base", 16, "COMPUTE: first accumulator row written"),
-    ("param_addr", 16, "STORE: parameter entry (per-channel bias/multiplier/shift)"),
+    ("stride", 32, "STORE: bytes between output rows (AXI-beat aligned); ATTENTION STEP: score shift (1..63)"),
+    ("count", 16, "LOAD: entries; STORE: rows (1..R); ATTENTION STEP: valid keys (1..C); NORM: chunks of C channels"),
+    ("sp_addr", 16, "LOAD: first scratchpad entry; COMPUTE: A base; STORE: accumulator row; "
+     "ATTENTION STEP: accumulator row of S row 0; NORM: first chunk"),
+    ("b_base", 16, "COMPUTE: B base; ATTENTION STEP: V entry of channel 0"),
+    ("k_last", 16, "COMPUTE: K - 1; ATTENTION STEP: d / C - 1"),
+    ("acc_base", 16, "COMPUTE: first accumulator row written; ATTENTION NORM: accumulator row of (chunk 0, row 0)"),
+    ("param_addr", 16, "STORE: parameter entry (per-channel bias/multiplier/shift); ATTENTION STEP: score multiplier"),
+    ("wait_attention", 16, "dispatch only when ATTENTIONS_DONE >= wait_attention"),
+    ("cols", 8, "STORE: columns written per row (0 = all C; the rest keep their bytes: write strobes)"),
+]
+
+
+#: LOAD IM2COL's own fields share the bits of fields a LOAD never reads (b_base, k_last):
+#: (name, width, doc), packed LSB first from the first bit of IM2COL_SHARES[0].
+IM2COL_SHARES = ("b_base", "k_last")
+IM2COL_FIELDS = [
     ("kernel_last", 3, "IM2COL LOAD: K - 1 (kernel K x K, K <= 7)"),
     ("stride_log2", 2, "IM2COL LOAD: log2 of the convolution stride (1, 2, 4)"),
     ("col_offset", 5, "IM2COL LOAD: byte of the first input column within the first beat"),
     ("plane_rows", 14, "IM2COL LOAD: rows per channel plane (plane bytes = plane_rows x stride)"),
-    ("cols", 8, "STORE: columns written per row (0 = all C; the rest keep their bytes: write strobes)"),
 ]
 
 
@@ -102,6 +122,13 @@ def field_offsets() -> dict[str, tuple[int, int]]:
         offsets[name] = (pos, width)
         pos += width
     assert pos <= DESCRIPTOR_BYTES * 8
+    pos = offsets[IM2COL_SHARES[0]][0]
+    end = pos + sum(offsets[n][1] for n in IM2COL_SHARES)
+    assert all(offsets[a][0] + offsets[a][1] == offsets[b][0] for a, b in zip(IM2COL_SHARES, IM2COL_SHARES[1:]))
+    for name, width, _ in IM2COL_FIELDS:
+        offsets[name] = (pos, width)
+        pos += width
+    assert pos <= end
     return offsets
 
 
@@ -110,6 +137,9 @@ FIELDS = field_offsets()
 
 def pack_descriptor(**fields) -> bytes:
     word = 0
+    shared = [n for n in IM2COL_SHARES if fields.get(n)]
+    if shared and any(fields.get(n) for n, _, _ in IM2COL_FIELDS):
+        raise ValueError(f"IM2COL fields share the bits of {', '.join(shared)}: set one or the other")
     for name, value in fields.items():
         if name not in FIELDS:
             raise ValueError(f"descriptor has no field {name!r}")
@@ -133,11 +163,20 @@ PARAM_CHANNEL_BYTES = 16    # per output channel: int32 bias, uint32 multiplier,
 
 def entry_bytes(cfg, target: str) -> int:
     """Bytes one scratchpad entry occupies in DDR (entries are contiguous, little-endian)."""
-    return {"A": cfg.rows, "B": cfg.cols, "PARAM": cfg.cols * PARAM_CHANNEL_BYTES}[target]
+    return {"A": cfg.rows, "B": cfg.cols, "PARAM": cfg.cols * PARAM_CHANNEL_BYTES, "V": cfg.cols}[target]
 
 
 def scratchpad_depth(cfg, target: str) -> int:
-    return {"A": cfg.a_depth, "B": cfg.b_depth, "PARAM": cfg.param_depth, "IM2COL": cfg.b_depth}[target]
+    return {"A": cfg.a_depth, "B": cfg.b_depth, "PARAM": cfg.param_depth, "V": 2 * cfg.attn_max_dim,
+            "IM2COL": cfg.b_depth}[target]
+
+
+def has_target(cfg, target: str) -> bool:
+    return target in TARGETS and TARGET_ENGINE.get(target, "gemm") in cfg.engines
+
+
+def has_opcode(cfg, name: str) -> bool:
+    return name in IMPLEMENTED_OPCODES and OPCODE_ENGINE.get(name, "gemm") in cfg.engines
 
 
 def pack_params(bias, multiplier, shift) -> np.ndarray:
@@ -165,14 +204,20 @@ def markdown_tables() -> str:
     for name, width, doc in DESCRIPTOR_FIELDS:
         pos, _ = FIELDS[name]
         lines.append(f"| {pos + width - 1}:{pos} | {name} | {doc} |")
+    lines += ["", f"LOAD IM2COL reads its own fields from the bits of {' and '.join(IM2COL_SHARES)} "
+              "(which a LOAD does not use):", "", "| bits | field | meaning |", "|---|---|---|"]
+    for name, width, doc in IM2COL_FIELDS:
+        pos, _ = FIELDS[name]
+        lines.append(f"| {pos + width - 1}:{pos} | {name} | {doc} |")
     lines += ["", "### Opcodes", "", "| opcode | value | state |", "|---|---|---|"]
-    lines += [f"| {k} | {v} | {'implemented' if k in IMPLEMENTED_OPCODES else 'reserved (BAD_OPCODE today)'} |"
+    lines += [f"| {k} | {v} | {('implemented' + (f' (overlays with the {OPCODE_ENGINE[k]} engine)' if k in OPCODE_ENGINE else '')) if k in IMPLEMENTED_OPCODES else 'reserved (BAD_OPCODE today)'} |"
               for k, v in OPCODES.items()]
     lines += ["", "LOAD targets: " + ", ".join(f"{k} = {v}" for k, v in TARGETS.items()) + ". "
               "IM2COL: `count` input channels from `dram_addr` (row pitch `stride`), count x K x K B entries "
               "from `sp_addr` in (channel, ky, kx) order, lane j = byte col_offset + kx + j * stride of each row. "
               f"PARAM entries hold C channels of {PARAM_CHANNEL_BYTES} bytes: int32 bias, uint32 multiplier "
-              "(< 2^31), uint32 shift (< 64), uint32 zero."]
+              "(< 2^31), uint32 shift (< 64), uint32 zero. V entries (attention engine) hold C int8: one channel "
+              "of a tile of C keys."]
     return "\n".join(lines)
 
 

@@ -29,6 +29,12 @@ DESCRIPTOR = data.StructLayout({name: unsigned(width) for name, width, _ in isa.
 COUNT_BITS = 16
 
 
+def im2col_field(desc, name):
+    """A LOAD IM2COL field: its bits are shared with fields a LOAD does not read (hw.isa.IM2COL_FIELDS)."""
+    pos, width = isa.FIELDS[name]
+    return desc.as_value()[pos:pos + width]
+
+
 class Core(wiring.Component):
     """Everything the soft reset clears: command processor, DMA units, engine, counters."""
 
@@ -39,6 +45,7 @@ class Core(wiring.Component):
             "busy": Out(1), "done": Out(1), "error": Out(3), "error_desc": Out(32),
             "desc_done": Out(32), "cycles": Out(32),
             "loads_done": Out(COUNT_BITS), "computes_done": Out(COUNT_BITS), "stores_done": Out(COUNT_BITS),
+            "attentions_done": Out(COUNT_BITS),
             "m_axi": Out(Axi4Signature(cfg.axi_addr_bits, cfg.axi_data_bits, 1)),
         })
 
@@ -50,6 +57,13 @@ class Core(wiring.Component):
         DW = cfg.axi_data_bits
         axi = self.m_axi
         m.submodules.engine = engine = GemmEngine(cfg)
+        attention = None
+        if "attention" in cfg.engines:
+            from hw.attention.engine import AttentionEngine
+            m.submodules.attention = attention = AttentionEngine(cfg)
+            m.d.comb += [engine.attn_acc_rd_addr.eq(attention.acc_rd_addr),
+                         attention.acc_rd_data.eq(engine.attn_acc_rd_data)]
+            wiring.connect(m, attention.acc_wr, engine.attn_acc_wr)
         # The convolution engine's input side: LOAD target IM2COL, sharing the load unit's AXI id and slot.
         has_conv = "conv" in cfg.engines
         i2c = None
@@ -108,7 +122,7 @@ class Core(wiring.Component):
                 m.d.sync += [f_inflight.eq(0), f_ptr.eq(f_ptr + isa.DESCRIPTOR_BYTES), f_left.eq(f_left - 1)]
 
         # ------------------------------------------------ counters
-        issued = {u: Signal(COUNT_BITS, name=f"{u}_issued") for u in ("load", "compute", "store")}
+        issued = {u: Signal(COUNT_BITS, name=f"{u}_issued") for u in ("load", "compute", "store", "attention")}
         load_done_pulse, store_done_pulse = Signal(), Signal()
         with m.If(load_done_pulse):
             m.d.sync += self.loads_done.eq(self.loads_done + 1)
@@ -116,14 +130,18 @@ class Core(wiring.Component):
             m.d.sync += self.computes_done.eq(self.computes_done + 1)
         with m.If(store_done_pulse):
             m.d.sync += self.stores_done.eq(self.stores_done + 1)
+        if attention is not None:
+            with m.If(attention.done):
+                m.d.sync += self.attentions_done.eq(self.attentions_done + 1)
         all_idle = ((issued["load"] == self.loads_done) & (issued["compute"] == self.computes_done)
-                    & (issued["store"] == self.stores_done))
+                    & (issued["store"] == self.stores_done) & (issued["attention"] == self.attentions_done))
 
         # ------------------------------------------------ start / done
         with m.If(self.start & ~running):
             m.d.sync += [running.eq(1), f_ptr.eq(self.desc_addr), f_left.eq(self.desc_count),
                          self.desc_done.eq(0), self.cycles.eq(0),
                          self.loads_done.eq(0), self.computes_done.eq(0), self.stores_done.eq(0),
+                         self.attentions_done.eq(0), issued["attention"].eq(0),
                          issued["load"].eq(0), issued["compute"].eq(0), issued["store"].eq(0)]
         with m.If(running & (self.desc_done == self.desc_count) & all_idle & ~f_inflight):
             m.d.sync += running.eq(0)
@@ -132,7 +150,7 @@ class Core(wiring.Component):
         # ------------------------------------------------ dispatcher
         desc = data.View(DESCRIPTOR, fifo.r_data[:DESCRIPTOR.size])
         waits_met = ((self.loads_done >= desc.wait_load) & (self.computes_done >= desc.wait_compute)
-                     & (self.stores_done >= desc.wait_store))
+                     & (self.stores_done >= desc.wait_store) & (self.attentions_done >= desc.wait_attention))
         can_dispatch = running & fifo.r_rdy & waits_met & (error == 0)
         l_cmd_valid, l_cmd_ready = Signal(), Signal()
         s_cmd_valid, s_cmd_ready = Signal(), Signal()
@@ -141,8 +159,8 @@ class Core(wiring.Component):
         with m.If(can_dispatch):
             with m.Switch(desc.opcode):
                 with m.Case(op["LOAD"]):
-                    with m.If((desc.target <= max(isa.TARGETS.values()))
-                              & (has_conv | (desc.target != isa.TARGETS["IM2COL"]))):
+                    known = [desc.target == v for k, v in isa.TARGETS.items() if isa.has_target(cfg, k)]
+                    with m.If(Cat(*known).any()):
                         m.d.comb += [l_cmd_valid.eq(1), taken.eq(l_cmd_ready)]
                     with m.Else():
                         m.d.sync += error.eq(error | isa.ERROR_BAD_OPCODE)
@@ -152,21 +170,33 @@ class Core(wiring.Component):
                     m.d.comb += [s_cmd_valid.eq(1), taken.eq(s_cmd_ready)]
                 with m.Case(op["SYNC"]):
                     m.d.comb += taken.eq(all_idle)
+                if attention is not None:
+                    with m.Case(op["ATTENTION"]):
+                        m.d.comb += [attention.cmd.valid.eq(1), taken.eq(attention.cmd.ready)]
                 with m.Default():
                     m.d.sync += error.eq(error | isa.ERROR_BAD_OPCODE)
         m.d.comb += fifo.r_en.eq(taken)
         with m.If(taken):
             m.d.sync += self.desc_done.eq(self.desc_done + 1)
             with m.Switch(desc.opcode):
-                for name, unit in (("LOAD", "load"), ("COMPUTE", "compute"), ("STORE", "store")):
+                for name, unit in (("LOAD", "load"), ("COMPUTE", "compute"), ("STORE", "store"),
+                                   ("ATTENTION", "attention")):
                     with m.Case(op[name]):
                         m.d.sync += issued[unit].eq(issued[unit] + 1)
         m.d.comb += [engine.compute.payload.a_base.eq(desc.sp_addr), engine.compute.payload.b_base.eq(desc.b_base),
                      engine.compute.payload.k_last.eq(desc.k_last), engine.compute.payload.acc_base.eq(desc.acc_base),
                      engine.compute.payload.accumulate.eq(desc.accumulate)]
+        if attention is not None:
+            ap = attention.cmd.payload
+            m.d.comb += [ap.mode.eq(desc.target), ap.accumulate.eq(desc.accumulate), ap.s_base.eq(desc.sp_addr),
+                         ap.v_base.eq(desc.b_base), ap.count.eq(desc.count), ap.chunks_last.eq(desc.k_last),
+                         ap.c0.eq(desc.sp_addr), ap.out_base.eq(desc.acc_base),
+                         ap.score_mult.eq(desc.param_addr), ap.score_shift.eq(desc.stride)]
 
         # ------------------------------------------------ load unit
         targets = {"A": (R, engine.a_wr), "B": (C, engine.b_wr), "PARAM": (C * isa.PARAM_CHANNEL_BYTES, engine.p_wr)}
+        if attention is not None:
+            targets["V"] = (C, attention.v_wr)
         l_busy = Signal()
         l_target = Signal(4)
         l_sp = Signal(16)
@@ -251,10 +281,12 @@ class Core(wiring.Component):
             m.d.comb += [l_cmd_ready.eq(~l_busy & ~i2c.busy),
                          i2c.cmd.valid.eq(l_cmd_valid & is_im2col & ~l_busy),
                          i2c.cmd.payload.addr.eq(desc.dram_addr), i2c.cmd.payload.pitch.eq(desc.stride),
-                         i2c.cmd.payload.plane_rows.eq(desc.plane_rows), i2c.cmd.payload.channels.eq(desc.count),
-                         i2c.cmd.payload.k_last.eq(desc.kernel_last),
-                         i2c.cmd.payload.stride_log2.eq(desc.stride_log2),
-                         i2c.cmd.payload.offset.eq(desc.col_offset), i2c.cmd.payload.sp.eq(desc.sp_addr),
+                         i2c.cmd.payload.plane_rows.eq(im2col_field(desc, "plane_rows")),
+                         i2c.cmd.payload.channels.eq(desc.count),
+                         i2c.cmd.payload.k_last.eq(im2col_field(desc, "kernel_last")),
+                         i2c.cmd.payload.stride_log2.eq(im2col_field(desc, "stride_log2")),
+                         i2c.cmd.payload.offset.eq(im2col_field(desc, "col_offset")),
+                         i2c.cmd.payload.sp.eq(desc.sp_addr),
                          i2c.r.valid.eq(axi.rvalid & (axi.rid == 1) & i2c.busy), i2c.r.payload.eq(axi.rdata),
                          i2c.ar.ready.eq(l_ar_ready)]
             with m.If(i2c.busy):
@@ -364,7 +396,7 @@ class Overlay(wiring.Component):
             reg["CYCLES"]: core.cycles, reg["LOADS_DONE"]: core.loads_done,
             reg["COMPUTES_DONE"]: core.computes_done, reg["STORES_DONE"]: core.stores_done,
             reg["CONFIG"]: Const(cfg.rows | cfg.cols << 8 | (cfg.axi_data_bits // 8) << 16 | isa.ISA_VERSION << 24, 32),
-            reg["ERROR_DESC"]: core.error_desc,
+            reg["ERROR_DESC"]: core.error_desc, reg["ATTENTIONS_DONE"]: core.attentions_done,
         }
 
         # AXI4-Lite: a write needs address and data together; one outstanding response each way.

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import random
 
-import numpy as np
 from amaranth.sim import Simulator
 
 from sim.gemm_schedule import assemble, make_schedule

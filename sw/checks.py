@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from hw import isa
 
+ENGINE_NAMES = {"attention": "attention", "conv": "convolution"}
+
 
 class DescriptorError(ValueError):
     """A descriptor would read or write outside its buffer or scratchpad; the message says which and why."""
@@ -11,7 +13,7 @@ class DescriptorError(ValueError):
 def check_descriptors(cfg, descriptors: list[dict], buffer_base: int, buffer_size: int) -> None:
     R, C, DB = cfg.rows, cfg.cols, cfg.beat_bytes
     lo, hi = buffer_base, buffer_base + buffer_size
-    counts = {"LOAD": 0, "COMPUTE": 0, "STORE": 0}
+    counts = {"LOAD": 0, "COMPUTE": 0, "STORE": 0, "ATTENTION": 0}
     names = {v: k for k, v in isa.OPCODES.items()}
     targets = {v: k for k, v in isa.TARGETS.items()}
 
@@ -26,8 +28,9 @@ def check_descriptors(cfg, descriptors: list[dict], buffer_base: int, buffer_siz
 
     for i, d in enumerate(descriptors):
         op = names.get(d.get("opcode"))
-        if op not in isa.IMPLEMENTED_OPCODES:
-            fail(i, f"opcode {d.get('opcode')} is not one of {list(isa.IMPLEMENTED_OPCODES)}")
+        if op is None or not isa.has_opcode(cfg, op):
+            known = [o for o in isa.IMPLEMENTED_OPCODES if isa.has_opcode(cfg, o)]
+            fail(i, f"opcode {d.get('opcode')} is not one of {known} (overlay {cfg.name!r})")
         for unit in counts:
             need = d.get(f"wait_{unit.lower()}", 0)
             if need > counts[unit]:
@@ -36,6 +39,9 @@ def check_descriptors(cfg, descriptors: list[dict], buffer_base: int, buffer_siz
             target = targets.get(d.get("target"))
             if target is None:
                 fail(i, f"unknown LOAD target {d.get('target')}")
+            if not isa.has_target(cfg, target):
+                engine = ENGINE_NAMES[isa.TARGET_ENGINE[target]]
+                fail(i, f"LOAD target {target}, but the overlay has no {engine} engine")
             n, sp = d["count"], d["sp_addr"]
             if target == "IM2COL":
                 _check_im2col(cfg, d, i, fail, in_buffer)
@@ -53,6 +59,8 @@ def check_descriptors(cfg, descriptors: list[dict], buffer_base: int, buffer_siz
                 fail(i, f"K={k} entries from A {d['sp_addr']} / B {d['b_base']} run past the scratchpads")
             if d["acc_base"] + R > cfg.acc_depth:
                 fail(i, f"accumulator rows [{d['acc_base']}, {d['acc_base'] + R}) past depth {cfg.acc_depth}")
+        elif op == "ATTENTION":
+            _check_attention(cfg, d, lambda why: fail(i, why))
         elif op == "STORE":
             rows = d["count"]
             if not 1 <= rows <= R:
@@ -78,8 +86,6 @@ def check_descriptors(cfg, descriptors: list[dict], buffer_base: int, buffer_siz
 def _check_im2col(cfg, d, i, fail, in_buffer) -> None:
     """LOAD IM2COL: entries inside B, every row span inside the buffer."""
     from hw.conv.im2col import row_beats
-    if "conv" not in cfg.engines:
-        fail(i, "IM2COL load, but the overlay has no convolution engine")
     DB = cfg.beat_bytes
     k, n = d["kernel_last"] + 1, d["count"]
     if k > 7 or d["stride_log2"] > 2 or d["col_offset"] >= DB:
@@ -92,3 +98,28 @@ def _check_im2col(cfg, d, i, fail, in_buffer) -> None:
     last = d["dram_addr"] + (n - 1) * d["plane_rows"] * d["stride"] + (k - 1) * d["stride"]
     in_buffer(i, d["dram_addr"], nb * DB, "first row span")
     in_buffer(i, last, nb * DB, "last row span")
+
+
+def _check_attention(cfg, d, fail) -> None:
+    R, C = cfg.rows, cfg.cols
+    mode = d.get("target", 0)
+    if mode == isa.ATTN_MODES["STEP"]:
+        dp = (d["k_last"] + 1) * C
+        if not 1 <= d["count"] <= C:
+            fail(f"{d['count']} keys in a tile, must be 1..{C}")
+        if dp > cfg.attn_max_dim:
+            fail(f"head dim {dp} beyond the engine's {cfg.attn_max_dim}")
+        if d["sp_addr"] + R > cfg.acc_depth:
+            fail(f"score rows [{d['sp_addr']}, {d['sp_addr'] + R}) past the accumulator depth {cfg.acc_depth}")
+        if d["b_base"] + dp > isa.scratchpad_depth(cfg, "V"):
+            fail(f"V entries [{d['b_base']}, {d['b_base'] + dp}) outside the V scratchpad")
+        if not 1 <= d.get("stride", 0) <= 63:
+            fail(f"score shift {d.get('stride', 0)} outside 1..63")
+    elif mode == isa.ATTN_MODES["NORM"]:
+        n, c0 = d["count"], d["sp_addr"]
+        if n < 1 or (c0 + n) * C > cfg.attn_max_dim:
+            fail(f"chunks [{c0}, {c0 + n}) outside the engine's {cfg.attn_max_dim // C}")
+        if d["acc_base"] + n * R > cfg.acc_depth:
+            fail(f"output rows [{d['acc_base']}, {d['acc_base'] + n * R}) past the accumulator depth {cfg.acc_depth}")
+    else:
+        fail(f"unknown attention mode {mode}")

@@ -10,6 +10,8 @@ import argparse
 import importlib
 import sys
 
+from sw.errors import CommandError, UsageError  # noqa: F401  (subcommands import them from here)
+
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("sw.commands.demo", "run the most complete path the project has, end to end"),
@@ -58,14 +60,6 @@ def main(argv: list[str] | None = None) -> int:
     except CommandError as e:
         print(f"sam2fpga {args.command}: error: {e}", file=sys.stderr)
         return 1
-
-
-class UsageError(Exception):
-    """Arguments that parse but make no sense together: usage error, exit 2."""
-
-
-class CommandError(Exception):
-    """A clear, expected failure (missing tool, bad file): message, exit 1."""
 
 
 if __name__ == "__main__":

@@ -136,6 +136,17 @@ class Driver:
         return conv.conv_transpose2d(self, x, w, bias, multiplier, shift, stride=stride, padding=padding,
                                      relu=relu, out_int32=out_int32)
 
+    def attention(self, q, k, v, quant, *, out_int32: bool = False) -> np.ndarray:
+        """Attention on the overlay: q (Lq, d) or (H, Lq, d), k and v (Lk, d) or (H, Lk, d), int8;
+        `quant` a golden_model.intattn.AttentionQuant. Returns int8 (or int32 O / l) of q's shape,
+        bit-identical to intattn.attention(..., key_tile=cfg.cols) per head."""
+        from sw.compile_attention import compile_attention
+        base = self._buffer_base()
+        prog = compile_attention(self.cfg, q, k, v, quant, out_int32=out_int32, base_addr=base,
+                                 max_ddr_bytes=self.ddr_bytes - base)
+        out = prog.output(self.run(prog))
+        return out[0] if np.asarray(q).ndim == 2 else out
+
     def run(self, prog, descriptors: list[dict] | None = None) -> np.ndarray:
         """Submit a compiled program; return the buffer's bytes after the run."""
         descriptors = prog.descriptors if descriptors is None else descriptors
@@ -144,8 +155,9 @@ class Driver:
         self._sim_wall = None
         image, cycles = getattr(self, f"_run_{self.backend}")(prog, len(descriptors))
         wall = self._sim_wall if self._sim_wall is not None else time.monotonic() - t0
-        self.last_run = RunStats(self.backend, int(cycles), prog.macs, self.cfg.macs, wall, len(descriptors),
-                                 "conv" if getattr(prog, "out_layout", None) is not None else "gemm")
+        array_macs = getattr(prog, "array_macs", self.cfg.macs)   # attention: GEMM array + P V array
+        engine = "conv" if getattr(prog, "out_layout", None) is not None else "gemm"
+        self.last_run = RunStats(self.backend, int(cycles), prog.macs, array_macs, wall, len(descriptors), engine)
         return image
 
     def _buffer_base(self) -> int:

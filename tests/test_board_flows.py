@@ -37,7 +37,6 @@ def small_overlay_verilog():
 def test_vivado_tcl_runs_to_the_end_with_values_from_the_config(board):
     cfg, tcl = _tcl_for(board)
     calls = dry_run(tcl)
-    flat = [" ".join(c) for c in calls]
     vendor, library, name, version = isa.IP_VLNV.split(":")
     assert any(c[0] == "ipx::package_project" and c[c.index("-vendor") + 1] == vendor
                and c[c.index("-library") + 1] == library for c in calls)

@@ -26,7 +26,7 @@ def test_array_back_to_back_tiles(rows, cols):
         drain_at = []
         t = 0
         stream = [(a[:, k], b[k], k == a.shape[1] - 1) for a, b in tiles for k in range(a.shape[1])]
-        stream += [None] * (2 * rows + cols + 4)
+        stream += [None] * (2 * rows + cols + 4 + SystolicArray.EXTRA_LATENCY)
         rows_out = []
         for item in stream:
             if item is None:
@@ -41,7 +41,7 @@ def test_array_back_to_back_tiles(rows, cols):
                 ctx.set(dut.valid, 1)
                 ctx.set(dut.last, int(last))
                 if last:
-                    drain_at.append(t + rows + cols - 1)
+                    drain_at.append(t + rows + cols - 1 + SystolicArray.EXTRA_LATENCY)
             draining = any(d <= t < d + rows for d in drain_at)
             ctx.set(dut.shift, int(draining))
             if draining:

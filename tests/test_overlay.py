@@ -143,7 +143,7 @@ def test_driver_reports_bad_opcode_error():
 
 @pytest.mark.parametrize("field,value,match", [
     ("dram_addr", 0x100, "outside the buffer"), ("dram_addr", 0x100004, "aligned"),
-    ("count", 5000, "scratchpad"), ("opcode", 8, "opcode"), ("wait_store", 3, "would hang"),
+    ("count", 5000, "scratchpad"), ("opcode", 0x77, "opcode"), ("wait_store", 3, "would hang"),
 ])
 def test_host_refuses_bad_descriptors(field, value, match):
     prog = compile_linear(SIM, *layer(np.random.default_rng(0), 4, 8, 8), base_addr=0x100000)

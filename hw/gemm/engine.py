@@ -67,6 +67,8 @@ class EngineLayouts:
             "param_rows": unsigned(1),     # row r uses channel r of the entry (convolutions)
         })
         self.out = data.ArrayLayout(ACC, C)
+        #: A whole accumulator row written by another engine (attention).
+        self.acc_write = data.StructLayout({"addr": unsigned(abits(cfg.acc_depth)), "data": data.ArrayLayout(ACC, C)})
 
 
 class GemmCompute(wiring.Component):
@@ -74,9 +76,9 @@ class GemmCompute(wiring.Component):
 
     Timing (the array never stalls; bubbles carry valid=0): the entry for step k is
     addressed at cycle t, enters the array at t+1. A command's last step, issued at
-    t_L, leaves the last PE's `out` written by cycle t_L + R + C - 1; the drain then
-    shifts R rows out over cycles t_L + R + C .. t_L + 2R + C - 1, so the next
-    command's last step may issue from t_L + 2R + C - 1 on (it writes `out` one cycle later).
+    t_L, leaves the last PE's `out` written by cycle t_L + R + C - 1 + X (X: the
+    array's EXTRA_LATENCY); the drain then shifts R rows out over the next R cycles,
+    and the next command's last step may issue once the drain's last cycle has come.
     """
 
     def __init__(self, cfg, a_mem: Memory, b_mem: Memory, acc_mem: Memory):
@@ -85,16 +87,21 @@ class GemmCompute(wiring.Component):
         # Ports are made here: a memory takes no new ports once elaborated.
         self._rd_a, self._rd_b = a_mem.read_port(), b_mem.read_port()
         self._acc_rd, self._acc_wr = acc_mem.read_port(), acc_mem.write_port()
-        super().__init__({
+        ports = {
             "cmd": In(stream.Signature(self.layouts.compute)),
             "done": Out(1),
             "busy": Out(1),
-        })
+        }
+        if "attention" in cfg.engines:
+            # The attention engine's writes (normalised rows), taken when the drain is not writing.
+            ports["ext_wr"] = In(stream.Signature(self.layouts.acc_write))
+        super().__init__(ports)
 
     def elaborate(self, platform):
         m = Module()
         R, C = self.cfg.rows, self.cfg.cols
-        drain_start = R + C - 1          # cycles after the last issue (as counted by `since_last`)
+        # cycles after the last issue (as counted by `since_last`)
+        drain_start = R + C - 1 + SystolicArray.EXTRA_LATENCY
         drain_end = drain_start + R - 1  # inclusive; also the earliest next last issue
 
         m.submodules.array = array = SystolicArray(R, C)
@@ -144,6 +151,13 @@ class GemmCompute(wiring.Component):
         m.d.comb += [acc_wr.en.eq(w_valid), acc_wr.addr.eq(w_addr), self.done.eq(w_last)]
         for j in range(C):
             m.d.comb += acc_wr.data[j].eq(w_data[j] + Mux(w_accum, acc_rd.data[j], 0))
+        if "attention" in self.cfg.engines:
+            ext = self.ext_wr
+            m.d.comb += ext.ready.eq(~w_valid)
+            with m.If(ext.valid & ~w_valid):
+                m.d.comb += [acc_wr.en.eq(1), acc_wr.addr.eq(ext.payload.addr)]
+                for j in range(C):
+                    m.d.comb += acc_wr.data[j].eq(ext.payload.data[j])
         m.d.comb += self.busy.eq(busy | (since_last <= drain_end) | w_valid)
         return m
 
@@ -268,7 +282,7 @@ class GemmEngine(wiring.Component):
     def __init__(self, cfg):
         self.cfg = cfg
         self.layouts = L = EngineLayouts(cfg)
-        super().__init__({
+        ports = {
             "a_wr": In(stream.Signature(L.a_write)),
             "b_wr": In(stream.Signature(L.b_write)),
             "p_wr": In(stream.Signature(L.p_write)),
@@ -278,7 +292,12 @@ class GemmEngine(wiring.Component):
             "compute_done": Out(1),
             "compute_busy": Out(1),
             "store_busy": Out(1),
-        })
+        }
+        if "attention" in cfg.engines:
+            # The attention engine reads S rows and writes normalised rows (hw/attention/engine.py).
+            ports |= {"attn_acc_rd_addr": In(abits(cfg.acc_depth)), "attn_acc_rd_data": Out(data.ArrayLayout(ACC, cfg.cols)),
+                      "attn_acc_wr": In(stream.Signature(L.acc_write))}
+        super().__init__(ports)
 
     def elaborate(self, platform):
         m = Module()
@@ -292,8 +311,13 @@ class GemmEngine(wiring.Component):
             wp = mem.write_port()
             m.d.comb += [wp.addr.eq(port.payload.addr), wp.data.eq(port.payload.data),
                          wp.en.eq(port.valid), port.ready.eq(1)]
+        if "attention" in cfg.engines:
+            attn_rd = acc_mem.read_port()
+            m.d.comb += [attn_rd.addr.eq(self.attn_acc_rd_addr), self.attn_acc_rd_data.eq(attn_rd.data)]
         m.submodules.compute_unit = cu = GemmCompute(cfg, a_mem, b_mem, acc_mem)
         m.submodules.store_unit = su = GemmStore(cfg, acc_mem, p_mem)
+        if "attention" in cfg.engines:
+            wiring.connect(m, wiring.flipped(self.attn_acc_wr), cu.ext_wr)
         wiring.connect(m, wiring.flipped(self.compute), cu.cmd)
         wiring.connect(m, wiring.flipped(self.store), su.cmd)
         wiring.connect(m, su.out, wiring.flipped(self.out))

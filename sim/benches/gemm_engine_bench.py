@@ -18,7 +18,7 @@ from cocotb.triggers import ClockCycles, ReadOnly, RisingEdge
 
 from golden_model.intops import gemm
 from hw.config import OverlayConfig
-from hw.gemm.engine import ChannelParams, EngineLayouts
+from hw.gemm.engine import EngineLayouts
 from sim.benches.report import write_report
 from sim.benches.streams import StreamSink, StreamSource, to_signed
 from sim.gemm_schedule import assemble, make_schedule
@@ -71,7 +71,7 @@ class EngineTB:
         state = {"loaded": 0, "stored": 0}
         rows: dict[int, list] = {}
         last_steps = [s for s, st in enumerate(sched.steps) if st.last]
-        p_layout = data_layout = L.p_write
+        p_layout = L.p_write
 
         async def loader():
             for s, step in enumerate(sched.steps):

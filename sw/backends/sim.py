@@ -35,8 +35,12 @@ class SimOverlay:
         self.b = np.zeros((cfg.b_depth, cfg.cols), np.int8)
         self.params = np.zeros((cfg.param_depth, cfg.cols, 3), np.int64)
         self.acc = np.zeros((cfg.acc_depth, cfg.cols), np.int64)
+        self.attn = None
+        if "attention" in cfg.engines:
+            from sw.backends.sim_attention import AttentionModel
+            self.attn = AttentionModel(cfg)
         for name in ("STATUS", "ERROR", "DESC_DONE", "CYCLES", "LOADS_DONE", "COMPUTES_DONE",
-                     "STORES_DONE", "ERROR_DESC"):
+                     "STORES_DONE", "ERROR_DESC", "ATTENTIONS_DONE"):
             self.regs[name] = 0
 
     # ---------------------------------------------------------------- register interface
@@ -84,16 +88,16 @@ class SimOverlay:
         cfg = self.cfg
         R, C, DB = cfg.rows, cfg.cols, cfg.beat_bytes
         self.regs["STATUS"] = isa.STATUS_BUSY
-        for name in ("DESC_DONE", "LOADS_DONE", "COMPUTES_DONE", "STORES_DONE"):
+        for name in ("DESC_DONE", "LOADS_DONE", "COMPUTES_DONE", "STORES_DONE", "ATTENTIONS_DONE"):
             self.regs[name] = 0
         base, count = self.regs["DESC_ADDR"], self.regs["DESC_COUNT"]
-        done = {"LOAD": [], "COMPUTE": [], "STORE": []}      # completion times, in order
-        unit_free = {"LOAD": 0, "STORE": 0}
+        done = {"LOAD": [], "COMPUTE": [], "STORE": [], "ATTENTION": []}      # completion times, in order
+        unit_free = {"LOAD": 0, "STORE": 0, "ATTENTION": 0}
         t_dispatch = START_CYCLES
         fetched = []                                          # time each descriptor reaches the FIFO
         fetched_dispatch = []                                 # time each descriptor left the FIFO
         c_last_issue = -10 ** 9                               # engine: last step issue of previous compute
-        gap = 2 * R + C - 1
+        gap = 2 * R + C - 1 + isa.ARRAY_EXTRA_LATENCY     # last-step to last-step, as the engine allows
         for i in range(count):
             raw = self._ddr(base + i * isa.DESCRIPTOR_BYTES, isa.DESCRIPTOR_BYTES)
             if raw is None:
@@ -104,7 +108,8 @@ class SimOverlay:
             fifo_space = fetched_dispatch[i - 2] if i >= 2 else 0
             fetched.append(max(prev_fetch, fifo_space) + FETCH_CYCLES + isa.DESCRIPTOR_BYTES // DB)
             t = max(t_dispatch, fetched[i])
-            waits = {"LOAD": d["wait_load"], "COMPUTE": d["wait_compute"], "STORE": d["wait_store"]}
+            waits = {"LOAD": d["wait_load"], "COMPUTE": d["wait_compute"], "STORE": d["wait_store"],
+                     "ATTENTION": d["wait_attention"]}
             for unit, n in waits.items():
                 if n > len(done[unit]):
                     # Only descriptors already dispatched can complete: the hardware waits forever.
@@ -115,7 +120,7 @@ class SimOverlay:
             op = d["opcode"]
             if op == isa.OPCODES["LOAD"]:
                 target = next((k for k, v in isa.TARGETS.items() if v == d["target"]), None)
-                if target is None or (target == "IM2COL" and "conv" not in cfg.engines):
+                if target is None or not isa.has_target(cfg, target):
                     return self._error(isa.ERROR_BAD_OPCODE, i)
                 if target == "IM2COL":
                     cycles = self._im2col(d)
@@ -149,7 +154,7 @@ class SimOverlay:
                 start = t + 1
                 last_issue = max(start + k - 1, c_last_issue + gap)
                 c_last_issue = last_issue
-                done["COMPUTE"].append(last_issue + R + C + R)
+                done["COMPUTE"].append(last_issue + R + C + R + isa.ARRAY_EXTRA_LATENCY)
             elif op == isa.OPCODES["STORE"]:
                 rows = d["count"]
                 eb = 4 if d["out_int32"] else 1
@@ -160,6 +165,11 @@ class SimOverlay:
                 finish = t + 4 + rows * (row_bytes // DB + 1) + STORE_LATENCY
                 unit_free["STORE"] = finish
                 done["STORE"].append(finish)
+            elif op == isa.OPCODES["ATTENTION"] and self.attn is not None:
+                t = max(t, unit_free["ATTENTION"])        # the engine takes a command when idle
+                finish = t + 1 + self.attn.run(d, self.acc)
+                unit_free["ATTENTION"] = finish + 1
+                done["ATTENTION"].append(finish)
             elif op == isa.OPCODES["SYNC"]:
                 t = max([t] + [v[-1] + 1 for v in done.values() if v])
             else:
@@ -170,6 +180,7 @@ class SimOverlay:
         end = max([t_dispatch] + [v[-1] + 1 for v in done.values() if v])
         self.regs["LOADS_DONE"], self.regs["COMPUTES_DONE"], self.regs["STORES_DONE"] = (
             len(done["LOAD"]), len(done["COMPUTE"]), len(done["STORE"]))
+        self.regs["ATTENTIONS_DONE"] = len(done["ATTENTION"])
         self.regs["CYCLES"] = end
         self.regs["STATUS"] = isa.STATUS_DONE
 
@@ -179,6 +190,8 @@ class SimOverlay:
             rows = raw.view(np.int8).reshape(n, cfg.rows)
             idx = (sp + np.arange(n)) % cfg.a_depth
             self.a[idx] = rows
+        elif target == "V":
+            self.attn.load_v(sp, n, raw)
         elif target == "B":
             rows = raw.view(np.int8).reshape(n, cfg.cols)
             idx = (sp + np.arange(n)) % cfg.b_depth

@@ -31,7 +31,7 @@ def add_arguments(parser):
 def run(args) -> int:
     from hw.boards import board as get_board
     from hw.config import preset as get_preset
-    from sw.cli import CommandError, UsageError
+    from sw.cli import UsageError
 
     board = get_board(args.board)
     try:
@@ -112,11 +112,15 @@ def _vivado_flow(cfg, signature, board, out: Path, jobs: int) -> dict:
 
 def _open_flow(cfg, board, out: Path) -> dict:
     from hw.flows.ecp5 import build_ecp5
+    from hw.flows.tools import ToolMissing
     from hw.overlay import Overlay
     from sw.cli import CommandError
     print(f"[ecp5]     yosys synth_ecp5 + nextpnr-ecp5 + ecppack for {board.part} at {cfg.clock_mhz:g} MHz...")
     t0 = time.monotonic()
-    rep = build_ecp5(Overlay(cfg), TOP, out / "ecp5", target_mhz=cfg.clock_mhz, board=board.name)
+    try:
+        rep = build_ecp5(Overlay(cfg), TOP, out / "ecp5", target_mhz=cfg.clock_mhz, board=board.name)
+    except ToolMissing as e:
+        raise CommandError(str(e)) from None
     for k in ("TRELLIS_COMB", "TRELLIS_FF", "MULT18X18D", "DP16KD"):
         used, cap = rep.utilisation.get(k, (0, 0))
         print(f"           {k:>12}: {used:>6} / {cap}")

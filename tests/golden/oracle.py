@@ -61,3 +61,17 @@ def official_checkpoint(name: str, seed: int, directory: str) -> Path:
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save({"model": official_model(name, seed).state_dict()}, path)
     return path
+
+
+def golden_image_encoder(official, name: str):
+    """The golden image encoder and high-res projection loaded strictly from an official model's tensors."""
+    from golden_model.config import load_config
+    from golden_model.image_encoder import HighResProjection, build_image_encoder
+    from golden_model.weights import Weights
+    sd = {k: v.numpy() for k, v in official.state_dict().items()
+          if k.startswith("image_encoder.") or k.startswith("sam_mask_decoder.conv_s")}
+    w = Weights(sd)
+    enc = build_image_encoder(w.take_prefix("image_encoder"), load_config(name))
+    hr = HighResProjection(w.take_prefix("sam_mask_decoder"))
+    w.check_complete()
+    return enc, hr

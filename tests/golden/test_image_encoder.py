@@ -10,9 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from golden_model.config import load_config
-from golden_model.image_encoder import HighResProjection, build_image_encoder
-from golden_model.weights import Weights
+from tests.golden.oracle import golden_image_encoder
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.oracle
@@ -37,14 +35,7 @@ def synthetic(size: int, seed: int = 1) -> np.ndarray:
     return img.astype(np.float32)
 
 
-def golden_for(model, name):
-    sd = {k: v.numpy() for k, v in model.state_dict().items()
-          if k.startswith("image_encoder.") or k.startswith("sam_mask_decoder.conv_s")}
-    w = Weights(sd)
-    enc = build_image_encoder(w.take_prefix("image_encoder"), load_config(name))
-    hr = HighResProjection(w.take_prefix("sam_mask_decoder"))
-    w.check_complete()
-    return enc, hr
+
 
 
 def assert_close(golden, official, what):
@@ -66,7 +57,7 @@ def compare(name: str, size: int, seed: int = 0):
     with torch.no_grad():
         ref = model.forward_image(torch.from_numpy(img))
     hook.remove()
-    enc, hr = golden_for(model, name)
+    enc, hr = golden_image_encoder(model, name)
     plain = enc(img)
     out = hr(plain)
     assert len(out["backbone_fpn"]) == len(ref["backbone_fpn"]) == 3

@@ -1,0 +1,75 @@
+"""PVArray: weight-stationary R x C array for P V (17-bit probabilities x int8 values).
+
+Why weight-stationary here (the GEMM array is output-stationary): P V reduces over the
+key tile, only C keys long, while the output (R queries x d channels) is long. An
+output-stationary array would drain R x C results every C cycles (a 2R + C - 1 cycle
+gap per C steps: about a third of the MACs). Here PE(i, j) holds p[i][j] (query i,
+key j) for the whole tile; channel c of the tile's values, v[:, c] (C keys), enters
+at the top (column j delayed j cycles) and moves down; partial sums move right along
+each row, so row i's result for channel c leaves the right edge i + C cycles after
+v[:, c] entered. One channel per cycle: d cycles per tile, every PE busy.
+
+  out[i] = sum_j p[i][j] * v[j]  (int32: C <= 32 keys x 2^16 x 128 < 2^31)
+with out_valid[i] / out_chan[i] the input's valid / channel delayed by i + C.
+`p` must be held while a tile's channels are in flight.
+"""
+from amaranth import Module, Signal, signed, unsigned
+from amaranth.lib import data, wiring
+from amaranth.lib.wiring import In, Out
+
+from hw.attention.softmax import PROB
+from hw.gemm.array import INT8
+
+PSUM = signed(32)
+
+
+class PVArray(wiring.Component):
+    def __init__(self, rows: int, cols: int, chan_bits: int):
+        self.rows, self.cols, self.chan_bits = rows, cols, chan_bits
+        super().__init__({
+            "p": In(data.ArrayLayout(data.ArrayLayout(PROB, cols), rows)),
+            "v": In(data.ArrayLayout(INT8, cols)),
+            "v_valid": In(1),
+            "v_chan": In(chan_bits),
+            "out": Out(data.ArrayLayout(PSUM, rows)),
+            "out_valid": Out(rows),
+            "out_chan": Out(data.ArrayLayout(unsigned(chan_bits), rows)),
+        })
+
+    def elaborate(self, platform):
+        m = Module()
+        R, C = self.rows, self.cols
+
+        def delayed(sig, n, name):
+            for t in range(n):
+                r = Signal.like(sig, name=f"{name}_d{t + 1}")
+                m.d.sync += r.eq(sig)
+                sig = r
+            return sig
+
+        vin = [delayed(self.v[j], j, f"v{j}") for j in range(C)]       # skew: column j late by j
+        for i in range(R):
+            left = None
+            below = []
+            for j in range(C):
+                psum = Signal(PSUM, name=f"psum_{i}_{j}")
+                prod = Signal(signed(PROB.width + 9), name=f"prod_{i}_{j}")
+                m.d.comb += prod.eq(self.p[i][j] * vin[j])
+                m.d.sync += psum.eq(prod if left is None else left + prod)
+                left = psum
+                if i + 1 < R:
+                    r = Signal(INT8, name=f"vdown_{i}_{j}")
+                    m.d.sync += r.eq(vin[j])
+                    below.append(r)
+            m.d.comb += self.out[i].eq(left)
+            vin = below
+        # Row i's result leaves i + C cycles after its channel entered.
+        valid, chan = self.v_valid, self.v_chan
+        valid = delayed(valid, C, "valid")
+        chan = delayed(chan, C, "chan")
+        for i in range(R):
+            m.d.comb += [self.out_valid[i].eq(valid), self.out_chan[i].eq(chan)]
+            if i + 1 < R:
+                valid = delayed(valid, 1, f"valid_r{i}")
+                chan = delayed(chan, 1, f"chan_r{i}")
+        return m

@@ -1,0 +1,238 @@
+"""Compiler: multi-head attention (int8 q, k, v per head) -> DDR image + command descriptors.
+
+Arithmetic: golden_model.intattn.attention with key_tile = C (the array's columns), bit for bit.
+Heads and windows are independent attention calls batched in one program: pass them as
+the leading axis (H, L, d). Head dims are padded with zero channels up to a multiple of C
+(zero channels change no score and give zero outputs, which are sliced off); query tiles
+of R rows (rows past Lq are zero and ignored), key tiles of C keys (the last one masked
+by its `count`).
+
+DDR image (4 KiB aligned regions):
+  descriptors
+  Q       per (head, query tile): dp entries of R int8      (entry c = q[rows, c]; the A layout)
+  K       per (head, key tile):   dp entries of C int8      (entry c = k[keys, c]; the B layout)
+  V       per (head, key tile):   dp entries of C int8      (entry c = v[keys, c]; the V layout)
+  params  one PARAM entry: C channels of (bias 0, out_mult, out_shift)
+  out     H x Lq rows of dp int8 (or int32), row-major
+
+Schedule per (head, query tile): LOAD Q into an A half; per key tile n: LOAD K (B half
+n % 2), LOAD V (V half n % 2), COMPUTE S = Q K^T (GEMM array, accumulator region n % 2),
+ATTENTION STEP (softmax + P V on the attention engine); then ATTENTION NORM over groups of
+chunks into the remaining accumulator regions, and one STORE per chunk through the
+requantiser. Each K and V tile is read once per query tile (the minimum for this
+on-chip state). Waits are exact: every descriptor waits for the completion counts of
+the last users of what it overwrites (hw.isa wait_* fields).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from golden_model import intattn
+from hw import isa
+from sw.compiler import ALIGN, CompileError, _align
+
+
+@dataclass
+class AttentionProgram:
+    cfg: object
+    heads: int
+    lq: int
+    lk: int
+    d: int
+    out_int32: bool
+    image: np.ndarray
+    descriptors: list[dict]
+    regions: dict[str, tuple[int, int]]
+    macs: int = 0                   # 2 * H * Lq * Lk * d (Q K^T and P V)
+    base_addr: int = 0
+    kv_bytes: int = 0               # K and V bytes the program reads from DDR
+
+    @property
+    def array_macs(self) -> int:
+        """MACs per cycle the program's arrays offer: the GEMM array (Q K^T) and the P V array."""
+        return 2 * self.cfg.macs
+
+    @property
+    def ddr_bytes(self) -> int:
+        """Bytes the program moves over AXI: descriptors, Q, K, V, parameters read; output written."""
+        return sum(self.regions[r][1] for r in ("descriptors", "Q", "K", "V", "params", "out"))
+
+    @property
+    def d_padded(self) -> int:
+        return -(-self.d // self.cfg.cols) * self.cfg.cols
+
+    def output(self, image: np.ndarray) -> np.ndarray:
+        off, size = self.regions["out"]
+        dtype = np.dtype("<i4") if self.out_int32 else np.int8
+        out = np.frombuffer(image[off:off + size].tobytes(), dtype=dtype).reshape(self.heads, self.lq, self.d_padded)
+        return out[:, :, :self.d].astype(np.int32 if self.out_int32 else np.int8)
+
+
+def _heads(x, name):
+    x = np.asarray(x)
+    if x.ndim == 2:
+        x = x[None]
+    if x.ndim != 3:
+        raise CompileError(f"{name} must be (tokens, d) or (heads, tokens, d), got shape {x.shape}")
+    if x.dtype != np.int8:
+        raise CompileError(f"{name} must be int8, got {x.dtype}")
+    return x
+
+
+def compile_attention(cfg, q, k, v, quant: intattn.AttentionQuant, *, out_int32: bool = False,
+                      base_addr: int = 0, max_ddr_bytes: int = 1 << 30) -> AttentionProgram:
+    if "attention" not in cfg.engines:
+        raise CompileError(f"overlay {cfg.name!r} has no attention engine (engines: {', '.join(cfg.engines)})")
+    if base_addr % ALIGN:
+        raise CompileError(f"DDR buffer address {base_addr:#x} is not {ALIGN}-byte aligned")
+    q, k, v = _heads(q, "q"), _heads(k, "k"), _heads(v, "v")
+    H, Lq, d = q.shape
+    if k.shape[0] != H or v.shape != k.shape or k.shape[2] != d:
+        raise CompileError(f"shapes q {q.shape}, k {k.shape}, v {v.shape} do not match")
+    Lk = k.shape[1]
+    if min(H, Lq, Lk) < 1:
+        raise CompileError("empty attention")
+    if d > min(cfg.attn_max_dim, intattn.MAX_HEAD_DIM):
+        raise CompileError(f"head dim {d} exceeds the engine's {min(cfg.attn_max_dim, intattn.MAX_HEAD_DIM)}")
+    if Lk > intattn.MAX_KEYS:
+        raise CompileError(f"{Lk} keys exceed {intattn.MAX_KEYS} (the running sum's width)")
+    R, C, DB = cfg.rows, cfg.cols, cfg.beat_bytes
+    dp = -(-d // C) * C
+    chunks = dp // C
+    a_half, b_half = cfg.a_depth // 2, cfg.b_depth // 2
+    if dp > min(a_half, b_half):
+        raise CompileError(f"head dim {dp} does not fit half the A/B scratchpads ({min(a_half, b_half)} entries)")
+    regions = cfg.acc_depth // R
+    group = regions - 2                     # accumulator regions left for normalised chunks
+    if group < 1:
+        raise CompileError(f"accumulator scratchpad ({cfg.acc_depth} rows) needs at least 3 regions of {R} rows")
+    qt, kt = -(-Lq // R), -(-Lk // C)
+    eb = 4 if out_int32 else 1
+    row_bytes = dp * eb
+    q_stride = -(-dp * R // DB) * DB
+    k_stride = -(-dp * C // DB) * DB
+    sizes = {"Q": H * qt * q_stride, "K": H * kt * k_stride, "V": H * kt * k_stride,
+             "params": C * isa.PARAM_CHANNEL_BYTES, "out": H * Lq * row_bytes}
+    v_half = isa.scratchpad_depth(cfg, "V") // 2
+
+    descs: list[dict] = []
+    done = {"LOAD": 0, "COMPUTE": 0, "STORE": 0, "ATTENTION": 0}
+    last = {}                               # resource -> {unit: count} of its last users
+
+    def emit(d_, unit, waits):
+        w = {}
+        for res in waits:
+            for u, n in last.get(res, {}).items():
+                w[u] = max(w.get(u, 0), n)
+        d_.update({f"wait_{u.lower()}": n for u, n in w.items()})
+        descs.append(d_)
+        done[unit] += 1
+        return done[unit]
+
+    def use(res, unit, n):
+        last.setdefault(res, {})[unit] = n
+
+    n_param = emit(dict(opcode="LOAD", target="PARAM", src=("params", 0), count=1, sp_addr=0), "LOAD", [])
+    use("param", "LOAD", n_param)
+    kv_bytes = 0
+    g = n = 0
+    for h in range(H):
+        for qi in range(qt):
+            ha = g % 2
+            n_q = emit(dict(opcode="LOAD", target="A", src=("Q", (h * qt + qi) * q_stride), count=dp,
+                            sp_addr=ha * a_half), "LOAD", [("A", ha)])
+            last[("A", ha)] = {}
+            use(("qload", ha), "LOAD", n_q)
+            for ki in range(kt):
+                hb = n % 2
+                src = (h * kt + ki) * k_stride
+                n_k = emit(dict(opcode="LOAD", target="B", src=("K", src), count=dp, sp_addr=hb * b_half),
+                           "LOAD", [("B", hb)])
+                last[("B", hb)] = {}
+                n_v = emit(dict(opcode="LOAD", target="V", src=("V", src), count=dp, sp_addr=hb * v_half),
+                           "LOAD", [("Vh", hb)])
+                last[("Vh", hb)] = {}
+                kv_bytes += 2 * dp * C
+                use(("kload", hb), "LOAD", n_k)
+                use(("vload", hb), "LOAD", n_v)
+                n_c = emit(dict(opcode="COMPUTE", sp_addr=ha * a_half, b_base=hb * b_half, k_last=dp - 1,
+                                acc_base=hb * R, accumulate=0), "COMPUTE", [("qload", ha), ("kload", hb), ("S", hb)])
+                last[("S", hb)] = {}
+                use(("A", ha), "COMPUTE", n_c)
+                use(("B", hb), "COMPUTE", n_c)
+                use(("Sready", hb), "COMPUTE", n_c)
+                count = min(C, Lk - ki * C)
+                n_a = emit(dict(opcode="ATTENTION", target=isa.ATTN_MODES["STEP"], accumulate=int(ki > 0),
+                                sp_addr=hb * R, b_base=hb * v_half, count=count, k_last=chunks - 1,
+                                param_addr=quant.score_mult, stride=quant.score_shift),
+                           "ATTENTION", [("Sready", hb), ("vload", hb)])
+                use(("S", hb), "ATTENTION", n_a)
+                use(("Vh", hb), "ATTENTION", n_a)
+                n += 1
+            rows = min(R, Lq - qi * R)
+            for c0 in range(0, chunks, group):
+                cnt = min(group, chunks - c0)
+                n_norm = emit(dict(opcode="ATTENTION", target=isa.ATTN_MODES["NORM"], sp_addr=c0, count=cnt,
+                                   acc_base=2 * R), "ATTENTION", [("out", r) for r in range(cnt)])
+                last["normed"] = {"ATTENTION": n_norm}
+                for r in range(cnt):
+                    last[("out", r)] = {}
+                    dst = ((h * Lq + qi * R) * dp + (c0 + r) * C) * eb
+                    n_s = emit(dict(opcode="STORE", count=rows, sp_addr=2 * R + r * R, param_addr=0,
+                                    out_int32=int(out_int32), dst=("out", dst), stride=row_bytes),
+                               "STORE", ["param", "normed"])
+                    use(("out", r), "STORE", n_s)
+            g += 1
+
+    # ---- addresses
+    offsets, pos = {}, 0
+    sizes = {"descriptors": len(descs) * isa.DESCRIPTOR_BYTES, **sizes}
+    for name, size in sizes.items():
+        offsets[name] = (pos, size)
+        pos = _align(pos + size)
+    if pos > max_ddr_bytes or base_addr + pos > (1 << cfg.axi_addr_bits):
+        raise CompileError(f"attention needs {pos} bytes of DDR, more than the {max_ddr_bytes} allowed")
+    image = np.zeros(pos, np.uint8)
+    _fill(image, offsets, q, k, v, quant, R, C, dp, qt, kt, q_stride, k_stride)
+    raw = []
+    for j, d_ in enumerate(descs):
+        fields = {key: val for key, val in d_.items() if key in isa.FIELDS}
+        fields["opcode"] = isa.OPCODES[d_["opcode"]]
+        if isinstance(d_.get("target"), str):
+            fields["target"] = isa.TARGETS[d_["target"]]
+        for key in ("src", "dst"):
+            if key in d_:
+                region, off = d_[key]
+                fields["dram_addr"] = base_addr + offsets[region][0] + off
+        try:
+            packed = isa.pack_descriptor(**fields)
+        except ValueError as e:
+            raise CompileError(f"descriptor {j} does not fit the format ({e}); split the attention") from None
+        image[j * 32:(j + 1) * 32] = np.frombuffer(packed, np.uint8)
+        raw.append(fields)
+    return AttentionProgram(cfg, H, Lq, Lk, d, out_int32, image, raw, offsets, macs=2 * H * Lq * Lk * d,
+                            base_addr=base_addr, kv_bytes=kv_bytes)
+
+
+def _fill(image, offsets, q, k, v, quant, R, C, dp, qt, kt, q_stride, k_stride):
+    H, Lq, d = q.shape
+    Lk = k.shape[1]
+    qp = np.zeros((H, qt * R, dp), np.int8)
+    qp[:, :Lq, :d] = q
+    # per (head, query tile): dp entries of R -> [H, qt, dp, R]
+    tq = qp.reshape(H, qt, R, dp).transpose(0, 1, 3, 2).reshape(H * qt, dp * R)
+    off = offsets["Q"][0]
+    for i in range(H * qt):
+        image[off + i * q_stride:off + i * q_stride + dp * R] = tq[i].view(np.uint8)
+    for name, x in (("K", k), ("V", v)):
+        xp = np.zeros((H, kt * C, dp), np.int8)
+        xp[:, :Lk, :d] = x
+        tx = xp.reshape(H, kt, C, dp).transpose(0, 1, 3, 2).reshape(H * kt, dp * C)
+        off = offsets[name][0]
+        for i in range(H * kt):
+            image[off + i * k_stride:off + i * k_stride + dp * C] = tx[i].view(np.uint8)
+    params = isa.pack_params(np.zeros(C, np.int64), np.full(C, quant.out_mult), np.full(C, quant.out_shift))
+    off = offsets["params"][0]
+    image[off:off + params.size] = params
