@@ -148,6 +148,9 @@ def compile_conv2d(cfg, x, w, bias=None, multiplier=None, shift=None, *, stride=
         raise CompileError("accumulator or parameter scratchpad too small to double-buffer")
     in_l = FmapLayout(cin, h, wd, C)
     out_l = FmapLayout(cout, ho, wo, C, 4 if out_int32 else 1)
+    if in_l.size + out_l.size > max_ddr_bytes:     # before planning: a huge map fails at once
+        raise CompileError(f"convolution needs more than {in_l.size + out_l.size} bytes of DDR for its feature "
+                           f"maps, more than the {max_ddr_bytes} allowed")
     if in_l.plane_rows >= 1 << 14:
         raise CompileError(f"{h} rows: planes of more than {(1 << 14) - 1 - 2 * PAD} rows do not fit a descriptor")
 

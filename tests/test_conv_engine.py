@@ -226,3 +226,19 @@ def test_compiler_refuses_what_the_engine_does_not_run(kw, match):
     x = np.zeros((2, 12, 12), np.int8)
     with pytest.raises(CompileError, match=match):
         compile_conv2d(SIM, x, np.zeros((2, 2, k, k), np.int8), out_int32=True, **kw)
+
+
+def test_im2col_fields_share_bits_a_load_does_not_read():
+    """IM2COL's fields live in b_base/k_last; they round-trip and never collide with another field."""
+    spans = sorted(isa.FIELDS[n] for n, _, _ in isa.DESCRIPTOR_FIELDS)
+    assert all(p + w <= q for (p, w), (q, _) in zip(spans, spans[1:]))          # primary fields disjoint
+    b0 = isa.FIELDS[isa.IM2COL_SHARES[0]][0]
+    b1 = sum(isa.FIELDS[isa.IM2COL_SHARES[-1]])
+    assert all(b0 <= isa.FIELDS[n][0] and sum(isa.FIELDS[n]) <= b1 for n, _, _ in isa.IM2COL_FIELDS)
+    fields = dict(opcode=isa.OPCODES["LOAD"], target=isa.TARGETS["IM2COL"], kernel_last=6, stride_log2=2,
+                  col_offset=17, plane_rows=(1 << 14) - 1, count=3, wait_attention=5, cols=9)
+    got = isa.unpack_descriptor(isa.pack_descriptor(**fields))
+    assert {k: got[k] for k in fields} == fields
+    with pytest.raises(ValueError, match="share the bits"):
+        isa.pack_descriptor(**fields, b_base=1)
+    assert isa.TARGETS["IM2COL"] != isa.TARGETS["V"] and len(set(isa.TARGETS.values())) == len(isa.TARGETS)

@@ -6,7 +6,7 @@ and the input patches as B (columns = C output pixels of one output row). B entr
 
     x[ci, oy*S - P + ky, (ox0 + j)*S - P + kx]        j = 0 .. C-1
 
-which in the overlay's planar feature-map layout (docs/overlay.md) are bytes
+which in the overlay's planar feature-map layout (docs/conv.md) are bytes
 off + kx + j*S of one input row read from DDR. So, per (ci, ky): read the row's span
 (nb beats, bursts split at 4 KiB) into a line buffer, then emit K entries, one per
 cycle, each lane j picking byte off + kx + j*S (a shared byte shifter by off + kx and a
