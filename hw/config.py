@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-ENGINES = ("gemm", "attention", "conv")   # engines the overlay knows of
+ENGINES = ("gemm", "attention", "conv")   # engines the overlay knows of (conv: hw/conv, on the GEMM array)
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ class OverlayConfig:
     param_depth: int
     axi_data_bits: int = 128
     axi_addr_bits: int = 32
-    engines: tuple[str, ...] = ("gemm",)
+    engines: tuple[str, ...] = ("gemm", "conv")
     clock_mhz: float = 200.0
     board: str = ""
     attn_max_dim: int = 256
@@ -95,12 +95,12 @@ PRESETS: dict[str, OverlayConfig] = {
     # Small enough that a whole layer simulates in seconds under Verilator.
     "sim": OverlayConfig("sim", rows=4, cols=8, a_depth=4096, b_depth=4096, acc_depth=64,
                          param_depth=16, axi_data_bits=64, clock_mhz=100.0, board="(simulation)",
-                         engines=("gemm", "attention")),
+                         engines=("gemm", "attention", "conv")),
     # The open ECP5 flow (ULX3S-85F): every engine, small memories, so that it
     # places, routes and is timed in minutes. The clock is what it meets there.
     "ulx3s": OverlayConfig("ulx3s", rows=4, cols=8, a_depth=1024, b_depth=1024, acc_depth=64,
                            param_depth=16, axi_data_bits=64, clock_mhz=100.0, board="ULX3S-85F LFE5U-85F",
-                           engines=("gemm", "attention"), attn_max_dim=64),
+                           engines=("gemm", "attention", "conv"), attn_max_dim=64),
     # Zynq-7000: 220 DSP48E1, 64-bit HP ports; 256 MACs (the few beyond the DSPs go to LUTs).
     "pynq-z2": OverlayConfig("pynq-z2", rows=16, cols=16, a_depth=2048, b_depth=2048, acc_depth=256,
                              param_depth=64, axi_data_bits=64, clock_mhz=150.0, board="PYNQ-Z2 xc7z020"),
@@ -112,7 +112,7 @@ PRESETS: dict[str, OverlayConfig] = {
     # The 16 x 16 overlay the benchmarks measure (utilisation, resources).
     "bench16": OverlayConfig("bench16", rows=16, cols=16, a_depth=2048, b_depth=2048, acc_depth=256,
                              param_depth=64, axi_data_bits=128, clock_mhz=200.0, board="(benchmark)",
-                             engines=("gemm", "attention")),
+                             engines=("gemm", "attention", "conv")),
 }
 
 

@@ -72,8 +72,9 @@ IMPLEMENTED_OPCODES = ("LOAD", "COMPUTE", "STORE", "SYNC", "ATTENTION")
 #: Opcodes that need an engine besides gemm (BAD_OPCODE in an overlay without it).
 OPCODE_ENGINE = {"ATTENTION": "attention"}
 #: LOAD targets: which scratchpad (later engines add theirs here, sharing the DMA).
-TARGETS = {"A": 0, "B": 1, "PARAM": 2, "V": 3}
-TARGET_ENGINE = {"V": "attention"}
+#: IM2COL: the convolution engine's input side (hw/conv/im2col.py) gathers B entries from a feature map.
+TARGETS = {"A": 0, "B": 1, "PARAM": 2, "V": 3, "IM2COL": 4}
+TARGET_ENGINE = {"V": "attention", "IM2COL": "conv"}
 #: ATTENTION modes (in the `target` field).
 ATTN_MODES = {"STEP": 0, "NORM": 1}
 
@@ -86,7 +87,7 @@ DESCRIPTOR_FIELDS = [
     ("out_int32", 1, "STORE: write int32 (bias added, not requantised) instead of int8"),
     ("accumulate", 1, "COMPUTE: add to the accumulator rows instead of overwriting them; "
      "ATTENTION STEP: continue the rows' softmax state (0: first key tile)"),
-    ("reserved0", 1, "zero"),
+    ("param_rows", 1, "STORE: per-row parameters (row r uses channel r of the entry: convolutions, rows = channels)"),
     ("wait_load", 16, "dispatch only when LOADS_DONE >= wait_load"),
     ("wait_compute", 16, "dispatch only when COMPUTES_DONE >= wait_compute"),
     ("wait_store", 16, "dispatch only when STORES_DONE >= wait_store"),
@@ -100,6 +101,18 @@ DESCRIPTOR_FIELDS = [
     ("acc_base", 16, "COMPUTE: first accumulator row written; ATTENTION NORM: accumulator row of (chunk 0, row 0)"),
     ("param_addr", 16, "STORE: parameter entry (per-channel bias/multiplier/shift); ATTENTION STEP: score multiplier"),
     ("wait_attention", 16, "dispatch only when ATTENTIONS_DONE >= wait_attention"),
+    ("cols", 8, "STORE: columns written per row (0 = all C; the rest keep their bytes: write strobes)"),
+]
+
+
+#: LOAD IM2COL's own fields share the bits of fields a LOAD never reads (b_base, k_last):
+#: (name, width, doc), packed LSB first from the first bit of IM2COL_SHARES[0].
+IM2COL_SHARES = ("b_base", "k_last")
+IM2COL_FIELDS = [
+    ("kernel_last", 3, "IM2COL LOAD: K - 1 (kernel K x K, K <= 7)"),
+    ("stride_log2", 2, "IM2COL LOAD: log2 of the convolution stride (1, 2, 4)"),
+    ("col_offset", 5, "IM2COL LOAD: byte of the first input column within the first beat"),
+    ("plane_rows", 14, "IM2COL LOAD: rows per channel plane (plane bytes = plane_rows x stride)"),
 ]
 
 
@@ -109,6 +122,13 @@ def field_offsets() -> dict[str, tuple[int, int]]:
         offsets[name] = (pos, width)
         pos += width
     assert pos <= DESCRIPTOR_BYTES * 8
+    pos = offsets[IM2COL_SHARES[0]][0]
+    end = pos + sum(offsets[n][1] for n in IM2COL_SHARES)
+    assert all(offsets[a][0] + offsets[a][1] == offsets[b][0] for a, b in zip(IM2COL_SHARES, IM2COL_SHARES[1:]))
+    for name, width, _ in IM2COL_FIELDS:
+        offsets[name] = (pos, width)
+        pos += width
+    assert pos <= end
     return offsets
 
 
@@ -117,6 +137,9 @@ FIELDS = field_offsets()
 
 def pack_descriptor(**fields) -> bytes:
     word = 0
+    shared = [n for n in IM2COL_SHARES if fields.get(n)]
+    if shared and any(fields.get(n) for n, _, _ in IM2COL_FIELDS):
+        raise ValueError(f"IM2COL fields share the bits of {', '.join(shared)}: set one or the other")
     for name, value in fields.items():
         if name not in FIELDS:
             raise ValueError(f"descriptor has no field {name!r}")
@@ -144,7 +167,8 @@ def entry_bytes(cfg, target: str) -> int:
 
 
 def scratchpad_depth(cfg, target: str) -> int:
-    return {"A": cfg.a_depth, "B": cfg.b_depth, "PARAM": cfg.param_depth, "V": 2 * cfg.attn_max_dim}[target]
+    return {"A": cfg.a_depth, "B": cfg.b_depth, "PARAM": cfg.param_depth, "V": 2 * cfg.attn_max_dim,
+            "IM2COL": cfg.b_depth}[target]
 
 
 def has_target(cfg, target: str) -> bool:
@@ -180,10 +204,17 @@ def markdown_tables() -> str:
     for name, width, doc in DESCRIPTOR_FIELDS:
         pos, _ = FIELDS[name]
         lines.append(f"| {pos + width - 1}:{pos} | {name} | {doc} |")
+    lines += ["", f"LOAD IM2COL reads its own fields from the bits of {' and '.join(IM2COL_SHARES)} "
+              "(which a LOAD does not use):", "", "| bits | field | meaning |", "|---|---|---|"]
+    for name, width, doc in IM2COL_FIELDS:
+        pos, _ = FIELDS[name]
+        lines.append(f"| {pos + width - 1}:{pos} | {name} | {doc} |")
     lines += ["", "### Opcodes", "", "| opcode | value | state |", "|---|---|---|"]
     lines += [f"| {k} | {v} | {('implemented' + (f' (overlays with the {OPCODE_ENGINE[k]} engine)' if k in OPCODE_ENGINE else '')) if k in IMPLEMENTED_OPCODES else 'reserved (BAD_OPCODE today)'} |"
               for k, v in OPCODES.items()]
     lines += ["", "LOAD targets: " + ", ".join(f"{k} = {v}" for k, v in TARGETS.items()) + ". "
+              "IM2COL: `count` input channels from `dram_addr` (row pitch `stride`), count x K x K B entries "
+              "from `sp_addr` in (channel, ky, kx) order, lane j = byte col_offset + kx + j * stride of each row. "
               f"PARAM entries hold C channels of {PARAM_CHANNEL_BYTES} bytes: int32 bias, uint32 multiplier "
               "(< 2^31), uint32 shift (< 64), uint32 zero. V entries (attention engine) hold C int8: one channel "
               "of a tile of C keys."]

@@ -22,6 +22,7 @@ from amaranth.utils import exact_log2
 
 from hw import isa
 from hw.axi import BOUNDARY, BURST_INCR, MAX_BURST_BEATS, Axi4Signature, AxiLiteSignature
+from hw.conv.im2col import Im2colLoader
 from hw.gemm.engine import GemmEngine
 from hw.skid import SkidBuffer
 
@@ -32,6 +33,12 @@ COUNT_BITS = 16
 def r_beat_layout(data_bits):
     """What the load path keeps of an AXI R beat (rlast is implied by the beat counts)."""
     return data.StructLayout({"data": data_bits, "id": 1, "resp": 2})
+
+
+def im2col_field(desc, name):
+    """A LOAD IM2COL field: its bits are shared with fields a LOAD does not read (hw.isa.IM2COL_FIELDS)."""
+    pos, width = isa.FIELDS[name]
+    return desc.as_value()[pos:pos + width]
 
 
 class Core(wiring.Component):
@@ -63,6 +70,12 @@ class Core(wiring.Component):
             m.d.comb += [engine.attn_acc_rd_addr.eq(attention.acc_rd_addr),
                          attention.acc_rd_data.eq(engine.attn_acc_rd_data)]
             wiring.connect(m, attention.acc_wr, engine.attn_acc_wr)
+        # The convolution engine's input side: LOAD target IM2COL, sharing the load unit's AXI id and slot.
+        has_conv = "conv" in cfg.engines
+        i2c = None
+        if has_conv:
+            m.submodules.im2col = i2c = Im2colLoader(cfg)
+        i2c_busy = i2c.busy if has_conv else Const(0)
 
         running = Signal()
         error = Signal(3)
@@ -93,7 +106,7 @@ class Core(wiring.Component):
         m.d.comb += r.ready.eq(Mux(r.payload.id, l_r_ready, f_r_ready))
         r_fire = r.valid & r.ready
         f_beat = r_fire & (r.payload.id == 0)
-        l_beat = r_fire & (r.payload.id == 1)
+        l_beat = r_fire & (r.payload.id == 1) & ~i2c_busy
         with m.If(r_fire & (r.payload.resp != 0)):
             m.d.sync += error.eq(error | isa.ERROR_AXI_READ)
 
@@ -158,7 +171,8 @@ class Core(wiring.Component):
         with m.If(can_dispatch):
             with m.Switch(desc.opcode):
                 with m.Case(op["LOAD"]):
-                    with m.If(desc.target <= max(v for k, v in isa.TARGETS.items() if isa.has_target(cfg, k))):
+                    known = [desc.target == v for k, v in isa.TARGETS.items() if isa.has_target(cfg, k)]
+                    with m.If(Cat(*known).any()):
                         m.d.comb += [l_cmd_valid.eq(1), taken.eq(l_cmd_ready)]
                     with m.Else():
                         m.d.sync += error.eq(error | isa.ERROR_BAD_OPCODE)
@@ -211,7 +225,8 @@ class Core(wiring.Component):
                         m.d.comb += total_beats.eq(desc.count * (eb // DB))
                     else:
                         m.d.comb += total_beats.eq((desc.count + (DB // eb - 1)) >> exact_log2(DB // eb))
-        with m.If(l_cmd_valid & l_cmd_ready):
+        is_im2col = desc.target == isa.TARGETS["IM2COL"]
+        with m.If(l_cmd_valid & l_cmd_ready & ~is_im2col):
             m.d.sync += [l_busy.eq(1), l_target.eq(desc.target), l_sp.eq(desc.sp_addr), l_entries.eq(desc.count),
                          l_ar_addr_r.eq(desc.dram_addr), l_ar_left.eq(total_beats), l_r_left.eq(total_beats)]
         # AR: bursts of up to 256 beats, never across a 4 KiB boundary.
@@ -273,6 +288,25 @@ class Core(wiring.Component):
                 m.d.comb += port.payload.data.eq(entry)
         with m.If(write_en):
             m.d.sync += [written.eq(written + 1), l_entries.eq(l_entries - 1)]
+        if has_conv:
+            # IM2COL loads: the loader takes the AR/R slot (id 1) and the B scratchpad's write port.
+            m.d.comb += [l_cmd_ready.eq(~l_busy & ~i2c.busy),
+                         i2c.cmd.valid.eq(l_cmd_valid & is_im2col & ~l_busy),
+                         i2c.cmd.payload.addr.eq(desc.dram_addr), i2c.cmd.payload.pitch.eq(desc.stride),
+                         i2c.cmd.payload.plane_rows.eq(im2col_field(desc, "plane_rows")),
+                         i2c.cmd.payload.channels.eq(desc.count),
+                         i2c.cmd.payload.k_last.eq(im2col_field(desc, "kernel_last")),
+                         i2c.cmd.payload.stride_log2.eq(im2col_field(desc, "stride_log2")),
+                         i2c.cmd.payload.offset.eq(im2col_field(desc, "col_offset")),
+                         i2c.cmd.payload.sp.eq(desc.sp_addr),
+                         i2c.r.valid.eq(r.valid & (r.payload.id == 1) & i2c.busy), i2c.r.payload.eq(r.payload.data),
+                         i2c.ar.ready.eq(l_ar_ready)]
+            with m.If(i2c.busy):
+                m.d.comb += [l_ar_valid.eq(i2c.ar.valid), l_ar_addr.eq(i2c.ar.payload.addr),
+                             l_ar_len.eq(i2c.ar.payload.len), l_r_ready.eq(i2c.r.ready),
+                             engine.b_wr.valid.eq(i2c.b_wr.valid), engine.b_wr.payload.eq(i2c.b_wr.payload)]
+            with m.If(i2c.done):
+                m.d.comb += load_done_pulse.eq(1)
         with m.If(l_busy & (l_entries == 0) & (l_r_left == 0) & (l_ar_left == 0) & ~holding):
             m.d.sync += [l_busy.eq(0), written.eq(0), beat_in_entry.eq(0)]
             m.d.comb += load_done_pulse.eq(1)
@@ -286,12 +320,13 @@ class Core(wiring.Component):
         s_w_left = Signal(range(R + 1))
         s_b_left = Signal(range(R + 1))
         s_int32 = Signal()
+        s_cols = Signal(8)
         m.d.comb += s_cmd_ready.eq(~s_busy)
         sp = engine.store.payload
         with m.If(s_cmd_valid & s_cmd_ready):
             m.d.sync += [s_busy.eq(1), s_engine_cmd.eq(1), s_aw_addr.eq(desc.dram_addr), s_stride.eq(desc.stride),
                          s_aw_left.eq(desc.count), s_w_left.eq(desc.count), s_b_left.eq(desc.count),
-                         s_int32.eq(desc.out_int32),
+                         s_int32.eq(desc.out_int32), s_cols.eq(desc.cols), sp.param_rows.eq(desc.param_rows),
                          sp.acc_base.eq(desc.sp_addr), sp.rows_last.eq(desc.count - 1),
                          sp.param_addr.eq(desc.param_addr), sp.relu.eq(desc.relu), sp.out_int32.eq(desc.out_int32)]
         m.d.comb += engine.store.valid.eq(s_engine_cmd)
@@ -314,6 +349,10 @@ class Core(wiring.Component):
         w_last = w_beat == Mux(s_int32, bpr32 - 1, bpr8 - 1)
         m.d.comb += [axi.wvalid.eq(w_holding), axi.wdata.eq(wbuf.word_select(w_beat, DW)),
                      axi.wstrb.eq((1 << DB) - 1), axi.wlast.eq(w_last)]
+        # STORE.cols: only the first `cols` columns of each row reach DDR (write strobes).
+        valid_bytes = Signal(range(C * 4 + 1))
+        m.d.comb += valid_bytes.eq(Mux(s_cols == 0, C, s_cols) << Mux(s_int32, 2, 0))
+        m.d.comb += axi.wstrb.eq(Cat(*[(w_beat * DB + i) < valid_bytes for i in range(DB)]))
         with m.If(axi.wvalid & axi.wready):
             m.d.sync += w_beat.eq(w_beat + 1)
             with m.If(w_last):

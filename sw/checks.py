@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from hw import isa
 
+ENGINE_NAMES = {"attention": "attention", "conv": "convolution"}
+
 
 class DescriptorError(ValueError):
     """A descriptor would read or write outside its buffer or scratchpad; the message says which and why."""
@@ -35,9 +37,16 @@ def check_descriptors(cfg, descriptors: list[dict], buffer_base: int, buffer_siz
                 fail(i, f"waits for {need} {unit}s but only {counts[unit]} come before it (would hang)")
         if op == "LOAD":
             target = targets.get(d.get("target"))
-            if target is None or not isa.has_target(cfg, target):
+            if target is None:
                 fail(i, f"unknown LOAD target {d.get('target')}")
+            if not isa.has_target(cfg, target):
+                engine = ENGINE_NAMES[isa.TARGET_ENGINE[target]]
+                fail(i, f"LOAD target {target}, but the overlay has no {engine} engine")
             n, sp = d["count"], d["sp_addr"]
+            if target == "IM2COL":
+                _check_im2col(cfg, d, i, fail, in_buffer)
+                counts[op] += 1
+                continue
             depth = isa.scratchpad_depth(cfg, target)
             if n < 1 or sp + n > depth:
                 fail(i, f"entries [{sp}, {sp + n}) outside the {target} scratchpad (depth {depth})")
@@ -58,6 +67,10 @@ def check_descriptors(cfg, descriptors: list[dict], buffer_base: int, buffer_siz
                 fail(i, f"{rows} rows, must be 1..{R}")
             if d["sp_addr"] + rows > cfg.acc_depth or d["param_addr"] >= cfg.param_depth:
                 fail(i, "accumulator rows or parameter entry outside their scratchpads")
+            if d.get("param_rows") and rows > C:
+                fail(i, f"per-row parameters for {rows} rows, but an entry holds {C} channels")
+            if d.get("cols", 0) > C:
+                fail(i, f"{d['cols']} columns, the array has {C}")
             row_bytes = C * (4 if d.get("out_int32") else 1)
             if d["stride"] % DB:
                 fail(i, f"row stride {d['stride']} not a multiple of the {DB}-byte beat")
@@ -68,6 +81,23 @@ def check_descriptors(cfg, descriptors: list[dict], buffer_base: int, buffer_siz
                     fail(i, f"row {r} crosses a 4 KiB boundary (AXI bursts may not)")
         if op in counts:
             counts[op] += 1
+
+
+def _check_im2col(cfg, d, i, fail, in_buffer) -> None:
+    """LOAD IM2COL: entries inside B, every row span inside the buffer."""
+    from hw.conv.im2col import row_beats
+    DB = cfg.beat_bytes
+    k, n = d["kernel_last"] + 1, d["count"]
+    if k > 7 or d["stride_log2"] > 2 or d["col_offset"] >= DB:
+        fail(i, f"kernel {k}, stride 2^{d['stride_log2']} or column offset {d['col_offset']} out of range")
+    if n < 1 or d["sp_addr"] + n * k * k > cfg.b_depth:
+        fail(i, f"{n * k * k} entries from {d['sp_addr']} outside the B scratchpad (depth {cfg.b_depth})")
+    if d["stride"] % DB:
+        fail(i, f"row pitch {d['stride']} not a multiple of the {DB}-byte beat")
+    nb = row_beats(cfg, k, 1 << d["stride_log2"], d["col_offset"])
+    last = d["dram_addr"] + (n - 1) * d["plane_rows"] * d["stride"] + (k - 1) * d["stride"]
+    in_buffer(i, d["dram_addr"], nb * DB, "first row span")
+    in_buffer(i, last, nb * DB, "last row span")
 
 
 def _check_attention(cfg, d, fail) -> None:

@@ -36,6 +36,7 @@ class RunStats:
     array_macs: int
     wall_s: float          # rtl: simulation only (no Verilator build / cocotb start-up)
     descriptors: int
+    engine: str = "gemm"   # convolutions: which route ran it (sw/conv.py)
 
     @property
     def utilisation(self) -> float:
@@ -117,6 +118,25 @@ class Driver:
         prog = self.compile(a, b, bias, multiplier, shift, relu=relu, out_int32=out_int32)
         return prog.output(self.run(prog))
 
+    # Convolutions (sw/conv.py routes each one to an engine): int8 (C, H, W) feature maps.
+    def conv2d(self, x, w, bias=None, multiplier=None, shift=None, *, stride=1, padding=0, relu=False,
+               out_int32=False) -> np.ndarray:
+        from sw import conv
+        return conv.conv2d(self, x, w, bias, multiplier, shift, stride=stride, padding=padding, relu=relu,
+                           out_int32=out_int32)
+
+    def depthwise_conv2d(self, x, w, bias=None, multiplier=None, shift=None, *, stride=1, padding=0, relu=False,
+                         out_int32=False) -> np.ndarray:
+        from sw import conv
+        return conv.depthwise_conv2d(self, x, w, bias, multiplier, shift, stride=stride, padding=padding,
+                                     relu=relu, out_int32=out_int32)
+
+    def conv_transpose2d(self, x, w, bias=None, multiplier=None, shift=None, *, stride=2, padding=0, relu=False,
+                         out_int32=False) -> np.ndarray:
+        from sw import conv
+        return conv.conv_transpose2d(self, x, w, bias, multiplier, shift, stride=stride, padding=padding,
+                                     relu=relu, out_int32=out_int32)
+
     def attention(self, q, k, v, quant, *, out_int32: bool = False) -> np.ndarray:
         """Attention on the overlay: q (Lq, d) or (H, Lq, d), k and v (Lk, d) or (H, Lk, d), int8;
         `quant` a golden_model.intattn.AttentionQuant. Returns int8 (or int32 O / l) of q's shape,
@@ -153,7 +173,8 @@ class Driver:
         image, cycles = getattr(self, f"_run_{self.backend}")(prog, len(descriptors))
         wall = self._sim_wall if self._sim_wall is not None else time.monotonic() - t0
         array_macs = getattr(prog, "array_macs", self.cfg.macs)   # attention: GEMM array + P V array
-        self.last_run = RunStats(self.backend, int(cycles), prog.macs, array_macs, wall, len(descriptors))
+        engine = "conv" if getattr(prog, "out_layout", None) is not None else "gemm"
+        self.last_run = RunStats(self.backend, int(cycles), prog.macs, array_macs, wall, len(descriptors), engine)
         return image
 
     def _buffer_base(self) -> int:

@@ -64,6 +64,7 @@ class EngineLayouts:
             "param_addr": unsigned(abits(cfg.param_depth)),
             "relu": unsigned(1),
             "out_int32": unsigned(1),
+            "param_rows": unsigned(1),     # row r uses channel r of the entry (convolutions)
         })
         self.out = data.ArrayLayout(ACC, C)
         #: A whole accumulator row written by another engine (attention).
@@ -220,14 +221,23 @@ class GemmStore(wiring.Component):
         advance2 = ~s2_valid | advance3
         m.d.comb += s1_ready.eq(advance2)
         row2 = Signal.like(rd.data)
+        # Which accumulator row each stage holds: per-row parameters (param_rows) select by it.
+        r1, r2, r3 = (Signal(range(R), name=f"row_s{i}") for i in (1, 2, 3))
+        with m.If(advance):
+            m.d.sync += r1.eq(row)
         with m.If(advance2):
-            m.d.sync += [s2_valid.eq(s1_valid), row2.eq(rd.data)]
+            m.d.sync += [s2_valid.eq(s1_valid), row2.eq(rd.data), r2.eq(r1)]
+        with m.If(advance3):
+            m.d.sync += r3.eq(r2)
+        rows_params = min(R, C)
+        p2 = params[Mux(r2 < rows_params, r2, 0)] if rows_params > 1 else params[0]
+        p3 = params[Mux(r3 < rows_params, r3, 0)] if rows_params > 1 else params[0]
         lo, hi = -(1 << (ACC_BITS - 1)), (1 << (ACC_BITS - 1)) - 1
         biased = []
         for j in range(C):
             s = Signal(signed(ACC_BITS + 1), name=f"sum{j}")
             t = Signal(ACC, name=f"biased{j}")
-            m.d.comb += s.eq(row2[j] + params[j].bias)
+            m.d.comb += s.eq(row2[j] + Mux(cmd.param_rows, p2.bias, params[j].bias))
             with m.If(advance3):
                 m.d.sync += t.eq(Mux(s > hi, hi, Mux(s < lo, lo, s)))
             biased.append(t)
@@ -242,8 +252,8 @@ class GemmStore(wiring.Component):
         for j, lane in enumerate(lanes):
             m.d.comb += [lane.relu.eq(cmd.relu), lane.i.valid.eq(s3_valid & ~cmd.out_int32),
                          lane.i.payload.acc.eq(biased[j]),
-                         lane.i.payload.multiplier.eq(params[j].multiplier),
-                         lane.i.payload.shift.eq(params[j].shift),
+                         lane.i.payload.multiplier.eq(Mux(cmd.param_rows, p3.multiplier, params[j].multiplier)),
+                         lane.i.payload.shift.eq(Mux(cmd.param_rows, p3.shift, params[j].shift)),
                          lane.o.ready.eq(self.out.ready)]
         m.d.comb += s3_ready.eq(Mux(cmd.out_int32, o32_advance, lanes[0].i.ready))
         with m.If(o32_advance):

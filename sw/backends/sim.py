@@ -18,6 +18,7 @@ FETCH_CYCLES = 6          # AR -> descriptor in the FIFO (plus its beats)
 READ_LATENCY = 4          # AR handshake to first R beat
 STORE_LATENCY = 5         # row to B response, per store descriptor
 START_CYCLES = 3
+IM2COL_CYCLES = 4         # command start, last entry written, done
 
 
 class SimOverlay:
@@ -121,6 +122,18 @@ class SimOverlay:
                 target = next((k for k, v in isa.TARGETS.items() if v == d["target"]), None)
                 if target is None or not isa.has_target(cfg, target):
                     return self._error(isa.ERROR_BAD_OPCODE, i)
+                if target == "IM2COL":
+                    cycles = self._im2col(d)
+                    if cycles is None:
+                        return self._error(isa.ERROR_AXI_READ, i + 1)
+                    t = max(t, unit_free["LOAD"])
+                    finish = t + cycles
+                    unit_free["LOAD"] = finish
+                    done["LOAD"].append(finish)
+                    fetched_dispatch.append(t)
+                    t_dispatch = t + 1
+                    self.regs["DESC_DONE"] = i + 1
+                    continue
                 eb = isa.entry_bytes(cfg, target)
                 n = d["count"]
                 beats = n * eb // DB if eb >= DB else -(-n // (DB // eb))
@@ -190,6 +203,29 @@ class SimOverlay:
             idx = (sp + np.arange(n)) % cfg.param_depth
             self.params[idx] = p
 
+    def _im2col(self, d) -> int | None:
+        """LOAD IM2COL (hw/conv/im2col.py): B entries gathered from row spans; returns its cycles."""
+        from hw.conv.im2col import row_beats
+        cfg = self.cfg
+        C, DB = cfg.cols, cfg.beat_bytes
+        k, s, off = d["kernel_last"] + 1, 1 << d["stride_log2"], d["col_offset"]
+        nb = row_beats(cfg, k, s, off)
+        pitch, plane = d["stride"], d["plane_rows"] * d["stride"]
+        entries = []
+        for ch in range(d["count"]):
+            for ky in range(k):
+                row = self._ddr(d["dram_addr"] + ch * plane + ky * pitch, nb * DB)
+                if row is None:
+                    return None
+                row = row.view(np.int8)
+                entries.extend(row[off + kx + s * np.arange(C)] for kx in range(k))
+        idx = (d["sp_addr"] + np.arange(len(entries))) % cfg.b_depth
+        self.b[idx] = np.array(entries, np.int8).reshape(-1, C)
+        rows = d["count"] * k
+        # Rows stream at max(beats, K) cycles each (line buffer and emission overlap), plus
+        # one 4 KiB split burst per crossing, the read latency and the last row's emission.
+        return READ_LATENCY + rows * max(nb, k) + k + IM2COL_CYCLES
+
     def _compute(self, a_base, b_base, k, acc_base, accumulate):
         cfg = self.cfg
         a = self.a[(a_base + np.arange(k)) % cfg.a_depth].astype(np.float64)      # (k, R)
@@ -203,15 +239,20 @@ class SimOverlay:
         cfg = self.cfg
         idx = (d["sp_addr"] + np.arange(rows)) % cfg.acc_depth
         p = self.params[d["param_addr"] % cfg.param_depth]
-        t = saturate_int32(self.acc[idx] + p[:, 0])
+        if d.get("param_rows"):
+            # Row r uses channel r of the entry (the array's output rows are channels).
+            p = np.repeat(p[np.arange(rows) % cfg.cols][:, None, :], cfg.cols, axis=1)
+        t = saturate_int32(self.acc[idx] + p[..., 0])
         if d["out_int32"]:
             y = np.maximum(t, 0) if d["relu"] else t
             data = y.astype("<i4").view(np.uint8).reshape(rows, row_bytes)
         else:
-            data = requantize(t, p[:, 1], p[:, 2], relu=bool(d["relu"])).view(np.uint8).reshape(rows, row_bytes)
+            data = requantize(t, p[..., 1], p[..., 2], relu=bool(d["relu"])).view(np.uint8).reshape(rows, row_bytes)
+        # STORE.cols: only the first `cols` columns reach DDR (write strobes).
+        keep = (d.get("cols") or cfg.cols) * (row_bytes // cfg.cols)
         for r in range(rows):
             dst = self._ddr(d["dram_addr"] + r * d["stride"], row_bytes)
             if dst is None:
                 return False
-            dst[:] = data[r]
+            dst[:keep] = data[r, :keep]
         return True

@@ -7,8 +7,10 @@ random stalls; then one quantised linear layer through the whole GEMM overlay
 against golden, with cycles and MAC utilisation; one attention call (a 64x64 query
 map against two 64x64 memory frames, d 256) on the sim backend whole and on the rtl
 backend as a tile of it, checked bit-exact against golden, with cycles and the error
-against float attention; and finally segment a real photo (scikit-image's cat) from one click
-on the NumPy golden SAM 2.1 tiny and write the overlay PNG. Without
+against float attention; SAM 2's patch-embed convolution (7x7 stride 4, 3 -> 96
+channels) on a tile of a real photo through the convolution engine, on the sim and
+rtl backends, checked bit-exact against golden; and finally segment a real photo
+(scikit-image's cat) from one click on the NumPy golden SAM 2.1 tiny and write the overlay PNG. Without
 --checkpoint the model has seeded random weights, and the demo says so.
 """
 from __future__ import annotations
@@ -33,6 +35,7 @@ def run(args) -> int:
         _requant_smoke(args)
         _gemm_layer(args)
         _attention_call(args)
+        _patch_embed_tile(args)
     except ToolchainError as e:
         raise CommandError(str(e)) from e
     _segment_photo(args)
@@ -45,10 +48,10 @@ def _requant_smoke(args) -> None:
     from hw.verilog import write_verilog
     from sim.runner import run_bench
 
-    print("[1/5] Amaranth -> Verilog: requantiser (int32 -> int8, fixed-point multiplier and shift)")
+    print("[1/6] Amaranth -> Verilog: requantiser (int32 -> int8, fixed-point multiplier and shift)")
     path = write_verilog(Requantizer(), "requant", args.out)
     print(f"      wrote {path} ({len(path.read_text().splitlines())} lines)")
-    print("[2/5] cocotb + Verilator: RTL vs golden_model.intops.requantize, random stalls on both streams")
+    print("[2/6] cocotb + Verilator: RTL vs golden_model.intops.requantize, random stalls on both streams")
     t0 = time.monotonic()
     result = run_bench(path, "requant", "requant_bench", name="demo-requant", waves=args.waves)
     print(f"      {result.passed} cocotb tests passed, 0 failed, bit-exact against golden "
@@ -68,7 +71,7 @@ def _gemm_layer(args) -> None:
 
     cfg = preset("sim")
     m, k, n = 24, 96, 40
-    print(f"[3/5] GEMM overlay ({cfg.rows} x {cfg.cols} systolic array, preset {cfg.name}): quantised linear layer "
+    print(f"[3/6] GEMM overlay ({cfg.rows} x {cfg.cols} systolic array, preset {cfg.name}): quantised linear layer "
           f"{m} x {k} x {n}, int8 + per-channel requantisation + ReLU, operands in DDR")
     a, b, bias, mult, shift = random_layer(np.random.default_rng(0), m, k, n)
     want = gemm(a, b, bias, mult, shift, relu=True)
@@ -100,7 +103,7 @@ def _attention_call(args) -> None:
 
     big, small = preset("bench16"), preset("sim")
     lq, lk, d = ATTN_QUERIES, ATTN_KEYS, ATTN_D
-    print(f"[4/5] attention engine (integer online softmax, Q K^T on the GEMM array + P V array): "
+    print(f"[4/6] attention engine (integer online softmax, Q K^T on the GEMM array + P V array): "
           f"{lq} queries (64x64 map) x {lk} keys (2 memory frames), d {d}, int8 q/k/v in DDR")
     t0 = time.monotonic()
     q, k, v, quant, scales = random_attention(np.random.default_rng(0), 1, lq, lk, d)
@@ -134,6 +137,47 @@ def _attention_call(args) -> None:
               f"cycles, MAC utilisation {drv.last_run.utilisation:.1%} ({time.monotonic() - t0:.1f} s)")
     print(f"      (rtl runs a tile: the whole call is ~10^8 cycles, hours under Verilator); "
           f"sim model vs rtl cycles: {cycles['sim'] / cycles['rtl'] - 1:+.1%}")
+#: The patch-embed step's tile of the photo: 64 x 64 pixels around the cat's face (rows, columns).
+PATCH_TILE = (140, 220, 64)
+
+
+def _patch_embed_tile(args) -> None:
+    import numpy as np
+
+    from golden_model import intconv
+    from hw.config import preset
+    from sw.cli import CommandError
+    from sw.commands.sim import random_conv
+    from sw.driver import Driver
+
+    cfg = preset("sim")
+    y0, x0, n = PATCH_TILE
+    photo = _photo()
+    # uint8 RGB -> int8 CHW (x - 128), the int8 image the quantised patch embed sees.
+    x = np.ascontiguousarray((photo[y0:y0 + n, x0:x0 + n].astype(np.int16) - 128).astype(np.int8).transpose(2, 0, 1))
+    _, wt, bias, mult, shift = random_conv(np.random.default_rng(0), 3, 1, 1, 96, 7)
+    print(f"[5/6] convolution engine: SAM 2 patch embed (7x7 stride 4 pad 3, 3 -> 96 channels, seeded random "
+          f"int8 weights) on a {n}x{n} tile of the photo, im2col on the fly from DDR")
+    want = intconv.conv2d(x, wt, bias, mult, shift, stride=4, padding=3)
+    for backend in ("sim", "rtl"):
+        t0 = time.monotonic()
+        drv = Driver(cfg, backend, waves=args.waves or None)
+        got = drv.conv2d(x, wt, bias, mult, shift, stride=4, padding=3)
+        if not np.array_equal(got, want):
+            raise CommandError(f"patch embed on {backend}: differs from golden in {int((got != want).sum())} outputs")
+        r = drv.last_run
+        print(f"      {backend:<3}: {'x'.join(map(str, got.shape))} bit-exact against golden on the {r.engine} "
+              f"engine; {r.cycles} cycles, MAC utilisation {r.utilisation:.1%} ({time.monotonic() - t0:.1f} s)")
+
+
+def _photo():
+    from sw.cli import CommandError
+    try:
+        from skimage import data
+    except ImportError as e:
+        raise CommandError("the photo steps need scikit-image (pip install scikit-image, or install the "
+                           "project's [test] extra)") from e
+    return data.chelsea()
 
 
 #: The demo photo and its click: scikit-image's `chelsea` (451x300), a point on the cat's face.
@@ -144,16 +188,18 @@ def _segment_photo(args) -> None:
     import numpy as np
     from PIL import Image
 
-    from sw.cli import CommandError
     from sw.commands.segment import build_model, overlay, segment
 
-    print("[5/5] golden SAM 2.1 tiny (NumPy): segment a photo from one click")
+    print("[6/6] golden SAM 2.1 tiny (NumPy): segment a photo from one click")
     try:
         from skimage import data
     except ImportError as e:
         raise CommandError("the segmentation step needs scikit-image for its photo "
                            "(pip install scikit-image, or install the project's [test] extra)") from e
     image = data.chelsea()
+
+
+    image = _photo()
     model = build_model("tiny", args.checkpoint, seed=0)
     if args.checkpoint is None:
         print("      no --checkpoint: RANDOM weights (seed 0), so the mask shows the pipeline, "

@@ -1,6 +1,7 @@
-"""`sam2fpga sim gemm|attention ...`: one random quantised layer on the overlay, checked against golden.
+"""`sam2fpga sim gemm|conv|attention ...`: one random quantised layer on the overlay, checked against golden.
 
   sim gemm --m M --k K --n N            one linear layer (int8 GEMM + requantisation)
+  sim conv --in CxHxW --out C --k K --stride S [--padding P] [--depthwise | --transposed]
   sim attention --q Q --kv KV --d D     one attention (int8 q, k, v; online softmax), per head
 """
 from __future__ import annotations
@@ -16,6 +17,19 @@ def add_arguments(parser):
     g.add_argument("--int32", action="store_true", help="int32 output (bias added, not requantised)")
     _common(g)
     g.set_defaults(_run=run_gemm)
+    c = sub.add_parser("conv", help="one quantised convolution", description="one quantised convolution")
+    c.add_argument("--in", dest="in_shape", metavar="CxHxW", required=True, help="input feature map, e.g. 3x64x64")
+    c.add_argument("--out", type=int, required=True, help="output channels (depthwise: must equal C)")
+    c.add_argument("--k", type=int, required=True, help="kernel size K (K x K)")
+    c.add_argument("--stride", type=int, default=1)
+    c.add_argument("--padding", type=int, default=None, help="zero padding (default: (K-1)//2; transposed: 0)")
+    kind = c.add_mutually_exclusive_group()
+    kind.add_argument("--depthwise", action="store_true", help="one K x K filter per channel")
+    kind.add_argument("--transposed", action="store_true", help="transposed convolution (kernel == stride)")
+    c.add_argument("--relu", action="store_true")
+    c.add_argument("--int32", action="store_true", help="int32 output (bias added, not requantised)")
+    _common(c)
+    c.set_defaults(_run=run_conv)
     a = sub.add_parser("attention", help="one softmax attention (integer online softmax)",
                        description="one softmax attention softmax(q k^T / sqrt(d)) v on random int8 data")
     a.add_argument("--q", type=int, required=True, help="queries per head")
@@ -51,8 +65,37 @@ def _driver(args, cfg):
 def _accelerator_errors():
     from sim.toolchain import ToolchainError
     from sw.compiler import CompileError
+    from sw.conv import ConvError
     from sw.driver import AcceleratorError
-    return CompileError, AcceleratorError, ToolchainError
+    return CompileError, ConvError, AcceleratorError, ToolchainError
+
+
+def _run_layer(args, cfg, title, call, want, show_route=False):
+    """Run `call(driver)` on the chosen backend, compare with `want()` (golden, computed after the run so
+    that a layer the overlay refuses fails fast), print cycles and utilisation."""
+    import numpy as np
+
+    from sw.cli import CommandError
+
+    drv = _driver(args, cfg)
+    try:
+        got = call(drv)
+    except _accelerator_errors() as e:
+        raise CommandError(str(e)) from e
+    want = want()
+    run = drv.last_run
+    ok = got.shape == want.shape and np.array_equal(got, want)
+    print(f"{title} on {cfg.name} ({cfg.rows} x {cfg.cols}), backend {args.backend}: "
+          f"{'bit-exact against golden' if ok else 'MISMATCH against golden'}")
+    if show_route:
+        print(f"  route: {run.engine} ({ROUTES.get(run.engine, '')})")
+    print(f"  cycles {run.cycles}, MAC utilisation {run.utilisation:.1%} ({run.macs:,} MACs), "
+          f"{run.descriptors} descriptors, {run.wall_s:.2f} s wall ({run.cycles_per_s:,.0f} simulated cycles/s)")
+    if not ok:
+        bad = np.argwhere(got != want) if got.shape == want.shape else []
+        where = f", first at {tuple(bad[0])}" if len(bad) else f" (shape {got.shape}, want {want.shape})"
+        raise CommandError(f"{len(bad)} outputs differ{where}")
+    return 0
 
 
 def run_gemm(args) -> int:
@@ -60,28 +103,15 @@ def run_gemm(args) -> int:
 
     from golden_model.intops import gemm
     from hw.config import preset
-    from sw.cli import CommandError, UsageError
+    from sw.cli import UsageError
 
     if min(args.m, args.k, args.n) < 1:
         raise UsageError("--m, --k and --n must be positive")
     cfg = preset(args.preset)
     a, b, bias, mult, shift = random_layer(np.random.default_rng(args.seed), args.m, args.k, args.n)
-    drv = _driver(args, cfg)
-    try:
-        got = drv.linear(a, b, bias, mult, shift, relu=args.relu, out_int32=args.int32)
-    except _accelerator_errors() as e:
-        raise CommandError(str(e)) from e
-    want = gemm(a, b, bias, mult, shift, relu=args.relu, out_int32=args.int32)
-    run = drv.last_run
-    ok = np.array_equal(got, want)
-    print(f"gemm {args.m} x {args.k} x {args.n} on {cfg.name} ({cfg.rows} x {cfg.cols}), backend {args.backend}: "
-          f"{'bit-exact against golden' if ok else 'MISMATCH against golden'}")
-    print(f"  cycles {run.cycles}, MAC utilisation {run.utilisation:.1%}, {run.descriptors} descriptors, "
-          f"{run.wall_s:.2f} s wall ({run.cycles_per_s:,.0f} simulated cycles/s)")
-    if not ok:
-        bad = np.argwhere(got != want)
-        raise CommandError(f"{len(bad)} outputs differ, first at {tuple(bad[0])}")
-    return 0
+    return _run_layer(args, cfg, f"gemm {args.m} x {args.k} x {args.n}", lambda drv: drv.linear(
+        a, b, bias, mult, shift, relu=args.relu, out_int32=args.int32),
+        lambda: gemm(a, b, bias, mult, shift, relu=args.relu, out_int32=args.int32))
 
 
 def run_attention(args) -> int:
@@ -127,6 +157,74 @@ def run_attention(args) -> int:
         bad = np.argwhere(got != want)
         raise CommandError(f"{len(bad)} outputs differ, first at {tuple(bad[0])}")
     return 0
+
+
+ROUTES = {"conv": "convolution engine: on-the-fly im2col into the systolic array",
+          "gemm": "GEMM engine, no im2col (sw/conv.py)", "gemm-im2col": "GEMM engine on host-built im2col rows"}
+
+
+def parse_chw(text: str) -> tuple[int, int, int]:
+    """'3x64x64' -> (3, 64, 64)."""
+    from sw.cli import UsageError
+    parts = (text or "").lower().split("x")
+    try:
+        c, h, w = (int(p) for p in parts)
+    except ValueError:
+        raise UsageError(f"--in {text!r}: expected CxHxW, e.g. 3x64x64") from None
+    if min(c, h, w) < 1:
+        raise UsageError(f"--in {text!r}: channels, height and width must be positive")
+    return c, h, w
+
+
+def run_conv(args) -> int:
+    import numpy as np
+
+    from golden_model import intconv
+    from hw.config import preset
+    from sw.cli import UsageError
+
+    cin, h, w = parse_chw(args.in_shape)
+    k, stride, cout = args.k, args.stride, args.out
+    if k < 1 or stride < 1 or cout < 1:
+        raise UsageError("--k, --stride and --out must be positive")
+    padding = args.padding if args.padding is not None else (0 if args.transposed else (k - 1) // 2)
+    if padding < 0:
+        raise UsageError("--padding must be >= 0")
+    if args.depthwise and cout != cin:
+        raise UsageError(f"--depthwise: --out {cout} must equal the {cin} input channels")
+    if args.transposed and (k != stride or padding):
+        raise UsageError(f"--transposed runs kernel == stride without padding (SAM 2's 2x2/s2); "
+                         f"got --k {k} --stride {stride} --padding {padding}")
+    if not args.transposed and min(intconv.out_size(h, k, stride, padding),
+                                   intconv.out_size(w, k, stride, padding)) < 1:
+        raise UsageError(f"a {k}x{k} kernel with padding {padding} does not fit a {h}x{w} input")
+    x, wt, bias, mult, shift = random_conv(np.random.default_rng(args.seed), cin, h, w, cout, k,
+                                           depthwise=args.depthwise, transposed=args.transposed)
+    kw = dict(stride=stride, padding=padding, relu=args.relu, out_int32=args.int32)
+    kind, golden, op = {(True, False): ("depthwise", intconv.depthwise_conv2d, "depthwise_conv2d"),
+                        (False, True): ("transposed", intconv.conv_transpose2d, "conv_transpose2d"),
+                        (False, False): ("conv", intconv.conv2d, "conv2d")}[args.depthwise, args.transposed]
+    if args.transposed:
+        ho, wo = h * k, w * k
+    else:
+        ho, wo = intconv.out_size(h, k, stride, padding), intconv.out_size(w, k, stride, padding)
+    title = f"{kind} {k}x{k}/s{stride} pad {padding}: {cin}x{h}x{w} -> {cout}x{ho}x{wo}"
+    return _run_layer(args, preset(args.preset), title,
+                      lambda drv: getattr(drv, op)(x, wt, bias, mult, shift, **kw),
+                      lambda: golden(x, wt, bias, mult, shift, **kw), show_route=True)
+
+
+def random_conv(rng, cin, h, w, cout, k, *, depthwise=False, transposed=False):
+    """Random int8 input and weights and per-channel requantisation that spreads outputs over int8."""
+    import numpy as np
+    x = rng.integers(-128, 128, (cin, h, w)).astype(np.int8)
+    shape = (cin, cout, k, k) if transposed else (cout, 1 if depthwise else cin, k, k)
+    wt = rng.integers(-128, 128, shape).astype(np.int8)
+    red = k * k * (1 if depthwise or transposed else cin) if not transposed else cin
+    bias = rng.integers(-2**16, 2**16, cout)
+    mult = rng.integers(1 << 29, 1 << 30, cout)
+    shift = np.full(cout, 30 + max(1, int(np.ceil(np.log2(128 * 128 * np.sqrt(red) / 64)))))
+    return x, wt, bias, mult, shift
 
 
 def _presets():

@@ -1,0 +1,363 @@
+"""Compiler for the convolution engine: a quantised conv2d (dense or depthwise) -> DDR image + descriptors.
+
+The overlay's feature-map layout (`FmapLayout`, one for every convolution): planar, channels
+first. Plane c holds PAD rows of zeros, the H image rows, PAD rows of zeros; each row holds
+LEFT = C (array columns) zero elements, the W pixels, then zeros up to the pitch
+(LEFT + roundup(W + PAD, C) elements). Element (c, y, x) is at
+    ((c * (H + 2*PAD) + PAD + y) * pitch + LEFT + x) * element_bytes
+so every padding pixel of a convolution with padding <= PAD is a real zero in DDR (the
+engine needs no border logic), every output row segment starts on an AXI beat, and a
+following layer reads a stored output map as it is (stores write only valid columns).
+
+Mapping onto the systolic array: A = weights (R output channels per tile, K = Cin*k*k
+entries in torch's (ci, ky, kx) order), B = on-the-fly im2col (C output pixels of one
+output row per tile, LOAD target IM2COL), accumulator rows = output channels, so STORE
+uses per-row parameters (param_rows) and writes each row into its channel's plane.
+Depthwise: each R-channel tile gets its own B tile (its R channels) and block-diagonal
+weights (row i only sees channel i), so 1 column of R does useful work.
+
+Schedule: output-channel tiles in blocks whose weights stay resident in half of the A
+scratchpad; per block, every output pixel tile (oy, ox0) loads its B tile once (dense) and
+runs all the block's channel tiles on it. Halves of A, B and PARAM alternate, accumulator
+regions rotate, and every descriptor carries exact wait counts (as sw/compiler.py).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from golden_model import intconv
+from golden_model.intops import MAX_K
+from hw import isa
+from hw.conv.im2col import MAX_KERNEL, row_beats
+from sw.compiler import ALIGN, CompileError, Program, _align
+
+PAD = 3                       # zero rows/columns kept around every plane: paddings 0..3
+STRIDES = (1, 2, 4)
+
+
+@dataclass(frozen=True)
+class FmapLayout:
+    """Where each element of a (channels, height, width) feature map lives in DDR."""
+    channels: int
+    height: int
+    width: int
+    cols: int                  # the array's C: row segments of C elements are stored at once
+    element_bytes: int = 1     # 1: int8, 4: int32
+
+    @property
+    def left(self) -> int:
+        return self.cols
+
+    @property
+    def pitch(self) -> int:
+        """Elements per row."""
+        return self.left + -(-(self.width + PAD) // self.cols) * self.cols
+
+    @property
+    def plane_rows(self) -> int:
+        return self.height + 2 * PAD
+
+    @property
+    def row_bytes(self) -> int:
+        return self.pitch * self.element_bytes
+
+    @property
+    def plane_bytes(self) -> int:
+        return self.plane_rows * self.row_bytes
+
+    @property
+    def size(self) -> int:
+        return self.channels * self.plane_bytes
+
+    def offset(self, c: int, y: int, x: int) -> int:
+        """Byte offset of element (c, y, x); y and x may reach into the zero margins (>= -PAD)."""
+        return ((c * self.plane_rows + PAD + y) * self.pitch + self.left + x) * self.element_bytes
+
+    def pack(self, x: np.ndarray) -> np.ndarray:
+        dtype = np.int8 if self.element_bytes == 1 else np.dtype("<i4")
+        full = np.zeros((self.channels, self.plane_rows, self.pitch), dtype)
+        full[:, PAD:PAD + self.height, self.left:self.left + self.width] = x
+        return full.reshape(-1).view(np.uint8)
+
+    def unpack(self, raw: np.ndarray) -> np.ndarray:
+        dtype = np.int8 if self.element_bytes == 1 else np.dtype("<i4")
+        full = np.frombuffer(np.ascontiguousarray(raw[:self.size]).tobytes(), dtype)
+        full = full.reshape(self.channels, self.plane_rows, self.pitch)
+        return full[:, PAD:PAD + self.height, self.left:self.left + self.width].astype(
+            np.int8 if self.element_bytes == 1 else np.int32)
+
+
+@dataclass
+class ConvProgram(Program):
+    out_layout: FmapLayout | None = None
+
+    def output(self, image: np.ndarray) -> np.ndarray:
+        off, size = self.regions["out"]
+        return self.out_layout.unpack(image[off:off + size])
+
+
+def supported(cfg, k: int, stride: int, padding: int) -> str | None:
+    """Why the convolution engine cannot run this convolution (None: it can)."""
+    if "conv" not in cfg.engines:
+        return "the overlay has no convolution engine"
+    if not 1 <= k <= MAX_KERNEL:
+        return f"kernel {k} outside 1..{MAX_KERNEL}"
+    if stride not in STRIDES:
+        return f"stride {stride} not one of {STRIDES}"
+    if not 0 <= padding <= PAD:
+        return f"padding {padding} outside 0..{PAD}"
+    if cfg.rows > cfg.cols:
+        return "per-row parameters need rows <= cols"
+    return None
+
+
+def compile_conv2d(cfg, x, w, bias=None, multiplier=None, shift=None, *, stride=1, padding=0, depthwise=False,
+                   relu=False, out_int32=False, base_addr: int = 0, max_ddr_bytes: int = 1 << 30) -> ConvProgram:
+    """x: int8 (Cin, H, W); w: int8 (Cout, Cin, K, K), or (C, 1, K, K) with depthwise."""
+    if base_addr % ALIGN:
+        raise CompileError(f"DDR buffer address {base_addr:#x} is not {ALIGN}-byte aligned")
+    x, w = np.asarray(x), np.asarray(w)
+    if x.dtype != np.int8 or w.dtype != np.int8 or x.ndim != 3 or w.ndim != 4:
+        raise CompileError(f"x must be int8 (C, H, W) and w int8 (Cout, Cin, K, K); got {x.dtype} {x.shape}, "
+                           f"{w.dtype} {w.shape}")
+    cin, h, wd = x.shape
+    cout, wc, k, k2 = w.shape
+    if k != k2 or (depthwise and (cout != cin or wc != 1)) or (not depthwise and wc != cin):
+        raise CompileError(f"weights {w.shape} do not fit a {'depthwise ' if depthwise else ''}convolution of "
+                           f"{cin} channels")
+    why = supported(cfg, k, stride, padding)
+    if why:
+        raise CompileError(f"convolution engine: {why}")
+    ho, wo = intconv.out_size(h, k, stride, padding), intconv.out_size(wd, k, stride, padding)
+    if ho < 1 or wo < 1:
+        raise CompileError(f"{k}x{k} kernel with padding {padding} does not fit a {h}x{wd} input")
+    if not out_int32 and (multiplier is None or shift is None):
+        raise CompileError("int8 output needs per-channel multiplier and shift")
+    R, C, DB = cfg.rows, cfg.cols, cfg.beat_bytes
+    kk = k * k
+    if (1 if depthwise else cin) * kk > MAX_K:
+        raise CompileError(f"reduction {cin * kk} exceeds {MAX_K}: int32 accumulation could overflow")
+    bias = np.broadcast_to(np.asarray(0 if bias is None else bias, np.int64), (cout,))
+    multiplier = np.broadcast_to(np.asarray(0 if multiplier is None else multiplier, np.int64), (cout,))
+    shift = np.broadcast_to(np.asarray(0 if shift is None else shift, np.int64), (cout,))
+    a_half, b_half, p_half = cfg.a_depth // 2, cfg.b_depth // 2, cfg.param_depth // 2
+    regions_acc = cfg.acc_depth // R
+    if regions_acc < 2 or p_half < 1:
+        raise CompileError("accumulator or parameter scratchpad too small to double-buffer")
+    in_l = FmapLayout(cin, h, wd, C)
+    out_l = FmapLayout(cout, ho, wo, C, 4 if out_int32 else 1)
+    if in_l.size + out_l.size > max_ddr_bytes:     # before planning: a huge map fails at once
+        raise CompileError(f"convolution needs more than {in_l.size + out_l.size} bytes of DDR for its feature "
+                           f"maps, more than the {max_ddr_bytes} allowed")
+    if in_l.plane_rows >= 1 << 14:
+        raise CompileError(f"{h} rows: planes of more than {(1 << 14) - 1 - 2 * PAD} rows do not fit a descriptor")
+
+    # ---- channel tiles (R output channels) and the input channel chunks each one reduces over
+    mt = -(-cout // R)
+    ntile_k = R * kk if depthwise else cin * kk        # A entries per channel tile (depthwise: block-diagonal)
+    if depthwise:
+        if R * kk > b_half or R * kk > a_half:
+            raise CompileError(f"depthwise {k}x{k}: {R * kk} entries exceed half a scratchpad")
+        chunks = [(0, None)]                             # its own R channels
+    else:
+        # Chunks of input channels whose im2col fits half of B; starts beat-aligned in the A tile.
+        per = max(1, b_half // kk, 1)
+        per = min(per, a_half // kk)
+        if per < cin:
+            step = DB // np.gcd(DB, kk * R)
+            per = per // step * step
+            if per < 1:
+                raise CompileError(f"{k}x{k} kernel: one input channel's im2col does not fit the scratchpads")
+        chunks = [(c0, min(per, cin - c0)) for c0 in range(0, cin, per)]
+    single = len(chunks) == 1
+    # Blocks of channel tiles whose weights stay resident (single chunk only).
+    nb = max(1, min(a_half // ntile_k, p_half, mt)) if single else 1
+
+    # ---- DDR regions
+    a_stride = -(-ntile_k * R // DB) * DB
+    x_tiles = -(-wo // C)
+    # The engine reads whole row spans: the last tile of the last row may run past the map.
+    span_end = max(in_l.offset(cin - 1, (ho - 1) * stride - padding + k - 1, (x_tiles - 1) * C * stride - padding)
+                   // DB * DB + row_beats(cfg, k, stride, DB - 1) * DB, in_l.size)
+    sizes = {"A": mt * a_stride, "params": mt * C * isa.PARAM_CHANNEL_BYTES, "in": span_end, "out": out_l.size}
+
+    # ---- ops
+    ops = []
+    tile_no = 0
+    step = 0
+    blk_no = 0
+    for t0 in range(0, mt, nb):
+        tiles = list(range(t0, min(t0 + nb, mt)))
+        ha, hp = blk_no % 2, blk_no % 2
+        blk_no += 1
+        a_loads, p_loads = [], []
+        if single:
+            a_loads = [dict(target="A", src=("A", t * a_stride), count=ntile_k, sp=ha * a_half + i * ntile_k,
+                            res=("A", ha)) for i, t in enumerate(tiles)]
+        p_loads = [dict(target="PARAM", src=("params", t * C * isa.PARAM_CHANNEL_BYTES), count=1,
+                        sp=hp * p_half + i, res=("P", hp)) for i, t in enumerate(tiles)]
+        first_in_block = True
+        for oy in range(ho):
+            for xt in range(x_tiles):
+                ox0 = xt * C
+                x0 = ox0 * stride - padding
+                b_shared = None
+                for i, t in enumerate(tiles):
+                    co0, rows = t * R, min(R, cout - t * R)
+                    for ci, (c0, nch) in enumerate(chunks):
+                        if depthwise:
+                            c0, nch = co0, rows
+                        need_b = depthwise or not single or b_shared is None
+                        loads = []
+                        if first_in_block:
+                            loads += a_loads + p_loads
+                            first_in_block = False
+                        if need_b:
+                            hb = step % 2
+                            step += 1
+                            src = in_l.offset(c0, oy * stride - padding, x0)
+                            b_shared = ("B", hb)
+                            loads.append(dict(target="IM2COL", src=("in", src // DB * DB), count=nch,
+                                              sp=hb * b_half, res=b_shared, k=k, stride=stride, off=src % DB,
+                                              pitch=in_l.row_bytes, plane_rows=in_l.plane_rows))
+                        if not single:
+                            hx = (step - 1) % 2
+                            loads.append(dict(target="A", src=("A", t * a_stride + c0 * kk * R), count=nch * kk,
+                                              sp=hx * a_half, res=("A", hx)))
+                            a_res, a_base = ("A", hx), hx * a_half
+                        else:
+                            a_res, a_base = ("A", ha), ha * a_half + i * ntile_k
+                        region = tile_no % regions_acc
+                        last = ci == len(chunks) - 1
+                        store = None
+                        if last:
+                            store = dict(rows=rows, acc=region, param=hp * p_half + i, p=("P", hp),
+                                         dst=("out", out_l.offset(co0, oy, ox0)), cols=min(C, wo - ox0))
+                        ops.append(dict(loads=loads, a=a_res, b=b_shared, a_base=a_base, b_base=int(b_shared[1]) * b_half,
+                                        k_last=(nch * kk if not depthwise else rows * kk) - 1, acc=region,
+                                        accumulate=int(ci > 0), store=store))
+                    tile_no += 1
+
+    descs = _emit(ops, R, relu, out_int32, out_l.plane_bytes)
+
+    # ---- addresses and the image
+    offsets, pos = {}, 0
+    for name, size in {"descriptors": len(descs) * isa.DESCRIPTOR_BYTES, **sizes}.items():
+        offsets[name] = (pos, size)
+        pos = _align(pos + size)
+    if pos > max_ddr_bytes or base_addr + pos > (1 << cfg.axi_addr_bits):
+        raise CompileError(f"convolution needs {pos} bytes of DDR, more than the {max_ddr_bytes} allowed")
+    image = np.zeros(pos, np.uint8)
+    _fill(cfg, image, offsets, x, w, bias, multiplier, shift, in_l, depthwise, mt, a_stride, ntile_k)
+    raw = []
+    for d in descs:
+        fields = {kf: v for kf, v in d.items() if kf in isa.FIELDS}
+        fields["opcode"] = isa.OPCODES[d["opcode"]]
+        if "target" in d:
+            fields["target"] = isa.TARGETS[d["target"]]
+        for key in ("src", "dst"):
+            if key in d:
+                region, off = d[key]
+                fields["dram_addr"] = base_addr + offsets[region][0] + off
+        raw.append(fields)
+    for j, fields in enumerate(raw):
+        try:
+            image[j * 32:(j + 1) * 32] = np.frombuffer(isa.pack_descriptor(**fields), np.uint8)
+        except ValueError as e:
+            raise CompileError(f"descriptor {j} does not fit the format ({e})") from None
+    macs = cout * ho * wo * (1 if depthwise else cin) * kk
+    return ConvProgram(cfg, cout, (1 if depthwise else cin) * kk, ho * wo, out_int32, image, raw, offsets,
+                       macs=macs, base_addr=base_addr, out_layout=out_l)
+
+
+def _emit(ops, R, relu, out_int32, out_plane_bytes) -> list[dict]:
+    """Descriptors in dispatch order with exact waits (the policy of sw/compiler.py)."""
+    descs: list[dict] = []
+    counts = {"LOAD": 0, "COMPUTE": 0, "STORE": 0}
+    last_reader: dict = {}
+    acc_free: dict = {}
+
+    def emit(d, waits):
+        d = dict(d, wait_load=waits.get("LOAD", 0), wait_compute=waits.get("COMPUTE", 0),
+                 wait_store=waits.get("STORE", 0))
+        descs.append(d)
+
+    buckets: dict[int, list] = {}
+    last_user: dict = {}
+    for j, op in enumerate(ops):
+        for ld in op["loads"]:
+            hz = last_user.get(ld["res"])
+            pos = -1 if hz is None else hz + (2 if ld["res"][0] == "P" else 1)
+            buckets.setdefault(min(pos, j - 1), []).append(ld)
+        last_user[op["a"]] = last_user[op["b"]] = j
+        if op["store"]:
+            last_user[op["store"]["p"]] = j
+
+    def emit_bucket(pos):
+        for ld in buckets.get(pos, []):
+            unit, cnt = last_reader.get(ld["res"], ("COMPUTE", 0))
+            counts["LOAD"] += 1
+            ld["done_at"] = counts["LOAD"]
+            d = dict(opcode="LOAD", target=ld["target"], src=ld["src"], count=ld["count"], sp_addr=ld["sp"])
+            if ld["target"] == "IM2COL":
+                d.update(kernel_last=ld["k"] - 1, stride_log2=ld["stride"].bit_length() - 1, col_offset=ld["off"],
+                         stride=ld["pitch"], plane_rows=ld["plane_rows"])
+            emit(d, {unit: cnt})
+
+    def emit_store(pending):
+        st, done_at = pending
+        counts["STORE"] += 1
+        emit(dict(opcode="STORE", count=st["rows"], sp_addr=st["acc"] * R, param_addr=st["param"], param_rows=1,
+                  relu=int(relu), out_int32=int(out_int32), dst=st["dst"], stride=out_plane_bytes, cols=st["cols"]),
+             {"COMPUTE": done_at})
+        acc_free[st["acc"]] = counts["STORE"]
+        prev = last_reader.get(st["p"], ("STORE", 0))
+        last_reader[st["p"]] = ("STORE", max(counts["STORE"], prev[1] if prev[0] == "STORE" else 0))
+
+    emit_bucket(-1)
+    pending = None
+    for i, op in enumerate(ops):
+        waits = {"LOAD": max([ld["done_at"] for ld in op["loads"]], default=0),
+                 "STORE": acc_free.get(op["acc"], 0) if not op["accumulate"] else 0}
+        counts["COMPUTE"] += 1
+        op["done_at"] = counts["COMPUTE"]
+        emit(dict(opcode="COMPUTE", sp_addr=op["a_base"], b_base=op["b_base"], k_last=op["k_last"],
+                  acc_base=op["acc"] * R, accumulate=op["accumulate"]), waits)
+        last_reader[op["a"]] = ("COMPUTE", op["done_at"])
+        last_reader[op["b"]] = ("COMPUTE", op["done_at"])
+        if pending is not None:
+            emit_store(pending)
+        pending = (op["store"], op["done_at"]) if op["store"] else None
+        emit_bucket(i)
+    if pending is not None:
+        emit_store(pending)
+    return descs
+
+
+def _fill(cfg, image, offsets, x, w, bias, multiplier, shift, in_l, depthwise, mt, a_stride, ntile_k):
+    R, C = cfg.rows, cfg.cols
+    cout, k = w.shape[0], w.shape[2]
+    kk = k * k
+    off = offsets["in"][0]
+    image[off:off + in_l.size] = in_l.pack(x)
+    off = offsets["A"][0]
+    for t in range(mt):
+        co0, rows = t * R, min(R, cout - t * R)
+        tile = np.zeros((ntile_k, R), np.int8)          # entry e = R int8, row i = channel co0 + i
+        if depthwise:
+            for i in range(rows):
+                tile[i * kk:(i + 1) * kk, i] = w[co0 + i, 0].reshape(-1)
+        else:
+            tile[:, :rows] = w[co0:co0 + rows].reshape(rows, -1).T
+        image[off + t * a_stride:off + t * a_stride + tile.size] = tile.reshape(-1).view(np.uint8)
+    off = offsets["params"][0]
+    for t in range(mt):
+        co0, rows = t * R, min(R, cout - t * R)
+        pad = C - rows
+        z = np.zeros(pad, np.int64)
+        p = isa.pack_params(np.concatenate([bias[co0:co0 + rows], z]),
+                            np.concatenate([multiplier[co0:co0 + rows], z]),
+                            np.concatenate([shift[co0:co0 + rows], z]))
+        image[off + t * C * isa.PARAM_CHANNEL_BYTES:off + (t + 1) * C * isa.PARAM_CHANNEL_BYTES] = p
