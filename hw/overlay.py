@@ -24,15 +24,9 @@ from hw import isa
 from hw.axi import BOUNDARY, BURST_INCR, MAX_BURST_BEATS, Axi4Signature, AxiLiteSignature
 from hw.conv.im2col import Im2colLoader
 from hw.gemm.engine import GemmEngine
-from hw.skid import SkidBuffer
 
 DESCRIPTOR = data.StructLayout({name: unsigned(width) for name, width, _ in isa.DESCRIPTOR_FIELDS})
 COUNT_BITS = 16
-
-
-def r_beat_layout(data_bits):
-    """What the load path keeps of an AXI R beat (rlast is implied by the beat counts)."""
-    return data.StructLayout({"data": data_bits, "id": 1, "resp": 2})
 
 
 def im2col_field(desc, name):
@@ -96,18 +90,12 @@ class Core(wiring.Component):
                 m.d.sync += [axi.araddr.eq(f_ar_addr), axi.arlen.eq(f_ar_len), axi.arid.eq(0)]
             with m.Else():
                 m.d.sync += [axi.araddr.eq(l_ar_addr), axi.arlen.eq(l_ar_len), axi.arid.eq(1)]
-        # R arrives through a register slice: the DMA units' ready logic never
-        # reaches the AXI port combinationally (it was the ECP5 critical path).
-        m.submodules.r_slice = r_slice = SkidBuffer(r_beat_layout(DW))
-        m.d.comb += [r_slice.i.valid.eq(axi.rvalid), axi.rready.eq(r_slice.i.ready),
-                     r_slice.i.payload.eq(Cat(axi.rdata, axi.rid, axi.rresp))]
-        r = r_slice.o
         f_r_ready, l_r_ready = Signal(), Signal()
-        m.d.comb += r.ready.eq(Mux(r.payload.id, l_r_ready, f_r_ready))
-        r_fire = r.valid & r.ready
-        f_beat = r_fire & (r.payload.id == 0)
-        l_beat = r_fire & (r.payload.id == 1) & ~i2c_busy
-        with m.If(r_fire & (r.payload.resp != 0)):
+        m.d.comb += axi.rready.eq(Mux(axi.rid, l_r_ready, f_r_ready))
+        r_fire = axi.rvalid & axi.rready
+        f_beat = r_fire & (axi.rid == 0)
+        l_beat = r_fire & (axi.rid == 1) & ~i2c_busy
+        with m.If(r_fire & (axi.rresp != 0)):
             m.d.sync += error.eq(error | isa.ERROR_AXI_READ)
 
         # ------------------------------------------------ fetcher
@@ -125,7 +113,7 @@ class Core(wiring.Component):
             m.d.sync += [f_inflight.eq(1), f_ar_pending.eq(1), f_beats.eq(0)]
         with m.If(f_ar_ready):
             m.d.sync += f_ar_pending.eq(0)
-        shifted = Cat(f_buf, r.payload.data)[DW:]
+        shifted = Cat(f_buf, axi.rdata)[DW:]
         m.d.comb += fifo.w_data.eq(shifted)
         with m.If(f_beat):
             m.d.sync += [f_buf.eq(shifted), f_beats.eq(f_beats + 1)]
@@ -242,7 +230,7 @@ class Core(wiring.Component):
         # R: the gearbox from beats to scratchpad entries.
         max_eb = max(DB, *(eb for eb, _ in targets.values()))
         sr = Signal(max_eb * 8)
-        sr_next = Cat(sr, r.payload.data)[DW:]
+        sr_next = Cat(sr, axi.rdata)[DW:]
         beat_in_entry = Signal(range(max(2, max_eb // DB + 1)))
         hold = Signal(DW)
         holding = Signal()
@@ -273,7 +261,7 @@ class Core(wiring.Component):
                         m.d.comb += hold_free.eq(1)
                 # A new beat may arrive in the cycle the held one's last entry is written.
                 with m.If(l_beat & sel):
-                    m.d.sync += [hold.eq(r.payload.data), holding.eq(1), sub.eq(0)]
+                    m.d.sync += [hold.eq(axi.rdata), holding.eq(1), sub.eq(0)]
             fire = complete & (l_entries != 0)
             m.d.comb += port.valid.eq(fire)
             with m.If(fire):
@@ -299,7 +287,7 @@ class Core(wiring.Component):
                          i2c.cmd.payload.stride_log2.eq(im2col_field(desc, "stride_log2")),
                          i2c.cmd.payload.offset.eq(im2col_field(desc, "col_offset")),
                          i2c.cmd.payload.sp.eq(desc.sp_addr),
-                         i2c.r.valid.eq(r.valid & (r.payload.id == 1) & i2c.busy), i2c.r.payload.eq(r.payload.data),
+                         i2c.r.valid.eq(axi.rvalid & (axi.rid == 1) & i2c.busy), i2c.r.payload.eq(axi.rdata),
                          i2c.ar.ready.eq(l_ar_ready)]
             with m.If(i2c.busy):
                 m.d.comb += [l_ar_valid.eq(i2c.ar.valid), l_ar_addr.eq(i2c.ar.payload.addr),
