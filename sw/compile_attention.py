@@ -31,7 +31,7 @@ import numpy as np
 
 from golden_model import intattn
 from hw import isa
-from sw.compiler import ALIGN, CompileError, _align
+from sw.compiler import ALIGN, CompileError, lay_out_image
 
 
 @dataclass
@@ -194,14 +194,7 @@ def compile_attention(cfg, q, k, v, quant: intattn.AttentionQuant, *, out_int32:
             g += 1
 
     # ---- addresses
-    offsets, pos = {}, 0
-    sizes = {"descriptors": len(descs) * isa.DESCRIPTOR_BYTES, **sizes}
-    for name, size in sizes.items():
-        offsets[name] = (pos, size)
-        pos = _align(pos + size)
-    if pos > max_ddr_bytes or base_addr + pos > (1 << cfg.axi_addr_bits):
-        raise CompileError(f"attention needs {pos} bytes of DDR, more than the {max_ddr_bytes} allowed")
-    image = np.zeros(pos, np.uint8)
+    offsets, image = lay_out_image(cfg, len(descs), sizes, base_addr, max_ddr_bytes, "attention")
     _fill(image, offsets, q, k, v, quant, R, C, dp, qt, kt, q_stride, k_stride)
     raw = []
     for j, d_ in enumerate(descs):

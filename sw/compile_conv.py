@@ -31,7 +31,7 @@ from golden_model import intconv
 from golden_model.intops import MAX_K
 from hw import isa
 from hw.conv.im2col import MAX_KERNEL, row_beats
-from sw.compiler import ALIGN, CompileError, Program, _align
+from sw.compiler import ALIGN, CompileError, Program, lay_out_image
 
 PAD = 3                       # zero rows/columns kept around every plane: paddings 0..3
 STRIDES = (1, 2, 4)
@@ -243,13 +243,7 @@ def compile_conv2d(cfg, x, w, bias=None, multiplier=None, shift=None, *, stride=
     descs = _emit(ops, R, relu, out_int32, out_l.plane_bytes)
 
     # ---- addresses and the image
-    offsets, pos = {}, 0
-    for name, size in {"descriptors": len(descs) * isa.DESCRIPTOR_BYTES, **sizes}.items():
-        offsets[name] = (pos, size)
-        pos = _align(pos + size)
-    if pos > max_ddr_bytes or base_addr + pos > (1 << cfg.axi_addr_bits):
-        raise CompileError(f"convolution needs {pos} bytes of DDR, more than the {max_ddr_bytes} allowed")
-    image = np.zeros(pos, np.uint8)
+    offsets, image = lay_out_image(cfg, len(descs), sizes, base_addr, max_ddr_bytes, "convolution")
     _fill(cfg, image, offsets, x, w, bias, multiplier, shift, in_l, depthwise, mt, a_stride, ntile_k)
     raw = []
     for d in descs:

@@ -60,6 +60,19 @@ class Program:
 def _align(x: int) -> int:
     return -(-x // ALIGN) * ALIGN
 
+def lay_out_image(cfg, n_descriptors: int, sizes: dict, base_addr: int, max_ddr_bytes: int, what: str):
+    """Place the descriptors and then each named region in one DDR image, each aligned.
+
+    Returns ({region: (offset, size)}, a zeroed image); `what` names the program in the error."""
+    offsets, pos = {}, 0
+    for name, size in {"descriptors": n_descriptors * isa.DESCRIPTOR_BYTES, **sizes}.items():
+        offsets[name] = (pos, size)
+        pos = _align(pos + size)
+    if pos > max_ddr_bytes or base_addr + pos > (1 << cfg.axi_addr_bits):
+        raise CompileError(f"{what} needs {pos} bytes of DDR, more than the {max_ddr_bytes} allowed")
+    return offsets, np.zeros(pos, np.uint8)
+
+
 
 def compile_linear(cfg, a, b, bias, multiplier=None, shift=None, *, relu=False, out_int32=False,
                    base_addr: int = 0, max_ddr_bytes: int = 1 << 30) -> Program:
@@ -209,14 +222,7 @@ def compile_linear(cfg, a, b, bias, multiplier=None, shift=None, *, relu=False, 
         _emit_store(pending_store, emit, counts, last_reader, acc_free, R, relu, out_int32, np_cols * ebytes)
 
     # ---- addresses
-    offsets, pos = {}, 0
-    sizes = {"descriptors": len(descs) * isa.DESCRIPTOR_BYTES, **sizes}
-    for name, size in sizes.items():
-        offsets[name] = (pos, size)
-        pos = _align(pos + size)
-    if pos > max_ddr_bytes or base_addr + pos > (1 << cfg.axi_addr_bits):
-        raise CompileError(f"layer needs {pos} bytes of DDR, more than the {max_ddr_bytes} allowed")
-    image = np.zeros(pos, np.uint8)
+    offsets, image = lay_out_image(cfg, len(descs), sizes, base_addr, max_ddr_bytes, "layer")
     _fill_operands(cfg, image, offsets, a, b, bias, multiplier, shift, mt, nt, a_stride, b_stride)
     raw = []
     for d in descs:
