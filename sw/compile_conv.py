@@ -31,7 +31,7 @@ from golden_model import intconv
 from golden_model.intops import MAX_K
 from hw import isa
 from hw.conv.im2col import MAX_KERNEL, row_beats
-from sw.compiler import ALIGN, CompileError, Program, lay_out_image
+from sw.compiler import ALIGN, CompileError, Program, lay_out_image, pack_descriptors, schedule
 
 PAD = 3                       # zero rows/columns kept around every plane: paddings 0..3
 STRIDES = (1, 2, 4)
@@ -220,8 +220,10 @@ def compile_conv2d(cfg, x, w, bias=None, multiplier=None, shift=None, *, stride=
                             src = in_l.offset(c0, oy * stride - padding, x0)
                             b_shared = ("B", hb)
                             loads.append(dict(target="IM2COL", src=("in", src // DB * DB), count=nch,
-                                              sp=hb * b_half, res=b_shared, k=k, stride=stride, off=src % DB,
-                                              pitch=in_l.row_bytes, plane_rows=in_l.plane_rows))
+                                              sp=hb * b_half, res=b_shared,
+                                              fields=dict(kernel_last=k - 1, stride_log2=stride.bit_length() - 1,
+                                                          col_offset=src % DB, stride=in_l.row_bytes,
+                                                          plane_rows=in_l.plane_rows)))
                         if not single:
                             hx = (step - 1) % 2
                             loads.append(dict(target="A", src=("A", t * a_stride + c0 * kk * R), count=nch * kk,
@@ -234,100 +236,22 @@ def compile_conv2d(cfg, x, w, bias=None, multiplier=None, shift=None, *, stride=
                         store = None
                         if last:
                             store = dict(rows=rows, acc=region, param=hp * p_half + i, p=("P", hp),
-                                         dst=("out", out_l.offset(co0, oy, ox0)), cols=min(C, wo - ox0))
+                                         dst=("out", out_l.offset(co0, oy, ox0)), stride=out_l.plane_bytes,
+                                         fields=dict(param_rows=1, cols=min(C, wo - ox0)))
                         ops.append(dict(loads=loads, a=a_res, b=b_shared, a_base=a_base, b_base=int(b_shared[1]) * b_half,
                                         k_last=(nch * kk if not depthwise else rows * kk) - 1, acc=region,
                                         accumulate=int(ci > 0), store=store))
                     tile_no += 1
 
-    descs = _emit(ops, R, relu, out_int32, out_l.plane_bytes)
+    descs = schedule(ops, R, relu, out_int32)
 
     # ---- addresses and the image
     offsets, image = lay_out_image(cfg, len(descs), sizes, base_addr, max_ddr_bytes, "convolution")
     _fill(cfg, image, offsets, x, w, bias, multiplier, shift, in_l, depthwise, mt, a_stride, ntile_k)
-    raw = []
-    for d in descs:
-        fields = {kf: v for kf, v in d.items() if kf in isa.FIELDS}
-        fields["opcode"] = isa.OPCODES[d["opcode"]]
-        if "target" in d:
-            fields["target"] = isa.TARGETS[d["target"]]
-        for key in ("src", "dst"):
-            if key in d:
-                region, off = d[key]
-                fields["dram_addr"] = base_addr + offsets[region][0] + off
-        raw.append(fields)
-    for j, fields in enumerate(raw):
-        try:
-            image[j * 32:(j + 1) * 32] = np.frombuffer(isa.pack_descriptor(**fields), np.uint8)
-        except ValueError as e:
-            raise CompileError(f"descriptor {j} does not fit the format ({e})") from None
+    raw = pack_descriptors(descs, image, offsets, base_addr, "split the convolution")
     macs = cout * ho * wo * (1 if depthwise else cin) * kk
     return ConvProgram(cfg, cout, (1 if depthwise else cin) * kk, ho * wo, out_int32, image, raw, offsets,
                        macs=macs, base_addr=base_addr, out_layout=out_l)
-
-
-def _emit(ops, R, relu, out_int32, out_plane_bytes) -> list[dict]:
-    """Descriptors in dispatch order with exact waits (the policy of sw/compiler.py)."""
-    descs: list[dict] = []
-    counts = {"LOAD": 0, "COMPUTE": 0, "STORE": 0}
-    last_reader: dict = {}
-    acc_free: dict = {}
-
-    def emit(d, waits):
-        d = dict(d, wait_load=waits.get("LOAD", 0), wait_compute=waits.get("COMPUTE", 0),
-                 wait_store=waits.get("STORE", 0))
-        descs.append(d)
-
-    buckets: dict[int, list] = {}
-    last_user: dict = {}
-    for j, op in enumerate(ops):
-        for ld in op["loads"]:
-            hz = last_user.get(ld["res"])
-            pos = -1 if hz is None else hz + (2 if ld["res"][0] == "P" else 1)
-            buckets.setdefault(min(pos, j - 1), []).append(ld)
-        last_user[op["a"]] = last_user[op["b"]] = j
-        if op["store"]:
-            last_user[op["store"]["p"]] = j
-
-    def emit_bucket(pos):
-        for ld in buckets.get(pos, []):
-            unit, cnt = last_reader.get(ld["res"], ("COMPUTE", 0))
-            counts["LOAD"] += 1
-            ld["done_at"] = counts["LOAD"]
-            d = dict(opcode="LOAD", target=ld["target"], src=ld["src"], count=ld["count"], sp_addr=ld["sp"])
-            if ld["target"] == "IM2COL":
-                d.update(kernel_last=ld["k"] - 1, stride_log2=ld["stride"].bit_length() - 1, col_offset=ld["off"],
-                         stride=ld["pitch"], plane_rows=ld["plane_rows"])
-            emit(d, {unit: cnt})
-
-    def emit_store(pending):
-        st, done_at = pending
-        counts["STORE"] += 1
-        emit(dict(opcode="STORE", count=st["rows"], sp_addr=st["acc"] * R, param_addr=st["param"], param_rows=1,
-                  relu=int(relu), out_int32=int(out_int32), dst=st["dst"], stride=out_plane_bytes, cols=st["cols"]),
-             {"COMPUTE": done_at})
-        acc_free[st["acc"]] = counts["STORE"]
-        prev = last_reader.get(st["p"], ("STORE", 0))
-        last_reader[st["p"]] = ("STORE", max(counts["STORE"], prev[1] if prev[0] == "STORE" else 0))
-
-    emit_bucket(-1)
-    pending = None
-    for i, op in enumerate(ops):
-        waits = {"LOAD": max([ld["done_at"] for ld in op["loads"]], default=0),
-                 "STORE": acc_free.get(op["acc"], 0) if not op["accumulate"] else 0}
-        counts["COMPUTE"] += 1
-        op["done_at"] = counts["COMPUTE"]
-        emit(dict(opcode="COMPUTE", sp_addr=op["a_base"], b_base=op["b_base"], k_last=op["k_last"],
-                  acc_base=op["acc"] * R, accumulate=op["accumulate"]), waits)
-        last_reader[op["a"]] = ("COMPUTE", op["done_at"])
-        last_reader[op["b"]] = ("COMPUTE", op["done_at"])
-        if pending is not None:
-            emit_store(pending)
-        pending = (op["store"], op["done_at"]) if op["store"] else None
-        emit_bucket(i)
-    if pending is not None:
-        emit_store(pending)
-    return descs
 
 
 def _fill(cfg, image, offsets, x, w, bias, multiplier, shift, in_l, depthwise, mt, a_stride, ntile_k):

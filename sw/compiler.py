@@ -18,7 +18,7 @@ from which scratchpad half / accumulator region / parameter entry each op touche
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -139,8 +139,8 @@ def compile_linear(cfg, a, b, bias, multiplier=None, shift=None, *, relu=False, 
                     ops.append(dict(op="COMPUTE", loads=loads if i == 0 else [], a=("A", ha), b=("B", hb),
                                     a_base=ha * a_half, b_base=hb * b_half + i * K, k_last=kc - 1,
                                     acc=region, accumulate=0,
-                                    store=dict(op="STORE", rows=rows, acc=region, param=hp * (cfg.param_depth // 2) + i,
-                                               p=("P", hp), dst=("out", (mi * R * np_cols + nj * C) * ebytes))))
+                                    store=dict(rows=rows, acc=region, param=hp * (cfg.param_depth // 2) + i, p=("P", hp),
+                                               dst=("out", (mi * R * np_cols + nj * C) * ebytes), stride=np_cols * ebytes)))
                     tile_no += 1
                 step += 1
     else:
@@ -163,22 +163,54 @@ def compile_linear(cfg, a, b, bias, multiplier=None, shift=None, *, relu=False, 
                     last = ci == len(chunks) - 1
                     ops.append(dict(op="COMPUTE", loads=loads, a=("A", h), b=("B", h), a_base=h * a_half,
                                     b_base=h * b_half, k_last=kk - 1, acc=region, accumulate=int(ci > 0),
-                                    store=dict(op="STORE", rows=min(R, M - mi * R), acc=region, param=hp, p=("P", hp),
-                                               dst=("out", (mi * R * np_cols + nj * C) * ebytes)) if last else None))
+                                    store=dict(rows=min(R, M - mi * R), acc=region, param=hp, p=("P", hp),
+                                               dst=("out", (mi * R * np_cols + nj * C) * ebytes),
+                                               stride=np_cols * ebytes) if last else None))
                     step += 1
                 tile_no += 1
 
-    # ---- emission order and exact waits
+    descs = schedule(ops, R, relu, out_int32)
+
+    # ---- addresses
+    offsets, image = lay_out_image(cfg, len(descs), sizes, base_addr, max_ddr_bytes, "layer")
+    _fill_operands(cfg, image, offsets, a, b, bias, multiplier, shift, mt, nt, a_stride, b_stride)
+    raw = pack_descriptors(descs, image, offsets, base_addr, "split the layer")
+    return Program(cfg, M, K, N, out_int32, image, raw, offsets, macs=M * K * N, base_addr=base_addr)
+
+
+def relocate(prog: Program, new_base: int) -> Program:
+    """The same program for a buffer at another physical address (descriptor addresses moved)."""
+    import dataclasses
+    if new_base % ALIGN:
+        raise CompileError(f"DDR buffer address {new_base:#x} is not {ALIGN}-byte aligned")
+    delta = new_base - prog.base_addr
+    image = prog.image.copy()
+    descs = []
+    for j, d in enumerate(prog.descriptors):
+        d = dict(d)
+        if "dram_addr" in d:
+            d["dram_addr"] += delta
+        image[j * 32:(j + 1) * 32] = np.frombuffer(isa.pack_descriptor(**d), np.uint8)
+        descs.append(d)
+    return dataclasses.replace(prog, image=image, descriptors=descs, base_addr=new_base)
+
+
+def schedule(ops: list[dict], R: int, relu: bool, out_int32: bool) -> list[dict]:
+    """Descriptors in dispatch order with exact waits, for the GEMM and conv compilers.
+
+    ops: COMPUTEs in order, each with the loads it needs ("loads": target, src, count, sp,
+    res = the (scratchpad, half) it overwrites, optional "fields" for extra descriptor fields),
+    its operands "a"/"b" (resources), "acc" region, "accumulate", and an optional "store"
+    (rows, acc, param, p = its PARAM resource, dst, stride, optional "fields").
+    """
     descs: list[dict] = []
     counts = {"LOAD": 0, "COMPUTE": 0, "STORE": 0}
-    last_reader = {}          # resource -> (unit, completion count needed) of its last user
-    acc_free = {}             # acc region -> stores_done needed before overwriting
+    last_reader: dict = {}    # resource -> (unit, completion count needed) of its last user
+    acc_free: dict = {}       # acc region -> stores_done needed before overwriting
 
     def emit(d, waits):
-        d = dict(d)
-        d.update({"wait_load": waits.get("LOAD", 0), "wait_compute": waits.get("COMPUTE", 0),
-                  "wait_store": waits.get("STORE", 0)})
-        descs.append(d)
+        descs.append(dict(d, wait_load=waits.get("LOAD", 0), wait_compute=waits.get("COMPUTE", 0),
+                          wait_store=waits.get("STORE", 0)))
 
     # Each load goes right after the compute that follows its hazard (the last compute
     # using its half, or for parameters the last store using them): early enough to be
@@ -200,11 +232,20 @@ def compile_linear(cfg, a, b, bias, multiplier=None, shift=None, *, relu=False, 
             unit, cnt = last_reader.get(ld["res"], ("COMPUTE", 0))
             counts["LOAD"] += 1
             ld["done_at"] = counts["LOAD"]
-            emit(dict(opcode="LOAD", target=ld["target"], src=ld["src"], count=ld["count"], sp_addr=ld["sp"]),
-                 {unit: cnt})
+            emit(dict(opcode="LOAD", target=ld["target"], src=ld["src"], count=ld["count"], sp_addr=ld["sp"],
+                      **ld.get("fields", {})), {unit: cnt})
+
+    def emit_store(st, compute_done):
+        counts["STORE"] += 1
+        emit(dict(opcode="STORE", count=st["rows"], sp_addr=st["acc"] * R, param_addr=st["param"],
+                  relu=int(relu), out_int32=int(out_int32), dst=st["dst"], stride=st["stride"],
+                  **st.get("fields", {})), {"COMPUTE": compute_done})
+        acc_free[st["acc"]] = counts["STORE"]
+        prev = last_reader.get(st["p"], ("STORE", 0))
+        last_reader[st["p"]] = ("STORE", max(counts["STORE"], prev[1] if prev[0] == "STORE" else 0))
 
     emit_bucket(-1)
-    pending_store = None
+    pending = None
     for i, op in enumerate(ops):
         waits = {"LOAD": max([ld["done_at"] for ld in op["loads"]], default=0),
                  "STORE": acc_free.get(op["acc"], 0) if not op["accumulate"] else 0}
@@ -214,62 +255,35 @@ def compile_linear(cfg, a, b, bias, multiplier=None, shift=None, *, relu=False, 
                   acc_base=op["acc"] * R, accumulate=op["accumulate"]), waits)
         last_reader[op["a"]] = ("COMPUTE", op["done_at"])
         last_reader[op["b"]] = ("COMPUTE", op["done_at"])
-        if pending_store is not None:
-            _emit_store(pending_store, emit, counts, last_reader, acc_free, R, relu, out_int32, np_cols * ebytes)
-        pending_store = (op["store"], op["done_at"]) if op["store"] else None
+        if pending is not None:
+            emit_store(*pending)      # after the next COMPUTE: the store overlaps it
+        pending = (op["store"], op["done_at"]) if op["store"] else None
         emit_bucket(i)
-    if pending_store is not None:
-        _emit_store(pending_store, emit, counts, last_reader, acc_free, R, relu, out_int32, np_cols * ebytes)
+    if pending is not None:
+        emit_store(*pending)
+    return descs
 
-    # ---- addresses
-    offsets, image = lay_out_image(cfg, len(descs), sizes, base_addr, max_ddr_bytes, "layer")
-    _fill_operands(cfg, image, offsets, a, b, bias, multiplier, shift, mt, nt, a_stride, b_stride)
+
+def pack_descriptors(descs: list[dict], image: np.ndarray, offsets: dict, base_addr: int, hint: str) -> list[dict]:
+    """Encode descriptors (symbolic opcode, target, ("region", offset) addresses) into the
+    image's descriptor area; returns their numeric fields. hint: what to do when one does not fit."""
     raw = []
-    for d in descs:
+    for j, d in enumerate(descs):
         fields = {k: v for k, v in d.items() if k in isa.FIELDS}
         fields["opcode"] = isa.OPCODES[d["opcode"]]
-        if "target" in d:
+        if isinstance(d.get("target"), str):
             fields["target"] = isa.TARGETS[d["target"]]
         for key in ("src", "dst"):
             if key in d:
                 region, off = d[key]
                 fields["dram_addr"] = base_addr + offsets[region][0] + off
-        raw.append(fields)
-    for j, fields in enumerate(raw):
         try:
             packed = isa.pack_descriptor(**fields)
         except ValueError as e:
-            raise CompileError(f"descriptor {j} does not fit the format ({e}); split the layer") from None
+            raise CompileError(f"descriptor {j} does not fit the format ({e}); {hint}") from None
         image[j * 32:(j + 1) * 32] = np.frombuffer(packed, np.uint8)
-    return Program(cfg, M, K, N, out_int32, image, raw, offsets, macs=M * K * N, base_addr=base_addr)
-
-
-def relocate(prog: Program, new_base: int) -> Program:
-    """The same program for a buffer at another physical address (descriptor addresses moved)."""
-    import dataclasses
-    if new_base % ALIGN:
-        raise CompileError(f"DDR buffer address {new_base:#x} is not {ALIGN}-byte aligned")
-    delta = new_base - prog.base_addr
-    image = prog.image.copy()
-    descs = []
-    for j, d in enumerate(prog.descriptors):
-        d = dict(d)
-        if "dram_addr" in d:
-            d["dram_addr"] += delta
-        image[j * 32:(j + 1) * 32] = np.frombuffer(isa.pack_descriptor(**d), np.uint8)
-        descs.append(d)
-    return dataclasses.replace(prog, image=image, descriptors=descs, base_addr=new_base)
-
-
-def _emit_store(pending, emit, counts, last_reader, acc_free, R, relu, out_int32, row_bytes):
-    st, compute_done = pending
-    counts["STORE"] += 1
-    emit(dict(opcode="STORE", count=st["rows"], sp_addr=st["acc"] * R, param_addr=st["param"],
-              relu=int(relu), out_int32=int(out_int32), dst=st["dst"], stride=row_bytes),
-         {"COMPUTE": compute_done})
-    acc_free[st["acc"]] = counts["STORE"]
-    prev = last_reader.get(st["p"], ("STORE", 0))
-    last_reader[st["p"]] = ("STORE", max(counts["STORE"], prev[1] if prev[0] == "STORE" else 0))
+        raw.append(fields)
+    return raw
 
 
 def _fill_operands(cfg, image, offsets, a, b, bias, multiplier, shift, mt, nt, a_stride, b_stride):
