@@ -8,7 +8,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-ENGINES = ("gemm", "attention", "conv")   # engines the overlay knows of (conv: hw/conv, on the GEMM array)
+ENGINES = ("gemm", "attention", "conv", "depthwise")   # engines the overlay knows of (conv: hw/conv, on the GEMM array;
+#                                                      depthwise: hw/conv/depthwise.py, its own datapath)
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,8 @@ class OverlayConfig:
     engines       : engines present in the overlay.
     attn_max_dim  : attention engine: the largest head dim (its O and V memories), a multiple of cols.
     clock_mhz     : target clock (for reports and the board flow).
+    dw_lanes      : depthwise engine: channel lanes (each K x K multipliers, one output pixel per cycle).
+    dw_row_bytes  : depthwise engine: the longest feature-map row (pitch, bytes) its line buffers hold.
     """
     name: str
     rows: int
@@ -39,6 +42,8 @@ class OverlayConfig:
     clock_mhz: float = 200.0
     board: str = ""
     attn_max_dim: int = 256
+    dw_lanes: int = 2
+    dw_row_bytes: int = 256
 
     def __post_init__(self):
         errors = []
@@ -63,6 +68,13 @@ class OverlayConfig:
                 errors.append(f"attention engine: cols={self.cols} must be a power of two")
             if self.attn_max_dim < self.cols or self.attn_max_dim % self.cols:
                 errors.append(f"attn_max_dim={self.attn_max_dim} must be a positive multiple of cols={self.cols}")
+        beat = self.axi_data_bits // 8
+        if "depthwise" in self.engines:
+            if not 1 <= self.dw_lanes <= 16:
+                errors.append(f"dw_lanes={self.dw_lanes} outside 1..16")
+            rb = self.dw_row_bytes // beat if self.axi_data_bits in (64, 128) else 0
+            if self.dw_row_bytes % (self.axi_data_bits // 8) or rb < 4 or rb & (rb - 1):
+                errors.append(f"dw_row_bytes={self.dw_row_bytes} must be a power-of-two number (>= 4) of AXI beats")
         if "gemm" not in self.engines:
             errors.append("the gemm engine is required (the others plug into its DMA and scratchpads)")
         # Output rows are stored as whole AXI beats: C int8 must fill at least one beat exactly.
@@ -95,7 +107,7 @@ PRESETS: dict[str, OverlayConfig] = {
     # Small enough that a whole layer simulates in seconds under Verilator.
     "sim": OverlayConfig("sim", rows=4, cols=8, a_depth=4096, b_depth=4096, acc_depth=64,
                          param_depth=16, axi_data_bits=64, clock_mhz=100.0, board="(simulation)",
-                         engines=("gemm", "attention", "conv")),
+                         engines=("gemm", "attention", "conv", "depthwise"), dw_lanes=2, dw_row_bytes=128),
     # The open ECP5 flow (ULX3S-85F): the GEMM overlay with small memories, so that
     # it places, routes and is timed in minutes. 45 MHz is what it meets there
     # (nextpnr: 49-57 MHz by target and seed, critical path in the load unit's control); with the attention
@@ -114,7 +126,7 @@ PRESETS: dict[str, OverlayConfig] = {
     # The 16 x 16 overlay the benchmarks measure (utilisation, resources).
     "bench16": OverlayConfig("bench16", rows=16, cols=16, a_depth=2048, b_depth=2048, acc_depth=256,
                              param_depth=64, axi_data_bits=128, clock_mhz=200.0, board="(benchmark)",
-                             engines=("gemm", "attention", "conv")),
+                             engines=("gemm", "attention", "conv", "depthwise"), dw_lanes=4, dw_row_bytes=256),
 }
 
 

@@ -65,16 +65,20 @@ OPCODES = {
     "STORE": 3,      # accumulator rows -> output stage -> DDR, `count` rows, row r at dram_addr + r * stride
     "SYNC": 4,       # wait until every dispatched descriptor has completed
     "ATTENTION": 8,  # attention engine: one key tile (mode STEP) or the normalisation (mode NORM)
+    "DEPTHWISE": 10,  # depthwise engine: a stride-1 "same" depthwise conv of `cols` channels, DDR to DDR
     # Reserved for the engines of later issues (decoded as BAD_OPCODE until they exist):
     "CONV": 9,
 }
-IMPLEMENTED_OPCODES = ("LOAD", "COMPUTE", "STORE", "SYNC", "ATTENTION")
+IMPLEMENTED_OPCODES = ("LOAD", "COMPUTE", "STORE", "SYNC", "ATTENTION", "DEPTHWISE")
 #: Opcodes that need an engine besides gemm (BAD_OPCODE in an overlay without it).
-OPCODE_ENGINE = {"ATTENTION": "attention"}
+OPCODE_ENGINE = {"ATTENTION": "attention", "DEPTHWISE": "depthwise"}
+#: Opcodes counted as LOADs (LOADS_DONE, wait_load): DEPTHWISE runs on the load unit's AXI read slot.
+COUNTS_AS_LOAD = ("LOAD", "DEPTHWISE")
 #: LOAD targets: which scratchpad (later engines add theirs here, sharing the DMA).
 #: IM2COL: the convolution engine's input side (hw/conv/im2col.py) gathers B entries from a feature map.
-TARGETS = {"A": 0, "B": 1, "PARAM": 2, "V": 3, "IM2COL": 4}
-TARGET_ENGINE = {"V": "attention", "IM2COL": "conv"}
+#: DW: the depthwise engine's coefficients (per lane DW_COEF_BYTES: 8 x 8 int8 taps, then a PARAM channel).
+TARGETS = {"A": 0, "B": 1, "PARAM": 2, "V": 3, "IM2COL": 4, "DW": 5}
+TARGET_ENGINE = {"V": "attention", "IM2COL": "conv", "DW": "depthwise"}
 #: ATTENTION modes (in the `target` field).
 ATTN_MODES = {"STEP": 0, "NORM": 1}
 
@@ -116,19 +120,42 @@ IM2COL_FIELDS = [
 ]
 
 
+#: DEPTHWISE's own fields share the bits of fields it never reads (sp_addr .. param_addr). It also reads
+#: dram_addr (input: row -padding of its first channel's plane, a row start), stride (row pitch, bytes,
+#: input and output maps alike), count (output rows), cols (channels = active lanes, 1..dw_lanes), relu.
+DW_SHARES = ("sp_addr", "b_base", "k_last", "acc_base", "param_addr")
+DW_FIELDS = [
+    ("dw_out_addr", 32, "DEPTHWISE: DDR byte address of output pixel (channel 0, row 0, column 0), beat aligned"),
+    ("dw_width", 14, "DEPTHWISE: output (= input) pixels per row"),
+    ("dw_plane_rows", 14, "DEPTHWISE: rows per channel plane (plane bytes = dw_plane_rows x stride)"),
+    ("dw_kernel_last", 3, "DEPTHWISE: K - 1 (K odd, padding (K-1)/2, K <= 7)"),
+    ("dw_col0", 6, "DEPTHWISE: byte of input column -padding within a row"),
+]
+#: Per lane: the K x K taps at byte ky * 8 + kx (8 x 8, unused taps zero), then one PARAM channel.
+DW_TAP_BYTES = 64
+DW_COEF_BYTES = DW_TAP_BYTES + 16
+#: Groups of fields that share bits: (the fields whose bits they use, the fields).
+SHARED_GROUPS = [(("b_base", "k_last"), "IM2COL"), (DW_SHARES, "DEPTHWISE")]
+
+
+def _shared_fields(group: str):
+    return IM2COL_FIELDS if group == "IM2COL" else DW_FIELDS
+
+
 def field_offsets() -> dict[str, tuple[int, int]]:
     offsets, pos = {}, 0
     for name, width, _ in DESCRIPTOR_FIELDS:
         offsets[name] = (pos, width)
         pos += width
     assert pos <= DESCRIPTOR_BYTES * 8
-    pos = offsets[IM2COL_SHARES[0]][0]
-    end = pos + sum(offsets[n][1] for n in IM2COL_SHARES)
-    assert all(offsets[a][0] + offsets[a][1] == offsets[b][0] for a, b in zip(IM2COL_SHARES, IM2COL_SHARES[1:]))
-    for name, width, _ in IM2COL_FIELDS:
-        offsets[name] = (pos, width)
-        pos += width
-    assert pos <= end
+    for shares, group in SHARED_GROUPS:
+        pos = offsets[shares[0]][0]
+        end = pos + sum(offsets[n][1] for n in shares)
+        assert all(offsets[a][0] + offsets[a][1] == offsets[b][0] for a, b in zip(shares, shares[1:]))
+        for name, width, _ in _shared_fields(group):
+            offsets[name] = (pos, width)
+            pos += width
+        assert pos <= end
     return offsets
 
 
@@ -137,9 +164,12 @@ FIELDS = field_offsets()
 
 def pack_descriptor(**fields) -> bytes:
     word = 0
-    shared = [n for n in IM2COL_SHARES if fields.get(n)]
-    if shared and any(fields.get(n) for n, _, _ in IM2COL_FIELDS):
-        raise ValueError(f"IM2COL fields share the bits of {', '.join(shared)}: set one or the other")
+    for shares, group in SHARED_GROUPS:
+        shared = [n for n in shares if fields.get(n)]
+        if shared and any(fields.get(n) for n, _, _ in _shared_fields(group)):
+            raise ValueError(f"{group} fields share the bits of {', '.join(shared)}: set one or the other")
+    if any(fields.get(n) for n, _, _ in IM2COL_FIELDS) and any(fields.get(n) for n, _, _ in DW_FIELDS):
+        raise ValueError("IM2COL and DEPTHWISE fields share bits: set one or the other")
     for name, value in fields.items():
         if name not in FIELDS:
             raise ValueError(f"descriptor has no field {name!r}")
@@ -163,12 +193,13 @@ PARAM_CHANNEL_BYTES = 16    # per output channel: int32 bias, uint32 multiplier,
 
 def entry_bytes(cfg, target: str) -> int:
     """Bytes one scratchpad entry occupies in DDR (entries are contiguous, little-endian)."""
-    return {"A": cfg.rows, "B": cfg.cols, "PARAM": cfg.cols * PARAM_CHANNEL_BYTES, "V": cfg.cols}[target]
+    return {"A": cfg.rows, "B": cfg.cols, "PARAM": cfg.cols * PARAM_CHANNEL_BYTES, "V": cfg.cols,
+            "DW": cfg.beat_bytes}[target]
 
 
 def scratchpad_depth(cfg, target: str) -> int:
     return {"A": cfg.a_depth, "B": cfg.b_depth, "PARAM": cfg.param_depth, "V": 2 * cfg.attn_max_dim,
-            "IM2COL": cfg.b_depth}[target]
+            "IM2COL": cfg.b_depth, "DW": cfg.dw_lanes * DW_COEF_BYTES // cfg.beat_bytes}[target]
 
 
 def has_target(cfg, target: str) -> bool:
@@ -217,7 +248,11 @@ def markdown_tables() -> str:
               "from `sp_addr` in (channel, ky, kx) order, lane j = byte col_offset + kx + j * stride of each row. "
               f"PARAM entries hold C channels of {PARAM_CHANNEL_BYTES} bytes: int32 bias, uint32 multiplier "
               "(< 2^31), uint32 shift (< 64), uint32 zero. V entries (attention engine) hold C int8: one channel "
-              "of a tile of C keys."]
+              "of a tile of C keys. "
+              f"DW entries (depthwise engine) are AXI beats of the coefficient bank: lane l's {DW_COEF_BYTES} bytes "
+              f"at entries l x {DW_COEF_BYTES} / beat bytes on: K x K int8 taps at byte ky x 8 + kx "
+              f"({DW_TAP_BYTES} bytes, unused taps zero), then its PARAM channel (16 bytes). DEPTHWISE counts as a "
+              "LOAD (LOADS_DONE, wait_load): it runs on the load unit's AXI read slot, after the loads before it."]
     return "\n".join(lines)
 
 

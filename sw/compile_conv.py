@@ -279,3 +279,17 @@ def _fill(cfg, image, offsets, x, w, bias, multiplier, shift, in_l, depthwise, m
                             np.concatenate([multiplier[co0:co0 + rows], z]),
                             np.concatenate([shift[co0:co0 + rows], z]))
         image[off + t * C * isa.PARAM_CHANNEL_BYTES:off + (t + 1) * C * isa.PARAM_CHANNEL_BYTES] = p
+
+
+# ---------------------------------------------------------------- the depthwise engine (hw/conv/depthwise.py)
+
+def dw_coefficients(w, bias, multiplier, shift) -> np.ndarray:
+    """(C, 1, K, K) int8 weights + per-channel parameters -> (C, DW_COEF_BYTES) uint8, the DW bank's lane
+    layout (hw.isa): K x K taps at byte ky * 8 + kx (unused taps zero), then the PARAM channel."""
+    c, k = w.shape[0], w.shape[2]
+    out = np.zeros((c, isa.DW_COEF_BYTES), np.uint8)
+    taps = np.zeros((c, 8, 8), np.int8)
+    taps[:, :k, :k] = w[:, 0]
+    out[:, :isa.DW_TAP_BYTES] = taps.reshape(c, -1).view(np.uint8)
+    out[:, isa.DW_TAP_BYTES:] = isa.pack_params(bias, multiplier, shift).reshape(c, -1)
+    return out
