@@ -22,6 +22,7 @@ from amaranth.utils import exact_log2
 
 from hw import isa
 from hw.axi import BOUNDARY, BURST_INCR, MAX_BURST_BEATS, Axi4Signature, AxiLiteSignature
+from hw.conv.depthwise import DepthwiseUnit
 from hw.conv.im2col import Im2colLoader
 from hw.gemm.engine import GemmEngine
 
@@ -70,6 +71,12 @@ class Core(wiring.Component):
         if has_conv:
             m.submodules.im2col = i2c = Im2colLoader(cfg)
         i2c_busy = i2c.busy if has_conv else Const(0)
+        # The depthwise engine: opcode DEPTHWISE on the load unit's AXI read slot (id 1), its own writes (id 1).
+        has_dw = "depthwise" in cfg.engines
+        dw = None
+        if has_dw:
+            m.submodules.depthwise = dw = DepthwiseUnit(cfg)
+        dw_busy = dw.busy if has_dw else Const(0)
 
         running = Signal()
         error = Signal(3)
@@ -94,7 +101,7 @@ class Core(wiring.Component):
         m.d.comb += axi.rready.eq(Mux(axi.rid, l_r_ready, f_r_ready))
         r_fire = axi.rvalid & axi.rready
         f_beat = r_fire & (axi.rid == 0)
-        l_beat = r_fire & (axi.rid == 1) & ~i2c_busy
+        l_beat = r_fire & (axi.rid == 1) & ~i2c_busy & ~dw_busy
         with m.If(r_fire & (axi.rresp != 0)):
             m.d.sync += error.eq(error | isa.ERROR_AXI_READ)
 
@@ -153,6 +160,7 @@ class Core(wiring.Component):
                      & (self.stores_done >= desc.wait_store) & (self.attentions_done >= desc.wait_attention))
         can_dispatch = running & fifo.r_rdy & waits_met & (error == 0)
         l_cmd_valid, l_cmd_ready = Signal(), Signal()
+        dw_free = Signal()         # DEPTHWISE may start: no load running (same slot), no store (the write channel)
         s_cmd_valid, s_cmd_ready = Signal(), Signal()
         taken = Signal()
         op = isa.OPCODES
@@ -173,6 +181,10 @@ class Core(wiring.Component):
                 if attention is not None:
                     with m.Case(op["ATTENTION"]):
                         m.d.comb += [attention.cmd.valid.eq(1), taken.eq(attention.cmd.ready)]
+                if has_dw:
+                    with m.Case(op["DEPTHWISE"]):
+                        # After the loads before it (same slot) and any store (the AXI write channel).
+                        m.d.comb += [dw.cmd.valid.eq(dw_free), taken.eq(dw_free & dw.cmd.ready)]
                 with m.Default():
                     m.d.sync += error.eq(error | isa.ERROR_BAD_OPCODE)
         m.d.comb += fifo.r_en.eq(taken)
@@ -180,7 +192,7 @@ class Core(wiring.Component):
             m.d.sync += self.desc_done.eq(self.desc_done + 1)
             with m.Switch(desc.opcode):
                 for name, unit in (("LOAD", "load"), ("COMPUTE", "compute"), ("STORE", "store"),
-                                   ("ATTENTION", "attention")):
+                                   ("ATTENTION", "attention")) + ((("DEPTHWISE", "load"),) if has_dw else ()):
                     with m.Case(op[name]):
                         m.d.sync += issued[unit].eq(issued[unit] + 1)
         m.d.comb += [engine.compute.payload.a_base.eq(desc.sp_addr), engine.compute.payload.b_base.eq(desc.b_base),
@@ -197,6 +209,8 @@ class Core(wiring.Component):
         targets = {"A": (R, engine.a_wr), "B": (C, engine.b_wr), "PARAM": (C * isa.PARAM_CHANNEL_BYTES, engine.p_wr)}
         if attention is not None:
             targets["V"] = (C, attention.v_wr)
+        if has_dw:
+            targets["DW"] = (DB, dw.coef_wr)
         l_busy = Signal()
         l_target = Signal(4)
         l_sp = Signal(16)
@@ -295,6 +309,22 @@ class Core(wiring.Component):
                              engine.b_wr.valid.eq(i2c.b_wr.valid), engine.b_wr.payload.eq(i2c.b_wr.payload)]
             with m.If(i2c.done):
                 m.d.comb += load_done_pulse.eq(1)
+        if has_dw:
+            # DEPTHWISE commands: the unit takes the AR/R slot (id 1) while busy, like IM2COL loads.
+            m.d.comb += [l_cmd_ready.eq(~l_busy & ~i2c_busy & ~dw.busy),
+                         dw.r.valid.eq(axi.rvalid & (axi.rid == 1) & dw.busy), dw.r.payload.eq(axi.rdata),
+                         dw.ar.ready.eq(l_ar_ready)]
+            with m.If(dw.busy):
+                m.d.comb += [l_ar_valid.eq(dw.ar.valid), l_ar_addr.eq(dw.ar.payload.addr),
+                             l_ar_len.eq(dw.ar.payload.len), l_r_ready.eq(dw.r.ready)]
+            with m.If(dw.done):
+                m.d.comb += load_done_pulse.eq(1)
+            dp = dw.cmd.payload
+            dwf = lambda name: im2col_field(desc, name)     # noqa: E731 (shared-bit fields, hw.isa.DW_FIELDS)
+            m.d.comb += [dp.in_addr.eq(desc.dram_addr), dp.out_addr.eq(dwf("dw_out_addr")), dp.pitch.eq(desc.stride),
+                         dp.plane_rows.eq(dwf("dw_plane_rows")), dp.rows.eq(desc.count),
+                         dp.width.eq(dwf("dw_width")), dp.k_last.eq(dwf("dw_kernel_last")),
+                         dp.col0.eq(dwf("dw_col0")), dp.lanes.eq(desc.cols), dp.relu.eq(desc.relu)]
         with m.If(l_busy & (l_entries == 0) & (l_r_left == 0) & (l_ar_left == 0) & ~holding):
             m.d.sync += [l_busy.eq(0), written.eq(0), beat_in_entry.eq(0)]
             m.d.comb += load_done_pulse.eq(1)
@@ -324,7 +354,7 @@ class Core(wiring.Component):
         m.d.comb += [axi.awvalid.eq(s_busy & (s_aw_left != 0)), axi.awaddr.eq(s_aw_addr), axi.awid.eq(0),
                      axi.awlen.eq(Mux(s_int32, bpr32 - 1, bpr8 - 1)),
                      axi.awsize.eq(exact_log2(DB)), axi.awburst.eq(BURST_INCR)]
-        with m.If(axi.awvalid & axi.awready):
+        with m.If(axi.awvalid & axi.awready & ~dw_busy):
             m.d.sync += [s_aw_addr.eq(s_aw_addr + s_stride), s_aw_left.eq(s_aw_left - 1)]
         wbuf = Signal(C * 32)
         w_holding = Signal()
@@ -341,18 +371,30 @@ class Core(wiring.Component):
         valid_bytes = Signal(range(C * 4 + 1))
         m.d.comb += valid_bytes.eq(Mux(s_cols == 0, C, s_cols) << Mux(s_int32, 2, 0))
         m.d.comb += axi.wstrb.eq(Cat(*[(w_beat * DB + i) < valid_bytes for i in range(DB)]))
-        with m.If(axi.wvalid & axi.wready):
+        with m.If(axi.wvalid & axi.wready & ~dw_busy):
             m.d.sync += w_beat.eq(w_beat + 1)
             with m.If(w_last):
                 m.d.sync += [w_holding.eq(0), s_w_left.eq(s_w_left - 1)]
         m.d.comb += axi.bready.eq(1)
-        with m.If(axi.bvalid):
+        with m.If(axi.bvalid & (axi.bid == 0)):
             m.d.sync += s_b_left.eq(s_b_left - 1)
             with m.If(axi.bresp != 0):
                 m.d.sync += error.eq(error | isa.ERROR_AXI_WRITE)
         with m.If(s_busy & ~s_engine_cmd & (s_aw_left == 0) & (s_w_left == 0) & (s_b_left == 0)):
             m.d.sync += s_busy.eq(0)
             m.d.comb += store_done_pulse.eq(1)
+        m.d.comb += dw_free.eq(~l_busy & ~i2c_busy & ~s_busy)
+        if has_dw:
+            # The depthwise unit owns the write channel while busy (no STORE starts then, and it starts
+            # only when no STORE runs): single-beat bursts with id 1, its B responses counted by the unit.
+            m.d.comb += [s_cmd_ready.eq(~s_busy & ~dw.busy), dw.b.eq(axi.bvalid & (axi.bid == 1)),
+                         dw.aw.ready.eq(axi.awready & dw.busy), dw.w.ready.eq(axi.wready & dw.busy)]
+            with m.If(dw.busy):
+                m.d.comb += [axi.awvalid.eq(dw.aw.valid), axi.awaddr.eq(dw.aw.payload), axi.awid.eq(1),
+                             axi.awlen.eq(0), axi.wvalid.eq(dw.w.valid), axi.wdata.eq(dw.w.payload.data),
+                             axi.wstrb.eq(dw.w.payload.strb), axi.wlast.eq(1)]
+            with m.If(axi.bvalid & (axi.bid == 1) & (axi.bresp != 0)):
+                m.d.sync += error.eq(error | isa.ERROR_AXI_WRITE)
 
         with m.If((error != 0) & running):
             # First error of the run: stop, and remember where the dispatcher was.

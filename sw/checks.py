@@ -61,6 +61,10 @@ def check_descriptors(cfg, descriptors: list[dict], buffer_base: int, buffer_siz
                 fail(i, f"accumulator rows [{d['acc_base']}, {d['acc_base'] + R}) past depth {cfg.acc_depth}")
         elif op == "ATTENTION":
             _check_attention(cfg, d, lambda why: fail(i, why))
+        elif op == "DEPTHWISE":
+            _check_depthwise(cfg, d, i, fail, in_buffer)
+            counts["LOAD"] += 1         # it completes as a LOAD (hw.isa.COUNTS_AS_LOAD)
+            continue
         elif op == "STORE":
             rows = d["count"]
             if not 1 <= rows <= R:
@@ -98,6 +102,23 @@ def _check_im2col(cfg, d, i, fail, in_buffer) -> None:
     last = d["dram_addr"] + (n - 1) * d["plane_rows"] * d["stride"] + (k - 1) * d["stride"]
     in_buffer(i, d["dram_addr"], nb * DB, "first row span")
     in_buffer(i, last, nb * DB, "last row span")
+
+
+def _check_depthwise(cfg, d, i, fail, in_buffer) -> None:
+    """DEPTHWISE: geometry the line buffers hold, every row it reads and writes inside the buffer."""
+    DB = cfg.beat_bytes
+    k, lanes, rows, width = d["dw_kernel_last"] + 1, d["cols"], d["count"], d["dw_width"]
+    pitch, plane = d["stride"], d["dw_plane_rows"] * d["stride"]
+    if not 1 <= lanes <= cfg.dw_lanes:
+        fail(i, f"{lanes} channels, the engine has 1..{cfg.dw_lanes} lanes")
+    if rows < 1 or width < 1:
+        fail(i, f"{rows} rows of {width} pixels")
+    if pitch % DB or not 0 < pitch <= cfg.dw_row_bytes:
+        fail(i, f"row pitch {pitch} not a multiple of the {DB}-byte beat within the {cfg.dw_row_bytes}-byte line buffer")
+    if d["dw_col0"] + width + k - 1 > pitch:
+        fail(i, f"columns {d['dw_col0']} + {width} + {k - 1} run past the {pitch}-byte row")
+    in_buffer(i, d["dram_addr"], (lanes - 1) * plane + (rows + k - 1) * pitch, "input rows")
+    in_buffer(i, d["dw_out_addr"], (lanes - 1) * plane + (rows - 1) * pitch + -(-width // DB) * DB, "output rows")
 
 
 def _check_attention(cfg, d, fail) -> None:

@@ -30,6 +30,7 @@ import numpy as np
 from golden_model import intconv
 from golden_model.intops import MAX_K
 from hw import isa
+from hw.conv.depthwise import K_MAX
 from hw.conv.im2col import MAX_KERNEL, row_beats
 from sw.compiler import ALIGN, CompileError, Program, lay_out_image, pack_descriptors, schedule
 
@@ -293,3 +294,75 @@ def dw_coefficients(w, bias, multiplier, shift) -> np.ndarray:
     out[:, :isa.DW_TAP_BYTES] = taps.reshape(c, -1).view(np.uint8)
     out[:, isa.DW_TAP_BYTES:] = isa.pack_params(bias, multiplier, shift).reshape(c, -1)
     return out
+
+
+def dw_supported(cfg, k: int, stride: int, padding: int, width: int, out_int32: bool) -> str | None:
+    """Why the depthwise engine cannot run this depthwise convolution (None: it can)."""
+    if "depthwise" not in cfg.engines:
+        return "the overlay has no depthwise engine"
+    if stride != 1:
+        return f"stride {stride} (the engine runs stride 1, SAM 2's depthwise layers)"
+    if k % 2 == 0 or not 1 <= k <= 7 or padding != (k - 1) // 2:
+        return f"kernel {k} with padding {padding} (the engine runs odd K <= 7 with padding (K-1)/2)"
+    if out_int32:
+        return "int32 output (the engine requantises to int8)"
+    pitch = FmapLayout(1, 1, width, cfg.cols).row_bytes
+    if pitch > cfg.dw_row_bytes:
+        return f"rows of {pitch} bytes exceed its line buffers ({cfg.dw_row_bytes} bytes)"
+    return None
+
+
+def compile_depthwise(cfg, x, w, bias, multiplier, shift, *, padding, relu=False, base_addr: int = 0,
+                      max_ddr_bytes: int = 1 << 30) -> ConvProgram:
+    """A stride-1 "same" depthwise conv2d on the depthwise engine: per group of L = dw_lanes channels a
+    LOAD DW (its coefficients) and one DEPTHWISE (the whole planes, DDR to DDR). The hardware serialises
+    both on the load unit's slot, so no descriptor needs a wait (sw.compiler.schedule orders COMPUTE/STORE
+    pairs, which this engine has none of); addresses and encoding are sw.compiler's."""
+    if base_addr % ALIGN:
+        raise CompileError(f"DDR buffer address {base_addr:#x} is not {ALIGN}-byte aligned")
+    x, w = np.asarray(x), np.asarray(w)
+    if x.dtype != np.int8 or w.dtype != np.int8 or x.ndim != 3 or w.shape != (x.shape[0], 1) + w.shape[2:] \
+            or w.ndim != 4 or w.shape[2] != w.shape[3]:
+        raise CompileError(f"depthwise: x must be int8 (C, H, W) and w int8 (C, 1, K, K); got {x.dtype} {x.shape}, "
+                           f"{w.dtype} {w.shape}")
+    c, h, wd = x.shape
+    k = w.shape[2]
+    why = dw_supported(cfg, k, 1, padding, wd, False)
+    if why:
+        raise CompileError(f"depthwise engine: {why}")
+    if multiplier is None or shift is None:
+        raise CompileError("int8 output needs per-channel multiplier and shift")
+    L, DB = cfg.dw_lanes, cfg.beat_bytes
+    bias = np.broadcast_to(np.asarray(0 if bias is None else bias, np.int64), (c,))
+    multiplier = np.broadcast_to(np.asarray(multiplier, np.int64), (c,))
+    shift = np.broadcast_to(np.asarray(shift, np.int64), (c,))
+    lay = FmapLayout(c, h, wd, cfg.cols)
+    if lay.plane_rows >= 1 << 14:
+        raise CompileError(f"{h} rows: planes of more than {(1 << 14) - 1 - 2 * PAD} rows do not fit a descriptor")
+    if 2 * lay.size > max_ddr_bytes:
+        raise CompileError(f"depthwise convolution needs more than {2 * lay.size} bytes of DDR for its feature maps, "
+                           f"more than the {max_ddr_bytes} allowed")
+    groups = -(-c // L)
+    coef_stride = L * isa.DW_COEF_BYTES
+    sizes = {"coef": groups * coef_stride, "in": lay.size, "out": lay.size}
+    descs = []
+    for g in range(groups):
+        c0, nl = g * L, min(L, c - g * L)
+        descs.append(dict(opcode="LOAD", target="DW", src=("coef", g * coef_stride), count=nl * isa.DW_COEF_BYTES // DB,
+                          sp_addr=0))
+        descs.append(dict(opcode="DEPTHWISE", src=("in", lay.offset(c0, -padding, -lay.left)), stride=lay.row_bytes,
+                          count=h, cols=nl, relu=int(relu), out=("out", lay.offset(c0, 0, 0)), dw_width=wd,
+                          dw_plane_rows=lay.plane_rows, dw_kernel_last=k - 1, dw_col0=lay.left - padding))
+    offsets, image = lay_out_image(cfg, len(descs), sizes, base_addr, max_ddr_bytes, "depthwise convolution")
+    for d in descs:
+        if "out" in d:
+            region, off = d.pop("out")
+            d["dw_out_addr"] = base_addr + offsets[region][0] + off
+    image[offsets["in"][0]:offsets["in"][0] + lay.size] = lay.pack(x)
+    coef = dw_coefficients(w, bias, multiplier, shift).reshape(-1)
+    image[offsets["coef"][0]:offsets["coef"][0] + coef.size] = coef
+    raw = pack_descriptors(descs, image, offsets, base_addr, "split the convolution")
+    prog = ConvProgram(cfg, c, k * k, h * wd, False, image, raw, offsets, macs=c * h * wd * k * k,
+                       base_addr=base_addr, out_layout=lay)
+    prog.array_macs = L * K_MAX * K_MAX        # the engine's multipliers (utilisation = useful / these)
+    return prog

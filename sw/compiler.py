@@ -188,8 +188,9 @@ def relocate(prog: Program, new_base: int) -> Program:
     descs = []
     for j, d in enumerate(prog.descriptors):
         d = dict(d)
-        if "dram_addr" in d:
-            d["dram_addr"] += delta
+        for key in ("dram_addr", "dw_out_addr"):     # DEPTHWISE carries its output address too
+            if d.get(key):
+                d[key] += delta
         image[j * 32:(j + 1) * 32] = np.frombuffer(isa.pack_descriptor(**d), np.uint8)
         descs.append(d)
     return dataclasses.replace(prog, image=image, descriptors=descs, base_addr=new_base)

@@ -7,7 +7,10 @@ Routing (decided here, once; `last_run.engine` says which was taken):
                                       -> "gemm": M = H*W, K = Cin, N = Cout*K*K (every input pixel
                                          writes its own KxK output patch, no overlap), then a pixel
                                          shuffle on the host.
-  * dense / strided / padded KxK, depthwise, kernels 1-7, strides 1/2/4, padding 0-3
+  * depthwise, stride 1, odd K <= 7 with padding (K-1)/2, int8 out (SAM 2's CXBlock 7x7)
+                                      -> "depthwise": the depthwise engine (hw/conv/depthwise.py, one
+                                         output pixel per cycle per channel lane, sw/compile_conv.py).
+  * dense / strided / padded KxK, other depthwise, kernels 1-7, strides 1/2/4, padding 0-3
                                       -> "conv": the convolution engine (on-the-fly im2col into the
                                          systolic array, sw/compile_conv.py), feature maps in the
                                          overlay's planar layout.
@@ -57,6 +60,16 @@ def _run_conv_engine(drv, x, w, bias, multiplier, shift, *, stride, padding, dep
     return y
 
 
+def _run_depthwise_engine(drv, x, w, bias, multiplier, shift, *, padding, relu):
+    from sw.compile_conv import compile_depthwise
+    base = drv._buffer_base()
+    prog = compile_depthwise(drv.cfg, x, w, bias, multiplier, shift, padding=padding, relu=relu, base_addr=base,
+                             max_ddr_bytes=drv.ddr_bytes - base)
+    y = prog.output(drv.run(prog))
+    drv.last_run.engine = "depthwise"
+    return y
+
+
 def _on_conv_engine(drv, k, stride, padding) -> bool:
     from sw.compile_conv import supported
     return supported(drv.cfg, k, stride, padding) is None
@@ -100,6 +113,10 @@ def depthwise_conv2d(drv, x, w, bias=None, multiplier=None, shift=None, *, strid
     ho, wo = intconv.out_size(h, k, stride, padding), intconv.out_size(wd, k, stride, padding)
     if ho < 1 or wo < 1:
         raise ConvError(f"{k}x{k} kernel with padding {padding} does not fit a {h}x{wd} input")
+    from sw.compile_conv import dw_supported
+    if multiplier is not None and shift is not None and dw_supported(drv.cfg, k, stride, padding, wd,
+                                                                     out_int32) is None:
+        return _run_depthwise_engine(drv, x, w, bias, multiplier, shift, padding=padding, relu=relu)
     if _on_conv_engine(drv, k, stride, padding):
         return _run_conv_engine(drv, x, w, bias, multiplier, shift, stride=stride, padding=padding,
                                 depthwise=True, relu=relu, out_int32=out_int32)

@@ -19,6 +19,9 @@ READ_LATENCY = 4          # AR handshake to first R beat
 STORE_LATENCY = 5         # row to B response, per store descriptor
 START_CYCLES = 3
 IM2COL_CYCLES = 4         # command start, last entry written, done
+DW_START = 3              # DEPTHWISE: command accepted to first AR
+DW_ROW_CYCLES = 2         # per input row and lane: AR handshake and the next address
+DW_DRAIN = 20             # last pixel issued to last B response: window, MACs, sums, bias, requantiser, write
 
 
 class SimOverlay:
@@ -36,6 +39,7 @@ class SimOverlay:
         self.params = np.zeros((cfg.param_depth, cfg.cols, 3), np.int64)
         self.acc = np.zeros((cfg.acc_depth, cfg.cols), np.int64)
         self.attn = None
+        self.dw_coef = np.zeros(cfg.dw_lanes * isa.DW_COEF_BYTES, np.uint8)
         if "attention" in cfg.engines:
             from sw.backends.sim_attention import AttentionModel
             self.attn = AttentionModel(cfg)
@@ -165,6 +169,14 @@ class SimOverlay:
                 finish = t + 4 + rows * (row_bytes // DB + 1) + STORE_LATENCY
                 unit_free["STORE"] = finish
                 done["STORE"].append(finish)
+            elif op == isa.OPCODES["DEPTHWISE"] and isa.has_opcode(cfg, "DEPTHWISE"):
+                cycles = self._depthwise(d)
+                if cycles is None:
+                    return self._error(isa.ERROR_AXI_READ, i + 1)
+                t = max(t, unit_free["LOAD"], unit_free["STORE"])     # after loads (same slot) and stores
+                finish = t + cycles
+                unit_free["LOAD"] = finish
+                done["LOAD"].append(finish)
             elif op == isa.OPCODES["ATTENTION"] and self.attn is not None:
                 t = max(t, unit_free["ATTENTION"])        # the engine takes a command when idle
                 finish = t + 1 + self.attn.run(d, self.acc)
@@ -192,6 +204,11 @@ class SimOverlay:
             self.a[idx] = rows
         elif target == "V":
             self.attn.load_v(sp, n, raw)
+        elif target == "DW":
+            DB = cfg.beat_bytes
+            for e in range(n):
+                at = (sp + e) % isa.scratchpad_depth(cfg, "DW") * DB
+                self.dw_coef[at:at + DB] = raw[e * DB:(e + 1) * DB]
         elif target == "B":
             rows = raw.view(np.int8).reshape(n, cfg.cols)
             idx = (sp + np.arange(n)) % cfg.b_depth
@@ -225,6 +242,39 @@ class SimOverlay:
         # Rows stream at max(beats, K) cycles each (line buffer and emission overlap), plus
         # one 4 KiB split burst per crossing, the read latency and the last row's emission.
         return READ_LATENCY + rows * max(nb, k) + k + IM2COL_CYCLES
+
+    def _depthwise(self, d) -> int | None:
+        """DEPTHWISE (hw/conv/depthwise.py): `cols` channels, DDR to DDR; returns its cycles (None: outside DDR)."""
+        cfg = self.cfg
+        DB = cfg.beat_bytes
+        k, lanes, rows, width = d["dw_kernel_last"] + 1, d["cols"], d["count"], d["dw_width"]
+        pitch, plane, col0 = d["stride"], d["dw_plane_rows"] * d["stride"], d["dw_col0"]
+        coef = self.dw_coef.reshape(cfg.dw_lanes, isa.DW_COEF_BYTES)
+        for lane in range(lanes):
+            src = self._ddr(d["dram_addr"] + lane * plane, (rows + k - 1) * pitch)
+            if src is None:
+                return None
+            x = src.view(np.int8).reshape(rows + k - 1, pitch).astype(np.int64)
+            taps = coef[lane, :isa.DW_TAP_BYTES].view(np.int8).reshape(8, 8).astype(np.int64)
+            acc = np.zeros((rows, width), np.int64)
+            for ky in range(k):
+                for kx in range(k):
+                    acc += taps[ky, kx] * x[ky:ky + rows, col0 + kx:col0 + kx + width]
+            words = coef[lane, isa.DW_TAP_BYTES:].view("<u4")
+            bias = int(words[0].astype(np.uint32).view(np.int32))
+            t = saturate_int32(acc + bias)
+            y = requantize(t, int(words[1]) & ((1 << 31) - 1), int(words[2]) & 63, relu=bool(d["relu"]))
+            for r in range(rows):
+                dst = self._ddr(d["dw_out_addr"] + lane * plane + r * pitch, width)
+                if dst is None:
+                    return None
+                dst[:] = y[r].view(np.uint8)
+        # Rows 0..K-1 stream in before the first pixel (lanes x beats each); then one pixel per cycle per
+        # lane, unless a row's input (lanes x (beats + AR)) takes longer; then the pipeline drains.
+        nb = pitch // DB
+        row_in = lanes * (nb + DW_ROW_CYCLES)
+        fill = DW_START + READ_LATENCY + k * row_in
+        return fill + rows * max(width, row_in) + DW_DRAIN
 
     def _compute(self, a_base, b_base, k, acc_base, accumulate):
         cfg = self.cfg

@@ -160,6 +160,7 @@ def run_attention(args) -> int:
 
 
 ROUTES = {"conv": "convolution engine: on-the-fly im2col into the systolic array",
+          "depthwise": "depthwise engine: line buffers, K x K MACs per channel lane",
           "gemm": "GEMM engine, no im2col (sw/conv.py)", "gemm-im2col": "GEMM engine on host-built im2col rows"}
 
 
