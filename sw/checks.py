@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from hw import isa
 
-ENGINE_NAMES = {"attention": "attention", "conv": "convolution"}
+ENGINE_NAMES = {"attention": "attention", "conv": "convolution", "depthwise": "depthwise"}
 
 
 class DescriptorError(ValueError):

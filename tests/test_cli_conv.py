@@ -6,7 +6,8 @@ from sw.cli import main
 
 @pytest.mark.parametrize("argv,route", [
     (["--in", "3x19x21", "--out", "10", "--k", "7", "--stride", "4"], "conv"),
-    (["--in", "5x9x11", "--out", "5", "--k", "7", "--depthwise", "--relu"], "conv"),
+    (["--in", "5x9x11", "--out", "5", "--k", "7", "--depthwise", "--relu"], "depthwise"),
+    (["--in", "5x9x11", "--out", "5", "--k", "7", "--depthwise", "--stride", "2"], "conv"),
     (["--in", "4x16x16", "--out", "9", "--k", "3", "--stride", "2", "--int32"], "conv"),
     (["--in", "6x5x7", "--out", "3", "--k", "2", "--stride", "2", "--transposed"], "gemm"),
     (["--in", "6x5x7", "--out", "11", "--k", "1"], "gemm"),

@@ -20,8 +20,8 @@ STORE_LATENCY = 5         # row to B response, per store descriptor
 START_CYCLES = 3
 IM2COL_CYCLES = 4         # command start, last entry written, done
 DW_START = 3              # DEPTHWISE: command accepted to first AR
-DW_ROW_CYCLES = 2         # per input row and lane: AR handshake and the next address
-DW_DRAIN = 20             # last pixel issued to last B response: window, MACs, sums, bias, requantiser, write
+DW_ROW_CYCLES = 0         # per input row and lane beyond its beats (AR runs ahead of R)
+DW_DRAIN = 17             # last pixel issued to last B response: window, MACs, sums, bias, requantiser, write
 
 
 class SimOverlay:

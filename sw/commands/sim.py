@@ -89,6 +89,9 @@ def _run_layer(args, cfg, title, call, want, show_route=False):
           f"{'bit-exact against golden' if ok else 'MISMATCH against golden'}")
     if show_route:
         print(f"  route: {run.engine} ({ROUTES.get(run.engine, '')})")
+    if run.engine == "depthwise":
+        print(f"  {want.size / (run.cycles * cfg.dw_lanes):.3f} output pixels per cycle per lane "
+              f"({cfg.dw_lanes} lanes, {want.shape[0]} channels)")
     print(f"  cycles {run.cycles}, MAC utilisation {run.utilisation:.1%} ({run.macs:,} MACs), "
           f"{run.descriptors} descriptors, {run.wall_s:.2f} s wall ({run.cycles_per_s:,.0f} simulated cycles/s)")
     if not ok:
