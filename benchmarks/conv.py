@@ -27,7 +27,7 @@ LAYERS = [
     ("mask_downsampler.2", "conv", (16, 256, 256), 64, 3, 2, 1, (16, 16, 64)),
     ("mask_downsampler.3", "conv", (64, 128, 128), 256, 3, 2, 1, (64, 16, 64)),
     ("mask_downsampler.4 1x1", "conv", (256, 64, 64), 256, 1, 1, 0, (256, 16, 16)),
-    ("cxblock.dwconv", "depthwise", (256, 64, 64), 256, 7, 1, 3, (16, 64, 64)),
+    ("cxblock.dwconv", "depthwise", (256, 64, 64), 256, 7, 1, 3, (16, 64, 64)),     # tile: 16 of the channels
     ("fpn.lateral 96->256", "conv", (96, 256, 256), 256, 1, 1, 0, (96, 16, 16)),
     ("fpn.lateral 768->256", "conv", (768, 32, 32), 256, 1, 1, 0, (768, 8, 8)),
     ("conv_s0 256->32", "conv", (256, 256, 256), 32, 1, 1, 0, (256, 16, 16)),
@@ -55,6 +55,7 @@ def tile_case(i, kind, tile, cout, k):
     from golden_model import intconv
     from sw.commands.sim import random_conv
     cin, h, w = tile
+    cout = cin if kind == "depthwise" else cout
     data = random_conv(np.random.default_rng(i), cin, h, w, cout, k,
                        depthwise=kind == "depthwise", transposed=kind == "transposed")
     op, golden = {"conv": ("conv2d", intconv.conv2d), "depthwise": ("depthwise_conv2d", intconv.depthwise_conv2d),

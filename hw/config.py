@@ -28,6 +28,7 @@ class OverlayConfig:
     clock_mhz     : target clock (for reports and the board flow).
     dw_lanes      : depthwise engine: channel lanes (each K x K multipliers, one output pixel per cycle).
     dw_row_bytes  : depthwise engine: the longest feature-map row (pitch, bytes) its line buffers hold.
+    dw_channels   : depthwise engine: channels whose coefficients it holds (the most one command runs).
     """
     name: str
     rows: int
@@ -44,6 +45,7 @@ class OverlayConfig:
     attn_max_dim: int = 256
     dw_lanes: int = 2
     dw_row_bytes: int = 256
+    dw_channels: int = 256
 
     def __post_init__(self):
         errors = []
@@ -70,11 +72,13 @@ class OverlayConfig:
                 errors.append(f"attn_max_dim={self.attn_max_dim} must be a positive multiple of cols={self.cols}")
         beat = self.axi_data_bits // 8
         if "depthwise" in self.engines:
-            if not 1 <= self.dw_lanes <= 16:
-                errors.append(f"dw_lanes={self.dw_lanes} outside 1..16")
+            if self.dw_lanes not in (1, 2, 4, 8, 16):
+                errors.append(f"dw_lanes={self.dw_lanes} must be a power of two, 1..16")
             rb = self.dw_row_bytes // beat if self.axi_data_bits in (64, 128) else 0
             if self.dw_row_bytes % (self.axi_data_bits // 8) or rb < 4 or rb & (rb - 1):
                 errors.append(f"dw_row_bytes={self.dw_row_bytes} must be a power-of-two number (>= 4) of AXI beats")
+            if not self.dw_lanes <= self.dw_channels < 1 << 11:
+                errors.append(f"dw_channels={self.dw_channels} outside dw_lanes..2047")
         if "gemm" not in self.engines:
             errors.append("the gemm engine is required (the others plug into its DMA and scratchpads)")
         # Output rows are stored as whole AXI beats: C int8 must fill at least one beat exactly.

@@ -65,7 +65,7 @@ OPCODES = {
     "STORE": 3,      # accumulator rows -> output stage -> DDR, `count` rows, row r at dram_addr + r * stride
     "SYNC": 4,       # wait until every dispatched descriptor has completed
     "ATTENTION": 8,  # attention engine: one key tile (mode STEP) or the normalisation (mode NORM)
-    "DEPTHWISE": 10,  # depthwise engine: a stride-1 "same" depthwise conv of `cols` channels, DDR to DDR
+    "DEPTHWISE": 10,  # depthwise engine: a stride-1 "same" depthwise conv of dw_channels channels, DDR to DDR
     # Reserved for the engines of later issues (decoded as BAD_OPCODE until they exist):
     "CONV": 9,
 }
@@ -122,7 +122,7 @@ IM2COL_FIELDS = [
 
 #: DEPTHWISE's own fields share the bits of fields it never reads (sp_addr .. param_addr). It also reads
 #: dram_addr (input: row -padding of its first channel's plane, a row start), stride (row pitch, bytes,
-#: input and output maps alike), count (output rows), cols (channels = active lanes, 1..dw_lanes), relu.
+#: input and output maps alike), count (output rows) and relu.
 DW_SHARES = ("sp_addr", "b_base", "k_last", "acc_base", "param_addr")
 DW_FIELDS = [
     ("dw_out_addr", 32, "DEPTHWISE: DDR byte address of output pixel (channel 0, row 0, column 0), beat aligned"),
@@ -130,6 +130,7 @@ DW_FIELDS = [
     ("dw_plane_rows", 14, "DEPTHWISE: rows per channel plane (plane bytes = dw_plane_rows x stride)"),
     ("dw_kernel_last", 3, "DEPTHWISE: K - 1 (K odd, padding (K-1)/2, K <= 7)"),
     ("dw_col0", 6, "DEPTHWISE: byte of input column -padding within a row"),
+    ("dw_channels", 11, "DEPTHWISE: channels (1..dw_channels), channel c's coefficients at DW entry c x 80 / beat"),
 ]
 #: Per lane: the K x K taps at byte ky * 8 + kx (8 x 8, unused taps zero), then one PARAM channel.
 DW_TAP_BYTES = 64
@@ -199,7 +200,7 @@ def entry_bytes(cfg, target: str) -> int:
 
 def scratchpad_depth(cfg, target: str) -> int:
     return {"A": cfg.a_depth, "B": cfg.b_depth, "PARAM": cfg.param_depth, "V": 2 * cfg.attn_max_dim,
-            "IM2COL": cfg.b_depth, "DW": cfg.dw_lanes * DW_COEF_BYTES // cfg.beat_bytes}[target]
+            "IM2COL": cfg.b_depth, "DW": cfg.dw_channels * DW_COEF_BYTES // cfg.beat_bytes}[target]
 
 
 def has_target(cfg, target: str) -> bool:
@@ -240,6 +241,13 @@ def markdown_tables() -> str:
     for name, width, doc in IM2COL_FIELDS:
         pos, _ = FIELDS[name]
         lines.append(f"| {pos + width - 1}:{pos} | {name} | {doc} |")
+    lines += ["", f"DEPTHWISE reads its own fields from the bits of {', '.join(DW_SHARES)} (which it does not "
+              "use), besides dram_addr (input: row -padding of its first channel, a row start), stride (row pitch "
+              "of the input and output maps), count (output rows) and relu:", "",
+              "| bits | field | meaning |", "|---|---|---|"]
+    for name, width, doc in DW_FIELDS:
+        pos, _ = FIELDS[name]
+        lines.append(f"| {pos + width - 1}:{pos} | {name} | {doc} |")
     lines += ["", "### Opcodes", "", "| opcode | value | state |", "|---|---|---|"]
     lines += [f"| {k} | {v} | {('implemented' + (f' (overlays with the {OPCODE_ENGINE[k]} engine)' if k in OPCODE_ENGINE else '')) if k in IMPLEMENTED_OPCODES else 'reserved (BAD_OPCODE today)'} |"
               for k, v in OPCODES.items()]
@@ -249,8 +257,8 @@ def markdown_tables() -> str:
               f"PARAM entries hold C channels of {PARAM_CHANNEL_BYTES} bytes: int32 bias, uint32 multiplier "
               "(< 2^31), uint32 shift (< 64), uint32 zero. V entries (attention engine) hold C int8: one channel "
               "of a tile of C keys. "
-              f"DW entries (depthwise engine) are AXI beats of the coefficient bank: lane l's {DW_COEF_BYTES} bytes "
-              f"at entries l x {DW_COEF_BYTES} / beat bytes on: K x K int8 taps at byte ky x 8 + kx "
+              f"DW entries (depthwise engine) are AXI beats of its coefficient memory: channel c's {DW_COEF_BYTES} "
+              f"bytes at entries c x {DW_COEF_BYTES} / beat bytes on: K x K int8 taps at byte ky x 8 + kx "
               f"({DW_TAP_BYTES} bytes, unused taps zero), then its PARAM channel (16 bytes). DEPTHWISE counts as a "
               "LOAD (LOADS_DONE, wait_load): it runs on the load unit's AXI read slot, after the loads before it."]
     return "\n".join(lines)

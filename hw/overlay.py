@@ -324,7 +324,7 @@ class Core(wiring.Component):
             m.d.comb += [dp.in_addr.eq(desc.dram_addr), dp.out_addr.eq(dwf("dw_out_addr")), dp.pitch.eq(desc.stride),
                          dp.plane_rows.eq(dwf("dw_plane_rows")), dp.rows.eq(desc.count),
                          dp.width.eq(dwf("dw_width")), dp.k_last.eq(dwf("dw_kernel_last")),
-                         dp.col0.eq(dwf("dw_col0")), dp.lanes.eq(desc.cols), dp.relu.eq(desc.relu)]
+                         dp.col0.eq(dwf("dw_col0")), dp.channels.eq(dwf("dw_channels")), dp.relu.eq(desc.relu)]
         with m.If(l_busy & (l_entries == 0) & (l_r_left == 0) & (l_ar_left == 0) & ~holding):
             m.d.sync += [l_busy.eq(0), written.eq(0), beat_in_entry.eq(0)]
             m.d.comb += load_done_pulse.eq(1)

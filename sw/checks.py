@@ -107,18 +107,18 @@ def _check_im2col(cfg, d, i, fail, in_buffer) -> None:
 def _check_depthwise(cfg, d, i, fail, in_buffer) -> None:
     """DEPTHWISE: geometry the line buffers hold, every row it reads and writes inside the buffer."""
     DB = cfg.beat_bytes
-    k, lanes, rows, width = d["dw_kernel_last"] + 1, d["cols"], d["count"], d["dw_width"]
+    k, chans, rows, width = d["dw_kernel_last"] + 1, d["dw_channels"], d["count"], d["dw_width"]
     pitch, plane = d["stride"], d["dw_plane_rows"] * d["stride"]
-    if not 1 <= lanes <= cfg.dw_lanes:
-        fail(i, f"{lanes} channels, the engine has 1..{cfg.dw_lanes} lanes")
+    if not 1 <= chans <= cfg.dw_channels:
+        fail(i, f"{chans} channels, the engine holds coefficients of 1..{cfg.dw_channels}")
     if rows < 1 or width < 1:
         fail(i, f"{rows} rows of {width} pixels")
     if pitch % DB or not 0 < pitch <= cfg.dw_row_bytes:
         fail(i, f"row pitch {pitch} not a multiple of the {DB}-byte beat within the {cfg.dw_row_bytes}-byte line buffer")
     if d["dw_col0"] + width + k - 1 > pitch:
         fail(i, f"columns {d['dw_col0']} + {width} + {k - 1} run past the {pitch}-byte row")
-    in_buffer(i, d["dram_addr"], (lanes - 1) * plane + (rows + k - 1) * pitch, "input rows")
-    in_buffer(i, d["dw_out_addr"], (lanes - 1) * plane + (rows - 1) * pitch + -(-width // DB) * DB, "output rows")
+    in_buffer(i, d["dram_addr"], (chans - 1) * plane + (rows + k - 1) * pitch, "input rows")
+    in_buffer(i, d["dw_out_addr"], (chans - 1) * plane + (rows - 1) * pitch + -(-width // DB) * DB, "output rows")
 
 
 def _check_attention(cfg, d, fail) -> None:

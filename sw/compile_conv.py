@@ -314,10 +314,11 @@ def dw_supported(cfg, k: int, stride: int, padding: int, width: int, out_int32: 
 
 def compile_depthwise(cfg, x, w, bias, multiplier, shift, *, padding, relu=False, base_addr: int = 0,
                       max_ddr_bytes: int = 1 << 30) -> ConvProgram:
-    """A stride-1 "same" depthwise conv2d on the depthwise engine: per group of L = dw_lanes channels a
-    LOAD DW (its coefficients) and one DEPTHWISE (the whole planes, DDR to DDR). The hardware serialises
-    both on the load unit's slot, so no descriptor needs a wait (sw.compiler.schedule orders COMPUTE/STORE
-    pairs, which this engine has none of); addresses and encoding are sw.compiler's."""
+    """A stride-1 "same" depthwise conv2d on the depthwise engine: per dw_channels channels one LOAD DW
+    (their coefficients) and one DEPTHWISE (the whole planes, DDR to DDR, L = dw_lanes channels at a
+    time). The hardware serialises both on the load unit's slot, so no descriptor needs a wait
+    (sw.compiler.schedule orders COMPUTE/STORE pairs, which this engine has none of); the image layout
+    and descriptor encoding are sw.compiler's."""
     if base_addr % ALIGN:
         raise CompileError(f"DDR buffer address {base_addr:#x} is not {ALIGN}-byte aligned")
     x, w = np.asarray(x), np.asarray(w)
@@ -332,7 +333,7 @@ def compile_depthwise(cfg, x, w, bias, multiplier, shift, *, padding, relu=False
         raise CompileError(f"depthwise engine: {why}")
     if multiplier is None or shift is None:
         raise CompileError("int8 output needs per-channel multiplier and shift")
-    L, DB = cfg.dw_lanes, cfg.beat_bytes
+    L, DB, N = cfg.dw_lanes, cfg.beat_bytes, cfg.dw_channels
     bias = np.broadcast_to(np.asarray(0 if bias is None else bias, np.int64), (c,))
     multiplier = np.broadcast_to(np.asarray(multiplier, np.int64), (c,))
     shift = np.broadcast_to(np.asarray(shift, np.int64), (c,))
@@ -342,16 +343,14 @@ def compile_depthwise(cfg, x, w, bias, multiplier, shift, *, padding, relu=False
     if 2 * lay.size > max_ddr_bytes:
         raise CompileError(f"depthwise convolution needs more than {2 * lay.size} bytes of DDR for its feature maps, "
                            f"more than the {max_ddr_bytes} allowed")
-    groups = -(-c // L)
-    coef_stride = L * isa.DW_COEF_BYTES
-    sizes = {"coef": groups * coef_stride, "in": lay.size, "out": lay.size}
+    sizes = {"coef": c * isa.DW_COEF_BYTES, "in": lay.size, "out": lay.size}
     descs = []
-    for g in range(groups):
-        c0, nl = g * L, min(L, c - g * L)
-        descs.append(dict(opcode="LOAD", target="DW", src=("coef", g * coef_stride), count=nl * isa.DW_COEF_BYTES // DB,
-                          sp_addr=0))
+    for c0 in range(0, c, N):
+        n = min(N, c - c0)
+        descs.append(dict(opcode="LOAD", target="DW", src=("coef", c0 * isa.DW_COEF_BYTES),
+                          count=n * isa.DW_COEF_BYTES // DB, sp_addr=0))
         descs.append(dict(opcode="DEPTHWISE", src=("in", lay.offset(c0, -padding, -lay.left)), stride=lay.row_bytes,
-                          count=h, cols=nl, relu=int(relu), out=("out", lay.offset(c0, 0, 0)), dw_width=wd,
+                          count=h, dw_channels=n, relu=int(relu), out=("out", lay.offset(c0, 0, 0)), dw_width=wd,
                           dw_plane_rows=lay.plane_rows, dw_kernel_last=k - 1, dw_col0=lay.left - padding))
     offsets, image = lay_out_image(cfg, len(descs), sizes, base_addr, max_ddr_bytes, "depthwise convolution")
     for d in descs:

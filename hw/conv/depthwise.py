@@ -2,11 +2,12 @@
 
 A systolic array shares its B operand across rows, so depthwise (every channel its own
 filter, no reduction across channels) leaves all but one row idle. This unit is a
-separate datapath: L lanes in lockstep, lane l = channel c0 + l, each with K_MAX x K_MAX
-multipliers and an adder tree, all lanes at the same output pixel (oy, x) each cycle.
-One DEPTHWISE command computes a whole stride-1 "same" convolution (padding (K-1)/2) of
-`lanes` channels, DDR to DDR, in the overlay's planar layout (docs/conv.md), whose real
-zero rows and columns around every plane make the borders need no logic.
+separate datapath: L lanes in lockstep, each with K_MAX x K_MAX multipliers and an adder
+tree, all lanes at the same output pixel (oy, x) of their channels each cycle. One
+DEPTHWISE command computes a whole stride-1 "same" convolution (padding (K-1)/2) of up to
+dw_channels channels, DDR to DDR, in groups of L channels, in the overlay's planar layout
+(docs/conv.md), whose real zero rows and columns around every plane make the borders need
+no logic.
 
     AR/R (id 1) ─► NS row slots (memories of RB beats x L lanes) ──┐  + 2 head beats per slot
                     row r of lane l ─► slot r % NS, lane l          │
@@ -15,14 +16,18 @@ zero rows and columns around every plane make the borders need no logic.
        ─► products ─► row sums ─► sum ─► + bias (saturating) ─► Requantizer ─► beat per lane
        ─► group FIFO (L beats) ─► AW/W single-beat writes (id 1, strobes) ─► B
 
-* Line buffer: NS = K_MAX + 1 slots, so input row oy + K streams in while rows oy .. oy+K-1
-  are read. Each slot is one memory with a beat per entry, one read port; the window
+* Line buffer: the rows of all groups form one sequence (group g's input rows 0 .. H+K-2
+  follow group g-1's); row q lives in slot q % NS. NS = 2 * K_MAX + 2 slots let the next
+  group's first K rows stream in while the current group's last rows are computed, so
+  groups follow each other without a fill bubble. Each slot is one memory with a beat per entry, one read port; the window
   needs, per row, bytes col0 + x .. + K_MAX - 1, which lie in two beats: a slot keeps
   `cur` and `nxt` and reads the beat after `nxt` one cycle ahead (every slot reads the
   same beat address: all rows share the layout). The first two beats of every row are
   captured as it arrives ("heads"), so a new output row starts without a fill bubble.
-* The weights and the per-channel bias/multiplier/shift come from a coefficient bank
-  loaded beforehand by LOAD target DW (hw.isa.DW_COEF_BYTES per lane).
+* The weights and the per-channel bias/multiplier/shift come from a coefficient memory
+  loaded beforehand by LOAD target DW (hw.isa.DW_COEF_BYTES per channel); a prefetcher
+  copies the next group's into the idle one of two register banks while the current group
+  runs, and every pixel carries its bank through the pipeline.
 * Output: lane l's pixel x of row oy is byte x % DB of a beat; every DB pixels (or at
   the row's end) the L beats go to a small FIFO and out as single-beat AXI writes with
   strobes (only the row's W pixels are written: the output map's zero margins stay).
@@ -30,7 +35,7 @@ zero rows and columns around every plane make the borders need no logic.
   fixed-latency pipeline never needs to stall.
 The arithmetic is golden_model.intconv.depthwise_conv2d's, bit for bit.
 """
-from amaranth import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth import Array, Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
@@ -43,9 +48,10 @@ from hw.axi import BOUNDARY
 from hw.requant import Requantizer
 
 K_MAX = 7
-NS = 8                 # row slots: K_MAX rows read while one more arrives
-TAP_PITCH = 8          # taps of a lane at coefficient byte ky * TAP_PITCH + kx
-GROUPS = 4             # depth of the output FIFO (groups of L beats)
+NS = 16                # row slots: K_MAX rows read, the rest streaming in (the next group's first rows)
+TAP_PITCH = 8          # taps of a channel at coefficient byte ky * TAP_PITCH + kx
+OUT_FIFO = 4           # depth of the output FIFO (groups of L beats)
+COOLDOWN = 8           # cycles a coefficient bank is still read after its last pixel issued (to the requantiser)
 
 
 class DepthwiseCommand(data.Struct):
@@ -57,7 +63,7 @@ class DepthwiseCommand(data.Struct):
     width: unsigned(14)         # pixels per output row
     k_last: unsigned(3)         # K - 1
     col0: unsigned(6)           # byte of input column -padding within a row
-    lanes: unsigned(5)          # active lanes (channels), 1..L
+    channels: unsigned(11)      # channels, 1..dw_channels, in groups of L lanes
     relu: unsigned(1)
 
 
@@ -68,7 +74,7 @@ def row_beats(cfg) -> int:
 class DepthwiseUnit(wiring.Component):
     def __init__(self, cfg):
         self.cfg = cfg
-        L, DB = cfg.dw_lanes, cfg.beat_bytes
+        DB = cfg.beat_bytes
         coef_entries = isa.scratchpad_depth(cfg, "DW")
         super().__init__({
             "cmd": In(stream.Signature(DepthwiseCommand)),
@@ -86,77 +92,136 @@ class DepthwiseUnit(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         cfg = self.cfg
-        L, DB, DW = cfg.dw_lanes, cfg.beat_bytes, cfg.axi_data_bits
+        L, DB = cfg.dw_lanes, cfg.beat_bytes
         RB = row_beats(cfg)
-        lg = exact_log2(DB)
+        lg, lgL, nsb = exact_log2(DB), exact_log2(L), exact_log2(NS)
         BW = DB * 8
+        E = isa.DW_COEF_BYTES // DB          # coefficient entries per channel
+        LANE_BITS = 5
 
         cmd = Signal(DepthwiseCommand)
         busy = Signal()
         plane = Signal(32)
+        lplane = Signal(32)                  # L planes: one group of channels
         nb = Signal(range(RB + 1))
         rows_in = Signal(17)
+        groups = Signal(12)
+        last_lanes = Signal(LANE_BITS)
         m.d.comb += [self.busy.eq(busy), self.cmd.ready.eq(~busy)]
         p = self.cmd.payload
         accept = self.cmd.valid & self.cmd.ready
-
-        # ------------------------------------------------ coefficient bank (LOAD target DW)
-        coef = Signal(L * isa.DW_COEF_BYTES * 8)
-        m.d.comb += self.coef_wr.ready.eq(1)
-        with m.If(self.coef_wr.valid):
-            m.d.sync += coef.word_select(self.coef_wr.payload.addr, BW).eq(self.coef_wr.payload.data)
-
-        def coef_byte(lane, byte, width=8):
-            base = (lane * isa.DW_COEF_BYTES + byte) * 8
-            return coef[base:base + width]
-
-        # ------------------------------------------------ AR: rows r = 0 .. rows_in-1, lanes, nb beats each
-        oy = Signal(16)                    # output row being issued
-        a_row = Signal(17)
-        a_lane = Signal(range(max(2, L)))
-        a_left = Signal(range(RB + 1))
-        a_addr = Signal(32)
-        a_lane_addr = Signal(32)           # start of (a_row, a_lane)
-        a_row_addr = Signal(32)            # start of (a_row, lane 0)
+        p_groups = (p.channels + L - 1) >> lgL
         with m.If(accept):
-            m.d.sync += [busy.eq(1), cmd.eq(p), plane.eq(p.plane_rows * p.pitch), nb.eq(p.pitch >> lg),
-                         rows_in.eq(p.rows + p.k_last), a_row.eq(0), a_lane.eq(0), a_left.eq(p.pitch >> lg),
-                         a_addr.eq(p.in_addr), a_lane_addr.eq(p.in_addr), a_row_addr.eq(p.in_addr)]
+            m.d.sync += [busy.eq(1), cmd.eq(p), plane.eq(p.plane_rows * p.pitch),
+                         lplane.eq((p.plane_rows * p.pitch) << lgL), nb.eq(p.pitch >> lg),
+                         rows_in.eq(p.rows + p.k_last), groups.eq(p_groups),
+                         last_lanes.eq(p.channels - ((p_groups - 1) << lgL))]
+
+        def lanes_of(g):
+            return Mux(g == groups - 1, last_lanes, L)
+
+        # ------------------------------------------------ coefficients: memory (LOAD DW) -> two register banks
+        cmem = Memory(shape=unsigned(BW), depth=isa.scratchpad_depth(cfg, "DW"), init=[])
+        m.submodules.coef_mem = cmem
+        cwp, crp = cmem.write_port(), cmem.read_port()
+        m.d.comb += [self.coef_wr.ready.eq(1), cwp.addr.eq(self.coef_wr.payload.addr),
+                     cwp.data.eq(self.coef_wr.payload.data), cwp.en.eq(self.coef_wr.valid)]
+        banks = [Signal(L * isa.DW_COEF_BYTES * 8, name=f"coef_bank{b}") for b in range(2)]
+        ig = Signal(12)                      # group being issued
+        cooldown = [Signal(range(COOLDOWN + 1), name=f"cooldown{b}") for b in range(2)]
+        pf_g = Signal(12)                    # group being (or next to be) prefetched
+        pf_active = Signal()
+        pf_i = Signal(range(L * E + 1))
+        pf_base = Signal(len(crp.addr) + 1)
+        loaded = Signal(12)                  # groups whose coefficients are in their bank
+        pf_w, pf_w_last = Signal(), Signal()
+        pf_w_idx = Signal(range(L * E))
+        pf_w_bank = Signal()
+        m.d.comb += crp.addr.eq(pf_base + pf_i)
+        with m.If(accept):
+            m.d.sync += [pf_g.eq(0), pf_active.eq(0), pf_base.eq(0), loaded.eq(0)]
+        with m.Elif(pf_active):
+            m.d.sync += pf_i.eq(pf_i + 1)
+            with m.If(pf_i == L * E - 1):
+                m.d.sync += [pf_active.eq(0), pf_g.eq(pf_g + 1), pf_base.eq(pf_base + L * E)]
+        with m.Elif(busy & (pf_g < groups) & (pf_g <= ig + 1)
+                    & (Mux(pf_g[0], cooldown[1], cooldown[0]) == 0)):
+            # Bank pf_g % 2 is free: group pf_g - 2 has issued its last pixel and left the coefficient stages.
+            m.d.sync += [pf_active.eq(1), pf_i.eq(0)]
+        m.d.sync += [pf_w.eq(pf_active), pf_w_last.eq(pf_active & (pf_i == L * E - 1)), pf_w_idx.eq(pf_i),
+                     pf_w_bank.eq(pf_g[0])]
+        for b in range(2):
+            with m.If(pf_w & (pf_w_bank == b)):
+                m.d.sync += banks[b].word_select(pf_w_idx, BW).eq(crp.data)
+        with m.If(pf_w_last & ~accept):
+            m.d.sync += loaded.eq(loaded + 1)
+
+        def coef_byte(bank_sel, lane, byte, width=8):
+            base = (lane * isa.DW_COEF_BYTES + byte) * 8
+            return Mux(bank_sel, banks[1][base:base + width], banks[0][base:base + width])
+
+        # ------------------------------------------------ AR: groups, their rows 0 .. rows_in-1, lanes, nb beats each
+        q_base = Signal(32)                  # global row of the window's top row (issue side)
+        a_q = Signal(32)                     # global row being requested
+        a_g = Signal(12)
+        a_r = Signal(17)
+        a_lane = Signal(LANE_BITS)
+        a_left = Signal(range(RB + 1))
+        a_addr, a_lane_addr, a_row_addr, a_grp_addr = (Signal(32, name=n) for n in
+                                                       ("a_addr", "a_lane_addr", "a_row_addr", "a_grp_addr"))
+        with m.If(accept):
+            m.d.sync += [a_q.eq(0), a_g.eq(0), a_r.eq(0), a_lane.eq(0), a_left.eq(p.pitch >> lg),
+                         a_addr.eq(p.in_addr), a_lane_addr.eq(p.in_addr), a_row_addr.eq(p.in_addr),
+                         a_grp_addr.eq(p.in_addr)]
         to_boundary = Signal(range(BOUNDARY // DB + 1))
         m.d.comb += to_boundary.eq((BOUNDARY - a_addr[:exact_log2(BOUNDARY)]) >> lg)
         burst = Signal(range(RB + 1))
         m.d.comb += burst.eq(Mux(a_left < to_boundary, a_left, to_boundary))
-        # A row may stream in once its slot's previous row (r - NS) is no longer read.
-        a_more = busy & (a_row < rows_in)
-        m.d.comb += [self.ar.valid.eq(a_more & (a_left != 0) & (a_row < oy + NS)),
+        a_more = busy & (a_g < groups)
+        # Row q may stream in once its slot's previous row (q - NS) is no longer read.
+        m.d.comb += [self.ar.valid.eq(a_more & (a_left != 0) & (a_q < q_base + NS)),
                      self.ar.payload.addr.eq(a_addr), self.ar.payload.len.eq(burst - 1)]
-        with m.If(self.ar.valid & self.ar.ready):
+        with m.If(accept):
+            pass
+        with m.Elif(self.ar.valid & self.ar.ready):
             m.d.sync += [a_addr.eq(a_addr + (burst << lg)), a_left.eq(a_left - burst)]
         with m.Elif(a_more & (a_left == 0)):
             m.d.sync += a_left.eq(nb)
-            with m.If(a_lane == cmd.lanes - 1):
-                m.d.sync += [a_lane.eq(0), a_row.eq(a_row + 1), a_row_addr.eq(a_row_addr + cmd.pitch),
-                             a_lane_addr.eq(a_row_addr + cmd.pitch), a_addr.eq(a_row_addr + cmd.pitch)]
+            with m.If(a_lane == lanes_of(a_g) - 1):
+                m.d.sync += [a_lane.eq(0), a_q.eq(a_q + 1)]
+                with m.If(a_r == rows_in - 1):
+                    nxt = a_grp_addr + lplane
+                    m.d.sync += [a_r.eq(0), a_g.eq(a_g + 1), a_grp_addr.eq(nxt), a_row_addr.eq(nxt),
+                                 a_lane_addr.eq(nxt), a_addr.eq(nxt)]
+                with m.Else():
+                    nxt = a_row_addr + cmd.pitch
+                    m.d.sync += [a_r.eq(a_r + 1), a_row_addr.eq(nxt), a_lane_addr.eq(nxt), a_addr.eq(nxt)]
             with m.Else():
                 m.d.sync += [a_lane.eq(a_lane + 1), a_lane_addr.eq(a_lane_addr + plane),
                              a_addr.eq(a_lane_addr + plane)]
 
         # ------------------------------------------------ R: beats into the row slots
-        r_row = Signal(17)                 # rows completely received
-        r_lane = Signal(range(max(2, L)))
+        r_q = Signal(32)                     # rows completely received (global)
+        r_g = Signal(12)
+        r_r = Signal(17)
+        r_lane = Signal(LANE_BITS)
         r_beat = Signal(range(RB))
         b0 = Signal(range(64 // DB + 1))
         m.d.comb += b0.eq(cmd.col0 >> lg)
         r_fire = self.r.valid & self.r.ready
         m.d.comb += self.r.ready.eq(busy)
-        r_slot = r_row[:exact_log2(NS)]
+        r_slot = r_q[:nsb]
         with m.If(accept):
-            m.d.sync += [r_row.eq(0), r_lane.eq(0), r_beat.eq(0)]
+            m.d.sync += [r_q.eq(0), r_g.eq(0), r_r.eq(0), r_lane.eq(0), r_beat.eq(0)]
         with m.Elif(r_fire):
             with m.If(r_beat == nb - 1):
                 m.d.sync += r_beat.eq(0)
-                with m.If(r_lane == cmd.lanes - 1):
-                    m.d.sync += [r_lane.eq(0), r_row.eq(r_row + 1)]
+                with m.If(r_lane == lanes_of(r_g) - 1):
+                    m.d.sync += [r_lane.eq(0), r_q.eq(r_q + 1)]
+                    with m.If(r_r == rows_in - 1):
+                        m.d.sync += [r_r.eq(0), r_g.eq(r_g + 1)]
+                    with m.Else():
+                        m.d.sync += r_r.eq(r_r + 1)
                 with m.Else():
                     m.d.sync += r_lane.eq(r_lane + 1)
             with m.Else():
@@ -187,16 +252,21 @@ class DepthwiseUnit(wiring.Component):
             heads0.append(h0), heads1.append(h1), curs.append(cur), nxts.append(nxt)
 
         # ------------------------------------------------ issue: one output pixel of every lane per cycle
-        run = Signal()                     # issuing row oy (else waiting for its input rows)
+        run = Signal()                     # issuing row oy of group ig (else waiting for its rows / coefficients)
         issuing = Signal()                 # the command still has pixels to issue
-        row_addr = Signal(32)              # output row oy, column 0
+        oy = Signal(16)
+        row_addr = Signal(32)              # output row oy of group ig, column 0
+        grp_out = Signal(32)               # output row 0 of group ig
         last_x = x == cmd.width - 1
+        last_row = oy == cmd.rows - 1
+        last_group = ig == groups - 1
         group_end = (x[:lg] == DB - 1) | last_x
-        outstanding = Signal(range(GROUPS + 2))    # groups issued, not yet written out
-        go = run & (~group_end | (outstanding < GROUPS))
-        rows_ready = Signal()
-        m.d.comb += rows_ready.eq(r_row > oy + cmd.k_last)
-        next_ready = r_row > oy + 1 + cmd.k_last
+        outstanding = Signal(range(OUT_FIFO + 2))    # output beat groups issued, not yet written out
+        go = run & (~group_end | (outstanding < OUT_FIFO))
+        rows_ready = (r_q > q_base + cmd.k_last) & (loaded > ig)
+        next_q = Signal(32)
+        m.d.comb += next_q.eq(q_base + Mux(last_row, cmd.k_last + 1, 1))
+        next_ready = (r_q > next_q + cmd.k_last) & (loaded > ig + last_row)
         # rd.data at a beat crossing must be the beat two after the current one: address by the next pos.
         m.d.comb += rd_addr.eq(Mux(run & ~last_x, ((pos + go) >> lg) + 2, b0 + 2))
 
@@ -207,40 +277,54 @@ class DepthwiseUnit(wiring.Component):
             return stmts
 
         with m.If(accept):
-            m.d.sync += [issuing.eq(1), run.eq(0), oy.eq(0), x.eq(0), row_addr.eq(p.out_addr)]
+            m.d.sync += [issuing.eq(1), run.eq(0), ig.eq(0), oy.eq(0), x.eq(0), q_base.eq(0),
+                         row_addr.eq(p.out_addr), grp_out.eq(p.out_addr)]
         with m.Elif(issuing & ~run):
             with m.If(rows_ready):
                 m.d.sync += [run.eq(1), *start_row()]
         with m.Elif(go):
             with m.If(last_x):
-                m.d.sync += [x.eq(0), oy.eq(oy + 1), row_addr.eq(row_addr + cmd.pitch)]
-                with m.If(oy == cmd.rows - 1):
+                m.d.sync += x.eq(0)
+                with m.If(last_row & last_group):
                     m.d.sync += [run.eq(0), issuing.eq(0)]
-                with m.Elif(next_ready):
-                    m.d.sync += start_row()
                 with m.Else():
-                    m.d.sync += run.eq(0)
+                    m.d.sync += q_base.eq(next_q)
+                    with m.If(last_row):
+                        m.d.sync += [oy.eq(0), ig.eq(ig + 1), grp_out.eq(grp_out + lplane),
+                                     row_addr.eq(grp_out + lplane)]
+                    with m.Else():
+                        m.d.sync += [oy.eq(oy + 1), row_addr.eq(row_addr + cmd.pitch)]
+                    with m.If(next_ready):
+                        m.d.sync += start_row()
+                    with m.Else():
+                        m.d.sync += run.eq(0)
             with m.Else():
                 m.d.sync += x.eq(x + 1)
                 with m.If(o == DB - 1):
                     for s in range(NS):
                         m.d.sync += [curs[s].eq(nxts[s]), nxts[s].eq(slots[s].data)]
+        for b in range(2):
+            with m.If(go & (ig[0] == b)):
+                m.d.sync += cooldown[b].eq(COOLDOWN)
+            with m.Elif(cooldown[b] != 0):
+                m.d.sync += cooldown[b].eq(cooldown[b] - 1)
 
-        # Stage 1: the window of every lane, 7 rows of 7 bytes from the two beats of slot (oy + ky) % NS.
+        # Stage 1: the window of every lane, 7 rows of 7 bytes from the two beats of slot (q_base + ky) % NS.
         v = [Signal(name=f"valid{i}") for i in range(6)]
-        meta_layout = data.StructLayout({"x_lo": unsigned(lg), "end": unsigned(1), "addr": unsigned(32)})
+        meta_layout = data.StructLayout({"x_lo": unsigned(lg), "end": unsigned(1), "addr": unsigned(32),
+                                         "bank": unsigned(1), "lanes": unsigned(LANE_BITS)})
         meta = [Signal(meta_layout, name=f"meta{i}") for i in range(6)]
         m.d.sync += v[1].eq(go)
         with m.If(go):
-            m.d.sync += [meta[1].x_lo.eq(x[:lg]), meta[1].end.eq(group_end),
-                         meta[1].addr.eq(row_addr + ((x >> lg) << lg))]
+            m.d.sync += [meta[1].x_lo.eq(x[:lg]), meta[1].end.eq(group_end), meta[1].bank.eq(ig[0]),
+                         meta[1].addr.eq(row_addr + ((x >> lg) << lg)), meta[1].lanes.eq(lanes_of(ig))]
         wins = []
         for lane in range(L):
             pairs = Array(Cat(curs[s].word_select(lane, BW), nxts[s].word_select(lane, BW)) for s in range(NS))
             win = []
             for ky in range(K_MAX):
                 row = Signal(2 * BW, name=f"pair{lane}_{ky}")
-                m.d.comb += row.eq(pairs[(oy + ky)[:exact_log2(NS)]])
+                m.d.comb += row.eq(pairs[(q_base + ky)[:nsb]])
                 reg = Signal(K_MAX * 8, name=f"win{lane}_{ky}")
                 with m.If(go):
                     m.d.sync += reg.eq(row.bit_select(o * 8, K_MAX * 8))
@@ -258,7 +342,7 @@ class DepthwiseUnit(wiring.Component):
                 for kx in range(K_MAX):
                     pr = Signal(signed(16), name=f"prod{lane}_{ky}_{kx}")
                     m.d.sync += pr.eq(wins[lane][ky].word_select(kx, 8).as_signed()
-                                      * coef_byte(lane, ky * TAP_PITCH + kx).as_signed())
+                                      * coef_byte(meta[1].bank, lane, ky * TAP_PITCH + kx).as_signed())
                     prods.append(pr)
             row_sums = []
             for ky in range(K_MAX):
@@ -267,7 +351,7 @@ class DepthwiseUnit(wiring.Component):
                 row_sums.append(rs)
             total = Signal(signed(22), name=f"sum{lane}")
             m.d.sync += total.eq(sum(row_sums))
-            bias = coef_byte(lane, isa.DW_TAP_BYTES, 32).as_signed()
+            bias = coef_byte(meta[4].bank, lane, isa.DW_TAP_BYTES, 32).as_signed()
             wide = Signal(signed(ACC_BITS + 1), name=f"wide{lane}")
             biased = Signal(signed(ACC_BITS), name=f"biased{lane}")
             m.d.comb += wide.eq(total + bias)
@@ -275,8 +359,8 @@ class DepthwiseUnit(wiring.Component):
             rq = Requantizer()
             m.submodules[f"requant{lane}"] = rq
             m.d.comb += [rq.relu.eq(cmd.relu), rq.i.valid.eq(v[5]), rq.i.payload.acc.eq(biased),
-                         rq.i.payload.multiplier.eq(coef_byte(lane, isa.DW_TAP_BYTES + 4, MULT_BITS)),
-                         rq.i.payload.shift.eq(coef_byte(lane, isa.DW_TAP_BYTES + 8, SHIFT_BITS)),
+                         rq.i.payload.multiplier.eq(coef_byte(meta[5].bank, lane, isa.DW_TAP_BYTES + 4, MULT_BITS)),
+                         rq.i.payload.shift.eq(coef_byte(meta[5].bank, lane, isa.DW_TAP_BYTES + 8, SHIFT_BITS)),
                          rq.o.ready.eq(1)]
             lanes.append(rq)
         # The requantisers never stall (output always ready): their latency is fixed.
@@ -289,7 +373,7 @@ class DepthwiseUnit(wiring.Component):
         out_valid = lanes[0].o.valid
 
         # ------------------------------------------------ output beats -> FIFO -> AXI writes
-        m.submodules.groups = fifo = SyncFIFOBuffered(width=L * BW + 32 + lg + 1, depth=GROUPS)
+        m.submodules.out_fifo = fifo = SyncFIFOBuffered(width=L * BW + 32 + lg + 1 + LANE_BITS, depth=OUT_FIFO)
         beats = [Signal(BW, name=f"beat{lane}") for lane in range(L)]
         merged = []
         for lane in range(L):
@@ -300,10 +384,12 @@ class DepthwiseUnit(wiring.Component):
             with m.If(out_valid):
                 m.d.sync += beats[lane].eq(mg)
         m.d.comb += [fifo.w_en.eq(out_valid & out_meta.end),
-                     fifo.w_data.eq(Cat(*merged, out_meta.addr, out_meta.x_lo + 1))]
+                     fifo.w_data.eq(Cat(*merged, out_meta.addr, out_meta.x_lo + 1, out_meta.lanes))]
         head = fifo.r_data
-        h_data, h_addr, h_n = head[:L * BW], head[L * BW:L * BW + 32], head[L * BW + 32:]
-        j = Signal(range(max(2, L)))
+        h_data, h_addr = head[:L * BW], head[L * BW:L * BW + 32]
+        h_n = head[L * BW + 32:L * BW + 32 + lg + 1]
+        h_lanes = head[L * BW + 32 + lg + 1:]
+        j = Signal(LANE_BITS)
         j_off = Signal(32)
         aw_done, w_done = Signal(), Signal()
         m.d.comb += [self.aw.valid.eq(fifo.r_rdy & ~aw_done), self.aw.payload.eq(h_addr + j_off),
@@ -314,7 +400,7 @@ class DepthwiseUnit(wiring.Component):
         popped = Signal()
         with m.If(beat_done):
             m.d.sync += [aw_done.eq(0), w_done.eq(0)]
-            with m.If(j == cmd.lanes - 1):
+            with m.If(j == h_lanes - 1):
                 m.d.sync += [j.eq(0), j_off.eq(0)]
                 m.d.comb += [fifo.r_en.eq(1), popped.eq(1)]
             with m.Else():
@@ -335,8 +421,8 @@ class DepthwiseUnit(wiring.Component):
         with m.Elif(~aw_fire & self.b):
             m.d.sync += writes.eq(writes - 1)
 
-        drained = (~issuing & (outstanding == 0) & (writes == 0) & ~aw_fire & (r_row == rows_in)
-                   & (a_row == rows_in))
+        drained = (~issuing & (outstanding == 0) & (writes == 0) & ~aw_fire & (r_g == groups)
+                   & (a_g == groups) & ~pf_active)
         with m.If(busy & ~accept & drained):
             m.d.sync += busy.eq(0)
             m.d.comb += self.done.eq(1)

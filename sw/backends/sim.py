@@ -20,8 +20,16 @@ STORE_LATENCY = 5         # row to B response, per store descriptor
 START_CYCLES = 3
 IM2COL_CYCLES = 4         # command start, last entry written, done
 DW_START = 3              # DEPTHWISE: command accepted to first AR
-DW_ROW_CYCLES = 0         # per input row and lane beyond its beats (AR runs ahead of R)
 DW_DRAIN = 17             # last pixel issued to last B response: window, MACs, sums, bias, requantiser, write
+
+
+def top_start(started: list[int], q_top: int, rows_in: int, rows: int) -> int:
+    """When the depthwise unit's window top first reaches global input row >= q_top (0: from the start)."""
+    if q_top <= 0:
+        return 0
+    g, r = divmod(q_top, rows_in)
+    idx = g * rows + min(r, rows)        # first output row whose window top is >= q_top
+    return started[idx] if idx < len(started) else 0
 
 
 class SimOverlay:
@@ -39,7 +47,7 @@ class SimOverlay:
         self.params = np.zeros((cfg.param_depth, cfg.cols, 3), np.int64)
         self.acc = np.zeros((cfg.acc_depth, cfg.cols), np.int64)
         self.attn = None
-        self.dw_coef = np.zeros(cfg.dw_lanes * isa.DW_COEF_BYTES, np.uint8)
+        self.dw_coef = np.zeros(cfg.dw_channels * isa.DW_COEF_BYTES, np.uint8)
         if "attention" in cfg.engines:
             from sw.backends.sim_attention import AttentionModel
             self.attn = AttentionModel(cfg)
@@ -244,37 +252,57 @@ class SimOverlay:
         return READ_LATENCY + rows * max(nb, k) + k + IM2COL_CYCLES
 
     def _depthwise(self, d) -> int | None:
-        """DEPTHWISE (hw/conv/depthwise.py): `cols` channels, DDR to DDR; returns its cycles (None: outside DDR)."""
+        """DEPTHWISE (hw/conv/depthwise.py): dw_channels channels, DDR to DDR; returns its cycles (None: outside DDR)."""
         cfg = self.cfg
-        DB = cfg.beat_bytes
-        k, lanes, rows, width = d["dw_kernel_last"] + 1, d["cols"], d["count"], d["dw_width"]
+        k, chans, rows, width = d["dw_kernel_last"] + 1, d["dw_channels"], d["count"], d["dw_width"]
         pitch, plane, col0 = d["stride"], d["dw_plane_rows"] * d["stride"], d["dw_col0"]
-        coef = self.dw_coef.reshape(cfg.dw_lanes, isa.DW_COEF_BYTES)
-        for lane in range(lanes):
-            src = self._ddr(d["dram_addr"] + lane * plane, (rows + k - 1) * pitch)
+        coef = self.dw_coef.reshape(cfg.dw_channels, isa.DW_COEF_BYTES)
+        for ch in range(chans):
+            src = self._ddr(d["dram_addr"] + ch * plane, (rows + k - 1) * pitch)
             if src is None:
                 return None
             x = src.view(np.int8).reshape(rows + k - 1, pitch).astype(np.int64)
-            taps = coef[lane, :isa.DW_TAP_BYTES].view(np.int8).reshape(8, 8).astype(np.int64)
+            taps = coef[ch, :isa.DW_TAP_BYTES].view(np.int8).reshape(8, 8).astype(np.int64)
             acc = np.zeros((rows, width), np.int64)
             for ky in range(k):
                 for kx in range(k):
                     acc += taps[ky, kx] * x[ky:ky + rows, col0 + kx:col0 + kx + width]
-            words = coef[lane, isa.DW_TAP_BYTES:].view("<u4")
+            words = coef[ch, isa.DW_TAP_BYTES:].view("<u4")
             bias = int(words[0].astype(np.uint32).view(np.int32))
             t = saturate_int32(acc + bias)
             y = requantize(t, int(words[1]) & ((1 << 31) - 1), int(words[2]) & 63, relu=bool(d["relu"]))
             for r in range(rows):
-                dst = self._ddr(d["dw_out_addr"] + lane * plane + r * pitch, width)
+                dst = self._ddr(d["dw_out_addr"] + ch * plane + r * pitch, width)
                 if dst is None:
                     return None
                 dst[:] = y[r].view(np.uint8)
-        # Rows 0..K-1 stream in before the first pixel (lanes x beats each); then one pixel per cycle per
-        # lane, unless a row's input (lanes x (beats + AR)) takes longer; then the pipeline drains.
-        nb = pitch // DB
-        row_in = lanes * (nb + DW_ROW_CYCLES)
-        fill = DW_START + READ_LATENCY + k * row_in
-        return fill + rows * max(width, row_in) + DW_DRAIN
+        return self._depthwise_cycles(k, chans, rows, width, pitch // cfg.beat_bytes)
+
+    def _depthwise_cycles(self, k, chans, rows, width, nb) -> int:
+        """The unit row by row: input rows stream in at a beat per cycle (lanes x beats each), at most NS
+        rows ahead of the window's top row; an output row of W pixels issues in W cycles once its K rows
+        (and its group's coefficients) are in; then the pipeline drains."""
+        from hw.conv.depthwise import NS
+        L = self.cfg.dw_lanes
+        groups = -(-chans // L)
+        rows_in = rows + k - 1
+        loaded_at: list[int] = []          # global input row q -> cycle its last beat is in
+        started: list[int] = []            # output row (in issue order) -> cycle it starts
+        load_t = DW_START + READ_LATENCY
+        issue_t = 0
+        for g in range(groups):
+            for oy in range(rows):
+                top = g * rows_in + oy
+                while len(loaded_at) < top + k:
+                    q = len(loaded_at)
+                    gate = top_start(started, q - NS + 1, rows_in, rows)
+                    lq = min(L, chans - (q // rows_in) * L)
+                    load_t = max(load_t, gate) + lq * nb
+                    loaded_at.append(load_t)
+                start = max(issue_t, loaded_at[top + k - 1] + 1)
+                started.append(start)
+                issue_t = start + width
+        return issue_t + DW_DRAIN
 
     def _compute(self, a_base, b_base, k, acc_base, accumulate):
         cfg = self.cfg
