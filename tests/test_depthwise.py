@@ -194,6 +194,16 @@ def test_other_depthwise_convolutions_fall_back_to_the_conv_engine(cfg, kw):
     assert drv.last_run.engine == "conv"
 
 
+def test_more_channels_than_the_coefficient_memory_run_as_several_commands():
+    cfg = SIM.replace(dw_channels=4)
+    rng = np.random.default_rng(5)
+    x, wt, bias, mult, shift = dw_case(rng, 9, 5, 7, 5)
+    prog = compile_depthwise(cfg, x, wt, bias, mult, shift, padding=2, base_addr=0x100000)
+    assert [d["dw_channels"] for d in prog.descriptors if d["opcode"] == isa.OPCODES["DEPTHWISE"]] == [4, 4, 1]
+    got = prog.output(Driver(cfg, "sim").run(prog))
+    assert np.array_equal(got, intconv.depthwise_conv2d(x, wt, bias, mult, shift, padding=2))
+
+
 def test_compiler_refuses_what_the_engine_does_not_run():
     x, wt = np.zeros((2, 8, 8), np.int8), np.zeros((2, 1, 3, 3), np.int8)
     for kw, match in [(dict(padding=0), "padding 0"), (dict(padding=1, multiplier=None), "multiplier")]:
@@ -256,7 +266,7 @@ def test_rtl_equals_sim_equals_golden_and_one_pixel_per_cycle_per_lane():
     drv = Driver(SIM, "sim")
     rng = np.random.default_rng(8)
     cases = [(3, 7, 13, 7, False, False), (2, 6, 9, 3, True, True), (5, 5, 11, 5, False, False),
-             (2, 8, 64, 7, False, False), (2, 16, 64, 7, False, False)]
+             (3, 4, 9, 1, False, False), (2, 8, 64, 7, False, False), (2, 16, 64, 7, False, False)]
     progs, wants, sims = [], [], []
     for c, h, w, k, relu, extreme in cases:
         x, wt, bias, mult, shift = dw_case(rng, c, h, w, k, extreme)
@@ -266,7 +276,7 @@ def test_rtl_equals_sim_equals_golden_and_one_pixel_per_cycle_per_lane():
         wants.append(intconv.depthwise_conv2d(x, wt, bias, mult, shift, padding=(k - 1) // 2, relu=relu))
         sims.append((drv.run(prog), drv.last_run.cycles))
     jobs = [dict(base=p.base_addr, image=p.image, desc_count=len(p.descriptors), timeout=200_000) for p in progs]
-    stalled = run_images(SIM, jobs[:3], stall=0.3, seed=3)
+    stalled = run_images(SIM, jobs[:4], stall=0.3, seed=3)
     free = run_images(SIM, jobs)
     for prog, want, (sim_image, _), res in zip(progs, wants, sims, stalled):
         assert res["error"] == 0 and not res["timed_out"], res
@@ -275,5 +285,5 @@ def test_rtl_equals_sim_equals_golden_and_one_pixel_per_cycle_per_lane():
     for prog, want, (sim_image, sim_cycles), res in zip(progs, wants, sims, free):
         assert np.array_equal(res["image"], sim_image)
         assert abs(sim_cycles / res["cycles"] - 1) < 0.05, (sim_cycles, res["cycles"])
-    steady = (8 * 64) / (free[4]["cycles"] - free[3]["cycles"])      # pixels per lane / extra cycles
+    steady = (8 * 64) / (free[5]["cycles"] - free[4]["cycles"])      # pixels per lane / extra cycles
     assert steady >= 0.99, steady
