@@ -42,6 +42,8 @@ def macs(kind, shape, cout, k, stride, padding) -> int:
     cin, h, w = shape
     if kind == "transposed":
         return cin * h * w * cout * k * k
+    if kind == "depthwise":
+        cout = cin
     ho, wo = out_size(h, k, stride, padding), out_size(w, k, stride, padding)
     return cout * ho * wo * (1 if kind == "depthwise" else cin) * k * k
 
@@ -63,8 +65,10 @@ def tile_case(i, kind, tile, cout, k):
     return data, op, golden
 
 
-def run(synth: bool = True, preset_name: str = "bench16", model_presets: tuple[str, ...] = ()) -> None:
-    """RTL on `preset_name` (+ its sim model); `model_presets`: further overlays, sim model only."""
+def run(synth: bool = True, preset_name: str = "bench16", model_presets: tuple[str, ...] = (),
+        only: str = "") -> None:
+    """RTL on `preset_name` (+ its sim model); `model_presets`: further overlays, sim model only;
+    `only`: just the layers whose name contains it (report name suffixed with it)."""
     from hw.config import preset
     from sw.driver import Driver
 
@@ -72,8 +76,10 @@ def run(synth: bool = True, preset_name: str = "bench16", model_presets: tuple[s
     sim, rtl = Driver(cfg, "sim"), Driver(cfg, "rtl", timeout_cycles=20_000_000)
     rows = []
     t_all = time.monotonic()
-    for name, kind, full, cout, k, stride, padding, tile in LAYERS:
-        (x, wt, bias, mult, shift), op, golden = tile_case(len(rows), kind, tile, cout, k)
+    for i, (name, kind, full, cout, k, stride, padding, tile) in enumerate(LAYERS):
+        if only not in name:
+            continue
+        (x, wt, bias, mult, shift), op, golden = tile_case(i, kind, tile, cout, k)
         kw = dict(stride=stride, padding=padding)
         want = golden(x, wt, bias, mult, shift, **kw)
         got_sim = getattr(sim, op)(x, wt, bias, mult, shift, **kw)
@@ -95,7 +101,7 @@ def run(synth: bool = True, preset_name: str = "bench16", model_presets: tuple[s
             nl = lanes(cfg, r.engine)
             row["px/cycle/lane"] = want.size / (r.cycles * nl)
             # Steady state: the same channels at half the height; extra pixels per lane / extra cycles.
-            (x2, wt2, b2, m2, s2), _, _ = tile_case(len(rows), kind, (tile[0], tile[1] // 2, tile[2]), cout, k)
+            (x2, wt2, b2, m2, s2), _, _ = tile_case(i + 100, kind, (tile[0], tile[1] // 2, tile[2]), cout, k)
             got_half = getattr(rtl, op)(x2, wt2, b2, m2, s2, **kw)
             assert np.array_equal(got_half, golden(x2, wt2, b2, m2, s2, **kw))
             row["steady px/cycle/lane"] = (want.size - got_half.size) / ((r.cycles - rtl.last_run.cycles) * nl)
@@ -119,17 +125,20 @@ def run(synth: bool = True, preset_name: str = "bench16", model_presets: tuple[s
         res["synth_wall_s"] = round(time.monotonic() - t0)
         rows.append({"layer": "yosys synth_xilinx -family xcup -flatten (whole overlay: gemm + attention + conv)",
                      **res})
-    report("conv" if preset_name == "bench16" else f"conv-{preset_name}", rows, notes=notes)
+    suffix = f"-{only.replace(' ', '_')}" if only else ""
+    report(("conv" if preset_name == "bench16" else f"conv-{preset_name}") + suffix, rows, notes=notes)
     for name in model_presets:
-        model_only(preset(name))
+        model_only(preset(name), only)
 
 
-def model_only(cfg) -> None:
+def model_only(cfg, only: str = "") -> None:
     """The sim model's cycles (within 5 % of the RTL's where measured) on another overlay."""
     from sw.driver import Driver
     drv = Driver(cfg, "sim")
     rows = []
     for i, (name, kind, full, cout, k, stride, padding, tile) in enumerate(LAYERS):
+        if only not in name:
+            continue
         (x, wt, bias, mult, shift), op, golden = tile_case(i, kind, tile, cout, k)
         kw = dict(stride=stride, padding=padding)
         got = getattr(drv, op)(x, wt, bias, mult, shift, **kw)
@@ -142,7 +151,7 @@ def model_only(cfg) -> None:
         if kind == "depthwise":
             row["px/cycle/lane"] = got.size / (r.cycles * lanes(cfg, r.engine))
         rows.append(row)
-    report(f"conv-model-{cfg.name}", rows, notes=f"{cfg.name} overlay ({cfg.rows}x{cfg.cols}, {cfg.axi_data_bits}-bit "
+    report(f"conv-model-{cfg.name}" + (f"-{only.replace(' ', '_')}" if only else ""), rows, notes=f"{cfg.name} overlay ({cfg.rows}x{cfg.cols}, {cfg.axi_data_bits}-bit "
            "AXI): SIM MODEL cycles (not RTL), same tiles and scaling as `conv`")
 
 
@@ -152,5 +161,6 @@ if __name__ == "__main__":   # python -m benchmarks.conv [--no-synth] [--preset 
     p.add_argument("--no-synth", action="store_true")
     p.add_argument("--preset", default="bench16")
     p.add_argument("--model", nargs="*", default=[])
+    p.add_argument("--only", default="", help="just the layers whose name contains this")
     a = p.parse_args()
-    run(synth=not a.no_synth, preset_name=a.preset, model_presets=tuple(a.model))
+    run(synth=not a.no_synth, preset_name=a.preset, model_presets=tuple(a.model), only=a.only)

@@ -158,6 +158,18 @@ def test_unit_equals_golden_amaranth(c, h, w, k, relu, stall, extreme):
     print(f"cycles {cycles} for {h * w} pixels per lane")
 
 
+@pytest.mark.parametrize("c,h,w,k", [(6, 5, 21, 7), (4, 3, 9, 3)])
+def test_unit_equals_golden_amaranth_bench16(c, h, w, k):
+    """The bench16 build: 4 lanes, 128-bit beats (16 pixels per output beat), a partial last group."""
+    cfg = preset("bench16")
+    rng = np.random.default_rng(c + k)
+    x, wt, bias, mult, shift = dw_case(rng, c, h, w, k)
+    out, changed, _ = run_unit(cfg, x, wt, bias, mult, shift, relu=False, stall=0.3, seed=c)
+    want = intconv.depthwise_conv2d(x, wt, bias, mult, shift, padding=(k - 1) // 2)
+    assert np.array_equal(out, FmapLayout(*want.shape, cfg.cols).pack(want))
+    assert changed.size == 0
+
+
 # ---------------------------------------------------------------- compiler, sim model, routing
 
 from sw.checks import DescriptorError, check_descriptors          # noqa: E402

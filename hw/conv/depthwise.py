@@ -181,9 +181,7 @@ class DepthwiseUnit(wiring.Component):
         # Row q may stream in once its slot's previous row (q - NS) is no longer read.
         m.d.comb += [self.ar.valid.eq(a_more & (a_left != 0) & (a_q < q_base + NS)),
                      self.ar.payload.addr.eq(a_addr), self.ar.payload.len.eq(burst - 1)]
-        with m.If(accept):
-            pass
-        with m.Elif(self.ar.valid & self.ar.ready):
+        with m.If(self.ar.valid & self.ar.ready):          # (ar.valid is low while idle: no clash with accept)
             m.d.sync += [a_addr.eq(a_addr + (burst << lg)), a_left.eq(a_left - burst)]
         with m.Elif(a_more & (a_left == 0)):
             m.d.sync += a_left.eq(nb)
