@@ -10,7 +10,7 @@ dw_channels channels, DDR to DDR, in groups of L channels, in the overlay's plan
 no logic.
 
     AR/R (id 1) ─► NS row slots (memories of RB beats x L lanes) ──┐  + 2 head beats per slot
-                    row r of lane l ─► slot r % NS, lane l          │
+                    input row q of lane l ─► slot q % NS, lane l    │
     issue (oy, x): per slot the current and next beat of the row ──┴► K_MAX x K_MAX window
                     per lane (a byte shifter by (col0 + x) % DB)
        ─► products ─► row sums ─► sum ─► + bias (saturating) ─► Requantizer ─► beat per lane
@@ -19,8 +19,8 @@ no logic.
 * Line buffer: the rows of all groups form one sequence (group g's input rows 0 .. H+K-2
   follow group g-1's); row q lives in slot q % NS. NS = 2 * K_MAX + 2 slots let the next
   group's first K rows stream in while the current group's last rows are computed, so
-  groups follow each other without a fill bubble. Each slot is one memory with a beat per entry, one read port; the window
-  needs, per row, bytes col0 + x .. + K_MAX - 1, which lie in two beats: a slot keeps
+  groups follow each other without a fill bubble. Each slot is one memory with a beat
+  per entry and one read port; the window needs, per row, bytes col0 + x .. + K_MAX - 1, which lie in two beats: a slot keeps
   `cur` and `nxt` and reads the beat after `nxt` one cycle ahead (every slot reads the
   same beat address: all rows share the layout). The first two beats of every row are
   captured as it arrives ("heads"), so a new output row starts without a fill bubble.
