@@ -8,7 +8,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
-ENGINES = ("gemm", "attention", "conv")   # engines the overlay knows of (conv: hw/conv, on the GEMM array)
+ENGINES = ("gemm", "attention", "conv")
+ATTN_SLOT_BITS = 4                        # = the width of the descriptor's `slot` field (hw.isa checks it)   # engines the overlay knows of (conv: hw/conv, on the GEMM array)
 
 
 @dataclass(frozen=True)
@@ -24,6 +25,8 @@ class OverlayConfig:
     axi_addr_bits : AXI4 master address width.
     engines       : engines present in the overlay.
     attn_max_dim  : attention engine: the largest head dim (its O and V memories), a multiple of cols.
+    attn_q_slots  : attention engine: query tiles of R rows whose softmax state (m, l, O) it holds at once
+                    (each K/V tile fetched from DDR serves all of them), 1..16.
     clock_mhz     : target clock (for reports and the board flow).
     """
     name: str
@@ -39,6 +42,7 @@ class OverlayConfig:
     clock_mhz: float = 200.0
     board: str = ""
     attn_max_dim: int = 256
+    attn_q_slots: int = 1
 
     def __post_init__(self):
         errors = []
@@ -63,6 +67,8 @@ class OverlayConfig:
                 errors.append(f"attention engine: cols={self.cols} must be a power of two")
             if self.attn_max_dim < self.cols or self.attn_max_dim % self.cols:
                 errors.append(f"attn_max_dim={self.attn_max_dim} must be a positive multiple of cols={self.cols}")
+            if not 1 <= self.attn_q_slots <= 1 << ATTN_SLOT_BITS:
+                errors.append(f"attn_q_slots={self.attn_q_slots} outside 1..{1 << ATTN_SLOT_BITS}")
         if "gemm" not in self.engines:
             errors.append("the gemm engine is required (the others plug into its DMA and scratchpads)")
         # Output rows are stored as whole AXI beats: C int8 must fill at least one beat exactly.
@@ -95,7 +101,7 @@ PRESETS: dict[str, OverlayConfig] = {
     # Small enough that a whole layer simulates in seconds under Verilator.
     "sim": OverlayConfig("sim", rows=4, cols=8, a_depth=4096, b_depth=4096, acc_depth=64,
                          param_depth=16, axi_data_bits=64, clock_mhz=100.0, board="(simulation)",
-                         engines=("gemm", "attention", "conv")),
+                         engines=("gemm", "attention", "conv"), attn_q_slots=2),
     # The open ECP5 flow (ULX3S-85F): the GEMM overlay with small memories, so that
     # it places, routes and is timed in minutes. 45 MHz is what it meets there
     # (nextpnr: 49-57 MHz by target and seed, critical path in the load unit's control); with the attention
@@ -114,7 +120,7 @@ PRESETS: dict[str, OverlayConfig] = {
     # The 16 x 16 overlay the benchmarks measure (utilisation, resources).
     "bench16": OverlayConfig("bench16", rows=16, cols=16, a_depth=2048, b_depth=2048, acc_depth=256,
                              param_depth=64, axi_data_bits=128, clock_mhz=200.0, board="(benchmark)",
-                             engines=("gemm", "attention", "conv")),
+                             engines=("gemm", "attention", "conv"), attn_q_slots=4),
 }
 
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from hw.config import ATTN_SLOT_BITS
+
 #: The overlay IP's Vivado VLNV: the board flow packages the IP under it and the
 #: pynq backend's driver binds to it (pynq.DefaultIP.bindto).
 IP_VLNV = "sam2-fpga.org:sam2fpga:overlay:1.0"
@@ -102,6 +104,8 @@ DESCRIPTOR_FIELDS = [
     ("param_addr", 16, "STORE: parameter entry (per-channel bias/multiplier/shift); ATTENTION STEP: score multiplier"),
     ("wait_attention", 16, "dispatch only when ATTENTIONS_DONE >= wait_attention"),
     ("cols", 8, "STORE: columns written per row (0 = all C; the rest keep their bytes: write strobes)"),
+    ("slot", 4, "ATTENTION: query slot (0 .. attn_q_slots - 1) whose softmax state (m, l, O) the STEP updates "
+     "or the NORM reads"),
 ]
 
 
@@ -133,6 +137,7 @@ def field_offsets() -> dict[str, tuple[int, int]]:
 
 
 FIELDS = field_offsets()
+assert FIELDS["slot"][1] == ATTN_SLOT_BITS, "hw.config.ATTN_SLOT_BITS bounds attn_q_slots by the slot field"
 
 
 def pack_descriptor(**fields) -> bytes:

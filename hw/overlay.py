@@ -191,7 +191,8 @@ class Core(wiring.Component):
             m.d.comb += [ap.mode.eq(desc.target), ap.accumulate.eq(desc.accumulate), ap.s_base.eq(desc.sp_addr),
                          ap.v_base.eq(desc.b_base), ap.count.eq(desc.count), ap.chunks_last.eq(desc.k_last),
                          ap.c0.eq(desc.sp_addr), ap.out_base.eq(desc.acc_base),
-                         ap.score_mult.eq(desc.param_addr), ap.score_shift.eq(desc.stride)]
+                         ap.score_mult.eq(desc.param_addr), ap.score_shift.eq(desc.stride),
+                         ap.slot.eq(desc.slot)]
 
         # ------------------------------------------------ load unit
         targets = {"A": (R, engine.a_wr), "B": (C, engine.b_wr), "PARAM": (C * isa.PARAM_CHANNEL_BYTES, engine.p_wr)}

@@ -48,6 +48,7 @@ class AttentionProgram:
     macs: int = 0                   # 2 * H * Lq * Lk * d (Q K^T and P V)
     base_addr: int = 0
     kv_bytes: int = 0               # K and V bytes the program reads from DDR
+    slots: int = 1                  # query tiles resident at once (each K/V tile serves them all)
 
     @property
     def array_macs(self) -> int:
@@ -62,9 +63,9 @@ class AttentionProgram:
 
     @property
     def kv_min_bytes(self) -> int:
-        """The least K and V traffic for this engine: each K and V read once per query tile of
-        R rows (its resident state), without the padding of d and of the last key tile."""
-        return 2 * self.heads * -(-self.lq // self.cfg.rows) * self.lk * self.d
+        """The least K and V traffic for this engine: each K and V read once per group of `slots`
+        resident query tiles of R rows, without the padding of d and of the last key tile."""
+        return 2 * self.heads * -(-self.lq // (self.cfg.rows * self.slots)) * self.lk * self.d
 
     @property
     def d_padded(self) -> int:
@@ -111,11 +112,9 @@ def compile_attention(cfg, q, k, v, quant: intattn.AttentionQuant, *, out_int32:
     a_half, b_half = cfg.a_depth // 2, cfg.b_depth // 2
     if dp > min(a_half, b_half):
         raise CompileError(f"head dim {dp} does not fit half the A/B scratchpads ({min(a_half, b_half)} entries)")
-    regions = cfg.acc_depth // R
-    group = regions - 2                     # accumulator regions left for normalised chunks
-    if group < 1:
-        raise CompileError(f"accumulator scratchpad ({cfg.acc_depth} rows) needs at least 3 regions of {R} rows")
+    s_regions, group = acc_regions(cfg)
     qt, kt = -(-Lq // R), -(-Lk // C)
+    slots = query_slots(cfg, dp, qt)
     eb = 4 if out_int32 else 1
     row_bytes = dp * eb
     q_stride = -(-dp * R // DB) * DB
@@ -144,53 +143,72 @@ def compile_attention(cfg, q, k, v, quant: intattn.AttentionQuant, *, out_int32:
     n_param = emit(dict(opcode="LOAD", target="PARAM", src=("params", 0), count=1, sp_addr=0), "LOAD", [])
     use("param", "LOAD", n_param)
     kv_bytes = 0
+    kv_loads = 0                            # K/V tiles loaded so far: their B and V half
+
+    def load_kv(h, ki):
+        nonlocal kv_bytes, kv_loads
+        hb = kv_loads % 2
+        src = (h * kt + ki) * k_stride
+        n_k = emit(dict(opcode="LOAD", target="B", src=("K", src), count=dp, sp_addr=hb * b_half),
+                   "LOAD", [("B", hb)])
+        last[("B", hb)] = {}
+        n_v = emit(dict(opcode="LOAD", target="V", src=("V", src), count=dp, sp_addr=hb * v_half),
+                   "LOAD", [("Vh", hb)])
+        last[("Vh", hb)] = {}
+        kv_bytes += 2 * dp * C
+        use(("kload", hb), "LOAD", n_k)
+        use(("vload", hb), "LOAD", n_v)
+        kv_loads += 1
+        return hb
+
     g = n = 0
     for h in range(H):
-        for qi in range(qt):
+        for q0 in range(0, qt, slots):      # a group of `ns` query tiles, one per slot
+            ns = min(slots, qt - q0)
             ha = g % 2
-            n_q = emit(dict(opcode="LOAD", target="A", src=("Q", (h * qt + qi) * q_stride), count=dp,
+            n_q = emit(dict(opcode="LOAD", target="A", src=("Q", (h * qt + q0) * q_stride), count=ns * dp,
                             sp_addr=ha * a_half), "LOAD", [("A", ha)])
             last[("A", ha)] = {}
             use(("qload", ha), "LOAD", n_q)
+            hb = load_kv(h, 0)
             for ki in range(kt):
-                hb = n % 2
-                src = (h * kt + ki) * k_stride
-                n_k = emit(dict(opcode="LOAD", target="B", src=("K", src), count=dp, sp_addr=hb * b_half),
-                           "LOAD", [("B", hb)])
-                last[("B", hb)] = {}
-                n_v = emit(dict(opcode="LOAD", target="V", src=("V", src), count=dp, sp_addr=hb * v_half),
-                           "LOAD", [("Vh", hb)])
-                last[("Vh", hb)] = {}
-                kv_bytes += 2 * dp * C
-                use(("kload", hb), "LOAD", n_k)
-                use(("vload", hb), "LOAD", n_v)
-                n_c = emit(dict(opcode="COMPUTE", sp_addr=ha * a_half, b_base=hb * b_half, k_last=dp - 1,
-                                acc_base=hb * R, accumulate=0), "COMPUTE", [("qload", ha), ("kload", hb), ("S", hb)])
-                last[("S", hb)] = {}
-                use(("A", ha), "COMPUTE", n_c)
-                use(("B", hb), "COMPUTE", n_c)
-                use(("Sready", hb), "COMPUTE", n_c)
                 count = min(C, Lk - ki * C)
-                n_a = emit(dict(opcode="ATTENTION", target=isa.ATTN_MODES["STEP"], accumulate=int(ki > 0),
-                                sp_addr=hb * R, b_base=hb * v_half, count=count, k_last=chunks - 1,
-                                param_addr=quant.score_mult, stride=quant.score_shift),
-                           "ATTENTION", [("Sready", hb), ("vload", hb)])
-                use(("S", hb), "ATTENTION", n_a)
-                use(("Vh", hb), "ATTENTION", n_a)
-                n += 1
-            rows = min(R, Lq - qi * R)
-            for c0 in range(0, chunks, group):
-                cnt = min(group, chunks - c0)
-                n_norm = emit(dict(opcode="ATTENTION", target=isa.ATTN_MODES["NORM"], sp_addr=c0, count=cnt,
-                                   acc_base=2 * R), "ATTENTION", [("out", r) for r in range(cnt)])
-                last["normed"] = {"ATTENTION": n_norm}
-                for r in range(cnt):
-                    last[("out", r)] = {}
-                    dst = ((h * Lq + qi * R) * dp + (c0 + r) * C) * eb
-                    n_s = emit(dict(opcode="STORE", count=rows, sp_addr=2 * R + r * R, param_addr=0,
-                                    out_int32=int(out_int32), dst=("out", dst), stride=row_bytes),
-                               "STORE", ["param", "normed"])
-                    use(("out", r), "STORE", n_s)
+                for s in range(ns):
+                    sr = n % s_regions
+                    n_c = emit(dict(opcode="COMPUTE", sp_addr=ha * a_half + s * dp, b_base=hb * b_half,
+                                    k_last=dp - 1, acc_base=sr * R, accumulate=0),
+                               "COMPUTE", [("qload", ha), ("kload", hb), ("S", sr)])
+                    last[("S", sr)] = {}
+                    use(("A", ha), "COMPUTE", n_c)
+                    use(("B", hb), "COMPUTE", n_c)
+                    use(("Sready", sr), "COMPUTE", n_c)
+                    n_a = emit(dict(opcode="ATTENTION", target=isa.ATTN_MODES["STEP"], accumulate=int(ki > 0),
+                                    slot=s, sp_addr=sr * R, b_base=hb * v_half, count=count, k_last=chunks - 1,
+                                    param_addr=quant.score_mult, stride=quant.score_shift),
+                               "ATTENTION", [("Sready", sr), ("vload", hb)])
+                    use(("S", sr), "ATTENTION", n_a)
+                    use(("Vh", hb), "ATTENTION", n_a)
+                    n += 1
+                    if s == 0 and ki + 1 < kt:
+                        # The next K/V tile streams in while the other slots compute on this one.
+                        nxt = load_kv(h, ki + 1)
+                hb = nxt if ki + 1 < kt else hb
+            for s in range(ns):
+                qi = q0 + s
+                rows = min(R, Lq - qi * R)
+                for c0 in range(0, chunks, group):
+                    cnt = min(group, chunks - c0)
+                    n_norm = emit(dict(opcode="ATTENTION", target=isa.ATTN_MODES["NORM"], slot=s, sp_addr=c0,
+                                       count=cnt, acc_base=s_regions * R), "ATTENTION",
+                                  [("out", r) for r in range(cnt)])
+                    last["normed"] = {"ATTENTION": n_norm}
+                    for r in range(cnt):
+                        last[("out", r)] = {}
+                        dst = ((h * Lq + qi * R) * dp + (c0 + r) * C) * eb
+                        n_s = emit(dict(opcode="STORE", count=rows, sp_addr=(s_regions + r) * R, param_addr=0,
+                                        out_int32=int(out_int32), dst=("out", dst), stride=row_bytes),
+                                   "STORE", ["param", "normed"])
+                        use(("out", r), "STORE", n_s)
             g += 1
 
     # ---- addresses
@@ -213,7 +231,22 @@ def compile_attention(cfg, q, k, v, quant: intattn.AttentionQuant, *, out_int32:
         image[j * 32:(j + 1) * 32] = np.frombuffer(packed, np.uint8)
         raw.append(fields)
     return AttentionProgram(cfg, H, Lq, Lk, d, out_int32, image, raw, offsets, macs=2 * H * Lq * Lk * d,
-                            base_addr=base_addr, kv_bytes=kv_bytes)
+                            base_addr=base_addr, kv_bytes=kv_bytes, slots=slots)
+
+
+def acc_regions(cfg) -> tuple[int, int]:
+    """Accumulator regions of R rows: (ring for S = Q K^T tiles, regions for normalised chunks).
+    A ring of up to 4 score tiles lets the GEMM array run up to 3 tiles ahead of the engine."""
+    regions = cfg.acc_depth // cfg.rows
+    if regions < 3:
+        raise CompileError(f"accumulator scratchpad ({cfg.acc_depth} rows) needs at least 3 regions of {cfg.rows} rows")
+    s_regions = max(2, min(4, regions - 2))
+    return s_regions, regions - s_regions
+
+
+def query_slots(cfg, dp: int, qt: int) -> int:
+    """Query tiles resident at once: the engine's slots, as many Q tiles as fit an A half, the tiles there are."""
+    return max(1, min(cfg.attn_q_slots, (cfg.a_depth // 2) // dp, qt))
 
 
 def _fill(image, offsets, q, k, v, quant, R, C, dp, qt, kt, q_stride, k_stride):
@@ -238,12 +271,35 @@ def _fill(image, offsets, q, k, v, quant, R, C, dp, qt, kt, q_stride, k_stride):
     image[off:off + params.size] = params
 
 
-def max_query_tiles(cfg, lk: int) -> int:
-    """Query tiles (per head) one program can hold: a descriptor's wait counts are 16-bit, and
-    each query tile issues 1 + 2 * (key tiles) LOADs (Q, then K and V per key tile)."""
+def program_counts(cfg, tiles: int, lk: int, d: int) -> dict[str, int]:
+    """Descriptors per unit of a one-head program of `tiles` query tiles against `lk` keys (as emitted above)."""
+    C = cfg.cols
+    dp = -(-d // C) * C
+    chunks, kt = dp // C, -(-lk // C)
+    slots = query_slots(cfg, dp, tiles)
+    groups = -(-tiles // slots)
+    norms = -(-chunks // acc_regions(cfg)[1])
+    return {"LOAD": 1 + groups * (1 + 2 * kt), "COMPUTE": tiles * kt, "ATTENTION": tiles * (kt + norms),
+            "STORE": tiles * chunks}
+
+
+def max_query_tiles(cfg, lk: int, d: int | None = None) -> int:
+    """Query tiles (per head) one program can hold: a descriptor's wait counts are 16-bit, so no unit
+    may complete more than 65,535 descriptors. `d`: the head dim (default the engine's largest)."""
     limit = (1 << isa.FIELDS["wait_load"][1]) - 1
-    per_tile = 1 + 2 * -(-lk // cfg.cols)
-    return max(1, (limit - 1) // per_tile)
+    d = d or cfg.attn_max_dim
+    lo, hi = 1, 1
+    while max(program_counts(cfg, hi * 2, lk, d).values()) <= limit:
+        hi *= 2
+    hi *= 2
+    while hi - lo > 1:                      # the counts grow with the tiles: the largest that fits
+        mid = (lo + hi) // 2
+        if max(program_counts(cfg, mid, lk, d).values()) <= limit:
+            lo = mid
+        else:
+            hi = mid
+    slots = query_slots(cfg, -(-d // cfg.cols) * cfg.cols, lo)
+    return lo - lo % slots                  # whole groups: each K/V tile then serves `slots` query tiles
 
 
 def compile_attention_calls(cfg, q, k, v, quant: intattn.AttentionQuant, *, out_int32: bool = False,
@@ -253,7 +309,7 @@ def compile_attention_calls(cfg, q, k, v, quant: intattn.AttentionQuant, *, out_
     One program when everything fits."""
     q, k, v = _heads(q, "q"), _heads(k, "k"), _heads(v, "v")
     H, Lq, _ = q.shape
-    per = max_query_tiles(cfg, k.shape[1]) * cfg.rows
+    per = max_query_tiles(cfg, k.shape[1], q.shape[2]) * cfg.rows
     if H * -(-Lq // cfg.rows) * cfg.rows <= per:
         yield None, 0, Lq, compile_attention(cfg, q, k, v, quant, out_int32=out_int32, base_addr=base_addr,
                                              max_ddr_bytes=max_ddr_bytes)

@@ -56,6 +56,7 @@ class AttentionLayouts:
             "out_base": unsigned(abits(cfg.acc_depth)),  # NORM: first accumulator row written
             "score_mult": unsigned(SCORE_MULT_BITS),
             "score_shift": unsigned(6),
+            "slot": unsigned(abits(cfg.attn_q_slots)),  # query slot: which rows' state (m, l, O)
         })
         self.acc_write = data.StructLayout({"addr": unsigned(abits(cfg.acc_depth)),
                                             "data": data.ArrayLayout(ACC, C)})
@@ -94,8 +95,10 @@ class AttentionEngine(wiring.Component):
                      vw.en.eq(self.v_wr.valid), self.v_wr.ready.eq(1)]
         v_rd = v_mem.read_port()
         o_rd, o_wr = [], []
+        S = cfg.attn_q_slots
         for i in range(R):
-            mem = Memory(shape=data.ArrayLayout(OACC, C), depth=chunks_max, init=[])
+            # slot s, chunk c of row i at entry s * chunks_max + c
+            mem = Memory(shape=data.ArrayLayout(OACC, C), depth=S * chunks_max, init=[])
             m.submodules[f"o_mem{i}"] = mem
             o_rd.append(mem.read_port())
             o_wr.append(mem.write_port(granularity=1))
@@ -105,8 +108,13 @@ class AttentionEngine(wiring.Component):
         m.submodules.norm = norm = Normaliser(C)
 
         cmd = Signal(self.layouts.cmd)
-        m_regs = Array(Signal(signed(X_BITS), name=f"m{i}") for i in range(R))
-        l_regs = Array(Signal(unsigned(SUM_BITS), name=f"l{i}") for i in range(R))
+        # Per (slot, row) softmax state: running maximum and sum, entry slot * R + row.
+        state = data.StructLayout({"m": signed(X_BITS), "l": unsigned(SUM_BITS)})
+        m.submodules.state_mem = state_mem = Memory(shape=state, depth=S * R, init=[])
+        st_wr, st_sm, st_norm = state_mem.write_port(), state_mem.read_port(), state_mem.read_port()
+        st_base = Signal(range(S * R))
+        o_base = Signal(range(S * chunks_max))
+        m.d.comb += [st_base.eq(cmd.slot * R), o_base.eq(cmd.slot * chunks_max)]
         alpha_regs = Array(Signal(PROB, name=f"alpha{i}") for i in range(R))
         p_regs = Signal(data.ArrayLayout(data.ArrayLayout(PROB, C), R))
         m.d.comb += [pv.p.eq(p_regs), sm.score_mult.eq(cmd.score_mult), sm.score_shift.eq(cmd.score_shift),
@@ -119,16 +127,17 @@ class AttentionEngine(wiring.Component):
         issue_i = Signal(range(R + 1))
         got_i = Signal(range(R + 1))
         sm_valid, sm_tag = Signal(), Signal(range(R))
-        m.d.comb += self.acc_rd_addr.eq(cmd.s_base + issue_i)
+        m.d.comb += [self.acc_rd_addr.eq(cmd.s_base + issue_i), st_sm.addr.eq(st_base + issue_i)]
         first = ~cmd.accumulate
         m.d.comb += [sm.i.valid.eq(sm_valid), sm.i.payload.scores.eq(self.acc_rd_data),
                      sm.i.payload.count.eq(cmd.count), sm.i.payload.tag.eq(sm_tag),
-                     sm.i.payload.m.eq(Mux(first, M_INIT, m_regs[sm_tag])),
-                     sm.i.payload.l.eq(Mux(first, 0, l_regs[sm_tag]))]
+                     sm.i.payload.m.eq(Mux(first, M_INIT, st_sm.data.m)),
+                     sm.i.payload.l.eq(Mux(first, 0, st_sm.data.l))]
+        m.d.comb += [st_wr.en.eq(sm.o.valid), st_wr.addr.eq(st_base + sm.o.payload.tag),
+                     st_wr.data.m.eq(sm.o.payload.m), st_wr.data.l.eq(sm.o.payload.l)]
         with m.If(sm.o.valid):
             tag = sm.o.payload.tag
-            m.d.sync += [m_regs[tag].eq(sm.o.payload.m), l_regs[tag].eq(sm.o.payload.l),
-                         alpha_regs[tag].eq(sm.o.payload.alpha)]
+            m.d.sync += alpha_regs[tag].eq(sm.o.payload.alpha)
             with m.Switch(tag):
                 for i in range(R):
                     with m.Case(i):
@@ -154,7 +163,7 @@ class AttentionEngine(wiring.Component):
             rescaled = (old * alpha_regs[i] + (1 << (P_BITS - 1))) >> P_BITS
             new = Signal(OACC, name=f"new{i}")
             m.d.comb += new.eq(Mux(first, 0, rescaled) + a_pv)
-            m.d.comb += [o_wr[i].addr.eq(a_chan[lc:]), o_wr[i].en.eq(Mux(a_valid, 1 << a_chan[:lc], 0))]
+            m.d.comb += [o_wr[i].addr.eq(o_base + a_chan[lc:]), o_wr[i].en.eq(Mux(a_valid, 1 << a_chan[:lc], 0))]
             for j in range(C):
                 m.d.comb += o_wr[i].data[j].eq(new)
             if i == R - 1:
@@ -170,12 +179,13 @@ class AttentionEngine(wiring.Component):
         load = ~slot_valid | taken
         o_data = Array(o_rd[i].data for i in range(R))
         m.d.comb += [norm.i.valid.eq(slot_valid), norm.i.payload.o.eq(o_data[slot_row]),
-                     norm.i.payload.l.eq(l_regs[slot_row]), norm.i.payload.first.eq(slot_chunk == cmd.c0),
+                     norm.i.payload.l.eq(st_norm.data.l), norm.i.payload.first.eq(slot_chunk == cmd.c0),
                      norm.i.payload.tag.eq(((slot_chunk - cmd.c0) << exact_log2(R) if R & (R - 1) == 0
                                             else (slot_chunk - cmd.c0) * R) + slot_row)]
         for i in range(R):
-            m.d.comb += [o_rd[i].addr.eq(Mux(norm_mode, n_chunk, self.pv_addr(pv.out_chan[i], lc))),
+            m.d.comb += [o_rd[i].addr.eq(o_base + Mux(norm_mode, n_chunk, self.pv_addr(pv.out_chan[i], lc))),
                          o_rd[i].en.eq(Mux(norm_mode, load, 1))]
+        m.d.comb += [st_norm.addr.eq(st_base + n_row), st_norm.en.eq(load)]
         m.d.comb += [self.acc_wr.valid.eq(norm.o.valid), norm.o.ready.eq(self.acc_wr.ready),
                      self.acc_wr.payload.addr.eq(cmd.out_base + norm.o.payload.tag),
                      self.acc_wr.payload.data.eq(norm.o.payload.t)]
