@@ -15,13 +15,17 @@ DDR image (4 KiB aligned regions):
   params  one PARAM entry: C channels of (bias 0, out_mult, out_shift)
   out     H x Lq rows of dp int8 (or int32), row-major
 
-Schedule per (head, query tile): LOAD Q into an A half; per key tile n: LOAD K (B half
-n % 2), LOAD V (V half n % 2), COMPUTE S = Q K^T (GEMM array, accumulator region n % 2),
-ATTENTION STEP (softmax + P V on the attention engine); then ATTENTION NORM over groups of
-chunks into the remaining accumulator regions, and one STORE per chunk through the
-requantiser. Each K and V tile is read once per query tile (the minimum for this
-on-chip state). Waits are exact: every descriptor waits for the completion counts of
-the last users of what it overwrites (hw.isa wait_* fields).
+Schedule per (head, group of `slots` query tiles, one per engine slot): one LOAD of their Q
+tiles into an A half; per key tile n: LOAD K (B half n % 2) and LOAD V (V half n % 2) once,
+then per slot s: COMPUTE S = Q_s K^T (GEMM array, a ring of up to 4 accumulator regions) and
+ATTENTION STEP(slot s) (softmax + P V on the attention engine); then per slot ATTENTION NORM
+over groups of chunks into the remaining accumulator regions, and one STORE per chunk through
+the requantiser. Each K and V tile is read once per group (S x fewer DDR reads than one query
+tile at a time). Descriptors dispatch in order, so the order is the schedule: each COMPUTE
+is emitted one step ahead of its STEP (the GEMM array works on step j + 1 while the engine
+runs step j), and the next key tile's two LOADs are spread over the group's steps.
+Waits are exact: every descriptor waits for the completion counts of the last users of what
+it overwrites (hw.isa wait_* fields).
 """
 from __future__ import annotations
 
@@ -143,23 +147,17 @@ def compile_attention(cfg, q, k, v, quant: intattn.AttentionQuant, *, out_int32:
     n_param = emit(dict(opcode="LOAD", target="PARAM", src=("params", 0), count=1, sp_addr=0), "LOAD", [])
     use("param", "LOAD", n_param)
     kv_bytes = 0
-    kv_loads = 0                            # K/V tiles loaded so far: their B and V half
+    kv_tiles = 0                            # K/V tiles loaded before this group: their halves alternate
 
-    def load_kv(h, ki):
-        nonlocal kv_bytes, kv_loads
-        hb = kv_loads % 2
-        src = (h * kt + ki) * k_stride
-        n_k = emit(dict(opcode="LOAD", target="B", src=("K", src), count=dp, sp_addr=hb * b_half),
-                   "LOAD", [("B", hb)])
-        last[("B", hb)] = {}
-        n_v = emit(dict(opcode="LOAD", target="V", src=("V", src), count=dp, sp_addr=hb * v_half),
-                   "LOAD", [("Vh", hb)])
-        last[("Vh", hb)] = {}
-        kv_bytes += 2 * dp * C
-        use(("kload", hb), "LOAD", n_k)
-        use(("vload", hb), "LOAD", n_v)
-        kv_loads += 1
-        return hb
+    def load(target, region, h, ki, half):
+        nonlocal kv_bytes
+        sp = half * (b_half if target == "B" else v_half)
+        res = "B" if target == "B" else "Vh"
+        n_l = emit(dict(opcode="LOAD", target=target, src=(region, (h * kt + ki) * k_stride), count=dp, sp_addr=sp),
+                   "LOAD", [(res, half)])
+        last[(res, half)] = {}
+        use(("kload" if target == "B" else "vload", half), "LOAD", n_l)
+        kv_bytes += dp * C
 
     g = n = 0
     for h in range(H):
@@ -170,29 +168,44 @@ def compile_attention(cfg, q, k, v, quant: intattn.AttentionQuant, *, out_int32:
                             sp_addr=ha * a_half), "LOAD", [("A", ha)])
             last[("A", ha)] = {}
             use(("qload", ha), "LOAD", n_q)
-            hb = load_kv(h, 0)
-            for ki in range(kt):
-                count = min(C, Lk - ki * C)
-                for s in range(ns):
-                    sr = n % s_regions
-                    n_c = emit(dict(opcode="COMPUTE", sp_addr=ha * a_half + s * dp, b_base=hb * b_half,
-                                    k_last=dp - 1, acc_base=sr * R, accumulate=0),
-                               "COMPUTE", [("qload", ha), ("kload", hb), ("S", sr)])
-                    last[("S", sr)] = {}
-                    use(("A", ha), "COMPUTE", n_c)
-                    use(("B", hb), "COMPUTE", n_c)
-                    use(("Sready", sr), "COMPUTE", n_c)
-                    n_a = emit(dict(opcode="ATTENTION", target=isa.ATTN_MODES["STEP"], accumulate=int(ki > 0),
-                                    slot=s, sp_addr=sr * R, b_base=hb * v_half, count=count, k_last=chunks - 1,
-                                    param_addr=quant.score_mult, stride=quant.score_shift),
-                               "ATTENTION", [("Sready", sr), ("vload", hb)])
-                    use(("S", sr), "ATTENTION", n_a)
-                    use(("Vh", hb), "ATTENTION", n_a)
-                    n += 1
-                    if s == 0 and ki + 1 < kt:
-                        # The next K/V tile streams in while the other slots compute on this one.
-                        nxt = load_kv(h, ki + 1)
-                hb = nxt if ki + 1 < kt else hb
+            half = [(kv_tiles + ki) % 2 for ki in range(kt)]
+            kv_tiles += kt
+            steps = [(ki, s) for ki in range(kt) for s in range(ns)]
+            v_after = (ns - 1) // 2             # LOAD V of the next key tile follows this slot's STEP
+
+            def compute(j):
+                """COMPUTE S = Q_slot K^T of step j into the next score region; K(ki + 1) follows slot 0's."""
+                ki, s = steps[j]
+                sr = (n + j) % s_regions
+                n_c = emit(dict(opcode="COMPUTE", sp_addr=ha * a_half + s * dp, b_base=half[ki] * b_half,
+                                k_last=dp - 1, acc_base=sr * R, accumulate=0),
+                           "COMPUTE", [("qload", ha), ("kload", half[ki]), ("S", sr)])
+                last[("S", sr)] = {}
+                use(("A", ha), "COMPUTE", n_c)
+                use(("B", half[ki]), "COMPUTE", n_c)
+                use(("Sready", sr), "COMPUTE", n_c)
+                if s == 0 and ki + 1 < kt:
+                    load("B", "K", h, ki + 1, half[ki + 1])
+
+            # Descriptors run in order, so the order is the schedule: the GEMM array computes one step
+            # ahead of the engine (COMPUTE j + 1 before STEP j), and the two LOADs of the next key tile
+            # sit about ns / 2 steps apart, so neither waits behind the other's burst in the dispatcher.
+            load("B", "K", h, 0, half[0])
+            load("V", "V", h, 0, half[0])
+            compute(0)
+            for j, (ki, s) in enumerate(steps):
+                if j + 1 < len(steps):
+                    compute(j + 1)
+                sr = (n + j) % s_regions
+                n_a = emit(dict(opcode="ATTENTION", target=isa.ATTN_MODES["STEP"], accumulate=int(ki > 0),
+                                slot=s, sp_addr=sr * R, b_base=half[ki] * v_half, count=min(C, Lk - ki * C),
+                                k_last=chunks - 1, param_addr=quant.score_mult, stride=quant.score_shift),
+                           "ATTENTION", [("Sready", sr), ("vload", half[ki])])
+                use(("S", sr), "ATTENTION", n_a)
+                use(("Vh", half[ki]), "ATTENTION", n_a)
+                if s == v_after and ki + 1 < kt:
+                    load("V", "V", h, ki + 1, half[ki + 1])
+            n += len(steps)
             for s in range(ns):
                 qi = q0 + s
                 rows = min(R, Lq - qi * R)
