@@ -20,6 +20,9 @@ IP_INSTANCE = "sam2fpga_overlay_0"
 #: Pipeline depth the sim backend's cycle model shares with the hardware: registers
 #: the systolic array adds beyond its skew (edge input register, product register).
 ARRAY_EXTRA_LATENCY = 2
+#: Descriptors the fetcher may hold ahead of the dispatcher. Deep enough that a fetch queued in DDR
+#: behind a LOAD's 256-beat burst does not starve the dispatcher (attention: 2 descriptors per ~256 cycles).
+DESC_FIFO_DEPTH = 8
 
 # ---------------------------------------------------------------- registers (AXI4-Lite, 32-bit)
 

@@ -99,7 +99,7 @@ class Core(wiring.Component):
             m.d.sync += error.eq(error | isa.ERROR_AXI_READ)
 
         # ------------------------------------------------ fetcher
-        m.submodules.descs = fifo = SyncFIFOBuffered(width=isa.DESCRIPTOR_BYTES * 8, depth=2)
+        m.submodules.descs = fifo = SyncFIFOBuffered(width=isa.DESCRIPTOR_BYTES * 8, depth=isa.DESC_FIFO_DEPTH)
         beats_per_desc = isa.DESCRIPTOR_BYTES // DB
         f_ptr = Signal(32)
         f_left = Signal(32)

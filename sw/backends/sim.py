@@ -14,11 +14,12 @@ from golden_model.intops import requantize, saturate_int32
 from hw import isa
 
 # Latencies of the RTL (cycles), measured against the Verilator runs (see tests/test_overlay.py).
-FETCH_CYCLES = 6          # AR -> descriptor in the FIFO (plus its beats)
-FETCH_AFTER_LOAD = 0      # a fetch queued behind a LOAD: its first beat after the LOAD is done (plus its beats)
+FETCH_CYCLES = 4          # a fetch AR -> descriptor in the FIFO and the next fetch AR (plus its beats)
+FETCH_AFTER_LOAD = 1      # a fetch queued behind a LOAD: its first beat after the LOAD is done (plus its beats)
 READ_LATENCY = 4          # AR handshake to first R beat
 STORE_LATENCY = 5         # row to B response, per store descriptor
-STORE_START = 8           # dispatch to the first row leaving the requantisers (accumulator read, 3 stages, requantiser)
+STORE_START = {False: 8,  # dispatch to the first int8 row leaving the requantisers (accumulator read, 3 stages, requantiser)
+               True: 4}   # int32 rows skip the requantisers
 START_CYCLES = 3
 IM2COL_CYCLES = 4         # command start, last entry written, done
 
@@ -108,9 +109,9 @@ class SimOverlay:
             if raw is None:
                 return self._error(isa.ERROR_AXI_READ, i)
             d = isa.unpack_descriptor(raw)
-            # fetch: one descriptor at a time, FIFO of 2 ahead of the dispatcher
+            # fetch: one descriptor at a time, up to DESC_FIFO_DEPTH ahead of the dispatcher
             prev_fetch = fetched[-1] if fetched else START_CYCLES
-            fifo_space = fetched_dispatch[i - 2] if i >= 2 else 0
+            fifo_space = fetched_dispatch[i - isa.DESC_FIFO_DEPTH] if i >= isa.DESC_FIFO_DEPTH else 0
             s = max(prev_fetch, fifo_space)
             arrive = s + FETCH_CYCLES
             # The DDR returns reads in order: a fetch issued while a LOAD's bursts stream waits for them.
@@ -140,7 +141,6 @@ class SimOverlay:
                         return self._error(isa.ERROR_AXI_READ, i + 1)
                     t = max(t, unit_free["LOAD"])
                     finish = t + cycles
-                    r_channel.append((t, finish))
                     unit_free["LOAD"] = finish
                     done["LOAD"].append(finish)
                     fetched_dispatch.append(t)
@@ -176,7 +176,7 @@ class SimOverlay:
                 if not self._store(d, rows, row_bytes):
                     return self._error(isa.ERROR_AXI_WRITE, i + 1)
                 t = max(t, unit_free["STORE"])
-                finish = t + STORE_START + rows * (row_bytes // DB + 1) + STORE_LATENCY
+                finish = t + STORE_START[bool(d["out_int32"])] + rows * (row_bytes // DB + 1) + STORE_LATENCY
                 unit_free["STORE"] = finish
                 done["STORE"].append(finish)
             elif op == isa.OPCODES["ATTENTION"] and self.attn is not None:
