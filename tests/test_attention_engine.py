@@ -5,7 +5,6 @@ done cycles equal the sim backend's cycle model exactly."""
 import numpy as np
 from amaranth.sim import Simulator
 
-from golden_model import intattn as A
 from hw.attention.engine import AttentionEngine
 from hw.config import preset
 from hw import isa

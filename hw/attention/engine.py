@@ -24,7 +24,7 @@ pulse); a NORM waits until every STEP is done.
 Arithmetic: golden_model/intattn.py with key_tile = C, bit for bit (rows and slots are
 independent, so the order of slots changes nothing).
 """
-from amaranth import Array, Const, Module, Mux, Signal, signed, unsigned
+from amaranth import Array, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
