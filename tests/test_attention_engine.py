@@ -2,7 +2,10 @@
 (softmax of the next tile overlapping the P V of the current one), NORMs; every accumulator row
 it writes equals the sim backend's model (= golden_model.intattn), and every command's taken and
 done cycles equal the sim backend's cycle model exactly."""
+import random
+
 import numpy as np
+import pytest
 from amaranth.sim import Simulator
 
 from hw.attention.engine import AttentionEngine
@@ -43,7 +46,10 @@ def program(rng):
     return descs, acc, v
 
 
-def test_engine_slots_and_overlap_match_the_model_bit_and_cycle_exact():
+@pytest.mark.parametrize("stall", [0.0, 0.3])
+def test_engine_slots_and_overlap_match_the_model_bit_and_cycle_exact(stall):
+    """stall: probability that the accumulator's write port refuses a row in a cycle (the GEMM drain
+    has priority in the overlay); the cycles are compared without stalls only."""
     R, C = CFG.rows, CFG.cols
     rng = np.random.default_rng(21)
     descs, acc0, v = program(rng)
@@ -63,17 +69,20 @@ def test_engine_slots_and_overlap_match_the_model_bit_and_cycle_exact():
     acc = acc0.copy()
     got_taken, got_done, written = [], [], set()
     cycle = [0]
+    ready_rng = random.Random(7)
 
     async def memory_and_clock(ctx):
-        async for _, _, addr, wv, wa, wd, done in ctx.tick().sample(
-                dut.acc_rd_addr, dut.acc_wr.valid, dut.acc_wr.payload.addr, dut.acc_wr.payload.data, dut.done):
+        async for _, _, addr, wv, wa, wd, done, ready in ctx.tick().sample(
+                dut.acc_rd_addr, dut.acc_wr.valid, dut.acc_wr.payload.addr, dut.acc_wr.payload.data, dut.done,
+                dut.acc_wr.ready):
             cycle[0] += 1
-            if wv:
+            if wv and ready:
                 acc[wa] = [int(wd[j]) for j in range(C)]
                 written.add(int(wa))
             if done:
                 got_done.append(cycle[0])
             ctx.set(dut.acc_rd_data, [int(x) for x in acc[addr]])  # a synchronous read: data the cycle after
+            ctx.set(dut.acc_wr.ready, ready_rng.random() >= stall)
 
     async def driver(ctx):
         ctx.set(dut.acc_wr.ready, 1)
@@ -117,5 +126,7 @@ def test_engine_slots_and_overlap_match_the_model_bit_and_cycle_exact():
     assert written == norm_rows
     assert np.array_equal(acc, want_acc)
     assert len(got_done) == len(descs)
+    if stall:
+        return
     assert [d for _, d in want_times] == got_done, (want_times, got_taken, got_done)
     assert [a for a, _ in want_times] == got_taken
