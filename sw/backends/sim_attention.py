@@ -1,8 +1,8 @@
 """The attention engine in the sim backend: bit-exact state machine and cycle model.
 
-Mirrors hw/attention/engine.py: per query row the state (m, l, alpha, O) of the tile of
-R rows the engine holds; STEP reads S rows from the accumulator scratchpad and V
-entries, NORM writes O / l into accumulator rows. The arithmetic is
+Mirrors hw/attention/engine.py: per (slot, query row) the state (m, l, O) of the
+attn_q_slots tiles of R rows the engine holds; STEP(slot) reads S rows from the
+accumulator scratchpad and V entries, NORM(slot) writes O / l into accumulator rows. The arithmetic is
 golden_model.intattn's step functions (so the result equals intattn.attention with
 key_tile = C).
 """
