@@ -4,17 +4,18 @@ Overlay: preset bench16 (16 x 16 GEMM array + 16 x 16 P V array, 128-bit AXI), t
 benchmark measures; operands in DDR (cocotbext-axi AXI slave, no stalls). MAC utilisation counts
 both arrays: (Q K^T + P V MACs) / (cycles x 2 x 16 x 16).
 
-1. Steady state of a 256-query tile against 4096 keys at d = 256: the engine holds R = 16 query
-   rows of softmax state, so a 256-query tile is 16 identical passes of 16 queries over the 4096
-   keys. The RTL simulates one whole pass (16 queries x 4096 keys, START..DONE, DMA included) and
-   a second pass over 2048 keys; the steady state is the difference (2048 key tiles' worth of
-   cycles without the start-up and the normalisation), and a whole 256-query tile on the RTL is
-   16 x the pass (checked on the sim model, which runs the whole 256 x 4096).
+1. Steady state of a 256-query tile against 4096 keys at d = 256: the engine holds S slots of R
+   query rows of softmax state (bench16: 4 x 16 = 64 queries), so a 256-query tile is 256 / (S R)
+   identical passes of S R queries over the 4096 keys, each K/V tile read once per pass. The RTL
+   simulates one whole pass (S R queries x 4096 keys, START..DONE, DMA included) and a second pass
+   over 2048 keys; the steady state is the difference (2048 keys' worth of cycles without the
+   start-up and the normalisation), and a whole 256-query tile on the RTL is 256 / (S R) x the pass
+   (checked on the sim model, which runs the whole 256 x 4096).
 2. The sim backend's cycle model against the RTL's cycles on the same programs.
 3. DDR bytes per memory-attention frame (4 layers, 4096 queries against 28,736 keys, d = 256):
-   the compiler's traffic for one query tile x 28,736 keys (K and V reads scale with the query
-   tiles, Q and the output are read / written once) against the minimum for this engine (K and V
-   read once per 16-query tile) and for a 256-query resident tile (the issue's target layout).
+   the compiler's traffic for one group of S query tiles x 28,736 keys (K and V reads scale with the
+   groups, Q and the output are read / written once) against the minimum for this engine (K and V
+   read once per group of S R queries) and for a 256-query resident tile.
 4. yosys synth_xilinx resources of the attention engine alone, and of the GEMM-only overlay
    (whose array the engine shares for Q K^T).
 
@@ -54,11 +55,13 @@ def run(synth: bool = True, preset_name: str = "bench16", name: str = "attention
 
     cfg = preset(preset_name)
     R, C = cfg.rows, cfg.cols
+    S = cfg.attn_q_slots
+    PASS = S * R                                     # queries resident at once: one pass over the keys
     rows = []
     drv = Driver(cfg, "sim")
     rng = np.random.default_rng(5)
-    q, k, v, quant = case(rng, R, KEYS, D)
-    shapes = [(R, KEYS), (R, KEYS // 2)]
+    q, k, v, quant = case(rng, PASS, KEYS, D)
+    shapes = [(PASS, KEYS), (PASS, KEYS // 2)]
     progs, wants, sims = [], [], []
     for lq, lk in shapes:
         prog = compile_attention(cfg, q[:lq], k[:lk], v[:lk], quant, base_addr=drv.BUFFER_BASE)
@@ -87,17 +90,19 @@ def run(synth: bool = True, preset_name: str = "bench16", name: str = "attention
     # Steady state: the cycles of the extra KEYS / 2 keys (KEYS / 2 / C key tiles).
     extra_tiles = (shapes[0][1] - shapes[1][1]) // C
     per_tile = (rtl_cycles[0] - rtl_cycles[1]) / extra_tiles
-    tile_macs = 2 * R * C * D
-    rows.append({"what": f"RTL steady state: {R}-query pass, per key tile of {C} (from the two runs above)",
+    sim_per_tile = (sims[0][1] - sims[1][1]) / extra_tiles
+    tile_macs = 2 * PASS * C * D
+    rows.append({"what": f"RTL steady state: {PASS}-query pass ({S} slots), per key tile of {C} (from the two runs above)",
                  "rtl_cycles": per_tile, "mac_util": tile_macs / (per_tile * 2 * cfg.macs),
-                 "dma_bound_cycles": 2 * C * D / cfg.beat_bytes, "compute_cycles": D})
+                 "sim_cycles": sim_per_tile, "sim_vs_rtl": sim_per_tile / per_tile - 1,
+                 "dma_bound_cycles": 2 * C * D / cfg.beat_bytes, "compute_cycles": S * D})
     # The whole 256-query tile: sim model (whole; split into programs if the wait counts need it),
-    # RTL = TILE_QUERIES / R identical passes.
+    # RTL = TILE_QUERIES / PASS identical passes.
     q, k, v, quant = case(rng, TILE_QUERIES, KEYS, D)
     t0 = time.monotonic()
     out = drv.attention(q, k, v, quant)
     run = drv.last_run
-    rtl_tile = TILE_QUERIES // R * rtl_cycles[0]
+    rtl_tile = TILE_QUERIES // PASS * rtl_cycles[0]
     rows.append({"what": f"sim model: {TILE_QUERIES} queries x {KEYS} keys, d {D} (whole tile)",
                  "sim_cycles": run.cycles, "mac_util": run.utilisation,
                  "rtl_cycles": rtl_tile, "sim_vs_rtl": run.cycles / rtl_tile - 1,
@@ -107,7 +112,8 @@ def run(synth: bool = True, preset_name: str = "bench16", name: str = "attention
     rows.append(frame_traffic(cfg))
     notes = (f"{cfg.name} overlay ({R}x{C} GEMM array for Q K^T + {R}x{C} P V array, {cfg.axi_data_bits}-bit AXI, "
              f"{cfg.clock_mhz:g} MHz); MAC utilisation over both arrays; RTL = Verilator, START..DONE, no AXI stalls; "
-             f"the {TILE_QUERIES}-query RTL figure is {TILE_QUERIES // R} x one {R}-query pass (the engine holds {R} query rows). "
+             f"the {TILE_QUERIES}-query RTL figure is {TILE_QUERIES // PASS} x one {PASS}-query pass "
+             f"(the engine holds {S} slots of {R} query rows). "
              f"RTL wall incl. Verilator build: {wall:.0f} s")
     if synth:
         rows += synth_rows(cfg)
@@ -117,20 +123,20 @@ def run(synth: bool = True, preset_name: str = "bench16", name: str = "attention
 def frame_traffic(cfg) -> dict:
     """DDR bytes of one memory-attention frame from the compiler, against the minima."""
     from sw.compile_attention import compile_attention
-    R = cfg.rows
+    R, S = cfg.rows, cfg.attn_q_slots
     L, Lq, Lk, d = FRAME["layers"], FRAME["queries"], FRAME["keys"], FRAME["d"]
     rng = np.random.default_rng(0)
     progs = []
-    for tiles in (1, 2):                # K / V traffic is linear in the query tiles: checked, then scaled
-        q, k, v, quant = case(rng, tiles * R, Lk, d)
+    for groups in (1, 2):               # K / V traffic is linear in the groups of S query tiles: checked, then scaled
+        q, k, v, quant = case(rng, groups * S * R, Lk, d)
         progs.append(compile_attention(cfg, q, k, v, quant))
     one, two = progs
-    assert two.kv_bytes == 2 * one.kv_bytes, (one.kv_bytes, two.kv_bytes)
-    qt = -(-Lq // R)
-    kv = one.kv_bytes * qt
-    desc = (len(two.descriptors) - len(one.descriptors)) * qt * 32
+    assert two.kv_bytes == 2 * one.kv_bytes and one.slots == S, (one.kv_bytes, two.kv_bytes, one.slots)
+    ng = -(-Lq // (S * R))
+    kv = one.kv_bytes * ng
+    desc = (len(two.descriptors) - len(one.descriptors)) * ng * 32
     layer = kv + desc + Lq * d + Lq * d          # + Q read once, int8 output written once
-    kv_min = 2 * qt * Lk * d
+    kv_min = 2 * ng * Lk * d
     kv_min_256 = 2 * -(-Lq // TILE_QUERIES) * Lk * d
     return {"what": f"DDR per memory-attention frame ({L} layers, {Lq} q x {Lk} k, d {d})",
             "ddr_bytes": L * layer, "kv_bytes": L * kv, "kv_min_bytes": L * kv_min,

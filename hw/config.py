@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 ENGINES = ("gemm", "attention", "conv", "depthwise")   # engines the overlay knows of (conv: hw/conv, on the GEMM array;
 #                                                      depthwise: hw/conv/depthwise.py, its own datapath)
+ATTN_SLOT_BITS = 4                        # = the width of the descriptor's `slot` field (hw.isa checks it)
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,8 @@ class OverlayConfig:
     axi_addr_bits : AXI4 master address width.
     engines       : engines present in the overlay.
     attn_max_dim  : attention engine: the largest head dim (its O and V memories), a multiple of cols.
+    attn_q_slots  : attention engine: query tiles of R rows whose softmax state (m, l, O) it holds at once
+                    (each K/V tile fetched from DDR serves all of them), 1..16.
     clock_mhz     : target clock (for reports and the board flow).
     dw_lanes      : depthwise engine: channel lanes (each K x K multipliers, one output pixel per cycle).
     dw_row_bytes  : depthwise engine: the longest feature-map row (pitch, bytes) its line buffers hold.
@@ -46,6 +49,7 @@ class OverlayConfig:
     dw_lanes: int = 2
     dw_row_bytes: int = 256
     dw_channels: int = 256
+    attn_q_slots: int = 1
 
     def __post_init__(self):
         errors = []
@@ -75,14 +79,16 @@ class OverlayConfig:
             if self.dw_lanes not in (1, 2, 4, 8, 16):
                 errors.append(f"dw_lanes={self.dw_lanes} must be a power of two, 1..16")
             rb = self.dw_row_bytes // beat if self.axi_data_bits in (64, 128) else 0
-            if self.dw_row_bytes % (self.axi_data_bits // 8) or rb < 4 or rb & (rb - 1):
+            if self.dw_row_bytes % beat or rb < 4 or rb & (rb - 1):
                 errors.append(f"dw_row_bytes={self.dw_row_bytes} must be a power-of-two number (>= 4) of AXI beats")
             if not self.dw_lanes <= self.dw_channels < 1 << 11:
                 errors.append(f"dw_channels={self.dw_channels} outside dw_lanes..2047")
+        if "attention" in self.engines:
+            if not 1 <= self.attn_q_slots <= 1 << ATTN_SLOT_BITS:
+                errors.append(f"attn_q_slots={self.attn_q_slots} outside 1..{1 << ATTN_SLOT_BITS}")
         if "gemm" not in self.engines:
             errors.append("the gemm engine is required (the others plug into its DMA and scratchpads)")
         # Output rows are stored as whole AXI beats: C int8 must fill at least one beat exactly.
-        beat = self.axi_data_bits // 8
         if self.cols % beat and beat % self.cols:
             errors.append(f"cols={self.cols} must divide or be a multiple of the AXI beat ({beat} bytes)")
         if self.rows % beat and beat % self.rows:
@@ -111,7 +117,8 @@ PRESETS: dict[str, OverlayConfig] = {
     # Small enough that a whole layer simulates in seconds under Verilator.
     "sim": OverlayConfig("sim", rows=4, cols=8, a_depth=4096, b_depth=4096, acc_depth=64,
                          param_depth=16, axi_data_bits=64, clock_mhz=100.0, board="(simulation)",
-                         engines=("gemm", "attention", "conv", "depthwise"), dw_lanes=2, dw_row_bytes=128),
+                         engines=("gemm", "attention", "conv", "depthwise"), dw_lanes=2, dw_row_bytes=128,
+                         attn_q_slots=2),
     # The open ECP5 flow (ULX3S-85F): the GEMM overlay with small memories, so that
     # it places, routes and is timed in minutes. 45 MHz is what it meets there
     # (nextpnr: 49-57 MHz by target and seed, critical path in the load unit's control); with the attention
@@ -130,7 +137,8 @@ PRESETS: dict[str, OverlayConfig] = {
     # The 16 x 16 overlay the benchmarks measure (utilisation, resources).
     "bench16": OverlayConfig("bench16", rows=16, cols=16, a_depth=2048, b_depth=2048, acc_depth=256,
                              param_depth=64, axi_data_bits=128, clock_mhz=200.0, board="(benchmark)",
-                             engines=("gemm", "attention", "conv", "depthwise"), dw_lanes=4, dw_row_bytes=256),
+                             engines=("gemm", "attention", "conv", "depthwise"), dw_lanes=4, dw_row_bytes=256,
+                             attn_q_slots=4),
 }
 
 

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from hw.config import ATTN_SLOT_BITS
+
 #: The overlay IP's Vivado VLNV: the board flow packages the IP under it and the
 #: pynq backend's driver binds to it (pynq.DefaultIP.bindto).
 IP_VLNV = "sam2-fpga.org:sam2fpga:overlay:1.0"
@@ -18,6 +20,9 @@ IP_INSTANCE = "sam2fpga_overlay_0"
 #: Pipeline depth the sim backend's cycle model shares with the hardware: registers
 #: the systolic array adds beyond its skew (edge input register, product register).
 ARRAY_EXTRA_LATENCY = 2
+#: Descriptors the fetcher may hold ahead of the dispatcher. Deep enough that a fetch queued in DDR
+#: behind a LOAD's 256-beat burst does not starve the dispatcher (attention: 2 descriptors per ~256 cycles).
+DESC_FIFO_DEPTH = 8
 
 # ---------------------------------------------------------------- registers (AXI4-Lite, 32-bit)
 
@@ -106,6 +111,8 @@ DESCRIPTOR_FIELDS = [
     ("param_addr", 16, "STORE: parameter entry (per-channel bias/multiplier/shift); ATTENTION STEP: score multiplier"),
     ("wait_attention", 16, "dispatch only when ATTENTIONS_DONE >= wait_attention"),
     ("cols", 8, "STORE: columns written per row (0 = all C; the rest keep their bytes: write strobes)"),
+    ("slot", 4, "ATTENTION: query slot (0 .. attn_q_slots - 1) whose softmax state (m, l, O) the STEP updates "
+     "or the NORM reads"),
 ]
 
 
@@ -161,6 +168,7 @@ def field_offsets() -> dict[str, tuple[int, int]]:
 
 
 FIELDS = field_offsets()
+assert FIELDS["slot"][1] == ATTN_SLOT_BITS, "hw.config.ATTN_SLOT_BITS bounds attn_q_slots by the slot field"
 
 
 def pack_descriptor(**fields) -> bytes:

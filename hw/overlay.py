@@ -106,7 +106,7 @@ class Core(wiring.Component):
             m.d.sync += error.eq(error | isa.ERROR_AXI_READ)
 
         # ------------------------------------------------ fetcher
-        m.submodules.descs = fifo = SyncFIFOBuffered(width=isa.DESCRIPTOR_BYTES * 8, depth=2)
+        m.submodules.descs = fifo = SyncFIFOBuffered(width=isa.DESCRIPTOR_BYTES * 8, depth=isa.DESC_FIFO_DEPTH)
         beats_per_desc = isa.DESCRIPTOR_BYTES // DB
         f_ptr = Signal(32)
         f_left = Signal(32)
@@ -203,7 +203,8 @@ class Core(wiring.Component):
             m.d.comb += [ap.mode.eq(desc.target), ap.accumulate.eq(desc.accumulate), ap.s_base.eq(desc.sp_addr),
                          ap.v_base.eq(desc.b_base), ap.count.eq(desc.count), ap.chunks_last.eq(desc.k_last),
                          ap.c0.eq(desc.sp_addr), ap.out_base.eq(desc.acc_base),
-                         ap.score_mult.eq(desc.param_addr), ap.score_shift.eq(desc.stride)]
+                         ap.score_mult.eq(desc.param_addr), ap.score_shift.eq(desc.stride),
+                         ap.slot.eq(desc.slot)]
 
         # ------------------------------------------------ load unit
         targets = {"A": (R, engine.a_wr), "B": (C, engine.b_wr), "PARAM": (C * isa.PARAM_CHANNEL_BYTES, engine.p_wr)}

@@ -41,12 +41,15 @@ def markdown_tables() -> str:
     lines = ["### Widths and rounding (golden_model/intattn.py)", "", "| quantity | width | definition |",
              "|---|---|---|"]
     lines += [f"| {a} | {b} | {c} |" for a, b, c in rows]
-    lat = S.SOFTMAX_LATENCY + S.PV_LATENCY
     lines += ["", "### Cycle model of the attention engine (sw/backends/sim_attention.py)", "",
-              "| descriptor | cycles |", "|---|---|",
-              f"| ATTENTION STEP (one key tile) | 2R + C + d_pad + {lat} (softmax latency {S.SOFTMAX_LATENCY}, "
-              f"P V latency {S.PV_LATENCY}) |",
-              f"| ATTENTION NORM (n chunks of C channels) | R x ({S.NORM_ROW} + n) + {S.NORM_LATENCY} |"]
+              "| phase | cycles |", "|---|---|",
+              "| STEP taken -> softmax phase starts | 2 (IDLE, WAIT), later if its bank (of 2) is still busy |",
+              f"| softmax phase (R rows) -> hand-over to the P V array | R + {S.SOFTMAX_LATENCY}, "
+              "and not before the previous STEP's last channel issues |",
+              f"| P V phase: hand-over -> STEP done (last O write) | d_pad + R + C + {S.PV_TAIL} |",
+              "| back-to-back STEPs (steady state) | d_pad each (the next softmax overlaps this P V) |",
+              f"| ATTENTION NORM (n chunks of C channels), after all STEPs are done | "
+              f"2 + R x ({S.NORM_ROW} + n) + {S.NORM_LATENCY} (+ {S.NORM_AGAIN} after the first NORM since reset) |"]
     return "\n".join(lines)
 
 

@@ -124,6 +124,8 @@ def _check_depthwise(cfg, d, i, fail, in_buffer) -> None:
 def _check_attention(cfg, d, fail) -> None:
     R, C = cfg.rows, cfg.cols
     mode = d.get("target", 0)
+    if d.get("slot", 0) >= cfg.attn_q_slots:
+        fail(f"query slot {d.get('slot', 0)} beyond the engine's {cfg.attn_q_slots}")
     if mode == isa.ATTN_MODES["STEP"]:
         dp = (d["k_last"] + 1) * C
         if not 1 <= d["count"] <= C:

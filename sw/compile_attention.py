@@ -15,13 +15,17 @@ DDR image (4 KiB aligned regions):
   params  one PARAM entry: C channels of (bias 0, out_mult, out_shift)
   out     H x Lq rows of dp int8 (or int32), row-major
 
-Schedule per (head, query tile): LOAD Q into an A half; per key tile n: LOAD K (B half
-n % 2), LOAD V (V half n % 2), COMPUTE S = Q K^T (GEMM array, accumulator region n % 2),
-ATTENTION STEP (softmax + P V on the attention engine); then ATTENTION NORM over groups of
-chunks into the remaining accumulator regions, and one STORE per chunk through the
-requantiser. Each K and V tile is read once per query tile (the minimum for this
-on-chip state). Waits are exact: every descriptor waits for the completion counts of
-the last users of what it overwrites (hw.isa wait_* fields).
+Schedule per (head, group of `slots` query tiles, one per engine slot): one LOAD of their Q
+tiles into an A half; per key tile n: LOAD K (B half n % 2) and LOAD V (V half n % 2) once,
+then per slot s: COMPUTE S = Q_s K^T (GEMM array, a ring of up to 4 accumulator regions) and
+ATTENTION STEP(slot s) (softmax + P V on the attention engine); then per slot ATTENTION NORM
+over groups of chunks into the remaining accumulator regions, and one STORE per chunk through
+the requantiser. Each K and V tile is read once per group (S x fewer DDR reads than one query
+tile at a time). Descriptors dispatch in order, so the order is the schedule: each COMPUTE
+is emitted one step ahead of its STEP (the GEMM array works on step j + 1 while the engine
+runs step j), and the next key tile's two LOADs are spread over the group's steps.
+Waits are exact: every descriptor waits for the completion counts of the last users of what
+it overwrites (hw.isa wait_* fields).
 """
 from __future__ import annotations
 
@@ -48,6 +52,7 @@ class AttentionProgram:
     macs: int = 0                   # 2 * H * Lq * Lk * d (Q K^T and P V)
     base_addr: int = 0
     kv_bytes: int = 0               # K and V bytes the program reads from DDR
+    slots: int = 1                  # query tiles resident at once (each K/V tile serves them all)
 
     @property
     def array_macs(self) -> int:
@@ -62,9 +67,9 @@ class AttentionProgram:
 
     @property
     def kv_min_bytes(self) -> int:
-        """The least K and V traffic for this engine: each K and V read once per query tile of
-        R rows (its resident state), without the padding of d and of the last key tile."""
-        return 2 * self.heads * -(-self.lq // self.cfg.rows) * self.lk * self.d
+        """The least K and V traffic for this engine: each K and V read once per group of `slots`
+        resident query tiles of R rows, without the padding of d and of the last key tile."""
+        return 2 * self.heads * -(-self.lq // (self.cfg.rows * self.slots)) * self.lk * self.d
 
     @property
     def d_padded(self) -> int:
@@ -111,11 +116,9 @@ def compile_attention(cfg, q, k, v, quant: intattn.AttentionQuant, *, out_int32:
     a_half, b_half = cfg.a_depth // 2, cfg.b_depth // 2
     if dp > min(a_half, b_half):
         raise CompileError(f"head dim {dp} does not fit half the A/B scratchpads ({min(a_half, b_half)} entries)")
-    regions = cfg.acc_depth // R
-    group = regions - 2                     # accumulator regions left for normalised chunks
-    if group < 1:
-        raise CompileError(f"accumulator scratchpad ({cfg.acc_depth} rows) needs at least 3 regions of {R} rows")
+    s_regions, group = acc_regions(cfg)
     qt, kt = -(-Lq // R), -(-Lk // C)
+    slots = query_slots(cfg, dp, qt)
     eb = 4 if out_int32 else 1
     row_bytes = dp * eb
     q_stride = -(-dp * R // DB) * DB
@@ -144,53 +147,81 @@ def compile_attention(cfg, q, k, v, quant: intattn.AttentionQuant, *, out_int32:
     n_param = emit(dict(opcode="LOAD", target="PARAM", src=("params", 0), count=1, sp_addr=0), "LOAD", [])
     use("param", "LOAD", n_param)
     kv_bytes = 0
+    kv_tiles = 0                            # K/V tiles loaded before this group: their halves alternate
+
+    def load(target, region, h, ki, half):
+        nonlocal kv_bytes
+        sp = half * (b_half if target == "B" else v_half)
+        res = "B" if target == "B" else "Vh"
+        n_l = emit(dict(opcode="LOAD", target=target, src=(region, (h * kt + ki) * k_stride), count=dp, sp_addr=sp),
+                   "LOAD", [(res, half)])
+        last[(res, half)] = {}
+        use(("kload" if target == "B" else "vload", half), "LOAD", n_l)
+        kv_bytes += dp * C
+
     g = n = 0
     for h in range(H):
-        for qi in range(qt):
+        for q0 in range(0, qt, slots):      # a group of `ns` query tiles, one per slot
+            ns = min(slots, qt - q0)
             ha = g % 2
-            n_q = emit(dict(opcode="LOAD", target="A", src=("Q", (h * qt + qi) * q_stride), count=dp,
+            n_q = emit(dict(opcode="LOAD", target="A", src=("Q", (h * qt + q0) * q_stride), count=ns * dp,
                             sp_addr=ha * a_half), "LOAD", [("A", ha)])
             last[("A", ha)] = {}
             use(("qload", ha), "LOAD", n_q)
-            for ki in range(kt):
-                hb = n % 2
-                src = (h * kt + ki) * k_stride
-                n_k = emit(dict(opcode="LOAD", target="B", src=("K", src), count=dp, sp_addr=hb * b_half),
-                           "LOAD", [("B", hb)])
-                last[("B", hb)] = {}
-                n_v = emit(dict(opcode="LOAD", target="V", src=("V", src), count=dp, sp_addr=hb * v_half),
-                           "LOAD", [("Vh", hb)])
-                last[("Vh", hb)] = {}
-                kv_bytes += 2 * dp * C
-                use(("kload", hb), "LOAD", n_k)
-                use(("vload", hb), "LOAD", n_v)
-                n_c = emit(dict(opcode="COMPUTE", sp_addr=ha * a_half, b_base=hb * b_half, k_last=dp - 1,
-                                acc_base=hb * R, accumulate=0), "COMPUTE", [("qload", ha), ("kload", hb), ("S", hb)])
-                last[("S", hb)] = {}
+            half = [(kv_tiles + ki) % 2 for ki in range(kt)]
+            kv_tiles += kt
+            steps = [(ki, s) for ki in range(kt) for s in range(ns)]
+            v_after = (ns - 1) // 2             # LOAD V of the next key tile follows this slot's STEP
+
+            def compute(j):
+                """COMPUTE S = Q_slot K^T of step j into the next score region; K(ki + 1) follows slot 0's."""
+                ki, s = steps[j]
+                sr = (n + j) % s_regions
+                n_c = emit(dict(opcode="COMPUTE", sp_addr=ha * a_half + s * dp, b_base=half[ki] * b_half,
+                                k_last=dp - 1, acc_base=sr * R, accumulate=0),
+                           "COMPUTE", [("qload", ha), ("kload", half[ki]), ("S", sr)])
+                last[("S", sr)] = {}
                 use(("A", ha), "COMPUTE", n_c)
-                use(("B", hb), "COMPUTE", n_c)
-                use(("Sready", hb), "COMPUTE", n_c)
-                count = min(C, Lk - ki * C)
+                use(("B", half[ki]), "COMPUTE", n_c)
+                use(("Sready", sr), "COMPUTE", n_c)
+                if s == 0 and ki + 1 < kt:
+                    load("B", "K", h, ki + 1, half[ki + 1])
+
+            # Descriptors run in order, so the order is the schedule: the GEMM array computes one step
+            # ahead of the engine (COMPUTE j + 1 before STEP j), and the two LOADs of the next key tile
+            # sit about ns / 2 steps apart, so neither waits behind the other's burst in the dispatcher.
+            load("B", "K", h, 0, half[0])
+            load("V", "V", h, 0, half[0])
+            compute(0)
+            for j, (ki, s) in enumerate(steps):
+                if j + 1 < len(steps):
+                    compute(j + 1)
+                sr = (n + j) % s_regions
                 n_a = emit(dict(opcode="ATTENTION", target=isa.ATTN_MODES["STEP"], accumulate=int(ki > 0),
-                                sp_addr=hb * R, b_base=hb * v_half, count=count, k_last=chunks - 1,
-                                param_addr=quant.score_mult, stride=quant.score_shift),
-                           "ATTENTION", [("Sready", hb), ("vload", hb)])
-                use(("S", hb), "ATTENTION", n_a)
-                use(("Vh", hb), "ATTENTION", n_a)
-                n += 1
-            rows = min(R, Lq - qi * R)
-            for c0 in range(0, chunks, group):
-                cnt = min(group, chunks - c0)
-                n_norm = emit(dict(opcode="ATTENTION", target=isa.ATTN_MODES["NORM"], sp_addr=c0, count=cnt,
-                                   acc_base=2 * R), "ATTENTION", [("out", r) for r in range(cnt)])
-                last["normed"] = {"ATTENTION": n_norm}
-                for r in range(cnt):
-                    last[("out", r)] = {}
-                    dst = ((h * Lq + qi * R) * dp + (c0 + r) * C) * eb
-                    n_s = emit(dict(opcode="STORE", count=rows, sp_addr=2 * R + r * R, param_addr=0,
-                                    out_int32=int(out_int32), dst=("out", dst), stride=row_bytes),
-                               "STORE", ["param", "normed"])
-                    use(("out", r), "STORE", n_s)
+                                slot=s, sp_addr=sr * R, b_base=half[ki] * v_half, count=min(C, Lk - ki * C),
+                                k_last=chunks - 1, param_addr=quant.score_mult, stride=quant.score_shift),
+                           "ATTENTION", [("Sready", sr), ("vload", half[ki])])
+                use(("S", sr), "ATTENTION", n_a)
+                use(("Vh", half[ki]), "ATTENTION", n_a)
+                if s == v_after and ki + 1 < kt:
+                    load("V", "V", h, ki + 1, half[ki + 1])
+            n += len(steps)
+            for s in range(ns):
+                qi = q0 + s
+                rows = min(R, Lq - qi * R)
+                for c0 in range(0, chunks, group):
+                    cnt = min(group, chunks - c0)
+                    n_norm = emit(dict(opcode="ATTENTION", target=isa.ATTN_MODES["NORM"], slot=s, sp_addr=c0,
+                                       count=cnt, acc_base=s_regions * R), "ATTENTION",
+                                  [("out", r) for r in range(cnt)])
+                    last["normed"] = {"ATTENTION": n_norm}
+                    for r in range(cnt):
+                        last[("out", r)] = {}
+                        dst = ((h * Lq + qi * R) * dp + (c0 + r) * C) * eb
+                        n_s = emit(dict(opcode="STORE", count=rows, sp_addr=(s_regions + r) * R, param_addr=0,
+                                        out_int32=int(out_int32), dst=("out", dst), stride=row_bytes),
+                                   "STORE", ["param", "normed"])
+                        use(("out", r), "STORE", n_s)
             g += 1
 
     # ---- addresses
@@ -213,7 +244,22 @@ def compile_attention(cfg, q, k, v, quant: intattn.AttentionQuant, *, out_int32:
         image[j * 32:(j + 1) * 32] = np.frombuffer(packed, np.uint8)
         raw.append(fields)
     return AttentionProgram(cfg, H, Lq, Lk, d, out_int32, image, raw, offsets, macs=2 * H * Lq * Lk * d,
-                            base_addr=base_addr, kv_bytes=kv_bytes)
+                            base_addr=base_addr, kv_bytes=kv_bytes, slots=slots)
+
+
+def acc_regions(cfg) -> tuple[int, int]:
+    """Accumulator regions of R rows: (ring for S = Q K^T tiles, regions for normalised chunks).
+    A ring of up to 4 score tiles lets the GEMM array run up to 3 tiles ahead of the engine."""
+    regions = cfg.acc_depth // cfg.rows
+    if regions < 3:
+        raise CompileError(f"accumulator scratchpad ({cfg.acc_depth} rows) needs at least 3 regions of {cfg.rows} rows")
+    s_regions = max(2, min(4, regions - 2))
+    return s_regions, regions - s_regions
+
+
+def query_slots(cfg, dp: int, qt: int) -> int:
+    """Query tiles resident at once: the engine's slots, as many Q tiles as fit an A half, the tiles there are."""
+    return max(1, min(cfg.attn_q_slots, (cfg.a_depth // 2) // dp, qt))
 
 
 def _fill(image, offsets, q, k, v, quant, R, C, dp, qt, kt, q_stride, k_stride):
@@ -238,12 +284,35 @@ def _fill(image, offsets, q, k, v, quant, R, C, dp, qt, kt, q_stride, k_stride):
     image[off:off + params.size] = params
 
 
-def max_query_tiles(cfg, lk: int) -> int:
-    """Query tiles (per head) one program can hold: a descriptor's wait counts are 16-bit, and
-    each query tile issues 1 + 2 * (key tiles) LOADs (Q, then K and V per key tile)."""
+def program_counts(cfg, tiles: int, lk: int, d: int) -> dict[str, int]:
+    """Descriptors per unit of a one-head program of `tiles` query tiles against `lk` keys (as emitted above)."""
+    C = cfg.cols
+    dp = -(-d // C) * C
+    chunks, kt = dp // C, -(-lk // C)
+    slots = query_slots(cfg, dp, tiles)
+    groups = -(-tiles // slots)
+    norms = -(-chunks // acc_regions(cfg)[1])
+    return {"LOAD": 1 + groups * (1 + 2 * kt), "COMPUTE": tiles * kt, "ATTENTION": tiles * (kt + norms),
+            "STORE": tiles * chunks}
+
+
+def max_query_tiles(cfg, lk: int, d: int | None = None) -> int:
+    """Query tiles (per head) one program can hold: a descriptor's wait counts are 16-bit, so no unit
+    may complete more than 65,535 descriptors. `d`: the head dim (default the engine's largest)."""
     limit = (1 << isa.FIELDS["wait_load"][1]) - 1
-    per_tile = 1 + 2 * -(-lk // cfg.cols)
-    return max(1, (limit - 1) // per_tile)
+    d = d or cfg.attn_max_dim
+    lo, hi = 1, 1
+    while max(program_counts(cfg, hi * 2, lk, d).values()) <= limit:
+        hi *= 2
+    hi *= 2
+    while hi - lo > 1:                      # the counts grow with the tiles: the largest that fits
+        mid = (lo + hi) // 2
+        if max(program_counts(cfg, mid, lk, d).values()) <= limit:
+            lo = mid
+        else:
+            hi = mid
+    slots = query_slots(cfg, -(-d // cfg.cols) * cfg.cols, lo)
+    return lo - lo % slots                  # whole groups: each K/V tile then serves `slots` query tiles
 
 
 def compile_attention_calls(cfg, q, k, v, quant: intattn.AttentionQuant, *, out_int32: bool = False,
@@ -253,7 +322,7 @@ def compile_attention_calls(cfg, q, k, v, quant: intattn.AttentionQuant, *, out_
     One program when everything fits."""
     q, k, v = _heads(q, "q"), _heads(k, "k"), _heads(v, "v")
     H, Lq, _ = q.shape
-    per = max_query_tiles(cfg, k.shape[1]) * cfg.rows
+    per = max_query_tiles(cfg, k.shape[1], q.shape[2]) * cfg.rows
     if H * -(-Lq // cfg.rows) * cfg.rows <= per:
         yield None, 0, Lq, compile_attention(cfg, q, k, v, quant, out_int32=out_int32, base_addr=base_addr,
                                              max_ddr_bytes=max_ddr_bytes)

@@ -153,13 +153,22 @@ def test_host_refuses_bad_attention_descriptors(field, value, match):
 def test_driver_splits_calls_too_big_for_one_program(monkeypatch):
     """Wait counts are 16-bit: big calls run as several programs over heads and query rows."""
     import sw.compile_attention as ca
-    assert ca.max_query_tiles(preset("bench16"), 8192) == 63       # (2^16 - 2) // (1 + 2 * 512)
+    bench = preset("bench16")
+    n = ca.max_query_tiles(bench, 8192)
+    assert n == 124                     # 31 groups of 4 slots; 124 x 512 COMPUTEs, 124 x 514 STEP/NORMs
+    assert max(ca.program_counts(bench, n, 8192, 256).values()) < 1 << 16
+    assert max(ca.program_counts(bench, n + 4, 8192, 256).values()) >= 1 << 16
     rng = np.random.default_rng(4)
     q, k, v, quant = case(rng, 2, 11, 21, 16)
+    # program_counts is what the compiler emits (one head: 3 query tiles, 2 slots -> 2 groups)
+    prog = compile_attention(SIM, q[:1], k[:1], v[:1], quant)
+    names = {v_: k_ for k_, v_ in isa.OPCODES.items()}
+    emitted = {u: sum(names[d["opcode"]] == u for d in prog.descriptors) for u in ("LOAD", "COMPUTE", "ATTENTION", "STORE")}
+    assert emitted == ca.program_counts(SIM, 3, 21, 16) and prog.slots == 2
     whole = Driver(SIM, "sim")
     want = whole.attention(q, k, v, quant)
     assert len(whole.last_programs) == 1
-    monkeypatch.setattr(ca, "max_query_tiles", lambda cfg, lk: 2)   # 8 query rows per program
+    monkeypatch.setattr(ca, "max_query_tiles", lambda cfg, lk, d=None: 2)   # 8 query rows per program
     drv = Driver(SIM, "sim")
     got = drv.attention(q, k, v, quant)
     assert np.array_equal(got, want) and np.array_equal(got, golden(q, k, v, quant, SIM))

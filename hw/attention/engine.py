@@ -1,22 +1,30 @@
-"""AttentionEngine: online softmax + P V + normalisation for one tile of R query rows.
+"""AttentionEngine: online softmax + P V + normalisation for S slots of R query rows each.
 
 The overlay computes S = Q K^T on the GEMM array (an int8 GEMM: Q tile in the A
 scratchpad, a K tile of C keys in the B scratchpad, S into an accumulator region);
 this engine takes it from there (docs/attention.md says why the split):
 
-  STEP (mode 0), one key tile of C keys (`count` valid):
+  STEP (mode 0), one key tile of C keys (`count` valid) for the rows of query slot `slot`:
     SOFTMAX  row i of S (accumulator row s_base + i) -> OnlineSoftmax with the row's
-             state (m_i, l_i) -> p row i (held in PE registers), alpha_i, new (m_i, l_i)
+             state (m, l) (state memory entry slot * R + i) -> p row i into a bank of
+             the P V array's p registers, alpha_i into the same bank, new (m, l)
     PV       values v[:, c] for c = 0 .. d-1 (V scratchpad entries v_base + c, C keys
-             each) through the PVArray; O[i][c] = rescale(O[i][c], alpha_i) + pv
-             (O: R memories of d_max int40, `accumulate` = 0 starts from 0)
-  NORM (mode 1): chunks c0 .. c0 + count - 1 of every row: t = O / l (Normaliser) ->
-             accumulator row out_base + (chunk - c0) * R + i; a STORE then requantises
-             (PARAM entry: bias 0, the output multiplier and shift) or writes int32.
+             each) through the PVArray; O[slot][i][c] = rescale(O, alpha_i) + pv
+             (O: R memories of S x d_max int40, `accumulate` = 0 starts from 0)
+  NORM (mode 1): chunks c0 .. c0 + count - 1 of every row of `slot`: t = O / l
+             (Normaliser) -> accumulator row out_base + (chunk - c0) * R + i; a STORE then
+             requantises (PARAM entry: bias 0, the output multiplier and shift) or writes int32.
 
-Arithmetic: golden_model/intattn.py with key_tile = C, bit for bit.
+Overlap: a STEP's P V-side state (p, alpha, first, slot, d) lives in one of two banks. The
+front (softmax phase) fills one bank while the P V array streams the other, and hands its
+bank over the cycle the previous tile's last channel issues, so back-to-back STEPs cost
+d cycles each. A bank is free again when its step's last O write is done (the `done`
+pulse); a NORM waits until every STEP is done.
+
+Arithmetic: golden_model/intattn.py with key_tile = C, bit for bit (rows and slots are
+independent, so the order of slots changes nothing).
 """
-from amaranth import Array, Const, Module, Mux, Signal, signed, unsigned
+from amaranth import Array, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -56,6 +64,7 @@ class AttentionLayouts:
             "out_base": unsigned(abits(cfg.acc_depth)),  # NORM: first accumulator row written
             "score_mult": unsigned(SCORE_MULT_BITS),
             "score_shift": unsigned(6),
+            "slot": unsigned(abits(cfg.attn_q_slots)),  # query slot: which rows' state (m, l, O)
         })
         self.acc_write = data.StructLayout({"addr": unsigned(abits(cfg.acc_depth)),
                                             "data": data.ArrayLayout(ACC, C)})
@@ -87,6 +96,7 @@ class AttentionEngine(wiring.Component):
         lc = exact_log2(C)
         chunks_max = cfg.attn_max_dim // C
         chan_bits = abits(cfg.attn_max_dim)
+        S = cfg.attn_q_slots
 
         m.submodules.v_mem = v_mem = Memory(shape=data.ArrayLayout(INT8, C), depth=v_depth(cfg), init=[])
         vw = v_mem.write_port()
@@ -95,7 +105,8 @@ class AttentionEngine(wiring.Component):
         v_rd = v_mem.read_port()
         o_rd, o_wr = [], []
         for i in range(R):
-            mem = Memory(shape=data.ArrayLayout(OACC, C), depth=chunks_max, init=[])
+            # slot s, chunk c of row i at entry s * chunks_max + c
+            mem = Memory(shape=data.ArrayLayout(OACC, C), depth=S * chunks_max, init=[])
             m.submodules[f"o_mem{i}"] = mem
             o_rd.append(mem.read_port())
             o_wr.append(mem.write_port(granularity=1))
@@ -104,65 +115,96 @@ class AttentionEngine(wiring.Component):
         m.submodules.pv = pv = PVArray(R, C, chan_bits)
         m.submodules.norm = norm = Normaliser(C)
 
-        cmd = Signal(self.layouts.cmd)
-        m_regs = Array(Signal(signed(X_BITS), name=f"m{i}") for i in range(R))
-        l_regs = Array(Signal(unsigned(SUM_BITS), name=f"l{i}") for i in range(R))
-        alpha_regs = Array(Signal(PROB, name=f"alpha{i}") for i in range(R))
-        p_regs = Signal(data.ArrayLayout(data.ArrayLayout(PROB, C), R))
-        m.d.comb += [pv.p.eq(p_regs), sm.score_mult.eq(cmd.score_mult), sm.score_shift.eq(cmd.score_shift),
+        cmd = Signal(self.layouts.cmd)           # the front's command (STEP in its softmax phase, or NORM)
+        # Per (slot, row) softmax state: running maximum and sum, entry slot * R + row.
+        state = data.StructLayout({"m": signed(X_BITS), "l": unsigned(SUM_BITS)})
+        m.submodules.state_mem = state_mem = Memory(shape=state, depth=S * R, init=[])
+        st_wr, st_sm, st_norm = state_mem.write_port(), state_mem.read_port(), state_mem.read_port()
+        st_base = Signal(range(S * R))
+        m.d.comb += st_base.eq(cmd.slot * R)
+
+        # Two banks of a step's P V-side state: p (in the array), alpha, first, slot, d. The front
+        # fills bank `front_bank` while the P V array streams the other; a bank is busy from its
+        # step's softmax until its last O write.
+        p_banks = Signal(data.ArrayLayout(data.ArrayLayout(data.ArrayLayout(PROB, C), R), 2))
+        alpha_banks = [[Signal(PROB, name=f"alpha{b}_{i}") for i in range(R)] for b in range(2)]
+        bank_first = Array(Signal(name=f"first{b}") for b in range(2))
+        bank_obase = Array(Signal(range(S * chunks_max), name=f"obase{b}") for b in range(2))
+        bank_dlast = Array(Signal(chan_bits, name=f"dlast{b}") for b in range(2))
+        bank_busy = Array(Signal(name=f"busy{b}") for b in range(2))
+        front_bank = Signal()
+        m.d.comb += [pv.p.eq(p_banks), sm.score_mult.eq(cmd.score_mult), sm.score_shift.eq(cmd.score_shift),
                      sm.o.ready.eq(1)]
 
-        done = Signal()
-        m.d.comb += self.done.eq(done)
+        step_done = Signal()
+        norm_done = Signal()
+        m.d.comb += self.done.eq(step_done | norm_done)
 
         # ------------------------------------------------ SOFTMAX: R rows of S through the row unit
         issue_i = Signal(range(R + 1))
         got_i = Signal(range(R + 1))
         sm_valid, sm_tag = Signal(), Signal(range(R))
-        m.d.comb += self.acc_rd_addr.eq(cmd.s_base + issue_i)
+        m.d.comb += [self.acc_rd_addr.eq(cmd.s_base + issue_i), st_sm.addr.eq(st_base + issue_i)]
         first = ~cmd.accumulate
         m.d.comb += [sm.i.valid.eq(sm_valid), sm.i.payload.scores.eq(self.acc_rd_data),
                      sm.i.payload.count.eq(cmd.count), sm.i.payload.tag.eq(sm_tag),
-                     sm.i.payload.m.eq(Mux(first, M_INIT, m_regs[sm_tag])),
-                     sm.i.payload.l.eq(Mux(first, 0, l_regs[sm_tag]))]
+                     sm.i.payload.m.eq(Mux(first, M_INIT, st_sm.data.m)),
+                     sm.i.payload.l.eq(Mux(first, 0, st_sm.data.l))]
+        m.d.comb += [st_wr.en.eq(sm.o.valid), st_wr.addr.eq(st_base + sm.o.payload.tag),
+                     st_wr.data.m.eq(sm.o.payload.m), st_wr.data.l.eq(sm.o.payload.l)]
         with m.If(sm.o.valid):
-            tag = sm.o.payload.tag
-            m.d.sync += [m_regs[tag].eq(sm.o.payload.m), l_regs[tag].eq(sm.o.payload.l),
-                         alpha_regs[tag].eq(sm.o.payload.alpha)]
-            with m.Switch(tag):
+            with m.Switch(sm.o.payload.tag):
                 for i in range(R):
                     with m.Case(i):
-                        m.d.sync += p_regs[i].eq(sm.o.payload.p)
+                        with m.If(front_bank):
+                            m.d.sync += [p_banks[1][i].eq(sm.o.payload.p), alpha_banks[1][i].eq(sm.o.payload.alpha)]
+                        with m.Else():
+                            m.d.sync += [p_banks[0][i].eq(sm.o.payload.p), alpha_banks[0][i].eq(sm.o.payload.alpha)]
 
         # ------------------------------------------------ PV: d channels through the array, O updated
-        pv_c = Signal(chan_bits + 1)
-        d_total = Signal(chan_bits + 1)
-        m.d.comb += [d_total.eq((cmd.chunks_last + 1) << lc), v_rd.addr.eq(cmd.v_base + pv_c)]
-        pv_issue = Signal()
-        v_valid1, v_chan1 = Signal(), Signal(chan_bits)
-        m.d.sync += [v_valid1.eq(pv_issue), v_chan1.eq(pv_c)]
-        m.d.comb += [pv.v.eq(v_rd.data), pv.v_valid.eq(v_valid1), pv.v_chan.eq(v_chan1)]
-        last_row_done = Signal()
+        pv_active = Signal()
+        pv_c = Signal(chan_bits)
+        pv_bank = Signal()
+        pv_vbase = Signal.like(cmd.v_base)
+        pv_last = Signal()                         # the channel issued this cycle is the tile's last
+        m.d.comb += [pv_last.eq(pv_active & (pv_c == bank_dlast[pv_bank])), v_rd.addr.eq(pv_vbase + pv_c)]
+        with m.If(pv_active):
+            m.d.sync += pv_c.eq(pv_c + 1)
+            with m.If(pv_last):
+                m.d.sync += pv_active.eq(0)
+        v_valid1, v_chan1, v_bank1 = Signal(), Signal(chan_bits), Signal()
+        m.d.sync += [v_valid1.eq(pv_active), v_chan1.eq(pv_c), v_bank1.eq(pv_bank)]
+        m.d.comb += [pv.v.eq(v_rd.data), pv.v_valid.eq(v_valid1), pv.v_chan.eq(v_chan1), pv.v_bank.eq(v_bank1)]
         norm_mode = Signal()
+        n_chunk = Signal(self.layouts.chunk_bits + 1)
+        norm_obase = Signal(range(S * chunks_max))
+        m.d.comb += norm_obase.eq(cmd.slot * chunks_max)
         for i in range(R):
-            # stage A: the row's result arrives; read its O entry.  stage B: rescale, add, write the lane.
-            a_valid, a_chan, a_pv = Signal(name=f"a_valid{i}"), Signal(chan_bits, name=f"a_chan{i}"), \
-                Signal(signed(32), name=f"a_pv{i}")
-            m.d.sync += [a_valid.eq(pv.out_valid[i] & ~norm_mode), a_chan.eq(pv.out_chan[i]), a_pv.eq(pv.out[i])]
+            # stage A: the row's result arrives (its O entry was read the cycle before); rescale, add,
+            # write the lane. The bank it belongs to travels with it.
+            a_valid, a_chan, a_pv, a_bank = Signal(name=f"a_valid{i}"), Signal(chan_bits, name=f"a_chan{i}"), \
+                Signal(signed(32), name=f"a_pv{i}"), Signal(name=f"a_bank{i}")
+            m.d.sync += [a_valid.eq(pv.out_valid[i]), a_chan.eq(pv.out_chan[i]), a_pv.eq(pv.out[i]),
+                         a_bank.eq(pv.out_bank[i])]
             old = Signal(OACC, name=f"old{i}")
             m.d.comb += old.eq(o_rd[i].data[a_chan[:lc]])
-            rescaled = (old * alpha_regs[i] + (1 << (P_BITS - 1))) >> P_BITS
+            alpha = Mux(a_bank, alpha_banks[1][i], alpha_banks[0][i])
+            rescaled = (old * alpha + (1 << (P_BITS - 1))) >> P_BITS
             new = Signal(OACC, name=f"new{i}")
-            m.d.comb += new.eq(Mux(first, 0, rescaled) + a_pv)
-            m.d.comb += [o_wr[i].addr.eq(a_chan[lc:]), o_wr[i].en.eq(Mux(a_valid, 1 << a_chan[:lc], 0))]
+            m.d.comb += new.eq(Mux(bank_first[a_bank], 0, rescaled) + a_pv)
+            m.d.comb += [o_wr[i].addr.eq(bank_obase[a_bank] + a_chan[lc:]),
+                         o_wr[i].en.eq(Mux(a_valid, 1 << a_chan[:lc], 0))]
             for j in range(C):
                 m.d.comb += o_wr[i].data[j].eq(new)
+            m.d.comb += [o_rd[i].addr.eq(Mux(norm_mode, norm_obase + n_chunk,
+                                             bank_obase[pv.out_bank[i]] + self.pv_addr(pv.out_chan[i], lc)))]
             if i == R - 1:
-                m.d.comb += last_row_done.eq(a_valid & (a_chan == d_total - 1))
+                with m.If(a_valid & (a_chan == bank_dlast[a_bank])):
+                    m.d.comb += step_done.eq(1)
+                    m.d.sync += bank_busy[a_bank].eq(0)
 
         # ------------------------------------------------ NORM: O / l -> accumulator rows
         n_row = Signal(range(R + 1))
-        n_chunk = Signal(self.layouts.chunk_bits + 1)
         slot_valid, slot_row, slot_chunk = Signal(), Signal(range(R)), Signal(self.layouts.chunk_bits + 1)
         n_left = Signal(16)                       # outputs still to write
         n_feeding = Signal()
@@ -170,30 +212,39 @@ class AttentionEngine(wiring.Component):
         load = ~slot_valid | taken
         o_data = Array(o_rd[i].data for i in range(R))
         m.d.comb += [norm.i.valid.eq(slot_valid), norm.i.payload.o.eq(o_data[slot_row]),
-                     norm.i.payload.l.eq(l_regs[slot_row]), norm.i.payload.first.eq(slot_chunk == cmd.c0),
+                     norm.i.payload.l.eq(st_norm.data.l), norm.i.payload.first.eq(slot_chunk == cmd.c0),
                      norm.i.payload.tag.eq(((slot_chunk - cmd.c0) << exact_log2(R) if R & (R - 1) == 0
                                             else (slot_chunk - cmd.c0) * R) + slot_row)]
         for i in range(R):
-            m.d.comb += [o_rd[i].addr.eq(Mux(norm_mode, n_chunk, self.pv_addr(pv.out_chan[i], lc))),
-                         o_rd[i].en.eq(Mux(norm_mode, load, 1))]
+            m.d.comb += o_rd[i].en.eq(Mux(norm_mode, load, 1))
+        m.d.comb += [st_norm.addr.eq(st_base + n_row), st_norm.en.eq(load)]
         m.d.comb += [self.acc_wr.valid.eq(norm.o.valid), norm.o.ready.eq(self.acc_wr.ready),
                      self.acc_wr.payload.addr.eq(cmd.out_base + norm.o.payload.tag),
                      self.acc_wr.payload.data.eq(norm.o.payload.t)]
         with m.If(self.acc_wr.valid & self.acc_wr.ready):
             m.d.sync += n_left.eq(n_left - 1)
 
-        # ------------------------------------------------ control
+        # ------------------------------------------------ control (the front: softmax phase, hand-over, NORM)
+        all_idle = ~pv_active & ~bank_busy[0] & ~bank_busy[1]
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += self.cmd.ready.eq(1)
                 with m.If(self.cmd.valid):
-                    m.d.sync += [cmd.eq(self.cmd.payload), issue_i.eq(0), got_i.eq(0), pv_c.eq(0)]
-                    with m.If(self.cmd.payload.mode == MODE_STEP):
+                    m.d.sync += cmd.eq(self.cmd.payload)
+                    m.next = "WAIT"
+            with m.State("WAIT"):
+                # STEP: the bank must be free (its previous step's O writes done); NORM: everything done.
+                with m.If(cmd.mode == MODE_STEP):
+                    with m.If(~bank_busy[front_bank]):
+                        m.d.sync += [issue_i.eq(0), got_i.eq(0), bank_busy[front_bank].eq(1),
+                                     bank_first[front_bank].eq(first),
+                                     bank_obase[front_bank].eq(cmd.slot * chunks_max),
+                                     bank_dlast[front_bank].eq(((cmd.chunks_last + 1) << lc) - 1)]
                         m.next = "SOFTMAX"
-                    with m.Else():
-                        m.d.sync += [norm_mode.eq(1), n_row.eq(0), n_chunk.eq(self.cmd.payload.c0),
-                                     slot_valid.eq(0), n_left.eq(self.cmd.payload.count * R), n_feeding.eq(1)]
-                        m.next = "NORM"
+                with m.Elif(all_idle):
+                    m.d.sync += [norm_mode.eq(1), n_row.eq(0), n_chunk.eq(cmd.c0),
+                                 slot_valid.eq(0), n_left.eq(cmd.count * R), n_feeding.eq(1)]
+                    m.next = "NORM"
             with m.State("SOFTMAX"):
                 m.d.sync += [sm_valid.eq(issue_i < R), sm_tag.eq(issue_i)]
                 with m.If(issue_i < R):
@@ -201,13 +252,12 @@ class AttentionEngine(wiring.Component):
                 with m.If(sm.o.valid):
                     m.d.sync += got_i.eq(got_i + 1)
                     with m.If(got_i == R - 1):
-                        m.next = "PV"
-            with m.State("PV"):
-                m.d.comb += pv_issue.eq(pv_c < d_total)
-                with m.If(pv_c < d_total):
-                    m.d.sync += pv_c.eq(pv_c + 1)
-                with m.If(last_row_done):
-                    m.d.comb += done.eq(1)
+                        m.next = "HANDOVER"
+            with m.State("HANDOVER"):
+                # The P V array takes the bank when the previous tile's last channel issues (back to back).
+                with m.If(~pv_active | pv_last):
+                    m.d.sync += [pv_active.eq(1), pv_c.eq(0), pv_bank.eq(front_bank), pv_vbase.eq(cmd.v_base),
+                                 front_bank.eq(~front_bank)]
                     m.next = "IDLE"
             with m.State("NORM"):
                 with m.If(load):
@@ -221,10 +271,10 @@ class AttentionEngine(wiring.Component):
                         with m.Else():
                             m.d.sync += n_chunk.eq(n_chunk + 1)
                 with m.If((n_left == 1) & self.acc_wr.valid & self.acc_wr.ready):
-                    m.d.comb += done.eq(1)
+                    m.d.comb += norm_done.eq(1)
                     m.d.sync += norm_mode.eq(0)
                     m.next = "IDLE"
-        m.d.comb += self.busy.eq(~self.cmd.ready | sm_valid)
+        m.d.comb += self.busy.eq(~self.cmd.ready | ~all_idle)
         return m
 
     @staticmethod

@@ -9,11 +9,15 @@ at the top (column j delayed j cycles) and moves down; partial sums move right a
 each row, so row i's result for channel c leaves the right edge i + C cycles after
 v[:, c] entered. One channel per cycle: d cycles per tile, every PE busy.
 
-  out[i] = sum_j p[i][j] * v[j]  (int32: C <= 32 keys x 2^16 x 128 < 2^31)
-with out_valid[i] / out_chan[i] the input's valid / channel delayed by i + C.
-`p` must be held while a tile's channels are in flight.
+  out[i] = sum_j p[b][i][j] * v[j]  (int32: C <= 32 keys x 2^16 x 128 < 2^31)
+with out_valid[i] / out_chan[i] / out_bank[i] the input's valid / channel / bank delayed by i + C.
+
+Two banks of p (b = v_bank, which travels with v through the skew): while bank b's tile
+streams, the engine's softmax fills bank 1 - b with the next tile's probabilities, and
+the next tile's first channel may follow the current tile's last one in the next cycle,
+so back-to-back tiles keep every PE busy. Bank b must be held while its channels are in flight.
 """
-from amaranth import Module, Signal, signed, unsigned
+from amaranth import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -27,13 +31,15 @@ class PVArray(wiring.Component):
     def __init__(self, rows: int, cols: int, chan_bits: int):
         self.rows, self.cols, self.chan_bits = rows, cols, chan_bits
         super().__init__({
-            "p": In(data.ArrayLayout(data.ArrayLayout(PROB, cols), rows)),
+            "p": In(data.ArrayLayout(data.ArrayLayout(data.ArrayLayout(PROB, cols), rows), 2)),
             "v": In(data.ArrayLayout(INT8, cols)),
+            "v_bank": In(1),
             "v_valid": In(1),
             "v_chan": In(chan_bits),
             "out": Out(data.ArrayLayout(PSUM, rows)),
             "out_valid": Out(rows),
             "out_chan": Out(data.ArrayLayout(unsigned(chan_bits), rows)),
+            "out_bank": Out(rows),
         })
 
     def elaborate(self, platform):
@@ -48,28 +54,34 @@ class PVArray(wiring.Component):
             return sig
 
         vin = [delayed(self.v[j], j, f"v{j}") for j in range(C)]       # skew: column j late by j
+        bin_ = [delayed(self.v_bank, j, f"bank{j}") for j in range(C)]  # the bank travels with v
         for i in range(R):
             left = None
-            below = []
+            below, below_bank = [], []
             for j in range(C):
                 psum = Signal(PSUM, name=f"psum_{i}_{j}")
                 prod = Signal(signed(PROB.width + 9), name=f"prod_{i}_{j}")
-                m.d.comb += prod.eq(self.p[i][j] * vin[j])
+                p = Mux(bin_[j], self.p[1][i][j], self.p[0][i][j])
+                m.d.comb += prod.eq(p * vin[j])
                 m.d.sync += psum.eq(prod if left is None else left + prod)
                 left = psum
                 if i + 1 < R:
                     r = Signal(INT8, name=f"vdown_{i}_{j}")
-                    m.d.sync += r.eq(vin[j])
+                    rb = Signal(name=f"bankdown_{i}_{j}")
+                    m.d.sync += [r.eq(vin[j]), rb.eq(bin_[j])]
                     below.append(r)
+                    below_bank.append(rb)
             m.d.comb += self.out[i].eq(left)
-            vin = below
+            vin, bin_ = below, below_bank
         # Row i's result leaves i + C cycles after its channel entered.
-        valid, chan = self.v_valid, self.v_chan
+        valid, chan, bank = self.v_valid, self.v_chan, self.v_bank
         valid = delayed(valid, C, "valid")
         chan = delayed(chan, C, "chan")
+        bank = delayed(bank, C, "bank")
         for i in range(R):
-            m.d.comb += [self.out_valid[i].eq(valid), self.out_chan[i].eq(chan)]
+            m.d.comb += [self.out_valid[i].eq(valid), self.out_chan[i].eq(chan), self.out_bank[i].eq(bank)]
             if i + 1 < R:
                 valid = delayed(valid, 1, f"valid_r{i}")
                 chan = delayed(chan, 1, f"chan_r{i}")
+                bank = delayed(bank, 1, f"bank_r{i}")
         return m

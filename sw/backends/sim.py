@@ -14,9 +14,12 @@ from golden_model.intops import requantize, saturate_int32
 from hw import isa
 
 # Latencies of the RTL (cycles), measured against the Verilator runs (see tests/test_overlay.py).
-FETCH_CYCLES = 6          # AR -> descriptor in the FIFO (plus its beats)
+FETCH_CYCLES = 4          # a fetch AR -> descriptor in the FIFO and the next fetch AR (plus its beats)
+FETCH_AFTER_LOAD = 1      # a fetch queued behind a LOAD: its first beat after the LOAD is done (plus its beats)
 READ_LATENCY = 4          # AR handshake to first R beat
 STORE_LATENCY = 5         # row to B response, per store descriptor
+STORE_START = {False: 8,  # dispatch to the first int8 row leaving the requantisers (accumulator read, 3 stages, requantiser)
+               True: 4}   # int32 rows skip the requantisers
 START_CYCLES = 3
 IM2COL_CYCLES = 4         # command start, last entry written, done
 DW_START = 3              # DEPTHWISE: command accepted to first AR
@@ -104,10 +107,13 @@ class SimOverlay:
             self.regs[name] = 0
         base, count = self.regs["DESC_ADDR"], self.regs["DESC_COUNT"]
         done = {"LOAD": [], "COMPUTE": [], "STORE": [], "ATTENTION": []}      # completion times, in order
-        unit_free = {"LOAD": 0, "STORE": 0, "ATTENTION": 0}
+        unit_free = {"LOAD": 0, "STORE": 0}
+        if self.attn is not None:
+            self.attn.reset_timing()
         t_dispatch = START_CYCLES
         fetched = []                                          # time each descriptor reaches the FIFO
         fetched_dispatch = []                                 # time each descriptor left the FIFO
+        r_channel = []                                        # (dispatch, done) of the LOADs, in order
         c_last_issue = -10 ** 9                               # engine: last step issue of previous compute
         gap = 2 * R + C - 1 + isa.ARRAY_EXTRA_LATENCY     # last-step to last-step, as the engine allows
         for i in range(count):
@@ -115,10 +121,17 @@ class SimOverlay:
             if raw is None:
                 return self._error(isa.ERROR_AXI_READ, i)
             d = isa.unpack_descriptor(raw)
-            # fetch: one descriptor at a time, FIFO of 2 ahead of the dispatcher
+            # fetch: one descriptor at a time, up to DESC_FIFO_DEPTH ahead of the dispatcher
             prev_fetch = fetched[-1] if fetched else START_CYCLES
-            fifo_space = fetched_dispatch[i - 2] if i >= 2 else 0
-            fetched.append(max(prev_fetch, fifo_space) + FETCH_CYCLES + isa.DESCRIPTOR_BYTES // DB)
+            fifo_space = fetched_dispatch[i - isa.DESC_FIFO_DEPTH] if i >= isa.DESC_FIFO_DEPTH else 0
+            s = max(prev_fetch, fifo_space)
+            arrive = s + FETCH_CYCLES
+            # The DDR returns reads in order: a fetch issued while a LOAD's bursts stream waits for them.
+            for t_load, load_done in reversed(r_channel):
+                if t_load < s:
+                    arrive = max(arrive, load_done + FETCH_AFTER_LOAD)
+                    break
+            fetched.append(arrive + isa.DESCRIPTOR_BYTES // DB)
             t = max(t_dispatch, fetched[i])
             waits = {"LOAD": d["wait_load"], "COMPUTE": d["wait_compute"], "STORE": d["wait_store"],
                      "ATTENTION": d["wait_attention"]}
@@ -157,6 +170,7 @@ class SimOverlay:
                 cycles = beats if eb >= DB else n + 1
                 bursts = -(-beats // 256)
                 finish = t + READ_LATENCY * bursts + cycles + 2
+                r_channel.append((t, finish))
                 unit_free["LOAD"] = finish
                 done["LOAD"].append(finish)
             elif op == isa.OPCODES["COMPUTE"]:
@@ -174,7 +188,7 @@ class SimOverlay:
                 if not self._store(d, rows, row_bytes):
                     return self._error(isa.ERROR_AXI_WRITE, i + 1)
                 t = max(t, unit_free["STORE"])
-                finish = t + 4 + rows * (row_bytes // DB + 1) + STORE_LATENCY
+                finish = t + STORE_START[bool(d["out_int32"])] + rows * (row_bytes // DB + 1) + STORE_LATENCY
                 unit_free["STORE"] = finish
                 done["STORE"].append(finish)
             elif op == isa.OPCODES["DEPTHWISE"] and isa.has_opcode(cfg, "DEPTHWISE"):
@@ -186,9 +200,9 @@ class SimOverlay:
                 unit_free["LOAD"] = finish
                 done["LOAD"].append(finish)
             elif op == isa.OPCODES["ATTENTION"] and self.attn is not None:
-                t = max(t, unit_free["ATTENTION"])        # the engine takes a command when idle
-                finish = t + 1 + self.attn.run(d, self.acc)
-                unit_free["ATTENTION"] = finish + 1
+                # The engine takes a STEP while the previous ones still run (sw.backends.sim_attention).
+                t, finish = self.attn.schedule(d, t)
+                self.attn.run(d, self.acc)
                 done["ATTENTION"].append(finish)
             elif op == isa.OPCODES["SYNC"]:
                 t = max([t] + [v[-1] + 1 for v in done.values() if v])

@@ -1,8 +1,8 @@
 """The attention engine in the sim backend: bit-exact state machine and cycle model.
 
-Mirrors hw/attention/engine.py: per query row the state (m, l, alpha, O) of the tile of
-R rows the engine holds; STEP reads S rows from the accumulator scratchpad and V
-entries, NORM writes O / l into accumulator rows. The arithmetic is
+Mirrors hw/attention/engine.py: per (slot, query row) the state (m, l, O) of the
+attn_q_slots tiles of R rows the engine holds; STEP(slot) reads S rows from the
+accumulator scratchpad and V entries, NORM(slot) writes O / l into accumulator rows. The arithmetic is
 golden_model.intattn's step functions (so the result equals intattn.attention with
 key_tile = C).
 """
@@ -13,11 +13,17 @@ import numpy as np
 from golden_model import intattn as A
 from hw import isa
 
-# Cycle model of the RTL FSM (calibrated against Verilator runs, tests/test_attention_overlay.py).
-SOFTMAX_LATENCY = 9       # acc read + OnlineSoftmax.LATENCY + state write
-PV_LATENCY = 4            # V read, array entry, stage A/B
+# Cycle model of the RTL (hw/attention/engine.py), calibrated against it cycle for cycle
+# (tests/test_attention_engine.py) and against Verilator runs of the overlay (tests/test_attention_overlay.py).
+# A STEP: the front takes the command (IDLE), waits for its bank (WAIT), runs the softmax phase
+# (R rows, SOFTMAX_LATENCY), hands the bank to the P V array when the previous tile's last channel
+# issues (HANDOVER); the P V array streams d_pad channels, and the step is done when the last row's
+# last channel is written (PV_TAIL after the array's R + C skew). So back-to-back steps cost d_pad each.
+SOFTMAX_LATENCY = 8       # acc/state read + OnlineSoftmax.LATENCY: SOFTMAX start to HANDOVER = R + 8
+PV_TAIL = 1               # stage A (O read / rescale / write) after the array's R + C
 NORM_ROW = 20             # per query row: reciprocal (18 division steps) and hand-over
-NORM_LATENCY = 4
+NORM_LATENCY = 1          # NORM start to done = R x (NORM_ROW + chunks) + NORM_LATENCY ...
+NORM_AGAIN = 1            # ... + 1 once the normaliser has run since reset (it drops the last row's reciprocal first)
 
 
 class AttentionModel:
@@ -25,43 +31,72 @@ class AttentionModel:
         self.cfg = cfg
         R, C = cfg.rows, cfg.cols
         self.v = np.zeros((isa.scratchpad_depth(cfg, "V"), C), np.int8)
-        self.m = np.full(R, A.M_INIT, np.int64)
-        self.l = np.zeros(R, np.int64)
-        self.o = np.zeros((R, cfg.attn_max_dim), np.int64)
+        S = cfg.attn_q_slots
+        self.m = np.full((S, R), A.M_INIT, np.int64)         # per (slot, row): the RTL's state memory
+        self.l = np.zeros((S, R), np.int64)
+        self.o = np.zeros((S, R, cfg.attn_max_dim), np.int64)
+        self.normed = False           # a NORM ran since reset (the normaliser keeps its last reciprocal)
+        self.reset_timing()
+
+    def reset_timing(self):
+        """The engine idle: both banks free, nothing in the P V array (a new run)."""
+        self.front_idle = 0           # first cycle the front (IDLE) takes a command
+        self.bank_done = [-2, -2]     # each bank's last done cycle
+        self.bank = 0                 # the bank the next STEP fills
+        self.handover = -10 ** 9      # last HANDOVER cycle
+        self.pv_len = 0               # its d_pad: the next HANDOVER is at least this much later
+
+    def schedule(self, d, t: int) -> tuple[int, int]:
+        """Cycles of one ATTENTION descriptor offered at cycle t: (taken, done)."""
+        R, C = self.cfg.rows, self.cfg.cols
+        a = max(t, self.front_idle)
+        if d["target"] & 1 == isa.ATTN_MODES["STEP"]:
+            b = self.bank
+            s0 = max(a + 2, self.bank_done[b] + 2)                    # WAIT sees the bank free, SOFTMAX
+            h = max(s0 + R + SOFTMAX_LATENCY, self.handover + self.pv_len)
+            dp = (d["k_last"] + 1) * C
+            done = h + dp + R + C + PV_TAIL
+            self.bank_done[b], self.bank, self.handover, self.pv_len = done, 1 - b, h, dp
+            self.front_idle = h + 1
+        else:
+            n0 = max(a + 1, max(self.bank_done) + 1)                  # WAIT sees everything done
+            done = n0 + 1 + R * (NORM_ROW + d["count"]) + NORM_LATENCY + (NORM_AGAIN if self.normed else 0)
+            self.normed = True
+            self.front_idle = done + 1
+        return a, done
 
     def load_v(self, sp, n, raw):
         idx = (sp + np.arange(n)) % len(self.v)
         self.v[idx] = raw.view(np.int8).reshape(n, self.cfg.cols)
 
-    def run(self, d, acc) -> int:
-        """Execute one ATTENTION descriptor on `acc` (the accumulator scratchpad); return its cycles."""
+    def run(self, d, acc) -> None:
+        """Execute one ATTENTION descriptor on `acc` (the accumulator scratchpad)."""
         cfg = self.cfg
         R, C = cfg.rows, cfg.cols
         mode = d["target"] & 1                     # the engine decodes one bit (the host refuses others)
+        slot = d["slot"] % cfg.attn_q_slots        # (the host refuses slots past the engine's)
         if mode == isa.ATTN_MODES["STEP"]:
             rows = (d["sp_addr"] + np.arange(R)) % cfg.acc_depth
             s = acc[rows][:, :d["count"]]
             mult, shift = d["param_addr"], d["stride"] & 63
             x = A.scores_log2(s, mult, shift)
             first = not d["accumulate"]
-            m_old = np.full(R, A.M_INIT, np.int64) if first else self.m
+            m_old = np.full(R, A.M_INIT, np.int64) if first else self.m[slot]
             m_new = np.maximum(m_old, x.max(axis=1))
             p = A.exp2fix(m_new[:, None] - x)
             alpha = A.exp2fix(m_new - m_old)
             dp = (d["k_last"] + 1) * C
             vt = self.v[(d["b_base"] + np.arange(dp)) % len(self.v)][:, :d["count"]]     # (dp, keys)
             pv = (p.astype(np.float64) @ vt.T.astype(np.float64)).astype(np.int64)      # (R, dp)
-            l_old = np.zeros(R, np.int64) if first else self.l
-            self.l = A.rescale(l_old, alpha) + p.sum(axis=1)
-            o_old = self.o[:, :dp]
-            self.o[:, :dp] = (0 if first else A.rescale(o_old, alpha[:, None])) + pv
-            self.m = m_new
-            return 2 * R + C + dp + SOFTMAX_LATENCY + PV_LATENCY
+            l_old = np.zeros(R, np.int64) if first else self.l[slot]
+            self.l[slot] = A.rescale(l_old, alpha) + p.sum(axis=1)
+            o_old = self.o[slot, :, :dp]
+            self.o[slot, :, :dp] = (0 if first else A.rescale(o_old, alpha[:, None])) + pv
+            self.m[slot] = m_new
         else:
             c0, n = d["sp_addr"], d["count"]
-            o = self.o[:, c0 * C:(c0 + n) * C]
-            t = A.normalise(o, self.l)                                                   # (R, n * C)
+            o = self.o[slot, :, c0 * C:(c0 + n) * C]
+            t = A.normalise(o, self.l[slot])                                                   # (R, n * C)
             for c in range(n):
                 rows = (d["acc_base"] + c * R + np.arange(R)) % cfg.acc_depth
                 acc[rows] = t[:, c * C:(c + 1) * C]
-            return R * (NORM_ROW + n) + NORM_LATENCY

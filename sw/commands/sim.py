@@ -153,7 +153,8 @@ def run_attention(args) -> int:
     print(f"  cycles {run.cycles}, MAC utilisation {run.utilisation:.1%} (Q K^T + P V, {run.array_macs} MACs/cycle), "
           f"{run.descriptors} descriptors in {len(progs)} program(s), {run.wall_s:.2f} s wall ({run.cycles_per_s:,.0f} simulated cycles/s)")
     print(f"  DDR bytes moved {sum(p.ddr_bytes for p in progs):,} (K and V {sum(p.kv_bytes for p in progs):,}; "
-          f"minimum for K and V {sum(p.kv_min_bytes for p in progs):,}: each read once per query tile of {cfg.rows})")
+          f"minimum for K and V {sum(p.kv_min_bytes for p in progs):,}: each read once per group of "
+          f"{progs[0].slots} resident query tile(s) of {cfg.rows} rows)")
     print(f"  relative L2 error against float attention on the same int8 inputs: {err:.3%} "
           f"(int8 output grid alone: {floor:.3%})")
     if not ok:
