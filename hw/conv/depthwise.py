@@ -9,10 +9,10 @@ dw_channels channels, DDR to DDR, in groups of L channels, in the overlay's plan
 (docs/conv.md), whose real zero rows and columns around every plane make the borders need
 no logic.
 
-    AR/R (id 1) ─► NS row slots (memories of RB beats x L lanes) ──┐  + 2 head beats per slot
+    AR/R (id 1) ─► NS row slots (memories of RB beats x L lanes) ──┐  + heads memory (NS x 2 beats)
                     input row q of lane l ─► slot q % NS, lane l    │
-    issue (oy, x): per slot the current and next beat of the row ──┴► K_MAX x K_MAX window
-                    per lane (a byte shifter by (col0 + x) % DB)
+    issue (oy, x): per window row ky the current and next beat ─────┴► K_MAX x K_MAX window
+                    of row q_base + ky, per lane (a byte shifter by (col0 + x) % DB)
        ─► products ─► row sums ─► sum ─► + bias (saturating) ─► Requantizer ─► beat per lane
        ─► group FIFO (L beats) ─► AW/W single-beat writes (id 1, strobes) ─► B
 
@@ -20,10 +20,13 @@ no logic.
   follow group g-1's); row q lives in slot q % NS. NS = 2 * K_MAX + 2 slots let the next
   group's first K rows stream in while the current group's last rows are computed, so
   groups follow each other without a fill bubble. Each slot is one memory with a beat
-  per entry and one read port; the window needs, per row, bytes col0 + x .. + K_MAX - 1, which lie in two beats: a slot keeps
-  `cur` and `nxt` and reads the beat after `nxt` one cycle ahead (every slot reads the
-  same beat address: all rows share the layout). The first two beats of every row are
-  captured as it arrives ("heads"), so a new output row starts without a fill bubble.
+  per entry and one read port; the window needs, per row, bytes col0 + x .. + K_MAX - 1, which lie in two beats:
+  each of the K_MAX window rows keeps `cur` and `nxt` (state per window row, not per slot:
+  7 pairs of registers instead of 16) and, at a beat crossing, takes the beat after `nxt`
+  from its slot's read port, which every slot reads one cycle ahead at the same beat address
+  (all rows share the layout). The first two beats of every row are written as it arrives
+  into a small heads memory (an entry per slot, K_MAX asynchronous read ports: LUTRAM), from
+  which the window rows load `cur`/`nxt` when an output row starts: no fill bubble per row.
 * The weights and the per-channel bias/multiplier/shift come from a coefficient memory
   loaded beforehand by LOAD target DW (hw.isa.DW_COEF_BYTES per channel); a prefetcher
   copies the next group's into the idle one of two register banks while the current group
@@ -231,23 +234,28 @@ class DepthwiseUnit(wiring.Component):
         o = pos[:lg]
         # Read address for every slot: the beat after `nxt`, one cycle ahead (see the module doc).
         rd_addr = Signal(range(RB))
-        slots, heads0, heads1, curs, nxts = [], [], [], [], []
+        slots = []
         for s in range(NS):
             mem = Memory(shape=unsigned(L * BW), depth=RB, init=[])
             m.submodules[f"slot{s}"] = mem
             wp = mem.write_port(granularity=BW)
             rp = mem.read_port()
-            hit = r_fire & (r_slot == s)
             m.d.comb += [wp.addr.eq(r_beat), wp.data.eq(Cat(*[self.r.payload] * L)), rp.addr.eq(rd_addr),
-                         wp.en.eq(Mux(hit, 1 << r_lane, 0))]
-            h0, h1 = Signal(L * BW, name=f"head0_{s}"), Signal(L * BW, name=f"head1_{s}")
-            with m.If(hit & (r_beat == b0)):
-                m.d.sync += h0.word_select(r_lane, BW).eq(self.r.payload)
-            with m.If(hit & (r_beat == b0 + 1)):
-                m.d.sync += h1.word_select(r_lane, BW).eq(self.r.payload)
-            cur, nxt = Signal(L * BW, name=f"cur{s}"), Signal(L * BW, name=f"nxt{s}")
+                         wp.en.eq(Mux(r_fire & (r_slot == s), 1 << r_lane, 0))]
             slots.append(rp)
-            heads0.append(h0), heads1.append(h1), curs.append(cur), nxts.append(nxt)
+        # Heads: the first two beats of every row (all lanes), one entry per slot, in a small memory read
+        # asynchronously (LUTRAM) by the K_MAX window rows when an output row starts.
+        heads = Memory(shape=unsigned(2 * L * BW), depth=NS, init=[])
+        m.submodules.heads = heads
+        hwp = heads.write_port(granularity=BW)
+        m.d.comb += [hwp.addr.eq(r_slot), hwp.data.eq(Cat(*[self.r.payload] * (2 * L))),
+                     hwp.en.eq(Mux(r_fire & (r_beat == b0), 1 << r_lane, 0)
+                               | Mux(r_fire & (r_beat == b0 + 1), 1 << (r_lane + L), 0))]
+        head_ports = [heads.read_port(domain="comb") for _ in range(K_MAX)]
+        # Window state per window row ky (row q_base + ky), not per slot: the beats `cur` and `nxt` of all lanes.
+        curs = [Signal(L * BW, name=f"cur{ky}") for ky in range(K_MAX)]
+        nxts = [Signal(L * BW, name=f"nxt{ky}") for ky in range(K_MAX)]
+        slot_data = Array(rp.data for rp in slots)
 
         # ------------------------------------------------ issue: one output pixel of every lane per cycle
         run = Signal()                     # issuing row oy of group ig (else waiting for its rows / coefficients)
@@ -268,10 +276,16 @@ class DepthwiseUnit(wiring.Component):
         # rd.data at a beat crossing must be the beat two after the current one: address by the next pos.
         m.d.comb += rd_addr.eq(Mux(run & ~last_x, ((pos + go) >> lg) + 2, b0 + 2))
 
+        # The row that starts next: the waiting one, or the one after the running one.
+        start_q = Signal(32)
+        m.d.comb += start_q.eq(Mux(run, next_q, q_base))
+        for ky, hp in enumerate(head_ports):
+            m.d.comb += hp.addr.eq((start_q + ky)[:nsb])
+
         def start_row():
             stmts = []
-            for s in range(NS):
-                stmts += [curs[s].eq(heads0[s]), nxts[s].eq(heads1[s])]
+            for ky, hp in enumerate(head_ports):
+                stmts += [curs[ky].eq(hp.data[:L * BW]), nxts[ky].eq(hp.data[L * BW:])]
             return stmts
 
         with m.If(accept):
@@ -299,15 +313,15 @@ class DepthwiseUnit(wiring.Component):
             with m.Else():
                 m.d.sync += x.eq(x + 1)
                 with m.If(o == DB - 1):
-                    for s in range(NS):
-                        m.d.sync += [curs[s].eq(nxts[s]), nxts[s].eq(slots[s].data)]
+                    for ky in range(K_MAX):
+                        m.d.sync += [curs[ky].eq(nxts[ky]), nxts[ky].eq(slot_data[(q_base + ky)[:nsb]])]
         for b in range(2):
             with m.If(go & (ig[0] == b)):
                 m.d.sync += cooldown[b].eq(COOLDOWN)
             with m.Elif(cooldown[b] != 0):
                 m.d.sync += cooldown[b].eq(cooldown[b] - 1)
 
-        # Stage 1: the window of every lane, 7 rows of 7 bytes from the two beats of slot (q_base + ky) % NS.
+        # Stage 1: the window of every lane, 7 rows of 7 bytes from the two beats of window row ky.
         v = [Signal(name=f"valid{i}") for i in range(6)]
         meta_layout = data.StructLayout({"x_lo": unsigned(lg), "end": unsigned(1), "addr": unsigned(32),
                                          "bank": unsigned(1), "lanes": unsigned(LANE_BITS)})
@@ -318,11 +332,10 @@ class DepthwiseUnit(wiring.Component):
                          meta[1].addr.eq(row_addr + ((x >> lg) << lg)), meta[1].lanes.eq(lanes_of(ig))]
         wins = []
         for lane in range(L):
-            pairs = Array(Cat(curs[s].word_select(lane, BW), nxts[s].word_select(lane, BW)) for s in range(NS))
             win = []
             for ky in range(K_MAX):
                 row = Signal(2 * BW, name=f"pair{lane}_{ky}")
-                m.d.comb += row.eq(pairs[(q_base + ky)[:nsb]])
+                m.d.comb += row.eq(Cat(curs[ky].word_select(lane, BW), nxts[ky].word_select(lane, BW)))
                 reg = Signal(K_MAX * 8, name=f"win{lane}_{ky}")
                 with m.If(go):
                     m.d.sync += reg.eq(row.bit_select(o * 8, K_MAX * 8))
