@@ -9,9 +9,9 @@ dw_channels channels, DDR to DDR, in groups of L channels, in the overlay's plan
 (docs/conv.md), whose real zero rows and columns around every plane make the borders need
 no logic.
 
-    AR/R (id 1) ─► NS row slots (memories of RB beats x L lanes) ──┐  + heads memory (NS x 2 beats)
-                    input row q of lane l ─► slot q % NS, lane l    │
-    issue (oy, x): per window row ky the current and next beat ─────┴► K_MAX x K_MAX window
+    AR/R (id 1) ─► line buffer: NS row slots of RB beats x L lanes ─┐  + heads memory (NS x 3 beats)
+                    input row q of lane l ─► slot q % NS, lane l      │
+    issue (oy, x): per window row ky beats c, c+1 (+ c+2 prefetched) ┴► K_MAX x K_MAX window
                     of row q_base + ky, per lane (a byte shifter by (col0 + x) % DB)
        ─► products ─► row sums ─► sum ─► + bias (saturating) ─► Requantizer ─► beat per lane
        ─► group FIFO (L beats) ─► AW/W single-beat writes (id 1, strobes) ─► B
@@ -19,14 +19,15 @@ no logic.
 * Line buffer: the rows of all groups form one sequence (group g's input rows 0 .. H+K-2
   follow group g-1's); row q lives in slot q % NS. NS = 2 * K_MAX + 2 slots let the next
   group's first K rows stream in while the current group's last rows are computed, so
-  groups follow each other without a fill bubble. Each slot is one memory with a beat
-  per entry and one read port; the window needs, per row, bytes col0 + x .. + K_MAX - 1, which lie in two beats:
-  each of the K_MAX window rows keeps `cur` and `nxt` (state per window row, not per slot:
-  7 pairs of registers instead of 16) and, at a beat crossing, takes the beat after `nxt`
-  from its slot's read port, which every slot reads one cycle ahead at the same beat address
-  (all rows share the layout). The first two beats of every row are written as it arrives
-  into a small heads memory (an entry per slot, K_MAX asynchronous read ports: LUTRAM), from
-  which the window rows load `cur`/`nxt` when an output row starts: no fill bubble per row.
+  groups follow each other without a fill bubble. The window needs, per row, bytes
+  col0 + x .. + K_MAX - 1, which lie in two beats. The state is per window row ky (row
+  q_base + ky), not per slot: beats c, c + 1, c + 2 (`cur`, `nxt`, `nn`; c = (col0 + x) // DB).
+  At a beat crossing `nn` moves up to `nxt` and `nxt` to `cur`; a reader then refills `nn`
+  of one window row per cycle from the line buffer's single asynchronous read port
+  (LUTRAM), K_MAX cycles, before the next crossing DB > K_MAX pixels later: no per-slot
+  registers and no NS:1 multiplexers. The first three beats of every row are written as
+  it arrives into a heads memory (an entry per slot, K_MAX asynchronous read ports), which
+  loads the window rows when an output row starts: no fill bubble per row.
 * The weights and the per-channel bias/multiplier/shift come from a coefficient memory
   loaded beforehand by LOAD target DW (hw.isa.DW_COEF_BYTES per channel); a prefetcher
   copies the next group's into the idle one of two register banks while the current group
@@ -38,7 +39,7 @@ no logic.
   fixed-latency pipeline never needs to stall.
 The arithmetic is golden_model.intconv.depthwise_conv2d's, bit for bit.
 """
-from amaranth import Array, Cat, Module, Mux, Signal, signed, unsigned
+from amaranth import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
@@ -52,6 +53,7 @@ from hw.requant import Requantizer
 
 K_MAX = 7
 NS = 16                # row slots: K_MAX rows read, the rest streaming in (the next group's first rows)
+HEADS = 3              # beats of every row start kept in the heads memory (cur, nxt, nn of a window row)
 TAP_PITCH = 8          # taps of a channel at coefficient byte ky * TAP_PITCH + kx
 OUT_FIFO = 4           # depth of the output FIFO (groups of L beats)
 COOLDOWN = 8           # cycles a coefficient bank is still read after its last pixel issued (to the requantiser)
@@ -78,6 +80,8 @@ class DepthwiseUnit(wiring.Component):
     def __init__(self, cfg):
         self.cfg = cfg
         DB = cfg.beat_bytes
+        if DB <= K_MAX:
+            raise ValueError(f"depthwise unit: {DB}-byte beats leave the window-row reader no time (needs > {K_MAX})")
         coef_entries = isa.scratchpad_depth(cfg, "DW")
         super().__init__({
             "cmd": In(stream.Signature(DepthwiseCommand)),
@@ -232,30 +236,37 @@ class DepthwiseUnit(wiring.Component):
         pos = Signal(16)
         m.d.comb += pos.eq(cmd.col0 + x)
         o = pos[:lg]
-        # Read address for every slot: the beat after `nxt`, one cycle ahead (see the module doc).
-        rd_addr = Signal(range(RB))
-        slots = []
-        for s in range(NS):
-            mem = Memory(shape=unsigned(L * BW), depth=RB, init=[])
-            m.submodules[f"slot{s}"] = mem
-            wp = mem.write_port(granularity=BW)
-            rp = mem.read_port()
-            m.d.comb += [wp.addr.eq(r_beat), wp.data.eq(Cat(*[self.r.payload] * L)), rp.addr.eq(rd_addr),
-                         wp.en.eq(Mux(r_fire & (r_slot == s), 1 << r_lane, 0))]
-            slots.append(rp)
-        # Heads: the first two beats of every row (all lanes), one entry per slot, in a small memory read
+        # The line buffer: one memory, slot s's beat j at entry s * RB + j, read asynchronously (LUTRAM)
+        # by the window-row reader below, one window row per cycle.
+        lbuf = Memory(shape=unsigned(L * BW), depth=NS * RB, init=[])
+        m.submodules.line_buffer = lbuf
+        wp = lbuf.write_port(granularity=BW)
+        rp = lbuf.read_port(domain="comb")
+        m.d.comb += [wp.addr.eq(Cat(r_beat, r_slot)), wp.data.eq(Cat(*[self.r.payload] * L)),
+                     wp.en.eq(Mux(r_fire, 1 << r_lane, 0))]
+        # Heads: the first three beats of every row (all lanes), one entry per slot, in a small memory read
         # asynchronously (LUTRAM) by the K_MAX window rows when an output row starts.
-        heads = Memory(shape=unsigned(2 * L * BW), depth=NS, init=[])
+        heads = Memory(shape=unsigned(HEADS * L * BW), depth=NS, init=[])
         m.submodules.heads = heads
         hwp = heads.write_port(granularity=BW)
-        m.d.comb += [hwp.addr.eq(r_slot), hwp.data.eq(Cat(*[self.r.payload] * (2 * L))),
-                     hwp.en.eq(Mux(r_fire & (r_beat == b0), 1 << r_lane, 0)
-                               | Mux(r_fire & (r_beat == b0 + 1), 1 << (r_lane + L), 0))]
+        m.d.comb += [hwp.addr.eq(r_slot), hwp.data.eq(Cat(*[self.r.payload] * (HEADS * L))),
+                     hwp.en.eq(sum((Mux(r_fire & (r_beat == b0 + i), 1 << (r_lane + i * L), 0)
+                                    for i in range(HEADS)), 0))]
         head_ports = [heads.read_port(domain="comb") for _ in range(K_MAX)]
-        # Window state per window row ky (row q_base + ky), not per slot: the beats `cur` and `nxt` of all lanes.
+        # Window state per window row ky (row q_base + ky), not per slot: beats c, c + 1, c + 2 of all lanes,
+        # c the beat of pixel x's first byte. `cur` and `nxt` feed the window; `nn` is refilled after every
+        # beat crossing by the reader, one window row per cycle (K_MAX < DB cycles before the next crossing).
         curs = [Signal(L * BW, name=f"cur{ky}") for ky in range(K_MAX)]
         nxts = [Signal(L * BW, name=f"nxt{ky}") for ky in range(K_MAX)]
-        slot_data = Array(rp.data for rp in slots)
+        nns = [Signal(L * BW, name=f"nn{ky}") for ky in range(K_MAX)]
+        rd_row = Signal(range(K_MAX + 1), init=K_MAX)     # window row the reader fetches (K_MAX: idle)
+        rd_beat = Signal(range(RB))                       # the beat it fetches: c + 2 after the crossing
+        m.d.comb += rp.addr.eq(Cat(rd_beat, (q_base + rd_row)[:nsb]))
+        with m.If(rd_row != K_MAX):
+            m.d.sync += rd_row.eq(rd_row + 1)
+            for ky in range(K_MAX):
+                with m.If(rd_row == ky):
+                    m.d.sync += nns[ky].eq(rp.data)
 
         # ------------------------------------------------ issue: one output pixel of every lane per cycle
         run = Signal()                     # issuing row oy of group ig (else waiting for its rows / coefficients)
@@ -273,8 +284,6 @@ class DepthwiseUnit(wiring.Component):
         next_q = Signal(32)
         m.d.comb += next_q.eq(q_base + Mux(last_row, cmd.k_last + 1, 1))
         next_ready = (r_q > next_q + cmd.k_last) & (loaded > ig + last_row)
-        # rd.data at a beat crossing must be the beat two after the current one: address by the next pos.
-        m.d.comb += rd_addr.eq(Mux(run & ~last_x, ((pos + go) >> lg) + 2, b0 + 2))
 
         # The row that starts next: the waiting one, or the one after the running one.
         start_q = Signal(32)
@@ -285,8 +294,9 @@ class DepthwiseUnit(wiring.Component):
         def start_row():
             stmts = []
             for ky, hp in enumerate(head_ports):
-                stmts += [curs[ky].eq(hp.data[:L * BW]), nxts[ky].eq(hp.data[L * BW:])]
-            return stmts
+                stmts += [curs[ky].eq(hp.data.word_select(0, L * BW)), nxts[ky].eq(hp.data.word_select(1, L * BW)),
+                          nns[ky].eq(hp.data.word_select(2, L * BW))]
+            return stmts + [rd_row.eq(K_MAX)]
 
         with m.If(accept):
             m.d.sync += [issuing.eq(1), run.eq(0), ig.eq(0), oy.eq(0), x.eq(0), q_base.eq(0),
@@ -314,7 +324,8 @@ class DepthwiseUnit(wiring.Component):
                 m.d.sync += x.eq(x + 1)
                 with m.If(o == DB - 1):
                     for ky in range(K_MAX):
-                        m.d.sync += [curs[ky].eq(nxts[ky]), nxts[ky].eq(slot_data[(q_base + ky)[:nsb]])]
+                        m.d.sync += [curs[ky].eq(nxts[ky]), nxts[ky].eq(nns[ky])]
+                    m.d.sync += [rd_row.eq(0), rd_beat.eq((pos >> lg) + 3)]
         for b in range(2):
             with m.If(go & (ig[0] == b)):
                 m.d.sync += cooldown[b].eq(COOLDOWN)
