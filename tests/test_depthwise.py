@@ -142,6 +142,8 @@ def run_unit(cfg, x, wt, bias, mult, shift, *, relu, stall, seed, base=0x1F40):
     (4, 4, 7, 5, False, 0.3, True),         # int8 extremes everywhere, 5x5
     (4, 3, 17, 7, False, 0.0, True),        # no stalls: rows and groups back to back
     (3, 1, 1, 1, False, 0.2, False),        # 1x1 pixels, 1x1 kernel
+    (2, 5, 1, 3, False, 0.0, False),        # 1-pixel rows back to back: each row start reads the next heads
+    (3, 4, 45, 7, False, 0.3, False),       # wide rows under stalls: many beat crossings, each refilling `nn`
 ])
 def test_unit_equals_golden_amaranth(c, h, w, k, relu, stall, extreme):
     rng = np.random.default_rng(c * 100 + k * 10 + h)

@@ -9,21 +9,25 @@ dw_channels channels, DDR to DDR, in groups of L channels, in the overlay's plan
 (docs/conv.md), whose real zero rows and columns around every plane make the borders need
 no logic.
 
-    AR/R (id 1) ─► NS row slots (memories of RB beats x L lanes) ──┐  + 2 head beats per slot
-                    input row q of lane l ─► slot q % NS, lane l    │
-    issue (oy, x): per slot the current and next beat of the row ──┴► K_MAX x K_MAX window
-                    per lane (a byte shifter by (col0 + x) % DB)
+    AR/R (id 1) ─► line buffer: NS row slots of RB beats x L lanes ─┐  + heads memory (NS x 3 beats)
+                    input row q of lane l ─► slot q % NS, lane l      │
+    issue (oy, x): per window row ky beats c, c+1 (+ c+2 prefetched) ┴► K_MAX x K_MAX window
+                    of row q_base + ky, per lane (a byte shifter by (col0 + x) % DB)
        ─► products ─► row sums ─► sum ─► + bias (saturating) ─► Requantizer ─► beat per lane
        ─► group FIFO (L beats) ─► AW/W single-beat writes (id 1, strobes) ─► B
 
 * Line buffer: the rows of all groups form one sequence (group g's input rows 0 .. H+K-2
   follow group g-1's); row q lives in slot q % NS. NS = 2 * K_MAX + 2 slots let the next
   group's first K rows stream in while the current group's last rows are computed, so
-  groups follow each other without a fill bubble. Each slot is one memory with a beat
-  per entry and one read port; the window needs, per row, bytes col0 + x .. + K_MAX - 1, which lie in two beats: a slot keeps
-  `cur` and `nxt` and reads the beat after `nxt` one cycle ahead (every slot reads the
-  same beat address: all rows share the layout). The first two beats of every row are
-  captured as it arrives ("heads"), so a new output row starts without a fill bubble.
+  groups follow each other without a fill bubble. The window needs, per row, bytes
+  col0 + x .. + K_MAX - 1, which lie in two beats. The state is per window row ky (row
+  q_base + ky), not per slot: beats c, c + 1, c + 2 (`cur`, `nxt`, `nn`; c = (col0 + x) // DB).
+  At a beat crossing `nn` moves up to `nxt` and `nxt` to `cur`; a reader then refills `nn`
+  of one window row per cycle from the line buffer's single asynchronous read port
+  (LUTRAM), K_MAX cycles, before the next crossing DB > K_MAX pixels later: no per-slot
+  registers and no NS:1 multiplexers. The first three beats of every row are written as
+  it arrives into a heads memory (an entry per slot, K_MAX asynchronous read ports), which
+  loads the window rows when an output row starts: no fill bubble per row.
 * The weights and the per-channel bias/multiplier/shift come from a coefficient memory
   loaded beforehand by LOAD target DW (hw.isa.DW_COEF_BYTES per channel); a prefetcher
   copies the next group's into the idle one of two register banks while the current group
@@ -35,7 +39,7 @@ no logic.
   fixed-latency pipeline never needs to stall.
 The arithmetic is golden_model.intconv.depthwise_conv2d's, bit for bit.
 """
-from amaranth import Array, Cat, Module, Mux, Signal, signed, unsigned
+from amaranth import Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.memory import Memory
@@ -49,6 +53,7 @@ from hw.requant import Requantizer
 
 K_MAX = 7
 NS = 16                # row slots: K_MAX rows read, the rest streaming in (the next group's first rows)
+HEADS = 3              # beats of every row start kept in the heads memory (cur, nxt, nn of a window row)
 TAP_PITCH = 8          # taps of a channel at coefficient byte ky * TAP_PITCH + kx
 OUT_FIFO = 4           # depth of the output FIFO (groups of L beats)
 COOLDOWN = 8           # cycles a coefficient bank is still read after its last pixel issued (to the requantiser)
@@ -75,6 +80,8 @@ class DepthwiseUnit(wiring.Component):
     def __init__(self, cfg):
         self.cfg = cfg
         DB = cfg.beat_bytes
+        if DB <= K_MAX:
+            raise ValueError(f"depthwise unit: {DB}-byte beats leave the window-row reader no time (needs > {K_MAX})")
         coef_entries = isa.scratchpad_depth(cfg, "DW")
         super().__init__({
             "cmd": In(stream.Signature(DepthwiseCommand)),
@@ -229,25 +236,37 @@ class DepthwiseUnit(wiring.Component):
         pos = Signal(16)
         m.d.comb += pos.eq(cmd.col0 + x)
         o = pos[:lg]
-        # Read address for every slot: the beat after `nxt`, one cycle ahead (see the module doc).
-        rd_addr = Signal(range(RB))
-        slots, heads0, heads1, curs, nxts = [], [], [], [], []
-        for s in range(NS):
-            mem = Memory(shape=unsigned(L * BW), depth=RB, init=[])
-            m.submodules[f"slot{s}"] = mem
-            wp = mem.write_port(granularity=BW)
-            rp = mem.read_port()
-            hit = r_fire & (r_slot == s)
-            m.d.comb += [wp.addr.eq(r_beat), wp.data.eq(Cat(*[self.r.payload] * L)), rp.addr.eq(rd_addr),
-                         wp.en.eq(Mux(hit, 1 << r_lane, 0))]
-            h0, h1 = Signal(L * BW, name=f"head0_{s}"), Signal(L * BW, name=f"head1_{s}")
-            with m.If(hit & (r_beat == b0)):
-                m.d.sync += h0.word_select(r_lane, BW).eq(self.r.payload)
-            with m.If(hit & (r_beat == b0 + 1)):
-                m.d.sync += h1.word_select(r_lane, BW).eq(self.r.payload)
-            cur, nxt = Signal(L * BW, name=f"cur{s}"), Signal(L * BW, name=f"nxt{s}")
-            slots.append(rp)
-            heads0.append(h0), heads1.append(h1), curs.append(cur), nxts.append(nxt)
+        # The line buffer: one memory, slot s's beat j at entry s * RB + j, read asynchronously (LUTRAM)
+        # by the window-row reader below, one window row per cycle.
+        lbuf = Memory(shape=unsigned(L * BW), depth=NS * RB, init=[])
+        m.submodules.line_buffer = lbuf
+        wp = lbuf.write_port(granularity=BW)
+        rp = lbuf.read_port(domain="comb")
+        m.d.comb += [wp.addr.eq(Cat(r_beat, r_slot)), wp.data.eq(Cat(*[self.r.payload] * L)),
+                     wp.en.eq(Mux(r_fire, 1 << r_lane, 0))]
+        # Heads: the first three beats of every row (all lanes), one entry per slot, in a small memory read
+        # asynchronously (LUTRAM) by the K_MAX window rows when an output row starts.
+        heads = Memory(shape=unsigned(HEADS * L * BW), depth=NS, init=[])
+        m.submodules.heads = heads
+        hwp = heads.write_port(granularity=BW)
+        m.d.comb += [hwp.addr.eq(r_slot), hwp.data.eq(Cat(*[self.r.payload] * (HEADS * L))),
+                     hwp.en.eq(sum((Mux(r_fire & (r_beat == b0 + i), 1 << (r_lane + i * L), 0)
+                                    for i in range(HEADS)), 0))]
+        head_ports = [heads.read_port(domain="comb") for _ in range(K_MAX)]
+        # Window state per window row ky (row q_base + ky), not per slot: beats c, c + 1, c + 2 of all lanes,
+        # c the beat of pixel x's first byte. `cur` and `nxt` feed the window; `nn` is refilled after every
+        # beat crossing by the reader, one window row per cycle (K_MAX < DB cycles before the next crossing).
+        curs = [Signal(L * BW, name=f"cur{ky}") for ky in range(K_MAX)]
+        nxts = [Signal(L * BW, name=f"nxt{ky}") for ky in range(K_MAX)]
+        nns = [Signal(L * BW, name=f"nn{ky}") for ky in range(K_MAX)]
+        rd_row = Signal(range(K_MAX + 1), init=K_MAX)     # window row the reader fetches (K_MAX: idle)
+        rd_beat = Signal(range(RB))                       # the beat it fetches: c + 2 after the crossing
+        m.d.comb += rp.addr.eq(Cat(rd_beat, (q_base + rd_row)[:nsb]))
+        with m.If(rd_row != K_MAX):
+            m.d.sync += rd_row.eq(rd_row + 1)
+            for ky in range(K_MAX):
+                with m.If(rd_row == ky):
+                    m.d.sync += nns[ky].eq(rp.data)
 
         # ------------------------------------------------ issue: one output pixel of every lane per cycle
         run = Signal()                     # issuing row oy of group ig (else waiting for its rows / coefficients)
@@ -265,14 +284,19 @@ class DepthwiseUnit(wiring.Component):
         next_q = Signal(32)
         m.d.comb += next_q.eq(q_base + Mux(last_row, cmd.k_last + 1, 1))
         next_ready = (r_q > next_q + cmd.k_last) & (loaded > ig + last_row)
-        # rd.data at a beat crossing must be the beat two after the current one: address by the next pos.
-        m.d.comb += rd_addr.eq(Mux(run & ~last_x, ((pos + go) >> lg) + 2, b0 + 2))
+
+        # The row that starts next: the waiting one, or the one after the running one.
+        start_q = Signal(32)
+        m.d.comb += start_q.eq(Mux(run, next_q, q_base))
+        for ky, hp in enumerate(head_ports):
+            m.d.comb += hp.addr.eq((start_q + ky)[:nsb])
 
         def start_row():
             stmts = []
-            for s in range(NS):
-                stmts += [curs[s].eq(heads0[s]), nxts[s].eq(heads1[s])]
-            return stmts
+            for ky, hp in enumerate(head_ports):
+                stmts += [curs[ky].eq(hp.data.word_select(0, L * BW)), nxts[ky].eq(hp.data.word_select(1, L * BW)),
+                          nns[ky].eq(hp.data.word_select(2, L * BW))]
+            return stmts + [rd_row.eq(K_MAX)]
 
         with m.If(accept):
             m.d.sync += [issuing.eq(1), run.eq(0), ig.eq(0), oy.eq(0), x.eq(0), q_base.eq(0),
@@ -299,15 +323,16 @@ class DepthwiseUnit(wiring.Component):
             with m.Else():
                 m.d.sync += x.eq(x + 1)
                 with m.If(o == DB - 1):
-                    for s in range(NS):
-                        m.d.sync += [curs[s].eq(nxts[s]), nxts[s].eq(slots[s].data)]
+                    for ky in range(K_MAX):
+                        m.d.sync += [curs[ky].eq(nxts[ky]), nxts[ky].eq(nns[ky])]
+                    m.d.sync += [rd_row.eq(0), rd_beat.eq((pos >> lg) + 3)]
         for b in range(2):
             with m.If(go & (ig[0] == b)):
                 m.d.sync += cooldown[b].eq(COOLDOWN)
             with m.Elif(cooldown[b] != 0):
                 m.d.sync += cooldown[b].eq(cooldown[b] - 1)
 
-        # Stage 1: the window of every lane, 7 rows of 7 bytes from the two beats of slot (q_base + ky) % NS.
+        # Stage 1: the window of every lane, 7 rows of 7 bytes from the two beats of window row ky.
         v = [Signal(name=f"valid{i}") for i in range(6)]
         meta_layout = data.StructLayout({"x_lo": unsigned(lg), "end": unsigned(1), "addr": unsigned(32),
                                          "bank": unsigned(1), "lanes": unsigned(LANE_BITS)})
@@ -318,11 +343,10 @@ class DepthwiseUnit(wiring.Component):
                          meta[1].addr.eq(row_addr + ((x >> lg) << lg)), meta[1].lanes.eq(lanes_of(ig))]
         wins = []
         for lane in range(L):
-            pairs = Array(Cat(curs[s].word_select(lane, BW), nxts[s].word_select(lane, BW)) for s in range(NS))
             win = []
             for ky in range(K_MAX):
                 row = Signal(2 * BW, name=f"pair{lane}_{ky}")
-                m.d.comb += row.eq(pairs[(q_base + ky)[:nsb]])
+                m.d.comb += row.eq(Cat(curs[ky].word_select(lane, BW), nxts[ky].word_select(lane, BW)))
                 reg = Signal(K_MAX * 8, name=f"win{lane}_{ky}")
                 with m.If(go):
                     m.d.sync += reg.eq(row.bit_select(o * 8, K_MAX * 8))
