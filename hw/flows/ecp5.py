@@ -118,8 +118,13 @@ def _xor_all(bits):
     return acc
 
 
+#: nextpnr's options: router2 is the faster router on large designs; a failing Fmax is
+#: reported (and judged by the caller), not an error.
+NEXTPNR_OPTS = "--router router2 --timing-allow-fail"
+
+
 def build_ecp5(core: wiring.Component, name: str, out_dir: Path, target_mhz: float,
-               board: str = "ulx3s-85f") -> Ecp5Report:
+               board: str = "ulx3s-85f", seed: int = 1, placer: str = "heap") -> Ecp5Report:
     """Synthesise, place and route `core` in the timing harness; return the report."""
     if board != "ulx3s-85f":
         raise ValueError(f"the open flow supports ulx3s-85f, not {board!r}")
@@ -130,7 +135,7 @@ def build_ecp5(core: wiring.Component, name: str, out_dir: Path, target_mhz: flo
     out_dir = Path(out_dir)
     platform = _ulx3s_85f_build_only()
     platform.build(TimingHarness(core, target_mhz), name=name, build_dir=str(out_dir),
-                   do_program=False, nextpnr_opts="--seed 1 --router router2 --timing-allow-fail")
+                   do_program=False, nextpnr_opts=f"--seed {seed} --placer {placer} {NEXTPNR_OPTS}")
     return parse_nextpnr_log((out_dir / f"{name}.tim").read_text(), out_dir / f"{name}.bit", target_mhz)
 
 

@@ -18,6 +18,7 @@ FETCH_CYCLES = 6          # AR -> descriptor in the FIFO (plus its beats)
 READ_LATENCY = 4          # AR handshake to first R beat
 STORE_LATENCY = 5         # row to B response, per store descriptor
 START_CYCLES = 3
+LOAD_PIPELINE = 5         # LOAD: dispatch to done beyond its bursts and beats (hw/overlay.py's load unit)
 IM2COL_CYCLES = 4         # command start, last entry written, done
 
 
@@ -142,9 +143,11 @@ class SimOverlay:
                     return self._error(isa.ERROR_AXI_READ, i + 1)     # reported after dispatch
                 self._load(target, d["sp_addr"], n, src[:n * eb])
                 t = max(t, unit_free["LOAD"])
-                cycles = beats if eb >= DB else n + 1
+                # One cycle per beat, or per entry slot of a beat (the last beat's unused slots too);
+                # LOAD_PIPELINE: the burst sized a cycle ahead, the beat register, the registered write.
+                cycles = beats if eb >= DB else beats * (DB // eb)
                 bursts = -(-beats // 256)
-                finish = t + READ_LATENCY * bursts + cycles + 2
+                finish = t + READ_LATENCY * bursts + cycles + LOAD_PIPELINE
                 unit_free["LOAD"] = finish
                 done["LOAD"].append(finish)
             elif op == isa.OPCODES["COMPUTE"]:
