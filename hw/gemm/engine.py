@@ -111,9 +111,12 @@ class GemmCompute(wiring.Component):
         busy = Signal()
         k = Signal.like(cmd.k_last)
         since_last = Signal(range(drain_end + 2), init=drain_end + 1)
-        is_last = k == cmd.k_last
+        # k == cmd.k_last and since_last < drain_end, kept as flip-flops (set from the next
+        # values): `cmd.ready` feeds the dispatcher, so it is one gate from registers.
+        is_last = Signal()
+        too_soon = Signal()
         issue = Signal()
-        m.d.comb += issue.eq(busy & ~(is_last & (since_last < drain_end)))
+        m.d.comb += issue.eq(busy & ~(is_last & too_soon))
 
         # Issue: address this step's entries; data and flags meet at the array next cycle.
         m.d.comb += [rd_a.addr.eq(cmd.a_base + k), rd_b.addr.eq(cmd.b_base + k)]
@@ -123,18 +126,18 @@ class GemmCompute(wiring.Component):
                      array.valid.eq(valid1), array.last.eq(last1)]
 
         with m.If(since_last <= drain_end):
-            m.d.sync += since_last.eq(since_last + 1)
+            m.d.sync += [since_last.eq(since_last + 1), too_soon.eq(since_last + 1 < drain_end)]
         drain_base = Signal.like(cmd.acc_base)
         drain_accum = Signal()
         with m.If(issue):
-            m.d.sync += k.eq(k + 1)
+            m.d.sync += [k.eq(k + 1), is_last.eq(k + 1 == cmd.k_last)]
             with m.If(is_last):
-                m.d.sync += [busy.eq(0), since_last.eq(0),
+                m.d.sync += [busy.eq(0), since_last.eq(0), too_soon.eq(drain_end > 0),
                              drain_base.eq(cmd.acc_base), drain_accum.eq(cmd.accumulate)]
         # Take the next command the cycle the current one issues its last step.
         m.d.comb += self.cmd.ready.eq(~busy | (issue & is_last))
         with m.If(self.cmd.valid & self.cmd.ready):
-            m.d.sync += [cmd.eq(self.cmd.payload), k.eq(0), busy.eq(1)]
+            m.d.sync += [cmd.eq(self.cmd.payload), k.eq(0), busy.eq(1), is_last.eq(self.cmd.payload.k_last == 0)]
 
         # Drain: the bottom row is row R-1-d at drain cycle d; read the old row for
         # accumulate now, write the sum next cycle.
