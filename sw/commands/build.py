@@ -21,7 +21,7 @@ DEFAULT_PRESET = {"kv260": "kv260", "zcu104": "zcu104", "pynq-z2": "pynq-z2", "u
 
 def add_arguments(parser):
     parser.add_argument("--board", required=True, choices=sorted(BOARDS), help="target board")
-    parser.add_argument("--preset", help="overlay preset (default: the board's own; `sim` for ulx3s-85f)")
+    parser.add_argument("--preset", help="overlay preset (default: the board's own, `ulx3s` for ulx3s-85f)")
     parser.add_argument("-o", "--out", type=Path, help="output folder (default: bitstreams/<board>/)")
     parser.add_argument("--jobs", type=int, default=4, help="Vivado implementation jobs (default 4)")
     parser.add_argument("--skip-estimate", action="store_true",
