@@ -91,27 +91,20 @@ class TimingHarness(Elaboratable):
         m.submodules.reset_sync = ResetSynchronizer(~locked, domain="sync")
         # No explicit constraint: nextpnr derives the PLL output's from FREQUENCY_PIN_CLKOP.
 
-        # A 64-bit LFSR (x^64 + x^63 + x^61 + x^60 + 1) feeds every input bit. Each port has
-        # its own register on either side (as a bus interconnect would), so the placer can put
-        # it next to the logic it serves and nextpnr times the core, not the harness' wiring.
+        # A 64-bit LFSR (x^64 + x^63 + x^61 + x^60 + 1) feeds every input bit.
         lfsr = Signal(64, init=1)
         m.d.sync += lfsr.eq((lfsr << 1) | (lfsr[63] ^ lfsr[62] ^ lfsr[60] ^ lfsr[59]))
         fold = Signal()
         outputs, bit = [], 0
-        for path, member, value in core.signature.flatten(core):
+        for _path, member, value in core.signature.flatten(core):
             value = Value.cast(value)     # struct views become their bits
             width = len(value)
-            name = "_".join(str(p) for p in path)
             if member.flow == Flow.In:
-                port_in = Signal(width, name=f"in_{name}")
                 for i in range(width):      # rotate through the LFSR so neighbours differ
-                    m.d.sync += port_in[i].eq(lfsr[(bit + 7 * i) % 64])
-                m.d.comb += value.eq(port_in)
+                    m.d.comb += value[i].eq(lfsr[(bit + 7 * i) % 64])
                 bit += 13
             else:
-                port_out = Signal(name=f"out_{name}")
-                m.d.sync += port_out.eq(value.xor())
-                outputs.append(port_out)
+                outputs.append(value.xor())
         m.d.sync += fold.eq(_xor_all(outputs))
         m.submodules.led = led = io.Buffer("o", platform.request("led", 0, dir="-"))
         m.d.comb += led.o.eq(fold)
