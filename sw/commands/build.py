@@ -118,7 +118,8 @@ def _open_flow(cfg, board, out: Path) -> dict:
     print(f"[ecp5]     yosys synth_ecp5 + nextpnr-ecp5 + ecppack for {board.part} at {cfg.clock_mhz:g} MHz...")
     t0 = time.monotonic()
     try:
-        rep = build_ecp5(Overlay(cfg), TOP, out / "ecp5", target_mhz=cfg.clock_mhz, board=board.name)
+        rep = build_ecp5(Overlay(cfg), TOP, out / "ecp5", target_mhz=cfg.clock_mhz, board=board.name,
+                         port_registers=True)
     except ToolMissing as e:
         raise CommandError(str(e)) from None
     for k in ("TRELLIS_COMB", "TRELLIS_FF", "MULT18X18D", "DP16KD"):
