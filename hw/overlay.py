@@ -207,31 +207,47 @@ class Core(wiring.Component):
                          ap.slot.eq(desc.slot)]
 
         # ------------------------------------------------ load unit
+        # Three registered steps, so no path runs from the AXI R handshake to a scratchpad:
+        #   R      a beat is taken into `r1` (rready depends on flip-flops only);
+        #   issue  `r1` feeds the gearbox: wide targets (an entry of >= 1 beat) shift it into `sr`,
+        #          narrow ones (several entries per beat) pick one entry per cycle from it;
+        #   write  the scratchpad write port is driven from flip-flops (`w_en`, `w_addr`, `sr`/`w_small`).
+        # AR bursts are sized a cycle ahead (`burst_r`), away from the address adder.
         targets = {"A": (R, engine.a_wr), "B": (C, engine.b_wr), "PARAM": (C * isa.PARAM_CHANNEL_BYTES, engine.p_wr)}
         if attention is not None:
             targets["V"] = (C, attention.v_wr)
         if has_dw:
             targets["DW"] = (DB, dw.coef_wr)
         l_busy = Signal()
-        l_target = Signal(4)
-        l_sp = Signal(16)
+        l_sel = {name: Signal(name=f"l_sel_{name}") for name in targets}
+        l_has = Signal()                         # entries left to write (narrow targets stop there)
         l_entries = Signal(COUNT_BITS + 1)
         l_ar_addr_r = Signal(32)
         l_ar_left = Signal(32)
         l_r_left = Signal(32)
         m.d.comb += l_cmd_ready.eq(~l_busy)
         total_beats = Signal(32)
+        narrow_ebs = [eb for eb, _ in targets.values() if eb < DB]
+        epb_max = DB // min(narrow_ebs) if narrow_ebs else 1
+        epb_last = Signal(range(max(2, epb_max)))      # entries per beat - 1 for this load's target
+        epb_last_in = Signal.like(epb_last)
         with m.Switch(desc.target):
             for name, (eb, _) in targets.items():
                 with m.Case(isa.TARGETS[name]):
                     if eb >= DB:
                         m.d.comb += total_beats.eq(desc.count * (eb // DB))
                     else:
-                        m.d.comb += total_beats.eq((desc.count + (DB // eb - 1)) >> exact_log2(DB // eb))
+                        m.d.comb += [total_beats.eq((desc.count + (DB // eb - 1)) >> exact_log2(DB // eb)),
+                                     epb_last_in.eq(DB // eb - 1)]
         is_im2col = desc.target == isa.TARGETS["IM2COL"]
-        with m.If(l_cmd_valid & l_cmd_ready & ~is_im2col):
-            m.d.sync += [l_busy.eq(1), l_target.eq(desc.target), l_sp.eq(desc.sp_addr), l_entries.eq(desc.count),
-                         l_ar_addr_r.eq(desc.dram_addr), l_ar_left.eq(total_beats), l_r_left.eq(total_beats)]
+        w_addr = Signal(16)
+        beat_in_entry = Signal(range(max(2, max(eb for eb, _ in targets.values()) // DB + 1)))
+        l_start = l_cmd_valid & l_cmd_ready & ~is_im2col
+        with m.If(l_start):
+            m.d.sync += [l_busy.eq(1), w_addr.eq(desc.sp_addr), l_entries.eq(desc.count), l_has.eq(desc.count != 0),
+                         l_ar_addr_r.eq(desc.dram_addr), l_ar_left.eq(total_beats), l_r_left.eq(total_beats),
+                         epb_last.eq(epb_last_in), beat_in_entry.eq(0)]
+            m.d.sync += [sel.eq(desc.target == isa.TARGETS[name]) for name, sel in l_sel.items()]
         # AR: bursts of up to 256 beats, never across a 4 KiB boundary.
         to_boundary = Signal(range(BOUNDARY // DB + 1))
         m.d.comb += to_boundary.eq((BOUNDARY - l_ar_addr_r[:exact_log2(BOUNDARY)]) >> exact_log2(DB))
@@ -239,48 +255,51 @@ class Core(wiring.Component):
         burst = Signal(range(MAX_BURST_BEATS + 1))
         m.d.comb += [capped.eq(Mux(to_boundary < MAX_BURST_BEATS, to_boundary, MAX_BURST_BEATS)),
                      burst.eq(Mux(l_ar_left < capped, l_ar_left, capped))]
-        m.d.comb += [l_ar_valid.eq(l_busy & (l_ar_left != 0)), l_ar_addr.eq(l_ar_addr_r), l_ar_len.eq(burst - 1)]
+        burst_r = Signal.like(burst)
+        ar_more = Signal()
+        ar_fresh = Signal()                       # burst_r and ar_more are of the current address and count
+        m.d.sync += [burst_r.eq(burst), ar_more.eq(l_ar_left != 0), ar_fresh.eq(~l_start & ~l_ar_ready)]
+        m.d.comb += [l_ar_valid.eq(l_busy & ar_fresh & ar_more), l_ar_addr.eq(l_ar_addr_r), l_ar_len.eq(burst_r - 1)]
         with m.If(l_ar_ready):
-            m.d.sync += [l_ar_addr_r.eq(l_ar_addr_r + burst * DB), l_ar_left.eq(l_ar_left - burst)]
-        # R: the gearbox from beats to scratchpad entries.
-        max_eb = max(DB, *(eb for eb, _ in targets.values()))
-        sr = Signal(max_eb * 8)
-        sr_next = Cat(sr, axi.rdata)[DW:]
-        beat_in_entry = Signal(range(max(2, max_eb // DB + 1)))
-        hold = Signal(DW)
-        holding = Signal()
-        sub = Signal(range(max(2, DB)))
-        written = Signal(16)
-        write_en = Signal()
-        hold_free = Signal()
-        m.d.comb += l_r_ready.eq(l_busy & (~holding | hold_free))
+            m.d.sync += [l_ar_addr_r.eq(l_ar_addr_r + burst_r * DB), l_ar_left.eq(l_ar_left - burst_r)]
+        # R: one beat register; it is free unless a narrow target still has entries in it.
+        r1_data = Signal(DW)
+        r1_valid = Signal()
+        r1_sub = Signal.like(epb_last)            # entry of the beat issued this cycle (narrow targets)
+        r1_last = Signal()                        # r1_sub == epb_last
+        m.d.comb += l_r_ready.eq(l_busy & (~r1_valid | r1_last))
         with m.If(l_beat):
-            m.d.sync += [l_r_left.eq(l_r_left - 1), sr.eq(sr_next)]
+            m.d.sync += [l_r_left.eq(l_r_left - 1), r1_data.eq(axi.rdata), r1_valid.eq(1), r1_sub.eq(0),
+                         r1_last.eq(epb_last == 0)]
+        with m.Elif(r1_valid):
+            m.d.sync += [r1_sub.eq(r1_sub + 1), r1_last.eq(r1_sub + 1 == epb_last)]
+            with m.If(r1_last):
+                m.d.sync += r1_valid.eq(0)
+        # Issue: the gearbox from beats to entries.
+        wide_bytes = max([DB] + [eb for eb, _ in targets.values() if eb >= DB])
+        sr = Signal(wide_bytes * 8)
+        with m.If(r1_valid):
+            m.d.sync += sr.eq(Cat(sr, r1_data)[DW:])
+        w_small = Signal(max(narrow_ebs, default=1) * 8)
+        issue = Signal()
+        w_en = Signal()
+        m.d.sync += w_en.eq(issue)
         for name, (eb, port) in targets.items():
-            sel = l_target == isa.TARGETS[name]
-            m.d.comb += port.payload.addr.eq(l_sp + written)
+            sel = l_sel[name]
             if eb >= DB:
                 n = eb // DB
-                entry = sr_next[len(sr_next) - eb * 8:]
-                complete = l_beat & sel & ((beat_in_entry == n - 1) if n > 1 else 1)
-                with m.If(l_beat & sel):
-                    m.d.sync += beat_in_entry.eq(Mux(beat_in_entry == n - 1, 0, beat_in_entry + 1))
+                entry = sr[len(sr) - eb * 8:]
+                with m.If(r1_valid & sel):
+                    m.d.comb += issue.eq(beat_in_entry == n - 1 if n > 1 else 1)
+                    if n > 1:
+                        m.d.sync += beat_in_entry.eq(Mux(beat_in_entry == n - 1, 0, beat_in_entry + 1))
             else:
-                epb = DB // eb
-                entry = hold.word_select(sub, eb * 8)
-                complete = holding & sel
-                with m.If(complete):
-                    m.d.sync += sub.eq(sub + 1)
-                    with m.If((sub == epb - 1) | (l_entries == 1)):
-                        m.d.sync += holding.eq(0)
-                        m.d.comb += hold_free.eq(1)
-                # A new beat may arrive in the cycle the held one's last entry is written.
-                with m.If(l_beat & sel):
-                    m.d.sync += [hold.eq(axi.rdata), holding.eq(1), sub.eq(0)]
-            fire = complete & (l_entries != 0)
-            m.d.comb += port.valid.eq(fire)
-            with m.If(fire):
-                m.d.comb += write_en.eq(1)
+                entry = w_small[:eb * 8]
+                with m.If(r1_valid & sel):
+                    m.d.comb += issue.eq(l_has)
+                    m.d.sync += w_small[:eb * 8].eq(r1_data.word_select(r1_sub, eb * 8))
+            # Write: from flip-flops only.
+            m.d.comb += [port.valid.eq(w_en & sel), port.payload.addr.eq(w_addr)]
             if name == "PARAM":
                 for j in range(C):
                     base = j * isa.PARAM_CHANNEL_BYTES * 8
@@ -289,8 +308,10 @@ class Core(wiring.Component):
                                  port.payload.data[j].shift.eq(entry[base + 64:base + 70])]
             else:
                 m.d.comb += port.payload.data.eq(entry)
-        with m.If(write_en):
-            m.d.sync += [written.eq(written + 1), l_entries.eq(l_entries - 1)]
+        with m.If(issue):
+            m.d.sync += [l_entries.eq(l_entries - 1), l_has.eq(l_entries != 1)]
+        with m.If(w_en):
+            m.d.sync += w_addr.eq(w_addr + 1)
         if has_conv:
             # IM2COL loads: the loader takes the AR/R slot (id 1) and the B scratchpad's write port.
             m.d.comb += [l_cmd_ready.eq(~l_busy & ~i2c.busy),
@@ -326,8 +347,8 @@ class Core(wiring.Component):
                          dp.plane_rows.eq(dwf("dw_plane_rows")), dp.rows.eq(desc.count),
                          dp.width.eq(dwf("dw_width")), dp.k_last.eq(dwf("dw_kernel_last")),
                          dp.col0.eq(dwf("dw_col0")), dp.channels.eq(dwf("dw_channels")), dp.relu.eq(desc.relu)]
-        with m.If(l_busy & (l_entries == 0) & (l_r_left == 0) & (l_ar_left == 0) & ~holding):
-            m.d.sync += [l_busy.eq(0), written.eq(0), beat_in_entry.eq(0)]
+        with m.If(l_busy & (l_r_left == 0) & (l_ar_left == 0) & ~r1_valid & ~w_en):
+            m.d.sync += l_busy.eq(0)
             m.d.comb += load_done_pulse.eq(1)
 
         # ------------------------------------------------ store unit

@@ -63,9 +63,10 @@ def pll_parameters(f_in: float, f_out: float) -> dict[str, int]:
 class TimingHarness(Elaboratable):
     """Wraps `core` (a wiring.Component in the `sync` domain) for place-and-route on a board."""
 
-    def __init__(self, core: wiring.Component, target_mhz: float):
+    def __init__(self, core: wiring.Component, target_mhz: float, port_registers: bool = False):
         self.core = core
         self.pll = pll_parameters(BOARD_CLOCK_MHZ, target_mhz)
+        self.port_registers = port_registers
 
     def elaborate(self, platform):
         m = Module()
@@ -91,20 +92,34 @@ class TimingHarness(Elaboratable):
         m.submodules.reset_sync = ResetSynchronizer(~locked, domain="sync")
         # No explicit constraint: nextpnr derives the PLL output's from FREQUENCY_PIN_CLKOP.
 
-        # A 64-bit LFSR (x^64 + x^63 + x^61 + x^60 + 1) feeds every input bit.
+        # A 64-bit LFSR (x^64 + x^63 + x^61 + x^60 + 1) feeds every input bit. With
+        # `port_registers` each port has a register on either side, as a bus interconnect would
+        # (the overlay needs them: without, yosys 0.70's abc9 trips an internal assertion,
+        # ABC_OPS_REINTEGRATE, on its netlist).
         lfsr = Signal(64, init=1)
         m.d.sync += lfsr.eq((lfsr << 1) | (lfsr[63] ^ lfsr[62] ^ lfsr[60] ^ lfsr[59]))
         fold = Signal()
         outputs, bit = [], 0
-        for _path, member, value in core.signature.flatten(core):
+        for path, member, value in core.signature.flatten(core):
             value = Value.cast(value)     # struct views become their bits
             width = len(value)
-            if member.flow == Flow.In:
+            name = "_".join(str(p) for p in path)
+            if member.flow == Flow.In and not self.port_registers:
                 for i in range(width):      # rotate through the LFSR so neighbours differ
                     m.d.comb += value[i].eq(lfsr[(bit + 7 * i) % 64])
                 bit += 13
-            else:
+            elif member.flow == Flow.In:
+                port_in = Signal(width, name=f"in_{name}")
+                for i in range(width):      # rotate through the LFSR so neighbours differ
+                    m.d.sync += port_in[i].eq(lfsr[(bit + 7 * i) % 64])
+                m.d.comb += value.eq(port_in)
+                bit += 13
+            elif not self.port_registers:
                 outputs.append(value.xor())
+            else:
+                port_out = Signal(name=f"out_{name}")
+                m.d.sync += port_out.eq(value.xor())
+                outputs.append(port_out)
         m.d.sync += fold.eq(_xor_all(outputs))
         m.submodules.led = led = io.Buffer("o", platform.request("led", 0, dir="-"))
         m.d.comb += led.o.eq(fold)
@@ -118,8 +133,14 @@ def _xor_all(bits):
     return acc
 
 
+#: nextpnr's options: router2 is the faster router on large designs; a failing Fmax is
+#: reported (and judged by the caller), not an error.
+NEXTPNR_OPTS = "--router router2 --timing-allow-fail"
+
+
 def build_ecp5(core: wiring.Component, name: str, out_dir: Path, target_mhz: float,
-               board: str = "ulx3s-85f") -> Ecp5Report:
+               board: str = "ulx3s-85f", seed: int = 1, placer: str = "heap",
+               port_registers: bool = False) -> Ecp5Report:
     """Synthesise, place and route `core` in the timing harness; return the report."""
     if board != "ulx3s-85f":
         raise ValueError(f"the open flow supports ulx3s-85f, not {board!r}")
@@ -129,8 +150,8 @@ def build_ecp5(core: wiring.Component, name: str, out_dir: Path, target_mhz: flo
         os.environ.setdefault(var, find_tool(tool))
     out_dir = Path(out_dir)
     platform = _ulx3s_85f_build_only()
-    platform.build(TimingHarness(core, target_mhz), name=name, build_dir=str(out_dir),
-                   do_program=False, nextpnr_opts="--seed 1 --router router2 --timing-allow-fail")
+    platform.build(TimingHarness(core, target_mhz, port_registers), name=name, build_dir=str(out_dir),
+                   do_program=False, nextpnr_opts=f"--seed {seed} --placer {placer} {NEXTPNR_OPTS}")
     return parse_nextpnr_log((out_dir / f"{name}.tim").read_text(), out_dir / f"{name}.bit", target_mhz)
 
 

@@ -111,9 +111,12 @@ class GemmCompute(wiring.Component):
         busy = Signal()
         k = Signal.like(cmd.k_last)
         since_last = Signal(range(drain_end + 2), init=drain_end + 1)
-        is_last = k == cmd.k_last
+        # k == cmd.k_last and since_last < drain_end, kept as flip-flops (set from the next
+        # values): `cmd.ready` feeds the dispatcher, so it is one gate from registers.
+        is_last = Signal()
+        too_soon = Signal()
         issue = Signal()
-        m.d.comb += issue.eq(busy & ~(is_last & (since_last < drain_end)))
+        m.d.comb += issue.eq(busy & ~(is_last & too_soon))
 
         # Issue: address this step's entries; data and flags meet at the array next cycle.
         m.d.comb += [rd_a.addr.eq(cmd.a_base + k), rd_b.addr.eq(cmd.b_base + k)]
@@ -123,18 +126,18 @@ class GemmCompute(wiring.Component):
                      array.valid.eq(valid1), array.last.eq(last1)]
 
         with m.If(since_last <= drain_end):
-            m.d.sync += since_last.eq(since_last + 1)
+            m.d.sync += [since_last.eq(since_last + 1), too_soon.eq(since_last + 1 < drain_end)]
         drain_base = Signal.like(cmd.acc_base)
         drain_accum = Signal()
         with m.If(issue):
-            m.d.sync += k.eq(k + 1)
+            m.d.sync += [k.eq(k + 1), is_last.eq(k + 1 == cmd.k_last)]
             with m.If(is_last):
-                m.d.sync += [busy.eq(0), since_last.eq(0),
+                m.d.sync += [busy.eq(0), since_last.eq(0), too_soon.eq(drain_end > 0),
                              drain_base.eq(cmd.acc_base), drain_accum.eq(cmd.accumulate)]
         # Take the next command the cycle the current one issues its last step.
         m.d.comb += self.cmd.ready.eq(~busy | (issue & is_last))
         with m.If(self.cmd.valid & self.cmd.ready):
-            m.d.sync += [cmd.eq(self.cmd.payload), k.eq(0), busy.eq(1)]
+            m.d.sync += [cmd.eq(self.cmd.payload), k.eq(0), busy.eq(1), is_last.eq(self.cmd.payload.k_last == 0)]
 
         # Drain: the bottom row is row R-1-d at drain cycle d; read the old row for
         # accumulate now, write the sum next cycle.
@@ -222,16 +225,21 @@ class GemmStore(wiring.Component):
         m.d.comb += s1_ready.eq(advance2)
         row2 = Signal.like(rd.data)
         # Which accumulator row each stage holds: per-row parameters (param_rows) select by it.
-        r1, r2, r3 = (Signal(range(R), name=f"row_s{i}") for i in (1, 2, 3))
+        r1, r2 = (Signal(range(R), name=f"row_s{i}") for i in (1, 2))
         with m.If(advance):
             m.d.sync += r1.eq(row)
         with m.If(advance2):
             m.d.sync += [s2_valid.eq(s1_valid), row2.eq(rd.data), r2.eq(r1)]
-        with m.If(advance3):
-            m.d.sync += r3.eq(r2)
         rows_params = min(R, C)
         p2 = params[Mux(r2 < rows_params, r2, 0)] if rows_params > 1 else params[0]
-        p3 = params[Mux(r3 < rows_params, r3, 0)] if rows_params > 1 else params[0]
+        # Stage 3 also holds each lane's multiplier and shift, so the requantisers' multipliers
+        # (MULT18X18D / DSP inputs) start from flip-flops, not from the parameter selection.
+        mult3 = [Signal(unsigned(MULT_BITS), name=f"mult{j}_s3") for j in range(C)]
+        shift3 = [Signal(unsigned(SHIFT_BITS), name=f"shift{j}_s3") for j in range(C)]
+        with m.If(advance3):
+            for j in range(C):
+                m.d.sync += [mult3[j].eq(Mux(cmd.param_rows, p2.multiplier, params[j].multiplier)),
+                             shift3[j].eq(Mux(cmd.param_rows, p2.shift, params[j].shift))]
         lo, hi = -(1 << (ACC_BITS - 1)), (1 << (ACC_BITS - 1)) - 1
         biased = []
         for j in range(C):
@@ -252,8 +260,7 @@ class GemmStore(wiring.Component):
         for j, lane in enumerate(lanes):
             m.d.comb += [lane.relu.eq(cmd.relu), lane.i.valid.eq(s3_valid & ~cmd.out_int32),
                          lane.i.payload.acc.eq(biased[j]),
-                         lane.i.payload.multiplier.eq(Mux(cmd.param_rows, p3.multiplier, params[j].multiplier)),
-                         lane.i.payload.shift.eq(Mux(cmd.param_rows, p3.shift, params[j].shift)),
+                         lane.i.payload.multiplier.eq(mult3[j]), lane.i.payload.shift.eq(shift3[j]),
                          lane.o.ready.eq(self.out.ready)]
         m.d.comb += s3_ready.eq(Mux(cmd.out_int32, o32_advance, lanes[0].i.ready))
         with m.If(o32_advance):

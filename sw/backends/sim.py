@@ -21,6 +21,7 @@ STORE_LATENCY = 5         # row to B response, per store descriptor
 STORE_START = {False: 8,  # dispatch to the first int8 row leaving the requantisers (accumulator read, 3 stages, requantiser)
                True: 4}   # int32 rows skip the requantisers
 START_CYCLES = 3
+LOAD_PIPELINE = 5         # LOAD: dispatch to done beyond its bursts and beats (hw/overlay.py's load unit)
 IM2COL_CYCLES = 4         # command start, last entry written, done
 DW_START = 3              # DEPTHWISE: command accepted to first AR
 DW_DRAIN = 17             # last pixel issued to last B response: window, MACs, sums, bias, requantiser, write
@@ -167,10 +168,12 @@ class SimOverlay:
                     return self._error(isa.ERROR_AXI_READ, i + 1)     # reported after dispatch
                 self._load(target, d["sp_addr"], n, src[:n * eb])
                 t = max(t, unit_free["LOAD"])
-                cycles = beats if eb >= DB else n + 1
+                # One cycle per beat, or per entry slot of a beat (the last beat's unused slots too);
+                # LOAD_PIPELINE: the burst sized a cycle ahead, the beat register, the registered write.
+                cycles = beats if eb >= DB else beats * (DB // eb)
                 bursts = -(-beats // 256)
-                finish = t + READ_LATENCY * bursts + cycles + 2
-                r_channel.append((t, finish))
+                finish = t + READ_LATENCY * bursts + cycles + LOAD_PIPELINE
+                r_channel.append((t, finish - 2))     # its last R beat: before the beat and write registers
                 unit_free["LOAD"] = finish
                 done["LOAD"].append(finish)
             elif op == isa.OPCODES["COMPUTE"]:

@@ -21,7 +21,7 @@ DEFAULT_PRESET = {"kv260": "kv260", "zcu104": "zcu104", "pynq-z2": "pynq-z2", "u
 
 def add_arguments(parser):
     parser.add_argument("--board", required=True, choices=sorted(BOARDS), help="target board")
-    parser.add_argument("--preset", help="overlay preset (default: the board's own; `sim` for ulx3s-85f)")
+    parser.add_argument("--preset", help="overlay preset (default: the board's own, `ulx3s` for ulx3s-85f)")
     parser.add_argument("-o", "--out", type=Path, help="output folder (default: bitstreams/<board>/)")
     parser.add_argument("--jobs", type=int, default=4, help="Vivado implementation jobs (default 4)")
     parser.add_argument("--skip-estimate", action="store_true",
@@ -118,7 +118,8 @@ def _open_flow(cfg, board, out: Path) -> dict:
     print(f"[ecp5]     yosys synth_ecp5 + nextpnr-ecp5 + ecppack for {board.part} at {cfg.clock_mhz:g} MHz...")
     t0 = time.monotonic()
     try:
-        rep = build_ecp5(Overlay(cfg), TOP, out / "ecp5", target_mhz=cfg.clock_mhz, board=board.name)
+        rep = build_ecp5(Overlay(cfg), TOP, out / "ecp5", target_mhz=cfg.clock_mhz, board=board.name,
+                         port_registers=True)
     except ToolMissing as e:
         raise CommandError(str(e)) from None
     for k in ("TRELLIS_COMB", "TRELLIS_FF", "MULT18X18D", "DP16KD"):
