@@ -9,6 +9,7 @@ from golden_model import intconv
 from hw import isa
 from hw.config import preset
 from hw.conv.im2col import Im2colLoader
+from sim.amaranth_ddr import axi_read_testbenches
 from sw.backends.sim import SimOverlay
 from sw.checks import DescriptorError, check_descriptors
 from sw.compile_conv import PAD, FmapLayout, compile_conv2d
@@ -29,32 +30,9 @@ def run_loader(cfg, mem: np.ndarray, cmd: dict, *, stall: float, seed: int) -> d
     dut = Im2colLoader(cfg)
     DB, C = cfg.beat_bytes, cfg.cols
     rng = random.Random(seed)
-    queue, got, state = [], {}, {"done": False}
+    got, state = {}, {"done": False}
 
-    async def ar_sink(ctx):
-        while True:
-            ready = rng.random() >= stall
-            ctx.set(dut.ar.ready, ready)
-            _, _, valid, addr, length = await ctx.tick().sample(dut.ar.valid, dut.ar.payload.addr, dut.ar.payload.len)
-            if ready and valid:
-                assert addr % DB == 0 and addr // 4096 == (addr + (length + 1) * DB - 1) // 4096, "burst crosses 4 KiB"
-                queue.append((addr, length))
-
-    async def r_source(ctx):
-        while True:
-            if not queue:
-                await ctx.tick()
-                continue
-            addr, length = queue.pop(0)
-            for b in range(length + 1):
-                while rng.random() < stall:
-                    ctx.set(dut.r.valid, 0)
-                    await ctx.tick()
-                beat = mem[addr + b * DB:addr + (b + 1) * DB]
-                ctx.set(dut.r.payload, int.from_bytes(beat.tobytes(), "little"))
-                ctx.set(dut.r.valid, 1)
-                await ctx.tick().until(dut.r.ready)
-            ctx.set(dut.r.valid, 0)
+    ar_sink, r_source = axi_read_testbenches(dut, mem, rng, stall, DB)
 
     async def collector(ctx):
         async for _, _, valid, addr, data, done in ctx.tick().sample(

@@ -10,6 +10,7 @@ from golden_model import intconv
 from hw import isa
 from hw.config import preset
 from hw.conv.depthwise import DepthwiseUnit
+from sim.amaranth_ddr import axi_read_testbenches
 from sw.compile_conv import FmapLayout, dw_coefficients
 
 SIM = preset("sim")
@@ -47,32 +48,9 @@ def run_unit(cfg, x, wt, bias, mult, shift, *, relu, stall, seed, base=0x1F40):
     mem[out_base:out_base + lay.size] = lay.pack(np.zeros_like(x))
     before = mem.copy()
     coef = dw_coefficients(wt, bias, mult, shift).reshape(-1)
-    queue, writes, state = [], [], {"done": False, "b": 0}
+    writes, state = [], {"done": False, "b": 0}
 
-    async def ar_sink(ctx):
-        while True:
-            ready = rng.random() >= stall
-            ctx.set(dut.ar.ready, ready)
-            _, _, valid, addr, length = await ctx.tick().sample(dut.ar.valid, dut.ar.payload.addr, dut.ar.payload.len)
-            if ready and valid:
-                assert addr % DB == 0 and addr // 4096 == (addr + (length + 1) * DB - 1) // 4096, "burst crosses 4 KiB"
-                queue.append((addr, length))
-
-    async def r_source(ctx):
-        while True:
-            if not queue:
-                await ctx.tick()
-                continue
-            addr, length = queue.pop(0)
-            for b in range(length + 1):
-                while rng.random() < stall:
-                    ctx.set(dut.r.valid, 0)
-                    await ctx.tick()
-                beat = mem[addr + b * DB:addr + (b + 1) * DB]
-                ctx.set(dut.r.payload, int.from_bytes(beat.tobytes(), "little"))
-                ctx.set(dut.r.valid, 1)
-                await ctx.tick().until(dut.r.ready)
-            ctx.set(dut.r.valid, 0)
+    ar_sink, r_source = axi_read_testbenches(dut, mem, rng, stall, DB)
 
     async def write_sink(ctx):
         aws, ws = [], []
