@@ -272,17 +272,23 @@ def markdown_tables() -> str:
     return "\n".join(lines)
 
 
-def update_doc(path) -> bool:
-    """Rewrite the generated part of `path`; True if it changed."""
+def rewrite_generated(path, begin: str, end: str, body: str) -> bool:
+    """Replace what lies between the markers `begin` and `end` in the file `path` by `body`;
+    True if the file changed. (The generated parts of docs/*.md.)"""
     from pathlib import Path
     path = Path(path)
     text = path.read_text()
-    head, rest = text.split(DOC_BEGIN, 1)
-    _, tail = rest.split(DOC_END, 1)
-    new = f"{head}{DOC_BEGIN}\n{markdown_tables()}\n{DOC_END}{tail}"
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    new = f"{head}{begin}\n{body}\n{end}{tail}"
     if new != text:
         path.write_text(new)
     return new != text
+
+
+def update_doc(path) -> bool:
+    """Rewrite the generated part of `path` (docs/overlay.md); True if it changed."""
+    return rewrite_generated(path, DOC_BEGIN, DOC_END, markdown_tables())
 
 
 if __name__ == "__main__":

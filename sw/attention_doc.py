@@ -54,13 +54,8 @@ def markdown_tables() -> str:
 
 
 def update_doc(path: Path = DOC) -> bool:
-    text = path.read_text()
-    head, rest = text.split(DOC_BEGIN, 1)
-    _, tail = rest.split(DOC_END, 1)
-    new = f"{head}{DOC_BEGIN}\n{markdown_tables()}\n{DOC_END}{tail}"
-    if new != text:
-        path.write_text(new)
-    return new != text
+    from hw.isa import rewrite_generated
+    return rewrite_generated(path, DOC_BEGIN, DOC_END, markdown_tables())
 
 
 if __name__ == "__main__":

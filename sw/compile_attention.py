@@ -35,7 +35,7 @@ import numpy as np
 
 from golden_model import intattn
 from hw import isa
-from sw.compiler import ALIGN, CompileError, lay_out_image
+from sw.compiler import ALIGN, CompileError, lay_out_image, pack_descriptors
 
 
 @dataclass
@@ -227,22 +227,7 @@ def compile_attention(cfg, q, k, v, quant: intattn.AttentionQuant, *, out_int32:
     # ---- addresses
     offsets, image = lay_out_image(cfg, len(descs), sizes, base_addr, max_ddr_bytes, "attention")
     _fill(image, offsets, q, k, v, quant, R, C, dp, qt, kt, q_stride, k_stride)
-    raw = []
-    for j, d_ in enumerate(descs):
-        fields = {key: val for key, val in d_.items() if key in isa.FIELDS}
-        fields["opcode"] = isa.OPCODES[d_["opcode"]]
-        if isinstance(d_.get("target"), str):
-            fields["target"] = isa.TARGETS[d_["target"]]
-        for key in ("src", "dst"):
-            if key in d_:
-                region, off = d_[key]
-                fields["dram_addr"] = base_addr + offsets[region][0] + off
-        try:
-            packed = isa.pack_descriptor(**fields)
-        except ValueError as e:
-            raise CompileError(f"descriptor {j} does not fit the format ({e}); split the attention") from None
-        image[j * 32:(j + 1) * 32] = np.frombuffer(packed, np.uint8)
-        raw.append(fields)
+    raw = pack_descriptors(descs, image, offsets, base_addr, "split the attention")
     return AttentionProgram(cfg, H, Lq, Lk, d, out_int32, image, raw, offsets, macs=2 * H * Lq * Lk * d,
                             base_addr=base_addr, kv_bytes=kv_bytes, slots=slots)
 

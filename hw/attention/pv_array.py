@@ -22,7 +22,7 @@ from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.attention.softmax import PROB
-from hw.gemm.array import INT8
+from hw.gemm.array import INT8, delay_line
 
 PSUM = signed(32)
 
@@ -47,11 +47,7 @@ class PVArray(wiring.Component):
         R, C = self.rows, self.cols
 
         def delayed(sig, n, name):
-            for t in range(n):
-                r = Signal.like(sig, name=f"{name}_d{t + 1}")
-                m.d.sync += r.eq(sig)
-                sig = r
-            return sig
+            return delay_line(m, sig, n, name)
 
         vin = [delayed(self.v[j], j, f"v{j}") for j in range(C)]       # skew: column j late by j
         bin_ = [delayed(self.v_bank, j, f"bank{j}") for j in range(C)]  # the bank travels with v

@@ -39,6 +39,15 @@ INT8 = signed(8)
 ACC = signed(ACC_BITS)
 
 
+def delay_line(m: Module, sig, n: int, name: str):
+    """`sig` through n registers in m's sync domain (the skews that line a systolic wavefront up)."""
+    for t in range(n):
+        r = Signal.like(sig, name=f"{name}_d{t + 1}")
+        m.d.sync += r.eq(sig)
+        sig = r
+    return sig
+
+
 class SystolicArray(wiring.Component):
     #: Cycles beyond the skew from an input to its PE's `out` write.
     EXTRA_LATENCY = isa.ARRAY_EXTRA_LATENCY
@@ -58,15 +67,10 @@ class SystolicArray(wiring.Component):
         m = Module()
         R, C = self.rows, self.cols
 
-        def delayed(sig, n, name):
-            """`sig` through n registers (the skew that lines the wavefront up)."""
-            for t in range(n):
-                r = Signal.like(sig, name=f"{name}_d{t + 1}")
-                m.d.sync += r.eq(sig)
-                sig = r
-            return sig
-
         # Skewed inputs at the array's edges, plus the one input register.
+        def delayed(sig, n, name):
+            return delay_line(m, sig, n, name)
+
         a_edge = [delayed(self.a[i], i + 1, f"a{i}") for i in range(R)]
         v_edge = [delayed(self.valid, i + 1, f"v{i}") for i in range(R)]
         l_edge = [delayed(self.last, i + 1, f"l{i}") for i in range(R)]
