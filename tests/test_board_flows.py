@@ -121,7 +121,8 @@ def test_yosys_estimate_of_small_overlay(small_overlay_verilog, tmp_path):
     res = estimate(small_overlay_verilog, TOP, "xc7", tmp_path)
     cfg = preset("sim")
     assert res.dsps >= cfg.rows * cfg.cols // 2       # the MACs map to DSPs
-    assert fits(res, BOARDS["pynq-z2"]) == []
+    # All four engines: the depthwise lanes' 2 x 49 multipliers take it past PYNQ-Z2's 220 DSPs (265 used).
+    assert fits(res, BOARDS["kv260"]) == []
 
 
 @pytest.mark.slow
