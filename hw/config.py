@@ -6,7 +6,7 @@ Presets name the boards of ARCHITECTURE.md plus a small one for fast simulation.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 ENGINES = ("gemm", "attention", "conv", "depthwise")   # engines the overlay knows of (conv: hw/conv, on the GEMM array;
 #                                                      depthwise: hw/conv/depthwise.py, its own datapath)

@@ -32,7 +32,7 @@ def markdown_tables() -> str:
         ("P V partial sum", "int32", "C <= 32 keys x 2^16 x 128 < 2^31"),
         ("reciprocal r", f"uint{A.RECIP_BITS + 1} in [2^{A.RECIP_BITS - 1}, 2^{A.RECIP_BITS}]",
          f"2^(e + {A.RECIP_BITS - 1}) // l, e = bit_length(l) (restoring division, {A.RECIP_BITS + 1} steps)"),
-        ("t = O / l", f"int32, saturated", f"{A.NORM_FRAC_BITS} fraction bits: (O r + 2^(sh-1)) >> sh, "
+        ("t = O / l", "int32, saturated", f"{A.NORM_FRAC_BITS} fraction bits: (O r + 2^(sh-1)) >> sh, "
                                            f"sh = e + {A.RECIP_BITS - 1 - A.NORM_FRAC_BITS}"),
         ("output", "int8", f"intops.requantize(t, out_mult < 2^{intops.MULT_BITS}, 0 <= out_shift < 2^{intops.SHIFT_BITS}): "
                            "round half up, clamp"),

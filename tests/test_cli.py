@@ -44,3 +44,14 @@ def test_demo_runs(capsys, tmp_path):
     assert main(["demo", "-o", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "demo: OK" in out and "bit-exact" in out
+
+
+def test_demo_photo_step_without_scikit_image_names_what_to_install(monkeypatch):
+    import argparse
+    import sys
+
+    from sw.commands import demo
+    from sw.errors import CommandError
+    monkeypatch.setitem(sys.modules, "skimage", None)      # `from skimage import data` raises ImportError
+    with pytest.raises(CommandError, match="scikit-image"):
+        demo._segment_photo(argparse.Namespace())

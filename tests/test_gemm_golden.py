@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from golden_model.intops import MAX_K, gemm, requantize
-from hw.config import PRESETS, OverlayConfig, preset
+from hw.config import PRESETS, preset
 
 
 def _reference(a, b, bias, mult, shift, relu, out_int32):

@@ -73,7 +73,7 @@ class AttentionLayouts:
 class AttentionEngine(wiring.Component):
     def __init__(self, cfg):
         self.cfg = cfg
-        R, C = cfg.rows, cfg.cols
+        C = cfg.cols
         if C & (C - 1):
             raise ValueError(f"attention engine: cols={C} must be a power of two")
         if cfg.attn_max_dim % C:

@@ -15,7 +15,7 @@ the current one emits from its copy, so a row costs max(nb, K) cycles. Padding n
 logic: the layout keeps zero margins around every plane. Entries are in torch's weight
 order (ci, ky, kx), channels*K*K of them from `sp`.
 """
-from amaranth import Cat, Module, Mux, Signal, unsigned
+from amaranth import Module, Mux, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import exact_log2

@@ -18,6 +18,8 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from sw.errors import CommandError
+
 
 def add_arguments(parser):
     parser.add_argument("--waves", action="store_true", help="dump waveforms (VCD) into build/sim/")
