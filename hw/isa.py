@@ -20,6 +20,13 @@ IP_INSTANCE = "sam2fpga_overlay_0"
 #: Pipeline depth the sim backend's cycle model shares with the hardware: registers
 #: the systolic array adds beyond its skew (edge input register, product register).
 ARRAY_EXTRA_LATENCY = 2
+
+
+def array_tile_gap(rows: int) -> int:
+    """Fewest cycles between two tiles' last steps on an R-row array (hw/gemm/array.py): a column's
+    R shadow registers drain in R cycles, and the next tile's row 0 may land in the last of them."""
+    return 2 * rows - 1
+
 #: Descriptors the fetcher may hold ahead of the dispatcher. Deep enough that a fetch queued in DDR
 #: behind a LOAD's 256-beat burst does not starve the dispatcher (attention: 2 descriptors per ~256 cycles).
 DESC_FIFO_DEPTH = 8
@@ -88,6 +95,8 @@ TARGET_ENGINE = {"V": "attention", "IM2COL": "conv", "DW": "depthwise"}
 ATTN_MODES = {"STEP": 0, "NORM": 1}
 
 DESCRIPTOR_BYTES = 32
+#: Tiles one COMPUTE (count) or STORE (tiles_last + 1) may cover.
+MAX_TILES = 256
 #: (name, width, doc), packed LSB first in this order; the rest of the 256 bits are zero.
 DESCRIPTOR_FIELDS = [
     ("opcode", 8, "OPCODES"),
@@ -102,7 +111,9 @@ DESCRIPTOR_FIELDS = [
     ("wait_store", 16, "dispatch only when STORES_DONE >= wait_store"),
     ("dram_addr", 32, "LOAD/STORE: DDR byte address (AXI-beat aligned)"),
     ("stride", 32, "STORE: bytes between output rows (AXI-beat aligned); ATTENTION STEP: score shift (1..63)"),
-    ("count", 16, "LOAD: entries; STORE: rows (1..R); ATTENTION STEP: valid keys (1..C); NORM: chunks of C channels"),
+    ("count", 16, "LOAD: entries; STORE: rows per tile (1..R); ATTENTION STEP: valid keys (1..C); NORM: chunks of "
+     f"C channels; COMPUTE: tiles run back to back (0 or 1: one; at most {MAX_TILES}): tile t reads B from "
+     "b_base + t x K and writes accumulator rows from acc_base + t x R"),
     ("sp_addr", 16, "LOAD: first scratchpad entry; COMPUTE: A base; STORE: accumulator row; "
      "ATTENTION STEP: accumulator row of S row 0; NORM: first chunk"),
     ("b_base", 16, "COMPUTE: B base; ATTENTION STEP: V entry of channel 0"),
@@ -124,6 +135,8 @@ IM2COL_FIELDS = [
     ("stride_log2", 2, "IM2COL LOAD: log2 of the convolution stride (1, 2, 4)"),
     ("col_offset", 5, "IM2COL LOAD: byte of the first input column within the first beat"),
     ("plane_rows", 14, "IM2COL LOAD: rows per channel plane (plane bytes = plane_rows x stride)"),
+    ("out_rows_last", 8, "IM2COL LOAD: output rows - 1 gathered one after another (input rows 2^stride_log2 "
+     "x stride bytes apart); row t's entries start at sp_addr + t x count x K x K"),
 ]
 
 
@@ -142,12 +155,17 @@ DW_FIELDS = [
 #: Per lane: the K x K taps at byte ky * 8 + kx (8 x 8, unused taps zero), then one PARAM channel.
 DW_TAP_BYTES = 64
 DW_COEF_BYTES = DW_TAP_BYTES + 16
-#: Groups of fields that share bits: (the fields whose bits they use, the fields).
-SHARED_GROUPS = [(("b_base", "k_last"), "IM2COL"), (DW_SHARES, "DEPTHWISE")]
-
-
-def _shared_fields(group: str):
-    return IM2COL_FIELDS if group == "IM2COL" else DW_FIELDS
+#: STORE's own fields share the bits of fields a STORE never reads (b_base, k_last): several tiles of
+#: `count` rows in one command (a convolution's output rows, each a short reduction).
+STORE_SHARES = ("b_base", "k_last")
+STORE_FIELDS = [
+    ("tiles_last", 8, "STORE: tiles - 1; tile t is `count` accumulator rows from sp_addr + t x R, written from "
+     "dram_addr + t x tile_stride"),
+    ("tile_stride", 24, "STORE: bytes between tiles' first output rows (AXI-beat aligned)"),
+]
+#: Groups of fields that share bits: (the fields whose bits they use, the group, its fields).
+SHARED_GROUPS = [(IM2COL_SHARES, "IM2COL", IM2COL_FIELDS), (STORE_SHARES, "STORE", STORE_FIELDS),
+                 (DW_SHARES, "DEPTHWISE", DW_FIELDS)]
 
 
 def field_offsets() -> dict[str, tuple[int, int]]:
@@ -156,11 +174,11 @@ def field_offsets() -> dict[str, tuple[int, int]]:
         offsets[name] = (pos, width)
         pos += width
     assert pos <= DESCRIPTOR_BYTES * 8
-    for shares, group in SHARED_GROUPS:
+    for shares, _, group_fields in SHARED_GROUPS:
         pos = offsets[shares[0]][0]
         end = pos + sum(offsets[n][1] for n in shares)
         assert all(offsets[a][0] + offsets[a][1] == offsets[b][0] for a, b in zip(shares, shares[1:]))
-        for name, width, _ in _shared_fields(group):
+        for name, width, _ in group_fields:
             offsets[name] = (pos, width)
             pos += width
         assert pos <= end
@@ -173,12 +191,15 @@ assert FIELDS["slot"][1] == ATTN_SLOT_BITS, "hw.config.ATTN_SLOT_BITS bounds att
 
 def pack_descriptor(**fields) -> bytes:
     word = 0
-    for shares, group in SHARED_GROUPS:
+    used = []
+    for shares, group, group_fields in SHARED_GROUPS:
         shared = [n for n in shares if fields.get(n)]
-        if shared and any(fields.get(n) for n, _, _ in _shared_fields(group)):
-            raise ValueError(f"{group} fields share the bits of {', '.join(shared)}: set one or the other")
-    if any(fields.get(n) for n, _, _ in IM2COL_FIELDS) and any(fields.get(n) for n, _, _ in DW_FIELDS):
-        raise ValueError("IM2COL and DEPTHWISE fields share bits: set one or the other")
+        if any(fields.get(n) for n, _, _ in group_fields):
+            if shared:
+                raise ValueError(f"{group} fields share the bits of {', '.join(shared)}: set one or the other")
+            used.append(group)
+    if len(used) > 1:
+        raise ValueError(f"{' and '.join(used)} fields share bits: set one group or the other")
     for name, value in fields.items():
         if name not in FIELDS:
             raise ValueError(f"descriptor has no field {name!r}")
@@ -244,18 +265,17 @@ def markdown_tables() -> str:
     for name, width, doc in DESCRIPTOR_FIELDS:
         pos, _ = FIELDS[name]
         lines.append(f"| {pos + width - 1}:{pos} | {name} | {doc} |")
-    lines += ["", f"LOAD IM2COL reads its own fields from the bits of {' and '.join(IM2COL_SHARES)} "
-              "(which a LOAD does not use):", "", "| bits | field | meaning |", "|---|---|---|"]
-    for name, width, doc in IM2COL_FIELDS:
-        pos, _ = FIELDS[name]
-        lines.append(f"| {pos + width - 1}:{pos} | {name} | {doc} |")
-    lines += ["", f"DEPTHWISE reads its own fields from the bits of {', '.join(DW_SHARES)} (which it does not "
-              "use), besides dram_addr (input: row -padding of its first channel, a row start), stride (row pitch "
-              "of the input and output maps), count (output rows) and relu:", "",
-              "| bits | field | meaning |", "|---|---|---|"]
-    for name, width, doc in DW_FIELDS:
-        pos, _ = FIELDS[name]
-        lines.append(f"| {pos + width - 1}:{pos} | {name} | {doc} |")
+    intros = {
+        "IM2COL": "LOAD IM2COL reads its own fields from the bits of {} (which a LOAD does not use):",
+        "STORE": "STORE reads its own fields from the bits of {} (which a STORE does not use):",
+        "DEPTHWISE": "DEPTHWISE reads its own fields from the bits of {} (which it does not use), besides dram_addr "
+                     "(input: row -padding of its first channel, a row start), stride (row pitch of the input and "
+                     "output maps), count (output rows) and relu:"}
+    for shares, group, group_fields in SHARED_GROUPS:
+        lines += ["", intros[group].format(", ".join(shares)), "", "| bits | field | meaning |", "|---|---|---|"]
+        for name, width, doc in group_fields:
+            pos, _ = FIELDS[name]
+            lines.append(f"| {pos + width - 1}:{pos} | {name} | {doc} |")
     lines += ["", "### Opcodes", "", "| opcode | value | state |", "|---|---|---|"]
     lines += [f"| {k} | {v} | {('implemented' + (f' (overlays with the {OPCODE_ENGINE[k]} engine)' if k in OPCODE_ENGINE else '')) if k in IMPLEMENTED_OPCODES else 'reserved (BAD_OPCODE today)'} |"
               for k, v in OPCODES.items()]

@@ -16,7 +16,7 @@ own opcodes (reserved in hw.isa.OPCODES) and LOAD targets, reusing the DMA units
 """
 from amaranth import Cat, Const, Module, Mux, ResetInserter, Signal, unsigned
 from amaranth.lib import data, wiring
-from amaranth.lib.fifo import SyncFIFOBuffered
+from amaranth.lib.fifo import SyncFIFO, SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import exact_log2
 
@@ -30,8 +30,8 @@ DESCRIPTOR = data.StructLayout({name: unsigned(width) for name, width, _ in isa.
 COUNT_BITS = 16
 
 
-def im2col_field(desc, name):
-    """A LOAD IM2COL field: its bits are shared with fields a LOAD does not read (hw.isa.IM2COL_FIELDS)."""
+def shared_field(desc, name):
+    """A field whose bits are shared with fields its opcode does not read (hw.isa.SHARED_GROUPS)."""
     pos, width = isa.FIELDS[name]
     return desc.as_value()[pos:pos + width]
 
@@ -197,7 +197,8 @@ class Core(wiring.Component):
                         m.d.sync += issued[unit].eq(issued[unit] + 1)
         m.d.comb += [engine.compute.payload.a_base.eq(desc.sp_addr), engine.compute.payload.b_base.eq(desc.b_base),
                      engine.compute.payload.k_last.eq(desc.k_last), engine.compute.payload.acc_base.eq(desc.acc_base),
-                     engine.compute.payload.accumulate.eq(desc.accumulate)]
+                     engine.compute.payload.accumulate.eq(desc.accumulate),
+                     engine.compute.payload.tiles_last.eq(Mux(desc.count == 0, 0, desc.count - 1))]
         if attention is not None:
             ap = attention.cmd.payload
             m.d.comb += [ap.mode.eq(desc.target), ap.accumulate.eq(desc.accumulate), ap.s_base.eq(desc.sp_addr),
@@ -317,11 +318,12 @@ class Core(wiring.Component):
             m.d.comb += [l_cmd_ready.eq(~l_busy & ~i2c.busy),
                          i2c.cmd.valid.eq(l_cmd_valid & is_im2col & ~l_busy),
                          i2c.cmd.payload.addr.eq(desc.dram_addr), i2c.cmd.payload.pitch.eq(desc.stride),
-                         i2c.cmd.payload.plane_rows.eq(im2col_field(desc, "plane_rows")),
+                         i2c.cmd.payload.plane_rows.eq(shared_field(desc, "plane_rows")),
                          i2c.cmd.payload.channels.eq(desc.count),
-                         i2c.cmd.payload.k_last.eq(im2col_field(desc, "kernel_last")),
-                         i2c.cmd.payload.stride_log2.eq(im2col_field(desc, "stride_log2")),
-                         i2c.cmd.payload.offset.eq(im2col_field(desc, "col_offset")),
+                         i2c.cmd.payload.k_last.eq(shared_field(desc, "kernel_last")),
+                         i2c.cmd.payload.stride_log2.eq(shared_field(desc, "stride_log2")),
+                         i2c.cmd.payload.offset.eq(shared_field(desc, "col_offset")),
+                         i2c.cmd.payload.out_rows_last.eq(shared_field(desc, "out_rows_last")),
                          i2c.cmd.payload.sp.eq(desc.sp_addr),
                          i2c.r.valid.eq(axi.rvalid & (axi.rid == 1) & i2c.busy), i2c.r.payload.eq(axi.rdata),
                          i2c.ar.ready.eq(l_ar_ready)]
@@ -342,7 +344,7 @@ class Core(wiring.Component):
             with m.If(dw.done):
                 m.d.comb += load_done_pulse.eq(1)
             dp = dw.cmd.payload
-            dwf = lambda name: im2col_field(desc, name)     # noqa: E731 (shared-bit fields, hw.isa.DW_FIELDS)
+            dwf = lambda name: shared_field(desc, name)     # noqa: E731 (shared-bit fields, hw.isa.DW_FIELDS)
             m.d.comb += [dp.in_addr.eq(desc.dram_addr), dp.out_addr.eq(dwf("dw_out_addr")), dp.pitch.eq(desc.stride),
                          dp.plane_rows.eq(dwf("dw_plane_rows")), dp.rows.eq(desc.count),
                          dp.width.eq(dwf("dw_width")), dp.k_last.eq(dwf("dw_kernel_last")),
@@ -352,22 +354,33 @@ class Core(wiring.Component):
             m.d.comb += load_done_pulse.eq(1)
 
         # ------------------------------------------------ store unit
+        # A STORE is tiles_last + 1 tiles of `count` rows: row r of tile t at dram_addr + t tile_stride + r stride.
         s_busy = Signal()
         s_engine_cmd = Signal()
         s_aw_addr = Signal(32)
+        s_tile_addr = Signal(32)
         s_stride = Signal(32)
-        s_aw_left = Signal(range(R + 1))
-        s_w_left = Signal(range(R + 1))
-        s_b_left = Signal(range(R + 1))
+        s_tile_stride = Signal(isa.FIELDS["tile_stride"][1])
+        s_rows_last = Signal(range(R))
+        s_aw_row = Signal(range(R))
+        total = R * isa.MAX_TILES
+        s_aw_left = Signal(range(total + 1))
+        s_w_left = Signal(range(total + 1))
+        s_b_left = Signal(range(total + 1))
         s_int32 = Signal()
         s_cols = Signal(8)
         m.d.comb += s_cmd_ready.eq(~s_busy)
         sp = engine.store.payload
+        s_rows = Signal(range(total + 1))
+        tiles_last = shared_field(desc, "tiles_last")
+        m.d.comb += s_rows.eq(desc.count[:len(s_aw_row) + 1] * (tiles_last + 1))
         with m.If(s_cmd_valid & s_cmd_ready):
             m.d.sync += [s_busy.eq(1), s_engine_cmd.eq(1), s_aw_addr.eq(desc.dram_addr), s_stride.eq(desc.stride),
-                         s_aw_left.eq(desc.count), s_w_left.eq(desc.count), s_b_left.eq(desc.count),
+                         s_tile_addr.eq(desc.dram_addr), s_tile_stride.eq(shared_field(desc, "tile_stride")),
+                         s_rows_last.eq(desc.count - 1), s_aw_row.eq(0),
+                         s_aw_left.eq(s_rows), s_w_left.eq(s_rows), s_b_left.eq(s_rows),
                          s_int32.eq(desc.out_int32), s_cols.eq(desc.cols), sp.param_rows.eq(desc.param_rows),
-                         sp.acc_base.eq(desc.sp_addr), sp.rows_last.eq(desc.count - 1),
+                         sp.acc_base.eq(desc.sp_addr), sp.rows_last.eq(desc.count - 1), sp.tiles_last.eq(tiles_last),
                          sp.param_addr.eq(desc.param_addr), sp.relu.eq(desc.relu), sp.out_int32.eq(desc.out_int32)]
         m.d.comb += engine.store.valid.eq(s_engine_cmd)
         with m.If(engine.store.ready & s_engine_cmd):
@@ -377,17 +390,20 @@ class Core(wiring.Component):
                      axi.awlen.eq(Mux(s_int32, bpr32 - 1, bpr8 - 1)),
                      axi.awsize.eq(exact_log2(DB)), axi.awburst.eq(BURST_INCR)]
         with m.If(axi.awvalid & axi.awready & ~dw_busy):
-            m.d.sync += [s_aw_addr.eq(s_aw_addr + s_stride), s_aw_left.eq(s_aw_left - 1)]
-        wbuf = Signal(C * 32)
-        w_holding = Signal()
+            m.d.sync += [s_aw_addr.eq(s_aw_addr + s_stride), s_aw_left.eq(s_aw_left - 1), s_aw_row.eq(s_aw_row + 1)]
+            with m.If(s_aw_row == s_rows_last):
+                next_tile = s_tile_addr + s_tile_stride
+                m.d.sync += [s_aw_row.eq(0), s_tile_addr.eq(next_tile), s_aw_addr.eq(next_tile)]
+        # Rows wait in a 2-row FIFO for the W channel: the next row is ready the cycle after the
+        # last beat of the current one (a single-beat row per cycle), and the store pipeline's
+        # ready comes from the FIFO's registers, not from wready.
+        m.submodules.w_rows = w_rows = SyncFIFO(width=C * 32, depth=2)
         w_beat = Signal(range(max(2, bpr32)))
-        m.d.comb += engine.out.ready.eq(~w_holding)
-        with m.If(engine.out.valid & engine.out.ready):
-            m.d.sync += [w_holding.eq(1), w_beat.eq(0),
-                         wbuf.eq(Mux(s_int32, Cat(*[engine.out.payload[j] for j in range(C)]),
-                                     Cat(*[engine.out.payload[j][:8] for j in range(C)])))]
+        m.d.comb += [engine.out.ready.eq(w_rows.w_rdy), w_rows.w_en.eq(engine.out.valid),
+                     w_rows.w_data.eq(Mux(s_int32, Cat(*[engine.out.payload[j] for j in range(C)]),
+                                          Cat(*[engine.out.payload[j][:8] for j in range(C)])))]
         w_last = w_beat == Mux(s_int32, bpr32 - 1, bpr8 - 1)
-        m.d.comb += [axi.wvalid.eq(w_holding), axi.wdata.eq(wbuf.word_select(w_beat, DW)),
+        m.d.comb += [axi.wvalid.eq(w_rows.r_rdy), axi.wdata.eq(w_rows.r_data.word_select(w_beat, DW)),
                      axi.wstrb.eq((1 << DB) - 1), axi.wlast.eq(w_last)]
         # STORE.cols: only the first `cols` columns of each row reach DDR (write strobes).
         valid_bytes = Signal(range(C * 4 + 1))
@@ -396,7 +412,8 @@ class Core(wiring.Component):
         with m.If(axi.wvalid & axi.wready & ~dw_busy):
             m.d.sync += w_beat.eq(w_beat + 1)
             with m.If(w_last):
-                m.d.sync += [w_holding.eq(0), s_w_left.eq(s_w_left - 1)]
+                m.d.comb += w_rows.r_en.eq(1)
+                m.d.sync += [w_beat.eq(0), s_w_left.eq(s_w_left - 1)]
         m.d.comb += axi.bready.eq(1)
         with m.If(axi.bvalid & (axi.bid == 0)):
             m.d.sync += s_b_left.eq(s_b_left - 1)

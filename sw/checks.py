@@ -54,11 +54,13 @@ def check_descriptors(cfg, descriptors: list[dict], buffer_base: int, buffer_siz
             size = n * eb if eb >= DB else -(-n * eb // DB) * DB
             in_buffer(i, d["dram_addr"], size, "source")
         elif op == "COMPUTE":
-            k = d["k_last"] + 1
-            if d["sp_addr"] + k > cfg.a_depth or d["b_base"] + k > cfg.b_depth:
-                fail(i, f"K={k} entries from A {d['sp_addr']} / B {d['b_base']} run past the scratchpads")
-            if d["acc_base"] + R > cfg.acc_depth:
-                fail(i, f"accumulator rows [{d['acc_base']}, {d['acc_base'] + R}) past depth {cfg.acc_depth}")
+            k, tiles = d["k_last"] + 1, max(1, d.get("count", 0))
+            if tiles > isa.MAX_TILES:
+                fail(i, f"{tiles} tiles, at most {isa.MAX_TILES}")
+            if d["sp_addr"] + k > cfg.a_depth or d["b_base"] + tiles * k > cfg.b_depth:
+                fail(i, f"K={k} entries from A {d['sp_addr']} / B {d['b_base']} ({tiles} tiles) run past the scratchpads")
+            if d["acc_base"] + tiles * R > cfg.acc_depth:
+                fail(i, f"accumulator rows [{d['acc_base']}, {d['acc_base'] + tiles * R}) past depth {cfg.acc_depth}")
         elif op == "ATTENTION":
             _check_attention(cfg, d, lambda why: fail(i, why))
         elif op == "DEPTHWISE":
@@ -66,23 +68,26 @@ def check_descriptors(cfg, descriptors: list[dict], buffer_base: int, buffer_siz
             counts["LOAD"] += 1         # it completes as a LOAD (hw.isa.COUNTS_AS_LOAD)
             continue
         elif op == "STORE":
-            rows = d["count"]
+            rows, tiles = d["count"], d.get("tiles_last", 0) + 1
             if not 1 <= rows <= R:
                 fail(i, f"{rows} rows, must be 1..{R}")
-            if d["sp_addr"] + rows > cfg.acc_depth or d["param_addr"] >= cfg.param_depth:
+            if d["sp_addr"] + (tiles - 1) * R + rows > cfg.acc_depth or d["param_addr"] >= cfg.param_depth:
                 fail(i, "accumulator rows or parameter entry outside their scratchpads")
             if d.get("param_rows") and rows > C:
                 fail(i, f"per-row parameters for {rows} rows, but an entry holds {C} channels")
             if d.get("cols", 0) > C:
                 fail(i, f"{d['cols']} columns, the array has {C}")
             row_bytes = C * (4 if d.get("out_int32") else 1)
-            if d["stride"] % DB:
-                fail(i, f"row stride {d['stride']} not a multiple of the {DB}-byte beat")
-            in_buffer(i, d["dram_addr"], (rows - 1) * d["stride"] + row_bytes, "destination")
-            for r in range(rows):
-                start = d["dram_addr"] + r * d["stride"]
-                if start // 4096 != (start + row_bytes - 1) // 4096:
-                    fail(i, f"row {r} crosses a 4 KiB boundary (AXI bursts may not)")
+            if d["stride"] % DB or d.get("tile_stride", 0) % DB:
+                fail(i, f"row stride {d['stride']} or tile stride {d.get('tile_stride', 0)} not a multiple of the "
+                        f"{DB}-byte beat")
+            for t in range(tiles):
+                first = d["dram_addr"] + t * d.get("tile_stride", 0)
+                in_buffer(i, first, (rows - 1) * d["stride"] + row_bytes, f"tile {t}'s destination")
+                for r in range(rows):
+                    start = first + r * d["stride"]
+                    if start // 4096 != (start + row_bytes - 1) // 4096:
+                        fail(i, f"tile {t} row {r} crosses a 4 KiB boundary (AXI bursts may not)")
         if op in counts:
             counts[op] += 1
 
@@ -91,15 +96,15 @@ def _check_im2col(cfg, d, i, fail, in_buffer) -> None:
     """LOAD IM2COL: entries inside B, every row span inside the buffer."""
     from hw.conv.im2col import row_beats
     DB = cfg.beat_bytes
-    k, n = d["kernel_last"] + 1, d["count"]
+    k, n, t = d["kernel_last"] + 1, d["count"], d.get("out_rows_last", 0) + 1
     if k > 7 or d["stride_log2"] > 2 or d["col_offset"] >= DB:
         fail(i, f"kernel {k}, stride 2^{d['stride_log2']} or column offset {d['col_offset']} out of range")
-    if n < 1 or d["sp_addr"] + n * k * k > cfg.b_depth:
-        fail(i, f"{n * k * k} entries from {d['sp_addr']} outside the B scratchpad (depth {cfg.b_depth})")
+    if n < 1 or d["sp_addr"] + t * n * k * k > cfg.b_depth:
+        fail(i, f"{t * n * k * k} entries from {d['sp_addr']} outside the B scratchpad (depth {cfg.b_depth})")
     if d["stride"] % DB:
         fail(i, f"row pitch {d['stride']} not a multiple of the {DB}-byte beat")
     nb = row_beats(cfg, k, 1 << d["stride_log2"], d["col_offset"])
-    last = d["dram_addr"] + (n - 1) * d["plane_rows"] * d["stride"] + (k - 1) * d["stride"]
+    last = d["dram_addr"] + (n - 1) * d["plane_rows"] * d["stride"] + ((t - 1 << d["stride_log2"]) + k - 1) * d["stride"]
     in_buffer(i, d["dram_addr"], nb * DB, "first row span")
     in_buffer(i, last, nb * DB, "last row span")
 

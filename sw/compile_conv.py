@@ -23,6 +23,7 @@ regions rotate, and every descriptor carries exact wait counts (as sw/compiler.p
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 
 import numpy as np
@@ -36,6 +37,7 @@ from sw.compiler import ALIGN, CompileError, Program, lay_out_image, pack_descri
 
 PAD = 3                       # zero rows/columns kept around every plane: paddings 0..3
 STRIDES = (1, 2, 4)
+ROW_GROUP_ENTRIES = 256       # B entries an output-row group's IM2COL load gathers at least (when it can)
 
 
 @dataclass(frozen=True)
@@ -184,6 +186,21 @@ def compile_conv2d(cfg, x, w, bias=None, multiplier=None, shift=None, *, stride=
                    // DB * DB + row_beats(cfg, k, stride, DB - 1) * DB, in_l.size)
     sizes = {"A": mt * a_stride, "params": mt * C * isa.PARAM_CHANNEL_BYTES, "in": span_end, "out": out_l.size}
 
+    # ---- output rows per command: when one channel tile reads one input-channel chunk, an IM2COL load
+    # gathers several output rows, one COMPUTE runs their tiles back to back and one STORE writes them.
+    # A short reduction (9 entries for one channel of 3x3) would otherwise pay each command's start-up
+    # and descriptor fetch per tile. Enough rows to amortise them, few enough that the first load (not
+    # overlapped with compute) stays short; their accumulator regions stay contiguous (double-buffered).
+    ntile_b = cin * kk
+    group = load_rows = 1      # output rows per COMPUTE / STORE, per IM2COL load (a multiple of group)
+    if single and not depthwise and nb == 1:
+        group = max(1, min(isa.MAX_TILES, regions_acc // 2, b_half // ntile_b, -(-ROW_GROUP_ENTRIES // ntile_b), ho))
+        load_rows = group * max(1, min(b_half // (ntile_b * group), -(-ROW_GROUP_ENTRIES // (ntile_b * group)),
+                                       isa.MAX_TILES // group))
+
+    im2col_fields = dict(kernel_last=k - 1, stride_log2=stride.bit_length() - 1, stride=in_l.row_bytes,
+                         plane_rows=in_l.plane_rows)
+
     # ---- ops
     ops = []
     tile_no = 0
@@ -200,6 +217,33 @@ def compile_conv2d(cfg, x, w, bias=None, multiplier=None, shift=None, *, stride=
         p_loads = [dict(target="PARAM", src=("params", t * C * isa.PARAM_CHANNEL_BYTES), count=1,
                         sp=hp * p_half + i, res=("P", hp)) for i, t in enumerate(tiles)]
         first_in_block = True
+        if group > 1:
+            (t,) = tiles
+            co0, rows = t * R, min(R, cout - t * R)
+            for oy_l, xt in itertools.product(range(0, ho, load_rows), range(x_tiles)):
+                n_load = min(load_rows, ho - oy_l)
+                ox0 = xt * C
+                hb = step % 2
+                step += 1
+                src = in_l.offset(0, oy_l * stride - padding, ox0 * stride - padding)
+                loads = a_loads + p_loads if first_in_block else []
+                first_in_block = False
+                loads.append(dict(target="IM2COL", src=("in", src // DB * DB), count=cin, sp=hb * b_half,
+                                  res=("B", hb), fields=dict(im2col_fields, col_offset=src % DB, out_rows_last=n_load - 1)))
+                for oy0 in range(oy_l, oy_l + n_load, group):
+                    n_out = min(group, oy_l + n_load - oy0)
+                    region = tile_no % (regions_acc // group) * group
+                    tile_no += 1
+                    regions = list(range(region, region + n_out))
+                    store = dict(rows=rows, acc=region, acc_regions=regions, param=hp * p_half, p=("P", hp),
+                                 dst=("out", out_l.offset(co0, oy0, ox0)), stride=out_l.plane_bytes,
+                                 fields=dict(param_rows=1, cols=min(C, wo - ox0), tiles_last=n_out - 1,
+                                             tile_stride=out_l.row_bytes))
+                    ops.append(dict(loads=loads, a=("A", ha), b=("B", hb), a_base=ha * a_half,
+                                    b_base=hb * b_half + (oy0 - oy_l) * ntile_b, k_last=ntile_b - 1, acc=region,
+                                    acc_regions=regions, tiles=n_out, accumulate=0, store=store))
+                    loads = []
+            continue
         for oy in range(ho):
             for xt in range(x_tiles):
                 ox0 = xt * C
@@ -222,9 +266,7 @@ def compile_conv2d(cfg, x, w, bias=None, multiplier=None, shift=None, *, stride=
                             b_shared = ("B", hb)
                             loads.append(dict(target="IM2COL", src=("in", src // DB * DB), count=nch,
                                               sp=hb * b_half, res=b_shared,
-                                              fields=dict(kernel_last=k - 1, stride_log2=stride.bit_length() - 1,
-                                                          col_offset=src % DB, stride=in_l.row_bytes,
-                                                          plane_rows=in_l.plane_rows)))
+                                              fields=dict(im2col_fields, col_offset=src % DB)))
                         if not single:
                             hx = (step - 1) % 2
                             loads.append(dict(target="A", src=("A", t * a_stride + c0 * kk * R), count=nch * kk,

@@ -201,8 +201,9 @@ def schedule(ops: list[dict], R: int, relu: bool, out_int32: bool) -> list[dict]
 
     ops: COMPUTEs in order, each with the loads it needs ("loads": target, src, count, sp,
     res = the (scratchpad, half) it overwrites, optional "fields" for extra descriptor fields),
-    its operands "a"/"b" (resources), "acc" region, "accumulate", and an optional "store"
-    (rows, acc, param, p = its PARAM resource, dst, stride, optional "fields").
+    its operands "a"/"b" (resources), "acc" region, "accumulate", optional "tiles" (COMPUTE.count:
+    tiles back to back) with their "acc_regions", and an optional "store" (rows, acc, param,
+    p = its PARAM resource, dst, stride, optional "fields" and "acc_regions").
     """
     descs: list[dict] = []
     counts = {"LOAD": 0, "COMPUTE": 0, "STORE": 0}
@@ -241,19 +242,22 @@ def schedule(ops: list[dict], R: int, relu: bool, out_int32: bool) -> list[dict]
         emit(dict(opcode="STORE", count=st["rows"], sp_addr=st["acc"] * R, param_addr=st["param"],
                   relu=int(relu), out_int32=int(out_int32), dst=st["dst"], stride=st["stride"],
                   **st.get("fields", {})), {"COMPUTE": compute_done})
-        acc_free[st["acc"]] = counts["STORE"]
+        for region in st.get("acc_regions", [st["acc"]]):
+            acc_free[region] = counts["STORE"]
         prev = last_reader.get(st["p"], ("STORE", 0))
         last_reader[st["p"]] = ("STORE", max(counts["STORE"], prev[1] if prev[0] == "STORE" else 0))
 
     emit_bucket(-1)
     pending = None
     for i, op in enumerate(ops):
+        regions = op.get("acc_regions", [op["acc"]])
         waits = {"LOAD": max([ld["done_at"] for ld in op["loads"]], default=0),
-                 "STORE": acc_free.get(op["acc"], 0) if not op["accumulate"] else 0}
+                 "STORE": max(acc_free.get(r, 0) for r in regions) if not op["accumulate"] else 0}
         counts["COMPUTE"] += 1
         op["done_at"] = counts["COMPUTE"]
+        tiles = {"count": op["tiles"]} if op.get("tiles", 1) > 1 else {}
         emit(dict(opcode="COMPUTE", sp_addr=op["a_base"], b_base=op["b_base"], k_last=op["k_last"],
-                  acc_base=op["acc"] * R, accumulate=op["accumulate"]), waits)
+                  acc_base=op["acc"] * R, accumulate=op["accumulate"], **tiles), waits)
         last_reader[op["a"]] = ("COMPUTE", op["done_at"])
         last_reader[op["b"]] = ("COMPUTE", op["done_at"])
         if pending is not None:

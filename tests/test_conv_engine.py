@@ -63,14 +63,15 @@ def run_loader(cfg, mem: np.ndarray, cmd: dict, *, stall: float, seed: int) -> d
     return got
 
 
-@pytest.mark.parametrize("cin,h,w,k,stride,padding,oy,xt,base", [
-    (3, 11, 13, 7, 4, 3, 1, 0, 0x1000),          # patch-embed class, top border
-    (2, 9, 21, 3, 2, 1, 4, 1, 0xF00),            # right border tile; rows cross 4 KiB
-    (4, 5, 6, 1, 1, 0, 2, 0, 0x2000),            # 1x1
-    (1, 8, 8, 7, 1, 3, 7, 0, 0x3FC8),            # depthwise 7x7 class, bottom border
-    (2, 7, 9, 5, 2, 2, 0, 0, 0x1FF0),
+@pytest.mark.parametrize("cin,h,w,k,stride,padding,oy,xt,base,n_out", [
+    (3, 11, 13, 7, 4, 3, 1, 0, 0x1000, 1),       # patch-embed class, top border
+    (2, 9, 21, 3, 2, 1, 1, 1, 0xF00, 4),         # right border tile, 4 output rows; rows cross 4 KiB
+    (4, 5, 6, 1, 1, 0, 2, 0, 0x2000, 3),         # 1x1
+    (1, 8, 8, 7, 1, 3, 3, 0, 0x3FC8, 5),         # depthwise 7x7 class, to the bottom border
+    (2, 7, 9, 5, 2, 2, 0, 0, 0x1FF0, 1),
+    (1, 16, 19, 3, 2, 1, 0, 1, 0x2400, 8),       # mask-downsampler class: one channel, every output row
 ])
-def test_im2col_loader_amaranth(cin, h, w, k, stride, padding, oy, xt, base):
+def test_im2col_loader_amaranth(cin, h, w, k, stride, padding, oy, xt, base, n_out):
     cfg = SIM
     C, DB = cfg.cols, cfg.beat_bytes
     rng = np.random.default_rng(k * 100 + cin)
@@ -82,21 +83,23 @@ def test_im2col_loader_amaranth(cin, h, w, k, stride, padding, oy, xt, base):
     ox0 = xt * C
     off = lay.offset(0, oy * stride - padding, ox0 * stride - padding)
     cmd = dict(addr=base + off // DB * DB, pitch=lay.row_bytes, plane_rows=lay.plane_rows, channels=cin,
-               k_last=k - 1, stride_log2=stride.bit_length() - 1, offset=off % DB, sp=5)
+               k_last=k - 1, stride_log2=stride.bit_length() - 1, offset=off % DB, sp=5, out_rows_last=n_out - 1)
     got = run_loader(cfg, mem, cmd, stall=0.3, seed=k)
     n = cin * k * k
-    assert sorted(got) == list(range(5, 5 + n))
-    entries = np.array([got[5 + e] for e in range(n)])
+    assert sorted(got) == list(range(5, 5 + n * n_out))
+    entries = np.array([got[5 + e] for e in range(n * n_out)])
     # Valid lanes (output pixels inside the map) = golden im2col; all lanes = the sim model.
     wo = intconv.out_size(w, k, stride, padding)
-    cols = intconv.im2col(x, k, stride, padding).reshape(n, -1, wo)[:, oy]
     lanes = min(C, wo - ox0)
-    assert np.array_equal(entries[:, :lanes], cols[:, ox0:ox0 + lanes])
+    for t in range(n_out):
+        cols = intconv.im2col(x, k, stride, padding).reshape(n, -1, wo)[:, oy + t]
+        assert np.array_equal(entries[t * n:(t + 1) * n, :lanes], cols[:, ox0:ox0 + lanes]), f"output row {oy + t}"
     model = SimOverlay(cfg, len(mem))
     model.ddr[:] = mem
     model._im2col(dict(dram_addr=cmd["addr"], stride=cmd["pitch"], plane_rows=cmd["plane_rows"], count=cin,
-                       kernel_last=k - 1, stride_log2=cmd["stride_log2"], col_offset=cmd["offset"], sp_addr=5))
-    assert np.array_equal(model.b[5:5 + n], entries)
+                       kernel_last=k - 1, stride_log2=cmd["stride_log2"], col_offset=cmd["offset"], sp_addr=5,
+                       out_rows_last=n_out - 1))
+    assert np.array_equal(model.b[5:5 + n * n_out], entries)
 
 
 def conv_case(rng, cin, h, w, cout, k, depthwise):
@@ -161,7 +164,8 @@ def test_rtl_equals_sim_equals_golden_with_axi_backpressure():
     drv = Driver(SIM, "sim")
     progs, wants, sims = [], [], []
     for cin, h, w, cout, k, stride, padding, depthwise, relu, out_int32 in CASES[:5] + [
-            (2, 5, 17, 5, 3, 2, 1, False, False, False)]:
+            (2, 5, 17, 5, 3, 2, 1, False, False, False),
+            (1, 21, 19, 3, 3, 2, 1, False, False, False)]:     # output rows in groups of 8 and 3, two x tiles
         x, wt, bias, mult, shift = conv_case(rng, cin, h, w, cout, k, depthwise)
         prog = compile_conv2d(SIM, x, wt, bias, mult, shift, stride=stride, padding=padding, depthwise=depthwise,
                               relu=relu, out_int32=out_int32, base_addr=drv.BUFFER_BASE)
@@ -185,7 +189,7 @@ def test_checks_refuse_bad_im2col_and_store_descriptors():
     prog = compile_conv2d(SIM, x, wt, bias, mult, shift, padding=1, base_addr=0x100000)
     i = next(j for j, d in enumerate(prog.descriptors) if d.get("target") == isa.TARGETS["IM2COL"])
     s = next(j for j, d in enumerate(prog.descriptors) if d["opcode"] == isa.OPCODES["STORE"])
-    for j, change, match in [(i, {"count": 100}, "outside the buffer"), (i, {"sp_addr": 4090}, "B scratchpad"),
+    for j, change, match in [(i, {"count": 40}, "outside the buffer"), (i, {"sp_addr": 4090}, "B scratchpad"),
                              (i, {"stride": 12}, "pitch"), (i, {"kernel_last": 7}, "out of range"),
                              (s, {"cols": 9}, "columns")]:
         descs = [dict(d) for d in prog.descriptors]
@@ -194,6 +198,31 @@ def test_checks_refuse_bad_im2col_and_store_descriptors():
             check_descriptors(SIM, descs, prog.base_addr, len(prog.image))
     with pytest.raises(DescriptorError, match="no convolution engine"):
         check_descriptors(SIM.replace(engines=("gemm",)), prog.descriptors, prog.base_addr, len(prog.image))
+
+
+def test_short_reductions_run_output_rows_per_command_and_checks_bound_them():
+    """One input channel of 3x3: an IM2COL load gathers several output rows and one COMPUTE / STORE covers
+    a group of them (tiles); the descriptor checks bound every tile."""
+    rng = np.random.default_rng(3)
+    x, wt, bias, mult, shift = conv_case(rng, 1, 40, 20, 3, 3, False)
+    prog = compile_conv2d(SIM, x, wt, bias, mult, shift, stride=2, padding=1, base_addr=0x100000)
+    ops = {v: k for k, v in isa.OPCODES.items()}
+    computes = [d for d in prog.descriptors if ops[d["opcode"]] == "COMPUTE"]
+    stores = [d for d in prog.descriptors if ops[d["opcode"]] == "STORE"]
+    loads = [d for d in prog.descriptors if d.get("target") == isa.TARGETS["IM2COL"]]
+    assert max(d.get("count", 0) for d in computes) > 1 and max(d.get("tiles_last", 0) for d in stores) > 0
+    assert max(d["out_rows_last"] for d in loads) + 1 >= max(d.get("count", 0) for d in computes)
+    assert sum(max(1, d.get("count", 0)) for d in computes) == 20 * 2       # 20 output rows x 2 column tiles
+    want = golden(x, wt, bias, mult, shift, 2, 1, False, False, False)
+    assert np.array_equal(prog.output(Driver(SIM, "sim").run(prog)), want)
+    c = prog.descriptors.index(computes[0])
+    st = prog.descriptors.index(max(stores, key=lambda d: d.get("tiles_last", 0)))
+    for j, change, match in [(c, {"count": isa.MAX_TILES + 1}, "tiles"), (c, {"count": 200}, "past"),
+                             (st, {"tiles_last": 200}, "outside"), (st, {"tile_stride": 12}, "tile stride")]:
+        descs = [dict(d) for d in prog.descriptors]
+        descs[j].update(change)
+        with pytest.raises(DescriptorError, match=match):
+            check_descriptors(SIM, descs, prog.base_addr, len(prog.image))
 
 
 @pytest.mark.parametrize("kw,match", [

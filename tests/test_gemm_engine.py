@@ -11,22 +11,30 @@ from sim.gemm_engine_tb import run_engine_amaranth
 from sim.runner import BUILD, waves_requested
 
 
-@pytest.mark.parametrize("rows,cols", [(2, 2), (3, 5), (4, 2)])
+@pytest.mark.parametrize("rows,cols", [(2, 2), (3, 5), (4, 2), (4, 8)])
 def test_array_back_to_back_tiles(rows, cols):
-    """Tiles streamed with no gap (K >= 2R + C - 1) and drained while the next accumulates."""
+    """Tiles streamed with no gap at the shortest K the drain allows (2R - 1), drained while the next
+    accumulates; a K = 1 tile padded with bubbles to the same spacing."""
+    from hw.isa import array_tile_gap
     rng = np.random.default_rng(rows * 10 + cols)
-    ks = [2 * rows + cols - 1, 2 * rows + cols + 3, 40]
+    gap = array_tile_gap(rows)
+    ks = [gap, gap, gap + 1, 1, gap, 2 * rows + cols + 3, gap, 40, gap]
     tiles = [(rng.integers(-128, 128, (rows, k)), rng.integers(-128, 128, (k, cols))) for k in ks]
     tiles[0][0][:] = -128
     tiles[0][1][:] = -128
+    tiles[1][0][:] = 127
+    tiles[1][1][:] = -128
     dut = SystolicArray(rows, cols)
     got = []
 
     async def bench(ctx):
-        drain_at = []
+        shift_at, out_at = [], []
         t = 0
-        stream = [(a[:, k], b[k], k == a.shape[1] - 1) for a, b in tiles for k in range(a.shape[1])]
-        stream += [None] * (2 * rows + cols + 4 + SystolicArray.EXTRA_LATENCY)
+        stream = []
+        for a, b in tiles:
+            stream += [None] * (gap - a.shape[1])           # bubbles (valid = 0) before a short tile
+            stream += [(a[:, k], b[k], k == a.shape[1] - 1) for k in range(a.shape[1])]
+        stream += [None] * (2 * rows + 2 * cols + 4 + SystolicArray.EXTRA_LATENCY)
         rows_out = []
         for item in stream:
             if item is None:
@@ -41,10 +49,10 @@ def test_array_back_to_back_tiles(rows, cols):
                 ctx.set(dut.valid, 1)
                 ctx.set(dut.last, int(last))
                 if last:
-                    drain_at.append(t + rows + cols - 1 + SystolicArray.EXTRA_LATENCY)
-            draining = any(d <= t < d + rows for d in drain_at)
-            ctx.set(dut.shift, int(draining))
-            if draining:
+                    shift_at.append(t + rows + SystolicArray.EXTRA_LATENCY)
+                    out_at.append(shift_at[-1] + dut.drain_latency)
+            ctx.set(dut.shift, int(any(d <= t < d + rows for d in shift_at)))
+            if any(d <= t < d + rows for d in out_at):
                 rows_out.append([ctx.get(dut.out[j]) for j in range(cols)])
             await ctx.tick()
             t += 1
@@ -54,6 +62,7 @@ def test_array_back_to_back_tiles(rows, cols):
     sim.add_clock(1e-8)
     sim.add_testbench(bench)
     sim.run()
+    assert len(got) == rows * len(tiles)
     for n, (a, b) in enumerate(tiles):
         expected = (a @ b)[::-1]          # the drain emits row R-1 first
         assert np.array_equal(np.array(got[n * rows:(n + 1) * rows]), expected), f"tile {n}"

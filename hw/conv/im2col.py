@@ -13,7 +13,9 @@ cycle, each lane j picking byte off + kx + j*S (a shared byte shifter by off + k
 per-lane choice of stride 1, 2 or 4). The next row streams into the line buffer while
 the current one emits from its copy, so a row costs max(nb, K) cycles. Padding needs no
 logic: the layout keeps zero margins around every plane. Entries are in torch's weight
-order (ci, ky, kx), channels*K*K of them from `sp`.
+order (ci, ky, kx), channels*K*K of them from `sp`, for each of out_rows_last + 1 output
+rows in turn (input rows S x pitch apart): one command feeds several array tiles, so a
+short reduction (one channel of 3x3: 9 entries) does not pay the command's start-up each time.
 """
 from amaranth import Module, Mux, Signal, unsigned
 from amaranth.lib import data, stream, wiring
@@ -47,6 +49,7 @@ class Im2colCommand(data.Struct):
     stride_log2: unsigned(2)    # 0, 1, 2: stride 1, 2, 4
     offset: unsigned(5)         # byte of the first input column within the first beat
     sp: unsigned(16)            # first B scratchpad entry
+    out_rows_last: unsigned(8)  # output rows - 1; the next one's input rows start 2^stride_log2 rows further
 
 
 class Im2colLoader(wiring.Component):
@@ -83,13 +86,18 @@ class Im2colLoader(wiring.Component):
         a_chan = Signal(32)          # start of the current channel's first row
         a_ky = Signal(3)
         a_left = Signal(range(NB + 1))
-        a_rows = Signal(20)          # rows still to request after the current one
+        a_rows = Signal(20)          # rows still to request in this output row after the current one
+        a_out = Signal(32)           # the current output row's first input row (ci=0, ky=0)
+        a_outs = Signal(8)           # output rows still to request after the current one
+        rows_per_out = Signal(20)    # input rows per output row: channels x K
+        row_step = Signal(32)        # bytes between output rows' first input rows: S x pitch
         with m.If(self.cmd.valid & self.cmd.ready):
             m.d.sync += [busy.eq(1), cmd.eq(p), plane.eq(p.plane_rows * p.pitch),
                          nb.eq((span + DB - 1) >> exact_log2(DB)),
-                         a_addr.eq(p.addr), a_row.eq(p.addr), a_chan.eq(p.addr), a_ky.eq(0),
+                         a_addr.eq(p.addr), a_row.eq(p.addr), a_chan.eq(p.addr), a_out.eq(p.addr), a_ky.eq(0),
                          a_left.eq((span + DB - 1) >> exact_log2(DB)),
-                         a_rows.eq(p.channels * (p.k_last + 1) - 1)]
+                         rows_per_out.eq(p.channels * (p.k_last + 1)), row_step.eq(p.pitch << p.stride_log2),
+                         a_rows.eq(p.channels * (p.k_last + 1) - 1), a_outs.eq(p.out_rows_last)]
         to_boundary = Signal(range(BOUNDARY // DB + 1))
         m.d.comb += to_boundary.eq((BOUNDARY - a_addr[:exact_log2(BOUNDARY)]) >> exact_log2(DB))
         burst = Signal(range(MAX_BURST_BEATS + 1))
@@ -106,6 +114,11 @@ class Im2colLoader(wiring.Component):
                 m.d.sync += [a_ky.eq(0), a_chan.eq(a_chan + plane)]
             with m.Else():
                 m.d.sync += a_ky.eq(a_ky + 1)
+        with m.Elif(busy & (a_left == 0) & (a_outs != 0)):
+            # Next output row: its first input row, S rows below the current one's.
+            next_out = a_out + row_step
+            m.d.sync += [a_outs.eq(a_outs - 1), a_rows.eq(rows_per_out - 1), a_left.eq(nb), a_ky.eq(0),
+                         a_out.eq(next_out), a_chan.eq(next_out), a_row.eq(next_out), a_addr.eq(next_out)]
 
         # ------------------------------------------------ R: beats into the line buffer
         line = Signal(NB * DW)
@@ -127,16 +140,19 @@ class Im2colLoader(wiring.Component):
                 m.d.sync += rb.eq(rb + 1)
 
         # ------------------------------------------------ emission: K entries per row
-        rows_left = Signal(20)
+        rows_left = Signal(20)       # input rows of this output row still to emit
+        outs_left = Signal(8)        # output rows after this one
         with m.If(self.cmd.valid & self.cmd.ready):
-            m.d.sync += rows_left.eq(p.channels * (p.k_last + 1))
+            m.d.sync += [rows_left.eq(p.channels * (p.k_last + 1)), outs_left.eq(p.out_rows_last)]
         with m.If(take):
             m.d.sync += [emit.eq(line), emitting.eq(1), kx.eq(0)]
         with m.Elif(emit_last):
             m.d.sync += emitting.eq(0)
         with m.Elif(emitting):
             m.d.sync += kx.eq(kx + 1)
-        with m.If(emit_last):
+        with m.If(emit_last & (rows_left == 1) & (outs_left != 0)):
+            m.d.sync += [rows_left.eq(rows_per_out), outs_left.eq(outs_left - 1)]
+        with m.Elif(emit_last):
             m.d.sync += rows_left.eq(rows_left - 1)
 
         shifted = Signal(SPAN * 8)

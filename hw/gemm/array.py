@@ -11,17 +11,23 @@ C[i, j] and accumulates it over the whole K of a tile without ever leaving the P
     of B across M-tiles is the scratchpads' job, which the host compiler schedules.
   * The results leave through a separate shadow-register chain (one `out`
     register per PE, shifted down a column per cycle) while the next tile already
-    accumulates, so back-to-back tiles with K >= 2R + C - 1 never stall.
+    accumulates. Each column drains as soon as its own last PE has finished (column j
+    j cycles after column 0, following the wavefront), so back-to-back tiles need only
+    K >= 2R - 1 (`isa.array_tile_gap`): short reductions (a 3x3 convolution of one
+    channel is K = 9) keep the array busy too.
 Weight-stationary would need one accumulator write per output per K-slice of R
 (an accumulator scratchpad port per column every cycle) and a weight preload per
 tile: more memory traffic for the same MACs.
 
 `valid` and `last` travel with A along the rows. On `last` a PE moves its sum
 (including this cycle's product) into `out` and restarts from zero, so tiles can
-follow each other with no gap in the stream. `shift` moves every column's `out`
-registers down by one; `out` (the bottom row) is then row R-1, R-2, ... 0.
-The caller must keep `shift` away from cycles in which `out` registers are
-written (see GemmCompute: the array never stalls, so this is pure timing).
+follow each other with no gap in the stream. `shift` drains column 0: it moves its
+`out` registers down by one; column j does the same j cycles later. `out` is the
+bottom row de-skewed (column j delayed C-1-j cycles), so the row column 0 showed when
+`shift` was high appears, whole, `drain_latency` = C - 1 cycles later: rows R-1,
+R-2, ... 0 for R consecutive shift cycles. The caller times `shift` (GemmCompute; the
+array never stalls, so this is pure timing): a column's drain starts after its last
+PE's write and ends no later than the next tile's first write into that column.
 
 Two registers beyond the skew, for timing (`EXTRA_LATENCY`): the edge inputs are
 registered once (the scratchpads' outputs go straight to flip-flops), and each PE
@@ -54,6 +60,8 @@ class SystolicArray(wiring.Component):
 
     def __init__(self, rows: int, cols: int):
         self.rows, self.cols = rows, cols
+        #: Cycles from column 0's `shift` to its row on the de-skewed `out`.
+        self.drain_latency = cols - 1
         super().__init__({
             "a": In(data.ArrayLayout(INT8, rows)),
             "b": In(data.ArrayLayout(INT8, cols)),
@@ -77,6 +85,8 @@ class SystolicArray(wiring.Component):
         b_edge = [delayed(self.b[j], j + 1, f"b{j}") for j in range(C)]
 
         out = [[Signal(ACC, name=f"out_{i}_{j}") for j in range(C)] for i in range(R)]
+        # Column j drains j cycles after column 0, as its PEs finish j cycles later.
+        shift = [self.shift] + [delayed(self.shift, j, f"shift{j}") for j in range(1, C)]
         b_from_above = b_edge
         for i in range(R):
             a_in, v_in, l_in = a_edge[i], v_edge[i], l_edge[i]
@@ -88,7 +98,7 @@ class SystolicArray(wiring.Component):
                 prod = Signal(signed(16), name=f"prod_{i}_{j}")
                 v_p, l_p = Signal(name=f"vp_{i}_{j}"), Signal(name=f"lp_{i}_{j}")
                 m.d.sync += [prod.eq(a_in * b_in), v_p.eq(v_in), l_p.eq(l_in)]
-                with m.If(self.shift):
+                with m.If(shift[j]):
                     m.d.sync += out[i][j].eq(out[i - 1][j] if i else 0)
                 with m.If(v_p):
                     with m.If(l_p):
@@ -106,5 +116,5 @@ class SystolicArray(wiring.Component):
                     b_below.append(b_r)
             b_from_above = b_below
         for j in range(C):
-            m.d.comb += self.out[j].eq(out[R - 1][j])
+            m.d.comb += self.out[j].eq(delayed(out[R - 1][j], C - 1 - j, f"deskew{j}"))
         return m

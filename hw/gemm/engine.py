@@ -24,7 +24,8 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
 from golden_model.intops import ACC_BITS, MULT_BITS, SHIFT_BITS
-from hw.gemm.array import ACC, INT8, SystolicArray
+from hw import isa
+from hw.gemm.array import ACC, INT8, SystolicArray, delay_line
 from hw.requant import Requantizer
 
 
@@ -56,6 +57,7 @@ class EngineLayouts:
             "k_last": unsigned(k_bits),
             "acc_base": unsigned(abits(cfg.acc_depth)),
             "accumulate": unsigned(1),     # add to the accumulator rows instead of overwriting
+            "tiles_last": unsigned(8),     # more tiles: B from b_base + t K, accumulator rows from acc_base + t R
         })
         #: rows_last + 1 accumulator rows from acc_base, through channel params entry param_addr.
         self.store = data.StructLayout({
@@ -65,6 +67,7 @@ class EngineLayouts:
             "relu": unsigned(1),
             "out_int32": unsigned(1),
             "param_rows": unsigned(1),     # row r uses channel r of the entry (convolutions)
+            "tiles_last": unsigned(8),     # more tiles of rows_last + 1 rows, tile t from acc_base + t R
         })
         self.out = data.ArrayLayout(ACC, C)
         #: A whole accumulator row written by another engine (attention).
@@ -77,8 +80,10 @@ class GemmCompute(wiring.Component):
     Timing (the array never stalls; bubbles carry valid=0): the entry for step k is
     addressed at cycle t, enters the array at t+1. A command's last step, issued at
     t_L, leaves the last PE's `out` written by cycle t_L + R + C - 1 + X (X: the
-    array's EXTRA_LATENCY); the drain then shifts R rows out over the next R cycles,
-    and the next command's last step may issue once the drain's last cycle has come.
+    array's EXTRA_LATENCY); its R rows reach the accumulator scratchpad over the next
+    R cycles (column 0 drains from t_L + R + X + 1, the array de-skews the columns).
+    The next command's last step may issue isa.array_tile_gap(R) = 2R - 1 cycles after
+    t_L, so up to ceil((2R + C + X) / (2R - 1)) finished tiles are in the drain at once.
     """
 
     def __init__(self, cfg, a_mem: Memory, b_mem: Memory, acc_mem: Memory):
@@ -100,18 +105,20 @@ class GemmCompute(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         R, C = self.cfg.rows, self.cfg.cols
-        # cycles after the last issue (as counted by `since_last`)
-        drain_start = R + C - 1 + SystolicArray.EXTRA_LATENCY
-        drain_end = drain_start + R - 1  # inclusive; also the earliest next last issue
-
         m.submodules.array = array = SystolicArray(R, C)
         rd_a, rd_b, acc_rd, acc_wr = self._rd_a, self._rd_b, self._acc_rd, self._acc_wr
+        # Cycles after a last issue (since_last = 0 the cycle after it): column 0 of the array
+        # starts draining at col0_drain, the de-skewed rows reach the accumulator side at
+        # drain_start. The next last issue may come once since_last reaches gap - 1.
+        col0_drain = R + SystolicArray.EXTRA_LATENCY
+        drain_start = col0_drain + array.drain_latency
+        gap = isa.array_tile_gap(R)
 
         cmd = Signal(self.layouts.compute)
         busy = Signal()
         k = Signal.like(cmd.k_last)
-        since_last = Signal(range(drain_end + 2), init=drain_end + 1)
-        # k == cmd.k_last and since_last < drain_end, kept as flip-flops (set from the next
+        since_last = Signal(range(gap + 1), init=gap)
+        # k == cmd.k_last and since_last < gap - 1, kept as flip-flops (set from the next
         # values): `cmd.ready` feeds the dispatcher, so it is one gate from registers.
         is_last = Signal()
         too_soon = Signal()
@@ -125,33 +132,47 @@ class GemmCompute(wiring.Component):
         m.d.comb += [array.a.eq(rd_a.data), array.b.eq(rd_b.data),
                      array.valid.eq(valid1), array.last.eq(last1)]
 
-        with m.If(since_last <= drain_end):
-            m.d.sync += [since_last.eq(since_last + 1), too_soon.eq(since_last + 1 < drain_end)]
-        drain_base = Signal.like(cmd.acc_base)
-        drain_accum = Signal()
+        with m.If(since_last < gap):
+            m.d.sync += [since_last.eq(since_last + 1), too_soon.eq(since_last + 2 < gap)]
+        # The finished tile's accumulator rows travel with it to the drain (tiles overlap there);
+        # `final`: the command's last tile (its drain completes the command).
+        finished = Signal(data.StructLayout({"valid": 1, "final": 1, "acc_base": len(cmd.acc_base), "accumulate": 1}))
+        more_tiles = cmd.tiles_last != 0
+        m.d.sync += finished.valid.eq(issue & is_last)
         with m.If(issue):
             m.d.sync += [k.eq(k + 1), is_last.eq(k + 1 == cmd.k_last)]
             with m.If(is_last):
-                m.d.sync += [busy.eq(0), since_last.eq(0), too_soon.eq(drain_end > 0),
-                             drain_base.eq(cmd.acc_base), drain_accum.eq(cmd.accumulate)]
+                m.d.sync += [busy.eq(more_tiles), since_last.eq(0), too_soon.eq(gap > 1), finished.final.eq(~more_tiles),
+                             finished.acc_base.eq(cmd.acc_base), finished.accumulate.eq(cmd.accumulate)]
+                with m.If(more_tiles):
+                    # The next tile: B entries after this one's, the next R accumulator rows.
+                    m.d.sync += [k.eq(0), is_last.eq(cmd.k_last == 0), cmd.tiles_last.eq(cmd.tiles_last - 1),
+                                 cmd.b_base.eq(cmd.b_base + cmd.k_last + 1), cmd.acc_base.eq(cmd.acc_base + R)]
         # Take the next command the cycle the current one issues its last step.
-        m.d.comb += self.cmd.ready.eq(~busy | (issue & is_last))
+        m.d.comb += self.cmd.ready.eq(~busy | (issue & is_last & ~more_tiles))
         with m.If(self.cmd.valid & self.cmd.ready):
             m.d.sync += [cmd.eq(self.cmd.payload), k.eq(0), busy.eq(1), is_last.eq(self.cmd.payload.k_last == 0)]
 
-        # Drain: the bottom row is row R-1-d at drain cycle d; read the old row for
-        # accumulate now, write the sum next cycle.
-        draining = (since_last >= drain_start) & (since_last <= drain_end)
-        d = Signal(range(R))
-        m.d.comb += [d.eq(since_last - drain_start), array.shift.eq(draining)]
-        row_addr = Signal.like(drain_base)
+        # Drain: R cycles from column 0's start (shift), and R cycles of de-skewed rows (the
+        # bottom row is row R-1-d at drain cycle d): read the old row for accumulate now,
+        # write the sum next cycle.
+        m.d.comb += array.shift.eq(self._window(m, delay_line(m, finished.valid, col0_drain, "col0_go"), "col0")[0])
+        to_drain = delay_line(m, finished, drain_start, "drain_go")
+        draining, d = self._window(m, to_drain.valid, "drain")
+        drain_tile = Signal.like(finished)
+        with m.If(to_drain.valid):
+            m.d.sync += drain_tile.eq(to_drain)
+        drain_base = Mux(to_drain.valid, to_drain.acc_base, drain_tile.acc_base)
+        drain_accum = Mux(to_drain.valid, to_drain.accumulate, drain_tile.accumulate)
+        row_addr = Signal.like(cmd.acc_base)
         m.d.comb += [row_addr.eq(drain_base + (R - 1) - d), acc_rd.addr.eq(row_addr)]
-        w_valid, w_last, w_accum = Signal(), Signal(), Signal()
-        w_addr = Signal.like(drain_base)
+        drain_final = Mux(to_drain.valid, to_drain.final, drain_tile.final)
+        w_valid, w_last, w_final, w_accum = Signal(), Signal(), Signal(), Signal()
+        w_addr = Signal.like(cmd.acc_base)
         w_data = Signal(data.ArrayLayout(ACC, C))
-        m.d.sync += [w_valid.eq(draining), w_last.eq(draining & (d == R - 1)), w_accum.eq(drain_accum),
-                     w_addr.eq(row_addr), w_data.eq(array.out)]
-        m.d.comb += [acc_wr.en.eq(w_valid), acc_wr.addr.eq(w_addr), self.done.eq(w_last)]
+        m.d.sync += [w_valid.eq(draining), w_last.eq(draining & (d == R - 1)), w_final.eq(drain_final),
+                     w_accum.eq(drain_accum), w_addr.eq(row_addr), w_data.eq(array.out)]
+        m.d.comb += [acc_wr.en.eq(w_valid), acc_wr.addr.eq(w_addr), self.done.eq(w_last & w_final)]
         for j in range(C):
             m.d.comb += acc_wr.data[j].eq(w_data[j] + Mux(w_accum, acc_rd.data[j], 0))
         if "attention" in self.cfg.engines:
@@ -161,13 +182,32 @@ class GemmCompute(wiring.Component):
                 m.d.comb += [acc_wr.en.eq(1), acc_wr.addr.eq(ext.payload.addr)]
                 for j in range(C):
                     m.d.comb += acc_wr.data[j].eq(ext.payload.data[j])
-        m.d.comb += self.busy.eq(busy | (since_last <= drain_end) | w_valid)
+        # Tiles between their last issue and their last accumulator write.
+        in_flight = Signal(range(drain_start // gap + 3))
+        with m.If(finished.valid & ~w_last):
+            m.d.sync += in_flight.eq(in_flight + 1)
+        with m.Elif(w_last & ~finished.valid):
+            m.d.sync += in_flight.eq(in_flight - 1)
+        m.d.comb += self.busy.eq(busy | (in_flight != 0))
         return m
+
+    def _window(self, m, go, name):
+        """R cycles from `go` (which starts it): (active, row count d = 0 .. R-1)."""
+        R = self.cfg.rows
+        d_next = Signal(range(R + 1), name=f"{name}_next")      # 0: idle
+        active = Signal(name=f"{name}_active")
+        d = Signal(range(R), name=f"{name}_d")
+        m.d.comb += [active.eq(go | (d_next != 0)), d.eq(Mux(go, 0, d_next))]
+        with m.If(active):
+            m.d.sync += d_next.eq(Mux(d + 1 == R, 0, d + 1))
+        return active, d
 
 
 class GemmStore(wiring.Component):
     """Reads accumulator rows, adds bias (saturating), requantises (or not), emits rows.
 
+    A command is tiles_last + 1 tiles of rows_last + 1 rows, tile t from accumulator row
+    acc_base + t R (row r of a tile uses channel r of the entry with param_rows).
     One command at a time: a new command starts when the previous one's rows have all
     left, so int8 and int32 results never overtake each other.
     """
@@ -192,27 +232,30 @@ class GemmStore(wiring.Component):
 
         cmd = Signal(self.layouts.store)
         running = Signal()
-        row = Signal(range(R + 1))
-        in_flight = Signal(range(R + 2))
+        row = Signal(range(R + 1))          # within the tile: selects per-row parameters
+        tile_base = Signal.like(cmd.acc_base)
+        in_flight = Signal(range(32))       # rows inside the pipeline (at most its depth)
         # Stage 1: the accumulator row read (memory output register), with its valid.
         s1_valid = Signal()
         s1_ready = Signal()
         advance = ~s1_valid | s1_ready
         issue = running & advance
-        m.d.comb += [rd.en.eq(advance), rd.addr.eq(cmd.acc_base + row)]
+        m.d.comb += [rd.en.eq(advance), rd.addr.eq(tile_base + row)]
         with m.If(advance):
             m.d.sync += s1_valid.eq(issue)
         with m.If(issue):
             m.d.sync += row.eq(row + 1)
             with m.If(row == cmd.rows_last):
-                m.d.sync += running.eq(0)
+                m.d.sync += [row.eq(0), tile_base.eq(tile_base + R), cmd.tiles_last.eq(cmd.tiles_last - 1)]
+                with m.If(cmd.tiles_last == 0):
+                    m.d.sync += running.eq(0)
 
         # Parameters: read at command start, held (en=0) for the command.
         accept = ~running & (in_flight == 0)
         m.d.comb += [self.cmd.ready.eq(accept), p_rd.addr.eq(self.cmd.payload.param_addr),
                      p_rd.en.eq(accept)]
         with m.If(self.cmd.valid & accept):
-            m.d.sync += [cmd.eq(self.cmd.payload), running.eq(1), row.eq(0)]
+            m.d.sync += [cmd.eq(self.cmd.payload), running.eq(1), row.eq(0), tile_base.eq(self.cmd.payload.acc_base)]
         params = p_rd.data
 
         # Two register stages before the requantisers, for timing: stage 2 holds the

@@ -18,8 +18,8 @@ FETCH_CYCLES = 4          # a fetch AR -> descriptor in the FIFO and the next fe
 FETCH_AFTER_LOAD = 1      # a fetch queued behind a LOAD: its first beat after the LOAD is done (plus its beats)
 READ_LATENCY = 4          # AR handshake to first R beat
 STORE_LATENCY = 5         # row to B response, per store descriptor
-STORE_START = {False: 8,  # dispatch to the first int8 row leaving the requantisers (accumulator read, 3 stages, requantiser)
-               True: 4}   # int32 rows skip the requantisers
+STORE_START = {False: 9,  # dispatch to the first int8 row in the W FIFO (accumulator read, 3 stages, requantiser, FIFO)
+               True: 5}   # int32 rows skip the requantisers
 START_CYCLES = 3
 LOAD_PIPELINE = 5         # LOAD: dispatch to done beyond its bursts and beats (hw/overlay.py's load unit)
 IM2COL_CYCLES = 4         # command start, last entry written, done
@@ -116,7 +116,7 @@ class SimOverlay:
         fetched_dispatch = []                                 # time each descriptor left the FIFO
         r_channel = []                                        # (dispatch, done) of the LOADs, in order
         c_last_issue = -10 ** 9                               # engine: last step issue of previous compute
-        gap = 2 * R + C - 1 + isa.ARRAY_EXTRA_LATENCY     # last-step to last-step, as the engine allows
+        gap = isa.array_tile_gap(R)                         # last-step to last-step, as the engine allows
         for i in range(count):
             raw = self._ddr(base + i * isa.DESCRIPTOR_BYTES, isa.DESCRIPTOR_BYTES)
             if raw is None:
@@ -178,20 +178,21 @@ class SimOverlay:
                 done["LOAD"].append(finish)
             elif op == isa.OPCODES["COMPUTE"]:
                 k = d["k_last"] + 1
-                self._compute(d["sp_addr"], d["b_base"], k, d["acc_base"], d["accumulate"])
                 t = max(t, c_last_issue)          # the engine takes a command at its predecessor's last step
-                start = t + 1
-                last_issue = max(start + k - 1, c_last_issue + gap)
-                c_last_issue = last_issue
-                done["COMPUTE"].append(last_issue + R + C + R + isa.ARRAY_EXTRA_LATENCY)
+                for tile in range(max(1, d["count"])):      # tiles back to back (COMPUTE.count)
+                    self._compute(d["sp_addr"], d["b_base"] + tile * k, k, d["acc_base"] + tile * R, d["accumulate"])
+                    start = max(t, c_last_issue) + 1
+                    c_last_issue = max(start + k - 1, c_last_issue + gap)
+                done["COMPUTE"].append(c_last_issue + R + C + R + isa.ARRAY_EXTRA_LATENCY)
             elif op == isa.OPCODES["STORE"]:
-                rows = d["count"]
+                rows, tiles = d["count"], d["tiles_last"] + 1
                 eb = 4 if d["out_int32"] else 1
                 row_bytes = C * eb
-                if not self._store(d, rows, row_bytes):
-                    return self._error(isa.ERROR_AXI_WRITE, i + 1)
+                for tile in range(tiles):
+                    if not self._store(d, tile, rows, row_bytes):
+                        return self._error(isa.ERROR_AXI_WRITE, i + 1)
                 t = max(t, unit_free["STORE"])
-                finish = t + STORE_START[bool(d["out_int32"])] + rows * (row_bytes // DB + 1) + STORE_LATENCY
+                finish = t + STORE_START[bool(d["out_int32"])] + tiles * rows * (row_bytes // DB) + STORE_LATENCY
                 unit_free["STORE"] = finish
                 done["STORE"].append(finish)
             elif op == isa.OPCODES["DEPTHWISE"] and isa.has_opcode(cfg, "DEPTHWISE"):
@@ -253,17 +254,19 @@ class SimOverlay:
         k, s, off = d["kernel_last"] + 1, 1 << d["stride_log2"], d["col_offset"]
         nb = row_beats(cfg, k, s, off)
         pitch, plane = d["stride"], d["plane_rows"] * d["stride"]
+        out_rows = d.get("out_rows_last", 0) + 1
         entries = []
-        for ch in range(d["count"]):
-            for ky in range(k):
-                row = self._ddr(d["dram_addr"] + ch * plane + ky * pitch, nb * DB)
-                if row is None:
-                    return None
-                row = row.view(np.int8)
-                entries.extend(row[off + kx + s * np.arange(C)] for kx in range(k))
+        for t in range(out_rows):
+            for ch in range(d["count"]):
+                for ky in range(k):
+                    row = self._ddr(d["dram_addr"] + ((t * s + ky) * pitch) + ch * plane, nb * DB)
+                    if row is None:
+                        return None
+                    row = row.view(np.int8)
+                    entries.extend(row[off + kx + s * np.arange(C)] for kx in range(k))
         idx = (d["sp_addr"] + np.arange(len(entries))) % cfg.b_depth
         self.b[idx] = np.array(entries, np.int8).reshape(-1, C)
-        rows = d["count"] * k
+        rows = out_rows * d["count"] * k
         # Rows stream at max(beats, K) cycles each (line buffer and emission overlap), plus
         # one 4 KiB split burst per crossing, the read latency and the last row's emission.
         return READ_LATENCY + rows * max(nb, k) + k + IM2COL_CYCLES
@@ -330,9 +333,10 @@ class SimOverlay:
         new = prod + (self.acc[rows] if accumulate else 0)
         self.acc[rows] = ((new + (1 << 31)) % (1 << 32)) - (1 << 31)              # int32 wrap, as the adder
 
-    def _store(self, d, rows, row_bytes) -> bool:
+    def _store(self, d, tile, rows, row_bytes) -> bool:
+        """One tile of a STORE: `rows` accumulator rows from sp_addr + tile R to dram_addr + tile tile_stride."""
         cfg = self.cfg
-        idx = (d["sp_addr"] + np.arange(rows)) % cfg.acc_depth
+        idx = (d["sp_addr"] + tile * cfg.rows + np.arange(rows)) % cfg.acc_depth
         p = self.params[d["param_addr"] % cfg.param_depth]
         if d.get("param_rows"):
             # Row r uses channel r of the entry (the array's output rows are channels).
@@ -346,7 +350,7 @@ class SimOverlay:
         # STORE.cols: only the first `cols` columns reach DDR (write strobes).
         keep = (d.get("cols") or cfg.cols) * (row_bytes // cfg.cols)
         for r in range(rows):
-            dst = self._ddr(d["dram_addr"] + r * d["stride"], row_bytes)
+            dst = self._ddr(d["dram_addr"] + tile * d["tile_stride"] + r * d["stride"], row_bytes)
             if dst is None:
                 return False
             dst[:keep] = data[r, :keep]
