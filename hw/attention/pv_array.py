@@ -2,8 +2,8 @@
 
 Why weight-stationary here (the GEMM array is output-stationary): P V reduces over the
 key tile, only C keys long, while the output (R queries x d channels) is long. An
-output-stationary array would drain R x C results every C cycles (a 2R + C - 1 cycle
-gap per C steps: about a third of the MACs). Here PE(i, j) holds p[i][j] (query i,
+output-stationary array would drain R x C results every C cycles (tiles at least 2R - 1
+cycles apart for C steps: about half the MACs at R = C). Here PE(i, j) holds p[i][j] (query i,
 key j) for the whole tile; channel c of the tile's values, v[:, c] (C keys), enters
 at the top (column j delayed j cycles) and moves down; partial sums move right along
 each row, so row i's result for channel c leaves the right edge i + C cycles after

@@ -188,7 +188,7 @@ class GemmCompute(wiring.Component):
             m.d.sync += in_flight.eq(in_flight + 1)
         with m.Elif(w_last & ~finished.valid):
             m.d.sync += in_flight.eq(in_flight - 1)
-        m.d.comb += self.busy.eq(busy | (in_flight != 0))
+        m.d.comb += self.busy.eq(busy | finished.valid | (in_flight != 0))
         return m
 
     def _window(self, m, go, name):

@@ -23,6 +23,8 @@ STORE_START = {False: 9,  # dispatch to the first int8 row in the W FIFO (accumu
 START_CYCLES = 3
 LOAD_PIPELINE = 5         # LOAD: dispatch to done beyond its bursts and beats (hw/overlay.py's load unit)
 IM2COL_CYCLES = 4         # command start, last entry written, done
+IM2COL_AR_PERIOD = 1      # IM2COL: cycles per row by which its bursts run ahead of a fetch (fitted to the RTL)
+IM2COL_FIRST_R = 2        # IM2COL: dispatch to the end of its first row's beats, less one row period
 DW_START = 3              # DEPTHWISE: command accepted to first AR
 DW_DRAIN = 17             # last pixel issued to last B response: window, MACs, sums, bias, requantiser, write
 
@@ -127,10 +129,11 @@ class SimOverlay:
             fifo_space = fetched_dispatch[i - isa.DESC_FIFO_DEPTH] if i >= isa.DESC_FIFO_DEPTH else 0
             s = max(prev_fetch, fifo_space)
             arrive = s + FETCH_CYCLES
-            # The DDR returns reads in order: a fetch issued while a LOAD's bursts stream waits for them.
-            for t_load, load_done in reversed(r_channel):
+            # The DDR returns reads in order: a fetch issued while a LOAD's bursts stream waits for
+            # the beats requested before it (r_done(s)).
+            for t_load, r_done in reversed(r_channel):
                 if t_load < s:
-                    arrive = max(arrive, load_done + FETCH_AFTER_LOAD)
+                    arrive = max(arrive, r_done(s) + FETCH_AFTER_LOAD)
                     break
             fetched.append(arrive + isa.DESCRIPTOR_BYTES // DB)
             t = max(t_dispatch, fetched[i])
@@ -149,11 +152,16 @@ class SimOverlay:
                 if target is None or not isa.has_target(cfg, target):
                     return self._error(isa.ERROR_BAD_OPCODE, i)
                 if target == "IM2COL":
-                    cycles = self._im2col(d)
-                    if cycles is None:
+                    shape = self._im2col(d)
+                    if shape is None:
                         return self._error(isa.ERROR_AXI_READ, i + 1)
+                    rows, period, k = shape
                     t = max(t, unit_free["LOAD"])
-                    finish = t + cycles
+                    finish = t + READ_LATENCY + rows * period + k + IM2COL_CYCLES
+                    # Row bursts are requested ahead of the data (nothing limits them): a fetch queues
+                    # behind the rows requested before it, whose beats arrive one row per period.
+                    r_channel.append((t, lambda s, t=t, rows=rows, period=period: t + IM2COL_FIRST_R + period * min(
+                        rows, max(0, s - t) // IM2COL_AR_PERIOD + 1)))
                     unit_free["LOAD"] = finish
                     done["LOAD"].append(finish)
                     fetched_dispatch.append(t)
@@ -173,7 +181,7 @@ class SimOverlay:
                 cycles = beats if eb >= DB else beats * (DB // eb)
                 bursts = -(-beats // 256)
                 finish = t + READ_LATENCY * bursts + cycles + LOAD_PIPELINE
-                r_channel.append((t, finish - 2))     # its last R beat: before the beat and write registers
+                r_channel.append((t, lambda s, done=finish - 2: done))   # its last R beat: before the beat and write registers
                 unit_free["LOAD"] = finish
                 done["LOAD"].append(finish)
             elif op == isa.OPCODES["COMPUTE"]:
@@ -246,8 +254,9 @@ class SimOverlay:
             idx = (sp + np.arange(n)) % cfg.param_depth
             self.params[idx] = p
 
-    def _im2col(self, d) -> int | None:
-        """LOAD IM2COL (hw/conv/im2col.py): B entries gathered from row spans; returns its cycles."""
+    def _im2col(self, d) -> tuple[int, int, int] | None:
+        """LOAD IM2COL (hw/conv/im2col.py): B entries gathered from row spans; returns (input rows,
+        cycles per row, K), or None when a row lies outside DDR."""
         from hw.conv.im2col import row_beats
         cfg = self.cfg
         C, DB = cfg.cols, cfg.beat_bytes
@@ -266,10 +275,9 @@ class SimOverlay:
                     entries.extend(row[off + kx + s * np.arange(C)] for kx in range(k))
         idx = (d["sp_addr"] + np.arange(len(entries))) % cfg.b_depth
         self.b[idx] = np.array(entries, np.int8).reshape(-1, C)
-        rows = out_rows * d["count"] * k
-        # Rows stream at max(beats, K) cycles each (line buffer and emission overlap), plus
-        # one 4 KiB split burst per crossing, the read latency and the last row's emission.
-        return READ_LATENCY + rows * max(nb, k) + k + IM2COL_CYCLES
+        # Input rows stream at max(beats, K) cycles each (line buffer and emission overlap); the caller
+        # adds the read latency, the last row's emission and the command's own cycles.
+        return out_rows * d["count"] * k, max(nb, k), k
 
     def _depthwise(self, d) -> int | None:
         """DEPTHWISE (hw/conv/depthwise.py): dw_channels channels, DDR to DDR; returns its cycles (None: outside DDR)."""
