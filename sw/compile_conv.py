@@ -19,7 +19,9 @@ weights (row i only sees channel i), so 1 column of R does useful work.
 Schedule: output-channel tiles in blocks whose weights stay resident in half of the A
 scratchpad; per block, every output pixel tile (oy, ox0) loads its B tile once (dense) and
 runs all the block's channel tiles on it. Halves of A, B and PARAM alternate, accumulator
-regions rotate, and every descriptor carries exact wait counts (as sw/compiler.py).
+regions rotate, and every descriptor carries exact wait counts (as sw/compiler.py). With a
+single channel tile and input chunk (short reductions: the mask downsampler's 1 -> 4 and
+4 -> 16), output rows are grouped: one IM2COL load, COMPUTE and STORE per group of rows.
 """
 from __future__ import annotations
 
