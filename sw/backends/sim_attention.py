@@ -12,6 +12,7 @@ import numpy as np
 
 from golden_model import intattn as A
 from hw import isa
+from hw.attention.softmax import softmax_latency
 
 # Cycle model of the RTL (hw/attention/engine.py), calibrated against it cycle for cycle
 # (tests/test_attention_engine.py) and against Verilator runs of the overlay (tests/test_attention_overlay.py).
@@ -19,7 +20,7 @@ from hw import isa
 # (R rows, SOFTMAX_LATENCY), hands the bank to the P V array when the previous tile's last channel
 # issues (HANDOVER); the P V array streams d_pad channels, and the step is done when the last row's
 # last channel is written (PV_TAIL after the array's R + C skew). So back-to-back steps cost d_pad each.
-SOFTMAX_LATENCY = 8       # acc/state read + OnlineSoftmax.LATENCY: SOFTMAX start to HANDOVER = R + 8
+SOFTMAX_READ = 1          # SOFTMAX start to HANDOVER = R + SOFTMAX_READ (acc/state read) + the softmax's latency
 PV_TAIL = 1               # stage A (O read / rescale / write) after the array's R + C
 NORM_ROW = 20             # per query row: reciprocal (18 division steps) and hand-over
 NORM_LATENCY = 1          # NORM start to done = R x (NORM_ROW + chunks) + NORM_LATENCY ...
@@ -53,7 +54,7 @@ class AttentionModel:
         if d["target"] & 1 == isa.ATTN_MODES["STEP"]:
             b = self.bank
             s0 = max(a + 2, self.bank_done[b] + 2)                    # WAIT sees the bank free, SOFTMAX
-            h = max(s0 + R + SOFTMAX_LATENCY, self.handover + self.pv_len)
+            h = max(s0 + R + SOFTMAX_READ + softmax_latency(C), self.handover + self.pv_len)
             dp = (d["k_last"] + 1) * C
             done = h + dp + R + C + PV_TAIL
             self.bank_done[b], self.bank, self.handover, self.pv_len = done, 1 - b, h, dp
