@@ -21,7 +21,7 @@ from hw.attention.softmax import softmax_latency
 # issues (HANDOVER); the P V array streams d_pad channels, and the step is done when the last row's
 # last channel is written (PV_TAIL after the array's R + C skew). So back-to-back steps cost d_pad each.
 SOFTMAX_READ = 1          # SOFTMAX start to HANDOVER = R + SOFTMAX_READ (acc/state read) + the softmax's latency
-PV_TAIL = 1               # stage A (O read / rescale / write) after the array's R + C
+PV_TAIL = 3               # stages A-C (O read, rescale product, round + add + write) after the array's R + C
 NORM_ROW = 20             # per query row: reciprocal (18 division steps) and hand-over
 NORM_LATENCY = 1          # NORM start to done = R x (NORM_ROW + chunks) + NORM_LATENCY ...
 NORM_AGAIN = 1            # ... + 1 once the normaliser has run since reset (it drops the last row's reciprocal first)
