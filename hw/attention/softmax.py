@@ -148,7 +148,8 @@ class OnlineSoftmax(wiring.Component):
         m_out = delay(m_new, "m_new", 6)
         ok_1 = [stage(ok_t[j], f"ok{j}_s1") for j in range(N)]
         # +2 .. +4: exp2; the table in block RAM (a synchronous read port per lane: the +2 register).
-        table = Memory(shape=PROB, depth=len(EXP2_TABLE), init=[int(v) for v in EXP2_TABLE])
+        table = Memory(shape=PROB, depth=len(EXP2_TABLE), init=[int(v) for v in EXP2_TABLE],
+                       attrs={"rom_style": "block"})   # yosys would build 9 read ports from logic
         m.submodules.exp2_table = table
         lanes = [(deltas[j], ok_1[j], f"p{j}") for j in range(N)] + [(d_alpha, Const(1), "alpha")]
         outs = []
