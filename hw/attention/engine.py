@@ -112,7 +112,9 @@ class AttentionEngine(wiring.Component):
         o_rd, o_wr = [], []
         for i in range(R):
             # slot s, chunk c of row i at entry s * chunks_max + c
-            mem = Memory(shape=data.ArrayLayout(OACC, C), depth=S * chunks_max, init=[])
+            # Block RAM: as LUT RAM (C x 40 bits wide, a write enable per lane) nextpnr's router could
+            # not resolve the congestion around its slices on ECP5.
+            mem = Memory(shape=data.ArrayLayout(OACC, C), depth=S * chunks_max, init=[], attrs={"ram_style": "block"})
             m.submodules[f"o_mem{i}"] = mem
             o_rd.append(mem.read_port())
             o_wr.append(mem.write_port(granularity=1))
