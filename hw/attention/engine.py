@@ -121,7 +121,7 @@ class AttentionEngine(wiring.Component):
 
         m.submodules.softmax = sm = OnlineSoftmax(C)
         m.submodules.pv = pv = PVArray(R, C, chan_bits)
-        m.submodules.norm = norm = Normaliser(C)
+        m.submodules.norm = norm = Normaliser(C, cfg.norm_lanes)
 
         cmd = Signal(self.layouts.cmd)           # the front's command (STEP in its softmax phase, or NORM)
         # Per (slot, row) softmax state: running maximum and sum, entry slot * R + row.

@@ -23,8 +23,8 @@ from hw.attention.softmax import softmax_latency
 SOFTMAX_READ = 1          # SOFTMAX start to HANDOVER = R + SOFTMAX_READ (acc/state read) + the softmax's latency
 PV_TAIL = 3               # stages A-C (O read, rescale product, round + add + write) after the array's R + C
 NORM_ROW = 21             # per query row: reciprocal (18 division steps), hand-over and the first item taken;
-                          # the row's other items follow one per C cycles (the normaliser's lanes share one multiplier)
-NORM_LATENCY = 3          # NORM start to done = R x (NORM_ROW + (chunks - 1) x C) + C + NORM_LATENCY ...
+                          # the row's other items follow one per G = cols / norm_lanes cycles (its lanes share G x fewer multipliers)
+NORM_LATENCY = 3          # NORM start to done = R x (NORM_ROW + (chunks - 1) x G) + G + NORM_LATENCY ...
 NORM_AGAIN = 1            # ... + 1 once the normaliser has run since reset (it drops the last row's reciprocal first)
 
 
@@ -62,7 +62,8 @@ class AttentionModel:
             self.front_idle = h + 1
         else:
             n0 = max(a + 1, max(self.bank_done) + 1)                  # WAIT sees everything done
-            done = (n0 + 1 + R * (NORM_ROW + (d["count"] - 1) * C) + C + NORM_LATENCY
+            g = C // self.cfg.norm_lanes
+            done = (n0 + 1 + R * (NORM_ROW + (d["count"] - 1) * g) + g + NORM_LATENCY
                     + (NORM_AGAIN if self.normed else 0))
             self.normed = True
             self.front_idle = done + 1
