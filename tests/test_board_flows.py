@@ -145,9 +145,9 @@ def test_ecp5_presets_hold_the_engines():
 @pytest.mark.slow
 def test_yosys_ecp5_estimate_of_the_full_preset_fits(tmp_path):
     """Every engine of the ulx3s preset synthesises for the 85F and fits it (multipliers included)."""
-    from hw.flows.estimate import estimate, fits
-    verilog = write_verilog(Overlay(preset("ulx3s")), TOP, tmp_path)
-    res = estimate(verilog, TOP, "ecp5", tmp_path / "yosys")
+    from hw.flows.ecp5 import estimate_ecp5
+    from hw.flows.estimate import fits
+    res = estimate_ecp5(Overlay(preset("ulx3s")), tmp_path)
     assert fits(res, BOARDS["ulx3s-85f"]) == []
     assert res.dsps <= 0.8 * BOARDS["ulx3s-85f"].dsps       # room for the placer
 

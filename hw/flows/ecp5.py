@@ -163,6 +163,27 @@ def build_ecp5(core: wiring.Component, name: str, out_dir: Path, target_mhz: flo
     return parse_nextpnr_log((out_dir / f"{name}.tim").read_text(), out_dir / f"{name}.bit", target_mhz)
 
 
+def estimate_ecp5(core: wiring.Component, out_dir: Path, target_mhz: float = 50.0):
+    """yosys synth_ecp5 of `core` in the timing harness, as build_ecp5 synthesises it (the bare
+    overlay trips yosys 0.70's abc9 assertion; see TimingHarness), counted (hw.flows.estimate.Resources)."""
+    import json
+    import subprocess
+
+    from hw.flows.estimate import EstimateError, count_cells, yosys_command
+    for var, tool in YOWASP_TOOLS.items():
+        os.environ.setdefault(var, find_tool(tool))
+    out_dir = Path(out_dir)
+    plan = _ulx3s_85f_build_only().build(TimingHarness(core, target_mhz, port_registers=True), name="top",
+                                         build_dir=str(out_dir), do_build=False, do_program=False)
+    plan.extract(str(out_dir))
+    (out_dir / "estimate.ys").write_text((out_dir / "top.ys").read_text() + "\ntee -q -o top.stat.json stat -json\n")
+    proc = subprocess.run([*yosys_command(), "-q", "-l", "estimate.log", "estimate.ys"], cwd=out_dir,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise EstimateError(f"yosys failed in {out_dir}:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
+    return count_cells(json.loads((out_dir / "top.stat.json").read_text()), "top")
+
+
 def _ulx3s_85f_build_only():
     """The ULX3S-85F platform without its programmer (openFPGALoader): we build, never program."""
     from amaranth_boards.ulx3s import ULX3S_85F_Platform
