@@ -131,14 +131,15 @@ PRESETS: dict[str, OverlayConfig] = {
                          engines=("gemm", "attention", "conv", "depthwise"), dw_lanes=2, dw_row_bytes=128,
                          attn_q_slots=2),
     # The open ECP5 flow (ULX3S-85F): every array engine on the smallest array a 64-bit AXI port allows
-    # (2 x 8), small memories (not the depthwise engine: its lanes need K x K = 49 multipliers each): 33.9k LUT4, 115 of 156 MULT18X18D, 40 DP16KD. nextpnr's estimate
-    # after placement is 27.5 MHz (the attention engine's single-cycle arithmetic); routing needs far
-    # longer than the test suite allows, so 20 MHz is that estimate less a routed-vs-placed margin.
+    # (2 x 8), small memories, the normaliser on one multiplier (not the depthwise engine: its lanes need
+    # K x K = 49 multipliers each): 29.4k LUT4, 20.7k FF, 94 of 156 MULT18X18D, 56 DP16KD. nextpnr's
+    # estimate after placement is 41.6 MHz, but neither router converges on it yet (bitstreams/README.md),
+    # so its 20 MHz clock is not a timed result.
     "ulx3s": OverlayConfig("ulx3s", rows=2, cols=8, a_depth=1024, b_depth=1024, acc_depth=64,
                            param_depth=16, axi_data_bits=64, clock_mhz=20.0, board="ULX3S-85F LFE5U-85F",
                            engines=("gemm", "attention", "conv"), attn_max_dim=64, attn_norm_lanes=1),
-    # The same without the attention engine: what the test suite places and routes; nextpnr
-    # (seed 1, target 50) reaches 53.9 MHz (also at a 55 MHz target) (bitstreams/README.md).
+    # The same without the attention engine: what the test suite places and routes (bitstreams/README.md
+    # has its Fmax at the 50 MHz target).
     "ulx3s-gemm": OverlayConfig("ulx3s-gemm", rows=2, cols=8, a_depth=1024, b_depth=1024, acc_depth=64,
                                 param_depth=16, axi_data_bits=64, clock_mhz=50.0, board="ULX3S-85F LFE5U-85F",
                                 engines=("gemm", "conv"), attn_max_dim=64, attn_norm_lanes=1),
