@@ -128,7 +128,7 @@ def test_yosys_estimate_of_small_overlay(small_overlay_verilog, tmp_path):
 @pytest.mark.slow
 def test_ecp5_open_flow_meets_the_small_preset_clock(tmp_path, capsys):
     """The whole open flow on the ECP5 timing preset (ulx3s without the attention engine:
-    with it, nextpnr needs far longer than this suite allows; see bitstreams/README.md)."""
+    with it, nextpnr's routers do not converge yet; see bitstreams/README.md)."""
     assert main(["build", "--board", "ulx3s-85f", "--preset", ECP5_TIMED, "-o", str(tmp_path)]) == 0
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["fmax_mhz"] >= preset(ECP5_TIMED).clock_mhz
