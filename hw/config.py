@@ -133,7 +133,8 @@ PRESETS: dict[str, OverlayConfig] = {
     # The open ECP5 flow (ULX3S-85F): every array engine on the smallest array a 64-bit AXI port allows
     # (2 x 8), small memories, the normaliser on one multiplier (not the depthwise engine: its lanes need
     # K x K = 49 multipliers each): 29.4k LUT4, 20.7k FF, 94 of 156 MULT18X18D, 56 DP16KD. nextpnr's
-    # estimate after placement is 41.6 MHz, but neither router converges on it yet (bitstreams/README.md),
+    # estimate after placement is 41.6 MHz, but no router run has converged on it yet (the static placer
+    # comes closest; bitstreams/README.md),
     # so its 20 MHz clock is not a timed result.
     "ulx3s": OverlayConfig("ulx3s", rows=2, cols=8, a_depth=1024, b_depth=1024, acc_depth=64,
                            param_depth=16, axi_data_bits=64, clock_mhz=20.0, board="ULX3S-85F LFE5U-85F",
