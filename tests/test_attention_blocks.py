@@ -99,10 +99,12 @@ def test_online_softmax_matches_golden(mult, shift, lanes):
         assert g == w, (g, w)
 
 
-def test_normaliser_matches_golden():
+@pytest.mark.parametrize("units", [4, 2, 1])
+def test_normaliser_matches_golden(units):
+    """units: multipliers shared by the 4 lanes (4: one each)."""
     from hw.attention.normalise import Normaliser
     lanes = 4
-    dut = Normaliser(lanes)
+    dut = Normaliser(lanes, units)
     rng = np.random.default_rng(2)
     items, want = [], []
     for row in range(12):

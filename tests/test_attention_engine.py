@@ -46,16 +46,18 @@ def program(rng):
     return descs, acc, v
 
 
-@pytest.mark.parametrize("stall", [0.0, 0.3])
-def test_engine_slots_and_overlap_match_the_model_bit_and_cycle_exact(stall):
+@pytest.mark.parametrize("stall,norm_lanes", [(0.0, 0), (0.3, 0), (0.0, 1)])
+def test_engine_slots_and_overlap_match_the_model_bit_and_cycle_exact(stall, norm_lanes):
     """stall: probability that the accumulator's write port refuses a row in a cycle (the GEMM drain
-    has priority in the overlay); the cycles are compared without stalls only."""
-    R, C = CFG.rows, CFG.cols
+    has priority in the overlay); the cycles are compared without stalls only. norm_lanes: the
+    normaliser's multipliers (0: one per lane; 1: the ECP5 preset's, shared by the lanes)."""
+    cfg = CFG.replace(attn_norm_lanes=norm_lanes)
+    R, C = cfg.rows, cfg.cols
     rng = np.random.default_rng(21)
     descs, acc0, v = program(rng)
-    dut = AttentionEngine(CFG)
+    dut = AttentionEngine(cfg)
 
-    model = AttentionModel(CFG)
+    model = AttentionModel(cfg)
     model.v[:] = v
     want_acc = acc0.copy()
     want_times = []

@@ -40,6 +40,9 @@ from hw.gemm.engine import abits
 
 MODE_STEP, MODE_NORM = 0, 1
 OACC = signed(O_BITS)
+# The O update sets a channel's read address, then writes the entry this many cycles later (stages
+# A-C); the same entry's next read (the next tile's channel) comes d >= cols cycles after the first.
+O_READ_TO_WRITE = 3
 
 
 def v_depth(cfg) -> int:
@@ -76,6 +79,9 @@ class AttentionEngine(wiring.Component):
         C = cfg.cols
         if C & (C - 1):
             raise ValueError(f"attention engine: cols={C} must be a power of two")
+        if C <= O_READ_TO_WRITE:
+            raise ValueError(f"attention engine: cols={C} must exceed {O_READ_TO_WRITE} (a tile's channels must "
+                             "cover the O update's read-to-write distance)")
         if cfg.attn_max_dim % C:
             raise ValueError(f"attention engine: attn_max_dim={cfg.attn_max_dim} not a multiple of cols={C}")
         self.layouts = L = AttentionLayouts(cfg)
@@ -106,14 +112,16 @@ class AttentionEngine(wiring.Component):
         o_rd, o_wr = [], []
         for i in range(R):
             # slot s, chunk c of row i at entry s * chunks_max + c
-            mem = Memory(shape=data.ArrayLayout(OACC, C), depth=S * chunks_max, init=[])
+            # Block RAM: as LUT RAM (C x 40 bits wide, a write enable per lane) nextpnr's router could
+            # not resolve the congestion around its slices on ECP5.
+            mem = Memory(shape=data.ArrayLayout(OACC, C), depth=S * chunks_max, init=[], attrs={"ram_style": "block"})
             m.submodules[f"o_mem{i}"] = mem
             o_rd.append(mem.read_port())
             o_wr.append(mem.write_port(granularity=1))
 
         m.submodules.softmax = sm = OnlineSoftmax(C)
         m.submodules.pv = pv = PVArray(R, C, chan_bits)
-        m.submodules.norm = norm = Normaliser(C)
+        m.submodules.norm = norm = Normaliser(C, cfg.norm_lanes)
 
         cmd = Signal(self.layouts.cmd)           # the front's command (STEP in its softmax phase, or NORM)
         # Per (slot, row) softmax state: running maximum and sum, entry slot * R + row.
@@ -180,28 +188,42 @@ class AttentionEngine(wiring.Component):
         norm_obase = Signal(range(S * chunks_max))
         m.d.comb += norm_obase.eq(cmd.slot * chunks_max)
         for i in range(R):
-            # stage A: the row's result arrives (its O entry was read the cycle before); rescale, add,
-            # write the lane. The bank it belongs to travels with it.
+            # stage A: the row's result arrives (its O entry was read the cycle before); stage B holds
+            # the old value and alpha (the multiplier's inputs in flip-flops), stage C the product;
+            # C adds the rounding and P V and writes the lane. The bank travels with the channel.
             a_valid, a_chan, a_pv, a_bank = Signal(name=f"a_valid{i}"), Signal(chan_bits, name=f"a_chan{i}"), \
                 Signal(signed(32), name=f"a_pv{i}"), Signal(name=f"a_bank{i}")
             m.d.sync += [a_valid.eq(pv.out_valid[i]), a_chan.eq(pv.out_chan[i]), a_pv.eq(pv.out[i]),
                          a_bank.eq(pv.out_bank[i])]
-            old = Signal(OACC, name=f"old{i}")
-            m.d.comb += old.eq(o_rd[i].data[a_chan[:lc]])
-            alpha = Mux(a_bank, alpha_banks[1][i], alpha_banks[0][i])
-            rescaled = (old * alpha + (1 << (P_BITS - 1))) >> P_BITS
+            b_valid, b_chan, b_pv, b_bank, b_first = (Signal.like(a_valid, name=f"b_valid{i}"),
+                                                      Signal.like(a_chan, name=f"b_chan{i}"),
+                                                      Signal.like(a_pv, name=f"b_pv{i}"),
+                                                      Signal.like(a_bank, name=f"b_bank{i}"), Signal(name=f"b_first{i}"))
+            b_old, b_alpha = Signal(OACC, name=f"b_old{i}"), Signal(PROB, name=f"b_alpha{i}")
+            m.d.sync += [b_valid.eq(a_valid), b_chan.eq(a_chan), b_pv.eq(a_pv), b_bank.eq(a_bank),
+                         b_first.eq(bank_first[a_bank]), b_old.eq(o_rd[i].data[a_chan[:lc]]),
+                         b_alpha.eq(Mux(a_bank, alpha_banks[1][i], alpha_banks[0][i]))]
+            c_valid, c_chan, c_pv, c_bank, c_first = (Signal.like(b_valid, name=f"c_valid{i}"),
+                                                      Signal.like(b_chan, name=f"c_chan{i}"),
+                                                      Signal.like(b_pv, name=f"c_pv{i}"),
+                                                      Signal.like(b_bank, name=f"c_bank{i}"),
+                                                      Signal.like(b_first, name=f"c_first{i}"))
+            c_prod = Signal(signed(O_BITS + PROB.width + 1), name=f"c_prod{i}")
+            m.d.sync += [c_valid.eq(b_valid), c_chan.eq(b_chan), c_pv.eq(b_pv), c_bank.eq(b_bank),
+                         c_first.eq(b_first), c_prod.eq(b_old * b_alpha)]
+            rescaled = (c_prod + (1 << (P_BITS - 1))) >> P_BITS
             new = Signal(OACC, name=f"new{i}")
-            m.d.comb += new.eq(Mux(bank_first[a_bank], 0, rescaled) + a_pv)
-            m.d.comb += [o_wr[i].addr.eq(bank_obase[a_bank] + a_chan[lc:]),
-                         o_wr[i].en.eq(Mux(a_valid, 1 << a_chan[:lc], 0))]
+            m.d.comb += new.eq(Mux(c_first, 0, rescaled) + c_pv)
+            m.d.comb += [o_wr[i].addr.eq(bank_obase[c_bank] + c_chan[lc:]),
+                         o_wr[i].en.eq(Mux(c_valid, 1 << c_chan[:lc], 0))]
             for j in range(C):
                 m.d.comb += o_wr[i].data[j].eq(new)
             m.d.comb += [o_rd[i].addr.eq(Mux(norm_mode, norm_obase + n_chunk,
                                              bank_obase[pv.out_bank[i]] + self.pv_addr(pv.out_chan[i], lc)))]
             if i == R - 1:
-                with m.If(a_valid & (a_chan == bank_dlast[a_bank])):
+                with m.If(c_valid & (c_chan == bank_dlast[c_bank])):
                     m.d.comb += step_done.eq(1)
-                    m.d.sync += bank_busy[a_bank].eq(0)
+                    m.d.sync += bank_busy[c_bank].eq(0)
 
         # ------------------------------------------------ NORM: O / l -> accumulator rows
         n_row = Signal(range(R + 1))

@@ -5,8 +5,10 @@ with e = bit_length(l) and ln = l << (32 - e) in [2^31, 2^32),
   r = 2^(e + RECIP_BITS - 1) // l = 2^48 // ln          (18 quotient bits, 18 cycles)
 then every item of the row (C lanes of O) leaves as
   t = sat32((O * r + 2^(e-1)) >> e)                     (sh = e + RECIP_BITS - 1 - NORM_FRAC_BITS = e)
-One division per query row (d / C items per row follow at one per cycle), so the
-divider costs 18 cycles per row whatever the key length.
+One division per query row (d / C items per row follow at one per C / units cycles: `units`
+multipliers and shifters serve the C lanes, all of them by default, one on the small ECP5
+preset), so the divider costs 18 cycles per row whatever the key length, and the next row's
+division overlaps the previous row's last items.
 """
 from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
@@ -20,8 +22,13 @@ NUM_SHIFT = SUM_BITS + RECIP_BITS - 1   # r = 2^NUM_SHIFT // ln
 
 
 class Normaliser(wiring.Component):
-    def __init__(self, lanes: int):
-        self.lanes = lanes
+    """`lanes` channels per item; `units` multipliers (a divisor of lanes): an item takes lanes / units cycles."""
+
+    def __init__(self, lanes: int, units: int | None = None):
+        units = lanes if units is None else units
+        if units < 1 or lanes % units:
+            raise ValueError(f"normaliser: units={units} must divide lanes={lanes}")
+        self.lanes, self.units = lanes, units
         self.in_layout = data.StructLayout({
             "o": data.ArrayLayout(signed(O_BITS), lanes),
             "l": unsigned(SUM_BITS),     # >= 1; read on `first`
@@ -74,27 +81,49 @@ class Normaliser(wiring.Component):
             with m.If(step == QUOT_BITS - 1):
                 m.d.sync += [dividing.eq(0), have_r.eq(1)]
 
-        # ---- stage 1: products; stage 2: rounded shift and saturation.
-        s1_valid, s2_valid = Signal(), Signal()
-        advance2 = ~s2_valid | self.o.ready
-        advance1 = ~s1_valid | advance2
-        m.d.comb += s1_free.eq(advance1)
-        prods = [Signal(signed(O_BITS + QUOT_BITS + 1), name=f"prod{j}") for j in range(N)]
-        e1, tag1 = Signal.like(e), Signal(16)
-        with m.If(advance1):
-            m.d.sync += [s1_valid.eq(take), e1.eq(e), tag1.eq(inp.tag)]
-            for j in range(N):
-                m.d.sync += prods[j].eq(inp.o[j] * r)
-        lo, hi = -(1 << 31), (1 << 31) - 1
-        ts = [Signal(signed(32), name=f"t{j}") for j in range(N)]
-        tag2 = Signal(16)
+        # ---- the lanes, time-shared: an accepted item (its C lanes with the row's r and e) waits in
+        # a buffer that issues `units` lanes per cycle into as many multipliers and shifters (a row's
+        # items are few, d / C, and a NORM runs once per query tile, so C / units cycles per item
+        # cost little where multipliers are scarce).
+        U = self.units
+        groups = N // U
+        buf = Signal(data.ArrayLayout(signed(O_BITS), N))
+        buf_r, buf_e, buf_tag = Signal.like(r), Signal.like(e), Signal(16)
+        buf_left = Signal(range(groups + 1))     # lane groups still to issue (0: the buffer is free)
+        out_valid = Signal()
+        advance = ~out_valid | self.o.ready      # one enable for the lane pipeline (it holds when the output waits)
+        issue = (buf_left != 0) & advance
+        last = buf_left == 1
+        m.d.comb += s1_free.eq((buf_left == 0) | (issue & last))
+        with m.If(take):
+            m.d.sync += [buf.eq(inp.o), buf_r.eq(r), buf_e.eq(e), buf_tag.eq(inp.tag), buf_left.eq(groups)]
+        with m.Elif(issue):
+            m.d.sync += [buf.as_value().eq(buf.as_value() >> (U * O_BITS)), buf_left.eq(buf_left - 1)]
+
+        # stage 1: the products; stage 2: plus half an LSB of the result; stage 3: the shift;
+        # stage 4: saturation, shifted into the output row (lane 0 first, so it ends at the bottom).
+        def stage(value, name, shape=None):
+            reg = Signal(shape if shape is not None else value.shape(), name=name)
+            with m.If(advance):
+                m.d.sync += reg.eq(value)
+            return reg
+
+        v1, last1, tag1, e1 = stage(issue, "v1"), stage(last, "last1"), stage(buf_tag, "tag1"), stage(buf_e, "e1")
+        v2, last2, tag2, e2 = stage(v1, "v2"), stage(last1, "last2"), stage(tag1, "tag2"), stage(e1, "e2")
+        v3, last3, tag3 = stage(v2, "v3"), stage(last2, "last3"), stage(tag2, "tag3")
         half = (Const(1, unsigned(SUM_BITS + 1)) << e1) >> 1
-        with m.If(advance2):
-            m.d.sync += [s2_valid.eq(s1_valid), tag2.eq(tag1)]
-            for j in range(N):
-                t = (prods[j] + half) >> e1
-                m.d.sync += ts[j].eq(Mux(t > hi, hi, Mux(t < lo, lo, t)))
-        m.d.comb += [self.o.valid.eq(s2_valid), self.o.payload.tag.eq(tag2)]
-        for j in range(N):
-            m.d.comb += self.o.payload.t[j].eq(ts[j])
+        lo, hi = -(1 << 31), (1 << 31) - 1
+        sats = []
+        for u in range(U):
+            prod = stage(buf[u] * buf_r, f"prod{u}", signed(O_BITS + QUOT_BITS + 1))
+            rounded = stage(prod + half, f"rounded{u}", signed(O_BITS + QUOT_BITS + 2))
+            shifted = stage(rounded >> e2, f"shifted{u}", signed(O_BITS + QUOT_BITS + 2))
+            sats.append(Mux(shifted > hi, hi, Mux(shifted < lo, lo, shifted))[:32])
+        ts = Signal(data.ArrayLayout(signed(32), N))
+        tag_out = Signal(16)
+        with m.If(advance):
+            m.d.sync += out_valid.eq(v3 & last3)
+            with m.If(v3):
+                m.d.sync += [ts.as_value().eq(Cat(ts.as_value()[32 * U:], *sats)), tag_out.eq(tag3)]
+        m.d.comb += [self.o.valid.eq(out_valid), self.o.payload.tag.eq(tag_out), self.o.payload.t.eq(ts)]
         return m

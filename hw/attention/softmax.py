@@ -2,23 +2,30 @@
 
 Steps 2-5 of golden_model/intattn.py (the spec) for N key lanes in parallel, one
 query row per cycle, fully pipelined (one enable, like hw/requant.py: the whole
-pipeline holds when its output is not taken):
+pipeline holds when its output is not taken). Every stage is one short step (a
+product, an add, a shift, a compare-and-select pair), so it times on ECP5 fabric:
 
-  s1  S * score_mult                          N products (24 x 16 bits: a DSP each)
-  s2  x = sat32((prod + 2^(sh-1)) >> sh)      lanes past `count` excluded
-  s3  m' = max(m, max_j x_j)                  a comparator tree
-  s4  deltas m' - x_j and m' - m              33 bits, >= 0
-  s5  exp2 table lookup, integer part n       2^FRAC_BITS-entry ROM per lane
-  s6  p = (T + 2^(n-1)) >> n                  a barrel shift with rounding
-  s7  l' = ((l * alpha + 2^15) >> 16) + sum p
+  s1       S * score_mult                     N products (24 x 16 bits: a DSP each)
+  s2       prod + 2^(sh-1)
+  s3       >> sh
+  s4       x = sat32(.)                       lanes past `count` excluded
+  s5..     m' = max(m, max_j x_j)             a comparator tree, registered every two levels (T stages)
+  +1       deltas m' - x_j and m' - m         33 bits, >= 0
+  +2       exp2 table lookup, integer part n  a 2^FRAC_BITS-entry ROM (block RAM read ports)
+  +3       T + 2^(n-1)
+  +4       p = . >> n
+  +5       sum p, l * alpha                   (l * alpha: a DSP)
+  +6       l' = ((l * alpha + 2^15) >> 16) + sum p
 
 The row state (m, l) goes in and comes out with the row, so the engine keeps it in
 a small memory per query row; the output accumulator's rescale by `alpha` is the
 P V side's job.
 """
-from amaranth import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
+from amaranth.utils import ceil_log2
 
 from golden_model.intattn import EXP2_TABLE, FRAC_BITS, M_INIT, P_BITS, SCORE_MULT_BITS, SUM_BITS, X_BITS
 
@@ -46,27 +53,20 @@ class SoftmaxLayouts:
         })
 
 
-def exp2_split(m: Module, delta, name: str):
-    """Stage s5 for one lane: (table entry, integer part clamped to P_BITS + 2), registered by the caller."""
-    table = Array(Const(int(v), PROB) for v in EXP2_TABLE)
-    n_full = delta[FRAC_BITS:]
-    n = Signal(range(P_BITS + 3), name=f"{name}_n")
-    m.d.comb += n.eq(Mux(n_full > P_BITS + 2, P_BITS + 2, n_full))
-    return table[delta[:FRAC_BITS]], n
+def tree_stages(lanes: int) -> int:
+    """Register stages of the max tree: m and N lanes, two compare levels per stage."""
+    return -(-ceil_log2(lanes + 1) // 2)
 
 
-def exp2_shift(base, n):
-    """Stage s6: (base + 2^(n-1)) >> n, base itself for n = 0."""
-    wide = unsigned(P_BITS + 1 + P_BITS + 3)
-    half = Mux(n == 0, 0, (Const(1, wide) << n) >> 1)
-    return ((base + half) >> n)[:P_BITS + 1]
+def softmax_latency(lanes: int) -> int:
+    """OnlineSoftmax's latency (cycles) for `lanes` lanes (the sim backend's cycle model uses it)."""
+    return 10 + tree_stages(lanes)
 
 
 class OnlineSoftmax(wiring.Component):
-    LATENCY = 7
-
     def __init__(self, lanes: int):
         self.lanes = lanes
+        self.LATENCY = softmax_latency(lanes)
         self.layouts = L = SoftmaxLayouts(lanes)
         super().__init__({
             "i": In(stream.Signature(L.i)),
@@ -79,6 +79,7 @@ class OnlineSoftmax(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         N = self.lanes
+        T = tree_stages(N)
         advance = Signal()
         valid = Signal(self.LATENCY)
         m.d.comb += [advance.eq(~self.o.valid | self.o.ready), self.i.ready.eq(advance),
@@ -93,34 +94,39 @@ class OnlineSoftmax(wiring.Component):
             return r
 
         def carry(sig, name, upto):
-            """`sig` delayed through stages 1..upto (the row's passengers)."""
+            """`sig` delayed through stages 1..upto: element k - 1 is the output of stage k."""
             out = []
             for s in range(1, upto + 1):
                 sig = stage(sig, f"{name}_s{s}")
                 out.append(sig)
             return out
 
-        inp = self.i.payload
-        ms = carry(inp.m, "m", 4)
-        ls = carry(inp.l, "l", 7)
-        tags = carry(inp.tag, "tag", 7)
-        counts = carry(inp.count, "count", 2)
+        def delay(sig, name, n):
+            for k in range(n):
+                sig = stage(sig, f"{name}_d{k}")
+            return sig
 
+        inp = self.i.payload
+        s_max = 4 + T                                # the stage whose output is m'
+        ms = carry(inp.m, "m", s_max)
+        tags = carry(inp.tag, "tag", self.LATENCY)
+        counts = carry(inp.count, "count", 3)
+
+        # s1..s4: x = sat32((S * score_mult + 2^(shift-1)) >> shift)
         lo, hi = M_INIT, -M_INIT - 1
-        prod = [stage(inp.scores[j] * self.score_mult, f"prod{j}", signed(32 + SCORE_MULT_BITS + 1))
-                for j in range(N)]
         half = Signal(signed(65))                    # 2^(shift-1), shift <= 63
         m.d.comb += half.eq((Const(1, unsigned(64)) << self.score_shift) >> 1)
         xs, ok = [], []
         for j in range(N):
-            shifted = Signal(signed(66), name=f"shifted{j}")
-            m.d.comb += shifted.eq((prod[j] + half) >> self.score_shift)
+            prod = stage(inp.scores[j] * self.score_mult, f"prod{j}", signed(32 + SCORE_MULT_BITS + 1))
+            rounded = stage(prod + half, f"rounded{j}", signed(66))
+            shifted = stage(rounded >> self.score_shift, f"shifted{j}", signed(66))
             xs.append(stage(Mux(shifted > hi, hi, Mux(shifted < lo, lo, shifted)), f"x{j}", signed(X_BITS)))
-            ok.append(stage(j < counts[0], f"ok{j}"))
-        # s3: the new maximum (lanes past count do not take part; M_INIT is the identity).
+            ok.append(stage(j < counts[2], f"ok{j}"))
+        # s5 .. s4 + T: the new maximum (lanes past count do not take part; M_INIT is the identity).
         # A balanced tree of named signals: an expression reusing `best` twice per step would
         # double the emitted Verilog per lane (2^N copies).
-        level = [ms[1]] + [Mux(ok[j], xs[j], lo) for j in range(N)]
+        level = [ms[3]] + [Mux(ok[j], xs[j], lo) for j in range(N)]
         depth = 0
         while len(level) > 1:
             nxt = []
@@ -131,36 +137,42 @@ class OnlineSoftmax(wiring.Component):
                 nxt.append(w)
             level = nxt + level[len(level) & ~1:]
             depth += 1
+            if depth % 2 == 0 and len(level) > 1:
+                level = [stage(w, f"max{depth}_{k}_r", signed(X_BITS)) for k, w in enumerate(level)]
         m_new = stage(level[0], "m_new", signed(X_BITS))
-        xs3 = [stage(xs[j], f"x{j}_s3") for j in range(N)]
-        ok3 = [stage(ok[j], f"ok{j}_s3") for j in range(N)]
-        # s4: deltas (>= 0 by construction).
-        deltas = [stage(m_new - xs3[j], f"delta{j}", unsigned(DELTA_BITS)) for j in range(N)]
-        d_alpha = stage(m_new - ms[2], "delta_alpha", unsigned(DELTA_BITS))
-        m4 = stage(m_new, "m_s4")
-        ok4 = [stage(ok3[j], f"ok{j}_s4") for j in range(N)]
-        # s5, s6: exp2.
-        lanes = [(deltas[j], ok4[j], f"p{j}") for j in range(N)] + [(d_alpha, Const(1), "alpha")]
+        xs_t = [delay(xs[j], f"x{j}_t", T) for j in range(N)]
+        ok_t = [delay(ok[j], f"ok{j}_t", T) for j in range(N)]
+        # +1: deltas (>= 0 by construction).
+        deltas = [stage(m_new - xs_t[j], f"delta{j}", unsigned(DELTA_BITS)) for j in range(N)]
+        d_alpha = stage(m_new - ms[s_max - 1], "delta_alpha", unsigned(DELTA_BITS))
+        m_out = delay(m_new, "m_new", 6)
+        ok_1 = [stage(ok_t[j], f"ok{j}_s1") for j in range(N)]
+        # +2 .. +4: exp2; the table in block RAM (a synchronous read port per lane: the +2 register).
+        table = Memory(shape=PROB, depth=len(EXP2_TABLE), init=[int(v) for v in EXP2_TABLE],
+                       attrs={"rom_style": "block"})   # yosys would build 9 read ports from logic
+        m.submodules.exp2_table = table
+        lanes = [(deltas[j], ok_1[j], f"p{j}") for j in range(N)] + [(d_alpha, Const(1), "alpha")]
         outs = []
         for delta, lane_ok, name in lanes:
-            base, n = exp2_split(m, delta, name)
-            base5 = stage(base, f"{name}_base", PROB)
-            n5 = stage(n, f"{name}_n5")
-            ok5 = stage(lane_ok, f"{name}_ok5")
-            outs.append(stage(Mux(ok5, exp2_shift(base5, n5), 0), f"{name}_s6", PROB))
+            rd = table.read_port(domain="sync")
+            m.d.comb += [rd.addr.eq(delta[:FRAC_BITS]), rd.en.eq(advance)]
+            n_full = delta[FRAC_BITS:]
+            n2 = stage(Mux(n_full > P_BITS + 2, P_BITS + 2, n_full), f"{name}_n2", range(P_BITS + 3))
+            ok2 = stage(lane_ok, f"{name}_ok2")
+            rounded = stage(rd.data + Mux(n2 == 0, 0, (Const(1, unsigned(P_BITS + 3)) << n2) >> 1),
+                            f"{name}_rounded", unsigned(P_BITS + 3))
+            n3, ok3 = stage(n2, f"{name}_n3"), stage(ok2, f"{name}_ok3")
+            outs.append(stage(Mux(ok3, (rounded >> n3)[:P_BITS + 1], 0), f"{name}_s4", PROB))
         ps, alpha = outs[:N], outs[N]
-        m5 = stage(m4, "m_s5")
-        m6 = stage(m5, "m_s6")
-        # s7: the running sum (l < 2^32 by the spec's widths).
-        total = Signal(unsigned(SUM_BITS + 1))
-        m.d.comb += total.eq(sum(ps[1:], ps[0]))
-        rescaled = (ls[5] * alpha + (1 << (P_BITS - 1))) >> P_BITS
-        l_new = stage(rescaled + total, "l_new", unsigned(SUM_BITS))
-        p7 = [stage(ps[j], f"p{j}_s7") for j in range(N)]
-        alpha7 = stage(alpha, "alpha_s7")
-        m7 = stage(m6, "m_s7")
+        # +5, +6: the running sum (l < 2^32 by the spec's widths).
+        l_in = delay(inp.l, "l", s_max + 4)
+        total = stage(sum(ps[1:], ps[0]), "total", unsigned(SUM_BITS + 1))
+        l_alpha = stage(l_in * alpha, "l_alpha", unsigned(SUM_BITS + P_BITS + 1))
+        l_new = stage(((l_alpha + (1 << (P_BITS - 1))) >> P_BITS) + total, "l_new", unsigned(SUM_BITS))
+        p_out = [delay(ps[j], f"p{j}_out", 2) for j in range(N)]
+        alpha_out = delay(alpha, "alpha_out", 2)
         o = self.o.payload
-        m.d.comb += [o.alpha.eq(alpha7), o.m.eq(m7), o.l.eq(l_new), o.tag.eq(tags[6])]
+        m.d.comb += [o.alpha.eq(alpha_out), o.m.eq(m_out), o.l.eq(l_new), o.tag.eq(tags[-1])]
         for j in range(N):
-            m.d.comb += o.p[j].eq(p7[j])
+            m.d.comb += o.p[j].eq(p_out[j])
         return m

@@ -267,28 +267,35 @@ class GemmStore(wiring.Component):
         advance2 = ~s2_valid | advance3
         m.d.comb += s1_ready.eq(advance2)
         row2 = Signal.like(rd.data)
-        # Which accumulator row each stage holds: per-row parameters (param_rows) select by it.
-        r1, r2 = (Signal(range(R), name=f"row_s{i}") for i in (1, 2))
+        # Which accumulator row stage 1 holds: per-row parameters (param_rows) select by it.
+        r1 = Signal(range(R), name="row_s1")
         with m.If(advance):
             m.d.sync += r1.eq(row)
-        with m.If(advance2):
-            m.d.sync += [s2_valid.eq(s1_valid), row2.eq(rd.data), r2.eq(r1)]
         rows_params = min(R, C)
-        p2 = params[Mux(r2 < rows_params, r2, 0)] if rows_params > 1 else params[0]
-        # Stage 3 also holds each lane's multiplier and shift, so the requantisers' multipliers
-        # (MULT18X18D / DSP inputs) start from flip-flops, not from the parameter selection.
+        p1 = params[Mux(r1 < rows_params, r1, 0)] if rows_params > 1 else params[0]
+        # Stage 2 holds each lane's parameters, selected (per row or per column) from stage 1's
+        # row: the select's fan-out (cmd.param_rows to every lane) ends in flip-flops, and
+        # stage 3's bias adders and the requantisers' multipliers start from flip-flops.
+        bias2 = [Signal(signed(ACC_BITS), name=f"bias{j}_s2") for j in range(C)]
+        mult2 = [Signal(unsigned(MULT_BITS), name=f"mult{j}_s2") for j in range(C)]
+        shift2 = [Signal(unsigned(SHIFT_BITS), name=f"shift{j}_s2") for j in range(C)]
+        with m.If(advance2):
+            m.d.sync += [s2_valid.eq(s1_valid), row2.eq(rd.data)]
+            for j in range(C):
+                m.d.sync += [bias2[j].eq(Mux(cmd.param_rows, p1.bias, params[j].bias)),
+                             mult2[j].eq(Mux(cmd.param_rows, p1.multiplier, params[j].multiplier)),
+                             shift2[j].eq(Mux(cmd.param_rows, p1.shift, params[j].shift))]
         mult3 = [Signal(unsigned(MULT_BITS), name=f"mult{j}_s3") for j in range(C)]
         shift3 = [Signal(unsigned(SHIFT_BITS), name=f"shift{j}_s3") for j in range(C)]
         with m.If(advance3):
             for j in range(C):
-                m.d.sync += [mult3[j].eq(Mux(cmd.param_rows, p2.multiplier, params[j].multiplier)),
-                             shift3[j].eq(Mux(cmd.param_rows, p2.shift, params[j].shift))]
+                m.d.sync += [mult3[j].eq(mult2[j]), shift3[j].eq(shift2[j])]
         lo, hi = -(1 << (ACC_BITS - 1)), (1 << (ACC_BITS - 1)) - 1
         biased = []
         for j in range(C):
             s = Signal(signed(ACC_BITS + 1), name=f"sum{j}")
             t = Signal(ACC, name=f"biased{j}")
-            m.d.comb += s.eq(row2[j] + Mux(cmd.param_rows, p2.bias, params[j].bias))
+            m.d.comb += s.eq(row2[j] + bias2[j])
             with m.If(advance3):
                 m.d.sync += t.eq(Mux(s > hi, hi, Mux(s < lo, lo, s)))
             biased.append(t)

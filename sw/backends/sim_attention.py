@@ -12,6 +12,7 @@ import numpy as np
 
 from golden_model import intattn as A
 from hw import isa
+from hw.attention.softmax import softmax_latency
 
 # Cycle model of the RTL (hw/attention/engine.py), calibrated against it cycle for cycle
 # (tests/test_attention_engine.py) and against Verilator runs of the overlay (tests/test_attention_overlay.py).
@@ -19,10 +20,11 @@ from hw import isa
 # (R rows, SOFTMAX_LATENCY), hands the bank to the P V array when the previous tile's last channel
 # issues (HANDOVER); the P V array streams d_pad channels, and the step is done when the last row's
 # last channel is written (PV_TAIL after the array's R + C skew). So back-to-back steps cost d_pad each.
-SOFTMAX_LATENCY = 8       # acc/state read + OnlineSoftmax.LATENCY: SOFTMAX start to HANDOVER = R + 8
-PV_TAIL = 1               # stage A (O read / rescale / write) after the array's R + C
-NORM_ROW = 20             # per query row: reciprocal (18 division steps) and hand-over
-NORM_LATENCY = 1          # NORM start to done = R x (NORM_ROW + chunks) + NORM_LATENCY ...
+SOFTMAX_READ = 1          # SOFTMAX start to HANDOVER = R + SOFTMAX_READ (acc/state read) + the softmax's latency
+PV_TAIL = 3               # stages A-C (O read, rescale product, round + add + write) after the array's R + C
+NORM_ROW = 21             # per query row: reciprocal (18 division steps), hand-over and the first item taken;
+                          # the row's other items follow one per G = cols / norm_lanes cycles (its lanes share G x fewer multipliers)
+NORM_LATENCY = 3          # NORM start to done = R x (NORM_ROW + (chunks - 1) x G) + G + NORM_LATENCY ...
 NORM_AGAIN = 1            # ... + 1 once the normaliser has run since reset (it drops the last row's reciprocal first)
 
 
@@ -53,14 +55,16 @@ class AttentionModel:
         if d["target"] & 1 == isa.ATTN_MODES["STEP"]:
             b = self.bank
             s0 = max(a + 2, self.bank_done[b] + 2)                    # WAIT sees the bank free, SOFTMAX
-            h = max(s0 + R + SOFTMAX_LATENCY, self.handover + self.pv_len)
+            h = max(s0 + R + SOFTMAX_READ + softmax_latency(C), self.handover + self.pv_len)
             dp = (d["k_last"] + 1) * C
             done = h + dp + R + C + PV_TAIL
             self.bank_done[b], self.bank, self.handover, self.pv_len = done, 1 - b, h, dp
             self.front_idle = h + 1
         else:
             n0 = max(a + 1, max(self.bank_done) + 1)                  # WAIT sees everything done
-            done = n0 + 1 + R * (NORM_ROW + d["count"]) + NORM_LATENCY + (NORM_AGAIN if self.normed else 0)
+            g = C // self.cfg.norm_lanes
+            done = (n0 + 1 + R * (NORM_ROW + (d["count"] - 1) * g) + g + NORM_LATENCY
+                    + (NORM_AGAIN if self.normed else 0))
             self.normed = True
             self.front_idle = done + 1
         return a, done
