@@ -63,10 +63,12 @@ def pll_parameters(f_in: float, f_out: float) -> dict[str, int]:
 class TimingHarness(Elaboratable):
     """Wraps `core` (a wiring.Component in the `sync` domain) for place-and-route on a board."""
 
-    def __init__(self, core: wiring.Component, target_mhz: float, port_registers: bool = False):
+    def __init__(self, core: wiring.Component, target_mhz: float, port_registers: bool = False,
+                 global_reset: bool = False):
         self.core = core
         self.pll = pll_parameters(BOARD_CLOCK_MHZ, target_mhz)
         self.port_registers = port_registers
+        self.global_reset = global_reset
 
     def elaborate(self, platform):
         m = Module()
@@ -89,15 +91,18 @@ class TimingHarness(Elaboratable):
             i_CLKI=clk25.io, i_CLKFB=clk, o_CLKOP=clk,
             i_RST=0, i_STDBY=0, i_PHASESEL0=0, i_PHASESEL1=0, i_PHASEDIR=1, i_PHASESTEP=1,
             i_PHASELOADREG=1, i_PLLWAKESYNC=0, i_ENCLKOP=0, o_LOCK=locked)
-        # The reset reaches the LSR pin of nearly every flip-flop (17.8k on the all-engine preset):
-        # nextpnr promotes only the clock to a global network, and routed as a fabric net that fan-out
-        # alone kept its router from converging, so a DCCA puts the reset on a global.
-        m.domains.reset_src = ClockDomain("reset_src")
-        m.d.comb += ClockSignal("reset_src").eq(clk)
-        m.submodules.reset_sync = ResetSynchronizer(~locked, domain="reset_src")
-        rst_global = Signal()
-        m.submodules.reset_global = Instance("DCCA", i_CLKI=ResetSignal("reset_src"), i_CE=1, o_CLKO=rst_global)
-        m.d.comb += ResetSignal("sync").eq(rst_global)
+        if self.global_reset:
+            # The overlay's reset reaches the LSR pin of nearly every flip-flop (17.8k on the all-engine
+            # preset) and nextpnr promotes only the clock to a global network: routed in the fabric it was
+            # the most congested net, so a DCCA puts it on a global (small cores do without).
+            m.domains.reset_src = ClockDomain("reset_src")
+            m.d.comb += ClockSignal("reset_src").eq(clk)
+            m.submodules.reset_sync = ResetSynchronizer(~locked, domain="reset_src")
+            rst_global = Signal()
+            m.submodules.reset_global = Instance("DCCA", i_CLKI=ResetSignal("reset_src"), i_CE=1, o_CLKO=rst_global)
+            m.d.comb += ResetSignal("sync").eq(rst_global)
+        else:
+            m.submodules.reset_sync = ResetSynchronizer(~locked, domain="sync")
         # No explicit constraint: nextpnr derives the PLL output's from FREQUENCY_PIN_CLKOP.
 
         # A 64-bit LFSR (x^64 + x^63 + x^61 + x^60 + 1) feeds every input bit. With
@@ -148,7 +153,7 @@ NEXTPNR_OPTS = "--router router2 --timing-allow-fail"
 
 def build_ecp5(core: wiring.Component, name: str, out_dir: Path, target_mhz: float,
                board: str = "ulx3s-85f", seed: int = 1, placer: str = "heap",
-               port_registers: bool = False) -> Ecp5Report:
+               port_registers: bool = False, global_reset: bool = False) -> Ecp5Report:
     """Synthesise, place and route `core` in the timing harness; return the report."""
     if board != "ulx3s-85f":
         raise ValueError(f"the open flow supports ulx3s-85f, not {board!r}")
@@ -158,7 +163,7 @@ def build_ecp5(core: wiring.Component, name: str, out_dir: Path, target_mhz: flo
         os.environ.setdefault(var, find_tool(tool))
     out_dir = Path(out_dir)
     platform = _ulx3s_85f_build_only()
-    platform.build(TimingHarness(core, target_mhz, port_registers), name=name, build_dir=str(out_dir),
+    platform.build(TimingHarness(core, target_mhz, port_registers, global_reset), name=name, build_dir=str(out_dir),
                    do_program=False, nextpnr_opts=f"--seed {seed} --placer {placer} {NEXTPNR_OPTS}")
     return parse_nextpnr_log((out_dir / f"{name}.tim").read_text(), out_dir / f"{name}.bit", target_mhz)
 
@@ -173,7 +178,7 @@ def estimate_ecp5(core: wiring.Component, out_dir: Path, target_mhz: float = 50.
     for var, tool in YOWASP_TOOLS.items():
         os.environ.setdefault(var, find_tool(tool))
     out_dir = Path(out_dir)
-    plan = _ulx3s_85f_build_only().build(TimingHarness(core, target_mhz, port_registers=True), name="top",
+    plan = _ulx3s_85f_build_only().build(TimingHarness(core, target_mhz, port_registers=True, global_reset=True), name="top",
                                          build_dir=str(out_dir), do_build=False, do_program=False)
     plan.extract(str(out_dir))
     (out_dir / "estimate.ys").write_text((out_dir / "top.ys").read_text() + "\ntee -q -o top.stat.json stat -json\n")

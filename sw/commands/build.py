@@ -119,7 +119,7 @@ def _open_flow(cfg, board, out: Path) -> dict:
     t0 = time.monotonic()
     try:
         rep = build_ecp5(Overlay(cfg), TOP, out / "ecp5", target_mhz=cfg.clock_mhz, board=board.name,
-                         port_registers=True)
+                         port_registers=True, global_reset=True)
     except ToolMissing as e:
         raise CommandError(str(e)) from None
     for k in ("TRELLIS_COMB", "TRELLIS_FF", "MULT18X18D", "DP16KD"):
