@@ -23,6 +23,18 @@ def waves_requested() -> bool:
     return os.environ.get("SAM2FPGA_WAVES", "") not in ("", "0")
 
 
+def run_amaranth(sim, name: str, until: float | None = None) -> None:
+    """Run an Amaranth simulation (to `until` seconds, or until its testbenches end), writing
+    build/amaranth_<name>.vcd when waveforms are requested."""
+    run = (lambda: sim.run_until(until)) if until is not None else sim.run
+    if waves_requested():
+        BUILD.mkdir(parents=True, exist_ok=True)
+        with sim.write_vcd(str(BUILD / f"amaranth_{name}.vcd")):
+            run()
+    else:
+        run()
+
+
 class BenchFailed(AssertionError):
     """A cocotb bench reported failing tests."""
 

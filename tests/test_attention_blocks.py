@@ -7,7 +7,7 @@ from amaranth.sim import Simulator
 
 from golden_model import intattn as A
 from hw.attention.softmax import OnlineSoftmax
-from sim.runner import BUILD, waves_requested
+from sim.runner import run_amaranth
 
 
 def run_stream(dut, items, set_inputs, read_outputs, n_out, stall=0.3, seed=0, name="blk"):
@@ -37,11 +37,7 @@ def run_stream(dut, items, set_inputs, read_outputs, n_out, stall=0.3, seed=0, n
     sim.add_clock(1e-8)
     sim.add_testbench(producer)
     sim.add_testbench(consumer)
-    if waves_requested():
-        with sim.write_vcd(str(BUILD / f"amaranth_{name}.vcd")):
-            sim.run()
-    else:
-        sim.run()
+    run_amaranth(sim, name)
     return got
 
 

@@ -11,7 +11,7 @@ from amaranth.sim import Simulator
 from hw.attention.engine import AttentionEngine
 from hw.config import preset
 from hw import isa
-from sim.runner import BUILD, waves_requested
+from sim.runner import run_amaranth
 from sw.backends.sim_attention import AttentionModel
 
 CFG = preset("sim").replace(attn_max_dim=32, acc_depth=128, attn_q_slots=3)   # R = 4, C = 8
@@ -117,11 +117,7 @@ def test_engine_slots_and_overlap_match_the_model_bit_and_cycle_exact(stall, nor
     sim.add_clock(1e-8)
     sim.add_process(memory_and_clock)
     sim.add_testbench(driver)
-    if waves_requested():
-        with sim.write_vcd(str(BUILD / "amaranth_attention_engine.vcd")):
-            sim.run_until(1e-8 * 20000)
-    else:
-        sim.run_until(1e-8 * 20000)
+    run_amaranth(sim, "attention_engine", until=1e-8 * 20000)
 
     first_out = descs[-3]["acc_base"]
     norm_rows = set(range(first_out, first_out + sum(d["count"] for d in descs[-3:]) * R))

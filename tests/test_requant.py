@@ -8,7 +8,7 @@ from amaranth.sim import Simulator
 from golden_model.intops import MULT_BITS, quantize_multiplier, requantize
 from hw.requant import Requantizer
 from hw.verilog import write_verilog
-from sim.runner import BUILD, run_bench, waves_requested
+from sim.runner import BUILD, run_amaranth, run_bench
 from sim.toolchain import icarus_available
 
 
@@ -90,11 +90,7 @@ def test_requantizer_amaranth_sim():
     sim.add_clock(1e-8)
     sim.add_testbench(producer)
     sim.add_testbench(consumer)
-    if waves_requested():
-        with sim.write_vcd(str(BUILD / "amaranth_requant.vcd")):
-            sim.run()
-    else:
-        sim.run()
+    run_amaranth(sim, "requant")
     assert np.array_equal(np.array(got), expected)
 
 
