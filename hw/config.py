@@ -130,17 +130,15 @@ PRESETS: dict[str, OverlayConfig] = {
                          param_depth=16, axi_data_bits=64, clock_mhz=100.0, board="(simulation)",
                          engines=("gemm", "attention", "conv", "depthwise"), dw_lanes=2, dw_row_bytes=128,
                          attn_q_slots=2),
-    # The open ECP5 flow (ULX3S-85F): every array engine on the smallest array a 64-bit AXI port allows
-    # (2 x 8), small memories, the normaliser on one multiplier (not the depthwise engine: its lanes need
-    # K x K = 49 multipliers each): 29.4k LUT4, 20.7k FF, 94 of 156 MULT18X18D, 56 DP16KD. nextpnr's
-    # estimate after placement is 41.6 MHz, but no router run has converged on it yet (the static placer
-    # comes closest; bitstreams/README.md),
-    # so its 20 MHz clock is not a timed result.
+    # The open ECP5 flow (ULX3S-85F), two presets on the smallest array a 64-bit AXI port allows (2 x 8),
+    # small memories. `ulx3s`: GEMM + attention, the normaliser on one multiplier. `ulx3s-gemm`: GEMM +
+    # convolution, what the test suite places and routes. Together they put every array engine through
+    # place and route; all three in one design (30.5k LUT4, 95 MULT18X18D) do not route on the 85F (router2
+    # stalls at ~700 overused wires with either placer and three seeds), and the depthwise engine's 49
+    # multipliers per lane do not fit beside attention. Fmax and the runs: bitstreams/README.md.
     "ulx3s": OverlayConfig("ulx3s", rows=2, cols=8, a_depth=1024, b_depth=1024, acc_depth=64,
-                           param_depth=16, axi_data_bits=64, clock_mhz=20.0, board="ULX3S-85F LFE5U-85F",
-                           engines=("gemm", "attention", "conv"), attn_max_dim=64, attn_norm_lanes=1),
-    # The same without the attention engine: what the test suite places and routes (bitstreams/README.md
-    # has its Fmax at the 50 MHz target).
+                           param_depth=16, axi_data_bits=64, clock_mhz=40.0, board="ULX3S-85F LFE5U-85F",
+                           engines=("gemm", "attention"), attn_max_dim=64, attn_norm_lanes=1),
     "ulx3s-gemm": OverlayConfig("ulx3s-gemm", rows=2, cols=8, a_depth=1024, b_depth=1024, acc_depth=64,
                                 param_depth=16, axi_data_bits=64, clock_mhz=50.0, board="ULX3S-85F LFE5U-85F",
                                 engines=("gemm", "conv"), attn_max_dim=64, attn_norm_lanes=1),

@@ -249,3 +249,19 @@ def test_im2col_fields_share_bits_a_load_does_not_read():
     with pytest.raises(ValueError, match="share the bits"):
         isa.pack_descriptor(**fields, b_base=1)
     assert isa.TARGETS["IM2COL"] != isa.TARGETS["V"] and len(set(isa.TARGETS.values())) == len(isa.TARGETS)
+
+
+@pytest.mark.parametrize("name", ["sim", "pynq-z2", "bench16", "kv260"])
+def test_sim_model_never_beats_the_ddr_bound(name):
+    """The cycle model may not claim more MAC utilisation than AXI's bandwidth allows on the
+    benchmark's real layers (mask_downsampler.0 is bandwidth-bound on every Zynq preset's array)."""
+    from benchmarks.conv import LAYERS, ddr_bound, tile_case
+    cfg = preset(name)
+    drv = Driver(cfg, "sim")
+    for i, (layer, kind, _full, cout, k, stride, padding, tile) in enumerate(LAYERS):
+        (x, wt, bias, mult, shift), op, _ = tile_case(i, kind, tile, cout, k)
+        getattr(drv, op)(x, wt, bias, mult, shift, stride=stride, padding=padding)
+        if drv.last_run.engine == "depthwise":
+            continue   # its own engine: px/cycle/lane, not array MACs
+        bound = ddr_bound(cfg, kind, tile, cout, k, stride, padding)
+        assert drv.last_run.utilisation <= bound + 1e-9, (layer, drv.last_run.utilisation, bound)

