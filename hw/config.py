@@ -142,8 +142,9 @@ PRESETS: dict[str, OverlayConfig] = {
     "ulx3s-gemm": OverlayConfig("ulx3s-gemm", rows=2, cols=8, a_depth=1024, b_depth=1024, acc_depth=64,
                                 param_depth=16, axi_data_bits=64, clock_mhz=50.0, board="ULX3S-85F LFE5U-85F",
                                 engines=("gemm", "conv"), attn_max_dim=64, attn_norm_lanes=1),
-    # Zynq-7000: 220 DSP48E1, 64-bit HP ports; 256 MACs (the few beyond the DSPs go to LUTs).
-    "pynq-z2": OverlayConfig("pynq-z2", rows=16, cols=16, a_depth=2048, b_depth=2048, acc_depth=256,
+    # Zynq-7000: 220 DSP48E1, 64-bit HP ports. 8 x 16 = 128 MACs: with the store's 16 requantisers (4
+    # DSPs each) about 196 DSPs; 16 x 16 needed 324 (yosys), which the part does not have.
+    "pynq-z2": OverlayConfig("pynq-z2", rows=8, cols=16, a_depth=2048, b_depth=2048, acc_depth=256,
                              param_depth=64, axi_data_bits=64, clock_mhz=150.0, board="PYNQ-Z2 xc7z020"),
     # Zynq UltraScale+: 128-bit HP ports.
     "kv260": OverlayConfig("kv260", rows=32, cols=32, a_depth=4096, b_depth=4096, acc_depth=512,

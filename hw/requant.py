@@ -21,6 +21,10 @@ class RequantIn(data.Struct):
     shift: unsigned(SHIFT_BITS)
 
 
+#: Multipliers (18 x 18 DSP blocks) one Requantizer maps to: stage 1's four partial products.
+DSPS = 4
+
+
 class Requantizer(wiring.Component):
     """Streams of `RequantIn` in, int8 out.
 

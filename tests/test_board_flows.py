@@ -105,6 +105,24 @@ def test_build_refuses_a_preset_that_does_not_fit(monkeypatch, tmp_path, capsys)
     assert "does not fit xc7z020clg400-1" in err and "DSP: 999 used > 220" in err
 
 
+def test_every_board_preset_has_the_multipliers_it_needs():
+    """The structural DSP floor of each board's own preset is within its part (a 16 x 16 PYNQ-Z2
+    preset needed 324 DSPs of 220 and only the 10-minute yosys estimate said so)."""
+    from hw.flows.estimate import dsp_floor
+    for name, b in BOARDS.items():
+        assert dsp_floor(preset(DEFAULT_PRESET[name])) <= b.dsps, name
+    assert dsp_floor(preset("sim").replace(engines=("gemm",))) == 4 * 8 + 4 * 8     # array + requantisers
+
+
+def test_build_refuses_a_preset_without_enough_multipliers_at_once(monkeypatch, tmp_path, capsys):
+    import hw.config as config
+    import hw.flows.estimate as est
+    monkeypatch.setitem(config.PRESETS, "big", preset("pynq-z2").replace(name="big", rows=16))
+    monkeypatch.setattr(est, "estimate", lambda *a, **k: pytest.fail("the estimate must not run"))
+    assert main(["build", "--board", "pynq-z2", "--preset", "big", "-o", str(tmp_path)]) == 1
+    assert "need at least 320 multipliers (DSP blocks), the part has 220" in capsys.readouterr().err
+
+
 def test_build_zynq_without_vivado_generates_and_says_how(tmp_path, capsys, monkeypatch):
     import hw.flows.estimate as est
     monkeypatch.setattr(est, "estimate", lambda *a, **k: Resources(luts=1000, ffs=1000, dsps=100, bram36=10))
