@@ -134,8 +134,9 @@ PRESETS: dict[str, OverlayConfig] = {
     # small memories. `ulx3s`: GEMM + attention, the normaliser on one multiplier. `ulx3s-gemm`: GEMM +
     # convolution, what the test suite places and routes. Together they put every array engine through
     # place and route; all three in one design (30.5k LUT4, 95 MULT18X18D) do not route on the 85F (router2
-    # stalls at ~700 overused wires with either placer and three seeds), and the depthwise engine's 49
-    # multipliers per lane do not fit beside attention. Fmax and the runs: bitstreams/README.md.
+    # stalls at 170-720 overused wires on static placements, three seeds; 7.2k on HeAP's), and the
+    # depthwise engine's 49 multipliers per lane do not fit beside attention. Fmax and the runs:
+    # bitstreams/README.md.
     "ulx3s": OverlayConfig("ulx3s", rows=2, cols=8, a_depth=1024, b_depth=1024, acc_depth=64,
                            param_depth=16, axi_data_bits=64, clock_mhz=40.0, board="ULX3S-85F LFE5U-85F",
                            engines=("gemm", "attention"), attn_max_dim=64, attn_norm_lanes=1),

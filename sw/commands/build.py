@@ -34,6 +34,7 @@ def add_arguments(parser):
 def run(args) -> int:
     from hw.boards import board as get_board
     from hw.config import preset as get_preset
+    from hw.flows.estimate import dsp_floor
     from sw.cli import CommandError, UsageError
 
     board = get_board(args.board)
@@ -47,7 +48,6 @@ def run(args) -> int:
     if board.vendor != "lattice" and (args.placer or args.seed != 1):
         raise UsageError("--seed and --placer choose nextpnr's placement: they are for --board ulx3s-85f; "
                          "Vivado places the Zynq boards")
-    from hw.flows.estimate import dsp_floor
     if dsp_floor(cfg) > board.dsps:
         raise CommandError(f"preset {cfg.name!r} cannot fit {board.part}: its {cfg.rows} x {cfg.cols} array, "
                            f"requantisers and engines ({', '.join(cfg.engines)}) need at least {dsp_floor(cfg)} "
