@@ -147,8 +147,9 @@ PRESETS: dict[str, OverlayConfig] = {
     # DSPs each) about 196 DSPs; 16 x 16 needed 324 (yosys), which the part does not have.
     "pynq-z2": OverlayConfig("pynq-z2", rows=8, cols=16, a_depth=2048, b_depth=2048, acc_depth=256,
                              param_depth=64, axi_data_bits=64, clock_mhz=150.0, board="PYNQ-Z2 xc7z020"),
-    # Zynq UltraScale+: 128-bit HP ports.
-    "kv260": OverlayConfig("kv260", rows=32, cols=32, a_depth=4096, b_depth=4096, acc_depth=512,
+    # Zynq UltraScale+: 128-bit HP ports. KV260: 16 x 32 = 512 MACs; 32 x 32 needed 132k LUTs of the
+    # xck26's 117k (yosys estimate). ZCU104 (230k LUTs) keeps 32 x 32.
+    "kv260": OverlayConfig("kv260", rows=16, cols=32, a_depth=4096, b_depth=4096, acc_depth=512,
                            param_depth=128, axi_data_bits=128, clock_mhz=300.0, board="KV260 xck26"),
     "zcu104": OverlayConfig("zcu104", rows=32, cols=32, a_depth=8192, b_depth=8192, acc_depth=1024,
                             param_depth=256, axi_data_bits=128, clock_mhz=300.0, board="ZCU104 xczu7ev"),

@@ -251,7 +251,7 @@ def test_im2col_fields_share_bits_a_load_does_not_read():
     assert isa.TARGETS["IM2COL"] != isa.TARGETS["V"] and len(set(isa.TARGETS.values())) == len(isa.TARGETS)
 
 
-@pytest.mark.parametrize("name", ["sim", "pynq-z2", "bench16", "kv260"])
+@pytest.mark.parametrize("name", ["sim", "pynq-z2", "bench16", "kv260", "zcu104"])
 def test_sim_model_never_beats_the_ddr_bound(name):
     """The cycle model may not claim more MAC utilisation than AXI's bandwidth allows on the
     benchmark's real layers (mask_downsampler.0 is bandwidth-bound on every Zynq preset's array)."""
