@@ -84,7 +84,7 @@ def _generate(cfg, out: Path):
 def _estimate(verilog: Path, board, out: Path) -> dict:
     from hw.flows.estimate import estimate, fits
     from sw.cli import CommandError
-    print(f"[estimate] yosys synth_xilinx -family {board.family} (the 32x32 presets take many minutes)...")
+    print(f"[estimate] yosys synth_xilinx -family {board.family} (2-13 minutes for the board presets)...")
     t0 = time.monotonic()
     res = estimate(verilog, TOP, board.family, out / "yosys")
     caps = {"luts": board.luts, "ffs": board.ffs, "dsps": board.dsps, "bram36": board.bram36, "uram": board.uram}
