@@ -121,3 +121,15 @@ def test_flow_script_failure_gives_the_tools_output(tmp_path):
     _flow_script(tmp_path, "echo 'ERROR: Failed to route' ; exit 3\n")
     with pytest.raises(Ecp5FlowError, match="(?s)exit 3.*Failed to route"):
         run_flow_script(tmp_path, "x", "test")
+
+
+def test_estimate_reports_progress_while_yosys_runs(tmp_path, monkeypatch, requant_verilog):
+    import hw.flows.estimate as est
+    stat = '{"design": {"num_cells_by_type": {"LUT6": 5, "DSP48E2": 1}}}'
+    # A stand-in yosys: slow, then the stat file the real one writes.
+    monkeypatch.setattr(est, "yosys_command",
+                        lambda: ["sh", "-c", f"sleep 1.5; echo '{stat}' > requant.xcup.stat.json", "yosys"])
+    said = []
+    res = est.estimate(requant_verilog, "requant", "xcup", tmp_path, progress=said.append, every_s=0.4)
+    assert res.luts == 5 and res.dsps == 1
+    assert len(said) >= 2 and all(line.startswith("yosys still synthesising (") for line in said)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -54,8 +55,10 @@ def synth_script(verilog: str, top: str, family: str, stat_json: str, abc9: bool
     return f"read_verilog {verilog}; {synth}; tee -q -o {stat_json} stat -json"
 
 
-def estimate(verilog: Path, top: str, family: str, work_dir: Path, abc9: bool = True) -> Resources:
-    """Synthesise `verilog` for `family` and count what it uses."""
+def estimate(verilog: Path, top: str, family: str, work_dir: Path, abc9: bool = True,
+             progress=None, every_s: float = 60) -> Resources:
+    """Synthesise `verilog` for `family` and count what it uses. `progress(line)` (optional) hears
+    every `every_s` seconds that yosys is still at it (the 32 x 32 presets take 10+ minutes)."""
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     # YoWASP's yosys sees the file system through its working directory only
@@ -65,10 +68,23 @@ def estimate(verilog: Path, top: str, family: str, work_dir: Path, abc9: bool = 
         shutil.copyfile(verilog, local)
     stat_json = f"{top}.{family}.stat.json"
     script = synth_script(local.name, top, family, stat_json, abc9)
-    proc = subprocess.run([*yosys_command(), "-q", "-l", f"{top}.{family}.yosys.log", "-p", script],
-                          capture_output=True, text=True, cwd=work_dir)
+    proc = subprocess.Popen([*yosys_command(), "-q", "-l", f"{top}.{family}.yosys.log", "-p", script],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=work_dir)
+    t0 = time.monotonic()
+    try:
+        while True:
+            try:
+                out, err = proc.communicate(timeout=every_s)
+                break
+            except subprocess.TimeoutExpired:
+                if progress:
+                    progress(f"yosys still synthesising ({time.monotonic() - t0:.0f} s)")
+    except BaseException:          # ^C: yosys must not run on unseen
+        proc.kill()
+        proc.wait()
+        raise
     if proc.returncode != 0:
-        raise EstimateError(f"yosys failed on {verilog}:\n{proc.stdout[-3000:]}{proc.stderr[-3000:]}")
+        raise EstimateError(f"yosys failed on {verilog}:\n{out[-3000:]}{err[-3000:]}")
     return count_cells(json.loads((work_dir / stat_json).read_text()), top)
 
 

@@ -86,7 +86,8 @@ def _estimate(verilog: Path, board, out: Path) -> dict:
     from sw.cli import CommandError
     print(f"[estimate] yosys synth_xilinx -family {board.family} (2-13 minutes for the board presets)...")
     t0 = time.monotonic()
-    res = estimate(verilog, TOP, board.family, out / "yosys")
+    res = estimate(verilog, TOP, board.family, out / "yosys",
+                   progress=lambda line: print(f"           {line}", flush=True))
     caps = {"luts": board.luts, "ffs": board.ffs, "dsps": board.dsps, "bram36": board.bram36, "uram": board.uram}
     for k, cap in caps.items():
         used = getattr(res, k)
