@@ -184,6 +184,16 @@ def model_only(cfg, only: str = "") -> None:
            "AXI): SIM MODEL cycles (not RTL), same tiles and scaling as `conv`")
 
 
+def ddr_bounds(presets=("sim", "pynq-z2", "bench16", "kv260", "zcu104")) -> None:
+    """The DDR bound of every full layer on each overlay (docs/conv.md's table); no simulation."""
+    from hw.config import preset
+    rows = [{"layer": name, "k/s/p": f"{k}/{stride}/{padding}",
+             **{p: ddr_bound(preset(p), kind, full, cout, k, stride, padding) for p in presets}}
+            for name, kind, full, cout, k, stride, padding, _ in LAYERS if kind != "depthwise"]
+    report("conv-ddr-bounds", rows, notes="highest MAC utilisation the AXI port allows per full layer "
+           "(benchmarks.conv.ddr_bound), per preset")
+
+
 if __name__ == "__main__":   # python -m benchmarks.conv [--no-synth] [--preset NAME] [--model PRESET ...]
     import argparse
     p = argparse.ArgumentParser()
@@ -192,6 +202,9 @@ if __name__ == "__main__":   # python -m benchmarks.conv [--no-synth] [--preset 
     p.add_argument("--model", nargs="*", default=[])
     p.add_argument("--only", default="", help="just the layers whose name contains this")
     p.add_argument("--engines", default="", help="comma-separated engines to build (default: the preset's)")
+    p.add_argument("--ddr-bounds", action="store_true", help="only print each layer's DDR bound per preset")
     a = p.parse_args()
+    if a.ddr_bounds:
+        raise SystemExit(ddr_bounds())
     run(synth=not a.no_synth, preset_name=a.preset, model_presets=tuple(a.model), only=a.only,
         engines=tuple(e for e in a.engines.split(",") if e))
