@@ -205,6 +205,7 @@ if __name__ == "__main__":   # python -m benchmarks.conv [--no-synth] [--preset 
     p.add_argument("--ddr-bounds", action="store_true", help="only print each layer's DDR bound per preset")
     a = p.parse_args()
     if a.ddr_bounds:
-        raise SystemExit(ddr_bounds())
+        ddr_bounds()
+        raise SystemExit(0)
     run(synth=not a.no_synth, preset_name=a.preset, model_presets=tuple(a.model), only=a.only,
         engines=tuple(e for e in a.engines.split(",") if e))

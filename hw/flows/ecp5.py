@@ -219,7 +219,8 @@ def run_flow_script(out_dir: Path, name: str, what: str, progress=None, stall_it
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait()
         raise
-    state.follow(log)
+    for phase in state.follow(log):    # what nextpnr logged after the last look ("done")
+        say(phase)
     if proc.returncode != 0:
         tail = (out_dir / f"{name}.out").read_text(errors="replace")[-2000:]
         raise Ecp5FlowError(f"the ECP5 flow failed (exit {proc.returncode}) in {out_dir}:\n{tail}")

@@ -126,13 +126,14 @@ def fits(res: Resources, board: Board) -> list[str]:
 def dsp_floor(cfg) -> int:
     """The fewest DSP blocks the overlay `cfg` needs, from its structure alone: one per int8 MAC of
     the GEMM array and of the attention engine's P V array, hw.requant.DSPS per requantiser lane of
-    the store unit (one per column), K x K = 49 per depthwise lane. yosys maps a few more (the im2col
+    the store unit (one per column), K_MAX x K_MAX = 49 per depthwise lane. yosys maps a few more (the im2col
     loader's address products, the softmax's); the estimate counts them all. Checked before the
     minutes-long estimate so a preset that cannot fit is refused at once."""
+    from hw.conv.depthwise import K_MAX
     from hw.requant import DSPS
     n = cfg.rows * cfg.cols + DSPS * cfg.cols
     if "attention" in cfg.engines:
         n += cfg.rows * cfg.cols
     if "depthwise" in cfg.engines:
-        n += 49 * cfg.dw_lanes
+        n += K_MAX * K_MAX * cfg.dw_lanes
     return n
