@@ -45,7 +45,8 @@ def layernorm_ref(x, p):
         sh = 10 + k
         ys = []
         for j, v in enumerate(row):
-            n = max(-(1 << 15), min((1 << 15) - 1, ((d * v - s) * t + (1 << (sh - 1))) >> sh))
+            n = ((d * v - s) * t + (1 << (sh - 1))) >> sh
+            assert -(1 << 15) <= n < 1 << 15                  # int16 without saturation
             y = (n * int(p.gain[j]) + int(p.bias[j]) + (1 << (p.shift - 1))) >> p.shift
             ys.append(max(-128, min(127, y)))
         out.append(ys)
@@ -183,6 +184,20 @@ def test_layernorm_int8_extremes():
     err = np.abs(V.layernorm(x, p) - lsb(y_f, 0.05))
     assert np.all(err <= layernorm_bound(p, gamma, 0.05, n_f, int_var(x)))
     assert np.array_equal(V.layernorm(x[:1], p), layernorm_ref(x[:1], p))
+
+
+@pytest.mark.parametrize("d", [2, 3, 17, 96, 1023, 1024])
+def test_layernorm_largest_normalised_values_fit_int16(d):
+    """The rows with the largest |n| (one value against D - 1 equal others: |n| = sqrt(D - 1)) against
+    the Python-int reading of the spec, which asserts n fits int16 unsaturated."""
+    x = np.full((2, d), 127, np.int8)
+    x[0, -1] = -128
+    x[1] = -128
+    x[1, 0] = 127
+    p = V.LayerNormParams.make(np.full(d, 0.1), np.zeros(d), 0.1, 0.1, 0.0)
+    assert np.array_equal(V.layernorm(x, p), layernorm_ref(x, p))
+    n = V.layernorm_normalised(x)
+    assert abs(abs(int(n[0, -1])) / 2 ** P - math.sqrt(d - 1)) <= math.sqrt(d - 1) * 2 ** -11 + 2 ** -P
 
 
 def test_layernorm_shapes_and_leading_axes():
