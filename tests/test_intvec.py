@@ -200,6 +200,21 @@ def test_layernorm_largest_normalised_values_fit_int16(d):
     assert abs(abs(int(n[0, -1])) / 2 ** P - math.sqrt(d - 1)) <= math.sqrt(d - 1) * 2 ** -11 + 2 ** -P
 
 
+def test_layernorm2d_channels_last():
+    """sam2's LayerNorm2d (eps 1e-6, over the channels of NCHW) is layernorm on the channels-last map."""
+    rng = np.random.default_rng(9)
+    c = 32
+    q = rng.integers(-128, 128, (2, c, 6, 5)).astype(np.int8)
+    sx, gamma, beta = 0.03, rng.normal(1, 0.5, c), rng.normal(0, 0.5, c)
+    y_f = nn.layer_norm_2d(q.astype(np.float64) * sx, gamma, beta, eps=1e-6)
+    sy = float(np.abs(y_f).max() / 127)
+    p = V.LayerNormParams.make(gamma, beta, sx, sy, 1e-6)
+    y = V.layernorm(q.transpose(0, 2, 3, 1), p).transpose(0, 3, 1, 2)
+    _, n = layernorm_float(q.transpose(0, 2, 3, 1) * sx, gamma, beta, 1e-6)
+    bound = layernorm_bound(p, gamma, sy, n, int_var(q.transpose(0, 2, 3, 1))).transpose(0, 3, 1, 2)
+    assert np.all(np.abs(y - lsb(y_f, sy)) <= bound)
+
+
 def test_layernorm_shapes_and_leading_axes():
     rng = np.random.default_rng(3)
     x = rng.integers(-128, 128, (2, 5, 7, 32)).astype(np.int8)
@@ -467,3 +482,15 @@ def test_round_trip_and_strict_loading(params, tmp_path):
         cls.from_arrays({**arrays, name: arrays[name].astype(np.float32)})
     with pytest.raises(ValueError, match=name):
         cls.from_arrays({**arrays, name: np.stack([arrays[name]] * 2)})
+
+
+# ------------------------------------------------------------------ docs
+
+
+def test_quantisation_doc_matches_code(monkeypatch):
+    from sw import intvec_doc
+    table = intvec_doc.markdown_table()
+    assert table in intvec_doc.DOC.read_text(), "docs/quantisation.md is stale: run `python -m sw.intvec_doc`"
+    assert f"int{V.LN_GAIN_BITS}" in table and f"{len(V.RSQRT_TABLE)} x uint16" in table
+    monkeypatch.setattr(V, "ADD_MULT_BITS", V.ADD_MULT_BITS + 1)
+    assert intvec_doc.markdown_table() != table
