@@ -30,12 +30,12 @@ What needs no op of its own (folded by the graph, so no extra pass):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
 from golden_model import nn
-from golden_model.intops import INT8_MAX, INT8_MIN, MULT_BITS, SHIFT_BITS, quantize_multiplier, requantize
+from golden_model.intops import INT8_MAX, INT8_MIN, MULT_BITS, SHIFT_BITS, quantize_multiplier
 
 # ------------------------------------------------------------------ widths (the one place they live)
 
@@ -146,21 +146,32 @@ def _frozen_array(name: str, a, dtype, shape: tuple | None = None, ndim: int | N
     return a
 
 
-def _take(d: dict, cls: str, name: str, dtype, shape: tuple | None = None, ndim: int | None = None) -> np.ndarray:
-    """d[name] checked for dtype and shape, for `from_arrays`."""
-    if name not in d:
-        raise ValueError(f"{cls}: missing array {name!r}")
-    return _frozen_array(f"{cls}.{name}", d[name], dtype, shape, ndim)
+class _IntegerParams:
+    """to_arrays / from_arrays of the parameter dataclasses. FILE_DTYPES maps each field to its dtype
+    in files; int fields are 0-d arrays; __post_init__ checks shapes and ranges."""
+    FILE_DTYPES: dict = {}
 
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {k: np.array(getattr(self, k), dtype) for k, dtype in self.FILE_DTYPES.items()}
 
-def _check_keys(d: dict, cls: str, names: tuple[str, ...]) -> None:
-    extra = sorted(set(d) - set(names))
-    if extra:
-        raise ValueError(f"{cls}: unexpected array(s) {extra}; expected {list(names)}")
-
-
-def _scalar(v: int, dtype=np.int32) -> np.ndarray:
-    return np.array(v, dtype=dtype)
+    @classmethod
+    def from_arrays(cls, d: dict):
+        name = cls.__name__
+        extra, missing = sorted(set(d) - set(cls.FILE_DTYPES)), [k for k in cls.FILE_DTYPES if k not in d]
+        if extra:
+            raise ValueError(f"{name}: unexpected array(s) {extra}; expected {list(cls.FILE_DTYPES)}")
+        if missing:
+            raise ValueError(f"{name}: missing array(s) {missing}")
+        scalars = {f.name for f in fields(cls) if f.type == "int"}
+        values = {}
+        for k, dtype in cls.FILE_DTYPES.items():
+            a = np.asarray(d[k])
+            if a.dtype != np.dtype(dtype):
+                raise ValueError(f"{name}.{k} must be {np.dtype(dtype)}, got {a.dtype}")
+            if k in scalars and a.shape != ():
+                raise ValueError(f"{name}.{k} must be a scalar (shape ()), got shape {a.shape}")
+            values[k] = int(a) if k in scalars else a
+        return cls(**values)
 
 
 # ------------------------------------------------------------------ LayerNorm
@@ -185,7 +196,7 @@ def rsqrt_fixed(v) -> tuple[np.ndarray, np.ndarray]:
 
 
 @dataclass(frozen=True, eq=False)
-class LayerNormParams:
+class LayerNormParams(_IntegerParams):
     """Integer LayerNorm over D channels (see `layernorm`): gain g (int16, D), bias b (int32, D),
     output shift s (1..30), eps term E (0 <= E < 2^40)."""
     gain: np.ndarray
@@ -193,7 +204,7 @@ class LayerNormParams:
     shift: int
     eps_term: int
 
-    ARRAYS = ("gain", "bias", "shift", "eps_term")
+    FILE_DTYPES = {"gain": np.int16, "bias": np.int32, "shift": np.int32, "eps_term": np.int64}
 
     def __post_init__(self):
         gain = _frozen_array("LayerNormParams.gain", self.gain, np.int16, ndim=1)
@@ -243,17 +254,6 @@ class LayerNormParams:
         raise ValueError("LayerNormParams.make: gamma / out_scale or beta / out_scale too large for int16 gains "
                          "and int32 biases")
 
-    def to_arrays(self) -> dict[str, np.ndarray]:
-        return {"gain": self.gain, "bias": self.bias, "shift": _scalar(self.shift),
-                "eps_term": _scalar(self.eps_term, np.int64)}
-
-    @classmethod
-    def from_arrays(cls, d: dict) -> "LayerNormParams":
-        _check_keys(d, cls.__name__, cls.ARRAYS)
-        gain = _take(d, cls.__name__, "gain", np.int16, ndim=1)
-        return cls(gain, _take(d, cls.__name__, "bias", np.int32, shape=gain.shape),
-                   int(_take(d, cls.__name__, "shift", np.int32, shape=())),
-                   int(_take(d, cls.__name__, "eps_term", np.int64, shape=())))
 
 
 def _ln_row_constants(rows: np.ndarray, eps_term: int):
@@ -334,11 +334,11 @@ def layernorm(x, p: LayerNormParams) -> np.ndarray:
 
 
 @dataclass(frozen=True, eq=False)
-class LutParams:
+class LutParams(_IntegerParams):
     """A 256-entry int8 table: table[i] is the output for input i - 128."""
     table: np.ndarray
 
-    ARRAYS = ("table",)
+    FILE_DTYPES = {"table": np.int8}
 
     def __post_init__(self):
         object.__setattr__(self, "table", _frozen_array("LutParams.table", self.table, np.int8, shape=(LUT_SIZE,)))
@@ -373,13 +373,6 @@ class LutParams:
         """ReLU with a change of scale (after a GEMM, prefer the requantiser's relu flag)."""
         return cls.make(lambda v: np.maximum(v, 0.0), in_scale, out_scale)
 
-    def to_arrays(self) -> dict[str, np.ndarray]:
-        return {"table": self.table}
-
-    @classmethod
-    def from_arrays(cls, d: dict) -> "LutParams":
-        _check_keys(d, cls.__name__, cls.ARRAYS)
-        return cls(_take(d, cls.__name__, "table", np.int8, shape=(LUT_SIZE,)))
 
 
 def lut(x, p: LutParams) -> np.ndarray:
@@ -410,13 +403,13 @@ def _check_add_fields(cls: str, mults: dict[str, int], shift: int) -> dict[str, 
 
 
 @dataclass(frozen=True, eq=False)
-class AddParams:
+class AddParams(_IntegerParams):
     """y = sat8((a * a_mult + b * b_mult + rnd(shift)) >> shift), see `add`."""
     a_mult: int
     b_mult: int
     shift: int
 
-    ARRAYS = ("a_mult", "b_mult", "shift")
+    FILE_DTYPES = {"a_mult": np.int32, "b_mult": np.int32, "shift": np.int32}
 
     def __post_init__(self):
         for k, v in _check_add_fields("AddParams", {"a_mult": self.a_mult, "b_mult": self.b_mult},
@@ -431,13 +424,6 @@ class AddParams:
                                                 _positive("b_scale", b_scale) / out_scale))
         return cls(ma, mb, s)
 
-    def to_arrays(self) -> dict[str, np.ndarray]:
-        return {k: _scalar(getattr(self, k)) for k in self.ARRAYS}
-
-    @classmethod
-    def from_arrays(cls, d: dict) -> "AddParams":
-        _check_keys(d, cls.__name__, cls.ARRAYS)
-        return cls(*(int(_take(d, cls.__name__, k, np.int32, shape=())) for k in cls.ARRAYS))
 
 
 def add(a, b, p: AddParams) -> np.ndarray:
@@ -479,12 +465,12 @@ def add(a, b, p: AddParams) -> np.ndarray:
 
 
 @dataclass(frozen=True, eq=False)
-class RescaleParams:
+class RescaleParams(_IntegerParams):
     """y = sat8((x * multiplier + rnd(shift)) >> shift): int8 to int8 at another scale."""
     multiplier: int
     shift: int
 
-    ARRAYS = ("multiplier", "shift")
+    FILE_DTYPES = {"multiplier": np.int32, "shift": np.int32}
 
     def __post_init__(self):
         for k, v in _check_add_fields("RescaleParams", {"multiplier": self.multiplier}, self.shift).items():
@@ -495,13 +481,6 @@ class RescaleParams:
         (m,), s = quantize_add_multipliers((_positive("in_scale", in_scale) / _positive("out_scale", out_scale),))
         return cls(m, s)
 
-    def to_arrays(self) -> dict[str, np.ndarray]:
-        return {k: _scalar(getattr(self, k)) for k in self.ARRAYS}
-
-    @classmethod
-    def from_arrays(cls, d: dict) -> "RescaleParams":
-        _check_keys(d, cls.__name__, cls.ARRAYS)
-        return cls(*(int(_take(d, cls.__name__, k, np.int32, shape=())) for k in cls.ARRAYS))
 
 
 def rescale(x, p: RescaleParams) -> np.ndarray:
@@ -523,7 +502,7 @@ def rescale(x, p: RescaleParams) -> np.ndarray:
 
 
 @dataclass(frozen=True, eq=False)
-class RopeParams:
+class RopeParams(_IntegerParams):
     """Fixed-point rotary tables and the output requantiser, see `rope`: cos, sin int16 (L, D/2) with
     ROPE_FRAC_BITS fraction bits; multiplier < 2^31 and shift 0..63 as golden_model.intops.requantize."""
     cos: np.ndarray
@@ -531,7 +510,7 @@ class RopeParams:
     multiplier: int
     shift: int
 
-    ARRAYS = ("cos", "sin", "multiplier", "shift")
+    FILE_DTYPES = {"cos": np.int16, "sin": np.int16, "multiplier": np.int32, "shift": np.int32}
 
     def __post_init__(self):
         cos = _frozen_array("RopeParams.cos", self.cos, np.int16, ndim=2)
@@ -566,17 +545,6 @@ class RopeParams:
         m, s = quantize_multiplier(_positive("in_scale", in_scale) / _positive("out_scale", out_scale) / one)
         return cls(_round_half_up(cos * one).astype(np.int16), _round_half_up(sin * one).astype(np.int16), m, s)
 
-    def to_arrays(self) -> dict[str, np.ndarray]:
-        return {"cos": self.cos, "sin": self.sin, "multiplier": _scalar(self.multiplier),
-                "shift": _scalar(self.shift)}
-
-    @classmethod
-    def from_arrays(cls, d: dict) -> "RopeParams":
-        _check_keys(d, cls.__name__, cls.ARRAYS)
-        cos = _take(d, cls.__name__, "cos", np.int16, ndim=2)
-        return cls(cos, _take(d, cls.__name__, "sin", np.int16, shape=cos.shape),
-                   int(_take(d, cls.__name__, "multiplier", np.int32, shape=())),
-                   int(_take(d, cls.__name__, "shift", np.int32, shape=())))
 
 
 def rope(x, p: RopeParams) -> np.ndarray:

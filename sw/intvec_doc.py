@@ -14,15 +14,16 @@ def markdown_table() -> str:
 
     d = V.LN_MAX_DIM
     t = V.RSQRT_TABLE
+    sums = f"int{(128 * d - 1).bit_length() + 1}, uint{(128 * 128 * d).bit_length()}"   # abs(S) <= 2^17, Q <= 2^24
+    last = V.RSQRT_MIN + len(t) - 1
     rows = [
-        ("LayerNorm", "S = sum q, Q = sum q^2", f"int{(128 * d - 1).bit_length() + 1}, uint{(128 * 128 * d).bit_length()}",
-         f"rows of D <= {d}"),
+        ("LayerNorm", "S = sum q, Q = sum q^2", sums, f"rows of D <= {d}"),
         ("", "var = D Q - S^2 (per row)", f"uint{(d * d * 255 * 255 // 4).bit_length()}", "D^2 x variance(q)"),
         ("", "eps term E, V = max(var + E, 1)", f"E < 2^{V.LN_EPS_BITS}, V < 2^{V.LN_EPS_BITS + 1}",
          "E = round(D^2 eps / in_scale^2)"),
         ("", "rsqrt table T[m]", f"{len(t)} x uint{int(t.max()).bit_length()}",
          f"m in [2^{V.RSQRT_MANT_BITS - 2}, 2^{V.RSQRT_MANT_BITS}] (V normalised by 4^k, round half up); "
-         f"T = round(2^{V.RSQRT_FRAC_BITS} / sqrt(m)), T[{V.RSQRT_MIN}] = {t[0]}, T[{V.RSQRT_MIN + len(t) - 1}] = {t[-1]}"),
+         f"T = round(2^{V.RSQRT_FRAC_BITS} / sqrt(m)), T[{V.RSQRT_MIN}] = {t[0]}, T[{last}] = {t[-1]}"),
         ("", "c = D q - S", f"int{(255 * (d - 1)).bit_length() + 1}", "per element"),
         ("", "n = (c T + rnd(sh)) >> sh", f"int{V.LN_NORM_BITS}, {V.LN_FRAC_BITS} fraction bits",
          f"sh = {V.RSQRT_FRAC_BITS - V.LN_FRAC_BITS} + k; abs(c T) < 2^33; abs(n) < 2^15 without saturation"),
@@ -34,10 +35,11 @@ def markdown_table() -> str:
          "a ma + b mb < 2^24: int32"),
         ("rescale", "y = sat8((x m + rnd(s)) >> s)", f"m uint{V.ADD_MULT_BITS}, s 0..{V.ADD_SHIFT_MAX}",
          "the add datapath with one input"),
-        ("RoPE", "cos, sin tables", f"int16 (L, D/2), {V.ROPE_FRAC_BITS} fraction bits", "round half up of cos, sin x 2^14"),
+        ("RoPE", "cos, sin tables", f"int16 (L, D/2), {V.ROPE_FRAC_BITS} fraction bits",
+         f"round half up of cos, sin x 2^{V.ROPE_FRAC_BITS}"),
         ("", "x0 c - x1 s, x0 s + x1 c", f"int{V.ROPE_ACC_BITS} (in int32)", "abs(acc) <= 2^22"),
         ("", "y = intops.requantize(acc, m, shift)", f"m < 2^{intops.MULT_BITS}, shift < 2^{intops.SHIFT_BITS}",
-         "m / 2^shift ~ in_scale / out_scale / 2^14"),
+         f"m / 2^shift ~ in_scale / out_scale / 2^{V.ROPE_FRAC_BITS}"),
         ("maxpool2x2, upsample_nearest2x", "max / copy", "int8", "exact, scale unchanged"),
     ]
     lines = ["| op | quantity | width | definition |", "|---|---|---|---|"]

@@ -395,6 +395,13 @@ def test_rope_against_float(frames, sin_s, sout):
     y_f = apply_rope(x.astype(np.float64) * sin_s, cos, sin).astype(np.float64)
     assert np.all(np.abs(y - lsb(y_f, sout)) <= rope_bound(p, x, sin_s / sout))
     assert np.array_equal(V.rope(x.reshape(frames, 64, 64), p).reshape(-1, 64), y)   # leading axes
+    # the spec's formula: int32 products of the tiled table, then intops.requantize
+    c, sn = (np.tile(t.astype(np.int64), (frames, 1)) for t in (p.cos, p.sin))
+    x0, x1 = x[:, 0::2].astype(np.int64), x[:, 1::2].astype(np.int64)
+    acc = np.empty(x.shape, np.int64)
+    acc[:, 0::2], acc[:, 1::2] = x0 * c - x1 * sn, x0 * sn + x1 * c
+    assert np.abs(acc).max() <= 1 << 22
+    assert np.array_equal(y, requantize(acc, p.multiplier, p.shift))
 
 
 def test_rope_rejects_bad_input():
@@ -476,12 +483,15 @@ def test_round_trip_and_strict_loading(params, tmp_path):
     with pytest.raises(ValueError, match="unexpected"):
         cls.from_arrays({**arrays, "extra": np.zeros(1, np.int8)})
     name = next(iter(arrays))
-    with pytest.raises(ValueError, match=f"missing array '{name}'"):
+    with pytest.raises(ValueError, match=rf"missing array\(s\) \['{name}'\]"):
         cls.from_arrays({k: v for k, v in arrays.items() if k != name})
     with pytest.raises(ValueError, match=name):
         cls.from_arrays({**arrays, name: arrays[name].astype(np.float32)})
     with pytest.raises(ValueError, match=name):
         cls.from_arrays({**arrays, name: np.stack([arrays[name]] * 2)})
+    if "shift" in arrays:
+        with pytest.raises(ValueError, match="shift=99 outside"):
+            cls.from_arrays({**arrays, "shift": np.array(99, arrays["shift"].dtype)})
 
 
 # ------------------------------------------------------------------ docs
