@@ -583,6 +583,28 @@ def rope(x, p: RopeParams) -> np.ndarray:
     return out.reshape(x.shape)
 
 
+def rope_axial_tables(p: RopeParams, end_x: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The axial factorisation of p's tables (memory_attention.axial_rope's layout): columns [0, D/4)
+    depend only on x = t mod end_x, columns [D/4, D/2) only on y = t // end_x. Returns
+    (cos_x, sin_x) of shape (end_x, D/4) and (cos_y, sin_y) of shape (L / end_x, D/4), int16, from
+    which row t of the full table is (cos_x[t mod end_x] | cos_y[t // end_x]), exactly: an engine can
+    keep these on chip (2 x 2 x 64 x 64 int16 = 32 KiB for 64 x 64 tokens, D = 256) instead of
+    streaming the (L, D/2) tables (2 MiB). ValueError if the tables do not factor so."""
+    L, half = p.cos.shape
+    if end_x < 1 or L % end_x or half % 2:
+        raise ValueError(f"rope_axial_tables: a ({L}, {half}) table has no axial split with end_x = {end_x}")
+    h = half // 2
+    t = np.arange(L)
+    out = []
+    for full in (p.cos, p.sin):
+        tx, ty = full[:end_x, :h], full[::end_x, h:]
+        if not (np.array_equal(full[:, :h], tx[t % end_x]) and np.array_equal(full[:, h:], ty[t // end_x])):
+            raise ValueError("rope_axial_tables: the tables are not axial (x columns, then y columns)")
+        out.append((tx, ty))
+    (cx, cy), (sx, sy) = out
+    return cx, sx, cy, sy
+
+
 # ------------------------------------------------------------------ pooling and upsampling
 
 

@@ -404,6 +404,20 @@ def test_rope_against_float(frames, sin_s, sout):
     assert np.array_equal(y, requantize(acc, p.multiplier, p.shift))
 
 
+def test_rope_axial_tables_rebuild_the_full_table():
+    from golden_model.memory_attention import axial_rope
+    p = V.RopeParams.make(*axial_rope(64, 8, 4), 0.1, 0.1)         # 8 x 4 tokens, D = 64
+    cx, sx, cy, sy = V.rope_axial_tables(p, 8)
+    assert cx.shape == sx.shape == (8, 16) and cy.shape == sy.shape == (4, 16)
+    t = np.arange(32)
+    assert np.array_equal(np.concatenate([cx[t % 8], cy[t // 8]], axis=1), p.cos)
+    assert np.array_equal(np.concatenate([sx[t % 8], sy[t // 8]], axis=1), p.sin)
+    with pytest.raises(ValueError, match="not axial"):
+        V.rope_axial_tables(p, 4)
+    with pytest.raises(ValueError, match="no axial split"):
+        V.rope_axial_tables(p, 5)
+
+
 def test_rope_rejects_bad_input():
     from golden_model.memory_attention import axial_rope
     p = V.RopeParams.make(*axial_rope(16, 4, 4), 0.1, 0.1)
