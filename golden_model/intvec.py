@@ -14,7 +14,7 @@ and a pure function applying it to int8 NumPy arrays (int8 out, no float at appl
   add(a, b, p)           y = sat8((a*ma + b*mb + rnd(s)) >> s)      ma, mb < 2^16, 0 <= s <= 31
   rescale(x, p)          y = sat8((x*m + rnd(s)) >> s)              the add datapath with one input
   rope(x, p)             pairs (2i, 2i+1): int16 cos/sin (14 fraction bits), int32 products,
-                         intops.requantize to int8
+                         intops.requantize to int8 (rope_axial_tables: the tables' x / y factors)
   maxpool2x2(x)          max over 2x2 blocks of (..., H, W, C), floor sizes; scale unchanged
   upsample_nearest2x(x)  each pixel to a 2x2 block of (..., H, W, C); scale unchanged
 
