@@ -255,7 +255,6 @@ class LayerNormParams(_IntegerParams):
                          "and int32 biases")
 
 
-
 def _ln_row_constants(rows: np.ndarray, eps_term: int):
     """Steps 1-3 of `layernorm` for (R, D) rows: per row (D T, S T - rnd(sh), sh), int64 (R,) each."""
     d = rows.shape[1]
@@ -374,7 +373,6 @@ class LutParams(_IntegerParams):
         return cls.make(lambda v: np.maximum(v, 0.0), in_scale, out_scale)
 
 
-
 def lut(x, p: LutParams) -> np.ndarray:
     """y = p.table[x + 128] (the index is x's byte with its sign bit flipped): one 256 x 8 ROM per lane."""
     x = _int8("lut: x", x, 0)
@@ -425,7 +423,6 @@ class AddParams(_IntegerParams):
         return cls(ma, mb, s)
 
 
-
 def add(a, b, p: AddParams) -> np.ndarray:
     """Residual add of int8 a and int8 b of other scales: y = sat8((a*ma + b*mb + rnd(s)) >> s).
 
@@ -443,6 +440,8 @@ def add(a, b, p: AddParams) -> np.ndarray:
         shape = None
     if shape != a.shape:
         raise ValueError(f"add: b of shape {b.shape} does not broadcast to a's shape {a.shape}")
+    if a.size == 0:
+        return np.empty(a.shape, np.int8)
     # b as a (1, period) operand repeating over the rows of a (rows, period), or a's own shape
     while b.ndim and b.shape[0] == 1:
         b = b[0]
@@ -480,7 +479,6 @@ class RescaleParams(_IntegerParams):
     def make(cls, in_scale: float, out_scale: float) -> "RescaleParams":
         (m,), s = quantize_add_multipliers((_positive("in_scale", in_scale) / _positive("out_scale", out_scale),))
         return cls(m, s)
-
 
 
 def rescale(x, p: RescaleParams) -> np.ndarray:
@@ -544,7 +542,6 @@ class RopeParams(_IntegerParams):
         one = 1 << ROPE_FRAC_BITS
         m, s = quantize_multiplier(_positive("in_scale", in_scale) / _positive("out_scale", out_scale) / one)
         return cls(_round_half_up(cos * one).astype(np.int16), _round_half_up(sin * one).astype(np.int16), m, s)
-
 
 
 def rope(x, p: RopeParams) -> np.ndarray:
