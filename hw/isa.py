@@ -69,6 +69,11 @@ ERROR_NAMES = {ERROR_BAD_OPCODE: "bad opcode", ERROR_AXI_READ: "AXI read error r
 ISA_VERSION = 1
 CSR_ADDR_BITS = 8
 
+
+def config_word(cfg) -> int:
+    """The CONFIG register's value for an overlay configuration (the RTL and the sim model both read it here)."""
+    return cfg.rows | cfg.cols << 8 | (cfg.axi_data_bits // 8) << 16 | ISA_VERSION << 24
+
 # ---------------------------------------------------------------- descriptors (32 bytes each)
 
 OPCODES = {
@@ -186,6 +191,10 @@ def field_offsets() -> dict[str, tuple[int, int]]:
 
 
 FIELDS = field_offsets()
+#: Fields that hold DDR byte addresses: the one table binding and relocation read
+#: (sw.runtime.program.link), so a program can name its buffers instead of addresses.
+ADDRESS_FIELDS = ("dram_addr", "dw_out_addr")
+assert all(FIELDS[f][1] == 32 for f in ADDRESS_FIELDS), "DDR addresses are 32-bit descriptor fields"
 assert FIELDS["slot"][1] == ATTN_SLOT_BITS, "hw.config.ATTN_SLOT_BITS bounds attn_q_slots by the slot field"
 
 

@@ -1,4 +1,5 @@
-"""Host-side checks of a descriptor list before it is submitted: nothing may point outside its buffer."""
+"""Host-side checks of a descriptor list before it is submitted: every DDR access lies inside one
+buffer of the program's buffer table, every scratchpad access inside its scratchpad."""
 from __future__ import annotations
 
 from hw import isa
@@ -7,12 +8,13 @@ ENGINE_NAMES = {"attention": "attention", "conv": "convolution", "depthwise": "d
 
 
 class DescriptorError(ValueError):
-    """A descriptor would read or write outside its buffer or scratchpad; the message says which and why."""
+    """A descriptor would read or write outside its buffers or scratchpads; the message says which and why."""
 
 
-def check_descriptors(cfg, descriptors: list[dict], buffer_base: int, buffer_size: int) -> None:
+def check_descriptors(cfg, descriptors: list[dict], buffers: dict[str, tuple[int, int]]) -> None:
+    """`descriptors`: numeric fields (bound addresses); `buffers`: name -> (DDR address, bytes) of
+    every buffer the program may touch (sw.runtime.session binds them)."""
     R, C, DB = cfg.rows, cfg.cols, cfg.beat_bytes
-    lo, hi = buffer_base, buffer_base + buffer_size
     counts = {"LOAD": 0, "COMPUTE": 0, "STORE": 0, "ATTENTION": 0}
     names = {v: k for k, v in isa.OPCODES.items()}
     targets = {v: k for k, v in isa.TARGETS.items()}
@@ -23,8 +25,15 @@ def check_descriptors(cfg, descriptors: list[dict], buffer_base: int, buffer_siz
     def in_buffer(i, addr, size, what):
         if addr % DB:
             fail(i, f"{what} address {addr:#x} is not aligned to the {DB}-byte AXI beat")
-        if addr < lo or addr + size > hi:
-            fail(i, f"{what} [{addr:#x}, {addr + size:#x}) outside the buffer [{lo:#x}, {hi:#x})")
+        for name, (lo, n) in buffers.items():
+            if lo <= addr and addr + size <= lo + n:
+                return
+        span = f"{what} [{addr:#x}, {addr + size:#x})"
+        for name, (lo, n) in buffers.items():
+            if lo <= addr < lo + n:
+                fail(i, f"{span} runs outside the buffer {name!r} [{lo:#x}, {lo + n:#x})")
+        table = ", ".join(f"{name} [{lo:#x}, {lo + n:#x})" for name, (lo, n) in buffers.items())
+        fail(i, f"{span} outside the buffers ({table})")
 
     for i, d in enumerate(descriptors):
         op = names.get(d.get("opcode"))

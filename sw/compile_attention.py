@@ -35,7 +35,7 @@ import numpy as np
 
 from golden_model import intattn
 from hw import isa
-from sw.compiler import ALIGN, CompileError, lay_out_image, pack_descriptors
+from sw.compiler import ALIGN, CompileError, Program, lay_out_image, pack_descriptors
 
 
 @dataclass
@@ -53,6 +53,11 @@ class AttentionProgram:
     base_addr: int = 0
     kv_bytes: int = 0               # K and V bytes the program reads from DDR
     slots: int = 1                  # query tiles resident at once (each K/V tile serves them all)
+    symbolic: list[dict] | None = None
+
+    ROLES = {"descriptors": "program", "Q": "input", "K": "input", "V": "input", "params": "weight",
+             "out": "output"}
+    region, buffer_table = Program.region, Program.buffer_table
 
     @property
     def array_macs(self) -> int:
@@ -75,10 +80,12 @@ class AttentionProgram:
     def d_padded(self) -> int:
         return -(-self.d // self.cfg.cols) * self.cfg.cols
 
-    def output(self, image: np.ndarray) -> np.ndarray:
-        off, size = self.regions["out"]
+    output = Program.output
+
+    def unpack_out(self, raw: np.ndarray) -> np.ndarray:
         dtype = np.dtype("<i4") if self.out_int32 else np.int8
-        out = np.frombuffer(image[off:off + size].tobytes(), dtype=dtype).reshape(self.heads, self.lq, self.d_padded)
+        out = np.frombuffer(np.ascontiguousarray(raw).tobytes(), dtype=dtype).reshape(self.heads, self.lq,
+                                                                                       self.d_padded)
         return out[:, :, :self.d].astype(np.int32 if self.out_int32 else np.int8)
 
 
@@ -227,9 +234,9 @@ def compile_attention(cfg, q, k, v, quant: intattn.AttentionQuant, *, out_int32:
     # ---- addresses
     offsets, image = lay_out_image(cfg, len(descs), sizes, base_addr, max_ddr_bytes, "attention")
     _fill(image, offsets, q, k, v, quant, R, C, dp, qt, kt, q_stride, k_stride)
-    raw = pack_descriptors(descs, image, offsets, base_addr, "split the attention")
+    sym, raw = pack_descriptors(descs, image, offsets, base_addr, "split the attention")
     return AttentionProgram(cfg, H, Lq, Lk, d, out_int32, image, raw, offsets, macs=2 * H * Lq * Lk * d,
-                            base_addr=base_addr, kv_bytes=kv_bytes, slots=slots)
+                            base_addr=base_addr, kv_bytes=kv_bytes, slots=slots, symbolic=sym)
 
 
 def acc_regions(cfg) -> tuple[int, int]:

@@ -98,9 +98,11 @@ class FmapLayout:
 class ConvProgram(Program):
     out_layout: FmapLayout | None = None
 
-    def output(self, image: np.ndarray) -> np.ndarray:
-        off, size = self.regions["out"]
-        return self.out_layout.unpack(image[off:off + size])
+    ROLES = {"descriptors": "program", "A": "weight", "coef": "weight", "params": "weight", "in": "input",
+             "out": "output"}
+
+    def unpack_out(self, raw: np.ndarray) -> np.ndarray:
+        return self.out_layout.unpack(raw)
 
 
 def supported(cfg, k: int, stride: int, padding: int) -> str | None:
@@ -293,10 +295,10 @@ def compile_conv2d(cfg, x, w, bias=None, multiplier=None, shift=None, *, stride=
     # ---- addresses and the image
     offsets, image = lay_out_image(cfg, len(descs), sizes, base_addr, max_ddr_bytes, "convolution")
     _fill(cfg, image, offsets, x, w, bias, multiplier, shift, in_l, depthwise, mt, a_stride, ntile_k)
-    raw = pack_descriptors(descs, image, offsets, base_addr, "split the convolution")
+    sym, raw = pack_descriptors(descs, image, offsets, base_addr, "split the convolution")
     macs = cout * ho * wo * (1 if depthwise else cin) * kk
     return ConvProgram(cfg, cout, (1 if depthwise else cin) * kk, ho * wo, out_int32, image, raw, offsets,
-                       macs=macs, base_addr=base_addr, out_layout=out_l)
+                       macs=macs, base_addr=base_addr, symbolic=sym, out_layout=out_l)
 
 
 def _fill(cfg, image, offsets, x, w, bias, multiplier, shift, in_l, depthwise, mt, a_stride, ntile_k):
@@ -394,18 +396,14 @@ def compile_depthwise(cfg, x, w, bias, multiplier, shift, *, padding, relu=False
         descs.append(dict(opcode="LOAD", target="DW", src=("coef", c0 * isa.DW_COEF_BYTES),
                           count=n * isa.DW_COEF_BYTES // DB, sp_addr=0))
         descs.append(dict(opcode="DEPTHWISE", src=("in", lay.offset(c0, -padding, -lay.left)), stride=lay.row_bytes,
-                          count=h, dw_channels=n, relu=int(relu), out=("out", lay.offset(c0, 0, 0)), dw_width=wd,
+                          count=h, dw_channels=n, relu=int(relu), dw_out_addr=("out", lay.offset(c0, 0, 0)), dw_width=wd,
                           dw_plane_rows=lay.plane_rows, dw_kernel_last=k - 1, dw_col0=lay.left - padding))
     offsets, image = lay_out_image(cfg, len(descs), sizes, base_addr, max_ddr_bytes, "depthwise convolution")
-    for d in descs:
-        if "out" in d:
-            region, off = d.pop("out")
-            d["dw_out_addr"] = base_addr + offsets[region][0] + off
     image[offsets["in"][0]:offsets["in"][0] + lay.size] = lay.pack(x)
     coef = dw_coefficients(w, bias, multiplier, shift).reshape(-1)
     image[offsets["coef"][0]:offsets["coef"][0] + coef.size] = coef
-    raw = pack_descriptors(descs, image, offsets, base_addr, "split the convolution")
+    sym, raw = pack_descriptors(descs, image, offsets, base_addr, "split the convolution")
     prog = ConvProgram(cfg, c, k * k, h * wd, False, image, raw, offsets, macs=c * h * wd * k * k,
-                       base_addr=base_addr, out_layout=lay)
+                       base_addr=base_addr, symbolic=sym, out_layout=lay)
     prog.array_macs = L * K_MAX * K_MAX        # the engine's multipliers (utilisation = useful / these)
     return prog
