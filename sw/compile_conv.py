@@ -72,6 +72,17 @@ class FmapLayout:
     def plane_bytes(self) -> int:
         return self.plane_rows * self.row_bytes
 
+    # What a STORE of output rows needs from any output layout (sw.runtime.layout.TokenTileLayout too):
+    @property
+    def channel_pitch(self) -> int:
+        """Bytes from pixel (c, y, x) to (c + 1, y, x)."""
+        return self.plane_bytes
+
+    @property
+    def row_pitch(self) -> int:
+        """Bytes from pixel (c, y, x) to (c, y + 1, x)."""
+        return self.row_bytes
+
     @property
     def size(self) -> int:
         return self.channels * self.plane_bytes
@@ -121,8 +132,11 @@ def supported(cfg, k: int, stride: int, padding: int) -> str | None:
 
 
 def compile_conv2d(cfg, x, w, bias=None, multiplier=None, shift=None, *, stride=1, padding=0, depthwise=False,
-                   relu=False, out_int32=False, base_addr: int = 0, max_ddr_bytes: int = 1 << 30) -> ConvProgram:
-    """x: int8 (Cin, H, W); w: int8 (Cout, Cin, K, K), or (C, 1, K, K) with depthwise."""
+                   relu=False, out_int32=False, base_addr: int = 0, max_ddr_bytes: int = 1 << 30,
+                   out_layout=None) -> ConvProgram:
+    """x: int8 (Cin, H, W); w: int8 (Cout, Cin, K, K), or (C, 1, K, K) with depthwise.
+    `out_layout`: a layout class (channels, height, width, cols, element_bytes) for the output;
+    default the planar FmapLayout (sw.runtime.layout.TokenTileLayout writes attention operands)."""
     if base_addr % ALIGN:
         raise CompileError(f"DDR buffer address {base_addr:#x} is not {ALIGN}-byte aligned")
     x, w = np.asarray(x), np.asarray(w)
@@ -154,7 +168,7 @@ def compile_conv2d(cfg, x, w, bias=None, multiplier=None, shift=None, *, stride=
     if regions_acc < 2 or p_half < 1:
         raise CompileError("accumulator or parameter scratchpad too small to double-buffer")
     in_l = FmapLayout(cin, h, wd, C)
-    out_l = FmapLayout(cout, ho, wo, C, 4 if out_int32 else 1)
+    out_l = (out_layout or FmapLayout)(cout, ho, wo, C, 4 if out_int32 else 1)
     if in_l.size + out_l.size > max_ddr_bytes:     # before planning: a huge map fails at once
         raise CompileError(f"convolution needs more than {in_l.size + out_l.size} bytes of DDR for its feature "
                            f"maps, more than the {max_ddr_bytes} allowed")
@@ -240,9 +254,9 @@ def compile_conv2d(cfg, x, w, bias=None, multiplier=None, shift=None, *, stride=
                     tile_no += 1
                     regions = list(range(region, region + n_out))
                     store = dict(rows=rows, acc=region, acc_regions=regions, param=hp * p_half, p=("P", hp),
-                                 dst=("out", out_l.offset(co0, oy0, ox0)), stride=out_l.plane_bytes,
+                                 dst=("out", out_l.offset(co0, oy0, ox0)), stride=out_l.channel_pitch,
                                  fields=dict(param_rows=1, cols=min(C, wo - ox0), tiles_last=n_out - 1,
-                                             tile_stride=out_l.row_bytes))
+                                             tile_stride=out_l.row_pitch))
                     ops.append(dict(loads=loads, a=("A", ha), b=("B", hb), a_base=ha * a_half,
                                     b_base=hb * b_half + (oy0 - oy_l) * ntile_b, k_last=ntile_b - 1, acc=region,
                                     acc_regions=regions, tiles=n_out, accumulate=0, store=store))
@@ -283,7 +297,7 @@ def compile_conv2d(cfg, x, w, bias=None, multiplier=None, shift=None, *, stride=
                         store = None
                         if last:
                             store = dict(rows=rows, acc=region, param=hp * p_half + i, p=("P", hp),
-                                         dst=("out", out_l.offset(co0, oy, ox0)), stride=out_l.plane_bytes,
+                                         dst=("out", out_l.offset(co0, oy, ox0)), stride=out_l.channel_pitch,
                                          fields=dict(param_rows=1, cols=min(C, wo - ox0)))
                         ops.append(dict(loads=loads, a=a_res, b=b_shared, a_base=a_base, b_base=int(b_shared[1]) * b_half,
                                         k_last=(nch * kk if not depthwise else rows * kk) - 1, acc=region,
