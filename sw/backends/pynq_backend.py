@@ -22,9 +22,14 @@ _SIM = {"cfg": None, "ddr_bytes": 1 << 28}
 
 
 def use_simulated_device(cfg, ddr_bytes: int = 1 << 28) -> None:
-    """Make the simulated device the one pynq finds (call before pynq first probes devices)."""
+    """Make the simulated device the one pynq finds (call before pynq first probes devices). Another
+    configuration than the device's is another bitstream: the device starts afresh (new registers and
+    DDR; buffers of sessions on the old one are void, as on a board after a new download)."""
+    changed = _SIM["cfg"] is not None and (_SIM["cfg"] != cfg or _SIM["ddr_bytes"] != ddr_bytes)
     _SIM["cfg"], _SIM["ddr_bytes"] = cfg, ddr_bytes
     _define_device()
+    if changed and _SimDeviceClass[0]._singleton is not None:
+        _SimDeviceClass[0]._singleton.power_on()
     from pynq.pl_server.device import Device
     if "_devices" in Device.__dict__ or hasattr(Device, "_devices"):
         # pynq probed already (e.g. an earlier run in this process): put ours first.
@@ -91,6 +96,9 @@ def _define_device():
             super().__init__("sam2fpga-sim")
             self.name = "sam2fpga-sim"
             self.capabilities = {"MEMORY_MAPPED": True}
+            self.power_on()
+
+        def power_on(self):
             self.model = SimOverlay(_SIM["cfg"], _SIM["ddr_bytes"])
             self.memory = Arena(0x0010_0000, _SIM["ddr_bytes"] - 0x0010_0000)   # the PS DDR's free pages
             self._allocations = 0
@@ -118,8 +126,9 @@ def _define_device():
 
         def release(self, buf):
             """Give a buffer's pages back (pynq's freebuffer only unmaps; the board's driver frees them)."""
-            name = next(n for n, b in self.memory.buffers.items() if b.addr == buf.device_address)
-            self.memory.free(name)
+            name = next((n for n, b in self.memory.buffers.items() if b.addr == buf.device_address), None)
+            if name is not None and buf.base is self.model.ddr:    # not one from before a power_on
+                self.memory.free(name)
 
     class GemmOverlayIP(DefaultIP):
         """Driver for the overlay IP: found by its VLNV in pynq.Overlay."""

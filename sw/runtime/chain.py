@@ -121,6 +121,11 @@ class Chain:
                                           bind={r: self.buffers[b] for r, b in wiring.items()})
                        for step, wiring in self.WIRING}
         self.setup_traffic = session.traffic.since(before)
+        roles = [(prog.ROLES.get(r), size) for prog in self.programs.values() for r, (_, size) in prog.regions.items()]
+        self.setup_bytes = {"weights": sum(n for role, n in roles if role == "weight"),
+                            "descriptors": sum(n for role, n in roles if role == "program"),
+                            "zeroed buffers": sum(sizes.values())}
+        assert sum(self.setup_bytes.values()) == self.setup_traffic.to_ddr, "setup wrote something unaccounted for"
         self.last_runs: list[RunStats] = []
         self.last_traffic = None
 
