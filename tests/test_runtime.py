@@ -170,3 +170,30 @@ def test_chain_stays_in_ddr_bit_exact(backend_name):
 @pytest.mark.slow
 def test_chain_on_rtl_bit_exact_one_session():
     check_chain("rtl")
+
+
+# ---------------------------------------------------------------- the CLI
+
+def test_cli_sim_chain(capsys):
+    from sw.cli import main
+    assert main(["sim", "chain", "--backend", "sim", "--runs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "run 0: bit-exact against golden; 16,896 bytes to DDR, 16,896 from DDR" in out
+    assert "once per session:" in out and "weights 9,472" in out
+
+
+@pytest.mark.parametrize("argv,match", [(["--preset", "sim"], "square array"),
+                                        (["--size", "16x12"], "multiple of the array's 16")])
+def test_cli_sim_chain_refuses_clearly(argv, match, capsys):
+    from sw.cli import main
+    assert main(["sim", "chain", *argv]) == 1
+    assert match in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv,match", [(["--size", "16"], "HxW"),
+                                        (["--preset", "kv260"], "no attention, depthwise engine")])
+def test_cli_sim_chain_usage_errors(argv, match, capsys):
+    from sw.cli import main
+    with pytest.raises(SystemExit) as e:
+        main(["sim", "chain", *argv])
+    assert e.value.code == 2 and match in capsys.readouterr().err

@@ -86,7 +86,7 @@ def compile_chunks_to_planar(cfg, channels: int, height: int, width: int, *, bas
     C bytes apart; sw.compile_attention out_chunked) -> the planar map (channels, height, width)."""
     R, C = cfg.rows, cfg.cols
     if R != C:
-        raise CompileError(f"the on-overlay transpose needs a square array (rows {R} = cols {C}): an A entry "
+        raise CompileError(f"the on-overlay transpose needs a square array (rows {R}, cols {C}): an A entry "
                            "is one token's chunk of C channels")
     if channels % C or width % C:
         raise CompileError(f"channels {channels} and width {width} must be multiples of {C}")
