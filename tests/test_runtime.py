@@ -115,6 +115,27 @@ def test_backend_hang_resets_and_raises(backend):
     assert backend.read_reg(isa.REG["STATUS"]) == 0
 
 
+@pytest.mark.rtl
+def test_rtl_session_keeps_ddr_between_programs():
+    """One Verilator run serves several programs; weights written once stay in its AXI RAM."""
+    rng = np.random.default_rng(9)
+    a, b, bias, mult, shift = layer(rng, 9, 40, 20)
+    with open_backend("rtl", SIM, ddr_bytes=1 << 22, stall=0.2) as be:
+        session = Session(be)
+        first = session.load(compile_linear(SIM, a, b, bias, mult, shift), "fc")
+        other = session.load(compile_linear(SIM, *layer(rng, 5, 9, 11)), "other")
+        other.write_inputs()
+        other.run()
+        for seed in (1, 2):
+            a2 = np.random.default_rng(seed).integers(-128, 128, a.shape).astype(np.int8)
+            before = be.traffic.snapshot()
+            first.write("A", compile_linear(SIM, a2, b, bias, mult, shift).region("A"))
+            first.run()
+            assert np.array_equal(first.output(), gemm(a2, b, bias, mult, shift))
+            assert be.traffic.since(before).to_ddr == first.prog.regions["A"][1]
+        assert first.last_run.wall_s > 0 and be.read_reg(isa.REG["CONFIG"]) == isa.config_word(SIM)
+
+
 # ---------------------------------------------------------------- binding
 
 def test_link_places_buffers_anywhere_and_checks_use_the_buffer_table():
@@ -197,3 +218,20 @@ def test_cli_sim_chain_usage_errors(argv, match, capsys):
     with pytest.raises(SystemExit) as e:
         main(["sim", "chain", *argv])
     assert e.value.code == 2 and match in capsys.readouterr().err
+
+
+def test_driver_repeated_layer_writes_only_its_input():
+    from sw.driver import Driver
+    rng = np.random.default_rng(4)
+    a, b, bias, mult, shift = layer(rng, 9, 40, 20)
+    drv = Driver(SIM, "sim")
+    assert np.array_equal(drv.linear(a, b, bias, mult, shift), gemm(a, b, bias, mult, shift))
+    a2 = rng.integers(-128, 128, a.shape).astype(np.int8)
+    before = drv.device.traffic.snapshot()
+    assert np.array_equal(drv.linear(a2, b, bias, mult, shift), gemm(a2, b, bias, mult, shift))
+    prog = drv.compile(a2, b, bias, mult, shift)
+    moved = drv.device.traffic.since(before)
+    assert moved.to_ddr == prog.regions["A"][1] and moved.from_ddr == prog.regions["out"][1]
+    b[0, 0] ^= 1                                                  # other weights: loaded afresh
+    assert np.array_equal(drv.linear(a2, b, bias, mult, shift), gemm(a2, b, bias, mult, shift))
+    assert len(drv.session.arena.buffers) == 2 * len(prog.regions)
