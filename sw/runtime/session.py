@@ -112,7 +112,7 @@ class LoadedProgram:
     buffers: dict[str, str]            # region -> arena buffer name
     addresses: dict[str, int]          # region -> DDR address
     count: int                         # descriptors
-    owned: list[str]                   # arena buffers this program allocated (freed with it)
+    owned: list[str]                   # arena buffers this program allocated (freed with it; bound ones are not)
     last_run: RunStats | None = None
 
     def write(self, region: str, data) -> None:
@@ -124,12 +124,8 @@ class LoadedProgram:
     def write_inputs(self) -> None:
         """The compiled input regions (the data the program was compiled with)."""
         for region, role in self.prog.ROLES.items():
-            if role == "input" and region in self.prog.regions and region not in self._bound:
+            if role == "input" and region in self.prog.regions and self.buffers[region] in self.owned:
                 self.write(region, self.prog.region(region))
-
-    @property
-    def _bound(self) -> set[str]:
-        return {r for r, n in self.buffers.items() if n != f"{self.name}.{r}"}
 
     def run(self) -> RunStats:
         be = self.session.backend
