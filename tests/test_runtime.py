@@ -116,7 +116,6 @@ def test_backend_hang_resets_and_raises(backend):
 
 
 @pytest.mark.rtl
-@pytest.mark.slow
 def test_rtl_session_keeps_ddr_between_programs():
     """One Verilator run serves several programs; weights written once stay in its AXI RAM."""
     rng = np.random.default_rng(9)
