@@ -235,3 +235,41 @@ def test_driver_repeated_layer_writes_only_its_input():
     b[0, 0] ^= 1                                                  # other weights: loaded afresh
     assert np.array_equal(drv.linear(a2, b, bias, mult, shift), gemm(a2, b, bias, mult, shift))
     assert len(drv.session.arena.buffers) == 2 * len(prog.regions)
+
+
+# ---------------------------------------------------------------- layouts
+
+def test_token_tile_layout_round_trip_and_offsets():
+    from sw.runtime.layout import TokenTileLayout
+    lay = TokenTileLayout(3, 2, 16, 8)
+    x = np.arange(3 * 2 * 16).reshape(3, 2, 16).astype(np.int8)
+    raw = lay.pack(x)
+    assert raw.size == lay.size and np.array_equal(lay.unpack(raw), x)
+    for c, y, xx in [(0, 0, 0), (2, 1, 15), (1, 0, 9)]:
+        assert raw.view(np.int8)[lay.offset(c, y, xx)] == x[c, y, xx]
+    assert lay.offset(1, 0, 0) - lay.offset(0, 0, 0) == lay.channel_pitch
+    assert lay.offset(0, 1, 0) - lay.offset(0, 0, 0) == lay.row_pitch
+
+
+def test_relayout_program_transposes_chunks_to_planes_on_the_overlay():
+    from sw.compile_conv import FmapLayout
+    from sw.runtime.layout import compile_chunks_to_planar
+    cfg = CHAIN_CFG
+    c, h, w = 32, 2, 16
+    tokens = np.random.default_rng(5).integers(-128, 128, (h * w, c)).astype(np.int8)
+    chunked = tokens.reshape(h * w, c // cfg.cols, cfg.cols).transpose(1, 0, 2).reshape(-1)
+    prog = compile_chunks_to_planar(cfg, c, h, w)
+    session = Session(open_backend("sim", cfg))
+    loaded = session.load(prog, "relayout")
+    loaded.write("in", chunked.view(np.uint8))
+    loaded.run()
+    want = np.ascontiguousarray(tokens.T).reshape(c, h, w)
+    assert np.array_equal(loaded.output(), want)
+    assert loaded.read("out").size == FmapLayout(c, h, w, cfg.cols).size
+
+
+def test_chain_that_does_not_fit_fails_before_writing():
+    be = open_backend("sim", CHAIN_CFG, ddr_bytes=(1 << 20) + 16 * ALIGN)
+    with pytest.raises(ArenaFull, match="bytes asked"):
+        Chain(Session(be), ChainWeights.random(ChainSpec()))
+    assert be.traffic.to_ddr == 0
