@@ -182,11 +182,11 @@ class PynqBackend(Backend):
         self.mmio.write(offset, int(value))
 
     def close(self):
-        if self.buf is not None:
+        buf, self.buf = getattr(self, "buf", None), None      # (also when __init__ stopped half way)
+        if buf is not None:
             if not self.on_board:
-                self.device.release(self.buf)
-            self.buf.freebuffer()
-            self.buf = None
+                self.device.release(buf)
+            buf.freebuffer()
 
     def __del__(self):
         self.close()
