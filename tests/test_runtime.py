@@ -159,8 +159,7 @@ def test_link_places_buffers_anywhere_and_checks_use_the_buffer_table():
 
 # ---------------------------------------------------------------- the chain in DDR
 
-def check_chain(backend_name):
-    spec = ChainSpec()
+def check_chain(backend_name, spec=ChainSpec()):
     session = Session(open_backend(backend_name, CHAIN_CFG))
     try:
         chain = Chain(session, ChainWeights.random(spec))
@@ -179,11 +178,11 @@ def check_chain(backend_name):
         session.close()
 
 
-@pytest.mark.parametrize("backend_name", ["sim", "pynq"])
-def test_chain_stays_in_ddr_bit_exact(backend_name):
+@pytest.mark.parametrize("backend_name,heads", [("sim", 1), ("sim", 2), ("pynq", 1)])
+def test_chain_stays_in_ddr_bit_exact(backend_name, heads):
     if backend_name == "pynq":
         pytest.importorskip("pynq")
-    chain = check_chain(backend_name)
+    chain = check_chain(backend_name, ChainSpec(heads=heads))
     assert chain.setup_bytes["weights"] > 0 and [r.descriptors for r in chain.last_runs]
 
 
@@ -239,26 +238,32 @@ def test_driver_repeated_layer_writes_only_its_input():
 
 # ---------------------------------------------------------------- layouts
 
-def test_token_tile_layout_round_trip_and_offsets():
+@pytest.mark.parametrize("heads", [1, 3])
+def test_token_tile_layout_round_trip_and_offsets(heads):
     from sw.runtime.layout import TokenTileLayout
-    lay = TokenTileLayout(3, 2, 16, 8)
-    x = np.arange(3 * 2 * 16).reshape(3, 2, 16).astype(np.int8)
+    lay = TokenTileLayout(6, 2, 16, 8, heads=heads)
+    x = np.arange(6 * 2 * 16).reshape(6, 2, 16).astype(np.int8)
     raw = lay.pack(x)
     assert raw.size == lay.size and np.array_equal(lay.unpack(raw), x)
-    for c, y, xx in [(0, 0, 0), (2, 1, 15), (1, 0, 9)]:
+    for c, y, xx in [(0, 0, 0), (5, 1, 15), (2, 0, 9), (3, 1, 3)]:
         assert raw.view(np.int8)[lay.offset(c, y, xx)] == x[c, y, xx]
     assert lay.offset(1, 0, 0) - lay.offset(0, 0, 0) == lay.channel_pitch
     assert lay.offset(0, 1, 0) - lay.offset(0, 0, 0) == lay.row_pitch
+    if heads > 1:      # head 1 starts after all of head 0's tiles (the attention program's head-major regions)
+        assert lay.offset(lay.head_dim, 0, 0) == lay.tokens * lay.head_dim
 
 
-def test_relayout_program_transposes_chunks_to_planes_on_the_overlay():
+@pytest.mark.parametrize("heads", [1, 2])
+def test_relayout_program_transposes_chunks_to_planes_on_the_overlay(heads):
     from sw.compile_conv import FmapLayout
     from sw.runtime.layout import compile_chunks_to_planar
     cfg = CHAIN_CFG
-    c, h, w = 32, 2, 16
+    c, h, w = 64, 2, 16
     tokens = np.random.default_rng(5).integers(-128, 128, (h * w, c)).astype(np.int8)
-    chunked = tokens.reshape(h * w, c // cfg.cols, cfg.cols).transpose(1, 0, 2).reshape(-1)
-    prog = compile_chunks_to_planar(cfg, c, h, w)
+    # chunk-major per head: (chunk j, head, token, C), channel = head x d + j x C + i
+    d = c // heads
+    chunked = tokens.reshape(h * w, heads, d // cfg.cols, cfg.cols).transpose(2, 1, 0, 3).reshape(-1)
+    prog = compile_chunks_to_planar(cfg, c, h, w, heads=heads)
     session = Session(open_backend("sim", cfg))
     loaded = session.load(prog, "relayout")
     loaded.write("in", chunked.view(np.uint8))

@@ -45,6 +45,7 @@ def add_arguments(parser):
                         "session's DDR arena, checked against golden; prints cycles and host <-> DDR bytes")
     ch.add_argument("--size", default="16x16", metavar="HxW", help="feature map size (W a multiple of the array's cols)")
     ch.add_argument("--runs", type=int, default=2, help="runs on new inputs (weights stay in DDR)")
+    ch.add_argument("--heads", type=int, default=1, help="attention heads (32 channels split among them)")
     from hw.config import PRESETS
     ch.add_argument("--preset", default="bench16", choices=sorted(PRESETS), help="overlay configuration (square array)")
     ch.add_argument("--backend", default="sim", choices=["sim", "rtl", "pynq"],
@@ -310,19 +311,19 @@ def run_chain(args) -> int:
         h, w = (int(v) for v in args.size.lower().split("x"))
     except ValueError:
         raise UsageError(f"--size {args.size!r} is not HxW") from None
-    if min(h, w, args.runs) < 1:
-        raise UsageError("--size and --runs must be positive")
+    if min(h, w, args.runs, args.heads) < 1:
+        raise UsageError("--size, --runs and --heads must be positive")
     cfg = preset(args.preset)
     missing = [e for e in ("attention", "conv", "depthwise") if e not in cfg.engines]
     if missing:
         raise UsageError(f"preset {cfg.name!r} has no {', '.join(missing)} engine (the chain needs all)")
-    spec = dataclasses.replace(ChainSpec(), height=h, width=w)
+    spec = dataclasses.replace(ChainSpec(), height=h, width=w, heads=args.heads)
     session = Session(open_backend(args.backend, cfg, stall=args.stall, waves=args.waves or None))
     try:
         chain = Chain(session, ChainWeights.random(spec, args.seed))
         rng = np.random.default_rng(args.seed + 1)
         print(f"chain {' -> '.join(step for step, _ in Chain.WIRING)} on {cfg.name} ({cfg.rows} x {cfg.cols}), "
-              f"backend {args.backend}, map {spec.channels_in} x {h} x {w}")
+              f"backend {args.backend}, map {spec.channels_in} x {h} x {w}, {spec.heads} head(s)")
         print(f"  once per session: {chain.setup_traffic.to_ddr:,} bytes to DDR ("
               + ", ".join(f"{k} {v:,}" for k, v in chain.setup_bytes.items()) + ")")
         for r in range(args.runs):

@@ -23,6 +23,7 @@ from golden_model import intattn, intconv
 from golden_model.intops import quantize_multiplier
 from sw.compile_attention import compile_attention
 from sw.compile_conv import FmapLayout, compile_conv2d, compile_depthwise
+from sw.compiler import CompileError
 from sw.runtime.layout import TokenTileLayout, compile_chunks_to_planar
 from sw.runtime.session import RunStats, Session
 
@@ -32,7 +33,8 @@ class ChainSpec:
     channels_in: int = 16
     height: int = 16
     width: int = 16
-    dim: int = 32            # attention width (Q = K = V channels)
+    dim: int = 32            # attention width (Q = K = V channels, all heads)
+    heads: int = 1
     channels_mid: int = 32   # linear_out's output
     channels_out: int = 16   # conv's output (= depthwise channels)
     kernel: int = 3          # conv kernel (padding kernel // 2)
@@ -66,7 +68,7 @@ class ChainWeights:
                   "depthwise": (w(s.channels_out, 1, s.dw_kernel, s.dw_kernel),
                                 *_requant(rng, s.channels_out, s.dw_kernel ** 2))}
         scale = math.sqrt(3.0) / 73.9
-        quant = intattn.AttentionQuant.from_scales(scale, scale, 0.02, 0.01, s.dim)
+        quant = intattn.AttentionQuant.from_scales(scale, scale, 0.02, 0.01, s.dim // s.heads)
         return cls(spec, layers, quant)
 
 
@@ -74,9 +76,9 @@ def golden(weights: ChainWeights, x: np.ndarray, key_tile: int) -> np.ndarray:
     """The chain on the host: golden_model's integer ops, layer by layer."""
     s, L = weights.spec, weights.layers
     t = intconv.conv2d(x, *L["linear_in"])
-    tokens = t.reshape(s.dim, -1).T
-    a = intattn.attention(tokens, tokens, tokens, weights.quant, key_tile)
-    m0 = np.ascontiguousarray(a.T).reshape(s.dim, s.height, s.width)
+    heads = t.reshape(s.heads, s.dim // s.heads, -1).transpose(0, 2, 1)        # (head, token, d)
+    a = np.stack([intattn.attention(q, q, q, weights.quant, key_tile) for q in heads])
+    m0 = np.ascontiguousarray(a.transpose(0, 2, 1)).reshape(s.dim, s.height, s.width)
     m1 = intconv.conv2d(m0, *L["linear_out"])
     m2 = intconv.conv2d(m1, *L["conv"], padding=s.kernel // 2)
     return intconv.depthwise_conv2d(m2, *L["depthwise"], padding=s.dw_kernel // 2)
@@ -94,14 +96,18 @@ class Chain:
     def __init__(self, session: Session, weights: ChainWeights, name: str = "chain"):
         self.session, self.weights, self.name = session, weights, name
         cfg, s, L = session.cfg, weights.spec, weights.layers
-        C = cfg.cols
+        C, d = cfg.cols, s.dim // s.heads
+        if s.dim % s.heads or d % C or d % cfg.rows:
+            raise CompileError(f"head dim {s.dim} / {s.heads} must be a multiple of the array's rows ({cfg.rows}) "
+                               f"and cols ({C}): token tiles are whole scratchpad entries, stored rows stay in a head")
         self.x_layout = FmapLayout(s.channels_in, s.height, s.width, C)
         zeros = lambda c: np.zeros((c, s.height, s.width), np.int8)        # noqa: E731  (shapes only)
-        tokens = np.zeros((s.height * s.width, s.dim), np.int8)
+        tokens = np.zeros((s.heads, s.height * s.width, s.dim // s.heads), np.int8)
         self.programs = {
-            "linear_in": compile_conv2d(cfg, zeros(s.channels_in), *L["linear_in"], out_layout=TokenTileLayout),
+            "linear_in": compile_conv2d(cfg, zeros(s.channels_in), *L["linear_in"],
+                                        out_layout=TokenTileLayout.heads_of(s.heads)),
             "attention": compile_attention(cfg, tokens, tokens, tokens, weights.quant, out_chunked=True),
-            "relayout": compile_chunks_to_planar(cfg, s.dim, s.height, s.width),
+            "relayout": compile_chunks_to_planar(cfg, s.dim, s.height, s.width, heads=s.heads),
             "linear_out": compile_conv2d(cfg, zeros(s.dim), *L["linear_out"]),
             "conv": compile_conv2d(cfg, zeros(s.channels_mid), *L["conv"], padding=s.kernel // 2),
             "depthwise": compile_depthwise(cfg, zeros(s.channels_out), *L["depthwise"], padding=s.dw_kernel // 2),

@@ -30,22 +30,36 @@ IDENTITY_MULT, IDENTITY_SHIFT = 1 << 30, 30
 
 @dataclass(frozen=True)
 class TokenTileLayout:
-    """A (channels, height, width) map as tiles of C tokens (token t = y * width + x): tile t // C
-    holds channel 0's C tokens, then channel 1's, ... The attention engine's Q, K and V layout."""
+    """A (channels, height, width) map as tiles of C tokens (token t = y * width + x), head by head
+    (channels split into `heads` groups of d): tile t // C of head h holds the head's channel 0's C
+    tokens, then its channel 1's, ... The attention engine's Q, K and V layout (per head, query or
+    key tile: d entries of C tokens). Build one for a given head count with `TokenTileLayout.heads_of(h)`."""
     channels: int
     height: int
     width: int
     cols: int
     element_bytes: int = 1
+    heads: int = 1
+
+    @classmethod
+    def heads_of(cls, heads: int):
+        """A layout class (channels, height, width, cols, element_bytes) with `heads` heads (compile_conv2d)."""
+        return lambda *args: cls(*args, heads=heads)
 
     def __post_init__(self):
         if self.width % self.cols:
             raise CompileError(f"token tiles: width {self.width} must be a multiple of the array's {self.cols} "
                                "columns (a stored row segment may not straddle two tiles)")
+        if self.channels % self.heads:
+            raise CompileError(f"{self.channels} channels do not split into {self.heads} heads")
 
     @property
     def tokens(self) -> int:
         return self.height * self.width
+
+    @property
+    def head_dim(self) -> int:
+        return self.channels // self.heads
 
     @property
     def size(self) -> int:
@@ -53,25 +67,30 @@ class TokenTileLayout:
 
     @property
     def channel_pitch(self) -> int:
+        """Bytes from channel c to c + 1 within a head (a STORE's rows must not cross heads)."""
         return self.cols * self.element_bytes
 
     @property
     def row_pitch(self) -> int:
-        return self.width * self.channels * self.element_bytes
+        return self.width * self.head_dim * self.element_bytes
 
     def offset(self, c: int, y: int, x: int) -> int:
+        h, cc = divmod(c, self.head_dim)
         t = y * self.width + x
-        return ((t // self.cols * self.channels + c) * self.cols + t % self.cols) * self.element_bytes
+        tile = h * (self.tokens // self.cols) + t // self.cols
+        return ((tile * self.head_dim + cc) * self.cols + t % self.cols) * self.element_bytes
 
     def pack(self, x: np.ndarray) -> np.ndarray:
-        tiles = x.reshape(self.channels, -1, self.cols).transpose(1, 0, 2)
+        H, d, C = self.heads, self.head_dim, self.cols
+        tiles = x.reshape(H, d, -1, C).transpose(0, 2, 1, 3)          # (head, tile, channel, token)
         return np.ascontiguousarray(tiles.astype(np.int8 if self.element_bytes == 1 else "<i4")).reshape(-1).view(
             np.uint8)
 
     def unpack(self, raw: np.ndarray) -> np.ndarray:
+        H, d, C = self.heads, self.head_dim, self.cols
         dtype = np.int8 if self.element_bytes == 1 else np.dtype("<i4")
         tiles = np.frombuffer(np.ascontiguousarray(raw[:self.size]).tobytes(), dtype)
-        tiles = tiles.reshape(-1, self.channels, self.cols).transpose(1, 0, 2)
+        tiles = tiles.reshape(H, -1, d, C).transpose(0, 2, 1, 3)
         return tiles.reshape(self.channels, self.height, self.width).astype(
             np.int8 if self.element_bytes == 1 else np.int32)
 
@@ -80,34 +99,36 @@ class RelayoutProgram(ConvProgram):
     ROLES = {"descriptors": "program", "in": "input", "B": "weight", "params": "weight", "out": "output"}
 
 
-def compile_chunks_to_planar(cfg, channels: int, height: int, width: int, *, base_addr: int = 0,
+def compile_chunks_to_planar(cfg, channels: int, height: int, width: int, *, heads: int = 1, base_addr: int = 0,
                              max_ddr_bytes: int = 1 << 30) -> RelayoutProgram:
-    """int8 tokens written chunk-major (chunk j: C channels of each of the height x width tokens,
-    C bytes apart; sw.compile_attention out_chunked) -> the planar map (channels, height, width)."""
+    """int8 tokens written chunk-major (per chunk j of C channels, per head h: C channels of each of
+    the height x width tokens, C bytes apart; sw.compile_attention out_chunked) -> the planar map
+    (channels, height, width), head h's channel j x C + i in plane h x channels / heads + j x C + i."""
     R, C = cfg.rows, cfg.cols
     if R != C:
         raise CompileError(f"the on-overlay transpose needs a square array (rows {R}, cols {C}): an A entry "
                            "is one token's chunk of C channels")
-    if channels % C or width % C:
-        raise CompileError(f"channels {channels} and width {width} must be multiples of {C}")
-    T, chunks = height * width, channels // C
+    if channels % (heads * C) or width % C:
+        raise CompileError(f"channels {channels} per head ({heads} heads) and width {width} must be multiples of {C}")
+    T, d = height * width, channels // heads
     out_l = FmapLayout(channels, height, width, C)
     a_half, regions = cfg.a_depth // 2, cfg.acc_depth // R
     ops = []
     first = [dict(target="B", src=("B", 0), count=C, sp=0, res=("B", 0)),
              dict(target="PARAM", src=("params", 0), count=1, sp=0, res=("P", 0))]
-    for step, (j, t0) in enumerate((j, t0) for j in range(chunks) for t0 in range(0, T, C)):
+    work = ((j, h, t0) for j in range(d // C) for h in range(heads) for t0 in range(0, T, C))
+    for step, (j, h, t0) in enumerate(work):
         ha = step % 2
         y, x0 = divmod(t0, width)
-        loads = (first if step == 0 else []) + [dict(target="A", src=("in", (j * T + t0) * C), count=C,
-                                                     sp=ha * a_half, res=("A", ha))]
+        loads = (first if step == 0 else []) + [dict(target="A", src=("in", ((j * heads + h) * T + t0) * C),
+                                                     count=C, sp=ha * a_half, res=("A", ha))]
         ops.append(dict(loads=loads, a=("A", ha), b=("B", 0), a_base=ha * a_half, b_base=0, k_last=C - 1,
                         acc=step % regions, accumulate=0,
                         store=dict(rows=R, acc=step % regions, param=0, p=("P", 0),
-                                   dst=("out", out_l.offset(j * C, y, x0)), stride=out_l.channel_pitch,
+                                   dst=("out", out_l.offset(h * d + j * C, y, x0)), stride=out_l.channel_pitch,
                                    fields=dict(param_rows=1))))
     descs = schedule(ops, R, relu=False, out_int32=False)
-    sizes = {"in": chunks * T * C, "B": C * C, "params": C * isa.PARAM_CHANNEL_BYTES, "out": out_l.size}
+    sizes = {"in": channels * T, "B": C * C, "params": C * isa.PARAM_CHANNEL_BYTES, "out": out_l.size}
     if base_addr % ALIGN:
         raise CompileError(f"DDR buffer address {base_addr:#x} is not {ALIGN}-byte aligned")
     offsets, image = lay_out_image(cfg, len(descs), sizes, base_addr, max_ddr_bytes, "relayout")
