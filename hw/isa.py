@@ -5,7 +5,7 @@ driver (sw/) and docs/overlay.md all read these tables.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -69,28 +69,17 @@ ERROR_NAMES = {ERROR_BAD_OPCODE: "bad opcode", ERROR_AXI_READ: "AXI read error r
 ISA_VERSION = 1
 CSR_ADDR_BITS = 8
 
+
+def config_word(cfg) -> int:
+    """The CONFIG register's value for an overlay configuration (the RTL and the sim model both read it here)."""
+    return cfg.rows | cfg.cols << 8 | (cfg.axi_data_bits // 8) << 16 | ISA_VERSION << 24
+
 # ---------------------------------------------------------------- descriptors (32 bytes each)
 
-OPCODES = {
-    "LOAD": 1,       # DDR -> scratchpad `target`, `count` entries from `dram_addr` into entry `sp_addr`
-    "COMPUTE": 2,    # GEMM engine: K = k_last + 1 entries of A from `sp_addr` and of B from `b_base`
-    "STORE": 3,      # accumulator rows -> output stage -> DDR, `count` rows, row r at dram_addr + r * stride
-    "SYNC": 4,       # wait until every dispatched descriptor has completed
-    "ATTENTION": 8,  # attention engine: one key tile (mode STEP) or the normalisation (mode NORM)
-    "DEPTHWISE": 10,  # depthwise engine: a stride-1 "same" depthwise conv of dw_channels channels, DDR to DDR
-    # Reserved for the engines of later issues (decoded as BAD_OPCODE until they exist):
-    "CONV": 9,
-}
-IMPLEMENTED_OPCODES = ("LOAD", "COMPUTE", "STORE", "SYNC", "ATTENTION", "DEPTHWISE")
-#: Opcodes that need an engine besides gemm (BAD_OPCODE in an overlay without it).
-OPCODE_ENGINE = {"ATTENTION": "attention", "DEPTHWISE": "depthwise"}
-#: Opcodes counted as LOADs (LOADS_DONE, wait_load): DEPTHWISE runs on the load unit's AXI read slot.
-COUNTS_AS_LOAD = ("LOAD", "DEPTHWISE")
-#: LOAD targets: which scratchpad (later engines add theirs here, sharing the DMA).
-#: IM2COL: the convolution engine's input side (hw/conv/im2col.py) gathers B entries from a feature map.
-#: DW: the depthwise engine's coefficients (per lane DW_COEF_BYTES: 8 x 8 int8 taps, then a PARAM channel).
-TARGETS = {"A": 0, "B": 1, "PARAM": 2, "V": 3, "IM2COL": 4, "DW": 5}
-TARGET_ENGINE = {"V": "attention", "IM2COL": "conv", "DW": "depthwise"}
+# Opcodes and LOAD targets are declared per engine (ENGINES, after the descriptor fields).
+# LOAD targets name a scratchpad; IM2COL: the convolution engine's input side (hw/conv/im2col.py)
+# gathers B entries from a feature map; DW: the depthwise engine's coefficients (per lane
+# DW_COEF_BYTES: 8 x 8 int8 taps, then a PARAM channel).
 #: ATTENTION modes (in the `target` field).
 ATTN_MODES = {"STEP": 0, "NORM": 1}
 
@@ -163,9 +152,62 @@ STORE_FIELDS = [
      "dram_addr + t x tile_stride"),
     ("tile_stride", 24, "STORE: bytes between tiles' first output rows (AXI-beat aligned)"),
 ]
+
+
+@dataclass(frozen=True)
+class EngineISA:
+    """One engine's part of the host interface, declared in one place: its opcodes (with the done
+    counter each completes into), its LOAD targets, the descriptor field group it reads from shared
+    bits. Every table below (OPCODES, TARGETS, SHARED_GROUPS, ...) is derived from ENGINES; the host
+    checks (sw.checks) are keyed by the same names and refuse to import when one is missing."""
+    name: str                                   # as in OverlayConfig.engines
+    title: str                                  # in messages and docs
+    opcodes: dict = field(default_factory=dict)    # name -> (value, done counter or None)
+    targets: dict = field(default_factory=dict)    # LOAD target name -> value
+    fields: tuple = ()                          # (fields whose bits it shares, group name, fields, doc intro)
+
+
+ENGINES = [
+    EngineISA("gemm", "GEMM",
+              {"LOAD": (1, "LOAD"),        # DDR -> scratchpad `target`, `count` entries from `dram_addr` into `sp_addr`
+               "COMPUTE": (2, "COMPUTE"),  # K = k_last + 1 entries of A from `sp_addr` and of B from `b_base`
+               "STORE": (3, "STORE"),      # accumulator rows -> output stage -> DDR, row r at dram_addr + r * stride
+               "SYNC": (4, None)},         # wait until every dispatched descriptor has completed
+              {"A": 0, "B": 1, "PARAM": 2},
+              (STORE_SHARES, "STORE", STORE_FIELDS,
+               "STORE reads its own fields from the bits of {} (which a STORE does not use):")),
+    EngineISA("attention", "attention",
+              {"ATTENTION": (8, "ATTENTION")},   # one key tile (mode STEP) or the normalisation (mode NORM)
+              {"V": 3}),
+    EngineISA("conv", "convolution", {}, {"IM2COL": 4},
+              (IM2COL_SHARES, "IM2COL", IM2COL_FIELDS,
+               "LOAD IM2COL reads its own fields from the bits of {} (which a LOAD does not use):")),
+    EngineISA("depthwise", "depthwise",
+              # A stride-1 "same" depthwise conv of dw_channels channels, DDR to DDR; it counts as a LOAD:
+              # it runs on the load unit's AXI read slot.
+              {"DEPTHWISE": (10, "LOAD")}, {"DW": 5},
+              (DW_SHARES, "DEPTHWISE", DW_FIELDS,
+               "DEPTHWISE reads its own fields from the bits of {} (which it does not use), besides dram_addr "
+               "(input: row -padding of its first channel, a row start), stride (row pitch of the input and "
+               "output maps), count (output rows) and relu:")),
+]
+#: Reserved for the engines of later issues (decoded as BAD_OPCODE until they exist).
+RESERVED_OPCODES = {"CONV": 9}
+
+OPCODES = {**{op: v for e in ENGINES for op, (v, _) in e.opcodes.items()}, **RESERVED_OPCODES}
+IMPLEMENTED_OPCODES = tuple(op for e in ENGINES for op in e.opcodes)
+#: opcode -> the engine that runs it (BAD_OPCODE in an overlay without it).
+OPCODE_ENGINE = {op: e.name for e in ENGINES for op in e.opcodes}
+#: opcode -> the done counter it completes into (LOADS_DONE, ...; None: none).
+OPCODE_COUNTER = {op: unit for e in ENGINES for op, (_, unit) in e.opcodes.items()}
+#: Opcodes counted as LOADs (LOADS_DONE, wait_load).
+COUNTS_AS_LOAD = tuple(op for op, unit in OPCODE_COUNTER.items() if unit == "LOAD")
+TARGETS = {t: v for e in ENGINES for t, v in e.targets.items()}
+TARGET_ENGINE = {t: e.name for e in ENGINES for t in e.targets}
+ENGINE_TITLES = {e.name: e.title for e in ENGINES}
 #: Groups of fields that share bits: (the fields whose bits they use, the group, its fields).
-SHARED_GROUPS = [(IM2COL_SHARES, "IM2COL", IM2COL_FIELDS), (STORE_SHARES, "STORE", STORE_FIELDS),
-                 (DW_SHARES, "DEPTHWISE", DW_FIELDS)]
+SHARED_GROUPS = [e.fields[:3] for e in ENGINES if e.fields]
+assert len(set(OPCODES.values())) == len(OPCODES) and len(set(TARGETS.values())) == len(TARGETS)
 
 
 def field_offsets() -> dict[str, tuple[int, int]]:
@@ -186,6 +228,10 @@ def field_offsets() -> dict[str, tuple[int, int]]:
 
 
 FIELDS = field_offsets()
+#: Fields that hold DDR byte addresses: the one table binding and relocation read
+#: (sw.runtime.program.link), so a program can name its buffers instead of addresses.
+ADDRESS_FIELDS = ("dram_addr", "dw_out_addr")
+assert all(FIELDS[f][1] == 32 for f in ADDRESS_FIELDS), "DDR addresses are 32-bit descriptor fields"
 assert FIELDS["slot"][1] == ATTN_SLOT_BITS, "hw.config.ATTN_SLOT_BITS bounds attn_q_slots by the slot field"
 
 
@@ -265,19 +311,14 @@ def markdown_tables() -> str:
     for name, width, doc in DESCRIPTOR_FIELDS:
         pos, _ = FIELDS[name]
         lines.append(f"| {pos + width - 1}:{pos} | {name} | {doc} |")
-    intros = {
-        "IM2COL": "LOAD IM2COL reads its own fields from the bits of {} (which a LOAD does not use):",
-        "STORE": "STORE reads its own fields from the bits of {} (which a STORE does not use):",
-        "DEPTHWISE": "DEPTHWISE reads its own fields from the bits of {} (which it does not use), besides dram_addr "
-                     "(input: row -padding of its first channel, a row start), stride (row pitch of the input and "
-                     "output maps), count (output rows) and relu:"}
+    intros = {e.fields[1]: e.fields[3] for e in ENGINES if e.fields}
     for shares, group, group_fields in SHARED_GROUPS:
         lines += ["", intros[group].format(", ".join(shares)), "", "| bits | field | meaning |", "|---|---|---|"]
         for name, width, doc in group_fields:
             pos, _ = FIELDS[name]
             lines.append(f"| {pos + width - 1}:{pos} | {name} | {doc} |")
     lines += ["", "### Opcodes", "", "| opcode | value | state |", "|---|---|---|"]
-    lines += [f"| {k} | {v} | {('implemented' + (f' (overlays with the {OPCODE_ENGINE[k]} engine)' if k in OPCODE_ENGINE else '')) if k in IMPLEMENTED_OPCODES else 'reserved (BAD_OPCODE today)'} |"
+    lines += [f"| {k} | {v} | {('implemented' + (f' (overlays with the {OPCODE_ENGINE[k]} engine)' if OPCODE_ENGINE.get(k, 'gemm') != 'gemm' else '')) if k in IMPLEMENTED_OPCODES else 'reserved (BAD_OPCODE today)'} |"
               for k, v in OPCODES.items()]
     lines += ["", "LOAD targets: " + ", ".join(f"{k} = {v}" for k, v in TARGETS.items()) + ". "
               "IM2COL: `count` input channels from `dram_addr` (row pitch `stride`), count x K x K B entries "

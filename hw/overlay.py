@@ -476,7 +476,7 @@ class Overlay(wiring.Component):
             reg["DESC_ADDR"]: desc_addr, reg["DESC_COUNT"]: desc_count, reg["DESC_DONE"]: core.desc_done,
             reg["CYCLES"]: core.cycles, reg["LOADS_DONE"]: core.loads_done,
             reg["COMPUTES_DONE"]: core.computes_done, reg["STORES_DONE"]: core.stores_done,
-            reg["CONFIG"]: Const(cfg.rows | cfg.cols << 8 | (cfg.axi_data_bits // 8) << 16 | isa.ISA_VERSION << 24, 32),
+            reg["CONFIG"]: Const(isa.config_word(cfg), 32),
             reg["ERROR_DESC"]: core.error_desc, reg["ATTENTIONS_DONE"]: core.attentions_done,
         }
 

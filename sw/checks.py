@@ -1,132 +1,144 @@
-"""Host-side checks of a descriptor list before it is submitted: nothing may point outside its buffer."""
+"""Host-side checks of a descriptor list before it is submitted: every DDR access lies inside one
+buffer of the program's buffer table, every scratchpad access inside its scratchpad."""
 from __future__ import annotations
 
 from hw import isa
 
-ENGINE_NAMES = {"attention": "attention", "conv": "convolution", "depthwise": "depthwise"}
-
-
 class DescriptorError(ValueError):
-    """A descriptor would read or write outside its buffer or scratchpad; the message says which and why."""
+    """A descriptor would read or write outside its buffers or scratchpads; the message says which and why."""
 
 
-def check_descriptors(cfg, descriptors: list[dict], buffer_base: int, buffer_size: int) -> None:
-    R, C, DB = cfg.rows, cfg.cols, cfg.beat_bytes
-    lo, hi = buffer_base, buffer_base + buffer_size
-    counts = {"LOAD": 0, "COMPUTE": 0, "STORE": 0, "ATTENTION": 0}
+def check_descriptors(cfg, descriptors: list[dict], buffers: dict[str, tuple[int, int]]) -> None:
+    """`descriptors`: numeric fields (bound addresses); `buffers`: name -> (DDR address, bytes) of
+    every buffer the program may touch (sw.runtime.session binds them). Each opcode's own checks
+    are OPCODE_CHECKS[opcode] (one per hw.isa.ENGINES opcode)."""
+    DB = cfg.beat_bytes
+    counts = {unit: 0 for unit in dict.fromkeys(u for u in isa.OPCODE_COUNTER.values() if u)}
     names = {v: k for k, v in isa.OPCODES.items()}
-    targets = {v: k for k, v in isa.TARGETS.items()}
-
-    def fail(i, why):
-        raise DescriptorError(f"descriptor {i} ({names.get(d.get('opcode'), d.get('opcode'))}): {why}")
-
-    def in_buffer(i, addr, size, what):
-        if addr % DB:
-            fail(i, f"{what} address {addr:#x} is not aligned to the {DB}-byte AXI beat")
-        if addr < lo or addr + size > hi:
-            fail(i, f"{what} [{addr:#x}, {addr + size:#x}) outside the buffer [{lo:#x}, {hi:#x})")
 
     for i, d in enumerate(descriptors):
         op = names.get(d.get("opcode"))
+
+        def fail(why, i=i, d=d):
+            raise DescriptorError(f"descriptor {i} ({names.get(d.get('opcode'), d.get('opcode'))}): {why}")
+
+        def in_buffer(addr, size, what):
+            if addr % DB:
+                fail(f"{what} address {addr:#x} is not aligned to the {DB}-byte AXI beat")
+            for name, (lo, n) in buffers.items():
+                if lo <= addr and addr + size <= lo + n:
+                    return
+            span = f"{what} [{addr:#x}, {addr + size:#x})"
+            for name, (lo, n) in buffers.items():
+                if lo <= addr < lo + n:
+                    fail(f"{span} runs outside the buffer {name!r} [{lo:#x}, {lo + n:#x})")
+            table = ", ".join(f"{name} [{lo:#x}, {lo + n:#x})" for name, (lo, n) in buffers.items())
+            fail(f"{span} outside the buffers ({table})")
+
         if op is None or not isa.has_opcode(cfg, op):
             known = [o for o in isa.IMPLEMENTED_OPCODES if isa.has_opcode(cfg, o)]
-            fail(i, f"opcode {d.get('opcode')} is not one of {known} (overlay {cfg.name!r})")
+            fail(f"opcode {d.get('opcode')} is not one of {known} (overlay {cfg.name!r})")
         for unit in counts:
             need = d.get(f"wait_{unit.lower()}", 0)
             if need > counts[unit]:
-                fail(i, f"waits for {need} {unit}s but only {counts[unit]} come before it (would hang)")
-        if op == "LOAD":
-            target = targets.get(d.get("target"))
-            if target is None:
-                fail(i, f"unknown LOAD target {d.get('target')}")
-            if not isa.has_target(cfg, target):
-                engine = ENGINE_NAMES[isa.TARGET_ENGINE[target]]
-                fail(i, f"LOAD target {target}, but the overlay has no {engine} engine")
-            n, sp = d["count"], d["sp_addr"]
-            if target == "IM2COL":
-                _check_im2col(cfg, d, i, fail, in_buffer)
-                counts[op] += 1
-                continue
-            depth = isa.scratchpad_depth(cfg, target)
-            if n < 1 or sp + n > depth:
-                fail(i, f"entries [{sp}, {sp + n}) outside the {target} scratchpad (depth {depth})")
-            eb = isa.entry_bytes(cfg, target)
-            size = n * eb if eb >= DB else -(-n * eb // DB) * DB
-            in_buffer(i, d["dram_addr"], size, "source")
-        elif op == "COMPUTE":
-            k, tiles = d["k_last"] + 1, max(1, d.get("count", 0))
-            if tiles > isa.MAX_TILES:
-                fail(i, f"{tiles} tiles, at most {isa.MAX_TILES}")
-            if d["sp_addr"] + k > cfg.a_depth or d["b_base"] + tiles * k > cfg.b_depth:
-                fail(i, f"K={k} entries from A {d['sp_addr']} / B {d['b_base']} ({tiles} tiles) run past the scratchpads")
-            if d["acc_base"] + tiles * R > cfg.acc_depth:
-                fail(i, f"accumulator rows [{d['acc_base']}, {d['acc_base'] + tiles * R}) past depth {cfg.acc_depth}")
-        elif op == "ATTENTION":
-            _check_attention(cfg, d, lambda why: fail(i, why))
-        elif op == "DEPTHWISE":
-            _check_depthwise(cfg, d, i, fail, in_buffer)
-            counts["LOAD"] += 1         # it completes as a LOAD (hw.isa.COUNTS_AS_LOAD)
-            continue
-        elif op == "STORE":
-            rows, tiles = d["count"], d.get("tiles_last", 0) + 1
-            if not 1 <= rows <= R:
-                fail(i, f"{rows} rows, must be 1..{R}")
-            if d["sp_addr"] + (tiles - 1) * R + rows > cfg.acc_depth or d["param_addr"] >= cfg.param_depth:
-                fail(i, "accumulator rows or parameter entry outside their scratchpads")
-            if d.get("param_rows") and rows > C:
-                fail(i, f"per-row parameters for {rows} rows, but an entry holds {C} channels")
-            if d.get("cols", 0) > C:
-                fail(i, f"{d['cols']} columns, the array has {C}")
-            row_bytes = C * (4 if d.get("out_int32") else 1)
-            if d["stride"] % DB or d.get("tile_stride", 0) % DB:
-                fail(i, f"row stride {d['stride']} or tile stride {d.get('tile_stride', 0)} not a multiple of the "
-                        f"{DB}-byte beat")
-            for t in range(tiles):
-                first = d["dram_addr"] + t * d.get("tile_stride", 0)
-                in_buffer(i, first, (rows - 1) * d["stride"] + row_bytes, f"tile {t}'s destination")
-                for r in range(rows):
-                    start = first + r * d["stride"]
-                    if start // 4096 != (start + row_bytes - 1) // 4096:
-                        fail(i, f"tile {t} row {r} crosses a 4 KiB boundary (AXI bursts may not)")
-        if op in counts:
-            counts[op] += 1
+                fail(f"waits for {need} {unit}s but only {counts[unit]} come before it (would hang)")
+        OPCODE_CHECKS[op](cfg, d, fail, in_buffer)
+        if isa.OPCODE_COUNTER[op]:
+            counts[isa.OPCODE_COUNTER[op]] += 1
 
 
-def _check_im2col(cfg, d, i, fail, in_buffer) -> None:
+def _check_load(cfg, d, fail, in_buffer) -> None:
+    targets = {v: k for k, v in isa.TARGETS.items()}
+    target = targets.get(d.get("target"))
+    if target is None:
+        fail(f"unknown LOAD target {d.get('target')}")
+    if not isa.has_target(cfg, target):
+        fail(f"LOAD target {target}, but the overlay has no {isa.ENGINE_TITLES[isa.TARGET_ENGINE[target]]} engine")
+    TARGET_CHECKS.get(target, _check_entries)(cfg, d, fail, in_buffer)
+
+
+def _check_entries(cfg, d, fail, in_buffer) -> None:
+    """LOAD of whole entries into a scratchpad."""
+    DB = cfg.beat_bytes
+    target = next(k for k, v in isa.TARGETS.items() if v == d["target"])
+    n, sp = d["count"], d["sp_addr"]
+    depth = isa.scratchpad_depth(cfg, target)
+    if n < 1 or sp + n > depth:
+        fail(f"entries [{sp}, {sp + n}) outside the {target} scratchpad (depth {depth})")
+    eb = isa.entry_bytes(cfg, target)
+    size = n * eb if eb >= DB else -(-n * eb // DB) * DB
+    in_buffer(d["dram_addr"], size, "source")
+
+
+def _check_compute(cfg, d, fail, in_buffer) -> None:
+    k, tiles = d["k_last"] + 1, max(1, d.get("count", 0))
+    if tiles > isa.MAX_TILES:
+        fail(f"{tiles} tiles, at most {isa.MAX_TILES}")
+    if d["sp_addr"] + k > cfg.a_depth or d["b_base"] + tiles * k > cfg.b_depth:
+        fail(f"K={k} entries from A {d['sp_addr']} / B {d['b_base']} ({tiles} tiles) run past the scratchpads")
+    if d["acc_base"] + tiles * cfg.rows > cfg.acc_depth:
+        fail(f"accumulator rows [{d['acc_base']}, {d['acc_base'] + tiles * cfg.rows}) past depth {cfg.acc_depth}")
+
+
+def _check_store(cfg, d, fail, in_buffer) -> None:
+    R, C, DB = cfg.rows, cfg.cols, cfg.beat_bytes
+    rows, tiles = d["count"], d.get("tiles_last", 0) + 1
+    if not 1 <= rows <= R:
+        fail(f"{rows} rows, must be 1..{R}")
+    if d["sp_addr"] + (tiles - 1) * R + rows > cfg.acc_depth or d["param_addr"] >= cfg.param_depth:
+        fail("accumulator rows or parameter entry outside their scratchpads")
+    if d.get("param_rows") and rows > C:
+        fail(f"per-row parameters for {rows} rows, but an entry holds {C} channels")
+    if d.get("cols", 0) > C:
+        fail(f"{d['cols']} columns, the array has {C}")
+    row_bytes = C * (4 if d.get("out_int32") else 1)
+    if d["stride"] % DB or d.get("tile_stride", 0) % DB:
+        fail(f"row stride {d['stride']} or tile stride {d.get('tile_stride', 0)} not a multiple of the "
+             f"{DB}-byte beat")
+    for t in range(tiles):
+        first = d["dram_addr"] + t * d.get("tile_stride", 0)
+        in_buffer(first, (rows - 1) * d["stride"] + row_bytes, f"tile {t}'s destination")
+        for r in range(rows):
+            start = first + r * d["stride"]
+            if start // 4096 != (start + row_bytes - 1) // 4096:
+                fail(f"tile {t} row {r} crosses a 4 KiB boundary (AXI bursts may not)")
+
+
+def _check_im2col(cfg, d, fail, in_buffer) -> None:
     """LOAD IM2COL: entries inside B, every row span inside the buffer."""
     from hw.conv.im2col import row_beats
     DB = cfg.beat_bytes
     k, n, t = d["kernel_last"] + 1, d["count"], d.get("out_rows_last", 0) + 1
     if k > 7 or d["stride_log2"] > 2 or d["col_offset"] >= DB:
-        fail(i, f"kernel {k}, stride 2^{d['stride_log2']} or column offset {d['col_offset']} out of range")
+        fail(f"kernel {k}, stride 2^{d['stride_log2']} or column offset {d['col_offset']} out of range")
     if n < 1 or d["sp_addr"] + t * n * k * k > cfg.b_depth:
-        fail(i, f"{t * n * k * k} entries from {d['sp_addr']} outside the B scratchpad (depth {cfg.b_depth})")
+        fail(f"{t * n * k * k} entries from {d['sp_addr']} outside the B scratchpad (depth {cfg.b_depth})")
     if d["stride"] % DB:
-        fail(i, f"row pitch {d['stride']} not a multiple of the {DB}-byte beat")
+        fail(f"row pitch {d['stride']} not a multiple of the {DB}-byte beat")
     nb = row_beats(cfg, k, 1 << d["stride_log2"], d["col_offset"])
     last = d["dram_addr"] + (n - 1) * d["plane_rows"] * d["stride"] + ((t - 1 << d["stride_log2"]) + k - 1) * d["stride"]
-    in_buffer(i, d["dram_addr"], nb * DB, "first row span")
-    in_buffer(i, last, nb * DB, "last row span")
+    in_buffer(d["dram_addr"], nb * DB, "first row span")
+    in_buffer(last, nb * DB, "last row span")
 
 
-def _check_depthwise(cfg, d, i, fail, in_buffer) -> None:
+def _check_depthwise(cfg, d, fail, in_buffer) -> None:
     """DEPTHWISE: geometry the line buffers hold, every row it reads and writes inside the buffer."""
     DB = cfg.beat_bytes
     k, chans, rows, width = d["dw_kernel_last"] + 1, d["dw_channels"], d["count"], d["dw_width"]
     pitch, plane = d["stride"], d["dw_plane_rows"] * d["stride"]
     if not 1 <= chans <= cfg.dw_channels:
-        fail(i, f"{chans} channels, the engine holds coefficients of 1..{cfg.dw_channels}")
+        fail(f"{chans} channels, the engine holds coefficients of 1..{cfg.dw_channels}")
     if rows < 1 or width < 1:
-        fail(i, f"{rows} rows of {width} pixels")
+        fail(f"{rows} rows of {width} pixels")
     if pitch % DB or not 0 < pitch <= cfg.dw_row_bytes:
-        fail(i, f"row pitch {pitch} not a multiple of the {DB}-byte beat within the {cfg.dw_row_bytes}-byte line buffer")
+        fail(f"row pitch {pitch} not a multiple of the {DB}-byte beat within the {cfg.dw_row_bytes}-byte line buffer")
     if d["dw_col0"] + width + k - 1 > pitch:
-        fail(i, f"columns {d['dw_col0']} + {width} + {k - 1} run past the {pitch}-byte row")
-    in_buffer(i, d["dram_addr"], (chans - 1) * plane + (rows + k - 1) * pitch, "input rows")
-    in_buffer(i, d["dw_out_addr"], (chans - 1) * plane + (rows - 1) * pitch + -(-width // DB) * DB, "output rows")
+        fail(f"columns {d['dw_col0']} + {width} + {k - 1} run past the {pitch}-byte row")
+    in_buffer(d["dram_addr"], (chans - 1) * plane + (rows + k - 1) * pitch, "input rows")
+    in_buffer(d["dw_out_addr"], (chans - 1) * plane + (rows - 1) * pitch + -(-width // DB) * DB, "output rows")
 
 
-def _check_attention(cfg, d, fail) -> None:
+def _check_attention(cfg, d, fail, in_buffer) -> None:
     R, C = cfg.rows, cfg.cols
     mode = d.get("target", 0)
     if d.get("slot", 0) >= cfg.attn_q_slots:
@@ -151,3 +163,12 @@ def _check_attention(cfg, d, fail) -> None:
             fail(f"output rows [{d['acc_base']}, {d['acc_base'] + n * R}) past the accumulator depth {cfg.acc_depth}")
     else:
         fail(f"unknown attention mode {mode}")
+
+
+#: opcode -> its checks (cfg, fields, fail(why), in_buffer(addr, size, what)); LOAD targets with their own.
+OPCODE_CHECKS = {"LOAD": _check_load, "COMPUTE": _check_compute, "STORE": _check_store,
+                 "SYNC": lambda cfg, d, fail, in_buffer: None, "ATTENTION": _check_attention,
+                 "DEPTHWISE": _check_depthwise}
+TARGET_CHECKS = {"IM2COL": _check_im2col}
+assert set(OPCODE_CHECKS) == set(isa.IMPLEMENTED_OPCODES), \
+    f"host checks missing for {set(isa.IMPLEMENTED_OPCODES) - set(OPCODE_CHECKS)} (hw.isa.ENGINES)"

@@ -35,7 +35,7 @@ import numpy as np
 
 from golden_model import intattn
 from hw import isa
-from sw.compiler import ALIGN, CompileError, lay_out_image, pack_descriptors
+from sw.compiler import ALIGN, CompileError, Program, lay_out_image, pack_descriptors
 
 
 @dataclass
@@ -53,6 +53,12 @@ class AttentionProgram:
     base_addr: int = 0
     kv_bytes: int = 0               # K and V bytes the program reads from DDR
     slots: int = 1                  # query tiles resident at once (each K/V tile serves them all)
+    symbolic: list[dict] | None = None
+    out_chunked: bool = False       # out in chunk-major order (sw.runtime.layout: the overlay transposes it)
+
+    ROLES = {"descriptors": "program", "Q": "input", "K": "input", "V": "input", "params": "weight",
+             "out": "output"}
+    region, buffer_table = Program.region, Program.buffer_table
 
     @property
     def array_macs(self) -> int:
@@ -75,10 +81,17 @@ class AttentionProgram:
     def d_padded(self) -> int:
         return -(-self.d // self.cfg.cols) * self.cfg.cols
 
-    def output(self, image: np.ndarray) -> np.ndarray:
-        off, size = self.regions["out"]
+    output = Program.output
+
+    def unpack_out(self, raw: np.ndarray) -> np.ndarray:
         dtype = np.dtype("<i4") if self.out_int32 else np.int8
-        out = np.frombuffer(image[off:off + size].tobytes(), dtype=dtype).reshape(self.heads, self.lq, self.d_padded)
+        C = self.cfg.cols
+        flat = np.frombuffer(np.ascontiguousarray(raw).tobytes(), dtype=dtype)
+        if self.out_chunked:         # (chunk, head, query, C) -> (head, query, chunk x C)
+            out = flat.reshape(self.d_padded // C, self.heads, self.lq, C).transpose(1, 2, 0, 3)
+            out = out.reshape(self.heads, self.lq, self.d_padded)
+        else:
+            out = flat.reshape(self.heads, self.lq, self.d_padded)
         return out[:, :, :self.d].astype(np.int32 if self.out_int32 else np.int8)
 
 
@@ -94,7 +107,9 @@ def _heads(x, name):
 
 
 def compile_attention(cfg, q, k, v, quant: intattn.AttentionQuant, *, out_int32: bool = False,
-                      base_addr: int = 0, max_ddr_bytes: int = 1 << 30) -> AttentionProgram:
+                      base_addr: int = 0, max_ddr_bytes: int = 1 << 30, out_chunked: bool = False) -> AttentionProgram:
+    """`out_chunked`: write the output chunk-major, C channels of every (head, query) for chunk 0, then
+    chunk 1, ... (rows C elements apart), the order sw.runtime.layout.compile_chunks_to_planar reads."""
     if "attention" not in cfg.engines:
         raise CompileError(f"overlay {cfg.name!r} has no attention engine (engines: {', '.join(cfg.engines)})")
     if base_addr % ALIGN:
@@ -217,9 +232,12 @@ def compile_attention(cfg, q, k, v, quant: intattn.AttentionQuant, *, out_int32:
                     last["normed"] = {"ATTENTION": n_norm}
                     for r in range(cnt):
                         last[("out", r)] = {}
-                        dst = ((h * Lq + qi * R) * dp + (c0 + r) * C) * eb
+                        if out_chunked:
+                            dst, pitch = (((c0 + r) * H + h) * Lq + qi * R) * C * eb, C * eb
+                        else:
+                            dst, pitch = ((h * Lq + qi * R) * dp + (c0 + r) * C) * eb, row_bytes
                         n_s = emit(dict(opcode="STORE", count=rows, sp_addr=(s_regions + r) * R, param_addr=0,
-                                        out_int32=int(out_int32), dst=("out", dst), stride=row_bytes),
+                                        out_int32=int(out_int32), dst=("out", dst), stride=pitch),
                                    "STORE", ["param", "normed"])
                         use(("out", r), "STORE", n_s)
             g += 1
@@ -227,9 +245,9 @@ def compile_attention(cfg, q, k, v, quant: intattn.AttentionQuant, *, out_int32:
     # ---- addresses
     offsets, image = lay_out_image(cfg, len(descs), sizes, base_addr, max_ddr_bytes, "attention")
     _fill(image, offsets, q, k, v, quant, R, C, dp, qt, kt, q_stride, k_stride)
-    raw = pack_descriptors(descs, image, offsets, base_addr, "split the attention")
+    sym, raw = pack_descriptors(descs, image, offsets, base_addr, "split the attention")
     return AttentionProgram(cfg, H, Lq, Lk, d, out_int32, image, raw, offsets, macs=2 * H * Lq * Lk * d,
-                            base_addr=base_addr, kv_bytes=kv_bytes, slots=slots)
+                            base_addr=base_addr, kv_bytes=kv_bytes, slots=slots, symbolic=sym, out_chunked=out_chunked)
 
 
 def acc_regions(cfg) -> tuple[int, int]:

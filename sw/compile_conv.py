@@ -72,6 +72,17 @@ class FmapLayout:
     def plane_bytes(self) -> int:
         return self.plane_rows * self.row_bytes
 
+    # What a STORE of output rows needs from any output layout (sw.runtime.layout.TokenTileLayout too):
+    @property
+    def channel_pitch(self) -> int:
+        """Bytes from pixel (c, y, x) to (c + 1, y, x)."""
+        return self.plane_bytes
+
+    @property
+    def row_pitch(self) -> int:
+        """Bytes from pixel (c, y, x) to (c, y + 1, x)."""
+        return self.row_bytes
+
     @property
     def size(self) -> int:
         return self.channels * self.plane_bytes
@@ -98,9 +109,11 @@ class FmapLayout:
 class ConvProgram(Program):
     out_layout: FmapLayout | None = None
 
-    def output(self, image: np.ndarray) -> np.ndarray:
-        off, size = self.regions["out"]
-        return self.out_layout.unpack(image[off:off + size])
+    ROLES = {"descriptors": "program", "A": "weight", "coef": "weight", "params": "weight", "in": "input",
+             "out": "output"}
+
+    def unpack_out(self, raw: np.ndarray) -> np.ndarray:
+        return self.out_layout.unpack(raw)
 
 
 def supported(cfg, k: int, stride: int, padding: int) -> str | None:
@@ -119,8 +132,11 @@ def supported(cfg, k: int, stride: int, padding: int) -> str | None:
 
 
 def compile_conv2d(cfg, x, w, bias=None, multiplier=None, shift=None, *, stride=1, padding=0, depthwise=False,
-                   relu=False, out_int32=False, base_addr: int = 0, max_ddr_bytes: int = 1 << 30) -> ConvProgram:
-    """x: int8 (Cin, H, W); w: int8 (Cout, Cin, K, K), or (C, 1, K, K) with depthwise."""
+                   relu=False, out_int32=False, base_addr: int = 0, max_ddr_bytes: int = 1 << 30,
+                   out_layout=None) -> ConvProgram:
+    """x: int8 (Cin, H, W); w: int8 (Cout, Cin, K, K), or (C, 1, K, K) with depthwise.
+    `out_layout`: a layout class (channels, height, width, cols, element_bytes) for the output;
+    default the planar FmapLayout (sw.runtime.layout.TokenTileLayout writes attention operands)."""
     if base_addr % ALIGN:
         raise CompileError(f"DDR buffer address {base_addr:#x} is not {ALIGN}-byte aligned")
     x, w = np.asarray(x), np.asarray(w)
@@ -152,7 +168,7 @@ def compile_conv2d(cfg, x, w, bias=None, multiplier=None, shift=None, *, stride=
     if regions_acc < 2 or p_half < 1:
         raise CompileError("accumulator or parameter scratchpad too small to double-buffer")
     in_l = FmapLayout(cin, h, wd, C)
-    out_l = FmapLayout(cout, ho, wo, C, 4 if out_int32 else 1)
+    out_l = (out_layout or FmapLayout)(cout, ho, wo, C, 4 if out_int32 else 1)
     if in_l.size + out_l.size > max_ddr_bytes:     # before planning: a huge map fails at once
         raise CompileError(f"convolution needs more than {in_l.size + out_l.size} bytes of DDR for its feature "
                            f"maps, more than the {max_ddr_bytes} allowed")
@@ -238,9 +254,9 @@ def compile_conv2d(cfg, x, w, bias=None, multiplier=None, shift=None, *, stride=
                     tile_no += 1
                     regions = list(range(region, region + n_out))
                     store = dict(rows=rows, acc=region, acc_regions=regions, param=hp * p_half, p=("P", hp),
-                                 dst=("out", out_l.offset(co0, oy0, ox0)), stride=out_l.plane_bytes,
+                                 dst=("out", out_l.offset(co0, oy0, ox0)), stride=out_l.channel_pitch,
                                  fields=dict(param_rows=1, cols=min(C, wo - ox0), tiles_last=n_out - 1,
-                                             tile_stride=out_l.row_bytes))
+                                             tile_stride=out_l.row_pitch))
                     ops.append(dict(loads=loads, a=("A", ha), b=("B", hb), a_base=ha * a_half,
                                     b_base=hb * b_half + (oy0 - oy_l) * ntile_b, k_last=ntile_b - 1, acc=region,
                                     acc_regions=regions, tiles=n_out, accumulate=0, store=store))
@@ -281,7 +297,7 @@ def compile_conv2d(cfg, x, w, bias=None, multiplier=None, shift=None, *, stride=
                         store = None
                         if last:
                             store = dict(rows=rows, acc=region, param=hp * p_half + i, p=("P", hp),
-                                         dst=("out", out_l.offset(co0, oy, ox0)), stride=out_l.plane_bytes,
+                                         dst=("out", out_l.offset(co0, oy, ox0)), stride=out_l.channel_pitch,
                                          fields=dict(param_rows=1, cols=min(C, wo - ox0)))
                         ops.append(dict(loads=loads, a=a_res, b=b_shared, a_base=a_base, b_base=int(b_shared[1]) * b_half,
                                         k_last=(nch * kk if not depthwise else rows * kk) - 1, acc=region,
@@ -293,10 +309,10 @@ def compile_conv2d(cfg, x, w, bias=None, multiplier=None, shift=None, *, stride=
     # ---- addresses and the image
     offsets, image = lay_out_image(cfg, len(descs), sizes, base_addr, max_ddr_bytes, "convolution")
     _fill(cfg, image, offsets, x, w, bias, multiplier, shift, in_l, depthwise, mt, a_stride, ntile_k)
-    raw = pack_descriptors(descs, image, offsets, base_addr, "split the convolution")
+    sym, raw = pack_descriptors(descs, image, offsets, base_addr, "split the convolution")
     macs = cout * ho * wo * (1 if depthwise else cin) * kk
     return ConvProgram(cfg, cout, (1 if depthwise else cin) * kk, ho * wo, out_int32, image, raw, offsets,
-                       macs=macs, base_addr=base_addr, out_layout=out_l)
+                       macs=macs, base_addr=base_addr, symbolic=sym, out_layout=out_l)
 
 
 def _fill(cfg, image, offsets, x, w, bias, multiplier, shift, in_l, depthwise, mt, a_stride, ntile_k):
@@ -394,18 +410,14 @@ def compile_depthwise(cfg, x, w, bias, multiplier, shift, *, padding, relu=False
         descs.append(dict(opcode="LOAD", target="DW", src=("coef", c0 * isa.DW_COEF_BYTES),
                           count=n * isa.DW_COEF_BYTES // DB, sp_addr=0))
         descs.append(dict(opcode="DEPTHWISE", src=("in", lay.offset(c0, -padding, -lay.left)), stride=lay.row_bytes,
-                          count=h, dw_channels=n, relu=int(relu), out=("out", lay.offset(c0, 0, 0)), dw_width=wd,
+                          count=h, dw_channels=n, relu=int(relu), dw_out_addr=("out", lay.offset(c0, 0, 0)), dw_width=wd,
                           dw_plane_rows=lay.plane_rows, dw_kernel_last=k - 1, dw_col0=lay.left - padding))
     offsets, image = lay_out_image(cfg, len(descs), sizes, base_addr, max_ddr_bytes, "depthwise convolution")
-    for d in descs:
-        if "out" in d:
-            region, off = d.pop("out")
-            d["dw_out_addr"] = base_addr + offsets[region][0] + off
     image[offsets["in"][0]:offsets["in"][0] + lay.size] = lay.pack(x)
     coef = dw_coefficients(w, bias, multiplier, shift).reshape(-1)
     image[offsets["coef"][0]:offsets["coef"][0] + coef.size] = coef
-    raw = pack_descriptors(descs, image, offsets, base_addr, "split the convolution")
+    sym, raw = pack_descriptors(descs, image, offsets, base_addr, "split the convolution")
     prog = ConvProgram(cfg, c, k * k, h * wd, False, image, raw, offsets, macs=c * h * wd * k * k,
-                       base_addr=base_addr, out_layout=lay)
+                       base_addr=base_addr, symbolic=sym, out_layout=lay)
     prog.array_macs = L * K_MAX * K_MAX        # the engine's multipliers (utilisation = useful / these)
     return prog

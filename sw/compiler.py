@@ -44,16 +44,33 @@ class Program:
     regions: dict[str, tuple[int, int]]   # name -> (offset, size) in the image
     macs: int = 0
     base_addr: int = 0
+    symbolic: list[dict] | None = None    # the descriptors with (region, offset) addresses (sw.runtime.program)
+
+    #: region -> its role for the runtime (sw.runtime.program.ROLES)
+    ROLES = {"descriptors": "program", "A": "input", "B": "weight", "params": "weight", "out": "output"}
 
     @property
     def n_padded(self) -> int:
         return -(-self.n // self.cfg.cols) * self.cfg.cols
 
+    def region(self, name: str) -> np.ndarray:
+        """The compiled contents of one region (what the runtime writes into its buffer)."""
+        off, size = self.regions[name]
+        return self.image[off:off + size]
+
+    def buffer_table(self) -> dict[str, tuple[int, int]]:
+        """Region -> (DDR address, bytes) when the whole image sits at base_addr."""
+        return {name: (self.base_addr + off, size) for name, (off, size) in self.regions.items()}
+
     def output(self, image: np.ndarray) -> np.ndarray:
-        """The (M, N) result from a DDR image the overlay has run on."""
+        """The result from a DDR image the overlay has run on."""
         off, size = self.regions["out"]
+        return self.unpack_out(image[off:off + size])
+
+    def unpack_out(self, raw: np.ndarray) -> np.ndarray:
+        """The (M, N) result from the bytes of the out region."""
         dtype = np.dtype("<i4") if self.out_int32 else np.int8
-        out = np.frombuffer(image[off:off + size].tobytes(), dtype=dtype).reshape(self.m, self.n_padded)
+        out = np.frombuffer(np.ascontiguousarray(raw).tobytes(), dtype=dtype).reshape(self.m, self.n_padded)
         return out[:, :self.n].astype(np.int32 if self.out_int32 else np.int8)
 
 
@@ -174,26 +191,8 @@ def compile_linear(cfg, a, b, bias, multiplier=None, shift=None, *, relu=False, 
     # ---- addresses
     offsets, image = lay_out_image(cfg, len(descs), sizes, base_addr, max_ddr_bytes, "layer")
     _fill_operands(cfg, image, offsets, a, b, bias, multiplier, shift, mt, nt, a_stride, b_stride)
-    raw = pack_descriptors(descs, image, offsets, base_addr, "split the layer")
-    return Program(cfg, M, K, N, out_int32, image, raw, offsets, macs=M * K * N, base_addr=base_addr)
-
-
-def relocate(prog: Program, new_base: int) -> Program:
-    """The same program for a buffer at another physical address (descriptor addresses moved)."""
-    import dataclasses
-    if new_base % ALIGN:
-        raise CompileError(f"DDR buffer address {new_base:#x} is not {ALIGN}-byte aligned")
-    delta = new_base - prog.base_addr
-    image = prog.image.copy()
-    descs = []
-    for j, d in enumerate(prog.descriptors):
-        d = dict(d)
-        for key in ("dram_addr", "dw_out_addr"):     # DEPTHWISE carries its output address too
-            if d.get(key):
-                d[key] += delta
-        image[j * 32:(j + 1) * 32] = np.frombuffer(isa.pack_descriptor(**d), np.uint8)
-        descs.append(d)
-    return dataclasses.replace(prog, image=image, descriptors=descs, base_addr=new_base)
+    sym, raw = pack_descriptors(descs, image, offsets, base_addr, "split the layer")
+    return Program(cfg, M, K, N, out_int32, image, raw, offsets, macs=M * K * N, base_addr=base_addr, symbolic=sym)
 
 
 def schedule(ops: list[dict], R: int, relu: bool, out_int32: bool) -> list[dict]:
@@ -269,26 +268,28 @@ def schedule(ops: list[dict], R: int, relu: bool, out_int32: bool) -> list[dict]
     return descs
 
 
-def pack_descriptors(descs: list[dict], image: np.ndarray, offsets: dict, base_addr: int, hint: str) -> list[dict]:
-    """Encode descriptors (symbolic opcode, target, ("region", offset) addresses) into the
-    image's descriptor area; returns their numeric fields. hint: what to do when one does not fit."""
-    raw = []
-    for j, d in enumerate(descs):
+def pack_descriptors(descs: list[dict], image: np.ndarray, offsets: dict, base_addr: int,
+                     hint: str) -> tuple[list[dict], list[dict]]:
+    """Encode descriptors (symbolic opcode, target; addresses as ("region", offset), `src`/`dst`
+    standing for dram_addr) into the image's descriptor area, the image placed at base_addr.
+    Returns (symbolic fields, numeric fields). hint: what to do when one does not fit."""
+    from sw.runtime.program import LinkError, link
+    symbolic = []
+    for d in descs:
         fields = {k: v for k, v in d.items() if k in isa.FIELDS}
         fields["opcode"] = isa.OPCODES[d["opcode"]]
         if isinstance(d.get("target"), str):
             fields["target"] = isa.TARGETS[d["target"]]
         for key in ("src", "dst"):
             if key in d:
-                region, off = d[key]
-                fields["dram_addr"] = base_addr + offsets[region][0] + off
-        try:
-            packed = isa.pack_descriptor(**fields)
-        except ValueError as e:
-            raise CompileError(f"descriptor {j} does not fit the format ({e}); {hint}") from None
-        image[j * 32:(j + 1) * 32] = np.frombuffer(packed, np.uint8)
-        raw.append(fields)
-    return raw
+                fields["dram_addr"] = d[key]
+        symbolic.append(fields)
+    try:
+        numeric, raw = link(symbolic, {name: base_addr + off for name, (off, _) in offsets.items()})
+    except LinkError as e:
+        raise CompileError(f"{e} (does not fit the format); {hint}") from None
+    image[:raw.size] = raw
+    return symbolic, numeric
 
 
 def _fill_operands(cfg, image, offsets, a, b, bias, multiplier, shift, mt, nt, a_stride, b_stride):

@@ -1,91 +1,27 @@
-"""The driver: one interface over three backends (sim, rtl, pynq).
+"""The driver: layer calls on NumPy arrays over one session (sw.runtime) on any backend.
 
     drv = Driver(preset("kv260"), backend="sim")
     y = drv.linear(a, b, bias, multiplier, shift, relu=True)   # int8 (M, N)
     drv.last_run.cycles, drv.last_run.utilisation
 
-Every backend runs the same compiled program (sw.compiler) through the same
-register protocol (hw.isa); descriptors are bounds-checked before submission
-(sw.checks). A run that does not finish within `timeout_s` (sim, pynq: wall
-clock; rtl: `timeout_cycles`) is a hung accelerator: the driver reads the
-status and error registers, soft-resets the overlay and raises AcceleratorError.
+Each call compiles a program, loads it into the session's arena (its buffers bound and its
+descriptors checked there), writes its inputs, runs it through the backend's register
+protocol (sw.runtime.backend.Backend.run) and reads its output back. A run that does not
+finish within `timeout_s` (sim, pynq: wall clock; rtl: `timeout_cycles`) is a hung
+accelerator: the backend reads the registers, soft-resets the overlay and raises
+AcceleratorError. Chains whose activations stay in DDR use the session directly
+(sw.runtime.chain).
 """
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
+import hashlib
+import itertools
 
 import numpy as np
 
-from hw import isa
-from sw.checks import check_descriptors
 from sw.compiler import compile_linear
-
-BACKENDS = ("sim", "rtl", "pynq")
-
-
-class AcceleratorError(RuntimeError):
-    """The overlay reported an error or did not finish in time (it has been reset)."""
-
-
-@dataclass
-class RunStats:
-    backend: str
-    cycles: int
-    macs: int
-    array_macs: int
-    wall_s: float          # rtl: simulation only (no Verilator build / cocotb start-up)
-    descriptors: int
-    engine: str = "gemm"   # convolutions: which route ran it (sw/conv.py)
-
-    @property
-    def utilisation(self) -> float:
-        return self.macs / (self.cycles * self.array_macs) if self.cycles else 0.0
-
-    @property
-    def cycles_per_s(self) -> float:
-        return self.cycles / self.wall_s if self.wall_s else 0.0
-
-
-def describe_error(regs: dict) -> str:
-    bits = [name for bit, name in isa.ERROR_NAMES.items() if regs.get("ERROR", 0) & bit]
-    return (f"ERROR={regs.get('ERROR', 0):#x} ({', '.join(bits) or 'none'}), STATUS={regs.get('STATUS', 0):#x}, "
-            f"DESC_DONE={regs.get('DESC_DONE', 0)}, ERROR_DESC={regs.get('ERROR_DESC', 0)}")
-
-
-class MmioSession:
-    """The register protocol over any read(offset)/write(offset, value) pair (sim model, pynq MMIO)."""
-
-    def __init__(self, read, write, timeout_s: float, poll_s: float = 0.0):
-        self.read, self.write, self.timeout_s, self.poll_s = read, write, timeout_s, poll_s
-
-    def run(self, desc_addr: int, count: int) -> int:
-        R = isa.REG
-        self.write(R["DESC_ADDR"], desc_addr)
-        self.write(R["DESC_COUNT"], count)
-        self.write(R["IRQ_ENABLE"], 1)
-        self.write(R["CONTROL"], isa.CONTROL_START)
-        deadline = time.monotonic() + self.timeout_s
-        while True:
-            status = self.read(R["STATUS"])
-            if status & (isa.STATUS_DONE | isa.STATUS_ERROR):
-                break
-            if time.monotonic() > deadline:
-                regs = self.registers()
-                self.write(R["CONTROL"], isa.CONTROL_RESET)
-                raise AcceleratorError(f"accelerator hung: not done after {self.timeout_s} s; {describe_error(regs)}; "
-                                       "the overlay has been reset")
-            if self.poll_s:
-                time.sleep(self.poll_s)
-        regs = self.registers()
-        if regs["ERROR"]:
-            self.write(R["CONTROL"], isa.CONTROL_RESET)
-            raise AcceleratorError(f"accelerator error: {describe_error(regs)}; the overlay has been reset")
-        self.write(R["STATUS"], isa.STATUS_DONE)
-        return regs["CYCLES"]
-
-    def registers(self) -> dict:
-        return {r.name: self.read(r.offset) for r in isa.REGISTERS if r.name != "CONTROL"}
+from sw.runtime.backend import BACKENDS, DDR_BASE, AcceleratorError, describe_error, open_backend  # noqa: F401
+from sw.runtime.session import RunStats, Session  # noqa: F401  (the driver's public names)
 
 
 class Driver:
@@ -97,16 +33,36 @@ class Driver:
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         self.cfg, self.backend = cfg, backend
-        self.timeout_s, self.timeout_cycles = timeout_s, timeout_cycles
-        self.ddr_bytes, self.stall, self.waves = ddr_bytes, stall, waves
+        self.ddr_bytes = ddr_bytes
+        self._options = dict(ddr_bytes=ddr_bytes, timeout_s=timeout_s, timeout_cycles=timeout_cycles, stall=stall,
+                             waves=waves, bitfile=bitfile)
         self.last_run: RunStats | None = None
         self.last_programs: list = []
-        self._sim = None
-        self._pynq = None
-        self.bitfile = bitfile
+        self._session: Session | None = None
+        self._names = itertools.count()
+        self._cache: dict = {}
 
-    # Where the layer's buffer lives in the backend's address space.
-    BUFFER_BASE = 0x0010_0000
+    # Where a program's image sits when it is run whole (sw.backends.rtl.run_images, tests); the
+    # session binds each region to its own buffer wherever the arena has room.
+    BUFFER_BASE = DDR_BASE
+
+    @property
+    def session(self) -> Session:
+        """The driver's session (the backend opens on first use: the rtl one starts Verilator)."""
+        if self._session is None:
+            self._session = Session(open_backend(self.backend, self.cfg, **self._options))
+        return self._session
+
+    @property
+    def device(self):
+        """The backend object (registers, DDR, traffic counters)."""
+        return self.session.backend
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+            self._cache = {}
 
     def compile(self, a, b, bias=None, multiplier=None, shift=None, *, relu=False, out_int32=False):
         base = self._buffer_base()
@@ -164,47 +120,58 @@ class Driver:
                                      sum(r.descriptors for r in runs))
         return out[0] if np.asarray(q).ndim == 2 else out
 
+    #: Programs kept loaded (descriptors and weights in DDR) for calls that repeat a layer.
+    CACHED_PROGRAMS = 16
+
     def run(self, prog, descriptors: list[dict] | None = None) -> np.ndarray:
-        """Submit a compiled program; return the buffer's bytes after the run."""
-        descriptors = prog.descriptors if descriptors is None else descriptors
-        check_descriptors(self.cfg, descriptors, prog.base_addr, len(prog.image))
-        t0 = time.monotonic()
-        self._sim_wall = None
-        image, cycles = getattr(self, f"_run_{self.backend}")(prog, len(descriptors))
-        wall = self._sim_wall if self._sim_wall is not None else time.monotonic() - t0
-        array_macs = getattr(prog, "array_macs", self.cfg.macs)   # attention: GEMM array + P V array
-        engine = "conv" if getattr(prog, "out_layout", None) is not None else "gemm"
-        self.last_run = RunStats(self.backend, int(cycles), prog.macs, array_macs, wall, len(descriptors), engine)
+        """Run a compiled program on its inputs; return its image with the out region as the overlay
+        left it (prog.output(image) unpacks it). A program equal to one run before but for its inputs
+        (same descriptors, same weights) reuses that one's buffers: only its inputs are written.
+        `descriptors`: numeric fields to run instead of the compiled ones (tests); they are checked
+        against the buffer table like any program (and never cached)."""
+        key = None if descriptors is not None else _weights_key(prog)
+        loaded = self._cache.pop(key, None)
+        if loaded is None:
+            loaded = self._load(prog, descriptors)
+        else:
+            loaded.prog = prog
+        try:
+            loaded.write_inputs()
+            self.last_run = loaded.run()
+            image = prog.image.copy()
+            off, size = prog.regions["out"]
+            image[off:off + size] = loaded.read("out")
+        except BaseException:
+            loaded.free()
+            raise
+        if key is None:
+            loaded.free()
+        else:
+            self._cache[key] = loaded            # most recently used last
+            while len(self._cache) > self.CACHED_PROGRAMS:
+                self._cache.pop(next(iter(self._cache))).free()
         return image
+
+    def _load(self, prog, descriptors):
+        from sw.runtime.arena import ArenaFull
+        try:
+            return self.session.load(prog, f"call{next(self._names)}", descriptors=descriptors)
+        except ArenaFull:
+            if not self._cache:
+                raise
+            while self._cache:                   # make room: drop the kept programs, then try once more
+                self._cache.popitem()[1].free()
+            return self.session.load(prog, f"call{next(self._names)}", descriptors=descriptors)
 
     def _buffer_base(self) -> int:
         return self.BUFFER_BASE
 
-    # ---------------------------------------------------------------- backends
-    def _run_sim(self, prog, count):
-        from sw.backends.sim import SimOverlay
-        if self._sim is None:
-            self._sim = SimOverlay(self.cfg, self.ddr_bytes)
-        sim = self._sim
-        base, size = prog.base_addr, len(prog.image)
-        sim.ddr[base:base + size] = prog.image
-        cycles = MmioSession(sim.read_reg, sim.write_reg, self.timeout_s).run(base, count)
-        return sim.ddr[base:base + size].copy(), cycles
 
-    def _run_rtl(self, prog, count):
-        from sw.backends.rtl import run_images
-        res = run_images(self.cfg, [dict(base=prog.base_addr, image=prog.image, desc_count=count,
-                                          timeout=self.timeout_cycles)], stall=self.stall, waves=self.waves)[0]
-        if res["timed_out"]:
-            raise AcceleratorError(f"accelerator hung: not done after {self.timeout_cycles} cycles; "
-                                   f"{describe_error(res)}; the overlay has been reset")
-        if res["error"]:
-            raise AcceleratorError(f"accelerator error: {describe_error(res)}; the overlay has been reset")
-        self._sim_wall = float(res["sim_wall_s"])      # Verilator time only, without build and start-up
-        return res["image"], res["cycles"]
-
-    def _run_pynq(self, prog, count):
-        from sw.backends.pynq_backend import PynqRunner
-        if self._pynq is None:
-            self._pynq = PynqRunner(self.cfg, timeout_s=self.timeout_s, bitfile=self.bitfile)
-        return self._pynq.run(prog, count)
+def _weights_key(prog) -> str:
+    """What makes two compiled programs interchangeable but for their inputs: kind, descriptors, weights."""
+    h = hashlib.sha1(type(prog).__name__.encode())
+    for region, role in prog.ROLES.items():
+        if region in prog.regions and role in ("program", "weight"):
+            h.update(region.encode())
+            h.update(np.ascontiguousarray(prog.region(region)).tobytes())
+    return h.hexdigest()

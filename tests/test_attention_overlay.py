@@ -142,12 +142,12 @@ def test_host_refuses_bad_attention_descriptors(field, value, match):
     i = next(i for i, d in enumerate(descs) if d["opcode"] == isa.OPCODES["ATTENTION"])
     descs[i][field] = value
     with pytest.raises(DescriptorError, match=match):
-        check_descriptors(SIM, descs, prog.base_addr, len(prog.image))
+        check_descriptors(SIM, descs, prog.buffer_table())
     # The V target needs the attention engine.
     no_attn = SIM.replace(engines=("gemm",))
     with pytest.raises(DescriptorError, match="target"):
         check_descriptors(no_attn, [dict(opcode=1, target=3, count=1, sp_addr=0, dram_addr=0x100000)],
-                          prog.base_addr, len(prog.image))
+                          prog.buffer_table())
 
 
 def test_driver_splits_calls_too_big_for_one_program(monkeypatch):

@@ -195,9 +195,9 @@ def test_checks_refuse_bad_im2col_and_store_descriptors():
         descs = [dict(d) for d in prog.descriptors]
         descs[j].update(change)
         with pytest.raises(DescriptorError, match=match):
-            check_descriptors(SIM, descs, prog.base_addr, len(prog.image))
+            check_descriptors(SIM, descs, prog.buffer_table())
     with pytest.raises(DescriptorError, match="no convolution engine"):
-        check_descriptors(SIM.replace(engines=("gemm",)), prog.descriptors, prog.base_addr, len(prog.image))
+        check_descriptors(SIM.replace(engines=("gemm",)), prog.descriptors, prog.buffer_table())
 
 
 def test_short_reductions_run_output_rows_per_command_and_checks_bound_them():
@@ -222,7 +222,7 @@ def test_short_reductions_run_output_rows_per_command_and_checks_bound_them():
         descs = [dict(d) for d in prog.descriptors]
         descs[j].update(change)
         with pytest.raises(DescriptorError, match=match):
-            check_descriptors(SIM, descs, prog.base_addr, len(prog.image))
+            check_descriptors(SIM, descs, prog.buffer_table())
 
 
 @pytest.mark.parametrize("kw,match", [

@@ -214,19 +214,19 @@ def test_checks_refuse_bad_depthwise_descriptors():
     prog = compile_depthwise(SIM, x, wt, bias, mult, shift, padding=2, base_addr=0x100000)
     i = next(j for j, d in enumerate(prog.descriptors) if d["opcode"] == isa.OPCODES["DEPTHWISE"])
     ld = next(j for j, d in enumerate(prog.descriptors) if d.get("target") == isa.TARGETS["DW"])
-    check_descriptors(SIM, prog.descriptors, prog.base_addr, len(prog.image))
+    check_descriptors(SIM, prog.descriptors, prog.buffer_table())
     for j, change, match in [(i, {"dw_channels": 300}, "channels"), (i, {"count": 500}, "outside the buffer"),
                              (i, {"stride": 12}, "pitch"), (i, {"dw_width": 40}, "run past"),
                              (i, {"dw_out_addr": 0x100004}, "aligned"), (ld, {"count": 5000}, "DW scratchpad")]:
         descs = [dict(d) for d in prog.descriptors]
         descs[j].update(change)
         with pytest.raises(DescriptorError, match=match):
-            check_descriptors(SIM, descs, prog.base_addr, len(prog.image))
+            check_descriptors(SIM, descs, prog.buffer_table())
     no_dw = SIM.replace(engines=("gemm", "conv"))
     with pytest.raises(DescriptorError, match="no depthwise engine"):
-        check_descriptors(no_dw, prog.descriptors, prog.base_addr, len(prog.image))
+        check_descriptors(no_dw, prog.descriptors, prog.buffer_table())
     with pytest.raises(DescriptorError, match="DEPTHWISE"):
-        check_descriptors(no_dw, [prog.descriptors[i]], prog.base_addr, len(prog.image))
+        check_descriptors(no_dw, [prog.descriptors[i]], prog.buffer_table())
 
 
 def test_depthwise_fields_share_bits_it_does_not_read():

@@ -122,11 +122,15 @@ def test_driver_times_out_on_hung_sim_and_resets():
     descs[0]["wait_compute"] = 1
     with pytest.raises(DescriptorError, match="would hang"):
         drv.run(prog, descs)
-    # ... so corrupt the DDR copy after the check, as a faulty memory or bitstream would.
-    prog.image[32 * 3:32 * 4] = np.frombuffer(isa.pack_descriptor(opcode=isa.OPCODES["SYNC"], wait_store=5), np.uint8)
-    with pytest.raises(AcceleratorError, match=r"hung.*DESC_DONE=3.*reset"):
-        drv.run(prog)
-    assert drv._sim.read_reg(isa.REG["STATUS"]) == 0         # reset
+    # ... so corrupt the program in DDR after the check, as a faulty memory or bitstream would.
+    loaded = drv.session.load(prog, "corrupt")
+    loaded.write_inputs()
+    sync = np.frombuffer(isa.pack_descriptor(opcode=isa.OPCODES["SYNC"], wait_store=5), np.uint8)
+    drv.device.write(loaded.addresses["descriptors"] + 32 * 3, sync)
+    with pytest.raises(AcceleratorError, match=r"hung.*0.2 s.*DESC_DONE=3.*reset"):
+        loaded.run()
+    loaded.free()
+    assert drv.device.read_reg(isa.REG["STATUS"]) == 0        # reset
     good = drv.compile(a, b, bias, mult, shift)
     assert np.array_equal(good.output(drv.run(good)), gemm(a, b, bias, mult, shift))
 
@@ -136,9 +140,10 @@ def test_driver_reports_bad_opcode_error():
     a, b, bias, mult, shift = layer(rng, 4, 8, 8)
     drv = Driver(SIM, "sim")
     prog = drv.compile(a, b, bias, mult, shift)
-    prog.image[0] = 0x77
+    loaded = drv.session.load(prog, "bad")
+    drv.device.write(loaded.addresses["descriptors"], np.array([0x77], np.uint8))   # past the host check
     with pytest.raises(AcceleratorError, match="bad opcode"):
-        drv.run(prog)
+        loaded.run()
 
 
 @pytest.mark.parametrize("field,value,match", [
@@ -150,7 +155,7 @@ def test_host_refuses_bad_descriptors(field, value, match):
     descs = [dict(d) for d in prog.descriptors]
     descs[0][field] = value
     with pytest.raises(DescriptorError, match=match):
-        check_descriptors(SIM, descs, prog.base_addr, len(prog.image))
+        check_descriptors(SIM, descs, prog.buffer_table())
 
 
 def test_compiler_refuses_what_does_not_fit():

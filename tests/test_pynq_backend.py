@@ -30,7 +30,7 @@ def test_pynq_equals_sim_equals_golden():
         assert np.array_equal(got_p, want) and np.array_equal(got_s, want)
         assert drv_p.last_run.cycles == drv_s.last_run.cycles
     # The real library is in the path: Overlay bound our IP driver by VLNV, MMIO and PynqBuffer are pynq's.
-    runner = drv_p._pynq
+    runner = drv_p.device
     assert isinstance(runner.overlay, pynq.Overlay) and isinstance(runner.ip, pynq.DefaultIP)
     assert isinstance(runner.ip.mmio, pynq.MMIO)
     assert runner.ip.mmio.read(isa.REG["CONFIG"]) & 0xFFFF == SIM.rows | SIM.cols << 8
@@ -42,7 +42,7 @@ def test_pynq_hang_times_out_resets_and_raises(monkeypatch):
     drv = Driver(SIM, "pynq", timeout_s=0.2)
     a, b, bias, mult, shift = layer(np.random.default_rng(1), 4, 8, 8)
     drv.linear(a, b, bias, mult, shift)                      # brings the device up
-    model = drv._pynq.device.model
+    model = drv.device.device.model
 
     def dead_bitstream():                                    # accepts START, never finishes
         model.regs["STATUS"] = isa.STATUS_BUSY
@@ -50,4 +50,4 @@ def test_pynq_hang_times_out_resets_and_raises(monkeypatch):
     monkeypatch.setattr(model, "_run", dead_bitstream)
     with pytest.raises(AcceleratorError, match=r"hung.*0.2 s.*DESC_DONE=2.*reset"):
         drv.linear(a, b, bias, mult, shift)
-    assert drv._pynq.ip.mmio.read(isa.REG["STATUS"]) == 0    # the soft reset cleared BUSY
+    assert drv.device.ip.mmio.read(isa.REG["STATUS"]) == 0    # the soft reset cleared BUSY

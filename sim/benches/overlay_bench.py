@@ -1,26 +1,31 @@
-"""cocotb bench: the whole overlay through its AXI ports (cocotbext-axi AxiSlave + AxiLiteMaster).
+"""cocotb bench: the whole overlay through its AXI ports, serving a host process until told to stop.
 
-DDR is cocotbext-axi's AxiSlave on a MemoryRegion (out-of-range accesses answer SLVERR).
-Runs compiled programs (sw.compiler: DDR image + descriptors) exactly as a host
-would: image into DDR, DESC_ADDR/DESC_COUNT, START, wait for the done interrupt,
-read STATUS/ERROR/CYCLES, DDR back out. Random backpressure on every AXI channel
-(BENCH_STALL > 0). The comparison with golden is done by the caller (sw/backends/rtl.py).
-Environment: PROGRAM_DIR (prog_NNN.npz in, res_NNN.npz out), BENCH_STALL, BENCH_SEED,
-BENCH_TIMEOUT (cycles per program).
+DDR is cocotbext-axi's AxiSlave on a MemoryRegion (out-of-range accesses answer SLVERR);
+the registers are reached through an AxiLiteMaster. The bench is a long-lived device: it
+connects to the host's socket (SERVE_SOCKET) and answers requests (sim.rpc messages) one
+at a time, so DDR keeps its contents between programs:
+  ("write", addr, bytes) / ("read", addr, n)      DDR, by the back door (no simulated time)
+  ("reg_write", offset, value) / ("reg_read", offset)   AXI4-Lite transactions
+  ("wait", cycles)   until the interrupt rises or `cycles` pass; answers (irq, wall seconds)
+  ("stop",)
+The register protocol itself is the host's (sw.runtime.backend.Backend.run), as for every backend.
+Random backpressure on every AXI channel with BENCH_STALL > 0. Environment: SERVE_SOCKET,
+BENCH_DDR_BYTES, BENCH_STALL, BENCH_SEED.
 """
 import os
 import random
+import socket
 import time
-from pathlib import Path
 
 import cocotb
-import numpy as np
 from cocotb.clock import Clock
 from cocotb.triggers import ClockCycles, First, RisingEdge, Timer
 from cocotbext.axi import AxiBus, AxiLiteBus, AxiLiteMaster, AxiSlave
 from cocotbext.axi.address_space import MemoryRegion
 
-from hw import isa
+from sim import rpc
+
+CLOCK_NS = 10
 
 
 def pauses(rng: random.Random, p: float):
@@ -31,7 +36,6 @@ def pauses(rng: random.Random, p: float):
 class OverlayTB:
     def __init__(self, dut, ddr_bytes: int, stall: float, seed: int):
         self.dut = dut
-        # DDR: cocotbext-axi's slave on a memory region; accesses outside it answer SLVERR.
         self.ddr = MemoryRegion(ddr_bytes)
         self.ram = AxiSlave(AxiBus.from_prefix(dut, "m_axi_"), dut.clk, dut.rst, target=self.ddr)
         self.ctrl = AxiLiteMaster(AxiLiteBus.from_prefix(dut, "s_axil_"), dut.clk, dut.rst)
@@ -44,53 +48,48 @@ class OverlayTB:
                 ch.set_pause_generator(pauses(random.Random(rng.random()), stall))
 
     async def reset(self):
-        cocotb.start_soon(Clock(self.dut.clk, 10, unit="ns").start())
+        cocotb.start_soon(Clock(self.dut.clk, CLOCK_NS, unit="ns").start())
         self.dut.rst.value = 1
         await ClockCycles(self.dut.clk, 4)
         self.dut.rst.value = 0
         await ClockCycles(self.dut.clk, 2)
 
-    async def read(self, name):
-        return int.from_bytes((await self.ctrl.read(isa.REG[name], 4)).data, "little")
-
-    async def write(self, name, value):
-        await self.ctrl.write(isa.REG[name], int(value).to_bytes(4, "little"))
-
-    async def run(self, base, image, desc_count, timeout):
-        self.ddr.mem[base:base + len(image)] = image.tobytes()
-        await self.write("DESC_ADDR", base)
-        await self.write("DESC_COUNT", desc_count)
-        await self.write("IRQ_ENABLE", 1)
-        await self.write("CONTROL", isa.CONTROL_START)
-        if not self.dut.irq.value:     # one trigger, not a Python wake-up per cycle
-            await First(RisingEdge(self.dut.irq), Timer(timeout * 10, unit="ns"))
-        await RisingEdge(self.dut.clk)
-        status = await self.read("STATUS")
-        result = {"status": status, "error": await self.read("ERROR"), "cycles": await self.read("CYCLES"),
-                  "desc_done": await self.read("DESC_DONE"), "error_desc": await self.read("ERROR_DESC"),
-                  "timed_out": int(not (status & (isa.STATUS_DONE | isa.STATUS_ERROR)))}
-        if result["timed_out"] or result["error"]:
-            await self.write("CONTROL", isa.CONTROL_RESET)     # what the driver does on a hang
-            result["status_after_reset"] = await self.read("STATUS")
-        else:
-            await self.write("STATUS", isa.STATUS_DONE)        # acknowledge the interrupt
-        result["image"] = np.frombuffer(self.ddr.mem[base:base + len(image)], np.uint8).copy()
-        return result
+    async def handle(self, req):
+        op = req[0]
+        if op == "write":
+            _, addr, data = req
+            self.ddr.mem[addr:addr + len(data)] = data
+            return None
+        if op == "read":
+            _, addr, n = req
+            return bytes(self.ddr.mem[addr:addr + n])
+        if op == "reg_write":
+            await self.ctrl.write(req[1], int(req[2]).to_bytes(4, "little"))
+            return None
+        if op == "reg_read":
+            return int.from_bytes((await self.ctrl.read(req[1], 4)).data, "little")
+        if op == "wait":
+            t0 = time.monotonic()
+            if not self.dut.irq.value:      # one trigger, not a Python wake-up per cycle
+                await First(RisingEdge(self.dut.irq), Timer(req[1] * CLOCK_NS, unit="ns"))
+            await RisingEdge(self.dut.clk)
+            return bool(self.dut.irq.value), time.monotonic() - t0
+        raise ValueError(f"unknown request {op!r}")
 
 
 @cocotb.test()
-async def run_programs(dut):
-    folder = Path(os.environ["PROGRAM_DIR"])
-    progs = sorted(folder.glob("prog_*.npz"))
-    assert progs, f"no programs in {folder}"
-    metas = [np.load(p) for p in progs]
-    ddr = max(int(m["base"]) + len(m["image"]) for m in metas)
-    ddr = 1 << max(16, (ddr - 1).bit_length())
-    tb = OverlayTB(dut, ddr, float(os.environ.get("BENCH_STALL", "0")), int(os.environ.get("BENCH_SEED", "1")))
+async def serve(dut):
+    tb = OverlayTB(dut, int(os.environ["BENCH_DDR_BYTES"]), float(os.environ.get("BENCH_STALL", "0")),
+                   int(os.environ.get("BENCH_SEED", "1")))
     await tb.reset()
-    for path, meta in zip(progs, metas):
-        timeout = int(meta["timeout"]) if "timeout" in meta else int(os.environ.get("BENCH_TIMEOUT", "10000000"))
-        t0 = time.monotonic()
-        res = await tb.run(int(meta["base"]), meta["image"], int(meta["desc_count"]), timeout)
-        res["sim_wall_s"] = time.monotonic() - t0      # simulation only, without build and start-up
-        np.savez(folder / path.name.replace("prog_", "res_"), **res)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.connect(os.environ["SERVE_SOCKET"])
+        while True:
+            req = rpc.recv(sock)
+            if req[0] == "stop":
+                rpc.send(sock, ("ok", None))
+                return
+            try:
+                rpc.send(sock, ("ok", await tb.handle(req)))
+            except Exception as e:          # the host raises it; the session goes on
+                rpc.send(sock, ("error", f"{type(e).__name__}: {e}"))

@@ -11,17 +11,25 @@ from __future__ import annotations
 import numpy as np
 
 from hw import isa
+from sw.runtime.arena import Arena
+from sw.runtime.backend import Backend
 
 OVERLAY_VLNV = isa.IP_VLNV   # the board flow packages the IP under this VLNV
 IP_NAME = isa.IP_INSTANCE
 CSR_BASE = 0xA000_0000          # where the registers sit in the simulated address map
-_SIM = {"cfg": None, "ddr_bytes": 1 << 26}
+#: The simulated device's DDR: room for a few sessions' arenas (numpy leaves untouched pages unmapped).
+_SIM = {"cfg": None, "ddr_bytes": 1 << 28}
 
 
-def use_simulated_device(cfg, ddr_bytes: int = 1 << 26) -> None:
-    """Make the simulated device the one pynq finds (call before pynq first probes devices)."""
+def use_simulated_device(cfg, ddr_bytes: int = 1 << 28) -> None:
+    """Make the simulated device the one pynq finds (call before pynq first probes devices). Another
+    configuration than the device's is another bitstream: the device starts afresh (new registers and
+    DDR; buffers of sessions on the old one are void, as on a board after a new download)."""
+    changed = _SIM["cfg"] is not None and (_SIM["cfg"] != cfg or _SIM["ddr_bytes"] != ddr_bytes)
     _SIM["cfg"], _SIM["ddr_bytes"] = cfg, ddr_bytes
     _define_device()
+    if changed and _SimDeviceClass[0]._singleton is not None:
+        _SimDeviceClass[0]._singleton.power_on()
     from pynq.pl_server.device import Device
     if "_devices" in Device.__dict__ or hasattr(Device, "_devices"):
         # pynq probed already (e.g. an earlier run in this process): put ours first.
@@ -88,8 +96,12 @@ def _define_device():
             super().__init__("sam2fpga-sim")
             self.name = "sam2fpga-sim"
             self.capabilities = {"MEMORY_MAPPED": True}
+            self.power_on()
+
+        def power_on(self):
             self.model = SimOverlay(_SIM["cfg"], _SIM["ddr_bytes"])
-            self._next = 0x0010_0000
+            self.memory = Arena(0x0010_0000, _SIM["ddr_bytes"] - 0x0010_0000)   # the PS DDR's free pages
+            self._allocations = 0
 
         def has_capability(self, cap):
             return self.capabilities.get(cap, False)
@@ -107,15 +119,16 @@ def _define_device():
 
         def allocate(self, shape, dtype, **kwargs):
             nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
-            addr = self._next
-            if addr + nbytes > len(self.model.ddr):
-                raise MemoryError(f"simulated DDR full: {nbytes} bytes requested")
-            self._next = -(-(addr + nbytes) // 4096) * 4096
+            self._allocations += 1
+            addr = self.memory.allocate(f"cma{self._allocations}", max(1, nbytes)).addr
             return PynqBuffer(shape, dtype, buffer=self.model.ddr, offset=addr, device_address=addr,
                               device=self, coherent=True)
 
-        def free(self, *args):
-            pass
+        def release(self, buf):
+            """Give a buffer's pages back (pynq's freebuffer only unmaps; the board's driver frees them)."""
+            name = next((n for n, b in self.memory.buffers.items() if b.addr == buf.device_address), None)
+            if name is not None and buf.base is self.model.ddr:    # not one from before a power_on
+                self.memory.free(name)
 
     class GemmOverlayIP(DefaultIP):
         """Driver for the overlay IP: found by its VLNV in pynq.Overlay."""
@@ -124,41 +137,56 @@ def _define_device():
     _SimDeviceClass.append(SimPynqDevice)
 
 
-class PynqRunner:
-    def __init__(self, cfg, *, timeout_s: float = 10.0, bitfile: str | None = None):
+class PynqBackend(Backend):
+    """The backend interface over pynq: the arena is one pynq.allocate for the session, the registers
+    the overlay IP's MMIO. `bitfile`: the overlay's .bit on a board (its .hwh beside it); None runs
+    the real pynq library on the simulated device."""
+    name = "pynq"
+
+    def __init__(self, cfg, *, ddr_bytes: int = 1 << 26, timeout_s: float = 10.0, bitfile: str | None = None, **_):
         import pynq
         from pynq.pl_server.device import Device
 
-        self.cfg, self.timeout_s = cfg, timeout_s
-        on_board = bitfile is not None
-        if not on_board:
+        self.on_board = bitfile is not None
+        if not self.on_board:
             # No board: the simulated device (must be registered before pynq probes).
             use_simulated_device(cfg)
             from sim.runner import BUILD
-            placeholder = BUILD / "pynq" / "sam2fpga_gemm_sim.bit"
+            placeholder = BUILD / "pynq" / "sam2fpga_sim.bit"
             placeholder.parent.mkdir(parents=True, exist_ok=True)
             placeholder.write_bytes(b"")
             bitfile = str(placeholder)
         self.device = Device.active_device
-        self.overlay = pynq.Overlay(bitfile, download=on_board, device=self.device)
+        self.overlay = pynq.Overlay(bitfile, download=self.on_board, device=self.device)
         self.ip = getattr(self.overlay, IP_NAME)
-        self.pynq = pynq
+        self.mmio = self.ip.mmio
+        self.buf = pynq.allocate(shape=(ddr_bytes,), dtype=np.uint8)     # the session's DDR arena
+        super().__init__(cfg, int(self.buf.device_address), ddr_bytes)
+        self.timeout_s = timeout_s
+        self.poll_s = 1e-4 if self.on_board else 0.0      # a board: do not hammer the AXI-Lite bus
 
-    def run(self, prog, count):
-        from sw.checks import check_descriptors
-        from sw.compiler import relocate
-        from sw.driver import MmioSession
+    def _write(self, addr, data):
+        view = self.buf[addr - self.ddr_base:addr - self.ddr_base + data.size]
+        view[:] = data
+        view.flush()
 
-        buf = self.pynq.allocate(shape=(len(prog.image),), dtype=np.uint8, target=None)
-        try:
-            prog = relocate(prog, buf.device_address)
-            check_descriptors(self.cfg, prog.descriptors, prog.base_addr, len(prog.image))
-            buf[:] = prog.image
-            buf.flush()
-            mmio = self.ip.mmio
-            session = MmioSession(lambda off: mmio.read(off), lambda off, v: mmio.write(off, int(v)), self.timeout_s)
-            cycles = session.run(prog.base_addr, count)
-            buf.invalidate()
-            return np.array(buf), cycles
-        finally:
+    def _read(self, addr, size):
+        view = self.buf[addr - self.ddr_base:addr - self.ddr_base + size]
+        view.invalidate()
+        return np.array(view)
+
+    def read_reg(self, offset):
+        return int(self.mmio.read(offset))
+
+    def write_reg(self, offset, value):
+        self.mmio.write(offset, int(value))
+
+    def close(self):
+        buf, self.buf = getattr(self, "buf", None), None      # (also when __init__ stopped half way)
+        if buf is not None:
+            if not self.on_board:
+                self.device.release(buf)
             buf.freebuffer()
+
+    def __del__(self):
+        self.close()

@@ -1,17 +1,25 @@
-"""The rtl backend: the generated overlay Verilog under cocotb/Verilator, DDR = a cocotbext-axi AXI slave.
+"""The rtl backend: the generated overlay Verilog under cocotb/Verilator, a long-lived session.
 
-Programs (DDR images with descriptors) go to the bench as .npz files; one Verilator
-build and one simulator run serve a whole batch of programs.
+One Verilator build per configuration; one simulator run per backend, serving this process's
+requests over a Unix socket (sim.benches.overlay_bench) until closed, so the AXI RAM (DDR)
+keeps weights and activations between programs like a board's DDR does.
 """
 from __future__ import annotations
 
+import atexit
 import fcntl
 import hashlib
 import json
+import socket
 import tempfile
+import threading
 from pathlib import Path
 
 import numpy as np
+
+from hw import isa
+from sim import rpc
+from sw.runtime.backend import AcceleratorError, Backend
 
 
 def overlay_verilog(cfg) -> Path:
@@ -26,28 +34,160 @@ def config_tag(cfg) -> str:
     return f"{cfg.name}_{digest}"
 
 
+class SessionDied(RuntimeError):
+    """The simulator stopped answering (build failure, crash); the message names its log."""
+
+
+_LIVE: dict[str, "RtlBackend"] = {}       # build name -> the open session using that build directory
+
+
+class RtlBackend(Backend):
+    name = "rtl"
+
+    def __init__(self, cfg, *, ddr_bytes: int = 1 << 26, timeout_cycles: int = 50_000_000, stall: float = 0.0,
+                 seed: int = 1, waves: bool | None = None, build_name: str | None = None, **_):
+        from hw.overlay import VERILOG_NAME
+        from sim.runner import BUILD, run_bench
+        super().__init__(cfg, 0, ddr_bytes)
+        self.timeout_cycles = timeout_cycles
+        self.build_name = build_name or f"overlay-{config_tag(cfg)}"
+        if self.build_name in _LIVE:        # one simulator per build directory: this process's older one ends
+            _LIVE[self.build_name].close()
+        verilog = overlay_verilog(cfg)
+        self._log = BUILD / "sim" / self.build_name / "verilator" / "test.log"
+        lock_path = BUILD / "sim" / f"{self.build_name}.lock"
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        # The build directory is shared by processes (pytest workers, the CLI): take turns for the session's life.
+        self._lock = open(lock_path, "w")
+        fcntl.flock(self._lock, fcntl.LOCK_EX)
+        self._tmp = tempfile.TemporaryDirectory(prefix="sam2fpga-rtl-")
+        address = str(Path(self._tmp.name) / "serve.sock")
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(address)
+        listener.listen(1)
+        listener.settimeout(1.0)
+        self._failure: BaseException | None = None
+
+        def simulate():
+            try:
+                run_bench(verilog, VERILOG_NAME, "overlay_bench", name=self.build_name, waves=waves,
+                          extra_env={"SERVE_SOCKET": address, "BENCH_DDR_BYTES": str(ddr_bytes),
+                                     "BENCH_STALL": str(stall), "BENCH_SEED": str(seed)})
+            except BaseException as e:       # reported by the next request
+                self._failure = e
+
+        self._thread = threading.Thread(target=simulate, name=f"rtl-{self.build_name}", daemon=True)
+        self._thread.start()
+        self._sock = None
+        try:
+            while self._sock is None:        # Verilator build, then the simulator connects
+                try:
+                    self._sock, _ = listener.accept()
+                except socket.timeout:
+                    if not self._thread.is_alive():
+                        raise SessionDied(f"the Verilator session did not start: {self._failure} "
+                                          f"(log: {self._log})") from None
+        except BaseException:
+            self._release()
+            raise
+        finally:
+            listener.close()
+        _LIVE[self.build_name] = self
+
+    # ---------------------------------------------------------------- requests
+    def _call(self, *req):
+        if self._sock is None:
+            raise SessionDied("the rtl session is closed")
+        try:
+            rpc.send(self._sock, req)
+            status, value = rpc.recv(self._sock)
+        except (ConnectionError, OSError) as e:
+            self._release()
+            raise SessionDied(f"the Verilator session ended: {self._failure or e} (log: {self._log})") from None
+        if status != "ok":
+            raise RuntimeError(f"rtl bench: {value}")
+        return value
+
+    def _write(self, addr, data):
+        self._call("write", addr, data.tobytes())
+
+    def _read(self, addr, size):
+        return np.frombuffer(self._call("read", addr, size), np.uint8).copy()
+
+    def read_reg(self, offset):
+        return self._call("reg_read", offset)
+
+    def write_reg(self, offset, value):
+        self._call("reg_write", offset, int(value))
+
+    def wait_done(self):
+        irq, self.sim_wall_s = self._call("wait", self.timeout_cycles)
+        return None if irq else f"{self.timeout_cycles} cycles"
+
+    def run(self, desc_addr, count):
+        self.sim_wall_s = 0.0
+        try:
+            return super().run(desc_addr, count)
+        finally:
+            self.last_wall_s = self.sim_wall_s      # Verilator time only, without the requests around it
+
+    # ---------------------------------------------------------------- lifetime
+    def close(self):
+        if self._sock is not None:
+            try:
+                self._call("stop")
+            except (SessionDied, RuntimeError):
+                pass
+            self._thread.join(timeout=60)
+        self._release()
+
+    def _release(self):
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        if _LIVE.get(self.build_name) is self:
+            del _LIVE[self.build_name]
+        if self._lock is not None:
+            self._lock.close()               # releases the flock
+            self._lock = None
+            self._tmp.cleanup()
+
+
+@atexit.register
+def _close_all():
+    for be in list(_LIVE.values()):
+        be.close()
+
+
 def run_images(cfg, jobs: list[dict], *, stall: float = 0.0, seed: int = 1, waves: bool | None = None,
                name: str | None = None) -> list[dict]:
-    """Run each job {base, image (uint8), desc_count[, timeout]} on the RTL; return the bench's results.
+    """Run raw DDR images {base, image (uint8), desc_count[, timeout]} one after another on one rtl
+    session, through the backend's register protocol; errors and hangs are returned, not raised.
 
-    Each result has: image (DDR after the run), status, error, cycles, desc_done, timed_out.
-    """
-    from hw.overlay import VERILOG_NAME
-    from sim.runner import BUILD, run_bench
-    verilog = overlay_verilog(cfg)
-    name = name or f"overlay-{config_tag(cfg)}"
-    lock_path = BUILD / "sim" / f"{name}.lock"
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    # One build directory per configuration, shared by processes (pytest workers, CLI): take turns.
-    with open(lock_path, "w") as lock, tempfile.TemporaryDirectory(prefix="sam2fpga-rtl-") as tmp:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        folder = Path(tmp)
-        for i, job in enumerate(jobs):
-            np.savez(folder / f"prog_{i:03d}.npz", **{k: np.asarray(v) for k, v in job.items()})
-        run_bench(verilog, VERILOG_NAME, "overlay_bench", name=name, waves=waves,
-                  extra_env={"PROGRAM_DIR": str(folder), "BENCH_STALL": str(stall), "BENCH_SEED": str(seed)})
-        out = []
-        for i in range(len(jobs)):
-            with np.load(folder / f"res_{i:03d}.npz") as r:
-                out.append({k: (r[k] if r[k].ndim else r[k].item()) for k in r.files})
-        return out
+    Each result has: image (the image's bytes after the run), status, error, cycles, desc_done,
+    error_desc, timed_out, sim_wall_s, and after an error or hang status_after_reset."""
+    out = []
+    with RtlBackend(cfg, stall=stall, seed=seed, waves=waves, build_name=name,
+                    ddr_bytes=_ddr_for(jobs)) as be:
+        for job in jobs:
+            image = np.asarray(job["image"], np.uint8)
+            base = int(job["base"])
+            be.timeout_cycles = int(job.get("timeout", 10_000_000))
+            be.write(base, image)
+            res = {}
+            try:
+                be.run(base, int(job["desc_count"]))
+                regs, res["timed_out"] = be.last_regs, 0
+            except AcceleratorError as e:
+                regs, res["timed_out"] = e.regs, int(e.timed_out)
+                res["status_after_reset"] = be.read_reg(isa.REG["STATUS"])
+            res.update(status=regs["STATUS"], error=regs["ERROR"], cycles=regs["CYCLES"],
+                       desc_done=regs["DESC_DONE"], error_desc=regs["ERROR_DESC"], sim_wall_s=be.last_wall_s,
+                       image=be.read(base, image.size))
+            out.append(res)
+    return out
+
+
+def _ddr_for(jobs) -> int:
+    end = max(int(j["base"]) + len(j["image"]) for j in jobs)
+    return 1 << max(16, (end - 1).bit_length())

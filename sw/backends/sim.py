@@ -43,7 +43,7 @@ class SimOverlay:
         self.cfg = cfg
         self.ddr = np.zeros(ddr_bytes, np.uint8)
         self.regs = {r.name: 0 for r in isa.REGISTERS}
-        self.regs["CONFIG"] = cfg.rows | cfg.cols << 8 | (cfg.axi_data_bits // 8) << 16 | isa.ISA_VERSION << 24
+        self.regs["CONFIG"] = isa.config_word(cfg)
         self._soft_reset()
 
     def _soft_reset(self):

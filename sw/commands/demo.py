@@ -9,7 +9,9 @@ map against two 64x64 memory frames, d 256) on the sim backend whole and on the 
 backend as a tile of it, checked bit-exact against golden, with cycles and the error
 against float attention; SAM 2's patch-embed convolution (7x7 stride 4, 3 -> 96
 channels) on a tile of a real photo through the convolution engine, on the sim and
-rtl backends, checked bit-exact against golden; and finally segment a real photo
+rtl backends, checked bit-exact against golden; a linear -> attention -> linear -> conv ->
+depthwise chain whose activations stay in DDR on the sim and pynq backends (host <-> DDR bytes
+per run: input and output only); and finally segment a real photo
 (scikit-image's cat) from one click on the NumPy golden SAM 2.1 tiny and write the overlay PNG. Without
 --checkpoint the model has seeded random weights, and the demo says so.
 """
@@ -38,6 +40,7 @@ def run(args) -> int:
         _gemm_layer(args)
         _attention_call(args)
         _patch_embed_tile(args)
+        _chain_in_ddr()
     except ToolchainError as e:
         raise CommandError(str(e)) from e
     _segment_photo(args)
@@ -50,10 +53,10 @@ def _requant_smoke(args) -> None:
     from hw.verilog import write_verilog
     from sim.runner import run_bench
 
-    print("[1/6] Amaranth -> Verilog: requantiser (int32 -> int8, fixed-point multiplier and shift)")
+    print("[1/7] Amaranth -> Verilog: requantiser (int32 -> int8, fixed-point multiplier and shift)")
     path = write_verilog(Requantizer(), "requant", args.out)
     print(f"      wrote {path} ({len(path.read_text().splitlines())} lines)")
-    print("[2/6] cocotb + Verilator: RTL vs golden_model.intops.requantize, random stalls on both streams")
+    print("[2/7] cocotb + Verilator: RTL vs golden_model.intops.requantize, random stalls on both streams")
     t0 = time.monotonic()
     result = run_bench(path, "requant", "requant_bench", name="demo-requant", waves=args.waves)
     print(f"      {result.passed} cocotb tests passed, 0 failed, bit-exact against golden "
@@ -73,7 +76,7 @@ def _gemm_layer(args) -> None:
 
     cfg = preset("sim")
     m, k, n = 24, 96, 40
-    print(f"[3/6] GEMM overlay ({cfg.rows} x {cfg.cols} systolic array, preset {cfg.name}): quantised linear layer "
+    print(f"[3/7] GEMM overlay ({cfg.rows} x {cfg.cols} systolic array, preset {cfg.name}): quantised linear layer "
           f"{m} x {k} x {n}, int8 + per-channel requantisation + ReLU, operands in DDR")
     a, b, bias, mult, shift = random_layer(np.random.default_rng(0), m, k, n)
     want = gemm(a, b, bias, mult, shift, relu=True)
@@ -105,7 +108,7 @@ def _attention_call(args) -> None:
 
     big, small = preset("bench16"), preset("sim")
     lq, lk, d = ATTN_QUERIES, ATTN_KEYS, ATTN_D
-    print(f"[4/6] attention engine (integer online softmax, Q K^T on the GEMM array + P V array): "
+    print(f"[4/7] attention engine (integer online softmax, Q K^T on the GEMM array + P V array): "
           f"{lq} queries (64x64 map) x {lk} keys (2 memory frames), d {d}, int8 q/k/v in DDR")
     t0 = time.monotonic()
     q, k, v, quant, scales = random_attention(np.random.default_rng(0), 1, lq, lk, d)
@@ -158,7 +161,7 @@ def _patch_embed_tile(args) -> None:
     # uint8 RGB -> int8 CHW (x - 128), the int8 image the quantised patch embed sees.
     x = np.ascontiguousarray((photo[y0:y0 + n, x0:x0 + n].astype(np.int16) - 128).astype(np.int8).transpose(2, 0, 1))
     _, wt, bias, mult, shift = random_conv(np.random.default_rng(0), 3, 1, 1, 96, 7)
-    print(f"[5/6] convolution engine: SAM 2 patch embed (7x7 stride 4 pad 3, 3 -> 96 channels, seeded random "
+    print(f"[5/7] convolution engine: SAM 2 patch embed (7x7 stride 4 pad 3, 3 -> 96 channels, seeded random "
           f"int8 weights) on a {n}x{n} tile of the photo, im2col on the fly from DDR")
     want = intconv.conv2d(x, wt, bias, mult, shift, stride=4, padding=3)
     for backend in ("sim", "rtl"):
@@ -170,6 +173,37 @@ def _patch_embed_tile(args) -> None:
         r = drv.last_run
         print(f"      {backend:<3}: {'x'.join(map(str, got.shape))} bit-exact against golden on the {r.engine} "
               f"engine; {r.cycles} cycles, MAC utilisation {r.utilisation:.1%} ({time.monotonic() - t0:.1f} s)")
+
+
+def _chain_in_ddr() -> None:
+    import numpy as np
+
+    from hw.config import preset
+    from sw.cli import CommandError
+    from sw.runtime.backend import open_backend
+    from sw.runtime.chain import Chain, ChainSpec, ChainWeights
+    from sw.runtime.session import Session
+
+    cfg, spec = preset("bench16"), ChainSpec()
+    print(f"[6/7] runtime: linear -> attention -> linear -> conv -> depthwise on {cfg.name}, activations kept in "
+          f"DDR ({spec.channels_in} x {spec.height} x {spec.width} input; docs/runtime.md)")
+    x = np.random.default_rng(1).integers(-128, 128, (spec.channels_in, spec.height, spec.width)).astype(np.int8)
+    weights = ChainWeights.random(spec)
+    for backend in ("sim", "pynq"):
+        t0 = time.monotonic()
+        session = Session(open_backend(backend, cfg))
+        try:
+            chain = Chain(session, weights)
+            chain.run(x)                              # warm: the second run shows what crosses per run
+            y = chain.run(x)
+        finally:
+            session.close()
+        if not np.array_equal(y, chain.golden(x)):
+            raise CommandError(f"the chain on {backend} differs from golden")
+        t = chain.last_traffic
+        print(f"      {backend:<4}: bit-exact against golden; once {chain.setup_traffic.to_ddr:,} bytes to DDR "
+              f"(weights {chain.setup_bytes['weights']:,}), per run {t.to_ddr:,} in / {t.from_ddr:,} out; "
+              f"{sum(r.cycles for r in chain.last_runs):,} cycles ({time.monotonic() - t0:.1f} s)")
 
 
 def _photo():
@@ -192,7 +226,7 @@ def _segment_photo(args) -> None:
 
     from sw.commands.segment import build_model, overlay, segment
 
-    print("[6/6] golden SAM 2.1 tiny (NumPy): segment a photo from one click")
+    print("[7/7] golden SAM 2.1 tiny (NumPy): segment a photo from one click")
     try:
         from skimage import data
     except ImportError as e:

@@ -3,6 +3,7 @@
   sim gemm --m M --k K --n N            one linear layer (int8 GEMM + requantisation)
   sim conv --in CxHxW --out C --k K --stride S [--padding P] [--depthwise | --transposed]
   sim attention --q Q --kv KV --d D     one attention (int8 q, k, v; online softmax), per head
+  sim chain [--backend sim|rtl|pynq]    linear -> attention -> linear -> conv -> depthwise kept in DDR
 """
 from __future__ import annotations
 
@@ -39,6 +40,20 @@ def add_arguments(parser):
     a.add_argument("--logit-std", type=float, default=3.0, help="standard deviation of the random logits")
     _common(a)
     a.set_defaults(_run=run_attention)
+    ch = sub.add_parser("chain", help="a layer chain whose activations stay in DDR (docs/runtime.md)",
+                        description="linear -> attention -> linear -> conv -> depthwise as programs over one "
+                        "session's DDR arena, checked against golden; prints cycles and host <-> DDR bytes")
+    ch.add_argument("--size", default="16x16", metavar="HxW", help="feature map size (W a multiple of the array's cols)")
+    ch.add_argument("--runs", type=int, default=2, help="runs on new inputs (weights stay in DDR)")
+    ch.add_argument("--heads", type=int, default=1, help="attention heads (32 channels split among them)")
+    from hw.config import PRESETS
+    ch.add_argument("--preset", default="bench16", choices=sorted(PRESETS), help="overlay configuration (square array)")
+    ch.add_argument("--backend", default="sim", choices=["sim", "rtl", "pynq"],
+                    help="functional model, Verilator, or pynq (the simulated device without a board)")
+    ch.add_argument("--stall", type=float, default=0.0, help="rtl: random AXI backpressure probability")
+    ch.add_argument("--waves", action="store_true", help="dump waveforms (rtl)")
+    ch.add_argument("--seed", type=int, default=0)
+    ch.set_defaults(_run=run_chain)
 
 
 def _common(p):
@@ -278,3 +293,51 @@ def attention_error(got, q, k, v, scales) -> tuple[float, float]:
     floor = float(np.linalg.norm(np.clip(np.round(ref / so), -128, 127) * so - ref)) / norm
     return err, floor
 
+
+
+def run_chain(args) -> int:
+    import dataclasses
+
+    import numpy as np
+
+    from hw.config import preset
+    from sw.cli import CommandError, UsageError
+    from sw.runtime.arena import ArenaFull
+    from sw.runtime.backend import open_backend
+    from sw.runtime.chain import Chain, ChainSpec, ChainWeights
+    from sw.runtime.session import Session
+
+    try:
+        h, w = (int(v) for v in args.size.lower().split("x"))
+    except ValueError:
+        raise UsageError(f"--size {args.size!r} is not HxW") from None
+    if min(h, w, args.runs, args.heads) < 1:
+        raise UsageError("--size, --runs and --heads must be positive")
+    cfg = preset(args.preset)
+    missing = [e for e in ("attention", "conv", "depthwise") if e not in cfg.engines]
+    if missing:
+        raise UsageError(f"preset {cfg.name!r} has no {', '.join(missing)} engine (the chain needs all)")
+    spec = dataclasses.replace(ChainSpec(), height=h, width=w, heads=args.heads)
+    session = Session(open_backend(args.backend, cfg, stall=args.stall, waves=args.waves or None))
+    try:
+        chain = Chain(session, ChainWeights.random(spec, args.seed))
+        rng = np.random.default_rng(args.seed + 1)
+        print(f"chain {' -> '.join(step for step, _ in Chain.WIRING)} on {cfg.name} ({cfg.rows} x {cfg.cols}), "
+              f"backend {args.backend}, map {spec.channels_in} x {h} x {w}, {spec.heads} head(s)")
+        print(f"  once per session: {chain.setup_traffic.to_ddr:,} bytes to DDR ("
+              + ", ".join(f"{k} {v:,}" for k, v in chain.setup_bytes.items()) + ")")
+        for r in range(args.runs):
+            x = rng.integers(-128, 128, (spec.channels_in, h, w)).astype(np.int8)
+            y = chain.run(x)
+            ok = np.array_equal(y, chain.golden(x))
+            t = chain.last_traffic
+            print(f"  run {r}: {'bit-exact against golden' if ok else 'MISMATCH against golden'}; "
+                  f"{t.to_ddr:,} bytes to DDR, {t.from_ddr:,} from DDR (input and output maps with their margins); "
+                  "cycles " + ", ".join(f"{step} {run.cycles:,}" for (step, _), run in zip(Chain.WIRING, chain.last_runs)))
+            if not ok:
+                raise CommandError("the chain's output differs from golden")
+    except (ArenaFull, *_accelerator_errors()) as e:
+        raise CommandError(str(e)) from e
+    finally:
+        session.close()
+    return 0

@@ -1,0 +1,32 @@
+"""The sim backend: the overlay's functional model (sw.backends.sim.SimOverlay) behind the backend interface."""
+from __future__ import annotations
+
+import numpy as np
+
+from sw.runtime.backend import DDR_BASE, Backend
+
+
+class SimBackend(Backend):
+    name = "sim"
+
+    def __init__(self, cfg, *, ddr_bytes: int = 1 << 26, timeout_s: float = 10.0, **_):
+        from sw.backends.sim import SimOverlay
+        super().__init__(cfg, DDR_BASE, ddr_bytes - DDR_BASE)
+        self.model = SimOverlay(cfg, ddr_bytes)       # the model's DDR is device addresses 0 .. ddr_bytes
+        self.timeout_s = timeout_s
+
+    def _write(self, addr, data):
+        self.model.ddr[addr:addr + data.size] = data
+
+    def _read(self, addr, size):
+        return self.model.ddr[addr:addr + size].copy()
+
+    def read_reg(self, offset):
+        return self.model.read_reg(offset)
+
+    def write_reg(self, offset, value):
+        self.model.write_reg(offset, int(value))
+
+    def peek(self, addr: int, size: int) -> np.ndarray:
+        """DDR bytes without counting them as host traffic (tests, debugging)."""
+        return self.model.ddr[addr:addr + size]

@@ -1,0 +1,114 @@
+"""The DDR arena: one region of device memory per session, carved into named buffers.
+
+Allocator: first fit over an address-ordered free list, neighbours coalesced on free.
+Why not a buddy allocator: buffers are few (tens) and their sizes arbitrary (a 96 x 4096
+int8 map, a 288 x 96 weight tile), so power-of-two blocks would waste up to half the
+arena; first fit with coalescing keeps the waste to the alignment padding, and the
+lifetimes are mostly stack-like (weights for the session, activations per chain step),
+which first fit handles without fragmenting. Every buffer starts and ends on ALIGN
+(4 KiB): the DMA's bursts may not cross a 4 KiB page, and a page-aligned buffer keeps
+the compilers' in-buffer alignment (beats, 4 KiB rows) true at any address.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ALIGN = 4096
+
+
+class ArenaFull(MemoryError):
+    """The arena cannot hold what was asked for; the message gives the sizes (nothing was written)."""
+
+
+@dataclass(frozen=True)
+class Buffer:
+    name: str
+    addr: int          # device (DDR byte) address
+    size: int          # bytes asked for (the arena reserves it rounded up to ALIGN)
+
+    @property
+    def end(self) -> int:
+        return self.addr + self.size
+
+
+def _round(n: int) -> int:
+    return -(-n // ALIGN) * ALIGN
+
+
+class Arena:
+    def __init__(self, base: int, size: int):
+        if base % ALIGN:
+            raise ValueError(f"arena base {base:#x} is not {ALIGN}-byte aligned")
+        self.base, self.size = base, size // ALIGN * ALIGN
+        self._free: list[tuple[int, int]] = [(base, self.size)]     # (addr, bytes), by address
+        self.buffers: dict[str, Buffer] = {}
+
+    # ---------------------------------------------------------------- queries
+    @property
+    def free_bytes(self) -> int:
+        return sum(n for _, n in self._free)
+
+    @property
+    def largest_free(self) -> int:
+        return max((n for _, n in self._free), default=0)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.buffers
+
+    def __getitem__(self, name: str) -> Buffer:
+        return self.buffers[name]
+
+    # ---------------------------------------------------------------- allocation
+    def allocate(self, name: str, size: int) -> Buffer:
+        return self.allocate_all({name: size})[name]
+
+    def allocate_all(self, sizes: dict[str, int]) -> dict[str, Buffer]:
+        """Allocate several buffers at once, or none: when they do not all fit, ArenaFull says
+        what was asked and what is free before anything is allocated (so before any write)."""
+        for name, size in sizes.items():
+            if name in self.buffers:
+                raise ValueError(f"buffer {name!r} is already allocated")
+            if size < 1:
+                raise ValueError(f"buffer {name!r}: size {size} must be positive")
+        free = list(self._free)
+        placed = {}
+        for name, size in sorted(sizes.items(), key=lambda kv: -kv[1]):     # largest first: fewer failures
+            at = self._first_fit(free, _round(size))
+            if at is None:
+                asked = sum(_round(s) for s in sizes.values())
+                detail = ", ".join(f"{n} {s:,}" for n, s in sizes.items())
+                raise ArenaFull(f"DDR arena full: {asked:,} bytes asked ({detail}), {self.free_bytes:,} of "
+                                f"{self.size:,} free (largest block {self.largest_free:,}); "
+                                f"{len(self.buffers)} buffers live ({self._live_summary()})")
+            placed[name] = Buffer(name, at, size)
+        self._free = free
+        self.buffers.update(placed)
+        return placed
+
+    @staticmethod
+    def _first_fit(free: list[tuple[int, int]], size: int) -> int | None:
+        for i, (addr, n) in enumerate(free):
+            if n >= size:
+                if n == size:
+                    free.pop(i)
+                else:
+                    free[i] = (addr + size, n - size)
+                return addr
+        return None
+
+    def free(self, name: str) -> None:
+        buf = self.buffers.pop(name)
+        addr, size = buf.addr, _round(buf.size)
+        free = self._free
+        i = next((j for j, (a, _) in enumerate(free) if a > addr), len(free))
+        free.insert(i, (addr, size))
+        # Coalesce with the following and the preceding blocks.
+        if i + 1 < len(free) and free[i][0] + free[i][1] == free[i + 1][0]:
+            free[i] = (free[i][0], free[i][1] + free.pop(i + 1)[1])
+        if i > 0 and free[i - 1][0] + free[i - 1][1] == free[i][0]:
+            free[i - 1] = (free[i - 1][0], free[i - 1][1] + free.pop(i)[1])
+
+    def _live_summary(self, most: int = 6) -> str:
+        big = sorted(self.buffers.values(), key=lambda b: -b.size)
+        text = ", ".join(f"{b.name} {b.size:,}" for b in big[:most])
+        return text + (f", ... {len(big) - most} more" if len(big) > most else "") if big else "none"

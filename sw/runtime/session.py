@@ -1,0 +1,148 @@
+"""A session: one backend, one DDR arena on it, programs loaded into named buffers.
+
+    s = Session(open_backend("sim", cfg))
+    s.buffer("x", nbytes)                                   # an activation living in DDR
+    p = s.load(prog, "proj", bind={"in": "x"})              # descriptors + weights written once
+    p.write("in", data); p.run(); p.read("out")             # per run: only what the host gives or takes
+    s.traffic                                               # host <-> DDR bytes so far
+
+`load` allocates every region of the program that is not bound to an existing buffer (all
+at once: ArenaFull names the sizes before anything is written), links the descriptors to the
+buffers' addresses (sw.runtime.program.link), checks every access against the buffer table
+(sw.checks), and writes the descriptors and the weights. A loaded program runs again and
+again on new inputs without recompiling or rewriting them.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from sw.checks import check_descriptors
+from sw.runtime.arena import Arena, Buffer
+from sw.runtime.backend import DDR_BASE, Backend
+from sw.runtime.program import link, with_fields
+
+
+@dataclass
+class RunStats:
+    backend: str
+    cycles: int
+    macs: int
+    array_macs: int
+    wall_s: float          # rtl: simulation only (no Verilator build / cocotb start-up)
+    descriptors: int
+    engine: str = "gemm"   # convolutions: which route ran it (sw/conv.py)
+
+    @property
+    def utilisation(self) -> float:
+        return self.macs / (self.cycles * self.array_macs) if self.cycles else 0.0
+
+    @property
+    def cycles_per_s(self) -> float:
+        return self.cycles / self.wall_s if self.wall_s else 0.0
+
+
+class Session:
+    def __init__(self, backend: Backend):
+        self.backend, self.cfg = backend, backend.cfg
+        base = max(backend.ddr_base, DDR_BASE)       # sim, rtl: the low MiB stays unused (address 0 is no buffer)
+        self.arena = Arena(base, backend.ddr_base + backend.ddr_bytes - base)
+
+    @property
+    def traffic(self):
+        return self.backend.traffic
+
+    def buffer(self, name: str, size: int, *, zero: bool = True) -> Buffer:
+        """A named buffer of the session (an activation, a scratch area). `zero`: cleared once now
+        (feature maps keep zero margins that convolutions read as padding)."""
+        buf = self.arena.allocate(name, size)
+        if zero:
+            self.backend.write(buf.addr, np.zeros(size, np.uint8))
+        return buf
+
+    def free(self, name: str) -> None:
+        self.arena.free(name)
+
+    def load(self, prog, name: str, bind: dict[str, str] | None = None, descriptors: list[dict] | None = None
+             ) -> "LoadedProgram":
+        """Place `prog` in the arena under `name`: region r in buffer bind[r] when bound, else in a new
+        buffer "name.r". Writes the descriptors and every region that is not an input or output
+        (weights; scratch and unbound outputs zeroed). `descriptors`: numeric fields to use instead of
+        the compiled ones (their addresses still bind like the program's)."""
+        bind = dict(bind or {})
+        for region, buf in bind.items():
+            if region not in prog.regions:
+                raise ValueError(f"{name}: the program has no region {region!r} (regions: {', '.join(prog.regions)})")
+            if buf not in self.arena:
+                raise ValueError(f"{name}: region {region!r} bound to {buf!r}, which is not a buffer of the session")
+            if self.arena[buf].size < prog.regions[region][1]:
+                raise ValueError(f"{name}: region {region!r} needs {prog.regions[region][1]:,} bytes, buffer {buf!r} "
+                                 f"holds {self.arena[buf].size:,}")
+        own = {region: f"{name}.{region}" for region in prog.regions if region not in bind}
+        placed = self.arena.allocate_all({own[r]: prog.regions[r][1] for r in own})
+        names = {**bind, **own}
+        try:
+            addresses = {r: self.arena[names[r]].addr for r in prog.regions}
+            symbolic = prog.symbolic if descriptors is None else with_fields(prog.symbolic, descriptors)
+            numeric, raw = link(symbolic, addresses)
+            check_descriptors(self.cfg, numeric, {r: (self.arena[n].addr, self.arena[n].size)
+                                                  for r, n in names.items()})
+        except Exception:
+            for buf in placed:
+                self.arena.free(buf)
+            raise
+        loaded = LoadedProgram(self, prog, name, names, addresses, len(numeric), list(placed))
+        self.backend.write(addresses["descriptors"], raw)
+        for region in own:
+            if prog.ROLES.get(region) in ("weight", "output", "scratch"):
+                loaded.write(region, prog.region(region))
+        return loaded
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+@dataclass
+class LoadedProgram:
+    session: Session
+    prog: object
+    name: str
+    buffers: dict[str, str]            # region -> arena buffer name
+    addresses: dict[str, int]          # region -> DDR address
+    count: int                         # descriptors
+    owned: list[str]                   # arena buffers this program allocated (freed with it; bound ones are not)
+    last_run: RunStats | None = None
+
+    def write(self, region: str, data) -> None:
+        self.session.backend.write(self.addresses[region], data)
+
+    def read(self, region: str) -> np.ndarray:
+        return self.session.backend.read(self.addresses[region], self.prog.regions[region][1])
+
+    def write_inputs(self) -> None:
+        """The compiled input regions (the data the program was compiled with)."""
+        for region, role in self.prog.ROLES.items():
+            if role == "input" and region in self.prog.regions and self.buffers[region] in self.owned:
+                self.write(region, self.prog.region(region))
+
+    def run(self) -> RunStats:
+        be = self.session.backend
+        t0 = time.monotonic()
+        cycles = be.run(self.addresses["descriptors"], self.count)
+        wall = be.last_wall_s or time.monotonic() - t0
+        prog = self.prog
+        engine = "conv" if getattr(prog, "out_layout", None) is not None else "gemm"
+        self.last_run = RunStats(be.name, int(cycles), prog.macs, getattr(prog, "array_macs", self.session.cfg.macs),
+                                 wall, self.count, engine)
+        return self.last_run
+
+    def output(self) -> np.ndarray:
+        """The program's result, read from its out buffer and unpacked (prog.unpack_out)."""
+        return self.prog.unpack_out(self.read("out"))
+
+    def free(self) -> None:
+        for buf in self.owned:
+            self.session.arena.free(buf)
+        self.owned = []

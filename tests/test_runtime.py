@@ -1,0 +1,280 @@
+"""The runtime spine: arena, backend interface (sim, pynq on the simulated device, rtl), bound programs,
+and the linear -> attention -> linear -> conv -> depthwise chain kept in DDR."""
+import numpy as np
+import pytest
+
+from golden_model.intops import gemm
+from hw import isa
+from hw.config import preset
+from sw.checks import DescriptorError
+from sw.compiler import compile_linear
+from sw.runtime.arena import ALIGN, Arena, ArenaFull
+from sw.runtime.backend import AcceleratorError, open_backend
+from sw.runtime.chain import Chain, ChainSpec, ChainWeights
+from sw.runtime.program import LinkError, link
+from sw.runtime.session import Session
+
+SIM = preset("sim")
+CHAIN_CFG = preset("bench16")          # the chain needs a square array with every engine
+
+
+def layer(rng, m, k, n):
+    a = rng.integers(-128, 128, (m, k)).astype(np.int8)
+    b = rng.integers(-128, 128, (k, n)).astype(np.int8)
+    return a, b, rng.integers(-5000, 5000, n), rng.integers(1 << 29, 1 << 31, n), rng.integers(36, 42, n)
+
+
+# ---------------------------------------------------------------- arena
+
+def test_arena_first_fit_aligns_reuses_and_coalesces():
+    arena = Arena(0x10_0000, 16 * ALIGN)
+    a, b, c = (arena.allocate(n, s) for n, s in (("a", 100), ("b", ALIGN + 1), ("c", ALIGN)))
+    assert [x.addr for x in (a, b, c)] == [0x10_0000, 0x10_0000 + ALIGN, 0x10_0000 + 3 * ALIGN]
+    assert all(x.addr % ALIGN == 0 for x in (a, b, c))
+    arena.free("b")
+    assert arena.allocate("d", 2 * ALIGN).addr == b.addr          # the hole is reused (first fit)
+    arena.free("a")
+    arena.free("d")
+    assert arena.allocate("e", 3 * ALIGN).addr == a.addr          # freed neighbours coalesced
+    arena.free("e")
+    arena.free("c")
+    assert arena.free_bytes == arena.largest_free == 16 * ALIGN   # everything back in one block
+
+
+def test_arena_full_names_sizes_and_allocates_nothing():
+    arena = Arena(0, 8 * ALIGN)
+    arena.allocate("weights", 5 * ALIGN)
+    with pytest.raises(ArenaFull, match=r"16,384 bytes asked \(x 4,096, y 12,288\), 12,288 of 32,768 free "
+                                        r"\(largest block 12,288\); 1 buffers live \(weights 20,480\)"):
+        arena.allocate_all({"x": ALIGN, "y": 3 * ALIGN})
+    assert arena.buffers.keys() == {"weights"}                    # all or nothing: x was not kept
+    arena.allocate_all({"x": ALIGN, "y": 2 * ALIGN})              # what fits, fits
+
+
+def test_session_refuses_a_program_that_does_not_fit_before_writing():
+    be = open_backend("sim", SIM, ddr_bytes=(1 << 20) + 8 * ALIGN)     # an 8-page arena
+    session = Session(be)
+    prog = compile_linear(SIM, *layer(np.random.default_rng(0), 64, 200, 64))
+    with pytest.raises(ArenaFull, match="bytes asked"):
+        session.load(prog, "big")
+    assert be.traffic.to_ddr == 0 and not session.arena.buffers
+
+
+# ---------------------------------------------------------------- backend interface, on sim and pynq
+
+@pytest.fixture(params=["sim", "pynq"])
+def backend(request):
+    if request.param == "pynq":
+        pytest.importorskip("pynq")
+    be = open_backend(request.param, SIM)
+    yield be
+    be.close()
+
+
+def test_backend_ddr_registers_and_traffic(backend):
+    data = np.arange(300, dtype=np.uint16).view(np.uint8)
+    addr = backend.ddr_base + 0x2000
+    backend.write(addr, data)
+    assert np.array_equal(backend.read(addr, data.size), data)
+    assert backend.traffic.to_ddr == backend.traffic.from_ddr == data.size
+    assert backend.read_reg(isa.REG["CONFIG"]) == isa.config_word(SIM)
+    with pytest.raises(ValueError, match="outside"):
+        backend.write(backend.ddr_base + backend.ddr_bytes - 2, data)
+
+
+def test_loaded_program_reruns_on_new_data_weights_written_once(backend):
+    rng = np.random.default_rng(3)
+    a, b, bias, mult, shift = layer(rng, 9, 40, 20)
+    prog = compile_linear(SIM, a, b, bias, mult, shift)
+    session = Session(backend)
+    loaded = session.load(prog, "fc")
+    setup = backend.traffic.snapshot()
+    weights = sum(size for r, (_, size) in prog.regions.items() if prog.ROLES[r] in ("weight", "program", "output"))
+    assert setup.to_ddr == weights
+    for seed in (1, 2):                  # new activations, same program and weights: no recompile, no rewrite
+        a2 = np.random.default_rng(seed).integers(-128, 128, a.shape).astype(np.int8)
+        before = backend.traffic.snapshot()
+        loaded.write("A", compile_linear(SIM, a2, b, bias, mult, shift).region("A"))
+        loaded.run()
+        assert np.array_equal(loaded.output(), gemm(a2, b, bias, mult, shift))
+        moved = backend.traffic.since(before)
+        assert moved.to_ddr == prog.regions["A"][1] and moved.from_ddr == prog.regions["out"][1]
+    loaded.free()
+    assert not session.arena.buffers
+
+
+def test_backend_hang_resets_and_raises(backend):
+    backend.timeout_s = 0.2
+    session = Session(backend)
+    loaded = session.load(compile_linear(SIM, *layer(np.random.default_rng(1), 4, 8, 8)), "fc")
+    sync = isa.pack_descriptor(opcode=isa.OPCODES["SYNC"], wait_store=9)
+    backend.write(loaded.addresses["descriptors"], np.frombuffer(sync, np.uint8))
+    with pytest.raises(AcceleratorError, match=r"hung: not done after 0.2 s.*DESC_DONE=0.*reset") as err:
+        loaded.run()
+    assert err.value.timed_out and err.value.regs["STATUS"] & isa.STATUS_BUSY
+    assert backend.read_reg(isa.REG["STATUS"]) == 0
+
+
+@pytest.mark.rtl
+def test_rtl_session_keeps_ddr_between_programs():
+    """One Verilator run serves several programs; weights written once stay in its AXI RAM."""
+    rng = np.random.default_rng(9)
+    a, b, bias, mult, shift = layer(rng, 9, 40, 20)
+    with open_backend("rtl", SIM, ddr_bytes=1 << 22, stall=0.2) as be:
+        session = Session(be)
+        first = session.load(compile_linear(SIM, a, b, bias, mult, shift), "fc")
+        other = session.load(compile_linear(SIM, *layer(rng, 5, 9, 11)), "other")
+        other.write_inputs()
+        other.run()
+        for seed in (1, 2):
+            a2 = np.random.default_rng(seed).integers(-128, 128, a.shape).astype(np.int8)
+            before = be.traffic.snapshot()
+            first.write("A", compile_linear(SIM, a2, b, bias, mult, shift).region("A"))
+            first.run()
+            assert np.array_equal(first.output(), gemm(a2, b, bias, mult, shift))
+            assert be.traffic.since(before).to_ddr == first.prog.regions["A"][1]
+        assert first.last_run.wall_s > 0 and be.read_reg(isa.REG["CONFIG"]) == isa.config_word(SIM)
+
+
+# ---------------------------------------------------------------- binding
+
+def test_link_places_buffers_anywhere_and_checks_use_the_buffer_table():
+    prog = compile_linear(SIM, *layer(np.random.default_rng(2), 5, 9, 11))
+    far = {r: 0x40_0000 + i * 0x10_0000 for i, r in enumerate(prog.regions)}
+    numeric, raw = link(prog.symbolic, far)
+    loads = [d for d in numeric if d["opcode"] == isa.OPCODES["LOAD"]]
+    assert all(far["A"] <= d["dram_addr"] < far["params"] + 0x10_0000 for d in loads)
+    assert raw.size == 32 * len(prog.symbolic)
+    with pytest.raises(LinkError, match="names buffer 'out', which is not bound"):
+        link(prog.symbolic, {r: a for r, a in far.items() if r != "out"})
+    # An access that runs from its buffer into the next is refused, naming the buffer.
+    session = Session(open_backend("sim", SIM))
+    bad = [dict(d) for d in prog.descriptors]
+    i = next(j for j, d in enumerate(bad) if d["opcode"] == isa.OPCODES["LOAD"] and d["target"] == isa.TARGETS["A"])
+    bad[i]["count"] = 200
+    with pytest.raises(DescriptorError, match=r"source .* runs outside the buffer 'A'"):
+        session.load(prog, "fc", descriptors=bad)
+    assert not session.arena.buffers          # the failed load gave its buffers back
+
+
+# ---------------------------------------------------------------- the chain in DDR
+
+def check_chain(backend_name, spec=ChainSpec()):
+    session = Session(open_backend(backend_name, CHAIN_CFG))
+    try:
+        chain = Chain(session, ChainWeights.random(spec))
+        assert chain.setup_traffic.from_ddr == 0
+        rng = np.random.default_rng(7)
+        for _ in range(2):
+            x = rng.integers(-128, 128, (spec.channels_in, spec.height, spec.width)).astype(np.int8)
+            y = chain.run(x)
+            want = chain.golden(x)
+            assert np.array_equal(y, want) and want.std() > 2          # bit-exact on a non-trivial result
+            # Per run only the chain's input and final output cross (planar maps with their margins).
+            assert chain.last_traffic.to_ddr == chain.x_layout.size
+            assert chain.last_traffic.from_ddr == chain.programs["depthwise"].out_layout.size
+        return chain
+    finally:
+        session.close()
+
+
+@pytest.mark.parametrize("backend_name,heads", [("sim", 1), ("sim", 2), ("pynq", 1)])
+def test_chain_stays_in_ddr_bit_exact(backend_name, heads):
+    if backend_name == "pynq":
+        pytest.importorskip("pynq")
+    chain = check_chain(backend_name, ChainSpec(heads=heads))
+    assert chain.setup_bytes["weights"] > 0 and [r.descriptors for r in chain.last_runs]
+
+
+@pytest.mark.rtl
+@pytest.mark.slow
+def test_chain_on_rtl_bit_exact_one_session():
+    check_chain("rtl")
+
+
+# ---------------------------------------------------------------- the CLI
+
+def test_cli_sim_chain(capsys):
+    from sw.cli import main
+    assert main(["sim", "chain", "--backend", "sim", "--runs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "run 0: bit-exact against golden; 16,896 bytes to DDR, 16,896 from DDR" in out
+    assert "once per session:" in out and "weights 9,472" in out
+
+
+@pytest.mark.parametrize("argv,match", [(["--preset", "sim"], "square array"),
+                                        (["--size", "16x12"], "multiple of the array's 16")])
+def test_cli_sim_chain_refuses_clearly(argv, match, capsys):
+    from sw.cli import main
+    assert main(["sim", "chain", *argv]) == 1
+    assert match in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv,match", [(["--size", "16"], "HxW"),
+                                        (["--preset", "kv260"], "no attention, depthwise engine")])
+def test_cli_sim_chain_usage_errors(argv, match, capsys):
+    from sw.cli import main
+    with pytest.raises(SystemExit) as e:
+        main(["sim", "chain", *argv])
+    assert e.value.code == 2 and match in capsys.readouterr().err
+
+
+def test_driver_repeated_layer_writes_only_its_input():
+    from sw.driver import Driver
+    rng = np.random.default_rng(4)
+    a, b, bias, mult, shift = layer(rng, 9, 40, 20)
+    drv = Driver(SIM, "sim")
+    assert np.array_equal(drv.linear(a, b, bias, mult, shift), gemm(a, b, bias, mult, shift))
+    a2 = rng.integers(-128, 128, a.shape).astype(np.int8)
+    before = drv.device.traffic.snapshot()
+    assert np.array_equal(drv.linear(a2, b, bias, mult, shift), gemm(a2, b, bias, mult, shift))
+    prog = drv.compile(a2, b, bias, mult, shift)
+    moved = drv.device.traffic.since(before)
+    assert moved.to_ddr == prog.regions["A"][1] and moved.from_ddr == prog.regions["out"][1]
+    b[0, 0] ^= 1                                                  # other weights: loaded afresh
+    assert np.array_equal(drv.linear(a2, b, bias, mult, shift), gemm(a2, b, bias, mult, shift))
+    assert len(drv.session.arena.buffers) == 2 * len(prog.regions)
+
+
+# ---------------------------------------------------------------- layouts
+
+@pytest.mark.parametrize("heads", [1, 3])
+def test_token_tile_layout_round_trip_and_offsets(heads):
+    from sw.runtime.layout import TokenTileLayout
+    lay = TokenTileLayout(6, 2, 16, 8, heads=heads)
+    x = np.arange(6 * 2 * 16).reshape(6, 2, 16).astype(np.int8)
+    raw = lay.pack(x)
+    assert raw.size == lay.size and np.array_equal(lay.unpack(raw), x)
+    for c, y, xx in [(0, 0, 0), (5, 1, 15), (2, 0, 9), (3, 1, 3)]:
+        assert raw.view(np.int8)[lay.offset(c, y, xx)] == x[c, y, xx]
+    assert lay.offset(1, 0, 0) - lay.offset(0, 0, 0) == lay.channel_pitch
+    assert lay.offset(0, 1, 0) - lay.offset(0, 0, 0) == lay.row_pitch
+    if heads > 1:      # head 1 starts after all of head 0's tiles (the attention program's head-major regions)
+        assert lay.offset(lay.head_dim, 0, 0) == lay.tokens * lay.head_dim
+
+
+@pytest.mark.parametrize("heads", [1, 2])
+def test_relayout_program_transposes_chunks_to_planes_on_the_overlay(heads):
+    from sw.compile_conv import FmapLayout
+    from sw.runtime.layout import compile_chunks_to_planar
+    cfg = CHAIN_CFG
+    c, h, w = 64, 2, 16
+    tokens = np.random.default_rng(5).integers(-128, 128, (h * w, c)).astype(np.int8)
+    # chunk-major per head: (chunk j, head, token, C), channel = head x d + j x C + i
+    d = c // heads
+    chunked = tokens.reshape(h * w, heads, d // cfg.cols, cfg.cols).transpose(2, 1, 0, 3).reshape(-1)
+    prog = compile_chunks_to_planar(cfg, c, h, w, heads=heads)
+    session = Session(open_backend("sim", cfg))
+    loaded = session.load(prog, "relayout")
+    loaded.write("in", chunked.view(np.uint8))
+    loaded.run()
+    want = np.ascontiguousarray(tokens.T).reshape(c, h, w)
+    assert np.array_equal(loaded.output(), want)
+    assert loaded.read("out").size == FmapLayout(c, h, w, cfg.cols).size
+
+
+def test_chain_that_does_not_fit_fails_before_writing():
+    be = open_backend("sim", CHAIN_CFG, ddr_bytes=(1 << 20) + 16 * ALIGN)
+    with pytest.raises(ArenaFull, match="bytes asked"):
+        Chain(Session(be), ChainWeights.random(ChainSpec()))
+    assert be.traffic.to_ddr == 0
