@@ -137,12 +137,7 @@ def check_output_file(path, what: str = "output", *, create_parent: bool = True)
     if not parent.exists():
         if not create_parent:
             raise OutputPathError(f"{what}: folder {parent} does not exist (create it first)")
-        anchor = _existing_ancestor(path)
-        _probe_folder(anchor, what)
-        try:
-            parent.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise OutputPathError(f"{what}: cannot create folder {parent} ({e.strerror or e})") from None
+        _create_folder(parent, what)
     _probe_folder(parent, what)
     return path
 
@@ -153,10 +148,15 @@ def check_output_dir(path, what: str = "output folder") -> Path:
     if path.exists() and not path.is_dir():
         raise OutputPathError(f"{what}: {path} exists and is not a folder")
     if not path.exists():
-        _probe_folder(_existing_ancestor(path), what)
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise OutputPathError(f"{what}: cannot create {path} ({e.strerror or e})") from None
+        _create_folder(path, what)
     _probe_folder(path, what)
     return path
+
+
+def _create_folder(folder: Path, what: str) -> None:
+    """mkdir -p, after checking the nearest existing ancestor takes new entries (a clear message)."""
+    _probe_folder(_existing_ancestor(folder), what)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputPathError(f"{what}: cannot create folder {folder} ({e.strerror or e})") from None

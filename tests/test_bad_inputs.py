@@ -120,7 +120,8 @@ SEGMENT = [
 
 
 def _split_test_options(tail):
-    """The table's pseudo-options --image and --pixel-limit set up the case; the rest goes to the CLI."""
+    """The table's pseudo-options --image (another input: image or frames folder) and --pixel-limit
+    (Pillow's limit for the case) set up the case; the rest goes to the CLI."""
     opts, rest, it = {}, [], iter(tail)
     for a in it:
         if a in ("--image", "--pixel-limit"):
@@ -130,21 +131,27 @@ def _split_test_options(tail):
     return opts, rest
 
 
-@pytest.mark.parametrize("case,tail,code,needle,builds", SEGMENT, ids=[c[0] for c in SEGMENT])
-def test_segment_bad_input(w, capsys, monkeypatch, case, tail, code, needle, builds):
+def run_image_case(w, capsys, monkeypatch, command, model_builder, default_input, tail, code, needle, builds):
+    """One row of the SEGMENT or TRACK table through `sam2fpga COMMAND INPUT ...`."""
     if not builds:
-        monkeypatch.setattr("sw.commands.segment.build_model", _tripwire)
+        monkeypatch.setattr(model_builder, _tripwire)
     opts, rest = _split_test_options(tail(w))
     if "--pixel-limit" in opts:
         monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", opts["--pixel-limit"])
     before = fingerprint(w.tmp)
-    check(["segment", str(opts.get("--image", w.img)), *rest], code, needle, capsys)
+    check([command, str(opts.get("--image", default_input)), *rest], code, needle, capsys)
     assert fingerprint(w.tmp) == before
-    assert not (w.tmp / "o.png").exists()
 
 
 def _tripwire(*a, **k):
     raise AssertionError("a model was built for an input that should have been refused first")
+
+
+@pytest.mark.parametrize("case,tail,code,needle,builds", SEGMENT, ids=[c[0] for c in SEGMENT])
+def test_segment_bad_input(w, capsys, monkeypatch, case, tail, code, needle, builds):
+    run_image_case(w, capsys, monkeypatch, "segment", "sw.commands.segment.build_model", w.img, tail, code, needle,
+                   builds)
+    assert not (w.tmp / "o.png").exists()
 
 
 TRACK = [
@@ -156,7 +163,7 @@ TRACK = [
     ("out-under-read-only", lambda w: ["--point", "5,5", "-o", w.ro / "out"], 1, "cannot write in", False),
     ("logits-read-only", lambda w: ["--point", "5,5", "-o", w.tmp / "out", "--logits-out", w.ro / "l"], 1,
      "cannot write in", False),
-    ("frame-corrupt", lambda w: ["--point", "5,5", "-o", w.tmp / "out", "--frames", w.corrupt_frames], 1,
+    ("frame-corrupt", lambda w: ["--point", "5,5", "-o", w.tmp / "out", "--image", w.corrupt_frames], 1,
      "cannot read frame", False),
     ("frame-over-pixel-limit", lambda w: ["--point", "5,5", "-o", w.tmp / "out", "--pixel-limit", 1000], 1,
      "96x64 = 6,144 pixels, over Pillow's limit", False),
@@ -167,14 +174,8 @@ TRACK = [
 
 @pytest.mark.parametrize("case,tail,code,needle,builds", TRACK, ids=[c[0] for c in TRACK])
 def test_track_bad_input(w, capsys, monkeypatch, case, tail, code, needle, builds):
-    if not builds:
-        monkeypatch.setattr("sw.commands.track._build_model", _tripwire)
-    opts, rest = _split_test_options([a if a != "--frames" else "--image" for a in tail(w)])
-    if "--pixel-limit" in opts:
-        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", opts["--pixel-limit"])
-    before = fingerprint(w.tmp)
-    check(["track", str(opts.get("--image", w.frames)), *rest], code, needle, capsys)
-    assert fingerprint(w.tmp) == before
+    run_image_case(w, capsys, monkeypatch, "track", "sw.commands.track._build_model", w.frames, tail, code, needle,
+                   builds)
 
 
 CONVERT = [

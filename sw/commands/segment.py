@@ -125,8 +125,9 @@ def segment(image, points, box, model):
     return logits[best].astype(np.float32), float(ious[best]), best, len(ious)
 
 
-def check_arguments(args) -> None:
-    """Everything that can be known wrong before the model is built (the first seconds of compute)."""
+def check_arguments(args):
+    """Everything that can be known wrong before the model is built (seconds of compute); returns the
+    image (uint8 RGB)."""
     from sw import outputs
     from sw.cli import UsageError
     if not args.point and args.box is None:
@@ -137,19 +138,20 @@ def check_arguments(args) -> None:
         raise UsageError(f"--logits-out must name a .npy file, got {args.logits_out}")
     inputs.check_not_input(args.out, [args.image, args.checkpoint], "-o")
     inputs.check_not_input(args.logits_out, [args.image, args.checkpoint], "--logits-out")
-    outputs.check_output_file(args.out, "-o")
+    image = load_rgb(args.image)
+    inputs.check_inside(args.point, args.box, image.shape[1], image.shape[0])
+    outputs.check_output_file(args.out, "-o")             # last: it creates missing folders
     if args.logits_out is not None:
         outputs.check_output_file(args.logits_out, "--logits-out")
+    return image
 
 
 def run(args) -> int:
     import numpy as np
 
     from sw import outputs
-    check_arguments(args)
-    image = load_rgb(args.image)
+    image = check_arguments(args)
     h, w = image.shape[:2]
-    inputs.check_inside(args.point, args.box, w, h)
 
     t0 = time.monotonic()
     model = build_model(args.model, args.checkpoint, args.seed)

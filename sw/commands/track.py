@@ -97,9 +97,9 @@ def run(args) -> int:
         raise UsageError(f"--frame {args.frame}: the video has {len(frames)} frames (0..{len(frames) - 1})")
     if args.checkpoint is not None and not args.checkpoint.is_file():
         raise CommandError(f"checkpoint {args.checkpoint} does not exist")
-    check_outputs(args)
     w, h = frame_sizes(frames)
     inputs.check_inside(clicks, None, w, h, "frames")
+    check_outputs(args)                 # last: it creates missing folders
 
     model = _build_model(args)
     predictor = VideoPredictor(model.tracker)
