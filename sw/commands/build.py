@@ -105,8 +105,8 @@ def _vivado_flow(cfg, signature, board, out: Path, jobs: int) -> dict:
     design = f"sam2fpga_{board.name.replace('-', '_')}"
     tcl = out / f"{design}.tcl"
     outputs.write_text(tcl, vivado_tcl(signature=signature, top_name=TOP, verilog_file=f"{TOP}.v", board=board,
-                              clock_mhz=cfg.clock_mhz, axi_data_bits=cfg.axi_data_bits,
-                              axi_addr_bits=cfg.axi_addr_bits, design_name=design, jobs=jobs))
+                                       clock_mhz=cfg.clock_mhz, axi_data_bits=cfg.axi_data_bits,
+                                       axi_addr_bits=cfg.axi_addr_bits, design_name=design, jobs=jobs))
     print(f"[vivado]   Tcl flow: {tcl}")
     vivado = shutil.which("vivado")
     if vivado is None:

@@ -30,10 +30,10 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
-    from sw.cli import CommandError
     from sim.toolchain import ToolchainError
-
     from sw import outputs
+    from sw.cli import CommandError
+
     outputs.check_output_dir(args.out, "-o")
     try:
         _requant_smoke(args)

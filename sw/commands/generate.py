@@ -16,8 +16,8 @@ def run(args) -> int:
     from hw.config import preset
     from hw.overlay import VERILOG_NAME, Overlay
     from hw.verilog import write_verilog
-
     from sw import outputs
+
     outputs.check_output_dir(args.out, "-o")
     cfg = preset(args.preset)
     path = write_verilog(Overlay(cfg), VERILOG_NAME, args.out)
