@@ -9,6 +9,7 @@ import argparse
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -70,15 +71,18 @@ def run_track(frames: Path, out: Path, logits: Path, image_size: int, point, per
     cmd = [sys.executable, "-c", CHILD, str(image_size), "keep-all" if keep_all else "release", "track", str(frames), "--point", f"{point[0]},{point[1]}",
            "-o", str(out), "--logits-out", str(logits)]
     t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     samples = []
-    while proc.poll() is None:
-        rss = rss_bytes(proc.pid)
-        done = sum(1 for e in os.scandir(logits) if e.name.endswith(".npy")) if logits.is_dir() else 0
-        if rss is not None:
-            samples.append((time.monotonic() - t0, done, rss))
-        time.sleep(period_s)
-    _, err = proc.communicate()
+    # stderr (the progress bar) goes to a file: a pipe nobody reads fills up and blocks the child
+    with tempfile.TemporaryFile("w+") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=log, text=True)
+        while proc.poll() is None:
+            rss = rss_bytes(proc.pid)
+            done = sum(1 for e in os.scandir(logits) if e.name.endswith(".npy")) if logits.is_dir() else 0
+            if rss is not None:
+                samples.append((time.monotonic() - t0, done, rss))
+            time.sleep(period_s)
+        log.seek(0)
+        err = log.read()
     return proc.returncode, err, samples
 
 
@@ -100,7 +104,6 @@ def track_in_pieces(frames: list[Path], image_size: int, point, split: int) -> d
 
 
 def main() -> int:
-    import tempfile
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--frames", type=int, default=1000)
     p.add_argument("--image-size", type=int, default=128)
