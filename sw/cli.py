@@ -84,6 +84,21 @@ def main(argv: list[str] | None = None) -> int:
     except MemoryError:
         print(f"{name}: error: out of memory (the problem is too big for this machine's RAM)", file=sys.stderr)
         return 1
+    except Exception as e:
+        if not _caused_by_interrupt(e):
+            raise
+        print(f"{name}: interrupted", file=sys.stderr)     # e.g. numpy turns Ctrl-C in its import into ImportError
+        return 130
+
+
+def _caused_by_interrupt(e: BaseException) -> bool:
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
 
 
 def describe_os_error(e: OSError) -> str:

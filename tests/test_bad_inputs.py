@@ -272,6 +272,23 @@ def test_ctrl_c_during_start_up_is_one_line(monkeypatch, capsys):
     assert capsys.readouterr().err == "sam2fpga: interrupted\n"
 
 
+def test_ctrl_c_wrapped_by_a_library_is_one_line(monkeypatch, capsys):
+    """numpy turns a Ctrl-C during its import into an ImportError (raised from the KeyboardInterrupt)."""
+    from sw.commands import toolchain
+
+    def interrupted_import(args):
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as e:
+            raise ImportError("numpy.core.multiarray failed to import") from e
+    monkeypatch.setattr(toolchain, "run", interrupted_import)
+    assert main(["toolchain"]) == 130
+    assert capsys.readouterr().err == "sam2fpga toolchain: interrupted\n"
+    monkeypatch.setattr(toolchain, "run", lambda args: (_ for _ in ()).throw(ImportError("no module x")))
+    with pytest.raises(ImportError):      # a real bug still shows its traceback
+        main(["toolchain"])
+
+
 def test_ctrl_c_from_the_shell_is_one_line(w, tmp_path):
     """SIGINT at several moments of a segment run's start-up (imports, argument checks, model build),
     counted from the moment `-X importtime` shows sw.cli importing its last module (before that only
@@ -290,7 +307,10 @@ def test_ctrl_c_from_the_shell_is_one_line(w, tmp_path):
             proc.send_signal(signal.SIGINT)
             proc.wait(timeout=60)
         lines = [line for line in log.read_text().splitlines() if not line.startswith("import time:")]
-        assert proc.returncode == 130, (delay, lines)
+        # 130, or killed by SIGINT after printing the line (the shell shows 130 for both): CPython ends
+        # that way when the interrupt landed in code a C extension ran through PyRun_String during its
+        # import (numpy.random._common does), even though main() caught the KeyboardInterrupt
+        assert proc.returncode in (130, -signal.SIGINT), (delay, lines)
         assert lines in (["sam2fpga segment: interrupted"], ["sam2fpga: interrupted"]), (delay, lines)
     assert not (w.tmp / "o.png").exists()
 
