@@ -242,7 +242,8 @@ def _read_safetensors_raw(path: Path, blob: bytes | None = None) -> tuple[dict[s
 
 
 def save_safetensors(path: str | Path, tensors: dict, metadata: dict[str, str] | None = None) -> Path:
-    """Write `tensors` (name -> np.ndarray or Tensor) as safetensors, little-endian, header padded to 8 bytes."""
+    """Write `tensors` (name -> np.ndarray or Tensor) as safetensors, little-endian, header padded to 8 bytes;
+    atomically (a temporary file renamed over `path` once complete)."""
     items = {}
     for name, t in tensors.items():
         if not isinstance(t, Tensor):
@@ -263,8 +264,9 @@ def save_safetensors(path: str | Path, tensors: dict, metadata: dict[str, str] |
         offset += nbytes
     head = json.dumps(header, separators=(",", ":")).encode("utf-8")
     head += b" " * (-len(head) % 8)
+    from sw.outputs import atomic_file   # stdlib-only helper: all or nothing, an old file intact on failure
     path = Path(path)
-    with open(path, "wb") as f:
+    with atomic_file(path) as f:
         f.write(struct.pack("<Q", len(head)))
         f.write(head)
         for name in order:
@@ -299,8 +301,28 @@ def _state_dict_of(obj, path) -> dict[str, Tensor]:
 
 
 def load_raw(path: str | Path) -> dict[str, Tensor]:
-    """A checkpoint's tensors as stored (BF16 as bit patterns), format picked by content."""
-    path = Path(path)
+    """A checkpoint's tensors as stored (BF16 as bit patterns), format picked by content.
+    Refuses a checkpoint with a NaN or infinite weight (it would give NaN masks), naming the tensor."""
+    tensors = _load_raw_any(Path(path))
+    check_finite(tensors, path)
+    return tensors
+
+
+def check_finite(tensors: dict[str, Tensor], path) -> None:
+    """Every floating-point tensor finite; else a CheckpointError naming the first bad one."""
+    for name, t in tensors.items():
+        if t.dtype not in ("F64", "F32", "F16", "BF16"):
+            continue
+        values = t.numpy()
+        finite = np.isfinite(values)
+        if not finite.all():
+            bad = values[~finite]
+            raise CheckpointError(
+                f"{path}: tensor {name!r} {list(values.shape)} holds {bad.size} non-finite value(s) "
+                f"(first: {bad.flat[0]}); refusing weights that would give NaN results")
+
+
+def _load_raw_any(path: Path) -> dict[str, Tensor]:
     try:
         with open(path, "rb") as f:
             head = f.read(16)
@@ -325,7 +347,9 @@ def load_state_dict(path: str | Path) -> dict[str, np.ndarray]:
 
 
 def load_safetensors(path: str | Path) -> dict[str, np.ndarray]:
-    return {k: t.numpy() for k, t in _read_safetensors_raw(Path(path))[0].items()}
+    tensors = _read_safetensors_raw(Path(path))[0]
+    check_finite(tensors, path)
+    return {k: t.numpy() for k, t in tensors.items()}
 
 
 def convert(src: str | Path, dst: str | Path) -> dict[str, Tensor]:

@@ -119,3 +119,23 @@ def normalize(x: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray
     m = np.asarray(mean, F32)[:, None, None]
     s = np.asarray(std, F32)[:, None, None]
     return ((x - m) / s).astype(F32, copy=False)
+
+
+#: PIL modes holding one 16-bit (or wider integer) channel: Image.convert("RGB") would clip them at 255.
+WIDE_GREY_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def rgb8(img) -> np.ndarray:
+    """A PIL image as uint8 RGB (H, W, 3). 16-bit greyscale is scaled to 8 bits (round(v * 255 / 65535)),
+    not clipped as Image.convert("RGB") does (a 16-bit scan would come out almost white); 16-bit RGB
+    PNGs already open as 8-bit RGB. Float images and integers outside 0..65535 raise ValueError."""
+    if img.mode in WIDE_GREY_MODES:
+        v = np.asarray(img).astype(np.int64)
+        if v.size and (v.min() < 0 or v.max() > 65535):
+            raise ValueError(f"{img.mode} image with values {v.min()}..{v.max()}: only 8- and 16-bit images "
+                             "are supported")
+        grey = ((v * 255 + 32767) // 65535).astype(np.uint8)
+        return np.repeat(grey[..., None], 3, axis=2)
+    if img.mode == "F":
+        raise ValueError("floating-point (mode F) images are not supported: save it as an 8- or 16-bit image")
+    return np.asarray(img.convert("RGB"))

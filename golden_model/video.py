@@ -32,7 +32,7 @@ from golden_model import nn
 from golden_model.memory_attention import MemoryAttention, MemoryAttentionConfig
 from golden_model.memory_encoder import (MemoryEncoder, MemoryEncoderConfig, add_no_object_embedding,
                                          mask_for_memory)
-from golden_model.transforms import IMAGENET_MEAN, IMAGENET_STD, resize_antialias, resize_bilinear
+from golden_model.transforms import IMAGENET_MEAN, IMAGENET_STD, resize_antialias, resize_bilinear, rgb8
 
 F32 = np.float32
 NO_OBJ_SCORE = -1024.0          # mask logits of an absent object (sam2_base.NO_OBJ_SCORE)
@@ -364,7 +364,11 @@ def load_frame(source, image_size: int) -> tuple[np.ndarray, int, int]:
     except (OSError, UnidentifiedImageError, TypeError, ValueError) as e:
         raise ValueError(f"cannot read frame {source if isinstance(source, (str, Path)) else '(array)'}: {e}") from e
     width, height = img.size
-    arr = np.array(img.convert("RGB").resize((image_size, image_size)))
+    try:
+        rgb = Image.fromarray(rgb8(img))      # 16-bit scaled to 8 bits, not clipped
+    except ValueError as e:
+        raise ValueError(f"cannot use frame {source if isinstance(source, (str, Path)) else '(array)'}: {e}") from e
+    arr = np.array(rgb.resize((image_size, image_size)))
     x = arr.transpose(2, 0, 1).astype(F32) / F32(255)
     x = (x - np.asarray(IMAGENET_MEAN, F32)[:, None, None]) / np.asarray(IMAGENET_STD, F32)[:, None, None]
     return x.astype(F32), height, width
@@ -590,6 +594,22 @@ class VideoPredictor:
                 pred_masks = out["pred_masks"]
             state.frames_tracked[frame_idx] = {"reverse": reverse}
             yield frame_idx, [state.obj_id], self.video_res_masks(state, pred_masks)
+
+    def release_old_outputs(self, state: VideoState, frame_idx: int, reverse: bool = False) -> int:
+        """Drop the non-conditioning outputs that no frame after `frame_idx` (in the tracking direction)
+        can read; returns how many. The official predictor keeps every frame's output (for re-prompting),
+        so memory grows with the video (1.3 MB a frame at 1024 x 1024); tracking reads only the last
+        num_maskmem - 1 memories (stride apart) and max_obj_ptrs_in_encoder - 1 object pointers, so a long
+        forward run that calls this after each frame stays flat, with bit-identical results.
+        Conditioning (prompted) frames are always kept."""
+        cfg = self.cfg
+        reach = max(cfg.num_maskmem * cfg.memory_temporal_stride_for_eval, cfg.max_obj_ptrs_in_encoder)
+        outs = state.output_dict["non_cond_frame_outputs"]
+        sign = -1 if reverse else 1
+        old = [t for t in outs if (frame_idx - t) * sign >= reach]
+        for t in old:
+            del outs[t]
+        return len(old)
 
     def object_score_logits(self, state: VideoState, frame_idx: int) -> float:
         """The object-presence logit on a tracked frame (> 0: the object is there)."""

@@ -3,6 +3,8 @@ from pathlib import Path
 
 from amaranth.back import verilog
 
+from sw.outputs import write_text   # stdlib-only: every written file is all or nothing
+
 
 def write_verilog(component, name: str, out_dir: Path) -> Path:
     """Write `component` as `<out_dir>/<name>.v` (top module `name`) and return the path."""
@@ -12,5 +14,5 @@ def write_verilog(component, name: str, out_dir: Path) -> Path:
     text = verilog.convert(component, name=name, emit_src=False)
     # Rewrite only on change, so simulator builds stay cached.
     if not path.exists() or path.read_text() != text:
-        path.write_text(text)
+        write_text(path, text)
     return path

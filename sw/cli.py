@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 
 from sw.errors import CommandError, UsageError  # noqa: F401  (subcommands import them from here)
@@ -25,8 +26,19 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, except that a value starting with a minus sign and a digit is a value, not an option:
+    `--point -5,10` reaches the command (which says the point lies outside the image) instead of
+    argparse's "expected one argument". No option of ours looks like a number, so nothing is lost.
+    Subcommand parsers are of this class too (add_subparsers uses the parent's class)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = re.compile(r"^-\.?\d")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="sam2fpga",
         description="SAM 2 on Zynq FPGAs: golden model, hardware generation, simulation, drivers.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
@@ -47,19 +59,53 @@ def _version() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    module = importlib.import_module(args._module)
+    """Run one subcommand. Expected failures are one line on stderr: usage errors exit 2, other
+    errors 1 (OSError and MemoryError included: full disk, read-only folder, too big a problem),
+    Ctrl-C 130 (start-up included)."""
+    name = "sam2fpga"
     try:
-        return int(module.run(args) or 0)
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        name = f"sam2fpga {args.command}"
+        module = importlib.import_module(args._module)
+        try:
+            return int(module.run(args) or 0)
+        except UsageError as e:
+            parser.error(str(e))  # exits 2
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
+        print(f"{name}: interrupted", file=sys.stderr)
         return 130
-    except UsageError as e:
-        parser.error(str(e))  # exits 2
     except CommandError as e:
-        print(f"sam2fpga {args.command}: error: {e}", file=sys.stderr)
+        print(f"{name}: error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:
+        print(f"{name}: error: {describe_os_error(e)}", file=sys.stderr)
+        return 1
+    except MemoryError:
+        print(f"{name}: error: out of memory (the problem is too big for this machine's RAM)", file=sys.stderr)
+        return 1
+    except Exception as e:
+        if not _caused_by_interrupt(e):
+            raise
+        print(f"{name}: interrupted", file=sys.stderr)     # e.g. numpy turns Ctrl-C in its import into ImportError
+        return 130
+
+
+def _caused_by_interrupt(e: BaseException) -> bool:
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            return True
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def describe_os_error(e: OSError) -> str:
+    """`[Errno 28] No space left on device: 'x.png'` as `x.png: No space left on device`."""
+    if e.strerror and e.filename:
+        return f"{e.filename}: {e.strerror}"
+    return e.strerror or str(e)
 
 
 if __name__ == "__main__":

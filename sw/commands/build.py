@@ -14,6 +14,7 @@ from pathlib import Path
 
 from hw.boards import BOARDS
 from hw.overlay import VERILOG_NAME as TOP
+from sw import outputs
 
 #: The preset each board builds unless told otherwise.
 DEFAULT_PRESET = {"kv260": "kv260", "zcu104": "zcu104", "pynq-z2": "pynq-z2", "ulx3s-85f": "ulx3s"}
@@ -52,8 +53,7 @@ def run(args) -> int:
         raise CommandError(f"preset {cfg.name!r} cannot fit {board.part}: its {cfg.rows} x {cfg.cols} array, "
                            f"requantisers and engines ({', '.join(cfg.engines)}) need at least {dsp_floor(cfg)} "
                            f"multipliers (DSP blocks), the part has {board.dsps}; pick a smaller preset")
-    out = args.out or Path("bitstreams") / board.name
-    out.mkdir(parents=True, exist_ok=True)
+    out = outputs.check_output_dir(args.out or Path("bitstreams") / board.name, "-o")
     report = {"board": board.name, "part": board.part, "preset": cfg.summary()}
     try:
         if board.vendor == "lattice":
@@ -64,7 +64,7 @@ def run(args) -> int:
                 report["estimate"] = _estimate(verilog, board, out)
             report |= _vivado_flow(cfg, signature, board, out, args.jobs)
     finally:
-        (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
+        outputs.write_text(out / "report.json", json.dumps(report, indent=2, default=str))
     print(f"report: {out / 'report.json'}")
     return 0
 
@@ -104,9 +104,9 @@ def _vivado_flow(cfg, signature, board, out: Path, jobs: int) -> dict:
     from sw.cli import CommandError
     design = f"sam2fpga_{board.name.replace('-', '_')}"
     tcl = out / f"{design}.tcl"
-    tcl.write_text(vivado_tcl(signature=signature, top_name=TOP, verilog_file=f"{TOP}.v", board=board,
-                              clock_mhz=cfg.clock_mhz, axi_data_bits=cfg.axi_data_bits,
-                              axi_addr_bits=cfg.axi_addr_bits, design_name=design, jobs=jobs))
+    outputs.write_text(tcl, vivado_tcl(signature=signature, top_name=TOP, verilog_file=f"{TOP}.v", board=board,
+                                       clock_mhz=cfg.clock_mhz, axi_data_bits=cfg.axi_data_bits,
+                                       axi_addr_bits=cfg.axi_addr_bits, design_name=design, jobs=jobs))
     print(f"[vivado]   Tcl flow: {tcl}")
     vivado = shutil.which("vivado")
     if vivado is None:
@@ -149,7 +149,7 @@ def _open_flow(cfg, board, out: Path, seed: int = 1, placer: str | None = None) 
     result = {"fmax_mhz": rep.fmax_mhz, "target_mhz": cfg.clock_mhz, "utilisation": rep.utilisation,
               "bitstream": str(rep.bitstream), "critical_path": rep.critical_path}
     if not rep.meets_timing:
-        (out / "critical_path.txt").write_text(rep.critical_path)
+        outputs.write_text(out / "critical_path.txt", rep.critical_path)
         raise CommandError(f"timing not met: Fmax {rep.fmax_mhz:.1f} MHz < {cfg.clock_mhz:g} MHz "
                            f"(critical path in {out / 'critical_path.txt'})")
     return result

@@ -16,13 +16,15 @@ def add_arguments(parser):
 
 def run(args) -> int:
     from golden_model.checkpoint import CheckpointError, convert
+    from sw import outputs
     from sw.cli import CommandError, UsageError
     if args.dst.suffix != ".safetensors":
         raise UsageError(f"output must end in .safetensors, got {args.dst}")
-    if args.dst.exists() and not args.force:
-        raise CommandError(f"{args.dst} exists (use --force to overwrite)")
     if args.src.resolve() == args.dst.resolve():
         raise UsageError("input and output are the same file")
+    if args.dst.exists() and not args.dst.is_dir() and not args.force:
+        raise CommandError(f"{args.dst} exists (use --force to overwrite)")
+    outputs.check_output_file(args.dst, "output", create_parent=False)
     try:
         tensors = convert(args.src, args.dst)
     except CheckpointError as e:

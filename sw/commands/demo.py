@@ -32,9 +32,11 @@ def add_arguments(parser):
 
 
 def run(args) -> int:
-    from sw.cli import CommandError
     from sim.toolchain import ToolchainError
+    from sw import outputs
+    from sw.cli import CommandError
 
+    outputs.check_output_dir(args.out, "-o")
     try:
         _requant_smoke(args)
         _gemm_layer(args)
@@ -222,8 +224,8 @@ DEMO_POINT = (250.0, 170.0, 1)
 
 def _segment_photo(args) -> None:
     import numpy as np
-    from PIL import Image
 
+    from sw import outputs
     from sw.commands.segment import build_model, overlay, segment
 
     print("[7/7] golden SAM 2.1 tiny (NumPy): segment a photo from one click")
@@ -243,9 +245,7 @@ def _segment_photo(args) -> None:
     t0 = time.monotonic()
     logits, iou, best, n = segment(image, [DEMO_POINT], None, model)
     mask = logits > 0
-    path = args.out / "segment_chelsea.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(overlay(image, mask, [DEMO_POINT])).save(path)
+    path = outputs.save_png(args.out / "segment_chelsea.png", overlay(image, mask, [DEMO_POINT]))
     print(f"      {image.shape[1]}x{image.shape[0]} photo, click {DEMO_POINT[0]:g},{DEMO_POINT[1]:g}: "
           f"mask {best + 1} of {n} (predicted IoU {iou:.3f}), {100 * np.mean(mask):.1f}% of pixels "
           f"({time.monotonic() - t0:.1f} s)")

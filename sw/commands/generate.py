@@ -16,7 +16,9 @@ def run(args) -> int:
     from hw.config import preset
     from hw.overlay import VERILOG_NAME, Overlay
     from hw.verilog import write_verilog
+    from sw import outputs
 
+    outputs.check_output_dir(args.out, "-o")
     cfg = preset(args.preset)
     path = write_verilog(Overlay(cfg), VERILOG_NAME, args.out)
     summary = {"config": cfg.summary(), "top": VERILOG_NAME, "verilog": path.name,
@@ -25,7 +27,7 @@ def run(args) -> int:
                          "irq": "level, IRQ_ENABLE & (DONE | ERROR)"},
                "registers": {r.name: hex(r.offset) for r in isa.REGISTERS},
                "isa_version": isa.ISA_VERSION}
-    (args.out / "overlay.json").write_text(json.dumps(summary, indent=2))
+    outputs.write_text(args.out / "overlay.json", json.dumps(summary, indent=2))
     print(f"wrote {path} ({len(path.read_text().splitlines())} lines) and {args.out / 'overlay.json'}")
     print(f"preset {cfg.name}: {cfg.rows} x {cfg.cols} int8 MACs, AXI {cfg.axi_data_bits}-bit, "
           f"scratchpads A {cfg.a_depth} x {cfg.rows} B, B {cfg.b_depth} x {cfg.cols} B, "

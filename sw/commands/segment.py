@@ -17,6 +17,8 @@ import argparse
 import time
 from pathlib import Path
 
+from sw import inputs
+
 MODELS = ("tiny", "small", "base_plus", "large")
 MASK_COLOUR = (30, 144, 255)
 MASK_ALPHA = 0.5
@@ -61,24 +63,15 @@ def add_arguments(parser):
     parser.add_argument("--model", choices=MODELS, default="tiny", help="SAM 2.1 size (default: tiny)")
     parser.add_argument("--checkpoint", type=Path,
                         help="official SAM 2.1 checkpoint (.pt) matching --model; without it: random weights")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights without --checkpoint")
+    parser.add_argument("--seed", type=inputs.seed, default=0, help="seed of the random weights without --checkpoint")
     parser.add_argument("-o", "--out", type=Path, required=True, help="output PNG: the image with the mask overlaid")
     parser.add_argument("--logits-out", type=Path, metavar="FILE.npy",
                         help="save the chosen mask's full-resolution logits (float32, H x W)")
 
 
 def load_rgb(path: Path):
-    import numpy as np
-    from PIL import Image, UnidentifiedImageError
-
-    from sw.cli import CommandError
-    if not path.is_file():
-        raise CommandError(f"image not found: {path}")
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except (UnidentifiedImageError, OSError) as e:
-        raise CommandError(f"cannot read image {path}: {e}") from e
+    """The image as uint8 RGB (H, W, 3): 16-bit greyscale scaled to 8 bits, too-large images refused."""
+    return inputs.read_rgb(path)
 
 
 def build_model(name: str, checkpoint: Path | None, seed: int):
@@ -132,10 +125,10 @@ def segment(image, points, box, model):
     return logits[best].astype(np.float32), float(ious[best]), best, len(ious)
 
 
-def run(args) -> int:
-    import numpy as np
-    from PIL import Image
-
+def check_arguments(args):
+    """Everything that can be known wrong before the model is built (seconds of compute); returns the
+    image (uint8 RGB)."""
+    from sw import outputs
     from sw.cli import UsageError
     if not args.point and args.box is None:
         raise UsageError("segment needs a prompt: at least one --point X,Y[,LABEL] or a --box X0,Y0,X1,Y1")
@@ -143,11 +136,22 @@ def run(args) -> int:
         raise UsageError(f"-o must name a .png file, got {args.out}")
     if args.logits_out is not None and args.logits_out.suffix.lower() != ".npy":
         raise UsageError(f"--logits-out must name a .npy file, got {args.logits_out}")
+    inputs.check_not_input(args.out, [args.image, args.checkpoint], "-o")
+    inputs.check_not_input(args.logits_out, [args.image, args.checkpoint], "--logits-out")
     image = load_rgb(args.image)
+    inputs.check_inside(args.point, args.box, image.shape[1], image.shape[0])
+    outputs.check_output_file(args.out, "-o")             # last: it creates missing folders
+    if args.logits_out is not None:
+        outputs.check_output_file(args.logits_out, "--logits-out")
+    return image
+
+
+def run(args) -> int:
+    import numpy as np
+
+    from sw import outputs
+    image = check_arguments(args)
     h, w = image.shape[:2]
-    for x, y, _ in args.point:
-        if not (0 <= x < w and 0 <= y < h):
-            raise UsageError(f"point {x:g},{y:g} lies outside the {w}x{h} image")
 
     t0 = time.monotonic()
     model = build_model(args.model, args.checkpoint, args.seed)
@@ -160,14 +164,12 @@ def run(args) -> int:
     logits, iou, best, candidates = segment(image, args.point, args.box, model)
     t2 = time.monotonic()
     mask = logits > 0
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(overlay(image, mask, args.point, args.box)).save(args.out)
+    outputs.save_png(args.out, overlay(image, mask, args.point, args.box))
     choice = f"mask {best + 1} of {candidates} (highest predicted IoU)" if candidates > 1 else "single mask"
     print(f"segment: {w}x{h} image, {choice}: predicted IoU {iou:.3f}, "
           f"{int(mask.sum())} pixels ({100 * mask.mean():.1f}%)")
     print(f"segment: wrote {args.out}  (model build {t1 - t0:.1f} s, image encoder + prompt/decoder {t2 - t1:.1f} s)")
     if args.logits_out is not None:
-        args.logits_out.parent.mkdir(parents=True, exist_ok=True)
-        np.save(args.logits_out, logits.astype(np.float32))
+        outputs.save_npy(args.logits_out, logits.astype(np.float32))
         print(f"segment: wrote {args.logits_out} (float32 logits, {h}x{w})")
     return 0

@@ -7,6 +7,8 @@
 """
 from __future__ import annotations
 
+from sw import inputs
+
 
 def add_arguments(parser):
     sub = parser.add_subparsers(dest="what", metavar="WHAT", required=True)
@@ -62,7 +64,7 @@ def _common(p):
     p.add_argument("--backend", default="sim", choices=["sim", "rtl"], help="functional model or Verilator")
     p.add_argument("--waves", action="store_true", help="dump waveforms (rtl)")
     p.add_argument("--stall", type=float, default=0.0, help="rtl: random AXI backpressure probability")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=inputs.seed, default=0)
 
 
 def run(args) -> int:
@@ -72,9 +74,73 @@ def run(args) -> int:
     return args._run(args)
 
 
+#: The DDR the sim and rtl backends give one layer (the Driver's buffer starts at Driver.BUFFER_BASE in it).
+SIM_DDR_BYTES = 1 << 26
+
+
 def _driver(args, cfg):
     from sw.driver import Driver
-    return Driver(cfg, args.backend, stall=args.stall, waves=args.waves or None)
+    return Driver(cfg, args.backend, stall=args.stall, waves=args.waves or None, ddr_bytes=SIM_DDR_BYTES)
+
+
+# ---------------------------------------------------------------- sizes, checked before anything is allocated
+# Lower bounds from the shapes alone: a layer the overlay's DDR or this machine's memory cannot hold is
+# refused in milliseconds, instead of after minutes of compiling (or in a MemoryError traceback).
+
+def gemm_bytes(m: int, k: int, n: int, out_int32: bool) -> tuple[int, int]:
+    """(DDR, host) bytes: A, B and the output in one program; host: the float64 golden GEMM."""
+    return m * k + k * n + m * n * (4 if out_int32 else 1), 8 * (m * k + k * n + 2 * m * n)
+
+
+def conv_bytes(cin: int, h: int, w: int, cout: int, k: int, ho: int, wo: int, *, depthwise: bool,
+               transposed: bool, out_int32: bool) -> tuple[int, int]:
+    """(DDR, host) bytes of one convolution: weights, output and the input (or its im2col rows, when a
+    stride skips pixels); host: the golden's im2col and accumulators (int64)."""
+    out = cout * ho * wo * (4 if out_int32 else 1)
+    if transposed:
+        return cin * h * w + cin * cout * k * k + out, 8 * (cin * h * w + 2 * cout * ho * wo)
+    per_out = k * k if depthwise else cin * k * k
+    rows = ho * wo * (cin * k * k)
+    ddr = min(cin * h * w, rows) + cout * per_out + out
+    return ddr, 8 * (rows + 2 * cout * ho * wo)
+
+
+def attention_bytes(q: int, kv: int, d: int, rows: int) -> tuple[int, int]:
+    """(DDR, host) bytes: a program holds at least one head's K and V and one query tile; host: the float64
+    reference attention's score and probability matrices (one head at a time)."""
+    return 2 * kv * d + min(q, rows) * d, 3 * 8 * q * kv
+
+
+def available_memory() -> int | None:
+    """Bytes of RAM available to a new allocation (Linux MemAvailable), None where unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def check_fits(what: str, ddr: int, host: int) -> None:
+    from sw.cli import CommandError
+    from sw.driver import Driver
+    room = SIM_DDR_BYTES - Driver.BUFFER_BASE
+    if ddr > room:
+        raise CommandError(f"{what} needs at least {_size(ddr)} of DDR for its operands and result, more than "
+                           f"the {_size(room)} a layer gets on the simulated board: choose smaller sizes")
+    free = available_memory()
+    if free is not None and host > free:
+        raise CommandError(f"{what}: the golden reference needs about {_size(host)} of memory, this machine has "
+                           f"{_size(free)} available: choose smaller sizes")
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n / scale:,.1f} {unit}"
+    return f"{n} bytes"
 
 
 def _accelerator_errors():
@@ -125,6 +191,7 @@ def run_gemm(args) -> int:
 
     if min(args.m, args.k, args.n) < 1:
         raise UsageError("--m, --k and --n must be positive")
+    check_fits(f"gemm {args.m} x {args.k} x {args.n}", *gemm_bytes(args.m, args.k, args.n, args.int32))
     cfg = preset(args.preset)
     a, b, bias, mult, shift = random_layer(np.random.default_rng(args.seed), args.m, args.k, args.n)
     return _run_layer(args, cfg, f"gemm {args.m} x {args.k} x {args.n}", lambda drv: drv.linear(
@@ -151,6 +218,8 @@ def run_attention(args) -> int:
         raise UsageError(f"--kv {args.kv} exceeds {intattn.MAX_KEYS} keys (the running sum's width)")
     if not (args.logit_std > 0 and np.isfinite(args.logit_std)):
         raise UsageError("--logit-std must be positive")
+    ddr, host = attention_bytes(args.q, args.kv, args.d, cfg.rows)
+    check_fits(f"attention {args.q} queries x {args.kv} keys, d {args.d}", ddr, host)
     case = random_attention(np.random.default_rng(args.seed), args.heads, args.q, args.kv, args.d, args.logit_std)
     q, k, v, quant, scales = case
     drv = _driver(args, cfg)
@@ -218,9 +287,6 @@ def run_conv(args) -> int:
     if not args.transposed and min(intconv.out_size(h, k, stride, padding),
                                    intconv.out_size(w, k, stride, padding)) < 1:
         raise UsageError(f"a {k}x{k} kernel with padding {padding} does not fit a {h}x{w} input")
-    x, wt, bias, mult, shift = random_conv(np.random.default_rng(args.seed), cin, h, w, cout, k,
-                                           depthwise=args.depthwise, transposed=args.transposed)
-    kw = dict(stride=stride, padding=padding, relu=args.relu, out_int32=args.int32)
     kind, golden, op = {(True, False): ("depthwise", intconv.depthwise_conv2d, "depthwise_conv2d"),
                         (False, True): ("transposed", intconv.conv_transpose2d, "conv_transpose2d"),
                         (False, False): ("conv", intconv.conv2d, "conv2d")}[args.depthwise, args.transposed]
@@ -229,6 +295,11 @@ def run_conv(args) -> int:
     else:
         ho, wo = intconv.out_size(h, k, stride, padding), intconv.out_size(w, k, stride, padding)
     title = f"{kind} {k}x{k}/s{stride} pad {padding}: {cin}x{h}x{w} -> {cout}x{ho}x{wo}"
+    check_fits(title, *conv_bytes(cin, h, w, cout, k, ho, wo, depthwise=args.depthwise,
+                                  transposed=args.transposed, out_int32=args.int32))
+    x, wt, bias, mult, shift = random_conv(np.random.default_rng(args.seed), cin, h, w, cout, k,
+                                           depthwise=args.depthwise, transposed=args.transposed)
+    kw = dict(stride=stride, padding=padding, relu=args.relu, out_int32=args.int32)
     return _run_layer(args, preset(args.preset), title,
                       lambda drv: getattr(drv, op)(x, wt, bias, mult, shift, **kw),
                       lambda: golden(x, wt, bias, mult, shift, **kw), show_route=True)

@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from sw import inputs
+
 MODELS = ("tiny", "small", "base_plus", "large")
 
 
@@ -24,7 +26,7 @@ def add_arguments(parser):
                         help="a click in frame pixels; LABEL 1 = object (default), 0 = background; repeatable")
     parser.add_argument("--model", choices=MODELS, default="tiny", help="model size (default tiny)")
     parser.add_argument("--checkpoint", type=Path, help="official SAM 2.1 checkpoint (.pt) matching --model")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the random weights when there is no checkpoint")
+    parser.add_argument("--seed", type=inputs.seed, default=0, help="seed of the random weights when there is no checkpoint")
     parser.add_argument("-o", "--out", type=Path, required=True, metavar="OUT_DIR", help="where overlays go")
     parser.add_argument("--logits-out", type=Path, metavar="DIR", help="also write <frame-stem>.npy mask logits here")
 
@@ -49,7 +51,7 @@ def overlay(frame_path: Path, logits, colour=(255, 64, 32), alpha: float = 0.5):
     """The frame with the mask (logits > 0) tinted and its outline drawn."""
     import numpy as np
     from PIL import Image
-    img = np.asarray(Image.open(frame_path).convert("RGB"), np.float32)
+    img = inputs.read_rgb(frame_path, "frame").astype(np.float32)
     mask = logits > 0
     tint = np.asarray(colour, np.float32)
     img[mask] = (1 - alpha) * img[mask] + alpha * tint
@@ -59,16 +61,12 @@ def overlay(frame_path: Path, logits, colour=(255, 64, 32), alpha: float = 0.5):
 
 
 def frame_sizes(frames) -> tuple[int, int]:
-    """(width, height) shared by all frames, read from the file headers; a clear error otherwise."""
-    from PIL import Image, UnidentifiedImageError
+    """(width, height) shared by all frames, each decoded in full before tracking starts (a corrupt
+    frame found after minutes of tracking would be worse); a clear error otherwise."""
     from sw.cli import CommandError
     size = None
     for path in frames:
-        try:
-            with Image.open(path) as img:
-                this = img.size
-        except (OSError, UnidentifiedImageError) as e:
-            raise CommandError(f"cannot read frame {path}: {e}") from e
+        this = inputs.read_rgb(path, "frame").shape[1::-1]
         if size is None:
             size = this
         elif this != size:
@@ -76,10 +74,17 @@ def frame_sizes(frames) -> tuple[int, int]:
     return size
 
 
-def run(args) -> int:
-    import numpy as np
-    from tqdm import tqdm
+def check_outputs(args) -> None:
+    """Output folders usable, and not the frames folder (overlays would overwrite .png frames)."""
+    from sw import outputs
+    inputs.check_not_input(args.out, [args.frames], "-o")
+    inputs.check_not_input(args.logits_out, [args.frames], "--logits-out")
+    outputs.check_output_dir(args.out, "-o")
+    if args.logits_out:
+        outputs.check_output_dir(args.logits_out, "--logits-out")
 
+
+def run(args) -> int:
     from golden_model.video import VideoPredictor, list_frames
     from sw.cli import CommandError, UsageError
 
@@ -90,43 +95,67 @@ def run(args) -> int:
         raise CommandError(str(e)) from e
     if not 0 <= args.frame < len(frames):
         raise UsageError(f"--frame {args.frame}: the video has {len(frames)} frames (0..{len(frames) - 1})")
-    w, h = frame_sizes(frames)
-    for x, y, _ in clicks:
-        if not (0 <= x < w and 0 <= y < h):
-            raise UsageError(f"--point {x:g},{y:g} lies outside the {w}x{h} frames")
     if args.checkpoint is not None and not args.checkpoint.is_file():
         raise CommandError(f"checkpoint {args.checkpoint} does not exist")
+    w, h = frame_sizes(frames)
+    inputs.check_inside(clicks, None, w, h, "frames")
+    check_outputs(args)                 # last: it creates missing folders
 
     model = _build_model(args)
     predictor = VideoPredictor(model.tracker)
-    args.out.mkdir(parents=True, exist_ok=True)
-    if args.logits_out:
-        args.logits_out.mkdir(parents=True, exist_ok=True)
-    points = [[x, y] for x, y, _ in clicks]
-    labels = [label for _, _, label in clicks]
+    scores = {}
     try:
-        state = predictor.init_state(frames)
-        predictor.add_new_points(state, args.frame, 1, points, labels)
-        scores = {}
-        todo = len(frames) - args.frame
-        for idx, _, logits in tqdm(predictor.propagate_in_video(state), total=todo, desc="track", unit="frame"):
-            logits = logits[0, 0]
-            stem = frames[idx].stem
-            overlay(frames[idx], logits).save(args.out / f"{stem}.png")
-            if args.logits_out:
-                np.save(args.logits_out / f"{stem}.npy", logits.astype(np.float32))
-            scores[stem] = predictor.object_score_logits(state, idx)
-    except ValueError as e:  # a frame that went bad while tracking
-        raise CommandError(str(e)) from e
-    (args.out / "object_scores.json").write_text(json.dumps(
-        {"object_score_logits": scores, "present": {k: v > 0 for k, v in scores.items()}}, indent=1))
-    present = sum(v > 0 for v in scores.values())
-    print(f"tracked {len(scores)} frames ({frames[args.frame].name} .. {frames[-1].name}); "
-          f"object present on {present}; overlays in {args.out}"
-          + (f", logits in {args.logits_out}" if args.logits_out else ""))
+        track_frames(predictor, frames, args.frame, clicks, args.out, args.logits_out, scores)
+    except (ValueError, CommandError) as e:  # a frame that went bad while tracking: keep what is done
+        write_scores(args.out, scores)
+        raise CommandError(f"{e}; {summary(frames, args, scores)}") from e
+    except KeyboardInterrupt:
+        if scores:
+            write_scores(args.out, scores)
+            print(f"interrupted: {summary(frames, args, scores)}")
+        raise
+    write_scores(args.out, scores)
+    print(summary(frames, args, scores))
     if args.frame > 0:
         print(f"note: frames before {frames[args.frame].name} are not tracked (forward propagation only)")
     return 0
+
+
+def track_frames(predictor, frames, start: int, clicks, out: Path, logits_out: Path | None, scores: dict) -> None:
+    """Track from frame `start`, writing each frame's overlay (and logits) as it comes; `scores` fills
+    with each finished frame's object score. Memory stays flat: outputs no later frame reads are released."""
+    import numpy as np
+    from tqdm import tqdm
+
+    from sw import outputs
+    state = predictor.init_state(frames)
+    predictor.add_new_points(state, start, 1, [[x, y] for x, y, _ in clicks], [label for _, _, label in clicks])
+    for idx, _, logits in tqdm(predictor.propagate_in_video(state), total=len(frames) - start, desc="track",
+                               unit="frame"):
+        logits = logits[0, 0]
+        stem = frames[idx].stem
+        outputs.save_png(out / f"{stem}.png", overlay(frames[idx], logits))
+        if logits_out:
+            outputs.save_npy(logits_out / f"{stem}.npy", logits.astype(np.float32))
+        scores[stem] = predictor.object_score_logits(state, idx)
+        predictor.release_old_outputs(state, idx)
+
+
+def write_scores(out: Path, scores: dict) -> None:
+    from sw import outputs
+    outputs.write_text(out / "object_scores.json", json.dumps(
+        {"object_score_logits": scores, "present": {k: v > 0 for k, v in scores.items()}}, indent=1))
+
+
+def summary(frames, args, scores: dict) -> str:
+    """One line on the frames tracked so far (all of them, or those before a failure)."""
+    if not scores:
+        return "no frame tracked"
+    present = sum(v > 0 for v in scores.values())
+    last = frames[args.frame + len(scores) - 1]      # forward tracking: the frames done are contiguous
+    return (f"tracked {len(scores)} frames ({frames[args.frame].name} .. {last.name}); "
+            f"object present on {present}; overlays in {args.out}"
+            + (f", logits in {args.logits_out}" if args.logits_out else ""))
 
 
 def _build_model(args):
