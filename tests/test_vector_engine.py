@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
+from hw.flows.lint import lint
 from hw.vector import params as P
 from hw.vector.engine import VectorCommand, VectorEngine
 from hw.verilog import write_verilog
@@ -155,3 +156,40 @@ def test_vector_engine_rtl_bench(lanes):
     for r in result.reports:
         if r.get("steady"):
             assert r["elements_per_cycle"] >= 0.9 * lanes, r
+
+
+@pytest.mark.rtl
+def test_vector_engine_lints_clean():
+    lint(write_verilog(VectorEngine(8), "vector", BUILD / "verilog" / "vector8"), "vector")
+
+
+# hw.vector.params: the host side of the layout
+def test_beats_round_trip_and_padding():
+    rows = np.arange(-60, 60, dtype=np.int8).reshape(8, 15)
+    b = P.to_beats(rows, 4)
+    assert b.shape == (8 * 4, 4) and np.all(b.reshape(8, 16)[:, 15] == 0)
+    assert np.array_equal(P.from_beats(b, 15), rows)
+
+
+def test_sam2_rope_tables_fit_on_chip():
+    """Memory attention's 64 x 64 map at D = 256: the axial tables fill the pair slots exactly."""
+    from golden_model import intvec as V
+    from golden_model.memory_attention import axial_rope
+    p = V.RopeParams.make(*axial_rope(256, 64, 64), 0.05, 0.05)
+    cmd, writes = P.rope_command(p, 7 * 4096, 16, end_x=64)
+    assert len(writes) == P.ROPE_DEPTH and cmd["rope_jx"] == 64 // 8
+    with pytest.raises(ValueError, match="exceed"):
+        P.rope_command(p, 4096, 16)                                   # whole: 4096 x 128 pairs
+
+
+@pytest.mark.parametrize("bad", [dict(dim=0), dict(dim=1025), dict(rows=0), dict(op=P.VecOp.MAXPOOL, rows=6),
+                                 dict(ln_shift=32), dict(a_mult=1 << 16)])
+def test_command_refuses_out_of_range(bad):
+    args = dict(op=P.VecOp.LUT, dim=8, rows=4) | bad
+    with pytest.raises(ValueError, match="vector engine"):
+        P.command(args.pop("op"), args.pop("dim"), args.pop("rows"), **args)
+
+
+def test_lanes_are_checked():
+    with pytest.raises(ValueError, match="lanes"):
+        P.check_lanes(6)          # what VectorEngine(6) raises

@@ -73,14 +73,14 @@ def make_case(op: str, lanes: int, rows: int, dim: int, seed: int = 0, kind: str
         return Case(name, cmd, writes, x, None, V.rescale(x, p))
     if op == "rope":
         # axial tables of end_x x end_y tokens, `rows` = frames x tokens (rope_k_repeat);
-        # odd seeds store the tables whole, even seeds axially
+        # even seeds store the tables axially where the beat layout allows, odd seeds whole
         end_x, end_y = 4, 2
         tokens = end_x * end_y
         rows = max(tokens, rows - rows % tokens)
         cos, sin = axial_rope(dim, end_x, end_y)
         p = V.RopeParams.make(cos, sin, 0.05, 0.002 if kind == "extremes" else 0.04)
         x = _data(rng, (rows, dim), kind)
-        axial = seed % 2 == 0
+        axial = seed % 2 == 0 and (dim // 4) % (lanes // 2) == 0
         cmd, writes = P.rope_command(p, rows, lanes, end_x if axial else None)
         return Case(name + ("-axial" if axial else "-full"), cmd, writes, x, None, V.rope(x, p))
     if op == "maxpool":
