@@ -17,7 +17,7 @@ from cocotb.triggers import ClockCycles, ReadOnly, RisingEdge
 from hw.vector import params as P
 from sim.benches.report import write_report
 from sim.benches.streams import StreamSink, StreamSource, pack_fields
-from sim.benches.vector_cases import make_case, out_beats
+from sim.benches.vector_cases import OPS, make_case, out_beats
 
 LANES = int(os.environ.get("BENCH_LANES", "8"))
 SEED = int(os.environ.get("BENCH_SEED", "1"))
@@ -114,35 +114,6 @@ async def run_op(dut, op: str):
 
 
 @cocotb.test()
-async def layernorm_matches_golden(dut):
-    await run_op(dut, "layernorm")
-
-
-@cocotb.test()
-async def lut_matches_golden(dut):
-    await run_op(dut, "lut")
-
-
-@cocotb.test()
-async def add_matches_golden(dut):
-    await run_op(dut, "add")
-
-
-@cocotb.test()
-async def rescale_matches_golden(dut):
-    await run_op(dut, "rescale")
-
-
-@cocotb.test()
-async def rope_matches_golden(dut):
-    await run_op(dut, "rope")
-
-
-@cocotb.test()
-async def maxpool_matches_golden(dut):
-    await run_op(dut, "maxpool")
-
-
-@cocotb.test()
-async def upsample_matches_golden(dut):
-    await run_op(dut, "upsample")
+@cocotb.parametrize(op=OPS)
+async def op_matches_golden(dut, op):
+    await run_op(dut, op)
