@@ -149,8 +149,8 @@ def test_throughput_steady_state(op):
 @pytest.mark.rtl
 @pytest.mark.parametrize("lanes", [8])
 def test_vector_engine_rtl_bench(lanes):
-    verilog = write_verilog(VectorEngine(lanes), "vector", BUILD / "verilog" / f"vector{lanes}")
-    result = run_bench(verilog, "vector", "vector_bench", name=f"test-vector{lanes}",
+    verilog = write_verilog(VectorEngine(lanes), "vector_engine", BUILD / "verilog" / f"vector{lanes}")
+    result = run_bench(verilog, "vector_engine", "vector_bench", name=f"test-vector{lanes}",
                        extra_env={"BENCH_LANES": str(lanes)})
     assert result.failed == 0 and result.passed == len(OPS)
     for r in result.reports:
@@ -160,7 +160,7 @@ def test_vector_engine_rtl_bench(lanes):
 
 @pytest.mark.rtl
 def test_vector_engine_lints_clean():
-    lint(write_verilog(VectorEngine(8), "vector", BUILD / "verilog" / "vector8"), "vector")
+    lint(write_verilog(VectorEngine(8), "vector_engine", BUILD / "verilog" / "vector8"), "vector_engine")
 
 
 # hw.vector.params: the host side of the layout

@@ -15,10 +15,10 @@
   empty or taken. Four multipliers per lane, shared between the ops, each registered:
     st1  A = q x (DT | ma | c)      B = (b | q) x (mb | s)        LUT read, max-pool max
     st2  U = A - ST | A + B + rnd | pairs: A0 - B1, B0 + A1
-    st3  n = U >> sh (int16) | add: sat8(U >> s) | RoPE: acc = U
-    st4  C = (n | acc) x (g | m_lo)  D = acc x m_hi                  gain, bias read (per channel)
-    st5  W = C + b + rnd(s) | C + D 2^16 + rnd(shift)
-    st6  Z = W >> (s | shift)
+    st3  n = U >> sh (int16) | RoPE: acc = U                          gain, bias read (per channel)
+    st4  C = (n | acc) x (g | m_lo)  D = acc x m_hi
+    st5  W = C + b + rnd(s) | C + D 2^16 + rnd(shift) | add: U
+    st6  Z = W >> (s | shift)             (one shifter and saturation for LayerNorm, RoPE, add)
     st7  sat8, op select, unused lanes zeroed -> o
 Parameters (gains, biases, the LUT, RoPE tables) are written through `param` while no command that
 reads them runs; the scalars come with the command (hw.vector.params.COMMAND_FIELDS).
@@ -270,15 +270,15 @@ class VectorEngine(wiring.Component):
         j3 = carry(j2, "j_st3")
         mask3 = carry(mask2, "mask3")
 
-        # st3 -> st4: normalise / add's result; gain and bias read
+        # st3 -> st4: normalise; gain and bias read
         V4 = stage_regs("V4", signed(25))
-        res4 = stage_regs("res4", signed(8))
         gain_r, bias_r = gain.read_port(), bias.read_port()
         m.d.comb += [gain_r.addr.eq(j3), bias_r.addr.eq(j3), gain_r.en.eq(advance), bias_r.en.eq(advance)]
         with m.If(advance):
             for i in range(L):
-                m.d.sync += [V4[i].eq(Mux(is_ln, U3[i] >> sh3, U3[i])),
-                             res4[i].eq(Mux(is_add | is_rescale, _sat8(U3[i] >> cmd.add_shift), res3[i]))]
+                m.d.sync += V4[i].eq(Mux(is_ln, U3[i] >> sh3, Mux(is_rope, U3[i], 0)))
+        sum4 = [carry(u[:32].as_signed(), f"sum4_{i}") for i, u in enumerate(U3)]   # add: a ma + b mb + rnd
+        res4 = [carry(r, f"res4_{i}") for i, r in enumerate(res3)]
         mask4 = carry(mask3, "mask4")
 
         # st4 -> st5: the second multipliers
@@ -291,7 +291,7 @@ class VectorEngine(wiring.Component):
                 bi = bias_r.data[32 * i:32 * i + 32].as_signed()
                 m.d.sync += [C5[i].eq(V4[i] * Mux(is_ln, g, m_lo)),
                              D5[i].eq(V4[i] * cmd.rope_mult[16:]),
-                             add5[i].eq(Mux(is_ln, bi + rnd_ln, rnd_rope))]
+                             add5[i].eq(Mux(is_ln, bi + rnd_ln, Mux(is_rope, rnd_rope, sum4[i])))]
         res5 = [carry(r, f"res5_{i}") for i, r in enumerate(res4)]
         mask5 = carry(mask4, "mask5")
 
@@ -307,13 +307,15 @@ class VectorEngine(wiring.Component):
         Z7 = stage_regs("Z7", signed(64))
         with m.If(advance):
             for i in range(L):
-                m.d.sync += Z7[i].eq(W6[i] >> Mux(is_ln, cmd.ln_shift, cmd.rope_shift))
+                m.d.sync += Z7[i].eq(W6[i] >> Mux(is_ln, cmd.ln_shift,
+                                                  Mux(is_rope, cmd.rope_shift, cmd.add_shift)))
         res7 = [carry(r, f"res7_{i}") for i, r in enumerate(res6)]
         mask7 = carry(mask6, "mask7")
         out = data.ArrayLayout(signed(8), L)(self.o.payload)
         out_r = stage_regs("out", signed(8))
+        shifted = is_ln | is_rope | is_add | is_rescale
         with m.If(advance):
             for i in range(L):
-                m.d.sync += out_r[i].eq(Mux(mask7[i], Mux(is_ln | is_rope, _sat8(Z7[i]), res7[i]), 0))
+                m.d.sync += out_r[i].eq(Mux(mask7[i], Mux(shifted, _sat8(Z7[i]), res7[i]), 0))
         m.d.comb += [out[i].eq(out_r[i]) for i in range(L)]
         return m
