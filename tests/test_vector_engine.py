@@ -147,6 +147,7 @@ def test_throughput_steady_state(op):
 
 
 @pytest.mark.rtl
+@pytest.mark.slow          # the Verilator build: 1-2 minutes (the run itself ~10 s)
 @pytest.mark.parametrize("lanes", [8])
 def test_vector_engine_rtl_bench(lanes):
     verilog = write_verilog(VectorEngine(lanes), "vector_engine", BUILD / "verilog" / f"vector{lanes}")
