@@ -24,7 +24,7 @@ S_BITS = 18                              # |S| <= 2^17
 Q_BITS = 25                              # Q <= 2^24
 V_BITS = intvec.LN_EPS_BITS + 1          # V < 2^41
 T_BITS = 16
-DT_BITS = DIM_BITS + T_BITS              # D T < 2^26
+DT_BITS = 26                               # D T <= 2^10 x 2^15: one 27-bit signed DSP operand with its sign
 ST_BITS = S_BITS + T_BITS + 2            # S T - rnd(sh), signed
 SH_BITS = 5
 
