@@ -325,7 +325,13 @@ def load_state_dict(path: str | Path) -> dict[str, np.ndarray]:
 
 
 def load_safetensors(path: str | Path) -> dict[str, np.ndarray]:
-    return {k: t.numpy() for k, t in _read_safetensors_raw(Path(path))[0].items()}
+    return load_safetensors_with_metadata(path)[0]
+
+
+def load_safetensors_with_metadata(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """(tensors as NumPy arrays, the header's __metadata__ strings) of a .safetensors file."""
+    tensors, metadata = _read_safetensors_raw(Path(path))
+    return {k: t.numpy() for k, t in tensors.items()}, metadata
 
 
 def convert(src: str | Path, dst: str | Path) -> dict[str, Tensor]:
