@@ -1,0 +1,509 @@
+"""Integer element-wise ops of int8 SAM 2, bit for bit: the vector engine's specification.
+
+Activations are int8 with one float scale per tensor (real = scale * int, no zero point).
+Each op with parameters has a frozen dataclass of integer parameters with
+  * `make(...)`: derives them from float parameters and float scales (calibration time),
+  * `to_arrays()` / `from_arrays(d)`: numeric arrays for safetensors files (strict: a wrong
+    name, dtype, shape or range raises ValueError naming it),
+and a pure function applying it to int8 NumPy arrays (int8 out, no float at apply time).
+
+  op                     formula (per element; `>>` is the flooring arithmetic shift,
+                         `rnd(s)` = 2^(s-1) for s > 0 else 0, i.e. round half up)
+  layernorm(x, p)        over the last axis, see `layernorm`
+  lut(x, p)              y = table[x + 128]                       (256 x int8 ROM)
+  add(a, b, p)           y = sat8((a*ma + b*mb + rnd(s)) >> s)      ma, mb < 2^16, 0 <= s <= 31
+  rescale(x, p)          y = sat8((x*m + rnd(s)) >> s)              the add datapath with one input
+  rope(x, p)             pairs (2i, 2i+1): int16 cos/sin (14 fraction bits), int32 products,
+                         intops.requantize to int8
+  maxpool2x2(x)          max over 2x2 blocks of (..., H, W, C), floor sizes; scale unchanged
+  upsample_nearest2x(x)  each pixel to a 2x2 block of (..., H, W, C); scale unchanged
+
+What needs no op of its own (folded by the graph, so no extra pass):
+  * CXBlock's layer scale `gamma * pwconv2(y)` is a per-output-channel constant: it folds into
+    pwconv2's weight rows and bias before per-channel weight quantisation, exactly.
+  * the FPN neck's "avg" fusion (/ 2) and memory attention's `x + 0.1 * pos` are scale changes of
+    one operand: out_scale, or b_scale, of `add`.
+  * ReLU after a linear is the GEMM requantiser's relu flag; GELU after an add is `lut` on the sum.
+  * sigmoid, and the memory encoder's `sigmoid(m) * 20 - 10`, are `LutParams.make(fn, ...)`.
+  * concatenating tensors of different scales (memory tokens) is one `rescale` per part.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from golden_model import nn
+from golden_model.intops import INT8_MAX, INT8_MIN, MULT_BITS, SHIFT_BITS, quantize_multiplier, requantize
+
+# ------------------------------------------------------------------ widths (the one place they live)
+
+# LayerNorm
+LN_MAX_DIM = 1024         # longest row: |D q - S| < 2^18, D*Q - S^2 < 2^34
+LN_FRAC_BITS = 10         # P: fraction bits of the normalised value n (|n| <= sqrt(D-1) < 32: int16)
+LN_NORM_BITS = 16         # n is int16 (saturated; it cannot reach the bounds, see `layernorm`)
+LN_GAIN_BITS = 16         # per-channel gain g: int16 (signed: gamma may be negative)
+LN_BIAS_LIMIT = 1 << 29   # per-channel bias b: |b| <= 2^29 (int32), so n*g + b + rnd(s) fits int32
+LN_SHIFT_MAX = 30         # output shift s in 1..30
+LN_EPS_BITS = 40          # eps term E < 2^40, so V = var + E < 2^41
+RSQRT_MANT_BITS = 12      # V is normalised to a mantissa m in [2^10, 2^12] (table index)
+RSQRT_FRAC_BITS = 20      # RSQRT_TABLE[m] = round(2^20 / sqrt(m)), in [2^14, 2^15] (16 bits unsigned)
+RSQRT_MIN = 1 << (RSQRT_MANT_BITS - 2)
+RSQRT_TABLE = np.array([math.floor((1 << RSQRT_FRAC_BITS) / math.sqrt(m) + 0.5)
+                        for m in range(RSQRT_MIN, (1 << RSQRT_MANT_BITS) + 1)], dtype=np.int64)
+
+# add / rescale
+ADD_MULT_BITS = 16        # multipliers ma, mb, m: unsigned, < 2^16 (an int8 x 17-bit signed DSP product)
+ADD_SHIFT_MAX = 31        # |a*ma + b*mb| < 2^24 and rnd(31) = 2^30: the sum fits int32
+
+# LUT
+LUT_SIZE = 1 << 8         # one entry per int8 input, indexed by x + 128
+
+# RoPE
+ROPE_FRAC_BITS = 14       # cos, sin as int16 with 14 fraction bits: |c|, |s| <= 2^14
+ROPE_ACC_BITS = 24        # |x0*c - x1*s| <= 2 * 128 * 2^14 = 2^22: int24 (held in int32)
+
+
+# ------------------------------------------------------------------ shared helpers
+
+
+def _int8(name: str, x, min_ndim: int = 1) -> np.ndarray:
+    x = np.asarray(x)
+    if x.dtype != np.int8:
+        raise ValueError(f"{name} must be int8, got {x.dtype}")
+    if x.ndim < min_ndim:
+        raise ValueError(f"{name} needs at least {min_ndim} dimension(s), got shape {x.shape}")
+    return x
+
+
+def _round_half_up(v) -> np.ndarray:
+    """floor(v + 1/2) in float64 -> int64 (the make-time rounding, matching the shifts' rnd)."""
+    return np.floor(np.asarray(v, np.float64) + 0.5).astype(np.int64)
+
+
+def _positive(name: str, v: float) -> float:
+    v = float(v)
+    if not (v > 0 and math.isfinite(v)):
+        raise ValueError(f"{name} must be positive and finite, got {v}")
+    return v
+
+
+def _shift_round(acc: np.ndarray, s: int) -> np.ndarray:
+    """(acc + rnd(s)) >> s in acc's integer dtype (the caller proves no overflow)."""
+    if s == 0:
+        return acc
+    acc += acc.dtype.type(1 << (s - 1))
+    acc >>= s
+    return acc
+
+
+BLOCK = 1 << 15   # elements per pass of the NumPy kernels: temporaries stay in cache (speed only)
+
+
+def _row_blocks(n_rows: int, row_len: int):
+    """Slices of about BLOCK elements over n_rows rows of row_len."""
+    step = max(1, BLOCK // max(row_len, 1))
+    for i in range(0, n_rows, step):
+        yield slice(i, min(i + step, n_rows))
+
+
+def _blocks(n_rows: int, n_cols: int):
+    """(row slice, column slice) blocks of about BLOCK elements covering an (n_rows, n_cols) array."""
+    cstep = max(1, min(n_cols, BLOCK))
+    for rows in _row_blocks(n_rows, cstep):
+        for j in range(0, n_cols, cstep):
+            yield rows, slice(j, min(j + cstep, n_cols))
+
+
+def _saturate8(y: np.ndarray) -> np.ndarray:
+    return np.clip(y, INT8_MIN, INT8_MAX).astype(np.int8)
+
+
+def _check_range(name: str, v: int, lo: int, hi: int) -> int:
+    if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+        raise ValueError(f"{name} must be an integer, got {v!r}")
+    v = int(v)
+    if not lo <= v <= hi:
+        raise ValueError(f"{name}={v} outside {lo}..{hi}")
+    return v
+
+
+def _frozen_array(name: str, a, dtype, shape: tuple | None = None, ndim: int | None = None) -> np.ndarray:
+    """A read-only copy of `a` after checking dtype and shape (or rank)."""
+    a = np.asarray(a)
+    if a.dtype != np.dtype(dtype):
+        raise ValueError(f"{name} must be {np.dtype(dtype)}, got {a.dtype}")
+    if shape is not None and a.shape != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {a.shape}")
+    if ndim is not None and a.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimension(s), got shape {a.shape}")
+    a = np.array(a, copy=True)
+    a.setflags(write=False)
+    return a
+
+
+def _take(d: dict, cls: str, name: str, dtype, shape: tuple | None = None, ndim: int | None = None) -> np.ndarray:
+    """d[name] checked for dtype and shape, for `from_arrays`."""
+    if name not in d:
+        raise ValueError(f"{cls}: missing array {name!r}")
+    return _frozen_array(f"{cls}.{name}", d[name], dtype, shape, ndim)
+
+
+def _check_keys(d: dict, cls: str, names: tuple[str, ...]) -> None:
+    extra = sorted(set(d) - set(names))
+    if extra:
+        raise ValueError(f"{cls}: unexpected array(s) {extra}; expected {list(names)}")
+
+
+def _scalar(v: int, dtype=np.int32) -> np.ndarray:
+    return np.array(v, dtype=dtype)
+
+
+# ------------------------------------------------------------------ LayerNorm
+
+
+def rsqrt_fixed(v) -> tuple[np.ndarray, np.ndarray]:
+    """Integer inverse square root of V >= 1 (int64 array): (T, k) with 1/sqrt(V) ~ T / 2^(20 + k).
+
+    e = bit_length(V), k = ceil((e - 12) / 2) (signed, -5..15 for V < 2^41),
+    m = (V + rnd(2k)) >> 2k  if k > 0  else  V << -2k      (m in [2^10, 2^12]: round half up)
+    T = RSQRT_TABLE[m - 2^10] = round(2^20 / sqrt(m))       (3,073 x 16-bit ROM, one per engine)
+    Relative error of T / 2^(20+k) against 1/sqrt(V): <= 2^-12 (mantissa) + 2^-15 (table)."""
+    v = np.asarray(v, np.int64)
+    if np.any(v < 1) or np.any(v >= (1 << (LN_EPS_BITS + 1))):
+        raise ValueError(f"rsqrt_fixed: V outside [1, 2^{LN_EPS_BITS + 1})")
+    e = np.frexp(v.astype(np.float64))[1].astype(np.int64)       # bit_length: exact, V < 2^53
+    k = (e - (RSQRT_MANT_BITS - 1)) // 2
+    kp = np.maximum(k, 0)
+    rnd = np.where(kp > 0, np.left_shift(np.int64(1), np.maximum(2 * kp - 1, 0)), 0)
+    m = np.where(k > 0, (v + rnd) >> (2 * kp), v << (2 * np.maximum(-k, 0)))
+    return RSQRT_TABLE[m - RSQRT_MIN], k
+
+
+@dataclass(frozen=True, eq=False)
+class LayerNormParams:
+    """Integer LayerNorm over D channels (see `layernorm`): gain g (int16, D), bias b (int32, D),
+    output shift s (1..30), eps term E (0 <= E < 2^40)."""
+    gain: np.ndarray
+    bias: np.ndarray
+    shift: int
+    eps_term: int
+
+    ARRAYS = ("gain", "bias", "shift", "eps_term")
+
+    def __post_init__(self):
+        gain = _frozen_array("LayerNormParams.gain", self.gain, np.int16, ndim=1)
+        d = gain.shape[0]
+        if not 1 <= d <= LN_MAX_DIM:
+            raise ValueError(f"LayerNormParams: {d} channels outside 1..{LN_MAX_DIM}")
+        bias = _frozen_array("LayerNormParams.bias", self.bias, np.int32, shape=(d,))
+        if np.any(np.abs(bias.astype(np.int64)) > LN_BIAS_LIMIT):
+            raise ValueError(f"LayerNormParams.bias outside +-2^{LN_BIAS_LIMIT.bit_length() - 1}")
+        object.__setattr__(self, "gain", gain)
+        object.__setattr__(self, "bias", bias)
+        object.__setattr__(self, "shift", _check_range("LayerNormParams.shift", self.shift, 1, LN_SHIFT_MAX))
+        object.__setattr__(self, "eps_term", _check_range("LayerNormParams.eps_term", self.eps_term, 0,
+                                                          (1 << LN_EPS_BITS) - 1))
+
+    @property
+    def dim(self) -> int:
+        return self.gain.shape[0]
+
+    @classmethod
+    def make(cls, gamma, beta, in_scale: float, out_scale: float, eps: float) -> "LayerNormParams":
+        """For y = gamma * (x - mean) / sqrt(var + eps) + beta, x = in_scale * q, y = out_scale * int.
+
+        E = round(D^2 eps / in_scale^2); G = gamma / out_scale; the largest s <= 30 with
+        g = round(G * 2^(s - P)) in int16 and b = round(beta / out_scale * 2^s) within +-2^29."""
+        gamma = np.asarray(gamma, np.float64)
+        beta = np.asarray(beta, np.float64)
+        if gamma.ndim != 1 or beta.shape != gamma.shape:
+            raise ValueError(f"LayerNormParams.make: gamma {gamma.shape} and beta {beta.shape} must be the same (D,)")
+        if not (np.all(np.isfinite(gamma)) and np.all(np.isfinite(beta))):
+            raise ValueError("LayerNormParams.make: gamma and beta must be finite")
+        in_scale, out_scale = _positive("in_scale", in_scale), _positive("out_scale", out_scale)
+        eps = float(eps)
+        if not (eps >= 0 and math.isfinite(eps)):
+            raise ValueError(f"eps must be finite and >= 0, got {eps}")
+        d = gamma.shape[0]
+        eps_term = math.floor(d * d * eps / (in_scale * in_scale) + 0.5)
+        if eps_term >= (1 << LN_EPS_BITS):
+            raise ValueError(f"LayerNormParams.make: eps / in_scale^2 = {eps / in_scale ** 2:.3g} too large "
+                             f"(eps term {eps_term} >= 2^{LN_EPS_BITS})")
+        g_real, b_real = gamma / out_scale, beta / out_scale
+        for s in range(LN_SHIFT_MAX, 0, -1):
+            g = _round_half_up(g_real * 2.0 ** (s - LN_FRAC_BITS))
+            b = _round_half_up(b_real * 2.0 ** s)
+            if np.all(np.abs(g) < (1 << (LN_GAIN_BITS - 1))) and np.all(np.abs(b) <= LN_BIAS_LIMIT):
+                return cls(g.astype(np.int16), b.astype(np.int32), s, eps_term)
+        raise ValueError("LayerNormParams.make: gamma / out_scale or beta / out_scale too large for int16 gains "
+                         "and int32 biases")
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {"gain": self.gain, "bias": self.bias, "shift": _scalar(self.shift),
+                "eps_term": _scalar(self.eps_term, np.int64)}
+
+    @classmethod
+    def from_arrays(cls, d: dict) -> "LayerNormParams":
+        _check_keys(d, cls.__name__, cls.ARRAYS)
+        gain = _take(d, cls.__name__, "gain", np.int16, ndim=1)
+        return cls(gain, _take(d, cls.__name__, "bias", np.int32, shape=gain.shape),
+                   int(_take(d, cls.__name__, "shift", np.int32, shape=())),
+                   int(_take(d, cls.__name__, "eps_term", np.int64, shape=())))
+
+
+def _ln_row_stats(rows: np.ndarray, eps_term: int):
+    """Steps 1-3 of `layernorm` for a block of rows: per row (D T, S T - rnd(sh), sh) as int64."""
+    d = rows.shape[1]
+    xf = rows.astype(np.float32)                                     # sums below 2^24: exact in float32
+    s = xf.sum(axis=1).astype(np.int64)                              # S = sum q        |S| <= 2^17
+    q = np.einsum("ij,ij->i", xf, xf).astype(np.int64)               # Q = sum q^2     Q <= 2^24
+    var = d * q - s * s                                              # D^2 variance(q) < 2^34
+    t, k = rsqrt_fixed(np.maximum(var + eps_term, 1))
+    sh = RSQRT_FRAC_BITS - LN_FRAC_BITS + k                          # 5..25
+    # c * T = q * (D T) - S T: two row constants, one 8 x 26-bit product per element (< 2^33)
+    return d * t, s * t - np.left_shift(np.int64(1), sh - 1), sh
+
+
+def _ln_blocks(x: np.ndarray, eps_term: int):
+    """(rows, n) per block of rows: n (float64, integer valued) of step 4, for cache-sized blocks."""
+    d = x.shape[-1]
+    if not 1 <= d <= LN_MAX_DIM:
+        raise ValueError(f"layernorm: rows of {d} outside 1..{LN_MAX_DIM}")
+    rows = x.reshape(-1, d)
+    lim = 1 << (LN_NORM_BITS - 1)
+    for sl in _row_blocks(rows.shape[0], d):
+        dt, st, sh = _ln_row_stats(rows[sl], eps_term)
+        # float64 holds every step exactly (|values| < 2^34) and scales by 2^-sh exactly
+        n = np.multiply(rows[sl], dt[:, None], dtype=np.float64)
+        n -= st[:, None]
+        n *= np.ldexp(1.0, -sh)[:, None]
+        np.floor(n, out=n)
+        np.clip(n, -lim, lim - 1, out=n)
+        yield sl, n
+
+
+def layernorm_normalised(x, eps_term: int = 0) -> np.ndarray:
+    """Steps 1-4 of `layernorm`: n = (x - mean) / sqrt(var + eps) with LN_FRAC_BITS fraction bits, int16."""
+    x = _int8("layernorm: x", x)
+    out = np.empty((int(np.prod(x.shape[:-1])), x.shape[-1]), np.int16)
+    for sl, n in _ln_blocks(x, eps_term):
+        out[sl] = n
+    return out.reshape(x.shape)
+
+
+def layernorm(x, p: LayerNormParams) -> np.ndarray:
+    """LayerNorm over the last axis of int8 x (..., D), D <= 1,024 (LayerNorm2d: channels last).
+
+    Per row of q (int8, D values), with P = LN_FRAC_BITS = 10:
+      1. S = sum q (int18), Q = sum q^2 (uint25), var = D*Q - S^2 = D * sum (q - mean)^2
+         = D^2 variance(q): 0 <= var < 2^34 (a per-row scalar: one DSP48 accumulator)
+      2. V = max(var + E, 1) < 2^41, E = p.eps_term = round(D^2 eps / in_scale^2)
+      3. (T, k) = rsqrt_fixed(V): 1/sqrt(V) ~ T / 2^(20 + k), T 16-bit unsigned from a 3,073-entry ROM
+      4. per element: c = D q - S (int19), n = sat16((c * T + rnd(sh)) >> sh), sh = 10 + k in 5..25:
+         n = (q - mean) / sqrt(variance(q) + eps / in_scale^2) with P fraction bits.
+         |c * T| < 2^33 (one 19 x 17-bit DSP product, or q * (D T) - S T with the row constants
+         D T and S T: an 8 x 26-bit product). |n| <= sqrt(D - 1) (1 + 2^-11) 2^P < 2^15, so the
+         int16 saturation never acts.
+      5. per channel j: y = sat8((n * g[j] + b[j] + rnd(s)) >> s), s = p.shift:
+         |n * g| < 2^30, |b| <= 2^29, rnd(s) <= 2^29: int32 throughout.
+    A constant row (var = 0) gives c = 0, n = 0 and y = sat8((b[j] + rnd(s)) >> s): beta quantised.
+    Error against float LayerNorm of the dequantised input, in output LSB (before saturation):
+      <= 0.5 + |G| (|n| (2^-12 + 2^-15 + 1/(4V)) + 2^-11) + (|n| + 1) 2^(P - s - 1),  G = gamma / out_scale
+    (tests/test_intvec.py checks it element by element)."""
+    x = _int8("layernorm: x", x)
+    if x.shape[-1] != p.dim:
+        raise ValueError(f"layernorm: rows of {x.shape[-1]} for parameters of {p.dim} channels")
+    out = np.empty((int(np.prod(x.shape[:-1])), p.dim), np.int8)
+    g = p.gain.astype(np.float64)
+    b = p.bias.astype(np.float64) + (1 << (p.shift - 1))
+    scale = math.ldexp(1.0, -p.shift)
+    for sl, n in _ln_blocks(x, p.eps_term):
+        n *= g                                                        # exact in float64: |n g + b| < 2^31
+        n += b
+        n *= scale
+        np.floor(n, out=n)
+        np.clip(n, INT8_MIN, INT8_MAX, out=n)
+        out[sl] = n
+    return out.reshape(x.shape)
+
+
+# ------------------------------------------------------------------ LUT (GELU, sigmoid, ...)
+
+
+@dataclass(frozen=True, eq=False)
+class LutParams:
+    """A 256-entry int8 table: table[i] is the output for input i - 128."""
+    table: np.ndarray
+
+    ARRAYS = ("table",)
+
+    def __post_init__(self):
+        object.__setattr__(self, "table", _frozen_array("LutParams.table", self.table, np.int8, shape=(LUT_SIZE,)))
+
+    @classmethod
+    def make(cls, fn, in_scale: float, out_scale: float) -> "LutParams":
+        """table[i] = sat8(floor(fn(in_scale * (i - 128)) / out_scale + 1/2)), fn evaluated in float64
+        (vectorised). Exact w.r.t. the quantised input: |error| <= 0.5 LSB unless saturated."""
+        in_scale, out_scale = _positive("in_scale", in_scale), _positive("out_scale", out_scale)
+        x = in_scale * np.arange(INT8_MIN, INT8_MAX + 1, dtype=np.float64)
+        with np.errstate(over="ignore"):
+            y = np.asarray(fn(x), np.float64)
+        if y.shape != x.shape:
+            raise ValueError(f"LutParams.make: fn must map an array of {x.shape} to the same shape, got {y.shape}")
+        if np.any(np.isnan(y)):
+            raise ValueError("LutParams.make: fn returned NaN")
+        with np.errstate(over="ignore", invalid="ignore"):
+            v = np.floor(y / out_scale + 0.5)
+        return cls(np.clip(v, INT8_MIN, INT8_MAX).astype(np.int8))
+
+    @classmethod
+    def gelu(cls, in_scale: float, out_scale: float) -> "LutParams":
+        """Exact (erf) GELU, torch.nn.GELU's default (golden_model.nn.gelu)."""
+        return cls.make(nn.gelu, in_scale, out_scale)
+
+    @classmethod
+    def sigmoid(cls, in_scale: float, out_scale: float) -> "LutParams":
+        return cls.make(lambda v: 1.0 / (1.0 + np.exp(-v)), in_scale, out_scale)
+
+    @classmethod
+    def relu(cls, in_scale: float, out_scale: float) -> "LutParams":
+        """ReLU with a change of scale (after a GEMM, prefer the requantiser's relu flag)."""
+        return cls.make(lambda v: np.maximum(v, 0.0), in_scale, out_scale)
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {"table": self.table}
+
+    @classmethod
+    def from_arrays(cls, d: dict) -> "LutParams":
+        _check_keys(d, cls.__name__, cls.ARRAYS)
+        return cls(_take(d, cls.__name__, "table", np.int8, shape=(LUT_SIZE,)))
+
+
+def lut(x, p: LutParams) -> np.ndarray:
+    """y = p.table[x + 128] (the index is x's byte with its sign bit flipped): one 256 x 8 ROM per lane."""
+    x = _int8("lut: x", x, 0)
+    return p.table[x.view(np.uint8) ^ np.uint8(0x80)]
+
+
+# ------------------------------------------------------------------ add / rescale
+
+
+def quantize_add_multipliers(ratios: tuple[float, ...]) -> tuple[tuple[int, ...], int]:
+    """Multipliers m_i < 2^ADD_MULT_BITS and one shift s in 0..ADD_SHIFT_MAX with m_i / 2^s ~ ratios[i]:
+    the largest s for which every round(ratio * 2^s) fits (ratios >= 2^16 cannot be represented)."""
+    for r in ratios:
+        _positive("scale ratio", r)
+    for s in range(ADD_SHIFT_MAX, -1, -1):
+        ms = tuple(math.floor(r * (1 << s) + 0.5) for r in ratios)
+        if all(m < (1 << ADD_MULT_BITS) for m in ms):
+            return ms, s
+    raise ValueError(f"scale ratios {ratios} too large for {ADD_MULT_BITS}-bit multipliers")
+
+
+def _check_add_fields(cls: str, mults: dict[str, int], shift: int) -> dict[str, int]:
+    out = {k: _check_range(f"{cls}.{k}", v, 0, (1 << ADD_MULT_BITS) - 1) for k, v in mults.items()}
+    out["shift"] = _check_range(f"{cls}.shift", shift, 0, ADD_SHIFT_MAX)
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class AddParams:
+    """y = sat8((a * a_mult + b * b_mult + rnd(shift)) >> shift), see `add`."""
+    a_mult: int
+    b_mult: int
+    shift: int
+
+    ARRAYS = ("a_mult", "b_mult", "shift")
+
+    def __post_init__(self):
+        for k, v in _check_add_fields("AddParams", {"a_mult": self.a_mult, "b_mult": self.b_mult},
+                                      self.shift).items():
+            object.__setattr__(self, k, v)
+
+    @classmethod
+    def make(cls, a_scale: float, b_scale: float, out_scale: float) -> "AddParams":
+        """out_scale * y ~ a_scale * a + b_scale * b."""
+        out_scale = _positive("out_scale", out_scale)
+        (ma, mb), s = quantize_add_multipliers((_positive("a_scale", a_scale) / out_scale,
+                                                _positive("b_scale", b_scale) / out_scale))
+        return cls(ma, mb, s)
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {k: _scalar(getattr(self, k)) for k in self.ARRAYS}
+
+    @classmethod
+    def from_arrays(cls, d: dict) -> "AddParams":
+        _check_keys(d, cls.__name__, cls.ARRAYS)
+        return cls(*(int(_take(d, cls.__name__, k, np.int32, shape=())) for k in cls.ARRAYS))
+
+
+def add(a, b, p: AddParams) -> np.ndarray:
+    """Residual add of int8 a and int8 b of other scales: y = sat8((a*ma + b*mb + rnd(s)) >> s).
+
+    |a*ma + b*mb| <= 2 * 128 * (2^16 - 1) < 2^24, plus rnd(s) <= 2^30: int32 throughout.
+    Broadcasting: b's shape must broadcast to a's (NumPy rules) and the result has a's shape:
+    b of (C,) adds a per-channel vector to every row (no-object embedding), b of (H, W, C) adds a
+    position encoding to each image of a (B, H, W, C); the engine re-reads b for each outer index.
+    Error against (a_scale a + b_scale b) / out_scale, with ra = a_scale / out_scale, rb likewise:
+    <= 0.5 + (|a| |ma - ra 2^s| + |b| |mb - rb 2^s|) / 2^s <= 0.5 + 2^(7 - s) LSB (before saturation)."""
+    a = _int8("add: a", a, 0)
+    b = _int8("add: b", b, 0)
+    try:
+        shape = np.broadcast_shapes(a.shape, b.shape)
+    except ValueError:
+        shape = None
+    if shape != a.shape:
+        raise ValueError(f"add: b of shape {b.shape} does not broadcast to a's shape {a.shape}")
+    # b as a (1, period) operand repeating over the rows of a (rows, period), or a's own shape
+    while b.ndim and b.shape[0] == 1:
+        b = b[0]
+    if b.shape != a.shape[a.ndim - b.ndim:]:
+        b = np.ascontiguousarray(np.broadcast_to(b, a.shape))
+    period = max(b.size, 1)
+    a2, b2 = a.reshape(-1, period), b.reshape(1, period)
+    out = np.empty(a2.shape, np.int8)
+    for rows, cols in _blocks(*a2.shape):
+        acc = np.multiply(a2[rows, cols], np.int32(p.a_mult), dtype=np.int32)
+        acc += np.multiply(b2[:, cols], np.int32(p.b_mult), dtype=np.int32)
+        out[rows, cols] = _saturate8(_shift_round(acc, p.shift))
+    return out.reshape(a.shape)
+
+
+@dataclass(frozen=True, eq=False)
+class RescaleParams:
+    """y = sat8((x * multiplier + rnd(shift)) >> shift): int8 to int8 at another scale."""
+    multiplier: int
+    shift: int
+
+    ARRAYS = ("multiplier", "shift")
+
+    def __post_init__(self):
+        for k, v in _check_add_fields("RescaleParams", {"multiplier": self.multiplier}, self.shift).items():
+            object.__setattr__(self, k, v)
+
+    @classmethod
+    def make(cls, in_scale: float, out_scale: float) -> "RescaleParams":
+        (m,), s = quantize_add_multipliers((_positive("in_scale", in_scale) / _positive("out_scale", out_scale),))
+        return cls(m, s)
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {k: _scalar(getattr(self, k)) for k in self.ARRAYS}
+
+    @classmethod
+    def from_arrays(cls, d: dict) -> "RescaleParams":
+        _check_keys(d, cls.__name__, cls.ARRAYS)
+        return cls(*(int(_take(d, cls.__name__, k, np.int32, shape=())) for k in cls.ARRAYS))
+
+
+def rescale(x, p: RescaleParams) -> np.ndarray:
+    """int8 x to int8 at another scale: the add datapath with b_mult = 0 (|x*m| < 2^23: int32).
+    Error: <= 0.5 + |x| |m - r 2^s| / 2^s LSB for the ratio r = in_scale / out_scale."""
+    x = _int8("rescale: x", x, 0)
+    flat = x.reshape(1, -1)
+    out = np.empty(flat.shape, np.int8)
+    for rows, cols in _blocks(*flat.shape):
+        acc = np.multiply(flat[rows, cols], np.int32(p.multiplier), dtype=np.int32)
+        out[rows, cols] = _saturate8(_shift_round(acc, p.shift))
+    return out.reshape(x.shape)
