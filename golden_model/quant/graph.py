@@ -171,7 +171,7 @@ class Graph:
             "model": self.model, "image_size": self.image_size, "dims": self.dims, "meta": self.meta,
             "inputs": list(self.inputs), "outputs": list(self.outputs),
             "tensors": [asdict(t) for t in self.tensors.values()],
-            "constants": {k: list(v.shape) for k, v in self.constants.items()},
+            "constants": {k: {"shape": list(v.shape), "dtype": str(v.dtype)} for k, v in self.constants.items()},
             "nodes": [{**asdict(n), "engine": n.engine} for n in self.nodes],
         }, default=_json_default)
 
@@ -182,9 +182,10 @@ class Graph:
                 meta=_attrs_from_json(d["meta"]))
         for t in d["tensors"]:
             g.tensors[t["name"]] = TensorSpec(t["name"], tuple(t["shape"]), t["dtype"], t["scale"])
-        missing = sorted(set(d["constants"]) - set(constants))
-        if missing:
-            raise GraphError(f"constants missing: {', '.join(missing)}")
+        problems = check_arrays(constants, {k: (tuple(v["shape"]), v["dtype"]) for k, v in d["constants"].items()},
+                                "constants")
+        if problems:
+            raise GraphError("; ".join(problems))
         g.constants = {k: constants[k] for k in d["constants"]}
         for n in d["nodes"]:
             g.nodes.append(Node(n["name"], n["op"], tuple(n["inputs"]), tuple(n["outputs"]), n["stage"],
@@ -202,3 +203,20 @@ def _json_default(x):
 
 def _attrs_from_json(attrs: dict) -> dict:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in attrs.items()}
+
+
+def check_arrays(arrays: dict, expected: dict, what: str, check_shapes: bool = True) -> list[str]:
+    """Problems (missing, extra, wrong dtype or shape) of `arrays` against {name: (shape, dtype)}, each named."""
+    problems = []
+    missing = sorted(set(expected) - set(arrays))
+    extra = sorted(set(arrays) - set(expected))
+    if missing:
+        problems.append(f"{what} missing ({len(missing)}): {', '.join(missing[:20])}")
+    if extra:
+        problems.append(f"unexpected {what} ({len(extra)}): {', '.join(extra[:20])}")
+    bad = [f"{k}: {arrays[k].dtype}{list(arrays[k].shape)}, expected {dt}{list(sh)}"
+           for k, (sh, dt) in expected.items() if k in arrays and
+           (str(arrays[k].dtype) != dt or (check_shapes and tuple(arrays[k].shape) != tuple(sh)))]
+    if bad:
+        problems.append(f"{what} of the wrong dtype or shape ({len(bad)}): {'; '.join(bad[:20])}")
+    return problems
