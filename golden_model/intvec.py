@@ -507,3 +507,127 @@ def rescale(x, p: RescaleParams) -> np.ndarray:
         acc = np.multiply(flat[rows, cols], np.int32(p.multiplier), dtype=np.int32)
         out[rows, cols] = _saturate8(_shift_round(acc, p.shift))
     return out.reshape(x.shape)
+
+
+# ------------------------------------------------------------------ RoPE
+
+
+@dataclass(frozen=True, eq=False)
+class RopeParams:
+    """Fixed-point rotary tables and the output requantiser, see `rope`: cos, sin int16 (L, D/2) with
+    ROPE_FRAC_BITS fraction bits; multiplier < 2^31 and shift 0..63 as golden_model.intops.requantize."""
+    cos: np.ndarray
+    sin: np.ndarray
+    multiplier: int
+    shift: int
+
+    ARRAYS = ("cos", "sin", "multiplier", "shift")
+
+    def __post_init__(self):
+        cos = _frozen_array("RopeParams.cos", self.cos, np.int16, ndim=2)
+        sin = _frozen_array("RopeParams.sin", self.sin, np.int16, shape=cos.shape)
+        if cos.shape[0] < 1 or cos.shape[1] < 1:
+            raise ValueError(f"RopeParams: empty tables {cos.shape}")
+        one = 1 << ROPE_FRAC_BITS
+        for name, t in (("cos", cos), ("sin", sin)):
+            if np.any(np.abs(t.astype(np.int32)) > one):
+                raise ValueError(f"RopeParams.{name} outside +-2^{ROPE_FRAC_BITS}")
+        object.__setattr__(self, "cos", cos)
+        object.__setattr__(self, "sin", sin)
+        object.__setattr__(self, "multiplier", _check_range("RopeParams.multiplier", self.multiplier, 0,
+                                                            (1 << MULT_BITS) - 1))
+        object.__setattr__(self, "shift", _check_range("RopeParams.shift", self.shift, 0, (1 << SHIFT_BITS) - 1))
+
+    @property
+    def positions(self) -> int:
+        return self.cos.shape[0]
+
+    @classmethod
+    def make(cls, cos, sin, in_scale: float, out_scale: float) -> "RopeParams":
+        """cos, sin: float (L, D/2) as golden_model.memory_attention.axial_rope returns them;
+        c = round(cos * 2^14), s = round(sin * 2^14) (half up); (m, s) = quantize_multiplier(
+        in_scale / out_scale / 2^14)."""
+        cos, sin = np.asarray(cos, np.float64), np.asarray(sin, np.float64)
+        if cos.ndim != 2 or sin.shape != cos.shape:
+            raise ValueError(f"RopeParams.make: cos {cos.shape} and sin {sin.shape} must be the same (L, D/2)")
+        if not (np.all(np.abs(cos) <= 1.0) and np.all(np.abs(sin) <= 1.0)):
+            raise ValueError("RopeParams.make: cos and sin must lie in [-1, 1]")
+        one = 1 << ROPE_FRAC_BITS
+        m, s = quantize_multiplier(_positive("in_scale", in_scale) / _positive("out_scale", out_scale) / one)
+        return cls(_round_half_up(cos * one).astype(np.int16), _round_half_up(sin * one).astype(np.int16), m, s)
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {"cos": self.cos, "sin": self.sin, "multiplier": _scalar(self.multiplier),
+                "shift": _scalar(self.shift)}
+
+    @classmethod
+    def from_arrays(cls, d: dict) -> "RopeParams":
+        _check_keys(d, cls.__name__, cls.ARRAYS)
+        cos = _take(d, cls.__name__, "cos", np.int16, ndim=2)
+        return cls(cos, _take(d, cls.__name__, "sin", np.int16, shape=cos.shape),
+                   int(_take(d, cls.__name__, "multiplier", np.int32, shape=())),
+                   int(_take(d, cls.__name__, "shift", np.int32, shape=())))
+
+
+def rope(x, p: RopeParams) -> np.ndarray:
+    """Rotary position encoding of int8 x (..., N, D), D = 2 * p.cos.shape[1], N a multiple of L.
+
+    The official layout (view_as_complex on interleaved pairs, golden_model.memory_attention.apply_rope):
+    token t (table row t mod L), pair i = channels (2i, 2i+1):
+        acc[2i]   = x[2i] c[i] - x[2i+1] s[i]                 c, s int16 (|c|, |s| <= 2^14)
+        acc[2i+1] = x[2i] s[i] + x[2i+1] c[i]                 |acc| <= 2^22 (int24, held in int32)
+        y = intops.requantize(acc, m, shift)                   int8; m / 2^shift ~ in_scale / out_scale / 2^14
+    rope_k_repeat (cross-attention keys of several memory frames use the q table): N = frames * L and
+    row t uses table row t mod L, i.e. the table tiled (the engine's table address wraps at L).
+    The keys excluded from RoPE (object pointers) are not passed here: the graph slices them off and
+    rescales them to this op's out_scale if it differs from in_scale.
+    Error against the float rotation of the dequantised x, in output LSB (before saturation):
+      <= 0.5 + (|x[2i]| + |x[2i+1]|) 2^-15 r + |acc| |m 2^-shift - r 2^-14|,  r = in_scale / out_scale."""
+    x = _int8("rope: x", x, 2)
+    n, d = x.shape[-2:]
+    L, half = p.cos.shape
+    if d != 2 * half:
+        raise ValueError(f"rope: {d} channels for tables of {half} pairs")
+    if n % L:
+        raise ValueError(f"rope: {n} tokens is not a multiple of the {L}-position table")
+    rows = x.reshape(-1, d)
+    out = np.empty(rows.shape, np.int8)
+    c, s = p.cos.astype(np.int32), p.sin.astype(np.int32)
+    m, sh = np.int64(p.multiplier), p.shift
+    for sl in _row_blocks(rows.shape[0], d):
+        t = np.arange(sl.start, sl.stop) % L
+        ct, st = c[t], s[t]
+        x0, x1 = rows[sl, 0::2].astype(np.int32), rows[sl, 1::2].astype(np.int32)
+        for j, acc in ((0, x0 * ct - x1 * st), (1, x0 * st + x1 * ct)):
+            y = acc.astype(np.int64)
+            y *= m                                                   # |acc m| < 2^53, + rnd < 2^63
+            out[sl, j::2] = _saturate8(_shift_round(y, sh))
+    return out.reshape(x.shape)
+
+
+# ------------------------------------------------------------------ pooling and upsampling
+
+
+def maxpool2x2(x) -> np.ndarray:
+    """2x2 max-pool, stride 2, of int8 (..., H, W, C) channels-last: (..., H // 2, W // 2, C).
+
+    Hiera's q-pooling is nn.MaxPool2d(kernel 2, stride 2, ceil_mode=False): odd H or W drop the
+    last row or column (golden_model.nn.max_pool2d_nhwc). Max commutes with a positive scale:
+    the output has the input's scale and is exact."""
+    x = _int8("maxpool2x2: x", x, 3)
+    h, w = x.shape[-3:-1]
+    if h < 2 or w < 2:
+        raise ValueError(f"maxpool2x2: a {h}x{w} map has no 2x2 window")
+    v = x[..., : h - h % 2, : w - w % 2, :]
+    return np.maximum(np.maximum(v[..., 0::2, 0::2, :], v[..., 0::2, 1::2, :]),
+                      np.maximum(v[..., 1::2, 0::2, :], v[..., 1::2, 1::2, :]))
+
+
+def upsample_nearest2x(x) -> np.ndarray:
+    """Nearest-neighbour 2x upsampling of int8 (..., H, W, C) channels-last: (..., 2H, 2W, C),
+    out[2y + i, 2x + j] = x[y, x] (F.interpolate(scale_factor=2, mode="nearest"), the FPN
+    neck's top-down path). Exact; scale unchanged."""
+    x = _int8("upsample_nearest2x: x", x, 3)
+    *lead, h, w, c = x.shape
+    up = np.broadcast_to(x[..., :, None, :, None, :], (*lead, h, 2, w, 2, c))
+    return up.reshape(*lead, 2 * h, 2 * w, c)

@@ -325,6 +325,99 @@ def test_rescale_is_the_requantiser_with_a_narrow_multiplier():
         V.RescaleParams(1 << 16, 3)
 
 
+# ------------------------------------------------------------------ RoPE
+
+
+def test_rope_hand_derived():
+    """One position, one pair. 90 degrees (c = 0, s = 2^14), in = out scale: m / 2^shift = 2^-14 ->
+    m = 2^30, shift = 44; x = (3, -5): acc = (0 + 5 * 2^14, 3 * 2^14) -> (5, 3).
+    45 degrees: c = s = round(2^14 / sqrt 2) = 11585; x = (100, 0): acc = (1158500, 1158500),
+    1158500 / 2^14 = 70.71 -> 71; x = (1, 1): acc = (0, 23170) -> (0, 1)."""
+    p = V.RopeParams.make([[0.0]], [[1.0]], 0.1, 0.1)
+    assert (p.cos.tolist(), p.sin.tolist(), p.multiplier, p.shift) == ([[0]], [[16384]], 1 << 30, 44)
+    assert V.rope(np.array([[3, -5]], np.int8), p).tolist() == [[5, 3]]
+    h = math.sqrt(0.5)
+    p = V.RopeParams.make([[h]], [[h]], 0.1, 0.1)
+    assert p.cos.tolist() == [[11585]]
+    assert V.rope(np.array([[100, 0], [1, 1]], np.int8), p).tolist() == [[71, 71], [0, 1]]
+
+
+def rope_bound(p, x, r):
+    x = x.astype(np.float64)
+    pair = np.abs(x[..., 0::2]) + np.abs(x[..., 1::2])
+    acc_max = pair * (1 << V.ROPE_FRAC_BITS)
+    b = 0.5 + pair * 2.0 ** -15 * r + acc_max * abs(p.multiplier * 2.0 ** -p.shift - r * 2.0 ** -14) + 1e-4
+    return np.repeat(b, 2, axis=-1)        # both channels of a pair
+
+
+@pytest.mark.parametrize("frames,sin_s,sout", [(1, 0.05, 0.05), (3, 0.05, 0.07), (2, 0.2, 0.1)])
+def test_rope_against_float(frames, sin_s, sout):
+    """Against golden_model.memory_attention.apply_rope (the official pair layout) on axial tables;
+    frames > 1 is rope_k_repeat: the table tiled over the memory frames."""
+    from golden_model.memory_attention import apply_rope, axial_rope
+    cos, sin = axial_rope(64, 8, 8)
+    p = V.RopeParams.make(cos, sin, sin_s, sout)
+    rng = np.random.default_rng(frames)
+    x = rng.integers(-128, 128, (frames * 64, 64)).astype(np.int8)
+    x[:5] = -128
+    x[5:9] = 127
+    y = V.rope(x, p)
+    y_f = apply_rope(x.astype(np.float64) * sin_s, cos, sin).astype(np.float64)
+    assert np.all(np.abs(y - lsb(y_f, sout)) <= rope_bound(p, x, sin_s / sout))
+    assert np.array_equal(V.rope(x.reshape(frames, 64, 64), p).reshape(-1, 64), y)   # leading axes
+
+
+def test_rope_rejects_bad_input():
+    from golden_model.memory_attention import axial_rope
+    p = V.RopeParams.make(*axial_rope(16, 4, 4), 0.1, 0.1)
+    with pytest.raises(ValueError, match="int8"):
+        V.rope(np.zeros((16, 16), np.float32), p)
+    with pytest.raises(ValueError, match="8 pairs"):
+        V.rope(np.zeros((16, 8), np.int8), p)
+    with pytest.raises(ValueError, match="multiple of the 16-position"):
+        V.rope(np.zeros((24, 16), np.int8), p)
+    with pytest.raises(ValueError, match=r"\[-1, 1\]"):
+        V.RopeParams.make([[2.0]], [[0.0]], 0.1, 0.1)
+    with pytest.raises(ValueError, match="sin must be int16"):
+        V.RopeParams(np.zeros((2, 2), np.int16), np.zeros((2, 2), np.int32), 1, 1)
+    with pytest.raises(ValueError, match="cos outside"):
+        V.RopeParams(np.full((2, 2), 16385, np.int16), np.zeros((2, 2), np.int16), 1, 1)
+
+
+# ------------------------------------------------------------------ pooling and upsampling
+
+
+@pytest.mark.parametrize("h,w", [(8, 8), (5, 7), (2, 3), (64, 64)])
+def test_maxpool_matches_float_floor_sizes(h, w):
+    rng = np.random.default_rng(h * w)
+    x = rng.integers(-128, 128, (2, h, w, 5)).astype(np.int8)
+    x[0, 0, 0] = -128
+    x[1, :2, :2] = 127
+    y = V.maxpool2x2(x)
+    assert y.dtype == np.int8 and y.shape == (2, h // 2, w // 2, 5)
+    assert np.array_equal(y, nn.max_pool2d_nhwc(x.astype(np.float32), (2, 2)))
+    assert np.array_equal(V.maxpool2x2(x[0]), y[0])                # (H, W, C) without a batch axis
+
+
+def test_upsample_matches_float():
+    rng = np.random.default_rng(8)
+    x = rng.integers(-128, 128, (2, 3, 5, 4)).astype(np.int8)
+    y = V.upsample_nearest2x(x)
+    want = nn.upsample_nearest2x(x.transpose(0, 3, 1, 2).astype(np.float32)).transpose(0, 2, 3, 1)
+    assert y.dtype == np.int8 and np.array_equal(y, want)
+    assert y[1, 5, 9].tolist() == x[1, 2, 4].tolist()
+    assert np.array_equal(V.upsample_nearest2x(x[0]), y[0])
+
+
+def test_pool_upsample_reject_bad_input():
+    with pytest.raises(ValueError, match="no 2x2 window"):
+        V.maxpool2x2(np.zeros((1, 5, 3), np.int8))
+    with pytest.raises(ValueError, match="int8"):
+        V.maxpool2x2(np.zeros((4, 4, 3), np.uint8))
+    with pytest.raises(ValueError, match="at least 3"):
+        V.upsample_nearest2x(np.zeros((4, 4), np.int8))
+
+
 # ------------------------------------------------------------------ files
 
 
@@ -341,7 +434,8 @@ def round_trip(params, tmp_path):
 def all_params():
     rng = np.random.default_rng(5)
     return [V.LayerNormParams.make(rng.normal(1, 1, 96), rng.normal(0, 1, 96), 0.05, 0.03, 1e-6),
-            V.LutParams.gelu(0.05, 0.03), V.AddParams.make(0.01, 0.02, 0.03), V.RescaleParams.make(0.1, 0.2)]
+            V.LutParams.gelu(0.05, 0.03), V.AddParams.make(0.01, 0.02, 0.03), V.RescaleParams.make(0.1, 0.2),
+            V.RopeParams.make(rng.uniform(-1, 1, (16, 8)), rng.uniform(-1, 1, (16, 8)), 0.1, 0.12)]
 
 
 @pytest.mark.parametrize("params", all_params(), ids=lambda p: type(p).__name__)
