@@ -14,18 +14,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from golden_model import intconv, intops
+from golden_model import intconv, intops, intvec
 from golden_model.intattn import AttentionQuant, attention
 from golden_model.quant.interpret import (Runner, host_mlp, merge_heads, nchw_to_nhwc, nhwc_to_nchw, prompt_tokens,
                                           split_heads, window_partition_op, window_unpartition_op)
 from golden_model.quant.quantize import QuantModel, quantize_tensor, weight_scales
 
 F32 = np.float32
-
-
-def _vec():
-    from golden_model import intvec
-    return intvec
 
 
 def _requant_args(r, n):
@@ -66,29 +61,24 @@ def _attention(n, a, r):
 
 
 def _vec_params(r, n, cls_name):
-    return r.cached(("vec", n.name), lambda: getattr(_vec(), cls_name).from_arrays(
+    return r.cached(("vec", n.name), lambda: getattr(intvec, cls_name).from_arrays(
         {k: v for k, v in r.params[n.name].items() if k != "b_scale"}))
 
 
 def _layernorm(n, a, r):
-    return _vec().layernorm(a[0], _vec_params(r, n, "LayerNormParams"))
+    return intvec.layernorm(a[0], _vec_params(r, n, "LayerNormParams"))
 
 
 def _gelu(n, a, r):
-    return _vec().lut(a[0], _vec_params(r, n, "LutParams"))
+    return intvec.lut(a[0], _vec_params(r, n, "LutParams"))
 
 
 def _add(n, a, r):
-    return _vec().add(a[0], a[1], _vec_params(r, n, "AddParams"))
+    return intvec.add(a[0], a[1], _vec_params(r, n, "AddParams"))
 
 
 def _rescale(n, a, r):
-    return _vec().rescale(a[0], _vec_params(r, n, "RescaleParams"))
-
-
-def _per_image(fn, x):
-    """Apply a channels-last (H, W, C) op to each image of (N, H, W, C)."""
-    return np.stack([fn(xi) for xi in x])
+    return intvec.rescale(a[0], _vec_params(r, n, "RescaleParams"))
 
 
 def _quantize(n, a, r):
@@ -114,8 +104,8 @@ INT_OPS = {
     "linear": _linear, "conv": _conv, "depthwise": _conv, "conv_transpose": _conv_transpose,
     "attention": _attention,
     "layernorm": _layernorm, "gelu": _gelu, "add": _add, "rescale": _rescale,
-    "maxpool2x2": lambda n, a, r: _per_image(_vec().maxpool2x2, a[0]),
-    "upsample2x": lambda n, a, r: _per_image(_vec().upsample_nearest2x, a[0]),
+    "maxpool2x2": lambda n, a, r: intvec.maxpool2x2(a[0]),
+    "upsample2x": lambda n, a, r: intvec.upsample_nearest2x(a[0]),
     "window_partition": lambda n, a, r: window_partition_op(n, a[0]),
     "window_unpartition": lambda n, a, r: window_unpartition_op(n, a[0], r.graph.tensors[n.outputs[0]].shape),
     "quantize": _quantize, "dequantize": _dequantize,

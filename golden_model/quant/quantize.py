@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from golden_model import intvec
 from golden_model.intattn import AttentionQuant
 from golden_model.intops import INT8_MAX, quantize_multiplier
 from golden_model.quant.graph import Graph, Node
@@ -147,7 +148,6 @@ WEIGHT_AXIS = {"linear": 0, "conv": 0, "depthwise": 0, "conv_transpose": 1}
 
 def quantize(graph: Graph, stats: dict[str, TensorStats], estimator: str = "mse", key_tile: int = 32,
              preset: str = "kv260") -> QuantModel:
-    from golden_model import intvec
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown estimator {estimator!r}; known: {', '.join(ESTIMATORS)}")
     g = copy.copy(graph)
