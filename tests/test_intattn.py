@@ -246,3 +246,8 @@ def test_leading_axes_are_independent_attentions():
     for i in range(3):
         for h in range(2):
             np.testing.assert_array_equal(got[i, h], A.attention(q[i, h], k[i, h], v[i, h], quant, key_tile=8))
+
+
+def test_exp2fix_table_equals_the_formula():
+    t = np.concatenate([np.arange(0, 6000), [1 << 20, (1 << 32) - 1, 1 << 33]])
+    np.testing.assert_array_equal(A.exp2fix(t), A.exp2fix_formula(t))
