@@ -81,3 +81,34 @@ def node_sqnr(qm: QuantModel, float_graph: Graph, image: np.ndarray, click) -> d
             q = q.astype(np.float64) * spec.scale
         out[name] = sqnr_db(fenv[name], q)
     return out
+
+
+def local_sqnr(qm: QuantModel, float_graph: Graph, image: np.ndarray, click) -> dict[str, float]:
+    """SQNR (dB) of each integer node on its own: float inputs quantised at their scales, the node's
+    integer op, against the float op on the float inputs (what that node alone costs)."""
+    from golden_model.quant.intinterp import INT_OPS
+    from golden_model.quant.quantize import quantize_tensor
+    fp = GraphPredictor(float_graph, FloatRunner(float_graph))
+    fp.set_image(image)
+    coords = np.asarray([[click]], np.float32) * np.float32(float_graph.image_size) / np.array(
+        [image.shape[1], image.shape[0]], np.float32)
+    feeds = {"point_coords": coords, "point_labels": np.ones((1, 1), np.float32)}
+    fenv = fp.runner.run(feeds, stages=("prompt_encoder", "mask_decoder"), env=fp.env)
+    runner = IntRunner(qm)
+    g = qm.graph
+    out = {}
+    for node in g.nodes:
+        name = node.outputs[0]
+        if g.tensors[name].dtype != "int8" or node.op == "quantize":
+            continue
+        args = []
+        for i in node.inputs:
+            if i in g.constants:
+                args.append(g.constants[i])
+            elif g.tensors[i].dtype == "int8":
+                args.append(quantize_tensor(fenv[i], g.tensors[i].scale))
+            else:
+                args.append(fenv[i])
+        q = INT_OPS[node.op](node, args, runner).astype(np.float64) * g.tensors[name].scale
+        out[name] = sqnr_db(fenv[name], q)
+    return out

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-CALIB_PHOTOS = ("astronaut", "coffee", "rocket", "camera", "hubble_deep_field")
-EVAL_PHOTOS = ("chelsea", "stereo_motorcycle", "immunohistochemistry", "retina", "coins", "cat")
+CALIB_PHOTOS = ("astronaut", "coffee", "rocket", "camera", "moon")
+EVAL_PHOTOS = ("chelsea", "stereo_motorcycle", "immunohistochemistry", "retina", "coins", "hubble_deep_field")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
 
