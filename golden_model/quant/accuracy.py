@@ -16,7 +16,7 @@ from golden_model.quant.graph import Graph
 from golden_model.quant.interpret import FloatRunner
 from golden_model.quant.intinterp import IntRunner
 from golden_model.quant.predictor import GraphPredictor
-from golden_model.quant.quantize import QuantModel
+from golden_model.quant.quantize import QuantModel, dequantize_tensor, quantize_tensor
 
 
 def eval_clicks(image_hw, n: int) -> list[list[float]]:
@@ -78,7 +78,7 @@ def node_sqnr(qm: QuantModel, float_graph: Graph, image: np.ndarray, click) -> d
         spec = qm.graph.tensors[name]
         q = ienv[name]
         if spec.dtype == "int8":
-            q = q.astype(np.float64) * spec.scale
+            q = dequantize_tensor(q, spec)
         out[name] = sqnr_db(fenv[name], q)
     return out
 
@@ -87,7 +87,6 @@ def local_sqnr(qm: QuantModel, float_graph: Graph, image: np.ndarray, click) -> 
     """SQNR (dB) of each integer node on its own: float inputs quantised at their scales, the node's
     integer op, against the float op on the float inputs (what that node alone costs)."""
     from golden_model.quant.intinterp import INT_OPS
-    from golden_model.quant.quantize import quantize_tensor
     fp = GraphPredictor(float_graph, FloatRunner(float_graph))
     fp.set_image(image)
     coords = np.asarray([[click]], np.float32) * np.float32(float_graph.image_size) / np.array(
@@ -106,9 +105,9 @@ def local_sqnr(qm: QuantModel, float_graph: Graph, image: np.ndarray, click) -> 
             if i in g.constants:
                 args.append(g.constants[i])
             elif g.tensors[i].dtype == "int8":
-                args.append(quantize_tensor(fenv[i], g.tensors[i].scale))
+                args.append(quantize_tensor(fenv[i], g.tensors[i].scale, g.tensors[i].zero_point))
             else:
                 args.append(fenv[i])
-        q = INT_OPS[node.op](node, args, runner).astype(np.float64) * g.tensors[name].scale
+        q = dequantize_tensor(INT_OPS[node.op](node, args, runner), g.tensors[name])
         out[name] = sqnr_db(fenv[name], q)
     return out

@@ -39,11 +39,13 @@ STAGES = ("image_encoder", "prompt_encoder", "mask_decoder")
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """A named activation: shape (ints, or "T"), dtype of its quantised form, scale (real = scale * int)."""
+    """A named activation: shape (ints, or "T"), dtype of its quantised form, scale and zero point
+    (real = scale * (int - zero_point); the zero point is 0 except where quantize.py says why)."""
     name: str
     shape: tuple
     dtype: str = "int8"          # int8 | int32 | float32 (host tensors stay float32)
     scale: float | None = None   # per tensor; None until calibrated (or float/dynamic)
+    zero_point: int = 0
 
     def numel(self, dims: dict) -> int:
         return math.prod(dims.get(s, s) if isinstance(s, str) else s for s in self.shape)
@@ -107,8 +109,11 @@ class Graph:
         self.nodes.append(node)
         return node
 
-    def set_scale(self, name: str, scale: float | None) -> None:
-        self.tensors[name] = replace(self.tensors[name], scale=scale)
+    def set_scale(self, name: str, scale: float | None, zero_point: int = 0) -> None:
+        self.tensors[name] = replace(self.tensors[name], scale=scale, zero_point=zero_point)
+
+    def consumers(self, tensor: str) -> list[Node]:
+        return [n for n in self.nodes if tensor in n.inputs]
 
     # ------------------------------------------------------------- reading
     def node(self, name: str) -> Node:
@@ -156,7 +161,7 @@ class Graph:
             out = self.tensors[n.outputs[0]]
             m = self.macs(n)
             totals[(n.stage, n.engine)] = totals.get((n.stage, n.engine), 0) + m
-            sc = "" if out.scale is None else f"{out.scale:.4g}"
+            sc = "" if out.scale is None else f"{out.scale:.4g}" + (f" zp {out.zero_point}" if out.zero_point else "")
             lines.append(f"{n.name:58s} {n.engine:9s} {n.op:18s} {str(out.shape):22s} {m:14,d}  {sc}")
         lines.append("totals (GMAC):")
         for (stage, engine), m in sorted(totals.items()):
@@ -181,7 +186,7 @@ class Graph:
         g = cls(d["model"], d["image_size"], dims=d["dims"], inputs=tuple(d["inputs"]), outputs=tuple(d["outputs"]),
                 meta=_attrs_from_json(d["meta"]))
         for t in d["tensors"]:
-            g.tensors[t["name"]] = TensorSpec(t["name"], tuple(t["shape"]), t["dtype"], t["scale"])
+            g.tensors[t["name"]] = TensorSpec(t["name"], tuple(t["shape"]), t["dtype"], t["scale"], t["zero_point"])
         problems = check_arrays(constants, {k: (tuple(v["shape"]), v["dtype"]) for k, v in d["constants"].items()},
                                 "constants")
         if problems:

@@ -8,7 +8,8 @@ first inside, channels-last in the graph); attention -> intattn.attention with t
 tile; element-wise -> golden_model.intvec; layout ops move int8 values (zero padding = real 0).
 Host ops run in float32 on dequantised inputs and quantise what they hand back (round half to
 even, clamp). The mask product is the GEMM engine with int32 output: the host quantises the
-hypernetwork rows per row (symmetric int8) and dequantises the int32 logits.
+hypernetwork rows per row (symmetric int8) and dequantises the int32 logits (minus the zero point's
+share when the upscaled embedding is asymmetric, see quantize.py).
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from golden_model import intconv, intops, intvec
 from golden_model.intattn import AttentionQuant, attention
 from golden_model.quant.interpret import (Runner, host_mlp, merge_heads, nchw_to_nhwc, nhwc_to_nchw, prompt_tokens,
                                           split_heads, window_partition_op, window_unpartition_op)
-from golden_model.quant.quantize import QuantModel, quantize_tensor, weight_scales
+from golden_model.quant.quantize import QuantModel, dequantize_tensor, quantize_tensor, weight_scales
 
 F32 = np.float32
 
@@ -82,11 +83,13 @@ def _rescale(n, a, r):
 
 
 def _quantize(n, a, r):
-    return quantize_tensor(a[0], r.scale(n.outputs[0]))
+    spec = r.graph.tensors[n.outputs[0]]
+    return quantize_tensor(a[0], r.scale(spec.name), spec.zero_point)
 
 
 def _dequantize(n, a, r):
-    return (np.asarray(a[0], F32) * F32(r.scale(n.inputs[0]))).astype(F32)
+    r.scale(n.inputs[0])
+    return dequantize_tensor(a[0], r.graph.tensors[n.inputs[0]]).astype(F32)
 
 
 def _mask_product(n, a, r):
@@ -95,7 +98,9 @@ def _mask_product(n, a, r):
     hs = weight_scales(hyper, 0)
     hq = np.clip(np.rint(hyper / hs[:, None]), -127, 127).astype(np.int8)
     b, hh, ww, c = x.shape
-    acc = intops.gemm(x.reshape(-1, c), hq.T, out_int32=True)                          # (HW, M) int32
+    acc = intops.gemm(x.reshape(-1, c), hq.T, out_int32=True).astype(np.int64)         # (HW, M) int32
+    zp = r.graph.tensors[n.inputs[0]].zero_point       # real x = s (q - zp): subtract zp * row sums
+    acc -= zp * hq.astype(np.int64).sum(axis=1)[None, :]
     logits = acc.astype(np.float64) * (hs[None, :] * r.scale(n.inputs[0]))
     return logits.T.reshape(1, -1, hh, ww).astype(F32)
 

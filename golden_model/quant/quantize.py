@@ -12,6 +12,10 @@ Scheme (issue 13; docs/quantisation.md says why):
       percentile  the PERCENTILE-th percentile of |x| (outliers clipped),
       mse         the clip c minimising the mean squared quantisation error (clip + round) of
                   the sampled |x|, searched over MSE_GRID fractions of the max;
+  * post-GELU tensors read only by GEMMs (Hiera's MLPs, the mask product) are asymmetric: GELU's
+    output lies in [-0.17, max], so a symmetric code wastes its negative half; a zero point zp
+    (real = s (q - zp)) spans [min, estimate] with all 256 codes. The LUT writes q + zp, and the
+    GEMM folds -zp * sum_k W[n, k] into its int32 bias: the engines stay symmetric, one bit gained;
   * max-pool, upsample and window (un)partition keep their input's scale (they move values);
   * requantisation: per output channel multiplier + shift (intops.quantize_multiplier) of
     s_x s_w[n] / s_y; attention: intattn.AttentionQuant.from_scales; element-wise ops:
@@ -28,7 +32,7 @@ import numpy as np
 
 from golden_model import intvec
 from golden_model.intattn import AttentionQuant
-from golden_model.intops import INT8_MAX, quantize_multiplier
+from golden_model.intops import INT8_MAX, INT8_MIN, quantize_multiplier
 from golden_model.quant.graph import Graph, Node
 from golden_model.quant.interpret import FloatRunner
 from golden_model.quant.predictor import GraphPredictor
@@ -46,10 +50,14 @@ FLOAT_OUT = ("dequantize", "prompt_encoder", "mlp", "mask_product")
 @dataclass
 class TensorStats:
     max_abs: float = 0.0
+    min_val: float = 0.0          # the most negative value seen (0 if none)
     samples: list = field(default_factory=list)
 
     def observe(self, x: np.ndarray, rng: np.random.Generator) -> None:
-        a = np.abs(np.asarray(x, np.float32)).reshape(-1)
+        x = np.asarray(x, np.float32)
+        if x.size:
+            self.min_val = min(self.min_val, float(x.min()))
+        a = np.abs(x).reshape(-1)
         self.max_abs = max(self.max_abs, float(a.max()) if a.size else 0.0)
         if a.size > SAMPLES_PER_OBSERVATION:
             a = a[rng.integers(0, a.size, SAMPLES_PER_OBSERVATION)]
@@ -137,9 +145,33 @@ def requant_params(scales: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.array([p[0] for p in pairs], np.int64), np.array([p[1] for p in pairs], np.int64)
 
 
-def quantize_tensor(x, scale: float) -> np.ndarray:
-    """Host quantisation of float values: clamp(round_half_even(x / scale), -128, 127) as int8."""
-    return np.clip(np.rint(np.asarray(x, np.float64) / scale), -128, 127).astype(np.int8)
+def quantize_tensor(x, scale: float, zero_point: int = 0) -> np.ndarray:
+    """Host quantisation of float values: clamp(round_half_even(x / scale) + zero_point, -128, 127) as int8."""
+    return np.clip(np.rint(np.asarray(x, np.float64) / scale) + zero_point, -128, 127).astype(np.int8)
+
+
+def dequantize_tensor(q, spec) -> np.ndarray:
+    """Real values of an int8 tensor: scale * (q - zero_point), float64."""
+    return (np.asarray(q, np.float64) - spec.zero_point) * spec.scale
+
+
+def asymmetric_gelus(graph: Graph) -> set[str]:
+    """GELU outputs read only as the activation input of linear nodes or the mask product: the ones
+    whose zero point the consumers can fold (a transposed conv's taps could not: not a per-channel sum)."""
+    out = set()
+    for n in graph.nodes:
+        if n.op == "gelu":
+            users = graph.consumers(n.outputs[0])
+            if users and all((u.op == "linear" and u.inputs[0] == n.outputs[0]) or u.op == "mask_product"
+                             for u in users):
+                out.add(n.outputs[0])
+    return out
+
+
+def gelu_shifted(zero_point: int, out_scale: float):
+    """GELU plus zero_point codes: the LUT's float function for an asymmetric output."""
+    from golden_model import nn
+    return lambda v: nn.gelu(v) + zero_point * out_scale
 
 
 #: output-channel axis of each weighted op's weight constant
@@ -154,17 +186,24 @@ def quantize(graph: Graph, stats: dict[str, TensorStats], estimator: str = "mse"
     g.tensors = dict(graph.tensors)
     g.constants = dict(graph.constants)
     g.nodes = list(graph.nodes)
-    scale = {}
+    scale, zp = {}, {}
+    asym = asymmetric_gelus(graph)
     for node in g.nodes:
         out = node.outputs[0]
         if node.op in SCALE_PASSES:
-            scale[out] = scale[node.inputs[0]]
+            scale[out], zp[out] = scale[node.inputs[0]], zp[node.inputs[0]]
         elif g.tensors[out].dtype == "int8":
             if out not in stats:
                 raise ValueError(f"no calibration statistics for tensor {out!r}")
-            scale[out] = stats[out].estimate(estimator) / INT8_MAX
+            st = stats[out]
+            if out in asym:     # [min, estimate] over all 256 codes (module docstring)
+                hi, lo = st.estimate(estimator), min(st.min_val, 0.0)
+                scale[out] = (hi - lo) / (INT8_MAX - INT8_MIN) if hi > lo else 1.0
+                zp[out] = int(np.clip(round(INT8_MIN - lo / scale[out]), INT8_MIN, 0))
+            else:
+                scale[out], zp[out] = st.estimate(estimator) / INT8_MAX, 0
         if out in scale:
-            g.set_scale(out, scale[out])
+            g.set_scale(out, scale[out], zp[out])
     params: dict[str, dict[str, np.ndarray]] = {}
     for node in g.nodes:
         op, ins, out = node.op, node.inputs, node.outputs[0]
@@ -173,7 +212,10 @@ def quantize(graph: Graph, stats: dict[str, TensorStats], estimator: str = "mse"
             wq, ws = quantize_weights(w, WEIGHT_AXIS[op])
             sx = scale[ins[0]]
             g.constants[ins[1]] = wq
-            g.constants[ins[2]] = np.clip(np.rint(b / (sx * ws)), -(1 << 31), (1 << 31) - 1).astype(np.int32)
+            bq = np.rint(b / (sx * ws))
+            if zp[ins[0]]:           # real x = sx (q - zp): W x = sx (W q - zp sum_k W)
+                bq -= zp[ins[0]] * wq.reshape(wq.shape[0], -1).astype(np.int64).sum(axis=1)
+            g.constants[ins[2]] = np.clip(bq, -(1 << 31), (1 << 31) - 1).astype(np.int32)
             mult, shift = requant_params(sx * ws / scale[out])
             params[node.name] = {"multiplier": mult, "shift": shift}
         elif op == "attention":
@@ -186,7 +228,8 @@ def quantize(graph: Graph, stats: dict[str, TensorStats], estimator: str = "mse"
                                             scale[out], node.attrs["eps"])
             params[node.name] = p.to_arrays()
         elif op == "gelu":
-            params[node.name] = intvec.LutParams.gelu(scale[ins[0]], scale[out]).to_arrays()
+            fn = gelu_shifted(zp[out], scale[out])
+            params[node.name] = intvec.LutParams.make(fn, scale[ins[0]], scale[out]).to_arrays()
         elif op == "add":
             a, b = ins
             if b in graph.constants:       # a constant operand: int8 at its own scale
