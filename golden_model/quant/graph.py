@@ -151,6 +151,20 @@ class Graph:
             return math.prod(shape(node.outputs[0])) * shape(node.inputs[0])[-1]
         return 0
 
+    def nbytes(self, name: str) -> int:
+        """Bytes of an activation at the graph's dims (int8 1, int32 / float32 4 per element)."""
+        t = self.tensors[name]
+        return t.numel(self.dims) * (1 if t.dtype == "int8" else 4)
+
+    def host_table(self) -> str:
+        """The host ops with their MACs and the bytes they read and write (docs/quantisation.md)."""
+        lines = [f"{'host node':24s} {'op':16s} {'MACs':>10s} {'bytes in':>10s} {'bytes out':>10s}"]
+        for n in self.nodes:
+            if n.engine == "host":
+                bin_ = sum(self.nbytes(i) for i in n.inputs if i in self.tensors)
+                lines.append(f"{n.name:24s} {n.op:16s} {self.macs(n):10,d} {bin_:10,d} {self.nbytes(n.outputs[0]):10,d}")
+        return "\n".join(lines)
+
     def summary(self) -> str:
         """One line per node (engine, op, output shape, MACs, scale) and totals per stage and engine."""
         lines = [f"int8 SAM 2 graph: model {self.model}, image {self.image_size}, "

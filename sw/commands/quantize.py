@@ -106,6 +106,7 @@ def run(args) -> int:
     from sw.commands.segment import build_model
     if args.out.suffix != ".safetensors":
         raise UsageError(f"-o must name a .safetensors file, got {args.out}")
+    key_tile_of(args.preset)
     if args.image_size is not None:
         if args.checkpoint is not None:
             raise UsageError("--image-size builds a scaled-down model on random weights: drop --checkpoint")
