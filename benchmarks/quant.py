@@ -10,6 +10,8 @@ disjoint set) x the fixed clicks of golden_model.quant.accuracy.eval_clicks. Wei
   quant           per node of the first model/estimator: SQNR end to end (int8 graph vs float graph on
                   the first evaluation photo + its centre click) and on its own (float inputs quantised),
                   worst end-to-end first;
+  quant-noise-floor (--noise-floor) the float model's own sensitivity: IoU of its masks with white
+                  noise of a given SQNR added to the image features;
   quant-accuracy  per model and estimator: mask IoU (logits > 0) median / worst, the largest predicted-IoU
                   delta, and the image-encoder time of the int8 reference against the golden float
                   model (same image, same run; a ratio, so machine load hits both).
@@ -47,8 +49,8 @@ def _speed(model, qm, image) -> tuple[float, float]:
 
 
 def run(models=("tiny",), estimators=("mse",), image_size=None, preset="kv260", checkpoint=None,
-        n_photos: int = 6, n_prompts: int = 3) -> None:
-    from golden_model.quant.accuracy import compare_masks, eval_clicks, local_sqnr, node_sqnr
+        n_photos: int = 6, n_prompts: int = 3, noise: bool = False) -> None:
+    from golden_model.quant.accuracy import compare_masks, eval_clicks, local_sqnr, node_sqnr, noise_floor
     from golden_model.quant.builder import build_graph
     from golden_model.quant.calibset import CALIB_PHOTOS, EVAL_PHOTOS, skimage_photos
     from golden_model.quant.quantize import calibrate, quantize
@@ -61,6 +63,10 @@ def run(models=("tiny",), estimators=("mse",), image_size=None, preset="kv260", 
     for name in models:
         model = _model(name, image_size, checkpoint)
         graph = build_graph(model)
+        if noise:
+            report("quant-noise-floor", noise_floor(graph, photos, n_prompts=n_prompts),
+                   notes=f"{name}, {graph.image_size} px: float masks with white noise at the image features "
+                         "vs clean float masks (how much any quantisation can keep)")
         t0 = time.perf_counter()
         stats = calibrate(graph, calib)
         calib_s = time.perf_counter() - t0
@@ -103,5 +109,8 @@ if __name__ == "__main__":
     p.add_argument("--checkpoint")
     p.add_argument("--photos", type=int, default=6)
     p.add_argument("--prompts", type=int, default=3)
+    p.add_argument("--noise-floor", action="store_true",
+                   help="also: IoU of float masks with white noise of given SQNR at the image features")
     a = p.parse_args()
-    run(tuple(a.model), tuple(a.estimator), a.image_size, a.preset, a.checkpoint, a.photos, a.prompts)
+    run(tuple(a.model), tuple(a.estimator), a.image_size, a.preset, a.checkpoint, a.photos, a.prompts,
+        a.noise_floor)

@@ -111,3 +111,31 @@ def local_sqnr(qm: QuantModel, float_graph: Graph, image: np.ndarray, click) -> 
         q = dequantize_tensor(INT_OPS[node.op](node, args, runner), g.tensors[name])
         out[name] = sqnr_db(fenv[name], q)
     return out
+
+
+def noise_floor(float_graph: Graph, images: dict, levels_db=(40, 30, 26), n_prompts: int = 3,
+                seed: int = 0) -> list[dict]:
+    """How sensitive the float model's masks are: IoU of float masks with white noise at each SQNR added
+    to the image features (image embedding and high-res features) against the clean float masks. On
+    random weights this bounds what any quantisation with that SQNR at the features can reach."""
+    rng = np.random.default_rng(seed)
+    clean = GraphPredictor(float_graph, FloatRunner(float_graph))
+    noisy = GraphPredictor(float_graph, FloatRunner(float_graph))
+    feats = float_graph.meta["image_outputs"]
+    ious = {db: [] for db in levels_db}
+    for image in images.values():
+        clean.set_image(image)
+        noisy.features = clean.features
+        for db in levels_db:
+            noisy.env = {}
+            for k in feats:
+                v = clean.env[k]
+                sigma = np.sqrt(np.mean(np.square(v, dtype=np.float64))) * 10 ** (-db / 20)
+                noisy.env[k] = (v + sigma * rng.standard_normal(v.shape)).astype(np.float32)
+            for click in eval_clicks(image.shape[:2], n_prompts):
+                fl, fi, _ = clean.predict(point_coords=[click], point_labels=[1], return_logits=True)
+                nl, _, _ = noisy.predict(point_coords=[click], point_labels=[1], return_logits=True)
+                best = int(np.argmax(fi))
+                ious[db].append(mask_iou(fl[best] > 0, nl[best] > 0))
+    return [{"feature_sqnr_db": db, "iou_median": float(np.median(v)), "iou_worst": float(np.min(v)),
+             "cases": len(v)} for db, v in ious.items()]
