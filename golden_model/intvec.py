@@ -14,7 +14,7 @@ and a pure function applying it to int8 NumPy arrays (int8 out, no float at appl
   add(a, b, p)           y = sat8((a*ma + b*mb + rnd(s)) >> s)      ma, mb < 2^16, 0 <= s <= 31
   rescale(x, p)          y = sat8((x*m + rnd(s)) >> s)              the add datapath with one input
   rope(x, p)             pairs (2i, 2i+1): int16 cos/sin (14 fraction bits), int32 products,
-                         intops.requantize to int8
+                         intops.requantize to int8 (rope_axial_tables: the tables' x / y factors)
   maxpool2x2(x)          max over 2x2 blocks of (..., H, W, C), floor sizes; scale unchanged
   upsample_nearest2x(x)  each pixel to a 2x2 block of (..., H, W, C); scale unchanged
 
@@ -30,19 +30,19 @@ What needs no op of its own (folded by the graph, so no extra pass):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
 from golden_model import nn
-from golden_model.intops import INT8_MAX, INT8_MIN, MULT_BITS, SHIFT_BITS, quantize_multiplier, requantize
+from golden_model.intops import INT8_MAX, INT8_MIN, MULT_BITS, SHIFT_BITS, quantize_multiplier
 
 # ------------------------------------------------------------------ widths (the one place they live)
 
 # LayerNorm
 LN_MAX_DIM = 1024         # longest row: |D q - S| < 2^18, D*Q - S^2 < 2^34
 LN_FRAC_BITS = 10         # P: fraction bits of the normalised value n (|n| <= sqrt(D-1) < 32: int16)
-LN_NORM_BITS = 16         # n is int16 (saturated; it cannot reach the bounds, see `layernorm`)
+LN_NORM_BITS = 16         # n is int16 (|n| < 2^15 proved in `layernorm`: no saturation needed)
 LN_GAIN_BITS = 16         # per-channel gain g: int16 (signed: gamma may be negative)
 LN_BIAS_LIMIT = 1 << 29   # per-channel bias b: |b| <= 2^29 (int32), so n*g + b + rnd(s) fits int32
 LN_SHIFT_MAX = 30         # output shift s in 1..30
@@ -98,7 +98,7 @@ def _shift_round(acc: np.ndarray, s: int) -> np.ndarray:
     return acc
 
 
-BLOCK = 1 << 15   # elements per pass of the NumPy kernels: temporaries stay in cache (speed only)
+BLOCK = 1 << 16   # elements per pass of the NumPy kernels: temporaries stay in cache (speed only)
 
 
 def _row_blocks(n_rows: int, row_len: int):
@@ -116,8 +116,11 @@ def _blocks(n_rows: int, n_cols: int):
             yield rows, slice(j, min(j + cstep, n_cols))
 
 
-def _saturate8(y: np.ndarray) -> np.ndarray:
-    return np.clip(y, INT8_MIN, INT8_MAX).astype(np.int8)
+def _saturate(y: np.ndarray, lo: int, hi: int) -> np.ndarray:
+    """Clamp integer y to [lo, hi] in place (np.clip is slower) and return it."""
+    np.maximum(y, lo, out=y)
+    np.minimum(y, hi, out=y)
+    return y
 
 
 def _check_range(name: str, v: int, lo: int, hi: int) -> int:
@@ -143,21 +146,32 @@ def _frozen_array(name: str, a, dtype, shape: tuple | None = None, ndim: int | N
     return a
 
 
-def _take(d: dict, cls: str, name: str, dtype, shape: tuple | None = None, ndim: int | None = None) -> np.ndarray:
-    """d[name] checked for dtype and shape, for `from_arrays`."""
-    if name not in d:
-        raise ValueError(f"{cls}: missing array {name!r}")
-    return _frozen_array(f"{cls}.{name}", d[name], dtype, shape, ndim)
+class _IntegerParams:
+    """to_arrays / from_arrays of the parameter dataclasses. FILE_DTYPES maps each field to its dtype
+    in files; int fields are 0-d arrays; __post_init__ checks shapes and ranges."""
+    FILE_DTYPES: dict = {}
 
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {k: np.array(getattr(self, k), dtype) for k, dtype in self.FILE_DTYPES.items()}
 
-def _check_keys(d: dict, cls: str, names: tuple[str, ...]) -> None:
-    extra = sorted(set(d) - set(names))
-    if extra:
-        raise ValueError(f"{cls}: unexpected array(s) {extra}; expected {list(names)}")
-
-
-def _scalar(v: int, dtype=np.int32) -> np.ndarray:
-    return np.array(v, dtype=dtype)
+    @classmethod
+    def from_arrays(cls, d: dict):
+        name = cls.__name__
+        extra, missing = sorted(set(d) - set(cls.FILE_DTYPES)), [k for k in cls.FILE_DTYPES if k not in d]
+        if extra:
+            raise ValueError(f"{name}: unexpected array(s) {extra}; expected {list(cls.FILE_DTYPES)}")
+        if missing:
+            raise ValueError(f"{name}: missing array(s) {missing}")
+        scalars = {f.name for f in fields(cls) if f.type == "int"}
+        values = {}
+        for k, dtype in cls.FILE_DTYPES.items():
+            a = np.asarray(d[k])
+            if a.dtype != np.dtype(dtype):
+                raise ValueError(f"{name}.{k} must be {np.dtype(dtype)}, got {a.dtype}")
+            if k in scalars and a.shape != ():
+                raise ValueError(f"{name}.{k} must be a scalar (shape ()), got shape {a.shape}")
+            values[k] = int(a) if k in scalars else a
+        return cls(**values)
 
 
 # ------------------------------------------------------------------ LayerNorm
@@ -182,7 +196,7 @@ def rsqrt_fixed(v) -> tuple[np.ndarray, np.ndarray]:
 
 
 @dataclass(frozen=True, eq=False)
-class LayerNormParams:
+class LayerNormParams(_IntegerParams):
     """Integer LayerNorm over D channels (see `layernorm`): gain g (int16, D), bias b (int32, D),
     output shift s (1..30), eps term E (0 <= E < 2^40)."""
     gain: np.ndarray
@@ -190,7 +204,7 @@ class LayerNormParams:
     shift: int
     eps_term: int
 
-    ARRAYS = ("gain", "bias", "shift", "eps_term")
+    FILE_DTYPES = {"gain": np.int16, "bias": np.int32, "shift": np.int32, "eps_term": np.int64}
 
     def __post_init__(self):
         gain = _frozen_array("LayerNormParams.gain", self.gain, np.int16, ndim=1)
@@ -240,54 +254,45 @@ class LayerNormParams:
         raise ValueError("LayerNormParams.make: gamma / out_scale or beta / out_scale too large for int16 gains "
                          "and int32 biases")
 
-    def to_arrays(self) -> dict[str, np.ndarray]:
-        return {"gain": self.gain, "bias": self.bias, "shift": _scalar(self.shift),
-                "eps_term": _scalar(self.eps_term, np.int64)}
 
-    @classmethod
-    def from_arrays(cls, d: dict) -> "LayerNormParams":
-        _check_keys(d, cls.__name__, cls.ARRAYS)
-        gain = _take(d, cls.__name__, "gain", np.int16, ndim=1)
-        return cls(gain, _take(d, cls.__name__, "bias", np.int32, shape=gain.shape),
-                   int(_take(d, cls.__name__, "shift", np.int32, shape=())),
-                   int(_take(d, cls.__name__, "eps_term", np.int64, shape=())))
-
-
-def _ln_row_stats(rows: np.ndarray, eps_term: int):
-    """Steps 1-3 of `layernorm` for a block of rows: per row (D T, S T - rnd(sh), sh) as int64."""
+def _ln_row_constants(rows: np.ndarray, eps_term: int):
+    """Steps 1-3 of `layernorm` for (R, D) rows: per row (D T, S T - rnd(sh), sh), int64 (R,) each."""
     d = rows.shape[1]
-    xf = rows.astype(np.float32)                                     # sums below 2^24: exact in float32
-    s = xf.sum(axis=1).astype(np.int64)                              # S = sum q        |S| <= 2^17
-    q = np.einsum("ij,ij->i", xf, xf).astype(np.int64)               # Q = sum q^2     Q <= 2^24
-    var = d * q - s * s                                              # D^2 variance(q) < 2^34
+    s = np.empty(rows.shape[0], np.int64)
+    q = np.empty(rows.shape[0], np.int64)
+    for sl in _row_blocks(rows.shape[0], d):
+        xf = rows[sl].astype(np.float32)            # an exact integer carrier: every sum is below 2^24
+        s[sl] = xf.sum(axis=1)                       # S = sum q        |S| <= 2^17
+        q[sl] = np.einsum("ij,ij->i", xf, xf)        # Q = sum q^2     Q <= 2^24
+    var = d * q - s * s                              # D^2 variance(q) < 2^34
     t, k = rsqrt_fixed(np.maximum(var + eps_term, 1))
-    sh = RSQRT_FRAC_BITS - LN_FRAC_BITS + k                          # 5..25
+    sh = RSQRT_FRAC_BITS - LN_FRAC_BITS + k          # 5..25
     # c * T = q * (D T) - S T: two row constants, one 8 x 26-bit product per element (< 2^33)
     return d * t, s * t - np.left_shift(np.int64(1), sh - 1), sh
 
 
 def _ln_blocks(x: np.ndarray, eps_term: int):
-    """(rows, n) per block of rows: n (float64, integer valued) of step 4, for cache-sized blocks."""
+    """(rows, n) per cache-sized block of rows: n (int32 view of a reused buffer) of step 4."""
     d = x.shape[-1]
     if not 1 <= d <= LN_MAX_DIM:
         raise ValueError(f"layernorm: rows of {d} outside 1..{LN_MAX_DIM}")
     rows = x.reshape(-1, d)
-    lim = 1 << (LN_NORM_BITS - 1)
+    dt, st, sh = _ln_row_constants(rows, eps_term)
+    step = max(1, BLOCK // d)
+    wide, narrow = np.empty((step, d), np.int64), np.empty((step, d), np.int32)
     for sl in _row_blocks(rows.shape[0], d):
-        dt, st, sh = _ln_row_stats(rows[sl], eps_term)
-        # float64 holds every step exactly (|values| < 2^34) and scales by 2^-sh exactly
-        n = np.multiply(rows[sl], dt[:, None], dtype=np.float64)
-        n -= st[:, None]
-        n *= np.ldexp(1.0, -sh)[:, None]
-        np.floor(n, out=n)
-        np.clip(n, -lim, lim - 1, out=n)
+        n64, n = wide[:sl.stop - sl.start], narrow[:sl.stop - sl.start]
+        np.multiply(rows[sl], dt[sl, None], out=n64, dtype=np.int64)
+        n64 -= st[sl, None]
+        n64 >>= sh[sl, None]
+        n[...] = n64                                 # |n| < 2^15 (proved in `layernorm`): exact
         yield sl, n
 
 
 def layernorm_normalised(x, eps_term: int = 0) -> np.ndarray:
     """Steps 1-4 of `layernorm`: n = (x - mean) / sqrt(var + eps) with LN_FRAC_BITS fraction bits, int16."""
     x = _int8("layernorm: x", x)
-    out = np.empty((int(np.prod(x.shape[:-1])), x.shape[-1]), np.int16)
+    out = np.empty((math.prod(x.shape[:-1]), x.shape[-1]), np.int16)
     for sl, n in _ln_blocks(x, eps_term):
         out[sl] = n
     return out.reshape(x.shape)
@@ -301,11 +306,11 @@ def layernorm(x, p: LayerNormParams) -> np.ndarray:
          = D^2 variance(q): 0 <= var < 2^34 (a per-row scalar: one DSP48 accumulator)
       2. V = max(var + E, 1) < 2^41, E = p.eps_term = round(D^2 eps / in_scale^2)
       3. (T, k) = rsqrt_fixed(V): 1/sqrt(V) ~ T / 2^(20 + k), T 16-bit unsigned from a 3,073-entry ROM
-      4. per element: c = D q - S (int19), n = sat16((c * T + rnd(sh)) >> sh), sh = 10 + k in 5..25:
-         n = (q - mean) / sqrt(variance(q) + eps / in_scale^2) with P fraction bits.
-         |c * T| < 2^33 (one 19 x 17-bit DSP product, or q * (D T) - S T with the row constants
-         D T and S T: an 8 x 26-bit product). |n| <= sqrt(D - 1) (1 + 2^-11) 2^P < 2^15, so the
-         int16 saturation never acts.
+      4. per element: c = D q - S (int19), n = (c * T + rnd(sh)) >> sh, sh = 10 + k in 5..25:
+         n = (q - mean) / sqrt(variance(q) + eps / in_scale^2) with P fraction bits, int16 without
+         saturation: |q - mean| <= sqrt(D - 1) std(q) (Samuelson), so |n| <= 31.985 (1 + 2^-12 + 2^-15)
+         2^10 + 1/2 < 32,764 (E only makes it smaller). |c * T| < 2^33: one 19 x 17-bit DSP product,
+         or q * (D T) - S T with the row constants D T (26 bits) and S T (34 bits).
       5. per channel j: y = sat8((n * g[j] + b[j] + rnd(s)) >> s), s = p.shift:
          |n * g| < 2^30, |b| <= 2^29, rnd(s) <= 2^29: int32 throughout.
     A constant row (var = 0) gives c = 0, n = 0 and y = sat8((b[j] + rnd(s)) >> s): beta quantised.
@@ -315,17 +320,12 @@ def layernorm(x, p: LayerNormParams) -> np.ndarray:
     x = _int8("layernorm: x", x)
     if x.shape[-1] != p.dim:
         raise ValueError(f"layernorm: rows of {x.shape[-1]} for parameters of {p.dim} channels")
-    out = np.empty((int(np.prod(x.shape[:-1])), p.dim), np.int8)
-    g = p.gain.astype(np.float64)
-    b = p.bias.astype(np.float64) + (1 << (p.shift - 1))
-    scale = math.ldexp(1.0, -p.shift)
+    out = np.empty((math.prod(x.shape[:-1]), p.dim), np.int8)
+    g, b = p.gain.astype(np.int32), p.bias
     for sl, n in _ln_blocks(x, p.eps_term):
-        n *= g                                                        # exact in float64: |n g + b| < 2^31
+        n *= g
         n += b
-        n *= scale
-        np.floor(n, out=n)
-        np.clip(n, INT8_MIN, INT8_MAX, out=n)
-        out[sl] = n
+        out[sl] = _saturate(_shift_round(n, p.shift), INT8_MIN, INT8_MAX)
     return out.reshape(x.shape)
 
 
@@ -333,11 +333,11 @@ def layernorm(x, p: LayerNormParams) -> np.ndarray:
 
 
 @dataclass(frozen=True, eq=False)
-class LutParams:
+class LutParams(_IntegerParams):
     """A 256-entry int8 table: table[i] is the output for input i - 128."""
     table: np.ndarray
 
-    ARRAYS = ("table",)
+    FILE_DTYPES = {"table": np.int8}
 
     def __post_init__(self):
         object.__setattr__(self, "table", _frozen_array("LutParams.table", self.table, np.int8, shape=(LUT_SIZE,)))
@@ -372,14 +372,6 @@ class LutParams:
         """ReLU with a change of scale (after a GEMM, prefer the requantiser's relu flag)."""
         return cls.make(lambda v: np.maximum(v, 0.0), in_scale, out_scale)
 
-    def to_arrays(self) -> dict[str, np.ndarray]:
-        return {"table": self.table}
-
-    @classmethod
-    def from_arrays(cls, d: dict) -> "LutParams":
-        _check_keys(d, cls.__name__, cls.ARRAYS)
-        return cls(_take(d, cls.__name__, "table", np.int8, shape=(LUT_SIZE,)))
-
 
 def lut(x, p: LutParams) -> np.ndarray:
     """y = p.table[x + 128] (the index is x's byte with its sign bit flipped): one 256 x 8 ROM per lane."""
@@ -409,13 +401,13 @@ def _check_add_fields(cls: str, mults: dict[str, int], shift: int) -> dict[str, 
 
 
 @dataclass(frozen=True, eq=False)
-class AddParams:
+class AddParams(_IntegerParams):
     """y = sat8((a * a_mult + b * b_mult + rnd(shift)) >> shift), see `add`."""
     a_mult: int
     b_mult: int
     shift: int
 
-    ARRAYS = ("a_mult", "b_mult", "shift")
+    FILE_DTYPES = {"a_mult": np.int32, "b_mult": np.int32, "shift": np.int32}
 
     def __post_init__(self):
         for k, v in _check_add_fields("AddParams", {"a_mult": self.a_mult, "b_mult": self.b_mult},
@@ -429,14 +421,6 @@ class AddParams:
         (ma, mb), s = quantize_add_multipliers((_positive("a_scale", a_scale) / out_scale,
                                                 _positive("b_scale", b_scale) / out_scale))
         return cls(ma, mb, s)
-
-    def to_arrays(self) -> dict[str, np.ndarray]:
-        return {k: _scalar(getattr(self, k)) for k in self.ARRAYS}
-
-    @classmethod
-    def from_arrays(cls, d: dict) -> "AddParams":
-        _check_keys(d, cls.__name__, cls.ARRAYS)
-        return cls(*(int(_take(d, cls.__name__, k, np.int32, shape=())) for k in cls.ARRAYS))
 
 
 def add(a, b, p: AddParams) -> np.ndarray:
@@ -456,6 +440,8 @@ def add(a, b, p: AddParams) -> np.ndarray:
         shape = None
     if shape != a.shape:
         raise ValueError(f"add: b of shape {b.shape} does not broadcast to a's shape {a.shape}")
+    if a.size == 0:
+        return np.empty(a.shape, np.int8)
     # b as a (1, period) operand repeating over the rows of a (rows, period), or a's own shape
     while b.ndim and b.shape[0] == 1:
         b = b[0]
@@ -464,20 +450,26 @@ def add(a, b, p: AddParams) -> np.ndarray:
     period = max(b.size, 1)
     a2, b2 = a.reshape(-1, period), b.reshape(1, period)
     out = np.empty(a2.shape, np.int8)
+    acc_buf, b_buf = np.empty(BLOCK, np.int32), np.empty(BLOCK, np.int32)
     for rows, cols in _blocks(*a2.shape):
-        acc = np.multiply(a2[rows, cols], np.int32(p.a_mult), dtype=np.int32)
-        acc += np.multiply(b2[:, cols], np.int32(p.b_mult), dtype=np.int32)
-        out[rows, cols] = _saturate8(_shift_round(acc, p.shift))
+        shape = (rows.stop - rows.start, cols.stop - cols.start)
+        acc, bm = acc_buf[:shape[0] * shape[1]].reshape(shape), b_buf[:shape[0] * shape[1]].reshape(shape)
+        acc[...] = a2[rows, cols]
+        acc *= p.a_mult
+        bm[...] = b2[:, cols]
+        bm *= p.b_mult
+        acc += bm
+        out[rows, cols] = _saturate(_shift_round(acc, p.shift), INT8_MIN, INT8_MAX)
     return out.reshape(a.shape)
 
 
 @dataclass(frozen=True, eq=False)
-class RescaleParams:
+class RescaleParams(_IntegerParams):
     """y = sat8((x * multiplier + rnd(shift)) >> shift): int8 to int8 at another scale."""
     multiplier: int
     shift: int
 
-    ARRAYS = ("multiplier", "shift")
+    FILE_DTYPES = {"multiplier": np.int32, "shift": np.int32}
 
     def __post_init__(self):
         for k, v in _check_add_fields("RescaleParams", {"multiplier": self.multiplier}, self.shift).items():
@@ -488,24 +480,19 @@ class RescaleParams:
         (m,), s = quantize_add_multipliers((_positive("in_scale", in_scale) / _positive("out_scale", out_scale),))
         return cls(m, s)
 
-    def to_arrays(self) -> dict[str, np.ndarray]:
-        return {k: _scalar(getattr(self, k)) for k in self.ARRAYS}
-
-    @classmethod
-    def from_arrays(cls, d: dict) -> "RescaleParams":
-        _check_keys(d, cls.__name__, cls.ARRAYS)
-        return cls(*(int(_take(d, cls.__name__, k, np.int32, shape=())) for k in cls.ARRAYS))
-
 
 def rescale(x, p: RescaleParams) -> np.ndarray:
     """int8 x to int8 at another scale: the add datapath with b_mult = 0 (|x*m| < 2^23: int32).
     Error: <= 0.5 + |x| |m - r 2^s| / 2^s LSB for the ratio r = in_scale / out_scale."""
     x = _int8("rescale: x", x, 0)
-    flat = x.reshape(1, -1)
+    flat = x.reshape(-1)
     out = np.empty(flat.shape, np.int8)
-    for rows, cols in _blocks(*flat.shape):
-        acc = np.multiply(flat[rows, cols], np.int32(p.multiplier), dtype=np.int32)
-        out[rows, cols] = _saturate8(_shift_round(acc, p.shift))
+    acc_buf = np.empty(BLOCK, np.int32)
+    for i in range(0, flat.size, BLOCK):
+        acc = acc_buf[:min(BLOCK, flat.size - i)]
+        acc[...] = flat[i:i + acc.size]
+        acc *= p.multiplier
+        out[i:i + acc.size] = _saturate(_shift_round(acc, p.shift), INT8_MIN, INT8_MAX)
     return out.reshape(x.shape)
 
 
@@ -513,7 +500,7 @@ def rescale(x, p: RescaleParams) -> np.ndarray:
 
 
 @dataclass(frozen=True, eq=False)
-class RopeParams:
+class RopeParams(_IntegerParams):
     """Fixed-point rotary tables and the output requantiser, see `rope`: cos, sin int16 (L, D/2) with
     ROPE_FRAC_BITS fraction bits; multiplier < 2^31 and shift 0..63 as golden_model.intops.requantize."""
     cos: np.ndarray
@@ -521,7 +508,7 @@ class RopeParams:
     multiplier: int
     shift: int
 
-    ARRAYS = ("cos", "sin", "multiplier", "shift")
+    FILE_DTYPES = {"cos": np.int16, "sin": np.int16, "multiplier": np.int32, "shift": np.int32}
 
     def __post_init__(self):
         cos = _frozen_array("RopeParams.cos", self.cos, np.int16, ndim=2)
@@ -556,18 +543,6 @@ class RopeParams:
         m, s = quantize_multiplier(_positive("in_scale", in_scale) / _positive("out_scale", out_scale) / one)
         return cls(_round_half_up(cos * one).astype(np.int16), _round_half_up(sin * one).astype(np.int16), m, s)
 
-    def to_arrays(self) -> dict[str, np.ndarray]:
-        return {"cos": self.cos, "sin": self.sin, "multiplier": _scalar(self.multiplier),
-                "shift": _scalar(self.shift)}
-
-    @classmethod
-    def from_arrays(cls, d: dict) -> "RopeParams":
-        _check_keys(d, cls.__name__, cls.ARRAYS)
-        cos = _take(d, cls.__name__, "cos", np.int16, ndim=2)
-        return cls(cos, _take(d, cls.__name__, "sin", np.int16, shape=cos.shape),
-                   int(_take(d, cls.__name__, "multiplier", np.int32, shape=())),
-                   int(_take(d, cls.__name__, "shift", np.int32, shape=())))
-
 
 def rope(x, p: RopeParams) -> np.ndarray:
     """Rotary position encoding of int8 x (..., N, D), D = 2 * p.cos.shape[1], N a multiple of L.
@@ -601,8 +576,30 @@ def rope(x, p: RopeParams) -> np.ndarray:
         for j, acc in ((0, x0 * ct - x1 * st), (1, x0 * st + x1 * ct)):
             y = acc.astype(np.int64)
             y *= m                                                   # |acc m| < 2^53, + rnd < 2^63
-            out[sl, j::2] = _saturate8(_shift_round(y, sh))
+            out[sl, j::2] = _saturate(_shift_round(y, sh), INT8_MIN, INT8_MAX)
     return out.reshape(x.shape)
+
+
+def rope_axial_tables(p: RopeParams, end_x: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The axial factorisation of p's tables (memory_attention.axial_rope's layout): columns [0, D/4)
+    depend only on x = t mod end_x, columns [D/4, D/2) only on y = t // end_x. Returns
+    (cos_x, sin_x) of shape (end_x, D/4) and (cos_y, sin_y) of shape (L / end_x, D/4), int16, from
+    which row t of the full table is (cos_x[t mod end_x] | cos_y[t // end_x]), exactly: an engine can
+    keep these on chip (2 x 2 x 64 x 64 int16 = 32 KiB for 64 x 64 tokens, D = 256) instead of
+    streaming the (L, D/2) tables (2 MiB). ValueError if the tables do not factor so."""
+    L, half = p.cos.shape
+    if end_x < 1 or L % end_x or half % 2:
+        raise ValueError(f"rope_axial_tables: a ({L}, {half}) table has no axial split with end_x = {end_x}")
+    h = half // 2
+    t = np.arange(L)
+    out = []
+    for full in (p.cos, p.sin):
+        tx, ty = full[:end_x, :h], full[::end_x, h:]
+        if not (np.array_equal(full[:, :h], tx[t % end_x]) and np.array_equal(full[:, h:], ty[t // end_x])):
+            raise ValueError("rope_axial_tables: the tables are not axial (x columns, then y columns)")
+        out.append((tx, ty))
+    (cx, cy), (sx, sy) = out
+    return cx, sx, cy, sy
 
 
 # ------------------------------------------------------------------ pooling and upsampling

@@ -45,7 +45,8 @@ def layernorm_ref(x, p):
         sh = 10 + k
         ys = []
         for j, v in enumerate(row):
-            n = max(-(1 << 15), min((1 << 15) - 1, ((d * v - s) * t + (1 << (sh - 1))) >> sh))
+            n = ((d * v - s) * t + (1 << (sh - 1))) >> sh
+            assert -(1 << 15) <= n < 1 << 15                  # int16 without saturation
             y = (n * int(p.gain[j]) + int(p.bias[j]) + (1 << (p.shift - 1))) >> p.shift
             ys.append(max(-128, min(127, y)))
         out.append(ys)
@@ -183,6 +184,35 @@ def test_layernorm_int8_extremes():
     err = np.abs(V.layernorm(x, p) - lsb(y_f, 0.05))
     assert np.all(err <= layernorm_bound(p, gamma, 0.05, n_f, int_var(x)))
     assert np.array_equal(V.layernorm(x[:1], p), layernorm_ref(x[:1], p))
+
+
+@pytest.mark.parametrize("d", [2, 3, 17, 96, 1023, 1024])
+def test_layernorm_largest_normalised_values_fit_int16(d):
+    """The rows with the largest |n| (one value against D - 1 equal others: |n| = sqrt(D - 1)) against
+    the Python-int reading of the spec, which asserts n fits int16 unsaturated."""
+    x = np.full((2, d), 127, np.int8)
+    x[0, -1] = -128
+    x[1] = -128
+    x[1, 0] = 127
+    p = V.LayerNormParams.make(np.full(d, 0.1), np.zeros(d), 0.1, 0.1, 0.0)
+    assert np.array_equal(V.layernorm(x, p), layernorm_ref(x, p))
+    n = V.layernorm_normalised(x)
+    assert abs(abs(int(n[0, -1])) / 2 ** P - math.sqrt(d - 1)) <= math.sqrt(d - 1) * 2 ** -11 + 2 ** -P
+
+
+def test_layernorm2d_channels_last():
+    """sam2's LayerNorm2d (eps 1e-6, over the channels of NCHW) is layernorm on the channels-last map."""
+    rng = np.random.default_rng(9)
+    c = 32
+    q = rng.integers(-128, 128, (2, c, 6, 5)).astype(np.int8)
+    sx, gamma, beta = 0.03, rng.normal(1, 0.5, c), rng.normal(0, 0.5, c)
+    y_f = nn.layer_norm_2d(q.astype(np.float64) * sx, gamma, beta, eps=1e-6)
+    sy = float(np.abs(y_f).max() / 127)
+    p = V.LayerNormParams.make(gamma, beta, sx, sy, 1e-6)
+    y = V.layernorm(q.transpose(0, 2, 3, 1), p).transpose(0, 3, 1, 2)
+    _, n = layernorm_float(q.transpose(0, 2, 3, 1) * sx, gamma, beta, 1e-6)
+    bound = layernorm_bound(p, gamma, sy, n, int_var(q.transpose(0, 2, 3, 1))).transpose(0, 3, 1, 2)
+    assert np.all(np.abs(y - lsb(y_f, sy)) <= bound)
 
 
 def test_layernorm_shapes_and_leading_axes():
@@ -365,6 +395,27 @@ def test_rope_against_float(frames, sin_s, sout):
     y_f = apply_rope(x.astype(np.float64) * sin_s, cos, sin).astype(np.float64)
     assert np.all(np.abs(y - lsb(y_f, sout)) <= rope_bound(p, x, sin_s / sout))
     assert np.array_equal(V.rope(x.reshape(frames, 64, 64), p).reshape(-1, 64), y)   # leading axes
+    # the spec's formula: int32 products of the tiled table, then intops.requantize
+    c, sn = (np.tile(t.astype(np.int64), (frames, 1)) for t in (p.cos, p.sin))
+    x0, x1 = x[:, 0::2].astype(np.int64), x[:, 1::2].astype(np.int64)
+    acc = np.empty(x.shape, np.int64)
+    acc[:, 0::2], acc[:, 1::2] = x0 * c - x1 * sn, x0 * sn + x1 * c
+    assert np.abs(acc).max() <= 1 << 22
+    assert np.array_equal(y, requantize(acc, p.multiplier, p.shift))
+
+
+def test_rope_axial_tables_rebuild_the_full_table():
+    from golden_model.memory_attention import axial_rope
+    p = V.RopeParams.make(*axial_rope(64, 8, 4), 0.1, 0.1)         # 8 x 4 tokens, D = 64
+    cx, sx, cy, sy = V.rope_axial_tables(p, 8)
+    assert cx.shape == sx.shape == (8, 16) and cy.shape == sy.shape == (4, 16)
+    t = np.arange(32)
+    assert np.array_equal(np.concatenate([cx[t % 8], cy[t // 8]], axis=1), p.cos)
+    assert np.array_equal(np.concatenate([sx[t % 8], sy[t // 8]], axis=1), p.sin)
+    with pytest.raises(ValueError, match="not axial"):
+        V.rope_axial_tables(p, 4)
+    with pytest.raises(ValueError, match="no axial split"):
+        V.rope_axial_tables(p, 5)
 
 
 def test_rope_rejects_bad_input():
@@ -446,9 +497,24 @@ def test_round_trip_and_strict_loading(params, tmp_path):
     with pytest.raises(ValueError, match="unexpected"):
         cls.from_arrays({**arrays, "extra": np.zeros(1, np.int8)})
     name = next(iter(arrays))
-    with pytest.raises(ValueError, match=f"missing array '{name}'"):
+    with pytest.raises(ValueError, match=rf"missing array\(s\) \['{name}'\]"):
         cls.from_arrays({k: v for k, v in arrays.items() if k != name})
     with pytest.raises(ValueError, match=name):
         cls.from_arrays({**arrays, name: arrays[name].astype(np.float32)})
     with pytest.raises(ValueError, match=name):
         cls.from_arrays({**arrays, name: np.stack([arrays[name]] * 2)})
+    if "shift" in arrays:
+        with pytest.raises(ValueError, match="shift=99 outside"):
+            cls.from_arrays({**arrays, "shift": np.array(99, arrays["shift"].dtype)})
+
+
+# ------------------------------------------------------------------ docs
+
+
+def test_quantisation_doc_matches_code(monkeypatch):
+    from sw import intvec_doc
+    table = intvec_doc.markdown_table()
+    assert table in intvec_doc.DOC.read_text(), "docs/quantisation.md is stale: run `python -m sw.intvec_doc`"
+    assert f"int{V.LN_GAIN_BITS}" in table and f"{len(V.RSQRT_TABLE)} x uint16" in table
+    monkeypatch.setattr(V, "ADD_MULT_BITS", V.ADD_MULT_BITS + 1)
+    assert intvec_doc.markdown_table() != table
