@@ -60,18 +60,15 @@ def sqnr_db(ref: np.ndarray, test: np.ndarray) -> float:
     return 10 * np.log10(sig / err) if sig > 0 else float("-inf")
 
 
+def _env(predictor: GraphPredictor, image, click) -> dict:
+    predictor.set_image(image)
+    return predictor.decode_click(click)
+
+
 def node_sqnr(qm: QuantModel, float_graph: Graph, image: np.ndarray, click) -> dict[str, float]:
     """SQNR (dB) of every node output, int8 graph (dequantised) vs float graph, image + one click, end to end."""
-    fp = GraphPredictor(float_graph, FloatRunner(float_graph))
-    ip = GraphPredictor(qm.graph, IntRunner(qm))
-    envs = []
-    for p in (fp, ip):
-        p.set_image(image)
-        coords = np.asarray([[click]], np.float32) * np.float32(float_graph.image_size) / np.array(
-            [image.shape[1], image.shape[0]], np.float32)
-        feeds = {"point_coords": coords, "point_labels": np.ones((1, 1), np.float32)}
-        envs.append(p.runner.run(feeds, stages=("prompt_encoder", "mask_decoder"), env=p.env))
-    fenv, ienv = envs
+    fenv = _env(GraphPredictor(float_graph, FloatRunner(float_graph)), image, click)
+    ienv = _env(GraphPredictor(qm.graph, IntRunner(qm)), image, click)
     out = {}
     for node in float_graph.nodes:
         name = node.outputs[0]
@@ -87,12 +84,7 @@ def local_sqnr(qm: QuantModel, float_graph: Graph, image: np.ndarray, click) -> 
     """SQNR (dB) of each integer node on its own: float inputs quantised at their scales, the node's
     integer op, against the float op on the float inputs (what that node alone costs)."""
     from golden_model.quant.intinterp import INT_OPS
-    fp = GraphPredictor(float_graph, FloatRunner(float_graph))
-    fp.set_image(image)
-    coords = np.asarray([[click]], np.float32) * np.float32(float_graph.image_size) / np.array(
-        [image.shape[1], image.shape[0]], np.float32)
-    feeds = {"point_coords": coords, "point_labels": np.ones((1, 1), np.float32)}
-    fenv = fp.runner.run(feeds, stages=("prompt_encoder", "mask_decoder"), env=fp.env)
+    fenv = _env(GraphPredictor(float_graph, FloatRunner(float_graph)), image, click)
     runner = IntRunner(qm)
     g = qm.graph
     out = {}

@@ -90,7 +90,7 @@ def prompt_tokens(node: Node, args, runner: Runner):
     from golden_model.prompt_encoder import PromptEncoder
     from golden_model.weights import Weights
     coords, labels = args[0], args[1]
-    names = node.inputs[2:]
+    names = node.inputs[2:]        # the prompt encoder's weights, then the learned output tokens (builder)
     consts = dict(zip(names, args[2:]))
     out_tokens = consts.pop(names[-1])
 

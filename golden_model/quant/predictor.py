@@ -42,18 +42,24 @@ class GraphPredictor(ImagePredictor):
         """uint8 RGB -> the graph's input: normalised (1, S, S, 3) float32."""
         return np.ascontiguousarray(self.preprocess(image).transpose(0, 2, 3, 1))
 
-    def set_image(self, image: np.ndarray) -> None:
+    def set_image(self, image: np.ndarray, observe=None) -> None:
         image = np.asarray(image)
         self.features = None
-        self.env = self.runner.run({"image": self.image_input(image)}, stages=("image_encoder",))
+        self.env = self.runner.run({"image": self.image_input(image)}, stages=("image_encoder",), observe=observe)
         self.features = ImageFeatures(image_embed=None, high_res_feats=[],
                                       orig_hw=(int(image.shape[0]), int(image.shape[1])))
 
-    def decode(self, coords, labels) -> dict:
-        """The decoder stages for one prompt set: the graph's outputs (masks (1, 4, h, w), iou_pred, hs, ...)."""
+    def decode(self, coords, labels, observe=None) -> dict:
+        """The decoder stages for one prompt set (coords in the S x S input frame): the environment with
+        every tensor of the image and decoder stages (masks (1, 4, h, w), iou_pred, hs, ...)."""
         feeds = {"point_coords": np.asarray(coords, F32), "point_labels": np.asarray(labels, F32)}
-        env = self.runner.run(feeds, stages=("prompt_encoder", "mask_decoder"), env=self.env)
-        return {k: env[k] for k in ("masks",) + self.graph.outputs}
+        return self.runner.run(feeds, stages=("prompt_encoder", "mask_decoder"), env=self.env, observe=observe)
+
+    def decode_click(self, click, observe=None) -> dict:
+        """decode() for one foreground click (x, y) in pixels of the image set last."""
+        h, w = self.features.orig_hw
+        coords = np.array([[click]], F32) * F32(self.graph.image_size) / np.array([w, h], F32)
+        return self.decode(coords, np.ones((1, 1), F32), observe)
 
     def _predict(self, coords, labels, boxes, mask_input, multimask_output, return_logits):
         if mask_input is not None:

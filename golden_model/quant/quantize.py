@@ -84,10 +84,10 @@ class TensorStats:
         raise ValueError(f"unknown estimator {estimator!r}; known: {', '.join(ESTIMATORS)}")
 
 
-def calibration_prompts(image_hw, n: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """`n` single foreground clicks spread over the image's central area."""
+def calibration_clicks(image_hw, n: int, rng: np.random.Generator) -> list[list[float]]:
+    """`n` single foreground clicks (x, y) spread over the image's central area."""
     h, w = image_hw
-    return [np.array([[rng.uniform(0.2, 0.8) * w, rng.uniform(0.2, 0.8) * h]], np.float32) for _ in range(n)]
+    return [[rng.uniform(0.2, 0.8) * w, rng.uniform(0.2, 0.8) * h] for _ in range(n)]
 
 
 def calibrate(graph: Graph, images, prompts_per_image: int = 3, seed: int = 0) -> dict[str, TensorStats]:
@@ -101,16 +101,12 @@ def calibrate(graph: Graph, images, prompts_per_image: int = 3, seed: int = 0) -
         name = node.outputs[0]
         if graph.tensors[name].dtype == "int8" and node.op not in SCALE_PASSES:
             stats.setdefault(name, TensorStats()).observe(value, rng)
-    runner = FloatRunner(graph)
-    predictor = GraphPredictor(graph, runner)
+    predictor = GraphPredictor(graph, FloatRunner(graph))
     for image in images:
         image = np.asarray(image)
-        predictor.env = runner.run({"image": predictor.image_input(image)}, stages=("image_encoder",),
-                                   observe=observe)
-        for pts in calibration_prompts(image.shape[:2], prompts_per_image, rng):
-            coords = pts[None] * np.float32(graph.image_size) / np.array([image.shape[1], image.shape[0]], np.float32)
-            feeds = {"point_coords": coords.astype(np.float32), "point_labels": np.ones((1, 1), np.float32)}
-            runner.run(feeds, stages=("prompt_encoder", "mask_decoder"), env=predictor.env, observe=observe)
+        predictor.set_image(image, observe)
+        for click in calibration_clicks(image.shape[:2], prompts_per_image, rng):
+            predictor.decode_click(click, observe)
     return stats
 
 
