@@ -1,6 +1,6 @@
 """int8 SAM 2 against float: per-node SQNR (worst first), mask IoU and predicted-IoU deltas, host speed.
 
-    python -m benchmarks quant                      # tiny, 1024, estimator mse, 6 photos x 3 clicks
+    python -m benchmarks quant                      # tiny, 1024, estimator percentile, 6 photos x 3 clicks
     python -m benchmarks.quant --model tiny small --estimator max percentile mse [--image-size 256]
     python -m benchmarks.quant --checkpoint sam2.1_hiera_tiny.pt --model tiny       # a real checkpoint
 
@@ -48,7 +48,7 @@ def _speed(model, qm, image) -> tuple[float, float]:
     return t1 - t0, time.perf_counter() - t1
 
 
-def run(models=("tiny",), estimators=("mse",), image_size=None, preset="kv260", checkpoint=None,
+def run(models=("tiny",), estimators=("percentile",), image_size=None, preset="kv260", checkpoint=None,
         n_photos: int = 6, n_prompts: int = 3, noise: bool = False) -> None:
     from golden_model.quant.accuracy import compare_masks, eval_clicks, local_sqnr, node_sqnr, noise_floor
     from golden_model.quant.builder import build_graph
@@ -103,7 +103,7 @@ if __name__ == "__main__":
     import os
     p = argparse.ArgumentParser()
     p.add_argument("--model", nargs="+", default=os.environ.get("SAM2FPGA_BENCH_MODELS", "tiny").split(","))
-    p.add_argument("--estimator", nargs="+", default=["mse"])
+    p.add_argument("--estimator", nargs="+", default=["percentile"])
     p.add_argument("--image-size", type=int)
     p.add_argument("--preset", default="kv260")
     p.add_argument("--checkpoint")

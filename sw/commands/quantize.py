@@ -5,7 +5,7 @@
 
 Calibration runs the float graph on the calibration photos (default: scikit-image's bundled
 photos, offline) with three clicks each, picks every activation's int8 scale (--estimator,
-default mse: see docs/quantisation.md) and quantises weights per output channel. The attention
+default percentile: see docs/quantisation.md) and quantises weights per output channel. The attention
 engine's key tile comes from --preset (its array's cols), so the file is the exact expectation
 for that overlay. `sam2fpga segment --precision int8 --quantised FILE` uses it.
 """
@@ -36,8 +36,9 @@ def add_quant_arguments(parser, *, quantised_file: bool = False):
                         help="calibration images or directories of images (default: scikit-image's photos)")
     parser.add_argument("--preset", default=DEFAULT_PRESET,
                         help=f"overlay preset whose attention key tile the int8 model uses (default: {DEFAULT_PRESET})")
-    parser.add_argument("--estimator", choices=("max", "percentile", "mse"), default="mse",
-                        help="activation-scale estimator (default: mse, the most accurate measured)")
+    parser.add_argument("--estimator", choices=("max", "percentile", "mse"), default="percentile",
+                        help="activation-scale estimator (default: percentile, the most accurate measured; "
+                             "docs/quantisation.md)")
     if quantised_file:
         parser.add_argument("--quantised", type=Path, metavar="FILE",
                             help="int8 model from `sam2fpga quantize` (default: quantise on the fly)")
