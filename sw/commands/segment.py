@@ -9,7 +9,9 @@ without a box asks for three candidate masks and keeps the one with the highest
 predicted IoU (the official recommendation for ambiguous clicks); other prompts
 ask for one mask. --logits-out saves that mask's full-resolution logits
 (float32, H x W). Without --checkpoint the model runs on seeded random weights,
-and says so: the result is then not a real segmentation.
+and says so: the result is then not a real segmentation. --precision int8 runs
+the overlay's integer reference on the host instead (golden_model/quant, from
+--quantised FILE or quantised on the fly; docs/quantisation.md).
 """
 from __future__ import annotations
 
@@ -154,6 +156,8 @@ def run(args) -> int:
         if not (0 <= x < w and 0 <= y < h):
             raise UsageError(f"point {x:g},{y:g} lies outside the {w}x{h} image")
 
+    if args.precision == "float" and (args.quantised is not None or args.calib):
+        raise UsageError("--quantised and --calib are for --precision int8")
     t0 = time.monotonic()
     model = predictor = None
     if args.precision == "int8":

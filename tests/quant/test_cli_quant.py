@@ -110,3 +110,9 @@ def test_quantize_usage_errors(capsys, argv, needle):
     with pytest.raises(SystemExit) as e:
         main(["quantize", *argv])
     assert e.value.code == 2 and needle in capsys.readouterr().err
+
+
+def test_quantised_file_needs_int8(qfile, photo, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["segment", str(photo), "--point", "70,50", "--quantised", str(qfile), "-o", str(tmp_path / "o.png")])
+    assert e.value.code == 2 and "--precision int8" in capsys.readouterr().err
