@@ -347,9 +347,14 @@ def load_state_dict(path: str | Path) -> dict[str, np.ndarray]:
 
 
 def load_safetensors(path: str | Path) -> dict[str, np.ndarray]:
-    tensors = _read_safetensors_raw(Path(path))[0]
+    return load_safetensors_with_metadata(path)[0]
+
+
+def load_safetensors_with_metadata(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """(tensors as NumPy arrays, the header's __metadata__ strings) of a .safetensors file; non-finite refused."""
+    tensors, metadata = _read_safetensors_raw(Path(path))
     check_finite(tensors, path)
-    return {k: t.numpy() for k, t in tensors.items()}
+    return {k: t.numpy() for k, t in tensors.items()}, metadata
 
 
 def convert(src: str | Path, dst: str | Path) -> dict[str, Tensor]:

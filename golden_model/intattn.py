@@ -104,16 +104,28 @@ def quantize_small_multiplier(scale: float) -> tuple[int, int]:
     raise ValueError(f"score scale {scale} cannot be represented with a {SCORE_MULT_BITS}-bit multiplier")
 
 
-def exp2fix(t) -> np.ndarray:
-    """2^P_BITS * 2^(-t / 2^FRAC_BITS), t >= 0 integers, as values in [0, 2^P_BITS] (step 4)."""
+def exp2fix_formula(t) -> np.ndarray:
+    """Step 4's exp2fix exactly as specified (module docstring), t >= 0."""
     t = np.asarray(t, dtype=np.int64)
-    if np.any(t < 0):
-        raise ValueError("exp2fix: negative argument")
     n = np.minimum(t >> FRAC_BITS, P_BITS + 2)
     f = t & ((1 << FRAC_BITS) - 1)
     base = EXP2_TABLE[f]
     half = np.where(n > 0, np.left_shift(np.int64(1), np.maximum(n - 1, 0)), 0)
     return (base + half) >> n
+
+
+#: From here on exp2fix is 0 (n >= P_BITS + 2: (base + 2^(n-1)) >> n with base <= 2^P_BITS rounds to 0),
+#: so every value is one lookup in a table built from the formula (speed only: same numbers).
+EXP2_ZERO_FROM = (P_BITS + 2) << FRAC_BITS
+_EXP2_ALL = exp2fix_formula(np.arange(EXP2_ZERO_FROM + 1))
+
+
+def exp2fix(t) -> np.ndarray:
+    """2^P_BITS * 2^(-t / 2^FRAC_BITS), t >= 0 integers, as values in [0, 2^P_BITS] (step 4)."""
+    t = np.asarray(t, dtype=np.int64)
+    if t.size and t.min() < 0:
+        raise ValueError("exp2fix: negative argument")
+    return _EXP2_ALL[np.minimum(t, EXP2_ZERO_FROM)]
 
 
 def scores_log2(s, score_mult: int, score_shift: int) -> np.ndarray:
@@ -154,50 +166,56 @@ def check_inputs(q, k, v):
     for name, x in (("q", q), ("k", k), ("v", v)):
         if x.dtype != np.int8:
             raise ValueError(f"attention: {name} must be int8, got {x.dtype}")
-        if x.ndim != 2:
-            raise ValueError(f"attention: {name} must be 2-D (tokens, head dim), got shape {x.shape}")
-    lq, d = q.shape
-    if k.shape[1] != d or v.shape[1] != d or k.shape[0] != v.shape[0]:
+        if x.ndim < 2 or x.ndim != q.ndim:
+            raise ValueError(f"attention: {name} must be (..., tokens, head dim) like q, got shape {x.shape}")
+    lq, d = q.shape[-2:]
+    if (k.shape[:-2] != q.shape[:-2] or v.shape[:-2] != q.shape[:-2] or k.shape[-1] != d or v.shape[-1] != d
+            or k.shape[-2] != v.shape[-2]):
         raise ValueError(f"attention: shapes q {q.shape}, k {k.shape}, v {v.shape} do not match")
     if not 1 <= d <= MAX_HEAD_DIM:
         raise ValueError(f"attention: head dim {d} outside 1..{MAX_HEAD_DIM}")
-    if not 1 <= k.shape[0] <= MAX_KEYS:
-        raise ValueError(f"attention: {k.shape[0]} keys outside 1..{MAX_KEYS}")
+    if not 1 <= k.shape[-2] <= MAX_KEYS:
+        raise ValueError(f"attention: {k.shape[-2]} keys outside 1..{MAX_KEYS}")
     if lq < 1:
         raise ValueError("attention: no queries")
     return q, k, v
 
 
 def attention_state(q, k, v, quant: AttentionQuant, key_tile: int):
-    """Steps 1-5 over all key tiles: the final (m, l, O) per query row (int64 arrays)."""
+    """Steps 1-5 over all key tiles: the final (m, l, O) per query row (int64 arrays).
+    Leading axes (..., L, d) are independent attentions (heads, windows), computed together."""
     q, k, v = check_inputs(q, k, v)
     if key_tile < 1:
         raise ValueError("attention: key_tile must be positive")
-    lq, d = q.shape
-    m = np.full(lq, M_INIT, np.int64)
-    l = np.zeros(lq, np.int64)
-    o = np.zeros((lq, d), np.int64)
-    qf = q.astype(np.float64)
-    for j0 in range(0, k.shape[0], key_tile):
-        kt = k[j0:j0 + key_tile].astype(np.float64)
-        vt = v[j0:j0 + key_tile].astype(np.float64)
-        s = (qf @ kt.T).astype(np.int64)                       # exact: |S| <= 2^22
+    lead, (lq, d) = q.shape[:-2], q.shape[-2:]
+    m = np.full(lead + (lq,), M_INIT, np.int64)
+    l = np.zeros(lead + (lq,), np.int64)
+    o = np.zeros(lead + (lq, d), np.float64)   # integers held exactly (|O| < 2^40 < 2^53): BLAS adds into it
+    qf = q.astype(np.float32)
+    for j0 in range(0, k.shape[-2], key_tile):
+        kt = k[..., j0:j0 + key_tile, :].astype(np.float32)
+        vt = v[..., j0:j0 + key_tile, :].astype(np.float64)
+        s = (qf @ np.swapaxes(kt, -1, -2)).astype(np.int64)    # exact in float32: every partial sum <= 2^22
         x = scores_log2(s, quant.score_mult, quant.score_shift)
-        m_new = np.maximum(m, x.max(axis=1))
-        p = exp2fix(m_new[:, None] - x)
+        m_new = np.maximum(m, x.max(axis=-1))
+        p = exp2fix(m_new[..., None] - x)
         alpha = exp2fix(m_new - m)
-        l = rescale(l, alpha) + p.sum(axis=1)
-        o = rescale(o, alpha[:, None]) + (p.astype(np.float64) @ vt).astype(np.int64)   # exact: < 2^53
+        l = rescale(l, alpha) + p.sum(axis=-1)
+        grew = alpha != (1 << P_BITS)      # rescaling by alpha = 2^P_BITS is the identity: skip those rows
+        if j0 and grew.any():              # (before the first tile O is 0: nothing to rescale)
+            o[grew] = rescale(o[grew].astype(np.int64), alpha[grew][:, None])
+        o += p.astype(np.float64) @ vt     # exact: every partial sum < 2^53
         m = m_new
         # Cannot fail for int8 inputs within MAX_KEYS (see the widths above): a guard for the spec.
         assert l.max() < (1 << SUM_BITS) and np.abs(o).max() < (1 << (O_BITS - 1))
-    return m, l, o
+    return m, l, o.astype(np.int64)
 
 
 def attention(q, k, v, quant: AttentionQuant, key_tile: int = 64, *, out_int32: bool = False) -> np.ndarray:
-    """The attention engine's result, (Lq, d): int8 (step 8), or with out_int32 the int32 t of
+    """The attention engine's result, (..., Lq, d): int8 (step 8), or with out_int32 the int32 t of
     step 7 (O / l with NORM_FRAC_BITS fraction bits, the requantiser bypassed).
-    Heads and windows: one call per (head, window); `key_tile` is the engine's key tile."""
+    Heads and windows: one engine call per (head, window), here leading axes; `key_tile` is the
+    engine's key tile."""
     _, l, o = attention_state(q, k, v, quant, key_tile)
     t = normalise(o, l)
     return t.astype(np.int32) if out_int32 else requantize(t, quant.out_mult, quant.out_shift)
@@ -208,11 +226,11 @@ def attention_float(q, k, v, q_scale: float, k_scale: float, v_scale: float,
     """Float64 softmax attention on the same int8 inputs (the accuracy reference), real units."""
     q, k, v = check_inputs(q, k, v)
     if softmax_scale is None:
-        softmax_scale = 1.0 / math.sqrt(q.shape[1])
-    s = (q.astype(np.float64) * q_scale) @ (k.astype(np.float64) * k_scale).T * softmax_scale
-    s -= s.max(axis=1, keepdims=True)
+        softmax_scale = 1.0 / math.sqrt(q.shape[-1])
+    s = (q.astype(np.float64) * q_scale) @ np.swapaxes(k.astype(np.float64) * k_scale, -1, -2) * softmax_scale
+    s -= s.max(axis=-1, keepdims=True)
     p = np.exp(s)
-    p /= p.sum(axis=1, keepdims=True)
+    p /= p.sum(axis=-1, keepdims=True)
     return p @ (v.astype(np.float64) * v_scale)
 
 

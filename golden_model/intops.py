@@ -30,17 +30,18 @@ def requantize(acc, multiplier, shift, relu: bool = False) -> np.ndarray:
     acc = np.asarray(acc, dtype=np.int64)
     m = np.asarray(multiplier, dtype=np.int64)
     s = np.asarray(shift, dtype=np.int64)
-    if np.any((acc < -(1 << (ACC_BITS - 1))) | (acc >= (1 << (ACC_BITS - 1)))):
+    if acc.size and (acc.min() < -(1 << (ACC_BITS - 1)) or acc.max() >= (1 << (ACC_BITS - 1))):
         raise ValueError("requantize: accumulator outside int32")
     if np.any((m < 0) | (m >= (1 << MULT_BITS))):
         raise ValueError(f"requantize: multiplier must be in [0, 2**{MULT_BITS})")
     if np.any((s < 0) | (s >= (1 << SHIFT_BITS))):
         raise ValueError(f"requantize: shift must be in [0, {(1 << SHIFT_BITS) - 1}]")
     rounding = np.where(s > 0, np.left_shift(np.int64(1), np.maximum(s - 1, 0)), 0)
-    y = np.right_shift(acc * m + rounding, s)
-    if relu:
-        y = np.maximum(y, 0)
-    return np.clip(y, INT8_MIN, INT8_MAX).astype(np.int8)
+    y = np.array(acc * m + rounding, dtype=np.int64)   # the full broadcast shape; then in place (speed only)
+    np.right_shift(y, s, out=y)
+    np.maximum(y, 0 if relu else INT8_MIN, out=y)
+    np.minimum(y, INT8_MAX, out=y)
+    return y.astype(np.int8)
 
 
 def quantize_multiplier(scale: float) -> tuple[int, int]:
@@ -65,13 +66,19 @@ MAX_K = ((1 << (ACC_BITS - 1)) - 1) // (128 * 128)
 def saturate_int32(x) -> np.ndarray:
     """Clamp int64 values to the int32 range (the bias adder saturates, it never wraps)."""
     lo, hi = -(1 << (ACC_BITS - 1)), (1 << (ACC_BITS - 1)) - 1
-    return np.clip(np.asarray(x, dtype=np.int64), lo, hi)
+    x = np.asarray(x, dtype=np.int64)
+    return np.minimum(np.maximum(x, lo), hi)
+
+
+#: K per float32 BLAS call in int8_matmul: |partial sum| <= K * 2**14 <= 2**24, an exact float32 integer.
+F32_EXACT_K = 1 << 10
 
 
 def int8_matmul(a, b) -> np.ndarray:
-    """Exact int8 (M, K) @ int8 (K, N) -> int64 via float64 BLAS.
+    """Exact int8 (M, K) @ int8 (K, N) -> int64 via float32 BLAS on K chunks of F32_EXACT_K.
 
-    Every product is <= 2**14 and every partial sum below 2**53, so float64 is exact.
+    Every product is <= 2**14 and every partial sum of a chunk <= 2**24 (in any summation order,
+    FMA or not), so each chunk is exact in float32; chunks are summed in int64.
     """
     a = np.asarray(a)
     b = np.asarray(b)
@@ -80,7 +87,11 @@ def int8_matmul(a, b) -> np.ndarray:
     for name, x in (("a", a), ("b", b)):
         if x.dtype != np.int8:
             raise ValueError(f"int8_matmul: {name} must be int8, got {x.dtype}")
-    return (a.astype(np.float64) @ b.astype(np.float64)).astype(np.int64)
+    a32, b32 = a.astype(np.float32), b.astype(np.float32)
+    out = (a32[:, :F32_EXACT_K] @ b32[:F32_EXACT_K]).astype(np.int64)
+    for k0 in range(F32_EXACT_K, a.shape[1], F32_EXACT_K):
+        out += (a32[:, k0:k0 + F32_EXACT_K] @ b32[k0:k0 + F32_EXACT_K]).astype(np.int64)
+    return out
 
 
 def gemm(a, b, bias=None, multiplier=None, shift=None, *, relu: bool = False,
@@ -109,7 +120,8 @@ def gemm(a, b, bias=None, multiplier=None, shift=None, *, relu: bool = False,
         raise ValueError(f"gemm: bias shape {bias.shape}, expected ({n},)")
     if np.any((bias.astype(np.int64) < -(1 << 31)) | (bias.astype(np.int64) >= (1 << 31))):
         raise ValueError("gemm: bias outside int32")
-    t = saturate_int32(acc + bias.astype(np.int64))
+    acc += bias.astype(np.int64)
+    t = saturate_int32(acc)
     if out_int32:
         if relu:
             t = np.maximum(t, 0)

@@ -261,6 +261,10 @@ class MaskDecoder:
         masks, iou_pred, mask_tokens_out, obj = self.predict_masks(
             image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, repeat_image,
             high_res_features)
+        return self.select_outputs(masks, iou_pred, mask_tokens_out, obj, multimask_output)
+
+    def select_outputs(self, masks, iou_pred, mask_tokens_out, obj, multimask_output: bool) -> DecoderOutput:
+        """MaskDecoder.forward after predict_masks: which masks, IoUs and token the caller gets."""
         if multimask_output:
             masks, iou_pred = masks[:, 1:], iou_pred[:, 1:]
         elif self.cfg.dynamic_multimask_via_stability:

@@ -106,22 +106,30 @@ class ImagePredictor:
         return masks[0], ious[0], low_res[0]
 
     def _predict(self, coords, labels, boxes, mask_input, multimask_output, return_logits):
-        points = (coords, labels) if coords is not None else None
-        if boxes is not None:  # a box is two points labelled 2, 3, placed before any clicks
-            box_labels = np.tile(np.array([[2, 3]], np.int32), (boxes.shape[0], 1))
-            if points is not None:
-                points = (np.concatenate([boxes, points[0]], axis=1), np.concatenate([box_labels, points[1]], axis=1))
-            else:
-                points = (boxes, box_labels)
+        points = points_with_box(coords, labels, boxes)
         model = self.model
         sparse, dense = model.sam_prompt_encoder(points=points, boxes=None, masks=mask_input)
         batched = points is not None and points[0].shape[0] > 1
         out = model.sam_mask_decoder(self.features.image_embed, model.sam_prompt_encoder.get_dense_pe(), sparse, dense,
                                      multimask_output, repeat_image=batched,
                                      high_res_features=self.features.high_res_feats)
-        low_res = out.masks
+        return self._finish(out.masks, out.iou_pred, return_logits)
+
+    def _finish(self, low_res, iou_pred, return_logits):
+        """Low-res logits -> (masks at the original size, ious, clamped low-res logits)."""
         masks = resize_bilinear(low_res, self.features.orig_hw)
         low_res = np.clip(low_res, -LOW_RES_CLAMP, LOW_RES_CLAMP)
         if not return_logits:
             masks = (masks > self.mask_threshold).astype(F32)  # the official returns 0./1. floats
-        return masks, out.iou_pred, low_res
+        return masks, iou_pred, low_res
+
+
+def points_with_box(coords, labels, boxes):
+    """(coords, labels) with a box's corners as two points labelled 2, 3 placed before any clicks (or None)."""
+    points = (coords, labels) if coords is not None else None
+    if boxes is None:
+        return points
+    box_labels = np.tile(np.array([[2, 3]], np.int32), (boxes.shape[0], 1))
+    if points is None:
+        return boxes, box_labels
+    return np.concatenate([boxes, points[0]], axis=1), np.concatenate([box_labels, points[1]], axis=1)

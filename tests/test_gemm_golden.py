@@ -85,3 +85,16 @@ def test_presets_are_valid_and_named():
 def test_bad_config_is_a_clear_error(bad):
     with pytest.raises(ValueError, match="overlay config"):
         PRESETS["sim"].replace(**bad)
+
+
+def test_int8_matmul_exact_across_float32_chunks():
+    """K over several F32_EXACT_K chunks, all -128 (the largest partial sums) and random: == exact int64."""
+    from golden_model.intops import F32_EXACT_K, int8_matmul
+    k = 3 * F32_EXACT_K + 5
+    a = np.full((3, k), -128, np.int8)
+    b = np.full((k, 2), -128, np.int8)
+    assert (int8_matmul(a, b) == k * 128 * 128).all()
+    rng = np.random.default_rng(3)
+    a = rng.integers(-128, 128, (7, k), dtype=np.int8)
+    b = rng.integers(-128, 128, (k, 5), dtype=np.int8)
+    np.testing.assert_array_equal(int8_matmul(a, b), a.astype(np.int64) @ b.astype(np.int64))

@@ -233,3 +233,21 @@ def test_adversarial_cases_within_one_percent_of_float(kind, lk, d):
     quant = A.AttentionQuant.from_scales(s, s, 1.0, 1.0, d)
     t = A.attention(q, k, v, quant, 16, out_int32=True) / 2 ** A.NORM_FRAC_BITS
     assert rel_l2(t, ref) <= 0.01, (kind, lk, d, rel_l2(t, ref))
+
+
+def test_leading_axes_are_independent_attentions():
+    """(windows, heads, L, d) in one call == one call per (window, head): the batched form the graph uses."""
+    rng = np.random.default_rng(7)
+    q = rng.integers(-128, 128, (3, 2, 5, 16), dtype=np.int8)
+    k = rng.integers(-128, 128, (3, 2, 37, 16), dtype=np.int8)
+    v = rng.integers(-128, 128, (3, 2, 37, 16), dtype=np.int8)
+    quant = A.AttentionQuant.from_scales(0.02, 0.03, 0.05, 0.01, 16)
+    got = A.attention(q, k, v, quant, key_tile=8)
+    for i in range(3):
+        for h in range(2):
+            np.testing.assert_array_equal(got[i, h], A.attention(q[i, h], k[i, h], v[i, h], quant, key_tile=8))
+
+
+def test_exp2fix_table_equals_the_formula():
+    t = np.concatenate([np.arange(0, 6000), [1 << 20, (1 << 32) - 1, 1 << 33]])
+    np.testing.assert_array_equal(A.exp2fix(t), A.exp2fix_formula(t))

@@ -9,7 +9,9 @@ without a box asks for three candidate masks and keeps the one with the highest
 predicted IoU (the official recommendation for ambiguous clicks); other prompts
 ask for one mask. --logits-out saves that mask's full-resolution logits
 (float32, H x W). Without --checkpoint the model runs on seeded random weights,
-and says so: the result is then not a real segmentation.
+and says so: the result is then not a real segmentation. --precision int8 runs
+the overlay's integer reference on the host instead (golden_model/quant, from
+--quantised FILE or quantised on the fly; docs/quantisation.md).
 """
 from __future__ import annotations
 
@@ -67,6 +69,10 @@ def add_arguments(parser):
     parser.add_argument("-o", "--out", type=Path, required=True, help="output PNG: the image with the mask overlaid")
     parser.add_argument("--logits-out", type=Path, metavar="FILE.npy",
                         help="save the chosen mask's full-resolution logits (float32, H x W)")
+    parser.add_argument("--precision", choices=("float", "int8"), default="float",
+                        help="float: the golden float model; int8: the host integer reference of the overlay")
+    from sw.commands.quantize import add_quant_arguments
+    add_quant_arguments(parser, quantised_file=True)
 
 
 def load_rgb(path: Path):
@@ -109,12 +115,13 @@ def overlay(image, mask, points=(), box=None):
     return np.asarray(im)
 
 
-def segment(image, points, box, model):
-    """(chosen mask logits (H, W) float32, its predicted IoU, index among the candidates, candidate count)."""
+def segment(image, points, box, model, predictor=None):
+    """(chosen mask logits (H, W) float32, its predicted IoU, index among the candidates, candidate count).
+    `predictor` (e.g. the int8 one) replaces the float ImagePredictor of `model`."""
     import numpy as np
 
     from golden_model.predictor import ImagePredictor
-    predictor = ImagePredictor(model)
+    predictor = predictor if predictor is not None else ImagePredictor(model)
     predictor.set_image(image)
     multimask = len(points) == 1 and box is None
     logits, ious, _ = predictor.predict(
@@ -153,15 +160,22 @@ def run(args) -> int:
     image = check_arguments(args)
     h, w = image.shape[:2]
 
+    if args.precision == "float" and (args.quantised is not None or args.calib):
+        raise UsageError("--quantised and --calib are for --precision int8")
     t0 = time.monotonic()
-    model = build_model(args.model, args.checkpoint, args.seed)
-    if args.checkpoint is None:
+    model = predictor = None
+    if args.precision == "int8":
+        from sw.commands.quantize import int8_predictor
+        predictor = int8_predictor(args, build_model, lambda m: print("segment: " + m))
+    else:
+        model = build_model(args.model, args.checkpoint, args.seed)
+    if args.checkpoint is None and args.quantised is None:
         print(f"segment: no --checkpoint given: SAM 2.1 {args.model} runs on RANDOM weights (seed {args.seed}); "
               "the mask shows the pipeline working, not a real segmentation")
-    else:
+    elif args.checkpoint is not None:
         print(f"segment: SAM 2.1 {args.model} from {args.checkpoint} (all keys matched)")
     t1 = time.monotonic()
-    logits, iou, best, candidates = segment(image, args.point, args.box, model)
+    logits, iou, best, candidates = segment(image, args.point, args.box, model, predictor)
     t2 = time.monotonic()
     mask = logits > 0
     outputs.save_png(args.out, overlay(image, mask, args.point, args.box))

@@ -1,0 +1,116 @@
+"""int8 SAM 2 against float: per-node SQNR (worst first), mask IoU and predicted-IoU deltas, host speed.
+
+    python -m benchmarks quant                      # tiny, 1024, estimator percentile, 6 photos x 3 clicks
+    python -m benchmarks.quant --model tiny small --estimator max percentile mse [--image-size 256]
+    python -m benchmarks.quant --checkpoint sam2.1_hiera_tiny.pt --model tiny       # a real checkpoint
+
+Calibration: golden_model.quant.calibset.CALIB_PHOTOS (3 clicks each); evaluation: EVAL_PHOTOS (a
+disjoint set) x the fixed clicks of golden_model.quant.accuracy.eval_clicks. Weights: seeded random
+(seed 0) unless --checkpoint. Tables:
+  quant           per node of the first model/estimator: SQNR end to end (int8 graph vs float graph on
+                  the first evaluation photo + its centre click) and on its own (float inputs quantised),
+                  worst end-to-end first;
+  quant-noise-floor (--noise-floor) the float model's own sensitivity: IoU of its masks with white
+                  noise of a given SQNR added to the image features;
+  quant-accuracy  per model and estimator: mask IoU (logits > 0) median / worst, the largest predicted-IoU
+                  delta, and the image-encoder time of the int8 reference against the golden float
+                  model (same image, same run; a ratio, so machine load hits both).
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from benchmarks.common import report
+
+TARGETS = "targets: IoU median >= 0.95, worst >= 0.90, |pred IoU delta| <= 0.02, int8/float time <= 3"
+
+
+def _model(name, image_size, checkpoint):
+    from golden_model.model import SAM2Model
+    from golden_model.quant.builder import random_model
+    if checkpoint:
+        return SAM2Model.from_checkpoint(name, checkpoint)
+    return random_model(name, image_size, seed=0)
+
+
+def _speed(model, qm, image) -> tuple[float, float]:
+    """Seconds of set_image (image encoder) for the golden float model and the int8 reference, alternated."""
+    from golden_model.predictor import ImagePredictor
+    from golden_model.quant.intinterp import IntRunner
+    from golden_model.quant.predictor import GraphPredictor
+    fp, ip = ImagePredictor(model), GraphPredictor(qm.graph, IntRunner(qm))
+    t0 = time.perf_counter()
+    fp.set_image(image)
+    t1 = time.perf_counter()
+    ip.set_image(image)
+    return t1 - t0, time.perf_counter() - t1
+
+
+def run(models=("tiny",), estimators=("percentile",), image_size=None, preset="kv260", checkpoint=None,
+        n_photos: int = 6, n_prompts: int = 3, noise: bool = False) -> None:
+    from golden_model.quant.accuracy import compare_masks, eval_clicks, local_sqnr, node_sqnr, noise_floor
+    from golden_model.quant.builder import build_graph
+    from golden_model.quant.calibset import CALIB_PHOTOS, EVAL_PHOTOS, skimage_photos
+    from golden_model.quant.quantize import calibrate, quantize
+    from hw.config import preset as overlay_preset
+    key_tile = overlay_preset(preset).cols
+    calib = list(skimage_photos(CALIB_PHOTOS).values())
+    photos = skimage_photos(EVAL_PHOTOS[:n_photos])
+    first_photo = next(iter(photos.values()))
+    summary, node_rows = [], None
+    for name in models:
+        model = _model(name, image_size, checkpoint)
+        graph = build_graph(model)
+        if noise:
+            report("quant-noise-floor", noise_floor(graph, photos, n_prompts=n_prompts),
+                   notes=f"{name}, {graph.image_size} px: float masks with white noise at the image features "
+                         "vs clean float masks (how much any quantisation can keep)")
+        t0 = time.perf_counter()
+        stats = calibrate(graph, calib)
+        calib_s = time.perf_counter() - t0
+        for est in estimators:
+            qm = quantize(graph, stats, est, key_tile, preset)
+            rows = compare_masks(qm, graph, photos, n_prompts)
+            ious = np.array([r["mask_iou"] for r in rows])
+            deltas = np.array([r["pred_iou_delta"] for r in rows])
+            float_s, int_s = _speed(model, qm, first_photo)
+            summary.append({"model": name, "image_size": graph.image_size, "estimator": est,
+                            "weights": "checkpoint" if checkpoint else "random(seed 0)",
+                            "cases": len(rows), "iou_median": float(np.median(ious)), "iou_worst": float(ious.min()),
+                            "iou_mean": float(ious.mean()), "pred_iou_delta_max": float(deltas.max()),
+                            "same_choice": f"{sum(r['same_choice'] for r in rows)}/{len(rows)}",
+                            "float_s": float_s, "int8_s": int_s, "ratio": int_s / float_s, "calib_s": calib_s})
+            print(f"{name} {est}: " + ", ".join(f"{r['image']}@{r['click']} {r['mask_iou']:.3f}" for r in rows))
+            if node_rows is None:
+                click = eval_clicks(first_photo.shape[:2], 1)[0]
+                e2e = node_sqnr(qm, graph, first_photo, click)
+                alone = local_sqnr(qm, graph, first_photo, click)
+                node_rows = sorted(({"node": n.name, "op": n.op, "engine": n.engine, "stage": n.stage,
+                                     "sqnr_db": e2e[n.outputs[0]], "alone_db": alone.get(n.outputs[0], "")}
+                                    for n in graph.nodes if qm.graph.tensors[n.outputs[0]].dtype == "int8"
+                                    or n.op in ("mask_product", "mlp")), key=lambda r: r["sqnr_db"])
+                node_note = f"{name}, {graph.image_size} px, estimator {est}, photo {next(iter(photos))}"
+    report("quant", node_rows, notes="per-node SQNR (dB) int8 vs float, worst first; sqnr_db end to end, "
+                                     f"alone_db the node on its own ({node_note})")
+    report("quant-accuracy", summary, notes=f"{len(photos)} photos x {n_prompts} clicks, preset {preset} "
+                                            f"(key tile {key_tile}); {TARGETS}")
+
+
+if __name__ == "__main__":
+    import argparse
+    import os
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", nargs="+", default=os.environ.get("SAM2FPGA_BENCH_MODELS", "tiny").split(","))
+    p.add_argument("--estimator", nargs="+", default=["percentile"])
+    p.add_argument("--image-size", type=int)
+    p.add_argument("--preset", default="kv260")
+    p.add_argument("--checkpoint")
+    p.add_argument("--photos", type=int, default=6)
+    p.add_argument("--prompts", type=int, default=3)
+    p.add_argument("--noise-floor", action="store_true",
+                   help="also: IoU of float masks with white noise of given SQNR at the image features")
+    a = p.parse_args()
+    run(tuple(a.model), tuple(a.estimator), a.image_size, a.preset, a.checkpoint, a.photos, a.prompts,
+        a.noise_floor)

@@ -1,0 +1,133 @@
+"""The integer interpreter: what the overlay computes for every node of a QuantModel, bit for bit.
+
+    runner = IntRunner(qm)
+    predictor = GraphPredictor(qm.graph, runner)
+
+Engines: linear -> intops.gemm; conv / depthwise / conv_transpose -> golden_model.intconv (channels
+first inside, channels-last in the graph); attention -> intattn.attention with the overlay's key
+tile; element-wise -> golden_model.intvec; layout ops move int8 values (zero padding = real 0).
+Host ops run in float32 on dequantised inputs and quantise what they hand back (round half to
+even, clamp). The mask product is the GEMM engine with int32 output: the host quantises the
+hypernetwork rows per row (symmetric int8) and dequantises the int32 logits (minus the zero point's
+share when the upscaled embedding is asymmetric, see quantize.py).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from golden_model import intconv, intops, intvec
+from golden_model.intattn import AttentionQuant, attention
+from golden_model.quant.interpret import (Runner, host_mlp, merge_heads, nchw_to_nhwc, nhwc_to_nchw, prompt_tokens,
+                                          split_heads, window_partition_op, window_unpartition_op)
+from golden_model.quant.quantize import QuantModel, dequantize_tensor, quantize_tensor, weight_scales
+
+F32 = np.float32
+
+
+def _requant_args(r, n):
+    p = r.params[n.name]
+    return p["multiplier"], p["shift"]
+
+
+def _linear(n, a, r):
+    x, w, b = a
+    m, s = _requant_args(r, n)
+    y = intops.gemm(x.reshape(-1, x.shape[-1]), w.reshape(w.shape[0], -1).T, b, m, s, relu=n.attrs.get("relu", False))
+    return y.reshape(x.shape[:-1] + (w.shape[0],))
+
+
+def _conv(n, a, r):
+    x, w, b = a
+    m, s = _requant_args(r, n)
+    groups = w.shape[0] if n.op == "depthwise" else 1
+    ys = [intconv.conv2d(xi, w, b, m, s, stride=n.attrs["stride"], padding=n.attrs["padding"], groups=groups)
+          for xi in nhwc_to_nchw(x)]
+    return nchw_to_nhwc(np.stack(ys))
+
+
+def _conv_transpose(n, a, r):
+    x, w, b = a
+    m, s = _requant_args(r, n)
+    ys = [intconv.conv_transpose2d(xi, w, b, m, s, stride=n.attrs["stride"]) for xi in nhwc_to_nchw(x)]
+    return nchw_to_nhwc(np.stack(ys))
+
+
+def _attention(n, a, r):
+    q, k, v = a
+    h = n.attrs["heads"]
+    quant = r.cached(("attn", n.name), lambda: AttentionQuant(*(int(v) for v in r.params[n.name]["quant"])))
+    o = attention(np.ascontiguousarray(split_heads(q, h)), np.ascontiguousarray(split_heads(k, h)),
+                  np.ascontiguousarray(split_heads(v, h)), quant, r.key_tile)
+    return merge_heads(o, q.shape)
+
+
+def _vec_params(r, n, cls_name):
+    return r.cached(("vec", n.name), lambda: getattr(intvec, cls_name).from_arrays(
+        {k: v for k, v in r.params[n.name].items() if k != "b_scale"}))
+
+
+def _layernorm(n, a, r):
+    return intvec.layernorm(a[0], _vec_params(r, n, "LayerNormParams"))
+
+
+def _gelu(n, a, r):
+    return intvec.lut(a[0], _vec_params(r, n, "LutParams"))
+
+
+def _add(n, a, r):
+    return intvec.add(a[0], a[1], _vec_params(r, n, "AddParams"))
+
+
+def _rescale(n, a, r):
+    return intvec.rescale(a[0], _vec_params(r, n, "RescaleParams"))
+
+
+def _quantize(n, a, r):
+    spec = r.graph.tensors[n.outputs[0]]
+    return quantize_tensor(a[0], r.scale(spec.name), spec.zero_point)
+
+
+def _dequantize(n, a, r):
+    r.scale(n.inputs[0])
+    return dequantize_tensor(a[0], r.graph.tensors[n.inputs[0]]).astype(F32)
+
+
+def _mask_product(n, a, r):
+    x = a[0]
+    hyper = np.concatenate([np.asarray(h, np.float64).reshape(1, -1) for h in a[1:]], axis=0)   # (M, c)
+    hs = weight_scales(hyper, 0)
+    hq = np.clip(np.rint(hyper / hs[:, None]), -127, 127).astype(np.int8)
+    b, hh, ww, c = x.shape
+    acc = intops.gemm(x.reshape(-1, c), hq.T, out_int32=True).astype(np.int64)         # (HW, M) int32
+    zp = r.graph.tensors[n.inputs[0]].zero_point       # real x = s (q - zp): subtract zp * row sums
+    acc -= zp * hq.astype(np.int64).sum(axis=1)[None, :]
+    logits = acc.astype(np.float64) * (hs[None, :] * r.scale(n.inputs[0]))
+    return logits.T.reshape(1, -1, hh, ww).astype(F32)
+
+
+INT_OPS = {
+    "linear": _linear, "conv": _conv, "depthwise": _conv, "conv_transpose": _conv_transpose,
+    "attention": _attention,
+    "layernorm": _layernorm, "gelu": _gelu, "add": _add, "rescale": _rescale,
+    "maxpool2x2": lambda n, a, r: intvec.maxpool2x2(a[0]),
+    "upsample2x": lambda n, a, r: intvec.upsample_nearest2x(a[0]),
+    "window_partition": lambda n, a, r: window_partition_op(n, a[0]),
+    "window_unpartition": lambda n, a, r: window_unpartition_op(n, a[0], r.graph.tensors[n.outputs[0]].shape),
+    "quantize": _quantize, "dequantize": _dequantize,
+    "prompt_encoder": prompt_tokens, "mlp": host_mlp, "mask_product": _mask_product,
+}
+
+
+class IntRunner(Runner):
+    OPS = INT_OPS
+
+    def __init__(self, qm: QuantModel):
+        super().__init__(qm.graph)
+        self.params = qm.params
+        self.key_tile = qm.key_tile
+
+    def scale(self, tensor: str) -> float:
+        s = self.graph.tensors[tensor].scale
+        if s is None:
+            raise ValueError(f"tensor {tensor!r} has no scale: the graph is not quantised")
+        return s

@@ -1,0 +1,159 @@
+"""The integer SAM 2: runs, is deterministic, stays close to float (stated bounds), and its file loads strictly."""
+import numpy as np
+import pytest
+
+from golden_model.checkpoint import load_safetensors_with_metadata, save_safetensors
+from golden_model.quant.accuracy import compare_masks, node_sqnr
+from golden_model.quant.builder import build_graph, random_model
+from golden_model.quant.calibset import CALIB_PHOTOS, EVAL_PHOTOS, skimage_photos
+from golden_model.quant.intinterp import IntRunner
+from golden_model.quant.predictor import GraphPredictor
+from golden_model.quant.qfile import QuantFileError, load_quantised, save_quantised
+from golden_model.quant.quantize import ESTIMATORS, calibrate, quantize
+
+SIZE = 256
+
+
+@pytest.fixture(scope="module")
+def setup():
+    pytest.importorskip("skimage")
+    graph = build_graph(random_model("tiny", SIZE, seed=0))
+    stats = calibrate(graph, list(skimage_photos(CALIB_PHOTOS[:3]).values()), prompts_per_image=2)
+    return graph, stats, quantize(graph, stats, "percentile", key_tile=32)
+
+
+@pytest.fixture(scope="module")
+def photos():
+    return skimage_photos(EVAL_PHOTOS[:2])
+
+
+def test_weights_and_activations_are_integers(setup):
+    _, _, qm = setup
+    g = qm.graph
+    for n in g.nodes:
+        if n.op in ("linear", "conv", "conv_transpose"):
+            assert g.constants[n.inputs[1]].dtype == np.int8 and g.constants[n.inputs[2]].dtype == np.int32
+        if n.engine not in ("host",) and n.op != "mask_product":
+            assert g.tensors[n.outputs[0]].scale > 0, n.name
+
+
+def test_int_graph_is_deterministic_and_integer(setup, photos):
+    _, _, qm = setup
+    image = photos["chelsea"]
+    envs = []
+    for _ in range(2):
+        p = GraphPredictor(qm.graph, IntRunner(qm))
+        p.set_image(image)
+        envs.append(p.env)
+    for name in ("patch_embed", "enc.blocks.4.attn.sdpa", "image_embed", "feat_s0"):
+        assert envs[0][name].dtype == np.int8
+        np.testing.assert_array_equal(envs[0][name], envs[1][name])
+
+
+def test_int_close_to_float(setup, photos):
+    """Stated bounds at this reduced size on random weights (measured: SQNR ~26 dB at the image
+    embedding, ~24 dB at the masks; docs/quantisation.md has the full-size figures)."""
+    graph, _, qm = setup
+    image = photos["chelsea"]
+    sq = node_sqnr(qm, graph, image, [image.shape[1] / 2, image.shape[0] / 2])
+    assert sq["image_embed"] > 20 and sq["masks"] > 18
+    assert min(v for k, v in sq.items() if qm.graph.tensors[k].dtype == "int8") > 15
+    rows = compare_masks(qm, graph, photos, n_prompts=2)
+    assert np.median([r["mask_iou"] for r in rows]) > 0.6
+    assert max(r["pred_iou_delta"] for r in rows) < 0.02
+
+
+@pytest.mark.parametrize("estimator", [e for e in ESTIMATORS if e != "percentile"])
+def test_other_estimators_quantise(setup, estimator):
+    graph, stats, qm = setup
+    other = quantize(graph, stats, estimator, key_tile=32)
+    s = [other.graph.tensors[t].scale for t in ("patch_embed", "enc.blocks.0.mlp.gelu")]
+    assert all(x > 0 for x in s)
+    if estimator == "max":   # max never clips: its scales are the largest
+        assert all(other.graph.tensors[t].scale >= qm.graph.tensors[t].scale for t in ("patch_embed", "image_embed"))
+
+
+def test_unknown_estimator(setup):
+    graph, stats, _ = setup
+    with pytest.raises(ValueError, match="unknown estimator"):
+        quantize(graph, stats, "kl", key_tile=32)
+
+
+def test_calibration_needs_images(setup):
+    with pytest.raises(ValueError, match="at least one image"):
+        calibrate(setup[0], [])
+
+
+# ---------------------------------------------------------------- the file
+@pytest.fixture(scope="module")
+def qfile(setup, tmp_path_factory):
+    return save_quantised(setup[2], tmp_path_factory.mktemp("q") / "t.int8.safetensors")
+
+
+def test_file_round_trip_is_bit_exact(setup, qfile, photos):
+    qm = setup[2]
+    loaded = load_quantised(qfile, model="tiny", preset="kv260")
+    assert loaded.key_tile == 32 and loaded.graph.tensors == qm.graph.tensors
+    image = photos["chelsea"]
+    outs = []
+    for m in (qm, loaded):
+        p = GraphPredictor(m.graph, IntRunner(m))
+        p.set_image(image)
+        outs.append(p.predict(point_coords=[[200, 150]], point_labels=[1], return_logits=True))
+    for a, b in zip(*outs):
+        np.testing.assert_array_equal(a, b)
+
+
+def _rewrite(src, dst, edit):
+    tensors, meta = load_safetensors_with_metadata(src)
+    edit(tensors, meta)
+    save_safetensors(dst, tensors, meta)
+    return dst
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda t, m: t.pop("const/image_encoder.trunk.blocks.0.attn.qkv.weight#q"), "constants missing.*qkv.weight#q"),
+    (lambda t, m: t.update({"const/extra": np.zeros(3, np.float32)}), "unexpected constants.*extra"),
+    (lambda t, m: t.update({"param/stray/x": np.zeros(3, np.int64)}), "unexpected parameters.*stray"),
+    (lambda t, m: t.pop("param/enc.blocks.0.attn.sdpa/quant"), "parameters missing.*sdpa/quant"),
+    (lambda t, m: t.update({"const/image_encoder.trunk.patch_embed.proj.weight":
+                            t["const/image_encoder.trunk.patch_embed.proj.weight"].astype(np.float32)}),
+     "wrong dtype.*patch_embed.proj.weight: float32"),
+    (lambda t, m: t.update({"param/patch_embed/shift": t["param/patch_embed/shift"].astype(np.int32)}),
+     "wrong dtype.*patch_embed/shift"),
+    (lambda t, m: m.update({"format": "something-else"}), "not a sam2fpga int8 model"),
+    (lambda t, m: m.update({"graph": "{"}), "malformed metadata"),
+])
+def test_bad_files_are_named(qfile, tmp_path, edit, message):
+    bad = _rewrite(qfile, tmp_path / "bad.safetensors", edit)
+    with pytest.raises(QuantFileError, match=message):
+        load_quantised(bad)
+
+
+def test_other_model_or_preset_refused(qfile, tmp_path):
+    with pytest.raises(QuantFileError, match="for model 'tiny', not 'small'"):
+        load_quantised(qfile, model="small")
+    with pytest.raises(QuantFileError, match="preset 'kv260'.*not 'zcu104'"):
+        load_quantised(qfile, preset="zcu104")
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"not a file at all")
+    with pytest.raises(QuantFileError, match="not a readable"):
+        load_quantised(junk)
+    with pytest.raises(QuantFileError, match="not found"):
+        load_quantised(tmp_path / "none.safetensors")
+
+
+@pytest.mark.slow
+def test_full_size_tiny_accuracy():
+    """tiny at 1024 on random weights, the default calibration (as `python -m benchmarks quant`): on the
+    photos where the float masks are not degenerate the targets hold (docs/quantisation.md has all six,
+    including the ones that miss the worst-case target). ~6 min."""
+    from golden_model.quant.calibset import CALIB_PHOTOS
+    graph = build_graph(random_model("tiny", None, seed=0))
+    stats = calibrate(graph, list(skimage_photos(CALIB_PHOTOS).values()))
+    qm = quantize(graph, stats, key_tile=32)
+    rows = compare_masks(qm, graph, skimage_photos(("chelsea", "immunohistochemistry", "coins")), n_prompts=3)
+    ious = [r["mask_iou"] for r in rows]
+    assert np.median(ious) >= 0.95 and min(ious) >= 0.90, ious
+    assert max(r["pred_iou_delta"] for r in rows) <= 0.02
+    assert all(r["same_choice"] for r in rows)
