@@ -35,6 +35,8 @@ class OverlayConfig:
     dw_lanes      : depthwise engine: channel lanes (each K x K multipliers, one output pixel per cycle).
     dw_row_bytes  : depthwise engine: the longest feature-map row (pitch, bytes) its line buffers hold.
     dw_channels   : depthwise engine: channels whose coefficients it holds (the most one command runs).
+    dsp_packing   : the GEMM array's PE pairs share one multiplier, two int8 MACs per DSP block
+                    (golden_model/dsp_packing.py; cols even). Same results and timing, half the DSPs.
     """
     name: str
     rows: int
@@ -54,6 +56,7 @@ class OverlayConfig:
     dw_channels: int = 256
     attn_q_slots: int = 1
     attn_norm_lanes: int = 0
+    dsp_packing: bool = False
 
     @property
     def norm_lanes(self) -> int:
@@ -97,6 +100,8 @@ class OverlayConfig:
                 errors.append(f"attn_norm_lanes={self.attn_norm_lanes} must divide cols={self.cols} (0: all)")
             if not 1 <= self.attn_q_slots <= 1 << ATTN_SLOT_BITS:
                 errors.append(f"attn_q_slots={self.attn_q_slots} outside 1..{1 << ATTN_SLOT_BITS}")
+        if self.dsp_packing and self.cols % 2:
+            errors.append(f"dsp_packing pairs the array's columns: cols={self.cols} must be even")
         if "gemm" not in self.engines:
             errors.append("the gemm engine is required (the others plug into its DMA and scratchpads)")
         # Output rows are stored as whole AXI beats: C int8 must fill at least one beat exactly.

@@ -105,7 +105,7 @@ class GemmCompute(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         R, C = self.cfg.rows, self.cfg.cols
-        m.submodules.array = array = SystolicArray(R, C)
+        m.submodules.array = array = SystolicArray(R, C, packed=self.cfg.dsp_packing)
         rd_a, rd_b, acc_rd, acc_wr = self._rd_a, self._rd_b, self._acc_rd, self._acc_wr
         # Cycles after a last issue (since_last = 0 the cycle after it): column 0 of the array
         # starts draining at col0_drain, the de-skewed rows reach the accumulator side at
