@@ -154,8 +154,13 @@ class SystolicArray(wiring.Component):
         total = acc + x
         with m.If(shift):
             m.d.sync += out[i][j].eq(out[i - 1][j] if i else 0)
-        with m.If(v_p):
-            with m.If(l_p):
-                m.d.sync += [out[i][j].eq(total), acc.eq(0)]
-            with m.Else():
-                m.d.sync += acc.eq(total)
+        restart = Signal(name=f"restart_{i}_{j}")
+        m.d.comb += restart.eq(v_p & l_p)
+        with m.If(restart):
+            m.d.sync += out[i][j].eq(total)
+        # The restart written as a reset over the enable: a flip-flop's own synchronous reset
+        # (FDRE R), not a LUT per bit.
+        with m.If(restart):
+            m.d.sync += acc.eq(0)
+        with m.Elif(v_p):
+            m.d.sync += acc.eq(total)
