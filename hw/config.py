@@ -162,7 +162,7 @@ PRESETS: dict[str, OverlayConfig] = {
     "bench16": OverlayConfig("bench16", rows=16, cols=16, a_depth=2048, b_depth=2048, acc_depth=256,
                              param_depth=64, axi_data_bits=128, clock_mhz=200.0, board="(benchmark)",
                              engines=("gemm", "attention", "conv", "depthwise"), dw_lanes=4, dw_row_bytes=256,
-                             attn_q_slots=4),
+                             attn_q_slots=4, dsp_packing=True),
 }
 
 

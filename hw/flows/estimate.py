@@ -136,17 +136,25 @@ def fits(res: Resources, board: Board) -> list[str]:
     return over
 
 
-def dsp_floor(cfg) -> int:
-    """The fewest DSP blocks the overlay `cfg` needs, from its structure alone: one per int8 MAC of
-    the GEMM array and of the attention engine's P V array, hw.requant.DSPS per requantiser lane of
-    the store unit (one per column), K_MAX x K_MAX = 49 per depthwise lane. yosys maps a few more (the im2col
-    loader's address products, the softmax's); the estimate counts them all. Checked before the
-    minutes-long estimate so a preset that cannot fit is refused at once."""
+def dsp_floor_by_engine(cfg) -> dict[str, int]:
+    """The fewest DSP blocks each engine of the overlay `cfg` needs, from its structure alone: the GEMM
+    array's int8 MACs (two per DSP with cfg.dsp_packing) and hw.requant.DSPS per requantiser lane of the
+    store unit (one per column); one per MAC of the attention engine's P V array (17-bit x int8 products do
+    not pack); K_MAX x K_MAX = 49 multipliers and a requantiser per depthwise lane. yosys maps a few more
+    (the im2col loader's address products, the softmax's); the estimate counts them all."""
     from hw.conv.depthwise import K_MAX
     from hw.requant import DSPS
-    n = cfg.rows * cfg.cols + DSPS * cfg.cols
+    floor = {"gemm": cfg.macs // (2 if cfg.dsp_packing else 1) + DSPS * cfg.cols}
     if "attention" in cfg.engines:
-        n += cfg.rows * cfg.cols
+        floor["attention"] = cfg.macs
+    if "conv" in cfg.engines:
+        floor["conv"] = 0
     if "depthwise" in cfg.engines:
-        n += K_MAX * K_MAX * cfg.dw_lanes
-    return n
+        floor["depthwise"] = (K_MAX * K_MAX + DSPS) * cfg.dw_lanes
+    return floor
+
+
+def dsp_floor(cfg) -> int:
+    """The fewest DSP blocks the overlay `cfg` needs (dsp_floor_by_engine, summed). Checked before the
+    minutes-long estimate so a preset that cannot fit is refused at once."""
+    return sum(dsp_floor_by_engine(cfg).values())

@@ -29,10 +29,11 @@ R-2, ... 0 for R consecutive shift cycles. The caller times `shift` (GemmCompute
 array never stalls, so this is pure timing): a column's drain starts after its last
 PE's write and ends no later than the next tile's first write into that column.
 
-Two registers beyond the skew, for timing (`EXTRA_LATENCY`): the edge inputs are
-registered once (the scratchpads' outputs go straight to flip-flops), and each PE
-registers its product before accumulating (the multiplier and the adder get a
-cycle each; on ECP5 and Xilinx the product register sits in the DSP).
+Four registers beyond the skew, for timing (`EXTRA_LATENCY`): the edge inputs are
+registered once (the scratchpads' outputs go straight to flip-flops), and each PE's
+multiplier has registers of its own on its inputs, its product and its output (a DSP
+block's AREG/BREG, MREG and PREG), so the multiplier, the wires into and out of the DSP
+column and the accumulator's adder each get a cycle.
 """
 from amaranth import Cat, Module, Signal, signed
 from amaranth.lib import data, wiring
@@ -114,18 +115,20 @@ class SystolicArray(wiring.Component):
             b_below = []
             for g, (j0, j1) in enumerate(groups):
                 b_in = b_from_above[g]
-                # The product register, with valid/last kept in step.
-                v_p, l_p = Signal(name=f"vp_{i}_{j0}"), Signal(name=f"lp_{i}_{j0}")
-                m.d.sync += [v_p.eq(v_in), l_p.eq(l_in)]
+                # The DSP block's three registers: its inputs (flip-flops that feed only the multiplier,
+                # so they can sit in the DSP: AREG/BREG), the product (MREG) and its output (PREG);
+                # valid/last kept in step. Every path into or out of a DSP starts or ends at a register.
+                a_d, b_d = Signal.like(a_in, name=f"adsp_{i}_{j0}"), Signal.like(b_in, name=f"bdsp_{i}_{j0}")
+                m.d.sync += [a_d.eq(a_in), b_d.eq(b_in)]
+                v_p, l_p = delayed(v_in, 3, f"vp_{i}_{j0}"), delayed(l_in, 3, f"lp_{i}_{j0}")
+                width = signed(PRODUCT_BITS if self.packed else 16)
+                prod, p = Signal(width, name=f"prod_{i}_{j0}"), Signal(width, name=f"p_{i}_{j0}")
+                m.d.sync += [prod.eq(b_d * a_d), p.eq(prod)]
                 if self.packed:
-                    p = Signal(signed(PRODUCT_BITS), name=f"prod_{i}_{j0}")
-                    m.d.sync += p.eq(b_in * a_in)
                     # The two fields (golden_model.dsp_packing.split); the correction bit p[15] joins the
                     # upper sum (yosys makes it the accumulator's carry-in, not an adder of its own).
                     terms = [p[:PACK_SHIFT].as_signed(), p[PACK_SHIFT:].as_signed() + p[PACK_SHIFT - 1]]
                 else:
-                    p = Signal(signed(16), name=f"prod_{i}_{j0}")
-                    m.d.sync += p.eq(a_in * b_in)
                     terms = [p]
                 for j, x in zip(range(j0, j1), terms):
                     self._accumulate(m, i, j, x, v_p, l_p, shift[j], out)
