@@ -81,10 +81,13 @@ def _case(rng, m, k, n):
     return a, b, bias, mult, shift
 
 
-@pytest.mark.parametrize("out_int32,relu,packed", [(False, False, False), (False, True, False), (True, True, False),
-                                                   (False, True, True), (True, False, True)])
-def test_engine_amaranth_random_shapes_with_stalls(out_int32, relu, packed):
-    cfg = preset("sim").replace(a_depth=64, b_depth=64, acc_depth=8, param_depth=2, dsp_packing=packed)
+@pytest.mark.parametrize("out_int32,relu,packed,cols", [(False, False, False, 8), (False, True, False, 8),
+                                                        (True, True, False, 8), (False, True, True, 8),
+                                                        (True, False, True, 8), (False, True, True, 32),
+                                                        (True, False, False, 16)])
+def test_engine_amaranth_random_shapes_with_stalls(out_int32, relu, packed, cols):
+    """cols > 8 (the 64-bit beat): the store's cfg.requant_lanes = 8 requantisers take each row in chunks."""
+    cfg = preset("sim").replace(a_depth=64, b_depth=64, acc_depth=8, param_depth=2, dsp_packing=packed, cols=cols)
     rng = np.random.default_rng(11 + out_int32 + 2 * relu)
     m, k, n = 7, 45, 13                  # not multiples of 4 x 8; K over a half (32) -> accumulate
     a, b, bias, mult, shift = _case(rng, m, k, n)
@@ -107,7 +110,8 @@ def run_engine_bench(cfg, name, **env):
 @pytest.mark.rtl
 @pytest.mark.parametrize("packed", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_engine_rtl_bench_sim_preset(packed):
-    cfg = preset("sim").replace(name="sim-packed", dsp_packing=True) if packed else preset("sim")
+    # packed: also 16 columns on the 64-bit beat, so the store's 8 requantisers take each row in two chunks
+    cfg = preset("sim").replace(name="sim-packed16", dsp_packing=True, cols=16) if packed else preset("sim")
     result = run_engine_bench(cfg, f"test-gemm-engine-{cfg.name}", BENCH_CASES="8")
     assert result.passed == 2 and result.failed == 0
     assert any(r["k"] == 4096 for r in result.reports)

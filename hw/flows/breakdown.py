@@ -1,11 +1,13 @@
-"""Where the LUTs and FFs go: yosys synth_xilinx with the module hierarchy kept, counted per subtree.
+"""Where the LUTs, FFs and DSPs go: each engine (and the GEMM array, the store's requantisers) synthesised
+on its own with yosys synth_xilinx, for one configuration.
 
-    python -m hw.flows.breakdown --preset bench16 [--set dsp_packing=False] [--family xcup] [--depth 4]
+    python -m hw.flows.breakdown --preset bench16 [--set dsp_packing=False] [--family xcup]
 
-The flat estimate (hw.flows.estimate, what `sam2fpga build` runs) is the total to trust: keeping the
-hierarchy stops optimisation across module boundaries (and runs the classic abc, as abc9 fails on the
-hierarchical overlay), so its totals differ by a few per cent. Writes the table to stdout and
-`<out>/breakdown.json`.
+Why components and not one hierarchical run: yosys 0.70 keeping the overlay's hierarchy runs out of
+memory (its WebAssembly build stops in memory mapping) and abc9 fails on it; each engine flat maps
+cleanly. The engines' ports become the design's I/O, so nothing is optimised away; the overlay's total
+(hw.flows.estimate, what `sam2fpga build` runs) adds the command processor, the DMA units and the
+glue. Prints a table and writes `<out>/breakdown.json`.
 """
 from __future__ import annotations
 
@@ -15,62 +17,61 @@ import json
 import time
 from pathlib import Path
 
-from hw.flows.estimate import Resources, cell_resources, run_yosys
+from hw.flows.estimate import count_cells, run_yosys
 
 
-def subtree_resources(stat: dict, top: str) -> dict[str, Resources]:
-    """{instance path: Resources of the instance and everything below it}, from a hierarchical `stat -json`."""
-    modules = {name.lstrip("\\"): m.get("num_cells_by_type", {}) for name, m in stat["modules"].items()}
-    memo: dict[str, Resources] = {}
-
-    def total(mod: str) -> Resources:
-        if mod not in memo:
-            r = cell_resources(modules[mod])
-            for cell, n in modules[mod].items():
-                child = cell.lstrip("\\")
-                if child in modules:
-                    c = total(child)
-                    for k, v in c.as_dict().items():
-                        setattr(r, k, getattr(r, k) + n * v)
-            memo[mod] = r
-        return memo[mod]
-
-    return {mod: total(mod) for mod in modules if mod == top or mod.startswith(top + ".")}
+def components(cfg) -> dict:
+    """{name: (component, what it is)} for the engines of `cfg`."""
+    from hw.gemm.array import SystolicArray
+    from hw.gemm.engine import GemmEngine
+    from hw.requant import Requantizer
+    parts = {
+        "gemm_array": (SystolicArray(cfg.rows, cfg.cols, packed=cfg.dsp_packing),
+                       f"systolic array {cfg.rows} x {cfg.cols}{' (packed)' if cfg.dsp_packing else ''}"),
+        "requantiser": (Requantizer(), "one requantiser lane (the store has cfg.requant_lanes)"),
+        "gemm_engine": (GemmEngine(cfg), "GEMM engine: array, scratchpads, store with its requantisers"),
+    }
+    if "attention" in cfg.engines:
+        from hw.attention.engine import AttentionEngine
+        parts["attention"] = (AttentionEngine(cfg), "attention engine: softmax, P V array, normaliser, O memories")
+    if "conv" in cfg.engines:
+        from hw.conv.im2col import Im2colLoader
+        parts["conv"] = (Im2colLoader(cfg), "convolution: the im2col loader (the MACs are the GEMM array's)")
+    if "depthwise" in cfg.engines:
+        from hw.conv.depthwise import DepthwiseUnit
+        parts["depthwise"] = (DepthwiseUnit(cfg), f"depthwise engine, {cfg.dw_lanes} lanes")
+    return parts
 
 
 def main(argv=None) -> int:
     from hw.config import preset
-    from hw.overlay import VERILOG_NAME, Overlay
     from hw.verilog import write_verilog
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--preset", default="bench16")
     ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
-                    help="override a config field (Python literal), e.g. engines=('gemm',)")
+                    help="override a config field (Python literal), e.g. dsp_packing=False")
     ap.add_argument("--family", default="xcup", choices=("xc7", "xcup"))
-    ap.add_argument("--depth", type=int, default=4, help="hierarchy levels shown")
+    ap.add_argument("--only", nargs="*", help="these components only")
     ap.add_argument("-o", "--out", type=Path)
     args = ap.parse_args(argv)
-    changes = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        changes[key] = ast.literal_eval(value)
+    changes = {k: ast.literal_eval(v) for k, _, v in (item.partition("=") for item in args.set)}
     cfg = preset(args.preset).replace(**changes)
-    out = args.out or Path("build/breakdown") / cfg.name
-    verilog = write_verilog(Overlay(cfg), VERILOG_NAME, out)
-    t0 = time.monotonic()
-    stat = run_yosys(verilog, VERILOG_NAME, args.family, out / "yosys", abc9=False, flatten=False,
-                     progress=lambda line: print(line, flush=True))
-    tree = subtree_resources(stat, VERILOG_NAME)
+    out = args.out or Path("build/breakdown") / f"{cfg.name}-{args.family}"
+    results = {}
     print(f"{cfg.name} {changes or ''}: {cfg.rows} x {cfg.cols}, engines {', '.join(cfg.engines)}; "
-          f"yosys synth_xilinx -family {args.family}, hierarchy kept ({time.monotonic() - t0:.0f} s)")
-    print(f"{'module':<60} {'LUT':>8} {'FF':>8} {'DSP':>6} {'BRAM36':>7} {'LUTRAM':>7}")
-    for mod in sorted(tree):
-        if mod.count(".") > args.depth:
+          f"yosys synth_xilinx -family {args.family} per component", flush=True)
+    print(f"{'component':<14} {'LUT':>7} {'FF':>7} {'DSP':>5} {'BRAM36':>7} {'LUTRAM':>7} {'s':>5}  what", flush=True)
+    for name, (comp, what) in components(cfg).items():
+        if args.only and name not in args.only:
             continue
-        r = tree[mod]
-        print(f"{mod:<60} {r.luts:>8} {r.ffs:>8} {r.dsps:>6} {r.bram36:>7g} {r.lutram:>7}")
+        t0 = time.monotonic()
+        verilog = write_verilog(comp, name, out / name)
+        r = count_cells(run_yosys(verilog, name, args.family, out / name / "yosys", abc9=False), name)
+        results[name] = r.as_dict() | {"what": what, "yosys_s": round(time.monotonic() - t0)}
+        print(f"{name:<14} {r.luts:>7} {r.ffs:>7} {r.dsps:>5} {r.bram36:>7g} {r.lutram:>7} "
+              f"{time.monotonic() - t0:>5.0f}  {what}", flush=True)
     (out / "breakdown.json").write_text(json.dumps({"config": cfg.summary(), "family": args.family,
-                                                    "modules": {k: v.as_dict() for k, v in tree.items()}}, indent=1))
+                                                    "components": results}, indent=1))
     return 0
 
 
