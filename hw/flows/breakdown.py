@@ -21,25 +21,25 @@ from hw.flows.estimate import count_cells, run_yosys
 
 
 def components(cfg) -> dict:
-    """{name: (component, what it is)} for the engines of `cfg`."""
+    """{name: (make the component, what it is)} for the engines of `cfg`."""
     from hw.gemm.array import SystolicArray
     from hw.gemm.engine import GemmEngine
     from hw.requant import Requantizer
     parts = {
-        "gemm_array": (SystolicArray(cfg.rows, cfg.cols, packed=cfg.dsp_packing),
+        "gemm_array": (lambda: SystolicArray(cfg.rows, cfg.cols, packed=cfg.dsp_packing),
                        f"systolic array {cfg.rows} x {cfg.cols}{' (packed)' if cfg.dsp_packing else ''}"),
-        "requantiser": (Requantizer(), "one requantiser lane (the store has cfg.requant_lanes)"),
-        "gemm_engine": (GemmEngine(cfg), "GEMM engine: array, scratchpads, store with its requantisers"),
+        "requantiser": (Requantizer, "one requantiser lane (the store has cfg.requant_lanes)"),
+        "gemm_engine": (lambda: GemmEngine(cfg), "GEMM engine: array, scratchpads, store with its requantisers"),
     }
     if "attention" in cfg.engines:
         from hw.attention.engine import AttentionEngine
-        parts["attention"] = (AttentionEngine(cfg), "attention engine: softmax, P V array, normaliser, O memories")
+        parts["attention"] = (lambda: AttentionEngine(cfg), "attention engine: softmax, P V array, normaliser, O memories")
     if "conv" in cfg.engines:
         from hw.conv.im2col import Im2colLoader
-        parts["conv"] = (Im2colLoader(cfg), "convolution: the im2col loader (the MACs are the GEMM array's)")
+        parts["conv"] = (lambda: Im2colLoader(cfg), "convolution: the im2col loader (the MACs are the GEMM array's)")
     if "depthwise" in cfg.engines:
         from hw.conv.depthwise import DepthwiseUnit
-        parts["depthwise"] = (DepthwiseUnit(cfg), f"depthwise engine, {cfg.dw_lanes} lanes")
+        parts["depthwise"] = (lambda: DepthwiseUnit(cfg), f"depthwise engine, {cfg.dw_lanes} lanes")
     return parts
 
 
@@ -61,11 +61,11 @@ def main(argv=None) -> int:
     print(f"{cfg.name} {changes or ''}: {cfg.rows} x {cfg.cols}, engines {', '.join(cfg.engines)}; "
           f"yosys synth_xilinx -family {args.family} per component", flush=True)
     print(f"{'component':<14} {'LUT':>7} {'FF':>7} {'DSP':>5} {'BRAM36':>7} {'LUTRAM':>7} {'s':>5}  what", flush=True)
-    for name, (comp, what) in components(cfg).items():
+    for name, (make, what) in components(cfg).items():
         if args.only and name not in args.only:
             continue
         t0 = time.monotonic()
-        verilog = write_verilog(comp, name, out / name)
+        verilog = write_verilog(make(), name, out / name)
         r = count_cells(run_yosys(verilog, name, args.family, out / name / "yosys", abc9=False), name)
         results[name] = r.as_dict() | {"what": what, "yosys_s": round(time.monotonic() - t0)}
         print(f"{name:<14} {r.luts:>7} {r.ffs:>7} {r.dsps:>5} {r.bram36:>7g} {r.lutram:>7} "

@@ -92,6 +92,12 @@ def run_yosys(verilog: Path, top: str, family: str, work_dir: Path, abc9: bool =
         proc.wait()
         raise
     if proc.returncode != 0:
+        if "thrown Wasm exception" in err:
+            # YoWASP's yosys is WebAssembly: 4 GiB of memory at most, and it stops with this trap when
+            # a design needs more (the 16 x 32 presets with every engine do, in memory mapping).
+            raise EstimateError(f"yosys (YoWASP, WebAssembly: 4 GiB of memory at most) stopped on {verilog}, "
+                                f"most likely out of memory; see {work_dir / (top + '.' + family + '.yosys.log')}. "
+                                "A native yosys (0.70 or newer) has no such limit: run the same script with it")
         raise EstimateError(f"yosys failed on {verilog}:\n{out[-3000:]}{err[-3000:]}")
     return json.loads((work_dir / stat_json).read_text())
 
