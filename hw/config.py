@@ -35,6 +35,8 @@ class OverlayConfig:
     dw_lanes      : depthwise engine: channel lanes (each K x K multipliers, one output pixel per cycle).
     dw_row_bytes  : depthwise engine: the longest feature-map row (pitch, bytes) its line buffers hold.
     dw_channels   : depthwise engine: channels whose coefficients it holds (the most one command runs).
+    dsp_packing   : the GEMM array's PE pairs share one multiplier, two int8 MACs per DSP block
+                    (golden_model/dsp_packing.py; cols even). Same results and timing, half the DSPs.
     """
     name: str
     rows: int
@@ -54,6 +56,7 @@ class OverlayConfig:
     dw_channels: int = 256
     attn_q_slots: int = 1
     attn_norm_lanes: int = 0
+    dsp_packing: bool = False
 
     @property
     def norm_lanes(self) -> int:
@@ -97,6 +100,8 @@ class OverlayConfig:
                 errors.append(f"attn_norm_lanes={self.attn_norm_lanes} must divide cols={self.cols} (0: all)")
             if not 1 <= self.attn_q_slots <= 1 << ATTN_SLOT_BITS:
                 errors.append(f"attn_q_slots={self.attn_q_slots} outside 1..{1 << ATTN_SLOT_BITS}")
+        if self.dsp_packing and self.cols % 2:
+            errors.append(f"dsp_packing pairs the array's columns: cols={self.cols} must be even")
         if "gemm" not in self.engines:
             errors.append("the gemm engine is required (the others plug into its DMA and scratchpads)")
         # Output rows are stored as whole AXI beats: C int8 must fill at least one beat exactly.
@@ -116,6 +121,12 @@ class OverlayConfig:
     @property
     def macs(self) -> int:
         return self.rows * self.cols
+
+    @property
+    def requant_lanes(self) -> int:
+        """Requantisers of the GEMM store: one AXI beat of int8 results per cycle, as fast as the
+        store writes (a row of C int8 is C / beat_bytes beats)."""
+        return min(self.cols, self.beat_bytes)
 
     def replace(self, **changes) -> "OverlayConfig":
         return dataclasses.replace(self, **changes)
@@ -143,21 +154,34 @@ PRESETS: dict[str, OverlayConfig] = {
     "ulx3s-gemm": OverlayConfig("ulx3s-gemm", rows=2, cols=8, a_depth=1024, b_depth=1024, acc_depth=64,
                                 param_depth=16, axi_data_bits=64, clock_mhz=50.0, board="ULX3S-85F LFE5U-85F",
                                 engines=("gemm", "conv"), attn_max_dim=64, attn_norm_lanes=1),
-    # Zynq-7000: 220 DSP48E1, 64-bit HP ports. 8 x 16 = 128 MACs: with the store's 16 requantisers (4
-    # DSPs each) about 196 DSPs; 16 x 16 needed 324 (yosys), which the part does not have.
-    "pynq-z2": OverlayConfig("pynq-z2", rows=8, cols=16, a_depth=2048, b_depth=2048, acc_depth=256,
-                             param_depth=64, axi_data_bits=64, clock_mhz=150.0, board="PYNQ-Z2 xc7z020"),
-    # Zynq UltraScale+: 128-bit HP ports. KV260: 16 x 32 = 512 MACs; 32 x 32 needed 132k LUTs of the
-    # xck26's 117k (yosys estimate). ZCU104 (230k LUTs) keeps 32 x 32.
-    "kv260": OverlayConfig("kv260", rows=16, cols=32, a_depth=4096, b_depth=4096, acc_depth=512,
-                           param_depth=128, axi_data_bits=128, clock_mhz=300.0, board="KV260 xck26"),
-    "zcu104": OverlayConfig("zcu104", rows=32, cols=32, a_depth=8192, b_depth=8192, acc_depth=1024,
-                            param_depth=256, axi_data_bits=128, clock_mhz=300.0, board="ZCU104 xczu7ev"),
+    # The Zynq boards: two int8 MACs per DSP in the GEMM array (dsp_packing; DSP48E2 and DSP48E1 alike),
+    # the attention engine's own P V array at one 17 x 8-bit MAC per DSP (its products do not pack), a
+    # requantiser per byte of the AXI beat. Resource estimates per preset and why these sizes:
+    # bitstreams/README.md.
+    # Zynq-7000 (220 DSP48E1, 64-bit HP): GEMM + attention + convolution on 8 x 8 (64 int8 MACs in 32 DSPs,
+    # 64 P V MACs in 64). 8 x 16 with attention needs 224+ DSPs (its P V array alone 128). The depthwise
+    # engine (53 DSPs a lane) is left out: SAM 2's depthwise 7 x 7 layers run on the convolution engine
+    # (IM2COL's depthwise mode, on the GEMM array).
+    "pynq-z2": OverlayConfig("pynq-z2", rows=8, cols=8, a_depth=2048, b_depth=2048, acc_depth=256,
+                             param_depth=64, axi_data_bits=64, clock_mhz=150.0, board="PYNQ-Z2 xc7z020",
+                             engines=("gemm", "attention", "conv"), attn_q_slots=4, attn_norm_lanes=1,
+                             dsp_packing=True),
+    # Zynq UltraScale+ (128-bit HP): every engine on 16 x 32 (512 int8 MACs in 256 DSPs, 512 P V MACs in
+    # 512). 32 x 32 with attention needs 1,024 DSPs for its P V array alone: past 85 % of the xck26's
+    # 1,248, and past the xczu7ev's 1,728 with the rest (~1,730).
+    "kv260": OverlayConfig("kv260", rows=16, cols=32, a_depth=2048, b_depth=2048, acc_depth=512,
+                           param_depth=128, axi_data_bits=128, clock_mhz=300.0, board="KV260 xck26",
+                           engines=("gemm", "attention", "conv", "depthwise"), dw_lanes=2, dw_row_bytes=256,
+                           attn_q_slots=4, attn_norm_lanes=4, dsp_packing=True),
+    "zcu104": OverlayConfig("zcu104", rows=16, cols=32, a_depth=4096, b_depth=4096, acc_depth=1024,
+                            param_depth=256, axi_data_bits=128, clock_mhz=300.0, board="ZCU104 xczu7ev",
+                            engines=("gemm", "attention", "conv", "depthwise"), dw_lanes=4, dw_row_bytes=256,
+                            attn_q_slots=8, attn_norm_lanes=8, dsp_packing=True),
     # The 16 x 16 overlay the benchmarks measure (utilisation, resources).
     "bench16": OverlayConfig("bench16", rows=16, cols=16, a_depth=2048, b_depth=2048, acc_depth=256,
                              param_depth=64, axi_data_bits=128, clock_mhz=200.0, board="(benchmark)",
                              engines=("gemm", "attention", "conv", "depthwise"), dw_lanes=4, dw_row_bytes=256,
-                             attn_q_slots=4),
+                             attn_q_slots=4, dsp_packing=True),
 }
 
 

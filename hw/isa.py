@@ -18,8 +18,9 @@ IP_VLNV = "sam2-fpga.org:sam2fpga:overlay:1.0"
 IP_INSTANCE = "sam2fpga_overlay_0"
 
 #: Pipeline depth the sim backend's cycle model shares with the hardware: registers
-#: the systolic array adds beyond its skew (edge input register, product register).
-ARRAY_EXTRA_LATENCY = 2
+#: the systolic array adds beyond its skew (edge input register; each multiplier's input,
+#: product and output registers).
+ARRAY_EXTRA_LATENCY = 4
 
 
 def array_tile_gap(rows: int) -> int:

@@ -119,7 +119,7 @@ def test_compiler_refuses_what_does_not_fit():
     rng = np.random.default_rng(0)
     q, k, v, quant = case(rng, 1, 4, 8, 8)
     with pytest.raises(CompileError, match="no attention engine"):
-        compile_attention(preset("kv260"), q, k, v, quant)
+        compile_attention(preset("ulx3s-gemm"), q, k, v, quant)
     with pytest.raises(CompileError, match="int8"):
         compile_attention(SIM, q.astype(np.int16), k, v, quant)
     with pytest.raises(CompileError, match="do not match"):

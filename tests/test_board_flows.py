@@ -112,15 +112,19 @@ def test_every_board_preset_has_the_multipliers_it_needs():
     for name, b in BOARDS.items():
         assert dsp_floor(preset(DEFAULT_PRESET[name])) <= b.dsps, name
     assert dsp_floor(preset("sim").replace(engines=("gemm",))) == 4 * 8 + 4 * 8     # array + requantisers
+    assert dsp_floor(preset("sim").replace(engines=("gemm",), dsp_packing=True)) == 4 * 8 // 2 + 4 * 8
 
 
 def test_build_refuses_a_preset_without_enough_multipliers_at_once(monkeypatch, tmp_path, capsys):
     import hw.config as config
     import hw.flows.estimate as est
-    monkeypatch.setitem(config.PRESETS, "big", preset("pynq-z2").replace(name="big", rows=16))
+    big = preset("pynq-z2").replace(name="big", rows=16, cols=16)
+    monkeypatch.setitem(config.PRESETS, "big", big)
     monkeypatch.setattr(est, "estimate", lambda *a, **k: pytest.fail("the estimate must not run"))
     assert main(["build", "--board", "pynq-z2", "--preset", "big", "-o", str(tmp_path)]) == 1
-    assert "need at least 320 multipliers (DSP blocks), the part has 220" in capsys.readouterr().err
+    # 16 x 16 packed: 128 DSPs + 8 requantisers x 4; its P V array 256 (one per MAC)
+    assert est.dsp_floor_by_engine(big) == {"gemm": 160, "attention": 256, "conv": 0}
+    assert "need at least 416 multipliers (DSP blocks), the part has 220" in capsys.readouterr().err
 
 
 def test_build_zynq_without_vivado_generates_and_says_how(tmp_path, capsys, monkeypatch):
@@ -129,6 +133,7 @@ def test_build_zynq_without_vivado_generates_and_says_how(tmp_path, capsys, monk
     monkeypatch.setenv("PATH", "/usr/bin:/bin")        # no vivado
     assert main(["build", "--board", "pynq-z2", "-o", str(tmp_path)]) == 0
     out = capsys.readouterr().out
+    assert "[floor]    DSP blocks per engine" in out and "gemm 64, attention 64, conv 0; 128 of 220" in out
     assert "Vivado is not on PATH" in out and "vivado -mode batch -source sam2fpga_pynq_z2.tcl" in out
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["estimate"]["dsps"] == 100 and report["vivado"].startswith("not run")

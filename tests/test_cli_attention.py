@@ -49,7 +49,7 @@ def test_error_figure_is_against_float_attention():
     ["sim", "attention", "--q", "4", "--kv", "0", "--d", "8"],
     ["sim", "attention", "--q", "4", "--kv", str(intattn.MAX_KEYS + 1), "--d", "8"],
     ["sim", "attention", "--q", "4", "--kv", "8", "--d", "8", "--heads", "0"],
-    ["sim", "attention", "--q", "4", "--kv", "8", "--d", "8", "--preset", "kv260"],   # no attention engine
+    ["sim", "attention", "--q", "4", "--kv", "8", "--d", "8", "--preset", "ulx3s-gemm"],   # no attention engine
     ["sim", "attention", "--q", "4", "--kv", "8"],
     ["sim", "attention", "--q", "x", "--kv", "8", "--d", "8"],
     ["sim", "attention", "--q", "4", "--kv", "8", "--d", "8", "--stall", "1.5"],

@@ -1,6 +1,7 @@
 """The free-tool flows on a small core: Verilator lint, yosys estimates, ECP5 place-and-route."""
 import os
 import time
+import sys
 
 import pytest
 
@@ -133,3 +134,13 @@ def test_estimate_reports_progress_while_yosys_runs(tmp_path, monkeypatch, requa
     res = est.estimate(requant_verilog, "requant", "xcup", tmp_path, progress=said.append, every_s=0.4)
     assert res.luts == 5 and res.dsps == 1
     assert len(said) >= 2 and all(line.startswith("yosys still synthesising (") for line in said)
+
+
+def test_estimate_says_when_yosys_runs_out_of_webassembly_memory(requant_verilog, tmp_path, monkeypatch):
+    """YoWASP's yosys stops with a WebAssembly trap past 4 GiB (the 16 x 32 presets with every engine):
+    the error says so, without yosys's Python trace."""
+    import hw.flows.estimate as est
+    monkeypatch.setattr(est, "yosys_command", lambda: [sys.executable, "-c",
+                                                       "import sys; sys.stderr.write('Caused by:\\n    thrown Wasm exception\\n'); sys.exit(1)"])
+    with pytest.raises(est.EstimateError, match="4 GiB of memory at most"):
+        est.estimate(requant_verilog, "requant", "xcup", tmp_path)

@@ -11,8 +11,9 @@ from sim.gemm_engine_tb import run_engine_amaranth
 from sim.runner import BUILD, waves_requested
 
 
-@pytest.mark.parametrize("rows,cols", [(2, 2), (3, 5), (4, 2), (4, 8)])
-def test_array_back_to_back_tiles(rows, cols):
+@pytest.mark.parametrize("rows,cols,packed", [(2, 2, False), (3, 5, False), (4, 2, False), (4, 8, False),
+                                              (2, 2, True), (3, 6, True), (4, 8, True)])
+def test_array_back_to_back_tiles(rows, cols, packed):
     """Tiles streamed with no gap at the shortest K the drain allows (2R - 1), drained while the next
     accumulates; a K = 1 tile padded with bubbles to the same spacing."""
     from hw.isa import array_tile_gap
@@ -24,7 +25,7 @@ def test_array_back_to_back_tiles(rows, cols):
     tiles[0][1][:] = -128
     tiles[1][0][:] = 127
     tiles[1][1][:] = -128
-    dut = SystolicArray(rows, cols)
+    dut = SystolicArray(rows, cols, packed=packed)
     got = []
 
     async def bench(ctx):
@@ -80,9 +81,13 @@ def _case(rng, m, k, n):
     return a, b, bias, mult, shift
 
 
-@pytest.mark.parametrize("out_int32,relu", [(False, False), (False, True), (True, True)])
-def test_engine_amaranth_random_shapes_with_stalls(out_int32, relu):
-    cfg = preset("sim").replace(a_depth=64, b_depth=64, acc_depth=8, param_depth=2)
+@pytest.mark.parametrize("out_int32,relu,packed,cols", [(False, False, False, 8), (False, True, False, 8),
+                                                        (True, True, False, 8), (False, True, True, 8),
+                                                        (True, False, True, 8), (False, True, True, 32),
+                                                        (True, False, False, 16)])
+def test_engine_amaranth_random_shapes_with_stalls(out_int32, relu, packed, cols):
+    """cols > 8 (the 64-bit beat): the store's cfg.requant_lanes = 8 requantisers take each row in chunks."""
+    cfg = preset("sim").replace(a_depth=64, b_depth=64, acc_depth=8, param_depth=2, dsp_packing=packed, cols=cols)
     rng = np.random.default_rng(11 + out_int32 + 2 * relu)
     m, k, n = 7, 45, 13                  # not multiples of 4 x 8; K over a half (32) -> accumulate
     a, b, bias, mult, shift = _case(rng, m, k, n)
@@ -103,7 +108,10 @@ def run_engine_bench(cfg, name, **env):
 
 
 @pytest.mark.rtl
-def test_engine_rtl_bench_sim_preset():
-    result = run_engine_bench(preset("sim"), "test-gemm-engine", BENCH_CASES="8")
+@pytest.mark.parametrize("packed", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_engine_rtl_bench_sim_preset(packed):
+    # packed: also 16 columns on the 64-bit beat, so the store's 8 requantisers take each row in two chunks
+    cfg = preset("sim").replace(name="sim-packed16", dsp_packing=True, cols=16) if packed else preset("sim")
+    result = run_engine_bench(cfg, f"test-gemm-engine-{cfg.name}", BENCH_CASES="8")
     assert result.passed == 2 and result.failed == 0
     assert any(r["k"] == 4096 for r in result.reports)

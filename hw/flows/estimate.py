@@ -36,11 +36,13 @@ def yosys_command() -> list[str]:
         raise EstimateError(str(e)) from None
 
 
-def synth_script(verilog: str, top: str, family: str, stat_json: str, abc9: bool = True) -> str:
+def synth_script(verilog: str, top: str, family: str, stat_json: str, abc9: bool = True,
+                 flatten: bool = True) -> str:
+    """flatten=False keeps the module hierarchy (per-module counts, hw.flows.breakdown); it needs abc9=False."""
     if family in ("xc7", "xcup"):
         # -flatten: yosys 0.70's abc9 trips an internal assertion on the
         # hierarchical overlay (ABC_OPS_REINTEGRATE); flat, it maps cleanly.
-        synth = f"synth_xilinx -family {family} -flatten -top {top}"
+        synth = f"synth_xilinx -family {family}{' -flatten' if flatten else ''} -top {top}"
         if not abc9:
             # The attention engine trips that assertion even flat: synth_xilinx's own script
             # with its map_luts step done by the classic abc instead of abc9.
@@ -52,13 +54,19 @@ def synth_script(verilog: str, top: str, family: str, stat_json: str, abc9: bool
         synth = f"synth_ecp5 -top {top}"
     else:
         raise ValueError(f"unknown family {family!r}")
-    return f"read_verilog {verilog}; {synth}; tee -q -o {stat_json} stat -json"
+    return f"read_verilog {verilog}; {synth}; tee -q -o {stat_json} stat -json -top {top}"
 
 
 def estimate(verilog: Path, top: str, family: str, work_dir: Path, abc9: bool = True,
              progress=None, every_s: float = 60) -> Resources:
     """Synthesise `verilog` for `family` and count what it uses. `progress(line)` (optional) hears
     every `every_s` seconds that yosys is still at it (the 32 x 32 presets take 10+ minutes)."""
+    return count_cells(run_yosys(verilog, top, family, work_dir, abc9, True, progress, every_s), top)
+
+
+def run_yosys(verilog: Path, top: str, family: str, work_dir: Path, abc9: bool = True, flatten: bool = True,
+              progress=None, every_s: float = 60) -> dict:
+    """yosys synthesis of `verilog` in `work_dir`; its `stat -json` (design totals and per module)."""
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     # YoWASP's yosys sees the file system through its working directory only
@@ -67,7 +75,7 @@ def estimate(verilog: Path, top: str, family: str, work_dir: Path, abc9: bool = 
     if Path(verilog).resolve() != local.resolve():
         shutil.copyfile(verilog, local)
     stat_json = f"{top}.{family}.stat.json"
-    script = synth_script(local.name, top, family, stat_json, abc9)
+    script = synth_script(local.name, top, family, stat_json, abc9, flatten)
     proc = subprocess.Popen([*yosys_command(), "-q", "-l", f"{top}.{family}.yosys.log", "-p", script],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=work_dir)
     t0 = time.monotonic()
@@ -84,13 +92,24 @@ def estimate(verilog: Path, top: str, family: str, work_dir: Path, abc9: bool = 
         proc.wait()
         raise
     if proc.returncode != 0:
+        if "thrown Wasm exception" in err:
+            # YoWASP's yosys is WebAssembly: 4 GiB of memory at most, and it stops with this trap when
+            # a design needs more (the 16 x 32 presets with every engine do, in memory mapping).
+            raise EstimateError(f"yosys (YoWASP, WebAssembly: 4 GiB of memory at most) stopped on {verilog}, "
+                                f"most likely out of memory; see {work_dir / (top + '.' + family + '.yosys.log')}. "
+                                "A native yosys (0.70 or newer) has no such limit: run the same script with it")
         raise EstimateError(f"yosys failed on {verilog}:\n{out[-3000:]}{err[-3000:]}")
-    return count_cells(json.loads((work_dir / stat_json).read_text()), top)
+    return json.loads((work_dir / stat_json).read_text())
 
 
 def count_cells(stat: dict, top: str) -> Resources:
     """Map yosys cell types to resource classes (design totals, submodules included)."""
-    cells = stat.get("design", {}).get("num_cells_by_type") or stat["modules"][f"\\{top}"]["num_cells_by_type"]
+    return cell_resources(stat.get("design", {}).get("num_cells_by_type")
+                          or stat["modules"][f"\\{top}"]["num_cells_by_type"])
+
+
+def cell_resources(cells: dict) -> Resources:
+    """Resource classes of yosys cell counts {type: n} (other types, e.g. submodule instances, ignored)."""
     r = Resources()
     for cell, n in cells.items():
         if cell.startswith("LUT") or cell == "TRELLIS_COMB" or cell.startswith("LUT4"):
@@ -123,17 +142,25 @@ def fits(res: Resources, board: Board) -> list[str]:
     return over
 
 
-def dsp_floor(cfg) -> int:
-    """The fewest DSP blocks the overlay `cfg` needs, from its structure alone: one per int8 MAC of
-    the GEMM array and of the attention engine's P V array, hw.requant.DSPS per requantiser lane of
-    the store unit (one per column), K_MAX x K_MAX = 49 per depthwise lane. yosys maps a few more (the im2col
-    loader's address products, the softmax's); the estimate counts them all. Checked before the
-    minutes-long estimate so a preset that cannot fit is refused at once."""
+def dsp_floor_by_engine(cfg) -> dict[str, int]:
+    """The fewest DSP blocks each engine of the overlay `cfg` needs, from its structure alone: the GEMM
+    array's int8 MACs (two per DSP with cfg.dsp_packing) and hw.requant.DSPS per requantiser lane of the
+    store unit (cfg.requant_lanes); one per MAC of the attention engine's P V array (17-bit x int8 products do
+    not pack); K_MAX x K_MAX = 49 multipliers and a requantiser per depthwise lane. yosys maps a few more
+    (the im2col loader's address products, the softmax's); the estimate counts them all."""
     from hw.conv.depthwise import K_MAX
     from hw.requant import DSPS
-    n = cfg.rows * cfg.cols + DSPS * cfg.cols
+    floor = {"gemm": cfg.macs // (2 if cfg.dsp_packing else 1) + DSPS * cfg.requant_lanes}
     if "attention" in cfg.engines:
-        n += cfg.rows * cfg.cols
+        floor["attention"] = cfg.macs
+    if "conv" in cfg.engines:
+        floor["conv"] = 0
     if "depthwise" in cfg.engines:
-        n += K_MAX * K_MAX * cfg.dw_lanes
-    return n
+        floor["depthwise"] = (K_MAX * K_MAX + DSPS) * cfg.dw_lanes
+    return floor
+
+
+def dsp_floor(cfg) -> int:
+    """The fewest DSP blocks the overlay `cfg` needs (dsp_floor_by_engine, summed). Checked before the
+    minutes-long estimate so a preset that cannot fit is refused at once."""
+    return sum(dsp_floor_by_engine(cfg).values())

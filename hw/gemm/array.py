@@ -29,15 +29,17 @@ R-2, ... 0 for R consecutive shift cycles. The caller times `shift` (GemmCompute
 array never stalls, so this is pure timing): a column's drain starts after its last
 PE's write and ends no later than the next tile's first write into that column.
 
-Two registers beyond the skew, for timing (`EXTRA_LATENCY`): the edge inputs are
-registered once (the scratchpads' outputs go straight to flip-flops), and each PE
-registers its product before accumulating (the multiplier and the adder get a
-cycle each; on ECP5 and Xilinx the product register sits in the DSP).
+Four registers beyond the skew, for timing (`EXTRA_LATENCY`): the edge inputs are
+registered once (the scratchpads' outputs go straight to flip-flops), and each PE's
+multiplier has registers of its own on its inputs, its product and its output (a DSP
+block's AREG/BREG, MREG and PREG), so the multiplier, the wires into and out of the DSP
+column and the accumulator's adder each get a cycle.
 """
-from amaranth import Module, Signal, signed
+from amaranth import Cat, Module, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
+from golden_model.dsp_packing import PACK_SHIFT, PRODUCT_BITS, WORD_BITS
 from golden_model.intops import ACC_BITS
 from hw import isa
 
@@ -55,11 +57,17 @@ def delay_line(m: Module, sig, n: int, name: str):
 
 
 class SystolicArray(wiring.Component):
+    """`packed`: columns 2q and 2q+1 form a PE pair that shares one multiplier (two int8 MACs per
+    DSP block, golden_model/dsp_packing.py). The pair works at the odd column's time: the even
+    column's b enters one cycle later and its results drain one cycle later and de-skew one cycle
+    shorter, so the ports and their timing are those of the unpacked array."""
     #: Cycles beyond the skew from an input to its PE's `out` write.
     EXTRA_LATENCY = isa.ARRAY_EXTRA_LATENCY
 
-    def __init__(self, rows: int, cols: int):
-        self.rows, self.cols = rows, cols
+    def __init__(self, rows: int, cols: int, packed: bool = False):
+        if packed and cols % 2:
+            raise ValueError(f"a packed array pairs columns: cols={cols} must be even")
+        self.rows, self.cols, self.packed = rows, cols, packed
         #: Cycles from column 0's `shift` to its row on the de-skewed `out`.
         self.drain_latency = cols - 1
         super().__init__({
@@ -75,46 +83,87 @@ class SystolicArray(wiring.Component):
         m = Module()
         R, C = self.rows, self.cols
 
-        # Skewed inputs at the array's edges, plus the one input register.
         def delayed(sig, n, name):
             return delay_line(m, sig, n, name)
 
-        a_edge = [delayed(self.a[i], i + 1, f"a{i}") for i in range(R)]
-        v_edge = [delayed(self.valid, i + 1, f"v{i}") for i in range(R)]
-        l_edge = [delayed(self.last, i + 1, f"l{i}") for i in range(R)]
-        b_edge = [delayed(self.b[j], j + 1, f"b{j}") for j in range(C)]
+        # The time column j works at, relative to the unpacked array (a pair at its odd column's).
+        late = [int(self.packed and j % 2 == 0) for j in range(C)]
+        # Skewed inputs at the array's edges, plus the one input register.
+        a_edge = [delayed(self.a[i], i + 1 + int(self.packed), f"a{i}") for i in range(R)]
+        v_edge = [delayed(self.valid, i + 1 + int(self.packed), f"v{i}") for i in range(R)]
+        l_edge = [delayed(self.last, i + 1 + int(self.packed), f"l{i}") for i in range(R)]
 
         out = [[Signal(ACC, name=f"out_{i}_{j}") for j in range(C)] for i in range(R)]
         # Column j drains j cycles after column 0, as its PEs finish j cycles later.
-        shift = [self.shift] + [delayed(self.shift, j, f"shift{j}") for j in range(1, C)]
-        b_from_above = b_edge
+        shift = [delayed(self.shift, j + late[j], f"shift{j}") for j in range(C)]
+        if self.packed:
+            # Pair q's packed weight word, made from the edge registers and registered once more
+            # (b_edge of pair q is delayed 2q + 2, the same as the odd column's in the unpacked array).
+            words = []
+            for q in range(C // 2):
+                lo, hi = delayed(self.b[2 * q], 2 * q + 1, f"blo{q}"), delayed(self.b[2 * q + 1], 2 * q + 1, f"bhi{q}")
+                w = Signal(signed(WORD_BITS), name=f"w_edge{q}")
+                m.d.sync += w.eq((hi << PACK_SHIFT) + lo)
+                words.append(w)
+            b_from_above = words
+            groups = [(2 * q, 2 * q + 2) for q in range(C // 2)]
+        else:
+            b_from_above = [delayed(self.b[j], j + 1, f"b{j}") for j in range(C)]
+            groups = [(j, j + 1) for j in range(C)]
         for i in range(R):
             a_in, v_in, l_in = a_edge[i], v_edge[i], l_edge[i]
             b_below = []
-            for j in range(C):
-                b_in = b_from_above[j]
-                acc = Signal(ACC, name=f"acc_{i}_{j}")
-                # The product register, with valid/last kept in step.
-                prod = Signal(signed(16), name=f"prod_{i}_{j}")
-                v_p, l_p = Signal(name=f"vp_{i}_{j}"), Signal(name=f"lp_{i}_{j}")
-                m.d.sync += [prod.eq(a_in * b_in), v_p.eq(v_in), l_p.eq(l_in)]
-                with m.If(shift[j]):
-                    m.d.sync += out[i][j].eq(out[i - 1][j] if i else 0)
-                with m.If(v_p):
-                    with m.If(l_p):
-                        m.d.sync += [out[i][j].eq(acc + prod), acc.eq(0)]
-                    with m.Else():
-                        m.d.sync += acc.eq(acc + prod)
-                # Forward operands to the right and downwards (not past the edges).
-                if j + 1 < C:
-                    a_r, v_r, l_r = Signal.like(a_in, name=f"a_{i}_{j}"), Signal(name=f"v_{i}_{j}"), Signal(name=f"l_{i}_{j}")
-                    m.d.sync += [a_r.eq(a_in), v_r.eq(v_in), l_r.eq(l_in)]
-                    a_in, v_in, l_in = a_r, v_r, l_r
+            for g, (j0, j1) in enumerate(groups):
+                b_in = b_from_above[g]
+                # The DSP block's three registers: its inputs (flip-flops that feed only the multiplier,
+                # so they can sit in the DSP: AREG/BREG), the product (MREG) and its output (PREG);
+                # valid/last kept in step. Every path into or out of a DSP starts or ends at a register.
+                a_d, b_d = Signal.like(a_in, name=f"adsp_{i}_{j0}"), Signal.like(b_in, name=f"bdsp_{i}_{j0}")
+                m.d.sync += [a_d.eq(a_in), b_d.eq(b_in)]
+                v_p, l_p = delayed(v_in, 3, f"vp_{i}_{j0}"), delayed(l_in, 3, f"lp_{i}_{j0}")
+                width = signed(PRODUCT_BITS if self.packed else 16)
+                prod, p = Signal(width, name=f"prod_{i}_{j0}"), Signal(width, name=f"p_{i}_{j0}")
+                m.d.sync += [prod.eq(b_d * a_d), p.eq(prod)]
+                if self.packed:
+                    # The two fields (golden_model.dsp_packing.split); the correction bit p[15] joins the
+                    # upper sum (yosys makes it the accumulator's carry-in, not an adder of its own).
+                    terms = [p[:PACK_SHIFT].as_signed(), p[PACK_SHIFT:].as_signed() + p[PACK_SHIFT - 1]]
+                else:
+                    terms = [p]
+                for j, x in zip(range(j0, j1), terms):
+                    self._accumulate(m, i, j, x, v_p, l_p, shift[j], out)
+                # Forward operands to the right and downwards (not past the edges); a pair's a takes
+                # two registers, as two PEs' would.
+                if j1 < C:
+                    for t in range(j1 - j0):
+                        a_r, v_r, l_r = (Signal.like(a_in, name=f"a_{i}_{j0 + t}"),
+                                         Signal(name=f"v_{i}_{j0 + t}"), Signal(name=f"l_{i}_{j0 + t}"))
+                        m.d.sync += [a_r.eq(a_in), v_r.eq(v_in), l_r.eq(l_in)]
+                        a_in, v_in, l_in = a_r, v_r, l_r
                 if i + 1 < R:
-                    b_r = Signal(INT8, name=f"b_{i}_{j}")
+                    b_r = Signal.like(b_in, name=f"b_{i}_{j0}")
                     m.d.sync += b_r.eq(b_in)
                     b_below.append(b_r)
             b_from_above = b_below
         for j in range(C):
-            m.d.comb += self.out[j].eq(delayed(out[R - 1][j], C - 1 - j, f"deskew{j}"))
+            m.d.comb += self.out[j].eq(delayed(out[R - 1][j], C - 1 - j - late[j], f"deskew{j}"))
         return m
+
+    @staticmethod
+    def _accumulate(m, i, j, x, v_p, l_p, shift, out):
+        """PE (i, j)'s accumulator and `out` register: on `last` the sum (this product included)
+        moves to `out` and the accumulator restarts; `shift` moves `out` one row down."""
+        acc = Signal(ACC, name=f"acc_{i}_{j}")
+        total = acc + x
+        with m.If(shift):
+            m.d.sync += out[i][j].eq(out[i - 1][j] if i else 0)
+        restart = Signal(name=f"restart_{i}_{j}")
+        m.d.comb += restart.eq(v_p & l_p)
+        with m.If(restart):
+            m.d.sync += out[i][j].eq(total)
+        # The restart written as a reset over the enable: a flip-flop's own synchronous reset
+        # (FDRE R), not a LUT per bit.
+        with m.If(restart):
+            m.d.sync += acc.eq(0)
+        with m.Elif(v_p):
+            m.d.sync += acc.eq(total)

@@ -17,13 +17,13 @@ they are stored) is the command processor's job (hw/overlay.py); the engine does
 not check it. `compute_done` pulses when a compute command's results are in the
 accumulator scratchpad.
 """
-from amaranth import Module, Mux, Signal, signed, unsigned
+from amaranth import Array, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2
 
-from golden_model.intops import ACC_BITS, MULT_BITS, SHIFT_BITS
+from golden_model.intops import ACC_BITS, MULT_BITS, OUT_BITS, SHIFT_BITS
 from hw import isa
 from hw.gemm.array import ACC, INT8, SystolicArray, delay_line
 from hw.requant import Requantizer
@@ -105,7 +105,7 @@ class GemmCompute(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         R, C = self.cfg.rows, self.cfg.cols
-        m.submodules.array = array = SystolicArray(R, C)
+        m.submodules.array = array = SystolicArray(R, C, packed=self.cfg.dsp_packing)
         rd_a, rd_b, acc_rd, acc_wr = self._rd_a, self._rd_b, self._acc_rd, self._acc_wr
         # Cycles after a last issue (since_last = 0 the cycle after it): column 0 of the array
         # starts draining at col0_drain, the de-skewed rows reach the accumulator side at
@@ -206,6 +206,9 @@ class GemmCompute(wiring.Component):
 class GemmStore(wiring.Component):
     """Reads accumulator rows, adds bias (saturating), requantises (or not), emits rows.
 
+    cfg.requant_lanes requantisers (one AXI beat of int8) take a row in C / requant_lanes cycles:
+    the store writes an int8 row in as many beats, so fewer lanes cost no time.
+
     A command is tiles_last + 1 tiles of rows_last + 1 rows, tile t from accumulator row
     acc_base + t R (row r of a tile uses channel r of the entry with param_rows).
     One command at a time: a new command starts when the previous one's rows have all
@@ -226,7 +229,7 @@ class GemmStore(wiring.Component):
         m = Module()
         R, C = self.cfg.rows, self.cfg.cols
         rd, p_rd = self._rd, self._p_rd
-        lanes = [Requantizer() for _ in range(C)]
+        lanes = [Requantizer() for _ in range(self.cfg.requant_lanes)]
         for j, lane in enumerate(lanes):
             m.submodules[f"requant{j}"] = lane
 
@@ -302,17 +305,32 @@ class GemmStore(wiring.Component):
         with m.If(advance3):
             m.d.sync += s3_valid.eq(s2_valid)
 
-        # int8: C requantiser lanes in lockstep (same valid and ready, so same state).
-        # int32: one register stage with ReLU.
+        # int8: L requantiser lanes in lockstep (same valid and ready, so same state), one chunk of L
+        # channels of the row per cycle (L = cfg.requant_lanes: one AXI beat of int8 per cycle, which
+        # is as fast as the store writes the row). int32: one register stage with ReLU.
+        L = len(lanes)
+        chunks = C // L
+        ch_in = Signal(range(chunks), name="chunk_in")      # the chunk stage 3 feeds the lanes
+        ch_out = Signal(range(chunks), name="chunk_out")    # the chunk the lanes put out
+        first_chunks = [Signal(signed(OUT_BITS), name=f"out8_{j}") for j in range(C - L)]
         o32_valid = Signal()
         o32 = Signal(self.layouts.out)
         o32_advance = ~o32_valid | self.out.ready
-        for j, lane in enumerate(lanes):
+        take = lanes[0].i.ready & (ch_in == chunks - 1)      # stage 3's row has gone to the lanes whole
+        for l, lane in enumerate(lanes):
+            pick = (lambda xs: Array(xs[c * L + l] for c in range(chunks))[ch_in]) if chunks > 1 else (lambda xs: xs[l])
             m.d.comb += [lane.relu.eq(cmd.relu), lane.i.valid.eq(s3_valid & ~cmd.out_int32),
-                         lane.i.payload.acc.eq(biased[j]),
-                         lane.i.payload.multiplier.eq(mult3[j]), lane.i.payload.shift.eq(shift3[j]),
-                         lane.o.ready.eq(self.out.ready)]
-        m.d.comb += s3_ready.eq(Mux(cmd.out_int32, o32_advance, lanes[0].i.ready))
+                         lane.i.payload.acc.eq(pick(biased)), lane.i.payload.multiplier.eq(pick(mult3)),
+                         lane.i.payload.shift.eq(pick(shift3)),
+                         lane.o.ready.eq(self.out.ready | (ch_out != chunks - 1))]
+        with m.If(lanes[0].i.valid & lanes[0].i.ready):
+            m.d.sync += ch_in.eq(Mux(ch_in == chunks - 1, 0, ch_in + 1))
+        with m.If(lanes[0].o.valid & lanes[0].o.ready):
+            m.d.sync += ch_out.eq(Mux(ch_out == chunks - 1, 0, ch_out + 1))
+            for c in range(chunks - 1):
+                with m.If(ch_out == c):
+                    m.d.sync += [first_chunks[c * L + l].eq(lane.o.payload) for l, lane in enumerate(lanes)]
+        m.d.comb += s3_ready.eq(Mux(cmd.out_int32, o32_advance, take))
         with m.If(o32_advance):
             m.d.sync += o32_valid.eq(s3_valid & cmd.out_int32)
             for j in range(C):
@@ -320,9 +338,10 @@ class GemmStore(wiring.Component):
         with m.If(cmd.out_int32):
             m.d.comb += [self.out.valid.eq(o32_valid), self.out.payload.eq(o32)]
         with m.Else():
-            m.d.comb += self.out.valid.eq(lanes[0].o.valid)
+            # The row leaves with its last chunk, the earlier chunks from their registers.
+            m.d.comb += self.out.valid.eq(lanes[0].o.valid & (ch_out == chunks - 1))
             for j in range(C):
-                m.d.comb += self.out.payload[j].eq(lanes[j].o.payload)
+                m.d.comb += self.out.payload[j].eq(first_chunks[j] if j < C - L else lanes[j - (C - L)].o.payload)
 
         sent = self.out.valid & self.out.ready
         with m.If(issue & ~sent):

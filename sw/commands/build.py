@@ -35,7 +35,7 @@ def add_arguments(parser):
 def run(args) -> int:
     from hw.boards import board as get_board
     from hw.config import preset as get_preset
-    from hw.flows.estimate import dsp_floor
+    from hw.flows.estimate import dsp_floor, dsp_floor_by_engine
     from sw.cli import CommandError, UsageError
 
     board = get_board(args.board)
@@ -49,6 +49,10 @@ def run(args) -> int:
     if board.vendor != "lattice" and (args.placer or args.seed != 1):
         raise UsageError("--seed and --placer choose nextpnr's placement: they are for --board ulx3s-85f; "
                          "Vivado places the Zynq boards")
+    floors = dsp_floor_by_engine(cfg)
+    print(f"[floor]    DSP blocks per engine, from the structure ({cfg.rows} x {cfg.cols} array, "
+          f"{'two int8 MACs' if cfg.dsp_packing else 'one int8 MAC'} per DSP): "
+          + ", ".join(f"{e} {n}" for e, n in floors.items()) + f"; {dsp_floor(cfg)} of {board.dsps}")
     if dsp_floor(cfg) > board.dsps:
         raise CommandError(f"preset {cfg.name!r} cannot fit {board.part}: its {cfg.rows} x {cfg.cols} array, "
                            f"requantisers and engines ({', '.join(cfg.engines)}) need at least {dsp_floor(cfg)} "

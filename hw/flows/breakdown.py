@@ -1,0 +1,79 @@
+"""Where the LUTs, FFs and DSPs go: each engine (and the GEMM array, the store's requantisers) synthesised
+on its own with yosys synth_xilinx, for one configuration.
+
+    python -m hw.flows.breakdown --preset bench16 [--set dsp_packing=False] [--family xcup]
+
+Why components and not one hierarchical run: yosys 0.70 keeping the overlay's hierarchy runs out of
+memory (its WebAssembly build stops in memory mapping) and abc9 fails on it; each engine flat maps
+cleanly. The engines' ports become the design's I/O, so nothing is optimised away; the overlay's total
+(hw.flows.estimate, what `sam2fpga build` runs) adds the command processor, the DMA units and the
+glue. Prints a table and writes `<out>/breakdown.json`.
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import time
+from pathlib import Path
+
+from hw.flows.estimate import count_cells, run_yosys
+
+
+def components(cfg) -> dict:
+    """{name: (make the component, what it is)} for the engines of `cfg`."""
+    from hw.gemm.array import SystolicArray
+    from hw.gemm.engine import GemmEngine
+    from hw.requant import Requantizer
+    parts = {
+        "gemm_array": (lambda: SystolicArray(cfg.rows, cfg.cols, packed=cfg.dsp_packing),
+                       f"systolic array {cfg.rows} x {cfg.cols}{' (packed)' if cfg.dsp_packing else ''}"),
+        "requantiser": (Requantizer, "one requantiser lane (the store has cfg.requant_lanes)"),
+        "gemm_engine": (lambda: GemmEngine(cfg), "GEMM engine: array, scratchpads, store with its requantisers"),
+    }
+    if "attention" in cfg.engines:
+        from hw.attention.engine import AttentionEngine
+        parts["attention"] = (lambda: AttentionEngine(cfg), "attention engine: softmax, P V array, normaliser, O memories")
+    if "conv" in cfg.engines:
+        from hw.conv.im2col import Im2colLoader
+        parts["conv"] = (lambda: Im2colLoader(cfg), "convolution: the im2col loader (the MACs are the GEMM array's)")
+    if "depthwise" in cfg.engines:
+        from hw.conv.depthwise import DepthwiseUnit
+        parts["depthwise"] = (lambda: DepthwiseUnit(cfg), f"depthwise engine, {cfg.dw_lanes} lanes")
+    return parts
+
+
+def main(argv=None) -> int:
+    from hw.config import preset
+    from hw.verilog import write_verilog
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="bench16")
+    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="override a config field (Python literal), e.g. dsp_packing=False")
+    ap.add_argument("--family", default="xcup", choices=("xc7", "xcup"))
+    ap.add_argument("--only", nargs="*", help="these components only")
+    ap.add_argument("-o", "--out", type=Path)
+    args = ap.parse_args(argv)
+    changes = {k: ast.literal_eval(v) for k, _, v in (item.partition("=") for item in args.set)}
+    cfg = preset(args.preset).replace(**changes)
+    out = args.out or Path("build/breakdown") / f"{cfg.name}-{args.family}"
+    results = {}
+    print(f"{cfg.name} {changes or ''}: {cfg.rows} x {cfg.cols}, engines {', '.join(cfg.engines)}; "
+          f"yosys synth_xilinx -family {args.family} per component", flush=True)
+    print(f"{'component':<14} {'LUT':>7} {'FF':>7} {'DSP':>5} {'BRAM36':>7} {'LUTRAM':>7} {'s':>5}  what", flush=True)
+    for name, (make, what) in components(cfg).items():
+        if args.only and name not in args.only:
+            continue
+        t0 = time.monotonic()
+        verilog = write_verilog(make(), name, out / name)
+        r = count_cells(run_yosys(verilog, name, args.family, out / name / "yosys", abc9=False), name)
+        results[name] = r.as_dict() | {"what": what, "yosys_s": round(time.monotonic() - t0)}
+        print(f"{name:<14} {r.luts:>7} {r.ffs:>7} {r.dsps:>5} {r.bram36:>7g} {r.lutram:>7} "
+              f"{time.monotonic() - t0:>5.0f}  {what}", flush=True)
+    (out / "breakdown.json").write_text(json.dumps({"config": cfg.summary(), "family": args.family,
+                                                    "components": results}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
