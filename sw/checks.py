@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from hw import isa
+from hw.limits import im2col_row_beats
 
 ENGINE_NAMES = {"attention": "attention", "conv": "convolution", "depthwise": "depthwise"}
 
@@ -94,7 +95,6 @@ def check_descriptors(cfg, descriptors: list[dict], buffer_base: int, buffer_siz
 
 def _check_im2col(cfg, d, i, fail, in_buffer) -> None:
     """LOAD IM2COL: entries inside B, every row span inside the buffer."""
-    from hw.conv.im2col import row_beats
     DB = cfg.beat_bytes
     k, n, t = d["kernel_last"] + 1, d["count"], d.get("out_rows_last", 0) + 1
     if k > 7 or d["stride_log2"] > 2 or d["col_offset"] >= DB:
@@ -103,7 +103,7 @@ def _check_im2col(cfg, d, i, fail, in_buffer) -> None:
         fail(i, f"{t * n * k * k} entries from {d['sp_addr']} outside the B scratchpad (depth {cfg.b_depth})")
     if d["stride"] % DB:
         fail(i, f"row pitch {d['stride']} not a multiple of the {DB}-byte beat")
-    nb = row_beats(cfg, k, 1 << d["stride_log2"], d["col_offset"])
+    nb = im2col_row_beats(cfg, k, 1 << d["stride_log2"], d["col_offset"])
     last = d["dram_addr"] + (n - 1) * d["plane_rows"] * d["stride"] + ((t - 1 << d["stride_log2"]) + k - 1) * d["stride"]
     in_buffer(i, d["dram_addr"], nb * DB, "first row span")
     in_buffer(i, last, nb * DB, "last row span")

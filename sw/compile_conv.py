@@ -33,8 +33,8 @@ import numpy as np
 from golden_model import intconv
 from golden_model.intops import MAX_K
 from hw import isa
-from hw.conv.depthwise import K_MAX
-from hw.conv.im2col import MAX_KERNEL, row_beats
+from hw.limits import DW_K_MAX, MAX_KERNEL
+from hw.limits import im2col_row_beats as row_beats
 from sw.compiler import ALIGN, CompileError, Program, lay_out_image, pack_descriptors, schedule
 
 PAD = 3                       # zero rows/columns kept around every plane: paddings 0..3
@@ -407,5 +407,5 @@ def compile_depthwise(cfg, x, w, bias, multiplier, shift, *, padding, relu=False
     raw = pack_descriptors(descs, image, offsets, base_addr, "split the convolution")
     prog = ConvProgram(cfg, c, k * k, h * wd, False, image, raw, offsets, macs=c * h * wd * k * k,
                        base_addr=base_addr, out_layout=lay)
-    prog.array_macs = L * K_MAX * K_MAX        # the engine's multipliers (utilisation = useful / these)
+    prog.array_macs = L * DW_K_MAX * DW_K_MAX        # the engine's multipliers (utilisation = useful / these)
     return prog

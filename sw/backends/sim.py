@@ -12,6 +12,7 @@ import numpy as np
 
 from golden_model.intops import requantize, saturate_int32
 from hw import isa
+from hw.limits import DW_ROW_SLOTS, im2col_row_beats
 
 # Latencies of the RTL (cycles), measured against the Verilator runs (see tests/test_overlay.py).
 FETCH_CYCLES = 4          # a fetch AR -> descriptor in the FIFO and the next fetch AR (plus its beats)
@@ -257,11 +258,10 @@ class SimOverlay:
     def _im2col(self, d) -> tuple[int, int, int] | None:
         """LOAD IM2COL (hw/conv/im2col.py): B entries gathered from row spans; returns (input rows,
         cycles per row, K), or None when a row lies outside DDR."""
-        from hw.conv.im2col import row_beats
         cfg = self.cfg
         C, DB = cfg.cols, cfg.beat_bytes
         k, s, off = d["kernel_last"] + 1, 1 << d["stride_log2"], d["col_offset"]
-        nb = row_beats(cfg, k, s, off)
+        nb = im2col_row_beats(cfg, k, s, off)
         pitch, plane = d["stride"], d["plane_rows"] * d["stride"]
         out_rows = d.get("out_rows_last", 0) + 1
         entries = []
@@ -310,7 +310,6 @@ class SimOverlay:
         """The unit row by row: input rows stream in at a beat per cycle (lanes x beats each), at most NS
         rows ahead of the window's top row; an output row of W pixels issues in W cycles once its K rows
         (and its group's coefficients) are in; then the pipeline drains."""
-        from hw.conv.depthwise import NS
         L = self.cfg.dw_lanes
         groups = -(-chans // L)
         rows_in = rows + k - 1
@@ -323,7 +322,7 @@ class SimOverlay:
                 top = g * rows_in + oy
                 while len(loaded_at) < top + k:
                     q = len(loaded_at)
-                    gate = top_start(started, q - NS + 1, rows_in, rows)
+                    gate = top_start(started, q - DW_ROW_SLOTS + 1, rows_in, rows)
                     lq = min(L, chans - (q // rows_in) * L)
                     load_t = max(load_t, gate) + lq * nb
                     loaded_at.append(load_t)
