@@ -53,6 +53,7 @@ class AttentionProgram:
     base_addr: int = 0
     kv_bytes: int = 0               # K and V bytes the program reads from DDR
     slots: int = 1                  # query tiles resident at once (each K/V tile serves them all)
+    op: dict | None = None          # what it computes, for the sim backend's fast mode (sw/backends/fast.py)
 
     @property
     def array_macs(self) -> int:
@@ -228,8 +229,10 @@ def compile_attention(cfg, q, k, v, quant: intattn.AttentionQuant, *, out_int32:
     offsets, image = lay_out_image(cfg, len(descs), sizes, base_addr, max_ddr_bytes, "attention")
     _fill(image, offsets, q, k, v, quant, R, C, dp, qt, kt, q_stride, k_stride)
     raw = pack_descriptors(descs, image, offsets, base_addr, "split the attention")
+    op = dict(kind="attention", heads=H, lq=Lq, lk=Lk, dp=dp, qt=qt, kt=kt, q_stride=q_stride, k_stride=k_stride,
+              out_int32=out_int32, score_mult=quant.score_mult, score_shift=quant.score_shift)
     return AttentionProgram(cfg, H, Lq, Lk, d, out_int32, image, raw, offsets, macs=2 * H * Lq * Lk * d,
-                            base_addr=base_addr, kv_bytes=kv_bytes, slots=slots)
+                            base_addr=base_addr, kv_bytes=kv_bytes, slots=slots, op=op)
 
 
 def acc_regions(cfg) -> tuple[int, int]:

@@ -295,8 +295,10 @@ def compile_conv2d(cfg, x, w, bias=None, multiplier=None, shift=None, *, stride=
     _fill(cfg, image, offsets, x, w, bias, multiplier, shift, in_l, depthwise, mt, a_stride, ntile_k)
     raw = pack_descriptors(descs, image, offsets, base_addr, "split the convolution")
     macs = cout * ho * wo * (1 if depthwise else cin) * kk
+    op = dict(kind="conv", cin=cin, h=h, w=wd, cout=cout, k=k, stride=stride, padding=padding, depthwise=depthwise,
+              mt=mt, a_stride=a_stride, ntile_k=ntile_k, relu=relu, out_int32=out_int32)
     return ConvProgram(cfg, cout, (1 if depthwise else cin) * kk, ho * wo, out_int32, image, raw, offsets,
-                       macs=macs, base_addr=base_addr, out_layout=out_l)
+                       macs=macs, base_addr=base_addr, op=op, out_layout=out_l)
 
 
 def _fill(cfg, image, offsets, x, w, bias, multiplier, shift, in_l, depthwise, mt, a_stride, ntile_k):
@@ -405,7 +407,8 @@ def compile_depthwise(cfg, x, w, bias, multiplier, shift, *, padding, relu=False
     coef = dw_coefficients(w, bias, multiplier, shift).reshape(-1)
     image[offsets["coef"][0]:offsets["coef"][0] + coef.size] = coef
     raw = pack_descriptors(descs, image, offsets, base_addr, "split the convolution")
+    op = dict(kind="depthwise", channels=c, h=h, w=wd, k=k, padding=padding, relu=relu)
     prog = ConvProgram(cfg, c, k * k, h * wd, False, image, raw, offsets, macs=c * h * wd * k * k,
-                       base_addr=base_addr, out_layout=lay)
+                       base_addr=base_addr, op=op, out_layout=lay)
     prog.array_macs = L * DW_K_MAX * DW_K_MAX        # the engine's multipliers (utilisation = useful / these)
     return prog

@@ -44,6 +44,7 @@ class Program:
     regions: dict[str, tuple[int, int]]   # name -> (offset, size) in the image
     macs: int = 0
     base_addr: int = 0
+    op: dict | None = None             # what it computes, for the sim backend's fast mode (sw/backends/fast.py)
 
     @property
     def n_padded(self) -> int:
@@ -175,7 +176,9 @@ def compile_linear(cfg, a, b, bias, multiplier=None, shift=None, *, relu=False, 
     offsets, image = lay_out_image(cfg, len(descs), sizes, base_addr, max_ddr_bytes, "layer")
     _fill_operands(cfg, image, offsets, a, b, bias, multiplier, shift, mt, nt, a_stride, b_stride)
     raw = pack_descriptors(descs, image, offsets, base_addr, "split the layer")
-    return Program(cfg, M, K, N, out_int32, image, raw, offsets, macs=M * K * N, base_addr=base_addr)
+    op = dict(kind="linear", m=M, k=K, mt=mt, nt=nt, a_stride=a_stride, b_stride=b_stride, relu=relu,
+              out_int32=out_int32)
+    return Program(cfg, M, K, N, out_int32, image, raw, offsets, macs=M * K * N, base_addr=base_addr, op=op)
 
 
 def relocate(prog: Program, new_base: int) -> Program:

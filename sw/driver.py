@@ -91,9 +91,10 @@ class MmioSession:
 class Driver:
     def __init__(self, cfg, backend: str = "sim", *, timeout_s: float = 10.0, timeout_cycles: int = 50_000_000,
                  ddr_bytes: int = 1 << 26, stall: float = 0.0, waves: bool | None = None,
-                 bitfile: str | None = None):
+                 bitfile: str | None = None, sim_mode: str = "fast"):
         """`bitfile`: pynq backend on a board, the overlay's .bit (its .hwh beside it);
-        None runs the real pynq library on the simulated device."""
+        None runs the real pynq library on the simulated device. `sim_mode`: the sim backend's
+        "fast" (whole layers in NumPy) or "checked" (descriptor by descriptor) mode, same bits and cycles."""
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         self.cfg, self.backend = cfg, backend
@@ -104,6 +105,7 @@ class Driver:
         self._sim = None
         self._pynq = None
         self.bitfile = bitfile
+        self.sim_mode = sim_mode
 
     # Where the layer's buffer lives in the backend's address space.
     BUFFER_BASE = 0x0010_0000
@@ -170,7 +172,7 @@ class Driver:
         check_descriptors(self.cfg, descriptors, prog.base_addr, len(prog.image))
         t0 = time.monotonic()
         self._sim_wall = None
-        image, cycles = getattr(self, f"_run_{self.backend}")(prog, len(descriptors))
+        image, cycles = getattr(self, f"_run_{self.backend}")(prog, len(descriptors), descriptors is prog.descriptors)
         wall = self._sim_wall if self._sim_wall is not None else time.monotonic() - t0
         array_macs = getattr(prog, "array_macs", self.cfg.macs)   # attention: GEMM array + P V array
         engine = "conv" if getattr(prog, "out_layout", None) is not None else "gemm"
@@ -181,17 +183,21 @@ class Driver:
         return self.BUFFER_BASE
 
     # ---------------------------------------------------------------- backends
-    def _run_sim(self, prog, count):
+    def _run_sim(self, prog, count, compiled=True):
+        from sw.backends import fast
         from sw.backends.sim import SimOverlay
         if self._sim is None:
-            self._sim = SimOverlay(self.cfg, self.ddr_bytes)
+            self._sim = SimOverlay(self.cfg, self.ddr_bytes, mode=self.sim_mode)
         sim = self._sim
         base, size = prog.base_addr, len(prog.image)
         sim.ddr[base:base + size] = prog.image
+        job = fast.job(self.cfg, prog) if compiled else None
+        if job is not None:
+            sim.expect(base, count, job)
         cycles = MmioSession(sim.read_reg, sim.write_reg, self.timeout_s).run(base, count)
         return sim.ddr[base:base + size].copy(), cycles
 
-    def _run_rtl(self, prog, count):
+    def _run_rtl(self, prog, count, compiled=True):
         from sw.backends.rtl import run_images
         res = run_images(self.cfg, [dict(base=prog.base_addr, image=prog.image, desc_count=count,
                                           timeout=self.timeout_cycles)], stall=self.stall, waves=self.waves)[0]
@@ -203,7 +209,7 @@ class Driver:
         self._sim_wall = float(res["sim_wall_s"])      # Verilator time only, without build and start-up
         return res["image"], res["cycles"]
 
-    def _run_pynq(self, prog, count):
+    def _run_pynq(self, prog, count, compiled=True):
         from sw.backends.pynq_backend import PynqRunner
         if self._pynq is None:
             self._pynq = PynqRunner(self.cfg, timeout_s=self.timeout_s, bitfile=self.bitfile)
