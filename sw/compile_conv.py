@@ -35,7 +35,7 @@ from golden_model.intops import MAX_K
 from hw import isa
 from hw.limits import DW_K_MAX, MAX_KERNEL
 from hw.limits import im2col_row_beats as row_beats
-from sw.compiler import ALIGN, CompileError, Program, lay_out_image, pack_descriptors, schedule
+from sw.compiler import ALIGN, CompileError, Program, lay_out_image, pack_descriptors, schedule_runs
 
 PAD = 3                       # zero rows/columns kept around every plane: paddings 0..3
 STRIDES = (1, 2, 4)
@@ -288,7 +288,7 @@ def compile_conv2d(cfg, x, w, bias=None, multiplier=None, shift=None, *, stride=
                                         accumulate=int(ci > 0), store=store))
                     tile_no += 1
 
-    descs = schedule(ops, R, relu, out_int32)
+    descs, runs = schedule_runs(ops, R, relu, out_int32)
 
     # ---- addresses and the image
     offsets, image = lay_out_image(cfg, len(descs), sizes, base_addr, max_ddr_bytes, "convolution")
@@ -298,7 +298,7 @@ def compile_conv2d(cfg, x, w, bias=None, multiplier=None, shift=None, *, stride=
     op = dict(kind="conv", cin=cin, h=h, w=wd, cout=cout, k=k, stride=stride, padding=padding, depthwise=depthwise,
               mt=mt, a_stride=a_stride, ntile_k=ntile_k, relu=relu, out_int32=out_int32)
     return ConvProgram(cfg, cout, (1 if depthwise else cin) * kk, ho * wo, out_int32, image, raw, offsets,
-                       macs=macs, base_addr=base_addr, op=op, out_layout=out_l)
+                       macs=macs, base_addr=base_addr, op=op, runs=runs, out_layout=out_l)
 
 
 def _fill(cfg, image, offsets, x, w, bias, multiplier, shift, in_l, depthwise, mt, a_stride, ntile_k):

@@ -167,12 +167,16 @@ class Driver:
         return out[0] if np.asarray(q).ndim == 2 else out
 
     def run(self, prog, descriptors: list[dict] | None = None) -> np.ndarray:
-        """Submit a compiled program; return the buffer's bytes after the run."""
-        descriptors = prog.descriptors if descriptors is None else descriptors
-        check_descriptors(self.cfg, descriptors, prog.base_addr, len(prog.image))
+        """Submit a compiled program (its runs one after another, sw.compiler.split_runs); return the
+        buffer's bytes after the run. `descriptors`: other descriptors (already in the image) as one run."""
+        compiled = descriptors is None
+        descriptors = prog.descriptors if compiled else descriptors
+        runs = (getattr(prog, "runs", None) if compiled else None) or [(0, len(descriptors))]
+        for first, count in runs:
+            check_descriptors(self.cfg, descriptors[first:first + count], prog.base_addr, len(prog.image))
         t0 = time.monotonic()
         self._sim_wall = None
-        image, cycles = getattr(self, f"_run_{self.backend}")(prog, len(descriptors), descriptors is prog.descriptors)
+        image, cycles = getattr(self, f"_run_{self.backend}")(prog, runs, compiled)
         wall = self._sim_wall if self._sim_wall is not None else time.monotonic() - t0
         array_macs = getattr(prog, "array_macs", self.cfg.macs)   # attention: GEMM array + P V array
         engine = "conv" if getattr(prog, "out_layout", None) is not None else "gemm"
@@ -183,7 +187,7 @@ class Driver:
         return self.BUFFER_BASE
 
     # ---------------------------------------------------------------- backends
-    def _run_sim(self, prog, count, compiled=True):
+    def _run_sim(self, prog, runs, compiled):
         from sw.backends import fast
         from sw.backends.sim import SimOverlay
         if self._sim is None:
@@ -192,14 +196,18 @@ class Driver:
         base, size = prog.base_addr, len(prog.image)
         sim.ddr[base:base + size] = prog.image
         job = fast.job(self.cfg, prog) if compiled else None
-        if job is not None:
-            sim.expect(base, count, job)
-        cycles = MmioSession(sim.read_reg, sim.write_reg, self.timeout_s).run(base, count)
+        session = MmioSession(sim.read_reg, sim.write_reg, self.timeout_s)
+        cycles = 0
+        for i, (first, count) in enumerate(runs):
+            addr = base + first * isa.DESCRIPTOR_BYTES
+            if job is not None:          # fast mode: the first run computes the layer, the others take their time
+                sim.expect(addr, count, job if i == 0 else None)
+            cycles += session.run(addr, count)
         return sim.ddr[base:base + size].copy(), cycles
 
-    def _run_rtl(self, prog, count, compiled=True):
+    def _run_rtl(self, prog, runs, compiled):
         from sw.backends.rtl import run_images
-        res = run_images(self.cfg, [dict(base=prog.base_addr, image=prog.image, desc_count=count,
+        res = run_images(self.cfg, [dict(base=prog.base_addr, image=prog.image, runs=np.array(runs),
                                           timeout=self.timeout_cycles)], stall=self.stall, waves=self.waves)[0]
         if res["timed_out"]:
             raise AcceleratorError(f"accelerator hung: not done after {self.timeout_cycles} cycles; "
@@ -209,8 +217,8 @@ class Driver:
         self._sim_wall = float(res["sim_wall_s"])      # Verilator time only, without build and start-up
         return res["image"], res["cycles"]
 
-    def _run_pynq(self, prog, count, compiled=True):
+    def _run_pynq(self, prog, runs, compiled):
         from sw.backends.pynq_backend import PynqRunner
         if self._pynq is None:
             self._pynq = PynqRunner(self.cfg, timeout_s=self.timeout_s, bitfile=self.bitfile)
-        return self._pynq.run(prog, count)
+        return self._pynq.run(prog, runs)

@@ -56,9 +56,21 @@ class OverlayTB:
     async def write(self, name, value):
         await self.ctrl.write(isa.REG[name], int(value).to_bytes(4, "little"))
 
-    async def run(self, base, image, desc_count, timeout):
+    async def run(self, base, image, runs, timeout):
+        """The image into DDR, then each run (first descriptor, count): one START each; cycles summed."""
         self.ddr.mem[base:base + len(image)] = image.tobytes()
-        await self.write("DESC_ADDR", base)
+        cycles = 0
+        for first, count in runs:
+            result = await self.start(base + int(first) * isa.DESCRIPTOR_BYTES, int(count), timeout)
+            cycles += result["cycles"]
+            if result["timed_out"] or result["error"]:
+                break
+        result["cycles"] = cycles
+        result["image"] = np.frombuffer(self.ddr.mem[base:base + len(image)], np.uint8).copy()
+        return result
+
+    async def start(self, desc_addr, desc_count, timeout):
+        await self.write("DESC_ADDR", desc_addr)
         await self.write("DESC_COUNT", desc_count)
         await self.write("IRQ_ENABLE", 1)
         await self.write("CONTROL", isa.CONTROL_START)
@@ -74,7 +86,6 @@ class OverlayTB:
             result["status_after_reset"] = await self.read("STATUS")
         else:
             await self.write("STATUS", isa.STATUS_DONE)        # acknowledge the interrupt
-        result["image"] = np.frombuffer(self.ddr.mem[base:base + len(image)], np.uint8).copy()
         return result
 
 
@@ -91,6 +102,7 @@ async def run_programs(dut):
     for path, meta in zip(progs, metas):
         timeout = int(meta["timeout"]) if "timeout" in meta else int(os.environ.get("BENCH_TIMEOUT", "10000000"))
         t0 = time.monotonic()
-        res = await tb.run(int(meta["base"]), meta["image"], int(meta["desc_count"]), timeout)
+        runs = meta["runs"] if "runs" in meta else [(0, int(meta["desc_count"]))]
+        res = await tb.run(int(meta["base"]), meta["image"], runs, timeout)
         res["sim_wall_s"] = time.monotonic() - t0      # simulation only, without build and start-up
         np.savez(folder / path.name.replace("prog_", "res_"), **res)

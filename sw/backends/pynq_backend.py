@@ -144,7 +144,8 @@ class PynqRunner:
         self.ip = getattr(self.overlay, IP_NAME)
         self.pynq = pynq
 
-    def run(self, prog, count):
+    def run(self, prog, runs):
+        """Run `prog`'s runs ((first descriptor, count), one START each) in one buffer; (bytes after, cycles)."""
         from sw.checks import check_descriptors
         from sw.compiler import relocate
         from sw.driver import MmioSession
@@ -152,12 +153,13 @@ class PynqRunner:
         buf = self.pynq.allocate(shape=(len(prog.image),), dtype=np.uint8, target=None)
         try:
             prog = relocate(prog, buf.device_address)
-            check_descriptors(self.cfg, prog.descriptors, prog.base_addr, len(prog.image))
+            for first, count in runs:
+                check_descriptors(self.cfg, prog.descriptors[first:first + count], prog.base_addr, len(prog.image))
             buf[:] = prog.image
             buf.flush()
             mmio = self.ip.mmio
             session = MmioSession(lambda off: mmio.read(off), lambda off, v: mmio.write(off, int(v)), self.timeout_s)
-            cycles = session.run(prog.base_addr, count)
+            cycles = sum(session.run(prog.base_addr + first * isa.DESCRIPTOR_BYTES, count) for first, count in runs)
             buf.invalidate()
             return np.array(buf), cycles
         finally:

@@ -28,7 +28,8 @@ def config_tag(cfg) -> str:
 
 def run_images(cfg, jobs: list[dict], *, stall: float = 0.0, seed: int = 1, waves: bool | None = None,
                name: str | None = None) -> list[dict]:
-    """Run each job {base, image (uint8), desc_count[, timeout]} on the RTL; return the bench's results.
+    """Run each job {base, image (uint8), desc_count or runs[, timeout]} on the RTL; return the bench's results.
+    runs: (first descriptor, count) pairs started one after another on the same DDR (cycles summed).
 
     Each result has: image (DDR after the run), status, error, cycles, desc_done, timed_out.
     """
