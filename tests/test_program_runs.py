@@ -109,3 +109,21 @@ def test_the_65536_x_96_x_288_linear_compiles_and_runs(preset_name):
     check_runs(prog, compiler.WAIT_LIMIT)
     assert len(prog.runs) >= 2
     assert np.array_equal(prog.output(drv.run(prog)), gemm(a, b, bias, mult, shift))
+
+
+@pytest.mark.rtl
+def test_runs_on_rtl(monkeypatch):
+    """A program of several runs on the RTL (one Verilator session, one START per run): bit-exact,
+    cycles within 5 % of the sim model's (which sums its runs the same way)."""
+    monkeypatch.setattr(compiler, "WAIT_LIMIT", 20)
+    cfg = preset("sim")
+    rng = np.random.default_rng(5)
+    a, b = rand8(rng, (40, 40)), rand8(rng, (40, 50))
+    bias, mult, shift = rng.integers(-999, 999, 50), rng.integers(1 << 20, 1 << 22, 50), rng.integers(20, 30, 50)
+    sim, rtl = Driver(cfg, "sim"), Driver(cfg, "rtl", timeout_cycles=2_000_000)
+    prog = sim.compile(a, b, bias, mult, shift, relu=True)
+    assert len(prog.runs) >= 3
+    want = gemm(a, b, bias, mult, shift, relu=True)
+    assert np.array_equal(prog.output(sim.run(prog)), want)
+    assert np.array_equal(prog.output(rtl.run(prog)), want)
+    assert abs(sim.last_run.cycles / rtl.last_run.cycles - 1) < 0.05, (sim.last_run.cycles, rtl.last_run.cycles)
