@@ -216,6 +216,8 @@ def split_runs(ops: list[dict], limit: int = None) -> list[list[dict]]:
     gets that half's last loads again (copies), so no run relies on what an earlier one left in the
     scratchpads. Runs end only before an op that starts its accumulator rows (accumulate = 0)."""
     limit = WAIT_LIMIT if limit is None else limit
+    if max(sum(len(op["loads"]) for op in ops), len(ops), sum(1 for op in ops if op["store"])) <= limit:
+        return [ops]                             # one run: nothing to load again
     chains: list[list[dict]] = []                # ops from one accumulate = 0 to the next
     for op in ops:
         if op["accumulate"] and chains:
@@ -348,7 +350,7 @@ def pack_descriptors(descs: list[dict], image: np.ndarray, offsets: dict, base_a
     """Encode descriptors (symbolic opcode, target, ("region", offset) addresses) into the
     image's descriptor area; returns their numeric fields. hint: what to do when one does not fit."""
     raw = []
-    for j, d in enumerate(descs):
+    for d in descs:
         fields = {k: v for k, v in d.items() if k in isa.FIELDS}
         fields["opcode"] = isa.OPCODES[d["opcode"]]
         if isinstance(d.get("target"), str):
@@ -357,13 +359,47 @@ def pack_descriptors(descs: list[dict], image: np.ndarray, offsets: dict, base_a
             if key in d:
                 region, off = d[key]
                 fields["dram_addr"] = base_addr + offsets[region][0] + off
-        try:
-            packed = isa.pack_descriptor(**fields)
-        except ValueError as e:
-            raise CompileError(f"descriptor {j} does not fit the format ({e}); {hint}") from None
-        image[j * 32:(j + 1) * 32] = np.frombuffer(packed, np.uint8)
         raw.append(fields)
+    words = encode_descriptors(raw)
+    if words is None:                   # something does not fit: the scalar packer says which and why
+        for j, fields in enumerate(raw):
+            try:
+                isa.pack_descriptor(**fields)
+            except ValueError as e:
+                raise CompileError(f"descriptor {j} does not fit the format ({e}); {hint}") from None
+    image[:len(raw) * isa.DESCRIPTOR_BYTES] = words.view(np.uint8).reshape(-1)
     return raw
+
+
+def encode_descriptors(raw: list[dict]) -> np.ndarray | None:
+    """hw.isa.pack_descriptor for a whole list at once: (n, 4) little-endian 64-bit words, or None
+    when a field is unknown, out of range or shares its bits with another that is set."""
+    n = len(raw)
+    names = set().union(*raw) if raw else set()
+    if not names <= isa.FIELDS.keys():
+        return None
+    cols = {name: np.fromiter((f.get(name, 0) for f in raw), np.int64, n) for name in names}
+    zero = np.zeros(n, bool)
+    groups_used = np.zeros(n, np.int64)
+    for shares, _, group_fields in isa.SHARED_GROUPS:
+        used = np.any([cols[f] != 0 for f, _, _ in group_fields if f in cols] or [zero], axis=0)
+        shared = np.any([cols[f] != 0 for f in shares if f in cols] or [zero], axis=0)
+        if np.any(used & shared):
+            return None
+        groups_used += used
+    if np.any(groups_used > 1):
+        return None
+    words = np.zeros((n, isa.DESCRIPTOR_BYTES // 8), "<u8")
+    for name, col in cols.items():
+        pos, width = isa.FIELDS[name]
+        if np.any((col < 0) | (col >= 1 << width)):
+            return None
+        lane, bit = divmod(pos, 64)
+        v = col.astype(np.uint64)
+        words[:, lane] |= v << np.uint64(bit)
+        if bit + width > 64:
+            words[:, lane + 1] |= v >> np.uint64(64 - bit)
+    return words
 
 
 def _fill_operands(cfg, image, offsets, a, b, bias, multiplier, shift, mt, nt, a_stride, b_stride):

@@ -205,3 +205,29 @@ def test_big_layers_fast_equals_checked():
     q, k, v = rand8(rng, (2, 256, 64)), rand8(rng, (2, 1024, 64)), rand8(rng, (2, 1024, 64))
     aq = intattn.AttentionQuant(score_mult=3000, score_shift=14, out_mult=1 << 28, out_shift=30)
     run_both(cfg, compile_attention(cfg, q, k, v, aq, base_addr=BASE))
+
+
+def test_descriptors_packed_at_once_equal_the_scalar_packer():
+    """sw.compiler.encode_descriptors (the whole list in NumPy) = hw.isa.pack_descriptor per descriptor,
+    on programs using every field group (LOAD/COMPUTE/STORE, IM2COL, STORE tiles, DEPTHWISE, ATTENTION)."""
+    cfg = preset("bench16")
+    rng = np.random.default_rng(2)
+    progs = [compile_conv2d(cfg, rand8(rng, (3, 30, 30)), rand8(rng, (4, 3, 3, 3)), None, 1 << 20, 20, padding=1),
+             compile_conv2d(cfg, rand8(rng, (8, 9, 9)), rand8(rng, (8, 8, 3, 3)), None, 1 << 20, 20, stride=2),
+             compile_depthwise(cfg, rand8(rng, (5, 8, 8)), rand8(rng, (5, 1, 7, 7)), None, 1 << 20, 20, padding=3),
+             compile_attention(cfg, rand8(rng, (2, 40, 32)), rand8(rng, (2, 50, 32)), rand8(rng, (2, 50, 32)),
+                               intattn.AttentionQuant(3000, 14, 1 << 28, 30)),
+             compile_linear(cfg, rand8(rng, (40, 3000)), rand8(rng, (3000, 20)), None, out_int32=True)]
+    for prog in progs:
+        n = len(prog.descriptors)
+        assert prog.image[:n * 32].tobytes() == b"".join(isa.pack_descriptor(**d) for d in prog.descriptors)
+
+
+def test_a_descriptor_that_does_not_fit_is_named():
+    from sw.compiler import CompileError, pack_descriptors
+    image = np.zeros(4096, np.uint8)
+    descs = [dict(opcode="SYNC"), dict(opcode="LOAD", target="A", count=1 << 16, sp_addr=0)]
+    with pytest.raises(CompileError, match="descriptor 1 does not fit .*count=65536 does not fit 16 bits"):
+        pack_descriptors(descs, image, {}, 0, "split it")
+    with pytest.raises(CompileError, match="descriptor 0 .*share"):
+        pack_descriptors([dict(opcode="STORE", tiles_last=1, k_last=2)], image, {}, 0, "split it")
