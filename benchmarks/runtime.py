@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from benchmarks.common import report
+from benchmarks.common import best, report
 
 REPEATS = 3
 HEADLINE = (65536, 96, 288)
@@ -21,15 +21,6 @@ HEADLINE = (65536, 96, 288)
 # qkv, attention projection, MLP in and out per block.
 SEQUENCE = [(65536, 96, 288), (65536, 96, 96), (65536, 96, 384), (65536, 384, 96),
             (16384, 192, 576), (16384, 192, 192), (16384, 192, 768), (16384, 768, 192)]
-
-
-def best(fn, repeats=REPEATS) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def layer(rng, m, k, n):
@@ -56,7 +47,7 @@ def run() -> None:
     t0 = time.perf_counter()
     prog = drivers["fast"].compile(a, b, bias, mult, shift, relu=True)
     compile_s = time.perf_counter() - t0
-    t_np = best(lambda: numpy_matmul(a, b))
+    t_np = best(lambda: numpy_matmul(a, b), REPEATS)
     runs = prog.runs or [(0, len(prog.descriptors))]
     out, cycles = {}, {}
     for mode, drv in drivers.items():
@@ -67,7 +58,7 @@ def run() -> None:
                      "sim_run_s": t_sim, "GMAC_per_s": macs / t_sim / 1e9, "driver_run_s": t_drv,
                      "vs_numpy_int32": t_sim / t_np, "cycles": cycles[mode]})
     assert np.array_equal(out["fast"], out["checked"]) and cycles["fast"] == cycles["checked"]
-    t_cyc = best(lambda: cycles_only(cfg, prog.image[:len(prog.descriptors) * 32]))
+    t_cyc = best(lambda: cycles_only(cfg, prog.image[:len(prog.descriptors) * 32]), REPEATS)
     rows.append({"case": f"linear {m}x{k}x{n}", "mode": "cycles_only", "descriptors": len(prog.descriptors),
                  "sim_run_s": t_cyc, "cycles": cycles["fast"]})
     rows.append({"case": f"linear {m}x{k}x{n}", "mode": "numpy int32 matmul", "sim_run_s": t_np,
@@ -80,8 +71,8 @@ def run() -> None:
     drv = drivers["fast"]
     progs = [drv.compile(*lay, relu=True) for lay in layers]
     seq_macs = sum(m * k * n for m, k, n in SEQUENCE)
-    t_seq = best(lambda: [drv._run_sim(p, p.runs or [(0, len(p.descriptors))], True) for p in progs])
-    t_seq_np = best(lambda: [numpy_matmul(lay[0], lay[1]) for lay in layers])
+    t_seq = best(lambda: [drv._run_sim(p, p.runs or [(0, len(p.descriptors))], True) for p in progs], REPEATS)
+    t_seq_np = best(lambda: [numpy_matmul(lay[0], lay[1]) for lay in layers], REPEATS)
     rows.append({"case": f"sequence of {len(SEQUENCE)} linears", "mode": "fast",
                  "descriptors": sum(len(p.descriptors) for p in progs), "sim_run_s": t_seq,
                  "GMAC_per_s": seq_macs / t_seq / 1e9, "vs_numpy_int32": t_seq / t_seq_np})

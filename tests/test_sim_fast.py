@@ -231,3 +231,17 @@ def test_a_descriptor_that_does_not_fit_is_named():
         pack_descriptors(descs, image, {}, 0, "split it")
     with pytest.raises(CompileError, match="descriptor 0 .*share"):
         pack_descriptors([dict(opcode="STORE", tiles_last=1, k_last=2)], image, {}, 0, "split it")
+
+
+def test_cli_sim_modes_print_the_same_cycles(capsys):
+    import re
+
+    from sw.cli import main
+    cycles = []
+    for mode in ("checked", "fast"):
+        assert main(["sim", "conv", "--in", "3x20x20", "--out", "8", "--k", "3", "--stride", "2",
+                     "--sim-mode", mode]) == 0
+        out = capsys.readouterr().out
+        assert "bit-exact against golden" in out
+        cycles.append(re.search(r"cycles ([\d,]+)", out).group(1))
+    assert cycles[0] == cycles[1]
