@@ -10,6 +10,7 @@ from hw import isa
 from hw.config import preset
 from sw import compiler
 from sw.backends import fast
+from sw.backends.cycles import program_cycles
 from sw.backends.sim import SimOverlay
 from sw.compile_conv import compile_conv2d
 from sw.compiler import compile_linear
@@ -66,6 +67,7 @@ def test_linear_split_into_runs(monkeypatch, m, k, n, limit):
         outs.append(prog.output(drv.run(prog)))
         cycles.append(drv.last_run.cycles)
     assert np.array_equal(outs[0], want) and np.array_equal(outs[1], want) and cycles[0] == cycles[1]
+    assert program_cycles(prog) == cycles[0]
     assert np.array_equal(prog.output(run_each_after_reset(cfg, prog)), want)
 
 

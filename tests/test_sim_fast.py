@@ -10,7 +10,7 @@ from golden_model.intops import gemm
 from hw import isa
 from hw.config import preset
 from sw.backends import fast
-from sw.backends.cycles import cycles_only
+from sw.backends.cycles import cycles_only, program_cycles
 from sw.backends.sim import SimOverlay
 from sw.compile_attention import compile_attention
 from sw.compile_conv import compile_conv2d, compile_depthwise
@@ -158,6 +158,8 @@ def test_driver_modes_agree_on_every_route():
             out.append(drv.last_run.cycles)
         out.append(drv.linear(rand8(rng, (40, 50)), rand8(rng, (50, 30)), out_int32=True))
         out.append(drv.last_run.cycles)
+        out.append(program_cycles(drv.last_programs[0]))     # the first attention, timing only, from reset
+        assert out[-1] == out[4]
         results[mode] = out
         assert (drv._sim.fast_runs > 0) == (mode == "fast")
     for got, want in zip(results["fast"], results["checked"]):

@@ -277,20 +277,29 @@ def simulate(cfg, f: dict[str, np.ndarray], attn=None, execute=None) -> Outcome:
     return Outcome("done", n, end, dict(LOAD=len(dl), COMPUTE=len(dc), STORE=len(dst), ATTENTION=len(da)))
 
 
-def cycles_only(cfg, descriptors) -> int:
-    """The cycles a descriptor list takes, without data (a timing-only profile): descriptors as packed
-    bytes ((n, 32) uint8) or field dicts (a compiled program's `descriptors`). Equal to the sim
-    backend's CYCLES for the same run (checked and fast modes alike)."""
-    if isinstance(descriptors, np.ndarray):
-        f = decode_descriptors(descriptors)
-    else:
-        raw = b"".join(isa.pack_descriptor(**d) for d in descriptors)
-        f = decode_descriptors(np.frombuffer(raw, np.uint8))
+def cycles_only(cfg, descriptors, runs=None) -> int:
+    """The cycles a descriptor list takes, without data (a timing-only profile), on an overlay fresh
+    from reset: descriptors as packed bytes ((n, 32) uint8) or field dicts (a compiled program's
+    `descriptors`); `runs`: (first, count) per START (a program's `runs`), summed. Equal to the sim
+    backend's CYCLES for the same runs (checked and fast modes alike)."""
+    if not isinstance(descriptors, np.ndarray):
+        descriptors = np.frombuffer(b"".join(isa.pack_descriptor(**d) for d in descriptors), np.uint8)
+    raw = descriptors.reshape(-1, isa.DESCRIPTOR_BYTES)
     attn = None
     if "attention" in cfg.engines:
         from sw.backends.sim_attention import AttentionModel
-        attn = AttentionModel(cfg)
-    out = simulate(cfg, f, attn)
-    if out.state != "done":
-        raise ValueError(f"the descriptors do not complete ({out.state} at descriptor {out.desc_done})")
-    return out.cycles
+        attn = AttentionModel(cfg)          # one engine for all runs: its normaliser state carries over
+    total = 0
+    for first, count in runs or [(0, len(raw))]:
+        out = simulate(cfg, decode_descriptors(raw[first:first + count]), attn)
+        if out.state != "done":
+            raise ValueError(f"the descriptors do not complete ({out.state} at descriptor {first + out.desc_done})")
+        total += out.cycles
+    return total
+
+
+def program_cycles(prog) -> int:
+    """A compiled program's cycles (all its runs) without running its data: what the sim backend
+    reports for it on an overlay fresh from reset."""
+    n = len(prog.descriptors)
+    return cycles_only(prog.cfg, prog.image[:n * isa.DESCRIPTOR_BYTES], getattr(prog, "runs", None))

@@ -23,6 +23,7 @@ from sw.backends import cycles as CY
 
 MODES = ("fast", "checked")
 
+
 class SimOverlay:
     def __init__(self, cfg, ddr_bytes: int = 1 << 24, mode: str = "fast"):
         if mode not in MODES:
@@ -144,7 +145,7 @@ class SimOverlay:
                     return isa.ERROR_AXI_READ, i + 1     # reported after dispatch
                 self._load(target, d["sp_addr"], n, src[:n * eb])
             elif kind == CY.K_IM2COL:
-                if self._im2col(d) is None:
+                if not self._im2col(d):
                     return isa.ERROR_AXI_READ, i + 1
             elif kind == CY.K_COMPUTE:
                 k = d["k_last"] + 1
@@ -187,9 +188,8 @@ class SimOverlay:
             idx = (sp + np.arange(n)) % cfg.param_depth
             self.params[idx] = p
 
-    def _im2col(self, d) -> tuple[int, int, int] | None:
-        """LOAD IM2COL (hw/conv/im2col.py): B entries gathered from row spans; returns (input rows,
-        cycles per row, K), or None when a row lies outside DDR."""
+    def _im2col(self, d) -> bool:
+        """LOAD IM2COL (hw/conv/im2col.py): B entries gathered from row spans (False: a row outside DDR)."""
         cfg = self.cfg
         C, DB = cfg.cols, cfg.beat_bytes
         k, s, off = d["kernel_last"] + 1, 1 << d["stride_log2"], d["col_offset"]
@@ -202,14 +202,12 @@ class SimOverlay:
                 for ky in range(k):
                     row = self._ddr(d["dram_addr"] + ((t * s + ky) * pitch) + ch * plane, nb * DB)
                     if row is None:
-                        return None
+                        return False
                     row = row.view(np.int8)
                     entries.extend(row[off + kx + s * np.arange(C)] for kx in range(k))
         idx = (d["sp_addr"] + np.arange(len(entries))) % cfg.b_depth
         self.b[idx] = np.array(entries, np.int8).reshape(-1, C)
-        # Input rows stream at max(beats, K) cycles each (line buffer and emission overlap); the caller
-        # adds the read latency, the last row's emission and the command's own cycles.
-        return out_rows * d["count"] * k, max(nb, k), k
+        return True
 
     def _depthwise(self, d) -> bool:
         """DEPTHWISE (hw/conv/depthwise.py): dw_channels channels, DDR to DDR (False: outside DDR)."""
