@@ -283,7 +283,11 @@ def cycles_only(cfg, descriptors, runs=None) -> int:
     `descriptors`); `runs`: (first, count) per START (a program's `runs`), summed. Equal to the sim
     backend's CYCLES for the same runs (checked and fast modes alike)."""
     if not isinstance(descriptors, np.ndarray):
-        descriptors = np.frombuffer(b"".join(isa.pack_descriptor(**d) for d in descriptors), np.uint8)
+        from sw.compiler import encode_descriptors
+        words = encode_descriptors(list(descriptors))
+        if words is None:
+            raise ValueError("a descriptor does not fit the format (hw.isa.pack_descriptor says which)")
+        descriptors = words.view(np.uint8)
     raw = descriptors.reshape(-1, isa.DESCRIPTOR_BYTES)
     attn = None
     if "attention" in cfg.engines:
