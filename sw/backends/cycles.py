@@ -81,9 +81,9 @@ def classify(cfg, f: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def fixed_costs(cfg, f: dict[str, np.ndarray], kind: np.ndarray) -> dict[str, np.ndarray]:
-    """Each descriptor's own cycles, vectorised: LOAD duration; IM2COL rows, cycles per row and K;
-    COMPUTE K and tiles; STORE duration."""
-    R, C, DB = cfg.rows, cfg.cols, cfg.beat_bytes
+    """Each descriptor's own cycles, vectorised: LOAD, IM2COL and STORE durations (dur), IM2COL input
+    rows and cycles per row, COMPUTE K (ck) and tiles."""
+    C, DB = cfg.cols, cfg.beat_bytes
     n = len(kind)
     dur = np.zeros(n, np.int64)
     # LOAD: one cycle per beat, or per entry slot of a beat (the last beat's unused slots too);
@@ -114,7 +114,7 @@ def fixed_costs(cfg, f: dict[str, np.ndarray], kind: np.ndarray) -> dict[str, np
     row_beats = C * np.where(i32, 4, 1) // DB
     start = np.where(i32, STORE_START[True], STORE_START[False])
     dur[st] = (start + (f["tiles_last"] + 1) * cnt * row_beats + STORE_LATENCY)[st]
-    return dict(dur=dur, rows=rows, period=period, k=k, ck=f["k_last"] + 1, tiles=np.maximum(1, cnt))
+    return dict(dur=dur, rows=rows, period=period, ck=f["k_last"] + 1, tiles=np.maximum(1, cnt))
 
 
 def top_start(started: list[int], q_top: int, rows_in: int, rows: int) -> int:
@@ -155,8 +155,8 @@ def depthwise_cycles(cfg, k, chans, rows, width, nb) -> int:
 def simulate(cfg, f: dict[str, np.ndarray], attn=None, execute=None) -> Outcome:
     """Dispatch the decoded descriptors `f` in order as the command processor does; return how the run
     ended and its cycles. `attn`: the attention engine's model (its schedule() and timing state);
-    `execute(i, kind)`: called once descriptor i has dispatched (the checked mode's data), returns None or
-    (error bit, index) to stop the run there."""
+    `execute(i, kind)`: called when descriptor i's waits are met (the checked mode's data), returns None
+    or (error bit, index) to stop the run there."""
     R, C, DB = cfg.rows, cfg.cols, cfg.beat_bytes
     kinds = classify(cfg, f)
     cost = fixed_costs(cfg, f, kinds)
@@ -165,7 +165,7 @@ def simulate(cfg, f: dict[str, np.ndarray], attn=None, execute=None) -> Outcome:
     dur_l, rows_l, period_l = cost["dur"].tolist(), cost["rows"].tolist(), cost["period"].tolist()
     ck_l, tiles_l = cost["ck"].tolist(), cost["tiles"].tolist()
     wl, wc, ws, wa = (f[f"wait_{u.lower()}"].tolist() for u in UNITS)
-    dl: list[int] = []; dc: list[int] = []; dst: list[int] = []; da: list[int] = []     # completion times
+    dl, dc, dst, da = [], [], [], []          # completion times per unit (UNITS), in order
     load_free = store_free = 0
     if attn is not None:
         attn.reset_timing()
