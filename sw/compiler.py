@@ -375,10 +375,19 @@ def encode_descriptors(raw: list[dict]) -> np.ndarray | None:
     """hw.isa.pack_descriptor for a whole list at once: (n, 4) little-endian 64-bit words, or None
     when a field is unknown, out of range or shares its bits with another that is set."""
     n = len(raw)
-    names = set().union(*raw) if raw else set()
-    if not names <= isa.FIELDS.keys():
+    lists: dict[str, list] = {}
+    for j, f in enumerate(raw):
+        for name, value in f.items():
+            column = lists.get(name)
+            if column is None:
+                column = lists[name] = [0] * n
+            column[j] = value
+    if not lists.keys() <= isa.FIELDS.keys():
         return None
-    cols = {name: np.fromiter((f.get(name, 0) for f in raw), np.int64, n) for name in names}
+    try:
+        cols = {name: np.array(column, np.int64) for name, column in lists.items()}
+    except OverflowError:
+        return None
     zero = np.zeros(n, bool)
     groups_used = np.zeros(n, np.int64)
     for shares, _, group_fields in isa.SHARED_GROUPS:
