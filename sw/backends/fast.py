@@ -26,12 +26,14 @@ ROWS_PER_CHUNK = 256      # output rows per NumPy pass: intermediates stay in ca
 FLOAT32_MAX_K = 1 << 10   # K x 2^14 <= 2^24: every partial sum of int8 products is exact in float32
 
 
-def job(cfg, prog):
-    """The fast mode's work for a compiled program: a function of the DDR array (None: no op record)."""
+def job(cfg, prog, addresses: dict[str, int] | None = None):
+    """The fast mode's work for a compiled program: a function of the DDR array (None: no op record).
+    `addresses`: where each of the program's regions (prog.regions' names) sits in DDR; default: the
+    program's one image at prog.base_addr."""
     op = getattr(prog, "op", None)
     if op is None:
         return None
-    at = {name: prog.base_addr + off for name, (off, _) in prog.regions.items()}
+    at = addresses or {name: prog.base_addr + off for name, (off, _) in prog.regions.items()}
     run = KINDS[op["kind"]]
     return lambda ddr: run(cfg, ddr, op, at)
 
