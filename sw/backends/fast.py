@@ -11,7 +11,8 @@ STOREs (or DEPTHWISE) would write, and no others. The cycles come from the cycle
 
 What it relies on: the compiler's layouts (zero blocks off the diagonal of a depthwise weight tile,
 reductions within MAX_K so no accumulator wraps); a program the host did not compile has no record
-and is interpreted.
+and is interpreted. It leaves the scratchpads as they were (the interpreter would leave the last
+tiles there): no compiled program reads what an earlier run left (sw.compiler.split_runs).
 """
 from __future__ import annotations
 
