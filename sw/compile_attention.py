@@ -35,7 +35,7 @@ import numpy as np
 
 from golden_model import intattn
 from hw import isa
-from sw.compiler import ALIGN, CompileError, lay_out_image, pack_descriptors
+from sw.compiler import ALIGN, WAIT_LIMIT, CompileError, lay_out_image, pack_descriptors
 
 
 @dataclass
@@ -287,15 +287,14 @@ def program_counts(cfg, tiles: int, lk: int, d: int) -> dict[str, int]:
 def max_query_tiles(cfg, lk: int, d: int | None = None) -> int:
     """Query tiles (per head) one program can hold: a descriptor's wait counts are 16-bit, so no unit
     may complete more than 65,535 descriptors. `d`: the head dim (default the engine's largest)."""
-    limit = (1 << isa.FIELDS["wait_load"][1]) - 1
     d = d or cfg.attn_max_dim
     lo, hi = 1, 1
-    while max(program_counts(cfg, hi * 2, lk, d).values()) <= limit:
+    while max(program_counts(cfg, hi * 2, lk, d).values()) <= WAIT_LIMIT:
         hi *= 2
     hi *= 2
     while hi - lo > 1:                      # the counts grow with the tiles: the largest that fits
         mid = (lo + hi) // 2
-        if max(program_counts(cfg, mid, lk, d).values()) <= limit:
+        if max(program_counts(cfg, mid, lk, d).values()) <= WAIT_LIMIT:
             lo = mid
         else:
             hi = mid

@@ -51,11 +51,6 @@ class Program:
     runs: list[tuple[int, int]] | None = None   # (first descriptor, count) per START; None: one run of all
 
     @property
-    def starts(self) -> list[tuple[int, int]]:
-        """The runs the host starts one after another: (first descriptor, count)."""
-        return self.runs or [(0, len(self.descriptors))]
-
-    @property
     def n_padded(self) -> int:
         return -(-self.n // self.cfg.cols) * self.cfg.cols
 
