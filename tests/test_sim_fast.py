@@ -247,3 +247,30 @@ def test_cli_sim_modes_print_the_same_cycles(capsys):
         assert "bit-exact against golden" in out
         cycles.append(re.search(r"cycles ([\d,]+)", out).group(1))
     assert cycles[0] == cycles[1]
+
+
+@pytest.mark.parametrize("k,big_bias,mult_hi,shift_hi,path", [
+    (96, False, 1 << 31, 64, "folded"),       # acc + bias stays in int32: (acc + bias) m + r = acc m + c
+    (4, False, 4, 41, "folded"),              # small multipliers: many ties
+    (96, True, 1 << 31, 64, "saturating")])   # the bias add saturates
+@pytest.mark.parametrize("relu", [False, True])
+def test_output_stage_equals_the_requantiser(k, big_bias, mult_hi, shift_hi, path, relu):
+    """fast.OutputStage's two paths = golden_model.intops (saturating bias add, requantize) on the
+    extremes of acc, ties (acc m + 2^(s-1) a multiple of 2^s) and every shift."""
+    from golden_model.intops import requantize, saturate_int32
+    rng = np.random.default_rng(k)
+    bound = k << 14
+    n = 64
+    acc = rng.integers(-bound, bound + 1, (500, n))
+    acc[:4] = [[-bound], [bound], [0], [1]]
+    bias, _, _ = quant(rng, n, big_bias)
+    mult = rng.integers(0, mult_hi, n)
+    shift = np.arange(n) % shift_hi
+    mult[:8], shift[:8] = 1, np.arange(1, 9)                      # x + 2^(s-1) ties for odd multiples
+    stage = fast.OutputStage(bias, mult, shift, relu, False, bound)
+    assert path == ("folded" if stage.folded is not None else "saturating")
+    for a in (acc, acc.astype(np.float32) if k <= 1024 else acc):
+        assert np.array_equal(stage(a), requantize(saturate_int32(acc + bias), mult, shift, relu=relu))
+    int32 = fast.OutputStage(bias, mult, shift, relu, True, bound)(acc)
+    want = saturate_int32(acc + bias)
+    assert np.array_equal(int32, np.maximum(want, 0) if relu else want)

@@ -56,8 +56,8 @@ def params(ddr, addr: int, entries: int, cfg) -> tuple[np.ndarray, np.ndarray, n
 class OutputStage:
     """The STORE path (golden_model.intops.gemm after the products): saturating bias add, then ReLU
     (int32 out) or the requantiser (int8 out); parameters broadcast against the accumulators.
-    `acc_bound`: a bound on |acc| (int8 products: K x 2^14). When bias + acc cannot leave int32, the
-    add saturates nothing and (acc + bias) m + r = acc m + (bias m + r): one add fewer per element."""
+    `acc_bound`: a bound on |acc| (int8 products: K x 2^14). When acc + bias cannot leave int32, the
+    add saturates nothing and (acc + bias) m + r = acc m + (bias m + r): two passes fewer per element."""
 
     def __init__(self, bias, mult, shift, relu: bool, out_int32: bool, acc_bound: int | None = None):
         self.bias, self.mult, self.shift = (np.asarray(v, np.int64) for v in (bias, mult, shift))
@@ -138,7 +138,8 @@ def conv(cfg, ddr, op, at):
         ft = float_type(cin * kk)
         wm = a.transpose(0, 2, 1).reshape(mt * R, -1)[:cout].astype(ft)
         acc = wm @ cols.astype(ft)
-    y = OutputStage(bias, mult, shift, op["relu"], op["out_int32"])(acc).reshape(cout, ho, wo)
+    bound = (1 if op["depthwise"] else cin) * kk << 14
+    y = OutputStage(bias, mult, shift, op["relu"], op["out_int32"], bound)(acc).reshape(cout, ho, wo)
     dtype = np.dtype("<i4") if op["out_int32"] else np.int8
     _planes(ddr, at["out"], out_l, dtype)[:, PAD:PAD + ho, out_l.left:out_l.left + wo] = y
 
@@ -158,7 +159,7 @@ def depthwise(cfg, ddr, op, at):
     for ky in range(k):
         for kx in range(k):
             acc += taps[:, ky, kx, None, None] * x[:, ky:ky + h, kx:kx + w]
-    y = OutputStage(bias, mult, shift, op["relu"], False)(acc)
+    y = OutputStage(bias, mult, shift, op["relu"], False, k * k << 14)(acc)
     _planes(ddr, at["out"], lay).view(np.int8)[:, PAD:PAD + h, lay.left:lay.left + w] = y
 
 
