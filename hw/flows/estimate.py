@@ -129,7 +129,7 @@ def dsp_floor(cfg) -> int:
     the store unit (one per column), K_MAX x K_MAX = 49 per depthwise lane. yosys maps a few more (the im2col
     loader's address products, the softmax's); the estimate counts them all. Checked before the
     minutes-long estimate so a preset that cannot fit is refused at once."""
-    from hw.conv.depthwise import K_MAX
+    from hw.limits import DW_K_MAX as K_MAX
     from hw.requant import DSPS
     n = cfg.rows * cfg.cols + DSPS * cfg.cols
     if "attention" in cfg.engines:

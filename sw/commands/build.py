@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from hw.boards import BOARDS
-from hw.overlay import VERILOG_NAME as TOP
+from hw.isa import VERILOG_NAME as TOP
 
 #: The preset each board builds unless told otherwise.
 DEFAULT_PRESET = {"kv260": "kv260", "zcu104": "zcu104", "pynq-z2": "pynq-z2", "ulx3s-85f": "ulx3s"}

@@ -60,6 +60,8 @@ def _common(p):
     from hw.config import PRESETS
     p.add_argument("--preset", default="sim", choices=sorted(PRESETS), help="overlay configuration")
     p.add_argument("--backend", default="sim", choices=["sim", "rtl"], help="functional model or Verilator")
+    p.add_argument("--sim-mode", default="fast", choices=["fast", "checked"],
+                   help="sim: whole layers in NumPy (fast) or descriptor by descriptor (checked); same bits and cycles")
     p.add_argument("--waves", action="store_true", help="dump waveforms (rtl)")
     p.add_argument("--stall", type=float, default=0.0, help="rtl: random AXI backpressure probability")
     p.add_argument("--seed", type=int, default=0)
@@ -74,7 +76,7 @@ def run(args) -> int:
 
 def _driver(args, cfg):
     from sw.driver import Driver
-    return Driver(cfg, args.backend, stall=args.stall, waves=args.waves or None)
+    return Driver(cfg, args.backend, stall=args.stall, waves=args.waves or None, sim_mode=args.sim_mode)
 
 
 def _accelerator_errors():
