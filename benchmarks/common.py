@@ -28,6 +28,16 @@ def report(name: str, rows: list[dict], notes: str = "") -> Path:
     return path
 
 
+def best(fn, repeats: int) -> float:
+    """The shortest of `repeats` wall-clock times of fn() (s): the least disturbed by other load."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
 def _fmt(v) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"

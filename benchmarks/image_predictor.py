@@ -7,23 +7,12 @@ Host speed is reported as golden / official time ratios measured in this run.
 """
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
-from benchmarks.common import report
+from benchmarks.common import best, report
 
 MODEL = "tiny"
 REPEATS = 3
-
-
-def _best(fn, repeats=REPEATS) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def run() -> None:
@@ -51,11 +40,11 @@ def run() -> None:
     def add(stage, g, o):
         rows.append({"stage": stage, "golden_s": g, "official_s": o, "golden/official": g / o})
 
-    add("preprocess", _best(lambda: golden.preprocess(image)), _best(lambda: official._transforms(image)))
+    add("preprocess", best(lambda: golden.preprocess(image), REPEATS), best(lambda: official._transforms(image), REPEATS))
     with torch.no_grad():
-        add("set_image", _best(lambda: golden.set_image(image), 1), _best(lambda: official.set_image(image), 1))
-        add("predict (1 click, 3 masks)", _best(lambda: golden.predict(**prompt)),
-            _best(lambda: official.predict(**prompt)))
+        add("set_image", best(lambda: golden.set_image(image), 1), best(lambda: official.set_image(image), 1))
+        add("predict (1 click, 3 masks)", best(lambda: golden.predict(**prompt), REPEATS),
+            best(lambda: official.predict(**prompt), REPEATS))
     report("image_predictor", rows,
            notes=f"SAM 2.1 {MODEL}, seeded random weights, scikit-image chelsea (451x300), 2 threads; "
                  f"best of {REPEATS} (set_image: 1 run).")

@@ -16,6 +16,8 @@ from hw.config import ATTN_SLOT_BITS
 IP_VLNV = "sam2-fpga.org:sam2fpga:overlay:1.0"
 #: The overlay's instance name in the board design (pynq.Overlay exposes it as an attribute).
 IP_INSTANCE = "sam2fpga_overlay_0"
+#: The overlay's top-level Verilog module (hw/overlay.py emits it; the flows and the rtl backend use it).
+VERILOG_NAME = "sam2fpga_overlay"
 
 #: Pipeline depth the sim backend's cycle model shares with the hardware: registers
 #: the systolic array adds beyond its skew (edge input register; each multiplier's input,

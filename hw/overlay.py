@@ -442,7 +442,7 @@ class Core(wiring.Component):
 
 
 #: The overlay's Verilog module name (simulation, Vivado IP, ECP5 flow).
-VERILOG_NAME = "sam2fpga_overlay"
+VERILOG_NAME = isa.VERILOG_NAME
 
 
 class Overlay(wiring.Component):

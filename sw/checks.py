@@ -3,6 +3,7 @@ buffer of the program's buffer table, every scratchpad access inside its scratch
 from __future__ import annotations
 
 from hw import isa
+from hw.limits import im2col_row_beats
 
 class DescriptorError(ValueError):
     """A descriptor would read or write outside its buffers or scratchpads; the message says which and why."""
@@ -106,7 +107,6 @@ def _check_store(cfg, d, fail, in_buffer) -> None:
 
 def _check_im2col(cfg, d, fail, in_buffer) -> None:
     """LOAD IM2COL: entries inside B, every row span inside the buffer."""
-    from hw.conv.im2col import row_beats
     DB = cfg.beat_bytes
     k, n, t = d["kernel_last"] + 1, d["count"], d.get("out_rows_last", 0) + 1
     if k > 7 or d["stride_log2"] > 2 or d["col_offset"] >= DB:
@@ -115,7 +115,7 @@ def _check_im2col(cfg, d, fail, in_buffer) -> None:
         fail(f"{t * n * k * k} entries from {d['sp_addr']} outside the B scratchpad (depth {cfg.b_depth})")
     if d["stride"] % DB:
         fail(f"row pitch {d['stride']} not a multiple of the {DB}-byte beat")
-    nb = row_beats(cfg, k, 1 << d["stride_log2"], d["col_offset"])
+    nb = im2col_row_beats(cfg, k, 1 << d["stride_log2"], d["col_offset"])
     last = d["dram_addr"] + (n - 1) * d["plane_rows"] * d["stride"] + ((t - 1 << d["stride_log2"]) + k - 1) * d["stride"]
     in_buffer(d["dram_addr"], nb * DB, "first row span")
     in_buffer(last, nb * DB, "last row span")

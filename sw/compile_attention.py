@@ -35,7 +35,7 @@ import numpy as np
 
 from golden_model import intattn
 from hw import isa
-from sw.compiler import ALIGN, CompileError, Program, lay_out_image, pack_descriptors
+from sw.compiler import ALIGN, WAIT_LIMIT, CompileError, Program, lay_out_image, pack_descriptors
 
 
 @dataclass
@@ -55,6 +55,8 @@ class AttentionProgram:
     slots: int = 1                  # query tiles resident at once (each K/V tile serves them all)
     symbolic: list[dict] | None = None
     out_chunked: bool = False       # out in chunk-major order (sw.runtime.layout: the overlay transposes it)
+    op: dict | None = None          # what it computes, by region name, for the sim's fast mode (sw/backends/fast.py)
+    runs = None                     # one run (max_query_tiles keeps the wait counts within sw.compiler.WAIT_LIMIT)
 
     ROLES = {"descriptors": "program", "Q": "input", "K": "input", "V": "input", "params": "weight",
              "out": "output"}
@@ -246,8 +248,13 @@ def compile_attention(cfg, q, k, v, quant: intattn.AttentionQuant, *, out_int32:
     offsets, image = lay_out_image(cfg, len(descs), sizes, base_addr, max_ddr_bytes, "attention")
     _fill(image, offsets, q, k, v, quant, R, C, dp, qt, kt, q_stride, k_stride)
     sym, raw = pack_descriptors(descs, image, offsets, base_addr, "split the attention")
+    # The fast mode writes the (head, query, channel) order; a chunk-major output is interpreted.
+    op = None if out_chunked else dict(
+        kind="attention", heads=H, lq=Lq, lk=Lk, dp=dp, qt=qt, kt=kt, q_stride=q_stride, k_stride=k_stride,
+        out_int32=out_int32, score_mult=quant.score_mult, score_shift=quant.score_shift)
     return AttentionProgram(cfg, H, Lq, Lk, d, out_int32, image, raw, offsets, macs=2 * H * Lq * Lk * d,
-                            base_addr=base_addr, kv_bytes=kv_bytes, slots=slots, symbolic=sym, out_chunked=out_chunked)
+                            base_addr=base_addr, kv_bytes=kv_bytes, slots=slots, symbolic=sym, out_chunked=out_chunked,
+                            op=op)
 
 
 def acc_regions(cfg) -> tuple[int, int]:
@@ -302,15 +309,14 @@ def program_counts(cfg, tiles: int, lk: int, d: int) -> dict[str, int]:
 def max_query_tiles(cfg, lk: int, d: int | None = None) -> int:
     """Query tiles (per head) one program can hold: a descriptor's wait counts are 16-bit, so no unit
     may complete more than 65,535 descriptors. `d`: the head dim (default the engine's largest)."""
-    limit = (1 << isa.FIELDS["wait_load"][1]) - 1
     d = d or cfg.attn_max_dim
     lo, hi = 1, 1
-    while max(program_counts(cfg, hi * 2, lk, d).values()) <= limit:
+    while max(program_counts(cfg, hi * 2, lk, d).values()) <= WAIT_LIMIT:
         hi *= 2
     hi *= 2
     while hi - lo > 1:                      # the counts grow with the tiles: the largest that fits
         mid = (lo + hi) // 2
-        if max(program_counts(cfg, mid, lk, d).values()) <= limit:
+        if max(program_counts(cfg, mid, lk, d).values()) <= WAIT_LIMIT:
             lo = mid
         else:
             hi = mid

@@ -33,9 +33,9 @@ import numpy as np
 from golden_model import intconv
 from golden_model.intops import MAX_K
 from hw import isa
-from hw.conv.depthwise import K_MAX
-from hw.conv.im2col import MAX_KERNEL, row_beats
-from sw.compiler import ALIGN, CompileError, Program, lay_out_image, pack_descriptors, schedule
+from hw.limits import DW_K_MAX, MAX_KERNEL
+from hw.limits import im2col_row_beats as row_beats
+from sw.compiler import ALIGN, CompileError, Program, lay_out_image, pack_descriptors, schedule_runs
 
 PAD = 3                       # zero rows/columns kept around every plane: paddings 0..3
 STRIDES = (1, 2, 4)
@@ -304,15 +304,19 @@ def compile_conv2d(cfg, x, w, bias=None, multiplier=None, shift=None, *, stride=
                                         accumulate=int(ci > 0), store=store))
                     tile_no += 1
 
-    descs = schedule(ops, R, relu, out_int32)
+    descs, runs = schedule_runs(ops, R, relu, out_int32)
 
     # ---- addresses and the image
     offsets, image = lay_out_image(cfg, len(descs), sizes, base_addr, max_ddr_bytes, "convolution")
     _fill(cfg, image, offsets, x, w, bias, multiplier, shift, in_l, depthwise, mt, a_stride, ntile_k)
     sym, raw = pack_descriptors(descs, image, offsets, base_addr, "split the convolution")
     macs = cout * ho * wo * (1 if depthwise else cin) * kk
+    # The fast mode writes the planar FmapLayout; another output layout (token tiles) is interpreted.
+    op = None if out_layout is not None else dict(
+        kind="conv", cin=cin, h=h, w=wd, cout=cout, k=k, stride=stride, padding=padding, depthwise=depthwise,
+        mt=mt, a_stride=a_stride, ntile_k=ntile_k, relu=relu, out_int32=out_int32)
     return ConvProgram(cfg, cout, (1 if depthwise else cin) * kk, ho * wo, out_int32, image, raw, offsets,
-                       macs=macs, base_addr=base_addr, symbolic=sym, out_layout=out_l)
+                       macs=macs, base_addr=base_addr, symbolic=sym, op=op, runs=runs, out_layout=out_l)
 
 
 def _fill(cfg, image, offsets, x, w, bias, multiplier, shift, in_l, depthwise, mt, a_stride, ntile_k):
@@ -417,7 +421,8 @@ def compile_depthwise(cfg, x, w, bias, multiplier, shift, *, padding, relu=False
     coef = dw_coefficients(w, bias, multiplier, shift).reshape(-1)
     image[offsets["coef"][0]:offsets["coef"][0] + coef.size] = coef
     sym, raw = pack_descriptors(descs, image, offsets, base_addr, "split the convolution")
+    op = dict(kind="depthwise", channels=c, h=h, w=wd, k=k, padding=padding, relu=relu)
     prog = ConvProgram(cfg, c, k * k, h * wd, False, image, raw, offsets, macs=c * h * wd * k * k,
-                       base_addr=base_addr, symbolic=sym, out_layout=lay)
-    prog.array_macs = L * K_MAX * K_MAX        # the engine's multipliers (utilisation = useful / these)
+                       base_addr=base_addr, symbolic=sym, op=op, out_layout=lay)
+    prog.array_macs = L * DW_K_MAX * DW_K_MAX        # the engine's multipliers (utilisation = useful / these)
     return prog

@@ -26,6 +26,9 @@ from golden_model.intops import MAX_K
 from hw import isa
 
 ALIGN = 4096
+#: The most descriptors of one unit a run may hold: the wait counts are 16-bit (hw.isa wait_* fields).
+#: Longer programs are cut into runs (`split_runs`), each started on its own with fresh counters.
+WAIT_LIMIT = (1 << isa.FIELDS["wait_load"][1]) - 1
 
 
 class CompileError(ValueError):
@@ -45,6 +48,8 @@ class Program:
     macs: int = 0
     base_addr: int = 0
     symbolic: list[dict] | None = None    # the descriptors with (region, offset) addresses (sw.runtime.program)
+    op: dict | None = None             # what it computes, by region name, for the sim's fast mode (sw/backends/fast.py)
+    runs: list[tuple[int, int]] | None = None   # (first descriptor, count) per START; None: one run of all
 
     #: region -> its role for the runtime (sw.runtime.program.ROLES)
     ROLES = {"descriptors": "program", "A": "input", "B": "weight", "params": "weight", "out": "output"}
@@ -186,13 +191,80 @@ def compile_linear(cfg, a, b, bias, multiplier=None, shift=None, *, relu=False, 
                     step += 1
                 tile_no += 1
 
-    descs = schedule(ops, R, relu, out_int32)
+    descs, runs = schedule_runs(ops, R, relu, out_int32)
 
     # ---- addresses
     offsets, image = lay_out_image(cfg, len(descs), sizes, base_addr, max_ddr_bytes, "layer")
     _fill_operands(cfg, image, offsets, a, b, bias, multiplier, shift, mt, nt, a_stride, b_stride)
     sym, raw = pack_descriptors(descs, image, offsets, base_addr, "split the layer")
-    return Program(cfg, M, K, N, out_int32, image, raw, offsets, macs=M * K * N, base_addr=base_addr, symbolic=sym)
+    op = dict(kind="linear", m=M, k=K, mt=mt, nt=nt, a_stride=a_stride, b_stride=b_stride, relu=relu,
+              out_int32=out_int32)
+    return Program(cfg, M, K, N, out_int32, image, raw, offsets, macs=M * K * N, base_addr=base_addr, symbolic=sym,
+                   op=op, runs=runs)
+
+
+def split_runs(ops: list[dict], limit: int = None) -> list[list[dict]]:
+    """Cut an op list (as `schedule` takes it) into runs of at most `limit` descriptors per unit.
+
+    Each run is self-contained: a run's first user of a scratchpad half loaded in an earlier run
+    gets that half's last loads again (copies), so no run relies on what an earlier one left in the
+    scratchpads. Runs end only before an op that starts its accumulator rows (accumulate = 0)."""
+    limit = WAIT_LIMIT if limit is None else limit
+    if max(sum(len(op["loads"]) for op in ops), len(ops), sum(1 for op in ops if op["store"])) <= limit:
+        return [ops]                             # one run: nothing to load again
+    chains: list[list[dict]] = []                # ops from one accumulate = 0 to the next
+    for op in ops:
+        if op["accumulate"] and chains:
+            chains[-1].append(op)
+        else:
+            chains.append([op])
+    last_group: dict = {}                        # resource -> the loads that last filled it
+    runs: list[list[dict]] = []
+    run: list[dict] = []
+    counts = [0, 0, 0]                           # loads, computes, stores of `run`
+    loaded: set = set()                          # resources loaded in `run`
+
+    def place(chain, loaded):
+        """The chain's ops with the loads they need in a run that has loaded `loaded` so far."""
+        placed, have, n_loads = [], set(loaded), 0
+        for op in chain:
+            own = {ld["res"] for ld in op["loads"]}
+            used = [op["a"], op["b"]] + ([op["store"]["p"]] if op["store"] else [])
+            again = [dict(ld) for res in dict.fromkeys(used) if res not in have and res not in own
+                     for ld in last_group[res]]
+            have |= own | {ld["res"] for ld in again}
+            placed.append(dict(op, loads=again + [dict(ld) for ld in op["loads"]]) if again else op)
+            n_loads += len(again) + len(op["loads"])
+        return placed, have, [n_loads, len(chain), sum(1 for op in chain if op["store"])]
+
+    for chain in chains:
+        placed, have, n = place(chain, loaded)
+        if run and any(c + k > limit for c, k in zip(counts, n)):
+            runs.append(run)
+            run, counts = [], [0, 0, 0]
+            placed, have, n = place(chain, set())
+        if any(k > limit for k in n):
+            raise CompileError(f"one accumulation needs {max(n)} descriptors of a unit, more than the {limit} "
+                               "a run's wait counts allow")
+        run += placed
+        counts = [c + k for c, k in zip(counts, n)]
+        loaded = have
+        for op in chain:
+            for res in {ld["res"] for ld in op["loads"]}:
+                last_group[res] = [ld for ld in op["loads"] if ld["res"] == res]
+    if run:
+        runs.append(run)
+    return runs
+
+
+def schedule_runs(ops: list[dict], R: int, relu: bool, out_int32: bool):
+    """`schedule` per run of `split_runs`: (all descriptors in order, (first, count) per run or None for one)."""
+    descs, runs = [], []
+    for run in split_runs(ops):
+        part = schedule(run, R, relu, out_int32)
+        runs.append((len(descs), len(part)))
+        descs += part
+    return descs, (runs if len(runs) > 1 else None)
 
 
 def schedule(ops: list[dict], R: int, relu: bool, out_int32: bool) -> list[dict]:

@@ -27,15 +27,16 @@ from sw.runtime.session import RunStats, Session  # noqa: F401  (the driver's pu
 class Driver:
     def __init__(self, cfg, backend: str = "sim", *, timeout_s: float = 10.0, timeout_cycles: int = 50_000_000,
                  ddr_bytes: int = 1 << 26, stall: float = 0.0, waves: bool | None = None,
-                 bitfile: str | None = None):
+                 bitfile: str | None = None, sim_mode: str = "fast"):
         """`bitfile`: pynq backend on a board, the overlay's .bit (its .hwh beside it);
-        None runs the real pynq library on the simulated device."""
+        None runs the real pynq library on the simulated device. `sim_mode`: the sim backend's
+        "fast" (whole layers in NumPy) or "checked" (descriptor by descriptor) mode, same bits and cycles."""
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         self.cfg, self.backend = cfg, backend
         self.ddr_bytes = ddr_bytes
         self._options = dict(ddr_bytes=ddr_bytes, timeout_s=timeout_s, timeout_cycles=timeout_cycles, stall=stall,
-                             waves=waves, bitfile=bitfile)
+                             waves=waves, bitfile=bitfile, sim_mode=sim_mode)
         self.last_run: RunStats | None = None
         self.last_programs: list = []
         self._session: Session | None = None

@@ -25,9 +25,10 @@ from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
-from amaranth.utils import ceil_log2
 
 from golden_model.intattn import EXP2_TABLE, FRAC_BITS, M_INIT, P_BITS, SCORE_MULT_BITS, SUM_BITS, X_BITS
+from hw.limits import softmax_latency
+from hw.limits import softmax_tree_stages as tree_stages
 
 SCORE = signed(32)            # what the Q K^T array delivers (|S| <= 2^22 for d <= 256)
 PROB = unsigned(P_BITS + 1)   # p and alpha: [0, 2^P_BITS]
@@ -53,14 +54,6 @@ class SoftmaxLayouts:
         })
 
 
-def tree_stages(lanes: int) -> int:
-    """Register stages of the max tree: m and N lanes, two compare levels per stage."""
-    return -(-ceil_log2(lanes + 1) // 2)
-
-
-def softmax_latency(lanes: int) -> int:
-    """OnlineSoftmax's latency (cycles) for `lanes` lanes (the sim backend's cycle model uses it)."""
-    return 10 + tree_stages(lanes)
 
 
 class OnlineSoftmax(wiring.Component):

@@ -51,8 +51,8 @@ from hw import isa
 from hw.axi import BOUNDARY
 from hw.requant import Requantizer
 
-K_MAX = 7
-NS = 16                # row slots: K_MAX rows read, the rest streaming in (the next group's first rows)
+from hw.limits import DW_K_MAX as K_MAX
+from hw.limits import DW_ROW_SLOTS as NS    # row slots: K_MAX rows read, the rest streaming in
 HEADS = 3              # beats of every row start kept in the heads memory (cur, nxt, nn of a window row)
 TAP_PITCH = 8          # taps of a channel at coefficient byte ky * TAP_PITCH + kx
 OUT_FIFO = 4           # depth of the output FIFO (groups of L beats)

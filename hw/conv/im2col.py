@@ -24,8 +24,8 @@ from amaranth.utils import exact_log2
 
 from hw.axi import BOUNDARY, MAX_BURST_BEATS
 from hw.gemm.engine import EngineLayouts
+from hw.limits import MAX_KERNEL
 
-MAX_KERNEL = 7
 STRIDES_LOG2 = (0, 1, 2)          # strides 1, 2, 4
 
 
@@ -34,10 +34,6 @@ def line_beats(cfg) -> int:
     DB = cfg.beat_bytes
     return -(-(DB - 1 + (cfg.cols - 1) * 4 + MAX_KERNEL) // DB)
 
-
-def row_beats(cfg, k: int, stride: int, offset: int) -> int:
-    """Beats one input row span takes (the hardware computes the same)."""
-    return -(-(offset + (cfg.cols - 1) * stride + k) // cfg.beat_bytes)
 
 
 class Im2colCommand(data.Struct):

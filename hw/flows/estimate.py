@@ -148,7 +148,7 @@ def dsp_floor_by_engine(cfg) -> dict[str, int]:
     store unit (cfg.requant_lanes); one per MAC of the attention engine's P V array (17-bit x int8 products do
     not pack); K_MAX x K_MAX = 49 multipliers and a requantiser per depthwise lane. yosys maps a few more
     (the im2col loader's address products, the softmax's); the estimate counts them all."""
-    from hw.conv.depthwise import K_MAX
+    from hw.limits import DW_K_MAX as K_MAX
     from hw.requant import DSPS
     floor = {"gemm": cfg.macs // (2 if cfg.dsp_packing else 1) + DSPS * cfg.requant_lanes}
     if "attention" in cfg.engines:

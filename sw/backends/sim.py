@@ -1,10 +1,16 @@
 """The sim backend: a bit-exact functional model of the overlay with a cycle model.
 
-`SimOverlay` has the overlay's registers (hw.isa.REGISTERS) and a numpy DDR; START
-executes the descriptor list exactly as the hardware does (same DMA layouts, same
-arithmetic: golden_model.intops) and estimates the cycles the RTL would take from
-the units' occupancy and the descriptors' wait counts. A descriptor whose waits can
-never be met leaves it BUSY forever, like the hardware (the driver's time-out case).
+`SimOverlay` has the overlay's registers (hw.isa.REGISTERS) and a numpy DDR. START runs the
+descriptor list in one of two modes, with the same cycles (sw.backends.cycles):
+
+  checked  the interpreter: every descriptor executed as the hardware does (same DMA layouts,
+           scratchpads, arithmetic: golden_model.intops), one at a time;
+  fast     (the default) for a run the host announced with `expect` (a compiled program's op
+           record, sw.backends.fast): the whole layer's result at once with NumPy, read from and
+           written to the same DDR bytes; any other run is interpreted.
+
+A descriptor whose waits can never be met leaves it BUSY forever, like the hardware (the
+driver's time-out case).
 """
 from __future__ import annotations
 
@@ -12,35 +18,19 @@ import numpy as np
 
 from golden_model.intops import requantize, saturate_int32
 from hw import isa
+from hw.limits import im2col_row_beats
+from sw.backends import cycles as CY
 
-# Latencies of the RTL (cycles), measured against the Verilator runs (see tests/test_overlay.py).
-FETCH_CYCLES = 4          # a fetch AR -> descriptor in the FIFO and the next fetch AR (plus its beats)
-FETCH_AFTER_LOAD = 1      # a fetch queued behind a LOAD: its first beat after the LOAD is done (plus its beats)
-READ_LATENCY = 4          # AR handshake to first R beat
-STORE_LATENCY = 5         # row to B response, per store descriptor
-STORE_START = {False: 9,  # dispatch to the first int8 row in the W FIFO (accumulator read, 3 stages, requantiser, FIFO)
-               True: 5}   # int32 rows skip the requantisers
-START_CYCLES = 3
-LOAD_PIPELINE = 5         # LOAD: dispatch to done beyond its bursts and beats (hw/overlay.py's load unit)
-IM2COL_CYCLES = 4         # command start, last entry written, done
-IM2COL_AR_PERIOD = 1      # IM2COL: cycles per row by which its bursts run ahead of a fetch (fitted to the RTL)
-IM2COL_FIRST_R = 2        # IM2COL: dispatch to the end of its first row's beats, less one row period
-DW_START = 3              # DEPTHWISE: command accepted to first AR
-DW_DRAIN = 17             # last pixel issued to last B response: window, MACs, sums, bias, requantiser, write
-
-
-def top_start(started: list[int], q_top: int, rows_in: int, rows: int) -> int:
-    """When the depthwise unit's window top first reaches global input row >= q_top (0: from the start)."""
-    if q_top <= 0:
-        return 0
-    g, r = divmod(q_top, rows_in)
-    idx = g * rows + min(r, rows)        # first output row whose window top is >= q_top
-    return started[idx] if idx < len(started) else 0
+MODES = ("fast", "checked")
 
 
 class SimOverlay:
-    def __init__(self, cfg, ddr_bytes: int = 1 << 24):
-        self.cfg = cfg
+    def __init__(self, cfg, ddr_bytes: int = 1 << 24, mode: str = "fast"):
+        if mode not in MODES:
+            raise ValueError(f"unknown sim mode {mode!r}; choose one of {', '.join(MODES)}")
+        self.cfg, self.mode = cfg, mode
+        self._expected: dict[tuple[int, int], object] = {}     # (DESC_ADDR, DESC_COUNT) -> fast job
+        self.fast_runs = 0                                      # runs whose data the fast mode computed
         self.ddr = np.zeros(ddr_bytes, np.uint8)
         self.regs = {r.name: 0 for r in isa.REGISTERS}
         self.regs["CONFIG"] = isa.config_word(cfg)
@@ -102,133 +92,77 @@ class SimOverlay:
             return None
         return self.ddr[addr:addr + size]
 
+    def expect(self, desc_addr: int, desc_count: int, job) -> None:
+        """Announce a run: when START comes with this DESC_ADDR and DESC_COUNT, fast mode calls
+        `job(ddr)` for its data (None: a run that only takes time, e.g. a later part of a program
+        whose data the first part's job wrote) instead of interpreting the descriptors."""
+        self._expected[(desc_addr, desc_count)] = job
+
     def _run(self):
         cfg = self.cfg
-        R, C, DB = cfg.rows, cfg.cols, cfg.beat_bytes
         self.regs["STATUS"] = isa.STATUS_BUSY
         for name in ("DESC_DONE", "LOADS_DONE", "COMPUTES_DONE", "STORES_DONE", "ATTENTIONS_DONE"):
             self.regs[name] = 0
         base, count = self.regs["DESC_ADDR"], self.regs["DESC_COUNT"]
-        done = {"LOAD": [], "COMPUTE": [], "STORE": [], "ATTENTION": []}      # completion times, in order
-        unit_free = {"LOAD": 0, "STORE": 0}
-        if self.attn is not None:
-            self.attn.reset_timing()
-        t_dispatch = START_CYCLES
-        fetched = []                                          # time each descriptor reaches the FIFO
-        fetched_dispatch = []                                 # time each descriptor left the FIFO
-        r_channel = []                                        # (dispatch, done) of the LOADs, in order
-        c_last_issue = -10 ** 9                               # engine: last step issue of previous compute
-        gap = isa.array_tile_gap(R)                         # last-step to last-step, as the engine allows
-        for i in range(count):
-            raw = self._ddr(base + i * isa.DESCRIPTOR_BYTES, isa.DESCRIPTOR_BYTES)
-            if raw is None:
-                return self._error(isa.ERROR_AXI_READ, i)
-            d = isa.unpack_descriptor(raw)
-            # fetch: one descriptor at a time, up to DESC_FIFO_DEPTH ahead of the dispatcher
-            prev_fetch = fetched[-1] if fetched else START_CYCLES
-            fifo_space = fetched_dispatch[i - isa.DESC_FIFO_DEPTH] if i >= isa.DESC_FIFO_DEPTH else 0
-            s = max(prev_fetch, fifo_space)
-            arrive = s + FETCH_CYCLES
-            # The DDR returns reads in order: a fetch issued while a LOAD's bursts stream waits for
-            # the beats requested before it (r_done(s)).
-            for t_load, r_done in reversed(r_channel):
-                if t_load < s:
-                    arrive = max(arrive, r_done(s) + FETCH_AFTER_LOAD)
-                    break
-            fetched.append(arrive + isa.DESCRIPTOR_BYTES // DB)
-            t = max(t_dispatch, fetched[i])
-            waits = {"LOAD": d["wait_load"], "COMPUTE": d["wait_compute"], "STORE": d["wait_store"],
-                     "ATTENTION": d["wait_attention"]}
-            for unit, n in waits.items():
-                if n > len(done[unit]):
-                    # Only descriptors already dispatched can complete: the hardware waits forever.
-                    self.regs["DESC_DONE"] = i
-                    return     # stays BUSY
-                if n:
-                    t = max(t, done[unit][n - 1] + 1)
-            op = d["opcode"]
-            if op == isa.OPCODES["LOAD"]:
-                target = next((k for k, v in isa.TARGETS.items() if v == d["target"]), None)
-                if target is None or not isa.has_target(cfg, target):
-                    return self._error(isa.ERROR_BAD_OPCODE, i)
-                if target == "IM2COL":
-                    shape = self._im2col(d)
-                    if shape is None:
-                        return self._error(isa.ERROR_AXI_READ, i + 1)
-                    rows, period, k = shape
-                    t = max(t, unit_free["LOAD"])
-                    finish = t + READ_LATENCY + rows * period + k + IM2COL_CYCLES
-                    # Row bursts are requested ahead of the data (nothing limits them): a fetch queues
-                    # behind the rows requested before it, whose beats arrive one row per period.
-                    r_channel.append((t, lambda s, t=t, rows=rows, period=period: t + IM2COL_FIRST_R + period * min(
-                        rows, max(0, s - t) // IM2COL_AR_PERIOD + 1)))
-                    unit_free["LOAD"] = finish
-                    done["LOAD"].append(finish)
-                    fetched_dispatch.append(t)
-                    t_dispatch = t + 1
-                    self.regs["DESC_DONE"] = i + 1
-                    continue
+        fetchable = min(count, max(0, (len(self.ddr) - base) // isa.DESCRIPTOR_BYTES))
+        f = CY.decode_descriptors(self.ddr[base:base + fetchable * isa.DESCRIPTOR_BYTES])
+        key = (base, count)
+        fast = self.mode == "fast" and key in self._expected and fetchable == count
+        job = self._expected.pop(key, None)
+        out = CY.simulate(cfg, f, self.attn, None if fast else self._interpreter(f))
+        if out.state == "done" and fetchable < count:       # a descriptor fetch outside DDR
+            out = CY.Outcome("error", fetchable, error_bit=isa.ERROR_AXI_READ, error_index=fetchable)
+        self.regs["DESC_DONE"] = out.desc_done
+        if out.state == "hang":
+            return     # stays BUSY
+        if out.state == "error":
+            return self._error(out.error_bit, out.error_index)
+        if fast and job is not None:
+            job(self.ddr)
+            self.fast_runs += 1
+        self.regs["LOADS_DONE"], self.regs["COMPUTES_DONE"], self.regs["STORES_DONE"] = (
+            out.counts["LOAD"], out.counts["COMPUTE"], out.counts["STORE"])
+        self.regs["ATTENTIONS_DONE"] = out.counts["ATTENTION"]
+        self.regs["CYCLES"] = out.cycles
+        self.regs["STATUS"] = isa.STATUS_DONE
+
+    def _interpreter(self, f):
+        """The checked mode: execute(i, kind) for the cycle model, descriptor i's data as it dispatches."""
+        cfg = self.cfg
+        R, DB = cfg.rows, cfg.beat_bytes
+        columns = {k: v.tolist() for k, v in f.items()}
+        targets = {v: k for k, v in isa.TARGETS.items()}
+
+        def execute(i, kind):
+            d = {k: v[i] for k, v in columns.items()}
+            if kind == CY.K_LOAD:
+                target = targets[d["target"]]
                 eb = isa.entry_bytes(cfg, target)
                 n = d["count"]
                 beats = n * eb // DB if eb >= DB else -(-n // (DB // eb))
                 src = self._ddr(d["dram_addr"], beats * DB)
                 if src is None:
-                    return self._error(isa.ERROR_AXI_READ, i + 1)     # reported after dispatch
+                    return isa.ERROR_AXI_READ, i + 1     # reported after dispatch
                 self._load(target, d["sp_addr"], n, src[:n * eb])
-                t = max(t, unit_free["LOAD"])
-                # One cycle per beat, or per entry slot of a beat (the last beat's unused slots too);
-                # LOAD_PIPELINE: the burst sized a cycle ahead, the beat register, the registered write.
-                cycles = beats if eb >= DB else beats * (DB // eb)
-                bursts = -(-beats // 256)
-                finish = t + READ_LATENCY * bursts + cycles + LOAD_PIPELINE
-                r_channel.append((t, lambda s, done=finish - 2: done))   # its last R beat: before the beat and write registers
-                unit_free["LOAD"] = finish
-                done["LOAD"].append(finish)
-            elif op == isa.OPCODES["COMPUTE"]:
+            elif kind == CY.K_IM2COL:
+                if not self._im2col(d):
+                    return isa.ERROR_AXI_READ, i + 1
+            elif kind == CY.K_COMPUTE:
                 k = d["k_last"] + 1
-                t = max(t, c_last_issue)          # the engine takes a command at its predecessor's last step
                 for tile in range(max(1, d["count"])):      # tiles back to back (COMPUTE.count)
                     self._compute(d["sp_addr"], d["b_base"] + tile * k, k, d["acc_base"] + tile * R, d["accumulate"])
-                    start = max(t, c_last_issue) + 1
-                    c_last_issue = max(start + k - 1, c_last_issue + gap)
-                done["COMPUTE"].append(c_last_issue + R + C + R + isa.ARRAY_EXTRA_LATENCY)
-            elif op == isa.OPCODES["STORE"]:
-                rows, tiles = d["count"], d["tiles_last"] + 1
-                eb = 4 if d["out_int32"] else 1
-                row_bytes = C * eb
-                for tile in range(tiles):
-                    if not self._store(d, tile, rows, row_bytes):
-                        return self._error(isa.ERROR_AXI_WRITE, i + 1)
-                t = max(t, unit_free["STORE"])
-                finish = t + STORE_START[bool(d["out_int32"])] + tiles * rows * (row_bytes // DB) + STORE_LATENCY
-                unit_free["STORE"] = finish
-                done["STORE"].append(finish)
-            elif op == isa.OPCODES["DEPTHWISE"] and isa.has_opcode(cfg, "DEPTHWISE"):
-                cycles = self._depthwise(d)
-                if cycles is None:
-                    return self._error(isa.ERROR_AXI_READ, i + 1)
-                t = max(t, unit_free["LOAD"], unit_free["STORE"])     # after loads (same slot) and stores
-                finish = t + cycles
-                unit_free["LOAD"] = finish
-                done["LOAD"].append(finish)
-            elif op == isa.OPCODES["ATTENTION"] and self.attn is not None:
-                # The engine takes a STEP while the previous ones still run (sw.backends.sim_attention).
-                t, finish = self.attn.schedule(d, t)
+            elif kind == CY.K_STORE:
+                row_bytes = cfg.cols * (4 if d["out_int32"] else 1)
+                for tile in range(d["tiles_last"] + 1):
+                    if not self._store(d, tile, d["count"], row_bytes):
+                        return isa.ERROR_AXI_WRITE, i + 1
+            elif kind == CY.K_DEPTHWISE:
+                if not self._depthwise(d):
+                    return isa.ERROR_AXI_READ, i + 1
+            elif kind == CY.K_ATTENTION:
                 self.attn.run(d, self.acc)
-                done["ATTENTION"].append(finish)
-            elif op == isa.OPCODES["SYNC"]:
-                t = max([t] + [v[-1] + 1 for v in done.values() if v])
-            else:
-                return self._error(isa.ERROR_BAD_OPCODE, i)
-            fetched_dispatch.append(t)
-            t_dispatch = t + 1
-            self.regs["DESC_DONE"] = i + 1
-        end = max([t_dispatch] + [v[-1] + 1 for v in done.values() if v])
-        self.regs["LOADS_DONE"], self.regs["COMPUTES_DONE"], self.regs["STORES_DONE"] = (
-            len(done["LOAD"]), len(done["COMPUTE"]), len(done["STORE"]))
-        self.regs["ATTENTIONS_DONE"] = len(done["ATTENTION"])
-        self.regs["CYCLES"] = end
-        self.regs["STATUS"] = isa.STATUS_DONE
+            return None
+        return execute
 
     def _load(self, target, sp, n, raw):
         cfg = self.cfg
@@ -254,14 +188,12 @@ class SimOverlay:
             idx = (sp + np.arange(n)) % cfg.param_depth
             self.params[idx] = p
 
-    def _im2col(self, d) -> tuple[int, int, int] | None:
-        """LOAD IM2COL (hw/conv/im2col.py): B entries gathered from row spans; returns (input rows,
-        cycles per row, K), or None when a row lies outside DDR."""
-        from hw.conv.im2col import row_beats
+    def _im2col(self, d) -> bool:
+        """LOAD IM2COL (hw/conv/im2col.py): B entries gathered from row spans (False: a row outside DDR)."""
         cfg = self.cfg
         C, DB = cfg.cols, cfg.beat_bytes
         k, s, off = d["kernel_last"] + 1, 1 << d["stride_log2"], d["col_offset"]
-        nb = row_beats(cfg, k, s, off)
+        nb = im2col_row_beats(cfg, k, s, off)
         pitch, plane = d["stride"], d["plane_rows"] * d["stride"]
         out_rows = d.get("out_rows_last", 0) + 1
         entries = []
@@ -270,17 +202,15 @@ class SimOverlay:
                 for ky in range(k):
                     row = self._ddr(d["dram_addr"] + ((t * s + ky) * pitch) + ch * plane, nb * DB)
                     if row is None:
-                        return None
+                        return False
                     row = row.view(np.int8)
                     entries.extend(row[off + kx + s * np.arange(C)] for kx in range(k))
         idx = (d["sp_addr"] + np.arange(len(entries))) % cfg.b_depth
         self.b[idx] = np.array(entries, np.int8).reshape(-1, C)
-        # Input rows stream at max(beats, K) cycles each (line buffer and emission overlap); the caller
-        # adds the read latency, the last row's emission and the command's own cycles.
-        return out_rows * d["count"] * k, max(nb, k), k
+        return True
 
-    def _depthwise(self, d) -> int | None:
-        """DEPTHWISE (hw/conv/depthwise.py): dw_channels channels, DDR to DDR; returns its cycles (None: outside DDR)."""
+    def _depthwise(self, d) -> bool:
+        """DEPTHWISE (hw/conv/depthwise.py): dw_channels channels, DDR to DDR (False: outside DDR)."""
         cfg = self.cfg
         k, chans, rows, width = d["dw_kernel_last"] + 1, d["dw_channels"], d["count"], d["dw_width"]
         pitch, plane, col0 = d["stride"], d["dw_plane_rows"] * d["stride"], d["dw_col0"]
@@ -288,7 +218,7 @@ class SimOverlay:
         for ch in range(chans):
             src = self._ddr(d["dram_addr"] + ch * plane, (rows + k - 1) * pitch)
             if src is None:
-                return None
+                return False
             x = src.view(np.int8).reshape(rows + k - 1, pitch).astype(np.int64)
             taps = coef[ch, :isa.DW_TAP_BYTES].view(np.int8).reshape(8, 8).astype(np.int64)
             acc = np.zeros((rows, width), np.int64)
@@ -302,35 +232,9 @@ class SimOverlay:
             for r in range(rows):
                 dst = self._ddr(d["dw_out_addr"] + ch * plane + r * pitch, width)
                 if dst is None:
-                    return None
+                    return False
                 dst[:] = y[r].view(np.uint8)
-        return self._depthwise_cycles(k, chans, rows, width, pitch // cfg.beat_bytes)
-
-    def _depthwise_cycles(self, k, chans, rows, width, nb) -> int:
-        """The unit row by row: input rows stream in at a beat per cycle (lanes x beats each), at most NS
-        rows ahead of the window's top row; an output row of W pixels issues in W cycles once its K rows
-        (and its group's coefficients) are in; then the pipeline drains."""
-        from hw.conv.depthwise import NS
-        L = self.cfg.dw_lanes
-        groups = -(-chans // L)
-        rows_in = rows + k - 1
-        loaded_at: list[int] = []          # global input row q -> cycle its last beat is in
-        started: list[int] = []            # output row (in issue order) -> cycle it starts
-        load_t = DW_START + READ_LATENCY
-        issue_t = 0
-        for g in range(groups):
-            for oy in range(rows):
-                top = g * rows_in + oy
-                while len(loaded_at) < top + k:
-                    q = len(loaded_at)
-                    gate = top_start(started, q - NS + 1, rows_in, rows)
-                    lq = min(L, chans - (q // rows_in) * L)
-                    load_t = max(load_t, gate) + lq * nb
-                    loaded_at.append(load_t)
-                start = max(issue_t, loaded_at[top + k - 1] + 1)
-                started.append(start)
-                issue_t = start + width
-        return issue_t + DW_DRAIN
+        return True
 
     def _compute(self, a_base, b_base, k, acc_base, accumulate):
         cfg = self.cfg

@@ -12,7 +12,7 @@ import numpy as np
 
 from golden_model import intattn as A
 from hw import isa
-from hw.attention.softmax import softmax_latency
+from hw.limits import softmax_latency
 
 # Cycle model of the RTL (hw/attention/engine.py), calibrated against it cycle for cycle
 # (tests/test_attention_engine.py) and against Verilator runs of the overlay (tests/test_attention_overlay.py).

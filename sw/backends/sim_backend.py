@@ -9,10 +9,12 @@ from sw.runtime.backend import DDR_BASE, Backend
 class SimBackend(Backend):
     name = "sim"
 
-    def __init__(self, cfg, *, ddr_bytes: int = 1 << 26, timeout_s: float = 10.0, **_):
+    def __init__(self, cfg, *, ddr_bytes: int = 1 << 26, timeout_s: float = 10.0, sim_mode: str = "fast", **_):
+        """`sim_mode`: "fast" (a compiled program's layer in NumPy, announced by LoadedProgram.run) or
+        "checked" (every descriptor interpreted); the same bytes and cycles (sw.backends.sim)."""
         from sw.backends.sim import SimOverlay
         super().__init__(cfg, DDR_BASE, ddr_bytes - DDR_BASE)
-        self.model = SimOverlay(cfg, ddr_bytes)       # the model's DDR is device addresses 0 .. ddr_bytes
+        self.model = SimOverlay(cfg, ddr_bytes, mode=sim_mode)   # the model's DDR is device addresses 0 .. ddr_bytes
         self.timeout_s = timeout_s
 
     def _write(self, addr, data):
@@ -30,3 +32,7 @@ class SimBackend(Backend):
     def peek(self, addr: int, size: int) -> np.ndarray:
         """DDR bytes without counting them as host traffic (tests, debugging)."""
         return self.model.ddr[addr:addr + size]
+
+    def expect(self, desc_addr: int, count: int, job) -> None:
+        """Announce the next run's descriptors and the fast mode's job for them (SimOverlay.expect)."""
+        self.model.expect(desc_addr, count, job)

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from hw.boards import BOARDS
-from hw.overlay import VERILOG_NAME as TOP
+from hw.isa import VERILOG_NAME as TOP
 from sw import outputs
 
 #: The preset each board builds unless told otherwise.

@@ -62,6 +62,8 @@ def _common(p):
     from hw.config import PRESETS
     p.add_argument("--preset", default="sim", choices=sorted(PRESETS), help="overlay configuration")
     p.add_argument("--backend", default="sim", choices=["sim", "rtl"], help="functional model or Verilator")
+    p.add_argument("--sim-mode", default="fast", choices=["fast", "checked"],
+                   help="sim: whole layers in NumPy (fast) or descriptor by descriptor (checked); same bits and cycles")
     p.add_argument("--waves", action="store_true", help="dump waveforms (rtl)")
     p.add_argument("--stall", type=float, default=0.0, help="rtl: random AXI backpressure probability")
     p.add_argument("--seed", type=inputs.seed, default=0)
@@ -80,7 +82,8 @@ SIM_DDR_BYTES = 1 << 26
 
 def _driver(args, cfg):
     from sw.driver import Driver
-    return Driver(cfg, args.backend, stall=args.stall, waves=args.waves or None, ddr_bytes=SIM_DDR_BYTES)
+    return Driver(cfg, args.backend, stall=args.stall, waves=args.waves or None, ddr_bytes=SIM_DDR_BYTES,
+                  sim_mode=args.sim_mode)
 
 
 # ---------------------------------------------------------------- sizes, checked before anything is allocated

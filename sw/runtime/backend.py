@@ -137,6 +137,11 @@ class Backend(ABC):
         self.write_reg(R["STATUS"], isa.STATUS_DONE)          # acknowledge (clears DONE and the interrupt)
         return regs["CYCLES"]
 
+    def expect(self, desc_addr: int, count: int, job) -> None:
+        """Announce the next run (its descriptors and what they compute, sw.backends.fast.job, or None
+        for a run that only takes time): the sim backend's fast mode computes the data instead of
+        interpreting the descriptors. Real devices run the descriptors and ignore it."""
+
     def close(self) -> None:
         """Release the device (rtl: stop the simulator)."""
 

@@ -24,7 +24,6 @@ def link(symbolic: list[dict], addresses: dict[str, int]) -> tuple[list[dict], n
     """Numeric descriptor fields and their packed bytes (len x 32, uint8) with each
     (buffer, offset) address resolved against `addresses` (buffer name -> DDR address)."""
     numeric = []
-    raw = np.zeros(len(symbolic) * isa.DESCRIPTOR_BYTES, np.uint8)
     for j, d in enumerate(symbolic):
         fields = dict(d)
         for key in isa.ADDRESS_FIELDS:
@@ -34,13 +33,16 @@ def link(symbolic: list[dict], addresses: dict[str, int]) -> tuple[list[dict], n
                     raise LinkError(f"descriptor {j}: {key} names buffer {name!r}, which is not bound "
                                     f"(bound: {', '.join(addresses)})")
                 fields[key] = addresses[name] + off
-        try:
-            packed = isa.pack_descriptor(**fields)
-        except ValueError as e:
-            raise LinkError(f"descriptor {j}: {e}") from None
-        raw[j * isa.DESCRIPTOR_BYTES:(j + 1) * isa.DESCRIPTOR_BYTES] = np.frombuffer(packed, np.uint8)
         numeric.append(fields)
-    return numeric, raw
+    words = encode_descriptors(numeric)
+    if words is None:                   # something does not fit: the scalar packer says which and why
+        for j, fields in enumerate(numeric):
+            try:
+                isa.pack_descriptor(**fields)
+            except ValueError as e:
+                raise LinkError(f"descriptor {j}: {e}") from None
+        raise LinkError("the descriptors do not fit the format")     # the packers disagree: a bug
+    return numeric, words.view(np.uint8).reshape(-1)
 
 
 def with_fields(symbolic: list[dict], numeric: list[dict]) -> list[dict]:
@@ -48,3 +50,43 @@ def with_fields(symbolic: list[dict], numeric: list[dict]) -> list[dict]:
     addresses stay the symbolic ones of `symbolic` (so they bind like the compiled program)."""
     return [{**n, **{k: s[k] for k in isa.ADDRESS_FIELDS if isinstance(s.get(k), tuple)}}
             for s, n in zip(symbolic, numeric)]
+
+
+def encode_descriptors(raw: list[dict]) -> np.ndarray | None:
+    """hw.isa.pack_descriptor for a whole list at once: (n, 4) little-endian 64-bit words, or None
+    when a field is unknown, out of range or shares its bits with another that is set."""
+    n = len(raw)
+    lists: dict[str, list] = {}
+    for j, f in enumerate(raw):
+        for name, value in f.items():
+            column = lists.get(name)
+            if column is None:
+                column = lists[name] = [0] * n
+            column[j] = value
+    if not lists.keys() <= isa.FIELDS.keys():
+        return None
+    try:
+        cols = {name: np.array(column, np.int64) for name, column in lists.items()}
+    except OverflowError:
+        return None
+    zero = np.zeros(n, bool)
+    groups_used = np.zeros(n, np.int64)
+    for shares, _, group_fields in isa.SHARED_GROUPS:
+        used = np.any([cols[f] != 0 for f, _, _ in group_fields if f in cols] or [zero], axis=0)
+        shared = np.any([cols[f] != 0 for f in shares if f in cols] or [zero], axis=0)
+        if np.any(used & shared):
+            return None
+        groups_used += used
+    if np.any(groups_used > 1):
+        return None
+    words = np.zeros((n, isa.DESCRIPTOR_BYTES // 8), "<u8")
+    for name, col in cols.items():
+        pos, width = isa.FIELDS[name]
+        if np.any((col < 0) | (col >= 1 << width)):
+            return None
+        lane, bit = divmod(pos, 64)
+        v = col.astype(np.uint64)
+        words[:, lane] |= v << np.uint64(bit)
+        if bit + width > 64:
+            words[:, lane + 1] |= v >> np.uint64(64 - bit)
+    return words

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from hw import isa
 from sw.checks import check_descriptors
 from sw.runtime.arena import Arena, Buffer
 from sw.runtime.backend import DDR_BASE, Backend
@@ -42,6 +43,12 @@ class RunStats:
     @property
     def cycles_per_s(self) -> float:
         return self.cycles / self.wall_s if self.wall_s else 0.0
+
+
+def program_runs(prog, count: int, whole: bool = False) -> list[tuple[int, int]]:
+    """(first descriptor, count) per START: the compiled program's runs (sw.compiler.split_runs), or
+    one run of all `count` descriptors when it has none or `whole` (descriptors other than the compiled ones)."""
+    return [(0, count)] if whole else getattr(prog, "runs", None) or [(0, count)]
 
 
 class Session:
@@ -87,13 +94,15 @@ class Session:
             addresses = {r: self.arena[names[r]].addr for r in prog.regions}
             symbolic = prog.symbolic if descriptors is None else with_fields(prog.symbolic, descriptors)
             numeric, raw = link(symbolic, addresses)
-            check_descriptors(self.cfg, numeric, {r: (self.arena[n].addr, self.arena[n].size)
-                                                  for r, n in names.items()})
+            table = {r: (self.arena[n].addr, self.arena[n].size) for r, n in names.items()}
+            for first, count in program_runs(prog, len(numeric), descriptors is not None):  # counts restart per START
+                check_descriptors(self.cfg, numeric[first:first + count], table)
         except Exception:
             for buf in placed:
                 self.arena.free(buf)
             raise
-        loaded = LoadedProgram(self, prog, name, names, addresses, len(numeric), list(placed))
+        loaded = LoadedProgram(self, prog, name, names, addresses, len(numeric), list(placed),
+                               edited=descriptors is not None)
         self.backend.write(addresses["descriptors"], raw)
         for region in own:
             if prog.ROLES.get(region) in ("weight", "output", "scratch"):
@@ -113,6 +122,7 @@ class LoadedProgram:
     addresses: dict[str, int]          # region -> DDR address
     count: int                         # descriptors
     owned: list[str]                   # arena buffers this program allocated (freed with it; bound ones are not)
+    edited: bool = False               # loaded with other descriptors than the compiled ones (one run, no fast job)
     last_run: RunStats | None = None
 
     def write(self, region: str, data) -> None:
@@ -128,10 +138,21 @@ class LoadedProgram:
                 self.write(region, self.prog.region(region))
 
     def run(self) -> RunStats:
+        """Each of the program's runs (sw.compiler.split_runs), one START each; cycles and wall time summed.
+        On the sim backend the first run is announced with the fast mode's job for the whole layer
+        (sw.backends.fast: it reads and writes the regions at this program's addresses), the later
+        runs only take their time."""
+        from sw.backends import fast
         be = self.session.backend
-        t0 = time.monotonic()
-        cycles = be.run(self.addresses["descriptors"], self.count)
-        wall = be.last_wall_s or time.monotonic() - t0
+        job = None if self.edited else fast.job(self.session.cfg, self.prog, self.addresses)
+        cycles = wall = 0
+        for i, (first, count) in enumerate(program_runs(self.prog, self.count, self.edited)):
+            addr = self.addresses["descriptors"] + first * isa.DESCRIPTOR_BYTES
+            if job is not None:
+                be.expect(addr, count, job if i == 0 else None)
+            t0 = time.monotonic()
+            cycles += be.run(addr, count)
+            wall += be.last_wall_s or time.monotonic() - t0
         prog = self.prog
         engine = "conv" if getattr(prog, "out_layout", None) is not None else "gemm"
         self.last_run = RunStats(be.name, int(cycles), prog.macs, getattr(prog, "array_macs", self.session.cfg.macs),

@@ -1,0 +1,309 @@
+"""The overlay's cycle model: when each descriptor dispatches and completes, without the data.
+
+One model for both sim modes: the checked interpreter (sw.backends.sim) runs it with a callback
+that executes each descriptor's data as it dispatches; the fast mode and `cycles_only` (timing
+without data, for profiles) run it alone. The descriptor fields are decoded for the whole list at
+once (NumPy) and each descriptor's fixed costs (burst and beat cycles, tile counts) computed
+vectorised; what remains per descriptor is the in-order dispatch and the units' occupancy, a
+max-plus recurrence that is inherently sequential.
+
+Latencies are the RTL's (cycles), measured against the Verilator runs (tests/test_overlay.py,
+tests/test_conv_engine.py, tests/test_depthwise.py, tests/test_attention_overlay.py).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from hw import isa
+from hw.limits import DW_ROW_SLOTS, im2col_row_beats
+
+FETCH_CYCLES = 4          # a fetch AR -> descriptor in the FIFO and the next fetch AR (plus its beats)
+FETCH_AFTER_LOAD = 1      # a fetch queued behind a LOAD: its first beat after the LOAD is done (plus its beats)
+READ_LATENCY = 4          # AR handshake to first R beat
+STORE_LATENCY = 5         # row to B response, per store descriptor
+STORE_START = {False: 9,  # dispatch to the first int8 row in the W FIFO (accumulator read, 3 stages, requantiser, FIFO)
+               True: 5}   # int32 rows skip the requantisers
+START_CYCLES = 3
+LOAD_PIPELINE = 5         # LOAD: dispatch to done beyond its bursts and beats (hw/overlay.py's load unit)
+IM2COL_CYCLES = 4         # command start, last entry written, done
+IM2COL_AR_PERIOD = 1      # IM2COL: cycles per row by which its bursts run ahead of a fetch (fitted to the RTL)
+IM2COL_FIRST_R = 2        # IM2COL: dispatch to the end of its first row's beats, less one row period
+DW_START = 3              # DEPTHWISE: command accepted to first AR
+DW_DRAIN = 17             # last pixel issued to last B response: window, MACs, sums, bias, requantiser, write
+
+# Per-descriptor classes of the recurrence (K_*), decoded once.
+K_LOAD, K_IM2COL, K_COMPUTE, K_STORE, K_DEPTHWISE, K_ATTENTION, K_SYNC, K_BAD = range(8)
+UNITS = ("LOAD", "COMPUTE", "STORE", "ATTENTION")
+
+
+def decode_descriptors(raw: np.ndarray) -> dict[str, np.ndarray]:
+    """(n, 32) uint8 descriptors -> {field: int64 array of n} (hw.isa.FIELDS, shared groups included)."""
+    raw = np.ascontiguousarray(raw, np.uint8).reshape(-1, isa.DESCRIPTOR_BYTES)
+    words = raw.view("<u8").astype(np.uint64)                        # (n, 4)
+    padded = np.concatenate([words, np.zeros((len(words), 1), np.uint64)], axis=1)
+    out = {}
+    for name, (pos, width) in isa.FIELDS.items():
+        w, b = divmod(pos, 64)
+        v = padded[:, w] >> np.uint64(b)
+        if b + width > 64:
+            v |= padded[:, w + 1] << np.uint64(64 - b)
+        out[name] = (v & np.uint64((1 << width) - 1)).astype(np.int64)
+    return out
+
+
+@dataclass
+class Outcome:
+    """How a run ended: 'done', 'hang' (a wait never met: stays BUSY) or 'error' (bit, descriptor index)."""
+    state: str
+    desc_done: int
+    cycles: int = 0
+    counts: dict | None = None         # unit -> descriptors completed
+    error_bit: int = 0
+    error_index: int = 0
+
+
+def classify(cfg, f: dict[str, np.ndarray]) -> np.ndarray:
+    """Each descriptor's class K_* for this overlay (K_BAD: BAD_OPCODE here)."""
+    op, target = f["opcode"], f["target"]
+    kind = np.full(len(op), K_BAD, np.int64)
+    O = isa.OPCODES
+    load = op == O["LOAD"]
+    for name, code in isa.TARGETS.items():
+        if isa.has_target(cfg, name):
+            kind[load & (target == code)] = K_IM2COL if name == "IM2COL" else K_LOAD
+    for name, k in (("COMPUTE", K_COMPUTE), ("STORE", K_STORE), ("SYNC", K_SYNC), ("DEPTHWISE", K_DEPTHWISE),
+                    ("ATTENTION", K_ATTENTION)):
+        if isa.has_opcode(cfg, name):
+            kind[op == O[name]] = k
+    return kind
+
+
+def fixed_costs(cfg, f: dict[str, np.ndarray], kind: np.ndarray) -> dict[str, np.ndarray]:
+    """Each descriptor's own cycles, vectorised: LOAD, IM2COL and STORE durations (dur), IM2COL input
+    rows and cycles per row, COMPUTE K (ck) and tiles."""
+    C, DB = cfg.cols, cfg.beat_bytes
+    n = len(kind)
+    dur = np.zeros(n, np.int64)
+    # LOAD: one cycle per beat, or per entry slot of a beat (the last beat's unused slots too);
+    # LOAD_PIPELINE: the burst sized a cycle ahead, the beat register, the registered write.
+    eb = np.zeros(n, np.int64)
+    for name, code in isa.TARGETS.items():
+        if name != "IM2COL" and isa.has_target(cfg, name):
+            eb[(kind == K_LOAD) & (f["target"] == code)] = isa.entry_bytes(cfg, name)
+    load = kind == K_LOAD
+    cnt = f["count"]
+    wide = eb >= DB
+    per = np.where(wide, 1, DB // np.maximum(eb, 1))
+    beats = np.where(wide, cnt * eb // DB, -(-cnt // per))
+    cycles = np.where(wide, beats, beats * per)
+    bursts = -(-beats // 256)
+    dur[load] = (READ_LATENCY * bursts + cycles + LOAD_PIPELINE)[load]
+    # IM2COL: input rows stream at max(beats, K) cycles each (line buffer and emission overlap).
+    k = f["kernel_last"] + 1
+    stride = np.left_shift(1, f["stride_log2"])
+    nb = im2col_row_beats(cfg, k, stride, f["col_offset"])
+    rows = (f["out_rows_last"] + 1) * cnt * k
+    period = np.maximum(nb, k)
+    im = kind == K_IM2COL
+    dur[im] = (READ_LATENCY + rows * period + k + IM2COL_CYCLES)[im]
+    # STORE: the output stage's start, a cycle per beat of every row of every tile, the B response.
+    st = kind == K_STORE
+    i32 = f["out_int32"].astype(bool)
+    row_beats = C * np.where(i32, 4, 1) // DB
+    start = np.where(i32, STORE_START[True], STORE_START[False])
+    dur[st] = (start + (f["tiles_last"] + 1) * cnt * row_beats + STORE_LATENCY)[st]
+    return dict(dur=dur, rows=rows, period=period, ck=f["k_last"] + 1, tiles=np.maximum(1, cnt))
+
+
+def top_start(started: list[int], q_top: int, rows_in: int, rows: int) -> int:
+    """When the depthwise unit's window top first reaches global input row >= q_top (0: from the start)."""
+    if q_top <= 0:
+        return 0
+    g, r = divmod(q_top, rows_in)
+    idx = g * rows + min(r, rows)        # first output row whose window top is >= q_top
+    return started[idx] if idx < len(started) else 0
+
+
+def depthwise_cycles(cfg, k, chans, rows, width, nb) -> int:
+    """DEPTHWISE, row by row: input rows stream in at a beat per cycle (lanes x beats each), at most
+    DW_ROW_SLOTS rows ahead of the window's top row; an output row of W pixels issues in W cycles once
+    its K rows (and its group's coefficients) are in; then the pipeline drains."""
+    L = cfg.dw_lanes
+    groups = -(-chans // L)
+    rows_in = rows + k - 1
+    loaded_at: list[int] = []          # global input row q -> cycle its last beat is in
+    started: list[int] = []            # output row (in issue order) -> cycle it starts
+    load_t = DW_START + READ_LATENCY
+    issue_t = 0
+    for g in range(groups):
+        for oy in range(rows):
+            top = g * rows_in + oy
+            while len(loaded_at) < top + k:
+                q = len(loaded_at)
+                gate = top_start(started, q - DW_ROW_SLOTS + 1, rows_in, rows)
+                lq = min(L, chans - (q // rows_in) * L)
+                load_t = max(load_t, gate) + lq * nb
+                loaded_at.append(load_t)
+            start = max(issue_t, loaded_at[top + k - 1] + 1)
+            started.append(start)
+            issue_t = start + width
+    return issue_t + DW_DRAIN
+
+
+def simulate(cfg, f: dict[str, np.ndarray], attn=None, execute=None) -> Outcome:
+    """Dispatch the decoded descriptors `f` in order as the command processor does; return how the run
+    ended and its cycles. `attn`: the attention engine's model (its schedule() and timing state);
+    `execute(i, kind)`: called when descriptor i's waits are met (the checked mode's data), returns None
+    or (error bit, index) to stop the run there."""
+    R, C, DB = cfg.rows, cfg.cols, cfg.beat_bytes
+    kinds = classify(cfg, f)
+    cost = fixed_costs(cfg, f, kinds)
+    n = len(kinds)
+    kind_l = kinds.tolist()
+    dur_l, rows_l, period_l = cost["dur"].tolist(), cost["rows"].tolist(), cost["period"].tolist()
+    ck_l, tiles_l = cost["ck"].tolist(), cost["tiles"].tolist()
+    wl, wc, ws, wa = (f[f"wait_{u.lower()}"].tolist() for u in UNITS)
+    dl, dc, dst, da = [], [], [], []          # completion times per unit (UNITS), in order
+    load_free = store_free = 0
+    if attn is not None:
+        attn.reset_timing()
+    t_dispatch = START_CYCLES
+    fetch_last = START_CYCLES                 # when the previous descriptor reached the FIFO
+    dispatched: list[int] = []                # time each descriptor left the FIFO
+    r_t: list[int] = []                       # the LOADs' dispatch times, in order, and when their
+    r_fix: list[int] = []                     # R beats end (-1: IM2COL, rows requested ahead: r_rows, r_per)
+    r_rows: list[int] = []
+    r_per: list[int] = []
+    c_last = -10 ** 9                         # engine: last step issue of the previous compute
+    gap = isa.array_tile_gap(R)
+    drain = R + C + R + isa.ARRAY_EXTRA_LATENCY
+    fifo = isa.DESC_FIFO_DEPTH
+    beats_desc = isa.DESCRIPTOR_BYTES // DB
+    for i in range(n):
+        # fetch: one descriptor at a time, up to DESC_FIFO_DEPTH ahead of the dispatcher
+        s = fetch_last
+        if i >= fifo and dispatched[i - fifo] > s:
+            s = dispatched[i - fifo]
+        arrive = s + FETCH_CYCLES
+        # The DDR returns reads in order: a fetch issued while a LOAD's bursts stream waits for
+        # the beats requested before it.
+        j = len(r_t) - 1
+        while j >= 0 and r_t[j] >= s:
+            j -= 1
+        if j >= 0:
+            fix = r_fix[j]
+            if fix < 0:
+                tl = r_t[j]
+                fix = tl + IM2COL_FIRST_R + r_per[j] * min(r_rows[j], max(0, s - tl) // IM2COL_AR_PERIOD + 1)
+            if fix + FETCH_AFTER_LOAD > arrive:
+                arrive = fix + FETCH_AFTER_LOAD
+        fetch_last = arrive + beats_desc
+        t = t_dispatch if t_dispatch > fetch_last else fetch_last
+        # Waits: only dispatched descriptors complete, so a count not reached yet waits forever.
+        # (Written out per unit: the hot loop, 1.6x as fast as a loop over the units.)
+        w = wl[i]
+        if w:
+            if w > len(dl):
+                return Outcome("hang", i)
+            if dl[w - 1] >= t:
+                t = dl[w - 1] + 1
+        w = wc[i]
+        if w:
+            if w > len(dc):
+                return Outcome("hang", i)
+            if dc[w - 1] >= t:
+                t = dc[w - 1] + 1
+        w = ws[i]
+        if w:
+            if w > len(dst):
+                return Outcome("hang", i)
+            if dst[w - 1] >= t:
+                t = dst[w - 1] + 1
+        w = wa[i]
+        if w:
+            if w > len(da):
+                return Outcome("hang", i)
+            if da[w - 1] >= t:
+                t = da[w - 1] + 1
+        kind = kind_l[i]
+        if kind == K_BAD:
+            return Outcome("error", i, error_bit=isa.ERROR_BAD_OPCODE, error_index=i)
+        if execute is not None:
+            err = execute(i, kind)
+            if err is not None:
+                return Outcome("error", i, error_bit=err[0], error_index=err[1])
+        if kind == K_LOAD:
+            if load_free > t:
+                t = load_free
+            load_free = t + dur_l[i]
+            r_t.append(t); r_fix.append(load_free - 2); r_rows.append(0); r_per.append(0)   # last R beat
+            dl.append(load_free)
+        elif kind == K_COMPUTE:
+            k = ck_l[i]
+            if c_last > t:
+                t = c_last                      # the engine takes a command at its predecessor's last step
+            for _ in range(tiles_l[i]):         # tiles back to back (COMPUTE.count)
+                start = (t if t > c_last else c_last) + k       # its last step
+                c_last = start if start > c_last + gap else c_last + gap
+            dc.append(c_last + drain)
+        elif kind == K_STORE:
+            if store_free > t:
+                t = store_free
+            store_free = t + dur_l[i]
+            dst.append(store_free)
+        elif kind == K_IM2COL:
+            if load_free > t:
+                t = load_free
+            load_free = t + dur_l[i]
+            r_t.append(t); r_fix.append(-1); r_rows.append(rows_l[i]); r_per.append(period_l[i])
+            dl.append(load_free)
+        elif kind == K_DEPTHWISE:
+            t = max(t, load_free, store_free)     # after loads (same slot) and stores
+            load_free = t + depthwise_cycles(cfg, int(f["dw_kernel_last"][i]) + 1, int(f["dw_channels"][i]),
+                                             int(f["count"][i]), int(f["dw_width"][i]), int(f["stride"][i]) // DB)
+            dl.append(load_free)
+        elif kind == K_ATTENTION:
+            # The engine takes a STEP while the previous ones still run (sw.backends.sim_attention).
+            t, finish = attn.schedule(dict(target=int(f["target"][i]), k_last=int(f["k_last"][i]),
+                                           count=int(f["count"][i])), t)
+            da.append(finish)
+        else:                                   # SYNC
+            t = max([t] + [v[-1] + 1 for v in (dl, dc, dst, da) if v])
+        dispatched.append(t)
+        t_dispatch = t + 1
+    end = max([t_dispatch] + [v[-1] + 1 for v in (dl, dc, dst, da) if v])
+    return Outcome("done", n, end, dict(LOAD=len(dl), COMPUTE=len(dc), STORE=len(dst), ATTENTION=len(da)))
+
+
+def cycles_only(cfg, descriptors, runs=None) -> int:
+    """The cycles a descriptor list takes, without data (a timing-only profile), on an overlay fresh
+    from reset: descriptors as packed bytes ((n, 32) uint8) or field dicts (a compiled program's
+    `descriptors`); `runs`: (first, count) per START (a program's `runs`), summed. Equal to the sim
+    backend's CYCLES for the same runs (checked and fast modes alike)."""
+    if not isinstance(descriptors, np.ndarray):
+        from sw.runtime.program import encode_descriptors
+        words = encode_descriptors(list(descriptors))
+        if words is None:
+            raise ValueError("a descriptor does not fit the format (hw.isa.pack_descriptor says which)")
+        descriptors = words.view(np.uint8)
+    raw = descriptors.reshape(-1, isa.DESCRIPTOR_BYTES)
+    attn = None
+    if "attention" in cfg.engines:
+        from sw.backends.sim_attention import AttentionModel
+        attn = AttentionModel(cfg)          # one engine for all runs: its normaliser state carries over
+    total = 0
+    for first, count in runs or [(0, len(raw))]:
+        out = simulate(cfg, decode_descriptors(raw[first:first + count]), attn)
+        if out.state != "done":
+            raise ValueError(f"the descriptors do not complete ({out.state} at descriptor {first + out.desc_done})")
+        total += out.cycles
+    return total
+
+
+def program_cycles(prog) -> int:
+    """A compiled program's cycles (all its runs) without running its data: what the sim backend
+    reports for it on an overlay fresh from reset."""
+    n = len(prog.descriptors)
+    return cycles_only(prog.cfg, prog.image[:n * isa.DESCRIPTOR_BYTES], getattr(prog, "runs", None))

@@ -1,0 +1,188 @@
+"""The sim backend's fast mode: a compiled program's whole layer at once, from and to DDR.
+
+Each compiler records what its program computes (`Program.op`: the kind of layer, its shapes and
+parameters, the names of the image regions holding its operands and output). Here that record
+becomes one NumPy computation (golden_model's arithmetic: int8 GEMMs exact in float BLAS,
+intattn's online softmax, the requantiser) that reads the operands from the same DDR bytes the
+descriptors would load (the compiler's tile layouts) and writes exactly the bytes the program's
+STOREs (or DEPTHWISE) would write, and no others. The cycles come from the cycle model
+(sw.backends.cycles) as in the checked mode, so both modes agree in bits and cycles
+(tests/test_sim_fast.py).
+
+What it relies on: the compiler's layouts (zero blocks off the diagonal of a depthwise weight tile,
+reductions within MAX_K so no accumulator wraps); a program the host did not compile has no record
+and is interpreted. It leaves the scratchpads as they were (the interpreter would leave the last
+tiles there): no compiled program reads what an earlier run left (sw.compiler.split_runs).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from golden_model import intattn
+from golden_model.intconv import im2col, out_size
+from golden_model.intops import INT8_MAX, INT8_MIN
+from hw import isa
+
+ROWS_PER_CHUNK = 256      # output rows per NumPy pass: intermediates stay in cache
+FLOAT32_MAX_K = 1 << 10   # K x 2^14 <= 2^24: every partial sum of int8 products is exact in float32
+
+
+def job(cfg, prog, addresses: dict[str, int] | None = None):
+    """The fast mode's work for a compiled program: a function of the DDR array (None: no op record).
+    `addresses`: where each of the program's regions (prog.regions' names) sits in DDR; default: the
+    program's one image at prog.base_addr."""
+    op = getattr(prog, "op", None)
+    if op is None:
+        return None
+    at = addresses or {name: prog.base_addr + off for name, (off, _) in prog.regions.items()}
+    run = KINDS[op["kind"]]
+    return lambda ddr: run(cfg, ddr, op, at)
+
+
+# ---------------------------------------------------------------- shared pieces
+
+def tiles(ddr, addr: int, n: int, stride: int, used: int) -> np.ndarray:
+    """n tiles of `used` bytes, `stride` bytes apart from `addr`, as int8 (n, used)."""
+    return ddr[addr:addr + n * stride].reshape(n, stride)[:, :used].view(np.int8)
+
+
+def params(ddr, addr: int, entries: int, cfg) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """PARAM entries as the scratchpad holds them: (bias, multiplier, shift) of shape (entries, C)."""
+    words = ddr[addr:addr + entries * cfg.cols * isa.PARAM_CHANNEL_BYTES].view("<u4").reshape(entries, cfg.cols, 4)
+    bias = words[..., 0].view(np.int32).astype(np.int64)
+    return bias, (words[..., 1] & ((1 << 31) - 1)).astype(np.int64), (words[..., 2] & 63).astype(np.int64)
+
+
+class OutputStage:
+    """The STORE path (golden_model.intops.gemm after the products): saturating bias add, then ReLU
+    (int32 out) or the requantiser (int8 out); parameters broadcast against the accumulators.
+    `acc_bound`: a bound on |acc| (int8 products: K x 2^14). When acc + bias cannot leave int32, the
+    add saturates nothing and (acc + bias) m + r = acc m + (bias m + r): two passes fewer per element."""
+
+    def __init__(self, bias, mult, shift, relu: bool, out_int32: bool, acc_bound: int | None = None):
+        self.bias, self.mult, self.shift = (np.asarray(v, np.int64) for v in (bias, mult, shift))
+        self.relu, self.out_int32 = relu, out_int32
+        self.round = np.where(self.shift > 0, np.left_shift(np.int64(1), np.maximum(self.shift - 1, 0)), 0)
+        self.folded = None
+        if acc_bound is not None and not out_int32 and int(np.abs(self.bias).max(initial=0)) + acc_bound < 1 << 31:
+            self.folded = self.bias * self.mult + self.round       # |.| < 2^62 + 2^62: int64
+
+    def __call__(self, acc) -> np.ndarray:
+        t = acc.astype(np.int64)
+        if self.folded is not None:
+            t *= self.mult
+            t += self.folded
+        else:
+            t += self.bias
+            np.clip(t, -(1 << 31), (1 << 31) - 1, out=t)
+            if self.out_int32:
+                if self.relu:
+                    np.maximum(t, 0, out=t)
+                return t.astype("<i4")
+            t *= self.mult
+            t += self.round
+        np.right_shift(t, self.shift, out=t)
+        np.clip(t, 0 if self.relu else INT8_MIN, INT8_MAX, out=t)
+        return t.astype(np.int8)
+
+
+def float_type(k: int):
+    return np.float32 if k <= FLOAT32_MAX_K else np.float64
+
+
+# ---------------------------------------------------------------- the layers (sw/compiler.py, sw/compile_conv.py,
+# sw/compile_attention.py say the layouts)
+
+def linear(cfg, ddr, op, at):
+    R, C = cfg.rows, cfg.cols
+    M, K, mt, nt = op["m"], op["k"], op["mt"], op["nt"]
+    a = tiles(ddr, at["A"], mt, op["a_stride"], K * R).reshape(mt, K, R)
+    ft = float_type(K)
+    b = tiles(ddr, at["B"], nt, op["b_stride"], K * C).reshape(nt, K, C).transpose(1, 0, 2).reshape(K, nt * C)
+    b = b.astype(ft)
+    bias, mult, shift = (p.reshape(-1) for p in params(ddr, at["params"], nt, cfg))
+    stage = OutputStage(bias, mult, shift, op["relu"], op["out_int32"], K << 14)
+    row_bytes = nt * C * (4 if op["out_int32"] else 1)
+    out = at["out"]
+    step = max(1, ROWS_PER_CHUNK // R)
+    for t0 in range(0, mt, step):
+        r0, r1 = t0 * R, min(M, (t0 + step) * R)
+        x = a[t0:t0 + step].transpose(0, 2, 1).reshape(-1, K)[:r1 - r0].astype(ft)
+        y = stage(x @ b)
+        ddr[out + r0 * row_bytes:out + r1 * row_bytes] = y.view(np.uint8).reshape(-1)
+
+
+def _planes(ddr, addr, layout, dtype=np.uint8) -> np.ndarray:
+    """A feature map's whole planes in the overlay layout (channels, plane rows, pitch), a view of DDR."""
+    return ddr[addr:addr + layout.size].view(dtype).reshape(layout.channels, layout.plane_rows, layout.pitch)
+
+
+def conv(cfg, ddr, op, at):
+    from sw.compile_conv import PAD, FmapLayout
+    R, C = cfg.rows, cfg.cols
+    cin, h, w, cout, k, s, p = (op[n] for n in ("cin", "h", "w", "cout", "k", "stride", "padding"))
+    mt, kk = op["mt"], k * k
+    ho, wo = out_size(h, k, s, p), out_size(w, k, s, p)
+    in_l = FmapLayout(cin, h, w, C)
+    out_l = FmapLayout(cout, ho, wo, C, 4 if op["out_int32"] else 1)
+    # The engine reads the margins from DDR (zeros the layout keeps), so the fast path reads them too.
+    xp = _planes(ddr, at["in"], in_l).view(np.int8)[:, PAD - p:PAD + h + p, in_l.left - p:in_l.left + w + p]
+    cols = im2col(np.ascontiguousarray(xp), k, s, 0)                          # (cin k k, ho wo)
+    a = tiles(ddr, at["A"], mt, op["a_stride"], op["ntile_k"] * R).reshape(mt, op["ntile_k"], R)
+    bias, mult, shift = (q[:, :R].reshape(-1)[:cout, None] for q in params(ddr, at["params"], mt, cfg))
+    if op["depthwise"]:
+        # Channel i of a tile reads entries i kk .. i kk + kk - 1 of column i (the block diagonal).
+        wd = np.einsum("tiji->tij", a.reshape(mt, R, kk, R)).reshape(mt * R, kk)[:cout]
+        acc = np.einsum("cj,cjp->cp", wd.astype(np.int64), cols.reshape(cin, kk, -1).astype(np.int64))
+    else:
+        ft = float_type(cin * kk)
+        wm = a.transpose(0, 2, 1).reshape(mt * R, -1)[:cout].astype(ft)
+        acc = wm @ cols.astype(ft)
+    bound = (1 if op["depthwise"] else cin) * kk << 14
+    y = OutputStage(bias, mult, shift, op["relu"], op["out_int32"], bound)(acc).reshape(cout, ho, wo)
+    dtype = np.dtype("<i4") if op["out_int32"] else np.int8
+    _planes(ddr, at["out"], out_l, dtype)[:, PAD:PAD + ho, out_l.left:out_l.left + wo] = y
+
+
+def depthwise(cfg, ddr, op, at):
+    from sw.compile_conv import PAD, FmapLayout
+    c, h, w, k, p = (op[n] for n in ("channels", "h", "w", "k", "padding"))
+    lay = FmapLayout(c, h, w, cfg.cols)
+    x = _planes(ddr, at["in"], lay).view(np.int8)[:, PAD - p:PAD - p + h + k - 1, lay.left - p:lay.left - p + w + k - 1]
+    coef = ddr[at["coef"]:at["coef"] + c * isa.DW_COEF_BYTES].reshape(c, isa.DW_COEF_BYTES)
+    taps = coef[:, :isa.DW_TAP_BYTES].view(np.int8).reshape(c, 8, 8).astype(np.int32)
+    words = np.ascontiguousarray(coef[:, isa.DW_TAP_BYTES:]).view("<u4")
+    bias = words[:, 0].view(np.int32).astype(np.int64)[:, None, None]
+    mult = (words[:, 1] & ((1 << 31) - 1)).astype(np.int64)[:, None, None]
+    shift = (words[:, 2] & 63).astype(np.int64)[:, None, None]
+    acc = np.zeros((c, h, w), np.int32)                   # |sum| <= 49 x 2^14: int32 is exact
+    for ky in range(k):
+        for kx in range(k):
+            acc += taps[:, ky, kx, None, None] * x[:, ky:ky + h, kx:kx + w]
+    y = OutputStage(bias, mult, shift, op["relu"], False, k * k << 14)(acc)
+    _planes(ddr, at["out"], lay).view(np.int8)[:, PAD:PAD + h, lay.left:lay.left + w] = y
+
+
+def attention(cfg, ddr, op, at):
+    R, C = cfg.rows, cfg.cols
+    H, lq, lk, dp, qt, kt = (op[n] for n in ("heads", "lq", "lk", "dp", "qt", "kt"))
+
+    def heads(region, n_tiles, stride, lanes):
+        x = tiles(ddr, at[region], H * n_tiles, stride, dp * lanes).reshape(H, n_tiles, dp, lanes)
+        return x.transpose(0, 1, 3, 2).reshape(H, n_tiles * lanes, dp)
+
+    q = heads("Q", qt, op["q_stride"], R)[:, :lq]
+    k = heads("K", kt, op["k_stride"], C)[:, :lk]
+    v = heads("V", kt, op["k_stride"], C)[:, :lk]
+    quant = intattn.AttentionQuant(op["score_mult"], op["score_shift"], 0, 0)
+    bias, mult, shift = (np.tile(q_[0], dp // C) for q_ in params(ddr, at["params"], 1, cfg))
+    eb = 4 if op["out_int32"] else 1
+    stage = OutputStage(bias, mult, shift, False, op["out_int32"])
+    for h in range(H):
+        _, l, o = intattn.attention_state(q[h], k[h], v[h], quant, C)
+        y = stage(intattn.normalise(o, l))
+        start = at["out"] + h * lq * dp * eb
+        ddr[start:start + lq * dp * eb] = y.view(np.uint8).reshape(-1)
+
+
+KINDS = {"linear": linear, "conv": conv, "depthwise": depthwise, "attention": attention}

@@ -1,0 +1,280 @@
+"""The sim backend's fast mode (whole layers in NumPy) against its checked mode (the descriptor
+interpreter): the same DDR bytes after the run (every byte of the DDR, with the output region
+filled with noise first, so a byte written by one mode and not the other shows), the same cycles
+and completion counters; and `cycles_only` (timing without data) gives the same cycles."""
+import numpy as np
+import pytest
+
+from golden_model import intattn, intconv
+from golden_model.intops import gemm
+from hw import isa
+from hw.config import preset
+from sw.backends import fast
+from sw.backends.cycles import cycles_only, program_cycles
+from sw.backends.sim import SimOverlay
+from sw.compile_attention import compile_attention
+from sw.compile_conv import compile_conv2d, compile_depthwise
+from sw.compiler import compile_linear
+from sw.backends.sim_backend import SimBackend
+from sw.driver import Driver
+from sw.runtime.backend import DDR_BASE
+
+BASE = DDR_BASE
+COUNTERS = ("CYCLES", "DESC_DONE", "LOADS_DONE", "COMPUTES_DONE", "STORES_DONE", "ATTENTIONS_DONE")
+
+
+def rand8(rng, shape):
+    x = rng.integers(-128, 128, shape, dtype=np.int8)
+    x.reshape(-1)[:2] = (-128, 127)[:x.size]             # the extremes in every operand
+    return x
+
+
+def quant(rng, n, big_bias=False):
+    bias = rng.integers(-2 ** 16, 2 ** 16, n)
+    if big_bias:
+        bias[0], bias[-1] = -2 ** 31, 2 ** 31 - 1        # the bias adder saturates
+    return bias, rng.integers(1 << 20, 1 << 31, n), rng.integers(20, 40, n)
+
+
+def run_both(cfg, prog, seed=0):
+    """Run `prog` on a checked and a fast SimOverlay with identical DDR; assert equal bytes and
+    registers; return the fast model's DDR (the buffer's bytes) and its cycles."""
+    rng = np.random.default_rng(seed)
+    size = BASE + len(prog.image) + 4096
+    noise = rng.integers(0, 256, size, dtype=np.uint8)
+    image = prog.image.copy()
+    off, n = prog.regions["out"]
+    image[off:off + n] = noise[:n]                        # bytes no STORE writes keep their noise
+    models = []
+    for mode in ("checked", "fast"):
+        be = SimBackend(cfg, ddr_bytes=size, sim_mode=mode, timeout_s=600)
+        sim = be.model
+        sim.ddr[:] = noise
+        sim.ddr[BASE:BASE + len(image)] = image
+        be.expect(BASE, len(prog.descriptors), fast.job(cfg, prog))
+        be.run(BASE, len(prog.descriptors))
+        models.append(sim)
+    checked, quick = models
+    assert quick.fast_runs == 1 and checked.fast_runs == 0
+    assert np.array_equal(checked.ddr, quick.ddr), "fast and checked modes wrote different bytes"
+    regs = [{k: m.regs[k] for k in COUNTERS} for m in models]
+    assert regs[0] == regs[1]
+    assert cycles_only(cfg, prog.descriptors) == regs[0]["CYCLES"]
+    return quick.ddr[BASE:BASE + len(image)], regs[0]["CYCLES"]
+
+
+def linear_case(cfg, rng, m, k, n, *, relu=False, out_int32=False, big_bias=False):
+    a, b = rand8(rng, (m, k)), rand8(rng, (k, n))
+    bias, mult, shift = quant(rng, n, big_bias)
+    prog = compile_linear(cfg, a, b, bias, mult, shift, relu=relu, out_int32=out_int32, base_addr=BASE)
+    image, _ = run_both(cfg, prog)
+    assert np.array_equal(prog.output(image), gemm(a, b, bias, mult, shift, relu=relu, out_int32=out_int32))
+
+
+@pytest.mark.parametrize("preset_name", ["sim", "bench16", "pynq-z2"])
+@pytest.mark.parametrize("m,k,n,relu,out_int32,big_bias", [
+    (1, 1, 1, False, False, False),
+    (37, 45, 29, True, False, True),          # odd sizes, ReLU, saturating bias
+    (23, 300, 33, False, True, True),         # int32 out
+    (9, 3000, 17, True, False, False),        # K chunks accumulated (K over half a scratchpad)
+    (70, 17, 200, False, False, False),       # several N blocks
+])
+def test_linear_fast_equals_checked(preset_name, m, k, n, relu, out_int32, big_bias):
+    linear_case(preset(preset_name), np.random.default_rng(m * k + n), m, k, n, relu=relu, out_int32=out_int32,
+                big_bias=big_bias)
+
+
+@pytest.mark.parametrize("preset_name", ["sim", "bench16"])
+@pytest.mark.parametrize("heads,lq,lk,d,out_int32", [
+    (1, 16, 40, 32, False),
+    (3, 37, 70, 48, False),                   # several heads, padded d, a short last key tile
+    (2, 130, 33, 16, True),                   # many query tiles (slots), int32 out
+    (1, 5, 7, 8, False),                      # one short key tile
+])
+def test_attention_fast_equals_checked(preset_name, heads, lq, lk, d, out_int32):
+    cfg = preset(preset_name)
+    rng = np.random.default_rng(lq * lk + d)
+    q, k, v = (rand8(rng, (heads, n, d)) for n in (lq, lk, lk))
+    aq = intattn.AttentionQuant(score_mult=int(rng.integers(1000, 20000)), score_shift=14,
+                                out_mult=1 << 28, out_shift=30)
+    prog = compile_attention(cfg, q, k, v, aq, out_int32=out_int32, base_addr=BASE)
+    image, _ = run_both(cfg, prog)
+    want = np.stack([intattn.attention(q[h], k[h], v[h], aq, key_tile=cfg.cols, out_int32=out_int32)
+                     for h in range(heads)])
+    assert np.array_equal(prog.output(image), want)
+
+
+@pytest.mark.parametrize("cin,h,w,cout,k,stride,padding,depthwise,out_int32", [
+    (3, 20, 21, 8, 7, 4, 3, False, False),    # patch-embed-like: 7x7 stride 4
+    (4, 9, 10, 16, 3, 1, 1, False, False),
+    (5, 11, 9, 20, 3, 2, 1, False, True),     # stride 2, int32 out
+    (2, 6, 7, 5, 1, 2, 0, False, False),      # 1x1 stride 2
+    (3, 8, 8, 4, 2, 2, 0, False, False),      # even kernel
+    (6, 12, 13, 7, 5, 1, 2, False, False),
+    (1, 7, 9, 3, 4, 1, 3, False, False),      # padding 3
+    (40, 5, 6, 9, 3, 1, 1, False, False),     # input channels in chunks
+    (16, 8, 12, 16, 3, 2, 1, True, False),    # depthwise on the conv engine
+    (8, 11, 13, 8, 7, 1, 3, True, True),
+])
+def test_conv_fast_equals_checked(cin, h, w, cout, k, stride, padding, depthwise, out_int32):
+    cfg = preset("bench16")
+    rng = np.random.default_rng(cin * h + k)
+    x, wt = rand8(rng, (cin, h, w)), rand8(rng, (cout, 1 if depthwise else cin, k, k))
+    bias, mult, shift = quant(rng, cout, big_bias=True)
+    prog = compile_conv2d(cfg, x, wt, bias, mult, shift, stride=stride, padding=padding, depthwise=depthwise,
+                          relu=True, out_int32=out_int32, base_addr=BASE)
+    image, _ = run_both(cfg, prog)
+    op = intconv.depthwise_conv2d if depthwise else intconv.conv2d
+    assert np.array_equal(prog.output(image), op(x, wt, bias, mult, shift, stride=stride, padding=padding, relu=True,
+                                                 out_int32=out_int32))
+
+
+@pytest.mark.parametrize("preset_name", ["sim", "bench16"])
+@pytest.mark.parametrize("c,h,w,k", [(3, 9, 10, 1), (5, 12, 17, 3), (8, 7, 33, 5), (6, 14, 20, 7)])
+def test_depthwise_engine_fast_equals_checked(preset_name, c, h, w, k):
+    cfg = preset(preset_name)
+    rng = np.random.default_rng(c * h * w + k)
+    x, wt = rand8(rng, (c, h, w)), rand8(rng, (c, 1, k, k))
+    bias, mult, shift = quant(rng, c, big_bias=True)
+    prog = compile_depthwise(cfg, x, wt, bias, mult, shift, padding=(k - 1) // 2, relu=bool(k % 4 == 1),
+                             base_addr=BASE)
+    image, _ = run_both(cfg, prog)
+    want = intconv.depthwise_conv2d(x, wt, bias, mult, shift, padding=(k - 1) // 2, relu=bool(k % 4 == 1))
+    assert np.array_equal(prog.output(image), want)
+
+
+def test_driver_modes_agree_on_every_route():
+    """Through the driver: conv-transpose and host-im2col convs (GEMM programs), a dense conv, the
+    depthwise engine and attention, fast and checked, in one session each: same results, same cycles."""
+    cfg = preset("bench16")
+    results = {}
+    for mode in ("checked", "fast"):
+        rng = np.random.default_rng(3)
+        drv = Driver(cfg, "sim", sim_mode=mode)
+        x = rand8(rng, (8, 5, 6))
+        out = [drv.conv_transpose2d(x, rand8(rng, (8, 4, 2, 2)), None, 1 << 21, 24, stride=2)]
+        out.append(drv.conv2d(rand8(rng, (3, 12, 12)), rand8(rng, (6, 3, 3, 3)), None, 1 << 21, 24, stride=3))
+        out.append(drv.depthwise_conv2d(rand8(rng, (4, 9, 9)), rand8(rng, (4, 1, 3, 3)), None, 1 << 21, 24, padding=1))
+        aq = intattn.AttentionQuant(score_mult=5000, score_shift=14, out_mult=1 << 28, out_shift=30)
+        for _ in range(2):                        # the normaliser's state carries across runs (NORM_AGAIN)
+            out.append(drv.attention(rand8(rng, (2, 20, 32)), rand8(rng, (2, 40, 32)), rand8(rng, (2, 40, 32)), aq))
+            out.append(drv.last_run.cycles)
+        out.append(drv.linear(rand8(rng, (40, 50)), rand8(rng, (50, 30)), out_int32=True))
+        out.append(drv.last_run.cycles)
+        out.append(program_cycles(drv.last_programs[0]))     # the first attention, timing only, from reset
+        assert out[-1] == out[4]
+        results[mode] = out
+        assert (drv.device.model.fast_runs > 0) == (mode == "fast")
+    for got, want in zip(results["fast"], results["checked"]):
+        assert np.array_equal(got, want)
+
+
+def test_unannounced_runs_are_interpreted():
+    """A run the host did not announce (no op record: e.g. hand-written descriptors) is interpreted."""
+    cfg = preset("sim")
+    rng = np.random.default_rng(1)
+    a, b = rand8(rng, (8, 8)), rand8(rng, (8, 8))
+    prog = compile_linear(cfg, a, b, None, out_int32=True, base_addr=BASE)
+    be = SimBackend(cfg, ddr_bytes=BASE + (1 << 16))
+    sim = be.model
+    sim.ddr[BASE:BASE + len(prog.image)] = prog.image
+    be.run(BASE, len(prog.descriptors))
+    assert sim.fast_runs == 0
+    assert np.array_equal(prog.output(sim.ddr[BASE:BASE + len(prog.image)]), gemm(a, b, out_int32=True))
+
+
+def test_fast_mode_cycles_follow_a_hang_like_the_checked_mode():
+    """A descriptor waiting for a count never reached leaves both modes BUSY at the same descriptor."""
+    cfg = preset("sim")
+    descs = [isa.pack_descriptor(opcode=isa.OPCODES["SYNC"]),
+             isa.pack_descriptor(opcode=isa.OPCODES["SYNC"], wait_load=1)]
+    for mode in ("checked", "fast"):
+        sim = SimOverlay(cfg, BASE + (1 << 16), mode=mode)
+        sim.ddr[BASE:BASE + 64] = np.frombuffer(b"".join(descs), np.uint8)
+        sim.expect(BASE, 2, lambda ddr: None)
+        for name, value in (("DESC_ADDR", BASE), ("DESC_COUNT", 2), ("CONTROL", isa.CONTROL_START)):
+            sim.write_reg(isa.REG[name], value)
+        assert sim.regs["STATUS"] == isa.STATUS_BUSY and sim.regs["DESC_DONE"] == 1
+
+
+@pytest.mark.slow
+def test_big_layers_fast_equals_checked():
+    """Bigger shapes on the board presets: the 65,536 x 96 x 288 linear (78k descriptors; ~10 s
+    interpreted), a 64 x 64 patch-embed conv, attention over 1,024 keys with 4 slots."""
+    rng = np.random.default_rng(7)
+    linear_case(preset("kv260"), rng, 65536, 96, 288, relu=True)
+    cfg = preset("bench16")
+    x, wt = rand8(rng, (3, 64, 64)), rand8(rng, (96, 3, 7, 7))
+    bias, mult, shift = quant(rng, 96)
+    prog = compile_conv2d(cfg, x, wt, bias, mult, shift, stride=4, padding=3, base_addr=BASE)
+    run_both(cfg, prog)
+    q, k, v = rand8(rng, (2, 256, 64)), rand8(rng, (2, 1024, 64)), rand8(rng, (2, 1024, 64))
+    aq = intattn.AttentionQuant(score_mult=3000, score_shift=14, out_mult=1 << 28, out_shift=30)
+    run_both(cfg, compile_attention(cfg, q, k, v, aq, base_addr=BASE))
+
+
+def test_descriptors_packed_at_once_equal_the_scalar_packer():
+    """sw.runtime.program.encode_descriptors (the whole list in NumPy) = hw.isa.pack_descriptor per descriptor,
+    on programs using every field group (LOAD/COMPUTE/STORE, IM2COL, STORE tiles, DEPTHWISE, ATTENTION)."""
+    cfg = preset("bench16")
+    rng = np.random.default_rng(2)
+    progs = [compile_conv2d(cfg, rand8(rng, (3, 30, 30)), rand8(rng, (4, 3, 3, 3)), None, 1 << 20, 20, padding=1),
+             compile_conv2d(cfg, rand8(rng, (8, 9, 9)), rand8(rng, (8, 8, 3, 3)), None, 1 << 20, 20, stride=2),
+             compile_depthwise(cfg, rand8(rng, (5, 8, 8)), rand8(rng, (5, 1, 7, 7)), None, 1 << 20, 20, padding=3),
+             compile_attention(cfg, rand8(rng, (2, 40, 32)), rand8(rng, (2, 50, 32)), rand8(rng, (2, 50, 32)),
+                               intattn.AttentionQuant(3000, 14, 1 << 28, 30)),
+             compile_linear(cfg, rand8(rng, (40, 3000)), rand8(rng, (3000, 20)), None, out_int32=True)]
+    for prog in progs:
+        n = len(prog.descriptors)
+        assert prog.image[:n * 32].tobytes() == b"".join(isa.pack_descriptor(**d) for d in prog.descriptors)
+
+
+def test_a_descriptor_that_does_not_fit_is_named():
+    from sw.compiler import CompileError, pack_descriptors
+    image = np.zeros(4096, np.uint8)
+    descs = [dict(opcode="SYNC"), dict(opcode="LOAD", target="A", count=1 << 16, sp_addr=0)]
+    with pytest.raises(CompileError, match="descriptor 1: .*count=65536 does not fit 16 bits"):
+        pack_descriptors(descs, image, {}, 0, "split it")
+    with pytest.raises(CompileError, match="descriptor 0: .*share"):
+        pack_descriptors([dict(opcode="STORE", tiles_last=1, k_last=2)], image, {}, 0, "split it")
+
+
+def test_cli_sim_modes_print_the_same_cycles(capsys):
+    import re
+
+    from sw.cli import main
+    cycles = []
+    for mode in ("checked", "fast"):
+        assert main(["sim", "conv", "--in", "3x20x20", "--out", "8", "--k", "3", "--stride", "2",
+                     "--sim-mode", mode]) == 0
+        out = capsys.readouterr().out
+        assert "bit-exact against golden" in out
+        cycles.append(re.search(r"cycles ([\d,]+)", out).group(1))
+    assert cycles[0] == cycles[1]
+
+
+@pytest.mark.parametrize("k,big_bias,mult_hi,shift_hi,path", [
+    (96, False, 1 << 31, 64, "folded"),       # acc + bias stays in int32: (acc + bias) m + r = acc m + c
+    (4, False, 4, 41, "folded"),              # small multipliers: many ties
+    (96, True, 1 << 31, 64, "saturating")])   # the bias add saturates
+@pytest.mark.parametrize("relu", [False, True])
+def test_output_stage_equals_the_requantiser(k, big_bias, mult_hi, shift_hi, path, relu):
+    """fast.OutputStage's two paths = golden_model.intops (saturating bias add, requantize) on the
+    extremes of acc, ties (acc m + 2^(s-1) a multiple of 2^s) and every shift."""
+    from golden_model.intops import requantize, saturate_int32
+    rng = np.random.default_rng(k)
+    bound = k << 14
+    n = 64
+    acc = rng.integers(-bound, bound + 1, (500, n))
+    acc[:4] = [[-bound], [bound], [0], [1]]
+    bias, _, _ = quant(rng, n, big_bias)
+    mult = rng.integers(0, mult_hi, n)
+    shift = np.arange(n) % shift_hi
+    mult[:8], shift[:8] = 1, np.arange(1, 9)                      # x + 2^(s-1) ties for odd multiples
+    stage = fast.OutputStage(bias, mult, shift, relu, False, bound)
+    assert path == ("folded" if stage.folded is not None else "saturating")
+    for a in (acc, acc.astype(np.float32) if k <= 1024 else acc):
+        assert np.array_equal(stage(a), requantize(saturate_int32(acc + bias), mult, shift, relu=relu))
+    int32 = fast.OutputStage(bias, mult, shift, relu, True, bound)(acc)
+    want = saturate_int32(acc + bias)
+    assert np.array_equal(int32, np.maximum(want, 0) if relu else want)
