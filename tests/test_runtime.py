@@ -211,7 +211,7 @@ def test_cli_sim_chain_refuses_clearly(argv, match, capsys):
 
 
 @pytest.mark.parametrize("argv,match", [(["--size", "16"], "HxW"),
-                                        (["--preset", "kv260"], "no attention, depthwise engine")])
+                                        (["--preset", "ulx3s-gemm"], "no attention, depthwise engine")])
 def test_cli_sim_chain_usage_errors(argv, match, capsys):
     from sw.cli import main
     with pytest.raises(SystemExit) as e:

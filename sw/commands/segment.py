@@ -141,6 +141,8 @@ def check_arguments(args):
         raise UsageError("segment needs a prompt: at least one --point X,Y[,LABEL] or a --box X0,Y0,X1,Y1")
     if args.out.suffix.lower() != ".png":
         raise UsageError(f"-o must name a .png file, got {args.out}")
+    if args.precision == "float" and (args.quantised is not None or args.calib):
+        raise UsageError("--quantised and --calib are for --precision int8")
     if args.logits_out is not None and args.logits_out.suffix.lower() != ".npy":
         raise UsageError(f"--logits-out must name a .npy file, got {args.logits_out}")
     inputs.check_not_input(args.out, [args.image, args.checkpoint], "-o")
@@ -159,9 +161,6 @@ def run(args) -> int:
     from sw import outputs
     image = check_arguments(args)
     h, w = image.shape[:2]
-
-    if args.precision == "float" and (args.quantised is not None or args.calib):
-        raise UsageError("--quantised and --calib are for --precision int8")
     t0 = time.monotonic()
     model = predictor = None
     if args.precision == "int8":
