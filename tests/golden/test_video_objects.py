@@ -83,7 +83,8 @@ CASES = [("tiny", 256), pytest.param(("small", 1024), marks=pytest.mark.slow)]
 def models(request, clip):
     """Official and golden models with the same seeded random weights. Random weights often call an
     object absent everywhere (all masks -1024, a comparison that proves little), so the object-score
-    head's output bias is shifted to put object 1's first click at +2."""
+    head's output bias is shifted to put object 1's first click at -0.5: objects 1 and 2 then come
+    and go (no-object pointers and memories on some frames), object 3's mask keeps it present."""
     from tests.golden.oracle import official_model
     name, size = request.param
     model = memoize_official_image_encoder(official_model(name, seed=0, video=True, image_size=size))
@@ -93,7 +94,7 @@ def models(request, clip):
         state = model.init_state(str(clip))
         frame, obj_id, prompt = FIRST
         _add(model, state, frame, obj_id, prompt)
-        model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias += 2.0 - official_score(state, frame, obj_id)
+        model.sam_mask_decoder.pred_obj_score_head.layers[-1].bias += -0.5 - official_score(state, frame, obj_id)
     return request.param, model, golden_twin(model, name, size)
 
 
@@ -128,7 +129,9 @@ def test_three_objects_match_official_predictor(clip, models, reverse):
                 for i in (1, 2, 3)}
     print(f"{name} @ {size}, {'reverse' if reverse else 'forward'}: worst relative mask-logit error "
           f"{worst:.2e} over {len(official)} outputs; presence {presence}")
-    assert any("1" in p for p in presence.values()), "scenario is trivial: no object present anywhere"
+    assert all("1" in p for p in presence.values()), "scenario is trivial: an object is absent everywhere"
+    if (name, size) == ("tiny", 256):   # the default-run case covers the no-object path too
+        assert any("0" in p for p in presence.values()), "no object is ever absent: the no-object path is untested"
     assert max(np.ptp(obj) for *_, m, _ in official for obj in m) > 1.0, "scenario is trivial: constant masks"
     assert [s for s, *_ in official].count("track") == 10
     # the correction stays a non-conditioning frame; each object keeps its own conditioning frames
