@@ -430,7 +430,7 @@ class VideoPredictor:
     temp_output_dict; propagate_in_video encodes their memories first, then tracks."""
 
     def __init__(self, tracker: Tracker, feature_cache_size: int = 1):
-        if getattr(tracker.cfg, "clear_non_cond_mem_around_input", False):
+        if tracker.cfg.clear_non_cond_mem_around_input:
             # sam2 1.1.0 calls a method it does not define (_clear_obj_non_cond_mem_around_input) when
             # this is on, so there is no official behaviour to follow
             raise ValueError("clear_non_cond_mem_around_input is not supported (sam2 1.1.0 fails with it on)")
