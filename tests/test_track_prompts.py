@@ -127,11 +127,14 @@ def test_plan_splits_first_prompts_from_corrections(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def small_models():
+def small_models(request):
     """Official and golden tiny at a 256 x 256 input (same code paths, 16x fewer pixels than 1024)."""
     torch = pytest.importorskip("torch")
     from tests.golden.oracle import official_model
-    from tests.golden.video_helpers import golden_twin, promote_bf16_memory
+    from tests.golden.video_helpers import golden_twin, one_torch_thread, promote_bf16_memory
+    threads = one_torch_thread()
+    next(threads)
+    request.addfinalizer(lambda: next(threads, None))
     official = promote_bf16_memory(official_model("tiny", seed=0, video=True, image_size=256))
     official.fill_hole_area = 0
     with torch.no_grad():   # random weights: make objects present, so masks are not all -1024

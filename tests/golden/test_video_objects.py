@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from golden_model.video import VideoPredictor
-from tests.golden.video_helpers import (golden_twin, max_rel_err, memoize_official_image_encoder,
+from tests.golden.video_helpers import (golden_twin, max_rel_err, memoize_official_image_encoder, one_torch_thread,
                                         promote_bf16_memory, write_moving_shape_clip)
 
 torch = pytest.importorskip("torch")
@@ -87,6 +87,9 @@ def models(request, clip):
     and go (no-object pointers and memories on some frames), object 3's mask keeps it present."""
     from tests.golden.oracle import official_model
     name, size = request.param
+    threads = one_torch_thread()
+    next(threads)
+    request.addfinalizer(lambda: next(threads, None))
     model = memoize_official_image_encoder(official_model(name, seed=0, video=True, image_size=size))
     promote_bf16_memory(model)   # object 2 is tracked on frames 0..4 from its frame-5 memory alone
     model.fill_hole_area = 0   # hole filling needs the CUDA extension; the golden model has none

@@ -61,6 +61,18 @@ def promote_bf16_memory(model):
     return model
 
 
+def one_torch_thread():
+    """Generator for a fixture: torch on one thread while it lasts. The official model's small ops then
+    cost ~10x less CPU on a busy machine (idle pool threads spin); 2 pytest workers use the 2 cores."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
 def memory_weights(model):
     """The official state dict's tensors that golden_model.video.Tracker owns."""
     from golden_model.weights import Weights
