@@ -83,8 +83,8 @@ CASES = [("tiny", 256), pytest.param(("small", 1024), marks=pytest.mark.slow)]
 def models(request, clip):
     """Official and golden models with the same seeded random weights. Random weights often call an
     object absent everywhere (all masks -1024, a comparison that proves little), so the object-score
-    head's output bias is shifted to put object 1's first click at -0.5: objects 1 and 2 then come
-    and go (no-object pointers and memories on some frames), object 3's mask keeps it present."""
+    head's output bias is shifted to put object 1's first click at -0.5: with tiny at 256, objects 1
+    and 2 then come and go (no-object pointers and memories on some frames); object 3's mask keeps it present."""
     from tests.golden.oracle import official_model
     name, size = request.param
     threads = one_torch_thread()
@@ -118,7 +118,7 @@ def compare(golden, official):
 @pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
 def test_three_objects_match_official_predictor(clip, models, reverse):
     """Every returned mask (video resolution, all objects) within 1e-3 relative of the official
-    predictor, object presence identical; the image encoder runs once per frame for all objects."""
+    predictor, object presence identical; conditioning frames stay per object."""
     (name, size), official_model, golden = models
     with torch.inference_mode():
         state = official_model.init_state(str(clip))
