@@ -3,7 +3,10 @@
 Mirrors SAM2Base's tracking half (_prepare_memory_conditioned_features,
 _encode_new_memory, _track_step, _use_mask_as_output in sam2/modeling/sam2_base.py)
 and SAM2VideoPredictor (init_state, add_new_points_or_box, add_new_mask,
-propagate_in_video) for one object.
+propagate_in_video with reverse and start_frame_idx, reset_state) for any number of
+objects: one image-encoder pass per frame shared by all, one memory bank per object.
+Not carried over: clear_all_prompts_in_frame, remove_object, non_overlap_masks and
+fill_hole_area (hole filling needs the official CUDA extension; off in the oracle tests).
 
 The image path (image encoder, prompt encoder, mask decoder, object pointer) is
 another module's job: `Tracker` takes any `image_model` with
@@ -71,6 +74,7 @@ class TrackerConfig:
     no_obj_embed_spatial: bool = True
     # SAM2VideoPredictor options
     add_all_frames_to_correct_as_cond: bool = False
+    clear_non_cond_mem_around_input: bool = False    # True is refused: sam2 1.1.0 fails with it
     memory_encoder: MemoryEncoderConfig = field(default_factory=MemoryEncoderConfig)
     memory_attention: MemoryAttentionConfig = field(default_factory=MemoryAttentionConfig)
 
@@ -374,27 +378,22 @@ def load_frame(source, image_size: int) -> tuple[np.ndarray, int, int]:
     return x.astype(F32), height, width
 
 
-@dataclass
-class VideoState:
-    """What SAM2VideoPredictor keeps in its inference_state, for one object."""
-    frames: list                         # paths or HxWx3 uint8 arrays
-    video_height: int
-    video_width: int
-    obj_id: object = None
-    point_inputs: dict = field(default_factory=dict)      # frame -> {"point_coords", "point_labels"}
-    mask_inputs: dict = field(default_factory=dict)
-    output_dict: dict = field(default_factory=lambda: {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}})
-    temp_output_dict: dict = field(default_factory=lambda: {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}})
-    frames_tracked: dict = field(default_factory=dict)    # frame -> {"reverse": bool}
-    cached_features: OrderedDict = field(default_factory=OrderedDict)
-    maskmem_pos_enc: np.ndarray | None = None
+def _empty_bank() -> dict:
+    return {"cond_frame_outputs": {}, "non_cond_frame_outputs": {}}
 
-    @property
-    def num_frames(self) -> int:
-        return len(self.frames)
+
+@dataclass
+class ObjectState:
+    """One object's slice of SAM2VideoPredictor's inference_state: its prompts, its own memory bank
+    (outputs with memories and object pointers) and the frames it has been tracked on."""
+    point_inputs: dict = field(default_factory=dict)      # frame -> {"point_coords", "point_labels"}
+    mask_inputs: dict = field(default_factory=dict)       # frame -> (1, 1, S, S) mask
+    output_dict: dict = field(default_factory=_empty_bank)
+    temp_output_dict: dict = field(default_factory=_empty_bank)   # prompt outputs not yet in the bank
+    frames_tracked: dict = field(default_factory=dict)    # frame -> {"reverse": bool}
 
     def output(self, frame_idx: int) -> dict | None:
-        """The newest output on a frame (temporary click outputs first), or None if untracked."""
+        """The newest output on a frame (temporary prompt outputs first), or None if untracked."""
         for d in (self.temp_output_dict, self.output_dict):
             for key in ("cond_frame_outputs", "non_cond_frame_outputs"):
                 if frame_idx in d[key]:
@@ -402,12 +401,45 @@ class VideoState:
         return None
 
 
+@dataclass
+class VideoState:
+    """What SAM2VideoPredictor keeps in its inference_state: the frames, one ObjectState per object
+    (in the order objects were first prompted: the official obj_idx), the image features of recently
+    used frames (shared by all objects) and the memory position encoding (the same for every frame)."""
+    frames: list                         # paths or HxWx3 uint8 arrays
+    video_height: int
+    video_width: int
+    objects: dict = field(default_factory=dict)           # obj_id -> ObjectState
+    cached_features: OrderedDict = field(default_factory=OrderedDict)
+    maskmem_pos_enc: np.ndarray | None = None
+    image_encoder_calls: int = 0         # image-encoder passes so far (one per frame, whatever the object count)
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.frames)
+
+    @property
+    def obj_ids(self) -> list:
+        return list(self.objects)
+
+
 class VideoPredictor:
-    """SAM2VideoPredictor for one object, in NumPy."""
+    """SAM2VideoPredictor in NumPy: any number of objects, each with its own memory bank and object
+    pointers, tracked one at a time (batch 1, as the official) on image features computed once per frame.
+
+    Prompts may go on any frame: on a frame the object has not been tracked on they make it a
+    conditioning frame (SAM on that frame, no memory); on a tracked frame they correct the tracked
+    mask (memory used, the previous mask logits go in with the clicks) and the frame stays a
+    non-conditioning frame unless add_all_frames_to_correct_as_cond. Prompt outputs wait in
+    temp_output_dict; propagate_in_video encodes their memories first, then tracks."""
 
     def __init__(self, tracker: Tracker, feature_cache_size: int = 1):
+        if tracker.cfg.clear_non_cond_mem_around_input:
+            # sam2 1.1.0 calls a method it does not define (_clear_obj_non_cond_mem_around_input) when
+            # this is on, so there is no official behaviour to follow
+            raise ValueError("clear_non_cond_mem_around_input is not supported (sam2 1.1.0 fails with it on)")
         self.tracker, self.cfg = tracker, tracker.cfg
-        self.feature_cache_size = max(1, feature_cache_size)
+        self.feature_cache_size = max(1, feature_cache_size)  # 1 = the official (the last frame used)
 
     # ---------------------------------------------------------------- state
     def init_state(self, frames) -> VideoState:
@@ -423,14 +455,12 @@ class VideoPredictor:
         return state
 
     def reset_state(self, state: VideoState) -> None:
-        state.obj_id = None
-        for d in (state.point_inputs, state.mask_inputs, state.frames_tracked):
-            d.clear()
-        for d in (state.output_dict, state.temp_output_dict):
-            d["cond_frame_outputs"].clear()
-            d["non_cond_frame_outputs"].clear()
+        """Forget every object and prompt (the cached image features stay)."""
+        state.objects.clear()
 
     def _features(self, state: VideoState, frame_idx: int) -> FrameFeatures:
+        """The frame's image features: computed once and shared by every object (an LRU cache of
+        feature_cache_size frames; the official keeps the last frame used)."""
         cache = state.cached_features
         if frame_idx in cache:
             cache.move_to_end(frame_idx)
@@ -439,6 +469,7 @@ class VideoPredictor:
         if (h, w) != (state.video_height, state.video_width):
             raise ValueError(f"frame {frame_idx} is {w}x{h}, the video is {state.video_width}x{state.video_height}")
         feats = frame_features(self.tracker.image_model.forward_image(img[None]))
+        state.image_encoder_calls += 1
         cache[frame_idx] = feats
         while len(cache) > self.feature_cache_size:
             cache.popitem(last=False)
@@ -448,18 +479,13 @@ class VideoPredictor:
         if not (isinstance(frame_idx, (int, np.integer)) and 0 <= frame_idx < state.num_frames):
             raise ValueError(f"frame index {frame_idx} is outside the video (0..{state.num_frames - 1})")
 
-    def _check_obj(self, state, obj_id):
-        if state.obj_id is None:
-            state.obj_id = obj_id
-        elif obj_id != state.obj_id:
-            raise ValueError(f"this predictor tracks one object ({state.obj_id!r}); got object id {obj_id!r}")
-
     # ---------------------------------------------------------------- prompts
-    def add_new_points(self, state: VideoState, frame_idx: int, obj_id, points=None, labels=None,
-                       clear_old_points: bool = True, normalize_coords: bool = True, box=None):
+    def add_new_points_or_box(self, state: VideoState, frame_idx: int, obj_id, points=None, labels=None,
+                              clear_old_points: bool = True, normalize_coords: bool = True, box=None):
         """Clicks on a frame (x, y in video pixels; label 1 positive, 0 negative) and/or a box
-        (x0, y0, x1, y1, sent first as two points labelled 2 and 3): returns
-        (frame_idx, [obj_id], video-resolution mask logits (1, 1, H, W))."""
+        (x0, y0, x1, y1, sent first as two points labelled 2 and 3) for object `obj_id` (a new id adds
+        an object): returns (frame_idx, obj_ids, video-resolution mask logits (objects, 1, H, W)), every
+        object's newest output on that frame (-1024 where an object has none)."""
         self._check_frame(state, frame_idx)
         if (points is None) != (labels is None):
             raise ValueError("points and labels must be given together")
@@ -474,60 +500,75 @@ class VideoPredictor:
                 raise ValueError("a box must come before any point: use clear_old_points=True")
             pts = np.concatenate([np.asarray(box, F32).reshape(2, 2), pts])
             lab = np.concatenate([np.array([2, 3], np.int32), lab])
-        self._check_obj(state, obj_id)
+        obj = state.objects.setdefault(obj_id, ObjectState())
         if normalize_coords:
             pts = pts / np.array([state.video_width, state.video_height], F32)
         pts = (pts * F32(self.cfg.image_size))[None]
         lab = lab[None]
-        old = None if clear_old_points else state.point_inputs.get(frame_idx)
+        old = None if clear_old_points else obj.point_inputs.get(frame_idx)
         if old is not None:
             pts = np.concatenate([old["point_coords"], pts], axis=1)
             lab = np.concatenate([old["point_labels"], lab], axis=1)
         point_inputs = {"point_coords": pts, "point_labels": lab}
-        state.point_inputs[frame_idx] = point_inputs
-        state.mask_inputs.pop(frame_idx, None)
-        return self._interact(state, frame_idx, point_inputs, None)
+        obj.point_inputs[frame_idx] = point_inputs
+        obj.mask_inputs.pop(frame_idx, None)
+        return self._interact(state, obj_id, frame_idx, point_inputs, None)
 
-    add_new_points_or_box = add_new_points
+    add_new_points = add_new_points_or_box  # the official's deprecated name
 
     def add_new_mask(self, state: VideoState, frame_idx: int, obj_id, mask):
-        """A binary mask (H, W) for a frame: returns as add_new_points."""
+        """A binary mask (H, W; non-zero = object) for object `obj_id` on a frame: returns as
+        add_new_points_or_box. Masks not S x S are resized (antialiased bilinear, >= 0.5)."""
         self._check_frame(state, frame_idx)
         m = np.asarray(mask)
         if m.ndim != 2:
             raise ValueError(f"a mask must be 2-D (H, W), got shape {m.shape}")
-        self._check_obj(state, obj_id)
+        obj = state.objects.setdefault(obj_id, ObjectState())
         m = m.astype(bool).astype(F32)[None, None]
         s = self.cfg.image_size
         if m.shape[-2:] != (s, s):
             m = (resize_antialias(m, (s, s)) >= 0.5).astype(F32)
-        state.mask_inputs[frame_idx] = m
-        state.point_inputs.pop(frame_idx, None)
-        return self._interact(state, frame_idx, None, m)
+        obj.mask_inputs[frame_idx] = m
+        obj.point_inputs.pop(frame_idx, None)
+        return self._interact(state, obj_id, frame_idx, None, m)
 
-    def _interact(self, state, frame_idx, point_inputs, mask_inputs):
-        is_init = frame_idx not in state.frames_tracked
-        reverse = False if is_init else state.frames_tracked[frame_idx]["reverse"]
+    def _interact(self, state, obj_id, frame_idx, point_inputs, mask_inputs):
+        obj = state.objects[obj_id]
+        is_init = frame_idx not in obj.frames_tracked
+        reverse = False if is_init else obj.frames_tracked[frame_idx]["reverse"]
         is_cond = is_init or self.cfg.add_all_frames_to_correct_as_cond
         key = "cond_frame_outputs" if is_cond else "non_cond_frame_outputs"
         prev_logits = None
-        if point_inputs is not None:
-            prev = state.temp_output_dict[key].get(frame_idx)
+        if point_inputs is not None:  # clicks refine the object's newest mask on this frame
+            prev = obj.temp_output_dict[key].get(frame_idx)
             if prev is None:
-                prev = state.output_dict["cond_frame_outputs"].get(frame_idx)
+                prev = obj.output_dict["cond_frame_outputs"].get(frame_idx)
             if prev is None:
-                prev = state.output_dict["non_cond_frame_outputs"].get(frame_idx)
+                prev = obj.output_dict["non_cond_frame_outputs"].get(frame_idx)
             if prev is not None and prev["pred_masks"] is not None:
                 prev_logits = np.clip(prev["pred_masks"], -32.0, 32.0)
-        out = self._run_single_frame(state, frame_idx, is_init, point_inputs, mask_inputs, reverse,
+        out = self._run_single_frame(state, obj, frame_idx, is_init, point_inputs, mask_inputs, reverse,
                                      run_mem_encoder=False, prev_sam_mask_logits=prev_logits)
-        state.temp_output_dict[key][frame_idx] = out
-        return frame_idx, [state.obj_id], self.video_res_masks(state, out["pred_masks"])
+        obj.temp_output_dict[key][frame_idx] = out
+        return frame_idx, state.obj_ids, self._consolidated_masks(state, frame_idx, key)
 
-    def _run_single_frame(self, state, frame_idx, is_init, point_inputs, mask_inputs, reverse, run_mem_encoder,
+    def _consolidated_masks(self, state, frame_idx, key) -> np.ndarray:
+        """_consolidate_temp_output_across_obj at video resolution: each object's temporary output under
+        `key` on the frame, else its banked one (conditioning first), else NO_OBJ_SCORE."""
+        masks = np.full((len(state.objects), 1, state.video_height, state.video_width), NO_OBJ_SCORE, F32)
+        for i, obj in enumerate(state.objects.values()):
+            out = obj.temp_output_dict[key].get(frame_idx)
+            for bank_key in ("cond_frame_outputs", "non_cond_frame_outputs"):
+                if out is None:
+                    out = obj.output_dict[bank_key].get(frame_idx)
+            if out is not None:
+                masks[i:i + 1] = self.video_res_masks(state, out["pred_masks"])
+        return masks
+
+    def _run_single_frame(self, state, obj, frame_idx, is_init, point_inputs, mask_inputs, reverse, run_mem_encoder,
                           prev_sam_mask_logits=None) -> dict:
         features = self._features(state, frame_idx)
-        out = self.tracker.track_step(frame_idx, is_init, features, point_inputs, mask_inputs, state.output_dict,
+        out = self.tracker.track_step(frame_idx, is_init, features, point_inputs, mask_inputs, obj.output_dict,
                                       state.num_frames, reverse, run_mem_encoder, prev_sam_mask_logits)
         compact = {"maskmem_features": None, "maskmem_pos_enc": None, "pred_masks": out["pred_masks"],
                    "obj_ptr": out["obj_ptr"], "object_score_logits": out["object_score_logits"]}
@@ -537,7 +578,7 @@ class VideoPredictor:
         return compact
 
     def _shared_pos_enc(self, state, pos):
-        """The memory position encoding is the same on every frame: keep one copy (as the official does)."""
+        """The memory position encoding is the same on every frame and object: keep one copy (as the official)."""
         if state.maskmem_pos_enc is None:
             state.maskmem_pos_enc = np.array(pos[0:1])
         return state.maskmem_pos_enc
@@ -549,33 +590,39 @@ class VideoPredictor:
 
     # ---------------------------------------------------------------- tracking
     def _preflight(self, state):
-        """Encode the memories of frames that received prompts and move them into the memory bank."""
-        if state.obj_id is None:
+        """propagate_in_video_preflight: encode the memories of prompted frames and move them into each
+        object's bank; a frame that became conditioning leaves the non-conditioning bank."""
+        if not state.objects:
             raise RuntimeError("no points or masks given yet; add a prompt before propagating")
         s = self.cfg.image_size
-        for key in ("non_cond_frame_outputs", "cond_frame_outputs"):
-            for frame_idx, out in state.temp_output_dict[key].items():
-                if out["maskmem_features"] is None:
-                    high = resize_bilinear(out["pred_masks"], (s, s))
-                    features = self._features(state, frame_idx)
-                    feats, pos = self.tracker.encode_new_memory(features.vision_feat, high,
-                                                                out["object_score_logits"], True)
-                    out["maskmem_features"] = to_bfloat16(feats)
-                    out["maskmem_pos_enc"] = self._shared_pos_enc(state, pos)
-                state.output_dict[key][frame_idx] = out
-            state.temp_output_dict[key].clear()
-        if not state.output_dict["cond_frame_outputs"]:
-            raise RuntimeError(f"no points or masks on any conditioning frame for object {state.obj_id!r}")
-        for frame_idx in state.output_dict["cond_frame_outputs"]:
-            state.output_dict["non_cond_frame_outputs"].pop(frame_idx, None)
+        for obj_id, obj in state.objects.items():
+            for key in ("non_cond_frame_outputs", "cond_frame_outputs"):
+                for frame_idx, out in obj.temp_output_dict[key].items():
+                    if out["maskmem_features"] is None:
+                        high = resize_bilinear(out["pred_masks"], (s, s))
+                        features = self._features(state, frame_idx)
+                        feats, pos = self.tracker.encode_new_memory(features.vision_feat, high,
+                                                                    out["object_score_logits"], True)
+                        out["maskmem_features"] = to_bfloat16(feats)
+                        out["maskmem_pos_enc"] = self._shared_pos_enc(state, pos)
+                    obj.output_dict[key][frame_idx] = out
+                obj.temp_output_dict[key].clear()
+            if not obj.output_dict["cond_frame_outputs"]:
+                raise RuntimeError(f"no points or masks on any conditioning frame for object {obj_id!r}")
+            for frame_idx in obj.output_dict["cond_frame_outputs"]:
+                obj.output_dict["non_cond_frame_outputs"].pop(frame_idx, None)
 
     def propagate_in_video(self, state: VideoState, start_frame_idx: int | None = None,
                            max_frame_num_to_track: int | None = None, reverse: bool = False):
-        """Track through the video: yields (frame_idx, [obj_id], video-resolution logits (1, 1, H, W))."""
+        """Track every object through the video: yields (frame_idx, obj_ids, video-resolution logits
+        (objects, 1, H, W)). Starts at start_frame_idx (default: the earliest conditioning frame of any
+        object) and goes forward, or backward with reverse (from frame 0 backward: nothing, as the
+        official). Each frame is encoded once; each object then takes its own tracking step, except on
+        its conditioning frames, whose prompt output is returned as it is."""
         self._preflight(state)
         n = state.num_frames
         if start_frame_idx is None:
-            start_frame_idx = min(state.output_dict["cond_frame_outputs"])
+            start_frame_idx = min(t for obj in state.objects.values() for t in obj.output_dict["cond_frame_outputs"])
         self._check_frame(state, start_frame_idx)
         if max_frame_num_to_track is None:
             max_frame_num_to_track = n
@@ -586,17 +633,21 @@ class VideoPredictor:
             end = min(start_frame_idx + max_frame_num_to_track, n - 1)
             order = range(start_frame_idx, end + 1)
         for frame_idx in order:
-            if frame_idx in state.output_dict["cond_frame_outputs"]:
-                pred_masks = state.output_dict["cond_frame_outputs"][frame_idx]["pred_masks"]
-            else:
-                out = self._run_single_frame(state, frame_idx, False, None, None, reverse, run_mem_encoder=True)
-                state.output_dict["non_cond_frame_outputs"][frame_idx] = out
-                pred_masks = out["pred_masks"]
-            state.frames_tracked[frame_idx] = {"reverse": reverse}
-            yield frame_idx, [state.obj_id], self.video_res_masks(state, pred_masks)
+            masks = []
+            for obj in state.objects.values():
+                if frame_idx in obj.output_dict["cond_frame_outputs"]:
+                    pred_masks = obj.output_dict["cond_frame_outputs"][frame_idx]["pred_masks"]
+                else:
+                    out = self._run_single_frame(state, obj, frame_idx, False, None, None, reverse,
+                                                 run_mem_encoder=True)
+                    obj.output_dict["non_cond_frame_outputs"][frame_idx] = out
+                    pred_masks = out["pred_masks"]
+                obj.frames_tracked[frame_idx] = {"reverse": reverse}
+                masks.append(pred_masks)
+            yield frame_idx, state.obj_ids, self.video_res_masks(state, np.concatenate(masks, axis=0))
 
     def release_old_outputs(self, state: VideoState, frame_idx: int, reverse: bool = False) -> int:
-        """Drop the non-conditioning outputs that no frame after `frame_idx` (in the tracking direction)
+        """Drop each object's non-conditioning outputs that no frame after `frame_idx` (in the tracking direction)
         can read; returns how many. The official predictor keeps every frame's output (for re-prompting),
         so memory grows with the video (1.3 MB a frame at 1024 x 1024); tracking reads only the last
         num_maskmem - 1 memories (stride apart) and max_obj_ptrs_in_encoder - 1 object pointers, so a long
@@ -604,16 +655,20 @@ class VideoPredictor:
         Conditioning (prompted) frames are always kept."""
         cfg = self.cfg
         reach = max(cfg.num_maskmem * cfg.memory_temporal_stride_for_eval, cfg.max_obj_ptrs_in_encoder)
-        outs = state.output_dict["non_cond_frame_outputs"]
         sign = -1 if reverse else 1
-        old = [t for t in outs if (frame_idx - t) * sign >= reach]
-        for t in old:
-            del outs[t]
-        return len(old)
+        released = 0
+        for obj in state.objects.values():
+            outs = obj.output_dict["non_cond_frame_outputs"]
+            old = [t for t in outs if (frame_idx - t) * sign >= reach]
+            for t in old:
+                del outs[t]
+            released += len(old)
+        return released
 
-    def object_score_logits(self, state: VideoState, frame_idx: int) -> float:
-        """The object-presence logit on a tracked frame (> 0: the object is there)."""
-        out = state.output(frame_idx)
+    def object_score_logits(self, state: VideoState, frame_idx: int, obj_id) -> float:
+        """An object's presence logit on a frame it has an output on (> 0: the object is there)."""
+        obj = state.objects.get(obj_id)
+        out = None if obj is None else obj.output(frame_idx)
         if out is None:
-            raise KeyError(f"frame {frame_idx} has not been tracked")
+            raise KeyError(f"object {obj_id!r} has no output on frame {frame_idx}")
         return float(np.asarray(out["object_score_logits"]).reshape(-1)[0])

@@ -21,7 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sim": ("sw.commands.sim", "simulate one layer (sim model or Verilator), check it against golden"),
     "build": ("sw.commands.build", "bitstream flow for a board: Vivado Tcl (Zynq) or open ECP5 flow"),
     "convert": ("sw.commands.convert", "convert an official SAM 2 checkpoint (.pt) to .safetensors, without torch"),
-    "track": ("sw.commands.track", "track one object through a folder of video frames (golden SAM 2)"),
+    "track": ("sw.commands.track", "track objects through a folder of video frames (golden SAM 2)"),
     "segment": ("sw.commands.segment", "segment an image from point/box prompts on the golden SAM 2"),
     "quantize": ("sw.commands.quantize", "calibrate SAM 2 and write its int8 model (the overlay's integer reference)"),
 }

@@ -36,10 +36,10 @@ def test_releasing_old_outputs_changes_nothing(tmp_path):
         predictor.add_new_points(state, 0, 1, [list(POINT)], [1])
         got, kept = [], []
         for idx, _, logits in predictor.propagate_in_video(state):
-            got.append((logits.copy(), predictor.object_score_logits(state, idx)))
+            got.append((logits.copy(), predictor.object_score_logits(state, idx, 1)))
             if release:
                 predictor.release_old_outputs(state, idx)
-            kept.append(len(state.output_dict["non_cond_frame_outputs"]))
+            kept.append(len(state.objects[1].output_dict["non_cond_frame_outputs"]))
         runs.append((got, kept))
     (plain, kept_all), (released, kept_few) = runs
     for (a, sa), (b, sb) in zip(plain, released):

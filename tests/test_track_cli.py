@@ -58,7 +58,7 @@ def test_track_runs_end_to_end_on_random_weights(clip, tmp_path, capsys):
     assert main(["track", str(clip), "--frame", "1", "--point", "40,30", "--point", "5,5,0",
                  "-o", str(out), "--logits-out", str(logits)]) == 0
     text = capsys.readouterr().out
-    assert "RANDOM weights" in text and "tracked 2 frames" in text
+    assert "RANDOM weights" in text and "tracked 1 object over 2 frames" in text
     assert sorted(p.name for p in out.glob("*.png")) == ["00001.png", "00002.png"]
     for stem in ("00001", "00002"):
         a = np.load(logits / f"{stem}.npy")

@@ -1,13 +1,18 @@
-"""`sam2fpga track`: follow one object through a folder of frames with the golden SAM 2.
+"""`sam2fpga track`: track objects through a folder of frames with the golden SAM 2.
 
     sam2fpga track FRAMES_DIR --frame 0 --point 120,80 --point 40,30,0 -o out/ [--logits-out logits/]
+    sam2fpga track FRAMES_DIR --prompts prompts.json -o out/ [--reverse] [--start-frame N] [--logits-out logits/]
 
-Frames are the .jpg/.jpeg/.png files of FRAMES_DIR sorted by name. Clicks (x, y in
-frame pixels, label 1 = object, 0 = background) go on frame N; the object is then
-tracked forward to the last frame. Each tracked frame gets an overlay
-OUT_DIR/<frame-stem>.png and, with --logits-out, its full-resolution mask logits
-as <frame-stem>.npy (float32, H x W). Without --checkpoint the model has seeded
-random weights: the pipeline runs, the masks mean nothing.
+Frames are the .jpg/.jpeg/.png files of FRAMES_DIR sorted by name. The short form clicks
+(x, y in frame pixels, label 1 = object, 0 = background) on frame N for one object; --prompts
+gives any number of objects with points, boxes or masks on any frames, and corrections on later
+frames (format and rules: sw/prompts.py, docs/track.md). Tracking runs as the official
+propagate_in_video: forward from the earliest prompted frame, or from --start-frame N, or backward
+with --reverse. Each tracked frame gets an overlay OUT_DIR/<frame-stem>.png (one colour per object)
+and, with --logits-out, each object's full-resolution mask logits <frame-stem>_<obj>.npy (float32,
+H x W; the short form keeps its <frame-stem>.npy). Every prompt is checked before anything is
+computed. Without --checkpoint the model has seeded random weights: the pipeline runs, the masks
+mean nothing.
 """
 from __future__ import annotations
 
@@ -17,18 +22,28 @@ from pathlib import Path
 from sw import inputs
 
 MODELS = ("tiny", "small", "base_plus", "large")
+COLOURS = ((255, 64, 32), (32, 160, 255), (64, 220, 64), (255, 200, 0), (200, 64, 255), (0, 220, 220),
+           (255, 128, 192), (160, 160, 160))   # one per object, cycling
 
 
 def add_arguments(parser):
     parser.add_argument("frames", type=Path, metavar="FRAMES_DIR", help="folder of frames (.jpg/.png), sorted by name")
-    parser.add_argument("--frame", type=int, default=0, metavar="N", help="frame index the clicks are on (default 0)")
-    parser.add_argument("--point", action="append", required=True, metavar="X,Y[,LABEL]",
-                        help="a click in frame pixels; LABEL 1 = object (default), 0 = background; repeatable")
+    prompt = parser.add_mutually_exclusive_group(required=True)
+    prompt.add_argument("--point", action="append", metavar="X,Y[,LABEL]",
+                        help="a click in frame pixels on --frame, object 1; LABEL 1 = object (default), "
+                             "0 = background; repeatable")
+    prompt.add_argument("--prompts", type=Path, metavar="PROMPTS.json",
+                        help="objects and their points / boxes / masks per frame (see docs/track.md)")
+    parser.add_argument("--frame", type=int, metavar="N", help="frame index the --point clicks are on (default 0)")
+    parser.add_argument("--reverse", action="store_true", help="track backward (official propagate_in_video reverse)")
+    parser.add_argument("--start-frame", type=int, metavar="N",
+                        help="frame tracking starts from (default: the earliest prompted frame, as the official)")
     parser.add_argument("--model", choices=MODELS, default="tiny", help="model size (default tiny)")
     parser.add_argument("--checkpoint", type=Path, help="official SAM 2.1 checkpoint (.pt) matching --model")
     parser.add_argument("--seed", type=inputs.seed, default=0, help="seed of the random weights when there is no checkpoint")
     parser.add_argument("-o", "--out", type=Path, required=True, metavar="OUT_DIR", help="where overlays go")
-    parser.add_argument("--logits-out", type=Path, metavar="DIR", help="also write <frame-stem>.npy mask logits here")
+    parser.add_argument("--logits-out", type=Path, metavar="DIR",
+                        help="also write each object's mask logits <frame-stem>_<obj>.npy here")
 
 
 def parse_point(text: str) -> tuple[float, float, int]:
@@ -47,16 +62,17 @@ def parse_point(text: str) -> tuple[float, float, int]:
     return x, y, label
 
 
-def overlay(frame_path: Path, logits, colour=(255, 64, 32), alpha: float = 0.5):
-    """The frame with the mask (logits > 0) tinted and its outline drawn."""
+def overlay(frame_path: Path, logits, alpha: float = 0.5):
+    """The frame with each object's mask (logits (objects, H, W) > 0) tinted in its colour, outlined."""
     import numpy as np
     from PIL import Image
     img = inputs.read_rgb(frame_path, "frame").astype(np.float32)
-    mask = logits > 0
-    tint = np.asarray(colour, np.float32)
-    img[mask] = (1 - alpha) * img[mask] + alpha * tint
-    edge = mask & ~(np.roll(mask, 1, 0) & np.roll(mask, -1, 0) & np.roll(mask, 1, 1) & np.roll(mask, -1, 1))
-    img[edge] = tint
+    for i, obj_logits in enumerate(logits):
+        mask = obj_logits > 0
+        tint = np.asarray(COLOURS[i % len(COLOURS)], np.float32)
+        img[mask] = (1 - alpha) * img[mask] + alpha * tint
+        edge = mask & ~(np.roll(mask, 1, 0) & np.roll(mask, -1, 0) & np.roll(mask, 1, 1) & np.roll(mask, -1, 1))
+        img[edge] = tint
     return Image.fromarray(img.clip(0, 255).astype(np.uint8))
 
 
@@ -74,6 +90,31 @@ def frame_sizes(frames) -> tuple[int, int]:
     return size
 
 
+def read_prompts(args, frames, size):
+    """The prompts and the tracking plan, every entry checked against the video (nothing computed yet)."""
+    from sw.cli import CommandError, UsageError
+    from sw.prompts import PromptError, load_prompts, plan_tracking, short_form_prompts
+    w, h = size
+    if args.prompts is not None:
+        if args.frame is not None:
+            raise UsageError("--frame goes with --point; in a prompts file each entry names its frame")
+        try:
+            prompts = load_prompts(args.prompts, size, len(frames))
+        except PromptError as e:
+            raise CommandError(str(e)) from e
+    else:
+        frame = 0 if args.frame is None else args.frame
+        clicks = [parse_point(p) for p in args.point]
+        if not 0 <= frame < len(frames):
+            raise UsageError(f"--frame {frame}: the video has {len(frames)} frames (0..{len(frames) - 1})")
+        inputs.check_inside(clicks, None, w, h, "frames")
+        prompts = short_form_prompts(frame, clicks)
+    try:  # the start frame, the direction and the corrections' frames must fit together
+        return prompts, plan_tracking(prompts, len(frames), args.reverse, args.start_frame)
+    except PromptError as e:
+        raise UsageError(str(e)) from e
+
+
 def check_outputs(args) -> None:
     """Output folders usable, and not the frames folder (overlays would overwrite .png frames)."""
     from sw import outputs
@@ -86,75 +127,83 @@ def check_outputs(args) -> None:
 
 def run(args) -> int:
     from golden_model.video import VideoPredictor, list_frames
-    from sw.cli import CommandError, UsageError
+    from sw.cli import CommandError
 
-    clicks = [parse_point(p) for p in args.point]
     try:
         frames = list_frames(args.frames)
     except (FileNotFoundError, ValueError) as e:
         raise CommandError(str(e)) from e
-    if not 0 <= args.frame < len(frames):
-        raise UsageError(f"--frame {args.frame}: the video has {len(frames)} frames (0..{len(frames) - 1})")
+    prompts, plan = read_prompts(args, frames, frame_sizes(frames))
     if args.checkpoint is not None and not args.checkpoint.is_file():
         raise CommandError(f"checkpoint {args.checkpoint} does not exist")
-    w, h = frame_sizes(frames)
-    inputs.check_inside(clicks, None, w, h, "frames")
+
     check_outputs(args)                 # last: it creates missing folders
 
     model = _build_model(args)
-    predictor = VideoPredictor(model.tracker)
-    scores = {}
+    # features of the prompted frames stay cached (the official keeps one frame: same numbers, more encoding)
+    predictor = VideoPredictor(model.tracker, feature_cache_size=min(8, len({p.frame for p in prompts}) + 1))
+    scores, tracked = {}, []
     try:
-        track_frames(predictor, frames, args.frame, clicks, args.out, args.logits_out, scores)
+        track_frames(predictor, frames, plan, args, scores, tracked)
     except (ValueError, CommandError) as e:  # a frame that went bad while tracking: keep what is done
         write_scores(args.out, scores)
-        raise CommandError(f"{e}; {summary(frames, args, scores)}") from e
+        raise CommandError(f"{e}; {summary(frames, args, plan, scores, tracked)}") from e
     except KeyboardInterrupt:
         if scores:
             write_scores(args.out, scores)
-            print(f"interrupted: {summary(frames, args, scores)}")
+            print(f"interrupted: {summary(frames, args, plan, scores, tracked)}")
         raise
     write_scores(args.out, scores)
-    print(summary(frames, args, scores))
-    if args.frame > 0:
-        print(f"note: frames before {frames[args.frame].name} are not tracked (forward propagation only)")
+    print(summary(frames, args, plan, scores, tracked))
+    obj_ids = next(iter(scores.values()), {})
+    for i in obj_ids:
+        present = sum(s[i] > 0 for s in scores.values())
+        print(f"  object {i}: present on {present} of {len(tracked)} frames")
+    if not plan.reverse and plan.start > 0:
+        print(f"note: frames before {frames[plan.start].name} are not tracked (track them with --reverse)")
     return 0
 
 
-def track_frames(predictor, frames, start: int, clicks, out: Path, logits_out: Path | None, scores: dict) -> None:
-    """Track from frame `start`, writing each frame's overlay (and logits) as it comes; `scores` fills
-    with each finished frame's object score. Memory stays flat: outputs no later frame reads are released."""
+def track_frames(predictor, frames, plan, args, scores: dict, tracked: list) -> None:
+    """Run the plan, writing each frame's overlay (and each object's logits) as it comes; `scores` fills
+    with each finished frame's object scores, `tracked` with its index. Memory stays flat: outputs no
+    later frame reads are released."""
     import numpy as np
     from tqdm import tqdm
 
     from sw import outputs
+    from sw.prompts import run_plan
+    short_form = args.prompts is None
     state = predictor.init_state(frames)
-    predictor.add_new_points(state, start, 1, [[x, y] for x, y, _ in clicks], [label for _, _, label in clicks])
-    for idx, _, logits in tqdm(predictor.propagate_in_video(state), total=len(frames) - start, desc="track",
-                               unit="frame"):
-        logits = logits[0, 0]
+    for idx, obj_ids, logits in tqdm(run_plan(predictor, state, plan), total=plan.frames_out(len(frames)),
+                                     desc="track", unit="frame"):
+        logits = logits[:, 0].astype(np.float32)
         stem = frames[idx].stem
-        outputs.save_png(out / f"{stem}.png", overlay(frames[idx], logits))
-        if logits_out:
-            outputs.save_npy(logits_out / f"{stem}.npy", logits.astype(np.float32))
-        scores[stem] = predictor.object_score_logits(state, idx)
-        predictor.release_old_outputs(state, idx)
+        outputs.save_png(args.out / f"{stem}.png", overlay(frames[idx], logits))
+        if args.logits_out:
+            for obj_id, obj_logits in zip(obj_ids, logits):
+                name = f"{stem}.npy" if short_form else f"{stem}_{obj_id}.npy"
+                outputs.save_npy(args.logits_out / name, obj_logits)
+        scores[stem] = {str(i): predictor.object_score_logits(state, idx, i) for i in obj_ids}
+        tracked.append(idx)
+        predictor.release_old_outputs(state, idx, reverse=plan.reverse)
 
 
 def write_scores(out: Path, scores: dict) -> None:
     from sw import outputs
     outputs.write_text(out / "object_scores.json", json.dumps(
-        {"object_score_logits": scores, "present": {k: v > 0 for k, v in scores.items()}}, indent=1))
+        {"object_score_logits": scores,
+         "present": {stem: {i: v > 0 for i, v in s.items()} for stem, s in scores.items()}}, indent=1))
 
 
-def summary(frames, args, scores: dict) -> str:
+def summary(frames, args, plan, scores: dict, tracked: list) -> str:
     """One line on the frames tracked so far (all of them, or those before a failure)."""
-    if not scores:
+    if not tracked:
         return "no frame tracked"
-    present = sum(v > 0 for v in scores.values())
-    last = frames[args.frame + len(scores) - 1]      # forward tracking: the frames done are contiguous
-    return (f"tracked {len(scores)} frames ({frames[args.frame].name} .. {last.name}); "
-            f"object present on {present}; overlays in {args.out}"
+    n_obj = len(next(iter(scores.values())))
+    first, last = frames[tracked[0]].name, frames[tracked[-1]].name
+    return (f"tracked {n_obj} object{'s' * (n_obj > 1)} over {len(tracked)} frames ({first} .. {last}"
+            f"{', backward' if plan.reverse else ''}); overlays in {args.out}"
             + (f", logits in {args.logits_out}" if args.logits_out else ""))
 
 

@@ -89,13 +89,13 @@ def test_video_pipeline_matches_official_predictor(clip, official_run):
     golden = SAM2Model(name, state_dict={k: v.detach().numpy() for k, v in model.state_dict().items()})
     predictor = VideoPredictor(golden.tracker, feature_cache_size=16)  # frames are encoded once each
     state = predictor.init_state(clip)
-    results = run_scenario(predictor, state, predictor.object_score_logits, CLICKS)
+    results = run_scenario(predictor, state, lambda st, f: predictor.object_score_logits(st, f, 1), CLICKS)
     worst = compare(results, official)
     present = "".join("1" if s > 0 else "0" for _, _, _, s in official)
     print(f"{name}: worst relative mask-logit error {worst:.2e} over {len(results)} outputs; presence {present}")
     # the bank really filled and dropped: the last frame saw 6 recent memories + the conditioning frame
-    assert len(state.output_dict["non_cond_frame_outputs"]) == 9
-    assert list(state.output_dict["cond_frame_outputs"]) == [0]
+    assert len(state.objects[1].output_dict["non_cond_frame_outputs"]) == 9
+    assert list(state.objects[1].output_dict["cond_frame_outputs"]) == [0]
 
 
 def test_predictor_rejects_bad_prompts(clip):
@@ -109,9 +109,6 @@ def test_predictor_rejects_bad_prompts(clip):
         predictor.add_new_points(state, 0, 1, [[1, 1], [2, 2]], [1])
     with pytest.raises(RuntimeError, match="add a prompt"):
         next(predictor.propagate_in_video(state))
-    state.obj_id = 1
-    with pytest.raises(ValueError, match="one object"):
-        predictor.add_new_points(state, 0, 2, [[1, 1]], [1])
     with pytest.raises(ValueError, match="2-D"):
         predictor.add_new_mask(state, 0, 1, np.zeros((1, 4, 4)))
 

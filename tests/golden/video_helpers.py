@@ -45,6 +45,34 @@ def memoize_official_image_encoder(model):
     return model
 
 
+def promote_bf16_memory(model):
+    """sam2 1.1.0 on CPU fails ("mat1 and mat2 must have the same dtype") when a frame's memory is
+    only bfloat16 memory frames, without any float32 object pointer for torch.cat to promote them:
+    an object tracked on frames before its only conditioning frame. The promotion (exact: bf16 is a
+    subset of f32) is what happens whenever pointers are there; this does it in the other case too."""
+    original = model.memory_attention.forward
+
+    def forward(*args, **kwargs):
+        if kwargs.get("memory") is not None:
+            kwargs["memory"] = kwargs["memory"].float()
+        return original(*args, **kwargs)
+
+    model.memory_attention.forward = forward
+    return model
+
+
+def one_torch_thread():
+    """Generator for a fixture: torch on one thread while it lasts. The official model's small ops then
+    cost ~10x less CPU on a busy machine (idle pool threads spin); 2 pytest workers use the 2 cores."""
+    import torch
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
 def memory_weights(model):
     """The official state dict's tensors that golden_model.video.Tracker owns."""
     from golden_model.weights import Weights
@@ -71,3 +99,17 @@ def torch_bank(bank):
                          "object_score_logits": torch.from_numpy(o["object_score_logits"])}
                      for t, o in frames.items()}
     return conv
+
+
+def golden_twin(official, name: str, image_size: int | None = None):
+    """The golden SAM2Model with an official model's weights (and its image size, when not 1024)."""
+    from dataclasses import replace
+    from types import MappingProxyType
+
+    from golden_model.config import load_config
+    from golden_model.model import SAM2Model
+    config = load_config(name)
+    if image_size:
+        config = replace(config, options=MappingProxyType({**config.options, "image_size": image_size}))
+    return SAM2Model(name, state_dict={k: v.detach().numpy() for k, v in official.state_dict().items()},
+                     config=config)
