@@ -50,8 +50,8 @@ def run(synth: bool = True, preset_name: str = "bench16", name: str = "attention
     from golden_model import intattn as A
     from hw.config import preset
     from sw.backends.rtl import run_images
-    from sw.compile_attention import compile_attention
-    from sw.driver import Driver
+    from sw.compile.attention import compile_attention
+    from sw.runtime.driver import Driver
 
     # Only the engines attention uses: the others (conv's im2col, the depthwise lanes) do not change its
     # cycles and would only lengthen the Verilator build.
@@ -125,7 +125,7 @@ def run(synth: bool = True, preset_name: str = "bench16", name: str = "attention
 
 def frame_traffic(cfg) -> dict:
     """DDR bytes of one memory-attention frame from the compiler, against the minima."""
-    from sw.compile_attention import compile_attention
+    from sw.compile.attention import compile_attention
     R, S = cfg.rows, cfg.attn_q_slots
     L, Lq, Lk, d = FRAME["layers"], FRAME["queries"], FRAME["keys"], FRAME["d"]
     rng = np.random.default_rng(0)

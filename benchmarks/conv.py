@@ -1,7 +1,7 @@
 """Convolution engine: RTL-simulated cycles and MAC utilisation of SAM 2's real convolutions.
 
 Each layer runs on a tile (all of its channels, a band of output rows and columns) on the
-16 x 16 overlay (preset bench16, 128-bit AXI), through the driver's own routing (sw/conv.py):
+16 x 16 overlay (preset bench16, 128-bit AXI), through the driver's own routing (sw/compile/routes.py):
 the same call on the sim model and under Verilator, both checked bit for bit against
 golden_model.intconv. The full layer's cycles are the tile's scaled by full MACs / tile MACs
 (the schedule repeats per output tile, so this holds up to edge tiles; layers with short
@@ -93,7 +93,7 @@ def run(synth: bool = True, preset_name: str = "bench16", model_presets: tuple[s
     `only`: just the layers whose name contains it (report name suffixed with it); `engines`: build
     the overlay with only these (a smaller Verilator build; layers whose engine is missing fall back)."""
     from hw.config import preset
-    from sw.driver import Driver
+    from sw.runtime.driver import Driver
 
     cfg = preset(preset_name)
     if engines:
@@ -161,7 +161,7 @@ def run(synth: bool = True, preset_name: str = "bench16", model_presets: tuple[s
 
 def model_only(cfg, only: str = "") -> None:
     """The sim model's cycles (within 5 % of the RTL's where measured) on another overlay."""
-    from sw.driver import Driver
+    from sw.runtime.driver import Driver
     drv = Driver(cfg, "sim")
     rows = []
     for i, (name, kind, full, cout, k, stride, padding, tile) in enumerate(LAYERS):

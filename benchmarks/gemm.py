@@ -20,7 +20,7 @@ def run(synth: bool = True) -> None:
     from hw.config import preset
     from sw.backends.rtl import run_images
     from sw.commands.sim import random_layer
-    from sw.driver import Driver
+    from sw.runtime.driver import Driver
 
     cfg = preset("bench16")
     rows = []

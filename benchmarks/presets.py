@@ -1,6 +1,6 @@
 """The board presets' MAC utilisation: GEMM 256^3 and attention in steady state, per preset.
 
-Sim model (sw/backends/sim.py, within 0.3 % of the RTL on bench16) for every board preset, and the
+Sim model (sw/backends/sim_model.py, within 0.3 % of the RTL on bench16) for every board preset, and the
 RTL (Verilator, operands in DDR behind cocotbext-axi) for the presets small enough to simulate
 (pynq-z2: 8 x 8, packed). Attention as benchmarks/attention.py measures it: one pass of S R queries
 (the engine's resident slots) over 4096 keys and over 2048 keys, d = 256; the steady state is the
@@ -32,7 +32,7 @@ def attention_programs(drv, cfg):
     """[(program, its golden result)] for 4096 and 2048 keys."""
     from benchmarks.attention import case
     from golden_model.intattn import attention
-    from sw.compile_attention import compile_attention
+    from sw.compile.attention import compile_attention
     queries = cfg.attn_q_slots * cfg.rows
     q, k, v, quant = case(np.random.default_rng(5), queries, KEYS, D)
     return [(compile_attention(cfg, q, k[:n], v[:n], quant, base_addr=drv.BUFFER_BASE),
@@ -46,7 +46,7 @@ def output(prog, image):
 
 def rows_for(cfg, rtl: bool) -> list[dict]:
     from sw.backends.rtl import run_images
-    from sw.driver import Driver
+    from sw.runtime.driver import Driver
     drv = Driver(cfg, "sim")
     cases = [gemm_program(drv), *attention_programs(drv, cfg)]
     gemm, attn = cases[0][0], [c[0] for c in cases[1:]]

@@ -43,7 +43,7 @@ def speed_rows() -> list[dict]:
     from hw import isa
     from hw.config import preset
     from sw.backends.cycles import cycles_only
-    from sw.driver import Driver
+    from sw.runtime.driver import Driver
 
     cfg = preset("kv260")
     rng = np.random.default_rng(14)

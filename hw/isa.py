@@ -162,7 +162,7 @@ class EngineISA:
     """One engine's part of the host interface, declared in one place: its opcodes (with the done
     counter each completes into), its LOAD targets, the descriptor field group it reads from shared
     bits. Every table below (OPCODES, TARGETS, SHARED_GROUPS, ...) is derived from ENGINES; the host
-    checks (sw.checks) are keyed by the same names and refuse to import when one is missing."""
+    checks (sw.runtime.checks) are keyed by the same names and refuse to import when one is missing."""
     name: str                                   # as in OverlayConfig.engines
     title: str                                  # in messages and docs
     opcodes: dict = field(default_factory=dict)    # name -> (value, done counter or None)

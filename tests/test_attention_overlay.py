@@ -7,10 +7,10 @@ import pytest
 from golden_model import intattn as A
 from hw import isa
 from hw.config import preset
-from sw.checks import DescriptorError, check_descriptors
-from sw.compile_attention import compile_attention
-from sw.compiler import CompileError
-from sw.driver import Driver
+from sw.runtime.checks import DescriptorError, check_descriptors
+from sw.compile.attention import compile_attention
+from sw.compile.linear import CompileError
+from sw.runtime.driver import Driver
 
 SIM = preset("sim")
 
@@ -48,14 +48,14 @@ CASES = [  # heads, lq, lk, d, kind, out_int32
 
 
 @pytest.mark.parametrize("heads,lq,lk,d,kind,out_int32", CASES)
-def test_sim_backend_matches_golden(heads, lq, lk, d, kind, out_int32):
+def test_on_sim_matches_golden(heads, lq, lk, d, kind, out_int32):
     rng = np.random.default_rng(lq * 100 + lk)
     q, k, v, quant = case(rng, heads, lq, lk, d, kind)
     got = Driver(SIM, "sim").attention(q, k, v, quant, out_int32=out_int32)
     assert np.array_equal(got, golden(q, k, v, quant, SIM, out_int32))
 
 
-def test_sim_backend_long_keys_and_big_head_dim():
+def test_on_sim_long_keys_and_big_head_dim():
     """Long sequences and d = 256 on the 16 x 16 preset (sim backend only: the RTL would be slow)."""
     cfg = preset("bench16")
     rng = np.random.default_rng(3)
@@ -152,7 +152,7 @@ def test_host_refuses_bad_attention_descriptors(field, value, match):
 
 def test_driver_splits_calls_too_big_for_one_program(monkeypatch):
     """Wait counts are 16-bit: big calls run as several programs over heads and query rows."""
-    import sw.compile_attention as ca
+    import sw.compile.attention as ca
     bench = preset("bench16")
     n = ca.max_query_tiles(bench, 8192)
     assert n == 124                     # 31 groups of 4 slots; 124 x 512 COMPUTEs, 124 x 514 STEP/NORMs

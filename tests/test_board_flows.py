@@ -187,7 +187,7 @@ def test_rtl_of_the_ecp5_preset_equals_sim_equals_golden():
 
     from golden_model.intops import gemm
     from sw.backends.rtl import run_images
-    from sw.driver import Driver
+    from sw.runtime.driver import Driver
     cfg = preset("ulx3s")
     drv = Driver(cfg, "sim")
     rng = np.random.default_rng(5)

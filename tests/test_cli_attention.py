@@ -8,7 +8,7 @@ from golden_model import intattn
 from hw.config import preset
 from sw.cli import main
 from sw.commands.sim import attention_error, random_attention
-from sw.compile_attention import compile_attention
+from sw.compile.attention import compile_attention
 
 
 def figures(out):
@@ -18,7 +18,7 @@ def figures(out):
             "err": float(re.search(r"float attention on the same int8 inputs: ([\d.]+)%", out).group(1))}
 
 
-def test_sim_attention_sim_backend(capsys):
+def test_sim_attention_on_sim(capsys):
     assert main(["sim", "attention", "--q", "9", "--kv", "37", "--d", "24", "--heads", "2"]) == 0
     out = capsys.readouterr().out
     assert "bit-exact against golden" in out

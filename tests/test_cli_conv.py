@@ -13,7 +13,7 @@ from sw.cli import main
     (["--in", "6x5x7", "--out", "11", "--k", "1"], "gemm"),
     (["--in", "2x9x9", "--out", "3", "--k", "3", "--stride", "3"], "gemm-im2col"),
 ])
-def test_sim_conv_sim_backend(argv, route, capsys):
+def test_sim_conv_on_sim(argv, route, capsys):
     assert main(["sim", "conv", *argv]) == 0
     out = capsys.readouterr().out
     assert "bit-exact against golden" in out and "MAC utilisation" in out

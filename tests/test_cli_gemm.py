@@ -15,7 +15,7 @@ def test_generate_writes_verilog_and_summary(tmp_path, capsys):
     assert summary["config"]["rows"] == 4 and summary["registers"]["CONTROL"] == "0x0"
 
 
-def test_sim_gemm_sim_backend(capsys):
+def test_sim_gemm_on_sim(capsys):
     assert main(["sim", "gemm", "--m", "19", "--k", "33", "--n", "21", "--relu"]) == 0
     out = capsys.readouterr().out
     assert "bit-exact against golden" in out and "MAC utilisation" in out and "cycles/s" in out

@@ -10,11 +10,11 @@ from hw import isa
 from hw.config import preset
 from hw.conv.im2col import Im2colLoader
 from sim.amaranth_ddr import axi_read_testbenches
-from sw.backends.sim import SimOverlay
-from sw.checks import DescriptorError, check_descriptors
-from sw.compile_conv import PAD, FmapLayout, compile_conv2d
-from sw.compiler import CompileError
-from sw.driver import Driver
+from sw.backends.sim_model import SimOverlay
+from sw.runtime.checks import DescriptorError, check_descriptors
+from sw.compile.conv import PAD, FmapLayout, compile_conv2d
+from sw.compile.linear import CompileError
+from sw.runtime.driver import Driver
 
 SIM = preset("sim")
 

@@ -4,8 +4,8 @@ import pytest
 
 from golden_model import intconv
 from hw.config import preset
-from sw.conv import ConvError
-from sw.driver import Driver
+from sw.compile.routes import ConvError
+from sw.runtime.driver import Driver
 
 SIM = preset("sim")
 
@@ -60,7 +60,7 @@ CASES = [  # kind, cin, h, w, cout, k, stride, padding, relu, out_int32
 
 
 @pytest.mark.parametrize("kind,cin,h,w,cout,k,stride,padding,relu,out_int32", CASES)
-def test_sim_backend_bit_exact(kind, cin, h, w, cout, k, stride, padding, relu, out_int32):
+def test_on_sim_bit_exact(kind, cin, h, w, cout, k, stride, padding, relu, out_int32):
     x, wt, bias, mult, shift = case(kind, cin, h, w, cout, k, stride, padding)
     drv = Driver(SIM, "sim")
     got = run(drv, kind, x, wt, bias, mult, shift, stride, padding, relu, out_int32)

@@ -11,7 +11,7 @@ from hw import isa
 from hw.config import preset
 from hw.conv.depthwise import DepthwiseUnit
 from sim.amaranth_ddr import axi_read_testbenches
-from sw.compile_conv import FmapLayout, dw_coefficients
+from sw.compile.conv import FmapLayout, dw_coefficients
 
 SIM = preset("sim")
 
@@ -152,10 +152,10 @@ def test_unit_equals_golden_amaranth_bench16(c, h, w, k):
 
 # ---------------------------------------------------------------- compiler, sim model, routing
 
-from sw.checks import DescriptorError, check_descriptors          # noqa: E402
-from sw.compile_conv import compile_depthwise                     # noqa: E402
-from sw.compiler import CompileError                              # noqa: E402
-from sw.driver import Driver                                      # noqa: E402
+from sw.runtime.checks import DescriptorError, check_descriptors          # noqa: E402
+from sw.compile.conv import compile_depthwise                     # noqa: E402
+from sw.compile.linear import CompileError                              # noqa: E402
+from sw.runtime.driver import Driver                                      # noqa: E402
 
 ROUTED = [  # c, h, w, k, relu: channels not multiples of L, odd sizes, every odd K
     (5, 9, 11, 7, False), (3, 7, 6, 5, True), (4, 5, 13, 3, False), (1, 1, 1, 7, False), (2, 3, 40, 1, True),

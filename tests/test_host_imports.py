@@ -19,7 +19,7 @@ def host_modules() -> list[str]:
 
 def test_host_modules_do_not_import_amaranth():
     modules = host_modules()
-    assert "sw.backends.sim" in modules and "sw.compile_conv" in modules and "golden_model.intattn" in modules
+    assert "sw.backends.sim_model" in modules and "sw.compile.conv" in modules and "golden_model.intattn" in modules
     code = ("import importlib, sys\n"
             f"for name in {modules!r}:\n"
             "    importlib.import_module(name)\n"

@@ -5,9 +5,9 @@ import pytest
 from golden_model.intops import gemm
 from hw import isa
 from hw.config import preset
-from sw.checks import DescriptorError, check_descriptors
-from sw.compiler import CompileError, compile_linear
-from sw.driver import AcceleratorError, Driver
+from sw.runtime.checks import DescriptorError, check_descriptors
+from sw.compile.linear import CompileError, compile_linear
+from sw.runtime.driver import AcceleratorError, Driver
 
 SIM = preset("sim")
 
@@ -33,14 +33,14 @@ CASES = [  # m, k, n, relu, out_int32
 
 
 @pytest.mark.parametrize("m,k,n,relu,out_int32", CASES)
-def test_sim_backend_matches_golden(m, k, n, relu, out_int32):
+def test_on_sim_matches_golden(m, k, n, relu, out_int32):
     rng = np.random.default_rng(m * 1000 + k * 10 + n)
     a, b, bias, mult, shift = layer(rng, m, k, n, extremes=True)
     got = Driver(SIM, "sim").linear(a, b, bias, mult, shift, relu=relu, out_int32=out_int32)
     assert np.array_equal(got, gemm(a, b, bias, mult, shift, relu=relu, out_int32=out_int32))
 
 
-def test_sim_backend_k_split_and_small_scratchpads():
+def test_on_sim_k_split_and_small_scratchpads():
     """K larger than half a scratchpad: accumulated chunks; acc scratchpad of just two tiles."""
     cfg = SIM.replace(a_depth=64, b_depth=64, acc_depth=8, param_depth=2)
     rng = np.random.default_rng(3)
@@ -202,7 +202,7 @@ def test_rtl_128bit_axi_bit_exact_and_cycles():
 
 def test_sim_model_reports_axi_errors_outside_ddr():
     """Addresses outside DDR answer with an AXI error response: ERROR bit, ERROR_DESC, irq."""
-    from sw.backends.sim import SimOverlay
+    from sw.backends.sim_model import SimOverlay
     model = SimOverlay(SIM, 1 << 16)
     descs = [isa.pack_descriptor(opcode=isa.OPCODES["LOAD"], target=0, count=4, dram_addr=1 << 20),
              isa.pack_descriptor(opcode=isa.OPCODES["SYNC"])]

@@ -1,5 +1,5 @@
 """Programs longer than the descriptors' 16-bit wait counts: the compilers cut them into runs
-(sw.compiler.split_runs), each started on its own, each self-contained. A small limit makes short
+(sw.compile.linear.split_runs), each started on its own, each self-contained. A small limit makes short
 layers split here; the real limit is checked on the 65,536 x 96 x 288 linear (slow)."""
 import numpy as np
 import pytest
@@ -8,13 +8,13 @@ from golden_model import intconv
 from golden_model.intops import gemm
 from hw import isa
 from hw.config import preset
-from sw import compiler
+from sw.compile import linear
 from sw.backends import fast
 from sw.backends.cycles import program_cycles
-from sw.compile_conv import compile_conv2d
-from sw.compiler import compile_linear
-from sw.backends.sim_backend import SimBackend
-from sw.driver import Driver
+from sw.compile.conv import compile_conv2d
+from sw.compile.linear import compile_linear
+from sw.backends.sim import SimBackend
+from sw.runtime.driver import Driver
 from sw.runtime.backend import DDR_BASE
 
 UNITS = {"LOAD": ("LOAD", "DEPTHWISE"), "COMPUTE": ("COMPUTE",), "STORE": ("STORE",)}
@@ -53,7 +53,7 @@ def run_each_after_reset(cfg, prog):
 
 @pytest.mark.parametrize("m,k,n,limit", [(70, 40, 50, 20), (33, 3000, 20, 9), (200, 24, 8, 5)])
 def test_linear_split_into_runs(monkeypatch, m, k, n, limit):
-    monkeypatch.setattr(compiler, "WAIT_LIMIT", limit)
+    monkeypatch.setattr(linear, "WAIT_LIMIT", limit)
     cfg = preset("sim")
     rng = np.random.default_rng(m + k)
     a, b = rand8(rng, (m, k)), rand8(rng, (k, n))
@@ -74,7 +74,7 @@ def test_linear_split_into_runs(monkeypatch, m, k, n, limit):
 @pytest.mark.parametrize("cin,h,w,cout,k,stride,depthwise", [(4, 9, 10, 40, 3, 1, False), (3, 64, 64, 8, 7, 4, False),
                                                             (240, 6, 7, 9, 3, 2, False), (16, 8, 8, 16, 3, 1, True)])
 def test_conv_split_into_runs(monkeypatch, cin, h, w, cout, k, stride, depthwise):
-    monkeypatch.setattr(compiler, "WAIT_LIMIT", 24)
+    monkeypatch.setattr(linear, "WAIT_LIMIT", 24)
     cfg = preset("sim")
     rng = np.random.default_rng(cin + k)
     x, wt = rand8(rng, (cin, h, w)), rand8(rng, (cout, 1 if depthwise else cin, k, k))
@@ -108,7 +108,7 @@ def test_the_65536_x_96_x_288_linear_compiles_and_runs(preset_name):
     bias, mult, shift = rng.integers(-999, 999, 288), rng.integers(1 << 20, 1 << 22, 288), rng.integers(20, 30, 288)
     drv = Driver(cfg, "sim", ddr_bytes=1 << 27)
     prog = drv.compile(a, b, bias, mult, shift)
-    check_runs(prog, compiler.WAIT_LIMIT)
+    check_runs(prog, linear.WAIT_LIMIT)
     assert len(prog.runs) >= 2
     assert np.array_equal(prog.output(drv.run(prog)), gemm(a, b, bias, mult, shift))
 
@@ -117,7 +117,7 @@ def test_the_65536_x_96_x_288_linear_compiles_and_runs(preset_name):
 def test_runs_on_rtl(monkeypatch):
     """A program of several runs on the RTL (one Verilator session, one START per run): bit-exact,
     cycles within 5 % of the sim model's (which sums its runs the same way)."""
-    monkeypatch.setattr(compiler, "WAIT_LIMIT", 20)
+    monkeypatch.setattr(linear, "WAIT_LIMIT", 20)
     cfg = preset("sim")
     rng = np.random.default_rng(5)
     a, b = rand8(rng, (40, 40)), rand8(rng, (40, 50))

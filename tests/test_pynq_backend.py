@@ -5,7 +5,7 @@ import pytest
 from golden_model.intops import gemm
 from hw import isa
 from hw.config import preset
-from sw.driver import AcceleratorError, Driver
+from sw.runtime.driver import AcceleratorError, Driver
 
 pynq = pytest.importorskip("pynq")
 SIM = preset("sim")

@@ -6,8 +6,8 @@ import pytest
 from golden_model.intops import gemm
 from hw import isa
 from hw.config import preset
-from sw.checks import DescriptorError
-from sw.compiler import compile_linear
+from sw.runtime.checks import DescriptorError
+from sw.compile.linear import compile_linear
 from sw.runtime.arena import ALIGN, Arena, ArenaFull
 from sw.runtime.backend import AcceleratorError, open_backend
 from sw.runtime.chain import Chain, ChainSpec, ChainWeights
@@ -220,7 +220,7 @@ def test_cli_sim_chain_usage_errors(argv, match, capsys):
 
 
 def test_driver_repeated_layer_writes_only_its_input():
-    from sw.driver import Driver
+    from sw.runtime.driver import Driver
     rng = np.random.default_rng(4)
     a, b, bias, mult, shift = layer(rng, 9, 40, 20)
     drv = Driver(SIM, "sim")
@@ -255,7 +255,7 @@ def test_token_tile_layout_round_trip_and_offsets(heads):
 
 @pytest.mark.parametrize("heads", [1, 2])
 def test_relayout_program_transposes_chunks_to_planes_on_the_overlay(heads):
-    from sw.compile_conv import FmapLayout
+    from sw.compile.conv import FmapLayout
     from sw.runtime.layout import compile_chunks_to_planar
     cfg = CHAIN_CFG
     c, h, w = 64, 2, 16

@@ -11,12 +11,12 @@ from hw import isa
 from hw.config import preset
 from sw.backends import fast
 from sw.backends.cycles import cycles_only, program_cycles
-from sw.backends.sim import SimOverlay
-from sw.compile_attention import compile_attention
-from sw.compile_conv import compile_conv2d, compile_depthwise
-from sw.compiler import compile_linear
-from sw.backends.sim_backend import SimBackend
-from sw.driver import Driver
+from sw.backends.sim_model import SimOverlay
+from sw.compile.attention import compile_attention
+from sw.compile.conv import compile_conv2d, compile_depthwise
+from sw.compile.linear import compile_linear
+from sw.backends.sim import SimBackend
+from sw.runtime.driver import Driver
 from sw.runtime.backend import DDR_BASE
 
 BASE = DDR_BASE
@@ -230,7 +230,7 @@ def test_descriptors_packed_at_once_equal_the_scalar_packer():
 
 
 def test_a_descriptor_that_does_not_fit_is_named():
-    from sw.compiler import CompileError, pack_descriptors
+    from sw.compile.linear import CompileError, pack_descriptors
     image = np.zeros(4096, np.uint8)
     descs = [dict(opcode="SYNC"), dict(opcode="LOAD", target="A", count=1 << 16, sp_addr=0)]
     with pytest.raises(CompileError, match="descriptor 1: .*count=65536 does not fit 16 bits"):

@@ -1,1 +1,1 @@
-"""Backends that execute compiled programs: sim (functional model), rtl (Verilator), pynq."""
+"""Backends that execute compiled programs: sim (functional model, sim_model.py), rtl (Verilator), pynq."""

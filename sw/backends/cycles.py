@@ -1,6 +1,6 @@
 """The overlay's cycle model: when each descriptor dispatches and completes, without the data.
 
-One model for both sim modes: the checked interpreter (sw.backends.sim) runs it with a callback
+One model for both sim modes: the checked interpreter (sw.backends.sim_model) runs it with a callback
 that executes each descriptor's data as it dispatches; the fast mode and `cycles_only` (timing
 without data, for profiles) run it alone. The descriptor fields are decoded for the whole list at
 once (NumPy) and each descriptor's fixed costs (burst and beat cycles, tile counts) computed

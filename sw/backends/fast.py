@@ -12,7 +12,7 @@ STOREs (or DEPTHWISE) would write, and no others. The cycles come from the cycle
 What it relies on: the compiler's layouts (zero blocks off the diagonal of a depthwise weight tile,
 reductions within MAX_K so no accumulator wraps); a program the host did not compile has no record
 and is interpreted. It leaves the scratchpads as they were (the interpreter would leave the last
-tiles there): no compiled program reads what an earlier run left (sw.compiler.split_runs).
+tiles there): no compiled program reads what an earlier run left (sw.compile.linear.split_runs).
 """
 from __future__ import annotations
 
@@ -90,8 +90,8 @@ def float_type(k: int):
     return np.float32 if k <= FLOAT32_MAX_K else np.float64
 
 
-# ---------------------------------------------------------------- the layers (sw/compiler.py, sw/compile_conv.py,
-# sw/compile_attention.py say the layouts)
+# ---------------------------------------------------------------- the layers (sw/compile/linear.py, sw/compile/conv.py,
+# sw/compile/attention.py say the layouts)
 
 def linear(cfg, ddr, op, at):
     R, C = cfg.rows, cfg.cols
@@ -118,7 +118,7 @@ def _planes(ddr, addr, layout, dtype=np.uint8) -> np.ndarray:
 
 
 def conv(cfg, ddr, op, at):
-    from sw.compile_conv import PAD, FmapLayout
+    from sw.compile.conv import PAD, FmapLayout
     R, C = cfg.rows, cfg.cols
     cin, h, w, cout, k, s, p = (op[n] for n in ("cin", "h", "w", "cout", "k", "stride", "padding"))
     mt, kk = op["mt"], k * k
@@ -145,7 +145,7 @@ def conv(cfg, ddr, op, at):
 
 
 def depthwise(cfg, ddr, op, at):
-    from sw.compile_conv import PAD, FmapLayout
+    from sw.compile.conv import PAD, FmapLayout
     c, h, w, k, p = (op[n] for n in ("channels", "h", "w", "k", "padding"))
     lay = FmapLayout(c, h, w, cfg.cols)
     x = _planes(ddr, at["in"], lay).view(np.int8)[:, PAD - p:PAD - p + h + k - 1, lay.left - p:lay.left - p + w + k - 1]

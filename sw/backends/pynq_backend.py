@@ -48,7 +48,7 @@ def _define_device():
     from pynq.buffer import PynqBuffer
     from pynq.pl_server.device import Device
 
-    from sw.backends.sim import SimOverlay
+    from sw.backends.sim_model import SimOverlay
 
     class RegisterWindow:
         """What MMIO indexes as its `array`: 32-bit words whose reads and writes reach the model."""

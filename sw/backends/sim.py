@@ -1,269 +1,38 @@
-"""The sim backend: a bit-exact functional model of the overlay with a cycle model.
-
-`SimOverlay` has the overlay's registers (hw.isa.REGISTERS) and a numpy DDR. START runs the
-descriptor list in one of two modes, with the same cycles (sw.backends.cycles):
-
-  checked  the interpreter: every descriptor executed as the hardware does (same DMA layouts,
-           scratchpads, arithmetic: golden_model.intops), one at a time;
-  fast     (the default) for a run the host announced with `expect` (a compiled program's op
-           record, sw.backends.fast): the whole layer's result at once with NumPy, read from and
-           written to the same DDR bytes; any other run is interpreted.
-
-A descriptor whose waits can never be met leaves it BUSY forever, like the hardware (the
-driver's time-out case).
-"""
+"""The sim backend: the overlay's functional model (sw.backends.sim_model.SimOverlay) behind the backend interface."""
 from __future__ import annotations
 
 import numpy as np
 
-from golden_model.intops import requantize, saturate_int32
-from hw import isa
-from hw.limits import im2col_row_beats
-from sw.backends import cycles as CY
-
-MODES = ("fast", "checked")
+from sw.runtime.backend import DDR_BASE, Backend
 
 
-class SimOverlay:
-    def __init__(self, cfg, ddr_bytes: int = 1 << 24, mode: str = "fast"):
-        if mode not in MODES:
-            raise ValueError(f"unknown sim mode {mode!r}; choose one of {', '.join(MODES)}")
-        self.cfg, self.mode = cfg, mode
-        self._expected: dict[tuple[int, int], object] = {}     # (DESC_ADDR, DESC_COUNT) -> fast job
-        self.fast_runs = 0                                      # runs whose data the fast mode computed
-        self.ddr = np.zeros(ddr_bytes, np.uint8)
-        self.regs = {r.name: 0 for r in isa.REGISTERS}
-        self.regs["CONFIG"] = isa.config_word(cfg)
-        self._soft_reset()
+class SimBackend(Backend):
+    name = "sim"
 
-    def _soft_reset(self):
-        cfg = self.cfg
-        self.a = np.zeros((cfg.a_depth, cfg.rows), np.int8)
-        self.b = np.zeros((cfg.b_depth, cfg.cols), np.int8)
-        self.params = np.zeros((cfg.param_depth, cfg.cols, 3), np.int64)
-        self.acc = np.zeros((cfg.acc_depth, cfg.cols), np.int64)
-        self.attn = None
-        self.dw_coef = np.zeros(cfg.dw_channels * isa.DW_COEF_BYTES, np.uint8)
-        if "attention" in cfg.engines:
-            from sw.backends.sim_attention import AttentionModel
-            self.attn = AttentionModel(cfg)
-        for name in ("STATUS", "ERROR", "DESC_DONE", "CYCLES", "LOADS_DONE", "COMPUTES_DONE",
-                     "STORES_DONE", "ERROR_DESC", "ATTENTIONS_DONE"):
-            self.regs[name] = 0
+    def __init__(self, cfg, *, ddr_bytes: int = 1 << 26, timeout_s: float = 10.0, sim_mode: str = "fast", **_):
+        """`sim_mode`: "fast" (a compiled program's layer in NumPy, announced by LoadedProgram.run) or
+        "checked" (every descriptor interpreted); the same bytes and cycles (sw.backends.sim_model)."""
+        from sw.backends.sim_model import SimOverlay
+        super().__init__(cfg, DDR_BASE, ddr_bytes - DDR_BASE)
+        self.model = SimOverlay(cfg, ddr_bytes, mode=sim_mode)   # the model's DDR is device addresses 0 .. ddr_bytes
+        self.timeout_s = timeout_s
 
-    # ---------------------------------------------------------------- register interface
-    def read_reg(self, offset: int) -> int:
-        for r in isa.REGISTERS:
-            if r.offset == offset:
-                value = self.regs[r.name]
-                if r.name == "STATUS":
-                    value |= isa.STATUS_ERROR if self.regs["ERROR"] else 0
-                return value & 0xFFFFFFFF
-        return 0
+    def _write(self, addr, data):
+        self.model.ddr[addr:addr + data.size] = data
 
-    def write_reg(self, offset: int, value: int) -> None:
-        reg = isa.REG
-        if offset == reg["CONTROL"]:
-            if value & isa.CONTROL_RESET:
-                self._soft_reset()
-            elif value & isa.CONTROL_START and not self.regs["STATUS"] & isa.STATUS_BUSY:
-                self.regs["STATUS"] &= ~isa.STATUS_DONE
-                self._run()
-        elif offset == reg["STATUS"]:
-            if value & isa.STATUS_DONE:
-                self.regs["STATUS"] &= ~isa.STATUS_DONE
-        elif offset in (reg["IRQ_ENABLE"], reg["DESC_ADDR"], reg["DESC_COUNT"]):
-            name = next(r.name for r in isa.REGISTERS if r.offset == offset)
-            self.regs[name] = value & 0xFFFFFFFF
+    def _read(self, addr, size):
+        return self.model.ddr[addr:addr + size].copy()
 
-    @property
-    def irq(self) -> bool:
-        return bool(self.regs["IRQ_ENABLE"] & 1) and bool(self.regs["STATUS"] & isa.STATUS_DONE or self.regs["ERROR"])
+    def read_reg(self, offset):
+        return self.model.read_reg(offset)
 
-    # ---------------------------------------------------------------- execution
-    def _error(self, bit: int, index: int):
-        if not self.regs["ERROR"]:
-            self.regs["ERROR_DESC"] = index
-        self.regs["ERROR"] |= bit
-        self.regs["STATUS"] &= ~isa.STATUS_BUSY
+    def write_reg(self, offset, value):
+        self.model.write_reg(offset, int(value))
 
-    def _ddr(self, addr: int, size: int) -> np.ndarray | None:
-        if addr < 0 or addr + size > len(self.ddr):
-            return None
-        return self.ddr[addr:addr + size]
+    def peek(self, addr: int, size: int) -> np.ndarray:
+        """DDR bytes without counting them as host traffic (tests, debugging)."""
+        return self.model.ddr[addr:addr + size]
 
-    def expect(self, desc_addr: int, desc_count: int, job) -> None:
-        """Announce a run: when START comes with this DESC_ADDR and DESC_COUNT, fast mode calls
-        `job(ddr)` for its data (None: a run that only takes time, e.g. a later part of a program
-        whose data the first part's job wrote) instead of interpreting the descriptors."""
-        self._expected[(desc_addr, desc_count)] = job
-
-    def _run(self):
-        cfg = self.cfg
-        self.regs["STATUS"] = isa.STATUS_BUSY
-        for name in ("DESC_DONE", "LOADS_DONE", "COMPUTES_DONE", "STORES_DONE", "ATTENTIONS_DONE"):
-            self.regs[name] = 0
-        base, count = self.regs["DESC_ADDR"], self.regs["DESC_COUNT"]
-        fetchable = min(count, max(0, (len(self.ddr) - base) // isa.DESCRIPTOR_BYTES))
-        f = CY.decode_descriptors(self.ddr[base:base + fetchable * isa.DESCRIPTOR_BYTES])
-        key = (base, count)
-        fast = self.mode == "fast" and key in self._expected and fetchable == count
-        job = self._expected.pop(key, None)
-        out = CY.simulate(cfg, f, self.attn, None if fast else self._interpreter(f))
-        if out.state == "done" and fetchable < count:       # a descriptor fetch outside DDR
-            out = CY.Outcome("error", fetchable, error_bit=isa.ERROR_AXI_READ, error_index=fetchable)
-        self.regs["DESC_DONE"] = out.desc_done
-        if out.state == "hang":
-            return     # stays BUSY
-        if out.state == "error":
-            return self._error(out.error_bit, out.error_index)
-        if fast and job is not None:
-            job(self.ddr)
-            self.fast_runs += 1
-        self.regs["LOADS_DONE"], self.regs["COMPUTES_DONE"], self.regs["STORES_DONE"] = (
-            out.counts["LOAD"], out.counts["COMPUTE"], out.counts["STORE"])
-        self.regs["ATTENTIONS_DONE"] = out.counts["ATTENTION"]
-        self.regs["CYCLES"] = out.cycles
-        self.regs["STATUS"] = isa.STATUS_DONE
-
-    def _interpreter(self, f):
-        """The checked mode: execute(i, kind) for the cycle model, descriptor i's data as it dispatches."""
-        cfg = self.cfg
-        R, DB = cfg.rows, cfg.beat_bytes
-        columns = {k: v.tolist() for k, v in f.items()}
-        targets = {v: k for k, v in isa.TARGETS.items()}
-
-        def execute(i, kind):
-            d = {k: v[i] for k, v in columns.items()}
-            if kind == CY.K_LOAD:
-                target = targets[d["target"]]
-                eb = isa.entry_bytes(cfg, target)
-                n = d["count"]
-                beats = n * eb // DB if eb >= DB else -(-n // (DB // eb))
-                src = self._ddr(d["dram_addr"], beats * DB)
-                if src is None:
-                    return isa.ERROR_AXI_READ, i + 1     # reported after dispatch
-                self._load(target, d["sp_addr"], n, src[:n * eb])
-            elif kind == CY.K_IM2COL:
-                if not self._im2col(d):
-                    return isa.ERROR_AXI_READ, i + 1
-            elif kind == CY.K_COMPUTE:
-                k = d["k_last"] + 1
-                for tile in range(max(1, d["count"])):      # tiles back to back (COMPUTE.count)
-                    self._compute(d["sp_addr"], d["b_base"] + tile * k, k, d["acc_base"] + tile * R, d["accumulate"])
-            elif kind == CY.K_STORE:
-                row_bytes = cfg.cols * (4 if d["out_int32"] else 1)
-                for tile in range(d["tiles_last"] + 1):
-                    if not self._store(d, tile, d["count"], row_bytes):
-                        return isa.ERROR_AXI_WRITE, i + 1
-            elif kind == CY.K_DEPTHWISE:
-                if not self._depthwise(d):
-                    return isa.ERROR_AXI_READ, i + 1
-            elif kind == CY.K_ATTENTION:
-                self.attn.run(d, self.acc)
-            return None
-        return execute
-
-    def _load(self, target, sp, n, raw):
-        cfg = self.cfg
-        if target == "A":
-            rows = raw.view(np.int8).reshape(n, cfg.rows)
-            idx = (sp + np.arange(n)) % cfg.a_depth
-            self.a[idx] = rows
-        elif target == "V":
-            self.attn.load_v(sp, n, raw)
-        elif target == "DW":
-            DB = cfg.beat_bytes
-            for e in range(n):
-                at = (sp + e) % isa.scratchpad_depth(cfg, "DW") * DB
-                self.dw_coef[at:at + DB] = raw[e * DB:(e + 1) * DB]
-        elif target == "B":
-            rows = raw.view(np.int8).reshape(n, cfg.cols)
-            idx = (sp + np.arange(n)) % cfg.b_depth
-            self.b[idx] = rows
-        else:
-            words = raw.view("<u4").reshape(n, cfg.cols, 4).astype(np.int64)
-            p = np.stack([words[..., 0].astype(np.uint32).view(np.int32).astype(np.int64),
-                          words[..., 1] & ((1 << 31) - 1), words[..., 2] & 63], axis=-1)
-            idx = (sp + np.arange(n)) % cfg.param_depth
-            self.params[idx] = p
-
-    def _im2col(self, d) -> bool:
-        """LOAD IM2COL (hw/conv/im2col.py): B entries gathered from row spans (False: a row outside DDR)."""
-        cfg = self.cfg
-        C, DB = cfg.cols, cfg.beat_bytes
-        k, s, off = d["kernel_last"] + 1, 1 << d["stride_log2"], d["col_offset"]
-        nb = im2col_row_beats(cfg, k, s, off)
-        pitch, plane = d["stride"], d["plane_rows"] * d["stride"]
-        out_rows = d.get("out_rows_last", 0) + 1
-        entries = []
-        for t in range(out_rows):
-            for ch in range(d["count"]):
-                for ky in range(k):
-                    row = self._ddr(d["dram_addr"] + ((t * s + ky) * pitch) + ch * plane, nb * DB)
-                    if row is None:
-                        return False
-                    row = row.view(np.int8)
-                    entries.extend(row[off + kx + s * np.arange(C)] for kx in range(k))
-        idx = (d["sp_addr"] + np.arange(len(entries))) % cfg.b_depth
-        self.b[idx] = np.array(entries, np.int8).reshape(-1, C)
-        return True
-
-    def _depthwise(self, d) -> bool:
-        """DEPTHWISE (hw/conv/depthwise.py): dw_channels channels, DDR to DDR (False: outside DDR)."""
-        cfg = self.cfg
-        k, chans, rows, width = d["dw_kernel_last"] + 1, d["dw_channels"], d["count"], d["dw_width"]
-        pitch, plane, col0 = d["stride"], d["dw_plane_rows"] * d["stride"], d["dw_col0"]
-        coef = self.dw_coef.reshape(cfg.dw_channels, isa.DW_COEF_BYTES)
-        for ch in range(chans):
-            src = self._ddr(d["dram_addr"] + ch * plane, (rows + k - 1) * pitch)
-            if src is None:
-                return False
-            x = src.view(np.int8).reshape(rows + k - 1, pitch).astype(np.int64)
-            taps = coef[ch, :isa.DW_TAP_BYTES].view(np.int8).reshape(8, 8).astype(np.int64)
-            acc = np.zeros((rows, width), np.int64)
-            for ky in range(k):
-                for kx in range(k):
-                    acc += taps[ky, kx] * x[ky:ky + rows, col0 + kx:col0 + kx + width]
-            words = coef[ch, isa.DW_TAP_BYTES:].view("<u4")
-            bias = int(words[0].astype(np.uint32).view(np.int32))
-            t = saturate_int32(acc + bias)
-            y = requantize(t, int(words[1]) & ((1 << 31) - 1), int(words[2]) & 63, relu=bool(d["relu"]))
-            for r in range(rows):
-                dst = self._ddr(d["dw_out_addr"] + ch * plane + r * pitch, width)
-                if dst is None:
-                    return False
-                dst[:] = y[r].view(np.uint8)
-        return True
-
-    def _compute(self, a_base, b_base, k, acc_base, accumulate):
-        cfg = self.cfg
-        a = self.a[(a_base + np.arange(k)) % cfg.a_depth].astype(np.float64)      # (k, R)
-        b = self.b[(b_base + np.arange(k)) % cfg.b_depth].astype(np.float64)      # (k, C)
-        prod = (a.T @ b).astype(np.int64)
-        rows = (acc_base + np.arange(cfg.rows)) % cfg.acc_depth
-        new = prod + (self.acc[rows] if accumulate else 0)
-        self.acc[rows] = ((new + (1 << 31)) % (1 << 32)) - (1 << 31)              # int32 wrap, as the adder
-
-    def _store(self, d, tile, rows, row_bytes) -> bool:
-        """One tile of a STORE: `rows` accumulator rows from sp_addr + tile R to dram_addr + tile tile_stride."""
-        cfg = self.cfg
-        idx = (d["sp_addr"] + tile * cfg.rows + np.arange(rows)) % cfg.acc_depth
-        p = self.params[d["param_addr"] % cfg.param_depth]
-        if d.get("param_rows"):
-            # Row r uses channel r of the entry (the array's output rows are channels).
-            p = np.repeat(p[np.arange(rows) % cfg.cols][:, None, :], cfg.cols, axis=1)
-        t = saturate_int32(self.acc[idx] + p[..., 0])
-        if d["out_int32"]:
-            y = np.maximum(t, 0) if d["relu"] else t
-            data = y.astype("<i4").view(np.uint8).reshape(rows, row_bytes)
-        else:
-            data = requantize(t, p[..., 1], p[..., 2], relu=bool(d["relu"])).view(np.uint8).reshape(rows, row_bytes)
-        # STORE.cols: only the first `cols` columns reach DDR (write strobes).
-        keep = (d.get("cols") or cfg.cols) * (row_bytes // cfg.cols)
-        for r in range(rows):
-            dst = self._ddr(d["dram_addr"] + tile * d["tile_stride"] + r * d["stride"], row_bytes)
-            if dst is None:
-                return False
-            dst[:keep] = data[r, :keep]
-        return True
+    def expect(self, desc_addr: int, count: int, job) -> None:
+        """Announce the next run's descriptors and the fast mode's job for them (SimOverlay.expect)."""
+        self.model.expect(desc_addr, count, job)

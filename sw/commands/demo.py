@@ -74,7 +74,7 @@ def _gemm_layer(args) -> None:
     from hw.config import preset
     from sw.cli import CommandError
     from sw.commands.sim import random_layer
-    from sw.driver import Driver
+    from sw.runtime.driver import Driver
 
     cfg = preset("sim")
     m, k, n = 24, 96, 40
@@ -106,7 +106,7 @@ def _attention_call(args) -> None:
     from hw.config import preset
     from sw.cli import CommandError
     from sw.commands.sim import attention_error, random_attention
-    from sw.driver import Driver
+    from sw.runtime.driver import Driver
 
     big, small = preset("bench16"), preset("sim")
     lq, lk, d = ATTN_QUERIES, ATTN_KEYS, ATTN_D
@@ -155,7 +155,7 @@ def _patch_embed_tile(args) -> None:
     from hw.config import preset
     from sw.cli import CommandError
     from sw.commands.sim import random_conv
-    from sw.driver import Driver
+    from sw.runtime.driver import Driver
 
     cfg = preset("sim")
     y0, x0, n = PATCH_TILE

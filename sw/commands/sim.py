@@ -81,7 +81,7 @@ SIM_DDR_BYTES = 1 << 26
 
 
 def _driver(args, cfg):
-    from sw.driver import Driver
+    from sw.runtime.driver import Driver
     return Driver(cfg, args.backend, stall=args.stall, waves=args.waves or None, ddr_bytes=SIM_DDR_BYTES,
                   sim_mode=args.sim_mode)
 
@@ -128,7 +128,7 @@ def available_memory() -> int | None:
 
 def check_fits(what: str, ddr: int, host: int) -> None:
     from sw.cli import CommandError
-    from sw.driver import Driver
+    from sw.runtime.driver import Driver
     room = SIM_DDR_BYTES - Driver.BUFFER_BASE
     if ddr > room:
         raise CommandError(f"{what} needs at least {_size(ddr)} of DDR for its operands and result, more than "
@@ -148,9 +148,9 @@ def _size(n: int) -> str:
 
 def _accelerator_errors():
     from sim.toolchain import ToolchainError
-    from sw.compiler import CompileError
-    from sw.conv import ConvError
-    from sw.driver import AcceleratorError
+    from sw.compile.linear import CompileError
+    from sw.compile.routes import ConvError
+    from sw.runtime.driver import AcceleratorError
     return CompileError, ConvError, AcceleratorError, ToolchainError
 
 
@@ -252,7 +252,7 @@ def run_attention(args) -> int:
 
 ROUTES = {"conv": "convolution engine: on-the-fly im2col into the systolic array",
           "depthwise": "depthwise engine: line buffers, K x K MACs per channel lane",
-          "gemm": "GEMM engine, no im2col (sw/conv.py)", "gemm-im2col": "GEMM engine on host-built im2col rows"}
+          "gemm": "GEMM engine, no im2col (sw/compile/routes.py)", "gemm-im2col": "GEMM engine on host-built im2col rows"}
 
 
 def parse_chw(text: str) -> tuple[int, int, int]:

@@ -1,1 +1,2 @@
-"""The runtime spine: backend interface, DDR arena, sessions and bound programs, layouts (docs/runtime.md)."""
+"""The runtime spine: backend interface, DDR arena, sessions and bound programs, layouts, the descriptor
+checks run before every start, and the driver (the per-layer API over a backend) (docs/runtime.md)."""

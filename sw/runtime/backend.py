@@ -158,7 +158,7 @@ DDR_BASE = 0x0010_0000
 
 
 def _sim(cfg, **opts):
-    from sw.backends.sim_backend import SimBackend
+    from sw.backends.sim import SimBackend
     return SimBackend(cfg, **opts)
 
 

@@ -21,9 +21,9 @@ import numpy as np
 
 from golden_model import intattn, intconv
 from golden_model.intops import quantize_multiplier
-from sw.compile_attention import compile_attention
-from sw.compile_conv import FmapLayout, compile_conv2d, compile_depthwise
-from sw.compiler import CompileError
+from sw.compile.attention import compile_attention
+from sw.compile.conv import FmapLayout, compile_conv2d, compile_depthwise
+from sw.compile.linear import CompileError
 from sw.runtime.layout import TokenTileLayout, compile_chunks_to_planar
 from sw.runtime.session import RunStats, Session
 

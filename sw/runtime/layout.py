@@ -1,6 +1,6 @@
 """Activation layouts in DDR, and the one layout change the overlay runs itself.
 
-The activation layout is the planar map (sw.compile_conv.FmapLayout): channel planes with
+The activation layout is the planar map (sw.compile.conv.FmapLayout): channel planes with
 zero margins. The conv engine (IM2COL) and the depthwise engine read and write it, and a
 linear layer on it is a 1 x 1 convolution on the conv engine, so linear -> conv ->
 depthwise chains read each other's output in place. The attention engine reads operands
@@ -21,8 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from hw import isa
-from sw.compile_conv import ConvProgram, FmapLayout
-from sw.compiler import ALIGN, CompileError, lay_out_image, pack_descriptors, schedule
+from sw.compile.conv import ConvProgram, FmapLayout
+from sw.compile.linear import ALIGN, CompileError, lay_out_image, pack_descriptors, schedule
 
 #: requantize(x, IDENTITY_MULT, IDENTITY_SHIFT) == x for every int32 x that fits int8.
 IDENTITY_MULT, IDENTITY_SHIFT = 1 << 30, 30
@@ -102,7 +102,7 @@ class RelayoutProgram(ConvProgram):
 def compile_chunks_to_planar(cfg, channels: int, height: int, width: int, *, heads: int = 1, base_addr: int = 0,
                              max_ddr_bytes: int = 1 << 30) -> RelayoutProgram:
     """int8 tokens written chunk-major (per chunk j of C channels, per head h: C channels of each of
-    the height x width tokens, C bytes apart; sw.compile_attention out_chunked) -> the planar map
+    the height x width tokens, C bytes apart; sw.compile.attention out_chunked) -> the planar map
     (channels, height, width), head h's channel j x C + i in plane h x channels / heads + j x C + i."""
     R, C = cfg.rows, cfg.cols
     if R != C:

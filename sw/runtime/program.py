@@ -1,6 +1,6 @@
 """Programs bound to named buffers: binding and relocation in one place.
 
-A compiled program (sw.compiler, sw.compile_conv, sw.compile_attention) carries `symbolic`
+A compiled program (sw.compile.linear, sw.compile.conv, sw.compile.attention) carries `symbolic`
 descriptors: every address field (hw.isa.ADDRESS_FIELDS) holds (buffer name, byte offset)
 instead of a number. `link` turns them into the 32-byte descriptors for a given placement of
 the buffers; nothing else in the host knows which fields are addresses.

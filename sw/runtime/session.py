@@ -9,7 +9,7 @@
 `load` allocates every region of the program that is not bound to an existing buffer (all
 at once: ArenaFull names the sizes before anything is written), links the descriptors to the
 buffers' addresses (sw.runtime.program.link), checks every access against the buffer table
-(sw.checks), and writes the descriptors and the weights. A loaded program runs again and
+(sw.runtime.checks), and writes the descriptors and the weights. A loaded program runs again and
 again on new inputs without recompiling or rewriting them.
 """
 from __future__ import annotations
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from hw import isa
-from sw.checks import check_descriptors
+from sw.runtime.checks import check_descriptors
 from sw.runtime.arena import Arena, Buffer
 from sw.runtime.backend import DDR_BASE, Backend
 from sw.runtime.program import link, with_fields
@@ -34,7 +34,7 @@ class RunStats:
     array_macs: int
     wall_s: float          # rtl: simulation only (no Verilator build / cocotb start-up)
     descriptors: int
-    engine: str = "gemm"   # convolutions: which route ran it (sw/conv.py)
+    engine: str = "gemm"   # convolutions: which route ran it (sw/compile/routes.py)
 
     @property
     def utilisation(self) -> float:
@@ -46,7 +46,7 @@ class RunStats:
 
 
 def program_runs(prog, count: int, whole: bool = False) -> list[tuple[int, int]]:
-    """(first descriptor, count) per START: the compiled program's runs (sw.compiler.split_runs), or
+    """(first descriptor, count) per START: the compiled program's runs (sw.compile.linear.split_runs), or
     one run of all `count` descriptors when it has none or `whole` (descriptors other than the compiled ones)."""
     return [(0, count)] if whole else getattr(prog, "runs", None) or [(0, count)]
 
@@ -138,7 +138,7 @@ class LoadedProgram:
                 self.write(region, self.prog.region(region))
 
     def run(self) -> RunStats:
-        """Each of the program's runs (sw.compiler.split_runs), one START each; cycles and wall time summed.
+        """Each of the program's runs (sw.compile.linear.split_runs), one START each; cycles and wall time summed.
         On the sim backend the first run is announced with the fast mode's job for the whole layer
         (sw.backends.fast: it reads and writes the regions at this program's addresses), the later
         runs only take their time."""

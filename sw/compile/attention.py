@@ -35,7 +35,7 @@ import numpy as np
 
 from golden_model import intattn
 from hw import isa
-from sw.compiler import ALIGN, WAIT_LIMIT, CompileError, Program, lay_out_image, pack_descriptors
+from sw.compile.linear import ALIGN, WAIT_LIMIT, CompileError, Program, lay_out_image, pack_descriptors
 
 
 @dataclass
@@ -56,7 +56,7 @@ class AttentionProgram:
     symbolic: list[dict] | None = None
     out_chunked: bool = False       # out in chunk-major order (sw.runtime.layout: the overlay transposes it)
     op: dict | None = None          # what it computes, by region name, for the sim's fast mode (sw/backends/fast.py)
-    runs = None                     # one run (max_query_tiles keeps the wait counts within sw.compiler.WAIT_LIMIT)
+    runs = None                     # one run (max_query_tiles keeps the wait counts within sw.compile.linear.WAIT_LIMIT)
 
     ROLES = {"descriptors": "program", "Q": "input", "K": "input", "V": "input", "params": "weight",
              "out": "output"}

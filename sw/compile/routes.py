@@ -9,10 +9,10 @@ Routing (decided here, once; `last_run.engine` says which was taken):
                                          shuffle on the host.
   * depthwise, stride 1, odd K <= 7 with padding (K-1)/2, int8 out (SAM 2's CXBlock 7x7)
                                       -> "depthwise": the depthwise engine (hw/conv/depthwise.py, one
-                                         output pixel per cycle per channel lane, sw/compile_conv.py).
+                                         output pixel per cycle per channel lane, sw/compile/conv.py).
   * dense / strided / padded KxK, other depthwise, kernels 1-7, strides 1/2/4, padding 0-3
                                       -> "conv": the convolution engine (on-the-fly im2col into the
-                                         systolic array, sw/compile_conv.py), feature maps in the
+                                         systolic array, sw/compile/conv.py), feature maps in the
                                          overlay's planar layout.
   * anything else (other strides, wider padding, an overlay without the conv engine)
                                       -> "gemm-im2col": host-built im2col rows on the GEMM engine
@@ -50,7 +50,7 @@ def _run(drv, a, b, bias, multiplier, shift, relu, out_int32, useful_macs, engin
 
 
 def _run_conv_engine(drv, x, w, bias, multiplier, shift, *, stride, padding, depthwise, relu, out_int32):
-    from sw.compile_conv import compile_conv2d
+    from sw.compile.conv import compile_conv2d
     base = drv._buffer_base()
     prog = compile_conv2d(drv.cfg, x, w, bias, multiplier, shift, stride=stride, padding=padding,
                           depthwise=depthwise, relu=relu, out_int32=out_int32, base_addr=base,
@@ -61,7 +61,7 @@ def _run_conv_engine(drv, x, w, bias, multiplier, shift, *, stride, padding, dep
 
 
 def _run_depthwise_engine(drv, x, w, bias, multiplier, shift, *, padding, relu):
-    from sw.compile_conv import compile_depthwise
+    from sw.compile.conv import compile_depthwise
     base = drv._buffer_base()
     prog = compile_depthwise(drv.cfg, x, w, bias, multiplier, shift, padding=padding, relu=relu, base_addr=base,
                              max_ddr_bytes=drv.ddr_bytes - base)
@@ -71,7 +71,7 @@ def _run_depthwise_engine(drv, x, w, bias, multiplier, shift, *, padding, relu):
 
 
 def _on_conv_engine(drv, k, stride, padding) -> bool:
-    from sw.compile_conv import supported
+    from sw.compile.conv import supported
     return supported(drv.cfg, k, stride, padding) is None
 
 
@@ -113,7 +113,7 @@ def depthwise_conv2d(drv, x, w, bias=None, multiplier=None, shift=None, *, strid
     ho, wo = intconv.out_size(h, k, stride, padding), intconv.out_size(wd, k, stride, padding)
     if ho < 1 or wo < 1:
         raise ConvError(f"{k}x{k} kernel with padding {padding} does not fit a {h}x{wd} input")
-    from sw.compile_conv import dw_supported
+    from sw.compile.conv import dw_supported
     if multiplier is not None and shift is not None and dw_supported(drv.cfg, k, stride, padding, wd,
                                                                      out_int32) is None:
         return _run_depthwise_engine(drv, x, w, bias, multiplier, shift, padding=padding, relu=relu)

@@ -19,7 +19,7 @@ import itertools
 
 import numpy as np
 
-from sw.compiler import compile_linear
+from sw.compile.linear import compile_linear
 from sw.runtime.backend import BACKENDS, DDR_BASE, AcceleratorError, describe_error, open_backend  # noqa: F401
 from sw.runtime.session import RunStats, Session  # noqa: F401  (the driver's public names)
 
@@ -75,32 +75,32 @@ class Driver:
         prog = self.compile(a, b, bias, multiplier, shift, relu=relu, out_int32=out_int32)
         return prog.output(self.run(prog))
 
-    # Convolutions (sw/conv.py routes each one to an engine): int8 (C, H, W) feature maps.
+    # Convolutions (sw/compile/routes.py routes each one to an engine): int8 (C, H, W) feature maps.
     def conv2d(self, x, w, bias=None, multiplier=None, shift=None, *, stride=1, padding=0, relu=False,
                out_int32=False) -> np.ndarray:
-        from sw import conv
-        return conv.conv2d(self, x, w, bias, multiplier, shift, stride=stride, padding=padding, relu=relu,
-                           out_int32=out_int32)
+        from sw.compile import routes
+        return routes.conv2d(self, x, w, bias, multiplier, shift, stride=stride, padding=padding, relu=relu,
+                             out_int32=out_int32)
 
     def depthwise_conv2d(self, x, w, bias=None, multiplier=None, shift=None, *, stride=1, padding=0, relu=False,
                          out_int32=False) -> np.ndarray:
-        from sw import conv
-        return conv.depthwise_conv2d(self, x, w, bias, multiplier, shift, stride=stride, padding=padding,
-                                     relu=relu, out_int32=out_int32)
+        from sw.compile import routes
+        return routes.depthwise_conv2d(self, x, w, bias, multiplier, shift, stride=stride, padding=padding,
+                                       relu=relu, out_int32=out_int32)
 
     def conv_transpose2d(self, x, w, bias=None, multiplier=None, shift=None, *, stride=2, padding=0, relu=False,
                          out_int32=False) -> np.ndarray:
-        from sw import conv
-        return conv.conv_transpose2d(self, x, w, bias, multiplier, shift, stride=stride, padding=padding,
-                                     relu=relu, out_int32=out_int32)
+        from sw.compile import routes
+        return routes.conv_transpose2d(self, x, w, bias, multiplier, shift, stride=stride, padding=padding,
+                                       relu=relu, out_int32=out_int32)
 
     def attention(self, q, k, v, quant, *, out_int32: bool = False) -> np.ndarray:
         """Attention on the overlay: q (Lq, d) or (H, Lq, d), k and v (Lk, d) or (H, Lk, d), int8;
         `quant` a golden_model.intattn.AttentionQuant. Returns int8 (or int32 O / l) of q's shape,
         bit-identical to intattn.attention(..., key_tile=cfg.cols) per head. Calls too big for one
-        program run as several (sw.compile_attention.compile_attention_calls); `last_run` sums
+        program run as several (sw.compile.attention.compile_attention_calls); `last_run` sums
         them and `last_programs` lists them."""
-        from sw.compile_attention import compile_attention_calls
+        from sw.compile.attention import compile_attention_calls
         base = self._buffer_base()
         q3 = np.asarray(q)[None] if np.asarray(q).ndim == 2 else np.asarray(q)
         out, runs, self.last_programs = None, [], []

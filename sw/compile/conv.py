@@ -19,7 +19,7 @@ weights (row i only sees channel i), so 1 column of R does useful work.
 Schedule: output-channel tiles in blocks whose weights stay resident in half of the A
 scratchpad; per block, every output pixel tile (oy, ox0) loads its B tile once (dense) and
 runs all the block's channel tiles on it. Halves of A, B and PARAM alternate, accumulator
-regions rotate, and every descriptor carries exact wait counts (as sw/compiler.py). With a
+regions rotate, and every descriptor carries exact wait counts (as sw/compile/linear.py). With a
 single channel tile and input chunk (short reductions: the mask downsampler's 1 -> 4 and
 4 -> 16), output rows are grouped: one IM2COL load, COMPUTE and STORE per group of rows.
 """
@@ -35,7 +35,7 @@ from golden_model.intops import MAX_K
 from hw import isa
 from hw.limits import DW_K_MAX, MAX_KERNEL
 from hw.limits import im2col_row_beats as row_beats
-from sw.compiler import ALIGN, CompileError, Program, lay_out_image, pack_descriptors, schedule_runs
+from sw.compile.linear import ALIGN, CompileError, Program, lay_out_image, pack_descriptors, schedule_runs
 
 PAD = 3                       # zero rows/columns kept around every plane: paddings 0..3
 STRIDES = (1, 2, 4)
@@ -381,8 +381,8 @@ def compile_depthwise(cfg, x, w, bias, multiplier, shift, *, padding, relu=False
     """A stride-1 "same" depthwise conv2d on the depthwise engine: per dw_channels channels one LOAD DW
     (their coefficients) and one DEPTHWISE (the whole planes, DDR to DDR, L = dw_lanes channels at a
     time). The hardware serialises both on the load unit's slot, so no descriptor needs a wait
-    (sw.compiler.schedule orders COMPUTE/STORE pairs, which this engine has none of); the image layout
-    and descriptor encoding are sw.compiler's."""
+    (sw.compile.linear.schedule orders COMPUTE/STORE pairs, which this engine has none of); the image layout
+    and descriptor encoding are sw.compile.linear's."""
     if base_addr % ALIGN:
         raise CompileError(f"DDR buffer address {base_addr:#x} is not {ALIGN}-byte aligned")
     x, w = np.asarray(x), np.asarray(w)
