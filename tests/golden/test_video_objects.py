@@ -78,7 +78,7 @@ def clip(tmp_path_factory):
 
 # (model, input size, object 1's first-click score after the bias shift): -0.5 makes objects come and
 # go with tiny at 256 but leaves every object absent with small at 1024, which takes +2 (as test_video.py)
-CASES = [("tiny", 256, -0.5), pytest.param(("small", 1024, 2.0), marks=pytest.mark.slow)]
+CASES = [("tiny", 256, -0.5), pytest.param(("small", 256, 2.0), marks=pytest.mark.slow)]
 
 
 @pytest.fixture(scope="module", params=CASES, ids=lambda c: f"{c[0]}-{c[1]}")
