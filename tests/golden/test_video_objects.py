@@ -77,7 +77,8 @@ def clip(tmp_path_factory):
 
 
 # (model, input size, object 1's first-click score after the bias shift): -0.5 makes objects come and
-# go with tiny at 256 but leaves every object absent with small at 1024, which takes +2 (as test_video.py)
+# go with tiny at 256 but leaves every object absent with small (at 256 and 1024), which takes +2 (as
+# test_video.py); small runs at 256 too (1024 took 9 minutes forward on this machine, ~2 at 256)
 CASES = [("tiny", 256, -0.5), pytest.param(("small", 256, 2.0), marks=pytest.mark.slow)]
 
 
