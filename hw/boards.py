@@ -1,7 +1,7 @@
 """The boards and their chips: the physical limits every preset must fit in.
 
-The one place for part names and capacities (from the vendors' data sheets, as
-listed in ARCHITECTURE.md). Resource estimates are checked against these.
+The one place for part names and capacities (from the vendors' data sheets and
+product briefs). Resource estimates are checked against these.
 """
 from __future__ import annotations
 

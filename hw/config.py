@@ -1,7 +1,8 @@
 """The overlay's configuration: one object drives the generated hardware and the host compiler.
 
 Plain Python (no Amaranth import), so the host (sw/) on the board's ARM can use it.
-Presets name the boards of ARCHITECTURE.md plus a small one for fast simulation.
+Presets name the target boards (KV260, ZCU104, PYNQ-Z2; ULX3S for the open ECP5 flow) plus small
+ones for fast simulation.
 """
 from __future__ import annotations
 
