@@ -48,9 +48,11 @@ class Register:
 REGISTERS = [
     Register("CONTROL", 0x00, "w1s", "bit0 START: run DESC_COUNT descriptors from DESC_ADDR; "
              "bit1 RESET: soft-reset the command processor, engines and counters (self-clearing)"),
-    Register("STATUS", 0x04, "w1c", "bit0 BUSY (ro); bit1 DONE (sticky, write 1 to clear); bit2 ERROR (ro, = ERROR != 0)"),
-    Register("ERROR", 0x08, "ro", "bit0 BAD_OPCODE; bit1 AXI_READ_ERROR (RRESP != OKAY); "
-             "bit2 AXI_WRITE_ERROR (BRESP != OKAY); cleared by RESET"),
+    Register("STATUS", 0x04, "w1c", "bit0 BUSY (ro; after an error, until the AXI transfers in flight have "
+             "ended: soft-reset only once it is 0); bit1 DONE (sticky, write 1 to clear); bit2 ERROR (ro, = ERROR != 0)"),
+    Register("ERROR", 0x08, "ro", "sticky until RESET: bit0 BAD_OPCODE; bit1 AXI_READ_ERROR (RRESP != OKAY on a "
+             "data read); bit2 AXI_WRITE_ERROR (BRESP != OKAY); bit3 DESC_FETCH_ERROR (RRESP != OKAY on a "
+             "descriptor fetch); bits 9:8 AXI_RESP: the first error response (2 SLVERR, 3 DECERR)"),
     Register("IRQ_ENABLE", 0x0C, "rw", "bit0: raise `irq` while STATUS.DONE or STATUS.ERROR"),
     Register("DESC_ADDR", 0x10, "rw", "DDR byte address of the first descriptor (32-byte aligned)"),
     Register("DESC_COUNT", 0x14, "rw", "number of descriptors to run"),
@@ -66,9 +68,19 @@ REGISTERS = [
 REG = {r.name: r.offset for r in REGISTERS}
 CONTROL_START, CONTROL_RESET = 1 << 0, 1 << 1
 STATUS_BUSY, STATUS_DONE, STATUS_ERROR = 1 << 0, 1 << 1, 1 << 2
-ERROR_BAD_OPCODE, ERROR_AXI_READ, ERROR_AXI_WRITE = 1 << 0, 1 << 1, 1 << 2
+ERROR_BAD_OPCODE, ERROR_AXI_READ, ERROR_AXI_WRITE, ERROR_DESC_FETCH = 1 << 0, 1 << 1, 1 << 2, 1 << 3
 ERROR_NAMES = {ERROR_BAD_OPCODE: "bad opcode", ERROR_AXI_READ: "AXI read error response",
-               ERROR_AXI_WRITE: "AXI write error response"}
+               ERROR_AXI_WRITE: "AXI write error response", ERROR_DESC_FETCH: "descriptor fetch error response"}
+#: ERROR bits 9:8 (AXI_RESP): the first AXI error response's code (AXI RRESP/BRESP values).
+ERROR_RESP_SHIFT, ERROR_RESP_BITS = 8, 2
+AXI_RESP = {"OKAY": 0, "EXOKAY": 1, "SLVERR": 2, "DECERR": 3}
+ERROR_FLAGS = (1 << ERROR_RESP_SHIFT) - 1      # the error bits (ERROR & ERROR_FLAGS), without AXI_RESP
+
+
+def error_resp(error: int) -> str:
+    """The AXI_RESP field of an ERROR value by name ("" when no AXI error response was seen)."""
+    code = error >> ERROR_RESP_SHIFT & ((1 << ERROR_RESP_BITS) - 1)
+    return next(k for k, v in AXI_RESP.items() if v == code) if code else ""
 ISA_VERSION = 1
 CSR_ADDR_BITS = 8
 

@@ -27,6 +27,9 @@ from hw.conv.im2col import Im2colLoader
 from hw.gemm.engine import GemmEngine
 
 DESCRIPTOR = data.StructLayout({name: unsigned(width) for name, width, _ in isa.DESCRIPTOR_FIELDS})
+#: ERROR's flag bits (hw.isa.ERROR_NAMES: one bit each, from bit 0).
+ERROR_BITS = len(isa.ERROR_NAMES)
+assert sorted(isa.ERROR_NAMES) == [1 << i for i in range(ERROR_BITS)]
 COUNT_BITS = 16
 
 
@@ -43,7 +46,8 @@ class Core(wiring.Component):
         self.cfg = cfg
         super().__init__({
             "start": In(1), "desc_addr": In(32), "desc_count": In(32),
-            "busy": Out(1), "done": Out(1), "error": Out(3), "error_desc": Out(32),
+            "busy": Out(1), "done": Out(1), "error": Out(ERROR_BITS), "error_resp": Out(isa.ERROR_RESP_BITS),
+            "error_desc": Out(32),
             "desc_done": Out(32), "cycles": Out(32),
             "loads_done": Out(COUNT_BITS), "computes_done": Out(COUNT_BITS), "stores_done": Out(COUNT_BITS),
             "attentions_done": Out(COUNT_BITS),
@@ -79,8 +83,14 @@ class Core(wiring.Component):
         dw_busy = dw.busy if has_dw else Const(0)
 
         running = Signal()
-        error = Signal(3)
-        m.d.comb += [self.busy.eq(running), self.error.eq(error)]
+        error = Signal(ERROR_BITS)
+        # Error sources of this cycle (all of them reach `error`, whichever fire together).
+        err_set = {bit: Signal(name=f"err_{name.lower().replace(' ', '_')}") for bit, name in isa.ERROR_NAMES.items()}
+        m.d.sync += error.eq(error | Cat(*[err_set[1 << i] for i in range(ERROR_BITS)]))
+        resp = Signal(isa.ERROR_RESP_BITS)       # the first AXI error response's code (ERROR.AXI_RESP)
+        m.d.comb += [self.error.eq(error), self.error_resp.eq(resp)]
+        axi_busy = Signal()                      # an AXI transfer still in flight (BUSY stays up after an error)
+        m.d.comb += self.busy.eq(running | axi_busy)
         with m.If(running):
             m.d.sync += self.cycles.eq(self.cycles + 1)
 
@@ -102,8 +112,13 @@ class Core(wiring.Component):
         r_fire = axi.rvalid & axi.rready
         f_beat = r_fire & (axi.rid == 0)
         l_beat = r_fire & (axi.rid == 1) & ~i2c_busy & ~dw_busy
-        with m.If(r_fire & (axi.rresp != 0)):
-            m.d.sync += error.eq(error | isa.ERROR_AXI_READ)
+        r_err = r_fire & (axi.rresp != 0)
+        b_err = axi.bvalid & (axi.bresp != 0)      # (bready is always 1)
+        m.d.comb += [err_set[isa.ERROR_AXI_READ].eq(r_err & (axi.rid != 0)),
+                     err_set[isa.ERROR_DESC_FETCH].eq(r_err & (axi.rid == 0)),
+                     err_set[isa.ERROR_AXI_WRITE].eq(b_err)]
+        with m.If((resp == 0) & (r_err | b_err)):
+            m.d.sync += resp.eq(Mux(r_err, axi.rresp, axi.bresp))
 
         # ------------------------------------------------ fetcher
         m.submodules.descs = fifo = SyncFIFOBuffered(width=isa.DESCRIPTOR_BYTES * 8, depth=isa.DESC_FIFO_DEPTH)
@@ -144,7 +159,7 @@ class Core(wiring.Component):
                     & (issued["store"] == self.stores_done) & (issued["attention"] == self.attentions_done))
 
         # ------------------------------------------------ start / done
-        with m.If(self.start & ~running):
+        with m.If(self.start & ~self.busy):
             m.d.sync += [running.eq(1), f_ptr.eq(self.desc_addr), f_left.eq(self.desc_count),
                          self.desc_done.eq(0), self.cycles.eq(0),
                          self.loads_done.eq(0), self.computes_done.eq(0), self.stores_done.eq(0),
@@ -171,7 +186,7 @@ class Core(wiring.Component):
                     with m.If(Cat(*known).any()):
                         m.d.comb += [l_cmd_valid.eq(1), taken.eq(l_cmd_ready)]
                     with m.Else():
-                        m.d.sync += error.eq(error | isa.ERROR_BAD_OPCODE)
+                        m.d.comb += err_set[isa.ERROR_BAD_OPCODE].eq(1)
                 with m.Case(op["COMPUTE"]):
                     m.d.comb += [engine.compute.valid.eq(1), taken.eq(engine.compute.ready)]
                 with m.Case(op["STORE"]):
@@ -186,7 +201,7 @@ class Core(wiring.Component):
                         # After the loads before it (same slot) and any store (the AXI write channel).
                         m.d.comb += [dw.cmd.valid.eq(dw_free), taken.eq(dw_free & dw.cmd.ready)]
                 with m.Default():
-                    m.d.sync += error.eq(error | isa.ERROR_BAD_OPCODE)
+                    m.d.comb += err_set[isa.ERROR_BAD_OPCODE].eq(1)
         m.d.comb += fifo.r_en.eq(taken)
         with m.If(taken):
             m.d.sync += self.desc_done.eq(self.desc_done + 1)
@@ -417,12 +432,11 @@ class Core(wiring.Component):
         m.d.comb += axi.bready.eq(1)
         with m.If(axi.bvalid & (axi.bid == 0)):
             m.d.sync += s_b_left.eq(s_b_left - 1)
-            with m.If(axi.bresp != 0):
-                m.d.sync += error.eq(error | isa.ERROR_AXI_WRITE)
         with m.If(s_busy & ~s_engine_cmd & (s_aw_left == 0) & (s_w_left == 0) & (s_b_left == 0)):
             m.d.sync += s_busy.eq(0)
             m.d.comb += store_done_pulse.eq(1)
         m.d.comb += dw_free.eq(~l_busy & ~i2c_busy & ~s_busy)
+        m.d.comb += axi_busy.eq(f_inflight | l_busy | i2c_busy | dw_busy | s_busy)
         if has_dw:
             # The depthwise unit owns the write channel while busy (no STORE starts then, and it starts
             # only when no STORE runs): single-beat bursts with id 1, its B responses counted by the unit.
@@ -432,8 +446,6 @@ class Core(wiring.Component):
                 m.d.comb += [axi.awvalid.eq(dw.aw.valid), axi.awaddr.eq(dw.aw.payload), axi.awid.eq(1),
                              axi.awlen.eq(0), axi.wvalid.eq(dw.w.valid), axi.wdata.eq(dw.w.payload.data),
                              axi.wstrb.eq(dw.w.payload.strb), axi.wlast.eq(1)]
-            with m.If(axi.bvalid & (axi.bid == 1) & (axi.bresp != 0)):
-                m.d.sync += error.eq(error | isa.ERROR_AXI_WRITE)
 
         with m.If((error != 0) & running):
             # First error of the run: stop, and remember where the dispatcher was.
@@ -472,7 +484,7 @@ class Overlay(wiring.Component):
         reg = isa.REG
         readable = {
             reg["STATUS"]: Cat(core.busy, done_flag, core.error != 0),
-            reg["ERROR"]: core.error, reg["IRQ_ENABLE"]: irq_enable,
+            reg["ERROR"]: core.error | (core.error_resp << isa.ERROR_RESP_SHIFT), reg["IRQ_ENABLE"]: irq_enable,
             reg["DESC_ADDR"]: desc_addr, reg["DESC_COUNT"]: desc_count, reg["DESC_DONE"]: core.desc_done,
             reg["CYCLES"]: core.cycles, reg["LOADS_DONE"]: core.loads_done,
             reg["COMPUTES_DONE"]: core.computes_done, reg["STORES_DONE"]: core.stores_done,

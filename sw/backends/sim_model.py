@@ -11,8 +11,15 @@ descriptor list in one of two modes, with the same cycles (sw.backends.cycles):
 
 A descriptor whose waits can never be met leaves it BUSY forever, like the hardware (the
 driver's time-out case).
+
+Every DDR access of the interpreter goes through `_ddr` (the model's AXI master: engines reach DDR
+only there), which counts the run's beats per channel and answers injected faults
+(sw.backends.faults, `inject`) as the AXI slave would: the run stops with ERROR's bit and AXI_RESP,
+or stays BUSY (a hang). A run a fault strikes is interpreted (also in fast mode).
 """
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 
@@ -20,6 +27,7 @@ from golden_model.intops import requantize, saturate_int32
 from hw import isa
 from hw.limits import im2col_row_beats
 from sw.backends import cycles as CY
+from sw.backends import faults as F
 
 MODES = ("fast", "checked")
 
@@ -31,6 +39,10 @@ class SimOverlay:
         self.cfg, self.mode = cfg, mode
         self._expected: dict[tuple[int, int], object] = {}     # (DESC_ADDR, DESC_COUNT) -> fast job
         self.fast_runs = 0                                      # runs whose data the fast mode computed
+        self.faults = F.FaultPlan()                             # injected AXI faults (sw.backends.faults)
+        self._dry = False                                       # counting a run's beats: writes go nowhere
+        self._resp = None                                       # the last AXI error response of the DMA
+        self._at = 0                                            # the descriptor the interpreter runs
         self.ddr = np.zeros(ddr_bytes, np.uint8)
         self.regs = {r.name: 0 for r in isa.REGISTERS}
         self.regs["CONFIG"] = isa.config_word(cfg)
@@ -81,16 +93,36 @@ class SimOverlay:
         return bool(self.regs["IRQ_ENABLE"] & 1) and bool(self.regs["STATUS"] & isa.STATUS_DONE or self.regs["ERROR"])
 
     # ---------------------------------------------------------------- execution
-    def _error(self, bit: int, index: int):
+    def _error(self, bit: int, index: int, resp: str | None = None):
         if not self.regs["ERROR"]:
             self.regs["ERROR_DESC"] = index
+        if resp and not self.regs["ERROR"] >> isa.ERROR_RESP_SHIFT:
+            self.regs["ERROR"] |= isa.AXI_RESP[resp] << isa.ERROR_RESP_SHIFT
         self.regs["ERROR"] |= bit
         self.regs["STATUS"] &= ~isa.STATUS_BUSY
 
-    def _ddr(self, addr: int, size: int) -> np.ndarray | None:
-        if addr < 0 or addr + size > len(self.ddr):
+    def _ddr(self, addr: int, size: int, write: bool = False) -> np.ndarray | None:
+        """The DMA: `size` bytes at `addr` to read (or to write into, `write`); None when the access
+        gets an AXI error response (outside DDR: DECERR; an injected fault: its response)."""
+        DB = self.cfg.beat_bytes
+        units = 1 if write else -(-(addr % DB + size) // DB)       # B responses per row, R beats
+        try:
+            self.faults.transfer("write" if write else "read", units)
+        except F.Strike as strike:
+            if strike.resp is None:
+                raise                                   # a hang: the run stops where it is
+            self._resp = strike.resp
             return None
+        if addr < 0 or addr + size > len(self.ddr):
+            self._resp = "DECERR"
+            return None
+        if write and self._dry:
+            return np.empty(size, np.uint8)
         return self.ddr[addr:addr + size]
+
+    def inject(self, fault: "F.Fault | None") -> None:
+        """Arm an AXI fault for the next START(s) (None: disarm); sw.backends.faults."""
+        self.faults.arm(fault)
 
     def expect(self, desc_addr: int, desc_count: int, job) -> None:
         """Announce a run: when START comes with this DESC_ADDR and DESC_COUNT, fast mode calls
@@ -107,16 +139,35 @@ class SimOverlay:
         fetchable = min(count, max(0, (len(self.ddr) - base) // isa.DESCRIPTOR_BYTES))
         f = CY.decode_descriptors(self.ddr[base:base + fetchable * isa.DESCRIPTOR_BYTES])
         key = (base, count)
-        fast = self.mode == "fast" and key in self._expected and fetchable == count
+        fault = self.faults.start()
+        fetch_resp = "DECERR"                                # a fetch outside DDR
+        if fault is not None:
+            self._aim(fault, f, fetchable)
+            if self.faults.target and self.faults.target[0] == "fetch":
+                _, beat, fetch_resp = self.faults.target
+                fetchable = min(fetchable, beat // self._fetch_beats)
+                self.faults.target = None
+                f = {k: v[:fetchable] for k, v in f.items()}
+        fast = self.mode == "fast" and key in self._expected and fetchable == count and fault is None
         job = self._expected.pop(key, None)
-        out = CY.simulate(cfg, f, self.attn, None if fast else self._interpreter(f))
-        if out.state == "done" and fetchable < count:       # a descriptor fetch outside DDR
-            out = CY.Outcome("error", fetchable, error_bit=isa.ERROR_AXI_READ, error_index=fetchable)
+        self._resp, self._at = None, 0
+        try:
+            out = CY.simulate(cfg, f, self.attn, None if fast else self._interpreter(f))
+        except F.Strike:                                    # a read that never returns: stays BUSY
+            self.regs["DESC_DONE"] = self._at + 1
+            return
+        if out.state == "done" and fetchable < count:       # the fetch of descriptor `fetchable` failed
+            if fetch_resp is None:
+                self.regs["DESC_DONE"] = fetchable
+                return                                      # a fetch that never returns: stays BUSY
+            out = CY.Outcome("error", fetchable, error_bit=isa.ERROR_DESC_FETCH, error_index=fetchable)
+            self._resp = fetch_resp
         self.regs["DESC_DONE"] = out.desc_done
         if out.state == "hang":
             return     # stays BUSY
         if out.state == "error":
-            return self._error(out.error_bit, out.error_index)
+            return self._error(out.error_bit, out.error_index,
+                               self._resp if out.error_bit != isa.ERROR_BAD_OPCODE else None)
         if fast and job is not None:
             job(self.ddr)
             self.fast_runs += 1
@@ -126,6 +177,29 @@ class SimOverlay:
         self.regs["CYCLES"] = out.cycles
         self.regs["STATUS"] = isa.STATUS_DONE
 
+    @property
+    def _fetch_beats(self) -> int:
+        """AXI beats per descriptor fetch."""
+        return max(1, isa.DESCRIPTOR_BYTES // self.cfg.beat_bytes)
+
+    def _aim(self, fault, f, fetchable) -> None:
+        """Choose where `fault` strikes this run: the channels' beats of a fault-free dry run (the model's
+        state restored after it, its writes discarded), then FaultPlan.aim."""
+        keep = {k: copy.deepcopy(v) for k, v in vars(self).items()
+                if k not in ("ddr", "regs", "_expected", "faults", "cfg", "mode")}
+        plan, self.faults = self.faults, F.FaultPlan()
+        self._dry = True
+        try:
+            try:
+                CY.simulate(self.cfg, f, self.attn, self._interpreter(f))
+            except F.Strike:
+                pass
+            totals = dict(self.faults.counts, fetch=fetchable * self._fetch_beats)
+        finally:
+            self._dry, self.faults = False, plan
+            vars(self).update(keep)
+        plan.aim(fault, totals)
+
     def _interpreter(self, f):
         """The checked mode: execute(i, kind) for the cycle model, descriptor i's data as it dispatches."""
         cfg = self.cfg
@@ -134,6 +208,7 @@ class SimOverlay:
         targets = {v: k for k, v in isa.TARGETS.items()}
 
         def execute(i, kind):
+            self._at = i
             d = {k: v[i] for k, v in columns.items()}
             if kind == CY.K_LOAD:
                 target = targets[d["target"]]
@@ -230,7 +305,7 @@ class SimOverlay:
             t = saturate_int32(acc + bias)
             y = requantize(t, int(words[1]) & ((1 << 31) - 1), int(words[2]) & 63, relu=bool(d["relu"]))
             for r in range(rows):
-                dst = self._ddr(d["dw_out_addr"] + ch * plane + r * pitch, width)
+                dst = self._ddr(d["dw_out_addr"] + ch * plane + r * pitch, width, write=True)
                 if dst is None:
                     return False
                 dst[:] = y[r].view(np.uint8)
@@ -262,7 +337,7 @@ class SimOverlay:
         # STORE.cols: only the first `cols` columns reach DDR (write strobes).
         keep = (d.get("cols") or cfg.cols) * (row_bytes // cfg.cols)
         for r in range(rows):
-            dst = self._ddr(d["dram_addr"] + tile * d["tile_stride"] + r * d["stride"], row_bytes)
+            dst = self._ddr(d["dram_addr"] + tile * d["tile_stride"] + r * d["stride"], row_bytes, write=True)
             if dst is None:
                 return False
             dst[:keep] = data[r, :keep]
