@@ -5,6 +5,7 @@ import pytest
 from golden_model.intops import gemm
 from hw import isa
 from hw.config import preset
+from sw.backends.faults import Fault
 from sw.runtime.checks import DescriptorError, check_descriptors
 from sw.compile.linear import CompileError, compile_linear
 from sw.runtime.driver import AcceleratorError, Driver
@@ -90,8 +91,13 @@ def test_rtl_errors_hang_reset_and_cycle_model():
         img[32 * i:32 * (i + 1)] = np.frombuffer(isa.pack_descriptor(**(prog.descriptors[i] | {"dram_addr": 1 << 30})),
                                                  np.uint8)
     jobs = [dict(base=0x10000, image=img, desc_count=len(prog.descriptors), timeout=t)
-            for img, t in ((bad, 20_000), (hang, 5_000), (read_err, 20_000), (write_err, 20_000),
-                           (prog.image, 200_000))]
+            for img, t in ((bad, 20_000), (hang, 5_000), (read_err, 20_000), (write_err, 20_000))]
+    # Error responses injected by the AXI RAM (sim/benches/axi_faults.py) on a good program, each
+    # followed by a soft reset; the sim model given the same fault reports the same ERROR.
+    faults = [Fault("read_decerr", beat=5), Fault("write_slverr", beat=1), Fault("fetch_error", beat=3)]
+    jobs += [dict(base=0x10000, image=prog.image, desc_count=len(prog.descriptors), timeout=20_000, fault=f)
+             for f in faults]
+    jobs.append(dict(base=0x10000, image=prog.image, desc_count=len(prog.descriptors), timeout=200_000))
     # Two more layers without stalls: the sim model's cycles must be within 5% of the RTL's.
     drv = Driver(SIM, "sim")
     timed = []
@@ -100,9 +106,12 @@ def test_rtl_errors_hang_reset_and_cycle_model():
         drv.run(p)
         timed.append(drv.last_run.cycles)
         jobs.append(dict(base=p.base_addr, image=p.image, desc_count=len(p.descriptors), timeout=500_000))
-    r_bad, r_hang, r_read, r_write, r_ok, *r_timed = run_images(SIM, jobs)
-    assert r_read["error"] == isa.ERROR_AXI_READ and r_read["error_desc"] == 1
-    assert r_write["error"] == isa.ERROR_AXI_WRITE and r_write["status"] & isa.STATUS_ERROR
+    r_bad, r_hang, r_read, r_write, *rest = run_images(SIM, jobs)
+    r_faults, r_ok, r_timed = rest[:3], rest[3], rest[4:]
+    for fault, r in zip(faults, r_faults):
+        assert r["error"] == sim_model_error(prog, fault) and r["status_after_reset"] == 0, (fault, r)
+    assert r_read["error"] & isa.ERROR_FLAGS == isa.ERROR_AXI_READ and r_read["error_desc"] == 1
+    assert r_write["error"] & isa.ERROR_FLAGS == isa.ERROR_AXI_WRITE and r_write["status"] & isa.STATUS_ERROR
     assert r_read["status_after_reset"] == 0 and r_write["status_after_reset"] == 0
     for sim_cycles, r in zip(timed, r_timed):
         assert r["error"] == 0 and abs(sim_cycles / r["cycles"] - 1) < 0.05, (sim_cycles, r["cycles"])
@@ -110,6 +119,28 @@ def test_rtl_errors_hang_reset_and_cycle_model():
     assert r_hang["timed_out"] and r_hang["error"] == 0 and r_hang["desc_done"] == 3
     assert r_hang["status_after_reset"] == 0                 # reset: not busy, no error
     assert np.array_equal(prog.output(r_ok["image"]), gemm(a, b, bias, mult, shift))   # still works after reset
+
+
+def sim_model_error(prog, fault) -> int:
+    """ERROR after the sim model runs `prog` (at its base address) with `fault` injected."""
+    from sw.backends.sim_model import SimOverlay
+    model = SimOverlay(SIM, 1 << 20)
+    model.ddr[prog.base_addr:prog.base_addr + prog.image.size] = prog.image
+    model.inject(fault)
+    for reg, value in (("DESC_ADDR", prog.base_addr), ("DESC_COUNT", len(prog.descriptors)),
+                       ("CONTROL", isa.CONTROL_START)):
+        model.write_reg(isa.REG[reg], value)
+    return model.read_reg(isa.REG["ERROR"])
+
+
+def test_sim_model_injected_faults_set_error_and_response():
+    """The sim model's ERROR for the faults the rtl test injects (same code both sides)."""
+    rng = np.random.default_rng(1)
+    prog = compile_linear(SIM, *layer(rng, 4, 8, 8), base_addr=0x10000)
+    resp = isa.ERROR_RESP_SHIFT
+    assert sim_model_error(prog, Fault("read_decerr", beat=5)) == isa.ERROR_AXI_READ | 3 << resp
+    assert sim_model_error(prog, Fault("write_slverr", beat=1)) == isa.ERROR_AXI_WRITE | 2 << resp
+    assert sim_model_error(prog, Fault("fetch_error", beat=3)) == isa.ERROR_DESC_FETCH | 2 << resp
 
 
 def test_driver_times_out_on_hung_sim_and_resets():
@@ -209,7 +240,8 @@ def test_sim_model_reports_axi_errors_outside_ddr():
     model.ddr[0x1000:0x1000 + 64] = np.frombuffer(b"".join(descs), np.uint8)
     for name, value in (("DESC_ADDR", 0x1000), ("DESC_COUNT", 2), ("IRQ_ENABLE", 1), ("CONTROL", isa.CONTROL_START)):
         model.write_reg(isa.REG[name], value)
-    assert model.read_reg(isa.REG["ERROR"]) == isa.ERROR_AXI_READ and model.irq
+    assert model.read_reg(isa.REG["ERROR"]) == isa.ERROR_AXI_READ | isa.AXI_RESP["DECERR"] << isa.ERROR_RESP_SHIFT
+    assert model.irq
     assert model.read_reg(isa.REG["STATUS"]) & isa.STATUS_ERROR and model.read_reg(isa.REG["ERROR_DESC"]) == 1
     model.write_reg(isa.REG["CONTROL"], isa.CONTROL_RESET)
     assert model.read_reg(isa.REG["ERROR"]) == 0 and not model.irq

@@ -7,6 +7,7 @@ at a time, so DDR keeps its contents between programs:
   ("write", addr, bytes) / ("read", addr, n)      DDR, by the back door (no simulated time)
   ("reg_write", offset, value) / ("reg_read", offset)   AXI4-Lite transactions
   ("wait", cycles)   until the interrupt rises or `cycles` pass; answers (irq, wall seconds)
+  ("fault", (channel, n, resp) or None)   arm (or disarm) an AXI error response (sim.benches.axi_faults)
   ("stop",)
 The register protocol itself is the host's (sw.runtime.backend.Backend.run), as for every backend.
 Random backpressure on every AXI channel with BENCH_STALL > 0. Environment: SERVE_SOCKET,
@@ -24,6 +25,7 @@ from cocotbext.axi import AxiBus, AxiLiteBus, AxiLiteMaster, AxiSlave
 from cocotbext.axi.address_space import MemoryRegion
 
 from sim import rpc
+from sim.benches.axi_faults import AxiFaults
 
 CLOCK_NS = 10
 
@@ -38,6 +40,7 @@ class OverlayTB:
         self.dut = dut
         self.ddr = MemoryRegion(ddr_bytes)
         self.ram = AxiSlave(AxiBus.from_prefix(dut, "m_axi_"), dut.clk, dut.rst, target=self.ddr)
+        self.faults = AxiFaults(self.ram)
         self.ctrl = AxiLiteMaster(AxiLiteBus.from_prefix(dut, "s_axil_"), dut.clk, dut.rst)
         if stall > 0:
             rng = random.Random(seed)
@@ -74,6 +77,9 @@ class OverlayTB:
                 await First(RisingEdge(self.dut.irq), Timer(req[1] * CLOCK_NS, unit="ns"))
             await RisingEdge(self.dut.clk)
             return bool(self.dut.irq.value), time.monotonic() - t0
+        if op == "fault":
+            self.faults.arm(req[1])
+            return None
         raise ValueError(f"unknown request {op!r}")
 
 

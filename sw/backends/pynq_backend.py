@@ -181,6 +181,11 @@ class PynqBackend(Backend):
     def write_reg(self, offset, value):
         self.mmio.write(offset, int(value))
 
+    def inject_fault(self, fault) -> None:
+        if self.on_board:
+            super().inject_fault(fault)
+        self.device.model.inject(fault)       # the simulated device's AXI slave
+
     def close(self):
         buf, self.buf = getattr(self, "buf", None), None      # (also when __init__ stopped half way)
         if buf is not None:

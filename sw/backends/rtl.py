@@ -120,6 +120,15 @@ class RtlBackend(Backend):
     def write_reg(self, offset, value):
         self._call("reg_write", offset, int(value))
 
+    def inject_fault(self, fault) -> None:
+        """The bench's AXI RAM answers the fault's beat (sim/benches/axi_faults.py); an explicit `beat`,
+        one START; hangs are not modelled there."""
+        if fault is None:
+            return self._call("fault", None)
+        if fault.resp is None or fault.beat is None or fault.runs != 1:
+            raise ValueError(f"rtl: only single error responses at a given beat can be injected, not {fault}")
+        self._call("fault", (fault.channel, int(fault.beat), isa.AXI_RESP[fault.resp]))
+
     def wait_done(self):
         irq, self.sim_wall_s = self._call("wait", self.timeout_cycles)
         return None if irq else f"{self.timeout_cycles} cycles"
@@ -161,7 +170,7 @@ def _close_all():
 
 def run_images(cfg, jobs: list[dict], *, stall: float = 0.0, seed: int = 1, waves: bool | None = None,
                name: str | None = None) -> list[dict]:
-    """Run raw DDR images {base, image (uint8), desc_count[, timeout]} one after another on one rtl
+    """Run raw DDR images {base, image (uint8), desc_count[, timeout][, fault]} one after another on one rtl
     session, through the backend's register protocol; errors and hangs are returned, not raised.
 
     Each result has: image (the image's bytes after the run), status, error, cycles, desc_done,
@@ -174,6 +183,8 @@ def run_images(cfg, jobs: list[dict], *, stall: float = 0.0, seed: int = 1, wave
             base = int(job["base"])
             be.timeout_cycles = int(job.get("timeout", 10_000_000))
             be.write(base, image)
+            if job.get("fault") is not None:
+                be.inject_fault(job["fault"])
             res = {}
             try:
                 be.run(base, int(job["desc_count"]))
@@ -181,6 +192,8 @@ def run_images(cfg, jobs: list[dict], *, stall: float = 0.0, seed: int = 1, wave
             except AcceleratorError as e:
                 regs, res["timed_out"] = e.regs, int(e.timed_out)
                 res["status_after_reset"] = be.read_reg(isa.REG["STATUS"])
+            if job.get("fault") is not None:
+                be.inject_fault(None)
             res.update(status=regs["STATUS"], error=regs["ERROR"], cycles=regs["CYCLES"],
                        desc_done=regs["DESC_DONE"], error_desc=regs["ERROR_DESC"], sim_wall_s=be.last_wall_s,
                        image=be.read(base, image.size))

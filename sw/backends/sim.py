@@ -33,6 +33,9 @@ class SimBackend(Backend):
         """DDR bytes without counting them as host traffic (tests, debugging)."""
         return self.model.ddr[addr:addr + size]
 
+    def inject_fault(self, fault) -> None:
+        self.model.inject(fault)
+
     def expect(self, desc_addr: int, count: int, job) -> None:
         """Announce the next run's descriptors and the fast mode's job for them (SimOverlay.expect)."""
         self.model.expect(desc_addr, count, job)

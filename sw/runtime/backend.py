@@ -27,17 +27,22 @@ from hw import isa
 
 class AcceleratorError(RuntimeError):
     """The overlay reported an error or did not finish in time (it has been reset).
-    `regs`: the registers read before the reset; `timed_out`: a hang rather than an error."""
+    `regs`: the registers read before the reset; `timed_out`: a hang rather than an error.
+    `program` / `frame`: where it happened, when the runtime knows (sw.runtime.session)."""
 
-    def __init__(self, message: str, regs: dict | None = None, timed_out: bool = False):
+    def __init__(self, message: str, regs: dict | None = None, timed_out: bool = False,
+                 program: str | None = None, frame: int | None = None):
         super().__init__(message)
-        self.regs, self.timed_out = regs or {}, timed_out
+        self.regs, self.timed_out, self.program, self.frame = regs or {}, timed_out, program, frame
 
 
 def describe_error(regs: dict) -> str:
-    bits = [name for bit, name in isa.ERROR_NAMES.items() if regs.get("ERROR", 0) & bit]
-    return (f"ERROR={regs.get('ERROR', 0):#x} ({', '.join(bits) or 'none'}), STATUS={regs.get('STATUS', 0):#x}, "
-            f"DESC_DONE={regs.get('DESC_DONE', 0)}, ERROR_DESC={regs.get('ERROR_DESC', 0)}")
+    error = regs.get("ERROR", 0)
+    bits = [name for bit, name in isa.ERROR_NAMES.items() if error & bit]
+    resp = isa.error_resp(error)
+    return (f"ERROR={error:#x} ({', '.join(bits) or 'none'}{f', {resp}' if resp else ''}), "
+            f"STATUS={regs.get('STATUS', 0):#x}, DESC_DONE={regs.get('DESC_DONE', 0)}, "
+            f"ERROR_DESC={regs.get('ERROR_DESC', 0)}")
 
 
 @dataclass
@@ -132,10 +137,27 @@ class Backend(ABC):
             raise AcceleratorError(f"accelerator hung: not done after {waited}; {describe_error(regs)}; "
                                    "the overlay has been reset", regs, timed_out=True)
         if regs["ERROR"]:
+            self.quiesce()
             self.reset()
             raise AcceleratorError(f"accelerator error: {describe_error(regs)}; the overlay has been reset", regs)
         self.write_reg(R["STATUS"], isa.STATUS_DONE)          # acknowledge (clears DONE and the interrupt)
         return regs["CYCLES"]
+
+    #: STATUS reads to wait, after an error, for the AXI transfers in flight to end (STATUS.BUSY low).
+    QUIESCE_POLLS = 10_000
+
+    def quiesce(self) -> bool:
+        """After an error: wait until STATUS.BUSY is low (the AXI transfers the overlay had in flight have
+        ended), so a soft reset leaves no burst half done on the bus; False if it stayed busy."""
+        for _ in range(self.QUIESCE_POLLS):
+            if not self.read_reg(isa.REG["STATUS"]) & isa.STATUS_BUSY:
+                return True
+        return False
+
+    def inject_fault(self, fault) -> None:
+        """Arm an AXI fault (sw.backends.faults.Fault) for the next START(s); None disarms.
+        Only simulated devices can (sim, rtl, pynq without a board)."""
+        raise NotImplementedError(f"the {self.name} backend cannot inject faults")
 
     def expect(self, desc_addr: int, count: int, job) -> None:
         """Announce the next run (its descriptors and what they compute, sw.backends.fast.job, or None

@@ -135,8 +135,9 @@ class Chain:
         self.last_runs: list[RunStats] = []
         self.last_traffic = None
 
-    def run(self, x: np.ndarray) -> np.ndarray:
-        """One pass: x (int8 channels_in x height x width) in, the depthwise output out."""
+    def run(self, x: np.ndarray, frame: int | None = None) -> np.ndarray:
+        """One pass: x (int8 channels_in x height x width) in, the depthwise output out. `frame`: named in
+        the error when a step fails twice (sw.runtime.session.LoadedProgram.run)."""
         s = self.weights.spec
         x = np.asarray(x)
         if x.shape != (s.channels_in, s.height, s.width) or x.dtype != np.int8:
@@ -144,7 +145,7 @@ class Chain:
         be, arena = self.session.backend, self.session.arena
         before = be.traffic.snapshot()
         be.write(arena[self.buffers["x"]].addr, self.x_layout.pack(x))
-        self.last_runs = [self.loaded[step].run() for step, _ in self.WIRING]
+        self.last_runs = [self.loaded[step].run(frame) for step, _ in self.WIRING]
         out = self.programs["depthwise"].out_layout
         y = out.unpack(be.read(arena[self.buffers["y"]].addr, out.size))
         self.last_traffic = be.traffic.since(before)

@@ -9,8 +9,9 @@ descriptors checked there), writes its inputs, runs it through the backend's reg
 protocol (sw.runtime.backend.Backend.run) and reads its output back. A run that does not
 finish within `timeout_s` (sim, pynq: wall clock; rtl: `timeout_cycles`) is a hung
 accelerator: the backend reads the registers, soft-resets the overlay and raises
-AcceleratorError. Chains whose activations stay in DDR use the session directly
-(sw.runtime.chain).
+AcceleratorError; the session retries the program once (sw.runtime.session), so only a fault that
+comes back reaches the caller, naming the program and `drv.frame` (set it per frame). Chains whose
+activations stay in DDR use the session directly (sw.runtime.chain).
 """
 from __future__ import annotations
 
@@ -39,6 +40,7 @@ class Driver:
                              waves=waves, bitfile=bitfile, sim_mode=sim_mode)
         self.last_run: RunStats | None = None
         self.last_programs: list = []
+        self.frame: int | None = None        # named in errors (a caller running a video sets it per frame)
         self._session: Session | None = None
         self._names = itertools.count()
         self._cache: dict = {}
@@ -138,7 +140,7 @@ class Driver:
             loaded.prog = prog
         try:
             loaded.write_inputs()
-            self.last_run = loaded.run()
+            self.last_run = loaded.run(self.frame)
             image = prog.image.copy()
             off, size = prog.regions["out"]
             image[off:off + size] = loaded.read("out")

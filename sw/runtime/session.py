@@ -11,6 +11,12 @@ at once: ArenaFull names the sizes before anything is written), links the descri
 buffers' addresses (sw.runtime.program.link), checks every access against the buffer table
 (sw.runtime.checks), and writes the descriptors and the weights. A loaded program runs again and
 again on new inputs without recompiling or rewriting them.
+
+A run the overlay reports an error for, or that does not finish in time (AcceleratorError; the
+backend has read the registers and soft-reset the overlay), is retried once, whole (every START of
+the program from the first: the reset cleared the scratchpads); a transient fault so costs one
+retry and is logged in `Session.recoveries`. A second failure raises one AcceleratorError naming
+the program (and the frame, when the caller passes one).
 """
 from __future__ import annotations
 
@@ -22,7 +28,7 @@ import numpy as np
 from hw import isa
 from sw.runtime.checks import check_descriptors
 from sw.runtime.arena import Arena, Buffer
-from sw.runtime.backend import DDR_BASE, Backend
+from sw.runtime.backend import DDR_BASE, AcceleratorError, Backend
 from sw.runtime.program import link, with_fields
 
 
@@ -56,6 +62,7 @@ class Session:
         self.backend, self.cfg = backend, backend.cfg
         base = max(backend.ddr_base, DDR_BASE)       # sim, rtl: the low MiB stays unused (address 0 is no buffer)
         self.arena = Arena(base, backend.ddr_base + backend.ddr_bytes - base)
+        self.recoveries: list[str] = []      # faults a retry recovered from, one line each
 
     @property
     def traffic(self):
@@ -137,7 +144,26 @@ class LoadedProgram:
             if role == "input" and region in self.prog.regions and self.buffers[region] in self.owned:
                 self.write(region, self.prog.region(region))
 
-    def run(self) -> RunStats:
+    def describe(self, frame: int | None = None) -> str:
+        kind = type(self.prog).__name__.removesuffix("Program").lower() or "linear"
+        return f"program {self.name!r} ({kind})" + (f", frame {frame}" if frame is not None else "")
+
+    def run(self, frame: int | None = None) -> RunStats:
+        """The program's runs (_run_once); on an AcceleratorError (the overlay already reset) once more,
+        whole. A second failure raises AcceleratorError naming the program and `frame` (when given)."""
+        try:
+            return self._run_once()
+        except AcceleratorError as first:
+            where = self.describe(frame)
+            try:
+                stats = self._run_once()
+            except AcceleratorError as again:
+                raise AcceleratorError(f"{where}: {again} (failed again after a soft reset and one retry)",
+                                       again.regs, again.timed_out, self.name, frame) from None
+            self.session.recoveries.append(f"{where}: {first}; retried after the reset: recovered")
+            return stats
+
+    def _run_once(self) -> RunStats:
         """Each of the program's runs (sw.compile.linear.split_runs), one START each; cycles and wall time summed.
         On the sim backend the first run is announced with the fast mode's job for the whole layer
         (sw.backends.fast: it reads and writes the regions at this program's addresses), the later
