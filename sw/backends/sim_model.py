@@ -41,7 +41,7 @@ class SimOverlay:
         self.fast_runs = 0                                      # runs whose data the fast mode computed
         self.faults = F.FaultPlan()                             # injected AXI faults (sw.backends.faults)
         self._dry = False                                       # counting a run's beats: writes go nowhere
-        self._resp = None                                       # the last AXI error response of the DMA
+        self._resp = None                                       # the DMA's last error response: (ERROR bit, code)
         self._at = 0                                            # the descriptor the interpreter runs
         self.ddr = np.zeros(ddr_bytes, np.uint8)
         self.regs = {r.name: 0 for r in isa.REGISTERS}
@@ -106,15 +106,16 @@ class SimOverlay:
         gets an AXI error response (outside DDR: DECERR; an injected fault: its response)."""
         DB = self.cfg.beat_bytes
         units = 1 if write else -(-(addr % DB + size) // DB)       # B responses per row, R beats
+        channel = "write" if write else "read"
         try:
-            self.faults.transfer("write" if write else "read", units)
+            self.faults.transfer(channel, units)
         except F.Strike as strike:
             if strike.resp is None:
                 raise                                   # a hang: the run stops where it is
-            self._resp = strike.resp
+            self._resp = (F.CHANNEL_ERROR[channel], strike.resp)
             return None
         if addr < 0 or addr + size > len(self.ddr):
-            self._resp = "DECERR"
+            self._resp = (F.CHANNEL_ERROR[channel], "DECERR")
             return None
         if write and self._dry:
             return np.empty(size, np.uint8)
@@ -160,14 +161,15 @@ class SimOverlay:
             if fetch_resp is None:
                 self.regs["DESC_DONE"] = fetchable
                 return                                      # a fetch that never returns: stays BUSY
-            out = CY.Outcome("error", fetchable, error_bit=isa.ERROR_DESC_FETCH, error_index=fetchable)
-            self._resp = fetch_resp
+            out = CY.Outcome("error", fetchable, error_index=fetchable)
+            self._resp = (isa.ERROR_DESC_FETCH, fetch_resp)
         self.regs["DESC_DONE"] = out.desc_done
         if out.state == "hang":
             return     # stays BUSY
         if out.state == "error":
-            return self._error(out.error_bit, out.error_index,
-                               self._resp if out.error_bit != isa.ERROR_BAD_OPCODE else None)
+            # An AXI error: the bit of the channel that answered it (the DMA's), whichever engine asked.
+            bit, resp = (out.error_bit, None) if out.error_bit == isa.ERROR_BAD_OPCODE else self._resp
+            return self._error(bit, out.error_index, resp)
         if fast and job is not None:
             job(self.ddr)
             self.fast_runs += 1
