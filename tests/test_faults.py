@@ -121,3 +121,34 @@ def test_parse_cli_form():
     for bad in ("nonsense", "hang:sometimes"):
         with pytest.raises(ValueError):
             parse(bad)
+
+
+def test_chain_persistent_fault_mid_video_leaves_the_session_usable():
+    """Frames before the fault keep their outputs; the error names the step and the frame; with the fault
+    gone the same session (weights, buffers, programs in DDR) runs the frame bit-exact."""
+    from sw.runtime.backend import open_backend
+    from sw.runtime.chain import Chain, ChainSpec, ChainWeights
+    from sw.runtime.session import Session
+    session = Session(open_backend("sim", preset("bench16"), timeout_s=0.02))
+    chain = Chain(session, ChainWeights.random(ChainSpec(height=8)))
+    rng = np.random.default_rng(3)
+    frames = [rng.integers(-128, 128, (16, 8, 16)).astype(np.int8) for _ in range(2)]
+    y0 = chain.run(frames[0], frame=0)
+    session.backend.inject_fault(Fault("write_decerr", runs=None))
+    with pytest.raises(AcceleratorError, match=r"^program 'chain\.\w+' \(\w+\), frame 1: .*DECERR"):
+        chain.run(frames[1], frame=1)
+    session.backend.inject_fault(None)
+    assert np.array_equal(y0, chain.golden(frames[0]))
+    assert np.array_equal(chain.run(frames[1], frame=1), chain.golden(frames[1]))
+
+
+@pytest.mark.parametrize("fault,code", [("read_decerr", 0), ("hang:persistent", 1)])
+def test_cli_recovers_or_fails_in_one_line(fault, code, capsys):
+    from sw.cli import main
+    assert main(["sim", "chain", "--size", "8x16", "--runs", "1", "--fault", fault, "--timeout", "0.02"]) == code
+    out, err = capsys.readouterr()
+    if code == 0:
+        assert "run 0: bit-exact against golden" in out and "recovered: program 'chain." in out and not err
+    else:
+        (line,) = err.splitlines()
+        assert line.startswith("sam2fpga sim: error: program 'chain.") and "frame 0: accelerator hung" in line

@@ -4,6 +4,10 @@
   sim conv --in CxHxW --out C --k K --stride S [--padding P] [--depthwise | --transposed]
   sim attention --q Q --kv KV --d D     one attention (int8 q, k, v; online softmax), per head
   sim chain [--backend sim|rtl|pynq]    linear -> attention -> linear -> conv -> depthwise kept in DDR
+
+--fault KIND[:persistent] injects an AXI fault (sw/backends/faults.py) into the simulated device: the
+runtime resets the overlay and retries once (printed as "recovered"); a persistent one ends in one
+error line naming the program (docs/robustness.md).
 """
 from __future__ import annotations
 
@@ -55,6 +59,7 @@ def add_arguments(parser):
     ch.add_argument("--stall", type=float, default=0.0, help="rtl: random AXI backpressure probability")
     ch.add_argument("--waves", action="store_true", help="dump waveforms (rtl)")
     ch.add_argument("--seed", type=int, default=0)
+    _fault_options(ch)
     ch.set_defaults(_run=run_chain)
 
 
@@ -67,12 +72,48 @@ def _common(p):
     p.add_argument("--waves", action="store_true", help="dump waveforms (rtl)")
     p.add_argument("--stall", type=float, default=0.0, help="rtl: random AXI backpressure probability")
     p.add_argument("--seed", type=inputs.seed, default=0)
+    _fault_options(p)
+
+
+def _fault_options(p):
+    from sw.backends.faults import KINDS
+    p.add_argument("--fault", metavar="KIND[:persistent]", type=_fault,
+                   help=f"inject an AXI fault into the next run (sim, pynq): {', '.join(KINDS)}; "
+                   ":persistent strikes every run")
+    p.add_argument("--timeout", type=float, default=10.0, help="seconds before a run counts as hung")
+
+
+def _fault(text):
+    import argparse
+
+    from sw.backends.faults import parse
+    try:
+        return parse(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _inject(args, backend) -> None:
+    """Arm --fault on the opened backend (a simulated device only)."""
+    from sw.cli import UsageError
+    if args.fault is not None:
+        if args.backend == "rtl":
+            raise UsageError("--fault needs --backend sim or pynq (the rtl bench injects faults at a given beat: "
+                             "tests/test_overlay.py)")
+        backend.inject_fault(args.fault)
+
+
+def report_recoveries(session) -> None:
+    for note in session.recoveries:
+        print(f"  recovered: {note}")
 
 
 def run(args) -> int:
     from sw.cli import UsageError
     if not 0.0 <= args.stall < 1.0:
         raise UsageError("--stall must be in [0, 1)")
+    if not args.timeout > 0:
+        raise UsageError("--timeout must be positive")
     return args._run(args)
 
 
@@ -82,8 +123,11 @@ SIM_DDR_BYTES = 1 << 26
 
 def _driver(args, cfg):
     from sw.runtime.driver import Driver
-    return Driver(cfg, args.backend, stall=args.stall, waves=args.waves or None, ddr_bytes=SIM_DDR_BYTES,
-                  sim_mode=args.sim_mode)
+    drv = Driver(cfg, args.backend, stall=args.stall, waves=args.waves or None, ddr_bytes=SIM_DDR_BYTES,
+                 sim_mode=args.sim_mode, timeout_s=args.timeout)
+    if args.fault is not None:
+        _inject(args, drv.device)
+    return drv
 
 
 # ---------------------------------------------------------------- sizes, checked before anything is allocated
@@ -178,6 +222,7 @@ def _run_layer(args, cfg, title, call, want, show_route=False):
               f"({cfg.dw_lanes} lanes, {want.shape[0]} channels)")
     print(f"  cycles {run.cycles}, MAC utilisation {run.utilisation:.1%} ({run.macs:,} MACs), "
           f"{run.descriptors} descriptors, {run.wall_s:.2f} s wall ({run.cycles_per_s:,.0f} simulated cycles/s)")
+    report_recoveries(drv.session)
     if not ok:
         bad = np.argwhere(got != want) if got.shape == want.shape else []
         where = f", first at {tuple(bad[0])}" if len(bad) else f" (shape {got.shape}, want {want.shape})"
@@ -244,6 +289,7 @@ def run_attention(args) -> int:
           f"{progs[0].slots} resident query tile(s) of {cfg.rows} rows)")
     print(f"  relative L2 error against float attention on the same int8 inputs: {err:.3%} "
           f"(int8 output grid alone: {floor:.3%})")
+    report_recoveries(drv.session)
     if not ok:
         bad = np.argwhere(got != want)
         raise CommandError(f"{len(bad)} outputs differ, first at {tuple(bad[0])}")
@@ -392,8 +438,10 @@ def run_chain(args) -> int:
     if missing:
         raise UsageError(f"preset {cfg.name!r} has no {', '.join(missing)} engine (the chain needs all)")
     spec = dataclasses.replace(ChainSpec(), height=h, width=w, heads=args.heads)
-    session = Session(open_backend(args.backend, cfg, stall=args.stall, waves=args.waves or None))
+    session = Session(open_backend(args.backend, cfg, stall=args.stall, waves=args.waves or None,
+                                   timeout_s=args.timeout))
     try:
+        _inject(args, session.backend)
         chain = Chain(session, ChainWeights.random(spec, args.seed))
         rng = np.random.default_rng(args.seed + 1)
         print(f"chain {' -> '.join(step for step, _ in Chain.WIRING)} on {cfg.name} ({cfg.rows} x {cfg.cols}), "
@@ -402,12 +450,14 @@ def run_chain(args) -> int:
               + ", ".join(f"{k} {v:,}" for k, v in chain.setup_bytes.items()) + ")")
         for r in range(args.runs):
             x = rng.integers(-128, 128, (spec.channels_in, h, w)).astype(np.int8)
-            y = chain.run(x)
+            y = chain.run(x, frame=r)
             ok = np.array_equal(y, chain.golden(x))
             t = chain.last_traffic
             print(f"  run {r}: {'bit-exact against golden' if ok else 'MISMATCH against golden'}; "
                   f"{t.to_ddr:,} bytes to DDR, {t.from_ddr:,} from DDR (input and output maps with their margins); "
                   "cycles " + ", ".join(f"{step} {run.cycles:,}" for (step, _), run in zip(Chain.WIRING, chain.last_runs)))
+            report_recoveries(session)
+            session.recoveries.clear()
             if not ok:
                 raise CommandError("the chain's output differs from golden")
     except (ArenaFull, *_accelerator_errors()) as e:
