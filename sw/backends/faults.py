@@ -15,6 +15,7 @@ persistent one). `beat`: which unit of the channel (None: drawn from `seed`, uni
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,7 +75,7 @@ class FaultPlan:
         self.target: tuple[str, int, str | None] | None = None    # this run's strike: (channel, unit, response)
 
     def arm(self, fault: Fault | None) -> None:
-        self.fault = fault
+        self.fault = dataclasses.replace(fault) if fault is not None else None     # (its runs count down)
 
     def start(self) -> Fault | None:
         """A START: the fault striking this run (None: none), its remaining runs counted down."""
