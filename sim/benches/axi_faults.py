@@ -1,9 +1,9 @@
 """Fault injection on cocotbext-axi's AXI slave (the rtl bench's DDR), as sw.backends.faults describes.
 
-`AxiFaults(slave)` wraps the slave's R and B channels: once armed with (channel, n, resp), the n-th
-R beat of the fetcher (id 0: channel "fetch") or of the data reads (other ids: "read"), or the
-n-th B response ("write"), counted from the arming, answers `resp` (2 SLVERR, 3 DECERR) instead
-of OKAY. One strike per arming.
+`AxiFaults(slave)` wraps the slave's R, W and B channels: once armed with (channel, n, resp), the
+n-th R beat of the fetcher (id 0: channel "fetch") or of the data reads (other ids: "read"), or the
+burst of the n-th W beat ("write": its B response), counted from the arming, answers `resp`
+(2 SLVERR, 3 DECERR) instead of OKAY. One strike per arming.
 """
 
 
@@ -12,31 +12,42 @@ class AxiFaults:
         self.plan = None                 # (channel, n, resp)
         self.counts = {}
         self.struck = 0
-        r, b = slave.read_if.r_channel, slave.write_if.b_channel
-        r_send, b_send = r.send, b.send
+        self.pending_b = None            # the error the current write burst's B response carries
+        r, w, b = slave.read_if.r_channel, slave.write_if.w_channel, slave.write_if.b_channel
+        r_send, w_recv, b_send = r.send, w.recv, b.send
 
         async def send_r(beat):
-            self._answer(beat, "fetch" if int(beat.rid) == 0 else "read", "rresp")
+            resp = self._strike("fetch" if int(beat.rid) == 0 else "read")
+            if resp is not None:
+                beat.rresp = resp
             await r_send(beat)
 
-        async def send_b(resp):
-            self._answer(resp, "write", "bresp")
-            await b_send(resp)
+        async def recv_w():
+            beat = await w_recv()
+            self.pending_b = self._strike("write") or self.pending_b
+            return beat
 
-        r.send, b.send = send_r, send_b
+        async def send_b(answer):
+            if self.pending_b is not None:            # (the slave answers a burst after its last W beat)
+                answer.bresp, self.pending_b = self.pending_b, None
+            await b_send(answer)
+
+        r.send, w.recv, b.send = send_r, recv_w, send_b
 
     def arm(self, plan) -> None:
         """(channel, n, resp) or None (disarm)."""
         self.plan = tuple(plan) if plan is not None else None
         self.counts = dict(read=0, write=0, fetch=0)
 
-    def _answer(self, txn, channel, field):
+    def _strike(self, channel):
+        """Count one beat of `channel`; the error response when it is the armed one, else None."""
         if self.plan is None:
-            return
+            return None
         n = self.counts[channel]
         self.counts[channel] = n + 1
         want, beat, resp = self.plan
         if want == channel and n == beat:
-            setattr(txn, field, resp)
             self.plan = None
             self.struck += 1
+            return resp
+        return None

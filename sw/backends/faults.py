@@ -4,7 +4,7 @@ A fault strikes one channel of the overlay's AXI master, counted in its units fr
 strikes, whichever engine's descriptor owns the transfer (nothing here knows the engines):
 
   read   data read beats (R, every id but the fetcher's): the n-th answers SLVERR or DECERR
-  write  write responses (B, one per burst): the n-th answers SLVERR or DECERR (that burst's data lost)
+  write  write beats (W): the burst of the n-th gets SLVERR or DECERR as its B response (its data lost)
   fetch  descriptor fetch beats (R, the fetcher's id): the n-th answers SLVERR
   hang   the n-th data read beat never comes (falls back to the fetch when a run reads no data):
          STATUS.DONE never rises
@@ -104,7 +104,7 @@ class FaultPlan:
         self.target = (channel, min(beat, n - 1), fault.resp)
 
     def transfer(self, channel: str, units: int) -> None:
-        """`units` beats (read, fetch) or bursts (write) of the current run pass; Strike when one is the target."""
+        """`units` beats of `channel` in the current run pass; Strike when one of them is the target."""
         first = self.counts[channel]
         self.counts[channel] = first + units
         if self.target is not None and self.target[0] == channel and first <= self.target[1] < first + units:

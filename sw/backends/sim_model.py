@@ -105,7 +105,7 @@ class SimOverlay:
         """The DMA: `size` bytes at `addr` to read (or to write into, `write`); None when the access
         gets an AXI error response (outside DDR: DECERR; an injected fault: its response)."""
         DB = self.cfg.beat_bytes
-        units = 1 if write else -(-(addr % DB + size) // DB)       # B responses per row, R beats
+        units = -(-(addr % DB + size) // DB)                       # R or W beats
         channel = "write" if write else "read"
         try:
             self.faults.transfer(channel, units)
