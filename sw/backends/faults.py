@@ -4,7 +4,7 @@ A fault strikes one channel of the overlay's AXI master, counted in its units fr
 strikes, whichever engine's descriptor owns the transfer (nothing here knows the engines):
 
   read   data read beats (R, every id but the fetcher's): the n-th answers SLVERR or DECERR
-  write  write beats (W): the burst of the n-th gets SLVERR or DECERR as its B response (its data lost)
+  write  write beats (W): the burst of the n-th gets SLVERR or DECERR as its B response (data may be lost)
   fetch  descriptor fetch beats (R, the fetcher's id): the n-th answers SLVERR
   hang   the n-th data read beat never comes (falls back to the fetch when a run reads no data):
          STATUS.DONE never rises
