@@ -50,11 +50,11 @@ def test_profile_cycles_equal_the_sim_backend_with_data():
     """Each program kind: the profile's cycles (compiled from the layer's shapes, zero operands) are
     the CYCLES the sim backend reports running the same layer with random data (checked mode)."""
     rng = np.random.default_rng(0)
-    drv = Driver(CFG, "sim", sim_mode="checked")
     kinds = set()
     for layer, run in _cases(rng):
         cost, why = G.engine_cost(CFG, layer)
         assert cost is not None, why
+        drv = Driver(CFG, "sim", sim_mode="checked")     # fresh from reset, as the profile times it
         run(drv)
         assert cost.cycles == drv.last_run.cycles, layer.op
         kinds.add(cost.engine)
@@ -151,3 +151,38 @@ def test_bad_options(argv, message, capsys):
     with pytest.raises(SystemExit) as e:
         main(argv)
     assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_big_nodes_are_blocks_of_programs(monkeypatch):
+    """Over PROGRAM_UNITS descriptors a unit, a node is several programs over row blocks: its cycles are
+    the sum of what the sim backend reports running those blocks with data, each on an overlay fresh
+    from reset (one session carries the attention normaliser's state over: up to a cycle a program)."""
+    monkeypatch.setattr(G, "PROGRAM_UNITS", 24)
+    G._linear_program.cache_clear()
+    G._attention_program.cache_clear()
+    rng = np.random.default_rng(1)
+    m, k, n = 50, 16, 16                                  # 2 N-tiles: 8 M-tiles a block, 32 rows
+    a, b = rng.integers(-128, 128, (m, k)).astype(np.int8), rng.integers(-128, 128, (k, n)).astype(np.int8)
+    block = G._linear_block_tiles(CFG, k, n) * CFG.rows
+    assert block < m
+    total = 0
+    for r0 in range(0, m, block):
+        drv = Driver(CFG, "sim")
+        drv.linear(a[r0:r0 + block], b, *_requant(rng, n))
+        total += drv.last_run.cycles
+    cost = G.linear_cost(CFG, m, k, n)
+    assert cost.cycles == total and cost.programs == -(-m // block)
+    # attention: 5 heads of 8 queries x 24 keys: groups of heads
+    q, kv = rng.integers(-128, 128, (5, 8, 8)).astype(np.int8), rng.integers(-128, 128, (5, 24, 8)).astype(np.int8)
+    cost = G.attention_cost(CFG, 5, 8, 24, 8)
+    assert cost.programs > 1
+    quant = AttentionQuant(1 << 14, 16, 1 << 14, 14)
+    per = -(-5 // cost.programs)
+    total = 0
+    for h0 in range(0, 5, per):
+        drv = Driver(CFG, "sim")
+        drv.attention(q[h0:h0 + per], kv[h0:h0 + per], kv[h0:h0 + per], quant)
+        total += drv.last_run.cycles
+    assert cost.cycles == total
+    G._linear_program.cache_clear()
+    G._attention_program.cache_clear()

@@ -15,9 +15,11 @@ The rule (docs/profile.md), per node:
      longer) against the host's (sw.perf.host_model). Small attentions (the mask decoder's 8-token
      ones, small windows) go wherever that comparison says, not wherever they happen to fit.
 
-Engine programs are compiled for their shapes with zero operands (timing needs no data) and timed
-with sw.backends.cycles.program_cycles: the cycles the sim backend reports when it runs the same
-program with data (tests/test_profile.py). Programs of the same shape are compiled once per process.
+Lowering: a node becomes one program, or several over blocks of its rows when it would exceed
+PROGRAM_UNITS descriptors of a unit. Engine programs are compiled for their shapes with zero operands
+(timing needs no data) and timed with sw.backends.cycles.program_cycles: the cycles the sim backend
+reports when it runs the same program with data (tests/test_profile.py). Programs of the same shape
+are compiled once per process.
 """
 from __future__ import annotations
 
@@ -43,6 +45,12 @@ VECTOR_START_CYCLES = 16
 VECTOR_GROUP = {"maxpool2x2": 4}
 VECTOR_REPEAT = {"upsample2x": 4}
 VECTOR_OPERANDS = {"add": 2}
+#: The most descriptors of one unit in one program of the graph compiler. A bigger node is lowered to
+#: several programs over blocks of its rows (linear: M rows; attention: heads, then query rows), each
+#: started on its own; equal blocks share one compiled program. Blocks this size cost about 1 % of the
+#: GEMM time (weights loaded again per block, the pipeline's fill and drain: kv260 0.4 %, pynq-z2 1 %
+#: on a tiny frame) and keep a whole tiny frame's compile within seconds.
+PROGRAM_UNITS = 16384
 #: lanes of the vector engine assumed for a preset that has one but does not say how many
 VECTOR_DEFAULT_LANES = 16
 
@@ -143,8 +151,33 @@ def _ones(n):
     return np.ones(n, np.int64)
 
 
-@lru_cache(maxsize=None)
 def linear_cost(cfg, m: int, k: int, n: int, out_int32: bool = False) -> EngineCost:
+    """A linear node's programs: blocks of M rows (`row_blocks`), equal blocks compiled once."""
+    tiles = _linear_block_tiles(cfg, k, n)
+    return _blocks(m, tiles * cfg.rows, lambda rows: _linear_program(cfg, rows, k, n, out_int32))
+
+
+def _linear_block_tiles(cfg, k: int, n: int) -> int:
+    """M-tiles per program so no unit exceeds PROGRAM_UNITS descriptors (sw.compile.linear's schedule:
+    per M-tile and N-tile one COMPUTE and (non-resident K) two LOADs per K chunk, a PARAM load, a STORE)."""
+    half = min(cfg.a_depth, cfg.b_depth) // 2
+    chunks = 1 if k <= half else -(-k // half)
+    per_tile = (2 * chunks + 1) * -(-n // cfg.cols)
+    return max(1, PROGRAM_UNITS // per_tile)
+
+
+def _blocks(total: int, block: int, cost) -> EngineCost:
+    """Programs over `total` rows in blocks of `block`: the full blocks' cost (compiled once) times
+    their number plus the remainder's."""
+    full, rest = divmod(total, block)
+    parts = ([(full, cost(block))] if full else []) + ([(1, cost(rest))] if rest else [])
+    first = parts[0][1]
+    return EngineCost(first.engine, sum(c * p.cycles for c, p in parts), sum(c * p.ddr_bytes for c, p in parts),
+                      first.array_macs, sum(c * p.programs for c, p in parts))
+
+
+@lru_cache(maxsize=None)
+def _linear_program(cfg, m: int, k: int, n: int, out_int32: bool) -> EngineCost:
     from sw.compile.linear import compile_linear
     prog = compile_linear(cfg, _zeros(m, k), _zeros(k, n), None, None if out_int32 else _ones(n),
                           None if out_int32 else _ones(n), out_int32=out_int32)
@@ -168,18 +201,33 @@ def depthwise_cost(cfg, c: int, h: int, w: int, k: int, padding: int) -> EngineC
     return EngineCost("depthwise", *program_cost(prog), prog.array_macs)
 
 
-@lru_cache(maxsize=None)
 def attention_cost(cfg, heads: int, lq: int, lk: int, d: int) -> EngineCost:
-    """All programs of one attention node (compile_attention_calls splits what one program cannot hold)."""
+    """An attention node's programs: whole when within PROGRAM_UNITS descriptors a unit; else groups
+    of heads (windows x heads), else per head blocks of query rows (whole groups of the engine's query
+    slots); equal programs compiled once."""
+    from sw.compile.attention import program_counts, query_slots
+    R = cfg.rows
+    qt = -(-lq // R)
+    per_head = max(program_counts(cfg, qt, lk, d).values())
+    if per_head * heads <= PROGRAM_UNITS:
+        return _attention_program(cfg, heads, lq, lk, d)
+    if per_head <= PROGRAM_UNITS:
+        return _blocks(heads, PROGRAM_UNITS // per_head, lambda h: _attention_program(cfg, h, lq, lk, d))
+    slots = query_slots(cfg, -(-d // cfg.cols) * cfg.cols, qt)
+    tiles = slots
+    while tiles + slots < qt and max(program_counts(cfg, tiles + slots, lk, d).values()) <= PROGRAM_UNITS:
+        tiles += slots
+    one = _blocks(lq, tiles * R, lambda rows: _attention_program(cfg, 1, rows, lk, d))
+    return EngineCost(one.engine, one.cycles * heads, one.ddr_bytes * heads, one.array_macs, one.programs * heads)
+
+
+@lru_cache(maxsize=None)
+def _attention_program(cfg, heads: int, lq: int, lk: int, d: int) -> EngineCost:
     from golden_model.intattn import AttentionQuant
-    from sw.compile.attention import compile_attention_calls
-    quant = AttentionQuant(1 << 14, 14, 1 << 14, 14)
-    q, kv = _zeros(heads, lq, d), _zeros(heads, lk, d)
-    cycles = nbytes = n = 0
-    for *_, prog in compile_attention_calls(cfg, q, kv, kv, quant):
-        c, b = program_cost(prog)
-        cycles, nbytes, n = cycles + c, nbytes + b, n + 1
-    return EngineCost("attention", cycles, nbytes, 2 * cfg.macs, n)
+    from sw.compile.attention import compile_attention
+    kv = _zeros(heads, lk, d)
+    prog = compile_attention(cfg, _zeros(heads, lq, d), kv, kv, AttentionQuant(1 << 14, 14, 1 << 14, 14))
+    return EngineCost("attention", *program_cost(prog), 2 * cfg.macs)
 
 
 def engine_cost(cfg, layer: Layer, lanes: int = 0) -> tuple[EngineCost | None, str]:
