@@ -306,8 +306,8 @@ def place(cfg, layer: Layer, host: HostModel | None = None, lanes: int = 0) -> P
     if hs < seconds:
         return Placement(layer, "host", f"faster on the host ({_ms(hs)} vs {eng.engine} {_ms(seconds)})", 0, hs,
                          host_bytes, "host", host_seconds=hs)
-    return Placement(layer, eng.engine, f"{_ms(seconds)} vs host {_ms(hs)}", eng.cycles, seconds, eng.ddr_bytes,
-                     bound, eng.array_macs, hs)
+    return Placement(layer, eng.engine, f"{eng.engine} {_ms(seconds)} < host {_ms(hs)}", eng.cycles, seconds,
+                     eng.ddr_bytes, bound, eng.array_macs, hs)
 
 
 def place_all(cfg, layers: list[Layer], host: HostModel | None = None, lanes: int = 0) -> list[Placement]:
