@@ -186,3 +186,11 @@ def test_big_nodes_are_blocks_of_programs(monkeypatch):
     assert cost.cycles == total
     G._linear_program.cache_clear()
     G._attention_program.cache_clear()
+
+
+def test_vector_bound():
+    host = HOSTS["kv260"]
+    add = _layer("add", [(1, 64, 256)] * 2, (1, 64, 256))
+    assert G.place(CFG, add, host, lanes=32).bound == "DDR"        # 3 rows of bytes through an 8-byte port
+    norm = _layer("layernorm", [(1, 64, 256)], (1, 64, 256))
+    assert G.place(CFG, norm, host, lanes=2).bound == "compute"   # 2 lanes: 128 cycles a row

@@ -60,11 +60,14 @@ def vector_cycles(op: str, rows: int, dim: int, lanes: int, port_bytes: int) -> 
     beat of `lanes` elements per cycle over every row it reads and writes; DDR: the bytes in and out
     through the port, `port_bytes` a cycle. (The engine's own cycle model replaces this when it joins
     the overlay.)"""
-    beats = -(-dim // lanes)
+    return VECTOR_START_CYCLES + max(_vector_parts(op, rows, dim, lanes, port_bytes))
+
+
+def _vector_parts(op, rows, dim, lanes, port_bytes) -> tuple[int, int]:
+    """(compute, DDR) cycles of a vector command."""
     rows_out = rows // VECTOR_GROUP.get(op, 1) * VECTOR_REPEAT.get(op, 1)
-    compute = max(rows, rows_out) * beats
-    ddr = -(-(rows * dim * VECTOR_OPERANDS.get(op, 1) + rows_out * dim) // port_bytes)
-    return VECTOR_START_CYCLES + max(compute, ddr)
+    compute = max(rows, rows_out) * -(-dim // lanes)
+    return compute, -(-(rows * dim * VECTOR_OPERANDS.get(op, 1) + rows_out * dim) // port_bytes)
 
 
 def vector_lanes(cfg, assume: int = 0) -> int:
@@ -85,6 +88,7 @@ class EngineCost:
     ddr_bytes: int
     array_macs: int
     programs: int = 1
+    bound: str = ""          # set where the engine's own model says (the vector engine's)
 
 
 @dataclass(frozen=True)
@@ -268,8 +272,10 @@ def engine_cost(cfg, layer: Layer, lanes: int = 0) -> tuple[EngineCost | None, s
             if not lanes:
                 return None, "no vector engine"
             rows, dim = math.prod(x[:-1]), x[-1]
-            cyc = vector_cycles(op, rows, dim, lanes, cfg.beat_bytes)
-            return EngineCost("vector", cyc, layer.bytes_in() + layer.bytes_out(), 0), ""
+            compute, ddr = _vector_parts(op, rows, dim, lanes, cfg.beat_bytes)
+            bound = "DDR" if ddr >= compute else "compute"
+            return EngineCost("vector", vector_cycles(op, rows, dim, lanes, cfg.beat_bytes),
+                              layer.bytes_in() + layer.bytes_out(), 0, bound=bound), ""
     except CompileError as e:
         return None, str(e)
     return None, f"no engine runs {op}"
@@ -302,7 +308,7 @@ def place(cfg, layer: Layer, host: HostModel | None = None, lanes: int = 0) -> P
     ddr_s = eng.ddr_bytes / (host.ddr_gbs * 1e9)
     seconds = max(eng.cycles / clock, ddr_s)
     floor_s = layer.macs / (eng.array_macs * clock) if eng.array_macs else 0.0
-    bound = "DDR" if eng.ddr_bytes / (ddr_gbs(cfg, host) * 1e9) >= floor_s else "compute"
+    bound = eng.bound or ("DDR" if eng.ddr_bytes / (ddr_gbs(cfg, host) * 1e9) >= floor_s else "compute")
     if hs < seconds:
         return Placement(layer, "host", f"faster on the host ({_ms(hs)} vs {eng.engine} {_ms(seconds)})", 0, hs,
                          host_bytes, "host", host_seconds=hs)
