@@ -194,3 +194,18 @@ def test_vector_bound():
     assert G.place(CFG, add, host, lanes=32).bound == "DDR"        # 3 rows of bytes through an 8-byte port
     norm = _layer("layernorm", [(1, 64, 256)], (1, 64, 256))
     assert G.place(CFG, norm, host, lanes=2).bound == "compute"   # 2 lanes: 128 cycles a row
+
+
+def test_sweep_command(tmp_path, capsys):
+    """Two array shapes on pynq-z2 at 128 (structural DSP floor): table, Pareto marks, JSON and PNG; a
+    shape the part cannot hold is marked, not dropped."""
+    from sw.cli import main
+    assert main(["sweep", "--board", "pynq-z2", "--rows", "8", "--cols", "8,16", "--image-size", "128",
+                 "-o", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "sweep.json").read_text())
+    pts = {(p["rows"], p["cols"]): p for p in data["points"]}
+    assert pts[(8, 8)]["fits"] and not pts[(8, 16)]["fits"]        # 8 x 16 with attention: 224+ DSPs > 220
+    assert pts[(8, 8)]["pareto"] and not pts[(8, 16)]["pareto"]
+    assert pts[(8, 16)]["frame_s"] < pts[(8, 8)]["frame_s"]
+    assert (tmp_path / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+    assert "pareto" in capsys.readouterr().out

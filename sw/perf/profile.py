@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 from sw.compile.graph import Placement, place_all, vector_lanes
@@ -149,9 +150,11 @@ class Profile:
         return js, self.chart(folder / f"{self.stem()}.png")
 
 
-def layers_for(model: str, image_size: int | None, video: bool):
+@lru_cache(maxsize=4)
+def layers_for(model: str, image_size: int | None, video: bool) -> tuple:
+    """The nodes by shape (built once per process: a sweep profiles the same graph many times)."""
     layers = image_layers(model, image_size)
-    return layers + video_layers(model, image_size) if video else layers
+    return tuple(layers + video_layers(model, image_size) if video else layers)
 
 
 def profile(model: str, cfg, *, image_size: int | None = None, video: bool = False, host: HostModel | None = None,
