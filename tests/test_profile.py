@@ -209,3 +209,17 @@ def test_sweep_command(tmp_path, capsys):
     assert pts[(8, 16)]["frame_s"] < pts[(8, 8)]["frame_s"]
     assert (tmp_path / "sweep.png").read_bytes()[:4] == b"\x89PNG"
     assert "pareto" in capsys.readouterr().out
+
+
+def test_sweep_estimate_is_cached(tmp_path):
+    """--estimate reads yosys's counts from the cache when there (no yosys run): LUTs and fits from them."""
+    from hw.boards import board
+    from sw.perf import sweep
+    cfg = preset("pynq-z2")
+    path = tmp_path / "cache" / f"{sweep.cache_key(cfg, 'xc7')}.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps({"luts": 60_000, "ffs": 1, "dsps": 100, "bram36": 1.0, "uram": 0, "lutram": 10}))
+    p = sweep.measure(cfg, board("pynq-z2"), "tiny", 128, 0, tmp_path, True)
+    assert (p.dsps, p.luts, p.estimated) == (100, 60_010, True)
+    assert not p.fits and "LUT" in p.problems[0]                   # 60,010 > 53,200
+    assert sweep.cache_key(cfg, "xc7") == sweep.cache_key(cfg.replace(name="other"), "xc7")
