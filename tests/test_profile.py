@@ -118,6 +118,9 @@ def test_host_model_from_a_measurement(tmp_path):
     with pytest.raises(ValueError, match="unknown host model fields"):
         HostModel.load(f)
     assert host_for(preset("pynq-z2")).cpu == "Cortex-A9"
+    f.write_text(json.dumps({"memcpy_gbs": 0}))
+    with pytest.raises(ValueError, match="positive numbers"):
+        HostModel.load(f)
 
 
 def test_profile_and_plan_commands(tmp_path, capsys):

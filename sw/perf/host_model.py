@@ -39,14 +39,24 @@ class HostModel:
     @classmethod
     def load(cls, path) -> "HostModel":
         """A board measurement: a JSON object of this class's fields (board and cpu optional)."""
-        with open(path) as f:
-            data = json.load(f)
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except OSError as e:
+            raise ValueError(f"{path}: {e.strerror}") from None
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not JSON ({e})") from None
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a JSON object of host model fields")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"{path}: unknown host model fields {unknown} (known: {sorted(known)})")
+        numbers = [f.name for f in fields(cls) if f.type in ("int", "float")]
+        bad = [k for k in numbers if k in data and (isinstance(data[k], bool) or not isinstance(data[k], (int, float))
+                                                   or data[k] <= 0)]
+        if bad:
+            raise ValueError(f"{path}: {', '.join(bad)} must be positive numbers")
         base = HOSTS.get(data.get("board", ""), HOSTS["kv260"])
         try:
             return replace(base, **{**data, "source": str(path)})
