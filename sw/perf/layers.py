@@ -100,8 +100,6 @@ def video_layers(model: str, image_size: int | None = None) -> list[Layer]:
     once, when it enters the bank: here, once per frame (the `bank.*` layers); every cross-attention
     reads the whole bank in place. The one place these shapes are made up: when the int8 graph
     carries the video nodes, this becomes graph_layers over them."""
-    from dataclasses import replace
-
     from golden_model.config import load_config
     from golden_model.video import TrackerConfig
     cfg = load_config(model)
@@ -115,8 +113,8 @@ def video_layers(model: str, image_size: int | None = None) -> list[Layer]:
     keys = tc.num_maskmem * hw + ptr_tokens
     L: list[Layer] = []
 
-    def add(name, op, stage, ins, out, w=None, **attrs):
-        L.append(Layer(name, op, stage, tuple(tuple(i) for i in ins), tuple(out), w, attrs))
+    def add(name, op, stage, ins, out, w=None, in_bytes_per=(), **attrs):
+        L.append(Layer(name, op, stage, tuple(tuple(i) for i in ins), tuple(out), w, attrs, in_bytes_per))
 
     def linear(name, stage, rows, k, n, relu=False):
         add(name, "linear", stage, [(1, rows, k)], (1, rows, n), (n, k), relu=relu)
@@ -156,8 +154,7 @@ def video_layers(model: str, image_size: int | None = None) -> list[Layer]:
     # ---- memory encoder: mask downsampler (conv s2 + LayerNorm2d + GELU per stage), pix_feat
     # projection, fuser CXBlocks (depthwise 7x7, LayerNorm, MLP 4x), out projection to mem_dim
     st = "memory_encoder"
-    add("mem_enc.mask_q", "quantize", st, [(1, s, s, 1)], (1, s, s, 1))
-    L[-1] = replace(L[-1], in_bytes_per=(4,))          # the float logits from the decoder
+    add("mem_enc.mask_q", "quantize", st, [(1, s, s, 1)], (1, s, s, 1), in_bytes_per=(4,))   # the decoder's logits
     cin, side = 1, s
     n_ds = round(math.log(me.ds_total_stride, me.ds_stride))
     for i in range(n_ds):
