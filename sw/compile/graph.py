@@ -156,7 +156,7 @@ def _ones(n):
 
 
 def linear_cost(cfg, m: int, k: int, n: int, out_int32: bool = False) -> EngineCost:
-    """A linear node's programs: blocks of M rows (`row_blocks`), equal blocks compiled once."""
+    """A linear node's programs: blocks of M rows within PROGRAM_UNITS, equal blocks compiled once."""
     tiles = _linear_block_tiles(cfg, k, n)
     return _blocks(m, tiles * cfg.rows, lambda rows: _linear_program(cfg, rows, k, n, out_int32))
 
