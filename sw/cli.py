@@ -24,6 +24,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "track": ("sw.commands.track", "track objects through a folder of video frames (golden SAM 2)"),
     "segment": ("sw.commands.segment", "segment an image from point/box prompts on the golden SAM 2"),
     "quantize": ("sw.commands.quantize", "calibrate SAM 2 and write its int8 model (the overlay's integer reference)"),
+    "plan": ("sw.commands.plan", "where each node of the int8 SAM 2 graph runs on a preset (engine or host), and why"),
+    "profile": ("sw.commands.profile", "time SAM 2 on a preset layer by layer without data: table, JSON, PNG"),
+    "sweep": ("sw.commands.sweep", "array shapes and engines for a board: resources, frame times, Pareto plot"),
 }
 
 

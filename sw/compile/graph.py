@@ -1,0 +1,325 @@
+"""The int8 SAM 2 graph -> programs for an OverlayConfig: every node placed on an engine or the host.
+
+The rule (docs/profile.md), per node:
+  1. Layout nodes (window partition / unpartition, slices) are DMA addressing: placed "layout",
+     no time of their own (the neighbouring programs read and write with those strides).
+  2. Host-only nodes (quantise / dequantise at the model's edges, the prompt encoder, the decoder's
+     single-token MLPs) run on the host.
+  3. Every other node has its engine candidate: linear, 1x1 and transposed 2x2/s2 convolutions and
+     the mask product on the GEMM engine; K x K convolutions on the convolution engine; depthwise
+     7x7 on the depthwise engine (else the convolution engine's depthwise mode); attention on the
+     attention engine; element-wise int ops on the vector engine. A candidate exists when the preset
+     has the engine and the compiler accepts the shape (its CompileError says why not).
+  4. The node goes where it is fastest: the candidate's time (the cycle model on the compiled
+     program at the preset's clock, or its DDR bytes at the board's DDR bandwidth when that is
+     longer) against the host's (sw.perf.host_model). Small attentions (the mask decoder's 8-token
+     ones, small windows) go wherever that comparison says, not wherever they happen to fit.
+
+Lowering: a node becomes one program, or several over blocks of its rows when it would exceed
+PROGRAM_UNITS descriptors of a unit. Engine programs are compiled for their shapes with zero operands
+(timing needs no data) and timed with sw.backends.cycles.program_cycles: the cycles the sim backend
+reports when it runs the same program with data (tests/test_profile.py). Programs of the same shape
+are compiled once per process.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from hw import isa
+from hw.limits import im2col_row_beats
+from sw.perf.host_model import HostModel, ddr_gbs, host_for, host_seconds
+from sw.perf.layers import Layer
+
+LAYOUT_OPS = ("window_partition", "window_unpartition", "slice")
+HOST_OPS = ("quantize", "dequantize", "prompt_encoder", "mlp")
+VECTOR_OPS = ("layernorm", "gelu", "add", "rescale", "rope", "maxpool2x2", "upsample2x")
+
+# The vector engine's cycle model until the engine joins the overlay (hw/vector, docs/vector.md):
+# L elements per cycle in steady state for every op, a row starts a beat; a command's start.
+VECTOR_START_CYCLES = 16
+#: input rows per output row (max-pool reads a 2x2 window as 4 rows) and output rows per input row
+VECTOR_GROUP = {"maxpool2x2": 4}
+VECTOR_REPEAT = {"upsample2x": 4}
+VECTOR_OPERANDS = {"add": 2}
+#: The most descriptors of one unit in one program of the graph compiler. A bigger node is lowered to
+#: several programs over blocks of its rows (linear: M rows; attention: heads, then query rows), each
+#: started on its own; equal blocks share one compiled program. Blocks this size cost about 1 % of the
+#: GEMM time (weights loaded again per block, the pipeline's fill and drain: kv260 0.4 %, pynq-z2 1 %
+#: on a tiny frame) and keep a whole tiny frame's compile within seconds.
+PROGRAM_UNITS = 16384
+#: lanes of the vector engine assumed for a preset that has one but does not say how many
+VECTOR_DEFAULT_LANES = 16
+
+
+def vector_cycles(op: str, rows: int, dim: int, lanes: int, port_bytes: int) -> int:
+    """The vector engine's cycles for `rows` input rows of `dim` int8: max(compute, DDR). Compute: a
+    beat of `lanes` elements per cycle over every row it reads and writes; DDR: the bytes in and out
+    through the port, `port_bytes` a cycle. (The engine's own cycle model replaces this when it joins
+    the overlay.)"""
+    return VECTOR_START_CYCLES + max(_vector_parts(op, rows, dim, lanes, port_bytes))
+
+
+def _vector_parts(op, rows, dim, lanes, port_bytes) -> tuple[int, int]:
+    """(compute, DDR) cycles of a vector command."""
+    rows_out = rows // VECTOR_GROUP.get(op, 1) * VECTOR_REPEAT.get(op, 1)
+    compute = max(rows, rows_out) * -(-dim // lanes)
+    return compute, -(-(rows * dim * VECTOR_OPERANDS.get(op, 1) + rows_out * dim) // port_bytes)
+
+
+def vector_lanes(cfg, assume: int = 0) -> int:
+    """Lanes of the preset's vector engine (0: none); `assume` > 0 profiles as if it had one."""
+    if assume:
+        return assume
+    if "vector" in cfg.engines:
+        return getattr(cfg, "vec_lanes", 0) or VECTOR_DEFAULT_LANES
+    return 0
+
+
+@dataclass(frozen=True)
+class EngineCost:
+    """One node's programs on one engine: cycles (all programs, back to back), DDR bytes, the
+    engine's MACs per cycle (utilisation = useful MACs / (cycles x these)), programs."""
+    engine: str
+    cycles: int
+    ddr_bytes: int
+    array_macs: int
+    programs: int = 1
+    bound: str = ""          # set where the engine's own model says (the vector engine's)
+
+
+@dataclass(frozen=True)
+class Placement:
+    layer: Layer
+    where: str            # engine name, "host" or "layout"
+    reason: str
+    cycles: int           # overlay cycles (0 on the host)
+    seconds: float        # its time: overlay max(cycles / clock, DDR bytes / DDR bandwidth), or the host's
+    ddr_bytes: int        # bytes the overlay moves (the host: the bytes it copies in and out)
+    bound: str            # "compute", "DDR", "host" or "" (layout)
+    array_macs: int = 0
+    host_seconds: float = 0.0
+
+    @property
+    def macs(self) -> int:
+        return self.layer.macs
+
+    @property
+    def utilisation(self) -> float:
+        return self.macs / (self.cycles * self.array_macs) if self.cycles and self.array_macs else 0.0
+
+
+# ---------------------------------------------------------------- DDR bytes of a program
+
+def descriptor_ddr_bytes(cfg, raw: np.ndarray) -> int:
+    """Bytes a descriptor list moves between DDR and the overlay: every LOAD's and IM2COL's beats,
+    every STORE's rows, every DEPTHWISE's planes in and out, and the descriptors themselves."""
+    from sw.backends.cycles import K_DEPTHWISE, K_IM2COL, K_LOAD, K_STORE, classify, decode_descriptors
+    f = decode_descriptors(raw)
+    kind = classify(cfg, f)
+    DB, C = cfg.beat_bytes, cfg.cols
+    count = f["count"]
+    eb = np.zeros(len(kind), np.int64)
+    for name, code in isa.TARGETS.items():
+        if name != "IM2COL" and isa.has_target(cfg, name):
+            eb[f["target"] == code] = isa.entry_bytes(cfg, name)
+    load = -(-count * eb // DB) * DB
+    kk = f["kernel_last"] + 1
+    im2col = (f["out_rows_last"] + 1) * count * kk * im2col_row_beats(
+        cfg, kk, np.left_shift(1, f["stride_log2"]), f["col_offset"]) * DB
+    store = (f["tiles_last"] + 1) * count * C * np.where(f["out_int32"] != 0, 4, 1)
+    dw = f["dw_channels"] * (2 * count + f["dw_kernel_last"]) * f["stride"]
+    moved = np.select([kind == K_LOAD, kind == K_IM2COL, kind == K_STORE, kind == K_DEPTHWISE],
+                      [load, im2col, store, dw], 0)
+    return int(moved.sum()) + len(kind) * isa.DESCRIPTOR_BYTES
+
+
+def program_cost(prog) -> tuple[int, int]:
+    """(cycles, DDR bytes) of a compiled program: sw.backends.cycles.program_cycles and its descriptors'
+    bytes."""
+    from sw.backends.cycles import program_cycles
+    raw = prog.image[:len(prog.descriptors) * isa.DESCRIPTOR_BYTES]
+    return program_cycles(prog), descriptor_ddr_bytes(prog.cfg, raw)
+
+
+# ---------------------------------------------------------------- engine programs by shape (cached)
+
+def _zeros(*shape):
+    return np.zeros(shape, np.int8)
+
+
+def _ones(n):
+    return np.ones(n, np.int64)
+
+
+def linear_cost(cfg, m: int, k: int, n: int, out_int32: bool = False) -> EngineCost:
+    """A linear node's programs: blocks of M rows within PROGRAM_UNITS, equal blocks compiled once."""
+    tiles = _linear_block_tiles(cfg, k, n)
+    return _blocks(m, tiles * cfg.rows, lambda rows: _linear_program(cfg, rows, k, n, out_int32))
+
+
+def _linear_block_tiles(cfg, k: int, n: int) -> int:
+    """M-tiles per program so no unit exceeds PROGRAM_UNITS descriptors (sw.compile.linear's schedule:
+    per M-tile and N-tile one COMPUTE and (non-resident K) two LOADs per K chunk, a PARAM load, a STORE)."""
+    half = min(cfg.a_depth, cfg.b_depth) // 2
+    chunks = 1 if k <= half else -(-k // half)
+    per_tile = (2 * chunks + 1) * -(-n // cfg.cols)
+    return max(1, PROGRAM_UNITS // per_tile)
+
+
+def _blocks(total: int, block: int, cost) -> EngineCost:
+    """Programs over `total` rows in blocks of `block`: the full blocks' cost (compiled once) times
+    their number plus the remainder's."""
+    full, rest = divmod(total, block)
+    parts = ([(full, cost(block))] if full else []) + ([(1, cost(rest))] if rest else [])
+    first = parts[0][1]
+    return EngineCost(first.engine, sum(c * p.cycles for c, p in parts), sum(c * p.ddr_bytes for c, p in parts),
+                      first.array_macs, sum(c * p.programs for c, p in parts))
+
+
+@lru_cache(maxsize=None)
+def _linear_program(cfg, m: int, k: int, n: int, out_int32: bool) -> EngineCost:
+    from sw.compile.linear import compile_linear
+    prog = compile_linear(cfg, _zeros(m, k), _zeros(k, n), None, None if out_int32 else _ones(n),
+                          None if out_int32 else _ones(n), out_int32=out_int32)
+    return EngineCost("gemm", *program_cost(prog), cfg.macs)
+
+
+@lru_cache(maxsize=None)
+def conv_cost(cfg, cin: int, h: int, w: int, cout: int, k: int, stride: int, padding: int,
+              depthwise: bool = False) -> EngineCost:
+    from sw.compile.conv import compile_conv2d
+    wshape = (cout, 1, k, k) if depthwise else (cout, cin, k, k)
+    prog = compile_conv2d(cfg, _zeros(cin, h, w), _zeros(*wshape), None, _ones(cout), _ones(cout), stride=stride,
+                          padding=padding, depthwise=depthwise)
+    return EngineCost("conv", *program_cost(prog), cfg.macs)
+
+
+@lru_cache(maxsize=None)
+def depthwise_cost(cfg, c: int, h: int, w: int, k: int, padding: int) -> EngineCost:
+    from sw.compile.conv import compile_depthwise
+    prog = compile_depthwise(cfg, _zeros(c, h, w), _zeros(c, 1, k, k), None, _ones(c), _ones(c), padding=padding)
+    return EngineCost("depthwise", *program_cost(prog), prog.array_macs)
+
+
+def attention_cost(cfg, heads: int, lq: int, lk: int, d: int) -> EngineCost:
+    """An attention node's programs: whole when within PROGRAM_UNITS descriptors a unit; else groups
+    of heads (windows x heads), else per head blocks of query rows (whole groups of the engine's query
+    slots); equal programs compiled once."""
+    from sw.compile.attention import program_counts, query_slots
+    R = cfg.rows
+    qt = -(-lq // R)
+    per_head = max(program_counts(cfg, qt, lk, d).values())
+    if per_head * heads <= PROGRAM_UNITS:
+        return _attention_program(cfg, heads, lq, lk, d)
+    if per_head <= PROGRAM_UNITS:
+        return _blocks(heads, PROGRAM_UNITS // per_head, lambda h: _attention_program(cfg, h, lq, lk, d))
+    slots = query_slots(cfg, -(-d // cfg.cols) * cfg.cols, qt)
+    tiles = slots
+    while tiles + slots < qt and max(program_counts(cfg, tiles + slots, lk, d).values()) <= PROGRAM_UNITS:
+        tiles += slots
+    one = _blocks(lq, tiles * R, lambda rows: _attention_program(cfg, 1, rows, lk, d))
+    return EngineCost(one.engine, one.cycles * heads, one.ddr_bytes * heads, one.array_macs, one.programs * heads)
+
+
+@lru_cache(maxsize=None)
+def _attention_program(cfg, heads: int, lq: int, lk: int, d: int) -> EngineCost:
+    from golden_model.intattn import AttentionQuant
+    from sw.compile.attention import compile_attention
+    kv = _zeros(heads, lk, d)
+    prog = compile_attention(cfg, _zeros(heads, lq, d), kv, kv, AttentionQuant(1 << 14, 14, 1 << 14, 14))
+    return EngineCost("attention", *program_cost(prog), 2 * cfg.macs)
+
+
+def engine_cost(cfg, layer: Layer, lanes: int = 0) -> tuple[EngineCost | None, str]:
+    """The node's program on its engine, or (None, why not)."""
+    from sw.compile.conv import dw_supported, supported
+    from sw.compile.linear import CompileError
+    op, a = layer.op, layer.attrs
+    x = layer.in_shapes[0] if layer.in_shapes else ()
+    try:
+        if op == "linear":
+            return linear_cost(cfg, math.prod(x[:-1]), x[-1], layer.out_shape[-1]), ""
+        if op == "mask_product":          # (1, H, W, c) x c -> masks, int32 logits
+            return linear_cost(cfg, math.prod(x[1:-1]), x[-1], layer.out_shape[1], True), ""
+        if op == "conv_transpose":        # kernel == stride: every pixel's K x K patch, then a pixel shuffle
+            k = a["k"]
+            return linear_cost(cfg, math.prod(x[:-1]), x[-1], layer.w_shape[1] * k * k), ""
+        if op in ("conv", "depthwise"):
+            n, h, w, cin = x
+            k, s, p = a["k"], a.get("stride", 1), a.get("padding", 0)
+            cout = layer.out_shape[-1]
+            if op == "conv" and k == 1 and s == 1 and p == 0:
+                return linear_cost(cfg, n * h * w, cin, cout), ""
+            if op == "depthwise" and dw_supported(cfg, k, s, p, w, False) is None:
+                one = depthwise_cost(cfg, cin, h, w, k, p)
+            else:
+                why = supported(cfg, k, s, p)
+                if why:
+                    return None, why
+                one = conv_cost(cfg, cin, h, w, cout, k, s, p, op == "depthwise")
+            return EngineCost(one.engine, one.cycles * n, one.ddr_bytes * n, one.array_macs, n), ""
+        if op == "attention":
+            if "attention" not in cfg.engines:
+                return None, "no attention engine"
+            heads = a.get("heads", 1)
+            q, k = layer.in_shapes[0], layer.in_shapes[1]
+            return attention_cost(cfg, q[0] * heads, math.prod(q[1:-1]), math.prod(k[1:-1]), q[-1] // heads), ""
+        if op in VECTOR_OPS:
+            if not lanes:
+                return None, "no vector engine"
+            rows, dim = math.prod(x[:-1]), x[-1]
+            compute, ddr = _vector_parts(op, rows, dim, lanes, cfg.beat_bytes)
+            bound = "DDR" if ddr >= compute else "compute"
+            return EngineCost("vector", vector_cycles(op, rows, dim, lanes, cfg.beat_bytes),
+                              layer.bytes_in() + layer.bytes_out(), 0, bound=bound), ""
+    except CompileError as e:
+        return None, str(e)
+    return None, f"no engine runs {op}"
+
+
+# ---------------------------------------------------------------- placement
+
+def host_cost(host: HostModel, layer: Layer) -> float:
+    """The host's time for a node (attention: its score matrix is what the passes run over)."""
+    elements = layer.elements
+    if layer.op == "attention":
+        q, k = layer.in_shapes[0], layer.in_shapes[1]
+        elements = q[0] * layer.attrs.get("heads", 1) * math.prod(q[1:-1]) * math.prod(k[1:-1])
+    return host_seconds(host, layer.op, elements, layer.macs, layer.bytes_in(), layer.bytes_out())
+
+
+def place(cfg, layer: Layer, host: HostModel | None = None, lanes: int = 0) -> Placement:
+    """One node's placement by the rule in this module's docstring."""
+    host = host or host_for(cfg)
+    if layer.op in LAYOUT_OPS:
+        return Placement(layer, "layout", "DMA addressing (strides of the neighbouring programs)", 0, 0.0, 0, "")
+    hs = host_cost(host, layer)
+    host_bytes = layer.bytes_in() + layer.bytes_out()
+    if layer.op in HOST_OPS:
+        return Placement(layer, "host", "host op", 0, hs, host_bytes, "host", host_seconds=hs)
+    eng, why = engine_cost(cfg, layer, lanes)
+    if eng is None:
+        return Placement(layer, "host", why, 0, hs, host_bytes, "host", host_seconds=hs)
+    clock = cfg.clock_mhz * 1e6
+    ddr_s = eng.ddr_bytes / (host.ddr_gbs * 1e9)
+    seconds = max(eng.cycles / clock, ddr_s)
+    floor_s = layer.macs / (eng.array_macs * clock) if eng.array_macs else 0.0
+    bound = eng.bound or ("DDR" if eng.ddr_bytes / (ddr_gbs(cfg, host) * 1e9) >= floor_s else "compute")
+    if hs < seconds:
+        return Placement(layer, "host", f"faster on the host ({_ms(hs)} vs {eng.engine} {_ms(seconds)})", 0, hs,
+                         host_bytes, "host", host_seconds=hs)
+    return Placement(layer, eng.engine, f"{eng.engine} {_ms(seconds)} < host {_ms(hs)}", eng.cycles, seconds,
+                     eng.ddr_bytes, bound, eng.array_macs, hs)
+
+
+def place_all(cfg, layers: list[Layer], host: HostModel | None = None, lanes: int = 0) -> list[Placement]:
+    host = host or host_for(cfg)
+    return [place(cfg, layer, host, lanes) for layer in layers]
+
+
+def _ms(s: float) -> str:
+    return f"{s * 1e3:.3g} ms"
