@@ -165,6 +165,14 @@ def test_driver_splits_calls_too_big_for_one_program(monkeypatch):
     names = {v_: k_ for k_, v_ in isa.OPCODES.items()}
     emitted = {u: sum(names[d["opcode"]] == u for d in prog.descriptors) for u in ("LOAD", "COMPUTE", "ATTENTION", "STORE")}
     assert emitted == ca.program_counts(SIM, 3, 21, 16) and prog.slots == 2
+    kv260 = preset("kv260")        # Q from token tiles on 16 x 32: one LOAD per query tile and channel
+    q2, k2, v2, _ = case(rng, 1, 70, 40, 32)
+    prog = compile_attention(kv260, q2, k2, v2, quant, token_tiles=True)
+    emitted = {u: sum(names[d["opcode"]] == u for d in prog.descriptors) for u in ("LOAD", "COMPUTE", "ATTENTION", "STORE")}
+    assert emitted == ca.program_counts(kv260, 5, 40, 32, token_tiles=True)
+    assert emitted["LOAD"] == ca.program_counts(kv260, 5, 40, 32)["LOAD"] + 5 * 32 - 2      # 2 groups of 4 + 1
+    with pytest.raises(CompileError, match="whole 8-byte AXI beats"):
+        compile_attention(SIM, q2, k2, v2, quant, token_tiles=True)
     whole = Driver(SIM, "sim")
     want = whole.attention(q, k, v, quant)
     assert len(whole.last_programs) == 1

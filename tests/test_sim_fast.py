@@ -104,6 +104,20 @@ def test_attention_fast_equals_checked(preset_name, heads, lq, lk, d, out_int32)
     assert np.array_equal(prog.output(image), want)
 
 
+@pytest.mark.parametrize("out_chunked", [False, True])
+def test_attention_from_token_tiles_fast_equals_checked(out_chunked):
+    """Q, K, V in token tiles of 32 on kv260's 16-row array (query tiles loaded a channel at a time):
+    two heads, queries and keys not a multiple of a tile, d padded 40 -> 64."""
+    cfg = preset("kv260")
+    rng = np.random.default_rng(5)
+    q, k, v = (rand8(rng, (2, n, 40)) for n in (70, 45, 45))
+    aq = intattn.AttentionQuant(score_mult=3000, score_shift=14, out_mult=1 << 28, out_shift=30)
+    prog = compile_attention(cfg, q, k, v, aq, base_addr=BASE, token_tiles=True, out_chunked=out_chunked)
+    image, _ = run_both(cfg, prog)
+    want = np.stack([intattn.attention(q[h], k[h], v[h], aq, key_tile=cfg.cols) for h in range(2)])
+    assert np.array_equal(prog.output(image), want)
+
+
 @pytest.mark.parametrize("cin,h,w,cout,k,stride,padding,depthwise,out_int32", [
     (3, 20, 21, 8, 7, 4, 3, False, False),    # patch-embed-like: 7x7 stride 4
     (4, 9, 10, 16, 3, 1, 1, False, False),
@@ -140,6 +154,38 @@ def test_depthwise_engine_fast_equals_checked(preset_name, c, h, w, k):
                              base_addr=BASE)
     image, _ = run_both(cfg, prog)
     want = intconv.depthwise_conv2d(x, wt, bias, mult, shift, padding=(k - 1) // 2, relu=bool(k % 4 == 1))
+    assert np.array_equal(prog.output(image), want)
+
+
+@pytest.mark.parametrize("preset_name", ["bench16", "kv260"])
+def test_chain_layouts_fast_equal_checked(preset_name):
+    """The chain's own layouts (sw.runtime.layout), on a square and a non-square (16 x 32) array: a 1 x 1
+    conv writing token tiles of two heads, attention reading Q, K, V from token tiles and writing chunks,
+    the relayout program turning chunks into planes; each against golden too."""
+    from sw.runtime.layout import TokenTileLayout, compile_chunks_to_planar
+    cfg = preset(preset_name)
+    C, heads, d, h, w = cfg.cols, 2, 32, 2, 2 * cfg.cols
+    rng = np.random.default_rng(11)
+    x, wt = rand8(rng, (16, h, w)), rand8(rng, (heads * d, 16, 1, 1))
+    bias, mult, shift = quant(rng, heads * d)
+    prog = compile_conv2d(cfg, x, wt, bias, mult, shift, base_addr=BASE, out_layout=TokenTileLayout.heads_of(heads))
+    image, _ = run_both(cfg, prog)
+    t = prog.output(image)
+    assert np.array_equal(t, intconv.conv2d(x, wt, bias, mult, shift))
+    tokens = t.reshape(heads, d, h * w).transpose(0, 2, 1)                       # (head, token, d)
+    aq = intattn.AttentionQuant(score_mult=3000, score_shift=14, out_mult=1 << 28, out_shift=30)
+    prog = compile_attention(cfg, tokens, tokens, tokens, aq, base_addr=BASE, out_chunked=True, token_tiles=True)
+    lay = TokenTileLayout(heads * d, h, w, C, heads=heads)
+    assert prog.region("Q").tobytes() == lay.pack(t).tobytes() == prog.region("K").tobytes()
+    image, _ = run_both(cfg, prog)
+    att = prog.output(image)
+    assert np.array_equal(att, np.stack([intattn.attention(q, q, q, aq, key_tile=C) for q in tokens]))
+    prog = compile_chunks_to_planar(cfg, heads * d, h, w, heads=heads, base_addr=BASE)
+    off, n = prog.regions["in"]
+    prog.image[off:off + n] = rng.integers(0, 256, n, dtype=np.uint8)
+    chunks = prog.region("in").view(np.int8).reshape(d // C, heads, h * w, C)    # (chunk, head, token, C)
+    image, _ = run_both(cfg, prog)
+    want = chunks.transpose(1, 0, 3, 2).reshape(heads * d, h, w)
     assert np.array_equal(prog.output(image), want)
 
 

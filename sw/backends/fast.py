@@ -140,6 +140,9 @@ def conv(cfg, ddr, op, at):
         acc = wm @ cols.astype(ft)
     bound = (1 if op["depthwise"] else cin) * kk << 14
     y = OutputStage(bias, mult, shift, op["relu"], op["out_int32"], bound)(acc).reshape(cout, ho, wo)
+    if op["out_layout"] != out_l:           # token tiles (sw.runtime.layout): the STOREs write every byte
+        ddr[at["out"]:at["out"] + op["out_layout"].size] = op["out_layout"].pack(y)
+        return
     dtype = np.dtype("<i4") if op["out_int32"] else np.int8
     _planes(ddr, at["out"], out_l, dtype)[:, PAD:PAD + ho, out_l.left:out_l.left + wo] = y
 
@@ -164,25 +167,44 @@ def depthwise(cfg, ddr, op, at):
 
 
 def attention(cfg, ddr, op, at):
-    R, C = cfg.rows, cfg.cols
-    H, lq, lk, dp, qt, kt = (op[n] for n in ("heads", "lq", "lk", "dp", "qt", "kt"))
+    C = cfg.cols
+    H, lq, lk, dp, kt = (op[n] for n in ("heads", "lq", "lk", "dp", "kt"))
 
     def heads(region, n_tiles, stride, lanes):
         x = tiles(ddr, at[region], H * n_tiles, stride, dp * lanes).reshape(H, n_tiles, dp, lanes)
         return x.transpose(0, 1, 3, 2).reshape(H, n_tiles * lanes, dp)
 
-    q = heads("Q", qt, op["q_stride"], R)[:, :lq]
+    q = heads("Q", *op["q_tiles"])[:, :lq]
     k = heads("K", kt, op["k_stride"], C)[:, :lk]
     v = heads("V", kt, op["k_stride"], C)[:, :lk]
     quant = intattn.AttentionQuant(op["score_mult"], op["score_shift"], 0, 0)
     bias, mult, shift = (np.tile(q_[0], dp // C) for q_ in params(ddr, at["params"], 1, cfg))
     eb = 4 if op["out_int32"] else 1
     stage = OutputStage(bias, mult, shift, False, op["out_int32"])
-    for h in range(H):
-        _, l, o = intattn.attention_state(q[h], k[h], v[h], quant, C)
-        y = stage(intattn.normalise(o, l))
-        start = at["out"] + h * lq * dp * eb
-        ddr[start:start + lq * dp * eb] = y.view(np.uint8).reshape(-1)
+    _, l, o = intattn.attention_state(q, k, v, quant, C)                      # heads are a leading axis
+    out = stage(intattn.normalise(o, l))                                         # (head, query, dp)
+    if op["out_chunked"]:                       # (chunk, head, query, C): chunk j = channels j C .. j C + C - 1
+        out = out.reshape(H, lq, dp // C, C).transpose(2, 0, 1, 3)
+    ddr[at["out"]:at["out"] + H * lq * dp * eb] = np.ascontiguousarray(out).view(np.uint8).reshape(-1)
 
 
-KINDS = {"linear": linear, "conv": conv, "depthwise": depthwise, "attention": attention}
+def relayout(cfg, ddr, op, at):
+    """sw.runtime.layout.compile_chunks_to_planar: per C tokens of a chunk, A^T times the m B tiles
+    (selection matrices) through the output stage with per-row parameters, into the planes."""
+    from sw.compile.conv import PAD, FmapLayout
+    R, C = cfg.rows, cfg.cols
+    ch, h, w, H = (op[n] for n in ("channels", "height", "width", "heads"))
+    m, T = C // R, h * w
+    K, n = m * C, ch * T // (C * C)                                   # chunks of C tokens x C channels
+    a = ddr[at["in"]:at["in"] + ch * T].view(np.int8).reshape(n, K, R).astype(np.float32)
+    b = ddr[at["B"]:at["B"] + m * K * C].view(np.int8).reshape(m, K, C).astype(np.float32)
+    acc = np.einsum("nkr,tkc->ntrc", a, b)                            # K <= 1024: float32 sums exact (FLOAT32_MAX_K)
+    bias, mult, shift = (p_[0, :R, None] for p_ in params(ddr, at["params"], 1, cfg))   # row r: channel r
+    y = OutputStage(bias, mult, shift, False, False, K << 14)(acc)    # (chunk, tile, row, token)
+    # chunk (j, head, token tile) -> channel head d + j C + tile R + row, tokens of the tile
+    y = y.reshape(ch // H // C, H, T // C, m, R, C).transpose(1, 0, 3, 4, 2, 5).reshape(ch, h, w)
+    out_l = FmapLayout(ch, h, w, C)
+    _planes(ddr, at["out"], out_l).view(np.int8)[:, PAD:PAD + h, out_l.left:out_l.left + w] = y
+
+
+KINDS = {"linear": linear, "conv": conv, "depthwise": depthwise, "attention": attention, "relayout": relayout}

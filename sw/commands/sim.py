@@ -49,13 +49,17 @@ def add_arguments(parser):
     ch = sub.add_parser("chain", help="a layer chain whose activations stay in DDR (docs/runtime.md)",
                         description="linear -> attention -> linear -> conv -> depthwise as programs over one "
                         "session's DDR arena, checked against golden; prints cycles and host <-> DDR bytes")
-    ch.add_argument("--size", default="16x16", metavar="HxW", help="feature map size (W a multiple of the array's cols)")
+    ch.add_argument("--size", metavar="HxW", help="feature map size (W a multiple of the array's cols; "
+                    "default 16 x the larger of 16 and the cols)")
     ch.add_argument("--runs", type=int, default=2, help="runs on new inputs (weights stay in DDR)")
     ch.add_argument("--heads", type=int, default=1, help="attention heads (32 channels split among them)")
     from hw.config import PRESETS
-    ch.add_argument("--preset", default="bench16", choices=sorted(PRESETS), help="overlay configuration (square array)")
+    ch.add_argument("--preset", default="bench16", choices=sorted(PRESETS),
+                    help="overlay configuration (with every engine; cols a multiple of rows)")
     ch.add_argument("--backend", default="sim", choices=["sim", "rtl", "pynq"],
                     help="functional model, Verilator, or pynq (the simulated device without a board)")
+    ch.add_argument("--sim-mode", default="fast", choices=["fast", "checked"],
+                    help="sim: whole layers in NumPy (fast) or descriptor by descriptor (checked); same bits and cycles")
     ch.add_argument("--stall", type=float, default=0.0, help="rtl: random AXI backpressure probability")
     ch.add_argument("--waves", action="store_true", help="dump waveforms (rtl)")
     ch.add_argument("--seed", type=int, default=0)
@@ -427,25 +431,26 @@ def run_chain(args) -> int:
     from sw.runtime.chain import Chain, ChainSpec, ChainWeights
     from sw.runtime.session import Session
 
+    cfg = preset(args.preset)
     try:
-        h, w = (int(v) for v in args.size.lower().split("x"))
+        h, w = (int(v) for v in args.size.lower().split("x")) if args.size else (16, max(16, cfg.cols))
     except ValueError:
         raise UsageError(f"--size {args.size!r} is not HxW") from None
     if min(h, w, args.runs, args.heads) < 1:
         raise UsageError("--size, --runs and --heads must be positive")
-    cfg = preset(args.preset)
     missing = [e for e in ("attention", "conv", "depthwise") if e not in cfg.engines]
     if missing:
         raise UsageError(f"preset {cfg.name!r} has no {', '.join(missing)} engine (the chain needs all)")
     spec = dataclasses.replace(ChainSpec(), height=h, width=w, heads=args.heads)
     session = Session(open_backend(args.backend, cfg, stall=args.stall, waves=args.waves or None,
-                                   timeout_s=args.timeout))
+                                   timeout_s=args.timeout, sim_mode=args.sim_mode))
     try:
         _inject(args, session.backend)
         chain = Chain(session, ChainWeights.random(spec, args.seed))
         rng = np.random.default_rng(args.seed + 1)
+        mode = f" ({args.sim_mode})" if args.backend == "sim" else ""
         print(f"chain {' -> '.join(step for step, _ in Chain.WIRING)} on {cfg.name} ({cfg.rows} x {cfg.cols}), "
-              f"backend {args.backend}, map {spec.channels_in} x {h} x {w}, {spec.heads} head(s)")
+              f"backend {args.backend}{mode}, map {spec.channels_in} x {h} x {w}, {spec.heads} head(s)")
         print(f"  once per session: {chain.setup_traffic.to_ddr:,} bytes to DDR ("
               + ", ".join(f"{k} {v:,}" for k, v in chain.setup_bytes.items()) + ")")
         for r in range(args.runs):

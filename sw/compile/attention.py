@@ -55,6 +55,7 @@ class AttentionProgram:
     slots: int = 1                  # query tiles resident at once (each K/V tile serves them all)
     symbolic: list[dict] | None = None
     out_chunked: bool = False       # out in chunk-major order (sw.runtime.layout: the overlay transposes it)
+    token_tiles: bool = False       # Q, K and V in token tiles of C (sw.runtime.layout.TokenTileLayout)
     op: dict | None = None          # what it computes, by region name, for the sim's fast mode (sw/backends/fast.py)
     runs = None                     # one run (max_query_tiles keeps the wait counts within sw.compile.linear.WAIT_LIMIT)
 
@@ -109,9 +110,14 @@ def _heads(x, name):
 
 
 def compile_attention(cfg, q, k, v, quant: intattn.AttentionQuant, *, out_int32: bool = False,
-                      base_addr: int = 0, max_ddr_bytes: int = 1 << 30, out_chunked: bool = False) -> AttentionProgram:
+                      base_addr: int = 0, max_ddr_bytes: int = 1 << 30, out_chunked: bool = False,
+                      token_tiles: bool = False) -> AttentionProgram:
     """`out_chunked`: write the output chunk-major, C channels of every (head, query) for chunk 0, then
-    chunk 1, ... (rows C elements apart), the order sw.runtime.layout.compile_chunks_to_planar reads."""
+    chunk 1, ... (rows C elements apart), the order sw.runtime.layout.compile_chunks_to_planar reads.
+    `token_tiles`: Q in the layout of K and V, tiles of C tokens (sw.runtime.layout.TokenTileLayout, what
+    a 1 x 1 convolution writes), so one buffer can feed all three. With R = C that is the Q layout above;
+    with R < C a query tile is 1 / (C / R) of a token tile, its channel c's R tokens C bytes after its
+    channel c - 1's, so it is loaded one A entry (R bytes) per channel (`q_loads`)."""
     if "attention" not in cfg.engines:
         raise CompileError(f"overlay {cfg.name!r} has no attention engine (engines: {', '.join(cfg.engines)})")
     if base_addr % ALIGN:
@@ -130,6 +136,11 @@ def compile_attention(cfg, q, k, v, quant: intattn.AttentionQuant, *, out_int32:
     R, C, DB = cfg.rows, cfg.cols, cfg.beat_bytes
     dp = -(-d // C) * C
     chunks = dp // C
+    split_q = token_tiles and R != C                 # query tiles are parts of token tiles
+    if split_q:
+        why = split_query_tiles(cfg)
+        if why:
+            raise CompileError(f"query tiles from token tiles: {why}")
     a_half, b_half = cfg.a_depth // 2, cfg.b_depth // 2
     if dp > min(a_half, b_half):
         raise CompileError(f"head dim {dp} does not fit half the A/B scratchpads ({min(a_half, b_half)} entries)")
@@ -140,7 +151,8 @@ def compile_attention(cfg, q, k, v, quant: intattn.AttentionQuant, *, out_int32:
     row_bytes = dp * eb
     q_stride = -(-dp * R // DB) * DB
     k_stride = -(-dp * C // DB) * DB
-    sizes = {"Q": H * qt * q_stride, "K": H * kt * k_stride, "V": H * kt * k_stride,
+    qtc = -(-Lq // C)                       # token tiles of queries (split_q)
+    sizes = {"Q": H * qtc * k_stride if split_q else H * qt * q_stride, "K": H * kt * k_stride, "V": H * kt * k_stride,
              "params": C * isa.PARAM_CHANNEL_BYTES, "out": H * Lq * row_bytes}
     v_half = isa.scratchpad_depth(cfg, "V") // 2
 
@@ -181,8 +193,18 @@ def compile_attention(cfg, q, k, v, quant: intattn.AttentionQuant, *, out_int32:
         for q0 in range(0, qt, slots):      # a group of `ns` query tiles, one per slot
             ns = min(slots, qt - q0)
             ha = g % 2
-            n_q = emit(dict(opcode="LOAD", target="A", src=("Q", (h * qt + q0) * q_stride), count=ns * dp,
-                            sp_addr=ha * a_half), "LOAD", [("A", ha)])
+            if split_q:                     # channel c of query tile qi: R bytes of token tile qi // m
+                m = C // R
+                for s in range(ns):
+                    qi = q0 + s
+                    for c in range(dp):
+                        src = ((h * qtc + qi // m) * dp + c) * C + qi % m * R
+                        n_q = emit(dict(opcode="LOAD", target="A", src=("Q", src), count=1,
+                                        sp_addr=ha * a_half + s * dp + c), "LOAD", [("A", ha)])
+                        last[("A", ha)] = {}    # the first waited; descriptors dispatch in order
+            else:
+                n_q = emit(dict(opcode="LOAD", target="A", src=("Q", (h * qt + q0) * q_stride), count=ns * dp,
+                                sp_addr=ha * a_half), "LOAD", [("A", ha)])
             last[("A", ha)] = {}
             use(("qload", ha), "LOAD", n_q)
             half = [(kv_tiles + ki) % 2 for ki in range(kt)]
@@ -246,15 +268,14 @@ def compile_attention(cfg, q, k, v, quant: intattn.AttentionQuant, *, out_int32:
 
     # ---- addresses
     offsets, image = lay_out_image(cfg, len(descs), sizes, base_addr, max_ddr_bytes, "attention")
-    _fill(image, offsets, q, k, v, quant, R, C, dp, qt, kt, q_stride, k_stride)
+    q_tiles = (qtc, k_stride, C) if split_q else (qt, q_stride, R)    # Q: tiles, bytes apart, tokens each
+    _fill(image, offsets, q, k, v, quant, C, dp, q_tiles, (kt, k_stride, C))
     sym, raw = pack_descriptors(descs, image, offsets, base_addr, "split the attention")
-    # The fast mode writes the (head, query, channel) order; a chunk-major output is interpreted.
-    op = None if out_chunked else dict(
-        kind="attention", heads=H, lq=Lq, lk=Lk, dp=dp, qt=qt, kt=kt, q_stride=q_stride, k_stride=k_stride,
-        out_int32=out_int32, score_mult=quant.score_mult, score_shift=quant.score_shift)
+    op = dict(kind="attention", heads=H, lq=Lq, lk=Lk, dp=dp, q_tiles=q_tiles, kt=kt, k_stride=k_stride,
+              out_int32=out_int32, out_chunked=out_chunked, score_mult=quant.score_mult, score_shift=quant.score_shift)
     return AttentionProgram(cfg, H, Lq, Lk, d, out_int32, image, raw, offsets, macs=2 * H * Lq * Lk * d,
                             base_addr=base_addr, kv_bytes=kv_bytes, slots=slots, symbolic=sym, out_chunked=out_chunked,
-                            op=op)
+                            token_tiles=token_tiles, op=op)
 
 
 def acc_regions(cfg) -> tuple[int, int]:
@@ -267,34 +288,38 @@ def acc_regions(cfg) -> tuple[int, int]:
     return s_regions, regions - s_regions
 
 
+def split_query_tiles(cfg) -> str | None:
+    """Why query tiles of R rows cannot be loaded from token tiles of C (None: they can, one A entry a channel)."""
+    R, C, DB = cfg.rows, cfg.cols, cfg.beat_bytes
+    if C % R:
+        return f"the array's cols ({C}) must be a multiple of its rows ({R})"
+    if R % DB:
+        return (f"one A entry ({R} bytes, the array's rows) must be whole {DB}-byte AXI beats to be loaded from "
+                "inside a token tile")
+    return None
+
+
 def query_slots(cfg, dp: int, qt: int) -> int:
     """Query tiles resident at once: the engine's slots, as many Q tiles as fit an A half, the tiles there are."""
     return max(1, min(cfg.attn_q_slots, (cfg.a_depth // 2) // dp, qt))
 
 
-def _fill(image, offsets, q, k, v, quant, R, C, dp, qt, kt, q_stride, k_stride):
-    H, Lq, d = q.shape
-    Lk = k.shape[1]
-    qp = np.zeros((H, qt * R, dp), np.int8)
-    qp[:, :Lq, :d] = q
-    # per (head, query tile): dp entries of R -> [H, qt, dp, R]
-    tq = qp.reshape(H, qt, R, dp).transpose(0, 1, 3, 2).reshape(H * qt, dp * R)
-    off = offsets["Q"][0]
-    for i in range(H * qt):
-        image[off + i * q_stride:off + i * q_stride + dp * R] = tq[i].view(np.uint8)
-    for name, x in (("K", k), ("V", v)):
-        xp = np.zeros((H, kt * C, dp), np.int8)
-        xp[:, :Lk, :d] = x
-        tx = xp.reshape(H, kt, C, dp).transpose(0, 1, 3, 2).reshape(H * kt, dp * C)
+def _fill(image, offsets, q, k, v, quant, C, dp, q_tiles, kv_tiles):
+    """Q, K, V per (head, tile of `lanes` tokens): dp entries of `lanes` int8 (entry c = x[tokens, c]),
+    tiles `stride` bytes apart; q_tiles, kv_tiles = (tiles, stride, lanes)."""
+    H, _, d = q.shape
+    for name, x, (n, stride, lanes) in (("Q", q, q_tiles), ("K", k, kv_tiles), ("V", v, kv_tiles)):
+        xp = np.zeros((H, n * lanes, dp), np.int8)
+        xp[:, :x.shape[1], :d] = x
+        tx = xp.reshape(H * n, lanes, dp).transpose(0, 2, 1).reshape(H * n, dp * lanes)
         off = offsets[name][0]
-        for i in range(H * kt):
-            image[off + i * k_stride:off + i * k_stride + dp * C] = tx[i].view(np.uint8)
+        image[off:off + H * n * stride].reshape(H * n, stride)[:, :dp * lanes] = tx.view(np.uint8)
     params = isa.pack_params(np.zeros(C, np.int64), np.full(C, quant.out_mult), np.full(C, quant.out_shift))
     off = offsets["params"][0]
     image[off:off + params.size] = params
 
 
-def program_counts(cfg, tiles: int, lk: int, d: int) -> dict[str, int]:
+def program_counts(cfg, tiles: int, lk: int, d: int, token_tiles: bool = False) -> dict[str, int]:
     """Descriptors per unit of a one-head program of `tiles` query tiles against `lk` keys (as emitted above)."""
     C = cfg.cols
     dp = -(-d // C) * C
@@ -302,21 +327,22 @@ def program_counts(cfg, tiles: int, lk: int, d: int) -> dict[str, int]:
     slots = query_slots(cfg, dp, tiles)
     groups = -(-tiles // slots)
     norms = -(-chunks // acc_regions(cfg)[1])
-    return {"LOAD": 1 + groups * (1 + 2 * kt), "COMPUTE": tiles * kt, "ATTENTION": tiles * (kt + norms),
+    q_loads = tiles * dp if token_tiles and cfg.rows != C else groups
+    return {"LOAD": 1 + q_loads + groups * 2 * kt, "COMPUTE": tiles * kt, "ATTENTION": tiles * (kt + norms),
             "STORE": tiles * chunks}
 
 
-def max_query_tiles(cfg, lk: int, d: int | None = None) -> int:
+def max_query_tiles(cfg, lk: int, d: int | None = None, token_tiles: bool = False) -> int:
     """Query tiles (per head) one program can hold: a descriptor's wait counts are 16-bit, so no unit
     may complete more than 65,535 descriptors. `d`: the head dim (default the engine's largest)."""
     d = d or cfg.attn_max_dim
     lo, hi = 1, 1
-    while max(program_counts(cfg, hi * 2, lk, d).values()) <= WAIT_LIMIT:
+    while max(program_counts(cfg, hi * 2, lk, d, token_tiles).values()) <= WAIT_LIMIT:
         hi *= 2
     hi *= 2
     while hi - lo > 1:                      # the counts grow with the tiles: the largest that fits
         mid = (lo + hi) // 2
-        if max(program_counts(cfg, mid, lk, d).values()) <= WAIT_LIMIT:
+        if max(program_counts(cfg, mid, lk, d, token_tiles).values()) <= WAIT_LIMIT:
             lo = mid
         else:
             hi = mid

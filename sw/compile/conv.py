@@ -311,10 +311,8 @@ def compile_conv2d(cfg, x, w, bias=None, multiplier=None, shift=None, *, stride=
     _fill(cfg, image, offsets, x, w, bias, multiplier, shift, in_l, depthwise, mt, a_stride, ntile_k)
     sym, raw = pack_descriptors(descs, image, offsets, base_addr, "split the convolution")
     macs = cout * ho * wo * (1 if depthwise else cin) * kk
-    # The fast mode writes the planar FmapLayout; another output layout (token tiles) is interpreted.
-    op = None if out_layout is not None else dict(
-        kind="conv", cin=cin, h=h, w=wd, cout=cout, k=k, stride=stride, padding=padding, depthwise=depthwise,
-        mt=mt, a_stride=a_stride, ntile_k=ntile_k, relu=relu, out_int32=out_int32)
+    op = dict(kind="conv", cin=cin, h=h, w=wd, cout=cout, k=k, stride=stride, padding=padding, depthwise=depthwise,
+              mt=mt, a_stride=a_stride, ntile_k=ntile_k, relu=relu, out_int32=out_int32, out_layout=out_l)
     return ConvProgram(cfg, cout, (1 if depthwise else cin) * kk, ho * wo, out_int32, image, raw, offsets,
                        macs=macs, base_addr=base_addr, symbolic=sym, op=op, runs=runs, out_layout=out_l)
 

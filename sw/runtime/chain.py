@@ -106,7 +106,8 @@ class Chain:
         self.programs = {
             "linear_in": compile_conv2d(cfg, zeros(s.channels_in), *L["linear_in"],
                                         out_layout=TokenTileLayout.heads_of(s.heads)),
-            "attention": compile_attention(cfg, tokens, tokens, tokens, weights.quant, out_chunked=True),
+            "attention": compile_attention(cfg, tokens, tokens, tokens, weights.quant, out_chunked=True,
+                                           token_tiles=True),
             "relayout": compile_chunks_to_planar(cfg, s.dim, s.height, s.width, heads=s.heads),
             "linear_out": compile_conv2d(cfg, zeros(s.dim), *L["linear_out"]),
             "conv": compile_conv2d(cfg, zeros(s.channels_mid), *L["conv"], padding=s.kernel // 2),

@@ -7,12 +7,12 @@ depthwise chains read each other's output in place. The attention engine reads o
 tile by tile (a tile of C tokens: channel c's C tokens contiguous, one scratchpad entry)
 and writes query rows (tokens, not channels), so around it:
   * TokenTileLayout: what a 1 x 1 convolution writes instead of a planar map when its output
-    feeds attention (Q, K and V of a square R = C array are this layout);
+    feeds attention (K and V are this layout, and Q with compile_attention(token_tiles=True));
   * compile_chunks_to_planar: the attention output (written chunk-major, C channels of every
     token per chunk) back to a planar map, on the GEMM array: A = C tokens' C channels,
-    B = the identity, so the accumulator rows are channels (a transpose) and a per-row STORE
-    puts them in their planes. docs/runtime.md has the picture and what a transposing STORE
-    in hardware would save.
+    B = selection matrices, so the accumulator rows are channels (a transpose) and a per-row
+    STORE puts them in their planes. docs/runtime.md has the picture, the R < C case and what
+    a transposing STORE in hardware would save.
 """
 from __future__ import annotations
 
@@ -103,39 +103,54 @@ def compile_chunks_to_planar(cfg, channels: int, height: int, width: int, *, hea
                              max_ddr_bytes: int = 1 << 30) -> RelayoutProgram:
     """int8 tokens written chunk-major (per chunk j of C channels, per head h: C channels of each of
     the height x width tokens, C bytes apart; sw.compile.attention out_chunked) -> the planar map
-    (channels, height, width), head h's channel j x C + i in plane h x channels / heads + j x C + i."""
+    (channels, height, width), head h's channel j x C + i in plane h x channels / heads + j x C + i.
+
+    Per C tokens of a chunk (C x C bytes): A = those bytes as m C entries of R (C = m R; entry e =
+    token e // m, channels (e % m) R ..), B = m selection matrices (tile t: entry m col + t in column
+    col), so one COMPUTE of m tiles leaves channel t R + r's C tokens in accumulator row r of tile t;
+    one STORE writes the m tiles' rows into their planes. m C MACs per output element."""
     R, C = cfg.rows, cfg.cols
-    if R != C:
-        raise CompileError(f"the on-overlay transpose needs a square array (rows {R}, cols {C}): an A entry "
-                           "is one token's chunk of C channels")
+    if C % R:
+        raise CompileError(f"the on-overlay transpose needs the array's cols ({C}) a multiple of its rows ({R}): "
+                           "an A entry is a part of one token's chunk of C channels")
     if channels % (heads * C) or width % C:
         raise CompileError(f"channels {channels} per head ({heads} heads) and width {width} must be multiples of {C}")
+    m = C // R
     T, d = height * width, channels // heads
+    K = m * C                                    # A entries per C tokens' chunk
     out_l = FmapLayout(channels, height, width, C)
-    a_half, regions = cfg.a_depth // 2, cfg.acc_depth // R
+    a_half, groups = cfg.a_depth // 2, cfg.acc_depth // (m * R)
+    if K > a_half or m * K > cfg.b_depth // 2 or groups < 2:
+        raise CompileError(f"the transpose needs {K} A entries, {m * K} B entries and 2 x {m} accumulator tiles")
     ops = []
-    first = [dict(target="B", src=("B", 0), count=C, sp=0, res=("B", 0)),
+    first = [dict(target="B", src=("B", 0), count=m * K, sp=0, res=("B", 0)),
              dict(target="PARAM", src=("params", 0), count=1, sp=0, res=("P", 0))]
     work = ((j, h, t0) for j in range(d // C) for h in range(heads) for t0 in range(0, T, C))
     for step, (j, h, t0) in enumerate(work):
-        ha = step % 2
+        ha, region = step % 2, step % groups * m
         y, x0 = divmod(t0, width)
         loads = (first if step == 0 else []) + [dict(target="A", src=("in", ((j * heads + h) * T + t0) * C),
-                                                     count=C, sp=ha * a_half, res=("A", ha))]
-        ops.append(dict(loads=loads, a=("A", ha), b=("B", 0), a_base=ha * a_half, b_base=0, k_last=C - 1,
-                        acc=step % regions, accumulate=0,
-                        store=dict(rows=R, acc=step % regions, param=0, p=("P", 0),
+                                                     count=K, sp=ha * a_half, res=("A", ha))]
+        regions = list(range(region, region + m))
+        tiles = dict(tiles_last=m - 1, tile_stride=R * out_l.channel_pitch) if m > 1 else {}
+        ops.append(dict(loads=loads, a=("A", ha), b=("B", 0), a_base=ha * a_half, b_base=0, k_last=K - 1,
+                        acc=region, acc_regions=regions, tiles=m, accumulate=0,
+                        store=dict(rows=R, acc=region, acc_regions=regions, param=0, p=("P", 0),
                                    dst=("out", out_l.offset(h * d + j * C, y, x0)), stride=out_l.channel_pitch,
-                                   fields=dict(param_rows=1))))
+                                   fields=dict(param_rows=1, **tiles))))
     descs = schedule(ops, R, relu=False, out_int32=False)
-    sizes = {"in": channels * T, "B": C * C, "params": C * isa.PARAM_CHANNEL_BYTES, "out": out_l.size}
+    sizes = {"in": channels * T, "B": m * K * C, "params": C * isa.PARAM_CHANNEL_BYTES, "out": out_l.size}
     if base_addr % ALIGN:
         raise CompileError(f"DDR buffer address {base_addr:#x} is not {ALIGN}-byte aligned")
     offsets, image = lay_out_image(cfg, len(descs), sizes, base_addr, max_ddr_bytes, "relayout")
+    select = np.zeros((m, K, C), np.int8)                # tile t: entry m col + t -> column col
+    for t in range(m):
+        select[t, m * np.arange(C) + t, np.arange(C)] = 1
     off = offsets["B"][0]
-    image[off:off + C * C] = np.eye(C, dtype=np.int8).reshape(-1).view(np.uint8)
+    image[off:off + select.size] = select.reshape(-1).view(np.uint8)
     params = isa.pack_params(np.zeros(C, np.int64), np.full(C, IDENTITY_MULT), np.full(C, IDENTITY_SHIFT))
     image[offsets["params"][0]:offsets["params"][0] + params.size] = params
     sym, raw = pack_descriptors(descs, image, offsets, base_addr, "split the map")
-    return RelayoutProgram(cfg, channels, C, T, False, image, raw, offsets, macs=channels * T * C,
-                           base_addr=base_addr, symbolic=sym, out_layout=out_l)
+    op = dict(kind="relayout", channels=channels, height=height, width=width, heads=heads)
+    return RelayoutProgram(cfg, channels, K, T, False, image, raw, offsets, macs=channels * T * K,
+                           base_addr=base_addr, symbolic=sym, out_layout=out_l, op=op)
