@@ -1,122 +1,229 @@
 """Host-side checks of a descriptor list before it is submitted: every DDR access lies inside one
-buffer of the program's buffer table, every scratchpad access inside its scratchpad."""
+buffer of the program's buffer table, every scratchpad access inside its scratchpad.
+
+The checks run on whole columns (NumPy over all descriptors of an opcode at once: a 78k-descriptor
+program checks in milliseconds). Each check is a mask of the descriptors that fail it and a message
+for one of them; the error names the first failing descriptor and, within it, the first check in
+the order the checks are written (as a descriptor-by-descriptor loop would find it).
+
+A check function `check(cfg, d, fail, in_buffer)` (OPCODE_CHECKS, TARGET_CHECKS) gets `d`: field ->
+int64 array over its descriptors; `fail(bad, why)`: `bad` a bool mask over them, `why(j)` the message
+for entry j; `in_buffer(addr, size, what)`: arrays of accesses that must lie in one buffer (`what` a
+string or a function of j). Per-tile checks pass `at=` (the descriptor of each mask entry) and
+`tile=` (its tile: within a descriptor, tile t's checks come after all its plain ones and before
+tile t + 1's).
+"""
 from __future__ import annotations
+
+import numpy as np
 
 from hw import isa
 from hw.limits import im2col_row_beats
+
+PAGE = 4096          # AXI bursts may not cross one
+
 
 class DescriptorError(ValueError):
     """A descriptor would read or write outside its buffers or scratchpads; the message says which and why."""
 
 
-def check_descriptors(cfg, descriptors: list[dict], buffers: dict[str, tuple[int, int]]) -> None:
-    """`descriptors`: numeric fields (bound addresses); `buffers`: name -> (DDR address, bytes) of
-    every buffer the program may touch (sw.runtime.session binds them). Each opcode's own checks
-    are OPCODE_CHECKS[opcode] (one per hw.isa.ENGINES opcode)."""
+def descriptor_columns(descriptors) -> dict[str, np.ndarray]:
+    """Field -> int64 array: from packed descriptors (uint8, 32 bytes each, as written to DDR) or a list
+    of field dicts (a field not given is 0)."""
+    if isinstance(descriptors, np.ndarray):
+        from sw.backends.cycles import decode_descriptors
+        return decode_descriptors(descriptors)
+    n = len(descriptors)
+    cols = {name: np.zeros(n, np.int64) for name in isa.FIELDS}
+    for j, d in enumerate(descriptors):
+        for name, value in d.items():
+            if name in cols:
+                cols[name][j] = value
+    return cols
+
+
+class _FirstFailure:
+    """The failure a descriptor-by-descriptor loop would raise first: key (descriptor, plain/tile, tile, check)."""
+
+    def __init__(self):
+        self.key, self.why, self.seq = None, None, 0
+
+    def add(self, bad, why, index, tile=None):
+        self.seq += 1
+        hits = np.flatnonzero(bad)
+        if not hits.size:
+            return
+        j = int(hits[0])         # entries are in (descriptor, tile) order: the first hit is this check's first
+        key = (int(index[j]), 0, 0, self.seq) if tile is None else (int(index[j]), 1, int(tile[j]), self.seq)
+        if self.key is None or key < self.key:
+            self.key, self.why = key, (why, j)
+
+
+def _scope(cfg, buffers, found: _FirstFailure, index: np.ndarray):
+    """fail and in_buffer for the descriptors `index` (global indices; their columns are the caller's d)."""
     DB = cfg.beat_bytes
-    counts = {unit: 0 for unit in dict.fromkeys(u for u in isa.OPCODE_COUNTER.values() if u)}
-    names = {v: k for k, v in isa.OPCODES.items()}
+    spans = np.array(list(buffers.values()), np.int64).reshape(-1, 2)
 
-    for i, d in enumerate(descriptors):
-        op = names.get(d.get("opcode"))
+    def fail(bad, why, at=None, tile=None):
+        found.add(np.asarray(bad, bool), why, index if at is None else index[at], tile)
 
-        def fail(why, i=i, d=d):
-            raise DescriptorError(f"descriptor {i} ({names.get(d.get('opcode'), d.get('opcode'))}): {why}")
+    def in_buffer(addr, size, what, at=None, tile=None):
+        label = what if callable(what) else (lambda j: what)
+        fail(addr % DB != 0, lambda j: f"{label(j)} address {addr[j]:#x} is not aligned to the {DB}-byte AXI beat",
+             at, tile)
+        inside = ((spans[:, :1] <= addr) & (addr + size <= spans[:, :1] + spans[:, 1:])).any(axis=0)
 
-        def in_buffer(addr, size, what):
-            if addr % DB:
-                fail(f"{what} address {addr:#x} is not aligned to the {DB}-byte AXI beat")
+        def outside(j):
+            a, span = int(addr[j]), f"{label(j)} [{int(addr[j]):#x}, {int(addr[j] + size[j]):#x})"
             for name, (lo, n) in buffers.items():
-                if lo <= addr and addr + size <= lo + n:
-                    return
-            span = f"{what} [{addr:#x}, {addr + size:#x})"
-            for name, (lo, n) in buffers.items():
-                if lo <= addr < lo + n:
-                    fail(f"{span} runs outside the buffer {name!r} [{lo:#x}, {lo + n:#x})")
+                if lo <= a < lo + n:
+                    return f"{span} runs outside the buffer {name!r} [{lo:#x}, {lo + n:#x})"
             table = ", ".join(f"{name} [{lo:#x}, {lo + n:#x})" for name, (lo, n) in buffers.items())
-            fail(f"{span} outside the buffers ({table})")
+            return f"{span} outside the buffers ({table})"
+        fail(~inside, outside, at, tile)
 
-        if op is None or not isa.has_opcode(cfg, op):
-            known = [o for o in isa.IMPLEMENTED_OPCODES if isa.has_opcode(cfg, o)]
-            fail(f"opcode {d.get('opcode')} is not one of {known} (overlay {cfg.name!r})")
-        for unit in counts:
-            need = d.get(f"wait_{unit.lower()}", 0)
-            if need > counts[unit]:
-                fail(f"waits for {need} {unit}s but only {counts[unit]} come before it (would hang)")
-        OPCODE_CHECKS[op](cfg, d, fail, in_buffer)
-        if isa.OPCODE_COUNTER[op]:
-            counts[isa.OPCODE_COUNTER[op]] += 1
+    return fail, in_buffer
+
+
+class _Rows(dict):
+    """The columns of `cols` at rows `idx`, each taken when first read."""
+
+    def __init__(self, cols, idx):
+        super().__init__()
+        self.cols, self.idx = cols, idx
+
+    def __missing__(self, name):
+        value = self[name] = self.cols[name][self.idx]
+        return value
+
+
+def _subset(d, fail, in_buffer, mask):
+    """The columns, fail and in_buffer of the entries of `d` that `mask` selects."""
+    idx = np.flatnonzero(mask)
+
+    def sub_fail(bad, why, at=None, tile=None):
+        fail(bad, why, idx if at is None else idx[at], tile)
+
+    def sub_in_buffer(addr, size, what, at=None, tile=None):
+        in_buffer(addr, size, what, idx if at is None else idx[at], tile)
+
+    return _Rows(d, idx), sub_fail, sub_in_buffer
+
+
+def check_descriptors(cfg, descriptors, buffers: dict[str, tuple[int, int]]) -> None:
+    """`descriptors`: packed (uint8, n x 32 bytes) or numeric field dicts (bound addresses); `buffers`:
+    name -> (DDR address, bytes) of every buffer the program may touch (sw.runtime.session binds them).
+    Each opcode's own checks are OPCODE_CHECKS[opcode] (one per hw.isa.ENGINES opcode)."""
+    f = descriptor_columns(descriptors)
+    op = f["opcode"]
+    n = len(op)
+    if not n:
+        return
+    found = _FirstFailure()
+    fail, in_buffer = _scope(cfg, buffers, found, np.arange(n))
+    names = {v: k for k, v in isa.OPCODES.items()}
+    known = [o for o in isa.IMPLEMENTED_OPCODES if isa.has_opcode(cfg, o)]
+    units = list(dict.fromkeys(u for u in isa.OPCODE_COUNTER.values() if u))
+    code = np.where((op >= 0) & (op < 256), op, 255)            # (field dicts may hold anything)
+    lut = np.full(256, -2)                                      # opcode -> its counter (-1: none; -2: invalid)
+    for o in known:
+        lut[isa.OPCODES[o]] = units.index(isa.OPCODE_COUNTER[o]) if isa.OPCODE_COUNTER[o] else -1
+    counter = np.where(code == op, lut[code], -2)
+    valid = counter > -2
+    fail(~valid, lambda j: f"opcode {op[j]} is not one of {known} (overlay {cfg.name!r})")
+    # Waits: each must be met by the descriptors before it that complete into its counter.
+    for u, unit in enumerate(units):
+        mine = counter == u
+        before = np.cumsum(mine) - mine
+        need = f[f"wait_{unit.lower()}"]
+        fail(need > before, lambda j, unit=unit, need=need, before=before:
+             f"waits for {need[j]} {unit}s but only {before[j]} come before it (would hang)")
+    for name in known:
+        sel = valid & (op == isa.OPCODES[name])
+        if sel.any():
+            OPCODE_CHECKS[name](cfg, *_subset(f, fail, in_buffer, sel))
+    if found.key is not None:
+        i = found.key[0]
+        why, j = found.why
+        raise DescriptorError(f"descriptor {i} ({names.get(int(op[i]), int(op[i]))}): {why(j)}")
 
 
 def _check_load(cfg, d, fail, in_buffer) -> None:
-    targets = {v: k for k, v in isa.TARGETS.items()}
-    target = targets.get(d.get("target"))
-    if target is None:
-        fail(f"unknown LOAD target {d.get('target')}")
-    if not isa.has_target(cfg, target):
-        fail(f"LOAD target {target}, but the overlay has no {isa.ENGINE_TITLES[isa.TARGET_ENGINE[target]]} engine")
-    TARGET_CHECKS.get(target, _check_entries)(cfg, d, fail, in_buffer)
+    t = d["target"]
+    fail(~np.isin(t, list(isa.TARGETS.values())), lambda j: f"unknown LOAD target {t[j]}")
+    for target, code in isa.TARGETS.items():
+        sel = t == code
+        if not sel.any():
+            continue
+        if not isa.has_target(cfg, target):
+            title = isa.ENGINE_TITLES[isa.TARGET_ENGINE[target]]
+            fail(sel, lambda j, target=target, title=title: f"LOAD target {target}, but the overlay has no {title} "
+                 "engine")
+            continue
+        TARGET_CHECKS.get(target, _check_entries)(cfg, *_subset(d, fail, in_buffer, sel))
 
 
 def _check_entries(cfg, d, fail, in_buffer) -> None:
-    """LOAD of whole entries into a scratchpad."""
+    """LOAD of whole entries into a scratchpad (descriptors of one target)."""
     DB = cfg.beat_bytes
-    target = next(k for k, v in isa.TARGETS.items() if v == d["target"])
+    target = next(k for k, v in isa.TARGETS.items() if v == d["target"][0])
     n, sp = d["count"], d["sp_addr"]
     depth = isa.scratchpad_depth(cfg, target)
-    if n < 1 or sp + n > depth:
-        fail(f"entries [{sp}, {sp + n}) outside the {target} scratchpad (depth {depth})")
+    fail((n < 1) | (sp + n > depth),
+         lambda j: f"entries [{sp[j]}, {sp[j] + n[j]}) outside the {target} scratchpad (depth {depth})")
     eb = isa.entry_bytes(cfg, target)
     size = n * eb if eb >= DB else -(-n * eb // DB) * DB
     in_buffer(d["dram_addr"], size, "source")
 
 
 def _check_compute(cfg, d, fail, in_buffer) -> None:
-    k, tiles = d["k_last"] + 1, max(1, d.get("count", 0))
-    if tiles > isa.MAX_TILES:
-        fail(f"{tiles} tiles, at most {isa.MAX_TILES}")
-    if d["sp_addr"] + k > cfg.a_depth or d["b_base"] + tiles * k > cfg.b_depth:
-        fail(f"K={k} entries from A {d['sp_addr']} / B {d['b_base']} ({tiles} tiles) run past the scratchpads")
-    if d["acc_base"] + tiles * cfg.rows > cfg.acc_depth:
-        fail(f"accumulator rows [{d['acc_base']}, {d['acc_base'] + tiles * cfg.rows}) past depth {cfg.acc_depth}")
+    k, tiles, sp, b, acc = d["k_last"] + 1, np.maximum(1, d["count"]), d["sp_addr"], d["b_base"], d["acc_base"]
+    fail(tiles > isa.MAX_TILES, lambda j: f"{tiles[j]} tiles, at most {isa.MAX_TILES}")
+    fail((sp + k > cfg.a_depth) | (b + tiles * k > cfg.b_depth),
+         lambda j: f"K={k[j]} entries from A {sp[j]} / B {b[j]} ({tiles[j]} tiles) run past the scratchpads")
+    fail(acc + tiles * cfg.rows > cfg.acc_depth,
+         lambda j: f"accumulator rows [{acc[j]}, {acc[j] + tiles[j] * cfg.rows}) past depth {cfg.acc_depth}")
 
 
 def _check_store(cfg, d, fail, in_buffer) -> None:
     R, C, DB = cfg.rows, cfg.cols, cfg.beat_bytes
-    rows, tiles = d["count"], d.get("tiles_last", 0) + 1
-    if not 1 <= rows <= R:
-        fail(f"{rows} rows, must be 1..{R}")
-    if d["sp_addr"] + (tiles - 1) * R + rows > cfg.acc_depth or d["param_addr"] >= cfg.param_depth:
-        fail("accumulator rows or parameter entry outside their scratchpads")
-    if d.get("param_rows") and rows > C:
-        fail(f"per-row parameters for {rows} rows, but an entry holds {C} channels")
-    if d.get("cols", 0) > C:
-        fail(f"{d['cols']} columns, the array has {C}")
-    row_bytes = C * (4 if d.get("out_int32") else 1)
-    if d["stride"] % DB or d.get("tile_stride", 0) % DB:
-        fail(f"row stride {d['stride']} or tile stride {d.get('tile_stride', 0)} not a multiple of the "
-             f"{DB}-byte beat")
-    for t in range(tiles):
-        first = d["dram_addr"] + t * d.get("tile_stride", 0)
-        in_buffer(first, (rows - 1) * d["stride"] + row_bytes, f"tile {t}'s destination")
-        for r in range(rows):
-            start = first + r * d["stride"]
-            if start // 4096 != (start + row_bytes - 1) // 4096:
-                fail(f"tile {t} row {r} crosses a 4 KiB boundary (AXI bursts may not)")
+    rows, tiles, cols, stride, tile_stride = d["count"], d["tiles_last"] + 1, d["cols"], d["stride"], d["tile_stride"]
+    fail((rows < 1) | (rows > R), lambda j: f"{rows[j]} rows, must be 1..{R}")
+    fail((d["sp_addr"] + (tiles - 1) * R + rows > cfg.acc_depth) | (d["param_addr"] >= cfg.param_depth),
+         lambda j: "accumulator rows or parameter entry outside their scratchpads")
+    fail((d["param_rows"] != 0) & (rows > C),
+         lambda j: f"per-row parameters for {rows[j]} rows, but an entry holds {C} channels")
+    fail(cols > C, lambda j: f"{cols[j]} columns, the array has {C}")
+    row_bytes = C * np.where(d["out_int32"] != 0, 4, 1)
+    fail((stride % DB != 0) | (tile_stride % DB != 0),
+         lambda j: f"row stride {stride[j]} or tile stride {tile_stride[j]} not a multiple of the {DB}-byte beat")
+    # Per tile (descriptor e, tile t), then per row r of it. A descriptor whose rows or tiles are out of
+    # range failed above; the clips only bound the arrays.
+    n_t = np.clip(tiles, 1, cfg.acc_depth // R + 1)
+    e = np.repeat(np.arange(len(rows)), n_t)
+    t = np.arange(len(e)) - np.repeat(np.cumsum(n_t) - n_t, n_t)
+    first = d["dram_addr"][e] + t * tile_stride[e]
+    in_buffer(first, (rows[e] - 1) * stride[e] + row_bytes[e], lambda j: f"tile {t[j]}'s destination", e, t)
+    r = np.arange(R)
+    offset = (first[:, None] + r * stride[e][:, None]) % PAGE            # (tile, row): where each row starts
+    crosses = (offset + row_bytes[e][:, None] > PAGE) & (r < rows[e][:, None])
+    fail(crosses.any(axis=1), lambda j: f"tile {t[j]} row {np.argmax(crosses[j])} crosses a 4 KiB boundary "
+         "(AXI bursts may not)", e, t)
 
 
 def _check_im2col(cfg, d, fail, in_buffer) -> None:
     """LOAD IM2COL: entries inside B, every row span inside the buffer."""
     DB = cfg.beat_bytes
-    k, n, t = d["kernel_last"] + 1, d["count"], d.get("out_rows_last", 0) + 1
-    if k > 7 or d["stride_log2"] > 2 or d["col_offset"] >= DB:
-        fail(f"kernel {k}, stride 2^{d['stride_log2']} or column offset {d['col_offset']} out of range")
-    if n < 1 or d["sp_addr"] + t * n * k * k > cfg.b_depth:
-        fail(f"{t * n * k * k} entries from {d['sp_addr']} outside the B scratchpad (depth {cfg.b_depth})")
-    if d["stride"] % DB:
-        fail(f"row pitch {d['stride']} not a multiple of the {DB}-byte beat")
-    nb = im2col_row_beats(cfg, k, 1 << d["stride_log2"], d["col_offset"])
-    last = d["dram_addr"] + (n - 1) * d["plane_rows"] * d["stride"] + ((t - 1 << d["stride_log2"]) + k - 1) * d["stride"]
+    k, n, t, s, off = d["kernel_last"] + 1, d["count"], d["out_rows_last"] + 1, d["stride_log2"], d["col_offset"]
+    fail((k > 7) | (s > 2) | (off >= DB),
+         lambda j: f"kernel {k[j]}, stride 2^{s[j]} or column offset {off[j]} out of range")
+    entries, sp = t * n * k * k, d["sp_addr"]
+    fail((n < 1) | (sp + entries > cfg.b_depth),
+         lambda j: f"{entries[j]} entries from {sp[j]} outside the B scratchpad (depth {cfg.b_depth})")
+    pitch = d["stride"]
+    fail(pitch % DB != 0, lambda j: f"row pitch {pitch[j]} not a multiple of the {DB}-byte beat")
+    nb = im2col_row_beats(cfg, k, np.left_shift(1, s), off)
+    last = d["dram_addr"] + (n - 1) * d["plane_rows"] * pitch + (np.left_shift(t - 1, s) + k - 1) * pitch
     in_buffer(d["dram_addr"], nb * DB, "first row span")
     in_buffer(last, nb * DB, "last row span")
 
@@ -125,47 +232,41 @@ def _check_depthwise(cfg, d, fail, in_buffer) -> None:
     """DEPTHWISE: geometry the line buffers hold, every row it reads and writes inside the buffer."""
     DB = cfg.beat_bytes
     k, chans, rows, width = d["dw_kernel_last"] + 1, d["dw_channels"], d["count"], d["dw_width"]
-    pitch, plane = d["stride"], d["dw_plane_rows"] * d["stride"]
-    if not 1 <= chans <= cfg.dw_channels:
-        fail(f"{chans} channels, the engine holds coefficients of 1..{cfg.dw_channels}")
-    if rows < 1 or width < 1:
-        fail(f"{rows} rows of {width} pixels")
-    if pitch % DB or not 0 < pitch <= cfg.dw_row_bytes:
-        fail(f"row pitch {pitch} not a multiple of the {DB}-byte beat within the {cfg.dw_row_bytes}-byte line buffer")
-    if d["dw_col0"] + width + k - 1 > pitch:
-        fail(f"columns {d['dw_col0']} + {width} + {k - 1} run past the {pitch}-byte row")
+    pitch, plane, col0 = d["stride"], d["dw_plane_rows"] * d["stride"], d["dw_col0"]
+    fail((chans < 1) | (chans > cfg.dw_channels),
+         lambda j: f"{chans[j]} channels, the engine holds coefficients of 1..{cfg.dw_channels}")
+    fail((rows < 1) | (width < 1), lambda j: f"{rows[j]} rows of {width[j]} pixels")
+    fail((pitch % DB != 0) | (pitch <= 0) | (pitch > cfg.dw_row_bytes),
+         lambda j: f"row pitch {pitch[j]} not a multiple of the {DB}-byte beat within the {cfg.dw_row_bytes}-byte "
+         "line buffer")
+    fail(col0 + width + k - 1 > pitch, lambda j: f"columns {col0[j]} + {width[j]} + {k[j] - 1} run past the "
+         f"{pitch[j]}-byte row")
     in_buffer(d["dram_addr"], (chans - 1) * plane + (rows + k - 1) * pitch, "input rows")
     in_buffer(d["dw_out_addr"], (chans - 1) * plane + (rows - 1) * pitch + -(-width // DB) * DB, "output rows")
 
 
 def _check_attention(cfg, d, fail, in_buffer) -> None:
     R, C = cfg.rows, cfg.cols
-    mode = d.get("target", 0)
-    if d.get("slot", 0) >= cfg.attn_q_slots:
-        fail(f"query slot {d.get('slot', 0)} beyond the engine's {cfg.attn_q_slots}")
-    if mode == isa.ATTN_MODES["STEP"]:
-        dp = (d["k_last"] + 1) * C
-        if not 1 <= d["count"] <= C:
-            fail(f"{d['count']} keys in a tile, must be 1..{C}")
-        if dp > cfg.attn_max_dim:
-            fail(f"head dim {dp} beyond the engine's {cfg.attn_max_dim}")
-        if d["sp_addr"] + R > cfg.acc_depth:
-            fail(f"score rows [{d['sp_addr']}, {d['sp_addr'] + R}) past the accumulator depth {cfg.acc_depth}")
-        if d["b_base"] + dp > isa.scratchpad_depth(cfg, "V"):
-            fail(f"V entries [{d['b_base']}, {d['b_base'] + dp}) outside the V scratchpad")
-        if not 1 <= d.get("stride", 0) <= 63:
-            fail(f"score shift {d.get('stride', 0)} outside 1..63")
-    elif mode == isa.ATTN_MODES["NORM"]:
-        n, c0 = d["count"], d["sp_addr"]
-        if n < 1 or (c0 + n) * C > cfg.attn_max_dim:
-            fail(f"chunks [{c0}, {c0 + n}) outside the engine's {cfg.attn_max_dim // C}")
-        if d["acc_base"] + n * R > cfg.acc_depth:
-            fail(f"output rows [{d['acc_base']}, {d['acc_base'] + n * R}) past the accumulator depth {cfg.acc_depth}")
-    else:
-        fail(f"unknown attention mode {mode}")
+    mode, slot, n, sp = d["target"], d["slot"], d["count"], d["sp_addr"]
+    fail(slot >= cfg.attn_q_slots, lambda j: f"query slot {slot[j]} beyond the engine's {cfg.attn_q_slots}")
+    step, norm = mode == isa.ATTN_MODES["STEP"], mode == isa.ATTN_MODES["NORM"]
+    dp, v, shift = (d["k_last"] + 1) * C, d["b_base"], d["stride"]
+    v_depth = isa.scratchpad_depth(cfg, "V")
+    fail(step & ((n < 1) | (n > C)), lambda j: f"{n[j]} keys in a tile, must be 1..{C}")
+    fail(step & (dp > cfg.attn_max_dim), lambda j: f"head dim {dp[j]} beyond the engine's {cfg.attn_max_dim}")
+    fail(step & (sp + R > cfg.acc_depth),
+         lambda j: f"score rows [{sp[j]}, {sp[j] + R}) past the accumulator depth {cfg.acc_depth}")
+    fail(step & (v + dp > v_depth), lambda j: f"V entries [{v[j]}, {v[j] + dp[j]}) outside the V scratchpad")
+    fail(step & ((shift < 1) | (shift > 63)), lambda j: f"score shift {shift[j]} outside 1..63")
+    acc = d["acc_base"]
+    fail(norm & ((n < 1) | ((sp + n) * C > cfg.attn_max_dim)),
+         lambda j: f"chunks [{sp[j]}, {sp[j] + n[j]}) outside the engine's {cfg.attn_max_dim // C}")
+    fail(norm & (acc + n * R > cfg.acc_depth),
+         lambda j: f"output rows [{acc[j]}, {acc[j] + n[j] * R}) past the accumulator depth {cfg.acc_depth}")
+    fail(~step & ~norm, lambda j: f"unknown attention mode {mode[j]}")
 
 
-#: opcode -> its checks (cfg, fields, fail(why), in_buffer(addr, size, what)); LOAD targets with their own.
+#: opcode -> its checks (cfg, fields, fail(bad, why), in_buffer(addr, size, what)); LOAD targets with their own.
 OPCODE_CHECKS = {"LOAD": _check_load, "COMPUTE": _check_compute, "STORE": _check_store,
                  "SYNC": lambda cfg, d, fail, in_buffer: None, "ATTENTION": _check_attention,
                  "DEPTHWISE": _check_depthwise}

@@ -103,7 +103,8 @@ class Session:
             numeric, raw = link(symbolic, addresses)
             table = {r: (self.arena[n].addr, self.arena[n].size) for r, n in names.items()}
             for first, count in program_runs(prog, len(numeric), descriptors is not None):  # counts restart per START
-                check_descriptors(self.cfg, numeric[first:first + count], table)
+                check_descriptors(self.cfg, raw[first * isa.DESCRIPTOR_BYTES:(first + count) * isa.DESCRIPTOR_BYTES],
+                                  table)
         except Exception:
             for buf in placed:
                 self.arena.free(buf)
