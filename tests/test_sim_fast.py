@@ -324,3 +324,50 @@ def test_output_stage_equals_the_requantiser(k, big_bias, mult_hi, shift_hi, pat
     int32 = fast.OutputStage(bias, mult, shift, relu, True, bound)(acc)
     want = saturate_int32(acc + bias)
     assert np.array_equal(int32, np.maximum(want, 0) if relu else want)
+
+
+def test_output_stage_float_path_is_exact():
+    """fast.OutputStage requantises in float64 when |acc| m + 2^s <= 2^51 (its comment proves it exact):
+    equal to golden_model's integer requantiser at the extremes (|acc| at its bound, biases next to
+    saturation, multipliers up to 2^31 - 1, every shift 1..43, ReLU), from float32 and float64 accumulators."""
+    from golden_model.intops import requantize, saturate_int32
+    rng = np.random.default_rng(9)
+    taken = 0
+    for trial in range(400):
+        k = int(rng.choice([1, 9, 96, 1024]))
+        bound = k << 14
+        acc = rng.integers(-bound, bound + 1, (40, 16))
+        acc[:3] = [[bound], [-bound], [0]]
+        bias = rng.integers(-(1 << 31) + bound + 1, (1 << 31) - bound, 16)
+        bias[:2] = (1 << 31) - bound - 1, -(1 << 31) + bound + 1
+        mult = rng.integers(0, 1 << 31, 16)
+        mult[0] = (1 << 31) - 1
+        shift = np.full(16, trial % 43 + 1) if trial % 2 else rng.integers(1, 44, 16)
+        relu = trial % 3 == 0
+        stage = fast.OutputStage(bias, mult, shift, relu, False, bound)
+        want = requantize(saturate_int32(acc + bias), mult, shift, relu=relu)
+        floats = stage.scale is not None and np.abs(acc).max() <= stage.float_limit
+        taken += floats
+        for a in (acc.astype(np.float32), acc.astype(np.float64)):
+            assert np.array_equal(stage(a), want), trial
+    assert taken > 50                                   # the float path ran (the rest: int64)
+
+
+def test_timing_is_remembered_by_the_descriptor_bytes():
+    """simulate without data remembers a list's outcome by its bytes: the same bytes give the same outcome,
+    other bytes their own (and a plain dict of fields, with no digest, is always timed afresh)."""
+    from sw.backends import cycles as CY
+    cfg = preset("kv260")
+    rng = np.random.default_rng(3)
+    prog = compile_linear(cfg, rand8(rng, (300, 96)), rand8(rng, (96, 64)), None, 1 << 20, 20)
+    raw = prog.image[:len(prog.descriptors) * isa.DESCRIPTOR_BYTES].copy()
+    first = CY.simulate(cfg, CY.decode_descriptors(raw))
+    again = CY.simulate(cfg, CY.decode_descriptors(raw))
+    assert (again.cycles, again.counts) == (first.cycles, first.counts) and again is not first
+    edited = [dict(d) for d in prog.descriptors]
+    load = next(d for d in edited if d["opcode"] == isa.OPCODES["LOAD"] and d["target"] == isa.TARGETS["A"])
+    load["count"] *= 2                                 # a longer burst: more cycles
+    raw2 = np.frombuffer(b"".join(isa.pack_descriptor(**d) for d in edited), np.uint8)
+    other = CY.simulate(cfg, CY.decode_descriptors(raw2))
+    assert other.cycles > first.cycles
+    assert other.cycles == CY.simulate(cfg, dict(CY.decode_descriptors(raw2))).cycles

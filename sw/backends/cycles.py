@@ -12,6 +12,9 @@ tests/test_conv_engine.py, tests/test_depthwise.py, tests/test_attention_overlay
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,18 +41,25 @@ K_LOAD, K_IM2COL, K_COMPUTE, K_STORE, K_DEPTHWISE, K_ATTENTION, K_SYNC, K_BAD = 
 UNITS = ("LOAD", "COMPUTE", "STORE", "ATTENTION")
 
 
-def decode_descriptors(raw: np.ndarray) -> dict[str, np.ndarray]:
+class Fields(dict):
+    """Decoded descriptors, {field: int64 array}, with `digest`: a hash of the packed bytes they came from
+    (simulate remembers the timing of a list it has timed before)."""
+    digest: bytes | None = None
+
+
+def decode_descriptors(raw: np.ndarray) -> Fields:
     """(n, 32) uint8 descriptors -> {field: int64 array of n} (hw.isa.FIELDS, shared groups included)."""
     raw = np.ascontiguousarray(raw, np.uint8).reshape(-1, isa.DESCRIPTOR_BYTES)
-    words = raw.view("<u8").astype(np.uint64)                        # (n, 4)
-    padded = np.concatenate([words, np.zeros((len(words), 1), np.uint64)], axis=1)
-    out = {}
+    lanes = np.ascontiguousarray(raw.view("<u8").astype(np.uint64).T)      # (4, n): each 64-bit lane contiguous
+    out = Fields()
+    out.digest = hashlib.blake2b(raw, digest_size=16).digest()
     for name, (pos, width) in isa.FIELDS.items():
         w, b = divmod(pos, 64)
-        v = padded[:, w] >> np.uint64(b)
+        v = lanes[w] >> np.uint64(b)
         if b + width > 64:
-            v |= padded[:, w + 1] << np.uint64(64 - b)
-        out[name] = (v & np.uint64((1 << width) - 1)).astype(np.int64)
+            v |= lanes[w + 1] << np.uint64(64 - b)
+        v &= np.uint64((1 << width) - 1)
+        out[name] = v.view(np.int64)              # fields are at most 32 bits: the same value
     return out
 
 
@@ -152,13 +162,42 @@ def depthwise_cycles(cfg, k, chans, rows, width, nb) -> int:
     return issue_t + DW_DRAIN
 
 
+#: (cfg, Fields.digest) -> Outcome of lists timed without data and without the attention engine (whose
+#: timing state carries from run to run): the outcome is a function of the configuration and the bytes.
+_TIMED: OrderedDict = OrderedDict()
+TIMED_KEEP = 64
+
+
 def simulate(cfg, f: dict[str, np.ndarray], attn=None, execute=None) -> Outcome:
     """Dispatch the decoded descriptors `f` in order as the command processor does; return how the run
     ended and its cycles. `attn`: the attention engine's model (its schedule() and timing state);
     `execute(i, kind)`: called when descriptor i's waits are met (the checked mode's data), returns None
-    or (error bit, index) to stop the run there."""
-    R, C, DB = cfg.rows, cfg.cols, cfg.beat_bytes
+    or (error bit, index) to stop the run there. Timing alone (no `execute`) of a list without ATTENTION
+    descriptors is remembered by its bytes (decode_descriptors' digest): a program run again (the fast
+    mode's common case) costs no second pass of the recurrence."""
     kinds = classify(cfg, f)
+    key = None
+    if execute is None and getattr(f, "digest", None) and not np.any(kinds == K_ATTENTION):
+        key = (cfg, f.digest)
+        if key in _TIMED:
+            _TIMED.move_to_end(key)
+            if attn is not None:
+                attn.reset_timing()
+            return _copy(_TIMED[key])
+    out = _simulate(cfg, f, kinds, attn, execute)
+    if key is not None:
+        _TIMED[key] = _copy(out)
+        while len(_TIMED) > TIMED_KEEP:
+            _TIMED.popitem(last=False)
+    return out
+
+
+def _copy(out: Outcome) -> Outcome:
+    return dataclasses.replace(out, counts=None if out.counts is None else dict(out.counts))
+
+
+def _simulate(cfg, f, kinds, attn, execute) -> Outcome:
+    R, C, DB = cfg.rows, cfg.cols, cfg.beat_bytes
     cost = fixed_costs(cfg, f, kinds)
     n = len(kinds)
     kind_l = kinds.tolist()
