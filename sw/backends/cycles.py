@@ -192,6 +192,11 @@ def simulate(cfg, f: dict[str, np.ndarray], attn=None, execute=None) -> Outcome:
     return out
 
 
+def forget_timings() -> None:
+    """Drop the remembered outcomes (a benchmark timing the cycle model itself)."""
+    _TIMED.clear()
+
+
 def _copy(out: Outcome) -> Outcome:
     return dataclasses.replace(out, counts=None if out.counts is None else dict(out.counts))
 

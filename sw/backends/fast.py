@@ -7,7 +7,8 @@ intattn's online softmax, the requantiser) that reads the operands from the same
 descriptors would load (the compiler's tile layouts) and writes exactly the bytes the program's
 STOREs (or DEPTHWISE) would write, and no others. The cycles come from the cycle model
 (sw.backends.cycles) as in the checked mode, so both modes agree in bits and cycles
-(tests/test_sim_fast.py).
+(tests/test_sim_fast.py); the model remembers a descriptor list's timing by its bytes, so a
+program run again (without attention, whose engine state carries over) costs only its data.
 
 What it relies on: the compiler's layouts (zero blocks off the diagonal of a depthwise weight tile,
 reductions within MAX_K so no accumulator wraps); a program the host did not compile has no record
