@@ -9,7 +9,8 @@ by its `count`).
 
 DDR image (4 KiB aligned regions):
   descriptors
-  Q       per (head, query tile): dp entries of R int8      (entry c = q[rows, c]; the A layout)
+  Q       per (head, query tile): dp entries of R int8      (entry c = q[rows, c]; the A layout;
+          with token_tiles, per (head, tile of C queries) as K: docs/runtime.md)
   K       per (head, key tile):   dp entries of C int8      (entry c = k[keys, c]; the B layout)
   V       per (head, key tile):   dp entries of C int8      (entry c = v[keys, c]; the V layout)
   params  one PARAM entry: C channels of (bias 0, out_mult, out_shift)
@@ -117,7 +118,7 @@ def compile_attention(cfg, q, k, v, quant: intattn.AttentionQuant, *, out_int32:
     `token_tiles`: Q in the layout of K and V, tiles of C tokens (sw.runtime.layout.TokenTileLayout, what
     a 1 x 1 convolution writes), so one buffer can feed all three. With R = C that is the Q layout above;
     with R < C a query tile is 1 / (C / R) of a token tile, its channel c's R tokens C bytes after its
-    channel c - 1's, so it is loaded one A entry (R bytes) per channel (`q_loads`)."""
+    channel c - 1's, so it is loaded one A entry (R bytes) per channel."""
     if "attention" not in cfg.engines:
         raise CompileError(f"overlay {cfg.name!r} has no attention engine (engines: {', '.join(cfg.engines)})")
     if base_addr % ALIGN:
