@@ -108,7 +108,7 @@ def _check_params_build(qm: QuantModel, path) -> None:
     classes = {"layernorm": intvec.LayerNormParams, "gelu": intvec.LutParams, "add": intvec.AddParams,
                "rescale": intvec.RescaleParams}
     for n in qm.graph.nodes:
-        if n.op in classes:
+        if n.op in classes and not n.attrs.get("host"):
             try:
                 classes[n.op].from_arrays({k: v for k, v in qm.params[n.name].items() if k != "b_scale"})
             except (ValueError, KeyError, TypeError) as e:
