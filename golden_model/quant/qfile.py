@@ -1,7 +1,7 @@
 """The quantised model file: one .safetensors, strict and safe to load.
 
 Contents: every constant of the integer graph as `const/<name>` (int8 weights, int32 biases,
-int8 constant operands; float32 only for host ops and LayerNorm's source gamma/beta) and every
+int8 constant operands; float32 only for host nodes and LayerNorm's source gamma/beta) and every
 node's integer parameters as `param/<node>/<key>` (requantiser multipliers and shifts, attention
 parameters, golden_model.intvec parameter arrays). The metadata holds the format tag, model,
 image size, preset, key tile, estimator and the graph (JSON, with every tensor's scale).
