@@ -15,8 +15,9 @@ sam/mask_decoder.py, sam/transformer.py; not the float golden model's fused rewr
                   high-res adds, LayerNorm2d, GELU), host MLPs on single tokens (hypernetworks,
                   IoU head, object score head), the mask product (hypernetwork weights x upscaled
                   embedding) and its dequantisation. The token stream (T ~ 8 rows: output tokens +
-                  prompt points) stays on the host in float: every node whose activation inputs are
-                  all host tensors is a host node (attrs host=True; token self-attention, the token
+                  prompt points) stays on the host in float: in the two-way transformer
+                  (_Builder.host_float), every node whose activation inputs are all float32 tensors
+                  is a host node (attrs host=True; token self-attention, the token
                   projections, norms, MLPs and residual adds); the token <-> image attentions run on
                   the attention engine with the token side quantised into it (docs/quantisation.md:
                   their MACs and bytes, and the accuracy this buys).
@@ -37,6 +38,7 @@ EPS_LAYERNORM2D = 1e-6      # sam2_utils.LayerNorm2d
 class _Builder:
     def __init__(self, g: Graph):
         self.g = g
+        self.host_float = False     # set while building the decoder's two-way transformer (on_host)
 
     def t(self, name, shape, dtype="int8"):
         return self.g.tensor(name, shape, dtype)
@@ -50,9 +52,10 @@ class _Builder:
         return out
 
     def on_host(self, *xs) -> bool:
-        """A node whose activation inputs are all host float32 tensors runs on the host (token stream)."""
+        """With host_float set, a node whose activation inputs are all float32 tensors runs on the host
+        (the decoder's token stream); otherwise every node is an integer node, as before."""
         ts = [x for x in xs if x in self.g.tensors]
-        return bool(ts) and all(self.g.tensors[x].dtype == "float32" for x in ts)
+        return self.host_float and bool(ts) and all(self.g.tensors[x].dtype == "float32" for x in ts)
 
     def host_or_int(self, name, op, inputs, out_shape, stage, **attrs):
         """`op` on the host in float (attrs host=True, float32 out) when its inputs are host tensors, else int8."""
@@ -222,6 +225,7 @@ def _decoder(b: _Builder, model, n_points: int) -> None:
                  input_image_size=pe.input_image_size[0])
     st = "mask_decoder"
     tok = tok_f     # the token stream stays on the host in float (module docstring)
+    b.host_float = True
     src = b.add("src", emb, g.const("sam_prompt_encoder.no_mask_embed.weight", pe.no_mask_embed), st)
     key_pe = g.const("sam_prompt_encoder.dense_pe#grid", pe.get_dense_pe()[0].transpose(1, 2, 0)[None])
     tr = dec.transformer
@@ -256,6 +260,7 @@ def _decoder(b: _Builder, model, n_points: int) -> None:
     kk = b.add("dec.final_k", keys, key_pe, st)
     a = _attention(b, "dec.final_attn", f"{p}.final_attn_token_to_image", tr.final_attn_token_to_image, qq, kk, keys)
     queries = _ln(b, "hs", f"{p}.norm_final_attn", tr.norm_final_attn, b.add("dec.final_res", queries, a, st))
+    b.host_float = False
     # output upscaling (MaskDecoder.predict_masks, high-res branch)
     up = "sam_mask_decoder.output_upscaling"
     w0 = g.const(f"{up}.0.weight", dec.upscale_conv0[0])
