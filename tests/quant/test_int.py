@@ -152,7 +152,7 @@ def test_full_size_tiny_accuracy():
     """tiny at 1024 on random weights, the default calibration, on the issue's evaluation set (the six
     EVAL_PHOTOS x 3 clicks, as `python -m benchmarks quant`). Met: median IoU >= 0.95 (measured 0.952),
     predicted IoU within 0.02 (0.010), the same mask chosen. NOT met: worst IoU >= 0.90; the bound below
-    is the measured 0.615 (retina) less a margin, docs/quantisation.md says why. ~8 min."""
+    is the measured 0.615 (retina) less a margin, docs/quantisation.md says why. ~3 min (192 s measured)."""
     graph = build_graph(random_model("tiny", None, seed=0))
     stats = calibrate(graph, list(skimage_photos(CALIB_PHOTOS).values()))
     qm = quantize(graph, stats, key_tile=32)
