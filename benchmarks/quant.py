@@ -2,6 +2,7 @@
 
     python -m benchmarks quant                      # tiny, 1024, estimator percentile, 6 photos x 3 clicks
     python -m benchmarks.quant --model tiny small --estimator max percentile mse [--image-size 256]
+    python -m benchmarks.quant --image-size 256 --stages          # which half (encoder / decoder) loses the IoU
     python -m benchmarks.quant --checkpoint sam2.1_hiera_tiny.pt --model tiny       # a real checkpoint
 
 Calibration: golden_model.quant.calibset.CALIB_PHOTOS (3 clicks each); evaluation: EVAL_PHOTOS (a
@@ -12,6 +13,8 @@ disjoint set) x the fixed clicks of golden_model.quant.accuracy.eval_clicks. Wei
                   worst end-to-end first;
   quant-noise-floor (--noise-floor) the float model's own sensitivity: IoU of its masks with white
                   noise of a given SQNR added to the image features;
+  quant-stages    (--stages) which half loses the IoU: int8 encoder + float decoder, float encoder + int8
+                  decoder, all int8 (IoU median / worst / mean, mean mask-logit SQNR);
   quant-accuracy  per model and estimator: mask IoU (logits > 0) median / worst, the largest predicted-IoU
                   delta, and the image-encoder time of the int8 reference against the golden float
                   model (same image, same run; a ratio, so machine load hits both).
@@ -48,9 +51,17 @@ def _speed(model, qm, image) -> tuple[float, float]:
     return t1 - t0, time.perf_counter() - t1
 
 
+def _stage_row(model, est, split, rows) -> dict:
+    ious = np.array([r["mask_iou"] for r in rows])
+    return {"model": model, "estimator": est, "int8 part": split, "iou_median": float(np.median(ious)),
+            "iou_worst": float(ious.min()), "iou_mean": float(ious.mean()),
+            "logit_sqnr_db": float(np.mean([r["logit_sqnr_db"] for r in rows]))}
+
+
 def run(models=("tiny",), estimators=("percentile",), image_size=None, preset="kv260", checkpoint=None,
-        n_photos: int = 6, n_prompts: int = 3, noise: bool = False) -> None:
-    from golden_model.quant.accuracy import compare_masks, eval_clicks, local_sqnr, node_sqnr, noise_floor
+        n_photos: int = 6, n_prompts: int = 3, noise: bool = False, stages: bool = False) -> None:
+    from golden_model.quant.accuracy import (compare_masks, eval_clicks, local_sqnr, node_sqnr, noise_floor,
+                                             stage_split)
     from golden_model.quant.builder import build_graph
     from golden_model.quant.calibset import CALIB_PHOTOS, EVAL_PHOTOS, skimage_photos
     from golden_model.quant.quantize import calibrate, quantize
@@ -72,6 +83,11 @@ def run(models=("tiny",), estimators=("percentile",), image_size=None, preset="k
         calib_s = time.perf_counter() - t0
         for est in estimators:
             qm = quantize(graph, stats, est, key_tile, preset)
+            if stages:
+                split = stage_split(qm, graph, photos, n_prompts)
+                report("quant-stages", [_stage_row(name, est, k, [r for r in split if r["split"] == k])
+                                        for k in dict.fromkeys(r["split"] for r in split)],
+                       notes=f"{name}, {graph.image_size} px, {len(photos)} photos x {n_prompts} clicks")
             rows = compare_masks(qm, graph, photos, n_prompts)
             ious = np.array([r["mask_iou"] for r in rows])
             deltas = np.array([r["pred_iou_delta"] for r in rows])
@@ -111,6 +127,8 @@ if __name__ == "__main__":
     p.add_argument("--prompts", type=int, default=3)
     p.add_argument("--noise-floor", action="store_true",
                    help="also: IoU of float masks with white noise of given SQNR at the image features")
+    p.add_argument("--stages", action="store_true",
+                   help="also: IoU with only the encoder or only the decoder in int8 (which half loses it)")
     a = p.parse_args()
     run(tuple(a.model), tuple(a.estimator), a.image_size, a.preset, a.checkpoint, a.photos, a.prompts,
-        a.noise_floor)
+        a.noise_floor, a.stages)

@@ -50,6 +50,36 @@ def compare_masks(qm: QuantModel, float_graph: Graph, images: dict, n_prompts: i
     return rows
 
 
+def stage_split(qm: QuantModel, float_graph: Graph, images: dict, n_prompts: int = 3) -> list[dict]:
+    """Which half loses the IoU: per (image, click), mask IoU and mask-logit SQNR against float of the int8
+    graph, of the int8 image encoder feeding the float decoder (features dequantised) and of the float
+    encoder feeding the int8 decoder (features quantised at their scales)."""
+    fp = GraphPredictor(float_graph, FloatRunner(float_graph))
+    ip = GraphPredictor(qm.graph, IntRunner(qm))
+    feats = float_graph.meta["image_outputs"]
+    rows = []
+    for name, image in images.items():
+        fp.set_image(image)
+        ip.set_image(image)
+        f_env, i_env = fp.env, ip.env
+        envs = {"int8": (ip, i_env),
+                "int8 encoder, float decoder": (fp, {k: dequantize_tensor(i_env[k], qm.graph.tensors[k]).astype(
+                    np.float32) for k in feats}),
+                "float encoder, int8 decoder": (ip, {k: quantize_tensor(f_env[k], qm.graph.tensors[k].scale,
+                                                                        qm.graph.tensors[k].zero_point) for k in feats})}
+        for click in eval_clicks(image.shape[:2], n_prompts):
+            fp.env = f_env
+            fl, fi, _ = fp.predict(point_coords=[click], point_labels=[1], return_logits=True)
+            best = int(np.argmax(fi))
+            for split, (pred, env) in envs.items():
+                pred.env = env
+                lg, _, _ = pred.predict(point_coords=[click], point_labels=[1], return_logits=True)
+                rows.append({"split": split, "image": name, "mask_iou": mask_iou(fl[best] > 0, lg[best] > 0),
+                             "logit_sqnr_db": sqnr_db(fl[best], lg[best])})
+        fp.env, ip.env = f_env, i_env
+    return rows
+
+
 def sqnr_db(ref: np.ndarray, test: np.ndarray) -> float:
     """10 log10(|ref|^2 / |ref - test|^2) (inf when equal)."""
     ref = np.asarray(ref, np.float64)

@@ -14,7 +14,13 @@ sam/mask_decoder.py, sam/transformer.py; not the float golden model's fused rewr
   mask_decoder    + no_mask_embed, two-way transformer, output upscaling (2 transposed convs,
                   high-res adds, LayerNorm2d, GELU), host MLPs on single tokens (hypernetworks,
                   IoU head, object score head), the mask product (hypernetwork weights x upscaled
-                  embedding) and its dequantisation.
+                  embedding) and its dequantisation. The token stream (T ~ 8 rows: output tokens +
+                  prompt points) stays on the host in float: in the two-way transformer
+                  (_Builder.host_float), every node whose activation inputs are all float32 tensors
+                  is a host node (attrs host=True; token self-attention, the token
+                  projections, norms, MLPs and residual adds); the token <-> image attentions run on
+                  the attention engine with the token side quantised into it (docs/quantisation.md:
+                  their MACs and bytes, and the accuracy this buys).
 Hiera's qkv projection is three linear nodes (q, k, v: same weights, row blocks of qkv.weight,
 constants "<key>#q" etc.) so each gets its own activation scale.
 """
@@ -32,6 +38,7 @@ EPS_LAYERNORM2D = 1e-6      # sam2_utils.LayerNorm2d
 class _Builder:
     def __init__(self, g: Graph):
         self.g = g
+        self.host_float = False     # set while building the decoder's two-way transformer (on_host)
 
     def t(self, name, shape, dtype="int8"):
         return self.g.tensor(name, shape, dtype)
@@ -44,17 +51,41 @@ class _Builder:
         self.g.add(name, op, inputs, [out], stage, **attrs)
         return out
 
+    def on_host(self, *xs) -> bool:
+        """With host_float set, a node whose activation inputs are all float32 tensors runs on the host
+        (the decoder's token stream); otherwise every node is an integer node, as before."""
+        ts = [x for x in xs if x in self.g.tensors]
+        return self.host_float and bool(ts) and all(self.g.tensors[x].dtype == "float32" for x in ts)
+
+    def host_or_int(self, name, op, inputs, out_shape, stage, **attrs):
+        """`op` on the host in float (attrs host=True, float32 out) when its inputs are host tensors, else int8."""
+        if self.on_host(*inputs):
+            return self.op(name, op, inputs, out_shape, stage, "float32", host=True, **attrs)
+        return self.op(name, op, inputs, out_shape, stage, **attrs)
+
+    def to_int8(self, x, stage):
+        """x as int8: a host quantize node for a float32 tensor, x itself otherwise."""
+        if self.g.tensors[x].dtype != "float32":
+            return x
+        return self.op(f"{x}_q", "quantize", [x], self.shape(x), stage)
+
+    def to_float(self, x, stage):
+        """x as a host float32 tensor: a dequantize node for an int8 tensor, x itself otherwise."""
+        if self.g.tensors[x].dtype == "float32":
+            return x
+        return self.op(f"{x}_f", "dequantize", [x], self.shape(x), stage, "float32")
+
     def linear(self, name, x, w_key, w, b_key, b, stage, relu=False):
         wn = self.g.const(w_key, w)
         bn = self.g.const(b_key, b)
-        return self.op(name, "linear", [x, wn, bn], self.shape(x)[:-1] + (w.shape[0],), stage, relu=relu)
+        return self.host_or_int(name, "linear", [x, wn, bn], self.shape(x)[:-1] + (w.shape[0],), stage, relu=relu)
 
     def layernorm(self, name, x, key, weight, bias, eps, stage):
         gn, bn = self.g.const(key + ".weight", weight), self.g.const(key + ".bias", bias)
-        return self.op(name, "layernorm", [x, gn, bn], self.shape(x), stage, eps=eps)
+        return self.host_or_int(name, "layernorm", [x, gn, bn], self.shape(x), stage, eps=eps)
 
     def add(self, name, a, b, stage):
-        return self.op(name, "add", [a, b], self.shape(a), stage)
+        return self.host_or_int(name, "add", [a, b], self.shape(a), stage)
 
     def unary(self, name, op, x, stage):
         return self.op(name, op, [x], self.shape(x), stage)
@@ -193,7 +224,8 @@ def _decoder(b: _Builder, model, n_points: int) -> None:
     tok_f = b.op("tokens_f", "prompt_encoder", [coords, labels] + consts, (1, "T", c), "prompt_encoder", "float32",
                  input_image_size=pe.input_image_size[0])
     st = "mask_decoder"
-    tok = b.op("tokens", "quantize", [tok_f], (1, "T", c), st)
+    tok = tok_f     # the token stream stays on the host in float (module docstring)
+    b.host_float = True
     src = b.add("src", emb, g.const("sam_prompt_encoder.no_mask_embed.weight", pe.no_mask_embed), st)
     key_pe = g.const("sam_prompt_encoder.dense_pe#grid", pe.get_dense_pe()[0].transpose(1, 2, 0)[None])
     tr = dec.transformer
@@ -227,8 +259,8 @@ def _decoder(b: _Builder, model, n_points: int) -> None:
     qq = b.add("dec.final_q", queries, tok, st)
     kk = b.add("dec.final_k", keys, key_pe, st)
     a = _attention(b, "dec.final_attn", f"{p}.final_attn_token_to_image", tr.final_attn_token_to_image, qq, kk, keys)
-    queries = _ln(b, "dec.norm_final", f"{p}.norm_final_attn", tr.norm_final_attn,
-                  b.add("dec.final_res", queries, a, st))
+    queries = _ln(b, "hs", f"{p}.norm_final_attn", tr.norm_final_attn, b.add("dec.final_res", queries, a, st))
+    b.host_float = False
     # output upscaling (MaskDecoder.predict_masks, high-res branch)
     up = "sam_mask_decoder.output_upscaling"
     w0 = g.const(f"{up}.0.weight", dec.upscale_conv0[0])
@@ -242,8 +274,8 @@ def _decoder(b: _Builder, model, n_points: int) -> None:
     x = b.op("dec.up.conv3", "conv_transpose", [x, w3, b3], (1, 4 * h, 4 * w, c // 8), st, k=2, stride=2)
     x = b.add("dec.up.add_s0", x, s0, st)
     x = b.unary("dec.up.gelu2", "gelu", x, st)
-    # host: single-token MLPs on the dequantised decoder tokens
-    hs = b.op("hs", "dequantize", [queries], (1, "T", c), st, "float32")
+    # host: single-token MLPs on the decoder tokens
+    hs = queries
     s = 1 if cfg.pred_obj_scores else 0
     hyper = [_host_mlp(b, f"dec.hyper{i}", f"sam_mask_decoder.output_hypernetworks_mlps.{i}",
                        dec.output_hypernetworks_mlps[i], hs, s + 1 + i) for i in range(dec.num_mask_tokens)]
@@ -263,12 +295,18 @@ def _ln(b, name, key, mod, x):
 
 
 def _attention(b: _Builder, n: str, p: str, mod, q_in, k_in, v_in) -> str:
-    """transformer.Attention: q/k/v projections, multi-head SDPA, out projection."""
+    """transformer.Attention: q/k/v projections, multi-head SDPA, out projection. Projections of host
+    (token) tensors run on the host; attention between tokens and the image runs on the attention engine
+    (the token side quantised into it), and its out projection runs where its queries came from."""
     st = "mask_decoder"
     q = b.linear(f"{n}.q", q_in, f"{p}.q_proj.weight", mod.q_proj.weight, f"{p}.q_proj.bias", mod.q_proj.bias, st)
     k = b.linear(f"{n}.k", k_in, f"{p}.k_proj.weight", mod.k_proj.weight, f"{p}.k_proj.bias", mod.k_proj.bias, st)
     v = b.linear(f"{n}.v", v_in, f"{p}.v_proj.weight", mod.v_proj.weight, f"{p}.v_proj.bias", mod.v_proj.bias, st)
-    a = b.op(f"{n}.sdpa", "attention", [q, k, v], b.shape(q), st, heads=mod.num_heads)
+    if not b.on_host(q, k, v):
+        q, k, v = (b.to_int8(x, st) for x in (q, k, v))
+    a = b.host_or_int(f"{n}.sdpa", "attention", [q, k, v], b.shape(q), st, heads=mod.num_heads)
+    if b.on_host(q_in):
+        a = b.to_float(a, st)
     return b.linear(f"{n}.out", a, f"{p}.out_proj.weight", mod.out_proj.weight, f"{p}.out_proj.bias",
                     mod.out_proj.bias, st)
 

@@ -62,7 +62,8 @@ class Node:
 
     @property
     def engine(self) -> str:
-        return ENGINE[self.op]
+        """The op's engine, or "host" for a node the builder put on the host (attrs host=True: the op in float)."""
+        return "host" if self.attrs.get("host") else ENGINE[self.op]
 
 
 class GraphError(ValueError):

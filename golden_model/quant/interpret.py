@@ -37,11 +37,14 @@ class Runner:
             if stages is not None and node.stage not in stages:
                 continue
             args = [self.arg(i, env) for i in node.inputs]
-            out = self.OPS[node.op](node, args, self)
+            out = self.op_fn(node)(node, args, self)
             env[node.outputs[0]] = out
             if observe is not None:
                 observe(node, out)
         return env
+
+    def op_fn(self, node: Node):
+        return self.OPS[node.op]
 
     def cached(self, key, make):
         if key not in self._cache:

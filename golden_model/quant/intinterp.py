@@ -7,9 +7,10 @@ Engines: linear -> intops.gemm; conv / depthwise / conv_transpose -> golden_mode
 first inside, channels-last in the graph); attention -> intattn.attention with the overlay's key
 tile; element-wise -> golden_model.intvec; layout ops move int8 values (zero padding = real 0).
 Host ops run in float32 on dequantised inputs and quantise what they hand back (round half to
-even, clamp). The mask product is the GEMM engine with int32 output: the host quantises the
-hypernetwork rows per row (symmetric int8) and dequantises the int32 logits (minus the zero point's
-share when the upscaled embedding is asymmetric, see quantize.py).
+even, clamp); nodes the builder put on the host (attrs host=True: the decoder's token stream) run
+the float op table on their float32 constants. The mask product is the GEMM engine with int32
+output: the host quantises the hypernetwork rows per row (symmetric int8) and dequantises the int32
+logits (minus the zero point's share when the upscaled embedding is asymmetric, see quantize.py).
 """
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ import numpy as np
 
 from golden_model import intconv, intops, intvec
 from golden_model.intattn import AttentionQuant, attention
-from golden_model.quant.interpret import (Runner, host_mlp, merge_heads, nchw_to_nhwc, nhwc_to_nchw, prompt_tokens,
-                                          split_heads, window_partition_op, window_unpartition_op)
+from golden_model.quant.interpret import (FLOAT_OPS, Runner, host_mlp, merge_heads, nchw_to_nhwc, nhwc_to_nchw,
+                                          prompt_tokens, split_heads, window_partition_op, window_unpartition_op)
 from golden_model.quant.quantize import QuantModel, dequantize_tensor, quantize_tensor, weight_scales
 
 F32 = np.float32
@@ -125,6 +126,9 @@ class IntRunner(Runner):
         super().__init__(qm.graph)
         self.params = qm.params
         self.key_tile = qm.key_tile
+
+    def op_fn(self, node):
+        return FLOAT_OPS[node.op] if node.attrs.get("host") else INT_OPS[node.op]
 
     def scale(self, tensor: str) -> float:
         s = self.graph.tensors[tensor].scale

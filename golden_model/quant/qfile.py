@@ -1,7 +1,7 @@
 """The quantised model file: one .safetensors, strict and safe to load.
 
 Contents: every constant of the integer graph as `const/<name>` (int8 weights, int32 biases,
-int8 constant operands; float32 only for host ops and LayerNorm's source gamma/beta) and every
+int8 constant operands; float32 only for host nodes and LayerNorm's source gamma/beta) and every
 node's integer parameters as `param/<node>/<key>` (requantiser multipliers and shifts, attention
 parameters, golden_model.intvec parameter arrays). The metadata holds the format tag, model,
 image size, preset, key tile, estimator and the graph (JSON, with every tensor's scale).
@@ -38,6 +38,8 @@ def expected_params(graph: Graph) -> dict[str, tuple[tuple, str]]:
     out = {}
     for n in graph.nodes:
         keys: dict[str, str] = {}
+        if n.attrs.get("host"):
+            continue
         if n.op in ("linear", "conv", "depthwise", "conv_transpose"):
             keys = {"multiplier": "int64", "shift": "int64"}
         elif n.op == "attention":
@@ -106,7 +108,7 @@ def _check_params_build(qm: QuantModel, path) -> None:
     classes = {"layernorm": intvec.LayerNormParams, "gelu": intvec.LutParams, "add": intvec.AddParams,
                "rescale": intvec.RescaleParams}
     for n in qm.graph.nodes:
-        if n.op in classes:
+        if n.op in classes and not n.attrs.get("host"):
             try:
                 classes[n.op].from_arrays({k: v for k, v in qm.params[n.name].items() if k != "b_scale"})
             except (ValueError, KeyError, TypeError) as e:
