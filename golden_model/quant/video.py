@@ -53,6 +53,7 @@ EPS_LAYERNORM2D = 1e-6          # sam2_utils.LayerNorm2d (mask downsampler, CXBl
 EPS_MEMATTN = 1e-5              # nn.LayerNorm default (memory attention)
 SLOTS = "ma.maskmem_pos#slots"  # (num_maskmem, HW, mem_dim): sine encoding + maskmem_tpos_enc[slot]
 ROPE_COS, ROPE_SIN = "ma.rope_cos", "ma.rope_sin"
+VIDEO_FRAMES_PER_PHOTO = 4      # calibration: frames per track of shifted copies of one photo
 #: the tensors the video path cannot run without (named when a quantised file lacks them)
 VIDEO_TENSORS = ("mem.mask", "mem.features", "ma.memory", "ma.memory_pos", "ma.norm", "ma.to_decoder",
                  "vid.obj_ptr")
@@ -430,7 +431,8 @@ def share_stats(stats: dict) -> None:
         stats["ma.to_decoder"] = stats["image_embed"]
 
 
-def calibrate_video(graph: Graph, photos, stats: dict, frames_per_video: int = 4, seed: int = 0) -> dict:
+def calibrate_video(graph: Graph, photos, stats: dict, frames_per_video: int = VIDEO_FRAMES_PER_PHOTO,
+                    seed: int = 0) -> dict:
     """Track one centre click through shifted copies of each photo on the float graph, adding the
     statistics of every int8 tensor the video path touches to `stats` (from quantize.calibrate)."""
     require_video(graph)
