@@ -52,9 +52,10 @@ def _recorder(graph, store: dict):
 
 
 def compare_tracks(qm, model, frames, click, float_graph=None) -> tuple[list[dict], dict[str, float], dict]:
-    """Per-frame rows (IoU int8 vs float, object score sign agreement, foreground fractions), and, when
-    `float_graph` (the float video graph of `model`) is given, {video tensor: SQNR dB} over the track.
-    Also the seconds of the float and int8 tracks."""
+    """Per-frame rows (IoU int8 vs float, foreground fractions) and, when `float_graph` (the float video
+    graph of `model`) is given, {video tensor: SQNR dB} over the track and, per row, the largest
+    |logit| difference of the float graph's track from the golden tracker's (float rounding: the graph
+    is the golden model). Also the seconds of the golden float and the int8 tracks."""
     float_logits, float_s = track(VideoPredictor(model.tracker), frames, click)
     fvals, ivals = {}, {}
     int_logits, int_s = track(graph_video_predictor(qm.graph, VideoIntRunner(qm), _recorder(qm.graph, ivals)),
@@ -64,8 +65,10 @@ def compare_tracks(qm, model, frames, click, float_graph=None) -> tuple[list[dic
             for i in sorted(float_logits)]
     sqnr = {}
     if float_graph is not None:
-        track(graph_video_predictor(float_graph, VideoFloatRunner(float_graph), _recorder(float_graph, fvals)),
-              frames, click)
+        graph_logits, _ = track(graph_video_predictor(float_graph, VideoFloatRunner(float_graph),
+                                                      _recorder(float_graph, fvals)), frames, click)
+        for r in rows:
+            r["float_graph_err"] = float(np.abs(graph_logits[r["frame"]] - float_logits[r["frame"]]).max())
         for name, refs in fvals.items():
             spec = qm.graph.tensors[name]
             tests = [dequantize_tensor(v, spec) if spec.dtype == "int8" else v for v in ivals.get(name, [])]
