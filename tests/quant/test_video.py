@@ -163,3 +163,17 @@ def test_int8_track_12_frames_at_256():
     model, graph, qm, frames, click = _case(256, 12, calib_photos=3, calib_frames=4)
     rows, _, _ = compare_tracks(qm, model, frames, click)
     assert min(r["mask_iou"] for r in rows) >= 0.90, rows
+
+
+def test_fast_depthwise_is_intconv():
+    """The video runner's depthwise (shifted multiply-adds) gives intconv's integers, extremes included."""
+    from golden_model.intconv import conv2d_acc
+    from golden_model.quant.video import depthwise_acc
+    rng = np.random.default_rng(0)
+    cases = [(rng.integers(-128, 128, (5, 9, 11)), rng.integers(-127, 128, (5, 1, 7, 7))),
+             (np.full((3, 8, 8), -128), np.full((3, 1, 7, 7), -127)),
+             (np.full((2, 7, 7), 127), np.full((2, 1, 3, 3), 127))]
+    for x, w in cases:
+        x, w = x.astype(np.int8), w.astype(np.int8)
+        pad = w.shape[-1] // 2
+        np.testing.assert_array_equal(depthwise_acc(x, w, pad), conv2d_acc(x, w, padding=pad, groups=x.shape[0]))
