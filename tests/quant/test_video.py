@@ -4,7 +4,7 @@ strictly, and `track --precision int8` uses it.
 
 A scaled-down SAM 2 (128 px input: 8 x 8 memory tokens a frame, random weights) keeps the default run
 short; the 12-frame case at 256 is slow-marked and the full-size figures come from
-`python -m benchmarks quant --video` (docs/quantisation.md)."""
+`python -m benchmarks.quant --video` (docs/quantisation.md)."""
 from __future__ import annotations
 
 import json
