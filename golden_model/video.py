@@ -168,7 +168,6 @@ class Tracker:
         if cfg.num_maskmem == 0:
             return vision_feat.transpose(0, 2, 1).reshape(b, c, side, side)
         num_obj_ptr_tokens = 0
-        sign = -1 if track_in_reverse else 1
         if is_init_cond_frame:
             if cfg.directly_add_no_mem_embed:
                 return (vision_feat + self.no_mem_embed).transpose(0, 2, 1).reshape(b, c, side, side)
@@ -186,7 +185,7 @@ class Tracker:
                 memory_pos.append(enc.transpose(0, 2, 1) + self.maskmem_tpos_enc[cfg.num_maskmem - t_pos - 1])
             if cfg.use_obj_ptrs_in_encoder:
                 ptrs, ptr_pos = self._object_pointers(frame_idx, selected, unselected, output_dict, num_frames,
-                                                      track_in_reverse, sign, b, c)
+                                                      track_in_reverse, b, c)
                 if ptrs is not None:
                     memory.append(ptrs)
                     memory_pos.append(ptr_pos)
@@ -244,7 +243,7 @@ class Tracker:
         """A memory frame as the bank stores it: rounded to bfloat16, as the official predictor."""
         return to_bfloat16(feats)
 
-    def _object_pointers(self, frame_idx, selected, unselected, output_dict, num_frames, reverse, sign, b, c):
+    def _object_pointers(self, frame_idx, selected, unselected, output_dict, num_frames, reverse, b, c):
         """Object pointers of conditioning frames and up to max-1 recent frames, split into mem_dim tokens,
         with their (signed) temporal sine encoding: ((B, tokens, mem_dim), (B, tokens, mem_dim))."""
         cfg = self.cfg
