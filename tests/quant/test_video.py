@@ -125,6 +125,23 @@ def test_track_int8_from_file(clip_and_file, tmp_path, capsys):
     assert json.loads((tmp_path / "out" / "object_scores.json").read_text())["object_score_logits"]
 
 
+def test_track_int8_quantises_on_the_fly(clip_and_file, monkeypatch, tmp_path, capsys):
+    from sw.commands import segment
+    clip, _ = clip_and_file
+    monkeypatch.setattr(segment, "build_model", lambda name, ckpt, seed: random_model(name, 128, seed))
+    assert main(["track", str(clip), "--point", "225,150", "--precision", "int8", "--calib", str(clip),
+                 "-o", str(tmp_path / "out")]) == 0
+    out = capsys.readouterr().out
+    assert "quantising SAM 2.1 tiny on the fly" in out and "calibrated the video part" in out
+
+
+def test_track_int8_refuses_a_file_for_another_preset(clip_and_file, tmp_path, capsys):
+    clip, qfile = clip_and_file
+    assert main(["track", str(clip), "--point", "225,150", "--precision", "int8", "--quantised", str(qfile),
+                 "--preset", "sim", "-o", str(tmp_path / "out")]) == 1
+    assert "preset 'kv260'" in capsys.readouterr().err
+
+
 def test_track_int8_refuses_an_image_only_file(clip_and_file, tmp_path, capsys):
     clip, _ = clip_and_file
     graph = build_graph(random_model("tiny", 128, seed=0))
