@@ -59,13 +59,13 @@ def test_float_video_graph_is_the_golden_tracker(compared):
 
 
 def test_int8_track_close_to_float(compared):
-    """Stated bounds at 128 px on random weights (measured: IoU >= 0.92 on each of 12 frames; the
-    mask-attention output ~20 dB)."""
+    """Stated bounds at 128 px on random weights, 4 frames (measured: IoU 0.953-0.990, the memory
+    attention's output 23.6 dB and the bank's frames 23.0 dB over the track)."""
     rows, sqnr, _ = compared
     assert len(rows) == FRAMES
     assert all(0.02 < r["float_fg"] < 0.98 for r in rows[1:3]), "trivial case: masks empty or full"
-    assert min(r["mask_iou"] for r in rows) >= 0.85, rows
-    assert sqnr["ma.norm"] > 12 and sqnr["mem.features"] > 8, sqnr
+    assert min(r["mask_iou"] for r in rows) >= 0.90, rows
+    assert sqnr["ma.norm"] > 18 and sqnr["mem.features"] > 18, sqnr
 
 
 def test_bank_is_int8_and_the_file_round_trips(case, tmp_path):
