@@ -4,6 +4,7 @@
     python -m benchmarks.quant --model tiny small --estimator max percentile mse [--image-size 256]
     python -m benchmarks.quant --image-size 256 --stages          # which half (encoder / decoder) loses the IoU
     python -m benchmarks.quant --checkpoint sam2.1_hiera_tiny.pt --model tiny       # a real checkpoint
+    python -m benchmarks.quant --video [--model tiny small] [--image-size 256] [--frames 12]   # tracking
 
 Calibration: golden_model.quant.calibset.CALIB_PHOTOS (3 clicks each); evaluation: EVAL_PHOTOS (a
 disjoint set) x the fixed clicks of golden_model.quant.accuracy.eval_clicks. Weights: seeded random
@@ -18,6 +19,13 @@ disjoint set) x the fixed clicks of golden_model.quant.accuracy.eval_clicks. Wei
   quant-accuracy  per model and estimator: mask IoU (logits > 0) median / worst, the largest predicted-IoU
                   delta, and the image-encoder time of the int8 reference against the golden float
                   model (same image, same run; a ratio, so machine load hits both).
+  --video: quant-video (per model, per frame: mask IoU of the int8 tracker with its int8 memory bank
+                  against the golden float tracker, foreground fractions, the float graph's largest
+                  logit error against the golden tracker) and quant-video-nodes (SQNR of every video
+                  node over the track, worst first), plus the track times. One click on the centre of
+                  the first evaluation photo tracked through shifted copies of it; the object-score
+                  head is shifted so the click scores +2 on random weights (else the object is absent
+                  everywhere); calibration: the calibration photos, image clicks and 4-frame tracks.
 """
 from __future__ import annotations
 
@@ -114,6 +122,48 @@ def run(models=("tiny",), estimators=("percentile",), image_size=None, preset="k
                                             f"(key tile {key_tile}); {TARGETS}")
 
 
+def run_video(models=("tiny",), image_size=None, preset="kv260", checkpoint=None, n_frames: int = 12,
+              estimator="percentile") -> None:
+    from golden_model.quant.calibset import CALIB_PHOTOS, EVAL_PHOTOS, skimage_photos
+    from golden_model.quant.quantize import calibrate
+    from golden_model.quant.video import build_full_graph, calibrate_video, quantize_video, shifted_frames
+    from golden_model.quant.video_accuracy import compare_tracks, shift_object_score
+    from hw.config import preset as overlay_preset
+    key_tile = overlay_preset(preset).cols
+    calib = list(skimage_photos(CALIB_PHOTOS).values())
+    name0, photo = next(iter(skimage_photos(EVAL_PHOTOS[:1]).items()))
+    click = [photo.shape[1] / 2, photo.shape[0] / 2]
+    frames = shifted_frames(photo, n_frames)
+    rows, node_rows, summary = [], [], []
+    for name in models:
+        model = _model(name, image_size, checkpoint)
+        if not checkpoint:
+            shift_object_score(model, frames[0], click)
+        graph = build_full_graph(model)
+        t0 = time.perf_counter()
+        stats = calibrate(graph, calib)
+        calibrate_video(graph, calib, stats)
+        calib_s = time.perf_counter() - t0
+        qm = quantize_video(graph, stats, estimator, key_tile, preset)
+        frame_rows, sqnr, times = compare_tracks(qm, model, frames, click, graph)
+        rows += [{"model": name, "image_size": graph.image_size, **r} for r in frame_rows]
+        ious = [r["mask_iou"] for r in frame_rows]
+        summary.append({"model": name, "image_size": graph.image_size, "frames": len(ious),
+                        "iou_min": min(ious), "iou_median": float(np.median(ious)), **times,
+                        "ratio": times["int8_s"] / times["float_s"], "calib_s": calib_s})
+        if not node_rows:
+            node_rows = sorted(({"node": n.name, "op": n.op, "engine": n.engine, "stage": n.stage,
+                                 "sqnr_db": sqnr[n.outputs[0]]} for n in graph.nodes if n.outputs[0] in sqnr),
+                               key=lambda r: r["sqnr_db"])
+            node_note = f"{name}, {graph.image_size} px, {len(frames)} frames"
+    report("quant-video-nodes", node_rows, notes="per video node: SQNR (dB) of the int8 tracker against the float "
+                                                 f"graph's over the whole track, end to end, worst first ({node_note})")
+    report("quant-video", rows, notes=f"per frame: IoU (logits > 0) int8 tracker vs golden float tracker, "
+                                      f"{name0} shifted, centre click, preset {preset}; target IoU >= 0.90 per frame")
+    report("quant-video-summary", summary, notes="times: golden float tracker and int8 reference tracker, whole "
+                                                 "track, same run; target int8/float <= 3")
+
+
 if __name__ == "__main__":
     import argparse
     import os
@@ -129,6 +179,11 @@ if __name__ == "__main__":
                    help="also: IoU of float masks with white noise of given SQNR at the image features")
     p.add_argument("--stages", action="store_true",
                    help="also: IoU with only the encoder or only the decoder in int8 (which half loses it)")
+    p.add_argument("--video", action="store_true", help="tracking: per-frame IoU and video-node SQNR instead")
+    p.add_argument("--frames", type=int, default=12, help="--video: frames tracked (default 12)")
     a = p.parse_args()
+    if a.video:
+        run_video(tuple(a.model), a.image_size, a.preset, a.checkpoint, a.frames, a.estimator[0])
+        raise SystemExit(0)
     run(tuple(a.model), tuple(a.estimator), a.image_size, a.preset, a.checkpoint, a.photos, a.prompts,
         a.noise_floor, a.stages)

@@ -168,7 +168,6 @@ class Tracker:
         if cfg.num_maskmem == 0:
             return vision_feat.transpose(0, 2, 1).reshape(b, c, side, side)
         num_obj_ptr_tokens = 0
-        sign = -1 if track_in_reverse else 1
         if is_init_cond_frame:
             if cfg.directly_add_no_mem_embed:
                 return (vision_feat + self.no_mem_embed).transpose(0, 2, 1).reshape(b, c, side, side)
@@ -178,32 +177,15 @@ class Tracker:
             memory_pos = np.broadcast_to(self.no_mem_pos_enc, (b, 1, c))
         else:
             memory, memory_pos = [], []
-            cond_outputs = output_dict["cond_frame_outputs"]
-            if not cond_outputs:
-                raise RuntimeError("tracking a frame needs at least one conditioning frame")
-            selected, unselected = select_closest_cond_frames(frame_idx, cond_outputs, cfg.max_cond_frames_in_attn)
-            t_pos_and_prevs = [(0, out) for out in selected.values()]
-            stride = cfg.memory_temporal_stride_for_eval
-            for t_pos in range(1, cfg.num_maskmem):
-                t_rel = cfg.num_maskmem - t_pos          # frames before the current one
-                if t_rel == 1:
-                    prev = frame_idx + t_rel if track_in_reverse else frame_idx - t_rel
-                elif not track_in_reverse:
-                    prev = ((frame_idx - 2) // stride) * stride - (t_rel - 2) * stride
-                else:
-                    prev = -(-(frame_idx + 2) // stride) * stride + (t_rel - 2) * stride
-                out = output_dict["non_cond_frame_outputs"].get(prev, unselected.get(prev))
-                t_pos_and_prevs.append((t_pos, out))
+            t_pos_and_prevs, selected, unselected = self.memory_frames(frame_idx, output_dict, track_in_reverse)
             for t_pos, prev in t_pos_and_prevs:
-                if prev is None:
-                    continue
                 feats = prev["maskmem_features"]
                 memory.append(feats.reshape(b, cfg.mem_dim, -1).transpose(0, 2, 1))
                 enc = np.broadcast_to(prev["maskmem_pos_enc"], feats.shape).reshape(b, cfg.mem_dim, -1)
                 memory_pos.append(enc.transpose(0, 2, 1) + self.maskmem_tpos_enc[cfg.num_maskmem - t_pos - 1])
             if cfg.use_obj_ptrs_in_encoder:
                 ptrs, ptr_pos = self._object_pointers(frame_idx, selected, unselected, output_dict, num_frames,
-                                                      track_in_reverse, sign, b, c)
+                                                      track_in_reverse, b, c)
                 if ptrs is not None:
                     memory.append(ptrs)
                     memory_pos.append(ptr_pos)
@@ -213,10 +195,34 @@ class Tracker:
         out = self.memory_attention(vision_feat, memory, vision_pos, memory_pos, num_obj_ptr_tokens)
         return out.transpose(0, 2, 1).reshape(b, c, side, side)
 
-    def _object_pointers(self, frame_idx, selected, unselected, output_dict, num_frames, reverse, sign, b, c):
-        """Object pointers of conditioning frames and up to max-1 recent frames, split into mem_dim tokens,
-        with their (signed) temporal sine encoding: ((B, tokens, mem_dim), (B, tokens, mem_dim))."""
+    def memory_frames(self, frame_idx, output_dict, track_in_reverse=False):
+        """The memory frames a non-initial frame attends to, as SAM2Base._prepare_memory_conditioned_features
+        picks them: ([(t_pos, output)] conditioning frames first (t_pos 0), then up to num_maskmem - 1
+        recent frames; frames without an output left out), selected and unselected conditioning outputs."""
         cfg = self.cfg
+        cond_outputs = output_dict["cond_frame_outputs"]
+        if not cond_outputs:
+            raise RuntimeError("tracking a frame needs at least one conditioning frame")
+        selected, unselected = select_closest_cond_frames(frame_idx, cond_outputs, cfg.max_cond_frames_in_attn)
+        t_pos_and_prevs = [(0, out) for out in selected.values()]
+        stride = cfg.memory_temporal_stride_for_eval
+        for t_pos in range(1, cfg.num_maskmem):
+            t_rel = cfg.num_maskmem - t_pos          # frames before the current one
+            if t_rel == 1:
+                prev = frame_idx + t_rel if track_in_reverse else frame_idx - t_rel
+            elif not track_in_reverse:
+                prev = ((frame_idx - 2) // stride) * stride - (t_rel - 2) * stride
+            else:
+                prev = -(-(frame_idx + 2) // stride) * stride + (t_rel - 2) * stride
+            out = output_dict["non_cond_frame_outputs"].get(prev, unselected.get(prev))
+            t_pos_and_prevs.append((t_pos, out))
+        return [(t, o) for t, o in t_pos_and_prevs if o is not None], selected, unselected
+
+    def object_pointer_list(self, frame_idx, selected, unselected, output_dict, num_frames, reverse):
+        """The object pointers a frame attends to: [(temporal position, obj_ptr)], conditioning frames first,
+        then up to max_obj_ptrs_in_encoder - 1 recent frames; and the position normaliser t_diff_max."""
+        cfg = self.cfg
+        sign = -1 if reverse else 1
         max_ptrs = min(num_frames, cfg.max_obj_ptrs_in_encoder)
         if cfg.only_obj_ptrs_in_the_past_for_eval:
             ptr_cond = {t: o for t, o in selected.items() if (t >= frame_idx if reverse else t <= frame_idx)}
@@ -231,13 +237,24 @@ class Tracker:
             o = output_dict["non_cond_frame_outputs"].get(t, unselected.get(t))
             if o is not None:
                 pos_and_ptrs.append((t_diff, o["obj_ptr"]))
+        return pos_and_ptrs, max_ptrs - 1
+
+    def bank_features(self, feats: np.ndarray) -> np.ndarray:
+        """A memory frame as the bank stores it: rounded to bfloat16, as the official predictor."""
+        return to_bfloat16(feats)
+
+    def _object_pointers(self, frame_idx, selected, unselected, output_dict, num_frames, reverse, b, c):
+        """Object pointers of conditioning frames and up to max-1 recent frames, split into mem_dim tokens,
+        with their (signed) temporal sine encoding: ((B, tokens, mem_dim), (B, tokens, mem_dim))."""
+        cfg = self.cfg
+        pos_and_ptrs, t_diff_max = self.object_pointer_list(frame_idx, selected, unselected, output_dict,
+                                                            num_frames, reverse)
         if not pos_and_ptrs:
             return None, None
         pos_list = np.array([p for p, _ in pos_and_ptrs], np.int64)
         ptrs = np.stack([p for _, p in pos_and_ptrs], axis=0)            # (P, B, C)
         m = cfg.mem_dim
         if cfg.add_tpos_enc_to_obj_ptrs:
-            t_diff_max = max_ptrs - 1
             tpos_dim = c if cfg.proj_tpos_enc_in_obj_ptrs else m
             pos = get_1d_sine_pe((pos_list / t_diff_max).astype(F32), tpos_dim)
             if self.obj_ptr_tpos_proj is not None:
@@ -573,7 +590,7 @@ class VideoPredictor:
         compact = {"maskmem_features": None, "maskmem_pos_enc": None, "pred_masks": out["pred_masks"],
                    "obj_ptr": out["obj_ptr"], "object_score_logits": out["object_score_logits"]}
         if out["maskmem_features"] is not None:
-            compact["maskmem_features"] = to_bfloat16(out["maskmem_features"])
+            compact["maskmem_features"] = self.tracker.bank_features(out["maskmem_features"])
             compact["maskmem_pos_enc"] = self._shared_pos_enc(state, out["maskmem_pos_enc"])
         return compact
 
@@ -603,7 +620,7 @@ class VideoPredictor:
                         features = self._features(state, frame_idx)
                         feats, pos = self.tracker.encode_new_memory(features.vision_feat, high,
                                                                     out["object_score_logits"], True)
-                        out["maskmem_features"] = to_bfloat16(feats)
+                        out["maskmem_features"] = self.tracker.bank_features(feats)
                         out["maskmem_pos_enc"] = self._shared_pos_enc(state, pos)
                     obj.output_dict[key][frame_idx] = out
                 obj.temp_output_dict[key].clear()

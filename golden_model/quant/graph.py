@@ -28,13 +28,14 @@ ENGINE = {
     "conv": "conv", "conv_transpose": "conv", "depthwise": "depthwise",
     "attention": "attention",
     "layernorm": "vector", "gelu": "vector", "add": "vector", "maxpool2x2": "vector",
-    "upsample2x": "vector", "rescale": "vector",
+    "upsample2x": "vector", "rescale": "vector", "rope": "vector",
     "window_partition": "layout", "window_unpartition": "layout", "slice": "layout",
+    "memory_bank": "layout",
     "quantize": "host", "dequantize": "host", "prompt_encoder": "host", "mlp": "host",
 }
 
 #: Stages (issue 17's per-stage totals); nodes carry one.
-STAGES = ("image_encoder", "prompt_encoder", "mask_decoder")
+STAGES = ("image_encoder", "prompt_encoder", "mask_decoder", "memory_encoder", "memory_attention")
 
 
 @dataclass(frozen=True)

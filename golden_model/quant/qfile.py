@@ -44,6 +44,9 @@ def expected_params(graph: Graph) -> dict[str, tuple[tuple, str]]:
             keys = {"multiplier": "int64", "shift": "int64"}
         elif n.op == "attention":
             keys = {"quant": "int64"}
+        elif n.op == "rope":        # golden_model.quant.video: requantiser + the excluded tokens' rescale
+            from golden_model.quant.video import rope_arrays
+            keys = {k: str(v.dtype) for k, v in rope_arrays(1.0, 1.0).items()}
         elif n.op in vec_keys:
             keys = {k: str(v.dtype) for k, v in vec_keys[n.op].items()}
             if n.op == "add" and n.inputs[1] in graph.constants:
@@ -107,10 +110,14 @@ def _check_params_build(qm: QuantModel, path) -> None:
     from golden_model import intvec
     classes = {"layernorm": intvec.LayerNormParams, "gelu": intvec.LutParams, "add": intvec.AddParams,
                "rescale": intvec.RescaleParams}
+    from golden_model.quant.video import check_rope_arrays
     for n in qm.graph.nodes:
-        if n.op in classes and not n.attrs.get("host"):
+        if (n.op in classes or n.op == "rope") and not n.attrs.get("host"):
             try:
-                classes[n.op].from_arrays({k: v for k, v in qm.params[n.name].items() if k != "b_scale"})
+                if n.op == "rope":
+                    check_rope_arrays(qm.params[n.name])
+                else:
+                    classes[n.op].from_arrays({k: v for k, v in qm.params[n.name].items() if k != "b_scale"})
             except (ValueError, KeyError, TypeError) as e:
                 raise QuantFileError(f"{path}: parameters of node {n.name!r} are invalid: {e}") from e
 

@@ -7,7 +7,9 @@ Calibration runs the float graph on the calibration photos (default: scikit-imag
 photos, offline) with three clicks each, picks every activation's int8 scale (--estimator,
 default percentile: see docs/quantisation.md) and quantises weights per output channel. The attention
 engine's key tile comes from --preset (its array's cols), so the file is the exact expectation
-for that overlay. `sam2fpga segment --precision int8 --quantised FILE` uses it.
+for that overlay. The file carries the video part too (memory encoder, memory attention, the int8
+memory bank's scales), calibrated on tracks through shifted copies of the same photos.
+`sam2fpga segment / track --precision int8 --quantised FILE` use it.
 """
 from __future__ import annotations
 
@@ -62,26 +64,43 @@ def calibration_images(paths):
         raise CommandError(str(e)) from e
 
 
-def quantise_model(model, args, log=print):
-    """Calibrate and quantise a golden SAM2Model with the options in `args`: a QuantModel."""
+def quantise_model(model, args, log=print, video: bool = False):
+    """Calibrate and quantise a golden SAM2Model with the options in `args`: a QuantModel. With `video`,
+    the graph carries the video part too (golden_model/quant/video.py), calibrated on tracks through
+    shifted copies of the calibration images."""
     from golden_model.quant.builder import build_graph
     from golden_model.quant.quantize import calibrate, quantize
+    from golden_model.quant.video import VIDEO_FRAMES_PER_PHOTO, build_full_graph, calibrate_video, quantize_video
     key_tile = key_tile_of(args.preset)
     images = calibration_images(args.calib)
-    graph = build_graph(model)
+    graph = build_full_graph(model) if video else build_graph(model)
     t0 = time.monotonic()
     stats = calibrate(graph, images)
     log(f"calibrated on {len(images)} images x 3 clicks in {time.monotonic() - t0:.1f} s "
         f"({'given' if args.calib else 'scikit-image photos'}, estimator {args.estimator})")
-    return quantize(graph, stats, args.estimator, key_tile, args.preset)
+    if not video:
+        return quantize(graph, stats, args.estimator, key_tile, args.preset)
+    t0 = time.monotonic()
+    calibrate_video(graph, images, stats)
+    log(f"calibrated the video part on {len(images)} tracks of {VIDEO_FRAMES_PER_PHOTO} shifted frames in "
+        f"{time.monotonic() - t0:.1f} s")
+    return quantize_video(graph, stats, args.estimator, key_tile, args.preset)
 
 
 def int8_predictor(args, build_model, log=print):
-    """The host int8 reference predictor for `segment` / `track --precision int8`: from --quantised, or
+    """The host int8 reference predictor for `segment --precision int8`: from --quantised, or
     quantised on the fly from the float model (`build_model(name, checkpoint, seed)`)."""
     from golden_model.quant.intinterp import IntRunner
     from golden_model.quant.predictor import GraphPredictor
+    qm = int8_model(args, build_model, log)
+    return GraphPredictor(qm.graph, IntRunner(qm))
+
+
+def int8_model(args, build_model, log=print, video: bool = False):
+    """The QuantModel for `segment` / `track --precision int8`: from --quantised (strict; with `video`, it
+    must carry the video part), or quantised on the fly from the float model."""
     from golden_model.quant.qfile import QuantFileError, describe, load_quantised
+    from golden_model.quant.video import VideoGraphError, require_video
     from sw.cli import CommandError, UsageError
     key_tile_of(args.preset)
     if args.quantised is not None:
@@ -89,15 +108,17 @@ def int8_predictor(args, build_model, log=print):
             raise UsageError("--quantised already holds the weights: drop --checkpoint")
         try:
             qm = load_quantised(args.quantised, model=args.model, preset=args.preset)
-        except QuantFileError as e:
+            if video:
+                require_video(qm.graph, str(args.quantised))
+        except (QuantFileError, VideoGraphError) as e:
             raise CommandError(str(e)) from e
         log(f"int8: {describe(qm)} from {args.quantised}")
     else:
         model = build_model(args.model, args.checkpoint, args.seed)
         log(f"int8: no --quantised file: quantising SAM 2.1 {args.model} on the fly "
             f"({'checkpoint ' + str(args.checkpoint) if args.checkpoint else f'RANDOM weights, seed {args.seed}'})")
-        qm = quantise_model(model, args, lambda m: log("int8: " + m))
-    return GraphPredictor(qm.graph, IntRunner(qm))
+        qm = quantise_model(model, args, lambda m: log("int8: " + m), video=video)
+    return qm
 
 
 def run(args) -> int:
@@ -119,7 +140,7 @@ def run(args) -> int:
         model = build_model(args.model, args.checkpoint, args.seed)
     if args.checkpoint is None:
         print(f"quantize: no --checkpoint: SAM 2.1 {args.model} on RANDOM weights (seed {args.seed})")
-    qm = quantise_model(model, args, lambda m: print("quantize: " + m))
+    qm = quantise_model(model, args, lambda m: print("quantize: " + m), video=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.out.with_name(args.out.name + ".part")
     save_quantised(qm, tmp)

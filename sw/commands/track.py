@@ -12,7 +12,10 @@ with --reverse. Each tracked frame gets an overlay OUT_DIR/<frame-stem>.png (one
 and, with --logits-out, each object's full-resolution mask logits <frame-stem>_<obj>.npy (float32,
 H x W; the short form keeps its <frame-stem>.npy). Every prompt is checked before anything is
 computed. Without --checkpoint the model has seeded random weights: the pipeline runs, the masks
-mean nothing.
+mean nothing. --precision int8 runs the overlay's integer reference on the host instead (image path,
+memory encoder, memory attention, int8 memory bank: golden_model/quant; from --quantised FILE or
+quantised on the fly; docs/quantisation.md); it takes points and boxes on each object's first frame
+(mask prompts and corrections are not part of the int8 graph).
 """
 from __future__ import annotations
 
@@ -44,6 +47,10 @@ def add_arguments(parser):
     parser.add_argument("-o", "--out", type=Path, required=True, metavar="OUT_DIR", help="where overlays go")
     parser.add_argument("--logits-out", type=Path, metavar="DIR",
                         help="also write each object's mask logits <frame-stem>_<obj>.npy here")
+    parser.add_argument("--precision", choices=("float", "int8"), default="float",
+                        help="float: the golden float model; int8: the host integer reference of the overlay")
+    from sw.commands.quantize import add_quant_arguments
+    add_quant_arguments(parser, quantised_file=True)
 
 
 def parse_point(text: str) -> tuple[float, float, int]:
@@ -134,14 +141,18 @@ def run(args) -> int:
     except (FileNotFoundError, ValueError) as e:
         raise CommandError(str(e)) from e
     prompts, plan = read_prompts(args, frames, frame_sizes(frames))
+    check_precision(args, prompts, plan)
     if args.checkpoint is not None and not args.checkpoint.is_file():
         raise CommandError(f"checkpoint {args.checkpoint} does not exist")
 
     check_outputs(args)                 # last: it creates missing folders
 
-    model = _build_model(args)
     # features of the prompted frames stay cached (the official keeps one frame: same numbers, more encoding)
-    predictor = VideoPredictor(model.tracker, feature_cache_size=min(8, len({p.frame for p in prompts}) + 1))
+    cache = min(8, len({p.frame for p in prompts}) + 1)
+    if args.precision == "int8":
+        predictor = _int8_predictor(args, cache)
+    else:
+        predictor = VideoPredictor(_build_model(args).tracker, feature_cache_size=cache)
     scores, tracked = {}, []
     try:
         track_frames(predictor, frames, plan, args, scores, tracked)
@@ -205,6 +216,33 @@ def summary(frames, args, plan, scores: dict, tracked: list) -> str:
     return (f"tracked {n_obj} object{'s' * (n_obj > 1)} over {len(tracked)} frames ({first} .. {last}"
             f"{', backward' if plan.reverse else ''}); overlays in {args.out}"
             + (f", logits in {args.logits_out}" if args.logits_out else ""))
+
+
+def check_precision(args, prompts, plan) -> None:
+    """--precision options that fit together, and prompts the int8 graph takes (before any compute)."""
+    from sw.cli import UsageError
+    if args.precision == "float":
+        if args.quantised is not None or args.calib:
+            raise UsageError("--quantised and --calib are for --precision int8")
+        return
+    masks = [p.where for p in prompts if p.mask is not None]
+    if masks:
+        raise UsageError(f"--precision int8 takes points and boxes, not mask prompts ({', '.join(masks[:3])})")
+    if plan.corrections:
+        raise UsageError("--precision int8: corrections (prompts on an object's later frames, which feed the previous "
+                         f"mask back as a mask prompt) are not part of the int8 graph ({plan.corrections[0].where})")
+
+
+def _int8_predictor(args, cache: int):
+    """The golden VideoPredictor on the integer graph (golden_model/quant/video.py)."""
+    from golden_model.quant.video import VideoIntRunner, graph_video_predictor
+    from sw.commands.quantize import int8_model
+    from sw.commands.segment import build_model
+    qm = int8_model(args, build_model, lambda m: print("track: " + m), video=True)
+    if args.quantised is None and args.checkpoint is None:
+        print(f"track: no --checkpoint: SAM 2.1 {args.model} runs on RANDOM weights (seed {args.seed}); "
+              "the masks show the pipeline working, not real tracking")
+    return graph_video_predictor(qm.graph, VideoIntRunner(qm), feature_cache_size=cache)
 
 
 def _build_model(args):
