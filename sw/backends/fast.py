@@ -35,7 +35,8 @@ def job(cfg, prog, addresses: dict[str, int] | None = None):
     if op is None:
         return None
     at = addresses or {name: prog.base_addr + off for name, (off, _) in prog.regions.items()}
-    run = KINDS[op["kind"]]
+    from sw.engines import fast_jobs
+    run = fast_jobs()[op["kind"]]
     return lambda ddr: run(cfg, ddr, op, at)
 
 
@@ -183,6 +184,3 @@ def attention(cfg, ddr, op, at):
         y = stage(intattn.normalise(o, l))
         start = at["out"] + h * lq * dp * eb
         ddr[start:start + lq * dp * eb] = y.view(np.uint8).reshape(-1)
-
-
-KINDS = {"linear": linear, "conv": conv, "depthwise": depthwise, "attention": attention}

@@ -12,7 +12,8 @@ class DescriptorError(ValueError):
 def check_descriptors(cfg, descriptors: list[dict], buffers: dict[str, tuple[int, int]]) -> None:
     """`descriptors`: numeric fields (bound addresses); `buffers`: name -> (DDR address, bytes) of
     every buffer the program may touch (sw.runtime.session binds them). Each opcode's own checks
-    are OPCODE_CHECKS[opcode] (one per hw.isa.ENGINES opcode)."""
+    are its engine's (sw.engines: one per hw.isa.ENGINES opcode and LOAD target)."""
+    from sw.engines import commands
     DB = cfg.beat_bytes
     counts = {unit: 0 for unit in dict.fromkeys(u for u in isa.OPCODE_COUNTER.values() if u)}
     names = {v: k for k, v in isa.OPCODES.items()}
@@ -43,7 +44,7 @@ def check_descriptors(cfg, descriptors: list[dict], buffers: dict[str, tuple[int
             need = d.get(f"wait_{unit.lower()}", 0)
             if need > counts[unit]:
                 fail(f"waits for {need} {unit}s but only {counts[unit]} come before it (would hang)")
-        OPCODE_CHECKS[op](cfg, d, fail, in_buffer)
+        commands()[op].check(cfg, d, fail, in_buffer)
         if isa.OPCODE_COUNTER[op]:
             counts[isa.OPCODE_COUNTER[op]] += 1
 
@@ -55,7 +56,8 @@ def _check_load(cfg, d, fail, in_buffer) -> None:
         fail(f"unknown LOAD target {d.get('target')}")
     if not isa.has_target(cfg, target):
         fail(f"LOAD target {target}, but the overlay has no {isa.ENGINE_TITLES[isa.TARGET_ENGINE[target]]} engine")
-    TARGET_CHECKS.get(target, _check_entries)(cfg, d, fail, in_buffer)
+    from sw.engines import commands
+    commands()[target].check(cfg, d, fail, in_buffer)
 
 
 def _check_entries(cfg, d, fail, in_buffer) -> None:
@@ -163,12 +165,3 @@ def _check_attention(cfg, d, fail, in_buffer) -> None:
             fail(f"output rows [{d['acc_base']}, {d['acc_base'] + n * R}) past the accumulator depth {cfg.acc_depth}")
     else:
         fail(f"unknown attention mode {mode}")
-
-
-#: opcode -> its checks (cfg, fields, fail(why), in_buffer(addr, size, what)); LOAD targets with their own.
-OPCODE_CHECKS = {"LOAD": _check_load, "COMPUTE": _check_compute, "STORE": _check_store,
-                 "SYNC": lambda cfg, d, fail, in_buffer: None, "ATTENTION": _check_attention,
-                 "DEPTHWISE": _check_depthwise}
-TARGET_CHECKS = {"IM2COL": _check_im2col}
-assert set(OPCODE_CHECKS) == set(isa.IMPLEMENTED_OPCODES), \
-    f"host checks missing for {set(isa.IMPLEMENTED_OPCODES) - set(OPCODE_CHECKS)} (hw.isa.ENGINES)"
