@@ -41,6 +41,7 @@ class Engine:
     commands: dict[str, Command]                     # opcode or LOAD target -> Command
     fast: dict[str, Callable] = field(default_factory=dict)   # Program.op kind -> fast job (sw.backends.fast)
     compiler: str = ""                               # the module that compiles its programs
+    rtl: bool = True                                 # in the RTL overlay (hw/overlay.py) yet
 
     @property
     def isa(self) -> isa.EngineISA:
@@ -53,7 +54,7 @@ def _load_entries(model, d, i):
 
 @functools.cache
 def engines() -> dict[str, Engine]:
-    from sw.backends import cycles, fast
+    from sw.backends import cycles, fast, sim_vector
     from sw.backends import sim_model as M
     from sw.runtime import checks as CK
 
@@ -81,6 +82,10 @@ def engines() -> dict[str, Engine]:
             "DEPTHWISE": Command(CK._check_depthwise, M.SimOverlay.exec_depthwise, "slot", cycles.depthwise_command),
             "DW": Command(CK._check_entries, _load_entries, "load"),
         }, {"depthwise": fast.depthwise}, "sw.compile.conv"),
+        Engine("vector", {
+            "VECTOR": Command(CK._check_vector, M.SimOverlay.exec_vector, "slot", sim_vector.cycles),
+            "VEC": Command(CK._check_entries, _load_entries, "load"),
+        }, {"vector": sim_vector.fast_job}, "sw.compile.vector", rtl=False),
     ]
     table = {e.name: e for e in entries}
     declared = {e.name for e in isa.ENGINES}

@@ -44,6 +44,7 @@ class SimOverlay:
         self.acc = np.zeros((cfg.acc_depth, cfg.cols), np.int64)
         self.attn = None
         self.dw_coef = np.zeros(cfg.dw_channels * isa.DW_COEF_BYTES, np.uint8)
+        self.vec_mem = np.zeros(isa.VEC_PARAM_BYTES, np.uint8)       # the vector engine's parameter memory
         if "attention" in cfg.engines:
             from sw.backends.sim_attention import AttentionModel
             self.attn = AttentionModel(cfg)
@@ -177,6 +178,10 @@ class SimOverlay:
     def exec_depthwise(self, d, i):
         return None if self._depthwise(d) else (isa.ERROR_AXI_READ, i + 1)
 
+    def exec_vector(self, d, i):
+        from sw.backends import sim_vector
+        return None if sim_vector.run(self.cfg, self.vec_mem, self.ddr, d) else (isa.ERROR_AXI_READ, i + 1)
+
     def exec_attention(self, d, i):
         self.attn.run(d, self.acc)
         return None
@@ -189,11 +194,12 @@ class SimOverlay:
             self.a[idx] = rows
         elif target == "V":
             self.attn.load_v(sp, n, raw)
-        elif target == "DW":
+        elif target in ("DW", "VEC"):
             DB = cfg.beat_bytes
+            mem = self.dw_coef if target == "DW" else self.vec_mem
             for e in range(n):
-                at = (sp + e) % isa.scratchpad_depth(cfg, "DW") * DB
-                self.dw_coef[at:at + DB] = raw[e * DB:(e + 1) * DB]
+                at = (sp + e) % isa.scratchpad_depth(cfg, target) * DB
+                mem[at:at + DB] = raw[e * DB:(e + 1) * DB]
         elif target == "B":
             rows = raw.view(np.int8).reshape(n, cfg.cols)
             idx = (sp + np.arange(n)) % cfg.b_depth

@@ -165,3 +165,29 @@ def _check_attention(cfg, d, fail, in_buffer) -> None:
             fail(f"output rows [{d['acc_base']}, {d['acc_base'] + n * R}) past the accumulator depth {cfg.acc_depth}")
     else:
         fail(f"unknown attention mode {mode}")
+
+
+def _check_vector(cfg, d, fail, in_buffer) -> None:
+    """VECTOR: a known op, row geometry within the engine's limits, every row read and written inside a buffer."""
+    from hw.vector.params import MAX_DIM
+    from sw.backends.sim_vector import geometry
+    op, n_in, n_out, pitch, row_bytes = geometry(cfg, d)
+    dim = d["vec_dim"]
+    if op not in isa.VEC_OPS:
+        fail(f"unknown vector op {d['target']} (ops: {isa.VEC_OPS})")
+    if not 1 <= dim <= MAX_DIM or d["vec_rows"] < 1:
+        fail(f"{d['vec_rows']} rows of {dim} elements (1..{MAX_DIM} each)")
+    if pitch < row_bytes:
+        fail(f"row pitch {pitch} bytes shorter than a row's {row_bytes}")
+    if op == "ROPE" and dim % 2:
+        fail(f"RoPE over {dim} elements: must be even (pairs)")
+    if op in ("MAXPOOL", "UPSAMPLE") and d["vec_width"] < (2 if op == "MAXPOOL" else 1) or \
+            op == "MAXPOOL" and d["vec_rows"] < 2:
+        fail(f"{op} over a {d['vec_rows']}x{d['vec_width']} map")
+    in_buffer(d["dram_addr"], (n_in - 1) * pitch + row_bytes, "input rows")
+    if n_out:
+        in_buffer(d["vec_out_addr"], (n_out - 1) * pitch + row_bytes, "output rows")
+    if op == "ADD":
+        if d["vec_b_rows"] < 1:
+            fail("ADD with b of 0 rows")
+        in_buffer(d["vec_b_addr"], (d["vec_b_rows"] - 1) * pitch + row_bytes, "b rows")
