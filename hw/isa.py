@@ -189,6 +189,20 @@ VEC_PARAM_BYTES = VEC_ROPE + 4 * VP.ROPE_DEPTH
 assert all(v % 16 == 0 for v in (VEC_GAIN, VEC_BIAS, VEC_LUT, VEC_ROPE, VEC_PARAM_BYTES)), "sections start on a beat"
 
 
+def vector_geometry(cfg, d: dict) -> tuple[str, int, int, int, int]:
+    """What a VECTOR descriptor (fields `d`) touches: (op name or "?", input rows, output rows, row pitch in
+    bytes, bytes written per output row: whole beats, those past vec_dim zero)."""
+    op = next((k for k, v in VEC_OPS.items() if v == d["target"]), "?")
+    rows, width = d["vec_rows"], d["vec_width"]
+    n_in = n_out = rows
+    if op == "MAXPOOL":
+        n_in, n_out = rows * width, (rows // 2) * (width // 2)
+    elif op == "UPSAMPLE":
+        n_in, n_out = rows * width, 4 * rows * width
+    DB = cfg.beat_bytes
+    return op, n_in, n_out, d["vec_pitch"] * DB, VP.beats(d["vec_dim"], DB) * DB
+
+
 @dataclass(frozen=True)
 class EngineISA:
     """One engine's part of the host interface, declared in one place: its opcodes (with the done

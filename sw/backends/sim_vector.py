@@ -14,8 +14,7 @@ import numpy as np
 from golden_model import intvec
 from hw import isa
 from hw.vector import params as VP
-
-OPS = {v: k for k, v in isa.VEC_OPS.items()}
+from sw.backends.cycles import READ_LATENCY, STORE_LATENCY
 
 # Cycle model: the engine's own cycles per command (docs/vector.md "Cycles per op", measured in the
 # Amaranth simulator at L = 8) and its DMA's fixed costs.
@@ -50,7 +49,8 @@ def rope_tables(mem: np.ndarray, hd: dict, dim: int, lanes: int, tokens: np.ndar
 def compute(cfg, op: str, mem: np.ndarray, x: np.ndarray, b: np.ndarray | None = None,
             width: int = 0) -> np.ndarray:
     """The op on int8 rows x (n, D) with the parameter memory `mem`: int8 output rows. MAXPOOL and
-    UPSAMPLE: x is an image of rows of `width` pixels; ADD: b has x's rows."""
+    UPSAMPLE: x is an image of rows of `width` pixels; ADD: b has x's rows. Parameters outside intvec's
+    ranges (a VECTOR without its LOAD VEC) raise intvec's ValueError: compiled programs always load them."""
     hd = header(mem)
     d = x.shape[1]
     if op == "LAYERNORM":
@@ -76,19 +76,6 @@ def compute(cfg, op: str, mem: np.ndarray, x: np.ndarray, b: np.ndarray | None =
     raise ValueError(f"unknown vector op {op!r}")
 
 
-def geometry(cfg, d: dict) -> tuple[str, int, int, int, int]:
-    """A VECTOR descriptor's (op, input rows, output rows, pitch bytes, bytes written per row)."""
-    op = OPS.get(d["target"], "?")
-    rows, width, dim = d["vec_rows"], d["vec_width"], d["vec_dim"]
-    n_in = n_out = rows
-    if op == "MAXPOOL":
-        n_in, n_out = rows * width, (rows // 2) * (width // 2)
-    elif op == "UPSAMPLE":
-        n_in, n_out = rows * width, 4 * rows * width
-    DB = cfg.beat_bytes
-    return op, n_in, n_out, d["vec_pitch"] * DB, VP.beats(dim, DB) * DB
-
-
 def rows_at(ddr: np.ndarray, addr: int, n: int, pitch: int, width: int) -> np.ndarray | None:
     """n rows of `width` bytes, `pitch` apart from addr, as a (n, width) view of DDR (None: outside it)."""
     end = addr + (n - 1) * pitch + width
@@ -99,7 +86,7 @@ def rows_at(ddr: np.ndarray, addr: int, n: int, pitch: int, width: int) -> np.nd
 
 def run(cfg, mem: np.ndarray, ddr: np.ndarray, d: dict) -> bool:
     """One VECTOR descriptor on DDR (False: a row outside DDR)."""
-    op, n_in, n_out, pitch, row_bytes = geometry(cfg, d)
+    op, n_in, n_out, pitch, row_bytes = isa.vector_geometry(cfg, d)
     dim = d["vec_dim"]
     src = rows_at(ddr, d["dram_addr"], n_in, pitch, dim)
     dst = rows_at(ddr, d["vec_out_addr"], n_out, pitch, row_bytes) if n_out else np.zeros((0, row_bytes), np.uint8)
@@ -122,7 +109,7 @@ def cycles(cfg, d: dict) -> int:
     """A VECTOR descriptor's cycles: the engine streams L lanes per cycle (J = ceil(D / L) cycles a row,
     per op as docs/vector.md measures), the DMA a beat per cycle on each of the read and write channels
     (ADD reads two rows per row); the slower of the three sets the pace."""
-    op, n_in, n_out, _, row_bytes = geometry(cfg, d)
+    op, n_in, n_out, _, row_bytes = isa.vector_geometry(cfg, d)
     J = VP.beats(d["vec_dim"], cfg.vec_lanes)
     rb = row_bytes // cfg.beat_bytes
     if op == "MAXPOOL":
@@ -132,7 +119,6 @@ def cycles(cfg, d: dict) -> int:
         engine = (n_out if op == "UPSAMPLE" else n_in) * J + (J + LN_EXTRA if op == "LAYERNORM" else 0)
         reads = n_in * rb * (2 if op == "ADD" else 1)
     writes = n_out * rb
-    from sw.backends.cycles import READ_LATENCY, STORE_LATENCY
     return VEC_START + READ_LATENCY + max(engine, reads, writes) + VEC_PIPE + STORE_LATENCY
 
 

@@ -192,10 +192,18 @@ def _run_layer(args, cfg, title, call, want, show_route=False):
     print(f"  cycles {run.cycles}, MAC utilisation {run.utilisation:.1%} ({run.macs:,} MACs), "
           f"{run.descriptors} descriptors, {run.wall_s:.2f} s wall ({run.cycles_per_s:,.0f} simulated cycles/s)")
     if not ok:
-        bad = np.argwhere(got != want) if got.shape == want.shape else []
-        where = f", first at {tuple(bad[0])}" if len(bad) else f" (shape {got.shape}, want {want.shape})"
-        raise CommandError(f"{len(bad)} outputs differ{where}")
+        raise_difference(got, want)
     return 0
+
+
+def raise_difference(got, want):
+    """The CommandError for a result that differs from golden: how many outputs, and the first."""
+    import numpy as np
+
+    from sw.cli import CommandError
+    bad = np.argwhere(got != want) if got.shape == want.shape else []
+    where = f", first at {tuple(bad[0])}" if len(bad) else f" (shape {got.shape}, want {want.shape})"
+    raise CommandError(f"{len(bad)} outputs differ{where}")
 
 
 def run_gemm(args) -> int:
@@ -516,9 +524,7 @@ def run_vector(args) -> int:
           f"VECTOR commands alone {els / stream:.2f} (engine bound {engine:.2f}, DDR bound {ddr:.2f}); "
           f"{run.wall_s:.2f} s wall")
     if not ok:
-        bad = np.argwhere(got != want) if got.shape == want.shape else []
-        where = f", first at {tuple(bad[0])}" if len(bad) else f" (shape {got.shape}, want {want.shape})"
-        raise CommandError(f"{len(bad)} outputs differ{where}")
+        raise_difference(got, want)
     return 0
 
 

@@ -170,8 +170,7 @@ def _check_attention(cfg, d, fail, in_buffer) -> None:
 def _check_vector(cfg, d, fail, in_buffer) -> None:
     """VECTOR: a known op, row geometry within the engine's limits, every row read and written inside a buffer."""
     from hw.vector.params import MAX_DIM
-    from sw.backends.sim_vector import geometry
-    op, n_in, n_out, pitch, row_bytes = geometry(cfg, d)
+    op, n_in, n_out, pitch, row_bytes = isa.vector_geometry(cfg, d)
     dim = d["vec_dim"]
     if op not in isa.VEC_OPS:
         fail(f"unknown vector op {d['target']} (ops: {isa.VEC_OPS})")
