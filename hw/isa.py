@@ -166,7 +166,8 @@ VEC_FIELDS = [
     ("vec_out_addr", 32, "VECTOR: DDR byte address of the first output row (beat aligned)"),
     ("vec_b_addr", 32, "VECTOR ADD: DDR byte address of b's first row (beat aligned)"),
     ("vec_rows", 16, "VECTOR: input rows (MAXPOOL, UPSAMPLE: image rows H of vec_width pixels each)"),
-    ("vec_b_rows", 16, "VECTOR ADD: rows of b; input row r adds b's row r mod vec_b_rows (1: one vector for all)"),
+    ("vec_aux", 16, "VECTOR ADD: rows of b, input row r adds b's row r mod vec_aux (1: one vector for all); "
+     "ROPE: the tables' pair slots (copied into the engine before the rows)"),
     ("vec_dim", 11, f"VECTOR: elements per row D, 1..{VP.MAX_DIM} (MAXPOOL, UPSAMPLE: channels of a pixel)"),
     ("vec_pitch", 8, "VECTOR: AXI beats from one row to the next, input, b and output alike (>= ceil(D / beat))"),
     ("vec_width", 12, "VECTOR MAXPOOL, UPSAMPLE: pixels per input image row W (pixel (y, x) is row y W + x)"),

@@ -85,7 +85,7 @@ def engines() -> dict[str, Engine]:
         Engine("vector", {
             "VECTOR": Command(CK._check_vector, M.SimOverlay.exec_vector, "slot", sim_vector.cycles),
             "VEC": Command(CK._check_entries, _load_entries, "load"),
-        }, {"vector": sim_vector.fast_job}, "sw.compile.vector", rtl=False),
+        }, {"vector": sim_vector.fast_job}, "sw.compile.vector"),
     ]
     table = {e.name: e for e in entries}
     declared = {e.name for e in isa.ENGINES}

@@ -18,9 +18,10 @@ from sw.backends.cycles import READ_LATENCY, STORE_LATENCY
 
 # Cycle model: the engine's own cycles per command (docs/vector.md "Cycles per op", measured in the
 # Amaranth simulator at L = 8) and its DMA's fixed costs.
-VEC_START = 3             # command accepted to the first AR (as DEPTHWISE)
+VEC_SETUP = 1             # hw/vector/unit.py: header read's last cycle, the last section choice, engine command
+ROW_ADDRESS_CYCLES = 2    # the unit's AR and AW take a cycle to step to the next row, then one per burst
 VEC_PIPE = 9              # first input beat to first output beat: ring, 7 datapath registers, output register
-LN_EXTRA = 11             # LayerNorm: + J (a row fills the ring) + 11 (RowStats, scalar pipeline)
+LN_EXTRA = 13             # LayerNorm: + J (a row fills the ring) + 13 (RowStats, scalar pipeline)
 MAXPOOL_EXTRA = -3        # max-pool: + 3 J (the last window's other rows) - 3
 
 
@@ -94,7 +95,7 @@ def run(cfg, mem: np.ndarray, ddr: np.ndarray, d: dict) -> bool:
         return False
     b = None
     if op == "ADD":
-        bsrc = rows_at(ddr, d["vec_b_addr"], max(d["vec_b_rows"], 1), pitch, dim)
+        bsrc = rows_at(ddr, d["vec_b_addr"], max(d["vec_aux"], 1), pitch, dim)
         if bsrc is None:
             return False
         b = bsrc.view(np.int8)[np.arange(n_in) % len(bsrc)]
@@ -105,21 +106,36 @@ def run(cfg, mem: np.ndarray, ddr: np.ndarray, d: dict) -> bool:
     return True
 
 
-def cycles(cfg, d: dict) -> int:
-    """A VECTOR descriptor's cycles: the engine streams L lanes per cycle (J = ceil(D / L) cycles a row,
-    per op as docs/vector.md measures), the DMA a beat per cycle on each of the read and write channels
-    (ADD reads two rows per row); the slower of the three sets the pace."""
+def setup_cycles(cfg, op: str, d: dict) -> int:
+    """From a VECTOR's dispatch to its engine command (hw/vector/unit.py): the header's beats read, then
+    each table the op reads copied into the engine's memories one value a cycle (LayerNorm: D gains and
+    D biases; the table: 256; RoPE: vec_aux pair slots), each section a cycle to choose and one to end."""
+    counts = {"LAYERNORM": [d["vec_dim"]] * 2, "LUT": [256], "ROPE": [d.get("vec_aux", 0)]}.get(op, [])
+    return isa.VEC_HEADER_BYTES // cfg.beat_bytes + VEC_SETUP + sum(n + 2 for n in counts)
+
+
+def stream_cycles(cfg, d: dict) -> int:
+    """A VECTOR's streaming part: the engine takes L lanes per cycle (J = ceil(D / L) cycles a row, per
+    op as docs/vector.md measures), the DMA a beat per cycle on each of the read and write channels but
+    at least ROW_ADDRESS_CYCLES per row (ADD reads two rows per row); the slowest of the three sets the
+    pace. Its elements over these cycles are the steady-state rate."""
     op, n_in, n_out, _, row_bytes = isa.vector_geometry(cfg, d)
     J = VP.beats(d["vec_dim"], cfg.vec_lanes)
-    rb = row_bytes // cfg.beat_bytes
+    rb = max(row_bytes // cfg.beat_bytes, ROW_ADDRESS_CYCLES)
     if op == "MAXPOOL":
         engine = 4 * n_out * J + 3 * J + MAXPOOL_EXTRA
         reads = 4 * n_out * rb
     else:
         engine = (n_out if op == "UPSAMPLE" else n_in) * J + (J + LN_EXTRA if op == "LAYERNORM" else 0)
         reads = n_in * rb * (2 if op == "ADD" else 1)
-    writes = n_out * rb
-    return VEC_START + READ_LATENCY + max(engine, reads, writes) + VEC_PIPE + STORE_LATENCY
+    return max(engine, reads, n_out * rb)
+
+
+def cycles(cfg, d: dict) -> int:
+    """A VECTOR descriptor's cycles: setup (header, tables), the first read's latency, streaming, the
+    pipeline and the last write response."""
+    op = isa.vector_geometry(cfg, d)[0]
+    return setup_cycles(cfg, op, d) + READ_LATENCY + stream_cycles(cfg, d) + VEC_PIPE + STORE_LATENCY
 
 
 def bounds(cfg, op: str, dim: int) -> tuple[float, float]:
@@ -137,6 +153,6 @@ def fast_job(cfg, ddr, op, at):
     for off, at_mem, size in op["sections"]:
         mem[at_mem:at_mem + size] = ddr[at["params"] + off:at["params"] + off + size]
     fields = dict(target=isa.VEC_OPS[op["op"]], vec_rows=op["rows"], vec_width=op["width"], vec_dim=op["dim"],
-                  vec_pitch=op["pitch"] // cfg.beat_bytes, vec_b_rows=op["b_rows"], dram_addr=at["in"],
+                  vec_pitch=op["pitch"] // cfg.beat_bytes, vec_aux=op["aux"], dram_addr=at["in"],
                   vec_out_addr=at["out"], vec_b_addr=at.get("b", 0))
     run(cfg, mem, ddr, fields)

@@ -487,7 +487,7 @@ def run_vector(args) -> int:
     from hw import isa
     from hw.config import preset
     from hw.vector.params import MAX_DIM
-    from sw.backends.sim_vector import cycles as vector_cycles
+    from sw.backends.sim_vector import stream_cycles
     from sw.backends.sim_vector import bounds
     from sw.cli import CommandError, UsageError
     from sw.compile.vector import elements
@@ -518,10 +518,10 @@ def run_vector(args) -> int:
     # The op's steady-state bounds: the engine's lanes, and the DDR port (a beat per cycle each way).
     vec = [d for d in prog.descriptors if d["opcode"] == isa.OPCODES["VECTOR"]]
     els = elements(prog)
-    stream = sum(vector_cycles(cfg, d) for d in vec)
+    stream = sum(stream_cycles(cfg, d) for d in vec)
     engine, ddr = bounds(cfg, prog.op["op"], args.dim)
     print(f"  cycles {run.cycles} ({len(prog.descriptors)} descriptors), {els / run.cycles:.2f} elements per cycle; "
-          f"VECTOR commands alone {els / stream:.2f} (engine bound {engine:.2f}, DDR bound {ddr:.2f}); "
+          f"steady state {els / stream:.2f} (cycle model; engine bound {engine:.2f}, DDR bound {ddr:.2f}); "
           f"{run.wall_s:.2f} s wall")
     if not ok:
         raise_difference(got, want)

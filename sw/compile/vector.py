@@ -138,6 +138,7 @@ def compile_vector(cfg, op: str, x, p=None, *, b=None, end_x: int | None = None,
         sections = parameter_memory(cfg, vop, p, dim, rows, end_x)
     except ValueError as e:
         raise CompileError(str(e) if str(e).startswith(op) else f"{op}: {e}") from None
+    slots = sections[isa.VEC_ROPE].size // 4 if vop == "ROPE" else 0
     out_l = TokenRowLayout(int(np.prod(out_shape[:-1])), dim, C)
     packed, pos = [], 0                       # (offset in the params region, memory offset, bytes)
     for at_mem, raw in sections.items():
@@ -157,7 +158,9 @@ def compile_vector(cfg, op: str, x, p=None, *, b=None, end_x: int | None = None,
                  vec_width=width)
         if vop == "ADD":
             first = r0 % b_rows
-            d.update(vec_b_addr=("b", b_l.offset(first)), vec_b_rows=b_rows if b_rows < rows else n)
+            d.update(vec_b_addr=("b", b_l.offset(first)), vec_aux=b_rows if b_rows < rows else n)
+        elif vop == "ROPE":
+            d.update(vec_aux=slots)
         descs.append(d)
     sizes = {"params": pos, "in": in_l.size, **({"b": b_l.size} if b_l else {}), "out": out_l.size}
     offsets, image = lay_out_image(cfg, len(descs), sizes, base_addr, max_ddr_bytes, f"vector {op}")
@@ -167,7 +170,7 @@ def compile_vector(cfg, op: str, x, p=None, *, b=None, end_x: int | None = None,
     if b_l:
         image[offsets["b"][0]:offsets["b"][0] + b_l.size] = b_l.pack(b)
     sym, raw = pack_descriptors(descs, image, offsets, base_addr, "split the call")
-    record = dict(kind="vector", op=vop, rows=rows, width=width, dim=dim, pitch=in_l.pitch, b_rows=b_rows,
+    record = dict(kind="vector", op=vop, rows=rows, width=width, dim=dim, pitch=in_l.pitch, aux=b_rows or slots,
                   sections=packed)
     return VectorProgram(cfg, tokens, dim, dim, False, image, raw, offsets, macs=0, base_addr=base_addr,
                          symbolic=sym, op=record, out_layout=out_l, out_shape=out_shape)

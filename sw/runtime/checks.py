@@ -169,7 +169,7 @@ def _check_attention(cfg, d, fail, in_buffer) -> None:
 
 def _check_vector(cfg, d, fail, in_buffer) -> None:
     """VECTOR: a known op, row geometry within the engine's limits, every row read and written inside a buffer."""
-    from hw.vector.params import MAX_DIM
+    from hw.vector.params import MAX_DIM, ROPE_DEPTH
     op, n_in, n_out, pitch, row_bytes = isa.vector_geometry(cfg, d)
     dim = d["vec_dim"]
     if op not in isa.VEC_OPS:
@@ -178,8 +178,8 @@ def _check_vector(cfg, d, fail, in_buffer) -> None:
         fail(f"{d['vec_rows']} rows of {dim} elements (1..{MAX_DIM} each)")
     if pitch < row_bytes:
         fail(f"row pitch {pitch} bytes shorter than a row's {row_bytes}")
-    if op == "ROPE" and dim % 2:
-        fail(f"RoPE over {dim} elements: must be even (pairs)")
+    if op == "ROPE" and (dim % 2 or not 1 <= d["vec_aux"] <= ROPE_DEPTH):
+        fail(f"RoPE over {dim} elements (must be even: pairs) with {d['vec_aux']} table slots (1..{ROPE_DEPTH})")
     if op in ("MAXPOOL", "UPSAMPLE") and d["vec_width"] < (2 if op == "MAXPOOL" else 1) or \
             op == "MAXPOOL" and d["vec_rows"] < 2:
         fail(f"{op} over a {d['vec_rows']}x{d['vec_width']} map")
@@ -187,6 +187,6 @@ def _check_vector(cfg, d, fail, in_buffer) -> None:
     if n_out:
         in_buffer(d["vec_out_addr"], (n_out - 1) * pitch + row_bytes, "output rows")
     if op == "ADD":
-        if d["vec_b_rows"] < 1:
+        if d["vec_aux"] < 1:
             fail("ADD with b of 0 rows")
-        in_buffer(d["vec_b_addr"], (d["vec_b_rows"] - 1) * pitch + row_bytes, "b rows")
+        in_buffer(d["vec_b_addr"], (d["vec_aux"] - 1) * pitch + row_bytes, "b rows")
