@@ -39,7 +39,7 @@ class OverlayConfig:
     dw_channels   : depthwise engine: channels whose coefficients it holds (the most one command runs).
     dsp_packing   : the GEMM array's PE pairs share one multiplier, two int8 MACs per DSP block
                     (golden_model/dsp_packing.py; cols even). Same results and timing, half the DSPs.
-    vec_lanes     : vector engine: int8 lanes (elements per cycle), one of VEC_LANES.
+    vec_lanes     : vector engine: int8 lanes (elements per cycle), one of VEC_LANES, = the AXI beat bytes.
     """
     name: str
     rows: int
@@ -104,8 +104,9 @@ class OverlayConfig:
                 errors.append(f"attn_norm_lanes={self.attn_norm_lanes} must divide cols={self.cols} (0: all)")
             if not 1 <= self.attn_q_slots <= 1 << ATTN_SLOT_BITS:
                 errors.append(f"attn_q_slots={self.attn_q_slots} outside 1..{1 << ATTN_SLOT_BITS}")
-        if "vector" in self.engines and self.vec_lanes not in VEC_LANES:
-            errors.append(f"vec_lanes={self.vec_lanes} must be one of {VEC_LANES}")
+        if "vector" in self.engines and (self.vec_lanes not in VEC_LANES or self.vec_lanes != beat):
+            # hw/vector/unit.py passes AXI beats to the engine unchanged: a lane per byte of the beat
+            errors.append(f"vec_lanes={self.vec_lanes} must be one of {VEC_LANES} and equal the {beat}-byte AXI beat")
         if self.dsp_packing and self.cols % 2:
             errors.append(f"dsp_packing pairs the array's columns: cols={self.cols} must be even")
         if "gemm" not in self.engines:

@@ -41,7 +41,6 @@ class Engine:
     commands: dict[str, Command]                     # opcode or LOAD target -> Command
     fast: dict[str, Callable] = field(default_factory=dict)   # Program.op kind -> fast job (sw.backends.fast)
     compiler: str = ""                               # the module that compiles its programs
-    rtl: bool = True                                 # in the RTL overlay (hw/overlay.py) yet
 
     @property
     def isa(self) -> isa.EngineISA:

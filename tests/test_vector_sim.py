@@ -161,3 +161,76 @@ def test_cli_sim_vector_usage_errors(argv, match, capsys):
     with pytest.raises(SystemExit) as e:
         main(["sim", "vector", *argv])
     assert e.value.code == 2 and match in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- the overlay under Verilator (hw/vector/unit.py)
+
+def rtl_check(cases_, stall, cycles_within=None):
+    """Compile each case at the sim driver's buffer base, run the images on the Verilator overlay
+    (sw.backends.rtl.run_images) and on the sim model; every output byte equal, equal to golden;
+    returns the rtl cycles. `cycles_within`: the sim cycle model's largest relative error allowed."""
+    from sw.backends.rtl import run_images
+    drv = driver("sim", "checked")
+    progs, sims = [], []
+    for op, x, p, kw, want in cases_:
+        prog = CV.compile_vector(drv.cfg, op, x, p, base_addr=drv.BUFFER_BASE, **kw)
+        progs.append(prog)
+        image = drv.run(prog)
+        assert np.array_equal(prog.output(image), want), op
+        sims.append((image, drv.last_run.cycles))
+    jobs = [dict(base=p.base_addr, image=p.image, desc_count=len(p.descriptors), timeout=400_000) for p in progs]
+    results = run_images(drv.cfg, jobs, stall=stall, seed=5)
+    off = [p.regions["out"] for p in progs]
+    for (op, *_), prog, (o, n), (sim_image, sim_cycles), res in zip(cases_, progs, off, sims, results):
+        assert res["error"] == 0 and not res["timed_out"], (op, res)
+        assert np.array_equal(res["image"][o:o + n], sim_image[o:o + n]), op          # padding bytes too
+        if cycles_within is not None:
+            assert abs(sim_cycles / res["cycles"] - 1) <= cycles_within, (op, sim_cycles, res["cycles"])
+    return [r["cycles"] for r in results]
+
+
+@pytest.mark.rtl
+def test_rtl_one_small_case_per_op_with_stalls():
+    """One small call per op (D not a multiple of L) on the Verilator overlay with 30 % random stalls on
+    every AXI channel: bit-exact with the sim model and golden."""
+    rng = np.random.default_rng(6)
+    small = [c for c in cases(5, 13, "random", rng) if not (c[0] == "add" and c[3]["b"].ndim == 1)]
+    ang = rng.uniform(-3, 3, (5, 7))
+    x = rng.integers(-128, 128, (5, 14), dtype=np.int8)
+    rope = intvec.RopeParams.make(np.cos(ang), np.sin(ang), 0.05, 0.04)
+    rtl_check(small + [("rope", x, rope, {}, intvec.rope(x, rope))], stall=0.3)
+
+
+@pytest.mark.rtl
+@pytest.mark.slow
+def test_rtl_adversarial_cycle_model_and_steady_state():
+    """Adversarial data with 30 % stalls (constant rows, int8 extremes, D = 1, rows of 1,024, rows across
+    4 KiB, axial RoPE tables, b broadcast); without stalls the cycle model within 5 % of the RTL and the
+    steady state (two sizes, the difference) at the slower of L and the DDR bound."""
+    rng = np.random.default_rng(7)
+    adv = cases(6, 16, "constant", rng) + cases(3, 1, "extremes", rng) + cases(2, 1024, "extremes", rng)
+    x = rng.integers(-128, 128, (48, 96), dtype=np.int8)           # rows 43.. straddle a 4 KiB boundary
+    b = rng.integers(-128, 128, (48, 96), dtype=np.int8)
+    add = intvec.AddParams.make(0.05, 0.04, 0.06)
+    p = intvec.RopeParams.make(*axial_rope(32, 8, 4), 0.05, 0.04)
+    xr = rng.integers(-128, 128, (64, 32), dtype=np.int8)
+    adv += [("add", x, add, {"b": b}, intvec.add(x, b, add)), ("rope", xr, p, {"end_x": 8}, intvec.rope(xr, p))]
+    rtl_check(adv, stall=0.3)
+    cfg = preset("sim")
+    steady = []
+    for n in (64, 128):
+        for op, xx, pp, kw, want in cases(n, 64, "random", rng):
+            if op in ("maxpool", "upsample"):
+                xx = rng.integers(-128, 128, (n // 8, 16, 64), dtype=np.int8)
+                want = intvec.maxpool2x2(xx) if op == "maxpool" else intvec.upsample_nearest2x(xx)
+            if op == "rope":
+                ang = rng.uniform(-3, 3, (64, 32))
+                pp = intvec.RopeParams.make(np.cos(ang), np.sin(ang), 0.05, 0.05)
+                want = intvec.rope(xx, pp)
+            steady.append((op, xx, pp, kw, want))
+    cycles = rtl_check(adv[:7] + steady, stall=0.0, cycles_within=0.05)[7:]
+    half = len(steady) // 2
+    for (op, x1, *_), c1, (_, x2, *_), c2 in zip(steady[:half], cycles[:half], steady[half:], cycles[half:]):
+        els = (x2.size - x1.size) * (4 if op == "upsample" else 1)
+        rate = els / (c2 - c1)
+        assert rate >= 0.9 * min(sim_vector.bounds(cfg, CV.OPS[op][0], 64)), (op, rate)

@@ -127,9 +127,6 @@ class Driver:
         (end_x: axial tables) on x (rows, D); "maxpool", "upsample" on x (H, W, C). `p`: the op's
         intvec parameters (none for maxpool and upsample). Returns int8 of the op's output shape."""
         from sw.compile.vector import compile_vector
-        from sw.engines import engines
-        if not engines()["vector"].rtl and (self.backend == "rtl" or self._options.get("bitfile")):
-            raise ValueError("the vector engine is not in the RTL overlay yet (hw/overlay.py): use the sim backend")
         base = self._buffer_base()
         prog = compile_vector(self.cfg, op, x, p, b=b, end_x=end_x, base_addr=base,
                               max_ddr_bytes=self.ddr_bytes - base)
