@@ -9,8 +9,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-ENGINES = ("gemm", "attention", "conv", "depthwise")   # engines the overlay knows of (conv: hw/conv, on the GEMM array;
-#                                                      depthwise: hw/conv/depthwise.py, its own datapath)
+ENGINES = ("gemm", "attention", "conv", "depthwise", "vector")   # engines the overlay knows of (conv: hw/conv, on the
+#                 GEMM array; depthwise: hw/conv/depthwise.py, its own datapath; vector: hw/vector, element-wise ops)
+VEC_LANES = (2, 4, 8, 16, 32)             # vector engine lane counts (even powers of two: RoPE pairs; hw.vector.params)
 ATTN_SLOT_BITS = 4                        # = the width of the descriptor's `slot` field (hw.isa checks it)
 
 
@@ -38,6 +39,7 @@ class OverlayConfig:
     dw_channels   : depthwise engine: channels whose coefficients it holds (the most one command runs).
     dsp_packing   : the GEMM array's PE pairs share one multiplier, two int8 MACs per DSP block
                     (golden_model/dsp_packing.py; cols even). Same results and timing, half the DSPs.
+    vec_lanes     : vector engine: int8 lanes (elements per cycle), one of VEC_LANES, = the AXI beat bytes.
     """
     name: str
     rows: int
@@ -58,6 +60,7 @@ class OverlayConfig:
     attn_q_slots: int = 1
     attn_norm_lanes: int = 0
     dsp_packing: bool = False
+    vec_lanes: int = 8
 
     @property
     def norm_lanes(self) -> int:
@@ -101,6 +104,9 @@ class OverlayConfig:
                 errors.append(f"attn_norm_lanes={self.attn_norm_lanes} must divide cols={self.cols} (0: all)")
             if not 1 <= self.attn_q_slots <= 1 << ATTN_SLOT_BITS:
                 errors.append(f"attn_q_slots={self.attn_q_slots} outside 1..{1 << ATTN_SLOT_BITS}")
+        if "vector" in self.engines and (self.vec_lanes not in VEC_LANES or self.vec_lanes != beat):
+            # hw/vector/unit.py passes AXI beats to the engine unchanged: a lane per byte of the beat
+            errors.append(f"vec_lanes={self.vec_lanes} must be one of {VEC_LANES} and equal the {beat}-byte AXI beat")
         if self.dsp_packing and self.cols % 2:
             errors.append(f"dsp_packing pairs the array's columns: cols={self.cols} must be even")
         if "gemm" not in self.engines:
@@ -140,8 +146,8 @@ PRESETS: dict[str, OverlayConfig] = {
     # Small enough that a whole layer simulates in seconds under Verilator.
     "sim": OverlayConfig("sim", rows=4, cols=8, a_depth=4096, b_depth=4096, acc_depth=64,
                          param_depth=16, axi_data_bits=64, clock_mhz=100.0, board="(simulation)",
-                         engines=("gemm", "attention", "conv", "depthwise"), dw_lanes=2, dw_row_bytes=128,
-                         attn_q_slots=2),
+                         engines=("gemm", "attention", "conv", "depthwise", "vector"), dw_lanes=2, dw_row_bytes=128,
+                         attn_q_slots=2, vec_lanes=8),
     # The open ECP5 flow (ULX3S-85F), two presets on the smallest array a 64-bit AXI port allows (2 x 8),
     # small memories. `ulx3s`: GEMM + attention, the normaliser on one multiplier. `ulx3s-gemm`: GEMM +
     # convolution, what the test suite places and routes. Together they put every array engine through
@@ -181,8 +187,8 @@ PRESETS: dict[str, OverlayConfig] = {
     # The 16 x 16 overlay the benchmarks measure (utilisation, resources).
     "bench16": OverlayConfig("bench16", rows=16, cols=16, a_depth=2048, b_depth=2048, acc_depth=256,
                              param_depth=64, axi_data_bits=128, clock_mhz=200.0, board="(benchmark)",
-                             engines=("gemm", "attention", "conv", "depthwise"), dw_lanes=4, dw_row_bytes=256,
-                             attn_q_slots=4, dsp_packing=True),
+                             engines=("gemm", "attention", "conv", "depthwise", "vector"), dw_lanes=4,
+                             dw_row_bytes=256, attn_q_slots=4, dsp_packing=True, vec_lanes=16),
 }
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from hw.config import ATTN_SLOT_BITS
+from hw.vector import params as VP
 
 #: The overlay IP's Vivado VLNV: the board flow packages the IP under it and the
 #: pynq backend's driver binds to it (pynq.DefaultIP.bindto).
@@ -169,6 +170,52 @@ STORE_FIELDS = [
 ]
 
 
+#: VECTOR's own fields share the bits of fields it never reads (stride .. param_addr). It also reads
+#: dram_addr (the first input row) and target (the op: VEC_OPS). Rows are channels-last token rows
+#: (sw.runtime.layout.TokenRowLayout): row r's D int8 at address + r x pitch.
+VEC_SHARES = ("stride", "count", "sp_addr", "b_base", "k_last", "acc_base", "param_addr")
+VEC_FIELDS = [
+    ("vec_out_addr", 32, "VECTOR: DDR byte address of the first output row (beat aligned)"),
+    ("vec_b_addr", 32, "VECTOR ADD: DDR byte address of b's first row (beat aligned)"),
+    ("vec_rows", 16, "VECTOR: input rows (MAXPOOL, UPSAMPLE: image rows H of vec_width pixels each)"),
+    ("vec_aux", 16, "VECTOR ADD: rows of b, input row r adds b's row r mod vec_aux (1: one vector for all); "
+     "ROPE: the tables' pair slots (copied into the engine before the rows)"),
+    ("vec_dim", 11, f"VECTOR: elements per row D, 1..{VP.MAX_DIM} (MAXPOOL, UPSAMPLE: channels of a pixel)"),
+    ("vec_pitch", 8, "VECTOR: AXI beats from one row to the next, input, b and output alike (>= ceil(D / beat))"),
+    ("vec_width", 12, "VECTOR MAXPOOL, UPSAMPLE: pixels per input image row W (pixel (y, x) is row y W + x)"),
+]
+#: VECTOR ops (the `target` field): hw.vector.params.VecOp.
+VEC_OPS = {op.name: int(op) for op in VP.VecOp}
+#: The vector engine's parameter memory, loaded by LOAD VEC (entries are AXI beats), byte offsets:
+#: a header of the command's scalars (VEC_HEADER: name -> (offset, NumPy dtype)), LayerNorm gains
+#: (int16) and biases (int32) per channel, the 256-entry table (int8), RoPE (cos, sin) pair slots
+#: (int16 each, slot order of hw.vector.params.rope_command).
+VEC_HEADER = {"eps_term": (0, "<u8"), "a_mult": (8, "<u2"), "b_mult": (10, "<u2"), "rope_mult": (12, "<u4"),
+              "rope_nx": (16, "<u2"), "rope_ny": (18, "<u2"), "rope_jx": (20, "u1"), "ln_shift": (21, "u1"),
+              "add_shift": (22, "u1"), "rope_shift": (23, "u1")}
+VEC_HEADER_BYTES = 32
+VEC_GAIN = VEC_HEADER_BYTES
+VEC_BIAS = VEC_GAIN + 2 * VP.MAX_DIM
+VEC_LUT = VEC_BIAS + 4 * VP.MAX_DIM
+VEC_ROPE = VEC_LUT + 256
+VEC_PARAM_BYTES = VEC_ROPE + 4 * VP.ROPE_DEPTH
+assert all(v % 16 == 0 for v in (VEC_GAIN, VEC_BIAS, VEC_LUT, VEC_ROPE, VEC_PARAM_BYTES)), "sections start on a beat"
+
+
+def vector_geometry(cfg, d: dict) -> tuple[str, int, int, int, int]:
+    """What a VECTOR descriptor (fields `d`) touches: (op name or "?", input rows, output rows, row pitch in
+    bytes, bytes written per output row: whole beats, those past vec_dim zero)."""
+    op = next((k for k, v in VEC_OPS.items() if v == d["target"]), "?")
+    rows, width = d["vec_rows"], d["vec_width"]
+    n_in = n_out = rows
+    if op == "MAXPOOL":
+        n_in, n_out = rows * width, (rows // 2) * (width // 2)
+    elif op == "UPSAMPLE":
+        n_in, n_out = rows * width, 4 * rows * width
+    DB = cfg.beat_bytes
+    return op, n_in, n_out, d["vec_pitch"] * DB, VP.beats(d["vec_dim"], DB) * DB
+
+
 @dataclass(frozen=True)
 class EngineISA:
     """One engine's part of the host interface, declared in one place: its opcodes (with the done
@@ -205,6 +252,13 @@ ENGINES = [
                "DEPTHWISE reads its own fields from the bits of {} (which it does not use), besides dram_addr "
                "(input: row -padding of its first channel, a row start), stride (row pitch of the input and "
                "output maps), count (output rows) and relu:")),
+    EngineISA("vector", "vector",
+              # One element-wise op over rows, DDR to DDR; it counts as a LOAD: it runs on the load unit's
+              # AXI read slot, after the LOAD VEC of its parameters.
+              {"VECTOR": (11, "LOAD")}, {"VEC": 6},
+              (VEC_SHARES, "VECTOR", VEC_FIELDS,
+               "VECTOR reads its own fields from the bits of {} (which it does not use), besides dram_addr "
+               "(the first input row) and target (the op):")),
 ]
 #: Reserved for the engines of later issues (decoded as BAD_OPCODE until they exist).
 RESERVED_OPCODES = {"CONV": 9}
@@ -245,7 +299,7 @@ def field_offsets() -> dict[str, tuple[int, int]]:
 FIELDS = field_offsets()
 #: Fields that hold DDR byte addresses: the one table binding and relocation read
 #: (sw.runtime.program.link), so a program can name its buffers instead of addresses.
-ADDRESS_FIELDS = ("dram_addr", "dw_out_addr")
+ADDRESS_FIELDS = ("dram_addr", "dw_out_addr", "vec_out_addr", "vec_b_addr")
 assert all(FIELDS[f][1] == 32 for f in ADDRESS_FIELDS), "DDR addresses are 32-bit descriptor fields"
 assert FIELDS["slot"][1] == ATTN_SLOT_BITS, "hw.config.ATTN_SLOT_BITS bounds attn_q_slots by the slot field"
 
@@ -285,12 +339,13 @@ PARAM_CHANNEL_BYTES = 16    # per output channel: int32 bias, uint32 multiplier,
 def entry_bytes(cfg, target: str) -> int:
     """Bytes one scratchpad entry occupies in DDR (entries are contiguous, little-endian)."""
     return {"A": cfg.rows, "B": cfg.cols, "PARAM": cfg.cols * PARAM_CHANNEL_BYTES, "V": cfg.cols,
-            "DW": cfg.beat_bytes}[target]
+            "DW": cfg.beat_bytes, "VEC": cfg.beat_bytes}[target]
 
 
 def scratchpad_depth(cfg, target: str) -> int:
     return {"A": cfg.a_depth, "B": cfg.b_depth, "PARAM": cfg.param_depth, "V": 2 * cfg.attn_max_dim,
-            "IM2COL": cfg.b_depth, "DW": cfg.dw_channels * DW_COEF_BYTES // cfg.beat_bytes}[target]
+            "IM2COL": cfg.b_depth, "DW": cfg.dw_channels * DW_COEF_BYTES // cfg.beat_bytes,
+            "VEC": VEC_PARAM_BYTES // cfg.beat_bytes}[target]
 
 
 def has_target(cfg, target: str) -> bool:
@@ -344,7 +399,13 @@ def markdown_tables() -> str:
               f"DW entries (depthwise engine) are AXI beats of its coefficient memory: channel c's {DW_COEF_BYTES} "
               f"bytes at entries c x {DW_COEF_BYTES} / beat bytes on: K x K int8 taps at byte ky x 8 + kx "
               f"({DW_TAP_BYTES} bytes, unused taps zero), then its PARAM channel (16 bytes). DEPTHWISE counts as a "
-              "LOAD (LOADS_DONE, wait_load): it runs on the load unit's AXI read slot, after the loads before it."]
+              "LOAD (LOADS_DONE, wait_load): it runs on the load unit's AXI read slot, after the loads before it. "
+              f"VEC entries (vector engine) are AXI beats of its {VEC_PARAM_BYTES}-byte parameter memory: a "
+              f"{VEC_HEADER_BYTES}-byte header of the command's scalars at 0 ("
+              + ", ".join(f"{k} {dt.lstrip('<')} at {o}" for k, (o, dt) in VEC_HEADER.items()) +
+              f"), LayerNorm gains (int16) at {VEC_GAIN}, biases (int32) at {VEC_BIAS}, the table (256 int8, "
+              f"entry x + 128) at {VEC_LUT}, RoPE (cos, sin) int16 pairs at {VEC_ROPE}. VECTOR ops (target): "
+              + ", ".join(f"{k} = {v}" for k, v in VEC_OPS.items()) + "; it counts as a LOAD like DEPTHWISE."]
     return "\n".join(lines)
 
 

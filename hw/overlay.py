@@ -81,6 +81,13 @@ class Core(wiring.Component):
         if has_dw:
             m.submodules.depthwise = dw = DepthwiseUnit(cfg)
         dw_busy = dw.busy if has_dw else Const(0)
+        # The vector engine: opcode VECTOR on the same slot and write channel (hw/vector/unit.py).
+        has_vec = "vector" in cfg.engines
+        vec = None
+        if has_vec:
+            from hw.vector.unit import VectorUnit
+            m.submodules.vector = vec = VectorUnit(cfg)
+        vec_busy = vec.busy if has_vec else Const(0)
 
         running = Signal()
         error = Signal(ERROR_BITS)
@@ -111,7 +118,7 @@ class Core(wiring.Component):
         m.d.comb += axi.rready.eq(Mux(axi.rid, l_r_ready, f_r_ready))
         r_fire = axi.rvalid & axi.rready
         f_beat = r_fire & (axi.rid == 0)
-        l_beat = r_fire & (axi.rid == 1) & ~i2c_busy & ~dw_busy
+        l_beat = r_fire & (axi.rid == 1) & ~i2c_busy & ~dw_busy & ~vec_busy
         r_err = r_fire & (axi.rresp != 0)
         b_err = axi.bvalid & (axi.bresp != 0)      # (bready is always 1)
         m.d.comb += [err_set[isa.ERROR_AXI_READ].eq(r_err & (axi.rid != 0)),
@@ -199,7 +206,11 @@ class Core(wiring.Component):
                 if has_dw:
                     with m.Case(op["DEPTHWISE"]):
                         # After the loads before it (same slot) and any store (the AXI write channel).
-                        m.d.comb += [dw.cmd.valid.eq(dw_free), taken.eq(dw_free & dw.cmd.ready)]
+                        m.d.comb += [dw.cmd.valid.eq(dw_free & ~vec_busy), taken.eq(dw_free & ~vec_busy & dw.cmd.ready)]
+                if has_vec:
+                    with m.Case(op["VECTOR"]):
+                        # Like DEPTHWISE: after the loads before it and any store.
+                        m.d.comb += [vec.cmd.valid.eq(dw_free & ~dw_busy), taken.eq(dw_free & ~dw_busy & vec.cmd.ready)]
                 with m.Default():
                     m.d.comb += err_set[isa.ERROR_BAD_OPCODE].eq(1)
         m.d.comb += fifo.r_en.eq(taken)
@@ -207,7 +218,8 @@ class Core(wiring.Component):
             m.d.sync += self.desc_done.eq(self.desc_done + 1)
             with m.Switch(desc.opcode):
                 for name, unit in (("LOAD", "load"), ("COMPUTE", "compute"), ("STORE", "store"),
-                                   ("ATTENTION", "attention")) + ((("DEPTHWISE", "load"),) if has_dw else ()):
+                                   ("ATTENTION", "attention")) + ((("DEPTHWISE", "load"),) if has_dw else ()) \
+                        + ((("VECTOR", "load"),) if has_vec else ()):
                     with m.Case(op[name]):
                         m.d.sync += issued[unit].eq(issued[unit] + 1)
         m.d.comb += [engine.compute.payload.a_base.eq(desc.sp_addr), engine.compute.payload.b_base.eq(desc.b_base),
@@ -234,6 +246,8 @@ class Core(wiring.Component):
             targets["V"] = (C, attention.v_wr)
         if has_dw:
             targets["DW"] = (DB, dw.coef_wr)
+        if has_vec:
+            targets["VEC"] = (DB, vec.param_wr)
         l_busy = Signal()
         l_sel = {name: Signal(name=f"l_sel_{name}") for name in targets}
         l_has = Signal()                         # entries left to write (narrow targets stop there)
@@ -364,6 +378,21 @@ class Core(wiring.Component):
                          dp.plane_rows.eq(dwf("dw_plane_rows")), dp.rows.eq(desc.count),
                          dp.width.eq(dwf("dw_width")), dp.k_last.eq(dwf("dw_kernel_last")),
                          dp.col0.eq(dwf("dw_col0")), dp.channels.eq(dwf("dw_channels")), dp.relu.eq(desc.relu)]
+        if has_vec:
+            # VECTOR commands: the unit takes the AR/R slot (id 1) while busy, like DEPTHWISE.
+            m.d.comb += [l_cmd_ready.eq(~l_busy & ~i2c_busy & ~dw_busy & ~vec.busy),
+                         vec.r.valid.eq(axi.rvalid & (axi.rid == 1) & vec.busy), vec.r.payload.eq(axi.rdata),
+                         vec.ar.ready.eq(l_ar_ready)]
+            with m.If(vec.busy):
+                m.d.comb += [l_ar_valid.eq(vec.ar.valid), l_ar_addr.eq(vec.ar.payload.addr),
+                             l_ar_len.eq(vec.ar.payload.len), l_r_ready.eq(vec.r.ready)]
+            with m.If(vec.done):
+                m.d.comb += load_done_pulse.eq(1)
+            vp = vec.cmd.payload
+            vf = lambda name: shared_field(desc, name)     # noqa: E731 (shared-bit fields, hw.isa.VEC_FIELDS)
+            m.d.comb += [vp.op.eq(desc.target), vp.in_addr.eq(desc.dram_addr), vp.out_addr.eq(vf("vec_out_addr")),
+                         vp.b_addr.eq(vf("vec_b_addr")), vp.rows.eq(vf("vec_rows")), vp.aux.eq(vf("vec_aux")),
+                         vp.dim.eq(vf("vec_dim")), vp.pitch.eq(vf("vec_pitch")), vp.width.eq(vf("vec_width"))]
         with m.If(l_busy & (l_r_left == 0) & (l_ar_left == 0) & ~r1_valid & ~w_en):
             m.d.sync += l_busy.eq(0)
             m.d.comb += load_done_pulse.eq(1)
@@ -404,7 +433,7 @@ class Core(wiring.Component):
         m.d.comb += [axi.awvalid.eq(s_busy & (s_aw_left != 0)), axi.awaddr.eq(s_aw_addr), axi.awid.eq(0),
                      axi.awlen.eq(Mux(s_int32, bpr32 - 1, bpr8 - 1)),
                      axi.awsize.eq(exact_log2(DB)), axi.awburst.eq(BURST_INCR)]
-        with m.If(axi.awvalid & axi.awready & ~dw_busy):
+        with m.If(axi.awvalid & axi.awready & ~dw_busy & ~vec_busy):
             m.d.sync += [s_aw_addr.eq(s_aw_addr + s_stride), s_aw_left.eq(s_aw_left - 1), s_aw_row.eq(s_aw_row + 1)]
             with m.If(s_aw_row == s_rows_last):
                 next_tile = s_tile_addr + s_tile_stride
@@ -424,7 +453,7 @@ class Core(wiring.Component):
         valid_bytes = Signal(range(C * 4 + 1))
         m.d.comb += valid_bytes.eq(Mux(s_cols == 0, C, s_cols) << Mux(s_int32, 2, 0))
         m.d.comb += axi.wstrb.eq(Cat(*[(w_beat * DB + i) < valid_bytes for i in range(DB)]))
-        with m.If(axi.wvalid & axi.wready & ~dw_busy):
+        with m.If(axi.wvalid & axi.wready & ~dw_busy & ~vec_busy):
             m.d.sync += w_beat.eq(w_beat + 1)
             with m.If(w_last):
                 m.d.comb += w_rows.r_en.eq(1)
@@ -436,16 +465,26 @@ class Core(wiring.Component):
             m.d.sync += s_busy.eq(0)
             m.d.comb += store_done_pulse.eq(1)
         m.d.comb += dw_free.eq(~l_busy & ~i2c_busy & ~s_busy)
-        m.d.comb += axi_busy.eq(f_inflight | l_busy | i2c_busy | dw_busy | s_busy)
+        m.d.comb += axi_busy.eq(f_inflight | l_busy | i2c_busy | dw_busy | vec_busy | s_busy)
         if has_dw:
             # The depthwise unit owns the write channel while busy (no STORE starts then, and it starts
             # only when no STORE runs): single-beat bursts with id 1, its B responses counted by the unit.
-            m.d.comb += [s_cmd_ready.eq(~s_busy & ~dw.busy), dw.b.eq(axi.bvalid & (axi.bid == 1)),
+            m.d.comb += [s_cmd_ready.eq(~s_busy & ~dw.busy), dw.b.eq(axi.bvalid & (axi.bid == 1) & ~vec_busy),
                          dw.aw.ready.eq(axi.awready & dw.busy), dw.w.ready.eq(axi.wready & dw.busy)]
             with m.If(dw.busy):
                 m.d.comb += [axi.awvalid.eq(dw.aw.valid), axi.awaddr.eq(dw.aw.payload), axi.awid.eq(1),
                              axi.awlen.eq(0), axi.wvalid.eq(dw.w.valid), axi.wdata.eq(dw.w.payload.data),
                              axi.wstrb.eq(dw.w.payload.strb), axi.wlast.eq(1)]
+
+        if has_vec:
+            # The vector unit owns the write channel while busy, as the depthwise unit (id 1).
+            m.d.comb += [s_cmd_ready.eq(~s_busy & ~dw_busy & ~vec.busy), vec.b.eq(axi.bvalid & (axi.bid == 1) & vec.busy),
+                         vec.aw.ready.eq(axi.awready & vec.busy), vec.w.ready.eq(axi.wready & vec.busy)]
+            with m.If(vec.busy):
+                m.d.comb += [axi.awvalid.eq(vec.aw.valid), axi.awaddr.eq(vec.aw.payload.addr), axi.awid.eq(1),
+                             axi.awlen.eq(vec.aw.payload.len), axi.wvalid.eq(vec.w.valid),
+                             axi.wdata.eq(vec.w.payload.data), axi.wstrb.eq((1 << DB) - 1),
+                             axi.wlast.eq(vec.w.payload.last)]
 
         with m.If((error != 0) & running):
             # First error of the run: stop, and remember where the dispatcher was.

@@ -35,8 +35,14 @@ def _depthwise(drv, rng):
     return drv.depthwise_conv2d(x, w, bias, mult, shift, padding=1)
 
 
+def _vector(drv, rng):
+    from golden_model import intvec
+    x, b = (rng.integers(-128, 128, (9, 21), dtype=np.int8) for _ in range(2))
+    return drv.vector("add", x, intvec.AddParams.make(0.08, 0.05, 0.03), b=b)
+
+
 #: engine (hw.isa.ENGINES) -> a call that runs a program on it. A new engine needs a row here.
-CALLS = {"gemm": _gemm, "attention": _attention, "conv": _conv, "depthwise": _depthwise}
+CALLS = {"gemm": _gemm, "attention": _attention, "conv": _conv, "depthwise": _depthwise, "vector": _vector}
 
 
 def test_every_engine_has_a_fault_case():

@@ -40,6 +40,9 @@ def components(cfg) -> dict:
     if "depthwise" in cfg.engines:
         from hw.conv.depthwise import DepthwiseUnit
         parts["depthwise"] = (lambda: DepthwiseUnit(cfg), f"depthwise engine, {cfg.dw_lanes} lanes")
+    if "vector" in cfg.engines:
+        from hw.vector.unit import VectorUnit
+        parts["vector"] = (lambda: VectorUnit(cfg), f"vector engine and its DMA, {cfg.vec_lanes} lanes")
     return parts
 
 

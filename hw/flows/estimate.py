@@ -146,7 +146,8 @@ def dsp_floor_by_engine(cfg) -> dict[str, int]:
     """The fewest DSP blocks each engine of the overlay `cfg` needs, from its structure alone: the GEMM
     array's int8 MACs (two per DSP with cfg.dsp_packing) and hw.requant.DSPS per requantiser lane of the
     store unit (cfg.requant_lanes); one per MAC of the attention engine's P V array (17-bit x int8 products do
-    not pack); K_MAX x K_MAX = 49 multipliers and a requantiser per depthwise lane. yosys maps a few more
+    not pack); K_MAX x K_MAX = 49 multipliers and a requantiser per depthwise lane; the vector engine's four
+    datapath multipliers per lane (docs/vector.md). yosys maps a few more
     (the im2col loader's address products, the softmax's); the estimate counts them all."""
     from hw.limits import DW_K_MAX as K_MAX
     from hw.requant import DSPS
@@ -157,6 +158,8 @@ def dsp_floor_by_engine(cfg) -> dict[str, int]:
         floor["conv"] = 0
     if "depthwise" in cfg.engines:
         floor["depthwise"] = (K_MAX * K_MAX + DSPS) * cfg.dw_lanes
+    if "vector" in cfg.engines:
+        floor["vector"] = 4 * cfg.vec_lanes
     return floor
 
 

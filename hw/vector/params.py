@@ -12,6 +12,7 @@ import numpy as np
 
 from golden_model import intvec
 from golden_model.intops import MULT_BITS, SHIFT_BITS
+from hw.config import VEC_LANES
 
 
 class VecOp(IntEnum):
@@ -33,7 +34,7 @@ class ParamTarget(IntEnum):
 
 
 OP_BITS = 3
-LANES = (2, 4, 8, 16, 32)                  # supported lane counts (even, powers of two: RoPE pairs)
+LANES = VEC_LANES                          # supported lane counts (even, powers of two: RoPE pairs)
 MAX_DIM = intvec.LN_MAX_DIM                # elements per row (every op)
 DIM_BITS = MAX_DIM.bit_length()            # 11: 1..1024
 ROWS_BITS = 24

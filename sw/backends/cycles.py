@@ -37,7 +37,11 @@ DW_START = 3              # DEPTHWISE: command accepted to first AR
 DW_DRAIN = 17             # last pixel issued to last B response: window, MACs, sums, bias, requantiser, write
 
 # Per-descriptor classes of the recurrence (K_*), decoded once.
-K_LOAD, K_IM2COL, K_COMPUTE, K_STORE, K_DEPTHWISE, K_ATTENTION, K_SYNC, K_BAD = range(8)
+K_LOAD, K_IM2COL, K_COMPUTE, K_STORE, K_SLOT, K_ATTENTION, K_SYNC, K_BAD = range(8)
+#: sw.engines.Command.timing -> class. "slot": a DDR-to-DDR command on the load unit's AXI read slot
+#: (DEPTHWISE, VECTOR), its duration from its Command.cycles.
+TIMING_CLASS = {"load": K_LOAD, "im2col": K_IM2COL, "compute": K_COMPUTE, "store": K_STORE, "slot": K_SLOT,
+                "attention": K_ATTENTION, "sync": K_SYNC}
 UNITS = ("LOAD", "COMPUTE", "STORE", "ATTENTION")
 
 
@@ -75,18 +79,18 @@ class Outcome:
 
 
 def classify(cfg, f: dict[str, np.ndarray]) -> np.ndarray:
-    """Each descriptor's class K_* for this overlay (K_BAD: BAD_OPCODE here)."""
+    """Each descriptor's class K_* for this overlay (K_BAD: BAD_OPCODE here), from its opcode's or LOAD
+    target's timing in the engine registry (sw.engines)."""
+    from sw.engines import commands
     op, target = f["opcode"], f["target"]
     kind = np.full(len(op), K_BAD, np.int64)
-    O = isa.OPCODES
-    load = op == O["LOAD"]
-    for name, code in isa.TARGETS.items():
-        if isa.has_target(cfg, name):
-            kind[load & (target == code)] = K_IM2COL if name == "IM2COL" else K_LOAD
-    for name, k in (("COMPUTE", K_COMPUTE), ("STORE", K_STORE), ("SYNC", K_SYNC), ("DEPTHWISE", K_DEPTHWISE),
-                    ("ATTENTION", K_ATTENTION)):
-        if isa.has_opcode(cfg, name):
-            kind[op == O[name]] = k
+    load = op == isa.OPCODES["LOAD"]
+    for name, cmd in commands().items():
+        if name in isa.TARGETS:
+            if isa.has_target(cfg, name):
+                kind[load & (target == isa.TARGETS[name])] = TIMING_CLASS[cmd.timing]
+        elif name != "LOAD" and isa.has_opcode(cfg, name):
+            kind[op == isa.OPCODES[name]] = TIMING_CLASS[cmd.timing]
     return kind
 
 
@@ -166,6 +170,20 @@ def depthwise_cycles(cfg, k, chans, rows, width, nb) -> int:
 #: timing state carries from run to run): the outcome is a function of the configuration and the bytes.
 _TIMED: OrderedDict = OrderedDict()
 TIMED_KEEP = 64
+
+
+def depthwise_command(cfg, d) -> int:
+    """A DEPTHWISE descriptor's cycles (its fields `d`)."""
+    return depthwise_cycles(cfg, d["dw_kernel_last"] + 1, d["dw_channels"], d["count"], d["dw_width"],
+                            d["stride"] // cfg.beat_bytes)
+
+
+def slot_cycles(cfg, f: dict[str, np.ndarray], i: int) -> int:
+    """Descriptor i's duration on the load slot (a K_SLOT command): its opcode's Command.cycles."""
+    from sw.engines import commands
+    names = {v: k for k, v in isa.OPCODES.items()}
+    d = {k: int(v[i]) for k, v in f.items()}
+    return commands()[names[d["opcode"]]].cycles(cfg, d)
 
 
 def simulate(cfg, f: dict[str, np.ndarray], attn=None, execute=None) -> Outcome:
@@ -303,10 +321,9 @@ def _simulate(cfg, f, kinds, attn, execute) -> Outcome:
             load_free = t + dur_l[i]
             r_t.append(t); r_fix.append(-1); r_rows.append(rows_l[i]); r_per.append(period_l[i])
             dl.append(load_free)
-        elif kind == K_DEPTHWISE:
+        elif kind == K_SLOT:
             t = max(t, load_free, store_free)     # after loads (same slot) and stores
-            load_free = t + depthwise_cycles(cfg, int(f["dw_kernel_last"][i]) + 1, int(f["dw_channels"][i]),
-                                             int(f["count"][i]), int(f["dw_width"][i]), int(f["stride"][i]) // DB)
+            load_free = t + slot_cycles(cfg, f, i)
             dl.append(load_free)
         elif kind == K_ATTENTION:
             # The engine takes a STEP while the previous ones still run (sw.backends.sim_attention).

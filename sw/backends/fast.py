@@ -36,7 +36,8 @@ def job(cfg, prog, addresses: dict[str, int] | None = None):
     if op is None:
         return None
     at = addresses or {name: prog.base_addr + off for name, (off, _) in prog.regions.items()}
-    run = KINDS[op["kind"]]
+    from sw.engines import fast_jobs
+    run = fast_jobs()[op["kind"]]
     return lambda ddr: run(cfg, ddr, op, at)
 
 
@@ -238,5 +239,3 @@ def relayout(cfg, ddr, op, at):
     out_l = FmapLayout(ch, h, w, C)
     _planes(ddr, at["out"], out_l).view(np.int8)[:, PAD:PAD + h, out_l.left:out_l.left + w] = y
 
-
-KINDS = {"linear": linear, "conv": conv, "depthwise": depthwise, "attention": attention, "relayout": relayout}

@@ -56,6 +56,7 @@ class SimOverlay:
         self.acc = np.zeros((cfg.acc_depth, cfg.cols), np.int64)
         self.attn = None
         self.dw_coef = np.zeros(cfg.dw_channels * isa.DW_COEF_BYTES, np.uint8)
+        self.vec_mem = np.zeros(isa.VEC_PARAM_BYTES, np.uint8)       # the vector engine's parameter memory
         if "attention" in cfg.engines:
             from sw.backends.sim_attention import AttentionModel
             self.attn = AttentionModel(cfg)
@@ -203,43 +204,64 @@ class SimOverlay:
         plan.aim(fault, totals)
 
     def _interpreter(self, f):
-        """The checked mode: execute(i, kind) for the cycle model, descriptor i's data as it dispatches."""
-        cfg = self.cfg
-        R, DB = cfg.rows, cfg.beat_bytes
+        """The checked mode: execute(i, kind) for the cycle model, descriptor i's data as it dispatches
+        (each opcode's or LOAD target's executor: sw.engines)."""
+        from sw.engines import commands
         columns = {k: v.tolist() for k, v in f.items()}
+        opcodes = {v: k for k, v in isa.OPCODES.items()}
         targets = {v: k for k, v in isa.TARGETS.items()}
+        table = commands()
 
         def execute(i, kind):
             self._at = i
             d = {k: v[i] for k, v in columns.items()}
-            if kind == CY.K_LOAD:
-                target = targets[d["target"]]
-                eb = isa.entry_bytes(cfg, target)
-                n = d["count"]
-                beats = n * eb // DB if eb >= DB else -(-n // (DB // eb))
-                src = self._ddr(d["dram_addr"], beats * DB)
-                if src is None:
-                    return isa.ERROR_AXI_READ, i + 1     # reported after dispatch
-                self._load(target, d["sp_addr"], n, src[:n * eb])
-            elif kind == CY.K_IM2COL:
-                if not self._im2col(d):
-                    return isa.ERROR_AXI_READ, i + 1
-            elif kind == CY.K_COMPUTE:
-                k = d["k_last"] + 1
-                for tile in range(max(1, d["count"])):      # tiles back to back (COMPUTE.count)
-                    self._compute(d["sp_addr"], d["b_base"] + tile * k, k, d["acc_base"] + tile * R, d["accumulate"])
-            elif kind == CY.K_STORE:
-                row_bytes = cfg.cols * (4 if d["out_int32"] else 1)
-                for tile in range(d["tiles_last"] + 1):
-                    if not self._store(d, tile, d["count"], row_bytes):
-                        return isa.ERROR_AXI_WRITE, i + 1
-            elif kind == CY.K_DEPTHWISE:
-                if not self._depthwise(d):
-                    return isa.ERROR_AXI_READ, i + 1
-            elif kind == CY.K_ATTENTION:
-                self.attn.run(d, self.acc)
-            return None
+            name = opcodes[d["opcode"]]
+            if name == "LOAD":
+                name = targets[d["target"]]
+            return table[name].execute(self, d, i)
         return execute
+
+    # Executors (sw.engines.Command.execute): descriptor i's data; None, or (error bit, index) to stop.
+    def load_entries(self, d, i):
+        """LOAD of whole entries into the scratchpad `target`."""
+        target = next(k for k, v in isa.TARGETS.items() if v == d["target"])
+        DB = self.cfg.beat_bytes
+        eb = isa.entry_bytes(self.cfg, target)
+        n = d["count"]
+        beats = n * eb // DB if eb >= DB else -(-n // (DB // eb))
+        src = self._ddr(d["dram_addr"], beats * DB)
+        if src is None:
+            return isa.ERROR_AXI_READ, i + 1     # reported after dispatch
+        self._load(target, d["sp_addr"], n, src[:n * eb])
+        return None
+
+    def exec_im2col(self, d, i):
+        return None if self._im2col(d) else (isa.ERROR_AXI_READ, i + 1)
+
+    def exec_compute(self, d, i):
+        k = d["k_last"] + 1
+        for tile in range(max(1, d["count"])):      # tiles back to back (COMPUTE.count)
+            self._compute(d["sp_addr"], d["b_base"] + tile * k, k, d["acc_base"] + tile * self.cfg.rows,
+                          d["accumulate"])
+        return None
+
+    def exec_store(self, d, i):
+        row_bytes = self.cfg.cols * (4 if d["out_int32"] else 1)
+        for tile in range(d["tiles_last"] + 1):
+            if not self._store(d, tile, d["count"], row_bytes):
+                return isa.ERROR_AXI_WRITE, i + 1
+        return None
+
+    def exec_depthwise(self, d, i):
+        return None if self._depthwise(d) else (isa.ERROR_AXI_READ, i + 1)
+
+    def exec_vector(self, d, i):
+        from sw.backends import sim_vector
+        return None if sim_vector.run(self.cfg, self.vec_mem, self.ddr, d) else (isa.ERROR_AXI_READ, i + 1)
+
+    def exec_attention(self, d, i):
+        self.attn.run(d, self.acc)
+        return None
 
     def _load(self, target, sp, n, raw):
         cfg = self.cfg
@@ -249,11 +271,12 @@ class SimOverlay:
             self.a[idx] = rows
         elif target == "V":
             self.attn.load_v(sp, n, raw)
-        elif target == "DW":
+        elif target in ("DW", "VEC"):
             DB = cfg.beat_bytes
+            mem = self.dw_coef if target == "DW" else self.vec_mem
             for e in range(n):
-                at = (sp + e) % isa.scratchpad_depth(cfg, "DW") * DB
-                self.dw_coef[at:at + DB] = raw[e * DB:(e + 1) * DB]
+                at = (sp + e) % isa.scratchpad_depth(cfg, target) * DB
+                mem[at:at + DB] = raw[e * DB:(e + 1) * DB]
         elif target == "B":
             rows = raw.view(np.int8).reshape(n, cfg.cols)
             idx = (sp + np.arange(n)) % cfg.b_depth

@@ -4,6 +4,7 @@
   sim conv --in CxHxW --out C --k K --stride S [--padding P] [--depthwise | --transposed]
   sim attention --q Q --kv KV --d D     one attention (int8 q, k, v; online softmax), per head
   sim chain [--backend sim|rtl|pynq]    linear -> attention -> linear -> conv -> depthwise kept in DDR
+  sim vector --op OP --rows R --dim D   one element-wise op (LayerNorm, GELU, add, RoPE, max-pool, upsample)
 
 --fault KIND[:persistent] injects an AXI fault (sw/backends/faults.py) into the simulated device: the
 runtime resets the overlay and retries once (printed as "recovered"); a persistent one ends in one
@@ -65,6 +66,16 @@ def add_arguments(parser):
     ch.add_argument("--seed", type=int, default=0)
     _fault_options(ch)
     ch.set_defaults(_run=run_chain)
+    v = sub.add_parser("vector", help="one element-wise op on the vector engine",
+                       description="one int8 element-wise op (golden_model.intvec) on random data on the vector "
+                       "engine, checked against golden; prints cycles and elements per cycle")
+    v.add_argument("--op", required=True, choices=VECTOR_OPS)
+    v.add_argument("--rows", type=int, required=True,
+                   help="rows of D elements (maxpool, upsample: image rows of --width pixels)")
+    v.add_argument("--dim", type=int, required=True, help="elements per row (maxpool, upsample: channels)")
+    v.add_argument("--width", type=int, default=None, help="maxpool, upsample: pixels per image row (default: --rows)")
+    _common(v)
+    v.set_defaults(_run=run_vector)
 
 
 def _common(p):
@@ -120,6 +131,8 @@ def run(args) -> int:
         raise UsageError("--timeout must be positive")
     return args._run(args)
 
+
+VECTOR_OPS = ("layernorm", "gelu", "add", "rope", "maxpool", "upsample")
 
 #: The DDR the sim and rtl backends give one layer (the Driver's buffer starts at Driver.BUFFER_BASE in it).
 SIM_DDR_BYTES = 1 << 26
@@ -228,10 +241,18 @@ def _run_layer(args, cfg, title, call, want, show_route=False):
           f"{run.descriptors} descriptors, {run.wall_s:.2f} s wall ({run.cycles_per_s:,.0f} simulated cycles/s)")
     report_recoveries(drv.session)
     if not ok:
-        bad = np.argwhere(got != want) if got.shape == want.shape else []
-        where = f", first at {tuple(bad[0])}" if len(bad) else f" (shape {got.shape}, want {want.shape})"
-        raise CommandError(f"{len(bad)} outputs differ{where}")
+        raise_difference(got, want)
     return 0
+
+
+def raise_difference(got, want):
+    """The CommandError for a result that differs from golden: how many outputs, and the first."""
+    import numpy as np
+
+    from sw.cli import CommandError
+    bad = np.argwhere(got != want) if got.shape == want.shape else []
+    where = f", first at {tuple(bad[0])}" if len(bad) else f" (shape {got.shape}, want {want.shape})"
+    raise CommandError(f"{len(bad)} outputs differ{where}")
 
 
 def run_gemm(args) -> int:
@@ -470,3 +491,99 @@ def run_chain(args) -> int:
     finally:
         session.close()
     return 0
+
+
+def vector_case(op: str, rows: int, dim: int, width: int, rng, lanes: int):
+    """Random data and parameters for one vector op: (sw.compile.vector op, x, params, keyword arguments,
+    golden result)."""
+    import numpy as np
+
+    from golden_model import intvec
+    from golden_model.memory_attention import axial_rope
+    from hw.vector.params import ROPE_DEPTH, beats
+
+    if op in ("maxpool", "upsample"):
+        x = rng.integers(-128, 128, (rows, width, dim), dtype=np.int8)
+        return op, x, None, {}, (intvec.maxpool2x2(x) if op == "maxpool" else intvec.upsample_nearest2x(x))
+    x = rng.integers(-128, 128, (rows, dim), dtype=np.int8)
+    if op == "layernorm":
+        p = intvec.LayerNormParams.make(rng.normal(1.0, 0.3, dim), rng.normal(0.0, 0.3, dim), 0.05, 0.03, 1e-6)
+        return op, x, p, {}, intvec.layernorm(x, p)
+    if op == "gelu":
+        p = intvec.LutParams.gelu(0.05, 0.03)
+        return "lut", x, p, {}, intvec.lut(x, p)
+    if op == "add":
+        b = rng.integers(-128, 128, (rows, dim), dtype=np.int8)
+        p = intvec.AddParams.make(0.05, 0.04, 0.07)
+        return op, x, p, {"b": b}, intvec.add(x, b, p)
+    # rope: SAM 2's axial tables over a map of rows tokens (end_x the divisor of rows nearest its square root),
+    # on chip in the axial form where it fits, else whole; other sizes: random angles, whole.
+    from sw.cli import UsageError
+    if dim % 2:
+        raise UsageError("--op rope: --dim must be even (channel pairs)")
+    end_x = max(e for e in range(1, int(rows ** 0.5) + 1) if rows % e == 0)
+    pb = lanes // 2
+    if dim % 4 == 0 and (dim // 4) % pb == 0 and (rows // end_x + end_x) * dim // 4 <= ROPE_DEPTH:
+        cos, sin = axial_rope(dim, end_x, rows // end_x)
+        kw = {"end_x": end_x}
+    elif rows * beats(dim // 2, pb) * pb <= ROPE_DEPTH:
+        ang = rng.uniform(-np.pi, np.pi, (rows, dim // 2))
+        cos, sin, kw = np.cos(ang), np.sin(ang), {}
+    else:
+        raise UsageError(f"--op rope: the tables for {rows} positions of {dim} do not fit the engine's {ROPE_DEPTH} "
+                         "pair slots (SAM 2's axial tables need --dim a multiple of 2 x lanes)")
+    p = intvec.RopeParams.make(cos, sin, 0.05, 0.05)
+    return op, x, p, kw, intvec.rope(x, p)
+
+
+def run_vector(args) -> int:
+    import numpy as np
+
+    from hw import isa
+    from hw.config import preset
+    from hw.vector.params import MAX_DIM
+    from sw.backends.sim_vector import stream_cycles
+    from sw.backends.sim_vector import bounds
+    from sw.cli import CommandError, UsageError
+    from sw.compile.vector import elements
+
+    cfg = preset(args.preset)
+    if "vector" not in cfg.engines:
+        have = ", ".join(n for n, c in presets_with("vector"))
+        raise UsageError(f"preset {cfg.name!r} has no vector engine (presets with one: {have})")
+    width = args.rows if args.width is None else args.width
+    if args.rows < 1 or width < 1 or not 1 <= args.dim <= MAX_DIM:
+        raise UsageError(f"--rows and --width must be positive and --dim in 1..{MAX_DIM}")
+    if args.op == "maxpool" and (args.rows < 2 or width < 2):
+        raise UsageError("--op maxpool needs at least 2 x 2 pixels")
+    n = args.rows * (width if args.op in ("maxpool", "upsample") else 1) * args.dim
+    check_fits(f"vector {args.op}", n * (6 if args.op == "upsample" else 3), 40 * n)
+    op, x, p, kw, want = vector_case(args.op, args.rows, args.dim, width, np.random.default_rng(args.seed),
+                                     cfg.vec_lanes)
+    drv = _driver(args, cfg)
+    try:
+        got = drv.vector(op, x, p, **kw)
+    except _accelerator_errors() as e:
+        raise CommandError(str(e)) from e
+    run, prog = drv.last_run, drv.last_programs[0]
+    ok = got.shape == want.shape and np.array_equal(got, want)
+    shape = "x".join(map(str, x.shape))
+    print(f"vector {args.op} {shape} on {cfg.name} ({cfg.vec_lanes} lanes, {cfg.beat_bytes}-byte AXI beat), "
+          f"backend {args.backend}: {'bit-exact against golden' if ok else 'MISMATCH against golden'}")
+    # The op's steady-state bounds: the engine's lanes, and the DDR port (a beat per cycle each way).
+    vec = [d for d in prog.descriptors if d["opcode"] == isa.OPCODES["VECTOR"]]
+    els = elements(prog)
+    stream = sum(stream_cycles(cfg, d) for d in vec)
+    engine, ddr = bounds(cfg, prog.op["op"], args.dim)
+    print(f"  cycles {run.cycles} ({len(prog.descriptors)} descriptors), {els / run.cycles:.2f} elements per cycle; "
+          f"steady state {els / stream:.2f} (cycle model; engine bound {engine:.2f}, DDR bound {ddr:.2f}); "
+          f"{run.wall_s:.2f} s wall")
+    report_recoveries(drv.session)
+    if not ok:
+        raise_difference(got, want)
+    return 0
+
+
+def presets_with(engine: str):
+    from hw.config import PRESETS
+    return [(n, c) for n, c in PRESETS.items() if engine in c.engines]

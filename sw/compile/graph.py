@@ -116,8 +116,8 @@ class Placement:
 
 def descriptor_ddr_bytes(cfg, raw: np.ndarray) -> int:
     """Bytes a descriptor list moves between DDR and the overlay: every LOAD's and IM2COL's beats,
-    every STORE's rows, every DEPTHWISE's planes in and out, and the descriptors themselves."""
-    from sw.backends.cycles import K_DEPTHWISE, K_IM2COL, K_LOAD, K_STORE, classify, decode_descriptors
+    every STORE's rows, every DEPTHWISE's planes and VECTOR's rows in and out, and the descriptors themselves."""
+    from sw.backends.cycles import K_IM2COL, K_LOAD, K_STORE, classify, decode_descriptors
     f = decode_descriptors(raw)
     kind = classify(cfg, f)
     DB, C = cfg.beat_bytes, cfg.cols
@@ -132,9 +132,15 @@ def descriptor_ddr_bytes(cfg, raw: np.ndarray) -> int:
         cfg, kk, np.left_shift(1, f["stride_log2"]), f["col_offset"]) * DB
     store = (f["tiles_last"] + 1) * count * C * np.where(f["out_int32"] != 0, 4, 1)
     dw = f["dw_channels"] * (2 * count + f["dw_kernel_last"]) * f["stride"]
-    moved = np.select([kind == K_LOAD, kind == K_IM2COL, kind == K_STORE, kind == K_DEPTHWISE],
+    op = f["opcode"]
+    moved = np.select([kind == K_LOAD, kind == K_IM2COL, kind == K_STORE, op == isa.OPCODES["DEPTHWISE"]],
                       [load, im2col, store, dw], 0)
-    return int(moved.sum()) + len(kind) * isa.DESCRIPTOR_BYTES
+    vec = 0
+    for i in np.flatnonzero(op == isa.OPCODES["VECTOR"]):      # few per program: rows in (and b), rows out
+        d = {k: int(v[i]) for k, v in f.items()}
+        name, n_in, n_out, _, row_bytes = isa.vector_geometry(cfg, d)
+        vec += (n_in + n_out + (d["vec_aux"] if name == "ADD" else 0)) * row_bytes
+    return int(moved.sum()) + vec + len(kind) * isa.DESCRIPTOR_BYTES
 
 
 def program_cost(prog) -> tuple[int, int]:

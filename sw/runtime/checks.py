@@ -6,7 +6,8 @@ program checks in milliseconds). Each check is a mask of the descriptors that fa
 for one of them; the error names the first failing descriptor and, within it, the first check in
 the order the checks are written (as a descriptor-by-descriptor loop would find it).
 
-A check function `check(cfg, d, fail, in_buffer)` (OPCODE_CHECKS, TARGET_CHECKS) gets `d`: field ->
+A check function `check(cfg, d, fail, in_buffer)` (each opcode's and LOAD target's Command.check in
+the engine registry, sw/engines.py) gets `d`: field ->
 int64 array over its descriptors; `fail(bad, why)`: `bad` a bool mask over them, `why(j)` the message
 for entry j; `in_buffer(addr, size, what)`: arrays of accesses that must lie in one buffer (`what` a
 string or a function of j). Per-tile checks pass `at=` (the descriptor of each mask entry) and
@@ -113,7 +114,8 @@ def _subset(d, fail, in_buffer, mask):
 def check_descriptors(cfg, descriptors, buffers: dict[str, tuple[int, int]]) -> None:
     """`descriptors`: packed (uint8, n x 32 bytes) or numeric field dicts (bound addresses); `buffers`:
     name -> (DDR address, bytes) of every buffer the program may touch (sw.runtime.session binds them).
-    Each opcode's own checks are OPCODE_CHECKS[opcode] (one per hw.isa.ENGINES opcode)."""
+    Each opcode's own checks are its engine's (sw.engines: one per hw.isa.ENGINES opcode and LOAD target)."""
+    from sw.engines import commands
     f = descriptor_columns(descriptors)
     op = f["opcode"]
     n = len(op)
@@ -141,7 +143,7 @@ def check_descriptors(cfg, descriptors, buffers: dict[str, tuple[int, int]]) -> 
     for name in known:
         sel = valid & (op == isa.OPCODES[name])
         if sel.any():
-            OPCODE_CHECKS[name](cfg, *_subset(f, fail, in_buffer, sel))
+            commands()[name].check(cfg, *_subset(f, fail, in_buffer, sel))
     if found.key is not None:
         i = found.key[0]
         why, j = found.why
@@ -149,6 +151,7 @@ def check_descriptors(cfg, descriptors, buffers: dict[str, tuple[int, int]]) -> 
 
 
 def _check_load(cfg, d, fail, in_buffer) -> None:
+    from sw.engines import commands
     t = d["target"]
     fail(~np.isin(t, list(isa.TARGETS.values())), lambda j: f"unknown LOAD target {t[j]}")
     for target, code in isa.TARGETS.items():
@@ -160,7 +163,7 @@ def _check_load(cfg, d, fail, in_buffer) -> None:
             fail(sel, lambda j, target=target, title=title: f"LOAD target {target}, but the overlay has no {title} "
                  "engine")
             continue
-        TARGET_CHECKS.get(target, _check_entries)(cfg, *_subset(d, fail, in_buffer, sel))
+        commands()[target].check(cfg, *_subset(d, fail, in_buffer, sel))
 
 
 def _check_entries(cfg, d, fail, in_buffer) -> None:
@@ -266,10 +269,31 @@ def _check_attention(cfg, d, fail, in_buffer) -> None:
     fail(~step & ~norm, lambda j: f"unknown attention mode {mode[j]}")
 
 
-#: opcode -> its checks (cfg, fields, fail(bad, why), in_buffer(addr, size, what)); LOAD targets with their own.
-OPCODE_CHECKS = {"LOAD": _check_load, "COMPUTE": _check_compute, "STORE": _check_store,
-                 "SYNC": lambda cfg, d, fail, in_buffer: None, "ATTENTION": _check_attention,
-                 "DEPTHWISE": _check_depthwise}
-TARGET_CHECKS = {"IM2COL": _check_im2col}
-assert set(OPCODE_CHECKS) == set(isa.IMPLEMENTED_OPCODES), \
-    f"host checks missing for {set(isa.IMPLEMENTED_OPCODES) - set(OPCODE_CHECKS)} (hw.isa.ENGINES)"
+def _check_vector(cfg, d, fail, in_buffer) -> None:
+    """VECTOR: a known op, row geometry within the engine's limits, every row read and written inside a
+    buffer (hw.isa.vector_geometry, here over columns)."""
+    from hw.vector.params import MAX_DIM, ROPE_DEPTH
+    DB = cfg.beat_bytes
+    op, dim, rows, width, aux = d["target"], d["vec_dim"], d["vec_rows"], d["vec_width"], d["vec_aux"]
+    codes = isa.VEC_OPS
+    known = np.isin(op, list(codes.values()))
+    fail(~known, lambda j: f"unknown vector op {op[j]} (ops: {codes})")
+    fail((dim < 1) | (dim > MAX_DIM) | (rows < 1),
+         lambda j: f"{rows[j]} rows of {dim[j]} elements (1..{MAX_DIM} each)")
+    pitch, row_bytes = d["vec_pitch"] * DB, -(-dim // DB) * DB
+    fail(pitch < row_bytes, lambda j: f"row pitch {pitch[j]} bytes shorter than a row's {row_bytes[j]}")
+    rope, pool, up, add = (op == codes[k] for k in ("ROPE", "MAXPOOL", "UPSAMPLE", "ADD"))
+    fail(rope & ((dim % 2 != 0) | (aux < 1) | (aux > ROPE_DEPTH)),
+         lambda j: f"RoPE over {dim[j]} elements (must be even: pairs) with {aux[j]} table slots (1..{ROPE_DEPTH})")
+    fail((pool & ((width < 2) | (rows < 2))) | (up & (width < 1)),
+         lambda j: f"{'MAXPOOL' if pool[j] else 'UPSAMPLE'} over a {rows[j]}x{width[j]} map")
+    n_in = np.where(pool | up, rows * width, rows)
+    n_out = np.where(pool, (rows // 2) * (width // 2), np.where(up, 4 * rows * width, rows))
+    ok = known & (dim >= 1) & (rows >= 1) & (pitch >= row_bytes)
+    at = np.flatnonzero(ok)
+    in_buffer(d["dram_addr"][at], (n_in[at] - 1) * pitch[at] + row_bytes[at], "input rows", at=at)
+    at = np.flatnonzero(ok & (n_out > 0))
+    in_buffer(d["vec_out_addr"][at], (n_out[at] - 1) * pitch[at] + row_bytes[at], "output rows", at=at)
+    fail(add & (aux < 1), lambda j: "ADD with b of 0 rows")
+    at = np.flatnonzero(ok & add & (aux >= 1))
+    in_buffer(d["vec_b_addr"][at], (aux[at] - 1) * pitch[at] + row_bytes[at], "b rows", at=at)

@@ -123,6 +123,18 @@ class Driver:
                                      sum(r.descriptors for r in runs))
         return out[0] if np.asarray(q).ndim == 2 else out
 
+    def vector(self, op: str, x, p=None, *, b=None, end_x: int | None = None) -> np.ndarray:
+        """An element-wise op of int8 SAM 2 on the vector engine, bit-identical to golden_model.intvec:
+        op "layernorm", "lut", "add" (b: (rows, D) or (D,), repeated over x's rows), "rescale", "rope"
+        (end_x: axial tables) on x (rows, D); "maxpool", "upsample" on x (H, W, C). `p`: the op's
+        intvec parameters (none for maxpool and upsample). Returns int8 of the op's output shape."""
+        from sw.compile.vector import compile_vector
+        base = self._buffer_base()
+        prog = compile_vector(self.cfg, op, x, p, b=b, end_x=end_x, base_addr=base,
+                              max_ddr_bytes=self.ddr_bytes - base)
+        self.last_programs = [prog]
+        return prog.output(self.run(prog))
+
     #: Programs kept loaded (descriptors and weights in DDR) for calls that repeat a layer.
     CACHED_PROGRAMS = 16
 

@@ -154,3 +154,35 @@ def compile_chunks_to_planar(cfg, channels: int, height: int, width: int, *, hea
     op = dict(kind="relayout", channels=channels, height=height, width=width, heads=heads)
     return RelayoutProgram(cfg, channels, K, T, False, image, raw, offsets, macs=channels * T * K,
                            base_addr=base_addr, symbolic=sym, out_layout=out_l, op=op)
+
+
+
+@dataclass(frozen=True)
+class TokenRowLayout:
+    """Tokens as channels-last rows: token t's channels at t x pitch, pitch = channels rounded up to the
+    array's C (int8). What a linear layer writes (sw.compile.linear's out: M rows of N rounded up to C),
+    so the vector engine (hw/vector) reads a linear's output in place and writes the same layout; an
+    (H, W, C) map is H x W tokens, t = y W + x. Padding bytes (channels .. pitch) are zero."""
+    tokens: int
+    channels: int
+    cols: int
+
+    @property
+    def pitch(self) -> int:
+        return -(-self.channels // self.cols) * self.cols
+
+    @property
+    def size(self) -> int:
+        return self.tokens * self.pitch
+
+    def offset(self, t: int, c: int = 0) -> int:
+        return t * self.pitch + c
+
+    def pack(self, x: np.ndarray) -> np.ndarray:
+        rows = np.zeros((self.tokens, self.pitch), np.int8)
+        rows[:, :self.channels] = np.asarray(x, np.int8).reshape(self.tokens, self.channels)
+        return rows.reshape(-1).view(np.uint8)
+
+    def unpack(self, raw: np.ndarray) -> np.ndarray:
+        rows = np.ascontiguousarray(raw[:self.size]).view(np.int8).reshape(self.tokens, self.pitch)
+        return rows[:, :self.channels].copy()

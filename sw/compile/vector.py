@@ -1,0 +1,182 @@
+"""Compiler: one element-wise op of int8 SAM 2 (golden_model.intvec) -> DDR image + VECTOR descriptors.
+
+    compile_vector(cfg, "layernorm", x, p)          x (R, D) int8, p an intvec.LayerNormParams
+    compile_vector(cfg, "lut", x, p)                p an intvec.LutParams (GELU, sigmoid, ...)
+    compile_vector(cfg, "add", a, p, b=b)           b (Rb, D) with R a multiple of Rb (Rb = 1: one vector for all)
+    compile_vector(cfg, "rescale", x, p)            p an intvec.RescaleParams
+    compile_vector(cfg, "rope", x, p, end_x=None)   p an intvec.RopeParams (end_x: axial tables on chip)
+    compile_vector(cfg, "maxpool", x)               x (H, W, C) channels last
+    compile_vector(cfg, "upsample", x)              x (H, W, C) channels last
+
+DDR image (regions, sw.compile.linear.lay_out_image): descriptors; params: the sections of the engine's
+parameter memory the op reads (hw.isa VEC_*), packed back to back; in, b, out: token rows
+(sw.runtime.layout.TokenRowLayout, channels-last, rows of D rounded up to the array's C). The program
+is one LOAD VEC per section, then VECTOR commands of at most 2^16 - 1 rows each (RoPE: whole table
+periods; ADD: whole periods of b; max-pool: whole window rows). LOAD VEC and VECTOR run in order on
+the load unit's slot, so no descriptor waits.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from golden_model import intvec
+from hw import isa
+from hw.vector import params as VP
+from sw.compile.linear import ALIGN, CompileError, Program, lay_out_image, pack_descriptors
+from sw.runtime.layout import TokenRowLayout
+
+#: CLI / driver names -> (VECTOR op, parameter class or None)
+OPS = {"layernorm": ("LAYERNORM", intvec.LayerNormParams), "lut": ("LUT", intvec.LutParams),
+       "add": ("ADD", intvec.AddParams), "rescale": ("RESCALE", intvec.RescaleParams),
+       "rope": ("ROPE", intvec.RopeParams), "maxpool": ("MAXPOOL", None), "upsample": ("UPSAMPLE", None)}
+MAX_ROWS = (1 << isa.FIELDS["vec_rows"][1]) - 1
+
+
+@dataclass
+class VectorProgram(Program):
+    out_layout: TokenRowLayout | None = None
+    out_shape: tuple = ()
+
+    ROLES = {"descriptors": "program", "params": "weight", "in": "input", "b": "input", "out": "output"}
+
+    def unpack_out(self, raw: np.ndarray) -> np.ndarray:
+        return self.out_layout.unpack(raw).reshape(self.out_shape)
+
+
+def parameter_memory(cfg, op: str, p, dim: int, rows: int, end_x: int | None) -> dict[int, np.ndarray]:
+    """The parameter memory's sections the op reads: memory offset -> bytes (hw.isa VEC_* layout)."""
+    cmd, writes = {}, []
+    if op == "LAYERNORM":
+        cmd, writes = VP.layernorm_command(p, 1)
+    elif op == "LUT":
+        cmd, writes = VP.lut_command(p, dim, 1)
+    elif op == "ADD":
+        cmd, writes = VP.add_command(p, dim, 1)
+    elif op == "RESCALE":
+        cmd, writes = VP.rescale_command(p, dim, 1)
+    elif op == "ROPE":
+        cmd, writes = VP.rope_command(p, 1, cfg.vec_lanes, end_x)
+    head = np.zeros(isa.VEC_HEADER_BYTES, np.uint8)
+    for name, (off, dt) in isa.VEC_HEADER.items():
+        head[off:off + np.dtype(dt).itemsize] = np.array([cmd.get(name, 0)], dt).view(np.uint8)
+    sections = {0: head}
+    if op == "LAYERNORM":
+        sections[isa.VEC_GAIN] = p.gain.astype("<i2").view(np.uint8)
+        sections[isa.VEC_BIAS] = p.bias.astype("<i4").view(np.uint8)
+    elif op == "LUT":
+        sections[isa.VEC_LUT] = p.table.view(np.uint8)
+    elif op == "ROPE":
+        slots = max(w[1] for w in writes) + 1
+        pairs = np.zeros(slots, "<u4")
+        for _, slot, data in writes:
+            pairs[slot] = data
+        sections[isa.VEC_ROPE] = pairs.view(np.uint8)
+    return sections
+
+
+def _chunks(total: int, unit: int) -> list[tuple[int, int]]:
+    """(first, count) chunks of at most MAX_ROWS rows, each a multiple of `unit` but the last."""
+    step = MAX_ROWS // unit * unit
+    if step == 0:
+        raise CompileError(f"a period of {unit} rows exceeds the {MAX_ROWS} rows of one VECTOR command")
+    return [(r, min(step, total - r)) for r in range(0, total, step)]
+
+
+def compile_vector(cfg, op: str, x, p=None, *, b=None, end_x: int | None = None, base_addr: int = 0,
+                   max_ddr_bytes: int = 1 << 30) -> VectorProgram:
+    if "vector" not in cfg.engines:
+        raise CompileError(f"overlay {cfg.name!r} has no vector engine")
+    if op not in OPS:
+        raise CompileError(f"unknown vector op {op!r}; choose one of {', '.join(OPS)}")
+    if base_addr % ALIGN:
+        raise CompileError(f"DDR buffer address {base_addr:#x} is not {ALIGN}-byte aligned")
+    vop, pclass = OPS[op]
+    if pclass is not None and not isinstance(p, pclass):
+        raise CompileError(f"{op} needs an intvec.{pclass.__name__}, got {type(p).__name__}")
+    x = np.asarray(x)
+    image_op = vop in ("MAXPOOL", "UPSAMPLE")
+    if x.dtype != np.int8 or x.ndim != (3 if image_op else 2) or 0 in x.shape:
+        raise CompileError(f"{op}: x must be int8 {'(H, W, C)' if image_op else '(rows, D)'}, got {x.dtype} {x.shape}")
+    dim = x.shape[-1]
+    if dim > VP.MAX_DIM:
+        raise CompileError(f"{op}: rows of {dim} elements, the engine takes 1..{VP.MAX_DIM}")
+    C, DB = cfg.cols, cfg.beat_bytes
+    tokens = x.shape[0] * x.shape[1] if image_op else x.shape[0]
+    in_l = TokenRowLayout(tokens, dim, C)
+    if in_l.pitch // DB >= 1 << isa.FIELDS["vec_pitch"][1]:
+        raise CompileError(f"{op}: a row pitch of {in_l.pitch} bytes does not fit the descriptor")
+    width, b_rows, b_l = 0, 0, None
+    if image_op:
+        h, width = x.shape[:2]
+        if width >= 1 << isa.FIELDS["vec_width"][1]:
+            raise CompileError(f"{op}: {width} pixels per row, at most {(1 << isa.FIELDS['vec_width'][1]) - 1}")
+        if vop == "MAXPOOL" and (h < 2 or width < 2):
+            raise CompileError(f"maxpool: a {h}x{width} map has no 2x2 window")
+        out_shape = (h // 2, width // 2, dim) if vop == "MAXPOOL" else (2 * h, 2 * width, dim)
+        rows, unit = h, 2
+    else:
+        out_shape, rows, unit = x.shape, tokens, 1
+    if vop == "ADD":
+        b = np.asarray(b) if b is not None else None
+        if b is None or b.dtype != np.int8 or b.ndim not in (1, 2) or b.shape[-1] != dim:
+            raise CompileError(f"add: b must be int8 (rows, {dim}) or ({dim},)")
+        b = b.reshape(-1, dim)
+        b_rows = len(b)
+        if rows % b_rows:
+            raise CompileError(f"add: {rows} rows of a are not a multiple of b's {b_rows} rows")
+        unit = b_rows if b_rows < rows else 1
+        b_l = TokenRowLayout(b_rows, dim, C)
+    elif vop == "ROPE":
+        if dim % 2:
+            raise CompileError(f"rope: {dim} channels, must be even (pairs)")
+        unit = p.positions
+        if rows % unit:
+            raise CompileError(f"rope: {rows} tokens is not a multiple of the {unit}-position table")
+    try:
+        sections = parameter_memory(cfg, vop, p, dim, rows, end_x)
+    except ValueError as e:
+        raise CompileError(str(e) if str(e).startswith(op) else f"{op}: {e}") from None
+    slots = sections[isa.VEC_ROPE].size // 4 if vop == "ROPE" else 0
+    out_l = TokenRowLayout(int(np.prod(out_shape[:-1])), dim, C)
+    packed, pos = [], 0                       # (offset in the params region, memory offset, bytes)
+    for at_mem, raw in sections.items():
+        size = -(-raw.size // DB) * DB
+        packed.append((pos, at_mem, size))
+        pos += size
+    descs = [dict(opcode="LOAD", target="VEC", src=("params", off), count=size // DB, sp_addr=at_mem // DB)
+             for off, at_mem, size in packed]
+    per_row = width if image_op else 1
+    for r0, n in _chunks(rows, unit):
+        if vop == "MAXPOOL":
+            n_out0 = (r0 // 2) * (width // 2)
+        else:
+            n_out0 = r0 * per_row * (4 if vop == "UPSAMPLE" else 1)
+        d = dict(opcode="VECTOR", target=isa.VEC_OPS[vop], src=("in", in_l.offset(r0 * per_row)),
+                 vec_out_addr=("out", out_l.offset(n_out0)), vec_rows=n, vec_dim=dim, vec_pitch=in_l.pitch // DB,
+                 vec_width=width)
+        if vop == "ADD":
+            first = r0 % b_rows
+            d.update(vec_b_addr=("b", b_l.offset(first)), vec_aux=b_rows if b_rows < rows else n)
+        elif vop == "ROPE":
+            d.update(vec_aux=slots)
+        descs.append(d)
+    sizes = {"params": pos, "in": in_l.size, **({"b": b_l.size} if b_l else {}), "out": out_l.size}
+    offsets, image = lay_out_image(cfg, len(descs), sizes, base_addr, max_ddr_bytes, f"vector {op}")
+    for (off, _, _), raw in zip(packed, sections.values()):
+        image[offsets["params"][0] + off:offsets["params"][0] + off + raw.size] = raw
+    image[offsets["in"][0]:offsets["in"][0] + in_l.size] = in_l.pack(x.reshape(tokens, dim))
+    if b_l:
+        image[offsets["b"][0]:offsets["b"][0] + b_l.size] = b_l.pack(b)
+    sym, raw = pack_descriptors(descs, image, offsets, base_addr, "split the call")
+    record = dict(kind="vector", op=vop, rows=rows, width=width, dim=dim, pitch=in_l.pitch, aux=b_rows or slots,
+                  sections=packed)
+    return VectorProgram(cfg, tokens, dim, dim, False, image, raw, offsets, macs=0, base_addr=base_addr,
+                         symbolic=sym, op=record, out_layout=out_l, out_shape=out_shape)
+
+
+def elements(prog: VectorProgram) -> int:
+    """The elements a call processes: its input's (upsample: its output's)."""
+    n = prog.m * prog.k
+    return 4 * n if prog.op["op"] == "UPSAMPLE" else n
