@@ -105,3 +105,9 @@ def commands() -> dict[str, Command]:
 @functools.cache
 def fast_jobs() -> dict[str, Callable]:
     return {kind: job for e in engines().values() for kind, job in e.fast.items()}
+
+
+@functools.cache
+def engine_of_kind() -> dict[str, str]:
+    """Program.op kind -> the engine that runs it (the engine whose fast job it is)."""
+    return {kind: e.name for e in engines().values() for kind in e.fast}

@@ -256,7 +256,19 @@ class SimOverlay:
         return None if self._depthwise(d) else (isa.ERROR_AXI_READ, i + 1)
 
     def exec_vector(self, d, i):
+        """Its rows through the DMA (`_ddr`, so faults strike them): reads (input, ADD's b), then writes;
+        an error response drops the command's writes."""
         from sw.backends import sim_vector
+        op, n_in, n_out, pitch, row_bytes = isa.vector_geometry(self.cfg, d)
+        reads = [(d["dram_addr"], n_in, d["vec_dim"])]
+        if op == "ADD":
+            reads.append((d["vec_b_addr"], max(d["vec_aux"], 1), d["vec_dim"]))
+        for write, (addr, n, size) in [(False, r) for r in reads] + [(True, (d["vec_out_addr"], n_out, row_bytes))]:
+            for r in range(n):
+                if self._ddr(addr + r * pitch, size, write=write) is None:
+                    return isa.ERROR_AXI_READ, i + 1          # (the ERROR bit is the response's channel)
+        if self._dry:                                           # counting beats: DDR stays as it is
+            return None
         return None if sim_vector.run(self.cfg, self.vec_mem, self.ddr, d) else (isa.ERROR_AXI_READ, i + 1)
 
     def exec_attention(self, d, i):

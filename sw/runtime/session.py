@@ -181,7 +181,9 @@ class LoadedProgram:
             cycles += be.run(addr, count)
             wall += be.last_wall_s or time.monotonic() - t0
         prog = self.prog
-        engine = "conv" if getattr(prog, "out_layout", None) is not None else "gemm"
+        from sw.engines import engine_of_kind
+        kind = (getattr(prog, "op", None) or {}).get("kind")
+        engine = engine_of_kind().get(kind) or ("conv" if getattr(prog, "out_layout", None) is not None else "gemm")
         self.last_run = RunStats(be.name, int(cycles), prog.macs, getattr(prog, "array_macs", self.session.cfg.macs),
                                  wall, self.count, engine)
         return self.last_run
