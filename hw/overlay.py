@@ -362,16 +362,21 @@ class Core(wiring.Component):
                              engine.b_wr.valid.eq(i2c.b_wr.valid), engine.b_wr.payload.eq(i2c.b_wr.payload)]
             with m.If(i2c.done):
                 m.d.comb += load_done_pulse.eq(1)
-        if has_dw:
-            # DEPTHWISE commands: the unit takes the AR/R slot (id 1) while busy, like IM2COL loads.
-            m.d.comb += [l_cmd_ready.eq(~l_busy & ~i2c_busy & ~dw.busy),
-                         dw.r.valid.eq(axi.rvalid & (axi.rid == 1) & dw.busy), dw.r.payload.eq(axi.rdata),
-                         dw.ar.ready.eq(l_ar_ready)]
-            with m.If(dw.busy):
-                m.d.comb += [l_ar_valid.eq(dw.ar.valid), l_ar_addr.eq(dw.ar.payload.addr),
-                             l_ar_len.eq(dw.ar.payload.len), l_r_ready.eq(dw.r.ready)]
-            with m.If(dw.done):
+
+        def take_read_slot(unit):
+            """A DDR-to-DDR unit (DEPTHWISE, VECTOR) takes the AR/R slot (id 1) while busy, like IM2COL loads,
+            and completes as a LOAD."""
+            m.d.comb += [unit.r.valid.eq(axi.rvalid & (axi.rid == 1) & unit.busy), unit.r.payload.eq(axi.rdata),
+                         unit.ar.ready.eq(l_ar_ready)]
+            with m.If(unit.busy):
+                m.d.comb += [l_ar_valid.eq(unit.ar.valid), l_ar_addr.eq(unit.ar.payload.addr),
+                             l_ar_len.eq(unit.ar.payload.len), l_r_ready.eq(unit.r.ready)]
+            with m.If(unit.done):
                 m.d.comb += load_done_pulse.eq(1)
+
+        if has_dw:
+            m.d.comb += l_cmd_ready.eq(~l_busy & ~i2c_busy & ~dw.busy)
+            take_read_slot(dw)
             dp = dw.cmd.payload
             dwf = lambda name: shared_field(desc, name)     # noqa: E731 (shared-bit fields, hw.isa.DW_FIELDS)
             m.d.comb += [dp.in_addr.eq(desc.dram_addr), dp.out_addr.eq(dwf("dw_out_addr")), dp.pitch.eq(desc.stride),
@@ -379,15 +384,8 @@ class Core(wiring.Component):
                          dp.width.eq(dwf("dw_width")), dp.k_last.eq(dwf("dw_kernel_last")),
                          dp.col0.eq(dwf("dw_col0")), dp.channels.eq(dwf("dw_channels")), dp.relu.eq(desc.relu)]
         if has_vec:
-            # VECTOR commands: the unit takes the AR/R slot (id 1) while busy, like DEPTHWISE.
-            m.d.comb += [l_cmd_ready.eq(~l_busy & ~i2c_busy & ~dw_busy & ~vec.busy),
-                         vec.r.valid.eq(axi.rvalid & (axi.rid == 1) & vec.busy), vec.r.payload.eq(axi.rdata),
-                         vec.ar.ready.eq(l_ar_ready)]
-            with m.If(vec.busy):
-                m.d.comb += [l_ar_valid.eq(vec.ar.valid), l_ar_addr.eq(vec.ar.payload.addr),
-                             l_ar_len.eq(vec.ar.payload.len), l_r_ready.eq(vec.r.ready)]
-            with m.If(vec.done):
-                m.d.comb += load_done_pulse.eq(1)
+            m.d.comb += l_cmd_ready.eq(~l_busy & ~i2c_busy & ~dw_busy & ~vec.busy)
+            take_read_slot(vec)
             vp = vec.cmd.payload
             vf = lambda name: shared_field(desc, name)     # noqa: E731 (shared-bit fields, hw.isa.VEC_FIELDS)
             m.d.comb += [vp.op.eq(desc.target), vp.in_addr.eq(desc.dram_addr), vp.out_addr.eq(vf("vec_out_addr")),
