@@ -38,6 +38,16 @@ def test_pynq_equals_sim_equals_golden():
     assert isinstance(buf, pynq.buffer.PynqBuffer) and buf.device_address % 4096 == 0
 
 
+def test_pynq_vector_engine_equals_sim_and_golden():
+    """The vector engine's programs through the real pynq library (every op kind the engine has)."""
+    from tests.test_vector_sim import cases
+    drv_p, drv_s = Driver(SIM, "pynq"), Driver(SIM, "sim")
+    for op, x, p, kw, want in cases(7, 22, "random", np.random.default_rng(9)):
+        got_p, got_s = drv_p.vector(op, x, p, **kw), drv_s.vector(op, x, p, **kw)
+        assert np.array_equal(got_p, want) and np.array_equal(got_s, want), op
+        assert drv_p.last_run.cycles == drv_s.last_run.cycles and drv_p.last_run.engine == "vector"
+
+
 def test_pynq_hang_times_out_resets_and_raises(monkeypatch):
     drv = Driver(SIM, "pynq", timeout_s=0.2)
     a, b, bias, mult, shift = layer(np.random.default_rng(1), 4, 8, 8)
