@@ -229,7 +229,7 @@ def attention_state(q, k, v, quant: AttentionQuant, key_tile: int):
               score_shift <= 39 (the integer a + 2^(score_shift-1) < 2^39 < 2^53), and for score_shift >= 40
               |a * 2^-score_shift| < 1/4, so the sum rounds into [1/4, 3/4]: floor 0, as the spec's x = 0.
       P V     float64: |sum| <= MAX_KEYS * 2^P_BITS * 128 = 2^38 < 2^53 (any key tile, any prefix).
-      m - x   float64: |difference| < 2^33.
+      m - x   float64: 0 <= difference < 2^35 (padding included), an exact integer index.
     """
     q, k, v = check_inputs(q, k, v)
     if key_tile < 1:
@@ -260,6 +260,8 @@ def attention_state(q, k, v, quant: AttentionQuant, key_tile: int):
 
 
 _EXP2_ALL_F64 = _EXP2_ALL.astype(np.float64)
+#: Scores of the padding keys: below every real x (>= M_INIT) by more than EXP2_ZERO_FROM, so p = 0.
+PAD_SCORE = float(M_INIT - (1 << 33))
 
 
 def _state_block(qf, kt, vt, quant: AttentionQuant, lk: int, tile: int):
@@ -273,11 +275,11 @@ def _state_block(qf, kt, vt, quant: AttentionQuant, lk: int, tile: int):
     np.floor(x, out=x)
     if qf.shape[-1] * 128 * 128 * quant.score_mult >= 1 << (quant.score_shift + X_BITS - 2):
         np.clip(x, M_INIT, -M_INIT - 1, out=x)                            # (else |x| < 2^30: nothing to clip)
-    x[..., lk:] = -np.inf                                                 # padding: never the max, p = 0
+    x[..., lk:] = PAD_SCORE                                               # padding: never the max, p = 0
     x = x.reshape(b, r, nt, tile)
     m = np.maximum.accumulate(x.max(axis=-1), axis=-1)                    # step 3: m after each tile (b, r, nt)
     np.subtract(m[..., None], x, out=x)                                   # step 4: m' - x, then exp2fix
-    p = np.take(_EXP2_ALL_F64, np.minimum(x, EXP2_ZERO_FROM, out=x).astype(np.intp))
+    p = np.take(_EXP2_ALL_F64, x.astype(np.intp), mode="clip", out=x)    # (clip: t >= EXP2_ZERO_FROM -> 0)
     m = m.astype(np.int64)
     alpha = exp2fix(m - np.concatenate([np.full_like(m[..., :1], M_INIT), m[..., :-1]], axis=-1))
     grew = alpha != (1 << P_BITS)         # rescaling by alpha = 2^P_BITS is the identity: skip those rows
