@@ -3,6 +3,8 @@
 This module is the specification of the attention engine: every width, every
 rounding and the order of operations are defined here, and the hardware and the
 overlay's sim model are tested against `attention` (never the other way round).
+`attention_reference` runs steps 1-5 literally tile by tile; `attention` computes the same bits with
+whole-array operations (tests/test_intattn.py holds them equal).
 
 Inputs: q (Lq, d), k (Lk, d), v (Lk, d) int8 with float scales (real = scale * int),
 d <= MAX_HEAD_DIM, 1 <= Lk <= MAX_KEYS. The keys are processed in tiles of
@@ -269,8 +271,8 @@ def _state_block(qf, kt, vt, quant: AttentionQuant, lk: int, tile: int):
     float64 (v and a column of ones), keys padded to whole tiles (lk real ones)."""
     b, r = qf.shape[:2]
     nt = vt.shape[1] // tile
-    x = (qf @ kt).astype(np.float64)                                      # step 1: (b, r, keys)
-    x *= quant.score_mult * 2.0 ** -quant.score_shift                     # step 2 (exact: see the caller)
+    x = np.multiply(qf @ kt, quant.score_mult * 2.0 ** -quant.score_shift,   # steps 1 and 2 (b, r, keys),
+                    dtype=np.float64)                                     # exact: see the caller
     x += 0.5
     np.floor(x, out=x)
     if qf.shape[-1] * 128 * 128 * quant.score_mult >= 1 << (quant.score_shift + X_BITS - 2):
