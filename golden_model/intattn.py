@@ -237,6 +237,7 @@ def attention_state(q, k, v, quant: AttentionQuant, key_tile: int):
     if key_tile < 1:
         raise ValueError("attention: key_tile must be positive")
     lead, (lq, d), lk = q.shape[:-2], q.shape[-2:], k.shape[-2]
+    key_tile = min(key_tile, lk)                  # (one tile either way: no padding keys to compute)
     nt = -(-lk // key_tile)
     q = q.reshape(-1, lq, d)
     # Keys and values padded to whole tiles: k^T (batch, d, keys) for one score GEMM, v (batch, keys, d).
