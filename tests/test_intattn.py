@@ -275,7 +275,8 @@ def fast_path_cases():
         ("late growth", np.full((5, 16), 127, np.int8), late, i8(900, 16), quant, 8),
         ("int8 extremes, saturated scores", np.full((2, 16), -128, np.int8), extreme_k, extreme_k,
          A.AttentionQuant((1 << A.SCORE_MULT_BITS) - 1, 1, 1 << 30, 30 + A.NORM_FRAC_BITS), 16),
-        ("huge score shift (x = 0)", i8(4, 256), i8(50, 256), i8(50, 256), A.AttentionQuant(65535, 45, 1 << 30, 40), 16),
+        ("huge score shift (x = 0)", i8(4, 256), i8(50, 256), i8(50, 256),
+         A.AttentionQuant(65535, 45, 1 << 30, 40), 16),
         ("max head dim, one tile of all keys", i8(6, 256), i8(40, 256), i8(40, 256), quant, 64),
     ]
 
