@@ -3,6 +3,8 @@
 This module is the specification of the attention engine: every width, every
 rounding and the order of operations are defined here, and the hardware and the
 overlay's sim model are tested against `attention` (never the other way round).
+`attention_reference` runs steps 1-5 literally tile by tile; `attention` computes the same bits with
+whole-array operations (tests/test_intattn.py holds them equal).
 
 Inputs: q (Lq, d), k (Lk, d), v (Lk, d) int8 with float scales (real = scale * int),
 d <= MAX_HEAD_DIM, 1 <= Lk <= MAX_KEYS. The keys are processed in tiles of
@@ -181,8 +183,8 @@ def check_inputs(q, k, v):
     return q, k, v
 
 
-def attention_state(q, k, v, quant: AttentionQuant, key_tile: int):
-    """Steps 1-5 over all key tiles: the final (m, l, O) per query row (int64 arrays).
+def attention_state_reference(q, k, v, quant: AttentionQuant, key_tile: int):
+    """Steps 1-5 tile by tile, as the hardware runs them: the final (m, l, O) per query row (int64 arrays).
     Leading axes (..., L, d) are independent attentions (heads, windows), computed together."""
     q, k, v = check_inputs(q, k, v)
     if key_tile < 1:
@@ -211,12 +213,137 @@ def attention_state(q, k, v, quant: AttentionQuant, key_tile: int):
     return m, l, o.astype(np.int64)
 
 
+#: Score elements (query rows x padded keys) per block of the fast path: bounds its temporaries (~8 bytes
+#: each); 2^20 measured faster than 2^19, 2^21 and 2^22 on the tiny encoder (cache-sized blocks).
+FAST_BLOCK = 1 << 20
+
+
+def attention_state(q, k, v, quant: AttentionQuant, key_tile: int):
+    """`attention_state_reference` (the spec) with the same numbers, computed with whole-array ops.
+
+    The running maxima after every tile are a cumulative maximum of the tile maxima, so steps 1-4 run
+    on all scores of a block of query rows at once (FAST_BLOCK scores a block). Step 5 rescales only
+    where the maximum grew (alpha = 2^P_BITS is the identity), so between two growths O just sums
+    P_t V_t: a row whose maximum does not grow inside a run of SUPER_TILE tiles takes them in one GEMM,
+    the others go tile by tile. l is O's column for v = 1 (the same rescale), so it rides in the GEMM.
+    Exactness of the float arithmetic (every value below is an integer held exactly):
+      scores  float32: |every partial sum| <= MAX_HEAD_DIM * 128 * 128 = 2^22 < 2^24.
+      step 2  float64: a = S * score_mult, |a| < 2^22 * 2^16 = 2^38; a * 2^-score_shift + 1/2 is exact for
+              score_shift <= 39 (the integer a + 2^(score_shift-1) < 2^39 < 2^53), and for score_shift >= 40
+              |a * 2^-score_shift| < 1/4, so the sum rounds into [1/4, 3/4]: floor 0, as the spec's x = 0.
+      P V     float64: |sum| <= MAX_KEYS * 2^P_BITS * 128 = 2^38 < 2^53 (any key tile, any prefix).
+      m - x   float64: 0 <= difference < 2^35 (padding included), an exact integer index.
+    """
+    q, k, v = check_inputs(q, k, v)
+    if key_tile < 1:
+        raise ValueError("attention: key_tile must be positive")
+    lead, (lq, d), lk = q.shape[:-2], q.shape[-2:], k.shape[-2]
+    key_tile = min(key_tile, lk)                  # (one tile either way: no padding keys to compute)
+    nt = -(-lk // key_tile)
+    q = q.reshape(-1, lq, d)
+    # Keys and values padded to whole tiles: k^T (batch, d, keys) for one score GEMM, v (batch, keys, d).
+    kt = np.zeros((q.shape[0], d, nt * key_tile), np.float32)
+    kt[..., :lk] = np.swapaxes(k.reshape(-1, lk, d), -1, -2)
+    # v gets a column of ones: l follows O's recurrence with v = 1, so l is O's last column.
+    vt = np.zeros((q.shape[0], nt * key_tile, d + 1), np.float64)
+    vt[:, :lk, :d] = v.reshape(-1, lk, d)
+    vt[:, :lk, d] = 1
+    m = np.empty((q.shape[0], lq), np.int64)
+    l = np.empty((q.shape[0], lq), np.int64)
+    o = np.empty((q.shape[0], lq, d), np.int64)
+    rows = max(1, min(lq, FAST_BLOCK // (nt * key_tile)))
+    batch = max(1, FAST_BLOCK // (rows * nt * key_tile))
+    for b0 in range(0, q.shape[0], batch):
+        for r0 in range(0, lq, rows):
+            sl = (slice(b0, b0 + batch), slice(r0, r0 + rows))
+            m[sl], l[sl], o[sl] = _state_block(q[sl].astype(np.float32), kt[sl[0]], vt[sl[0]], quant, lk,
+                                                   key_tile)
+    # Cannot fail for int8 inputs within MAX_KEYS (see the widths above): a guard for the spec.
+    assert l.max() < (1 << SUM_BITS) and np.abs(o).max() < (1 << (O_BITS - 1))
+    return m.reshape(lead + (lq,)), l.reshape(lead + (lq,)), o.reshape(lead + (lq, d))
+
+
+_EXP2_ALL_F64 = _EXP2_ALL.astype(np.float64)
+#: Scores of the padding keys: below every real x (>= M_INIT) by more than EXP2_ZERO_FROM, so p = 0.
+PAD_SCORE = float(M_INIT - (1 << 33))
+
+
+def _state_block(qf, kt, vt, quant: AttentionQuant, lk: int, tile: int):
+    """attention_state for one block: qf (b, r, d) float32, kt (b, d, keys) float32, vt (b, keys, d + 1)
+    float64 (v and a column of ones), keys padded to whole tiles (lk real ones)."""
+    b, r = qf.shape[:2]
+    nt = vt.shape[1] // tile
+    x = np.multiply(qf @ kt, quant.score_mult * 2.0 ** -quant.score_shift,   # steps 1 and 2 (b, r, keys),
+                    dtype=np.float64)                                     # exact: see the caller
+    x += 0.5
+    np.floor(x, out=x)
+    if qf.shape[-1] * 128 * 128 * quant.score_mult >= 1 << (quant.score_shift + X_BITS - 2):
+        np.clip(x, M_INIT, -M_INIT - 1, out=x)                            # (else |x| < 2^30: nothing to clip)
+    x[..., lk:] = PAD_SCORE                                               # padding: never the max, p = 0
+    x = x.reshape(b, r, nt, tile)
+    m = np.maximum.accumulate(x.max(axis=-1), axis=-1)                    # step 3: m after each tile (b, r, nt)
+    np.subtract(m[..., None], x, out=x)                                   # step 4: m' - x, then exp2fix
+    p = np.take(_EXP2_ALL_F64, x.astype(np.intp), mode="clip", out=x)    # (clip: t >= EXP2_ZERO_FROM -> 0)
+    m = m.astype(np.int64)
+    alpha = exp2fix(m - np.concatenate([np.full_like(m[..., :1], M_INIT), m[..., :-1]], axis=-1))
+    grew = alpha != (1 << P_BITS)         # rescaling by alpha = 2^P_BITS is the identity: skip those rows
+    o = np.zeros((b, r, vt.shape[-1]), np.float64)                       # integers held exactly (< 2^53)
+    if nt <= SUPER_TILE:                                                  # step 5, all attentions at once
+        for t in range(nt):
+            if t and grew[..., t].any():                                  # (before tile 0, O = 0)
+                bi, ri = np.nonzero(grew[..., t])
+                o[bi, ri] = rescale(o[bi, ri].astype(np.int64), alpha[bi, ri, t][:, None])
+            o += p[:, :, t] @ vt[:, t * tile:(t + 1) * tile]
+    else:                                                                 # step 5, SUPER_TILE tiles a GEMM
+        for bb in range(b):
+            for a in range(0, nt, SUPER_TILE):
+                _accumulate_o(o[bb], p[bb], vt[bb], alpha[bb], grew[bb], a, min(a + SUPER_TILE, nt), tile)
+    o = o.astype(np.int64)
+    l = o[..., -1]
+    return m[..., -1], l, o[..., :-1]
+
+
+#: Key tiles per GEMM of the fast path's O update.
+SUPER_TILE = 8
+
+
+def _accumulate_o(o, p, v, alpha, grew, a: int, e: int, tile: int):
+    """Step 5 for O over tiles a..e-1 of one attention, in place: o (r, d), p (r, tiles, tile), v (keys, d).
+    Rows whose maximum does not grow inside (a, e) take all e - a tiles in one product (no rounding
+    happens between them); the others go tile by tile, as the spec."""
+    if a:                                                                 # (before tile 0, O = 0)
+        g = grew[:, a]
+        o[g] = rescale(o[g].astype(np.int64), alpha[g, a][:, None])
+    inner = grew[:, a + 1:e].any(axis=-1)
+    product = p[:, a:e].reshape(len(p), -1) @ v[a * tile:e * tile]
+    o[~inner] += product[~inner]
+    ri = np.flatnonzero(inner)
+    if ri.size:
+        oi = o[ri]
+        for t in range(a, e):
+            if t > a:
+                g = grew[ri, t]
+                oi[g] = rescale(oi[g].astype(np.int64), alpha[ri[g], t][:, None])
+            oi += p[ri, t] @ v[t * tile:(t + 1) * tile]
+        o[ri] = oi
+
+
 def attention(q, k, v, quant: AttentionQuant, key_tile: int = 64, *, out_int32: bool = False) -> np.ndarray:
     """The attention engine's result, (..., Lq, d): int8 (step 8), or with out_int32 the int32 t of
     step 7 (O / l with NORM_FRAC_BITS fraction bits, the requantiser bypassed).
     Heads and windows: one engine call per (head, window), here leading axes; `key_tile` is the
     engine's key tile."""
-    _, l, o = attention_state(q, k, v, quant, key_tile)
+    return _finish(attention_state(q, k, v, quant, key_tile), quant, out_int32)
+
+
+def attention_reference(q, k, v, quant: AttentionQuant, key_tile: int = 64, *, out_int32: bool = False) -> np.ndarray:
+    """`attention` computed tile by tile (attention_state_reference): the spec the fast path is tested against."""
+    return _finish(attention_state_reference(q, k, v, quant, key_tile), quant, out_int32)
+
+
+def _finish(state, quant: AttentionQuant, out_int32: bool) -> np.ndarray:
+    """Steps 6-8 on the final (m, l, O)."""
+    _, l, o = state
     t = normalise(o, l)
     return t.astype(np.int32) if out_int32 else requantize(t, quant.out_mult, quant.out_shift)
 

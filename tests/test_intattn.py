@@ -251,3 +251,55 @@ def test_leading_axes_are_independent_attentions():
 def test_exp2fix_table_equals_the_formula():
     t = np.concatenate([np.arange(0, 6000), [1 << 20, (1 << 32) - 1, 1 << 33]])
     np.testing.assert_array_equal(A.exp2fix(t), A.exp2fix_formula(t))
+
+
+# ------------------------------------------------------------------ the fast path against the tile-by-tile spec
+
+
+def fast_path_cases():
+    """(name, q, k, v, quant, key_tile): random and adversarial inputs for attention vs attention_reference."""
+    rng = np.random.default_rng(11)
+    i8 = lambda *shape: rng.integers(-128, 128, shape, dtype=np.int8)      # noqa: E731
+    quant = A.AttentionQuant.from_scales(0.05, 0.05, 0.05, 0.01, 32)
+    rising = np.tile(np.linspace(-128, 127, 700).round().astype(np.int8)[:, None], (1, 8))   # max grows every tile
+    extreme_k = np.where(np.arange(333)[:, None] % 2, 127, -128).astype(np.int8) * np.ones((1, 16), np.int8)
+    late = np.zeros((900, 16), np.int8)
+    late[::97] = 127                                       # the maximum grows at a few late tiles only
+    return [
+        ("random, many heads", i8(3, 5, 7, 32), i8(3, 5, 75, 32), i8(3, 5, 75, 32), quant, 8),
+        ("keys a multiple of the tile, > SUPER_TILE tiles", i8(2, 40, 32), i8(2, 640, 32), i8(2, 640, 32), quant, 16),
+        ("one key", i8(4, 16), i8(1, 16), i8(1, 16), quant, 32),
+        ("keys not a multiple of the tile", i8(9, 24), i8(301, 24), i8(301, 24), quant, 32),
+        ("all scores equal", np.zeros((3, 16), np.int8), i8(500, 16), i8(500, 16), quant, 7),
+        ("rising scores", np.full((2, 8), 127, np.int8), rising, i8(700, 8), quant, 4),
+        ("late growth", np.full((5, 16), 127, np.int8), late, i8(900, 16), quant, 8),
+        ("int8 extremes, saturated scores", np.full((2, 16), -128, np.int8), extreme_k, extreme_k,
+         A.AttentionQuant((1 << A.SCORE_MULT_BITS) - 1, 1, 1 << 30, 30 + A.NORM_FRAC_BITS), 16),
+        ("huge score shift (x = 0)", i8(4, 256), i8(50, 256), i8(50, 256),
+         A.AttentionQuant(65535, 45, 1 << 30, 40), 16),
+        ("max head dim, one tile of all keys", i8(6, 256), i8(40, 256), i8(40, 256), quant, 64),
+    ]
+
+
+@pytest.mark.parametrize("case", fast_path_cases(), ids=lambda c: c[0])
+def test_fast_path_equals_the_tile_by_tile_spec(case):
+    """attention (whole-array fast path) == attention_reference (the recurrence as the hardware runs it), bit
+    for bit: the final state (m, l, O), the int32 result and the int8 output."""
+    _, q, k, v, quant, tile = case
+    for got, want in zip(A.attention_state(q, k, v, quant, tile), A.attention_state_reference(q, k, v, quant, tile)):
+        assert got.dtype == want.dtype and np.array_equal(got, want)
+    for out_int32 in (False, True):
+        got = A.attention(q, k, v, quant, tile, out_int32=out_int32)
+        want = A.attention_reference(q, k, v, quant, tile, out_int32=out_int32)
+        assert got.dtype == want.dtype and np.array_equal(got, want)
+
+
+def test_fast_path_blocks_of_queries_and_attentions(monkeypatch):
+    """Queries and leading axes split into several blocks (small FAST_BLOCK) give the same numbers."""
+    rng = np.random.default_rng(12)
+    q, k, v = (rng.integers(-128, 128, (3, 2, n, 16), dtype=np.int8) for n in (33, 130, 130))
+    quant = A.AttentionQuant.from_scales(0.04, 0.04, 0.05, 0.01, 16)
+    want = A.attention_reference(q, k, v, quant, 16)
+    for block in (1, 500, 5000):
+        monkeypatch.setattr(A, "FAST_BLOCK", block)
+        assert np.array_equal(A.attention(q, k, v, quant, 16), want)
