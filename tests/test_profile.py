@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from golden_model.intattn import AttentionQuant
+from hw import isa
 from hw.config import preset
 from sw.compile import graph as G
 from sw.perf.host_model import HOSTS, HostModel, host_for
@@ -72,14 +73,30 @@ def test_ddr_bytes_of_a_linear():
     assert moved == expect and cycles > 0
 
 
-def test_vector_cycles_is_the_slower_of_compute_and_ddr():
-    # 16 lanes, a 16-byte port: add reads two rows and writes one, so DDR (3 beats a row) binds
-    assert G.vector_cycles("add", 100, 256, 16, 16) == G.VECTOR_START_CYCLES + 100 * 3 * 16
-    # 4 lanes on a 16-byte port: compute binds (64 beats per row)
-    assert G.vector_cycles("layernorm", 10, 256, 4, 16) == G.VECTOR_START_CYCLES + 10 * 64
-    # max-pool: 4 input rows per output row
-    assert G.vector_cycles("maxpool2x2", 64, 32, 32, 16) == G.VECTOR_START_CYCLES + (64 * 32 + 16 * 32) // 16
-
+@pytest.mark.parametrize("op,shape", [("layernorm", (37, 96)), ("gelu", (20, 40)), ("add", (9, 64)),
+                                      ("rescale", (5, 17)), ("maxpool2x2", (6, 8, 24)), ("upsample2x", (3, 5, 16))])
+def test_vector_cycles_are_the_engines(op, shape):
+    """The profile times a vector node by the commands sw.compile.vector emits for it, with the engine's
+    own cycle model (sw.backends.sim_vector, checked against the RTL in tests/test_vector_sim.py)."""
+    from golden_model import intvec
+    from sw.backends import sim_vector
+    from sw.compile.vector import compile_vector
+    cfg = preset("sim")
+    rng = np.random.default_rng(3)
+    x = rng.integers(-128, 128, shape, dtype=np.int8)
+    dim = shape[-1]
+    p, kw = {"layernorm": (intvec.LayerNormParams.make(np.ones(dim), np.zeros(dim), 0.04, 0.02, 1e-6), {}),
+             "gelu": (intvec.LutParams.gelu(0.05, 0.02), {}), "add": (intvec.AddParams.make(0.08, 0.05, 0.03),
+                                                                       {"b": x}),
+             "rescale": (intvec.RescaleParams.make(0.05, 0.02), {})}.get(op, (None, {}))
+    name = {"gelu": "lut", "maxpool2x2": "maxpool", "upsample2x": "upsample"}.get(op, op)   # compile_vector's
+    prog = compile_vector(cfg, name, x, p, **kw)
+    emitted = [d for d in prog.descriptors if d["opcode"] == isa.OPCODES["VECTOR"]]
+    fields = ("target", "vec_rows", "vec_width", "vec_dim", "vec_pitch", "vec_aux")
+    assert [{k: d.get(k, 0) for k in fields} for d in emitted] == G.vector_commands(cfg, op, shape, cfg.vec_lanes)
+    cycles, bound = G.vector_cycles(cfg, op, shape, cfg.vec_lanes)
+    assert cycles == sum(sim_vector.cycles(cfg, d) for d in emitted)
+    assert bound == ("DDR" if op == "add" else "compute")
 
 def test_placement_rule():
     host = HOSTS["kv260"]

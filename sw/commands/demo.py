@@ -11,7 +11,9 @@ against float attention; SAM 2's patch-embed convolution (7x7 stride 4, 3 -> 96
 channels) on a tile of a real photo through the convolution engine, on the sim and
 rtl backends, checked bit-exact against golden; a linear -> attention -> linear -> conv ->
 depthwise chain whose activations stay in DDR on the sim and pynq backends (host <-> DDR bytes
-per run: input and output only); and finally segment a real photo
+per run: input and output only); an integer LayerNorm on the vector engine (sim and rtl); the
+modelled kv260 profile of SAM 2.1 tiny (image embedding and a steady-state video frame, overlay vs
+host); and finally segment a real photo
 (scikit-image's cat) from one click on the NumPy golden SAM 2.1 tiny and write the overlay PNG. Without
 --checkpoint the model has seeded random weights, and the demo says so.
 """
@@ -43,8 +45,10 @@ def run(args) -> int:
         _attention_call(args)
         _patch_embed_tile(args)
         _chain_in_ddr()
+        _vector_layernorm(args)
     except ToolchainError as e:
         raise CommandError(str(e)) from e
+    _profile_kv260()
     _segment_photo(args)
     print("demo: OK")
     return 0
@@ -55,10 +59,10 @@ def _requant_smoke(args) -> None:
     from hw.verilog import write_verilog
     from sim.runner import run_bench
 
-    print("[1/7] Amaranth -> Verilog: requantiser (int32 -> int8, fixed-point multiplier and shift)")
+    print("[1/9] Amaranth -> Verilog: requantiser (int32 -> int8, fixed-point multiplier and shift)")
     path = write_verilog(Requantizer(), "requant", args.out)
     print(f"      wrote {path} ({len(path.read_text().splitlines())} lines)")
-    print("[2/7] cocotb + Verilator: RTL vs golden_model.intops.requantize, random stalls on both streams")
+    print("[2/9] cocotb + Verilator: RTL vs golden_model.intops.requantize, random stalls on both streams")
     t0 = time.monotonic()
     result = run_bench(path, "requant", "requant_bench", name="demo-requant", waves=args.waves)
     print(f"      {result.passed} cocotb tests passed, 0 failed, bit-exact against golden "
@@ -78,7 +82,7 @@ def _gemm_layer(args) -> None:
 
     cfg = preset("sim")
     m, k, n = 24, 96, 40
-    print(f"[3/7] GEMM overlay ({cfg.rows} x {cfg.cols} systolic array, preset {cfg.name}): quantised linear layer "
+    print(f"[3/9] GEMM overlay ({cfg.rows} x {cfg.cols} systolic array, preset {cfg.name}): quantised linear layer "
           f"{m} x {k} x {n}, int8 + per-channel requantisation + ReLU, operands in DDR")
     a, b, bias, mult, shift = random_layer(np.random.default_rng(0), m, k, n)
     want = gemm(a, b, bias, mult, shift, relu=True)
@@ -110,7 +114,7 @@ def _attention_call(args) -> None:
 
     big, small = preset("bench16"), preset("sim")
     lq, lk, d = ATTN_QUERIES, ATTN_KEYS, ATTN_D
-    print(f"[4/7] attention engine (integer online softmax, Q K^T on the GEMM array + P V array): "
+    print(f"[4/9] attention engine (integer online softmax, Q K^T on the GEMM array + P V array): "
           f"{lq} queries (64x64 map) x {lk} keys (2 memory frames), d {d}, int8 q/k/v in DDR")
     t0 = time.monotonic()
     q, k, v, quant, scales = random_attention(np.random.default_rng(0), 1, lq, lk, d)
@@ -163,7 +167,7 @@ def _patch_embed_tile(args) -> None:
     # uint8 RGB -> int8 CHW (x - 128), the int8 image the quantised patch embed sees.
     x = np.ascontiguousarray((photo[y0:y0 + n, x0:x0 + n].astype(np.int16) - 128).astype(np.int8).transpose(2, 0, 1))
     _, wt, bias, mult, shift = random_conv(np.random.default_rng(0), 3, 1, 1, 96, 7)
-    print(f"[5/7] convolution engine: SAM 2 patch embed (7x7 stride 4 pad 3, 3 -> 96 channels, seeded random "
+    print(f"[5/9] convolution engine: SAM 2 patch embed (7x7 stride 4 pad 3, 3 -> 96 channels, seeded random "
           f"int8 weights) on a {n}x{n} tile of the photo, im2col on the fly from DDR")
     want = intconv.conv2d(x, wt, bias, mult, shift, stride=4, padding=3)
     for backend in ("sim", "rtl"):
@@ -187,7 +191,7 @@ def _chain_in_ddr() -> None:
     from sw.runtime.session import Session
 
     cfg, spec = preset("bench16"), ChainSpec()
-    print(f"[6/7] runtime: linear -> attention -> linear -> conv -> depthwise on {cfg.name}, activations kept in "
+    print(f"[6/9] runtime: linear -> attention -> linear -> conv -> depthwise on {cfg.name}, activations kept in "
           f"DDR ({spec.channels_in} x {spec.height} x {spec.width} input; docs/runtime.md)")
     x = np.random.default_rng(1).integers(-128, 128, (spec.channels_in, spec.height, spec.width)).astype(np.int8)
     weights = ChainWeights.random(spec)
@@ -206,6 +210,50 @@ def _chain_in_ddr() -> None:
         print(f"      {backend:<4}: bit-exact against golden; once {chain.setup_traffic.to_ddr:,} bytes to DDR "
               f"(weights {chain.setup_bytes['weights']:,}), per run {t.to_ddr:,} in / {t.from_ddr:,} out; "
               f"{sum(r.cycles for r in chain.last_runs):,} cycles ({time.monotonic() - t0:.1f} s)")
+
+
+def _vector_layernorm(args) -> None:
+    import numpy as np
+
+    from golden_model import intvec
+    from hw.config import preset
+    from sw.cli import CommandError
+    from sw.runtime.driver import Driver
+
+    cfg = preset("sim")
+    rng = np.random.default_rng(0)
+    tokens, dim = 64, 96
+    x = rng.integers(-128, 128, (tokens, dim), dtype=np.int8)
+    p = intvec.LayerNormParams.make(rng.normal(1, 0.5, dim), rng.normal(0, 0.5, dim), 0.04, 0.02, 1e-6)
+    print(f"[7/9] vector engine ({cfg.vec_lanes} lanes): integer LayerNorm over {tokens} tokens x {dim} channels "
+          f"(Hiera stage 1's width), rows DMA'd from DDR and back")
+    want = intvec.layernorm(x, p)
+    for backend in ("sim", "rtl"):
+        t0 = time.monotonic()
+        drv = Driver(cfg, backend, waves=args.waves or None)
+        got = drv.vector("layernorm", x, p)
+        if not np.array_equal(got, want):
+            raise CommandError(f"LayerNorm on {backend}: differs from golden in {int((got != want).sum())} outputs")
+        r = drv.last_run
+        print(f"      {backend:<3}: bit-exact against golden_model.intvec; {r.cycles} cycles, "
+              f"{tokens * dim / r.cycles:.2f} elements per cycle ({time.monotonic() - t0:.1f} s)")
+
+
+def _profile_kv260() -> None:
+    from hw.config import preset
+    from sw.perf.profile import profile
+
+    cfg = preset("kv260")
+    print(f"[8/9] profile: SAM 2.1 tiny at 1024 on {cfg.name} ({cfg.rows} x {cfg.cols}, {cfg.clock_mhz:g} MHz), "
+          "modelled (cycle model + host cost model; docs/profile.md)")
+    t0 = time.monotonic()
+    totals = profile("tiny", cfg, video=True).totals()
+    for stage in ("image embedding", "video frame (steady state, full bank)"):
+        t = totals[stage]
+        host = t["by_engine"].get("host", 0.0)
+        print(f"      {stage}: {t['seconds']:.2f} s ({t['seconds'] - host:.2f} s on the overlay, {host:.2f} s host ops)")
+    print(f"      ({time.monotonic() - t0:.1f} s to profile; the element-wise ops run on the A53 until the board "
+          "presets carry the vector engine)")
 
 
 def _photo():
@@ -228,15 +276,7 @@ def _segment_photo(args) -> None:
     from sw import outputs
     from sw.commands.segment import build_model, overlay, segment
 
-    print("[7/7] golden SAM 2.1 tiny (NumPy): segment a photo from one click")
-    try:
-        from skimage import data
-    except ImportError as e:
-        raise CommandError("the segmentation step needs scikit-image for its photo "
-                           "(pip install scikit-image, or install the project's [test] extra)") from e
-    image = data.chelsea()
-
-
+    print("[9/9] golden SAM 2.1 tiny (NumPy): segment a photo from one click")
     image = _photo()
     model = build_model("tiny", args.checkpoint, seed=0)
     if args.checkpoint is None:

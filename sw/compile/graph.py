@@ -38,13 +38,9 @@ LAYOUT_OPS = ("window_partition", "window_unpartition", "slice")
 HOST_OPS = ("quantize", "dequantize", "prompt_encoder", "mlp")
 VECTOR_OPS = ("layernorm", "gelu", "add", "rescale", "rope", "maxpool2x2", "upsample2x")
 
-# The vector engine's cycle model until the engine joins the overlay (hw/vector, docs/vector.md):
-# L elements per cycle in steady state for every op, a row starts a beat; a command's start.
-VECTOR_START_CYCLES = 16
-#: input rows per output row (max-pool reads a 2x2 window as 4 rows) and output rows per input row
-VECTOR_GROUP = {"maxpool2x2": 4}
-VECTOR_REPEAT = {"upsample2x": 4}
-VECTOR_OPERANDS = {"add": 2}
+#: graph op -> the vector engine's op (hw.isa.VEC_OPS)
+VECTOR_ENGINE_OPS = {"layernorm": "LAYERNORM", "gelu": "LUT", "add": "ADD", "rescale": "RESCALE", "rope": "ROPE",
+                     "maxpool2x2": "MAXPOOL", "upsample2x": "UPSAMPLE"}
 #: The most descriptors of one unit in one program of the graph compiler. A bigger node is lowered to
 #: several programs over blocks of its rows (linear: M rows; attention: heads, then query rows), each
 #: started on its own; equal blocks share one compiled program. Blocks this size cost about 1 % of the
@@ -55,19 +51,39 @@ PROGRAM_UNITS = 16384
 VECTOR_DEFAULT_LANES = 16
 
 
-def vector_cycles(op: str, rows: int, dim: int, lanes: int, port_bytes: int) -> int:
-    """The vector engine's cycles for `rows` input rows of `dim` int8: max(compute, DDR). Compute: a
-    beat of `lanes` elements per cycle over every row it reads and writes; DDR: the bytes in and out
-    through the port, `port_bytes` a cycle. (The engine's own cycle model replaces this when it joins
-    the overlay.)"""
-    return VECTOR_START_CYCLES + max(_vector_parts(op, rows, dim, lanes, port_bytes))
+def vector_commands(cfg, op: str, shape: tuple, lanes: int) -> list[dict]:
+    """The VECTOR descriptors' fields sw.compile.vector emits for a graph node `op` on int8 `shape`
+    ((rows, D), or (H, W, C) for max-pool and upsample): commands of at most MAX_ROWS rows."""
+    from hw.vector import params as VP
+    from sw.compile.vector import MAX_ROWS
+    vop = VECTOR_ENGINE_OPS[op]
+    dim = shape[-1]
+    image = vop in ("MAXPOOL", "UPSAMPLE")
+    rows, width = math.prod(shape[:-1]), 0
+    if image:                                      # image rows of `width` pixels ((tokens, C): a square map)
+        rows, width = (math.prod(shape[:-2]), shape[-2]) if len(shape) >= 3 else (math.isqrt(rows), 0)
+        width = width or shape[0] // rows
+    pitch = -(-dim // cfg.cols) * cfg.cols // cfg.beat_bytes
+    out = []
+    for r0 in range(0, rows, MAX_ROWS):
+        n = min(MAX_ROWS, rows - r0)
+        aux = n if vop == "ADD" else min(VP.ROPE_DEPTH, n * dim // 2) if vop == "ROPE" else 0
+        out.append(dict(target=isa.VEC_OPS[vop], vec_rows=n, vec_width=width, vec_dim=dim, vec_pitch=pitch,
+                        vec_aux=aux))
+    return out
 
 
-def _vector_parts(op, rows, dim, lanes, port_bytes) -> tuple[int, int]:
-    """(compute, DDR) cycles of a vector command."""
-    rows_out = rows // VECTOR_GROUP.get(op, 1) * VECTOR_REPEAT.get(op, 1)
-    compute = max(rows, rows_out) * -(-dim // lanes)
-    return compute, -(-(rows * dim * VECTOR_OPERANDS.get(op, 1) + rows_out * dim) // port_bytes)
+def vector_cycles(cfg, op: str, shape: tuple, lanes: int) -> tuple[int, str]:
+    """(cycles, bound) of a graph element-wise node on a vector engine of `lanes` lanes: its commands
+    timed by the engine's own cycle model (sw.backends.sim_vector.cycles, within 1.3 % of the RTL), the
+    bound from the engine's and the DDR port's steady-state rates (sim_vector.bounds)."""
+    from types import SimpleNamespace
+
+    from sw.backends import sim_vector
+    eng = SimpleNamespace(vec_lanes=lanes, beat_bytes=cfg.beat_bytes, cols=cfg.cols)
+    cycles = sum(sim_vector.cycles(eng, d) for d in vector_commands(cfg, op, shape, lanes))
+    engine, ddr = sim_vector.bounds(eng, VECTOR_ENGINE_OPS[op], shape[-1])
+    return cycles, "DDR" if ddr < engine else "compute"
 
 
 def vector_lanes(cfg, assume: int = 0) -> int:
@@ -277,10 +293,8 @@ def engine_cost(cfg, layer: Layer, lanes: int = 0) -> tuple[EngineCost | None, s
         if op in VECTOR_OPS:
             if not lanes:
                 return None, "no vector engine"
-            rows, dim = math.prod(x[:-1]), x[-1]
-            compute, ddr = _vector_parts(op, rows, dim, lanes, cfg.beat_bytes)
-            bound = "DDR" if ddr >= compute else "compute"
-            return EngineCost("vector", vector_cycles(op, rows, dim, lanes, cfg.beat_bytes),
+            cycles, bound = vector_cycles(cfg, op, tuple(x), lanes)
+            return EngineCost("vector", cycles,
                               layer.bytes_in() + layer.bytes_out(), 0, bound=bound), ""
     except CompileError as e:
         return None, str(e)
