@@ -54,6 +54,21 @@ def run(args) -> int:
     return 0
 
 
+def _bit_exact_on(args, cfg, what: str, call, want):
+    """call(driver) on the sim and rtl backends, each checked bit-exact against `want`: yields
+    (backend, output, its RunStats, seconds)."""
+    import numpy as np
+
+    from sw.runtime.driver import Driver
+    for backend in ("sim", "rtl"):
+        t0 = time.monotonic()
+        drv = Driver(cfg, backend, waves=args.waves or None)
+        got = call(drv)
+        if not np.array_equal(got, want):
+            raise CommandError(f"{what} on {backend}: differs from golden in {int((got != want).sum())} outputs")
+        yield backend, got, drv.last_run, time.monotonic() - t0
+
+
 def _requant_smoke(args) -> None:
     from hw.requant import Requantizer
     from hw.verilog import write_verilog
@@ -76,9 +91,7 @@ def _gemm_layer(args) -> None:
 
     from golden_model.intops import gemm
     from hw.config import preset
-    from sw.cli import CommandError
     from sw.commands.sim import random_layer
-    from sw.runtime.driver import Driver
 
     cfg = preset("sim")
     m, k, n = 24, 96, 40
@@ -86,15 +99,10 @@ def _gemm_layer(args) -> None:
           f"{m} x {k} x {n}, int8 + per-channel requantisation + ReLU, operands in DDR")
     a, b, bias, mult, shift = random_layer(np.random.default_rng(0), m, k, n)
     want = gemm(a, b, bias, mult, shift, relu=True)
-    for backend in ("sim", "rtl"):
-        t0 = time.monotonic()
-        drv = Driver(cfg, backend, waves=args.waves or None)
-        got = drv.linear(a, b, bias, mult, shift, relu=True)
-        if not np.array_equal(got, want):
-            raise CommandError(f"{backend} backend differs from golden in {int((got != want).sum())} outputs")
-        r = drv.last_run
+    for backend, _, r, dt in _bit_exact_on(args, cfg, "the linear layer", lambda drv: drv.linear(
+            a, b, bias, mult, shift, relu=True), want):
         print(f"      {backend:<3}: bit-exact against golden; {r.cycles} cycles, MAC utilisation {r.utilisation:.1%}, "
-              f"{r.descriptors} descriptors ({time.monotonic() - t0:.1f} s)")
+              f"{r.descriptors} descriptors ({dt:.1f} s)")
 
 
 #: The demo's attention call: a 64 x 64 query map against two 64 x 64 memory frames, head dim 256.
@@ -157,9 +165,7 @@ def _patch_embed_tile(args) -> None:
 
     from golden_model import intconv
     from hw.config import preset
-    from sw.cli import CommandError
     from sw.commands.sim import random_conv
-    from sw.runtime.driver import Driver
 
     cfg = preset("sim")
     y0, x0, n = PATCH_TILE
@@ -170,15 +176,10 @@ def _patch_embed_tile(args) -> None:
     print(f"[5/9] convolution engine: SAM 2 patch embed (7x7 stride 4 pad 3, 3 -> 96 channels, seeded random "
           f"int8 weights) on a {n}x{n} tile of the photo, im2col on the fly from DDR")
     want = intconv.conv2d(x, wt, bias, mult, shift, stride=4, padding=3)
-    for backend in ("sim", "rtl"):
-        t0 = time.monotonic()
-        drv = Driver(cfg, backend, waves=args.waves or None)
-        got = drv.conv2d(x, wt, bias, mult, shift, stride=4, padding=3)
-        if not np.array_equal(got, want):
-            raise CommandError(f"patch embed on {backend}: differs from golden in {int((got != want).sum())} outputs")
-        r = drv.last_run
+    for backend, got, r, dt in _bit_exact_on(args, cfg, "patch embed", lambda drv: drv.conv2d(
+            x, wt, bias, mult, shift, stride=4, padding=3), want):
         print(f"      {backend:<3}: {'x'.join(map(str, got.shape))} bit-exact against golden on the {r.engine} "
-              f"engine; {r.cycles} cycles, MAC utilisation {r.utilisation:.1%} ({time.monotonic() - t0:.1f} s)")
+              f"engine; {r.cycles} cycles, MAC utilisation {r.utilisation:.1%} ({dt:.1f} s)")
 
 
 def _chain_in_ddr() -> None:
@@ -217,8 +218,6 @@ def _vector_layernorm(args) -> None:
 
     from golden_model import intvec
     from hw.config import preset
-    from sw.cli import CommandError
-    from sw.runtime.driver import Driver
 
     cfg = preset("sim")
     rng = np.random.default_rng(0)
@@ -228,15 +227,9 @@ def _vector_layernorm(args) -> None:
     print(f"[7/9] vector engine ({cfg.vec_lanes} lanes): integer LayerNorm over {tokens} tokens x {dim} channels "
           f"(Hiera stage 1's width), rows DMA'd from DDR and back")
     want = intvec.layernorm(x, p)
-    for backend in ("sim", "rtl"):
-        t0 = time.monotonic()
-        drv = Driver(cfg, backend, waves=args.waves or None)
-        got = drv.vector("layernorm", x, p)
-        if not np.array_equal(got, want):
-            raise CommandError(f"LayerNorm on {backend}: differs from golden in {int((got != want).sum())} outputs")
-        r = drv.last_run
+    for backend, _, r, dt in _bit_exact_on(args, cfg, "LayerNorm", lambda drv: drv.vector("layernorm", x, p), want):
         print(f"      {backend:<3}: bit-exact against golden_model.intvec; {r.cycles} cycles, "
-              f"{tokens * dim / r.cycles:.2f} elements per cycle ({time.monotonic() - t0:.1f} s)")
+              f"{tokens * dim / r.cycles:.2f} elements per cycle ({dt:.1f} s)")
 
 
 def _profile_kv260() -> None:
