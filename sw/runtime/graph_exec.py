@@ -27,7 +27,7 @@ import numpy as np
 
 from golden_model.intattn import AttentionQuant
 from golden_model.quant.interpret import merge_heads, nchw_to_nhwc, nhwc_to_nchw, split_heads
-from golden_model.quant.intinterp import IntRunner, _vec_params
+from golden_model.quant.intinterp import IntRunner, _mask_product, _vec_params
 from hw.vector import params as VP
 from sw.compile.graph import place, vector_lanes
 from sw.perf.layers import graph_layers
@@ -123,9 +123,19 @@ def _image_op(op):
     return run
 
 
+def _mask(drv, n, a, r):
+    runs = []
+
+    def gemm(x, h):
+        y = drv.linear(x, h, out_int32=True)
+        runs.append(drv.last_run)
+        return y
+    return _mask_product(n, a, r, gemm), runs
+
+
 ENGINE_OPS = {
     "linear": _linear, "conv": _conv, "depthwise": _conv, "conv_transpose": _conv_transpose,
-    "attention": _attention,
+    "attention": _attention, "mask_product": _mask,
     "layernorm": lambda d, n, a, r: _rows(d, "layernorm", a[0], _vec_params(r, n, "LayerNormParams"),
                                                  elementwise=False),
     "gelu": lambda d, n, a, r: _rows(d, "lut", a[0], _vec_params(r, n, "LutParams")),
