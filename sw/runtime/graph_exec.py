@@ -27,7 +27,7 @@ import numpy as np
 
 from golden_model.intattn import AttentionQuant
 from golden_model.quant.interpret import merge_heads, nchw_to_nhwc, nhwc_to_nchw, split_heads
-from golden_model.quant.intinterp import IntRunner, _mask_product, _vec_params
+from golden_model.quant.intinterp import IntRunner, _mask_product, _requant_args, _vec_params
 from hw.vector import params as VP
 from sw.compile.graph import place, vector_lanes
 from sw.perf.layers import graph_layers
@@ -51,14 +51,9 @@ class NodeRecord:
 
 
 # ---------------------------------------------------------------- engine nodes through the Driver
-def _requant(r, n):
-    p = r.params[n.name]
-    return p["multiplier"], p["shift"]
-
-
 def _linear(drv, n, a, r):
     x, w, b = a
-    m, s = _requant(r, n)
+    m, s = _requant_args(r, n)
     y = drv.linear(x.reshape(-1, x.shape[-1]), np.ascontiguousarray(w.reshape(w.shape[0], -1).T), b, m, s,
                    relu=n.attrs.get("relu", False))
     return y.reshape(x.shape[:-1] + (w.shape[0],)), [drv.last_run]
@@ -75,14 +70,14 @@ def _per_image(drv, x, call):
 
 def _conv(drv, n, a, r):
     x, w, b = a
-    m, s = _requant(r, n)
+    m, s = _requant_args(r, n)
     fn = drv.depthwise_conv2d if n.op == "depthwise" else drv.conv2d
     return _per_image(drv, x, lambda xi: fn(xi, w, b, m, s, stride=n.attrs["stride"], padding=n.attrs["padding"]))
 
 
 def _conv_transpose(drv, n, a, r):
     x, w, b = a
-    m, s = _requant(r, n)
+    m, s = _requant_args(r, n)
     return _per_image(drv, x, lambda xi: drv.conv_transpose2d(xi, w, b, m, s, stride=n.attrs["stride"]))
 
 
@@ -137,7 +132,7 @@ ENGINE_OPS = {
     "linear": _linear, "conv": _conv, "depthwise": _conv, "conv_transpose": _conv_transpose,
     "attention": _attention, "mask_product": _mask,
     "layernorm": lambda d, n, a, r: _rows(d, "layernorm", a[0], _vec_params(r, n, "LayerNormParams"),
-                                                 elementwise=False),
+                                           elementwise=False),
     "gelu": lambda d, n, a, r: _rows(d, "lut", a[0], _vec_params(r, n, "LutParams")),
     "rescale": lambda d, n, a, r: _rows(d, "rescale", a[0], _vec_params(r, n, "RescaleParams")),
     "add": _add, "maxpool2x2": _image_op("maxpool"), "upsample2x": _image_op("upsample"),
@@ -161,7 +156,9 @@ class GraphExecutor(IntRunner):
 
     def op_fn(self, node):
         p = self.placements[node.name]
-        where, reason = ("host", "float op (the builder's host node)") if node.attrs.get("host") else (p.where, p.reason)
+        where, reason = (p.where, p.reason)
+        if node.attrs.get("host"):       # the builder's float nodes (decoder token stream) stay on the host
+            where, reason = "host", "float op (the builder's host node)"
         rec = NodeRecord(node.name, node.op, node.stage, where, reason)
         self.records[node.name] = rec
         host_fn = super().op_fn(node)
@@ -181,8 +178,9 @@ class GraphExecutor(IntRunner):
         """Mark every executed node bit-exact or not against the interpreter's environment `ref`;
         returns the records that differ."""
         bad = []
+        outputs = {n.name: n.outputs[0] for n in self.graph.nodes}
         for name, rec in self.records.items():
-            out = self.graph.node(name).outputs[0]
+            out = outputs[name]
             a, b = np.asarray(env[out]), np.asarray(ref[out])
             rec.exact = a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b)
             if not rec.exact:
