@@ -64,6 +64,31 @@ def test_bench16_segment_equals_int8_host_node_by_node(scaled):
                          "add", "maxpool2x2", "upsample2x"}
 
 
+def test_element_wise_rows_wider_than_the_engine():
+    """lut / add rows past the vector engine's MAX_DIM (tiny's 1,536- and 3,072-wide GELUs) run as narrower
+    rows, bit-identical to intvec, and the placement times the commands the compiler emits for them."""
+    from golden_model import intvec
+    from hw import isa
+    from hw.vector.params import MAX_DIM
+    from sw.compile import graph as G
+    from sw.runtime.driver import Driver
+    cfg = preset("sim")
+    rng = np.random.default_rng(5)
+    x, b = (rng.integers(-128, 128, (3, 2 * MAX_DIM + 512), dtype=np.int8) for _ in range(2))
+    drv = Driver(cfg, "sim")
+    lut, add = intvec.LutParams.gelu(0.05, 0.02), intvec.AddParams.make(0.08, 0.05, 0.03)
+    for op, y, ref in [("gelu", drv.vector("lut", x, lut), intvec.lut(x, lut)),
+                       ("add", drv.vector("add", x, add, b=b), intvec.add(x, b, add)),
+                       ("add", drv.vector("add", x, add, b=b[0]), intvec.add(x, b[0], add))]:
+        np.testing.assert_array_equal(y, ref)
+        emitted = [d for d in drv.last_programs[0].descriptors if d["opcode"] == isa.OPCODES["VECTOR"]]
+        assert all(d["vec_dim"] <= MAX_DIM for d in emitted)
+        if op == "gelu" or len(emitted) == 1:
+            planned = G.vector_commands(cfg, op, x.shape, cfg.vec_lanes)
+            assert [d["vec_rows"] for d in emitted] == [c["vec_rows"] for c in planned]
+            assert [d["vec_dim"] for d in emitted] == [c["vec_dim"] for c in planned]
+
+
 def test_key_tile_of_another_preset_is_refused(scaled):
     with pytest.raises(GraphExecError, match="key tile 16.*'sim'.* 8"):
         GraphExecutor(_quantised(scaled, preset("bench16")), preset("sim"))

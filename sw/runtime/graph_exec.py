@@ -28,7 +28,6 @@ import numpy as np
 from golden_model.intattn import AttentionQuant
 from golden_model.quant.interpret import merge_heads, nchw_to_nhwc, nhwc_to_nchw, split_heads
 from golden_model.quant.intinterp import IntRunner, _mask_product, _requant_args, _vec_params
-from hw.vector import params as VP
 from sw.compile.graph import place, vector_lanes
 from sw.perf.layers import graph_layers
 from sw.runtime.driver import Driver
@@ -93,13 +92,8 @@ def _attention(drv, n, a, r):
     return merge_heads(o.reshape((q.shape[0], h) + o.shape[1:]), q.shape), [drv.last_run]
 
 
-def _rows(drv, op, x, p, b=None, elementwise=True):
-    """A row op on the vector engine. Element-wise ops (lut, rescale, add) do not care where rows
-    break, so rows wider than the engine's MAX_DIM are cut into equal pieces that fit."""
-    d = x.shape[-1]
-    if elementwise and d > VP.MAX_DIM:
-        d //= next(k for k in range(2, d + 1) if d % k == 0 and d // k <= VP.MAX_DIM)
-    y = drv.vector(op, x.reshape(-1, d), p, b=None if b is None else b.reshape(-1, d))
+def _rows(drv, op, x, p, b=None):
+    y = drv.vector(op, x.reshape(-1, x.shape[-1]), p, b=None if b is None else b.reshape(-1, x.shape[-1]))
     return y.reshape(x.shape), [drv.last_run]
 
 
@@ -131,8 +125,7 @@ def _mask(drv, n, a, r):
 ENGINE_OPS = {
     "linear": _linear, "conv": _conv, "depthwise": _conv, "conv_transpose": _conv_transpose,
     "attention": _attention, "mask_product": _mask,
-    "layernorm": lambda d, n, a, r: _rows(d, "layernorm", a[0], _vec_params(r, n, "LayerNormParams"),
-                                           elementwise=False),
+    "layernorm": lambda d, n, a, r: _rows(d, "layernorm", a[0], _vec_params(r, n, "LayerNormParams")),
     "gelu": lambda d, n, a, r: _rows(d, "lut", a[0], _vec_params(r, n, "LutParams")),
     "rescale": lambda d, n, a, r: _rows(d, "rescale", a[0], _vec_params(r, n, "RescaleParams")),
     "add": _add, "maxpool2x2": _image_op("maxpool"), "upsample2x": _image_op("upsample"),
