@@ -41,7 +41,8 @@ def test_sim_every_node_bit_exact_with_intinterp(scaled):
     assert len(recs) == sum(n.stage in STAGES for n in qm.graph.nodes)
     on_engine = [r for r in recs if r.where not in ("host", "layout")]
     assert {r.where for r in on_engine} == {"gemm", "conv", "attention", "vector"}
-    assert all(r.cycles > 0 and r.calls > 0 for r in on_engine)
+    assert all(r.cycles > 0 and r.calls > 0 and r.ddr_bytes > 0 for r in on_engine)
+    assert ex.table().count(" yes ") == len(recs)
 
 
 def test_bench16_segment_equals_int8_host_node_by_node(scaled):

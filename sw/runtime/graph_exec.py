@@ -21,6 +21,7 @@ except where the Driver's program cache keeps them.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,6 +47,8 @@ class NodeRecord:
     reason: str
     cycles: int = 0       # the Driver's runs (sum over its calls); 0 off the overlay
     calls: int = 0
+    ddr_bytes: int = 0    # host <-> DDR bytes of its Driver calls (program, weights, inputs in; output out)
+    wall_s: float = 0.0   # this process's time for the node (engine nodes: compile + simulate + copies)
     exact: bool | None = None   # set by check()
 
 
@@ -156,14 +159,23 @@ class GraphExecutor(IntRunner):
         self.records[node.name] = rec
         host_fn = super().op_fn(node)
         if where in ("host", "layout"):
-            return host_fn
+            def on_host(n, args, r):
+                t = time.perf_counter()
+                y = host_fn(n, args, r)
+                rec.wall_s = time.perf_counter() - t
+                return y
+            return on_host
         if node.op not in ENGINE_OPS:
             raise GraphExecError(f"node {node.name}: placed on {p.where} but the executor has no Driver call "
                                  f"for op {node.op!r}")
 
         def on_engine(n, args, r):
+            traffic, t = self.driver.device.traffic, time.perf_counter()
+            before = traffic.to_ddr + traffic.from_ddr
             y, runs = ENGINE_OPS[n.op](self.driver, n, args, r)
             rec.cycles, rec.calls = sum(x.cycles for x in runs), len(runs)
+            rec.ddr_bytes = traffic.to_ddr + traffic.from_ddr - before
+            rec.wall_s = time.perf_counter() - t
             return y
         return on_engine
 
@@ -181,15 +193,18 @@ class GraphExecutor(IntRunner):
         return bad
 
     def table(self) -> str:
-        lines = [f"{'node':44s} {'op':16s} {'on':9s} {'exact':5s} {'cycles':>10s}  reason"]
+        """Per node: placement, bit-exact (after check), cycles, host <-> DDR bytes, reason; then per stage
+        and placement: nodes, overlay cycles and their time at the preset's clock, wall time, DDR bytes."""
+        lines = [f"{'node':44s} {'op':16s} {'on':9s} {'exact':5s} {'cycles':>10s} {'DDR bytes':>10s}  reason"]
         totals: dict = {}
         for r in self.records.values():
             ex = "-" if r.exact is None else "yes" if r.exact else "NO"
-            lines.append(f"{r.name:44s} {r.op:16s} {r.where:9s} {ex:5s} {r.cycles:10,d}  {r.reason}")
-            key = (r.stage, r.where)
-            c, k = totals.get(key, (0, 0))
-            totals[key] = (c + r.cycles, k + 1)
-        lines.append("per stage and placement: nodes, cycles")
-        for (stage, where), (c, k) in sorted(totals.items()):
-            lines.append(f"  {stage:16s} {where:10s} {k:4d} {c:12,d}")
+            lines.append(f"{r.name:44s} {r.op:16s} {r.where:9s} {ex:5s} {r.cycles:10,d} {r.ddr_bytes:10,d}  {r.reason}")
+            t = totals.setdefault((r.stage, r.where), [0, 0, 0.0, 0])
+            t[0], t[1], t[2], t[3] = t[0] + 1, t[1] + r.cycles, t[2] + r.wall_s, t[3] + r.ddr_bytes
+        lines.append(f"{'stage':16s} {'on':10s} {'nodes':>5s} {'cycles':>12s} {'modelled ms':>11s} {'wall ms':>8s} "
+                     f"{'DDR bytes':>11s}   (modelled at {self.cfg.clock_mhz:g} MHz)")
+        for (stage, where), (k, c, w, b) in sorted(totals.items()):
+            ms = c / (self.cfg.clock_mhz * 1e3)
+            lines.append(f"{stage:16s} {where:10s} {k:5d} {c:12,d} {ms:11.3f} {w * 1e3:8.1f} {b:11,d}")
         return "\n".join(lines)
