@@ -80,9 +80,9 @@ def vector_cycles(cfg, op: str, shape: tuple, lanes: int) -> tuple[int, str]:
     from types import SimpleNamespace
 
     from sw.backends import sim_vector
+    from sw.compile.vector import row_dim
     eng = SimpleNamespace(vec_lanes=lanes, beat_bytes=cfg.beat_bytes, cols=cfg.cols)
     cycles = sum(sim_vector.cycles(eng, d) for d in vector_commands(cfg, op, shape, lanes))
-    from sw.compile.vector import row_dim
     vop = VECTOR_ENGINE_OPS[op]
     engine, ddr = sim_vector.bounds(eng, vop, row_dim(vop, shape[-1]))
     return cycles, "DDR" if ddr < engine else "compute"
