@@ -93,13 +93,19 @@ def _dequantize(n, a, r):
     return dequantize_tensor(a[0], r.graph.tensors[n.inputs[0]]).astype(F32)
 
 
-def _mask_product(n, a, r):
+def _gemm_int32(a, b):
+    return intops.gemm(a, b, out_int32=True)
+
+
+def _mask_product(n, a, r, gemm=_gemm_int32):
+    """`gemm(a, b)` -> int32 a @ b: the GEMM engine's int32-output product (sw.runtime.graph_exec passes
+    the overlay's)."""
     x = a[0]
     hyper = np.concatenate([np.asarray(h, np.float64).reshape(1, -1) for h in a[1:]], axis=0)   # (M, c)
     hs = weight_scales(hyper, 0)
     hq = np.clip(np.rint(hyper / hs[:, None]), -127, 127).astype(np.int8)
     b, hh, ww, c = x.shape
-    acc = intops.gemm(x.reshape(-1, c), hq.T, out_int32=True).astype(np.int64)         # (HW, M) int32
+    acc = gemm(x.reshape(-1, c), np.ascontiguousarray(hq.T)).astype(np.int64)           # (HW, M) int32
     zp = r.graph.tensors[n.inputs[0]].zero_point       # real x = s (q - zp): subtract zp * row sums
     acc -= zp * hq.astype(np.int64).sum(axis=1)[None, :]
     logits = acc.astype(np.float64) * (hs[None, :] * r.scale(n.inputs[0]))

@@ -55,11 +55,11 @@ def vector_commands(cfg, op: str, shape: tuple, lanes: int) -> list[dict]:
     """The VECTOR descriptors' fields sw.compile.vector emits for a graph node `op` on int8 `shape`
     ((rows, D), or (H, W, C) for max-pool and upsample): commands of at most MAX_ROWS rows."""
     from hw.vector import params as VP
-    from sw.compile.vector import MAX_ROWS
+    from sw.compile.vector import MAX_ROWS, row_dim
     vop = VECTOR_ENGINE_OPS[op]
-    dim = shape[-1]
+    dim = row_dim(vop, shape[-1])
     image = vop in ("MAXPOOL", "UPSAMPLE")
-    rows, width = math.prod(shape[:-1]), 0
+    rows, width = math.prod(shape) // dim, 0
     if image:                                      # image rows of `width` pixels ((tokens, C): a square map)
         rows, width = (math.prod(shape[:-2]), shape[-2]) if len(shape) >= 3 else (math.isqrt(rows), 0)
         width = width or shape[0] // rows
@@ -80,9 +80,11 @@ def vector_cycles(cfg, op: str, shape: tuple, lanes: int) -> tuple[int, str]:
     from types import SimpleNamespace
 
     from sw.backends import sim_vector
+    from sw.compile.vector import row_dim
     eng = SimpleNamespace(vec_lanes=lanes, beat_bytes=cfg.beat_bytes, cols=cfg.cols)
     cycles = sum(sim_vector.cycles(eng, d) for d in vector_commands(cfg, op, shape, lanes))
-    engine, ddr = sim_vector.bounds(eng, VECTOR_ENGINE_OPS[op], shape[-1])
+    vop = VECTOR_ENGINE_OPS[op]
+    engine, ddr = sim_vector.bounds(eng, vop, row_dim(vop, shape[-1]))
     return cycles, "DDR" if ddr < engine else "compute"
 
 

@@ -4,6 +4,7 @@
     compile_vector(cfg, "lut", x, p)                p an intvec.LutParams (GELU, sigmoid, ...)
     compile_vector(cfg, "add", a, p, b=b)           b (Rb, D) with R a multiple of Rb (Rb = 1: one vector for all)
     compile_vector(cfg, "rescale", x, p)            p an intvec.RescaleParams
+                                                    (lut, add, rescale: rows wider than MAX_DIM run as narrower rows)
     compile_vector(cfg, "rope", x, p, end_x=None)   p an intvec.RopeParams (end_x: axial tables on chip)
     compile_vector(cfg, "maxpool", x)               x (H, W, C) channels last
     compile_vector(cfg, "upsample", x)              x (H, W, C) channels last
@@ -32,6 +33,16 @@ OPS = {"layernorm": ("LAYERNORM", intvec.LayerNormParams), "lut": ("LUT", intvec
        "add": ("ADD", intvec.AddParams), "rescale": ("RESCALE", intvec.RescaleParams),
        "rope": ("ROPE", intvec.RopeParams), "maxpool": ("MAXPOOL", None), "upsample": ("UPSAMPLE", None)}
 MAX_ROWS = (1 << isa.FIELDS["vec_rows"][1]) - 1
+#: ops whose result does not depend on where rows break (each element on its own, or with b's same element)
+ELEMENTWISE = ("LUT", "ADD", "RESCALE")
+
+
+def row_dim(vop: str, dim: int) -> int:
+    """The row width a VECTOR op runs rows of `dim` at: an element-wise op's rows wider than the engine's
+    MAX_DIM (the MLPs' 4x-wide GELU) as the widest equal pieces that fit; any other op at `dim`."""
+    if vop not in ELEMENTWISE or dim <= VP.MAX_DIM:
+        return dim
+    return dim // next(k for k in range(2, dim + 1) if dim % k == 0 and dim // k <= VP.MAX_DIM)
 
 
 @dataclass
@@ -99,7 +110,11 @@ def compile_vector(cfg, op: str, x, p=None, *, b=None, end_x: int | None = None,
     image_op = vop in ("MAXPOOL", "UPSAMPLE")
     if x.dtype != np.int8 or x.ndim != (3 if image_op else 2) or 0 in x.shape:
         raise CompileError(f"{op}: x must be int8 {'(H, W, C)' if image_op else '(rows, D)'}, got {x.dtype} {x.shape}")
-    dim = x.shape[-1]
+    shape, dim = x.shape, row_dim(vop, x.shape[-1])
+    if dim != x.shape[-1]:                 # element-wise rows too wide: run them as narrower rows
+        x = x.reshape(-1, dim)
+        if b is not None and np.asarray(b).shape[-1] == shape[-1]:
+            b = np.asarray(b).reshape(-1, dim)
     if dim > VP.MAX_DIM:
         raise CompileError(f"{op}: rows of {dim} elements, the engine takes 1..{VP.MAX_DIM}")
     C, DB = cfg.cols, cfg.beat_bytes
@@ -173,7 +188,7 @@ def compile_vector(cfg, op: str, x, p=None, *, b=None, end_x: int | None = None,
     record = dict(kind="vector", op=vop, rows=rows, width=width, dim=dim, pitch=in_l.pitch, aux=b_rows or slots,
                   sections=packed)
     return VectorProgram(cfg, tokens, dim, dim, False, image, raw, offsets, macs=0, base_addr=base_addr,
-                         symbolic=sym, op=record, out_layout=out_l, out_shape=out_shape)
+                         symbolic=sym, op=record, out_layout=out_l, out_shape=shape if not image_op else out_shape)
 
 
 def elements(prog: VectorProgram) -> int:

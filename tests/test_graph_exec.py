@@ -1,0 +1,95 @@
+"""The int8 graph on the overlay (sw.runtime.graph_exec): a scaled-down tiny SAM 2 (128 px, seeded random
+weights) runs image encoder, prompt encoder and mask decoder node by node on the sim backend, every node
+where the preset's placement puts it, and every node's output equals the integer interpreter's."""
+import numpy as np
+import pytest
+
+from golden_model.quant.builder import build_graph, random_model
+from golden_model.quant.intinterp import IntRunner
+from golden_model.quant.predictor import GraphPredictor
+from golden_model.quant.quantize import calibrate, quantize
+from hw.config import preset
+from sw.runtime.graph_exec import GraphExecError, GraphExecutor
+
+SIZE = 128
+STAGES = ("image_encoder", "prompt_encoder", "mask_decoder")
+CLICK = (60.0, 70.0)
+
+
+@pytest.fixture(scope="module")
+def scaled():
+    graph = build_graph(random_model("tiny", SIZE, seed=0))
+    image = np.random.default_rng(0).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+    return graph, calibrate(graph, [image], prompts_per_image=1), image
+
+
+def _quantised(scaled, cfg):
+    graph, stats, _ = scaled
+    return quantize(graph, stats, key_tile=cfg.cols, preset=cfg.name)
+
+
+def test_sim_every_node_bit_exact_with_intinterp(scaled):
+    """The sim preset: its placement puts many linears on the host (a 4 x 8 array), the rest on every engine."""
+    cfg = preset("sim")
+    qm = _quantised(scaled, cfg)
+    feeds = {"image": GraphPredictor(qm.graph, IntRunner(qm)).image_input(scaled[2]),
+             "point_coords": np.array([[CLICK]], np.float32), "point_labels": np.ones((1, 1), np.float32)}
+    ref = IntRunner(qm).run(feeds, stages=STAGES)
+    ex = GraphExecutor(qm, cfg, "sim")
+    assert ex.check(ex.run(feeds, stages=STAGES), ref) == []
+    recs = list(ex.records.values())
+    assert len(recs) == sum(n.stage in STAGES for n in qm.graph.nodes)
+    on_engine = [r for r in recs if r.where not in ("host", "layout")]
+    assert {r.where for r in on_engine} == {"gemm", "conv", "attention", "vector"}
+    assert all(r.cycles > 0 and r.calls > 0 and r.ddr_bytes > 0 for r in on_engine)
+    assert ex.table().count(" yes ") == len(recs)
+
+
+def test_bench16_segment_equals_int8_host_node_by_node(scaled):
+    """bench16 places every engine op kind of the image path on the overlay; the predictor on the executor
+    gives the `--precision int8` masks, scores and logits bit for bit, and every node equals intinterp's."""
+    cfg = preset("bench16")
+    qm = _quantised(scaled, cfg)
+    ex = GraphExecutor(qm, cfg, "sim")
+    envs, outs = [], []
+    for runner in (IntRunner(qm), ex):
+        p = GraphPredictor(qm.graph, runner)
+        p.set_image(scaled[2])
+        envs.append(p.decode_click(CLICK))
+        outs.append(p.predict(point_coords=np.array([CLICK], np.float32), point_labels=np.array([1])))
+    assert ex.check(envs[1], envs[0]) == []
+    for a, b in zip(*outs):
+        np.testing.assert_array_equal(a, b)
+    on_engine = {r.op for r in ex.records.values() if r.where not in ("host", "layout") and r.cycles > 0}
+    assert on_engine >= {"linear", "conv", "conv_transpose", "mask_product", "attention", "layernorm", "gelu",
+                         "add", "maxpool2x2", "upsample2x"}
+
+
+def test_element_wise_rows_wider_than_the_engine():
+    """lut / add rows past the vector engine's MAX_DIM (tiny's 1,536- and 3,072-wide GELUs) run as narrower
+    rows, bit-identical to intvec, and the placement times the commands the compiler emits for them."""
+    from golden_model import intvec
+    from hw import isa
+    from hw.vector.params import MAX_DIM
+    from sw.compile import graph as G
+    from sw.runtime.driver import Driver
+    cfg = preset("sim")
+    rng = np.random.default_rng(5)
+    x, b = (rng.integers(-128, 128, (3, 2 * MAX_DIM + 512), dtype=np.int8) for _ in range(2))
+    drv = Driver(cfg, "sim")
+    lut, add = intvec.LutParams.gelu(0.05, 0.02), intvec.AddParams.make(0.08, 0.05, 0.03)
+    for op, y, ref in [("gelu", drv.vector("lut", x, lut), intvec.lut(x, lut)),
+                       ("add", drv.vector("add", x, add, b=b), intvec.add(x, b, add)),
+                       ("add", drv.vector("add", x, add, b=b[0]), intvec.add(x, b[0], add))]:
+        np.testing.assert_array_equal(y, ref)
+        emitted = [d for d in drv.last_programs[0].descriptors if d["opcode"] == isa.OPCODES["VECTOR"]]
+        assert all(d["vec_dim"] <= MAX_DIM for d in emitted)
+        if op == "gelu" or len(emitted) == 1:
+            planned = G.vector_commands(cfg, op, x.shape, cfg.vec_lanes)
+            assert [d["vec_rows"] for d in emitted] == [c["vec_rows"] for c in planned]
+            assert [d["vec_dim"] for d in emitted] == [c["vec_dim"] for c in planned]
+
+
+def test_key_tile_of_another_preset_is_refused(scaled):
+    with pytest.raises(GraphExecError, match="key tile 16.*'sim'.* 8"):
+        GraphExecutor(_quantised(scaled, preset("bench16")), preset("sim"))
