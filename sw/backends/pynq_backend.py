@@ -157,6 +157,8 @@ class PynqBackend(Backend):
             placeholder.write_bytes(b"")
             bitfile = str(placeholder)
         self.device = Device.active_device
+        if not self.on_board:
+            self.device.model.inject(None)     # a fault armed by an earlier session of this process ends with it
         self.overlay = pynq.Overlay(bitfile, download=self.on_board, device=self.device)
         self.ip = getattr(self.overlay, IP_NAME)
         self.mmio = self.ip.mmio

@@ -50,16 +50,12 @@ class RtlBackend(Backend):
         from sim.runner import BUILD, run_bench
         super().__init__(cfg, 0, ddr_bytes)
         self.timeout_cycles = timeout_cycles
-        self.build_name = build_name or f"overlay-{config_tag(cfg)}"
-        if self.build_name in _LIVE:        # one simulator per build directory: this process's older one ends
-            _LIVE[self.build_name].close()
+        self._key = build_name or f"overlay-{config_tag(cfg)}"
+        if self._key in _LIVE:              # one simulator per build: this process's older one ends
+            _LIVE[self._key].close()
         verilog = overlay_verilog(cfg)
+        self._lock, self.build_name = _take_build_slot(BUILD / "sim", self._key)
         self._log = BUILD / "sim" / self.build_name / "verilator" / "test.log"
-        lock_path = BUILD / "sim" / f"{self.build_name}.lock"
-        lock_path.parent.mkdir(parents=True, exist_ok=True)
-        # The build directory is shared by processes (pytest workers, the CLI): take turns for the session's life.
-        self._lock = open(lock_path, "w")
-        fcntl.flock(self._lock, fcntl.LOCK_EX)
         self._tmp = tempfile.TemporaryDirectory(prefix="sam2fpga-rtl-")
         address = str(Path(self._tmp.name) / "serve.sock")
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -92,7 +88,7 @@ class RtlBackend(Backend):
             raise
         finally:
             listener.close()
-        _LIVE[self.build_name] = self
+        _LIVE[self._key] = self
 
     # ---------------------------------------------------------------- requests
     def _call(self, *req):
@@ -154,12 +150,36 @@ class RtlBackend(Backend):
         if self._sock is not None:
             self._sock.close()
             self._sock = None
-        if _LIVE.get(self.build_name) is self:
-            del _LIVE[self.build_name]
+        if _LIVE.get(self._key) is self:
+            del _LIVE[self._key]
         if self._lock is not None:
             self._lock.close()               # releases the flock
             self._lock = None
             self._tmp.cleanup()
+
+
+#: Build directories per build a process may use (`name`, `name-2`, ...): a session holds its
+#: directory's lock for its life, so another process (a second pytest worker, the CLI) takes the next
+#: free one (a Verilator build of its own the first time) instead of waiting on a session that may
+#: stay open until its process ends.
+BUILD_SLOTS = 2
+
+
+def _take_build_slot(root: Path, name: str):
+    """(locked file, build name): the first free slot of `name`'s build directories; when all are in
+    use, wait for the first."""
+    root.mkdir(parents=True, exist_ok=True)
+    names = [name] + [f"{name}-{i}" for i in range(2, BUILD_SLOTS + 1)]
+    for slot in names:
+        lock = open(root / f"{slot}.lock", "w")
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return lock, slot
+        except BlockingIOError:
+            lock.close()
+    lock = open(root / f"{name}.lock", "w")
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    return lock, name
 
 
 @atexit.register
