@@ -28,7 +28,7 @@ def report(name: str, rows: list[dict], notes: str = "") -> Path:
     return path
 
 
-def best(fn, repeats: int) -> float:
+def best(fn, repeats: int = 3) -> float:
     """The shortest of `repeats` wall-clock times of fn() (s): the least disturbed by other load."""
     times = []
     for _ in range(repeats):

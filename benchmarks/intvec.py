@@ -9,23 +9,13 @@ op (golden_model.nn) on float32, best of 3 in the same run.
 """
 from __future__ import annotations
 
-import time
 
 import numpy as np
 
-from benchmarks.common import report
+from benchmarks.common import best, report
 from golden_model import intvec as V
 from golden_model import nn
 from golden_model.memory_attention import apply_rope, axial_rope
-
-
-def best_time(fn, repeats: int = 3) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def activations(rng, shape, offset=0.3):
@@ -68,8 +58,8 @@ def bench_layernorm(rng, rows_, d, eps):
     sy = scale_of(ref_e2e)
     p = V.LayerNormParams.make(gamma, beta, sx, sy, eps)
     y = V.layernorm(q, p)
-    return row(f"layernorm eps={eps:g}", x.shape, best_time(lambda: V.layernorm(q, p)),
-               best_time(lambda: nn.layer_norm(xd, gamma, beta, eps)), errors(y, ref_own, ref_e2e, sy))
+    return row(f"layernorm eps={eps:g}", x.shape, best(lambda: V.layernorm(q, p)),
+               best(lambda: nn.layer_norm(xd, gamma, beta, eps)), errors(y, ref_own, ref_e2e, sy))
 
 
 def bench_gelu(rng, shape):
@@ -80,7 +70,7 @@ def bench_gelu(rng, shape):
     ref_e2e = nn.gelu(x)
     sy = scale_of(ref_e2e)
     p = V.LutParams.gelu(sx, sy)
-    return row("lut gelu", shape, best_time(lambda: V.lut(q, p)), best_time(lambda: nn.gelu(xd)),
+    return row("lut gelu", shape, best(lambda: V.lut(q, p)), best(lambda: nn.gelu(xd)),
                errors(V.lut(q, p), nn.gelu(xd), ref_e2e, sy))
 
 
@@ -93,7 +83,7 @@ def bench_add(rng, shape, b_shape):
     so = scale_of(ref_e2e)
     p = V.AddParams.make(sa, sb, so)
     name = "add" if b_shape == shape else f"add, b {'x'.join(map(str, b_shape))}"
-    return row(name, shape, best_time(lambda: V.add(qa, qb, p)), best_time(lambda: ad + bd),
+    return row(name, shape, best(lambda: V.add(qa, qb, p)), best(lambda: ad + bd),
                errors(V.add(qa, qb, p), ad + bd, ref_e2e, so))
 
 
@@ -104,8 +94,8 @@ def bench_rescale(rng, shape):
     xd = q.astype(np.float32) * np.float32(sx)
     so = sx * 1.37
     p = V.RescaleParams.make(sx, so)
-    return row("rescale x1/1.37", shape, best_time(lambda: V.rescale(q, p)),
-               best_time(lambda: xd * np.float32(1 / 1.37)), errors(V.rescale(q, p), xd, x, so))
+    return row("rescale x1/1.37", shape, best(lambda: V.rescale(q, p)),
+               best(lambda: xd * np.float32(1 / 1.37)), errors(V.rescale(q, p), xd, x, so))
 
 
 def bench_rope(rng, frames):
@@ -117,8 +107,8 @@ def bench_rope(rng, frames):
     ref_e2e = apply_rope(x, cos, sin)
     so = scale_of(ref_e2e)
     p = V.RopeParams.make(cos, sin, sx, so)
-    return row(f"rope ({frames} frame{'s' if frames > 1 else ''})", x.shape, best_time(lambda: V.rope(q, p)),
-               best_time(lambda: apply_rope(xd, cos, sin)), errors(V.rope(q, p), apply_rope(xd, cos, sin), ref_e2e, so))
+    return row(f"rope ({frames} frame{'s' if frames > 1 else ''})", x.shape, best(lambda: V.rope(q, p)),
+               best(lambda: apply_rope(xd, cos, sin)), errors(V.rope(q, p), apply_rope(xd, cos, sin), ref_e2e, so))
 
 
 def bench_exact(rng, name, shape, int_fn, float_fn, check):
@@ -126,7 +116,7 @@ def bench_exact(rng, name, shape, int_fn, float_fn, check):
     xf = q.astype(np.float32)
     if not check(int_fn(q), float_fn(xf)):
         raise AssertionError(f"{name} differs from its float op")
-    return row(name, shape, best_time(lambda: int_fn(q)), best_time(lambda: float_fn(xf)),
+    return row(name, shape, best(lambda: int_fn(q)), best(lambda: float_fn(xf)),
                {"own_err_max": 0.0, "own_err_mean": 0.0, "e2e_err_max": 0.0, "e2e_err_mean": 0.0})
 
 

@@ -202,16 +202,20 @@ VEC_PARAM_BYTES = VEC_ROPE + 4 * VP.ROPE_DEPTH
 assert all(v % 16 == 0 for v in (VEC_GAIN, VEC_BIAS, VEC_LUT, VEC_ROPE, VEC_PARAM_BYTES)), "sections start on a beat"
 
 
+def vector_rows(op, rows, width):
+    """(input rows, output rows) of VECTOR commands with op codes `op` (VEC_OPS) over `rows` rows
+    (MAXPOOL, UPSAMPLE: image rows of `width` pixels); ints or NumPy columns alike."""
+    pool, up = np.equal(op, VEC_OPS["MAXPOOL"]), np.equal(op, VEC_OPS["UPSAMPLE"])
+    n_in = np.where(pool | up, rows * width, rows)
+    n_out = np.where(pool, (rows // 2) * (width // 2), np.where(up, 4 * rows * width, rows))
+    return n_in, n_out
+
+
 def vector_geometry(cfg, d: dict) -> tuple[str, int, int, int, int]:
     """What a VECTOR descriptor (fields `d`) touches: (op name or "?", input rows, output rows, row pitch in
     bytes, bytes written per output row: whole beats, those past vec_dim zero)."""
     op = next((k for k, v in VEC_OPS.items() if v == d["target"]), "?")
-    rows, width = d["vec_rows"], d["vec_width"]
-    n_in = n_out = rows
-    if op == "MAXPOOL":
-        n_in, n_out = rows * width, (rows // 2) * (width // 2)
-    elif op == "UPSAMPLE":
-        n_in, n_out = rows * width, 4 * rows * width
+    n_in, n_out = (int(n) for n in vector_rows(d["target"], d["vec_rows"], d["vec_width"]))
     DB = cfg.beat_bytes
     return op, n_in, n_out, d["vec_pitch"] * DB, VP.beats(d["vec_dim"], DB) * DB
 

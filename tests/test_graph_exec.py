@@ -85,7 +85,7 @@ def test_element_wise_rows_wider_than_the_engine():
         emitted = [d for d in drv.last_programs[0].descriptors if d["opcode"] == isa.OPCODES["VECTOR"]]
         assert all(d["vec_dim"] <= MAX_DIM for d in emitted)
         if op == "gelu" or len(emitted) == 1:
-            planned = G.vector_commands(cfg, op, x.shape, cfg.vec_lanes)
+            planned = G.vector_commands(cfg, op, x.shape)
             assert [d["vec_rows"] for d in emitted] == [c["vec_rows"] for c in planned]
             assert [d["vec_dim"] for d in emitted] == [c["vec_dim"] for c in planned]
 

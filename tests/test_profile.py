@@ -93,7 +93,7 @@ def test_vector_cycles_are_the_engines(op, shape):
     prog = compile_vector(cfg, name, x, p, **kw)
     emitted = [d for d in prog.descriptors if d["opcode"] == isa.OPCODES["VECTOR"]]
     fields = ("target", "vec_rows", "vec_width", "vec_dim", "vec_pitch", "vec_aux")
-    assert [{k: d.get(k, 0) for k in fields} for d in emitted] == G.vector_commands(cfg, op, shape, cfg.vec_lanes)
+    assert [{k: d.get(k, 0) for k in fields} for d in emitted] == G.vector_commands(cfg, op, shape)
     cycles, bound = G.vector_cycles(cfg, op, shape, cfg.vec_lanes)
     assert cycles == sum(sim_vector.cycles(cfg, d) for d in emitted)
     assert bound == ("DDR" if op == "add" else "compute")

@@ -95,8 +95,8 @@ def classify(cfg, f: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def fixed_costs(cfg, f: dict[str, np.ndarray], kind: np.ndarray) -> dict[str, np.ndarray]:
-    """Each descriptor's own cycles, vectorised: LOAD, IM2COL and STORE durations (dur), IM2COL input
-    rows and cycles per row, COMPUTE K (ck) and tiles."""
+    """Each descriptor's own cycles, vectorised: LOAD, IM2COL, STORE and slot-command durations (dur),
+    IM2COL input rows and cycles per row, COMPUTE K (ck) and tiles."""
     C, DB = cfg.cols, cfg.beat_bytes
     n = len(kind)
     dur = np.zeros(n, np.int64)
@@ -128,6 +128,14 @@ def fixed_costs(cfg, f: dict[str, np.ndarray], kind: np.ndarray) -> dict[str, np
     row_beats = C * np.where(i32, 4, 1) // DB
     start = np.where(i32, STORE_START[True], STORE_START[False])
     dur[st] = (start + (f["tiles_last"] + 1) * cnt * row_beats + STORE_LATENCY)[st]
+    # Slot commands (DEPTHWISE, VECTOR): their engine's own duration (sw.engines: Command.cycles).
+    slot = np.flatnonzero(kind == K_SLOT)
+    if slot.size:
+        from sw.engines import commands
+        names = {v: k for k, v in isa.OPCODES.items()}
+        for i in slot:
+            d = {key: int(v[i]) for key, v in f.items()}
+            dur[i] = commands()[names[d["opcode"]]].cycles(cfg, d)
     return dict(dur=dur, rows=rows, period=period, ck=f["k_last"] + 1, tiles=np.maximum(1, cnt))
 
 
@@ -176,14 +184,6 @@ def depthwise_command(cfg, d) -> int:
     """A DEPTHWISE descriptor's cycles (its fields `d`)."""
     return depthwise_cycles(cfg, d["dw_kernel_last"] + 1, d["dw_channels"], d["count"], d["dw_width"],
                             d["stride"] // cfg.beat_bytes)
-
-
-def slot_cycles(cfg, f: dict[str, np.ndarray], i: int) -> int:
-    """Descriptor i's duration on the load slot (a K_SLOT command): its opcode's Command.cycles."""
-    from sw.engines import commands
-    names = {v: k for k, v in isa.OPCODES.items()}
-    d = {k: int(v[i]) for k, v in f.items()}
-    return commands()[names[d["opcode"]]].cycles(cfg, d)
 
 
 def simulate(cfg, f: dict[str, np.ndarray], attn=None, execute=None) -> Outcome:
@@ -323,7 +323,7 @@ def _simulate(cfg, f, kinds, attn, execute) -> Outcome:
             dl.append(load_free)
         elif kind == K_SLOT:
             t = max(t, load_free, store_free)     # after loads (same slot) and stores
-            load_free = t + slot_cycles(cfg, f, i)
+            load_free = t + dur_l[i]
             dl.append(load_free)
         elif kind == K_ATTENTION:
             # The engine takes a STEP while the previous ones still run (sw.backends.sim_attention).

@@ -30,6 +30,7 @@ from functools import lru_cache
 import numpy as np
 
 from hw import isa
+from hw.vector import params as VP
 from hw.limits import im2col_row_beats
 from sw.perf.host_model import HostModel, ddr_gbs, host_for, host_seconds
 from sw.perf.layers import Layer
@@ -51,11 +52,11 @@ PROGRAM_UNITS = 16384
 VECTOR_DEFAULT_LANES = 16
 
 
-def vector_commands(cfg, op: str, shape: tuple, lanes: int) -> list[dict]:
+def vector_commands(cfg, op: str, shape: tuple) -> list[dict]:
     """The VECTOR descriptors' fields sw.compile.vector emits for a graph node `op` on int8 `shape`
     ((rows, D), or (H, W, C) for max-pool and upsample): commands of at most MAX_ROWS rows."""
-    from hw.vector import params as VP
     from sw.compile.vector import MAX_ROWS, row_dim
+    from sw.runtime.layout import TokenRowLayout
     vop = VECTOR_ENGINE_OPS[op]
     dim = row_dim(vop, shape[-1])
     image = vop in ("MAXPOOL", "UPSAMPLE")
@@ -63,7 +64,7 @@ def vector_commands(cfg, op: str, shape: tuple, lanes: int) -> list[dict]:
     if image:                                      # image rows of `width` pixels ((tokens, C): a square map)
         rows, width = (math.prod(shape[:-2]), shape[-2]) if len(shape) >= 3 else (math.isqrt(rows), 0)
         width = width or shape[0] // rows
-    pitch = -(-dim // cfg.cols) * cfg.cols // cfg.beat_bytes
+    pitch = TokenRowLayout(rows, dim, cfg.cols).pitch // cfg.beat_bytes
     out = []
     for r0 in range(0, rows, MAX_ROWS):
         n = min(MAX_ROWS, rows - r0)
@@ -82,7 +83,7 @@ def vector_cycles(cfg, op: str, shape: tuple, lanes: int) -> tuple[int, str]:
     from sw.backends import sim_vector
     from sw.compile.vector import row_dim
     eng = SimpleNamespace(vec_lanes=lanes, beat_bytes=cfg.beat_bytes, cols=cfg.cols)
-    cycles = sum(sim_vector.cycles(eng, d) for d in vector_commands(cfg, op, shape, lanes))
+    cycles = sum(sim_vector.cycles(eng, d) for d in vector_commands(cfg, op, shape))
     vop = VECTOR_ENGINE_OPS[op]
     engine, ddr = sim_vector.bounds(eng, vop, row_dim(vop, shape[-1]))
     return cycles, "DDR" if ddr < engine else "compute"
@@ -151,14 +152,12 @@ def descriptor_ddr_bytes(cfg, raw: np.ndarray) -> int:
     store = (f["tiles_last"] + 1) * count * C * np.where(f["out_int32"] != 0, 4, 1)
     dw = f["dw_channels"] * (2 * count + f["dw_kernel_last"]) * f["stride"]
     op = f["opcode"]
-    moved = np.select([kind == K_LOAD, kind == K_IM2COL, kind == K_STORE, op == isa.OPCODES["DEPTHWISE"]],
-                      [load, im2col, store, dw], 0)
-    vec = 0
-    for i in np.flatnonzero(op == isa.OPCODES["VECTOR"]):      # few per program: rows in (and b), rows out
-        d = {k: int(v[i]) for k, v in f.items()}
-        name, n_in, n_out, _, row_bytes = isa.vector_geometry(cfg, d)
-        vec += (n_in + n_out + (d["vec_aux"] if name == "ADD" else 0)) * row_bytes
-    return int(moved.sum()) + vec + len(kind) * isa.DESCRIPTOR_BYTES
+    n_in, n_out = isa.vector_rows(f["target"], f["vec_rows"], f["vec_width"])
+    b_rows = np.where(f["target"] == isa.VEC_OPS["ADD"], f["vec_aux"], 0)
+    vec = (n_in + n_out + b_rows) * VP.beats(f["vec_dim"], DB) * DB     # rows in (and b), rows out
+    moved = np.select([kind == K_LOAD, kind == K_IM2COL, kind == K_STORE, op == isa.OPCODES["DEPTHWISE"],
+                       op == isa.OPCODES["VECTOR"]], [load, im2col, store, dw, vec], 0)
+    return int(moved.sum()) + len(kind) * isa.DESCRIPTOR_BYTES
 
 
 def program_cost(prog) -> tuple[int, int]:

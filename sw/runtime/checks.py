@@ -271,24 +271,24 @@ def _check_attention(cfg, d, fail, in_buffer) -> None:
 
 def _check_vector(cfg, d, fail, in_buffer) -> None:
     """VECTOR: a known op, row geometry within the engine's limits, every row read and written inside a
-    buffer (hw.isa.vector_geometry, here over columns)."""
-    from hw.vector.params import MAX_DIM, ROPE_DEPTH
+    buffer (hw.isa.vector_rows: the geometry hw.isa.vector_geometry gives one descriptor)."""
+    from hw.vector import params as VP
     DB = cfg.beat_bytes
     op, dim, rows, width, aux = d["target"], d["vec_dim"], d["vec_rows"], d["vec_width"], d["vec_aux"]
     codes = isa.VEC_OPS
     known = np.isin(op, list(codes.values()))
     fail(~known, lambda j: f"unknown vector op {op[j]} (ops: {codes})")
-    fail((dim < 1) | (dim > MAX_DIM) | (rows < 1),
-         lambda j: f"{rows[j]} rows of {dim[j]} elements (1..{MAX_DIM} each)")
-    pitch, row_bytes = d["vec_pitch"] * DB, -(-dim // DB) * DB
+    fail((dim < 1) | (dim > VP.MAX_DIM) | (rows < 1),
+         lambda j: f"{rows[j]} rows of {dim[j]} elements (1..{VP.MAX_DIM} each)")
+    pitch, row_bytes = d["vec_pitch"] * DB, VP.beats(dim, DB) * DB
     fail(pitch < row_bytes, lambda j: f"row pitch {pitch[j]} bytes shorter than a row's {row_bytes[j]}")
     rope, pool, up, add = (op == codes[k] for k in ("ROPE", "MAXPOOL", "UPSAMPLE", "ADD"))
-    fail(rope & ((dim % 2 != 0) | (aux < 1) | (aux > ROPE_DEPTH)),
-         lambda j: f"RoPE over {dim[j]} elements (must be even: pairs) with {aux[j]} table slots (1..{ROPE_DEPTH})")
+    fail(rope & ((dim % 2 != 0) | (aux < 1) | (aux > VP.ROPE_DEPTH)),
+         lambda j: f"RoPE over {dim[j]} elements (must be even: pairs) with {aux[j]} table slots "
+                   f"(1..{VP.ROPE_DEPTH})")
     fail((pool & ((width < 2) | (rows < 2))) | (up & (width < 1)),
          lambda j: f"{'MAXPOOL' if pool[j] else 'UPSAMPLE'} over a {rows[j]}x{width[j]} map")
-    n_in = np.where(pool | up, rows * width, rows)
-    n_out = np.where(pool, (rows // 2) * (width // 2), np.where(up, 4 * rows * width, rows))
+    n_in, n_out = isa.vector_rows(op, rows, width)
     ok = known & (dim >= 1) & (rows >= 1) & (pitch >= row_bytes)
     at = np.flatnonzero(ok)
     in_buffer(d["dram_addr"][at], (n_in[at] - 1) * pitch[at] + row_bytes[at], "input rows", at=at)

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from hw import isa
+from sw.engines import engine_of_kind
 from sw.runtime.checks import check_descriptors
 from sw.runtime.arena import Arena, Buffer
 from sw.runtime.backend import DDR_BASE, AcceleratorError, Backend
@@ -181,9 +182,7 @@ class LoadedProgram:
             cycles += be.run(addr, count)
             wall += be.last_wall_s or time.monotonic() - t0
         prog = self.prog
-        from sw.engines import engine_of_kind
-        kind = (getattr(prog, "op", None) or {}).get("kind")
-        engine = engine_of_kind().get(kind) or ("conv" if getattr(prog, "out_layout", None) is not None else "gemm")
+        engine = engine_of_kind()[prog.op["kind"]]         # every compiler records its op's kind
         self.last_run = RunStats(be.name, int(cycles), prog.macs, getattr(prog, "array_macs", self.session.cfg.macs),
                                  wall, self.count, engine)
         return self.last_run
