@@ -144,8 +144,9 @@ def test_profile_and_plan_commands(tmp_path, capsys):
     """A scaled-down tiny (128) with the video stages: table, totals, JSON and PNG; plan lists every node."""
     from sw.cli import main
     assert main(["profile", "--model", "tiny", "--preset", "pynq-z2", "--image-size", "128", "--video",
-                 "-o", str(tmp_path)]) == 0
+                 "--objects", "1,3", "-o", str(tmp_path)]) == 0
     out = capsys.readouterr().out
+    assert "video frame by tracked objects" in out
     for total in ("image embedding", "prompt encoder + mask decoder", "memory encoder", "memory attention",
                   "video frame (steady state, full bank)"):
         assert total in out
@@ -154,6 +155,11 @@ def test_profile_and_plan_commands(tmp_path, capsys):
     frame = data["totals"]["video frame (steady state, full bank)"]
     assert frame["seconds"] == pytest.approx(sum(v["seconds"] for k, v in data["totals"].items() if k !=
                                                  "video frame (steady state, full bank)"))
+    # several objects: the image embedding once, every other stage once per object
+    t, by_objects = data["totals"], data["frame_seconds_by_objects"]
+    per_object = frame["seconds"] - t["image embedding"]["seconds"]
+    assert by_objects["1"] == pytest.approx(frame["seconds"])
+    assert by_objects["3"] == pytest.approx(t["image embedding"]["seconds"] + 3 * per_object) and per_object > 0
     on = {x["on"] for x in data["layers"]}
     assert {"gemm", "conv", "attention", "host", "layout"} <= on and "depthwise" not in on   # pynq-z2 has none
     assert main(["plan", "--model", "tiny", "--preset", "pynq-z2", "--image-size", "128"]) == 0
@@ -165,6 +171,7 @@ def test_profile_and_plan_commands(tmp_path, capsys):
     (["profile", "--preset", "nope"], "unknown preset"),
     (["plan", "--image-size", "100"], "multiple of 128"),
     (["profile", "--vector-lanes", "3"], "--vector-lanes 3"),
+    (["profile", "--video", "--objects", "0,3"], "positive object counts"),
 ])
 def test_bad_options(argv, message, capsys):
     from sw.cli import main

@@ -37,6 +37,8 @@ def add_arguments(parser):
     parser.add_argument("-o", "--out", type=Path, default=Path("build/profile"),
                         help="folder for the JSON and PNG (default: build/profile)")
     parser.add_argument("--totals-only", action="store_true", help="print the totals, not every layer")
+    parser.add_argument("--objects", default="1,3,8", metavar="N,N,...",
+                        help="with --video: a frame's time for these numbers of tracked objects (default: 1,3,8)")
 
 
 def resolve(args):
@@ -60,11 +62,22 @@ def resolve(args):
     return cfg, host
 
 
+def object_counts(text: str) -> tuple[int, ...]:
+    try:
+        counts = tuple(int(n) for n in text.split(","))
+    except ValueError:
+        counts = ()
+    if not counts or min(counts) < 1:
+        raise UsageError(f"--objects {text!r}: a comma-separated list of positive object counts (e.g. 1,3,8)")
+    return counts
+
+
 def compute(args):
-    from sw.perf.profile import profile
+    from sw.perf.profile import DEFAULT_OBJECTS, profile
     cfg, host = resolve(args)
+    objects = object_counts(args.objects) if getattr(args, "objects", None) else DEFAULT_OBJECTS
     return profile(args.model, cfg, image_size=args.image_size, video=args.video, host=host,
-                   assume_vector_lanes=args.vector_lanes)
+                   assume_vector_lanes=args.vector_lanes, objects=objects)
 
 
 def run(args) -> int:

@@ -26,6 +26,10 @@ TOTALS = {
     "memory attention": ("memory_attention",),
     "video frame (steady state, full bank)": STAGES,
 }
+#: the stages a video frame runs once per tracked object (the image embedding is shared by all of them)
+PER_OBJECT_STAGES = tuple(s for s in STAGES if s != "image_encoder")
+#: object counts the video profile reports a frame's time for (issue: 1, 3 and 8)
+DEFAULT_OBJECTS = (1, 3, 8)
 #: the project's goals (KV260, tiny): docs/profile.md
 GOALS_S = {"image embedding": 0.25, "video frame (steady state, full bank)": 0.75}
 
@@ -41,6 +45,14 @@ class Profile:
     lanes: int = 0
     wall_s: float = 0.0
     meta: dict = field(default_factory=dict)
+    objects: tuple = DEFAULT_OBJECTS
+
+    def frame_seconds(self, objects: int) -> float:
+        """A steady-state video frame tracking `objects` objects: one image embedding, then each object's
+        memory attention, prompt encoder + mask decoder and memory encoder, one after the other (the
+        objects' programs are not batched in this model: it is the upper bound of the sequential overlay)."""
+        shared = sum(self.stage_time(("image_encoder",)).values())
+        return shared + objects * sum(self.stage_time(PER_OBJECT_STAGES).values())
 
     def stage_time(self, stages) -> dict[str, float]:
         """{engine or "host": seconds} over the nodes of `stages`."""
@@ -92,6 +104,9 @@ class Profile:
             g = f"  (goal <= {goal} s)" if goal else ""
             lines.append(f"{name:38s} {t['seconds']:9.4f}  {t['macs'] / 1e9:8.2f}  {t['ddr_bytes'] / 1e6:8.1f}  "
                          f"{by}{g}")
+        if self.video:
+            per = ", ".join(f"{n} object{'s' if n > 1 else ''} {self.frame_seconds(n):.4f} s" for n in self.objects)
+            lines.append(f"video frame by tracked objects (image embedding shared, the rest per object): {per}")
         return "\n".join(lines)
 
     def has_goals(self) -> bool:
@@ -106,6 +121,7 @@ class Profile:
             "vector_lanes": self.lanes, "host": self.host.to_dict(), "port_gbs": port_gbs(c),
             "overlay_ddr_gbs": ddr_gbs(c, self.host), "video": self.video, "profile_wall_s": round(self.wall_s, 2),
             "totals": self.totals(),
+            "frame_seconds_by_objects": {str(n): self.frame_seconds(n) for n in self.objects} if self.video else {},
             "layers": [dict(name=p.layer.name, op=p.layer.op, stage=p.layer.stage, on=p.where, reason=p.reason,
                             macs=p.macs, cycles=p.cycles, utilisation=round(p.utilisation, 4),
                             ddr_bytes=p.ddr_bytes, bound=p.bound, seconds=p.seconds, host_seconds=p.host_seconds)
@@ -158,14 +174,15 @@ def layers_for(model: str, image_size: int | None, video: bool) -> tuple:
 
 
 def profile(model: str, cfg, *, image_size: int | None = None, video: bool = False, host: HostModel | None = None,
-            assume_vector_lanes: int = 0) -> Profile:
+            assume_vector_lanes: int = 0, objects: tuple = DEFAULT_OBJECTS) -> Profile:
     t0 = time.perf_counter()
     host = host or host_for(cfg)
     lanes = vector_lanes(cfg, assume_vector_lanes)
     layers = layers_for(model, image_size, video)
     placements = place_all(cfg, layers, host, lanes)
     size = image_size or _model_image_size(model)
-    return Profile(model, size, cfg, host, placements, video, lanes, time.perf_counter() - t0)
+    return Profile(model, size, cfg, host, placements, video, lanes, time.perf_counter() - t0,
+                   objects=tuple(objects))
 
 
 def _model_image_size(model: str) -> int:
