@@ -141,3 +141,34 @@ def test_store_table_stage_amaranth_with_stalls():
     sim.run()
     for (enable, chunks), out in zip(commands, results, strict=True):
         assert np.array_equal(out, lut(chunks, table) if enable else chunks)
+
+
+def test_placement_fuses_gelu_into_fc1_store():
+    """sw.compile.graph.place_all: a GELU rides in its fc1's store on an overlay with store_lut (no cycles, no
+    DDR bytes of its own) when only that linear writes its input and only it reads it; a GELU after a
+    LayerNorm, after a linear whose output another node also reads, or on an overlay without the table,
+    keeps its own pass. (Layers as sw.perf.layers.graph_layers makes them from the int8 graph.)"""
+    from sw.compile import graph as G
+    from sw.perf.layers import Layer
+
+    t, d = (1, 256, 64), (1, 256, 256)
+
+    def node(name, op, ins, out, shapes, out_shape, **kw):
+        return Layer(name, op, "image_encoder", shapes, out_shape, inputs=ins, output=out, **kw)
+    layers = [node("fc1", "linear", ("x",), "h", (t,), d, w_shape=(256, 64)),
+              node("act", "gelu", ("h",), "g", (d,), d),
+              node("fc2", "linear", ("g",), "y", (d,), t, w_shape=(64, 256)),
+              node("norm", "layernorm", ("y",), "n", (t,), t),
+              node("act_after_norm", "gelu", ("n",), "m", (t,), t),
+              node("proj", "linear", ("m",), "p", (t,), d, w_shape=(256, 64)),
+              node("act_shared", "gelu", ("p",), "q", (d,), d),
+              node("res", "add", ("p", "q"), "r", (d, d), d)]
+    cfg = preset("bench16")
+    plain_cfg = cfg.replace(engines=tuple(e for e in cfg.engines if e != "store_lut"))
+    fused, plain = ({p.layer.name: p for p in G.place_all(c, layers, lanes=G.vector_lanes(c))}
+                    for c in (cfg, plain_cfg))
+    act = fused["act"]
+    assert act.where == "gemm" and act.cycles == 0 and act.ddr_bytes == 0 and "fc1" in act.reason
+    assert plain["act"].where == "vector" and plain["act"].ddr_bytes == 2 * 256 * 256
+    assert all(fused[n].where == plain[n].where == "vector" for n in ("act_after_norm", "act_shared"))
+    assert all(fused[n].where == plain[n].where for n in fused if n != "act")

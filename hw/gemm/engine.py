@@ -220,12 +220,12 @@ class GemmStore(wiring.Component):
     left, so int8 and int32 results never overtake each other.
     """
 
-    def __init__(self, cfg, acc_mem: Memory, p_mem: Memory, lut_mem: Memory | None = None):
+    def __init__(self, cfg, acc_mem: Memory, p_mem: Memory, lut_mems: list[Memory] | None = None):
         self.cfg = cfg
         self.layouts = EngineLayouts(cfg)
         self._rd, self._p_rd = acc_mem.read_port(), p_mem.read_port()
-        # The store table (store_lut): a read port per requantiser lane (yosys gives each its own LUTRAM copy).
-        self._lut_rd = [lut_mem.read_port() for _ in range(cfg.requant_lanes)] if lut_mem is not None else None
+        # The store table (store_lut): one copy per requantiser lane, one read port each.
+        self._lut_rd = [mem.read_port() for mem in lut_mems] if lut_mems else None
         super().__init__({
             "cmd": In(stream.Signature(self.layouts.store)),
             "out": Out(stream.Signature(self.layouts.out)),
@@ -371,8 +371,8 @@ class GemmStore(wiring.Component):
 class StoreTable(wiring.Component):
     """The store table (engine store_lut): one register stage after the requantisers, each of the L lanes'
     int8 y replaced by table[y + 128] (golden_model.intvec.lut) while `enable` (STORE.lut), passed through
-    otherwise. The table is AXI beats of 256 int8 (hw.isa LOAD target LUT); each lane reads its own copy:
-    the beat at (y + 128) / beat bytes, then the byte within it. Held, like the requantisers, while the
+    otherwise. The table is AXI beats of 256 int8 (hw.isa LOAD target LUT); each lane reads its own copy
+    (`read_ports`, one per lane): the beat at (y + 128) / beat bytes, then the byte within it. Held, like the requantisers, while the
     output is not taken."""
 
     def __init__(self, cfg, read_ports):
@@ -439,14 +439,18 @@ class GemmEngine(wiring.Component):
             attn_rd = acc_mem.read_port()
             m.d.comb += [attn_rd.addr.eq(self.attn_acc_rd_addr), self.attn_acc_rd_data.eq(attn_rd.data)]
         m.submodules.compute_unit = cu = GemmCompute(cfg, a_mem, b_mem, acc_mem)
-        lut_mem = None
+        lut_mems = []
         if "store_lut" in cfg.engines:
-            m.submodules.lut_mem = lut_mem = Memory(shape=unsigned(cfg.axi_data_bits), depth=self.layouts.lut_depth,
-                                                    init=[])
-            wp = lut_mem.write_port()
-            m.d.comb += [wp.addr.eq(self.lut_wr.payload.addr), wp.data.eq(self.lut_wr.payload.data),
-                         wp.en.eq(self.lut_wr.valid), self.lut_wr.ready.eq(1)]
-        m.submodules.store_unit = su = GemmStore(cfg, acc_mem, p_mem, lut_mem)
+            # A copy of the table per requantiser lane (a small LUTRAM each), all written by one LOAD LUT.
+            m.d.comb += self.lut_wr.ready.eq(1)
+            for l in range(cfg.requant_lanes):
+                m.submodules[f"lut_mem{l}"] = mem = Memory(shape=unsigned(cfg.axi_data_bits),
+                                                           depth=self.layouts.lut_depth, init=[])
+                wp = mem.write_port()
+                m.d.comb += [wp.addr.eq(self.lut_wr.payload.addr), wp.data.eq(self.lut_wr.payload.data),
+                             wp.en.eq(self.lut_wr.valid)]
+                lut_mems.append(mem)
+        m.submodules.store_unit = su = GemmStore(cfg, acc_mem, p_mem, lut_mems)
         if "attention" in cfg.engines:
             wiring.connect(m, wiring.flipped(self.attn_acc_wr), cu.ext_wr)
         wiring.connect(m, wiring.flipped(self.compute), cu.cmd)
