@@ -372,8 +372,8 @@ class StoreTable(wiring.Component):
     """The store table (engine store_lut): one register stage after the requantisers, each of the L lanes'
     int8 y replaced by table[y + 128] (golden_model.intvec.lut) while `enable` (STORE.lut), passed through
     otherwise. The table is AXI beats of 256 int8 (hw.isa LOAD target LUT); each lane reads its own copy
-    (`read_ports`, one per lane): the beat at (y + 128) / beat bytes, then the byte within it. Held, like the requantisers, while the
-    output is not taken."""
+    (`read_ports`, one per lane): the beat at (y + 128) / beat bytes, then the byte within it. Held, like
+    the requantisers, while the output is not taken."""
 
     def __init__(self, cfg, read_ports):
         self.cfg, self._rd = cfg, read_ports
