@@ -60,16 +60,21 @@ def test_fused_table_in_split_runs(monkeypatch):
 
 
 def test_fused_table_costs_one_store_cycle_and_no_ddr_pass():
-    """The table stage adds a cycle of latency per STORE and none per row; the unfused GELU on the vector
-    engine reads and writes the whole output again."""
+    """The table stage adds a cycle of latency per STORE and none per row, and DDR moves only the table (and
+    its LOAD descriptor) more; the unfused GELU on the vector engine reads and writes the whole output again."""
+    from sw.compile.graph import program_cost
+    from sw.compile.vector import compile_vector
     rng = np.random.default_rng(2)
     a, b, bias, mult, shift = layer(rng, 64, 96, 64)
+    gelu = LutParams.gelu(0.02, 0.01)
     drv = Driver(SIM, "sim")
-    drv.linear(a, b, bias, mult, shift)
-    plain = drv.last_run.cycles
-    drv.linear(a, b, bias, mult, shift, lut=LutParams.gelu(0.02, 0.01))
-    stores = sum(d["opcode"] == isa.OPCODES["STORE"] for d in drv.compile(a, b, bias, mult, shift).descriptors)
-    assert 0 <= drv.last_run.cycles - plain <= stores + 40     # + the table's LOAD (32 beats, mostly hidden)
+    plain, fused = (drv.compile(a, b, bias, mult, shift, lut=t) for t in (None, gelu))
+    (plain_cycles, plain_bytes), (fused_cycles, fused_bytes) = program_cost(plain), program_cost(fused)
+    stores = sum(d["opcode"] == isa.OPCODES["STORE"] for d in plain.descriptors)
+    assert 0 <= fused_cycles - plain_cycles <= stores + 40     # + the table's LOAD (32 beats, mostly hidden)
+    assert fused_bytes - plain_bytes == isa.LUT_BYTES + isa.DESCRIPTOR_BYTES
+    vec_cycles, vec_bytes = program_cost(compile_vector(SIM, "lut", np.zeros((64, 64), np.int8), gelu))
+    assert vec_bytes >= 2 * 64 * 64 and fused_cycles < plain_cycles + vec_cycles
 
 
 def test_fused_table_refused_where_it_cannot_run():
