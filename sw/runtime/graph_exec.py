@@ -155,7 +155,8 @@ class GraphExecutor(IntRunner):
         # linear node -> the GELU node placed in its store (the placement checked it is its only reader)
         writers = {t: n for n in qm.graph.nodes for t in n.outputs}
         self.fused = {writers[n.inputs[0]].name: n for n in qm.graph.nodes
-                      if n.op == "gelu" and self.placements[n.name].where == "gemm"}
+                      if n.op == "gelu" and self.placements[n.name].where == "gemm"
+                      and not n.attrs.get("host") and not writers[n.inputs[0]].attrs.get("host")}
         self.records: dict[str, NodeRecord] = {}
 
     def op_fn(self, node):
@@ -177,7 +178,7 @@ class GraphExecutor(IntRunner):
             raise GraphExecError(f"node {node.name}: placed on {p.where} but the executor has no Driver call "
                                  f"for op {node.op!r}")
 
-        if node.op == "gelu" and where == "gemm":
+        if any(g.name == node.name for g in self.fused.values()):
             return lambda n, args, r: args[0]           # its fc1's store applied the table
         gelu = self.fused.get(node.name)
         call = ENGINE_OPS[node.op]
