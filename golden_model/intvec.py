@@ -34,7 +34,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from golden_model import nn
+from golden_model import intops, nn
 from golden_model.intops import INT8_MAX, INT8_MIN, MULT_BITS, SHIFT_BITS, quantize_multiplier
 
 # ------------------------------------------------------------------ widths (the one place they live)
@@ -377,6 +377,12 @@ def lut(x, p: LutParams) -> np.ndarray:
     """y = p.table[x + 128] (the index is x's byte with its sign bit flipped): one 256 x 8 ROM per lane."""
     x = _int8("lut: x", x, 0)
     return p.table[x.view(np.uint8) ^ np.uint8(0x80)]
+
+
+def linear_lut(a, b, bias, multiplier, shift, p: LutParams, *, relu: bool = False) -> np.ndarray:
+    """A linear layer with a table fused into the GEMM store (the store_lut engine: a 256 x 8 table per
+    requantiser lane): intops.gemm's int8 result, then `lut`; bit for bit what the overlay writes."""
+    return lut(intops.gemm(a, b, bias, multiplier, shift, relu=relu), p)
 
 
 # ------------------------------------------------------------------ add / rescale

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from golden_model.intvec import LUT_SIZE
 from hw.config import ATTN_SLOT_BITS
 from hw.vector import params as VP
 
@@ -129,6 +130,8 @@ DESCRIPTOR_FIELDS = [
     ("cols", 8, "STORE: columns written per row (0 = all C; the rest keep their bytes: write strobes)"),
     ("slot", 4, "ATTENTION: query slot (0 .. attn_q_slots - 1) whose softmax state (m, l, O) the STEP updates "
      "or the NORM reads"),
+    ("lut", 1, "STORE: int8 results through the store table (LOAD target LUT: golden_model.intvec.lut after the "
+     "requantiser; overlays with the store_lut engine)"),
 ]
 
 
@@ -263,6 +266,9 @@ ENGINES = [
               (VEC_SHARES, "VECTOR", VEC_FIELDS,
                "VECTOR reads its own fields from the bits of {} (which it does not use), besides dram_addr "
                "(the first input row) and target (the op):")),
+    # A 256-entry int8 table per requantiser lane of the GEMM store (hw/gemm/engine.py StoreTable): a STORE
+    # with `lut` maps each int8 result through it (GELU, sigmoid, ... fused into the store: no DDR pass).
+    EngineISA("store_lut", "GEMM store table", {}, {"LUT": 7}),
 ]
 #: Reserved for the engines of later issues (decoded as BAD_OPCODE until they exist).
 RESERVED_OPCODES = {"CONV": 9}
@@ -337,19 +343,21 @@ def unpack_descriptor(raw: bytes) -> dict[str, int]:
 
 # ---------------------------------------------------------------- DDR layouts of scratchpad entries
 
+#: The store table (LOAD target LUT): 256 int8, entry x + 128 (golden_model.intvec.LUT_SIZE), AXI beats of it.
+LUT_BYTES = LUT_SIZE
 PARAM_CHANNEL_BYTES = 16    # per output channel: int32 bias, uint32 multiplier, uint32 shift, uint32 zero
 
 
 def entry_bytes(cfg, target: str) -> int:
     """Bytes one scratchpad entry occupies in DDR (entries are contiguous, little-endian)."""
     return {"A": cfg.rows, "B": cfg.cols, "PARAM": cfg.cols * PARAM_CHANNEL_BYTES, "V": cfg.cols,
-            "DW": cfg.beat_bytes, "VEC": cfg.beat_bytes}[target]
+            "DW": cfg.beat_bytes, "VEC": cfg.beat_bytes, "LUT": cfg.beat_bytes}[target]
 
 
 def scratchpad_depth(cfg, target: str) -> int:
     return {"A": cfg.a_depth, "B": cfg.b_depth, "PARAM": cfg.param_depth, "V": 2 * cfg.attn_max_dim,
             "IM2COL": cfg.b_depth, "DW": cfg.dw_channels * DW_COEF_BYTES // cfg.beat_bytes,
-            "VEC": VEC_PARAM_BYTES // cfg.beat_bytes}[target]
+            "VEC": VEC_PARAM_BYTES // cfg.beat_bytes, "LUT": LUT_BYTES // cfg.beat_bytes}[target]
 
 
 def has_target(cfg, target: str) -> bool:
@@ -409,7 +417,10 @@ def markdown_tables() -> str:
               + ", ".join(f"{k} {dt.lstrip('<')} at {o}" for k, (o, dt) in VEC_HEADER.items()) +
               f"), LayerNorm gains (int16) at {VEC_GAIN}, biases (int32) at {VEC_BIAS}, the table (256 int8, "
               f"entry x + 128) at {VEC_LUT}, RoPE (cos, sin) int16 pairs at {VEC_ROPE}. VECTOR ops (target): "
-              + ", ".join(f"{k} = {v}" for k, v in VEC_OPS.items()) + "; it counts as a LOAD like DEPTHWISE."]
+              + ", ".join(f"{k} = {v}" for k, v in VEC_OPS.items()) + "; it counts as a LOAD like DEPTHWISE. "
+              f"LUT entries (store_lut engine) are AXI beats of the GEMM store's {LUT_BYTES}-byte table (int8 "
+              "y for x at byte x + 128, every requantiser lane's copy written at once); a STORE with `lut` maps its "
+              "int8 results through it (not with out_int32)."]
     return "\n".join(lines)
 
 

@@ -248,6 +248,8 @@ class Core(wiring.Component):
             targets["DW"] = (DB, dw.coef_wr)
         if has_vec:
             targets["VEC"] = (DB, vec.param_wr)
+        if "store_lut" in cfg.engines:
+            targets["LUT"] = (DB, engine.lut_wr)
         l_busy = Signal()
         l_sel = {name: Signal(name=f"l_sel_{name}") for name in targets}
         l_has = Signal()                         # entries left to write (narrow targets stop there)
@@ -423,7 +425,8 @@ class Core(wiring.Component):
                          s_aw_left.eq(s_rows), s_w_left.eq(s_rows), s_b_left.eq(s_rows),
                          s_int32.eq(desc.out_int32), s_cols.eq(desc.cols), sp.param_rows.eq(desc.param_rows),
                          sp.acc_base.eq(desc.sp_addr), sp.rows_last.eq(desc.count - 1), sp.tiles_last.eq(tiles_last),
-                         sp.param_addr.eq(desc.param_addr), sp.relu.eq(desc.relu), sp.out_int32.eq(desc.out_int32)]
+                         sp.param_addr.eq(desc.param_addr), sp.relu.eq(desc.relu), sp.out_int32.eq(desc.out_int32),
+                         sp.lut.eq(desc.lut)]
         m.d.comb += engine.store.valid.eq(s_engine_cmd)
         with m.If(engine.store.ready & s_engine_cmd):
             m.d.sync += s_engine_cmd.eq(0)

@@ -12,7 +12,8 @@ from sim.gemm_schedule import assemble, make_schedule
 
 
 def run_engine_amaranth(dut, cfg, a, b, bias, mult, shift, *, relu, out_int32, stall=0.3, seed=0,
-                        max_chunk=None, vcd=None, timeout=200_000):
+                        max_chunk=None, vcd=None, timeout=200_000, table=None):
+    """`table`: 256 int8 for the store table (engine store_lut): loaded first, every STORE through it."""
     sched = make_schedule(cfg, a, b, bias, mult, shift, relu=relu, out_int32=out_int32, max_chunk=max_chunk)
     rng = random.Random(seed)
     state = {"computed": 0, "stored": 0}
@@ -42,6 +43,11 @@ def run_engine_amaranth(dut, cfg, a, b, bias, mult, shift, *, relu, out_int32, s
             await ctx.tick()
 
     async def loader(ctx):
+        if table is not None:
+            beat = cfg.beat_bytes
+            for e in range(len(table) // beat):
+                await send(ctx, dut.lut_wr, {"addr": e, "data": int.from_bytes(bytes(table[e * beat:(e + 1) * beat]),
+                                                                               "little")})
         for s, step in enumerate(sched.steps):
             await wait(ctx, lambda: state["computed"] >= s - 1)
             if step.first:
@@ -71,7 +77,7 @@ def run_engine_amaranth(dut, cfg, a, b, bias, mult, shift, *, relu, out_int32, s
         last_steps = [s for s, st in enumerate(sched.steps) if st.last]
         for t, tile in enumerate(sched.tiles):
             await wait(ctx, lambda: state["computed"] > last_steps[t])
-            await send(ctx, dut.store, tile.store)
+            await send(ctx, dut.store, tile.store if table is None else dict(tile.store, lut=1))
             while len(tile_rows.get(t, [])) < tile.rows:
                 await ctx.tick()
             state["stored"] = t + 1

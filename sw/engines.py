@@ -85,6 +85,8 @@ def engines() -> dict[str, Engine]:
             "VECTOR": Command(CK._check_vector, M.SimOverlay.exec_vector, "slot", sim_vector.cycles),
             "VEC": Command(CK._check_entries, _load_entries, "load"),
         }, {"vector": sim_vector.fast_job}, "sw.compile.vector"),
+        # The GEMM store's table (STORE.lut): only its LOAD target; linear programs fill it (sw.compile.linear).
+        Engine("store_lut", {"LUT": Command(CK._check_entries, _load_entries, "load")}),
     ]
     table = {e.name: e for e in entries}
     declared = {e.name for e in isa.ENGINES}

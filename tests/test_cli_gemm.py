@@ -21,7 +21,15 @@ def test_sim_gemm_on_sim(capsys):
     assert "bit-exact against golden" in out and "MAC utilisation" in out and "cycles/s" in out
 
 
+def test_sim_gemm_fused_table(capsys):
+    assert main(["sim", "gemm", "--m", "9", "--k", "20", "--n", "11", "--lut", "gelu"]) == 0
+    assert "+ gelu (fused in the store)" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("argv", [["sim", "gemm", "--m", "0", "--k", "1", "--n", "1"],
+                                  ["sim", "gemm", "--m", "1", "--k", "1", "--n", "1", "--lut", "gelu", "--preset",
+                                   "kv260"],
+                                  ["sim", "gemm", "--m", "1", "--k", "1", "--n", "1", "--lut", "gelu", "--int32"],
                                   ["sim", "gemm", "--m", "1", "--k", "1"],
                                   ["sim", "gemm", "--m", "1", "--k", "1", "--n", "1", "--preset", "nope"],
                                   ["generate", "--preset", "kv260"]])

@@ -41,8 +41,14 @@ def _vector(drv, rng):
     return drv.vector("add", x, intvec.AddParams.make(0.08, 0.05, 0.03), b=b)
 
 
+def _store_lut(drv, rng):
+    from golden_model import intvec
+    return drv.linear(*random_layer(rng, 20, 40, 24), lut=intvec.LutParams.gelu(0.05, 0.02))
+
+
 #: engine (hw.isa.ENGINES) -> a call that runs a program on it. A new engine needs a row here.
-CALLS = {"gemm": _gemm, "attention": _attention, "conv": _conv, "depthwise": _depthwise, "vector": _vector}
+CALLS = {"gemm": _gemm, "attention": _attention, "conv": _conv, "depthwise": _depthwise, "vector": _vector,
+         "store_lut": _store_lut}
 
 
 def test_every_engine_has_a_fault_case():

@@ -97,6 +97,20 @@ def test_engine_amaranth_random_shapes_with_stalls(out_int32, relu, packed, cols
     assert np.array_equal(got, gemm(a, b, bias, mult, shift, relu=relu, out_int32=out_int32))
 
 
+@pytest.mark.parametrize("cols,relu", [(8, False), (16, True)])
+def test_engine_amaranth_store_table_with_stalls(cols, relu):
+    """The store table (store_lut) inside GemmStore: one chunk per row (cols 8) and two (cols 16 on the 64-bit
+    beat: the first chunk waits in its registers), with ReLU, random stalls; = golden_model.intvec.linear_lut."""
+    from golden_model.intvec import LutParams, linear_lut
+    cfg = preset("sim").replace(a_depth=64, b_depth=64, acc_depth=8, param_depth=2, cols=cols)
+    rng = np.random.default_rng(cols)
+    a, b, bias, mult, shift = _case(rng, 7, 45, 13)
+    table = LutParams(rng.integers(-128, 128, 256).astype(np.int8))
+    got = run_engine_amaranth(GemmEngine(cfg), cfg, a, b, bias, mult, shift, relu=relu, out_int32=False,
+                              stall=0.3, seed=3, table=table.table)
+    assert np.array_equal(got, linear_lut(a, b, bias, mult, shift, table, relu=relu))
+
+
 def run_engine_bench(cfg, name, **env):
     import json
 

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from golden_model.intops import gemm
+from golden_model.intvec import LutParams, linear_lut
 from hw import isa
 from hw.config import preset
 from sw.backends.faults import Fault
@@ -57,13 +58,17 @@ def test_rtl_equals_sim_equals_golden_with_axi_backpressure():
     from sw.backends.rtl import run_images
     rng = np.random.default_rng(7)
     cases = CASES + [(4, 2100, 8, True, False)]          # K split into accumulated chunks
+    # Fused store tables (store_lut): an arbitrary table (every entry matters), with and without ReLU.
+    cases += [(5, 9, 11, False, False, "lut"), (13, 33, 17, True, False, "lut")]
     drv = Driver(SIM, "sim")
     progs, wants, sims = [], [], []
-    for m, k, n, relu, out_int32 in cases:
+    for m, k, n, relu, out_int32, *fused in cases:
         a, b, bias, mult, shift = layer(rng, m, k, n, extremes=True)
-        prog = drv.compile(a, b, bias, mult, shift, relu=relu, out_int32=out_int32)
+        table = LutParams(rng.integers(-128, 128, 256).astype(np.int8)) if fused else None
+        prog = drv.compile(a, b, bias, mult, shift, relu=relu, out_int32=out_int32, lut=table)
         progs.append(prog)
-        wants.append(gemm(a, b, bias, mult, shift, relu=relu, out_int32=out_int32))
+        want = gemm(a, b, bias, mult, shift, relu=relu, out_int32=out_int32)
+        wants.append(want if table is None else linear_lut(a, b, bias, mult, shift, table, relu=relu))
         sims.append((prog.output(drv.run(prog)), drv.last_run.cycles))
     results = run_images(SIM, [dict(base=p.base_addr, image=p.image, desc_count=len(p.descriptors),
                                     timeout=2_000_000) for p in progs], stall=0.3, seed=11)
@@ -101,8 +106,8 @@ def test_rtl_errors_hang_reset_and_cycle_model():
     # Two more layers without stalls: the sim model's cycles must be within 5% of the RTL's.
     drv = Driver(SIM, "sim")
     timed = []
-    for m, k, n in ((9, 70, 20), (16, 256, 32)):
-        p = drv.compile(*layer(rng, m, k, n))
+    for m, k, n, fused in ((9, 70, 20, LutParams.gelu(0.05, 0.02)), (16, 256, 32, None)):   # (with a fused GELU)
+        p = drv.compile(*layer(rng, m, k, n), lut=fused)
         drv.run(p)
         timed.append(drv.last_run.cycles)
         jobs.append(dict(base=p.base_addr, image=p.image, desc_count=len(p.descriptors), timeout=500_000))

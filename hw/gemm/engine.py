@@ -6,6 +6,7 @@
                                                                                       ▼
    store cmd ─► GemmStore ◄── [accumulator scratchpad  acc_depth x C int32] ◄──────────┘
                    │  bias (saturating) ─► C x Requantizer (int8) | int32 + ReLU
+                   │  (store_lut) ─► StoreTable: int8 y = table[y + 128] per lane  ◄── lut_wr
                    ▼
                   out (C lanes of int32; int8 results sign-extended)
 
@@ -21,7 +22,7 @@ from amaranth import Array, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
-from amaranth.utils import ceil_log2
+from amaranth.utils import ceil_log2, exact_log2
 
 from golden_model.intops import ACC_BITS, MULT_BITS, OUT_BITS, SHIFT_BITS
 from hw import isa
@@ -66,10 +67,14 @@ class EngineLayouts:
             "param_addr": unsigned(abits(cfg.param_depth)),
             "relu": unsigned(1),
             "out_int32": unsigned(1),
+            "lut": unsigned(1),            # int8 results through the store table (store_lut)
             "param_rows": unsigned(1),     # row r uses channel r of the entry (convolutions)
             "tiles_last": unsigned(8),     # more tiles of rows_last + 1 rows, tile t from acc_base + t R
         })
         self.out = data.ArrayLayout(ACC, C)
+        #: One AXI beat of the store table (hw.isa LOAD target LUT), written into every lane's copy.
+        self.lut_depth = isa.LUT_BYTES // cfg.beat_bytes
+        self.lut_write = data.StructLayout({"addr": unsigned(abits(self.lut_depth)), "data": unsigned(cfg.axi_data_bits)})
         #: A whole accumulator row written by another engine (attention).
         self.acc_write = data.StructLayout({"addr": unsigned(abits(cfg.acc_depth)), "data": data.ArrayLayout(ACC, C)})
 
@@ -215,10 +220,12 @@ class GemmStore(wiring.Component):
     left, so int8 and int32 results never overtake each other.
     """
 
-    def __init__(self, cfg, acc_mem: Memory, p_mem: Memory):
+    def __init__(self, cfg, acc_mem: Memory, p_mem: Memory, lut_mems: list[Memory] | None = None):
         self.cfg = cfg
         self.layouts = EngineLayouts(cfg)
         self._rd, self._p_rd = acc_mem.read_port(), p_mem.read_port()
+        # The store table (store_lut): one copy per requantiser lane, one read port each.
+        self._lut_rd = [mem.read_port() for mem in lut_mems] if lut_mems else None
         super().__init__({
             "cmd": In(stream.Signature(self.layouts.store)),
             "out": Out(stream.Signature(self.layouts.out)),
@@ -317,19 +324,28 @@ class GemmStore(wiring.Component):
         o32 = Signal(self.layouts.out)
         o32_advance = ~o32_valid | self.out.ready
         take = lanes[0].i.ready & (ch_in == chunks - 1)      # stage 3's row has gone to the lanes whole
+        # The lanes' chunk of int8 results as one handshake (the lanes move in lockstep), through the store
+        # table where the overlay has one.
+        q_valid, q_ready, q_data = lanes[0].o.valid, Signal(), [lane.o.payload for lane in lanes]
         for l, lane in enumerate(lanes):
             pick = (lambda xs: Array(xs[c * L + l] for c in range(chunks))[ch_in]) if chunks > 1 else (lambda xs: xs[l])
             m.d.comb += [lane.relu.eq(cmd.relu), lane.i.valid.eq(s3_valid & ~cmd.out_int32),
                          lane.i.payload.acc.eq(pick(biased)), lane.i.payload.multiplier.eq(pick(mult3)),
-                         lane.i.payload.shift.eq(pick(shift3)),
-                         lane.o.ready.eq(self.out.ready | (ch_out != chunks - 1))]
+                         lane.i.payload.shift.eq(pick(shift3)), lane.o.ready.eq(q_ready)]
+        if self._lut_rd is not None:
+            m.submodules.table = table = StoreTable(self.cfg, self._lut_rd)
+            m.d.comb += [table.enable.eq(cmd.lut), table.i.valid.eq(q_valid), q_ready.eq(table.i.ready)]
+            m.d.comb += [table.i.payload[l].eq(x) for l, x in enumerate(q_data)]
+            q_valid, q_ready, q_data = table.o.valid, Signal(), [table.o.payload[l] for l in range(L)]
+            m.d.comb += table.o.ready.eq(q_ready)
+        m.d.comb += q_ready.eq(self.out.ready | (ch_out != chunks - 1))
         with m.If(lanes[0].i.valid & lanes[0].i.ready):
             m.d.sync += ch_in.eq(Mux(ch_in == chunks - 1, 0, ch_in + 1))
-        with m.If(lanes[0].o.valid & lanes[0].o.ready):
+        with m.If(q_valid & q_ready):
             m.d.sync += ch_out.eq(Mux(ch_out == chunks - 1, 0, ch_out + 1))
             for c in range(chunks - 1):
                 with m.If(ch_out == c):
-                    m.d.sync += [first_chunks[c * L + l].eq(lane.o.payload) for l, lane in enumerate(lanes)]
+                    m.d.sync += [first_chunks[c * L + l].eq(x) for l, x in enumerate(q_data)]
         m.d.comb += s3_ready.eq(Mux(cmd.out_int32, o32_advance, take))
         with m.If(o32_advance):
             m.d.sync += o32_valid.eq(s3_valid & cmd.out_int32)
@@ -339,9 +355,9 @@ class GemmStore(wiring.Component):
             m.d.comb += [self.out.valid.eq(o32_valid), self.out.payload.eq(o32)]
         with m.Else():
             # The row leaves with its last chunk, the earlier chunks from their registers.
-            m.d.comb += self.out.valid.eq(lanes[0].o.valid & (ch_out == chunks - 1))
+            m.d.comb += self.out.valid.eq(q_valid & (ch_out == chunks - 1))
             for j in range(C):
-                m.d.comb += self.out.payload[j].eq(first_chunks[j] if j < C - L else lanes[j - (C - L)].o.payload)
+                m.d.comb += self.out.payload[j].eq(first_chunks[j] if j < C - L else q_data[j - (C - L)])
 
         sent = self.out.valid & self.out.ready
         with m.If(issue & ~sent):
@@ -349,6 +365,36 @@ class GemmStore(wiring.Component):
         with m.Elif(~issue & sent):
             m.d.sync += in_flight.eq(in_flight - 1)
         m.d.comb += self.busy.eq(running | (in_flight != 0))
+        return m
+
+
+class StoreTable(wiring.Component):
+    """The store table (engine store_lut): one register stage after the requantisers, each of the L lanes'
+    int8 y replaced by table[y + 128] (golden_model.intvec.lut) while `enable` (STORE.lut), passed through
+    otherwise. The table is AXI beats of 256 int8 (hw.isa LOAD target LUT); each lane reads its own copy
+    (`read_ports`, one per lane): the beat at (y + 128) / beat bytes, then the byte within it. Held, like
+    the requantisers, while the output is not taken."""
+
+    def __init__(self, cfg, read_ports):
+        self.cfg, self._rd = cfg, read_ports
+        lanes = data.ArrayLayout(signed(OUT_BITS), len(read_ports))
+        super().__init__({"i": In(stream.Signature(lanes)), "o": Out(stream.Signature(lanes)), "enable": In(1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        sel_bits = exact_log2(self.cfg.beat_bytes)
+        advance = ~self.o.valid | self.o.ready
+        m.d.comb += self.i.ready.eq(advance)
+        with m.If(advance):
+            m.d.sync += self.o.valid.eq(self.i.valid)
+        for l, rd in enumerate(self._rd):
+            x = self.i.payload[l]
+            index = Signal(OUT_BITS, name=f"index{l}")          # x + 128: x's byte with its sign bit flipped
+            byte, raw = Signal(sel_bits, name=f"byte{l}"), Signal(signed(OUT_BITS), name=f"raw{l}")
+            m.d.comb += [index.eq(x.as_unsigned() ^ 0x80), rd.addr.eq(index[sel_bits:]), rd.en.eq(advance)]
+            with m.If(advance):
+                m.d.sync += [byte.eq(index[:sel_bits]), raw.eq(x)]
+            m.d.comb += self.o.payload[l].eq(Mux(self.enable, rd.data.word_select(byte, OUT_BITS).as_signed(), raw))
         return m
 
 
@@ -369,6 +415,8 @@ class GemmEngine(wiring.Component):
             "compute_busy": Out(1),
             "store_busy": Out(1),
         }
+        if "store_lut" in cfg.engines:
+            ports["lut_wr"] = In(stream.Signature(L.lut_write))
         if "attention" in cfg.engines:
             # The attention engine reads S rows and writes normalised rows (hw/attention/engine.py).
             ports |= {"attn_acc_rd_addr": In(abits(cfg.acc_depth)), "attn_acc_rd_data": Out(data.ArrayLayout(ACC, cfg.cols)),
@@ -391,7 +439,18 @@ class GemmEngine(wiring.Component):
             attn_rd = acc_mem.read_port()
             m.d.comb += [attn_rd.addr.eq(self.attn_acc_rd_addr), self.attn_acc_rd_data.eq(attn_rd.data)]
         m.submodules.compute_unit = cu = GemmCompute(cfg, a_mem, b_mem, acc_mem)
-        m.submodules.store_unit = su = GemmStore(cfg, acc_mem, p_mem)
+        lut_mems = []
+        if "store_lut" in cfg.engines:
+            # A copy of the table per requantiser lane (a small LUTRAM each), all written by one LOAD LUT.
+            m.d.comb += self.lut_wr.ready.eq(1)
+            for l in range(cfg.requant_lanes):
+                m.submodules[f"lut_mem{l}"] = mem = Memory(shape=unsigned(cfg.axi_data_bits),
+                                                           depth=self.layouts.lut_depth, init=[])
+                wp = mem.write_port()
+                m.d.comb += [wp.addr.eq(self.lut_wr.payload.addr), wp.data.eq(self.lut_wr.payload.data),
+                             wp.en.eq(self.lut_wr.valid)]
+                lut_mems.append(mem)
+        m.submodules.store_unit = su = GemmStore(cfg, acc_mem, p_mem, lut_mems)
         if "attention" in cfg.engines:
             wiring.connect(m, wiring.flipped(self.attn_acc_wr), cu.ext_wr)
         wiring.connect(m, wiring.flipped(self.compute), cu.cmd)

@@ -126,7 +126,8 @@ def fixed_costs(cfg, f: dict[str, np.ndarray], kind: np.ndarray) -> dict[str, np
     st = kind == K_STORE
     i32 = f["out_int32"].astype(bool)
     row_beats = C * np.where(i32, 4, 1) // DB
-    start = np.where(i32, STORE_START[True], STORE_START[False])
+    # (int8 rows pass the store table's stage too where the overlay has one: hw/gemm/engine.py StoreTable)
+    start = np.where(i32, STORE_START[True], STORE_START[False] + ("store_lut" in cfg.engines))
     dur[st] = (start + (f["tiles_last"] + 1) * cnt * row_beats + STORE_LATENCY)[st]
     # Slot commands (DEPTHWISE, VECTOR): their engine's own duration (sw.engines: Command.cycles).
     slot = np.flatnonzero(kind == K_SLOT)

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from golden_model import intattn
+from golden_model import intattn, intvec
 from golden_model.intconv import im2col, out_size
 from golden_model.intops import INT8_MAX, INT8_MIN
 from hw import isa
@@ -53,6 +53,11 @@ def params(ddr, addr: int, entries: int, cfg) -> tuple[np.ndarray, np.ndarray, n
     words = ddr[addr:addr + entries * cfg.cols * isa.PARAM_CHANNEL_BYTES].view("<u4").reshape(entries, cfg.cols, 4)
     bias = words[..., 0].view(np.int32).astype(np.int64)
     return bias, (words[..., 1] & ((1 << 31) - 1)).astype(np.int64), (words[..., 2] & 63).astype(np.int64)
+
+
+def store_table(ddr, at) -> "intvec.LutParams":
+    """The GEMM store's table (LOAD target LUT) from the program's "lut" region."""
+    return intvec.LutParams(ddr[at["lut"]:at["lut"] + isa.LUT_BYTES].view(np.int8))
 
 
 class OutputStage:
@@ -135,6 +140,7 @@ def linear(cfg, ddr, op, at):
     b = b.astype(ft)
     bias, mult, shift = (p.reshape(-1) for p in params(ddr, at["params"], nt, cfg))
     stage = OutputStage(bias, mult, shift, op["relu"], op["out_int32"], K << 14)
+    table = store_table(ddr, at) if op.get("lut") else None
     row_bytes = nt * C * (4 if op["out_int32"] else 1)
     out = at["out"]
     step = max(1, ROWS_PER_CHUNK // R)
@@ -142,6 +148,8 @@ def linear(cfg, ddr, op, at):
         r0, r1 = t0 * R, min(M, (t0 + step) * R)
         x = a[t0:t0 + step].transpose(0, 2, 1).reshape(-1, K)[:r1 - r0].astype(ft)
         y = stage(x @ b)
+        if table is not None:
+            y = intvec.lut(y, table)
         ddr[out + r0 * row_bytes:out + r1 * row_bytes] = y.view(np.uint8).reshape(-1)
 
 

@@ -24,6 +24,7 @@ import copy
 import numpy as np
 
 from golden_model.intops import requantize, saturate_int32
+from golden_model.intvec import LutParams, lut
 from hw import isa
 from hw.limits import im2col_row_beats
 from sw.backends import cycles as CY
@@ -57,6 +58,7 @@ class SimOverlay:
         self.attn = None
         self.dw_coef = np.zeros(cfg.dw_channels * isa.DW_COEF_BYTES, np.uint8)
         self.vec_mem = np.zeros(isa.VEC_PARAM_BYTES, np.uint8)       # the vector engine's parameter memory
+        self.store_lut = np.zeros(isa.LUT_BYTES, np.uint8)           # the GEMM store's table (int8 bytes)
         if "attention" in cfg.engines:
             from sw.backends.sim_attention import AttentionModel
             self.attn = AttentionModel(cfg)
@@ -283,9 +285,9 @@ class SimOverlay:
             self.a[idx] = rows
         elif target == "V":
             self.attn.load_v(sp, n, raw)
-        elif target in ("DW", "VEC"):
+        elif target in ("DW", "VEC", "LUT"):
             DB = cfg.beat_bytes
-            mem = self.dw_coef if target == "DW" else self.vec_mem
+            mem = {"DW": self.dw_coef, "VEC": self.vec_mem, "LUT": self.store_lut}[target]
             for e in range(n):
                 at = (sp + e) % isa.scratchpad_depth(cfg, target) * DB
                 mem[at:at + DB] = raw[e * DB:(e + 1) * DB]
@@ -370,7 +372,10 @@ class SimOverlay:
             y = np.maximum(t, 0) if d["relu"] else t
             data = y.astype("<i4").view(np.uint8).reshape(rows, row_bytes)
         else:
-            data = requantize(t, p[..., 1], p[..., 2], relu=bool(d["relu"])).view(np.uint8).reshape(rows, row_bytes)
+            y = requantize(t, p[..., 1], p[..., 2], relu=bool(d["relu"]))
+            if d.get("lut"):
+                y = lut(y, LutParams(self.store_lut.view(np.int8)))
+            data = y.view(np.uint8).reshape(rows, row_bytes)
         # STORE.cols: only the first `cols` columns reach DDR (write strobes).
         keep = (d.get("cols") or cfg.cols) * (row_bytes // cfg.cols)
         for r in range(rows):

@@ -23,6 +23,9 @@ def add_arguments(parser):
     g.add_argument("--n", type=int, required=True, help="output channels")
     g.add_argument("--relu", action="store_true")
     g.add_argument("--int32", action="store_true", help="int32 output (bias added, not requantised)")
+    g.add_argument("--lut", choices=sorted(STORE_TABLES),
+                   help="a table fused into the GEMM store after the requantiser (presets with store_lut: sim, "
+                        "bench16; docs/vector.md)")
     _common(g)
     g.set_defaults(_run=run_gemm)
     c = sub.add_parser("conv", help="one quantised convolution", description="one quantised convolution")
@@ -255,9 +258,14 @@ def raise_difference(got, want):
     raise CommandError(f"{len(bad)} outputs differ{where}")
 
 
+#: `sim gemm --lut`: the tables (golden_model.intvec.LutParams), for random_layer's outputs (int8 at ~0.05).
+STORE_TABLES = {"gelu": lambda P: P.gelu(0.05, 0.02), "sigmoid": lambda P: P.sigmoid(0.05, 1 / 127)}
+
+
 def run_gemm(args) -> int:
     import numpy as np
 
+    from golden_model import intvec
     from golden_model.intops import gemm
     from hw.config import preset
     from sw.cli import UsageError
@@ -266,10 +274,16 @@ def run_gemm(args) -> int:
         raise UsageError("--m, --k and --n must be positive")
     check_fits(f"gemm {args.m} x {args.k} x {args.n}", *gemm_bytes(args.m, args.k, args.n, args.int32))
     cfg = preset(args.preset)
+    table = STORE_TABLES[args.lut](intvec.LutParams) if args.lut else None
+    if table is not None and ("store_lut" not in cfg.engines or args.int32):
+        with_table = ", ".join(n for n, _ in presets_with("store_lut"))
+        raise UsageError(f"--lut needs int8 output and a preset with the store table ({with_table})")
     a, b, bias, mult, shift = random_layer(np.random.default_rng(args.seed), args.m, args.k, args.n)
-    return _run_layer(args, cfg, f"gemm {args.m} x {args.k} x {args.n}", lambda drv: drv.linear(
-        a, b, bias, mult, shift, relu=args.relu, out_int32=args.int32),
-        lambda: gemm(a, b, bias, mult, shift, relu=args.relu, out_int32=args.int32))
+    title = f"gemm {args.m} x {args.k} x {args.n}" + (f" + {args.lut} (fused in the store)" if table else "")
+    return _run_layer(args, cfg, title, lambda drv: drv.linear(
+        a, b, bias, mult, shift, relu=args.relu, out_int32=args.int32, lut=table),
+        lambda: gemm(a, b, bias, mult, shift, relu=args.relu, out_int32=args.int32) if table is None
+        else intvec.linear_lut(a, b, bias, mult, shift, table, relu=args.relu))
 
 
 def run_attention(args) -> int:

@@ -339,7 +339,29 @@ def place(cfg, layer: Layer, host: HostModel | None = None, lanes: int = 0) -> P
 
 def place_all(cfg, layers: list[Layer], host: HostModel | None = None, lanes: int = 0) -> list[Placement]:
     host = host or host_for(cfg)
-    return [place(cfg, layer, host, lanes) for layer in layers]
+    return fuse_store_tables(cfg, [place(cfg, layer, host, lanes) for layer in layers])
+
+
+def fuse_store_tables(cfg, placements: list[Placement]) -> list[Placement]:
+    """On an overlay with the GEMM store table (engine store_lut): a GELU whose input only a linear on the
+    GEMM engine writes and only the GELU reads rides in that linear's store (compile_linear(lut=...)):
+    placed "gemm", no cycles (the table stage adds a cycle per STORE, a LOAD of 256 bytes per program) and
+    no DDR bytes (the hidden tensor is written once, GELU'd, and never read back for it)."""
+    if "store_lut" not in cfg.engines:
+        return placements
+    readers: dict[str, int] = {}
+    for p in placements:
+        for t in p.layer.inputs:
+            readers[t] = readers.get(t, 0) + 1
+    writers = {p.layer.output: p for p in placements if p.layer.output}
+    out = []
+    for p in placements:
+        src = writers.get(p.layer.inputs[0]) if p.layer.op == "gelu" and p.layer.inputs else None
+        if src is not None and src.layer.op == "linear" and src.where == "gemm" and readers[p.layer.inputs[0]] == 1:
+            p = Placement(p.layer, "gemm", f"fused into {src.layer.name}'s store (store_lut)", 0, 0.0, 0, "",
+                          host_seconds=p.host_seconds)
+        out.append(p)
+    return out
 
 
 def _ms(s: float) -> str:

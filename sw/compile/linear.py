@@ -5,6 +5,7 @@ DDR image (one buffer, byte offsets from its start, every region 4 KiB aligned):
   A             per M-tile (R rows): K entries of R int8   = A[m0:m0+R, k] (rows past M zero)
   B             per N-tile (C cols): K entries of C int8   = B[k, n0:n0+C] (cols past N zero)
   params        per N-tile: C x 16 bytes (hw.isa.pack_params; channels past N zero)
+  lut           (with `lut`) the store table: 256 int8, entry x + 128 (LOAD target LUT, once per run)
   out           M rows x Np columns (Np = N rounded up to C), int8 or int32, row-major
 The host slices out[:, :N].
 
@@ -52,7 +53,8 @@ class Program:
     runs: list[tuple[int, int]] | None = None   # (first descriptor, count) per START; None: one run of all
 
     #: region -> its role for the runtime (sw.runtime.program.ROLES)
-    ROLES = {"descriptors": "program", "A": "input", "B": "weight", "params": "weight", "out": "output"}
+    ROLES = {"descriptors": "program", "A": "input", "B": "weight", "params": "weight", "lut": "weight",
+             "out": "output"}
 
     @property
     def n_padded(self) -> int:
@@ -96,9 +98,13 @@ def lay_out_image(cfg, n_descriptors: int, sizes: dict, base_addr: int, max_ddr_
 
 
 
-def compile_linear(cfg, a, b, bias, multiplier=None, shift=None, *, relu=False, out_int32=False,
+def compile_linear(cfg, a, b, bias, multiplier=None, shift=None, *, relu=False, out_int32=False, lut=None,
                    base_addr: int = 0, max_ddr_bytes: int = 1 << 30) -> Program:
-    """Compile one layer for a DDR buffer at physical address `base_addr` (4 KiB aligned)."""
+    """Compile one layer for a DDR buffer at physical address `base_addr` (4 KiB aligned).
+
+    `lut`: a golden_model.intvec.LutParams (GELU, sigmoid, ...) fused into the store: every int8 result
+    goes through the table after the requantiser (golden_model.intvec.linear_lut), on overlays with the
+    store_lut engine; the activation is never written unmapped nor read back."""
     if base_addr % ALIGN:
         raise CompileError(f"DDR buffer address {base_addr:#x} is not {ALIGN}-byte aligned")
     a = np.asarray(a)
@@ -115,6 +121,7 @@ def compile_linear(cfg, a, b, bias, multiplier=None, shift=None, *, relu=False, 
         raise CompileError(f"K={K} exceeds {MAX_K}: int32 accumulation could overflow")
     if not out_int32 and (multiplier is None or shift is None):
         raise CompileError("int8 output needs per-channel multiplier and shift")
+    table = _store_table(cfg, lut, out_int32)
     R, C = cfg.rows, cfg.cols
     bias = np.broadcast_to(np.asarray(0 if bias is None else bias, np.int64), (N,))
     multiplier = np.broadcast_to(np.asarray(0 if multiplier is None else multiplier, np.int64), (N,))
@@ -134,7 +141,7 @@ def compile_linear(cfg, a, b, bias, multiplier=None, shift=None, *, relu=False, 
     a_stride = -(-K * R // cfg.beat_bytes) * cfg.beat_bytes
     b_stride = -(-K * C // cfg.beat_bytes) * cfg.beat_bytes
     sizes = {"A": mt * a_stride, "B": nt * b_stride, "params": nt * C * isa.PARAM_CHANNEL_BYTES,
-             "out": M * np_cols * ebytes}
+             **({"lut": isa.LUT_BYTES} if table is not None else {}), "out": M * np_cols * ebytes}
 
     # ---- the op list (before descriptors get their addresses)
     ops: list[dict] = []       # dicts with 'op' and resource annotations
@@ -191,16 +198,47 @@ def compile_linear(cfg, a, b, bias, multiplier=None, shift=None, *, relu=False, 
                     step += 1
                 tile_no += 1
 
+    if table is not None:
+        fuse_store_table(cfg, ops)
     descs, runs = schedule_runs(ops, R, relu, out_int32)
 
     # ---- addresses
     offsets, image = lay_out_image(cfg, len(descs), sizes, base_addr, max_ddr_bytes, "layer")
     _fill_operands(cfg, image, offsets, a, b, bias, multiplier, shift, mt, nt, a_stride, b_stride)
+    if table is not None:
+        image[offsets["lut"][0]:offsets["lut"][0] + isa.LUT_BYTES] = table.view(np.uint8)
     sym, raw = pack_descriptors(descs, image, offsets, base_addr, "split the layer")
     op = dict(kind="linear", m=M, k=K, mt=mt, nt=nt, a_stride=a_stride, b_stride=b_stride, relu=relu,
-              out_int32=out_int32)
+              out_int32=out_int32, lut=table is not None)
     return Program(cfg, M, K, N, out_int32, image, raw, offsets, macs=M * K * N, base_addr=base_addr, symbolic=sym,
                    op=op, runs=runs)
+
+
+def _store_table(cfg, lut, out_int32: bool) -> np.ndarray | None:
+    """The int8 table a fused `lut` epilogue loads (None: no epilogue); refused where it cannot run."""
+    if lut is None:
+        return None
+    if "store_lut" not in cfg.engines:
+        raise CompileError(f"overlay {cfg.name!r} has no store_lut engine (engines: {', '.join(cfg.engines)}): "
+                           "run the table on the vector engine or the host")
+    if out_int32:
+        raise CompileError("the store table maps int8 results: lut with out_int32 is not possible")
+    table = np.asarray(getattr(lut, "table", None))
+    if table.shape != (isa.LUT_BYTES,) or table.dtype != np.int8:
+        raise CompileError(f"lut must be a golden_model.intvec.LutParams (a {isa.LUT_BYTES}-entry int8 table)")
+    return table
+
+
+def fuse_store_table(cfg, ops: list[dict]) -> None:
+    """Every STORE of `ops` through the store table: the first op loads it (region "lut"), each store marks
+    it used (split_runs loads it again in each later run, so runs stay self-contained)."""
+    res = ("LUT", 0)
+    ops[0]["loads"] = [dict(op="LOAD", target="LUT", src=("lut", 0), count=isa.LUT_BYTES // cfg.beat_bytes, sp=0,
+                            res=res)] + ops[0]["loads"]
+    for op in ops:
+        if op["store"]:
+            op["store"]["fields"] = dict(op["store"].get("fields", {}), lut=1)
+            op["store"]["uses"] = [res]
 
 
 def split_runs(ops: list[dict], limit: int = None) -> list[list[dict]]:
@@ -229,7 +267,7 @@ def split_runs(ops: list[dict], limit: int = None) -> list[list[dict]]:
         placed, have, n_loads = [], set(loaded), 0
         for op in chain:
             own = {ld["res"] for ld in op["loads"]}
-            used = [op["a"], op["b"]] + ([op["store"]["p"]] if op["store"] else [])
+            used = [op["a"], op["b"]] + ([op["store"]["p"], *op["store"].get("uses", ())] if op["store"] else [])
             again = [dict(ld) for res in dict.fromkeys(used) if res not in have and res not in own
                      for ld in last_group[res]]
             have |= own | {ld["res"] for ld in again}

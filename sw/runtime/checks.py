@@ -197,6 +197,10 @@ def _check_store(cfg, d, fail, in_buffer) -> None:
     fail((d["param_rows"] != 0) & (rows > C),
          lambda j: f"per-row parameters for {rows[j]} rows, but an entry holds {C} channels")
     fail(cols > C, lambda j: f"{cols[j]} columns, the array has {C}")
+    lut = d["lut"] != 0
+    fail(lut & ("store_lut" not in cfg.engines),
+         lambda j: f"STORE through the table (lut), but overlay {cfg.name!r} has no store_lut engine")
+    fail(lut & (d["out_int32"] != 0), lambda j: "STORE through the table (lut) of int32 results (int8 only)")
     row_bytes = C * np.where(d["out_int32"] != 0, 4, 1)
     fail((stride % DB != 0) | (tile_stride % DB != 0),
          lambda j: f"row stride {stride[j]} or tile stride {tile_stride[j]} not a multiple of the {DB}-byte beat")

@@ -5,11 +5,14 @@
     ex.records            # per node: placement, cycles, (after check) bit-exact
     ex.check(env, IntRunner(qm).run(feeds, stages=...))   # node by node against the integer interpreter
 
-Placement: sw.compile.graph.place for the preset (engine, host or layout, with its reason). Engine
+Placement: sw.compile.graph.place_all for the preset (engine, host or layout, with its reason). Engine
 nodes run through the Driver on the chosen backend (linear, conv2d, depthwise_conv2d,
 conv_transpose2d, attention, vector) with the integer interpreter's own parameters (requant
 multiplier / shift, AttentionQuant, intvec parameter sets); host and layout nodes run the
-interpreter's op functions (golden_model.quant.intinterp), so they equal it by construction.
+interpreter's op functions (golden_model.quant.intinterp), so they equal it by construction. A GELU the
+placement fuses into its fc1's store (store_lut: sw.compile.graph.fuse_store_tables) runs inside that
+linear's Driver call (lut=its table): the linear's output tensor then holds the GELU'd values, checked
+against the GELU's output, and the GELU node passes them on with no run of its own.
 
 The interpreter is the spec: the one parameter it must share with the overlay is the attention key
 tile (the engine's online softmax runs over tiles of cfg.cols keys), so the QuantModel must be
@@ -29,7 +32,7 @@ import numpy as np
 from golden_model.intattn import AttentionQuant
 from golden_model.quant.interpret import merge_heads, nchw_to_nhwc, nhwc_to_nchw, split_heads
 from golden_model.quant.intinterp import IntRunner, _mask_product, _requant_args, _vec_params
-from sw.compile.graph import place, vector_lanes
+from sw.compile.graph import place_all, vector_lanes
 from sw.perf.layers import graph_layers
 from sw.runtime.driver import Driver
 
@@ -50,14 +53,15 @@ class NodeRecord:
     ddr_bytes: int = 0    # host <-> DDR bytes of its Driver calls (program, weights, inputs in; output out)
     wall_s: float = 0.0   # this process's time for the node (engine nodes: compile + simulate + copies)
     exact: bool | None = None   # set by check()
+    holds: str = ""       # the tensor its output equals when a fused op rode in its store ("": its own)
 
 
 # ---------------------------------------------------------------- engine nodes through the Driver
-def _linear(drv, n, a, r):
+def _linear(drv, n, a, r, lut=None):
     x, w, b = a
     m, s = _requant_args(r, n)
     y = drv.linear(x.reshape(-1, x.shape[-1]), np.ascontiguousarray(w.reshape(w.shape[0], -1).T), b, m, s,
-                   relu=n.attrs.get("relu", False))
+                   relu=n.attrs.get("relu", False), lut=lut)
     return y.reshape(x.shape[:-1] + (w.shape[0],)), [drv.last_run]
 
 
@@ -147,7 +151,12 @@ class GraphExecutor(IntRunner):
         self.cfg = cfg
         self.driver = driver or Driver(cfg, backend)
         lanes = vector_lanes(cfg)
-        self.placements = {layer.name: place(cfg, layer, lanes=lanes) for layer in graph_layers(qm.graph)}
+        self.placements = {p.layer.name: p for p in place_all(cfg, graph_layers(qm.graph), lanes=lanes)}
+        # linear node -> the GELU node placed in its store (the placement checked it is its only reader)
+        writers = {t: n for n in qm.graph.nodes for t in n.outputs}
+        self.fused = {writers[n.inputs[0]].name: n for n in qm.graph.nodes
+                      if n.op == "gelu" and self.placements[n.name].where == "gemm"
+                      and not n.attrs.get("host") and not writers[n.inputs[0]].attrs.get("host")}
         self.records: dict[str, NodeRecord] = {}
 
     def op_fn(self, node):
@@ -169,10 +178,18 @@ class GraphExecutor(IntRunner):
             raise GraphExecError(f"node {node.name}: placed on {p.where} but the executor has no Driver call "
                                  f"for op {node.op!r}")
 
+        if any(g.name == node.name for g in self.fused.values()):
+            return lambda n, args, r: args[0]           # its fc1's store applied the table
+        gelu = self.fused.get(node.name)
+        call = ENGINE_OPS[node.op]
+        if gelu is not None:
+            rec.holds = gelu.outputs[0]
+            call = lambda d, n, a, r: _linear(d, n, a, r, lut=_vec_params(r, gelu, "LutParams"))  # noqa: E731
+
         def on_engine(n, args, r):
             traffic, t = self.driver.device.traffic, time.perf_counter()
             before = traffic.to_ddr + traffic.from_ddr
-            y, runs = ENGINE_OPS[n.op](self.driver, n, args, r)
+            y, runs = call(self.driver, n, args, r)
             rec.cycles, rec.calls = sum(x.cycles for x in runs), len(runs)
             rec.ddr_bytes = traffic.to_ddr + traffic.from_ddr - before
             rec.wall_s = time.perf_counter() - t
@@ -185,7 +202,7 @@ class GraphExecutor(IntRunner):
         bad = []
         outputs = {n.name: n.outputs[0] for n in self.graph.nodes}
         for name, rec in self.records.items():
-            out = outputs[name]
+            out = rec.holds or outputs[name]
             a, b = np.asarray(env[out]), np.asarray(ref[out])
             rec.exact = a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b)
             if not rec.exact:
