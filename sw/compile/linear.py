@@ -19,6 +19,7 @@ from which scratchpad half / accumulator region / parameter entry each op touche
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -115,10 +116,26 @@ def compile_linear(cfg, a, b, bias, multiplier=None, shift=None, *, relu=False, 
         raise CompileError(f"K={K} exceeds {MAX_K}: int32 accumulation could overflow")
     if not out_int32 and (multiplier is None or shift is None):
         raise CompileError("int8 output needs per-channel multiplier and shift")
-    R, C = cfg.rows, cfg.cols
     bias = np.broadcast_to(np.asarray(0 if bias is None else bias, np.int64), (N,))
     multiplier = np.broadcast_to(np.asarray(0 if multiplier is None else multiplier, np.int64), (N,))
     shift = np.broadcast_to(np.asarray(0 if shift is None else shift, np.int64), (N,))
+    plan = _linear_plan(cfg, M, K, N, bool(relu), bool(out_int32), base_addr, max_ddr_bytes)
+    offsets, head, size, sym, raw, runs, mt, nt, a_stride, b_stride = plan
+    image = np.zeros(size, np.uint8)
+    image[:head.size] = head
+    _fill_operands(cfg, image, offsets, a, b, bias, multiplier, shift, mt, nt, a_stride, b_stride)
+    op = dict(kind="linear", m=M, k=K, mt=mt, nt=nt, a_stride=a_stride, b_stride=b_stride, relu=relu,
+              out_int32=out_int32)
+    return Program(cfg, M, K, N, out_int32, image, list(raw), dict(offsets), macs=M * K * N, base_addr=base_addr,
+                   symbolic=list(sym), op=op, runs=runs and list(runs))
+
+
+@lru_cache(maxsize=64)
+def _linear_plan(cfg, M: int, K: int, N: int, relu: bool, out_int32: bool, base_addr: int, max_ddr_bytes: int):
+    """What compile_linear's program is for its shapes, whatever the data: the DDR layout, the packed
+    descriptors and their fields, the runs. Kept for the layers of a model that share shapes (a
+    Hiera stage's blocks), whose descriptor lists are most of a compile's time."""
+    R, C = cfg.rows, cfg.cols
     mt, nt = -(-M // R), -(-N // C)
     a_half, b_half = cfg.a_depth // 2, cfg.b_depth // 2
     regions_acc = cfg.acc_depth // R
@@ -195,12 +212,10 @@ def compile_linear(cfg, a, b, bias, multiplier=None, shift=None, *, relu=False, 
 
     # ---- addresses
     offsets, image = lay_out_image(cfg, len(descs), sizes, base_addr, max_ddr_bytes, "layer")
-    _fill_operands(cfg, image, offsets, a, b, bias, multiplier, shift, mt, nt, a_stride, b_stride)
     sym, raw = pack_descriptors(descs, image, offsets, base_addr, "split the layer")
-    op = dict(kind="linear", m=M, k=K, mt=mt, nt=nt, a_stride=a_stride, b_stride=b_stride, relu=relu,
-              out_int32=out_int32)
-    return Program(cfg, M, K, N, out_int32, image, raw, offsets, macs=M * K * N, base_addr=base_addr, symbolic=sym,
-                   op=op, runs=runs)
+    head = image[:offsets["descriptors"][1]].copy()
+    head.flags.writeable = False
+    return offsets, head, image.size, tuple(sym), tuple(raw), runs and tuple(runs), mt, nt, a_stride, b_stride
 
 
 def split_runs(ops: list[dict], limit: int = None) -> list[list[dict]]:
