@@ -48,7 +48,8 @@ class Program:
     regions: dict[str, tuple[int, int]]   # name -> (offset, size) in the image
     macs: int = 0
     base_addr: int = 0
-    symbolic: list[dict] | None = None    # the descriptors with (region, offset) addresses (sw.runtime.program)
+    symbolic: list[dict] | tuple | None = None   # the descriptors with (region, offset) addresses (sw.runtime.program;
+                                                # a tuple: shared by programs of the same shapes, relinked fast)
     op: dict | None = None             # what it computes, by region name, for the sim's fast mode (sw/backends/fast.py)
     runs: list[tuple[int, int]] | None = None   # (first descriptor, count) per START; None: one run of all
 
@@ -127,7 +128,7 @@ def compile_linear(cfg, a, b, bias, multiplier=None, shift=None, *, relu=False, 
     op = dict(kind="linear", m=M, k=K, mt=mt, nt=nt, a_stride=a_stride, b_stride=b_stride, relu=relu,
               out_int32=out_int32)
     return Program(cfg, M, K, N, out_int32, image, list(raw), dict(offsets), macs=M * K * N, base_addr=base_addr,
-                   symbolic=list(sym), op=op, runs=runs and list(runs))
+                   symbolic=sym, op=op, runs=runs and list(runs))
 
 
 @lru_cache(maxsize=64)
