@@ -131,7 +131,8 @@ def compile_linear(cfg, a, b, bias, multiplier=None, shift=None, *, relu=False, 
                    symbolic=sym, op=op, runs=runs and list(runs))
 
 
-@lru_cache(maxsize=64)
+#: Plans kept: a Hiera stage's blocks repeat a handful of shapes one after another.
+@lru_cache(maxsize=16)
 def _linear_plan(cfg, M: int, K: int, N: int, relu: bool, out_int32: bool, base_addr: int, max_ddr_bytes: int):
     """What compile_linear's program is for its shapes, whatever the data: the DDR layout, the packed
     descriptors and their fields, the runs. Kept for the layers of a model that share shapes (a

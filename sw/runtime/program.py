@@ -72,11 +72,13 @@ def link_words(symbolic, addresses: dict[str, int]) -> np.ndarray:
 
 
 _SPLIT: dict[int, tuple] = {}      # id(descriptor tuple) -> (the tuple, kept alive; its split)
+_SPLIT_KEPT = 16
 
 
 def _split_addresses(symbolic: tuple):
     """(the fields as columns with every (buffer, offset) address zeroed, {buffer: {field: (rows,
-    offsets)}}) of a descriptor tuple, or None when a field is unknown; once per tuple (64 kept)."""
+    offsets)}}) of a descriptor tuple, or None when a field is unknown; once per tuple (the last
+    _SPLIT_KEPT kept)."""
     hit = _SPLIT.get(id(symbolic))
     if hit is not None and hit[0] is symbolic:
         return hit[1]
@@ -94,7 +96,7 @@ def _split_addresses(symbolic: tuple):
     split = None if cols is None else (cols, {
         name: {key: (np.array(r, np.intp), np.array(o, np.int64)) for key, (r, o) in keys.items()}
         for name, keys in where.items()})
-    if len(_SPLIT) >= 64:
+    if len(_SPLIT) >= _SPLIT_KEPT:
         _SPLIT.pop(next(iter(_SPLIT)))
     _SPLIT[id(symbolic)] = (symbolic, split)
     return split
