@@ -72,7 +72,7 @@ def stage_rows(ex: GraphExecutor) -> list[dict]:
     return [{"stage": r["stage"], "overlay nodes": r["engine_nodes"], "host nodes": r["host_nodes"],
              "overlay cycles": r["cycles"], "overlay ms (model)": 1e3 * r["overlay_s"],
              "host ms (model)": 1e3 * r["host_model_s"], "modelled ms": 1e3 * (r["overlay_s"] + r["host_model_s"]),
-             "host ops wall ms": 1e3 * r["host_wall_s"], "sim wall ms": 1e3 * r["engine_wall_s"],
+             "host ops wall ms": 1e3 * r["host_wall_s"], "backend wall ms": 1e3 * r["engine_wall_s"],
              "host<->DDR bytes": r["ddr_bytes"]} for r in rows]
 
 
@@ -87,7 +87,7 @@ def stage_summary(ex: GraphExecutor) -> str:
     for r in rows:
         lines.append(f"{r['stage']:17s} {r['overlay nodes']:7d} {r['host nodes']:5d} {r['overlay ms (model)']:10.3f} "
                      f"{r['host ms (model)']:8.1f} {r['modelled ms']:9.1f} {r['host ops wall ms']:9.1f} "
-                     f"{r['sim wall ms']:8.0f} {r['host<->DDR bytes']:13,d}")
+                     f"{r['backend wall ms']:8.0f} {r['host<->DDR bytes']:13,d}")
     lines.append(f"overlay ms: the engine nodes' cycles at {cfg.name}'s {cfg.clock_mhz:g} MHz; host ms (model): the "
                  f"host nodes on {cfg.name}'s CPU (sw.perf.host_model); host wall: the host nodes here; backend wall: "
                  "the engine nodes' runs here (compile, copies, backend); host<->DDR: every engine node writes its "
