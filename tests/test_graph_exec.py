@@ -4,28 +4,15 @@ where the preset's placement puts it, and every node's output equals the integer
 import numpy as np
 import pytest
 
-from golden_model.quant.builder import build_graph, random_model
 from golden_model.quant.intinterp import IntRunner
 from golden_model.quant.predictor import GraphPredictor
-from golden_model.quant.quantize import calibrate, quantize
 from hw.config import preset
 from sw.runtime.graph_exec import GraphExecError, GraphExecutor
 
-SIZE = 128
+from tests.conftest import SCALED_CLICK as CLICK
+from tests.conftest import scaled_quantised as _quantised
+
 STAGES = ("image_encoder", "prompt_encoder", "mask_decoder")
-CLICK = (60.0, 70.0)
-
-
-@pytest.fixture(scope="module")
-def scaled():
-    graph = build_graph(random_model("tiny", SIZE, seed=0))
-    image = np.random.default_rng(0).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
-    return graph, calibrate(graph, [image], prompts_per_image=1), image
-
-
-def _quantised(scaled, cfg):
-    graph, stats, _ = scaled
-    return quantize(graph, stats, key_tile=cfg.cols, preset=cfg.name)
 
 
 def test_sim_every_node_bit_exact_with_intinterp(scaled):

@@ -11,7 +11,10 @@ ask for one mask. --logits-out saves that mask's full-resolution logits
 (float32, H x W). Without --checkpoint the model runs on seeded random weights,
 and says so: the result is then not a real segmentation. --precision int8 runs
 the overlay's integer reference on the host instead (golden_model/quant, from
---quantised FILE or quantised on the fly; docs/quantisation.md).
+--quantised FILE or quantised on the fly; docs/quantisation.md). --backend sim|rtl|pynq runs that int8
+model on the overlay (sw/runtime/overlay_segment.py; docs/overlay-run.md), bit for bit the same
+outputs as --precision int8 for the same --preset, and prints per stage the modelled overlay time,
+the host ops' time and the host <-> DDR bytes (--nodes: per node).
 """
 from __future__ import annotations
 
@@ -69,8 +72,18 @@ def add_arguments(parser):
     parser.add_argument("-o", "--out", type=Path, required=True, help="output PNG: the image with the mask overlaid")
     parser.add_argument("--logits-out", type=Path, metavar="FILE.npy",
                         help="save the chosen mask's full-resolution logits (float32, H x W)")
-    parser.add_argument("--precision", choices=("float", "int8"), default="float",
-                        help="float: the golden float model; int8: the host integer reference of the overlay")
+    parser.add_argument("--precision", choices=("float", "int8"),
+                        help="float (default): the golden float model; int8: the host integer reference of the "
+                             "overlay (implied by --backend)")
+    parser.add_argument("--backend", choices=("sim", "rtl", "pynq"),
+                        help="run the int8 model on the overlay (preset --preset) on this backend: sim (the "
+                             "functional model), rtl (Verilator; small models only), pynq (a board, or pynq's "
+                             "library on the simulated device)")
+    parser.add_argument("--bitfile", type=Path, metavar="FILE.bit",
+                        help="with --backend pynq on a board: the overlay's bitstream (its .hwh beside it); "
+                             "without it pynq's library runs on the simulated device")
+    parser.add_argument("--nodes", action="store_true",
+                        help="with --backend: print every node's placement, cycles and DDR bytes")
     from sw.commands.quantize import add_quant_arguments
     add_quant_arguments(parser, quantised_file=True)
 
@@ -137,6 +150,13 @@ def check_arguments(args):
     image (uint8 RGB)."""
     from sw import outputs
     from sw.cli import UsageError
+    if args.backend is not None and args.precision == "float":
+        raise UsageError("--backend runs the int8 model on the overlay: drop --precision float")
+    if args.nodes and args.backend is None:
+        raise UsageError("--nodes needs --backend")
+    if args.bitfile is not None and args.backend != "pynq":
+        raise UsageError("--bitfile is for --backend pynq")
+    args.precision = args.precision or ("int8" if args.backend else "float")
     if not args.point and args.box is None:
         raise UsageError("segment needs a prompt: at least one --point X,Y[,LABEL] or a --box X0,Y0,X1,Y1")
     if args.out.suffix.lower() != ".png":
@@ -162,8 +182,11 @@ def run(args) -> int:
     image = check_arguments(args)
     h, w = image.shape[:2]
     t0 = time.monotonic()
-    model = predictor = None
-    if args.precision == "int8":
+    model = predictor = executor = None
+    if args.backend is not None:
+        from sw.commands.segment_overlay import overlay_predictor
+        predictor, executor = overlay_predictor(args, build_model)
+    elif args.precision == "int8":
         from sw.commands.quantize import int8_predictor
         predictor = int8_predictor(args, build_model, lambda m: print("segment: " + m))
     else:
@@ -174,7 +197,11 @@ def run(args) -> int:
     elif args.checkpoint is not None:
         print(f"segment: SAM 2.1 {args.model} from {args.checkpoint} (all keys matched)")
     t1 = time.monotonic()
-    logits, iou, best, candidates = segment(image, args.point, args.box, model, predictor)
+    if executor is None:
+        logits, iou, best, candidates = segment(image, args.point, args.box, model, predictor)
+    else:
+        from sw.commands.segment_overlay import segment_on_overlay
+        logits, iou, best, candidates = segment_on_overlay(args, image, predictor, executor)
     t2 = time.monotonic()
     mask = logits > 0
     outputs.save_png(args.out, overlay(image, mask, args.point, args.box))

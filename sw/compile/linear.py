@@ -20,6 +20,7 @@ from which scratchpad half / accumulator region / parameter entry each op touche
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -48,7 +49,8 @@ class Program:
     regions: dict[str, tuple[int, int]]   # name -> (offset, size) in the image
     macs: int = 0
     base_addr: int = 0
-    symbolic: list[dict] | None = None    # the descriptors with (region, offset) addresses (sw.runtime.program)
+    symbolic: list[dict] | tuple | None = None   # the descriptors with (region, offset) addresses (sw.runtime.program;
+                                                # a tuple: shared by programs of the same shapes, relinked fast)
     op: dict | None = None             # what it computes, by region name, for the sim's fast mode (sw/backends/fast.py)
     runs: list[tuple[int, int]] | None = None   # (first descriptor, count) per START; None: one run of all
 
@@ -122,10 +124,30 @@ def compile_linear(cfg, a, b, bias, multiplier=None, shift=None, *, relu=False, 
     if not out_int32 and (multiplier is None or shift is None):
         raise CompileError("int8 output needs per-channel multiplier and shift")
     table = _store_table(cfg, lut, out_int32)
-    R, C = cfg.rows, cfg.cols
     bias = np.broadcast_to(np.asarray(0 if bias is None else bias, np.int64), (N,))
     multiplier = np.broadcast_to(np.asarray(0 if multiplier is None else multiplier, np.int64), (N,))
     shift = np.broadcast_to(np.asarray(0 if shift is None else shift, np.int64), (N,))
+    plan = _linear_plan(cfg, M, K, N, bool(relu), bool(out_int32), table is not None, base_addr, max_ddr_bytes)
+    offsets, head, size, sym, raw, runs, mt, nt, a_stride, b_stride = plan
+    image = np.zeros(size, np.uint8)
+    image[:head.size] = head
+    _fill_operands(cfg, image, offsets, a, b, bias, multiplier, shift, mt, nt, a_stride, b_stride)
+    if table is not None:
+        image[offsets["lut"][0]:offsets["lut"][0] + isa.LUT_BYTES] = table.view(np.uint8)
+    op = dict(kind="linear", m=M, k=K, mt=mt, nt=nt, a_stride=a_stride, b_stride=b_stride, relu=relu,
+              out_int32=out_int32, lut=table is not None)
+    return Program(cfg, M, K, N, out_int32, image, list(raw), dict(offsets), macs=M * K * N, base_addr=base_addr,
+                   symbolic=sym, op=op, runs=runs and list(runs))
+
+
+#: Plans kept: a Hiera stage's blocks repeat a handful of shapes one after another.
+@lru_cache(maxsize=16)
+def _linear_plan(cfg, M: int, K: int, N: int, relu: bool, out_int32: bool, fused_table: bool, base_addr: int,
+                 max_ddr_bytes: int):
+    """What compile_linear's program is for its shapes, whatever the data: the DDR layout, the packed
+    descriptors and their fields, the runs. Kept for the layers of a model that share shapes (a
+    Hiera stage's blocks), whose descriptor lists are most of a compile's time."""
+    R, C = cfg.rows, cfg.cols
     mt, nt = -(-M // R), -(-N // C)
     a_half, b_half = cfg.a_depth // 2, cfg.b_depth // 2
     regions_acc = cfg.acc_depth // R
@@ -141,7 +163,7 @@ def compile_linear(cfg, a, b, bias, multiplier=None, shift=None, *, relu=False, 
     a_stride = -(-K * R // cfg.beat_bytes) * cfg.beat_bytes
     b_stride = -(-K * C // cfg.beat_bytes) * cfg.beat_bytes
     sizes = {"A": mt * a_stride, "B": nt * b_stride, "params": nt * C * isa.PARAM_CHANNEL_BYTES,
-             **({"lut": isa.LUT_BYTES} if table is not None else {}), "out": M * np_cols * ebytes}
+             **({"lut": isa.LUT_BYTES} if fused_table else {}), "out": M * np_cols * ebytes}
 
     # ---- the op list (before descriptors get their addresses)
     ops: list[dict] = []       # dicts with 'op' and resource annotations
@@ -198,20 +220,16 @@ def compile_linear(cfg, a, b, bias, multiplier=None, shift=None, *, relu=False, 
                     step += 1
                 tile_no += 1
 
-    if table is not None:
+    if fused_table:
         fuse_store_table(cfg, ops)
     descs, runs = schedule_runs(ops, R, relu, out_int32)
 
     # ---- addresses
     offsets, image = lay_out_image(cfg, len(descs), sizes, base_addr, max_ddr_bytes, "layer")
-    _fill_operands(cfg, image, offsets, a, b, bias, multiplier, shift, mt, nt, a_stride, b_stride)
-    if table is not None:
-        image[offsets["lut"][0]:offsets["lut"][0] + isa.LUT_BYTES] = table.view(np.uint8)
     sym, raw = pack_descriptors(descs, image, offsets, base_addr, "split the layer")
-    op = dict(kind="linear", m=M, k=K, mt=mt, nt=nt, a_stride=a_stride, b_stride=b_stride, relu=relu,
-              out_int32=out_int32, lut=table is not None)
-    return Program(cfg, M, K, N, out_int32, image, raw, offsets, macs=M * K * N, base_addr=base_addr, symbolic=sym,
-                   op=op, runs=runs)
+    head = image[:offsets["descriptors"][1]].copy()
+    head.flags.writeable = False
+    return offsets, head, image.size, tuple(sym), tuple(raw), runs and tuple(runs), mt, nt, a_stride, b_stride
 
 
 def _store_table(cfg, lut, out_int32: bool) -> np.ndarray | None:

@@ -225,3 +225,26 @@ class GraphExecutor(IntRunner):
             ms = c / (self.cfg.clock_mhz * 1e3)
             lines.append(f"{stage:16s} {where:10s} {k:5d} {c:12,d} {ms:11.3f} {w * 1e3:8.1f} {b:11,d}")
         return "\n".join(lines)
+
+    def stage_totals(self) -> dict[str, dict]:
+        """Per stage of the executed nodes: counts by placement; the overlay's modelled time (its engine
+        cycles at the preset's clock); the host nodes' modelled time on the board's CPU (the placement's
+        sw.perf.host_model figure); this process's wall time of engine nodes (simulation + copies) and of
+        host nodes; host <-> DDR bytes of the engine nodes' Driver calls."""
+        out: dict[str, dict] = {}
+        for r in self.records.values():
+            t = out.setdefault(r.stage, dict(engine_nodes=0, host_nodes=0, layout_nodes=0, cycles=0,
+                                             overlay_s=0.0, host_model_s=0.0, engine_wall_s=0.0,
+                                             host_wall_s=0.0, ddr_bytes=0))
+            if r.where in ("host", "layout"):
+                t[f"{r.where}_nodes"] += 1
+                t["host_wall_s"] += r.wall_s
+                t["host_model_s"] += self.placements[r.name].host_seconds if r.where == "host" else 0.0
+            else:
+                t["engine_nodes"] += 1
+                t["cycles"] += r.cycles
+                t["engine_wall_s"] += r.wall_s
+                t["ddr_bytes"] += r.ddr_bytes
+        for t in out.values():
+            t["overlay_s"] = t["cycles"] / (self.cfg.clock_mhz * 1e6)
+        return out

@@ -52,9 +52,59 @@ def with_fields(symbolic: list[dict], numeric: list[dict]) -> list[dict]:
             for s, n in zip(symbolic, numeric)]
 
 
-def encode_descriptors(raw: list[dict]) -> np.ndarray | None:
-    """hw.isa.pack_descriptor for a whole list at once: (n, 4) little-endian 64-bit words, or None
-    when a field is unknown, out of range or shares its bits with another that is set."""
+def link_words(symbolic, addresses: dict[str, int]) -> np.ndarray:
+    """link's packed bytes alone. A tuple of descriptors (an immutable compiled list, e.g. one that
+    sw.compile.linear keeps for layers of the same shapes) is split into its fields once and relinked
+    with NumPy afterwards: loading a program costs array additions instead of a dict per descriptor."""
+    split = _split_addresses(symbolic) if isinstance(symbolic, tuple) else None
+    if split is not None and split[1].keys() <= addresses.keys():
+        fixed, moved = split
+        cols = dict(fixed)
+        for name, fields in moved.items():
+            for key, (rows, offsets) in fields.items():
+                if cols[key] is fixed[key]:
+                    cols[key] = fixed[key].copy()
+                cols[key][rows] = addresses[name] + offsets
+        words = encode_columns(cols, len(symbolic))
+        if words is not None:
+            return words.view(np.uint8).reshape(-1)
+    return link(list(symbolic), addresses)[1]        # its errors say which descriptor and why
+
+
+_SPLIT: dict[int, tuple] = {}      # id(descriptor tuple) -> (the tuple, kept alive; its split)
+_SPLIT_KEPT = 16
+
+
+def _split_addresses(symbolic: tuple):
+    """(the fields as columns with every (buffer, offset) address zeroed, {buffer: {field: (rows,
+    offsets)}}) of a descriptor tuple, or None when a field is unknown; once per tuple (the last
+    _SPLIT_KEPT kept)."""
+    hit = _SPLIT.get(id(symbolic))
+    if hit is not None and hit[0] is symbolic:
+        return hit[1]
+    flat = [dict(d) for d in symbolic]
+    where: dict[str, dict[str, tuple[list, list]]] = {}
+    for j, fields in enumerate(flat):
+        for key in isa.ADDRESS_FIELDS:
+            v = fields.get(key)
+            if isinstance(v, tuple):
+                rows, offsets = where.setdefault(v[0], {}).setdefault(key, ([], []))
+                rows.append(j)
+                offsets.append(v[1])
+                fields[key] = 0
+    cols = _columns(flat)
+    split = None if cols is None else (cols, {
+        name: {key: (np.array(r, np.intp), np.array(o, np.int64)) for key, (r, o) in keys.items()}
+        for name, keys in where.items()})
+    if len(_SPLIT) >= _SPLIT_KEPT:
+        _SPLIT.pop(next(iter(_SPLIT)))
+    _SPLIT[id(symbolic)] = (symbolic, split)
+    return split
+
+
+def _columns(raw: list[dict]) -> dict[str, np.ndarray] | None:
+    """The descriptors' fields as int64 columns (0 where a descriptor does not set one), or None when
+    a field is unknown or too large."""
     n = len(raw)
     lists: dict[str, list] = {}
     for j, f in enumerate(raw):
@@ -66,9 +116,20 @@ def encode_descriptors(raw: list[dict]) -> np.ndarray | None:
     if not lists.keys() <= isa.FIELDS.keys():
         return None
     try:
-        cols = {name: np.array(column, np.int64) for name, column in lists.items()}
+        return {name: np.array(column, np.int64) for name, column in lists.items()}
     except OverflowError:
         return None
+
+
+def encode_descriptors(raw: list[dict]) -> np.ndarray | None:
+    """hw.isa.pack_descriptor for a whole list at once: (n, 4) little-endian 64-bit words, or None
+    when a field is unknown, out of range or shares its bits with another that is set."""
+    cols = _columns(raw)
+    return None if cols is None else encode_columns(cols, len(raw))
+
+
+def encode_columns(cols: dict[str, np.ndarray], n: int) -> np.ndarray | None:
+    """encode_descriptors on the fields as columns."""
     zero = np.zeros(n, bool)
     groups_used = np.zeros(n, np.int64)
     for shares, _, group_fields in isa.SHARED_GROUPS:

@@ -30,7 +30,7 @@ from sw.engines import engine_of_kind
 from sw.runtime.checks import check_descriptors
 from sw.runtime.arena import Arena, Buffer
 from sw.runtime.backend import DDR_BASE, AcceleratorError, Backend
-from sw.runtime.program import link, with_fields
+from sw.runtime.program import link_words, with_fields
 
 
 @dataclass
@@ -101,16 +101,16 @@ class Session:
         try:
             addresses = {r: self.arena[names[r]].addr for r in prog.regions}
             symbolic = prog.symbolic if descriptors is None else with_fields(prog.symbolic, descriptors)
-            numeric, raw = link(symbolic, addresses)
+            raw = link_words(symbolic, addresses)
             table = {r: (self.arena[n].addr, self.arena[n].size) for r, n in names.items()}
-            for first, count in program_runs(prog, len(numeric), descriptors is not None):  # counts restart per START
+            for first, count in program_runs(prog, raw.size // isa.DESCRIPTOR_BYTES, descriptors is not None):  # counts restart per START
                 check_descriptors(self.cfg, raw[first * isa.DESCRIPTOR_BYTES:(first + count) * isa.DESCRIPTOR_BYTES],
                                   table)
         except Exception:
             for buf in placed:
                 self.arena.free(buf)
             raise
-        loaded = LoadedProgram(self, prog, name, names, addresses, len(numeric), list(placed),
+        loaded = LoadedProgram(self, prog, name, names, addresses, raw.size // isa.DESCRIPTOR_BYTES, list(placed),
                                edited=descriptors is not None)
         self.backend.write(addresses["descriptors"], raw)
         for region in own:

@@ -1,0 +1,81 @@
+"""`sam2fpga segment --backend`: the scaled-down tiny SAM 2 (tests/conftest.py, 128 px) on the overlay gives
+the `--precision int8` host reference's logits bit for bit, on the sim backend and through the real pynq
+library on the simulated device (one session); bad input is a one-line error."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from golden_model.quant.qfile import save_quantised
+from hw.config import preset
+from sw.cli import main
+
+from tests.conftest import SCALED_CLICK, scaled_quantised
+
+POINT = "{:g},{:g}".format(*SCALED_CLICK)
+
+
+@pytest.fixture(scope="module")
+def files(scaled, tmp_path_factory):
+    """The image as PNG, the model quantised for kv260 (segment's default preset), the host int8 logits."""
+    d = tmp_path_factory.mktemp("segment_overlay")
+    image, model = d / "in.png", d / "tiny128.kv260.safetensors"
+    Image.fromarray(scaled[2]).save(image)
+    save_quantised(scaled_quantised(scaled, preset("kv260")), model)
+    host = d / "host.npy"
+    assert main(["segment", str(image), "--point", POINT, "--precision", "int8", "--quantised", str(model),
+                 "-o", str(d / "host.png"), "--logits-out", str(host)]) == 0
+    return image, model, host
+
+
+def _segment(files, tmp_path, *argv):
+    image, model, _ = files
+    out = tmp_path / "logits.npy"
+    code = main(["segment", str(image), "--point", POINT, "--quantised", str(model), "-o", str(tmp_path / "o.png"),
+                 "--logits-out", str(out), *argv])
+    return code, out
+
+
+def test_sim_backend_equals_host_int8(files, tmp_path, capsys):
+    code, out = _segment(files, tmp_path, "--backend", "sim", "--nodes")
+    assert code == 0
+    assert out.read_bytes() == files[2].read_bytes()
+    stdout, stderr = capsys.readouterr()
+    assert "no vector engine" in stdout                    # kv260: element-wise nodes on the host, said so
+    assert "image encoder" in stdout and "prompt + decoder" in stdout and "at kv260's 300 MHz" in stdout
+    assert "patch_embed" in stdout                          # --nodes: the per-node table
+    assert "image_encoder: 183/183 nodes" in stderr        # progress
+
+
+def test_pynq_backend_one_session_equals_host_int8(files, tmp_path, capsys, monkeypatch):
+    pytest.importorskip("pynq")
+    import sw.runtime.driver as driver
+    opened = []
+    real = driver.open_backend
+    monkeypatch.setattr(driver, "open_backend", lambda *a, **k: opened.append(a[0]) or real(*a, **k))
+    code, out = _segment(files, tmp_path, "--backend", "pynq")
+    assert code == 0 and opened == ["pynq"]
+    assert out.read_bytes() == files[2].read_bytes()
+
+
+@pytest.mark.parametrize("argv,code,needle", [
+    (["--backend", "sim", "--precision", "float"], 2, "drop --precision float"),
+    (["--nodes"], 2, "--nodes needs --backend"),
+    (["--backend", "sim", "--preset", "nope"], 2, "unknown preset 'nope'"),
+    (["--backend", "sim", "--preset", "bench16"], 1, "quantised for preset 'kv260'"),
+])
+def test_bad_input_is_a_one_line_error(files, tmp_path, capsys, argv, code, needle):
+    try:
+        got = _segment(files, tmp_path, *argv)[0]
+    except SystemExit as e:                     # usage errors: argparse exits 2
+        got = e.code
+    assert got == code
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
+
+
+def test_arena_too_small_is_a_clear_error(files, tmp_path, capsys, monkeypatch):
+    import sw.runtime.overlay_segment as overlay
+    monkeypatch.setattr(overlay, "OVERLAY_DDR_BYTES", 3 << 20)
+    assert _segment(files, tmp_path, "--backend", "sim")[0] == 1
+    err = capsys.readouterr().err
+    assert "bytes" in err and "Traceback" not in err
