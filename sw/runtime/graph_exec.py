@@ -138,6 +138,7 @@ ENGINE_OPS = {
 # ---------------------------------------------------------------- the executor
 class GraphExecutor(IntRunner):
     """IntRunner whose engine-placed nodes run on the overlay (module docstring)."""
+    ENGINE_OPS = ENGINE_OPS          # op -> its Driver call (a subclass adds ops)
 
     def __init__(self, qm, cfg, backend: str = "sim", driver: Driver | None = None):
         if qm.key_tile != cfg.cols:
@@ -165,14 +166,14 @@ class GraphExecutor(IntRunner):
                 rec.wall_s = time.perf_counter() - t
                 return y
             return on_host
-        if node.op not in ENGINE_OPS:
+        if node.op not in self.ENGINE_OPS:
             raise GraphExecError(f"node {node.name}: placed on {p.where} but the executor has no Driver call "
                                  f"for op {node.op!r}")
 
         def on_engine(n, args, r):
             traffic, t = self.driver.device.traffic, time.perf_counter()
             before = traffic.to_ddr + traffic.from_ddr
-            y, runs = ENGINE_OPS[n.op](self.driver, n, args, r)
+            y, runs = self.ENGINE_OPS[n.op](self.driver, n, args, r)
             rec.cycles, rec.calls = sum(x.cycles for x in runs), len(runs)
             rec.ddr_bytes = traffic.to_ddr + traffic.from_ddr - before
             rec.wall_s = time.perf_counter() - t

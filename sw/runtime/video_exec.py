@@ -1,0 +1,312 @@
+"""int8 SAM 2 video tracking on the overlay: the video nodes on the engines, the memory bank in DDR.
+
+    ex = VideoGraphExecutor(qm, preset("bench16"), backend="sim")
+    predictor = overlay_video_predictor(qm, ex, cond_frames=1)       # a golden_model.video.VideoPredictor
+    state = predictor.init_state(frames); predictor.add_new_points_or_box(state, 0, 1, points=..., labels=[1])
+    for idx, obj_ids, logits in predictor.propagate_in_video(state): ...
+    ex.frame_stats            # per stage of the last frame: overlay cycles, host time, host <-> DDR bytes
+
+VideoGraphExecutor is sw.runtime.graph_exec.GraphExecutor with the video nodes (memory encoder,
+memory attention): the same placement rule, the same Driver calls, plus RoPE on the vector engine's
+ROPE op (the object-pointer tokens it excludes through RESCALE) and the host ops of
+golden_model.quant.video (the bank gather, the fast depthwise path where the preset leaves it on the
+host). Every node equals VideoIntRunner's (tests/test_video_exec.py).
+
+The memory bank (DdrBank) lives in the driver session's DDR arena, allocated once: int8 memory
+frames (mem.features), int8 object pointers, and the int8 slot encodings (sine + temporal embedding
+per slot, uploaded once). A frame's features and pointer are written into a free slot when the
+tracker banks them; the tracker's output dicts hold BankEntry handles, and the memory attention's
+gather reads the slots back. A slot is free again when no output refers to it: the predictor drops
+a frame's features once it is past the memory window (num_maskmem x stride frames) and its pointer
+once past max_obj_ptrs_in_encoder frames, so the slot counts are fixed for any video length:
+    frames:   cond_frames + num_maskmem x stride + 2      pointers: cond_frames + max_obj_ptrs + 2
+(+1: the frame being tracked, +1: a failed attempt's entries while its re-run goes on).
+
+Fault rule (OverlayVideoPredictor): an AcceleratorError that survives the session's own retry of
+the program aborts the frame; the frame is run again once, on the same bank (its failed attempt
+wrote only into free slots, which nothing reads); a second failure raises FrameError naming the
+frame and the layer.
+
+Not yet (honest): every engine node is still one or more Driver calls that write their inputs to DDR
+and read their outputs back, the bank gather is the host reading the slots and the next Driver calls
+writing the gathered memory in again; keys and values of a memory frame are projected per tracked
+frame, not once when the frame enters the bank (docs/track.md: the design of that change).
+"""
+from __future__ import annotations
+
+import gc
+import math
+import time
+import weakref
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from golden_model.quant.intinterp import IntRunner
+from golden_model.quant.video import (SLOTS, GraphImageModel, GraphTracker, VideoIntRunner, _VideoRunner,
+                                      rope_parts)
+from golden_model.video import VideoPredictor
+from sw.runtime.backend import AcceleratorError
+from sw.runtime.graph_exec import ENGINE_OPS, GraphExecutor
+
+#: the per-frame stages a video frame is reported in, and the graph stages each one sums
+STAGES = {"image encoder": ("image_encoder",), "prompt + decoder": ("prompt_encoder", "mask_decoder"),
+          "memory encoder": ("memory_encoder",), "memory attention": ("memory_attention",)}
+STAGE_OF = {s: name for name, stages in STAGES.items() for s in stages}
+
+
+class FrameError(RuntimeError):
+    """A frame failed twice on the overlay (names the frame and the layer)."""
+
+
+# ---------------------------------------------------------------- RoPE on the vector engine
+def _rope(drv, n, a, r):
+    """ROPE on the rotated tokens (the table tiled over memory frames: rope_k_repeat), RESCALE on the
+    object-pointer tokens it excludes: golden_model.quant.video._rope_int's numbers."""
+    flat, keep, rp, tail = rope_parts(n, a, r)
+    out, runs = np.empty(flat.shape, np.int8), []
+    for i, tokens in enumerate(flat):
+        out[i, :keep] = drv.vector("rope", tokens[:keep], rp)
+        runs.append(drv.last_run)
+        if keep < tokens.shape[0]:
+            out[i, keep:] = drv.vector("rescale", tokens[keep:], tail)
+            runs.append(drv.last_run)
+    return out.reshape(a[0].shape), runs
+
+
+class _VideoHostOps(IntRunner):
+    """Host functions of the video ops (VideoIntRunner's table), for GraphExecutor's host placements."""
+
+    def op_fn(self, node):
+        if not node.attrs.get("host") and node.op in VideoIntRunner.OPS:
+            return VideoIntRunner.OPS[node.op]
+        return super().op_fn(node)
+
+
+@dataclass
+class StageStats:
+    cycles: int = 0
+    host_s: float = 0.0       # host ops' wall time
+    engine_s: float = 0.0     # this process's time for the engine nodes (compile + simulate + copies)
+    ddr_bytes: int = 0        # host <-> DDR bytes (Driver calls, bank reads and writes)
+
+
+@dataclass
+class FrameStats:
+    stages: dict = field(default_factory=lambda: {s: StageStats() for s in STAGES})
+
+    def reset(self) -> None:
+        self.stages = {s: StageStats() for s in STAGES}
+
+    def add(self, stage: str, cycles=0, host_s=0.0, engine_s=0.0, ddr_bytes=0) -> None:
+        s = self.stages[STAGE_OF.get(stage, stage)]
+        s.cycles += cycles
+        s.host_s += host_s
+        s.engine_s += engine_s
+        s.ddr_bytes += ddr_bytes
+
+
+class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
+    """GraphExecutor over the whole video graph (module docstring); `frame_stats` sums the current frame."""
+    ENGINE_OPS = {**ENGINE_OPS, "rope": _rope}
+
+    def __init__(self, qm, cfg, backend: str = "sim", driver=None):
+        super().__init__(qm, cfg, backend, driver)
+        self.frame_stats = FrameStats()
+        self.current: str | None = None       # the node running (named when a frame fails)
+
+    def op_fn(self, node):
+        fn = super().op_fn(node)
+        rec = self.records[node.name]
+
+        def counted(n, args, r):
+            self.current = n.name
+            y = fn(n, args, r)
+            on_host = rec.where in ("host", "layout")
+            self.frame_stats.add(n.stage, rec.cycles, rec.wall_s if on_host else 0.0,
+                                 0.0 if on_host else rec.wall_s, rec.ddr_bytes)
+            return y
+        return counted
+
+    def run_nodes(self, names, env: dict, observe=None) -> dict:
+        """_VideoRunner.run_nodes through op_fn (each node where its placement puts it)."""
+        index = self.cached("node_index", lambda: {n.name: n for n in self.graph.nodes})
+        for name in names:
+            node = index[name]
+            out = self.op_fn(node)(node, [self.arg(i, env) for i in node.inputs], self)
+            env[node.outputs[0]] = out
+            if observe is not None:
+                observe(node, out)
+        return env
+
+
+# ---------------------------------------------------------------- the memory bank in DDR
+class BankFull(MemoryError):
+    pass
+
+
+class BankEntry:
+    """An int8 array that lives in a DdrBank slot: np.asarray(entry) reads it from DDR. The slot is
+    freed when the last reference to the entry goes."""
+
+    def __init__(self, bank: "DdrBank", ring: str, slot: int, shape: tuple):
+        self.bank, self.ring, self.slot, self.shape, self.dtype = bank, ring, slot, tuple(shape), np.dtype(np.int8)
+        weakref.finalize(self, bank.release, ring, slot)
+
+    def __array__(self, dtype=None, copy=None):
+        a = self.bank.read(self.ring, self.slot).reshape(self.shape)
+        return a if dtype is None else a.astype(dtype)
+
+    def reshape(self, *shape):
+        return np.asarray(self).reshape(*shape)
+
+
+class DdrBank:
+    """Rings of fixed int8 slots in the session's DDR arena (module docstring); allocated once."""
+
+    def __init__(self, session, frame_shape: tuple, ptr_shape: tuple, frame_slots: int, ptr_slots: int,
+                 slot_pos: np.ndarray, stats: FrameStats | None = None):
+        self.session, self.stats = session, stats
+        self.shapes = {"frames": tuple(frame_shape), "ptrs": tuple(ptr_shape)}
+        self.counts = {"frames": frame_slots, "ptrs": ptr_slots}
+        self.free = {ring: list(range(n)) for ring, n in self.counts.items()}
+        self.buffers = {ring: session.buffer(f"bank.{ring}", n * math.prod(self.shapes[ring]))
+                        for ring, n in self.counts.items()}
+        pos = np.ascontiguousarray(slot_pos, np.int8)
+        self.pos_shape = pos.shape
+        self.buffers["slot_pos"] = session.buffer("bank.slot_pos", pos.nbytes, zero=False)
+        session.backend.write(self.buffers["slot_pos"].addr, pos.reshape(-1).view(np.uint8))
+
+    @property
+    def nbytes(self) -> int:
+        return sum(b.size for b in self.buffers.values())
+
+    def _addr(self, ring: str, slot: int) -> tuple[int, int]:
+        n = math.prod(self.shapes[ring])
+        return self.buffers[ring].addr + slot * n, n
+
+    def _io(self, stage: str, t0: float, nbytes: int) -> None:
+        if self.stats is not None:
+            self.stats.add(stage, host_s=time.perf_counter() - t0, ddr_bytes=nbytes)
+
+    def put(self, ring: str, x: np.ndarray) -> BankEntry:
+        """Write int8 `x` into a free slot of `ring`; its handle."""
+        x = np.asarray(x)
+        if x.dtype != np.int8 or x.size != math.prod(self.shapes[ring]):
+            raise ValueError(f"bank {ring}: expected {math.prod(self.shapes[ring])} int8 values, got {x.dtype} "
+                             f"{x.shape}")
+        if not self.free[ring]:
+            gc.collect()            # entries of a failed frame attempt held by a reference cycle
+        if not self.free[ring]:
+            raise BankFull(f"memory bank: all {self.counts[ring]} {ring} slots are in use")
+        slot = self.free[ring].pop(0)
+        t0 = time.perf_counter()
+        addr, _ = self._addr(ring, slot)
+        self.session.backend.write(addr, np.ascontiguousarray(x).reshape(-1).view(np.uint8))
+        self._io("memory encoder", t0, x.size)
+        return BankEntry(self, ring, slot, x.shape)
+
+    def read(self, ring: str, slot: int) -> np.ndarray:
+        t0 = time.perf_counter()
+        addr, n = self._addr(ring, slot)
+        data = np.asarray(self.session.backend.read(addr, n)).view(np.int8)
+        self._io("memory attention", t0, n)
+        return data
+
+    def slot_encoding(self, slot: int) -> np.ndarray:
+        t0 = time.perf_counter()
+        n = math.prod(self.pos_shape[1:])
+        data = np.asarray(self.session.backend.read(self.buffers["slot_pos"].addr + slot * n, n)).view(np.int8)
+        self._io("memory attention", t0, n)
+        return data.reshape(self.pos_shape[1:])
+
+    def release(self, ring: str, slot: int) -> None:
+        self.free[ring].append(slot)
+
+    def in_use(self, ring: str) -> int:
+        return self.counts[ring] - len(self.free[ring])
+
+
+# ---------------------------------------------------------------- the tracker and predictor over them
+class _BankImageModel(GraphImageModel):
+    def __init__(self, graph, runner, bank, observe=None):
+        super().__init__(graph, runner, observe)
+        self.bank = bank
+
+    def bank_pointer(self, ptr):
+        return self.bank.put("ptrs", super().bank_pointer(ptr))
+
+
+class OverlayTracker(GraphTracker):
+    """GraphTracker on a VideoGraphExecutor whose bank frames, pointers and slot encodings are in DDR."""
+
+    def __init__(self, graph, executor: VideoGraphExecutor, bank: DdrBank, observe=None):
+        super().__init__(graph, executor, observe)
+        self.bank = bank
+        self.image_model = _BankImageModel(graph, executor, bank, observe)
+
+    def bank_features(self, feats):
+        return self.bank.put("frames", feats)
+
+    def slot_encoding(self, slot: int) -> np.ndarray:
+        return self.bank.slot_encoding(slot)
+
+
+class OverlayVideoPredictor(VideoPredictor):
+    """VideoPredictor on an OverlayTracker: outputs past the bank's window release their slots; a frame
+    that fails on the overlay is run again once (module docstring)."""
+
+    def __init__(self, tracker: OverlayTracker, **kwargs):
+        super().__init__(tracker, **kwargs)
+        self.executor = tracker.runner
+        self.retries: list[str] = []       # frames a re-run recovered, one line each
+
+    def _run_single_frame(self, state, obj, frame_idx, *args, **kwargs):
+        ex = self.executor
+        ex.driver.frame = frame_idx
+        try:
+            return super()._run_single_frame(state, obj, frame_idx, *args, **kwargs)
+        except AcceleratorError as first:
+            layer = ex.current
+            self.retries.append(f"frame {frame_idx}: layer {layer}: {first}; re-ran the frame: recovered")
+        try:
+            return super()._run_single_frame(state, obj, frame_idx, *args, **kwargs)
+        except AcceleratorError as again:
+            raise FrameError(f"frame {frame_idx}: the overlay failed twice, at layer {ex.current} ({again})") from None
+
+    def propagate_in_video(self, state, start_frame_idx=None, max_frame_num_to_track=None, reverse=False):
+        cfg = self.cfg
+        window = cfg.num_maskmem * cfg.memory_temporal_stride_for_eval
+        sign = -1 if reverse else 1
+        for frame_idx, obj_ids, masks in super().propagate_in_video(state, start_frame_idx, max_frame_num_to_track,
+                                                                    reverse):
+            yield frame_idx, obj_ids, masks
+            self.release_old_outputs(state, frame_idx, reverse)
+            for obj in state.objects.values():     # features past the memory window: never read again
+                for t, out in obj.output_dict["non_cond_frame_outputs"].items():
+                    if (frame_idx - t) * sign >= window:
+                        out["maskmem_features"] = None
+
+
+def bank_slots(cfg, cond_frames: int) -> tuple[int, int]:
+    """(frame slots, pointer slots) of the bank for `cond_frames` prompted frames (module docstring)."""
+    return (cond_frames + cfg.num_maskmem * cfg.memory_temporal_stride_for_eval + 2,
+            cond_frames + cfg.max_obj_ptrs_in_encoder + 2)
+
+
+def overlay_video_predictor(qm, executor: VideoGraphExecutor, cond_frames: int = 1, observe=None,
+                            **kwargs) -> OverlayVideoPredictor:
+    """The golden VideoPredictor on the overlay, its memory bank allocated in the executor's DDR arena."""
+    from golden_model.quant.video import require_video, tracker_config
+    g = qm.graph
+    require_video(g)
+    cfg = tracker_config(g)
+    frame_shape = g.tensors["mem.features"].shape
+    frames, ptrs = bank_slots(cfg, cond_frames)
+    bank = DdrBank(executor.driver.session, frame_shape, (1, cfg.hidden_dim), frames, ptrs, g.constants[SLOTS],
+                   executor.frame_stats)
+    return OverlayVideoPredictor(OverlayTracker(g, executor, bank, observe), **kwargs)
+
+
+__all__ = ["VideoGraphExecutor", "DdrBank", "BankEntry", "OverlayTracker", "OverlayVideoPredictor", "FrameError",
+           "overlay_video_predictor", "bank_slots", "STAGES"]
