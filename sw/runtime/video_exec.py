@@ -19,8 +19,10 @@ tracker banks them; the tracker's output dicts hold BankEntry handles, and the m
 gather reads the slots back. A slot is free again when no output refers to it: the predictor drops
 a frame's features once it is past the memory window (num_maskmem x stride frames) and its pointer
 once past max_obj_ptrs_in_encoder frames, so the slot counts are fixed for any video length:
-    frames:   cond_frames + num_maskmem x stride + 2      pointers: cond_frames + max_obj_ptrs + 2
-(+1: the frame being tracked, +1: a failed attempt's entries while its re-run goes on).
+    frames:   cond + objects x (num_maskmem x stride + 1) + 1
+    pointers: cond + objects x (max_obj_ptrs_in_encoder + 1) + 1
+(cond: prompted (object, frame) pairs; +1 per object: the frame being tracked; +1: a failed
+attempt's entries while its re-run goes on).
 
 Fault rule (OverlayVideoPredictor): an AcceleratorError that survives the session's own retry of
 the program aborts the frame; the frame is run again once, on the same bank (its failed attempt
@@ -260,19 +262,37 @@ class OverlayVideoPredictor(VideoPredictor):
         super().__init__(tracker, **kwargs)
         self.executor = tracker.runner
         self.retries: list[str] = []       # frames a re-run recovered, one line each
+        self.faults: dict = {}             # frame -> sw.backends.faults.Fault armed when that frame starts (tests)
+        self._guarded = False
 
-    def _run_single_frame(self, state, obj, frame_idx, *args, **kwargs):
+    def _twice(self, frame_idx: int, step):
+        """step() under the fault rule: once more after an AcceleratorError, FrameError after a second."""
+        if self._guarded:                  # the image encoder inside a frame's step: the frame's rule covers it
+            return step()
         ex = self.executor
         ex.driver.frame = frame_idx
+        if frame_idx in self.faults:
+            ex.driver.device.inject_fault(self.faults.pop(frame_idx))
+        self._guarded = True
         try:
-            return super()._run_single_frame(state, obj, frame_idx, *args, **kwargs)
-        except AcceleratorError as first:
-            layer = ex.current
-            self.retries.append(f"frame {frame_idx}: layer {layer}: {first}; re-ran the frame: recovered")
-        try:
-            return super()._run_single_frame(state, obj, frame_idx, *args, **kwargs)
-        except AcceleratorError as again:
-            raise FrameError(f"frame {frame_idx}: the overlay failed twice, at layer {ex.current} ({again})") from None
+            try:
+                return step()
+            except AcceleratorError as first:
+                self.retries.append(f"frame {frame_idx}: layer {ex.current}: {first}; re-ran the frame: recovered")
+            try:
+                return step()
+            except AcceleratorError as again:
+                raise FrameError(f"frame {frame_idx}: the overlay failed twice, at layer {ex.current} "
+                                 f"({again})") from None
+        finally:
+            self._guarded = False
+
+    def _features(self, state, frame_idx):
+        return self._twice(frame_idx, lambda: super(OverlayVideoPredictor, self)._features(state, frame_idx))
+
+    def _run_single_frame(self, state, obj, frame_idx, *args, **kwargs):
+        return self._twice(frame_idx, lambda: super(OverlayVideoPredictor, self)._run_single_frame(
+            state, obj, frame_idx, *args, **kwargs))
 
     def propagate_in_video(self, state, start_frame_idx=None, max_frame_num_to_track=None, reverse=False):
         cfg = self.cfg
@@ -288,13 +308,14 @@ class OverlayVideoPredictor(VideoPredictor):
                         out["maskmem_features"] = None
 
 
-def bank_slots(cfg, cond_frames: int) -> tuple[int, int]:
-    """(frame slots, pointer slots) of the bank for `cond_frames` prompted frames (module docstring)."""
-    return (cond_frames + cfg.num_maskmem * cfg.memory_temporal_stride_for_eval + 2,
-            cond_frames + cfg.max_obj_ptrs_in_encoder + 2)
+def bank_slots(cfg, cond_frames: int, objects: int = 1) -> tuple[int, int]:
+    """(frame slots, pointer slots) of the bank for `cond_frames` prompted (object, frame) pairs and
+    `objects` tracked objects (module docstring)."""
+    window = cfg.num_maskmem * cfg.memory_temporal_stride_for_eval
+    return (cond_frames + objects * (window + 1) + 1, cond_frames + objects * (cfg.max_obj_ptrs_in_encoder + 1) + 1)
 
 
-def overlay_video_predictor(qm, executor: VideoGraphExecutor, cond_frames: int = 1, observe=None,
+def overlay_video_predictor(qm, executor: VideoGraphExecutor, cond_frames: int = 1, objects: int = 1, observe=None,
                             **kwargs) -> OverlayVideoPredictor:
     """The golden VideoPredictor on the overlay, its memory bank allocated in the executor's DDR arena."""
     from golden_model.quant.video import require_video, tracker_config
@@ -302,7 +323,7 @@ def overlay_video_predictor(qm, executor: VideoGraphExecutor, cond_frames: int =
     require_video(g)
     cfg = tracker_config(g)
     frame_shape = g.tensors["mem.features"].shape
-    frames, ptrs = bank_slots(cfg, cond_frames)
+    frames, ptrs = bank_slots(cfg, cond_frames, objects)
     bank = DdrBank(executor.driver.session, frame_shape, (1, cfg.hidden_dim), frames, ptrs, g.constants[SLOTS],
                    executor.frame_stats)
     return OverlayVideoPredictor(OverlayTracker(g, executor, bank, observe), **kwargs)
