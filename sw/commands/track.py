@@ -164,9 +164,13 @@ def run(args) -> int:
     else:
         predictor = VideoPredictor(_build_model(args).tracker, feature_cache_size=cache)
     scores, tracked = {}, []
+    failures = (ValueError, CommandError)
+    if args.backend:
+        from sw.runtime.video_exec import FrameError
+        failures += (FrameError,)
     try:
         track_frames(predictor, frames, plan, args, scores, tracked)
-    except (ValueError, RuntimeError, CommandError) as e:  # a frame that went bad while tracking: keep what is done
+    except failures as e:  # a frame that went bad while tracking: keep what is done
         write_scores(args.out, scores)
         raise CommandError(f"{e}; {summary(frames, args, plan, scores, tracked)}") from e
     except KeyboardInterrupt:
