@@ -148,7 +148,7 @@ def run(args) -> int:
     except (FileNotFoundError, ValueError) as e:
         raise CommandError(str(e)) from e
     prompts, plan = read_prompts(args, frames, frame_sizes(frames))
-    check_backend(args)
+    check_backend(args, len(frames))
     check_precision(args, prompts, plan)
     if args.checkpoint is not None and not args.checkpoint.is_file():
         raise CommandError(f"checkpoint {args.checkpoint} does not exist")
@@ -238,7 +238,7 @@ def summary(frames, args, plan, scores: dict, tracked: list) -> str:
             + (f", logits in {args.logits_out}" if args.logits_out else ""))
 
 
-def check_backend(args) -> None:
+def check_backend(args, n_frames: int) -> None:
     """--backend implies --precision int8 (an explicit float is refused); --fault goes with --backend."""
     from sw.cli import UsageError
     if args.backend:
@@ -247,6 +247,8 @@ def check_backend(args) -> None:
         args.precision = "int8"
     elif args.fault is not None:
         raise UsageError("--fault needs --backend sim or pynq")
+    if args.fault is not None and not 0 <= args.fault_frame < n_frames:
+        raise UsageError(f"--fault-frame {args.fault_frame}: the video has {n_frames} frames (0..{n_frames - 1})")
     args.precision = args.precision or "float"
 
 

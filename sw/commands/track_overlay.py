@@ -9,6 +9,7 @@ gather reads). One driver session (one backend, one DDR arena) serves the whole 
 from __future__ import annotations
 
 import sys
+import time
 
 from sw.runtime.video_exec import STAGES
 
@@ -28,7 +29,8 @@ def overlay_predictor(args, qm, cache: int, prompts):
     predictor = overlay_video_predictor(qm, ex, cond_frames=pairs, objects=objects, feature_cache_size=cache)
     if args.fault is not None:
         predictor.faults[args.fault_frame] = args.fault
-    predictor.frame_figures = []         # per tracked frame: (stem, {stage: StageStats})
+    predictor.frame_figures = []         # per tracked frame: (stem, {stage: StageStats}, wall seconds)
+    predictor.frame_clock = time.perf_counter()
     bank = predictor.tracker.bank
     print(f"track: on the {cfg.name} overlay ({args.backend} backend, {cfg.clock_mhz:g} MHz); memory bank in DDR: "
           f"{bank.counts['frames']} frame slots, {bank.counts['ptrs']} pointer slots, {bank.nbytes:,} bytes")
@@ -39,11 +41,13 @@ def frame_done(predictor, idx: int, stem: str) -> None:
     """A frame's figures to stderr and kept for the report; the executor's counters restart."""
     ex = predictor.executor
     stats = ex.frame_stats.stages
-    predictor.frame_figures.append((stem, stats))
+    now = time.perf_counter()
+    wall, predictor.frame_clock = now - predictor.frame_clock, now
+    predictor.frame_figures.append((stem, stats, wall))
     mhz = ex.cfg.clock_mhz
     parts = [f"{name} {s.cycles / (mhz * 1e3):.2f} ms" for name, s in stats.items()]
     ddr = sum(s.ddr_bytes for s in stats.values())
-    print(f"frame {idx} ({stem}): modelled {', '.join(parts)}; DDR {ddr:,} B", file=sys.stderr)
+    print(f"frame {idx} ({stem}): modelled {', '.join(parts)}; DDR {ddr:,} B; wall {wall:.1f} s", file=sys.stderr)
     ex.frame_stats.reset()
 
 
@@ -64,5 +68,8 @@ def report(predictor, tracked: list) -> None:
         print(f"  {name:18s} {s.cycles / (mhz * 1e3):24.3f} {s.host_s * 1e3:8.1f} {s.ddr_bytes:11,d}   "
               f"{sum(t.cycles for t in total) / (mhz * 1e3):24.3f} {sum(t.host_s for t in total) * 1e3:8.1f} "
               f"{sum(t.ddr_bytes for t in total):12,d}")
+    modelled = sum(s.cycles for s in last.values()) / (mhz * 1e3)
+    print(f"  last frame: {modelled:.3f} ms modelled on the overlay, {figures[-1][2]:.2f} s wall "
+          f"(this process: simulation, compilation, host ops)")
     for note in predictor.retries + ex.driver.session.recoveries:
         print(f"  recovered: {note}")
