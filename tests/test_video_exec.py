@@ -163,3 +163,18 @@ def test_track_backend_pynq_equals_int8_host_and_keeps_frames_on_a_second_failur
     assert "frame 1: the overlay failed twice, at layer " in err and "tracked 1 object over 1 frames" in err
     assert sorted(p.name for p in (tmp_path / "f").glob("*.png")) == ["00000.png"]
 
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--backend", "sim", "--precision", "float"], "drop --precision float"),
+    (["--fault", "hang"], "--fault needs --backend"),
+    (["--backend", "sim", "--fault", "hang", "--fault-frame", "5"], "--fault-frame 5: the video has 2 frames"),
+    (["--backend", "rtl"], "invalid choice"),
+])
+def test_track_backend_usage_errors(tmp_path, capsys, extra, message):
+    from sw.cli import main
+    for i in range(2):
+        Image.new("RGB", (32, 32)).save(tmp_path / f"{i}.png")
+    with pytest.raises(SystemExit) as e:
+        main(["track", str(tmp_path), "--point", "5,5", "-o", str(tmp_path / "o")] + extra)
+    assert e.value.code == 2 and message in capsys.readouterr().err

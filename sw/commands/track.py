@@ -166,8 +166,9 @@ def run(args) -> int:
     scores, tracked = {}, []
     failures = (ValueError, CommandError)
     if args.backend:
-        from sw.runtime.video_exec import FrameError
-        failures += (FrameError,)
+        from sw.runtime.arena import ArenaFull
+        from sw.runtime.video_exec import BankFull, FrameError
+        failures += (FrameError, ArenaFull, BankFull)
     try:
         track_frames(predictor, frames, plan, args, scores, tracked)
     except failures as e:  # a frame that went bad while tracking: keep what is done

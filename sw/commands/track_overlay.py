@@ -17,6 +17,7 @@ from sw.runtime.video_exec import STAGES
 def overlay_predictor(args, qm, cache: int, prompts):
     from hw.config import preset
     from sw.cli import CommandError
+    from sw.runtime.arena import ArenaFull
     from sw.runtime.graph_exec import GraphExecError
     from sw.runtime.video_exec import VideoGraphExecutor, overlay_video_predictor
     cfg = preset(args.preset)
@@ -26,7 +27,10 @@ def overlay_predictor(args, qm, cache: int, prompts):
         raise CommandError(str(e)) from e
     objects = len({p.obj_id for p in prompts})
     pairs = len({(p.obj_id, p.frame) for p in prompts})
-    predictor = overlay_video_predictor(qm, ex, cond_frames=pairs, objects=objects, feature_cache_size=cache)
+    try:
+        predictor = overlay_video_predictor(qm, ex, cond_frames=pairs, objects=objects, feature_cache_size=cache)
+    except ArenaFull as e:
+        raise CommandError(f"the memory bank does not fit the overlay's DDR arena: {e}") from e
     if args.fault is not None:
         predictor.faults[args.fault_frame] = args.fault
     predictor.frame_figures = []         # per tracked frame: (stem, {stage: StageStats}, wall seconds)
