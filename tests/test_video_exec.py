@@ -28,7 +28,7 @@ SIZE = 128
 CLICK = [60.0, 70.0]
 #: the nodes the cheaper cases keep on the overlay, one of each engine op of the video stages (the
 #: image encoder stays on the host there)
-ON_OVERLAY = ("mem.ds.conv0", "mem.fuser0.dw", "mem.fuser0.norm", "ma.layers.0.cross.q", "ma.layers.0.cross.k_rope",
+ON_OVERLAY = ("mem.ds.conv0", "mem.fuser0.dw", "mem.fuser0.norm", "ma.layers.0.cross.v", "ma.layers.0.cross.k_rope",
               "ma.layers.0.cross.sdpa")
 
 
@@ -84,7 +84,11 @@ def _node_by_node(video_case, reference, frames_out):
     seen = []
     ex = VideoGraphExecutor(qm, cfg, "sim")
     banked = []
-    got = _track(overlay_video_predictor(qm, ex, observe=_digests(seen)), frames, lambda idx, state: banked.extend(
+    predictor = overlay_video_predictor(qm, ex, observe=_digests(seen))
+    bank, reads = predictor.tracker.bank, []
+    read = bank.read
+    bank.read = lambda ring, slot, part=None: reads.append(ring) or read(ring, slot, part)
+    got = _track(predictor, frames, lambda idx, state: banked.extend(
         state.objects[1].output_dict["cond_frame_outputs"].values()), frames_out)
     ref_nodes, ref_logits = reference
     assert len(seen) <= len(ref_nodes) and [n for n, *_ in seen] == [n for n, *_ in ref_nodes[:len(seen)]]
@@ -92,13 +96,16 @@ def _node_by_node(video_case, reference, frames_out):
     for a, b in zip(ref_logits, got):
         np.testing.assert_array_equal(a, b)
     assert all(isinstance(o["maskmem_features"], BankEntry) and isinstance(o["obj_ptr"], BankEntry) for o in banked)
+    layers = len(ex.value_nodes)   # each tracked frame's gather: its memory frames' values, one read per layer
+    assert reads.count("values") == layers * sum(range(1, frames_out)) and reads.count("frames") == sum(range(1, frames_out))
     return ex
 
 
 def test_video_nodes_on_every_engine_kind_bit_exact(video_case, reference, monkeypatch):
     """One node of each video engine kind on the overlay (conv, depthwise, GEMM, attention, layernorm,
-    ROPE with the pointer tokens' RESCALE), 3 frames: every node equals VideoIntRunner's, the logits too,
-    and the bank holds DDR entries, not arrays."""
+    ROPE with the pointer tokens' RESCALE), 3 frames: every node equals VideoIntRunner's, the logits too
+    (the value projections read from the bank: projected when each frame entered it), and the bank
+    holds DDR entries, not arrays."""
     _mostly_host(monkeypatch)
     ex = _node_by_node(video_case, reference, 3)
     on = {r.name: r for r in ex.records.values() if r.where not in ("host", "layout")}

@@ -19,14 +19,15 @@ def overlay_predictor(args, qm, cache: int, prompts):
     from sw.cli import CommandError
     from sw.runtime.arena import ArenaFull
     from sw.runtime.graph_exec import GraphExecError
-    from sw.runtime.video_exec import VideoGraphExecutor, overlay_video_predictor
+    from sw.runtime.video_exec import VideoGraphExecutor, overlay_video_predictor, video_driver
     cfg = preset(args.preset)
-    try:
-        ex = VideoGraphExecutor(qm, cfg, args.backend)
-    except GraphExecError as e:
-        raise CommandError(str(e)) from e
     objects = len({p.obj_id for p in prompts})
     pairs = len({(p.obj_id, p.frame) for p in prompts})
+    try:
+        ex = VideoGraphExecutor(qm, cfg, args.backend, video_driver(cfg, args.backend, qm.graph, cond_frames=pairs,
+                                                                    objects=objects))
+    except GraphExecError as e:
+        raise CommandError(str(e)) from e
     try:
         predictor = overlay_video_predictor(qm, ex, cond_frames=pairs, objects=objects, feature_cache_size=cache)
     except ArenaFull as e:
@@ -36,8 +37,9 @@ def overlay_predictor(args, qm, cache: int, prompts):
     predictor.frame_figures = []         # per tracked frame: (stem, {stage: StageStats}, wall seconds)
     predictor.frame_clock = time.perf_counter()
     bank = predictor.tracker.bank
+    rings = ", ".join(f"{n} {ring}" for ring, n in bank.counts.items())
     print(f"track: on the {cfg.name} overlay ({args.backend} backend, {cfg.clock_mhz:g} MHz); memory bank in DDR: "
-          f"{bank.counts['frames']} frame slots, {bank.counts['ptrs']} pointer slots, {bank.nbytes:,} bytes")
+          f"slots of {rings}; {bank.nbytes:,} bytes")
     return predictor
 
 

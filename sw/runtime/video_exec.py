@@ -116,9 +116,23 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
         super().__init__(qm, cfg, backend, driver)
         self.frame_stats = FrameStats()
         self.current: str | None = None       # the node running (named when a frame fails)
+        self.value_nodes = value_nodes(self.graph)
+        self.memory_values: list | None = None    # per memory frame: its values (BankEntry), set per gather
+
+    def project_values(self, feats) -> np.ndarray:
+        """Every layer's v_proj of one memory frame (layers, HW, C) int8: the nodes run on its tokens alone."""
+        tokens = np.asarray(feats).reshape(1, -1, feats.shape[-1])
+        gathered, self.memory_values = self.memory_values, None
+        try:
+            return np.stack([self.op_fn(n)(n, [tokens] + [self.arg(i, {}) for i in n.inputs[1:]], self)[0]
+                             for n in self.value_nodes])
+        finally:
+            self.memory_values = gathered
 
     def op_fn(self, node):
         fn = super().op_fn(node)
+        if node.name in self.cached("value_names", lambda: {n.name for n in self.value_nodes}):
+            fn = self._banked_values(node, fn)
         rec = self.records[node.name]
 
         def counted(n, args, r):
@@ -129,6 +143,22 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
                                  0.0 if on_host else rec.wall_s, rec.ddr_bytes)
             return y
         return counted
+
+    def _banked_values(self, node, fn):
+        """v_proj of the gathered memory: the memory frames' values read from the bank (projected when
+        each frame entered it), the object-pointer tokens projected here (rows are independent)."""
+        layer = self.value_nodes.index(node)
+
+        def run(n, args, r):
+            if self.memory_values is None:
+                return fn(n, args, r)
+            mem = args[0]
+            frames = [entry.part(layer)[None] for entry in self.memory_values]
+            rows = sum(f.shape[1] for f in frames)
+            if rows < mem.shape[1]:
+                frames.append(fn(n, [np.ascontiguousarray(mem[:, rows:])] + list(args[1:]), r))
+            return np.concatenate(frames, axis=1)
+        return run
 
     def run_nodes(self, names, env: dict, observe=None) -> dict:
         """_VideoRunner.run_nodes through op_fn (each node where its placement puts it)."""
@@ -162,15 +192,19 @@ class BankEntry:
     def reshape(self, *shape):
         return np.asarray(self).reshape(*shape)
 
+    def part(self, i: int) -> np.ndarray:
+        """Row i of the entry's first axis, read alone."""
+        return self.bank.read(self.ring, self.slot, i).reshape(self.shape[1:])
+
 
 class DdrBank:
-    """Rings of fixed int8 slots in the session's DDR arena (module docstring); allocated once."""
+    """Rings of fixed int8 slots in the session's DDR arena (module docstring); allocated once.
+    `rings`: name -> (one slot's shape, slots)."""
 
-    def __init__(self, session, frame_shape: tuple, ptr_shape: tuple, frame_slots: int, ptr_slots: int,
-                 slot_pos: np.ndarray, stats: FrameStats | None = None):
+    def __init__(self, session, rings: dict, slot_pos: np.ndarray, stats: FrameStats | None = None):
         self.session, self.stats = session, stats
-        self.shapes = {"frames": tuple(frame_shape), "ptrs": tuple(ptr_shape)}
-        self.counts = {"frames": frame_slots, "ptrs": ptr_slots}
+        self.shapes = {ring: tuple(shape) for ring, (shape, _) in rings.items()}
+        self.counts = {ring: n for ring, (_, n) in rings.items()}
         self.free = {ring: list(range(n)) for ring, n in self.counts.items()}
         self.buffers = {ring: session.buffer(f"bank.{ring}", n * math.prod(self.shapes[ring]))
                         for ring, n in self.counts.items()}
@@ -208,9 +242,13 @@ class DdrBank:
         self._io("memory encoder", t0, x.size)
         return BankEntry(self, ring, slot, x.shape)
 
-    def read(self, ring: str, slot: int) -> np.ndarray:
+    def read(self, ring: str, slot: int, part: int | None = None) -> np.ndarray:
+        """A slot's bytes (int8), or only its `part`-th row along the slot shape's first axis."""
         t0 = time.perf_counter()
         addr, n = self._addr(ring, slot)
+        if part is not None:
+            n //= self.shapes[ring][0]
+            addr += part * n
         data = np.asarray(self.session.backend.read(addr, n)).view(np.int8)
         self._io("memory attention", t0, n)
         return data
@@ -248,7 +286,23 @@ class OverlayTracker(GraphTracker):
         self.image_model = _BankImageModel(graph, executor, bank, observe)
 
     def bank_features(self, feats):
-        return self.bank.put("frames", feats)
+        """The frame into the bank, with its memory-attention values (every layer's v_proj) when kept."""
+        entry = self.bank.put("frames", feats)
+        if "values" in self.bank.shapes:
+            entry.values = self.bank.put("values", self.runner.project_values(feats))
+        return entry
+
+    def prepare_memory_conditioned_features(self, *args, **kwargs):
+        try:
+            return super().prepare_memory_conditioned_features(*args, **kwargs)
+        finally:
+            self.runner.memory_values = None
+
+    def memory_frames(self, frame_idx, output_dict, track_in_reverse=False):
+        frames, selected, unselected = super().memory_frames(frame_idx, output_dict, track_in_reverse)
+        if "values" in self.bank.shapes:    # the memory attention's v_proj reads these frames' values
+            self.runner.memory_values = [prev["maskmem_features"].values for _, prev in frames]
+        return frames, selected, unselected
 
     def slot_encoding(self, slot: int) -> np.ndarray:
         return self.bank.slot_encoding(slot)
@@ -315,19 +369,46 @@ def bank_slots(cfg, cond_frames: int, objects: int = 1) -> tuple[int, int]:
     return (cond_frames + objects * (window + 1) + 1, cond_frames + objects * (cfg.max_obj_ptrs_in_encoder + 1) + 1)
 
 
-def overlay_video_predictor(qm, executor: VideoGraphExecutor, cond_frames: int = 1, objects: int = 1, observe=None,
-                            **kwargs) -> OverlayVideoPredictor:
-    """The golden VideoPredictor on the overlay, its memory bank allocated in the executor's DDR arena."""
+def value_nodes(graph) -> list:
+    """The cross-attentions' value projections of the gathered memory, in layer order."""
+    return [n for n in graph.nodes if n.stage == "memory_attention" and n.op == "linear" and n.inputs[0] == "ma.memory"]
+
+
+def bank_rings(graph, cond_frames: int = 1, objects: int = 1, project_values: bool = True) -> dict:
+    """The bank's rings: name -> (one slot's int8 shape, slots)."""
     from golden_model.quant.video import require_video, tracker_config
-    g = qm.graph
-    require_video(g)
-    cfg = tracker_config(g)
-    frame_shape = g.tensors["mem.features"].shape
+    require_video(graph)
+    cfg = tracker_config(graph)
+    frame_shape = graph.tensors["mem.features"].shape
     frames, ptrs = bank_slots(cfg, cond_frames, objects)
-    bank = DdrBank(executor.driver.session, frame_shape, (1, cfg.hidden_dim), frames, ptrs, g.constants[SLOTS],
+    rings = {"frames": (frame_shape, frames), "ptrs": ((1, cfg.hidden_dim), ptrs)}
+    if project_values:
+        vs = value_nodes(graph)
+        rings["values"] = ((len(vs), frame_shape[1] * frame_shape[2], graph.tensors[vs[0].outputs[0]].shape[-1]), frames)
+    return rings
+
+
+def bank_bytes(graph, **kwargs) -> int:
+    """DDR bytes the bank takes (its rings and the slot encodings, each buffer rounded to the arena's ALIGN)."""
+    from sw.runtime.arena import ALIGN
+    sizes = [math.prod(shape) * n for shape, n in bank_rings(graph, **kwargs).values()] + [graph.constants[SLOTS].size]
+    return sum(-(-size // ALIGN) * ALIGN for size in sizes)
+
+
+def video_driver(cfg, backend: str, graph, **kwargs):
+    """A Driver whose arena holds the default one plus the memory bank (`kwargs`: bank_rings')."""
+    from sw.runtime.driver import Driver
+    return Driver(cfg, backend, ddr_bytes=Driver(cfg, backend).ddr_bytes + bank_bytes(graph, **kwargs))
+
+
+def overlay_video_predictor(qm, executor: VideoGraphExecutor, cond_frames: int = 1, objects: int = 1, observe=None,
+                            project_values: bool = True, **kwargs) -> OverlayVideoPredictor:
+    """The golden VideoPredictor on the overlay, its memory bank allocated in the executor's DDR arena."""
+    g = qm.graph
+    bank = DdrBank(executor.driver.session, bank_rings(g, cond_frames, objects, project_values), g.constants[SLOTS],
                    executor.frame_stats)
     return OverlayVideoPredictor(OverlayTracker(g, executor, bank, observe), **kwargs)
 
 
 __all__ = ["VideoGraphExecutor", "DdrBank", "BankEntry", "OverlayTracker", "OverlayVideoPredictor", "FrameError",
-           "overlay_video_predictor", "bank_slots", "STAGES"]
+           "overlay_video_predictor", "bank_slots", "bank_rings", "bank_bytes", "video_driver", "STAGES"]
