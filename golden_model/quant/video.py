@@ -294,12 +294,16 @@ class _VideoRunner:
     bank: dict
     run_dims: dict
 
+    def node_fn(self, node):
+        """The function running `node` in run_nodes (a runner on the overlay places it)."""
+        return self.OPS[node.op]
+
     def run_nodes(self, names, env: dict, observe=None) -> dict:
         """Run the named nodes in order on `env` (updated and returned)."""
         index = self.cached("node_index", lambda: {n.name: n for n in self.graph.nodes})
         for name in names:
             node = index[name]
-            out = self.OPS[node.op](node, [self.arg(i, env) for i in node.inputs], self)
+            out = self.node_fn(node)(node, [self.arg(i, env) for i in node.inputs], self)
             env[node.outputs[0]] = out
             if observe is not None:
                 observe(node, out)

@@ -13,14 +13,17 @@ golden_model.quant.video (the bank gather, the fast depthwise path where the pre
 host). Every node equals VideoIntRunner's (tests/test_video_exec.py).
 
 The memory bank (DdrBank) lives in the driver session's DDR arena, allocated once: int8 memory
-frames (mem.features), int8 object pointers, and the int8 slot encodings (sine + temporal embedding
-per slot, uploaded once). A frame's features and pointer are written into a free slot when the
-tracker banks them; the tracker's output dicts hold BankEntry handles, and the memory attention's
-gather reads the slots back. A slot is free again when no output refers to it: the predictor drops
+frames (mem.features), each frame's cross-attention values (every layer's v_proj of its tokens,
+projected once when the frame enters the bank: rows of a linear are independent, so the gathered
+values equal the node's output on the whole memory), int8 object pointers, and the int8 slot
+encodings (sine + temporal embedding per slot, uploaded once). A frame's features and pointer are
+written into a free slot when the tracker banks them; the tracker's output dicts hold BankEntry
+handles, and the memory attention's gather reads the slots back (v_proj then runs only on the
+object-pointer tokens). A slot is free again when no output refers to it: the predictor drops
 a frame's features once it is past the memory window (num_maskmem x stride frames) and its pointer
 once past max_obj_ptrs_in_encoder frames, so the slot counts are fixed for any video length:
-    frames:   cond + objects x (num_maskmem x stride + 1) + 1
-    pointers: cond + objects x (max_obj_ptrs_in_encoder + 1) + 1
+    frames (and their values): cond + objects x (num_maskmem x stride + 1) + 1
+    pointers:                  cond + objects x (max_obj_ptrs_in_encoder + 1) + 1
 (cond: prompted (object, frame) pairs; +1 per object: the frame being tracked; +1: a failed
 attempt's entries while its re-run goes on).
 
@@ -31,8 +34,9 @@ frame and the layer.
 
 Not yet (honest): every engine node is still one or more Driver calls that write their inputs to DDR
 and read their outputs back, the bank gather is the host reading the slots and the next Driver calls
-writing the gathered memory in again; keys and values of a memory frame are projected per tracked
-frame, not once when the frame enters the bank (docs/track.md: the design of that change).
+writing the gathered memory in again; the keys of a memory frame are projected (and RoPE'd) per
+tracked frame, not once (the slot's temporal encoding is added before the projection: the design
+of that change is in docs/runtime.md).
 """
 from __future__ import annotations
 
@@ -49,7 +53,7 @@ from golden_model.quant.video import (SLOTS, GraphImageModel, GraphTracker, Vide
                                       rope_parts)
 from golden_model.video import VideoPredictor
 from sw.runtime.backend import AcceleratorError
-from sw.runtime.graph_exec import ENGINE_OPS, GraphExecutor
+from sw.runtime.graph_exec import ENGINE_OPS, GraphExecError, GraphExecutor
 
 #: the per-frame stages a video frame is reported in, and the graph stages each one sums
 STAGES = {"image encoder": ("image_encoder",), "prompt + decoder": ("prompt_encoder", "mask_decoder"),
@@ -155,26 +159,21 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
             mem = args[0]
             frames = [entry.part(layer)[None] for entry in self.memory_values]
             rows = sum(f.shape[1] for f in frames)
+            if rows > mem.shape[1]:
+                raise GraphExecError(f"{n.name}: the bank's values hold {rows} tokens, the memory {mem.shape[1]}")
             if rows < mem.shape[1]:
                 frames.append(fn(n, [np.ascontiguousarray(mem[:, rows:])] + list(args[1:]), r))
             return np.concatenate(frames, axis=1)
         return run
 
-    def run_nodes(self, names, env: dict, observe=None) -> dict:
-        """_VideoRunner.run_nodes through op_fn (each node where its placement puts it)."""
-        index = self.cached("node_index", lambda: {n.name: n for n in self.graph.nodes})
-        for name in names:
-            node = index[name]
-            out = self.op_fn(node)(node, [self.arg(i, env) for i in node.inputs], self)
-            env[node.outputs[0]] = out
-            if observe is not None:
-                observe(node, out)
-        return env
+    def node_fn(self, node):
+        """run_nodes' nodes (the video stages) where the placement puts them, as run()'s."""
+        return self.op_fn(node)
 
 
 # ---------------------------------------------------------------- the memory bank in DDR
 class BankFull(MemoryError):
-    pass
+    """Every slot of a bank ring is referenced (more prompted frames or objects than it was made for)."""
 
 
 class BankEntry:
