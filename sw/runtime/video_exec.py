@@ -238,7 +238,7 @@ class DdrBank:
         t0 = time.perf_counter()
         addr, _ = self._addr(ring, slot)
         self.session.backend.write(addr, np.ascontiguousarray(x).reshape(-1).view(np.uint8))
-        self._io("memory encoder", t0, x.size)
+        self._io("prompt + decoder" if ring == "ptrs" else "memory encoder", t0, x.size)   # who banks it
         return BankEntry(self, ring, slot, x.shape)
 
     def read(self, ring: str, slot: int, part: int | None = None) -> np.ndarray:
