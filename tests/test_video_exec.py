@@ -22,7 +22,7 @@ from golden_model.quant.video import (VideoIntRunner, build_full_graph, calibrat
 from hw.config import preset
 from sw.backends.faults import Fault
 from sw.runtime import graph_exec
-from sw.runtime.video_exec import BankEntry, VideoGraphExecutor, overlay_video_predictor
+from sw.runtime.video_exec import BankEntry, VideoGraphExecutor, bank_bytes, overlay_video_predictor
 
 SIZE = 128
 CLICK = [60.0, 70.0]
@@ -141,7 +141,7 @@ def test_bank_bounded_and_a_failed_frame_rerun_on_the_same_bank(video_case, refe
     for a, b in zip(reference[1], got):
         np.testing.assert_array_equal(a, b)
     assert len(predictor.retries) == 1 and predictor.retries[0].startswith("frame 2: layer ")
-    assert used[3][0] == used[8][0] == sum(-(-b.size // 4096) * 4096 for b in bank.buffers.values()), used
+    assert used[3][0] == used[8][0] == bank.nbytes == bank_bytes(qm.graph), used
     assert used[7][1] < used[8][1] == bank.counts["frames"] - 1, used     # at most num_maskmem + 2 frames
     assert used[8][2] < bank.counts["ptrs"], used
 

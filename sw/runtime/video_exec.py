@@ -214,7 +214,9 @@ class DdrBank:
 
     @property
     def nbytes(self) -> int:
-        return sum(b.size for b in self.buffers.values())
+        """The arena bytes the bank holds (its buffers, each rounded up to the arena's ALIGN)."""
+        from sw.runtime.arena import ALIGN
+        return sum(-(-b.size // ALIGN) * ALIGN for b in self.buffers.values())
 
     def _addr(self, ring: str, slot: int) -> tuple[int, int]:
         n = math.prod(self.shapes[ring])
