@@ -15,7 +15,9 @@ computed. Without --checkpoint the model has seeded random weights: the pipeline
 mean nothing. --precision int8 runs the overlay's integer reference on the host instead (image path,
 memory encoder, memory attention, int8 memory bank: golden_model/quant; from --quantised FILE or
 quantised on the fly; docs/quantisation.md); it takes points and boxes on each object's first frame
-(mask prompts and corrections are not part of the int8 graph).
+(mask prompts and corrections are not part of the int8 graph). --backend sim|pynq runs that int8
+model on the overlay (sw/commands/track_overlay.py: one driver session for the video, the memory
+bank in DDR, per-frame and per-stage figures; the same outputs bit for bit).
 """
 from __future__ import annotations
 
@@ -51,7 +53,7 @@ def add_arguments(parser):
                         help="float (default): the golden float model; int8: the host integer reference of the overlay")
     parser.add_argument("--backend", choices=("sim", "pynq"),
                         help="run int8 SAM 2 on the overlay (implies --precision int8; --preset picks the overlay): "
-                             "sim = the cycle-accurate simulator, pynq = the pynq library on the simulated device")
+                             "sim = the overlay simulator (its cycle model), pynq = the pynq library on the simulated device")
     from sw.commands.sim import _fault
     parser.add_argument("--fault", metavar="KIND[:persistent]", type=_fault,
                         help="with --backend: inject an AXI fault (sw/backends/faults.py) when --fault-frame starts")
