@@ -234,15 +234,21 @@ def _rope_float(n, a, r):
     return out.reshape(x.shape)
 
 
-def _rope_int(n, a, r):
-    """intvec.rope on the rotated tokens; the excluded tail is intvec.rescale'd to the same out scale."""
+def rope_parts(n, a, r):
+    """A rope node's (tokens (N, L, D), rotated tokens `keep`, intvec.RopeParams, the tail's RescaleParams)."""
     x, cos, sin = a
     p = r.params[n.name]
     rp = r.cached(("rope", n.name), lambda: intvec.RopeParams(cos, sin, int(p["multiplier"][0]), int(p["shift"][0])))
     tail = r.cached(("rope_tail", n.name), lambda: intvec.RescaleParams.from_arrays(
         {k[len("tail_"):]: v for k, v in p.items() if k.startswith("tail_")}))
     flat = _tokens(x)
-    keep = flat.shape[1] - _excluded(n, r)
+    return flat, flat.shape[1] - _excluded(n, r), rp, tail
+
+
+def _rope_int(n, a, r):
+    """intvec.rope on the rotated tokens; the excluded tail is intvec.rescale'd to the same out scale."""
+    x = a[0]
+    flat, keep, rp, tail = rope_parts(n, a, r)
     out = np.empty(flat.shape, np.int8)
     out[:, :keep] = intvec.rope(flat[:, :keep], rp)
     if keep < flat.shape[1]:
@@ -288,12 +294,16 @@ class _VideoRunner:
     bank: dict
     run_dims: dict
 
+    def node_fn(self, node):
+        """The function running `node` in run_nodes (a runner on the overlay places it)."""
+        return self.OPS[node.op]
+
     def run_nodes(self, names, env: dict, observe=None) -> dict:
         """Run the named nodes in order on `env` (updated and returned)."""
         index = self.cached("node_index", lambda: {n.name: n for n in self.graph.nodes})
         for name in names:
             node = index[name]
-            out = self.OPS[node.op](node, [self.arg(i, env) for i in node.inputs], self)
+            out = self.node_fn(node)(node, [self.arg(i, env) for i in node.inputs], self)
             env[node.outputs[0]] = out
             if observe is not None:
                 observe(node, out)
@@ -396,6 +406,10 @@ class GraphTracker(Tracker):
     def bank_features(self, feats):
         return feats if self.int8 else to_bfloat16(feats)
 
+    def slot_encoding(self, slot: int) -> np.ndarray:
+        """A memory frame's position encoding in temporal slot `slot` (sine + maskmem_tpos_enc[slot])."""
+        return self.graph.constants[SLOTS][slot]
+
     def prepare_memory_conditioned_features(self, frame_idx, is_init_cond_frame, vision_feat, vision_pos,
                                             output_dict, num_frames, track_in_reverse=False):
         cfg, g, v = self.cfg, self.graph, self.video
@@ -405,9 +419,8 @@ class GraphTracker(Tracker):
         if is_init_cond_frame:        # directly_add_no_mem_embed (sam2.1): the image path's image_embed node
             return self.runner.run_nodes([v["image_embed"]], env, self.observe)[v["image_embed"]]
         frames, selected, unselected = self.memory_frames(frame_idx, output_dict, track_in_reverse)
-        slots = g.constants[SLOTS]
         memory = [prev["maskmem_features"].reshape(1, -1, cfg.mem_dim) for _, prev in frames]
-        memory_pos = [slots[cfg.num_maskmem - t_pos - 1][None] for t_pos, _ in frames]
+        memory_pos = [self.slot_encoding(cfg.num_maskmem - t_pos - 1)[None] for t_pos, _ in frames]
         pos_and_ptrs, t_diff_max = self.object_pointer_list(frame_idx, selected, unselected, output_dict,
                                                             num_frames, track_in_reverse)
         n_ptr_tokens = 0

@@ -15,7 +15,9 @@ computed. Without --checkpoint the model has seeded random weights: the pipeline
 mean nothing. --precision int8 runs the overlay's integer reference on the host instead (image path,
 memory encoder, memory attention, int8 memory bank: golden_model/quant; from --quantised FILE or
 quantised on the fly; docs/quantisation.md); it takes points and boxes on each object's first frame
-(mask prompts and corrections are not part of the int8 graph).
+(mask prompts and corrections are not part of the int8 graph). --backend sim|pynq runs that int8
+model on the overlay (sw/commands/track_overlay.py: one driver session for the video, the memory
+bank in DDR, per-frame and per-stage figures; the same outputs bit for bit).
 """
 from __future__ import annotations
 
@@ -47,8 +49,15 @@ def add_arguments(parser):
     parser.add_argument("-o", "--out", type=Path, required=True, metavar="OUT_DIR", help="where overlays go")
     parser.add_argument("--logits-out", type=Path, metavar="DIR",
                         help="also write each object's mask logits <frame-stem>_<obj>.npy here")
-    parser.add_argument("--precision", choices=("float", "int8"), default="float",
-                        help="float: the golden float model; int8: the host integer reference of the overlay")
+    parser.add_argument("--precision", choices=("float", "int8"), default=None,
+                        help="float (default): the golden float model; int8: the host integer reference of the overlay")
+    parser.add_argument("--backend", choices=("sim", "pynq"),
+                        help="run int8 SAM 2 on the overlay (implies --precision int8; --preset picks the overlay): "
+                             "sim = the overlay simulator (its cycle model), pynq = the pynq library on the simulated device")
+    from sw.commands.sim import _fault
+    parser.add_argument("--fault", metavar="KIND[:persistent]", type=_fault,
+                        help="with --backend: inject an AXI fault (sw/backends/faults.py) when --fault-frame starts")
+    parser.add_argument("--fault-frame", type=int, default=0, metavar="N", help="frame --fault strikes (default 0)")
     from sw.commands.quantize import add_quant_arguments
     add_quant_arguments(parser, quantised_file=True)
 
@@ -141,6 +150,7 @@ def run(args) -> int:
     except (FileNotFoundError, ValueError) as e:
         raise CommandError(str(e)) from e
     prompts, plan = read_prompts(args, frames, frame_sizes(frames))
+    check_backend(args, len(frames))
     check_precision(args, prompts, plan)
     if args.checkpoint is not None and not args.checkpoint.is_file():
         raise CommandError(f"checkpoint {args.checkpoint} does not exist")
@@ -149,14 +159,21 @@ def run(args) -> int:
 
     # features of the prompted frames stay cached (the official keeps one frame: same numbers, more encoding)
     cache = min(8, len({p.frame for p in prompts}) + 1)
-    if args.precision == "int8":
+    if args.backend:
+        predictor = _overlay_predictor(args, cache, prompts)
+    elif args.precision == "int8":
         predictor = _int8_predictor(args, cache)
     else:
         predictor = VideoPredictor(_build_model(args).tracker, feature_cache_size=cache)
     scores, tracked = {}, []
+    failures = (ValueError, CommandError)
+    if args.backend:
+        from sw.runtime.arena import ArenaFull
+        from sw.runtime.video_exec import BankFull, FrameError
+        failures += (FrameError, ArenaFull, BankFull)
     try:
         track_frames(predictor, frames, plan, args, scores, tracked)
-    except (ValueError, CommandError) as e:  # a frame that went bad while tracking: keep what is done
+    except failures as e:  # a frame that went bad while tracking: keep what is done
         write_scores(args.out, scores)
         raise CommandError(f"{e}; {summary(frames, args, plan, scores, tracked)}") from e
     except KeyboardInterrupt:
@@ -166,6 +183,9 @@ def run(args) -> int:
         raise
     write_scores(args.out, scores)
     print(summary(frames, args, plan, scores, tracked))
+    if args.backend:
+        from sw.commands.track_overlay import report
+        report(predictor, tracked)
     obj_ids = next(iter(scores.values()), {})
     for i in obj_ids:
         present = sum(s[i] > 0 for s in scores.values())
@@ -197,6 +217,9 @@ def track_frames(predictor, frames, plan, args, scores: dict, tracked: list) -> 
                 outputs.save_npy(args.logits_out / name, obj_logits)
         scores[stem] = {str(i): predictor.object_score_logits(state, idx, i) for i in obj_ids}
         tracked.append(idx)
+        if args.backend:
+            from sw.commands.track_overlay import frame_done
+            frame_done(predictor, idx, stem)
         predictor.release_old_outputs(state, idx, reverse=plan.reverse)
 
 
@@ -218,6 +241,20 @@ def summary(frames, args, plan, scores: dict, tracked: list) -> str:
             + (f", logits in {args.logits_out}" if args.logits_out else ""))
 
 
+def check_backend(args, n_frames: int) -> None:
+    """--backend implies --precision int8 (an explicit float is refused); --fault goes with --backend."""
+    from sw.cli import UsageError
+    if args.backend:
+        if args.precision == "float":
+            raise UsageError("--backend runs the int8 model on the overlay: drop --precision float")
+        args.precision = "int8"
+    elif args.fault is not None:
+        raise UsageError("--fault needs --backend sim or pynq")
+    if args.fault is not None and not 0 <= args.fault_frame < n_frames:
+        raise UsageError(f"--fault-frame {args.fault_frame}: the video has {n_frames} frames (0..{n_frames - 1})")
+    args.precision = args.precision or "float"
+
+
 def check_precision(args, prompts, plan) -> None:
     """--precision options that fit together, and prompts the int8 graph takes (before any compute)."""
     from sw.cli import UsageError
@@ -233,16 +270,28 @@ def check_precision(args, prompts, plan) -> None:
                          f"mask back as a mask prompt) are not part of the int8 graph ({plan.corrections[0].where})")
 
 
-def _int8_predictor(args, cache: int):
-    """The golden VideoPredictor on the integer graph (golden_model/quant/video.py)."""
-    from golden_model.quant.video import VideoIntRunner, graph_video_predictor
+def _int8_model(args):
+    """The QuantModel with the video part (--quantised, or quantised on the fly)."""
     from sw.commands.quantize import int8_model
     from sw.commands.segment import build_model
     qm = int8_model(args, build_model, lambda m: print("track: " + m), video=True)
     if args.quantised is None and args.checkpoint is None:
         print(f"track: no --checkpoint: SAM 2.1 {args.model} runs on RANDOM weights (seed {args.seed}); "
               "the masks show the pipeline working, not real tracking")
+    return qm
+
+
+def _int8_predictor(args, cache: int):
+    """The golden VideoPredictor on the integer graph (golden_model/quant/video.py)."""
+    from golden_model.quant.video import VideoIntRunner, graph_video_predictor
+    qm = _int8_model(args)
     return graph_video_predictor(qm.graph, VideoIntRunner(qm), feature_cache_size=cache)
+
+
+def _overlay_predictor(args, cache: int, prompts):
+    """The int8 VideoPredictor on the overlay, one driver session for the whole video (sw.commands.track_overlay)."""
+    from sw.commands.track_overlay import overlay_predictor
+    return overlay_predictor(args, _int8_model(args), cache, prompts)
 
 
 def _build_model(args):

@@ -142,6 +142,7 @@ ENGINE_OPS = {
 # ---------------------------------------------------------------- the executor
 class GraphExecutor(IntRunner):
     """IntRunner whose engine-placed nodes run on the overlay (module docstring)."""
+    ENGINE_OPS = ENGINE_OPS          # op -> its Driver call (a subclass adds ops)
 
     def __init__(self, qm, cfg, backend: str = "sim", driver: Driver | None = None):
         if qm.key_tile != cfg.cols:
@@ -174,14 +175,14 @@ class GraphExecutor(IntRunner):
                 rec.wall_s = time.perf_counter() - t
                 return y
             return on_host
-        if node.op not in ENGINE_OPS:
+        if node.op not in self.ENGINE_OPS:
             raise GraphExecError(f"node {node.name}: placed on {p.where} but the executor has no Driver call "
                                  f"for op {node.op!r}")
 
         if any(g.name == node.name for g in self.fused.values()):
             return lambda n, args, r: args[0]           # its fc1's store applied the table
         gelu = self.fused.get(node.name)
-        call = ENGINE_OPS[node.op]
+        call = self.ENGINE_OPS[node.op]
         if gelu is not None:
             rec.holds = gelu.outputs[0]
             call = lambda d, n, a, r: _linear(d, n, a, r, lut=_vec_params(r, gelu, "LutParams"))  # noqa: E731

@@ -1,0 +1,415 @@
+"""int8 SAM 2 video tracking on the overlay: the video nodes on the engines, the memory bank in DDR.
+
+    ex = VideoGraphExecutor(qm, preset("bench16"), backend="sim")
+    predictor = overlay_video_predictor(qm, ex, cond_frames=1)       # a golden_model.video.VideoPredictor
+    state = predictor.init_state(frames); predictor.add_new_points_or_box(state, 0, 1, points=..., labels=[1])
+    for idx, obj_ids, logits in predictor.propagate_in_video(state): ...
+    ex.frame_stats            # per stage of the last frame: overlay cycles, host time, host <-> DDR bytes
+
+VideoGraphExecutor is sw.runtime.graph_exec.GraphExecutor with the video nodes (memory encoder,
+memory attention): the same placement rule, the same Driver calls, plus RoPE on the vector engine's
+ROPE op (the object-pointer tokens it excludes through RESCALE) and the host ops of
+golden_model.quant.video (the bank gather, the fast depthwise path where the preset leaves it on the
+host). Every node equals VideoIntRunner's (tests/test_video_exec.py).
+
+The memory bank (DdrBank) lives in the driver session's DDR arena, allocated once: int8 memory
+frames (mem.features), each frame's cross-attention values (every layer's v_proj of its tokens,
+projected once when the frame enters the bank: rows of a linear are independent, so the gathered
+values equal the node's output on the whole memory), int8 object pointers, and the int8 slot
+encodings (sine + temporal embedding per slot, uploaded once). A frame's features and pointer are
+written into a free slot when the tracker banks them; the tracker's output dicts hold BankEntry
+handles, and the memory attention's gather reads the slots back (v_proj then runs only on the
+object-pointer tokens). A slot is free again when no output refers to it: the predictor drops
+a frame's features once it is past the memory window (num_maskmem x stride frames) and its pointer
+once past max_obj_ptrs_in_encoder frames, so the slot counts are fixed for any video length:
+    frames (and their values): cond + objects x (num_maskmem x stride + 1) + 1
+    pointers:                  cond + objects x (max_obj_ptrs_in_encoder + 1) + 1
+(cond: prompted (object, frame) pairs; +1 per object: the frame being tracked; +1: a failed
+attempt's entries while its re-run goes on).
+
+Fault rule (OverlayVideoPredictor): an AcceleratorError that survives the session's own retry of
+the program aborts the frame; the frame is run again once, on the same bank (its failed attempt
+wrote only into free slots, which nothing reads); a second failure raises FrameError naming the
+frame and the layer.
+
+Not yet (honest): every engine node is still one or more Driver calls that write their inputs to DDR
+and read their outputs back, the bank gather is the host reading the slots and the next Driver calls
+writing the gathered memory in again; the keys of a memory frame are projected (and RoPE'd) per
+tracked frame, not once (the slot's temporal encoding is added before the projection: the design
+of that change is in docs/runtime.md).
+"""
+from __future__ import annotations
+
+import gc
+import math
+import time
+import weakref
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from golden_model.quant.intinterp import IntRunner
+from golden_model.quant.video import (SLOTS, GraphImageModel, GraphTracker, VideoIntRunner, _VideoRunner,
+                                      rope_parts)
+from golden_model.video import VideoPredictor
+from sw.runtime.backend import AcceleratorError
+from sw.runtime.graph_exec import ENGINE_OPS, GraphExecError, GraphExecutor
+
+#: the per-frame stages a video frame is reported in, and the graph stages each one sums
+STAGES = {"image encoder": ("image_encoder",), "prompt + decoder": ("prompt_encoder", "mask_decoder"),
+          "memory encoder": ("memory_encoder",), "memory attention": ("memory_attention",)}
+STAGE_OF = {s: name for name, stages in STAGES.items() for s in stages}
+
+
+class FrameError(RuntimeError):
+    """A frame failed twice on the overlay (names the frame and the layer)."""
+
+
+# ---------------------------------------------------------------- RoPE on the vector engine
+def _rope(drv, n, a, r):
+    """ROPE on the rotated tokens (the table tiled over memory frames: rope_k_repeat), RESCALE on the
+    object-pointer tokens it excludes: golden_model.quant.video._rope_int's numbers."""
+    flat, keep, rp, tail = rope_parts(n, a, r)
+    out, runs = np.empty(flat.shape, np.int8), []
+    for i, tokens in enumerate(flat):
+        out[i, :keep] = drv.vector("rope", tokens[:keep], rp)
+        runs.append(drv.last_run)
+        if keep < tokens.shape[0]:
+            out[i, keep:] = drv.vector("rescale", tokens[keep:], tail)
+            runs.append(drv.last_run)
+    return out.reshape(a[0].shape), runs
+
+
+class _VideoHostOps(IntRunner):
+    """Host functions of the video ops (VideoIntRunner's table), for GraphExecutor's host placements."""
+
+    def op_fn(self, node):
+        if not node.attrs.get("host") and node.op in VideoIntRunner.OPS:
+            return VideoIntRunner.OPS[node.op]
+        return super().op_fn(node)
+
+
+@dataclass
+class StageStats:
+    cycles: int = 0
+    host_s: float = 0.0       # host ops' wall time
+    engine_s: float = 0.0     # this process's time for the engine nodes (compile + simulate + copies)
+    ddr_bytes: int = 0        # host <-> DDR bytes (Driver calls, bank reads and writes)
+
+
+@dataclass
+class FrameStats:
+    stages: dict = field(default_factory=lambda: {s: StageStats() for s in STAGES})
+
+    def reset(self) -> None:
+        self.stages = {s: StageStats() for s in STAGES}
+
+    def add(self, stage: str, cycles=0, host_s=0.0, engine_s=0.0, ddr_bytes=0) -> None:
+        s = self.stages[STAGE_OF.get(stage, stage)]
+        s.cycles += cycles
+        s.host_s += host_s
+        s.engine_s += engine_s
+        s.ddr_bytes += ddr_bytes
+
+
+class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
+    """GraphExecutor over the whole video graph (module docstring); `frame_stats` sums the current frame."""
+    ENGINE_OPS = {**ENGINE_OPS, "rope": _rope}
+
+    def __init__(self, qm, cfg, backend: str = "sim", driver=None):
+        super().__init__(qm, cfg, backend, driver)
+        self.frame_stats = FrameStats()
+        self.current: str | None = None       # the node running (named when a frame fails)
+        self.value_nodes = value_nodes(self.graph)
+        self.memory_values: list | None = None    # per memory frame: its values (BankEntry), set per gather
+
+    def project_values(self, feats) -> np.ndarray:
+        """Every layer's v_proj of one memory frame (layers, HW, C) int8: the nodes run on its tokens alone."""
+        tokens = np.asarray(feats).reshape(1, -1, feats.shape[-1])
+        gathered, self.memory_values = self.memory_values, None
+        try:
+            return np.stack([self.op_fn(n)(n, [tokens] + [self.arg(i, {}) for i in n.inputs[1:]], self)[0]
+                             for n in self.value_nodes])
+        finally:
+            self.memory_values = gathered
+
+    def op_fn(self, node):
+        fn = super().op_fn(node)
+        if node.name in self.cached("value_names", lambda: {n.name for n in self.value_nodes}):
+            fn = self._banked_values(node, fn)
+        rec = self.records[node.name]
+
+        def counted(n, args, r):
+            self.current = n.name
+            y = fn(n, args, r)
+            on_host = rec.where in ("host", "layout")
+            self.frame_stats.add(n.stage, rec.cycles, rec.wall_s if on_host else 0.0,
+                                 0.0 if on_host else rec.wall_s, rec.ddr_bytes)
+            return y
+        return counted
+
+    def _banked_values(self, node, fn):
+        """v_proj of the gathered memory: the memory frames' values read from the bank (projected when
+        each frame entered it), the object-pointer tokens projected here (rows are independent)."""
+        layer = self.value_nodes.index(node)
+
+        def run(n, args, r):
+            if self.memory_values is None:
+                return fn(n, args, r)
+            mem = args[0]
+            frames = [entry.part(layer)[None] for entry in self.memory_values]
+            rows = sum(f.shape[1] for f in frames)
+            if rows > mem.shape[1]:
+                raise GraphExecError(f"{n.name}: the bank's values hold {rows} tokens, the memory {mem.shape[1]}")
+            if rows < mem.shape[1]:
+                frames.append(fn(n, [np.ascontiguousarray(mem[:, rows:])] + list(args[1:]), r))
+            return np.concatenate(frames, axis=1)
+        return run
+
+    def node_fn(self, node):
+        """run_nodes' nodes (the video stages) where the placement puts them, as run()'s."""
+        return self.op_fn(node)
+
+
+# ---------------------------------------------------------------- the memory bank in DDR
+class BankFull(MemoryError):
+    """Every slot of a bank ring is referenced (more prompted frames or objects than it was made for)."""
+
+
+class BankEntry:
+    """An int8 array that lives in a DdrBank slot: np.asarray(entry) reads it from DDR. The slot is
+    freed when the last reference to the entry goes."""
+
+    def __init__(self, bank: "DdrBank", ring: str, slot: int, shape: tuple):
+        self.bank, self.ring, self.slot, self.shape, self.dtype = bank, ring, slot, tuple(shape), np.dtype(np.int8)
+        weakref.finalize(self, bank.release, ring, slot)
+
+    def __array__(self, dtype=None, copy=None):
+        a = self.bank.read(self.ring, self.slot).reshape(self.shape)
+        return a if dtype is None else a.astype(dtype)
+
+    def reshape(self, *shape):
+        return np.asarray(self).reshape(*shape)
+
+    def part(self, i: int) -> np.ndarray:
+        """Row i of the entry's first axis, read alone."""
+        return self.bank.read(self.ring, self.slot, i).reshape(self.shape[1:])
+
+
+class DdrBank:
+    """Rings of fixed int8 slots in the session's DDR arena (module docstring); allocated once.
+    `rings`: name -> (one slot's shape, slots)."""
+
+    def __init__(self, session, rings: dict, slot_pos: np.ndarray, stats: FrameStats | None = None):
+        self.session, self.stats = session, stats
+        self.shapes = {ring: tuple(shape) for ring, (shape, _) in rings.items()}
+        self.counts = {ring: n for ring, (_, n) in rings.items()}
+        self.free = {ring: list(range(n)) for ring, n in self.counts.items()}
+        self.buffers = {ring: session.buffer(f"bank.{ring}", n * math.prod(self.shapes[ring]))
+                        for ring, n in self.counts.items()}
+        pos = np.ascontiguousarray(slot_pos, np.int8)
+        self.pos_shape = pos.shape
+        self.buffers["slot_pos"] = session.buffer("bank.slot_pos", pos.nbytes, zero=False)
+        session.backend.write(self.buffers["slot_pos"].addr, pos.reshape(-1).view(np.uint8))
+
+    @property
+    def nbytes(self) -> int:
+        """The arena bytes the bank holds (its buffers, each rounded up to the arena's ALIGN)."""
+        from sw.runtime.arena import ALIGN
+        return sum(-(-b.size // ALIGN) * ALIGN for b in self.buffers.values())
+
+    def _addr(self, ring: str, slot: int) -> tuple[int, int]:
+        n = math.prod(self.shapes[ring])
+        return self.buffers[ring].addr + slot * n, n
+
+    def _io(self, stage: str, t0: float, nbytes: int) -> None:
+        if self.stats is not None:
+            self.stats.add(stage, host_s=time.perf_counter() - t0, ddr_bytes=nbytes)
+
+    def put(self, ring: str, x: np.ndarray) -> BankEntry:
+        """Write int8 `x` into a free slot of `ring`; its handle."""
+        x = np.asarray(x)
+        if x.dtype != np.int8 or x.size != math.prod(self.shapes[ring]):
+            raise ValueError(f"bank {ring}: expected {math.prod(self.shapes[ring])} int8 values, got {x.dtype} "
+                             f"{x.shape}")
+        if not self.free[ring]:
+            gc.collect()            # entries of a failed frame attempt held by a reference cycle
+        if not self.free[ring]:
+            raise BankFull(f"memory bank: all {self.counts[ring]} {ring} slots are in use")
+        slot = self.free[ring].pop(0)
+        t0 = time.perf_counter()
+        addr, _ = self._addr(ring, slot)
+        self.session.backend.write(addr, np.ascontiguousarray(x).reshape(-1).view(np.uint8))
+        self._io("prompt + decoder" if ring == "ptrs" else "memory encoder", t0, x.size)   # who banks it
+        return BankEntry(self, ring, slot, x.shape)
+
+    def read(self, ring: str, slot: int, part: int | None = None) -> np.ndarray:
+        """A slot's bytes (int8), or only its `part`-th row along the slot shape's first axis."""
+        t0 = time.perf_counter()
+        addr, n = self._addr(ring, slot)
+        if part is not None:
+            n //= self.shapes[ring][0]
+            addr += part * n
+        data = np.asarray(self.session.backend.read(addr, n)).view(np.int8)
+        self._io("memory attention", t0, n)
+        return data
+
+    def slot_encoding(self, slot: int) -> np.ndarray:
+        t0 = time.perf_counter()
+        n = math.prod(self.pos_shape[1:])
+        data = np.asarray(self.session.backend.read(self.buffers["slot_pos"].addr + slot * n, n)).view(np.int8)
+        self._io("memory attention", t0, n)
+        return data.reshape(self.pos_shape[1:])
+
+    def release(self, ring: str, slot: int) -> None:
+        self.free[ring].append(slot)
+
+    def in_use(self, ring: str) -> int:
+        return self.counts[ring] - len(self.free[ring])
+
+
+# ---------------------------------------------------------------- the tracker and predictor over them
+class _BankImageModel(GraphImageModel):
+    def __init__(self, graph, runner, bank, observe=None):
+        super().__init__(graph, runner, observe)
+        self.bank = bank
+
+    def bank_pointer(self, ptr):
+        return self.bank.put("ptrs", super().bank_pointer(ptr))
+
+
+class OverlayTracker(GraphTracker):
+    """GraphTracker on a VideoGraphExecutor whose bank frames, pointers and slot encodings are in DDR."""
+
+    def __init__(self, graph, executor: VideoGraphExecutor, bank: DdrBank, observe=None):
+        super().__init__(graph, executor, observe)
+        self.bank = bank
+        self.image_model = _BankImageModel(graph, executor, bank, observe)
+
+    def bank_features(self, feats):
+        """The frame into the bank, with its memory-attention values (every layer's v_proj) when kept."""
+        entry = self.bank.put("frames", feats)
+        if "values" in self.bank.shapes:
+            entry.values = self.bank.put("values", self.runner.project_values(feats))
+        return entry
+
+    def prepare_memory_conditioned_features(self, *args, **kwargs):
+        try:
+            return super().prepare_memory_conditioned_features(*args, **kwargs)
+        finally:
+            self.runner.memory_values = None
+
+    def memory_frames(self, frame_idx, output_dict, track_in_reverse=False):
+        frames, selected, unselected = super().memory_frames(frame_idx, output_dict, track_in_reverse)
+        if "values" in self.bank.shapes:    # the memory attention's v_proj reads these frames' values
+            self.runner.memory_values = [prev["maskmem_features"].values for _, prev in frames]
+        return frames, selected, unselected
+
+    def slot_encoding(self, slot: int) -> np.ndarray:
+        return self.bank.slot_encoding(slot)
+
+
+class OverlayVideoPredictor(VideoPredictor):
+    """VideoPredictor on an OverlayTracker: outputs past the bank's window release their slots; a frame
+    that fails on the overlay is run again once (module docstring)."""
+
+    def __init__(self, tracker: OverlayTracker, **kwargs):
+        super().__init__(tracker, **kwargs)
+        self.executor = tracker.runner
+        self.retries: list[str] = []       # frames a re-run recovered, one line each
+        self.faults: dict = {}             # frame -> sw.backends.faults.Fault armed when that frame starts (tests)
+        self._guarded = False
+
+    def _twice(self, frame_idx: int, step):
+        """step() under the fault rule: once more after an AcceleratorError, FrameError after a second."""
+        if self._guarded:                  # the image encoder inside a frame's step: the frame's rule covers it
+            return step()
+        ex = self.executor
+        ex.driver.frame = frame_idx
+        if frame_idx in self.faults:
+            ex.driver.device.inject_fault(self.faults.pop(frame_idx))
+        self._guarded = True
+        try:
+            try:
+                return step()
+            except AcceleratorError as first:
+                self.retries.append(f"frame {frame_idx}: layer {ex.current}: {first}; re-ran the frame: recovered")
+            try:
+                return step()
+            except AcceleratorError as again:
+                raise FrameError(f"frame {frame_idx}: the overlay failed twice, at layer {ex.current} "
+                                 f"({again})") from None
+        finally:
+            self._guarded = False
+
+    def _features(self, state, frame_idx):
+        return self._twice(frame_idx, lambda: super(OverlayVideoPredictor, self)._features(state, frame_idx))
+
+    def _run_single_frame(self, state, obj, frame_idx, *args, **kwargs):
+        return self._twice(frame_idx, lambda: super(OverlayVideoPredictor, self)._run_single_frame(
+            state, obj, frame_idx, *args, **kwargs))
+
+    def propagate_in_video(self, state, start_frame_idx=None, max_frame_num_to_track=None, reverse=False):
+        cfg = self.cfg
+        window = cfg.num_maskmem * cfg.memory_temporal_stride_for_eval
+        sign = -1 if reverse else 1
+        for frame_idx, obj_ids, masks in super().propagate_in_video(state, start_frame_idx, max_frame_num_to_track,
+                                                                    reverse):
+            yield frame_idx, obj_ids, masks
+            self.release_old_outputs(state, frame_idx, reverse)
+            for obj in state.objects.values():     # features past the memory window: never read again
+                for t, out in obj.output_dict["non_cond_frame_outputs"].items():
+                    if (frame_idx - t) * sign >= window:
+                        out["maskmem_features"] = None
+
+
+def bank_slots(cfg, cond_frames: int, objects: int = 1) -> tuple[int, int]:
+    """(frame slots, pointer slots) of the bank for `cond_frames` prompted (object, frame) pairs and
+    `objects` tracked objects (module docstring)."""
+    window = cfg.num_maskmem * cfg.memory_temporal_stride_for_eval
+    return (cond_frames + objects * (window + 1) + 1, cond_frames + objects * (cfg.max_obj_ptrs_in_encoder + 1) + 1)
+
+
+def value_nodes(graph) -> list:
+    """The cross-attentions' value projections of the gathered memory, in layer order."""
+    return [n for n in graph.nodes if n.stage == "memory_attention" and n.op == "linear" and n.inputs[0] == "ma.memory"]
+
+
+def bank_rings(graph, cond_frames: int = 1, objects: int = 1, project_values: bool = True) -> dict:
+    """The bank's rings: name -> (one slot's int8 shape, slots)."""
+    from golden_model.quant.video import require_video, tracker_config
+    require_video(graph)
+    cfg = tracker_config(graph)
+    frame_shape = graph.tensors["mem.features"].shape
+    frames, ptrs = bank_slots(cfg, cond_frames, objects)
+    rings = {"frames": (frame_shape, frames), "ptrs": ((1, cfg.hidden_dim), ptrs)}
+    if project_values:
+        vs = value_nodes(graph)
+        rings["values"] = ((len(vs), frame_shape[1] * frame_shape[2], graph.tensors[vs[0].outputs[0]].shape[-1]), frames)
+    return rings
+
+
+def bank_bytes(graph, **kwargs) -> int:
+    """DDR bytes the bank takes (its rings and the slot encodings, each buffer rounded to the arena's ALIGN)."""
+    from sw.runtime.arena import ALIGN
+    sizes = [math.prod(shape) * n for shape, n in bank_rings(graph, **kwargs).values()] + [graph.constants[SLOTS].size]
+    return sum(-(-size // ALIGN) * ALIGN for size in sizes)
+
+
+def video_driver(cfg, backend: str, graph, **kwargs):
+    """A Driver whose arena holds the default one plus the memory bank (`kwargs`: bank_rings')."""
+    from sw.runtime.driver import Driver
+    return Driver(cfg, backend, ddr_bytes=Driver(cfg, backend).ddr_bytes + bank_bytes(graph, **kwargs))
+
+
+def overlay_video_predictor(qm, executor: VideoGraphExecutor, cond_frames: int = 1, objects: int = 1, observe=None,
+                            project_values: bool = True, **kwargs) -> OverlayVideoPredictor:
+    """The golden VideoPredictor on the overlay, its memory bank allocated in the executor's DDR arena."""
+    g = qm.graph
+    bank = DdrBank(executor.driver.session, bank_rings(g, cond_frames, objects, project_values), g.constants[SLOTS],
+                   executor.frame_stats)
+    return OverlayVideoPredictor(OverlayTracker(g, executor, bank, observe), **kwargs)
+
+
+__all__ = ["VideoGraphExecutor", "DdrBank", "BankEntry", "OverlayTracker", "OverlayVideoPredictor", "FrameError",
+           "overlay_video_predictor", "bank_slots", "bank_rings", "bank_bytes", "video_driver", "STAGES"]

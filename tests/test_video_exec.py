@@ -1,0 +1,187 @@
+"""int8 video tracking on the overlay (sw.runtime.video_exec, `track --backend`): a scaled-down tiny SAM 2
+(128 px, seeded random weights) tracked on the sim and pynq backends equals the host integer tracker
+(VideoIntRunner) node by node and logit for logit; the memory bank lives in fixed DDR slots whatever
+the video's length; a frame that fails on the overlay is re-run once on the same bank, a second
+failure names the frame and the layer and keeps the frames already written.
+
+Time: the default cases keep one node of each video engine op on the overlay (the rest on the host, as
+a placement may); the bench16 placement (everything on the overlay, ~5 s a frame on sim) is slow-marked."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from golden_model.quant.builder import random_model
+from golden_model.quant.quantize import calibrate
+from golden_model.quant.video import (VideoIntRunner, build_full_graph, calibrate_video, graph_video_predictor,
+                                      quantize_video, shifted_frames)
+from hw.config import preset
+from sw.backends.faults import Fault
+from sw.runtime import graph_exec
+from sw.runtime.video_exec import BankEntry, VideoGraphExecutor, bank_bytes, overlay_video_predictor
+
+SIZE = 128
+CLICK = [60.0, 70.0]
+#: the nodes the cheaper cases keep on the overlay, one of each engine op of the video stages (the
+#: image encoder stays on the host there)
+ON_OVERLAY = ("mem.ds.conv0", "mem.fuser0.dw", "mem.fuser0.norm", "ma.layers.0.cross.v", "ma.layers.0.cross.k_rope",
+              "ma.layers.0.cross.sdpa")
+
+
+@pytest.fixture(scope="module")
+def video_case():
+    model = random_model("tiny", SIZE, seed=0)
+    photo = np.random.default_rng(0).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
+    graph = build_full_graph(model)
+    stats = calibrate(graph, [photo], prompts_per_image=1)
+    calibrate_video(graph, [photo], stats, frames_per_video=2)
+    cfg = preset("bench16")
+    return quantize_video(graph, stats, key_tile=cfg.cols, preset=cfg.name), cfg, shifted_frames(photo, 9)
+
+
+def _track(predictor, frames, after_frame=None, frames_out=None):
+    """Click on frame 0, track `frames_out` frames (all by default) of the video `frames`: the logits."""
+    state = predictor.init_state(frames)
+    predictor.add_new_points_or_box(state, 0, 1, points=[CLICK], labels=[1])
+    out = []
+    for idx, _, logits in predictor.propagate_in_video(state, 0, None if frames_out is None else frames_out - 1):
+        out.append(logits)
+        if after_frame:
+            after_frame(idx, state)
+    return out
+
+
+def _digests(seen: list):
+    return lambda node, out: seen.append((node.name, np.asarray(out).dtype.str, hashlib.sha1(
+        np.ascontiguousarray(out).tobytes()).hexdigest()))
+
+
+@pytest.fixture(scope="module")
+def reference(video_case):
+    """The host integer tracker on the first 3 frames of the 9-frame video: every node's output (digest) in
+    order, the logits."""
+    qm, _, frames = video_case
+    seen = []
+    return seen, _track(graph_video_predictor(qm.graph, VideoIntRunner(qm), _digests(seen)), frames, frames_out=3)
+
+
+def _mostly_host(monkeypatch):
+    """Placements with only ON_OVERLAY on the overlay (where the rule puts them)."""
+    real = graph_exec.place
+
+    def place(cfg, layer, **kw):
+        p = real(cfg, layer, **kw)
+        return p if layer.name in ON_OVERLAY else dataclasses.replace(p, where="host", reason="test: on the host")
+    monkeypatch.setattr(graph_exec, "place", place)
+
+
+def _node_by_node(video_case, reference, frames_out):
+    qm, cfg, frames = video_case
+    seen = []
+    ex = VideoGraphExecutor(qm, cfg, "sim")
+    banked = []
+    predictor = overlay_video_predictor(qm, ex, observe=_digests(seen))
+    bank, reads = predictor.tracker.bank, []
+    read = bank.read
+    bank.read = lambda ring, slot, part=None: reads.append(ring) or read(ring, slot, part)
+    got = _track(predictor, frames, lambda idx, state: banked.extend(
+        state.objects[1].output_dict["cond_frame_outputs"].values()), frames_out)
+    ref_nodes, ref_logits = reference
+    assert len(seen) <= len(ref_nodes) and [n for n, *_ in seen] == [n for n, *_ in ref_nodes[:len(seen)]]
+    assert [n for n, r in zip(seen, ref_nodes) if n != r] == []
+    for a, b in zip(ref_logits, got):
+        np.testing.assert_array_equal(a, b)
+    assert all(isinstance(o["maskmem_features"], BankEntry) and isinstance(o["obj_ptr"], BankEntry) for o in banked)
+    layers = len(ex.value_nodes)   # each tracked frame's gather: its memory frames' values, one read per layer
+    assert reads.count("values") == layers * sum(range(1, frames_out)) and reads.count("frames") == sum(range(1, frames_out))
+    return ex
+
+
+def test_video_nodes_on_every_engine_kind_bit_exact(video_case, reference, monkeypatch):
+    """One node of each video engine kind on the overlay (conv, depthwise, GEMM, attention, layernorm,
+    ROPE with the pointer tokens' RESCALE), 3 frames: every node equals VideoIntRunner's, the logits too
+    (the value projections read from the bank: projected when each frame entered it), and the bank
+    holds DDR entries, not arrays."""
+    _mostly_host(monkeypatch)
+    ex = _node_by_node(video_case, reference, 3)
+    on = {r.name: r for r in ex.records.values() if r.where not in ("host", "layout")}
+    assert set(on) == set(ON_OVERLAY) and all(r.cycles > 0 for r in on.values())
+    assert on["ma.layers.0.cross.k_rope"].calls == 2          # ROPE on the frames' keys, RESCALE on the pointers'
+
+
+@pytest.mark.slow
+def test_every_video_node_bit_exact_on_bench16(video_case, reference):
+    """bench16's own placement (the memory encoder and attention all on the overlay), 2 frames (~20 s)."""
+    ex = _node_by_node(video_case, reference, 2)
+    on = {r.where for r in ex.records.values() if r.stage in ("memory_encoder", "memory_attention")}
+    assert on >= {"gemm", "conv", "depthwise", "attention", "vector"}
+
+
+def test_bank_bounded_and_a_failed_frame_rerun_on_the_same_bank(video_case, reference, monkeypatch):
+    """9 frames: the arena's allocation is the same after frame 3 and frame 8 (the bank's slots are
+    reused: the frames' in use stop growing once the window is full); a fault that outlives the
+    session's own retry on frame 2 makes the frame run again, and the frames still equal the host's
+    bit for bit (the failed attempt changed nothing it reads)."""
+    qm, cfg, frames = video_case
+    _mostly_host(monkeypatch)
+    ex = VideoGraphExecutor(qm, cfg, "sim")
+    ex.driver.CACHED_PROGRAMS = 0            # the arena without the driver's program cache (at most 16 programs)
+    predictor = overlay_video_predictor(qm, ex)
+    predictor.faults[2] = Fault("read_slverr", runs=2)          # both tries of the session's program
+    arena, bank = ex.driver.session.arena, predictor.tracker.bank
+    used = {}
+
+    def after(idx, state):
+        used[idx] = (arena.size - arena.free_bytes, bank.in_use("frames"), bank.in_use("ptrs"))
+    got = _track(predictor, frames, after)
+    for a, b in zip(reference[1], got):
+        np.testing.assert_array_equal(a, b)
+    assert len(predictor.retries) == 1 and predictor.retries[0].startswith("frame 2: layer ")
+    assert used[3][0] == used[8][0] == bank.nbytes == bank_bytes(qm.graph), used
+    assert used[7][1] < used[8][1] == bank.counts["frames"] - 1, used     # at most num_maskmem + 2 frames
+    assert used[8][2] < bank.counts["ptrs"], used
+
+
+def test_track_backend_pynq_equals_int8_host_and_keeps_frames_on_a_second_failure(video_case, monkeypatch,
+                                                                                 tmp_path, capsys):
+    from golden_model.quant.qfile import save_quantised
+    from sw.cli import main
+    qm, cfg, frames = video_case
+    _mostly_host(monkeypatch)
+    clip = tmp_path / "clip"
+    clip.mkdir()
+    for i, f in enumerate(frames[:2]):
+        Image.fromarray(f).save(clip / f"{i:05d}.png")
+    qfile = save_quantised(qm, tmp_path / "v.safetensors")
+    common = ["track", str(clip), "--point", "60,70", "--preset", "bench16", "--quantised", str(qfile)]
+    assert main(common + ["--precision", "int8", "-o", str(tmp_path / "h"), "--logits-out", str(tmp_path / "hl")]) == 0
+    assert main(common + ["--backend", "pynq", "-o", str(tmp_path / "o"), "--logits-out", str(tmp_path / "ol")]) == 0
+    out = capsys.readouterr()
+    for i in range(2):
+        assert (tmp_path / "hl" / f"{i:05d}.npy").read_bytes() == (tmp_path / "ol" / f"{i:05d}.npy").read_bytes()
+    assert "memory bank in DDR" in out.out and "memory attention" in out.out and "frame 1 (00001)" in out.err
+    assert main(common + ["--backend", "sim", "--fault", "read_slverr:persistent", "--fault-frame", "1",
+                          "-o", str(tmp_path / "f")]) == 1
+    err = capsys.readouterr().err
+    assert "frame 1: the overlay failed twice, at layer " in err and "tracked 1 object over 1 frames" in err
+    assert sorted(p.name for p in (tmp_path / "f").glob("*.png")) == ["00000.png"]
+
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--backend", "sim", "--precision", "float"], "drop --precision float"),
+    (["--fault", "hang"], "--fault needs --backend"),
+    (["--backend", "sim", "--fault", "hang", "--fault-frame", "5"], "--fault-frame 5: the video has 2 frames"),
+    (["--backend", "rtl"], "invalid choice"),
+])
+def test_track_backend_usage_errors(tmp_path, capsys, extra, message):
+    from sw.cli import main
+    for i in range(2):
+        Image.new("RGB", (32, 32)).save(tmp_path / f"{i}.png")
+    with pytest.raises(SystemExit) as e:
+        main(["track", str(tmp_path), "--point", "5,5", "-o", str(tmp_path / "o")] + extra)
+    assert e.value.code == 2 and message in capsys.readouterr().err
