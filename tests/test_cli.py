@@ -44,6 +44,8 @@ def test_demo_runs(capsys, tmp_path):
     assert main(["demo", "-o", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "demo: OK" in out and "bit-exact" in out
+    assert "logits bit-exact against the host int8 reference" in out          # SAM 2 on the overlay
+    assert (tmp_path / "segment_chelsea_overlay.png").stat().st_size > 0
 
 
 def test_demo_photo_step_without_scikit_image_names_what_to_install(monkeypatch):

@@ -13,8 +13,10 @@ rtl backends, checked bit-exact against golden; a linear -> attention -> linear 
 depthwise chain whose activations stay in DDR on the sim and pynq backends (host <-> DDR bytes
 per run: input and output only); an integer LayerNorm on the vector engine (sim and rtl); the
 modelled kv260 profile of SAM 2.1 tiny (image embedding and a steady-state video frame, overlay vs
-host); and finally segment a real photo
-(scikit-image's cat) from one click on the NumPy golden SAM 2.1 tiny and write the overlay PNG. Without
+host); segment a real photo (scikit-image's cat) from one click on the NumPy golden SAM 2.1 tiny and
+write the overlay PNG; and finally the same photo and click through int8 SAM 2 on the overlay (a
+scaled-down tiny at 256 px on the bench16 preset, every engine, sim backend): bit for bit the host
+integer reference, with the per-stage modelled times, and its PNG. Without
 --checkpoint the model has seeded random weights, and the demo says so.
 """
 from __future__ import annotations
@@ -50,6 +52,7 @@ def run(args) -> int:
         raise CommandError(str(e)) from e
     _profile_kv260()
     _segment_photo(args)
+    _segment_on_overlay(args)
     print("demo: OK")
     return 0
 
@@ -74,10 +77,10 @@ def _requant_smoke(args) -> None:
     from hw.verilog import write_verilog
     from sim.runner import run_bench
 
-    print("[1/9] Amaranth -> Verilog: requantiser (int32 -> int8, fixed-point multiplier and shift)")
+    print("[1/10] Amaranth -> Verilog: requantiser (int32 -> int8, fixed-point multiplier and shift)")
     path = write_verilog(Requantizer(), "requant", args.out)
     print(f"      wrote {path} ({len(path.read_text().splitlines())} lines)")
-    print("[2/9] cocotb + Verilator: RTL vs golden_model.intops.requantize, random stalls on both streams")
+    print("[2/10] cocotb + Verilator: RTL vs golden_model.intops.requantize, random stalls on both streams")
     t0 = time.monotonic()
     result = run_bench(path, "requant", "requant_bench", name="demo-requant", waves=args.waves)
     print(f"      {result.passed} cocotb tests passed, 0 failed, bit-exact against golden "
@@ -95,7 +98,7 @@ def _gemm_layer(args) -> None:
 
     cfg = preset("sim")
     m, k, n = 24, 96, 40
-    print(f"[3/9] GEMM overlay ({cfg.rows} x {cfg.cols} systolic array, preset {cfg.name}): quantised linear layer "
+    print(f"[3/10] GEMM overlay ({cfg.rows} x {cfg.cols} systolic array, preset {cfg.name}): quantised linear layer "
           f"{m} x {k} x {n}, int8 + per-channel requantisation + ReLU, operands in DDR")
     a, b, bias, mult, shift = random_layer(np.random.default_rng(0), m, k, n)
     want = gemm(a, b, bias, mult, shift, relu=True)
@@ -122,7 +125,7 @@ def _attention_call(args) -> None:
 
     big, small = preset("bench16"), preset("sim")
     lq, lk, d = ATTN_QUERIES, ATTN_KEYS, ATTN_D
-    print(f"[4/9] attention engine (integer online softmax, Q K^T on the GEMM array + P V array): "
+    print(f"[4/10] attention engine (integer online softmax, Q K^T on the GEMM array + P V array): "
           f"{lq} queries (64x64 map) x {lk} keys (2 memory frames), d {d}, int8 q/k/v in DDR")
     t0 = time.monotonic()
     q, k, v, quant, scales = random_attention(np.random.default_rng(0), 1, lq, lk, d)
@@ -173,7 +176,7 @@ def _patch_embed_tile(args) -> None:
     # uint8 RGB -> int8 CHW (x - 128), the int8 image the quantised patch embed sees.
     x = np.ascontiguousarray((photo[y0:y0 + n, x0:x0 + n].astype(np.int16) - 128).astype(np.int8).transpose(2, 0, 1))
     _, wt, bias, mult, shift = random_conv(np.random.default_rng(0), 3, 1, 1, 96, 7)
-    print(f"[5/9] convolution engine: SAM 2 patch embed (7x7 stride 4 pad 3, 3 -> 96 channels, seeded random "
+    print(f"[5/10] convolution engine: SAM 2 patch embed (7x7 stride 4 pad 3, 3 -> 96 channels, seeded random "
           f"int8 weights) on a {n}x{n} tile of the photo, im2col on the fly from DDR")
     want = intconv.conv2d(x, wt, bias, mult, shift, stride=4, padding=3)
     for backend, got, r, dt in _bit_exact_on(args, cfg, "patch embed", lambda drv: drv.conv2d(
@@ -192,7 +195,7 @@ def _chain_in_ddr() -> None:
     from sw.runtime.session import Session
 
     cfg, spec = preset("bench16"), ChainSpec()
-    print(f"[6/9] runtime: linear -> attention -> linear -> conv -> depthwise on {cfg.name}, activations kept in "
+    print(f"[6/10] runtime: linear -> attention -> linear -> conv -> depthwise on {cfg.name}, activations kept in "
           f"DDR ({spec.channels_in} x {spec.height} x {spec.width} input; docs/runtime.md)")
     x = np.random.default_rng(1).integers(-128, 128, (spec.channels_in, spec.height, spec.width)).astype(np.int8)
     weights = ChainWeights.random(spec)
@@ -224,7 +227,7 @@ def _vector_layernorm(args) -> None:
     tokens, dim = 64, 96
     x = rng.integers(-128, 128, (tokens, dim), dtype=np.int8)
     p = intvec.LayerNormParams.make(rng.normal(1, 0.5, dim), rng.normal(0, 0.5, dim), 0.04, 0.02, 1e-6)
-    print(f"[7/9] vector engine ({cfg.vec_lanes} lanes): integer LayerNorm over {tokens} tokens x {dim} channels "
+    print(f"[7/10] vector engine ({cfg.vec_lanes} lanes): integer LayerNorm over {tokens} tokens x {dim} channels "
           f"(Hiera stage 1's width), rows DMA'd from DDR and back")
     want = intvec.layernorm(x, p)
     for backend, _, r, dt in _bit_exact_on(args, cfg, "LayerNorm", lambda drv: drv.vector("layernorm", x, p), want):
@@ -237,7 +240,7 @@ def _profile_kv260() -> None:
     from sw.perf.profile import profile
 
     cfg = preset("kv260")
-    print(f"[8/9] profile: SAM 2.1 tiny at 1024 on {cfg.name} ({cfg.rows} x {cfg.cols}, {cfg.clock_mhz:g} MHz), "
+    print(f"[8/10] profile: SAM 2.1 tiny at 1024 on {cfg.name} ({cfg.rows} x {cfg.cols}, {cfg.clock_mhz:g} MHz), "
           "modelled (cycle model + host cost model; docs/profile.md)")
     t0 = time.monotonic()
     totals = profile("tiny", cfg, video=True).totals()
@@ -269,7 +272,7 @@ def _segment_photo(args) -> None:
     from sw import outputs
     from sw.commands.segment import build_model, overlay, segment
 
-    print("[9/9] golden SAM 2.1 tiny (NumPy): segment a photo from one click")
+    print("[9/10] golden SAM 2.1 tiny (NumPy): segment a photo from one click")
     image = _photo()
     model = build_model("tiny", args.checkpoint, seed=0)
     if args.checkpoint is None:
@@ -283,3 +286,53 @@ def _segment_photo(args) -> None:
           f"mask {best + 1} of {n} (predicted IoU {iou:.3f}), {100 * np.mean(mask):.1f}% of pixels "
           f"({time.monotonic() - t0:.1f} s)")
     print(f"      wrote {path}")
+
+
+#: The overlay step's model: tiny scaled to 256 px (every block runs; a 1024 px run on the sim backend takes
+#: minutes, docs/overlay-run.md), on the preset that carries every engine.
+OVERLAY_DEMO_SIZE, OVERLAY_DEMO_PRESET = 256, "bench16"
+
+
+def _segment_on_overlay(args) -> None:
+    import argparse
+
+    import numpy as np
+
+    from golden_model.quant.builder import random_model
+    from golden_model.quant.intinterp import IntRunner
+    from golden_model.quant.predictor import GraphPredictor
+    from hw.config import preset
+    from sw import outputs
+    from sw.commands.quantize import quantise_model
+    from sw.commands.segment import overlay, segment
+    from sw.runtime.overlay_segment import OverlayRunner, stage_summary
+
+    cfg = preset(OVERLAY_DEMO_PRESET)
+    print(f"[10/10] int8 SAM 2 on the overlay: SAM 2.1 tiny at {OVERLAY_DEMO_SIZE} px (RANDOM weights, seed 0), "
+          f"preset {cfg.name} ({cfg.rows} x {cfg.cols}, engines {', '.join(cfg.engines)}), sim backend")
+    image = _photo()
+    t0 = time.monotonic()
+    qm = quantise_model(random_model("tiny", OVERLAY_DEMO_SIZE, seed=0),
+                        argparse.Namespace(preset=cfg.name, calib=None, estimator="percentile"),
+                        lambda m: print("      " + m))
+    t1 = time.monotonic()
+    want = segment(image, [DEMO_POINT], None, None, GraphPredictor(qm.graph, IntRunner(qm)))
+    t2 = time.monotonic()
+    ex = OverlayRunner(qm, cfg, "sim")
+    try:
+        got = segment(image, [DEMO_POINT], None, None, GraphPredictor(qm.graph, ex))
+    finally:
+        ex.driver.close()
+    t3 = time.monotonic()
+    if not np.array_equal(got[0], want[0]):
+        raise CommandError(f"int8 SAM 2 on the overlay differs from the host int8 reference in "
+                           f"{int((got[0] != want[0]).sum())} logits")
+    on = sum(r.where not in ("host", "layout") for r in ex.records.values())
+    print(f"      {on} of {len(ex.records)} nodes on the overlay's engines; logits bit-exact against the host int8 "
+          f"reference (host {t2 - t1:.1f} s, sim backend {t3 - t2:.1f} s; quantised in {t1 - t0:.1f} s)")
+    for line in stage_summary(ex).splitlines()[:-1]:
+        print("      " + line)
+    mask = got[0] > 0
+    path = outputs.save_png(args.out / "segment_chelsea_overlay.png", overlay(image, mask, [DEMO_POINT]))
+    print(f"      mask {got[2] + 1} of {got[3]} (predicted IoU {got[1]:.3f}), {100 * np.mean(mask):.1f}% of pixels; "
+          f"wrote {path}")
