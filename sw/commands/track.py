@@ -14,8 +14,7 @@ H x W; the short form keeps its <frame-stem>.npy). Every prompt is checked befor
 computed. Without --checkpoint the model has seeded random weights: the pipeline runs, the masks
 mean nothing. --precision int8 runs the overlay's integer reference on the host instead (image path,
 memory encoder, memory attention, int8 memory bank: golden_model/quant; from --quantised FILE or
-quantised on the fly; docs/quantisation.md); it takes points and boxes on each object's first frame
-(mask prompts and corrections are not part of the int8 graph).
+quantised on the fly; docs/quantisation.md), mask prompts and corrections included.
 """
 from __future__ import annotations
 
@@ -141,7 +140,7 @@ def run(args) -> int:
     except (FileNotFoundError, ValueError) as e:
         raise CommandError(str(e)) from e
     prompts, plan = read_prompts(args, frames, frame_sizes(frames))
-    check_precision(args, prompts, plan)
+    check_precision(args)
     if args.checkpoint is not None and not args.checkpoint.is_file():
         raise CommandError(f"checkpoint {args.checkpoint} does not exist")
 
@@ -149,8 +148,8 @@ def run(args) -> int:
 
     # features of the prompted frames stay cached (the official keeps one frame: same numbers, more encoding)
     cache = min(8, len({p.frame for p in prompts}) + 1)
-    if args.precision == "int8":
-        predictor = _int8_predictor(args, cache)
+    if args.precision == "int8":     # mask prompts and corrections need the file's mask path
+        predictor = _int8_predictor(args, cache, any(p.mask is not None for p in prompts) or bool(plan.corrections))
     else:
         predictor = VideoPredictor(_build_model(args).tracker, feature_cache_size=cache)
     scores, tracked = {}, []
@@ -218,27 +217,19 @@ def summary(frames, args, plan, scores: dict, tracked: list) -> str:
             + (f", logits in {args.logits_out}" if args.logits_out else ""))
 
 
-def check_precision(args, prompts, plan) -> None:
-    """--precision options that fit together, and prompts the int8 graph takes (before any compute)."""
+def check_precision(args) -> None:
+    """--precision options that fit together (before any compute)."""
     from sw.cli import UsageError
-    if args.precision == "float":
-        if args.quantised is not None or args.calib:
-            raise UsageError("--quantised and --calib are for --precision int8")
-        return
-    masks = [p.where for p in prompts if p.mask is not None]
-    if masks:
-        raise UsageError(f"--precision int8 takes points and boxes, not mask prompts ({', '.join(masks[:3])})")
-    if plan.corrections:
-        raise UsageError("--precision int8: corrections (prompts on an object's later frames, which feed the previous "
-                         f"mask back as a mask prompt) are not part of the int8 graph ({plan.corrections[0].where})")
+    if args.precision == "float" and (args.quantised is not None or args.calib):
+        raise UsageError("--quantised and --calib are for --precision int8")
 
 
-def _int8_predictor(args, cache: int):
+def _int8_predictor(args, cache: int, masks: bool = False):
     """The golden VideoPredictor on the integer graph (golden_model/quant/video.py)."""
     from golden_model.quant.video import VideoIntRunner, graph_video_predictor
     from sw.commands.quantize import int8_model
     from sw.commands.segment import build_model
-    qm = int8_model(args, build_model, lambda m: print("track: " + m), video=True)
+    qm = int8_model(args, build_model, lambda m: print("track: " + m), video=True, masks=masks)
     if args.quantised is None and args.checkpoint is None:
         print(f"track: no --checkpoint: SAM 2.1 {args.model} runs on RANDOM weights (seed {args.seed}); "
               "the masks show the pipeline working, not real tracking")
