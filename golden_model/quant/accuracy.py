@@ -102,6 +102,8 @@ def node_sqnr(qm: QuantModel, float_graph: Graph, image: np.ndarray, click) -> d
     out = {}
     for node in float_graph.nodes:
         name = node.outputs[0]
+        if name not in fenv:        # a branch not taken (the mask prompt's)
+            continue
         spec = qm.graph.tensors[name]
         q = ienv[name]
         if spec.dtype == "int8":
@@ -120,7 +122,7 @@ def local_sqnr(qm: QuantModel, float_graph: Graph, image: np.ndarray, click) -> 
     out = {}
     for node in g.nodes:
         name = node.outputs[0]
-        if g.tensors[name].dtype != "int8" or node.op == "quantize":
+        if g.tensors[name].dtype != "int8" or node.op == "quantize" or name not in fenv:
             continue
         args = []
         for i in node.inputs:
