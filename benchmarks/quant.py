@@ -5,6 +5,7 @@
     python -m benchmarks.quant --image-size 256 --stages          # which half (encoder / decoder) loses the IoU
     python -m benchmarks.quant --checkpoint sam2.1_hiera_tiny.pt --model tiny       # a real checkpoint
     python -m benchmarks.quant --video [--model tiny small] [--image-size 256] [--frames 12]   # tracking
+    python -m benchmarks.quant --speed [--model tiny] [--image-size 256] [--repeats 2]       # encoder speed only
 
 Calibration: golden_model.quant.calibset.CALIB_PHOTOS (3 clicks each); evaluation: EVAL_PHOTOS (a
 disjoint set) x the fixed clicks of golden_model.quant.accuracy.eval_clicks. Weights: seeded random
@@ -26,6 +27,10 @@ disjoint set) x the fixed clicks of golden_model.quant.accuracy.eval_clicks. Wei
                   the first evaluation photo tracked through shifted copies of it; the object-score
                   head is shifted so the click scores +2 on random weights (else the object is absent
                   everywhere); calibration: the calibration photos, image clicks and 4-frame tracks.
+  --speed: quant-speed (per model: the image encoder's wall time, golden float model and int8
+                  reference on the same photo, alternated, best of --repeats each, and their ratio:
+                  the issue's <= 3x target) and quant-speed-ops (the int8 encoder's time per op kind).
+                  Calibration is one photo x one click: the scales do not change the work.
 """
 from __future__ import annotations
 
@@ -57,6 +62,60 @@ def _speed(model, qm, image) -> tuple[float, float]:
     t1 = time.perf_counter()
     ip.set_image(image)
     return t1 - t0, time.perf_counter() - t1
+
+
+def run_speed(models=("tiny",), image_size=None, preset="kv260", checkpoint=None, repeats: int = 2) -> None:
+    from golden_model.predictor import ImagePredictor
+    from golden_model.quant.builder import build_graph
+    from golden_model.quant.calibset import CALIB_PHOTOS, EVAL_PHOTOS, skimage_photos
+    from golden_model.quant.intinterp import IntRunner
+    from golden_model.quant.predictor import GraphPredictor
+    from golden_model.quant.quantize import calibrate, quantize
+    from hw.config import preset as overlay_preset
+    photo = next(iter(skimage_photos(EVAL_PHOTOS[:1]).values()))
+    calib = list(skimage_photos(CALIB_PHOTOS[:1]).values())
+    rows, op_rows = [], []
+    for name in models:
+        model = _model(name, image_size, checkpoint)
+        graph = build_graph(model)
+        qm = quantize(graph, calibrate(graph, calib, prompts_per_image=1), key_tile=overlay_preset(preset).cols,
+                      preset=preset)
+        per_op: dict[str, float] = {}
+        fp, ip = ImagePredictor(model), GraphPredictor(qm.graph, _TimedIntRunner(qm, per_op))
+        float_s, int_s = [], []
+        for _ in range(repeats):        # alternated: load changes hit both
+            per_op.clear()
+            for p, times in ((fp, float_s), (ip, int_s)):
+                t0 = time.perf_counter()
+                p.set_image(photo)
+                times.append(time.perf_counter() - t0)
+            ops = dict(per_op)
+        rows.append({"model": name, "image_size": graph.image_size, "float_s": min(float_s), "int8_s": min(int_s),
+                     "ratio": min(int_s) / min(float_s), "ratios": " ".join(f"{i / f:.2f}" for f, i in
+                                                                            zip(float_s, int_s))})
+        total = sum(ops.values())
+        op_rows += [{"model": name, "op": op, "int8_s": t, "share": t / total}
+                    for op, t in sorted(ops.items(), key=lambda kv: -kv[1])]
+    report("quant-speed", rows, notes=f"image encoder (set_image), golden float vs int8 reference, same photo, "
+                                      f"alternated, best of {repeats}; ratios: each round's; target int8/float <= 3")
+    report("quant-speed-ops", op_rows, notes="the int8 encoder's time per op kind (last round)")
+
+
+def _TimedIntRunner(qm, per_op: dict):
+    """An IntRunner adding each node's seconds to per_op[op]."""
+    from golden_model.quant.intinterp import IntRunner
+
+    class Timed(IntRunner):
+        def op_fn(self, node):
+            fn = super().op_fn(node)
+
+            def timed(n, a, r):
+                t0 = time.perf_counter()
+                y = fn(n, a, r)
+                per_op[n.op] = per_op.get(n.op, 0.0) + time.perf_counter() - t0
+                return y
+            return timed
+    return Timed(qm)
 
 
 def _stage_row(model, est, split, rows) -> dict:
@@ -181,7 +240,12 @@ if __name__ == "__main__":
                    help="also: IoU with only the encoder or only the decoder in int8 (which half loses it)")
     p.add_argument("--video", action="store_true", help="tracking: per-frame IoU and video-node SQNR instead")
     p.add_argument("--frames", type=int, default=12, help="--video: frames tracked (default 12)")
+    p.add_argument("--speed", action="store_true", help="the image encoder's int8 / float time only")
+    p.add_argument("--repeats", type=int, default=2, help="--speed: alternated rounds (default 2)")
     a = p.parse_args()
+    if a.speed:
+        run_speed(tuple(a.model), a.image_size, a.preset, a.checkpoint, a.repeats)
+        raise SystemExit(0)
     if a.video:
         run_video(tuple(a.model), a.image_size, a.preset, a.checkpoint, a.frames, a.estimator[0])
         raise SystemExit(0)

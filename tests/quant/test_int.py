@@ -213,3 +213,37 @@ def test_full_size_tiny_accuracy():
     assert min(ious) >= 0.58, ious
     assert max(r["pred_iou_delta"] for r in rows) <= 0.02
     assert all(r["same_choice"] for r in rows)
+
+
+@pytest.mark.parametrize("k", [96, 1024, 1500, 3072])
+def test_interpreter_linear_is_intops_gemm(k):
+    """The interpreter's fast linear (float BLAS in exact chunks, the sim's float64 output stage) equals
+    intops.gemm bit for bit: random and extreme activations and weights, biases that saturate, every
+    shift 0..63 (the float64 requantiser where its bound holds, int64 elsewhere), with and without ReLU."""
+    from types import SimpleNamespace
+
+    from golden_model import intops
+    from golden_model.quant.graph import Node
+    from golden_model.quant.intinterp import INT_OPS
+    rng = np.random.default_rng(k)
+    n = 64
+    xs = [rng.integers(-128, 128, (3, 37, k)).astype(np.int8), np.full((1, 5, k), -128, np.int8)]
+    w = rng.integers(-127, 128, (n, k)).astype(np.int8)
+    w[:4] = -127                                                  # extreme rows: |acc| at K 2^14
+    bias = rng.integers(-(1 << 20), 1 << 20, n).astype(np.int32)
+    saturating = bias.copy()
+    saturating[4:8] = [(1 << 31) - 1, -(1 << 31), (1 << 31) - 1, -(1 << 31)]
+    mult = rng.integers(0, 1 << 31, n)
+    made = {}
+
+    def cached(key, make):
+        made[key[0]] = make()
+        return made[key[0]]
+    for bias, shift, float_path in ((saturating, np.arange(n) % 64, False), (bias, 1 + np.arange(n) % 43, True)):
+        for relu in (False, True):
+            node = Node("l", "linear", ("x", "w", "b"), ("y",), "image_encoder", {"relu": relu})
+            r = SimpleNamespace(params={"l": {"multiplier": mult, "shift": shift}}, cached=cached)
+            for x in xs:
+                want = intops.gemm(x.reshape(-1, k), w.T, bias, mult, shift, relu=relu).reshape(x.shape[:-1] + (n,))
+                np.testing.assert_array_equal(INT_OPS["linear"](node, [x, w, bias], r), want)
+            assert (made["linear_out"].scale is not None) == float_path
