@@ -23,6 +23,7 @@ from golden_model.quant.interpret import (FLOAT_OPS, Runner, host_mlp, merge_hea
 from golden_model.quant.quantize import QuantModel, dequantize_tensor, quantize_tensor, weight_scales
 
 F32 = np.float32
+LINEAR_CHUNK = 1 << 18      # output elements per row block of the fast linear (speed only: measured 25x at 1024)
 
 
 def _requant_args(r, n):
@@ -44,14 +45,19 @@ def _linear(n, a, r):
     wt = r.cached(("linear_w", n.name), lambda: np.ascontiguousarray(w.reshape(w.shape[0], -1).T, F32))
     stage = r.cached(("linear_out", n.name), lambda: OutputStage(b, *_requant_args(r, n), n.attrs.get("relu", False),
                                                                  False, k << 14))
-    x2 = x.reshape(-1, k).astype(F32)
-    step = intops.F32_EXACT_K
-    acc = x2[:, :step] @ wt[:step]
-    if k > step:
-        acc = acc.astype(np.float64)
-        for k0 in range(step, k, step):
-            acc += x2[:, k0:k0 + step] @ wt[k0:k0 + step]
-    return stage(acc).reshape(x.shape[:-1] + (w.shape[0],))
+    x2 = x.reshape(-1, k)
+    n_out = wt.shape[1]
+    out = np.empty((x2.shape[0], n_out), np.int8)
+    step, rows = intops.F32_EXACT_K, max(1, LINEAR_CHUNK // n_out)
+    for r0 in range(0, x2.shape[0], rows):      # row blocks: the float64 temporaries stay in cache
+        xr = x2[r0:r0 + rows].astype(F32)
+        acc = xr[:, :step] @ wt[:step]
+        if k > step:
+            acc = acc.astype(np.float64)
+            for k0 in range(step, k, step):
+                acc += xr[:, k0:k0 + step] @ wt[k0:k0 + step]
+        out[r0:r0 + rows] = stage(acc)
+    return out.reshape(x.shape[:-1] + (n_out,))
 
 
 def _conv(n, a, r):

@@ -216,7 +216,7 @@ def test_full_size_tiny_accuracy():
 
 
 @pytest.mark.parametrize("k", [96, 1024, 1500, 3072])
-def test_interpreter_linear_is_intops_gemm(k):
+def test_interpreter_linear_is_intops_gemm(k, monkeypatch):
     """The interpreter's fast linear (float BLAS in exact chunks, the sim's float64 output stage) equals
     intops.gemm bit for bit: random and extreme activations and weights, biases that saturate, every
     shift 0..63 (the float64 requantiser where its bound holds, int64 elsewhere), with and without ReLU."""
@@ -224,7 +224,9 @@ def test_interpreter_linear_is_intops_gemm(k):
 
     from golden_model import intops
     from golden_model.quant.graph import Node
+    from golden_model.quant import intinterp
     from golden_model.quant.intinterp import INT_OPS
+    monkeypatch.setattr(intinterp, "LINEAR_CHUNK", 640)       # row blocks of 10 rows: 12 blocks, the last short
     rng = np.random.default_rng(k)
     n = 64
     xs = [rng.integers(-128, 128, (3, 37, k)).astype(np.int8), np.full((1, 5, k), -128, np.int8)]
