@@ -179,9 +179,9 @@ def run(models=("tiny",), estimators=("percentile",), image_size=None, preset="k
                 alone = local_sqnr(qm, graph, first_photo, click)
                 node_rows = sorted(({"node": n.name, "op": n.op, "engine": n.engine, "stage": n.stage,
                                      "sqnr_db": e2e[n.outputs[0]], "alone_db": alone.get(n.outputs[0], "")}
-                                    for n in graph.nodes if n.outputs[0] in e2e and (   # a click: no mask branch
-                                        qm.graph.tensors[n.outputs[0]].dtype == "int8" or n.op in ("mask_product", "mlp"))),
-                                   key=lambda r: r["sqnr_db"])
+                                    for n in graph.nodes if n.outputs[0] in e2e     # a click: no mask branch
+                                    and (qm.graph.tensors[n.outputs[0]].dtype == "int8"
+                                         or n.op in ("mask_product", "mlp"))), key=lambda r: r["sqnr_db"])
                 node_note = f"{name}, {graph.image_size} px, estimator {est}, photo {next(iter(photos))}"
     report("quant", node_rows, notes="per-node SQNR (dB) int8 vs float, worst first; sqnr_db end to end, "
                                      f"alone_db the node on its own ({node_note})")

@@ -329,6 +329,15 @@ def missing_mask_path(graph: Graph) -> list[str]:
     return [t for t in MASK_TENSORS if t not in graph.tensors] + [c for c in consts if c not in graph.constants]
 
 
+def require_mask_path(graph: Graph, what: str = "the int8 model", missing: list[str] | None = None) -> None:
+    """PromptError naming what `graph` lacks for mask prompts (missing_mask_path, or the caller's fuller list)."""
+    from golden_model.predictor import PromptError
+    missing = missing_mask_path(graph) if missing is None else missing
+    if missing:
+        raise PromptError(f"{what} has no mask prompt path (written before it existed): missing "
+                          f"{', '.join(missing)}; re-run `sam2fpga quantize` for mask prompts and corrections")
+
+
 def _ln(b, name, key, mod, x):
     return b.layernorm(name, x, key, mod.weight, mod.bias, mod.eps, "mask_decoder")
 

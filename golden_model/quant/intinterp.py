@@ -23,7 +23,7 @@ from golden_model.quant.interpret import (FLOAT_OPS, Runner, host_mlp, merge_hea
 from golden_model.quant.quantize import QuantModel, dequantize_tensor, quantize_tensor, weight_scales
 
 F32 = np.float32
-LINEAR_CHUNK = 1 << 18      # output elements per row block of the fast linear (speed only: measured 25x at 1024)
+LINEAR_CHUNK = 1 << 18      # output elements per row block of the fast linear (speed only: temporaries in cache)
 
 
 def _requant_args(r, n):
@@ -36,7 +36,7 @@ def _linear(n, a, r):
     intops.F32_EXACT_K (every partial sum an exact float32 integer, the chunks summed exactly in
     float64: |acc| <= K 2^14 < 2^53) and the sim's exact output stage (sw.backends.fast.OutputStage:
     the saturating bias add and requantiser, in float64 where its bound proves it exact; tests hold it
-    equal to intops on adversarial data). intops.gemm's int64 passes cost 10x the products."""
+    equal to intops on adversarial data), in row blocks of LINEAR_CHUNK outputs."""
     from sw.backends.fast import OutputStage
     x, w, b = a
     k = x.shape[-1]

@@ -18,7 +18,7 @@ import numpy as np
 
 from golden_model.mask_decoder import MaskDecoder, MaskDecoderConfig
 from golden_model.predictor import LOW_RES_CLAMP, ImageFeatures, ImagePredictor, PromptError, points_with_box
-from golden_model.quant.builder import MASK_INPUT, missing_mask_path
+from golden_model.quant.builder import MASK_INPUT, require_mask_path
 
 F32 = np.float32
 
@@ -33,10 +33,7 @@ def best_low_res(out: dict) -> np.ndarray:
 def mask_feed(graph, mask, what: str = "the int8 graph") -> dict:
     """{MASK_INPUT: mask} for the graph runner: (1, 1, 4h, 4w) logits -> channels-last; a graph without the
     mask branch, or a mask of another size, is refused naming what is wrong."""
-    missing = missing_mask_path(graph)
-    if missing:
-        raise PromptError(f"{what} has no mask prompt path (written before it existed): missing "
-                          f"{', '.join(missing)}; re-run `sam2fpga quantize` for mask prompts")
+    require_mask_path(graph, what)
     shape = graph.tensors[MASK_INPUT].shape
     mask = np.asarray(mask, F32)
     if mask.shape != (1, 1) + shape[1:3]:

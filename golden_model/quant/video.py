@@ -45,7 +45,7 @@ from golden_model import intvec, nn
 from golden_model.intops import quantize_multiplier
 from golden_model.memory_attention import apply_rope, axial_rope
 from golden_model.memory_encoder import mask_for_memory
-from golden_model.quant.builder import MASK_INPUT, _Builder, build_graph, missing_mask_path
+from golden_model.quant.builder import MASK_INPUT, _Builder, build_graph, missing_mask_path, require_mask_path
 from golden_model.quant.graph import Graph
 from golden_model.quant.interpret import FLOAT_OPS, FloatRunner
 from golden_model.quant.intinterp import INT_OPS, IntRunner
@@ -223,16 +223,13 @@ def missing_mask_prompts(graph: Graph) -> list[str]:
     part the mask downsampler's weights and MASK_PIX (empty when they can run)."""
     missing = missing_mask_path(graph)
     if "video" in graph.meta:
-        missing += [t for t in MASK_DOWNSAMPLE if t not in graph.constants] + [MASK_PIX] * (MASK_PIX not in graph.tensors)
+        missing += [t for t in MASK_DOWNSAMPLE if t not in graph.constants]
+        missing += [MASK_PIX] * (MASK_PIX not in graph.tensors)
     return missing
 
 
 def require_mask_prompts(graph: Graph, what: str = "the int8 model") -> None:
-    from golden_model.predictor import PromptError
-    missing = missing_mask_prompts(graph)
-    if missing:
-        raise PromptError(f"{what} has no mask prompt path (written before it existed): missing "
-                          f"{', '.join(missing)}; re-run `sam2fpga quantize` for mask prompts and corrections")
+    require_mask_path(graph, what, missing_mask_prompts(graph))
 
 
 def require_video(graph: Graph, what: str = "the graph") -> None:
