@@ -90,7 +90,7 @@ class TensorStats:
 
 def stats_key(node: Node) -> str:
     """The statistic a node's output is calibrated with: its own, or that of the tensor it stands for
-    (attrs replaces: the mask prompt's src, which must share src's scale)."""
+    (attrs replaces: the mask prompt's src, which takes src's scale; never observed, mask_branch_only)."""
     return node.attrs.get("replaces", node.outputs[0])
 
 
@@ -102,7 +102,8 @@ def calibration_clicks(image_hw, n: int, rng: np.random.Generator) -> list[list[
 
 def calibrate(graph: Graph, images, prompts_per_image: int = 3, seed: int = 0) -> dict[str, TensorStats]:
     """Run the float graph on `images` (uint8 RGB) with a few clicks each, then the last click again with its
-    best mask as a mask prompt (the refinement loop); statistics of every int8 tensor."""
+    best mask as a mask prompt (the refinement loop, observed in the mask branch only); statistics of every
+    int8 tensor."""
     if not images:
         raise ValueError("calibration needs at least one image")
     rng = np.random.default_rng(seed)
@@ -122,8 +123,16 @@ def calibrate(graph: Graph, images, prompts_per_image: int = 3, seed: int = 0) -
         for click in calibration_clicks(image.shape[:2], prompts_per_image, rng):
             out = predictor.decode_click(click, observe)
         if MASK_INPUT in graph.tensors:
-            predictor.decode_click(click, observe, mask=best_low_res(out))
+            predictor.decode_click(click, mask_branch_only(observe), mask=best_low_res(out))
     return stats
+
+
+def mask_branch_only(observe):
+    """`observe` for the mask branch's own tensors only: a mask-prompted calibration run leaves every other
+    tensor's statistics (the point-prompt path's, and `src`'s, which the branch's last node shares) as the
+    clicks alone give them."""
+    return lambda node, value: observe(node, value) if node.attrs.get("branch") and "replaces" not in node.attrs \
+        else None
 
 
 # ---------------------------------------------------------------- the quantised model

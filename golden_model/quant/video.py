@@ -49,7 +49,8 @@ from golden_model.quant.builder import MASK_INPUT, _Builder, build_graph, missin
 from golden_model.quant.graph import Graph
 from golden_model.quant.interpret import FLOAT_OPS, FloatRunner
 from golden_model.quant.intinterp import INT_OPS, IntRunner
-from golden_model.quant.quantize import SCALE_PASSES, TensorStats, quantize, quantize_tensor, stats_key
+from golden_model.quant.quantize import (SCALE_PASSES, TensorStats, mask_branch_only, quantize, quantize_tensor,
+                                         stats_key)
 from golden_model.transforms import resize_antialias, resize_bilinear
 from golden_model.video import NO_OBJ_SCORE, Tracker, TrackerConfig, VideoPredictor, get_1d_sine_pe, to_bfloat16
 
@@ -524,14 +525,18 @@ def calibrate_video(graph: Graph, photos, stats: dict, frames_per_video: int = V
             stats.setdefault(name, TensorStats()).observe(value, rng)
     runner = VideoFloatRunner(graph)
     predictor = graph_video_predictor(graph, runner, observe)
+    tracker = predictor.tracker
     for photo in photos:
+        tracker.observe = tracker.image_model.observe = observe
         photo = np.asarray(photo)
         state = predictor.init_state(shifted_frames(photo, frames_per_video))
         h, w = photo.shape[:2]
         predictor.add_new_points_or_box(state, 0, 1, points=[[w / 2, h / 2]], labels=[1])
         for idx, _, logits in predictor.propagate_in_video(state):
             pass
-        # a correction (the previous logits through the mask branch) and a mask prompt on the last frame
+        # a correction (the previous logits through the mask branch) and a mask prompt on the last frame,
+        # observed in the mask branch only (quantize.mask_branch_only)
+        tracker.observe = tracker.image_model.observe = mask_branch_only(observe)
         predictor.add_new_points_or_box(state, idx, 1, points=[[w / 2, h / 2]], labels=[1])
         predictor.add_new_mask(state, idx, 1, logits[0, 0] > 0)
     return stats

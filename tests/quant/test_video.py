@@ -71,8 +71,8 @@ def test_int8_track_close_to_float(compared):
 def test_int8_mask_prompt_and_correction_close_to_float(case):
     """A mask prompt on frame 0 (taken as the output; its pointer from the mask branch), tracked, then a
     correction click on frame 2 (its tracked logits through the mask branch): the float graph's tracker
-    is the golden one, int8 within stated bounds at 128 px (measured: IoU 0.963-1.0 on the tracked
-    frames, 0.84 on the corrected frame, where a 128 px encoder's errors show most)."""
+    is the golden one, int8 within stated bounds at 128 px (measured: IoU 1.0, 0.988 and 0.970 on frames
+    0, 1 and 3, 0.931 on the corrected frame 2)."""
     model, graph, qm, frames, click = case
     mask = np.zeros(frames[0].shape[:2], bool)
     mask[100:200, 150:300] = True
@@ -80,7 +80,7 @@ def test_int8_mask_prompt_and_correction_close_to_float(case):
     assert max(r["float_graph_err"] for r in rows) < 1e-3, rows
     assert all(0.02 < r["float_fg"] < 0.98 for r in rows), "trivial case: masks empty or full"
     assert min(r["mask_iou"] for i, r in enumerate(rows) if i != 2) >= 0.90, rows
-    assert rows[2]["mask_iou"] >= 0.80, rows
+    assert rows[2]["mask_iou"] >= 0.85, rows
 
 
 def test_bank_is_int8_and_the_file_round_trips(case, tmp_path):
