@@ -73,7 +73,6 @@ def run_speed(models=("tiny",), image_size=None, preset="kv260", checkpoint=None
     from golden_model.predictor import ImagePredictor
     from golden_model.quant.builder import build_graph
     from golden_model.quant.calibset import CALIB_PHOTOS, EVAL_PHOTOS, skimage_photos
-    from golden_model.quant.intinterp import IntRunner
     from golden_model.quant.predictor import GraphPredictor
     from golden_model.quant.quantize import calibrate, quantize
     from hw.config import preset as overlay_preset
@@ -86,7 +85,7 @@ def run_speed(models=("tiny",), image_size=None, preset="kv260", checkpoint=None
         qm = quantize(graph, calibrate(graph, calib, prompts_per_image=1), key_tile=overlay_preset(preset).cols,
                       preset=preset)
         per_op: dict[str, float] = {}
-        fp, ip = ImagePredictor(model), GraphPredictor(qm.graph, _TimedIntRunner(qm, per_op))
+        fp, ip = ImagePredictor(model), GraphPredictor(qm.graph, _timed_int_runner(qm, per_op))
         float_s, int_s = [], []
         for _ in range(repeats):        # alternated: load changes hit both
             per_op.clear()
@@ -106,7 +105,7 @@ def run_speed(models=("tiny",), image_size=None, preset="kv260", checkpoint=None
     report("quant-speed-ops", op_rows, notes="the int8 encoder's time per op kind (last round)")
 
 
-def _TimedIntRunner(qm, per_op: dict):
+def _timed_int_runner(qm, per_op: dict):
     """An IntRunner adding each node's seconds to per_op[op]."""
     from golden_model.quant.intinterp import IntRunner
 
