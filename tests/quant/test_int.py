@@ -249,3 +249,18 @@ def test_interpreter_linear_is_intops_gemm(k, monkeypatch):
                 want = intops.gemm(x.reshape(-1, k), w.T, bias, mult, shift, relu=relu).reshape(x.shape[:-1] + (n,))
                 np.testing.assert_array_equal(INT_OPS["linear"](node, [x, w, bias], r), want)
             assert (made["linear_out"].scale is not None) == float_path
+
+
+def test_mask_calibration_leaves_the_point_path_alone():
+    """The mask-prompted calibration runs observe the branch only: every other tensor's statistics equal
+    those of the same graph without the branch (so point and box prompts compute what they did before)."""
+    from golden_model.quant.builder import MASK_TENSORS
+    from golden_model.quant.quantize import QuantModel
+    graph = build_graph(random_model("tiny", 128, seed=0))
+    photos = list(skimage_photos(CALIB_PHOTOS[:1]).values())
+    with_branch = calibrate(graph, photos, prompts_per_image=1)
+    clicks_only = calibrate(without_mask_path(QuantModel(graph, {}, 32)).graph, photos, prompts_per_image=1)
+    assert set(with_branch) - set(clicks_only) == set(MASK_TENSORS) - {"mask_input", "src.mask"}
+    for name, st in clicks_only.items():
+        assert (st.max_abs, st.estimate("percentile")) == (with_branch[name].max_abs,
+                                                           with_branch[name].estimate("percentile")), name
