@@ -4,6 +4,7 @@ where the preset's placement puts it, and every node's output equals the integer
 import numpy as np
 import pytest
 
+from golden_model.quant.builder import MASK_INPUT
 from golden_model.quant.intinterp import IntRunner
 from golden_model.quant.predictor import GraphPredictor
 from hw.config import preset
@@ -16,16 +17,19 @@ STAGES = ("image_encoder", "prompt_encoder", "mask_decoder")
 
 
 def test_sim_every_node_bit_exact_with_intinterp(scaled):
-    """The sim preset: its placement puts many linears on the host (a 4 x 8 array), the rest on every engine."""
+    """The sim preset: its placement puts many linears on the host (a 4 x 8 array), the rest on every engine.
+    With a mask prompt: its branch runs and stands for `src` (one node fewer)."""
     cfg = preset("sim")
     qm = _quantised(scaled, cfg)
+    mask = np.random.default_rng(1).normal(0, 8, qm.graph.tensors[MASK_INPUT].shape).astype(np.float32)
     feeds = {"image": GraphPredictor(qm.graph, IntRunner(qm)).image_input(scaled[2]),
-             "point_coords": np.array([[CLICK]], np.float32), "point_labels": np.ones((1, 1), np.float32)}
+             "point_coords": np.array([[CLICK]], np.float32), "point_labels": np.ones((1, 1), np.float32),
+             MASK_INPUT: mask}
     ref = IntRunner(qm).run(feeds, stages=STAGES)
     ex = GraphExecutor(qm, cfg, "sim")
     assert ex.check(ex.run(feeds, stages=STAGES), ref) == []
     recs = list(ex.records.values())
-    assert len(recs) == sum(n.stage in STAGES for n in qm.graph.nodes)
+    assert len(recs) == sum(n.stage in STAGES for n in qm.graph.nodes) - 1 and "src" not in ex.records
     on_engine = [r for r in recs if r.where not in ("host", "layout")]
     assert {r.where for r in on_engine} == {"gemm", "conv", "attention", "vector"}
     ridden = [r for r in on_engine if r.reason.startswith("fused into")]       # GELUs in their fc1's store

@@ -6,7 +6,8 @@
 Both sides run the same graph structure on the same input: the float interpreter on the
 float graph and the integer interpreter on the quantised one. IoU is of the chosen mask
 (the float side's best candidate by predicted IoU, the same index on the int side),
-thresholded at logits > 0 at the original image size.
+thresholded at logits > 0 at the original image size. `refined_iou`: the same click again with the
+float side's best low-res mask as the mask prompt (the refinement loop), int8 vs float.
 """
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def compare_masks(qm: QuantModel, float_graph: Graph, images: dict, n_prompts: int = 3) -> list[dict]:
-    """Per (image, click): mask IoU of int8 vs float (logits > 0) and the predicted-IoU delta."""
+    """Per (image, click): mask IoU of int8 vs float (logits > 0), the predicted-IoU delta, and the IoU of the
+    click refined with the float mask as a mask prompt (module docstring)."""
     fp = GraphPredictor(float_graph, FloatRunner(float_graph))
     ip = GraphPredictor(qm.graph, IntRunner(qm))
     rows = []
@@ -40,13 +42,16 @@ def compare_masks(qm: QuantModel, float_graph: Graph, images: dict, n_prompts: i
         fp.set_image(image)
         ip.set_image(image)
         for click in eval_clicks(image.shape[:2], n_prompts):
-            fl, fi, _ = fp.predict(point_coords=[click], point_labels=[1], return_logits=True)
+            fl, fi, low = fp.predict(point_coords=[click], point_labels=[1], return_logits=True)
             ql, qi, _ = ip.predict(point_coords=[click], point_labels=[1], return_logits=True)
             best = int(np.argmax(fi))
+            refined = [p.predict(point_coords=[click], point_labels=[1], mask_input=low[best:best + 1],
+                                 multimask_output=False, return_logits=True)[0][0] for p in (fp, ip)]
             rows.append({"image": name, "click": f"{click[0]:.0f},{click[1]:.0f}",
                          "mask_iou": mask_iou(fl[best] > 0, ql[best] > 0),
                          "pred_iou_float": float(fi[best]), "pred_iou_delta": float(abs(qi[best] - fi[best])),
-                         "same_choice": bool(int(np.argmax(qi)) == best)})
+                         "same_choice": bool(int(np.argmax(qi)) == best),
+                         "refined_iou": mask_iou(refined[0] > 0, refined[1] > 0)})
     return rows
 
 
@@ -102,6 +107,8 @@ def node_sqnr(qm: QuantModel, float_graph: Graph, image: np.ndarray, click) -> d
     out = {}
     for node in float_graph.nodes:
         name = node.outputs[0]
+        if name not in fenv:        # a branch not taken (the mask prompt's)
+            continue
         spec = qm.graph.tensors[name]
         q = ienv[name]
         if spec.dtype == "int8":
@@ -120,7 +127,7 @@ def local_sqnr(qm: QuantModel, float_graph: Graph, image: np.ndarray, click) -> 
     out = {}
     for node in g.nodes:
         name = node.outputs[0]
-        if g.tensors[name].dtype != "int8" or node.op == "quantize":
+        if g.tensors[name].dtype != "int8" or node.op == "quantize" or name not in fenv:
             continue
         args = []
         for i in node.inputs:

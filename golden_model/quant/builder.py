@@ -10,7 +10,8 @@ sam/mask_decoder.py, sam/transformer.py; not the float golden model's fused rewr
                   projected shortcut; global blocks = one window of the whole map), FPN neck (1x1
                   laterals, nearest 2x top-down sums), conv_s0 / conv_s1, + no_mem_embed on the
                   stride-16 level (SAM2ImagePredictor.set_image)
-  prompt_encoder  host: points -> tokens (output tokens + sparse prompt embeddings)
+  prompt_encoder  host: points -> tokens (output tokens + sparse prompt embeddings); the mask
+                  prompt branch (mask_prompt below) in integers
   mask_decoder    + no_mask_embed, two-way transformer, output upscaling (2 transposed convs,
                   high-res adds, LayerNorm2d, GELU), host MLPs on single tokens (hypernetworks,
                   IoU head, object score head), the mask product (hypernetwork weights x upscaled
@@ -21,6 +22,11 @@ sam/mask_decoder.py, sam/transformer.py; not the float golden model's fused rewr
                   projections, norms, MLPs and residual adds); the token <-> image attentions run on
                   the attention engine with the token side quantised into it (docs/quantisation.md:
                   their MACs and bytes, and the accuracy this buys).
+The mask prompt (PromptEncoder.mask_downscaling: conv 2x2/s2, LayerNorm2d, GELU, conv 2x2/s2,
+LayerNorm2d, GELU, conv 1x1, then + the image embedding) is a branch: its nodes carry attrs
+branch=MASK_INPUT and run only when the host feeds that tensor; its last node (replaces="src")
+then stands for `src` (image embedding + no_mask_embed), at src's scale (one calibration
+statistic, quantize.stats_key), so the decoder after it is the same for both.
 Hiera's qkv projection is three linear nodes (q, k, v: same weights, row blocks of qkv.weight,
 constants "<key>#q" etc.) so each gets its own activation scale.
 """
@@ -33,12 +39,17 @@ from golden_model.quant.graph import Graph
 EPS_HIERA = 1e-6            # MultiScaleBlock's LayerNorm
 EPS_DECODER = 1e-5          # transformer.py LayerNorm default
 EPS_LAYERNORM2D = 1e-6      # sam2_utils.LayerNorm2d
+MASK_INPUT = "mask_input"   # the mask prompt fed by the host: low-res logits (1, 4h, 4w, 1) float32
+#: the tensors of the mask prompt branch (named when a quantised file lacks them)
+MASK_TENSORS = (MASK_INPUT, "pe.mask_q", "pe.mask.conv0", "pe.mask.norm1", "pe.mask.gelu2", "pe.mask.conv3",
+                "pe.mask.norm4", "pe.mask.gelu5", "pe.mask.conv6", "src.mask")
 
 
 class _Builder:
     def __init__(self, g: Graph):
         self.g = g
         self.host_float = False     # set while building the decoder's two-way transformer (on_host)
+        self.attrs: dict = {}       # added to every node built (the mask prompt's branch attrs)
 
     def t(self, name, shape, dtype="int8"):
         return self.g.tensor(name, shape, dtype)
@@ -48,7 +59,7 @@ class _Builder:
 
     def op(self, name, op, inputs, out_shape, stage, dtype="int8", **attrs):
         out = self.t(name, out_shape, dtype)
-        self.g.add(name, op, inputs, [out], stage, **attrs)
+        self.g.add(name, op, inputs, [out], stage, **{**self.attrs, **attrs})
         return out
 
     def on_host(self, *xs) -> bool:
@@ -225,6 +236,7 @@ def _decoder(b: _Builder, model, n_points: int) -> None:
                  input_image_size=pe.input_image_size[0])
     st = "mask_decoder"
     tok = tok_f     # the token stream stays on the host in float (module docstring)
+    _mask_prompt(b, pe, emb)
     b.host_float = True
     src = b.add("src", emb, g.const("sam_prompt_encoder.no_mask_embed.weight", pe.no_mask_embed), st)
     key_pe = g.const("sam_prompt_encoder.dense_pe#grid", pe.get_dense_pe()[0].transpose(1, 2, 0)[None])
@@ -288,6 +300,42 @@ def _decoder(b: _Builder, model, n_points: int) -> None:
     g.outputs = tuple(outputs)
     g.meta.update(num_mask_tokens=dec.num_mask_tokens, obj_token=s,
                   decoder_cfg={k: getattr(cfg, k) for k in cfg.__dataclass_fields__})
+
+
+def _mask_prompt(b: _Builder, pe, emb: str) -> None:
+    """PromptEncoder.mask_downscaling on the fed mask prompt, + the image embedding: the branch that stands
+    for `src` when a mask prompt is given (module docstring)."""
+    g, st = b.g, "prompt_encoder"
+    _, h, w, _ = b.shape(emb)
+    b.attrs = {"branch": MASK_INPUT}
+    x = b.op("pe.mask_q", "quantize", [b.t(MASK_INPUT, (1, 4 * h, 4 * w, 1), "float32")], (1, 4 * h, 4 * w, 1), st)
+    pre = "sam_prompt_encoder.mask_downscaling"
+    for i, (conv, norm) in ((0, (pe.mask_conv0, pe.mask_norm1)), (3, (pe.mask_conv3, pe.mask_norm4))):
+        cw, cb = conv
+        _, hh, ww, _ = b.shape(x)
+        x = b.op(f"pe.mask.conv{i}", "conv", [x, g.const(f"{pre}.{i}.weight", cw), g.const(f"{pre}.{i}.bias", cb)],
+                 (1, hh // 2, ww // 2, cw.shape[0]), st, k=2, stride=2, padding=0)
+        x = b.layernorm(f"pe.mask.norm{i + 1}", x, f"{pre}.{i + 1}", *norm, EPS_LAYERNORM2D, st)
+        x = b.unary(f"pe.mask.gelu{i + 2}", "gelu", x, st)
+    x = b.linear("pe.mask.conv6", x, f"{pre}.6.weight", pe.mask_conv6[0], f"{pre}.6.bias", pe.mask_conv6[1], st)
+    b.op("src.mask", "add", [emb, x], b.shape(emb), "mask_decoder", replaces="src")
+    b.attrs = {}
+
+
+def missing_mask_path(graph: Graph) -> list[str]:
+    """The mask prompt's tensors and weights `graph` lacks (empty when mask prompts can run)."""
+    pre = "sam_prompt_encoder.mask_downscaling"
+    consts = [f"{pre}.{i}.{k}" for i in (0, 1, 3, 4, 6) for k in ("weight", "bias")]
+    return [t for t in MASK_TENSORS if t not in graph.tensors] + [c for c in consts if c not in graph.constants]
+
+
+def require_mask_path(graph: Graph, what: str = "the int8 model", missing: list[str] | None = None) -> None:
+    """PromptError naming what `graph` lacks for mask prompts (missing_mask_path, or the caller's fuller list)."""
+    from golden_model.predictor import PromptError
+    missing = missing_mask_path(graph) if missing is None else missing
+    if missing:
+        raise PromptError(f"{what} has no mask prompt path (written before it existed): missing "
+                          f"{', '.join(missing)}; re-run `sam2fpga quantize` for mask prompts and corrections")
 
 
 def _ln(b, name, key, mod, x):

@@ -4,7 +4,9 @@
 
 The float ops follow the official numerics (the torch ops SAM 2 calls), written with
 golden_model.nn so the float graph reproduces golden_model.model.SAM2Model.
-`observe(node, value)` sees every node output (calibration hooks in there).
+`observe(node, value)` sees every node output (calibration hooks in there). Branch nodes
+(attrs branch=INPUT: the mask prompt) run only when INPUT is fed; a branch node with
+replaces=T then stands for tensor T, and T's own node is skipped.
 """
 from __future__ import annotations
 
@@ -33,12 +35,19 @@ class Runner:
     def run(self, feeds: dict, stages=None, env: dict | None = None, observe=None) -> dict:
         env = dict(env or {})
         env.update(feeds)
+        replaced = set()
         for node in self.graph.nodes:
             if stages is not None and node.stage not in stages:
+                continue
+            branch = node.attrs.get("branch")
+            if (branch is not None and branch not in env) or node.outputs[0] in replaced:
                 continue
             args = [self.arg(i, env) for i in node.inputs]
             out = self.op_fn(node)(node, args, self)
             env[node.outputs[0]] = out
+            if "replaces" in node.attrs:
+                env[node.attrs["replaces"]] = out
+                replaced.add(node.attrs["replaces"])
             if observe is not None:
                 observe(node, out)
         return env
@@ -104,7 +113,8 @@ def prompt_tokens(node: Node, args, runner: Runner):
         return PromptEncoder(w, embed_dim=out_tokens.shape[1], image_embedding_size=(s // 16, s // 16),
                              input_image_size=(s, s))
     pe = runner.cached(("prompt_encoder", node.name), make)
-    sparse = pe.embed_points(np.asarray(coords, F32), np.asarray(labels).astype(np.int32), pad=True)
+    coords = np.asarray(coords, F32)     # no points (a mask prompt alone): no padding point, as the official
+    sparse = pe.embed_points(coords, np.asarray(labels).astype(np.int32), pad=coords.shape[1] > 0)
     b = sparse.shape[0]
     return np.concatenate([np.broadcast_to(out_tokens[None], (b,) + out_tokens.shape), sparse], axis=1).astype(F32)
 

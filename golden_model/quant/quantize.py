@@ -34,9 +34,10 @@ import numpy as np
 from golden_model import intvec
 from golden_model.intattn import AttentionQuant
 from golden_model.intops import INT8_MAX, INT8_MIN, quantize_multiplier
+from golden_model.quant.builder import MASK_INPUT
 from golden_model.quant.graph import Graph, Node
 from golden_model.quant.interpret import FloatRunner
-from golden_model.quant.predictor import GraphPredictor
+from golden_model.quant.predictor import GraphPredictor, best_low_res
 
 ESTIMATORS = ("max", "percentile", "mse")
 DEFAULT_ESTIMATOR = "percentile"   # the best worst-case IoU measured (docs/quantisation.md)
@@ -87,6 +88,12 @@ class TensorStats:
         raise ValueError(f"unknown estimator {estimator!r}; known: {', '.join(ESTIMATORS)}")
 
 
+def stats_key(node: Node) -> str:
+    """The statistic a node's output is calibrated with: its own, or that of the tensor it stands for
+    (attrs replaces: the mask prompt's src, which takes src's scale; never observed, mask_branch_only)."""
+    return node.attrs.get("replaces", node.outputs[0])
+
+
 def calibration_clicks(image_hw, n: int, rng: np.random.Generator) -> list[list[float]]:
     """`n` single foreground clicks (x, y) spread over the image's central area."""
     h, w = image_hw
@@ -94,7 +101,9 @@ def calibration_clicks(image_hw, n: int, rng: np.random.Generator) -> list[list[
 
 
 def calibrate(graph: Graph, images, prompts_per_image: int = 3, seed: int = 0) -> dict[str, TensorStats]:
-    """Run the float graph on `images` (uint8 RGB) with a few clicks each; statistics of every int8 tensor."""
+    """Run the float graph on `images` (uint8 RGB) with a few clicks each, then the last click again with its
+    best mask as a mask prompt (the refinement loop, observed in the mask branch only); statistics of every
+    int8 tensor."""
     if not images:
         raise ValueError("calibration needs at least one image")
     rng = np.random.default_rng(seed)
@@ -102,7 +111,7 @@ def calibrate(graph: Graph, images, prompts_per_image: int = 3, seed: int = 0) -
     samplers: dict[str, np.random.Generator] = {}   # one per tensor: its samples do not depend on the others
 
     def observe(node: Node, value):
-        name = node.outputs[0]
+        name = stats_key(node)
         if graph.tensors[name].dtype == "int8" and node.op not in SCALE_PASSES:
             if name not in samplers:
                 samplers[name] = np.random.default_rng([seed, zlib.crc32(name.encode())])
@@ -112,8 +121,18 @@ def calibrate(graph: Graph, images, prompts_per_image: int = 3, seed: int = 0) -
         image = np.asarray(image)
         predictor.set_image(image, observe)
         for click in calibration_clicks(image.shape[:2], prompts_per_image, rng):
-            predictor.decode_click(click, observe)
+            out = predictor.decode_click(click, observe)
+        if MASK_INPUT in graph.tensors:
+            predictor.decode_click(click, mask_branch_only(observe), mask=best_low_res(out))
     return stats
+
+
+def mask_branch_only(observe):
+    """`observe` for the mask branch's own tensors only: a mask-prompted calibration run leaves every other
+    tensor's statistics (the point-prompt path's, and `src`'s, which the branch's last node shares) as the
+    clicks alone give them."""
+    return lambda node, value: observe(node, value) if node.attrs.get("branch") and "replaces" not in node.attrs \
+        else None
 
 
 # ---------------------------------------------------------------- the quantised model
@@ -195,9 +214,9 @@ def quantize(graph: Graph, stats: dict[str, TensorStats], estimator: str = DEFAU
         if node.op in SCALE_PASSES:
             scale[out], zp[out] = scale[node.inputs[0]], zp[node.inputs[0]]
         elif g.tensors[out].dtype == "int8":
-            if out not in stats:
-                raise ValueError(f"no calibration statistics for tensor {out!r}")
-            st = stats[out]
+            if stats_key(node) not in stats:
+                raise ValueError(f"no calibration statistics for tensor {stats_key(node)!r}")
+            st = stats[stats_key(node)]
             if out in asym:     # [min, estimate] over all 256 codes (module docstring)
                 hi, lo = st.estimate(estimator), min(st.min_val, 0.0)
                 scale[out] = (hi - lo) / (INT8_MAX - INT8_MIN) if hi > lo else 1.0

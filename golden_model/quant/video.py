@@ -26,6 +26,11 @@ channels before attention, RoPE is applied to projected int8 q / k):
   host              the object pointer MLP (obj_ptr_proj, M = 1) on the chosen SAM token, the
                     no-object pointer mix, the pointers' temporal encodings (sine + a 256 x 64 linear
                     per pointer), quantising pointers into the bank.
+Mask prompts and corrections: a correction (clicks on a tracked frame) feeds the frame's previous
+logits to the image graph's mask branch (builder.MASK_INPUT); a mask prompt is taken as the output
+(official _use_mask_as_output) and only its object pointer comes from the SAM heads: the host
+downsamples the mask (mask_downsample, conv 4x4/s4, 16 MAC a low-res pixel) into the mask branch,
+and `vid.mask_pix` rescales the frame's raw features to the decoder's input scale.
 The memory bank holds int8 frames (`mem.features`' scale), int8 pointers (the same scale, so a
 frame-and-pointer gather is pure addressing) and the int8 slot encodings (`ma.memory_pos`' scale).
 """
@@ -40,12 +45,13 @@ from golden_model import intvec, nn
 from golden_model.intops import quantize_multiplier
 from golden_model.memory_attention import apply_rope, axial_rope
 from golden_model.memory_encoder import mask_for_memory
-from golden_model.quant.builder import _Builder, build_graph
+from golden_model.quant.builder import MASK_INPUT, _Builder, build_graph, missing_mask_path, require_mask_path
 from golden_model.quant.graph import Graph
 from golden_model.quant.interpret import FLOAT_OPS, FloatRunner
 from golden_model.quant.intinterp import INT_OPS, IntRunner
-from golden_model.quant.quantize import SCALE_PASSES, TensorStats, quantize, quantize_tensor
-from golden_model.transforms import resize_bilinear
+from golden_model.quant.quantize import (SCALE_PASSES, TensorStats, mask_branch_only, quantize, quantize_tensor,
+                                         stats_key)
+from golden_model.transforms import resize_antialias, resize_bilinear
 from golden_model.video import NO_OBJ_SCORE, Tracker, TrackerConfig, VideoPredictor, get_1d_sine_pe, to_bfloat16
 
 F32 = np.float32
@@ -57,6 +63,8 @@ VIDEO_FRAMES_PER_PHOTO = 4      # calibration: frames per track of shifted copie
 #: the tensors the video path cannot run without (named when a quantised file lacks them)
 VIDEO_TENSORS = ("mem.mask", "mem.features", "ma.memory", "ma.memory_pos", "ma.norm", "ma.to_decoder",
                  "vid.obj_ptr")
+MASK_PIX = "vid.mask_pix"       # a mask prompt's frame features at the decoder's input scale
+MASK_DOWNSAMPLE = ("mask_downsample.weight", "mask_downsample.bias")
 
 
 class VideoGraphError(ValueError):
@@ -96,12 +104,16 @@ def add_video(g: Graph, model) -> None:
     g.const("obj_ptr_tpos_proj.bias", tr.obj_ptr_tpos_proj[1])
     g.const("no_obj_ptr", model.no_obj_ptr)
     g.const("no_obj_embed_spatial", tr.no_obj_embed_spatial)
+    g.const(MASK_DOWNSAMPLE[0], tr.mask_downsample[0])
+    g.const(MASK_DOWNSAMPLE[1], tr.mask_downsample[1])
+    n3 = len(g.nodes)
+    b.op(MASK_PIX, "rescale", [curr], b.shape(curr), "memory_encoder")
     g.dims.update(K=cfg.num_maskmem * side * side + 4 * cfg.max_obj_ptrs_in_encoder,
                   O=4 * cfg.max_obj_ptrs_in_encoder)
     g.meta["video"] = {"curr": curr, "image_embed": emb, "obj_ptr": ptr,
                        "memory_encoder": [n.name for n in g.nodes[n0:n1]],
                        "obj_ptr_nodes": [n.name for n in g.nodes[n1:n2]],
-                       "memory_attention": [n.name for n in g.nodes[n2:]]}
+                       "memory_attention": [n.name for n in g.nodes[n2:n3]], "mask_pix": MASK_PIX}
 
 
 def _memory_encoder(b: _Builder, model, curr: str) -> None:
@@ -205,6 +217,20 @@ def missing_video(graph: Graph) -> list[str]:
     if "video" not in graph.meta:
         return list(VIDEO_TENSORS)
     return [t for t in VIDEO_TENSORS if t not in graph.tensors]
+
+
+def missing_mask_prompts(graph: Graph) -> list[str]:
+    """What `graph` lacks for mask prompts and corrections: the image graph's mask branch, and with the video
+    part the mask downsampler's weights and MASK_PIX (empty when they can run)."""
+    missing = missing_mask_path(graph)
+    if "video" in graph.meta:
+        missing += [t for t in MASK_DOWNSAMPLE if t not in graph.constants]
+        missing += [MASK_PIX] * (MASK_PIX not in graph.tensors)
+    return missing
+
+
+def require_mask_prompts(graph: Graph, what: str = "the int8 model") -> None:
+    require_mask_path(graph, what, missing_mask_prompts(graph))
 
 
 def require_video(graph: Graph, what: str = "the graph") -> None:
@@ -340,10 +366,7 @@ class GraphImageModel:
 
     def forward_sam_heads(self, backbone_features, point_inputs=None, mask_inputs=None, high_res_features=None,
                           multimask_output=False):
-        from golden_model.predictor import PromptError
-        if mask_inputs is not None:
-            raise PromptError("mask prompts and corrections of a tracked frame (the previous mask goes in as a "
-                              "mask prompt) are not part of the int8 graph: use points or boxes on new frames")
+        from golden_model.quant.predictor import mask_feed
         g, meta = self.graph, self.graph.meta
         emb, s1, s0 = meta["image_outputs"]
         env = {emb: backbone_features, s1: high_res_features[1].transpose(0, 2, 3, 1),
@@ -353,6 +376,11 @@ class GraphImageModel:
         else:  # no points: one padding point
             coords, labels = np.zeros((1, 1, 2), F32), -np.ones((1, 1), F32)
         feeds = {"point_coords": np.asarray(coords, F32), "point_labels": np.asarray(labels, F32)}
+        if mask_inputs is not None:     # SAM2Base._forward_sam_heads: resized to the prompt size if needed
+            size = g.tensors[MASK_INPUT].shape[1:3] if MASK_INPUT in g.tensors else None
+            m = np.asarray(mask_inputs, F32)
+            feeds.update(mask_feed(g, m if size is None or m.shape[-2:] == size else resize_antialias(m, size),
+                                   "the int8 model"))
         out = self.runner.run(feeds, stages=("prompt_encoder", "mask_decoder"), env=env, observe=self.observe)
         s, n = meta["obj_token"], meta["num_mask_tokens"]
         obj = out["obj_score"]
@@ -376,7 +404,11 @@ class GraphImageModel:
                                     self.observe)[self.video["obj_ptr"]]
         lam = is_obj.astype(F32)
         ptr = lam * ptr + (F32(1) - lam) * g.constants["no_obj_ptr"]
-        return low_multi, high_multi, ious, low, high, self.bank_pointer(ptr), obj
+        return low_multi, high_multi, ious, low, high, ptr, obj      # the tracker banks ptr (track_step)
+
+    @property
+    def no_obj_ptr(self) -> np.ndarray:
+        return self.graph.constants["no_obj_ptr"]
 
     def bank_pointer(self, ptr: np.ndarray) -> np.ndarray:
         """An object pointer as the bank stores it: int8 at the memory's scale (float on the float runner)."""
@@ -409,6 +441,22 @@ class GraphTracker(Tracker):
     def slot_encoding(self, slot: int) -> np.ndarray:
         """A memory frame's position encoding in temporal slot `slot` (sine + maskmem_tpos_enc[slot])."""
         return self.graph.constants[SLOTS][slot]
+
+    def track_step(self, *args, **kwargs) -> dict:
+        """Tracker.track_step with the object pointer as the bank stores it (int8 on the integer runner)."""
+        out = super().track_step(*args, **kwargs)
+        out["obj_ptr"] = self.image_model.bank_pointer(out["obj_ptr"])
+        return out
+
+    def use_mask_as_output(self, backbone_features, high_res_features, mask_inputs):
+        """Tracker.use_mask_as_output with the mask downsampler's weights from the graph and the frame's raw
+        features (int8 at `curr`'s scale) rescaled to the decoder's input scale (module docstring)."""
+        g = self.graph
+        require_mask_prompts(g)
+        self.mask_downsample = tuple(g.constants[t] for t in MASK_DOWNSAMPLE)
+        pix = self.runner.run_nodes([MASK_PIX], {self.video["curr"]: np.ascontiguousarray(
+            np.asarray(backbone_features).transpose(0, 2, 3, 1))}, self.observe)[MASK_PIX]
+        return super().use_mask_as_output(pix, high_res_features, mask_inputs)
 
     def prepare_memory_conditioned_features(self, frame_idx, is_init_cond_frame, vision_feat, vision_pos,
                                             output_dict, num_frames, track_in_reverse=False):
@@ -470,7 +518,7 @@ def share_stats(stats: dict) -> None:
     (pointers are quantised at it too), the decoder's input from memory attention and image_embed."""
     stats["ma.memory"] = stats.setdefault("mem.features", TensorStats())
     if "image_embed" in stats:
-        stats["ma.to_decoder"] = stats["image_embed"]
+        stats["ma.to_decoder"] = stats[MASK_PIX] = stats["image_embed"]
 
 
 def calibrate_video(graph: Graph, photos, stats: dict, frames_per_video: int = VIDEO_FRAMES_PER_PHOTO,
@@ -485,18 +533,25 @@ def calibrate_video(graph: Graph, photos, stats: dict, frames_per_video: int = V
     stats.setdefault("mem.no_obj", TensorStats()).observe(graph.constants["no_obj_embed_spatial"], rng)
 
     def observe(node, value):
-        name = node.outputs[0]
+        name = stats_key(node)
         if graph.tensors[name].dtype == "int8" and node.op not in SCALE_PASSES:
             stats.setdefault(name, TensorStats()).observe(value, rng)
     runner = VideoFloatRunner(graph)
     predictor = graph_video_predictor(graph, runner, observe)
+    tracker = predictor.tracker
     for photo in photos:
+        tracker.observe = tracker.image_model.observe = observe
         photo = np.asarray(photo)
         state = predictor.init_state(shifted_frames(photo, frames_per_video))
         h, w = photo.shape[:2]
         predictor.add_new_points_or_box(state, 0, 1, points=[[w / 2, h / 2]], labels=[1])
-        for _ in predictor.propagate_in_video(state):
+        for idx, _, logits in predictor.propagate_in_video(state):
             pass
+        # a correction (the previous logits through the mask branch) and a mask prompt on the last frame,
+        # observed in the mask branch only (quantize.mask_branch_only)
+        tracker.observe = tracker.image_model.observe = mask_branch_only(observe)
+        predictor.add_new_points_or_box(state, idx, 1, points=[[w / 2, h / 2]], labels=[1])
+        predictor.add_new_mask(state, idx, 1, logits[0, 0] > 0)
     return stats
 
 

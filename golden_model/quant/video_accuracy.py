@@ -5,7 +5,9 @@
 
 The float reference is the golden float tracker (golden_model.video on model.tracker, checked against
 the official SAM2VideoPredictor); the int8 side is the integer graph's tracker with its int8 memory
-bank. Both track one click on frame 0 through every frame. SQNR compares every video node's output
+bank. Both track one click on frame 0 (or a mask prompt: `mask=`) through every frame; with
+`correction=(frame, click)`, that frame's logits are then those of a click on it (its tracked logits
+go in as a mask prompt). SQNR compares every video node's output
 over the whole track (the float graph's tracker against the integer one, end to end: errors carry
 from frame to frame through the bank).
 """
@@ -35,12 +37,20 @@ def shift_object_score(model, frame: np.ndarray, click, target: float = 2.0) -> 
     return float(shift)
 
 
-def track(predictor, frames, click, observe=None) -> tuple[dict, float]:
-    """{frame: (H, W) logits} of one click on frame 0 tracked forward, and the seconds it took."""
+def track(predictor, frames, click, mask=None, correction=None) -> tuple[dict, float]:
+    """{frame: (H, W) logits} of one click (or `mask`, (H, W) bool) on frame 0 tracked forward, after the
+    `correction` (frame, click) when given (module docstring); and the seconds it took."""
     t0 = time.perf_counter()
     state = predictor.init_state(frames)
-    predictor.add_new_points_or_box(state, 0, 1, points=[list(click)], labels=[1])
+    if mask is not None:
+        predictor.add_new_mask(state, 0, 1, mask)
+    else:
+        predictor.add_new_points_or_box(state, 0, 1, points=[list(click)], labels=[1])
     out = {i: masks[0, 0].copy() for i, _, masks in predictor.propagate_in_video(state)}
+    if correction is not None:
+        _, _, masks = predictor.add_new_points_or_box(state, correction[0], 1, points=[list(correction[1])],
+                                                      labels=[1])
+        out[correction[0]] = masks[0, 0].copy()
     return out, time.perf_counter() - t0
 
 
@@ -51,22 +61,23 @@ def _recorder(graph, store: dict):
     return observe
 
 
-def compare_tracks(qm, model, frames, click, float_graph=None) -> tuple[list[dict], dict[str, float], dict]:
+def compare_tracks(qm, model, frames, click, float_graph=None, **prompts) -> tuple[list[dict], dict[str, float], dict]:
     """Per-frame rows (IoU int8 vs float, foreground fractions) and, when `float_graph` (the float video
     graph of `model`) is given, {video tensor: SQNR dB} over the track and, per row, the largest
     |logit| difference of the float graph's track from the golden tracker's (float rounding: the graph
-    is the golden model). Also the seconds of the golden float and the int8 tracks."""
-    float_logits, float_s = track(VideoPredictor(model.tracker), frames, click)
+    is the golden model). Also the seconds of the golden float and the int8 tracks. `prompts`: track's
+    mask / correction."""
+    float_logits, float_s = track(VideoPredictor(model.tracker), frames, click, **prompts)
     fvals, ivals = {}, {}
     int_logits, int_s = track(graph_video_predictor(qm.graph, VideoIntRunner(qm), _recorder(qm.graph, ivals)),
-                              frames, click)
+                              frames, click, **prompts)
     rows = [{"frame": i, "mask_iou": mask_iou(float_logits[i] > 0, int_logits[i] > 0),
              "float_fg": float((float_logits[i] > 0).mean()), "int8_fg": float((int_logits[i] > 0).mean())}
             for i in sorted(float_logits)]
     sqnr = {}
     if float_graph is not None:
         graph_logits, _ = track(graph_video_predictor(float_graph, VideoFloatRunner(float_graph),
-                                                      _recorder(float_graph, fvals)), frames, click)
+                                                      _recorder(float_graph, fvals)), frames, click, **prompts)
         for r in rows:
             r["float_graph_err"] = float(np.abs(graph_logits[r["frame"]] - float_logits[r["frame"]]).max())
         for name, refs in fvals.items():

@@ -96,11 +96,12 @@ def int8_predictor(args, build_model, log=print):
     return GraphPredictor(qm.graph, IntRunner(qm))
 
 
-def int8_model(args, build_model, log=print, video: bool = False):
+def int8_model(args, build_model, log=print, video: bool = False, masks: bool = False):
     """The QuantModel for `segment` / `track --precision int8`: from --quantised (strict; with `video`, it
-    must carry the video part), or quantised on the fly from the float model."""
+    must carry the video part; with `masks`, the mask prompt path), or quantised on the fly from the float model."""
+    from golden_model.predictor import PromptError
     from golden_model.quant.qfile import QuantFileError, describe, load_quantised
-    from golden_model.quant.video import VideoGraphError, require_video
+    from golden_model.quant.video import VideoGraphError, require_mask_prompts, require_video
     from sw.cli import CommandError, UsageError
     key_tile_of(args.preset)
     if args.quantised is not None:
@@ -110,7 +111,9 @@ def int8_model(args, build_model, log=print, video: bool = False):
             qm = load_quantised(args.quantised, model=args.model, preset=args.preset)
             if video:
                 require_video(qm.graph, str(args.quantised))
-        except (QuantFileError, VideoGraphError) as e:
+            if masks:
+                require_mask_prompts(qm.graph, str(args.quantised))
+        except (QuantFileError, VideoGraphError, PromptError) as e:
             raise CommandError(str(e)) from e
         log(f"int8: {describe(qm)} from {args.quantised}")
     else:

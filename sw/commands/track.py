@@ -14,10 +14,9 @@ H x W; the short form keeps its <frame-stem>.npy). Every prompt is checked befor
 computed. Without --checkpoint the model has seeded random weights: the pipeline runs, the masks
 mean nothing. --precision int8 runs the overlay's integer reference on the host instead (image path,
 memory encoder, memory attention, int8 memory bank: golden_model/quant; from --quantised FILE or
-quantised on the fly; docs/quantisation.md); it takes points and boxes on each object's first frame
-(mask prompts and corrections are not part of the int8 graph). --backend sim|pynq runs that int8
-model on the overlay (sw/commands/track_overlay.py: one driver session for the video, the memory
-bank in DDR, per-frame and per-stage figures; the same outputs bit for bit).
+quantised on the fly; docs/quantisation.md), mask prompts and corrections included. --backend sim|pynq
+runs that int8 model on the overlay (sw/commands/track_overlay.py: one driver session for the video, the
+memory bank in DDR, per-frame and per-stage figures; the same outputs bit for bit).
 """
 from __future__ import annotations
 
@@ -151,7 +150,7 @@ def run(args) -> int:
         raise CommandError(str(e)) from e
     prompts, plan = read_prompts(args, frames, frame_sizes(frames))
     check_backend(args, len(frames))
-    check_precision(args, prompts, plan)
+    check_precision(args)
     if args.checkpoint is not None and not args.checkpoint.is_file():
         raise CommandError(f"checkpoint {args.checkpoint} does not exist")
 
@@ -159,10 +158,11 @@ def run(args) -> int:
 
     # features of the prompted frames stay cached (the official keeps one frame: same numbers, more encoding)
     cache = min(8, len({p.frame for p in prompts}) + 1)
+    masks = any(p.mask is not None for p in prompts) or bool(plan.corrections)   # need the file's mask path
     if args.backend:
-        predictor = _overlay_predictor(args, cache, prompts)
+        predictor = _overlay_predictor(args, cache, prompts, masks)
     elif args.precision == "int8":
-        predictor = _int8_predictor(args, cache)
+        predictor = _int8_predictor(args, cache, masks)
     else:
         predictor = VideoPredictor(_build_model(args).tracker, feature_cache_size=cache)
     scores, tracked = {}, []
@@ -255,43 +255,35 @@ def check_backend(args, n_frames: int) -> None:
     args.precision = args.precision or "float"
 
 
-def check_precision(args, prompts, plan) -> None:
-    """--precision options that fit together, and prompts the int8 graph takes (before any compute)."""
+def check_precision(args) -> None:
+    """--precision options that fit together (before any compute)."""
     from sw.cli import UsageError
-    if args.precision == "float":
-        if args.quantised is not None or args.calib:
-            raise UsageError("--quantised and --calib are for --precision int8")
-        return
-    masks = [p.where for p in prompts if p.mask is not None]
-    if masks:
-        raise UsageError(f"--precision int8 takes points and boxes, not mask prompts ({', '.join(masks[:3])})")
-    if plan.corrections:
-        raise UsageError("--precision int8: corrections (prompts on an object's later frames, which feed the previous "
-                         f"mask back as a mask prompt) are not part of the int8 graph ({plan.corrections[0].where})")
+    if args.precision == "float" and (args.quantised is not None or args.calib):
+        raise UsageError("--quantised and --calib are for --precision int8")
 
 
-def _int8_model(args):
-    """The QuantModel with the video part (--quantised, or quantised on the fly)."""
+def _int8_model(args, masks: bool = False):
+    """The QuantModel with the video part (--quantised, or quantised on the fly); `masks`: with the mask path."""
     from sw.commands.quantize import int8_model
     from sw.commands.segment import build_model
-    qm = int8_model(args, build_model, lambda m: print("track: " + m), video=True)
+    qm = int8_model(args, build_model, lambda m: print("track: " + m), video=True, masks=masks)
     if args.quantised is None and args.checkpoint is None:
         print(f"track: no --checkpoint: SAM 2.1 {args.model} runs on RANDOM weights (seed {args.seed}); "
               "the masks show the pipeline working, not real tracking")
     return qm
 
 
-def _int8_predictor(args, cache: int):
+def _int8_predictor(args, cache: int, masks: bool = False):
     """The golden VideoPredictor on the integer graph (golden_model/quant/video.py)."""
     from golden_model.quant.video import VideoIntRunner, graph_video_predictor
-    qm = _int8_model(args)
+    qm = _int8_model(args, masks)
     return graph_video_predictor(qm.graph, VideoIntRunner(qm), feature_cache_size=cache)
 
 
-def _overlay_predictor(args, cache: int, prompts):
+def _overlay_predictor(args, cache: int, prompts, masks: bool = False):
     """The int8 VideoPredictor on the overlay, one driver session for the whole video (sw.commands.track_overlay)."""
     from sw.commands.track_overlay import overlay_predictor
-    return overlay_predictor(args, _int8_model(args), cache, prompts)
+    return overlay_predictor(args, _int8_model(args, masks), cache, prompts)
 
 
 def _build_model(args):

@@ -90,9 +90,10 @@ def graph_layers(graph) -> list[Layer]:
 
 
 def image_layers(model: str, image_size: int | None = None) -> list[Layer]:
-    """The int8 image graph of `model` (seeded random weights: only the shapes are read)."""
+    """The int8 image graph of `model` for a click frame (seeded random weights: only the shapes are read):
+    without the mask prompt's branch (nodes with attrs branch), which runs only when a mask is fed."""
     from golden_model.quant.builder import build_graph, random_model
-    return graph_layers(build_graph(random_model(model, image_size)))
+    return [x for x in graph_layers(build_graph(random_model(model, image_size))) if not x.attrs.get("branch")]
 
 
 def video_layers(model: str, image_size: int | None = None) -> list[Layer]:

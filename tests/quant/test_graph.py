@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from golden_model.predictor import ImagePredictor
-from golden_model.quant.builder import build_graph, random_model
+from golden_model.quant.builder import MASK_INPUT, build_graph, random_model
 from golden_model.quant.graph import ENGINE, Graph, GraphError
 from golden_model.quant.interpret import FloatRunner
 from golden_model.quant.predictor import GraphPredictor
@@ -24,7 +24,7 @@ def graph(model):
 def test_every_node_has_an_engine_and_defined_tensors(graph):
     engines = {n.engine for n in graph.nodes}
     assert engines == {"gemm", "conv", "attention", "vector", "layout", "host"}
-    produced = set(graph.inputs) | {"point_coords", "point_labels"}
+    produced = set(graph.inputs) | {"point_coords", "point_labels", MASK_INPUT}   # fed by the host
     for n in graph.nodes:
         assert all(i in produced or i in graph.constants for i in n.inputs), n.name
         produced.update(n.outputs)
@@ -66,10 +66,12 @@ def test_float_graph_equals_golden_model(model, graph):
     ref.set_image(image)
     ours = GraphPredictor(graph, FloatRunner(graph))
     ours.set_image(image)
-    for pts, labels, box in (([[100, 50]], [1], None), ([[10, 10], [200, 150]], [1, 0], None),
-                             (None, None, [20, 30, 180, 160])):
-        want = ref.predict(point_coords=pts, point_labels=labels, box=box, return_logits=True)
-        got = ours.predict(point_coords=pts, point_labels=labels, box=box, return_logits=True)
+    prev = ref.predict(point_coords=[[100, 50]], point_labels=[1], return_logits=True)[2][:1]   # a mask prompt
+    for pts, labels, box, mask in (([[100, 50]], [1], None, None), ([[10, 10], [200, 150]], [1, 0], None, None),
+                                   (None, None, [20, 30, 180, 160], None), ([[100, 50]], [1], None, prev),
+                                   (None, None, None, prev)):
+        want = ref.predict(point_coords=pts, point_labels=labels, box=box, mask_input=mask, return_logits=True)
+        got = ours.predict(point_coords=pts, point_labels=labels, box=box, mask_input=mask, return_logits=True)
         for w, g in zip(want, got):
             assert w.shape == g.shape
             np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-4 * np.abs(w).max())
