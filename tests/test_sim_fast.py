@@ -5,7 +5,7 @@ and completion counters; and `cycles_only` (timing without data) gives the same 
 import numpy as np
 import pytest
 
-from golden_model import intattn, intconv
+from golden_model import intattn, intconv, intops
 from golden_model.intops import gemm
 from hw import isa
 from hw.config import preset
@@ -305,7 +305,7 @@ def test_cli_sim_modes_print_the_same_cycles(capsys):
     (96, True, 1 << 31, 64, "saturating")])   # the bias add saturates
 @pytest.mark.parametrize("relu", [False, True])
 def test_output_stage_equals_the_requantiser(k, big_bias, mult_hi, shift_hi, path, relu):
-    """fast.OutputStage's two paths = golden_model.intops (saturating bias add, requantize) on the
+    """intops.OutputStage's two paths = golden_model.intops (saturating bias add, requantize) on the
     extremes of acc, ties (acc m + 2^(s-1) a multiple of 2^s) and every shift."""
     from golden_model.intops import requantize, saturate_int32
     rng = np.random.default_rng(k)
@@ -317,17 +317,17 @@ def test_output_stage_equals_the_requantiser(k, big_bias, mult_hi, shift_hi, pat
     mult = rng.integers(0, mult_hi, n)
     shift = np.arange(n) % shift_hi
     mult[:8], shift[:8] = 1, np.arange(1, 9)                      # x + 2^(s-1) ties for odd multiples
-    stage = fast.OutputStage(bias, mult, shift, relu, False, bound)
+    stage = intops.OutputStage(bias, mult, shift, relu, False, bound)
     assert path == ("folded" if stage.folded is not None else "saturating")
     for a in (acc, acc.astype(np.float32) if k <= 1024 else acc):
         assert np.array_equal(stage(a), requantize(saturate_int32(acc + bias), mult, shift, relu=relu))
-    int32 = fast.OutputStage(bias, mult, shift, relu, True, bound)(acc)
+    int32 = intops.OutputStage(bias, mult, shift, relu, True, bound)(acc)
     want = saturate_int32(acc + bias)
     assert np.array_equal(int32, np.maximum(want, 0) if relu else want)
 
 
 def test_output_stage_float_path_is_exact():
-    """fast.OutputStage requantises in float64 when |acc| m + 2^s <= 2^51 (its comment proves it exact):
+    """intops.OutputStage requantises in float64 when |acc| m + 2^s <= 2^51 (its comment proves it exact):
     equal to golden_model's integer requantiser at the extremes (|acc| at its bound, biases next to
     saturation, multipliers up to 2^31 - 1, every shift 1..43, ReLU), from float32 and float64 accumulators."""
     from golden_model.intops import requantize, saturate_int32
@@ -344,7 +344,7 @@ def test_output_stage_float_path_is_exact():
         mult[0] = (1 << 31) - 1
         shift = np.full(16, trial % 43 + 1) if trial % 2 else rng.integers(1, 44, 16)
         relu = trial % 3 == 0
-        stage = fast.OutputStage(bias, mult, shift, relu, False, bound)
+        stage = intops.OutputStage(bias, mult, shift, relu, False, bound)
         want = requantize(saturate_int32(acc + bias), mult, shift, relu=relu)
         floats = stage.scale is not None and np.abs(acc).max() <= stage.float_limit
         taken += floats

@@ -34,17 +34,16 @@ def _requant_args(r, n):
 def _linear(n, a, r):
     """intops.gemm, bit for bit, faster: the int8 products as float32 BLAS on K chunks of
     intops.F32_EXACT_K (every partial sum an exact float32 integer, the chunks summed exactly in
-    float64: |acc| <= K 2^14 < 2^53) and the sim's exact output stage (sw.backends.fast.OutputStage:
+    float64: |acc| <= K 2^14 < 2^53) and the sim's exact output stage (golden_model.intops.OutputStage:
     the saturating bias add and requantiser, in float64 where its bound proves it exact; tests hold it
     equal to intops on adversarial data), in row blocks of LINEAR_CHUNK outputs."""
-    from sw.backends.fast import OutputStage
     x, w, b = a
     k = x.shape[-1]
     if k > intops.MAX_K:
         raise ValueError(f"{n.name}: K={k} exceeds {intops.MAX_K}, where int32 accumulation could overflow")
     wt = r.cached(("linear_w", n.name), lambda: np.ascontiguousarray(w.reshape(w.shape[0], -1).T, F32))
-    stage = r.cached(("linear_out", n.name), lambda: OutputStage(b, *_requant_args(r, n), n.attrs.get("relu", False),
-                                                                 False, k << 14))
+    stage = r.cached(("linear_out", n.name),
+                     lambda: intops.OutputStage(b, *_requant_args(r, n), n.attrs.get("relu", False), False, k << 14))
     x2 = x.reshape(-1, k)
     n_out = wt.shape[1]
     out = np.empty((x2.shape[0], n_out), np.int8)

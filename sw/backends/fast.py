@@ -21,7 +21,7 @@ import numpy as np
 
 from golden_model import intattn, intvec
 from golden_model.intconv import im2col, out_size
-from golden_model.intops import INT8_MAX, INT8_MIN
+from golden_model.intops import OutputStage
 from hw import isa
 
 ROWS_PER_CHUNK = 256      # output rows per NumPy pass: intermediates stay in cache
@@ -58,70 +58,6 @@ def params(ddr, addr: int, entries: int, cfg) -> tuple[np.ndarray, np.ndarray, n
 def store_table(ddr, at) -> "intvec.LutParams":
     """The GEMM store's table (LOAD target LUT) from the program's "lut" region."""
     return intvec.LutParams(ddr[at["lut"]:at["lut"] + isa.LUT_BYTES].view(np.int8))
-
-
-class OutputStage:
-    """The STORE path (golden_model.intops.gemm after the products): saturating bias add, then ReLU
-    (int32 out) or the requantiser (int8 out); parameters broadcast against the accumulators.
-    `acc_bound`: a bound on |acc| (int8 products: K x 2^14). When acc + bias cannot leave int32, the
-    add saturates nothing and (acc + bias) m + r = acc m + (bias m + r): two passes fewer per element;
-    and when also every |acc| m + 2^s <= 2^51 (shift 1 <= s <= 43; by acc_bound, else by the
-    accumulators at hand), the requantiser runs in float64, exactly (`_requantise_float`: float
-    multiplies vectorise, int64 ones do not)."""
-
-    def __init__(self, bias, mult, shift, relu: bool, out_int32: bool, acc_bound: int | None = None):
-        self.bias, self.mult, self.shift = (np.asarray(v, np.int64) for v in (bias, mult, shift))
-        self.relu, self.out_int32 = relu, out_int32
-        self.round = np.where(self.shift > 0, np.left_shift(np.int64(1), np.maximum(self.shift - 1, 0)), 0)
-        self.folded = self.scale = None
-        if acc_bound is not None and not out_int32 and int(np.abs(self.bias).max(initial=0)) + acc_bound < 1 << 31:
-            self.folded = self.bias * self.mult + self.round       # |.| < 2^62 + 2^62: int64
-            s = self.shift
-            if np.all((s >= 1) & (s <= 43)):
-                # y = clip((acc m + folded) >> s) = clip(hi + floor(w 2^-s)), folded = hi 2^s + lo, 0 <= lo < 2^s,
-                # w = acc m + lo, |w| < 2^51. hi beyond B + 256 (B = 2^51 2^-s >= 2^8) clips alike either way:
-                # clamp it there. Then v = acc (m 2^-s) + (lo 2^-s + hi + 128) is exact in float64: both terms
-                # and the sum are multiples of 2^-s below 2^53 2^-s. y + 128 = floor(clip(v, lo8 + 128, 255)),
-                # and on [0, 255] the conversion to uint8 (truncation) is that floor; ^ 0x80 makes it int8.
-                hi = self.folded >> s
-                lo = self.folded - (hi << s)
-                bound = np.right_shift(np.int64(1) << 51, s) + 256
-                self.scale = np.ldexp(self.mult.astype(np.float64), -s)                     # m 2^-s, exact
-                self.offset = np.ldexp(lo.astype(np.float64), -s) + (np.clip(hi, -bound, bound) + 128)
-                # the largest |acc| with |acc| m + 2^s <= 2^51 in every column
-                room = (np.int64(1) << 51) - np.left_shift(np.int64(1), s)
-                self.float_limit = int(np.min(room // np.maximum(self.mult, 1)))
-                self.always_float = acc_bound <= self.float_limit
-
-    def _requantise_float(self, acc) -> np.ndarray:
-        v = np.multiply(acc, self.scale, dtype=np.float64)
-        v += self.offset
-        np.minimum(v, INT8_MAX + 128, out=v)                 # (np.clip: several times slower here)
-        np.maximum(v, (0 if self.relu else INT8_MIN) + 128, out=v)
-        y = v.astype(np.uint8)
-        y ^= 0x80
-        return y.view(np.int8)
-
-    def __call__(self, acc) -> np.ndarray:
-        if self.scale is not None and (self.always_float or max(-acc.min(), acc.max()) <= self.float_limit):
-            return self._requantise_float(acc)
-        t = acc.astype(np.int64)
-        if self.folded is not None:
-            t *= self.mult
-            t += self.folded
-        else:
-            t += self.bias
-            np.clip(t, -(1 << 31), (1 << 31) - 1, out=t)
-            if self.out_int32:
-                if self.relu:
-                    np.maximum(t, 0, out=t)
-                return t.astype("<i4")
-            t *= self.mult
-            t += self.round
-        np.right_shift(t, self.shift, out=t)
-        np.minimum(t, INT8_MAX, out=t)
-        np.maximum(t, 0 if self.relu else INT8_MIN, out=t)
-        return t.astype(np.int8)
 
 
 def float_type(k: int):
