@@ -64,6 +64,19 @@ def test_yosys_xilinx_estimate(requant_verilog, tmp_path):
     assert fits(res, BOARDS["kv260"]) == []
 
 
+@pytest.mark.slow
+def test_estimates_run_the_native_yosys_and_say_its_errors(tmp_path):
+    """pyosys (the fpga extra) is preferred to YoWASP (whose 4 GiB the board presets exceed); a yosys
+    error is an EstimateError with yosys's message, and the log is where -l says."""
+    import hw.flows.estimate as est
+    assert est.yosys_command() == [sys.executable, str(est.PYOSYS_YOSYS)]
+    bad = tmp_path / "bad.v"
+    bad.write_text("module bad(input a, output b);\n  assign b = a +;\nendmodule\n")
+    with pytest.raises(est.EstimateError, match="(?s)yosys failed.*syntax error"):
+        estimate(bad, "bad", "xcup", tmp_path)
+    assert "read_verilog bad.v" in (tmp_path / "bad.xcup.yosys.log").read_text()
+
+
 def test_yosys_xilinx_estimate_with_classic_abc(requant_verilog, tmp_path):
     """The abc (not abc9) LUT mapping the attention benchmark uses gives the same kind of netlist."""
     res = estimate(requant_verilog, "requant", "xcup", tmp_path, abc9=False)

