@@ -77,6 +77,23 @@ def test_estimates_run_the_native_yosys_and_say_its_errors(tmp_path):
     assert "read_verilog bad.v" in (tmp_path / "bad.xcup.yosys.log").read_text()
 
 
+def test_hierarchical_estimate_is_split_by_engine():
+    """Each module's own cells go to the engine whose Core submodule it is under (instances of submodules
+    are not counted twice); the command processor, DMA and glue are "control"."""
+    from hw.flows.estimate import resources_by_engine
+    stat = {"modules": {
+        "\\top": {"num_cells_by_type": {"LUT6": 1, "FDRE": 2, "\\top.core": 1}},
+        "\\top.core": {"num_cells_by_type": {"LUT3": 10, "\\top.core.engine": 1, "\\top.core.im2col": 1}},
+        "\\top.core.descs": {"num_cells_by_type": {"RAMB18E2": 1}},
+        "\\top.core.engine": {"num_cells_by_type": {"LUT6": 100, "\\top.core.engine.array": 1}},
+        "\\top.core.engine.array": {"num_cells_by_type": {"DSP48E2": 8, "FDRE": 50, "CARRY8": 4}},
+        "\\top.core.im2col": {"num_cells_by_type": {"LUT2": 7, "RAM64M": 2}},
+    }}
+    parts = resources_by_engine(stat, "top")
+    assert parts == {"control": Resources(luts=11, ffs=2, bram36=0.5), "gemm": Resources(luts=100, ffs=50, dsps=8),
+                     "conv": Resources(luts=7, lutram=2)}
+
+
 def test_yosys_xilinx_estimate_with_classic_abc(requant_verilog, tmp_path):
     """The abc (not abc9) LUT mapping the attention benchmark uses gives the same kind of netlist."""
     res = estimate(requant_verilog, "requant", "xcup", tmp_path, abc9=False)

@@ -10,7 +10,7 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from hw.boards import Board
@@ -28,6 +28,9 @@ class Resources:
 
     def as_dict(self):
         return asdict(self)
+
+    def __add__(self, other: "Resources") -> "Resources":
+        return Resources(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
 
 
 class EstimateError(RuntimeError):
@@ -73,6 +76,29 @@ def estimate(verilog: Path, top: str, family: str, work_dir: Path, abc9: bool = 
     """Synthesise `verilog` for `family` and count what it uses. `progress(line)` (optional) hears
     every `every_s` seconds that yosys is still at it (the 32 x 32 presets take 10+ minutes)."""
     return count_cells(run_yosys(verilog, top, family, work_dir, abc9, True, progress, every_s), top)
+
+
+def estimate_by_engine(verilog: Path, top: str, family: str, work_dir: Path, progress=None,
+                       every_s: float = 60) -> tuple[Resources, dict[str, Resources]]:
+    """An overlay's estimate with its hierarchy kept (so classic abc: abc9 trips on the hierarchy): the
+    totals, and what each engine takes of them (resources_by_engine). No optimisation crosses a module
+    boundary, so the totals are an upper bound of the flat run's."""
+    stat = run_yosys(verilog, top, family, work_dir, False, False, progress, every_s)
+    return count_cells(stat, top), resources_by_engine(stat, top)
+
+
+def resources_by_engine(stat: dict, top: str) -> dict[str, Resources]:
+    """A hierarchical run's cells per engine of the overlay `top`: each module's own cells go to the engine
+    whose Core submodule it is or is under (hw.overlay.ENGINE_SUBMODULES), the rest to "control" (the
+    command processor, the DMA units, FIFOs and glue)."""
+    from hw.overlay import CORE, ENGINE_SUBMODULES
+    engine_of = {sub: engine for engine, sub in ENGINE_SUBMODULES.items()}
+    parts: dict[str, Resources] = {}
+    for name, module in stat["modules"].items():
+        path = name.lstrip("\\").split(".")
+        part = engine_of.get(path[2], "control") if path[:2] == [top, CORE] and len(path) > 2 else "control"
+        parts[part] = parts.get(part, Resources()) + cell_resources(module["num_cells_by_type"])
+    return parts
 
 
 def run_yosys(verilog: Path, top: str, family: str, work_dir: Path, abc9: bool = True, flatten: bool = True,
