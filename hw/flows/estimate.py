@@ -134,7 +134,8 @@ def run_yosys(verilog: Path, top: str, family: str, work_dir: Path, abc9: bool =
             # a design needs more (the 16 x 32 presets with every engine do, in memory mapping).
             raise EstimateError(f"yosys (YoWASP, WebAssembly: 4 GiB of memory at most) stopped on {verilog}, "
                                 f"most likely out of memory; see {work_dir / (top + '.' + family + '.yosys.log')}. "
-                                "A native yosys has no such limit: install pyosys (the fpga extra), which the estimate then uses")
+                                "A native yosys has no such limit: install pyosys (the fpga extra), which the "
+                                "estimate then uses")
         raise EstimateError(f"yosys failed on {verilog}:\n{out[-3000:]}{err[-3000:]}")
     return json.loads((work_dir / stat_json).read_text())
 
