@@ -174,3 +174,13 @@ def test_estimate_says_when_yosys_runs_out_of_webassembly_memory(requant_verilog
                                                        "import sys; sys.stderr.write('Caused by:\\n    thrown Wasm exception\\n'); sys.exit(1)"])
     with pytest.raises(est.EstimateError, match="4 GiB of memory at most"):
         est.estimate(requant_verilog, "requant", "xcup", tmp_path)
+
+
+def test_estimate_says_when_yosys_is_killed(requant_verilog, tmp_path, monkeypatch):
+    """The kernel's OOM killer ends yosys with SIGKILL and no message (a 33-read-port ROM took the kv260
+    estimate past 14 GB): the error names the signal and the log."""
+    import hw.flows.estimate as est
+    monkeypatch.setattr(est, "yosys_command", lambda: [sys.executable, "-c",
+                                                       "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"])
+    with pytest.raises(est.EstimateError, match=r"killed \(signal 9: out of memory\?\).*requant.xcup.yosys.log"):
+        est.estimate(requant_verilog, "requant", "xcup", tmp_path)

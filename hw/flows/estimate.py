@@ -129,13 +129,18 @@ def run_yosys(verilog: Path, top: str, family: str, work_dir: Path, abc9: bool =
         proc.wait()
         raise
     if proc.returncode != 0:
+        log = work_dir / f"{top}.{family}.yosys.log"
         if "thrown Wasm exception" in err:
             # YoWASP's yosys is WebAssembly: 4 GiB of memory at most, and it stops with this trap when
             # a design needs more (the 16 x 32 presets with every engine do, in memory mapping).
             raise EstimateError(f"yosys (YoWASP, WebAssembly: 4 GiB of memory at most) stopped on {verilog}, "
-                                f"most likely out of memory; see {work_dir / (top + '.' + family + '.yosys.log')}. "
+                                f"most likely out of memory; see {log}. "
                                 "A native yosys has no such limit: install pyosys (the fpga extra), which the "
                                 "estimate then uses")
+        if proc.returncode < 0:      # a signal: the kernel's OOM killer sends SIGKILL, silently
+            why = ": out of memory?" if proc.returncode == -9 else ""
+            raise EstimateError(f"yosys was killed (signal {-proc.returncode}{why}) on {verilog}; "
+                                f"its log so far: {log}")
         raise EstimateError(f"yosys failed on {verilog}:\n{out[-3000:]}{err[-3000:]}")
     return json.loads((work_dir / stat_json).read_text())
 

@@ -91,8 +91,11 @@ def _estimate(verilog: Path, board, out: Path) -> dict:
     print(f"[estimate] yosys synth_xilinx -family {board.family}, hierarchy kept (minutes; the 16 x 32 "
           "presets most of an hour)...")
     t0 = time.monotonic()
-    res, parts = est.estimate_by_engine(verilog, TOP, board.family, out / "yosys",
-                                        progress=lambda line: print(f"           {line}", flush=True))
+    try:
+        res, parts = est.estimate_by_engine(verilog, TOP, board.family, out / "yosys",
+                                            progress=lambda line: print(f"           {line}", flush=True))
+    except est.EstimateError as e:
+        raise CommandError(f"the resource estimate failed: {e}") from None
     caps = {"luts": board.luts, "ffs": board.ffs, "dsps": board.dsps, "bram36": board.bram36, "uram": board.uram}
     for k, cap in caps.items():
         used = getattr(res, k)
