@@ -106,6 +106,18 @@ def test_build_refuses_a_preset_that_does_not_fit(monkeypatch, tmp_path, capsys)
     assert "does not fit xc7z020clg400-1" in err and "DSP: 999 used > 220" in err
 
 
+def test_build_says_when_the_estimate_fails(monkeypatch, tmp_path):
+    import hw.flows.estimate as est
+    from sw.commands import build
+    from sw.errors import CommandError
+
+    def killed(*a, **k):
+        raise est.EstimateError("yosys was killed (signal 9: out of memory?) on x.v")
+    monkeypatch.setattr(est, "estimate_by_engine", killed)
+    with pytest.raises(CommandError, match=r"the resource estimate failed: yosys was killed \(signal 9"):
+        build._estimate(tmp_path / "x.v", BOARDS["kv260"], tmp_path)
+
+
 def test_every_board_preset_has_the_multipliers_it_needs():
     """The structural DSP floor of each board's own preset is within its part (a 16 x 16 PYNQ-Z2
     preset needed 324 DSPs of 220 and only the 10-minute yosys estimate said so)."""
