@@ -89,7 +89,7 @@ def _estimate(verilog: Path, board, out: Path) -> dict:
     from hw.flows import estimate as est
     from sw.cli import CommandError
     print(f"[estimate] yosys synth_xilinx -family {board.family}, hierarchy kept (minutes; the 16 x 32 "
-          "presets most of an hour)...")
+          "presets about 15)...")
     t0 = time.monotonic()
     try:
         res, parts = est.estimate_by_engine(verilog, TOP, board.family, out / "yosys",
