@@ -170,22 +170,25 @@ PRESETS: dict[str, OverlayConfig] = {
     # Zynq-7000 (220 DSP48E1, 64-bit HP): GEMM + attention + convolution on 8 x 8 (64 int8 MACs in 32 DSPs,
     # 64 P V MACs in 64). 8 x 16 with attention needs 224+ DSPs (its P V array alone 128). The depthwise
     # engine (53 DSPs a lane) is left out: SAM 2's depthwise 7 x 7 layers run on the convolution engine
-    # (IM2COL's depthwise mode, on the GEMM array).
+    # (IM2COL's depthwise mode, on the GEMM array); so is the vector engine (8 lanes: ~45 DSPs beside the
+    # 170 the estimate maps): the element-wise ops run on the ARM.
     "pynq-z2": OverlayConfig("pynq-z2", rows=8, cols=8, a_depth=2048, b_depth=2048, acc_depth=256,
                              param_depth=64, axi_data_bits=64, clock_mhz=150.0, board="PYNQ-Z2 xc7z020",
                              engines=("gemm", "attention", "conv"), attn_q_slots=4, attn_norm_lanes=1,
                              dsp_packing=True),
     # Zynq UltraScale+ (128-bit HP): every engine on 16 x 32 (512 int8 MACs in 256 DSPs, 512 P V MACs in
-    # 512). 32 x 32 with attention needs 1,024 DSPs for its P V array alone: past 85 % of the xck26's
-    # 1,248, and past the xczu7ev's 1,728 with the rest (~1,730).
+    # 512), the vector engine with a lane per byte of the 16-byte beat. 32 x 32 with attention needs 1,024
+    # DSPs for its P V array alone: past 85 % of the xck26's 1,248, and past the xczu7ev's 1,728 with the
+    # rest (DSP floors 1,770 and 1,876 at 2 and 4 depthwise lanes). Neither fits yet (yosys, per engine in
+    # bitstreams/README.md): kv260 LUT 147 % and BRAM 317 %, zcu104 BRAM 168 %; `build` refuses both.
     "kv260": OverlayConfig("kv260", rows=16, cols=32, a_depth=2048, b_depth=2048, acc_depth=512,
                            param_depth=128, axi_data_bits=128, clock_mhz=300.0, board="KV260 xck26",
-                           engines=("gemm", "attention", "conv", "depthwise"), dw_lanes=2, dw_row_bytes=256,
-                           attn_q_slots=4, attn_norm_lanes=4, dsp_packing=True),
+                           engines=("gemm", "attention", "conv", "depthwise", "vector"), dw_lanes=2,
+                           dw_row_bytes=256, attn_q_slots=4, attn_norm_lanes=4, dsp_packing=True, vec_lanes=16),
     "zcu104": OverlayConfig("zcu104", rows=16, cols=32, a_depth=4096, b_depth=4096, acc_depth=1024,
                             param_depth=256, axi_data_bits=128, clock_mhz=300.0, board="ZCU104 xczu7ev",
-                            engines=("gemm", "attention", "conv", "depthwise"), dw_lanes=4, dw_row_bytes=256,
-                            attn_q_slots=8, attn_norm_lanes=8, dsp_packing=True),
+                            engines=("gemm", "attention", "conv", "depthwise", "vector"), dw_lanes=4,
+                            dw_row_bytes=256, attn_q_slots=8, attn_norm_lanes=8, dsp_packing=True, vec_lanes=16),
     # The 16 x 16 overlay the benchmarks measure (utilisation, resources).
     "bench16": OverlayConfig("bench16", rows=16, cols=16, a_depth=2048, b_depth=2048, acc_depth=256,
                              param_depth=64, axi_data_bits=128, clock_mhz=200.0, board="(benchmark)",

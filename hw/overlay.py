@@ -27,6 +27,11 @@ from hw.conv.im2col import Im2colLoader
 from hw.gemm.engine import GemmEngine
 
 DESCRIPTOR = data.StructLayout({name: unsigned(width) for name, width, _ in isa.DESCRIPTOR_FIELDS})
+#: Where each engine sits in the overlay's hierarchy: the Overlay's `core`, the Core's submodule per engine
+#: (hw.flows.estimate groups a hierarchical yosys run by them; the rest of the core is control and DMA).
+CORE = "core"
+ENGINE_SUBMODULES = {"gemm": "engine", "attention": "attention", "conv": "im2col", "depthwise": "depthwise",
+                     "vector": "vector"}
 #: ERROR's flag bits (hw.isa.ERROR_NAMES: one bit each, from bit 0).
 ERROR_BITS = len(isa.ERROR_NAMES)
 assert sorted(isa.ERROR_NAMES) == [1 << i for i in range(ERROR_BITS)]
@@ -61,11 +66,11 @@ class Core(wiring.Component):
         DB = cfg.axi_data_bits // 8
         DW = cfg.axi_data_bits
         axi = self.m_axi
-        m.submodules.engine = engine = GemmEngine(cfg)
+        m.submodules[ENGINE_SUBMODULES["gemm"]] = engine = GemmEngine(cfg)
         attention = None
         if "attention" in cfg.engines:
             from hw.attention.engine import AttentionEngine
-            m.submodules.attention = attention = AttentionEngine(cfg)
+            m.submodules[ENGINE_SUBMODULES["attention"]] = attention = AttentionEngine(cfg)
             m.d.comb += [engine.attn_acc_rd_addr.eq(attention.acc_rd_addr),
                          attention.acc_rd_data.eq(engine.attn_acc_rd_data)]
             wiring.connect(m, attention.acc_wr, engine.attn_acc_wr)
@@ -73,20 +78,20 @@ class Core(wiring.Component):
         has_conv = "conv" in cfg.engines
         i2c = None
         if has_conv:
-            m.submodules.im2col = i2c = Im2colLoader(cfg)
+            m.submodules[ENGINE_SUBMODULES["conv"]] = i2c = Im2colLoader(cfg)
         i2c_busy = i2c.busy if has_conv else Const(0)
         # The depthwise engine: opcode DEPTHWISE on the load unit's AXI read slot (id 1), its own writes (id 1).
         has_dw = "depthwise" in cfg.engines
         dw = None
         if has_dw:
-            m.submodules.depthwise = dw = DepthwiseUnit(cfg)
+            m.submodules[ENGINE_SUBMODULES["depthwise"]] = dw = DepthwiseUnit(cfg)
         dw_busy = dw.busy if has_dw else Const(0)
         # The vector engine: opcode VECTOR on the same slot and write channel (hw/vector/unit.py).
         has_vec = "vector" in cfg.engines
         vec = None
         if has_vec:
             from hw.vector.unit import VectorUnit
-            m.submodules.vector = vec = VectorUnit(cfg)
+            m.submodules[ENGINE_SUBMODULES["vector"]] = vec = VectorUnit(cfg)
         vec_busy = vec.busy if has_vec else Const(0)
 
         running = Signal()
@@ -512,7 +517,7 @@ class Overlay(wiring.Component):
         m = Module()
         cfg = self.cfg
         soft_reset = Signal()
-        m.submodules.core = core = ResetInserter(soft_reset)(Core(cfg))
+        m.submodules[CORE] = core = ResetInserter(soft_reset)(Core(cfg))
         wiring.connect(m, core.m_axi, wiring.flipped(self.m_axi))
 
         desc_addr, desc_count, irq_enable = Signal(32), Signal(32), Signal()

@@ -99,10 +99,23 @@ def test_build_bad_input_is_a_usage_error(argv, message, capsys):
 
 def test_build_refuses_a_preset_that_does_not_fit(monkeypatch, tmp_path, capsys):
     import hw.flows.estimate as est
-    monkeypatch.setattr(est, "estimate", lambda *a, **k: Resources(luts=1000, ffs=1000, dsps=999, bram36=10))
+    monkeypatch.setattr(est, "estimate_by_engine",
+                        lambda *a, **k: (Resources(luts=1000, ffs=1000, dsps=999, bram36=10), {}))
     assert main(["build", "--board", "pynq-z2", "--preset", "pynq-z2", "-o", str(tmp_path)]) == 1
     err = capsys.readouterr().err
     assert "does not fit xc7z020clg400-1" in err and "DSP: 999 used > 220" in err
+
+
+def test_build_says_when_the_estimate_fails(monkeypatch, tmp_path):
+    import hw.flows.estimate as est
+    from sw.commands import build
+    from sw.errors import CommandError
+
+    def killed(*a, **k):
+        raise est.EstimateError("yosys was killed (signal 9: out of memory?) on x.v")
+    monkeypatch.setattr(est, "estimate_by_engine", killed)
+    with pytest.raises(CommandError, match=r"the resource estimate failed: yosys was killed \(signal 9"):
+        build._estimate(tmp_path / "x.v", BOARDS["kv260"], tmp_path)
 
 
 def test_every_board_preset_has_the_multipliers_it_needs():
@@ -120,7 +133,7 @@ def test_build_refuses_a_preset_without_enough_multipliers_at_once(monkeypatch, 
     import hw.flows.estimate as est
     big = preset("pynq-z2").replace(name="big", rows=16, cols=16)
     monkeypatch.setitem(config.PRESETS, "big", big)
-    monkeypatch.setattr(est, "estimate", lambda *a, **k: pytest.fail("the estimate must not run"))
+    monkeypatch.setattr(est, "estimate_by_engine", lambda *a, **k: pytest.fail("the estimate must not run"))
     assert main(["build", "--board", "pynq-z2", "--preset", "big", "-o", str(tmp_path)]) == 1
     # 16 x 16 packed: 128 DSPs + 8 requantisers x 4; its P V array 256 (one per MAC)
     assert est.dsp_floor_by_engine(big) == {"gemm": 160, "attention": 256, "conv": 0}
@@ -129,7 +142,9 @@ def test_build_refuses_a_preset_without_enough_multipliers_at_once(monkeypatch, 
 
 def test_build_zynq_without_vivado_generates_and_says_how(tmp_path, capsys, monkeypatch):
     import hw.flows.estimate as est
-    monkeypatch.setattr(est, "estimate", lambda *a, **k: Resources(luts=1000, ffs=1000, dsps=100, bram36=10))
+    parts = {"gemm": Resources(luts=600, ffs=700, dsps=60, bram36=4), "control": Resources(luts=400, ffs=300)}
+    monkeypatch.setattr(est, "estimate_by_engine",
+                        lambda *a, **k: (Resources(luts=1000, ffs=1000, dsps=100, bram36=10), parts))
     monkeypatch.setenv("PATH", "/usr/bin:/bin")        # no vivado
     assert main(["build", "--board", "pynq-z2", "-o", str(tmp_path)]) == 0
     out = capsys.readouterr().out
@@ -137,6 +152,8 @@ def test_build_zynq_without_vivado_generates_and_says_how(tmp_path, capsys, monk
     assert "Vivado is not on PATH" in out and "vivado -mode batch -source sam2fpga_pynq_z2.tcl" in out
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["estimate"]["dsps"] == 100 and report["vivado"].startswith("not run")
+    assert report["estimate"]["by_engine"]["gemm"]["luts"] == 600
+    assert "per engine" in out and "gemm             600      700     60       4       0" in out
     dry_run((tmp_path / "sam2fpga_pynq_z2.tcl").read_text())
 
 

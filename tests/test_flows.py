@@ -64,6 +64,36 @@ def test_yosys_xilinx_estimate(requant_verilog, tmp_path):
     assert fits(res, BOARDS["kv260"]) == []
 
 
+@pytest.mark.slow
+def test_estimates_run_the_native_yosys_and_say_its_errors(tmp_path):
+    """pyosys (the fpga extra) is preferred to YoWASP (whose 4 GiB the board presets exceed); a yosys
+    error is an EstimateError with yosys's message, and the log is where -l says."""
+    import hw.flows.estimate as est
+    assert est.yosys_command() == [sys.executable, str(est.PYOSYS_YOSYS)]
+    bad = tmp_path / "bad.v"
+    bad.write_text("module bad(input a, output b);\n  assign b = a +;\nendmodule\n")
+    with pytest.raises(est.EstimateError, match="(?s)yosys failed.*syntax error"):
+        estimate(bad, "bad", "xcup", tmp_path)
+    assert "read_verilog bad.v" in (tmp_path / "bad.xcup.yosys.log").read_text()
+
+
+def test_hierarchical_estimate_is_split_by_engine():
+    """Each module's own cells go to the engine whose Core submodule it is under (instances of submodules
+    are not counted twice); the command processor, DMA and glue are "control"."""
+    from hw.flows.estimate import resources_by_engine
+    stat = {"modules": {
+        "\\top": {"num_cells_by_type": {"LUT6": 1, "FDRE": 2, "\\top.core": 1}},
+        "\\top.core": {"num_cells_by_type": {"LUT3": 10, "\\top.core.engine": 1, "\\top.core.im2col": 1}},
+        "\\top.core.descs": {"num_cells_by_type": {"RAMB18E2": 1}},
+        "\\top.core.engine": {"num_cells_by_type": {"LUT6": 100, "\\top.core.engine.array": 1}},
+        "\\top.core.engine.array": {"num_cells_by_type": {"DSP48E2": 8, "FDRE": 50, "CARRY8": 4}},
+        "\\top.core.im2col": {"num_cells_by_type": {"LUT2": 7, "RAM64M": 2}},
+    }}
+    parts = resources_by_engine(stat, "top")
+    assert parts == {"control": Resources(luts=11, ffs=2, bram36=0.5), "gemm": Resources(luts=100, ffs=50, dsps=8),
+                     "conv": Resources(luts=7, lutram=2)}
+
+
 def test_yosys_xilinx_estimate_with_classic_abc(requant_verilog, tmp_path):
     """The abc (not abc9) LUT mapping the attention benchmark uses gives the same kind of netlist."""
     res = estimate(requant_verilog, "requant", "xcup", tmp_path, abc9=False)
@@ -143,4 +173,14 @@ def test_estimate_says_when_yosys_runs_out_of_webassembly_memory(requant_verilog
     monkeypatch.setattr(est, "yosys_command", lambda: [sys.executable, "-c",
                                                        "import sys; sys.stderr.write('Caused by:\\n    thrown Wasm exception\\n'); sys.exit(1)"])
     with pytest.raises(est.EstimateError, match="4 GiB of memory at most"):
+        est.estimate(requant_verilog, "requant", "xcup", tmp_path)
+
+
+def test_estimate_says_when_yosys_is_killed(requant_verilog, tmp_path, monkeypatch):
+    """The kernel's OOM killer ends yosys with SIGKILL and no message (a 33-read-port ROM took the kv260
+    estimate past 14 GB): the error names the signal and the log."""
+    import hw.flows.estimate as est
+    monkeypatch.setattr(est, "yosys_command", lambda: [sys.executable, "-c",
+                                                       "import os, signal; os.kill(os.getpid(), signal.SIGKILL)"])
+    with pytest.raises(est.EstimateError, match=r"killed \(signal 9: out of memory\?\).*requant.xcup.yosys.log"):
         est.estimate(requant_verilog, "requant", "xcup", tmp_path)

@@ -140,14 +140,18 @@ class OnlineSoftmax(wiring.Component):
         d_alpha = stage(m_new - ms[s_max - 1], "delta_alpha", unsigned(DELTA_BITS))
         m_out = delay(m_new, "m_new", 6)
         ok_1 = [stage(ok_t[j], f"ok{j}_s1") for j in range(N)]
-        # +2 .. +4: exp2; the table in block RAM (a synchronous read port per lane: the +2 register).
-        table = Memory(shape=PROB, depth=len(EXP2_TABLE), init=[int(v) for v in EXP2_TABLE],
-                       attrs={"rom_style": "block"})   # yosys would build 9 read ports from logic
-        m.submodules.exp2_table = table
+        # +2 .. +4: exp2; the table in block RAM (a synchronous read port per lane: the +2 register), a copy
+        # per two lanes (a block RAM's two ports): yosys would build the read ports from logic, and mapping
+        # one memory of N + 1 read ports took it past 14 GB at N = 32.
         lanes = [(deltas[j], ok_1[j], f"p{j}") for j in range(N)] + [(d_alpha, Const(1), "alpha")]
+        tables = []
+        for k in range(0, len(lanes), 2):
+            tables.append(Memory(shape=PROB, depth=len(EXP2_TABLE), init=[int(v) for v in EXP2_TABLE],
+                                 attrs={"rom_style": "block"}))
+            m.submodules[f"exp2_table{k // 2}"] = tables[-1]
         outs = []
-        for delta, lane_ok, name in lanes:
-            rd = table.read_port(domain="sync")
+        for i, (delta, lane_ok, name) in enumerate(lanes):
+            rd = tables[i // 2].read_port(domain="sync")
             m.d.comb += [rd.addr.eq(delta[:FRAC_BITS]), rd.en.eq(advance)]
             n_full = delta[FRAC_BITS:]
             n2 = stage(Mux(n_full > P_BITS + 2, P_BITS + 2, n_full), f"{name}_n2", range(P_BITS + 3))

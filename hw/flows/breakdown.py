@@ -3,11 +3,10 @@ on its own with yosys synth_xilinx, for one configuration.
 
     python -m hw.flows.breakdown --preset bench16 [--set dsp_packing=False] [--family xcup]
 
-Why components and not one hierarchical run: yosys 0.70 keeping the overlay's hierarchy runs out of
-memory (its WebAssembly build stops in memory mapping) and abc9 fails on it; each engine flat maps
-cleanly. The engines' ports become the design's I/O, so nothing is optimised away; the overlay's total
-(hw.flows.estimate, what `sam2fpga build` runs) adds the command processor, the DMA units and the
-glue. Prints a table and writes `<out>/breakdown.json`.
+Each engine flat on its own, its ports the design's I/O (nothing is optimised away), for sizes and
+settings no preset has; `sam2fpga build` splits a whole overlay's (hierarchical) estimate by engine
+(hw.flows.estimate.estimate_by_engine), which with YoWASP's yosys ran out of its 4 GiB. Prints a table
+and writes `<out>/breakdown.json`.
 """
 from __future__ import annotations
 

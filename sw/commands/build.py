@@ -86,21 +86,28 @@ def _generate(cfg, out: Path):
 
 
 def _estimate(verilog: Path, board, out: Path) -> dict:
-    from hw.flows.estimate import estimate, fits
+    from hw.flows import estimate as est
     from sw.cli import CommandError
-    print(f"[estimate] yosys synth_xilinx -family {board.family} (2-13 minutes for the board presets)...")
+    print(f"[estimate] yosys synth_xilinx -family {board.family}, hierarchy kept (minutes; the 16 x 32 "
+          "presets about 15)...")
     t0 = time.monotonic()
-    res = estimate(verilog, TOP, board.family, out / "yosys",
-                   progress=lambda line: print(f"           {line}", flush=True))
+    try:
+        res, parts = est.estimate_by_engine(verilog, TOP, board.family, out / "yosys",
+                                            progress=lambda line: print(f"           {line}", flush=True))
+    except est.EstimateError as e:
+        raise CommandError(f"the resource estimate failed: {e}") from None
     caps = {"luts": board.luts, "ffs": board.ffs, "dsps": board.dsps, "bram36": board.bram36, "uram": board.uram}
     for k, cap in caps.items():
         used = getattr(res, k)
         print(f"           {k:>6}: {used:>9g} / {cap:<9} ({100 * used / cap if cap else 0:5.1f} %)")
+    print(f"           per engine  {'LUT':>8} {'FF':>8} {'DSP':>6} {'BRAM36':>7} {'LUTRAM':>7}")
+    for part, r in parts.items():
+        print(f"           {part:<11} {r.luts:>8} {r.ffs:>8} {r.dsps:>6} {r.bram36:>7g} {r.lutram:>7}")
     print(f"           ({time.monotonic() - t0:.0f} s; yosys estimates, Vivado's numbers will differ)")
-    over = fits(res, board)
+    over = est.fits(res, board)
     if over:
         raise CommandError(f"preset does not fit {board.part}: " + "; ".join(over))
-    return res.as_dict()
+    return res.as_dict() | {"by_engine": {part: r.as_dict() for part, r in parts.items()}}
 
 
 def _vivado_flow(cfg, signature, board, out: Path, jobs: int) -> dict:

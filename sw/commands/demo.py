@@ -248,8 +248,8 @@ def _profile_kv260() -> None:
         t = totals[stage]
         host = t["by_engine"].get("host", 0.0)
         print(f"      {stage}: {t['seconds']:.2f} s ({t['seconds'] - host:.2f} s on the overlay, {host:.2f} s host ops)")
-    print(f"      ({time.monotonic() - t0:.1f} s to profile; the element-wise ops run on the A53 until the board "
-          "presets carry the vector engine)")
+    print(f"      ({time.monotonic() - t0:.1f} s to profile; the element-wise ops on its "
+          f"{cfg.vec_lanes}-lane vector engine)")
 
 
 def _photo():
