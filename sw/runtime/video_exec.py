@@ -54,10 +54,10 @@ from golden_model.quant.video import (SLOTS, GraphImageModel, GraphTracker, Vide
 from golden_model.video import VideoPredictor
 from sw.runtime.backend import AcceleratorError
 from sw.runtime.graph_exec import ENGINE_OPS, GraphExecError, GraphExecutor
+from sw.runtime.overlay_segment import STAGE_GROUPS
 
 #: the per-frame stages a video frame is reported in, and the graph stages each one sums
-STAGES = {"image encoder": ("image_encoder",), "prompt + decoder": ("prompt_encoder", "mask_decoder"),
-          "memory encoder": ("memory_encoder",), "memory attention": ("memory_attention",)}
+STAGES = {**STAGE_GROUPS, "memory encoder": ("memory_encoder",), "memory attention": ("memory_attention",)}
 STAGE_OF = {s: name for name, stages in STAGES.items() for s in stages}
 
 
