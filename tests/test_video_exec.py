@@ -196,3 +196,28 @@ def test_track_backend_usage_errors(tmp_path, capsys, extra, message):
     with pytest.raises(SystemExit) as e:
         main(["track", str(tmp_path), "--point", "5,5", "-o", str(tmp_path / "o")] + extra)
     assert e.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_rope_of_a_256px_map_runs_on_the_kv260_vector_engine():
+    """Memory attention's RoPE at 256 px (16 x 16 positions, d 256): its whole tables (32,768 pair slots) do
+    not fit the engine's 8,192, its axial factors do; keys over 2 memory frames (rope_k_repeat) and 4
+    excluded pointer tokens, bit for bit the integer interpreter's rope."""
+    from types import SimpleNamespace
+
+    from golden_model import intvec
+    from golden_model.memory_attention import axial_rope
+    from golden_model.quant.video import _rope_int, rope_arrays
+    from sw.runtime.driver import Driver
+    from sw.runtime.video_exec import _rope
+
+    side, d = 16, 256
+    tables = intvec.RopeParams.make(*axial_rope(d, side, side), 1.0, 1.0)
+    node = SimpleNamespace(name="k_rope", attrs={"exclude": 4})
+    cache: dict = {}
+    runner = SimpleNamespace(params={"k_rope": rope_arrays(0.05, 0.04)}, run_dims={},
+                             cached=lambda key, make: cache[key] if key in cache else cache.setdefault(key, make()))
+    x = np.random.default_rng(3).integers(-128, 128, (1, 2 * side * side + 4, d), dtype=np.int8)
+    args = [x, tables.cos, tables.sin]
+    drv = Driver(preset("kv260"), "sim")
+    got, runs = _rope(drv, node, args, runner)
+    assert np.array_equal(got, _rope_int(node, args, runner)) and len(runs) == 2

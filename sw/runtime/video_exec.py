@@ -70,9 +70,12 @@ def _rope(drv, n, a, r):
     """ROPE on the rotated tokens (the table tiled over memory frames: rope_k_repeat), RESCALE on the
     object-pointer tokens it excludes: golden_model.quant.video._rope_int's numbers."""
     flat, keep, rp, tail = rope_parts(n, a, r)
+    # The tables on chip as their axial factors (memory attention's RoPE is axial over a square map): whole,
+    # a 256 px map's 16 x 16 positions already need 32,768 pair slots of the engine's 8,192.
+    side = math.isqrt(rp.positions)
     out, runs = np.empty(flat.shape, np.int8), []
     for i, tokens in enumerate(flat):
-        out[i, :keep] = drv.vector("rope", tokens[:keep], rp)
+        out[i, :keep] = drv.vector("rope", tokens[:keep], rp, end_x=side)
         runs.append(drv.last_run)
         if keep < tokens.shape[0]:
             out[i, keep:] = drv.vector("rescale", tokens[keep:], tail)
