@@ -385,6 +385,16 @@ def linear_lut(a, b, bias, multiplier, shift, p: LutParams, *, relu: bool = Fals
     return lut(intops.gemm(a, b, bias, multiplier, shift, relu=relu), p)
 
 
+def linear_add(a, b, bias, multiplier, shift, residual, p: "AddParams", *, relu: bool = False,
+               table: LutParams | None = None) -> np.ndarray:
+    """A linear layer with the residual add fused into the GEMM store (the store_add engine):
+    `add(y, residual, p)` of intops.gemm's int8 result y (through `table` first, where a store table is
+    fused too), so the linear's output is `add`'s a (a_mult) and the residual its b (b_mult); bit for
+    bit what the overlay writes, and the unfused pair (linear, then the vector engine's add)."""
+    y = intops.gemm(a, b, bias, multiplier, shift, relu=relu)
+    return add(y if table is None else lut(y, table), residual, p)
+
+
 # ------------------------------------------------------------------ add / rescale
 
 

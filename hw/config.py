@@ -9,9 +9,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-ENGINES = ("gemm", "attention", "conv", "depthwise", "vector", "store_lut")   # engines the overlay knows of (conv:
+ENGINES = ("gemm", "attention", "conv", "depthwise", "vector", "store_lut", "store_add")   # engines the overlay knows of (conv:
 #                 hw/conv, on the GEMM array; depthwise: hw/conv/depthwise.py, its own datapath; vector: hw/vector,
-#                 element-wise ops; store_lut: a 256 x int8 table per requantiser lane of the GEMM store, GELU fused)
+#                 element-wise ops; store_lut: a 256 x int8 table per requantiser lane of the GEMM store, GELU fused;
+#                 store_add: the residual add in the GEMM store, after the requantiser)
 VEC_LANES = (2, 4, 8, 16, 32)             # vector engine lane counts (even powers of two: RoPE pairs; hw.vector.params)
 ATTN_SLOT_BITS = 4                        # = the width of the descriptor's `slot` field (hw.isa checks it)
 
@@ -147,7 +148,8 @@ PRESETS: dict[str, OverlayConfig] = {
     # Small enough that a whole layer simulates in seconds under Verilator.
     "sim": OverlayConfig("sim", rows=4, cols=8, a_depth=4096, b_depth=4096, acc_depth=64,
                          param_depth=16, axi_data_bits=64, clock_mhz=100.0, board="(simulation)",
-                         engines=("gemm", "attention", "conv", "depthwise", "vector", "store_lut"), dw_lanes=2,
+                         engines=("gemm", "attention", "conv", "depthwise", "vector", "store_lut",
+                                  "store_add"), dw_lanes=2,
                          dw_row_bytes=128,
                          attn_q_slots=2, vec_lanes=8),
     # The open ECP5 flow (ULX3S-85F), two presets on the smallest array a 64-bit AXI port allows (2 x 8),
@@ -192,7 +194,8 @@ PRESETS: dict[str, OverlayConfig] = {
     # The 16 x 16 overlay the benchmarks measure (utilisation, resources).
     "bench16": OverlayConfig("bench16", rows=16, cols=16, a_depth=2048, b_depth=2048, acc_depth=256,
                              param_depth=64, axi_data_bits=128, clock_mhz=200.0, board="(benchmark)",
-                             engines=("gemm", "attention", "conv", "depthwise", "vector", "store_lut"), dw_lanes=4,
+                             engines=("gemm", "attention", "conv", "depthwise", "vector", "store_lut",
+                                      "store_add"), dw_lanes=4,
                              dw_row_bytes=256, attn_q_slots=4, dsp_packing=True, vec_lanes=16),
 }
 

@@ -132,6 +132,8 @@ DESCRIPTOR_FIELDS = [
      "or the NORM reads"),
     ("lut", 1, "STORE: int8 results through the store table (LOAD target LUT: golden_model.intvec.lut after the "
      "requantiser; overlays with the store_lut engine)"),
+    ("add", 1, "STORE: int8 results plus the residual rows (LOAD target RES, at the accumulator rows read): "
+     "golden_model.intvec.add with the PARAM channel's add multipliers and shift; overlays with store_add"),
 ]
 
 
@@ -269,6 +271,11 @@ ENGINES = [
     # A 256-entry int8 table per requantiser lane of the GEMM store (hw/gemm/engine.py StoreTable): a STORE
     # with `lut` maps each int8 result through it (GELU, sigmoid, ... fused into the store: no DDR pass).
     EngineISA("store_lut", "GEMM store table", {}, {"LUT": 7}),
+    # The residual add in the GEMM store (hw/gemm/engine.py StoreAdd): a STORE with `add` adds the int8
+    # residual rows (RES entries mirror the accumulator rows: C int8 each) with the add's requantisation
+    # (golden_model.intvec.add; multipliers and shift in the PARAM channel), so a projection whose output
+    # only feeds a residual add writes the sum: no DDR pass for its output.
+    EngineISA("store_add", "GEMM store residual add", {}, {"RES": 8}),
 ]
 #: Reserved for the engines of later issues (decoded as BAD_OPCODE until they exist).
 RESERVED_OPCODES = {"CONV": 9}
@@ -345,19 +352,23 @@ def unpack_descriptor(raw: bytes) -> dict[str, int]:
 
 #: The store table (LOAD target LUT): 256 int8, entry x + 128 (golden_model.intvec.LUT_SIZE), AXI beats of it.
 LUT_BYTES = LUT_SIZE
-PARAM_CHANNEL_BYTES = 16    # per output channel: int32 bias, uint32 multiplier, uint32 shift, uint32 zero
+PARAM_CHANNEL_BYTES = 16    # per output channel: int32 bias, uint32 multiplier, uint32 shift, uint32 add word
+#: The STORE `add` fields in a PARAM channel (store_add): the add's shift in the shift word's bits 8.., its
+#: multipliers in the fourth word (a_mult of the linear's result in bits 0..15, b_mult of the residual above).
+ADD_SHIFT_AT, ADD_SHIFT_WIDTH, ADD_MULT_WIDTH = 8, 5, 16
 
 
 def entry_bytes(cfg, target: str) -> int:
     """Bytes one scratchpad entry occupies in DDR (entries are contiguous, little-endian)."""
     return {"A": cfg.rows, "B": cfg.cols, "PARAM": cfg.cols * PARAM_CHANNEL_BYTES, "V": cfg.cols,
-            "DW": cfg.beat_bytes, "VEC": cfg.beat_bytes, "LUT": cfg.beat_bytes}[target]
+            "DW": cfg.beat_bytes, "VEC": cfg.beat_bytes, "LUT": cfg.beat_bytes, "RES": cfg.cols}[target]
 
 
 def scratchpad_depth(cfg, target: str) -> int:
     return {"A": cfg.a_depth, "B": cfg.b_depth, "PARAM": cfg.param_depth, "V": 2 * cfg.attn_max_dim,
             "IM2COL": cfg.b_depth, "DW": cfg.dw_channels * DW_COEF_BYTES // cfg.beat_bytes,
-            "VEC": VEC_PARAM_BYTES // cfg.beat_bytes, "LUT": LUT_BYTES // cfg.beat_bytes}[target]
+            "VEC": VEC_PARAM_BYTES // cfg.beat_bytes, "LUT": LUT_BYTES // cfg.beat_bytes,
+            "RES": cfg.acc_depth}[target]
 
 
 def has_target(cfg, target: str) -> bool:
@@ -368,14 +379,25 @@ def has_opcode(cfg, name: str) -> bool:
     return name in IMPLEMENTED_OPCODES and OPCODE_ENGINE.get(name, "gemm") in cfg.engines
 
 
-def pack_params(bias, multiplier, shift) -> np.ndarray:
-    """Per-channel parameters as the PARAM scratchpad reads them from DDR (uint8 bytes)."""
+def pack_params(bias, multiplier, shift, add=None) -> np.ndarray:
+    """Per-channel parameters as the PARAM scratchpad reads them from DDR (uint8 bytes). `add`: the fused
+    residual add's golden_model.intvec.AddParams (the same in every channel; zero without)."""
     n = len(bias)
     words = np.zeros((n, 4), dtype="<u4")
     words[:, 0] = np.asarray(bias, np.int64).astype(np.int32).view(np.uint32)
     words[:, 1] = np.asarray(multiplier, np.int64)
     words[:, 2] = np.asarray(shift, np.int64)
+    if add is not None:
+        words[:, 2] |= add.shift << ADD_SHIFT_AT
+        words[:, 3] = add.a_mult | add.b_mult << ADD_MULT_WIDTH
     return words.view(np.uint8).reshape(n * PARAM_CHANNEL_BYTES)
+
+
+def unpack_add(words: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(a_mult, b_mult, shift) of PARAM channels given as (..., 4) uint32 words (the inverse of pack_params)."""
+    words = np.asarray(words, np.int64)
+    return (words[..., 3] & 0xFFFF, words[..., 3] >> ADD_MULT_WIDTH & 0xFFFF,
+            words[..., 2] >> ADD_SHIFT_AT & ((1 << ADD_SHIFT_WIDTH) - 1))
 
 
 # ---------------------------------------------------------------- documentation (docs/overlay.md)
@@ -406,7 +428,8 @@ def markdown_tables() -> str:
               "IM2COL: `count` input channels from `dram_addr` (row pitch `stride`), count x K x K B entries "
               "from `sp_addr` in (channel, ky, kx) order, lane j = byte col_offset + kx + j * stride of each row. "
               f"PARAM entries hold C channels of {PARAM_CHANNEL_BYTES} bytes: int32 bias, uint32 multiplier "
-              "(< 2^31), uint32 shift (< 64), uint32 zero. V entries (attention engine) hold C int8: one channel "
+              "(< 2^31), uint32 shift (bits 5:0; bits 12:8 the fused add's shift), uint32 add word (store_add: a_mult "
+              "of the result in bits 15:0, b_mult of the residual in 31:16; zero otherwise). V entries (attention engine) hold C int8: one channel "
               "of a tile of C keys. "
               f"DW entries (depthwise engine) are AXI beats of its coefficient memory: channel c's {DW_COEF_BYTES} "
               f"bytes at entries c x {DW_COEF_BYTES} / beat bytes on: K x K int8 taps at byte ky x 8 + kx "
@@ -420,7 +443,11 @@ def markdown_tables() -> str:
               + ", ".join(f"{k} = {v}" for k, v in VEC_OPS.items()) + "; it counts as a LOAD like DEPTHWISE. "
               f"LUT entries (store_lut engine) are AXI beats of the GEMM store's {LUT_BYTES}-byte table (int8 "
               "y for x at byte x + 128, every requantiser lane's copy written at once); a STORE with `lut` maps its "
-              "int8 results through it (not with out_int32)."]
+              "int8 results through it (not with out_int32). "
+              "RES entries (store_add engine) hold C int8 of a residual row, at the accumulator row whose "
+              "result they are added to; a STORE with `add` reads them with its accumulator rows and writes "
+              "sat8((y a_mult + x b_mult + rnd(s)) >> s) of its int8 result y (after the table, with `lut`) and "
+              "the residual x (golden_model.intvec.add; int8 only, not with param_rows)."]
     return "\n".join(lines)
 
 

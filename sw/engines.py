@@ -87,6 +87,8 @@ def engines() -> dict[str, Engine]:
         }, {"vector": sim_vector.fast_job}, "sw.compile.vector"),
         # The GEMM store's table (STORE.lut): only its LOAD target; linear programs fill it (sw.compile.linear).
         Engine("store_lut", {"LUT": Command(CK._check_entries, _load_entries, "load")}),
+        # The GEMM store's residual add (STORE.add): its LOAD target RES; linear programs fill it.
+        Engine("store_add", {"RES": Command(CK._check_entries, _load_entries, "load")}),
     ]
     table = {e.name: e for e in entries}
     declared = {e.name for e in isa.ENGINES}

@@ -25,6 +25,7 @@ from hw.limits import DW_ROW_SLOTS, im2col_row_beats
 FETCH_CYCLES = 4          # a fetch AR -> descriptor in the FIFO and the next fetch AR (plus its beats)
 FETCH_AFTER_LOAD = 1      # a fetch queued behind a LOAD: its first beat after the LOAD is done (plus its beats)
 READ_LATENCY = 4          # AR handshake to first R beat
+STORE_ADD_LATENCY = 2     # the residual add's stages (hw/gemm/engine.py StoreAdd: products, then round and saturate)
 STORE_LATENCY = 5         # row to B response, per store descriptor
 STORE_START = {False: 9,  # dispatch to the first int8 row in the W FIFO (accumulator read, 3 stages, requantiser, FIFO)
                True: 5}   # int32 rows skip the requantisers
@@ -126,8 +127,10 @@ def fixed_costs(cfg, f: dict[str, np.ndarray], kind: np.ndarray) -> dict[str, np
     st = kind == K_STORE
     i32 = f["out_int32"].astype(bool)
     row_beats = C * np.where(i32, 4, 1) // DB
-    # (int8 rows pass the store table's stage too where the overlay has one: hw/gemm/engine.py StoreTable)
-    start = np.where(i32, STORE_START[True], STORE_START[False] + ("store_lut" in cfg.engines))
+    # (int8 rows pass the store table's stage and the residual add's two where the overlay has them:
+    # hw/gemm/engine.py StoreTable, StoreAdd)
+    start = np.where(i32, STORE_START[True], STORE_START[False] + ("store_lut" in cfg.engines)
+                     + STORE_ADD_LATENCY * ("store_add" in cfg.engines))
     dur[st] = (start + (f["tiles_last"] + 1) * cnt * row_beats + STORE_LATENCY)[st]
     # Slot commands (DEPTHWISE, VECTOR): their engine's own duration (sw.engines: Command.cycles).
     slot = np.flatnonzero(kind == K_SLOT)

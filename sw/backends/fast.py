@@ -55,6 +55,16 @@ def params(ddr, addr: int, entries: int, cfg) -> tuple[np.ndarray, np.ndarray, n
     return bias, (words[..., 1] & ((1 << 31) - 1)).astype(np.int64), (words[..., 2] & 63).astype(np.int64)
 
 
+def store_add(ddr, at, cfg, op) -> tuple[np.ndarray, "intvec.AddParams"]:
+    """The fused residual add (STORE.add): the residual (M, N-tiles x C) from the program's "res" region
+    (per N-tile, M rows of C int8) and the add's parameters from the first PARAM channel (compile_linear
+    writes the same in every channel)."""
+    M, nt, C = op["m"], op["nt"], cfg.cols
+    res = ddr[at["res"]:at["res"] + nt * M * C].view(np.int8).reshape(nt, M, C).transpose(1, 0, 2).reshape(M, -1)
+    words = ddr[at["params"]:at["params"] + isa.PARAM_CHANNEL_BYTES].view("<u4")
+    return res, intvec.AddParams(*(int(v) for v in isa.unpack_add(words)))
+
+
 def store_table(ddr, at) -> "intvec.LutParams":
     """The GEMM store's table (LOAD target LUT) from the program's "lut" region."""
     return intvec.LutParams(ddr[at["lut"]:at["lut"] + isa.LUT_BYTES].view(np.int8))
@@ -77,6 +87,7 @@ def linear(cfg, ddr, op, at):
     bias, mult, shift = (p.reshape(-1) for p in params(ddr, at["params"], nt, cfg))
     stage = OutputStage(bias, mult, shift, op["relu"], op["out_int32"], K << 14)
     table = store_table(ddr, at) if op.get("lut") else None
+    residual, add_params = store_add(ddr, at, cfg, op) if op.get("add") else (None, None)
     row_bytes = nt * C * (4 if op["out_int32"] else 1)
     out = at["out"]
     step = max(1, ROWS_PER_CHUNK // R)
@@ -86,6 +97,8 @@ def linear(cfg, ddr, op, at):
         y = stage(x @ b)
         if table is not None:
             y = intvec.lut(y, table)
+        if residual is not None:
+            y = intvec.add(y, residual[r0:r1], add_params)
         ddr[out + r0 * row_bytes:out + r1 * row_bytes] = y.view(np.uint8).reshape(-1)
 
 

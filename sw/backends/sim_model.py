@@ -24,7 +24,7 @@ import copy
 import numpy as np
 
 from golden_model.intops import requantize, saturate_int32
-from golden_model.intvec import LutParams, lut
+from golden_model.intvec import AddParams, LutParams, add, lut
 from hw import isa
 from hw.limits import im2col_row_beats
 from sw.backends import cycles as CY
@@ -53,7 +53,9 @@ class SimOverlay:
         cfg = self.cfg
         self.a = np.zeros((cfg.a_depth, cfg.rows), np.int8)
         self.b = np.zeros((cfg.b_depth, cfg.cols), np.int8)
-        self.params = np.zeros((cfg.param_depth, cfg.cols, 3), np.int64)
+        # per channel: bias, multiplier, shift, then the fused add's a_mult, b_mult, shift (store_add)
+        self.params = np.zeros((cfg.param_depth, cfg.cols, 6), np.int64)
+        self.res = np.zeros((cfg.acc_depth, cfg.cols), np.int8)       # the store's residual rows (store_add)
         self.acc = np.zeros((cfg.acc_depth, cfg.cols), np.int64)
         self.attn = None
         self.dw_coef = np.zeros(cfg.dw_channels * isa.DW_COEF_BYTES, np.uint8)
@@ -291,16 +293,26 @@ class SimOverlay:
             for e in range(n):
                 at = (sp + e) % isa.scratchpad_depth(cfg, target) * DB
                 mem[at:at + DB] = raw[e * DB:(e + 1) * DB]
-        elif target == "B":
+        elif target in ("B", "RES"):
             rows = raw.view(np.int8).reshape(n, cfg.cols)
-            idx = (sp + np.arange(n)) % cfg.b_depth
-            self.b[idx] = rows
+            mem = self.b if target == "B" else self.res
+            mem[(sp + np.arange(n)) % len(mem)] = rows
         else:
             words = raw.view("<u4").reshape(n, cfg.cols, 4).astype(np.int64)
             p = np.stack([words[..., 0].astype(np.uint32).view(np.int32).astype(np.int64),
-                          words[..., 1] & ((1 << 31) - 1), words[..., 2] & 63], axis=-1)
+                          words[..., 1] & ((1 << 31) - 1), words[..., 2] & 63, *isa.unpack_add(words)], axis=-1)
             idx = (sp + np.arange(n)) % cfg.param_depth
             self.params[idx] = p
+
+    def _residual_add(self, y, idx, p) -> np.ndarray:
+        """STORE.add: the residual rows at the accumulator rows read, added per channel (intvec.add)."""
+        x, ps = self.res[idx], p[..., 3:6].reshape(-1, self.cfg.cols, 3)[0]
+        if (ps == ps[0]).all():                                   # one add for the tensor (what compilers write)
+            return add(y, x, AddParams(*(int(v) for v in ps[0])))
+        out = np.empty_like(y)
+        for j in range(self.cfg.cols):
+            out[:, j] = add(y[:, j], x[:, j], AddParams(*(int(v) for v in ps[j])))
+        return out
 
     def _im2col(self, d) -> bool:
         """LOAD IM2COL (hw/conv/im2col.py): B entries gathered from row spans (False: a row outside DDR)."""
@@ -375,6 +387,8 @@ class SimOverlay:
             y = requantize(t, p[..., 1], p[..., 2], relu=bool(d["relu"]))
             if d.get("lut"):
                 y = lut(y, LutParams(self.store_lut.view(np.int8)))
+            if d.get("add"):
+                y = self._residual_add(y, idx, p)
             data = y.view(np.uint8).reshape(rows, row_bytes)
         # STORE.cols: only the first `cols` columns reach DDR (write strobes).
         keep = (d.get("cols") or cfg.cols) * (row_bytes // cfg.cols)

@@ -6,6 +6,8 @@ DDR image (one buffer, byte offsets from its start, every region 4 KiB aligned):
   B             per N-tile (C cols): K entries of C int8   = B[k, n0:n0+C] (cols past N zero)
   params        per N-tile: C x 16 bytes (hw.isa.pack_params; channels past N zero)
   lut           (with `lut`) the store table: 256 int8, entry x + 128 (LOAD target LUT, once per run)
+  res           (with `residual`) per N-tile: M rows of C int8 = residual[m, n0:n0+C] (cols past N zero);
+                LOAD target RES puts a tile's rows at its accumulator rows before its STORE
   out           M rows x Np columns (Np = N rounded up to C), int8 or int32, row-major
 The host slices out[:, :N].
 
@@ -56,7 +58,7 @@ class Program:
 
     #: region -> its role for the runtime (sw.runtime.program.ROLES)
     ROLES = {"descriptors": "program", "A": "input", "B": "weight", "params": "weight", "lut": "weight",
-             "out": "output"}
+             "res": "input", "out": "output"}
 
     @property
     def n_padded(self) -> int:
@@ -101,12 +103,16 @@ def lay_out_image(cfg, n_descriptors: int, sizes: dict, base_addr: int, max_ddr_
 
 
 def compile_linear(cfg, a, b, bias, multiplier=None, shift=None, *, relu=False, out_int32=False, lut=None,
-                   base_addr: int = 0, max_ddr_bytes: int = 1 << 30) -> Program:
+                   residual=None, add=None, base_addr: int = 0, max_ddr_bytes: int = 1 << 30) -> Program:
     """Compile one layer for a DDR buffer at physical address `base_addr` (4 KiB aligned).
 
     `lut`: a golden_model.intvec.LutParams (GELU, sigmoid, ...) fused into the store: every int8 result
     goes through the table after the requantiser (golden_model.intvec.linear_lut), on overlays with the
-    store_lut engine; the activation is never written unmapped nor read back."""
+    store_lut engine; the activation is never written unmapped nor read back.
+
+    `residual` (M x N int8) and `add` (a golden_model.intvec.AddParams): the residual add fused into the
+    store (golden_model.intvec.linear_add: add(result, residual, add), the result as add's a), on overlays
+    with the store_add engine; the projection's output is never written alone nor read back."""
     if base_addr % ALIGN:
         raise CompileError(f"DDR buffer address {base_addr:#x} is not {ALIGN}-byte aligned")
     a = np.asarray(a)
@@ -124,26 +130,34 @@ def compile_linear(cfg, a, b, bias, multiplier=None, shift=None, *, relu=False, 
     if not out_int32 and (multiplier is None or shift is None):
         raise CompileError("int8 output needs per-channel multiplier and shift")
     table = _store_table(cfg, lut, out_int32)
+    residual = _store_residual(cfg, residual, add, out_int32, M, N)
     bias = np.broadcast_to(np.asarray(0 if bias is None else bias, np.int64), (N,))
     multiplier = np.broadcast_to(np.asarray(0 if multiplier is None else multiplier, np.int64), (N,))
     shift = np.broadcast_to(np.asarray(0 if shift is None else shift, np.int64), (N,))
-    plan = _linear_plan(cfg, M, K, N, bool(relu), bool(out_int32), table is not None, base_addr, max_ddr_bytes)
+    plan = _linear_plan(cfg, M, K, N, bool(relu), bool(out_int32), table is not None, residual is not None,
+                        base_addr, max_ddr_bytes)
     offsets, head, size, sym, raw, runs, mt, nt, a_stride, b_stride = plan
     image = np.zeros(size, np.uint8)
     image[:head.size] = head
-    _fill_operands(cfg, image, offsets, a, b, bias, multiplier, shift, mt, nt, a_stride, b_stride)
+    _fill_operands(cfg, image, offsets, a, b, bias, multiplier, shift, mt, nt, a_stride, b_stride,
+                   add if residual is not None else None)
     if table is not None:
         image[offsets["lut"][0]:offsets["lut"][0] + isa.LUT_BYTES] = table.view(np.uint8)
+    if residual is not None:
+        rp = np.zeros((M, nt * cfg.cols), np.int8)
+        rp[:, :N] = residual
+        res = np.ascontiguousarray(rp.reshape(M, nt, cfg.cols).transpose(1, 0, 2))
+        image[offsets["res"][0]:offsets["res"][0] + res.size] = res.reshape(-1).view(np.uint8)
     op = dict(kind="linear", m=M, k=K, mt=mt, nt=nt, a_stride=a_stride, b_stride=b_stride, relu=relu,
-              out_int32=out_int32, lut=table is not None)
+              out_int32=out_int32, lut=table is not None, add=residual is not None)
     return Program(cfg, M, K, N, out_int32, image, list(raw), dict(offsets), macs=M * K * N, base_addr=base_addr,
                    symbolic=sym, op=op, runs=runs and list(runs))
 
 
 #: Plans kept: a Hiera stage's blocks repeat a handful of shapes one after another.
 @lru_cache(maxsize=16)
-def _linear_plan(cfg, M: int, K: int, N: int, relu: bool, out_int32: bool, fused_table: bool, base_addr: int,
-                 max_ddr_bytes: int):
+def _linear_plan(cfg, M: int, K: int, N: int, relu: bool, out_int32: bool, fused_table: bool, fused_add: bool,
+                 base_addr: int, max_ddr_bytes: int):
     """What compile_linear's program is for its shapes, whatever the data: the DDR layout, the packed
     descriptors and their fields, the runs. Kept for the layers of a model that share shapes (a
     Hiera stage's blocks), whose descriptor lists are most of a compile's time."""
@@ -163,7 +177,8 @@ def _linear_plan(cfg, M: int, K: int, N: int, relu: bool, out_int32: bool, fused
     a_stride = -(-K * R // cfg.beat_bytes) * cfg.beat_bytes
     b_stride = -(-K * C // cfg.beat_bytes) * cfg.beat_bytes
     sizes = {"A": mt * a_stride, "B": nt * b_stride, "params": nt * C * isa.PARAM_CHANNEL_BYTES,
-             **({"lut": isa.LUT_BYTES} if fused_table else {}), "out": M * np_cols * ebytes}
+             **({"lut": isa.LUT_BYTES} if fused_table else {}), **({"res": M * np_cols} if fused_add else {}),
+             "out": M * np_cols * ebytes}
 
     # ---- the op list (before descriptors get their addresses)
     ops: list[dict] = []       # dicts with 'op' and resource annotations
@@ -222,6 +237,8 @@ def _linear_plan(cfg, M: int, K: int, N: int, relu: bool, out_int32: bool, fused
 
     if fused_table:
         fuse_store_table(cfg, ops)
+    if fused_add:
+        fuse_store_add(cfg, ops, M)
     descs, runs = schedule_runs(ops, R, relu, out_int32)
 
     # ---- addresses
@@ -245,6 +262,44 @@ def _store_table(cfg, lut, out_int32: bool) -> np.ndarray | None:
     if table.shape != (isa.LUT_BYTES,) or table.dtype != np.int8:
         raise CompileError(f"lut must be a golden_model.intvec.LutParams (a {isa.LUT_BYTES}-entry int8 table)")
     return table
+
+
+def _store_residual(cfg, residual, add, out_int32: bool, M: int, N: int) -> np.ndarray | None:
+    """The int8 (M, N) residual a fused add reads (None: no add); refused where it cannot run."""
+    if residual is None and add is None:
+        return None
+    if residual is None or add is None:
+        raise CompileError("a fused residual add needs both the residual and its AddParams")
+    if "store_add" not in cfg.engines:
+        raise CompileError(f"overlay {cfg.name!r} has no store_add engine (engines: {', '.join(cfg.engines)}): "
+                           "run the add on the vector engine or the host")
+    if out_int32:
+        raise CompileError("the store's residual add takes int8 results: add with out_int32 is not possible")
+    if not all(hasattr(add, k) for k in ("a_mult", "b_mult", "shift")):
+        raise CompileError("add must be a golden_model.intvec.AddParams")
+    residual = np.asarray(residual)
+    if residual.shape != (M, N) or residual.dtype != np.int8:
+        raise CompileError(f"the residual must be int8 of the output's shape {(M, N)} "
+                           f"(got {residual.dtype} {residual.shape})")
+    return residual
+
+
+def fuse_store_add(cfg, ops: list[dict], M: int) -> None:
+    """Every STORE of `ops` adds its residual tile: the op that stores loads the tile's rows (region
+    "res", per N-tile M rows of C) at its accumulator rows (RES mirrors the accumulator), after the
+    STORE that last read them (resource ("RES", region), like a PARAM entry's)."""
+    C = cfg.cols
+    for op in ops:
+        st = op["store"]
+        if not st:
+            continue
+        res = ("RES", st["acc"])
+        row0 = st["dst"][1] // (st["stride"])                  # the tile's first output row
+        n0 = st["dst"][1] % st["stride"]                       # its first column
+        op["loads"] = op["loads"] + [dict(op="LOAD", target="RES", src=("res", (n0 * M + row0 * C)),
+                                          count=st["rows"], sp=st["acc"] * cfg.rows, res=res)]
+        st["fields"] = dict(st.get("fields", {}), add=1)
+        st["uses"] = [*st.get("uses", ()), res]
 
 
 def fuse_store_table(cfg, ops: list[dict]) -> None:
@@ -350,11 +405,13 @@ def schedule(ops: list[dict], R: int, relu: bool, out_int32: bool) -> list[dict]
     for j, op in enumerate(ops):
         for ld in op["loads"]:
             hz = last_user.get(ld["res"])
-            pos = -1 if hz is None else hz + (2 if ld["res"][0] == "P" else 1)
+            # (what a STORE reads, PARAM entries and RES rows, is free only after the next COMPUTE)
+            pos = -1 if hz is None else hz + (2 if ld["res"][0] in ("P", "RES") else 1)
             buckets.setdefault(min(pos, j - 1), []).append(ld)
         last_user[op["a"]] = last_user[op["b"]] = j
         if op["store"]:
-            last_user[op["store"]["p"]] = j
+            for res in (op["store"]["p"], *op["store"].get("uses", ())):
+                last_user[res] = j
 
     def emit_bucket(pos):
         for ld in buckets.get(pos, []):
@@ -371,8 +428,9 @@ def schedule(ops: list[dict], R: int, relu: bool, out_int32: bool) -> list[dict]
                   **st.get("fields", {})), {"COMPUTE": compute_done})
         for region in st.get("acc_regions", [st["acc"]]):
             acc_free[region] = counts["STORE"]
-        prev = last_reader.get(st["p"], ("STORE", 0))
-        last_reader[st["p"]] = ("STORE", max(counts["STORE"], prev[1] if prev[0] == "STORE" else 0))
+        for res in (st["p"], *st.get("uses", ())):
+            prev = last_reader.get(res, ("STORE", 0))
+            last_reader[res] = ("STORE", max(counts["STORE"], prev[1] if prev[0] == "STORE" else 0))
 
     emit_bucket(-1)
     pending = None
@@ -420,7 +478,7 @@ def pack_descriptors(descs: list[dict], image: np.ndarray, offsets: dict, base_a
     return symbolic, numeric
 
 
-def _fill_operands(cfg, image, offsets, a, b, bias, multiplier, shift, mt, nt, a_stride, b_stride):
+def _fill_operands(cfg, image, offsets, a, b, bias, multiplier, shift, mt, nt, a_stride, b_stride, add=None):
     R, C = cfg.rows, cfg.cols
     M, K = a.shape
     N = b.shape[1]
@@ -440,6 +498,6 @@ def _fill_operands(cfg, image, offsets, a, b, bias, multiplier, shift, mt, nt, a
     pad = nt * C - N
     params = isa.pack_params(np.concatenate([bias, np.zeros(pad, np.int64)]),
                              np.concatenate([multiplier, np.zeros(pad, np.int64)]),
-                             np.concatenate([shift, np.zeros(pad, np.int64)]))
+                             np.concatenate([shift, np.zeros(pad, np.int64)]), add)
     off = offsets["params"][0]
     image[off:off + params.size] = params

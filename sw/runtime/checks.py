@@ -201,6 +201,11 @@ def _check_store(cfg, d, fail, in_buffer) -> None:
     fail(lut & ("store_lut" not in cfg.engines),
          lambda j: f"STORE through the table (lut), but overlay {cfg.name!r} has no store_lut engine")
     fail(lut & (d["out_int32"] != 0), lambda j: "STORE through the table (lut) of int32 results (int8 only)")
+    add = d["add"] != 0
+    fail(add & ("store_add" not in cfg.engines),
+         lambda j: f"STORE with the residual add (add), but overlay {cfg.name!r} has no store_add engine")
+    fail(add & ((d["out_int32"] != 0) | (d["param_rows"] != 0)),
+         lambda j: "STORE with the residual add (add) of int32 results or per-row parameters (int8, per channel only)")
     row_bytes = C * np.where(d["out_int32"] != 0, 4, 1)
     fail((stride % DB != 0) | (tile_stride % DB != 0),
          lambda j: f"row stride {stride[j]} or tile stride {tile_stride[j]} not a multiple of the {DB}-byte beat")

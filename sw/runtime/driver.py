@@ -67,17 +67,21 @@ class Driver:
             self._session = None
             self._cache = {}
 
-    def compile(self, a, b, bias=None, multiplier=None, shift=None, *, relu=False, out_int32=False, lut=None):
+    def compile(self, a, b, bias=None, multiplier=None, shift=None, *, relu=False, out_int32=False, lut=None,
+                residual=None, add=None):
         base = self._buffer_base()
         prog = compile_linear(self.cfg, a, b, bias, multiplier, shift, relu=relu, out_int32=out_int32, lut=lut,
-                              base_addr=base, max_ddr_bytes=self.ddr_bytes - base)
+                              residual=residual, add=add, base_addr=base, max_ddr_bytes=self.ddr_bytes - base)
         return prog
 
     def linear(self, a, b, bias=None, multiplier=None, shift=None, *, relu=False, out_int32=False,
-               lut=None) -> np.ndarray:
+               lut=None, residual=None, add=None) -> np.ndarray:
         """`lut`: a golden_model.intvec.LutParams fused into the GEMM store (store_lut overlays): the result is
-        golden_model.intvec.linear_lut's, the table applied to the requantised int8 with no extra DDR pass."""
-        prog = self.compile(a, b, bias, multiplier, shift, relu=relu, out_int32=out_int32, lut=lut)
+        golden_model.intvec.linear_lut's, the table applied to the requantised int8 with no extra DDR pass.
+        `residual` (M x N int8) with `add` (golden_model.intvec.AddParams): the residual add fused into the
+        store (store_add overlays): golden_model.intvec.linear_add's result, add(result, residual, add)."""
+        prog = self.compile(a, b, bias, multiplier, shift, relu=relu, out_int32=out_int32, lut=lut,
+                            residual=residual, add=add)
         return prog.output(self.run(prog))
 
     # Convolutions (sw/compile/routes.py routes each one to an engine): int8 (C, H, W) feature maps.
