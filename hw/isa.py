@@ -355,6 +355,7 @@ LUT_BYTES = LUT_SIZE
 PARAM_CHANNEL_BYTES = 16    # per output channel: int32 bias, uint32 multiplier, uint32 shift, uint32 add word
 #: The STORE `add` fields in a PARAM channel (store_add): the add's shift in the shift word's bits 8.., its
 #: multipliers in the fourth word (a_mult of the linear's result in bits 0..15, b_mult of the residual above).
+#: The add is one per tensor (golden_model.intvec.AddParams): the engine keeps channel 0's of each entry.
 ADD_SHIFT_AT, ADD_SHIFT_WIDTH, ADD_MULT_WIDTH = 8, 5, 16
 
 
@@ -429,7 +430,8 @@ def markdown_tables() -> str:
               "from `sp_addr` in (channel, ky, kx) order, lane j = byte col_offset + kx + j * stride of each row. "
               f"PARAM entries hold C channels of {PARAM_CHANNEL_BYTES} bytes: int32 bias, uint32 multiplier "
               "(< 2^31), uint32 shift (bits 5:0; bits 12:8 the fused add's shift), uint32 add word (store_add: a_mult "
-              "of the result in bits 15:0, b_mult of the residual in 31:16; zero otherwise). V entries (attention engine) hold C int8: one channel "
+              "of the result in bits 15:0, b_mult of the residual in 31:16; zero otherwise; the engine keeps "
+              "channel 0's add fields per entry, one add per tensor). V entries (attention engine) hold C int8: one channel "
               "of a tile of C keys. "
               f"DW entries (depthwise engine) are AXI beats of its coefficient memory: channel c's {DW_COEF_BYTES} "
               f"bytes at entries c x {DW_COEF_BYTES} / beat bytes on: K x K int8 taps at byte ky x 8 + kx "

@@ -255,6 +255,8 @@ class Core(wiring.Component):
             targets["VEC"] = (DB, vec.param_wr)
         if "store_lut" in cfg.engines:
             targets["LUT"] = (DB, engine.lut_wr)
+        if "store_add" in cfg.engines:
+            targets["RES"] = (C, engine.res_wr)
         l_busy = Signal()
         l_sel = {name: Signal(name=f"l_sel_{name}") for name in targets}
         l_has = Signal()                         # entries left to write (narrow targets stop there)
@@ -343,6 +345,10 @@ class Core(wiring.Component):
                     m.d.comb += [port.payload.data[j].bias.eq(entry[base:base + 32]),
                                  port.payload.data[j].multiplier.eq(entry[base + 32:base + 63]),
                                  port.payload.data[j].shift.eq(entry[base + 64:base + 70])]
+                if "store_add" in cfg.engines:   # hw.isa.pack_params: channel 0's add word and add shift bits
+                    add_shift = 64 + isa.ADD_SHIFT_AT
+                    m.d.comb += [port.payload.add.a.eq(entry[96:112]), port.payload.add.b.eq(entry[112:128]),
+                                 port.payload.add.s.eq(entry[add_shift:add_shift + isa.ADD_SHIFT_WIDTH])]
             else:
                 m.d.comb += port.payload.data.eq(entry)
         with m.If(issue):
@@ -431,7 +437,7 @@ class Core(wiring.Component):
                          s_int32.eq(desc.out_int32), s_cols.eq(desc.cols), sp.param_rows.eq(desc.param_rows),
                          sp.acc_base.eq(desc.sp_addr), sp.rows_last.eq(desc.count - 1), sp.tiles_last.eq(tiles_last),
                          sp.param_addr.eq(desc.param_addr), sp.relu.eq(desc.relu), sp.out_int32.eq(desc.out_int32),
-                         sp.lut.eq(desc.lut)]
+                         sp.lut.eq(desc.lut), sp.add.eq(desc.add)]
         m.d.comb += engine.store.valid.eq(s_engine_cmd)
         with m.If(engine.store.ready & s_engine_cmd):
             m.d.sync += s_engine_cmd.eq(0)

@@ -12,8 +12,10 @@ from sim.gemm_schedule import assemble, make_schedule
 
 
 def run_engine_amaranth(dut, cfg, a, b, bias, mult, shift, *, relu, out_int32, stall=0.3, seed=0,
-                        max_chunk=None, vcd=None, timeout=200_000, table=None):
-    """`table`: 256 int8 for the store table (engine store_lut): loaded first, every STORE through it."""
+                        max_chunk=None, vcd=None, timeout=200_000, table=None, residual=None):
+    """`table`: 256 int8 for the store table (engine store_lut): loaded first, every STORE through it.
+    `residual`: (int8 M x N, golden_model.intvec.AddParams) for the store's residual add (engine store_add):
+    each tile's rows written with its PARAM entry at its accumulator rows, every STORE adds them."""
     sched = make_schedule(cfg, a, b, bias, mult, shift, relu=relu, out_int32=out_int32, max_chunk=max_chunk)
     rng = random.Random(seed)
     state = {"computed": 0, "stored": 0}
@@ -53,8 +55,18 @@ def run_engine_amaranth(dut, cfg, a, b, bias, mult, shift, *, relu, out_int32, s
             if step.first:
                 t = step.tile
                 await wait(ctx, lambda: state["stored"] >= t - 1)
-                addr, params = sched.tiles[t].params
-                await send(ctx, dut.p_wr, {"addr": addr, "data": params})
+                tile = sched.tiles[t]
+                addr, params = tile.params
+                if residual is None:
+                    await send(ctx, dut.p_wr, {"addr": addr, "data": params})
+                else:
+                    x, p = residual
+                    await send(ctx, dut.p_wr, {"addr": addr, "data": params,
+                                               "add": {"a": p.a_mult, "b": p.b_mult, "s": p.shift}})
+                    for r in range(tile.rows):
+                        row = [0] * C
+                        row[:tile.cols] = x[tile.m0 + r, tile.n0:tile.n0 + tile.cols].tolist()
+                        await send(ctx, dut.res_wr, {"addr": tile.store["acc_base"] + r, "data": row})
             for addr, vec in step.a_entries:
                 await send(ctx, dut.a_wr, {"addr": addr, "data": vec})
             for addr, vec in step.b_entries:
@@ -77,7 +89,8 @@ def run_engine_amaranth(dut, cfg, a, b, bias, mult, shift, *, relu, out_int32, s
         last_steps = [s for s, st in enumerate(sched.steps) if st.last]
         for t, tile in enumerate(sched.tiles):
             await wait(ctx, lambda: state["computed"] > last_steps[t])
-            await send(ctx, dut.store, tile.store if table is None else dict(tile.store, lut=1))
+            await send(ctx, dut.store, dict(tile.store, **({} if table is None else {"lut": 1}),
+                                            **({} if residual is None else {"add": 1})))
             while len(tile_rows.get(t, [])) < tile.rows:
                 await ctx.tick()
             state["stored"] = t + 1

@@ -111,6 +111,22 @@ def test_engine_amaranth_store_table_with_stalls(cols, relu):
     assert np.array_equal(got, linear_lut(a, b, bias, mult, shift, table, relu=relu))
 
 
+@pytest.mark.parametrize("cols,relu,fused_table", [(8, False, False), (16, True, True)])
+def test_engine_amaranth_store_add_with_stalls(cols, relu, fused_table):
+    """The residual add (store_add) inside GemmStore: one chunk per row and two, int8 extremes of the result and
+    the residual, with the table before it, random stalls; = golden_model.intvec.linear_add."""
+    from golden_model.intvec import AddParams, LutParams, linear_add
+    cfg = preset("sim").replace(a_depth=64, b_depth=64, acc_depth=8, param_depth=2, cols=cols)
+    rng = np.random.default_rng(cols + 1)
+    a, b, bias, mult, shift = _case(rng, 7, 45, 13)
+    x = rng.choice(np.array([-128, 127, -1, 0, 1, 100], np.int8), (7, 13))
+    p = AddParams(65535, 40000, 15) if relu else AddParams(3, 1, 0)
+    table = LutParams(rng.integers(-128, 128, 256).astype(np.int8)) if fused_table else None
+    got = run_engine_amaranth(GemmEngine(cfg), cfg, a, b, bias, mult, shift, relu=relu, out_int32=False,
+                              stall=0.3, seed=4, table=table and table.table, residual=(x, p))
+    assert np.array_equal(got, linear_add(a, b, bias, mult, shift, x, p, relu=relu, table=table))
+
+
 def run_engine_bench(cfg, name, **env):
     import json
 

@@ -7,6 +7,8 @@
    store cmd ─► GemmStore ◄── [accumulator scratchpad  acc_depth x C int32] ◄──────────┘
                    │  bias (saturating) ─► C x Requantizer (int8) | int32 + ReLU
                    │  (store_lut) ─► StoreTable: int8 y = table[y + 128] per lane  ◄── lut_wr
+                   │  (store_add) ─► StoreAdd: sat8((y ma + x mb + rnd(s)) >> s), x the residual row
+                   │               read with the accumulator row from [RES  acc_depth x C int8] ◄── res_wr
                    ▼
                   out (C lanes of int32; int8 results sign-extended)
 
@@ -18,13 +20,15 @@ they are stored) is the command processor's job (hw/overlay.py); the engine does
 not check it. `compute_done` pulses when a compute command's results are in the
 accumulator scratchpad.
 """
-from amaranth import Array, Module, Mux, Signal, signed, unsigned
+from amaranth import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import ceil_log2, exact_log2
 
 from golden_model.intops import ACC_BITS, MULT_BITS, OUT_BITS, SHIFT_BITS
+from golden_model.intvec import ADD_MULT_BITS
 from hw import isa
 from hw.gemm.array import ACC, INT8, SystolicArray, delay_line
 from hw.requant import Requantizer
@@ -35,6 +39,14 @@ class ChannelParams(data.Struct):
     bias: signed(ACC_BITS)
     multiplier: unsigned(MULT_BITS)
     shift: unsigned(SHIFT_BITS)
+
+
+class AddParams(data.Struct):
+    """The fused residual add's parameters (store_add): per PARAM entry, from its channel 0 (hw.isa.pack_params'
+    add word and shift bits; golden_model.intvec.AddParams is one per tensor)."""
+    a: unsigned(ADD_MULT_BITS)             # multiplies the requantised result y
+    b: unsigned(ADD_MULT_BITS)             # multiplies the residual x
+    s: unsigned(isa.ADD_SHIFT_WIDTH)
 
 
 def abits(depth: int) -> int:
@@ -48,8 +60,10 @@ class EngineLayouts:
         R, C = cfg.rows, cfg.cols
         self.a_write = data.StructLayout({"addr": unsigned(abits(cfg.a_depth)), "data": data.ArrayLayout(INT8, R)})
         self.b_write = data.StructLayout({"addr": unsigned(abits(cfg.b_depth)), "data": data.ArrayLayout(INT8, C)})
+        #: A PARAM entry; on store_add overlays with the residual add's parameters (a memory of their own).
         self.p_write = data.StructLayout({"addr": unsigned(abits(cfg.param_depth)),
-                                          "data": data.ArrayLayout(ChannelParams, C)})
+                                          "data": data.ArrayLayout(ChannelParams, C),
+                                          **({"add": AddParams} if "store_add" in cfg.engines else {})})
         k_bits = abits(min(cfg.a_depth, cfg.b_depth))
         #: K = k_last + 1 consecutive entries from a_base and b_base (addresses wrap).
         self.compute = data.StructLayout({
@@ -68,6 +82,7 @@ class EngineLayouts:
             "relu": unsigned(1),
             "out_int32": unsigned(1),
             "lut": unsigned(1),            # int8 results through the store table (store_lut)
+            "add": unsigned(1),            # int8 results plus the residual rows (store_add)
             "param_rows": unsigned(1),     # row r uses channel r of the entry (convolutions)
             "tiles_last": unsigned(8),     # more tiles of rows_last + 1 rows, tile t from acc_base + t R
         })
@@ -75,6 +90,8 @@ class EngineLayouts:
         #: One AXI beat of the store table (hw.isa LOAD target LUT), written into every lane's copy.
         self.lut_depth = isa.LUT_BYTES // cfg.beat_bytes
         self.lut_write = data.StructLayout({"addr": unsigned(abits(self.lut_depth)), "data": unsigned(cfg.axi_data_bits)})
+        #: A residual row (hw.isa LOAD target RES) at the accumulator row it is added to (store_add).
+        self.res_write = data.StructLayout({"addr": unsigned(abits(cfg.acc_depth)), "data": data.ArrayLayout(INT8, C)})
         #: A whole accumulator row written by another engine (attention).
         self.acc_write = data.StructLayout({"addr": unsigned(abits(cfg.acc_depth)), "data": data.ArrayLayout(ACC, C)})
 
@@ -220,10 +237,14 @@ class GemmStore(wiring.Component):
     left, so int8 and int32 results never overtake each other.
     """
 
-    def __init__(self, cfg, acc_mem: Memory, p_mem: Memory, lut_mems: list[Memory] | None = None):
+    def __init__(self, cfg, acc_mem: Memory, p_mem: Memory, lut_mems: list[Memory] | None = None,
+                 res_mem: Memory | None = None, add_mem: Memory | None = None):
         self.cfg = cfg
         self.layouts = EngineLayouts(cfg)
         self._rd, self._p_rd = acc_mem.read_port(), p_mem.read_port()
+        # The residual rows (store_add): read with the accumulator rows, at the same address.
+        self._res_rd = res_mem.read_port() if res_mem is not None else None
+        self._add_rd = add_mem.read_port() if add_mem is not None else None     # the add's parameters
         # The store table (store_lut): one copy per requantiser lane, one read port each.
         self._lut_rd = [mem.read_port() for mem in lut_mems] if lut_mems else None
         super().__init__({
@@ -251,6 +272,9 @@ class GemmStore(wiring.Component):
         advance = ~s1_valid | s1_ready
         issue = running & advance
         m.d.comb += [rd.en.eq(advance), rd.addr.eq(tile_base + row)]
+        res_rd = self._res_rd
+        if res_rd is not None:
+            m.d.comb += [res_rd.en.eq(advance), res_rd.addr.eq(tile_base + row)]
         with m.If(advance):
             m.d.sync += s1_valid.eq(issue)
         with m.If(issue):
@@ -267,6 +291,8 @@ class GemmStore(wiring.Component):
         with m.If(self.cmd.valid & accept):
             m.d.sync += [cmd.eq(self.cmd.payload), running.eq(1), row.eq(0), tile_base.eq(self.cmd.payload.acc_base)]
         params = p_rd.data
+        if self._add_rd is not None:            # read with the entry, held likewise for the command
+            m.d.comb += [self._add_rd.addr.eq(self.cmd.payload.param_addr), self._add_rd.en.eq(accept)]
 
         # Two register stages before the requantisers, for timing: stage 2 holds the
         # raw accumulator row (the RAM's output goes straight to flip-flops), stage 3
@@ -289,6 +315,14 @@ class GemmStore(wiring.Component):
         bias2 = [Signal(signed(ACC_BITS), name=f"bias{j}_s2") for j in range(C)]
         mult2 = [Signal(unsigned(MULT_BITS), name=f"mult{j}_s2") for j in range(C)]
         shift2 = [Signal(unsigned(SHIFT_BITS), name=f"shift{j}_s2") for j in range(C)]
+        # The residual row travels beside the accumulator row (stages 2 and 3).
+        res2, res3 = ((Signal(data.ArrayLayout(INT8, C), name=f"res_s{i}") for i in (2, 3)) if res_rd is not None
+                      else (None, None))
+        if res_rd is not None:
+            with m.If(advance2):
+                m.d.sync += res2.eq(res_rd.data)
+            with m.If(advance3):
+                m.d.sync += res3.eq(res2)
         with m.If(advance2):
             m.d.sync += [s2_valid.eq(s1_valid), row2.eq(rd.data)]
             for j in range(C):
@@ -338,6 +372,25 @@ class GemmStore(wiring.Component):
             m.d.comb += [table.i.payload[l].eq(x) for l, x in enumerate(q_data)]
             q_valid, q_ready, q_data = table.o.valid, Signal(), [table.o.payload[l] for l in range(L)]
             m.d.comb += table.o.ready.eq(q_ready)
+        if res_rd is not None:
+            # The residual add: each chunk's residual bytes wait in a FIFO from when the chunk enters the
+            # requantisers until it reaches the add (at most the lanes' and the table's stages of chunks
+            # are in between: the FIFO never fills, so it needs no handshake of its own).
+            m.submodules.add = adder = StoreAdd(L)
+            side = data.ArrayLayout(signed(OUT_BITS), L)
+            m.submodules.add_fifo = fifo = SyncFIFO(width=side.size, depth=Requantizer.LATENCY + 2)
+            pushed, got = Signal(side), Signal(side)
+            for l in range(L):
+                pick = (lambda xs: Array(xs[c * L + l] for c in range(chunks))[ch_in]) if chunks > 1 else (lambda xs: xs[l])
+                m.d.comb += pushed[l].eq(pick([res3[j] for j in range(C)]))
+            m.d.comb += [fifo.w_data.eq(pushed), fifo.w_en.eq(lanes[0].i.valid & lanes[0].i.ready),
+                         adder.enable.eq(cmd.add), adder.params.eq(self._add_rd.data),
+                         adder.i.valid.eq(q_valid), q_ready.eq(adder.i.ready), fifo.r_en.eq(q_valid & adder.i.ready),
+                         got.eq(fifo.r_data)]
+            for l, y in enumerate(q_data):
+                m.d.comb += [adder.i.payload[l].y.eq(y), adder.i.payload[l].x.eq(got[l])]
+            q_valid, q_ready, q_data = adder.o.valid, Signal(), [adder.o.payload[l] for l in range(L)]
+            m.d.comb += adder.o.ready.eq(q_ready)
         m.d.comb += q_ready.eq(self.out.ready | (ch_out != chunks - 1))
         with m.If(lanes[0].i.valid & lanes[0].i.ready):
             m.d.sync += ch_in.eq(Mux(ch_in == chunks - 1, 0, ch_in + 1))
@@ -398,6 +451,48 @@ class StoreTable(wiring.Component):
         return m
 
 
+class StoreAdd(wiring.Component):
+    """The residual add (engine store_add): two register stages after the requantisers (and the table),
+    each of the L lanes' int8 y becoming sat8((y a + x b + rnd(s)) >> s) (golden_model.intvec.add, y as
+    its a) while `enable` (STORE.add), passed through otherwise; x (the residual byte) comes with y,
+    `params` (a, b, s) are the command's, held. Stage 1: the two 8 x 17 products and their sum (< 2^24);
+    stage 2: rounding, the arithmetic shift, saturation. Held while the output is not taken."""
+
+    LATENCY = 2          # = sw.backends.cycles.STORE_ADD_LATENCY
+
+    def __init__(self, lanes: int):
+        lane_in = data.StructLayout({"y": signed(OUT_BITS), "x": signed(OUT_BITS)})
+        super().__init__({"i": In(stream.Signature(data.ArrayLayout(lane_in, lanes))),
+                          "o": Out(stream.Signature(data.ArrayLayout(signed(OUT_BITS), lanes))),
+                          "params": In(AddParams), "enable": In(1)})
+
+    def elaborate(self, platform):
+        m = Module()
+        advance = Signal()
+        valid = Signal(self.LATENCY)
+        m.d.comb += [advance.eq(~self.o.valid | self.o.ready), self.i.ready.eq(advance), self.o.valid.eq(valid[-1])]
+        with m.If(advance):
+            m.d.sync += valid.eq(Cat(self.i.valid, valid[:-1]))
+        lo, hi = -(1 << (OUT_BITS - 1)), (1 << (OUT_BITS - 1)) - 1
+        p = self.params
+        s = p.s
+        rnd = Signal(32)                                               # rnd(s) = 2^(s - 1), 0 for s = 0
+        m.d.comb += rnd.eq(Const(1, 33) << s >> 1)
+        for l in range(len(self.o.payload)):
+            y, x = self.i.payload[l].y, self.i.payload[l].x
+            total = Signal(signed(2 * OUT_BITS + ADD_MULT_BITS), name=f"sum{l}")    # |y a + x b| < 2^24
+            raw1, raw2 = Signal(signed(OUT_BITS), name=f"raw{l}_1"), Signal(signed(OUT_BITS), name=f"raw{l}_2")
+            out = Signal(signed(OUT_BITS), name=f"added{l}")
+            rounded = Signal(signed(32), name=f"rounded{l}")                        # + rnd(s) <= 2^30: int32
+            shifted = Signal(signed(32), name=f"shifted{l}")
+            m.d.comb += [rounded.eq(total + rnd), shifted.eq(rounded >> s)]
+            with m.If(advance):
+                m.d.sync += [total.eq(y * p.a + x * p.b), raw1.eq(y), raw2.eq(raw1),
+                             out.eq(Mux(shifted > hi, hi, Mux(shifted < lo, lo, shifted)))]
+            m.d.comb += self.o.payload[l].eq(Mux(self.enable, out, raw2))
+        return m
+
+
 class GemmEngine(wiring.Component):
     """The whole engine for one `hw.config.OverlayConfig`."""
 
@@ -417,6 +512,8 @@ class GemmEngine(wiring.Component):
         }
         if "store_lut" in cfg.engines:
             ports["lut_wr"] = In(stream.Signature(L.lut_write))
+        if "store_add" in cfg.engines:
+            ports["res_wr"] = In(stream.Signature(L.res_write))
         if "attention" in cfg.engines:
             # The attention engine reads S rows and writes normalised rows (hw/attention/engine.py).
             ports |= {"attn_acc_rd_addr": In(abits(cfg.acc_depth)), "attn_acc_rd_data": Out(data.ArrayLayout(ACC, cfg.cols)),
@@ -431,7 +528,19 @@ class GemmEngine(wiring.Component):
         m.submodules.acc_mem = acc_mem = Memory(shape=data.ArrayLayout(ACC, cfg.cols), depth=cfg.acc_depth, init=[])
         m.submodules.p_mem = p_mem = Memory(shape=data.ArrayLayout(ChannelParams, cfg.cols),
                                             depth=cfg.param_depth, init=[])
-        for port, mem in ((self.a_wr, a_mem), (self.b_wr, b_mem), (self.p_wr, p_mem)):
+        writes = [(self.a_wr, a_mem), (self.b_wr, b_mem), (self.p_wr, p_mem)]
+        res_mem = add_mem = None
+        if "store_add" in cfg.engines:
+            # The residual rows, mirroring the accumulator rows (acc_depth x C int8), and the add's
+            # parameters per PARAM entry (written with it).
+            m.submodules.res_mem = res_mem = Memory(shape=data.ArrayLayout(INT8, cfg.cols), depth=cfg.acc_depth,
+                                                    init=[])
+            writes.append((self.res_wr, res_mem))
+            m.submodules.add_mem = add_mem = Memory(shape=AddParams, depth=cfg.param_depth, init=[])
+            wp = add_mem.write_port()
+            m.d.comb += [wp.addr.eq(self.p_wr.payload.addr), wp.data.eq(self.p_wr.payload.add),
+                         wp.en.eq(self.p_wr.valid)]
+        for port, mem in writes:
             wp = mem.write_port()
             m.d.comb += [wp.addr.eq(port.payload.addr), wp.data.eq(port.payload.data),
                          wp.en.eq(port.valid), port.ready.eq(1)]
@@ -450,7 +559,7 @@ class GemmEngine(wiring.Component):
                 m.d.comb += [wp.addr.eq(self.lut_wr.payload.addr), wp.data.eq(self.lut_wr.payload.data),
                              wp.en.eq(self.lut_wr.valid)]
                 lut_mems.append(mem)
-        m.submodules.store_unit = su = GemmStore(cfg, acc_mem, p_mem, lut_mems)
+        m.submodules.store_unit = su = GemmStore(cfg, acc_mem, p_mem, lut_mems, res_mem, add_mem)
         if "attention" in cfg.engines:
             wiring.connect(m, wiring.flipped(self.attn_acc_wr), cu.ext_wr)
         wiring.connect(m, wiring.flipped(self.compute), cu.cmd)

@@ -305,14 +305,9 @@ class SimOverlay:
             self.params[idx] = p
 
     def _residual_add(self, y, idx, p) -> np.ndarray:
-        """STORE.add: the residual rows at the accumulator rows read, added per channel (intvec.add)."""
-        x, ps = self.res[idx], p[..., 3:6].reshape(-1, self.cfg.cols, 3)[0]
-        if (ps == ps[0]).all():                                   # one add for the tensor (what compilers write)
-            return add(y, x, AddParams(*(int(v) for v in ps[0])))
-        out = np.empty_like(y)
-        for j in range(self.cfg.cols):
-            out[:, j] = add(y[:, j], x[:, j], AddParams(*(int(v) for v in ps[j])))
-        return out
+        """STORE.add: the residual rows at the accumulator rows read, added (intvec.add) with the add's
+        parameters of the entry's channel 0 (one per tensor: the engine holds only those)."""
+        return add(y, self.res[idx], AddParams(*(int(v) for v in p[0, 3:6])))
 
     def _im2col(self, d) -> bool:
         """LOAD IM2COL (hw/conv/im2col.py): B entries gathered from row spans (False: a row outside DDR)."""
