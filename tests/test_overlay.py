@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from golden_model.intops import gemm
-from golden_model.intvec import LutParams, linear_lut
+from golden_model.intvec import AddParams, LutParams, linear_add, linear_lut
 from hw import isa
 from hw.config import preset
 from sw.backends.faults import Fault
@@ -60,15 +60,25 @@ def test_rtl_equals_sim_equals_golden_with_axi_backpressure():
     cases = CASES + [(4, 2100, 8, True, False)]          # K split into accumulated chunks
     # Fused store tables (store_lut): an arbitrary table (every entry matters), with and without ReLU.
     cases += [(5, 9, 11, False, False, "lut"), (13, 33, 17, True, False, "lut")]
+    # Fused residual adds (store_add): int8 extremes of the residual, N not a multiple of C, M of R, K split,
+    # with the table before the add; adds of extreme multipliers (the sum saturates both ways).
+    cases += [(13, 33, 17, False, False, "add"), (5, 9, 11, True, False, "lut", "add"),
+              (6, 2100, 9, False, False, "add")]
     drv = Driver(SIM, "sim")
     progs, wants, sims = [], [], []
     for m, k, n, relu, out_int32, *fused in cases:
         a, b, bias, mult, shift = layer(rng, m, k, n, extremes=True)
-        table = LutParams(rng.integers(-128, 128, 256).astype(np.int8)) if fused else None
-        prog = drv.compile(a, b, bias, mult, shift, relu=relu, out_int32=out_int32, lut=table)
+        table = LutParams(rng.integers(-128, 128, 256).astype(np.int8)) if "lut" in fused else None
+        x = rng.choice(np.array([-128, 127, -1, 0, 1], np.int8), (m, n)) if "add" in fused else None
+        p = (AddParams(65535, 65535, 8) if m % 2 else AddParams.make(0.03, 0.05, 0.04)) if "add" in fused else None
+        prog = drv.compile(a, b, bias, mult, shift, relu=relu, out_int32=out_int32, lut=table, residual=x, add=p)
         progs.append(prog)
         want = gemm(a, b, bias, mult, shift, relu=relu, out_int32=out_int32)
-        wants.append(want if table is None else linear_lut(a, b, bias, mult, shift, table, relu=relu))
+        if x is not None:
+            want = linear_add(a, b, bias, mult, shift, x, p, relu=relu, table=table)
+        elif table is not None:
+            want = linear_lut(a, b, bias, mult, shift, table, relu=relu)
+        wants.append(want)
         sims.append((prog.output(drv.run(prog)), drv.last_run.cycles))
     results = run_images(SIM, [dict(base=p.base_addr, image=p.image, desc_count=len(p.descriptors),
                                     timeout=2_000_000) for p in progs], stall=0.3, seed=11)
@@ -106,8 +116,10 @@ def test_rtl_errors_hang_reset_and_cycle_model():
     # Two more layers without stalls: the sim model's cycles must be within 5% of the RTL's.
     drv = Driver(SIM, "sim")
     timed = []
-    for m, k, n, fused in ((9, 70, 20, LutParams.gelu(0.05, 0.02)), (16, 256, 32, None)):   # (with a fused GELU)
-        p = drv.compile(*layer(rng, m, k, n), lut=fused)
+    for m, k, n, fused, added in ((9, 70, 20, LutParams.gelu(0.05, 0.02), None), (16, 256, 32, None, None),
+                                  (16, 96, 24, None, AddParams.make(0.05, 0.02, 0.06))):   # (fused GELU, add)
+        res = rng.integers(-128, 128, (m, n)).astype(np.int8) if added else None
+        p = drv.compile(*layer(rng, m, k, n), lut=fused, residual=res, add=added)
         drv.run(p)
         timed.append(drv.last_run.cycles)
         jobs.append(dict(base=p.base_addr, image=p.image, desc_count=len(p.descriptors), timeout=500_000))
