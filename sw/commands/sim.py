@@ -26,6 +26,9 @@ def add_arguments(parser):
     g.add_argument("--lut", choices=sorted(STORE_TABLES),
                    help="a table fused into the GEMM store after the requantiser (presets with store_lut: sim, "
                         "bench16; docs/vector.md)")
+    g.add_argument("--add", action="store_true",
+                   help="a residual add (a random int8 M x N residual at another scale) fused into the GEMM store "
+                        "after the requantiser (and the table) (presets with store_add: sim, bench16; docs/vector.md)")
     _common(g)
     g.set_defaults(_run=run_gemm)
     c = sub.add_parser("conv", help="one quantised convolution", description="one quantised convolution")
@@ -278,12 +281,25 @@ def run_gemm(args) -> int:
     if table is not None and ("store_lut" not in cfg.engines or args.int32):
         with_table = ", ".join(n for n, _ in presets_with("store_lut"))
         raise UsageError(f"--lut needs int8 output and a preset with the store table ({with_table})")
-    a, b, bias, mult, shift = random_layer(np.random.default_rng(args.seed), args.m, args.k, args.n)
-    title = f"gemm {args.m} x {args.k} x {args.n}" + (f" + {args.lut} (fused in the store)" if table else "")
+    if args.add and ("store_add" not in cfg.engines or args.int32):
+        with_add = ", ".join(n for n, _ in presets_with("store_add"))
+        raise UsageError(f"--add needs int8 output and a preset with the store's residual add ({with_add})")
+    rng = np.random.default_rng(args.seed)
+    a, b, bias, mult, shift = random_layer(rng, args.m, args.k, args.n)
+    # The residual: int8 at scale 0.08 added to the layer's output (~0.05), the sum at 0.1 (a Hiera block's)
+    residual = rng.integers(-128, 128, (args.m, args.n)).astype(np.int8) if args.add else None
+    add = intvec.AddParams.make(0.05, 0.08, 0.1) if args.add else None
+    fused = [f"{args.lut}"] * (table is not None) + ["residual add"] * args.add
+    title = f"gemm {args.m} x {args.k} x {args.n}" + (f" + {' + '.join(fused)} (fused in the store)" if fused else "")
+
+    def golden():
+        if args.add:
+            return intvec.linear_add(a, b, bias, mult, shift, residual, add, relu=args.relu, table=table)
+        if table is not None:
+            return intvec.linear_lut(a, b, bias, mult, shift, table, relu=args.relu)
+        return gemm(a, b, bias, mult, shift, relu=args.relu, out_int32=args.int32)
     return _run_layer(args, cfg, title, lambda drv: drv.linear(
-        a, b, bias, mult, shift, relu=args.relu, out_int32=args.int32, lut=table),
-        lambda: gemm(a, b, bias, mult, shift, relu=args.relu, out_int32=args.int32) if table is None
-        else intvec.linear_lut(a, b, bias, mult, shift, table, relu=args.relu))
+        a, b, bias, mult, shift, relu=args.relu, out_int32=args.int32, lut=table, residual=residual, add=add), golden)
 
 
 def run_attention(args) -> int:

@@ -24,7 +24,7 @@ are compiled once per process.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 
 import numpy as np
@@ -346,21 +346,58 @@ def fuse_store_tables(cfg, placements: list[Placement]) -> list[Placement]:
     """On an overlay with the GEMM store table (engine store_lut): a GELU whose input only a linear on the
     GEMM engine writes and only the GELU reads rides in that linear's store (compile_linear(lut=...)):
     placed "gemm", no cycles (the table stage adds a cycle per STORE, a LOAD of 256 bytes per program) and
-    no DDR bytes (the hidden tensor is written once, GELU'd, and never read back for it)."""
-    if "store_lut" not in cfg.engines:
-        return placements
+    no DDR bytes (the hidden tensor is written once, GELU'd, and never read back for it).
+    With the store's residual add (engine store_add) likewise an add of such a linear's output (`fused_adds`):
+    the add rides in the linear's store (compile_linear(residual=, add=)), which reads the residual (its
+    bytes move to the linear's placement): the linear's output is never written alone nor read back."""
     readers: dict[str, int] = {}
     for p in placements:
         for t in p.layer.inputs:
             readers[t] = readers.get(t, 0) + 1
     writers = {p.layer.output: p for p in placements if p.layer.output}
+    adds = fused_adds(cfg, placements)
+    by_name = {p.layer.name: p for p in placements}
+    residual_bytes = {src: math.prod(by_name[add].layer.out_shape) for add, (src, _) in adds.items()}
     out = []
     for p in placements:
         src = writers.get(p.layer.inputs[0]) if p.layer.op == "gelu" and p.layer.inputs else None
-        if src is not None and src.layer.op == "linear" and src.where == "gemm" and readers[p.layer.inputs[0]] == 1:
+        if ("store_lut" in cfg.engines and src is not None and src.layer.op == "linear" and src.where == "gemm"
+                and readers[p.layer.inputs[0]] == 1):
             p = Placement(p.layer, "gemm", f"fused into {src.layer.name}'s store (store_lut)", 0, 0.0, 0, "",
                           host_seconds=p.host_seconds)
+        elif p.layer.name in adds:
+            p = Placement(p.layer, "gemm", f"fused into {adds[p.layer.name][0]}'s store (store_add)", 0, 0.0, 0, "",
+                          host_seconds=p.host_seconds)
+        elif p.layer.name in residual_bytes:
+            p = replace(p, ddr_bytes=p.ddr_bytes + residual_bytes[p.layer.name])
         out.append(p)
+    return out
+
+
+def fused_adds(cfg, placements: list[Placement]) -> dict[str, tuple[str, int]]:
+    """The adds that ride in a linear's store on an overlay with store_add: add name -> (the linear, which
+    of the add's inputs it writes). The linear is on the GEMM engine and the add its output's only reader;
+    the other input (the residual) has the same shape (no broadcast) and is there when the linear runs
+    (written before it in node order, or a graph input)."""
+    if "store_add" not in cfg.engines:
+        return {}
+    readers: dict[str, int] = {}
+    order = {p.layer.output: i for i, p in enumerate(placements) if p.layer.output}
+    for p in placements:
+        for t in p.layer.inputs:
+            readers[t] = readers.get(t, 0) + 1
+    out = {}
+    for p in placements:
+        lay = p.layer
+        if lay.op != "add" or len(lay.inputs) != 2 or len(lay.in_shapes) != 2 or lay.in_shapes[0] != lay.in_shapes[1]:
+            continue
+        for i, t in enumerate(lay.inputs):
+            src = placements[order[t]] if t in order else None
+            other = lay.inputs[1 - i]
+            if (src is not None and src.layer.op == "linear" and src.where == "gemm" and readers[t] == 1
+                    and order.get(other, -1) < order[t]):
+                out[lay.name] = (src.layer.name, i)
+                break
     return out
 
 

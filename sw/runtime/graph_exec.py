@@ -12,7 +12,9 @@ multiplier / shift, AttentionQuant, intvec parameter sets); host and layout node
 interpreter's op functions (golden_model.quant.intinterp), so they equal it by construction. A GELU the
 placement fuses into its fc1's store (store_lut: sw.compile.graph.fuse_store_tables) runs inside that
 linear's Driver call (lut=its table): the linear's output tensor then holds the GELU'd values, checked
-against the GELU's output, and the GELU node passes them on with no run of its own.
+against the GELU's output, and the GELU node passes them on with no run of its own. An add fused into
+a linear's store (store_add: sw.compile.graph.fused_adds) likewise: the linear's Driver call takes the
+residual (the add's other input) and the add's parameters, its output tensor holds the sum.
 
 The interpreter is the spec: the one parameter it must share with the overlay is the attention key
 tile (the engine's online softmax runs over tiles of cfg.cols keys), so the QuantModel must be
@@ -32,7 +34,7 @@ import numpy as np
 from golden_model.intattn import AttentionQuant
 from golden_model.quant.interpret import merge_heads, nchw_to_nhwc, nhwc_to_nchw, split_heads
 from golden_model.quant.intinterp import IntRunner, _mask_product, _requant_args, _vec_params
-from sw.compile.graph import place_all, vector_lanes
+from sw.compile.graph import fused_adds, place_all, vector_lanes
 from sw.perf.layers import graph_layers
 from sw.runtime.driver import Driver
 
@@ -57,11 +59,13 @@ class NodeRecord:
 
 
 # ---------------------------------------------------------------- engine nodes through the Driver
-def _linear(drv, n, a, r, lut=None):
+def _linear(drv, n, a, r, lut=None, residual=None, add=None):
     x, w, b = a
     m, s = _requant_args(r, n)
+    if residual is not None:
+        residual = np.ascontiguousarray(residual).reshape(-1, w.shape[0])
     y = drv.linear(x.reshape(-1, x.shape[-1]), np.ascontiguousarray(w.reshape(w.shape[0], -1).T), b, m, s,
-                   relu=n.attrs.get("relu", False), lut=lut)
+                   relu=n.attrs.get("relu", False), lut=lut, residual=residual, add=add)
     return y.reshape(x.shape[:-1] + (w.shape[0],)), [drv.last_run]
 
 
@@ -158,7 +162,26 @@ class GraphExecutor(IntRunner):
         self.fused = {writers[n.inputs[0]].name: n for n in qm.graph.nodes
                       if n.op == "gelu" and self.placements[n.name].where == "gemm"
                       and not n.attrs.get("host") and not writers[n.inputs[0]].attrs.get("host")}
+        # linear node -> (the add node riding in its store, which of the add's inputs the linear writes)
+        nodes = {n.name: n for n in qm.graph.nodes}
+        self.fused_adds = {lin: (nodes[add], i) for add, (lin, i) in
+                           fused_adds(cfg, list(self.placements.values())).items()
+                           if not nodes[add].attrs.get("host") and not nodes[lin].attrs.get("host")}
         self.records: dict[str, NodeRecord] = {}
+        self._env: dict = {}
+
+    def arg(self, name, env):
+        self._env = env                 # the running environment: a fused add's residual is read from it
+        return super().arg(name, env)
+
+    def _fused_add_call(self, add, i):
+        """The linear's Driver call with `add` in its store: the residual is the add's other input, and
+        the add's (a_mult, b_mult) swap when the linear writes its second input (the store's y is a)."""
+        def call(d, n, a, r):
+            p = _vec_params(r, add, "AddParams")
+            p = p if i == 0 else type(p)(p.b_mult, p.a_mult, p.shift)
+            return _linear(d, n, a, r, residual=self.arg(add.inputs[1 - i], self._env), add=p)
+        return call
 
     def op_fn(self, node):
         p = self.placements[node.name]
@@ -181,11 +204,17 @@ class GraphExecutor(IntRunner):
 
         if any(g.name == node.name for g in self.fused.values()):
             return lambda n, args, r: args[0]           # its fc1's store applied the table
+        for add, i in self.fused_adds.values():
+            if add.name == node.name:
+                return lambda n, args, r, i=i: args[i]      # its linear's store added the residual
         gelu = self.fused.get(node.name)
         call = self.ENGINE_OPS[node.op]
         if gelu is not None:
             rec.holds = gelu.outputs[0]
             call = lambda d, n, a, r: _linear(d, n, a, r, lut=_vec_params(r, gelu, "LutParams"))  # noqa: E731
+        if node.name in self.fused_adds:
+            add, i = self.fused_adds[node.name]
+            rec.holds, call = add.outputs[0], self._fused_add_call(add, i)
 
         def on_engine(n, args, r):
             traffic, t = self.driver.device.traffic, time.perf_counter()
