@@ -46,9 +46,15 @@ def _store_lut(drv, rng):
     return drv.linear(*random_layer(rng, 20, 40, 24), lut=intvec.LutParams.gelu(0.05, 0.02))
 
 
+def _store_add(drv, rng):
+    from golden_model import intvec
+    residual = rng.integers(-128, 128, (20, 24), dtype=np.int8)
+    return drv.linear(*random_layer(rng, 20, 40, 24), residual=residual, add=intvec.AddParams.make(0.05, 0.08, 0.1))
+
+
 #: engine (hw.isa.ENGINES) -> a call that runs a program on it. A new engine needs a row here.
 CALLS = {"gemm": _gemm, "attention": _attention, "conv": _conv, "depthwise": _depthwise, "vector": _vector,
-         "store_lut": _store_lut}
+         "store_lut": _store_lut, "store_add": _store_add}
 
 
 def test_every_engine_has_a_fault_case():
