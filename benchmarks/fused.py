@@ -121,6 +121,48 @@ def table_resources(cfg, family: str = "xcup") -> dict:
     return estimate(verilog, "store_table", family, folder).as_dict()
 
 
+def add_resources(cfg, family: str = "xcup") -> dict:
+    """yosys estimate of the residual add alone (StoreAdd, cfg.requant_lanes lanes, and the RES memory of
+    acc_depth x C int8 with its write and read ports): most of what store_add adds to the GEMM store (besides
+    the residual row's two register stages, C x 16 FFs, the chunk FIFO and the add's parameter memory)."""
+    from amaranth import Module
+    from amaranth.lib import stream, wiring
+    from amaranth.lib.memory import Memory
+    from amaranth.lib.wiring import In, Out
+
+    from benchmarks.common import BENCH_DIR
+    from hw.flows.estimate import estimate
+    from hw.gemm.engine import AddParams, EngineLayouts, StoreAdd, abits
+    from hw.verilog import write_verilog
+
+    layouts = EngineLayouts(cfg)
+    row = layouts.res_write.members["data"]
+
+    class Add(wiring.Component):
+        def __init__(self):
+            self.mem = Memory(shape=row, depth=cfg.acc_depth, init=[])
+            self.stage = StoreAdd(cfg.requant_lanes)
+            super().__init__({"wr": In(stream.Signature(layouts.res_write)), "rd_addr": In(abits(cfg.acc_depth)),
+                              "rd": Out(row), "enable": In(1), "params": In(AddParams),
+                              "i": In(stream.Signature(self.stage.i.payload.shape())),
+                              "o": Out(stream.Signature(self.stage.o.payload.shape()))})
+
+        def elaborate(self, platform):
+            m = Module()
+            m.submodules.stage, m.submodules.mem = self.stage, self.mem
+            wp, rp = self.mem.write_port(), self.mem.read_port()
+            m.d.comb += [self.wr.ready.eq(1), wp.addr.eq(self.wr.payload.addr), wp.data.eq(self.wr.payload.data),
+                         wp.en.eq(self.wr.valid), rp.addr.eq(self.rd_addr), self.rd.eq(rp.data),
+                         self.stage.enable.eq(self.enable), self.stage.params.eq(self.params)]
+            wiring.connect(m, wiring.flipped(self.i), self.stage.i)
+            wiring.connect(m, self.stage.o, wiring.flipped(self.o))
+            return m
+
+    folder = BENCH_DIR / f"store_add_{cfg.name}"
+    verilog = write_verilog(Add(), "store_add", folder)
+    return estimate(verilog, "store_add", family, folder, abc9=False).as_dict()     # (abc9 asserts on it)
+
+
 def run(preset_name: str = "bench16", resources: bool = True) -> None:
     from hw.config import preset
     cfg = preset(preset_name)
@@ -147,6 +189,11 @@ def run(preset_name: str = "bench16", resources: bool = True) -> None:
                  f"{frame['fused_cycles']:,} cycles fused vs {frame['separate_cycles']:,} separate "
                  f"({frame['fused_cycles'] * ms:.1f} vs {frame['separate_cycles'] * ms:.1f} ms at {cfg.clock_mhz:g} MHz), "
                  f"{frame['saved_MB']:.1f} MB less DDR traffic")
+        if resources:
+            r = add_resources(cfg)
+            notes += (f"; the add ({cfg.requant_lanes} lanes, RES {cfg.acc_depth} x {cfg.cols} int8), yosys synth_xilinx "
+                      f"xcup: {r['luts']} LUTs ({r['lutram']} as LUTRAM), {r['ffs']} FFs, {r['bram36']} BRAM36, "
+                      f"{r['dsps']} DSPs")
         report(f"fused-add-{cfg.name}", rows, notes=notes)
 
 
