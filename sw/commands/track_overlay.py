@@ -25,7 +25,7 @@ def overlay_predictor(args, qm, cache: int, prompts):
     pairs = len({(p.obj_id, p.frame) for p in prompts})
     try:
         ex = VideoGraphExecutor(qm, cfg, args.backend, video_driver(cfg, args.backend, qm.graph, cond_frames=pairs,
-                                                                    objects=objects))
+                                                                    objects=objects, bitfile=args.bitfile))
     except GraphExecError as e:
         raise CommandError(str(e)) from e
     try:

@@ -399,10 +399,12 @@ def bank_bytes(graph, **kwargs) -> int:
     return sum(-(-size // ALIGN) * ALIGN for size in sizes)
 
 
-def video_driver(cfg, backend: str, graph, **kwargs):
-    """A Driver whose arena holds the default one plus the memory bank (`kwargs`: bank_rings')."""
+def video_driver(cfg, backend: str, graph, bitfile=None, **kwargs):
+    """A Driver whose arena holds the default one plus the memory bank (`kwargs`: bank_rings'); `bitfile`:
+    the overlay's .bit on a board (pynq backend)."""
     from sw.runtime.driver import Driver
-    return Driver(cfg, backend, ddr_bytes=Driver(cfg, backend).ddr_bytes + bank_bytes(graph, **kwargs))
+    return Driver(cfg, backend, ddr_bytes=Driver(cfg, backend).ddr_bytes + bank_bytes(graph, **kwargs),
+                  bitfile=None if bitfile is None else str(bitfile))
 
 
 def overlay_video_predictor(qm, executor: VideoGraphExecutor, cond_frames: int = 1, objects: int = 1, observe=None,
