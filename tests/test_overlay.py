@@ -57,7 +57,8 @@ def test_rtl_equals_sim_equals_golden_with_axi_backpressure():
     """One Verilator run for several layers, random stalls on every AXI channel."""
     from sw.backends.rtl import run_images
     rng = np.random.default_rng(7)
-    cases = CASES + [(4, 2100, 8, True, False)]          # K split into accumulated chunks
+    cases = CASES + [(4, 2100, 8, True, False),          # K split into accumulated chunks
+                     (37, 2100, 19, True, False)]        # ... over blocks of several M- and N-tiles
     # Fused store tables (store_lut): an arbitrary table (every entry matters), with and without ReLU.
     cases += [(5, 9, 11, False, False, "lut"), (13, 33, 17, True, False, "lut")]
     drv = Driver(SIM, "sim")
@@ -222,7 +223,8 @@ def test_rtl_128bit_axi_bit_exact_and_cycles():
     drv = Driver(cfg, "sim")
     rng = np.random.default_rng(9)
     progs, wants, cycles = [], [], []
-    for m, k, n, relu, out_int32 in [(7, 45, 37, True, False), (5, 130, 16, False, True), (12, 64, 48, False, False)]:
+    for m, k, n, relu, out_int32 in [(7, 45, 37, True, False), (5, 130, 16, False, True), (12, 64, 48, False, False),
+                                     (20, 2200, 40, False, False)]:      # K split, blocks of M- and N-tiles
         a, b, bias, mult, shift = layer(rng, m, k, n, extremes=True)
         p = drv.compile(a, b, bias, mult, shift, relu=relu, out_int32=out_int32)
         assert np.array_equal(p.output(drv.run(p)), want := gemm(a, b, bias, mult, shift, relu=relu,
