@@ -93,6 +93,14 @@ class _VideoHostOps(IntRunner):
 
 
 @dataclass
+class ObjectMemory:
+    """One object's gathered memory for a frame's memory attention (GraphTracker.memory_inputs)."""
+    bank: dict                 # "memory", "memory_pos": (1, K, mem_dim) int8
+    ptr_tokens: int            # its last tokens: object pointers (no RoPE; v_proj not in the bank)
+    values: list | None        # its memory frames' banked values (BankEntry), None: v_proj on the whole memory
+
+
+@dataclass
 class StageStats:
     cycles: int = 0
     host_s: float = 0.0       # host ops' wall time
@@ -172,6 +180,86 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
     def node_fn(self, node):
         """run_nodes' nodes (the video stages) where the placement puts them, as run()'s."""
         return self.op_fn(node)
+
+    # ------------------------------------------------------------ several objects' memory attention at once
+    def run_objects(self, names, env: dict, objects: list, output: str, observe=None) -> list:
+        """run_nodes for every object of `objects` (ObjectMemory) on one frame's `env`: each one's tensor
+        `output`, in order. A node whose inputs are the frame's alone runs once for all (memory
+        attention layer 0's self-attention and cross-attention queries); the other nodes run once over
+        all objects' rows (_rows_batched) except attention, one call per group of objects with equal
+        memory lengths (_attention_batched). Each object's numbers are run_nodes' (module docstring)."""
+        index = self.cached("node_index", lambda: {n.name: n for n in self.graph.nodes})
+        shared, per = dict(env), {}
+        for name in names:
+            node = index[name]
+            if node.op == "memory_bank":
+                ys = [o.bank[node.attrs["part"]] for o in objects]
+            elif not any(i in per for i in node.inputs):
+                shared[node.outputs[0]] = y = self.node_fn(node)(node, [self.arg(i, shared) for i in node.inputs],
+                                                                 self)
+                if observe is not None:
+                    observe(node, y)
+                continue
+            else:
+                args = [[per[i][k] if i in per else self.arg(i, shared) for i in node.inputs]
+                        for k in range(len(objects))]
+                batched = self._attention_batched if node.op == "attention" else self._rows_batched
+                ys = batched(node, args, [i in per or i not in self.graph.constants for i in node.inputs], objects)
+            per[node.outputs[0]] = ys
+            for y in ys if observe is not None else ():
+                observe(node, y)
+        return per[output]
+
+    def _rows_batched(self, node, args, activation, objects) -> list:
+        """One run of a row-wise node (linear, layernorm, add, rescale, ROPE) over every object's rows: the
+        rows concatenated, the objects' pointer tokens last (the ROPE's excluded tail, the value projection's
+        rows not in the bank), so the node's own split applies to all. Exact: the weights and the
+        requantisation scales are per tensor, every row's result is its own."""
+        tail = node.attrs.get("exclude") == "O" or node.name in self.cached(
+            "value_names", lambda: {n.name for n in self.value_nodes})
+        rows = [[np.asarray(x).reshape(-1, np.shape(x)[-1]) if act else x for x, act in zip(a, activation)]
+                for a in args]
+        counts = [r[0].shape[0] for r in rows]
+        heads = [n - (o.ptr_tokens if tail else 0) for n, o in zip(counts, objects)]
+        ins = []
+        for j, act in enumerate(activation):
+            if not act:                     # a constant (weights, tables): the same for all
+                ins.append(args[0][j])
+                continue
+            if any(r[j].shape[0] != n for r, n in zip(rows, counts)):
+                raise GraphExecError(f"{node.name}: input {node.inputs[j]} is not row for row with {node.inputs[0]}")
+            ins.append(np.concatenate([r[j][:h] for r, h in zip(rows, heads)] +
+                                      [r[j][h:] for r, h in zip(rows, heads)])[None])
+        saved = getattr(self, "run_dims", None), self.memory_values
+        if tail:
+            self.run_dims = {**(saved[0] or {}), "O": sum(n - h for n, h in zip(counts, heads))}
+            values = [o.values for o in objects]
+            self.memory_values = None if None in values else [e for v in values for e in v]
+        try:
+            y = self.node_fn(node)(node, ins, self)
+        finally:
+            self.run_dims, self.memory_values = saved
+        y = y.reshape(-1, y.shape[-1])
+        out, h0, t0 = [], 0, sum(heads)
+        for a, n, h in zip(args, counts, heads):
+            out.append(np.concatenate([y[h0:h0 + h], y[t0:t0 + n - h]]).reshape(np.shape(a[0])[:-1] + y.shape[-1:]))
+            h0, t0 = h0 + h, t0 + n - h
+        return out
+
+    def _attention_batched(self, node, args, activation, objects) -> list:
+        """Attention per object (its keys and values are its own), in one Driver call for each group of
+        objects with the same memory length: stacked on the call's leading batch (its heads)."""
+        groups: dict = {}
+        for k, a in enumerate(args):
+            groups.setdefault(tuple(np.shape(x) for x in a), []).append(k)
+        out = [None] * len(args)
+        for ks in groups.values():
+            y = self.node_fn(node)(node, [np.concatenate([args[k][j] for k in ks]) for j in range(len(node.inputs))],
+                                   self)
+            ends = np.cumsum([np.shape(args[k][0])[0] for k in ks])
+            for k, part in zip(ks, np.split(y, ends[:-1])):
+                out[k] = part
+        return out
 
 
 # ---------------------------------------------------------------- the memory bank in DDR
@@ -288,6 +376,7 @@ class OverlayTracker(GraphTracker):
         super().__init__(graph, executor, observe)
         self.bank = bank
         self.image_model = _BankImageModel(graph, executor, bank, observe)
+        self.attended: dict = {}      # (frame, reverse, id(output_dict)) -> the frame's batched memory attention
 
     def bank_features(self, feats):
         """The frame into the bank, with its memory-attention values (every layer's v_proj) when kept."""
@@ -296,11 +385,33 @@ class OverlayTracker(GraphTracker):
             entry.values = self.bank.put("values", self.runner.project_values(feats))
         return entry
 
-    def prepare_memory_conditioned_features(self, *args, **kwargs):
+    def prepare_memory_conditioned_features(self, frame_idx, is_init_cond_frame, vision_feat, vision_pos,
+                                            output_dict, num_frames, track_in_reverse=False):
+        """GraphTracker's, the memory attention through attend(): the object's result of the frame's batch
+        when the predictor ran one (OverlayVideoPredictor), else this object's alone."""
+        if is_init_cond_frame:
+            return super().prepare_memory_conditioned_features(frame_idx, True, vision_feat, vision_pos, output_dict,
+                                                               num_frames, track_in_reverse)
+        done = self.attended.get((frame_idx, track_in_reverse, id(output_dict)))
+        if done is not None:
+            return done
+        return self.attend(frame_idx, vision_feat, [output_dict], num_frames, track_in_reverse)[0]
+
+    def attend(self, frame_idx, vision_feat, output_dicts, num_frames, track_in_reverse=False) -> list:
+        """The memory attention of the objects with these banks on one non-initial frame, batched
+        (VideoGraphExecutor.run_objects): each object's conditioned features, in order."""
+        v = self.video
+        b, hw, c = vision_feat.shape
+        side = math.isqrt(hw)
+        objects = []
         try:
-            return super().prepare_memory_conditioned_features(*args, **kwargs)
+            for od in output_dicts:
+                bank, ptr_tokens = self.memory_inputs(frame_idx, od, num_frames, track_in_reverse)
+                objects.append(ObjectMemory(bank, ptr_tokens, self.runner.memory_values))
         finally:
             self.runner.memory_values = None
+        return self.runner.run_objects(v["memory_attention"], {v["curr"]: vision_feat.reshape(b, side, side, c)},
+                                       objects, "ma.to_decoder", self.observe)
 
     def memory_frames(self, frame_idx, output_dict, track_in_reverse=False):
         frames, selected, unselected = super().memory_frames(frame_idx, output_dict, track_in_reverse)
@@ -321,6 +432,7 @@ class OverlayVideoPredictor(VideoPredictor):
         self.executor = tracker.runner
         self.retries: list[str] = []       # frames a re-run recovered, one line each
         self.faults: dict = {}             # frame -> sw.backends.faults.Fault armed when that frame starts (tests)
+        self.batch_objects = True          # the objects' memory attentions batched per frame (False: one by one)
         self._guarded = False
 
     def _twice(self, frame_idx: int, step):
@@ -348,22 +460,46 @@ class OverlayVideoPredictor(VideoPredictor):
     def _features(self, state, frame_idx):
         return self._twice(frame_idx, lambda: super(OverlayVideoPredictor, self)._features(state, frame_idx))
 
-    def _run_single_frame(self, state, obj, frame_idx, *args, **kwargs):
-        return self._twice(frame_idx, lambda: super(OverlayVideoPredictor, self)._run_single_frame(
-            state, obj, frame_idx, *args, **kwargs))
+    def _run_single_frame(self, state, obj, frame_idx, is_init, point_inputs, mask_inputs, reverse, run_mem_encoder,
+                          prev_sam_mask_logits=None):
+        def step():
+            if self.batch_objects and run_mem_encoder and not is_init and point_inputs is None and mask_inputs is None:
+                self._attend_objects(state, frame_idx, reverse)       # a propagation step
+            return super(OverlayVideoPredictor, self)._run_single_frame(
+                state, obj, frame_idx, is_init, point_inputs, mask_inputs, reverse, run_mem_encoder,
+                prev_sam_mask_logits)
+        return self._twice(frame_idx, step)
+
+    def _attend_objects(self, state, frame_idx: int, reverse: bool) -> None:
+        """The memory attention of every object propagate_in_video tracks on this frame (those it is not a
+        conditioning frame of), batched, once per frame: each object's step then takes its result.
+        Exact: an object's memory attention reads only its own bank, which the frame's steps before it
+        (other objects') do not change."""
+        tracker = self.tracker
+        if any(k[:2] == (frame_idx, reverse) for k in tracker.attended):
+            return
+        objs = [o for o in state.objects.values() if frame_idx not in o.output_dict["cond_frame_outputs"]]
+        feats = self._features(state, frame_idx)
+        outs = tracker.attend(frame_idx, feats.vision_feat, [o.output_dict for o in objs], state.num_frames, reverse)
+        tracker.attended = {(frame_idx, reverse, id(o.output_dict)): y for o, y in zip(objs, outs)}
 
     def propagate_in_video(self, state, start_frame_idx=None, max_frame_num_to_track=None, reverse=False):
         cfg = self.cfg
         window = cfg.num_maskmem * cfg.memory_temporal_stride_for_eval
         sign = -1 if reverse else 1
-        for frame_idx, obj_ids, masks in super().propagate_in_video(state, start_frame_idx, max_frame_num_to_track,
-                                                                    reverse):
-            yield frame_idx, obj_ids, masks
-            self.release_old_outputs(state, frame_idx, reverse)
-            for obj in state.objects.values():     # features past the memory window: never read again
-                for t, out in obj.output_dict["non_cond_frame_outputs"].items():
-                    if (frame_idx - t) * sign >= window:
-                        out["maskmem_features"] = None
+        self.tracker.attended = {}
+        try:
+            for frame_idx, obj_ids, masks in super().propagate_in_video(state, start_frame_idx,
+                                                                        max_frame_num_to_track, reverse):
+                self.tracker.attended = {}          # a later pass over this frame reads changed banks
+                yield frame_idx, obj_ids, masks
+                self.release_old_outputs(state, frame_idx, reverse)
+                for obj in state.objects.values():     # features past the memory window: never read again
+                    for t, out in obj.output_dict["non_cond_frame_outputs"].items():
+                        if (frame_idx - t) * sign >= window:
+                            out["maskmem_features"] = None
+        finally:
+            self.tracker.attended = {}
 
 
 def bank_slots(cfg, cond_frames: int, objects: int = 1) -> tuple[int, int]:
