@@ -427,9 +427,10 @@ class OverlayVideoPredictor(VideoPredictor):
     """VideoPredictor on an OverlayTracker: outputs past the bank's window release their slots; a frame
     that fails on the overlay is run again once (module docstring)."""
 
-    def __init__(self, tracker: OverlayTracker, **kwargs):
+    def __init__(self, tracker: OverlayTracker, max_objects: int = 1, **kwargs):
         super().__init__(tracker, **kwargs)
         self.executor = tracker.runner
+        self.max_objects = max_objects     # the objects the bank's rings were sized for (bank_slots)
         self.retries: list[str] = []       # frames a re-run recovered, one line each
         self.faults: dict = {}             # frame -> sw.backends.faults.Fault armed when that frame starts (tests)
         self.batch_objects = True          # the objects' memory attentions batched per frame (False: one by one)
@@ -456,6 +457,21 @@ class OverlayVideoPredictor(VideoPredictor):
                                  f"({again})") from None
         finally:
             self._guarded = False
+
+    def add_new_points_or_box(self, state, frame_idx, obj_id, *args, **kwargs):
+        self._room_for(state, obj_id)
+        return super().add_new_points_or_box(state, frame_idx, obj_id, *args, **kwargs)
+
+    def add_new_mask(self, state, frame_idx, obj_id, mask):
+        self._room_for(state, obj_id)
+        return super().add_new_mask(state, frame_idx, obj_id, mask)
+
+    def _room_for(self, state, obj_id) -> None:
+        """A new object only while the bank has its slots (its size is fixed when the session starts)."""
+        if obj_id not in state.objects and len(state.objects) >= self.max_objects:
+            raise BankFull(f"object {obj_id!r}: the memory bank in DDR was made for {self.max_objects} object"
+                           f"{'s' * (self.max_objects > 1)} ({', '.join(map(repr, state.objects))} already); "
+                           f"make the predictor with objects >= {len(state.objects) + 1}")
 
     def _features(self, state, frame_idx):
         return self._twice(frame_idx, lambda: super(OverlayVideoPredictor, self)._features(state, frame_idx))
@@ -549,7 +565,7 @@ def overlay_video_predictor(qm, executor: VideoGraphExecutor, cond_frames: int =
     g = qm.graph
     bank = DdrBank(executor.driver.session, bank_rings(g, cond_frames, objects, project_values), g.constants[SLOTS],
                    executor.frame_stats)
-    return OverlayVideoPredictor(OverlayTracker(g, executor, bank, observe), **kwargs)
+    return OverlayVideoPredictor(OverlayTracker(g, executor, bank, observe), max_objects=objects, **kwargs)
 
 
 __all__ = ["VideoGraphExecutor", "DdrBank", "BankEntry", "OverlayTracker", "OverlayVideoPredictor", "FrameError",
