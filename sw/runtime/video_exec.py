@@ -111,9 +111,20 @@ class StageStats:
 @dataclass
 class FrameStats:
     stages: dict = field(default_factory=lambda: {s: StageStats() for s in STAGES})
+    batches: list = field(default_factory=list)   # per memory-attention batch: its objects' memory lengths
 
     def reset(self) -> None:
         self.stages = {s: StageStats() for s in STAGES}
+        self.batches = []
+
+    def batch_note(self) -> str:
+        """The frame's memory-attention batches, e.g. "3 objects in 1 batch (2 memory lengths)"."""
+        if not self.batches:
+            return ""
+        n = sum(len(b) for b in self.batches)
+        lengths = ", ".join(str(len(set(b))) for b in self.batches)
+        return (f"{n} object{'s' * (n > 1)} in {len(self.batches)} batch{'es' * (len(self.batches) > 1)} "
+                f"({lengths} memory length{'s' * (lengths != '1')})")
 
     def add(self, stage: str, cycles=0, host_s=0.0, engine_s=0.0, ddr_bytes=0) -> None:
         s = self.stages[STAGE_OF.get(stage, stage)]
@@ -190,6 +201,7 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
         memory lengths (_attention_batched). Each object's numbers are run_nodes' (module docstring)."""
         index = self.cached("node_index", lambda: {n.name: n for n in self.graph.nodes})
         shared, per = dict(env), {}
+        self.frame_stats.batches.append([o.bank["memory"].shape[1] for o in objects])
         for name in names:
             node = index[name]
             if node.op == "memory_bank":
