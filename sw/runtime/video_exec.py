@@ -52,6 +52,7 @@ from golden_model.quant.intinterp import IntRunner
 from golden_model.quant.video import (SLOTS, GraphImageModel, GraphTracker, VideoIntRunner, _VideoRunner,
                                       rope_parts)
 from golden_model.video import VideoPredictor
+from sw.runtime.arena import aligned
 from sw.runtime.backend import AcceleratorError
 from sw.runtime.graph_exec import ENGINE_OPS, GraphExecError, GraphExecutor
 from sw.runtime.overlay_segment import STAGE_GROUPS
@@ -318,8 +319,7 @@ class DdrBank:
     @property
     def nbytes(self) -> int:
         """The arena bytes the bank holds (its buffers, each rounded up to the arena's ALIGN)."""
-        from sw.runtime.arena import ALIGN
-        return sum(-(-b.size // ALIGN) * ALIGN for b in self.buffers.values())
+        return sum(aligned(b.size) for b in self.buffers.values())
 
     def _addr(self, ring: str, slot: int) -> tuple[int, int]:
         n = math.prod(self.shapes[ring])
@@ -558,16 +558,15 @@ def bank_rings(graph, cond_frames: int = 1, objects: int = 1, project_values: bo
 
 def bank_bytes(graph, **kwargs) -> int:
     """DDR bytes the bank takes (its rings and the slot encodings, each buffer rounded to the arena's ALIGN)."""
-    from sw.runtime.arena import ALIGN
     sizes = [math.prod(shape) * n for shape, n in bank_rings(graph, **kwargs).values()] + [graph.constants[SLOTS].size]
-    return sum(-(-size // ALIGN) * ALIGN for size in sizes)
+    return sum(aligned(size) for size in sizes)
 
 
 def video_driver(cfg, backend: str, graph, bitfile=None, **kwargs):
     """A Driver whose arena holds the default one plus the memory bank (`kwargs`: bank_rings'); `bitfile`:
     the overlay's .bit on a board (pynq backend)."""
-    from sw.runtime.driver import Driver
-    return Driver(cfg, backend, ddr_bytes=Driver(cfg, backend).ddr_bytes + bank_bytes(graph, **kwargs),
+    from sw.runtime.driver import DEFAULT_DDR_BYTES, Driver
+    return Driver(cfg, backend, ddr_bytes=DEFAULT_DDR_BYTES + bank_bytes(graph, **kwargs),
                   bitfile=None if bitfile is None else str(bitfile))
 
 
