@@ -123,6 +123,8 @@ class FrameStats:
         if not self.batches:
             return ""
         n = sum(len(b) for b in self.batches)
+        if n > 1 and all(len(b) == 1 for b in self.batches):
+            return f"{n} objects one by one"
         lengths = ", ".join(str(len(set(b))) for b in self.batches)
         return (f"{n} object{'s' * (n > 1)} in {len(self.batches)} batch{'es' * (len(self.batches) > 1)} "
                 f"({lengths} memory length{'s' * (lengths != '1')})")
