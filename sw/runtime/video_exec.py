@@ -25,7 +25,20 @@ once past max_obj_ptrs_in_encoder frames, so the slot counts are fixed for any v
     frames (and their values): cond + objects x (num_maskmem x stride + 1) + 1
     pointers:                  cond + objects x (max_obj_ptrs_in_encoder + 1) + 1
 (cond: prompted (object, frame) pairs; +1 per object: the frame being tracked; +1: a failed
-attempt's entries while its re-run goes on).
+attempt's entries while its re-run goes on). The objects share the rings, each entry in a slot of its
+own (an object's bytes never overlap another's); the bank is sized for `objects` when the predictor is
+made, and a prompt for one object more is refused (BankFull) before anything runs.
+
+Several objects: one image-encoder pass per frame; before the frame's first object step, the memory
+attentions of every object the frame tracks run together (VideoGraphExecutor.run_objects, unless
+OverlayVideoPredictor.batch_objects is off): the nodes that read only the frame (layer 0's
+self-attention, norm2 and cross-attention queries) once for all; every other node but attention once
+over all objects' rows concatenated (one Driver call, its weights read once; exact: rows are
+independent and the scales per tensor), the objects' pointer tokens placed last so the ROPE's
+excluded tail and the value projection's unbanked tail stay one block; attention per object, in one
+Driver call per group of objects with equally long memories (stacked on its head batch). Each
+object's step then takes its own result: exact, since an object's memory attention reads only its
+own bank, which the other objects' steps on the frame do not change.
 
 Fault rule (OverlayVideoPredictor): an AcceleratorError that survives the session's own retry of
 the program aborts the frame; the frame is run again once, on the same bank (its failed attempt
