@@ -71,7 +71,7 @@ def objects(qm, cfg, photo, n: int, counts=(1, 3)) -> None:
     print(f"\nobjects: frame {n - 1} of {n} (one click each on frame 0); memory attention of all objects, modelled "
           f"at {cfg.clock_mhz:g} MHz (sim cycle model)")
     print(f"{'objects':>7s} {'memory attention':>17s} {'modelled ms':>11s} {'DDR bytes':>11s} {'frame ms':>9s} "
-          f"{'wall s':>7s}  batches (wall: all frames, this process)")
+          f"{'wall s':>7s}  runs (wall: all frames, this process)")
     for k in counts:
         for batched in (False, True) if k > 1 else (True,):
             ex, predictor = _predictor(qm, cfg, k, batched)

@@ -4,8 +4,8 @@ per-frame progress (stderr) and per-stage figures.
 Per frame and stage (image encoder, prompt + decoder, memory encoder, memory attention): the overlay's
 cycles as modelled time at the preset's clock, the host ops' wall time, and the host <-> DDR bytes
 (every Driver call's program, weights, inputs and outputs, plus the memory bank's slot writes and
-gather reads); with several objects, how the frame's memory attentions were batched (objects, memory
-lengths: video_exec.VideoGraphExecutor.run_objects). One driver session (one backend, one DDR arena) serves the whole video.
+gather reads); with several objects, the frame's memory-attention runs (objects batched in each,
+their memory lengths: video_exec.VideoGraphExecutor.run_objects). One driver session (one backend, one DDR arena) serves the whole video.
 """
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def frame_done(predictor, idx: int, stem: str) -> None:
     ddr = sum(s.ddr_bytes for s in stats.values())
     batch = ex.frame_stats.batch_note()
     print(f"frame {idx} ({stem}): modelled {', '.join(parts)}; DDR {ddr:,} B; wall {wall:.1f} s"
-          + (f"; memory attention: {batch}" if batch else ""), file=sys.stderr)
+          + (f"; memory attention runs: {batch}" if batch else ""), file=sys.stderr)
     ex.frame_stats.reset()
 
 
@@ -81,7 +81,7 @@ def report(predictor, tracked: list) -> None:
     print(f"  last frame: {modelled:.3f} ms modelled on the overlay, {figures[-1][2]:.2f} s wall "
           f"(this process: simulation, compilation, host ops)")
     if figures[-1][3]:
-        print(f"  last frame's memory attention: {figures[-1][3]} (each node run once over all "
+        print(f"  last frame's memory attention runs: {figures[-1][3]} (a run: each node once over all its "
               "objects' rows, attention once per memory length)")
     for note in predictor.retries + ex.driver.session.recoveries:
         print(f"  recovered: {note}")

@@ -132,15 +132,10 @@ class FrameStats:
         self.batches = []
 
     def batch_note(self) -> str:
-        """The frame's memory-attention batches, e.g. "3 objects in 1 batch (2 memory lengths)"."""
-        if not self.batches:
-            return ""
-        n = sum(len(b) for b in self.batches)
-        if n > 1 and all(len(b) == 1 for b in self.batches):
-            return f"{n} objects one by one"
-        lengths = ", ".join(str(len(set(b))) for b in self.batches)
-        return (f"{n} object{'s' * (n > 1)} in {len(self.batches)} batch{'es' * (len(self.batches) > 1)} "
-                f"({lengths} memory length{'s' * (lengths != '1')})")
+        """The frame's memory-attention runs, e.g. "3 objects (2 memory lengths) + 1 object": one run of
+        3 objects batched (its attention in 2 calls), then one object alone (a correction's)."""
+        return " + ".join(f"{len(b)} object{'s' * (len(b) > 1)}"
+                          + (f" ({len(set(b))} memory lengths)" if len(set(b)) > 1 else "") for b in self.batches)
 
     def add(self, stage: str, cycles=0, host_s=0.0, engine_s=0.0, ddr_bytes=0) -> None:
         s = self.stages[STAGE_OF.get(stage, stage)]
