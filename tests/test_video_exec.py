@@ -236,8 +236,9 @@ def test_objects_batched_bit_exact_per_object_with_a_bounded_per_object_bank(vid
 
     def after(idx, state):
         used[idx] = arena.size - arena.free_bytes
-        per_frame[idx] = dict(calls)
+        per_frame[idx] = dict(calls), ex.frame_stats.batch_note()
         calls.clear()
+        ex.frame_stats.reset()
         owned = {}                            # object -> the (ring, slot) its outputs hold
         for obj_id, obj in state.objects.items():
             for outs in obj.output_dict.values():
@@ -255,8 +256,10 @@ def test_objects_batched_bit_exact_per_object_with_a_bounded_per_object_bank(vid
         np.testing.assert_array_equal(a, b)
     assert used[0] == used[4] == used[5] == bank.nbytes, used          # nothing allocated per frame or object
     # frame 3: objects 1, 2, 3 tracked; 1 and 2 attend to equal memory lengths, 3 to a shorter one
-    assert per_frame[3]["ma.layers.0.cross.q"] == 1 and per_frame[3]["ma.layers.1.linear1"] == 1
-    assert per_frame[3]["ma.layers.0.cross.sdpa"] == 2 and per_frame[3]["ma.layers.1.self.sdpa"] == 1
+    runs, note = per_frame[3]
+    assert runs["ma.layers.0.cross.q"] == 1 and runs["ma.layers.1.linear1"] == 1
+    assert runs["ma.layers.0.cross.sdpa"] == 2 and runs["ma.layers.1.self.sdpa"] == 1
+    assert note == "3 objects (2 memory lengths)" and per_frame[5][1] == "2 objects (2 memory lengths)"
     state = predictor.init_state(frames[:2])
     for i in (1, 2, 3):
         predictor.add_new_points_or_box(state, 0, i, points=[CLICK], labels=[1])
