@@ -193,13 +193,14 @@ BATCHED = ("ma.layers.0.cross.q", "ma.layers.0.cross.k", "ma.layers.0.cross.v", 
 
 def _objects_script(predictor, frames, after_frame=None):
     """Objects 1 (click) and 2 (box) on frame 0, frames 0-2; object 3 added on frame 2 and a correction
-    (negative click) for object 1 there, frames 2-4; object 2 dropped, frame 5. Every mask returned, in order."""
+    (negative click) for object 1 there, frames 2-4; object 2 dropped, frame 5; backward, frames 5-4. Every
+    mask returned, in order."""
     state = predictor.init_state(frames)
     out = [predictor.add_new_points_or_box(state, 0, 1, points=[CLICK], labels=[1])[2],
            predictor.add_new_points_or_box(state, 0, 2, box=[10, 15, 50, 60])[2]]
 
-    def run(start, last):
-        for idx, ids, logits in predictor.propagate_in_video(state, start, last - start):
+    def run(start, last, reverse=False):
+        for idx, ids, logits in predictor.propagate_in_video(state, start, abs(last - start), reverse):
             out.append(logits)
             if after_frame:
                 after_frame(idx, state)
@@ -209,12 +210,14 @@ def _objects_script(predictor, frames, after_frame=None):
     run(2, 4)
     del state.objects[2]        # its outputs go, their bank slots with them
     run(5, 5)
+    run(5, 4, reverse=True)
+    assert state.image_encoder_calls == 6 + 1      # once per frame, and frame 4 again going back
     return out
 
 
 def test_objects_batched_bit_exact_per_object_with_a_bounded_per_object_bank(video_case, monkeypatch):
-    """3 objects (one added on frame 2, a correction, one dropped), the memory attention of a frame's objects
-    batched: every mask equals the host int8 tracker's, bit for bit. Shared nodes run once a frame, row-wise
+    """3 objects (one added on frame 2, a correction, one dropped, then backward), the memory attention of a
+    frame's objects batched: every mask equals the host int8 tracker's, bit for bit. Shared nodes run once a frame, row-wise
     nodes once over all objects, attention once per memory length (objects 1 and 3 differ). Each object's
     bank entries hold slots of their own (disjoint DDR bytes); the arena stays as allocated for 3 objects
     whatever the frames or the object added later; a 4th object is refused with the bank's size."""
@@ -236,7 +239,7 @@ def test_objects_batched_bit_exact_per_object_with_a_bounded_per_object_bank(vid
 
     def after(idx, state):
         used[idx] = arena.size - arena.free_bytes
-        per_frame[idx] = dict(calls), ex.frame_stats.batch_note()
+        per_frame.setdefault(idx, (dict(calls), ex.frame_stats.batch_note()))      # the first pass's
         calls.clear()
         ex.frame_stats.reset()
         owned = {}                            # object -> the (ring, slot) its outputs hold
