@@ -235,10 +235,11 @@ def test_objects_batched_bit_exact_per_object_with_a_bounded_per_object_bank(vid
         return node_fn(node)
     ex.node_fn = counted
     arena, bank = ex.driver.session.arena, predictor.tracker.bank
-    used, per_frame = {}, {}
+    used, per_frame, slots = {}, {}, {}
 
     def after(idx, state):
         used[idx] = arena.size - arena.free_bytes
+        slots.setdefault(idx, bank.in_use("frames"))
         per_frame.setdefault(idx, (dict(calls), ex.frame_stats.batch_note()))      # the first pass's
         calls.clear()
         ex.frame_stats.reset()
@@ -258,6 +259,7 @@ def test_objects_batched_bit_exact_per_object_with_a_bounded_per_object_bank(vid
     for a, b in zip(ref, got):
         np.testing.assert_array_equal(a, b)
     assert used[0] == used[4] == used[5] == bank.nbytes, used          # nothing allocated per frame or object
+    assert slots[5] < slots[4], slots                                  # object 2's slots went with it
     # frame 3: objects 1, 2, 3 tracked; 1 and 2 attend to equal memory lengths, 3 to a shorter one
     runs, note = per_frame[3]
     assert runs["ma.layers.0.cross.q"] == 1 and runs["ma.layers.1.linear1"] == 1
