@@ -5,7 +5,8 @@ Per frame and stage (image encoder, prompt + decoder, memory encoder, memory att
 cycles as modelled time at the preset's clock, the host ops' wall time, and the host <-> DDR bytes
 (every Driver call's program, weights, inputs and outputs, plus the memory bank's slot writes and
 gather reads); with several objects, the frame's memory-attention runs (objects batched in each,
-their memory lengths: video_exec.VideoGraphExecutor.run_objects). One driver session (one backend, one DDR arena) serves the whole video.
+their memory lengths: video_exec.VideoGraphExecutor.run_objects). One driver session (one backend,
+one DDR arena) serves the whole video.
 """
 from __future__ import annotations
 

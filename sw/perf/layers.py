@@ -120,8 +120,8 @@ def video_layers(model: str, image_size: int | None = None) -> list[Layer]:
     def add(name, op, stage, ins, out, w=None, in_bytes_per=(), **attrs):
         L.append(Layer(name, op, stage, tuple(tuple(i) for i in ins), tuple(out), w, attrs, in_bytes_per))
 
-    def linear(name, stage, rows, k, n, relu=False):
-        add(name, "linear", stage, [(1, rows, k)], (1, rows, n), (n, k), relu=relu)
+    def linear(name, stage, rows, k, n, relu=False, **attrs):
+        add(name, "linear", stage, [(1, rows, k)], (1, rows, n), (n, k), relu=relu, **attrs)
 
     # ---- memory attention (ma.num_layers layers, 1 head, RoPE on queries and memory keys)
     st = "memory_attention"
@@ -134,14 +134,14 @@ def video_layers(model: str, image_size: int | None = None) -> list[Layer]:
         same = dict(frame_only=True) if i == 0 else {}
         add(f"{p}.norm1", "layernorm", st, [(1, hw, dm)], (1, hw, dm), **same)
         for t in ("q", "k", "v"):
-            add(f"{p}.self_attn.{t}", "linear", st, [(1, hw, dm)], (1, hw, dm), (dm, dm), relu=False, **same)
+            linear(f"{p}.self_attn.{t}", st, hw, dm, dm, **same)
         for t in ("q", "k"):
             add(f"{p}.self_attn.rope_{t}", "rope", st, [(1, hw, dm)], (1, hw, dm), **same)
         add(f"{p}.self_attn.sdpa", "attention", st, [(1, hw, dm)] * 3, (1, hw, dm), heads=ma.num_heads, **same)
-        add(f"{p}.self_attn.out", "linear", st, [(1, hw, dm)], (1, hw, dm), (dm, dm), relu=False, **same)
+        linear(f"{p}.self_attn.out", st, hw, dm, dm, **same)
         add(f"{p}.self_res", "add", st, [(1, hw, dm)] * 2, (1, hw, dm), **same)
         add(f"{p}.norm2", "layernorm", st, [(1, hw, dm)], (1, hw, dm), **same)
-        add(f"{p}.cross_attn.q", "linear", st, [(1, hw, dm)], (1, hw, dm), (dm, dm), relu=False, **same)
+        linear(f"{p}.cross_attn.q", st, hw, dm, dm, **same)
         add(f"{p}.cross_attn.rope_q", "rope", st, [(1, hw, dm)], (1, hw, dm), **same)
         # the frame entering the bank: its keys and values for this layer, projected once
         linear(f"bank.{i}.k", st, hw + ptr_per_frame, md, dm)

@@ -52,8 +52,8 @@ class Profile:
         """A steady-state video frame tracking `objects` objects: one image embedding, the objects' memory
         attentions batched as the overlay runs them (sw.perf.layers.batch_objects: the frame's own nodes
         once, the rest once over all objects' rows), then each object's prompt encoder + mask decoder
-        and memory encoder one after the other. `batched=False`: every object's memory attention on its
-        own too (the sequential upper bound)."""
+        and memory encoder one after the other. `batched=False`, or an object count profile() did not
+        place batched: every object's memory attention on its own too (the sequential upper bound)."""
         shared = sum(self.stage_time(("image_encoder",)).values())
         if not batched or objects not in self.batched_attention_s:
             return shared + objects * sum(self.stage_time(PER_OBJECT_STAGES).values())
