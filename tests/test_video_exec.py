@@ -217,10 +217,11 @@ def _objects_script(predictor, frames, after_frame=None):
 
 def test_objects_batched_bit_exact_per_object_with_a_bounded_per_object_bank(video_case, monkeypatch):
     """3 objects (one added on frame 2, a correction, one dropped, then backward), the memory attention of a
-    frame's objects batched: every mask equals the host int8 tracker's, bit for bit. Shared nodes run once a frame, row-wise
-    nodes once over all objects, attention once per memory length (objects 1 and 3 differ). Each object's
-    bank entries hold slots of their own (disjoint DDR bytes); the arena stays as allocated for 3 objects
-    whatever the frames or the object added later; a 4th object is refused with the bank's size."""
+    frame's objects batched: every mask equals the host int8 tracker's, bit for bit. Shared nodes run once
+    a frame, row-wise nodes once over all objects, attention once per memory length (objects 1 and 3
+    differ). Each object's bank entries hold slots of their own (disjoint DDR bytes), freed with the
+    object; the arena stays as allocated for 3 objects whatever the frames or the object added later; a
+    4th object is refused with the bank's size."""
     qm, cfg, frames = video_case
     ref = _objects_script(graph_video_predictor(qm.graph, VideoIntRunner(qm)), frames)
     _mostly_host(monkeypatch, BATCHED)
