@@ -492,7 +492,8 @@ class GraphTracker(Tracker):
                 pos = quantize_tensor(pos, g.tensors["ma.memory_pos"].scale)
             memory_pos.append(pos)
             n_ptr_tokens = ptrs.shape[0] * split
-        return {"memory": np.concatenate(memory, axis=1), "memory_pos": np.concatenate(memory_pos, axis=1)}, n_ptr_tokens
+        bank = {"memory": np.concatenate(memory, axis=1), "memory_pos": np.concatenate(memory_pos, axis=1)}
+        return bank, n_ptr_tokens
 
     def encode_new_memory(self, vision_feat, pred_masks_high_res, object_score_logits, is_mask_from_pts):
         cfg, v = self.cfg, self.video
