@@ -1,10 +1,15 @@
 """The int8 tracker on the overlay over a long clip: the DDR arena and the memory bank's slots per frame,
-a steady-state frame's modelled time per stage and its wall time (sw/runtime/video_exec.py).
+a steady-state frame's modelled time per stage and its wall time (sw/runtime/video_exec.py); then the
+objects' memory attentions batched against one by one.
 
     python -m benchmarks video_bank          # SAM2FPGA_BENCH_FRAMES=24 frames, tiny at 128 px, bench16, sim
+                                             # SAM2FPGA_BENCH_OBJECT_FRAMES=4 frames per objects case
 
 Scaled-down tiny (128 px, seeded random weights, calibrated on one random image), shifted copies of a
-random image, one click on frame 0; bench16's own placement (every engine)."""
+random image, one click on frame 0 per object; bench16's own placement (every engine). "Modelled" is
+the sim backend's cycle model of the Driver calls (each call's DMA of program, weights and inputs,
+its compute, its output) at the preset's clock; DDR bytes are the host <-> DDR bytes those calls and
+the bank's reads and writes move."""
 from __future__ import annotations
 
 import os
@@ -13,25 +18,36 @@ import time
 import numpy as np
 
 SIZE = 128
+CLICKS = ([60.0, 70.0], [30.0, 30.0], [100.0, 40.0])
 
 
-def run() -> None:
+def _case():
     from golden_model.quant.builder import random_model
     from golden_model.quant.quantize import calibrate
-    from golden_model.quant.video import build_full_graph, calibrate_video, quantize_video, shifted_frames
+    from golden_model.quant.video import build_full_graph, calibrate_video, quantize_video
     from hw.config import preset
-    from sw.runtime.video_exec import STAGES, VideoGraphExecutor, overlay_video_predictor, video_driver
-    n = int(os.environ.get("SAM2FPGA_BENCH_FRAMES", "24"))
     cfg = preset("bench16")
     photo = np.random.default_rng(0).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
     graph = build_full_graph(random_model("tiny", SIZE, seed=0))
     stats = calibrate(graph, [photo], prompts_per_image=1)
     calibrate_video(graph, [photo], stats, frames_per_video=3)
-    qm = quantize_video(graph, stats, key_tile=cfg.cols, preset=cfg.name)
-    ex = VideoGraphExecutor(qm, cfg, "sim", video_driver(cfg, "sim", qm.graph))
-    predictor = overlay_video_predictor(qm, ex)
+    return quantize_video(graph, stats, key_tile=cfg.cols, preset=cfg.name), cfg, photo
+
+
+def _predictor(qm, cfg, objects: int, batched: bool = True):
+    from sw.runtime.video_exec import VideoGraphExecutor, overlay_video_predictor, video_driver
+    ex = VideoGraphExecutor(qm, cfg, "sim", video_driver(cfg, "sim", qm.graph, cond_frames=objects, objects=objects))
+    predictor = overlay_video_predictor(qm, ex, cond_frames=objects, objects=objects)
+    predictor.batch_objects = batched
+    return ex, predictor
+
+
+def long_clip(qm, cfg, photo, n: int) -> None:
+    from golden_model.quant.video import shifted_frames
+    from sw.runtime.video_exec import STAGES
+    ex, predictor = _predictor(qm, cfg, 1)
     state = predictor.init_state(shifted_frames(photo, n))
-    predictor.add_new_points_or_box(state, 0, 1, points=[[60.0, 70.0]], labels=[1])
+    predictor.add_new_points_or_box(state, 0, 1, points=[CLICKS[0]], labels=[1])
     arena, bank = ex.driver.session.arena, predictor.tracker.bank
     print(f"video_bank: tiny {SIZE} px on {cfg.name} (sim, {cfg.clock_mhz:g} MHz), {n} frames; bank "
           f"{bank.nbytes:,} bytes ({', '.join(f'{c} {r}' for r, c in bank.counts.items())} slots)")
@@ -47,3 +63,35 @@ def run() -> None:
         ex.frame_stats.reset()
         t = now
     print("last frame, modelled ms per stage: " + ", ".join(f"{k} {v:.2f}" for k, v in last.items()))
+
+
+def objects(qm, cfg, photo, n: int, counts=(1, 3)) -> None:
+    """Per object count: the last frame's memory attention (all objects) batched and one object at a time."""
+    from golden_model.quant.video import shifted_frames
+    print(f"\nobjects: frame {n - 1} of {n} (one click each on frame 0); memory attention of all objects, modelled "
+          f"at {cfg.clock_mhz:g} MHz (sim cycle model)")
+    print(f"{'objects':>7s} {'memory attention':>17s} {'modelled ms':>11s} {'DDR bytes':>11s} {'frame ms':>9s} "
+          f"{'wall s':>7s}  runs (wall: all frames, this process)")
+    for k in counts:
+        for batched in (False, True) if k > 1 else (True,):
+            ex, predictor = _predictor(qm, cfg, k, batched)
+            state = predictor.init_state(shifted_frames(photo, n))
+            for i in range(k):
+                predictor.add_new_points_or_box(state, 0, i + 1, points=[CLICKS[i % len(CLICKS)]], labels=[1])
+            t = time.perf_counter()
+            for _ in predictor.propagate_in_video(state):
+                fs = ex.frame_stats
+                ma, note = fs.stages["memory attention"], fs.batch_note()
+                frame_ms = sum(s.cycles for s in fs.stages.values()) / (cfg.clock_mhz * 1e3)
+                fs.reset()
+            mode = "batched" if batched else "one by one"
+            print(f"{k:7d} {mode:>17s} {ma.cycles / (cfg.clock_mhz * 1e3):11.2f} {ma.ddr_bytes:11,d} "
+                  f"{frame_ms:9.2f} {time.perf_counter() - t:7.1f}  {note}", flush=True)
+
+
+def run() -> None:
+    qm, cfg, photo = _case()
+    frames = int(os.environ.get("SAM2FPGA_BENCH_FRAMES", "24"))
+    if frames:
+        long_clip(qm, cfg, photo, frames)
+    objects(qm, cfg, photo, int(os.environ.get("SAM2FPGA_BENCH_OBJECT_FRAMES", "4")))

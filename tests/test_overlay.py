@@ -52,12 +52,31 @@ def test_on_sim_k_split_and_small_scratchpads():
     assert np.array_equal(drv.linear(a, b, bias, out_int32=True), gemm(a, b, bias, out_int32=True))
 
 
+def test_on_sim_k_split_in_blocks_of_tiles():
+    """K larger than half a scratchpad over blocks of several M- and N-tiles (k_split_blocking), exact in
+    both sim modes; on kv260 a Hiera fc2 (K = 1,536 > 1,024) keeps the array busy."""
+    from sw.backends.cycles import program_cycles
+    from sw.compile.linear import k_split_blocking
+    cfg = SIM.replace(a_depth=256, b_depth=256, acc_depth=64, param_depth=8)
+    mb, nb, _ = k_split_blocking(cfg, 10, 5, 300)
+    assert mb * nb > 1
+    rng = np.random.default_rng(5)
+    a, b, bias, mult, shift = layer(rng, 37, 300, 40, extremes=True)
+    want = gemm(a, b, bias, mult, shift, relu=True)
+    for mode in ("checked", "fast"):
+        assert np.array_equal(Driver(cfg, "sim", sim_mode=mode).linear(a, b, bias, mult, shift, relu=True), want)
+    kv = preset("kv260")
+    prog = Driver(kv, "sim").compile(np.zeros((1024, 1536), np.int8), np.zeros((1536, 384), np.int8), out_int32=True)
+    assert prog.macs / program_cycles(prog) / (kv.rows * kv.cols) > 0.8
+
+
 @pytest.mark.rtl
 def test_rtl_equals_sim_equals_golden_with_axi_backpressure():
     """One Verilator run for several layers, random stalls on every AXI channel."""
     from sw.backends.rtl import run_images
     rng = np.random.default_rng(7)
-    cases = CASES + [(4, 2100, 8, True, False)]          # K split into accumulated chunks
+    cases = CASES + [(4, 2100, 8, True, False),          # K split into accumulated chunks
+                     (37, 2100, 19, True, False)]        # ... over blocks of several M- and N-tiles
     # Fused store tables (store_lut): an arbitrary table (every entry matters), with and without ReLU.
     cases += [(5, 9, 11, False, False, "lut"), (13, 33, 17, True, False, "lut")]
     # Fused residual adds (store_add): int8 extremes of the residual, N not a multiple of C, M of R, K split,
@@ -234,7 +253,8 @@ def test_rtl_128bit_axi_bit_exact_and_cycles():
     drv = Driver(cfg, "sim")
     rng = np.random.default_rng(9)
     progs, wants, cycles = [], [], []
-    for m, k, n, relu, out_int32 in [(7, 45, 37, True, False), (5, 130, 16, False, True), (12, 64, 48, False, False)]:
+    for m, k, n, relu, out_int32 in [(7, 45, 37, True, False), (5, 130, 16, False, True), (12, 64, 48, False, False),
+                                     (20, 2200, 40, False, False)]:      # K split, blocks of M- and N-tiles
         a, b, bias, mult, shift = layer(rng, m, k, n, extremes=True)
         p = drv.compile(a, b, bias, mult, shift, relu=relu, out_int32=out_int32)
         assert np.array_equal(p.output(drv.run(p)), want := gemm(a, b, bias, mult, shift, relu=relu,

@@ -155,11 +155,14 @@ def test_profile_and_plan_commands(tmp_path, capsys):
     frame = data["totals"]["video frame (steady state, full bank)"]
     assert frame["seconds"] == pytest.approx(sum(v["seconds"] for k, v in data["totals"].items() if k !=
                                                  "video frame (steady state, full bank)"))
-    # several objects: the image embedding once, every other stage once per object
-    t, by_objects = data["totals"], data["frame_seconds_by_objects"]
+    # several objects: the image embedding once; one by one, every other stage once per object; batched,
+    # the memory attention between one object's and three's (weights read once, the frame's nodes once)
+    t, by_objects, seq = data["totals"], data["frame_seconds_by_objects"], data["frame_seconds_by_objects_one_by_one"]
     per_object = frame["seconds"] - t["image embedding"]["seconds"]
-    assert by_objects["1"] == pytest.approx(frame["seconds"])
-    assert by_objects["3"] == pytest.approx(t["image embedding"]["seconds"] + 3 * per_object) and per_object > 0
+    assert by_objects["1"] == pytest.approx(frame["seconds"]) == pytest.approx(seq["1"])
+    assert seq["3"] == pytest.approx(t["image embedding"]["seconds"] + 3 * per_object) and per_object > 0
+    attention = t["memory attention"]["seconds"]
+    assert seq["3"] - 2 * attention < by_objects["3"] < seq["3"]
     on = {x["on"] for x in data["layers"]}
     assert {"gemm", "conv", "attention", "host", "layout"} <= on and "depthwise" not in on   # pynq-z2 has none
     assert main(["plan", "--model", "tiny", "--preset", "pynq-z2", "--image-size", "128"]) == 0

@@ -64,6 +64,7 @@ def test_pynq_backend_one_session_equals_host_int8(files, tmp_path, capsys, monk
     (["--nodes"], 2, "--nodes needs --backend"),
     (["--backend", "sim", "--preset", "nope"], 2, "unknown preset 'nope'"),
     (["--backend", "sim", "--preset", "bench16"], 1, "quantised for preset 'kv260'"),
+    (["--backend", "pynq", "--bitfile", "/no/such.bit"], 2, "/no/such.bit: no such file"),
 ])
 def test_bad_input_is_a_one_line_error(files, tmp_path, capsys, argv, code, needle):
     try:

@@ -21,6 +21,8 @@ def clip(tmp_path):
     (["--point", "500,10"], 2, "outside the 96x64 frames"),
     (["--point", "10,10", "--frame", "3"], 2, "has 3 frames"),
     (["--point", "10,10", "--checkpoint", "/no/such.pt"], 1, "does not exist"),
+    (["--point", "10,10", "--backend", "sim", "--bitfile", "o.bit"], 2, "--bitfile is for --backend pynq"),
+    (["--point", "10,10", "--backend", "pynq", "--bitfile", "/no/such.bit"], 2, "/no/such.bit: no such file"),
 ])
 def test_bad_arguments(clip, tmp_path, capsys, argv_tail, code, message):
     argv = ["track", str(clip), "-o", str(tmp_path / "out")] + argv_tail

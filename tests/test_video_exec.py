@@ -22,7 +22,7 @@ from golden_model.quant.video import (VideoIntRunner, build_full_graph, calibrat
 from hw.config import preset
 from sw.backends.faults import Fault
 from sw.runtime import graph_exec
-from sw.runtime.video_exec import BankEntry, VideoGraphExecutor, bank_bytes, overlay_video_predictor
+from sw.runtime.video_exec import BankEntry, BankFull, VideoGraphExecutor, bank_bytes, overlay_video_predictor
 
 SIZE = 128
 CLICK = [60.0, 70.0]
@@ -69,12 +69,12 @@ def reference(video_case):
     return seen, _track(graph_video_predictor(qm.graph, VideoIntRunner(qm), _digests(seen)), frames, frames_out=3)
 
 
-def _mostly_host(monkeypatch):
-    """Placements with only ON_OVERLAY on the overlay (where the rule puts them)."""
+def _mostly_host(monkeypatch, on_overlay=ON_OVERLAY):
+    """Placements with only `on_overlay` on the overlay (where the rule puts them)."""
     real = graph_exec.place_all
 
     def place_all(cfg, layers, **kw):
-        return [p if p.layer.name in ON_OVERLAY else dataclasses.replace(p, where="host", reason="test: on the host")
+        return [p if p.layer.name in on_overlay else dataclasses.replace(p, where="host", reason="test: on the host")
                 for p in real(cfg, layers, **kw)]
     monkeypatch.setattr(graph_exec, "place_all", place_all)
 
@@ -181,6 +181,96 @@ def test_track_backend_pynq_equals_int8_host_and_keeps_frames_on_a_second_failur
     assert "frame 1: the overlay failed twice, at layer " in err and "tracked 1 object over 1 frames" in err
     assert sorted(p.name for p in (tmp_path / "f").glob("*.png")) == ["00000.png"]
 
+
+
+#: the batching case's overlay nodes: memory attention nodes of each batching kind (shared by the objects,
+#: row-wise over all objects' rows, the value projection of pointer tokens, ROPE with the pointers' tail,
+#: attention per group of equal memory lengths); the rest on the host
+BATCHED = ("ma.layers.0.cross.q", "ma.layers.0.cross.k", "ma.layers.0.cross.v", "ma.layers.0.cross.k_rope",
+           "ma.layers.0.cross.sdpa", "ma.layers.0.cross_res", "ma.layers.1.self.sdpa", "ma.layers.1.cross.sdpa",
+           "ma.layers.1.norm3", "ma.layers.1.linear1")
+
+
+def _objects_script(predictor, frames, after_frame=None):
+    """Objects 1 (click) and 2 (box) on frame 0, frames 0-2; object 3 added on frame 2 and a correction
+    (negative click) for object 1 there, frames 2-4; object 2 dropped, frame 5; backward, frames 5-4. Every
+    mask returned, in order."""
+    state = predictor.init_state(frames)
+    out = [predictor.add_new_points_or_box(state, 0, 1, points=[CLICK], labels=[1])[2],
+           predictor.add_new_points_or_box(state, 0, 2, box=[10, 15, 50, 60])[2]]
+
+    def run(start, last, reverse=False):
+        for idx, ids, logits in predictor.propagate_in_video(state, start, abs(last - start), reverse):
+            out.append(logits)
+            if after_frame:
+                after_frame(idx, state)
+    run(0, 2)
+    out.append(predictor.add_new_points_or_box(state, 2, 3, points=[[100.0, 40.0]], labels=[1])[2])
+    out.append(predictor.add_new_points_or_box(state, 2, 1, points=[[30.0, 90.0]], labels=[0])[2])
+    run(2, 4)
+    del state.objects[2]        # its outputs go, their bank slots with them
+    run(5, 5)
+    run(5, 4, reverse=True)
+    assert state.image_encoder_calls == 6 + 1      # once per frame, and frame 4 again going back
+    return out
+
+
+def test_objects_batched_bit_exact_per_object_with_a_bounded_per_object_bank(video_case, monkeypatch):
+    """3 objects (one added on frame 2, a correction, one dropped, then backward), the memory attention of a
+    frame's objects batched: every mask equals the host int8 tracker's, bit for bit. Shared nodes run once
+    a frame, row-wise nodes once over all objects, attention once per memory length (objects 1 and 3
+    differ). Each object's bank entries hold slots of their own (disjoint DDR bytes), freed with the
+    object; the arena stays as allocated for 3 objects whatever the frames or the object added later; a
+    4th object is refused with the bank's size."""
+    qm, cfg, frames = video_case
+    ref = _objects_script(graph_video_predictor(qm.graph, VideoIntRunner(qm)), frames)
+    _mostly_host(monkeypatch, BATCHED)
+    ex = VideoGraphExecutor(qm, cfg, "sim")
+    ex.driver.CACHED_PROGRAMS = 0            # the arena without the driver's program cache
+    predictor = overlay_video_predictor(qm, ex, cond_frames=3, objects=3)
+    calls, node_fn = {}, ex.node_fn
+
+    def counted(node):
+        calls.setdefault(node.name, 0)
+        calls[node.name] += 1
+        return node_fn(node)
+    ex.node_fn = counted
+    arena, bank = ex.driver.session.arena, predictor.tracker.bank
+    used, per_frame, slots = {}, {}, {}
+
+    def after(idx, state):
+        used[idx] = arena.size - arena.free_bytes
+        slots.setdefault(idx, bank.in_use("frames"))
+        per_frame.setdefault(idx, (dict(calls), ex.frame_stats.batch_note()))      # the first pass's
+        calls.clear()
+        ex.frame_stats.reset()
+        owned = {}                            # object -> the (ring, slot) its outputs hold
+        for obj_id, obj in state.objects.items():
+            for outs in obj.output_dict.values():
+                for o in outs.values():
+                    for e in (o["maskmem_features"], getattr(o["maskmem_features"], "values", None), o["obj_ptr"]):
+                        if isinstance(e, BankEntry):
+                            owned.setdefault(obj_id, set()).add((e.ring, e.slot))
+        ids = list(owned)
+        assert all(not owned[a] & owned[b] for a in ids for b in ids if a != b), owned
+        spans = sorted((b.addr, b.end) for b in bank.buffers.values())
+        assert all(e <= a for (_, e), (a, _) in zip(spans, spans[1:]))       # rings disjoint in the arena
+    got = _objects_script(predictor, frames, after)
+    assert len(got) == len(ref)
+    for a, b in zip(ref, got):
+        np.testing.assert_array_equal(a, b)
+    assert used[0] == used[4] == used[5] == bank.nbytes, used          # nothing allocated per frame or object
+    assert slots[5] < slots[4], slots                                  # object 2's slots went with it
+    # frame 3: objects 1, 2, 3 tracked; 1 and 2 attend to equal memory lengths, 3 to a shorter one
+    runs, note = per_frame[3]
+    assert runs["ma.layers.0.cross.q"] == 1 and runs["ma.layers.1.linear1"] == 1
+    assert runs["ma.layers.0.cross.sdpa"] == 2 and runs["ma.layers.1.self.sdpa"] == 1
+    assert note == "3 objects (2 memory lengths)" and per_frame[5][1] == "2 objects (2 memory lengths)"
+    state = predictor.init_state(frames[:2])
+    for i in (1, 2, 3):
+        predictor.add_new_points_or_box(state, 0, i, points=[CLICK], labels=[1])
+    with pytest.raises(BankFull, match="made for 3 objects"):
+        predictor.add_new_points_or_box(state, 1, 4, points=[CLICK], labels=[1])
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -460,12 +460,21 @@ class GraphTracker(Tracker):
 
     def prepare_memory_conditioned_features(self, frame_idx, is_init_cond_frame, vision_feat, vision_pos,
                                             output_dict, num_frames, track_in_reverse=False):
-        cfg, g, v = self.cfg, self.graph, self.video
+        v = self.video
         b, hw, c = vision_feat.shape
         side = math.isqrt(hw)
         env = {v["curr"]: vision_feat.reshape(b, side, side, c)}
         if is_init_cond_frame:        # directly_add_no_mem_embed (sam2.1): the image path's image_embed node
             return self.runner.run_nodes([v["image_embed"]], env, self.observe)[v["image_embed"]]
+        self.runner.bank, n_ptr_tokens = self.memory_inputs(frame_idx, output_dict, num_frames, track_in_reverse)
+        self.runner.run_dims = {"O": n_ptr_tokens}
+        return self.runner.run_nodes(v["memory_attention"], env, self.observe)["ma.to_decoder"]
+
+    def memory_inputs(self, frame_idx, output_dict, num_frames, track_in_reverse=False) -> tuple[dict, int]:
+        """The memory attention's gathered bank ({"memory", "memory_pos"}: (1, K, mem_dim)) on a non-initial
+        frame and its object-pointer token count (the last tokens of the memory)."""
+        cfg, g = self.cfg, self.graph
+        c = cfg.hidden_dim
         frames, selected, unselected = self.memory_frames(frame_idx, output_dict, track_in_reverse)
         memory = [prev["maskmem_features"].reshape(1, -1, cfg.mem_dim) for _, prev in frames]
         memory_pos = [self.slot_encoding(cfg.num_maskmem - t_pos - 1)[None] for t_pos, _ in frames]
@@ -483,9 +492,8 @@ class GraphTracker(Tracker):
                 pos = quantize_tensor(pos, g.tensors["ma.memory_pos"].scale)
             memory_pos.append(pos)
             n_ptr_tokens = ptrs.shape[0] * split
-        self.runner.bank = {"memory": np.concatenate(memory, axis=1), "memory_pos": np.concatenate(memory_pos, axis=1)}
-        self.runner.run_dims = {"O": n_ptr_tokens}
-        return self.runner.run_nodes(v["memory_attention"], env, self.observe)["ma.to_decoder"]
+        bank = {"memory": np.concatenate(memory, axis=1), "memory_pos": np.concatenate(memory_pos, axis=1)}
+        return bank, n_ptr_tokens
 
     def encode_new_memory(self, vision_feat, pred_masks_high_res, object_score_logits, is_mask_from_pts):
         cfg, v = self.cfg, self.video

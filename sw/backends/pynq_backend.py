@@ -12,7 +12,7 @@ import numpy as np
 
 from hw import isa
 from sw.runtime.arena import Arena
-from sw.runtime.backend import Backend
+from sw.runtime.backend import DEFAULT_DDR_BYTES, Backend
 
 OVERLAY_VLNV = isa.IP_VLNV   # the board flow packages the IP under this VLNV
 IP_NAME = isa.IP_INSTANCE
@@ -143,7 +143,7 @@ class PynqBackend(Backend):
     the real pynq library on the simulated device."""
     name = "pynq"
 
-    def __init__(self, cfg, *, ddr_bytes: int = 1 << 26, timeout_s: float = 10.0, bitfile: str | None = None, **_):
+    def __init__(self, cfg, *, ddr_bytes: int = DEFAULT_DDR_BYTES, timeout_s: float = 10.0, bitfile: str | None = None, **_):
         import pynq
         from pynq.pl_server.device import Device
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from hw import isa
 from sim import rpc
-from sw.runtime.backend import AcceleratorError, Backend
+from sw.runtime.backend import DEFAULT_DDR_BYTES, AcceleratorError, Backend
 
 
 def overlay_verilog(cfg) -> Path:
@@ -44,7 +44,7 @@ _LIVE: dict[str, "RtlBackend"] = {}       # build name -> the open session using
 class RtlBackend(Backend):
     name = "rtl"
 
-    def __init__(self, cfg, *, ddr_bytes: int = 1 << 26, timeout_cycles: int = 50_000_000, stall: float = 0.0,
+    def __init__(self, cfg, *, ddr_bytes: int = DEFAULT_DDR_BYTES, timeout_cycles: int = 50_000_000, stall: float = 0.0,
                  seed: int = 1, waves: bool | None = None, build_name: str | None = None, **_):
         from hw.overlay import VERILOG_NAME
         from sim.runner import BUILD, run_bench

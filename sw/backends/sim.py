@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from sw.runtime.backend import DDR_BASE, Backend
+from sw.runtime.backend import DDR_BASE, DEFAULT_DDR_BYTES, Backend
 
 
 class SimBackend(Backend):
     name = "sim"
 
-    def __init__(self, cfg, *, ddr_bytes: int = 1 << 26, timeout_s: float = 10.0, sim_mode: str = "fast", **_):
+    def __init__(self, cfg, *, ddr_bytes: int = DEFAULT_DDR_BYTES, timeout_s: float = 10.0, sim_mode: str = "fast", **_):
         """`sim_mode`: "fast" (a compiled program's layer in NumPy, announced by LoadedProgram.run) or
         "checked" (every descriptor interpreted); the same bytes and cycles (sw.backends.sim_model)."""
         from sw.backends.sim_model import SimOverlay

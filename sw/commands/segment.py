@@ -60,6 +60,24 @@ def parse_box(text: str) -> tuple[float, float, float, float]:
     return x0, y0, x1, y1
 
 
+def add_bitfile_argument(parser) -> None:
+    """--bitfile, for the commands that run on the overlay (segment, track)."""
+    parser.add_argument("--bitfile", type=Path, metavar="FILE.bit",
+                        help="with --backend pynq on a board: the overlay's bitstream (its .hwh beside it); "
+                             "without it pynq's library runs on the simulated device")
+
+
+def check_bitfile(args) -> None:
+    """--bitfile goes with --backend pynq and names a file (before any model is built)."""
+    from sw.cli import UsageError
+    if args.bitfile is None:
+        return
+    if args.backend != "pynq":
+        raise UsageError("--bitfile is for --backend pynq")
+    if not args.bitfile.is_file():
+        raise UsageError(f"--bitfile {args.bitfile}: no such file")
+
+
 def add_arguments(parser):
     parser.add_argument("image", type=Path, help="input image (any format Pillow reads; converted to RGB)")
     parser.add_argument("--point", type=parse_point, action="append", default=[], metavar="X,Y[,LABEL]",
@@ -79,9 +97,7 @@ def add_arguments(parser):
                         help="run the int8 model on the overlay (preset --preset) on this backend: sim (the "
                              "functional model), rtl (Verilator; small models only), pynq (a board, or pynq's "
                              "library on the simulated device)")
-    parser.add_argument("--bitfile", type=Path, metavar="FILE.bit",
-                        help="with --backend pynq on a board: the overlay's bitstream (its .hwh beside it); "
-                             "without it pynq's library runs on the simulated device")
+    add_bitfile_argument(parser)
     parser.add_argument("--nodes", action="store_true",
                         help="with --backend: print every node's placement, cycles and DDR bytes")
     from sw.commands.quantize import add_quant_arguments
@@ -154,8 +170,7 @@ def check_arguments(args):
         raise UsageError("--backend runs the int8 model on the overlay: drop --precision float")
     if args.nodes and args.backend is None:
         raise UsageError("--nodes needs --backend")
-    if args.bitfile is not None and args.backend != "pynq":
-        raise UsageError("--bitfile is for --backend pynq")
+    check_bitfile(args)
     args.precision = args.precision or ("int8" if args.backend else "float")
     if not args.point and args.box is None:
         raise UsageError("segment needs a prompt: at least one --point X,Y[,LABEL] or a --box X0,Y0,X1,Y1")

@@ -4,7 +4,9 @@ per-frame progress (stderr) and per-stage figures.
 Per frame and stage (image encoder, prompt + decoder, memory encoder, memory attention): the overlay's
 cycles as modelled time at the preset's clock, the host ops' wall time, and the host <-> DDR bytes
 (every Driver call's program, weights, inputs and outputs, plus the memory bank's slot writes and
-gather reads). One driver session (one backend, one DDR arena) serves the whole video.
+gather reads); with several objects, the frame's memory-attention runs (objects batched in each,
+their memory lengths: video_exec.VideoGraphExecutor.run_objects). One driver session (one backend,
+one DDR arena) serves the whole video.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ def overlay_predictor(args, qm, cache: int, prompts):
     pairs = len({(p.obj_id, p.frame) for p in prompts})
     try:
         ex = VideoGraphExecutor(qm, cfg, args.backend, video_driver(cfg, args.backend, qm.graph, cond_frames=pairs,
-                                                                    objects=objects))
+                                                                    objects=objects, bitfile=args.bitfile))
     except GraphExecError as e:
         raise CommandError(str(e)) from e
     try:
@@ -49,11 +51,13 @@ def frame_done(predictor, idx: int, stem: str) -> None:
     stats = ex.frame_stats.stages
     now = time.perf_counter()
     wall, predictor.frame_clock = now - predictor.frame_clock, now
-    predictor.frame_figures.append((stem, stats, wall))
+    predictor.frame_figures.append((stem, stats, wall, ex.frame_stats.batch_note()))
     mhz = ex.cfg.clock_mhz
     parts = [f"{name} {s.cycles / (mhz * 1e3):.2f} ms" for name, s in stats.items()]
     ddr = sum(s.ddr_bytes for s in stats.values())
-    print(f"frame {idx} ({stem}): modelled {', '.join(parts)}; DDR {ddr:,} B; wall {wall:.1f} s", file=sys.stderr)
+    batch = ex.frame_stats.batch_note()
+    print(f"frame {idx} ({stem}): modelled {', '.join(parts)}; DDR {ddr:,} B; wall {wall:.1f} s"
+          + (f"; memory attention runs: {batch}" if batch else ""), file=sys.stderr)
     ex.frame_stats.reset()
 
 
@@ -77,5 +81,8 @@ def report(predictor, tracked: list) -> None:
     modelled = sum(s.cycles for s in last.values()) / (mhz * 1e3)
     print(f"  last frame: {modelled:.3f} ms modelled on the overlay, {figures[-1][2]:.2f} s wall "
           f"(this process: simulation, compilation, host ops)")
+    if figures[-1][3]:
+        print(f"  last frame's memory attention runs: {figures[-1][3]} (a run: each node once over all its "
+              "objects' rows, attention once per memory length)")
     for note in predictor.retries + ex.driver.session.recoveries:
         print(f"  recovered: {note}")

@@ -14,13 +14,15 @@ The host slices out[:, :N].
 Schedule. K fits half a scratchpad ("resident" path): the B scratchpad half holds
 `nb` N-tiles, loaded once per N-block; the A half holds one M-tile, loaded once per
 (N-block, M-tile); each A load feeds nb computes. Otherwise K is cut into chunks of
-half a scratchpad accumulated in place (the accumulate flag) with A and B chunks
-reloaded per tile. Halves alternate (double buffering); every descriptor carries
+half a scratchpad accumulated in place (the accumulate flag), over blocks of mb M-tiles x
+nb N-tiles whose accumulators stay put (`k_split_blocking` picks the blocking with the
+fewest DDR bytes): each chunk's A and B pieces are loaded once per block. Halves alternate (double buffering); every descriptor carries
 the exact completion counts it must wait for (hw.isa wait_* fields), computed here
 from which scratchpad half / accumulator region / parameter entry each op touches.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -154,10 +156,66 @@ def compile_linear(cfg, a, b, bias, multiplier=None, shift=None, *, relu=False, 
                    symbolic=sym, op=op, runs=runs and list(runs))
 
 
+def k_split_blocking(cfg, mt: int, nt: int, K: int) -> tuple[int, int, int]:
+    """(mb, nb, kc) for a layer whose K does not fit half a scratchpad: blocks of mb M-tiles x nb
+    N-tiles whose accumulators stay put while K streams through in chunks of kc (A is read once per
+    N-block, B once per M-block). The fastest of the blockings that fit, timed on the cycle model."""
+    regions = max(1, cfg.acc_depth // cfg.rows // 2)
+    return _fastest_blocking(cfg, K, min(mt, regions), min(nt, regions))
+
+
+def blocking_candidates(cfg, mt: int, nt: int, K: int) -> list[tuple[int, int, int]]:
+    """Every (mb, nb, kc) that fits: mb x kc <= half of A, nb x kc <= half of B, mb x nb accumulator
+    regions (half of them, so the next block's computes overlap this one's stores), nb parameter
+    entries (half), a block's descriptors within one run's wait counts (a block is one accumulation:
+    split_runs cannot cut it), chunks on AXI beats in both tiles and at least MIN_K_CHUNK long."""
+    R, C = cfg.rows, cfg.cols
+    a_half, b_half = cfg.a_depth // 2, cfg.b_depth // 2
+    regions = max(1, cfg.acc_depth // R // 2)
+    beat = cfg.beat_bytes
+    quantum = math.lcm(beat // math.gcd(beat, R), beat // math.gcd(beat, C))
+    out = []
+    for mb in range(1, min(mt, regions) + 1):
+        for nb in range(1, min(nt, regions // mb, max(1, cfg.param_depth // 2)) + 1):
+            kc = min(a_half // mb, b_half // nb, K) // quantum * quantum
+            chunks = -(-K // max(kc, 1))
+            if kc >= min(K, MIN_K_CHUNK) and max(mb * nb * chunks, (mb + nb) * chunks + nb) <= WAIT_LIMIT:
+                out.append((mb, nb, kc))
+    return out or [(1, 1, min(a_half, b_half) // quantum * quantum)]     # tiny scratchpads: a tile at a time
+
+
+@lru_cache(maxsize=64)
+def _fastest_blocking(cfg, K: int, mt: int, nt: int) -> tuple[int, int, int]:
+    """The candidates within TIMED_TRAFFIC of the fewest DDR bytes, each timed on the cycle model over
+    two blocks by two blocks of itself and up to three chunks (what ranks them over the whole layer: the
+    same loads, computes and stores per step and block); once per overlay and K (a model has a handful).
+    Ties go to fewer DDR bytes."""
+    from sw.backends.cycles import cycles_only
+    R, C = cfg.rows, cfg.cols
+    traffic = {b: mt * R * K * -(-nt // b[1]) + nt * C * K * -(-mt // b[0]) for b in blocking_candidates(cfg, mt, nt, K)}
+    least = min(traffic.values())
+    best = None
+    for mb, nb, kc in (b for b, t in traffic.items() if t <= TIMED_TRAFFIC * least):
+        m, n = R * min(mt, 2 * mb), C * min(nt, 2 * nb)
+        plan = _linear_plan(cfg, m, min(K, 3 * kc), n, False, False, False, False, 0, 1 << 40,
+                             blocking=(mb, nb, kc))
+        per_mac = cycles_only(cfg, list(plan[4]), plan[5]) / (m * n * min(K, 3 * kc))
+        key = (per_mac, traffic[mb, nb, kc])
+        if best is None or key < best[0]:
+            best = (key, (mb, nb, kc))
+    return best[1]
+
+
+#: The blockings timed are those within this factor of the fewest DDR bytes.
+TIMED_TRAFFIC = 1.4
+#: The shortest K chunk the blocked path uses: a chunk's compute must outlast the loads of the next.
+MIN_K_CHUNK = 64
+
+
 #: Plans kept: a Hiera stage's blocks repeat a handful of shapes one after another.
 @lru_cache(maxsize=16)
 def _linear_plan(cfg, M: int, K: int, N: int, relu: bool, out_int32: bool, fused_table: bool, fused_add: bool,
-                 base_addr: int, max_ddr_bytes: int):
+                 base_addr: int, max_ddr_bytes: int, blocking: tuple[int, int, int] | None = None):
     """What compile_linear's program is for its shapes, whatever the data: the DDR layout, the packed
     descriptors and their fields, the runs. Kept for the layers of a model that share shapes (a
     Hiera stage's blocks), whose descriptor lists are most of a compile's time."""
@@ -210,30 +268,46 @@ def _linear_plan(cfg, M: int, K: int, N: int, relu: bool, out_int32: bool, fused
                     tile_no += 1
                 step += 1
     else:
-        kc = min(a_half, b_half)
-        step = 0
-        for mi in range(mt):
-            for nj in range(nt):
-                region = tile_no % regions_acc
-                hp = tile_no % 2
-                p_load = dict(op="LOAD", target="PARAM", src=("params", nj * C * isa.PARAM_CHANNEL_BYTES), count=1,
-                              sp=hp, res=("P", hp))
-                chunks = list(range(0, K, kc))
+        # K does not fit half a scratchpad: a block of mb M-tiles x nb N-tiles keeps its accumulators
+        # while K streams through in chunks; each chunk's A and B pieces are loaded once per block.
+        mb, nb, kc = blocking or k_split_blocking(cfg, mt, nt, K)
+        step = blk = 0
+        chunks = list(range(0, K, kc))
+        for mi0 in range(0, mt, mb):
+            tiles_m = list(range(mi0, min(mi0 + mb, mt)))
+            for nj0 in range(0, nt, nb):
+                tiles_n = list(range(nj0, min(nj0 + nb, nt)))
+                hp = blk % 2
+                p_loads = [dict(op="LOAD", target="PARAM", src=("params", nj * C * isa.PARAM_CHANNEL_BYTES), count=1,
+                                sp=hp * (cfg.param_depth // 2) + i, res=("P", hp)) for i, nj in enumerate(tiles_n)]
+                regions = {(mi, nj): (tile_no + i) % regions_acc
+                           for i, (mi, nj) in enumerate((mi, nj) for mi in tiles_m for nj in tiles_n)}
+                tile_no += len(regions)
                 for ci, k0 in enumerate(chunks):
                     kk = min(kc, K - k0)
                     h = step % 2
-                    loads = [dict(op="LOAD", target="A", src=("A", mi * a_stride + k0 * R), count=kk, sp=h * a_half, res=("A", h)),
-                             dict(op="LOAD", target="B", src=("B", nj * b_stride + k0 * C), count=kk, sp=h * b_half, res=("B", h))]
+                    loads = [dict(op="LOAD", target="A", src=("A", mi * a_stride + k0 * R), count=kk,
+                                  sp=h * a_half + i * kc, res=("A", h)) for i, mi in enumerate(tiles_m)]
+                    loads += [dict(op="LOAD", target="B", src=("B", nj * b_stride + k0 * C), count=kk,
+                                   sp=h * b_half + i * kc, res=("B", h)) for i, nj in enumerate(tiles_n)]
                     if ci == 0:
-                        loads.append(p_load)
+                        loads += p_loads
                     last = ci == len(chunks) - 1
-                    ops.append(dict(op="COMPUTE", loads=loads, a=("A", h), b=("B", h), a_base=h * a_half,
-                                    b_base=h * b_half, k_last=kk - 1, acc=region, accumulate=int(ci > 0),
-                                    store=dict(rows=min(R, M - mi * R), acc=region, param=hp, p=("P", hp),
-                                               dst=("out", (mi * R * np_cols + nj * C) * ebytes),
-                                               stride=np_cols * ebytes) if last else None))
+                    first = True
+                    for ia, mi in enumerate(tiles_m):
+                        for ib, nj in enumerate(tiles_n):
+                            region = regions[mi, nj]
+                            ops.append(dict(op="COMPUTE", loads=loads if first else [], spread_loads=True,
+                                            a=("A", h), b=("B", h),
+                                            a_base=h * a_half + ia * kc, b_base=h * b_half + ib * kc, k_last=kk - 1,
+                                            acc=region, accumulate=int(ci > 0),
+                                            store=dict(rows=min(R, M - mi * R), acc=region,
+                                                       param=hp * (cfg.param_depth // 2) + ib, p=("P", hp),
+                                                       dst=("out", (mi * R * np_cols + nj * C) * ebytes),
+                                                       stride=np_cols * ebytes) if last else None))
+                            first = False
                     step += 1
-                tile_no += 1
+                blk += 1
 
     if fused_table:
         fuse_store_table(cfg, ops)
@@ -405,7 +479,7 @@ def schedule(ops: list[dict], R: int, relu: bool, out_int32: bool) -> list[dict]
     buckets: dict[int, list] = {}
     last_user: dict = {}
     for j, op in enumerate(ops):
-        for ld in op["loads"]:
+        for i, ld in enumerate(op["loads"]):
             hz = last_user.get(ld["res"])
             # (what a STORE reads, PARAM entries and RES rows, is free only after the next COMPUTE)
             pos = -1 if hz is None else hz + (2 if ld["res"][0] in ("P", "RES") else 1)
@@ -413,7 +487,9 @@ def schedule(ops: list[dict], R: int, relu: bool, out_int32: bool) -> list[dict]
                 # As late as possible: only the op's STORE (after the next COMPUTE) waits for it; placed
                 # early, its wait on the STORE before it would hold the in-order load unit (8 % slower).
                 pos = j - 1
-            buckets.setdefault(min(pos, j - 1), []).append(ld)
+            # "spread_loads": one load after each compute from the hazard on, so that no long stretch
+            # of load beats holds up the fetch of the computes queued behind them (one DDR read port)
+            buckets.setdefault(min(pos + i * op.get("spread_loads", False), j - 1), []).append(ld)
         last_user[op["a"]] = last_user[op["b"]] = j
         if op["store"]:
             for res in (op["store"]["p"], *op["store"].get("uses", ())):

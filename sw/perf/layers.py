@@ -120,27 +120,29 @@ def video_layers(model: str, image_size: int | None = None) -> list[Layer]:
     def add(name, op, stage, ins, out, w=None, in_bytes_per=(), **attrs):
         L.append(Layer(name, op, stage, tuple(tuple(i) for i in ins), tuple(out), w, attrs, in_bytes_per))
 
-    def linear(name, stage, rows, k, n, relu=False):
-        add(name, "linear", stage, [(1, rows, k)], (1, rows, n), (n, k), relu=relu)
+    def linear(name, stage, rows, k, n, relu=False, **attrs):
+        add(name, "linear", stage, [(1, rows, k)], (1, rows, n), (n, k), relu=relu, **attrs)
 
     # ---- memory attention (ma.num_layers layers, 1 head, RoPE on queries and memory keys)
     st = "memory_attention"
     dm, ff = ma.d_model, ma.dim_feedforward
-    add("mem_attn.pos_in", "add", st, [(1, hw, dm), (1, hw, dm)], (1, hw, dm))
+    add("mem_attn.pos_in", "add", st, [(1, hw, dm), (1, hw, dm)], (1, hw, dm), frame_only=True)
     add("bank.mem_pos", "add", st, [(1, hw, md), (1, hw, md)], (1, hw, md))
     for i in range(ma.num_layers):
         p = f"mem_attn.layers.{i}"
-        add(f"{p}.norm1", "layernorm", st, [(1, hw, dm)], (1, hw, dm))
+        # layer 0 up to its cross-attention's queries reads only the frame: the same for every object
+        same = dict(frame_only=True) if i == 0 else {}
+        add(f"{p}.norm1", "layernorm", st, [(1, hw, dm)], (1, hw, dm), **same)
         for t in ("q", "k", "v"):
-            linear(f"{p}.self_attn.{t}", st, hw, dm, dm)
+            linear(f"{p}.self_attn.{t}", st, hw, dm, dm, **same)
         for t in ("q", "k"):
-            add(f"{p}.self_attn.rope_{t}", "rope", st, [(1, hw, dm)], (1, hw, dm))
-        add(f"{p}.self_attn.sdpa", "attention", st, [(1, hw, dm)] * 3, (1, hw, dm), heads=ma.num_heads)
-        linear(f"{p}.self_attn.out", st, hw, dm, dm)
-        add(f"{p}.self_res", "add", st, [(1, hw, dm)] * 2, (1, hw, dm))
-        add(f"{p}.norm2", "layernorm", st, [(1, hw, dm)], (1, hw, dm))
-        linear(f"{p}.cross_attn.q", st, hw, dm, dm)
-        add(f"{p}.cross_attn.rope_q", "rope", st, [(1, hw, dm)], (1, hw, dm))
+            add(f"{p}.self_attn.rope_{t}", "rope", st, [(1, hw, dm)], (1, hw, dm), **same)
+        add(f"{p}.self_attn.sdpa", "attention", st, [(1, hw, dm)] * 3, (1, hw, dm), heads=ma.num_heads, **same)
+        linear(f"{p}.self_attn.out", st, hw, dm, dm, **same)
+        add(f"{p}.self_res", "add", st, [(1, hw, dm)] * 2, (1, hw, dm), **same)
+        add(f"{p}.norm2", "layernorm", st, [(1, hw, dm)], (1, hw, dm), **same)
+        linear(f"{p}.cross_attn.q", st, hw, dm, dm, **same)
+        add(f"{p}.cross_attn.rope_q", "rope", st, [(1, hw, dm)], (1, hw, dm), **same)
         # the frame entering the bank: its keys and values for this layer, projected once
         linear(f"bank.{i}.k", st, hw + ptr_per_frame, md, dm)
         linear(f"bank.{i}.v", st, hw + ptr_per_frame, md, dm)
@@ -185,3 +187,18 @@ def video_layers(model: str, image_size: int | None = None) -> list[Layer]:
     if me.out_dim != me.in_dim:
         linear("mem_enc.out_proj", st, hw, me.in_dim, me.out_dim)
     return L
+
+
+def batch_objects(layers, objects: int) -> list[Layer]:
+    """The memory attention of `objects` objects batched as the overlay runs it
+    (sw.runtime.video_exec.VideoGraphExecutor.run_objects): the nodes that read only the frame (attrs
+    frame_only) once, every other one once over all objects' rows (attention: the objects on its batch,
+    one call: in the steady state every object's bank is full, so their memories are equally long).
+    Other stages' layers are returned as they are."""
+    from dataclasses import replace
+    if objects == 1:
+        return list(layers)
+    return [x if x.stage != "memory_attention" or x.attrs.get("frame_only") else
+            replace(x, in_shapes=tuple((s[0] * objects,) + tuple(s[1:]) for s in x.in_shapes),
+                    out_shape=(x.out_shape[0] * objects,) + tuple(x.out_shape[1:]))
+            for x in layers]

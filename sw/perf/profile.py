@@ -16,7 +16,7 @@ from pathlib import Path
 
 from sw.compile.graph import Placement, place_all, vector_lanes
 from sw.perf.host_model import HostModel, ddr_gbs, host_for, port_gbs
-from sw.perf.layers import DECODER_STAGES, STAGES, image_layers, video_layers
+from sw.perf.layers import DECODER_STAGES, STAGES, batch_objects, image_layers, video_layers
 
 #: the totals the profile reports: name -> the stages it sums
 TOTALS = {
@@ -46,13 +46,19 @@ class Profile:
     wall_s: float = 0.0
     meta: dict = field(default_factory=dict)
     objects: tuple = DEFAULT_OBJECTS
+    batched_attention_s: dict = field(default_factory=dict)   # objects -> their memory attention, batched
 
-    def frame_seconds(self, objects: int) -> float:
-        """A steady-state video frame tracking `objects` objects: one image embedding, then each object's
-        memory attention, prompt encoder + mask decoder and memory encoder, one after the other (the
-        objects' programs are not batched in this model: it is the upper bound of the sequential overlay)."""
+    def frame_seconds(self, objects: int, batched: bool = True) -> float:
+        """A steady-state video frame tracking `objects` objects: one image embedding, the objects' memory
+        attentions batched as the overlay runs them (sw.perf.layers.batch_objects: the frame's own nodes
+        once, the rest once over all objects' rows), then each object's prompt encoder + mask decoder
+        and memory encoder one after the other. `batched=False`, or an object count profile() did not
+        place batched: every object's memory attention on its own too (the sequential upper bound)."""
         shared = sum(self.stage_time(("image_encoder",)).values())
-        return shared + objects * sum(self.stage_time(PER_OBJECT_STAGES).values())
+        if not batched or objects not in self.batched_attention_s:
+            return shared + objects * sum(self.stage_time(PER_OBJECT_STAGES).values())
+        rest = tuple(s for s in PER_OBJECT_STAGES if s != "memory_attention")
+        return shared + self.batched_attention_s[objects] + objects * sum(self.stage_time(rest).values())
 
     def stage_time(self, stages) -> dict[str, float]:
         """{engine or "host": seconds} over the nodes of `stages`."""
@@ -105,8 +111,11 @@ class Profile:
             lines.append(f"{name:38s} {t['seconds']:9.4f}  {t['macs'] / 1e9:8.2f}  {t['ddr_bytes'] / 1e6:8.1f}  "
                          f"{by}{g}")
         if self.video:
-            per = ", ".join(f"{n} object{'s' if n > 1 else ''} {self.frame_seconds(n):.4f} s" for n in self.objects)
-            lines.append(f"video frame by tracked objects (image embedding shared, the rest per object): {per}")
+            per = ", ".join(f"{n} object{'s' if n > 1 else ''} {self.frame_seconds(n):.4f} s"
+                            + (f" ({self.frame_seconds(n, False):.4f} one by one)" if n > 1 else "")
+                            for n in self.objects)
+            lines.append("video frame by tracked objects (image embedding shared, memory attention batched, "
+                         f"decoder and memory encoder per object): {per}")
         return "\n".join(lines)
 
     def has_goals(self) -> bool:
@@ -122,6 +131,8 @@ class Profile:
             "overlay_ddr_gbs": ddr_gbs(c, self.host), "video": self.video, "profile_wall_s": round(self.wall_s, 2),
             "totals": self.totals(),
             "frame_seconds_by_objects": {str(n): self.frame_seconds(n) for n in self.objects} if self.video else {},
+            "frame_seconds_by_objects_one_by_one": {str(n): self.frame_seconds(n, False) for n in self.objects}
+            if self.video else {},
             "layers": [dict(name=p.layer.name, op=p.layer.op, stage=p.layer.stage, on=p.where, reason=p.reason,
                             macs=p.macs, cycles=p.cycles, utilisation=round(p.utilisation, 4),
                             ddr_bytes=p.ddr_bytes, bound=p.bound, seconds=p.seconds, host_seconds=p.host_seconds)
@@ -180,9 +191,16 @@ def profile(model: str, cfg, *, image_size: int | None = None, video: bool = Fal
     lanes = vector_lanes(cfg, assume_vector_lanes)
     layers = layers_for(model, image_size, video)
     placements = place_all(cfg, layers, host, lanes)
+    batched = {}
+    if video:
+        attention = [x for x in layers if x.stage == "memory_attention"]
+        for n in objects:
+            batched[n] = sum(p.seconds for p in (placements if n == 1 else
+                                                 place_all(cfg, batch_objects(attention, n), host, lanes))
+                             if p.layer.stage == "memory_attention" and p.where != "layout")
     size = image_size or _model_image_size(model)
     return Profile(model, size, cfg, host, placements, video, lanes, time.perf_counter() - t0,
-                   objects=tuple(objects))
+                   objects=tuple(objects), batched_attention_s=batched)
 
 
 def _model_image_size(model: str) -> int:

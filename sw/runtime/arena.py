@@ -31,7 +31,8 @@ class Buffer:
         return self.addr + self.size
 
 
-def _round(n: int) -> int:
+def aligned(n: int) -> int:
+    """`n` bytes rounded up to ALIGN: what the arena reserves for a buffer of that size."""
     return -(-n // ALIGN) * ALIGN
 
 
@@ -73,9 +74,9 @@ class Arena:
         free = list(self._free)
         placed = {}
         for name, size in sorted(sizes.items(), key=lambda kv: -kv[1]):     # largest first: fewer failures
-            at = self._first_fit(free, _round(size))
+            at = self._first_fit(free, aligned(size))
             if at is None:
-                asked = sum(_round(s) for s in sizes.values())
+                asked = sum(aligned(s) for s in sizes.values())
                 detail = ", ".join(f"{n} {s:,}" for n, s in sizes.items())
                 raise ArenaFull(f"DDR arena full: {asked:,} bytes asked ({detail}), {self.free_bytes:,} of "
                                 f"{self.size:,} free (largest block {self.largest_free:,}); "
@@ -98,7 +99,7 @@ class Arena:
 
     def free(self, name: str) -> None:
         buf = self.buffers.pop(name)
-        addr, size = buf.addr, _round(buf.size)
+        addr, size = buf.addr, aligned(buf.size)
         free = self._free
         i = next((j for j, (a, _) in enumerate(free) if a > addr), len(free))
         free.insert(i, (addr, size))

@@ -177,6 +177,8 @@ class Backend(ABC):
 #: Default DDR window of the sim and rtl backends: the low 1 MiB stays unused, so an
 #: address of 0 (a forgotten binding) is outside every buffer.
 DDR_BASE = 0x0010_0000
+#: The device DDR a session gets unless told otherwise (Driver, the backends).
+DEFAULT_DDR_BYTES = 1 << 26
 
 
 def _sim(cfg, **opts):

@@ -21,13 +21,14 @@ import itertools
 import numpy as np
 
 from sw.compile.linear import compile_linear
-from sw.runtime.backend import BACKENDS, DDR_BASE, AcceleratorError, describe_error, open_backend  # noqa: F401
+from sw.runtime.backend import (BACKENDS, DDR_BASE, DEFAULT_DDR_BYTES, AcceleratorError,  # noqa: F401
+                                describe_error, open_backend)
 from sw.runtime.session import RunStats, Session  # noqa: F401  (the driver's public names)
 
 
 class Driver:
     def __init__(self, cfg, backend: str = "sim", *, timeout_s: float = 10.0, timeout_cycles: int = 50_000_000,
-                 ddr_bytes: int = 1 << 26, stall: float = 0.0, waves: bool | None = None,
+                 ddr_bytes: int = DEFAULT_DDR_BYTES, stall: float = 0.0, waves: bool | None = None,
                  bitfile: str | None = None, sim_mode: str = "fast"):
         """`bitfile`: pynq backend on a board, the overlay's .bit (its .hwh beside it);
         None runs the real pynq library on the simulated device. `sim_mode`: the sim backend's

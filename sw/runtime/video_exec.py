@@ -25,7 +25,20 @@ once past max_obj_ptrs_in_encoder frames, so the slot counts are fixed for any v
     frames (and their values): cond + objects x (num_maskmem x stride + 1) + 1
     pointers:                  cond + objects x (max_obj_ptrs_in_encoder + 1) + 1
 (cond: prompted (object, frame) pairs; +1 per object: the frame being tracked; +1: a failed
-attempt's entries while its re-run goes on).
+attempt's entries while its re-run goes on). The objects share the rings, each entry in a slot of its
+own (an object's bytes never overlap another's); the bank is sized for `objects` when the predictor is
+made, and a prompt for one object more is refused (BankFull) before anything runs.
+
+Several objects: one image-encoder pass per frame; before the frame's first object step, the memory
+attentions of every object the frame tracks run together (VideoGraphExecutor.run_objects, unless
+OverlayVideoPredictor.batch_objects is off): the nodes that read only the frame (layer 0's
+self-attention, norm2 and cross-attention queries) once for all; every other node but attention once
+over all objects' rows concatenated (one Driver call, its weights read once; exact: rows are
+independent and the scales per tensor), the objects' pointer tokens placed last so the ROPE's
+excluded tail and the value projection's unbanked tail stay one block; attention per object, in one
+Driver call per group of objects with equally long memories (stacked on its head batch). Each
+object's step then takes its own result: exact, since an object's memory attention reads only its
+own bank, which the other objects' steps on the frame do not change.
 
 Fault rule (OverlayVideoPredictor): an AcceleratorError that survives the session's own retry of
 the program aborts the frame; the frame is run again once, on the same bank (its failed attempt
@@ -52,6 +65,7 @@ from golden_model.quant.intinterp import IntRunner
 from golden_model.quant.video import (SLOTS, GraphImageModel, GraphTracker, VideoIntRunner, _VideoRunner,
                                       rope_parts)
 from golden_model.video import VideoPredictor
+from sw.runtime.arena import aligned
 from sw.runtime.backend import AcceleratorError
 from sw.runtime.graph_exec import ENGINE_OPS, GraphExecError, GraphExecutor
 from sw.runtime.overlay_segment import STAGE_GROUPS
@@ -93,6 +107,14 @@ class _VideoHostOps(IntRunner):
 
 
 @dataclass
+class ObjectMemory:
+    """One object's gathered memory for a frame's memory attention (GraphTracker.memory_inputs)."""
+    bank: dict                 # "memory", "memory_pos": (1, K, mem_dim) int8
+    ptr_tokens: int            # its last tokens: object pointers (no RoPE; v_proj not in the bank)
+    values: list | None        # its memory frames' banked values (BankEntry), None: v_proj on the whole memory
+
+
+@dataclass
 class StageStats:
     cycles: int = 0
     host_s: float = 0.0       # host ops' wall time
@@ -103,9 +125,17 @@ class StageStats:
 @dataclass
 class FrameStats:
     stages: dict = field(default_factory=lambda: {s: StageStats() for s in STAGES})
+    batches: list = field(default_factory=list)   # per memory-attention batch: its objects' memory lengths
 
     def reset(self) -> None:
         self.stages = {s: StageStats() for s in STAGES}
+        self.batches = []
+
+    def batch_note(self) -> str:
+        """The frame's memory-attention runs, e.g. "3 objects (2 memory lengths) + 1 object": one run of
+        3 objects batched (its attention in 2 calls), then one object alone (a correction's)."""
+        return " + ".join(f"{len(b)} object{'s' * (len(b) > 1)}"
+                          + (f" ({len(set(b))} memory lengths)" if len(set(b)) > 1 else "") for b in self.batches)
 
     def add(self, stage: str, cycles=0, host_s=0.0, engine_s=0.0, ddr_bytes=0) -> None:
         s = self.stages[STAGE_OF.get(stage, stage)]
@@ -173,6 +203,87 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
         """run_nodes' nodes (the video stages) where the placement puts them, as run()'s."""
         return self.op_fn(node)
 
+    # ------------------------------------------------------------ several objects' memory attention at once
+    def run_objects(self, names, env: dict, objects: list, output: str, observe=None) -> list:
+        """run_nodes for every object of `objects` (ObjectMemory) on one frame's `env`: each one's tensor
+        `output`, in order. A node whose inputs are the frame's alone runs once for all (memory
+        attention layer 0's self-attention and cross-attention queries); the other nodes run once over
+        all objects' rows (_rows_batched) except attention, one call per group of objects with equal
+        memory lengths (_attention_batched). Each object's numbers are run_nodes' (module docstring)."""
+        index = self.cached("node_index", lambda: {n.name: n for n in self.graph.nodes})
+        shared, per = dict(env), {}
+        self.frame_stats.batches.append([o.bank["memory"].shape[1] for o in objects])
+        for name in names:
+            node = index[name]
+            if node.op == "memory_bank":
+                ys = [o.bank[node.attrs["part"]] for o in objects]
+            elif not any(i in per for i in node.inputs):
+                shared[node.outputs[0]] = y = self.node_fn(node)(node, [self.arg(i, shared) for i in node.inputs],
+                                                                 self)
+                if observe is not None:
+                    observe(node, y)
+                continue
+            else:
+                args = [[per[i][k] if i in per else self.arg(i, shared) for i in node.inputs]
+                        for k in range(len(objects))]
+                batched = self._attention_batched if node.op == "attention" else self._rows_batched
+                ys = batched(node, args, [i in per or i not in self.graph.constants for i in node.inputs], objects)
+            per[node.outputs[0]] = ys
+            for y in ys if observe is not None else ():
+                observe(node, y)
+        return per[output]
+
+    def _rows_batched(self, node, args, activation, objects) -> list:
+        """One run of a row-wise node (linear, layernorm, add, rescale, ROPE) over every object's rows: the
+        rows concatenated, the objects' pointer tokens last (the ROPE's excluded tail, the value projection's
+        rows not in the bank), so the node's own split applies to all. Exact: the weights and the
+        requantisation scales are per tensor, every row's result is its own."""
+        tail = node.attrs.get("exclude") == "O" or node.name in self.cached(
+            "value_names", lambda: {n.name for n in self.value_nodes})
+        rows = [[np.asarray(x).reshape(-1, np.shape(x)[-1]) if act else x for x, act in zip(a, activation)]
+                for a in args]
+        counts = [r[0].shape[0] for r in rows]
+        heads = [n - (o.ptr_tokens if tail else 0) for n, o in zip(counts, objects)]
+        ins = []
+        for j, act in enumerate(activation):
+            if not act:                     # a constant (weights, tables): the same for all
+                ins.append(args[0][j])
+                continue
+            if any(r[j].shape[0] != n for r, n in zip(rows, counts)):
+                raise GraphExecError(f"{node.name}: input {node.inputs[j]} is not row for row with {node.inputs[0]}")
+            ins.append(np.concatenate([r[j][:h] for r, h in zip(rows, heads)] +
+                                      [r[j][h:] for r, h in zip(rows, heads)])[None])
+        saved = getattr(self, "run_dims", None), self.memory_values
+        if tail:
+            self.run_dims = {**(saved[0] or {}), "O": sum(n - h for n, h in zip(counts, heads))}
+            values = [o.values for o in objects]
+            self.memory_values = None if None in values else [e for v in values for e in v]
+        try:
+            y = self.node_fn(node)(node, ins, self)
+        finally:
+            self.run_dims, self.memory_values = saved
+        y = y.reshape(-1, y.shape[-1])
+        out, h0, t0 = [], 0, sum(heads)
+        for a, n, h in zip(args, counts, heads):
+            out.append(np.concatenate([y[h0:h0 + h], y[t0:t0 + n - h]]).reshape(np.shape(a[0])[:-1] + y.shape[-1:]))
+            h0, t0 = h0 + h, t0 + n - h
+        return out
+
+    def _attention_batched(self, node, args, activation, objects) -> list:
+        """Attention per object (its keys and values are its own), in one Driver call for each group of
+        objects with the same memory length: stacked on the call's leading batch (its heads)."""
+        groups: dict = {}
+        for k, a in enumerate(args):
+            groups.setdefault(tuple(np.shape(x) for x in a), []).append(k)
+        out = [None] * len(args)
+        for ks in groups.values():
+            y = self.node_fn(node)(node, [np.concatenate([args[k][j] for k in ks]) for j in range(len(node.inputs))],
+                                   self)
+            ends = np.cumsum([np.shape(args[k][0])[0] for k in ks])
+            for k, part in zip(ks, np.split(y, ends[:-1])):
+                out[k] = part
+        return out
+
 
 # ---------------------------------------------------------------- the memory bank in DDR
 class BankFull(MemoryError):
@@ -218,8 +329,7 @@ class DdrBank:
     @property
     def nbytes(self) -> int:
         """The arena bytes the bank holds (its buffers, each rounded up to the arena's ALIGN)."""
-        from sw.runtime.arena import ALIGN
-        return sum(-(-b.size // ALIGN) * ALIGN for b in self.buffers.values())
+        return sum(aligned(b.size) for b in self.buffers.values())
 
     def _addr(self, ring: str, slot: int) -> tuple[int, int]:
         n = math.prod(self.shapes[ring])
@@ -288,6 +398,7 @@ class OverlayTracker(GraphTracker):
         super().__init__(graph, executor, observe)
         self.bank = bank
         self.image_model = _BankImageModel(graph, executor, bank, observe)
+        self.attended: dict = {}      # (frame, reverse, id(output_dict)) -> the frame's batched memory attention
 
     def bank_features(self, feats):
         """The frame into the bank, with its memory-attention values (every layer's v_proj) when kept."""
@@ -296,11 +407,33 @@ class OverlayTracker(GraphTracker):
             entry.values = self.bank.put("values", self.runner.project_values(feats))
         return entry
 
-    def prepare_memory_conditioned_features(self, *args, **kwargs):
+    def prepare_memory_conditioned_features(self, frame_idx, is_init_cond_frame, vision_feat, vision_pos,
+                                            output_dict, num_frames, track_in_reverse=False):
+        """GraphTracker's, the memory attention through attend(): the object's result of the frame's batch
+        when the predictor ran one (OverlayVideoPredictor), else this object's alone."""
+        if is_init_cond_frame:
+            return super().prepare_memory_conditioned_features(frame_idx, True, vision_feat, vision_pos, output_dict,
+                                                               num_frames, track_in_reverse)
+        done = self.attended.get((frame_idx, track_in_reverse, id(output_dict)))
+        if done is not None:
+            return done
+        return self.attend(frame_idx, vision_feat, [output_dict], num_frames, track_in_reverse)[0]
+
+    def attend(self, frame_idx, vision_feat, output_dicts, num_frames, track_in_reverse=False) -> list:
+        """The memory attention of the objects with these banks on one non-initial frame, batched
+        (VideoGraphExecutor.run_objects): each object's conditioned features, in order."""
+        v = self.video
+        b, hw, c = vision_feat.shape
+        side = math.isqrt(hw)
+        objects = []
         try:
-            return super().prepare_memory_conditioned_features(*args, **kwargs)
+            for od in output_dicts:
+                bank, ptr_tokens = self.memory_inputs(frame_idx, od, num_frames, track_in_reverse)
+                objects.append(ObjectMemory(bank, ptr_tokens, self.runner.memory_values))
         finally:
             self.runner.memory_values = None
+        return self.runner.run_objects(v["memory_attention"], {v["curr"]: vision_feat.reshape(b, side, side, c)},
+                                       objects, "ma.to_decoder", self.observe)
 
     def memory_frames(self, frame_idx, output_dict, track_in_reverse=False):
         frames, selected, unselected = super().memory_frames(frame_idx, output_dict, track_in_reverse)
@@ -316,11 +449,13 @@ class OverlayVideoPredictor(VideoPredictor):
     """VideoPredictor on an OverlayTracker: outputs past the bank's window release their slots; a frame
     that fails on the overlay is run again once (module docstring)."""
 
-    def __init__(self, tracker: OverlayTracker, **kwargs):
+    def __init__(self, tracker: OverlayTracker, max_objects: int = 1, **kwargs):
         super().__init__(tracker, **kwargs)
         self.executor = tracker.runner
+        self.max_objects = max_objects     # the objects the bank's rings were sized for (bank_slots)
         self.retries: list[str] = []       # frames a re-run recovered, one line each
         self.faults: dict = {}             # frame -> sw.backends.faults.Fault armed when that frame starts (tests)
+        self.batch_objects = True          # the objects' memory attentions batched per frame (False: one by one)
         self._guarded = False
 
     def _twice(self, frame_idx: int, step):
@@ -345,25 +480,64 @@ class OverlayVideoPredictor(VideoPredictor):
         finally:
             self._guarded = False
 
+    def add_new_points_or_box(self, state, frame_idx, obj_id, *args, **kwargs):
+        self._room_for(state, obj_id)
+        return super().add_new_points_or_box(state, frame_idx, obj_id, *args, **kwargs)
+
+    def add_new_mask(self, state, frame_idx, obj_id, mask):
+        self._room_for(state, obj_id)
+        return super().add_new_mask(state, frame_idx, obj_id, mask)
+
+    def _room_for(self, state, obj_id) -> None:
+        """A new object only while the bank has its slots (its size is fixed when the session starts)."""
+        if obj_id not in state.objects and len(state.objects) >= self.max_objects:
+            raise BankFull(f"object {obj_id!r}: the memory bank in DDR was made for {self.max_objects} object"
+                           f"{'s' * (self.max_objects > 1)} ({', '.join(map(repr, state.objects))} already); "
+                           f"make the predictor with objects >= {len(state.objects) + 1}")
+
     def _features(self, state, frame_idx):
         return self._twice(frame_idx, lambda: super(OverlayVideoPredictor, self)._features(state, frame_idx))
 
-    def _run_single_frame(self, state, obj, frame_idx, *args, **kwargs):
-        return self._twice(frame_idx, lambda: super(OverlayVideoPredictor, self)._run_single_frame(
-            state, obj, frame_idx, *args, **kwargs))
+    def _run_single_frame(self, state, obj, frame_idx, is_init, point_inputs, mask_inputs, reverse, run_mem_encoder,
+                          prev_sam_mask_logits=None):
+        def step():
+            if self.batch_objects and run_mem_encoder and not is_init and point_inputs is None and mask_inputs is None:
+                self._attend_objects(state, frame_idx, reverse)       # a propagation step
+            return super(OverlayVideoPredictor, self)._run_single_frame(
+                state, obj, frame_idx, is_init, point_inputs, mask_inputs, reverse, run_mem_encoder,
+                prev_sam_mask_logits)
+        return self._twice(frame_idx, step)
+
+    def _attend_objects(self, state, frame_idx: int, reverse: bool) -> None:
+        """The memory attention of every object propagate_in_video tracks on this frame (those it is not a
+        conditioning frame of), batched, once per frame: each object's step then takes its result.
+        Exact: an object's memory attention reads only its own bank, which the frame's steps before it
+        (other objects') do not change."""
+        tracker = self.tracker
+        if any(k[:2] == (frame_idx, reverse) for k in tracker.attended):
+            return
+        objs = [o for o in state.objects.values() if frame_idx not in o.output_dict["cond_frame_outputs"]]
+        feats = self._features(state, frame_idx)
+        outs = tracker.attend(frame_idx, feats.vision_feat, [o.output_dict for o in objs], state.num_frames, reverse)
+        tracker.attended = {(frame_idx, reverse, id(o.output_dict)): y for o, y in zip(objs, outs)}
 
     def propagate_in_video(self, state, start_frame_idx=None, max_frame_num_to_track=None, reverse=False):
         cfg = self.cfg
         window = cfg.num_maskmem * cfg.memory_temporal_stride_for_eval
         sign = -1 if reverse else 1
-        for frame_idx, obj_ids, masks in super().propagate_in_video(state, start_frame_idx, max_frame_num_to_track,
-                                                                    reverse):
-            yield frame_idx, obj_ids, masks
-            self.release_old_outputs(state, frame_idx, reverse)
-            for obj in state.objects.values():     # features past the memory window: never read again
-                for t, out in obj.output_dict["non_cond_frame_outputs"].items():
-                    if (frame_idx - t) * sign >= window:
-                        out["maskmem_features"] = None
+        self.tracker.attended = {}
+        try:
+            for frame_idx, obj_ids, masks in super().propagate_in_video(state, start_frame_idx,
+                                                                        max_frame_num_to_track, reverse):
+                self.tracker.attended = {}          # a later pass over this frame reads changed banks
+                yield frame_idx, obj_ids, masks
+                self.release_old_outputs(state, frame_idx, reverse)
+                for obj in state.objects.values():     # features past the memory window: never read again
+                    for t, out in obj.output_dict["non_cond_frame_outputs"].items():
+                        if (frame_idx - t) * sign >= window:
+                            out["maskmem_features"] = None
+        finally:
+            self.tracker.attended = {}
 
 
 def bank_slots(cfg, cond_frames: int, objects: int = 1) -> tuple[int, int]:
@@ -394,15 +568,16 @@ def bank_rings(graph, cond_frames: int = 1, objects: int = 1, project_values: bo
 
 def bank_bytes(graph, **kwargs) -> int:
     """DDR bytes the bank takes (its rings and the slot encodings, each buffer rounded to the arena's ALIGN)."""
-    from sw.runtime.arena import ALIGN
     sizes = [math.prod(shape) * n for shape, n in bank_rings(graph, **kwargs).values()] + [graph.constants[SLOTS].size]
-    return sum(-(-size // ALIGN) * ALIGN for size in sizes)
+    return sum(aligned(size) for size in sizes)
 
 
-def video_driver(cfg, backend: str, graph, **kwargs):
-    """A Driver whose arena holds the default one plus the memory bank (`kwargs`: bank_rings')."""
-    from sw.runtime.driver import Driver
-    return Driver(cfg, backend, ddr_bytes=Driver(cfg, backend).ddr_bytes + bank_bytes(graph, **kwargs))
+def video_driver(cfg, backend: str, graph, bitfile=None, **kwargs):
+    """A Driver whose arena holds the default one plus the memory bank (`kwargs`: bank_rings'); `bitfile`:
+    the overlay's .bit on a board (pynq backend)."""
+    from sw.runtime.driver import DEFAULT_DDR_BYTES, Driver
+    return Driver(cfg, backend, ddr_bytes=DEFAULT_DDR_BYTES + bank_bytes(graph, **kwargs),
+                  bitfile=None if bitfile is None else str(bitfile))
 
 
 def overlay_video_predictor(qm, executor: VideoGraphExecutor, cond_frames: int = 1, objects: int = 1, observe=None,
@@ -411,7 +586,7 @@ def overlay_video_predictor(qm, executor: VideoGraphExecutor, cond_frames: int =
     g = qm.graph
     bank = DdrBank(executor.driver.session, bank_rings(g, cond_frames, objects, project_values), g.constants[SLOTS],
                    executor.frame_stats)
-    return OverlayVideoPredictor(OverlayTracker(g, executor, bank, observe), **kwargs)
+    return OverlayVideoPredictor(OverlayTracker(g, executor, bank, observe), max_objects=objects, **kwargs)
 
 
 __all__ = ["VideoGraphExecutor", "DdrBank", "BankEntry", "OverlayTracker", "OverlayVideoPredictor", "FrameError",
