@@ -19,6 +19,7 @@ from sw.runtime.checks import DescriptorError, check_descriptors
 from sw.runtime.driver import Driver
 from tests.test_overlay import layer
 from tests.test_program_runs import check_runs, run_each_after_reset
+from tests.test_store_lut import stream_through
 
 SIM = preset("sim")
 EXTREMES = np.array([-128, 127, -1, 0, 1], np.int8)
@@ -110,44 +111,26 @@ def test_store_add_stage_amaranth_with_stalls():
     """StoreAdd alone (Amaranth simulator): chunks of L lanes' (y, x) with int8 extremes through adds of
     extreme parameters (shift 0 and 31, the largest multipliers), the enable off and on, random valid and
     ready stalls: every chunk out once, in order, exact (= intvec.add, y as its a)."""
-    from amaranth.sim import Simulator
-
     from hw.gemm.engine import StoreAdd
 
     rng, L = np.random.default_rng(9), SIM.requant_lanes
     dut = StoreAdd(L)
-    commands = [(enable, p, rng.choice(EXTREMES, (int(rng.integers(1, 20)), 2, L)))
+    commands = [((enable, p), rng.choice(EXTREMES, (int(rng.integers(1, 20)), 2, L)))
                 for enable, p in ((True, AddParams(65535, 65535, 31)), (False, AddParams(3, 5, 2)),
                                   (True, AddParams(1, 1, 0)), (True, AddParams.make(0.05, 0.08, 0.1)))]
-    commands.append((True, AddParams(40000, 123, 9), rng.integers(-128, 128, (25, 2, L)).astype(np.int8)))
-    results = []
+    commands.append(((True, AddParams(40000, 123, 9)), rng.integers(-128, 128, (25, 2, L)).astype(np.int8)))
 
-    async def bench(ctx):
-        for enable, p, chunks in commands:
-            ctx.set(dut.enable, enable)
-            ctx.set(dut.params, {"a": p.a_mult, "b": p.b_mult, "s": p.shift})
-            sent, outs = 0, []
-            while len(outs) < len(chunks):
-                valid, ready = sent < len(chunks) and rng.random() > 0.3, rng.random() > 0.3
-                ctx.set(dut.i.valid, valid)
-                ctx.set(dut.o.ready, ready)
-                if valid:
-                    for lane in range(L):
-                        ctx.set(dut.i.payload[lane].y, int(chunks[sent][0][lane]))
-                        ctx.set(dut.i.payload[lane].x, int(chunks[sent][1][lane]))
-                took = valid and ctx.get(dut.i.ready)
-                if ready and ctx.get(dut.o.valid):
-                    outs.append([ctx.get(dut.o.payload[lane]) for lane in range(L)])
-                await ctx.tick()
-                sent += took
-            ctx.set(dut.i.valid, 0)
-            results.append(np.array(outs, np.int8))
+    def set_command(ctx, command):
+        enable, p = command
+        ctx.set(dut.enable, enable)
+        ctx.set(dut.params, {"a": p.a_mult, "b": p.b_mult, "s": p.shift})
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-8)
-    sim.add_testbench(bench)
-    sim.run()
-    for (enable, p, chunks), out in zip(commands, results, strict=True):
+    def set_chunk(ctx, chunk):
+        for lane in range(L):
+            ctx.set(dut.i.payload[lane].y, int(chunk[0][lane]))
+            ctx.set(dut.i.payload[lane].x, int(chunk[1][lane]))
+    results = stream_through(dut, dut, commands, rng, set_command, set_chunk)
+    for ((enable, p), chunks), out in zip(commands, results, strict=True):
         assert np.array_equal(out, add(chunks[:, 0], chunks[:, 1], p) if enable else chunks[:, 0])
 
 

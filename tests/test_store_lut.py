@@ -98,12 +98,45 @@ def test_fused_table_refused_where_it_cannot_run():
                           {"lut": (0, 4096)})
 
 
+def stream_through(top, dut, commands, rng, set_command, set_chunk) -> list[np.ndarray]:
+    """A GEMM store stage `dut` (streams i and o of L lanes) inside `top` in the Amaranth simulator: each
+    (command, chunks) of `commands` set (set_command; steady while its chunks pass, as GemmStore takes one
+    STORE at a time), its chunks sent (set_chunk) with random valid and ready stalls (30 %). Returns per
+    command the int8 chunks that came out, in order."""
+    from amaranth.sim import Simulator
+    L = len(dut.o.payload)
+    results = []
+
+    async def bench(ctx):
+        for command, chunks in commands:
+            set_command(ctx, command)
+            sent, outs = 0, []
+            while len(outs) < len(chunks):
+                valid, ready = sent < len(chunks) and rng.random() > 0.3, rng.random() > 0.3
+                ctx.set(dut.i.valid, valid)
+                ctx.set(dut.o.ready, ready)
+                if valid:
+                    set_chunk(ctx, chunks[sent])
+                took = valid and ctx.get(dut.i.ready)
+                if ready and ctx.get(dut.o.valid):
+                    outs.append([ctx.get(dut.o.payload[lane]) for lane in range(L)])
+                await ctx.tick()
+                sent += took
+            ctx.set(dut.i.valid, 0)
+            results.append(np.array(outs, np.int8))
+
+    sim = Simulator(top)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    return results
+
+
 def test_store_table_stage_amaranth_with_stalls():
     """StoreTable alone (Amaranth simulator): chunks of L lanes' int8 (the extremes among them) through a random
     table with the enable off and on, random valid and ready stalls: every chunk out once, in order, exact."""
     from amaranth import Module, unsigned
     from amaranth.lib.memory import Memory
-    from amaranth.sim import Simulator
 
     from hw.gemm.engine import StoreTable
 
@@ -118,31 +151,8 @@ def test_store_table_stage_amaranth_with_stalls():
     commands = [(enable, rng.integers(-128, 128, (int(rng.integers(1, 30)), L)).astype(np.int8))
                 for enable in (True, False, True, True, False)]
     commands[0][1][0] = np.resize([-128, 127], L)
-    results = []
-
-    async def bench(ctx):
-        for enable, chunks in commands:
-            ctx.set(dut.enable, enable)
-            sent, outs = 0, []
-            while len(outs) < len(chunks):
-                valid, ready = sent < len(chunks) and rng.random() > 0.3, rng.random() > 0.3
-                ctx.set(dut.i.valid, valid)
-                ctx.set(dut.o.ready, ready)
-                if valid:
-                    for lane in range(L):
-                        ctx.set(dut.i.payload[lane], int(chunks[sent][lane]))
-                took = valid and ctx.get(dut.i.ready)
-                if ready and ctx.get(dut.o.valid):
-                    outs.append([ctx.get(dut.o.payload[lane]) for lane in range(L)])
-                await ctx.tick()
-                sent += took
-            ctx.set(dut.i.valid, 0)
-            results.append(np.array(outs, np.int8))
-
-    sim = Simulator(m)
-    sim.add_clock(1e-8)
-    sim.add_testbench(bench)
-    sim.run()
+    results = stream_through(m, dut, commands, rng, lambda ctx, enable: ctx.set(dut.enable, enable),
+                             lambda ctx, chunk: [ctx.set(dut.i.payload[lane], int(chunk[lane])) for lane in range(L)])
     for (enable, chunks), out in zip(commands, results, strict=True):
         assert np.array_equal(out, lut(chunks, table) if enable else chunks)
 
