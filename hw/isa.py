@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from golden_model.intvec import LUT_SIZE
+from golden_model.intvec import ADD_MULT_BITS, ADD_SHIFT_MAX, LUT_SIZE
 from hw.config import ATTN_SLOT_BITS
 from hw.vector import params as VP
 
@@ -133,7 +133,8 @@ DESCRIPTOR_FIELDS = [
     ("lut", 1, "STORE: int8 results through the store table (LOAD target LUT: golden_model.intvec.lut after the "
      "requantiser; overlays with the store_lut engine)"),
     ("add", 1, "STORE: int8 results plus the residual rows (LOAD target RES, at the accumulator rows read): "
-     "golden_model.intvec.add with the PARAM channel's add multipliers and shift; overlays with store_add"),
+     "golden_model.intvec.add with the add multipliers and shift of the PARAM entry's channel 0; overlays with "
+     "store_add"),
 ]
 
 
@@ -356,7 +357,7 @@ PARAM_CHANNEL_BYTES = 16    # per output channel: int32 bias, uint32 multiplier,
 #: The STORE `add` fields in a PARAM channel (store_add): the add's shift in the shift word's bits 8.., its
 #: multipliers in the fourth word (a_mult of the linear's result in bits 0..15, b_mult of the residual above).
 #: The add is one per tensor (golden_model.intvec.AddParams): the engine keeps channel 0's of each entry.
-ADD_SHIFT_AT, ADD_SHIFT_WIDTH, ADD_MULT_WIDTH = 8, 5, 16
+ADD_SHIFT_AT, ADD_SHIFT_WIDTH, ADD_MULT_WIDTH = 8, ADD_SHIFT_MAX.bit_length(), ADD_MULT_BITS
 
 
 def entry_bytes(cfg, target: str) -> int:
@@ -396,8 +397,8 @@ def pack_params(bias, multiplier, shift, add=None) -> np.ndarray:
 
 def unpack_add(words: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(a_mult, b_mult, shift) of PARAM channels given as (..., 4) uint32 words (the inverse of pack_params)."""
-    words = np.asarray(words, np.int64)
-    return (words[..., 3] & 0xFFFF, words[..., 3] >> ADD_MULT_WIDTH & 0xFFFF,
+    words, mult = np.asarray(words, np.int64), (1 << ADD_MULT_WIDTH) - 1
+    return (words[..., 3] & mult, words[..., 3] >> ADD_MULT_WIDTH & mult,
             words[..., 2] >> ADD_SHIFT_AT & ((1 << ADD_SHIFT_WIDTH) - 1))
 
 

@@ -346,9 +346,10 @@ class Core(wiring.Component):
                                  port.payload.data[j].multiplier.eq(entry[base + 32:base + 63]),
                                  port.payload.data[j].shift.eq(entry[base + 64:base + 70])]
                 if "store_add" in cfg.engines:   # hw.isa.pack_params: channel 0's add word and add shift bits
-                    add_shift = 64 + isa.ADD_SHIFT_AT
-                    m.d.comb += [port.payload.add.a.eq(entry[96:112]), port.payload.add.b.eq(entry[112:128]),
-                                 port.payload.add.s.eq(entry[add_shift:add_shift + isa.ADD_SHIFT_WIDTH])]
+                    word3, mw, at = 96, isa.ADD_MULT_WIDTH, 64 + isa.ADD_SHIFT_AT
+                    m.d.comb += [port.payload.add.a.eq(entry[word3:word3 + mw]),
+                                 port.payload.add.b.eq(entry[word3 + mw:word3 + 2 * mw]),
+                                 port.payload.add.s.eq(entry[at:at + isa.ADD_SHIFT_WIDTH])]
             else:
                 m.d.comb += port.payload.data.eq(entry)
         with m.If(issue):
