@@ -4,8 +4,11 @@ frame 0 and tracked over 3 frames on preset sim, so the image path (image encode
 decoder) runs three times and the memory encoder and memory attention with it. Every node the overlay
 runs equals the host integer tracker's (VideoIntRunner), the logits equal the sim backend's, bit for bit.
 
-Verilator through cocotb runs ~10^4 cycles a second unloaded: the track is ~0.56 M cycles (figures in
-docs/overlay-run.md, section rtl), one Verilator session for the whole test."""
+And every kind of engine program of the full-size tiny graph (1024 px, image and video stages), compiled
+for preset sim on a sample of its tiles, gives the same bytes on rtl as on sim.
+
+Verilator through cocotb runs ~10^4 cycles a second unloaded: the track is ~0.56 M cycles, the program
+kinds ~0.21 M (figures in docs/overlay-run.md, section rtl); one Verilator session per test."""
 from __future__ import annotations
 
 import numpy as np
@@ -96,7 +99,7 @@ def test_micro_sam2_image_path_and_track_on_rtl_equal_sim_and_host(micro_case, m
     assert [a[0] for a, b in zip(seen["rtl"], expected) if a != b] == []       # node by node, every frame
     assert seen["rtl"] == seen["sim"]
     on = {(r.where, r.op) for r in ex.records.values() if r.where not in ("host", "layout")}
-    assert on == ENGINE_KINDS
+    assert on >= ENGINE_KINDS
     assert all(ex.records[n].where == "attention" for n in (WINDOWED, Q_POOLED, GLOBAL))
     assert cycles["rtl"] > 0 and cycles["sim"] > 0
     print(f"\nmicro SAM 2, {FRAMES}-frame track on preset sim: rtl {cycles['rtl']:,} cycles "
@@ -221,5 +224,5 @@ def test_every_program_kind_of_tiny_on_rtl_equals_sim():
             drv.close()
     bad = [kind for kind in calls if not np.array_equal(outs["sim", kind], outs["rtl", kind])]
     assert bad == []
-    assert all(np.ptp(outs["rtl", kind].astype(np.int64)) > 0 for kind in calls)       # no kind compared on a constant output
+    assert all(np.ptp(outs["rtl", kind].astype(np.int64)) > 0 for kind in calls)   # none compared on a constant
     print(f"\n{len(calls)} program kinds of tiny on rtl: {sum(cycles['rtl', k] for k in calls):,} cycles")
