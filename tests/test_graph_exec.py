@@ -26,7 +26,7 @@ def test_sim_every_node_bit_exact_with_intinterp(scaled):
              "point_coords": np.array([[CLICK]], np.float32), "point_labels": np.ones((1, 1), np.float32),
              MASK_INPUT: mask}
     ref = IntRunner(qm).run(feeds, stages=STAGES)
-    ex = GraphExecutor(qm, cfg, "sim")
+    ex = GraphExecutor(qm, cfg, "sim", read_back=True)
     assert ex.check(ex.run(feeds, stages=STAGES), ref) == []
     recs = list(ex.records.values())
     assert len(recs) == sum(n.stage in STAGES for n in qm.graph.nodes) - 1 and "src" not in ex.records
@@ -42,7 +42,7 @@ def test_bench16_segment_equals_int8_host_node_by_node(scaled):
     gives the `--precision int8` masks, scores and logits bit for bit, and every node equals intinterp's."""
     cfg = preset("bench16")
     qm = _quantised(scaled, cfg)
-    ex = GraphExecutor(qm, cfg, "sim")
+    ex = GraphExecutor(qm, cfg, "sim", read_back=True)
     envs, outs = [], []
     for runner in (IntRunner(qm), ex):
         p = GraphPredictor(qm.graph, runner)

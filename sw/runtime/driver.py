@@ -44,6 +44,7 @@ class Driver:
         self._session: Session | None = None
         self._names = itertools.count()
         self._cache: dict = {}
+        self.program_bytes = 0               # descriptors and weights written by loads (host -> DDR), so far
 
     # Where a program's image sits when it is run whole (sw.backends.rtl.run_images, tests); the
     # session binds each region to its own buffer wherever the arena has room.
@@ -170,16 +171,41 @@ class Driver:
                 self._cache.pop(next(iter(self._cache))).free()
         return image
 
-    def _load(self, prog, descriptors):
+    def run_bound(self, prog, bind: dict[str, str]) -> RunStats:
+        """Run `prog` with regions bound to session buffers (`bind`: region -> buffer name, e.g. an
+        activation the previous program left in DDR; sw.runtime.graph_exec): its descriptors, weights and
+        unbound inputs written, nothing read back. The program is freed afterwards (its bound buffers kept)."""
+        loaded = self._load(prog, None, bind)
+        try:
+            loaded.write_inputs()
+            self.last_run = loaded.run(self.frame)
+        finally:
+            loaded.free()
+        self.last_programs = [prog]
+        return self.last_run
+
+    def buffer(self, size: int, prefix: str = "act"):
+        """A new session buffer (not zeroed), room made by dropping the kept programs when the arena is full."""
+        name = f"{prefix}{next(self._names)}"
+        return self._making_room(lambda: self.session.buffer(name, size, zero=False))
+
+    def _load(self, prog, descriptors, bind=None):
+        name = f"call{next(self._names)}"
+        loaded = self._making_room(lambda: self.session.load(prog, name, bind=bind, descriptors=descriptors))
+        self.program_bytes += sum(prog.regions[r][1] for r in loaded.owned_regions()
+                                  if prog.ROLES.get(r) in ("program", "weight"))
+        return loaded
+
+    def _making_room(self, make):
         from sw.runtime.arena import ArenaFull
         try:
-            return self.session.load(prog, f"call{next(self._names)}", descriptors=descriptors)
+            return make()
         except ArenaFull:
             if not self._cache:
                 raise
             while self._cache:                   # make room: drop the kept programs, then try once more
                 self._cache.popitem()[1].free()
-            return self.session.load(prog, f"call{next(self._names)}", descriptors=descriptors)
+            return make()
 
     def _buffer_base(self) -> int:
         return self.BUFFER_BASE

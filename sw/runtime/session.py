@@ -134,6 +134,10 @@ class LoadedProgram:
     edited: bool = False               # loaded with other descriptors than the compiled ones (one run, no fast job)
     last_run: RunStats | None = None
 
+    def owned_regions(self) -> list[str]:
+        """The regions in buffers this program allocated (not bound to the caller's)."""
+        return [r for r, buf in self.buffers.items() if buf in self.owned]
+
     def write(self, region: str, data) -> None:
         self.session.backend.write(self.addresses[region], data)
 
