@@ -281,8 +281,7 @@ class GraphExecutor(IntRunner):
         # linear node -> the GELU node placed in its store (the placement checked it is its only reader)
         writers = {t: n for n in qm.graph.nodes for t in n.outputs}
         self.fused = {writers[n.inputs[0]].name: n for n in qm.graph.nodes
-                      if n.op == "gelu" and self.placements[n.name].where == "gemm"
-                      and not n.attrs.get("host") and not writers[n.inputs[0]].attrs.get("host")}
+                      if n.op == "gelu" and self.placements[n.name].where == "gemm"}
         self.fused_gelus = {g.name for g in self.fused.values()}
         self.host_outputs: set[str] = set()     # nodes whose output must be a host array (a subclass's)
         self.records: dict[str, NodeRecord] = {}
@@ -365,10 +364,8 @@ class GraphExecutor(IntRunner):
 
     def op_fn(self, node):
         p = self.placements[node.name]
-        where, reason = (p.where, p.reason)
-        if node.attrs.get("host"):       # the builder's float nodes (decoder token stream) stay on the host
-            where, reason = "host", "float op (the builder's host node)"
-        rec = NodeRecord(node.name, node.op, node.stage, where, reason)
+        where = p.where
+        rec = NodeRecord(node.name, node.op, node.stage, where, p.reason)
         self.records[node.name] = rec
         host_fn = super().op_fn(node)
         if where in ("host", "layout"):
