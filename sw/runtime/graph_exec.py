@@ -36,6 +36,7 @@ from golden_model.quant.intinterp import IntRunner, _mask_product, _requant_args
 from sw.compile.graph import place_all, vector_lanes
 from sw.compile.vector import OPS as VECTOR_OPS, compile_vector, row_dim
 from sw.perf.layers import graph_layers
+from sw.runtime.arena import ArenaFull
 from sw.runtime.driver import Driver
 from sw.runtime.layout import TokenRowLayout
 
@@ -224,7 +225,7 @@ def _rows_dev(drv, n, op, x, p, b=None):
     for region, t in (("in", x), ("b", b)):
         if t is None:
             continue
-        if isinstance(t, DeviceTensor) and t.shape == shape and same_bytes(t.layout, rows_l):
+        if isinstance(t, DeviceTensor) and t.buffer is not None and t.shape == shape and same_bytes(t.layout, rows_l):
             bind[region], data[region] = t.buffer, np.zeros((rows_l.tokens, dim), np.int8)   # shape only
         else:
             data[region] = np.ascontiguousarray(np.broadcast_to(np.asarray(t), shape)).reshape(-1, dim)
@@ -276,6 +277,7 @@ class GraphExecutor(IntRunner):
         self.driver = driver or Driver(cfg, backend)
         self.chain, self.read_back = chain, read_back
         self.check_bytes = 0
+        self.spilled_bytes = 0     # device tensors read back because the arena was full (in the nodes' figures)
         lanes = vector_lanes(cfg)
         self.placements = {p.layer.name: p for p in place_all(cfg, graph_layers(qm.graph), lanes=lanes)}
         # linear node -> the GELU node placed in its store (the placement checked it is its only reader)
@@ -344,6 +346,16 @@ class GraphExecutor(IntRunner):
                     a.free(keep)
                     self.check_bytes += self.driver.device.traffic.since(before).total
 
+    def _spill(self) -> bool:
+        """The arena is full: read every device tensor of the run back and free its buffer (its readers
+        then take it from the host). Whether there was any."""
+        live = [t for t in (self._scope.made.values() if self._scope else ()) if t.buffer is not None]
+        for t in live:
+            before = self.driver.device.traffic.snapshot()
+            t.free(keep=True)
+            self.spilled_bytes += self.driver.device.traffic.since(before).total
+        return bool(live)
+
     def _device(self, node) -> bool:
         """Whether this run leaves the node's output in DDR."""
         return (self._scope is not None and node.name in self._scope.nodes and node.op in DEVICE_OPS
@@ -384,11 +396,18 @@ class GraphExecutor(IntRunner):
             call = lambda d, n, a, r: _linear(d, n, a, r, lut=lut(r))  # noqa: E731
             dev_call = lambda d, n, a, r: _linear_dev(d, n, a, r, lut=lut(r))  # noqa: E731
 
-        def on_engine(n, args, r):
+        def once(n, args, r):
             if self._device(n):
-                y, runs = dev_call(self.driver, n, _host_args(args, IN_PLACE.get(n.op, ())), r)
-            else:
-                y, runs = call(self.driver, n, _host_args(args), r)
+                return dev_call(self.driver, n, _host_args(args, IN_PLACE.get(n.op, ())), r)
+            return call(self.driver, n, _host_args(args), r)
+
+        def on_engine(n, args, r):
+            try:
+                y, runs = once(n, args, r)
+            except ArenaFull:
+                if not self._spill():
+                    raise
+                y, runs = once(n, args, r)      # its inputs now from the host
             rec.cycles, rec.calls = sum(x.cycles for x in runs), len(runs)
             return y
         return self._counted(rec, node, on_engine)

@@ -73,7 +73,7 @@ def stage_rows(ex: GraphExecutor) -> list[dict]:
              "overlay cycles": r["cycles"], "overlay ms (model)": 1e3 * r["overlay_s"],
              "host ms (model)": 1e3 * r["host_model_s"], "modelled ms": 1e3 * (r["overlay_s"] + r["host_model_s"]),
              "host ops wall ms": 1e3 * r["host_wall_s"], "backend wall ms": 1e3 * r["engine_wall_s"],
-             "host<->DDR bytes": r["ddr_bytes"]} for r in rows]
+             "host<->DDR bytes": r["ddr_bytes"], "of which programs + weights": r["program_bytes"]} for r in rows]
 
 
 def stage_summary(ex: GraphExecutor) -> str:
