@@ -18,9 +18,30 @@ The interpreter is the spec: the one parameter it must share with the overlay is
 tile (the engine's online softmax runs over tiles of cfg.cols keys), so the QuantModel must be
 quantised for the preset (`sam2fpga quantize --preset P` sets key_tile = cols); another is refused.
 
-Not yet: activations chaining in DDR. Every engine node is one or more Driver calls, each writing its
-inputs to DDR and reading its output back (host <-> DDR per node); weights are reloaded per call
-except where the Driver's program cache keeps them.
+Activations in DDR (chain=True, the default). Within a run (run(), or run_nodes for the video
+executor) an engine node whose output is token rows (sw.runtime.layout.TokenRowLayout: a linear's out,
+every vector op's out) leaves it in an arena buffer (a DeviceTensor: buffer, layout, shape) instead of
+reading it back; the next node reads it in place where the layouts agree, and the buffer is freed after
+its last reader in the run (liveness from the graph), so the arena holds only the live activations.
+Where the layouts agree (read in place, no host bytes):
+  linear or vector op out -> layernorm, GELU table, rescale, add (both operands), maxpool / upsample (one
+  image) on the vector engine (rows wider than the engine's MAX_DIM run as narrower rows: in place when
+  the channels are a multiple of C, so no row is padded).
+Where they differ, the reader takes the tensor back to the host (its bytes counted as the reader's):
+  * a linear's A: tiles of R tokens, entry k = channel k of the tile's R tokens (the GEMM array reads both
+    operands K-major): a transpose of token rows, done on the host as it writes A;
+  * attention's Q, K, V (heads split, per-head tiles) and its per-head output (merged on the host);
+  * conv, depthwise, conv_transpose: planar (C, H, W) maps (sw.compile.conv.FmapLayout), image by image;
+  * mask_product (int32), RoPE, and every host and layout node (window partition / unpartition,
+    quantize, the decoder's float nodes): the host op's own bytes.
+What is still in DDR when a run ends (read by a later run, e.g. the image embedding between set_image
+and predict, or by the caller) is read back then, counted to its producer, and stands in the env the
+run returns as an array; an intermediate freed in the run stays a DeviceTensor that raises a clear error
+if read, unless read_back=True, which reads each one back when it is freed (counted in check_bytes, not in
+the nodes' figures) so check() sees every value.
+When the arena is full the run's device tensors are read back and freed (spilled_bytes) and the node
+runs from the host. Every program (descriptors, weights) is still written per call (program_bytes):
+weights stay only for calls the Driver's program cache keeps (chain=False calls).
 """
 from __future__ import annotations
 
@@ -215,35 +236,43 @@ def _linear_dev(drv, n, a, r, lut=None):
     return y, [drv.last_run]
 
 
-def _rows_dev(drv, n, op, x, p, b=None):
-    """_rows on the vector engine reading x (and add's b) in place where a DeviceTensor in the program's
-    input layout holds it; its output left in DDR. Anything else is read back and written in."""
+def _vector_dev(drv, n, op, x, p=None, b=None):
+    """_rows / _image_op on the vector engine reading x (and add's b) in place where a DeviceTensor in the
+    program's input layout holds it; its output left in DDR. Anything else is read back and written in.
+    maxpool and upsample take one image (N = 1): a batch runs image by image from the host (_image_op)."""
     shape, C = x.shape, drv.cfg.cols
-    dim = row_dim(VECTOR_OPS[op][0], shape[-1])
+    image = op in ("maxpool", "upsample")
+    if image and shape[0] != 1:
+        return _image_op(op)(drv, n, [np.asarray(x)], None)
+    dim = shape[-1] if image else row_dim(VECTOR_OPS[op][0], shape[-1])
     rows_l = TokenRowLayout(math.prod(shape) // dim, dim, C)
+    form = shape[1:] if image else (rows_l.tokens, dim)          # what compile_vector takes
     bind, data = {}, {}
     for region, t in (("in", x), ("b", b)):
         if t is None:
             continue
         if isinstance(t, DeviceTensor) and t.buffer is not None and t.shape == shape and same_bytes(t.layout, rows_l):
-            bind[region], data[region] = t.buffer, np.zeros((rows_l.tokens, dim), np.int8)   # shape only
+            bind[region], data[region] = t.buffer, np.zeros(form, np.int8)     # its shape only
         else:
-            data[region] = np.ascontiguousarray(np.broadcast_to(np.asarray(t), shape)).reshape(-1, dim)
+            data[region] = np.ascontiguousarray(np.broadcast_to(np.asarray(t), shape)).reshape(form)
     base = drv.BUFFER_BASE
     prog = compile_vector(drv.cfg, op, data["in"], p, b=data.get("b"), base_addr=base,
                           max_ddr_bytes=drv.ddr_bytes - base)
-    return _run_to_device(drv, prog, bind, prog.out_layout, shape, n.name), [drv.last_run]
+    out_shape = (1,) + prog.out_shape if image else shape
+    return _run_to_device(drv, prog, bind, prog.out_layout, out_shape, n.name), [drv.last_run]
 
 
 #: ops whose output an engine node leaves in DDR (token rows), and which of their inputs they read in place
 DEVICE_OPS = {
     "linear": _linear_dev,
-    "layernorm": lambda d, n, a, r: _rows_dev(d, n, "layernorm", a[0], _vec_params(r, n, "LayerNormParams")),
-    "gelu": lambda d, n, a, r: _rows_dev(d, n, "lut", a[0], _vec_params(r, n, "LutParams")),
-    "rescale": lambda d, n, a, r: _rows_dev(d, n, "rescale", a[0], _vec_params(r, n, "RescaleParams")),
-    "add": lambda d, n, a, r: _rows_dev(d, n, "add", a[0], _vec_params(r, n, "AddParams"), a[1]),
+    "layernorm": lambda d, n, a, r: _vector_dev(d, n, "layernorm", a[0], _vec_params(r, n, "LayerNormParams")),
+    "gelu": lambda d, n, a, r: _vector_dev(d, n, "lut", a[0], _vec_params(r, n, "LutParams")),
+    "rescale": lambda d, n, a, r: _vector_dev(d, n, "rescale", a[0], _vec_params(r, n, "RescaleParams")),
+    "add": lambda d, n, a, r: _vector_dev(d, n, "add", a[0], _vec_params(r, n, "AddParams"), a[1]),
+    "maxpool2x2": lambda d, n, a, r: _vector_dev(d, n, "maxpool", a[0]),
+    "upsample2x": lambda d, n, a, r: _vector_dev(d, n, "upsample", a[0]),
 }
-IN_PLACE = {"layernorm": (0,), "gelu": (0,), "rescale": (0,), "add": (0, 1)}
+IN_PLACE = {"layernorm": (0,), "gelu": (0,), "rescale": (0,), "add": (0, 1), "maxpool2x2": (0,), "upsample2x": (0,)}
 
 
 def _host_args(args, keep=()):
