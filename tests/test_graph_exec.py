@@ -89,3 +89,28 @@ def test_element_wise_rows_wider_than_the_engine():
 def test_key_tile_of_another_preset_is_refused(scaled):
     with pytest.raises(GraphExecError, match="key tile 16.*'sim'.* 8"):
         GraphExecutor(_quantised(scaled, preset("bench16")), preset("sim"))
+
+
+def test_activations_chain_in_ddr_and_the_arena_is_freed(scaled):
+    """kv260's image encoder with its activations chained in DDR: the same outputs as every node's output
+    read back (chain=False) with far fewer host <-> DDR bytes; a vector node fed by an engine node moves
+    only its program (input read in place, output left in DDR); after the run no activation is left in
+    the arena, and a freed intermediate says so when read."""
+    cfg = preset("kv260")
+    qm = _quantised(scaled, cfg)
+    feeds = {"image": GraphPredictor(qm.graph, IntRunner(qm)).image_input(scaled[2])}
+    outs, moved = {}, {}
+    for chain in (False, True):
+        ex = GraphExecutor(qm, cfg, "sim", chain=chain)
+        env = ex.run(feeds, stages=("image_encoder",))
+        outs[chain] = [env[t] for t in qm.graph.meta["image_outputs"]]
+        moved[chain] = sum(r.ddr_bytes for r in ex.records.values())
+    for a, b in zip(outs[False], outs[True]):
+        assert isinstance(b, np.ndarray)
+        np.testing.assert_array_equal(a, b)
+    assert moved[True] < 0.8 * moved[False], moved
+    norms = [r for r in ex.records.values() if r.op == "layernorm" and r.where == "vector"]
+    assert norms and all(0 < r.ddr_bytes == r.program_bytes for r in norms)
+    assert not [b for b in ex.driver.session.arena.buffers if b.startswith("act")]
+    with pytest.raises(GraphExecError, match="freed after its last reader"):
+        np.asarray(env[next(n.outputs[0] for n in qm.graph.nodes if n.name == norms[0].name)])
