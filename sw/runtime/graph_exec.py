@@ -35,7 +35,8 @@ Where they differ, the reader takes the tensor back to the host (its bytes count
   * mask_product (int32), RoPE, and every host and layout node (window partition / unpartition,
     quantize, the decoder's float nodes): the host op's own bytes.
 What is still in DDR when a run ends (read by a later run, e.g. the image embedding between set_image
-and predict, or by the caller) is read back then, counted to its producer, and stands in the env the
+and predict, or by the caller: a run keeps the graph's meta outputs, image_outputs and the video's
+tensors, to its end) is read back then, counted to its producer, and stands in the env the
 run returns as an array; an intermediate freed in the run stays a DeviceTensor that raises a clear error
 if read, unless read_back=True, which reads each one back when it is freed (counted in check_bytes, not in
 the nodes' figures) so check() sees every value.
@@ -315,6 +316,10 @@ class GraphExecutor(IntRunner):
                       if n.op == "gelu" and self.placements[n.name].where == "gemm"}
         self.fused_gelus = {g.name for g in self.fused.values()}
         self.host_outputs: set[str] = set()     # nodes whose output must be a host array (a subclass's)
+        # tensors the predictors read from a run's env besides its last outputs: kept to the run's end
+        meta = qm.graph.meta
+        self.run_outputs = set(meta.get("image_outputs", ())) | {
+            v for v in meta.get("video", {}).values() if isinstance(v, str)}
         self.records: dict[str, NodeRecord] = {}
         self._scope: _Scope | None = None
 
@@ -330,7 +335,7 @@ class GraphExecutor(IntRunner):
         tensors replaced by their values."""
         if self._scope is not None or not self.chain:
             return call()
-        readers: dict[str, int] = {}
+        readers = dict.fromkeys(self.run_outputs, 1)        # one reader after the run: the caller
         for n in nodes:
             for t in n.inputs:
                 readers[t] = readers.get(t, 0) + 1
