@@ -90,6 +90,7 @@ def stage_summary(ex: GraphExecutor) -> str:
                      f"{r['backend wall ms']:8.0f} {r['host<->DDR bytes']:13,d}")
     lines.append(f"overlay ms: the engine nodes' cycles at {cfg.name}'s {cfg.clock_mhz:g} MHz; host ms (model): the "
                  f"host nodes on {cfg.name}'s CPU (sw.perf.host_model); host wall: the host nodes here; backend wall: "
-                 "the engine nodes' runs here (compile, copies, backend); host<->DDR: every engine node writes its "
-                 "inputs and reads its output (activations are not yet chained in DDR)")
+                 "the engine nodes' runs here (compile, copies, backend); host<->DDR: programs and weights written per "
+                 "call, the activations the host writes in or reads back (token rows stay in DDR between the GEMM "
+                 "and vector nodes; what crosses and why: sw/runtime/graph_exec.py)")
     return "\n".join(lines)
