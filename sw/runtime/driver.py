@@ -166,21 +166,33 @@ class Driver:
         if key is None:
             loaded.free()
         else:
-            self._cache[key] = loaded            # most recently used last
-            while len(self._cache) > self.CACHED_PROGRAMS:
-                self._cache.pop(next(iter(self._cache))).free()
+            self._keep(key, loaded)
         return image
+
+    def _keep(self, key, loaded) -> None:
+        self._cache[key] = loaded                # most recently used last
+        while len(self._cache) > self.CACHED_PROGRAMS:
+            self._cache.pop(next(iter(self._cache))).free()
 
     def run_bound(self, prog, bind: dict[str, str]) -> RunStats:
         """Run `prog` with regions bound to session buffers (`bind`: region -> buffer name, e.g. an
         activation the previous program left in DDR; sw.runtime.graph_exec): its descriptors, weights and
-        unbound inputs written, nothing read back. The program is freed afterwards (its bound buffers kept)."""
-        loaded = self._load(prog, None, bind)
+        unbound inputs written, nothing read back. Kept like run's programs: a program equal but for its inputs
+        and its bound buffers is relinked to the new buffers (its descriptors written again, not its weights)."""
+        key = (_weights_key(prog), tuple(sorted(bind)))
+        loaded = self._cache.pop(key, None)
+        if loaded is None:
+            loaded = self._load(prog, None, bind)
+        else:                                    # its weights still in DDR: only the descriptors move
+            loaded.prog = prog
+            self.program_bytes += loaded.rebind(bind)
         try:
             loaded.write_inputs()
             self.last_run = loaded.run(self.frame)
-        finally:
+        except BaseException:
             loaded.free()
+            raise
+        self._keep(key, loaded)
         self.last_programs = [prog]
         return self.last_run
 
