@@ -54,4 +54,5 @@ def run() -> None:
         t = now
     print("last frame, modelled ms per stage: " + ", ".join(f"{k} {v:.2f}" for k, v in last.items()))
     print("last frame, host<->DDR bytes per stage: " + ", ".join(f"{k} {v:,d}" for k, v in last_ddr.items())
-          + f"; of them programs + weights (each node's last run) {sum(r.program_bytes for r in ex.records.values()):,d}")
+          + f"; of them programs + weights (each node's last run) "
+          f"{sum(r.program_bytes for r in ex.records.values()):,d}")

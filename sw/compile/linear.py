@@ -50,7 +50,8 @@ class Program:
     macs: int = 0
     base_addr: int = 0
     symbolic: list[dict] | tuple | None = None   # the descriptors with (region, offset) addresses (sw.runtime.program;
-                                                # a SplitDescriptors: shared by programs of the same shapes, relinked fast)
+                                                # a SplitDescriptors: shared by programs of the same shapes,
+                                                # relinked fast)
     op: dict | None = None             # what it computes, by region name, for the sim's fast mode (sw/backends/fast.py)
     runs: list[tuple[int, int]] | None = None   # (first descriptor, count) per START; None: one run of all
 
@@ -145,8 +146,9 @@ def compile_linear(cfg, a, b, bias, multiplier=None, shift=None, *, relu=False, 
 def _linear_plan(cfg, M: int, K: int, N: int, relu: bool, out_int32: bool, fused_table: bool, base_addr: int,
                  max_ddr_bytes: int):
     """What compile_linear's program is for its shapes, whatever the data: the DDR layout, the packed
-    descriptors and their fields (the symbolic ones with their addresses split out for relinking), the runs. Kept for the layers of a model that share shapes (a
-    Hiera stage's blocks), whose descriptor lists are most of a compile's time."""
+    descriptors and their fields (the symbolic ones with their addresses split out for relinking), the runs.
+    Kept for the layers of a model that share shapes (a Hiera stage's blocks), whose descriptor lists are
+    most of a compile's time."""
     R, C = cfg.rows, cfg.cols
     mt, nt = -(-M // R), -(-N // C)
     a_half, b_half = cfg.a_depth // 2, cfg.b_depth // 2

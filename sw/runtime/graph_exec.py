@@ -179,7 +179,8 @@ class DeviceTensor:
     dtype = np.dtype(np.int8)
 
     def __init__(self, driver: Driver, buffer: str, layout: TokenRowLayout, shape: tuple, producer: str):
-        self.driver, self.buffer, self.layout, self.shape, self.producer = driver, buffer, layout, tuple(shape), producer
+        self.driver, self.buffer, self.layout, self.shape = driver, buffer, layout, tuple(shape)
+        self.producer = producer
         self.pending = 0
         self.host: np.ndarray | None = None      # the values, once read back for keeps
 

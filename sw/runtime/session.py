@@ -153,8 +153,9 @@ class LoadedProgram:
         written (0 when nothing moved)."""
         s = self.session
         if self.edited or set(bind) != set(self.buffers) - set(self.owned_regions()):
-            raise ValueError(f"{self.name}: rebind moves the regions bound at load "
-                             f"({', '.join(sorted(set(self.buffers) - set(self.owned_regions())))}), got {', '.join(bind)}")
+            bound = sorted(set(self.buffers) - set(self.owned_regions()))
+            raise ValueError(f"{self.name}: rebind moves the regions bound at load ({', '.join(bound)}), "
+                             f"got {', '.join(bind)}")
         s._check_bind(self.name, self.prog, bind)
         names = {**self.buffers, **bind}
         if names == self.buffers:
