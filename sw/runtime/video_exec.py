@@ -177,8 +177,8 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
     def run_nodes(self, names, env: dict, observe=None) -> dict:
         """_VideoRunner.run_nodes with the engine outputs chained in DDR between the nodes (GraphExecutor.chained)."""
         index = self.cached("node_index", lambda: {n.name: n for n in self.graph.nodes})
-        return self.chained([index[n] for n in names], lambda: super(VideoGraphExecutor, self).run_nodes(names, env,
-                                                                                                         observe))
+        nodes = [index[n] for n in names]
+        return self.chained(nodes, lambda: super(VideoGraphExecutor, self).run_nodes(names, env, observe))
 
     def on_read_back(self, rec, nbytes: int) -> None:
         super().on_read_back(rec, nbytes)
