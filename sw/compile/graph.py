@@ -320,8 +320,9 @@ def place(cfg, layer: Layer, host: HostModel | None = None, lanes: int = 0) -> P
         return Placement(layer, "layout", "DMA addressing (strides of the neighbouring programs)", 0, 0.0, 0, "")
     hs = host_cost(host, layer)
     host_bytes = layer.bytes_in() + layer.bytes_out()
-    if layer.op in HOST_OPS:
-        return Placement(layer, "host", "host op", 0, hs, host_bytes, "host", host_seconds=hs)
+    if layer.op in HOST_OPS or layer.host:
+        why = "float op (the builder's host node)" if layer.host else "host op"
+        return Placement(layer, "host", why, 0, hs, host_bytes, "host", host_seconds=hs)
     eng, why = engine_cost(cfg, layer, lanes)
     if eng is None:
         return Placement(layer, "host", why, 0, hs, host_bytes, "host", host_seconds=hs)
@@ -356,7 +357,7 @@ def fuse_store_tables(cfg, placements: list[Placement]) -> list[Placement]:
     writers = {p.layer.output: p for p in placements if p.layer.output}
     out = []
     for p in placements:
-        src = writers.get(p.layer.inputs[0]) if p.layer.op == "gelu" and p.layer.inputs else None
+        src = writers.get(p.layer.inputs[0]) if p.layer.op == "gelu" and p.layer.inputs and not p.layer.host else None
         if src is not None and src.layer.op == "linear" and src.where == "gemm" and readers[p.layer.inputs[0]] == 1:
             p = Placement(p.layer, "gemm", f"fused into {src.layer.name}'s store (store_lut)", 0, 0.0, 0, "",
                           host_seconds=p.host_seconds)
