@@ -73,7 +73,8 @@ def run(image_size: int | None = None, preset_name: str = "kv260") -> None:
     report("overlay_segment-stages", [{"image": image_size, "preset": cfg.name, **r} for r in stages],
            notes="per stage: modelled overlay (engine cycles at the preset's clock) and host (board CPU model) "
                  "time, this process's wall time of host nodes and of the sim backend's runs, host<->DDR bytes "
-                 "of the engine nodes' Driver calls")
+                 "of every node (programs, weights, the activations that cross; engine outputs chained in DDR between "
+                 "the GEMM and vector nodes move nothing)")
 
 
 if __name__ == "__main__":

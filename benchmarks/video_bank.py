@@ -4,6 +4,7 @@ objects' memory attentions batched against one by one.
 
     python -m benchmarks video_bank          # SAM2FPGA_BENCH_FRAMES=24 frames, tiny at 128 px, bench16, sim
                                              # SAM2FPGA_BENCH_OBJECT_FRAMES=4 frames per objects case
+    SAM2FPGA_BENCH_CHAIN=0 python -m benchmarks video_bank   # every engine output back to the host (no chaining)
 
 Scaled-down tiny (128 px, seeded random weights, calibrated on one random image), shifted copies of a
 random image, one click on frame 0 per object; bench16's own placement (every engine). "Modelled" is
@@ -37,6 +38,7 @@ def _case():
 def _predictor(qm, cfg, objects: int, batched: bool = True):
     from sw.runtime.video_exec import VideoGraphExecutor, overlay_video_predictor, video_driver
     ex = VideoGraphExecutor(qm, cfg, "sim", video_driver(cfg, "sim", qm.graph, cond_frames=objects, objects=objects))
+    ex.chain = os.environ.get("SAM2FPGA_BENCH_CHAIN", "1") != "0"
     predictor = overlay_video_predictor(qm, ex, cond_frames=objects, objects=objects)
     predictor.batch_objects = batched
     return ex, predictor
@@ -51,18 +53,25 @@ def long_clip(qm, cfg, photo, n: int) -> None:
     arena, bank = ex.driver.session.arena, predictor.tracker.bank
     print(f"video_bank: tiny {SIZE} px on {cfg.name} (sim, {cfg.clock_mhz:g} MHz), {n} frames; bank "
           f"{bank.nbytes:,} bytes ({', '.join(f'{c} {r}' for r, c in bank.counts.items())} slots)")
-    print(f"{'frame':>5s} {'arena bytes':>12s} {'slots in use':>28s} {'modelled ms':>11s} {'wall s':>7s}")
+    print(f"{'frame':>5s} {'arena bytes':>12s} {'slots in use':>28s} {'modelled ms':>11s} {'host<->DDR':>12s} "
+          f"{'wall s':>7s}")
     t = time.perf_counter()
     for idx, _, _ in predictor.propagate_in_video(state):
         stages = ex.frame_stats.stages
         ms = sum(s.cycles for s in stages.values()) / (cfg.clock_mhz * 1e3)
         now = time.perf_counter()
         used = ", ".join(f"{r} {bank.in_use(r)}" for r in bank.counts)
-        print(f"{idx:5d} {arena.size - arena.free_bytes:12,d} {used:>28s} {ms:11.2f} {now - t:7.2f}", flush=True)
+        ddr = sum(s.ddr_bytes for s in stages.values())
+        print(f"{idx:5d} {arena.size - arena.free_bytes:12,d} {used:>28s} {ms:11.2f} {ddr:12,d} {now - t:7.2f}",
+              flush=True)
         last = {name: stages[name].cycles / (cfg.clock_mhz * 1e3) for name in STAGES}
+        last_ddr = {name: stages[name].ddr_bytes for name in STAGES}
         ex.frame_stats.reset()
         t = now
     print("last frame, modelled ms per stage: " + ", ".join(f"{k} {v:.2f}" for k, v in last.items()))
+    print("last frame, host<->DDR bytes per stage: " + ", ".join(f"{k} {v:,d}" for k, v in last_ddr.items())
+          + f"; of them programs + weights (each node's last run) "
+          f"{sum(r.program_bytes for r in ex.records.values()):,d}")
 
 
 def objects(qm, cfg, photo, n: int, counts=(1, 3)) -> None:

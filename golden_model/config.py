@@ -1,6 +1,6 @@
 """SAM 2 hyperparameters, read from the official sam2.1 config files vendored in golden_model/configs/.
 
-    cfg = load_config("tiny")            # tiny | small | base_plus | large
+    cfg = load_config("tiny")            # tiny | small | base_plus | large (| micro: a test-size model)
     cfg.image_encoder.trunk.stages       # (1, 2, 7, 2), straight from sam2.1_hiera_t.yaml
     cfg.model_options()                  # flat SAM2Base options (yaml `model:` scalars + defaults + overrides)
 
@@ -27,6 +27,32 @@ CONFIG_FILES = {
     "small": "sam2.1_hiera_s.yaml",
     "base_plus": "sam2.1_hiera_b+.yaml",
     "large": "sam2.1_hiera_l.yaml",
+}
+
+#: Scaled-down models for tests, NOT official SAM 2.1 sizes: (official base, yaml edits deep-merged into
+#: its `model:` section). The same graph code and op kinds as the base, small enough for Verilator.
+#: `micro`: tiny's layout (4 stages, windowed, global and q-pooled attention, every SAM head and memory
+#: module) at a few channels: Hiera 8 -> 64 channels (1, 1, 2, 1 blocks, block 3 global, windows 4, 2,
+#: 4, 2 so that a 64 px input's stride-4 grid tiles them), neck / decoder / memory attention 32, memory
+#: 16, 2 decoder heads, one memory-attention layer and fuser block, 3 memory frames, 64 px input.
+#: Not offered by the CLI's --model.
+SCALED_CONFIGS = {
+    "micro": ("tiny", {
+        "image_encoder": {"trunk": {"embed_dim": 8, "stages": [1, 1, 2, 1], "global_att_blocks": [3],
+                                    "window_spec": [4, 2, 4, 2], "window_pos_embed_bkg_spatial_size": [4, 4]},
+                          "neck": {"d_model": 32, "backbone_channel_list": [64, 32, 16, 8],
+                                   "position_encoding": {"num_pos_feats": 32}}},
+        "memory_attention": {"d_model": 32, "num_layers": 1,
+                             "layer": {"d_model": 32, "dim_feedforward": 64,
+                                       "self_attention": {"embedding_dim": 32},
+                                       "cross_attention": {"embedding_dim": 32, "kv_in_dim": 16}}},
+        "memory_encoder": {"in_dim": 32, "out_dim": 16, "position_encoding": {"num_pos_feats": 16},
+                           "fuser": {"layer": {"dim": 32}, "num_layers": 1}},
+        "num_maskmem": 3, "image_size": 64,
+        # golden_model.mask_decoder.MaskDecoderConfig names (SAM2Base fixes these for the official sizes)
+        "sam_mask_decoder_extra_args": {"transformer_mlp_dim": 64, "transformer_num_heads": 2,
+                                        "iou_head_hidden_dim": 32},
+    }),
 }
 
 # Official constructor defaults for arguments the yaml files do not set.
@@ -238,13 +264,28 @@ def _check_image_encoder(cfg: ImageEncoderConfig, where: str) -> None:
 
 
 def load_config(name: str, *, apply_postprocessing: bool = True) -> SAM2Config:
-    """The config of model `name` (tiny, small, base_plus, large) from the vendored official yaml.
+    """The config of model `name` (tiny, small, base_plus, large) from the vendored official yaml
+    (or a test-size SCALED_CONFIGS model: its base's yaml with the edits).
 
     With apply_postprocessing (the official builders' default) the options carry
     build_sam2's mask-decoder overrides and build_sam2_video_predictor's memory
     ones (binarize_mask_from_pts_for_mem_enc, fill_hole_area); the image path
     never reads the latter."""
+    if name in SCALED_CONFIGS:
+        base, edits = SCALED_CONFIGS[name]
+        path = CONFIG_DIR / CONFIG_FILES[base]
+        data = read_yaml(path)
+        data["model"] = _merged(data["model"], edits)
+        return parse_config(data, name, path, apply_postprocessing=apply_postprocessing)
     if name not in CONFIG_FILES:
-        raise ConfigError(f"unknown model {name!r}; known: {', '.join(CONFIG_FILES)}")
+        raise ConfigError(f"unknown model {name!r}; known: {', '.join([*CONFIG_FILES, *SCALED_CONFIGS])}")
     path = CONFIG_DIR / CONFIG_FILES[name]
     return parse_config(read_yaml(path), name, path, apply_postprocessing=apply_postprocessing)
+
+
+def _merged(base: dict, edits: dict) -> dict:
+    """`base` with `edits` deep-merged in (mappings merged key by key, anything else replaced)."""
+    out = dict(base)
+    for k, v in edits.items():
+        out[k] = _merged(out.get(k) or {}, v) if isinstance(v, dict) else v
+    return out

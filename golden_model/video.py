@@ -92,9 +92,12 @@ class TrackerConfig:
 
     @classmethod
     def from_config(cls, config) -> "TrackerConfig":
-        """From golden_model.config.SAM2Config: flat options plus the memory modules' yaml sections."""
+        """From golden_model.config.SAM2Config: flat options plus the memory modules' yaml sections; the
+        widths as SAM2Base derives them (hidden_dim: the neck's d_model, mem_dim: the memory's out_dim)."""
         return cls.from_mapping({**config.model_options(), "memory_encoder": config.memory_encoder,
-                                 "memory_attention": config.memory_attention})
+                                 "memory_attention": config.memory_attention,
+                                 "hidden_dim": int(config.image_encoder.neck.d_model),
+                                 "mem_dim": int(config.memory_encoder["out_dim"])})
 
 
 def to_bfloat16(x: np.ndarray) -> np.ndarray:

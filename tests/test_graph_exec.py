@@ -26,7 +26,7 @@ def test_sim_every_node_bit_exact_with_intinterp(scaled):
              "point_coords": np.array([[CLICK]], np.float32), "point_labels": np.ones((1, 1), np.float32),
              MASK_INPUT: mask}
     ref = IntRunner(qm).run(feeds, stages=STAGES)
-    ex = GraphExecutor(qm, cfg, "sim")
+    ex = GraphExecutor(qm, cfg, "sim", read_back=True)
     assert ex.check(ex.run(feeds, stages=STAGES), ref) == []
     recs = list(ex.records.values())
     assert len(recs) == sum(n.stage in STAGES for n in qm.graph.nodes) - 1 and "src" not in ex.records
@@ -42,7 +42,7 @@ def test_bench16_segment_equals_int8_host_node_by_node(scaled):
     gives the `--precision int8` masks, scores and logits bit for bit, and every node equals intinterp's."""
     cfg = preset("bench16")
     qm = _quantised(scaled, cfg)
-    ex = GraphExecutor(qm, cfg, "sim")
+    ex = GraphExecutor(qm, cfg, "sim", read_back=True)
     envs, outs = [], []
     for runner in (IntRunner(qm), ex):
         p = GraphPredictor(qm.graph, runner)
@@ -89,3 +89,50 @@ def test_element_wise_rows_wider_than_the_engine():
 def test_key_tile_of_another_preset_is_refused(scaled):
     with pytest.raises(GraphExecError, match="key tile 16.*'sim'.* 8"):
         GraphExecutor(_quantised(scaled, preset("bench16")), preset("sim"))
+
+
+def test_activations_chain_in_ddr_and_the_arena_is_freed(scaled):
+    """kv260's image encoder with its activations chained in DDR: the same outputs as every node's output
+    read back (chain=False) with far fewer host <-> DDR bytes; a vector node fed by an engine node moves
+    only its program (input read in place, output left in DDR); after the run no activation is left in
+    the arena, and a freed intermediate says so when read; a second run rewrites no weights."""
+    cfg = preset("kv260")
+    qm = _quantised(scaled, cfg)
+    feeds = {"image": GraphPredictor(qm.graph, IntRunner(qm)).image_input(scaled[2])}
+    outs, moved = {}, {}
+    for chain in (False, True):
+        ex = GraphExecutor(qm, cfg, "sim", chain=chain)
+        env = ex.run(feeds, stages=("image_encoder",))
+        outs[chain] = [env[t] for t in qm.graph.meta["image_outputs"]]
+        moved[chain] = sum(r.ddr_bytes for r in ex.records.values())
+    for a, b in zip(outs[False], outs[True]):
+        assert isinstance(b, np.ndarray)
+        np.testing.assert_array_equal(a, b)
+    assert moved[True] < 0.8 * moved[False], moved
+    norms = [r for r in ex.records.values() if r.op == "layernorm" and r.where == "vector"]
+    assert norms and all(0 < r.ddr_bytes == r.program_bytes for r in norms)
+    assert not [b for b in ex.driver.session.arena.buffers if b.startswith("act")]
+    with pytest.raises(GraphExecError, match="freed after its last reader"):
+        np.asarray(env[next(n.outputs[0] for n in qm.graph.nodes if n.name == norms[0].name)])
+    # again (a video's next frame): the programs still loaded are relinked, their weights not written again
+    first = sum(r.program_bytes for r in ex.records.values())
+    again = ex.run(feeds, stages=("image_encoder",))
+    for a, t in zip(outs[True], qm.graph.meta["image_outputs"]):
+        np.testing.assert_array_equal(a, again[t])
+    assert sum(r.program_bytes for r in ex.records.values()) < first / 3
+    # a full arena (the 20th activation's buffer refused, after the kept programs were dropped too): the
+    # run's activations are read back to the host and the nodes go on from there, same outputs
+    from sw.runtime.arena import ArenaFull
+    session, calls = ex.driver.session, []
+    make = session.buffer
+
+    def refused(name, size, **kw):
+        calls.append(name)
+        if len(calls) in (20, 21):
+            raise ArenaFull("refused by the test")
+        return make(name, size, **kw)
+    session.buffer = refused
+    spilled = ex.run(feeds, stages=("image_encoder",))
+    assert ex.spilled_bytes > 0
+    for a, t in zip(outs[True], qm.graph.meta["image_outputs"]):
+        np.testing.assert_array_equal(a, spilled[t])

@@ -320,8 +320,9 @@ def place(cfg, layer: Layer, host: HostModel | None = None, lanes: int = 0) -> P
         return Placement(layer, "layout", "DMA addressing (strides of the neighbouring programs)", 0, 0.0, 0, "")
     hs = host_cost(host, layer)
     host_bytes = layer.bytes_in() + layer.bytes_out()
-    if layer.op in HOST_OPS:
-        return Placement(layer, "host", "host op", 0, hs, host_bytes, "host", host_seconds=hs)
+    if layer.op in HOST_OPS or layer.host:
+        why = "float op (the builder's host node)" if layer.host else "host op"
+        return Placement(layer, "host", why, 0, hs, host_bytes, "host", host_seconds=hs)
     eng, why = engine_cost(cfg, layer, lanes)
     if eng is None:
         return Placement(layer, "host", why, 0, hs, host_bytes, "host", host_seconds=hs)
@@ -360,7 +361,7 @@ def fuse_store_tables(cfg, placements: list[Placement]) -> list[Placement]:
     residual_bytes = {src: math.prod(by_name[add].layer.out_shape) for add, (src, _) in adds.items()}
     out = []
     for p in placements:
-        src = writers.get(p.layer.inputs[0]) if p.layer.op == "gelu" and p.layer.inputs else None
+        src = writers.get(p.layer.inputs[0]) if p.layer.op == "gelu" and p.layer.inputs and not p.layer.host else None
         if ("store_lut" in cfg.engines and src is not None and src.layer.op == "linear" and src.where == "gemm"
                 and readers[p.layer.inputs[0]] == 1):
             p = Placement(p.layer, "gemm", f"fused into {src.layer.name}'s store (store_lut)", 0, 0.0, 0, "",
@@ -389,13 +390,14 @@ def fused_adds(cfg, placements: list[Placement]) -> dict[str, tuple[str, int]]:
     out = {}
     for p in placements:
         lay = p.layer
-        if lay.op != "add" or len(lay.inputs) != 2 or len(lay.in_shapes) != 2 or lay.in_shapes[0] != lay.in_shapes[1]:
+        if (lay.op != "add" or lay.host or len(lay.inputs) != 2 or len(lay.in_shapes) != 2
+                or lay.in_shapes[0] != lay.in_shapes[1]):
             continue
         for i, t in enumerate(lay.inputs):
             src = placements[order[t]] if t in order else None
             other = lay.inputs[1 - i]
-            if (src is not None and src.layer.op == "linear" and src.where == "gemm" and readers[t] == 1
-                    and order.get(other, -1) < order[t]):
+            if (src is not None and src.layer.op == "linear" and src.where == "gemm" and not src.layer.host
+                    and readers[t] == 1 and order.get(other, -1) < order[t]):
                 out[lay.name] = (src.layer.name, i)
                 break
     return out

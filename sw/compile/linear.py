@@ -54,7 +54,8 @@ class Program:
     macs: int = 0
     base_addr: int = 0
     symbolic: list[dict] | tuple | None = None   # the descriptors with (region, offset) addresses (sw.runtime.program;
-                                                # a tuple: shared by programs of the same shapes, relinked fast)
+                                                # a SplitDescriptors: shared by programs of the same shapes,
+                                                # relinked fast)
     op: dict | None = None             # what it computes, by region name, for the sim's fast mode (sw/backends/fast.py)
     runs: list[tuple[int, int]] | None = None   # (first descriptor, count) per START; None: one run of all
 
@@ -217,8 +218,9 @@ MIN_K_CHUNK = 64
 def _linear_plan(cfg, M: int, K: int, N: int, relu: bool, out_int32: bool, fused_table: bool, fused_add: bool,
                  base_addr: int, max_ddr_bytes: int, blocking: tuple[int, int, int] | None = None):
     """What compile_linear's program is for its shapes, whatever the data: the DDR layout, the packed
-    descriptors and their fields, the runs. Kept for the layers of a model that share shapes (a
-    Hiera stage's blocks), whose descriptor lists are most of a compile's time."""
+    descriptors and their fields (the symbolic ones with their addresses split out for relinking), the runs.
+    Kept for the layers of a model that share shapes (a Hiera stage's blocks), whose descriptor lists are
+    most of a compile's time."""
     R, C = cfg.rows, cfg.cols
     mt, nt = -(-M // R), -(-N // C)
     a_half, b_half = cfg.a_depth // 2, cfg.b_depth // 2
@@ -316,11 +318,13 @@ def _linear_plan(cfg, M: int, K: int, N: int, relu: bool, out_int32: bool, fused
     descs, runs = schedule_runs(ops, R, relu, out_int32)
 
     # ---- addresses
+    from sw.runtime.program import SplitDescriptors
     offsets, image = lay_out_image(cfg, len(descs), sizes, base_addr, max_ddr_bytes, "layer")
     sym, raw = pack_descriptors(descs, image, offsets, base_addr, "split the layer")
     head = image[:offsets["descriptors"][1]].copy()
     head.flags.writeable = False
-    return offsets, head, image.size, tuple(sym), tuple(raw), runs and tuple(runs), mt, nt, a_stride, b_stride
+    return (offsets, head, image.size, SplitDescriptors.of(sym), tuple(raw), runs and tuple(runs), mt, nt, a_stride,
+            b_stride)
 
 
 def _store_table(cfg, lut, out_int32: bool) -> np.ndarray | None:

@@ -21,7 +21,8 @@ class Layer:
     """One node by shape. in_shapes: the activations it reads; w_shape: its weight (None: none);
     out_shape; attrs: the graph node's (k, stride, padding, heads, relu, ...); out_bytes: bytes per
     output element (int8 1, int32 / float32 4); inputs, output: the tensors' names where the graph gives
-    them (fusion needs who reads what: sw.compile.graph.fuse_store_tables)."""
+    them (fusion needs who reads what: sw.compile.graph.fuse_store_tables); host: the builder's float node
+    (attrs["host"]: the decoder's token stream), which stays on the host whatever the preset."""
     name: str
     op: str
     stage: str
@@ -33,6 +34,7 @@ class Layer:
     out_bytes: int = 1
     inputs: tuple = ()
     output: str = ""
+    host: bool = False
 
     @property
     def elements(self) -> int:
@@ -85,7 +87,8 @@ def graph_layers(graph) -> list[Layer]:
         if n.op == "mlp":
             attrs["macs"] = graph.macs(n)
         out.append(Layer(n.name, n.op, n.stage, tuple(shape(t) for t in acts), shape(n.outputs[0]), w, attrs,
-                         tuple(nbytes(t) for t in acts), nbytes(n.outputs[0]), tuple(acts), n.outputs[0]))
+                         tuple(nbytes(t) for t in acts), nbytes(n.outputs[0]), tuple(acts), n.outputs[0],
+                         bool(n.attrs.get("host"))))
     return out
 
 

@@ -57,6 +57,10 @@ class Traffic:
     def since(self, before: "Traffic") -> "Traffic":
         return Traffic(self.to_ddr - before.to_ddr, self.from_ddr - before.from_ddr)
 
+    @property
+    def total(self) -> int:
+        return self.to_ddr + self.from_ddr
+
 
 class Backend(ABC):
     name = "?"

@@ -45,6 +45,7 @@ class Driver:
         self._session: Session | None = None
         self._names = itertools.count()
         self._cache: dict = {}
+        self.program_bytes = 0               # descriptors and weights written by loads (host -> DDR), so far
 
     # Where a program's image sits when it is run whole (sw.backends.rtl.run_images, tests); the
     # session binds each region to its own buffer wherever the arena has room.
@@ -170,21 +171,58 @@ class Driver:
         if key is None:
             loaded.free()
         else:
-            self._cache[key] = loaded            # most recently used last
-            while len(self._cache) > self.CACHED_PROGRAMS:
-                self._cache.pop(next(iter(self._cache))).free()
+            self._keep(key, loaded)
         return image
 
-    def _load(self, prog, descriptors):
+    def _keep(self, key, loaded) -> None:
+        self._cache[key] = loaded                # most recently used last
+        while len(self._cache) > self.CACHED_PROGRAMS:
+            self._cache.pop(next(iter(self._cache))).free()
+
+    def run_bound(self, prog, bind: dict[str, str]) -> RunStats:
+        """Run `prog` with regions bound to session buffers (`bind`: region -> buffer name, e.g. an
+        activation the previous program left in DDR; sw.runtime.graph_exec): its descriptors, weights and
+        unbound inputs written, nothing read back. Kept like run's programs: a program equal but for its inputs
+        and its bound buffers is relinked to the new buffers (its descriptors written again, not its weights)."""
+        key = (_weights_key(prog), tuple(sorted(bind)))
+        loaded = self._cache.pop(key, None)
+        if loaded is None:
+            loaded = self._load(prog, None, bind)
+        else:                                    # its weights still in DDR: only the descriptors move
+            loaded.prog = prog
+            self.program_bytes += loaded.rebind(bind)
+        try:
+            loaded.write_inputs()
+            self.last_run = loaded.run(self.frame)
+        except BaseException:
+            loaded.free()
+            raise
+        self._keep(key, loaded)
+        self.last_programs = [prog]
+        return self.last_run
+
+    def buffer(self, size: int, prefix: str = "act"):
+        """A new session buffer (not zeroed), room made by dropping the kept programs when the arena is full."""
+        name = f"{prefix}{next(self._names)}"
+        return self._making_room(lambda: self.session.buffer(name, size, zero=False))
+
+    def _load(self, prog, descriptors, bind=None):
+        name = f"call{next(self._names)}"
+        loaded = self._making_room(lambda: self.session.load(prog, name, bind=bind, descriptors=descriptors))
+        self.program_bytes += sum(prog.regions[r][1] for r in loaded.owned_regions()
+                                  if prog.ROLES.get(r) in ("program", "weight"))
+        return loaded
+
+    def _making_room(self, make):
         from sw.runtime.arena import ArenaFull
         try:
-            return self.session.load(prog, f"call{next(self._names)}", descriptors=descriptors)
+            return make()
         except ArenaFull:
             if not self._cache:
                 raise
             while self._cache:                   # make room: drop the kept programs, then try once more
                 self._cache.popitem()[1].free()
-            return self.session.load(prog, f"call{next(self._names)}", descriptors=descriptors)
+            return make()
 
     def _buffer_base(self) -> int:
         return self.BUFFER_BASE

@@ -20,12 +20,37 @@ The interpreter is the spec: the one parameter it must share with the overlay is
 tile (the engine's online softmax runs over tiles of cfg.cols keys), so the QuantModel must be
 quantised for the preset (`sam2fpga quantize --preset P` sets key_tile = cols); another is refused.
 
-Not yet: activations chaining in DDR. Every engine node is one or more Driver calls, each writing its
-inputs to DDR and reading its output back (host <-> DDR per node); weights are reloaded per call
-except where the Driver's program cache keeps them.
+Activations in DDR (chain=True, the default). Within a run (run(), or run_nodes for the video
+executor) an engine node whose output is token rows (sw.runtime.layout.TokenRowLayout: a linear's out,
+every vector op's out) leaves it in an arena buffer (a DeviceTensor: buffer, layout, shape) instead of
+reading it back; the next node reads it in place where the layouts agree, and the buffer is freed after
+its last reader in the run (liveness from the graph), so the arena holds only the live activations.
+Where the layouts agree (read in place, no host bytes):
+  linear or vector op out -> layernorm, GELU table, rescale, add (both operands), maxpool / upsample (one
+  image) on the vector engine (rows wider than the engine's MAX_DIM run as narrower rows: in place when
+  the channels are a multiple of C, so no row is padded).
+Where they differ, the reader takes the tensor back to the host (its bytes counted as the reader's):
+  * a linear's A: tiles of R tokens, entry k = channel k of the tile's R tokens (the GEMM array reads both
+    operands K-major): a transpose of token rows, done on the host as it writes A;
+  * attention's Q, K, V (heads split, per-head tiles) and its per-head output (merged on the host);
+  * conv, depthwise, conv_transpose: planar (C, H, W) maps (sw.compile.conv.FmapLayout), image by image;
+  * mask_product (int32), RoPE, and every host and layout node (window partition / unpartition,
+    quantize, the decoder's float nodes): the host op's own bytes.
+What is still in DDR when a run ends (read by a later run, e.g. the image embedding between set_image
+and predict, or by the caller: a run keeps the graph's meta outputs, image_outputs and the video's
+tensors, to its end) is read back then, counted to its producer, and stands in the env the
+run returns as an array; an intermediate freed in the run stays a DeviceTensor that raises a clear error
+if read, unless read_back=True, which reads each one back when it is freed (counted in check_bytes, not in
+the nodes' figures) so check() sees every value.
+When the arena is full the run's device tensors are read back and freed (spilled_bytes) and the node
+runs from the host. Programs stay loaded (the Driver's program cache, raised to one program per engine
+node): a node that runs again (the next video frame) has its descriptors relinked to the new buffers
+and written again, its weights left in DDR (LoadedProgram.rebind); a full arena drops the kept programs
+first. program_bytes counts what is written of them (descriptors, and weights on a first load).
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -35,8 +60,11 @@ from golden_model.intattn import AttentionQuant
 from golden_model.quant.interpret import merge_heads, nchw_to_nhwc, nhwc_to_nchw, split_heads
 from golden_model.quant.intinterp import IntRunner, _mask_product, _requant_args, _vec_params
 from sw.compile.graph import fused_adds, place_all, vector_lanes
+from sw.compile.vector import OPS as VECTOR_OPS, compile_vector, row_dim
 from sw.perf.layers import graph_layers
+from sw.runtime.arena import ArenaFull
 from sw.runtime.driver import Driver
+from sw.runtime.layout import TokenRowLayout
 
 
 class GraphExecError(ValueError):
@@ -52,7 +80,9 @@ class NodeRecord:
     reason: str
     cycles: int = 0       # the Driver's runs (sum over its calls); 0 off the overlay
     calls: int = 0
-    ddr_bytes: int = 0    # host <-> DDR bytes of its Driver calls (program, weights, inputs in; output out)
+    ddr_bytes: int = 0    # host <-> DDR bytes while it ran (program, weights, inputs in; output out; device
+                          # inputs read back for it) and, at the run's end, its output read back if still in DDR
+    program_bytes: int = 0   # of which descriptors and weights written by its program loads
     wall_s: float = 0.0   # this process's time for the node (engine nodes: compile + simulate + copies)
     exact: bool | None = None   # set by check()
     holds: str = ""       # the tensor its output equals when a fused op rode in its store ("": its own)
@@ -143,88 +173,317 @@ ENGINE_OPS = {
 }
 
 
+# ---------------------------------------------------------------- activations left in DDR
+class DeviceTensor:
+    """An int8 activation an engine node left in DDR: a session buffer holding it in token rows
+    (sw.runtime.layout.TokenRowLayout: a linear's out, the vector engine's in and out), and its shape.
+    np.asarray reads it back (host <-> DDR bytes of whoever asks). `pending`: readers still to run in
+    this run; the executor frees the buffer after the last (keeping the values when it reads back)."""
+
+    dtype = np.dtype(np.int8)
+
+    def __init__(self, driver: Driver, buffer: str, layout: TokenRowLayout, shape: tuple, producer: str):
+        self.driver, self.buffer, self.layout, self.shape = driver, buffer, layout, tuple(shape)
+        self.producer = producer
+        self.pending = 0
+        self.host: np.ndarray | None = None      # the values, once read back for keeps
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def read(self) -> np.ndarray:
+        if self.host is not None:
+            return self.host
+        if self.buffer is None:
+            raise GraphExecError(f"{self.producer}'s output was freed after its last reader (run the executor "
+                                 "with read_back=True to keep every value for check())")
+        s = self.driver.session
+        return self.layout.unpack(s.backend.read(s.arena[self.buffer].addr, self.layout.size)).reshape(self.shape)
+
+    def __array__(self, dtype=None, copy=None):
+        a = self.read()
+        return a if dtype is None else a.astype(dtype)
+
+    def free(self, keep: bool) -> None:
+        """Give the buffer back to the arena; `keep`: read the values back first."""
+        if keep:
+            self.host = self.read()
+        self.driver.session.free(self.buffer)
+        self.buffer = None
+
+
+def same_bytes(a: TokenRowLayout, b: TokenRowLayout) -> bool:
+    """Whether two token-row layouts put every element at the same byte (rows cut into narrower rows,
+    compile_vector's row_dim, agree only when neither pads its rows)."""
+    if (a.tokens, a.channels, a.cols) == (b.tokens, b.channels, b.cols):
+        return True
+    return a.pitch == a.channels and b.pitch == b.channels and a.size == b.size
+
+
+def _run_to_device(drv, prog, bind, layout, shape, producer) -> DeviceTensor:
+    """Run `prog` (regions bound as `bind`) with its out region in a new buffer: that buffer as a DeviceTensor."""
+    y = DeviceTensor(drv, drv.buffer(prog.regions["out"][1]).name, layout, shape, producer)
+    try:
+        drv.run_bound(prog, {**bind, "out": y.buffer})
+    except BaseException:
+        y.free(keep=False)
+        raise
+    return y
+
+
+def _linear_dev(drv, n, a, r, lut=None, residual=None, add=None):
+    """_linear with its output left in DDR (token rows)."""
+    x, w, b = a
+    m, s = _requant_args(r, n)
+    x2 = x.reshape(-1, x.shape[-1])
+    if residual is not None:
+        residual = np.ascontiguousarray(residual).reshape(-1, w.shape[0])
+    prog = drv.compile(x2, np.ascontiguousarray(w.reshape(w.shape[0], -1).T), b, m, s,
+                       relu=n.attrs.get("relu", False), lut=lut, residual=residual, add=add)
+    y = _run_to_device(drv, prog, {}, TokenRowLayout(prog.m, prog.n, drv.cfg.cols), x.shape[:-1] + (w.shape[0],),
+                       n.name)
+    return y, [drv.last_run]
+
+
+def _vector_dev(drv, n, op, x, p=None, b=None):
+    """_rows / _image_op on the vector engine reading x (and add's b) in place where a DeviceTensor in the
+    program's input layout holds it; its output left in DDR. Anything else is read back and written in.
+    maxpool and upsample take one image (N = 1): a batch runs image by image from the host (_image_op)."""
+    shape, C = x.shape, drv.cfg.cols
+    image = op in ("maxpool", "upsample")
+    if image and shape[0] != 1:
+        return _image_op(op)(drv, n, [np.asarray(x)], None)
+    dim = shape[-1] if image else row_dim(VECTOR_OPS[op][0], shape[-1])
+    rows_l = TokenRowLayout(math.prod(shape) // dim, dim, C)
+    form = shape[1:] if image else (rows_l.tokens, dim)          # what compile_vector takes
+    bind, data = {}, {}
+    for region, t in (("in", x), ("b", b)):
+        if t is None:
+            continue
+        if isinstance(t, DeviceTensor) and t.buffer is not None and t.shape == shape and same_bytes(t.layout, rows_l):
+            bind[region], data[region] = t.buffer, np.zeros(form, np.int8)     # its shape only
+        else:
+            data[region] = np.ascontiguousarray(np.broadcast_to(np.asarray(t), shape)).reshape(form)
+    base = drv.BUFFER_BASE
+    prog = compile_vector(drv.cfg, op, data["in"], p, b=data.get("b"), base_addr=base,
+                          max_ddr_bytes=drv.ddr_bytes - base)
+    out_shape = (1,) + prog.out_shape if image else shape
+    return _run_to_device(drv, prog, bind, prog.out_layout, out_shape, n.name), [drv.last_run]
+
+
+#: ops whose output an engine node leaves in DDR (token rows), and which of their inputs they read in place
+DEVICE_OPS = {
+    "linear": _linear_dev,
+    "layernorm": lambda d, n, a, r: _vector_dev(d, n, "layernorm", a[0], _vec_params(r, n, "LayerNormParams")),
+    "gelu": lambda d, n, a, r: _vector_dev(d, n, "lut", a[0], _vec_params(r, n, "LutParams")),
+    "rescale": lambda d, n, a, r: _vector_dev(d, n, "rescale", a[0], _vec_params(r, n, "RescaleParams")),
+    "add": lambda d, n, a, r: _vector_dev(d, n, "add", a[0], _vec_params(r, n, "AddParams"), a[1]),
+    "maxpool2x2": lambda d, n, a, r: _vector_dev(d, n, "maxpool", a[0]),
+    "upsample2x": lambda d, n, a, r: _vector_dev(d, n, "upsample", a[0]),
+}
+IN_PLACE = {"layernorm": (0,), "gelu": (0,), "rescale": (0,), "add": (0, 1), "maxpool2x2": (0,), "upsample2x": (0,)}
+
+
+def _host_args(args, keep=()):
+    """The arguments with every DeviceTensor read back but those at positions `keep`."""
+    return [np.asarray(a) if isinstance(a, DeviceTensor) and i not in keep else a for i, a in enumerate(args)]
+
+
+@dataclass
+class _Scope:
+    """One run's liveness: how many of its nodes read each tensor, and the device tensors it made."""
+    nodes: set
+    readers: dict
+    made: dict
+
+
 # ---------------------------------------------------------------- the executor
 class GraphExecutor(IntRunner):
     """IntRunner whose engine-placed nodes run on the overlay (module docstring)."""
     ENGINE_OPS = ENGINE_OPS          # op -> its Driver call (a subclass adds ops)
 
-    def __init__(self, qm, cfg, backend: str = "sim", driver: Driver | None = None):
+    def __init__(self, qm, cfg, backend: str = "sim", driver: Driver | None = None, *, chain: bool = True,
+                 read_back: bool = False):
+        """`chain`: engine outputs stay in DDR for the next engine node (False: every node's output comes back
+        to the host, as before chaining). `read_back`: keep every device tensor's values when it is freed
+        (read from DDR then, counted in `check_bytes`, not in the nodes' figures) so check() sees them all."""
         if qm.key_tile != cfg.cols:
             raise GraphExecError(f"the model was quantised with attention key tile {qm.key_tile}, the {cfg.name!r} "
                                  f"overlay's is {cfg.cols}: quantise it for this preset (--preset {cfg.name})")
         super().__init__(qm)
         self.cfg = cfg
         self.driver = driver or Driver(cfg, backend)
+        self.chain, self.read_back = chain, read_back
+        self.check_bytes = 0
+        self.spilled_bytes = 0     # device tensors read back because the arena was full (in the nodes' figures)
         lanes = vector_lanes(cfg)
         self.placements = {p.layer.name: p for p in place_all(cfg, graph_layers(qm.graph), lanes=lanes)}
+        if chain:      # every engine node's program kept loaded (its weights in DDR) while the arena has room
+            engine_nodes = sum(p.where not in ("host", "layout") for p in self.placements.values())
+            self.driver.CACHED_PROGRAMS = max(self.driver.CACHED_PROGRAMS, engine_nodes)
         # linear node -> the GELU node placed in its store (the placement checked it is its only reader)
         writers = {t: n for n in qm.graph.nodes for t in n.outputs}
         self.fused = {writers[n.inputs[0]].name: n for n in qm.graph.nodes
-                      if n.op == "gelu" and self.placements[n.name].where == "gemm"
-                      and not n.attrs.get("host") and not writers[n.inputs[0]].attrs.get("host")}
+                      if n.op == "gelu" and self.placements[n.name].where == "gemm"}
+        self.fused_gelus = {g.name for g in self.fused.values()}
+        self.host_outputs: set[str] = set()     # nodes whose output must be a host array (a subclass's)
+        # tensors the predictors read from a run's env besides its last outputs: kept to the run's end
+        meta = qm.graph.meta
+        self.run_outputs = set(meta.get("image_outputs", ())) | {
+            v for v in meta.get("video", {}).values() if isinstance(v, str)}
         # linear node -> (the add node riding in its store, which of the add's inputs the linear writes)
         nodes = {n.name: n for n in qm.graph.nodes}
         self.fused_adds = {lin: (nodes[add], i) for add, (lin, i) in
-                           fused_adds(cfg, list(self.placements.values())).items()
-                           if not nodes[add].attrs.get("host") and not nodes[lin].attrs.get("host")}
+                           fused_adds(cfg, list(self.placements.values())).items()}
         self.records: dict[str, NodeRecord] = {}
+        self._scope: _Scope | None = None
         self._env: dict = {}
 
     def arg(self, name, env):
         self._env = env                 # the running environment: a fused add's residual is read from it
         return super().arg(name, env)
 
-    def _fused_add_call(self, add, i):
-        """The linear's Driver call with `add` in its store: the residual is the add's other input, and
-        the add's (a_mult, b_mult) swap when the linear writes its second input (the store's y is a)."""
-        def call(d, n, a, r):
+    def _fused_add_calls(self, add, i):
+        """The linear's Driver calls (host output, output left in DDR) with `add` in its store: the residual
+        is the add's other input (read back to the host where it is in DDR), and the add's (a_mult, b_mult)
+        swap when the linear writes its second input (the store's y is add's a)."""
+        def params(r):
             p = _vec_params(r, add, "AddParams")
-            p = p if i == 0 else type(p)(p.b_mult, p.a_mult, p.shift)
-            return _linear(d, n, a, r, residual=self.arg(add.inputs[1 - i], self._env), add=p)
-        return call
+            residual = _host_args([self.arg(add.inputs[1 - i], self._env)])[0]
+            return dict(residual=residual, add=p if i == 0 else type(p)(p.b_mult, p.a_mult, p.shift))
+        return (lambda d, n, a, r: _linear(d, n, a, r, **params(r)),
+                lambda d, n, a, r: _linear_dev(d, n, a, r, **params(r)))
+
+    # ------------------------------------------------------------ runs: liveness of the device tensors
+    def run(self, feeds: dict, stages=None, env: dict | None = None, observe=None) -> dict:
+        nodes = [n for n in self.graph.nodes if stages is None or n.stage in stages]
+        return self.chained(nodes, lambda: super(GraphExecutor, self).run(feeds, stages, env, observe))
+
+    def chained(self, nodes, call) -> dict:
+        """call() (a run over `nodes`, returning its env) with the engine outputs kept in DDR between the
+        nodes: each buffer freed after its last reader among `nodes`; what is still in DDR at the end (read
+        by a later run, or the caller) read back, its bytes counted to its producer; the env's device
+        tensors replaced by their values."""
+        if self._scope is not None or not self.chain:
+            return call()
+        readers = dict.fromkeys(self.run_outputs, 1)        # one reader after the run: the caller
+        for n in nodes:
+            for t in n.inputs:
+                readers[t] = readers.get(t, 0) + 1
+        self._scope = scope = _Scope({n.name for n in nodes}, readers, {})
+        try:
+            env = call()
+        except BaseException:
+            for t in scope.made.values():
+                if t.buffer is not None:
+                    t.free(keep=False)
+            raise
+        finally:
+            self._scope = None
+        for t in scope.made.values():
+            if t.buffer is not None:
+                before = self.driver.device.traffic.snapshot()
+                t.free(keep=True)
+                self.on_read_back(self.records[t.producer], self.driver.device.traffic.since(before).total)
+        for k, v in env.items():
+            if isinstance(v, DeviceTensor) and v.host is not None:
+                env[k] = v.host
+        return env
+
+    def on_read_back(self, rec: NodeRecord, nbytes: int) -> None:
+        """A node's output read back at the end of a run (a subclass counts it where it keeps figures)."""
+        rec.ddr_bytes += nbytes
+
+    def _done(self, node, args, out) -> None:
+        """Liveness after a node: its device output's readers to come, its device inputs' one fewer."""
+        scope = self._scope
+        if scope is None:
+            return
+        if isinstance(out, DeviceTensor):
+            out.pending += scope.readers.get(node.outputs[0], 0)
+            scope.made[id(out)] = out
+        for a in args:
+            if isinstance(a, DeviceTensor) and a.buffer is not None:
+                a.pending -= 1
+                if a.pending <= 0:
+                    keep = self.read_back
+                    before = self.driver.device.traffic.snapshot()
+                    a.free(keep)
+                    self.check_bytes += self.driver.device.traffic.since(before).total
+
+    def _spill(self) -> bool:
+        """The arena is full: read every device tensor of the run back and free its buffer (its readers
+        then take it from the host). Whether there was any."""
+        live = [t for t in (self._scope.made.values() if self._scope else ()) if t.buffer is not None]
+        for t in live:
+            before = self.driver.device.traffic.snapshot()
+            t.free(keep=True)
+            self.spilled_bytes += self.driver.device.traffic.since(before).total
+        return bool(live)
+
+    def _device(self, node) -> bool:
+        """Whether this run leaves the node's output in DDR."""
+        return (self._scope is not None and node.name in self._scope.nodes and node.op in DEVICE_OPS
+                and "replaces" not in node.attrs and node.name not in self.host_outputs)
+
+    def _counted(self, rec, node, fn):
+        """fn(n, args, r) -> output, with the node's wall time, DDR bytes and liveness recorded."""
+        def run(n, args, r):
+            traffic, drv, t = self.driver.device.traffic, self.driver, time.perf_counter()
+            before, program = traffic.snapshot(), drv.program_bytes
+            y = fn(n, args, r)
+            rec.ddr_bytes = traffic.since(before).total
+            rec.program_bytes = drv.program_bytes - program
+            rec.wall_s = time.perf_counter() - t
+            self._done(node, args, y)
+            return y
+        return run
 
     def op_fn(self, node):
         p = self.placements[node.name]
-        where, reason = (p.where, p.reason)
-        if node.attrs.get("host"):       # the builder's float nodes (decoder token stream) stay on the host
-            where, reason = "host", "float op (the builder's host node)"
-        rec = NodeRecord(node.name, node.op, node.stage, where, reason)
+        where = p.where
+        rec = NodeRecord(node.name, node.op, node.stage, where, p.reason)
         self.records[node.name] = rec
         host_fn = super().op_fn(node)
         if where in ("host", "layout"):
-            def on_host(n, args, r):
-                t = time.perf_counter()
-                y = host_fn(n, args, r)
-                rec.wall_s = time.perf_counter() - t
-                return y
-            return on_host
+            return self._counted(rec, node, lambda n, args, r: host_fn(n, _host_args(args), r))
         if node.op not in self.ENGINE_OPS:
             raise GraphExecError(f"node {node.name}: placed on {p.where} but the executor has no Driver call "
                                  f"for op {node.op!r}")
 
-        if any(g.name == node.name for g in self.fused.values()):
-            return lambda n, args, r: args[0]           # its fc1's store applied the table
+        if node.name in self.fused_gelus:
+            return self._counted(rec, node, lambda n, args, r: args[0])     # its fc1's store applied the table
         for add, i in self.fused_adds.values():
-            if add.name == node.name:
-                return lambda n, args, r, i=i: args[i]      # its linear's store added the residual
+            if add.name == node.name:       # its linear's store added the residual
+                return self._counted(rec, node, lambda n, args, r, i=i: args[i])
         gelu = self.fused.get(node.name)
-        call = self.ENGINE_OPS[node.op]
+        call, dev_call = self.ENGINE_OPS[node.op], DEVICE_OPS.get(node.op)
         if gelu is not None:
             rec.holds = gelu.outputs[0]
-            call = lambda d, n, a, r: _linear(d, n, a, r, lut=_vec_params(r, gelu, "LutParams"))  # noqa: E731
+            lut = lambda r: _vec_params(r, gelu, "LutParams")        # noqa: E731
+            call = lambda d, n, a, r: _linear(d, n, a, r, lut=lut(r))  # noqa: E731
+            dev_call = lambda d, n, a, r: _linear_dev(d, n, a, r, lut=lut(r))  # noqa: E731
         if node.name in self.fused_adds:
             add, i = self.fused_adds[node.name]
-            rec.holds, call = add.outputs[0], self._fused_add_call(add, i)
+            rec.holds = add.outputs[0]
+            call, dev_call = self._fused_add_calls(add, i)
+
+        def once(n, args, r):
+            if self._device(n):
+                return dev_call(self.driver, n, _host_args(args, IN_PLACE.get(n.op, ())), r)
+            return call(self.driver, n, _host_args(args), r)
 
         def on_engine(n, args, r):
-            traffic, t = self.driver.device.traffic, time.perf_counter()
-            before = traffic.to_ddr + traffic.from_ddr
-            y, runs = call(self.driver, n, args, r)
+            try:
+                y, runs = once(n, args, r)
+            except ArenaFull:
+                if not self._spill():
+                    raise
+                y, runs = once(n, args, r)      # its inputs now from the host
             rec.cycles, rec.calls = sum(x.cycles for x in runs), len(runs)
-            rec.ddr_bytes = traffic.to_ddr + traffic.from_ddr - before
-            rec.wall_s = time.perf_counter() - t
             return y
-        return on_engine
+        return self._counted(rec, node, on_engine)
 
     def check(self, env: dict, ref: dict) -> list[NodeRecord]:
         """Mark every executed node bit-exact or not against the interpreter's environment `ref`;
@@ -260,12 +519,15 @@ class GraphExecutor(IntRunner):
         """Per stage of the executed nodes: counts by placement; the overlay's modelled time (its engine
         cycles at the preset's clock); the host nodes' modelled time on the board's CPU (the placement's
         sw.perf.host_model figure); this process's wall time of engine nodes (simulation + copies) and of
-        host nodes; host <-> DDR bytes of the engine nodes' Driver calls."""
+        host nodes; host <-> DDR bytes of every node (NodeRecord.ddr_bytes) and of them the programs' and
+        weights' (program_bytes)."""
         out: dict[str, dict] = {}
         for r in self.records.values():
             t = out.setdefault(r.stage, dict(engine_nodes=0, host_nodes=0, layout_nodes=0, cycles=0,
                                              overlay_s=0.0, host_model_s=0.0, engine_wall_s=0.0,
-                                             host_wall_s=0.0, ddr_bytes=0))
+                                             host_wall_s=0.0, ddr_bytes=0, program_bytes=0))
+            t["ddr_bytes"] += r.ddr_bytes
+            t["program_bytes"] += r.program_bytes
             if r.where in ("host", "layout"):
                 t[f"{r.where}_nodes"] += 1
                 t["host_wall_s"] += r.wall_s
@@ -274,7 +536,6 @@ class GraphExecutor(IntRunner):
                 t["engine_nodes"] += 1
                 t["cycles"] += r.cycles
                 t["engine_wall_s"] += r.wall_s
-                t["ddr_bytes"] += r.ddr_bytes
         for t in out.values():
             t["overlay_s"] = t["cycles"] / (self.cfg.clock_mhz * 1e6)
         return out

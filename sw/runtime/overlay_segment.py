@@ -19,8 +19,10 @@ from sw.runtime.graph_exec import GraphExecutor
 
 #: What `segment` reports as a stage: the graph's stages it sums.
 STAGE_GROUPS = {"image encoder": ("image_encoder",), "prompt + decoder": ("prompt_encoder", "mask_decoder")}
-#: The DDR the sim / rtl backends give a segment session (tiny at 1024's largest node fits in 64 MiB).
-OVERLAY_DDR_BYTES = 1 << 26
+#: The DDR the sim / rtl backends give a segment session: tiny at 1024's live activations chained in DDR (an
+#: MLP's 25 MB hidden tensor before and after its GELU, the residual) and the next program's own regions
+#: need ~80 MB; in 64 MiB some were spilled to the host.
+OVERLAY_DDR_BYTES = 1 << 27
 #: Progress is reported every this many nodes (and at the end of each run).
 PROGRESS_EVERY = 50
 
@@ -73,7 +75,7 @@ def stage_rows(ex: GraphExecutor) -> list[dict]:
              "overlay cycles": r["cycles"], "overlay ms (model)": 1e3 * r["overlay_s"],
              "host ms (model)": 1e3 * r["host_model_s"], "modelled ms": 1e3 * (r["overlay_s"] + r["host_model_s"]),
              "host ops wall ms": 1e3 * r["host_wall_s"], "backend wall ms": 1e3 * r["engine_wall_s"],
-             "host<->DDR bytes": r["ddr_bytes"]} for r in rows]
+             "host<->DDR bytes": r["ddr_bytes"], "of which programs + weights": r["program_bytes"]} for r in rows]
 
 
 def stage_summary(ex: GraphExecutor) -> str:
@@ -90,6 +92,7 @@ def stage_summary(ex: GraphExecutor) -> str:
                      f"{r['backend wall ms']:8.0f} {r['host<->DDR bytes']:13,d}")
     lines.append(f"overlay ms: the engine nodes' cycles at {cfg.name}'s {cfg.clock_mhz:g} MHz; host ms (model): the "
                  f"host nodes on {cfg.name}'s CPU (sw.perf.host_model); host wall: the host nodes here; backend wall: "
-                 "the engine nodes' runs here (compile, copies, backend); host<->DDR: every engine node writes its "
-                 "inputs and reads its output (activations are not yet chained in DDR)")
+                 "the engine nodes' runs here (compile, copies, backend); host<->DDR: programs and weights written per "
+                 "call, the activations the host writes in or reads back (token rows stay in DDR between the GEMM "
+                 "and vector nodes; what crosses and why: sw/runtime/graph_exec.py)")
     return "\n".join(lines)

@@ -52,11 +52,22 @@ def with_fields(symbolic: list[dict], numeric: list[dict]) -> list[dict]:
             for s, n in zip(symbolic, numeric)]
 
 
+class SplitDescriptors(tuple):
+    """An immutable compiled descriptor list (one that sw.compile.linear's plan keeps for layers of the same
+    shapes) with its split_addresses computed once, where it is made: link_words relinks it with NumPy, so
+    loading a program costs array additions instead of a dict per descriptor."""
+    split = None
+
+    @classmethod
+    def of(cls, symbolic) -> "SplitDescriptors":
+        t = cls(symbolic)
+        t.split = split_addresses(t)
+        return t
+
+
 def link_words(symbolic, addresses: dict[str, int]) -> np.ndarray:
-    """link's packed bytes alone. A tuple of descriptors (an immutable compiled list, e.g. one that
-    sw.compile.linear keeps for layers of the same shapes) is split into its fields once and relinked
-    with NumPy afterwards: loading a program costs array additions instead of a dict per descriptor."""
-    split = _split_addresses(symbolic) if isinstance(symbolic, tuple) else None
+    """link's packed bytes alone (a SplitDescriptors list relinked from its split)."""
+    split = getattr(symbolic, "split", None)
     if split is not None and split[1].keys() <= addresses.keys():
         fixed, moved = split
         cols = dict(fixed)
@@ -71,17 +82,9 @@ def link_words(symbolic, addresses: dict[str, int]) -> np.ndarray:
     return link(list(symbolic), addresses)[1]        # its errors say which descriptor and why
 
 
-_SPLIT: dict[int, tuple] = {}      # id(descriptor tuple) -> (the tuple, kept alive; its split)
-_SPLIT_KEPT = 16
-
-
-def _split_addresses(symbolic: tuple):
+def split_addresses(symbolic) -> tuple | None:
     """(the fields as columns with every (buffer, offset) address zeroed, {buffer: {field: (rows,
-    offsets)}}) of a descriptor tuple, or None when a field is unknown; once per tuple (the last
-    _SPLIT_KEPT kept)."""
-    hit = _SPLIT.get(id(symbolic))
-    if hit is not None and hit[0] is symbolic:
-        return hit[1]
+    offsets)}}) of a descriptor list, or None when a field is unknown."""
     flat = [dict(d) for d in symbolic]
     where: dict[str, dict[str, tuple[list, list]]] = {}
     for j, fields in enumerate(flat):
@@ -93,13 +96,9 @@ def _split_addresses(symbolic: tuple):
                 offsets.append(v[1])
                 fields[key] = 0
     cols = _columns(flat)
-    split = None if cols is None else (cols, {
+    return None if cols is None else (cols, {
         name: {key: (np.array(r, np.intp), np.array(o, np.int64)) for key, (r, o) in keys.items()}
         for name, keys in where.items()})
-    if len(_SPLIT) >= _SPLIT_KEPT:
-        _SPLIT.pop(next(iter(_SPLIT)))
-    _SPLIT[id(symbolic)] = (symbolic, split)
-    return split
 
 
 def _columns(raw: list[dict]) -> dict[str, np.ndarray] | None:

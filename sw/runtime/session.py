@@ -87,25 +87,12 @@ class Session:
         (weights; scratch and unbound outputs zeroed). `descriptors`: numeric fields to use instead of
         the compiled ones (their addresses still bind like the program's)."""
         bind = dict(bind or {})
-        for region, buf in bind.items():
-            if region not in prog.regions:
-                raise ValueError(f"{name}: the program has no region {region!r} (regions: {', '.join(prog.regions)})")
-            if buf not in self.arena:
-                raise ValueError(f"{name}: region {region!r} bound to {buf!r}, which is not a buffer of the session")
-            if self.arena[buf].size < prog.regions[region][1]:
-                raise ValueError(f"{name}: region {region!r} needs {prog.regions[region][1]:,} bytes, buffer {buf!r} "
-                                 f"holds {self.arena[buf].size:,}")
+        self._check_bind(name, prog, bind)
         own = {region: f"{name}.{region}" for region in prog.regions if region not in bind}
         placed = self.arena.allocate_all({own[r]: prog.regions[r][1] for r in own})
         names = {**bind, **own}
         try:
-            addresses = {r: self.arena[names[r]].addr for r in prog.regions}
-            symbolic = prog.symbolic if descriptors is None else with_fields(prog.symbolic, descriptors)
-            raw = link_words(symbolic, addresses)
-            table = {r: (self.arena[n].addr, self.arena[n].size) for r, n in names.items()}
-            for first, count in program_runs(prog, raw.size // isa.DESCRIPTOR_BYTES, descriptors is not None):  # counts restart per START
-                check_descriptors(self.cfg, raw[first * isa.DESCRIPTOR_BYTES:(first + count) * isa.DESCRIPTOR_BYTES],
-                                  table)
+            addresses, raw = self._link(prog, names, descriptors)
         except Exception:
             for buf in placed:
                 self.arena.free(buf)
@@ -117,6 +104,28 @@ class Session:
             if prog.ROLES.get(region) in ("weight", "output", "scratch"):
                 loaded.write(region, prog.region(region))
         return loaded
+
+    def _check_bind(self, name: str, prog, bind: dict[str, str]) -> None:
+        for region, buf in bind.items():
+            if region not in prog.regions:
+                raise ValueError(f"{name}: the program has no region {region!r} (regions: {', '.join(prog.regions)})")
+            if buf not in self.arena:
+                raise ValueError(f"{name}: region {region!r} bound to {buf!r}, which is not a buffer of the session")
+            if self.arena[buf].size < prog.regions[region][1]:
+                raise ValueError(f"{name}: region {region!r} needs {prog.regions[region][1]:,} bytes, buffer {buf!r} "
+                                 f"holds {self.arena[buf].size:,}")
+
+    def _link(self, prog, names: dict[str, str], descriptors=None) -> tuple[dict[str, int], np.ndarray]:
+        """(region -> address, the descriptors' bytes) for `prog` with its regions in buffers `names`, every
+        access checked against those buffers."""
+        addresses = {r: self.arena[names[r]].addr for r in prog.regions}
+        symbolic = prog.symbolic if descriptors is None else with_fields(prog.symbolic, descriptors)
+        raw = link_words(symbolic, addresses)
+        table = {r: (self.arena[n].addr, self.arena[n].size) for r, n in names.items()}
+        for first, count in program_runs(prog, raw.size // isa.DESCRIPTOR_BYTES, descriptors is not None):  # counts restart per START
+            check_descriptors(self.cfg, raw[first * isa.DESCRIPTOR_BYTES:(first + count) * isa.DESCRIPTOR_BYTES],
+                              table)
+        return addresses, raw
 
     def close(self) -> None:
         self.backend.close()
@@ -133,6 +142,28 @@ class LoadedProgram:
     owned: list[str]                   # arena buffers this program allocated (freed with it; bound ones are not)
     edited: bool = False               # loaded with other descriptors than the compiled ones (one run, no fast job)
     last_run: RunStats | None = None
+
+    def owned_regions(self) -> list[str]:
+        """The regions in buffers this program allocated (not bound to the caller's)."""
+        return [r for r, buf in self.buffers.items() if buf in self.owned]
+
+    def rebind(self, bind: dict[str, str]) -> int:
+        """Move the regions bound at load to other session buffers (the next call's activations): the
+        descriptors relinked, checked and written again, the weights left in place. Returns the bytes
+        written (0 when nothing moved)."""
+        s = self.session
+        if self.edited or set(bind) != set(self.buffers) - set(self.owned_regions()):
+            bound = sorted(set(self.buffers) - set(self.owned_regions()))
+            raise ValueError(f"{self.name}: rebind moves the regions bound at load ({', '.join(bound)}), "
+                             f"got {', '.join(bind)}")
+        s._check_bind(self.name, self.prog, bind)
+        names = {**self.buffers, **bind}
+        if names == self.buffers:
+            return 0
+        addresses, raw = s._link(self.prog, names)
+        s.backend.write(addresses["descriptors"], raw)
+        self.buffers, self.addresses = names, addresses
+        return raw.size
 
     def write(self, region: str, data) -> None:
         self.session.backend.write(self.addresses[region], data)

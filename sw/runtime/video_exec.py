@@ -154,6 +154,7 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
         self.frame_stats = FrameStats()
         self.current: str | None = None       # the node running (named when a frame fails)
         self.value_nodes = value_nodes(self.graph)
+        self.host_outputs |= {n.name for n in self.value_nodes}     # banked, or joined with the bank's values
         self.memory_values: list | None = None    # per memory frame: its values (BankEntry), set per gather
 
     def project_values(self, feats) -> np.ndarray:
@@ -202,6 +203,16 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
     def node_fn(self, node):
         """run_nodes' nodes (the video stages) where the placement puts them, as run()'s."""
         return self.op_fn(node)
+
+    def run_nodes(self, names, env: dict, observe=None) -> dict:
+        """_VideoRunner.run_nodes with the engine outputs chained in DDR between the nodes (GraphExecutor.chained)."""
+        index = self.cached("node_index", lambda: {n.name: n for n in self.graph.nodes})
+        nodes = [index[n] for n in names]
+        return self.chained(nodes, lambda: super(VideoGraphExecutor, self).run_nodes(names, env, observe))
+
+    def on_read_back(self, rec, nbytes: int) -> None:
+        super().on_read_back(rec, nbytes)
+        self.frame_stats.add(rec.stage, ddr_bytes=nbytes)
 
     # ------------------------------------------------------------ several objects' memory attention at once
     def run_objects(self, names, env: dict, objects: list, output: str, observe=None) -> list:
