@@ -115,8 +115,8 @@ class _shared_build:
 
     def __init__(self, sources, toplevel, simulator, build_args, waves):
         key = hashlib.sha1(json.dumps([toplevel, simulator, build_args, bool(waves)]).encode())
-        for src in sources:
-            key.update(Path(src).name.encode() + b"\0" + Path(src).read_bytes() + b"\0")
+        for src in sources:   # the path too: Verilator rebuilds everything when its inputs' paths change
+            key.update(str(Path(src).resolve()).encode() + b"\0" + Path(src).read_bytes() + b"\0")
         self.root = BUILD / "sim" / "objs"
         self.dir = self.root / f"{toplevel}-{key.hexdigest()[:16]}" / simulator
         self.toplevel = toplevel
@@ -136,14 +136,14 @@ class _shared_build:
         """Remove this top's builds unused for STALE_BUILD_S whose lock is free."""
         import shutil
         for old in self.root.glob(f"{self.toplevel}-*"):
-            if old == self.dir.parent or time.time() - old.stat().st_mtime < STALE_BUILD_S:
-                continue
-            with open(old / "build.lock", "w") as lock:
-                try:
-                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
+            try:
+                if old == self.dir.parent or time.time() - old.stat().st_mtime < STALE_BUILD_S:
                     continue
-                shutil.rmtree(old, ignore_errors=True)
+                with open(old / "build.lock", "w") as lock:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    shutil.rmtree(old, ignore_errors=True)
+            except OSError:          # in use (BlockingIOError) or removed by another process meanwhile
+                continue
 
 
 def _count_results(xml_path: Path) -> tuple[int, int]:
