@@ -67,6 +67,7 @@ class RtlBackend(Backend):
 
     def __init__(self, cfg, *, ddr_bytes: int = 1 << 26, timeout_cycles: int = 50_000_000, stall: float = 0.0,
                  seed: int = 1, waves: bool | None = None, build_name: str | None = None, **_):
+        from hw.overlay import VERILOG_NAME
         from sim.runner import BUILD, run_bench
         super().__init__(cfg, 0, ddr_bytes)
         self.timeout_cycles = timeout_cycles
@@ -86,7 +87,7 @@ class RtlBackend(Backend):
 
         def simulate():
             try:
-                run_bench(verilog, isa.VERILOG_NAME, "overlay_bench", name=self.build_name, waves=waves,
+                run_bench(verilog, VERILOG_NAME, "overlay_bench", name=self.build_name, waves=waves,
                           extra_env={"SERVE_SOCKET": address, "BENCH_DDR_BYTES": str(ddr_bytes),
                                      "BENCH_STALL": str(stall), "BENCH_SEED": str(seed)})
             except BaseException as e:       # reported by the next request
