@@ -51,3 +51,13 @@ def scaled_quantised(scaled, cfg):
     from golden_model.quant.quantize import quantize
     graph, stats, _ = scaled
     return quantize(graph, stats, key_tile=cfg.cols, preset=cfg.name)
+
+
+# ---------------------------------------------------------------- one larger overlay build, shared
+def mid_overlay():
+    """An 8 x 16 overlay, 64-bit AXI, with the engines the chain runs (the vector engine and the store
+    LUT have their own rtl benches): the smallest array the chain runs on (an A entry of 8 rows is a
+    whole beat). One Verilator build for test_runtime's chain and test_overlay's larger-array layer
+    (sim/runner.py shares builds of the same Verilog)."""
+    from hw.config import preset
+    return preset("sim").replace(name="mid8x16", rows=8, cols=16, engines=("gemm", "attention", "conv", "depthwise"))

@@ -107,3 +107,34 @@ def test_requantizer_bench_on_icarus():
     verilog = write_verilog(Requantizer(), "requant", BUILD / "verilog" / "requant-icarus")
     result = run_bench(verilog, "requant", "requant_bench", name="test-requant", simulator="icarus")
     assert result.passed == 2 and result.failed == 0
+
+
+def test_simulator_builds_shared_by_content_and_stale_ones_pruned(tmp_path, monkeypatch):
+    """sim/runner.py: the same sources build in the same directory whatever the run's name, changed ones
+    in another; a top's builds unused for STALE_BUILD_S are removed then, unless in use (locked)."""
+    import fcntl
+    import os
+    import time
+
+    import sim.runner as runner
+    monkeypatch.setattr(runner, "BUILD", tmp_path)
+    v = tmp_path / "top.v"
+    v.write_text("module top; endmodule\n")
+
+    def build_dir():
+        with runner._shared_build([v], "top", "verilator", ["-O3"], False) as d:
+            return d
+
+    first = build_dir()
+    assert build_dir() == first and first.is_dir()
+    busy = first.parent.with_name("top-busy")
+    busy.mkdir()
+    stale = time.time() - runner.STALE_BUILD_S - 60
+    for d in (first.parent, busy):
+        os.utime(d, (stale, stale))
+    with open(busy / "build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        v.write_text("module top; wire a; endmodule\n")
+        changed = build_dir()
+    assert changed != first and changed.is_dir()
+    assert not first.parent.exists() and busy.exists()

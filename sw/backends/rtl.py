@@ -23,10 +23,31 @@ from sw.runtime.backend import DEFAULT_DDR_BYTES, AcceleratorError, Backend
 
 
 def overlay_verilog(cfg) -> Path:
-    from hw.overlay import VERILOG_NAME, Overlay
-    from hw.verilog import write_verilog
+    """The overlay's Verilog for `cfg`, converted again only when the hardware's sources changed
+    (converting takes 10-50 s; every rtl session of a configuration uses the same)."""
     from sim.runner import BUILD
-    return write_verilog(Overlay(cfg), VERILOG_NAME, BUILD / "verilog" / f"overlay_{config_tag(cfg)}")
+    from sw.outputs import write_text
+    out_dir = BUILD / "verilog" / f"overlay_{config_tag(cfg)}"
+    path, stamp = out_dir / f"{isa.VERILOG_NAME}.v", out_dir / "sources.sha1"
+    key = hardware_sources_key()
+    if path.exists() and stamp.exists() and stamp.read_text() == key:
+        return path
+    from hw.overlay import Overlay
+    from hw.verilog import write_verilog
+    write_verilog(Overlay(cfg), isa.VERILOG_NAME, out_dir)
+    write_text(stamp, key)
+    return path
+
+
+def hardware_sources_key() -> str:
+    """A digest of what the Verilog is generated from: hw/ and golden_model/ (its widths and tables)
+    and the Amaranth version."""
+    from importlib.metadata import version
+    repo = Path(__file__).resolve().parents[2]
+    digest = hashlib.sha1(version("amaranth").encode())
+    for src in sorted([*(repo / "hw").rglob("*.py"), *(repo / "golden_model").rglob("*.py")]):
+        digest.update(str(src.relative_to(repo)).encode() + b"\0" + src.read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 def config_tag(cfg) -> str:
