@@ -111,12 +111,13 @@ def test_normaliser_matches_golden(units):
             o = rng.integers(-l * 128, l * 128 + 1, lanes)
             if row == 1:
                 o[:] = [-(1 << 38), (1 << 38) - 1, 0, -1]
-            items.append((o, l, int(c == 0), row * 10 + c))
+            for g in range(0, lanes, units):               # an item arrives as lanes / units transfers
+                items.append((o[g:g + units], l, int(c == 0 and g == 0), row * 10 + c))
             want.append((A.normalise(o[None], np.array([l]))[0].tolist(), row * 10 + c))
 
     def set_inputs(ctx, item):
         o, l, first, tag = item
-        for j in range(lanes):
+        for j in range(units):
             ctx.set(dut.i.payload.o[j], int(o[j]))
         ctx.set(dut.i.payload.l, l)
         ctx.set(dut.i.payload.first, first)
@@ -125,5 +126,5 @@ def test_normaliser_matches_golden(units):
     def read_outputs(ctx):
         return ([ctx.get(dut.o.payload.t[j]) for j in range(lanes)], ctx.get(dut.o.payload.tag))
 
-    got = run_stream(dut, items, set_inputs, read_outputs, len(items), seed=4, name="normaliser")
+    got = run_stream(dut, items, set_inputs, read_outputs, len(want), seed=4, name="normaliser")
     assert got == want
