@@ -62,7 +62,7 @@ def main(argv=None) -> int:
     results = {}
     print(f"{cfg.name} {changes or ''}: {cfg.rows} x {cfg.cols}, engines {', '.join(cfg.engines)}; "
           f"yosys synth_xilinx -family {args.family} per component", flush=True)
-    print(f"{'component':<14} {'LUT':>7} {'FF':>7} {'DSP':>5} {'BRAM36':>7} {'LUTRAM':>7} {'s':>5}  what", flush=True)
+    print(f"{'component':<14} {'LUT':>7} {'FF':>7} {'DSP':>5} {'BRAM36':>7} {'URAM':>5} {'LUTRAM':>7} {'s':>5}  what", flush=True)
     for name, (make, what) in components(cfg).items():
         if args.only and name not in args.only:
             continue
@@ -70,7 +70,7 @@ def main(argv=None) -> int:
         verilog = write_verilog(make(), name, out / name)
         r = count_cells(run_yosys(verilog, name, args.family, out / name / "yosys", abc9=False), name)
         results[name] = r.as_dict() | {"what": what, "yosys_s": round(time.monotonic() - t0)}
-        print(f"{name:<14} {r.luts:>7} {r.ffs:>7} {r.dsps:>5} {r.bram36:>7g} {r.lutram:>7} "
+        print(f"{name:<14} {r.luts:>7} {r.ffs:>7} {r.dsps:>5} {r.bram36:>7g} {r.uram:>5} {r.lutram:>7} "
               f"{time.monotonic() - t0:>5.0f}  {what}", flush=True)
     (out / "breakdown.json").write_text(json.dumps({"config": cfg.summary(), "family": args.family,
                                                     "components": results}, indent=1))
