@@ -182,8 +182,9 @@ PRESETS: dict[str, OverlayConfig] = {
     # Zynq UltraScale+ (128-bit HP): every engine on 16 x 32 (512 int8 MACs in 256 DSPs, 512 P V MACs in
     # 512), the vector engine with a lane per byte of the 16-byte beat. 32 x 32 with attention needs 1,024
     # DSPs for its P V array alone: past 85 % of the xck26's 1,248, and past the xczu7ev's 1,728 with the
-    # rest (DSP floors 1,770 and 1,876 at 2 and 4 depthwise lanes). Neither fits yet (yosys, per engine in
-    # bitstreams/README.md): kv260 LUT 147 % and BRAM 317 %, zcu104 BRAM 168 %; `build` refuses both.
+    # rest (DSP floors 1,770 and 1,876 at 2 and 4 depthwise lanes). The attention engine's O memories in
+    # UltraRAM (attn_o_uram; a bank per normaliser lane: 2 on kv260, 4 on zcu104, 512 x 40 bits, one URAM288
+    # each: 32 and 64 of the parts' 64 and 96). Estimates (yosys, per engine): bitstreams/README.md.
     "kv260": OverlayConfig("kv260", rows=16, cols=32, a_depth=2048, b_depth=2048, acc_depth=512,
                            param_depth=128, axi_data_bits=128, clock_mhz=300.0, board="KV260 xck26",
                            engines=("gemm", "attention", "conv", "depthwise", "vector"), dw_lanes=2,
