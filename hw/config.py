@@ -34,7 +34,9 @@ class OverlayConfig:
                     (each K/V tile fetched from DDR serves all of them), 1..16.
     attn_norm_lanes : attention engine: lanes the normaliser (O / l) computes per cycle, a divisor of
                     cols (0: all cols); fewer share multipliers (3 per lane) at cols / attn_norm_lanes
-                    cycles per C outputs, once per query tile.
+                    cycles per C outputs, once per query tile. Also the O memories' banks per query row (one
+                    int40 lane each, attn_q_slots x attn_max_dim / lanes deep: hw/attention/engine.py).
+    attn_o_uram   : attention engine: the O memories in UltraRAM (UltraScale+ parts) instead of block RAM.
     clock_mhz     : target clock (for reports and the board flow).
     dw_lanes      : depthwise engine: channel lanes (each K x K multipliers, one output pixel per cycle).
     dw_row_bytes  : depthwise engine: the longest feature-map row (pitch, bytes) its line buffers hold.
@@ -63,6 +65,7 @@ class OverlayConfig:
     attn_norm_lanes: int = 0
     dsp_packing: bool = False
     vec_lanes: int = 8
+    attn_o_uram: bool = False
 
     @property
     def norm_lanes(self) -> int:
@@ -181,16 +184,20 @@ PRESETS: dict[str, OverlayConfig] = {
     # Zynq UltraScale+ (128-bit HP): every engine on 16 x 32 (512 int8 MACs in 256 DSPs, 512 P V MACs in
     # 512), the vector engine with a lane per byte of the 16-byte beat. 32 x 32 with attention needs 1,024
     # DSPs for its P V array alone: past 85 % of the xck26's 1,248, and past the xczu7ev's 1,728 with the
-    # rest (DSP floors 1,770 and 1,876 at 2 and 4 depthwise lanes). Neither fits yet (yosys, per engine in
-    # bitstreams/README.md): kv260 LUT 147 % and BRAM 317 %, zcu104 BRAM 168 %; `build` refuses both.
+    # rest (DSP floors 1,770 and 1,876 at 2 and 4 depthwise lanes). The attention engine's O memories in
+    # UltraRAM (attn_o_uram; a bank per normaliser lane: 2 on kv260, 4 on zcu104, 512 x 40 bits, one URAM288
+    # each: 32 and 64 of the parts' 64 and 96). zcu104 fits within 85 %; kv260 does not (LUT 130 %, BRAM 95 %,
+    # DSP 91 %). Estimates (yosys, per engine): bitstreams/README.md.
     "kv260": OverlayConfig("kv260", rows=16, cols=32, a_depth=2048, b_depth=2048, acc_depth=512,
                            param_depth=128, axi_data_bits=128, clock_mhz=300.0, board="KV260 xck26",
                            engines=("gemm", "attention", "conv", "depthwise", "vector"), dw_lanes=2,
-                           dw_row_bytes=256, attn_q_slots=4, attn_norm_lanes=4, dsp_packing=True, vec_lanes=16),
+                           dw_row_bytes=256, attn_q_slots=4, attn_norm_lanes=2, dsp_packing=True, vec_lanes=16,
+                           attn_o_uram=True),
     "zcu104": OverlayConfig("zcu104", rows=16, cols=32, a_depth=4096, b_depth=4096, acc_depth=1024,
                             param_depth=256, axi_data_bits=128, clock_mhz=300.0, board="ZCU104 xczu7ev",
                             engines=("gemm", "attention", "conv", "depthwise", "vector"), dw_lanes=4,
-                            dw_row_bytes=256, attn_q_slots=8, attn_norm_lanes=8, dsp_packing=True, vec_lanes=16),
+                            dw_row_bytes=256, attn_q_slots=8, attn_norm_lanes=4, dsp_packing=True, vec_lanes=16,
+                            attn_o_uram=True),
     # The 16 x 16 overlay the benchmarks measure (utilisation, resources).
     "bench16": OverlayConfig("bench16", rows=16, cols=16, a_depth=2048, b_depth=2048, acc_depth=256,
                              param_depth=64, axi_data_bits=128, clock_mhz=200.0, board="(benchmark)",

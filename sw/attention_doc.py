@@ -52,7 +52,7 @@ def markdown_tables() -> str:
               f"| P V phase: hand-over -> STEP done (last O write) | d_pad + R + C + {S.PV_TAIL} |",
               "| back-to-back STEPs (steady state) | d_pad each (the next softmax overlaps this P V) |",
               f"| ATTENTION NORM (n chunks of C channels), after all STEPs are done | "
-              f"2 + R x ({S.NORM_ROW} + (n - 1) x G) + G + {S.NORM_LATENCY} (+ {S.NORM_AGAIN} after the first NORM "
+              f"2 + R x ({S.NORM_ROW} + n x G) + {S.NORM_LATENCY} (+ {S.NORM_AGAIN} after the first NORM "
               "since reset; G = cols / attn_norm_lanes, 1 by default) |"]
     return "\n".join(lines)
 

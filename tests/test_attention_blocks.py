@@ -41,14 +41,16 @@ def run_stream(dut, items, set_inputs, read_outputs, n_out, stall=0.3, seed=0, n
     return got
 
 
-def softmax_rows(rng, n, lanes):
+def softmax_rows(rng, n, lanes, score_bits=22):
     rows = []
     for i in range(n):
-        s = rng.integers(-2 ** 22, 2 ** 22 + 1, lanes)
+        s = rng.integers(-2 ** score_bits, 2 ** score_bits + 1, lanes)
+        if score_bits == 31 and i % 5 == 1:
+            s[:2] = [-2 ** 31, 2 ** 31 - 1]                # int32 extremes
         if i % 7 == 0:
             s[:] = s[0]                                    # all scores equal
         if i % 11 == 0:
-            s[rng.integers(lanes)] = 2 ** 22               # one dominant score
+            s[rng.integers(lanes)] = min(2 ** score_bits, 2 ** 31 - 1)   # one dominant score
         count = int(rng.integers(1, lanes + 1)) if i % 3 else lanes
         m = A.M_INIT if i % 4 == 0 else int(rng.integers(-2 ** 20, 2 ** 20))
         l = 0 if m == A.M_INIT else int(rng.integers(1 << A.P_BITS, 1 << 30))
@@ -68,11 +70,14 @@ def softmax_golden(rows, mult, shift):
     return out
 
 
-@pytest.mark.parametrize("mult,shift,lanes", [(40000, 24, 8), (65535, 1, 8), (1, 63, 8), (12345, 17, 5),
-                                             (777, 20, 16)])
-def test_online_softmax_matches_golden(mult, shift, lanes):
+@pytest.mark.parametrize("mult,shift,lanes,score_bits", [(40000, 24, 8, 22), (65535, 1, 8, 22), (1, 63, 8, 22),
+                                                        (12345, 17, 5, 22), (777, 20, 16, 22),
+                                                        # any int32 score, shifts about the softmax's cap (48)
+                                                        (65535, 46, 4, 31), (65535, 47, 4, 31), (65535, 48, 4, 31),
+                                                        (65535, 63, 4, 31)])
+def test_online_softmax_matches_golden(mult, shift, lanes, score_bits):
     dut = OnlineSoftmax(lanes)
-    rows = softmax_rows(np.random.default_rng(mult + shift), 60, lanes)
+    rows = softmax_rows(np.random.default_rng(mult + shift), 60, lanes, score_bits)
 
     def set_inputs(ctx, row):
         s, count, m, l, tag = row
@@ -111,12 +116,13 @@ def test_normaliser_matches_golden(units):
             o = rng.integers(-l * 128, l * 128 + 1, lanes)
             if row == 1:
                 o[:] = [-(1 << 38), (1 << 38) - 1, 0, -1]
-            items.append((o, l, int(c == 0), row * 10 + c))
+            for g in range(0, lanes, units):               # an item arrives as lanes / units transfers
+                items.append((o[g:g + units], l, int(c == 0 and g == 0), row * 10 + c))
             want.append((A.normalise(o[None], np.array([l]))[0].tolist(), row * 10 + c))
 
     def set_inputs(ctx, item):
         o, l, first, tag = item
-        for j in range(lanes):
+        for j in range(units):
             ctx.set(dut.i.payload.o[j], int(o[j]))
         ctx.set(dut.i.payload.l, l)
         ctx.set(dut.i.payload.first, first)
@@ -125,5 +131,5 @@ def test_normaliser_matches_golden(units):
     def read_outputs(ctx):
         return ([ctx.get(dut.o.payload.t[j]) for j in range(lanes)], ctx.get(dut.o.payload.tag))
 
-    got = run_stream(dut, items, set_inputs, read_outputs, len(items), seed=4, name="normaliser")
+    got = run_stream(dut, items, set_inputs, read_outputs, len(want), seed=4, name="normaliser")
     assert got == want

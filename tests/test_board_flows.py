@@ -102,8 +102,9 @@ def test_build_refuses_a_preset_that_does_not_fit(monkeypatch, tmp_path, capsys)
     monkeypatch.setattr(est, "estimate_by_engine",
                         lambda *a, **k: (Resources(luts=1000, ffs=1000, dsps=999, bram36=10), {}))
     assert main(["build", "--board", "pynq-z2", "--preset", "pynq-z2", "-o", str(tmp_path)]) == 1
-    err = capsys.readouterr().err
+    out, err = capsys.readouterr()
     assert "does not fit xc7z020clg400-1" in err and "DSP: 999 used > 220" in err
+    assert "dsps:       999 / 220       (454.1 %)  over the 85 % target" in out
 
 
 def test_build_says_when_the_estimate_fails(monkeypatch, tmp_path):
@@ -153,7 +154,8 @@ def test_build_zynq_without_vivado_generates_and_says_how(tmp_path, capsys, monk
     report = json.loads((tmp_path / "report.json").read_text())
     assert report["estimate"]["dsps"] == 100 and report["vivado"].startswith("not run")
     assert report["estimate"]["by_engine"]["gemm"]["luts"] == 600
-    assert "per engine" in out and "gemm             600      700     60       4       0" in out
+    assert "per engine" in out and "gemm             600      700     60       4     0       0" in out
+    assert "dsps:       100 / 220       ( 45.5 %)\n" in out
     dry_run((tmp_path / "sam2fpga_pynq_z2.tcl").read_text())
 
 
@@ -224,3 +226,38 @@ def test_rtl_of_the_ecp5_preset_equals_sim_equals_golden():
     for p, want, r in zip(progs, wants, results):
         assert r["error"] == 0 and not r["timed_out"], r
         assert np.array_equal(p.output(r["image"]), want)
+
+
+def test_attention_o_banks_map_to_one_ultraram_or_their_size_in_block_ram(tmp_path):
+    """The attention engine's O bank (one int40 lane) on yosys: zcu104's (attn_o_uram, 512 deep) is one
+    URAM288; pynq-z2's (block RAM, 1,024 deep) 1.5 BRAM36, its data's size (at C lanes with a write
+    enable each, a row took a 72-bit block RAM per lane: 20 BRAM36 at C = 32)."""
+    from amaranth import Module
+    from amaranth.back import verilog
+    from amaranth.lib import wiring
+    from amaranth.lib.wiring import In, Out
+    from hw.attention.engine import OACC, o_bank_memory, o_banks
+    from hw.flows.estimate import count_cells, run_yosys
+
+    class Bank(wiring.Component):
+        def __init__(self, cfg):
+            self.cfg, depth = cfg, o_banks(cfg)[1]
+            super().__init__({"wa": In(range(depth)), "we": In(1), "wd": In(OACC), "ra": In(range(depth)),
+                              "re": In(1), "rd": Out(OACC)})
+
+        def elaborate(self, platform):
+            m = Module()
+            m.submodules.mem = mem = o_bank_memory(self.cfg)
+            w, r = mem.write_port(), mem.read_port()
+            m.d.comb += [w.addr.eq(self.wa), w.en.eq(self.we), w.data.eq(self.wd), r.addr.eq(self.ra),
+                         r.en.eq(self.re), self.rd.eq(r.data)]
+            return m
+
+    assert o_banks(preset("zcu104")) == (4, 512) and o_banks(preset("kv260")) == (2, 512)
+    for name, family, want in (("zcu104", "xcup", dict(uram=1, bram36=0)), ("pynq-z2", "xc7", dict(uram=0, bram36=1.5))):
+        cfg = preset(name)
+        work = tmp_path / name
+        work.mkdir()
+        (work / "bank.v").write_text(verilog.convert(Bank(cfg), name="bank"))
+        res = count_cells(run_yosys(work / "bank.v", "bank", family, work, abc9=False), "bank")
+        assert (res.uram, res.bram36, res.luts) == (want["uram"], want["bram36"], 0), (name, res)

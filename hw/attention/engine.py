@@ -10,7 +10,7 @@ this engine takes it from there (docs/attention.md says why the split):
              the P V array's p registers, alpha_i into the same bank, new (m, l)
     PV       values v[:, c] for c = 0 .. d-1 (V scratchpad entries v_base + c, C keys
              each) through the PVArray; O[slot][i][c] = rescale(O, alpha_i) + pv
-             (O: R memories of S x d_max int40, `accumulate` = 0 starts from 0)
+             (O: per row, U = attn_norm_lanes banks of one int40 lane, `accumulate` = 0 starts from 0)
   NORM (mode 1): chunks c0 .. c0 + count - 1 of every row of `slot`: t = O / l
              (Normaliser) -> accumulator row out_base + (chunk - c0) * R + i; a STORE then
              requantises (PARAM entry: bias 0, the output multiplier and shift) or writes int32.
@@ -21,10 +21,16 @@ bank over the cycle the previous tile's last channel issues, so back-to-back STE
 d cycles each. A bank is free again when its step's last O write is done (the `done`
 pulse); a NORM waits until every STEP is done.
 
+O memories: channel c of row i, slot s is entry s x d_max / U + c // U of row i's bank c % U.
+A STEP reads and writes one channel per row per cycle, a NORM reads U channels (one per bank) per
+cycle, what the normaliser's U lanes take. One lane wide and d_max x S / U deep, they fill their
+block RAMs (or UltraRAMs, attn_o_uram), where memories of C lanes with a write enable per lane
+took a 72-bit block RAM per lane whatever the depth (20 BRAM36 a row at C = 32).
+
 Arithmetic: golden_model/intattn.py with key_tile = C, bit for bit (rows and slots are
 independent, so the order of slots changes nothing).
 """
-from amaranth import Array, Module, Mux, Signal, signed, unsigned
+from amaranth import Array, Cat, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -48,6 +54,18 @@ O_READ_TO_WRITE = 3
 def v_depth(cfg) -> int:
     """V scratchpad entries: two tiles (double buffering) of up to attn_max_dim channels."""
     return isa.scratchpad_depth(cfg, "V")
+
+
+def o_banks(cfg) -> tuple[int, int]:
+    """The O memories of one query row: (banks, entries each), one int40 lane (OACC) wide."""
+    return cfg.norm_lanes, cfg.attn_q_slots * cfg.attn_max_dim // cfg.norm_lanes
+
+
+def o_bank_memory(cfg) -> Memory:
+    """One bank of a row's O memory. Block RAM or UltraRAM (attn_o_uram): as LUT RAM, nextpnr's router
+    could not resolve the congestion around the O memories' slices on ECP5."""
+    return Memory(shape=OACC, depth=o_banks(cfg)[1], init=[],
+                  attrs={"ram_style": "ultra" if cfg.attn_o_uram else "block"})
 
 
 class AttentionLayouts:
@@ -100,7 +118,6 @@ class AttentionEngine(wiring.Component):
         cfg = self.cfg
         R, C = cfg.rows, cfg.cols
         lc = exact_log2(C)
-        chunks_max = cfg.attn_max_dim // C
         chan_bits = abits(cfg.attn_max_dim)
         S = cfg.attn_q_slots
 
@@ -109,15 +126,16 @@ class AttentionEngine(wiring.Component):
         m.d.comb += [vw.addr.eq(self.v_wr.payload.addr), vw.data.eq(self.v_wr.payload.data),
                      vw.en.eq(self.v_wr.valid), self.v_wr.ready.eq(1)]
         v_rd = v_mem.read_port()
-        o_rd, o_wr = [], []
+        U = o_banks(cfg)[0]
+        lu = exact_log2(U)
+        o_entries = cfg.attn_max_dim // U          # entries of a slot in a bank
+        o_rd, o_wr = [], []                        # [row][bank]
         for i in range(R):
-            # slot s, chunk c of row i at entry s * chunks_max + c
-            # Block RAM: as LUT RAM (C x 40 bits wide, a write enable per lane) nextpnr's router could
-            # not resolve the congestion around its slices on ECP5.
-            mem = Memory(shape=data.ArrayLayout(OACC, C), depth=S * chunks_max, init=[], attrs={"ram_style": "block"})
-            m.submodules[f"o_mem{i}"] = mem
-            o_rd.append(mem.read_port())
-            o_wr.append(mem.write_port(granularity=1))
+            o_rd.append([]), o_wr.append([])
+            for b in range(U):
+                m.submodules[f"o_mem{i}_{b}"] = mem = o_bank_memory(cfg)
+                o_rd[i].append(mem.read_port())
+                o_wr[i].append(mem.write_port())
 
         m.submodules.softmax = sm = OnlineSoftmax(C)
         m.submodules.pv = pv = PVArray(R, C, chan_bits)
@@ -137,7 +155,7 @@ class AttentionEngine(wiring.Component):
         p_banks = Signal(data.ArrayLayout(data.ArrayLayout(data.ArrayLayout(PROB, C), R), 2))
         alpha_banks = [[Signal(PROB, name=f"alpha{b}_{i}") for i in range(R)] for b in range(2)]
         bank_first = Array(Signal(name=f"first{b}") for b in range(2))
-        bank_obase = Array(Signal(range(S * chunks_max), name=f"obase{b}") for b in range(2))
+        bank_obase = Array(Signal(range(S * o_entries), name=f"obase{b}") for b in range(2))
         bank_dlast = Array(Signal(chan_bits, name=f"dlast{b}") for b in range(2))
         bank_busy = Array(Signal(name=f"busy{b}") for b in range(2))
         front_bank = Signal()
@@ -185,8 +203,9 @@ class AttentionEngine(wiring.Component):
         m.d.comb += [pv.v.eq(v_rd.data), pv.v_valid.eq(v_valid1), pv.v_chan.eq(v_chan1), pv.v_bank.eq(v_bank1)]
         norm_mode = Signal()
         n_chunk = Signal(self.layouts.chunk_bits + 1)
-        norm_obase = Signal(range(S * chunks_max))
-        m.d.comb += norm_obase.eq(cmd.slot * chunks_max)
+        n_grp = Signal(range(C // U))              # NORM: the lane group (U channels) of the chunk read
+        norm_obase = Signal(range(S * o_entries))
+        m.d.comb += norm_obase.eq(cmd.slot * o_entries)
         for i in range(R):
             # stage A: the row's result arrives (its O entry was read the cycle before); stage B holds
             # the old value and alpha (the multiplier's inputs in flip-flops), stage C the product;
@@ -201,7 +220,8 @@ class AttentionEngine(wiring.Component):
                                                       Signal.like(a_bank, name=f"b_bank{i}"), Signal(name=f"b_first{i}"))
             b_old, b_alpha = Signal(OACC, name=f"b_old{i}"), Signal(PROB, name=f"b_alpha{i}")
             m.d.sync += [b_valid.eq(a_valid), b_chan.eq(a_chan), b_pv.eq(a_pv), b_bank.eq(a_bank),
-                         b_first.eq(bank_first[a_bank]), b_old.eq(o_rd[i].data[a_chan[:lc]]),
+                         b_first.eq(bank_first[a_bank]),
+                         b_old.eq(Array(p.data for p in o_rd[i])[a_chan[:lu]] if U > 1 else o_rd[i][0].data),
                          b_alpha.eq(Mux(a_bank, alpha_banks[1][i], alpha_banks[0][i]))]
             c_valid, c_chan, c_pv, c_bank, c_first = (Signal.like(b_valid, name=f"c_valid{i}"),
                                                       Signal.like(b_chan, name=f"c_chan{i}"),
@@ -214,12 +234,11 @@ class AttentionEngine(wiring.Component):
             rescaled = (c_prod + (1 << (P_BITS - 1))) >> P_BITS
             new = Signal(OACC, name=f"new{i}")
             m.d.comb += new.eq(Mux(c_first, 0, rescaled) + c_pv)
-            m.d.comb += [o_wr[i].addr.eq(bank_obase[c_bank] + c_chan[lc:]),
-                         o_wr[i].en.eq(Mux(c_valid, 1 << c_chan[:lc], 0))]
-            for j in range(C):
-                m.d.comb += o_wr[i].data[j].eq(new)
-            m.d.comb += [o_rd[i].addr.eq(Mux(norm_mode, norm_obase + n_chunk,
-                                             bank_obase[pv.out_bank[i]] + self.pv_addr(pv.out_chan[i], lc)))]
+            for b, (rd, wr) in enumerate(zip(o_rd[i], o_wr[i])):
+                m.d.comb += [wr.addr.eq(bank_obase[c_bank] + c_chan[lu:]), wr.data.eq(new),
+                             wr.en.eq(c_valid & (c_chan[:lu] == b)),
+                             rd.addr.eq(Mux(norm_mode, norm_obase + ((n_chunk << (lc - lu)) | n_grp),
+                                            bank_obase[pv.out_bank[i]] + pv.out_chan[i][lu:]))]
             if i == R - 1:
                 with m.If(c_valid & (c_chan == bank_dlast[c_bank])):
                     m.d.comb += step_done.eq(1)
@@ -228,17 +247,20 @@ class AttentionEngine(wiring.Component):
         # ------------------------------------------------ NORM: O / l -> accumulator rows
         n_row = Signal(range(R + 1))
         slot_valid, slot_row, slot_chunk = Signal(), Signal(range(R)), Signal(self.layouts.chunk_bits + 1)
+        slot_grp = Signal.like(n_grp)
         n_left = Signal(16)                       # outputs still to write
         n_feeding = Signal()
         taken = norm.i.valid & norm.i.ready
         load = ~slot_valid | taken
-        o_data = Array(o_rd[i].data for i in range(R))
+        o_data = Array(Cat(*(p.data for p in o_rd[i])) for i in range(R))     # a row's U banks: U channels
         m.d.comb += [norm.i.valid.eq(slot_valid), norm.i.payload.o.eq(o_data[slot_row]),
-                     norm.i.payload.l.eq(st_norm.data.l), norm.i.payload.first.eq(slot_chunk == cmd.c0),
+                     norm.i.payload.l.eq(st_norm.data.l),
+                     norm.i.payload.first.eq((slot_chunk == cmd.c0) & (slot_grp == 0)),
                      norm.i.payload.tag.eq(((slot_chunk - cmd.c0) << exact_log2(R) if R & (R - 1) == 0
                                             else (slot_chunk - cmd.c0) * R) + slot_row)]
         for i in range(R):
-            m.d.comb += o_rd[i].en.eq(Mux(norm_mode, load, 1))
+            for rd in o_rd[i]:
+                m.d.comb += rd.en.eq(Mux(norm_mode, load, 1))
         m.d.comb += [st_norm.addr.eq(st_base + n_row), st_norm.en.eq(load)]
         m.d.comb += [self.acc_wr.valid.eq(norm.o.valid), norm.o.ready.eq(self.acc_wr.ready),
                      self.acc_wr.payload.addr.eq(cmd.out_base + norm.o.payload.tag),
@@ -260,11 +282,11 @@ class AttentionEngine(wiring.Component):
                     with m.If(~bank_busy[front_bank]):
                         m.d.sync += [issue_i.eq(0), got_i.eq(0), bank_busy[front_bank].eq(1),
                                      bank_first[front_bank].eq(first),
-                                     bank_obase[front_bank].eq(cmd.slot * chunks_max),
+                                     bank_obase[front_bank].eq(cmd.slot * o_entries),
                                      bank_dlast[front_bank].eq(((cmd.chunks_last + 1) << lc) - 1)]
                         m.next = "SOFTMAX"
                 with m.Elif(all_idle):
-                    m.d.sync += [norm_mode.eq(1), n_row.eq(0), n_chunk.eq(cmd.c0),
+                    m.d.sync += [norm_mode.eq(1), n_row.eq(0), n_chunk.eq(cmd.c0), n_grp.eq(0),
                                  slot_valid.eq(0), n_left.eq(cmd.count * R), n_feeding.eq(1)]
                     m.next = "NORM"
             with m.State("SOFTMAX"):
@@ -285,20 +307,18 @@ class AttentionEngine(wiring.Component):
                 with m.If(load):
                     m.d.sync += slot_valid.eq(n_feeding)
                     with m.If(n_feeding):
-                        m.d.sync += [slot_row.eq(n_row), slot_chunk.eq(n_chunk)]
-                        with m.If(n_chunk == cmd.c0 + cmd.count - 1):
-                            m.d.sync += [n_chunk.eq(cmd.c0), n_row.eq(n_row + 1)]
-                            with m.If(n_row == R - 1):
-                                m.d.sync += n_feeding.eq(0)
-                        with m.Else():
-                            m.d.sync += n_chunk.eq(n_chunk + 1)
+                        m.d.sync += [slot_row.eq(n_row), slot_chunk.eq(n_chunk), slot_grp.eq(n_grp),
+                                     n_grp.eq(n_grp + 1)]
+                        with m.If(n_grp == C // U - 1):
+                            with m.If(n_chunk == cmd.c0 + cmd.count - 1):
+                                m.d.sync += [n_chunk.eq(cmd.c0), n_row.eq(n_row + 1)]
+                                with m.If(n_row == R - 1):
+                                    m.d.sync += n_feeding.eq(0)
+                            with m.Else():
+                                m.d.sync += n_chunk.eq(n_chunk + 1)
                 with m.If((n_left == 1) & self.acc_wr.valid & self.acc_wr.ready):
                     m.d.comb += norm_done.eq(1)
                     m.d.sync += norm_mode.eq(0)
                     m.next = "IDLE"
         m.d.comb += self.busy.eq(~self.cmd.ready | ~all_idle)
         return m
-
-    @staticmethod
-    def pv_addr(chan, lc):
-        return chan[lc:]

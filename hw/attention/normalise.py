@@ -5,10 +5,11 @@ with e = bit_length(l) and ln = l << (32 - e) in [2^31, 2^32),
   r = 2^(e + RECIP_BITS - 1) // l = 2^48 // ln          (18 quotient bits, 18 cycles)
 then every item of the row (C lanes of O) leaves as
   t = sat32((O * r + 2^(e-1)) >> e)                     (sh = e + RECIP_BITS - 1 - NORM_FRAC_BITS = e)
-One division per query row (d / C items per row follow at one per C / units cycles: `units`
-multipliers and shifters serve the C lanes, all of them by default, one on the small ECP5
-preset), so the divider costs 18 cycles per row whatever the key length, and the next row's
-division overlaps the previous row's last items.
+One division per query row; an item (C lanes of O) arrives as C / units transfers of `units` lanes
+(transfer g carries lanes g x units ..), one per cycle straight into as many multipliers and shifters
+(all C lanes at once by default, one on the small ECP5 preset): the attention engine's O memories
+are `units` lanes wide, so nothing holds a whole item. The divider costs 18 cycles per row whatever
+the key length.
 """
 from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
@@ -22,7 +23,8 @@ NUM_SHIFT = SUM_BITS + RECIP_BITS - 1   # r = 2^NUM_SHIFT // ln
 
 
 class Normaliser(wiring.Component):
-    """`lanes` channels per item; `units` multipliers (a divisor of lanes): an item takes lanes / units cycles."""
+    """`lanes` channels per item (output row); `units` multipliers (a divisor of lanes): an item is lanes / units
+    transfers of `units` lanes, `first` on the first transfer of a query row, the item's tag on each."""
 
     def __init__(self, lanes: int, units: int | None = None):
         units = lanes if units is None else units
@@ -30,9 +32,9 @@ class Normaliser(wiring.Component):
             raise ValueError(f"normaliser: units={units} must divide lanes={lanes}")
         self.lanes, self.units = lanes, units
         self.in_layout = data.StructLayout({
-            "o": data.ArrayLayout(signed(O_BITS), lanes),
+            "o": data.ArrayLayout(signed(O_BITS), units),   # lane group g of the item: lanes g x units ..
             "l": unsigned(SUM_BITS),     # >= 1; read on `first`
-            "first": unsigned(1),        # first item of a query row: compute its reciprocal
+            "first": unsigned(1),        # first transfer of a query row: compute its reciprocal
             "tag": unsigned(16),
         })
         self.out_layout = data.StructLayout({"t": data.ArrayLayout(signed(32), lanes), "tag": unsigned(16)})
@@ -63,9 +65,10 @@ class Normaliser(wiring.Component):
         # A row's first item needs a new reciprocal unless it is the one r was computed for.
         accepted_any = Signal()                  # an item was taken since r was computed
         new_row = self.i.valid & inp.first & (~have_r | accepted_any)
-        s1_free = Signal()
-        take = Signal()
-        m.d.comb += [take.eq(self.i.valid & have_r & ~new_row & s1_free), self.i.ready.eq(take)]
+        out_valid = Signal()
+        advance = ~out_valid | self.o.ready      # one enable for the lane pipeline (it holds when the output waits)
+        take = Signal()                          # a transfer goes straight into the multipliers
+        m.d.comb += [take.eq(self.i.valid & have_r & ~new_row & advance), self.i.ready.eq(take)]
         with m.If(take):
             m.d.sync += accepted_any.eq(1)
         with m.If(new_row & have_r):
@@ -81,24 +84,13 @@ class Normaliser(wiring.Component):
             with m.If(step == QUOT_BITS - 1):
                 m.d.sync += [dividing.eq(0), have_r.eq(1)]
 
-        # ---- the lanes, time-shared: an accepted item (its C lanes with the row's r and e) waits in
-        # a buffer that issues `units` lanes per cycle into as many multipliers and shifters (a row's
-        # items are few, d / C, and a NORM runs once per query tile, so C / units cycles per item
-        # cost little where multipliers are scarce).
+        # ---- the lanes: an item's lane groups arrive in order, its last completes the output row.
         U = self.units
         groups = N // U
-        buf = Signal(data.ArrayLayout(signed(O_BITS), N))
-        buf_r, buf_e, buf_tag = Signal.like(r), Signal.like(e), Signal(16)
-        buf_left = Signal(range(groups + 1))     # lane groups still to issue (0: the buffer is free)
-        out_valid = Signal()
-        advance = ~out_valid | self.o.ready      # one enable for the lane pipeline (it holds when the output waits)
-        issue = (buf_left != 0) & advance
-        last = buf_left == 1
-        m.d.comb += s1_free.eq((buf_left == 0) | (issue & last))
+        grp = Signal(range(groups))
+        last = grp == groups - 1
         with m.If(take):
-            m.d.sync += [buf.eq(inp.o), buf_r.eq(r), buf_e.eq(e), buf_tag.eq(inp.tag), buf_left.eq(groups)]
-        with m.Elif(issue):
-            m.d.sync += [buf.as_value().eq(buf.as_value() >> (U * O_BITS)), buf_left.eq(buf_left - 1)]
+            m.d.sync += grp.eq(Mux(last, 0, grp + 1))
 
         # stage 1: the products; stage 2: plus half an LSB of the result; stage 3: the shift;
         # stage 4: saturation, shifted into the output row (lane 0 first, so it ends at the bottom).
@@ -108,14 +100,14 @@ class Normaliser(wiring.Component):
                 m.d.sync += reg.eq(value)
             return reg
 
-        v1, last1, tag1, e1 = stage(issue, "v1"), stage(last, "last1"), stage(buf_tag, "tag1"), stage(buf_e, "e1")
+        v1, last1, tag1, e1 = stage(take, "v1"), stage(last, "last1"), stage(inp.tag, "tag1"), stage(e, "e1")
         v2, last2, tag2, e2 = stage(v1, "v2"), stage(last1, "last2"), stage(tag1, "tag2"), stage(e1, "e2")
         v3, last3, tag3 = stage(v2, "v3"), stage(last2, "last3"), stage(tag2, "tag3")
         half = (Const(1, unsigned(SUM_BITS + 1)) << e1) >> 1
         lo, hi = -(1 << 31), (1 << 31) - 1
         sats = []
         for u in range(U):
-            prod = stage(buf[u] * buf_r, f"prod{u}", signed(O_BITS + QUOT_BITS + 1))
+            prod = stage(inp.o[u] * r, f"prod{u}", signed(O_BITS + QUOT_BITS + 1))
             rounded = stage(prod + half, f"rounded{u}", signed(O_BITS + QUOT_BITS + 2))
             shifted = stage(rounded >> e2, f"shifted{u}", signed(O_BITS + QUOT_BITS + 2))
             sats.append(Mux(shifted > hi, hi, Mux(shifted < lo, lo, shifted))[:32])

@@ -6,7 +6,7 @@ pipeline holds when its output is not taken). Every stage is one short step (a
 product, an add, a shift, a compare-and-select pair), so it times on ECP5 fabric:
 
   s1       S * score_mult                     N products (24 x 16 bits: a DSP each)
-  s2       prod + 2^(sh-1)
+  s2       prod + 2^(sh-1)                    sh capped at SHIFT_CAP (the same result, 49 bits not 66)
   s3       >> sh
   s4       x = sat32(.)                       lanes past `count` excluded
   s5..     m' = max(m, max_j x_j)             a comparator tree, registered every two levels (T stages)
@@ -31,6 +31,10 @@ from hw.limits import softmax_latency
 from hw.limits import softmax_tree_stages as tree_stages
 
 SCORE = signed(32)            # what the Q K^T array delivers (|S| <= 2^22 for d <= 256)
+SCORE_PROD = signed(SCORE.width + SCORE_MULT_BITS)   # S * score_mult: |.| < 2^47
+# (S * mult + 2^(sh-1)) >> sh is 0 for every sh >= SHIFT_CAP (2^(sh-1) > |S * mult|), so the rounding and
+# the shift run at sh = min(sh, SHIFT_CAP) on SCORE_PROD.width + 1 bits instead of 66 (bit for bit the same).
+SHIFT_CAP = SCORE_PROD.width
 PROB = unsigned(P_BITS + 1)   # p and alpha: [0, 2^P_BITS]
 DELTA_BITS = X_BITS + 1       # m' - x, m' - m
 
@@ -107,13 +111,16 @@ class OnlineSoftmax(wiring.Component):
 
         # s1..s4: x = sat32((S * score_mult + 2^(shift-1)) >> shift)
         lo, hi = M_INIT, -M_INIT - 1
-        half = Signal(signed(65))                    # 2^(shift-1), shift <= 63
-        m.d.comb += half.eq((Const(1, unsigned(64)) << self.score_shift) >> 1)
+        sh = Signal(range(SHIFT_CAP + 1))
+        m.d.comb += sh.eq(Mux(self.score_shift > SHIFT_CAP, SHIFT_CAP, self.score_shift))
+        half = Signal(unsigned(SHIFT_CAP))           # 2^(sh-1)
+        m.d.comb += half.eq((Const(1, unsigned(SHIFT_CAP + 1)) << sh) >> 1)
+        rounded_shape = signed(SCORE_PROD.width + 1)    # prod + half in (-2^47, 2^48)
         xs, ok = [], []
         for j in range(N):
-            prod = stage(inp.scores[j] * self.score_mult, f"prod{j}", signed(32 + SCORE_MULT_BITS + 1))
-            rounded = stage(prod + half, f"rounded{j}", signed(66))
-            shifted = stage(rounded >> self.score_shift, f"shifted{j}", signed(66))
+            prod = stage(inp.scores[j] * self.score_mult, f"prod{j}", SCORE_PROD)
+            rounded = stage(prod + half, f"rounded{j}", rounded_shape)
+            shifted = stage(rounded >> sh, f"shifted{j}", rounded_shape)
             xs.append(stage(Mux(shifted > hi, hi, Mux(shifted < lo, lo, shifted)), f"x{j}", signed(X_BITS)))
             ok.append(stage(j < counts[2], f"ok{j}"))
         # s5 .. s4 + T: the new maximum (lanes past count do not take part; M_INIT is the identity).

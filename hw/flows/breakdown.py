@@ -2,8 +2,10 @@
 on its own with yosys synth_xilinx, for one configuration.
 
     python -m hw.flows.breakdown --preset bench16 [--set dsp_packing=False] [--family xcup]
+    python -m hw.flows.breakdown --preset zcu104 --only attention --hierarchy    # and per submodule
 
-Each engine flat on its own, its ports the design's I/O (nothing is optimised away), for sizes and
+Each engine flat on its own (or, with --hierarchy, its modules kept apart as `sam2fpga build` keeps
+them: the same counts as that engine's part of the build's estimate, and a row per submodule), its ports the design's I/O (nothing is optimised away), for sizes and
 settings no preset has; `sam2fpga build` splits a whole overlay's (hierarchical) estimate by engine
 (hw.flows.estimate.estimate_by_engine), which with YoWASP's yosys ran out of its 4 GiB. Prints a table
 and writes `<out>/breakdown.json`.
@@ -16,7 +18,7 @@ import json
 import time
 from pathlib import Path
 
-from hw.flows.estimate import count_cells, run_yosys
+from hw.flows.estimate import cell_resources, count_cells, run_yosys
 
 
 def components(cfg) -> dict:
@@ -54,6 +56,8 @@ def main(argv=None) -> int:
                     help="override a config field (Python literal), e.g. dsp_packing=False")
     ap.add_argument("--family", default="xcup", choices=("xc7", "xcup"))
     ap.add_argument("--only", nargs="*", help="these components only")
+    ap.add_argument("--hierarchy", action="store_true",
+                    help="keep each component's modules apart (as `sam2fpga build`) and print each one's counts")
     ap.add_argument("-o", "--out", type=Path)
     args = ap.parse_args(argv)
     changes = {k: ast.literal_eval(v) for k, _, v in (item.partition("=") for item in args.set)}
@@ -62,16 +66,24 @@ def main(argv=None) -> int:
     results = {}
     print(f"{cfg.name} {changes or ''}: {cfg.rows} x {cfg.cols}, engines {', '.join(cfg.engines)}; "
           f"yosys synth_xilinx -family {args.family} per component", flush=True)
-    print(f"{'component':<14} {'LUT':>7} {'FF':>7} {'DSP':>5} {'BRAM36':>7} {'LUTRAM':>7} {'s':>5}  what", flush=True)
+    print(f"{'component':<14} {'LUT':>7} {'FF':>7} {'DSP':>5} {'BRAM36':>7} {'URAM':>5} {'LUTRAM':>7} {'s':>5}  what", flush=True)
     for name, (make, what) in components(cfg).items():
         if args.only and name not in args.only:
             continue
         t0 = time.monotonic()
         verilog = write_verilog(make(), name, out / name)
-        r = count_cells(run_yosys(verilog, name, args.family, out / name / "yosys", abc9=False), name)
+        stat = run_yosys(verilog, name, args.family, out / name / "yosys", abc9=False, flatten=not args.hierarchy)
+        r = count_cells(stat, name)
         results[name] = r.as_dict() | {"what": what, "yosys_s": round(time.monotonic() - t0)}
-        print(f"{name:<14} {r.luts:>7} {r.ffs:>7} {r.dsps:>5} {r.bram36:>7g} {r.lutram:>7} "
+        print(f"{name:<14} {r.luts:>7} {r.ffs:>7} {r.dsps:>5} {r.bram36:>7g} {r.uram:>5} {r.lutram:>7} "
               f"{time.monotonic() - t0:>5.0f}  {what}", flush=True)
+        if args.hierarchy:
+            modules = {mod.lstrip("\\"): cell_resources(cells["num_cells_by_type"])
+                       for mod, cells in stat["modules"].items()}
+            results[name]["modules"] = {mod: m.as_dict() for mod, m in modules.items()}
+            for mod, m in modules.items():
+                print(f"  {mod:<12} {m.luts:>7} {m.ffs:>7} {m.dsps:>5} {m.bram36:>7g} {m.uram:>5} {m.lutram:>7}  "
+                      "(its own cells)", flush=True)
     (out / "breakdown.json").write_text(json.dumps({"config": cfg.summary(), "family": args.family,
                                                     "components": results}, indent=1))
     return 0

@@ -22,9 +22,10 @@ from hw.limits import softmax_latency
 # last channel is written (PV_TAIL after the array's R + C skew). So back-to-back steps cost d_pad each.
 SOFTMAX_READ = 1          # SOFTMAX start to HANDOVER = R + SOFTMAX_READ (acc/state read) + the softmax's latency
 PV_TAIL = 3               # stages A-C (O read, rescale product, round + add + write) after the array's R + C
-NORM_ROW = 21             # per query row: reciprocal (18 division steps), hand-over and the first item taken;
-                          # the row's other items follow one per G = cols / norm_lanes cycles (its lanes share G x fewer multipliers)
-NORM_LATENCY = 3          # NORM start to done = R x (NORM_ROW + (chunks - 1) x G) + G + NORM_LATENCY ...
+NORM_ROW = 20             # per query row: reciprocal (18 division steps) and hand-over; then the row's chunks x G
+                          # lane groups, one a cycle (G = cols / norm_lanes: the lanes share G x fewer multipliers,
+                          # and the O memories give norm_lanes channels a cycle)
+NORM_LATENCY = 3          # NORM start to done = R x (NORM_ROW + chunks x G) + NORM_LATENCY ...
 NORM_AGAIN = 1            # ... + 1 once the normaliser has run since reset (it drops the last row's reciprocal first)
 
 
@@ -63,7 +64,7 @@ class AttentionModel:
         else:
             n0 = max(a + 1, max(self.bank_done) + 1)                  # WAIT sees everything done
             g = C // self.cfg.norm_lanes
-            done = (n0 + 1 + R * (NORM_ROW + (d["count"] - 1) * g) + g + NORM_LATENCY
+            done = (n0 + 1 + R * (NORM_ROW + d["count"] * g) + NORM_LATENCY
                     + (NORM_AGAIN if self.normed else 0))
             self.normed = True
             self.front_idle = done + 1
