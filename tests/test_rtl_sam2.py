@@ -94,7 +94,7 @@ def test_micro_sam2_image_path_and_track_on_rtl_equal_sim_and_host(micro_case, m
     for host, sim, rtl in zip(ref, got["sim"], got["rtl"]):
         np.testing.assert_array_equal(rtl, sim)
         np.testing.assert_array_equal(rtl, host)
-    expected = _fused_outputs(ref_nodes, ex.fused)
+    expected = _fused_outputs(ref_nodes, ex)
     assert len(seen["rtl"]) == len(expected)
     assert [a[0] for a, b in zip(seen["rtl"], expected) if a != b] == []       # node by node, every frame
     assert seen["rtl"] == seen["sim"]

@@ -79,14 +79,15 @@ def _mostly_host(monkeypatch, on_overlay=ON_OVERLAY):
     monkeypatch.setattr(graph_exec, "place_all", place_all)
 
 
-def _fused_outputs(ref_nodes, fused):
+def _fused_outputs(ref_nodes, ex):
     """The reference's node outputs as the executor observes them: a linear whose store applied its GELU
-    (GraphExecutor.fused) holds the GELU's output."""
+    (GraphExecutor.fused) or its residual add (GraphExecutor.fused_adds) holds that node's output."""
+    holds = {**{lin: g.name for lin, g in ex.fused.items()}, **{lin: a.name for lin, (a, _) in ex.fused_adds.items()}}
     out = list(ref_nodes)
     for i, (name, dtype, _) in enumerate(out):
-        if name in fused:
-            gelu = next(r for r in out[i + 1:] if r[0] == fused[name].name)
-            out[i] = (name, dtype, gelu[2])
+        if name in holds:
+            rider = next(r for r in out[i + 1:] if r[0] == holds[name])
+            out[i] = (name, dtype, rider[2])
     return out
 
 
@@ -103,7 +104,7 @@ def _node_by_node(video_case, reference, frames_out):
         state.objects[1].output_dict["cond_frame_outputs"].values()), frames_out)
     ref_nodes, ref_logits = reference
     assert len(seen) <= len(ref_nodes) and [n for n, *_ in seen] == [n for n, *_ in ref_nodes[:len(seen)]]
-    assert [n for n, r in zip(seen, _fused_outputs(ref_nodes, ex.fused)) if n != r] == []
+    assert [n for n, r in zip(seen, _fused_outputs(ref_nodes, ex)) if n != r] == []
     for a, b in zip(ref_logits, got):
         np.testing.assert_array_equal(a, b)
     assert all(isinstance(o["maskmem_features"], BankEntry) and isinstance(o["obj_ptr"], BankEntry) for o in banked)

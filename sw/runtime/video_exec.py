@@ -151,6 +151,10 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
 
     def __init__(self, qm, cfg, backend: str = "sim", driver=None):
         super().__init__(qm, cfg, backend, driver)
+        # run_objects runs the memory attention's nodes over every object's rows at once, and a fused add's
+        # residual is read from one object's environment: there the adds stay nodes of their own
+        batched = set(self.graph.meta["video"]["memory_attention"])
+        self.fused_adds = {lin: v for lin, v in self.fused_adds.items() if lin not in batched}
         self.frame_stats = FrameStats()
         self.current: str | None = None       # the node running (named when a frame fails)
         self.value_nodes = value_nodes(self.graph)
