@@ -198,8 +198,9 @@ def _fastest_blocking(cfg, K: int, mt: int, nt: int) -> tuple[int, int, int]:
     best = None
     for mb, nb, kc in (b for b, t in traffic.items() if t <= TIMED_TRAFFIC * least):
         m, n = R * min(mt, 2 * mb), C * min(nt, 2 * nb)
-        plan = _linear_plan(cfg, m, min(K, 3 * kc), n, False, False, False, False, 0, 1 << 40,
-                             blocking=(mb, nb, kc))
+        # uncached: the candidates' plans would push the model's own shapes out of _linear_plan's cache
+        plan = _linear_plan.__wrapped__(cfg, m, min(K, 3 * kc), n, False, False, False, False, 0, 1 << 40,
+                                        blocking=(mb, nb, kc))
         per_mac = cycles_only(cfg, list(plan[4]), plan[5]) / (m * n * min(K, 3 * kc))
         key = (per_mac, traffic[mb, nb, kc])
         if best is None or key < best[0]:

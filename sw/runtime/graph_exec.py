@@ -383,13 +383,17 @@ class GraphExecutor(IntRunner):
             self._scope = None
         for t in scope.made.values():
             if t.buffer is not None:
-                before = self.driver.device.traffic.snapshot()
-                t.free(keep=True)
-                self.on_read_back(self.records[t.producer], self.driver.device.traffic.since(before).total)
+                self.on_read_back(self.records[t.producer], self._free(t, keep=True))
         for k, v in env.items():
             if isinstance(v, DeviceTensor) and v.host is not None:
                 env[k] = v.host
         return env
+
+    def _free(self, t: DeviceTensor, keep: bool) -> int:
+        """t.free(keep): the host <-> DDR bytes it took (its read back)."""
+        before = self.driver.device.traffic.snapshot()
+        t.free(keep)
+        return self.driver.device.traffic.since(before).total
 
     def on_read_back(self, rec: NodeRecord, nbytes: int) -> None:
         """A node's output read back at the end of a run (a subclass counts it where it keeps figures)."""
@@ -407,19 +411,14 @@ class GraphExecutor(IntRunner):
             if isinstance(a, DeviceTensor) and a.buffer is not None:
                 a.pending -= 1
                 if a.pending <= 0:
-                    keep = self.read_back
-                    before = self.driver.device.traffic.snapshot()
-                    a.free(keep)
-                    self.check_bytes += self.driver.device.traffic.since(before).total
+                    self.check_bytes += self._free(a, self.read_back)
 
     def _spill(self) -> bool:
         """The arena is full: read every device tensor of the run back and free its buffer (its readers
         then take it from the host). Whether there was any."""
         live = [t for t in (self._scope.made.values() if self._scope else ()) if t.buffer is not None]
         for t in live:
-            before = self.driver.device.traffic.snapshot()
-            t.free(keep=True)
-            self.spilled_bytes += self.driver.device.traffic.since(before).total
+            self.spilled_bytes += self._free(t, keep=True)
         return bool(live)
 
     def _device(self, node) -> bool:
