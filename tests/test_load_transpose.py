@@ -104,3 +104,55 @@ def test_isa_field_shares_load_bits():
     assert (d["transpose"], d["t_rows_last"], d["count"], d["stride"]) == (1, 4, 9, 32)
     with pytest.raises(ValueError, match="share the bits"):
         isa.pack_descriptor(**transposed("B", 5, 9, 32, 2), k_last=3)
+
+
+@pytest.mark.parametrize("name,m,k,n", [
+    ("sim", 37, 45, 29),          # a tail M-tile (37 = 9 x 4 + 1), K off the beat and off C
+    ("sim", 9, 3000, 17),         # K in chunks (accumulated): chunk starts on beats of the token rows
+    ("bench16", 23, 40, 33)])
+def test_linear_reads_token_rows(name, m, k, n):
+    """compile_linear(a_rows=True): A as token rows, transposing LOADs; checked == fast == golden, and the
+    same result as the tiled A (the cycles of both printed by -s)."""
+    from golden_model.intops import gemm
+    from sw.compile.linear import compile_linear
+    from tests.test_sim_fast import BASE as FAST_BASE, quant, rand8, run_both
+    from sw.runtime.layout import TokenRowLayout
+    cfg = with_load_t(name)
+    rng = np.random.default_rng(m + k + n)
+    a, b = rand8(rng, (m, k)), rand8(rng, (k, n))
+    bias, mult, shift = quant(rng, n)
+    prog = compile_linear(cfg, a, b, bias, mult, shift, a_rows=True, base_addr=FAST_BASE)
+    assert prog.regions["A"][1] == TokenRowLayout(m, k, cfg.cols).size
+    image, cycles = run_both(cfg, prog)
+    assert np.array_equal(prog.output(image), gemm(a, b, bias, mult, shift))
+    tiled = compile_linear(cfg, a, b, bias, mult, shift, base_addr=FAST_BASE)
+    print(f"{name} {m}x{k}x{n}: token rows {cycles} cycles, tiles {run_both(cfg, tiled)[1]}")
+
+
+def test_linear_token_rows_need_load_t():
+    from sw.compile.linear import CompileError, compile_linear
+    with pytest.raises(CompileError, match="no load_t engine"):
+        compile_linear(preset("pynq-z2"), np.zeros((4, 8), np.int8), np.zeros((8, 8), np.int8), None,
+                       out_int32=True, a_rows=True)
+
+
+def test_linear_reads_its_activation_in_place(scaled):
+    """bench16 with load_t, the image encoder chained in DDR: every node equals intinterp's, and a linear fed
+    by an engine node (token rows) reads its A in place: fewer host <-> DDR bytes than without load_t, and
+    linears that move nothing but their program (A in place, output left in DDR)."""
+    from golden_model.quant.intinterp import IntRunner
+    from golden_model.quant.predictor import GraphPredictor
+    from sw.runtime.graph_exec import GraphExecutor
+    from tests.conftest import scaled_quantised
+    base = preset("bench16")
+    qm = scaled_quantised(scaled, base)
+    feeds = {"image": GraphPredictor(qm.graph, IntRunner(qm)).image_input(scaled[2])}
+    ref = IntRunner(qm).run(feeds, stages=("image_encoder",))
+    moved = {}
+    for cfg in (base.replace(engines=tuple(e for e in base.engines if e != "load_t")), with_load_t("bench16")):
+        ex = GraphExecutor(qm, cfg, "sim", read_back=True)
+        assert ex.check(ex.run(feeds, stages=("image_encoder",)), ref) == []
+        moved[cfg.engines[-1] == "load_t"] = sum(r.ddr_bytes for r in ex.records.values() if r.op == "linear")
+    assert moved[True] < 0.9 * moved[False], moved
+    in_place = [r for r in ex.records.values() if r.op == "linear" and r.ddr_bytes == r.program_bytes]
+    assert in_place, "no linear read its A in place"

@@ -80,7 +80,13 @@ def float_type(k: int):
 def linear(cfg, ddr, op, at):
     R, C = cfg.rows, cfg.cols
     M, K, mt, nt = op["m"], op["k"], op["mt"], op["nt"]
-    a = tiles(ddr, at["A"], mt, op["a_stride"], K * R).reshape(mt, K, R)
+    if op.get("a_rows"):                                 # token rows (transposing LOADs)
+        from sw.runtime.layout import TokenRowLayout
+        layout = TokenRowLayout(M, K, C)
+        rows = layout.unpack(ddr[at["A"]:at["A"] + layout.size])
+    else:
+        a = tiles(ddr, at["A"], mt, op["a_stride"], K * R).reshape(mt, K, R)
+        rows = None
     ft = float_type(K)
     b = tiles(ddr, at["B"], nt, op["b_stride"], K * C).reshape(nt, K, C).transpose(1, 0, 2).reshape(K, nt * C)
     b = b.astype(ft)
@@ -93,7 +99,7 @@ def linear(cfg, ddr, op, at):
     step = max(1, ROWS_PER_CHUNK // R)
     for t0 in range(0, mt, step):
         r0, r1 = t0 * R, min(M, (t0 + step) * R)
-        x = a[t0:t0 + step].transpose(0, 2, 1).reshape(-1, K)[:r1 - r0].astype(ft)
+        x = (rows[r0:r1] if rows is not None else a[t0:t0 + step].transpose(0, 2, 1).reshape(-1, K)[:r1 - r0]).astype(ft)
         y = stage(x @ b)
         if table is not None:
             y = intvec.lut(y, table)

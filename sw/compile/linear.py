@@ -2,7 +2,10 @@
 
 DDR image (one buffer, byte offsets from its start, every region 4 KiB aligned):
   descriptors   n x 32 bytes                      (hw.isa descriptor format)
-  A             per M-tile (R rows): K entries of R int8   = A[m0:m0+R, k] (rows past M zero)
+  A             per M-tile (R rows): K entries of R int8   = A[m0:m0+R, k] (rows past M zero);
+                with a_rows (load_t overlays): M token rows of Kp = K rounded up to C int8 (the layout a
+                linear or the vector engine writes, sw.runtime.layout.TokenRowLayout), which transposing
+                LOADs (hw.isa `transpose`) read as those entries: an activation in DDR is A as it is
   B             per N-tile (C cols): K entries of C int8   = B[k, n0:n0+C] (cols past N zero)
   params        per N-tile: C x 16 bytes (hw.isa.pack_params; channels past N zero)
   lut           (with `lut`) the store table: 256 int8, entry x + 128 (LOAD target LUT, once per run)
@@ -106,7 +109,8 @@ def lay_out_image(cfg, n_descriptors: int, sizes: dict, base_addr: int, max_ddr_
 
 
 def compile_linear(cfg, a, b, bias, multiplier=None, shift=None, *, relu=False, out_int32=False, lut=None,
-                   residual=None, add=None, base_addr: int = 0, max_ddr_bytes: int = 1 << 30) -> Program:
+                   residual=None, add=None, a_rows: bool = False, base_addr: int = 0,
+                   max_ddr_bytes: int = 1 << 30) -> Program:
     """Compile one layer for a DDR buffer at physical address `base_addr` (4 KiB aligned).
 
     `lut`: a golden_model.intvec.LutParams (GELU, sigmoid, ...) fused into the store: every int8 result
@@ -115,7 +119,10 @@ def compile_linear(cfg, a, b, bias, multiplier=None, shift=None, *, relu=False, 
 
     `residual` (M x N int8) and `add` (a golden_model.intvec.AddParams): the residual add fused into the
     store (golden_model.intvec.linear_add: add(result, residual, add), the result as add's a), on overlays
-    with the store_add engine; the projection's output is never written alone nor read back."""
+    with the store_add engine; the projection's output is never written alone nor read back.
+
+    `a_rows`: the A region holds `a` as token rows (module docstring), loaded transposed (load_t overlays),
+    so a runtime can bind it to the buffer another program wrote its output to."""
     if base_addr % ALIGN:
         raise CompileError(f"DDR buffer address {base_addr:#x} is not {ALIGN}-byte aligned")
     a = np.asarray(a)
@@ -137,13 +144,16 @@ def compile_linear(cfg, a, b, bias, multiplier=None, shift=None, *, relu=False, 
     bias = np.broadcast_to(np.asarray(0 if bias is None else bias, np.int64), (N,))
     multiplier = np.broadcast_to(np.asarray(0 if multiplier is None else multiplier, np.int64), (N,))
     shift = np.broadcast_to(np.asarray(0 if shift is None else shift, np.int64), (N,))
+    if a_rows and "load_t" not in cfg.engines:
+        raise CompileError(f"overlay {cfg.name!r} has no load_t engine (engines: {', '.join(cfg.engines)}): "
+                           "A in token rows needs the transposing LOAD")
     plan = _linear_plan(cfg, M, K, N, bool(relu), bool(out_int32), table is not None, residual is not None,
-                        base_addr, max_ddr_bytes)
+                        base_addr, max_ddr_bytes, a_rows=bool(a_rows))
     offsets, head, size, sym, raw, runs, mt, nt, a_stride, b_stride = plan
     image = np.zeros(size, np.uint8)
     image[:head.size] = head
     _fill_operands(cfg, image, offsets, a, b, bias, multiplier, shift, mt, nt, a_stride, b_stride,
-                   add if residual is not None else None)
+                   add if residual is not None else None, a_rows)
     if table is not None:
         image[offsets["lut"][0]:offsets["lut"][0] + isa.LUT_BYTES] = table.view(np.uint8)
     if residual is not None:
@@ -152,29 +162,30 @@ def compile_linear(cfg, a, b, bias, multiplier=None, shift=None, *, relu=False, 
         res = np.ascontiguousarray(rp.reshape(M, nt, cfg.cols).transpose(1, 0, 2))
         image[offsets["res"][0]:offsets["res"][0] + res.size] = res.reshape(-1).view(np.uint8)
     op = dict(kind="linear", m=M, k=K, mt=mt, nt=nt, a_stride=a_stride, b_stride=b_stride, relu=relu,
-              out_int32=out_int32, lut=table is not None, add=residual is not None)
+              out_int32=out_int32, lut=table is not None, add=residual is not None, a_rows=bool(a_rows))
     return Program(cfg, M, K, N, out_int32, image, list(raw), dict(offsets), macs=M * K * N, base_addr=base_addr,
                    symbolic=sym, op=op, runs=runs and list(runs))
 
 
-def k_split_blocking(cfg, mt: int, nt: int, K: int) -> tuple[int, int, int]:
+def k_split_blocking(cfg, mt: int, nt: int, K: int, a_rows: bool = False) -> tuple[int, int, int]:
     """(mb, nb, kc) for a layer whose K does not fit half a scratchpad: blocks of mb M-tiles x nb
     N-tiles whose accumulators stay put while K streams through in chunks of kc (A is read once per
     N-block, B once per M-block). The fastest of the blockings that fit, timed on the cycle model."""
     regions = max(1, cfg.acc_depth // cfg.rows // 2)
-    return _fastest_blocking(cfg, K, min(mt, regions), min(nt, regions))
+    return _fastest_blocking(cfg, K, min(mt, regions), min(nt, regions), a_rows)
 
 
-def blocking_candidates(cfg, mt: int, nt: int, K: int) -> list[tuple[int, int, int]]:
+def blocking_candidates(cfg, mt: int, nt: int, K: int, a_rows: bool = False) -> list[tuple[int, int, int]]:
     """Every (mb, nb, kc) that fits: mb x kc <= half of A, nb x kc <= half of B, mb x nb accumulator
     regions (half of them, so the next block's computes overlap this one's stores), nb parameter
     entries (half), a block's descriptors within one run's wait counts (a block is one accumulation:
-    split_runs cannot cut it), chunks on AXI beats in both tiles and at least MIN_K_CHUNK long."""
+    split_runs cannot cut it), chunks on AXI beats in both tiles (and in A's token rows, a_rows) and at least
+    MIN_K_CHUNK long."""
     R, C = cfg.rows, cfg.cols
     a_half, b_half = cfg.a_depth // 2, cfg.b_depth // 2
     regions = max(1, cfg.acc_depth // R // 2)
     beat = cfg.beat_bytes
-    quantum = math.lcm(beat // math.gcd(beat, R), beat // math.gcd(beat, C))
+    quantum = math.lcm(beat // math.gcd(beat, R), beat // math.gcd(beat, C), beat if a_rows else 1)
     out = []
     for mb in range(1, min(mt, regions) + 1):
         for nb in range(1, min(nt, regions // mb, max(1, cfg.param_depth // 2)) + 1):
@@ -186,21 +197,22 @@ def blocking_candidates(cfg, mt: int, nt: int, K: int) -> list[tuple[int, int, i
 
 
 @lru_cache(maxsize=64)
-def _fastest_blocking(cfg, K: int, mt: int, nt: int) -> tuple[int, int, int]:
+def _fastest_blocking(cfg, K: int, mt: int, nt: int, a_rows: bool = False) -> tuple[int, int, int]:
     """The candidates within TIMED_TRAFFIC of the fewest DDR bytes, each timed on the cycle model over
     two blocks by two blocks of itself and up to three chunks (what ranks them over the whole layer: the
     same loads, computes and stores per step and block); once per overlay and K (a model has a handful).
     Ties go to fewer DDR bytes."""
     from sw.backends.cycles import cycles_only
     R, C = cfg.rows, cfg.cols
-    traffic = {b: mt * R * K * -(-nt // b[1]) + nt * C * K * -(-mt // b[0]) for b in blocking_candidates(cfg, mt, nt, K)}
+    traffic = {b: mt * R * K * -(-nt // b[1]) + nt * C * K * -(-mt // b[0])
+               for b in blocking_candidates(cfg, mt, nt, K, a_rows)}
     least = min(traffic.values())
     best = None
     for mb, nb, kc in (b for b, t in traffic.items() if t <= TIMED_TRAFFIC * least):
         m, n = R * min(mt, 2 * mb), C * min(nt, 2 * nb)
         # uncached: the candidates' plans would push the model's own shapes out of _linear_plan's cache
         plan = _linear_plan.__wrapped__(cfg, m, min(K, 3 * kc), n, False, False, False, False, 0, 1 << 40,
-                                        blocking=(mb, nb, kc))
+                                        blocking=(mb, nb, kc), a_rows=a_rows)
         per_mac = cycles_only(cfg, list(plan[4]), plan[5]) / (m * n * min(K, 3 * kc))
         key = (per_mac, traffic[mb, nb, kc])
         if best is None or key < best[0]:
@@ -217,7 +229,8 @@ MIN_K_CHUNK = 64
 #: Plans kept: a Hiera stage's blocks repeat a handful of shapes one after another.
 @lru_cache(maxsize=16)
 def _linear_plan(cfg, M: int, K: int, N: int, relu: bool, out_int32: bool, fused_table: bool, fused_add: bool,
-                 base_addr: int, max_ddr_bytes: int, blocking: tuple[int, int, int] | None = None):
+                 base_addr: int, max_ddr_bytes: int, blocking: tuple[int, int, int] | None = None,
+                 a_rows: bool = False):
     """What compile_linear's program is for its shapes, whatever the data: the DDR layout, the packed
     descriptors and their fields (the symbolic ones with their addresses split out for relinking), the runs.
     Kept for the layers of a model that share shapes (a Hiera stage's blocks), whose descriptor lists are
@@ -237,7 +250,18 @@ def _linear_plan(cfg, M: int, K: int, N: int, relu: bool, out_int32: bool, fused
     # Tiles start on AXI beats: the DMA reads whole, aligned beats.
     a_stride = -(-K * R // cfg.beat_bytes) * cfg.beat_bytes
     b_stride = -(-K * C // cfg.beat_bytes) * cfg.beat_bytes
-    sizes = {"A": mt * a_stride, "B": nt * b_stride, "params": nt * C * isa.PARAM_CHANNEL_BYTES,
+    from sw.runtime.layout import TokenRowLayout
+    a_pitch = TokenRowLayout(M, K, C).pitch          # a_rows: the token rows' pitch
+
+    def a_load(mi, k0, count, sp, res):
+        """LOAD A of M-tile mi's entries k0 .. k0 + count (a_rows: transposed from its token rows)."""
+        if not a_rows:
+            return dict(op="LOAD", target="A", src=("A", mi * a_stride + k0 * R), count=count, sp=sp, res=res)
+        return dict(op="LOAD", target="A", src=("A", mi * R * a_pitch + k0), count=count, sp=sp, res=res,
+                    fields=dict(transpose=1, t_rows_last=min(R, M - mi * R) - 1, stride=a_pitch))
+    if a_rows:
+        a_stride = 0                                 # (no tiles in DDR)
+    sizes = {"A": M * a_pitch if a_rows else mt * a_stride, "B": nt * b_stride, "params": nt * C * isa.PARAM_CHANNEL_BYTES,
              **({"lut": isa.LUT_BYTES} if fused_table else {}), **({"res": M * np_cols} if fused_add else {}),
              "out": M * np_cols * ebytes}
 
@@ -258,8 +282,7 @@ def _linear_plan(cfg, M: int, K: int, N: int, relu: bool, out_int32: bool, fused
                             sp=hp * (cfg.param_depth // 2) + i, res=("P", hp)) for i, nj in enumerate(tiles_n)]
             for mi in range(mt):
                 ha = step % 2
-                a_load = dict(op="LOAD", target="A", src=("A", mi * a_stride), count=K, sp=ha * a_half, res=("A", ha))
-                loads = ([*b_loads, *p_loads] if mi == 0 else []) + [a_load]
+                loads = ([*b_loads, *p_loads] if mi == 0 else []) + [a_load(mi, 0, K, ha * a_half, ("A", ha))]
                 for i, nj in enumerate(tiles_n):
                     region = tile_no % regions_acc
                     rows = min(R, M - mi * R)
@@ -273,7 +296,7 @@ def _linear_plan(cfg, M: int, K: int, N: int, relu: bool, out_int32: bool, fused
     else:
         # K does not fit half a scratchpad: a block of mb M-tiles x nb N-tiles keeps its accumulators
         # while K streams through in chunks; each chunk's A and B pieces are loaded once per block.
-        mb, nb, kc = blocking or k_split_blocking(cfg, mt, nt, K)
+        mb, nb, kc = blocking or k_split_blocking(cfg, mt, nt, K, a_rows)
         step = blk = 0
         chunks = list(range(0, K, kc))
         for mi0 in range(0, mt, mb):
@@ -289,8 +312,7 @@ def _linear_plan(cfg, M: int, K: int, N: int, relu: bool, out_int32: bool, fused
                 for ci, k0 in enumerate(chunks):
                     kk = min(kc, K - k0)
                     h = step % 2
-                    loads = [dict(op="LOAD", target="A", src=("A", mi * a_stride + k0 * R), count=kk,
-                                  sp=h * a_half + i * kc, res=("A", h)) for i, mi in enumerate(tiles_m)]
+                    loads = [a_load(mi, k0, kk, h * a_half + i * kc, ("A", h)) for i, mi in enumerate(tiles_m)]
                     loads += [dict(op="LOAD", target="B", src=("B", nj * b_stride + k0 * C), count=kk,
                                    sp=h * b_half + i * kc, res=("B", h)) for i, nj in enumerate(tiles_n)]
                     if ci == 0:
@@ -566,14 +588,19 @@ def pack_descriptors(descs: list[dict], image: np.ndarray, offsets: dict, base_a
     return symbolic, numeric
 
 
-def _fill_operands(cfg, image, offsets, a, b, bias, multiplier, shift, mt, nt, a_stride, b_stride, add=None):
+def _fill_operands(cfg, image, offsets, a, b, bias, multiplier, shift, mt, nt, a_stride, b_stride, add=None,
+                   a_rows=False):
     R, C = cfg.rows, cfg.cols
     M, K = a.shape
     N = b.shape[1]
-    tiles_a = token_tiles(a, R).reshape(mt, K * R)          # per M-tile: K entries of R
     off = offsets["A"][0]
-    for i in range(mt):
-        image[off + i * a_stride:off + i * a_stride + K * R] = tiles_a[i].view(np.uint8)
+    if a_rows:                                              # token rows (the loads transpose them)
+        from sw.runtime.layout import TokenRowLayout
+        image[off:off + offsets["A"][1]] = TokenRowLayout(M, K, C).pack(a)
+    else:
+        tiles_a = token_tiles(a, R).reshape(mt, K * R)      # per M-tile: K entries of R
+        for i in range(mt):
+            image[off + i * a_stride:off + i * a_stride + K * R] = tiles_a[i].view(np.uint8)
     bp = np.zeros((K, nt * C), np.int8)
     bp[:, :N] = b
     tiles_b = np.ascontiguousarray(bp.reshape(K, nt, C).transpose(1, 0, 2)).reshape(nt, K * C)

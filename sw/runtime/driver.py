@@ -70,10 +70,11 @@ class Driver:
             self._cache = {}
 
     def compile(self, a, b, bias=None, multiplier=None, shift=None, *, relu=False, out_int32=False, lut=None,
-                residual=None, add=None):
+                residual=None, add=None, a_rows=False):
         base = self._buffer_base()
         prog = compile_linear(self.cfg, a, b, bias, multiplier, shift, relu=relu, out_int32=out_int32, lut=lut,
-                              residual=residual, add=add, base_addr=base, max_ddr_bytes=self.ddr_bytes - base)
+                              residual=residual, add=add, a_rows=a_rows, base_addr=base,
+                              max_ddr_bytes=self.ddr_bytes - base)
         return prog
 
     def linear(self, a, b, bias=None, multiplier=None, shift=None, *, relu=False, out_int32=False,

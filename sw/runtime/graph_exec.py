@@ -233,16 +233,20 @@ def _run_to_device(drv, prog, bind, layout, shape, producer) -> DeviceTensor:
 
 
 def _linear_dev(drv, n, a, r, lut=None, residual=None, add=None):
-    """_linear with its output left in DDR (token rows)."""
+    """_linear with its output left in DDR (token rows); its A read in place where a DeviceTensor holds it in
+    token rows and the overlay has the transposing LOAD (load_t), else from the host."""
     x, w, b = a
     m, s = _requant_args(r, n)
-    x2 = x.reshape(-1, x.shape[-1])
+    tokens, k = math.prod(x.shape[:-1]), x.shape[-1]
+    in_place = (isinstance(x, DeviceTensor) and x.buffer is not None and "load_t" in drv.cfg.engines
+                and same_bytes(x.layout, TokenRowLayout(tokens, k, drv.cfg.cols)))
+    x2 = np.zeros((tokens, k), np.int8) if in_place else np.asarray(x).reshape(tokens, k)    # in place: its shape only
     if residual is not None:
         residual = np.ascontiguousarray(residual).reshape(-1, w.shape[0])
     prog = drv.compile(x2, np.ascontiguousarray(w.reshape(w.shape[0], -1).T), b, m, s,
-                       relu=n.attrs.get("relu", False), lut=lut, residual=residual, add=add)
-    y = _run_to_device(drv, prog, {}, TokenRowLayout(prog.m, prog.n, drv.cfg.cols), x.shape[:-1] + (w.shape[0],),
-                       n.name)
+                       relu=n.attrs.get("relu", False), lut=lut, residual=residual, add=add, a_rows=in_place)
+    y = _run_to_device(drv, prog, {"A": x.buffer} if in_place else {}, TokenRowLayout(prog.m, prog.n, drv.cfg.cols),
+                       x.shape[:-1] + (w.shape[0],), n.name)
     return y, [drv.last_run]
 
 
@@ -282,7 +286,7 @@ DEVICE_OPS = {
     "maxpool2x2": lambda d, n, a, r: _vector_dev(d, n, "maxpool", a[0]),
     "upsample2x": lambda d, n, a, r: _vector_dev(d, n, "upsample", a[0]),
 }
-IN_PLACE = {"layernorm": (0,), "gelu": (0,), "rescale": (0,), "add": (0, 1), "maxpool2x2": (0,), "upsample2x": (0,)}
+IN_PLACE = {"linear": (0,), "layernorm": (0,), "gelu": (0,), "rescale": (0,), "add": (0, 1), "maxpool2x2": (0,), "upsample2x": (0,)}
 
 
 def _host_args(args, keep=()):
