@@ -62,10 +62,6 @@ class Core(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         cfg = self.cfg
-        if "load_t" in cfg.engines:
-            # The sim backend models it (sw/backends/sim_model.py); the load unit does not have it yet.
-            raise ValueError(f"overlay {cfg.name!r}: the transposing LOAD (load_t) has no RTL yet; build "
-                             "without it (OverlayConfig.replace(engines=...))")
         R, C = cfg.rows, cfg.cols
         DB = cfg.axi_data_bits // 8
         DW = cfg.axi_data_bits
@@ -97,6 +93,13 @@ class Core(wiring.Component):
             from hw.vector.unit import VectorUnit
             m.submodules[ENGINE_SUBMODULES["vector"]] = vec = VectorUnit(cfg)
         vec_busy = vec.busy if has_vec else Const(0)
+        # The transposing LOAD (load_t): LOAD A / B / V with `transpose`, on the load unit's slot (id 1).
+        has_lt = "load_t" in cfg.engines
+        tl = None
+        if has_lt:
+            from hw.gemm.transpose_load import TransposeLoader
+            m.submodules.transpose_load = tl = TransposeLoader(cfg, max(R, C))
+        tl_busy = tl.busy if has_lt else Const(0)
 
         running = Signal()
         error = Signal(ERROR_BITS)
@@ -127,7 +130,7 @@ class Core(wiring.Component):
         m.d.comb += axi.rready.eq(Mux(axi.rid, l_r_ready, f_r_ready))
         r_fire = axi.rvalid & axi.rready
         f_beat = r_fire & (axi.rid == 0)
-        l_beat = r_fire & (axi.rid == 1) & ~i2c_busy & ~dw_busy & ~vec_busy
+        l_beat = r_fire & (axi.rid == 1) & ~i2c_busy & ~dw_busy & ~vec_busy & ~tl_busy
         r_err = r_fire & (axi.rresp != 0)
         b_err = axi.bvalid & (axi.bresp != 0)      # (bready is always 1)
         m.d.comb += [err_set[isa.ERROR_AXI_READ].eq(r_err & (axi.rid != 0)),
@@ -283,9 +286,13 @@ class Core(wiring.Component):
                         m.d.comb += [total_beats.eq((desc.count + (DB // eb - 1)) >> exact_log2(DB // eb)),
                                      epb_last_in.eq(DB // eb - 1)]
         is_im2col = desc.target == isa.TARGETS["IM2COL"]
+        is_transpose = Signal()
+        if has_lt:
+            m.d.comb += is_transpose.eq(desc.transpose & Cat(*[desc.target == isa.TARGETS[t]
+                                                              for t in isa.TRANSPOSE_TARGETS if t in targets]).any())
         w_addr = Signal(16)
         beat_in_entry = Signal(range(max(2, max(eb for eb, _ in targets.values()) // DB + 1)))
-        l_start = l_cmd_valid & l_cmd_ready & ~is_im2col
+        l_start = l_cmd_valid & l_cmd_ready & ~is_im2col & ~is_transpose
         with m.If(l_start):
             m.d.sync += [l_busy.eq(1), w_addr.eq(desc.sp_addr), l_entries.eq(desc.count), l_has.eq(desc.count != 0),
                          l_ar_addr_r.eq(desc.dram_addr), l_ar_left.eq(total_beats), l_r_left.eq(total_beats),
@@ -409,6 +416,23 @@ class Core(wiring.Component):
             m.d.comb += [vp.op.eq(desc.target), vp.in_addr.eq(desc.dram_addr), vp.out_addr.eq(vf("vec_out_addr")),
                          vp.b_addr.eq(vf("vec_b_addr")), vp.rows.eq(vf("vec_rows")), vp.aux.eq(vf("vec_aux")),
                          vp.dim.eq(vf("vec_dim")), vp.pitch.eq(vf("vec_pitch")), vp.width.eq(vf("vec_width"))]
+        if has_lt:
+            # After the loads before it (same slot); its entries through the target's write port.
+            with m.If(tl_busy):
+                m.d.comb += l_cmd_ready.eq(0)
+            take_read_slot(tl)
+            tp = tl.cmd.payload
+            m.d.comb += [tl.cmd.valid.eq(l_cmd_valid & is_transpose & l_cmd_ready), tp.addr.eq(desc.dram_addr),
+                         tp.pitch.eq(desc.stride), tp.count.eq(desc.count),
+                         tp.rows_last.eq(shared_field(desc, "t_rows_last")), tp.sp.eq(desc.sp_addr)]
+            t_sel = {name: Signal(name=f"t_sel_{name}") for name in isa.TRANSPOSE_TARGETS if name in targets}
+            with m.If(tl.cmd.valid):
+                m.d.sync += [sel.eq(desc.target == isa.TARGETS[name]) for name, sel in t_sel.items()]
+            for name, sel in t_sel.items():
+                eb, port = targets[name]
+                with m.If(tl.wr.valid & sel):
+                    m.d.comb += [port.valid.eq(1), port.payload.addr.eq(tl.wr.payload.addr),
+                                 port.payload.data.eq(tl.wr.payload.data[:8 * eb])]
         with m.If(l_busy & (l_r_left == 0) & (l_ar_left == 0) & ~r1_valid & ~w_en):
             m.d.sync += l_busy.eq(0)
             m.d.comb += load_done_pulse.eq(1)
@@ -481,8 +505,8 @@ class Core(wiring.Component):
         with m.If(s_busy & ~s_engine_cmd & (s_aw_left == 0) & (s_w_left == 0) & (s_b_left == 0)):
             m.d.sync += s_busy.eq(0)
             m.d.comb += store_done_pulse.eq(1)
-        m.d.comb += dw_free.eq(~l_busy & ~i2c_busy & ~s_busy)
-        m.d.comb += axi_busy.eq(f_inflight | l_busy | i2c_busy | dw_busy | vec_busy | s_busy)
+        m.d.comb += dw_free.eq(~l_busy & ~i2c_busy & ~tl_busy & ~s_busy)
+        m.d.comb += axi_busy.eq(f_inflight | l_busy | i2c_busy | dw_busy | vec_busy | tl_busy | s_busy)
         if has_dw:
             # The depthwise unit owns the write channel while busy (no STORE starts then, and it starts
             # only when no STORE runs): single-beat bursts with id 1, its B responses counted by the unit.
