@@ -153,7 +153,7 @@ PRESETS: dict[str, OverlayConfig] = {
     "sim": OverlayConfig("sim", rows=4, cols=8, a_depth=4096, b_depth=4096, acc_depth=64,
                          param_depth=16, axi_data_bits=64, clock_mhz=100.0, board="(simulation)",
                          engines=("gemm", "attention", "conv", "depthwise", "vector", "store_lut",
-                                  "store_add"), dw_lanes=2,
+                                  "store_add", "load_t"), dw_lanes=2,
                          dw_row_bytes=128,
                          attn_q_slots=2, vec_lanes=8),
     # The open ECP5 flow (ULX3S-85F), two presets on the smallest array a 64-bit AXI port allows (2 x 8),
@@ -180,7 +180,7 @@ PRESETS: dict[str, OverlayConfig] = {
     # 170 the estimate maps): the element-wise ops run on the ARM.
     "pynq-z2": OverlayConfig("pynq-z2", rows=8, cols=8, a_depth=2048, b_depth=2048, acc_depth=256,
                              param_depth=64, axi_data_bits=64, clock_mhz=150.0, board="PYNQ-Z2 xc7z020",
-                             engines=("gemm", "attention", "conv"), attn_q_slots=4, attn_norm_lanes=1,
+                             engines=("gemm", "attention", "conv", "load_t"), attn_q_slots=4, attn_norm_lanes=1,
                              dsp_packing=True),
     # Zynq UltraScale+ (128-bit HP): every engine on 16 x 32 (512 int8 MACs in 256 DSPs, 512 P V MACs in
     # 512), the vector engine with a lane per byte of the 16-byte beat. 32 x 32 with attention needs 1,024
@@ -191,19 +191,19 @@ PRESETS: dict[str, OverlayConfig] = {
     # DSP 91 %). Estimates (yosys, per engine): bitstreams/README.md.
     "kv260": OverlayConfig("kv260", rows=16, cols=32, a_depth=2048, b_depth=2048, acc_depth=512,
                            param_depth=128, axi_data_bits=128, clock_mhz=300.0, board="KV260 xck26",
-                           engines=("gemm", "attention", "conv", "depthwise", "vector"), dw_lanes=2,
+                           engines=("gemm", "attention", "conv", "depthwise", "vector", "load_t"), dw_lanes=2,
                            dw_row_bytes=256, attn_q_slots=4, attn_norm_lanes=2, dsp_packing=True, vec_lanes=16,
                            attn_o_uram=True),
     "zcu104": OverlayConfig("zcu104", rows=16, cols=32, a_depth=4096, b_depth=4096, acc_depth=1024,
                             param_depth=256, axi_data_bits=128, clock_mhz=300.0, board="ZCU104 xczu7ev",
-                            engines=("gemm", "attention", "conv", "depthwise", "vector"), dw_lanes=4,
+                            engines=("gemm", "attention", "conv", "depthwise", "vector", "load_t"), dw_lanes=4,
                             dw_row_bytes=256, attn_q_slots=8, attn_norm_lanes=4, dsp_packing=True, vec_lanes=16,
                             attn_o_uram=True),
     # The 16 x 16 overlay the benchmarks measure (utilisation, resources).
     "bench16": OverlayConfig("bench16", rows=16, cols=16, a_depth=2048, b_depth=2048, acc_depth=256,
                              param_depth=64, axi_data_bits=128, clock_mhz=200.0, board="(benchmark)",
                              engines=("gemm", "attention", "conv", "depthwise", "vector", "store_lut",
-                                      "store_add"), dw_lanes=4,
+                                      "store_add", "load_t"), dw_lanes=4,
                              dw_row_bytes=256, attn_q_slots=4, dsp_packing=True, vec_lanes=16),
 }
 

@@ -60,4 +60,5 @@ def mid_overlay():
     whole beat). One Verilator build for test_runtime's chain and test_overlay's larger-array layer
     (sim/runner.py shares builds of the same Verilog)."""
     from hw.config import preset
-    return preset("sim").replace(name="mid8x16", rows=8, cols=16, engines=("gemm", "attention", "conv", "depthwise"))
+    return preset("sim").replace(name="mid8x16", rows=8, cols=16, engines=("gemm", "attention", "conv", "depthwise",
+                                                                                  "load_t"))

@@ -52,9 +52,14 @@ def _store_add(drv, rng):
     return drv.linear(*random_layer(rng, 20, 40, 24), residual=residual, add=intvec.AddParams.make(0.05, 0.08, 0.1))
 
 
+def _load_t(drv, rng):
+    prog = drv.compile(*random_layer(rng, 20, 40, 24), a_rows=True)     # A as token rows, loaded transposed
+    return prog.output(drv.run(prog))
+
+
 #: engine (hw.isa.ENGINES) -> a call that runs a program on it. A new engine needs a row here.
 CALLS = {"gemm": _gemm, "attention": _attention, "conv": _conv, "depthwise": _depthwise, "vector": _vector,
-         "store_lut": _store_lut, "store_add": _store_add}
+         "store_lut": _store_lut, "store_add": _store_add, "load_t": _load_t}
 
 
 def test_every_engine_has_a_fault_case():

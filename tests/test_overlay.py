@@ -84,6 +84,8 @@ def test_rtl_equals_sim_equals_golden_with_axi_backpressure():
     # with the table before the add; adds of extreme multipliers (the sum saturates both ways).
     cases += [(13, 33, 17, False, False, "add"), (5, 9, 11, True, False, "lut", "add"),
               (6, 2100, 9, False, False, "add")]
+    # A read as token rows by transposing LOADs (load_t): a tail M-tile, K off the beat, K in chunks.
+    cases += [(37, 45, 29, True, False, "a_rows"), (9, 2100, 9, False, True, "a_rows")]
     drv = Driver(SIM, "sim")
     progs, wants, sims = [], [], []
     for m, k, n, relu, out_int32, *fused in cases:
@@ -91,7 +93,8 @@ def test_rtl_equals_sim_equals_golden_with_axi_backpressure():
         table = LutParams(rng.integers(-128, 128, 256).astype(np.int8)) if "lut" in fused else None
         x = rng.choice(np.array([-128, 127, -1, 0, 1], np.int8), (m, n)) if "add" in fused else None
         p = (AddParams(65535, 65535, 8) if m % 2 else AddParams.make(0.03, 0.05, 0.04)) if "add" in fused else None
-        prog = drv.compile(a, b, bias, mult, shift, relu=relu, out_int32=out_int32, lut=table, residual=x, add=p)
+        prog = drv.compile(a, b, bias, mult, shift, relu=relu, out_int32=out_int32, lut=table, residual=x, add=p,
+                           a_rows="a_rows" in fused)
         progs.append(prog)
         want = gemm(a, b, bias, mult, shift, relu=relu, out_int32=out_int32)
         if x is not None:
@@ -100,8 +103,12 @@ def test_rtl_equals_sim_equals_golden_with_axi_backpressure():
             want = linear_lut(a, b, bias, mult, shift, table, relu=relu)
         wants.append(want)
         sims.append((prog.output(drv.run(prog)), drv.last_run.cycles))
-    results = run_images(SIM, [dict(base=p.base_addr, image=p.image, desc_count=len(p.descriptors),
-                                    timeout=2_000_000) for p in progs], stall=0.3, seed=11)
+    # B through a transposing LOAD: a tail of 3 token rows, 21 entries (2 beats and 5 bytes of each row).
+    from tests.test_load_transpose import b_transposed_job, job_result
+    b_job, b_want = b_transposed_job(SIM, rng, 3, 21, base=0x10000)
+    *results, b_res = run_images(SIM, [dict(base=p.base_addr, image=p.image, desc_count=len(p.descriptors),
+                                            timeout=2_000_000) for p in progs] + [b_job], stall=0.3, seed=11)
+    assert b_res["error"] == 0 and np.array_equal(job_result(SIM, b_job, b_res["image"]), b_want)
     for prog, want, (sim_out, _), res in zip(progs, wants, sims, results):
         assert res["error"] == 0 and not res["timed_out"], res
         rtl_out = prog.output(res["image"])
@@ -295,10 +302,17 @@ def test_rtl_8x16_overlay_bit_exact():
     rng = np.random.default_rng(16)
     a, b, bias, mult, shift = layer(rng, 37, 300, 45, extremes=True)
     drv = Driver(cfg, "sim")
-    prog = drv.compile(a, b, bias, mult, shift, relu=True)
     want = gemm(a, b, bias, mult, shift, relu=True)
-    assert np.array_equal(prog.output(drv.run(prog)), want)
+    progs = [drv.compile(a, b, bias, mult, shift, relu=True, a_rows=a_rows) for a_rows in (False, True)]
+    for prog in progs:
+        assert np.array_equal(prog.output(drv.run(prog)), want)
+    # B transposed with more rows (C = 16) than a 64-bit beat has bytes, a tail of 11 rows
+    from tests.test_load_transpose import b_transposed_job, job_result
+    jobs = [b_transposed_job(cfg, rng, rows, count) for rows, count in ((16, 19), (11, 8))]
     res = run_images(cfg, [dict(base=prog.base_addr, image=prog.image, desc_count=len(prog.descriptors),
-                                timeout=1_000_000)], stall=0.2)[0]
-    assert res["error"] == 0 and not res["timed_out"]
-    assert np.array_equal(prog.output(res["image"]), want)
+                                timeout=1_000_000) for prog in progs] + [j for j, _ in jobs], stall=0.2)
+    for prog, r in zip(progs, res):
+        assert r["error"] == 0 and not r["timed_out"]
+        assert np.array_equal(prog.output(r["image"]), want)
+    for (job, b_want), r in zip(jobs, res[2:]):
+        assert r["error"] == 0 and np.array_equal(job_result(cfg, job, r["image"]), b_want)
