@@ -28,10 +28,13 @@ its last reader in the run (liveness from the graph), so the arena holds only th
 Where the layouts agree (read in place, no host bytes):
   linear or vector op out -> layernorm, GELU table, rescale, add (both operands), maxpool / upsample (one
   image) on the vector engine (rows wider than the engine's MAX_DIM run as narrower rows: in place when
-  the channels are a multiple of C, so no row is padded).
+  the channels are a multiple of C, so no row is padded);
+  linear or vector op out -> a linear's A, on overlays with the transposing LOAD (load_t): the GEMM array
+  reads A as tiles of R tokens, entry k = channel k of the tile's R tokens, which LOAD `transpose` makes
+  of the token rows as it reads them (sw.compile.linear a_rows).
 Where they differ, the reader takes the tensor back to the host (its bytes counted as the reader's):
-  * a linear's A: tiles of R tokens, entry k = channel k of the tile's R tokens (the GEMM array reads both
-    operands K-major): a transpose of token rows, done on the host as it writes A;
+  * a linear's A without load_t (the ECP5 presets): the transpose of token rows done on the host as it
+    writes A;
   * attention's Q, K, V (heads split, per-head tiles) and its per-head output (merged on the host);
   * conv, depthwise, conv_transpose: planar (C, H, W) maps (sw.compile.conv.FmapLayout), image by image;
   * mask_product (int32), RoPE, and every host and layout node (window partition / unpartition,
