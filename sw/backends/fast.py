@@ -99,7 +99,8 @@ def linear(cfg, ddr, op, at):
     step = max(1, ROWS_PER_CHUNK // R)
     for t0 in range(0, mt, step):
         r0, r1 = t0 * R, min(M, (t0 + step) * R)
-        x = (rows[r0:r1] if rows is not None else a[t0:t0 + step].transpose(0, 2, 1).reshape(-1, K)[:r1 - r0]).astype(ft)
+        x = rows[r0:r1] if rows is not None else a[t0:t0 + step].transpose(0, 2, 1).reshape(-1, K)[:r1 - r0]
+        x = x.astype(ft)
         y = stage(x @ b)
         if table is not None:
             y = intvec.lut(y, table)

@@ -261,7 +261,8 @@ def _linear_plan(cfg, M: int, K: int, N: int, relu: bool, out_int32: bool, fused
                     fields=dict(transpose=1, t_rows_last=min(R, M - mi * R) - 1, stride=a_pitch))
     if a_rows:
         a_stride = 0                                 # (no tiles in DDR)
-    sizes = {"A": M * a_pitch if a_rows else mt * a_stride, "B": nt * b_stride, "params": nt * C * isa.PARAM_CHANNEL_BYTES,
+    sizes = {"A": M * a_pitch if a_rows else mt * a_stride, "B": nt * b_stride,
+             "params": nt * C * isa.PARAM_CHANNEL_BYTES,
              **({"lut": isa.LUT_BYTES} if fused_table else {}), **({"res": M * np_cols} if fused_add else {}),
              "out": M * np_cols * ebytes}
 

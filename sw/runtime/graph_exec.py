@@ -289,7 +289,8 @@ DEVICE_OPS = {
     "maxpool2x2": lambda d, n, a, r: _vector_dev(d, n, "maxpool", a[0]),
     "upsample2x": lambda d, n, a, r: _vector_dev(d, n, "upsample", a[0]),
 }
-IN_PLACE = {"linear": (0,), "layernorm": (0,), "gelu": (0,), "rescale": (0,), "add": (0, 1), "maxpool2x2": (0,), "upsample2x": (0,)}
+IN_PLACE = {"linear": (0,), "layernorm": (0,), "gelu": (0,), "rescale": (0,), "add": (0, 1), "maxpool2x2": (0,),
+            "upsample2x": (0,)}
 
 
 def _host_args(args, keep=()):
