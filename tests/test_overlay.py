@@ -150,6 +150,10 @@ def test_rtl_errors_hang_reset_and_cycle_model():
         drv.run(p)
         timed.append(drv.last_run.cycles)
         jobs.append(dict(base=p.base_addr, image=p.image, desc_count=len(p.descriptors), timeout=500_000))
+    p = drv.compile(*layer(rng, 37, 45, 29), a_rows=True)          # A through transposing LOADs (load_t)
+    drv.run(p)
+    timed.append(drv.last_run.cycles)
+    jobs.append(dict(base=p.base_addr, image=p.image, desc_count=len(p.descriptors), timeout=500_000))
     r_bad, r_hang, r_read, r_write, *rest = run_images(SIM, jobs)
     r_faults, r_ok, r_timed = rest[:3], rest[3], rest[4:]
     for fault, r in zip(faults, r_faults):
