@@ -95,7 +95,7 @@ class TransposeLoader(wiring.Component):
         entry = Signal(8 * NR)
         for r in range(NR):
             low = Mux(e_half, buf[1][r][:8], buf[0][r][:8])
-            m.d.comb += entry[8 * r:8 * (r + 1)].eq(Mux(r <= cmd.rows_last, low, 0))
+            m.d.comb += entry[8 * r:8 * (r + 1)].eq(Mux(cmd.rows_last >= r, low, 0) if r else low)   # row 0: always read
         w_valid, w_data = Signal(), Signal(8 * NR)
         m.d.sync += w_valid.eq(emit)
         m.d.comb += [self.wr.valid.eq(w_valid), self.wr.payload.addr.eq(w_addr), self.wr.payload.data.eq(w_data)]
