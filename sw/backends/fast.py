@@ -173,6 +173,13 @@ def attention(cfg, ddr, op, at):
     stage = OutputStage(bias, mult, shift, False, op["out_int32"])
     _, l, o = intattn.attention_state(q, k, v, quant, C)                      # heads are a leading axis
     out = stage(intattn.normalise(o, l))                                         # (head, query, dp)
+    rows = op.get("out_rows")
+    if rows is not None:                        # token rows, heads merged (C divides d: dp = d)
+        flat = ddr[at["out"]:at["out"] + rows.size(dp)].view(np.int8)
+        b = rows.item0 + np.arange(H)
+        flat.reshape(rows.groups, rows.tokens, rows.heads, dp)[b // rows.heads, rows.q0:rows.q0 + lq,
+                                                                 b % rows.heads] = out
+        return
     if op["out_chunked"]:                       # (chunk, head, query, C): chunk j = channels j C .. j C + C - 1
         out = out.reshape(H, lq, dp // C, C).transpose(2, 0, 1, 3)
     ddr[at["out"]:at["out"] + H * lq * dp * eb] = np.ascontiguousarray(out).view(np.uint8).reshape(-1)

@@ -14,7 +14,8 @@ DDR image (4 KiB aligned regions):
   K       per (head, key tile):   dp entries of C int8      (entry c = k[keys, c]; the B layout)
   V       per (head, key tile):   dp entries of C int8      (entry c = v[keys, c]; the V layout)
   params  one PARAM entry: C channels of (bias 0, out_mult, out_shift)
-  out     H x Lq rows of dp int8 (or int32), row-major
+  out     H x Lq rows of dp int8 (or int32), row-major; with out_rows (TokenRowsOut) token rows
+          instead: the heads merged, row = query token, head h at columns h d .. h d + d - 1
 
 Schedule per (head, group of `slots` query tiles, one per engine slot): one LOAD of their Q
 tiles into an A half; per key tile n: LOAD K (B half n % 2) and LOAD V (V half n % 2) once,
@@ -30,7 +31,7 @@ it overwrites (hw.isa wait_* fields).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -58,6 +59,7 @@ class AttentionProgram:
     out_chunked: bool = False       # out in chunk-major order (sw.runtime.layout: the overlay transposes it)
     token_tiles: bool = False       # Q, K and V in token tiles of C (sw.runtime.layout.TokenTileLayout)
     op: dict | None = None          # what it computes, by region name, for the sim's fast mode (sw/backends/fast.py)
+    out_rows: "TokenRowsOut | None" = None   # the output as token rows, heads merged (TokenRowsOut)
     runs = None                     # one run (max_query_tiles keeps the wait counts within sw.compile.linear.WAIT_LIMIT)
 
     ROLES = {"descriptors": "program", "Q": "input", "K": "input", "V": "input", "params": "weight",
@@ -91,12 +93,47 @@ class AttentionProgram:
         dtype = np.dtype("<i4") if self.out_int32 else np.int8
         C = self.cfg.cols
         flat = np.frombuffer(np.ascontiguousarray(raw).tobytes(), dtype=dtype)
+        if self.out_rows is not None:        # this program's items and query rows of the merged token rows
+            return self.out_rows.items(flat, self.heads, self.lq, self.d).copy()
         if self.out_chunked:         # (chunk, head, query, C) -> (head, query, chunk x C)
             out = flat.reshape(self.d_padded // C, self.heads, self.lq, C).transpose(1, 2, 0, 3)
             out = out.reshape(self.heads, self.lq, self.d_padded)
         else:
             out = flat.reshape(self.heads, self.lq, self.d_padded)
         return out[:, :, :self.d].astype(np.int32 if self.out_int32 else np.int8)
+
+
+@dataclass(frozen=True)
+class TokenRowsOut:
+    """The output STOREd as token rows (sw.runtime.layout.TokenRowLayout, pitch heads x d), the heads
+    merged: batch item b = g x heads + h (g: a window or batch item, h: its head) puts its query t in
+    row g x tokens + t, columns h x d .., so the next node (a linear, the vector engine) reads it in
+    place. A program of a split call (compile_attention_calls) covers items item0 .. and query rows
+    q0 .. of the whole tensor; its out region is the whole tensor (the calls' STOREs fill it together)."""
+    heads: int
+    tokens: int          # query rows of each group (the whole call's Lq)
+    groups: int
+    item0: int = 0
+    q0: int = 0
+
+    def size(self, d: int) -> int:
+        return self.groups * self.tokens * self.heads * d
+
+    def items(self, flat: np.ndarray, n: int, lq: int, d: int) -> np.ndarray:
+        """(n, lq, d): items item0 .. item0 + n - 1, query rows q0 .. q0 + lq - 1, of the rows `flat` (a view)."""
+        rows = flat[:self.size(d)].reshape(self.groups, self.tokens, self.heads, d)
+        b = self.item0 + np.arange(n)
+        return rows[b // self.heads, self.q0:self.q0 + lq, b % self.heads]
+
+
+def token_rows_refusal(cfg, d: int) -> str | None:
+    """Why an attention of head dim d cannot STORE its output as token rows (None: it can). Each STORE
+    row is C bytes from the head's column h x d: C-aligned (so AXI-beat aligned, inside one 4 KiB page
+    and inside the row) only when C divides d."""
+    if d % cfg.cols:
+        return (f"head dim {d} is not a multiple of the array's {cfg.cols} columns (a head's C-byte STORE rows "
+                "would start off the C grid: across 4 KiB pages, past the last token row)")
+    return None
 
 
 def _heads(x, name):
@@ -112,8 +149,9 @@ def _heads(x, name):
 
 def compile_attention(cfg, q, k, v, quant: intattn.AttentionQuant, *, out_int32: bool = False,
                       base_addr: int = 0, max_ddr_bytes: int = 1 << 30, out_chunked: bool = False,
-                      token_tiles: bool = False) -> AttentionProgram:
-    """`out_chunked`: write the output chunk-major, C channels of every (head, query) for chunk 0, then
+                      token_tiles: bool = False, out_rows: TokenRowsOut | None = None) -> AttentionProgram:
+    """`out_rows`: the output as token rows, heads merged (TokenRowsOut; int8, C dividing d).
+    `out_chunked`: write the output chunk-major, C channels of every (head, query) for chunk 0, then
     chunk 1, ... (rows C elements apart), the order sw.runtime.layout.compile_chunks_to_planar reads.
     `token_tiles`: Q in the layout of K and V, tiles of C tokens (sw.runtime.layout.TokenTileLayout, what
     a 1 x 1 convolution writes), so one buffer can feed all three. With R = C that is the Q layout above;
@@ -145,6 +183,14 @@ def compile_attention(cfg, q, k, v, quant: intattn.AttentionQuant, *, out_int32:
     a_half, b_half = cfg.a_depth // 2, cfg.b_depth // 2
     if dp > min(a_half, b_half):
         raise CompileError(f"head dim {dp} does not fit half the A/B scratchpads ({min(a_half, b_half)} entries)")
+    if out_rows is not None:
+        why = token_rows_refusal(cfg, d)
+        if out_int32 or out_chunked:
+            why = "int8 rows only (not int32, not chunk-major)"
+        if out_rows.item0 + H > out_rows.groups * out_rows.heads or out_rows.q0 + Lq > out_rows.tokens:
+            why = f"items {out_rows.item0}+{H}, rows {out_rows.q0}+{Lq} outside {out_rows}"
+        if why:
+            raise CompileError(f"attention output as token rows: {why}")
     s_regions, group = acc_regions(cfg)
     qt, kt = -(-Lq // R), -(-Lk // C)
     slots = query_slots(cfg, dp, qt)
@@ -154,7 +200,7 @@ def compile_attention(cfg, q, k, v, quant: intattn.AttentionQuant, *, out_int32:
     k_stride = -(-dp * C // DB) * DB
     qtc = -(-Lq // C)                       # token tiles of queries (split_q)
     sizes = {"Q": H * qtc * k_stride if split_q else H * qt * q_stride, "K": H * kt * k_stride, "V": H * kt * k_stride,
-             "params": C * isa.PARAM_CHANNEL_BYTES, "out": H * Lq * row_bytes}
+             "params": C * isa.PARAM_CHANNEL_BYTES, "out": out_rows.size(d) if out_rows else H * Lq * row_bytes}
     v_half = isa.scratchpad_depth(cfg, "V") // 2
 
     descs: list[dict] = []
@@ -257,7 +303,11 @@ def compile_attention(cfg, q, k, v, quant: intattn.AttentionQuant, *, out_int32:
                     last["normed"] = {"ATTENTION": n_norm}
                     for r in range(cnt):
                         last[("out", r)] = {}
-                        if out_chunked:
+                        if out_rows is not None:    # token row g T + q0 + query, head hh's columns
+                            g_, hh = divmod(out_rows.item0 + h, out_rows.heads)
+                            row = g_ * out_rows.tokens + out_rows.q0 + qi * R
+                            dst, pitch = (row * out_rows.heads + hh) * d + (c0 + r) * C, out_rows.heads * d
+                        elif out_chunked:
                             dst, pitch = (((c0 + r) * H + h) * Lq + qi * R) * C * eb, C * eb
                         else:
                             dst, pitch = ((h * Lq + qi * R) * dp + (c0 + r) * C) * eb, row_bytes
@@ -273,10 +323,11 @@ def compile_attention(cfg, q, k, v, quant: intattn.AttentionQuant, *, out_int32:
     _fill(image, offsets, q, k, v, quant, C, dp, q_tiles, (kt, k_stride, C))
     sym, raw = pack_descriptors(descs, image, offsets, base_addr, "split the attention")
     op = dict(kind="attention", heads=H, lq=Lq, lk=Lk, dp=dp, q_tiles=q_tiles, kt=kt, k_stride=k_stride,
-              out_int32=out_int32, out_chunked=out_chunked, score_mult=quant.score_mult, score_shift=quant.score_shift)
+              out_int32=out_int32, out_chunked=out_chunked, score_mult=quant.score_mult, score_shift=quant.score_shift,
+              out_rows=out_rows, d=d)
     return AttentionProgram(cfg, H, Lq, Lk, d, out_int32, image, raw, offsets, macs=2 * H * Lq * Lk * d,
                             base_addr=base_addr, kv_bytes=kv_bytes, slots=slots, symbolic=sym, out_chunked=out_chunked,
-                            token_tiles=token_tiles, op=op)
+                            token_tiles=token_tiles, op=op, out_rows=out_rows)
 
 
 def acc_regions(cfg) -> tuple[int, int]:
@@ -352,20 +403,22 @@ def max_query_tiles(cfg, lk: int, d: int | None = None, token_tiles: bool = Fals
 
 
 def compile_attention_calls(cfg, q, k, v, quant: intattn.AttentionQuant, *, out_int32: bool = False,
-                            base_addr: int = 0, max_ddr_bytes: int = 1 << 30):
+                            base_addr: int = 0, max_ddr_bytes: int = 1 << 30, out_rows: TokenRowsOut | None = None):
     """Split an attention too big for one program into programs over heads and query rows
     (independent: each query row's softmax sees all keys); yields (head, q0, q1, program).
-    One program when everything fits."""
+    One program when everything fits. `out_rows`: the whole call's (each program's out region is
+    the whole tensor, its STOREs its own items' rows)."""
     q, k, v = _heads(q, "q"), _heads(k, "k"), _heads(v, "v")
     H, Lq, _ = q.shape
     per = max_query_tiles(cfg, k.shape[1], q.shape[2]) * cfg.rows
     if H * -(-Lq // cfg.rows) * cfg.rows <= per:
         yield None, 0, Lq, compile_attention(cfg, q, k, v, quant, out_int32=out_int32, base_addr=base_addr,
-                                             max_ddr_bytes=max_ddr_bytes)
+                                             max_ddr_bytes=max_ddr_bytes, out_rows=out_rows)
         return
     for h in range(H):
         for q0 in range(0, Lq, per):
             q1 = min(Lq, q0 + per)
+            part = out_rows and replace(out_rows, item0=out_rows.item0 + h, q0=out_rows.q0 + q0)
             yield h, q0, q1, compile_attention(cfg, q[h:h + 1, q0:q1], k[h:h + 1], v[h:h + 1], quant,
                                                out_int32=out_int32, base_addr=base_addr,
-                                               max_ddr_bytes=max_ddr_bytes)
+                                               max_ddr_bytes=max_ddr_bytes, out_rows=part)
