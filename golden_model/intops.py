@@ -194,3 +194,15 @@ class OutputStage:
         np.minimum(t, INT8_MAX, out=t)
         np.maximum(t, 0 if self.relu else INT8_MIN, out=t)
         return t.astype(np.int8)
+
+
+def token_tiles(x, rows: int) -> np.ndarray:
+    """Token rows (M, K) -> tiles of `rows` tokens, channel-major: (ceil(M / rows), K, rows), tile i entry k
+    byte r = x[i rows + r, k], tokens past M zero. The GEMM array's operand layout (an A entry: one channel
+    of R tokens; B and V: of C) and what a transposing LOAD (hw.isa `transpose`) makes of the rows it reads."""
+    x = np.asarray(x)
+    m, k = x.shape
+    t = -(-m // rows)
+    padded = np.zeros((t * rows, k), x.dtype)
+    padded[:m] = x
+    return np.ascontiguousarray(padded.reshape(t, rows, k).transpose(0, 2, 1))

@@ -9,10 +9,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-ENGINES = ("gemm", "attention", "conv", "depthwise", "vector", "store_lut", "store_add")   # engines the overlay knows of (conv:
+ENGINES = ("gemm", "attention", "conv", "depthwise", "vector", "store_lut", "store_add", "load_t")   # engines the overlay knows of (conv:
 #                 hw/conv, on the GEMM array; depthwise: hw/conv/depthwise.py, its own datapath; vector: hw/vector,
 #                 element-wise ops; store_lut: a 256 x int8 table per requantiser lane of the GEMM store, GELU fused;
-#                 store_add: the residual add in the GEMM store, after the requantiser)
+#                 store_add: the residual add in the GEMM store, after the requantiser; load_t: the GEMM load
+#                 unit's transposing LOAD, token rows into A / B / V entries)
 VEC_LANES = (2, 4, 8, 16, 32)             # vector engine lane counts (even powers of two: RoPE pairs; hw.vector.params)
 ATTN_SLOT_BITS = 4                        # = the width of the descriptor's `slot` field (hw.isa checks it)
 

@@ -135,6 +135,8 @@ DESCRIPTOR_FIELDS = [
     ("add", 1, "STORE: int8 results plus the residual rows (LOAD target RES, at the accumulator rows read): "
      "golden_model.intvec.add with the add multipliers and shift of the PARAM entry's channel 0; overlays with "
      "store_add"),
+    ("transpose", 1, "LOAD A, B, V: read token rows (t_rows_last + 1 rows of `count` bytes, `stride` apart) and "
+     "write their transpose: entry e byte r = row r byte e (golden_model.intops.token_tiles); overlays with load_t"),
 ]
 
 
@@ -174,6 +176,18 @@ STORE_FIELDS = [
      "dram_addr + t x tile_stride"),
     ("tile_stride", 24, "STORE: bytes between tiles' first output rows (AXI-beat aligned)"),
 ]
+
+
+#: A transposing LOAD (`transpose`) reads its own field from the bits of fields a LOAD never reads (b_base,
+#: k_last), besides dram_addr (row 0, beat aligned), stride (row pitch, beat aligned) and count (entries =
+#: bytes read of each row).
+LOAD_T_SHARES = ("b_base", "k_last")
+LOAD_T_FIELDS = [
+    ("t_rows_last", 8, "transposing LOAD: rows read - 1 (at most an entry's bytes: R for A, C for B and V; the "
+     "entries' bytes past the rows read are zero: a tail tile)"),
+]
+#: The LOAD targets a transposing LOAD may fill (entries of one byte per token: a tile of tokens).
+TRANSPOSE_TARGETS = ("A", "B", "V")
 
 
 #: VECTOR's own fields share the bits of fields it never reads (stride .. param_addr). It also reads
@@ -277,6 +291,14 @@ ENGINES = [
     # (golden_model.intvec.add; multipliers and shift in the PARAM channel), so a projection whose output
     # only feeds a residual add writes the sum: no DDR pass for its output.
     EngineISA("store_add", "GEMM store residual add", {}, {"RES": 8}),
+    # The transposing LOAD in the GEMM load unit (hw/overlay.py): LOAD with `transpose` reads token rows
+    # (what a linear or the vector engine writes: sw.runtime.layout.TokenRowLayout) into A, B or V entries
+    # (a tile of tokens, one channel per entry), so a linear's A chains in DDR with no host transpose.
+    EngineISA("load_t", "GEMM transposing load", {}, {},
+              (LOAD_T_SHARES, "LOAD_T", LOAD_T_FIELDS,
+               "A LOAD with `transpose` reads its own field from the bits of {} (which a LOAD does not use), "
+               "besides dram_addr (row 0), stride (row pitch, both AXI-beat aligned) and count (entries: the "
+               "bytes read of each row, any number; a row is read as whole beats):")),
 ]
 #: Reserved for the engines of later issues (decoded as BAD_OPCODE until they exist).
 RESERVED_OPCODES = {"CONV": 9}

@@ -62,6 +62,10 @@ class Core(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         cfg = self.cfg
+        if "load_t" in cfg.engines:
+            # The sim backend models it (sw/backends/sim_model.py); the load unit does not have it yet.
+            raise ValueError(f"overlay {cfg.name!r}: the transposing LOAD (load_t) has no RTL yet; build "
+                             "without it (OverlayConfig.replace(engines=...))")
         R, C = cfg.rows, cfg.cols
         DB = cfg.axi_data_bits // 8
         DW = cfg.axi_data_bits

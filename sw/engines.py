@@ -89,6 +89,8 @@ def engines() -> dict[str, Engine]:
         Engine("store_lut", {"LUT": Command(CK._check_entries, _load_entries, "load")}),
         # The GEMM store's residual add (STORE.add): its LOAD target RES; linear programs fill it.
         Engine("store_add", {"RES": Command(CK._check_entries, _load_entries, "load")}),
+        # The transposing LOAD (LOAD.transpose into A, B, V): a mode of those targets' Commands, no target of its own.
+        Engine("load_t", {}),
     ]
     table = {e.name: e for e in entries}
     declared = {e.name for e in isa.ENGINES}

@@ -115,6 +115,16 @@ def fixed_costs(cfg, f: dict[str, np.ndarray], kind: np.ndarray) -> dict[str, np
     cycles = np.where(wide, beats, beats * per)
     bursts = -(-beats // 256)
     dur[load] = (READ_LATENCY * bursts + cycles + LOAD_PIPELINE)[load]
+    # A transposing LOAD (load_t): per group of a beat's worth of entries, a beat of each row read (single-beat
+    # bursts, one AR a cycle) into one half of the transpose buffer while the other half's entries are
+    # written, one a cycle: max(rows, beat bytes) cycles a group; the first group's rows and the last
+    # group's entries are not overlapped.
+    tr = load & (f["transpose"] != 0)
+    if tr.any():
+        rows = f["t_rows_last"] + 1
+        groups = -(-cnt // DB)
+        last = cnt - (groups - 1) * DB
+        dur[tr] = (READ_LATENCY + rows + (groups - 1) * np.maximum(rows, DB) + last + LOAD_PIPELINE)[tr]
     # IM2COL: input rows stream at max(beats, K) cycles each (line buffer and emission overlap).
     k = f["kernel_last"] + 1
     stride = np.left_shift(1, f["stride_log2"])

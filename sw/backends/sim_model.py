@@ -23,7 +23,7 @@ import copy
 
 import numpy as np
 
-from golden_model.intops import requantize, saturate_int32
+from golden_model.intops import requantize, saturate_int32, token_tiles
 from golden_model.intvec import AddParams, LutParams, add, lut
 from hw import isa
 from hw.limits import im2col_row_beats
@@ -232,12 +232,32 @@ class SimOverlay:
         DB = self.cfg.beat_bytes
         eb = isa.entry_bytes(self.cfg, target)
         n = d["count"]
+        if d.get("transpose"):
+            raw = self._rows_transposed(d, n, eb)
+            if raw is None:
+                return isa.ERROR_AXI_READ, i + 1
+            self._load(target, d["sp_addr"], n, raw)
+            return None
         beats = n * eb // DB if eb >= DB else -(-n // (DB // eb))
         src = self._ddr(d["dram_addr"], beats * DB)
         if src is None:
             return isa.ERROR_AXI_READ, i + 1     # reported after dispatch
         self._load(target, d["sp_addr"], n, src[:n * eb])
         return None
+
+    def _rows_transposed(self, d, n, eb) -> np.ndarray | None:
+        """A transposing LOAD's entries as DDR bytes (n entries of eb): t_rows_last + 1 token rows of n bytes
+        (whole beats each, in the hardware's order: a beat of every row, then the next beat), transposed
+        (golden_model.intops.token_tiles); None on an AXI error response."""
+        DB, rows = self.cfg.beat_bytes, d["t_rows_last"] + 1
+        got = np.zeros((rows, -(-n // DB) * DB), np.uint8)
+        for g in range(got.shape[1] // DB):
+            for r in range(rows):
+                beat = self._ddr(d["dram_addr"] + r * d["stride"] + g * DB, DB)
+                if beat is None:
+                    return None
+                got[r, g * DB:(g + 1) * DB] = beat
+        return token_tiles(got[:, :n], eb)[0].reshape(-1)
 
     def exec_im2col(self, d, i):
         return None if self._im2col(d) else (isa.ERROR_AXI_READ, i + 1)

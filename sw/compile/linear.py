@@ -28,7 +28,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from golden_model.intops import MAX_K
+from golden_model.intops import MAX_K, token_tiles
 from hw import isa
 
 ALIGN = 4096
@@ -570,10 +570,7 @@ def _fill_operands(cfg, image, offsets, a, b, bias, multiplier, shift, mt, nt, a
     R, C = cfg.rows, cfg.cols
     M, K = a.shape
     N = b.shape[1]
-    ap = np.zeros((mt * R, K), np.int8)
-    ap[:M] = a
-    # per M-tile: K entries of R -> [mt, K, R]
-    tiles_a = ap.reshape(mt, R, K).transpose(0, 2, 1).reshape(mt, K * R)
+    tiles_a = token_tiles(a, R).reshape(mt, K * R)          # per M-tile: K entries of R
     off = offsets["A"][0]
     for i in range(mt):
         image[off + i * a_stride:off + i * a_stride + K * R] = tiles_a[i].view(np.uint8)

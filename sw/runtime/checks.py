@@ -163,6 +163,11 @@ def _check_load(cfg, d, fail, in_buffer) -> None:
             fail(sel, lambda j, target=target, title=title: f"LOAD target {target}, but the overlay has no {title} "
                  "engine")
             continue
+        tr = sel & (d["transpose"] != 0)
+        if target not in isa.TRANSPOSE_TARGETS or "load_t" not in cfg.engines:
+            why = (f"the overlay has no {isa.ENGINE_TITLES['load_t']}" if target in isa.TRANSPOSE_TARGETS else
+                   f"only {', '.join(isa.TRANSPOSE_TARGETS)} load transposed")
+            fail(tr, lambda j, target=target, why=why: f"transposing LOAD into {target}: {why}")
         commands()[target].check(cfg, *_subset(d, fail, in_buffer, sel))
 
 
@@ -175,8 +180,25 @@ def _check_entries(cfg, d, fail, in_buffer) -> None:
     fail((n < 1) | (sp + n > depth),
          lambda j: f"entries [{sp[j]}, {sp[j] + n[j]}) outside the {target} scratchpad (depth {depth})")
     eb = isa.entry_bytes(cfg, target)
+    tr = d["transpose"] != 0
     size = n * eb if eb >= DB else -(-n * eb // DB) * DB
-    in_buffer(d["dram_addr"], size, "source")
+    if (~tr).any():
+        at = np.flatnonzero(~tr)
+        in_buffer(d["dram_addr"][at], size[at], "source", at=at)
+    if tr.any():
+        _check_transposed(cfg, d, fail, in_buffer, tr, eb)
+
+
+def _check_transposed(cfg, d, fail, in_buffer, tr, eb) -> None:
+    """A transposing LOAD (`transpose`): its rows fit an entry, its rows start on beats, all of them in the buffer."""
+    DB = cfg.beat_bytes
+    rows, stride, n = d["t_rows_last"] + 1, d["stride"], d["count"]
+    at = np.flatnonzero(tr)
+    rows, stride, n = rows[at], stride[at], n[at]
+    fail(rows > eb, lambda j: f"transposing LOAD of {rows[j]} rows, an entry holds {eb} bytes", at=at)
+    fail(stride % DB != 0, lambda j: f"transposing LOAD: row pitch {stride[j]} is not a whole number of "
+         f"{DB}-byte AXI beats", at=at)
+    in_buffer(d["dram_addr"][at], (rows - 1) * stride + -(-n // DB) * DB, "source rows", at=at)
 
 
 def _check_compute(cfg, d, fail, in_buffer) -> None:
