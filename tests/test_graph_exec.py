@@ -136,3 +136,21 @@ def test_activations_chain_in_ddr_and_the_arena_is_freed(scaled):
     assert ex.spilled_bytes > 0
     for a, t in zip(outs[True], qm.graph.meta["image_outputs"]):
         np.testing.assert_array_equal(a, spilled[t])
+
+
+def test_attention_reads_and_writes_token_rows_with_load_t(scaled):
+    """bench16 with the transposing LOAD (load_t): the image encoder's attentions read Q, K, V where their
+    projections left them (token rows, in place) and leave their output there for the proj, heads merged:
+    every node equals intinterp's, and an attention fed by three GEMM projections moves only its program."""
+    cfg = preset("bench16")
+    cfg = cfg.replace(engines=cfg.engines + ("load_t",))
+    qm = _quantised(scaled, cfg)
+    feeds = {"image": GraphPredictor(qm.graph, IntRunner(qm)).image_input(scaled[2])}
+    ex = GraphExecutor(qm, cfg, "sim", read_back=True)
+    assert ex.check(ex.run(feeds, stages=("image_encoder",)), IntRunner(qm).run(feeds, stages=("image_encoder",))) == []
+    writers = {t: n.name for n in qm.graph.nodes for t in n.outputs}
+    attn = [(n, ex.records[n.name]) for n in qm.graph.nodes if n.op == "attention" and n.name in ex.records]
+    fed = [r for n, r in attn if r.where == "attention" and all(ex.records[writers[t]].where == "gemm"
+                                                               for t in n.inputs)]
+    assert fed and all(0 < r.ddr_bytes == r.program_bytes for r in fed), [(r.name, r.ddr_bytes) for r in fed]
+    assert all("split on the host" not in r.reason for _, r in attn)

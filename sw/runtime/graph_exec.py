@@ -59,6 +59,7 @@ import numpy as np
 from golden_model.intattn import AttentionQuant
 from golden_model.quant.interpret import merge_heads, nchw_to_nhwc, nhwc_to_nchw, split_heads
 from golden_model.quant.intinterp import IntRunner, _mask_product, _requant_args, _vec_params
+from sw.compile.attention import TokenRows, token_rows_refusal
 from sw.compile.graph import fused_adds, place_all, vector_lanes
 from sw.compile.vector import OPS as VECTOR_OPS, compile_vector, row_dim
 from sw.perf.layers import graph_layers
@@ -121,15 +122,19 @@ def _conv_transpose(drv, n, a, r):
     return _per_image(drv, x, lambda xi: drv.conv_transpose2d(xi, w, b, m, s, stride=n.attrs["stride"]))
 
 
-def _attention(drv, n, a, r):
-    q, k, v = a
-    h = n.attrs["heads"]
-    quant = AttentionQuant(*(int(x) for x in r.params[n.name]["quant"]))
+def _split_heads(t, h):
+    """(N, ..., C) -> (N * heads, L, d): every window's every head, one call."""
+    s = split_heads(t, h)
+    return np.ascontiguousarray(s.reshape((-1,) + s.shape[2:]))
 
-    def heads(t):          # (N, ..., C) -> (N * heads, L, d): every window's every head, one call
-        s = split_heads(t, h)
-        return np.ascontiguousarray(s.reshape((-1,) + s.shape[2:]))
-    o = drv.attention(heads(q), heads(k), heads(v), quant)
+
+def _attention_quant(n, r) -> AttentionQuant:
+    return AttentionQuant(*(int(x) for x in r.params[n.name]["quant"]))
+
+
+def _attention(drv, n, a, r):
+    q, h = a[0], n.attrs["heads"]
+    o = drv.attention(*(_split_heads(t, h) for t in a), _attention_quant(n, r))
     return merge_heads(o.reshape((q.shape[0], h) + o.shape[1:]), q.shape), [drv.last_run]
 
 
@@ -272,9 +277,59 @@ def _vector_dev(drv, n, op, x, p=None, b=None):
     return _run_to_device(drv, prog, bind, prog.out_layout, out_shape, n.name), [drv.last_run]
 
 
+def _upload(drv, x, layout: TokenRowLayout) -> str:
+    """A new session buffer holding host array x in `layout` (its bytes written once): its name."""
+    name = drv.buffer(layout.size).name
+    drv.session.backend.write(drv.session.arena[name].addr, layout.pack(x))
+    return name
+
+
+def _attention_dev(drv, n, a, r):
+    """_attention with its output left in DDR as token rows, heads merged (sw.compile.attention.TokenRows),
+    and on overlays with the transposing LOAD (load_t) its Q, K, V read from token rows: a DeviceTensor in
+    that layout in place, a host array written there once. A head dim the array's C does not divide runs
+    as _attention (token_rows_refusal; the record's reason says so)."""
+    q, k, v = a
+    h, cfg = n.attrs["heads"], drv.cfg
+    d = q.shape[-1] // h
+    if token_rows_refusal(cfg, d):
+        return _attention(drv, n, _host_args(a), r)
+    quant = _attention_quant(n, r)
+    inputs = token_rows_refusal(cfg, d, inputs=True) is None
+    N, lq, lk = q.shape[0], math.prod(q.shape[1:-1]), math.prod(k.shape[1:-1])
+    rows = TokenRows(h, N, lq, lk, inputs=inputs)
+    bind, uploaded = {}, []
+    try:
+        if inputs:           # the programs read Q, K, V from buffers; compiled on zeros of their shapes
+            for region, t, tokens in (("Q", q, lq), ("K", k, lk), ("V", v, lk)):
+                layout = TokenRowLayout(N * tokens, h * d, cfg.cols)
+                if isinstance(t, DeviceTensor) and t.buffer is not None and same_bytes(t.layout, layout):
+                    bind[region] = t.buffer
+                else:
+                    bind[region] = _upload(drv, np.asarray(t), layout)
+                    uploaded.append(bind[region])
+            qh, kh, vh = (np.zeros((N * h, tokens, d), np.int8) for tokens in (lq, lk, lk))
+        else:
+            qh, kh, vh = (_split_heads(np.asarray(t), h) for t in a)
+        y = DeviceTensor(drv, drv.buffer(rows.size(lq, d)).name, TokenRowLayout(N * lq, h * d, cfg.cols), q.shape,
+                         n.name)
+        runs = []
+        try:
+            for *_, prog in drv.attention_programs(qh, kh, vh, quant, rows=rows):
+                runs.append(drv.run_bound(prog, {**bind, "out": y.buffer}))
+        except BaseException:
+            y.free(keep=False)
+            raise
+    finally:
+        for name in uploaded:
+            drv.session.free(name)
+    return y, runs
+
+
 #: ops whose output an engine node leaves in DDR (token rows), and which of their inputs they read in place
 DEVICE_OPS = {
     "linear": _linear_dev,
+    "attention": _attention_dev,
     "layernorm": lambda d, n, a, r: _vector_dev(d, n, "layernorm", a[0], _vec_params(r, n, "LayerNormParams")),
     "gelu": lambda d, n, a, r: _vector_dev(d, n, "lut", a[0], _vec_params(r, n, "LutParams")),
     "rescale": lambda d, n, a, r: _vector_dev(d, n, "rescale", a[0], _vec_params(r, n, "RescaleParams")),
@@ -282,7 +337,7 @@ DEVICE_OPS = {
     "maxpool2x2": lambda d, n, a, r: _vector_dev(d, n, "maxpool", a[0]),
     "upsample2x": lambda d, n, a, r: _vector_dev(d, n, "upsample", a[0]),
 }
-IN_PLACE = {"layernorm": (0,), "gelu": (0,), "rescale": (0,), "add": (0, 1), "maxpool2x2": (0,), "upsample2x": (0,)}
+IN_PLACE = {"attention": (0, 1, 2), "layernorm": (0,), "gelu": (0,), "rescale": (0,), "add": (0, 1), "maxpool2x2": (0,), "upsample2x": (0,)}
 
 
 def _host_args(args, keep=()):
@@ -467,6 +522,14 @@ class GraphExecutor(IntRunner):
             add, i = self.fused_adds[node.name]
             rec.holds = add.outputs[0]
             call, dev_call = self._fused_add_calls(add, i)
+
+        if node.op == "attention" and self.chain:      # what of it crosses the host (_attention_dev)
+            d = self.graph.tensors[node.inputs[0]].shape[-1] // node.attrs["heads"]
+            out_why, in_why = token_rows_refusal(self.cfg, d), token_rows_refusal(self.cfg, d, inputs=True)
+            if out_why:
+                rec.reason += f"; Q, K, V and output via the host: {out_why}"
+            elif in_why:
+                rec.reason += f"; Q, K, V split on the host: {in_why}"
 
         def once(n, args, r):
             if self._device(n):
