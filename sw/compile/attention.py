@@ -14,11 +14,12 @@ DDR image (4 KiB aligned regions):
   K       per (head, key tile):   dp entries of C int8      (entry c = k[keys, c]; the B layout)
   V       per (head, key tile):   dp entries of C int8      (entry c = v[keys, c]; the V layout)
   params  one PARAM entry: C channels of (bias 0, out_mult, out_shift)
-  out     H x Lq rows of dp int8 (or int32), row-major; with `rows` (TokenRows) token rows
-          instead: the heads merged, row = query token, head h at columns h d .. h d + d - 1
+  out     H x Lq rows of dp int8 (or int32), row-major
+With `rows` (TokenRows) out, and with rows.inputs Q, K and V, are token rows instead, the heads
+merged (row = token, head h at columns h d .. h d + d - 1): what a linear writes and reads.
 
 Schedule per (head, group of `slots` query tiles, one per engine slot): one LOAD of their Q
-tiles into an A half; per key tile n: LOAD K (B half n % 2) and LOAD V (V half n % 2) once,
+tiles into an A half (from token rows: one transposing LOAD per tile); per key tile n: LOAD K (B half n % 2) and LOAD V (V half n % 2) once,
 then per slot s: COMPUTE S = Q_s K^T (GEMM array, a ring of up to 4 accumulator regions) and
 ATTENTION STEP(slot s) (softmax + P V on the attention engine); then per slot ATTENTION NORM
 over groups of chunks into the remaining accumulator regions, and one STORE per chunk through
@@ -364,7 +365,7 @@ def compile_attention(cfg, q, k, v, quant: intattn.AttentionQuant, *, out_int32:
     sym, raw = pack_descriptors(descs, image, offsets, base_addr, "split the attention")
     op = dict(kind="attention", heads=H, lq=Lq, lk=Lk, dp=dp, q_tiles=q_tiles, kt=kt, k_stride=k_stride,
               out_int32=out_int32, out_chunked=out_chunked, score_mult=quant.score_mult, score_shift=quant.score_shift,
-              rows=rows, d=d)
+              rows=rows)
     return AttentionProgram(cfg, H, Lq, Lk, d, out_int32, image, raw, offsets, macs=2 * H * Lq * Lk * d,
                             base_addr=base_addr, kv_bytes=kv_bytes, slots=slots, symbolic=sym, out_chunked=out_chunked,
                             token_tiles=token_tiles, op=op, rows=rows)

@@ -22,17 +22,24 @@ quantised for the preset (`sam2fpga quantize --preset P` sets key_tile = cols); 
 
 Activations in DDR (chain=True, the default). Within a run (run(), or run_nodes for the video
 executor) an engine node whose output is token rows (sw.runtime.layout.TokenRowLayout: a linear's out,
-every vector op's out) leaves it in an arena buffer (a DeviceTensor: buffer, layout, shape) instead of
+every vector op's out, attention's out with its heads merged) leaves it in an arena buffer (a DeviceTensor: buffer, layout, shape) instead of
 reading it back; the next node reads it in place where the layouts agree, and the buffer is freed after
 its last reader in the run (liveness from the graph), so the arena holds only the live activations.
 Where the layouts agree (read in place, no host bytes):
   linear or vector op out -> layernorm, GELU table, rescale, add (both operands), maxpool / upsample (one
   image) on the vector engine (rows wider than the engine's MAX_DIM run as narrower rows: in place when
-  the channels are a multiple of C, so no row is padded).
+  the channels are a multiple of C, so no row is padded);
+  linear or vector op out -> attention's Q, K and V on overlays with the transposing LOAD (load_t): per
+  query or key tile one LOAD reads the head's d columns of R or C token rows at the row pitch into
+  K-major entries; a host array (a host node's output) is written there once (its bytes);
+  attention out -> the next node: each STORE writes R query rows x C columns of a head at its column
+  h x d, row pitch heads x d (sw.compile.attention.TokenRows), so the heads are merged in DDR.
+  Both need C to divide the head dim; otherwise everything of that attention crosses the host.
 Where they differ, the reader takes the tensor back to the host (its bytes counted as the reader's):
   * a linear's A: tiles of R tokens, entry k = channel k of the tile's R tokens (the GEMM array reads both
     operands K-major): a transpose of token rows, done on the host as it writes A;
-  * attention's Q, K, V (heads split, per-head tiles) and its per-head output (merged on the host);
+  * attention's Q, K, V on overlays without load_t (heads split and tiled on the host), and its output
+    too where C does not divide the head dim (the node's reason in records says which);
   * conv, depthwise, conv_transpose: planar (C, H, W) maps (sw.compile.conv.FmapLayout), image by image;
   * mask_product (int32), RoPE, and every host and layout node (window partition / unpartition,
     quantize, the decoder's float nodes): the host op's own bytes.
