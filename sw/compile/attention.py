@@ -19,9 +19,9 @@ With `rows` (TokenRows) out, and with rows.inputs Q, K and V, are token rows ins
 merged (row = token, head h at columns h d .. h d + d - 1): what a linear writes and reads.
 
 Schedule per (head, group of `slots` query tiles, one per engine slot): one LOAD of their Q
-tiles into an A half (from token rows: one transposing LOAD per tile); per key tile n: LOAD K (B half n % 2) and LOAD V (V half n % 2) once,
-then per slot s: COMPUTE S = Q_s K^T (GEMM array, a ring of up to 4 accumulator regions) and
-ATTENTION STEP(slot s) (softmax + P V on the attention engine); then per slot ATTENTION NORM
+tiles into an A half (from token rows: one transposing LOAD per tile); per key tile n: LOAD K
+(B half n % 2) and LOAD V (V half n % 2) once, then per slot s: COMPUTE S = Q_s K^T (GEMM array,
+a ring of up to 4 accumulator regions) and ATTENTION STEP(slot s) (softmax + P V on the attention engine); then per slot ATTENTION NORM
 over groups of chunks into the remaining accumulator regions, and one STORE per chunk through
 the requantiser. Each K and V tile is read once per group (S x fewer DDR reads than one query
 tile at a time). Descriptors dispatch in order, so the order is the schedule: each COMPUTE
@@ -278,9 +278,9 @@ def compile_attention(cfg, q, k, v, quant: intattn.AttentionQuant, *, out_int32:
             if rows_in:                     # each query tile from its R token rows, transposed
                 for s in range(ns):
                     qi = q0 + s
-                    n_q = emit(dict(opcode="LOAD", target="A", src=("Q", rows.row(h, rows.q0 + qi * R, rows.queries, d)),
-                                    count=dp, sp_addr=ha * a_half + s * dp, **transposed(min(R, Lq - qi * R))),
-                               "LOAD", [("A", ha)])
+                    src = ("Q", rows.row(h, rows.q0 + qi * R, rows.queries, d))
+                    n_q = emit(dict(opcode="LOAD", target="A", src=src, count=dp, sp_addr=ha * a_half + s * dp,
+                                    **transposed(min(R, Lq - qi * R))), "LOAD", [("A", ha)])
                     last[("A", ha)] = {}    # the first waited; descriptors dispatch in order
             elif split_q:                   # channel c of query tile qi: R bytes of token tile qi // m
                 m = C // R

@@ -22,9 +22,10 @@ quantised for the preset (`sam2fpga quantize --preset P` sets key_tile = cols); 
 
 Activations in DDR (chain=True, the default). Within a run (run(), or run_nodes for the video
 executor) an engine node whose output is token rows (sw.runtime.layout.TokenRowLayout: a linear's out,
-every vector op's out, attention's out with its heads merged) leaves it in an arena buffer (a DeviceTensor: buffer, layout, shape) instead of
-reading it back; the next node reads it in place where the layouts agree, and the buffer is freed after
-its last reader in the run (liveness from the graph), so the arena holds only the live activations.
+every vector op's out, attention's out with its heads merged) leaves it in an arena buffer (a
+DeviceTensor: buffer, layout, shape) instead of reading it back; the next node reads it in place where
+the layouts agree, and the buffer is freed after its last reader in the run (liveness from the graph),
+so the arena holds only the live activations.
 Where the layouts agree (read in place, no host bytes):
   linear or vector op out -> layernorm, GELU table, rescale, add (both operands), maxpool / upsample (one
   image) on the vector engine (rows wider than the engine's MAX_DIM run as narrower rows: in place when
@@ -344,7 +345,8 @@ DEVICE_OPS = {
     "maxpool2x2": lambda d, n, a, r: _vector_dev(d, n, "maxpool", a[0]),
     "upsample2x": lambda d, n, a, r: _vector_dev(d, n, "upsample", a[0]),
 }
-IN_PLACE = {"attention": (0, 1, 2), "layernorm": (0,), "gelu": (0,), "rescale": (0,), "add": (0, 1), "maxpool2x2": (0,), "upsample2x": (0,)}
+IN_PLACE = {"attention": (0, 1, 2), "layernorm": (0,), "gelu": (0,), "rescale": (0,), "add": (0, 1),
+            "maxpool2x2": (0,), "upsample2x": (0,)}
 
 
 def _host_args(args, keep=()):
