@@ -150,8 +150,8 @@ def test_attention_reads_and_writes_token_rows_with_load_t(scaled):
     cfg = cfg.replace(engines=cfg.engines + ("load_t",))
     qm = _quantised(scaled, cfg)
     feeds = {"image": GraphPredictor(qm.graph, IntRunner(qm)).image_input(scaled[2])}
-    ex = GraphExecutor(qm, cfg, "sim", read_back=True)
-    assert ex.check(ex.run(feeds, stages=("image_encoder",)), IntRunner(qm).run(feeds, stages=("image_encoder",))) == []
+    ex, stages = GraphExecutor(qm, cfg, "sim", read_back=True), ("image_encoder",)
+    assert ex.check(ex.run(feeds, stages=stages), IntRunner(qm).run(feeds, stages=stages)) == []
     writers = {t: n.name for n in qm.graph.nodes for t in n.outputs}
     attn = [(n, ex.records[n.name]) for n in qm.graph.nodes if n.op == "attention" and n.name in ex.records]
     fed = [r for n, r in attn if r.where == "attention" and all(ex.records[writers[t]].where == "gemm"
