@@ -21,9 +21,9 @@ merged (row = token, head h at columns h d .. h d + d - 1): what a linear writes
 Schedule per (head, group of `slots` query tiles, one per engine slot): one LOAD of their Q
 tiles into an A half (from token rows: one transposing LOAD per tile); per key tile n: LOAD K
 (B half n % 2) and LOAD V (V half n % 2) once, then per slot s: COMPUTE S = Q_s K^T (GEMM array,
-a ring of up to 4 accumulator regions) and ATTENTION STEP(slot s) (softmax + P V on the attention engine); then per slot ATTENTION NORM
-over groups of chunks into the remaining accumulator regions, and one STORE per chunk through
-the requantiser. Each K and V tile is read once per group (S x fewer DDR reads than one query
+a ring of up to 4 accumulator regions) and ATTENTION STEP(slot s) (softmax + P V on the attention
+engine); then per slot ATTENTION NORM over groups of chunks into the remaining accumulator regions,
+and one STORE per chunk through the requantiser. Each K and V tile is read once per group (S x fewer DDR reads than one query
 tile at a time). Descriptors dispatch in order, so the order is the schedule: each COMPUTE
 is emitted one step ahead of its STEP (the GEMM array works on step j + 1 while the engine
 runs step j), and the next key tile's two LOADs are spread over the group's steps.
