@@ -32,15 +32,16 @@ Where the layouts agree (read in place, no host bytes):
   the channels are a multiple of C, so no row is padded);
   linear or vector op out -> attention's Q, K and V on overlays with the transposing LOAD (load_t): per
   query or key tile one LOAD reads the head's d columns of R or C token rows at the row pitch into
-  K-major entries; a host array (a host node's output) is written there once (its bytes);
+  K-major entries; a host array (a host node's output) is written there once (its bytes); and
   attention out -> the next node: each STORE writes R query rows x C columns of a head at its column
   h x d, row pitch heads x d (sw.compile.attention.TokenRows), so the heads are merged in DDR.
-  Both need C to divide the head dim; otherwise everything of that attention crosses the host.
+  Both need C to divide the head dim; otherwise, or without load_t, all of that attention crosses the
+  host (the output too: its reader, a linear, reads it back anyway; the record's reason says why).
 Where they differ, the reader takes the tensor back to the host (its bytes counted as the reader's):
   * a linear's A: tiles of R tokens, entry k = channel k of the tile's R tokens (the GEMM array reads both
     operands K-major): a transpose of token rows, done on the host as it writes A;
-  * attention's Q, K, V on overlays without load_t (heads split and tiled on the host), and its output
-    too where C does not divide the head dim (the node's reason in records says which);
+  * attention's Q, K, V and output on overlays without load_t or where C does not divide the head dim
+    (heads split and tiled, and merged, on the host);
   * conv, depthwise, conv_transpose: planar (C, H, W) maps (sw.compile.conv.FmapLayout), image by image;
   * mask_product (int32), RoPE, and every host and layout node (window partition / unpartition,
     quantize, the decoder's float nodes): the host op's own bytes.
@@ -293,37 +294,34 @@ def _upload(drv, x, layout: TokenRowLayout) -> str:
 
 
 def _attention_dev(drv, n, a, r):
-    """_attention with its output left in DDR as token rows, heads merged (sw.compile.attention.TokenRows),
-    and on overlays with the transposing LOAD (load_t) its Q, K, V read from token rows: a DeviceTensor in
-    that layout in place, a host array written there once. A head dim the array's C does not divide runs
-    as _attention (token_rows_refusal; the record's reason says so)."""
+    """_attention reading Q, K, V from token rows and leaving its output there, heads merged
+    (sw.compile.attention.TokenRows): a DeviceTensor in that layout is read in place, a host array written
+    there once. Where that cannot be (token_rows_refusal: no load_t, or a head dim C does not divide) it
+    runs as _attention, output too: its reader, a linear, would only read the output back (its A is a host
+    transpose), and the program, bound to a new buffer each run, would rewrite its descriptors."""
     q, k, v = a
     h, cfg = n.attrs["heads"], drv.cfg
     d = q.shape[-1] // h
-    if token_rows_refusal(cfg, d):
+    if token_rows_refusal(cfg, d, inputs=True):
         return _attention(drv, n, _host_args(a), r)
-    quant = _attention_quant(n, r)
-    inputs = token_rows_refusal(cfg, d, inputs=True) is None
     N, lq, lk = q.shape[0], math.prod(q.shape[1:-1]), math.prod(k.shape[1:-1])
-    rows = TokenRows(h, N, lq, lk, inputs=inputs)
+    rows = TokenRows(h, N, lq, lk, inputs=True)
     bind, uploaded = {}, []
     try:
-        if inputs:           # the programs read Q, K, V from buffers; compiled on zeros of their shapes
-            for region, t, tokens in (("Q", q, lq), ("K", k, lk), ("V", v, lk)):
-                layout = TokenRowLayout(N * tokens, h * d, cfg.cols)
-                if isinstance(t, DeviceTensor) and t.buffer is not None and same_bytes(t.layout, layout):
-                    bind[region] = t.buffer
-                else:
-                    bind[region] = _upload(drv, np.asarray(t), layout)
-                    uploaded.append(bind[region])
-            qh, kh, vh = (np.zeros((N * h, tokens, d), np.int8) for tokens in (lq, lk, lk))
-        else:
-            qh, kh, vh = (_split_heads(np.asarray(t), h) for t in a)
+        for region, t, tokens in (("Q", q, lq), ("K", k, lk), ("V", v, lk)):
+            layout = TokenRowLayout(N * tokens, h * d, cfg.cols)
+            if isinstance(t, DeviceTensor) and t.buffer is not None and same_bytes(t.layout, layout):
+                bind[region] = t.buffer
+            else:
+                bind[region] = _upload(drv, np.asarray(t), layout)
+                uploaded.append(bind[region])
+        # the programs read Q, K, V from those buffers: compiled on zeros of their shapes
+        qh, kh, vh = (np.zeros((N * h, tokens, d), np.int8) for tokens in (lq, lk, lk))
         y = DeviceTensor(drv, drv.buffer(rows.size(lq, d)).name, TokenRowLayout(N * lq, h * d, cfg.cols), q.shape,
                          n.name)
         runs = []
         try:
-            for *_, prog in drv.attention_programs(qh, kh, vh, quant, rows=rows):
+            for *_, prog in drv.attention_programs(qh, kh, vh, _attention_quant(n, r), rows=rows):
                 runs.append(drv.run_bound(prog, {**bind, "out": y.buffer}))
         except BaseException:
             y.free(keep=False)
@@ -532,13 +530,10 @@ class GraphExecutor(IntRunner):
             rec.holds = add.outputs[0]
             call, dev_call = self._fused_add_calls(add, i)
 
-        if node.op == "attention" and self.chain:      # what of it crosses the host (_attention_dev)
-            d = self.graph.tensors[node.inputs[0]].shape[-1] // node.attrs["heads"]
-            out_why, in_why = token_rows_refusal(self.cfg, d), token_rows_refusal(self.cfg, d, inputs=True)
-            if out_why:
-                rec.reason += f"; Q, K, V and output via the host: {out_why}"
-            elif in_why:
-                rec.reason += f"; Q, K, V split on the host: {in_why}"
+        if node.op == "attention" and self.chain:      # why it does not chain (_attention_dev)
+            why = token_rows_refusal(self.cfg, self.graph.tensors[node.inputs[0]].shape[-1] // node.attrs["heads"],
+                                     inputs=True)
+            rec.reason += f"; Q, K, V and output via the host: {why}" if why else ""
 
         def once(n, args, r):
             if self._device(n):
