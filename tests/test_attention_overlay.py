@@ -176,7 +176,7 @@ def test_driver_splits_calls_too_big_for_one_program(monkeypatch):
     whole = Driver(SIM, "sim")
     want = whole.attention(q, k, v, quant)
     assert len(whole.last_programs) == 1
-    monkeypatch.setattr(ca, "max_query_tiles", lambda cfg, lk, d=None: 2)   # 8 query rows per program
+    monkeypatch.setattr(ca, "max_query_tiles", lambda cfg, lk, d=None, **kw: 2)   # 8 query rows per program
     drv = Driver(SIM, "sim")
     got = drv.attention(q, k, v, quant)
     assert np.array_equal(got, want) and np.array_equal(got, golden(q, k, v, quant, SIM))

@@ -95,7 +95,8 @@ def test_activations_chain_in_ddr_and_the_arena_is_freed(scaled):
     """kv260's image encoder with its activations chained in DDR: the same outputs as every node's output
     read back (chain=False) with far fewer host <-> DDR bytes; a vector node fed by an engine node moves
     only its program (input read in place, output left in DDR); after the run no activation is left in
-    the arena, and a freed intermediate says so when read; a second run rewrites no weights."""
+    the arena, and a freed intermediate says so when read; a second run rewrites no weights, a third
+    nothing of its programs."""
     cfg = preset("kv260")
     qm = _quantised(scaled, cfg)
     feeds = {"image": GraphPredictor(qm.graph, IntRunner(qm)).image_input(scaled[2])}
@@ -120,6 +121,9 @@ def test_activations_chain_in_ddr_and_the_arena_is_freed(scaled):
     for a, t in zip(outs[True], qm.graph.meta["image_outputs"]):
         np.testing.assert_array_equal(a, again[t])
     assert sum(r.program_bytes for r in ex.records.values()) < first / 3
+    # a third run allocates its activations where the second did: the descriptors in DDR are already right
+    ex.run(feeds, stages=("image_encoder",))
+    assert sum(r.program_bytes for r in ex.records.values()) == 0
     # a full arena (the 20th activation's buffer refused, after the kept programs were dropped too): the
     # run's activations are read back to the host and the nodes go on from there, same outputs
     from sw.runtime.arena import ArenaFull
@@ -136,3 +140,46 @@ def test_activations_chain_in_ddr_and_the_arena_is_freed(scaled):
     assert ex.spilled_bytes > 0
     for a, t in zip(outs[True], qm.graph.meta["image_outputs"]):
         np.testing.assert_array_equal(a, spilled[t])
+
+
+def test_attention_reads_and_writes_token_rows_with_load_t(scaled):
+    """bench16 with the transposing LOAD (load_t): the image encoder's attentions read Q, K, V where their
+    projections left them (token rows, in place) and leave their output there for the proj, heads merged:
+    every node equals intinterp's, and an attention fed by three GEMM projections moves only its program."""
+    cfg = preset("bench16")
+    cfg = cfg.replace(engines=cfg.engines + ("load_t",))
+    qm = _quantised(scaled, cfg)
+    feeds = {"image": GraphPredictor(qm.graph, IntRunner(qm)).image_input(scaled[2])}
+    ex, stages = GraphExecutor(qm, cfg, "sim", read_back=True), ("image_encoder",)
+    assert ex.check(ex.run(feeds, stages=stages), IntRunner(qm).run(feeds, stages=stages)) == []
+    writers = {t: n.name for n in qm.graph.nodes for t in n.outputs}
+    attn = [(n, ex.records[n.name]) for n in qm.graph.nodes if n.op == "attention" and n.name in ex.records]
+    fed = [r for n, r in attn if r.where == "attention" and all(ex.records[writers[t]].where == "gemm"
+                                                               for t in n.inputs)]
+    assert fed and all(0 < r.ddr_bytes == r.program_bytes for r in fed), [(r.name, r.ddr_bytes) for r in fed]
+    assert all("via the host" not in r.reason for _, r in attn)
+
+
+def test_attention_split_into_calls_fills_one_token_row_tensor(monkeypatch):
+    """An attention too big for one program (8 query rows a program here): its calls' STOREs fill one
+    token-row buffer, each its own item's rows and head's columns, each reading its own rows of the Q, K, V
+    buffers (written once from the host). Equals the integer interpreter's attention."""
+    from types import SimpleNamespace
+
+    import sw.compile.attention as ca
+    from golden_model.quant.intinterp import INT_OPS
+    from sw.runtime import graph_exec
+    from sw.runtime.driver import Driver
+    cfg = preset("sim")
+    cfg = cfg.replace(engines=cfg.engines + ("load_t",))
+    monkeypatch.setattr(ca, "max_query_tiles", lambda cfg, lk, d=None, **kw: 2)
+    rng = np.random.default_rng(3)
+    q, k, v = (rng.integers(-128, 128, (2, n, 32), dtype=np.int8) for n in (19, 21, 21))   # 2 windows, 2 heads
+    node = SimpleNamespace(name="a", attrs={"heads": 2}, op="attention")
+    r = SimpleNamespace(params={"a": {"quant": np.array([3000, 14, 1 << 28, 30])}}, key_tile=cfg.cols,
+                        cached=lambda key, make: make())
+    drv = Driver(cfg, "sim")
+    y, runs = graph_exec._attention_dev(drv, node, [q, k, v], r)
+    assert isinstance(y, graph_exec.DeviceTensor) and len(runs) == 2 * 2 * 3       # items x query chunks
+    np.testing.assert_array_equal(np.asarray(y), INT_OPS["attention"](node, [q, k, v], r))
+    assert [b for b in drv.session.arena.buffers if b.startswith("act")] == [y.buffer]     # the inputs' freed

@@ -2,6 +2,8 @@
 interpreter): the same DDR bytes after the run (every byte of the DDR, with the output region
 filled with noise first, so a byte written by one mode and not the other shows), the same cycles
 and completion counters; and `cycles_only` (timing without data) gives the same cycles."""
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -12,9 +14,9 @@ from hw.config import preset
 from sw.backends import fast
 from sw.backends.cycles import cycles_only, program_cycles
 from sw.backends.sim_model import SimOverlay
-from sw.compile.attention import compile_attention
+from sw.compile.attention import TokenRows, compile_attention
 from sw.compile.conv import compile_conv2d, compile_depthwise
-from sw.compile.linear import compile_linear
+from sw.compile.linear import CompileError, compile_linear
 from sw.backends.sim import SimBackend
 from sw.runtime.driver import Driver
 from sw.runtime.backend import DDR_BASE
@@ -116,6 +118,37 @@ def test_attention_from_token_tiles_fast_equals_checked(out_chunked):
     image, _ = run_both(cfg, prog)
     want = np.stack([intattn.attention(q[h], k[h], v[h], aq, key_tile=cfg.cols) for h in range(2)])
     assert np.array_equal(prog.output(image), want)
+
+
+@pytest.mark.parametrize("name,inputs", [("bench16", False), ("bench16", True), ("sim", True)])
+def test_attention_as_token_rows_fast_equals_checked(name, inputs):
+    """Output STOREd as token rows, heads merged (TokenRows), and with `inputs` Q, K, V read from token rows
+    by transposing LOADs (load_t): 2 windows x 3 heads of d 16, 21 queries (a tail query tile), 40 keys (a
+    tail key tile); then a split call's part (items 1..2, query rows 8..) of the same tensors: it reads
+    and writes only its own rows."""
+    cfg = preset(name)
+    if inputs:
+        cfg = cfg.replace(engines=cfg.engines + ("load_t",))
+    rng = np.random.default_rng(9)
+    q, k, v = (rand8(rng, (6, n, 16)) for n in (21, 40, 40))
+    aq = intattn.AttentionQuant(score_mult=3000, score_shift=14, out_mult=1 << 28, out_shift=30)
+    want = np.stack([intattn.attention(q[i], k[i], v[i], aq, key_tile=cfg.cols) for i in range(6)])
+    rows = TokenRows(heads=3, groups=2, queries=21, keys=40, inputs=inputs)
+    prog = compile_attention(cfg, q, k, v, aq, base_addr=BASE, rows=rows)
+    image, _ = run_both(cfg, prog)
+    off, n = prog.regions["out"]
+    merged = want.reshape(2, 3, 21, 16).transpose(0, 2, 1, 3)
+    assert np.array_equal(image[off:off + n].view(np.int8), merged.reshape(-1))
+    assert np.array_equal(prog.output(image), want)
+    part = compile_attention(cfg, q[1:3, 8:], k[1:3], v[1:3], aq, base_addr=BASE,
+                             rows=dataclasses.replace(rows, item0=1, q0=8))
+    assert np.array_equal(part.output(run_both(cfg, part)[0]), want[1:3, 8:])
+    with pytest.raises(CompileError, match="head dim 8 is not a multiple"):
+        compile_attention(preset("bench16"), q[..., :8], k[..., :8], v[..., :8], aq, rows=rows)
+    if inputs:
+        no_load_t = cfg.replace(engines=tuple(e for e in cfg.engines if e != "load_t"))
+        with pytest.raises(CompileError, match="no transp"):
+            compile_attention(no_load_t, q, k, v, aq, rows=rows)
 
 
 @pytest.mark.parametrize("cin,h,w,cout,k,stride,padding,depthwise,out_int32", [

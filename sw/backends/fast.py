@@ -171,15 +171,29 @@ def attention(cfg, ddr, op, at):
         x = tiles(ddr, at[region], H * n_tiles, stride, dp * lanes).reshape(H, n_tiles, dp, lanes)
         return x.transpose(0, 1, 3, 2).reshape(H, n_tiles * lanes, dp)
 
-    q = heads("Q", *op["q_tiles"])[:, :lq]
-    k = heads("K", kt, op["k_stride"], C)[:, :lk]
-    v = heads("V", kt, op["k_stride"], C)[:, :lk]
+    rows = op.get("rows")                       # TokenRows: heads merged in token rows (C divides d: dp = d)
+
+    def part(region, tokens, t0, t):
+        """(index, view): this program's items' tokens t0 .. t0 + t - 1 in a token-row region."""
+        return rows.part(ddr[at[region]:at[region] + rows.size(tokens, dp)].view(np.int8), tokens, dp, H, t0, t)
+
+    if rows is not None and rows.inputs:
+        q, k, v = (view[i] for i, view in (part("Q", rows.queries, rows.q0, lq), part("K", lk, 0, lk),
+                                           part("V", lk, 0, lk)))
+    else:
+        q = heads("Q", *op["q_tiles"])[:, :lq]
+        k = heads("K", kt, op["k_stride"], C)[:, :lk]
+        v = heads("V", kt, op["k_stride"], C)[:, :lk]
     quant = intattn.AttentionQuant(op["score_mult"], op["score_shift"], 0, 0)
     bias, mult, shift = (np.tile(q_[0], dp // C) for q_ in params(ddr, at["params"], 1, cfg))
     eb = 4 if op["out_int32"] else 1
     stage = OutputStage(bias, mult, shift, False, op["out_int32"])
     _, l, o = intattn.attention_state(q, k, v, quant, C)                      # heads are a leading axis
     out = stage(intattn.normalise(o, l))                                         # (head, query, dp)
+    if rows is not None:
+        i, view = part("out", rows.queries, rows.q0, lq)
+        view[i] = out
+        return
     if op["out_chunked"]:                       # (chunk, head, query, C): chunk j = channels j C .. j C + C - 1
         out = out.reshape(H, lq, dp // C, C).transpose(2, 0, 1, 3)
     ddr[at["out"]:at["out"] + H * lq * dp * eb] = np.ascontiguousarray(out).view(np.uint8).reshape(-1)

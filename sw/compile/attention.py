@@ -15,13 +15,15 @@ DDR image (4 KiB aligned regions):
   V       per (head, key tile):   dp entries of C int8      (entry c = v[keys, c]; the V layout)
   params  one PARAM entry: C channels of (bias 0, out_mult, out_shift)
   out     H x Lq rows of dp int8 (or int32), row-major
+With `rows` (TokenRows) out, and with rows.inputs Q, K and V, are token rows instead, the heads
+merged (row = token, head h at columns h d .. h d + d - 1): what a linear writes and reads.
 
 Schedule per (head, group of `slots` query tiles, one per engine slot): one LOAD of their Q
-tiles into an A half; per key tile n: LOAD K (B half n % 2) and LOAD V (V half n % 2) once,
-then per slot s: COMPUTE S = Q_s K^T (GEMM array, a ring of up to 4 accumulator regions) and
-ATTENTION STEP(slot s) (softmax + P V on the attention engine); then per slot ATTENTION NORM
-over groups of chunks into the remaining accumulator regions, and one STORE per chunk through
-the requantiser. Each K and V tile is read once per group (S x fewer DDR reads than one query
+tiles into an A half (from token rows: one transposing LOAD per tile); per key tile n: LOAD K
+(B half n % 2) and LOAD V (V half n % 2) once, then per slot s: COMPUTE S = Q_s K^T (GEMM array,
+a ring of up to 4 accumulator regions) and ATTENTION STEP(slot s) (softmax + P V on the attention
+engine); then per slot ATTENTION NORM over groups of chunks into the remaining accumulator regions,
+and one STORE per chunk through the requantiser. Each K and V tile is read once per group (S x fewer DDR reads than one query
 tile at a time). Descriptors dispatch in order, so the order is the schedule: each COMPUTE
 is emitted one step ahead of its STEP (the GEMM array works on step j + 1 while the engine
 runs step j), and the next key tile's two LOADs are spread over the group's steps.
@@ -30,7 +32,7 @@ it overwrites (hw.isa wait_* fields).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -58,6 +60,7 @@ class AttentionProgram:
     out_chunked: bool = False       # out in chunk-major order (sw.runtime.layout: the overlay transposes it)
     token_tiles: bool = False       # Q, K and V in token tiles of C (sw.runtime.layout.TokenTileLayout)
     op: dict | None = None          # what it computes, by region name, for the sim's fast mode (sw/backends/fast.py)
+    rows: "TokenRows | None" = None  # Q, K, V (rows.inputs) and the output as token rows, heads merged
     runs = None                     # one run (max_query_tiles keeps the wait counts within sw.compile.linear.WAIT_LIMIT)
 
     ROLES = {"descriptors": "program", "Q": "input", "K": "input", "V": "input", "params": "weight",
@@ -91,12 +94,67 @@ class AttentionProgram:
         dtype = np.dtype("<i4") if self.out_int32 else np.int8
         C = self.cfg.cols
         flat = np.frombuffer(np.ascontiguousarray(raw).tobytes(), dtype=dtype)
+        if self.rows is not None:            # this program's items and query rows of the merged token rows
+            at, view = self.rows.part(flat, self.rows.queries, self.d, self.heads, self.rows.q0, self.lq)
+            return view[at].copy()
         if self.out_chunked:         # (chunk, head, query, C) -> (head, query, chunk x C)
             out = flat.reshape(self.d_padded // C, self.heads, self.lq, C).transpose(1, 2, 0, 3)
             out = out.reshape(self.heads, self.lq, self.d_padded)
         else:
             out = flat.reshape(self.heads, self.lq, self.d_padded)
         return out[:, :, :self.d].astype(np.int32 if self.out_int32 else np.int8)
+
+
+@dataclass(frozen=True)
+class TokenRows:
+    """Q, K, V and the output as token rows (sw.runtime.layout.TokenRowLayout, pitch heads x d: what a
+    linear or the vector engine writes), the heads merged: batch item b = g x heads + h (g: a window or
+    batch item, h: its head) has its token t in row g x tokens + t, columns h x d .. h x d + d - 1, so
+    the attention reads its projections and the next node its output in place. The output: STOREs of
+    R rows x C columns at row pitch heads x d. The inputs (`inputs`; overlays with load_t): one
+    transposing LOAD per query or key tile (hw.isa `transpose`: rows at that pitch -> K-major entries).
+    Each region holds the whole call's tensor; a program of a split call (compile_attention_calls)
+    covers items item0 .. and query rows q0 .. of it (the calls' programs share the buffers)."""
+    heads: int
+    groups: int
+    queries: int         # query tokens of each group (the whole call's Lq)
+    keys: int            # key tokens of each group
+    inputs: bool = False
+    item0: int = 0
+    q0: int = 0
+
+    @property
+    def items_total(self) -> int:
+        return self.groups * self.heads
+
+    def size(self, tokens: int, d: int) -> int:
+        return self.groups * tokens * self.heads * d
+
+    def part(self, flat: np.ndarray, tokens: int, d: int, n: int, t0: int, t: int):
+        """Where items item0 .. item0 + n - 1, tokens t0 .. t0 + t - 1 of a (groups x tokens) x (heads x d)
+        region `flat` are: (index tuple into its (groups, tokens, heads, d) view, that view); the view
+        indexed so gives (n, t, d)."""
+        view = flat[:self.size(tokens, d)].reshape(self.groups, tokens, self.heads, d)
+        b = self.item0 + np.arange(n)
+        return (b // self.heads, slice(t0, t0 + t), b % self.heads), view
+
+    def row(self, item: int, token: int, tokens: int, d: int) -> int:
+        """The byte of item item0 + item's token `token`'s first channel in a region of `tokens` per group."""
+        g, h = divmod(self.item0 + item, self.heads)
+        return ((g * tokens + token) * self.heads + h) * d
+
+
+def token_rows_refusal(cfg, d: int, inputs: bool = False) -> str | None:
+    """Why an attention of head dim d cannot keep its output (and with `inputs` its Q, K, V) as token
+    rows (None: it can). Each STORE row is C bytes from the head's column h x d: C-aligned (so AXI-beat
+    aligned, inside one 4 KiB page and inside the row) only when C divides d; the inputs take the
+    transposing LOAD (load_t)."""
+    if d % cfg.cols:
+        return (f"head dim {d} is not a multiple of the array's {cfg.cols} columns (a head's C-byte STORE rows "
+                "would start off the C grid: across 4 KiB pages, past the last token row)")
+    if inputs and "load_t" not in cfg.engines:
+        return f"overlay {cfg.name!r} has no transposing LOAD (load_t) to read Q, K, V from token rows"
+    return None
 
 
 def _heads(x, name):
@@ -112,8 +170,10 @@ def _heads(x, name):
 
 def compile_attention(cfg, q, k, v, quant: intattn.AttentionQuant, *, out_int32: bool = False,
                       base_addr: int = 0, max_ddr_bytes: int = 1 << 30, out_chunked: bool = False,
-                      token_tiles: bool = False) -> AttentionProgram:
-    """`out_chunked`: write the output chunk-major, C channels of every (head, query) for chunk 0, then
+                      token_tiles: bool = False, rows: TokenRows | None = None) -> AttentionProgram:
+    """`rows`: the output, and with rows.inputs Q, K and V, as token rows, heads merged (TokenRows; int8,
+    C dividing d); q, k, v are this program's items (a split call's part: TokenRows.item0, q0).
+    `out_chunked`: write the output chunk-major, C channels of every (head, query) for chunk 0, then
     chunk 1, ... (rows C elements apart), the order sw.runtime.layout.compile_chunks_to_planar reads.
     `token_tiles`: Q in the layout of K and V, tiles of C tokens (sw.runtime.layout.TokenTileLayout, what
     a 1 x 1 convolution writes), so one buffer can feed all three. With R = C that is the Q layout above;
@@ -145,6 +205,14 @@ def compile_attention(cfg, q, k, v, quant: intattn.AttentionQuant, *, out_int32:
     a_half, b_half = cfg.a_depth // 2, cfg.b_depth // 2
     if dp > min(a_half, b_half):
         raise CompileError(f"head dim {dp} does not fit half the A/B scratchpads ({min(a_half, b_half)} entries)")
+    if rows is not None:
+        why = token_rows_refusal(cfg, d, rows.inputs)
+        if out_int32 or out_chunked or token_tiles:
+            why = "int8 rows only (not int32, not chunk-major, not from token tiles)"
+        if rows.item0 + H > rows.items_total or rows.q0 + Lq > rows.queries or Lk != rows.keys:
+            why = f"items {rows.item0}+{H}, queries {rows.q0}+{Lq}, {Lk} keys outside {rows}"
+        if why:
+            raise CompileError(f"attention as token rows: {why}")
     s_regions, group = acc_regions(cfg)
     qt, kt = -(-Lq // R), -(-Lk // C)
     slots = query_slots(cfg, dp, qt)
@@ -155,6 +223,12 @@ def compile_attention(cfg, q, k, v, quant: intattn.AttentionQuant, *, out_int32:
     qtc = -(-Lq // C)                       # token tiles of queries (split_q)
     sizes = {"Q": H * qtc * k_stride if split_q else H * qt * q_stride, "K": H * kt * k_stride, "V": H * kt * k_stride,
              "params": C * isa.PARAM_CHANNEL_BYTES, "out": H * Lq * row_bytes}
+    if rows is not None:
+        sizes["out"] = rows.size(rows.queries, d)
+        if rows.inputs:
+            sizes.update(Q=rows.size(rows.queries, d), K=rows.size(Lk, d), V=rows.size(Lk, d))
+    token_pitch = rows.heads * d if rows else 0      # bytes between token rows
+    rows_in = rows is not None and rows.inputs
     v_half = isa.scratchpad_depth(cfg, "V") // 2
 
     descs: list[dict] = []
@@ -179,12 +253,19 @@ def compile_attention(cfg, q, k, v, quant: intattn.AttentionQuant, *, out_int32:
     kv_bytes = 0
     kv_tiles = 0                            # K/V tiles loaded before this group: their halves alternate
 
+    def transposed(n_rows):
+        return dict(transpose=1, t_rows_last=n_rows - 1, stride=token_pitch)
+
     def load(target, region, h, ki, half):
         nonlocal kv_bytes
         sp = half * (b_half if target == "B" else v_half)
         res = "B" if target == "B" else "Vh"
-        n_l = emit(dict(opcode="LOAD", target=target, src=(region, (h * kt + ki) * k_stride), count=dp, sp_addr=sp),
-                   "LOAD", [(res, half)])
+        if rows_in:                         # the tile's keys from the item's token rows, transposed
+            keys = min(C, Lk - ki * C)
+            desc = dict(src=(region, rows.row(h, ki * C, Lk, d)), **transposed(keys))
+        else:
+            desc = dict(src=(region, (h * kt + ki) * k_stride))
+        n_l = emit(dict(opcode="LOAD", target=target, count=dp, sp_addr=sp, **desc), "LOAD", [(res, half)])
         last[(res, half)] = {}
         use(("kload" if target == "B" else "vload", half), "LOAD", n_l)
         kv_bytes += dp * C
@@ -194,7 +275,14 @@ def compile_attention(cfg, q, k, v, quant: intattn.AttentionQuant, *, out_int32:
         for q0 in range(0, qt, slots):      # a group of `ns` query tiles, one per slot
             ns = min(slots, qt - q0)
             ha = g % 2
-            if split_q:                     # channel c of query tile qi: R bytes of token tile qi // m
+            if rows_in:                     # each query tile from its R token rows, transposed
+                for s in range(ns):
+                    qi = q0 + s
+                    src = ("Q", rows.row(h, rows.q0 + qi * R, rows.queries, d))
+                    n_q = emit(dict(opcode="LOAD", target="A", src=src, count=dp, sp_addr=ha * a_half + s * dp,
+                                    **transposed(min(R, Lq - qi * R))), "LOAD", [("A", ha)])
+                    last[("A", ha)] = {}    # the first waited; descriptors dispatch in order
+            elif split_q:                   # channel c of query tile qi: R bytes of token tile qi // m
                 m = C // R
                 for s in range(ns):
                     qi = q0 + s
@@ -248,7 +336,7 @@ def compile_attention(cfg, q, k, v, quant: intattn.AttentionQuant, *, out_int32:
             n += len(steps)
             for s in range(ns):
                 qi = q0 + s
-                rows = min(R, Lq - qi * R)
+                valid = min(R, Lq - qi * R)
                 for c0 in range(0, chunks, group):
                     cnt = min(group, chunks - c0)
                     n_norm = emit(dict(opcode="ATTENTION", target=isa.ATTN_MODES["NORM"], slot=s, sp_addr=c0,
@@ -257,11 +345,14 @@ def compile_attention(cfg, q, k, v, quant: intattn.AttentionQuant, *, out_int32:
                     last["normed"] = {"ATTENTION": n_norm}
                     for r in range(cnt):
                         last[("out", r)] = {}
-                        if out_chunked:
+                        if rows is not None:        # the item's query rows, its head's columns
+                            dst = rows.row(h, rows.q0 + qi * R, rows.queries, d) + (c0 + r) * C
+                            pitch = token_pitch
+                        elif out_chunked:
                             dst, pitch = (((c0 + r) * H + h) * Lq + qi * R) * C * eb, C * eb
                         else:
                             dst, pitch = ((h * Lq + qi * R) * dp + (c0 + r) * C) * eb, row_bytes
-                        n_s = emit(dict(opcode="STORE", count=rows, sp_addr=(s_regions + r) * R, param_addr=0,
+                        n_s = emit(dict(opcode="STORE", count=valid, sp_addr=(s_regions + r) * R, param_addr=0,
                                         out_int32=int(out_int32), dst=("out", dst), stride=pitch),
                                    "STORE", ["param", "normed"])
                         use(("out", r), "STORE", n_s)
@@ -270,13 +361,14 @@ def compile_attention(cfg, q, k, v, quant: intattn.AttentionQuant, *, out_int32:
     # ---- addresses
     offsets, image = lay_out_image(cfg, len(descs), sizes, base_addr, max_ddr_bytes, "attention")
     q_tiles = (qtc, k_stride, C) if split_q else (qt, q_stride, R)    # Q: tiles, bytes apart, tokens each
-    _fill(image, offsets, q, k, v, quant, C, dp, q_tiles, (kt, k_stride, C))
+    _fill(image, offsets, q, k, v, quant, C, dp, q_tiles, (kt, k_stride, C), rows if rows_in else None)
     sym, raw = pack_descriptors(descs, image, offsets, base_addr, "split the attention")
     op = dict(kind="attention", heads=H, lq=Lq, lk=Lk, dp=dp, q_tiles=q_tiles, kt=kt, k_stride=k_stride,
-              out_int32=out_int32, out_chunked=out_chunked, score_mult=quant.score_mult, score_shift=quant.score_shift)
+              out_int32=out_int32, out_chunked=out_chunked, score_mult=quant.score_mult, score_shift=quant.score_shift,
+              rows=rows)
     return AttentionProgram(cfg, H, Lq, Lk, d, out_int32, image, raw, offsets, macs=2 * H * Lq * Lk * d,
                             base_addr=base_addr, kv_bytes=kv_bytes, slots=slots, symbolic=sym, out_chunked=out_chunked,
-                            token_tiles=token_tiles, op=op)
+                            token_tiles=token_tiles, op=op, rows=rows)
 
 
 def acc_regions(cfg) -> tuple[int, int]:
@@ -305,11 +397,18 @@ def query_slots(cfg, dp: int, qt: int) -> int:
     return max(1, min(cfg.attn_q_slots, (cfg.a_depth // 2) // dp, qt))
 
 
-def _fill(image, offsets, q, k, v, quant, C, dp, q_tiles, kv_tiles):
+def _fill(image, offsets, q, k, v, quant, C, dp, q_tiles, kv_tiles, rows=None):
     """Q, K, V per (head, tile of `lanes` tokens): dp entries of `lanes` int8 (entry c = x[tokens, c]),
-    tiles `stride` bytes apart; q_tiles, kv_tiles = (tiles, stride, lanes)."""
+    tiles `stride` bytes apart; q_tiles, kv_tiles = (tiles, stride, lanes). `rows` (TokenRows): as its
+    token rows instead, this program's items in their rows."""
     H, _, d = q.shape
     for name, x, (n, stride, lanes) in (("Q", q, q_tiles), ("K", k, kv_tiles), ("V", v, kv_tiles)):
+        if rows is not None:
+            tokens, t0 = (rows.queries, rows.q0) if name == "Q" else (rows.keys, 0)
+            off, size = offsets[name]
+            at, view = rows.part(image[off:off + size].view(np.int8), tokens, d, H, t0, x.shape[1])
+            view[at] = x
+            continue
         xp = np.zeros((H, n * lanes, dp), np.int8)
         xp[:, :x.shape[1], :d] = x
         tx = xp.reshape(H * n, lanes, dp).transpose(0, 2, 1).reshape(H * n, dp * lanes)
@@ -320,30 +419,32 @@ def _fill(image, offsets, q, k, v, quant, C, dp, q_tiles, kv_tiles):
     image[off:off + params.size] = params
 
 
-def program_counts(cfg, tiles: int, lk: int, d: int, token_tiles: bool = False) -> dict[str, int]:
-    """Descriptors per unit of a one-head program of `tiles` query tiles against `lk` keys (as emitted above)."""
+def program_counts(cfg, tiles: int, lk: int, d: int, token_tiles: bool = False, rows_in: bool = False
+                   ) -> dict[str, int]:
+    """Descriptors per unit of a one-head program of `tiles` query tiles against `lk` keys (as emitted above;
+    `rows_in`: Q, K, V from token rows, TokenRows.inputs)."""
     C = cfg.cols
     dp = -(-d // C) * C
     chunks, kt = dp // C, -(-lk // C)
     slots = query_slots(cfg, dp, tiles)
     groups = -(-tiles // slots)
     norms = -(-chunks // acc_regions(cfg)[1])
-    q_loads = tiles * dp if token_tiles and cfg.rows != C else groups
+    q_loads = tiles * dp if token_tiles and cfg.rows != C else tiles if rows_in else groups
     return {"LOAD": 1 + q_loads + groups * 2 * kt, "COMPUTE": tiles * kt, "ATTENTION": tiles * (kt + norms),
             "STORE": tiles * chunks}
 
 
-def max_query_tiles(cfg, lk: int, d: int | None = None, token_tiles: bool = False) -> int:
+def max_query_tiles(cfg, lk: int, d: int | None = None, token_tiles: bool = False, rows_in: bool = False) -> int:
     """Query tiles (per head) one program can hold: a descriptor's wait counts are 16-bit, so no unit
     may complete more than 65,535 descriptors. `d`: the head dim (default the engine's largest)."""
     d = d or cfg.attn_max_dim
     lo, hi = 1, 1
-    while max(program_counts(cfg, hi * 2, lk, d, token_tiles).values()) <= WAIT_LIMIT:
+    while max(program_counts(cfg, hi * 2, lk, d, token_tiles, rows_in).values()) <= WAIT_LIMIT:
         hi *= 2
     hi *= 2
     while hi - lo > 1:                      # the counts grow with the tiles: the largest that fits
         mid = (lo + hi) // 2
-        if max(program_counts(cfg, mid, lk, d, token_tiles).values()) <= WAIT_LIMIT:
+        if max(program_counts(cfg, mid, lk, d, token_tiles, rows_in).values()) <= WAIT_LIMIT:
             lo = mid
         else:
             hi = mid
@@ -352,20 +453,22 @@ def max_query_tiles(cfg, lk: int, d: int | None = None, token_tiles: bool = Fals
 
 
 def compile_attention_calls(cfg, q, k, v, quant: intattn.AttentionQuant, *, out_int32: bool = False,
-                            base_addr: int = 0, max_ddr_bytes: int = 1 << 30):
+                            base_addr: int = 0, max_ddr_bytes: int = 1 << 30, rows: TokenRows | None = None):
     """Split an attention too big for one program into programs over heads and query rows
     (independent: each query row's softmax sees all keys); yields (head, q0, q1, program).
-    One program when everything fits."""
+    One program when everything fits. `rows`: the whole call's (TokenRows: each program's regions
+    hold the whole tensors, it reads and writes its own items' rows)."""
     q, k, v = _heads(q, "q"), _heads(k, "k"), _heads(v, "v")
     H, Lq, _ = q.shape
-    per = max_query_tiles(cfg, k.shape[1], q.shape[2]) * cfg.rows
+    per = max_query_tiles(cfg, k.shape[1], q.shape[2], rows_in=bool(rows and rows.inputs)) * cfg.rows
     if H * -(-Lq // cfg.rows) * cfg.rows <= per:
         yield None, 0, Lq, compile_attention(cfg, q, k, v, quant, out_int32=out_int32, base_addr=base_addr,
-                                             max_ddr_bytes=max_ddr_bytes)
+                                             max_ddr_bytes=max_ddr_bytes, rows=rows)
         return
     for h in range(H):
         for q0 in range(0, Lq, per):
             q1 = min(Lq, q0 + per)
+            part = rows and replace(rows, item0=rows.item0 + h, q0=rows.q0 + q0)
             yield h, q0, q1, compile_attention(cfg, q[h:h + 1, q0:q1], k[h:h + 1], v[h:h + 1], quant,
                                                out_int32=out_int32, base_addr=base_addr,
-                                               max_ddr_bytes=max_ddr_bytes)
+                                               max_ddr_bytes=max_ddr_bytes, rows=part)

@@ -112,12 +112,9 @@ class Driver:
         bit-identical to intattn.attention(..., key_tile=cfg.cols) per head. Calls too big for one
         program run as several (sw.compile.attention.compile_attention_calls); `last_run` sums
         them and `last_programs` lists them."""
-        from sw.compile.attention import compile_attention_calls
-        base = self._buffer_base()
         q3 = np.asarray(q)[None] if np.asarray(q).ndim == 2 else np.asarray(q)
         out, runs, self.last_programs = None, [], []
-        for h, q0, q1, prog in compile_attention_calls(self.cfg, q, k, v, quant, out_int32=out_int32,
-                                                       base_addr=base, max_ddr_bytes=self.ddr_bytes - base):
+        for h, q0, q1, prog in self.attention_programs(q, k, v, quant, out_int32=out_int32):
             y = prog.output(self.run(prog))
             runs.append(self.last_run)
             self.last_programs.append(prog)
@@ -132,6 +129,15 @@ class Driver:
                                      runs[0].array_macs, sum(r.wall_s for r in runs),
                                      sum(r.descriptors for r in runs))
         return out[0] if np.asarray(q).ndim == 2 else out
+
+    def attention_programs(self, q, k, v, quant, *, out_int32: bool = False, rows=None):
+        """The programs of an attention call (sw.compile.attention.compile_attention_calls: (head, q0, q1,
+        program), one unless it is too big); `rows` (TokenRows): Q, K, V and out as token rows, to run
+        bound to the buffers holding them (run_bound; sw.runtime.graph_exec)."""
+        from sw.compile.attention import compile_attention_calls
+        base = self._buffer_base()
+        return compile_attention_calls(self.cfg, q, k, v, quant, out_int32=out_int32, base_addr=base,
+                                       max_ddr_bytes=self.ddr_bytes - base, rows=rows)
 
     def vector(self, op: str, x, p=None, *, b=None, end_x: int | None = None) -> np.ndarray:
         """An element-wise op of int8 SAM 2 on the vector engine, bit-identical to golden_model.intvec:

@@ -22,20 +22,28 @@ quantised for the preset (`sam2fpga quantize --preset P` sets key_tile = cols); 
 
 Activations in DDR (chain=True, the default). Within a run (run(), or run_nodes for the video
 executor) an engine node whose output is token rows (sw.runtime.layout.TokenRowLayout: a linear's out,
-every vector op's out) leaves it in an arena buffer (a DeviceTensor: buffer, layout, shape) instead of
-reading it back; the next node reads it in place where the layouts agree, and the buffer is freed after
-its last reader in the run (liveness from the graph), so the arena holds only the live activations.
+every vector op's out, attention's out with its heads merged) leaves it in an arena buffer (a
+DeviceTensor: buffer, layout, shape) instead of reading it back; the next node reads it in place where
+the layouts agree, and the buffer is freed after its last reader in the run (liveness from the graph),
+so the arena holds only the live activations.
 Where the layouts agree (read in place, no host bytes):
   linear or vector op out -> layernorm, GELU table, rescale, add (both operands), maxpool / upsample (one
   image) on the vector engine (rows wider than the engine's MAX_DIM run as narrower rows: in place when
   the channels are a multiple of C, so no row is padded);
   linear or vector op out -> a linear's A, on overlays with the transposing LOAD (load_t): the GEMM array
   reads A as tiles of R tokens, entry k = channel k of the tile's R tokens, which LOAD `transpose` makes
-  of the token rows as it reads them (sw.compile.linear a_rows).
+  of the token rows as it reads them (sw.compile.linear a_rows);
+  linear or vector op out -> attention's Q, K and V on overlays with load_t: per query or key tile one
+  LOAD reads the head's d columns of R or C token rows at the row pitch into K-major entries; a host
+  array (a host node's output) is written there once (its bytes); and attention out -> the next node:
+  each STORE writes R query rows x C columns of a head at its column h x d, row pitch heads x d
+  (sw.compile.attention.TokenRows), so the heads are merged in DDR. Both need C to divide the head dim;
+  otherwise, or without load_t, all of that attention crosses the host (the record's reason says why).
 Where they differ, the reader takes the tensor back to the host (its bytes counted as the reader's):
   * a linear's A without load_t (the ECP5 presets): the transpose of token rows done on the host as it
     writes A;
-  * attention's Q, K, V (heads split, per-head tiles) and its per-head output (merged on the host);
+  * attention's Q, K, V and output on overlays without load_t or where C does not divide the head dim
+    (heads split and tiled, and merged, on the host);
   * conv, depthwise, conv_transpose: planar (C, H, W) maps (sw.compile.conv.FmapLayout), image by image;
   * mask_product (int32), RoPE, and every host and layout node (window partition / unpartition,
     quantize, the decoder's float nodes): the host op's own bytes.
@@ -62,6 +70,7 @@ import numpy as np
 from golden_model.intattn import AttentionQuant
 from golden_model.quant.interpret import merge_heads, nchw_to_nhwc, nhwc_to_nchw, split_heads
 from golden_model.quant.intinterp import IntRunner, _mask_product, _requant_args, _vec_params
+from sw.compile.attention import TokenRows, token_rows_refusal
 from sw.compile.graph import fused_adds, place_all, vector_lanes
 from sw.compile.vector import OPS as VECTOR_OPS, compile_vector, row_dim
 from sw.perf.layers import graph_layers
@@ -124,15 +133,19 @@ def _conv_transpose(drv, n, a, r):
     return _per_image(drv, x, lambda xi: drv.conv_transpose2d(xi, w, b, m, s, stride=n.attrs["stride"]))
 
 
-def _attention(drv, n, a, r):
-    q, k, v = a
-    h = n.attrs["heads"]
-    quant = AttentionQuant(*(int(x) for x in r.params[n.name]["quant"]))
+def _split_heads(t, h):
+    """(N, ..., C) -> (N * heads, L, d): every window's every head, one call."""
+    s = split_heads(t, h)
+    return np.ascontiguousarray(s.reshape((-1,) + s.shape[2:]))
 
-    def heads(t):          # (N, ..., C) -> (N * heads, L, d): every window's every head, one call
-        s = split_heads(t, h)
-        return np.ascontiguousarray(s.reshape((-1,) + s.shape[2:]))
-    o = drv.attention(heads(q), heads(k), heads(v), quant)
+
+def _attention_quant(n, r) -> AttentionQuant:
+    return AttentionQuant(*(int(x) for x in r.params[n.name]["quant"]))
+
+
+def _attention(drv, n, a, r):
+    q, h = a[0], n.attrs["heads"]
+    o = drv.attention(*(_split_heads(t, h) for t in a), _attention_quant(n, r))
     return merge_heads(o.reshape((q.shape[0], h) + o.shape[1:]), q.shape), [drv.last_run]
 
 
@@ -279,9 +292,56 @@ def _vector_dev(drv, n, op, x, p=None, b=None):
     return _run_to_device(drv, prog, bind, prog.out_layout, out_shape, n.name), [drv.last_run]
 
 
+def _upload(drv, x, layout: TokenRowLayout) -> str:
+    """A new session buffer holding host array x in `layout` (its bytes written once): its name."""
+    name = drv.buffer(layout.size).name
+    drv.session.backend.write(drv.session.arena[name].addr, layout.pack(x))
+    return name
+
+
+def _attention_dev(drv, n, a, r):
+    """_attention reading Q, K, V from token rows and leaving its output there, heads merged
+    (sw.compile.attention.TokenRows): a DeviceTensor in that layout is read in place, a host array written
+    there once. Where that cannot be (token_rows_refusal: no load_t, or a head dim C does not divide) it
+    runs as _attention, output too: its reader, a linear, would only read the output back (its A is a host
+    transpose), and the program, bound to a new buffer each run, would rewrite its descriptors."""
+    q, k, v = a
+    h, cfg = n.attrs["heads"], drv.cfg
+    d = q.shape[-1] // h
+    if token_rows_refusal(cfg, d, inputs=True):
+        return _attention(drv, n, _host_args(a), r)
+    N, lq, lk = q.shape[0], math.prod(q.shape[1:-1]), math.prod(k.shape[1:-1])
+    rows = TokenRows(h, N, lq, lk, inputs=True)
+    bind, uploaded = {}, []
+    try:
+        for region, t, tokens in (("Q", q, lq), ("K", k, lk), ("V", v, lk)):
+            layout = TokenRowLayout(N * tokens, h * d, cfg.cols)
+            if isinstance(t, DeviceTensor) and t.buffer is not None and same_bytes(t.layout, layout):
+                bind[region] = t.buffer
+            else:
+                bind[region] = _upload(drv, np.asarray(t), layout)
+                uploaded.append(bind[region])
+        # the programs read Q, K, V from those buffers: compiled on zeros of their shapes
+        qh, kh, vh = (np.zeros((N * h, tokens, d), np.int8) for tokens in (lq, lk, lk))
+        y = DeviceTensor(drv, drv.buffer(rows.size(lq, d)).name, TokenRowLayout(N * lq, h * d, cfg.cols), q.shape,
+                         n.name)
+        runs = []
+        try:
+            for *_, prog in drv.attention_programs(qh, kh, vh, _attention_quant(n, r), rows=rows):
+                runs.append(drv.run_bound(prog, {**bind, "out": y.buffer}))
+        except BaseException:
+            y.free(keep=False)
+            raise
+    finally:
+        for name in uploaded:
+            drv.session.free(name)
+    return y, runs
+
+
 #: ops whose output an engine node leaves in DDR (token rows), and which of their inputs they read in place
 DEVICE_OPS = {
     "linear": _linear_dev,
+    "attention": _attention_dev,
     "layernorm": lambda d, n, a, r: _vector_dev(d, n, "layernorm", a[0], _vec_params(r, n, "LayerNormParams")),
     "gelu": lambda d, n, a, r: _vector_dev(d, n, "lut", a[0], _vec_params(r, n, "LutParams")),
     "rescale": lambda d, n, a, r: _vector_dev(d, n, "rescale", a[0], _vec_params(r, n, "RescaleParams")),
@@ -289,8 +349,8 @@ DEVICE_OPS = {
     "maxpool2x2": lambda d, n, a, r: _vector_dev(d, n, "maxpool", a[0]),
     "upsample2x": lambda d, n, a, r: _vector_dev(d, n, "upsample", a[0]),
 }
-IN_PLACE = {"linear": (0,), "layernorm": (0,), "gelu": (0,), "rescale": (0,), "add": (0, 1), "maxpool2x2": (0,),
-            "upsample2x": (0,)}
+IN_PLACE = {"linear": (0,), "attention": (0, 1, 2), "layernorm": (0,), "gelu": (0,), "rescale": (0,),
+            "add": (0, 1), "maxpool2x2": (0,), "upsample2x": (0,)}
 
 
 def _host_args(args, keep=()):
@@ -475,6 +535,11 @@ class GraphExecutor(IntRunner):
             add, i = self.fused_adds[node.name]
             rec.holds = add.outputs[0]
             call, dev_call = self._fused_add_calls(add, i)
+
+        if node.op == "attention" and self.chain:      # why it does not chain (_attention_dev)
+            why = token_rows_refusal(self.cfg, self.graph.tensors[node.inputs[0]].shape[-1] // node.attrs["heads"],
+                                     inputs=True)
+            rec.reason += f"; Q, K, V and output via the host: {why}" if why else ""
 
         def once(n, args, r):
             if self._device(n):

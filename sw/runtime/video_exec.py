@@ -45,8 +45,14 @@ the program aborts the frame; the frame is run again once, on the same bank (its
 wrote only into free slots, which nothing reads); a second failure raises FrameError naming the
 frame and the layer.
 
-Not yet (honest): every engine node is still one or more Driver calls that write their inputs to DDR
-and read their outputs back, the bank gather is the host reading the slots and the next Driver calls
+Not yet (honest): run_nodes chains the engine outputs in DDR as GraphExecutor.run does, but the memory
+attention runs in run_objects, outside that scope: its nodes' outputs come back to the host (the objects'
+rows are concatenated there), so its attentions take Q, K, V from the host and give their output back.
+Chaining _attention_batched (objects stacked on the head batch: TokenRows' groups, the output rows object
+after object as the next batched node reads them) needs each object's keys and values as two row ranges
+(its memory rows, then its pointer rows in the batch's tail, where _rows_batched puts every object's
+pointer tokens): per-tile LOAD addresses can take that while the memory length is a multiple of C (no
+key tile straddles the two). The bank gather is the host reading the slots and the next Driver calls
 writing the gathered memory in again; the keys of a memory frame are projected (and RoPE'd) per
 tracked frame, not once (the slot's temporal encoding is added before the projection: the design
 of that change is in docs/runtime.md).
