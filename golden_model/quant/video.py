@@ -18,11 +18,17 @@ channels before attention, RoPE is applied to projected int8 q / k):
                     tokens, one scale) and `ma.memory_pos` (each frame's sine encoding + its temporal
                     slot embedding, precomputed int8 per slot; the pointers' projected temporal
                     encodings); x = curr + 0.1 pos; 4 layers of pre-norm RoPE self-attention,
-                    RoPE cross-attention (keys = memory + pos; RoPE on the frames' keys with the
-                    q table repeated per frame, rope_k_repeat; the last O pointer tokens excluded
-                    and only rescaled), ReLU FFN; final LayerNorm; a rescale to the mask decoder's
+                    RoPE cross-attention, ReLU FFN; final LayerNorm; a rescale to the mask decoder's
                     input scale (`image_embed`'s: the decoder reads it in place of the image
-                    embedding).
+                    embedding). The cross-attention keys, k_proj(memory + pos) RoPE'd in the
+                    official, are split by linearity (Wk (m + p) + b = (Wk m + b) + Wk p, and RoPE
+                    is linear): `k` = k_proj(memory) -> `k_rope`, `kpos` = Wk memory_pos (no bias)
+                    -> `kpos_rope`, `k_sum` = their int8 add (intvec.add). RoPE on the frames'
+                    tokens with the q table repeated per frame (rope_k_repeat); the last O pointer
+                    tokens excluded and only rescaled. The memory part of a frame's keys and the
+                    pos part of a temporal slot's (a constant: sine + maskmem_tpos_enc[slot]) are
+                    then fixed, so the overlay projects each once (sw/runtime/video_exec.py) and
+                    a tracked frame's key work is k_sum (and the pointers' few tokens).
   host              the object pointer MLP (obj_ptr_proj, M = 1) on the chosen SAM token, the
                     no-object pointer mix, the pointers' temporal encodings (sine + a 256 x 64 linear
                     per pointer), quantising pointers into the bank.

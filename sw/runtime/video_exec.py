@@ -13,16 +13,21 @@ golden_model.quant.video (the bank gather, the fast depthwise path where the pre
 host). Every node equals VideoIntRunner's (tests/test_video_exec.py).
 
 The memory bank (DdrBank) lives in the driver session's DDR arena, allocated once: int8 memory
-frames (mem.features), each frame's cross-attention values (every layer's v_proj of its tokens,
-projected once when the frame enters the bank: rows of a linear are independent, so the gathered
-values equal the node's output on the whole memory), int8 object pointers, and the int8 slot
-encodings (sine + temporal embedding per slot, uploaded once). A frame's features and pointer are
-written into a free slot when the tracker banks them; the tracker's output dicts hold BankEntry
-handles, and the memory attention's gather reads the slots back (v_proj then runs only on the
-object-pointer tokens). A slot is free again when no output refers to it: the predictor drops
+frames (mem.features), each frame's cross-attention values and keys (every layer's v_proj, and
+k_proj + RoPE, of its tokens: ring `values`, `keys`), int8 object pointers, the int8 slot encodings
+(sine + temporal embedding per slot, uploaded once) and each temporal slot's keys (every layer's
+k_proj + RoPE of its encoding: ring SLOT_KEYS, projected on the slot's first use in the session).
+Projected once (BankedChain, VideoGraphExecutor.project): rows of a linear, of RoPE with its table
+repeated per frame and of the pointers' rescale are independent, so the bank's rows equal the
+nodes' output on the whole memory. A frame's features, projections and pointer are written into
+free slots when the tracker banks them; the tracker's output dicts hold BankEntry handles. On a
+tracked frame the banked chains run only on the object-pointer tokens and put the bank's rows before
+them; the per-frame key work left is the k_sum add (golden_model.quant.video). No node reads the
+gather's frame rows then, so they are placeholders, never read from DDR. A slot is free again when
+no output refers to it: the predictor drops
 a frame's features once it is past the memory window (num_maskmem x stride frames) and its pointer
 once past max_obj_ptrs_in_encoder frames, so the slot counts are fixed for any video length:
-    frames (and their values): cond + objects x (num_maskmem x stride + 1) + 1
+    frames (and their values, keys):  cond + objects x (num_maskmem x stride + 1) + 1
     pointers:                  cond + objects x (max_obj_ptrs_in_encoder + 1) + 1
 (cond: prompted (object, frame) pairs; +1 per object: the frame being tracked; +1: a failed
 attempt's entries while its re-run goes on). The objects share the rings, each entry in a slot of its
@@ -35,7 +40,7 @@ OverlayVideoPredictor.batch_objects is off): the nodes that read only the frame 
 self-attention, norm2 and cross-attention queries) once for all; every other node but attention once
 over all objects' rows concatenated (one Driver call, its weights read once; exact: rows are
 independent and the scales per tensor), the objects' pointer tokens placed last so the ROPE's
-excluded tail and the value projection's unbanked tail stay one block; attention per object, in one
+excluded tail and the banked chains' unbanked tail stay one block; attention per object, in one
 Driver call per group of objects with equally long memories (stacked on its head batch). Each
 object's step then takes its own result: exact, since an object's memory attention reads only its
 own bank, which the other objects' steps on the frame do not change.
@@ -46,10 +51,8 @@ wrote only into free slots, which nothing reads); a second failure raises FrameE
 frame and the layer.
 
 Not yet (honest): every engine node is still one or more Driver calls that write their inputs to DDR
-and read their outputs back, the bank gather is the host reading the slots and the next Driver calls
-writing the gathered memory in again; the keys of a memory frame are projected (and RoPE'd) per
-tracked frame, not once (the slot's temporal encoding is added before the projection: the design
-of that change is in docs/runtime.md).
+and read their outputs back; the bank's keys and values are read by the host and written in again by
+the next Driver calls (k_sum, attention), not yet read in place.
 """
 from __future__ import annotations
 
