@@ -441,7 +441,7 @@ class DdrBank:
             self.free[ring].append(slot)
 
     def in_use(self, ring: str) -> int:
-        return self.counts[ring] - len(self.free[ring])
+        return len(self.slot_keys) if ring == SLOT_KEYS else self.counts[ring] - len(self.free[ring])
 
 
 # ---------------------------------------------------------------- the tracker and predictor over them
