@@ -453,6 +453,10 @@ class GraphTracker(Tracker):
     def bank_features(self, feats):
         return feats if self.int8 else to_bfloat16(feats)
 
+    def temporal_slot(self, t_pos: int) -> int:
+        """The maskmem_tpos_enc slot of a memory frame `t_pos` frames back (0: a conditioning frame)."""
+        return self.cfg.num_maskmem - t_pos - 1
+
     def frame_tokens(self, prev: dict) -> np.ndarray:
         """A memory frame's features as memory tokens (1, HW, mem_dim)."""
         return prev["maskmem_features"].reshape(1, -1, self.cfg.mem_dim)
@@ -496,7 +500,7 @@ class GraphTracker(Tracker):
         c = cfg.hidden_dim
         frames, selected, unselected = self.memory_frames(frame_idx, output_dict, track_in_reverse)
         memory = [self.frame_tokens(prev) for _, prev in frames]
-        memory_pos = [self.slot_encoding(cfg.num_maskmem - t_pos - 1)[None] for t_pos, _ in frames]
+        memory_pos = [self.slot_encoding(self.temporal_slot(t_pos))[None] for t_pos, _ in frames]
         pos_and_ptrs, t_diff_max = self.object_pointer_list(frame_idx, selected, unselected, output_dict,
                                                             num_frames, track_in_reverse)
         n_ptr_tokens = 0

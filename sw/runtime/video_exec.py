@@ -277,7 +277,7 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
 
     def _rows_batched(self, node, args, activation, objects) -> list:
         """One run of a row-wise node (linear, layernorm, add, rescale, ROPE) over every object's rows: the
-        rows concatenated, the objects' pointer tokens last (the ROPE's excluded tail, the value projection's
+        rows concatenated, the objects' pointer tokens last (the ROPE's excluded tail, a banked chain's
         rows not in the bank), so the node's own split applies to all. Exact: the weights and the
         requantisation scales are per tensor, every row's result is its own."""
         chain = self.chain_of.get(node.name)
@@ -469,7 +469,8 @@ class OverlayTracker(GraphTracker):
         entry = self.bank.put("frames", feats)
         entry.projections = {}
         if self.banks_projections:
-            entry.projections = {ring: self.bank.put(ring, y) for ring, y in self.runner.project(feats, "memory").items()}
+            projected = self.runner.project(feats, "memory")
+            entry.projections = {ring: self.bank.put(ring, y) for ring, y in projected.items()}
         return entry
 
     @property
@@ -507,12 +508,12 @@ class OverlayTracker(GraphTracker):
     def memory_frames(self, frame_idx, output_dict, track_in_reverse=False):
         frames, selected, unselected = super().memory_frames(frame_idx, output_dict, track_in_reverse)
         if self.banks_projections:      # the banked chains read these frames' (and their slots') entries
-            ex, n = self.runner, self.cfg.num_maskmem
+            ex = self.runner
             banked = {ring: [prev["maskmem_features"].projections[ring] for _, prev in frames]
                       for ring in {c.ring for c in ex.chains if c.part == "memory"}}
             if any(c.ring == SLOT_KEYS for c in ex.chains):
-                banked[SLOT_KEYS] = [self.bank.slot_key_entry(n - t_pos - 1, lambda pos: ex.project(pos, "memory_pos")
-                                                              [SLOT_KEYS]) for t_pos, _ in frames]
+                banked[SLOT_KEYS] = [self.bank.slot_key_entry(self.temporal_slot(t_pos), lambda pos: ex.project(
+                    pos, "memory_pos")[SLOT_KEYS]) for t_pos, _ in frames]
             ex.banked = banked
         return frames, selected, unselected
 
@@ -678,8 +679,10 @@ def bank_rings(graph, cond_frames: int = 1, objects: int = 1, project_memory: bo
     frame_shape = graph.tensors["mem.features"].shape
     frames, ptrs = bank_slots(cfg, cond_frames, objects)
     rings = {"frames": (frame_shape, frames), "ptrs": ((1, cfg.hidden_dim), ptrs)}
-    for c in banked_chains(graph) if project_memory else ():
-        shape = (c.layer + 1, frame_shape[1] * frame_shape[2], graph.tensors[c.nodes[-1]].shape[-1])
+    chains = banked_chains(graph) if project_memory else []
+    for c in chains:         # a slot: every layer's rows of one frame (temporal slot)
+        shape = (sum(d.ring == c.ring for d in chains), frame_shape[1] * frame_shape[2],
+                 graph.tensors[c.nodes[-1]].shape[-1])
         rings[c.ring] = (shape, cfg.num_maskmem if c.ring == SLOT_KEYS else frames)
     return rings
 
