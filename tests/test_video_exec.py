@@ -135,11 +135,12 @@ def _node_by_node(video_case, reference, frames_out):
         np.testing.assert_array_equal(a, b)
     assert all(isinstance(o["maskmem_features"], BankEntry) and isinstance(o["obj_ptr"], BankEntry) for o in banked)
     # every frame's keys and values projected once, when it entered the bank; a temporal slot's keys once in the
-    # session, when a memory frame first sits in it (frame f attends to frames 0..f-1: slots 6 and 6 - f)
+    # session, when a memory frame first sits in it (frame f: frame 0 in slot 6, frames 1..f-1 in slots 5..7-f)
+    assert {c.ring for c in ex.chains} == {"values", "keys", "slot_keys"}
     assert (projected.count("memory"), projected.count("memory_pos")) == (frames_out, frames_out - 1), projected
     # each tracked frame's gather: its memory frames' keys, values and slot keys, one read per layer, and
     # none of the frames' features (the frames' rows of the gather are never read)
-    layers = len(ex.graph.meta["video"]["memory_attention"]) and sum(c.ring == "values" for c in ex.chains)
+    layers = sum(c.ring == "values" for c in ex.chains)
     memory_frames = sum(range(1, frames_out))
     assert [reads.count(r) for r in ("values", "keys", "slot_keys", "frames")] == [layers * memory_frames] * 3 + [0]
     return ex
