@@ -18,11 +18,17 @@ channels before attention, RoPE is applied to projected int8 q / k):
                     tokens, one scale) and `ma.memory_pos` (each frame's sine encoding + its temporal
                     slot embedding, precomputed int8 per slot; the pointers' projected temporal
                     encodings); x = curr + 0.1 pos; 4 layers of pre-norm RoPE self-attention,
-                    RoPE cross-attention (keys = memory + pos; RoPE on the frames' keys with the
-                    q table repeated per frame, rope_k_repeat; the last O pointer tokens excluded
-                    and only rescaled), ReLU FFN; final LayerNorm; a rescale to the mask decoder's
+                    RoPE cross-attention, ReLU FFN; final LayerNorm; a rescale to the mask decoder's
                     input scale (`image_embed`'s: the decoder reads it in place of the image
-                    embedding).
+                    embedding). The cross-attention keys, k_proj(memory + pos) RoPE'd in the
+                    official, are split by linearity (Wk (m + p) + b = (Wk m + b) + Wk p, and RoPE
+                    is linear): `k` = k_proj(memory) -> `k_rope`, `kpos` = Wk memory_pos (no bias)
+                    -> `kpos_rope`, `k_sum` = their int8 add (intvec.add). RoPE on the frames'
+                    tokens with the q table repeated per frame (rope_k_repeat); the last O pointer
+                    tokens excluded and only rescaled. The memory part of a frame's keys and the
+                    pos part of a temporal slot's (a constant: sine + maskmem_tpos_enc[slot]) are
+                    then fixed, so the overlay projects each once (sw/runtime/video_exec.py) and
+                    a tracked frame's key work is k_sum (and the pointers' few tokens).
   host              the object pointer MLP (obj_ptr_proj, M = 1) on the chosen SAM token, the
                     no-object pointer mix, the pointers' temporal encodings (sine + a 256 x 64 linear
                     per pointer), quantising pointers into the bank.
@@ -176,7 +182,6 @@ def _memory_attention(b: _Builder, model, curr: str) -> None:
     md = acfg.kv_in_dim
     mem = b.op("ma.memory", "memory_bank", [], (1, "K", md), st, part="memory")
     mpos = b.op("ma.memory_pos", "memory_bank", [], (1, "K", md), st, part="memory_pos")
-    kin = b.add("ma.k_in", mem, mpos, st) if acfg.pos_enc_at_cross_attn_keys else mem
     if acfg.pos_enc_at_attn or acfg.pos_enc_at_cross_attn_queries or not acfg.pos_enc_at_input:
         raise ValueError("the int8 video graph is built for the sam2.1 memory attention (pos at input and keys)")
     pe = model.image_encoder.neck.position_encoding(side, side).transpose(1, 2, 0)[None]   # (1, H, W, C)
@@ -184,12 +189,20 @@ def _memory_attention(b: _Builder, model, curr: str) -> None:
     cos, sin = axial_rope(d, side, side, acfg.rope_theta)
     cos, sin = g.const(ROPE_COS, cos), g.const(ROPE_SIN, sin)
 
-    def attention(n, p, mod, q_in, k_in, v_in, exclude):
+    def attention(n, p, mod, q_in, k_in, v_in, exclude, k_pos=None):
         q = b.linear(f"{n}.q", q_in, f"{p}.q_proj.weight", mod.q_w, f"{p}.q_proj.bias", mod.q_b, st)
         k = b.linear(f"{n}.k", k_in, f"{p}.k_proj.weight", mod.k_w, f"{p}.k_proj.bias", mod.k_b, st)
         v = b.linear(f"{n}.v", v_in, f"{p}.v_proj.weight", mod.v_w, f"{p}.v_proj.bias", mod.v_b, st)
         q = b.op(f"{n}.q_rope", "rope", [q, cos, sin], b.shape(q), st, exclude=0)
         k = b.op(f"{n}.k_rope", "rope", [k, cos, sin], b.shape(k), st, exclude=exclude)
+        if k_pos is not None:
+            # Wk (mem + pos) + b = (Wk mem + b) + Wk pos, and RoPE is linear: each part projected and RoPE'd
+            # on its own (the memory's once per frame, the slot's once per session), summed per frame
+            kp = b.host_or_int(f"{n}.kpos", "linear", [k_pos, f"{p}.k_proj.weight",
+                                                       g.const(f"{p}.k_proj.bias#pos", np.zeros_like(mod.k_b))],
+                               b.shape(k), st, relu=False)
+            kp = b.op(f"{n}.kpos_rope", "rope", [kp, cos, sin], b.shape(kp), st, exclude=exclude)
+            k = b.add(f"{n}.k_sum", k, kp, st)
         a = b.op(f"{n}.sdpa", "attention", [q, k, v], b.shape(q), st, heads=1)
         return b.linear(f"{n}.out", a, f"{p}.out_proj.weight", mod.o_w, f"{p}.out_proj.bias", mod.o_b, st)
 
@@ -199,7 +212,8 @@ def _memory_attention(b: _Builder, model, curr: str) -> None:
         t = b.layernorm(f"{n}.norm1", x, f"{p}.norm1", n1w, n1b, EPS_MEMATTN, st)
         x = b.add(f"{n}.self_res", x, attention(f"{n}.self", f"{p}.self_attn", layer.self_attn, t, t, t, 0), st)
         t = b.layernorm(f"{n}.norm2", x, f"{p}.norm2", n2w, n2b, EPS_MEMATTN, st)
-        a = attention(f"{n}.cross", f"{p}.cross_attn_image", layer.cross_attn, t, kin, mem, "O")
+        a = attention(f"{n}.cross", f"{p}.cross_attn_image", layer.cross_attn, t, mem, mem, "O",
+                      mpos if acfg.pos_enc_at_cross_attn_keys else None)
         x = b.add(f"{n}.cross_res", x, a, st)
         t = b.layernorm(f"{n}.norm3", x, f"{p}.norm3", n3w, n3b, EPS_MEMATTN, st)
         if acfg.activation != "relu":
@@ -276,7 +290,8 @@ def _rope_int(n, a, r):
     x = a[0]
     flat, keep, rp, tail = rope_parts(n, a, r)
     out = np.empty(flat.shape, np.int8)
-    out[:, :keep] = intvec.rope(flat[:, :keep], rp)
+    if keep:
+        out[:, :keep] = intvec.rope(flat[:, :keep], rp)
     if keep < flat.shape[1]:
         out[:, keep:] = intvec.rescale(flat[:, keep:], tail)
     return out.reshape(x.shape)
@@ -438,6 +453,14 @@ class GraphTracker(Tracker):
     def bank_features(self, feats):
         return feats if self.int8 else to_bfloat16(feats)
 
+    def temporal_slot(self, t_pos: int) -> int:
+        """The maskmem_tpos_enc slot of a memory frame `t_pos` frames back (0: a conditioning frame)."""
+        return self.cfg.num_maskmem - t_pos - 1
+
+    def frame_tokens(self, prev: dict) -> np.ndarray:
+        """A memory frame's features as memory tokens (1, HW, mem_dim)."""
+        return prev["maskmem_features"].reshape(1, -1, self.cfg.mem_dim)
+
     def slot_encoding(self, slot: int) -> np.ndarray:
         """A memory frame's position encoding in temporal slot `slot` (sine + maskmem_tpos_enc[slot])."""
         return self.graph.constants[SLOTS][slot]
@@ -476,8 +499,8 @@ class GraphTracker(Tracker):
         cfg, g = self.cfg, self.graph
         c = cfg.hidden_dim
         frames, selected, unselected = self.memory_frames(frame_idx, output_dict, track_in_reverse)
-        memory = [prev["maskmem_features"].reshape(1, -1, cfg.mem_dim) for _, prev in frames]
-        memory_pos = [self.slot_encoding(cfg.num_maskmem - t_pos - 1)[None] for t_pos, _ in frames]
+        memory = [self.frame_tokens(prev) for _, prev in frames]
+        memory_pos = [self.slot_encoding(self.temporal_slot(t_pos))[None] for t_pos, _ in frames]
         pos_and_ptrs, t_diff_max = self.object_pointer_list(frame_idx, selected, unselected, output_dict,
                                                             num_frames, track_in_reverse)
         n_ptr_tokens = 0

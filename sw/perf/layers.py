@@ -104,8 +104,10 @@ def video_layers(model: str, image_size: int | None = None) -> list[Layer]:
     TrackerConfig): the memory attention against a full bank (num_maskmem frames of memory features
     and max_obj_ptrs_in_encoder object pointers, each split into hidden_dim / mem_dim tokens), then the
     memory encoder of the frame's mask. Keys and values of a memory frame are projected (and RoPE'd)
-    once, when it enters the bank: here, once per frame (the `bank.*` layers); every cross-attention
-    reads the whole bank in place. The one place these shapes are made up: when the int8 graph
+    once, when it enters the bank: here, once per frame (the `bank.*` layers); the temporal slots'
+    keys once per session (not here); per frame, each cross-attention projects the object-pointer
+    tokens and sums the memory's keys with their slots' (k_sum: golden_model.quant.video), then reads
+    the bank. The one place these shapes are made up: when the int8 graph
     carries the video nodes, this becomes graph_layers over them."""
     from golden_model.config import load_config
     from golden_model.video import TrackerConfig
@@ -130,7 +132,6 @@ def video_layers(model: str, image_size: int | None = None) -> list[Layer]:
     st = "memory_attention"
     dm, ff = ma.d_model, ma.dim_feedforward
     add("mem_attn.pos_in", "add", st, [(1, hw, dm), (1, hw, dm)], (1, hw, dm), frame_only=True)
-    add("bank.mem_pos", "add", st, [(1, hw, md), (1, hw, md)], (1, hw, md))
     for i in range(ma.num_layers):
         p = f"mem_attn.layers.{i}"
         # layer 0 up to its cross-attention's queries reads only the frame: the same for every object
@@ -147,9 +148,15 @@ def video_layers(model: str, image_size: int | None = None) -> list[Layer]:
         linear(f"{p}.cross_attn.q", st, hw, dm, dm, **same)
         add(f"{p}.cross_attn.rope_q", "rope", st, [(1, hw, dm)], (1, hw, dm), **same)
         # the frame entering the bank: its keys and values for this layer, projected once
-        linear(f"bank.{i}.k", st, hw + ptr_per_frame, md, dm)
-        linear(f"bank.{i}.v", st, hw + ptr_per_frame, md, dm)
+        linear(f"bank.{i}.k", st, hw, md, dm)
+        linear(f"bank.{i}.v", st, hw, md, dm)
         add(f"bank.{i}.rope_k", "rope", st, [(1, hw, dm)], (1, hw, dm))
+        if ptr_tokens:      # the pointers' keys (memory and temporal parts) and values, per frame; no RoPE
+            for t in ("k", "kpos", "v"):
+                linear(f"{p}.cross_attn.{t}_ptr", st, ptr_tokens, md, dm)
+            for t in ("k", "kpos"):
+                add(f"{p}.cross_attn.{t}_ptr_rescale", "rescale", st, [(1, ptr_tokens, dm)], (1, ptr_tokens, dm))
+        add(f"{p}.cross_attn.k_sum", "add", st, [(1, keys, dm)] * 2, (1, keys, dm))
         add(f"{p}.cross_attn.sdpa", "attention", st, [(1, hw, dm), (1, keys, dm), (1, keys, dm)], (1, hw, dm),
             heads=ma.num_heads)
         linear(f"{p}.cross_attn.out", st, hw, dm, dm)

@@ -13,16 +13,21 @@ golden_model.quant.video (the bank gather, the fast depthwise path where the pre
 host). Every node equals VideoIntRunner's (tests/test_video_exec.py).
 
 The memory bank (DdrBank) lives in the driver session's DDR arena, allocated once: int8 memory
-frames (mem.features), each frame's cross-attention values (every layer's v_proj of its tokens,
-projected once when the frame enters the bank: rows of a linear are independent, so the gathered
-values equal the node's output on the whole memory), int8 object pointers, and the int8 slot
-encodings (sine + temporal embedding per slot, uploaded once). A frame's features and pointer are
-written into a free slot when the tracker banks them; the tracker's output dicts hold BankEntry
-handles, and the memory attention's gather reads the slots back (v_proj then runs only on the
-object-pointer tokens). A slot is free again when no output refers to it: the predictor drops
+frames (mem.features), each frame's cross-attention values and keys (every layer's v_proj, and
+k_proj + RoPE, of its tokens: ring `values`, `keys`), int8 object pointers, the int8 slot encodings
+(sine + temporal embedding per slot, uploaded once) and each temporal slot's keys (every layer's
+k_proj + RoPE of its encoding: ring SLOT_KEYS, projected on the slot's first use in the session).
+Projected once (BankedChain, VideoGraphExecutor.project): rows of a linear, of RoPE with its table
+repeated per frame and of the pointers' rescale are independent, so the bank's rows equal the
+nodes' output on the whole memory. A frame's features, projections and pointer are written into
+free slots when the tracker banks them; the tracker's output dicts hold BankEntry handles. On a
+tracked frame the banked chains run only on the object-pointer tokens and put the bank's rows before
+them; the per-frame key work left is the k_sum add (golden_model.quant.video). No node reads the
+gather's frame rows then, so they are placeholders, never read from DDR. A slot is free again when
+no output refers to it: the predictor drops
 a frame's features once it is past the memory window (num_maskmem x stride frames) and its pointer
 once past max_obj_ptrs_in_encoder frames, so the slot counts are fixed for any video length:
-    frames (and their values): cond + objects x (num_maskmem x stride + 1) + 1
+    frames (and their values, keys):  cond + objects x (num_maskmem x stride + 1) + 1
     pointers:                  cond + objects x (max_obj_ptrs_in_encoder + 1) + 1
 (cond: prompted (object, frame) pairs; +1 per object: the frame being tracked; +1: a failed
 attempt's entries while its re-run goes on). The objects share the rings, each entry in a slot of its
@@ -35,7 +40,7 @@ OverlayVideoPredictor.batch_objects is off): the nodes that read only the frame 
 self-attention, norm2 and cross-attention queries) once for all; every other node but attention once
 over all objects' rows concatenated (one Driver call, its weights read once; exact: rows are
 independent and the scales per tensor), the objects' pointer tokens placed last so the ROPE's
-excluded tail and the value projection's unbanked tail stay one block; attention per object, in one
+excluded tail and the banked chains' unbanked tail stay one block; attention per object, in one
 Driver call per group of objects with equally long memories (stacked on its head batch). Each
 object's step then takes its own result: exact, since an object's memory attention reads only its
 own bank, which the other objects' steps on the frame do not change.
@@ -52,10 +57,8 @@ Chaining _attention_batched (objects stacked on the head batch: TokenRows' group
 after object as the next batched node reads them) needs each object's keys and values as two row ranges
 (its memory rows, then its pointer rows in the batch's tail, where _rows_batched puts every object's
 pointer tokens): per-tile LOAD addresses can take that while the memory length is a multiple of C (no
-key tile straddles the two). The bank gather is the host reading the slots and the next Driver calls
-writing the gathered memory in again; the keys of a memory frame are projected (and RoPE'd) per
-tracked frame, not once (the slot's temporal encoding is added before the projection: the design
-of that change is in docs/runtime.md).
+key tile straddles the two). The bank's keys and values are read by the host and written in again by
+the next Driver calls (k_sum, attention), not yet read in place.
 """
 from __future__ import annotations
 
@@ -95,8 +98,9 @@ def _rope(drv, n, a, r):
     side = math.isqrt(rp.positions)
     out, runs = np.empty(flat.shape, np.int8), []
     for i, tokens in enumerate(flat):
-        out[i, :keep] = drv.vector("rope", tokens[:keep], rp, end_x=side)
-        runs.append(drv.last_run)
+        if keep:            # none on a banked chain's pointer tokens (VideoGraphExecutor._banked)
+            out[i, :keep] = drv.vector("rope", tokens[:keep], rp, end_x=side)
+            runs.append(drv.last_run)
         if keep < tokens.shape[0]:
             out[i, keep:] = drv.vector("rescale", tokens[keep:], tail)
             runs.append(drv.last_run)
@@ -116,8 +120,8 @@ class _VideoHostOps(IntRunner):
 class ObjectMemory:
     """One object's gathered memory for a frame's memory attention (GraphTracker.memory_inputs)."""
     bank: dict                 # "memory", "memory_pos": (1, K, mem_dim) int8
-    ptr_tokens: int            # its last tokens: object pointers (no RoPE; v_proj not in the bank)
-    values: list | None        # its memory frames' banked values (BankEntry), None: v_proj on the whole memory
+    ptr_tokens: int            # its last tokens: object pointers (no RoPE; their projections not in the bank)
+    banked: dict | None        # ring -> its memory frames' (slots') entries (BankEntry), None: nothing banked
 
 
 @dataclass
@@ -163,24 +167,41 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
         self.fused_adds = {lin: v for lin, v in self.fused_adds.items() if lin not in batched}
         self.frame_stats = FrameStats()
         self.current: str | None = None       # the node running (named when a frame fails)
-        self.value_nodes = value_nodes(self.graph)
-        self.host_outputs |= {n.name for n in self.value_nodes}     # banked, or joined with the bank's values
-        self.memory_values: list | None = None    # per memory frame: its values (BankEntry), set per gather
+        self.chains = banked_chains(self.graph)
+        self.chain_of = {name: c for c in self.chains for name in c.nodes}
+        self.host_outputs |= set(self.chain_of)     # banked, or joined with the bank's rows
+        # every reader of the gathered memory is a banked chain: with the bank's rows the gather's frame
+        # tokens and slot encodings are never read (OverlayTracker passes placeholders)
+        self.bank_only = {n.name for n in self.graph.nodes if set(n.inputs) & set(BANK_TENSORS.values())} == {
+            c.nodes[0] for c in self.chains}
+        self.banked: dict | None = None     # per ring: the gathered memory frames' (slots') entries, set per gather
 
-    def project_values(self, feats) -> np.ndarray:
-        """Every layer's v_proj of one memory frame (layers, HW, C) int8: the nodes run on its tokens alone."""
-        tokens = np.asarray(feats).reshape(1, -1, feats.shape[-1])
-        gathered, self.memory_values = self.memory_values, None
+    def project(self, tokens, part: str) -> dict:
+        """The banked chains of `part` ("memory": one memory frame's tokens, "memory_pos": one slot
+        encoding) run on those tokens alone, once, when they enter the bank: {ring: (layers, HW, C) int8}.
+        No object-pointer tokens among them (O = 0)."""
+        index = self.cached("node_index", lambda: {n.name: n for n in self.graph.nodes})
+        tokens = np.asarray(tokens)
+        tokens = tokens.reshape(1, -1, tokens.shape[-1])
+        saved, self.banked = (self.banked, getattr(self, "run_dims", None)), None
+        self.run_dims = {"O": 0}
         try:
-            return np.stack([self.op_fn(n)(n, [tokens] + [self.arg(i, {}) for i in n.inputs[1:]], self)[0]
-                             for n in self.value_nodes])
+            out: dict = {}
+            for chain in self.chains:
+                if chain.part == part:
+                    y = tokens
+                    for name in chain.nodes:
+                        n = index[name]
+                        y = self.op_fn(n)(n, [y] + [self.arg(i, {}) for i in n.inputs[1:]], self)
+                    out.setdefault(chain.ring, []).append(y[0])
+            return {ring: np.stack(ys) for ring, ys in out.items()}
         finally:
-            self.memory_values = gathered
+            self.banked, self.run_dims = saved
 
     def op_fn(self, node):
         fn = super().op_fn(node)
-        if node.name in self.cached("value_names", lambda: {n.name for n in self.value_nodes}):
-            fn = self._banked_values(node, fn)
+        if node.name in self.chain_of:
+            fn = self._banked(node, fn)
         rec = self.records[node.name]
 
         def counted(n, args, r):
@@ -192,22 +213,28 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
             return y
         return counted
 
-    def _banked_values(self, node, fn):
-        """v_proj of the gathered memory: the memory frames' values read from the bank (projected when
-        each frame entered it), the object-pointer tokens projected here (rows are independent)."""
-        layer = self.value_nodes.index(node)
+    def _banked(self, node, fn):
+        """A banked chain's node on the gathered memory: the first runs on the object-pointer tokens only (the
+        memory frames' rows are in the bank), the last puts the bank's rows (computed when each frame or slot
+        entered it) before its own: the chain's output equals the nodes' on the whole memory, since every
+        row's result is its own (linear, RoPE with its table repeated per frame, the pointers' rescale)."""
+        chain = self.chain_of[node.name]
+        first, last = chain.nodes[0] == node.name, chain.nodes[-1] == node.name
+        channels = self.graph.tensors[node.outputs[0]].shape[-1]
 
         def run(n, args, r):
-            if self.memory_values is None:
+            if self.banked is None:
                 return fn(n, args, r)
-            mem = args[0]
-            frames = [entry.part(layer)[None] for entry in self.memory_values]
-            rows = sum(f.shape[1] for f in frames)
-            if rows > mem.shape[1]:
-                raise GraphExecError(f"{n.name}: the bank's values hold {rows} tokens, the memory {mem.shape[1]}")
-            if rows < mem.shape[1]:
-                frames.append(fn(n, [np.ascontiguousarray(mem[:, rows:])] + list(args[1:]), r))
-            return np.concatenate(frames, axis=1)
+            entries, x = self.banked[chain.ring], args[0]
+            if first:
+                rows = sum(e.shape[1] for e in entries)
+                if rows > x.shape[1]:
+                    raise GraphExecError(f"{n.name}: the bank's {chain.ring} hold {rows} tokens, the memory "
+                                         f"{x.shape[1]}")
+                x = np.ascontiguousarray(x[:, rows:])
+            parts = [e.part(chain.layer)[None] for e in entries] if last else []
+            parts.append(fn(n, [x] + list(args[1:]), r) if x.shape[1] else np.zeros((1, 0, channels), np.int8))
+            return np.concatenate(parts, axis=1)
         return run
 
     def node_fn(self, node):
@@ -256,11 +283,11 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
 
     def _rows_batched(self, node, args, activation, objects) -> list:
         """One run of a row-wise node (linear, layernorm, add, rescale, ROPE) over every object's rows: the
-        rows concatenated, the objects' pointer tokens last (the ROPE's excluded tail, the value projection's
+        rows concatenated, the objects' pointer tokens last (the ROPE's excluded tail, a banked chain's
         rows not in the bank), so the node's own split applies to all. Exact: the weights and the
         requantisation scales are per tensor, every row's result is its own."""
-        tail = node.attrs.get("exclude") == "O" or node.name in self.cached(
-            "value_names", lambda: {n.name for n in self.value_nodes})
+        chain = self.chain_of.get(node.name)
+        tail = node.attrs.get("exclude") == "O" or chain is not None
         rows = [[np.asarray(x).reshape(-1, np.shape(x)[-1]) if act else x for x, act in zip(a, activation)]
                 for a in args]
         counts = [r[0].shape[0] for r in rows]
@@ -274,20 +301,25 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
                 raise GraphExecError(f"{node.name}: input {node.inputs[j]} is not row for row with {node.inputs[0]}")
             ins.append(np.concatenate([r[j][:h] for r, h in zip(rows, heads)] +
                                       [r[j][h:] for r, h in zip(rows, heads)])[None])
-        saved = getattr(self, "run_dims", None), self.memory_values
+        saved = getattr(self, "run_dims", None), self.banked
+        tails = [n - h for n, h in zip(counts, heads)]
         if tail:
-            self.run_dims = {**(saved[0] or {}), "O": sum(n - h for n, h in zip(counts, heads))}
-            values = [o.values for o in objects]
-            self.memory_values = None if None in values else [e for v in values for e in v]
+            self.run_dims = {**(saved[0] or {}), "O": sum(tails)}
+            banked = [o.banked for o in objects]
+            self.banked = None if None in banked else {ring: [e for b in banked for e in b[ring]] for ring in banked[0]}
         try:
             y = self.node_fn(node)(node, ins, self)
+            if chain is not None and self.banked is not None:   # its head rows: the bank's (the last) or none
+                heads = [o.bank[chain.part].shape[1] - o.ptr_tokens if node.name == chain.nodes[-1] else 0
+                         for o in objects]
         finally:
-            self.run_dims, self.memory_values = saved
+            self.run_dims, self.banked = saved
         y = y.reshape(-1, y.shape[-1])
         out, h0, t0 = [], 0, sum(heads)
-        for a, n, h in zip(args, counts, heads):
-            out.append(np.concatenate([y[h0:h0 + h], y[t0:t0 + n - h]]).reshape(np.shape(a[0])[:-1] + y.shape[-1:]))
-            h0, t0 = h0 + h, t0 + n - h
+        for a, h, t in zip(args, heads, tails):
+            shape = np.shape(a[0])[:-1] if chain is None else (1, h + t)      # a chain's rows: (1, K, C)
+            out.append(np.concatenate([y[h0:h0 + h], y[t0:t0 + t]]).reshape(shape + y.shape[-1:]))
+            h0, t0 = h0 + h, t0 + t
         return out
 
     def _attention_batched(self, node, args, activation, objects) -> list:
@@ -333,13 +365,14 @@ class BankEntry:
 
 class DdrBank:
     """Rings of fixed int8 slots in the session's DDR arena (module docstring); allocated once.
-    `rings`: name -> (one slot's shape, slots)."""
+    `rings`: name -> (one slot's shape, slots); ring SLOT_KEYS has one slot per temporal slot, written once."""
 
     def __init__(self, session, rings: dict, slot_pos: np.ndarray, stats: FrameStats | None = None):
         self.session, self.stats = session, stats
         self.shapes = {ring: tuple(shape) for ring, (shape, _) in rings.items()}
         self.counts = {ring: n for ring, (_, n) in rings.items()}
-        self.free = {ring: list(range(n)) for ring, n in self.counts.items()}
+        self.free = {ring: list(range(n)) for ring, n in self.counts.items() if ring != SLOT_KEYS}
+        self.slot_keys: dict[int, BankEntry] = {}     # temporal slot -> its keys (projected on first use)
         self.buffers = {ring: session.buffer(f"bank.{ring}", n * math.prod(self.shapes[ring]))
                         for ring, n in self.counts.items()}
         pos = np.ascontiguousarray(slot_pos, np.int8)
@@ -371,11 +404,25 @@ class DdrBank:
         if not self.free[ring]:
             raise BankFull(f"memory bank: all {self.counts[ring]} {ring} slots are in use")
         slot = self.free[ring].pop(0)
+        self._write(ring, slot, x, "prompt + decoder" if ring == "ptrs" else "memory encoder")   # who banks it
+        return BankEntry(self, ring, slot, x.shape)
+
+    def _write(self, ring: str, slot: int, x: np.ndarray, stage: str) -> None:
         t0 = time.perf_counter()
         addr, _ = self._addr(ring, slot)
         self.session.backend.write(addr, np.ascontiguousarray(x).reshape(-1).view(np.uint8))
-        self._io("prompt + decoder" if ring == "ptrs" else "memory encoder", t0, x.size)   # who banks it
-        return BankEntry(self, ring, slot, x.shape)
+        self._io(stage, t0, x.size)
+
+    def slot_key_entry(self, slot: int, project) -> "BankEntry":
+        """The keys of temporal slot `slot`'s encoding (ring SLOT_KEYS): project(encoding) on the slot's first
+        use in the session, read in place after that."""
+        if slot not in self.slot_keys:
+            keys = np.asarray(project(self.slot_encoding(slot)), np.int8)
+            if keys.shape != self.shapes[SLOT_KEYS]:
+                raise ValueError(f"bank {SLOT_KEYS}: expected {self.shapes[SLOT_KEYS]}, got {keys.shape}")
+            self._write(SLOT_KEYS, slot, keys, "memory attention")
+            self.slot_keys[slot] = BankEntry(self, SLOT_KEYS, slot, keys.shape)
+        return self.slot_keys[slot]
 
     def read(self, ring: str, slot: int, part: int | None = None) -> np.ndarray:
         """A slot's bytes (int8), or only its `part`-th row along the slot shape's first axis."""
@@ -396,10 +443,11 @@ class DdrBank:
         return data.reshape(self.pos_shape[1:])
 
     def release(self, ring: str, slot: int) -> None:
-        self.free[ring].append(slot)
+        if ring in self.free:
+            self.free[ring].append(slot)
 
     def in_use(self, ring: str) -> int:
-        return self.counts[ring] - len(self.free[ring])
+        return len(self.slot_keys) if ring == SLOT_KEYS else self.counts[ring] - len(self.free[ring])
 
 
 # ---------------------------------------------------------------- the tracker and predictor over them
@@ -422,11 +470,18 @@ class OverlayTracker(GraphTracker):
         self.attended: dict = {}      # (frame, reverse, id(output_dict)) -> the frame's batched memory attention
 
     def bank_features(self, feats):
-        """The frame into the bank, with its memory-attention values (every layer's v_proj) when kept."""
+        """The frame into the bank, with its memory-attention projections (every layer's values, and its
+        RoPE'd keys of the memory part) when kept: entry.projections, ring -> BankEntry."""
         entry = self.bank.put("frames", feats)
-        if "values" in self.bank.shapes:
-            entry.values = self.bank.put("values", self.runner.project_values(feats))
+        entry.projections = {}
+        if self.banks_projections:
+            projected = self.runner.project(feats, "memory")
+            entry.projections = {ring: self.bank.put(ring, y) for ring, y in projected.items()}
         return entry
+
+    @property
+    def banks_projections(self) -> bool:
+        return all(c.ring in self.bank.shapes for c in self.runner.chains) and bool(self.runner.chains)
 
     def prepare_memory_conditioned_features(self, frame_idx, is_init_cond_frame, vision_feat, vision_pos,
                                             output_dict, num_frames, track_in_reverse=False):
@@ -450,19 +505,36 @@ class OverlayTracker(GraphTracker):
         try:
             for od in output_dicts:
                 bank, ptr_tokens = self.memory_inputs(frame_idx, od, num_frames, track_in_reverse)
-                objects.append(ObjectMemory(bank, ptr_tokens, self.runner.memory_values))
+                objects.append(ObjectMemory(bank, ptr_tokens, self.runner.banked))
         finally:
-            self.runner.memory_values = None
+            self.runner.banked = None
         return self.runner.run_objects(v["memory_attention"], {v["curr"]: vision_feat.reshape(b, side, side, c)},
                                        objects, "ma.to_decoder", self.observe)
 
     def memory_frames(self, frame_idx, output_dict, track_in_reverse=False):
         frames, selected, unselected = super().memory_frames(frame_idx, output_dict, track_in_reverse)
-        if "values" in self.bank.shapes:    # the memory attention's v_proj reads these frames' values
-            self.runner.memory_values = [prev["maskmem_features"].values for _, prev in frames]
+        if self.banks_projections:      # the banked chains read these frames' (and their slots') entries
+            ex = self.runner
+            banked = {ring: [prev["maskmem_features"].projections[ring] for _, prev in frames]
+                      for ring in {c.ring for c in ex.chains if c.part == "memory"}}
+            if any(c.ring == SLOT_KEYS for c in ex.chains):
+                banked[SLOT_KEYS] = [self.bank.slot_key_entry(self.temporal_slot(t_pos), lambda pos: ex.project(
+                    pos, "memory_pos")[SLOT_KEYS]) for t_pos, _ in frames]
+            ex.banked = banked
         return frames, selected, unselected
 
+    def _unread(self) -> bool:
+        """Whether the gather's frame tokens and slot encodings go unread (every reader banked)."""
+        return self.runner.banked is not None and self.runner.bank_only
+
+    def frame_tokens(self, prev):
+        if self._unread():          # a placeholder of the frame's shape: its rows are the bank's
+            return np.zeros((1, math.prod(self.bank.shapes["frames"][:-1]), self.cfg.mem_dim), np.int8)
+        return super().frame_tokens(prev)
+
     def slot_encoding(self, slot: int) -> np.ndarray:
+        if self._unread():
+            return np.zeros(self.bank.pos_shape[1:], np.int8)
         return self.bank.slot_encoding(slot)
 
 
@@ -568,12 +640,44 @@ def bank_slots(cfg, cond_frames: int, objects: int = 1) -> tuple[int, int]:
     return (cond_frames + objects * (window + 1) + 1, cond_frames + objects * (cfg.max_obj_ptrs_in_encoder + 1) + 1)
 
 
-def value_nodes(graph) -> list:
-    """The cross-attentions' value projections of the gathered memory, in layer order."""
-    return [n for n in graph.nodes if n.stage == "memory_attention" and n.op == "linear" and n.inputs[0] == "ma.memory"]
+#: the gathered memory's parts (memory_bank node attrs part) and their tensors
+BANK_TENSORS = {"memory": "ma.memory", "memory_pos": "ma.memory_pos"}
+SLOT_KEYS = "slot_keys"
 
 
-def bank_rings(graph, cond_frames: int = 1, objects: int = 1, project_values: bool = True) -> dict:
+@dataclass(frozen=True)
+class BankedChain:
+    """Memory-attention nodes whose output on a memory frame's tokens (a slot encoding's) is kept in the bank,
+    computed once when the frame (the slot, per session) enters it: the first node reads the gathered
+    `part`, a second (the keys' RoPE) the first's output; the last's output is row `layer` of `ring`."""
+    nodes: tuple
+    part: str           # "memory" (the frames) or "memory_pos" (the temporal slots' encodings)
+    ring: str           # "values", "keys" (a slot per frame) or SLOT_KEYS (a slot per temporal slot)
+    layer: int
+
+
+def banked_chains(graph) -> list[BankedChain]:
+    """The cross-attentions' projections of the gathered memory, in layer order: v_proj of the frames
+    (values), k_proj + RoPE of the frames (keys) and of the slot encodings (SLOT_KEYS). A graph with the
+    keys projected from memory + pos (files quantised before the split) has only the values."""
+    readers: dict = {}
+    for n in graph.nodes:
+        for t in n.inputs:
+            readers.setdefault(t, []).append(n)
+    chains, layers = [], {}
+    for part, tensor in BANK_TENSORS.items():
+        for first in readers.get(tensor, ()):
+            if first.op != "linear" or first.stage != "memory_attention":
+                continue
+            nxt = readers.get(first.outputs[0], [])
+            rope = nxt[0] if len(nxt) == 1 and nxt[0].op == "rope" and nxt[0].attrs.get("exclude") == "O" else None
+            ring = SLOT_KEYS if part == "memory_pos" else "keys" if rope else "values"
+            chains.append(BankedChain((first.name,) + ((rope.name,) if rope else ()), part, ring, layers.get(ring, 0)))
+            layers[ring] = layers.get(ring, 0) + 1
+    return chains
+
+
+def bank_rings(graph, cond_frames: int = 1, objects: int = 1, project_memory: bool = True) -> dict:
     """The bank's rings: name -> (one slot's int8 shape, slots)."""
     from golden_model.quant.video import require_video, tracker_config
     require_video(graph)
@@ -581,9 +685,11 @@ def bank_rings(graph, cond_frames: int = 1, objects: int = 1, project_values: bo
     frame_shape = graph.tensors["mem.features"].shape
     frames, ptrs = bank_slots(cfg, cond_frames, objects)
     rings = {"frames": (frame_shape, frames), "ptrs": ((1, cfg.hidden_dim), ptrs)}
-    if project_values:
-        vs = value_nodes(graph)
-        rings["values"] = ((len(vs), frame_shape[1] * frame_shape[2], graph.tensors[vs[0].outputs[0]].shape[-1]), frames)
+    chains = banked_chains(graph) if project_memory else []
+    for c in chains:         # a slot: every layer's rows of one frame (temporal slot)
+        shape = (sum(d.ring == c.ring for d in chains), frame_shape[1] * frame_shape[2],
+                 graph.tensors[c.nodes[-1]].shape[-1])
+        rings[c.ring] = (shape, cfg.num_maskmem if c.ring == SLOT_KEYS else frames)
     return rings
 
 
@@ -602,10 +708,10 @@ def video_driver(cfg, backend: str, graph, bitfile=None, **kwargs):
 
 
 def overlay_video_predictor(qm, executor: VideoGraphExecutor, cond_frames: int = 1, objects: int = 1, observe=None,
-                            project_values: bool = True, **kwargs) -> OverlayVideoPredictor:
+                            project_memory: bool = True, **kwargs) -> OverlayVideoPredictor:
     """The golden VideoPredictor on the overlay, its memory bank allocated in the executor's DDR arena."""
     g = qm.graph
-    bank = DdrBank(executor.driver.session, bank_rings(g, cond_frames, objects, project_values), g.constants[SLOTS],
+    bank = DdrBank(executor.driver.session, bank_rings(g, cond_frames, objects, project_memory), g.constants[SLOTS],
                    executor.frame_stats)
     return OverlayVideoPredictor(OverlayTracker(g, executor, bank, observe), max_objects=objects, **kwargs)
 
