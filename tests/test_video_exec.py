@@ -29,7 +29,7 @@ CLICK = [60.0, 70.0]
 #: the nodes the cheaper cases keep on the overlay, one of each engine op of the video stages (the
 #: image encoder stays on the host there)
 ON_OVERLAY = ("mem.ds.conv0", "mem.fuser0.dw", "mem.fuser0.norm", "ma.layers.0.cross.v", "ma.layers.0.cross.k_rope",
-              "ma.layers.0.cross.sdpa")
+              "ma.layers.0.cross.sdpa", "ma.layers.0.cross.out", "ma.layers.0.cross_res")
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +122,13 @@ def _node_by_node(video_case, reference, frames_out):
     banked, projected = [], []
     project = ex.project
     ex.project = lambda tokens, part: projected.append(part) or project(tokens, part)
-    predictor = overlay_video_predictor(qm, ex, observe=_digests(seen))
+    digest, ex.in_ddr = _digests(seen), set()        # nodes whose output a run left in DDR (chained)
+
+    def observe(node, out):
+        if isinstance(out, graph_exec.DeviceTensor):
+            ex.in_ddr.add(node.name)
+        digest(node, out)
+    predictor = overlay_video_predictor(qm, ex, observe=observe)
     bank, reads = predictor.tracker.bank, []
     read = bank.read
     bank.read = lambda ring, slot, part=None: reads.append(ring) or read(ring, slot, part)
@@ -154,9 +160,12 @@ def test_video_nodes_on_every_engine_kind_bit_exact(video_case, reference, monke
     _mostly_host(monkeypatch)
     ex = _node_by_node(video_case, reference, 3)
     on = {r.name: r for r in ex.records.values() if r.where not in ("host", "layout")}
-    assert set(on) == set(ON_OVERLAY) and all(r.cycles > 0 for r in on.values())
+    assert set(on) == set(ON_OVERLAY) and all(r.cycles > 0 for r in on.values() if r.name != "ma.layers.0.cross_res")
     # its last run: frame 2's keys entering the bank, ROPE alone (the pointers' RESCALE runs per tracked frame)
     assert on["ma.layers.0.cross.k_rope"].calls == 1
+    # the memory attention chained in DDR: the cross-attention's output read in place by its out_proj, whose
+    # store adds the residual (the fused add)
+    assert "ma.layers.0.cross.sdpa" in ex.in_ddr and on["ma.layers.0.cross.out"].holds == "ma.layers.0.cross_res"
 
 
 @pytest.mark.slow
@@ -223,7 +232,8 @@ def test_track_backend_pynq_equals_int8_host_and_keeps_frames_on_a_second_failur
 #: attention per group of equal memory lengths); the rest on the host
 BATCHED = ("ma.layers.0.cross.q", "ma.layers.0.cross.k", "ma.layers.0.cross.v", "ma.layers.0.cross.k_rope",
            "ma.layers.0.cross.sdpa", "ma.layers.0.cross_res", "ma.layers.1.self.sdpa", "ma.layers.1.cross.sdpa",
-           "ma.layers.1.norm3", "ma.layers.1.linear1")
+           "ma.layers.1.norm3", "ma.layers.1.linear1", "ma.layers.0.cross.out", "ma.layers.1.cross.out",
+           "ma.layers.1.cross_res")      # the out_projs with their residual adds fused (batched residuals)
 
 
 def _objects_script(predictor, frames, after_frame=None):

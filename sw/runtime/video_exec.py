@@ -161,10 +161,6 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
 
     def __init__(self, qm, cfg, backend: str = "sim", driver=None):
         super().__init__(qm, cfg, backend, driver)
-        # run_objects runs the memory attention's nodes over every object's rows at once, and a fused add's
-        # residual is read from one object's environment: there the adds stay nodes of their own
-        batched = set(self.graph.meta["video"]["memory_attention"])
-        self.fused_adds = {lin: v for lin, v in self.fused_adds.items() if lin not in batched}
         self.frame_stats = FrameStats()
         self.current: str | None = None       # the node running (named when a frame fails)
         self.chains = banked_chains(self.graph)
@@ -257,7 +253,16 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
         `output`, in order. A node whose inputs are the frame's alone runs once for all (memory
         attention layer 0's self-attention and cross-attention queries); the other nodes run once over
         all objects' rows (_rows_batched) except attention, one call per group of objects with equal
-        memory lengths (_attention_batched). Each object's numbers are run_nodes' (module docstring)."""
+        memory lengths (_attention_batched). Each object's numbers are run_nodes' (module docstring).
+        One object: its engine outputs chained in DDR as run_nodes' (GraphExecutor.chained)."""
+        index = self.cached("node_index", lambda: {n.name: n for n in self.graph.nodes})
+        if len(objects) == 1:
+            nodes = [index[n] for n in names]
+            out = self.chained(nodes, lambda: {output: self._run_objects(names, env, objects, output, observe)[0]})
+            return [out[output]]
+        return self._run_objects(names, env, objects, output, observe)
+
+    def _run_objects(self, names, env: dict, objects: list, output: str, observe=None) -> list:
         index = self.cached("node_index", lambda: {n.name: n for n in self.graph.nodes})
         shared, per = dict(env), {}
         self.frame_stats.batches.append([o.bank["memory"].shape[1] for o in objects])
@@ -266,6 +271,8 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
             if node.op == "memory_bank":
                 ys = [o.bank[node.attrs["part"]] for o in objects]
             elif not any(i in per for i in node.inputs):
+                if node.name in self.fused_adds and self._residual(node) in per:
+                    raise GraphExecError(f"{node.name}: a shared node whose fused add reads an object's tensor")
                 shared[node.outputs[0]] = y = self.node_fn(node)(node, [self.arg(i, shared) for i in node.inputs],
                                                                  self)
                 if observe is not None:
@@ -275,11 +282,21 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
                 args = [[per[i][k] if i in per else self.arg(i, shared) for i in node.inputs]
                         for k in range(len(objects))]
                 batched = self._attention_batched if node.op == "attention" else self._rows_batched
+                if node.name in self.fused_adds:      # the store's residual, row for row with the batched rows
+                    r = self._residual(node)
+                    vals = [per[r][k] if r in per else self.arg(r, shared) for k in range(len(objects))]
+                    self._env = {r: vals[0] if len(vals) == 1 else np.concatenate(
+                        [np.asarray(v).reshape(-1, np.shape(v)[-1]) for v in vals])[None]}
                 ys = batched(node, args, [i in per or i not in self.graph.constants for i in node.inputs], objects)
             per[node.outputs[0]] = ys
             for y in ys if observe is not None else ():
                 observe(node, y)
         return per[output]
+
+    def _residual(self, node) -> str:
+        """The tensor a linear's fused add (GraphExecutor.fused_adds) reads as its residual."""
+        add, i = self.fused_adds[node.name]
+        return add.inputs[1 - i]
 
     def _rows_batched(self, node, args, activation, objects) -> list:
         """One run of a row-wise node (linear, layernorm, add, rescale, ROPE) over every object's rows: the
@@ -288,6 +305,14 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
         requantisation scales are per tensor, every row's result is its own."""
         chain = self.chain_of.get(node.name)
         tail = node.attrs.get("exclude") == "O" or chain is not None
+        if len(objects) == 1 and chain is None:     # its rows as they are (a DeviceTensor read in place)
+            saved = getattr(self, "run_dims", None)
+            if tail:
+                self.run_dims = {**(saved or {}), "O": objects[0].ptr_tokens}
+            try:
+                return [self.node_fn(node)(node, args[0], self)]
+            finally:
+                self.run_dims = saved
         rows = [[np.asarray(x).reshape(-1, np.shape(x)[-1]) if act else x for x, act in zip(a, activation)]
                 for a in args]
         counts = [r[0].shape[0] for r in rows]
@@ -330,6 +355,9 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
             groups.setdefault(tuple(np.shape(x) for x in a), []).append(k)
         out = [None] * len(args)
         for ks in groups.values():
+            if len(ks) == 1:            # alone: its Q, K, V as they are (DeviceTensors read in place)
+                out[ks[0]] = self.node_fn(node)(node, args[ks[0]], self)
+                continue
             y = self.node_fn(node)(node, [np.concatenate([args[k][j] for k in ks]) for j in range(len(node.inputs))],
                                    self)
             ends = np.cumsum([np.shape(args[k][0])[0] for k in ks])
