@@ -266,7 +266,7 @@ def _linear_dev(drv, n, a, r, lut=None, residual=None, add=None):
     return y, [drv.last_run]
 
 
-def _vector_dev(drv, n, op, x, p=None, b=None):
+def _vector_dev(drv, n, op, x, p=None, b=None, end_x=None):
     """_rows / _image_op on the vector engine reading x (and add's b) in place where a DeviceTensor in the
     program's input layout holds it; its output left in DDR. Anything else is read back and written in.
     maxpool and upsample take one image (N = 1): a batch runs image by image from the host (_image_op)."""
@@ -286,7 +286,7 @@ def _vector_dev(drv, n, op, x, p=None, b=None):
         else:
             data[region] = np.ascontiguousarray(np.broadcast_to(np.asarray(t), shape)).reshape(form)
     base = drv.BUFFER_BASE
-    prog = compile_vector(drv.cfg, op, data["in"], p, b=data.get("b"), base_addr=base,
+    prog = compile_vector(drv.cfg, op, data["in"], p, b=data.get("b"), end_x=end_x, base_addr=base,
                           max_ddr_bytes=drv.ddr_bytes - base)
     out_shape = (1,) + prog.out_shape if image else shape
     return _run_to_device(drv, prog, bind, prog.out_layout, out_shape, n.name), [drv.last_run]
@@ -370,6 +370,7 @@ class _Scope:
 class GraphExecutor(IntRunner):
     """IntRunner whose engine-placed nodes run on the overlay (module docstring)."""
     ENGINE_OPS = ENGINE_OPS          # op -> its Driver call (a subclass adds ops)
+    DEVICE_OPS, IN_PLACE = DEVICE_OPS, IN_PLACE      # op -> its call leaving the output in DDR; inputs read in place
 
     def __init__(self, qm, cfg, backend: str = "sim", driver: Driver | None = None, *, chain: bool = True,
                  read_back: bool = False):
@@ -491,7 +492,7 @@ class GraphExecutor(IntRunner):
 
     def _device(self, node) -> bool:
         """Whether this run leaves the node's output in DDR."""
-        return (self._scope is not None and node.name in self._scope.nodes and node.op in DEVICE_OPS
+        return (self._scope is not None and node.name in self._scope.nodes and node.op in self.DEVICE_OPS
                 and "replaces" not in node.attrs and node.name not in self.host_outputs)
 
     def _counted(self, rec, node, fn):
@@ -525,7 +526,7 @@ class GraphExecutor(IntRunner):
             if add.name == node.name:       # its linear's store added the residual
                 return self._counted(rec, node, lambda n, args, r, i=i: args[i])
         gelu = self.fused.get(node.name)
-        call, dev_call = self.ENGINE_OPS[node.op], DEVICE_OPS.get(node.op)
+        call, dev_call = self.ENGINE_OPS[node.op], self.DEVICE_OPS.get(node.op)
         if gelu is not None:
             rec.holds = gelu.outputs[0]
             lut = lambda r: _vec_params(r, gelu, "LutParams")        # noqa: E731
@@ -543,7 +544,7 @@ class GraphExecutor(IntRunner):
 
         def once(n, args, r):
             if self._device(n):
-                return dev_call(self.driver, n, _host_args(args, IN_PLACE.get(n.op, ())), r)
+                return dev_call(self.driver, n, _host_args(args, self.IN_PLACE.get(n.op, ())), r)
             return call(self.driver, n, _host_args(args), r)
 
         def on_engine(n, args, r):

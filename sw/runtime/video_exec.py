@@ -76,7 +76,8 @@ from golden_model.quant.video import (SLOTS, GraphImageModel, GraphTracker, Vide
 from golden_model.video import VideoPredictor
 from sw.runtime.arena import aligned
 from sw.runtime.backend import AcceleratorError
-from sw.runtime.graph_exec import ENGINE_OPS, GraphExecError, GraphExecutor
+from sw.runtime.graph_exec import (DEVICE_OPS, ENGINE_OPS, IN_PLACE, GraphExecError, GraphExecutor,
+                                   _vector_dev)
 from sw.runtime.overlay_segment import STAGE_GROUPS
 
 #: the per-frame stages a video frame is reported in, and the graph stages each one sums
@@ -105,6 +106,16 @@ def _rope(drv, n, a, r):
             out[i, keep:] = drv.vector("rescale", tokens[keep:], tail)
             runs.append(drv.last_run)
     return out.reshape(a[0].shape), runs
+
+
+def _rope_dev(drv, n, a, r):
+    """_rope with its output left in DDR (sw.runtime.graph_exec._vector_dev: its input read in place) where it is
+    one ROPE call: one batch row, no excluded tokens (the queries', the self-attention's keys); else _rope."""
+    x = a[0]
+    _, keep, rp, _ = rope_parts(n, [np.zeros(x.shape, np.int8)] + list(a[1:]), r)     # the split, from the shape
+    if x.shape[0] != 1 or keep != math.prod(x.shape[1:-1]):
+        return _rope(drv, n, [np.asarray(x)] + list(a[1:]), r)
+    return _vector_dev(drv, n, "rope", x, rp, end_x=math.isqrt(rp.positions))
 
 
 class _VideoHostOps(IntRunner):
@@ -158,6 +169,7 @@ class FrameStats:
 class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
     """GraphExecutor over the whole video graph (module docstring); `frame_stats` sums the current frame."""
     ENGINE_OPS = {**ENGINE_OPS, "rope": _rope}
+    DEVICE_OPS, IN_PLACE = {**DEVICE_OPS, "rope": _rope_dev}, {**IN_PLACE, "rope": (0,)}
 
     def __init__(self, qm, cfg, backend: str = "sim", driver=None):
         super().__init__(qm, cfg, backend, driver)
