@@ -76,8 +76,8 @@ from golden_model.quant.video import (SLOTS, GraphImageModel, GraphTracker, Vide
 from golden_model.video import VideoPredictor
 from sw.runtime.arena import aligned
 from sw.runtime.backend import AcceleratorError
-from sw.runtime.graph_exec import (DEVICE_OPS, ENGINE_OPS, IN_PLACE, GraphExecError, GraphExecutor,
-                                   _vector_dev)
+from sw.runtime.graph_exec import (DEVICE_OPS, ENGINE_OPS, IN_PLACE, DeviceTensor, GraphExecError,
+                                   GraphExecutor, _vector_dev)
 from sw.runtime.overlay_segment import STAGE_GROUPS
 
 #: the per-frame stages a video frame is reported in, and the graph stages each one sums
@@ -268,11 +268,39 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
         memory lengths (_attention_batched). Each object's numbers are run_nodes' (module docstring).
         One object: its engine outputs chained in DDR as run_nodes' (GraphExecutor.chained)."""
         index = self.cached("node_index", lambda: {n.name: n for n in self.graph.nodes})
-        if len(objects) == 1:
-            nodes = [index[n] for n in names]
-            out = self.chained(nodes, lambda: {output: self._run_objects(names, env, objects, output, observe)[0]})
-            return [out[output]]
-        return self._run_objects(names, env, objects, output, observe)
+        nodes = [index[n] for n in names]
+        out = self.chained(nodes, lambda: {output: self._run_objects(names, env, objects, output, observe)})[output]
+        return [out[0]] if len(objects) == 1 else list(out)
+
+    def _fetch(self, x, stage: str = "memory_attention") -> np.ndarray:
+        """x's values on the host: a DeviceTensor read back and its buffer freed (a later reader takes the
+        values), its bytes counted to `stage`."""
+        if isinstance(x, DeviceTensor) and x.buffer is not None:
+            self.frame_stats.add(stage, ddr_bytes=self._free(x, keep=True))
+        return np.asarray(x)
+
+    def _stacked_rows(self, node, objects, per, shared) -> list | None:
+        """The inputs of a batched row-wise node with no tail (_rows_batched's split not needed): each
+        activation as every object's rows, object after object, in one tensor (a _Stacked input as it
+        is: read in place); None where the node needs _rows_batched (a ROPE tail, a banked chain)."""
+        if node.attrs.get("exclude") == "O" or node.name in self.chain_of:
+            return None
+        ins = []
+        for i in node.inputs:
+            v = per.get(i)
+            if isinstance(v, _Stacked):
+                ins.append(v.whole)
+            elif v is not None or i not in self.graph.constants:
+                parts = list(v) if v is not None else [self.arg(i, shared)] * len(objects)
+                ins.append(np.concatenate([self._fetch(x).reshape(-1, np.shape(x)[-1]) for x in parts])[None])
+            else:
+                ins.append(self.arg(i, shared))
+        return ins
+
+    def _object_shapes(self, i, per, shared, n: int) -> list:
+        v = per.get(i)
+        return list(v.shapes) if isinstance(v, _Stacked) else [np.shape(x) for x in v] if v is not None else \
+            [np.shape(self.arg(i, shared))] * n
 
     def _run_objects(self, names, env: dict, objects: list, output: str, observe=None) -> list:
         index = self.cached("node_index", lambda: {n.name: n for n in self.graph.nodes})
@@ -291,19 +319,67 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
                     observe(node, y)
                 continue
             else:
-                args = [[per[i][k] if i in per else self.arg(i, shared) for i in node.inputs]
-                        for k in range(len(objects))]
-                batched = self._attention_batched if node.op == "attention" else self._rows_batched
+                n = len(objects)
+                stacked = (None if n == 1 else self._stacked_attention(node, per, shared, n) if node.op == "attention"
+                           else self._stacked_rows(node, objects, per, shared))
+                args = None if stacked is not None else [[per[i][k] if i in per else self.arg(i, shared)
+                                                          for i in node.inputs] for k in range(n)]
                 if node.name in self.fused_adds:      # the store's residual, row for row with the batched rows
-                    r = self._residual(node)
-                    vals = [per[r][k] if r in per else self.arg(r, shared) for k in range(len(objects))]
-                    self._env = {r: vals[0] if len(vals) == 1 else np.concatenate(
-                        [np.asarray(v).reshape(-1, np.shape(v)[-1]) for v in vals])[None]}
-                ys = batched(node, args, [i in per or i not in self.graph.constants for i in node.inputs], objects)
+                    self._env = self._batched_residual(node, per, shared, n)
+                if isinstance(stacked, _Stacked):
+                    ys = stacked
+                elif stacked is not None:         # one run over every object's rows, its output kept whole
+                    y = self.node_fn(node)(node, stacked, self)
+                    ys = _Stacked(y, [s[:-1] + y.shape[-1:] for s in self._object_shapes(node.inputs[0], per,
+                                                                                           shared, n)], self._fetch)
+                else:
+                    batched = self._attention_batched if node.op == "attention" else self._rows_batched
+                    ys = batched(node, args, [i in per or i not in self.graph.constants for i in node.inputs],
+                                 objects)
             per[node.outputs[0]] = ys
-            for y in ys if observe is not None else ():
+            for y in (ys.peek() if isinstance(ys, _Stacked) else ys) if observe is not None else ():
                 observe(node, y)
         return per[output]
+
+    def _stacked_attention(self, node, per, shared, n: int):
+        """Every object's attention in one Driver call where their memories are equally long: Q, K, V each
+        object after object on the call's batch (a _Stacked input read in place), the output kept whole
+        (_Stacked). None where the lengths differ (_attention_batched's groups)."""
+        shapes = [self._object_shapes(i, per, shared, n) for i in node.inputs]
+        if any(len(set(s)) != 1 for s in shapes):
+            return None
+        ins, reshaped = [], []
+        for i, s in zip(node.inputs, shapes):
+            v = per.get(i)
+            x = v.whole if isinstance(v, _Stacked) else np.concatenate(
+                [self._fetch(a).reshape(s[0]) for a in (v if v is not None else [self.arg(i, shared)] * n)])
+            batch = (n * s[0][0],) + tuple(s[0][1:])
+            if isinstance(x, DeviceTensor):        # the same bytes seen as the call's batch
+                reshaped.append((x, x.shape))
+                x.shape = batch
+            ins.append(x if isinstance(x, DeviceTensor) else np.asarray(x).reshape(batch))
+        try:
+            y = self.node_fn(node)(node, ins, self)
+        finally:
+            for x, shape in reshaped:
+                x.shape = shape
+        rows = (1, -1, y.shape[-1])
+        if isinstance(y, DeviceTensor):
+            y.shape = (1, math.prod(y.shape[:-1]), y.shape[-1])
+        else:
+            y = y.reshape(rows)
+        return _Stacked(y, [s[:-1] + (y.shape[-1],) for s in shapes[0]], self._fetch)
+
+    def _batched_residual(self, node, per, shared, n: int) -> dict:
+        """The environment a batched linear's fused add reads its residual from: every object's rows of it,
+        object after object (a _Stacked one as it is, in DDR)."""
+        r = self._residual(node)
+        v = per.get(r)
+        if isinstance(v, _Stacked):
+            return {r: v.whole}
+        vals = [v[k] if v is not None else self.arg(r, shared) for k in range(n)]
+        return {r: vals[0] if n == 1 else np.concatenate([self._fetch(x).reshape(-1, np.shape(x)[-1])
+                                                          for x in vals])[None]}
 
     def _residual(self, node) -> str:
         """The tensor a linear's fused add (GraphExecutor.fused_adds) reads as its residual."""
@@ -370,12 +446,43 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
             if len(ks) == 1:            # alone: its Q, K, V as they are (DeviceTensors read in place)
                 out[ks[0]] = self.node_fn(node)(node, args[ks[0]], self)
                 continue
-            y = self.node_fn(node)(node, [np.concatenate([args[k][j] for k in ks]) for j in range(len(node.inputs))],
-                                   self)
+            y = self.node_fn(node)(node, [np.concatenate([self._fetch(args[k][j]) for k in ks])
+                                          for j in range(len(node.inputs))], self)
+            y = self._fetch(y)
             ends = np.cumsum([np.shape(args[k][0])[0] for k in ks])
             for k, part in zip(ks, np.split(y, ends[:-1])):
                 out[k] = part
         return out
+
+
+class _Stacked:
+    """Every object's rows of one tensor of a batched memory attention in one array or DeviceTensor (1,
+    rows, C), object after object: read in place by the next batched node; `shapes`: each object's.
+    Indexing (a per-object reader) takes it to the host through `fetch` (counted, its buffer freed)."""
+
+    def __init__(self, whole, shapes: list, fetch):
+        self.whole, self.shapes, self.fetch = whole, [tuple(s) for s in shapes], fetch
+        self._parts = None
+
+    def _split(self, rows: np.ndarray) -> list:
+        rows = rows.reshape(-1, rows.shape[-1])
+        ends = np.cumsum([math.prod(s[:-1]) for s in self.shapes])[:-1]
+        return [p.reshape(s) for p, s in zip(np.split(rows, ends), self.shapes)]
+
+    def peek(self) -> list:
+        """The objects' values, read without freeing (an observer's look)."""
+        return self._parts if self._parts is not None else self._split(np.asarray(self.whole))
+
+    def __getitem__(self, k: int):
+        if self._parts is None:
+            self._parts = self._split(self.fetch(self.whole))
+        return self._parts[k]
+
+    def __len__(self) -> int:
+        return len(self.shapes)
+
+    def __iter__(self):
+        return (self[k] for k in range(len(self)))
 
 
 # ---------------------------------------------------------------- the memory bank in DDR
