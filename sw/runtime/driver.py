@@ -78,14 +78,16 @@ class Driver:
         return prog
 
     def linear(self, a, b, bias=None, multiplier=None, shift=None, *, relu=False, out_int32=False,
-               lut=None, residual=None, add=None) -> np.ndarray:
+               lut=None, residual=None, add=None, keep: bool = True) -> np.ndarray:
         """`lut`: a golden_model.intvec.LutParams fused into the GEMM store (store_lut overlays): the result is
         golden_model.intvec.linear_lut's, the table applied to the requantised int8 with no extra DDR pass.
         `residual` (M x N int8) with `add` (golden_model.intvec.AddParams): the residual add fused into the
-        store (store_add overlays): golden_model.intvec.linear_add's result, add(result, residual, add)."""
+        store (store_add overlays): golden_model.intvec.linear_add's result, add(result, residual, add).
+        `keep=False`: B changes every call (the mask product's per-frame hypernetwork output), so the
+        program is freed after its run, not kept in the cache, where it would never be reused."""
         prog = self.compile(a, b, bias, multiplier, shift, relu=relu, out_int32=out_int32, lut=lut,
                             residual=residual, add=add)
-        return prog.output(self.run(prog))
+        return prog.output(self.run(prog, keep=keep))
 
     # Convolutions (sw/compile/routes.py routes each one to an engine): int8 (C, H, W) feature maps.
     def conv2d(self, x, w, bias=None, multiplier=None, shift=None, *, stride=1, padding=0, relu=False,
@@ -154,13 +156,13 @@ class Driver:
     #: Programs kept loaded (descriptors and weights in DDR) for calls that repeat a layer.
     CACHED_PROGRAMS = 16
 
-    def run(self, prog, descriptors: list[dict] | None = None) -> np.ndarray:
+    def run(self, prog, descriptors: list[dict] | None = None, keep: bool = True) -> np.ndarray:
         """Run a compiled program on its inputs; return its image with the out region as the overlay
         left it (prog.output(image) unpacks it). A program equal to one run before but for its inputs
         (same descriptors, same weights) reuses that one's buffers: only its inputs are written.
         `descriptors`: numeric fields to run instead of the compiled ones (tests); they are checked
-        against the buffer table like any program (and never cached)."""
-        key = None if descriptors is not None else _weights_key(prog)
+        against the buffer table like any program (and never cached); `keep=False`: not cached either."""
+        key = None if descriptors is not None or not keep else _weights_key(prog)
         loaded = self._cache.pop(key, None)
         if loaded is None:
             loaded = self._load(prog, descriptors)

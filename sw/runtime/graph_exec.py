@@ -173,7 +173,7 @@ def _mask(drv, n, a, r):
     runs = []
 
     def gemm(x, h):
-        y = drv.linear(x, h, out_int32=True)
+        y = drv.linear(x, h, out_int32=True, keep=False)      # h is the frame's: never reused
         runs.append(drv.last_run)
         return y
     return _mask_product(n, a, r, gemm), runs
