@@ -256,6 +256,9 @@ def test_driver_repeated_layer_writes_only_its_input():
     b[0, 0] ^= 1                                                  # other weights: loaded afresh
     assert np.array_equal(drv.linear(a2, b, bias, mult, shift), gemm(a2, b, bias, mult, shift))
     assert len(drv.session.arena.buffers) == 2 * len(prog.regions)
+    b[0, 1] ^= 1                       # keep=False (weights of one call: the mask product's): freed after its run
+    assert np.array_equal(drv.linear(a2, b, bias, mult, shift, keep=False), gemm(a2, b, bias, mult, shift))
+    assert len(drv.session.arena.buffers) == 2 * len(prog.regions) and len(drv._cache) == 2
 
 
 # ---------------------------------------------------------------- layouts
