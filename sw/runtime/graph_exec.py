@@ -45,7 +45,9 @@ Where they differ, the reader takes the tensor back to the host (its bytes count
   * attention's Q, K, V and output on overlays without load_t or where C does not divide the head dim
     (heads split and tiled, and merged, on the host);
   * conv, depthwise, conv_transpose: planar (C, H, W) maps (sw.compile.conv.FmapLayout), image by image;
-  * mask_product (int32), RoPE, and every host and layout node (window partition / unpartition,
+  * mask_product (int32; its program freed after the run: its B is the frame's), RoPE with an excluded
+    tail or several batch rows (one ROPE call on one row is the video executor's _rope_dev, chained),
+    and every host and layout node (window partition / unpartition,
     quantize, the decoder's float nodes): the host op's own bytes.
 What is still in DDR when a run ends (read by a later run, e.g. the image embedding between set_image
 and predict, or by the caller: a run keeps the graph's meta outputs, image_outputs and the video's

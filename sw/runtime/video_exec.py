@@ -50,15 +50,22 @@ the program aborts the frame; the frame is run again once, on the same bank (its
 wrote only into free slots, which nothing reads); a second failure raises FrameError naming the
 frame and the layer.
 
-Not yet (honest): run_nodes chains the engine outputs in DDR as GraphExecutor.run does, but the memory
-attention runs in run_objects, outside that scope: its nodes' outputs come back to the host (the objects'
-rows are concatenated there), so its attentions take Q, K, V from the host and give their output back.
-Chaining _attention_batched (objects stacked on the head batch: TokenRows' groups, the output rows object
-after object as the next batched node reads them) needs each object's keys and values as two row ranges
-(its memory rows, then its pointer rows in the batch's tail, where _rows_batched puts every object's
-pointer tokens): per-tile LOAD addresses can take that while the memory length is a multiple of C (no
-key tile straddles the two). The bank's keys and values are read by the host and written in again by
-the next Driver calls (k_sum, attention), not yet read in place.
+Chained in DDR (GraphExecutor.chained, as run_nodes): one object's memory attention runs its nodes as
+run_nodes would, engine outputs left in DDR for the next node (RoPE too where it is one ROPE call:
+_rope_dev). Several objects: a batched node's output is every object's rows in one DeviceTensor,
+object after object (_Stacked), which the next batched node reads in place; an attention whose objects'
+memories are equally long reads Q, K, V stacked on its batch in place and leaves its output so; a
+fused residual add reads the batched residual (_batched_residual). What a per-object reader needs (the
+banked chains, a ROPE with its pointer tail, attentions of unequal memory lengths) is read back then,
+counted to the memory attention stage (_fetch).
+
+Not yet (honest): the bank's keys, values and slot keys are read by the host at the gather (BankEntry
+.part) and written in again by the k_sum add and the attention's V (a host array uploaded once per
+call): binding those inputs to the rings in place needs per-tile LOAD addresses over several slots (a
+memory frame's rows are HW tokens, a multiple of C at 128 px on every preset, so no tile straddles two
+slots), which neither the vector nor the attention compiler takes yet. A fused add's residual crosses
+the host (the store's RES region is N-tile-major, not token rows). Per-object readers in a batch
+(above) read their tensor back.
 """
 from __future__ import annotations
 
