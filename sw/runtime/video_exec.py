@@ -370,11 +370,10 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
         finally:
             for x, shape in reshaped:
                 x.shape = shape
-        rows = (1, -1, y.shape[-1])
-        if isinstance(y, DeviceTensor):
+        if isinstance(y, DeviceTensor):        # one block of rows, as the next batched node reads it
             y.shape = (1, math.prod(y.shape[:-1]), y.shape[-1])
         else:
-            y = y.reshape(rows)
+            y = y.reshape(1, -1, y.shape[-1])
         return _Stacked(y, [s[:-1] + (y.shape[-1],) for s in shapes[0]], self._fetch)
 
     def _batched_residual(self, node, per, shared, n: int) -> dict:
