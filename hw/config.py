@@ -37,6 +37,8 @@ class OverlayConfig:
                     cycles per C outputs, once per query tile. Also the O memories' banks per query row (one
                     int40 lane each, attn_q_slots x attn_max_dim / lanes deep: hw/attention/engine.py).
     attn_o_uram   : attention engine: the O memories in UltraRAM (UltraScale+ parts) instead of block RAM.
+    scratch_uram  : the GEMM engine's A and B scratchpads in UltraRAM (UltraScale+ parts) instead of block RAM
+                    (hw/gemm/engine.py operand_memory).
     clock_mhz     : target clock (for reports and the board flow).
     dw_lanes      : depthwise engine: channel lanes (each K x K multipliers, one output pixel per cycle).
     dw_row_bytes  : depthwise engine: the longest feature-map row (pitch, bytes) its line buffers hold.
@@ -66,6 +68,7 @@ class OverlayConfig:
     dsp_packing: bool = False
     vec_lanes: int = 8
     attn_o_uram: bool = False
+    scratch_uram: bool = False
 
     @property
     def norm_lanes(self) -> int:
@@ -188,11 +191,11 @@ PRESETS: dict[str, OverlayConfig] = {
     # UltraRAM (attn_o_uram; a bank per normaliser lane: 2 on kv260, 4 on zcu104, 512 x 40 bits, one URAM288
     # each: 32 and 64 of the parts' 64 and 96). zcu104 fits within 85 %; kv260 does not (LUT 130 %, BRAM 95 %,
     # DSP 91 %). Estimates (yosys, per engine): bitstreams/README.md.
-    "kv260": OverlayConfig("kv260", rows=16, cols=32, a_depth=2048, b_depth=2048, acc_depth=512,
+    "kv260": OverlayConfig("kv260", rows=16, cols=32, a_depth=4096, b_depth=2048, acc_depth=512,
                            param_depth=128, axi_data_bits=128, clock_mhz=300.0, board="KV260 xck26",
                            engines=("gemm", "attention", "conv", "depthwise", "vector"), dw_lanes=2,
-                           dw_row_bytes=256, attn_q_slots=4, attn_norm_lanes=2, dsp_packing=True, vec_lanes=16,
-                           attn_o_uram=True),
+                           dw_row_bytes=256, attn_q_slots=6, attn_norm_lanes=2, dsp_packing=True, vec_lanes=16,
+                           attn_o_uram=True, scratch_uram=True),
     "zcu104": OverlayConfig("zcu104", rows=16, cols=32, a_depth=4096, b_depth=4096, acc_depth=1024,
                             param_depth=256, axi_data_bits=128, clock_mhz=300.0, board="ZCU104 xczu7ev",
                             engines=("gemm", "attention", "conv", "depthwise", "vector"), dw_lanes=4,
