@@ -59,10 +59,10 @@ def test_on_sim_k_split_in_blocks_of_tiles():
     from sw.backends.cycles import program_cycles
     from sw.compile.linear import k_split_blocking
     cfg = SIM.replace(a_depth=256, b_depth=256, acc_depth=64, param_depth=8)
-    mb, nb, _ = k_split_blocking(cfg, 10, 5, 300)
+    mb, nb, _ = k_split_blocking(cfg, 10, 5, 320)
     assert mb * nb > 1
     rng = np.random.default_rng(5)
-    a, b, bias, mult, shift = layer(rng, 37, 300, 40, extremes=True)
+    a, b, bias, mult, shift = layer(rng, 37, 320, 40, extremes=True)
     want = gemm(a, b, bias, mult, shift, relu=True)
     for mode in ("checked", "fast"):
         assert np.array_equal(Driver(cfg, "sim", sim_mode=mode).linear(a, b, bias, mult, shift, relu=True), want)

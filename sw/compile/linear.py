@@ -180,6 +180,8 @@ def blocking_candidates(cfg, mt: int, nt: int, K: int) -> list[tuple[int, int, i
         for nb in range(1, min(nt, regions // mb, max(1, cfg.param_depth // 2)) + 1):
             kc = min(a_half // mb, b_half // nb, K) // quantum * quantum
             chunks = -(-K // max(kc, 1))
+            # chunks of equal length: a short last chunk's computes would not cover the next block's loads
+            kc = min(kc, -(-K // chunks // quantum) * quantum) if kc else kc
             if kc >= min(K, MIN_K_CHUNK) and max(mb * nb * chunks, (mb + nb) * chunks + nb) <= WAIT_LIMIT:
                 out.append((mb, nb, kc))
     return out or [(1, 1, min(a_half, b_half) // quantum * quantum)]     # tiny scratchpads: a tile at a time
@@ -494,14 +496,16 @@ class LoadWindows:
             self.next[i], i = root, self.next[i]
         return root
 
-    def place(self, first: int, last: int, cycles: int, hazard: bool) -> int:
+    def place(self, first: int, last: int, cycles: int, hazard: bool, spread: int) -> int:
         """The window (compute index) of a load of `cycles` that may go after compute `first` at the
         earliest and must go after compute `last` at the latest; reserves its time."""
         at = self._free(first)
         if at > last:
-            # No time left before it is needed: a load with a hazard as early as it may go (as it would
-            # unpaced); one without, where it is needed (early, it would hold up the first computes).
-            at = first if hazard else last
+            # No time left before it is needed (the DMA is the bound): a load with a hazard `spread`
+            # computes after it (the op's i-th load after the i-th compute from the hazard on, so that
+            # no long stretch of load beats holds up the fetch of the computes queued behind them); one
+            # without, where it is needed (early, it would hold up the first computes).
+            at = min(first + spread, last) if hazard else last
         i = at
         while cycles > 0 and i < len(self.left):
             used = min(cycles, self.left[i])
@@ -540,7 +544,7 @@ def schedule(ops: list[dict], R: int, relu: bool, out_int32: bool) -> list[dict]
     last_user: dict = {}
     window = LoadWindows(ops)
     for j, op in enumerate(ops):
-        for ld in op["loads"]:
+        for i, ld in enumerate(op["loads"]):
             hz = last_user.get(ld["res"])
             # (what a STORE reads, PARAM entries and RES rows, is free only after the next COMPUTE)
             pos = -1 if hz is None else hz + (2 if ld["res"][0] in ("P", "RES") else 1)
@@ -549,7 +553,7 @@ def schedule(ops: list[dict], R: int, relu: bool, out_int32: bool) -> list[dict]
                 # early, its wait on the STORE before it would hold the in-order load unit (8 % slower).
                 pos = j - 1
             elif "cycles" in ld and j > 0:
-                pos = window.place(max(pos, 0), j - 1, ld["cycles"], hazard=hz is not None)
+                pos = window.place(max(pos, 0), j - 1, ld["cycles"], hazard=hz is not None, spread=i)
             buckets.setdefault(min(pos, j - 1), []).append(ld)
         last_user[op["a"]] = last_user[op["b"]] = j
         if op["store"]:
