@@ -522,7 +522,8 @@ def schedule(ops: list[dict], R: int, relu: bool, out_int32: bool) -> list[dict]
 
     ops: COMPUTEs in order, each with the loads it needs ("loads": target, src, count, sp,
     res = the (scratchpad, half) it overwrites, optional "fields" for extra descriptor fields,
-    optional "store_only": only the op's STORE reads it, so the STORE waits for it, not the COMPUTE),
+    optional "store_only": only the op's STORE reads it, so the STORE waits for it, not the COMPUTE;
+    optional "cycles": a paced load, placed by `LoadWindows`),
     its operands "a"/"b" (resources), "acc" region, "accumulate", optional "tiles" (COMPUTE.count:
     tiles back to back) with their "acc_regions", and an optional "store" (rows, acc, param,
     p = its PARAM resource, dst, stride, optional "fields" and "acc_regions").
