@@ -260,7 +260,8 @@ def _map_memories(tmp_path, name: str, family: str, memories) -> object:
 
 def test_o_banks_and_operand_scratchpads_map_to_ultraram_or_their_size_in_block_ram(tmp_path):
     """On yosys: kv260's attention O bank (attn_o_uram: one int40 lane, 768 deep) is one URAM288 and its A
-    scratchpad (scratch_uram: 4,096 x 16 int8 = 128 bits) two (4,096 x 72 each); pynq-z2's O bank (block RAM,
+    scratchpad (scratch_uram: 16 int8 = 128 bits wide) two (4,096 x 72 each: kv260's 4,096 entries too; 512
+    here: the zero init of 4,096 took yosys about 15 s more); pynq-z2's O bank (block RAM,
     1,024 deep) 1.5 BRAM36, its data's size (at C lanes with a write enable each, a row took a 72-bit block
     RAM per lane: 20 BRAM36 at C = 32)."""
     from amaranth.lib import data
@@ -269,9 +270,9 @@ def test_o_banks_and_operand_scratchpads_map_to_ultraram_or_their_size_in_block_
     from hw.gemm.engine import operand_memory
 
     kv = preset("kv260")
-    assert o_banks(preset("zcu104")) == (4, 512) and o_banks(kv) == (2, 768)
-    res = _map_memories(tmp_path, "kv260", "xcup", [(o_bank_memory(kv), OACC),
-                                                    (operand_memory(kv, "A"), data.ArrayLayout(INT8, kv.rows))])
+    assert o_banks(preset("zcu104")) == (4, 512) and o_banks(kv) == (2, 768) and kv.scratch_uram
+    res = _map_memories(tmp_path, "kv260", "xcup", [(o_bank_memory(kv), OACC), (operand_memory(
+        kv.replace(a_depth=512), "A"), data.ArrayLayout(INT8, kv.rows))])
     assert (res.uram, res.bram36, res.luts) == (1 + 2, 0, 0), res
     res = _map_memories(tmp_path, "pynq-z2", "xc7", [(o_bank_memory(preset("pynq-z2")), OACC)])
     assert (res.uram, res.bram36, res.luts) == (0, 1.5, 0), res
