@@ -182,7 +182,7 @@ def depthwise_cycles(cfg, k, chans, rows, width, nb) -> int:
 #: (Outcome, `normed` after) of lists timed without data: a function of the configuration, the bytes and
 #: that one bit of engine state (sw.backends.sim_attention: its other timing state restarts every run).
 _TIMED: OrderedDict = OrderedDict()
-TIMED_KEEP = 64
+TIMED_KEEP = 1024          # a video frame runs a few hundred programs: all of them remembered
 
 
 def depthwise_command(cfg, d) -> int:
