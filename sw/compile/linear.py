@@ -637,7 +637,7 @@ def pack_descriptors(descs: list[dict], image: np.ndarray, offsets: dict, base_a
     """Encode descriptors (symbolic opcode, target; addresses as ("region", offset), `src`/`dst`
     standing for dram_addr) into the image's descriptor area, the image placed at base_addr.
     Returns (symbolic fields, numeric fields). hint: what to do when one does not fit."""
-    from sw.runtime.program import LinkError, link
+    from sw.runtime.program import LinkError, SplitDescriptors, link
     symbolic = []
     for d in descs:
         fields = {k: v for k, v in d.items() if k in isa.FIELDS}
@@ -648,6 +648,7 @@ def pack_descriptors(descs: list[dict], image: np.ndarray, offsets: dict, base_a
             if key in d:
                 fields["dram_addr"] = d[key]
         symbolic.append(fields)
+    symbolic = SplitDescriptors.of(symbolic)      # addresses split out once: this link and every relink use it
     try:
         numeric, raw = link(symbolic, {name: base_addr + off for name, (off, _) in offsets.items()})
     except LinkError as e:
