@@ -69,7 +69,7 @@ class TransposeLoader(wiring.Component):
         m.d.comb += [self.busy.eq(busy), self.cmd.ready.eq(~busy)]
         p = self.cmd.payload
 
-        # The buffer: memory (q, k) holds byte k ^ p of row q DB + p at address (half, byte).
+        # The buffer: memory (q, k) at address (half, b) holds byte b of row q DB + (k ^ b).
         blocks = -(-NR // DB)
         mems = [[Memory(shape=8, depth=2 * DB, init=[]) for k in range(DB)] for q in range(blocks)]
         for q, block in enumerate(mems):
@@ -122,8 +122,8 @@ class TransposeLoader(wiring.Component):
             read = [mem.read_port(domain="comb") for mem in block]
             m.d.comb += [rp.addr.eq(Cat(e_idx, e_half)) for rp in read]
             rows += xor_swizzle([rp.data for rp in read], e_idx)          # row p from memory p ^ e
-        for r in range(NR):
-            m.d.comb += entry[8 * r:8 * (r + 1)].eq(Mux(cmd.rows_last >= r, rows[r], 0) if r else rows[r])  # row 0: always read
+        for r in range(NR):                                               # row 0: always read
+            m.d.comb += entry[8 * r:8 * (r + 1)].eq(Mux(cmd.rows_last >= r, rows[r], 0) if r else rows[r])
         w_valid, w_data = Signal(), Signal(8 * NR)
         m.d.sync += w_valid.eq(emit)
         m.d.comb += [self.wr.valid.eq(w_valid), self.wr.payload.addr.eq(w_addr), self.wr.payload.data.eq(w_data)]
