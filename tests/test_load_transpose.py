@@ -2,7 +2,9 @@
 
 The sim model's interpreter against the golden layout (golden_model.intops.token_tiles) on random rows,
 tail tiles (fewer rows than an entry's bytes), counts off the AXI beat, ring wrap in the scratchpad; the
-host checks' refusals. The linear that reads its A in place: tests/test_graph_exec.py and below."""
+host checks' refusals; the RTL unit alone (hw.gemm.transpose_load) on the Amaranth simulator under AXI
+stalls. The linear that reads its A in place: tests/test_graph_exec.py and below; the overlay's RTL:
+tests/test_overlay.py."""
 import numpy as np
 import pytest
 
@@ -248,19 +250,18 @@ def run_unit(cfg, rows: int, count: int, pitch: int, ddr: np.ndarray, stall: flo
     return got, cycles[0]
 
 
-@pytest.mark.parametrize("name,axi_bits,rows,count", [
-    ("kv260", 128, 32, 20), ("kv260", 128, 7, 33),      # 32 rows of 16-byte beats (two blocks of memories)
-    ("sim", 64, 8, 17),                                  # as many rows as a beat has bytes
-    ("mid", 64, 13, 9)])                                 # 16 rows of 8-byte beats
-def test_transpose_unit_alone_equals_token_tiles(name, axi_bits, rows, count):
+@pytest.mark.parametrize("name,rows,count", [
+    ("kv260", 32, 20), ("kv260", 7, 33),          # 32 rows of 16-byte beats (two blocks of memories)
+    ("sim", 8, 17),                               # as many rows as a beat has bytes
+    ("mid", 13, 9)])                              # 16 rows of 8-byte beats
+def test_transpose_unit_alone_equals_token_tiles(name, rows, count):
     """The unit's writes (entry e at sp + e: row r byte e, rows past rows_last zero) under random AR / R stalls,
     and without stalls one group per max(rows, beat bytes) cycles (the rate sw.backends.cycles models)."""
-    cfg = preset(name).replace(axi_data_bits=axi_bits) if name != "mid" else mid_overlay()
+    cfg = mid_overlay() if name == "mid" else preset(name)
     DB, NR = cfg.beat_bytes, max(cfg.rows, cfg.cols)
     pitch = -(-count // DB) * DB + DB
     ddr = np.random.default_rng(rows + count).integers(0, 256, rows * pitch, dtype=np.uint8)
-    want = np.zeros((count, NR), np.uint8)
-    want[:, :rows] = ddr.reshape(rows, pitch)[:, :count].T
+    want = token_tiles(ddr.reshape(rows, pitch)[:, :count], NR)[0]
     for stall, seed in ((0.4, 1), (0.0, 2)):
         got, cycles = run_unit(cfg, rows, count, pitch, ddr, stall, seed)
         assert sorted(got) == list(range(5, 5 + count))
