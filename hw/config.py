@@ -38,6 +38,8 @@ class OverlayConfig:
                     cycles per C outputs, once per query tile. Also the O memories' banks per query row (one
                     int40 lane each, attn_q_slots x attn_max_dim / lanes deep: hw/attention/engine.py).
     attn_o_uram   : attention engine: the O memories in UltraRAM (UltraScale+ parts) instead of block RAM.
+    scratch_uram  : the GEMM engine's A and B scratchpads in UltraRAM (UltraScale+ parts) instead of block RAM
+                    (hw/gemm/engine.py operand_memory).
     clock_mhz     : target clock (for reports and the board flow).
     dw_lanes      : depthwise engine: channel lanes (each K x K multipliers, one output pixel per cycle).
     dw_row_bytes  : depthwise engine: the longest feature-map row (pitch, bytes) its line buffers hold.
@@ -67,6 +69,7 @@ class OverlayConfig:
     dsp_packing: bool = False
     vec_lanes: int = 8
     attn_o_uram: bool = False
+    scratch_uram: bool = False
 
     @property
     def norm_lanes(self) -> int:
@@ -186,14 +189,17 @@ PRESETS: dict[str, OverlayConfig] = {
     # 512), the vector engine with a lane per byte of the 16-byte beat. 32 x 32 with attention needs 1,024
     # DSPs for its P V array alone: past 85 % of the xck26's 1,248, and past the xczu7ev's 1,728 with the
     # rest (DSP floors 1,770 and 1,876 at 2 and 4 depthwise lanes). The attention engine's O memories in
-    # UltraRAM (attn_o_uram; a bank per normaliser lane: 2 on kv260, 4 on zcu104, 512 x 40 bits, one URAM288
-    # each: 32 and 64 of the parts' 64 and 96). zcu104 fits within 85 %; kv260 does not (LUT 130 %, BRAM 95 %,
-    # DSP 91 %). Estimates (yosys, per engine): bitstreams/README.md.
-    "kv260": OverlayConfig("kv260", rows=16, cols=32, a_depth=2048, b_depth=2048, acc_depth=512,
+    # UltraRAM (attn_o_uram; a bank per normaliser lane: 2 on kv260 (768 x 40 bits), 4 on zcu104 (512 x 40),
+    # one URAM288 each: 32 and 64 of the parts' 64 and 96). kv260 also keeps its GEMM A and B scratchpads in
+    # UltraRAM (scratch_uram: 6 URAM288), which leaves block RAM room for a 4,096-entry A and 6 query slots
+    # (attention steady state 100 %, 83.7 % with 4). zcu104 fits within 85 %; kv260 does not (LUT 129 %,
+    # DSP 91 %; BRAM 81 %, URAM 59 %: `sam2fpga build --board kv260`). Estimates (yosys, per engine):
+    # bitstreams/README.md.
+    "kv260": OverlayConfig("kv260", rows=16, cols=32, a_depth=4096, b_depth=2048, acc_depth=512,
                            param_depth=128, axi_data_bits=128, clock_mhz=300.0, board="KV260 xck26",
                            engines=("gemm", "attention", "conv", "depthwise", "vector", "load_t"), dw_lanes=2,
-                           dw_row_bytes=256, attn_q_slots=4, attn_norm_lanes=2, dsp_packing=True, vec_lanes=16,
-                           attn_o_uram=True),
+                           dw_row_bytes=256, attn_q_slots=6, attn_norm_lanes=2, dsp_packing=True, vec_lanes=16,
+                           attn_o_uram=True, scratch_uram=True),
     "zcu104": OverlayConfig("zcu104", rows=16, cols=32, a_depth=4096, b_depth=4096, acc_depth=1024,
                             param_depth=256, axi_data_bits=128, clock_mhz=300.0, board="ZCU104 xczu7ev",
                             engines=("gemm", "attention", "conv", "depthwise", "vector", "load_t"), dw_lanes=4,

@@ -228,36 +228,51 @@ def test_rtl_of_the_ecp5_preset_equals_sim_equals_golden():
         assert np.array_equal(p.output(r["image"]), want)
 
 
-def test_attention_o_banks_map_to_one_ultraram_or_their_size_in_block_ram(tmp_path):
-    """The attention engine's O bank (one int40 lane) on yosys: zcu104's (attn_o_uram, 512 deep) is one
-    URAM288; pynq-z2's (block RAM, 1,024 deep) 1.5 BRAM36, its data's size (at C lanes with a write
-    enable each, a row took a 72-bit block RAM per lane: 20 BRAM36 at C = 32)."""
+def _map_memories(tmp_path, name: str, family: str, memories) -> object:
+    """yosys's cells for memories of one write port and one read port each, [(Memory, its shape)], alone."""
     from amaranth import Module
     from amaranth.back import verilog
     from amaranth.lib import wiring
     from amaranth.lib.wiring import In, Out
-    from hw.attention.engine import OACC, o_bank_memory, o_banks
     from hw.flows.estimate import count_cells, run_yosys
 
-    class Bank(wiring.Component):
-        def __init__(self, cfg):
-            self.cfg, depth = cfg, o_banks(cfg)[1]
-            super().__init__({"wa": In(range(depth)), "we": In(1), "wd": In(OACC), "ra": In(range(depth)),
-                              "re": In(1), "rd": Out(OACC)})
+    ports = {}
+    for i, (mem, shape) in enumerate(memories):
+        ports |= {f"wa{i}": In(range(mem.depth)), f"we{i}": In(1), f"wd{i}": In(shape), f"ra{i}": In(range(mem.depth)),
+                  f"re{i}": In(1), f"rd{i}": Out(shape)}
 
+    class Mems(wiring.Component):
         def elaborate(self, platform):
             m = Module()
-            m.submodules.mem = mem = o_bank_memory(self.cfg)
-            w, r = mem.write_port(), mem.read_port()
-            m.d.comb += [w.addr.eq(self.wa), w.en.eq(self.we), w.data.eq(self.wd), r.addr.eq(self.ra),
-                         r.en.eq(self.re), self.rd.eq(r.data)]
+            for i, (mem, _) in enumerate(memories):
+                m.submodules[f"mem{i}"] = mem
+                w, r = mem.write_port(), mem.read_port()
+                m.d.comb += [w.addr.eq(getattr(self, f"wa{i}")), w.en.eq(getattr(self, f"we{i}")),
+                             w.data.eq(getattr(self, f"wd{i}")), r.addr.eq(getattr(self, f"ra{i}")),
+                             r.en.eq(getattr(self, f"re{i}")), getattr(self, f"rd{i}").eq(r.data)]
             return m
 
-    assert o_banks(preset("zcu104")) == (4, 512) and o_banks(preset("kv260")) == (2, 512)
-    for name, family, want in (("zcu104", "xcup", dict(uram=1, bram36=0)), ("pynq-z2", "xc7", dict(uram=0, bram36=1.5))):
-        cfg = preset(name)
-        work = tmp_path / name
-        work.mkdir()
-        (work / "bank.v").write_text(verilog.convert(Bank(cfg), name="bank"))
-        res = count_cells(run_yosys(work / "bank.v", "bank", family, work, abc9=False), "bank")
-        assert (res.uram, res.bram36, res.luts) == (want["uram"], want["bram36"], 0), (name, res)
+    work = tmp_path / name
+    work.mkdir()
+    (work / "mems.v").write_text(verilog.convert(Mems(ports), name="mems"))
+    return count_cells(run_yosys(work / "mems.v", "mems", family, work, abc9=False), "mems")
+
+
+def test_o_banks_and_operand_scratchpads_map_to_ultraram_or_their_size_in_block_ram(tmp_path):
+    """On yosys: kv260's attention O bank (attn_o_uram: one int40 lane, 768 deep) is one URAM288 and its A
+    scratchpad (scratch_uram: 16 int8 = 128 bits wide) two (4,096 x 72 each: kv260's 4,096 entries too; 512
+    here: the zero init of 4,096 took yosys about 15 s more); pynq-z2's O bank (block RAM,
+    1,024 deep) 1.5 BRAM36, its data's size (at C lanes with a write enable each, a row took a 72-bit block
+    RAM per lane: 20 BRAM36 at C = 32)."""
+    from amaranth.lib import data
+    from hw.attention.engine import OACC, o_bank_memory, o_banks
+    from hw.gemm.array import INT8
+    from hw.gemm.engine import operand_memory
+
+    kv = preset("kv260")
+    assert o_banks(preset("zcu104")) == (4, 512) and o_banks(kv) == (2, 768) and kv.scratch_uram
+    res = _map_memories(tmp_path, "kv260", "xcup", [(o_bank_memory(kv), OACC), (operand_memory(
+        kv.replace(a_depth=512), "A"), data.ArrayLayout(INT8, kv.rows))])
+    assert (res.uram, res.bram36, res.luts) == (1 + 2, 0, 0), res
+    res = _map_memories(tmp_path, "pynq-z2", "xc7", [(o_bank_memory(preset("pynq-z2")), OACC)])
+    assert (res.uram, res.bram36, res.luts) == (0, 1.5, 0), res

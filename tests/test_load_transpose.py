@@ -2,7 +2,9 @@
 
 The sim model's interpreter against the golden layout (golden_model.intops.token_tiles) on random rows,
 tail tiles (fewer rows than an entry's bytes), counts off the AXI beat, ring wrap in the scratchpad; the
-host checks' refusals. The linear that reads its A in place: tests/test_graph_exec.py and below."""
+host checks' refusals; the RTL unit alone (hw.gemm.transpose_load) on the Amaranth simulator under AXI
+stalls. The linear that reads its A in place: tests/test_graph_exec.py and below; the overlay's RTL:
+tests/test_overlay.py."""
 import numpy as np
 import pytest
 
@@ -11,6 +13,7 @@ from hw import isa
 from hw.config import preset
 from sw.backends.sim_model import SimOverlay
 from sw.runtime.checks import DescriptorError, check_descriptors
+from tests.conftest import mid_overlay
 
 BASE = 0x1000
 ROWS_AT = 0x4000
@@ -207,3 +210,70 @@ def test_b_transposed_job_on_sim(rows, count):
         sim.write_reg(isa.REG[name], value)
     assert sim.regs["STATUS"] == isa.STATUS_DONE
     assert np.array_equal(job_result(cfg, job, sim.ddr[job["base"]:]), want)
+
+
+def run_unit(cfg, rows_seq: list, count: int, pitch: int, ddr: np.ndarray, stall: float, seed: int):
+    """The TransposeLoader alone on the Amaranth simulator, a command of each number of rows in turn: AR
+    accepted and R beats given with probability 1 - stall (a beat the cycle after its AR at the earliest).
+    Returns the last command's writes ({scratchpad addr: entry}) and cycles."""
+    from amaranth.sim import Simulator
+    from hw.gemm.transpose_load import TransposeLoader
+    dut = TransposeLoader(cfg, max(cfg.rows, cfg.cols))
+    DB, rng, out = cfg.beat_bytes, np.random.default_rng(seed), {}
+
+    async def one(ctx, rows):
+        got = {}
+        ctx.set(dut.cmd.payload, {"addr": 0, "pitch": pitch, "count": count, "rows_last": rows - 1, "sp": 5})
+        ctx.set(dut.cmd.valid, 1)
+        await ctx.tick()
+        ctx.set(dut.cmd.valid, 0)
+        pending = []
+        for cycle in range(20 * (rows + DB) * (count // DB + 1)):
+            ar_ready, r_valid = rng.random() >= stall, bool(pending) and rng.random() >= stall
+            ctx.set(dut.ar.ready, ar_ready)
+            ctx.set(dut.r.valid, r_valid)
+            if r_valid:
+                ctx.set(dut.r.payload, int.from_bytes(ddr[pending[0]:pending[0] + DB].tobytes(), "little"))
+            ar = ctx.get(dut.ar.payload.addr) if ctx.get(dut.ar.valid) and ar_ready else None
+            if ctx.get(dut.wr.valid):
+                got[ctx.get(dut.wr.payload.addr)] = ctx.get(dut.wr.payload.data)
+            done = ctx.get(dut.done)
+            await ctx.tick()
+            pending = pending[r_valid:] + ([ar] if ar is not None else [])
+            if done:
+                return got, cycle + 1
+        raise AssertionError("no done")
+
+    async def bench(ctx):
+        for rows in rows_seq:
+            out["result"] = await one(ctx, rows)
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    sim.run()
+    return out["result"]
+
+
+@pytest.mark.parametrize("name,rows,count", [
+    ("kv260", 32, 20), ("kv260", 7, 33),          # 32 rows of 16-byte beats (two blocks of memories)
+    ("sim", 8, 17),                               # as many rows as a beat has bytes
+    ("mid", 13, 9)])                              # 16 rows of 8-byte beats
+def test_transpose_unit_alone_equals_token_tiles(name, rows, count):
+    """The unit's writes (entry e at sp + e: row r byte e, rows past rows_last zero although a command of every
+    row ran before) under random AR / R stalls, and without stalls one group per max(rows, beat bytes)
+    cycles (the rate sw.backends.cycles models)."""
+    cfg = mid_overlay() if name == "mid" else preset(name)
+    DB, NR = cfg.beat_bytes, max(cfg.rows, cfg.cols)
+    pitch = -(-count // DB) * DB + DB
+    ddr = np.random.default_rng(rows + count).integers(0, 256, NR * pitch, dtype=np.uint8)
+    want = token_tiles(ddr.reshape(NR, pitch)[:rows, :count], NR)[0]
+    for stall, seed in ((0.4, 1), (0.0, 2)):
+        got, cycles = run_unit(cfg, [NR, rows], count, pitch, ddr, stall, seed)
+        assert sorted(got) == list(range(5, 5 + count))
+        entries = np.array([list(got[5 + e].to_bytes(NR, "little")) for e in range(count)], np.uint8)
+        assert np.array_equal(entries, want)
+    groups = -(-count // DB)
+    # No stalls: the first group's rows, max(rows, DB) a group after it, the last group's entries; 4 more
+    # cycles (the command, the first beat's latency, the registered write, done).
+    assert cycles <= rows + (groups - 1) * max(rows, DB) + (count - (groups - 1) * DB) + 4, cycles

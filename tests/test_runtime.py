@@ -303,3 +303,28 @@ def test_chain_that_does_not_fit_fails_before_writing():
     with pytest.raises(ArenaFull, match="bytes asked"):
         Chain(Session(be), ChainWeights.random(ChainSpec()))
     assert be.traffic.to_ddr == 0
+
+
+def test_a_list_relinked_to_the_same_buffers_is_checked_once(monkeypatch):
+    """Session._link checks a descriptor list once per (bytes, buffer table, runs): a program relinked to
+    buffers at the addresses it had before skips them; one at new addresses, or that fails, is checked."""
+    from sw.runtime import session as S
+    rng = np.random.default_rng(5)
+    prog = compile_linear(SIM, *layer(rng, 9, 40, 20))
+    session = Session(open_backend("sim", SIM))
+    calls = []
+    check = S.check_descriptors
+    monkeypatch.setattr(S, "check_descriptors", lambda *a: (calls.append(1), check(*a))[1])
+    session.buffer("x", prog.regions["A"][1])
+    loaded = session.load(prog, "fc", bind={"A": "x"})
+    session.buffer("y", prog.regions["A"][1])
+    loaded.rebind({"A": "y"})                   # new addresses: checked
+    session.free("x")
+    session.buffer("x2", prog.regions["A"][1])  # at x's address again: the list x had, checked before
+    loaded.rebind({"A": "x2"})
+    assert len(calls) == 2
+    session.free("y")
+    session.buffer("z", 64)                     # too small for A: refused before any check
+    with pytest.raises(ValueError, match="needs"):
+        loaded.rebind({"A": "z"})
+    assert len(calls) == 2

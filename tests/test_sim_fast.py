@@ -404,3 +404,27 @@ def test_timing_is_remembered_by_the_descriptor_bytes():
     other = CY.simulate(cfg, CY.decode_descriptors(raw2))
     assert other.cycles > first.cycles
     assert other.cycles == CY.simulate(cfg, dict(CY.decode_descriptors(raw2))).cycles
+
+
+def test_attention_timing_is_remembered_with_the_normaliser_state():
+    """An attention list's remembered timing follows the engine's one lasting state (a NORM since reset:
+    NORM_AGAIN): the same runs timed afresh each time and from the memo give the same cycles, and set the
+    state alike."""
+    from sw.backends import cycles as CY
+    from sw.backends.sim_attention import AttentionModel
+    cfg = preset("kv260")
+    rng = np.random.default_rng(4)
+    prog = compile_attention(cfg, *(rand8(rng, (1, n, 64)) for n in (40, 70, 70)),
+                             intattn.AttentionQuant(3000, 14, 1 << 28, 30))
+    raw = prog.image[:len(prog.descriptors) * isa.DESCRIPTOR_BYTES]
+    runs = []
+    for memo in (False, True, True):
+        attn = AttentionModel(cfg)
+        cycles = []
+        for _ in range(3):
+            if not memo:
+                CY.forget_timings()
+            cycles.append(CY.simulate(cfg, CY.decode_descriptors(raw), attn).cycles)
+        runs.append((cycles, attn.normed))
+    assert runs[0] == runs[1] == runs[2] and runs[0][1]
+    assert runs[0][0][0] < runs[0][0][1] == runs[0][0][2]     # the first NORM since reset is a cycle quicker

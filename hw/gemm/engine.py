@@ -493,6 +493,16 @@ class StoreAdd(wiring.Component):
         return m
 
 
+def operand_memory(cfg, which: str) -> Memory:
+    """The A (a_depth x R int8) or B (b_depth x C int8) scratchpad: one write port (its loads) and one read
+    port (the compute unit), in UltraRAM with `scratch_uram` (UltraScale+: a URAM288 is 4,096 x 72 bits,
+    so kv260's 4,096 x 128-bit A is 2 of them and its 2,048 x 256-bit B 4, where block RAM took about 8 and
+    16 BRAM36), else where the tools choose."""
+    lanes, depth = (cfg.rows, cfg.a_depth) if which == "A" else (cfg.cols, cfg.b_depth)
+    attrs = {"ram_style": "ultra"} if cfg.scratch_uram else {}
+    return Memory(shape=data.ArrayLayout(INT8, lanes), depth=depth, init=[], attrs=attrs)
+
+
 class GemmEngine(wiring.Component):
     """The whole engine for one `hw.config.OverlayConfig`."""
 
@@ -523,8 +533,8 @@ class GemmEngine(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         cfg = self.cfg
-        m.submodules.a_mem = a_mem = Memory(shape=data.ArrayLayout(INT8, cfg.rows), depth=cfg.a_depth, init=[])
-        m.submodules.b_mem = b_mem = Memory(shape=data.ArrayLayout(INT8, cfg.cols), depth=cfg.b_depth, init=[])
+        m.submodules.a_mem = a_mem = operand_memory(cfg, "A")
+        m.submodules.b_mem = b_mem = operand_memory(cfg, "B")
         m.submodules.acc_mem = acc_mem = Memory(shape=data.ArrayLayout(ACC, cfg.cols), depth=cfg.acc_depth, init=[])
         m.submodules.p_mem = p_mem = Memory(shape=data.ArrayLayout(ChannelParams, cfg.cols),
                                             depth=cfg.param_depth, init=[])

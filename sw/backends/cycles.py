@@ -188,10 +188,11 @@ def depthwise_cycles(cfg, k, chans, rows, width, nb) -> int:
     return issue_t + DW_DRAIN
 
 
-#: (cfg, Fields.digest) -> Outcome of lists timed without data and without the attention engine (whose
-#: timing state carries from run to run): the outcome is a function of the configuration and the bytes.
+#: (cfg, Fields.digest, the attention engine's `normed` before, None without ATTENTION descriptors) ->
+#: (Outcome, `normed` after) of lists timed without data: a function of the configuration, the bytes and
+#: that one bit of engine state (sw.backends.sim_attention: its other timing state restarts every run).
 _TIMED: OrderedDict = OrderedDict()
-TIMED_KEEP = 64
+TIMED_KEEP = 1024          # a video frame runs a few hundred programs: all of them remembered
 
 
 def depthwise_command(cfg, d) -> int:
@@ -204,21 +205,27 @@ def simulate(cfg, f: dict[str, np.ndarray], attn=None, execute=None) -> Outcome:
     """Dispatch the decoded descriptors `f` in order as the command processor does; return how the run
     ended and its cycles. `attn`: the attention engine's model (its schedule() and timing state);
     `execute(i, kind)`: called when descriptor i's waits are met (the checked mode's data), returns None
-    or (error bit, index) to stop the run there. Timing alone (no `execute`) of a list without ATTENTION
-    descriptors is remembered by its bytes (decode_descriptors' digest): a program run again (the fast
-    mode's common case) costs no second pass of the recurrence."""
+    or (error bit, index) to stop the run there. Timing alone (no `execute`) is remembered by the list's
+    bytes (decode_descriptors' digest; with ATTENTION descriptors, and the engine's normaliser state): a
+    program run again (the fast mode's common case, an attention's heads split into equal programs)
+    costs no second pass of the recurrence."""
     kinds = classify(cfg, f)
     key = None
-    if execute is None and getattr(f, "digest", None) and not np.any(kinds == K_ATTENTION):
-        key = (cfg, f.digest)
+    # The attention engine's one state that outlives a run: whether its normaliser has run since reset
+    # (NORM_AGAIN); a list with ATTENTION descriptors is remembered with it, before and after.
+    normed = attn.normed if attn is not None and np.any(kinds == K_ATTENTION) else None
+    if execute is None and getattr(f, "digest", None):
+        key = (cfg, f.digest, normed)
         if key in _TIMED:
             _TIMED.move_to_end(key)
+            out, normed_after = _TIMED[key]
             if attn is not None:
                 attn.reset_timing()
-            return _copy(_TIMED[key])
+                attn.normed = normed_after if normed is not None else attn.normed
+            return _copy(out)
     out = _simulate(cfg, f, kinds, attn, execute)
     if key is not None:
-        _TIMED[key] = _copy(out)
+        _TIMED[key] = (_copy(out), None if normed is None else attn.normed)
         while len(_TIMED) > TIMED_KEEP:
             _TIMED.popitem(last=False)
     return out

@@ -19,7 +19,9 @@ or stays BUSY (a hang). A run a fault strikes is interpreted (also in fast mode)
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import functools
 
 import numpy as np
 
@@ -31,6 +33,23 @@ from sw.backends import cycles as CY
 from sw.backends import faults as F
 
 MODES = ("fast", "checked")
+
+
+@functools.cache
+def _blas():
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:              # (a board image without it: BLAS keeps its own threads)
+        return None
+    return ThreadpoolController()
+
+
+def one_blas_thread():
+    """A run's NumPy on one BLAS thread: its GEMMs are exact integer sums (any thread count gives the same
+    bits) in chunks small enough to stay in cache (sw.backends.fast), where a second thread's hand-offs
+    cost more than it adds, many times more on a machine whose cores are busy with other work."""
+    controller = _blas()
+    return contextlib.nullcontext() if controller is None else controller.limit(limits=1, user_api="blas")
 
 
 class SimOverlay:
@@ -85,7 +104,8 @@ class SimOverlay:
                 self._soft_reset()
             elif value & isa.CONTROL_START and not self.regs["STATUS"] & isa.STATUS_BUSY:
                 self.regs["STATUS"] &= ~isa.STATUS_DONE
-                self._run()
+                with one_blas_thread():
+                    self._run()
         elif offset == reg["STATUS"]:
             if value & isa.STATUS_DONE:
                 self.regs["STATUS"] &= ~isa.STATUS_DONE

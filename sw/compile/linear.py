@@ -191,6 +191,8 @@ def blocking_candidates(cfg, mt: int, nt: int, K: int, a_rows: bool = False) -> 
         for nb in range(1, min(nt, regions // mb, max(1, cfg.param_depth // 2)) + 1):
             kc = min(a_half // mb, b_half // nb, K) // quantum * quantum
             chunks = -(-K // max(kc, 1))
+            # chunks of equal length: a short last chunk's computes would not cover the next block's loads
+            kc = min(kc, -(-K // chunks // quantum) * quantum) if kc else kc
             if kc >= min(K, MIN_K_CHUNK) and max(mb * nb * chunks, (mb + nb) * chunks + nb) <= WAIT_LIMIT:
                 out.append((mb, nb, kc))
     return out or [(1, 1, min(a_half, b_half) // quantum * quantum)]     # tiny scratchpads: a tile at a time
@@ -256,9 +258,10 @@ def _linear_plan(cfg, M: int, K: int, N: int, relu: bool, out_int32: bool, fused
     def a_load(mi, k0, count, sp, res):
         """LOAD A of M-tile mi's entries k0 .. k0 + count (a_rows: transposed from its token rows)."""
         if not a_rows:
-            return dict(op="LOAD", target="A", src=("A", mi * a_stride + k0 * R), count=count, sp=sp, res=res)
-        return dict(op="LOAD", target="A", src=("A", mi * R * a_pitch + k0), count=count, sp=sp, res=res,
-                    fields=dict(transpose=1, t_rows_last=min(R, M - mi * R) - 1, stride=a_pitch))
+            return paced(cfg, dict(op="LOAD", target="A", src=("A", mi * a_stride + k0 * R), count=count, sp=sp,
+                                   res=res))
+        return paced(cfg, dict(op="LOAD", target="A", src=("A", mi * R * a_pitch + k0), count=count, sp=sp, res=res,
+                               fields=dict(transpose=1, t_rows_last=min(R, M - mi * R) - 1, stride=a_pitch)))
     if a_rows:
         a_stride = 0                                 # (no tiles in DDR)
     sizes = {"A": M * a_pitch if a_rows else mt * a_stride, "B": nt * b_stride,
@@ -277,20 +280,26 @@ def _linear_plan(cfg, M: int, K: int, N: int, relu: bool, out_int32: bool, fused
         for blk, nj0 in enumerate(range(0, nt, nb)):
             tiles_n = list(range(nj0, min(nj0 + nb, nt)))
             hb, hp = blk % 2, blk % 2
-            b_loads = [dict(op="LOAD", target="B", src=("B", nj * b_stride), count=K,
-                            sp=hb * b_half + i * K, res=("B", hb)) for i, nj in enumerate(tiles_n)]
-            p_loads = [dict(op="LOAD", target="PARAM", src=("params", nj * C * isa.PARAM_CHANNEL_BYTES), count=1,
-                            sp=hp * (cfg.param_depth // 2) + i, res=("P", hp)) for i, nj in enumerate(tiles_n)]
+            b_loads = [paced(cfg, dict(op="LOAD", target="B", src=("B", nj * b_stride), count=K,
+                                       sp=hb * b_half + i * K, res=("B", hb, i))) for i, nj in enumerate(tiles_n)]
+            p_loads = [paced(cfg, dict(op="LOAD", target="PARAM", src=("params", nj * C * isa.PARAM_CHANNEL_BYTES),
+                                       count=1, sp=hp * (cfg.param_depth // 2) + i, res=("P", hp, i)))
+                       for i, nj in enumerate(tiles_n)]
             for mi in range(mt):
                 ha = step % 2
-                loads = ([*b_loads, *p_loads] if mi == 0 else []) + [a_load(mi, 0, K, ha * a_half, ("A", ha))]
+                a_first = a_load(mi, 0, K, ha * a_half, ("A", ha))
                 for i, nj in enumerate(tiles_n):
                     region = tile_no % regions_acc
                     rows = min(R, M - mi * R)
-                    ops.append(dict(op="COMPUTE", loads=loads if i == 0 else [], a=("A", ha), b=("B", hb),
+                    # The block's first row of tiles: each compute brings its own B tile and parameters, so the
+                    # first starts after one tile pair while the rest stream behind it.
+                    loads = ([a_first] if i == 0 else []) + ([b_loads[i], p_loads[i]] if mi == 0 else [])
+                    # (resources per tile of a half: a tile's load waits only for the computes that read it)
+                    ops.append(dict(op="COMPUTE", loads=loads, a=("A", ha), b=("B", hb, i),
                                     a_base=ha * a_half, b_base=hb * b_half + i * K, k_last=kc - 1,
                                     acc=region, accumulate=0,
-                                    store=dict(rows=rows, acc=region, param=hp * (cfg.param_depth // 2) + i, p=("P", hp),
+                                    store=dict(rows=rows, acc=region, param=hp * (cfg.param_depth // 2) + i,
+                                               p=("P", hp, i),
                                                dst=("out", (mi * R * np_cols + nj * C) * ebytes), stride=np_cols * ebytes)))
                     tile_no += 1
                 step += 1
@@ -314,16 +323,16 @@ def _linear_plan(cfg, M: int, K: int, N: int, relu: bool, out_int32: bool, fused
                     kk = min(kc, K - k0)
                     h = step % 2
                     loads = [a_load(mi, k0, kk, h * a_half + i * kc, ("A", h)) for i, mi in enumerate(tiles_m)]
-                    loads += [dict(op="LOAD", target="B", src=("B", nj * b_stride + k0 * C), count=kk,
-                                   sp=h * b_half + i * kc, res=("B", h)) for i, nj in enumerate(tiles_n)]
+                    loads += [paced(cfg, dict(op="LOAD", target="B", src=("B", nj * b_stride + k0 * C), count=kk,
+                                              sp=h * b_half + i * kc, res=("B", h))) for i, nj in enumerate(tiles_n)]
                     if ci == 0:
-                        loads += p_loads
+                        loads += [paced(cfg, ld) for ld in p_loads]
                     last = ci == len(chunks) - 1
                     first = True
                     for ia, mi in enumerate(tiles_m):
                         for ib, nj in enumerate(tiles_n):
                             region = regions[mi, nj]
-                            ops.append(dict(op="COMPUTE", loads=loads if first else [], spread_loads=True,
+                            ops.append(dict(op="COMPUTE", loads=loads if first else [],
                                             a=("A", h), b=("B", h),
                                             a_base=h * a_half + ia * kc, b_base=h * b_half + ib * kc, k_last=kk - 1,
                                             acc=region, accumulate=int(ci > 0),
@@ -481,12 +490,69 @@ def schedule_runs(ops: list[dict], R: int, relu: bool, out_int32: bool):
     return descs, (runs if len(runs) > 1 else None)
 
 
+def paced(cfg, ld: dict) -> dict:
+    """A load `schedule` places by its estimated cycles (the LOAD's beats, `cycles`): see LoadWindows."""
+    fields = ld.get("fields", {})
+    if fields.get("transpose"):     # a group of beat-bytes entries per max(rows, beat bytes) cycles
+        rows = fields["t_rows_last"] + 1
+        beats = -(-ld["count"] // cfg.beat_bytes) * max(rows, cfg.beat_bytes)
+    else:
+        beats = -(-ld["count"] * isa.entry_bytes(cfg, ld["target"]) // cfg.beat_bytes)
+    return dict(ld, cycles=beats + LOAD_OVERHEAD)
+
+
+#: A LOAD's cycles beyond its beats, roughly (the read latency and the load unit's pipeline: sw.backends.cycles).
+LOAD_OVERHEAD = 9
+
+
+class LoadWindows:
+    """Where paced loads go: the load unit's time cut into windows, one per COMPUTE (from its dispatch to
+    the next one's, its K steps x tiles). A paced load goes after the first compute from its hazard on
+    whose window has load time left, and fills windows from there. The in-order dispatcher waits for a
+    LOAD while the load unit is busy, so loads bunched after one compute hold up the computes behind them;
+    spread this way they stream under the computes (the first computes start after their own tiles only,
+    not after every tile that has no earlier user)."""
+
+    def __init__(self, ops: list[dict]):
+        self.left = [(op["k_last"] + 1) * max(1, op.get("tiles", 1)) for op in ops]
+        self.next = list(range(len(ops) + 1))      # the first window at or after i with time left
+
+    def _free(self, i: int) -> int:
+        root = i
+        while self.next[root] != root:
+            root = self.next[root]
+        while self.next[i] != root:                # path compression
+            self.next[i], i = root, self.next[i]
+        return root
+
+    def place(self, first: int, last: int, cycles: int, hazard: bool, spread: int) -> int:
+        """The window (compute index) of a load of `cycles` that may go after compute `first` at the
+        earliest and must go after compute `last` at the latest; reserves its time."""
+        at = self._free(first)
+        if at > last:
+            # No time left before it is needed (the DMA is the bound): a load with a hazard `spread`
+            # computes after it (the op's i-th load after the i-th compute from the hazard on, so that
+            # no long stretch of load beats holds up the fetch of the computes queued behind them); one
+            # without, where it is needed (early, it would hold up the first computes).
+            at = min(first + spread, last) if hazard else last
+        i = at
+        while cycles > 0 and i < len(self.left):
+            used = min(cycles, self.left[i])
+            self.left[i] -= used
+            cycles -= used
+            if not self.left[i]:
+                self.next[i] = i + 1
+            i += 1
+        return at
+
+
 def schedule(ops: list[dict], R: int, relu: bool, out_int32: bool) -> list[dict]:
     """Descriptors in dispatch order with exact waits, for the GEMM and conv compilers.
 
     ops: COMPUTEs in order, each with the loads it needs ("loads": target, src, count, sp,
     res = the (scratchpad, half) it overwrites, optional "fields" for extra descriptor fields,
-    optional "store_only": only the op's STORE reads it, so the STORE waits for it, not the COMPUTE),
+    optional "store_only": only the op's STORE reads it, so the STORE waits for it, not the COMPUTE;
+    optional "cycles": a paced load, placed by `LoadWindows`),
     its operands "a"/"b" (resources), "acc" region, "accumulate", optional "tiles" (COMPUTE.count:
     tiles back to back) with their "acc_regions", and an optional "store" (rows, acc, param,
     p = its PARAM resource, dst, stride, optional "fields" and "acc_regions").
@@ -506,6 +572,7 @@ def schedule(ops: list[dict], R: int, relu: bool, out_int32: bool) -> list[dict]
     # while the engine has nothing queued.
     buckets: dict[int, list] = {}
     last_user: dict = {}
+    window = LoadWindows(ops)
     for j, op in enumerate(ops):
         for i, ld in enumerate(op["loads"]):
             hz = last_user.get(ld["res"])
@@ -515,9 +582,9 @@ def schedule(ops: list[dict], R: int, relu: bool, out_int32: bool) -> list[dict]
                 # As late as possible: only the op's STORE (after the next COMPUTE) waits for it; placed
                 # early, its wait on the STORE before it would hold the in-order load unit (8 % slower).
                 pos = j - 1
-            # "spread_loads": one load after each compute from the hazard on, so that no long stretch
-            # of load beats holds up the fetch of the computes queued behind them (one DDR read port)
-            buckets.setdefault(min(pos + i * op.get("spread_loads", False), j - 1), []).append(ld)
+            elif "cycles" in ld and j > 0:
+                pos = window.place(max(pos, 0), j - 1, ld["cycles"], hazard=hz is not None, spread=i)
+            buckets.setdefault(min(pos, j - 1), []).append(ld)
         last_user[op["a"]] = last_user[op["b"]] = j
         if op["store"]:
             for res in (op["store"]["p"], *op["store"].get("uses", ())):
@@ -570,7 +637,7 @@ def pack_descriptors(descs: list[dict], image: np.ndarray, offsets: dict, base_a
     """Encode descriptors (symbolic opcode, target; addresses as ("region", offset), `src`/`dst`
     standing for dram_addr) into the image's descriptor area, the image placed at base_addr.
     Returns (symbolic fields, numeric fields). hint: what to do when one does not fit."""
-    from sw.runtime.program import LinkError, link
+    from sw.runtime.program import LinkError, SplitDescriptors, link
     symbolic = []
     for d in descs:
         fields = {k: v for k, v in d.items() if k in isa.FIELDS}
@@ -581,6 +648,7 @@ def pack_descriptors(descs: list[dict], image: np.ndarray, offsets: dict, base_a
             if key in d:
                 fields["dram_addr"] = d[key]
         symbolic.append(fields)
+    symbolic = SplitDescriptors.of(symbolic)      # addresses split out once: this link and every relink use it
     try:
         numeric, raw = link(symbolic, {name: base_addr + off for name, (off, _) in offsets.items()})
     except LinkError as e:

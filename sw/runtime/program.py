@@ -7,6 +7,8 @@ the buffers; nothing else in the host knows which fields are addresses.
 """
 from __future__ import annotations
 
+from operator import itemgetter
+
 import numpy as np
 
 from hw import isa
@@ -23,6 +25,17 @@ class LinkError(ValueError):
 def link(symbolic: list[dict], addresses: dict[str, int]) -> tuple[list[dict], np.ndarray]:
     """Numeric descriptor fields and their packed bytes (len x 32, uint8) with each
     (buffer, offset) address resolved against `addresses` (buffer name -> DDR address)."""
+    split = getattr(symbolic, "split", None) or split_addresses(symbolic)
+    if split is not None and split[1].keys() <= addresses.keys():
+        words = _relink(split, addresses, len(symbolic))
+        if words is not None:               # the fast path: the fields as columns, the dicts copied once
+            numeric = [dict(d) for d in symbolic]
+            for name, fields in split[1].items():
+                base = addresses[name]
+                for key, (rows, offsets) in fields.items():
+                    for j, off in zip(rows.tolist(), offsets.tolist()):
+                        numeric[j][key] = base + off
+            return numeric, words.view(np.uint8).reshape(-1)
     numeric = []
     for j, d in enumerate(symbolic):
         fields = dict(d)
@@ -60,6 +73,8 @@ class SplitDescriptors(tuple):
 
     @classmethod
     def of(cls, symbolic) -> "SplitDescriptors":
+        if isinstance(symbolic, cls) and symbolic.split is not None:
+            return symbolic
         t = cls(symbolic)
         t.split = split_addresses(t)
         return t
@@ -69,55 +84,77 @@ def link_words(symbolic, addresses: dict[str, int]) -> np.ndarray:
     """link's packed bytes alone (a SplitDescriptors list relinked from its split)."""
     split = getattr(symbolic, "split", None)
     if split is not None and split[1].keys() <= addresses.keys():
-        fixed, moved = split
-        cols = dict(fixed)
-        for name, fields in moved.items():
-            for key, (rows, offsets) in fields.items():
-                if cols[key] is fixed[key]:
-                    cols[key] = fixed[key].copy()
-                cols[key][rows] = addresses[name] + offsets
-        words = encode_columns(cols, len(symbolic))
+        words = _relink(split, addresses, len(symbolic))
         if words is not None:
             return words.view(np.uint8).reshape(-1)
     return link(list(symbolic), addresses)[1]        # its errors say which descriptor and why
 
 
+def _relink(split, addresses: dict[str, int], n: int) -> np.ndarray | None:
+    """encode_columns of a split_addresses result with each buffer at addresses[buffer]."""
+    fixed, moved = split
+    cols = dict(fixed)
+    for name, fields in moved.items():
+        for key, (rows, offsets) in fields.items():
+            if cols[key] is fixed[key]:
+                cols[key] = fixed[key].copy()
+            cols[key][rows] = addresses[name] + offsets
+    return encode_columns(cols, n)
+
+
 def split_addresses(symbolic) -> tuple | None:
     """(the fields as columns with every (buffer, offset) address zeroed, {buffer: {field: (rows,
-    offsets)}}) of a descriptor list, or None when a field is unknown."""
-    flat = [dict(d) for d in symbolic]
+    offsets)}}) of a descriptor list, or None when a field is unknown or too large."""
     where: dict[str, dict[str, tuple[list, list]]] = {}
-    for j, fields in enumerate(flat):
-        for key in isa.ADDRESS_FIELDS:
-            v = fields.get(key)
+
+    def address(key, rows, values):
+        """An address field's column: (buffer, offset) entries noted in `where` and zeroed."""
+        out = []
+        for j, v in zip(rows, values):
             if isinstance(v, tuple):
-                rows, offsets = where.setdefault(v[0], {}).setdefault(key, ([], []))
-                rows.append(j)
-                offsets.append(v[1])
-                fields[key] = 0
-    cols = _columns(flat)
+                r, o = where.setdefault(v[0], {}).setdefault(key, ([], []))
+                r.append(j)
+                o.append(v[1])
+                v = 0
+            out.append(v)
+        return out
+    cols = _columns(symbolic, address)
     return None if cols is None else (cols, {
         name: {key: (np.array(r, np.intp), np.array(o, np.int64)) for key, (r, o) in keys.items()}
         for name, keys in where.items()})
 
 
-def _columns(raw: list[dict]) -> dict[str, np.ndarray] | None:
+def _columns(raw, address=None) -> dict[str, np.ndarray] | None:
     """The descriptors' fields as int64 columns (0 where a descriptor does not set one), or None when
-    a field is unknown or too large."""
+    a field is unknown or too large. `address(key, rows, values)`: the values of an address field
+    (hw.isa.ADDRESS_FIELDS) as numbers. Descriptors are taken in groups of the same fields (a
+    compiler's lists have a handful of kinds), each group's values converted by NumPy at once."""
     n = len(raw)
-    lists: dict[str, list] = {}
-    for j, f in enumerate(raw):
-        for name, value in f.items():
-            column = lists.get(name)
-            if column is None:
-                column = lists[name] = [0] * n
-            column[j] = value
-    if not lists.keys() <= isa.FIELDS.keys():
+    kinds: dict[tuple, int] = {}
+    kind = np.fromiter((kinds.setdefault(tuple(d), len(kinds)) for d in raw), np.intp, n)
+    if not set().union(*kinds) <= isa.FIELDS.keys():
         return None
+    order = np.argsort(kind, kind="stable")
+    bounds = np.searchsorted(kind[order], np.arange(len(kinds) + 1))
+    cols: dict[str, np.ndarray] = {}
     try:
-        return {name: np.array(column, np.int64) for name, column in lists.items()}
+        for keys, g in kinds.items():
+            rows = order[bounds[g]:bounds[g + 1]]
+            members = [raw[j] for j in rows.tolist()]
+            plain = [k for k in keys if address is None or k not in isa.ADDRESS_FIELDS]
+            if plain:
+                get = itemgetter(*plain)
+                values = np.array([get(d) for d in members] if len(plain) > 1 else
+                                  [[get(d)] for d in members], np.int64).reshape(len(rows), len(plain))
+                for i, k in enumerate(plain):
+                    cols.setdefault(k, np.zeros(n, np.int64))[rows] = values[:, i]
+            for k in keys:
+                if k not in plain:
+                    cols.setdefault(k, np.zeros(n, np.int64))[rows] = address(k, rows.tolist(),
+                                                                              [d[k] for d in members])
     except OverflowError:
         return None
+    return cols
 
 
 def encode_descriptors(raw: list[dict]) -> np.ndarray | None:
