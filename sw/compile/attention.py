@@ -34,13 +34,13 @@ from __future__ import annotations
 
 from collections import namedtuple
 from dataclasses import dataclass, replace
-from functools import lru_cache
 
 import numpy as np
 
 from golden_model import intattn
 from hw import isa
-from sw.compile.linear import ALIGN, WAIT_LIMIT, CompileError, Program, lay_out_image, pack_descriptors
+from sw.compile.linear import (ALIGN, WAIT_LIMIT, CompileError, Program, lay_out_image, pack_descriptors,
+                               plan_cache)
 
 
 @dataclass
@@ -236,7 +236,7 @@ _Score = namedtuple("_Score", "score_mult score_shift")
 
 #: Plans kept: every attention shape of a video frame (the memory attention's, the decoder's, Hiera's windows),
 #: so a steady-state frame relinks and refills them instead of rebuilding their descriptor lists.
-@lru_cache(maxsize=64)
+@plan_cache
 def _attention_plan(cfg, H: int, Lq: int, Lk: int, d: int, out_int32: bool, out_chunked: bool, token_tiles: bool,
                     rows: TokenRows | None, quant: _Score, base_addr: int, max_ddr_bytes: int):
     """What compile_attention's program is for its shapes, whatever the data: the DDR layout, the image's
