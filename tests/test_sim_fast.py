@@ -455,9 +455,9 @@ def test_attention_timing_is_remembered_with_the_normaliser_state():
 
 def test_plan_caches_give_the_uncached_programs_and_stay_within_their_budget(monkeypatch):
     """A linear's and an attention's plan, kept, serve a call of the same shapes with other data and output
-    requantisers: images and descriptors identical to compiling afresh; an attention with another score
-    requantiser (in its descriptors) gets its own plan; the caches drop their oldest plans past
-    PLAN_CACHE_DESCRIPTORS."""
+    requantisers: images and descriptors identical to compiling afresh (and a vector call's remembered
+    descriptors); an attention with another score requantiser (in its descriptors) gets its own plan; the
+    caches drop their oldest plans past PLAN_CACHE_DESCRIPTORS."""
     from sw.compile import linear as L
     cfg = preset("kv260")
 
@@ -484,6 +484,12 @@ def test_plan_caches_give_the_uncached_programs_and_stay_within_their_budget(mon
     other = attention(2, 1234)
     assert len(L._PLANS) == 2 and other.descriptors != want.descriptors
     assert np.array_equal(other.image, fresh(attention, 2, 1234).image)
+    from sw.compile import vector as V
+    rng = np.random.default_rng(7)
+    maps = [rand8(rng, (6, 8, 40)) for _ in range(2)]
+    kept = [V.compile_vector(cfg, "maxpool", m) for m in maps]         # the second's descriptors remembered
+    V._PACKED.clear()
+    assert np.array_equal(kept[1].image, V.compile_vector(cfg, "maxpool", maps[1]).image)
     n = L._PLANS.descriptors
     monkeypatch.setattr(L, "PLAN_CACHE_DESCRIPTORS", n + 1)
     lin = linear(1)
