@@ -72,6 +72,10 @@ class _PlanStore(dict):
     """The plans plan_cache keeps, oldest use first, and their descriptors' count."""
     descriptors = 0
 
+    def clear(self) -> None:
+        super().clear()
+        self.descriptors = 0
+
 
 _PLANS = _PlanStore()
 
