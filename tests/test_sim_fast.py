@@ -406,6 +406,29 @@ def test_timing_is_remembered_by_the_descriptor_bytes():
     assert other.cycles == CY.simulate(cfg, dict(CY.decode_descriptors(raw2))).cycles
 
 
+def test_timing_is_remembered_wherever_the_program_is_linked():
+    """The memo's key leaves dram_addr out (the recurrence never reads addresses): an attention and a linear
+    linked at other buffers share their first link's entry, and timed afresh (a plain dict, no digest) they
+    take exactly its cycles, unit counts included."""
+    from sw.backends import cycles as CY
+    from sw.backends.sim_attention import AttentionModel
+    from sw.runtime.program import link_words
+    cfg = preset("kv260")
+    rng = np.random.default_rng(5)
+    progs = [compile_linear(cfg, rand8(rng, (300, 96)), rand8(rng, (96, 64)), None, 1 << 20, 20),
+             compile_attention(cfg, *(rand8(rng, (2, n, 64)) for n in (40, 70, 70)),
+                               intattn.AttentionQuant(3000, 14, 1 << 28, 30))]
+    for prog in progs:
+        raw = prog.image[:len(prog.descriptors) * isa.DESCRIPTOR_BYTES]
+        moved = link_words(prog.symbolic, {name: 0x4000_0000 + 0x10_0000 * i + off
+                                           for i, (name, (off, _)) in enumerate(prog.regions.items())})
+        assert not np.array_equal(moved, raw)
+        f, g = CY.decode_descriptors(raw), CY.decode_descriptors(moved)
+        assert f.digest == g.digest and not np.array_equal(f["dram_addr"], g["dram_addr"])
+        a, b = (CY.simulate(cfg, dict(h), AttentionModel(cfg)) for h in (f, g))
+        assert (a.state, a.cycles, a.counts) == (b.state, b.cycles, b.counts)
+
+
 def test_attention_timing_is_remembered_with_the_normaliser_state():
     """An attention list's remembered timing follows the engine's one lasting state (a NORM since reset:
     NORM_AGAIN): the same runs timed afresh each time and from the memo give the same cycles, and set the
@@ -428,3 +451,45 @@ def test_attention_timing_is_remembered_with_the_normaliser_state():
         runs.append((cycles, attn.normed))
     assert runs[0] == runs[1] == runs[2] and runs[0][1]
     assert runs[0][0][0] < runs[0][0][1] == runs[0][0][2]     # the first NORM since reset is a cycle quicker
+
+
+def test_plan_caches_give_the_uncached_programs_and_stay_within_their_budget(monkeypatch):
+    """A linear's and an attention's plan, kept, serve a call of the same shapes with other data and output
+    requantisers: images and descriptors identical to compiling afresh (and a vector call's remembered
+    descriptors); an attention with another score requantiser (in its descriptors) gets its own plan; the
+    caches drop their oldest plans past PLAN_CACHE_DESCRIPTORS."""
+    from sw.compile import linear as L
+    cfg = preset("kv260")
+
+    def linear(seed):
+        rng = np.random.default_rng(seed)
+        return compile_linear(cfg, rand8(rng, (70, 96)), rand8(rng, (96, 40)), None, 1 << 20, 20 + seed)
+
+    def attention(seed, score=3000):
+        rng = np.random.default_rng(seed)
+        return compile_attention(cfg, *(rand8(rng, (2, n, 64)) for n in (40, 70, 70)),
+                                 intattn.AttentionQuant(score, 14, (1 << 28) + seed, 30))
+
+    def fresh(make, *args):
+        L._PLANS.clear()
+        return make(*args)
+    for make in (linear, attention):
+        make(1)
+        before = len(L._PLANS)
+        kept = make(2)
+        assert len(L._PLANS) == before                  # served from the kept plan
+        want = fresh(make, 2)
+        assert np.array_equal(kept.image, want.image) and kept.descriptors == want.descriptors
+    other = attention(2, 1234)
+    assert len(L._PLANS) == 2 and other.descriptors != want.descriptors
+    assert np.array_equal(other.image, fresh(attention, 2, 1234).image)
+    from sw.compile import vector as V
+    rng = np.random.default_rng(7)
+    maps = [rand8(rng, (6, 8, 40)) for _ in range(2)]
+    kept = [V.compile_vector(cfg, "maxpool", m) for m in maps]         # the second's descriptors remembered
+    V._PACKED.clear()
+    assert np.array_equal(kept[1].image, V.compile_vector(cfg, "maxpool", maps[1]).image)
+    n = L._PLANS.descriptors
+    monkeypatch.setattr(L, "PLAN_CACHE_DESCRIPTORS", n + 1)
+    lin = linear(1)
+    assert len(L._PLANS) == 1 and L._PLANS.descriptors == len(lin.descriptors)     # the attention's dropped

@@ -32,13 +32,15 @@ it overwrites (hw.isa wait_* fields).
 """
 from __future__ import annotations
 
+from collections import namedtuple
 from dataclasses import dataclass, replace
 
 import numpy as np
 
 from golden_model import intattn
 from hw import isa
-from sw.compile.linear import ALIGN, WAIT_LIMIT, CompileError, Program, lay_out_image, pack_descriptors
+from sw.compile.linear import (ALIGN, WAIT_LIMIT, CompileError, Program, lay_out_image, pack_descriptors,
+                               plan_cache)
 
 
 @dataclass
@@ -194,9 +196,8 @@ def compile_attention(cfg, q, k, v, quant: intattn.AttentionQuant, *, out_int32:
         raise CompileError(f"head dim {d} exceeds the engine's {min(cfg.attn_max_dim, intattn.MAX_HEAD_DIM)}")
     if Lk > intattn.MAX_KEYS:
         raise CompileError(f"{Lk} keys exceed {intattn.MAX_KEYS} (the running sum's width)")
-    R, C, DB = cfg.rows, cfg.cols, cfg.beat_bytes
+    R, C = cfg.rows, cfg.cols
     dp = -(-d // C) * C
-    chunks = dp // C
     split_q = token_tiles and R != C                 # query tiles are parts of token tiles
     if split_q:
         why = split_query_tiles(cfg)
@@ -213,6 +214,39 @@ def compile_attention(cfg, q, k, v, quant: intattn.AttentionQuant, *, out_int32:
             why = f"items {rows.item0}+{H}, queries {rows.q0}+{Lq}, {Lk} keys outside {rows}"
         if why:
             raise CompileError(f"attention as token rows: {why}")
+    plan = _attention_plan(cfg, H, Lq, Lk, d, bool(out_int32), bool(out_chunked), bool(token_tiles), rows,
+                           _Score(quant.score_mult, quant.score_shift), base_addr, max_ddr_bytes)
+    offsets, head, size, sym, raw, kv_bytes, slots, q_tiles, kt, k_stride = plan
+    image = np.zeros(size, np.uint8)
+    image[:head.size] = head
+    _fill(image, offsets, q, k, v, quant, C, dp, q_tiles, (kt, k_stride, C), rows if rows is not None and rows.inputs
+          else None)
+    op = dict(kind="attention", heads=H, lq=Lq, lk=Lk, dp=dp, q_tiles=q_tiles, kt=kt, k_stride=k_stride,
+              out_int32=out_int32, out_chunked=out_chunked, score_mult=quant.score_mult, score_shift=quant.score_shift,
+              rows=rows)
+    return AttentionProgram(cfg, H, Lq, Lk, d, out_int32, image, list(raw), dict(offsets), macs=2 * H * Lq * Lk * d,
+                            base_addr=base_addr, kv_bytes=kv_bytes, slots=slots, symbolic=sym, out_chunked=out_chunked,
+                            token_tiles=token_tiles, op=op, rows=rows)
+
+
+#: The score requantiser's parameters: the one part of an AttentionQuant in the descriptors (the output's are
+#: data, in the params region), so layers that differ only there share a plan.
+_Score = namedtuple("_Score", "score_mult score_shift")
+
+
+#: Plans kept: every attention shape of a video frame (the memory attention's, the decoder's, Hiera's windows),
+#: so a steady-state frame relinks and refills them instead of rebuilding their descriptor lists.
+@plan_cache
+def _attention_plan(cfg, H: int, Lq: int, Lk: int, d: int, out_int32: bool, out_chunked: bool, token_tiles: bool,
+                    rows: TokenRows | None, quant: _Score, base_addr: int, max_ddr_bytes: int):
+    """What compile_attention's program is for its shapes, whatever the data: the DDR layout, the image's
+    descriptor bytes, the descriptors (symbolic, split for relinking, and numeric), the K/V bytes loaded,
+    the query slots, the Q tiling and the K/V tiles."""
+    R, C, DB = cfg.rows, cfg.cols, cfg.beat_bytes
+    dp = -(-d // C) * C
+    chunks = dp // C
+    split_q = token_tiles and R != C
+    a_half, b_half = cfg.a_depth // 2, cfg.b_depth // 2
     s_regions, group = acc_regions(cfg)
     qt, kt = -(-Lq // R), -(-Lk // C)
     slots = query_slots(cfg, dp, qt)
@@ -361,14 +395,10 @@ def compile_attention(cfg, q, k, v, quant: intattn.AttentionQuant, *, out_int32:
     # ---- addresses
     offsets, image = lay_out_image(cfg, len(descs), sizes, base_addr, max_ddr_bytes, "attention")
     q_tiles = (qtc, k_stride, C) if split_q else (qt, q_stride, R)    # Q: tiles, bytes apart, tokens each
-    _fill(image, offsets, q, k, v, quant, C, dp, q_tiles, (kt, k_stride, C), rows if rows_in else None)
     sym, raw = pack_descriptors(descs, image, offsets, base_addr, "split the attention")
-    op = dict(kind="attention", heads=H, lq=Lq, lk=Lk, dp=dp, q_tiles=q_tiles, kt=kt, k_stride=k_stride,
-              out_int32=out_int32, out_chunked=out_chunked, score_mult=quant.score_mult, score_shift=quant.score_shift,
-              rows=rows)
-    return AttentionProgram(cfg, H, Lq, Lk, d, out_int32, image, raw, offsets, macs=2 * H * Lq * Lk * d,
-                            base_addr=base_addr, kv_bytes=kv_bytes, slots=slots, symbolic=sym, out_chunked=out_chunked,
-                            token_tiles=token_tiles, op=op, rows=rows)
+    head = image[:len(descs) * isa.DESCRIPTOR_BYTES].copy()
+    head.flags.writeable = False
+    return offsets, head, image.size, sym, tuple(raw), kv_bytes, slots, q_tiles, kt, k_stride
 
 
 def acc_regions(cfg) -> tuple[int, int]:

@@ -44,6 +44,42 @@ class CompileError(ValueError):
     """The layer does not fit this overlay configuration (the message says why)."""
 
 
+#: Descriptors the plan caches (_linear_plan, sw.compile.attention's) hold at most, all plans together, ~1.3 KB
+#: each (~520 MB): every plan of a 256 px video track (~210,000); of a 1024 px image's 1.1 million the recent.
+PLAN_CACHE_DESCRIPTORS = 400_000
+
+
+def plan_cache(fn):
+    """lru_cache for a plan function (its result's [4]: the descriptors), bounded by PLAN_CACHE_DESCRIPTORS
+    across every function it wraps instead of by a count of entries: a video frame's few dozen layers fit,
+    so a steady-state frame compiles none, while a 1024 px image's big plans cannot pile up."""
+    def wrapper(*args, **kwargs):
+        key = (fn, args, tuple(kwargs.items()))
+        plan = _PLANS.pop(key, None)
+        if plan is None:
+            plan = fn(*args, **kwargs)
+            _PLANS.descriptors += len(plan[4])
+        _PLANS[key] = plan                        # (re)inserted last: the most recently used
+        while _PLANS.descriptors > PLAN_CACHE_DESCRIPTORS and len(_PLANS) > 1:
+            _PLANS.descriptors -= len(_PLANS.pop(next(iter(_PLANS)))[4])
+        return plan
+    wrapper.__wrapped__ = fn
+    wrapper.__doc__ = fn.__doc__
+    return wrapper
+
+
+class _PlanStore(dict):
+    """The plans plan_cache keeps, oldest use first, and their descriptors' count."""
+    descriptors = 0
+
+    def clear(self) -> None:
+        super().clear()
+        self.descriptors = 0
+
+
+_PLANS = _PlanStore()
+
+
 @dataclass
 class Program:
     cfg: object
@@ -228,8 +264,8 @@ TIMED_TRAFFIC = 1.4
 MIN_K_CHUNK = 64
 
 
-#: Plans kept: a Hiera stage's blocks repeat a handful of shapes one after another.
-@lru_cache(maxsize=16)
+#: Plans kept (plan_cache): a Hiera stage's blocks repeat a handful of shapes; a video frame repeats them all.
+@plan_cache
 def _linear_plan(cfg, M: int, K: int, N: int, relu: bool, out_int32: bool, fused_table: bool, fused_add: bool,
                  base_addr: int, max_ddr_bytes: int, blocking: tuple[int, int, int] | None = None,
                  a_rows: bool = False):

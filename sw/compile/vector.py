@@ -18,6 +18,7 @@ the load unit's slot, so no descriptor waits.
 """
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -184,11 +185,33 @@ def compile_vector(cfg, op: str, x, p=None, *, b=None, end_x: int | None = None,
     image[offsets["in"][0]:offsets["in"][0] + in_l.size] = in_l.pack(x.reshape(tokens, dim))
     if b_l:
         image[offsets["b"][0]:offsets["b"][0] + b_l.size] = b_l.pack(b)
-    sym, raw = pack_descriptors(descs, image, offsets, base_addr, "split the call")
+    sym, raw = _pack(descs, image, offsets, base_addr)
     record = dict(kind="vector", op=vop, rows=rows, width=width, dim=dim, pitch=in_l.pitch, aux=b_rows or slots,
                   sections=packed)
     return VectorProgram(cfg, tokens, dim, dim, False, image, raw, offsets, macs=0, base_addr=base_addr,
                          symbolic=sym, op=record, out_layout=out_l, out_shape=shape if not image_op else out_shape)
+
+
+#: pack_descriptors' results by descriptor list, layout and base address: a video frame's vector calls
+#: (Hiera's per-window maxpools, the adds, norms and tables of every block) repeat a few hundred lists,
+#: and packing one is most of a small call's compile.
+_PACKED: OrderedDict = OrderedDict()
+PACKED_KEEP = 512
+
+
+def _pack(descs: list[dict], image: np.ndarray, offsets: dict, base_addr: int) -> tuple:
+    """pack_descriptors(descs, image, offsets, base_addr), remembered: (symbolic, numeric fields)."""
+    key = (tuple(tuple(d.items()) for d in descs), tuple(offsets.items()), base_addr)
+    kept = _PACKED.get(key)
+    if kept is None:
+        sym, raw = pack_descriptors(descs, image, offsets, base_addr, "split the call")
+        kept = _PACKED[key] = (sym, tuple(raw), image[:len(descs) * isa.DESCRIPTOR_BYTES].copy())
+        while len(_PACKED) > PACKED_KEEP:
+            _PACKED.popitem(last=False)
+    else:
+        _PACKED.move_to_end(key)
+        image[:kept[2].size] = kept[2]
+    return kept[0], list(kept[1])
 
 
 def elements(prog: VectorProgram) -> int:
