@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
 
 from hw import isa
 from hw.limits import DW_ROW_SLOTS, im2col_row_beats
+from sw.lru import Lru
 
 FETCH_CYCLES = 4          # a fetch AR -> descriptor in the FIFO and the next fetch AR (plus its beats)
 FETCH_AFTER_LOAD = 1      # a fetch queued behind a LOAD: its first beat after the LOAD is done (plus its beats)
@@ -202,8 +202,7 @@ def depthwise_cycles(cfg, k, chans, rows, width, nb) -> int:
 #: (Outcome, `normed` after) of lists timed without data: a function of the configuration, the bytes (but
 #: dram_addr) and that one bit of engine state (sw.backends.sim_attention: its other timing state restarts
 #: every run).
-_TIMED: OrderedDict = OrderedDict()
-TIMED_KEEP = 1024          # a video frame runs a few hundred programs: all of them remembered
+_TIMED = Lru(keep=1024)          # a video frame runs a few hundred programs: all of them remembered
 
 
 def depthwise_command(cfg, d) -> int:
@@ -227,18 +226,17 @@ def simulate(cfg, f: dict[str, np.ndarray], attn=None, execute=None) -> Outcome:
     normed = attn.normed if attn is not None and np.any(kinds == K_ATTENTION) else None
     if execute is None and getattr(f, "digest", None):
         key = (cfg, f.digest, normed)
-        if key in _TIMED:
-            _TIMED.move_to_end(key)
-            out, normed_after = _TIMED[key]
+        kept = _TIMED.get(key)
+        if kept is not None:
+            out, normed_after = kept
             if attn is not None:
                 attn.reset_timing()
-                attn.normed = normed_after if normed is not None else attn.normed
+                if normed is not None:
+                    attn.normed = normed_after
             return _copy(out)
     out = _simulate(cfg, f, kinds, attn, execute)
     if key is not None:
-        _TIMED[key] = (_copy(out), None if normed is None else attn.normed)
-        while len(_TIMED) > TIMED_KEEP:
-            _TIMED.popitem(last=False)
+        _TIMED.put(key, (_copy(out), None if normed is None else attn.normed))
     return out
 
 

@@ -18,7 +18,6 @@ the load unit's slot, so no descriptor waits.
 """
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -27,6 +26,7 @@ from golden_model import intvec
 from hw import isa
 from hw.vector import params as VP
 from sw.compile.linear import ALIGN, CompileError, Program, lay_out_image, pack_descriptors
+from sw.lru import Lru
 from sw.runtime.layout import TokenRowLayout
 
 #: CLI / driver names -> (VECTOR op, parameter class or None)
@@ -195,8 +195,7 @@ def compile_vector(cfg, op: str, x, p=None, *, b=None, end_x: int | None = None,
 #: pack_descriptors' results by descriptor list, layout and base address: a video frame's vector calls
 #: (Hiera's per-window maxpools, the adds, norms and tables of every block) repeat a few hundred lists,
 #: and packing one is most of a small call's compile.
-_PACKED: OrderedDict = OrderedDict()
-PACKED_KEEP = 512
+_PACKED = Lru(keep=512)
 
 
 def _pack(descs: list[dict], image: np.ndarray, offsets: dict, base_addr: int) -> tuple:
@@ -205,11 +204,9 @@ def _pack(descs: list[dict], image: np.ndarray, offsets: dict, base_addr: int) -
     kept = _PACKED.get(key)
     if kept is None:
         sym, raw = pack_descriptors(descs, image, offsets, base_addr, "split the call")
-        kept = _PACKED[key] = (sym, tuple(raw), image[:len(descs) * isa.DESCRIPTOR_BYTES].copy())
-        while len(_PACKED) > PACKED_KEEP:
-            _PACKED.popitem(last=False)
+        kept = (sym, tuple(raw), image[:len(descs) * isa.DESCRIPTOR_BYTES].copy())
+        _PACKED.put(key, kept)
     else:
-        _PACKED.move_to_end(key)
         image[:kept[2].size] = kept[2]
     return kept[0], list(kept[1])
 

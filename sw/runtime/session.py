@@ -22,21 +22,17 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
 
 from hw import isa
 from sw.engines import engine_of_kind
+from sw.lru import Lru
 from sw.runtime.checks import check_descriptors
 from sw.runtime.arena import Arena, Buffer
 from sw.runtime.backend import DDR_BASE, AcceleratorError, Backend
 from sw.runtime.program import link_words, with_fields
-
-
-#: Descriptor lists a session remembers having checked (Session._link).
-CHECKED_KEEP = 1024
 
 
 @dataclass
@@ -70,7 +66,7 @@ class Session:
         base = max(backend.ddr_base, DDR_BASE)       # sim, rtl: the low MiB stays unused (address 0 is no buffer)
         self.arena = Arena(base, backend.ddr_base + backend.ddr_bytes - base)
         self.recoveries: list[str] = []      # faults a retry recovered from, one line each
-        self._checked: OrderedDict = OrderedDict()   # (bytes digest, buffer table, runs) of lists that passed the checks
+        self._checked = Lru(keep=1024)   # (bytes digest, buffer table, runs) of lists that passed the checks
 
     @property
     def traffic(self):
@@ -133,15 +129,12 @@ class Session:
         # The checks are a function of the bytes, the buffer table and the runs: a program relinked to
         # buffers at the addresses it had before (a video's steady state) passed them already.
         key = (hashlib.blake2b(raw, digest_size=16).digest(), tuple(table.items()), tuple(runs))
-        if key in self._checked:
-            self._checked.move_to_end(key)
+        if self._checked.get(key):
             return addresses, raw
         for first, count in runs:
             check_descriptors(self.cfg, raw[first * isa.DESCRIPTOR_BYTES:(first + count) * isa.DESCRIPTOR_BYTES],
                               table)
-        self._checked[key] = None
-        while len(self._checked) > CHECKED_KEEP:
-            self._checked.popitem(last=False)
+        self._checked.put(key, True)
         return addresses, raw
 
     def close(self) -> None:
