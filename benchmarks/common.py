@@ -28,6 +28,10 @@ def report(name: str, rows: list[dict], notes: str = "") -> Path:
     return path
 
 
+#: The click on scikit-image's chelsea (x, y) the overlay benchmarks prompt with: on the cat.
+CHELSEA_CLICK = (250.0, 170.0)
+
+
 def best(fn, repeats: int = 3) -> float:
     """The shortest of `repeats` wall-clock times of fn() (s): the least disturbed by other load."""
     times = []

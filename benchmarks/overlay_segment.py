@@ -14,27 +14,19 @@ SAM2FPGA_BENCH_IMAGE_SIZE sets the size for `python -m benchmarks`.
 from __future__ import annotations
 
 import os
-import resource
 import time
 
 import numpy as np
 
-from benchmarks.common import report
-
-CLICK = (250.0, 170.0)
+from benchmarks.common import CHELSEA_CLICK as CLICK, report
 
 
 def _timed(fn):
     """fn()'s result, its wall time and this process's CPU time in it (all threads, user + system): the
     machine is shared, and CPU time moves less with the other jobs' load than wall time does."""
-    t0, c0 = time.perf_counter(), _cpu()
+    t0, c0 = time.perf_counter(), time.process_time()
     out = fn()
-    return out, (time.perf_counter() - t0, _cpu() - c0)
-
-
-def _cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
+    return out, (time.perf_counter() - t0, time.process_time() - c0)
 
 
 def _segment(predictor, image):

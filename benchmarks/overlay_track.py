@@ -17,31 +17,23 @@ for `python -m benchmarks`.
 from __future__ import annotations
 
 import os
-import resource
 import time
 
 import numpy as np
 
-from benchmarks.common import report
-
-CLICK = (250.0, 170.0)
+from benchmarks.common import CHELSEA_CLICK as CLICK, report
 
 
 def _timed_frames(predictor, frames):
-    """The predictor's propagation as a generator of (frame index, logits, wall s of that frame); the
-    prompt's own time counts to frame 0."""
-    t0, c0 = time.perf_counter(), _cpu()
+    """The predictor's propagation as a generator of (frame index, logits, (wall s, CPU s) of that frame); the
+    prompt's own time counts to frame 0. CPU: this process's, all threads, user + system (time.process_time):
+    it moves less with the shared machine's load than wall time."""
+    t0, c0 = time.perf_counter(), time.process_time()
     state = predictor.init_state(frames)
     predictor.add_new_points_or_box(state, 0, 1, points=[CLICK], labels=[1])
     for idx, _, logits in predictor.propagate_in_video(state):
-        yield idx, np.asarray(logits), (time.perf_counter() - t0, _cpu() - c0)
-        t0, c0 = time.perf_counter(), _cpu()
-
-
-def _cpu() -> float:
-    """This process's CPU time, all threads, user + system: moves less with the shared machine's load."""
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
+        yield idx, np.asarray(logits), (time.perf_counter() - t0, time.process_time() - c0)
+        t0, c0 = time.perf_counter(), time.process_time()
 
 
 def run(image_size: int | None = None, n_frames: int | None = None, preset_name: str = "kv260") -> None:

@@ -5,7 +5,7 @@ objects' memory attentions batched against one by one.
     python -m benchmarks video_bank          # SAM2FPGA_BENCH_FRAMES=24 frames, tiny at 128 px, bench16, sim
                                              # SAM2FPGA_BENCH_OBJECT_FRAMES=4 frames per objects case
     SAM2FPGA_BENCH_CHAIN=0 python -m benchmarks video_bank   # every engine output back to the host (no chaining)
-    SAM2FPGA_BENCH_LOAD_T=1 python -m benchmarks video_bank  # bench16 with the transposing LOAD (load_t)
+    SAM2FPGA_BENCH_LOAD_T=0 python -m benchmarks video_bank  # bench16 without the transposing LOAD (load_t)
 
 Scaled-down tiny (128 px, seeded random weights, calibrated on one random image), shifted copies of a
 random image, one click on frame 0 per object; bench16's own placement (every engine). "Modelled" is
@@ -29,8 +29,8 @@ def _case():
     from golden_model.quant.video import build_full_graph, calibrate_video, quantize_video
     from hw.config import preset
     cfg = preset("bench16")
-    if os.environ.get("SAM2FPGA_BENCH_LOAD_T", "0") != "0" and "load_t" not in cfg.engines:
-        cfg = cfg.replace(engines=cfg.engines + ("load_t",))
+    if os.environ.get("SAM2FPGA_BENCH_LOAD_T", "1") == "0":         # the before of the transposing LOAD
+        cfg = cfg.replace(engines=tuple(e for e in cfg.engines if e != "load_t"))
     photo = np.random.default_rng(0).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)
     graph = build_full_graph(random_model("tiny", SIZE, seed=0))
     stats = calibrate(graph, [photo], prompts_per_image=1)
