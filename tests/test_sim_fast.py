@@ -127,8 +127,7 @@ def test_attention_as_token_rows_fast_equals_checked(name, inputs):
     tail key tile); then a split call's part (items 1..2, query rows 8..) of the same tensors: it reads
     and writes only its own rows."""
     cfg = preset(name)
-    if inputs:
-        cfg = cfg.replace(engines=cfg.engines + ("load_t",))
+    assert "load_t" in cfg.engines          # (both presets carry it; without it: the refusal at the end)
     rng = np.random.default_rng(9)
     q, k, v = (rand8(rng, (6, n, 16)) for n in (21, 40, 40))
     aq = intattn.AttentionQuant(score_mult=3000, score_shift=14, out_mult=1 << 28, out_shift=30)
