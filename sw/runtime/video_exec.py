@@ -195,7 +195,6 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
         """The banked chains of `part` ("memory": one memory frame's tokens, "memory_pos": one slot
         encoding) run on those tokens alone, once, when they enter the bank: {ring: (layers, HW, C) int8}.
         No object-pointer tokens among them (O = 0)."""
-        index = self.cached("node_index", lambda: {n.name: n for n in self.graph.nodes})
         tokens = np.asarray(tokens)
         tokens = tokens.reshape(1, -1, tokens.shape[-1])
         saved, self.banked = (self.banked, getattr(self, "run_dims", None)), None
@@ -205,8 +204,7 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
             for chain in self.chains:
                 if chain.part == part:
                     y = tokens
-                    for name in chain.nodes:
-                        n = index[name]
+                    for n in self.nodes_named(chain.nodes):
                         y = self.op_fn(n)(n, [y] + [self.arg(i, {}) for i in n.inputs[1:]], self)
                     out.setdefault(chain.ring, []).append(y[0])
             return {ring: np.stack(ys) for ring, ys in out.items()}
@@ -258,9 +256,8 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
 
     def run_nodes(self, names, env: dict, observe=None) -> dict:
         """_VideoRunner.run_nodes with the engine outputs chained in DDR between the nodes (GraphExecutor.chained)."""
-        index = self.cached("node_index", lambda: {n.name: n for n in self.graph.nodes})
-        nodes = [index[n] for n in names]
-        return self.chained(nodes, lambda: super(VideoGraphExecutor, self).run_nodes(names, env, observe))
+        return self.chained(self.nodes_named(names),
+                            lambda: super(VideoGraphExecutor, self).run_nodes(names, env, observe))
 
     def on_read_back(self, rec, nbytes: int) -> None:
         super().on_read_back(rec, nbytes)
@@ -274,9 +271,8 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
         all objects' rows (_rows_batched) except attention, one call per group of objects with equal
         memory lengths (_attention_batched). Each object's numbers are run_nodes' (module docstring).
         One object: its engine outputs chained in DDR as run_nodes' (GraphExecutor.chained)."""
-        index = self.cached("node_index", lambda: {n.name: n for n in self.graph.nodes})
-        nodes = [index[n] for n in names]
-        out = self.chained(nodes, lambda: {output: self._run_objects(names, env, objects, output, observe)})[output]
+        nodes = self.nodes_named(names)
+        out = self.chained(nodes, lambda: {output: self._run_objects(nodes, env, objects, output, observe)})[output]
         return [out[0]] if len(objects) == 1 else list(out)
 
     def _fetch(self, x, stage: str = "memory_attention") -> np.ndarray:
@@ -309,12 +305,10 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
         return list(v.shapes) if isinstance(v, _Stacked) else [np.shape(x) for x in v] if v is not None else \
             [np.shape(self.arg(i, shared))] * n
 
-    def _run_objects(self, names, env: dict, objects: list, output: str, observe=None) -> list:
-        index = self.cached("node_index", lambda: {n.name: n for n in self.graph.nodes})
+    def _run_objects(self, nodes, env: dict, objects: list, output: str, observe=None) -> list:
         shared, per = dict(env), {}
         self.frame_stats.batches.append([o.bank["memory"].shape[1] for o in objects])
-        for name in names:
-            node = index[name]
+        for node in nodes:
             if node.op == "memory_bank":
                 ys = [o.bank[node.attrs["part"]] for o in objects]
             elif not any(i in per for i in node.inputs):
