@@ -288,17 +288,17 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
         is: read in place); None where the node needs _rows_batched (a ROPE tail, a banked chain)."""
         if node.attrs.get("exclude") == "O" or node.name in self.chain_of:
             return None
-        ins = []
-        for i in node.inputs:
-            v = per.get(i)
-            if isinstance(v, _Stacked):
-                ins.append(v.whole)
-            elif v is not None or i not in self.graph.constants:
-                parts = list(v) if v is not None else [self.arg(i, shared)] * len(objects)
-                ins.append(np.concatenate([self._fetch(x).reshape(-1, np.shape(x)[-1]) for x in parts])[None])
-            else:
-                ins.append(self.arg(i, shared))
-        return ins
+        return [self._stacked_input(i, per, shared, len(objects)) if i in per or i not in self.graph.constants
+                else self.arg(i, shared) for i in node.inputs]
+
+    def _stacked_input(self, i, per, shared, n: int):
+        """Tensor `i` as every object's rows, object after object, in one (1, rows, C) tensor: a _Stacked one
+        as it is (in place), else the objects' values (the frame's, n times) concatenated on the host."""
+        v = per.get(i)
+        if isinstance(v, _Stacked):
+            return v.whole
+        parts = v if v is not None else [self.arg(i, shared)] * n
+        return np.concatenate([self._fetch(x).reshape(-1, np.shape(x)[-1]) for x in parts])[None]
 
     def _object_shapes(self, i, per, shared, n: int) -> list:
         v = per.get(i)
@@ -351,9 +351,7 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
             return None
         ins, reshaped = [], []
         for i, s in zip(node.inputs, shapes):
-            v = per.get(i)
-            x = v.whole if isinstance(v, _Stacked) else np.concatenate(
-                [self._fetch(a).reshape(s[0]) for a in (v if v is not None else [self.arg(i, shared)] * n)])
+            x = self._stacked_input(i, per, shared, n)
             batch = (n * s[0][0],) + tuple(s[0][1:])
             if isinstance(x, DeviceTensor):        # the same bytes seen as the call's batch
                 reshaped.append((x, x.shape))
@@ -374,12 +372,9 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
         """The environment a batched linear's fused add reads its residual from: every object's rows of it,
         object after object (a _Stacked one as it is, in DDR)."""
         r = self._residual(node)
-        v = per.get(r)
-        if isinstance(v, _Stacked):
-            return {r: v.whole}
-        vals = [v[k] if v is not None else self.arg(r, shared) for k in range(n)]
-        return {r: vals[0] if n == 1 else np.concatenate([self._fetch(x).reshape(-1, np.shape(x)[-1])
-                                                          for x in vals])[None]}
+        if n == 1:
+            return {r: per[r][0] if r in per else self.arg(r, shared)}
+        return {r: self._stacked_input(r, per, shared, n)}
 
     def _residual(self, node) -> str:
         """The tensor a linear's fused add (GraphExecutor.fused_adds) reads as its residual."""
