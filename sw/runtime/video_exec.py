@@ -245,7 +245,11 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
                     raise GraphExecError(f"{n.name}: the bank's {chain.ring} hold {rows} tokens, the memory "
                                          f"{x.shape[1]}")
                 x = np.ascontiguousarray(x[:, rows:])
-            parts = [e.part(chain.layer)[None] for e in entries] if last else []
+            parts, read = [], {}        # a slot's rows read once a call: batched objects share the slot keys
+            for e in entries if last else ():
+                if e.slot not in read:
+                    read[e.slot] = e.part(chain.layer)[None]
+                parts.append(read[e.slot])
             parts.append(fn(n, [x] + list(args[1:]), r) if x.shape[1] else np.zeros((1, 0, channels), np.int8))
             return np.concatenate(parts, axis=1)
         return run
