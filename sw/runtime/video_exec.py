@@ -274,10 +274,19 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
         attention layer 0's self-attention and cross-attention queries); the other nodes run once over
         all objects' rows (_rows_batched) except attention, one call per group of objects with equal
         memory lengths (_attention_batched). Each object's numbers are run_nodes' (module docstring).
-        One object: its engine outputs chained in DDR as run_nodes' (GraphExecutor.chained)."""
+        One object: run_nodes on its gathered memory."""
+        if len(objects) == 1:
+            o = objects[0]
+            self.frame_stats.batches.append([o.bank["memory"].shape[1]])
+            saved = getattr(self, "bank", None), getattr(self, "run_dims", None), self.banked
+            self.bank, self.run_dims, self.banked = o.bank, {"O": o.ptr_tokens}, o.banked
+            try:
+                return [self.run_nodes(names, dict(env), observe)[output]]
+            finally:
+                self.bank, self.run_dims, self.banked = saved
         nodes = self.nodes_named(names)
-        out = self.chained(nodes, lambda: {output: self._run_objects(nodes, env, objects, output, observe)})[output]
-        return [out[0]] if len(objects) == 1 else list(out)
+        return list(self.chained(nodes, lambda: {output: self._run_objects(nodes, env, objects, output,
+                                                                           observe)})[output])
 
     def _fetch(self, x, stage: str = "memory_attention") -> np.ndarray:
         """x's values on the host: a DeviceTensor read back and its buffer freed (a later reader takes the
@@ -325,7 +334,7 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
                 continue
             else:
                 n = len(objects)
-                stacked = (None if n == 1 else self._stacked_attention(node, per, shared, n) if node.op == "attention"
+                stacked = (self._stacked_attention(node, per, shared, n) if node.op == "attention"
                            else self._stacked_rows(node, objects, per, shared))
                 args = None if stacked is not None else [[per[i][k] if i in per else self.arg(i, shared)
                                                           for i in node.inputs] for k in range(n)]
@@ -376,8 +385,6 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
         """The environment a batched linear's fused add reads its residual from: every object's rows of it,
         object after object (a _Stacked one as it is, in DDR)."""
         r = self._residual(node)
-        if n == 1:
-            return {r: per[r][0] if r in per else self.arg(r, shared)}
         return {r: self._stacked_input(r, per, shared, n)}
 
     def _residual(self, node) -> str:
@@ -392,14 +399,6 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
         requantisation scales are per tensor, every row's result is its own."""
         chain = self.chain_of.get(node.name)
         tail = node.attrs.get("exclude") == "O" or chain is not None
-        if len(objects) == 1 and chain is None:     # its rows as they are (a DeviceTensor read in place)
-            saved = getattr(self, "run_dims", None)
-            if tail:
-                self.run_dims = {**(saved or {}), "O": objects[0].ptr_tokens}
-            try:
-                return [self.node_fn(node)(node, args[0], self)]
-            finally:
-                self.run_dims = saved
         rows = [[np.asarray(x).reshape(-1, np.shape(x)[-1]) if act else x for x, act in zip(a, activation)]
                 for a in args]
         counts = [r[0].shape[0] for r in rows]
