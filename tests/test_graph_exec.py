@@ -147,7 +147,7 @@ def test_attention_reads_and_writes_token_rows_with_load_t(scaled):
     projections left them (token rows, in place) and leave their output there for the proj, heads merged:
     every node equals intinterp's, and an attention fed by three GEMM projections moves only its program."""
     cfg = preset("bench16")
-    cfg = cfg.replace(engines=cfg.engines + ("load_t",))
+    assert "load_t" in cfg.engines          # the preset's own transposing LOAD
     qm = _quantised(scaled, cfg)
     feeds = {"image": GraphPredictor(qm.graph, IntRunner(qm)).image_input(scaled[2])}
     ex, stages = GraphExecutor(qm, cfg, "sim", read_back=True), ("image_encoder",)
@@ -171,7 +171,7 @@ def test_attention_split_into_calls_fills_one_token_row_tensor(monkeypatch):
     from sw.runtime import graph_exec
     from sw.runtime.driver import Driver
     cfg = preset("sim")
-    cfg = cfg.replace(engines=cfg.engines + ("load_t",))
+    assert "load_t" in cfg.engines          # the preset's own transposing LOAD
     monkeypatch.setattr(ca, "max_query_tiles", lambda cfg, lk, d=None, **kw: 2)
     rng = np.random.default_rng(3)
     q, k, v = (rng.integers(-128, 128, (2, n, 32), dtype=np.int8) for n in (19, 21, 21))   # 2 windows, 2 heads

@@ -339,11 +339,14 @@ class _VideoRunner:
         """The function running `node` in run_nodes (a runner on the overlay places it)."""
         return self.OPS[node.op]
 
+    def nodes_named(self, names) -> list:
+        """The graph's nodes called `names`, in that order."""
+        index = self.cached("node_index", lambda: {n.name: n for n in self.graph.nodes})
+        return [index[name] for name in names]
+
     def run_nodes(self, names, env: dict, observe=None) -> dict:
         """Run the named nodes in order on `env` (updated and returned)."""
-        index = self.cached("node_index", lambda: {n.name: n for n in self.graph.nodes})
-        for name in names:
-            node = index[name]
+        for node in self.nodes_named(names):
             out = self.node_fn(node)(node, [self.arg(i, env) for i in node.inputs], self)
             env[node.outputs[0]] = out
             if observe is not None:

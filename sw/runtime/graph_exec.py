@@ -239,6 +239,11 @@ def same_bytes(a: TokenRowLayout, b: TokenRowLayout) -> bool:
     return a.pitch == a.channels and b.pitch == b.channels and a.size == b.size
 
 
+def _in_place(t, layout: TokenRowLayout) -> bool:
+    """Whether t is a DeviceTensor still in DDR with every element where `layout` puts it (read there)."""
+    return isinstance(t, DeviceTensor) and t.buffer is not None and same_bytes(t.layout, layout)
+
+
 def _run_to_device(drv, prog, bind, layout, shape, producer) -> DeviceTensor:
     """Run `prog` (regions bound as `bind`) with its out region in a new buffer: that buffer as a DeviceTensor."""
     y = DeviceTensor(drv, drv.buffer(prog.regions["out"][1]).name, layout, shape, producer)
@@ -256,8 +261,7 @@ def _linear_dev(drv, n, a, r, lut=None, residual=None, add=None):
     x, w, b = a
     m, s = _requant_args(r, n)
     tokens, k = math.prod(x.shape[:-1]), x.shape[-1]
-    in_place = (isinstance(x, DeviceTensor) and x.buffer is not None and "load_t" in drv.cfg.engines
-                and same_bytes(x.layout, TokenRowLayout(tokens, k, drv.cfg.cols)))
+    in_place = "load_t" in drv.cfg.engines and _in_place(x, TokenRowLayout(tokens, k, drv.cfg.cols))
     x2 = np.zeros((tokens, k), np.int8) if in_place else np.asarray(x).reshape(tokens, k)    # in place: its shape only
     if residual is not None:
         residual = np.ascontiguousarray(residual).reshape(-1, w.shape[0])
@@ -283,7 +287,7 @@ def _vector_dev(drv, n, op, x, p=None, b=None, end_x=None):
     for region, t in (("in", x), ("b", b)):
         if t is None:
             continue
-        if isinstance(t, DeviceTensor) and t.buffer is not None and t.shape == shape and same_bytes(t.layout, rows_l):
+        if _in_place(t, rows_l) and t.shape == shape:
             bind[region], data[region] = t.buffer, np.zeros(form, np.int8)     # its shape only
         else:
             data[region] = np.ascontiguousarray(np.broadcast_to(np.asarray(t), shape)).reshape(form)
@@ -318,7 +322,7 @@ def _attention_dev(drv, n, a, r):
     try:
         for region, t, tokens in (("Q", q, lq), ("K", k, lk), ("V", v, lk)):
             layout = TokenRowLayout(N * tokens, h * d, cfg.cols)
-            if isinstance(t, DeviceTensor) and t.buffer is not None and same_bytes(t.layout, layout):
+            if _in_place(t, layout):
                 bind[region] = t.buffer
             else:
                 bind[region] = _upload(drv, np.asarray(t), layout)

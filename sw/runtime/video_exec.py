@@ -195,7 +195,6 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
         """The banked chains of `part` ("memory": one memory frame's tokens, "memory_pos": one slot
         encoding) run on those tokens alone, once, when they enter the bank: {ring: (layers, HW, C) int8}.
         No object-pointer tokens among them (O = 0)."""
-        index = self.cached("node_index", lambda: {n.name: n for n in self.graph.nodes})
         tokens = np.asarray(tokens)
         tokens = tokens.reshape(1, -1, tokens.shape[-1])
         saved, self.banked = (self.banked, getattr(self, "run_dims", None)), None
@@ -205,8 +204,7 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
             for chain in self.chains:
                 if chain.part == part:
                     y = tokens
-                    for name in chain.nodes:
-                        n = index[name]
+                    for n in self.nodes_named(chain.nodes):
                         y = self.op_fn(n)(n, [y] + [self.arg(i, {}) for i in n.inputs[1:]], self)
                     out.setdefault(chain.ring, []).append(y[0])
             return {ring: np.stack(ys) for ring, ys in out.items()}
@@ -247,7 +245,11 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
                     raise GraphExecError(f"{n.name}: the bank's {chain.ring} hold {rows} tokens, the memory "
                                          f"{x.shape[1]}")
                 x = np.ascontiguousarray(x[:, rows:])
-            parts = [e.part(chain.layer)[None] for e in entries] if last else []
+            parts, read = [], {}        # a slot's rows read once a call: batched objects share the slot keys
+            for e in entries if last else ():
+                if e.slot not in read:
+                    read[e.slot] = e.part(chain.layer)[None]
+                parts.append(read[e.slot])
             parts.append(fn(n, [x] + list(args[1:]), r) if x.shape[1] else np.zeros((1, 0, channels), np.int8))
             return np.concatenate(parts, axis=1)
         return run
@@ -258,9 +260,8 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
 
     def run_nodes(self, names, env: dict, observe=None) -> dict:
         """_VideoRunner.run_nodes with the engine outputs chained in DDR between the nodes (GraphExecutor.chained)."""
-        index = self.cached("node_index", lambda: {n.name: n for n in self.graph.nodes})
-        nodes = [index[n] for n in names]
-        return self.chained(nodes, lambda: super(VideoGraphExecutor, self).run_nodes(names, env, observe))
+        return self.chained(self.nodes_named(names),
+                            lambda: super(VideoGraphExecutor, self).run_nodes(names, env, observe))
 
     def on_read_back(self, rec, nbytes: int) -> None:
         super().on_read_back(rec, nbytes)
@@ -273,11 +274,19 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
         attention layer 0's self-attention and cross-attention queries); the other nodes run once over
         all objects' rows (_rows_batched) except attention, one call per group of objects with equal
         memory lengths (_attention_batched). Each object's numbers are run_nodes' (module docstring).
-        One object: its engine outputs chained in DDR as run_nodes' (GraphExecutor.chained)."""
-        index = self.cached("node_index", lambda: {n.name: n for n in self.graph.nodes})
-        nodes = [index[n] for n in names]
-        out = self.chained(nodes, lambda: {output: self._run_objects(names, env, objects, output, observe)})[output]
-        return [out[0]] if len(objects) == 1 else list(out)
+        One object: run_nodes on its gathered memory."""
+        if len(objects) == 1:
+            o = objects[0]
+            self.frame_stats.batches.append([o.bank["memory"].shape[1]])
+            saved = getattr(self, "bank", None), getattr(self, "run_dims", None), self.banked
+            self.bank, self.run_dims, self.banked = o.bank, {"O": o.ptr_tokens}, o.banked
+            try:
+                return [self.run_nodes(names, dict(env), observe)[output]]
+            finally:
+                self.bank, self.run_dims, self.banked = saved
+        nodes = self.nodes_named(names)
+        return list(self.chained(nodes, lambda: {output: self._run_objects(nodes, env, objects, output,
+                                                                           observe)})[output])
 
     def _fetch(self, x, stage: str = "memory_attention") -> np.ndarray:
         """x's values on the host: a DeviceTensor read back and its buffer freed (a later reader takes the
@@ -292,29 +301,27 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
         is: read in place); None where the node needs _rows_batched (a ROPE tail, a banked chain)."""
         if node.attrs.get("exclude") == "O" or node.name in self.chain_of:
             return None
-        ins = []
-        for i in node.inputs:
-            v = per.get(i)
-            if isinstance(v, _Stacked):
-                ins.append(v.whole)
-            elif v is not None or i not in self.graph.constants:
-                parts = list(v) if v is not None else [self.arg(i, shared)] * len(objects)
-                ins.append(np.concatenate([self._fetch(x).reshape(-1, np.shape(x)[-1]) for x in parts])[None])
-            else:
-                ins.append(self.arg(i, shared))
-        return ins
+        return [self._stacked_input(i, per, shared, len(objects)) if i in per or i not in self.graph.constants
+                else self.arg(i, shared) for i in node.inputs]
+
+    def _stacked_input(self, i, per, shared, n: int):
+        """Tensor `i` as every object's rows, object after object, in one (1, rows, C) tensor: a _Stacked one
+        as it is (in place), else the objects' values (the frame's, n times) concatenated on the host."""
+        v = per.get(i)
+        if isinstance(v, _Stacked):
+            return v.whole
+        parts = v if v is not None else [self.arg(i, shared)] * n
+        return np.concatenate([self._fetch(x).reshape(-1, np.shape(x)[-1]) for x in parts])[None]
 
     def _object_shapes(self, i, per, shared, n: int) -> list:
         v = per.get(i)
         return list(v.shapes) if isinstance(v, _Stacked) else [np.shape(x) for x in v] if v is not None else \
             [np.shape(self.arg(i, shared))] * n
 
-    def _run_objects(self, names, env: dict, objects: list, output: str, observe=None) -> list:
-        index = self.cached("node_index", lambda: {n.name: n for n in self.graph.nodes})
+    def _run_objects(self, nodes, env: dict, objects: list, output: str, observe=None) -> list:
         shared, per = dict(env), {}
         self.frame_stats.batches.append([o.bank["memory"].shape[1] for o in objects])
-        for name in names:
-            node = index[name]
+        for node in nodes:
             if node.op == "memory_bank":
                 ys = [o.bank[node.attrs["part"]] for o in objects]
             elif not any(i in per for i in node.inputs):
@@ -327,7 +334,7 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
                 continue
             else:
                 n = len(objects)
-                stacked = (None if n == 1 else self._stacked_attention(node, per, shared, n) if node.op == "attention"
+                stacked = (self._stacked_attention(node, per, shared, n) if node.op == "attention"
                            else self._stacked_rows(node, objects, per, shared))
                 args = None if stacked is not None else [[per[i][k] if i in per else self.arg(i, shared)
                                                           for i in node.inputs] for k in range(n)]
@@ -357,9 +364,7 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
             return None
         ins, reshaped = [], []
         for i, s in zip(node.inputs, shapes):
-            v = per.get(i)
-            x = v.whole if isinstance(v, _Stacked) else np.concatenate(
-                [self._fetch(a).reshape(s[0]) for a in (v if v is not None else [self.arg(i, shared)] * n)])
+            x = self._stacked_input(i, per, shared, n)
             batch = (n * s[0][0],) + tuple(s[0][1:])
             if isinstance(x, DeviceTensor):        # the same bytes seen as the call's batch
                 reshaped.append((x, x.shape))
@@ -380,12 +385,7 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
         """The environment a batched linear's fused add reads its residual from: every object's rows of it,
         object after object (a _Stacked one as it is, in DDR)."""
         r = self._residual(node)
-        v = per.get(r)
-        if isinstance(v, _Stacked):
-            return {r: v.whole}
-        vals = [v[k] if v is not None else self.arg(r, shared) for k in range(n)]
-        return {r: vals[0] if n == 1 else np.concatenate([self._fetch(x).reshape(-1, np.shape(x)[-1])
-                                                          for x in vals])[None]}
+        return {r: self._stacked_input(r, per, shared, n)}
 
     def _residual(self, node) -> str:
         """The tensor a linear's fused add (GraphExecutor.fused_adds) reads as its residual."""
@@ -399,14 +399,6 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
         requantisation scales are per tensor, every row's result is its own."""
         chain = self.chain_of.get(node.name)
         tail = node.attrs.get("exclude") == "O" or chain is not None
-        if len(objects) == 1 and chain is None:     # its rows as they are (a DeviceTensor read in place)
-            saved = getattr(self, "run_dims", None)
-            if tail:
-                self.run_dims = {**(saved or {}), "O": objects[0].ptr_tokens}
-            try:
-                return [self.node_fn(node)(node, args[0], self)]
-            finally:
-                self.run_dims = saved
         rows = [[np.asarray(x).reshape(-1, np.shape(x)[-1]) if act else x for x, act in zip(a, activation)]
                 for a in args]
         counts = [r[0].shape[0] for r in rows]
