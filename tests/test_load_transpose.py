@@ -215,11 +215,11 @@ def test_b_transposed_job_on_sim(rows, count):
 def run_unit(cfg, rows_seq: list, count: int, pitch: int, ddr: np.ndarray, stall: float, seed: int):
     """The TransposeLoader alone on the Amaranth simulator, a command of each number of rows in turn: AR
     accepted and R beats given with probability 1 - stall (a beat the cycle after its AR at the earliest).
-    Returns the last command's writes ({scratchpad addr: entry}) and cycles."""
+    Returns each command's writes ({scratchpad addr: entry}) and cycles."""
     from amaranth.sim import Simulator
     from hw.gemm.transpose_load import TransposeLoader
     dut = TransposeLoader(cfg, max(cfg.rows, cfg.cols))
-    DB, rng, out = cfg.beat_bytes, np.random.default_rng(seed), {}
+    DB, rng, out = cfg.beat_bytes, np.random.default_rng(seed), []
 
     async def one(ctx, rows):
         got = {}
@@ -246,13 +246,13 @@ def run_unit(cfg, rows_seq: list, count: int, pitch: int, ddr: np.ndarray, stall
 
     async def bench(ctx):
         for rows in rows_seq:
-            out["result"] = await one(ctx, rows)
+            out.append(await one(ctx, rows))
 
     sim = Simulator(dut)
     sim.add_clock(1e-8)
     sim.add_testbench(bench)
     sim.run()
-    return out["result"]
+    return out
 
 
 @pytest.mark.parametrize("name,rows,count", [
@@ -267,12 +267,13 @@ def test_transpose_unit_alone_equals_token_tiles(name, rows, count):
     DB, NR = cfg.beat_bytes, max(cfg.rows, cfg.cols)
     pitch = -(-count // DB) * DB + DB
     ddr = np.random.default_rng(rows + count).integers(0, 256, NR * pitch, dtype=np.uint8)
-    want = token_tiles(ddr.reshape(NR, pitch)[:rows, :count], NR)[0]
     for stall, seed in ((0.4, 1), (0.0, 2)):
-        got, cycles = run_unit(cfg, [NR, rows], count, pitch, ddr, stall, seed)
-        assert sorted(got) == list(range(5, 5 + count))
-        entries = np.array([list(got[5 + e].to_bytes(NR, "little")) for e in range(count)], np.uint8)
-        assert np.array_equal(entries, want)
+        results = run_unit(cfg, [NR, rows], count, pitch, ddr, stall, seed)
+        for n, (got, cycles) in zip([NR, rows], results, strict=True):     # every row's command, then `rows`
+            want = token_tiles(ddr.reshape(NR, pitch)[:n, :count], NR)[0]
+            assert sorted(got) == list(range(5, 5 + count))
+            entries = np.array([list(got[5 + e].to_bytes(NR, "little")) for e in range(count)], np.uint8)
+            assert np.array_equal(entries, want), n
     groups = -(-count // DB)
     # No stalls: the first group's rows, max(rows, DB) a group after it, the last group's entries; 4 more
     # cycles (the command, the first beat's latency, the registered write, done).
