@@ -100,6 +100,8 @@ class Core(wiring.Component):
             from hw.gemm.transpose_load import TransposeLoader
             m.submodules.transpose_load = tl = TransposeLoader(cfg, max(R, C))
         tl_busy = tl.busy if has_lt else Const(0)
+        # The units that take the load unit's AR/R slot (id 1) while busy: no LOAD starts then, their beats are theirs.
+        slot_busy = i2c_busy | dw_busy | vec_busy | tl_busy
 
         running = Signal()
         error = Signal(ERROR_BITS)
@@ -130,7 +132,7 @@ class Core(wiring.Component):
         m.d.comb += axi.rready.eq(Mux(axi.rid, l_r_ready, f_r_ready))
         r_fire = axi.rvalid & axi.rready
         f_beat = r_fire & (axi.rid == 0)
-        l_beat = r_fire & (axi.rid == 1) & ~i2c_busy & ~dw_busy & ~vec_busy & ~tl_busy
+        l_beat = r_fire & (axi.rid == 1) & ~slot_busy
         r_err = r_fire & (axi.rresp != 0)
         b_err = axi.bvalid & (axi.bresp != 0)      # (bready is always 1)
         m.d.comb += [err_set[isa.ERROR_AXI_READ].eq(r_err & (axi.rid != 0)),
@@ -271,7 +273,7 @@ class Core(wiring.Component):
         l_ar_addr_r = Signal(32)
         l_ar_left = Signal(32)
         l_r_left = Signal(32)
-        m.d.comb += l_cmd_ready.eq(~l_busy)
+        m.d.comb += l_cmd_ready.eq(~l_busy & ~slot_busy)
         total_beats = Signal(32)
         narrow_ebs = [eb for eb, _ in targets.values() if eb < DB]
         epb_max = DB // min(narrow_ebs) if narrow_ebs else 1
@@ -369,8 +371,7 @@ class Core(wiring.Component):
             m.d.sync += w_addr.eq(w_addr + 1)
         if has_conv:
             # IM2COL loads: the loader takes the AR/R slot (id 1) and the B scratchpad's write port.
-            m.d.comb += [l_cmd_ready.eq(~l_busy & ~i2c.busy),
-                         i2c.cmd.valid.eq(l_cmd_valid & is_im2col & ~l_busy),
+            m.d.comb += [i2c.cmd.valid.eq(l_cmd_valid & is_im2col & ~l_busy),
                          i2c.cmd.payload.addr.eq(desc.dram_addr), i2c.cmd.payload.pitch.eq(desc.stride),
                          i2c.cmd.payload.plane_rows.eq(shared_field(desc, "plane_rows")),
                          i2c.cmd.payload.channels.eq(desc.count),
@@ -400,7 +401,6 @@ class Core(wiring.Component):
                 m.d.comb += load_done_pulse.eq(1)
 
         if has_dw:
-            m.d.comb += l_cmd_ready.eq(~l_busy & ~i2c_busy & ~dw.busy)
             take_read_slot(dw)
             dp = dw.cmd.payload
             dwf = lambda name: shared_field(desc, name)     # noqa: E731 (shared-bit fields, hw.isa.DW_FIELDS)
@@ -409,7 +409,6 @@ class Core(wiring.Component):
                          dp.width.eq(dwf("dw_width")), dp.k_last.eq(dwf("dw_kernel_last")),
                          dp.col0.eq(dwf("dw_col0")), dp.channels.eq(dwf("dw_channels")), dp.relu.eq(desc.relu)]
         if has_vec:
-            m.d.comb += l_cmd_ready.eq(~l_busy & ~i2c_busy & ~dw_busy & ~vec.busy)
             take_read_slot(vec)
             vp = vec.cmd.payload
             vf = lambda name: shared_field(desc, name)     # noqa: E731 (shared-bit fields, hw.isa.VEC_FIELDS)
@@ -418,8 +417,6 @@ class Core(wiring.Component):
                          vp.dim.eq(vf("vec_dim")), vp.pitch.eq(vf("vec_pitch")), vp.width.eq(vf("vec_width"))]
         if has_lt:
             # After the loads before it (same slot); its entries through the target's write port.
-            with m.If(tl_busy):
-                m.d.comb += l_cmd_ready.eq(0)
             take_read_slot(tl)
             tp = tl.cmd.payload
             m.d.comb += [tl.cmd.valid.eq(l_cmd_valid & is_transpose & l_cmd_ready), tp.addr.eq(desc.dram_addr),
@@ -506,7 +503,7 @@ class Core(wiring.Component):
             m.d.sync += s_busy.eq(0)
             m.d.comb += store_done_pulse.eq(1)
         m.d.comb += dw_free.eq(~l_busy & ~i2c_busy & ~tl_busy & ~s_busy)
-        m.d.comb += axi_busy.eq(f_inflight | l_busy | i2c_busy | dw_busy | vec_busy | tl_busy | s_busy)
+        m.d.comb += axi_busy.eq(f_inflight | l_busy | slot_busy | s_busy)
         if has_dw:
             # The depthwise unit owns the write channel while busy (no STORE starts then, and it starts
             # only when no STORE runs): single-beat bursts with id 1, its B responses counted by the unit.
