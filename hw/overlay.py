@@ -299,6 +299,7 @@ class Core(wiring.Component):
             m.d.sync += [l_busy.eq(1), w_addr.eq(desc.sp_addr), l_entries.eq(desc.count), l_has.eq(desc.count != 0),
                          l_ar_addr_r.eq(desc.dram_addr), l_ar_left.eq(total_beats), l_r_left.eq(total_beats),
                          epb_last.eq(epb_last_in), beat_in_entry.eq(0)]
+        with m.If(l_cmd_valid & l_cmd_ready & ~is_im2col):        # its target's write port (a transposing LOAD's too)
             m.d.sync += [sel.eq(desc.target == isa.TARGETS[name]) for name, sel in l_sel.items()]
         # AR: bursts of up to 256 beats, never across a 4 KiB boundary.
         to_boundary = Signal(range(BOUNDARY // DB + 1))
@@ -422,12 +423,9 @@ class Core(wiring.Component):
             m.d.comb += [tl.cmd.valid.eq(l_cmd_valid & is_transpose & l_cmd_ready), tp.addr.eq(desc.dram_addr),
                          tp.pitch.eq(desc.stride), tp.count.eq(desc.count),
                          tp.rows_last.eq(shared_field(desc, "t_rows_last")), tp.sp.eq(desc.sp_addr)]
-            t_sel = {name: Signal(name=f"t_sel_{name}") for name in isa.TRANSPOSE_TARGETS if name in targets}
-            with m.If(tl.cmd.valid):
-                m.d.sync += [sel.eq(desc.target == isa.TARGETS[name]) for name, sel in t_sel.items()]
-            for name, sel in t_sel.items():
+            for name in (t for t in isa.TRANSPOSE_TARGETS if t in targets):
                 eb, port = targets[name]
-                with m.If(tl.wr.valid & sel):
+                with m.If(tl.wr.valid & l_sel[name]):
                     m.d.comb += [port.valid.eq(1), port.payload.addr.eq(tl.wr.payload.addr),
                                  port.payload.data.eq(tl.wr.payload.data[:8 * eb])]
         with m.If(l_busy & (l_r_left == 0) & (l_ar_left == 0) & ~r1_valid & ~w_en):
