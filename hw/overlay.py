@@ -100,6 +100,8 @@ class Core(wiring.Component):
             from hw.gemm.transpose_load import TransposeLoader
             m.submodules.transpose_load = tl = TransposeLoader(cfg, max(R, C))
         tl_busy = tl.busy if has_lt else Const(0)
+        # The units that take the load unit's AR/R slot (id 1) while busy: no LOAD starts then, their beats are theirs.
+        slot_busy = i2c_busy | dw_busy | vec_busy | tl_busy
 
         running = Signal()
         error = Signal(ERROR_BITS)
@@ -130,7 +132,7 @@ class Core(wiring.Component):
         m.d.comb += axi.rready.eq(Mux(axi.rid, l_r_ready, f_r_ready))
         r_fire = axi.rvalid & axi.rready
         f_beat = r_fire & (axi.rid == 0)
-        l_beat = r_fire & (axi.rid == 1) & ~i2c_busy & ~dw_busy & ~vec_busy & ~tl_busy
+        l_beat = r_fire & (axi.rid == 1) & ~slot_busy
         r_err = r_fire & (axi.rresp != 0)
         b_err = axi.bvalid & (axi.bresp != 0)      # (bready is always 1)
         m.d.comb += [err_set[isa.ERROR_AXI_READ].eq(r_err & (axi.rid != 0)),
@@ -271,7 +273,7 @@ class Core(wiring.Component):
         l_ar_addr_r = Signal(32)
         l_ar_left = Signal(32)
         l_r_left = Signal(32)
-        m.d.comb += l_cmd_ready.eq(~l_busy)
+        m.d.comb += l_cmd_ready.eq(~l_busy & ~slot_busy)
         total_beats = Signal(32)
         narrow_ebs = [eb for eb, _ in targets.values() if eb < DB]
         epb_max = DB // min(narrow_ebs) if narrow_ebs else 1
@@ -297,6 +299,7 @@ class Core(wiring.Component):
             m.d.sync += [l_busy.eq(1), w_addr.eq(desc.sp_addr), l_entries.eq(desc.count), l_has.eq(desc.count != 0),
                          l_ar_addr_r.eq(desc.dram_addr), l_ar_left.eq(total_beats), l_r_left.eq(total_beats),
                          epb_last.eq(epb_last_in), beat_in_entry.eq(0)]
+        with m.If(l_cmd_valid & l_cmd_ready & ~is_im2col):        # its target's write port (a transposing LOAD's too)
             m.d.sync += [sel.eq(desc.target == isa.TARGETS[name]) for name, sel in l_sel.items()]
         # AR: bursts of up to 256 beats, never across a 4 KiB boundary.
         to_boundary = Signal(range(BOUNDARY // DB + 1))
@@ -369,8 +372,7 @@ class Core(wiring.Component):
             m.d.sync += w_addr.eq(w_addr + 1)
         if has_conv:
             # IM2COL loads: the loader takes the AR/R slot (id 1) and the B scratchpad's write port.
-            m.d.comb += [l_cmd_ready.eq(~l_busy & ~i2c.busy),
-                         i2c.cmd.valid.eq(l_cmd_valid & is_im2col & ~l_busy),
+            m.d.comb += [i2c.cmd.valid.eq(l_cmd_valid & is_im2col & ~l_busy),
                          i2c.cmd.payload.addr.eq(desc.dram_addr), i2c.cmd.payload.pitch.eq(desc.stride),
                          i2c.cmd.payload.plane_rows.eq(shared_field(desc, "plane_rows")),
                          i2c.cmd.payload.channels.eq(desc.count),
@@ -400,7 +402,6 @@ class Core(wiring.Component):
                 m.d.comb += load_done_pulse.eq(1)
 
         if has_dw:
-            m.d.comb += l_cmd_ready.eq(~l_busy & ~i2c_busy & ~dw.busy)
             take_read_slot(dw)
             dp = dw.cmd.payload
             dwf = lambda name: shared_field(desc, name)     # noqa: E731 (shared-bit fields, hw.isa.DW_FIELDS)
@@ -409,7 +410,6 @@ class Core(wiring.Component):
                          dp.width.eq(dwf("dw_width")), dp.k_last.eq(dwf("dw_kernel_last")),
                          dp.col0.eq(dwf("dw_col0")), dp.channels.eq(dwf("dw_channels")), dp.relu.eq(desc.relu)]
         if has_vec:
-            m.d.comb += l_cmd_ready.eq(~l_busy & ~i2c_busy & ~dw_busy & ~vec.busy)
             take_read_slot(vec)
             vp = vec.cmd.payload
             vf = lambda name: shared_field(desc, name)     # noqa: E731 (shared-bit fields, hw.isa.VEC_FIELDS)
@@ -418,19 +418,14 @@ class Core(wiring.Component):
                          vp.dim.eq(vf("vec_dim")), vp.pitch.eq(vf("vec_pitch")), vp.width.eq(vf("vec_width"))]
         if has_lt:
             # After the loads before it (same slot); its entries through the target's write port.
-            with m.If(tl_busy):
-                m.d.comb += l_cmd_ready.eq(0)
             take_read_slot(tl)
             tp = tl.cmd.payload
             m.d.comb += [tl.cmd.valid.eq(l_cmd_valid & is_transpose & l_cmd_ready), tp.addr.eq(desc.dram_addr),
                          tp.pitch.eq(desc.stride), tp.count.eq(desc.count),
                          tp.rows_last.eq(shared_field(desc, "t_rows_last")), tp.sp.eq(desc.sp_addr)]
-            t_sel = {name: Signal(name=f"t_sel_{name}") for name in isa.TRANSPOSE_TARGETS if name in targets}
-            with m.If(tl.cmd.valid):
-                m.d.sync += [sel.eq(desc.target == isa.TARGETS[name]) for name, sel in t_sel.items()]
-            for name, sel in t_sel.items():
+            for name in (t for t in isa.TRANSPOSE_TARGETS if t in targets):
                 eb, port = targets[name]
-                with m.If(tl.wr.valid & sel):
+                with m.If(tl.wr.valid & l_sel[name]):
                     m.d.comb += [port.valid.eq(1), port.payload.addr.eq(tl.wr.payload.addr),
                                  port.payload.data.eq(tl.wr.payload.data[:8 * eb])]
         with m.If(l_busy & (l_r_left == 0) & (l_ar_left == 0) & ~r1_valid & ~w_en):
@@ -506,7 +501,7 @@ class Core(wiring.Component):
             m.d.sync += s_busy.eq(0)
             m.d.comb += store_done_pulse.eq(1)
         m.d.comb += dw_free.eq(~l_busy & ~i2c_busy & ~tl_busy & ~s_busy)
-        m.d.comb += axi_busy.eq(f_inflight | l_busy | i2c_busy | dw_busy | vec_busy | tl_busy | s_busy)
+        m.d.comb += axi_busy.eq(f_inflight | l_busy | slot_busy | s_busy)
         if has_dw:
             # The depthwise unit owns the write channel while busy (no STORE starts then, and it starts
             # only when no STORE runs): single-beat bursts with id 1, its B responses counted by the unit.

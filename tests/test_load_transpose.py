@@ -11,6 +11,7 @@ import pytest
 from golden_model.intops import token_tiles
 from hw import isa
 from hw.config import preset
+from sw.backends.sim import SimBackend
 from sw.backends.sim_model import SimOverlay
 from sw.runtime.checks import DescriptorError, check_descriptors
 from tests.conftest import mid_overlay
@@ -19,25 +20,28 @@ BASE = 0x1000
 ROWS_AT = 0x4000
 
 
-def with_load_t(name):
-    cfg = preset(name)
-    return cfg if "load_t" in cfg.engines else cfg.replace(engines=cfg.engines + ("load_t",))
-
-
 def without_load_t(name):
     cfg = preset(name)
     return cfg.replace(engines=tuple(e for e in cfg.engines if e != "load_t"))
 
 
-def run_checked(cfg, descs, ddr_rows: np.ndarray):
-    sim = SimOverlay(cfg, 1 << 20, mode="checked")
+def run_checked(cfg, desc_addr: int, image: np.ndarray, count: int) -> SimOverlay:
+    """`count` descriptors at `desc_addr` of `image` (placed there) through the sim backend's interpreter
+    (SimBackend.run: an error or a hang raises); the model after the run."""
+    be = SimBackend(cfg, ddr_bytes=1 << 20, sim_mode="checked")
+    be.model.ddr[desc_addr:desc_addr + image.size] = image
+    be.run(desc_addr, count)
+    assert be.last_regs["STATUS"] & isa.STATUS_DONE and not be.last_regs["ERROR"], be.last_regs
+    return be.model
+
+
+def run_descriptors(cfg, descs, ddr_rows: np.ndarray) -> SimOverlay:
+    """`descs` at BASE, `ddr_rows` at ROWS_AT."""
+    image = np.zeros(ROWS_AT - BASE + ddr_rows.size, np.uint8)
     raw = np.frombuffer(b"".join(isa.pack_descriptor(**d) for d in descs), np.uint8)
-    sim.ddr[BASE:BASE + raw.size] = raw
-    sim.ddr[ROWS_AT:ROWS_AT + ddr_rows.size] = ddr_rows.reshape(-1)
-    for name, value in (("DESC_ADDR", BASE), ("DESC_COUNT", len(descs)), ("CONTROL", isa.CONTROL_START)):
-        sim.write_reg(isa.REG[name], value)
-    assert sim.regs["STATUS"] == isa.STATUS_DONE and not sim.regs["ERROR"], sim.regs
-    return sim
+    image[:raw.size] = raw
+    image[ROWS_AT - BASE:] = ddr_rows.reshape(-1)
+    return run_checked(cfg, BASE, image, len(descs))
 
 
 def transposed(target, rows, count, pitch, sp, offset=0):
@@ -51,16 +55,15 @@ def transposed(target, rows, count, pitch, sp, offset=0):
     ("kv260", "A", 16, 15)])
 def test_transposed_load_equals_token_tiles(name, target, rows, count):
     """Entry e byte r = row r byte e; bytes past the rows read zero (not what the scratchpad held)."""
-    cfg = with_load_t(name)
+    cfg = preset(name)
     rng = np.random.default_rng(rows * 1000 + count)
     DB = cfg.beat_bytes
     pitch = -(-count // DB) * DB + DB                           # one beat of other bytes after each row
     x = rng.integers(-128, 128, (rows, pitch), dtype=np.int8)
     depth = isa.scratchpad_depth(cfg, target)
     sp = depth - count // 2 - 1 if target == "A" else 3           # A: across the end of the scratchpad's ring
-    sp = max(sp, 0)
     dirty = dict(opcode=isa.OPCODES["LOAD"], target=isa.TARGETS[target], count=count, dram_addr=ROWS_AT, sp_addr=sp)
-    sim = run_checked(cfg, [dirty, transposed(target, rows, count, pitch, sp)], x.view(np.uint8))
+    sim = run_descriptors(cfg, [dirty, transposed(target, rows, count, pitch, sp)], x.view(np.uint8))
     eb = isa.entry_bytes(cfg, target)
     want = token_tiles(x[:, :count], eb)[0]                      # (count, eb)
     mem = sim.a if target == "A" else sim.b
@@ -70,10 +73,10 @@ def test_transposed_load_equals_token_tiles(name, target, rows, count):
 
 def test_transposed_load_v_into_attention():
     """Target V (attention's values): the same layout, C tokens of one channel per entry."""
-    cfg = with_load_t("sim")
+    cfg = preset("sim")
     C = cfg.cols
     x = np.random.default_rng(1).integers(-128, 128, (C, 16), dtype=np.int8)
-    sim = run_checked(cfg, [transposed("V", C, 16, 16, 0)], x.view(np.uint8))
+    sim = run_descriptors(cfg, [transposed("V", C, 16, 16, 0)], x.view(np.uint8))
     ref = SimOverlay(cfg, 1 << 20, mode="checked")
     ref.attn.load_v(0, 16, token_tiles(x, C)[0].reshape(-1).view(np.uint8))
     assert all(np.array_equal(np.asarray(a), np.asarray(b))
@@ -82,9 +85,10 @@ def test_transposed_load_v_into_attention():
 
 def test_cycles_of_a_transposed_load():
     """Per group of a beat of entries: max(rows, beat) cycles, the first group's rows and the last group's
-    entries not overlapped (sw/backends/cycles.py; the RTL is not built yet, so this is the design's model)."""
+    entries not overlapped (sw/backends/cycles.py). The RTL unit's rate: test_transpose_unit_alone_equals_token_tiles;
+    the model against the overlay's RTL within 5 %: tests/test_overlay.py test_rtl_errors_hang_reset_and_cycle_model."""
     from sw.backends import cycles as CY
-    cfg = with_load_t("bench16")
+    cfg = preset("bench16")
     d = transposed("A", 16, 40, 64, 0)
     f = CY.decode_descriptors(np.frombuffer(isa.pack_descriptor(**d), np.uint8))
     dur = CY.fixed_costs(cfg, f, CY.classify(cfg, f))["dur"]
@@ -98,9 +102,9 @@ def test_cycles_of_a_transposed_load():
     (dict(target=isa.TARGETS["PARAM"]), "sim+", "only A, B, V"),
     (dict(count=64), "sim+", "source rows .* runs outside the buffer 'rows'")])
 def test_checks_refuse_bad_transposed_loads(change, cfg_name, why):
-    cfg = with_load_t("sim") if cfg_name == "sim+" else without_load_t("sim")
+    cfg = preset("sim") if cfg_name == "sim+" else without_load_t("sim")
     d = dict(transposed("A", 4, 16, 16, 0), **change)
-    check_descriptors(with_load_t("sim"), [isa.unpack_descriptor(isa.pack_descriptor(**transposed("A", 4, 16, 16, 0)))],
+    check_descriptors(preset("sim"), [isa.unpack_descriptor(isa.pack_descriptor(**transposed("A", 4, 16, 16, 0)))],
                       {"rows": (ROWS_AT, 4 * 16)})                 # the unchanged one passes
     with pytest.raises(DescriptorError, match=why):
         check_descriptors(cfg, [isa.unpack_descriptor(isa.pack_descriptor(**d))], {"rows": (ROWS_AT, 4 * 16)})
@@ -125,7 +129,7 @@ def test_linear_reads_token_rows(name, m, k, n):
     from sw.compile.linear import compile_linear
     from tests.test_sim_fast import BASE as FAST_BASE, quant, rand8, run_both
     from sw.runtime.layout import TokenRowLayout
-    cfg = with_load_t(name)
+    cfg = preset(name)
     rng = np.random.default_rng(m + k + n)
     a, b = rand8(rng, (m, k)), rand8(rng, (k, n))
     bias, mult, shift = quant(rng, n)
@@ -156,7 +160,7 @@ def test_linear_reads_its_activation_in_place(scaled):
     qm = scaled_quantised(scaled, preset("bench16"))
     feeds = {"image": GraphPredictor(qm.graph, IntRunner(qm)).image_input(scaled[2])}
     moved, outs = {}, {}
-    for has, cfg in ((False, without_load_t("bench16")), (True, with_load_t("bench16"))):
+    for has, cfg in ((False, without_load_t("bench16")), (True, preset("bench16"))):
         ex = GraphExecutor(qm, cfg, "sim")
         env = ex.run(feeds, stages=("image_encoder",))
         outs[has] = [env[t] for t in qm.graph.meta["image_outputs"]]
@@ -204,22 +208,18 @@ def test_b_transposed_job_on_sim(rows, count):
     """The hand-made B program (the rtl benches run it too: tests/test_overlay.py) on the sim model."""
     cfg = preset("sim")
     job, want = b_transposed_job(cfg, np.random.default_rng(rows * count), rows, count)
-    sim = SimOverlay(cfg, 1 << 20, mode="checked")
-    sim.ddr[job["base"]:job["base"] + job["image"].size] = job["image"]
-    for name, value in (("DESC_ADDR", job["base"]), ("DESC_COUNT", job["desc_count"]), ("CONTROL", isa.CONTROL_START)):
-        sim.write_reg(isa.REG[name], value)
-    assert sim.regs["STATUS"] == isa.STATUS_DONE
+    sim = run_checked(cfg, job["base"], job["image"], job["desc_count"])
     assert np.array_equal(job_result(cfg, job, sim.ddr[job["base"]:]), want)
 
 
 def run_unit(cfg, rows_seq: list, count: int, pitch: int, ddr: np.ndarray, stall: float, seed: int):
     """The TransposeLoader alone on the Amaranth simulator, a command of each number of rows in turn: AR
     accepted and R beats given with probability 1 - stall (a beat the cycle after its AR at the earliest).
-    Returns the last command's writes ({scratchpad addr: entry}) and cycles."""
+    Returns each command's writes ({scratchpad addr: entry}) and cycles."""
     from amaranth.sim import Simulator
     from hw.gemm.transpose_load import TransposeLoader
     dut = TransposeLoader(cfg, max(cfg.rows, cfg.cols))
-    DB, rng, out = cfg.beat_bytes, np.random.default_rng(seed), {}
+    DB, rng, out = cfg.beat_bytes, np.random.default_rng(seed), []
 
     async def one(ctx, rows):
         got = {}
@@ -246,13 +246,13 @@ def run_unit(cfg, rows_seq: list, count: int, pitch: int, ddr: np.ndarray, stall
 
     async def bench(ctx):
         for rows in rows_seq:
-            out["result"] = await one(ctx, rows)
+            out.append(await one(ctx, rows))
 
     sim = Simulator(dut)
     sim.add_clock(1e-8)
     sim.add_testbench(bench)
     sim.run()
-    return out["result"]
+    return out
 
 
 @pytest.mark.parametrize("name,rows,count", [
@@ -267,12 +267,13 @@ def test_transpose_unit_alone_equals_token_tiles(name, rows, count):
     DB, NR = cfg.beat_bytes, max(cfg.rows, cfg.cols)
     pitch = -(-count // DB) * DB + DB
     ddr = np.random.default_rng(rows + count).integers(0, 256, NR * pitch, dtype=np.uint8)
-    want = token_tiles(ddr.reshape(NR, pitch)[:rows, :count], NR)[0]
     for stall, seed in ((0.4, 1), (0.0, 2)):
-        got, cycles = run_unit(cfg, [NR, rows], count, pitch, ddr, stall, seed)
-        assert sorted(got) == list(range(5, 5 + count))
-        entries = np.array([list(got[5 + e].to_bytes(NR, "little")) for e in range(count)], np.uint8)
-        assert np.array_equal(entries, want)
+        results = run_unit(cfg, [NR, rows], count, pitch, ddr, stall, seed)
+        for n, (got, cycles) in zip([NR, rows], results, strict=True):     # every row's command, then `rows`
+            want = token_tiles(ddr.reshape(NR, pitch)[:n, :count], NR)[0]
+            assert sorted(got) == list(range(5, 5 + count))
+            entries = np.array([list(got[5 + e].to_bytes(NR, "little")) for e in range(count)], np.uint8)
+            assert np.array_equal(entries, want), n
     groups = -(-count // DB)
     # No stalls: the first group's rows, max(rows, DB) a group after it, the last group's entries; 4 more
     # cycles (the command, the first beat's latency, the registered write, done).

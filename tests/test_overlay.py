@@ -140,20 +140,19 @@ def test_rtl_errors_hang_reset_and_cycle_model():
     jobs += [dict(base=0x10000, image=prog.image, desc_count=len(prog.descriptors), timeout=20_000, fault=f)
              for f in faults]
     jobs.append(dict(base=0x10000, image=prog.image, desc_count=len(prog.descriptors), timeout=200_000))
-    # Two more layers without stalls: the sim model's cycles must be within 5% of the RTL's.
+    # More layers without stalls (fused GELU, add, A through transposing LOADs: load_t): the sim model's
+    # cycles must be within 5% of the RTL's.
     drv = Driver(SIM, "sim")
     timed = []
-    for m, k, n, fused, added in ((9, 70, 20, LutParams.gelu(0.05, 0.02), None), (16, 256, 32, None, None),
-                                  (16, 96, 24, None, AddParams.make(0.05, 0.02, 0.06))):   # (fused GELU, add)
+    for m, k, n, fused, added, a_rows in ((9, 70, 20, LutParams.gelu(0.05, 0.02), None, False),
+                                          (16, 256, 32, None, None, False),
+                                          (16, 96, 24, None, AddParams.make(0.05, 0.02, 0.06), False),
+                                          (37, 45, 29, None, None, True)):
         res = rng.integers(-128, 128, (m, n)).astype(np.int8) if added else None
-        p = drv.compile(*layer(rng, m, k, n), lut=fused, residual=res, add=added)
+        p = drv.compile(*layer(rng, m, k, n), lut=fused, residual=res, add=added, a_rows=a_rows)
         drv.run(p)
         timed.append(drv.last_run.cycles)
         jobs.append(dict(base=p.base_addr, image=p.image, desc_count=len(p.descriptors), timeout=500_000))
-    p = drv.compile(*layer(rng, 37, 45, 29), a_rows=True)          # A through transposing LOADs (load_t)
-    drv.run(p)
-    timed.append(drv.last_run.cycles)
-    jobs.append(dict(base=p.base_addr, image=p.image, desc_count=len(p.descriptors), timeout=500_000))
     r_bad, r_hang, r_read, r_write, *rest = run_images(SIM, jobs)
     r_faults, r_ok, r_timed = rest[:3], rest[3], rest[4:]
     for fault, r in zip(faults, r_faults):

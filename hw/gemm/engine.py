@@ -496,8 +496,8 @@ class StoreAdd(wiring.Component):
 def operand_memory(cfg, which: str) -> Memory:
     """The A (a_depth x R int8) or B (b_depth x C int8) scratchpad: one write port (its loads) and one read
     port (the compute unit), in UltraRAM with `scratch_uram` (UltraScale+: a URAM288 is 4,096 x 72 bits,
-    so kv260's 4,096 x 128-bit A is 2 of them and its 2,048 x 256-bit B 4, where block RAM took about 8 and
-    16 BRAM36), else where the tools choose."""
+    so kv260's 4,096 x 128-bit A is 2 of them and its 2,048 x 256-bit B 4, where block RAM takes 15 and
+    14.5 BRAM36 on yosys: tests/test_board_flows.py _map_memories), else where the tools choose."""
     lanes, depth = (cfg.rows, cfg.a_depth) if which == "A" else (cfg.cols, cfg.b_depth)
     attrs = {"ram_style": "ultra"} if cfg.scratch_uram else {}
     return Memory(shape=data.ArrayLayout(INT8, lanes), depth=depth, init=[], attrs=attrs)

@@ -37,11 +37,14 @@ def xor_swizzle(items: list, sel) -> list:
     return items
 
 
+COUNT_BITS, ROWS_BITS = isa.FIELDS["count"][1], isa.FIELDS["t_rows_last"][1]
+
+
 class TransposeCommand(data.Struct):
     addr: unsigned(32)                                        # row 0, beat aligned
     pitch: unsigned(32)                                       # bytes between rows (beat multiple)
-    count: unsigned(isa.FIELDS["count"][1])                   # entries: bytes read of each row (>= 1)
-    rows_last: unsigned(isa.FIELDS["t_rows_last"][1])         # rows read - 1 (< max_rows)
+    count: unsigned(COUNT_BITS)                               # entries: bytes read of each row (>= 1)
+    rows_last: unsigned(ROWS_BITS)                            # rows read - 1 (< max_rows)
     sp: unsigned(16)                                          # first scratchpad entry
 
 
@@ -65,7 +68,7 @@ class TransposeLoader(wiring.Component):
         lg = exact_log2(DB)
         cmd = Signal(TransposeCommand)
         busy = Signal()
-        groups = Signal(16 - lg + 1)
+        groups = Signal(COUNT_BITS - lg + 1)                     # ceil(count / DB)
         m.d.comb += [self.busy.eq(busy), self.cmd.ready.eq(~busy)]
         p = self.cmd.payload
 
@@ -76,7 +79,7 @@ class TransposeLoader(wiring.Component):
             for k, mem in enumerate(block):
                 m.submodules[f"t_q{q}_k{k}"] = mem
         a_group, r_group, e_group = (Signal.like(groups, name=n) for n in ("a_group", "r_group", "e_group"))
-        a_row, r_row = Signal(8), Signal(8)
+        a_row, r_row = Signal(ROWS_BITS), Signal(ROWS_BITS)
         a_addr, a_group_addr = Signal(32), Signal(32)
         r_half, e_half = Signal(), Signal()
         e_idx = Signal(lg)
