@@ -48,8 +48,46 @@ UNITS = ("LOAD", "COMPUTE", "STORE", "ATTENTION")
 
 class Fields(dict):
     """Decoded descriptors, {field: int64 array}, with `digest`: a hash of the packed bytes they came from,
-    dram_addr zeroed (simulate remembers the timing of a list it has timed before, wherever it is linked)."""
+    dram_addr zeroed (simulate remembers the timing of a list it has timed before, wherever it is linked).
+    A field is decoded when first read (a remembered list's run reads none); iterating decodes them all."""
     digest: bytes | None = None
+
+    def __init__(self, raw: np.ndarray | None = None):
+        super().__init__()
+        self._raw, self._lanes = raw, None
+
+    def __missing__(self, name):
+        if self._raw is None or name not in isa.FIELDS:
+            raise KeyError(name)
+        if self._lanes is None:          # (4, n): each 64-bit lane contiguous
+            self._lanes = np.ascontiguousarray(self._raw.view("<u8").astype(np.uint64).T)
+        pos, width = isa.FIELDS[name]
+        w, b = divmod(pos, 64)
+        v = self._lanes[w] >> np.uint64(b)
+        if b + width > 64:
+            v |= self._lanes[w + 1] << np.uint64(64 - b)
+        v &= np.uint64((1 << width) - 1)
+        value = self[name] = v.view(np.int64)       # fields are at most 32 bits: the same value
+        return value
+
+    def complete(self) -> "Fields":
+        """Every field decoded."""
+        if self._raw is not None:
+            for name in isa.FIELDS:
+                self[name]
+        return self
+
+    def keys(self):
+        return super(Fields, self.complete()).keys()
+
+    def items(self):
+        return super(Fields, self.complete()).items()
+
+    def values(self):
+        return super(Fields, self.complete()).values()
+
+    def __iter__(self):
+        return iter(self.keys())
 
 
 #: The bytes of hw.isa's dram_addr in a descriptor (no other field shares them). The recurrence never reads
@@ -61,20 +99,13 @@ assert isa.FIELDS["dram_addr"][0] % 8 == 0 and isa.FIELDS["dram_addr"][1] % 8 ==
 
 
 def decode_descriptors(raw: np.ndarray) -> Fields:
-    """(n, 32) uint8 descriptors -> {field: int64 array of n} (hw.isa.FIELDS, shared groups included)."""
-    raw = np.ascontiguousarray(raw, np.uint8).reshape(-1, isa.DESCRIPTOR_BYTES)
-    lanes = np.ascontiguousarray(raw.view("<u8").astype(np.uint64).T)      # (4, n): each 64-bit lane contiguous
-    out = Fields()
+    """(n, 32) uint8 descriptors -> {field: int64 array of n} (hw.isa.FIELDS, shared groups included),
+    each field decoded when first read."""
+    raw = np.array(raw, np.uint8).reshape(-1, isa.DESCRIPTOR_BYTES)    # a copy: DDR may change after
+    out = Fields(raw)
     timed = raw.copy()
     timed[:, _ADDR_BYTES] = 0
     out.digest = hashlib.blake2b(timed, digest_size=16).digest()
-    for name, (pos, width) in isa.FIELDS.items():
-        w, b = divmod(pos, 64)
-        v = lanes[w] >> np.uint64(b)
-        if b + width > 64:
-            v |= lanes[w + 1] << np.uint64(64 - b)
-        v &= np.uint64((1 << width) - 1)
-        out[name] = v.view(np.int64)              # fields are at most 32 bits: the same value
     return out
 
 
@@ -198,11 +229,11 @@ def depthwise_cycles(cfg, k, chans, rows, width, nb) -> int:
     return issue_t + DW_DRAIN
 
 
-#: (cfg, Fields.digest, the attention engine's `normed` before, None without ATTENTION descriptors) ->
-#: (Outcome, `normed` after) of lists timed without data: a function of the configuration, the bytes (but
-#: dram_addr) and that one bit of engine state (sw.backends.sim_attention: its other timing state restarts
-#: every run).
-_TIMED = Lru(keep=1024)          # a video frame runs a few hundred programs: all of them remembered
+#: (cfg, Fields.digest) -> (whether the list has ATTENTION descriptors, {the attention engine's `normed`
+#: before (None without them): (Outcome, `normed` after)}) of lists timed without data: a function of the
+#: configuration, the bytes (but dram_addr) and that one bit of engine state (sw.backends.sim_attention: its
+#: other timing state restarts every run).
+_TIMED = Lru(keep=4096)          # a video frame runs a few hundred programs: all of them remembered
 
 
 def depthwise_command(cfg, d) -> int:
@@ -219,24 +250,28 @@ def simulate(cfg, f: dict[str, np.ndarray], attn=None, execute=None) -> Outcome:
     bytes (decode_descriptors' digest; with ATTENTION descriptors, and the engine's normaliser state): a
     program run again (the fast mode's common case, an attention's heads split into equal programs)
     costs no second pass of the recurrence."""
-    kinds = classify(cfg, f)
-    key = None
+    digest = getattr(f, "digest", None) if execute is None else None
     # The attention engine's one state that outlives a run: whether its normaliser has run since reset
     # (NORM_AGAIN); a list with ATTENTION descriptors is remembered with it, before and after.
-    normed = attn.normed if attn is not None and np.any(kinds == K_ATTENTION) else None
-    if execute is None and getattr(f, "digest", None):
-        key = (cfg, f.digest, normed)
-        kept = _TIMED.get(key)
-        if kept is not None:
-            out, normed_after = kept
+    kept = _TIMED.get((cfg, digest)) if digest else None
+    if kept is not None:
+        has_attention, outcomes = kept
+        normed = attn.normed if attn is not None and has_attention else None
+        if normed in outcomes:
+            out, normed_after = outcomes[normed]
             if attn is not None:
                 attn.reset_timing()
                 if normed is not None:
                     attn.normed = normed_after
             return _copy(out)
+    kinds = classify(cfg, f)
+    has_attention = bool(np.any(kinds == K_ATTENTION))
+    normed = attn.normed if attn is not None and has_attention else None
     out = _simulate(cfg, f, kinds, attn, execute)
-    if key is not None:
-        _TIMED.put(key, (_copy(out), None if normed is None else attn.normed))
+    if digest:
+        outcomes = kept[1] if kept is not None else {}
+        outcomes[normed] = (_copy(out), None if normed is None else attn.normed)
+        _TIMED.put((cfg, digest), (has_attention, outcomes))
     return out
 
 

@@ -44,7 +44,8 @@ class Driver:
         self.frame: int | None = None        # named in errors (a caller running a video sets it per frame)
         self._session: Session | None = None
         self._names = itertools.count()
-        self._cache: dict = {}
+        self._cache: dict = {}               # key -> LoadedProgram, least recently used first
+        self._reused: set = set()            # keys of kept programs run again since their load
         self.program_bytes = 0               # descriptors and weights written by loads (host -> DDR), so far
 
     # Where a program's image sits when it is run whole (sw.backends.rtl.run_images, tests); the
@@ -67,7 +68,7 @@ class Driver:
         if self._session is not None:
             self._session.close()
             self._session = None
-            self._cache = {}
+            self._cache, self._reused = {}, set()
 
     def compile(self, a, b, bias=None, multiplier=None, shift=None, *, relu=False, out_int32=False, lut=None,
                 residual=None, add=None, a_rows=False):
@@ -163,7 +164,7 @@ class Driver:
         `descriptors`: numeric fields to run instead of the compiled ones (tests); they are checked
         against the buffer table like any program (and never cached); `keep=False`: not cached either."""
         key = None if descriptors is not None or not keep else _weights_key(prog)
-        loaded = self._cache.pop(key, None)
+        loaded = self._take(key)
         if loaded is None:
             loaded = self._load(prog, descriptors)
         else:
@@ -176,6 +177,7 @@ class Driver:
             image[off:off + size] = loaded.read("out")
         except BaseException:
             loaded.free()
+            self._reused.discard(key)
             raise
         if key is None:
             loaded.free()
@@ -183,10 +185,28 @@ class Driver:
             self._keep(key, loaded)
         return image
 
+    def _take(self, key):
+        """The kept program under `key` (None: none), out of the cache while it runs."""
+        loaded = self._cache.pop(key, None)
+        if loaded is not None:
+            self._reused.add(key)
+        return loaded
+
     def _keep(self, key, loaded) -> None:
         self._cache[key] = loaded                # most recently used last
         while len(self._cache) > self.CACHED_PROGRAMS:
-            self._cache.pop(next(iter(self._cache))).free()
+            self._drop_one()
+
+    def _drop_one(self) -> None:
+        """Free one kept program: the least recently used of those never run again since their load (a
+        shape seen once, e.g. a video's memory attention while its bank still grows), else the least
+        recently used. A frame's programs run in the same order every frame, so evicting by recency alone
+        would, once they exceed the room, drop each one just before its next use."""
+        key = next((k for k in self._cache if k not in self._reused), None)
+        if key is None:
+            key = next(iter(self._cache))
+        self._reused.discard(key)
+        self._cache.pop(key).free()
 
     def run_bound(self, prog, bind: dict[str, str]) -> RunStats:
         """Run `prog` with regions bound to session buffers (`bind`: region -> buffer name, e.g. an
@@ -194,7 +214,7 @@ class Driver:
         unbound inputs written, nothing read back. Kept like run's programs: a program equal but for its inputs
         and its bound buffers is relinked to the new buffers (its descriptors written again, not its weights)."""
         key = (_weights_key(prog), tuple(sorted(bind)))
-        loaded = self._cache.pop(key, None)
+        loaded = self._take(key)
         if loaded is None:
             loaded = self._load(prog, None, bind)
         else:                                    # its weights still in DDR: only the descriptors move
@@ -205,6 +225,7 @@ class Driver:
             self.last_run = loaded.run(self.frame)
         except BaseException:
             loaded.free()
+            self._reused.discard(key)
             raise
         self._keep(key, loaded)
         self.last_programs = [prog]
@@ -223,15 +244,15 @@ class Driver:
         return loaded
 
     def _making_room(self, make):
+        """make(), room made when the arena is full by dropping kept programs one at a time (_drop_one)."""
         from sw.runtime.arena import ArenaFull
-        try:
-            return make()
-        except ArenaFull:
-            if not self._cache:
-                raise
-            while self._cache:                   # make room: drop the kept programs, then try once more
-                self._cache.popitem()[1].free()
-            return make()
+        while True:
+            try:
+                return make()
+            except ArenaFull:
+                if not self._cache:
+                    raise
+                self._drop_one()
 
     def _buffer_base(self) -> int:
         return self.BUFFER_BASE

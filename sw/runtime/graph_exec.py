@@ -56,10 +56,11 @@ run returns as an array; an intermediate freed in the run stays a DeviceTensor t
 if read, unless read_back=True, which reads each one back when it is freed (counted in check_bytes, not in
 the nodes' figures) so check() sees every value.
 When the arena is full the run's device tensors are read back and freed (spilled_bytes) and the node
-runs from the host. Programs stay loaded (the Driver's program cache, raised to one program per engine
-node): a node that runs again (the next video frame) has its descriptors relinked to the new buffers
-and written again, its weights left in DDR (LoadedProgram.rebind); a full arena drops the kept programs
-first. program_bytes counts what is written of them (descriptors, and weights on a first load).
+runs from the host. Programs stay loaded (the Driver's program cache, bounded by the arena alone): a node
+that runs again (the next video frame) has its descriptors relinked to the new buffers and written again
+(not when they sit where the last frame's did), its weights left in DDR (LoadedProgram.rebind); a full
+arena drops kept programs first (Driver._drop_one). program_bytes counts what is written of them
+(descriptors, and weights on a first load).
 """
 from __future__ import annotations
 
@@ -394,9 +395,8 @@ class GraphExecutor(IntRunner):
         self.spilled_bytes = 0     # device tensors read back because the arena was full (in the nodes' figures)
         lanes = vector_lanes(cfg)
         self.placements = {p.layer.name: p for p in place_all(cfg, graph_layers(qm.graph), lanes=lanes)}
-        if chain:      # every engine node's program kept loaded (its weights in DDR) while the arena has room
-            engine_nodes = sum(p.where not in ("host", "layout") for p in self.placements.values())
-            self.driver.CACHED_PROGRAMS = max(self.driver.CACHED_PROGRAMS, engine_nodes)
+        if chain:      # every engine node's programs (a node may run several) kept loaded while the arena has room
+            self.driver.CACHED_PROGRAMS = math.inf
         # linear node -> the GELU node placed in its store (the placement checked it is its only reader)
         writers = {t: n for n in qm.graph.nodes for t in n.outputs}
         self.fused = {writers[n.inputs[0]].name: n for n in qm.graph.nodes

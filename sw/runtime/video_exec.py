@@ -845,10 +845,12 @@ def bank_bytes(graph, **kwargs) -> int:
 
 
 def video_driver(cfg, backend: str, graph, bitfile=None, **kwargs):
-    """A Driver whose arena holds the default one plus the memory bank (`kwargs`: bank_rings'); `bitfile`:
-    the overlay's .bit on a board (pynq backend)."""
-    from sw.runtime.driver import DEFAULT_DDR_BYTES, Driver
-    return Driver(cfg, backend, ddr_bytes=DEFAULT_DDR_BYTES + bank_bytes(graph, **kwargs),
+    """A Driver whose arena holds a segment session's (OVERLAY_DDR_BYTES: a frame's programs stay loaded, so
+    the next frame only relinks them) plus the memory bank (`kwargs`: bank_rings'); `bitfile`: the
+    overlay's .bit on a board (pynq backend)."""
+    from sw.runtime.driver import Driver
+    from sw.runtime.overlay_segment import OVERLAY_DDR_BYTES
+    return Driver(cfg, backend, ddr_bytes=OVERLAY_DDR_BYTES + bank_bytes(graph, **kwargs),
                   bitfile=None if bitfile is None else str(bitfile))
 
 
