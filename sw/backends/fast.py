@@ -70,6 +70,50 @@ def store_table(ddr, at) -> "intvec.LutParams":
     return intvec.LutParams(ddr[at["lut"]:at["lut"] + isa.LUT_BYTES].view(np.int8))
 
 
+class BytesMemo:
+    """What a fast job makes of DDR bytes that rarely change between runs (a layer's weights as a float
+    matrix, its output stage), kept with a copy of those bytes and used again only while DDR still holds
+    exactly them (compared on every use, so the result is the one made from the bytes now there).
+    Bounded by the bytes kept (copies and results), least recently used dropped first."""
+
+    def __init__(self, budget: int):
+        self.budget, self.used, self._kept = budget, 0, {}
+
+    def get(self, ddr, addr: int, n: int, stride: int, used: int, how, make):
+        """make(raw) of the n x `used` bytes (uint8) at addr, `stride` apart (tiles()), remembered per (place,
+        how)."""
+        raw = ddr[addr:addr + n * stride].reshape(n, stride)[:, :used]
+        key = (addr, n, stride, used, how)
+        kept = self._kept.pop(key, None)
+        if kept is not None and _same(kept[0], raw):
+            self._kept[key] = kept                            # most recently used last
+            return kept[1]
+        if kept is not None:
+            self.used -= kept[2]
+        value = make(raw)
+        size = raw.size + getattr(value, "nbytes", 0)
+        if size <= self.budget:
+            self._kept[key] = (raw.copy(), value, size)
+            self.used += size
+            while self.used > self.budget:
+                self.used -= self._kept.pop(next(iter(self._kept)))[2]
+        return value
+
+
+def _same(a: np.ndarray, b: np.ndarray) -> bool:
+    """Equal bytes ((n, used) uint8 arrays, rows contiguous), compared 8 at a time where they divide."""
+    if a.shape != b.shape:
+        return False
+    if a.shape[1] % 8 == 0:
+        a, b = a.view(np.uint64), b.view(np.uint64)
+    return bool((a == b).all())
+
+
+#: the GEMMs' weights as float matrices (~5x their int8 bytes) and their output stages
+_WEIGHTS = BytesMemo(1 << 29)
+_STAGES = BytesMemo(1 << 26)
+
+
 def float_type(k: int):
     return np.float32 if k <= FLOAT32_MAX_K else np.float64
 
@@ -88,10 +132,12 @@ def linear(cfg, ddr, op, at):
         a = tiles(ddr, at["A"], mt, op["a_stride"], K * R).reshape(mt, K, R)
         rows = None
     ft = float_type(K)
-    b = tiles(ddr, at["B"], nt, op["b_stride"], K * C).reshape(nt, K, C).transpose(1, 0, 2).reshape(K, nt * C)
-    b = b.astype(ft)
-    bias, mult, shift = (p.reshape(-1) for p in params(ddr, at["params"], nt, cfg))
-    stage = OutputStage(bias, mult, shift, op["relu"], op["out_int32"], K << 14)
+    b = _WEIGHTS.get(ddr, at["B"], nt, op["b_stride"], K * C, ft, lambda raw: raw.view(np.int8).reshape(
+        nt, K, C).transpose(1, 0, 2).reshape(K, nt * C).astype(ft))
+    relu, i32 = op["relu"], op["out_int32"]
+    pb = nt * C * isa.PARAM_CHANNEL_BYTES
+    stage = _STAGES.get(ddr, at["params"], 1, pb, pb, (relu, i32, K), lambda raw: OutputStage(
+        *(p.reshape(-1) for p in params(raw.reshape(-1), 0, nt, cfg)), relu, i32, K << 14))
     table = store_table(ddr, at) if op.get("lut") else None
     residual, add_params = store_add(ddr, at, cfg, op) if op.get("add") else (None, None)
     row_bytes = nt * C * (4 if op["out_int32"] else 1)
