@@ -101,11 +101,12 @@ assert isa.FIELDS["dram_addr"][0] % 8 == 0 and isa.FIELDS["dram_addr"][1] % 8 ==
 def decode_descriptors(raw: np.ndarray) -> Fields:
     """(n, 32) uint8 descriptors -> {field: int64 array of n} (hw.isa.FIELDS, shared groups included),
     each field decoded when first read."""
-    raw = np.array(raw, np.uint8).reshape(-1, isa.DESCRIPTOR_BYTES)    # a copy: DDR may change after
-    out = Fields(raw)
-    timed = raw.copy()
+    timed = np.array(raw, np.uint8).reshape(-1, isa.DESCRIPTOR_BYTES)     # a copy: DDR may change after
+    addresses = timed[:, _ADDR_BYTES].copy()
     timed[:, _ADDR_BYTES] = 0
+    out = Fields(timed)
     out.digest = hashlib.blake2b(timed, digest_size=16).digest()
+    out["dram_addr"] = addresses.view("<u4").reshape(-1).astype(np.int64)
     return out
 
 

@@ -44,12 +44,26 @@ def _blas():
     return ThreadpoolController()
 
 
+@functools.cache
+def _blas_libs() -> tuple:
+    controller = _blas()
+    return () if controller is None else tuple(controller.select(user_api="blas").lib_controllers)
+
+
+@contextlib.contextmanager
 def one_blas_thread():
     """A run's NumPy on one BLAS thread: its GEMMs are exact integer sums (any thread count gives the same
     bits) in chunks small enough to stay in cache (sw.backends.fast), where a second thread's hand-offs
-    cost more than it adds, many times more on a machine whose cores are busy with other work."""
-    controller = _blas()
-    return contextlib.nullcontext() if controller is None else controller.limit(limits=1, user_api="blas")
+    cost more than it adds, many times more on a machine whose cores are busy with other work. (The
+    libraries' own calls: threadpoolctl's limit() costs more than a small run.)"""
+    changed = [(lib, n) for lib in _blas_libs() if (n := lib.get_num_threads()) not in (None, 1)]
+    try:
+        for lib, _ in changed:
+            lib.set_num_threads(1)
+        yield
+    finally:
+        for lib, n in changed:
+            lib.set_num_threads(n)
 
 
 class SimOverlay:
