@@ -241,6 +241,22 @@ def test_cli_sim_chain_usage_errors(argv, match, capsys):
     assert e.value.code == 2 and match in capsys.readouterr().err
 
 
+def test_driver_drops_programs_never_run_again_first():
+    """A full program cache drops the least recently used of the programs not run again since their load
+    before any that was (a frame's programs repeat in order: recency alone would drop each before its use)."""
+    from sw.runtime.driver import Driver
+    rng = np.random.default_rng(6)
+    drv = Driver(SIM, "sim")
+    drv.CACHED_PROGRAMS = 2
+    a, *weights = layer(rng, 9, 40, 20)
+    others = [layer(rng, 9, 40, 20)[1:] for _ in range(2)]
+    for w in (weights, weights, *others):          # the first one twice, then two seen once
+        drv.linear(a, *w)
+    before = drv.program_bytes
+    assert np.array_equal(drv.linear(a, *weights), gemm(a, *weights))
+    assert drv.program_bytes == before                # still loaded: its weights not written again
+
+
 def test_driver_repeated_layer_writes_only_its_input():
     from sw.runtime.driver import Driver
     rng = np.random.default_rng(4)
@@ -323,6 +339,11 @@ def test_a_list_relinked_to_the_same_buffers_is_checked_once(monkeypatch):
     session.buffer("x2", prog.regions["A"][1])  # at x's address again: the list x had, checked before
     loaded.rebind({"A": "x2"})
     assert len(calls) == 2
+    links = []
+    monkeypatch.setattr(S, "link_words", lambda *a: (links.append(1), link_words(*a))[1])
+    session.free("x2")
+    session.buffer("x3", prog.regions["A"][1])  # where x2 was, as large: the list the last link made, no link
+    assert loaded.rebind({"A": "x3"}) == 0 and not links and loaded.buffers["A"] == "x3"
     session.free("y")
     session.buffer("z", 64)                     # too small for A: refused before any check
     with pytest.raises(ValueError, match="needs"):

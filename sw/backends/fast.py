@@ -36,9 +36,13 @@ def job(cfg, prog, addresses: dict[str, int] | None = None):
     if op is None:
         return None
     at = addresses or {name: prog.base_addr + off for name, (off, _) in prog.regions.items()}
-    from sw.engines import fast_jobs
+    from sw.engines import engine_of_kind, fast_jobs
     run = fast_jobs()[op["kind"]]
-    return lambda ddr: run(cfg, ddr, op, at)
+
+    def work(ddr):
+        return run(cfg, ddr, op, at)
+    work.blas = engine_of_kind()[op["kind"]] != "vector"      # whether it multiplies matrices (BLAS)
+    return work
 
 
 # ---------------------------------------------------------------- shared pieces

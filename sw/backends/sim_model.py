@@ -118,7 +118,7 @@ class SimOverlay:
                 self._soft_reset()
             elif value & isa.CONTROL_START and not self.regs["STATUS"] & isa.STATUS_BUSY:
                 self.regs["STATUS"] &= ~isa.STATUS_DONE
-                with one_blas_thread():
+                with one_blas_thread() if self._uses_blas() else contextlib.nullcontext():
                     self._run()
         elif offset == reg["STATUS"]:
             if value & isa.STATUS_DONE:
@@ -126,6 +126,15 @@ class SimOverlay:
         elif offset in (reg["IRQ_ENABLE"], reg["DESC_ADDR"], reg["DESC_COUNT"]):
             name = next(r.name for r in isa.REGISTERS if r.offset == offset)
             self.regs[name] = value & 0xFFFFFFFF
+
+    def _uses_blas(self) -> bool:
+        """Whether the next START's run may multiply matrices (BLAS): an interpreted one (COMPUTE) or a fast
+        job that does; not a run only timed, nor a fast job without GEMMs (the switch costs more there)."""
+        key = (self.regs["DESC_ADDR"], self.regs["DESC_COUNT"])
+        if self.mode != "fast" or key not in self._expected:
+            return True
+        job = self._expected[key]
+        return job is not None and getattr(job, "blas", True)
 
     @property
     def irq(self) -> bool:

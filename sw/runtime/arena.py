@@ -1,6 +1,9 @@
 """The DDR arena: one region of device memory per session, carved into named buffers.
 
-Allocator: first fit over an address-ordered free list, neighbours coalesced on free.
+Allocator: first fit over an address-ordered free list, neighbours coalesced on free; long-lived
+buffers (a session's loaded programs: `top=True`) are placed by last fit from the high end, so the
+activations at the low end take the same addresses whenever the same calls repeat (a video's frames),
+and programs relinked to them find their descriptors unchanged (sw.runtime.session).
 Why not a buddy allocator: buffers are few (tens) and their sizes arbitrary (a 96 x 4096
 int8 map, a 288 x 96 weight tile), so power-of-two blocks would waste up to half the
 arena; first fit with coalescing keeps the waste to the alignment padding, and the
