@@ -43,6 +43,21 @@ def test_arena_first_fit_aligns_reuses_and_coalesces():
     assert arena.free_bytes == arena.largest_free == 16 * ALIGN   # everything back in one block
 
 
+def test_arena_top_allocations_stay_put_while_the_bottom_changes():
+    arena = Arena(0x10_0000, 16 * ALIGN)
+    end = 0x10_0000 + 16 * ALIGN
+    x = arena.allocate("x", 100, top=True)
+    assert x.addr == end - ALIGN                                  # last fit: at the top block's end
+    arena.free("x")
+    arena.allocate("prog", 3 * ALIGN)                             # a program loaded between two frames
+    assert arena.allocate("x2", 100, top=True).addr == x.addr     # the activation lands where it did
+    assert arena.allocate("y", 2 * ALIGN, top=True).addr == end - 3 * ALIGN
+    arena.free("x2")
+    arena.free("y")
+    arena.free("prog")
+    assert arena.free_bytes == arena.largest_free == 16 * ALIGN
+
+
 def test_arena_full_names_sizes_and_allocates_nothing():
     arena = Arena(0, 8 * ALIGN)
     arena.allocate("weights", 5 * ALIGN)

@@ -5,7 +5,10 @@ Why not a buddy allocator: buffers are few (tens) and their sizes arbitrary (a 9
 int8 map, a 288 x 96 weight tile), so power-of-two blocks would waste up to half the
 arena; first fit with coalescing keeps the waste to the alignment padding, and the
 lifetimes are mostly stack-like (weights for the session, activations per chain step),
-which first fit handles without fragmenting. Every buffer starts and ends on ALIGN
+which first fit handles without fragmenting. Activations can be placed from the top instead
+(`top=True`, last fit: the highest free block that holds them, at its end): the programs a video
+frame loads and drops then never move them, so a stage's activations sit where they sat the frame
+before and its kept programs' descriptors (which hold their addresses) need no rewrite. Every buffer starts and ends on ALIGN
 (4 KiB): the DMA's bursts may not cross a 4 KiB page, and a page-aligned buffer keeps
 the compilers' in-buffer alignment (beats, 4 KiB rows) true at any address.
 """
@@ -60,12 +63,13 @@ class Arena:
         return self.buffers[name]
 
     # ---------------------------------------------------------------- allocation
-    def allocate(self, name: str, size: int) -> Buffer:
-        return self.allocate_all({name: size})[name]
+    def allocate(self, name: str, size: int, top: bool = False) -> Buffer:
+        return self.allocate_all({name: size}, top)[name]
 
-    def allocate_all(self, sizes: dict[str, int]) -> dict[str, Buffer]:
+    def allocate_all(self, sizes: dict[str, int], top: bool = False) -> dict[str, Buffer]:
         """Allocate several buffers at once, or none: when they do not all fit, ArenaFull says
-        what was asked and what is free before anything is allocated (so before any write)."""
+        what was asked and what is free before anything is allocated (so before any write).
+        `top`: last fit (module docstring) instead of first fit."""
         for name, size in sizes.items():
             if name in self.buffers:
                 raise ValueError(f"buffer {name!r} is already allocated")
@@ -74,7 +78,7 @@ class Arena:
         free = list(self._free)
         placed = {}
         for name, size in sorted(sizes.items(), key=lambda kv: -kv[1]):     # largest first: fewer failures
-            at = self._first_fit(free, aligned(size))
+            at = (self._last_fit if top else self._first_fit)(free, aligned(size))
             if at is None:
                 asked = sum(aligned(s) for s in sizes.values())
                 detail = ", ".join(f"{n} {s:,}" for n, s in sizes.items())
@@ -95,6 +99,18 @@ class Arena:
                 else:
                     free[i] = (addr + size, n - size)
                 return addr
+        return None
+
+    @staticmethod
+    def _last_fit(free: list[tuple[int, int]], size: int) -> int | None:
+        for i in range(len(free) - 1, -1, -1):
+            addr, n = free[i]
+            if n >= size:
+                if n == size:
+                    free.pop(i)
+                else:
+                    free[i] = (addr, n - size)
+                return addr + n - size
         return None
 
     def free(self, name: str) -> None:

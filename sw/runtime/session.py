@@ -72,10 +72,11 @@ class Session:
     def traffic(self):
         return self.backend.traffic
 
-    def buffer(self, name: str, size: int, *, zero: bool = True) -> Buffer:
+    def buffer(self, name: str, size: int, *, zero: bool = True, top: bool = False) -> Buffer:
         """A named buffer of the session (an activation, a scratch area). `zero`: cleared once now
-        (feature maps keep zero margins that convolutions read as padding)."""
-        buf = self.arena.allocate(name, size)
+        (feature maps keep zero margins that convolutions read as padding); `top`: from the arena's top
+        (Arena.allocate_all: activations apart from the programs)."""
+        buf = self.arena.allocate(name, size, top)
         if zero:
             self.backend.write(buf.addr, np.zeros(size, np.uint8))
         return buf
