@@ -97,6 +97,7 @@ class NodeRecord:
     ddr_bytes: int = 0    # host <-> DDR bytes while it ran (program, weights, inputs in; output out; device
                           # inputs read back for it) and, at the run's end, its output read back if still in DDR
     program_bytes: int = 0   # of which descriptors and weights written by its program loads
+    own_bytes: int = 0    # of which the host ops' own (issue 18's allowed kind; GraphExecutor._own_bytes)
     wall_s: float = 0.0   # this process's time for the node (engine nodes: compile + simulate + copies)
     exact: bool | None = None   # set by check()
     holds: str = ""       # the tensor its output equals when a fused op rode in its store ("": its own)
@@ -275,14 +276,15 @@ def _linear_dev(drv, n, a, r, lut=None, residual=None, add=None):
 def _vector_dev(drv, n, op, x, p=None, b=None, end_x=None):
     """_rows / _image_op on the vector engine reading x (and add's b) in place where a DeviceTensor in the
     program's input layout holds it; its output left in DDR. Anything else is read back and written in.
-    maxpool and upsample take one image (N = 1): a batch runs image by image from the host (_image_op)."""
+    maxpool and upsample take one image: a batch (the Q-pooled blocks' windows) is one call on its images
+    stacked, (N, H, W, C) as (N H, W, C), which is its token rows as they are (_stacked_images)."""
     shape, C = x.shape, drv.cfg.cols
     image = op in ("maxpool", "upsample")
-    if image and shape[0] != 1:
+    if image and not _stacked_images(op, shape):
         return _image_op(op)(drv, n, [np.asarray(x)], None)
     dim = shape[-1] if image else row_dim(VECTOR_OPS[op][0], shape[-1])
     rows_l = TokenRowLayout(math.prod(shape) // dim, dim, C)
-    form = shape[1:] if image else (rows_l.tokens, dim)          # what compile_vector takes
+    form = (shape[0] * shape[1],) + shape[2:] if image else (rows_l.tokens, dim)    # what compile_vector takes
     bind, data = {}, {}
     for region, t in (("in", x), ("b", b)):
         if t is None:
@@ -294,8 +296,14 @@ def _vector_dev(drv, n, op, x, p=None, b=None, end_x=None):
     base = drv.BUFFER_BASE
     prog = compile_vector(drv.cfg, op, data["in"], p, b=data.get("b"), end_x=end_x, base_addr=base,
                           max_ddr_bytes=drv.ddr_bytes - base)
-    out_shape = (1,) + prog.out_shape if image else shape
+    out_shape = (shape[0], prog.out_shape[0] // shape[0]) + prog.out_shape[1:] if image else shape
     return _run_to_device(drv, prog, bind, prog.out_layout, out_shape, n.name), [drv.last_run]
+
+
+def _stacked_images(op: str, shape: tuple) -> bool:
+    """Whether `op` on N images (N, H, W, C) equals it on the one image (N H, W, C) they make stacked: always
+    for upsample (each pixel its own), for the 2x2 max-pool when H is even (no window spans two images)."""
+    return shape[0] == 1 or op == "upsample" or shape[1] % 2 == 0
 
 
 def _upload(drv, x, layout: TokenRowLayout) -> str:
@@ -399,6 +407,7 @@ class GraphExecutor(IntRunner):
             self.driver.CACHED_PROGRAMS = max(self.driver.CACHED_PROGRAMS, engine_nodes)
         # linear node -> the GELU node placed in its store (the placement checked it is its only reader)
         writers = {t: n for n in qm.graph.nodes for t in n.outputs}
+        self._outputs = {n.name: n.outputs[0] for n in qm.graph.nodes}
         self.fused = {writers[n.inputs[0]].name: n for n in qm.graph.nodes
                       if n.op == "gelu" and self.placements[n.name].where == "gemm"}
         self.fused_gelus = {g.name for g in self.fused.values()}
@@ -411,6 +420,12 @@ class GraphExecutor(IntRunner):
         nodes = {n.name: n for n in qm.graph.nodes}
         self.fused_adds = {lin: (nodes[add], i) for add, (lin, i) in
                            fused_adds(cfg, list(self.placements.values())).items()}
+        # tensors the host makes or takes: a host node's output or a feed (the frame) written in, one a host
+        # node or the caller reads (the logits) read back (_own_bytes)
+        self.host_made = set(qm.graph.inputs) | {t for n in qm.graph.nodes if self.placements[n.name].where == "host"
+                                                 for t in n.outputs}
+        self.host_read = set(qm.graph.outputs) | {t for n in qm.graph.nodes
+                                                  if self.placements[n.name].where == "host" for t in n.inputs}
         self.records: dict[str, NodeRecord] = {}
         self._scope: _Scope | None = None
         self._env: dict = {}
@@ -473,6 +488,22 @@ class GraphExecutor(IntRunner):
     def on_read_back(self, rec: NodeRecord, nbytes: int) -> None:
         """A node's output read back at the end of a run (a subclass counts it where it keeps figures)."""
         rec.ddr_bytes += nbytes
+        if (rec.holds or self._outputs[rec.name]) in self.host_read:
+            rec.own_bytes += nbytes
+
+    def _own_bytes(self, node, args, moved, program: int) -> int:
+        """Of a node's host <-> DDR bytes `moved` (a Traffic; `program` of them its programs'), the host ops'
+        own, the kind issue 18 allows a frame: all of a host node's (its inputs read back); of an engine
+        node's data written, at most the bytes of its inputs a host node made or the caller fed (the
+        frame). The rest (programs, layout nodes, activations the host only relays) is what still
+        round-trips (module docstring)."""
+        where = self.placements[node.name].where
+        if where == "host":
+            return moved.total
+        if where == "layout":
+            return 0
+        fed = sum(a.nbytes for t, a in zip(node.inputs, args) if t in self.host_made and isinstance(a, np.ndarray))
+        return min(fed, max(0, moved.to_ddr - program))
 
     def _done(self, node, args, out) -> None:
         """Liveness after a node: its device output's readers to come, its device inputs' one fewer."""
@@ -507,8 +538,10 @@ class GraphExecutor(IntRunner):
             traffic, drv, t = self.driver.device.traffic, self.driver, time.perf_counter()
             before, program = traffic.snapshot(), drv.program_bytes
             y = fn(n, args, r)
-            rec.ddr_bytes = traffic.since(before).total
+            moved = traffic.since(before)
+            rec.ddr_bytes = moved.total
             rec.program_bytes = drv.program_bytes - program
+            rec.own_bytes = self._own_bytes(node, args, moved, rec.program_bytes)
             rec.wall_s = time.perf_counter() - t
             self._done(node, args, y)
             return y
@@ -578,20 +611,25 @@ class GraphExecutor(IntRunner):
         return bad
 
     def table(self) -> str:
-        """Per node: placement, bit-exact (after check), cycles, host <-> DDR bytes, reason; then per stage
-        and placement: nodes, overlay cycles and their time at the preset's clock, wall time, DDR bytes."""
-        lines = [f"{'node':44s} {'op':16s} {'on':9s} {'exact':5s} {'cycles':>10s} {'DDR bytes':>10s}  reason"]
+        """Per node: placement, bit-exact (after check), cycles, host <-> DDR bytes (its last run) and of them
+        the programs' (descriptors, weights) and the host ops' own (NodeRecord.own_bytes; the rest relays
+        activations), reason; then per stage and placement: nodes, overlay cycles and their time at the
+        preset's clock, wall time, DDR bytes, of them the programs' and the host ops' own."""
+        lines = [f"{'node':44s} {'op':16s} {'on':9s} {'exact':5s} {'cycles':>10s} {'DDR bytes':>10s} "
+                 f"{'programs':>9s} {'host own':>9s}  reason"]
         totals: dict = {}
         for r in self.records.values():
             ex = "-" if r.exact is None else "yes" if r.exact else "NO"
-            lines.append(f"{r.name:44s} {r.op:16s} {r.where:9s} {ex:5s} {r.cycles:10,d} {r.ddr_bytes:10,d}  {r.reason}")
-            t = totals.setdefault((r.stage, r.where), [0, 0, 0.0, 0])
-            t[0], t[1], t[2], t[3] = t[0] + 1, t[1] + r.cycles, t[2] + r.wall_s, t[3] + r.ddr_bytes
+            lines.append(f"{r.name:44s} {r.op:16s} {r.where:9s} {ex:5s} {r.cycles:10,d} {r.ddr_bytes:10,d} "
+                         f"{r.program_bytes:9,d} {r.own_bytes:9,d}  {r.reason}")
+            t = totals.setdefault((r.stage, r.where), [0, 0, 0.0, 0, 0, 0])
+            for i, v in enumerate((1, r.cycles, r.wall_s, r.ddr_bytes, r.program_bytes, r.own_bytes)):
+                t[i] += v
         lines.append(f"{'stage':16s} {'on':10s} {'nodes':>5s} {'cycles':>12s} {'modelled ms':>11s} {'wall ms':>8s} "
-                     f"{'DDR bytes':>11s}   (modelled at {self.cfg.clock_mhz:g} MHz)")
-        for (stage, where), (k, c, w, b) in sorted(totals.items()):
+                     f"{'DDR bytes':>11s} {'programs':>9s} {'host own':>9s}   (modelled at {self.cfg.clock_mhz:g} MHz)")
+        for (stage, where), (k, c, w, b, pb, ob) in sorted(totals.items()):
             ms = c / (self.cfg.clock_mhz * 1e3)
-            lines.append(f"{stage:16s} {where:10s} {k:5d} {c:12,d} {ms:11.3f} {w * 1e3:8.1f} {b:11,d}")
+            lines.append(f"{stage:16s} {where:10s} {k:5d} {c:12,d} {ms:11.3f} {w * 1e3:8.1f} {b:11,d} {pb:9,d} {ob:9,d}")
         return "\n".join(lines)
 
     def stage_totals(self) -> dict[str, dict]:
@@ -599,14 +637,15 @@ class GraphExecutor(IntRunner):
         cycles at the preset's clock); the host nodes' modelled time on the board's CPU (the placement's
         sw.perf.host_model figure); this process's wall time of engine nodes (simulation + copies) and of
         host nodes; host <-> DDR bytes of every node (NodeRecord.ddr_bytes) and of them the programs' and
-        weights' (program_bytes)."""
+        weights' (program_bytes) and the host ops' own (own_bytes)."""
         out: dict[str, dict] = {}
         for r in self.records.values():
             t = out.setdefault(r.stage, dict(engine_nodes=0, host_nodes=0, layout_nodes=0, cycles=0,
                                              overlay_s=0.0, host_model_s=0.0, engine_wall_s=0.0,
-                                             host_wall_s=0.0, ddr_bytes=0, program_bytes=0))
+                                             host_wall_s=0.0, ddr_bytes=0, program_bytes=0, own_bytes=0))
             t["ddr_bytes"] += r.ddr_bytes
             t["program_bytes"] += r.program_bytes
+            t["own_bytes"] += r.own_bytes
             if r.where in ("host", "layout"):
                 t[f"{r.where}_nodes"] += 1
                 t["host_wall_s"] += r.wall_s
