@@ -8,9 +8,9 @@ lifetimes are mostly stack-like (weights for the session, activations per chain 
 which first fit handles without fragmenting. Activations can be placed from the top instead
 (`top=True`, last fit: the highest free block that holds them, at its end): the programs a video
 frame loads and drops then never move them, so a stage's activations sit where they sat the frame
-before and its kept programs' descriptors (which hold their addresses) need no rewrite. Every buffer starts and ends on ALIGN
-(4 KiB): the DMA's bursts may not cross a 4 KiB page, and a page-aligned buffer keeps
-the compilers' in-buffer alignment (beats, 4 KiB rows) true at any address.
+before and its kept programs' descriptors (which hold their addresses) need no rewrite. Every buffer
+starts and ends on ALIGN (4 KiB): the DMA's bursts may not cross a 4 KiB page, and a page-aligned
+buffer keeps the compilers' in-buffer alignment (beats, 4 KiB rows) true at any address.
 """
 from __future__ import annotations
 
