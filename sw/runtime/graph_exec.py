@@ -285,6 +285,8 @@ def window_alias(node, x, out_shape: tuple, want: int | None):
     if not isinstance(x, DeviceTensor) or x.buffer is None:
         return None
     ws = node.attrs["ws"]
+    if (x.shape[0] == out_shape[0] == 1 and x.order is None and x.shape[1:3] == out_shape[1:3] == (ws, ws)):
+        return x.alias(out_shape, None, node.name)         # one window, the whole map: its rows as they are
     if node.op == "window_partition" and x.order == ws and x.shape[0] == 1:
         return x.alias(out_shape, None, node.name)
     if (node.op == "window_unpartition" and want == ws and x.order is None and out_shape[0] == 1 and ws > 1
@@ -473,7 +475,8 @@ def window_orders(graph) -> dict[str, int]:
         if node.op != "window_partition":
             continue
         ws, (b, h, w, _) = node.attrs["ws"], graph.tensors[node.inputs[0]].shape
-        todo = [(node.inputs[0], ws)] if b == 1 and ws > 1 and h % ws == 0 and w % ws == 0 else []
+        exact = b == 1 and 1 < ws < max(h, w) and h % ws == 0 and w % ws == 0     # (ws = h = w: one window)
+        todo = [(node.inputs[0], ws)] if exact else []
         while todo:
             t, ws = todo.pop()
             p = writers.get(t)
