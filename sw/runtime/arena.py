@@ -5,12 +5,9 @@ Why not a buddy allocator: buffers are few (tens) and their sizes arbitrary (a 9
 int8 map, a 288 x 96 weight tile), so power-of-two blocks would waste up to half the
 arena; first fit with coalescing keeps the waste to the alignment padding, and the
 lifetimes are mostly stack-like (weights for the session, activations per chain step),
-which first fit handles without fragmenting. Activations can be placed from the top instead
-(`top=True`, last fit: the highest free block that holds them, at its end): the programs a video
-frame loads and drops then never move them, so a stage's activations sit where they sat the frame
-before and its kept programs' descriptors (which hold their addresses) need no rewrite. Every buffer
-starts and ends on ALIGN (4 KiB): the DMA's bursts may not cross a 4 KiB page, and a page-aligned
-buffer keeps the compilers' in-buffer alignment (beats, 4 KiB rows) true at any address.
+which first fit handles without fragmenting. Every buffer starts and ends on ALIGN
+(4 KiB): the DMA's bursts may not cross a 4 KiB page, and a page-aligned buffer keeps
+the compilers' in-buffer alignment (beats, 4 KiB rows) true at any address.
 """
 from __future__ import annotations
 
@@ -63,13 +60,15 @@ class Arena:
         return self.buffers[name]
 
     # ---------------------------------------------------------------- allocation
-    def allocate(self, name: str, size: int, top: bool = False) -> Buffer:
-        return self.allocate_all({name: size}, top)[name]
+    def allocate(self, name: str, size: int) -> Buffer:
+        return self.allocate_all({name: size})[name]
 
     def allocate_all(self, sizes: dict[str, int], top: bool = False) -> dict[str, Buffer]:
         """Allocate several buffers at once, or none: when they do not all fit, ArenaFull says
         what was asked and what is free before anything is allocated (so before any write).
-        `top`: last fit (module docstring) instead of first fit."""
+        `top`: from the arena's high end down (the last fit), for buffers that live long (a session's
+        loaded programs), so the short-lived ones (activations, from the low end) sit at the same
+        addresses whenever the same calls repeat, whatever programs were loaded or dropped meanwhile."""
         for name, size in sizes.items():
             if name in self.buffers:
                 raise ValueError(f"buffer {name!r} is already allocated")

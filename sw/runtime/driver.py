@@ -213,11 +213,9 @@ class Driver:
         return self.last_run
 
     def buffer(self, size: int, prefix: str = "act"):
-        """A new session buffer (not zeroed) for an activation, from the arena's top (apart from the programs,
-        so a repeated sequence of activations lands where it did before: Arena.allocate_all), room made by
-        dropping the kept programs when the arena is full."""
+        """A new session buffer (not zeroed), room made by dropping the kept programs when the arena is full."""
         name = f"{prefix}{next(self._names)}"
-        return self._making_room(lambda: self.session.buffer(name, size, zero=False, top=True))
+        return self._making_room(lambda: self.session.buffer(name, size, zero=False))
 
     def _load(self, prog, descriptors, bind=None):
         name = f"call{next(self._names)}"

@@ -72,11 +72,10 @@ class Session:
     def traffic(self):
         return self.backend.traffic
 
-    def buffer(self, name: str, size: int, *, zero: bool = True, top: bool = False) -> Buffer:
+    def buffer(self, name: str, size: int, *, zero: bool = True) -> Buffer:
         """A named buffer of the session (an activation, a scratch area). `zero`: cleared once now
-        (feature maps keep zero margins that convolutions read as padding); `top`: from the arena's top
-        (Arena.allocate_all: activations apart from the programs)."""
-        buf = self.arena.allocate(name, size, top)
+        (feature maps keep zero margins that convolutions read as padding)."""
+        buf = self.arena.allocate(name, size)
         if zero:
             self.backend.write(buf.addr, np.zeros(size, np.uint8))
         return buf
@@ -93,7 +92,7 @@ class Session:
         bind = dict(bind or {})
         self._check_bind(name, prog, bind)
         own = {region: f"{name}.{region}" for region in prog.regions if region not in bind}
-        placed = self.arena.allocate_all({own[r]: prog.regions[r][1] for r in own})
+        placed = self.arena.allocate_all({own[r]: prog.regions[r][1] for r in own}, top=True)
         names = {**bind, **own}
         try:
             addresses, raw = self._link(prog, names, descriptors)
