@@ -73,10 +73,7 @@ When the arena is full the run's device tensors are read back and freed (spilled
 runs from the host. Programs stay loaded (the Driver's program cache, raised to one program per engine
 node): a node that runs again (the next video frame) has its descriptors relinked to the new buffers
 and written again, its weights left in DDR (LoadedProgram.rebind); a full arena drops the kept programs
-first. program_bytes counts what is written of them (descriptors, and weights on a first load). The
-programs are allocated from the arena's top (Session.load), apart from the activations, so a steady
-frame's activations land where the last frame's did, whatever programs the other stages loaded and
-dropped in between: their descriptors in DDR are already right and nothing is rewritten.
+first. program_bytes counts what is written of them (descriptors, and weights on a first load).
 """
 from __future__ import annotations
 
