@@ -774,16 +774,16 @@ class GraphExecutor(IntRunner):
     def _constant(self, node, i: int, value, shape: tuple) -> DeviceTensor:
         """Graph constant `value`, node's input i (the positional embeddings an add reads), as a DeviceTensor of
         `shape` (its first input's) in its window order, written once a session like a weight (pinned),
-        shared by the nodes reading it so."""
+        shared by the nodes reading it so (again after the driver opened a new session)."""
         order = self.want.get(node.name)
         key = (node.inputs[i], tuple(shape), order)
         t = self._constants.get(key)
-        if t is None:
+        if t is None or t.session is not self.driver.session:
             drv, v = self.driver, np.ascontiguousarray(np.broadcast_to(value, shape))
             layout = TokenRowLayout(math.prod(shape[:-1]), shape[-1], self.cfg.cols)
             t = DeviceTensor(drv, _upload(drv, (_window_order(v, order) if order else v).reshape(layout.tokens, -1),
                                           layout, "const"), layout, shape, node.inputs[i], order)
-            t.pinned = True
+            t.pinned, t.session = True, drv.session
             self._constants[key] = t
         return t
 
