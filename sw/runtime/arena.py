@@ -63,9 +63,12 @@ class Arena:
     def allocate(self, name: str, size: int) -> Buffer:
         return self.allocate_all({name: size})[name]
 
-    def allocate_all(self, sizes: dict[str, int]) -> dict[str, Buffer]:
+    def allocate_all(self, sizes: dict[str, int], top: bool = False) -> dict[str, Buffer]:
         """Allocate several buffers at once, or none: when they do not all fit, ArenaFull says
-        what was asked and what is free before anything is allocated (so before any write)."""
+        what was asked and what is free before anything is allocated (so before any write).
+        `top`: from the arena's high end down (the last fit), for buffers that live long (a session's
+        loaded programs), so the short-lived ones (activations, from the low end) sit at the same
+        addresses whenever the same calls repeat, whatever programs were loaded or dropped meanwhile."""
         for name, size in sizes.items():
             if name in self.buffers:
                 raise ValueError(f"buffer {name!r} is already allocated")
@@ -74,7 +77,7 @@ class Arena:
         free = list(self._free)
         placed = {}
         for name, size in sorted(sizes.items(), key=lambda kv: -kv[1]):     # largest first: fewer failures
-            at = self._first_fit(free, aligned(size))
+            at = (self._last_fit if top else self._first_fit)(free, aligned(size))
             if at is None:
                 asked = sum(aligned(s) for s in sizes.values())
                 detail = ", ".join(f"{n} {s:,}" for n, s in sizes.items())
@@ -95,6 +98,18 @@ class Arena:
                 else:
                     free[i] = (addr + size, n - size)
                 return addr
+        return None
+
+    @staticmethod
+    def _last_fit(free: list[tuple[int, int]], size: int) -> int | None:
+        for i in range(len(free) - 1, -1, -1):
+            addr, n = free[i]
+            if n >= size:
+                if n == size:
+                    free.pop(i)
+                else:
+                    free[i] = (addr, n - size)
+                return addr + n - size
         return None
 
     def free(self, name: str) -> None:

@@ -92,7 +92,7 @@ class Session:
         bind = dict(bind or {})
         self._check_bind(name, prog, bind)
         own = {region: f"{name}.{region}" for region in prog.regions if region not in bind}
-        placed = self.arena.allocate_all({own[r]: prog.regions[r][1] for r in own})
+        placed = self.arena.allocate_all({own[r]: prog.regions[r][1] for r in own}, top=True)
         names = {**bind, **own}
         try:
             addresses, raw = self._link(prog, names, descriptors)
