@@ -6,6 +6,7 @@ objects' memory attentions batched against one by one.
                                              # SAM2FPGA_BENCH_OBJECT_FRAMES=4 frames per objects case
     SAM2FPGA_BENCH_CHAIN=0 python -m benchmarks video_bank   # every engine output back to the host (no chaining)
     SAM2FPGA_BENCH_LOAD_T=0 python -m benchmarks video_bank  # bench16 without the transposing LOAD (load_t)
+    SAM2FPGA_BENCH_TABLE=1 python -m benchmarks video_bank   # and the last frame's nodes: where the bytes go
 
 Scaled-down tiny (128 px, seeded random weights, calibrated on one random image), shifted copies of a
 random image, one click on frame 0 per object; bench16's own placement (every engine). "Modelled" is
@@ -75,6 +76,12 @@ def long_clip(qm, cfg, photo, n: int) -> None:
     print("last frame, host<->DDR bytes per stage: " + ", ".join(f"{k} {v:,d}" for k, v in last_ddr.items())
           + f"; of them programs + weights (each node's last run) "
           f"{sum(r.program_bytes for r in ex.records.values()):,d}")
+    totals = ex.stage_totals()
+    print("last frame, per stage: nodes' host<->DDR bytes / of them the host ops' own (frame in, logits out, host "
+          "nodes) / programs: " + ", ".join(f"{k} {t['ddr_bytes']:,d} / {t['own_bytes']:,d} / {t['program_bytes']:,d}"
+                                             for k, t in totals.items()))
+    if os.environ.get("SAM2FPGA_BENCH_TABLE") == "1":
+        print(ex.table())
 
 
 def objects(qm, cfg, photo, n: int, counts=(1, 3)) -> None:

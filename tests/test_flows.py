@@ -91,7 +91,20 @@ def test_hierarchical_estimate_is_split_by_engine():
     }}
     parts = resources_by_engine(stat, "top")
     assert parts == {"control": Resources(luts=11, ffs=2, bram36=0.5), "gemm": Resources(luts=100, ffs=50, dsps=8),
-                     "conv": Resources(luts=7, lutram=2)}
+                     "conv": Resources(luts=7, lutram=8)}
+
+
+def test_lut_memories_and_carries_are_counted_in_lut_positions():
+    """A RAM32M16 is one SLICEM's 8 LUTs and an SRL one LUT (Xilinx); ECP5's CCU2C carry is two LUT4s and a
+    DPR16X4 six (four RAM, two write-port): the fit check sees what the part's LUTs must hold. A memory
+    primitive of unknown size is an error, not a guess."""
+    from hw.flows.estimate import EstimateError, cell_resources
+    r = cell_resources({"LUT6": 10, "RAM32M16": 3, "RAM64M": 2, "RAM64X1D": 1, "SRLC32E": 5, "CARRY8": 4})
+    assert (r.luts, r.lutram) == (10, 3 * 8 + 2 * 4 + 2 + 5)
+    ecp5 = cell_resources({"LUT4": 10, "CCU2C": 3, "TRELLIS_DPR16X4": 2, "TRELLIS_FF": 7})
+    assert (ecp5.luts, ecp5.lutram, ecp5.ffs) == (16, 12, 7)
+    with pytest.raises(EstimateError, match="RAM1024X1Q"):
+        cell_resources({"RAM1024X1Q": 1})
 
 
 def test_yosys_xilinx_estimate_with_classic_abc(requant_verilog, tmp_path):

@@ -43,6 +43,18 @@ def test_arena_first_fit_aligns_reuses_and_coalesces():
     assert arena.free_bytes == arena.largest_free == 16 * ALIGN   # everything back in one block
 
 
+def test_arena_activations_stay_put_while_programs_come_and_go_at_the_top():
+    arena = Arena(0x10_0000, 16 * ALIGN)
+    end = 0x10_0000 + 16 * ALIGN
+    x = arena.allocate("x", 100)
+    arena.free("x")
+    assert arena.allocate_all({"prog": 3 * ALIGN}, top=True)["prog"].addr == end - 3 * ALIGN   # last fit
+    assert arena.allocate("x2", 100).addr == x.addr               # the next frame's activation lands where it did
+    arena.free("x2")
+    arena.free("prog")
+    assert arena.free_bytes == arena.largest_free == 16 * ALIGN
+
+
 def test_arena_full_names_sizes_and_allocates_nothing():
     arena = Arena(0, 8 * ALIGN)
     arena.allocate("weights", 5 * ALIGN)

@@ -24,7 +24,8 @@ class Resources:
     dsps: int = 0
     bram36: float = 0.0     # BRAM36 equivalents (Xilinx) or EBR blocks (ECP5)
     uram: int = 0
-    lutram: int = 0
+    lutram: int = 0         # LUTs used as memory (distributed RAM, shift registers), in LUT positions
+
 
     def as_dict(self):
         return asdict(self)
@@ -151,12 +152,33 @@ def count_cells(stat: dict, top: str) -> Resources:
                           or stat["modules"][f"\\{top}"]["num_cells_by_type"])
 
 
+#: LUT positions each memory-mode LUT primitive takes (Xilinx UG974: e.g. RAM32M = 4 LUTs, RAM32M16 = one
+#: SLICEM's 8; a shift register is one LUT; ECP5: a 16 x 4 distributed RAM is 4 RAM LUT4s plus the 2 of
+#: the write-port slice, as nextpnr-ecp5 counts it). Counted as 1 they hid up to 7 LUTs each.
+LUTRAM_LUTS = {
+    "RAM16X1S": 1, "RAM32X1S": 1, "RAM64X1S": 1, "RAM128X1S": 2, "RAM256X1S": 4, "RAM512X1S": 8,
+    "RAM16X1D": 2, "RAM32X1D": 2, "RAM64X1D": 2, "RAM128X1D": 4, "RAM256X1D": 8,
+    "RAM32X2S": 2, "RAM32M": 4, "RAM64M": 4, "RAM32M16": 8, "RAM64M8": 8, "RAM32X16DR8": 8, "RAM64X8SW": 8,
+    "SRL16E": 1, "SRLC16E": 1, "SRLC32E": 1,
+    "TRELLIS_DPR16X4": 6,
+}
+#: LUT positions of a logic cell that is not a LUT: ECP5's carry cell (CCU2C) is a slice's two LUT4s
+#: (Xilinx's CARRY4 / CARRY8 sit beside the LUTs and take none).
+CARRY_LUTS = {"CCU2C": 2}
+
+
 def cell_resources(cells: dict) -> Resources:
-    """Resource classes of yosys cell counts {type: n} (other types, e.g. submodule instances, ignored)."""
+    """Resource classes of yosys cell counts {type: n} (other types, e.g. submodule instances, ignored).
+    LUTs used as memory are counted in LUT positions (LUTRAM_LUTS), so luts + lutram is what the part's
+    LUT capacity has to hold."""
     r = Resources()
     for cell, n in cells.items():
-        if cell.startswith("LUT") or cell == "TRELLIS_COMB" or cell.startswith("LUT4"):
+        if cell.startswith("LUT") or cell == "TRELLIS_COMB":
             r.luts += n
+        elif cell in CARRY_LUTS:
+            r.luts += CARRY_LUTS[cell] * n
+        elif cell in LUTRAM_LUTS:
+            r.lutram += LUTRAM_LUTS[cell] * n
         elif cell.startswith(("FD", "TRELLIS_FF")):
             r.ffs += n
         elif cell.startswith(("DSP48", "MULT18X18D", "ALU54B")):
@@ -169,8 +191,9 @@ def cell_resources(cells: dict) -> Resources:
             r.bram36 += n
         elif cell.startswith("URAM"):
             r.uram += n
-        elif cell.startswith(("RAM32", "RAM64", "RAM128", "RAM256", "TRELLIS_DPR16X4")):
-            r.lutram += n
+        elif (cell.startswith(("RAM", "SRL")) and not cell.startswith("RAMB")) or "DPR" in cell:
+            raise EstimateError(f"yosys mapped a LUT memory primitive {cell} whose LUT count is not known "
+                                f"(hw.flows.estimate.LUTRAM_LUTS)")
     return r
 
 

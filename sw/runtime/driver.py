@@ -208,12 +208,14 @@ class Driver:
         self._reused.discard(key)
         self._cache.pop(key).free()
 
-    def run_bound(self, prog, bind: dict[str, str]) -> RunStats:
+    def run_bound(self, prog, bind: dict[str, str], owner: str = "") -> RunStats:
         """Run `prog` with regions bound to session buffers (`bind`: region -> buffer name, e.g. an
         activation the previous program left in DDR; sw.runtime.graph_exec): its descriptors, weights and
         unbound inputs written, nothing read back. Kept like run's programs: a program equal but for its inputs
-        and its bound buffers is relinked to the new buffers (its descriptors written again, not its weights)."""
-        key = (_weights_key(prog), tuple(sorted(bind)))
+        and its bound buffers is relinked to the new buffers (its descriptors written again, not its weights).
+        `owner` (a graph node's name): its own kept program, not one an equal program of another caller
+        relinks to its buffers each time (two max-pools of one shape in a frame)."""
+        key = (_weights_key(prog), tuple(sorted(bind)), owner)
         loaded = self._take(key)
         if loaded is None:
             loaded = self._load(prog, None, bind)

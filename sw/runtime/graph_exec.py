@@ -27,9 +27,17 @@ DeviceTensor: buffer, layout, shape) instead of reading it back; the next node r
 the layouts agree, and the buffer is freed after its last reader in the run (liveness from the graph),
 so the arena holds only the live activations.
 Where the layouts agree (read in place, no host bytes):
-  linear or vector op out -> layernorm, GELU table, rescale, add (both operands), maxpool / upsample (one
-  image) on the vector engine (rows wider than the engine's MAX_DIM run as narrower rows: in place when
-  the channels are a multiple of C, so no row is padded);
+  linear or vector op out -> layernorm, GELU table, rescale, add (both operands), maxpool / upsample on the
+  vector engine (rows wider than the engine's MAX_DIM run as narrower rows: in place when the channels
+  are a multiple of C, so no row is padded; a batch of images, the Q-pooled blocks' windows, is one
+  call on them stacked, (N H, W, C), their token rows as they are);
+  window partition / unpartition by addressing (window_alias): a map whose rows are in window order
+  (DeviceTensor.order) is its windows' token rows as they are, and windows are their map in that
+  order, so a window node moves no byte where ws tiles the map exactly (Hiera's first two stages):
+  the row-wise nodes (linear, layernorm, GELU, rescale, add) keep their input's row order, the
+  positional embedding's add writes its host operands in it (window_orders), a 2x2 max-pool of a map
+  in window order ws pools its windows and leaves order ws / 2; anything else that reads such a map
+  (attention, the convolutions, the host) takes it back to the map's order, from the host;
   linear or vector op out -> a linear's A, on overlays with the transposing LOAD (load_t): the GEMM array
   reads A as tiles of R tokens, entry k = channel k of the tile's R tokens, which LOAD `transpose` makes
   of the token rows as it reads them (sw.compile.linear a_rows);
@@ -39,16 +47,22 @@ Where the layouts agree (read in place, no host bytes):
   each STORE writes R query rows x C columns of a head at its column h x d, row pitch heads x d
   (sw.compile.attention.TokenRows), so the heads are merged in DDR. Both need C to divide the head dim;
   otherwise, or without load_t, all of that attention crosses the host (the record's reason says why).
-Where they differ, the reader takes the tensor back to the host (its bytes counted as the reader's):
+Where they differ, the reader takes the tensor back to the host (its bytes counted as the reader's; the
+table's "host own" column is the part issue 18 allows a frame: a host node's, the frame in, the logits out):
   * a linear's A without load_t (the ECP5 presets): the transpose of token rows done on the host as it
     writes A;
   * attention's Q, K, V and output on overlays without load_t or where C does not divide the head dim
     (heads split and tiled, and merged, on the host);
-  * conv, depthwise, conv_transpose: planar (C, H, W) maps (sw.compile.conv.FmapLayout), image by image;
+  * conv, depthwise, conv_transpose: planar (C, H, W) maps (sw.compile.conv.FmapLayout), image by image,
+    and the token-row readers of their outputs (layernorm, add, the next linear);
+  * a fused add's residual (the GEMM store's RES region is N-tile major, not token rows): read back and
+    written in the linear's row order;
+  * window partition / unpartition with padding (ws not dividing the map: Hiera's later stages), and a
+    map in window order read by anything but a row-wise node or a max-pool;
   * mask_product (int32; its program freed after the run: its B is the frame's), RoPE with an excluded
     tail or several batch rows (one ROPE call on one row is the video executor's _rope_dev, chained),
-    and every host and layout node (window partition / unpartition,
-    quantize, the decoder's float nodes): the host op's own bytes.
+    and every host node (quantize, the decoder's float nodes: the host op's own bytes) and layout node
+    not done by addressing.
 What is still in DDR when a run ends (read by a later run, e.g. the image embedding between set_image
 and predict, or by the caller: a run keeps the graph's meta outputs, image_outputs and the video's
 tensors, to its end) is read back then, counted to its producer, and stands in the env the
@@ -70,6 +84,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from golden_model.image_encoder import window_partition, window_unpartition
 from golden_model.intattn import AttentionQuant
 from golden_model.quant.interpret import merge_heads, nchw_to_nhwc, nhwc_to_nchw, split_heads
 from golden_model.quant.intinterp import IntRunner, _mask_product, _requant_args, _vec_params
@@ -98,6 +113,7 @@ class NodeRecord:
     ddr_bytes: int = 0    # host <-> DDR bytes while it ran (program, weights, inputs in; output out; device
                           # inputs read back for it) and, at the run's end, its output read back if still in DDR
     program_bytes: int = 0   # of which descriptors and weights written by its program loads
+    own_bytes: int = 0    # of which the host ops' own (issue 18's allowed kind; GraphExecutor._own_bytes)
     wall_s: float = 0.0   # this process's time for the node (engine nodes: compile + simulate + copies)
     exact: bool | None = None   # set by check()
     holds: str = ""       # the tensor its output equals when a fused op rode in its store ("": its own)
@@ -197,15 +213,20 @@ class DeviceTensor:
     """An int8 activation an engine node left in DDR: a session buffer holding it in token rows
     (sw.runtime.layout.TokenRowLayout: a linear's out, the vector engine's in and out), and its shape.
     np.asarray reads it back (host <-> DDR bytes of whoever asks). `pending`: readers still to run in
-    this run; the executor frees the buffer after the last (keeping the values when it reads back)."""
+    this run; the executor frees the buffer after the last (keeping the values when it reads back).
+    `order`: None, its rows in the shape's order; ws, a (1, H, W, C) map whose rows are in window order
+    (window_partition(map, ws)'s, no padding): a window (un)partition of it is that buffer as it is (alias)."""
 
     dtype = np.dtype(np.int8)
+    pinned = False          # a graph constant kept in DDR for the session (GraphExecutor._constant): never freed
 
-    def __init__(self, driver: Driver, buffer: str, layout: TokenRowLayout, shape: tuple, producer: str):
+    def __init__(self, driver: Driver, buffer: str, layout: TokenRowLayout, shape: tuple, producer: str,
+                 order: int | None = None):
         self.driver, self.buffer, self.layout, self.shape = driver, buffer, layout, tuple(shape)
-        self.producer = producer
+        self.producer, self.order = producer, order if order != 1 else None     # 1 x 1 windows: the map's order
         self.pending = 0
         self.host: np.ndarray | None = None      # the values, once read back for keeps
+        self.holders = [1]                       # tensors sharing the buffer (aliases): freed with the last
 
     @property
     def ndim(self) -> int:
@@ -218,7 +239,15 @@ class DeviceTensor:
             raise GraphExecError(f"{self.producer}'s output was freed after its last reader (run the executor "
                                  "with read_back=True to keep every value for check())")
         s = self.driver.session
-        return self.layout.unpack(s.backend.read(s.arena[self.buffer].addr, self.layout.size)).reshape(self.shape)
+        rows = self.layout.unpack(s.backend.read(s.arena[self.buffer].addr, self.layout.size))
+        return rows.reshape(self.shape) if self.order is None else _map_order(rows, self.order, self.shape)
+
+    def alias(self, shape: tuple, order: int | None, producer: str) -> "DeviceTensor":
+        """The same buffer seen as another tensor (a window (un)partition by addressing)."""
+        t = DeviceTensor(self.driver, self.buffer, self.layout, shape, producer, order)
+        t.holders = self.holders
+        self.holders[0] += 1
+        return t
 
     def __array__(self, dtype=None, copy=None):
         a = self.read()
@@ -228,8 +257,40 @@ class DeviceTensor:
         """Give the buffer back to the arena; `keep`: read the values back first."""
         if keep:
             self.host = self.read()
-        self.driver.session.free(self.buffer)
+        self.holders[0] -= 1
+        if not self.holders[0]:
+            self.driver.session.free(self.buffer)
         self.buffer = None
+
+
+def _window_order(x, ws: int) -> np.ndarray:
+    """A (1, H, W, C) map's values with its rows in window order (window_partition's), in its shape."""
+    return window_partition(np.asarray(x), ws)[0].reshape(x.shape)
+
+
+def _map_order(rows, ws: int, shape: tuple) -> np.ndarray:
+    """_window_order's inverse: rows in window order -> the (1, H, W, C) map."""
+    _, h, w, c = shape
+    return window_unpartition(np.asarray(rows).reshape(-1, ws, ws, c), ws, (h, w), (h, w))
+
+
+def window_alias(node, x, out_shape: tuple, want: int | None):
+    """A window partition or unpartition (node) of DeviceTensor x without moving a byte, or None where it
+    needs the host: partition of a map stored in that window order -> the windows (each window's rows
+    are contiguous, in order); unpartition of windows of a map the size divides -> the map stored in
+    window order, where that order is `want` (window_orders). Padded windows (ws not dividing H or W) are
+    not a reordering of the rows."""
+    if not isinstance(x, DeviceTensor) or x.buffer is None:
+        return None
+    ws = node.attrs["ws"]
+    if (x.shape[0] == out_shape[0] == 1 and x.order is None and x.shape[1:3] == out_shape[1:3] == (ws, ws)):
+        return x.alias(out_shape, None, node.name)         # one window, the whole map: its rows as they are
+    if node.op == "window_partition" and x.order == ws and x.shape[0] == 1:
+        return x.alias(out_shape, None, node.name)
+    if (node.op == "window_unpartition" and want == ws and x.order is None and out_shape[0] == 1 and ws > 1
+            and out_shape[1] % ws == 0 and out_shape[2] % ws == 0):
+        return x.alias(out_shape, ws, node.name)
+    return None
 
 
 def same_bytes(a: TokenRowLayout, b: TokenRowLayout) -> bool:
@@ -240,16 +301,18 @@ def same_bytes(a: TokenRowLayout, b: TokenRowLayout) -> bool:
     return a.pitch == a.channels and b.pitch == b.channels and a.size == b.size
 
 
-def _in_place(t, layout: TokenRowLayout) -> bool:
-    """Whether t is a DeviceTensor still in DDR with every element where `layout` puts it (read there)."""
-    return isinstance(t, DeviceTensor) and t.buffer is not None and same_bytes(t.layout, layout)
+def _in_place(t, layout: TokenRowLayout, order: int | None = None) -> bool:
+    """Whether t is a DeviceTensor still in DDR with every element where `layout` puts it, its rows in
+    `order` (read there)."""
+    return isinstance(t, DeviceTensor) and t.buffer is not None and same_bytes(t.layout, layout) and t.order == order
 
 
-def _run_to_device(drv, prog, bind, layout, shape, producer) -> DeviceTensor:
-    """Run `prog` (regions bound as `bind`) with its out region in a new buffer: that buffer as a DeviceTensor."""
-    y = DeviceTensor(drv, drv.buffer(prog.regions["out"][1]).name, layout, shape, producer)
+def _run_to_device(drv, prog, bind, layout, shape, producer, order=None) -> DeviceTensor:
+    """Run `prog` (regions bound as `bind`) with its out region in a new buffer: that buffer as a DeviceTensor
+    (rows in `order`: a row-wise op's, its input's)."""
+    y = DeviceTensor(drv, drv.buffer(prog.regions["out"][1]).name, layout, shape, producer, order)
     try:
-        drv.run_bound(prog, {**bind, "out": y.buffer})
+        drv.run_bound(prog, {**bind, "out": y.buffer}, owner=producer)
     except BaseException:
         y.free(keep=False)
         raise
@@ -262,46 +325,75 @@ def _linear_dev(drv, n, a, r, lut=None, residual=None, add=None):
     x, w, b = a
     m, s = _requant_args(r, n)
     tokens, k = math.prod(x.shape[:-1]), x.shape[-1]
-    in_place = "load_t" in drv.cfg.engines and _in_place(x, TokenRowLayout(tokens, k, drv.cfg.cols))
+    # row-wise: A's rows in whatever order they are, the output's in that order (the residual's written so)
+    order = x.order if isinstance(x, DeviceTensor) else None
+    in_place = "load_t" in drv.cfg.engines and _in_place(x, TokenRowLayout(tokens, k, drv.cfg.cols), order)
+    order = order if in_place else None
     x2 = np.zeros((tokens, k), np.int8) if in_place else np.asarray(x).reshape(tokens, k)    # in place: its shape only
     if residual is not None:
+        residual = _window_order(residual, order) if order else residual
         residual = np.ascontiguousarray(residual).reshape(-1, w.shape[0])
     prog = drv.compile(x2, np.ascontiguousarray(w.reshape(w.shape[0], -1).T), b, m, s,
                        relu=n.attrs.get("relu", False), lut=lut, residual=residual, add=add, a_rows=in_place)
     y = _run_to_device(drv, prog, {"A": x.buffer} if in_place else {}, TokenRowLayout(prog.m, prog.n, drv.cfg.cols),
-                       x.shape[:-1] + (w.shape[0],), n.name)
+                       x.shape[:-1] + (w.shape[0],), n.name, order)
     return y, [drv.last_run]
 
 
-def _vector_dev(drv, n, op, x, p=None, b=None, end_x=None):
+def _vector_dev(drv, n, op, x, p=None, b=None, end_x=None, want=None):
     """_rows / _image_op on the vector engine reading x (and add's b) in place where a DeviceTensor in the
     program's input layout holds it; its output left in DDR. Anything else is read back and written in.
-    maxpool and upsample take one image (N = 1): a batch runs image by image from the host (_image_op)."""
+    maxpool and upsample take one image: a batch (the Q-pooled blocks' windows) is one call on its images
+    stacked, (N, H, W, C) as (N H, W, C), which is its token rows as they are (_stacked_images). `want`: the
+    window order of the node's output (window_orders)."""
     shape, C = x.shape, drv.cfg.cols
     image = op in ("maxpool", "upsample")
-    if image and shape[0] != 1:
+    # the rows' order (DeviceTensor.order): a row-wise op's operands and output in `want`'s; a max-pool of a
+    # map in window order ws pools its windows (2x2 cells never span two when ws is even) and leaves the
+    # pooled map in window order ws / 2 (a reader wanting another reads the 4x smaller map back); any other
+    # op reads the shape's order
+    order = want if op in ROW_WISE else x.order if isinstance(x, DeviceTensor) and x.buffer is not None else None
+    if order and not (op in ROW_WISE or op == "maxpool" and order % 2 == 0):
+        order = None
+    stored = (shape[1] * shape[2] // order ** 2, order, order, shape[3]) if image and order else shape
+    if image and not _stacked_images(op, stored):
         return _image_op(op)(drv, n, [np.asarray(x)], None)
     dim = shape[-1] if image else row_dim(VECTOR_OPS[op][0], shape[-1])
     rows_l = TokenRowLayout(math.prod(shape) // dim, dim, C)
-    form = shape[1:] if image else (rows_l.tokens, dim)          # what compile_vector takes
+    form = (stored[0] * stored[1],) + stored[2:] if image else (rows_l.tokens, dim)    # what compile_vector takes
     bind, data = {}, {}
     for region, t in (("in", x), ("b", b)):
         if t is None:
             continue
-        if _in_place(t, rows_l) and t.shape == shape:
+        if _in_place(t, rows_l, order) and t.shape == shape:
             bind[region], data[region] = t.buffer, np.zeros(form, np.int8)     # its shape only
         else:
-            data[region] = np.ascontiguousarray(np.broadcast_to(np.asarray(t), shape)).reshape(form)
+            v = np.ascontiguousarray(np.broadcast_to(np.asarray(t), shape))
+            data[region] = (_window_order(v, order) if order else v).reshape(form)
     base = drv.BUFFER_BASE
     prog = compile_vector(drv.cfg, op, data["in"], p, b=data.get("b"), end_x=end_x, base_addr=base,
                           max_ddr_bytes=drv.ddr_bytes - base)
-    out_shape = (1,) + prog.out_shape if image else shape
-    return _run_to_device(drv, prog, bind, prog.out_layout, out_shape, n.name), [drv.last_run]
+    if image and order:         # the pooled map, in window order ws / 2
+        out_shape, order = (1, shape[1] // 2, shape[2] // 2, shape[3]), order // 2
+    else:
+        out_shape = (shape[0], prog.out_shape[0] // shape[0]) + prog.out_shape[1:] if image else shape
+    return _run_to_device(drv, prog, bind, prog.out_layout, out_shape, n.name, order), [drv.last_run]
 
 
-def _upload(drv, x, layout: TokenRowLayout) -> str:
+#: the vector ops whose rows are independent (any order of the rows in, the same order out), and their graph ops
+ROW_WISE = ("layernorm", "lut", "rescale", "add")
+ROW_WISE_NODES = ("layernorm", "gelu", "rescale", "add")
+
+
+def _stacked_images(op: str, shape: tuple) -> bool:
+    """Whether `op` on N images (N, H, W, C) equals it on the one image (N H, W, C) they make stacked: always
+    for upsample (each pixel its own), for the 2x2 max-pool when H is even (no window spans two images)."""
+    return shape[0] == 1 or op == "upsample" or shape[1] % 2 == 0
+
+
+def _upload(drv, x, layout: TokenRowLayout, prefix: str = "act") -> str:
     """A new session buffer holding host array x in `layout` (its bytes written once): its name."""
-    name = drv.buffer(layout.size).name
+    name = drv.buffer(layout.size, prefix).name
     drv.session.backend.write(drv.session.arena[name].addr, layout.pack(x))
     return name
 
@@ -335,7 +427,7 @@ def _attention_dev(drv, n, a, r):
         runs = []
         try:
             for *_, prog in drv.attention_programs(qh, kh, vh, _attention_quant(n, r), rows=rows):
-                runs.append(drv.run_bound(prog, {**bind, "out": y.buffer}))
+                runs.append(drv.run_bound(prog, {**bind, "out": y.buffer}, owner=n.name))
         except BaseException:
             y.free(keep=False)
             raise
@@ -345,19 +437,55 @@ def _attention_dev(drv, n, a, r):
     return y, runs
 
 
+def _want(r, n) -> int | None:
+    """The window order node n's output is stored in (GraphExecutor.want: window_orders)."""
+    return getattr(r, "want", {}).get(n.name)
+
+
 #: ops whose output an engine node leaves in DDR (token rows), and which of their inputs they read in place
 DEVICE_OPS = {
     "linear": _linear_dev,
     "attention": _attention_dev,
-    "layernorm": lambda d, n, a, r: _vector_dev(d, n, "layernorm", a[0], _vec_params(r, n, "LayerNormParams")),
-    "gelu": lambda d, n, a, r: _vector_dev(d, n, "lut", a[0], _vec_params(r, n, "LutParams")),
-    "rescale": lambda d, n, a, r: _vector_dev(d, n, "rescale", a[0], _vec_params(r, n, "RescaleParams")),
-    "add": lambda d, n, a, r: _vector_dev(d, n, "add", a[0], _vec_params(r, n, "AddParams"), a[1]),
-    "maxpool2x2": lambda d, n, a, r: _vector_dev(d, n, "maxpool", a[0]),
+    "layernorm": lambda d, n, a, r: _vector_dev(d, n, "layernorm", a[0], _vec_params(r, n, "LayerNormParams"),
+                                           want=_want(r, n)),
+    "gelu": lambda d, n, a, r: _vector_dev(d, n, "lut", a[0], _vec_params(r, n, "LutParams"), want=_want(r, n)),
+    "rescale": lambda d, n, a, r: _vector_dev(d, n, "rescale", a[0], _vec_params(r, n, "RescaleParams"),
+                                           want=_want(r, n)),
+    "add": lambda d, n, a, r: _vector_dev(d, n, "add", a[0], _vec_params(r, n, "AddParams"), a[1], want=_want(r, n)),
+    "maxpool2x2": lambda d, n, a, r: _vector_dev(d, n, "maxpool", a[0], want=_want(r, n)),
     "upsample2x": lambda d, n, a, r: _vector_dev(d, n, "upsample", a[0]),
 }
 IN_PLACE = {"linear": (0,), "attention": (0, 1, 2), "layernorm": (0,), "gelu": (0,), "rescale": (0,),
             "add": (0, 1), "maxpool2x2": (0,), "upsample2x": (0,)}
+
+
+def window_orders(graph) -> dict[str, int]:
+    """node -> the window size ws whose order (DeviceTensor.order) its output is stored in: the nodes that
+    lead to a window partition of ws tiling its map exactly, so the partition is the buffer as it is:
+    back from it through row-wise nodes (add, layernorm, GELU, rescale, a linear's A), a 2x2 max-pool (its
+    input in order 2 ws) and up to a window unpartition of ws (its windows are the map in that order). The
+    vector nodes of this map write their output in its order (their host operands so; one in DDR in
+    another order read back), the others in the map's order: Hiera's later stages, whose windows pad, and
+    their global attentions read their maps in place."""
+    writers = {t: n for n in graph.nodes for t in n.outputs}
+    want: dict[str, int] = {}
+    for node in graph.nodes:
+        if node.op != "window_partition":
+            continue
+        ws, (b, h, w, _) = node.attrs["ws"], graph.tensors[node.inputs[0]].shape
+        exact = b == 1 and 1 < ws < max(h, w) and h % ws == 0 and w % ws == 0     # (ws = h = w: one window)
+        todo = [(node.inputs[0], ws)] if exact else []
+        while todo:
+            t, ws = todo.pop()
+            p = writers.get(t)
+            if p is None or p.name in want or p.op == "window_unpartition" and p.attrs["ws"] != ws or p.op not in (
+                    "add", "layernorm", "gelu", "rescale", "linear", "maxpool2x2", "window_unpartition"):
+                continue
+            want[p.name] = ws
+            if p.op != "window_unpartition":
+                todo += [(i, 2 * ws if p.op == "maxpool2x2" else ws)
+                         for i in (p.inputs[:2] if p.op == "add" else p.inputs[:1])]
+    return want
 
 
 def _host_args(args, keep=()):
@@ -392,6 +520,7 @@ class GraphExecutor(IntRunner):
         self.driver = driver or Driver(cfg, backend)
         self.chain, self.read_back = chain, read_back
         self.check_bytes = 0
+        self._constants: dict[tuple, DeviceTensor] = {}     # graph constants a vector op reads, kept in DDR
         self.spilled_bytes = 0     # device tensors read back because the arena was full (in the nodes' figures)
         lanes = vector_lanes(cfg)
         self.placements = {p.layer.name: p for p in place_all(cfg, graph_layers(qm.graph), lanes=lanes)}
@@ -399,6 +528,7 @@ class GraphExecutor(IntRunner):
             self.driver.CACHED_PROGRAMS = math.inf
         # linear node -> the GELU node placed in its store (the placement checked it is its only reader)
         writers = {t: n for n in qm.graph.nodes for t in n.outputs}
+        self._outputs = {n.name: n.outputs[0] for n in qm.graph.nodes}
         self.fused = {writers[n.inputs[0]].name: n for n in qm.graph.nodes
                       if n.op == "gelu" and self.placements[n.name].where == "gemm"}
         self.fused_gelus = {g.name for g in self.fused.values()}
@@ -411,9 +541,53 @@ class GraphExecutor(IntRunner):
         nodes = {n.name: n for n in qm.graph.nodes}
         self.fused_adds = {lin: (nodes[add], i) for add, (lin, i) in
                            fused_adds(cfg, list(self.placements.values())).items()}
+        # chained, an add whose residual an engine node leaves in DDR runs on the vector engine instead, both
+        # operands read in place: the store's RES region is N-tile major, so the fused add would take the
+        # residual to the host and back (2 x its bytes) to save one vector pass
+        self.unfused = {add.name: lin for lin, (add, i) in self.fused_adds.items()
+                        if chain and "vector" in cfg.engines and self._engine_output(writers.get(add.inputs[1 - i]))}
+        for lin in self.unfused.values():
+            del self.fused_adds[lin]
+        # tensors the host makes or takes: a host node's output or a feed (the frame) written in, one a host
+        # node or the caller reads (the logits) read back (_own_bytes)
+        self.host_made = set(qm.graph.inputs) | {t for n in qm.graph.nodes if self.placements[n.name].where == "host"
+                                                 for t in n.outputs}
+        self.host_read = set(qm.graph.outputs) | {t for n in qm.graph.nodes
+                                                  if self.placements[n.name].where == "host" for t in n.inputs}
+        self.want = window_orders(qm.graph) if chain else {}
+        self.shared = self._shared_layouts() if chain else set()
         self.records: dict[str, NodeRecord] = {}
         self._scope: _Scope | None = None
         self._env: dict = {}
+
+    def _shared_layouts(self) -> set[str]:
+        """Layout nodes run on the host whose output several engine nodes read in place (a padded window
+        partition's windows: the q, k and v projections): written to DDR once for all of them (_shared)."""
+        readers: dict[str, list] = {}
+        for n in self.graph.nodes:
+            for i, t in enumerate(n.inputs):
+                readers.setdefault(t, []).append((n, i))
+
+        def in_place(n, i) -> bool:
+            return (self.placements[n.name].where not in ("host", "layout") and i in self.IN_PLACE.get(n.op, ())
+                    and (n.op != "linear" or "load_t" in self.cfg.engines))
+        return {n.name for n in self.graph.nodes if self.placements[n.name].where == "layout"
+                and len(readers.get(n.outputs[0], ())) > 1 and all(in_place(*x) for x in readers[n.outputs[0]])}
+
+    def _shared(self, node, y):
+        """Host array y (a layout node's output, _shared_layouts) written to DDR once, as token rows, for its
+        readers to read in place; y itself where the arena has no room."""
+        drv, y = self.driver, np.ascontiguousarray(y)
+        layout = TokenRowLayout(math.prod(y.shape[:-1]), y.shape[-1], self.cfg.cols)
+        try:
+            return DeviceTensor(drv, _upload(drv, y.reshape(layout.tokens, -1), layout), layout, y.shape, node.name)
+        except ArenaFull:
+            return y
+
+    def _engine_output(self, node) -> bool:
+        """Whether node's output is an engine's (left in DDR when chained)."""
+        return node is not None and node.op in self.DEVICE_OPS and self.placements[node.name].where not in (
+            "host", "layout")
 
     def arg(self, name, env):
         self._env = env                 # the running environment: a fused add's residual is read from it
@@ -473,6 +647,22 @@ class GraphExecutor(IntRunner):
     def on_read_back(self, rec: NodeRecord, nbytes: int) -> None:
         """A node's output read back at the end of a run (a subclass counts it where it keeps figures)."""
         rec.ddr_bytes += nbytes
+        if (rec.holds or self._outputs[rec.name]) in self.host_read:
+            rec.own_bytes += nbytes
+
+    def _own_bytes(self, node, args, moved, program: int) -> int:
+        """Of a node's host <-> DDR bytes `moved` (a Traffic; `program` of them its programs'), the host ops'
+        own, the kind issue 18 allows a frame: all of a host node's (its inputs read back); of an engine
+        node's data written, at most the bytes of its inputs a host node made or the caller fed (the
+        frame). The rest (programs, layout nodes, activations the host only relays) is what still
+        round-trips (module docstring)."""
+        where = self.placements[node.name].where
+        if where == "host":
+            return moved.total
+        if where == "layout":
+            return 0
+        fed = sum(a.nbytes for t, a in zip(node.inputs, args) if t in self.host_made and isinstance(a, np.ndarray))
+        return min(fed, max(0, moved.to_ddr - program))
 
     def _done(self, node, args, out) -> None:
         """Liveness after a node: its device output's readers to come, its device inputs' one fewer."""
@@ -483,7 +673,7 @@ class GraphExecutor(IntRunner):
             out.pending += scope.readers.get(node.outputs[0], 0)
             scope.made[id(out)] = out
         for a in args:
-            if isinstance(a, DeviceTensor) and a.buffer is not None:
+            if isinstance(a, DeviceTensor) and a.buffer is not None and not a.pinned:
                 a.pending -= 1
                 if a.pending <= 0:
                     self.check_bytes += self._free(a, self.read_back)
@@ -496,9 +686,10 @@ class GraphExecutor(IntRunner):
             self.spilled_bytes += self._free(t, keep=True)
         return bool(live)
 
-    def _device(self, node) -> bool:
-        """Whether this run leaves the node's output in DDR."""
-        return (self._scope is not None and node.name in self._scope.nodes and node.op in self.DEVICE_OPS
+    def _device(self, node, layout: bool = False) -> bool:
+        """Whether this run leaves the node's output in DDR (`layout`: a layout node's, window_alias)."""
+        return (self._scope is not None and node.name in self._scope.nodes
+                and (node.op in self.DEVICE_OPS or layout and node.op in ("window_partition", "window_unpartition"))
                 and "replaces" not in node.attrs and node.name not in self.host_outputs)
 
     def _counted(self, rec, node, fn):
@@ -507,8 +698,10 @@ class GraphExecutor(IntRunner):
             traffic, drv, t = self.driver.device.traffic, self.driver, time.perf_counter()
             before, program = traffic.snapshot(), drv.program_bytes
             y = fn(n, args, r)
-            rec.ddr_bytes = traffic.since(before).total
+            moved = traffic.since(before)
+            rec.ddr_bytes = moved.total
             rec.program_bytes = drv.program_bytes - program
+            rec.own_bytes = self._own_bytes(node, args, moved, rec.program_bytes)
             rec.wall_s = time.perf_counter() - t
             self._done(node, args, y)
             return y
@@ -518,10 +711,20 @@ class GraphExecutor(IntRunner):
         p = self.placements[node.name]
         where = p.where
         rec = NodeRecord(node.name, node.op, node.stage, where, p.reason)
+        if node.name in self.unfused:
+            rec.where = "vector"
+            rec.reason = f"not in {self.unfused[node.name]}'s store: its residual is in DDR ({p.reason})"
         self.records[node.name] = rec
         host_fn = super().op_fn(node)
         if where in ("host", "layout"):
-            return self._counted(rec, node, lambda n, args, r: host_fn(n, _host_args(args), r))
+            def on_host(n, args, r):
+                if where == "layout" and self._device(n, layout=True):      # a window (un)partition by addressing
+                    y = window_alias(n, args[0], self.graph.tensors[n.outputs[0]].shape, self.want.get(n.name))
+                    if y is not None:
+                        return y
+                y = host_fn(n, _host_args(args), r)
+                return self._shared(n, y) if n.name in self.shared and self._device(n, layout=True) else y
+            return self._counted(rec, node, on_host)
         if node.op not in self.ENGINE_OPS:
             raise GraphExecError(f"node {node.name}: placed on {p.where} but the executor has no Driver call "
                                  f"for op {node.op!r}")
@@ -550,7 +753,11 @@ class GraphExecutor(IntRunner):
 
         def once(n, args, r):
             if self._device(n):
-                return dev_call(self.driver, n, _host_args(args, self.IN_PLACE.get(n.op, ())), r)
+                keep = self.IN_PLACE.get(n.op, ())
+                if n.op in ROW_WISE_NODES:
+                    args = [self._constant(n, i, a, np.shape(args[0])) if i and i in keep
+                            and n.inputs[i] in self.graph.constants else a for i, a in enumerate(args)]
+                return dev_call(self.driver, n, _host_args(args, keep), r)
             return call(self.driver, n, _host_args(args), r)
 
         def on_engine(n, args, r):
@@ -563,6 +770,22 @@ class GraphExecutor(IntRunner):
             rec.cycles, rec.calls = sum(x.cycles for x in runs), len(runs)
             return y
         return self._counted(rec, node, on_engine)
+
+    def _constant(self, node, i: int, value, shape: tuple) -> DeviceTensor:
+        """Graph constant `value`, node's input i (the positional embeddings an add reads), as a DeviceTensor of
+        `shape` (its first input's) in its window order, written once a session like a weight (pinned),
+        shared by the nodes reading it so (again after the driver opened a new session)."""
+        order = self.want.get(node.name)
+        key = (node.inputs[i], tuple(shape), order)
+        t = self._constants.get(key)
+        if t is None or t.session is not self.driver.session:
+            drv, v = self.driver, np.ascontiguousarray(np.broadcast_to(value, shape))
+            layout = TokenRowLayout(math.prod(shape[:-1]), shape[-1], self.cfg.cols)
+            t = DeviceTensor(drv, _upload(drv, (_window_order(v, order) if order else v).reshape(layout.tokens, -1),
+                                          layout, "const"), layout, shape, node.inputs[i], order)
+            t.pinned, t.session = True, drv.session
+            self._constants[key] = t
+        return t
 
     def check(self, env: dict, ref: dict) -> list[NodeRecord]:
         """Mark every executed node bit-exact or not against the interpreter's environment `ref`;
@@ -578,20 +801,26 @@ class GraphExecutor(IntRunner):
         return bad
 
     def table(self) -> str:
-        """Per node: placement, bit-exact (after check), cycles, host <-> DDR bytes, reason; then per stage
-        and placement: nodes, overlay cycles and their time at the preset's clock, wall time, DDR bytes."""
-        lines = [f"{'node':44s} {'op':16s} {'on':9s} {'exact':5s} {'cycles':>10s} {'DDR bytes':>10s}  reason"]
+        """Per node: placement, bit-exact (after check), cycles, host <-> DDR bytes (its last run) and of them
+        the programs' (descriptors, weights) and the host ops' own (NodeRecord.own_bytes; the rest relays
+        activations), reason; then per stage and placement: nodes, overlay cycles and their time at the
+        preset's clock, wall time, DDR bytes, of them the programs' and the host ops' own."""
+        lines = [f"{'node':44s} {'op':16s} {'on':9s} {'exact':5s} {'cycles':>10s} {'DDR bytes':>10s} "
+                 f"{'programs':>9s} {'host own':>9s}  reason"]
         totals: dict = {}
         for r in self.records.values():
             ex = "-" if r.exact is None else "yes" if r.exact else "NO"
-            lines.append(f"{r.name:44s} {r.op:16s} {r.where:9s} {ex:5s} {r.cycles:10,d} {r.ddr_bytes:10,d}  {r.reason}")
-            t = totals.setdefault((r.stage, r.where), [0, 0, 0.0, 0])
-            t[0], t[1], t[2], t[3] = t[0] + 1, t[1] + r.cycles, t[2] + r.wall_s, t[3] + r.ddr_bytes
+            lines.append(f"{r.name:44s} {r.op:16s} {r.where:9s} {ex:5s} {r.cycles:10,d} {r.ddr_bytes:10,d} "
+                         f"{r.program_bytes:9,d} {r.own_bytes:9,d}  {r.reason}")
+            t = totals.setdefault((r.stage, r.where), [0, 0, 0.0, 0, 0, 0])
+            for i, v in enumerate((1, r.cycles, r.wall_s, r.ddr_bytes, r.program_bytes, r.own_bytes)):
+                t[i] += v
         lines.append(f"{'stage':16s} {'on':10s} {'nodes':>5s} {'cycles':>12s} {'modelled ms':>11s} {'wall ms':>8s} "
-                     f"{'DDR bytes':>11s}   (modelled at {self.cfg.clock_mhz:g} MHz)")
-        for (stage, where), (k, c, w, b) in sorted(totals.items()):
+                     f"{'DDR bytes':>11s} {'programs':>9s} {'host own':>9s}   (modelled at {self.cfg.clock_mhz:g} MHz)")
+        for (stage, where), (k, c, w, b, pb, ob) in sorted(totals.items()):
             ms = c / (self.cfg.clock_mhz * 1e3)
-            lines.append(f"{stage:16s} {where:10s} {k:5d} {c:12,d} {ms:11.3f} {w * 1e3:8.1f} {b:11,d}")
+            lines.append(f"{stage:16s} {where:10s} {k:5d} {c:12,d} {ms:11.3f} {w * 1e3:8.1f} {b:11,d} "
+                         f"{pb:9,d} {ob:9,d}")
         return "\n".join(lines)
 
     def stage_totals(self) -> dict[str, dict]:
@@ -599,14 +828,15 @@ class GraphExecutor(IntRunner):
         cycles at the preset's clock); the host nodes' modelled time on the board's CPU (the placement's
         sw.perf.host_model figure); this process's wall time of engine nodes (simulation + copies) and of
         host nodes; host <-> DDR bytes of every node (NodeRecord.ddr_bytes) and of them the programs' and
-        weights' (program_bytes)."""
+        weights' (program_bytes) and the host ops' own (own_bytes)."""
         out: dict[str, dict] = {}
         for r in self.records.values():
             t = out.setdefault(r.stage, dict(engine_nodes=0, host_nodes=0, layout_nodes=0, cycles=0,
                                              overlay_s=0.0, host_model_s=0.0, engine_wall_s=0.0,
-                                             host_wall_s=0.0, ddr_bytes=0, program_bytes=0))
+                                             host_wall_s=0.0, ddr_bytes=0, program_bytes=0, own_bytes=0))
             t["ddr_bytes"] += r.ddr_bytes
             t["program_bytes"] += r.program_bytes
+            t["own_bytes"] += r.own_bytes
             if r.where in ("host", "layout"):
                 t[f"{r.where}_nodes"] += 1
                 t["host_wall_s"] += r.wall_s
