@@ -492,3 +492,49 @@ def test_plan_caches_give_the_uncached_programs_and_stay_within_their_budget(mon
     monkeypatch.setattr(L, "PLAN_CACHE_DESCRIPTORS", n + 1)
     lin = linear(1)
     assert len(L._PLANS) == 1 and L._PLANS.descriptors == len(lin.descriptors)     # the attention's dropped
+
+
+def test_fast_mode_kept_weights_follow_the_bytes_in_ddr():
+    """The fast linear keeps a layer's float weights and output stage while DDR holds the same bytes
+    (sw.lru.BytesMemo); a weight or a parameter changed in DDR between runs is used at once."""
+    cfg = preset("sim")
+    rng = np.random.default_rng(11)
+    a, b = rand8(rng, (9, 1100)), rand8(rng, (1100, 20))          # K over 1024: float32 K chunks
+    bias, mult, shift = quant(rng, 20)
+    prog = compile_linear(cfg, a, b, bias, mult, shift, base_addr=BASE)
+    be = SimBackend(cfg, ddr_bytes=BASE + len(prog.image) + 4096)
+    be.model.ddr[BASE:BASE + len(prog.image)] = prog.image
+    n = len(prog.descriptors)
+
+    def run():
+        be.expect(BASE, n, fast.job(cfg, prog))
+        be.run(BASE, n)
+        return prog.output(be.model.ddr[BASE:BASE + len(prog.image)])
+    assert np.array_equal(run(), gemm(a, b, bias, mult, shift))
+    b2, bias2 = b.copy(), bias.copy()
+    b2[1050, 3] = -b2[1050, 3] - 1                                 # one weight, in the last K chunk
+    bias2[7] += 1000
+    again = compile_linear(cfg, a, b2, bias2, mult, shift, base_addr=BASE)
+    for region in ("B", "params"):
+        off, size = again.regions[region]
+        be.model.ddr[BASE + off:BASE + off + size] = again.image[off:off + size]
+    assert np.array_equal(run(), gemm(a, b2, bias2, mult, shift))
+
+
+def test_bytes_memo_makes_again_when_a_byte_changes_and_stays_in_budget():
+    from sw.lru import BytesMemo
+    mem, made = np.zeros(4096, np.uint8), []
+    memo = BytesMemo(budget=3 * 64)
+
+    def make(raw):
+        made.append(raw.copy())
+        return raw.sum()
+    assert memo.get(mem, 256, 4, 32, 16, "x", make) == 0 and memo.get(mem, 256, 4, 32, 16, "x", make) == 0
+    assert len(made) == 1
+    mem[256 + 32 + 20] = 9                         # between the used bytes of two rows: not read
+    memo.get(mem, 256, 4, 32, 16, "x", make)
+    mem[256 + 32 + 15] = 5                         # a used byte
+    assert memo.get(mem, 256, 4, 32, 16, "x", make) == 5 and len(made) == 2
+    for addr in (1024, 2048, 3072):                # each 64 bytes kept: the first ones dropped
+        memo.get(mem, addr, 4, 32, 16, "x", make)
+    assert memo.used <= memo.budget and len(made) == 5

@@ -49,16 +49,20 @@ UNITS = ("LOAD", "COMPUTE", "STORE", "ATTENTION")
 class Fields(dict):
     """Decoded descriptors, {field: int64 array}, with `digest`: a hash of the packed bytes they came from,
     dram_addr zeroed (simulate remembers the timing of a list it has timed before, wherever it is linked).
-    A field is decoded when first read (a remembered list's run reads none); iterating decodes them all."""
+    A field is decoded when first read (a remembered list's run reads none); iterating decodes them all.
+    `raw`: the packed descriptors with dram_addr zeroed, `addresses` (n, 4) its bytes."""
     digest: bytes | None = None
 
-    def __init__(self, raw: np.ndarray | None = None):
+    def __init__(self, raw: np.ndarray | None = None, addresses: np.ndarray | None = None):
         super().__init__()
-        self._raw, self._lanes = raw, None
+        self._raw, self._addresses, self._lanes = raw, addresses, None
 
     def __missing__(self, name):
         if self._raw is None or name not in isa.FIELDS:
             raise KeyError(name)
+        if name == "dram_addr":
+            value = self[name] = self._addresses.view("<u4").reshape(-1).astype(np.int64)
+            return value
         if self._lanes is None:          # (4, n): each 64-bit lane contiguous
             self._lanes = np.ascontiguousarray(self._raw.view("<u8").astype(np.uint64).T)
         pos, width = isa.FIELDS[name]
@@ -69,6 +73,16 @@ class Fields(dict):
         v &= np.uint64((1 << width) - 1)
         value = self[name] = v.view(np.int64)       # fields are at most 32 bits: the same value
         return value
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held once forget() has dropped the decoded fields: the packed descriptors."""
+        return 0 if self._raw is None else self._raw.nbytes + self._addresses.nbytes
+
+    def forget(self) -> None:
+        """Drop the decoded fields (kept for a later run: its bytes and digest alone)."""
+        dict.clear(self)
+        self._lanes = None
 
     def complete(self) -> "Fields":
         """Every field decoded."""
@@ -104,9 +118,8 @@ def decode_descriptors(raw: np.ndarray) -> Fields:
     timed = np.array(raw, np.uint8).reshape(-1, isa.DESCRIPTOR_BYTES)     # a copy: DDR may change after
     addresses = timed[:, _ADDR_BYTES].copy()
     timed[:, _ADDR_BYTES] = 0
-    out = Fields(timed)
+    out = Fields(timed, addresses)
     out.digest = hashlib.blake2b(timed, digest_size=16).digest()
-    out["dram_addr"] = addresses.view("<u4").reshape(-1).astype(np.int64)
     return out
 
 

@@ -23,6 +23,7 @@ from golden_model import intattn, intvec
 from golden_model.intconv import im2col, out_size
 from golden_model.intops import OutputStage
 from hw import isa
+from sw.lru import BytesMemo
 
 ROWS_PER_CHUNK = 256      # output rows per NumPy pass: intermediates stay in cache
 FLOAT32_MAX_K = 1 << 10   # K x 2^14 <= 2^24: every partial sum of int8 products is exact in float32
@@ -72,45 +73,6 @@ def store_add(ddr, at, cfg, op) -> tuple[np.ndarray, "intvec.AddParams"]:
 def store_table(ddr, at) -> "intvec.LutParams":
     """The GEMM store's table (LOAD target LUT) from the program's "lut" region."""
     return intvec.LutParams(ddr[at["lut"]:at["lut"] + isa.LUT_BYTES].view(np.int8))
-
-
-class BytesMemo:
-    """What a fast job makes of DDR bytes that rarely change between runs (a layer's weights as a float
-    matrix, its output stage), kept with a copy of those bytes and used again only while DDR still holds
-    exactly them (compared on every use, so the result is the one made from the bytes now there).
-    Bounded by the bytes kept (copies and results), least recently used dropped first."""
-
-    def __init__(self, budget: int):
-        self.budget, self.used, self._kept = budget, 0, {}
-
-    def get(self, ddr, addr: int, n: int, stride: int, used: int, how, make):
-        """make(raw) of the n x `used` bytes (uint8) at addr, `stride` apart (tiles()), remembered per (place,
-        how)."""
-        raw = ddr[addr:addr + n * stride].reshape(n, stride)[:, :used]
-        key = (addr, n, stride, used, how)
-        kept = self._kept.pop(key, None)
-        if kept is not None and _same(kept[0], raw):
-            self._kept[key] = kept                            # most recently used last
-            return kept[1]
-        if kept is not None:
-            self.used -= kept[2]
-        value = make(raw)
-        size = raw.size + getattr(value, "nbytes", 0)
-        if size <= self.budget:
-            self._kept[key] = (raw.copy(), value, size)
-            self.used += size
-            while self.used > self.budget:
-                self.used -= self._kept.pop(next(iter(self._kept)))[2]
-        return value
-
-
-def _same(a: np.ndarray, b: np.ndarray) -> bool:
-    """Equal bytes ((n, used) uint8 arrays, rows contiguous), compared 8 at a time where they divide."""
-    if a.shape != b.shape:
-        return False
-    if a.shape[1] % 8 == 0:
-        a, b = a.view(np.uint64), b.view(np.uint64)
-    return bool((a == b).all())
 
 
 #: the GEMMs' weights as float matrices (~5x their int8 bytes) and their output stages

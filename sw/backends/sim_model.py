@@ -31,6 +31,7 @@ from hw import isa
 from hw.limits import im2col_row_beats
 from sw.backends import cycles as CY
 from sw.backends import faults as F
+from sw.lru import BytesMemo
 
 MODES = ("fast", "checked")
 
@@ -78,6 +79,7 @@ class SimOverlay:
         self._resp = None                                       # the DMA's last error response: (ERROR bit, code)
         self._at = 0                                            # the descriptor the interpreter runs
         self.ddr = np.zeros(ddr_bytes, np.uint8)
+        self._decoded = BytesMemo(1 << 27)                      # descriptor lists' fields (cycles.Fields)
         self.regs = {r.name: 0 for r in isa.REGISTERS}
         self.regs["CONFIG"] = isa.config_word(cfg)
         self._soft_reset()
@@ -186,7 +188,14 @@ class SimOverlay:
             self.regs[name] = 0
         base, count = self.regs["DESC_ADDR"], self.regs["DESC_COUNT"]
         fetchable = min(count, max(0, (len(self.ddr) - base) // isa.DESCRIPTOR_BYTES))
-        f = CY.decode_descriptors(self.ddr[base:base + fetchable * isa.DESCRIPTOR_BYTES])
+        size = fetchable * isa.DESCRIPTOR_BYTES        # (a list run before, its bytes unchanged: decoded then)
+        f = self._decoded.get(self.ddr, base, 1, size, size, "fields", CY.decode_descriptors)
+        try:
+            self._run_list(cfg, f, base, count, fetchable)
+        finally:
+            f.forget()                                 # (kept: its bytes and digest, not its columns)
+
+    def _run_list(self, cfg, f, base, count, fetchable):
         key = (base, count)
         fault = self.faults.start()
         fetch_resp = "DECERR"                                # a fetch outside DDR

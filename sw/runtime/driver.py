@@ -46,6 +46,7 @@ class Driver:
         self._names = itertools.count()
         self._cache: dict = {}               # key -> LoadedProgram, least recently used first
         self._reused: set = set()            # keys of kept programs run again since their load
+        self._keys: dict = {}                # (owner, kind) -> (its last program's weight bytes, their key)
         self.program_bytes = 0               # descriptors and weights written by loads (host -> DDR), so far
 
     # Where a program's image sits when it is run whole (sw.backends.rtl.run_images, tests); the
@@ -215,7 +216,7 @@ class Driver:
         and its bound buffers is relinked to the new buffers (its descriptors written again, not its weights).
         `owner` (a graph node's name): its own kept program, not one an equal program of another caller
         relinks to its buffers each time (two max-pools of one shape in a frame)."""
-        key = (_weights_key(prog), tuple(sorted(bind)), owner)
+        key = (self._owned_key(prog, owner), tuple(sorted(bind)), owner)
         loaded = self._take(key)
         if loaded is None:
             loaded = self._load(prog, None, bind)
@@ -245,6 +246,21 @@ class Driver:
                                   if prog.ROLES.get(r) in ("program", "weight"))
         return loaded
 
+    def _owned_key(self, prog, owner: str) -> str:
+        """_weights_key(prog), without hashing the bytes again when they equal those of the owner's last
+        program of this kind (a node's next call: compared, several times faster than hashing)."""
+        if not owner:
+            return _weights_key(prog)
+        parts = _keyed_regions(prog)
+        mine = (owner, type(prog).__name__)
+        kept = self._keys.get(mine)
+        if kept is not None and [r for r, _ in kept[0]] == [r for r, _ in parts] and all(
+                _same_bytes(a, b) for (_, a), (_, b) in zip(kept[0], parts)):
+            return kept[1]
+        key = _weights_key(prog)
+        self._keys[mine] = ([(r, np.array(a)) for r, a in parts], key)
+        return key
+
     def _making_room(self, make):
         """make(), room made when the arena is full by dropping kept programs one at a time (_drop_one)."""
         from sw.runtime.arena import ArenaFull
@@ -260,11 +276,25 @@ class Driver:
         return self.BUFFER_BASE
 
 
+def _keyed_regions(prog) -> list[tuple[str, np.ndarray]]:
+    """The regions _weights_key hashes, in its order: (name, bytes)."""
+    return [(region, prog.region(region)) for region, role in prog.ROLES.items()
+            if region in prog.regions and role in ("program", "weight")]
+
+
 def _weights_key(prog) -> str:
     """What makes two compiled programs interchangeable but for their inputs: kind, descriptors, weights."""
     h = hashlib.sha1(type(prog).__name__.encode())
-    for region, role in prog.ROLES.items():
-        if region in prog.regions and role in ("program", "weight"):
-            h.update(region.encode())
-            h.update(np.ascontiguousarray(prog.region(region)).tobytes())
+    for region, data in _keyed_regions(prog):
+        h.update(region.encode())
+        h.update(np.ascontiguousarray(data).tobytes())
     return h.hexdigest()
+
+
+def _same_bytes(a: np.ndarray, b: np.ndarray) -> bool:
+    a, b = np.ascontiguousarray(a).reshape(-1).view(np.uint8), np.ascontiguousarray(b).reshape(-1).view(np.uint8)
+    if a.size != b.size:
+        return False
+    if a.size % 8 == 0:
+        a, b = a.view(np.uint64), b.view(np.uint64)
+    return bool((a == b).all())
