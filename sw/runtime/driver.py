@@ -155,7 +155,8 @@ class Driver:
         self.last_programs = [prog]
         return prog.output(self.run(prog))
 
-    #: Programs kept loaded (descriptors and weights in DDR) for calls that repeat a layer.
+    #: Programs kept loaded (descriptors and weights in DDR) for calls that repeat a layer (a GraphExecutor
+    #: keeps every one while the arena has room: math.inf).
     CACHED_PROGRAMS = 16
 
     def run(self, prog, descriptors: list[dict] | None = None, keep: bool = True) -> np.ndarray:
