@@ -44,7 +44,7 @@ class BytesMemo:
         raw = ddr[addr:addr + n * stride].reshape(n, stride)[:, :used]
         key = (addr, n, stride, used, how)
         kept = self._kept.pop(key, None)
-        if kept is not None and _same(kept[0], raw):
+        if kept is not None and same_bytes(kept[0], raw):
             self._kept[key] = kept                            # most recently used last
             return kept[1]
         if kept is not None:
@@ -59,10 +59,10 @@ class BytesMemo:
         return value
 
 
-def _same(a: np.ndarray, b: np.ndarray) -> bool:
-    """Equal bytes ((n, used) uint8 arrays, rows contiguous), compared 8 at a time where they divide."""
+def same_bytes(a: np.ndarray, b: np.ndarray) -> bool:
+    """Equal uint8 arrays (rows contiguous, any row stride), compared 8 bytes at a time where rows divide."""
     if a.shape != b.shape:
         return False
-    if a.shape[1] % 8 == 0:
+    if a.ndim and a.shape[-1] % 8 == 0:
         a, b = a.view(np.uint64), b.view(np.uint64)
     return bool((a == b).all())

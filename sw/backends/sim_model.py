@@ -245,7 +245,7 @@ class SimOverlay:
         """Choose where `fault` strikes this run: the channels' beats of a fault-free dry run (the model's
         state restored after it, its writes discarded), then FaultPlan.aim."""
         keep = {k: copy.deepcopy(v) for k, v in vars(self).items()
-                if k not in ("ddr", "regs", "_expected", "faults", "cfg", "mode")}
+                if k not in ("ddr", "regs", "_expected", "faults", "cfg", "mode", "_decoded")}
         plan, self.faults = self.faults, F.FaultPlan()
         self._dry = True
         try:

@@ -21,6 +21,7 @@ import itertools
 import numpy as np
 
 from sw.compile.linear import compile_linear
+from sw.lru import same_bytes
 from sw.runtime.backend import (BACKENDS, DDR_BASE, DEFAULT_DDR_BYTES, AcceleratorError,  # noqa: F401
                                 describe_error, open_backend)
 from sw.runtime.session import RunStats, Session  # noqa: F401  (the driver's public names)
@@ -69,7 +70,7 @@ class Driver:
         if self._session is not None:
             self._session.close()
             self._session = None
-            self._cache, self._reused = {}, set()
+            self._cache, self._reused, self._keys = {}, set(), {}
 
     def compile(self, a, b, bias=None, multiplier=None, shift=None, *, relu=False, out_int32=False, lut=None,
                 residual=None, add=None, a_rows=False):
@@ -256,7 +257,7 @@ class Driver:
         mine = (owner, type(prog).__name__)
         kept = self._keys.get(mine)
         if kept is not None and [r for r, _ in kept[0]] == [r for r, _ in parts] and all(
-                _same_bytes(a, b) for (_, a), (_, b) in zip(kept[0], parts)):
+                same_bytes(a, b) for (_, a), (_, b) in zip(kept[0], parts)):
             return kept[1]
         key = _weights_key(prog)
         self._keys[mine] = ([(r, np.array(a)) for r, a in parts], key)
@@ -290,12 +291,3 @@ def _weights_key(prog) -> str:
         h.update(region.encode())
         h.update(np.ascontiguousarray(data).tobytes())
     return h.hexdigest()
-
-
-def _same_bytes(a: np.ndarray, b: np.ndarray) -> bool:
-    a, b = np.ascontiguousarray(a).reshape(-1).view(np.uint8), np.ascontiguousarray(b).reshape(-1).view(np.uint8)
-    if a.size != b.size:
-        return False
-    if a.size % 8 == 0:
-        a, b = a.view(np.uint64), b.view(np.uint64)
-    return bool((a == b).all())
