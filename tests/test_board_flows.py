@@ -145,7 +145,7 @@ def test_build_zynq_without_vivado_generates_and_says_how(tmp_path, capsys, monk
     import hw.flows.estimate as est
     parts = {"gemm": Resources(luts=600, ffs=700, dsps=60, bram36=4), "control": Resources(luts=400, ffs=300)}
     monkeypatch.setattr(est, "estimate_by_engine",
-                        lambda *a, **k: (Resources(luts=1000, ffs=1000, dsps=100, bram36=10), parts))
+                        lambda *a, **k: (Resources(luts=1000, ffs=1000, dsps=100, bram36=10, lutram=64), parts))
     monkeypatch.setenv("PATH", "/usr/bin:/bin")        # no vivado
     assert main(["build", "--board", "pynq-z2", "-o", str(tmp_path)]) == 0
     out = capsys.readouterr().out
@@ -156,6 +156,7 @@ def test_build_zynq_without_vivado_generates_and_says_how(tmp_path, capsys, monk
     assert report["estimate"]["by_engine"]["gemm"]["luts"] == 600
     assert "per engine" in out and "gemm             600      700     60       4     0       0" in out
     assert "dsps:       100 / 220       ( 45.5 %)\n" in out
+    assert "luts:      1064 / 53200     (  2.0 %)  (1000 logic + 64 as memory)\n" in out
     dry_run((tmp_path / "sam2fpga_pynq_z2.tcl").read_text())
 
 
