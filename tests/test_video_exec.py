@@ -22,7 +22,8 @@ from golden_model.quant.video import (VideoIntRunner, build_full_graph, calibrat
 from hw.config import preset
 from sw.backends.faults import Fault
 from sw.runtime import graph_exec
-from sw.runtime.video_exec import BankEntry, BankFull, VideoGraphExecutor, bank_bytes, overlay_video_predictor
+from sw.runtime.video_exec import (LAYER_RINGS, BankEntry, BankFull, VideoGraphExecutor, bank_bytes,
+                                   overlay_video_predictor)
 
 SIZE = 128
 CLICK = [60.0, 70.0]
@@ -144,11 +145,12 @@ def _node_by_node(video_case, reference, frames_out):
     # session, when a memory frame first sits in it (frame f: frame 0 in slot 6, frames 1..f-1 in slots 5..7-f)
     assert {c.ring for c in ex.chains} == {"values", "keys", "slot_keys"}
     assert (projected.count("memory"), projected.count("memory_pos")) == (frames_out, frames_out - 1), projected
-    # each tracked frame's gather: its memory frames' keys, values and slot keys, one read per layer, and
-    # none of the frames' features (the frames' rows of the gather are never read)
-    layers = sum(c.ring == "values" for c in ex.chains)
+    # each tracked frame's gather: its memory frames' keys, values and slot keys, one read per layer where a
+    # reader is on the host (the overlay's read them in place: ex.in_place), and none of the frames' features
+    # (the frames' rows of the gather are never read)
     memory_frames = sum(range(1, frames_out))
-    assert [reads.count(r) for r in ("values", "keys", "slot_keys", "frames")] == [layers * memory_frames] * 3 + [0]
+    on_host = [sum(c.ring == r and c.nodes[-1] not in ex.in_place for c in ex.chains) for r in LAYER_RINGS]
+    assert [reads.count(r) for r in LAYER_RINGS + ("frames",)] == [n * memory_frames for n in on_host] + [0]
     return ex
 
 
@@ -161,6 +163,7 @@ def test_video_nodes_on_every_engine_kind_bit_exact(video_case, reference, monke
     ex = _node_by_node(video_case, reference, 3)
     on = {r.name: r for r in ex.records.values() if r.where not in ("host", "layout")}
     assert set(on) == set(ON_OVERLAY) and all(r.cycles > 0 for r in on.values() if r.name != "ma.layers.0.cross_res")
+    assert ex.in_place == {"ma.layers.0.cross.v"}         # its reader, the attention, binds the bank's values
     # its last run: frame 2's keys entering the bank, ROPE alone (the pointers' RESCALE runs per tracked frame)
     assert on["ma.layers.0.cross.k_rope"].calls == 1
     # the memory attention chained in DDR: the cross-attention's output read in place by its out_proj, whose

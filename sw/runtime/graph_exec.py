@@ -78,7 +78,7 @@ from sw.compile.vector import OPS as VECTOR_OPS, compile_vector, row_dim
 from sw.perf.layers import graph_layers
 from sw.runtime.arena import ArenaFull
 from sw.runtime.driver import Driver
-from sw.runtime.layout import TokenRowLayout
+from sw.runtime.layout import RowSegments, TokenRowLayout
 
 
 class GraphExecError(ValueError):
@@ -231,6 +231,54 @@ class DeviceTensor:
         self.buffer = None
 
 
+class SegmentedTensor(DeviceTensor):
+    """An int8 activation in DDR as several ranges of token rows, each a whole session buffer (rows of
+    `channels` bytes: unpadded, channels a multiple of C), e.g. a memory attention's banked keys: each memory
+    frame's rows in its bank slot, the object-pointer tokens' rows in a buffer of their own. A reader that
+    takes segments (the vector engine's row ops, attention's Q, K, V as token rows) binds each range in place
+    (sw.runtime.layout.RowSegments); any other reads it back (np.asarray). Freeing it frees only the
+    buffers it `owns` (a bank's slots stay)."""
+
+    def __init__(self, driver: Driver, parts: list, channels: int, shape: tuple, producer: str, owns=()):
+        cols = driver.cfg.cols
+        if channels % cols:
+            raise GraphExecError(f"{producer}: segments of {channels}-byte rows, not a multiple of C = {cols}")
+        self.parts = [(buf, int(rows)) for buf, rows in parts]       # (session buffer, its token rows), in order
+        super().__init__(driver, self.parts[0][0], TokenRowLayout(sum(r for _, r in self.parts), channels, cols),
+                         shape, producer)
+        self.owns = list(owns)
+
+    def segments(self, region: str) -> tuple[RowSegments, dict]:
+        """The RowSegments of a program's `region` holding this tensor, and its bind (segment -> buffer)."""
+        g = RowSegments(region, tuple(r for _, r in self.parts))
+        return g, dict(zip(g.regions, (buf for buf, _ in self.parts)))
+
+    def starts(self) -> list:
+        """(buffer, first row) of each part."""
+        firsts = np.cumsum([0] + [r for _, r in self.parts])[:-1]
+        return [(buf, int(s)) for (buf, _), s in zip(self.parts, firsts)]
+
+    def read(self) -> np.ndarray:
+        if self.host is not None or self.buffer is None:
+            return super().read()
+        s, pitch = self.driver.session, self.layout.pitch
+        raw = np.concatenate([s.backend.read(s.arena[buf].addr, rows * pitch) for buf, rows in self.parts])
+        return self.layout.unpack(raw).reshape(self.shape)
+
+    def free(self, keep: bool) -> None:
+        if keep:
+            self.host = self.read()
+        for buf in self.owns:
+            self.driver.session.free(buf)
+        self.buffer, self.owns = None, []
+
+
+def _segmented(t, pitch: int, tokens: int) -> bool:
+    """Whether t is a SegmentedTensor still in DDR of `tokens` rows at this row pitch (read there)."""
+    return (isinstance(t, SegmentedTensor) and t.buffer is not None and t.layout.pitch == pitch
+            and t.layout.tokens == tokens)
+
+
 def same_bytes(a: TokenRowLayout, b: TokenRowLayout) -> bool:
     """Whether two token-row layouts put every element at the same byte (rows cut into narrower rows,
     compile_vector's row_dim, agree only when neither pads its rows)."""
@@ -241,7 +289,8 @@ def same_bytes(a: TokenRowLayout, b: TokenRowLayout) -> bool:
 
 def _in_place(t, layout: TokenRowLayout) -> bool:
     """Whether t is a DeviceTensor still in DDR with every element where `layout` puts it (read there)."""
-    return isinstance(t, DeviceTensor) and t.buffer is not None and same_bytes(t.layout, layout)
+    return (isinstance(t, DeviceTensor) and not isinstance(t, SegmentedTensor) and t.buffer is not None
+            and same_bytes(t.layout, layout))
 
 
 def _run_to_device(drv, prog, bind, layout, shape, producer) -> DeviceTensor:
@@ -283,17 +332,21 @@ def _vector_dev(drv, n, op, x, p=None, b=None, end_x=None):
     dim = shape[-1] if image else row_dim(VECTOR_OPS[op][0], shape[-1])
     rows_l = TokenRowLayout(math.prod(shape) // dim, dim, C)
     form = shape[1:] if image else (rows_l.tokens, dim)          # what compile_vector takes
-    bind, data = {}, {}
+    bind, data, segments = {}, {}, {}
     for region, t in (("in", x), ("b", b)):
         if t is None:
             continue
         if _in_place(t, rows_l) and t.shape == shape:
             bind[region], data[region] = t.buffer, np.zeros(form, np.int8)     # its shape only
+        elif not image and dim == shape[-1] and _segmented(t, rows_l.pitch, rows_l.tokens):
+            g, parts = t.segments(region)
+            segments[region], data[region] = g.rows, np.zeros(form, np.int8)
+            bind.update(parts)
         else:
             data[region] = np.ascontiguousarray(np.broadcast_to(np.asarray(t), shape)).reshape(form)
     base = drv.BUFFER_BASE
     prog = compile_vector(drv.cfg, op, data["in"], p, b=data.get("b"), end_x=end_x, base_addr=base,
-                          max_ddr_bytes=drv.ddr_bytes - base)
+                          max_ddr_bytes=drv.ddr_bytes - base, segments=segments)
     out_shape = (1,) + prog.out_shape if image else shape
     return _run_to_device(drv, prog, bind, prog.out_layout, out_shape, n.name), [drv.last_run]
 
@@ -317,16 +370,21 @@ def _attention_dev(drv, n, a, r):
     if token_rows_refusal(cfg, d, inputs=True):
         return _attention(drv, n, _host_args(a), r)
     N, lq, lk = q.shape[0], math.prod(q.shape[1:-1]), math.prod(k.shape[1:-1])
-    rows = TokenRows(h, N, lq, lk, inputs=True)
-    bind, uploaded = {}, []
+    bind, uploaded, segments = {}, [], []
     try:
         for region, t, tokens in (("Q", q, lq), ("K", k, lk), ("V", v, lk)):
             layout = TokenRowLayout(N * tokens, h * d, cfg.cols)
             if _in_place(t, layout):
                 bind[region] = t.buffer
+            elif _segmented(t, h * d, N * tokens) and all(
+                    s % tokens % (cfg.rows if region == "Q" else cfg.cols) == 0 for _, s in t.starts()):
+                g, parts = t.segments(region)             # each tile inside one segment: its LOADs read there
+                segments.append(g)
+                bind.update(parts)
             else:
                 bind[region] = _upload(drv, np.asarray(t), layout)
                 uploaded.append(bind[region])
+        rows = TokenRows(h, N, lq, lk, inputs=True, segments=tuple(segments))
         # the programs read Q, K, V from those buffers: compiled on zeros of their shapes
         qh, kh, vh = (np.zeros((N * h, tokens, d), np.int8) for tokens in (lq, lk, lk))
         y = DeviceTensor(drv, drv.buffer(rows.size(lq, d)).name, TokenRowLayout(N * lq, h * d, cfg.cols), q.shape,

@@ -83,8 +83,10 @@ from golden_model.quant.video import (SLOTS, GraphImageModel, GraphTracker, Vide
 from golden_model.video import VideoPredictor
 from sw.runtime.arena import aligned
 from sw.runtime.backend import AcceleratorError
+from sw.compile.attention import token_rows_refusal
 from sw.runtime.graph_exec import (DEVICE_OPS, ENGINE_OPS, IN_PLACE, DeviceTensor, GraphExecError,
-                                   GraphExecutor, _vector_dev)
+                                   GraphExecutor, SegmentedTensor, _upload, _vector_dev)
+from sw.runtime.layout import TokenRowLayout
 from sw.runtime.overlay_segment import STAGE_GROUPS
 
 #: the per-frame stages a video frame is reported in, and the graph stages each one sums
@@ -190,6 +192,8 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
         self.bank_only = {n.name for n in self.graph.nodes if set(n.inputs) & set(BANK_TENSORS.values())} == {
             c.nodes[0] for c in self.chains}
         self.banked: dict | None = None     # per ring: the gathered memory frames' (slots') entries, set per gather
+        self.in_place = self._segment_readers()     # chains whose output its readers take from the bank in place
+        self.bank_in_place = True           # off while a batch of objects runs a chain (_rows_batched)
 
     def project(self, tokens, part: str) -> dict:
         """The banked chains of `part` ("memory": one memory frame's tokens, "memory_pos": one slot
@@ -210,6 +214,32 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
             return {ring: np.stack(ys) for ring, ys in out.items()}
         finally:
             self.banked, self.run_dims = saved
+
+    def _segment_readers(self) -> set:
+        """The banked chains' last nodes whose every reader takes their output as segments in DDR (a
+        SegmentedTensor: each memory frame's rows in its bank slot, the pointer tokens' in a buffer): a vector
+        add (k_sum) or an attention reading its token rows (V), on the overlay, chained, rows a multiple of C."""
+        if not self.chain:
+            return set()
+        fused = {add.name for add, _ in self.fused_adds.values()}
+        readers: dict = {}
+        for n in self.graph.nodes:
+            for t in n.inputs:
+                readers.setdefault(t, []).append(n)
+
+        def takes(n) -> bool:
+            where = self.placements[n.name].where
+            if n.op == "add":
+                return where == "vector" and n.name not in fused
+            d = self.graph.tensors[n.inputs[0]].shape[-1] // n.attrs.get("heads", 1)
+            return n.op == "attention" and where == "attention" and token_rows_refusal(self.cfg, d, True) is None
+        out = set()
+        for c in self.chains:
+            last = self.nodes_named([c.nodes[-1]])[0]
+            rs = readers.get(last.outputs[0], [])
+            if rs and self.graph.tensors[last.outputs[0]].shape[-1] % self.cfg.cols == 0 and all(map(takes, rs)):
+                out.add(last.name)
+        return out
 
     def op_fn(self, node):
         fn = super().op_fn(node)
@@ -245,6 +275,9 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
                     raise GraphExecError(f"{n.name}: the bank's {chain.ring} hold {rows} tokens, the memory "
                                          f"{x.shape[1]}")
                 x = np.ascontiguousarray(x[:, rows:])
+            if last and self._in_place_now(n):
+                ptrs = fn(n, [x] + list(args[1:]), r) if x.shape[1] else None
+                return self._segments(n, chain, entries, ptrs, channels)
             parts, read = [], {}        # a slot's rows read once a call: batched objects share the slot keys
             for e in entries if last else ():
                 if e.slot not in read:
@@ -253,6 +286,29 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
             parts.append(fn(n, [x] + list(args[1:]), r) if x.shape[1] else np.zeros((1, 0, channels), np.int8))
             return np.concatenate(parts, axis=1)
         return run
+
+    def _in_place_now(self, node) -> bool:
+        """Whether this run leaves a banked chain's output in DDR as segments (_segment_readers; one object's
+        memory attention, chained)."""
+        return (node.name in self.in_place and self.bank_in_place and self._scope is not None
+                and node.name in self._scope.nodes)
+
+    def _segments(self, node, chain, entries, ptrs, channels: int) -> SegmentedTensor:
+        """A banked chain's output where its readers bind it: each memory frame's (slot's) layer rows in the
+        bank, then the pointer tokens' rows `ptrs` (their projection's, a host array) in a buffer of their own,
+        written once (counted to the memory attention). Freed after its last reader in the run, the bank's
+        slots kept."""
+        parts, owns = [e.segment(chain.layer) for e in entries], []
+        if ptrs is not None:
+            ptrs = np.asarray(ptrs).reshape(-1, channels)
+            before = self.driver.device.traffic.snapshot()
+            owns = [_upload(self.driver, ptrs, TokenRowLayout(len(ptrs), channels, self.cfg.cols))]
+            self.frame_stats.add("memory_attention", ddr_bytes=self.driver.device.traffic.since(before).total)
+            parts.append((owns[0], len(ptrs)))
+        y = SegmentedTensor(self.driver, parts, channels, (1, sum(r for _, r in parts), channels), node.name, owns)
+        y.pending = self._scope.readers.get(node.outputs[0], 0)      # GraphExecutor._done's liveness
+        self._scope.made[id(y)] = y
+        return y
 
     def node_fn(self, node):
         """run_nodes' nodes (the video stages) where the placement puts them, as run()'s."""
@@ -418,13 +474,14 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
             self.run_dims = {**(saved[0] or {}), "O": sum(tails)}
             banked = [o.banked for o in objects]
             self.banked = None if None in banked else {ring: [e for b in banked for e in b[ring]] for ring in banked[0]}
+        self.bank_in_place = False          # the objects' rows regrouped below: a chain's output on the host
         try:
             y = self.node_fn(node)(node, ins, self)
             if chain is not None and self.banked is not None:   # its head rows: the bank's (the last) or none
                 heads = [o.bank[chain.part].shape[1] - o.ptr_tokens if node.name == chain.nodes[-1] else 0
                          for o in objects]
         finally:
-            self.run_dims, self.banked = saved
+            self.run_dims, self.banked, self.bank_in_place = *saved, True
         y = y.reshape(-1, y.shape[-1])
         out, h0, t0 = [], 0, sum(heads)
         for a, h, t in zip(args, heads, tails):
@@ -507,6 +564,11 @@ class BankEntry:
         """Row i of the entry's first axis, read alone."""
         return self.bank.read(self.ring, self.slot, i).reshape(self.shape[1:])
 
+    def segment(self, i: int) -> tuple[str, int]:
+        """Row i of a LAYER_RINGS entry (a layer's token rows) where an engine reads it in place: (its session
+        buffer, its rows)."""
+        return layer_buffer(self.ring, self.slot, i), self.shape[1]
+
 
 class DdrBank:
     """Rings of fixed int8 slots in the session's DDR arena (module docstring); allocated once.
@@ -518,21 +580,24 @@ class DdrBank:
         self.counts = {ring: n for ring, (_, n) in rings.items()}
         self.free = {ring: list(range(n)) for ring, n in self.counts.items() if ring != SLOT_KEYS}
         self.slot_keys: dict[int, BankEntry] = {}     # temporal slot -> its keys (projected on first use)
-        self.buffers = {ring: session.buffer(f"bank.{ring}", n * math.prod(self.shapes[ring]))
-                        for ring, n in self.counts.items()}
         pos = np.ascontiguousarray(slot_pos, np.int8)
         self.pos_shape = pos.shape
-        self.buffers["slot_pos"] = session.buffer("bank.slot_pos", pos.nbytes, zero=False)
-        session.backend.write(self.buffers["slot_pos"].addr, pos.reshape(-1).view(np.uint8))
+        self.buffers = {name: session.buffer(name, size, zero=name != "bank.slot_pos")
+                        for name, size in bank_buffers(rings, pos.nbytes).items()}
+        session.backend.write(self.buffers["bank.slot_pos"].addr, pos.reshape(-1).view(np.uint8))
 
     @property
     def nbytes(self) -> int:
         """The arena bytes the bank holds (its buffers, each rounded up to the arena's ALIGN)."""
         return sum(aligned(b.size) for b in self.buffers.values())
 
-    def _addr(self, ring: str, slot: int) -> tuple[int, int]:
-        n = math.prod(self.shapes[ring])
-        return self.buffers[ring].addr + slot * n, n
+    def _spans(self, ring: str, slot: int) -> list[tuple[int, int]]:
+        """(DDR address, bytes) of a slot's parts, in order: one per layer of a LAYER_RINGS ring, else one."""
+        shape = self.shapes[ring]
+        if ring in LAYER_RINGS:
+            return [(self.buffers[layer_buffer(ring, slot, i)].addr, math.prod(shape[1:])) for i in range(shape[0])]
+        n = math.prod(shape)
+        return [(self.buffers[f"bank.{ring}"].addr + slot * n, n)]
 
     def _io(self, stage: str, t0: float, nbytes: int) -> None:
         if self.stats is not None:
@@ -554,8 +619,10 @@ class DdrBank:
 
     def _write(self, ring: str, slot: int, x: np.ndarray, stage: str) -> None:
         t0 = time.perf_counter()
-        addr, _ = self._addr(ring, slot)
-        self.session.backend.write(addr, np.ascontiguousarray(x).reshape(-1).view(np.uint8))
+        flat, pos = np.ascontiguousarray(x).reshape(-1).view(np.uint8), 0
+        for addr, n in self._spans(ring, slot):
+            self.session.backend.write(addr, flat[pos:pos + n])
+            pos += n
         self._io(stage, t0, x.size)
 
     def slot_key_entry(self, slot: int, project) -> "BankEntry":
@@ -572,18 +639,21 @@ class DdrBank:
     def read(self, ring: str, slot: int, part: int | None = None) -> np.ndarray:
         """A slot's bytes (int8), or only its `part`-th row along the slot shape's first axis."""
         t0 = time.perf_counter()
-        addr, n = self._addr(ring, slot)
+        spans = self._spans(ring, slot)
         if part is not None:
-            n //= self.shapes[ring][0]
-            addr += part * n
-        data = np.asarray(self.session.backend.read(addr, n)).view(np.int8)
-        self._io("memory attention", t0, n)
+            if len(spans) == 1:
+                n = spans[0][1] // self.shapes[ring][0]
+                spans = [(spans[0][0] + part * n, n)]
+            else:
+                spans = spans[part:part + 1]
+        data = np.concatenate([np.asarray(self.session.backend.read(a, n)) for a, n in spans]).view(np.int8)
+        self._io("memory attention", t0, data.size)
         return data
 
     def slot_encoding(self, slot: int) -> np.ndarray:
         t0 = time.perf_counter()
         n = math.prod(self.pos_shape[1:])
-        data = np.asarray(self.session.backend.read(self.buffers["slot_pos"].addr + slot * n, n)).view(np.int8)
+        data = np.asarray(self.session.backend.read(self.buffers["bank.slot_pos"].addr + slot * n, n)).view(np.int8)
         self._io("memory attention", t0, n)
         return data.reshape(self.pos_shape[1:])
 
@@ -788,6 +858,27 @@ def bank_slots(cfg, cond_frames: int, objects: int = 1) -> tuple[int, int]:
 #: the gathered memory's parts (memory_bank node attrs part) and their tensors
 BANK_TENSORS = {"memory": "ma.memory", "memory_pos": "ma.memory_pos"}
 SLOT_KEYS = "slot_keys"
+#: the rings of projections (a slot: every layer's HW token rows), which the memory attention's engines read in
+#: place: one DDR buffer per slot and layer (layer_buffer), a segment of the reader's input (RowSegments)
+LAYER_RINGS = ("values", "keys", SLOT_KEYS)
+
+
+def layer_buffer(ring: str, slot: int, layer: int) -> str:
+    """The session buffer of layer `layer`'s rows of slot `slot` of a LAYER_RINGS ring."""
+    return f"bank.{ring}.{slot}.{layer}"
+
+
+def bank_buffers(rings: dict, slot_pos_bytes: int) -> dict[str, int]:
+    """The bank's DDR buffers (name -> bytes) for bank_rings' `rings`: a LAYER_RINGS ring one per slot and
+    layer, any other ring one for all its slots; the slot encodings ("bank.slot_pos")."""
+    out = {}
+    for ring, (shape, n) in rings.items():
+        if ring in LAYER_RINGS:
+            out.update({layer_buffer(ring, slot, i): math.prod(shape[1:]) for slot in range(n)
+                        for i in range(shape[0])})
+        else:
+            out[f"bank.{ring}"] = n * math.prod(shape)
+    return {**out, "bank.slot_pos": slot_pos_bytes}
 
 
 @dataclass(frozen=True)
@@ -840,8 +931,7 @@ def bank_rings(graph, cond_frames: int = 1, objects: int = 1, project_memory: bo
 
 def bank_bytes(graph, **kwargs) -> int:
     """DDR bytes the bank takes (its rings and the slot encodings, each buffer rounded to the arena's ALIGN)."""
-    sizes = [math.prod(shape) * n for shape, n in bank_rings(graph, **kwargs).values()] + [graph.constants[SLOTS].size]
-    return sum(aligned(size) for size in sizes)
+    return sum(aligned(size) for size in bank_buffers(bank_rings(graph, **kwargs), graph.constants[SLOTS].size).values())
 
 
 def video_driver(cfg, backend: str, graph, bitfile=None, **kwargs):
