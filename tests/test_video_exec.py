@@ -41,7 +41,7 @@ def video_case():
     stats = calibrate(graph, [photo], prompts_per_image=1)
     calibrate_video(graph, [photo], stats, frames_per_video=2)
     cfg = preset("bench16")
-    return quantize_video(graph, stats, key_tile=cfg.cols, preset=cfg.name), cfg, shifted_frames(photo, 9)
+    return quantize_video(graph, stats, key_tile=cfg.cols, preset=cfg.name), cfg, shifted_frames(photo, 11)
 
 
 def _track(predictor, frames, after_frame=None, frames_out=None):
@@ -87,11 +87,10 @@ def _digests(seen: list):
 
 @pytest.fixture(scope="module")
 def reference(video_case):
-    """The host integer tracker on the first 3 frames of the 9-frame video: every node's output (digest) in
-    order, the logits."""
+    """The host integer tracker on the 11-frame video: every node's output (digest) in order, the logits."""
     qm, _, frames = video_case
     seen = []
-    return seen, _track(graph_video_predictor(qm.graph, VideoIntRunner(qm), _digests(seen)), frames, frames_out=3)
+    return seen, _track(graph_video_predictor(qm.graph, VideoIntRunner(qm), _digests(seen)), frames)
 
 
 def _mostly_host(monkeypatch, on_overlay=ON_OVERLAY):
@@ -179,29 +178,48 @@ def test_every_video_node_bit_exact_on_bench16(video_case, reference):
     assert on >= {"gemm", "conv", "depthwise", "attention", "vector"}
 
 
-def test_bank_bounded_and_a_failed_frame_rerun_on_the_same_bank(video_case, reference, monkeypatch):
-    """9 frames: the arena's allocation is the same after frame 3 and frame 8 (the bank's slots are
-    reused: the frames' in use stop growing once the window is full); a fault that outlives the
-    session's own retry on frame 2 makes the frame run again, and the frames still equal the host's
-    bit for bit (the failed attempt changed nothing it reads)."""
+def test_bank_bounded_read_in_place_and_a_failed_frame_rerun_on_the_same_bank(video_case, reference, monkeypatch):
+    """11 frames on a bank of 9 frame slots (made for no prompted frame, so frame 9 takes frame 1's slot
+    and frame 10 reads it): the arena's allocation is the same after frame 3 and frame 10 (the bank's
+    slots are reused: the frames' in use stop growing once the window is full); layer 0's cross-attention
+    (k_sum on the vector engine, the attention's V) reads its memory frames' keys, slot keys and values in
+    place: the host reads none of layer 0's bank bytes, only the later layers' (their readers on the host);
+    a fault that outlives the session's own retry on frame 2 makes the frame run again, and every frame
+    still equals the host's bit for bit (the failed attempt changed nothing it reads)."""
     qm, cfg, frames = video_case
-    _mostly_host(monkeypatch)
+    _mostly_host(monkeypatch, ON_OVERLAY + ("ma.layers.0.cross.k", "ma.layers.0.cross.k_sum"))
     ex = VideoGraphExecutor(qm, cfg, "sim")
     ex.driver.CACHED_PROGRAMS = 0            # the arena without the driver's program cache (at most 16 programs)
-    predictor = overlay_video_predictor(qm, ex)
+    assert {c.ring for c in ex.chains if c.nodes[-1] in ex.in_place} == set(LAYER_RINGS)
+    assert all(c.layer == 0 for c in ex.chains if c.nodes[-1] in ex.in_place)
+    predictor = overlay_video_predictor(qm, ex, cond_frames=0)
     predictor.faults[2] = Fault("read_slverr", runs=2)          # both tries of the session's program
     arena, bank = ex.driver.session.arena, predictor.tracker.bank
-    used = {}
+    device, used, reads, slots = ex.driver.device, {}, {}, {}
+    spans = {name: (b.addr, b.end) for name, b in bank.buffers.items()}
+    read = device.read
+
+    def counted(addr, n):
+        for name, (a, e) in spans.items():
+            if a <= addr < e:
+                reads[name.rsplit(".", 1)[1]] = reads.get(name.rsplit(".", 1)[1], 0) + n
+        return read(addr, n)
+    device.read = counted
 
     def after(idx, state):
         used[idx] = (arena.size - arena.free_bytes, bank.in_use("frames"), bank.in_use("ptrs"))
+        out = state.objects[1].output_dict["non_cond_frame_outputs"].get(idx)      # frame 0: the prompted one
+        slots[idx] = out and out["maskmem_features"].slot
     got = _track(predictor, frames, after)
+    assert len(got) == len(reference[1]) == 11
     for a, b in zip(reference[1], got):
         np.testing.assert_array_equal(a, b)
     assert len(predictor.retries) == 1 and predictor.retries[0].startswith("frame 2: layer ")
-    assert used[3][0] == used[8][0] == bank.nbytes == bank_bytes(qm.graph), used
-    assert used[7][1] < used[8][1] == bank.counts["frames"] - 1, used     # at most num_maskmem + 2 frames
-    assert used[8][2] < bank.counts["ptrs"], used
+    assert used[3][0] == used[10][0] == bank.nbytes == bank_bytes(qm.graph, cond_frames=0), used
+    assert used[7][1] < used[8][1] == bank.counts["frames"], used     # at most num_maskmem + 2 frames
+    assert used[10][2] < bank.counts["ptrs"], used
+    assert slots[9] == slots[1] and bank.counts["frames"] == 9, slots       # a slot used again, read by frame 10
+    assert "0" not in reads and reads.get("1", 0) > 0, reads       # layer 0's bank rows never read by the host
 
 
 def test_track_backend_pynq_equals_int8_host_and_keeps_frames_on_a_second_failure(video_case, monkeypatch,
