@@ -193,7 +193,7 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
             c.nodes[0] for c in self.chains}
         self.banked: dict | None = None     # per ring: the gathered memory frames' (slots') entries, set per gather
         self.in_place = self._segment_readers()     # chains whose output its readers take from the bank in place
-        self.bank_in_place = True           # off while a batch of objects runs a chain (_rows_batched)
+        self.batch_groups: list | None = None     # a batch's objects: (banked entries, pointer tokens) (_rows_batched)
 
     def project(self, tokens, part: str) -> dict:
         """The banked chains of `part` ("memory": one memory frame's tokens, "memory_pos": one slot
@@ -276,8 +276,9 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
                                          f"{x.shape[1]}")
                 x = np.ascontiguousarray(x[:, rows:])
             if last and self._in_place_now(n):
-                ptrs = fn(n, [x] + list(args[1:]), r) if x.shape[1] else None
-                return self._segments(n, chain, entries, ptrs, channels)
+                ptrs = fn(n, [x] + list(args[1:]), r) if x.shape[1] else np.zeros((0, channels), np.int8)
+                groups = self.batch_groups or [(self.banked, x.shape[1])]
+                return self._segments(n, chain, [(b[chain.ring], t) for b, t in groups], ptrs, channels)
             parts, read = [], {}        # a slot's rows read once a call: batched objects share the slot keys
             for e in entries if last else ():
                 if e.slot not in read:
@@ -290,21 +291,24 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
     def _in_place_now(self, node) -> bool:
         """Whether this run leaves a banked chain's output in DDR as segments (_segment_readers; one object's
         memory attention, chained)."""
-        return (node.name in self.in_place and self.bank_in_place and self._scope is not None
-                and node.name in self._scope.nodes)
+        return node.name in self.in_place and self._scope is not None and node.name in self._scope.nodes
 
-    def _segments(self, node, chain, entries, ptrs, channels: int) -> SegmentedTensor:
-        """A banked chain's output where its readers bind it: each memory frame's (slot's) layer rows in the
-        bank, then the pointer tokens' rows `ptrs` (their projection's, a host array) in a buffer of their own,
-        written once (counted to the memory attention). Freed after its last reader in the run, the bank's
-        slots kept."""
-        parts, owns = [e.segment(chain.layer) for e in entries], []
-        if ptrs is not None:
-            ptrs = np.asarray(ptrs).reshape(-1, channels)
-            before = self.driver.device.traffic.snapshot()
-            owns = [_upload(self.driver, ptrs, TokenRowLayout(len(ptrs), channels, self.cfg.cols))]
-            self.frame_stats.add("memory_attention", ddr_bytes=self.driver.device.traffic.since(before).total)
-            parts.append((owns[0], len(ptrs)))
+    def _segments(self, node, chain, groups, ptrs, channels: int) -> SegmentedTensor:
+        """A banked chain's output where its readers bind it, object after object (`groups`: each object's
+        memory frames' (slots') entries and pointer tokens): its memory frames' layer rows in the bank, then
+        its pointer tokens' rows (of `ptrs`, their projection's, a host array: every object's, in order) in a
+        buffer of their own, written once (counted to the memory attention). Freed after its last reader in
+        the run, the bank's slots kept."""
+        parts, owns, t0 = [], [], 0
+        ptrs = np.asarray(ptrs).reshape(-1, channels)
+        before = self.driver.device.traffic.snapshot()
+        for entries, tail in groups:
+            parts += [e.segment(chain.layer) for e in entries]
+            if tail:
+                owns.append(_upload(self.driver, ptrs[t0:t0 + tail], TokenRowLayout(tail, channels, self.cfg.cols)))
+                parts.append((owns[-1], tail))
+                t0 += tail
+        self.frame_stats.add("memory_attention", ddr_bytes=self.driver.device.traffic.since(before).total)
         y = SegmentedTensor(self.driver, parts, channels, (1, sum(r for _, r in parts), channels), node.name, owns)
         y.pending = self._scope.readers.get(node.outputs[0], 0)      # GraphExecutor._done's liveness
         self._scope.made[id(y)] = y
@@ -474,14 +478,17 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
             self.run_dims = {**(saved[0] or {}), "O": sum(tails)}
             banked = [o.banked for o in objects]
             self.banked = None if None in banked else {ring: [e for b in banked for e in b[ring]] for ring in banked[0]}
-        self.bank_in_place = False          # the objects' rows regrouped below: a chain's output on the host
+            if chain is not None and self.banked is not None:      # a banked chain's output as segments: by object
+                self.batch_groups = [(o.banked, t) for o, t in zip(objects, tails)]
         try:
             y = self.node_fn(node)(node, ins, self)
+            if isinstance(y, SegmentedTensor):       # every object's rows in DDR, object after object
+                return _Stacked(y, [(1, o.bank[chain.part].shape[1], y.shape[-1]) for o in objects], self._fetch)
             if chain is not None and self.banked is not None:   # its head rows: the bank's (the last) or none
                 heads = [o.bank[chain.part].shape[1] - o.ptr_tokens if node.name == chain.nodes[-1] else 0
                          for o in objects]
         finally:
-            self.run_dims, self.banked, self.bank_in_place = *saved, True
+            self.run_dims, self.banked, self.batch_groups = *saved, None
         y = y.reshape(-1, y.shape[-1])
         out, h0, t0 = [], 0, sum(heads)
         for a, h, t in zip(args, heads, tails):
