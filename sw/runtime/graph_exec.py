@@ -38,7 +38,10 @@ Where the layouts agree (read in place, no host bytes):
   array (a host node's output) is written there once (its bytes); and attention out -> the next node:
   each STORE writes R query rows x C columns of a head at its column h x d, row pitch heads x d
   (sw.compile.attention.TokenRows), so the heads are merged in DDR. Both need C to divide the head dim;
-  otherwise, or without load_t, all of that attention crosses the host (the record's reason says why).
+  otherwise, or without load_t, all of that attention crosses the host (the record's reason says why);
+  a SegmentedTensor (token rows in several buffers, e.g. a memory bank's slots: the video executor's)
+  -> a vector row op's inputs and attention's Q, K, V as token rows: one program region per range
+  (sw.runtime.layout.RowSegments), each bound to its buffer, no command or tile straddling two.
 Where they differ, the reader takes the tensor back to the host (its bytes counted as the reader's):
   * a linear's A without load_t (the ECP5 presets): the transpose of token rows done on the host as it
     writes A;

@@ -23,7 +23,8 @@ nodes' output on the whole memory. A frame's features, projections and pointer a
 free slots when the tracker banks them; the tracker's output dicts hold BankEntry handles. On a
 tracked frame the banked chains run only on the object-pointer tokens and put the bank's rows before
 them; the per-frame key work left is the k_sum add (golden_model.quant.video). No node reads the
-gather's frame rows then, so they are placeholders, never read from DDR. A slot is free again when
+gather's frame rows then, so they are placeholders, never read from DDR, and the bank's rows are read in
+place (below). A slot is free again when
 no output refers to it: the predictor drops
 a frame's features once it is past the memory window (num_maskmem x stride frames) and its pointer
 once past max_obj_ptrs_in_encoder frames, so the slot counts are fixed for any video length:
@@ -55,17 +56,22 @@ run_nodes would, engine outputs left in DDR for the next node (RoPE too where it
 _rope_dev). Several objects: a batched node's output is every object's rows in one DeviceTensor,
 object after object (_Stacked), which the next batched node reads in place; an attention whose objects'
 memories are equally long reads Q, K, V stacked on its batch in place and leaves its output so; a
-fused residual add reads the batched residual (_batched_residual). What a per-object reader needs (the
-banked chains, a ROPE with its pointer tail, attentions of unequal memory lengths) is read back then,
+fused residual add reads the batched residual (_batched_residual). What a per-object reader needs (a
+banked chain with a reader on the host, a ROPE with its pointer tail, attentions of unequal memory
+lengths) is read back then,
 counted to the memory attention stage (_fetch).
 
-Not yet (honest): the bank's keys, values and slot keys are read by the host at the gather (BankEntry
-.part) and written in again by the k_sum add and the attention's V (a host array uploaded once per
-call): binding those inputs to the rings in place needs per-tile LOAD addresses over several slots (a
-memory frame's rows are HW tokens, a multiple of C at 128 px on every preset, so no tile straddles two
-slots), which neither the vector nor the attention compiler takes yet. A fused add's residual crosses
-the host (the store's RES region is N-tile-major, not token rows). Per-object readers in a batch
-(above) read their tensor back.
+The bank read in place: a banked chain's output whose every reader is on the overlay and chained (the
+k_sum add on the vector engine, the attention's V: `in_place`) is a SegmentedTensor (sw.runtime.graph_exec):
+each memory frame's (slot's) layer rows in its own bank buffer (LAYER_RINGS: one buffer per slot and layer,
+layer_buffer), then the pointer tokens' rows, projected per frame and written once into a buffer of their
+own; in a batch, object after object. The readers' programs take it as RowSegments (a region per range,
+relinked per frame to that frame's slots), so the host neither reads the bank's rows nor writes them back.
+
+Not yet (honest): a reader on the host reads the bank's rows at the gather (BankEntry.part). A new frame's
+projections are read back from their nodes' outputs and written into its slots by the host (not STOREd
+there). A fused add's residual crosses the host (the store's RES region is N-tile-major, not token rows).
+Per-object readers in a batch (above) read their tensor back.
 """
 from __future__ import annotations
 
