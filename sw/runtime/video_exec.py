@@ -87,9 +87,9 @@ from golden_model.quant.intinterp import IntRunner
 from golden_model.quant.video import (SLOTS, GraphImageModel, GraphTracker, VideoIntRunner, _VideoRunner,
                                       rope_parts)
 from golden_model.video import VideoPredictor
+from sw.compile.attention import token_rows_refusal
 from sw.runtime.arena import aligned
 from sw.runtime.backend import AcceleratorError
-from sw.compile.attention import token_rows_refusal
 from sw.runtime.graph_exec import (DEVICE_OPS, ENGINE_OPS, IN_PLACE, DeviceTensor, GraphExecError,
                                    GraphExecutor, SegmentedTensor, _upload, _vector_dev)
 from sw.runtime.layout import TokenRowLayout
@@ -295,8 +295,8 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
         return run
 
     def _in_place_now(self, node) -> bool:
-        """Whether this run leaves a banked chain's output in DDR as segments (_segment_readers; one object's
-        memory attention, chained)."""
+        """Whether this run leaves a banked chain's output in DDR as segments (_segment_readers): a memory
+        attention chained in DDR (one object's, or a batch's)."""
         return node.name in self.in_place and self._scope is not None and node.name in self._scope.nodes
 
     def _segments(self, node, chain, groups, ptrs, channels: int) -> SegmentedTensor:
@@ -944,7 +944,8 @@ def bank_rings(graph, cond_frames: int = 1, objects: int = 1, project_memory: bo
 
 def bank_bytes(graph, **kwargs) -> int:
     """DDR bytes the bank takes (its rings and the slot encodings, each buffer rounded to the arena's ALIGN)."""
-    return sum(aligned(size) for size in bank_buffers(bank_rings(graph, **kwargs), graph.constants[SLOTS].size).values())
+    buffers = bank_buffers(bank_rings(graph, **kwargs), graph.constants[SLOTS].size)
+    return sum(aligned(size) for size in buffers.values())
 
 
 def video_driver(cfg, backend: str, graph, bitfile=None, **kwargs):
