@@ -120,8 +120,9 @@ def _node_by_node(video_case, reference, frames_out):
     seen = []
     ex = VideoGraphExecutor(qm, cfg, "sim")
     banked, projected = [], []
-    project = ex.project
+    project, project_into = ex.project, ex.project_into
     ex.project = lambda tokens, part: projected.append(part) or project(tokens, part)
+    ex.project_into = lambda tokens, part, into: projected.append(part) or project_into(tokens, part, into)
     digest, ex.in_ddr = _digests(seen), set()        # nodes whose output a run left in DDR (chained)
 
     def observe(node, out):
@@ -183,7 +184,8 @@ def test_bank_bounded_read_in_place_and_a_failed_frame_rerun_on_the_same_bank(vi
     and frame 10 reads it): the arena's allocation is the same after frame 3 and frame 10 (the bank's
     slots are reused: the frames' in use stop growing once the window is full); layer 0's cross-attention
     (k_sum on the vector engine, the attention's V) reads its memory frames' keys, slot keys and values in
-    place: the host reads none of layer 0's bank bytes, only the later layers' (their readers on the host);
+    place: the host reads none of layer 0's bank bytes, only the later layers' (their readers on the host),
+    and writes none of a new frame's layer 0 values and keys (STOREd into its slots by their nodes);
     a fault that outlives the session's own retry on frame 2 makes the frame run again, and every frame
     still equals the host's bit for bit (the failed attempt changed nothing it reads)."""
     qm, cfg, frames = video_case
@@ -197,14 +199,15 @@ def test_bank_bounded_read_in_place_and_a_failed_frame_rerun_on_the_same_bank(vi
     arena, bank = ex.driver.session.arena, predictor.tracker.bank
     device, used, reads, slots = ex.driver.device, {}, {}, {}
     spans = {name: (b.addr, b.end) for name, b in bank.buffers.items()}
-    read = device.read
+    read, write, writes = device.read, device.write, {}
 
-    def counted(addr, n):
+    def count(into, addr, n):
+        """Host bytes to or from a bank buffer, by its name's last part (a LAYER_RINGS buffer's: its layer)."""
         for name, (a, e) in spans.items():
             if a <= addr < e:
-                reads[name.rsplit(".", 1)[1]] = reads.get(name.rsplit(".", 1)[1], 0) + n
-        return read(addr, n)
-    device.read = counted
+                into[name] = into.get(name, 0) + n
+    device.read = lambda addr, n: count(reads, addr, n) or read(addr, n)
+    device.write = lambda addr, data: count(writes, addr, len(data)) or write(addr, data)
 
     def after(idx, state):
         used[idx] = (arena.size - arena.free_bytes, bank.in_use("frames"), bank.in_use("ptrs"))
@@ -219,7 +222,11 @@ def test_bank_bounded_read_in_place_and_a_failed_frame_rerun_on_the_same_bank(vi
     assert used[7][1] < used[8][1] == bank.counts["frames"], used     # at most num_maskmem + 2 frames
     assert used[10][2] < bank.counts["ptrs"], used
     assert slots[9] == slots[1] and bank.counts["frames"] == 9, slots       # a slot used again, read by frame 10
-    assert "0" not in reads and reads.get("1", 0) > 0, reads       # layer 0's bank rows never read by the host
+    layer = {r: {name for name in spans if name.startswith(f"bank.{r}.") and name.endswith(".0")} for r in LAYER_RINGS}
+    assert not any(set(reads) & names for names in layer.values())     # layer 0's bank rows never read by the host
+    assert any(name.endswith(".1") for name in reads), reads           # the other layers' (their readers on the host)
+    # a new frame's layer 0 values and keys STOREd into its slots by their nodes (on the overlay), not by the host
+    assert not (set(writes) & (layer["values"] | layer["keys"])) and any(n.endswith(".1") for n in writes), writes
 
 
 def test_track_backend_pynq_equals_int8_host_and_keeps_frames_on_a_second_failure(video_case, monkeypatch,

@@ -296,18 +296,20 @@ def _in_place(t, layout: TokenRowLayout) -> bool:
             and same_bytes(t.layout, layout))
 
 
-def _run_to_device(drv, prog, bind, layout, shape, producer) -> DeviceTensor:
-    """Run `prog` (regions bound as `bind`) with its out region in a new buffer: that buffer as a DeviceTensor."""
-    y = DeviceTensor(drv, drv.buffer(prog.regions["out"][1]).name, layout, shape, producer)
+def _run_to_device(drv, prog, bind, layout, shape, producer, out: str | None = None) -> DeviceTensor:
+    """Run `prog` (regions bound as `bind`) with its out region in a new buffer (or in `out`, a buffer the
+    caller keeps, e.g. a memory bank slot's): that buffer as a DeviceTensor."""
+    y = DeviceTensor(drv, out or drv.buffer(prog.regions["out"][1]).name, layout, shape, producer)
     try:
         drv.run_bound(prog, {**bind, "out": y.buffer})
     except BaseException:
-        y.free(keep=False)
+        if out is None:
+            y.free(keep=False)
         raise
     return y
 
 
-def _linear_dev(drv, n, a, r, lut=None, residual=None, add=None):
+def _linear_dev(drv, n, a, r, lut=None, residual=None, add=None, out=None):
     """_linear with its output left in DDR (token rows); its A read in place where a DeviceTensor holds it in
     token rows and the overlay has the transposing LOAD (load_t), else from the host."""
     x, w, b = a
@@ -320,11 +322,11 @@ def _linear_dev(drv, n, a, r, lut=None, residual=None, add=None):
     prog = drv.compile(x2, np.ascontiguousarray(w.reshape(w.shape[0], -1).T), b, m, s,
                        relu=n.attrs.get("relu", False), lut=lut, residual=residual, add=add, a_rows=in_place)
     y = _run_to_device(drv, prog, {"A": x.buffer} if in_place else {}, TokenRowLayout(prog.m, prog.n, drv.cfg.cols),
-                       x.shape[:-1] + (w.shape[0],), n.name)
+                       x.shape[:-1] + (w.shape[0],), n.name, out)
     return y, [drv.last_run]
 
 
-def _vector_dev(drv, n, op, x, p=None, b=None, end_x=None):
+def _vector_dev(drv, n, op, x, p=None, b=None, end_x=None, out=None):
     """_rows / _image_op on the vector engine reading x (and add's b) in place where a DeviceTensor in the
     program's input layout holds it; its output left in DDR. Anything else is read back and written in.
     maxpool and upsample take one image (N = 1): a batch runs image by image from the host (_image_op)."""
@@ -351,7 +353,7 @@ def _vector_dev(drv, n, op, x, p=None, b=None, end_x=None):
     prog = compile_vector(drv.cfg, op, data["in"], p, b=data.get("b"), end_x=end_x, base_addr=base,
                           max_ddr_bytes=drv.ddr_bytes - base, segments=segments)
     out_shape = (1,) + prog.out_shape if image else shape
-    return _run_to_device(drv, prog, bind, prog.out_layout, out_shape, n.name), [drv.last_run]
+    return _run_to_device(drv, prog, bind, prog.out_layout, out_shape, n.name, out), [drv.last_run]
 
 
 def _upload(drv, x, layout: TokenRowLayout) -> str:

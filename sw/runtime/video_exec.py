@@ -123,14 +123,21 @@ def _rope(drv, n, a, r):
     return out.reshape(a[0].shape), runs
 
 
-def _rope_dev(drv, n, a, r):
-    """_rope with its output left in DDR (sw.runtime.graph_exec._vector_dev: its input read in place) where it is
-    one ROPE call: one batch row, no excluded tokens (the queries', the self-attention's keys); else _rope."""
+def _rope_dev(drv, n, a, r, out=None):
+    """_rope with its output left in DDR (sw.runtime.graph_exec._vector_dev: its input read in place; `out`: in
+    that buffer) where it is one ROPE call: one batch row, no excluded tokens (the queries', the self-attention's
+    keys, a memory frame's keys entering the bank); else _rope."""
     x = a[0]
     _, keep, rp, _ = rope_parts(n, [np.zeros(x.shape, np.int8)] + list(a[1:]), r)     # the split, from the shape
     if x.shape[0] != 1 or keep != math.prod(x.shape[1:-1]):
         return _rope(drv, n, [np.asarray(x)] + list(a[1:]), r)
-    return _vector_dev(drv, n, "rope", x, rp, end_x=math.isqrt(rp.positions))
+    return _vector_dev(drv, n, "rope", x, rp, end_x=math.isqrt(rp.positions), out=out)
+
+
+def _into_bank(dev_op):
+    """A device op whose output goes into the buffer the executor's `store_into` names for the node (a bank
+    slot's layer, VideoGraphExecutor.project_into), else into a new one."""
+    return lambda d, n, a, r: dev_op(d, n, a, r, out=r.store_into.get(n.name))
 
 
 class _VideoHostOps(IntRunner):
@@ -184,7 +191,8 @@ class FrameStats:
 class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
     """GraphExecutor over the whole video graph (module docstring); `frame_stats` sums the current frame."""
     ENGINE_OPS = {**ENGINE_OPS, "rope": _rope}
-    DEVICE_OPS, IN_PLACE = {**DEVICE_OPS, "rope": _rope_dev}, {**IN_PLACE, "rope": (0,)}
+    DEVICE_OPS = {**DEVICE_OPS, "rope": _into_bank(_rope_dev), "linear": _into_bank(DEVICE_OPS["linear"])}
+    IN_PLACE = {**IN_PLACE, "rope": (0,)}
 
     def __init__(self, qm, cfg, backend: str = "sim", driver=None):
         super().__init__(qm, cfg, backend, driver)
@@ -200,26 +208,50 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
         self.banked: dict | None = None     # per ring: the gathered memory frames' (slots') entries, set per gather
         self.in_place = self._segment_readers()     # chains whose output its readers take from the bank in place
         self.batch_groups: list | None = None     # a batch's objects: (banked entries, pointer tokens) (_rows_batched)
+        self.store_into: dict = {}          # node -> the session buffer its output goes into (project_into)
 
     def project(self, tokens, part: str) -> dict:
         """The banked chains of `part` ("memory": one memory frame's tokens, "memory_pos": one slot
         encoding) run on those tokens alone, once, when they enter the bank: {ring: (layers, HW, C) int8}.
         No object-pointer tokens among them (O = 0)."""
+        out: dict = {}
+        for chain, y in self._projections(tokens, part):
+            out.setdefault(chain.ring, []).append(np.asarray(y)[0])
+        return {ring: np.stack(ys) for ring, ys in out.items()}
+
+    def project_into(self, tokens, part: str, entries: dict) -> None:
+        """project, each chain's output into its layer of entries[ring] (a BankEntry of DdrBank.take): STOREd
+        there by the chain's last node where it runs on an engine and chains (its rows never cross the host),
+        else written in by the host."""
+        for chain, y in self._projections(tokens, part, entries if self.chain else {}):
+            e = entries[chain.ring]
+            if not (isinstance(y, DeviceTensor) and y.buffer == e.segment(chain.layer)[0]):
+                e.bank.write_part(e, chain.layer, np.asarray(y))
+
+    def _projections(self, tokens, part: str, entries: dict | None = None):
+        """(chain, its output) of each banked chain of `part` on `tokens`; `entries`: ring -> the BankEntry
+        whose layer buffer a chain's last node leaves its output in, where it runs on an engine."""
         tokens = np.asarray(tokens)
         tokens = tokens.reshape(1, -1, tokens.shape[-1])
         saved, self.banked = (self.banked, getattr(self, "run_dims", None)), None
         self.run_dims = {"O": 0}
         try:
-            out: dict = {}
             for chain in self.chains:
                 if chain.part == part:
                     y = tokens
                     for n in self.nodes_named(chain.nodes):
-                        y = self.op_fn(n)(n, [y] + [self.arg(i, {}) for i in n.inputs[1:]], self)
-                    out.setdefault(chain.ring, []).append(y[0])
-            return {ring: np.stack(ys) for ring, ys in out.items()}
+                        if n.name == chain.nodes[-1] and chain.ring in (entries or {}):
+                            self.store_into = {n.name: entries[chain.ring].segment(chain.layer)[0]}
+                        try:
+                            y = self.op_fn(n)(n, [y] + [self.arg(i, {}) for i in n.inputs[1:]], self)
+                        finally:
+                            self.store_into = {}
+                    yield chain, y
         finally:
             self.banked, self.run_dims = saved
+
+    def _device(self, node) -> bool:
+        return node.name in self.store_into or super()._device(node)
 
     def _segment_readers(self) -> set:
         """The banked chains' last nodes whose every reader takes their output as segments in DDR (a
@@ -612,6 +644,16 @@ class DdrBank:
         n = math.prod(shape)
         return [(self.buffers[f"bank.{ring}"].addr + slot * n, n)]
 
+    def _part_spans(self, ring: str, slot: int, part: int | None) -> list[tuple[int, int]]:
+        """_spans, or only those of row `part` of the slot shape's first axis."""
+        spans = self._spans(ring, slot)
+        if part is None:
+            return spans
+        if len(spans) == 1:
+            n = spans[0][1] // self.shapes[ring][0]
+            return [(spans[0][0] + part * n, n)]
+        return spans[part:part + 1]
+
     def _io(self, stage: str, t0: float, nbytes: int) -> None:
         if self.stats is not None:
             self.stats.add(stage, host_s=time.perf_counter() - t0, ddr_bytes=nbytes)
@@ -622,18 +664,26 @@ class DdrBank:
         if x.dtype != np.int8 or x.size != math.prod(self.shapes[ring]):
             raise ValueError(f"bank {ring}: expected {math.prod(self.shapes[ring])} int8 values, got {x.dtype} "
                              f"{x.shape}")
+        entry = self.take(ring, x.shape)
+        self._write(ring, entry.slot, x, "prompt + decoder" if ring == "ptrs" else "memory encoder")  # who banks it
+        return entry
+
+    def take(self, ring: str, shape: tuple | None = None) -> BankEntry:
+        """A free slot of `ring`, nothing written (its rows STOREd there by the engines, or write_part)."""
         if not self.free[ring]:
             gc.collect()            # entries of a failed frame attempt held by a reference cycle
         if not self.free[ring]:
             raise BankFull(f"memory bank: all {self.counts[ring]} {ring} slots are in use")
-        slot = self.free[ring].pop(0)
-        self._write(ring, slot, x, "prompt + decoder" if ring == "ptrs" else "memory encoder")   # who banks it
-        return BankEntry(self, ring, slot, x.shape)
+        return BankEntry(self, ring, self.free[ring].pop(0), shape or self.shapes[ring])
 
-    def _write(self, ring: str, slot: int, x: np.ndarray, stage: str) -> None:
+    def write_part(self, entry: BankEntry, i: int, x: np.ndarray) -> None:
+        """Row i of the entry's first axis (a layer's rows of a LAYER_RINGS slot), written by the host."""
+        self._write(entry.ring, entry.slot, x, "memory encoder", part=i)
+
+    def _write(self, ring: str, slot: int, x: np.ndarray, stage: str, part: int | None = None) -> None:
         t0 = time.perf_counter()
         flat, pos = np.ascontiguousarray(x).reshape(-1).view(np.uint8), 0
-        for addr, n in self._spans(ring, slot):
+        for addr, n in self._part_spans(ring, slot, part):
             self.session.backend.write(addr, flat[pos:pos + n])
             pos += n
         self._io(stage, t0, x.size)
@@ -652,13 +702,7 @@ class DdrBank:
     def read(self, ring: str, slot: int, part: int | None = None) -> np.ndarray:
         """A slot's bytes (int8), or only its `part`-th row along the slot shape's first axis."""
         t0 = time.perf_counter()
-        spans = self._spans(ring, slot)
-        if part is not None:
-            if len(spans) == 1:
-                n = spans[0][1] // self.shapes[ring][0]
-                spans = [(spans[0][0] + part * n, n)]
-            else:
-                spans = spans[part:part + 1]
+        spans = self._part_spans(ring, slot, part)
         data = np.concatenate([np.asarray(self.session.backend.read(a, n)) for a, n in spans]).view(np.int8)
         self._io("memory attention", t0, data.size)
         return data
@@ -702,9 +746,10 @@ class OverlayTracker(GraphTracker):
         RoPE'd keys of the memory part) when kept: entry.projections, ring -> BankEntry."""
         entry = self.bank.put("frames", feats)
         entry.projections = {}
-        if self.banks_projections:
-            projected = self.runner.project(feats, "memory")
-            entry.projections = {ring: self.bank.put(ring, y) for ring, y in projected.items()}
+        if self.banks_projections:          # each ring's slot taken first: the engines STORE the rows there
+            rings = sorted({c.ring for c in self.runner.chains if c.part == "memory"})
+            entry.projections = {ring: self.bank.take(ring) for ring in rings}
+            self.runner.project_into(feats, "memory", entry.projections)
         return entry
 
     @property
