@@ -68,10 +68,14 @@ layer_buffer), then the pointer tokens' rows, projected per frame and written on
 own; in a batch, object after object. The readers' programs take it as RowSegments (a region per range,
 relinked per frame to that frame's slots), so the host neither reads the bank's rows nor writes them back.
 
-Not yet (honest): a reader on the host reads the bank's rows at the gather (BankEntry.part). A new frame's
-projections are read back from their nodes' outputs and written into its slots by the host (not STOREd
-there). A fused add's residual crosses the host (the store's RES region is N-tile-major, not token rows).
-Per-object readers in a batch (above) read their tensor back.
+A new frame's values and keys are STOREd into its slots by their chains' last nodes where those run on
+an engine (project_into: the slots taken first, DdrBank.take, the nodes' outputs bound to their layer
+buffers).
+
+Not yet (honest): a reader on the host reads the bank's rows at the gather (BankEntry.part), a projection
+on the host is written in by the host (DdrBank.write_part), and a temporal slot's keys go through the host
+(once a session per slot). A fused add's residual crosses the host (the store's RES region is
+N-tile-major, not token rows). Per-object readers in a batch (above) read their tensor back.
 """
 from __future__ import annotations
 
