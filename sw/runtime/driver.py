@@ -240,8 +240,10 @@ class Driver:
 
 
 def _weights_key(prog) -> str:
-    """What makes two compiled programs interchangeable but for their inputs: kind, descriptors, weights."""
+    """What makes two compiled programs interchangeable but for their inputs: kind, regions, descriptors, weights
+    (the regions: an input in segments may be laid out, so addressed, as the whole region would be)."""
     h = hashlib.sha1(type(prog).__name__.encode())
+    h.update(" ".join(prog.regions).encode())
     for region, role in prog.ROLES.items():
         if region in prog.regions and role in ("program", "weight"):
             h.update(region.encode())
