@@ -159,7 +159,7 @@ def test_build_zynq_without_vivado_generates_and_says_how(tmp_path, capsys, monk
     dry_run((tmp_path / "sam2fpga_pynq_z2.tcl").read_text())
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=160)
 def test_yosys_estimate_of_small_overlay(tmp_path):
     from hw.flows.estimate import estimate, fits
     # Without the vector engine (its own estimates: docs/vector.md): yosys takes about two minutes more with it.
@@ -171,7 +171,7 @@ def test_yosys_estimate_of_small_overlay(tmp_path):
     assert fits(res, BOARDS["kv260"]) == []
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=300)
 def test_ecp5_open_flow_meets_the_small_preset_clock(tmp_path, capsys):
     """The whole open flow on the small ECP5 preset (GEMM + convolution; `ulx3s`, GEMM + attention,
     takes longer: its run is in bitstreams/README.md)."""
