@@ -35,12 +35,12 @@ multiplexer is one per column instead of a 32-bit 3:1 multiplexer (shift, restar
 every PE. The rows leave in the order and at the cycles the shift chain gave them, and the
 drain-before-overwrite contract holds for the same K >= 2R - 1: let `last` enter at cycle s and
 column 0's drain start at t0 >= s + R + 4 (= s + R + EXTRA_LATENCY, GemmCompute's timing).
-PE (i, j)'s `out` (a packed pair: j its odd column) takes the tile's sum at cycle s + i + j + 5 and is read at drain cycle R-1-i,
-cycle t0 + j + R - 1 - i >= s + 2R + 3 + j - i: after the write, as i <= R - 1. The next tile's
-`last` comes at s' >= s + 2R - 1, so its write into that `out` lands at s' + i + j + 5 >=
-s + 2R + 4 + i + j, after the read (at t0 = s + R + 4) by 2i + 1 cycles: row 0, read last and
-written first, sets the gap, as in the chain, where the whole drain had to end before row 0's
-next write.
+PE (i, j)'s `out` (j: a packed pair's odd column) takes the tile's sum at cycle s + i + j + 5
+and is read at drain cycle R-1-i, cycle t0 + j + R - 1 - i >= s + 2R + 3 + j - i: after the
+write, as i <= R - 1. The next tile's `last` comes at s' >= s + 2R - 1, so its write into that
+`out` lands at s' + i + j + 5 >= s + 2R + 4 + i + j, after the read (at t0 = s + R + 4) by
+2i + 1 cycles: row 0, read last and written first, sets the gap, as in the chain, where the
+whole drain had to end before row 0's next write.
 
 Four registers beyond the skew, for timing (`EXTRA_LATENCY`): the edge inputs are
 registered once (the scratchpads' outputs go straight to flip-flops), and each PE's
