@@ -34,7 +34,11 @@ def components(cfg) -> dict:
     }
     if "attention" in cfg.engines:
         from hw.attention.engine import AttentionEngine
+        from hw.attention.pv_array import PVArray
+        from hw.gemm.engine import abits
         parts["attention"] = (lambda: AttentionEngine(cfg), "attention engine: softmax, P V array, normaliser, O memories")
+        parts["pv_array"] = (lambda: PVArray(cfg.rows, cfg.cols, abits(cfg.attn_max_dim)),
+                             f"attention's P V array {cfg.rows} x {cfg.cols}")
     if "conv" in cfg.engines:
         from hw.conv.im2col import Im2colLoader
         parts["conv"] = (lambda: Im2colLoader(cfg), "convolution: the im2col loader (the MACs are the GEMM array's)")
