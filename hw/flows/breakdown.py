@@ -1,5 +1,5 @@
-"""Where the LUTs, FFs and DSPs go: each engine (and the GEMM array, the P V array, the store's
-requantisers) synthesised on its own with yosys synth_xilinx, for one configuration.
+"""Where the LUTs, FFs and DSPs go: each engine synthesised on its own with yosys synth_xilinx
+(and the GEMM array, the P V array, the store's requantisers), for one configuration.
 
     python -m hw.flows.breakdown --preset bench16 [--set dsp_packing=False] [--family xcup]
     python -m hw.flows.breakdown --preset zcu104 --only attention --hierarchy    # and per submodule
