@@ -8,6 +8,10 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 # pytest workers: 2 cores here; override with `make test JOBS=1`.
 JOBS   ?= 2
+# Whole modules to a worker as it frees up, in tests/conftest.py's order (costliest first, kept as
+# ordered): the longest work starts first and both workers end together. The default `--dist load`
+# handed one worker every slow module in its first batch (it finished ~8 minutes after the other).
+DIST   := --dist loadfile --no-loadscope-reorder
 
 .PHONY: demo test test-fast bench install check-cxx clean
 
@@ -15,11 +19,11 @@ demo: $(STAMP) check-cxx
 	$(VENV)/bin/sam2fpga demo
 
 test: $(STAMP) check-cxx
-	$(PY) -m pytest -n $(JOBS) --durations=15 $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(JOBS) $(DIST) --durations=15 $(PYTEST_ARGS)
 
 # Everything but the slow tests, for quick iteration.
 test-fast: $(STAMP) check-cxx
-	$(PY) -m pytest -n $(JOBS) -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(JOBS) $(DIST) -m "not slow" $(PYTEST_ARGS)
 
 bench: $(STAMP) check-cxx
 	$(PY) -m benchmarks $(BENCH_ARGS)

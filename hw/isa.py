@@ -29,7 +29,7 @@ ARRAY_EXTRA_LATENCY = 4
 
 def array_tile_gap(rows: int) -> int:
     """Fewest cycles between two tiles' last steps on an R-row array (hw/gemm/array.py): a column's
-    R shadow registers drain in R cycles, and the next tile's row 0 may land in the last of them."""
+    R shadow registers drain in R cycles, row 0 last, and the next tile's row 0 may land the cycle after."""
     return 2 * rows - 1
 
 #: Descriptors the fetcher may hold ahead of the dispatcher. Deep enough that a fetch queued in DDR

@@ -3,6 +3,24 @@ import os
 import pytest
 
 
+def _threads_per_worker() -> int | None:
+    """BLAS / OpenMP threads for one pytest-xdist worker: the cores shared out (`make test`: 2 workers on
+    2 cores, one each). Left alone outside xdist. With their defaults (a thread per core in OpenBLAS and in
+    torch) two workers ran four threads on two cores, idle pool threads waiting busy: one thread costs
+    test_video's official run 29 % less CPU, test_full_size_tiny_accuracy 14 % (OpenBLAS's system time
+    68 s against 116). Results do not change: integer paths are exact, float ones within their tolerances."""
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if not workers:
+        return None
+    return max(1, (os.cpu_count() or 1) // int(workers))
+
+
+if (_THREADS := _threads_per_worker()) is not None:
+    # Before numpy or torch load (each reads these once); an explicit setting of the user's wins.
+    for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, str(_THREADS))
+
+
 def pytest_addoption(parser):
     parser.addoption("--waves", action="store_true",
                      help="dump waveforms from RTL benches into build/sim/ (same as SAM2FPGA_WAVES=1)")
@@ -13,18 +31,27 @@ def pytest_configure(config):
         os.environ["SAM2FPGA_WAVES"] = "1"
 
 
-def pytest_collection_modifyitems(session, config, items):
-    """Slow tests first (pytest-xdist hands items out in order): two workers then start on the longest
-    cases and finish on short ones, instead of one worker starting a five-minute case at the end.
-    Modules stay contiguous (their module-scoped fixtures are set up once)."""
-    def slow(item):
-        return item.get_closest_marker("slow") is not None
+#: A test's rough cost, for ordering only: `@pytest.mark.slow(seconds=N)` when the test says (the longest
+#: do), else by its markers: slow tests take 30-300 s, rtl ones build or reuse a Verilator model
+#: (10-80 s), oracle ones run the official torch model (seconds), the rest well under a second.
+def _rough_seconds(item) -> float:
+    slow = item.get_closest_marker("slow")
+    if slow is not None:
+        return slow.kwargs.get("seconds", 60)
+    return 30 if item.get_closest_marker("rtl") else 3 if item.get_closest_marker("oracle") else 1
 
+
+def pytest_collection_modifyitems(session, config, items):
+    """Costliest modules first, each module's slow tests first. `make test` hands whole modules to the
+    workers as they free up (`--dist loadfile`, in this order), so the longest work starts first and
+    both workers finish on short modules; a module's fixtures are set up once. (The default `--dist
+    load` gave the first worker the first eighth of the items, every slow module, in one batch: it ran
+    ~8 minutes after the other had finished.)"""
     modules: dict = {}
     for item in items:
         modules.setdefault(item.module.__name__ if item.module else "", []).append(item)
-    ordered = sorted(modules.values(), key=lambda group: not any(slow(i) for i in group))
-    items[:] = [i for group in ordered for i in sorted(group, key=lambda i: not slow(i))]
+    ordered = sorted(modules.values(), key=lambda group: -sum(map(_rough_seconds, group)))
+    items[:] = [i for group in ordered for i in sorted(group, key=lambda i: -_rough_seconds(i))]
 
 
 # ---------------------------------------------------------------- a scaled-down int8 SAM 2, shared

@@ -133,3 +133,60 @@ def test_normaliser_matches_golden(units):
 
     got = run_stream(dut, items, set_inputs, read_outputs, len(want), seed=4, name="normaliser")
     assert got == want
+
+
+@pytest.mark.parametrize("rows,cols", [(3, 5), (2, 8)])
+def test_pv_array_matches_dot_products(rows, cols):
+    """PVArray alone: tiles back to back (a bank switch between them; a bank is rewritten once its
+    last channel has left the array) and after bubbles, p at its port's extremes (2^17 - 1, beyond
+    softmax's 2^16: the narrowed partial sums must hold it) with v = -128 and 127, then random.
+    Every row's result, channel and bank come out i + C cycles after the channel entered, and
+    out_valid is low at every other cycle."""
+    from hw.attention.pv_array import PROB, PVArray
+    rng = np.random.default_rng(rows * 10 + cols)
+    pmax = (1 << PROB.width) - 1
+    ds = [3, 1, 4, 2, 5, 1]
+    tiles = [(rng.integers(0, pmax + 1, (rows, cols)), rng.integers(-128, 128, (cols, d))) for d in ds]
+    tiles[0][0][:], tiles[0][1][:] = pmax, -128            # the most negative sums
+    tiles[1][0][:], tiles[1][1][:] = pmax, 127             # the most positive
+    tiles[2][0][:, ::2] = 0                                # zero probabilities among extremes
+    tiles[2][1][::3] = -128
+    # Channel entry cycles: each tile right after the previous one (tile 3 after 2 bubbles), and not
+    # before its bank is loaded: in the cycle after the bank's previous tile's last channel reached
+    # the last PE (entered at end - 1, there rows + cols - 2 cycles later).
+    start, end, load = [], [], []
+    for t, d in enumerate(ds):
+        load.append(end[t - 2] + rows + cols - 2 if t >= 2 else 0)
+        start.append(max(end[-1] + 2 * (t == 3) if end else 0, load[-1]))
+        end.append(start[-1] + d)
+    dut = PVArray(rows, cols, chan_bits=3)
+    want, got = {}, {}
+    for t, (p, v) in enumerate(tiles):
+        for c in range(v.shape[1]):
+            for i in range(rows):
+                want[(start[t] + c + i + cols, i)] = (int(p[i] @ v[:, c]), c, t % 2)
+
+    async def bench(ctx):
+        for cycle in range(end[-1] + rows + cols + 2):
+            for t, (p, v) in enumerate(tiles):
+                if cycle == load[t]:
+                    for i in range(rows):
+                        for j in range(cols):
+                            ctx.set(dut.p[t % 2][i][j], int(p[i, j]))
+                if start[t] <= cycle < end[t]:
+                    c = cycle - start[t]
+                    for j in range(cols):
+                        ctx.set(dut.v[j], int(v[j, c]))
+                    ctx.set(dut.v_chan, c)
+                    ctx.set(dut.v_bank, t % 2)
+            ctx.set(dut.v_valid, int(any(s <= cycle < e for s, e in zip(start, end))))
+            for i in range(rows):
+                if ctx.get(dut.out_valid[i]):
+                    got[(cycle, i)] = (ctx.get(dut.out[i]), ctx.get(dut.out_chan[i]), ctx.get(dut.out_bank[i]))
+            await ctx.tick()
+
+    sim = Simulator(dut)
+    sim.add_clock(1e-8)
+    sim.add_testbench(bench)
+    run_amaranth(sim, f"pv_array_{rows}x{cols}")
+    assert got == want

@@ -296,7 +296,7 @@ def test_sim_model_reports_axi_errors_outside_ddr():
 
 
 @pytest.mark.rtl
-@pytest.mark.slow
+@pytest.mark.slow(seconds=190)
 def test_rtl_8x16_overlay_bit_exact():
     """A larger array (8 x 16) on a layer with ragged edges; benchmarks/gemm.py does 16 x 16, 128-bit beats
     are test_rtl_128bit_axi_bit_exact_and_cycles. The build is test_runtime's chain's (conftest)."""

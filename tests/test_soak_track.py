@@ -50,7 +50,7 @@ def test_releasing_old_outputs_changes_nothing(tmp_path):
     assert kept_all[-1] == 19 and max(kept_few) == 16
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=140)
 def test_soak_1000_frames(tmp_path):
     frames = write_orbit_clip(tmp_path / "frames", SOAK_FRAMES)
     out, logits = tmp_path / "out", tmp_path / "logits"

@@ -22,7 +22,8 @@ from golden_model.quant.video import (VideoIntRunner, build_full_graph, calibrat
 from hw.config import preset
 from sw.backends.faults import Fault
 from sw.runtime import graph_exec
-from sw.runtime.video_exec import BankEntry, BankFull, VideoGraphExecutor, bank_bytes, overlay_video_predictor
+from sw.runtime.video_exec import (LAYER_RINGS, BankEntry, BankFull, VideoGraphExecutor, bank_bytes,
+                                   overlay_video_predictor)
 
 SIZE = 128
 CLICK = [60.0, 70.0]
@@ -40,7 +41,7 @@ def video_case():
     stats = calibrate(graph, [photo], prompts_per_image=1)
     calibrate_video(graph, [photo], stats, frames_per_video=2)
     cfg = preset("bench16")
-    return quantize_video(graph, stats, key_tile=cfg.cols, preset=cfg.name), cfg, shifted_frames(photo, 9)
+    return quantize_video(graph, stats, key_tile=cfg.cols, preset=cfg.name), cfg, shifted_frames(photo, 11)
 
 
 def _track(predictor, frames, after_frame=None, frames_out=None):
@@ -86,11 +87,10 @@ def _digests(seen: list):
 
 @pytest.fixture(scope="module")
 def reference(video_case):
-    """The host integer tracker on the first 3 frames of the 9-frame video: every node's output (digest) in
-    order, the logits."""
+    """The host integer tracker on the 11-frame video: every node's output (digest) in order, the logits."""
     qm, _, frames = video_case
     seen = []
-    return seen, _track(graph_video_predictor(qm.graph, VideoIntRunner(qm), _digests(seen)), frames, frames_out=3)
+    return seen, _track(graph_video_predictor(qm.graph, VideoIntRunner(qm), _digests(seen)), frames)
 
 
 def _mostly_host(monkeypatch, on_overlay=ON_OVERLAY):
@@ -120,8 +120,9 @@ def _node_by_node(video_case, reference, frames_out):
     seen = []
     ex = VideoGraphExecutor(qm, cfg, "sim")
     banked, projected = [], []
-    project = ex.project
+    project, project_into = ex.project, ex.project_into
     ex.project = lambda tokens, part: projected.append(part) or project(tokens, part)
+    ex.project_into = lambda tokens, part, into: projected.append(part) or project_into(tokens, part, into)
     digest, ex.in_ddr = _digests(seen), set()        # nodes whose output a run left in DDR (chained)
 
     def observe(node, out):
@@ -144,11 +145,12 @@ def _node_by_node(video_case, reference, frames_out):
     # session, when a memory frame first sits in it (frame f: frame 0 in slot 6, frames 1..f-1 in slots 5..7-f)
     assert {c.ring for c in ex.chains} == {"values", "keys", "slot_keys"}
     assert (projected.count("memory"), projected.count("memory_pos")) == (frames_out, frames_out - 1), projected
-    # each tracked frame's gather: its memory frames' keys, values and slot keys, one read per layer, and
-    # none of the frames' features (the frames' rows of the gather are never read)
-    layers = sum(c.ring == "values" for c in ex.chains)
+    # each tracked frame's gather: its memory frames' keys, values and slot keys, one read per layer where a
+    # reader is on the host (the overlay's read them in place: ex.in_place), and none of the frames' features
+    # (the frames' rows of the gather are never read)
     memory_frames = sum(range(1, frames_out))
-    assert [reads.count(r) for r in ("values", "keys", "slot_keys", "frames")] == [layers * memory_frames] * 3 + [0]
+    on_host = [sum(c.ring == r and c.nodes[-1] not in ex.in_place for c in ex.chains) for r in LAYER_RINGS]
+    assert [reads.count(r) for r in LAYER_RINGS + ("frames",)] == [n * memory_frames for n in on_host] + [0]
     return ex
 
 
@@ -161,6 +163,7 @@ def test_video_nodes_on_every_engine_kind_bit_exact(video_case, reference, monke
     ex = _node_by_node(video_case, reference, 3)
     on = {r.name: r for r in ex.records.values() if r.where not in ("host", "layout")}
     assert set(on) == set(ON_OVERLAY) and all(r.cycles > 0 for r in on.values() if r.name != "ma.layers.0.cross_res")
+    assert ex.in_place == {"ma.layers.0.cross.v"}         # its reader, the attention, binds the bank's values
     # its last run: frame 2's keys entering the bank, ROPE alone (the pointers' RESCALE runs per tracked frame)
     assert on["ma.layers.0.cross.k_rope"].calls == 1
     # the memory attention chained in DDR: the cross-attention's output read in place by its out_proj, whose
@@ -176,29 +179,54 @@ def test_every_video_node_bit_exact_on_bench16(video_case, reference):
     assert on >= {"gemm", "conv", "depthwise", "attention", "vector"}
 
 
-def test_bank_bounded_and_a_failed_frame_rerun_on_the_same_bank(video_case, reference, monkeypatch):
-    """9 frames: the arena's allocation is the same after frame 3 and frame 8 (the bank's slots are
-    reused: the frames' in use stop growing once the window is full); a fault that outlives the
-    session's own retry on frame 2 makes the frame run again, and the frames still equal the host's
-    bit for bit (the failed attempt changed nothing it reads)."""
+def test_bank_bounded_read_in_place_and_a_failed_frame_rerun_on_the_same_bank(video_case, reference, monkeypatch):
+    """11 frames on a bank of 9 frame slots (made for no prompted frame, so frame 9 takes frame 1's slot
+    and frame 10 reads it): the arena's allocation is the same after frame 3 and frame 10 (the bank's
+    slots are reused: the frames' in use stop growing once the window is full); layer 0's cross-attention
+    (k_sum on the vector engine, the attention's V) reads its memory frames' keys, slot keys and values in
+    place: the host reads none of layer 0's bank bytes, only the later layers' (their readers on the host),
+    and writes none of a new frame's layer 0 values and keys (STOREd into its slots by their nodes);
+    a fault that outlives the session's own retry on frame 2 makes the frame run again, and every frame
+    still equals the host's bit for bit (the failed attempt changed nothing it reads)."""
     qm, cfg, frames = video_case
-    _mostly_host(monkeypatch)
+    _mostly_host(monkeypatch, ON_OVERLAY + ("ma.layers.0.cross.k", "ma.layers.0.cross.k_sum"))
     ex = VideoGraphExecutor(qm, cfg, "sim")
     ex.driver.CACHED_PROGRAMS = 0            # the arena without the driver's program cache (at most 16 programs)
-    predictor = overlay_video_predictor(qm, ex)
+    assert {c.ring for c in ex.chains if c.nodes[-1] in ex.in_place} == set(LAYER_RINGS)
+    assert all(c.layer == 0 for c in ex.chains if c.nodes[-1] in ex.in_place)
+    predictor = overlay_video_predictor(qm, ex, cond_frames=0)
     predictor.faults[2] = Fault("read_slverr", runs=2)          # both tries of the session's program
     arena, bank = ex.driver.session.arena, predictor.tracker.bank
-    used = {}
+    device, used, reads, slots = ex.driver.device, {}, {}, {}
+    spans = {name: (b.addr, b.end) for name, b in bank.buffers.items()}
+    read, write, writes = device.read, device.write, {}
+
+    def count(into, addr, n):
+        """Host bytes to or from a bank buffer, by its name's last part (a LAYER_RINGS buffer's: its layer)."""
+        for name, (a, e) in spans.items():
+            if a <= addr < e:
+                into[name] = into.get(name, 0) + n
+    device.read = lambda addr, n: count(reads, addr, n) or read(addr, n)
+    device.write = lambda addr, data: count(writes, addr, len(data)) or write(addr, data)
 
     def after(idx, state):
         used[idx] = (arena.size - arena.free_bytes, bank.in_use("frames"), bank.in_use("ptrs"))
+        out = state.objects[1].output_dict["non_cond_frame_outputs"].get(idx)      # frame 0: the prompted one
+        slots[idx] = out and out["maskmem_features"].slot
     got = _track(predictor, frames, after)
+    assert len(got) == len(reference[1]) == 11
     for a, b in zip(reference[1], got):
         np.testing.assert_array_equal(a, b)
     assert len(predictor.retries) == 1 and predictor.retries[0].startswith("frame 2: layer ")
-    assert used[3][0] == used[8][0] == bank.nbytes == bank_bytes(qm.graph), used
-    assert used[7][1] < used[8][1] == bank.counts["frames"] - 1, used     # at most num_maskmem + 2 frames
-    assert used[8][2] < bank.counts["ptrs"], used
+    assert used[3][0] == used[10][0] == bank.nbytes == bank_bytes(qm.graph, cond_frames=0), used
+    assert used[7][1] < used[8][1] == bank.counts["frames"], used     # at most num_maskmem + 2 frames
+    assert used[10][2] < bank.counts["ptrs"], used
+    assert slots[9] == slots[1] and bank.counts["frames"] == 9, slots       # a slot used again, read by frame 10
+    layer = {r: {name for name in spans if name.startswith(f"bank.{r}.") and name.endswith(".0")} for r in LAYER_RINGS}
+    assert not any(set(reads) & names for names in layer.values())     # layer 0's bank rows never read by the host
+    assert any(name.endswith(".1") for name in reads), reads           # the other layers' (their readers on the host)
+    # a new frame's layer 0 values and keys STOREd into its slots by their nodes (on the overlay), not by the host
+    assert not (set(writes) & (layer["values"] | layer["keys"])) and any(n.endswith(".1") for n in writes), writes
 
 
 def test_track_backend_pynq_equals_int8_host_and_keeps_frames_on_a_second_failure(video_case, monkeypatch,

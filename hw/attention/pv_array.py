@@ -16,7 +16,15 @@ Two banks of p (b = v_bank, which travels with v through the skew): while bank b
 streams, the engine's softmax fills bank 1 - b with the next tile's probabilities, and
 the next tile's first channel may follow the current tile's last one in the next cycle,
 so back-to-back tiles keep every PE busy. Bank b must be held while its channels are in flight.
+
+Each partial sum is only as wide as its prefix can get (`psum_bits`): the PE in column j adds
+j + 1 products of a PROB-wide p (any value of the port, not only softmax's [0, 2^16]) and an
+int8, |sum| < (j + 1) 2^(PROB.width + 7), so 25 bits in column 0 and 30 in column 31 (PROB is
+17 bits) instead of 32: on UltraScale+ yosys 0.70 leaves these adders in the fabric (its
+xilinx_dsp pass packs post-adders and registers into DSP48E1s only, the xc7 family), where
+every bit is a LUT and a flip-flop; on xc7 they are in the DSP (P = C + A B, PREG) either way.
 """
+
 from amaranth import Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
@@ -25,6 +33,13 @@ from hw.attention.softmax import PROB
 from hw.gemm.array import INT8, delay_line
 
 PSUM = signed(32)
+
+
+def psum_bits(j: int) -> int:
+    """Bits of the partial sum leaving column j: j + 1 products, each |p v| <= (2^PROB.width - 1) 128
+    < 2^(PROB.width + 7), sum to |s| < 2^(PROB.width + 7 + ceil(log2(j + 1))) (j.bit_length() is that
+    ceiling), a signed number of PROB.width + 8 + j.bit_length() bits."""
+    return min(PSUM.width, PROB.width + 8 + j.bit_length())
 
 
 class PVArray(wiring.Component):
@@ -55,8 +70,8 @@ class PVArray(wiring.Component):
             left = None
             below, below_bank = [], []
             for j in range(C):
-                psum = Signal(PSUM, name=f"psum_{i}_{j}")
-                prod = Signal(signed(PROB.width + 9), name=f"prod_{i}_{j}")
+                psum = Signal(signed(psum_bits(j)), name=f"psum_{i}_{j}")
+                prod = Signal(signed(psum_bits(0)), name=f"prod_{i}_{j}")
                 p = Mux(bin_[j], self.p[1][i][j], self.p[0][i][j])
                 m.d.comb += prod.eq(p * vin[j])
                 m.d.sync += psum.eq(prod if left is None else left + prod)

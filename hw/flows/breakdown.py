@@ -1,5 +1,5 @@
-"""Where the LUTs, FFs and DSPs go: each engine (and the GEMM array, the store's requantisers) synthesised
-on its own with yosys synth_xilinx, for one configuration.
+"""Where the LUTs, FFs and DSPs go: each engine synthesised on its own with yosys synth_xilinx
+(and the GEMM array, the P V array, the store's requantisers), for one configuration.
 
     python -m hw.flows.breakdown --preset bench16 [--set dsp_packing=False] [--family xcup]
     python -m hw.flows.breakdown --preset zcu104 --only attention --hierarchy    # and per submodule
@@ -34,7 +34,11 @@ def components(cfg) -> dict:
     }
     if "attention" in cfg.engines:
         from hw.attention.engine import AttentionEngine
+        from hw.attention.pv_array import PVArray
+        from hw.gemm.engine import abits
         parts["attention"] = (lambda: AttentionEngine(cfg), "attention engine: softmax, P V array, normaliser, O memories")
+        parts["pv_array"] = (lambda: PVArray(cfg.rows, cfg.cols, abits(cfg.attn_max_dim)),
+                             f"attention's P V array {cfg.rows} x {cfg.cols}")
     if "conv" in cfg.engines:
         from hw.conv.im2col import Im2colLoader
         parts["conv"] = (lambda: Im2colLoader(cfg), "convolution: the im2col loader (the MACs are the GEMM array's)")

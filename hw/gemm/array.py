@@ -9,25 +9,38 @@ C[i, j] and accumulates it over the whole K of a tile without ever leaving the P
     cycles), B's columns from the top (column j delayed by j), so PE(i, j) sees
     a[i, k] and b[k, j] together at cycle k + i + j. Reuse of A across N-tiles and
     of B across M-tiles is the scratchpads' job, which the host compiler schedules.
-  * The results leave through a separate shadow-register chain (one `out`
-    register per PE, shifted down a column per cycle) while the next tile already
-    accumulates. Each column drains as soon as its own last PE has finished (column j
-    j cycles after column 0, following the wavefront), so back-to-back tiles need only
-    K >= 2R - 1 (`isa.array_tile_gap`): short reductions (a 3x3 convolution of one
-    channel is K = 9) keep the array busy too.
+  * The results leave through a separate shadow register per PE (`out`, written when its
+    PE finishes a tile) while the next tile already accumulates. Each column drains as soon
+    as its own last PE has finished (column j j cycles after column 0, following the
+    wavefront), so back-to-back tiles need only K >= 2R - 1 (`isa.array_tile_gap`): short
+    reductions (a 3x3 convolution of one channel is K = 9) keep the array busy too.
 Weight-stationary would need one accumulator write per output per K-slice of R
 (an accumulator scratchpad port per column every cycle) and a weight preload per
 tile: more memory traffic for the same MACs.
 
 `valid` and `last` travel with A along the rows. On `last` a PE moves its sum
 (including this cycle's product) into `out` and restarts from zero, so tiles can
-follow each other with no gap in the stream. `shift` drains column 0: it moves its
-`out` registers down by one; column j does the same j cycles later. `out` is the
-bottom row de-skewed (column j delayed C-1-j cycles), so the row column 0 showed when
-`shift` was high appears, whole, `drain_latency` = C - 1 cycles later: rows R-1,
-R-2, ... 0 for R consecutive shift cycles. The caller times `shift` (GemmCompute; the
-array never stalls, so this is pure timing): a column's drain starts after its last
-PE's write and ends no later than the next tile's first write into that column.
+follow each other with no gap in the stream. `shift` drains column 0: over R shift cycles
+it shows rows R-1, R-2, ... 0; column j does the same j cycles later. `out` is the
+columns de-skewed (column j delayed C-1-j cycles), so the row column 0 showed when
+`shift` was high appears, whole, `drain_latency` = C - 1 cycles later. The caller times
+`shift` (GemmCompute; the array never stalls, so this is pure timing): a column's drain
+starts after its last PE's write and ends no later than the next tile's first write into
+that column.
+
+How a column drains (not a shift chain): each column reads its R `out` registers through one
+R:1 multiplexer whose select is a row counter (shift cycles, mod R) handed from column to column
+through registers. `out` is then a flip-flop with an enable (written on restart only) and the
+multiplexer is one per column instead of a 32-bit 3:1 multiplexer (shift, restart, hold) in
+every PE. The rows leave in the order and at the cycles the shift chain gave them, and the
+drain-before-overwrite contract holds for the same K >= 2R - 1: let `last` enter at cycle s and
+column 0's drain start at t0 >= s + R + 4 (= s + R + EXTRA_LATENCY, GemmCompute's timing).
+PE (i, j)'s `out` (j: a packed pair's odd column) takes the tile's sum at cycle s + i + j + 5
+and is read at drain cycle R-1-i, cycle t0 + j + R - 1 - i >= s + 2R + 3 + j - i: after the
+write, as i <= R - 1. The next tile's `last` comes at s' >= s + 2R - 1, so its write into that
+`out` lands at s' + i + j + 5 >= s + 2R + 4 + i + j, after the read (at t0 = s + R + 4) by
+2i + 1 cycles: row 0, read last and written first, sets the gap, as in the chain, where the
+whole drain had to end before row 0's next write.
 
 Four registers beyond the skew, for timing (`EXTRA_LATENCY`): the edge inputs are
 registered once (the scratchpads' outputs go straight to flip-flops), and each PE's
@@ -35,7 +48,7 @@ multiplier has registers of its own on its inputs, its product and its output (a
 block's AREG/BREG, MREG and PREG), so the multiplier, the wires into and out of the DSP
 column and the accumulator's adder each get a cycle.
 """
-from amaranth import Cat, Module, Signal, signed
+from amaranth import Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -94,8 +107,16 @@ class SystolicArray(wiring.Component):
         l_edge = [delayed(self.last, i + 1 + int(self.packed), f"l{i}") for i in range(R)]
 
         out = [[Signal(ACC, name=f"out_{i}_{j}") for j in range(C)] for i in range(R)]
-        # Column j drains j cycles after column 0, as its PEs finish j cycles later.
-        shift = [delayed(self.shift, j + late[j], f"shift{j}") for j in range(C)]
+        # Column 0's row counter: shift cycles, mod R (drain cycle d reads row R-1-d). Column j
+        # drains j cycles after column 0, as its PEs finish j cycles later: its select is the
+        # counter j cycles late (registers only; a packed pair's even column one more).
+        drain_row = Signal(range(R), name="drain_row")
+        with m.If(self.shift):
+            m.d.sync += drain_row.eq(Mux(drain_row == R - 1, 0, drain_row + 1))
+        taps = [drain_row]                                # one chain, tapped by every column
+        for t in range(1, C):
+            taps.append(delayed(taps[-1], 1, f"drain_row{t}"))
+        select = [taps[j + late[j]] for j in range(C)]
         if self.packed:
             # Pair q's packed weight word, made from the edge registers and registered once more
             # (b_edge of pair q is delayed 2q + 2, the same as the odd column's in the unpacked array).
@@ -131,7 +152,7 @@ class SystolicArray(wiring.Component):
                 else:
                     terms = [p]
                 for j, x in zip(range(j0, j1), terms):
-                    self._accumulate(m, i, j, x, v_p, l_p, shift[j], out)
+                    self._accumulate(m, i, j, x, v_p, l_p, out)
                 # Forward operands to the right and downwards (not past the edges); a pair's a takes
                 # two registers, as two PEs' would.
                 if j1 < C:
@@ -146,17 +167,20 @@ class SystolicArray(wiring.Component):
                     b_below.append(b_r)
             b_from_above = b_below
         for j in range(C):
-            m.d.comb += self.out[j].eq(delayed(out[R - 1][j], C - 1 - j - late[j], f"deskew{j}"))
+            bottom = Signal(ACC, name=f"drain_{j}")      # what the chain's bottom register held
+            with m.Switch(select[j]):
+                for d in range(R):
+                    with m.Case(d):
+                        m.d.comb += bottom.eq(out[R - 1 - d][j])
+            m.d.comb += self.out[j].eq(delayed(bottom, C - 1 - j - late[j], f"deskew{j}"))
         return m
 
     @staticmethod
-    def _accumulate(m, i, j, x, v_p, l_p, shift, out):
+    def _accumulate(m, i, j, x, v_p, l_p, out):
         """PE (i, j)'s accumulator and `out` register: on `last` the sum (this product included)
-        moves to `out` and the accumulator restarts; `shift` moves `out` one row down."""
+        moves to `out` (its only write: a flip-flop enable) and the accumulator restarts."""
         acc = Signal(ACC, name=f"acc_{i}_{j}")
         total = acc + x
-        with m.If(shift):
-            m.d.sync += out[i][j].eq(out[i - 1][j] if i else 0)
         restart = Signal(name=f"restart_{i}_{j}")
         m.d.comb += restart.eq(v_p & l_p)
         with m.If(restart):

@@ -192,8 +192,8 @@ def attention(cfg, ddr, op, at):
     rows = op.get("rows")                       # TokenRows: heads merged in token rows (C divides d: dp = d)
 
     def part(region, tokens, t0, t):
-        """(index, view): this program's items' tokens t0 .. t0 + t - 1 in a token-row region."""
-        return rows.part(ddr[at[region]:at[region] + rows.size(tokens, dp)].view(np.int8), tokens, dp, H, t0, t)
+        """(index, view): this program's items' tokens t0 .. t0 + t - 1 in a token-row region (segments gathered)."""
+        return rows.part(rows.region_bytes(ddr, at, region, tokens, dp).view(np.int8), tokens, dp, H, t0, t)
 
     if rows is not None and rows.inputs:
         q, k, v = (view[i] for i, view in (part("Q", rows.queries, rows.q0, lq), part("K", lk, 0, lk),

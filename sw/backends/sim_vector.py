@@ -152,6 +152,10 @@ def fast_job(cfg, ddr, op, at):
     for off, at_mem, size in op["sections"]:
         mem[at_mem:at_mem + size] = ddr[at["params"] + off:at["params"] + off + size]
     fields = dict(target=isa.VEC_OPS[op["op"]], vec_rows=op["rows"], vec_width=op["width"], vec_dim=op["dim"],
-                  vec_pitch=op["pitch"] // cfg.beat_bytes, vec_aux=op["aux"], dram_addr=at["in"],
+                  vec_pitch=op["pitch"] // cfg.beat_bytes, vec_aux=op["aux"], dram_addr=at.get("in", 0),
                   vec_out_addr=at["out"], vec_b_addr=at.get("b", 0))
-    run(cfg, mem, ddr, fields)
+    for src, b, out, n, aux in op.get("pieces") or ():      # inputs in segments: one pass per command's rows
+        run(cfg, mem, ddr, {**fields, "vec_rows": n, "vec_aux": aux, "dram_addr": at[src[0]] + src[1],
+                            "vec_b_addr": at[b[0]] + b[1] if b else 0, "vec_out_addr": at["out"] + out})
+    if not op.get("pieces"):
+        run(cfg, mem, ddr, fields)

@@ -16,7 +16,9 @@ DDR image (4 KiB aligned regions):
   params  one PARAM entry: C channels of (bias 0, out_mult, out_shift)
   out     H x Lq rows of dp int8 (or int32), row-major
 With `rows` (TokenRows) out, and with rows.inputs Q, K and V, are token rows instead, the heads
-merged (row = token, head h at columns h d .. h d + d - 1): what a linear writes and reads.
+merged (row = token, head h at columns h d .. h d + d - 1): what a linear writes and reads. An input
+may be in several DDR ranges (rows.segments, sw.runtime.layout.RowSegments: regions V.0, V.1, ..., e.g.
+a memory bank's slots): each tile's LOAD reads its segment, which it may not straddle.
 
 Schedule per (head, group of `slots` query tiles, one per engine slot): one LOAD of their Q
 tiles into an A half (from token rows: one transposing LOAD per tile); per key tile n: LOAD K
@@ -124,6 +126,7 @@ class TokenRows:
     inputs: bool = False
     item0: int = 0
     q0: int = 0
+    segments: tuple = ()   # RowSegments of inputs held in several DDR ranges (e.g. V over memory bank slots)
 
     @property
     def items_total(self) -> int:
@@ -144,6 +147,31 @@ class TokenRows:
         """The byte of item item0 + item's token `token`'s first channel in a region of `tokens` per group."""
         g, h = divmod(self.item0 + item, self.heads)
         return ((g * tokens + token) * self.heads + h) * d
+
+    def segmented(self, region: str):
+        """The region's RowSegments, or None (one range)."""
+        return next((g for g in self.segments if g.name == region), None)
+
+    def at(self, region: str, offset: int, n_rows: int, d: int) -> tuple[str, int]:
+        """The (region, byte offset) an access of n_rows token rows from byte `offset` of `region` reads:
+        in its segment where the region is segmented."""
+        g = self.segmented(region)
+        return (region, offset) if g is None else g.address(offset, n_rows, self.heads * d)
+
+    def sizes(self, region: str, tokens: int, d: int) -> dict:
+        """The bytes of a region of `tokens` per group: {region: size}, or each segment's."""
+        g = self.segmented(region)
+        if g is None:
+            return {region: self.size(tokens, d)}
+        if g.total != self.groups * tokens:
+            raise CompileError(f"attention as token rows: {region} segments hold {g.total} rows, the call "
+                               f"{self.groups} x {tokens}")
+        return g.sizes(self.heads * d)
+
+    def region_bytes(self, mem: np.ndarray, at: dict, region: str, tokens: int, d: int) -> np.ndarray:
+        """A region's bytes as one contiguous array (its segments gathered), from `mem` at addresses `at`."""
+        g = self.segmented(region)
+        return mem[at[region]:at[region] + self.size(tokens, d)] if g is None else g.gather(mem, at, self.heads * d)
 
 
 def token_rows_refusal(cfg, d: int, inputs: bool = False) -> str | None:
@@ -224,9 +252,14 @@ def compile_attention(cfg, q, k, v, quant: intattn.AttentionQuant, *, out_int32:
     op = dict(kind="attention", heads=H, lq=Lq, lk=Lk, dp=dp, q_tiles=q_tiles, kt=kt, k_stride=k_stride,
               out_int32=out_int32, out_chunked=out_chunked, score_mult=quant.score_mult, score_shift=quant.score_shift,
               rows=rows)
-    return AttentionProgram(cfg, H, Lq, Lk, d, out_int32, image, list(raw), dict(offsets), macs=2 * H * Lq * Lk * d,
+    prog = AttentionProgram(cfg, H, Lq, Lk, d, out_int32, image, list(raw), dict(offsets), macs=2 * H * Lq * Lk * d,
                             base_addr=base_addr, kv_bytes=kv_bytes, slots=slots, symbolic=sym, out_chunked=out_chunked,
                             token_tiles=token_tiles, op=op, rows=rows)
+    if rows is not None and rows.segments:       # each segment an input, as its whole region is
+        split = {g.name: g.regions for g in rows.segments}
+        prog.ROLES = {**{r: v for r, v in AttentionProgram.ROLES.items() if r not in split},
+                      **{r: "input" for regions in split.values() for r in regions}}
+    return prog
 
 
 #: The score requantiser's parameters: the one part of an AttentionQuant in the descriptors (the output's are
@@ -260,7 +293,13 @@ def _attention_plan(cfg, H: int, Lq: int, Lk: int, d: int, out_int32: bool, out_
     if rows is not None:
         sizes["out"] = rows.size(rows.queries, d)
         if rows.inputs:
-            sizes.update(Q=rows.size(rows.queries, d), K=rows.size(Lk, d), V=rows.size(Lk, d))
+            for region, tokens in (("Q", rows.queries), ("K", Lk), ("V", Lk)):
+                del sizes[region]
+                sizes.update(rows.sizes(region, tokens, d))
+            sizes["params"] = sizes.pop("params")       # the regions' order as before: params, out last
+            sizes["out"] = sizes.pop("out")
+        elif rows.segments:
+            raise CompileError("attention: inputs in segments need Q, K, V as token rows (rows.inputs)")
     token_pitch = rows.heads * d if rows else 0      # bytes between token rows
     rows_in = rows is not None and rows.inputs
     v_half = isa.scratchpad_depth(cfg, "V") // 2
@@ -296,7 +335,7 @@ def _attention_plan(cfg, H: int, Lq: int, Lk: int, d: int, out_int32: bool, out_
         res = "B" if target == "B" else "Vh"
         if rows_in:                         # the tile's keys from the item's token rows, transposed
             keys = min(C, Lk - ki * C)
-            desc = dict(src=(region, rows.row(h, ki * C, Lk, d)), **transposed(keys))
+            desc = dict(src=rows.at(region, rows.row(h, ki * C, Lk, d), keys, d), **transposed(keys))
         else:
             desc = dict(src=(region, (h * kt + ki) * k_stride))
         n_l = emit(dict(opcode="LOAD", target=target, count=dp, sp_addr=sp, **desc), "LOAD", [(res, half)])
@@ -312,9 +351,10 @@ def _attention_plan(cfg, H: int, Lq: int, Lk: int, d: int, out_int32: bool, out_
             if rows_in:                     # each query tile from its R token rows, transposed
                 for s in range(ns):
                     qi = q0 + s
-                    src = ("Q", rows.row(h, rows.q0 + qi * R, rows.queries, d))
+                    n_rows = min(R, Lq - qi * R)
+                    src = rows.at("Q", rows.row(h, rows.q0 + qi * R, rows.queries, d), n_rows, d)
                     n_q = emit(dict(opcode="LOAD", target="A", src=src, count=dp, sp_addr=ha * a_half + s * dp,
-                                    **transposed(min(R, Lq - qi * R))), "LOAD", [("A", ha)])
+                                    **transposed(n_rows)), "LOAD", [("A", ha)])
                     last[("A", ha)] = {}    # the first waited; descriptors dispatch in order
             elif split_q:                   # channel c of query tile qi: R bytes of token tile qi // m
                 m = C // R
@@ -435,9 +475,13 @@ def _fill(image, offsets, q, k, v, quant, C, dp, q_tiles, kv_tiles, rows=None):
     for name, x, (n, stride, lanes) in (("Q", q, q_tiles), ("K", k, kv_tiles), ("V", v, kv_tiles)):
         if rows is not None:
             tokens, t0 = (rows.queries, rows.q0) if name == "Q" else (rows.keys, 0)
-            off, size = offsets[name]
-            at, view = rows.part(image[off:off + size].view(np.int8), tokens, d, H, t0, x.shape[1])
+            g = rows.segmented(name)
+            off, size = offsets[name] if g is None else (0, rows.size(tokens, d))
+            region = image[off:off + size] if g is None else np.zeros(size, np.uint8)
+            at, view = rows.part(region.view(np.int8), tokens, d, H, t0, x.shape[1])
             view[at] = x
+            if g is not None:
+                g.scatter(image, offsets, region, rows.heads * d)
             continue
         xp = np.zeros((H, n * lanes, dp), np.int8)
         xp[:, :x.shape[1], :d] = x

@@ -8,6 +8,9 @@
     compile_vector(cfg, "rope", x, p, end_x=None)   p an intvec.RopeParams (end_x: axial tables on chip)
     compile_vector(cfg, "maxpool", x)               x (H, W, C) channels last
     compile_vector(cfg, "upsample", x)              x (H, W, C) channels last
+    compile_vector(cfg, "add", a, p, b=b, segments={"in": (64, 64, 16), "b": (64, 64, 16)})
+                                                    row ops: an input held in several DDR ranges
+                                                    (sw.runtime.layout.RowSegments: regions in.0, in.1, ...)
 
 DDR image (regions, sw.compile.linear.lay_out_image): descriptors; params: the sections of the engine's
 parameter memory the op reads (hw.isa VEC_*), packed back to back; in, b, out: token rows
@@ -27,7 +30,7 @@ from hw import isa
 from hw.vector import params as VP
 from sw.compile.linear import ALIGN, CompileError, Program, lay_out_image, pack_descriptors
 from sw.lru import Lru
-from sw.runtime.layout import TokenRowLayout
+from sw.runtime.layout import RowSegments, TokenRowLayout
 
 #: CLI / driver names -> (VECTOR op, parameter class or None)
 OPS = {"layernorm": ("LAYERNORM", intvec.LayerNormParams), "lut": ("LUT", intvec.LutParams),
@@ -97,7 +100,10 @@ def _chunks(total: int, unit: int) -> list[tuple[int, int]]:
 
 
 def compile_vector(cfg, op: str, x, p=None, *, b=None, end_x: int | None = None, base_addr: int = 0,
-                   max_ddr_bytes: int = 1 << 30) -> VectorProgram:
+                   max_ddr_bytes: int = 1 << 30, segments: dict | None = None) -> VectorProgram:
+    """`segments`: input region ("in", "b") -> rows per DDR range holding it (RowSegments), row ops only
+    (not maxpool, upsample; rows not narrowed: D <= MAX_DIM); each range starts on a period of the op
+    (RoPE's table, a repeated b)."""
     if "vector" not in cfg.engines:
         raise CompileError(f"overlay {cfg.name!r} has no vector engine")
     if op not in OPS:
@@ -164,32 +170,70 @@ def compile_vector(cfg, op: str, x, p=None, *, b=None, end_x: int | None = None,
     descs = [dict(opcode="LOAD", target="VEC", src=("params", off), count=size // DB, sp_addr=at_mem // DB)
              for off, at_mem, size in packed]
     per_row = width if image_op else 1
-    for r0, n in _chunks(rows, unit):
+    segs = _segments(op, segments, image_op or dim != shape[-1], {"in": rows, "b": b_rows}, unit)
+    cuts = sorted({0, rows, *(s for g in segs.values() for s in g.starts)})
+
+    def at(region, layout, row, n):
+        """A VECTOR's address of `n` rows from `row` of an input region (its segment's where segmented)."""
+        g = segs.get(region)
+        return (region, layout.offset(row)) if g is None else g.address(layout.offset(row), n, layout.pitch)
+    pieces = []
+    for r0, n in ((c0 + r, n) for c0, c1 in zip(cuts, cuts[1:]) for r, n in _chunks(c1 - c0, unit)):
         if vop == "MAXPOOL":
             n_out0 = (r0 // 2) * (width // 2)
         else:
             n_out0 = r0 * per_row * (4 if vop == "UPSAMPLE" else 1)
-        d = dict(opcode="VECTOR", target=isa.VEC_OPS[vop], src=("in", in_l.offset(r0 * per_row)),
+        d = dict(opcode="VECTOR", target=isa.VEC_OPS[vop], src=at("in", in_l, r0 * per_row, n),
                  vec_out_addr=("out", out_l.offset(n_out0)), vec_rows=n, vec_dim=dim, vec_pitch=in_l.pitch // DB,
                  vec_width=width)
         if vop == "ADD":
             first = r0 % b_rows
-            d.update(vec_b_addr=("b", b_l.offset(first)), vec_aux=b_rows if b_rows < rows else n)
+            d.update(vec_b_addr=at("b", b_l, first, n if b_rows == rows else b_rows),
+                     vec_aux=b_rows if b_rows < rows else n)
         elif vop == "ROPE":
             d.update(vec_aux=slots)
         descs.append(d)
-    sizes = {"params": pos, "in": in_l.size, **({"b": b_l.size} if b_l else {}), "out": out_l.size}
+        pieces.append((d["src"], d.get("vec_b_addr"), out_l.offset(n_out0), n, d.get("vec_aux", 0)))
+    inputs = {"in": in_l, **({"b": b_l} if b_l else {})}
+    sizes = {"params": pos}
+    for region, layout in inputs.items():
+        sizes.update(segs[region].sizes(layout.pitch) if region in segs else {region: layout.size})
+    sizes["out"] = out_l.size
     offsets, image = lay_out_image(cfg, len(descs), sizes, base_addr, max_ddr_bytes, f"vector {op}")
     for (off, _, _), raw in zip(packed, sections.values()):
         image[offsets["params"][0] + off:offsets["params"][0] + off + raw.size] = raw
-    image[offsets["in"][0]:offsets["in"][0] + in_l.size] = in_l.pack(x.reshape(tokens, dim))
-    if b_l:
-        image[offsets["b"][0]:offsets["b"][0] + b_l.size] = b_l.pack(b)
+    for region, data in (("in", x.reshape(tokens, dim)), ("b", b)):
+        if region in inputs:
+            packed_rows = inputs[region].pack(data)
+            if region in segs:
+                segs[region].scatter(image, offsets, packed_rows, inputs[region].pitch)
+            else:
+                image[offsets[region][0]:offsets[region][0] + packed_rows.size] = packed_rows
     sym, raw = _pack(descs, image, offsets, base_addr)
     record = dict(kind="vector", op=vop, rows=rows, width=width, dim=dim, pitch=in_l.pitch, aux=b_rows or slots,
-                  sections=packed)
-    return VectorProgram(cfg, tokens, dim, dim, False, image, raw, offsets, macs=0, base_addr=base_addr,
+                  sections=packed, pieces=pieces if segs else None)
+    prog = VectorProgram(cfg, tokens, dim, dim, False, image, raw, offsets, macs=0, base_addr=base_addr,
                          symbolic=sym, op=record, out_layout=out_l, out_shape=shape if not image_op else out_shape)
+    if segs:        # the segments are inputs, each bound (or written) as the whole region would be
+        prog.ROLES = {**{r: v for r, v in VectorProgram.ROLES.items() if r not in segs},
+                      **{r: "input" for g in segs.values() for r in g.regions}}
+    return prog
+
+
+def _segments(op: str, segments: dict | None, whole_rows_only: bool, rows: dict, unit: int) -> dict:
+    """compile_vector's `segments` as RowSegments per region, checked: row ops on rows not narrowed, every
+    segment's rows summing to its region's, each starting on a period of `unit` rows."""
+    segs = {r: RowSegments(r, tuple(int(n) for n in k)) for r, k in (segments or {}).items()}
+    for region, g in segs.items():
+        if region not in rows or not rows[region] or rows[region] != rows["in"]:
+            raise CompileError(f"{op}: no input region {region!r} row for row with the input to hold in segments")
+        if whole_rows_only:
+            raise CompileError(f"{op}: an input in segments needs whole token rows (a row op, D <= {VP.MAX_DIM})")
+        if g.total != rows[region] or min(g.rows) < 1:
+            raise CompileError(f"{op}: {region} segments of {g.rows} rows, the region has {rows[region]}")
+        if any(s % unit for s in g.starts):
+            raise CompileError(f"{op}: {region} segments start at rows {g.starts}, not on its period of {unit}")
+    return segs
 
 
 #: pack_descriptors' results by descriptor list, layout and base address: a video frame's vector calls

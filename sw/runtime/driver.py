@@ -47,7 +47,7 @@ class Driver:
         self._names = itertools.count()
         self._cache: dict = {}               # key -> LoadedProgram, least recently used first
         self._reused: set = set()            # keys of kept programs run again since their load
-        self._keys: dict = {}                # (owner, kind) -> (its last program's weight bytes, their key)
+        self._keys: dict = {}                # (owner, kind) -> (its last program's regions, their bytes, key)
         self.program_bytes = 0               # descriptors and weights written by loads (host -> DDR), so far
 
     # Where a program's image sits when it is run whole (sw.backends.rtl.run_images, tests); the
@@ -256,11 +256,11 @@ class Driver:
         parts = _keyed_regions(prog)
         mine = (owner, type(prog).__name__)
         kept = self._keys.get(mine)
-        if kept is not None and [r for r, _ in kept[0]] == [r for r, _ in parts] and all(
-                same_bytes(a, b) for (_, a), (_, b) in zip(kept[0], parts)):
-            return kept[1]
+        if kept is not None and kept[0] == tuple(prog.regions) and [r for r, _ in kept[1]] == [r for r, _ in parts] \
+                and all(same_bytes(a, b) for (_, a), (_, b) in zip(kept[1], parts)):
+            return kept[2]
         key = _weights_key(prog)
-        self._keys[mine] = ([(r, np.array(a)) for r, a in parts], key)
+        self._keys[mine] = (tuple(prog.regions), [(r, np.array(a)) for r, a in parts], key)
         return key
 
     def _making_room(self, make):
@@ -285,8 +285,10 @@ def _keyed_regions(prog) -> list[tuple[str, np.ndarray]]:
 
 
 def _weights_key(prog) -> str:
-    """What makes two compiled programs interchangeable but for their inputs: kind, descriptors, weights."""
+    """What makes two compiled programs interchangeable but for their inputs: kind, regions, descriptors, weights
+    (the regions: an input in segments may be laid out, so addressed, as the whole region would be)."""
     h = hashlib.sha1(type(prog).__name__.encode())
+    h.update(" ".join(prog.regions).encode())
     for region, data in _keyed_regions(prog):
         h.update(region.encode())
         h.update(np.ascontiguousarray(data).tobytes())

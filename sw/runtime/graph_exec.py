@@ -46,7 +46,10 @@ Where the layouts agree (read in place, no host bytes):
   array (a host node's output) is written there once (its bytes); and attention out -> the next node:
   each STORE writes R query rows x C columns of a head at its column h x d, row pitch heads x d
   (sw.compile.attention.TokenRows), so the heads are merged in DDR. Both need C to divide the head dim;
-  otherwise, or without load_t, all of that attention crosses the host (the record's reason says why).
+  otherwise, or without load_t, all of that attention crosses the host (the record's reason says why);
+  a SegmentedTensor (token rows in several buffers, e.g. a memory bank's slots: the video executor's)
+  -> a vector row op's inputs and attention's Q, K, V as token rows: one program region per range
+  (sw.runtime.layout.RowSegments), each bound to its buffer, no command or tile straddling two.
 Where they differ, the reader takes the tensor back to the host (its bytes counted as the reader's; the
 table's "host own" column is the part issue 18 allows a frame: a host node's, the frame in, the logits out):
   * a linear's A without load_t (the ECP5 presets): the transpose of token rows done on the host as it
@@ -94,7 +97,7 @@ from sw.compile.vector import OPS as VECTOR_OPS, compile_vector, row_dim
 from sw.perf.layers import graph_layers
 from sw.runtime.arena import ArenaFull
 from sw.runtime.driver import Driver
-from sw.runtime.layout import TokenRowLayout
+from sw.runtime.layout import RowSegments, TokenRowLayout
 
 
 class GraphExecError(ValueError):
@@ -293,6 +296,54 @@ def window_alias(node, x, out_shape: tuple, want: int | None):
     return None
 
 
+class SegmentedTensor(DeviceTensor):
+    """An int8 activation in DDR as several ranges of token rows, each a whole session buffer (rows of
+    `channels` bytes: unpadded, channels a multiple of C), e.g. a memory attention's banked keys: each memory
+    frame's rows in its bank slot, the object-pointer tokens' rows in a buffer of their own. A reader that
+    takes segments (the vector engine's row ops, attention's Q, K, V as token rows) binds each range in place
+    (sw.runtime.layout.RowSegments); any other reads it back (np.asarray). Freeing it frees only the
+    buffers it `owns` (a bank's slots stay)."""
+
+    def __init__(self, driver: Driver, parts: list, channels: int, shape: tuple, producer: str, owns=()):
+        cols = driver.cfg.cols
+        if channels % cols:
+            raise GraphExecError(f"{producer}: segments of {channels}-byte rows, not a multiple of C = {cols}")
+        self.parts = [(buf, int(rows)) for buf, rows in parts]       # (session buffer, its token rows), in order
+        super().__init__(driver, self.parts[0][0], TokenRowLayout(sum(r for _, r in self.parts), channels, cols),
+                         shape, producer)
+        self.owns = list(owns)
+
+    def segments(self, region: str) -> tuple[RowSegments, dict]:
+        """The RowSegments of a program's `region` holding this tensor, and its bind (segment -> buffer)."""
+        g = RowSegments(region, tuple(r for _, r in self.parts))
+        return g, dict(zip(g.regions, (buf for buf, _ in self.parts)))
+
+    def starts(self) -> list:
+        """(buffer, first row) of each part."""
+        firsts = np.cumsum([0] + [r for _, r in self.parts])[:-1]
+        return [(buf, int(s)) for (buf, _), s in zip(self.parts, firsts)]
+
+    def read(self) -> np.ndarray:
+        if self.host is not None or self.buffer is None:
+            return super().read()
+        s, pitch = self.driver.session, self.layout.pitch
+        raw = np.concatenate([s.backend.read(s.arena[buf].addr, rows * pitch) for buf, rows in self.parts])
+        return self.layout.unpack(raw).reshape(self.shape)
+
+    def free(self, keep: bool) -> None:
+        if keep:
+            self.host = self.read()
+        for buf in self.owns:
+            self.driver.session.free(buf)
+        self.buffer, self.owns = None, []
+
+
+def _segmented(t, pitch: int, tokens: int) -> bool:
+    """Whether t is a SegmentedTensor still in DDR of `tokens` rows at this row pitch (read there)."""
+    return (isinstance(t, SegmentedTensor) and t.buffer is not None and t.layout.pitch == pitch
+            and t.layout.tokens == tokens)
+
+
 def same_bytes(a: TokenRowLayout, b: TokenRowLayout) -> bool:
     """Whether two token-row layouts put every element at the same byte (rows cut into narrower rows,
     compile_vector's row_dim, agree only when neither pads its rows)."""
@@ -304,22 +355,25 @@ def same_bytes(a: TokenRowLayout, b: TokenRowLayout) -> bool:
 def _in_place(t, layout: TokenRowLayout, order: int | None = None) -> bool:
     """Whether t is a DeviceTensor still in DDR with every element where `layout` puts it, its rows in
     `order` (read there)."""
-    return isinstance(t, DeviceTensor) and t.buffer is not None and same_bytes(t.layout, layout) and t.order == order
+    return (isinstance(t, DeviceTensor) and not isinstance(t, SegmentedTensor) and t.buffer is not None
+            and same_bytes(t.layout, layout) and t.order == order)
 
 
-def _run_to_device(drv, prog, bind, layout, shape, producer, order=None) -> DeviceTensor:
-    """Run `prog` (regions bound as `bind`) with its out region in a new buffer: that buffer as a DeviceTensor
-    (rows in `order`: a row-wise op's, its input's)."""
-    y = DeviceTensor(drv, drv.buffer(prog.regions["out"][1]).name, layout, shape, producer, order)
+def _run_to_device(drv, prog, bind, layout, shape, producer, order=None, out: str | None = None) -> DeviceTensor:
+    """Run `prog` (regions bound as `bind`) with its out region in a new buffer (or in `out`, a buffer the
+    caller keeps, e.g. a memory bank slot's): that buffer as a DeviceTensor (rows in `order`: a row-wise
+    op's, its input's)."""
+    y = DeviceTensor(drv, out or drv.buffer(prog.regions["out"][1]).name, layout, shape, producer, order)
     try:
         drv.run_bound(prog, {**bind, "out": y.buffer}, owner=producer)
     except BaseException:
-        y.free(keep=False)
+        if out is None:
+            y.free(keep=False)
         raise
     return y
 
 
-def _linear_dev(drv, n, a, r, lut=None, residual=None, add=None):
+def _linear_dev(drv, n, a, r, lut=None, residual=None, add=None, out=None):
     """_linear with its output left in DDR (token rows); its A read in place where a DeviceTensor holds it in
     token rows and the overlay has the transposing LOAD (load_t), else from the host."""
     x, w, b = a
@@ -336,11 +390,11 @@ def _linear_dev(drv, n, a, r, lut=None, residual=None, add=None):
     prog = drv.compile(x2, np.ascontiguousarray(w.reshape(w.shape[0], -1).T), b, m, s,
                        relu=n.attrs.get("relu", False), lut=lut, residual=residual, add=add, a_rows=in_place)
     y = _run_to_device(drv, prog, {"A": x.buffer} if in_place else {}, TokenRowLayout(prog.m, prog.n, drv.cfg.cols),
-                       x.shape[:-1] + (w.shape[0],), n.name, order)
+                       x.shape[:-1] + (w.shape[0],), n.name, order, out)
     return y, [drv.last_run]
 
 
-def _vector_dev(drv, n, op, x, p=None, b=None, end_x=None, want=None):
+def _vector_dev(drv, n, op, x, p=None, b=None, end_x=None, want=None, out=None):
     """_rows / _image_op on the vector engine reading x (and add's b) in place where a DeviceTensor in the
     program's input layout holds it; its output left in DDR. Anything else is read back and written in.
     maxpool and upsample take one image: a batch (the Q-pooled blocks' windows) is one call on its images
@@ -361,23 +415,27 @@ def _vector_dev(drv, n, op, x, p=None, b=None, end_x=None, want=None):
     dim = shape[-1] if image else row_dim(VECTOR_OPS[op][0], shape[-1])
     rows_l = TokenRowLayout(math.prod(shape) // dim, dim, C)
     form = (stored[0] * stored[1],) + stored[2:] if image else (rows_l.tokens, dim)    # what compile_vector takes
-    bind, data = {}, {}
+    bind, data, segments = {}, {}, {}
     for region, t in (("in", x), ("b", b)):
         if t is None:
             continue
         if _in_place(t, rows_l, order) and t.shape == shape:
             bind[region], data[region] = t.buffer, np.zeros(form, np.int8)     # its shape only
+        elif not image and dim == shape[-1] and _segmented(t, rows_l.pitch, rows_l.tokens):
+            g, parts = t.segments(region)
+            segments[region], data[region] = g.rows, np.zeros(form, np.int8)
+            bind.update(parts)
         else:
             v = np.ascontiguousarray(np.broadcast_to(np.asarray(t), shape))
             data[region] = (_window_order(v, order) if order else v).reshape(form)
     base = drv.BUFFER_BASE
     prog = compile_vector(drv.cfg, op, data["in"], p, b=data.get("b"), end_x=end_x, base_addr=base,
-                          max_ddr_bytes=drv.ddr_bytes - base)
+                          max_ddr_bytes=drv.ddr_bytes - base, segments=segments)
     if image and order:         # the pooled map, in window order ws / 2
         out_shape, order = (1, shape[1] // 2, shape[2] // 2, shape[3]), order // 2
     else:
         out_shape = (shape[0], prog.out_shape[0] // shape[0]) + prog.out_shape[1:] if image else shape
-    return _run_to_device(drv, prog, bind, prog.out_layout, out_shape, n.name, order), [drv.last_run]
+    return _run_to_device(drv, prog, bind, prog.out_layout, out_shape, n.name, order, out), [drv.last_run]
 
 
 #: the vector ops whose rows are independent (any order of the rows in, the same order out), and their graph ops
@@ -410,16 +468,21 @@ def _attention_dev(drv, n, a, r):
     if token_rows_refusal(cfg, d, inputs=True):
         return _attention(drv, n, _host_args(a), r)
     N, lq, lk = q.shape[0], math.prod(q.shape[1:-1]), math.prod(k.shape[1:-1])
-    rows = TokenRows(h, N, lq, lk, inputs=True)
-    bind, uploaded = {}, []
+    bind, uploaded, segments = {}, [], []
     try:
         for region, t, tokens in (("Q", q, lq), ("K", k, lk), ("V", v, lk)):
             layout = TokenRowLayout(N * tokens, h * d, cfg.cols)
             if _in_place(t, layout):
                 bind[region] = t.buffer
+            elif _segmented(t, h * d, N * tokens) and all(
+                    s % tokens % (cfg.rows if region == "Q" else cfg.cols) == 0 for _, s in t.starts()):
+                g, parts = t.segments(region)             # each tile inside one segment: its LOADs read there
+                segments.append(g)
+                bind.update(parts)
             else:
                 bind[region] = _upload(drv, np.asarray(t), layout)
                 uploaded.append(bind[region])
+        rows = TokenRows(h, N, lq, lk, inputs=True, segments=tuple(segments))
         # the programs read Q, K, V from those buffers: compiled on zeros of their shapes
         qh, kh, vh = (np.zeros((N * h, tokens, d), np.int8) for tokens in (lq, lk, lk))
         y = DeviceTensor(drv, drv.buffer(rows.size(lq, d)).name, TokenRowLayout(N * lq, h * d, cfg.cols), q.shape,

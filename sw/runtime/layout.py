@@ -186,3 +186,57 @@ class TokenRowLayout:
     def unpack(self, raw: np.ndarray) -> np.ndarray:
         rows = np.ascontiguousarray(raw[:self.size]).view(np.int8).reshape(self.tokens, self.pitch)
         return rows[:, :self.channels].copy()
+
+
+@dataclass(frozen=True)
+class RowSegments:
+    """A region of token rows held in several DDR ranges: segment i is region `name.i` of `rows[i]` rows at
+    the region's row pitch, so a runtime binds each to the buffer holding those rows (a memory bank slot, an
+    activation) and the descriptor relink (sw.runtime.session.LoadedProgram.rebind) moves them per call.
+    A compiler gives every access of the region to the segment holding it (`locate`); an access may not
+    straddle two segments (a tile of C keys inside one memory frame's rows: a frame's HW tokens are a multiple
+    of C). The one place that says how a segmented region's rows map to its segments."""
+    name: str
+    rows: tuple
+
+    @property
+    def regions(self) -> tuple:
+        return tuple(f"{self.name}.{i}" for i in range(len(self.rows)))
+
+    @property
+    def starts(self) -> tuple:
+        return tuple(int(s) for s in np.cumsum((0,) + tuple(self.rows))[:-1])
+
+    @property
+    def total(self) -> int:
+        return sum(self.rows)
+
+    def sizes(self, pitch: int) -> dict:
+        """Each segment region's bytes."""
+        return {r: n * pitch for r, n in zip(self.regions, self.rows)}
+
+    def locate(self, row: int, n: int = 1) -> tuple[str, int]:
+        """(segment region, row within it) of rows row .. row + n - 1, which must lie in one segment."""
+        for region, s, k in zip(self.regions, self.starts, self.rows):
+            if s <= row < s + k:
+                if row + n > s + k:
+                    raise CompileError(f"{self.name}: rows {row}..{row + n - 1} straddle segments (rows "
+                                       f"{', '.join(map(str, self.rows))})")
+                return region, row - s
+        raise CompileError(f"{self.name}: row {row} outside its {self.total} rows")
+
+    def address(self, offset: int, n_rows: int, pitch: int) -> tuple[str, int]:
+        """(segment region, byte offset) of a byte `offset` of the contiguous region (rows `pitch` apart)
+        whose access spans n_rows rows from there."""
+        row, col = divmod(offset, pitch)
+        region, r = self.locate(row, n_rows)
+        return region, r * pitch + col
+
+    def gather(self, mem: np.ndarray, at: dict, pitch: int) -> np.ndarray:
+        """The region's bytes as one contiguous array, read from `mem` at each segment's address (at[region])."""
+        return np.concatenate([mem[at[r]:at[r] + size] for r, size in self.sizes(pitch).items()])
+
+    def scatter(self, image: np.ndarray, offsets: dict, data: np.ndarray, pitch: int) -> None:
+        """Write the contiguous region's bytes `data` into each segment region of a compiled image."""
+        for r, s, size in zip(self.regions, self.starts, self.sizes(pitch).values()):
+            image[offsets[r][0]:offsets[r][0] + size] = data[s * pitch:s * pitch + size]

@@ -23,7 +23,8 @@ nodes' output on the whole memory. A frame's features, projections and pointer a
 free slots when the tracker banks them; the tracker's output dicts hold BankEntry handles. On a
 tracked frame the banked chains run only on the object-pointer tokens and put the bank's rows before
 them; the per-frame key work left is the k_sum add (golden_model.quant.video). No node reads the
-gather's frame rows then, so they are placeholders, never read from DDR. A slot is free again when
+gather's frame rows then, so they are placeholders, never read from DDR, and the bank's rows are read in
+place (below). A slot is free again when
 no output refers to it: the predictor drops
 a frame's features once it is past the memory window (num_maskmem x stride frames) and its pointer
 once past max_obj_ptrs_in_encoder frames, so the slot counts are fixed for any video length:
@@ -55,17 +56,26 @@ run_nodes would, engine outputs left in DDR for the next node (RoPE too where it
 _rope_dev). Several objects: a batched node's output is every object's rows in one DeviceTensor,
 object after object (_Stacked), which the next batched node reads in place; an attention whose objects'
 memories are equally long reads Q, K, V stacked on its batch in place and leaves its output so; a
-fused residual add reads the batched residual (_batched_residual). What a per-object reader needs (the
-banked chains, a ROPE with its pointer tail, attentions of unequal memory lengths) is read back then,
+fused residual add reads the batched residual (_batched_residual). What a per-object reader needs (a
+banked chain with a reader on the host, a ROPE with its pointer tail, attentions of unequal memory
+lengths) is read back then,
 counted to the memory attention stage (_fetch).
 
-Not yet (honest): the bank's keys, values and slot keys are read by the host at the gather (BankEntry
-.part) and written in again by the k_sum add and the attention's V (a host array uploaded once per
-call): binding those inputs to the rings in place needs per-tile LOAD addresses over several slots (a
-memory frame's rows are HW tokens, a multiple of C at 128 px on every preset, so no tile straddles two
-slots), which neither the vector nor the attention compiler takes yet. A fused add's residual crosses
-the host (the store's RES region is N-tile-major, not token rows). Per-object readers in a batch
-(above) read their tensor back.
+The bank read in place: a banked chain's output whose every reader is on the overlay and chained (the
+k_sum add on the vector engine, the attention's V: `in_place`) is a SegmentedTensor (sw.runtime.graph_exec):
+each memory frame's (slot's) layer rows in its own bank buffer (LAYER_RINGS: one buffer per slot and layer,
+layer_buffer), then the pointer tokens' rows, projected per frame and written once into a buffer of their
+own; in a batch, object after object. The readers' programs take it as RowSegments (a region per range,
+relinked per frame to that frame's slots), so the host neither reads the bank's rows nor writes them back.
+
+A new frame's values and keys are STOREd into its slots by their chains' last nodes where those run on
+an engine (project_into: the slots taken first, DdrBank.take, the nodes' outputs bound to their layer
+buffers).
+
+Not yet (honest): a reader on the host reads the bank's rows at the gather (BankEntry.part), a projection
+on the host is written in by the host (DdrBank.write_part), and a temporal slot's keys go through the host
+(once a session per slot). A fused add's residual crosses the host (the store's RES region is
+N-tile-major, not token rows). Per-object readers in a batch (above) read their tensor back.
 """
 from __future__ import annotations
 
@@ -81,10 +91,12 @@ from golden_model.quant.intinterp import IntRunner
 from golden_model.quant.video import (SLOTS, GraphImageModel, GraphTracker, VideoIntRunner, _VideoRunner,
                                       rope_parts)
 from golden_model.video import VideoPredictor
+from sw.compile.attention import token_rows_refusal
 from sw.runtime.arena import aligned
 from sw.runtime.backend import AcceleratorError
 from sw.runtime.graph_exec import (DEVICE_OPS, ENGINE_OPS, IN_PLACE, DeviceTensor, GraphExecError,
-                                   GraphExecutor, _vector_dev)
+                                   GraphExecutor, SegmentedTensor, _upload, _vector_dev)
+from sw.runtime.layout import TokenRowLayout
 from sw.runtime.overlay_segment import STAGE_GROUPS
 
 #: the per-frame stages a video frame is reported in, and the graph stages each one sums
@@ -115,14 +127,21 @@ def _rope(drv, n, a, r):
     return out.reshape(a[0].shape), runs
 
 
-def _rope_dev(drv, n, a, r):
-    """_rope with its output left in DDR (sw.runtime.graph_exec._vector_dev: its input read in place) where it is
-    one ROPE call: one batch row, no excluded tokens (the queries', the self-attention's keys); else _rope."""
+def _rope_dev(drv, n, a, r, out=None):
+    """_rope with its output left in DDR (sw.runtime.graph_exec._vector_dev: its input read in place; `out`: in
+    that buffer) where it is one ROPE call: one batch row, no excluded tokens (the queries', the self-attention's
+    keys, a memory frame's keys entering the bank); else _rope."""
     x = a[0]
     _, keep, rp, _ = rope_parts(n, [np.zeros(x.shape, np.int8)] + list(a[1:]), r)     # the split, from the shape
     if x.shape[0] != 1 or keep != math.prod(x.shape[1:-1]):
         return _rope(drv, n, [np.asarray(x)] + list(a[1:]), r)
-    return _vector_dev(drv, n, "rope", x, rp, end_x=math.isqrt(rp.positions))
+    return _vector_dev(drv, n, "rope", x, rp, end_x=math.isqrt(rp.positions), out=out)
+
+
+def _into_bank(dev_op):
+    """A device op whose output goes into the buffer the executor's `store_into` names for the node (a bank
+    slot's layer, VideoGraphExecutor.project_into), else into a new one."""
+    return lambda d, n, a, r: dev_op(d, n, a, r, out=r.store_into.get(n.name))
 
 
 class _VideoHostOps(IntRunner):
@@ -176,7 +195,8 @@ class FrameStats:
 class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
     """GraphExecutor over the whole video graph (module docstring); `frame_stats` sums the current frame."""
     ENGINE_OPS = {**ENGINE_OPS, "rope": _rope}
-    DEVICE_OPS, IN_PLACE = {**DEVICE_OPS, "rope": _rope_dev}, {**IN_PLACE, "rope": (0,)}
+    DEVICE_OPS = {**DEVICE_OPS, "rope": _into_bank(_rope_dev), "linear": _into_bank(DEVICE_OPS["linear"])}
+    IN_PLACE = {**IN_PLACE, "rope": (0,)}
 
     def __init__(self, qm, cfg, backend: str = "sim", driver=None):
         super().__init__(qm, cfg, backend, driver)
@@ -190,26 +210,78 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
         self.bank_only = {n.name for n in self.graph.nodes if set(n.inputs) & set(BANK_TENSORS.values())} == {
             c.nodes[0] for c in self.chains}
         self.banked: dict | None = None     # per ring: the gathered memory frames' (slots') entries, set per gather
+        self.in_place = self._segment_readers()     # chains whose output its readers take from the bank in place
+        self.batch_groups: list | None = None     # a batch's objects: (banked entries, pointer tokens) (_rows_batched)
+        self.store_into: dict = {}          # node -> the session buffer its output goes into (project_into)
 
     def project(self, tokens, part: str) -> dict:
         """The banked chains of `part` ("memory": one memory frame's tokens, "memory_pos": one slot
         encoding) run on those tokens alone, once, when they enter the bank: {ring: (layers, HW, C) int8}.
         No object-pointer tokens among them (O = 0)."""
+        out: dict = {}
+        for chain, y in self._projections(tokens, part):
+            out.setdefault(chain.ring, []).append(np.asarray(y)[0])
+        return {ring: np.stack(ys) for ring, ys in out.items()}
+
+    def project_into(self, tokens, part: str, entries: dict) -> None:
+        """project, each chain's output into its layer of entries[ring] (a BankEntry of DdrBank.take): STOREd
+        there by the chain's last node where it runs on an engine and chains (its rows never cross the host),
+        else written in by the host."""
+        for chain, y in self._projections(tokens, part, entries if self.chain else {}):
+            e = entries[chain.ring]
+            if not (isinstance(y, DeviceTensor) and y.buffer == e.segment(chain.layer)[0]):
+                e.bank.write_part(e, chain.layer, np.asarray(y))
+
+    def _projections(self, tokens, part: str, entries: dict | None = None):
+        """(chain, its output) of each banked chain of `part` on `tokens`; `entries`: ring -> the BankEntry
+        whose layer buffer a chain's last node leaves its output in, where it runs on an engine."""
         tokens = np.asarray(tokens)
         tokens = tokens.reshape(1, -1, tokens.shape[-1])
         saved, self.banked = (self.banked, getattr(self, "run_dims", None)), None
         self.run_dims = {"O": 0}
         try:
-            out: dict = {}
             for chain in self.chains:
                 if chain.part == part:
                     y = tokens
                     for n in self.nodes_named(chain.nodes):
-                        y = self.op_fn(n)(n, [y] + [self.arg(i, {}) for i in n.inputs[1:]], self)
-                    out.setdefault(chain.ring, []).append(y[0])
-            return {ring: np.stack(ys) for ring, ys in out.items()}
+                        if n.name == chain.nodes[-1] and chain.ring in (entries or {}):
+                            self.store_into = {n.name: entries[chain.ring].segment(chain.layer)[0]}
+                        try:
+                            y = self.op_fn(n)(n, [y] + [self.arg(i, {}) for i in n.inputs[1:]], self)
+                        finally:
+                            self.store_into = {}
+                    yield chain, y
         finally:
             self.banked, self.run_dims = saved
+
+    def _device(self, node, layout: bool = False) -> bool:
+        return node.name in self.store_into or super()._device(node, layout)
+
+    def _segment_readers(self) -> set:
+        """The banked chains' last nodes whose every reader takes their output as segments in DDR (a
+        SegmentedTensor: each memory frame's rows in its bank slot, the pointer tokens' in a buffer): a vector
+        add (k_sum) or an attention reading its token rows (V), on the overlay, chained, rows a multiple of C."""
+        if not self.chain:
+            return set()
+        fused = {add.name for add, _ in self.fused_adds.values()}
+        readers: dict = {}
+        for n in self.graph.nodes:
+            for t in n.inputs:
+                readers.setdefault(t, []).append(n)
+
+        def takes(n) -> bool:
+            where = self.placements[n.name].where
+            if n.op == "add":
+                return where == "vector" and n.name not in fused
+            d = self.graph.tensors[n.inputs[0]].shape[-1] // n.attrs.get("heads", 1)
+            return n.op == "attention" and where == "attention" and token_rows_refusal(self.cfg, d, True) is None
+        out = set()
+        for c in self.chains:
+            last = self.nodes_named([c.nodes[-1]])[0]
+            rs = readers.get(last.outputs[0], [])
+            if rs and self.graph.tensors[last.outputs[0]].shape[-1] % self.cfg.cols == 0 and all(map(takes, rs)):
+                out.add(last.name)
+        return out
 
     def op_fn(self, node):
         fn = super().op_fn(node)
@@ -245,6 +317,10 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
                     raise GraphExecError(f"{n.name}: the bank's {chain.ring} hold {rows} tokens, the memory "
                                          f"{x.shape[1]}")
                 x = np.ascontiguousarray(x[:, rows:])
+            if last and self._in_place_now(n):
+                ptrs = fn(n, [x] + list(args[1:]), r) if x.shape[1] else np.zeros((0, channels), np.int8)
+                groups = self.batch_groups or [(self.banked, x.shape[1])]
+                return self._segments(n, chain, [(b[chain.ring], t) for b, t in groups], ptrs, channels)
             parts, read = [], {}        # a slot's rows read once a call: batched objects share the slot keys
             for e in entries if last else ():
                 if e.slot not in read:
@@ -253,6 +329,32 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
             parts.append(fn(n, [x] + list(args[1:]), r) if x.shape[1] else np.zeros((1, 0, channels), np.int8))
             return np.concatenate(parts, axis=1)
         return run
+
+    def _in_place_now(self, node) -> bool:
+        """Whether this run leaves a banked chain's output in DDR as segments (_segment_readers): a memory
+        attention chained in DDR (one object's, or a batch's)."""
+        return node.name in self.in_place and self._scope is not None and node.name in self._scope.nodes
+
+    def _segments(self, node, chain, groups, ptrs, channels: int) -> SegmentedTensor:
+        """A banked chain's output where its readers bind it, object after object (`groups`: each object's
+        memory frames' (slots') entries and pointer tokens): its memory frames' layer rows in the bank, then
+        its pointer tokens' rows (of `ptrs`, their projection's, a host array: every object's, in order) in a
+        buffer of their own, written once (counted to the memory attention). Freed after its last reader in
+        the run, the bank's slots kept."""
+        parts, owns, t0 = [], [], 0
+        ptrs = np.asarray(ptrs).reshape(-1, channels)
+        before = self.driver.device.traffic.snapshot()
+        for entries, tail in groups:
+            parts += [e.segment(chain.layer) for e in entries]
+            if tail:
+                owns.append(_upload(self.driver, ptrs[t0:t0 + tail], TokenRowLayout(tail, channels, self.cfg.cols)))
+                parts.append((owns[-1], tail))
+                t0 += tail
+        self.frame_stats.add("memory_attention", ddr_bytes=self.driver.device.traffic.since(before).total)
+        y = SegmentedTensor(self.driver, parts, channels, (1, sum(r for _, r in parts), channels), node.name, owns)
+        y.pending = self._scope.readers.get(node.outputs[0], 0)      # GraphExecutor._done's liveness
+        self._scope.made[id(y)] = y
+        return y
 
     def node_fn(self, node):
         """run_nodes' nodes (the video stages) where the placement puts them, as run()'s."""
@@ -418,13 +520,17 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
             self.run_dims = {**(saved[0] or {}), "O": sum(tails)}
             banked = [o.banked for o in objects]
             self.banked = None if None in banked else {ring: [e for b in banked for e in b[ring]] for ring in banked[0]}
+            if chain is not None and self.banked is not None:      # a banked chain's output as segments: by object
+                self.batch_groups = [(o.banked, t) for o, t in zip(objects, tails)]
         try:
             y = self.node_fn(node)(node, ins, self)
+            if isinstance(y, SegmentedTensor):       # every object's rows in DDR, object after object
+                return _Stacked(y, [(1, o.bank[chain.part].shape[1], y.shape[-1]) for o in objects], self._fetch)
             if chain is not None and self.banked is not None:   # its head rows: the bank's (the last) or none
                 heads = [o.bank[chain.part].shape[1] - o.ptr_tokens if node.name == chain.nodes[-1] else 0
                          for o in objects]
         finally:
-            self.run_dims, self.banked = saved
+            self.run_dims, self.banked, self.batch_groups = *saved, None
         y = y.reshape(-1, y.shape[-1])
         out, h0, t0 = [], 0, sum(heads)
         for a, h, t in zip(args, heads, tails):
@@ -507,6 +613,11 @@ class BankEntry:
         """Row i of the entry's first axis, read alone."""
         return self.bank.read(self.ring, self.slot, i).reshape(self.shape[1:])
 
+    def segment(self, i: int) -> tuple[str, int]:
+        """Row i of a LAYER_RINGS entry (a layer's token rows) where an engine reads it in place: (its session
+        buffer, its rows)."""
+        return layer_buffer(self.ring, self.slot, i), self.shape[1]
+
 
 class DdrBank:
     """Rings of fixed int8 slots in the session's DDR arena (module docstring); allocated once.
@@ -518,21 +629,34 @@ class DdrBank:
         self.counts = {ring: n for ring, (_, n) in rings.items()}
         self.free = {ring: list(range(n)) for ring, n in self.counts.items() if ring != SLOT_KEYS}
         self.slot_keys: dict[int, BankEntry] = {}     # temporal slot -> its keys (projected on first use)
-        self.buffers = {ring: session.buffer(f"bank.{ring}", n * math.prod(self.shapes[ring]))
-                        for ring, n in self.counts.items()}
         pos = np.ascontiguousarray(slot_pos, np.int8)
         self.pos_shape = pos.shape
-        self.buffers["slot_pos"] = session.buffer("bank.slot_pos", pos.nbytes, zero=False)
-        session.backend.write(self.buffers["slot_pos"].addr, pos.reshape(-1).view(np.uint8))
+        self.buffers = {name: session.buffer(name, size, zero=name != "bank.slot_pos")
+                        for name, size in bank_buffers(rings, pos.nbytes).items()}
+        session.backend.write(self.buffers["bank.slot_pos"].addr, pos.reshape(-1).view(np.uint8))
 
     @property
     def nbytes(self) -> int:
         """The arena bytes the bank holds (its buffers, each rounded up to the arena's ALIGN)."""
         return sum(aligned(b.size) for b in self.buffers.values())
 
-    def _addr(self, ring: str, slot: int) -> tuple[int, int]:
-        n = math.prod(self.shapes[ring])
-        return self.buffers[ring].addr + slot * n, n
+    def _spans(self, ring: str, slot: int) -> list[tuple[int, int]]:
+        """(DDR address, bytes) of a slot's parts, in order: one per layer of a LAYER_RINGS ring, else one."""
+        shape = self.shapes[ring]
+        if ring in LAYER_RINGS:
+            return [(self.buffers[layer_buffer(ring, slot, i)].addr, math.prod(shape[1:])) for i in range(shape[0])]
+        n = math.prod(shape)
+        return [(self.buffers[f"bank.{ring}"].addr + slot * n, n)]
+
+    def _part_spans(self, ring: str, slot: int, part: int | None) -> list[tuple[int, int]]:
+        """_spans, or only those of row `part` of the slot shape's first axis."""
+        spans = self._spans(ring, slot)
+        if part is None:
+            return spans
+        if len(spans) == 1:
+            n = spans[0][1] // self.shapes[ring][0]
+            return [(spans[0][0] + part * n, n)]
+        return spans[part:part + 1]
 
     def _io(self, stage: str, t0: float, nbytes: int) -> None:
         if self.stats is not None:
@@ -544,18 +668,28 @@ class DdrBank:
         if x.dtype != np.int8 or x.size != math.prod(self.shapes[ring]):
             raise ValueError(f"bank {ring}: expected {math.prod(self.shapes[ring])} int8 values, got {x.dtype} "
                              f"{x.shape}")
+        entry = self.take(ring, x.shape)
+        self._write(ring, entry.slot, x, "prompt + decoder" if ring == "ptrs" else "memory encoder")  # who banks it
+        return entry
+
+    def take(self, ring: str, shape: tuple | None = None) -> BankEntry:
+        """A free slot of `ring`, nothing written (its rows STOREd there by the engines, or write_part)."""
         if not self.free[ring]:
             gc.collect()            # entries of a failed frame attempt held by a reference cycle
         if not self.free[ring]:
             raise BankFull(f"memory bank: all {self.counts[ring]} {ring} slots are in use")
-        slot = self.free[ring].pop(0)
-        self._write(ring, slot, x, "prompt + decoder" if ring == "ptrs" else "memory encoder")   # who banks it
-        return BankEntry(self, ring, slot, x.shape)
+        return BankEntry(self, ring, self.free[ring].pop(0), shape or self.shapes[ring])
 
-    def _write(self, ring: str, slot: int, x: np.ndarray, stage: str) -> None:
+    def write_part(self, entry: BankEntry, i: int, x: np.ndarray) -> None:
+        """Row i of the entry's first axis (a layer's rows of a LAYER_RINGS slot), written by the host."""
+        self._write(entry.ring, entry.slot, x, "memory encoder", part=i)
+
+    def _write(self, ring: str, slot: int, x: np.ndarray, stage: str, part: int | None = None) -> None:
         t0 = time.perf_counter()
-        addr, _ = self._addr(ring, slot)
-        self.session.backend.write(addr, np.ascontiguousarray(x).reshape(-1).view(np.uint8))
+        flat, pos = np.ascontiguousarray(x).reshape(-1).view(np.uint8), 0
+        for addr, n in self._part_spans(ring, slot, part):
+            self.session.backend.write(addr, flat[pos:pos + n])
+            pos += n
         self._io(stage, t0, x.size)
 
     def slot_key_entry(self, slot: int, project) -> "BankEntry":
@@ -572,18 +706,15 @@ class DdrBank:
     def read(self, ring: str, slot: int, part: int | None = None) -> np.ndarray:
         """A slot's bytes (int8), or only its `part`-th row along the slot shape's first axis."""
         t0 = time.perf_counter()
-        addr, n = self._addr(ring, slot)
-        if part is not None:
-            n //= self.shapes[ring][0]
-            addr += part * n
-        data = np.asarray(self.session.backend.read(addr, n)).view(np.int8)
-        self._io("memory attention", t0, n)
+        spans = self._part_spans(ring, slot, part)
+        data = np.concatenate([np.asarray(self.session.backend.read(a, n)) for a, n in spans]).view(np.int8)
+        self._io("memory attention", t0, data.size)
         return data
 
     def slot_encoding(self, slot: int) -> np.ndarray:
         t0 = time.perf_counter()
         n = math.prod(self.pos_shape[1:])
-        data = np.asarray(self.session.backend.read(self.buffers["slot_pos"].addr + slot * n, n)).view(np.int8)
+        data = np.asarray(self.session.backend.read(self.buffers["bank.slot_pos"].addr + slot * n, n)).view(np.int8)
         self._io("memory attention", t0, n)
         return data.reshape(self.pos_shape[1:])
 
@@ -619,9 +750,10 @@ class OverlayTracker(GraphTracker):
         RoPE'd keys of the memory part) when kept: entry.projections, ring -> BankEntry."""
         entry = self.bank.put("frames", feats)
         entry.projections = {}
-        if self.banks_projections:
-            projected = self.runner.project(feats, "memory")
-            entry.projections = {ring: self.bank.put(ring, y) for ring, y in projected.items()}
+        if self.banks_projections:          # each ring's slot taken first: the engines STORE the rows there
+            rings = sorted({c.ring for c in self.runner.chains if c.part == "memory"})
+            entry.projections = {ring: self.bank.take(ring) for ring in rings}
+            self.runner.project_into(feats, "memory", entry.projections)
         return entry
 
     @property
@@ -788,6 +920,27 @@ def bank_slots(cfg, cond_frames: int, objects: int = 1) -> tuple[int, int]:
 #: the gathered memory's parts (memory_bank node attrs part) and their tensors
 BANK_TENSORS = {"memory": "ma.memory", "memory_pos": "ma.memory_pos"}
 SLOT_KEYS = "slot_keys"
+#: the rings of projections (a slot: every layer's HW token rows), which the memory attention's engines read in
+#: place: one DDR buffer per slot and layer (layer_buffer), a segment of the reader's input (RowSegments)
+LAYER_RINGS = ("values", "keys", SLOT_KEYS)
+
+
+def layer_buffer(ring: str, slot: int, layer: int) -> str:
+    """The session buffer of layer `layer`'s rows of slot `slot` of a LAYER_RINGS ring."""
+    return f"bank.{ring}.{slot}.{layer}"
+
+
+def bank_buffers(rings: dict, slot_pos_bytes: int) -> dict[str, int]:
+    """The bank's DDR buffers (name -> bytes) for bank_rings' `rings`: a LAYER_RINGS ring one per slot and
+    layer, any other ring one for all its slots; the slot encodings ("bank.slot_pos")."""
+    out = {}
+    for ring, (shape, n) in rings.items():
+        if ring in LAYER_RINGS:
+            out.update({layer_buffer(ring, slot, i): math.prod(shape[1:]) for slot in range(n)
+                        for i in range(shape[0])})
+        else:
+            out[f"bank.{ring}"] = n * math.prod(shape)
+    return {**out, "bank.slot_pos": slot_pos_bytes}
 
 
 @dataclass(frozen=True)
@@ -840,8 +993,8 @@ def bank_rings(graph, cond_frames: int = 1, objects: int = 1, project_memory: bo
 
 def bank_bytes(graph, **kwargs) -> int:
     """DDR bytes the bank takes (its rings and the slot encodings, each buffer rounded to the arena's ALIGN)."""
-    sizes = [math.prod(shape) * n for shape, n in bank_rings(graph, **kwargs).values()] + [graph.constants[SLOTS].size]
-    return sum(aligned(size) for size in sizes)
+    buffers = bank_buffers(bank_rings(graph, **kwargs), graph.constants[SLOTS].size)
+    return sum(aligned(size) for size in buffers.values())
 
 
 def video_driver(cfg, backend: str, graph, bitfile=None, **kwargs):

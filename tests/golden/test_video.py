@@ -81,7 +81,7 @@ def compare(golden, official):
     return worst
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=320)
 def test_video_pipeline_matches_official_predictor(clip, official_run):
     """The whole golden video path (image encoder, SAM heads, memory encoder, memory attention, memory
     bank, predictor logic) on 10 frames: a click, propagation through a full bank that drops its oldest

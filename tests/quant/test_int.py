@@ -197,7 +197,7 @@ def test_other_model_or_preset_refused(qfile, tmp_path):
         load_quantised(tmp_path / "none.safetensors")
 
 
-@pytest.mark.slow
+@pytest.mark.slow(seconds=250)
 def test_full_size_tiny_accuracy():
     """tiny at 1024 on random weights, the default calibration, on the issue's evaluation set (the six
     EVAL_PHOTOS x 3 clicks, as `python -m benchmarks quant`). Met: median IoU >= 0.95 (measured 0.952),
