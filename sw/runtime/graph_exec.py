@@ -217,7 +217,10 @@ class DeviceTensor:
     np.asarray reads it back (host <-> DDR bytes of whoever asks). `pending`: readers still to run in
     this run; the executor frees the buffer after the last (keeping the values when it reads back).
     `order`: None, its rows in the shape's order; ws, a (1, H, W, C) map whose rows are in window order
-    (window_partition(map, ws)'s, no padding): a window (un)partition of it is that buffer as it is (alias)."""
+    (window_partition(map, ws)'s, no padding): a window (un)partition of it is that buffer as it is (alias).
+    `pad`: None, or ws: a (1, H, W, C) map (H, W <= ws) held as the rows of the one (ws, ws) window that pads
+    it (sw.runtime.layout.RowGrid(W, ws)), the layout's ws x ws rows; `zero_pad`: the padding rows are zeros
+    (the window itself, window_alias). `kept`: the buffer is the executor's (padded_out), never freed."""
 
     dtype = np.dtype(np.int8)
     pinned = False          # a graph constant kept in DDR for the session (GraphExecutor._constant): never freed
@@ -226,6 +229,7 @@ class DeviceTensor:
                  order: int | None = None):
         self.driver, self.buffer, self.layout, self.shape = driver, buffer, layout, tuple(shape)
         self.producer, self.order = producer, order if order != 1 else None     # 1 x 1 windows: the map's order
+        self.pad, self.zero_pad, self.kept = None, False, False
         self.pending = 0
         self.host: np.ndarray | None = None      # the values, once read back for keeps
         self.holders = [1]                       # tensors sharing the buffer (aliases): freed with the last
@@ -242,11 +246,14 @@ class DeviceTensor:
                                  "with read_back=True to keep every value for check())")
         s = self.driver.session
         rows = self.layout.unpack(s.backend.read(s.arena[self.buffer].addr, self.layout.size))
+        if self.pad:
+            return rows.reshape(self.pad, self.pad, -1)[:self.shape[1], :self.shape[2]].reshape(self.shape)
         return rows.reshape(self.shape) if self.order is None else _map_order(rows, self.order, self.shape)
 
-    def alias(self, shape: tuple, order: int | None, producer: str) -> "DeviceTensor":
+    def alias(self, shape: tuple, order: int | None, producer: str, pad: int | None = None) -> "DeviceTensor":
         """The same buffer seen as another tensor (a window (un)partition by addressing)."""
         t = DeviceTensor(self.driver, self.buffer, self.layout, shape, producer, order)
+        t.pad, t.kept = pad, self.kept
         t.holders = self.holders
         self.holders[0] += 1
         return t
@@ -260,7 +267,7 @@ class DeviceTensor:
         if keep:
             self.host = self.read()
         self.holders[0] -= 1
-        if not self.holders[0]:
+        if not self.holders[0] and not self.kept:
             self.driver.session.free(self.buffer)
         self.buffer = None
 
@@ -281,10 +288,19 @@ def window_alias(node, x, out_shape: tuple, want: int | None):
     needs the host: partition of a map stored in that window order -> the windows (each window's rows
     are contiguous, in order); unpartition of windows of a map the size divides -> the map stored in
     window order, where that order is `want` (window_orders). Padded windows (ws not dividing H or W) are
-    not a reordering of the rows."""
+    not a reordering of the rows, but the one window of a map smaller than ws is its rows at a grid
+    (DeviceTensor.pad): partition of a map so held with zero padding rows (padded_out) -> the window;
+    unpartition of one window -> the map it crops, held so (its readers take the grid: _vector_dev)."""
     if not isinstance(x, DeviceTensor) or x.buffer is None:
         return None
     ws = node.attrs["ws"]
+    if x.pad:
+        if node.op == "window_partition" and x.pad == ws and x.zero_pad and out_shape == (1, ws, ws, x.shape[3]):
+            return x.alias(out_shape, None, node.name)
+        return None
+    if (node.op == "window_unpartition" and x.order is None and x.shape[:3] == (1, ws, ws) and out_shape[0] == 1
+            and out_shape[1:3] != (ws, ws) and max(out_shape[1:3]) <= ws):
+        return x.alias(out_shape, None, node.name, pad=ws)
     if (x.shape[0] == out_shape[0] == 1 and x.order is None and x.shape[1:3] == out_shape[1:3] == (ws, ws)):
         return x.alias(out_shape, None, node.name)         # one window, the whole map: its rows as they are
     if node.op == "window_partition" and x.order == ws and x.shape[0] == 1:
@@ -355,7 +371,13 @@ def _in_place(t, layout: TokenRowLayout, order: int | None = None) -> bool:
     """Whether t is a DeviceTensor still in DDR with every element where `layout` puts it, its rows in
     `order` (read there)."""
     return (isinstance(t, DeviceTensor) and not isinstance(t, SegmentedTensor) and t.buffer is not None
-            and same_bytes(t.layout, layout) and t.order == order)
+            and same_bytes(t.layout, layout) and t.order == order and not t.pad)
+
+
+def _padded(t, shape: tuple) -> bool:
+    """Whether t is a map of `shape` still in DDR inside its padded window (DeviceTensor.pad; read there)."""
+    return (isinstance(t, DeviceTensor) and not isinstance(t, SegmentedTensor) and t.buffer is not None
+            and bool(t.pad) and t.shape == tuple(shape) and t.layout.tokens == t.pad ** 2)
 
 
 def _run_to_device(drv, prog, bind, layout, shape, producer, order=None, out: str | None = None) -> DeviceTensor:
@@ -393,12 +415,14 @@ def _linear_dev(drv, n, a, r, lut=None, residual=None, add=None, out=None):
     return y, [drv.last_run]
 
 
-def _vector_dev(drv, n, op, x, p=None, b=None, end_x=None, want=None, out=None):
+def _vector_dev(drv, n, op, x, p=None, b=None, end_x=None, want=None, out=None, pad=None):
     """_rows / _image_op on the vector engine reading x (and add's b) in place where a DeviceTensor in the
     program's input layout holds it; its output left in DDR. Anything else is read back and written in.
     maxpool and upsample take one image: a batch (the Q-pooled blocks' windows) is one call on its images
     stacked, (N, H, W, C) as (N H, W, C), which is its token rows as they are (_stacked_images). `want`: the
-    window order of the node's output (window_orders)."""
+    window order of the node's output (window_orders). A map inside its padded window (DeviceTensor.pad) is
+    read there, a row op's run of W rows every ws (grids); `pad` (ws, buffer): a row op writes its output so,
+    into that buffer of zero padding rows (GraphExecutor.padded_out)."""
     shape, C = x.shape, drv.cfg.cols
     image = op in ("maxpool", "upsample")
     # the rows' order (DeviceTensor.order): a row-wise op's operands and output in `want`'s; a max-pool of a
@@ -414,12 +438,15 @@ def _vector_dev(drv, n, op, x, p=None, b=None, end_x=None, want=None, out=None):
     dim = shape[-1] if image else row_dim(VECTOR_OPS[op][0], shape[-1])
     rows_l = TokenRowLayout(math.prod(shape) // dim, dim, C)
     form = (stored[0] * stored[1],) + stored[2:] if image else (rows_l.tokens, dim)    # what compile_vector takes
-    bind, data, segments = {}, {}, {}
+    bind, data, segments, grids = {}, {}, {}, {}
+    whole_rows = op in ROW_WISE and dim == shape[-1] and shape[0] == 1
     for region, t in (("in", x), ("b", b)):
         if t is None:
             continue
         if _in_place(t, rows_l, order) and t.shape == shape:
             bind[region], data[region] = t.buffer, np.zeros(form, np.int8)     # its shape only
+        elif whole_rows and not order and _padded(t, shape):
+            bind[region], data[region], grids[region] = t.buffer, np.zeros(form, np.int8), (shape[2], t.pad)
         elif not image and dim == shape[-1] and _segmented(t, rows_l.pitch, rows_l.tokens):
             g, parts = t.segments(region)
             segments[region], data[region] = g.rows, np.zeros(form, np.int8)
@@ -427,9 +454,16 @@ def _vector_dev(drv, n, op, x, p=None, b=None, end_x=None, want=None, out=None):
         else:
             v = np.ascontiguousarray(np.broadcast_to(np.asarray(t), shape))
             data[region] = (_window_order(v, order) if order else v).reshape(form)
+    pad = pad if whole_rows and not order and out is None and max(shape[1:3]) <= (pad or (0,))[0] else None
+    if pad:
+        grids["out"], out = (shape[2], pad[0]), pad[1]
     base = drv.BUFFER_BASE
     prog = compile_vector(drv.cfg, op, data["in"], p, b=data.get("b"), end_x=end_x, base_addr=base,
-                          max_ddr_bytes=drv.ddr_bytes - base, segments=segments)
+                          max_ddr_bytes=drv.ddr_bytes - base, segments=segments, grids=grids)
+    if pad:
+        y = _run_to_device(drv, prog, bind, TokenRowLayout(pad[0] ** 2, dim, C), shape, n.name, None, out)
+        y.pad, y.zero_pad, y.kept = pad[0], True, True
+        return y, [drv.last_run]
     if image and order:         # the pooled map, in window order ws / 2
         out_shape, order = (1, shape[1] // 2, shape[2] // 2, shape[3]), order // 2
     else:
@@ -504,16 +538,25 @@ def _want(r, n) -> int | None:
     return getattr(r, "want", {}).get(n.name)
 
 
+def _pad(r, n):
+    """(ws, buffer) where row op n writes its output inside the padded window its reader takes
+    (GraphExecutor.padded_out), else None."""
+    padded_out = getattr(r, "padded_out", None)
+    return padded_out(n) if padded_out else None
+
+
 #: ops whose output an engine node leaves in DDR (token rows), and which of their inputs they read in place
 DEVICE_OPS = {
     "linear": _linear_dev,
     "attention": _attention_dev,
     "layernorm": lambda d, n, a, r: _vector_dev(d, n, "layernorm", a[0], _vec_params(r, n, "LayerNormParams"),
-                                           want=_want(r, n)),
-    "gelu": lambda d, n, a, r: _vector_dev(d, n, "lut", a[0], _vec_params(r, n, "LutParams"), want=_want(r, n)),
+                                           want=_want(r, n), pad=_pad(r, n)),
+    "gelu": lambda d, n, a, r: _vector_dev(d, n, "lut", a[0], _vec_params(r, n, "LutParams"), want=_want(r, n),
+                                           pad=_pad(r, n)),
     "rescale": lambda d, n, a, r: _vector_dev(d, n, "rescale", a[0], _vec_params(r, n, "RescaleParams"),
-                                           want=_want(r, n)),
-    "add": lambda d, n, a, r: _vector_dev(d, n, "add", a[0], _vec_params(r, n, "AddParams"), a[1], want=_want(r, n)),
+                                           want=_want(r, n), pad=_pad(r, n)),
+    "add": lambda d, n, a, r: _vector_dev(d, n, "add", a[0], _vec_params(r, n, "AddParams"), a[1], want=_want(r, n),
+                                          pad=_pad(r, n)),
     "maxpool2x2": lambda d, n, a, r: _vector_dev(d, n, "maxpool", a[0], want=_want(r, n)),
     "upsample2x": lambda d, n, a, r: _vector_dev(d, n, "upsample", a[0]),
 }
@@ -619,6 +662,8 @@ class GraphExecutor(IntRunner):
                                                   if self.placements[n.name].where == "host" for t in n.inputs}
         self.want = window_orders(qm.graph) if chain else {}
         self.shared = self._shared_layouts() if chain else set()
+        self.pad_into = self._padded_windows() if chain else {}
+        self._pad_buffers: dict[str, tuple] = {}       # node -> (its padded window's buffer, the session)
         self.records: dict[str, NodeRecord] = {}
         self._scope: _Scope | None = None
         self._env: dict = {}
@@ -636,6 +681,43 @@ class GraphExecutor(IntRunner):
                     and (n.op != "linear" or "load_t" in self.cfg.engines))
         return {n.name for n in self.graph.nodes if self.placements[n.name].where == "layout"
                 and len(readers.get(n.outputs[0], ())) > 1 and all(in_place(*x) for x in readers[n.outputs[0]])}
+
+    def _padded_windows(self) -> dict[str, int]:
+        """Vector row-op nodes whose only reader is a window partition of their (1, H, W, C) map into one
+        padded (ws, ws) window (Hiera's later stages): node -> ws. They write their output inside that window
+        (padded_out), so the partition is the buffer as it is (window_alias)."""
+        readers: dict[str, list] = {}
+        for n in self.graph.nodes:
+            for t in n.inputs:
+                readers.setdefault(t, []).append(n)
+        out = {}
+        for n in self.graph.nodes:
+            rs = readers.get(n.outputs[0], [])
+            if (n.op in ROW_WISE_NODES and self.placements[n.name].where == "vector" and len(rs) == 1
+                    and rs[0].op == "window_partition"):
+                b, h, w, _ = self.graph.tensors[n.outputs[0]].shape
+                ws = rs[0].attrs["ws"]
+                if b == 1 and self.graph.tensors[rs[0].outputs[0]].shape[:3] == (1, ws, ws) and (h, w) != (ws, ws):
+                    out[n.name] = ws
+        return out
+
+    def padded_out(self, node) -> tuple | None:
+        """(ws, buffer) for a node of pad_into: a buffer of the (ws, ws) window's rows, zeroed when made (once
+        a session, like a weight) and written only at the map's rows after, so its padding rows stay zero;
+        None for another node, or where the arena has no room."""
+        ws = self.pad_into.get(node.name)
+        if ws is None:
+            return None
+        kept = self._pad_buffers.get(node.name)
+        if kept is None or kept[1] is not self.driver.session:
+            c = self.graph.tensors[node.outputs[0]].shape[-1]
+            layout = TokenRowLayout(ws * ws, c, self.cfg.cols)
+            try:
+                kept = _upload(self.driver, np.zeros((ws * ws, c), np.int8), layout, "pad"), self.driver.session
+            except ArenaFull:
+                return None
+            self._pad_buffers[node.name] = kept
+        return ws, kept[0]
 
     def _shared(self, node, y):
         """Host array y (a layout node's output, _shared_layouts) written to DDR once, as token rows, for its

@@ -189,6 +189,33 @@ class TokenRowLayout:
 
 
 @dataclass(frozen=True)
+class RowGrid:
+    """Token rows in runs of `run` rows every `stride` rows: an (H, W) map's rows inside the (ws, ws) window
+    that pads it (run W, stride ws; the rows between are the window's padding). Row r of the map is row
+    `row(r)` of the region. The one place that says where a map inside a padded window puts its rows."""
+    run: int
+    stride: int
+
+    def __post_init__(self):
+        if not 0 < self.run <= self.stride:
+            raise CompileError(f"a grid of runs of {self.run} rows every {self.stride} rows")
+
+    def row(self, r: int) -> int:
+        return r // self.run * self.stride + r % self.run
+
+    def rows(self, n: int) -> int:
+        """The region's rows holding n rows (whole runs)."""
+        return -(-n // self.run) * self.stride
+
+    def spread(self, packed: np.ndarray, pitch: int) -> np.ndarray:
+        """n packed rows (bytes, `pitch` a row) -> the region's bytes, the rows between runs zero."""
+        n = packed.size // pitch
+        out = np.zeros((self.rows(n) // self.stride, self.stride, pitch), np.uint8)
+        out[:, :self.run] = packed.reshape(-1, self.run, pitch)
+        return out.reshape(-1)
+
+
+@dataclass(frozen=True)
 class RowSegments:
     """A region of token rows held in several DDR ranges: segment i is region `name.i` of `rows[i]` rows at
     the region's row pitch, so a runtime binds each to the buffer holding those rows (a memory bank slot, an

@@ -254,8 +254,8 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
         finally:
             self.banked, self.run_dims = saved
 
-    def _device(self, node) -> bool:
-        return node.name in self.store_into or super()._device(node)
+    def _device(self, node, layout: bool = False) -> bool:
+        return node.name in self.store_into or super()._device(node, layout)
 
     def _segment_readers(self) -> set:
         """The banked chains' last nodes whose every reader takes their output as segments in DDR (a
