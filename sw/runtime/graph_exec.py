@@ -88,6 +88,7 @@ import numpy as np
 
 from golden_model.image_encoder import window_partition, window_unpartition
 from golden_model.intattn import AttentionQuant
+from golden_model.intvec import RescaleParams
 from golden_model.quant.interpret import merge_heads, nchw_to_nhwc, nhwc_to_nchw, split_heads
 from golden_model.quant.intinterp import IntRunner, _mask_product, _requant_args, _vec_params
 from sw.compile.attention import TokenRows, token_rows_refusal
@@ -471,6 +472,9 @@ def _vector_dev(drv, n, op, x, p=None, b=None, end_x=None, want=None, out=None, 
     return _run_to_device(drv, prog, bind, prog.out_layout, out_shape, n.name, order, out), [drv.last_run]
 
 
+#: an identity rescale (x * 1 >> 0): a copy on the vector engine
+COPY = RescaleParams(1, 0)
+
 #: the vector ops whose rows are independent (any order of the rows in, the same order out), and their graph ops
 ROW_WISE = ("layernorm", "lut", "rescale", "add")
 ROW_WISE_NODES = ("layernorm", "gelu", "rescale", "add")
@@ -633,7 +637,7 @@ class GraphExecutor(IntRunner):
             engine_nodes = sum(p.where not in ("host", "layout") for p in self.placements.values())
             self.driver.CACHED_PROGRAMS = max(self.driver.CACHED_PROGRAMS, engine_nodes)
         # linear node -> the GELU node placed in its store (the placement checked it is its only reader)
-        writers = {t: n for n in qm.graph.nodes for t in n.outputs}
+        self.writers = writers = {t: n for n in qm.graph.nodes for t in n.outputs}
         self._outputs = {n.name: n.outputs[0] for n in qm.graph.nodes}
         self.fused = {writers[n.inputs[0]].name: n for n in qm.graph.nodes
                       if n.op == "gelu" and self.placements[n.name].where == "gemm"}
@@ -692,14 +696,35 @@ class GraphExecutor(IntRunner):
                 readers.setdefault(t, []).append(n)
         out = {}
         for n in self.graph.nodes:
-            rs = readers.get(n.outputs[0], [])
-            if (n.op in ROW_WISE_NODES and self.placements[n.name].where == "vector" and len(rs) == 1
-                    and rs[0].op == "window_partition"):
-                b, h, w, _ = self.graph.tensors[n.outputs[0]].shape
-                ws = rs[0].attrs["ws"]
-                if b == 1 and self.graph.tensors[rs[0].outputs[0]].shape[:3] == (1, ws, ws) and (h, w) != (ws, ws):
-                    out[n.name] = ws
+            if n.op != "window_partition" or "vector" not in self.cfg.engines:
+                continue
+            b, h, w, _ = self.graph.tensors[n.inputs[0]].shape
+            ws = n.attrs["ws"]
+            if b != 1 or self.graph.tensors[n.outputs[0]].shape[:3] != (1, ws, ws) or max(h, w) >= ws:
+                continue
+            p = self.writers.get(n.inputs[0])
+            if (p is not None and p.op in ROW_WISE_NODES and self.placements[p.name].where == "vector"
+                    and len(readers[n.inputs[0]]) == 1):
+                out[p.name] = ws
+            else:       # its map has another reader: copied into the window on the vector engine (_pad_copy)
+                out[n.name] = ws
         return out
+
+    def _pad_copy(self, node, x, rec):
+        """Window partition `node` of DeviceTensor x (the map in its rows' order) into its one padded window
+        by an identity rescale on the vector engine writing the map's rows inside it (padded_out); None
+        where x is not such a tensor or the arena has no room."""
+        if not (isinstance(x, DeviceTensor) and not isinstance(x, SegmentedTensor) and x.buffer is not None
+                and x.order is None and not x.pad):
+            return None
+        pad = self.padded_out(node)
+        if pad is None:
+            return None
+        y, runs = _vector_dev(self.driver, node, "rescale", x, COPY, pad=pad)
+        y.shape, y.pad = (1, pad[0], pad[0], x.shape[3]), None
+        rec.where, rec.cycles, rec.calls = "vector", sum(r.cycles for r in runs), len(runs)
+        rec.reason = "its map copied into its padded window on the vector engine (the map has another reader)"
+        return y
 
     def padded_out(self, node) -> tuple | None:
         """(ws, buffer) for a node of pad_into: a buffer of the (ws, ws) window's rows, zeroed when made (once
@@ -865,6 +890,8 @@ class GraphExecutor(IntRunner):
             def on_host(n, args, r):
                 if where == "layout" and self._device(n, layout=True):      # a window (un)partition by addressing
                     y = window_alias(n, args[0], self.graph.tensors[n.outputs[0]].shape, self.want.get(n.name))
+                    if y is None and n.name in self.pad_into:
+                        y = self._pad_copy(n, args[0], rec)
                     if y is not None:
                         return y
                 y = host_fn(n, _host_args(args), r)
