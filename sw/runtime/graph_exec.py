@@ -220,8 +220,8 @@ class DeviceTensor:
     `order`: None, its rows in the shape's order; ws, a (1, H, W, C) map whose rows are in window order
     (window_partition(map, ws)'s, no padding): a window (un)partition of it is that buffer as it is (alias).
     `pad`: None, or ws: a (1, H, W, C) map (H, W <= ws) held as the rows of the one (ws, ws) window that pads
-    it (sw.runtime.layout.RowGrid(W, ws)), the layout's ws x ws rows; `zero_pad`: the padding rows are zeros
-    (the window itself, window_alias). `kept`: the buffer is the executor's (padded_out), never freed."""
+    it (sw.runtime.layout.RowGrid(W, ws)), the layout's ws x ws rows. `kept`: the buffer is the executor's
+    (padded_out), never freed."""
 
     dtype = np.dtype(np.int8)
     pinned = False          # a graph constant kept in DDR for the session (GraphExecutor._constant): never freed
@@ -230,7 +230,7 @@ class DeviceTensor:
                  order: int | None = None):
         self.driver, self.buffer, self.layout, self.shape = driver, buffer, layout, tuple(shape)
         self.producer, self.order = producer, order if order != 1 else None     # 1 x 1 windows: the map's order
-        self.pad, self.zero_pad, self.kept = None, False, False
+        self.pad, self.kept = None, False
         self.pending = 0
         self.host: np.ndarray | None = None      # the values, once read back for keeps
         self.holders = [1]                       # tensors sharing the buffer (aliases): freed with the last
@@ -289,16 +289,12 @@ def window_alias(node, x, out_shape: tuple, want: int | None):
     needs the host: partition of a map stored in that window order -> the windows (each window's rows
     are contiguous, in order); unpartition of windows of a map the size divides -> the map stored in
     window order, where that order is `want` (window_orders). Padded windows (ws not dividing H or W) are
-    not a reordering of the rows, but the one window of a map smaller than ws is its rows at a grid
-    (DeviceTensor.pad): partition of a map so held with zero padding rows (padded_out) -> the window;
-    unpartition of one window -> the map it crops, held so (its readers take the grid: _vector_dev)."""
-    if not isinstance(x, DeviceTensor) or x.buffer is None:
+    not a reordering of the rows, but the one window of a map smaller than ws holds the map's rows at a grid
+    (DeviceTensor.pad): an unpartition of one window -> the map it crops, held so (a row op reads it there:
+    _vector_dev). (Its partition is a copy: GraphExecutor._pad_copy.)"""
+    if not isinstance(x, DeviceTensor) or x.buffer is None or x.pad:
         return None
     ws = node.attrs["ws"]
-    if x.pad:
-        if node.op == "window_partition" and x.pad == ws and x.zero_pad and out_shape == (1, ws, ws, x.shape[3]):
-            return x.alias(out_shape, None, node.name)
-        return None
     if (node.op == "window_unpartition" and x.order is None and x.shape[:3] == (1, ws, ws) and out_shape[0] == 1
             and out_shape[1:3] != (ws, ws) and max(out_shape[1:3]) <= ws):
         return x.alias(out_shape, None, node.name, pad=ws)
@@ -463,7 +459,7 @@ def _vector_dev(drv, n, op, x, p=None, b=None, end_x=None, want=None, out=None, 
                           max_ddr_bytes=drv.ddr_bytes - base, segments=segments, grids=grids)
     if pad:
         y = _run_to_device(drv, prog, bind, TokenRowLayout(pad[0] ** 2, dim, C), shape, n.name, None, out)
-        y.pad, y.zero_pad, y.kept = pad[0], True, True
+        y.pad, y.kept = pad[0], True
         return y, [drv.last_run]
     if image and order:         # the pooled map, in window order ws / 2
         out_shape, order = (1, shape[1] // 2, shape[2] // 2, shape[3]), order // 2
@@ -542,25 +538,16 @@ def _want(r, n) -> int | None:
     return getattr(r, "want", {}).get(n.name)
 
 
-def _pad(r, n):
-    """(ws, buffer) where row op n writes its output inside the padded window its reader takes
-    (GraphExecutor.padded_out), else None."""
-    padded_out = getattr(r, "padded_out", None)
-    return padded_out(n) if padded_out else None
-
-
 #: ops whose output an engine node leaves in DDR (token rows), and which of their inputs they read in place
 DEVICE_OPS = {
     "linear": _linear_dev,
     "attention": _attention_dev,
     "layernorm": lambda d, n, a, r: _vector_dev(d, n, "layernorm", a[0], _vec_params(r, n, "LayerNormParams"),
-                                           want=_want(r, n), pad=_pad(r, n)),
-    "gelu": lambda d, n, a, r: _vector_dev(d, n, "lut", a[0], _vec_params(r, n, "LutParams"), want=_want(r, n),
-                                           pad=_pad(r, n)),
+                                           want=_want(r, n)),
+    "gelu": lambda d, n, a, r: _vector_dev(d, n, "lut", a[0], _vec_params(r, n, "LutParams"), want=_want(r, n)),
     "rescale": lambda d, n, a, r: _vector_dev(d, n, "rescale", a[0], _vec_params(r, n, "RescaleParams"),
-                                           want=_want(r, n), pad=_pad(r, n)),
-    "add": lambda d, n, a, r: _vector_dev(d, n, "add", a[0], _vec_params(r, n, "AddParams"), a[1], want=_want(r, n),
-                                          pad=_pad(r, n)),
+                                           want=_want(r, n)),
+    "add": lambda d, n, a, r: _vector_dev(d, n, "add", a[0], _vec_params(r, n, "AddParams"), a[1], want=_want(r, n)),
     "maxpool2x2": lambda d, n, a, r: _vector_dev(d, n, "maxpool", a[0], want=_want(r, n)),
     "upsample2x": lambda d, n, a, r: _vector_dev(d, n, "upsample", a[0]),
 }
@@ -637,7 +624,7 @@ class GraphExecutor(IntRunner):
             engine_nodes = sum(p.where not in ("host", "layout") for p in self.placements.values())
             self.driver.CACHED_PROGRAMS = max(self.driver.CACHED_PROGRAMS, engine_nodes)
         # linear node -> the GELU node placed in its store (the placement checked it is its only reader)
-        self.writers = writers = {t: n for n in qm.graph.nodes for t in n.outputs}
+        writers = {t: n for n in qm.graph.nodes for t in n.outputs}
         self._outputs = {n.name: n.outputs[0] for n in qm.graph.nodes}
         self.fused = {writers[n.inputs[0]].name: n for n in qm.graph.nodes
                       if n.op == "gelu" and self.placements[n.name].where == "gemm"}
@@ -687,26 +674,18 @@ class GraphExecutor(IntRunner):
                 and len(readers.get(n.outputs[0], ())) > 1 and all(in_place(*x) for x in readers[n.outputs[0]])}
 
     def _padded_windows(self) -> dict[str, int]:
-        """Vector row-op nodes whose only reader is a window partition of their (1, H, W, C) map into one
-        padded (ws, ws) window (Hiera's later stages): node -> ws. They write their output inside that window
-        (padded_out), so the partition is the buffer as it is (window_alias)."""
-        readers: dict[str, list] = {}
-        for n in self.graph.nodes:
-            for t in n.inputs:
-                readers.setdefault(t, []).append(n)
+        """Window partitions of a (1, H, W, C) map into one zero-padded (ws, ws) window (Hiera's later stages):
+        node -> ws. Each is a copy of the map into its window on the vector engine (_pad_copy); its
+        unpartition is addressing (window_alias). (The map's writer, a layernorm, could write it there itself,
+        but a grid is a VECTOR command per W rows, and a layernorm command costs some 800 cycles more: 8,359
+        cycles for an 8 x 8 map in 8 commands against 2,549 in one; the copy 1,725.)"""
         out = {}
         for n in self.graph.nodes:
             if n.op != "window_partition" or "vector" not in self.cfg.engines:
                 continue
             b, h, w, _ = self.graph.tensors[n.inputs[0]].shape
             ws = n.attrs["ws"]
-            if b != 1 or self.graph.tensors[n.outputs[0]].shape[:3] != (1, ws, ws) or max(h, w) >= ws:
-                continue
-            p = self.writers.get(n.inputs[0])
-            if (p is not None and p.op in ROW_WISE_NODES and self.placements[p.name].where == "vector"
-                    and len(readers[n.inputs[0]]) == 1):
-                out[p.name] = ws
-            else:       # its map has another reader: copied into the window on the vector engine (_pad_copy)
+            if b == 1 and self.graph.tensors[n.outputs[0]].shape[:3] == (1, ws, ws) and max(h, w) < ws:
                 out[n.name] = ws
         return out
 
@@ -723,7 +702,7 @@ class GraphExecutor(IntRunner):
         y, runs = _vector_dev(self.driver, node, "rescale", x, COPY, pad=pad)
         y.shape, y.pad = (1, pad[0], pad[0], x.shape[3]), None
         rec.where, rec.cycles, rec.calls = "vector", sum(r.cycles for r in runs), len(runs)
-        rec.reason = "its map copied into its padded window on the vector engine (the map has another reader)"
+        rec.reason = "its map copied into its one padded window on the vector engine (a copy, rows at a grid)"
         return y
 
     def padded_out(self, node) -> tuple | None:
