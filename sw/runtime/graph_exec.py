@@ -620,9 +620,10 @@ class GraphExecutor(IntRunner):
         self.spilled_bytes = 0     # device tensors read back because the arena was full (in the nodes' figures)
         lanes = vector_lanes(cfg)
         self.placements = {p.layer.name: p for p in place_all(cfg, graph_layers(qm.graph), lanes=lanes)}
+        self.pad_into = self._padded_windows() if chain else {}
         if chain:      # every engine node's program kept loaded (its weights in DDR) while the arena has room
             engine_nodes = sum(p.where not in ("host", "layout") for p in self.placements.values())
-            self.driver.CACHED_PROGRAMS = max(self.driver.CACHED_PROGRAMS, engine_nodes)
+            self.driver.CACHED_PROGRAMS = max(self.driver.CACHED_PROGRAMS, engine_nodes + len(self.pad_into))
         # linear node -> the GELU node placed in its store (the placement checked it is its only reader)
         writers = {t: n for n in qm.graph.nodes for t in n.outputs}
         self._outputs = {n.name: n.outputs[0] for n in qm.graph.nodes}
@@ -653,7 +654,6 @@ class GraphExecutor(IntRunner):
                                                   if self.placements[n.name].where == "host" for t in n.inputs}
         self.want = window_orders(qm.graph) if chain else {}
         self.shared = self._shared_layouts() if chain else set()
-        self.pad_into = self._padded_windows() if chain else {}
         self._pad_buffers: dict[str, tuple] = {}       # node -> (its padded window's buffer, the session)
         self.records: dict[str, NodeRecord] = {}
         self._scope: _Scope | None = None
