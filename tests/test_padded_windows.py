@@ -1,66 +1,69 @@
-"""A map inside the one zero-padded window of a Hiera later stage (sw.runtime.layout.RowGrid): the vector
-engine's row ops read and write a region's rows in runs of W every ws rows, so a map lands in its padded
-window, and a padded window's map is read where it is, bit-exact with the golden op, the padding rows
-never written, the host reading none of it. Misuse is refused."""
+"""A map inside the zero-padded windows a window partition makes of it (Hiera's later stages, ws not dividing
+the map; sw.runtime.layout.RowRuns.windows): the vector engine's row ops read and write a region's rows in
+runs, so a map lands in its padded windows and a padded window's map is read where it is, bit-exact with
+the golden op and window_partition, the padding rows never written, the host reading none of it. Misuse
+is refused."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from golden_model import intvec
+from golden_model.image_encoder import window_partition
 from hw.config import preset
 from sw.compile.linear import CompileError
 from sw.compile.vector import compile_vector
 from sw.runtime.driver import Driver
-from sw.runtime.layout import RowGrid, TokenRowLayout
+from sw.runtime.layout import RowRuns, TokenRowLayout
 
 CFG = preset("bench16")
-H, W, WS, D = 3, 5, 7, 32          # a 3 x 5 map in a 7 x 7 window
+H, W, WS, D = 5, 9, 4, 32          # a 5 x 9 map in 2 x 3 windows of 4 x 4
 
 
-def _window(drv, x):
-    """A buffer holding x (H W rows) inside a window whose padding rows hold 99."""
-    layout = TokenRowLayout(WS * WS, D, CFG.cols)
-    rows = np.full((WS, WS, D), 99, np.int8)
-    rows[:H, :W] = x.reshape(H, W, D)
+def _windows(drv, x, fill):
+    """A buffer holding the (H, W) map x's rows inside its padded windows, the padding rows `fill`: it, the
+    windows' layout and the padding's rows."""
+    wins, _ = window_partition(x.reshape(1, H, W, D), WS)
+    pad = window_partition(np.ones((1, H, W, 1), np.int8), WS)[0].reshape(-1) == 0     # window_partition pads 0
+    rows = wins.reshape(-1, D).copy()
+    rows[pad] = fill
+    layout = TokenRowLayout(len(rows), D, CFG.cols)
     buf = drv.buffer(layout.size)
-    drv.session.backend.write(buf.addr, layout.pack(rows.reshape(-1, D)))
-    return buf
+    drv.session.backend.write(buf.addr, layout.pack(rows))
+    return buf, layout, pad
 
 
 @pytest.mark.parametrize("mode", ["fast", "checked"])
-def test_row_op_reads_and_writes_a_map_inside_its_padded_window(mode):
+def test_row_op_reads_and_writes_a_map_inside_its_padded_windows(mode):
     drv = Driver(CFG, "sim", sim_mode=mode)
     rng = np.random.default_rng(0)
     a, b = (rng.integers(-128, 128, (H * W, D), dtype=np.int8) for _ in range(2))
     p = intvec.AddParams(3000, 5000, 12)
-    b_buf = _window(drv, b)
+    b_buf, _, _ = _windows(drv, b, 0)
     a_buf = drv.buffer(TokenRowLayout(H * W, D, CFG.cols).size)
     drv.session.backend.write(a_buf.addr, TokenRowLayout(H * W, D, CFG.cols).pack(a))
-    out = _window(drv, np.zeros_like(a))            # its padding rows (99) must stay
+    out, layout, pad = _windows(drv, np.zeros_like(a), 99)      # its padding rows (99) must stay
+    runs = RowRuns.windows(H, W, WS)
+    assert runs.size == 2 * 3 * WS * WS == layout.tokens
     zeros = np.zeros_like(a)
-    prog = compile_vector(CFG, "add", zeros, p, b=zeros, grids={"b": (W, WS), "out": (W, WS)},
-                          base_addr=drv.BUFFER_BASE)
+    prog = compile_vector(CFG, "add", zeros, p, b=zeros, runs={"b": runs, "out": runs}, base_addr=drv.BUFFER_BASE)
     traffic = drv.device.traffic
     before = traffic.snapshot()
     drv.run_bound(prog, {"in": a_buf.name, "b": b_buf.name, "out": out.name})
     assert traffic.since(before).from_ddr == 0
-    layout = TokenRowLayout(WS * WS, D, CFG.cols)
-    got = layout.unpack(drv.session.backend.read(out.addr, layout.size)).reshape(WS, WS, D)
-    np.testing.assert_array_equal(got[:H, :W].reshape(-1, D), intvec.add(a, b, p))
-    got[:H, :W] = 99
-    assert (got == 99).all()                        # the padding rows untouched
+    got = layout.unpack(drv.session.backend.read(out.addr, layout.size))
+    want = window_partition(intvec.add(a, b, p).reshape(1, H, W, D), WS)[0].reshape(-1, D)
+    np.testing.assert_array_equal(got[~pad], want[~pad])
+    assert (got[pad] == 99).all()                      # the padding rows untouched
 
 
-def test_grid_misuse_is_refused():
+def test_runs_misuse_is_refused():
     x = np.zeros((H * W, D), np.int8)
-    with pytest.raises(CompileError, match="whole runs"):
-        compile_vector(CFG, "layernorm", x, intvec.LayerNormParams.make(np.ones(D), np.zeros(D), 0.1, 0.1, 1e-6),
-                       grids={"out": (4, WS)})
+    runs = RowRuns.windows(H, W, WS)
+    with pytest.raises(CompileError, match="do not cover"):
+        compile_vector(CFG, "rescale", x[:-1], intvec.RescaleParams(1, 0), runs={"out": runs})
     with pytest.raises(CompileError, match="b not repeated"):
-        compile_vector(CFG, "add", x, intvec.AddParams(1, 1, 0), b=x[0], grids={"out": (W, WS)})
-    with pytest.raises(CompileError, match="cannot be a grid"):
-        compile_vector(CFG, "rescale", x, intvec.RescaleParams(1, 0), grids={"params": (W, WS)})
-    with pytest.raises(CompileError, match="runs of 8 rows every 7"):
-        RowGrid(8, 7)
-    assert [RowGrid(W, WS).row(r) for r in (0, W - 1, W, 2 * W)] == [0, W - 1, WS, 2 * WS]
+        compile_vector(CFG, "add", x, intvec.AddParams(1, 1, 0), b=x[0], runs={"out": runs})
+    with pytest.raises(CompileError, match="cannot be placed"):
+        compile_vector(CFG, "rescale", x, intvec.RescaleParams(1, 0), runs={"params": runs})
+    assert [runs.row(r) for r in (0, WS - 1, WS, W, 4 * W)] == [0, WS - 1, WS * WS, WS, 3 * WS * WS]

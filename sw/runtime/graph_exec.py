@@ -97,7 +97,7 @@ from sw.compile.vector import OPS as VECTOR_OPS, compile_vector, row_dim
 from sw.perf.layers import graph_layers
 from sw.runtime.arena import ArenaFull
 from sw.runtime.driver import Driver
-from sw.runtime.layout import RowSegments, TokenRowLayout
+from sw.runtime.layout import RowRuns, RowSegments, TokenRowLayout
 
 
 class GraphExecError(ValueError):
@@ -219,9 +219,9 @@ class DeviceTensor:
     this run; the executor frees the buffer after the last (keeping the values when it reads back).
     `order`: None, its rows in the shape's order; ws, a (1, H, W, C) map whose rows are in window order
     (window_partition(map, ws)'s, no padding): a window (un)partition of it is that buffer as it is (alias).
-    `pad`: None, or ws: a (1, H, W, C) map (H, W <= ws) held as the rows of the one (ws, ws) window that pads
-    it (sw.runtime.layout.RowGrid(W, ws)), the layout's ws x ws rows. `kept`: the buffer is the executor's
-    (padded_out), never freed."""
+    `pad`: None, or ws: a (1, H, W, C) map (ws not dividing H or W) held inside the zero-padded ws x ws
+    windows a window partition makes of it (sw.runtime.layout.RowRuns.windows), the layout's rows those
+    windows'. `kept`: the buffer is the executor's (padded_out), never freed."""
 
     dtype = np.dtype(np.int8)
     pinned = False          # a graph constant kept in DDR for the session (GraphExecutor._constant): never freed
@@ -248,7 +248,8 @@ class DeviceTensor:
         s = self.driver.session
         rows = self.layout.unpack(s.backend.read(s.arena[self.buffer].addr, self.layout.size))
         if self.pad:
-            return rows.reshape(self.pad, self.pad, -1)[:self.shape[1], :self.shape[2]].reshape(self.shape)
+            ws, (_, h, w, c) = self.pad, self.shape
+            return window_unpartition(rows.reshape(-1, ws, ws, c), ws, (-(-h // ws) * ws, -(-w // ws) * ws), (h, w))
         return rows.reshape(self.shape) if self.order is None else _map_order(rows, self.order, self.shape)
 
     def alias(self, shape: tuple, order: int | None, producer: str, pad: int | None = None) -> "DeviceTensor":
@@ -289,14 +290,15 @@ def window_alias(node, x, out_shape: tuple, want: int | None):
     needs the host: partition of a map stored in that window order -> the windows (each window's rows
     are contiguous, in order); unpartition of windows of a map the size divides -> the map stored in
     window order, where that order is `want` (window_orders). Padded windows (ws not dividing H or W) are
-    not a reordering of the rows, but the one window of a map smaller than ws holds the map's rows at a grid
-    (DeviceTensor.pad): an unpartition of one window -> the map it crops, held so (a row op reads it there:
-    _vector_dev). (Its partition is a copy: GraphExecutor._pad_copy.)"""
+    not a reordering of the rows, but they hold the map's rows in runs (DeviceTensor.pad): an unpartition of
+    padded windows -> the map they crop, held so (a row op reads it there: _vector_dev). (A padded
+    partition is a copy: GraphExecutor._pad_copy.)"""
     if not isinstance(x, DeviceTensor) or x.buffer is None or x.pad:
         return None
     ws = node.attrs["ws"]
-    if (node.op == "window_unpartition" and x.order is None and x.shape[:3] == (1, ws, ws) and out_shape[0] == 1
-            and out_shape[1:3] != (ws, ws) and max(out_shape[1:3]) <= ws):
+    if (node.op == "window_unpartition" and x.order is None and x.shape[1:3] == (ws, ws) and out_shape[0] == 1
+            and (out_shape[1] % ws or out_shape[2] % ws)
+            and x.shape[0] == -(-out_shape[1] // ws) * -(-out_shape[2] // ws)):
         return x.alias(out_shape, None, node.name, pad=ws)
     if (x.shape[0] == out_shape[0] == 1 and x.order is None and x.shape[1:3] == out_shape[1:3] == (ws, ws)):
         return x.alias(out_shape, None, node.name)         # one window, the whole map: its rows as they are
@@ -372,9 +374,10 @@ def _in_place(t, layout: TokenRowLayout, order: int | None = None) -> bool:
 
 
 def _padded(t, shape: tuple) -> bool:
-    """Whether t is a map of `shape` still in DDR inside its padded window (DeviceTensor.pad; read there)."""
+    """Whether t is a map of `shape` still in DDR inside its padded windows (DeviceTensor.pad; read there)."""
     return (isinstance(t, DeviceTensor) and not isinstance(t, SegmentedTensor) and t.buffer is not None
-            and bool(t.pad) and t.shape == tuple(shape) and t.layout.tokens == t.pad ** 2)
+            and bool(t.pad) and t.shape == tuple(shape)
+            and t.layout.tokens == RowRuns.windows(shape[1], shape[2], t.pad).size)
 
 
 def _run_to_device(drv, prog, bind, layout, shape, producer, order=None, out: str | None = None) -> DeviceTensor:
@@ -417,9 +420,9 @@ def _vector_dev(drv, n, op, x, p=None, b=None, end_x=None, want=None, out=None, 
     program's input layout holds it; its output left in DDR. Anything else is read back and written in.
     maxpool and upsample take one image: a batch (the Q-pooled blocks' windows) is one call on its images
     stacked, (N, H, W, C) as (N H, W, C), which is its token rows as they are (_stacked_images). `want`: the
-    window order of the node's output (window_orders). A map inside its padded window (DeviceTensor.pad) is
-    read there, a row op's run of W rows every ws (grids); `pad` (ws, buffer): a row op writes its output so,
-    into that buffer of zero padding rows (GraphExecutor.padded_out)."""
+    window order of the node's output (window_orders). A map inside its padded windows (DeviceTensor.pad) is
+    read there by a row op, a command per run of its rows (RowRuns.windows); `pad` (ws, buffer): a row op
+    writes its output so, into that buffer of zero padding rows (GraphExecutor.padded_out)."""
     shape, C = x.shape, drv.cfg.cols
     image = op in ("maxpool", "upsample")
     # the rows' order (DeviceTensor.order): a row-wise op's operands and output in `want`'s; a max-pool of a
@@ -435,7 +438,7 @@ def _vector_dev(drv, n, op, x, p=None, b=None, end_x=None, want=None, out=None, 
     dim = shape[-1] if image else row_dim(VECTOR_OPS[op][0], shape[-1])
     rows_l = TokenRowLayout(math.prod(shape) // dim, dim, C)
     form = (stored[0] * stored[1],) + stored[2:] if image else (rows_l.tokens, dim)    # what compile_vector takes
-    bind, data, segments, grids = {}, {}, {}, {}
+    bind, data, segments, runs = {}, {}, {}, {}
     whole_rows = op in ROW_WISE and dim == shape[-1] and shape[0] == 1
     for region, t in (("in", x), ("b", b)):
         if t is None:
@@ -443,7 +446,8 @@ def _vector_dev(drv, n, op, x, p=None, b=None, end_x=None, want=None, out=None, 
         if _in_place(t, rows_l, order) and t.shape == shape:
             bind[region], data[region] = t.buffer, np.zeros(form, np.int8)     # its shape only
         elif whole_rows and not order and _padded(t, shape):
-            bind[region], data[region], grids[region] = t.buffer, np.zeros(form, np.int8), (shape[2], t.pad)
+            bind[region], data[region] = t.buffer, np.zeros(form, np.int8)
+            runs[region] = RowRuns.windows(shape[1], shape[2], t.pad)
         elif not image and dim == shape[-1] and _segmented(t, rows_l.pitch, rows_l.tokens):
             g, parts = t.segments(region)
             segments[region], data[region] = g.rows, np.zeros(form, np.int8)
@@ -451,14 +455,14 @@ def _vector_dev(drv, n, op, x, p=None, b=None, end_x=None, want=None, out=None, 
         else:
             v = np.ascontiguousarray(np.broadcast_to(np.asarray(t), shape))
             data[region] = (_window_order(v, order) if order else v).reshape(form)
-    pad = pad if whole_rows and not order and out is None and max(shape[1:3]) <= (pad or (0,))[0] else None
+    pad = pad if whole_rows and not order and out is None else None
     if pad:
-        grids["out"], out = (shape[2], pad[0]), pad[1]
+        runs["out"], out = RowRuns.windows(shape[1], shape[2], pad[0]), pad[1]
     base = drv.BUFFER_BASE
     prog = compile_vector(drv.cfg, op, data["in"], p, b=data.get("b"), end_x=end_x, base_addr=base,
-                          max_ddr_bytes=drv.ddr_bytes - base, segments=segments, grids=grids)
+                          max_ddr_bytes=drv.ddr_bytes - base, segments=segments, runs=runs)
     if pad:
-        y = _run_to_device(drv, prog, bind, TokenRowLayout(pad[0] ** 2, dim, C), shape, n.name, None, out)
+        y = _run_to_device(drv, prog, bind, TokenRowLayout(runs["out"].size, dim, C), shape, n.name, None, out)
         y.pad, y.kept = pad[0], True
         return y, [drv.last_run]
     if image and order:         # the pooled map, in window order ws / 2
@@ -674,25 +678,26 @@ class GraphExecutor(IntRunner):
                 and len(readers.get(n.outputs[0], ())) > 1 and all(in_place(*x) for x in readers[n.outputs[0]])}
 
     def _padded_windows(self) -> dict[str, int]:
-        """Window partitions of a (1, H, W, C) map into one zero-padded (ws, ws) window (Hiera's later stages):
-        node -> ws. Each is a copy of the map into its window on the vector engine (_pad_copy); its
-        unpartition is addressing (window_alias). (The map's writer, a layernorm, could write it there itself,
-        but a grid is a VECTOR command per W rows, and a layernorm command costs some 800 cycles more: 8,359
-        cycles for an 8 x 8 map in 8 commands against 2,549 in one; the copy 1,725.)"""
+        """Window partitions of a (1, H, W, C) map into zero-padded ws x ws windows, ws not dividing H or W
+        (Hiera's later stages): node -> ws. Each is a copy of the map into its windows on the vector engine
+        (_pad_copy); its unpartition is addressing (window_alias). (The map's writer, a layernorm, could
+        write it there itself, but that is a VECTOR command per run of a row, and a layernorm command costs
+        some 800 cycles more: 8,359 cycles for an 8 x 8 map in 8 commands against 2,549 in one; the copy
+        1,725.)"""
         out = {}
         for n in self.graph.nodes:
             if n.op != "window_partition" or "vector" not in self.cfg.engines:
                 continue
             b, h, w, _ = self.graph.tensors[n.inputs[0]].shape
             ws = n.attrs["ws"]
-            if b == 1 and self.graph.tensors[n.outputs[0]].shape[:3] == (1, ws, ws) and max(h, w) < ws:
+            if b == 1 and (h % ws or w % ws):
                 out[n.name] = ws
         return out
 
     def _pad_copy(self, node, x, rec):
-        """Window partition `node` of DeviceTensor x (the map in its rows' order) into its one padded window
-        by an identity rescale on the vector engine writing the map's rows inside it (padded_out); None
-        where x is not such a tensor or the arena has no room."""
+        """Window partition `node` of DeviceTensor x (the map in its rows' order) into its padded windows by
+        an identity rescale on the vector engine writing the map's rows inside them (padded_out); None where
+        x is not such a tensor or the arena has no room."""
         if not (isinstance(x, DeviceTensor) and not isinstance(x, SegmentedTensor) and x.buffer is not None
                 and x.order is None and not x.pad):
             return None
@@ -700,24 +705,25 @@ class GraphExecutor(IntRunner):
         if pad is None:
             return None
         y, runs = _vector_dev(self.driver, node, "rescale", x, COPY, pad=pad)
-        y.shape, y.pad = (1, pad[0], pad[0], x.shape[3]), None
+        y.shape, y.pad = self.graph.tensors[node.outputs[0]].shape, None
         rec.where, rec.cycles, rec.calls = "vector", sum(r.cycles for r in runs), len(runs)
-        rec.reason = "its map copied into its one padded window on the vector engine (a copy, rows at a grid)"
+        rec.reason = "the map copied into its padded windows on the vector engine (a command per run of a row)"
         return y
 
     def padded_out(self, node) -> tuple | None:
-        """(ws, buffer) for a node of pad_into: a buffer of the (ws, ws) window's rows, zeroed when made (once
-        a session, like a weight) and written only at the map's rows after, so its padding rows stay zero;
+        """(ws, buffer) for a node of pad_into: a buffer of its padded windows' rows, zeroed when made (once a
+        session, like a weight) and written only at the map's rows after, so its padding rows stay zero;
         None for another node, or where the arena has no room."""
         ws = self.pad_into.get(node.name)
         if ws is None:
             return None
         kept = self._pad_buffers.get(node.name)
         if kept is None or kept[1] is not self.driver.session:
-            c = self.graph.tensors[node.outputs[0]].shape[-1]
-            layout = TokenRowLayout(ws * ws, c, self.cfg.cols)
+            shape = self.graph.tensors[node.outputs[0]].shape
+            layout = TokenRowLayout(math.prod(shape[:-1]), shape[-1], self.cfg.cols)
             try:
-                kept = _upload(self.driver, np.zeros((ws * ws, c), np.int8), layout, "pad"), self.driver.session
+                kept = _upload(self.driver, np.zeros((layout.tokens, shape[-1]), np.int8), layout, "pad"), \
+                    self.driver.session
             except ArenaFull:
                 return None
             self._pad_buffers[node.name] = kept

@@ -189,29 +189,39 @@ class TokenRowLayout:
 
 
 @dataclass(frozen=True)
-class RowGrid:
-    """Token rows in runs of `run` rows every `stride` rows: an (H, W) map's rows inside the (ws, ws) window
-    that pads it (run W, stride ws; the rows between are the window's padding). Row r of the map is row
-    `row(r)` of the region. The one place that says where a map inside a padded window puts its rows."""
-    run: int
-    stride: int
+class RowRuns:
+    """A region's rows placed in runs: run (first, n, at) puts rows first .. first + n - 1 at the region's rows
+    at .. at + n - 1; `size` rows in all, the rows no run covers never read or written. What a map's rows
+    are inside the zero-padded windows that a window partition makes of it (`windows`: Hiera's later stages,
+    ws not dividing the map). The one place that says where a padded window puts a map's rows."""
+    runs: tuple
+    size: int
 
-    def __post_init__(self):
-        if not 0 < self.run <= self.stride:
-            raise CompileError(f"a grid of runs of {self.run} rows every {self.stride} rows")
+    @classmethod
+    def windows(cls, h: int, w: int, ws: int) -> "RowRuns":
+        """An (h, w) map's rows (t = y w + x) inside window_partition's ws x ws windows of it padded to whole
+        windows (windows row-major, each window's rows row-major)."""
+        nx = -(-w // ws)
+        runs = tuple((y * w + x0, min(ws, w - x0), ((y // ws * nx + x0 // ws) * ws + y % ws) * ws)
+                     for y in range(h) for x0 in range(0, w, ws))
+        return cls(runs, -(-h // ws) * nx * ws * ws)
+
+    @property
+    def starts(self) -> tuple:
+        return tuple(first for first, _, _ in self.runs)
 
     def row(self, r: int) -> int:
-        return r // self.run * self.stride + r % self.run
-
-    def rows(self, n: int) -> int:
-        """The region's rows holding n rows (whole runs)."""
-        return -(-n // self.run) * self.stride
+        """The region's row holding row r."""
+        for first, n, at in self.runs:
+            if first <= r < first + n:
+                return at + r - first
+        raise CompileError(f"row {r} is in no run")
 
     def spread(self, packed: np.ndarray, pitch: int) -> np.ndarray:
-        """n packed rows (bytes, `pitch` a row) -> the region's bytes, the rows between runs zero."""
-        n = packed.size // pitch
-        out = np.zeros((self.rows(n) // self.stride, self.stride, pitch), np.uint8)
-        out[:, :self.run] = packed.reshape(-1, self.run, pitch)
+        """The rows' bytes (`pitch` a row) -> the region's bytes, the rows no run covers zero."""
+        src, out = packed.reshape(-1, pitch), np.zeros((self.size, pitch), np.uint8)
+        for first, n, at in self.runs:
+            out[at:at + n] = src[first:first + n]
         return out.reshape(-1)
 
 
