@@ -38,6 +38,12 @@ Where the layouts agree (read in place, no host bytes):
   positional embedding's add writes its host operands in it (window_orders), a 2x2 max-pool of a map
   in window order ws pools its windows and leaves order ws / 2; anything else that reads such a map
   (attention, the convolutions, the host) takes it back to the map's order, from the host;
+  padded windows (ws not dividing the map: Hiera's later stages): the partition is a copy of the map into
+  them on the vector engine (an identity rescale writing each run of a map row where window_partition puts
+  it, sw.runtime.layout.RowRuns.windows) in a buffer the executor keeps and zeroes once a session, so the
+  padding rows are zeros (GraphExecutor._pad_copy); the projections read the windows in place; the
+  unpartition is the projection's windows as they are (DeviceTensor.pad), which a row op (the residual add)
+  reads run by run;
   linear or vector op out -> a linear's A, on overlays with the transposing LOAD (load_t): the GEMM array
   reads A as tiles of R tokens, entry k = channel k of the tile's R tokens, which LOAD `transpose` makes
   of the token rows as it reads them (sw.compile.linear a_rows);
@@ -60,7 +66,7 @@ table's "host own" column is the part issue 18 allows a frame: a host node's, th
     and the token-row readers of their outputs (layernorm, add, the next linear);
   * a fused add's residual (the GEMM store's RES region is N-tile major, not token rows): read back and
     written in the linear's row order;
-  * window partition / unpartition with padding (ws not dividing the map: Hiera's later stages), and a
+  * a map inside padded windows read by anything but a row op (its windows' rows read back, cropped), and a
     map in window order read by anything but a row-wise node or a max-pool;
   * mask_product (int32; its program freed after the run: its B is the frame's), RoPE with an excluded
     tail or several batch rows (one ROPE call on one row is the video executor's _rope_dev, chained),
