@@ -310,7 +310,7 @@ def window_alias(node, x, out_shape: tuple, want: int | None):
         return x.alias(out_shape, None, node.name)         # one window, the whole map: its rows as they are
     if node.op == "window_partition" and x.order == ws and x.shape[0] == 1:
         return x.alias(out_shape, None, node.name)
-    if (node.op == "window_unpartition" and want == ws and x.order is None and out_shape[0] == 1 and ws > 1
+    if (node.op == "window_unpartition" and x.order is None and out_shape[0] == 1 and ws > 1
             and out_shape[1] % ws == 0 and out_shape[2] % ws == 0):
         return x.alias(out_shape, ws, node.name)
     return None
@@ -438,6 +438,14 @@ def _vector_dev(drv, n, op, x, p=None, b=None, end_x=None, want=None, out=None, 
     order = want if op in ROW_WISE else x.order if isinstance(x, DeviceTensor) and x.buffer is not None else None
     if order and not (op in ROW_WISE or op == "maxpool" and order % 2 == 0):
         order = None
+    # a row op wanted in the map's order whose operands in DDR are all in one window order ws (a block's
+    # last residual add before padded windows: its unpartition and its max-pooled shortcut) runs in that
+    # order and writes each window row where the map has it (RowRuns.unwindows)
+    out_runs = None
+    if op in ROW_WISE and want is None and out is None and row_dim(VECTOR_OPS[op][0], shape[-1]) == shape[-1]:
+        ws = _one_order((x, b), shape)
+        if ws:
+            order, out_runs = ws, RowRuns.unwindows(shape[1], shape[2], ws)
     stored = (shape[1] * shape[2] // order ** 2, order, order, shape[3]) if image and order else shape
     if image and not _stacked_images(op, stored):
         return _image_op(op)(drv, n, [np.asarray(x)], None)
@@ -464,6 +472,8 @@ def _vector_dev(drv, n, op, x, p=None, b=None, end_x=None, want=None, out=None, 
     pad = pad if whole_rows and not order and out is None else None
     if pad:
         runs["out"], out = RowRuns.windows(shape[1], shape[2], pad[0]), pad[1]
+    if out_runs:
+        runs["out"] = out_runs
     base = drv.BUFFER_BASE
     prog = compile_vector(drv.cfg, op, data["in"], p, b=data.get("b"), end_x=end_x, base_addr=base,
                           max_ddr_bytes=drv.ddr_bytes - base, segments=segments, runs=runs)
@@ -471,11 +481,22 @@ def _vector_dev(drv, n, op, x, p=None, b=None, end_x=None, want=None, out=None, 
         y = _run_to_device(drv, prog, bind, TokenRowLayout(runs["out"].size, dim, C), shape, n.name, None, out)
         y.pad, y.kept = pad[0], True
         return y, [drv.last_run]
+    if out_runs:                # the map's order
+        order = None
     if image and order:         # the pooled map, in window order ws / 2
         out_shape, order = (1, shape[1] // 2, shape[2] // 2, shape[3]), order // 2
     else:
         out_shape = (shape[0], prog.out_shape[0] // shape[0]) + prog.out_shape[1:] if image else shape
     return _run_to_device(drv, prog, bind, prog.out_layout, out_shape, n.name, order, out), [drv.last_run]
+
+
+def _one_order(operands, shape: tuple) -> int | None:
+    """The window order ws every DeviceTensor among a row op's operands (each of `shape`) is stored in, where
+    there is one (None: some in the map's order, or none in DDR)."""
+    orders = {t.order if isinstance(t, DeviceTensor) and not isinstance(t, SegmentedTensor) and not t.pad
+              and t.shape == tuple(shape) else None
+              for t in operands if isinstance(t, DeviceTensor) and t.buffer is not None}
+    return orders.pop() if len(orders) == 1 and shape[0] == 1 else None
 
 
 #: an identity rescale (x * 1 >> 0): a copy on the vector engine

@@ -206,6 +206,15 @@ class RowRuns:
                      for y in range(h) for x0 in range(0, w, ws))
         return cls(runs, -(-h // ws) * nx * ws * ws)
 
+    @classmethod
+    def unwindows(cls, h: int, w: int, ws: int) -> "RowRuns":
+        """An (h, w) map's rows in window order ws (ws tiling it: window_partition's rows) placed in the map's
+        order: each window row a run of ws rows."""
+        nx = w // ws
+        runs = tuple((k * ws * ws + iy * ws, ws, (k // nx * ws + iy) * w + k % nx * ws)
+                     for k in range(h * w // (ws * ws)) for iy in range(ws))
+        return cls(runs, h * w)
+
     @property
     def starts(self) -> tuple:
         return tuple(first for first, _, _ in self.runs)
