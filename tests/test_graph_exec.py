@@ -168,6 +168,9 @@ def test_attention_reads_and_writes_token_rows_with_load_t(scaled):
     # one call, a residual add whose residual is in DDR on the vector engine (not through the store)
     rec = ex.records
     assert rec["enc.blocks.0.window"].ddr_bytes == rec["enc.blocks.1.unwindow"].ddr_bytes == 0
+    # stage 2's last block: its unpartition in window order, its residual add writing the map's order
+    assert rec["enc.blocks.3.unwindow"].ddr_bytes == 0
+    assert rec["enc.blocks.3.res1"].ddr_bytes == rec["enc.blocks.3.res1"].program_bytes
     shared = {n.outputs[0] for n in qm.graph.nodes if n.name in ex.shared}
     readers = [rec[n.name] for n in qm.graph.nodes if set(n.inputs) & shared]
     assert len(readers) > 3 and all(r.ddr_bytes == r.program_bytes for r in readers)

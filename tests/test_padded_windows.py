@@ -67,3 +67,14 @@ def test_runs_misuse_is_refused():
     with pytest.raises(CompileError, match="cannot be placed"):
         compile_vector(CFG, "rescale", x, intvec.RescaleParams(1, 0), runs={"params": runs})
     assert [runs.row(r) for r in (0, WS - 1, WS, W, 4 * W)] == [0, WS - 1, WS * WS, WS, 3 * WS * WS]
+
+
+def test_window_order_rows_placed_in_the_map_order():
+    """RowRuns.unwindows: a map's rows in window order ws (window_partition's, ws tiling it) back in the map's
+    order, each window row one run (a row op's output written so: stage 2's last residual add)."""
+    h, w, ws = 4, 6, 2
+    m = np.arange(h * w * 3, dtype=np.int64).reshape(1, h, w, 3).astype(np.uint8)
+    rows = window_partition(m, ws)[0].reshape(-1, 3)
+    runs = RowRuns.unwindows(h, w, ws)
+    assert len(runs.runs) == h * w // ws and runs.size == h * w
+    np.testing.assert_array_equal(runs.spread(rows.reshape(-1), 3).reshape(h, w, 3), m[0])

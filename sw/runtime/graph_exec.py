@@ -36,8 +36,12 @@ Where the layouts agree (read in place, no host bytes):
   order, so a window node moves no byte where ws tiles the map exactly (Hiera's first two stages):
   the row-wise nodes (linear, layernorm, GELU, rescale, add) keep their input's row order, the
   positional embedding's add writes its host operands in it (window_orders), a 2x2 max-pool of a map
-  in window order ws pools its windows and leaves order ws / 2; anything else that reads such a map
-  (attention, the convolutions, the host) takes it back to the map's order, from the host;
+  in window order ws pools its windows and leaves order ws / 2; an unpartition of windows tiling their map
+  is always the map in window order, and a row-wise op wanted in the map's order whose operands in DDR
+  share one window order (stage 2's last residual add: its unpartition and its max-pooled shortcut) runs
+  in it and writes each window row where the map has it (sw.runtime.layout.RowRuns.unwindows); anything
+  else that reads such a map (attention, the convolutions, the host) takes it back to the map's order,
+  from the host;
   padded windows (ws not dividing the map: Hiera's later stages): the partition is a copy of the map into
   them on the vector engine (an identity rescale writing each run of a map row where window_partition puts
   it, sw.runtime.layout.RowRuns.windows) in a buffer the executor keeps and zeroes once a session, so the
@@ -291,11 +295,12 @@ def _map_order(rows, ws: int, shape: tuple) -> np.ndarray:
     return window_unpartition(np.asarray(rows).reshape(-1, ws, ws, c), ws, (h, w), (h, w))
 
 
-def window_alias(node, x, out_shape: tuple, want: int | None):
+def window_alias(node, x, out_shape: tuple):
     """A window partition or unpartition (node) of DeviceTensor x without moving a byte, or None where it
     needs the host: partition of a map stored in that window order -> the windows (each window's rows
     are contiguous, in order); unpartition of windows of a map the size divides -> the map stored in
-    window order, where that order is `want` (window_orders). Padded windows (ws not dividing H or W) are
+    window order (a row op wanting the map's order writes its output so: _vector_dev; other readers read
+    it back, reordered). Padded windows (ws not dividing H or W) are
     not a reordering of the rows, but they hold the map's rows in runs (DeviceTensor.pad): an unpartition of
     padded windows -> the map they crop, held so (a row op reads it there: _vector_dev). (A padded
     partition is a copy: GraphExecutor._pad_copy.)"""
@@ -901,7 +906,7 @@ class GraphExecutor(IntRunner):
         if where in ("host", "layout"):
             def on_host(n, args, r):
                 if where == "layout" and self._device(n, layout=True):      # a window (un)partition by addressing
-                    y = window_alias(n, args[0], self.graph.tensors[n.outputs[0]].shape, self.want.get(n.name))
+                    y = window_alias(n, args[0], self.graph.tensors[n.outputs[0]].shape)
                     if y is None and n.name in self.pad_into:
                         y = self._pad_copy(n, args[0], rec)
                     if y is not None:
