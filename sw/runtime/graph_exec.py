@@ -300,10 +300,10 @@ def window_alias(node, x, out_shape: tuple):
     needs the host: partition of a map stored in that window order -> the windows (each window's rows
     are contiguous, in order); unpartition of windows of a map the size divides -> the map stored in
     window order (a row op wanting the map's order writes its output so: _vector_dev; other readers read
-    it back, reordered). Padded windows (ws not dividing H or W) are
-    not a reordering of the rows, but they hold the map's rows in runs (DeviceTensor.pad): an unpartition of
-    padded windows -> the map they crop, held so (a row op reads it there: _vector_dev). (A padded
-    partition is a copy: GraphExecutor._pad_copy.)"""
+    it back, reordered). Padded windows (ws not dividing H or W) are not a reordering of the rows, but
+    they hold the map's rows in runs (DeviceTensor.pad): an unpartition of padded windows -> the map they
+    crop, held so (a row op reads it there: _vector_dev). (A padded partition is a copy:
+    GraphExecutor._pad_copy.)"""
     if not isinstance(x, DeviceTensor) or x.buffer is None or x.pad:
         return None
     ws = node.attrs["ws"]

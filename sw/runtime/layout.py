@@ -16,7 +16,9 @@ and writes query rows (tokens, not channels), so around it:
 """
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -193,7 +195,8 @@ class RowRuns:
     """A region's rows placed in runs: run (first, n, at) puts rows first .. first + n - 1 at the region's rows
     at .. at + n - 1; `size` rows in all, the rows no run covers never read or written. What a map's rows
     are inside the zero-padded windows that a window partition makes of it (`windows`: Hiera's later stages,
-    ws not dividing the map). The one place that says where a padded window puts a map's rows."""
+    ws not dividing the map), and a map's rows in window order put back in the map's (`unwindows`). The one
+    place that says where windows put a map's rows. Runs in order of `first`, covering every row."""
     runs: tuple
     size: int
 
@@ -215,16 +218,16 @@ class RowRuns:
                      for k in range(h * w // (ws * ws)) for iy in range(ws))
         return cls(runs, h * w)
 
-    @property
+    @cached_property
     def starts(self) -> tuple:
         return tuple(first for first, _, _ in self.runs)
 
     def row(self, r: int) -> int:
         """The region's row holding row r."""
-        for first, n, at in self.runs:
-            if first <= r < first + n:
-                return at + r - first
-        raise CompileError(f"row {r} is in no run")
+        first, n, at = self.runs[max(0, bisect_right(self.starts, r) - 1)]
+        if not first <= r < first + n:
+            raise CompileError(f"row {r} is in no run")
+        return at + r - first
 
     def spread(self, packed: np.ndarray, pitch: int) -> np.ndarray:
         """The rows' bytes (`pitch` a row) -> the region's bytes, the rows no run covers zero."""
