@@ -9,6 +9,7 @@ from golden_model.quant.intinterp import IntRunner
 from golden_model.quant.predictor import GraphPredictor
 from hw.config import preset
 from sw.runtime.graph_exec import GraphExecError, GraphExecutor
+from sw.runtime.layout import TokenRowLayout
 
 from tests.conftest import SCALED_CLICK as CLICK
 from tests.conftest import scaled_quantised as _quantised
@@ -169,12 +170,26 @@ def test_attention_reads_and_writes_token_rows_with_load_t(scaled):
     # one call, a residual add whose residual is in DDR on the vector engine (not through the store)
     rec = ex.records
     assert rec["enc.blocks.0.window"].ddr_bytes == rec["enc.blocks.1.unwindow"].ddr_bytes == 0
+    # stage 2's last block: its unpartition in window order, its residual add writing the map's order
+    assert rec["enc.blocks.3.unwindow"].ddr_bytes == 0
+    assert rec["enc.blocks.3.res1"].ddr_bytes == rec["enc.blocks.3.res1"].program_bytes
     shared = {n.outputs[0] for n in qm.graph.nodes if n.name in ex.shared}
     readers = [rec[n.name] for n in qm.graph.nodes if set(n.inputs) & shared]
     assert len(readers) > 3 and all(r.ddr_bytes == r.program_bytes for r in readers)
     assert rec["enc.blocks.1.attn.q_pool"].calls == 1
     assert rec["enc.blocks.0.res2"].where == "vector" and rec["enc.blocks.0.res2"].cycles > 0
     assert rec["enc.blocks.0.mlp.fc2"].ddr_bytes == rec["enc.blocks.0.mlp.fc2"].program_bytes
+    # the later stages' one padded window: the partition copies the map into it on the vector engine (the window
+    # zeroed once: the first run's), the unpartition is addressing, the residual add reads the map inside it
+    padded = [n for n in qm.graph.nodes if n.op == "window_partition" and n.attrs["ws"] > qm.graph.tensors[
+        n.inputs[0]].shape[1]]
+    assert len(padded) == 5 and set(ex.pad_into) == {n.name for n in padded}
+    for n in padded:
+        block, (_, ws, _, c) = n.name.rsplit(".", 1)[0], qm.graph.tensors[n.outputs[0]].shape
+        assert rec[n.name].where == "vector" and rec[n.name].cycles > 0
+        assert rec[n.name].ddr_bytes == rec[n.name].program_bytes + TokenRowLayout(ws * ws, c, cfg.cols).size
+        assert rec[f"{block}.unwindow"].ddr_bytes == 0
+        assert rec[f"{block}.res1"].ddr_bytes == rec[f"{block}.res1"].program_bytes
 
 
 def test_attention_split_into_calls_fills_one_token_row_tensor(monkeypatch):

@@ -11,6 +11,10 @@
     compile_vector(cfg, "add", a, p, b=b, segments={"in": (64, 64, 16), "b": (64, 64, 16)})
                                                     row ops: an input held in several DDR ranges
                                                     (sw.runtime.layout.RowSegments: regions in.0, in.1, ...)
+    compile_vector(cfg, "rescale", x, p, runs={"out": RowRuns.windows(8, 8, 14)})
+                                                    row ops: a region's rows placed in runs
+                                                    (sw.runtime.layout.RowRuns: a map inside its zero-padded
+                                                    windows; the rows between never read or written)
 
 DDR image (regions, sw.compile.linear.lay_out_image): descriptors; params: the sections of the engine's
 parameter memory the op reads (hw.isa VEC_*), packed back to back; in, b, out: token rows
@@ -30,7 +34,7 @@ from hw import isa
 from hw.vector import params as VP
 from sw.compile.linear import ALIGN, CompileError, Program, lay_out_image, pack_descriptors
 from sw.lru import Lru
-from sw.runtime.layout import RowSegments, TokenRowLayout
+from sw.runtime.layout import RowRuns, RowSegments, TokenRowLayout
 
 #: CLI / driver names -> (VECTOR op, parameter class or None)
 OPS = {"layernorm": ("LAYERNORM", intvec.LayerNormParams), "lut": ("LUT", intvec.LutParams),
@@ -100,10 +104,12 @@ def _chunks(total: int, unit: int) -> list[tuple[int, int]]:
 
 
 def compile_vector(cfg, op: str, x, p=None, *, b=None, end_x: int | None = None, base_addr: int = 0,
-                   max_ddr_bytes: int = 1 << 30, segments: dict | None = None) -> VectorProgram:
+                   max_ddr_bytes: int = 1 << 30, segments: dict | None = None, runs: dict | None = None
+                   ) -> VectorProgram:
     """`segments`: input region ("in", "b") -> rows per DDR range holding it (RowSegments), row ops only
     (not maxpool, upsample; rows not narrowed: D <= MAX_DIM); each range starts on a period of the op
-    (RoPE's table, a repeated b)."""
+    (RoPE's table, a repeated b). `runs`: region ("in", "b", "out") -> RowRuns placing its rows, row ops on
+    whole rows, b not repeated: a VECTOR command per run."""
     if "vector" not in cfg.engines:
         raise CompileError(f"overlay {cfg.name!r} has no vector engine")
     if op not in OPS:
@@ -171,11 +177,16 @@ def compile_vector(cfg, op: str, x, p=None, *, b=None, end_x: int | None = None,
              for off, at_mem, size in packed]
     per_row = width if image_op else 1
     segs = _segments(op, segments, image_op or dim != shape[-1], {"in": rows, "b": b_rows}, unit)
-    cuts = sorted({0, rows, *(s for g in segs.values() for s in g.starts)})
+    placed = _runs(op, runs, image_op or dim != shape[-1] or b_rows not in (0, rows), rows, segs)
+    cuts = sorted({0, rows, *(s for g in segs.values() for s in g.starts),
+                   *(s for g in placed.values() for s in g.starts)})
 
     def at(region, layout, row, n):
-        """A VECTOR's address of `n` rows from `row` of an input region (its segment's where segmented)."""
+        """A VECTOR's address of `n` rows from `row` of a region (its segment's where segmented, its place in
+        its run where placed in runs)."""
         g = segs.get(region)
+        if region in placed:
+            row = placed[region].row(row)
         return (region, layout.offset(row)) if g is None else g.address(layout.offset(row), n, layout.pitch)
     pieces = []
     for r0, n in ((c0 + r, n) for c0, c1 in zip(cuts, cuts[1:]) for r, n in _chunks(c1 - c0, unit)):
@@ -184,7 +195,7 @@ def compile_vector(cfg, op: str, x, p=None, *, b=None, end_x: int | None = None,
         else:
             n_out0 = r0 * per_row * (4 if vop == "UPSAMPLE" else 1)
         d = dict(opcode="VECTOR", target=isa.VEC_OPS[vop], src=at("in", in_l, r0 * per_row, n),
-                 vec_out_addr=("out", out_l.offset(n_out0)), vec_rows=n, vec_dim=dim, vec_pitch=in_l.pitch // DB,
+                 vec_out_addr=at("out", out_l, n_out0, n), vec_rows=n, vec_dim=dim, vec_pitch=in_l.pitch // DB,
                  vec_width=width)
         if vop == "ADD":
             first = r0 % b_rows
@@ -193,25 +204,28 @@ def compile_vector(cfg, op: str, x, p=None, *, b=None, end_x: int | None = None,
         elif vop == "ROPE":
             d.update(vec_aux=slots)
         descs.append(d)
-        pieces.append((d["src"], d.get("vec_b_addr"), out_l.offset(n_out0), n, d.get("vec_aux", 0)))
+        pieces.append((d["src"], d.get("vec_b_addr"), d["vec_out_addr"][1], n, d.get("vec_aux", 0)))
     inputs = {"in": in_l, **({"b": b_l} if b_l else {})}
     sizes = {"params": pos}
     for region, layout in inputs.items():
-        sizes.update(segs[region].sizes(layout.pitch) if region in segs else {region: layout.size})
-    sizes["out"] = out_l.size
+        sizes.update(segs[region].sizes(layout.pitch) if region in segs else
+                     {region: placed[region].size * layout.pitch if region in placed else layout.size})
+    sizes["out"] = placed["out"].size * out_l.pitch if "out" in placed else out_l.size
     offsets, image = lay_out_image(cfg, len(descs), sizes, base_addr, max_ddr_bytes, f"vector {op}")
     for (off, _, _), raw in zip(packed, sections.values()):
         image[offsets["params"][0] + off:offsets["params"][0] + off + raw.size] = raw
     for region, data in (("in", x.reshape(tokens, dim)), ("b", b)):
         if region in inputs:
             packed_rows = inputs[region].pack(data)
+            if region in placed:
+                packed_rows = placed[region].spread(packed_rows, inputs[region].pitch)
             if region in segs:
                 segs[region].scatter(image, offsets, packed_rows, inputs[region].pitch)
             else:
                 image[offsets[region][0]:offsets[region][0] + packed_rows.size] = packed_rows
     sym, raw = _pack(descs, image, offsets, base_addr)
     record = dict(kind="vector", op=vop, rows=rows, width=width, dim=dim, pitch=in_l.pitch, aux=b_rows or slots,
-                  sections=packed, pieces=pieces if segs else None)
+                  sections=packed, pieces=pieces if segs or placed else None)
     prog = VectorProgram(cfg, tokens, dim, dim, False, image, raw, offsets, macs=0, base_addr=base_addr,
                          symbolic=sym, op=record, out_layout=out_l, out_shape=shape if not image_op else out_shape)
     if segs:        # the segments are inputs, each bound (or written) as the whole region would be
@@ -234,6 +248,23 @@ def _segments(op: str, segments: dict | None, whole_rows_only: bool, rows: dict,
         if any(s % unit for s in g.starts):
             raise CompileError(f"{op}: {region} segments start at rows {g.starts}, not on its period of {unit}")
     return segs
+
+
+def _runs(op: str, runs: dict | None, refused: bool, rows: int, segs: dict) -> dict:
+    """compile_vector's `runs` checked: row ops on whole rows (b not repeated), not segmented, every row in a
+    run, the runs inside the region."""
+    for region, g in (runs or {}).items():
+        if region not in ("in", "b", "out") or region in segs or not isinstance(g, RowRuns):
+            raise CompileError(f"{op}: region {region!r} cannot be placed in runs (in, b or out, a RowRuns, not "
+                               "segmented)")
+        if refused:
+            raise CompileError(f"{op}: rows in runs need a row op on whole rows, b not repeated")
+        if sorted(g.starts) != list(g.starts) or sum(n for _, n, _ in g.runs) != rows or g.starts[:1] != (0,) or any(
+                first + n != nxt for (first, n, _), nxt in zip(g.runs, g.starts[1:])) or any(
+                at < 0 or at + n > g.size for _, n, at in g.runs):
+            raise CompileError(f"{op}: {region}'s runs do not cover its {rows} rows in order within "
+                               f"its {g.size} rows")
+    return dict(runs or {})
 
 
 #: pack_descriptors' results by descriptor list, layout and base address: a video frame's vector calls

@@ -36,8 +36,18 @@ Where the layouts agree (read in place, no host bytes):
   order, so a window node moves no byte where ws tiles the map exactly (Hiera's first two stages):
   the row-wise nodes (linear, layernorm, GELU, rescale, add) keep their input's row order, the
   positional embedding's add writes its host operands in it (window_orders), a 2x2 max-pool of a map
-  in window order ws pools its windows and leaves order ws / 2; anything else that reads such a map
-  (attention, the convolutions, the host) takes it back to the map's order, from the host;
+  in window order ws pools its windows and leaves order ws / 2; an unpartition of windows tiling their map
+  is always the map in window order, and a row-wise op wanted in the map's order whose operands in DDR
+  share one window order (stage 2's last residual add: its unpartition and its max-pooled shortcut) runs
+  in it and writes each window row where the map has it (sw.runtime.layout.RowRuns.unwindows); anything
+  else that reads such a map (attention, the convolutions, the host) takes it back to the map's order,
+  from the host;
+  padded windows (ws not dividing the map: Hiera's later stages): the partition is a copy of the map into
+  them on the vector engine (an identity rescale writing each run of a map row where window_partition puts
+  it, sw.runtime.layout.RowRuns.windows) in a buffer the executor keeps and zeroes once a session, so the
+  padding rows are zeros (GraphExecutor._pad_copy); the projections read the windows in place; the
+  unpartition is the projection's windows as they are (DeviceTensor.pad), which a row op (the residual add)
+  reads run by run;
   linear or vector op out -> a linear's A, on overlays with the transposing LOAD (load_t): the GEMM array
   reads A as tiles of R tokens, entry k = channel k of the tile's R tokens, which LOAD `transpose` makes
   of the token rows as it reads them (sw.compile.linear a_rows);
@@ -60,7 +70,7 @@ table's "host own" column is the part issue 18 allows a frame: a host node's, th
     and the token-row readers of their outputs (layernorm, add, the next linear);
   * a fused add's residual (the GEMM store's RES region is N-tile major, not token rows): read back and
     written in the linear's row order;
-  * window partition / unpartition with padding (ws not dividing the map: Hiera's later stages), and a
+  * a map inside padded windows read by anything but a row op (its windows' rows read back, cropped), and a
     map in window order read by anything but a row-wise node or a max-pool;
   * mask_product (int32; its program freed after the run: its B is the frame's), RoPE with an excluded
     tail or several batch rows (one ROPE call on one row is the video executor's _rope_dev, chained),
@@ -89,6 +99,7 @@ import numpy as np
 
 from golden_model.image_encoder import window_partition, window_unpartition
 from golden_model.intattn import AttentionQuant
+from golden_model.intvec import RescaleParams
 from golden_model.quant.interpret import merge_heads, nchw_to_nhwc, nhwc_to_nchw, split_heads
 from golden_model.quant.intinterp import IntRunner, _mask_product, _requant_args, _vec_params
 from sw.compile.attention import TokenRows, token_rows_refusal
@@ -97,7 +108,7 @@ from sw.compile.vector import OPS as VECTOR_OPS, compile_vector, row_dim
 from sw.perf.layers import graph_layers
 from sw.runtime.arena import ArenaFull
 from sw.runtime.driver import Driver
-from sw.runtime.layout import RowSegments, TokenRowLayout
+from sw.runtime.layout import RowRuns, RowSegments, TokenRowLayout
 
 
 class GraphExecError(ValueError):
@@ -218,7 +229,10 @@ class DeviceTensor:
     np.asarray reads it back (host <-> DDR bytes of whoever asks). `pending`: readers still to run in
     this run; the executor frees the buffer after the last (keeping the values when it reads back).
     `order`: None, its rows in the shape's order; ws, a (1, H, W, C) map whose rows are in window order
-    (window_partition(map, ws)'s, no padding): a window (un)partition of it is that buffer as it is (alias)."""
+    (window_partition(map, ws)'s, no padding): a window (un)partition of it is that buffer as it is (alias).
+    `pad`: None, or ws: a (1, H, W, C) map (ws not dividing H or W) held inside the zero-padded ws x ws
+    windows a window partition makes of it (sw.runtime.layout.RowRuns.windows), the layout's rows those
+    windows'. `kept`: the buffer is the executor's (padded_out), never freed."""
 
     dtype = np.dtype(np.int8)
     pinned = False          # a graph constant kept in DDR for the session (GraphExecutor._constant): never freed
@@ -227,6 +241,7 @@ class DeviceTensor:
                  order: int | None = None):
         self.driver, self.buffer, self.layout, self.shape = driver, buffer, layout, tuple(shape)
         self.producer, self.order = producer, order if order != 1 else None     # 1 x 1 windows: the map's order
+        self.pad, self.kept = None, False
         self.pending = 0
         self.host: np.ndarray | None = None      # the values, once read back for keeps
         self.holders = [1]                       # tensors sharing the buffer (aliases): freed with the last
@@ -243,11 +258,15 @@ class DeviceTensor:
                                  "with read_back=True to keep every value for check())")
         s = self.driver.session
         rows = self.layout.unpack(s.backend.read(s.arena[self.buffer].addr, self.layout.size))
+        if self.pad:
+            ws, (_, h, w, c) = self.pad, self.shape
+            return window_unpartition(rows.reshape(-1, ws, ws, c), ws, (-(-h // ws) * ws, -(-w // ws) * ws), (h, w))
         return rows.reshape(self.shape) if self.order is None else _map_order(rows, self.order, self.shape)
 
-    def alias(self, shape: tuple, order: int | None, producer: str) -> "DeviceTensor":
+    def alias(self, shape: tuple, order: int | None, producer: str, pad: int | None = None) -> "DeviceTensor":
         """The same buffer seen as another tensor (a window (un)partition by addressing)."""
         t = DeviceTensor(self.driver, self.buffer, self.layout, shape, producer, order)
+        t.pad, t.kept = pad, self.kept
         t.holders = self.holders
         self.holders[0] += 1
         return t
@@ -261,7 +280,7 @@ class DeviceTensor:
         if keep:
             self.host = self.read()
         self.holders[0] -= 1
-        if not self.holders[0]:
+        if not self.holders[0] and not self.kept:
             self.driver.session.free(self.buffer)
         self.buffer = None
 
@@ -277,20 +296,27 @@ def _map_order(rows, ws: int, shape: tuple) -> np.ndarray:
     return window_unpartition(np.asarray(rows).reshape(-1, ws, ws, c), ws, (h, w), (h, w))
 
 
-def window_alias(node, x, out_shape: tuple, want: int | None):
+def window_alias(node, x, out_shape: tuple):
     """A window partition or unpartition (node) of DeviceTensor x without moving a byte, or None where it
     needs the host: partition of a map stored in that window order -> the windows (each window's rows
     are contiguous, in order); unpartition of windows of a map the size divides -> the map stored in
-    window order, where that order is `want` (window_orders). Padded windows (ws not dividing H or W) are
-    not a reordering of the rows."""
-    if not isinstance(x, DeviceTensor) or x.buffer is None:
+    window order (a row op wanting the map's order writes its output so: _vector_dev; other readers read
+    it back, reordered). Padded windows (ws not dividing H or W) are not a reordering of the rows, but
+    they hold the map's rows in runs (DeviceTensor.pad): an unpartition of padded windows -> the map they
+    crop, held so (a row op reads it there: _vector_dev). (A padded partition is a copy:
+    GraphExecutor._pad_copy.)"""
+    if not isinstance(x, DeviceTensor) or x.buffer is None or x.pad:
         return None
     ws = node.attrs["ws"]
+    if (node.op == "window_unpartition" and x.order is None and x.shape[1:3] == (ws, ws) and out_shape[0] == 1
+            and (out_shape[1] % ws or out_shape[2] % ws)
+            and x.shape[0] == -(-out_shape[1] // ws) * -(-out_shape[2] // ws)):
+        return x.alias(out_shape, None, node.name, pad=ws)
     if (x.shape[0] == out_shape[0] == 1 and x.order is None and x.shape[1:3] == out_shape[1:3] == (ws, ws)):
         return x.alias(out_shape, None, node.name)         # one window, the whole map: its rows as they are
     if node.op == "window_partition" and x.order == ws and x.shape[0] == 1:
         return x.alias(out_shape, None, node.name)
-    if (node.op == "window_unpartition" and want == ws and x.order is None and out_shape[0] == 1 and ws > 1
+    if (node.op == "window_unpartition" and x.order is None and out_shape[0] == 1 and ws > 1
             and out_shape[1] % ws == 0 and out_shape[2] % ws == 0):
         return x.alias(out_shape, ws, node.name)
     return None
@@ -356,7 +382,14 @@ def _in_place(t, layout: TokenRowLayout, order: int | None = None) -> bool:
     """Whether t is a DeviceTensor still in DDR with every element where `layout` puts it, its rows in
     `order` (read there)."""
     return (isinstance(t, DeviceTensor) and not isinstance(t, SegmentedTensor) and t.buffer is not None
-            and same_bytes(t.layout, layout) and t.order == order)
+            and same_bytes(t.layout, layout) and t.order == order and not t.pad)
+
+
+def _padded(t, shape: tuple) -> bool:
+    """Whether t is a map of `shape` still in DDR inside its padded windows (DeviceTensor.pad; read there)."""
+    return (isinstance(t, DeviceTensor) and not isinstance(t, SegmentedTensor) and t.buffer is not None
+            and bool(t.pad) and t.shape == tuple(shape)
+            and t.layout.tokens == RowRuns.windows(shape[1], shape[2], t.pad).size)
 
 
 def _run_to_device(drv, prog, bind, layout, shape, producer, order=None, out: str | None = None) -> DeviceTensor:
@@ -394,12 +427,14 @@ def _linear_dev(drv, n, a, r, lut=None, residual=None, add=None, out=None):
     return y, [drv.last_run]
 
 
-def _vector_dev(drv, n, op, x, p=None, b=None, end_x=None, want=None, out=None):
+def _vector_dev(drv, n, op, x, p=None, b=None, end_x=None, want=None, out=None, pad=None):
     """_rows / _image_op on the vector engine reading x (and add's b) in place where a DeviceTensor in the
     program's input layout holds it; its output left in DDR. Anything else is read back and written in.
     maxpool and upsample take one image: a batch (the Q-pooled blocks' windows) is one call on its images
     stacked, (N, H, W, C) as (N H, W, C), which is its token rows as they are (_stacked_images). `want`: the
-    window order of the node's output (window_orders)."""
+    window order of the node's output (window_orders). A map inside its padded windows (DeviceTensor.pad) is
+    read there by a row op, a command per run of its rows (RowRuns.windows); `pad` (ws, buffer): a row op
+    writes its output so, into that buffer of zero padding rows (GraphExecutor.padded_out)."""
     shape, C = x.shape, drv.cfg.cols
     image = op in ("maxpool", "upsample")
     # the rows' order (DeviceTensor.order): a row-wise op's operands and output in `want`'s; a max-pool of a
@@ -409,18 +444,30 @@ def _vector_dev(drv, n, op, x, p=None, b=None, end_x=None, want=None, out=None):
     order = want if op in ROW_WISE else x.order if isinstance(x, DeviceTensor) and x.buffer is not None else None
     if order and not (op in ROW_WISE or op == "maxpool" and order % 2 == 0):
         order = None
+    # a row op wanted in the map's order whose operands in DDR are all in one window order ws (a block's
+    # last residual add before padded windows: its unpartition and its max-pooled shortcut) runs in that
+    # order and writes each window row where the map has it (RowRuns.unwindows)
+    out_runs = None
+    if op in ROW_WISE and want is None and out is None and row_dim(VECTOR_OPS[op][0], shape[-1]) == shape[-1]:
+        ws = _one_order((x, b), shape)
+        if ws:
+            order, out_runs = ws, RowRuns.unwindows(shape[1], shape[2], ws)
     stored = (shape[1] * shape[2] // order ** 2, order, order, shape[3]) if image and order else shape
     if image and not _stacked_images(op, stored):
         return _image_op(op)(drv, n, [np.asarray(x)], None)
     dim = shape[-1] if image else row_dim(VECTOR_OPS[op][0], shape[-1])
     rows_l = TokenRowLayout(math.prod(shape) // dim, dim, C)
     form = (stored[0] * stored[1],) + stored[2:] if image else (rows_l.tokens, dim)    # what compile_vector takes
-    bind, data, segments = {}, {}, {}
+    bind, data, segments, runs = {}, {}, {}, {}
+    whole_rows = op in ROW_WISE and dim == shape[-1] and shape[0] == 1
     for region, t in (("in", x), ("b", b)):
         if t is None:
             continue
         if _in_place(t, rows_l, order) and t.shape == shape:
             bind[region], data[region] = t.buffer, np.zeros(form, np.int8)     # its shape only
+        elif whole_rows and not order and _padded(t, shape):
+            bind[region], data[region] = t.buffer, np.zeros(form, np.int8)
+            runs[region] = RowRuns.windows(shape[1], shape[2], t.pad)
         elif not image and dim == shape[-1] and _segmented(t, rows_l.pitch, rows_l.tokens):
             g, parts = t.segments(region)
             segments[region], data[region] = g.rows, np.zeros(form, np.int8)
@@ -428,15 +475,38 @@ def _vector_dev(drv, n, op, x, p=None, b=None, end_x=None, want=None, out=None):
         else:
             v = np.ascontiguousarray(np.broadcast_to(np.asarray(t), shape))
             data[region] = (_window_order(v, order) if order else v).reshape(form)
+    pad = pad if whole_rows and not order and out is None else None
+    if pad:
+        runs["out"], out = RowRuns.windows(shape[1], shape[2], pad[0]), pad[1]
+    if out_runs:
+        runs["out"] = out_runs
     base = drv.BUFFER_BASE
     prog = compile_vector(drv.cfg, op, data["in"], p, b=data.get("b"), end_x=end_x, base_addr=base,
-                          max_ddr_bytes=drv.ddr_bytes - base, segments=segments)
+                          max_ddr_bytes=drv.ddr_bytes - base, segments=segments, runs=runs)
+    if pad:
+        y = _run_to_device(drv, prog, bind, TokenRowLayout(runs["out"].size, dim, C), shape, n.name, None, out)
+        y.pad, y.kept = pad[0], True
+        return y, [drv.last_run]
+    if out_runs:                # the map's order
+        order = None
     if image and order:         # the pooled map, in window order ws / 2
         out_shape, order = (1, shape[1] // 2, shape[2] // 2, shape[3]), order // 2
     else:
         out_shape = (shape[0], prog.out_shape[0] // shape[0]) + prog.out_shape[1:] if image else shape
     return _run_to_device(drv, prog, bind, prog.out_layout, out_shape, n.name, order, out), [drv.last_run]
 
+
+def _one_order(operands, shape: tuple) -> int | None:
+    """The window order ws every DeviceTensor among a row op's operands (each of `shape`) is stored in, where
+    there is one (None: some in the map's order, or none in DDR)."""
+    orders = {t.order if isinstance(t, DeviceTensor) and not isinstance(t, SegmentedTensor) and not t.pad
+              and t.shape == tuple(shape) else None
+              for t in operands if isinstance(t, DeviceTensor) and t.buffer is not None}
+    return orders.pop() if len(orders) == 1 and shape[0] == 1 else None
+
+
+#: an identity rescale (x * 1 >> 0): a copy on the vector engine
+COPY = RescaleParams(1, 0)
 
 #: the vector ops whose rows are independent (any order of the rows in, the same order out), and their graph ops
 ROW_WISE = ("layernorm", "lut", "rescale", "add")
@@ -587,6 +657,7 @@ class GraphExecutor(IntRunner):
         self.spilled_bytes = 0     # device tensors read back because the arena was full (in the nodes' figures)
         lanes = vector_lanes(cfg)
         self.placements = {p.layer.name: p for p in place_all(cfg, graph_layers(qm.graph), lanes=lanes)}
+        self.pad_into = self._padded_windows() if chain else {}
         if chain:      # every engine node's programs (a node may run several) kept loaded while the arena has room
             self.driver.CACHED_PROGRAMS = math.inf
         # linear node -> the GELU node placed in its store (the placement checked it is its only reader)
@@ -619,6 +690,7 @@ class GraphExecutor(IntRunner):
                                                   if self.placements[n.name].where == "host" for t in n.inputs}
         self.want = window_orders(qm.graph) if chain else {}
         self.shared = self._shared_layouts() if chain else set()
+        self._pad_buffers: dict[str, tuple] = {}       # node -> (its padded window's buffer, the session)
         self.records: dict[str, NodeRecord] = {}
         self._scope: _Scope | None = None
         self._env: dict = {}
@@ -636,6 +708,58 @@ class GraphExecutor(IntRunner):
                     and (n.op != "linear" or "load_t" in self.cfg.engines))
         return {n.name for n in self.graph.nodes if self.placements[n.name].where == "layout"
                 and len(readers.get(n.outputs[0], ())) > 1 and all(in_place(*x) for x in readers[n.outputs[0]])}
+
+    def _padded_windows(self) -> dict[str, int]:
+        """Window partitions of a (1, H, W, C) map into zero-padded ws x ws windows, ws not dividing H or W
+        (Hiera's later stages): node -> ws. Each is a copy of the map into its windows on the vector engine
+        (_pad_copy); its unpartition is addressing (window_alias). (The map's writer, a layernorm, could
+        write it there itself, but that is a VECTOR command per run of a row, and a layernorm command costs
+        some 800 cycles more: 8,359 cycles for an 8 x 8 map in 8 commands against 2,549 in one; the copy
+        1,725.)"""
+        out = {}
+        for n in self.graph.nodes:
+            if n.op != "window_partition" or "vector" not in self.cfg.engines:
+                continue
+            b, h, w, _ = self.graph.tensors[n.inputs[0]].shape
+            ws = n.attrs["ws"]
+            if b == 1 and (h % ws or w % ws):
+                out[n.name] = ws
+        return out
+
+    def _pad_copy(self, node, x, rec):
+        """Window partition `node` of DeviceTensor x (the map in its rows' order) into its padded windows by
+        an identity rescale on the vector engine writing the map's rows inside them (padded_out); None where
+        x is not such a tensor or the arena has no room."""
+        if not (isinstance(x, DeviceTensor) and not isinstance(x, SegmentedTensor) and x.buffer is not None
+                and x.order is None and not x.pad):
+            return None
+        pad = self.padded_out(node)
+        if pad is None:
+            return None
+        y, runs = _vector_dev(self.driver, node, "rescale", x, COPY, pad=pad)
+        y.shape, y.pad = self.graph.tensors[node.outputs[0]].shape, None
+        rec.where, rec.cycles, rec.calls = "vector", sum(r.cycles for r in runs), len(runs)
+        rec.reason = "the map copied into its padded windows on the vector engine (a command per run of a row)"
+        return y
+
+    def padded_out(self, node) -> tuple | None:
+        """(ws, buffer) for a node of pad_into: a buffer of its padded windows' rows, zeroed when made (once a
+        session, like a weight) and written only at the map's rows after, so its padding rows stay zero;
+        None for another node, or where the arena has no room."""
+        ws = self.pad_into.get(node.name)
+        if ws is None:
+            return None
+        kept = self._pad_buffers.get(node.name)
+        if kept is None or kept[1] is not self.driver.session:
+            shape = self.graph.tensors[node.outputs[0]].shape
+            layout = TokenRowLayout(math.prod(shape[:-1]), shape[-1], self.cfg.cols)
+            try:
+                kept = _upload(self.driver, np.zeros((layout.tokens, shape[-1]), np.int8), layout, "pad"), \
+                    self.driver.session
+            except ArenaFull:
+                return None
+            self._pad_buffers[node.name] = kept
+        return ws, kept[0]
 
     def _shared(self, node, y):
         """Host array y (a layout node's output, _shared_layouts) written to DDR once, as token rows, for its
@@ -782,7 +906,9 @@ class GraphExecutor(IntRunner):
         if where in ("host", "layout"):
             def on_host(n, args, r):
                 if where == "layout" and self._device(n, layout=True):      # a window (un)partition by addressing
-                    y = window_alias(n, args[0], self.graph.tensors[n.outputs[0]].shape, self.want.get(n.name))
+                    y = window_alias(n, args[0], self.graph.tensors[n.outputs[0]].shape)
+                    if y is None and n.name in self.pad_into:
+                        y = self._pad_copy(n, args[0], rec)
                     if y is not None:
                         return y
                 y = host_fn(n, _host_args(args), r)

@@ -16,7 +16,9 @@ and writes query rows (tokens, not channels), so around it:
 """
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -186,6 +188,53 @@ class TokenRowLayout:
     def unpack(self, raw: np.ndarray) -> np.ndarray:
         rows = np.ascontiguousarray(raw[:self.size]).view(np.int8).reshape(self.tokens, self.pitch)
         return rows[:, :self.channels].copy()
+
+
+@dataclass(frozen=True)
+class RowRuns:
+    """A region's rows placed in runs: run (first, n, at) puts rows first .. first + n - 1 at the region's rows
+    at .. at + n - 1; `size` rows in all, the rows no run covers never read or written. What a map's rows
+    are inside the zero-padded windows that a window partition makes of it (`windows`: Hiera's later stages,
+    ws not dividing the map), and a map's rows in window order put back in the map's (`unwindows`). The one
+    place that says where windows put a map's rows. Runs in order of `first`, covering every row."""
+    runs: tuple
+    size: int
+
+    @classmethod
+    def windows(cls, h: int, w: int, ws: int) -> "RowRuns":
+        """An (h, w) map's rows (t = y w + x) inside window_partition's ws x ws windows of it padded to whole
+        windows (windows row-major, each window's rows row-major)."""
+        nx = -(-w // ws)
+        runs = tuple((y * w + x0, min(ws, w - x0), ((y // ws * nx + x0 // ws) * ws + y % ws) * ws)
+                     for y in range(h) for x0 in range(0, w, ws))
+        return cls(runs, -(-h // ws) * nx * ws * ws)
+
+    @classmethod
+    def unwindows(cls, h: int, w: int, ws: int) -> "RowRuns":
+        """An (h, w) map's rows in window order ws (ws tiling it: window_partition's rows) placed in the map's
+        order: each window row a run of ws rows."""
+        nx = w // ws
+        runs = tuple((k * ws * ws + iy * ws, ws, (k // nx * ws + iy) * w + k % nx * ws)
+                     for k in range(h * w // (ws * ws)) for iy in range(ws))
+        return cls(runs, h * w)
+
+    @cached_property
+    def starts(self) -> tuple:
+        return tuple(first for first, _, _ in self.runs)
+
+    def row(self, r: int) -> int:
+        """The region's row holding row r."""
+        first, n, at = self.runs[max(0, bisect_right(self.starts, r) - 1)]
+        if not first <= r < first + n:
+            raise CompileError(f"row {r} is in no run")
+        return at + r - first
+
+    def spread(self, packed: np.ndarray, pitch: int) -> np.ndarray:
+        """The rows' bytes (`pitch` a row) -> the region's bytes, the rows no run covers zero."""
+        src, out = packed.reshape(-1, pitch), np.zeros((self.size, pitch), np.uint8)
+        for first, n, at in self.runs:
+            out[at:at + n] = src[first:first + n]
+        return out.reshape(-1)
 
 
 @dataclass(frozen=True)
