@@ -97,6 +97,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from golden_model import intconv
 from golden_model.image_encoder import window_partition, window_unpartition
 from golden_model.intattn import AttentionQuant
 from golden_model.intvec import RescaleParams
@@ -406,16 +407,17 @@ def _run_to_device(drv, prog, bind, layout, shape, producer, order=None, out: st
     return y
 
 
-def _linear_dev(drv, n, a, r, lut=None, residual=None, add=None, out=None):
+def _linear_dev(drv, n, a, r, lut=None, residual=None, add=None, out=None, order=None):
     """_linear with its output left in DDR (token rows); its A read in place where a DeviceTensor holds it in
-    token rows and the overlay has the transposing LOAD (load_t), else from the host."""
+    token rows and the overlay has the transposing LOAD (load_t), else from the host (`order`: the window
+    order a host A's rows are in, _conv_dev's)."""
     x, w, b = a
     m, s = _requant_args(r, n)
     tokens, k = math.prod(x.shape[:-1]), x.shape[-1]
     # row-wise: A's rows in whatever order they are, the output's in that order (the residual's written so)
-    order = x.order if isinstance(x, DeviceTensor) else None
+    order = x.order if isinstance(x, DeviceTensor) else order
     in_place = "load_t" in drv.cfg.engines and _in_place(x, TokenRowLayout(tokens, k, drv.cfg.cols), order)
-    order = order if in_place else None
+    order = order if in_place or not isinstance(x, DeviceTensor) else None     # read back: the map's order
     x2 = np.zeros((tokens, k), np.int8) if in_place else np.asarray(x).reshape(tokens, k)    # in place: its shape only
     if residual is not None:
         residual = _window_order(residual, order) if order else residual
@@ -425,6 +427,27 @@ def _linear_dev(drv, n, a, r, lut=None, residual=None, add=None, out=None):
     y = _run_to_device(drv, prog, {"A": x.buffer} if in_place else {}, TokenRowLayout(prog.m, prog.n, drv.cfg.cols),
                        x.shape[:-1] + (w.shape[0],), n.name, order, out)
     return y, [drv.last_run]
+
+
+def _conv_dev(drv, n, a, r):
+    """A convolution as a linear over its im2col patches, its output left in DDR as token rows (where a layernorm,
+    an add or a linear reads it in place) instead of a planar map read back for them: A's token row for output
+    pixel (y, x) is its K x K x Cin field in torch's (ci, ky, kx) order (golden_model.intconv.im2col), so the
+    weights' rows are the linear's as they are and the int32 sums, hence the output, are the convolution's.
+    The host gathers the patches (its input read back where it is in DDR); a 1 x 1, stride 1 convolution's
+    patches are its input, read in place. Where the patches would be over twice the input's bytes (stride 1,
+    K > 1: K^2 times) it runs as _conv, on the convolution engine, planar."""
+    x, w, b = a
+    k, stride, pad = w.shape[2], n.attrs["stride"], n.attrs["padding"]
+    if k == 1 and stride == 1 and pad == 0:
+        return _linear_dev(drv, n, a, r)
+    if k > 2 * stride:
+        return _conv(drv, n, _host_args(a), r)
+    x = np.asarray(x)
+    ho, wo = (intconv.out_size(d, k, stride, pad) for d in x.shape[1:3])
+    patches = np.stack([intconv.im2col(xi, k, stride, pad).T.reshape(ho, wo, -1) for xi in nhwc_to_nchw(x)])
+    order = _want(r, n) if patches.shape[0] == 1 else None       # its reader's window order (window_orders)
+    return _linear_dev(drv, n, [_window_order(patches, order) if order else patches, w, b], r, order=order)
 
 
 def _vector_dev(drv, n, op, x, p=None, b=None, end_x=None, want=None, out=None, pad=None):
@@ -578,6 +601,7 @@ def _want(r, n) -> int | None:
 #: ops whose output an engine node leaves in DDR (token rows), and which of their inputs they read in place
 DEVICE_OPS = {
     "linear": _linear_dev,
+    "conv": _conv_dev,
     "attention": _attention_dev,
     "layernorm": lambda d, n, a, r: _vector_dev(d, n, "layernorm", a[0], _vec_params(r, n, "LayerNormParams"),
                                            want=_want(r, n)),
@@ -588,7 +612,7 @@ DEVICE_OPS = {
     "maxpool2x2": lambda d, n, a, r: _vector_dev(d, n, "maxpool", a[0], want=_want(r, n)),
     "upsample2x": lambda d, n, a, r: _vector_dev(d, n, "upsample", a[0]),
 }
-IN_PLACE = {"linear": (0,), "attention": (0, 1, 2), "layernorm": (0,), "gelu": (0,), "rescale": (0,),
+IN_PLACE = {"linear": (0,), "conv": (0,), "attention": (0, 1, 2), "layernorm": (0,), "gelu": (0,), "rescale": (0,),
             "add": (0, 1), "maxpool2x2": (0,), "upsample2x": (0,)}
 
 
@@ -596,7 +620,8 @@ def window_orders(graph) -> dict[str, int]:
     """node -> the window size ws whose order (DeviceTensor.order) its output is stored in: the nodes that
     lead to a window partition of ws tiling its map exactly, so the partition is the buffer as it is:
     back from it through row-wise nodes (add, layernorm, GELU, rescale, a linear's A), a 2x2 max-pool (its
-    input in order 2 ws) and up to a window unpartition of ws (its windows are the map in that order). The
+    input in order 2 ws) and up to a window unpartition of ws (its windows are the map in that order) or a
+    convolution (the patch embedding: _conv_dev writes its patches' rows in that order). The
     vector nodes of this map write their output in its order (their host operands so; one in DDR in
     another order read back), the others in the map's order: Hiera's later stages, whose windows pad, and
     their global attentions read their maps in place."""
@@ -612,10 +637,10 @@ def window_orders(graph) -> dict[str, int]:
             t, ws = todo.pop()
             p = writers.get(t)
             if p is None or p.name in want or p.op == "window_unpartition" and p.attrs["ws"] != ws or p.op not in (
-                    "add", "layernorm", "gelu", "rescale", "linear", "maxpool2x2", "window_unpartition"):
+                    "add", "layernorm", "gelu", "rescale", "linear", "maxpool2x2", "window_unpartition", "conv"):
                 continue
             want[p.name] = ws
-            if p.op != "window_unpartition":
+            if p.op not in ("window_unpartition", "conv"):
                 todo += [(i, 2 * ws if p.op == "maxpool2x2" else ws)
                          for i in (p.inputs[:2] if p.op == "add" else p.inputs[:1])]
     return want
