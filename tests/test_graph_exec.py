@@ -239,5 +239,6 @@ def test_strided_convolution_writes_token_rows_its_readers_read_in_place(scaled)
     pe, (_, h, w, c) = ex.records["patch_embed"], qm.graph.tensors[nodes[1].outputs[0]].shape
     k = qm.graph.constants[nodes[1].inputs[1]].shape[2]
     assert pe.ddr_bytes - pe.program_bytes == h * w * 3 * k * k and pe.own_bytes == feeds["image"].size
+    assert pe.reason.endswith("as a linear over its im2col patches")
     assert ex.records["pos_embed"].ddr_bytes == 0        # in window order (window_orders), as its reader wants it
     assert ex.records["enc.blocks.0.norm1"].ddr_bytes == h * w * c      # only its output, read back at the end

@@ -57,6 +57,9 @@ Where the layouts agree (read in place, no host bytes):
   each STORE writes R query rows x C columns of a head at its column h x d, row pitch heads x d
   (sw.compile.attention.TokenRows), so the heads are merged in DDR. Both need C to divide the head dim;
   otherwise, or without load_t, all of that attention crosses the host (the record's reason says why);
+  a strided convolution (K <= 2 x stride: the patch embedding, the mask downsampler) runs as a linear over its
+  im2col patches (_conv_dev: gathered on the host, in its readers' window order), its output left in token
+  rows for the layernorm or add reading it;
   a SegmentedTensor (token rows in several buffers, e.g. a memory bank's slots: the video executor's)
   -> a vector row op's inputs and attention's Q, K, V as token rows: one program region per range
   (sw.runtime.layout.RowSegments), each bound to its buffer, no command or tile straddling two.
@@ -66,8 +69,9 @@ table's "host own" column is the part issue 18 allows a frame: a host node's, th
     writes A;
   * attention's Q, K, V and output on overlays without load_t or where C does not divide the head dim
     (heads split and tiled, and merged, on the host);
-  * conv, depthwise, conv_transpose: planar (C, H, W) maps (sw.compile.conv.FmapLayout), image by image,
-    and the token-row readers of their outputs (layernorm, add, the next linear);
+  * depthwise, conv_transpose and stride-1 K x K conv: planar (C, H, W) maps (sw.compile.conv.FmapLayout),
+    image by image, and the token-row readers of their outputs (layernorm, add, the next linear); a strided
+    convolution's input, its patches gathered on the host (about K^2 / stride^2 times the map's bytes);
   * a fused add's residual (the GEMM store's RES region is N-tile major, not token rows): read back and
     written in the linear's row order;
   * a map inside padded windows read by anything but a row op (its windows' rows read back, cropped), and a
@@ -429,19 +433,23 @@ def _linear_dev(drv, n, a, r, lut=None, residual=None, add=None, out=None, order
     return y, [drv.last_run]
 
 
+def conv_as_linear(k: int, stride: int) -> bool:
+    """Whether _conv_dev runs a K x K convolution as a linear over its im2col patches (K <= 2 x stride: at most
+    about 4 times the map's elements; else on the convolution engine, planar)."""
+    return k <= 2 * stride
+
+
 def _conv_dev(drv, n, a, r):
     """A convolution as a linear over its im2col patches, its output left in DDR as token rows (where a layernorm,
     an add or a linear reads it in place) instead of a planar map read back for them: A's token row for output
     pixel (y, x) is its K x K x Cin field in torch's (ci, ky, kx) order (golden_model.intconv.im2col), so the
     weights' rows are the linear's as they are and the int32 sums, hence the output, are the convolution's.
-    The host gathers the patches (its input read back where it is in DDR); a 1 x 1, stride 1 convolution's
-    patches are its input, read in place. Where the patches would be over twice the input's bytes (stride 1,
-    K > 1: K^2 times) it runs as _conv, on the convolution engine, planar."""
+    The host gathers the patches (its input read back where it is in DDR), their rows in the window order its
+    readers want (window_orders: the patch embedding's). Where the patches would be over about four times the
+    input's elements (conv_as_linear: stride 1, K = 3 is 9 times) it runs as _conv, planar."""
     x, w, b = a
     k, stride, pad = w.shape[2], n.attrs["stride"], n.attrs["padding"]
-    if k == 1 and stride == 1 and pad == 0:
-        return _linear_dev(drv, n, a, r)
-    if k > 2 * stride:
+    if not conv_as_linear(k, stride):
         return _conv(drv, n, _host_args(a), r)
     x = np.asarray(x)
     ho, wo = (intconv.out_size(d, k, stride, pad) for d in x.shape[1:3])
@@ -612,7 +620,7 @@ DEVICE_OPS = {
     "maxpool2x2": lambda d, n, a, r: _vector_dev(d, n, "maxpool", a[0], want=_want(r, n)),
     "upsample2x": lambda d, n, a, r: _vector_dev(d, n, "upsample", a[0]),
 }
-IN_PLACE = {"linear": (0,), "conv": (0,), "attention": (0, 1, 2), "layernorm": (0,), "gelu": (0,), "rescale": (0,),
+IN_PLACE = {"linear": (0,), "attention": (0, 1, 2), "layernorm": (0,), "gelu": (0,), "rescale": (0,),
             "add": (0, 1), "maxpool2x2": (0,), "upsample2x": (0,)}
 
 
@@ -964,6 +972,10 @@ class GraphExecutor(IntRunner):
             why = token_rows_refusal(self.cfg, self.graph.tensors[node.inputs[0]].shape[-1] // node.attrs["heads"],
                                      inputs=True)
             rec.reason += f"; Q, K, V and output via the host: {why}" if why else ""
+
+        if node.op == "conv" and self.chain:
+            patches = conv_as_linear(node.attrs["k"], node.attrs["stride"])
+            rec.reason += "; as a linear over its im2col patches" if patches else "; planar maps"
 
         def once(n, args, r):
             if self._device(n):
