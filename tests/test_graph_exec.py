@@ -215,3 +215,30 @@ def test_attention_split_into_calls_fills_one_token_row_tensor(monkeypatch):
     assert isinstance(y, graph_exec.DeviceTensor) and len(runs) == 2 * 2 * 3       # items x query chunks
     np.testing.assert_array_equal(np.asarray(y), INT_OPS["attention"](node, [q, k, v], r))
     assert [b for b in drv.session.arena.buffers if b.startswith("act")] == [y.buffer]     # the inputs' freed
+
+
+def test_strided_convolution_writes_token_rows_its_readers_read_in_place(scaled):
+    """bench16's patch embedding (7 x 7, stride 4) runs as a linear over its im2col patches (sw.runtime.graph_exec
+    _conv_dev): its output stays in DDR as token rows, so it moves its patches in and no map out, and the
+    positional add reads it in place (no bytes on a second run: programs kept); every node equals intinterp's."""
+    cfg = preset("bench16")
+    qm = _quantised(scaled, cfg)
+    feeds = {"image": GraphPredictor(qm.graph, IntRunner(qm)).image_input(scaled[2])}
+    nodes = [n for n in qm.graph.nodes if n.name in ("image_q", "patch_embed", "pos_embed", "enc.blocks.0.norm1")]
+
+    def run(runner):
+        env = dict(feeds)
+        for n in nodes:
+            env[n.outputs[0]] = runner.op_fn(n)(n, [runner.arg(i, env) for i in n.inputs], runner)
+        return env
+    ref = run(IntRunner(qm))
+    ex = GraphExecutor(qm, cfg, "sim", read_back=True)
+    for _ in range(2):
+        env = ex.chained(nodes, lambda: run(ex))
+    assert ex.check(env, ref) == []
+    pe, (_, h, w, c) = ex.records["patch_embed"], qm.graph.tensors[nodes[1].outputs[0]].shape
+    k = qm.graph.constants[nodes[1].inputs[1]].shape[2]
+    assert pe.ddr_bytes - pe.program_bytes == h * w * 3 * k * k and pe.own_bytes == feeds["image"].size
+    assert pe.reason.endswith("as a linear over its im2col patches")
+    assert ex.records["pos_embed"].ddr_bytes == 0        # in window order (window_orders), as its reader wants it
+    assert ex.records["enc.blocks.0.norm1"].ddr_bytes == h * w * c      # only its output, read back at the end

@@ -57,6 +57,9 @@ Where the layouts agree (read in place, no host bytes):
   each STORE writes R query rows x C columns of a head at its column h x d, row pitch heads x d
   (sw.compile.attention.TokenRows), so the heads are merged in DDR. Both need C to divide the head dim;
   otherwise, or without load_t, all of that attention crosses the host (the record's reason says why);
+  a strided convolution (K <= 2 x stride: the patch embedding, the mask downsampler) runs as a linear over its
+  im2col patches (_conv_dev: gathered on the host, in its readers' window order), its output left in token
+  rows for the layernorm or add reading it;
   a SegmentedTensor (token rows in several buffers, e.g. a memory bank's slots: the video executor's)
   -> a vector row op's inputs and attention's Q, K, V as token rows: one program region per range
   (sw.runtime.layout.RowSegments), each bound to its buffer, no command or tile straddling two.
@@ -66,8 +69,9 @@ table's "host own" column is the part issue 18 allows a frame: a host node's, th
     writes A;
   * attention's Q, K, V and output on overlays without load_t or where C does not divide the head dim
     (heads split and tiled, and merged, on the host);
-  * conv, depthwise, conv_transpose: planar (C, H, W) maps (sw.compile.conv.FmapLayout), image by image,
-    and the token-row readers of their outputs (layernorm, add, the next linear);
+  * depthwise, conv_transpose and stride-1 K x K conv: planar (C, H, W) maps (sw.compile.conv.FmapLayout),
+    image by image, and the token-row readers of their outputs (layernorm, add, the next linear); a strided
+    convolution's input, its patches gathered on the host (about K^2 / stride^2 times the map's bytes);
   * a fused add's residual (the GEMM store's RES region is N-tile major, not token rows): read back and
     written in the linear's row order;
   * a map inside padded windows read by anything but a row op (its windows' rows read back, cropped), and a
@@ -97,6 +101,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from golden_model import intconv
 from golden_model.image_encoder import window_partition, window_unpartition
 from golden_model.intattn import AttentionQuant
 from golden_model.intvec import RescaleParams
@@ -406,16 +411,17 @@ def _run_to_device(drv, prog, bind, layout, shape, producer, order=None, out: st
     return y
 
 
-def _linear_dev(drv, n, a, r, lut=None, residual=None, add=None, out=None):
+def _linear_dev(drv, n, a, r, lut=None, residual=None, add=None, out=None, order=None):
     """_linear with its output left in DDR (token rows); its A read in place where a DeviceTensor holds it in
-    token rows and the overlay has the transposing LOAD (load_t), else from the host."""
+    token rows and the overlay has the transposing LOAD (load_t), else from the host (`order`: the window
+    order a host A's rows are in, _conv_dev's)."""
     x, w, b = a
     m, s = _requant_args(r, n)
     tokens, k = math.prod(x.shape[:-1]), x.shape[-1]
     # row-wise: A's rows in whatever order they are, the output's in that order (the residual's written so)
-    order = x.order if isinstance(x, DeviceTensor) else None
+    order = x.order if isinstance(x, DeviceTensor) else order
     in_place = "load_t" in drv.cfg.engines and _in_place(x, TokenRowLayout(tokens, k, drv.cfg.cols), order)
-    order = order if in_place else None
+    order = order if in_place or not isinstance(x, DeviceTensor) else None     # read back: the map's order
     x2 = np.zeros((tokens, k), np.int8) if in_place else np.asarray(x).reshape(tokens, k)    # in place: its shape only
     if residual is not None:
         residual = _window_order(residual, order) if order else residual
@@ -425,6 +431,31 @@ def _linear_dev(drv, n, a, r, lut=None, residual=None, add=None, out=None):
     y = _run_to_device(drv, prog, {"A": x.buffer} if in_place else {}, TokenRowLayout(prog.m, prog.n, drv.cfg.cols),
                        x.shape[:-1] + (w.shape[0],), n.name, order, out)
     return y, [drv.last_run]
+
+
+def conv_as_linear(k: int, stride: int) -> bool:
+    """Whether _conv_dev runs a K x K convolution as a linear over its im2col patches (K <= 2 x stride: at most
+    about 4 times the map's elements; else on the convolution engine, planar)."""
+    return k <= 2 * stride
+
+
+def _conv_dev(drv, n, a, r):
+    """A convolution as a linear over its im2col patches, its output left in DDR as token rows (where a layernorm,
+    an add or a linear reads it in place) instead of a planar map read back for them: A's token row for output
+    pixel (y, x) is its K x K x Cin field in torch's (ci, ky, kx) order (golden_model.intconv.im2col), so the
+    weights' rows are the linear's as they are and the int32 sums, hence the output, are the convolution's.
+    The host gathers the patches (its input read back where it is in DDR), their rows in the window order its
+    readers want (window_orders: the patch embedding's). Where the patches would be over about four times the
+    input's elements (conv_as_linear: stride 1, K = 3 is 9 times) it runs as _conv, planar."""
+    x, w, b = a
+    k, stride, pad = w.shape[2], n.attrs["stride"], n.attrs["padding"]
+    if not conv_as_linear(k, stride):
+        return _conv(drv, n, _host_args(a), r)
+    x = np.asarray(x)
+    ho, wo = (intconv.out_size(d, k, stride, pad) for d in x.shape[1:3])
+    patches = np.stack([intconv.im2col(xi, k, stride, pad).T.reshape(ho, wo, -1) for xi in nhwc_to_nchw(x)])
+    order = _want(r, n) if patches.shape[0] == 1 else None       # its reader's window order (window_orders)
+    return _linear_dev(drv, n, [_window_order(patches, order) if order else patches, w, b], r, order=order)
 
 
 def _vector_dev(drv, n, op, x, p=None, b=None, end_x=None, want=None, out=None, pad=None):
@@ -578,6 +609,7 @@ def _want(r, n) -> int | None:
 #: ops whose output an engine node leaves in DDR (token rows), and which of their inputs they read in place
 DEVICE_OPS = {
     "linear": _linear_dev,
+    "conv": _conv_dev,
     "attention": _attention_dev,
     "layernorm": lambda d, n, a, r: _vector_dev(d, n, "layernorm", a[0], _vec_params(r, n, "LayerNormParams"),
                                            want=_want(r, n)),
@@ -596,7 +628,8 @@ def window_orders(graph) -> dict[str, int]:
     """node -> the window size ws whose order (DeviceTensor.order) its output is stored in: the nodes that
     lead to a window partition of ws tiling its map exactly, so the partition is the buffer as it is:
     back from it through row-wise nodes (add, layernorm, GELU, rescale, a linear's A), a 2x2 max-pool (its
-    input in order 2 ws) and up to a window unpartition of ws (its windows are the map in that order). The
+    input in order 2 ws) and up to a window unpartition of ws (its windows are the map in that order) or a
+    convolution (the patch embedding: _conv_dev writes its patches' rows in that order). The
     vector nodes of this map write their output in its order (their host operands so; one in DDR in
     another order read back), the others in the map's order: Hiera's later stages, whose windows pad, and
     their global attentions read their maps in place."""
@@ -612,10 +645,10 @@ def window_orders(graph) -> dict[str, int]:
             t, ws = todo.pop()
             p = writers.get(t)
             if p is None or p.name in want or p.op == "window_unpartition" and p.attrs["ws"] != ws or p.op not in (
-                    "add", "layernorm", "gelu", "rescale", "linear", "maxpool2x2", "window_unpartition"):
+                    "add", "layernorm", "gelu", "rescale", "linear", "maxpool2x2", "window_unpartition", "conv"):
                 continue
             want[p.name] = ws
-            if p.op != "window_unpartition":
+            if p.op not in ("window_unpartition", "conv"):
                 todo += [(i, 2 * ws if p.op == "maxpool2x2" else ws)
                          for i in (p.inputs[:2] if p.op == "add" else p.inputs[:1])]
     return want
@@ -939,6 +972,10 @@ class GraphExecutor(IntRunner):
             why = token_rows_refusal(self.cfg, self.graph.tensors[node.inputs[0]].shape[-1] // node.attrs["heads"],
                                      inputs=True)
             rec.reason += f"; Q, K, V and output via the host: {why}" if why else ""
+
+        if node.op == "conv" and self.chain:
+            patches = conv_as_linear(node.attrs["k"], node.attrs["stride"])
+            rec.reason += "; as a linear over its im2col patches" if patches else "; planar maps"
 
         def once(n, args, r):
             if self._device(n):
