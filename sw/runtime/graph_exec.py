@@ -102,7 +102,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from golden_model import intconv
-from golden_model.image_encoder import window_partition, window_unpartition
 from golden_model.intattn import AttentionQuant
 from golden_model.intvec import RescaleParams
 from golden_model.quant.interpret import merge_heads, nchw_to_nhwc, nhwc_to_nchw, split_heads
@@ -112,12 +111,10 @@ from sw.compile.graph import fused_adds, place_all, vector_lanes
 from sw.compile.vector import OPS as VECTOR_OPS, compile_vector, row_dim
 from sw.perf.layers import graph_layers
 from sw.runtime.arena import ArenaFull
+from sw.runtime.device_tensor import (DeviceTensor, GraphExecError, SegmentedTensor, _in_place, _padded,
+                                      _segmented, _window_order, window_alias)
 from sw.runtime.driver import Driver
-from sw.runtime.layout import RowRuns, RowSegments, TokenRowLayout
-
-
-class GraphExecError(ValueError):
-    pass
+from sw.runtime.layout import RowRuns, TokenRowLayout
 
 
 @dataclass
@@ -227,176 +224,7 @@ ENGINE_OPS = {
 }
 
 
-# ---------------------------------------------------------------- activations left in DDR
-class DeviceTensor:
-    """An int8 activation an engine node left in DDR: a session buffer holding it in token rows
-    (sw.runtime.layout.TokenRowLayout: a linear's out, the vector engine's in and out), and its shape.
-    np.asarray reads it back (host <-> DDR bytes of whoever asks). `pending`: readers still to run in
-    this run; the executor frees the buffer after the last (keeping the values when it reads back).
-    `order`: None, its rows in the shape's order; ws, a (1, H, W, C) map whose rows are in window order
-    (window_partition(map, ws)'s, no padding): a window (un)partition of it is that buffer as it is (alias).
-    `pad`: None, or ws: a (1, H, W, C) map (ws not dividing H or W) held inside the zero-padded ws x ws
-    windows a window partition makes of it (sw.runtime.layout.RowRuns.windows), the layout's rows those
-    windows'. `kept`: the buffer is the executor's (padded_out), never freed."""
-
-    dtype = np.dtype(np.int8)
-    pinned = False          # a graph constant kept in DDR for the session (GraphExecutor._constant): never freed
-
-    def __init__(self, driver: Driver, buffer: str, layout: TokenRowLayout, shape: tuple, producer: str,
-                 order: int | None = None):
-        self.driver, self.buffer, self.layout, self.shape = driver, buffer, layout, tuple(shape)
-        self.producer, self.order = producer, order if order != 1 else None     # 1 x 1 windows: the map's order
-        self.pad, self.kept = None, False
-        self.pending = 0
-        self.host: np.ndarray | None = None      # the values, once read back for keeps
-        self.holders = [1]                       # tensors sharing the buffer (aliases): freed with the last
-
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    def read(self) -> np.ndarray:
-        if self.host is not None:
-            return self.host
-        if self.buffer is None:
-            raise GraphExecError(f"{self.producer}'s output was freed after its last reader (run the executor "
-                                 "with read_back=True to keep every value for check())")
-        s = self.driver.session
-        rows = self.layout.unpack(s.backend.read(s.arena[self.buffer].addr, self.layout.size))
-        if self.pad:
-            ws, (_, h, w, c) = self.pad, self.shape
-            return window_unpartition(rows.reshape(-1, ws, ws, c), ws, (-(-h // ws) * ws, -(-w // ws) * ws), (h, w))
-        return rows.reshape(self.shape) if self.order is None else _map_order(rows, self.order, self.shape)
-
-    def alias(self, shape: tuple, order: int | None, producer: str, pad: int | None = None) -> "DeviceTensor":
-        """The same buffer seen as another tensor (a window (un)partition by addressing)."""
-        t = DeviceTensor(self.driver, self.buffer, self.layout, shape, producer, order)
-        t.pad, t.kept = pad, self.kept
-        t.holders = self.holders
-        self.holders[0] += 1
-        return t
-
-    def __array__(self, dtype=None, copy=None):
-        a = self.read()
-        return a if dtype is None else a.astype(dtype)
-
-    def free(self, keep: bool) -> None:
-        """Give the buffer back to the arena; `keep`: read the values back first."""
-        if keep:
-            self.host = self.read()
-        self.holders[0] -= 1
-        if not self.holders[0] and not self.kept:
-            self.driver.session.free(self.buffer)
-        self.buffer = None
-
-
-def _window_order(x, ws: int) -> np.ndarray:
-    """A (1, H, W, C) map's values with its rows in window order (window_partition's), in its shape."""
-    return window_partition(np.asarray(x), ws)[0].reshape(x.shape)
-
-
-def _map_order(rows, ws: int, shape: tuple) -> np.ndarray:
-    """_window_order's inverse: rows in window order -> the (1, H, W, C) map."""
-    _, h, w, c = shape
-    return window_unpartition(np.asarray(rows).reshape(-1, ws, ws, c), ws, (h, w), (h, w))
-
-
-def window_alias(node, x, out_shape: tuple):
-    """A window partition or unpartition (node) of DeviceTensor x without moving a byte, or None where it
-    needs the host: partition of a map stored in that window order -> the windows (each window's rows
-    are contiguous, in order); unpartition of windows of a map the size divides -> the map stored in
-    window order (a row op wanting the map's order writes its output so: _vector_dev; other readers read
-    it back, reordered). Padded windows (ws not dividing H or W) are not a reordering of the rows, but
-    they hold the map's rows in runs (DeviceTensor.pad): an unpartition of padded windows -> the map they
-    crop, held so (a row op reads it there: _vector_dev). (A padded partition is a copy:
-    GraphExecutor._pad_copy.)"""
-    if not isinstance(x, DeviceTensor) or x.buffer is None or x.pad:
-        return None
-    ws = node.attrs["ws"]
-    if (node.op == "window_unpartition" and x.order is None and x.shape[1:3] == (ws, ws) and out_shape[0] == 1
-            and (out_shape[1] % ws or out_shape[2] % ws)
-            and x.shape[0] == -(-out_shape[1] // ws) * -(-out_shape[2] // ws)):
-        return x.alias(out_shape, None, node.name, pad=ws)
-    if (x.shape[0] == out_shape[0] == 1 and x.order is None and x.shape[1:3] == out_shape[1:3] == (ws, ws)):
-        return x.alias(out_shape, None, node.name)         # one window, the whole map: its rows as they are
-    if node.op == "window_partition" and x.order == ws and x.shape[0] == 1:
-        return x.alias(out_shape, None, node.name)
-    if (node.op == "window_unpartition" and x.order is None and out_shape[0] == 1 and ws > 1
-            and out_shape[1] % ws == 0 and out_shape[2] % ws == 0):
-        return x.alias(out_shape, ws, node.name)
-    return None
-
-
-class SegmentedTensor(DeviceTensor):
-    """An int8 activation in DDR as several ranges of token rows, each a whole session buffer (rows of
-    `channels` bytes: unpadded, channels a multiple of C), e.g. a memory attention's banked keys: each memory
-    frame's rows in its bank slot, the object-pointer tokens' rows in a buffer of their own. A reader that
-    takes segments (the vector engine's row ops, attention's Q, K, V as token rows) binds each range in place
-    (sw.runtime.layout.RowSegments); any other reads it back (np.asarray). Freeing it frees only the
-    buffers it `owns` (a bank's slots stay)."""
-
-    def __init__(self, driver: Driver, parts: list, channels: int, shape: tuple, producer: str, owns=()):
-        cols = driver.cfg.cols
-        if channels % cols:
-            raise GraphExecError(f"{producer}: segments of {channels}-byte rows, not a multiple of C = {cols}")
-        self.parts = [(buf, int(rows)) for buf, rows in parts]       # (session buffer, its token rows), in order
-        super().__init__(driver, self.parts[0][0], TokenRowLayout(sum(r for _, r in self.parts), channels, cols),
-                         shape, producer)
-        self.owns = list(owns)
-
-    def segments(self, region: str) -> tuple[RowSegments, dict]:
-        """The RowSegments of a program's `region` holding this tensor, and its bind (segment -> buffer)."""
-        g = RowSegments(region, tuple(r for _, r in self.parts))
-        return g, dict(zip(g.regions, (buf for buf, _ in self.parts)))
-
-    def starts(self) -> list:
-        """(buffer, first row) of each part."""
-        firsts = np.cumsum([0] + [r for _, r in self.parts])[:-1]
-        return [(buf, int(s)) for (buf, _), s in zip(self.parts, firsts)]
-
-    def read(self) -> np.ndarray:
-        if self.host is not None or self.buffer is None:
-            return super().read()
-        s, pitch = self.driver.session, self.layout.pitch
-        raw = np.concatenate([s.backend.read(s.arena[buf].addr, rows * pitch) for buf, rows in self.parts])
-        return self.layout.unpack(raw).reshape(self.shape)
-
-    def free(self, keep: bool) -> None:
-        if keep:
-            self.host = self.read()
-        for buf in self.owns:
-            self.driver.session.free(buf)
-        self.buffer, self.owns = None, []
-
-
-def _segmented(t, pitch: int, tokens: int) -> bool:
-    """Whether t is a SegmentedTensor still in DDR of `tokens` rows at this row pitch (read there)."""
-    return (isinstance(t, SegmentedTensor) and t.buffer is not None and t.layout.pitch == pitch
-            and t.layout.tokens == tokens)
-
-
-def same_bytes(a: TokenRowLayout, b: TokenRowLayout) -> bool:
-    """Whether two token-row layouts put every element at the same byte (rows cut into narrower rows,
-    compile_vector's row_dim, agree only when neither pads its rows)."""
-    if (a.tokens, a.channels, a.cols) == (b.tokens, b.channels, b.cols):
-        return True
-    return a.pitch == a.channels and b.pitch == b.channels and a.size == b.size
-
-
-def _in_place(t, layout: TokenRowLayout, order: int | None = None) -> bool:
-    """Whether t is a DeviceTensor still in DDR with every element where `layout` puts it, its rows in
-    `order` (read there)."""
-    return (isinstance(t, DeviceTensor) and not isinstance(t, SegmentedTensor) and t.buffer is not None
-            and same_bytes(t.layout, layout) and t.order == order and not t.pad)
-
-
-def _padded(t, shape: tuple) -> bool:
-    """Whether t is a map of `shape` still in DDR inside its padded windows (DeviceTensor.pad; read there)."""
-    return (isinstance(t, DeviceTensor) and not isinstance(t, SegmentedTensor) and t.buffer is not None
-            and bool(t.pad) and t.shape == tuple(shape)
-            and t.layout.tokens == RowRuns.windows(shape[1], shape[2], t.pad).size)
-
-
+# ---------------------------------------------------------------- engine nodes leaving their outputs in DDR
 def _run_to_device(drv, prog, bind, layout, shape, producer, order=None, out: str | None = None) -> DeviceTensor:
     """Run `prog` (regions bound as `bind`) with its out region in a new buffer (or in `out`, a buffer the
     caller keeps, e.g. a memory bank slot's): that buffer as a DeviceTensor (rows in `order`: a row-wise
