@@ -96,7 +96,9 @@ def _linear_taps(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, n
 
 def resize_bilinear(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """torch F.interpolate(bilinear, align_corners=False) (no antialias) of NCHW float32 to size (h, w):
-    rows r = fma(a, ww0, b * ww1), then out = fma(r_top, wh0, r_bottom * wh1), as torch's CPU kernel."""
+    rows r = fma(a, ww0, b * ww1), then out = fma(r_top, wh0, r_bottom * wh1), as torch's CPU kernel with two or
+    more intra-op threads (with one, torch 2.13 runs another kernel for some channel counts, e.g. 3, which
+    differs in the last bit of some values)."""
     x = np.asarray(x, F32)
     h0, h1, a0, a1 = _linear_taps(x.shape[-2], int(size[0]))
     w0, w1, b0, b1 = _linear_taps(x.shape[-1], int(size[1]))
