@@ -1,5 +1,5 @@
-"""`sam2fpga build`: the Vivado Tcl flow (dry-run in a Tcl interpreter), lint of the
-overlay, the yosys estimate and the open ECP5 flow on the small preset."""
+"""`sam2fpga build`: the Vivado Tcl flow (dry-run in a Tcl interpreter), lint of the overlay and the open ECP5
+flow on the small preset (the whole-overlay yosys estimates: tests/test_board_estimates.py)."""
 import json
 import re
 
@@ -12,7 +12,6 @@ from hw.flows.estimate import Resources
 from hw.flows.lint import lint
 from hw.flows.vivado import bus_ports, vivado_tcl
 from hw.overlay import Overlay
-from hw.verilog import write_verilog
 from sw.cli import main
 from sw.commands.build import DEFAULT_PRESET, TOP
 
@@ -162,18 +161,6 @@ def test_build_zynq_without_vivado_generates_and_says_how(tmp_path, capsys, monk
     dry_run((tmp_path / "sam2fpga_pynq_z2.tcl").read_text())
 
 
-@pytest.mark.slow(seconds=160)
-def test_yosys_estimate_of_small_overlay(tmp_path):
-    from hw.flows.estimate import estimate, fits
-    # Without the vector engine (its own estimates: docs/vector.md): yosys takes about two minutes more with it.
-    cfg = preset("sim").replace(engines=("gemm", "attention", "conv", "depthwise"))
-    # abc9=False: the classic LUT mapper (152 s here against 218 s with abc9); the DSP count and the fit it checks hold
-    res = estimate(write_verilog(Overlay(cfg), TOP, tmp_path / "verilog"), TOP, "xc7", tmp_path, abc9=False)
-    assert res.dsps >= cfg.rows * cfg.cols // 2       # the MACs map to DSPs
-    # All four engines: the depthwise lanes' 2 x 49 multipliers take it past PYNQ-Z2's 220 DSPs (265 used).
-    assert fits(res, BOARDS["kv260"]) == []
-
-
 @pytest.mark.slow(seconds=300)
 def test_ecp5_open_flow_meets_the_small_preset_clock(tmp_path, capsys):
     """The whole open flow on the small ECP5 preset (GEMM + convolution; `ulx3s`, GEMM + attention,
@@ -190,17 +177,6 @@ def test_ecp5_presets_hold_the_engines():
     default, timed = preset(DEFAULT_PRESET["ulx3s-85f"]), preset(ECP5_TIMED)
     assert set(default.engines) | set(timed.engines) == {"gemm", "attention", "conv"}
     assert timed == default.replace(name=timed.name, engines=timed.engines, clock_mhz=timed.clock_mhz)
-
-
-@pytest.mark.slow
-def test_yosys_ecp5_estimate_of_the_full_preset_fits(tmp_path):
-    """The ulx3s geometry with every array engine synthesises for the 85F and fits it (multipliers
-    included); it does not route there (bitstreams/README.md), hence the two presets."""
-    from hw.flows.ecp5 import estimate_ecp5
-    from hw.flows.estimate import fits
-    res = estimate_ecp5(Overlay(preset("ulx3s").replace(engines=("gemm", "attention", "conv"))), tmp_path)
-    assert fits(res, BOARDS["ulx3s-85f"]) == []
-    assert res.dsps <= 0.8 * BOARDS["ulx3s-85f"].dsps       # room for the placer
 
 
 @pytest.mark.rtl
