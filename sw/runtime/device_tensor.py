@@ -162,7 +162,7 @@ def _segmented(t, pitch: int, tokens: int) -> bool:
             and t.layout.tokens == tokens)
 
 
-def same_bytes(a: TokenRowLayout, b: TokenRowLayout) -> bool:
+def same_placement(a: TokenRowLayout, b: TokenRowLayout) -> bool:
     """Whether two token-row layouts put every element at the same byte (rows cut into narrower rows,
     compile_vector's row_dim, agree only when neither pads its rows)."""
     if (a.tokens, a.channels, a.cols) == (b.tokens, b.channels, b.cols):
@@ -174,7 +174,7 @@ def _in_place(t, layout: TokenRowLayout, order: int | None = None) -> bool:
     """Whether t is a DeviceTensor still in DDR with every element where `layout` puts it, its rows in
     `order` (read there)."""
     return (isinstance(t, DeviceTensor) and not isinstance(t, SegmentedTensor) and t.buffer is not None
-            and same_bytes(t.layout, layout) and t.order == order and not t.pad)
+            and same_placement(t.layout, layout) and t.order == order and not t.pad)
 
 
 def _padded(t, shape: tuple) -> bool:

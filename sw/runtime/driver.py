@@ -22,6 +22,7 @@ import numpy as np
 
 from sw.compile.linear import compile_linear
 from sw.lru import same_bytes
+from sw.runtime.arena import ArenaFull
 from sw.runtime.backend import (BACKENDS, DDR_BASE, DEFAULT_DDR_BYTES, AcceleratorError,  # noqa: F401
                                 describe_error, open_backend)
 from sw.runtime.session import RunStats, Session  # noqa: F401  (the driver's public names)
@@ -265,7 +266,6 @@ class Driver:
 
     def _making_room(self, make):
         """make(), room made when the arena is full by dropping kept programs one at a time (_drop_one)."""
-        from sw.runtime.arena import ArenaFull
         while True:
             try:
                 return make()
