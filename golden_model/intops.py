@@ -87,11 +87,20 @@ def int8_matmul(a, b) -> np.ndarray:
     for name, x in (("a", a), ("b", b)):
         if x.dtype != np.int8:
             raise ValueError(f"int8_matmul: {name} must be int8, got {x.dtype}")
-    a32, b32 = a.astype(np.float32), b.astype(np.float32)
-    out = (a32[:, :F32_EXACT_K] @ b32[:F32_EXACT_K]).astype(np.int64)
-    for k0 in range(F32_EXACT_K, a.shape[1], F32_EXACT_K):
-        out += (a32[:, k0:k0 + F32_EXACT_K] @ b32[k0:k0 + F32_EXACT_K]).astype(np.int64)
-    return out
+    return exact_f32_matmul(a.astype(np.float32), b.astype(np.float32)).astype(np.int64)
+
+
+def exact_f32_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a @ b of int8 values held as float32 (a: (..., K), b: (K, N)), exact: float32 BLAS on K chunks of
+    F32_EXACT_K (every partial sum an exact float32 integer), the chunks summed in float64 (|sum| <= K 2^14
+    < 2^53). float32 when K <= F32_EXACT_K, else float64 (float32 GEMMs run about twice as fast)."""
+    k = a.shape[-1]
+    if k <= F32_EXACT_K:
+        return a @ b
+    acc = (a[..., :F32_EXACT_K] @ b[:F32_EXACT_K]).astype(np.float64)
+    for k0 in range(F32_EXACT_K, k, F32_EXACT_K):
+        acc += a[..., k0:k0 + F32_EXACT_K] @ b[k0:k0 + F32_EXACT_K]
+    return acc
 
 
 def gemm(a, b, bias=None, multiplier=None, shift=None, *, relu: bool = False,

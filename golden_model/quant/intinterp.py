@@ -47,15 +47,9 @@ def _linear(n, a, r):
     x2 = x.reshape(-1, k)
     n_out = wt.shape[1]
     out = np.empty((x2.shape[0], n_out), np.int8)
-    step, rows = intops.F32_EXACT_K, max(1, LINEAR_CHUNK // n_out)
+    rows = max(1, LINEAR_CHUNK // n_out)
     for r0 in range(0, x2.shape[0], rows):      # row blocks: the float64 temporaries stay in cache
-        xr = x2[r0:r0 + rows].astype(F32)
-        acc = xr[:, :step] @ wt[:step]
-        if k > step:
-            acc = acc.astype(np.float64)
-            for k0 in range(step, k, step):
-                acc += xr[:, k0:k0 + step] @ wt[k0:k0 + step]
-        out[r0:r0 + rows] = stage(acc)
+        out[r0:r0 + rows] = stage(intops.exact_f32_matmul(x2[r0:r0 + rows].astype(F32), wt))
     return out.reshape(x.shape[:-1] + (n_out,))
 
 

@@ -21,12 +21,11 @@ import numpy as np
 
 from golden_model import intattn, intvec
 from golden_model.intconv import im2col, out_size
-from golden_model.intops import OutputStage
+from golden_model.intops import OutputStage, exact_f32_matmul
 from hw import isa
 from sw.lru import BytesMemo
 
 ROWS_PER_CHUNK = 256      # output rows per NumPy pass: intermediates stay in cache
-FLOAT32_MAX_K = 1 << 10   # K x 2^14 <= 2^24: every partial sum of int8 products is exact in float32
 
 
 def job(cfg, prog, addresses: dict[str, int] | None = None):
@@ -80,19 +79,6 @@ _WEIGHTS = BytesMemo(1 << 29)
 _STAGES = BytesMemo(1 << 26)
 
 
-def exact_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """a @ b of int8 values held as float32, exact: float32 BLAS on K chunks of FLOAT32_MAX_K (every partial
-    sum an exact float32 integer), the chunks summed in float64 (|sum| <= K 2^14 < 2^53), as the host int8
-    interpreter's linear does (float32 GEMMs run about twice as fast as float64 ones)."""
-    K = a.shape[-1]
-    if K <= FLOAT32_MAX_K:
-        return a @ b
-    acc = (a[..., :FLOAT32_MAX_K] @ b[:FLOAT32_MAX_K]).astype(np.float64)
-    for k0 in range(FLOAT32_MAX_K, K, FLOAT32_MAX_K):
-        acc += a[..., k0:k0 + FLOAT32_MAX_K] @ b[k0:k0 + FLOAT32_MAX_K]
-    return acc
-
-
 # ---------------------------------------------------------------- the layers (sw/compile/linear.py, sw/compile/conv.py,
 # sw/compile/attention.py say the layouts)
 
@@ -120,7 +106,7 @@ def linear(cfg, ddr, op, at):
     for t0 in range(0, mt, step):
         r0, r1 = t0 * R, min(M, (t0 + step) * R)
         x = rows[r0:r1] if rows is not None else a[t0:t0 + step].transpose(0, 2, 1).reshape(-1, K)[:r1 - r0]
-        y = stage(exact_matmul(x.astype(np.float32), b))
+        y = stage(exact_f32_matmul(x.astype(np.float32), b))
         if table is not None:
             y = intvec.lut(y, table)
         if residual is not None:
@@ -152,7 +138,7 @@ def conv(cfg, ddr, op, at):
         acc = np.einsum("cj,cjp->cp", wd.astype(np.int64), cols.reshape(cin, kk, -1).astype(np.int64))
     else:
         wm = a.transpose(0, 2, 1).reshape(mt * R, -1)[:cout].astype(np.float32)
-        acc = exact_matmul(wm, cols.astype(np.float32))
+        acc = exact_f32_matmul(wm, cols.astype(np.float32))
     bound = (1 if op["depthwise"] else cin) * kk << 14
     y = OutputStage(bias, mult, shift, op["relu"], op["out_int32"], bound)(acc).reshape(cout, ho, wo)
     if op["out_layout"] != out_l:           # token tiles (sw.runtime.layout): the STOREs write every byte
@@ -227,7 +213,7 @@ def relayout(cfg, ddr, op, at):
     K, n = m * C, ch * T // (C * C)                                   # chunks of C tokens x C channels
     a = ddr[at["in"]:at["in"] + ch * T].view(np.int8).reshape(n, K, R).astype(np.float32)
     b = ddr[at["B"]:at["B"] + m * K * C].view(np.int8).reshape(m, K, C).astype(np.float32)
-    acc = np.einsum("nkr,tkc->ntrc", a, b)                            # K <= 1024: float32 sums exact (FLOAT32_MAX_K)
+    acc = np.einsum("nkr,tkc->ntrc", a, b)                            # K <= 1024: float32 sums exact (F32_EXACT_K)
     bias, mult, shift = (p_[0, :R, None] for p_ in params(ddr, at["params"], 1, cfg))   # row r: channel r
     y = OutputStage(bias, mult, shift, False, False, K << 14)(acc)    # (chunk, tile, row, token)
     # chunk (j, head, token tile) -> channel head d + j C + tile R + row, tokens of the tile
