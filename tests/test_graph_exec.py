@@ -60,6 +60,19 @@ def test_bench16_segment_equals_int8_host_node_by_node(scaled):
     fused = [r for r in ex.records.values() if r.op == "gelu" and r.where == "gemm"]
     assert fused and all(r.cycles == 0 and ".mlp." in r.name for r in fused)
     assert all(ex.records[n].holds == g.outputs[0] for n, g in ex.fused.items())
+    # the decoder's upscaling chains in DDR: each transposed convolution reads its input in place and leaves its
+    # output as the GEMM wrote it (no pixel shuffle: subpixel_order), which the adds, layernorm, GELUs and the
+    # mask product read so; the adds take only their skip feature (the image run's output) from the host, the
+    # mask product only its B (the hypernetwork tokens) and the logits
+    relayed = {n: r.ddr_bytes - r.program_bytes for n, r in ex.records.items()}
+    assert relayed["dec.up.conv0"] == relayed["dec.up.conv3"] == relayed["dec.up.norm1"] == 0
+    g = qm.graph
+    for add, skip in (("dec.up.add_s1", "feat_s1"), ("dec.up.add_s0", "feat_s0")):
+        assert relayed[add] == np.prod(g.tensors[skip].shape)
+    m, c = g.tensors["masks"].shape[1], g.tensors["dec.up.gelu2"].shape[-1]
+    logits = 4 * np.prod(g.tensors["masks"].shape)          # int32, C / m pixels a row: no padding read
+    b_bytes = cfg.cols // m * c * cfg.cols                  # B: K = (C / m) c entries of C bytes
+    assert relayed["masks"] == logits + b_bytes and ex.records["masks"].own_bytes == logits + m * c * 4
 
 
 def test_element_wise_rows_wider_than_the_engine():

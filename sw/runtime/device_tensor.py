@@ -21,7 +21,9 @@ class DeviceTensor:
     np.asarray reads it back (host <-> DDR bytes of whoever asks). `pending`: readers still to run in
     this run; the executor frees the buffer after the last (keeping the values when it reads back).
     `order`: None, its rows in the shape's order; ws, a (1, H, W, C) map whose rows are in window order
-    (window_partition(map, ws)'s, no padding): a window (un)partition of it is that buffer as it is (alias).
+    (window_partition(map, ws)'s, no padding): a window (un)partition of it is that buffer as it is (alias);
+    a tuple of block sizes, nested windows (order_index: a stride-k transposed convolution's output, its rows
+    in the order the GEMM writes them, subpixel_order).
     `pad`: None, or ws: a (1, H, W, C) map (ws not dividing H or W) held inside the zero-padded ws x ws
     windows a window partition makes of it (sw.runtime.layout.RowRuns.windows), the layout's rows those
     windows'. `kept`: the buffer is the executor's (padded_out), never freed."""
@@ -30,7 +32,7 @@ class DeviceTensor:
     pinned = False          # a graph constant kept in DDR for the session (GraphExecutor._constant): never freed
 
     def __init__(self, driver: Driver, buffer: str, layout: TokenRowLayout, shape: tuple, producer: str,
-                 order: int | None = None):
+                 order: int | tuple | None = None):
         self.driver, self.buffer, self.layout, self.shape = driver, buffer, layout, tuple(shape)
         self.producer, self.order = producer, order if order != 1 else None     # 1 x 1 windows: the map's order
         self.pad, self.kept = None, False
@@ -77,15 +79,48 @@ class DeviceTensor:
         self.buffer = None
 
 
-def _window_order(x, ws: int) -> np.ndarray:
-    """A (1, H, W, C) map's values with its rows in window order (window_partition's), in its shape."""
+def _window_order(x, ws) -> np.ndarray:
+    """A (1, H, W, C) map's values with its rows in window order (window_partition's), in its shape; `ws` a tuple:
+    in that nested order (order_index)."""
+    if isinstance(ws, tuple):
+        x = np.asarray(x)
+        return x.reshape(-1, x.shape[-1])[order_index(x.shape[1], x.shape[2], ws)].reshape(x.shape)
     return window_partition(np.asarray(x), ws)[0].reshape(x.shape)
 
 
-def _map_order(rows, ws: int, shape: tuple) -> np.ndarray:
+def _map_order(rows, ws, shape: tuple) -> np.ndarray:
     """_window_order's inverse: rows in window order -> the (1, H, W, C) map."""
     _, h, w, c = shape
+    if isinstance(ws, tuple):
+        rows = np.asarray(rows).reshape(-1, shape[-1])
+        out = np.empty_like(rows)
+        out[order_index(h, w, ws)] = rows
+        return out.reshape(shape)
     return window_unpartition(np.asarray(rows).reshape(-1, ws, ws, c), ws, (h, w), (h, w))
+
+
+def order_index(h: int, w: int, sizes: tuple) -> np.ndarray:
+    """The (h, w) map's pixels (flat indices) in the nested window order `sizes` (s1 > s2 > ... each dividing the
+    one before and s1 the map): s1 x s1 windows in raster order, in each its s2 x s2 windows in raster order, ...,
+    in each sn x sn window its pixels in raster order. (ws,) is window_partition's order."""
+    levels = [h // sizes[0]] + [a // b for a, b in zip(sizes, sizes[1:])] + [sizes[-1]]
+    wl = [w // sizes[0]] + levels[1:]
+    n = len(levels)
+    idx = np.arange(h * w).reshape(levels + wl)
+    return idx.transpose([a for i in range(n) for a in (i, n + i)]).reshape(-1)
+
+
+def subpixel_order(order, k: int, shape: tuple):
+    """The order of a stride-k, k x k transposed convolution's output stored as the GEMM writes it (input row r's
+    k x k output pixels, each a row, after row r - 1's) when its input's rows are in `order` (None, ws or a
+    tuple): the input's windows scaled by k, then k x k windows; None where the output map (1, H, W, C) is not
+    one such order (a batch, or sizes not dividing the map)."""
+    sizes = () if order is None else order if isinstance(order, tuple) else (order,)
+    sizes = tuple(s * k for s in sizes) + (k,)
+    _, h, w, _ = shape
+    if shape[0] != 1 or h % sizes[0] or w % sizes[0]:
+        return None
+    return sizes[0] if len(sizes) == 1 else sizes
 
 
 def window_alias(node, x, out_shape: tuple):

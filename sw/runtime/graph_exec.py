@@ -102,6 +102,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from golden_model import intconv
+from golden_model.intops import MAX_K
 from golden_model.intattn import AttentionQuant
 from golden_model.intvec import RescaleParams
 from golden_model.quant.interpret import merge_heads, nchw_to_nhwc, nhwc_to_nchw, split_heads
@@ -111,8 +112,8 @@ from sw.compile.graph import fused_adds, place_all, vector_lanes
 from sw.compile.vector import OPS as VECTOR_OPS, compile_vector, row_dim
 from sw.perf.layers import graph_layers
 from sw.runtime.arena import ArenaFull
-from sw.runtime.device_tensor import (DeviceTensor, GraphExecError, SegmentedTensor, _in_place, _padded,
-                                      _segmented, _window_order, window_alias)
+from sw.runtime.device_tensor import (DeviceTensor, GraphExecError, SegmentedTensor, _in_place, _map_order, _padded,
+                                      _segmented, _window_order, subpixel_order, window_alias)
 from sw.runtime.driver import Driver
 from sw.runtime.layout import RowRuns, TokenRowLayout
 
@@ -239,12 +240,12 @@ def _run_to_device(drv, prog, bind, layout, shape, producer, order=None, out: st
     return y
 
 
-def _linear_dev(drv, n, a, r, lut=None, residual=None, add=None, out=None, order=None):
+def _linear_dev(drv, n, a, r, lut=None, residual=None, add=None, out=None, order=None, requant=None):
     """_linear with its output left in DDR (token rows); its A read in place where a DeviceTensor holds it in
     token rows and the overlay has the transposing LOAD (load_t), else from the host (`order`: the window
-    order a host A's rows are in, _conv_dev's)."""
+    order a host A's rows are in, _conv_dev's). `requant`: (multiplier, shift) instead of the node's."""
     x, w, b = a
-    m, s = _requant_args(r, n)
+    m, s = requant or _requant_args(r, n)
     tokens, k = math.prod(x.shape[:-1]), x.shape[-1]
     # row-wise: A's rows in whatever order they are, the output's in that order (the residual's written so)
     order = x.order if isinstance(x, DeviceTensor) else order
@@ -286,6 +287,63 @@ def _conv_dev(drv, n, a, r):
     return _linear_dev(drv, n, [_window_order(patches, order) if order else patches, w, b], r, order=order)
 
 
+def _conv_transpose_dev(drv, n, a, r):
+    """A k x k, stride k transposed convolution (non-overlapping patches: the decoder's upscaling) as a linear over
+    its input's token rows (read in place as _linear_dev's A), N = k k Cout in (ky, kx, co) order: input row r's
+    output row is its k x k output pixels' rows of Cout, so the output stays in DDR as the GEMM stores it, the map
+    in subpixel_order (its input's order refined by k x k windows), with no pixel shuffle: its readers are
+    row-wise (add, layernorm, GELU, the next one, the mask product; GraphExecutor.any_order) and read it so. Where
+    Cout is not a multiple of C (its rows would be padded) or the input is a batch: _conv_transpose (planar maps,
+    the host shuffles)."""
+    x, w, b = a
+    cin, cout, k = w.shape[0], w.shape[1], w.shape[2]
+    if cout % drv.cfg.cols or x.shape[0] != 1 or n.attrs["stride"] != k or n.attrs.get("padding", 0):
+        return _conv_transpose(drv, n, _host_args(a), r)
+    tile = lambda v: np.tile(np.broadcast_to(np.asarray(v), (cout,)), k * k)     # noqa: E731  per (ky, kx, co)
+    wl = np.ascontiguousarray(w.transpose(2, 3, 1, 0).reshape(k * k * cout, cin))
+    y, runs = _linear_dev(drv, n, [x, wl, None if b is None else tile(b)], r,
+                          requant=tuple(tile(v) for v in _requant_args(r, n)))
+    shape = (1, x.shape[1] * k, x.shape[2] * k, cout)
+    y.layout, y.shape = TokenRowLayout(y.layout.tokens * k * k, cout, drv.cfg.cols), shape
+    y.order = subpixel_order(y.order, k, shape)
+    return y, runs
+
+
+def _mask_dev(drv, n, a, r):
+    """_mask reading its pixels (the upscaled map, in any row order) in place as the GEMM's A (load_t) and reading
+    back only the int32 logits, put in the map's order on the host. g = C / M consecutive pixels (M masks) make
+    one A row of g c channels (their token rows are contiguous when c is a multiple of C) and B is block-diagonal
+    (g blocks of the c x M hypernetwork product), so an output row holds g pixels' M logits: C int32 columns, none
+    padded (C / M times fewer bytes read than one pixel a row; the same MAC cycles: the array's C columns all
+    used). B is the frame's (a host node's output: the host's own bytes), written into a buffer bound to the
+    kept program. Elsewhere _mask."""
+    x, C = a[0], drv.cfg.cols
+    tokens, c, m = math.prod(x.shape[:-1]), x.shape[-1], len(a) - 1
+    g = C // m if C % m == 0 and tokens % (C // m) == 0 and c % C == 0 and c * C // m <= MAX_K else 1
+    if "load_t" not in drv.cfg.engines or not _in_place(x, TokenRowLayout(tokens // g, g * c, C),
+                                                         getattr(x, "order", None)):
+        return _mask(drv, n, _host_args(a), r)
+    runs = []
+
+    def gemm(_, h):
+        a0 = np.zeros((tokens // g, g * c), np.int8)     # A is x's buffer: the programs are compiled on its shape
+        bd = np.zeros((g * c, g * m), np.int8)
+        for j in range(g):
+            bd[j * c:(j + 1) * c, j * m:(j + 1) * m] = h
+        prog = drv.compile(a0, np.zeros_like(bd), out_int32=True, a_rows=True)      # one program whatever h
+        bbuf = _upload(drv, drv.compile(a0, bd, out_int32=True, a_rows=True).region("B"), None, "hyper")
+        obuf = drv.buffer(prog.regions["out"][1]).name
+        try:
+            runs.append(drv.run_bound(prog, {"A": x.buffer, "B": bbuf, "out": obuf}, owner=n.name))
+            s = drv.session
+            acc = prog.unpack_out(s.backend.read(s.arena[obuf].addr, prog.regions["out"][1])).reshape(tokens, m)
+        finally:
+            drv.session.free(bbuf)
+            drv.session.free(obuf)
+        return _map_order(acc, x.order, x.shape[:-1] + (m,)).reshape(acc.shape) if x.order else acc
+    return _mask_product(n, [np.zeros(x.shape, np.int8)] + list(a[1:]), r, gemm), runs
+
+
 def _vector_dev(drv, n, op, x, p=None, b=None, end_x=None, want=None, out=None, pad=None):
     """_rows / _image_op on the vector engine reading x (and add's b) in place where a DeviceTensor in the
     program's input layout holds it; its output left in DDR. Anything else is read back and written in.
@@ -301,7 +359,7 @@ def _vector_dev(drv, n, op, x, p=None, b=None, end_x=None, want=None, out=None, 
     # pooled map in window order ws / 2 (a reader wanting another reads the 4x smaller map back); any other
     # op reads the shape's order
     order = want if op in ROW_WISE else x.order if isinstance(x, DeviceTensor) and x.buffer is not None else None
-    if order and not (op in ROW_WISE or op == "maxpool" and order % 2 == 0):
+    if order and not (op in ROW_WISE or op == "maxpool" and isinstance(order, int) and order % 2 == 0):
         order = None
     # a row op wanted in the map's order whose operands in DDR are all in one window order ws (a block's
     # last residual add before padded windows: its unpartition and its max-pooled shortcut) runs in that
@@ -309,7 +367,7 @@ def _vector_dev(drv, n, op, x, p=None, b=None, end_x=None, want=None, out=None, 
     out_runs = None
     if op in ROW_WISE and want is None and out is None and row_dim(VECTOR_OPS[op][0], shape[-1]) == shape[-1]:
         ws = _one_order((x, b), shape)
-        if ws:
+        if isinstance(ws, int):
             order, out_runs = ws, RowRuns.unwindows(shape[1], shape[2], ws)
     stored = (shape[1] * shape[2] // order ** 2, order, order, shape[3]) if image and order else shape
     if image and not _stacked_images(op, stored):
@@ -378,10 +436,12 @@ def _stacked_images(op: str, shape: tuple) -> bool:
     return shape[0] == 1 or op == "upsample" or shape[1] % 2 == 0
 
 
-def _upload(drv, x, layout: TokenRowLayout, prefix: str = "act") -> str:
-    """A new session buffer holding host array x in `layout` (its bytes written once): its name."""
-    name = drv.buffer(layout.size, prefix).name
-    drv.session.backend.write(drv.session.arena[name].addr, layout.pack(x))
+def _upload(drv, x, layout: TokenRowLayout | None, prefix: str = "act") -> str:
+    """A new session buffer holding host array x in `layout` (None: x's bytes as they are; written once): its
+    name."""
+    data = np.ascontiguousarray(x).reshape(-1).view(np.uint8) if layout is None else layout.pack(x)
+    name = drv.buffer(data.size, prefix).name
+    drv.session.backend.write(drv.session.arena[name].addr, data)
     return name
 
 
@@ -429,9 +489,13 @@ def _attention_dev(drv, n, a, r):
     return y, runs
 
 
-def _want(r, n) -> int | None:
-    """The window order node n's output is stored in (GraphExecutor.want: window_orders)."""
-    return getattr(r, "want", {}).get(n.name)
+def _want(r, n, operands=()) -> int | tuple | None:
+    """The window order node n's output is stored in (GraphExecutor.want: window_orders); for a node of
+    GraphExecutor.any_order (every reader row-wise), the one its operands in DDR share (_one_order)."""
+    want = getattr(r, "want", {}).get(n.name)
+    if want is None and n.name in getattr(r, "any_order", ()):
+        want = _one_order(operands, np.shape(operands[0]))
+    return want
 
 
 #: ops whose output an engine node leaves in DDR (token rows), and which of their inputs they read in place
@@ -439,16 +503,19 @@ DEVICE_OPS = {
     "linear": _linear_dev,
     "conv": _conv_dev,
     "attention": _attention_dev,
+    "conv_transpose": _conv_transpose_dev,
+    "mask_product": _mask_dev,
     "layernorm": lambda d, n, a, r: _vector_dev(d, n, "layernorm", a[0], _vec_params(r, n, "LayerNormParams"),
-                                           want=_want(r, n)),
-    "gelu": lambda d, n, a, r: _vector_dev(d, n, "lut", a[0], _vec_params(r, n, "LutParams"), want=_want(r, n)),
+                                           want=_want(r, n, a[:1])),
+    "gelu": lambda d, n, a, r: _vector_dev(d, n, "lut", a[0], _vec_params(r, n, "LutParams"), want=_want(r, n, a[:1])),
     "rescale": lambda d, n, a, r: _vector_dev(d, n, "rescale", a[0], _vec_params(r, n, "RescaleParams"),
-                                           want=_want(r, n)),
-    "add": lambda d, n, a, r: _vector_dev(d, n, "add", a[0], _vec_params(r, n, "AddParams"), a[1], want=_want(r, n)),
+                                           want=_want(r, n, a[:1])),
+    "add": lambda d, n, a, r: _vector_dev(d, n, "add", a[0], _vec_params(r, n, "AddParams"), a[1],
+                                     want=_want(r, n, a[:2])),
     "maxpool2x2": lambda d, n, a, r: _vector_dev(d, n, "maxpool", a[0], want=_want(r, n)),
     "upsample2x": lambda d, n, a, r: _vector_dev(d, n, "upsample", a[0]),
 }
-IN_PLACE = {"linear": (0,), "attention": (0, 1, 2), "layernorm": (0,), "gelu": (0,), "rescale": (0,),
+IN_PLACE = {"linear": (0,), "conv_transpose": (0,), "mask_product": (0,), "attention": (0, 1, 2), "layernorm": (0,), "gelu": (0,), "rescale": (0,),
             "add": (0, 1), "maxpool2x2": (0,), "upsample2x": (0,)}
 
 
@@ -550,11 +617,31 @@ class GraphExecutor(IntRunner):
         self.host_read = set(qm.graph.outputs) | {t for n in qm.graph.nodes
                                                   if self.placements[n.name].where == "host" for t in n.inputs}
         self.want = window_orders(qm.graph) if chain else {}
+        self.any_order = self._any_order() if chain else set()
         self.shared = self._shared_layouts() if chain else set()
         self._pad_buffers: dict[str, tuple] = {}       # node -> (its padded window's buffer, the session)
         self.records: dict[str, NodeRecord] = {}
         self._scope: _Scope | None = None
         self._env: dict = {}
+
+    def _any_order(self) -> set[str]:
+        """Row-wise vector nodes (_want) whose output may stay in the row order of their operands in DDR (a
+        transposed convolution's subpixel_order) rather than be put back in the map's: those whose readers, and
+        their readers on, are engine nodes that read rows in any order and keep it (a row-wise node, a linear, a
+        transposed convolution: each output row is its input row's) up to the mask product (its logits put in the
+        map's order on the host): the decoder's upscaling. (Elsewhere a map in window order is put back in the
+        map's order where the vector engine does it cheapest: _vector_dev's unwindows.)"""
+        readers: dict[str, list] = {}
+        for n in self.graph.nodes:
+            for t in n.inputs:
+                readers.setdefault(t, []).append(n)
+        free: set[str] = set()      # tensors whose every reader, and theirs on, keeps rows in any order
+        for n in reversed(self.graph.nodes):
+            t, on = n.outputs[0], lambda m: self.placements[m.name].where not in ("host", "layout")
+            if readers.get(t) and all(on(m) and (m.op == "mask_product" or m.op in ROW_WISE_NODES + (
+                    "linear", "conv_transpose") and m.outputs[0] in free) for m in readers[t]):
+                free.add(t)
+        return {n.name for n in self.graph.nodes if n.op in ROW_WISE_NODES and n.outputs[0] in free}
 
     def _shared_layouts(self) -> set[str]:
         """Layout nodes run on the host whose output several engine nodes read in place (a padded window
@@ -698,19 +785,21 @@ class GraphExecutor(IntRunner):
         if (rec.holds or self._outputs[rec.name]) in self.host_read:
             rec.own_bytes += nbytes
 
-    def _own_bytes(self, node, args, moved, program: int) -> int:
+    def _own_bytes(self, node, args, moved, program: int, out=None) -> int:
         """Of a node's host <-> DDR bytes `moved` (a Traffic; `program` of them its programs'), the host ops'
         own, the kind issue 18 allows a frame: all of a host node's (its inputs read back); of an engine
         node's data written, at most the bytes of its inputs a host node made or the caller fed (the
-        frame). The rest (programs, layout nodes, activations the host only relays) is what still
-        round-trips (module docstring)."""
+        frame); of its data read, at most its output's bytes where the output is the caller's or a host
+        node's and comes back as a host array (the mask product's logits). The rest (programs, layout nodes,
+        activations the host only relays) is what still round-trips (module docstring)."""
         where = self.placements[node.name].where
         if where == "host":
             return moved.total
         if where == "layout":
             return 0
         fed = sum(a.nbytes for t, a in zip(node.inputs, args) if t in self.host_made and isinstance(a, np.ndarray))
-        return min(fed, max(0, moved.to_ddr - program))
+        read = out.nbytes if isinstance(out, np.ndarray) and node.outputs[0] in self.host_read else 0
+        return min(fed, max(0, moved.to_ddr - program)) + min(read, moved.from_ddr)
 
     def _done(self, node, args, out) -> None:
         """Liveness after a node: its device output's readers to come, its device inputs' one fewer."""
@@ -749,7 +838,7 @@ class GraphExecutor(IntRunner):
             moved = traffic.since(before)
             rec.ddr_bytes = moved.total
             rec.program_bytes = drv.program_bytes - program
-            rec.own_bytes = self._own_bytes(node, args, moved, rec.program_bytes)
+            rec.own_bytes = self._own_bytes(node, args, moved, rec.program_bytes, y)
             rec.wall_s = time.perf_counter() - t
             self._done(node, args, y)
             return y
