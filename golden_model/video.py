@@ -361,7 +361,8 @@ def frame_features(backbone_out: dict, num_feature_levels: int = 3) -> FrameFeat
     pos = backbone_out["vision_pos_enc"][-num_feature_levels:]
     top, top_pos = fpn[-1], pos[-1]
     b, c, h, w = top.shape
-    flat = lambda x: np.ascontiguousarray(x.reshape(x.shape[0], x.shape[1], -1).transpose(0, 2, 1))  # noqa: E731
+    # .copy(), not np.ascontiguousarray: a runner's lazy array view (sw.runtime.device_tensor.Resident) stays one
+    flat = lambda x: x.reshape(x.shape[0], x.shape[1], -1).transpose(0, 2, 1).copy()  # noqa: E731
     return FrameFeatures(flat(top), flat(np.broadcast_to(top_pos, top.shape)),
                          list(fpn[:-1]) if num_feature_levels > 1 else None, (h, w))
 

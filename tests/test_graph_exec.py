@@ -62,13 +62,15 @@ def test_bench16_segment_equals_int8_host_node_by_node(scaled):
     assert all(ex.records[n].holds == g.outputs[0] for n, g in ex.fused.items())
     # the decoder's upscaling chains in DDR: each transposed convolution reads its input in place and leaves its
     # output as the GEMM wrote it (no pixel shuffle: subpixel_order), which the adds, layernorm, GELUs and the
-    # mask product read so; the adds take only their skip feature (the image run's output) from the host, the
-    # mask product only its B (the hypernetwork tokens) and the logits
+    # mask product read so (the adds their skip feature, in the map's order, run by run); the mask product moves
+    # only its B (the hypernetwork tokens) and the logits
     relayed = {n: r.ddr_bytes - r.program_bytes for n, r in ex.records.items()}
-    assert relayed["dec.up.conv0"] == relayed["dec.up.conv3"] == relayed["dec.up.norm1"] == 0
+    # the image run's outputs stay in DDR for the decoder runs (Residents): none read back, none written again
+    # (image_embed's run wrote its constant, once a session; src's second run reads its own in place)
     g = qm.graph
-    for add, skip in (("dec.up.add_s1", "feat_s1"), ("dec.up.add_s0", "feat_s0")):
-        assert relayed[add] == np.prod(g.tensors[skip].shape)
+    assert {n: relayed[n] for n in ("dec.up.conv0", "dec.up.conv3", "dec.up.norm1", "dec.up.add_s1", "dec.up.add_s0",
+                                    "src", "feat_s0", "feat_s1") if relayed[n]} == {}
+    assert relayed["image_embed"] == np.prod(g.tensors["image_embed"].shape)
     m, c = g.tensors["masks"].shape[1], g.tensors["dec.up.gelu2"].shape[-1]
     logits = 4 * np.prod(g.tensors["masks"].shape)          # int32, C / m pixels a row: no padding read
     b_bytes = cfg.cols // m * c * cfg.cols                  # B: K = (C / m) c entries of C bytes
@@ -109,8 +111,8 @@ def test_activations_chain_in_ddr_and_the_arena_is_freed(scaled):
     """kv260's image encoder with its activations chained in DDR: the same outputs as every node's output
     read back (chain=False) with far fewer host <-> DDR bytes; a vector node fed by an engine node moves
     only its program (input read in place, output left in DDR); after the run no activation is left in
-    the arena, and a freed intermediate says so when read; a second run rewrites no weights, a third
-    nothing of its programs."""
+    the arena but the outputs a later run reads (Residents, freed with them), and a freed intermediate says
+    so when read; a second run rewrites no weights, a third nothing of its programs."""
     cfg = preset("kv260")
     qm = _quantised(scaled, cfg)
     feeds = {"image": GraphPredictor(qm.graph, IntRunner(qm)).image_input(scaled[2])}
@@ -118,23 +120,26 @@ def test_activations_chain_in_ddr_and_the_arena_is_freed(scaled):
     for chain in (False, True):
         ex = GraphExecutor(qm, cfg, "sim", chain=chain)
         env = ex.run(feeds, stages=("image_encoder",))
-        outs[chain] = [env[t] for t in qm.graph.meta["image_outputs"]]
+        outs[chain] = [np.asarray(env[t]) for t in qm.graph.meta["image_outputs"]]    # chained: read back (counted)
         moved[chain] = sum(r.ddr_bytes for r in ex.records.values())
     for a, b in zip(outs[False], outs[True]):
-        assert isinstance(b, np.ndarray)
         np.testing.assert_array_equal(a, b)
     assert moved[True] < 0.8 * moved[False], moved
     norms = [r for r in ex.records.values() if r.op == "layernorm" and r.where == "vector"]
     assert norms and all(0 < r.ddr_bytes == r.program_bytes for r in norms)
-    assert not [b for b in ex.driver.session.arena.buffers if b.startswith("act")]
+    arena = ex.driver.session.arena
+    assert len([b for b in arena.buffers if b.startswith("act")]) == len(qm.graph.meta["image_outputs"])
     with pytest.raises(GraphExecError, match="freed after its last reader"):
         np.asarray(env[next(n.outputs[0] for n in qm.graph.nodes if n.name == norms[0].name)])
+    del env
+    assert not [b for b in arena.buffers if b.startswith("act")]
     # again (a video's next frame): the programs still loaded are relinked, their weights not written again
     first = sum(r.program_bytes for r in ex.records.values())
     again = ex.run(feeds, stages=("image_encoder",))
     for a, t in zip(outs[True], qm.graph.meta["image_outputs"]):
         np.testing.assert_array_equal(a, again[t])
     assert sum(r.program_bytes for r in ex.records.values()) < first / 3
+    del again           # its outputs' buffers free again (as GraphPredictor.set_image and a video's next frame do)
     # a third run allocates its activations where the second did: the descriptors in DDR are already right,
     # even with a program loaded in between (a video frame's other stages: activations sit apart, at the top)
     rng = np.random.default_rng(0)

@@ -64,7 +64,7 @@ class GraphPredictor(ImagePredictor):
 
     def set_image(self, image: np.ndarray, observe=None) -> None:
         image = np.asarray(image)
-        self.features = None
+        self.features, self.env = None, {}        # the last image's tensors dropped first (a runner's in DDR freed)
         self.env = self.runner.run({"image": self.image_input(image)}, stages=("image_encoder",), observe=observe)
         self.features = ImageFeatures(image_embed=None, high_res_feats=[],
                                       orig_hw=(int(image.shape[0]), int(image.shape[1])))

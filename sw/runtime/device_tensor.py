@@ -4,6 +4,8 @@ and the predicates a reader uses to decide whether it can bind one in place (its
 padded windows)."""
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 
 from golden_model.image_encoder import window_partition, window_unpartition
@@ -62,7 +64,10 @@ class DeviceTensor:
         t = DeviceTensor(self.driver, self.buffer, self.layout, shape, producer, order)
         t.pad, t.kept = pad, self.kept
         t.holders = self.holders
-        self.holders[0] += 1
+        if self.pinned:             # a Resident's or a constant's: freed with it, not by a reader
+            t.pinned = True
+        else:
+            self.holders[0] += 1
         return t
 
     def __array__(self, dtype=None, copy=None):
@@ -97,6 +102,16 @@ def _map_order(rows, ws, shape: tuple) -> np.ndarray:
         out[order_index(h, w, ws)] = rows
         return out.reshape(shape)
     return window_unpartition(np.asarray(rows).reshape(-1, ws, ws, c), ws, (h, w), (h, w))
+
+
+def reorder_rows(shape: tuple, order, stored) -> np.ndarray:
+    """For a (1, H, W, C) map processed with its rows in `order` (None, ws or a tuple), the row of a copy stored in
+    order `stored` holding each processed row."""
+    _, h, w, _ = shape
+    index = lambda o: np.arange(h * w) if o is None else order_index(h, w, o if isinstance(o, tuple) else (o,))  # noqa
+    where = np.empty(h * w, np.int64)
+    where[index(stored)] = np.arange(h * w)
+    return where[index(order)]
 
 
 def order_index(h: int, w: int, sizes: tuple) -> np.ndarray:
@@ -217,3 +232,98 @@ def _padded(t, shape: tuple) -> bool:
     return (isinstance(t, DeviceTensor) and not isinstance(t, SegmentedTensor) and t.buffer is not None
             and bool(t.pad) and t.shape == tuple(shape)
             and t.layout.tokens == RowRuns.windows(shape[1], shape[2], t.pad).size)
+
+
+class Resident:
+    """A run's output left in DDR for a later run (GraphExecutor.chained: the image embedding and the high-res
+    features the decoder reads, a video frame's features the memory attention and encoder read): a view of a
+    DeviceTensor the caller holds like an array. transpose / reshape / copy (the predictors' NCHW <-> NHWC and
+    token views) make views without reading it: `index` maps the view's elements (C order) to the tensor's.
+    A later run given a view that is the tensor itself (its elements in the tensor's order: the transposes
+    undone) reads the buffer in place (device()); anything else reads it back (np.asarray: `on_read` counts the
+    bytes, once; the values are kept). The buffer is freed when the last view is collected."""
+
+    def __init__(self, kept: "_Kept", index: np.ndarray):
+        self._kept, self._index = kept, index
+
+    @classmethod
+    def of(cls, t: DeviceTensor, on_read) -> "Resident":
+        return cls(_Kept(t, on_read), np.arange(int(np.prod(t.shape))).reshape(t.shape))
+
+    shape = property(lambda self: self._index.shape)
+    ndim = property(lambda self: self._index.ndim)
+    size = property(lambda self: self._index.size)
+    dtype = DeviceTensor.dtype
+
+    def _view(self, index) -> "Resident":
+        return Resident(self._kept, index)
+
+    def transpose(self, *axes) -> "Resident":
+        return self._view(self._index.transpose(*axes))
+
+    def reshape(self, *shape) -> "Resident":
+        return self._view(self._index.reshape(*shape))
+
+    def copy(self) -> "Resident":
+        return self._view(np.ascontiguousarray(self._index))
+
+    @property
+    def T(self) -> "Resident":
+        return self.transpose()
+
+    def __array__(self, dtype=None, copy=None):
+        a = self._kept.values().reshape(-1)[self._index]
+        return a if dtype is None else a.astype(dtype)
+
+    def __getitem__(self, k):
+        return np.asarray(self)[k]
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __array_ufunc__(self, ufunc, method, *args, **kwargs):
+        args = [np.asarray(a) if isinstance(a, Resident) else a for a in args]
+        return getattr(ufunc, method)(*args, **kwargs)
+
+    def __array_function__(self, func, types, args, kwargs):
+        conv = lambda a: np.asarray(a) if isinstance(a, Resident) else [conv(b) for b in a] if isinstance(  # noqa
+            a, (list, tuple)) else a
+        return func(*[conv(a) for a in args], **kwargs)
+
+    def device(self, shape: tuple) -> DeviceTensor | None:
+        """The tensor in DDR seen as `shape` where this view is it in the tensor's element order (read in place);
+        None where it is another order or the buffer is gone."""
+        t = self._kept.tensor
+        if t.buffer is None or self._index.size != int(np.prod(shape)) or not np.array_equal(
+                self._index.reshape(-1), np.arange(self._index.size)):
+            return None
+        if tuple(shape) == t.shape:
+            return t
+        v = DeviceTensor(t.driver, t.buffer, t.layout, shape, t.producer, t.order)   # never freed: pinned
+        v.pinned, v.holders = True, t.holders
+        return v
+
+
+class _Kept:
+    """A Resident's tensor (pinned: no reader frees it), read back at most once, freed with the last view."""
+
+    def __init__(self, t: DeviceTensor, on_read):
+        t.pinned = True
+        self.tensor, self.on_read = t, on_read
+        weakref.finalize(self, _release, t, t.driver.session)
+
+    def values(self) -> np.ndarray:
+        t = self.tensor
+        if t.host is None:
+            t.host = t.read()
+            self.on_read(t)
+        return t.host
+
+
+def _release(t: DeviceTensor, session) -> None:
+    """Free a Resident's buffer, if its session is still the driver's, open."""
+    if t.buffer is not None and t.driver._session is session and t.buffer in session.arena:
+        t.holders[0] -= 1
+        if not t.holders[0] and not t.kept:
+            t.driver.session.free(t.buffer)
+    t.buffer = None

@@ -60,6 +60,14 @@ Where the layouts agree (read in place, no host bytes):
   a strided convolution (K <= 2 x stride: the patch embedding, the mask downsampler) runs as a linear over its
   im2col patches (_conv_dev: gathered on the host, in its readers' window order), its output left in token
   rows for the layernorm or add reading it;
+  a k x k, stride k transposed convolution (the decoder's upscaling) runs as a linear over its input's token rows
+  (_conv_transpose_dev), its output left as the GEMM stores it: each input row's k x k output pixels as k k rows,
+  the map in nested window order (subpixel_order: DeviceTensor.order a tuple), with no pixel shuffle; its
+  readers up to the mask product are row-wise (any_order: they keep the order), and the mask product reads its
+  pixels in place (_mask_dev: only its hypernetwork tokens written, as a bound B, and the int32 logits read,
+  put in the map's order on the host); a row op with an operand in DDR in another row order (the skip feature
+  beside a transposed convolution's output) reads it where it is, a command per stretch of rows consecutive in
+  both orders (RowRuns.gather);
   a SegmentedTensor (token rows in several buffers, e.g. a memory bank's slots: the video executor's)
   -> a vector row op's inputs and attention's Q, K, V as token rows: one program region per range
   (sw.runtime.layout.RowSegments), each bound to its buffer, no command or tile straddling two.
@@ -69,23 +77,27 @@ table's "host own" column is the part issue 18 allows a frame: a host node's, th
     writes A;
   * attention's Q, K, V and output on overlays without load_t or where C does not divide the head dim
     (heads split and tiled, and merged, on the host);
-  * depthwise, conv_transpose and stride-1 K x K conv: planar (C, H, W) maps (sw.compile.conv.FmapLayout),
+  * depthwise and stride-1 K x K conv: planar (C, H, W) maps (sw.compile.conv.FmapLayout),
     image by image, and the token-row readers of their outputs (layernorm, add, the next linear); a strided
     convolution's input, its patches gathered on the host (about K^2 / stride^2 times the map's bytes);
   * a fused add's residual (the GEMM store's RES region is N-tile major, not token rows): read back and
     written in the linear's row order;
   * a map inside padded windows read by anything but a row op (its windows' rows read back, cropped), and a
     map in window order read by anything but a row-wise node or a max-pool;
-  * mask_product (int32; its program freed after the run: its B is the frame's), RoPE with an excluded
-    tail or several batch rows (one ROPE call on one row is the video executor's _rope_dev, chained),
+  * a transposed convolution whose Cout is not a multiple of C, and RoPE with an excluded tail or several batch
+    rows (one ROPE call on one row is the video executor's _rope_dev, chained),
     and every host node (quantize, the decoder's float nodes: the host op's own bytes) and layout node
     not done by addressing.
-What is still in DDR when a run ends (read by a later run, e.g. the image embedding between set_image
-and predict, or by the caller: a run keeps the graph's meta outputs, image_outputs and the video's
-tensors, to its end) is read back then, counted to its producer, and stands in the env the
-run returns as an array; an intermediate freed in the run stays a DeviceTensor that raises a clear error
-if read, unless read_back=True, which reads each one back when it is freed (counted in check_bytes, not in
-the nodes' figures) so check() sees every value.
+What is still in DDR when a run ends and a later run reads (the graph's meta outputs, image_outputs and the
+video's tensors, which a run keeps to its end: the image embedding and high-res features between set_image and
+predict, a video frame's features for its memory attention, decoder and memory encoder, the memory attention's
+output for the decoder) stays there: the env the run returns holds it as a Resident
+(sw.runtime.device_tensor), a view the caller may transpose and reshape (the predictors' NCHW <-> NHWC and token
+views) without reading it, and a later run given a view that is the tensor as stored reads it in place (arg);
+np.asarray reads it back (counted to its producer); its buffer is freed with the last view. Anything else
+still in DDR is read back then, counted to its producer, and stands in the env as an array. An intermediate
+freed in the run stays a DeviceTensor that raises a clear error if read, unless read_back=True, which reads
+each one back when it is freed (counted in check_bytes, not in the nodes' figures) so check() sees every value.
 When the arena is full the run's device tensors are read back and freed (spilled_bytes) and the node
 runs from the host. Programs stay loaded (the Driver's program cache, bounded by the arena alone): a node
 that runs again (the next video frame) has its descriptors relinked to the new buffers and written again
@@ -112,8 +124,9 @@ from sw.compile.graph import fused_adds, place_all, vector_lanes
 from sw.compile.vector import OPS as VECTOR_OPS, compile_vector, row_dim
 from sw.perf.layers import graph_layers
 from sw.runtime.arena import ArenaFull
-from sw.runtime.device_tensor import (DeviceTensor, GraphExecError, SegmentedTensor, _in_place, _map_order, _padded,
-                                      _segmented, _window_order, subpixel_order, window_alias)
+from sw.runtime.device_tensor import (DeviceTensor, GraphExecError, Resident, SegmentedTensor, _in_place, _map_order,
+                                      _padded, _segmented, _window_order, reorder_rows, subpixel_order,
+                                      window_alias)
 from sw.runtime.driver import Driver
 from sw.runtime.layout import RowRuns, TokenRowLayout
 
@@ -385,6 +398,11 @@ def _vector_dev(drv, n, op, x, p=None, b=None, end_x=None, want=None, out=None, 
         elif whole_rows and not order and _padded(t, shape):
             bind[region], data[region] = t.buffer, np.zeros(form, np.int8)
             runs[region] = RowRuns.windows(shape[1], shape[2], t.pad)
+        elif whole_rows and _in_place(t, rows_l, getattr(t, "order", None)) and t.shape == shape:
+            # in DDR in another row order (a transposed convolution's output beside an earlier run's feature in
+            # the map's): read where it is, a command per stretch of rows consecutive in both orders
+            bind[region], data[region] = t.buffer, np.zeros(form, np.int8)
+            runs[region] = RowRuns.gather(reorder_rows(shape, order, t.order), rows_l.tokens)
         elif not image and dim == shape[-1] and _segmented(t, rows_l.pitch, rows_l.tokens):
             g, parts = t.segments(region)
             segments[region], data[region] = g.rows, np.zeros(form, np.int8)
@@ -515,8 +533,8 @@ DEVICE_OPS = {
     "maxpool2x2": lambda d, n, a, r: _vector_dev(d, n, "maxpool", a[0], want=_want(r, n)),
     "upsample2x": lambda d, n, a, r: _vector_dev(d, n, "upsample", a[0]),
 }
-IN_PLACE = {"linear": (0,), "conv_transpose": (0,), "mask_product": (0,), "attention": (0, 1, 2), "layernorm": (0,), "gelu": (0,), "rescale": (0,),
-            "add": (0, 1), "maxpool2x2": (0,), "upsample2x": (0,)}
+IN_PLACE = {"linear": (0,), "conv_transpose": (0,), "mask_product": (0,), "attention": (0, 1, 2), "layernorm": (0,),
+            "gelu": (0,), "rescale": (0,), "add": (0, 1), "maxpool2x2": (0,), "upsample2x": (0,)}
 
 
 def window_orders(graph) -> dict[str, int]:
@@ -726,7 +744,11 @@ class GraphExecutor(IntRunner):
 
     def arg(self, name, env):
         self._env = env                 # the running environment: a fused add's residual is read from it
-        return super().arg(name, env)
+        v = super().arg(name, env)
+        if isinstance(v, Resident):     # an earlier run's output in DDR: read in place where the view is it
+            t = v.device(v.shape) if self._scope is not None else None
+            return t if t is not None else np.asarray(v)
+        return v
 
     def _fused_add_calls(self, add, i):
         """The linear's Driver calls (host output, output left in DDR) with `add` in its store: the residual
@@ -746,9 +768,11 @@ class GraphExecutor(IntRunner):
 
     def chained(self, nodes, call) -> dict:
         """call() (a run over `nodes`, returning its env) with the engine outputs kept in DDR between the
-        nodes: each buffer freed after its last reader among `nodes`; what is still in DDR at the end (read
-        by a later run, or the caller) read back, its bytes counted to its producer; the env's device
-        tensors replaced by their values."""
+        nodes: each buffer freed after its last reader among `nodes`; what is still in DDR at the end: the
+        tensors a later run reads (run_outputs: the image embedding, the high-res features, a video frame's
+        features) stay there as Residents in the env, which that run reads in place (arg) and the caller may
+        transpose and reshape (or read back: np.asarray, counted to the producer); the others are read back,
+        their bytes counted to their producer, the env's device tensors replaced by their values."""
         if self._scope is not None or not self.chain:
             return call()
         readers = dict.fromkeys(self.run_outputs, 1)        # one reader after the run: the caller
@@ -764,14 +788,30 @@ class GraphExecutor(IntRunner):
                     t.free(keep=False)
             raise
         finally:
-            self._scope = None
+            self._scope, self._env = None, {}
+        resident = {id(v): v for k, v in env.items()
+                    if k in self.run_outputs and id(v) in scope.made and self._may_stay(v)}
         for t in scope.made.values():
-            if t.buffer is not None:
+            if t.buffer is not None and id(t) not in resident:
                 self.on_read_back(self.records[t.producer], self._free(t, keep=True))
+        for i, t in resident.items():
+            if self.read_back:          # for check(), like every freed tensor (not in the nodes' figures)
+                before = self.driver.device.traffic.snapshot()
+                t.host = t.read()
+                self.check_bytes += self.driver.device.traffic.since(before).total
+            resident[i] = Resident.of(t, lambda t: self.on_read_back(self.records[t.producer], t.layout.size))
         for k, v in env.items():
-            if isinstance(v, DeviceTensor) and v.host is not None:
+            if isinstance(v, DeviceTensor) and id(v) in resident:
+                env[k] = resident[id(v)]
+            elif isinstance(v, DeviceTensor) and v.host is not None:
                 env[k] = v.host
         return env
+
+    def _may_stay(self, t) -> bool:
+        """Whether a run's output t stays in DDR as a Resident: a DeviceTensor of this run in one buffer of its
+        own, in the map's order or a window order (a later run's reader reads it as its producer left it)."""
+        return (isinstance(t, DeviceTensor) and not isinstance(t, SegmentedTensor) and t.buffer is not None
+                and not t.pad and not t.kept and not t.pinned)
 
     def _free(self, t: DeviceTensor, keep: bool) -> int:
         """t.free(keep): the host <-> DDR bytes it took (its read back)."""

@@ -218,6 +218,15 @@ class RowRuns:
                      for k in range(h * w // (ws * ws)) for iy in range(ws))
         return cls(runs, h * w)
 
+    @classmethod
+    def gather(cls, rows, size: int) -> "RowRuns":
+        """Row i at the region's row rows[i] (a map's rows read in another row order: sw.runtime.graph_exec), a
+        run per stretch of consecutive rows; `size` rows in the region."""
+        rows = np.asarray(rows)
+        cuts = np.flatnonzero(np.diff(rows) != 1) + 1
+        firsts, ends = np.concatenate([[0], cuts]), np.concatenate([cuts, [rows.size]])
+        return cls(tuple((int(f), int(e - f), int(rows[f])) for f, e in zip(firsts, ends)), size)
+
     @cached_property
     def starts(self) -> tuple:
         return tuple(first for first, _, _ in self.runs)

@@ -205,6 +205,7 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
         self.chains = banked_chains(self.graph)
         self.chain_of = {name: c for c in self.chains for name in c.nodes}
         self.host_outputs |= set(self.chain_of)     # banked, or joined with the bank's rows
+        self.run_outputs.add(MA_OUTPUT)             # the decoder's input, left in DDR for it (GraphExecutor.chained)
         # every reader of the gathered memory is a banked chain: with the bank's rows the gather's frame
         # tokens and slot encodings are never read (OverlayTracker passes placeholders)
         self.bank_only = {n.name for n in self.graph.nodes if set(n.inputs) & set(BANK_TENSORS.values())} == {
@@ -392,7 +393,14 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
 
     def _fetch(self, x, stage: str = "memory_attention") -> np.ndarray:
         """x's values on the host: a DeviceTensor read back and its buffer freed (a later reader takes the
-        values), its bytes counted to `stage`."""
+        values), its bytes counted to `stage`; one a later reader still reads in place (pinned: an earlier run's
+        output, a Resident's) read, not freed."""
+        if isinstance(x, DeviceTensor) and x.buffer is not None and x.pinned:
+            traffic = self.driver.device.traffic
+            before = traffic.snapshot()
+            x.host = np.asarray(x)          # once: the objects' copies of the frame's tensor
+            self.frame_stats.add(stage, ddr_bytes=traffic.since(before).total)
+            return x.host
         if isinstance(x, DeviceTensor) and x.buffer is not None:
             self.frame_stats.add(stage, ddr_bytes=self._free(x, keep=True))
         return np.asarray(x)
@@ -786,7 +794,7 @@ class OverlayTracker(GraphTracker):
         finally:
             self.runner.banked = None
         return self.runner.run_objects(v["memory_attention"], {v["curr"]: vision_feat.reshape(b, side, side, c)},
-                                       objects, "ma.to_decoder", self.observe)
+                                       objects, MA_OUTPUT, self.observe)
 
     def memory_frames(self, frame_idx, output_dict, track_in_reverse=False):
         frames, selected, unselected = super().memory_frames(frame_idx, output_dict, track_in_reverse)
@@ -866,6 +874,10 @@ class OverlayVideoPredictor(VideoPredictor):
                            f"make the predictor with objects >= {len(state.objects) + 1}")
 
     def _features(self, state, frame_idx):
+        cache = state.cached_features
+        if frame_idx not in cache:      # the frames it replaces out first: their features in DDR (Residents) are
+            while len(cache) >= self.feature_cache_size:      # freed before this frame's image encoder allocates,
+                cache.popitem(last=False)                     # so every frame allocates as the one before it
         return self._twice(frame_idx, lambda: super(OverlayVideoPredictor, self)._features(state, frame_idx))
 
     def _run_single_frame(self, state, obj, frame_idx, is_init, point_inputs, mask_inputs, reverse, run_mem_encoder,
@@ -917,6 +929,8 @@ def bank_slots(cfg, cond_frames: int, objects: int = 1) -> tuple[int, int]:
     return (cond_frames + objects * (window + 1) + 1, cond_frames + objects * (cfg.max_obj_ptrs_in_encoder + 1) + 1)
 
 
+#: the memory attention's output, the decoder's image embedding on a tracked frame
+MA_OUTPUT = "ma.to_decoder"
 #: the gathered memory's parts (memory_bank node attrs part) and their tensors
 BANK_TENSORS = {"memory": "ma.memory", "memory_pos": "ma.memory_pos"}
 SLOT_KEYS = "slot_keys"
