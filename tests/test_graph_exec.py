@@ -260,3 +260,52 @@ def test_strided_convolution_writes_token_rows_its_readers_read_in_place(scaled)
     assert pe.reason.endswith("as a linear over its im2col patches")
     assert ex.records["pos_embed"].ddr_bytes == 0        # in window order (window_orders), as its reader wants it
     assert ex.records["enc.blocks.0.norm1"].ddr_bytes == h * w * c      # only its output, read back at the end
+
+
+def test_transposed_convolution_row_order_and_a_run_output_left_in_ddr():
+    """A 2 x 2 / 2 transposed convolution's output as the GEMM stores it (input row r's four pixels as four rows)
+    is the map in subpixel_order, its input's order refined by 2 x 2 windows; a row op reading a map stored in
+    another order takes it run by run (RowRuns.gather puts the map's rows where the stored order has them). A
+    Resident: a view transposed and transposed back is the tensor (bound in place), another is not; np.asarray
+    reads it once (counted); its buffer goes with its last view."""
+    from sw.runtime.device_tensor import (DeviceTensor, Resident, _map_order, _window_order, order_index,
+                                          reorder_rows, subpixel_order)
+    from sw.runtime.driver import Driver
+    from sw.runtime.layout import RowRuns
+    h, w = 4, 6
+    for order in (None, 2):
+        shape = (1, 2 * h, 2 * w, 1)
+        o = subpixel_order(order, 2, shape)
+        stored = np.arange(h * w) if order is None else order_index(h, w, (order,))     # the input's rows
+        gemm = [(2 * (p // w) + dy) * 2 * w + 2 * (p % w) + dx for p in stored for dy in (0, 1) for dx in (0, 1)]
+        assert np.array_equal(order_index(2 * h, 2 * w, o if isinstance(o, tuple) else (o,)), gemm)
+    rng = np.random.default_rng(3)
+    x = rng.integers(-128, 128, (1, 8, 8, 16), dtype=np.int8)
+    for order in ((4, 2), 2):
+        kept = _window_order(x, order)
+        np.testing.assert_array_equal(_map_order(kept, order, x.shape), x)
+        runs = RowRuns.gather(reorder_rows(x.shape, None, order), 64)       # the map's rows read where kept
+        assert len(runs.runs) <= 32          # a command per pair of rows at most (2 x 2 windows innermost)
+        np.testing.assert_array_equal(runs.spread(x.reshape(64, 16).view(np.uint8), 16).view(np.int8),
+                                      kept.reshape(-1))
+
+    drv = Driver(preset("bench16"), "sim")
+    layout = TokenRowLayout(64, 16, 16)
+    buf = drv.buffer(layout.size).name
+    drv.session.backend.write(drv.session.arena[buf].addr, layout.pack(x.reshape(64, 16)))
+    t = DeviceTensor(drv, buf, layout, x.shape, "x")
+    reads = []
+    r = Resident.of(t, lambda t: reads.append(t.layout.size))
+    nchw = r.transpose(0, 3, 1, 2)
+    assert nchw.shape == (1, 16, 8, 8) and nchw.device(nchw.shape) is None
+    assert nchw.transpose(0, 2, 3, 1).device(x.shape) is t
+    tokens = nchw.reshape(1, 16, 64).transpose(0, 2, 1).copy()
+    assert tokens.reshape(1, 8, 8, 16).device(x.shape) is t and reads == []
+    np.testing.assert_array_equal(np.asarray(nchw), x.transpose(0, 3, 1, 2))
+    np.testing.assert_array_equal(tokens[0], x.reshape(64, 16))
+    assert reads == [layout.size]                               # read back once
+    view = tokens.reshape(1, 8, 8, 16)
+    del r, nchw, tokens
+    assert buf in drv.session.arena
+    del view
+    assert buf not in drv.session.arena and t.buffer is None
