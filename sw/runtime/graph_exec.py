@@ -328,8 +328,8 @@ def _mask_dev(drv, n, a, r):
     one A row of g c channels (their token rows are contiguous when c is a multiple of C) and B is block-diagonal
     (g blocks of the c x M hypernetwork product), so an output row holds g pixels' M logits: C int32 columns, none
     padded (C / M times fewer bytes read than one pixel a row; the same MAC cycles: the array's C columns all
-    used). B is the frame's (a host node's output: the host's own bytes), written into a buffer bound to the
-    kept program. Elsewhere _mask."""
+    used). B is the frame's (a host node's output: the host's own bytes), in a buffer bound to the kept program
+    (_hyper_b: only its diagonal blocks written). Elsewhere _mask."""
     x, C = a[0], drv.cfg.cols
     tokens, c, m = math.prod(x.shape[:-1]), x.shape[-1], len(a) - 1
     g = C // m if C % m == 0 and tokens % (C // m) == 0 and c % C == 0 and c * C // m <= MAX_K else 1
@@ -340,21 +340,37 @@ def _mask_dev(drv, n, a, r):
 
     def gemm(_, h):
         a0 = np.zeros((tokens // g, g * c), np.int8)     # A is x's buffer: the programs are compiled on its shape
-        bd = np.zeros((g * c, g * m), np.int8)
-        for j in range(g):
-            bd[j * c:(j + 1) * c, j * m:(j + 1) * m] = h
-        prog = drv.compile(a0, np.zeros_like(bd), out_int32=True, a_rows=True)      # one program whatever h
-        bbuf = _upload(drv, drv.compile(a0, bd, out_int32=True, a_rows=True).region("B"), None, "hyper")
+        diagonal = lambda b: np.kron(np.eye(g, dtype=np.int8), b)     # noqa: E731  g blocks of b on the diagonal
+        prog = drv.compile(a0, diagonal(np.zeros_like(h)), out_int32=True, a_rows=True)   # one program whatever h
+        bbuf = _hyper_b(drv, r, n.name, lambda b: drv.compile(a0, diagonal(b), out_int32=True, a_rows=True).region("B"),
+                        h)
         obuf = drv.buffer(prog.regions["out"][1]).name
         try:
             runs.append(drv.run_bound(prog, {"A": x.buffer, "B": bbuf, "out": obuf}, owner=n.name))
             s = drv.session
             acc = prog.unpack_out(s.backend.read(s.arena[obuf].addr, prog.regions["out"][1])).reshape(tokens, m)
         finally:
-            drv.session.free(bbuf)
             drv.session.free(obuf)
         return _map_order(acc, x.order, x.shape[:-1] + (m,)).reshape(acc.shape) if x.order else acc
     return _mask_product(n, [np.zeros(x.shape, np.int8)] + list(a[1:]), r, gemm), runs
+
+
+def _hyper_b(drv, r, owner: str, region, h) -> str:
+    """The session buffer holding B region region(h) for the mask product `owner`: kept per node and session
+    (r.b_buffers), zeroed when made (the block-diagonal's zero blocks stay), then only the bytes h sets written
+    each call (those a B of ones makes nonzero, in runs: the host's own bytes, no zeros)."""
+    kept = r.b_buffers.get(owner)
+    if kept is None or kept[1] is not drv.session:
+        ones = region(np.ones_like(h))
+        at = np.flatnonzero(ones)
+        cuts = np.flatnonzero(np.diff(at) != 1) + 1
+        spans = [(int(a[0]), a.size) for a in np.split(at, cuts)]
+        kept = r.b_buffers[owner] = (_upload(drv, np.zeros(ones.size, np.uint8), None, "hyper"), drv.session, spans)
+    name, session, spans = kept
+    data, addr = region(h), session.arena[name].addr
+    for start, size in spans:
+        session.backend.write(addr + start, data[start:start + size])
+    return name
 
 
 def _vector_dev(drv, n, op, x, p=None, b=None, end_x=None, want=None, out=None, pad=None):
@@ -638,6 +654,7 @@ class GraphExecutor(IntRunner):
         self.any_order = self._any_order() if chain else set()
         self.shared = self._shared_layouts() if chain else set()
         self._pad_buffers: dict[str, tuple] = {}       # node -> (its padded window's buffer, the session)
+        self.b_buffers: dict[str, tuple] = {}          # mask product -> (its B's buffer, the session, spans): _hyper_b
         self.records: dict[str, NodeRecord] = {}
         self._scope: _Scope | None = None
         self._env: dict = {}
