@@ -304,6 +304,7 @@ def test_transposed_convolution_row_order_and_a_run_output_left_in_ddr():
     assert tokens.reshape(1, 8, 8, 16).device(x.shape) is t and reads == []
     np.testing.assert_array_equal(np.asarray(nchw), x.transpose(0, 3, 1, 2))
     np.testing.assert_array_equal(tokens[0], x.reshape(64, 16))
+    np.testing.assert_array_equal(nchw.astype(np.int32) - 1, x.transpose(0, 3, 1, 2).astype(np.int32) - 1)
     assert reads == [layout.size]                               # read back once
     view = tokens.reshape(1, 8, 8, 16)
     del r, nchw, tokens

@@ -234,14 +234,15 @@ def _padded(t, shape: tuple) -> bool:
             and t.layout.tokens == RowRuns.windows(shape[1], shape[2], t.pad).size)
 
 
-class Resident:
+class Resident(np.lib.mixins.NDArrayOperatorsMixin):
     """A run's output left in DDR for a later run (GraphExecutor.chained: the image embedding and the high-res
     features the decoder reads, a video frame's features the memory attention and encoder read): a view of a
     DeviceTensor the caller holds like an array. transpose / reshape / copy (the predictors' NCHW <-> NHWC and
     token views) make views without reading it: `index` maps the view's elements (C order) to the tensor's.
     A later run given a view that is the tensor itself (its elements in the tensor's order: the transposes
-    undone) reads the buffer in place (device()); anything else reads it back (np.asarray: `on_read` counts the
-    bytes, once; the values are kept). The buffer is freed when the last view is collected."""
+    undone) reads the buffer in place (device()); anything else reads it back (np.asarray, an operator, another
+    array method: `on_read` counts the bytes, once; the values are kept). The buffer is freed when the last view
+    is collected."""
 
     def __init__(self, kept: "_Kept", index: np.ndarray):
         self._kept, self._index = kept, index
@@ -280,6 +281,12 @@ class Resident:
 
     def __len__(self) -> int:
         return self.shape[0]
+
+    def __getattr__(self, name: str):
+        """Any other array attribute (astype, sum, ...) on the values, read back."""
+        if name.startswith("_"):
+            raise AttributeError(name)
+        return getattr(np.asarray(self), name)
 
     def __array_ufunc__(self, ufunc, method, *args, **kwargs):
         args = [np.asarray(a) if isinstance(a, Resident) else a for a in args]
