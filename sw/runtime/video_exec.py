@@ -205,7 +205,8 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
         self.chains = banked_chains(self.graph)
         self.chain_of = {name: c for c in self.chains for name in c.nodes}
         self.host_outputs |= set(self.chain_of)     # banked, or joined with the bank's rows
-        self.run_outputs.add(MA_OUTPUT)             # the decoder's input, left in DDR for it (GraphExecutor.chained)
+        # the memory attention's output (its last node's), the decoder's input: left in DDR for it (chained)
+        self.run_outputs.add(self.nodes_named(self.graph.meta["video"]["memory_attention"][-1:])[0].outputs[0])
         # every reader of the gathered memory is a banked chain: with the bank's rows the gather's frame
         # tokens and slot encodings are never read (OverlayTracker passes placeholders)
         self.bank_only = {n.name for n in self.graph.nodes if set(n.inputs) & set(BANK_TENSORS.values())} == {
@@ -794,7 +795,7 @@ class OverlayTracker(GraphTracker):
         finally:
             self.runner.banked = None
         return self.runner.run_objects(v["memory_attention"], {v["curr"]: vision_feat.reshape(b, side, side, c)},
-                                       objects, MA_OUTPUT, self.observe)
+                                       objects, "ma.to_decoder", self.observe)
 
     def memory_frames(self, frame_idx, output_dict, track_in_reverse=False):
         frames, selected, unselected = super().memory_frames(frame_idx, output_dict, track_in_reverse)
@@ -929,8 +930,6 @@ def bank_slots(cfg, cond_frames: int, objects: int = 1) -> tuple[int, int]:
     return (cond_frames + objects * (window + 1) + 1, cond_frames + objects * (cfg.max_obj_ptrs_in_encoder + 1) + 1)
 
 
-#: the memory attention's output, the decoder's image embedding on a tracked frame
-MA_OUTPUT = "ma.to_decoder"
 #: the gathered memory's parts (memory_bank node attrs part) and their tensors
 BANK_TENSORS = {"memory": "ma.memory", "memory_pos": "ma.memory_pos"}
 SLOT_KEYS = "slot_keys"
