@@ -221,6 +221,31 @@ def test_chain_layouts_fast_equal_checked(preset_name):
     assert np.array_equal(prog.output(image), want)
 
 
+@pytest.mark.parametrize("preset_name,h,w", [("bench16", 3, 8), ("bench16", 2, 37), ("kv260", 2, 40), ("sim", 3, 11)])
+def test_token_rows_planar_transposes_fast_equal_checked(preset_name, h, w):
+    """The depthwise node's relayouts on the GEMM array (sw.runtime.layout): token rows -> planes, writing only the
+    pixels (the margins keep their bytes), and planes -> token rows, reading only the pixels; maps narrower than
+    C, rows of several C-pixel runs and a tail of fewer than R pixels, square and 16 x 32 arrays."""
+    from sw.compile.conv import FmapLayout
+    from sw.runtime.layout import TokenRowLayout, compile_planar_to_rows, compile_rows_to_planar
+    cfg = preset(preset_name)
+    ch = 2 * cfg.cols
+    rng = np.random.default_rng(5)
+    x = rand8(rng, (ch, h, w))
+    prog = compile_rows_to_planar(cfg, ch, h, w, base_addr=BASE)
+    off, n = prog.regions["in"]
+    prog.image[off:off + n] = TokenRowLayout(h * w, ch, cfg.cols).pack(x.reshape(ch, -1).T)
+    image, _ = run_both(cfg, prog)
+    assert np.array_equal(prog.output(image), x)
+    prog = compile_planar_to_rows(cfg, ch, h, w, base_addr=BASE)
+    off, n = prog.regions["in"]
+    lay = FmapLayout(ch, h, w, cfg.cols)
+    pixels = lay.pack(np.ones_like(x)) != 0
+    prog.image[off:off + n] = np.where(pixels, lay.pack(x), rng.integers(0, 256, n, dtype=np.uint8))   # margins: noise
+    image, _ = run_both(cfg, prog)
+    assert np.array_equal(prog.output(image), x.reshape(ch, -1).T)
+
+
 def test_driver_modes_agree_on_every_route():
     """Through the driver: conv-transpose and host-im2col convs (GEMM programs), a dense conv, the
     depthwise engine and attention, fast and checked, in one session each: same results, same cycles."""

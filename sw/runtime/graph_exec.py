@@ -107,6 +107,7 @@ from golden_model.intvec import RescaleParams
 from golden_model.quant.interpret import merge_heads, nchw_to_nhwc, nhwc_to_nchw, split_heads
 from golden_model.quant.intinterp import IntRunner, _mask_product, _requant_args, _vec_params
 from sw.compile.attention import TokenRows, token_rows_refusal
+from sw.compile.conv import FmapLayout, compile_depthwise, dw_supported
 from sw.compile.graph import fused_adds, place_all, vector_lanes
 from sw.compile.vector import OPS as VECTOR_OPS, compile_vector, row_dim
 from sw.perf.layers import graph_layers
@@ -114,7 +115,8 @@ from sw.runtime.arena import ArenaFull
 from sw.runtime.device_tensor import (DeviceTensor, GraphExecError, SegmentedTensor, _in_place, _padded,
                                       _segmented, _window_order, window_alias)
 from sw.runtime.driver import Driver
-from sw.runtime.layout import RowRuns, TokenRowLayout
+from sw.runtime.layout import (RowRuns, TokenRowLayout, compile_planar_to_rows, compile_rows_to_planar,
+                               transpose_refusal)
 
 
 @dataclass
@@ -286,6 +288,39 @@ def _conv_dev(drv, n, a, r):
     return _linear_dev(drv, n, [_window_order(patches, order) if order else patches, w, b], r, order=order)
 
 
+def _depthwise_dev(drv, n, a, r):
+    """A depthwise convolution on the depthwise engine between token rows: its input read in place where a
+    DeviceTensor holds it in token rows (a host array written there once), its output left in DDR as token rows
+    for the layernorm after it. The engine reads and writes planes (its borders are their zero margins), so
+    two relayouts on the GEMM array move the map: token rows -> planes (compile_rows_to_planar) and back
+    (compile_planar_to_rows), through two planar buffers the executor keeps a session, zeroed when made, of
+    which only the pixels are ever written (GraphExecutor.planes). Else (a batch, no depthwise engine or
+    transposing LOAD, channels not a multiple of C, no room) it runs as _conv, from and to the host."""
+    x, w, b = a
+    cfg, (N, H, W, ch) = drv.cfg, x.shape
+    k, pad = w.shape[2], n.attrs["padding"]
+    planes = None
+    if N == 1 and not (transpose_refusal(cfg, ch) or dw_supported(cfg, k, n.attrs["stride"], pad, W, False)):
+        planes = r.planes((ch, H, W))
+    if planes is None:
+        return _conv(drv, n, _host_args(a), r)
+    m, s = _requant_args(r, n)
+    rows_l, base, room = TokenRowLayout(H * W, ch, cfg.cols), drv.BUFFER_BASE, drv.ddr_bytes - drv.BUFFER_BASE
+    src = x.buffer if _in_place(x, rows_l) else _upload(drv, np.asarray(x).reshape(H * W, ch), rows_l)
+    try:
+        runs = [drv.run_bound(compile_rows_to_planar(cfg, ch, H, W, base_addr=base, max_ddr_bytes=room),
+                              {"in": src, "out": planes[0]}, owner=f"{n.name} in")]
+        prog = compile_depthwise(cfg, np.zeros((ch, H, W), np.int8), w, b, m, s, padding=pad, base_addr=base,
+                                 max_ddr_bytes=room)
+        runs.append(drv.run_bound(prog, {"in": planes[0], "out": planes[1]}, owner=n.name))
+        y = _run_to_device(drv, compile_planar_to_rows(cfg, ch, H, W, base_addr=base, max_ddr_bytes=room),
+                           {"in": planes[1]}, rows_l, x.shape, n.name)
+    finally:
+        if not isinstance(x, DeviceTensor) or src != x.buffer:
+            drv.session.free(src)
+    return y, runs + [drv.last_run]
+
+
 def _vector_dev(drv, n, op, x, p=None, b=None, end_x=None, want=None, out=None, pad=None):
     """_rows / _image_op on the vector engine reading x (and add's b) in place where a DeviceTensor in the
     program's input layout holds it; its output left in DDR. Anything else is read back and written in.
@@ -438,6 +473,7 @@ def _want(r, n) -> int | None:
 DEVICE_OPS = {
     "linear": _linear_dev,
     "conv": _conv_dev,
+    "depthwise": _depthwise_dev,
     "attention": _attention_dev,
     "layernorm": lambda d, n, a, r: _vector_dev(d, n, "layernorm", a[0], _vec_params(r, n, "LayerNormParams"),
                                            want=_want(r, n)),
@@ -448,7 +484,7 @@ DEVICE_OPS = {
     "maxpool2x2": lambda d, n, a, r: _vector_dev(d, n, "maxpool", a[0], want=_want(r, n)),
     "upsample2x": lambda d, n, a, r: _vector_dev(d, n, "upsample", a[0]),
 }
-IN_PLACE = {"linear": (0,), "attention": (0, 1, 2), "layernorm": (0,), "gelu": (0,), "rescale": (0,),
+IN_PLACE = {"linear": (0,), "depthwise": (0,), "attention": (0, 1, 2), "layernorm": (0,), "gelu": (0,), "rescale": (0,),
             "add": (0, 1), "maxpool2x2": (0,), "upsample2x": (0,)}
 
 
@@ -552,6 +588,7 @@ class GraphExecutor(IntRunner):
         self.want = window_orders(qm.graph) if chain else {}
         self.shared = self._shared_layouts() if chain else set()
         self._pad_buffers: dict[str, tuple] = {}       # node -> (its padded window's buffer, the session)
+        self._planes: dict[tuple, tuple] = {}          # planar map shape -> (in, out buffers, the session)
         self.records: dict[str, NodeRecord] = {}
         self._scope: _Scope | None = None
         self._env: dict = {}
@@ -621,6 +658,25 @@ class GraphExecutor(IntRunner):
                 return None
             self._pad_buffers[node.name] = kept
         return ws, kept[0]
+
+    def planes(self, shape: tuple) -> tuple | None:
+        """(input, output) buffers of a planar (channels, H, W) map (FmapLayout) for _depthwise_dev, kept a session
+        and shared by the depthwise nodes of that shape: zeroed when made, then written only at the map's
+        pixels, so their margins stay the zeros the engine reads as padding; None where the arena has no room."""
+        kept = self._planes.get(shape)
+        if kept is None or kept[2] is not self.driver.session:
+            drv, size = self.driver, FmapLayout(*shape, self.cfg.cols).size
+            made = []
+            try:
+                for _ in range(2):
+                    made.append(drv.buffer(size, "planes", zero=True))
+            except ArenaFull:
+                for buf in made:
+                    drv.session.free(buf.name)
+                return None
+            kept = (*made, drv.session)
+            self._planes[shape] = kept
+        return kept[0].name, kept[1].name
 
     def _shared(self, node, y):
         """Host array y (a layout node's output, _shared_layouts) written to DDR once, as token rows, for its
@@ -801,6 +857,9 @@ class GraphExecutor(IntRunner):
                                      inputs=True)
             rec.reason += f"; Q, K, V and output via the host: {why}" if why else ""
 
+        if node.op == "depthwise" and self.chain and not transpose_refusal(
+                self.cfg, self.graph.tensors[node.inputs[0]].shape[-1]):
+            rec.reason += "; its planes to and from token rows on the GEMM array"
         if node.op == "conv" and self.chain:
             patches = conv_as_linear(node.attrs["k"], node.attrs["stride"])
             rec.reason += "; as a linear over its im2col patches" if patches else "; planar maps"

@@ -24,7 +24,7 @@ import numpy as np
 
 from hw import isa
 from sw.compile.conv import ConvProgram, FmapLayout
-from sw.compile.linear import ALIGN, CompileError, lay_out_image, pack_descriptors, schedule
+from sw.compile.linear import ALIGN, CompileError, lay_out_image, pack_descriptors, paced, plan_cache, schedule
 
 #: requantize(x, IDENTITY_MULT, IDENTITY_SHIFT) == x for every int32 x that fits int8.
 IDENTITY_MULT, IDENTITY_SHIFT = 1 << 30, 30
@@ -289,3 +289,130 @@ class RowSegments:
         """Write the contiguous region's bytes `data` into each segment region of a compiled image."""
         for r, s, size in zip(self.regions, self.starts, self.sizes(pitch).values()):
             image[offsets[r][0]:offsets[r][0] + size] = data[s * pitch:s * pitch + size]
+
+
+class TransposeProgram(ConvProgram):
+    """compile_rows_to_planar / compile_planar_to_rows: the identity tile (A) is its weight."""
+    ROLES = {"descriptors": "program", "in": "input", "A": "weight", "params": "weight", "out": "output"}
+
+
+def transpose_refusal(cfg, channels: int) -> str | None:
+    """Why the GEMM array cannot move a map between token rows and planes (None: it can)."""
+    R, C, DB = cfg.rows, cfg.cols, cfg.beat_bytes
+    if "load_t" not in cfg.engines:
+        return "the overlay has no transposing LOAD"
+    if C % R or C % DB:
+        return f"the array's cols ({C}) must be a multiple of its rows ({R}) and of the {DB}-byte AXI beat"
+    if channels % C:
+        return f"{channels} channels are not a multiple of the array's {C} columns"
+    if cfg.b_depth // 2 < C or cfg.acc_depth // C < 2:
+        return f"the transpose needs {C} B entries a half and 2 x {C} accumulator rows"
+    return None
+
+
+def _transpose_program(cfg, kind: str, channels: int, height: int, width: int, base_addr: int,
+                       max_ddr_bytes: int) -> TransposeProgram:
+    offsets, image, sym, out_l, raw = _transpose_plan(cfg, kind, channels, height, width, base_addr, max_ddr_bytes)
+    op = dict(kind=kind, channels=channels, height=height, width=width)
+    T = height * width
+    return TransposeProgram(cfg, channels, cfg.rows, T, False, image.copy(), list(raw), offsets,
+                            macs=channels * T * cfg.rows, base_addr=base_addr, symbolic=sym, out_layout=out_l, op=op)
+
+
+@plan_cache
+def _transpose_plan(cfg, kind: str, channels: int, height: int, width: int, base_addr: int, max_ddr_bytes: int):
+    """An identity GEMM moving a map between token rows and planes (kind "rows_to_planar" or "planar_to_rows"),
+    whatever the data (kept: a video frame runs the same ones every frame). Per item of the work (src offset,
+    rows read, row pitch, stores: [(tiles, first tile, rows, dst offset, row pitch, tile pitch, cols)]) one
+    transposing LOAD B of C entries (entry e byte c = DDR row c byte e: the rows read become the columns) and
+    per store one COMPUTE of `tiles` R x R identity tiles (tile t: B entries (first + t) R ..) and one STORE:
+    accumulator row r of tile t = B entry (first + t) R + r, a transpose of the rows read. The requantisation
+    is the identity."""
+    why = transpose_refusal(cfg, channels)
+    if why:
+        raise CompileError(f"{kind}: {why}")
+    if base_addr % ALIGN:
+        raise CompileError(f"DDR buffer address {base_addr:#x} is not {ALIGN}-byte aligned")
+    R, C = cfg.rows, cfg.cols
+    rows_l, planes = TokenRowLayout(height * width, channels, C), FmapLayout(channels, height, width, C)
+    work = (_rows_to_planar_work if kind == "rows_to_planar" else _planar_to_rows_work)(R, C, rows_l, planes)
+    in_l, out_l = (rows_l, planes) if kind == "rows_to_planar" else (planes, rows_l)
+    b_half, regions = cfg.b_depth // 2, cfg.acc_depth // R
+    first = [dict(target="A", src=("A", 0), count=R, sp=0, res=("A", 0)),
+             dict(target="PARAM", src=("params", 0), count=1, sp=0, res=("P", 0))]
+    ops, step, acc = [], 0, 0
+    for src, rows, pitch, stores in work:
+        h = step % 2
+        load = paced(cfg, dict(op="LOAD", target="B", src=("in", src), count=C, sp=h * b_half, res=("B", h),
+                               fields=dict(transpose=1, t_rows_last=rows - 1, stride=pitch)))
+        for i, (tiles, t0, n, dst, row_pitch, tile_pitch, cols) in enumerate(stores):
+            if acc + tiles > regions:
+                acc = 0
+            used = list(range(acc, acc + tiles))
+            fields = dict(cols=0 if cols == C else cols)
+            if tiles > 1:
+                fields.update(tiles_last=tiles - 1, tile_stride=tile_pitch)
+            ops.append(dict(loads=(first if not ops else []) + ([load] if i == 0 else []), a=("A", 0), b=("B", h),
+                            a_base=0, b_base=h * b_half + t0 * R, k_last=R - 1, acc=acc, acc_regions=used,
+                            tiles=tiles, accumulate=0,
+                            store=dict(rows=n, acc=acc, acc_regions=used, param=0, p=("P", 0), dst=("out", dst),
+                                       stride=row_pitch, fields=fields)))
+            acc += tiles
+        step += 1
+    descs = schedule(ops, R, relu=False, out_int32=False)
+    sizes = {"in": in_l.size, "A": R * R, "params": C * isa.PARAM_CHANNEL_BYTES, "out": out_l.size}
+    offsets, image = lay_out_image(cfg, len(descs), sizes, base_addr, max_ddr_bytes, kind)
+    off = offsets["A"][0]
+    image[off:off + R * R] = np.eye(R, dtype=np.int8).reshape(-1).view(np.uint8)     # entry k: byte k is 1
+    params = isa.pack_params(np.zeros(C, np.int64), np.full(C, IDENTITY_MULT), np.full(C, IDENTITY_SHIFT))
+    image[offsets["params"][0]:offsets["params"][0] + params.size] = params
+    sym, raw = pack_descriptors(descs, image, offsets, base_addr, "split the map")
+    image.flags.writeable = False
+    return offsets, image, sym, out_l, tuple(raw)
+
+
+def _rows_to_planar_work(R, C, rows_l, planes):
+    """Per C channels and run of up to C tokens of a map row: its tokens' rows, C / R tiles stored in the planes,
+    only the run's columns."""
+    width = planes.width
+    return [(rows_l.offset(y * width + x0, c0), min(C, width - x0), rows_l.pitch,
+             [(C // R, 0, R, planes.offset(c0, y, x0), planes.channel_pitch, R * planes.channel_pitch,
+               min(C, width - x0))])
+            for c0 in range(0, planes.channels, C) for y in range(planes.height) for x0 in range(0, width, C)]
+
+
+def _planar_to_rows_work(R, C, rows_l, planes):
+    """Per C channels and C pixels of a map row: the channels' plane rows; each R pixels' tile stored in their
+    token rows, a tail of fewer than R pixels by a STORE of its own."""
+    width, work = planes.width, []
+    for c0 in range(0, planes.channels, C):
+        for y in range(planes.height):
+            for x0 in range(0, width, C):
+                n = min(C, width - x0)
+                stores = [(n // R, 0, R, rows_l.offset(y * width + x0, c0), rows_l.pitch, R * rows_l.pitch, C)] \
+                    if n >= R else []
+                if n % R:
+                    stores.append((1, n // R, n % R, rows_l.offset(y * width + x0 + n // R * R, c0), rows_l.pitch,
+                                   0, C))
+                work.append((planes.offset(c0, y, x0), C, planes.channel_pitch, stores))
+    return work
+
+
+def compile_rows_to_planar(cfg, channels: int, height: int, width: int, *, base_addr: int = 0,
+                           max_ddr_bytes: int = 1 << 30) -> TransposeProgram:
+    """int8 token rows (TokenRowLayout: token y width + x's channels at its row) -> the planar map (FmapLayout)
+    on the GEMM array, writing only the map's pixels (the planes' zero margins are the buffer's). Per C
+    channels and run of up to C tokens of one map row: the tokens' rows read transposed into B (entry e = channel
+    c0 + e of the run's tokens), C / R identity tiles leave channel c0 + t R + r's tokens in row r of tile t,
+    one STORE puts them in their planes (its columns: the run's tokens). What a depthwise convolution reads
+    when its neighbours write token rows (sw.runtime.graph_exec._depthwise_dev)."""
+    return _transpose_program(cfg, "rows_to_planar", channels, height, width, base_addr, max_ddr_bytes)
+
+
+def compile_planar_to_rows(cfg, channels: int, height: int, width: int, *, base_addr: int = 0,
+                           max_ddr_bytes: int = 1 << 30) -> TransposeProgram:
+    """The planar map (FmapLayout) -> int8 token rows (TokenRowLayout), on the GEMM array: per C channels and C
+    pixels of a map row, the C channels' plane rows read transposed into B (entry e = pixel x0 + e of the C
+    channels), identity tiles leave pixel x0 + t R + r's channels in row r of tile t, STOREs put each row in its
+    token row (a tail of fewer than R pixels: a STORE of its own)."""
+    return _transpose_program(cfg, "planar_to_rows", channels, height, width, base_addr, max_ddr_bytes)
