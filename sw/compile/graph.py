@@ -6,8 +6,11 @@ The rule (docs/profile.md), per node:
   2. Host-only nodes (quantise / dequantise at the model's edges, the prompt encoder, the decoder's
      single-token MLPs) run on the host.
   3. Every other node has its engine candidate: linear, 1x1 and transposed 2x2/s2 convolutions and
-     the mask product on the GEMM engine; K x K convolutions on the convolution engine; depthwise
-     7x7 on the depthwise engine (else the convolution engine's depthwise mode); attention on the
+     the mask product on the GEMM engine, and so the strided K x K convolutions with K <= 2 x stride
+     (the patch embedding, the mask downsampler: a linear over their im2col patches, conv_as_linear);
+     other K x K convolutions on the convolution engine; depthwise 7x7 on the depthwise engine with
+     the GEMM array's relayouts from and to token rows around it (else the convolution engine's
+     depthwise mode); attention on the
      attention engine; element-wise int ops on the vector engine. A candidate exists when the preset
      has the engine and the compiler accepts the shape (its CompileError says why not).
   4. The node goes where it is fastest: the candidate's time (the cycle model on the compiled
@@ -222,10 +225,22 @@ def conv_cost(cfg, cin: int, h: int, w: int, cout: int, k: int, stride: int, pad
 
 
 @lru_cache(maxsize=None)
-def depthwise_cost(cfg, c: int, h: int, w: int, k: int, padding: int) -> EngineCost:
+def depthwise_cost(cfg, c: int, h: int, w: int, k: int, padding: int, token_rows: bool = False) -> EngineCost:
+    """`token_rows`: with the relayouts on the GEMM array that move its map from and to token rows (the
+    executor's, sw.runtime.graph_exec._depthwise_dev, where transpose_refusal allows them)."""
     from sw.compile.conv import compile_depthwise
+    from sw.runtime.layout import compile_planar_to_rows, compile_rows_to_planar
     prog = compile_depthwise(cfg, _zeros(c, h, w), _zeros(c, 1, k, k), None, _ones(c), _ones(c), padding=padding)
-    return EngineCost("depthwise", *program_cost(prog), prog.array_macs)
+    progs = [prog] + ([f(cfg, c, h, w) for f in (compile_rows_to_planar, compile_planar_to_rows)] if token_rows else [])
+    costs = [program_cost(p) for p in progs]
+    return EngineCost("depthwise", sum(c for c, _ in costs), sum(b for _, b in costs), prog.array_macs, len(progs))
+
+
+def conv_as_linear(k: int, stride: int) -> bool:
+    """Whether the executor runs a K x K convolution as a linear over its im2col patches on the GEMM engine
+    (sw.runtime.graph_exec._conv_dev; K <= 2 x stride: the patches are at most about 4 times the map's
+    elements), else on the convolution engine, planar. The one place that says so: the placement prices it so."""
+    return k <= 2 * stride
 
 
 def attention_cost(cfg, heads: int, lq: int, lk: int, d: int) -> EngineCost:
@@ -277,8 +292,12 @@ def engine_cost(cfg, layer: Layer, lanes: int = 0) -> tuple[EngineCost | None, s
             cout = layer.out_shape[-1]
             if op == "conv" and k == 1 and s == 1 and p == 0:
                 return linear_cost(cfg, n * h * w, cin, cout), ""
+            if op == "conv" and conv_as_linear(k, s):       # a linear over its patches (module docstring)
+                ho, wo = layer.out_shape[1:3]
+                return linear_cost(cfg, n * ho * wo, cin * k * k, cout), ""
             if op == "depthwise" and dw_supported(cfg, k, s, p, w, False) is None:
-                one = depthwise_cost(cfg, cin, h, w, k, p)
+                from sw.runtime.layout import transpose_refusal
+                one = depthwise_cost(cfg, cin, h, w, k, p, n == 1 and transpose_refusal(cfg, cin) is None)
             else:
                 why = supported(cfg, k, s, p)
                 if why:

@@ -108,7 +108,7 @@ from golden_model.quant.interpret import merge_heads, nchw_to_nhwc, nhwc_to_nchw
 from golden_model.quant.intinterp import IntRunner, _mask_product, _requant_args, _vec_params
 from sw.compile.attention import TokenRows, token_rows_refusal
 from sw.compile.conv import FmapLayout, compile_depthwise, dw_supported
-from sw.compile.graph import fused_adds, place_all, vector_lanes
+from sw.compile.graph import conv_as_linear, fused_adds, place_all, vector_lanes
 from sw.compile.vector import OPS as VECTOR_OPS, compile_vector, row_dim
 from sw.perf.layers import graph_layers
 from sw.runtime.arena import ArenaFull
@@ -261,12 +261,6 @@ def _linear_dev(drv, n, a, r, lut=None, residual=None, add=None, out=None, order
     y = _run_to_device(drv, prog, {"A": x.buffer} if in_place else {}, TokenRowLayout(prog.m, prog.n, drv.cfg.cols),
                        x.shape[:-1] + (w.shape[0],), n.name, order, out)
     return y, [drv.last_run]
-
-
-def conv_as_linear(k: int, stride: int) -> bool:
-    """Whether _conv_dev runs a K x K convolution as a linear over its im2col patches (K <= 2 x stride: at most
-    about 4 times the map's elements; else on the convolution engine, planar)."""
-    return k <= 2 * stride
 
 
 def _conv_dev(drv, n, a, r):
@@ -677,6 +671,13 @@ class GraphExecutor(IntRunner):
             kept = (*made, drv.session)
             self._planes[shape] = kept
         return kept[0].name, kept[1].name
+
+    def kept_bytes(self) -> int:
+        """Arena bytes of the buffers the executor keeps a session for its depthwise nodes' planes (planes), a
+        fixed amount per graph whatever the number of runs."""
+        from sw.runtime.arena import aligned
+        return sum(aligned(b.size) for *bufs, session in self._planes.values() if session is self.driver.session
+                   for b in bufs)
 
     def _shared(self, node, y):
         """Host array y (a layout node's output, _shared_layouts) written to DDR once, as token rows, for its
