@@ -27,7 +27,7 @@ from tests.test_video_exec import _digests, _fused_outputs
 
 FRAMES = 3
 #: every kind of node the overlay runs in the track on preset sim, by the placement rule: (engine, op)
-ENGINE_KINDS = {("attention", "attention"), ("gemm", "conv"), ("depthwise", "depthwise"), ("gemm", "linear"),
+ENGINE_KINDS = {("attention", "attention"), ("conv", "conv"), ("depthwise", "depthwise"), ("gemm", "linear"),
                 ("gemm", "conv_transpose"), ("gemm", "mask_product"), ("gemm", "gelu"), ("vector", "add"),
                 ("vector", "gelu"), ("vector", "layernorm"), ("vector", "maxpool2x2"), ("vector", "rescale"),
                 ("vector", "rope"), ("vector", "upsample2x")}

@@ -175,9 +175,8 @@ def test_video_nodes_on_every_engine_kind_bit_exact(video_case, reference, monke
 def test_every_video_node_bit_exact_on_bench16(video_case, reference):
     """bench16's own placement (the memory encoder and attention all on the overlay), 2 frames (~20 s)."""
     ex = _node_by_node(video_case, reference, 2)
-    on = {(r.where, r.op) for r in ex.records.values() if r.stage in ("memory_encoder", "memory_attention")}
-    assert {w for w, _ in on} >= {"gemm", "depthwise", "attention", "vector"}
-    assert ("gemm", "conv") in on and ("depthwise", "depthwise") in on      # the mask downsampler as linears
+    on = {r.where for r in ex.records.values() if r.stage in ("memory_encoder", "memory_attention")}
+    assert on >= {"gemm", "conv", "depthwise", "attention", "vector"}
 
 
 def test_bank_bounded_read_in_place_and_a_failed_frame_rerun_on_the_same_bank(video_case, reference, monkeypatch):

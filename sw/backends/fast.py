@@ -240,5 +240,9 @@ def planar_to_rows(cfg, ddr, op, at):
     from sw.runtime.layout import TokenRowLayout
     ch, h, w = (op[n] for n in ("channels", "height", "width"))
     in_l, rows_l = FmapLayout(ch, h, w, cfg.cols), TokenRowLayout(h * w, ch, cfg.cols)
-    x = _planes(ddr, at["in"], in_l)[:, PAD:PAD + h, in_l.left:in_l.left + w]
-    ddr[at["out"]:at["out"] + rows_l.size] = x.reshape(ch, h * w).T.reshape(-1)
+    x = _planes(ddr, at["in"], in_l)[:, PAD:PAD + h, in_l.left:in_l.left + w].view(np.int8)
+    rows = x.reshape(ch, h * w).T
+    if op["order"]:                             # window order: token (y, x) at its window row
+        ws = op["order"]
+        rows = rows.reshape(h // ws, ws, w // ws, ws, ch).transpose(0, 2, 1, 3, 4).reshape(h * w, ch)
+    ddr[at["out"]:at["out"] + rows_l.size] = rows_l.pack(rows)

@@ -107,8 +107,8 @@ from golden_model.intvec import RescaleParams
 from golden_model.quant.interpret import merge_heads, nchw_to_nhwc, nhwc_to_nchw, split_heads
 from golden_model.quant.intinterp import IntRunner, _mask_product, _requant_args, _vec_params
 from sw.compile.attention import TokenRows, token_rows_refusal
-from sw.compile.conv import FmapLayout, compile_depthwise, dw_supported
-from sw.compile.graph import conv_as_linear, fused_adds, place_all, vector_lanes
+from sw.compile.conv import FmapLayout, compile_conv2d, compile_depthwise, dw_supported
+from sw.compile.graph import conv_route, fused_adds, place_all, vector_lanes, window_orders
 from sw.compile.vector import OPS as VECTOR_OPS, compile_vector, row_dim
 from sw.perf.layers import graph_layers
 from sw.runtime.arena import ArenaFull
@@ -264,16 +264,28 @@ def _linear_dev(drv, n, a, r, lut=None, residual=None, add=None, out=None, order
 
 
 def _conv_dev(drv, n, a, r):
-    """A convolution as a linear over its im2col patches, its output left in DDR as token rows (where a layernorm,
-    an add or a linear reads it in place) instead of a planar map read back for them: A's token row for output
-    pixel (y, x) is its K x K x Cin field in torch's (ci, ky, kx) order (golden_model.intconv.im2col), so the
-    weights' rows are the linear's as they are and the int32 sums, hence the output, are the convolution's.
-    The host gathers the patches (its input read back where it is in DDR), their rows in the window order its
-    readers want (window_orders: the patch embedding's). Where the patches would be over about four times the
-    input's elements (conv_as_linear: stride 1, K = 3 is 9 times) it runs as _conv, planar."""
+    """A K x K convolution with its output left in DDR as token rows (where a layernorm, an add or a linear reads
+    it in place), by the route sw.compile.graph.conv_route names (the placement prices the same): "linear" (1 x 1)
+    a linear on its input's token rows;
+      "planes": on the convolution engine between token rows (_planar_dev), its input read in place;
+      "patches" (no convolution engine or transposing LOAD, or a batch): a linear over its im2col patches, which
+        the host gathers (its input read back where it is in DDR): A's token row for output pixel (y, x) is its
+        K x K x Cin field in torch's (ci, ky, kx) order (golden_model.intconv.im2col), so the weights' rows are
+        the linear's as they are and the int32 sums, hence the output, are the convolution's; its rows in the
+        window order its readers want (window_orders: the patch embedding's);
+      else planar from and to the host (_conv)."""
     x, w, b = a
     k, stride, pad = w.shape[2], n.attrs["stride"], n.attrs["padding"]
-    if not conv_as_linear(k, stride):
+    route = conv_route(drv.cfg, k, stride, pad, x.shape[0])
+    if route == "linear":
+        return _linear_dev(drv, n, a, r)
+    if route == "planes":
+        m, s = _requant_args(r, n)
+        ho, wo = (intconv.out_size(d, k, stride, pad) for d in x.shape[1:3])
+        return _planar_dev(drv, n, x, r, (w.shape[0], ho, wo), lambda base, room: compile_conv2d(
+            drv.cfg, np.zeros(_chw(x.shape), np.int8), w, b, m, s, stride=stride, padding=pad,
+            base_addr=base, max_ddr_bytes=room), lambda: _conv(drv, n, _host_args(a), r))
+    if route != "patches":
         return _conv(drv, n, _host_args(a), r)
     x = np.asarray(x)
     ho, wo = (intconv.out_size(d, k, stride, pad) for d in x.shape[1:3])
@@ -283,35 +295,52 @@ def _conv_dev(drv, n, a, r):
 
 
 def _depthwise_dev(drv, n, a, r):
-    """A depthwise convolution on the depthwise engine between token rows: its input read in place where a
-    DeviceTensor holds it in token rows (a host array written there once), its output left in DDR as token rows
-    for the layernorm after it. The engine reads and writes planes (its borders are their zero margins), so
-    two relayouts on the GEMM array move the map: token rows -> planes (compile_rows_to_planar) and back
-    (compile_planar_to_rows), through two planar buffers the executor keeps a session, zeroed when made, of
-    which only the pixels are ever written (GraphExecutor.planes). Else (a batch, no depthwise engine or
-    transposing LOAD, channels not a multiple of C, no room) it runs as _conv, from and to the host."""
+    """A depthwise convolution on the depthwise engine between token rows (_planar_dev); else (a batch, no
+    depthwise engine or transposing LOAD) _conv, from and to the host."""
     x, w, b = a
-    cfg, (N, H, W, ch) = drv.cfg, x.shape
     k, pad = w.shape[2], n.attrs["padding"]
-    planes = None
-    if N == 1 and not (transpose_refusal(cfg, ch) or dw_supported(cfg, k, n.attrs["stride"], pad, W, False)):
-        planes = r.planes((ch, H, W))
-    if planes is None:
+    if x.shape[0] != 1 or transpose_refusal(drv.cfg) or dw_supported(drv.cfg, k, n.attrs["stride"], pad,
+                                                                      x.shape[2], False):
         return _conv(drv, n, _host_args(a), r)
     m, s = _requant_args(r, n)
-    rows_l, base, room = TokenRowLayout(H * W, ch, cfg.cols), drv.BUFFER_BASE, drv.ddr_bytes - drv.BUFFER_BASE
-    src = x.buffer if _in_place(x, rows_l) else _upload(drv, np.asarray(x).reshape(H * W, ch), rows_l)
-    try:
-        runs = [drv.run_bound(compile_rows_to_planar(cfg, ch, H, W, base_addr=base, max_ddr_bytes=room),
-                              {"in": src, "out": planes[0]}, owner=f"{n.name} in")]
-        prog = compile_depthwise(cfg, np.zeros((ch, H, W), np.int8), w, b, m, s, padding=pad, base_addr=base,
-                                 max_ddr_bytes=room)
-        runs.append(drv.run_bound(prog, {"in": planes[0], "out": planes[1]}, owner=n.name))
-        y = _run_to_device(drv, compile_planar_to_rows(cfg, ch, H, W, base_addr=base, max_ddr_bytes=room),
-                           {"in": planes[1]}, rows_l, x.shape, n.name)
-    finally:
-        if not isinstance(x, DeviceTensor) or src != x.buffer:
-            drv.session.free(src)
+    return _planar_dev(drv, n, x, r, _chw(x.shape), lambda base, room: compile_depthwise(
+        drv.cfg, np.zeros(_chw(x.shape), np.int8), w, b, m, s, padding=pad, base_addr=base,
+        max_ddr_bytes=room), lambda: _conv(drv, n, _host_args(a), r))
+
+
+def _chw(nhwc: tuple) -> tuple:
+    """An (N, H, W, C) shape's image as (C, H, W)."""
+    return nhwc[3], nhwc[1], nhwc[2]
+
+
+def _planar_dev(drv, n, x, r, out_chw: tuple, compile_engine, fallback):
+    """A convolution engine's or the depthwise engine's program (compile_engine(base, room): planar maps in and
+    out, FmapLayout) between token rows: its input, a (1, H, W, C) DeviceTensor in token rows, moved into its
+    planes on the GEMM array (compile_rows_to_planar), or a host array's pixels written there (its bytes alone:
+    the frame, the mask); its output planes moved back into token rows (compile_planar_to_rows, in the window
+    order its readers want) and left in DDR. The planes are buffers the executor keeps a session per shape
+    (GraphExecutor.plane), zeroed when made; only their pixels are ever written after, so their margins stay
+    the zeros the engines read as padding. Where the arena has no room for them: fallback()."""
+    cfg, (_, H, W, cin) = drv.cfg, x.shape
+    planes = r.plane((cin, H, W), 0), r.plane(out_chw, 1)
+    if None in planes:
+        return fallback()
+    rows_l, base, room = TokenRowLayout(H * W, cin, cfg.cols), drv.BUFFER_BASE, drv.ddr_bytes - drv.BUFFER_BASE
+    runs = []
+    if _in_place(x, rows_l):
+        runs.append(drv.run_bound(compile_rows_to_planar(cfg, cin, H, W, base_addr=base, max_ddr_bytes=room),
+                                  {"in": x.buffer, "out": planes[0]}, owner=f"{n.name} in"))
+    else:
+        lay, at = FmapLayout(cin, H, W, cfg.cols), drv.session.arena[planes[0]].addr
+        for c, rows in enumerate(np.asarray(x)[0].transpose(2, 0, 1)):
+            for yy, row in enumerate(rows):
+                drv.device.write(at + lay.offset(c, yy, 0), row.view(np.uint8))
+    runs.append(drv.run_bound(compile_engine(base, room), {"in": planes[0], "out": planes[1]}, owner=n.name))
+    cout, ho, wo = out_chw
+    order = _want(r, n)
+    prog = compile_planar_to_rows(cfg, cout, ho, wo, order=order, base_addr=base, max_ddr_bytes=room)
+    y = _run_to_device(drv, prog, {"in": planes[1]}, TokenRowLayout(ho * wo, cout, cfg.cols), (1, ho, wo, cout),
+                       n.name, order)
     return y, runs + [drv.last_run]
 
 
@@ -478,38 +507,10 @@ DEVICE_OPS = {
     "maxpool2x2": lambda d, n, a, r: _vector_dev(d, n, "maxpool", a[0], want=_want(r, n)),
     "upsample2x": lambda d, n, a, r: _vector_dev(d, n, "upsample", a[0]),
 }
-IN_PLACE = {"linear": (0,), "depthwise": (0,), "attention": (0, 1, 2), "layernorm": (0,), "gelu": (0,), "rescale": (0,),
+IN_PLACE = {"linear": (0,), "conv": (0,), "depthwise": (0,), "attention": (0, 1, 2), "layernorm": (0,), "gelu": (0,), "rescale": (0,),
             "add": (0, 1), "maxpool2x2": (0,), "upsample2x": (0,)}
 
 
-def window_orders(graph) -> dict[str, int]:
-    """node -> the window size ws whose order (DeviceTensor.order) its output is stored in: the nodes that
-    lead to a window partition of ws tiling its map exactly, so the partition is the buffer as it is:
-    back from it through row-wise nodes (add, layernorm, GELU, rescale, a linear's A), a 2x2 max-pool (its
-    input in order 2 ws) and up to a window unpartition of ws (its windows are the map in that order) or a
-    convolution (the patch embedding: _conv_dev writes its patches' rows in that order). The
-    vector nodes of this map write their output in its order (their host operands so; one in DDR in
-    another order read back), the others in the map's order: Hiera's later stages, whose windows pad, and
-    their global attentions read their maps in place."""
-    writers = {t: n for n in graph.nodes for t in n.outputs}
-    want: dict[str, int] = {}
-    for node in graph.nodes:
-        if node.op != "window_partition":
-            continue
-        ws, (b, h, w, _) = node.attrs["ws"], graph.tensors[node.inputs[0]].shape
-        exact = b == 1 and 1 < ws < max(h, w) and h % ws == 0 and w % ws == 0     # (ws = h = w: one window)
-        todo = [(node.inputs[0], ws)] if exact else []
-        while todo:
-            t, ws = todo.pop()
-            p = writers.get(t)
-            if p is None or p.name in want or p.op == "window_unpartition" and p.attrs["ws"] != ws or p.op not in (
-                    "add", "layernorm", "gelu", "rescale", "linear", "maxpool2x2", "window_unpartition", "conv"):
-                continue
-            want[p.name] = ws
-            if p.op not in ("window_unpartition", "conv"):
-                todo += [(i, 2 * ws if p.op == "maxpool2x2" else ws)
-                         for i in (p.inputs[:2] if p.op == "add" else p.inputs[:1])]
-    return want
 
 
 def _host_args(args, keep=()):
@@ -579,10 +580,10 @@ class GraphExecutor(IntRunner):
                                                  for t in n.outputs}
         self.host_read = set(qm.graph.outputs) | {t for n in qm.graph.nodes
                                                   if self.placements[n.name].where == "host" for t in n.inputs}
-        self.want = window_orders(qm.graph) if chain else {}
+        self.want = window_orders(graph_layers(qm.graph)) if chain else {}
         self.shared = self._shared_layouts() if chain else set()
         self._pad_buffers: dict[str, tuple] = {}       # node -> (its padded window's buffer, the session)
-        self._planes: dict[tuple, tuple] = {}          # planar map shape -> (in, out buffers, the session)
+        self._planes: dict[tuple, tuple] = {}          # (planar map shape, slot) -> (its buffer, the session)
         self.records: dict[str, NodeRecord] = {}
         self._scope: _Scope | None = None
         self._env: dict = {}
@@ -653,31 +654,27 @@ class GraphExecutor(IntRunner):
             self._pad_buffers[node.name] = kept
         return ws, kept[0]
 
-    def planes(self, shape: tuple) -> tuple | None:
-        """(input, output) buffers of a planar (channels, H, W) map (FmapLayout) for _depthwise_dev, kept a session
-        and shared by the depthwise nodes of that shape: zeroed when made, then written only at the map's
-        pixels, so their margins stay the zeros the engine reads as padding; None where the arena has no room."""
-        kept = self._planes.get(shape)
-        if kept is None or kept[2] is not self.driver.session:
-            drv, size = self.driver, FmapLayout(*shape, self.cfg.cols).size
-            made = []
+    def plane(self, shape: tuple, slot: int) -> str | None:
+        """A buffer of a planar (channels, H, W) map (FmapLayout) for _planar_dev (slot 0: a program's input, 1:
+        its output), kept a session and shared by the nodes of that shape and slot: zeroed when made, then
+        written only at the map's pixels, so its margins stay the zeros the engines read as padding; None where
+        the arena has no room."""
+        key = (tuple(shape), slot)
+        kept = self._planes.get(key)
+        if kept is None or kept[1] is not self.driver.session:
             try:
-                for _ in range(2):
-                    made.append(drv.buffer(size, "planes", zero=True))
+                kept = self.driver.buffer(FmapLayout(*shape, self.cfg.cols).size, "planes", zero=True), \
+                    self.driver.session
             except ArenaFull:
-                for buf in made:
-                    drv.session.free(buf.name)
                 return None
-            kept = (*made, drv.session)
-            self._planes[shape] = kept
-        return kept[0].name, kept[1].name
+            self._planes[key] = kept
+        return kept[0].name
 
     def kept_bytes(self) -> int:
-        """Arena bytes of the buffers the executor keeps a session for its depthwise nodes' planes (planes), a
-        fixed amount per graph whatever the number of runs."""
+        """Arena bytes of the buffers the executor keeps a session for its convolutions' planes (plane), a fixed
+        amount per graph whatever the number of runs."""
         from sw.runtime.arena import aligned
-        return sum(aligned(b.size) for *bufs, session in self._planes.values() if session is self.driver.session
-                   for b in bufs)
+        return sum(aligned(b.size) for b, session in self._planes.values() if session is self.driver.session)
 
     def _shared(self, node, y):
         """Host array y (a layout node's output, _shared_layouts) written to DDR once, as token rows, for its
@@ -857,13 +854,6 @@ class GraphExecutor(IntRunner):
             why = token_rows_refusal(self.cfg, self.graph.tensors[node.inputs[0]].shape[-1] // node.attrs["heads"],
                                      inputs=True)
             rec.reason += f"; Q, K, V and output via the host: {why}" if why else ""
-
-        if node.op == "depthwise" and self.chain and not transpose_refusal(
-                self.cfg, self.graph.tensors[node.inputs[0]].shape[-1]):
-            rec.reason += "; its planes to and from token rows on the GEMM array"
-        if node.op == "conv" and self.chain:
-            patches = conv_as_linear(node.attrs["k"], node.attrs["stride"])
-            rec.reason += "; as a linear over its im2col patches" if patches else "; planar maps"
 
         def once(n, args, r):
             if self._device(n):
