@@ -177,6 +177,15 @@ def test_every_video_node_bit_exact_on_bench16(video_case, reference):
     ex = _node_by_node(video_case, reference, 2)
     on = {r.where for r in ex.records.values() if r.stage in ("memory_encoder", "memory_attention")}
     assert on >= {"gemm", "conv", "depthwise", "attention", "vector"}
+    # the last frame: the mask downsampler's convolutions and the fuser's depthwise ones between token rows (the
+    # host writes the mask's pixels alone), the layernorms after them reading in place: no other data byte
+    # crosses (descriptors relinked to the frame's buffers aside)
+    rec = ex.records
+    data = {n: r.ddr_bytes - r.program_bytes for n, r in rec.items()}
+    assert data["mem.ds.conv0"] == rec["mem.ds.conv0"].own_bytes == SIZE * SIZE
+    assert [n for n in ("mem.ds.conv1", "mem.ds.conv2", "mem.ds.conv3", "mem.fuser0.dw", "mem.fuser1.dw",
+                        "mem.fuser0.norm", "mem.fuser1.norm") if data[n]] == []
+    assert all(rec[n].cycles == ex.placements[n].cycles for n in ("mem.ds.conv1", "mem.fuser0.dw"))
 
 
 def test_bank_bounded_read_in_place_and_a_failed_frame_rerun_on_the_same_bank(video_case, reference, monkeypatch):
