@@ -57,9 +57,13 @@ Where the layouts agree (read in place, no host bytes):
   each STORE writes R query rows x C columns of a head at its column h x d, row pitch heads x d
   (sw.compile.attention.TokenRows), so the heads are merged in DDR. Both need C to divide the head dim;
   otherwise, or without load_t, all of that attention crosses the host (the record's reason says why);
-  a strided convolution (K <= 2 x stride: the patch embedding, the mask downsampler) runs as a linear over its
-  im2col patches (_conv_dev: gathered on the host, in its readers' window order), its output left in token
-  rows for the layernorm or add reading it;
+  linear or vector op out -> a K x K convolution and a depthwise one (the patch embedding, the mask downsampler,
+  the fuser's 7 x 7) on their engines between token rows on load_t overlays (_planar_dev): the GEMM array
+  moves the map into the planes the engines read (sw.runtime.layout.compile_rows_to_planar; a host input's
+  pixels the host writes there) and their output planes back into token rows (compile_planar_to_rows, in the
+  window order its readers want), left in DDR; without the conv engine or load_t, or for a batch, a strided one
+  (K <= 2 x stride) runs as a linear over its im2col patches gathered on the host (_conv_dev), its output token
+  rows too (sw.compile.graph.conv_route names the route, the placement prices it);
   a SegmentedTensor (token rows in several buffers, e.g. a memory bank's slots: the video executor's)
   -> a vector row op's inputs and attention's Q, K, V as token rows: one program region per range
   (sw.runtime.layout.RowSegments), each bound to its buffer, no command or tile straddling two.
@@ -69,9 +73,10 @@ table's "host own" column is the part issue 18 allows a frame: a host node's, th
     writes A;
   * attention's Q, K, V and output on overlays without load_t or where C does not divide the head dim
     (heads split and tiled, and merged, on the host);
-  * depthwise, conv_transpose and stride-1 K x K conv: planar (C, H, W) maps (sw.compile.conv.FmapLayout),
-    image by image, and the token-row readers of their outputs (layernorm, add, the next linear); a strided
-    convolution's input, its patches gathered on the host (about K^2 / stride^2 times the map's bytes);
+  * conv_transpose, and the convolutions without load_t or for a batch: planar (C, H, W) maps
+    (sw.compile.conv.FmapLayout), image by image, and the token-row readers of their outputs (layernorm, add,
+    the next linear); a strided convolution's patches gathered on the host (about K^2 / stride^2 times the
+    map's bytes);
   * a fused add's residual (the GEMM store's RES region is N-tile major, not token rows): read back and
     written in the linear's row order;
   * a map inside padded windows read by anything but a row op (its windows' rows read back, cropped), and a
