@@ -24,7 +24,7 @@ import numpy as np
 
 from hw import isa
 from sw.compile.conv import ConvProgram, FmapLayout
-from sw.compile.linear import ALIGN, CompileError, lay_out_image, pack_descriptors, paced, plan_cache, schedule
+from sw.compile.linear import ALIGN, CompileError, lay_out_image, pack_descriptors, plan_cache, schedule, schedule_runs
 
 #: requantize(x, IDENTITY_MULT, IDENTITY_SHIFT) == x for every int32 x that fits int8.
 IDENTITY_MULT, IDENTITY_SHIFT = 1 << 30, 30
@@ -310,12 +310,13 @@ def transpose_refusal(cfg, channels: int = 0) -> str | None:
 
 def _transpose_program(cfg, kind: str, channels: int, height: int, width: int, base_addr: int,
                        max_ddr_bytes: int, order: int | None = None) -> TransposeProgram:
-    offsets, image, sym, out_l, raw = _transpose_plan(cfg, kind, channels, height, width, base_addr, max_ddr_bytes,
-                                                      order)
+    offsets, image, sym, out_l, raw, runs = _transpose_plan(cfg, kind, channels, height, width, base_addr,
+                                                            max_ddr_bytes, order)
     op = dict(kind=kind, channels=channels, height=height, width=width, order=order)
     T = height * width
     return TransposeProgram(cfg, channels, cfg.rows, T, False, image.copy(), list(raw), offsets,
-                            macs=channels * T * cfg.rows, base_addr=base_addr, symbolic=sym, out_layout=out_l, op=op)
+                            macs=channels * T * cfg.rows, base_addr=base_addr, symbolic=sym, out_layout=out_l, op=op,
+                            runs=runs)
 
 
 @plan_cache
@@ -348,8 +349,10 @@ def _transpose_plan(cfg, kind: str, channels: int, height: int, width: int, base
     ops, step, acc = [], 0, 0
     for src, rows, pitch, entries, stores in work:
         h = step % 2
-        load = paced(cfg, dict(op="LOAD", target="B", src=("in", src), count=entries, sp=h * b_half, res=("B", h),
-                               fields=dict(transpose=1, t_rows_last=rows - 1, stride=pitch)))
+        # (not paced: each load goes right after the compute that frees its half, which keeps the DMA-bound
+        # relayouts' schedule linear in their length)
+        load = dict(target="B", src=("in", src), count=entries, sp=h * b_half, res=("B", h),
+                    fields=dict(transpose=1, t_rows_last=rows - 1, stride=pitch))
         for i, (tiles, e0, n, dst, row_pitch, tile_pitch, cols) in enumerate(stores):
             if acc + tiles > regions:
                 acc = 0
@@ -364,7 +367,7 @@ def _transpose_plan(cfg, kind: str, channels: int, height: int, width: int, base
                                        stride=row_pitch, fields=fields)))
             acc += tiles
         step += 1
-    descs = schedule(ops, R, relu=False, out_int32=False)
+    descs, runs = schedule_runs(ops, R, relu=False, out_int32=False)     # (runs: a big map's wait counts)
     sizes = {"in": in_l.size, "A": R * R, "params": C * isa.PARAM_CHANNEL_BYTES, "out": out_l.size}
     offsets, image = lay_out_image(cfg, len(descs), sizes, base_addr, max_ddr_bytes, kind)
     off = offsets["A"][0]
@@ -373,7 +376,7 @@ def _transpose_plan(cfg, kind: str, channels: int, height: int, width: int, base
     image[offsets["params"][0]:offsets["params"][0] + params.size] = params
     sym, raw = pack_descriptors(descs, image, offsets, base_addr, "split the map")
     image.flags.writeable = False
-    return offsets, image, sym, out_l, tuple(raw)
+    return offsets, image, sym, out_l, tuple(raw), runs
 
 
 def _tiles(first: int, n: int, dst: int, pitch: int, R: int, cols: int) -> list[tuple]:
