@@ -270,8 +270,8 @@ def _linear_dev(drv, n, a, r, lut=None, residual=None, add=None, out=None, order
 
 def _conv_dev(drv, n, a, r):
     """A K x K convolution with its output left in DDR as token rows (where a layernorm, an add or a linear reads
-    it in place), by the route sw.compile.graph.conv_route names (the placement prices the same): "linear" (1 x 1)
-    a linear on its input's token rows;
+    it in place), by the route sw.compile.graph.conv_route names (the placement prices the same):
+      "linear" (1 x 1 / 1): a linear on its input's token rows;
       "planes": on the convolution engine between token rows (_planar_dev), its input read in place;
       "patches" (no convolution engine or transposing LOAD, or a batch): a linear over its im2col patches, which
         the host gathers (its input read back where it is in DDR): A's token row for output pixel (y, x) is its
@@ -512,10 +512,8 @@ DEVICE_OPS = {
     "maxpool2x2": lambda d, n, a, r: _vector_dev(d, n, "maxpool", a[0], want=_want(r, n)),
     "upsample2x": lambda d, n, a, r: _vector_dev(d, n, "upsample", a[0]),
 }
-IN_PLACE = {"linear": (0,), "conv": (0,), "depthwise": (0,), "attention": (0, 1, 2), "layernorm": (0,), "gelu": (0,), "rescale": (0,),
-            "add": (0, 1), "maxpool2x2": (0,), "upsample2x": (0,)}
-
-
+IN_PLACE = {"linear": (0,), "conv": (0,), "depthwise": (0,), "attention": (0, 1, 2), "layernorm": (0,),
+            "gelu": (0,), "rescale": (0,), "add": (0, 1), "maxpool2x2": (0,), "upsample2x": (0,)}
 
 
 def _host_args(args, keep=()):

@@ -296,7 +296,7 @@ class TransposeProgram(ConvProgram):
     ROLES = {"descriptors": "program", "in": "input", "A": "weight", "params": "weight", "out": "output"}
 
 
-def transpose_refusal(cfg, channels: int = 0) -> str | None:
+def transpose_refusal(cfg) -> str | None:
     """Why the GEMM array cannot move a map between token rows and planes (None: it can)."""
     R, C, DB = cfg.rows, cfg.cols, cfg.beat_bytes
     if "load_t" not in cfg.engines:
@@ -329,7 +329,7 @@ def _transpose_plan(cfg, kind: str, channels: int, height: int, width: int, base
     columns) and per store one COMPUTE of `tiles` R x R identity tiles (tile t: B entries first + t R ..) and
     one STORE: accumulator row r of tile t = B entry first + t R + r, a transpose of the rows read. The
     requantisation is the identity. `order`: planar_to_rows writes the token rows in window order ws."""
-    why = transpose_refusal(cfg, channels)
+    why = transpose_refusal(cfg)
     if why:
         raise CompileError(f"{kind}: {why}")
     if base_addr % ALIGN:
