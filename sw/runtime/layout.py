@@ -340,8 +340,9 @@ def _transpose_plan(cfg, kind: str, channels: int, height: int, width: int, base
         work = _rows_to_planar_work(R, C, rows_l, planes)
     else:
         # pixels per item: whole C-pixel blocks of a row, as many as half the accumulator's tiles and of B hold
-        block = max(C, min(cfg.acc_depth // (2 * R) * R, cfg.b_depth // 2, isa.MAX_TILES * R) // C * C)
-        work = _planar_to_rows_work(R, C, rows_l, planes, block, order)
+        tile = order if order and R % order == 0 and C % order == 0 else R     # pixels a tile
+        block = max(C, min(cfg.acc_depth // (2 * R) * tile, cfg.b_depth // 2, isa.MAX_TILES * tile) // C * C)
+        work = _planar_to_rows_work(R, C, rows_l, planes, block, order, tile)
     in_l, out_l = (rows_l, planes) if kind == "rows_to_planar" else (planes, rows_l)
     b_half, regions = cfg.b_depth // 2, cfg.acc_depth // R
     first = [dict(target="A", src=("A", 0), count=R, sp=0, res=("A", 0)),
@@ -353,7 +354,8 @@ def _transpose_plan(cfg, kind: str, channels: int, height: int, width: int, base
         # relayouts' schedule linear in their length)
         load = dict(target="B", src=("in", src), count=entries, sp=h * b_half, res=("B", h),
                     fields=dict(transpose=1, t_rows_last=rows - 1, stride=pitch))
-        for i, (tiles, e0, n, dst, row_pitch, tile_pitch, cols) in enumerate(stores):
+        for i, (tiles, e0, n, dst, row_pitch, tile_pitch, cols, *k) in enumerate(stores):
+            K = k[0] if k else R                  # B entries a tile (an identity tile's first K columns)
             if acc + tiles > regions:
                 acc = 0
             used = list(range(acc, acc + tiles))
@@ -361,7 +363,7 @@ def _transpose_plan(cfg, kind: str, channels: int, height: int, width: int, base
             if tiles > 1:
                 fields.update(tiles_last=tiles - 1, tile_stride=tile_pitch)
             ops.append(dict(loads=(first if not ops else []) + ([load] if i == 0 else []), a=("A", 0), b=("B", h),
-                            a_base=0, b_base=h * b_half + e0, k_last=R - 1, acc=acc, acc_regions=used,
+                            a_base=0, b_base=h * b_half + e0, k_last=K - 1, acc=acc, acc_regions=used,
                             tiles=tiles, accumulate=0,
                             store=dict(rows=n, acc=acc, acc_regions=used, param=0, p=("P", 0), dst=("out", dst),
                                        stride=row_pitch, fields=fields)))
@@ -401,10 +403,11 @@ def _rows_to_planar_work(R, C, rows_l, planes):
     return out
 
 
-def _planar_to_rows_work(R, C, rows_l, planes, block: int, order: int | None):
+def _planar_to_rows_work(R, C, rows_l, planes, block: int, order: int | None, tile: int):
     """Per C channels and `block` pixels of a map row: the channels' plane rows (an entry a pixel); each run of
     pixels whose token rows follow each other (a whole row segment; in window order ws, the run within one
-    window) stored in them."""
+    window) stored in them. In window order ws dividing R (`tile` = ws), tiles of ws pixels (K = ws: ws rows
+    of an identity tile) make every window's run one tile of one STORE, the next window ws x ws rows on."""
     width, out = planes.width, []
     for c0 in range(0, planes.channels, C):
         nc = min(C, planes.channels - c0)
@@ -412,6 +415,9 @@ def _planar_to_rows_work(R, C, rows_l, planes, block: int, order: int | None):
             for x0 in range(0, width, block):
                 n = min(block, width - x0)
                 stores, x = [], x0
+                if tile != R:                     # whole windows (ws divides C, so the block and the map width)
+                    stores, x = [(n // tile, 0, tile, rows_l.offset(window_row(y, x0, width, order), c0),
+                                  rows_l.pitch, tile * tile * rows_l.pitch, C, tile)], x0 + n
                 while x < x0 + n:
                     run = min(x0 + n, (x // order + 1) * order) - x if order else x0 + n - x
                     t = window_row(y, x, width, order) if order else y * width + x
