@@ -337,7 +337,7 @@ def _transpose_plan(cfg, kind: str, channels: int, height: int, width: int, base
     R, C = cfg.rows, cfg.cols
     rows_l, planes = TokenRowLayout(height * width, channels, C), FmapLayout(channels, height, width, C)
     if kind == "rows_to_planar":
-        work = _rows_to_planar_work(R, C, rows_l, planes)
+        work = _rows_to_planar_work(R, C, cfg.beat_bytes, rows_l, planes)
     else:
         # pixels per item: whole C-pixel blocks of a row, as many as half the accumulator's tiles and of B hold
         tile = order if order and R % order == 0 and C % order == 0 else R     # pixels a tile
@@ -389,16 +389,17 @@ def _tiles(first: int, n: int, dst: int, pitch: int, R: int, cols: int) -> list[
         [(1, first + full * R, rest, dst + full * R * pitch, pitch, 0, cols)] if rest else [])
 
 
-def _rows_to_planar_work(R, C, rows_l, planes):
-    """Per C channels and run of up to C tokens of a map row: its tokens' rows (C entries: channels), each channel
-    row stored in its plane, only the run's columns."""
+def _rows_to_planar_work(R, C, DB, rows_l, planes):
+    """Per C channels and run of up to C tokens of a map row: its tokens' rows (an entry a channel: the channels'
+    whole beats, fewer than C for a map of fewer channels), each channel row stored in its plane, only the run's
+    columns."""
     width, out = planes.width, []
     for c0 in range(0, planes.channels, C):
         nc = min(C, planes.channels - c0)
         for y in range(planes.height):
             for x0 in range(0, width, C):
                 n = min(C, width - x0)
-                out.append((rows_l.offset(y * width + x0, c0), n, rows_l.pitch, C,
+                out.append((rows_l.offset(y * width + x0, c0), n, rows_l.pitch, -(-nc // DB) * DB,
                             _tiles(0, nc, planes.offset(c0, y, x0), planes.channel_pitch, R, n)))
     return out
 
