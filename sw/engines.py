@@ -69,7 +69,8 @@ def engines() -> dict[str, Engine]:
             "A": Command(CK._check_entries, _load_entries, "load"),
             "B": Command(CK._check_entries, _load_entries, "load"),
             "PARAM": Command(CK._check_entries, _load_entries, "load"),
-        }, {"linear": fast.linear, "relayout": fast.relayout}, "sw.compile.linear"),
+        }, {"linear": fast.linear, "relayout": fast.relayout, "rows_to_planar": fast.rows_to_planar,
+            "planar_to_rows": fast.planar_to_rows}, "sw.compile.linear"),
         Engine("attention", {
             "ATTENTION": Command(CK._check_attention, M.SimOverlay.exec_attention, "attention"),
             "V": Command(CK._check_entries, _load_entries, "load"),

@@ -1,6 +1,7 @@
 """The int8 graph on the overlay (sw.runtime.graph_exec): a scaled-down tiny SAM 2 (128 px, seeded random
 weights) runs image encoder, prompt encoder and mask decoder node by node on the sim backend, every node
 where the preset's placement puts it, and every node's output equals the integer interpreter's."""
+import dataclasses
 import numpy as np
 import pytest
 
@@ -236,11 +237,17 @@ def test_attention_split_into_calls_fills_one_token_row_tensor(monkeypatch):
     assert [b for b in drv.session.arena.buffers if b.startswith("act")] == [y.buffer]     # the inputs' freed
 
 
-def test_strided_convolution_writes_token_rows_its_readers_read_in_place(scaled):
-    """bench16's patch embedding (7 x 7, stride 4) runs as a linear over its im2col patches (sw.runtime.graph_exec
-    _conv_dev): its output stays in DDR as token rows, so it moves its patches in and no map out, and the
-    positional add reads it in place (no bytes on a second run: programs kept); every node equals intinterp's."""
+@pytest.mark.parametrize("conv_engine", [True, False])
+def test_strided_convolution_writes_token_rows_its_readers_read_in_place(scaled, conv_engine):
+    """bench16's patch embedding (7 x 7, stride 4) on the conv engine between token rows (sw.compile.graph
+    conv_route "planes"): the host writes the frame's pixels into its input planes (the frame's bytes alone),
+    the GEMM array writes its output planes as token rows in the window order its reader wants; without the conv
+    engine ("patches") a linear over its im2col patches gathered on the host. Either way its output stays in DDR
+    as token rows, and the positional add reads it in place (no bytes on a second run: programs kept); every
+    node equals intinterp's."""
     cfg = preset("bench16")
+    if not conv_engine:
+        cfg = dataclasses.replace(cfg, engines=tuple(e for e in cfg.engines if e != "conv"))
     qm = _quantised(scaled, cfg)
     feeds = {"image": GraphPredictor(qm.graph, IntRunner(qm)).image_input(scaled[2])}
     nodes = [n for n in qm.graph.nodes if n.name in ("image_q", "patch_embed", "pos_embed", "enc.blocks.0.norm1")]
@@ -257,9 +264,14 @@ def test_strided_convolution_writes_token_rows_its_readers_read_in_place(scaled)
     assert ex.check(env, ref) == []
     pe, (_, h, w, c) = ex.records["patch_embed"], qm.graph.tensors[nodes[1].outputs[0]].shape
     k = qm.graph.constants[nodes[1].inputs[1]].shape[2]
-    assert pe.ddr_bytes - pe.program_bytes == h * w * 3 * k * k and pe.own_bytes == feeds["image"].size
-    assert pe.reason.endswith("as a linear over its im2col patches")
-    assert ex.records["pos_embed"].ddr_bytes == 0        # in window order (window_orders), as its reader wants it
+    assert pe.own_bytes == feeds["image"].size
+    if conv_engine:
+        assert pe.where == "conv" and pe.calls == 2 and pe.ddr_bytes - pe.program_bytes == feeds["image"].size
+        assert pe.reason.endswith("its planes from and to token rows on the GEMM array")
+        assert pe.cycles == ex.placements["patch_embed"].cycles        # the placement prices what runs
+    else:
+        assert pe.where == "gemm" and pe.ddr_bytes - pe.program_bytes == h * w * 3 * k * k
+        assert pe.reason.endswith("as a linear over its im2col patches")
     assert ex.records["enc.blocks.0.norm1"].ddr_bytes == h * w * c      # only its output, read back at the end
 
 

@@ -221,6 +221,37 @@ def test_chain_layouts_fast_equal_checked(preset_name):
     assert np.array_equal(prog.output(image), want)
 
 
+@pytest.mark.parametrize("preset_name,ch,h,w,order", [("bench16", 32, 3, 8, None), ("bench16", 20, 2, 37, None),
+                                                       ("kv260", 64, 2, 40, None), ("sim", 16, 3, 11, None),
+                                                       ("bench16", 3, 16, 32, 8), ("sim", 6, 4, 12, 2)])
+def test_token_rows_planar_transposes_fast_equal_checked(preset_name, ch, h, w, order):
+    """The GEMM array's relayouts between token rows and planes (sw.runtime.layout): token rows -> planes,
+    writing only the pixels (the margins keep their bytes), and planes -> token rows (in window order too),
+    reading only the pixels; maps narrower than C, rows of several C-pixel runs, tails of fewer than R pixels
+    or channels, fewer channels than C, square and 16 x 32 arrays."""
+    from sw.compile.conv import FmapLayout
+    from sw.runtime.device_tensor import _window_order
+    from sw.runtime.layout import TokenRowLayout, compile_planar_to_rows, compile_rows_to_planar
+    cfg = preset(preset_name)
+    rng = np.random.default_rng(5)
+    x = rand8(rng, (ch, h, w))
+    rows = TokenRowLayout(h * w, ch, cfg.cols)
+    prog = compile_rows_to_planar(cfg, ch, h, w, base_addr=BASE)
+    off, n = prog.regions["in"]
+    prog.image[off:off + n] = rows.pack(x.reshape(ch, -1).T)
+    image, _ = run_both(cfg, prog)
+    assert np.array_equal(prog.output(image), x)
+    prog = compile_planar_to_rows(cfg, ch, h, w, order=order, base_addr=BASE)
+    off, n = prog.regions["in"]
+    lay = FmapLayout(ch, h, w, cfg.cols)
+    pixels = lay.pack(np.ones_like(x)) != 0
+    prog.image[off:off + n] = np.where(pixels, lay.pack(x), rng.integers(0, 256, n, dtype=np.uint8))   # margins: noise
+    image, _ = run_both(cfg, prog)
+    want = x.transpose(1, 2, 0)[None]
+    want = _window_order(want, order) if order else want
+    assert np.array_equal(prog.output(image), want.reshape(h * w, ch))
+
+
 def test_driver_modes_agree_on_every_route():
     """Through the driver: conv-transpose and host-im2col convs (GEMM programs), a dense conv, the
     depthwise engine and attention, fast and checked, in one session each: same results, same cycles."""

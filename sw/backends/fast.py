@@ -221,3 +221,28 @@ def relayout(cfg, ddr, op, at):
     out_l = FmapLayout(ch, h, w, C)
     _planes(ddr, at["out"], out_l).view(np.int8)[:, PAD:PAD + h, out_l.left:out_l.left + w] = y
 
+
+
+def rows_to_planar(cfg, ddr, op, at):
+    """sw.runtime.layout.compile_rows_to_planar: token rows -> the map's pixels in their planes (the STOREs write
+    those and no margin byte)."""
+    from sw.compile.conv import PAD, FmapLayout
+    from sw.runtime.layout import TokenRowLayout
+    ch, h, w = (op[n] for n in ("channels", "height", "width"))
+    rows_l, out_l = TokenRowLayout(h * w, ch, cfg.cols), FmapLayout(ch, h, w, cfg.cols)
+    x = ddr[at["in"]:at["in"] + rows_l.size].reshape(h, w, rows_l.pitch)[:, :, :ch]
+    _planes(ddr, at["out"], out_l)[:, PAD:PAD + h, out_l.left:out_l.left + w] = x.transpose(2, 0, 1)
+
+
+def planar_to_rows(cfg, ddr, op, at):
+    """sw.runtime.layout.compile_planar_to_rows: the map's pixels -> token rows (every byte of them)."""
+    from sw.compile.conv import PAD, FmapLayout
+    from sw.runtime.layout import TokenRowLayout
+    ch, h, w = (op[n] for n in ("channels", "height", "width"))
+    in_l, rows_l = FmapLayout(ch, h, w, cfg.cols), TokenRowLayout(h * w, ch, cfg.cols)
+    x = _planes(ddr, at["in"], in_l)[:, PAD:PAD + h, in_l.left:in_l.left + w].view(np.int8)
+    rows = x.reshape(ch, h * w).T
+    if op["order"]:                             # window order: token (y, x) at its window row
+        ws = op["order"]
+        rows = rows.reshape(h // ws, ws, w // ws, ws, ch).transpose(0, 2, 1, 3, 4).reshape(h * w, ch)
+    ddr[at["out"]:at["out"] + rows_l.size] = rows_l.pack(rows)

@@ -6,8 +6,10 @@ The rule (docs/profile.md), per node:
   2. Host-only nodes (quantise / dequantise at the model's edges, the prompt encoder, the decoder's
      single-token MLPs) run on the host.
   3. Every other node has its engine candidate: linear, 1x1 and transposed 2x2/s2 convolutions and
-     the mask product on the GEMM engine; K x K convolutions on the convolution engine; depthwise
-     7x7 on the depthwise engine (else the convolution engine's depthwise mode); attention on the
+     the mask product on the GEMM engine; K x K convolutions on the convolution engine and depthwise
+     7x7 on the depthwise engine (else the convolution engine's depthwise mode), with the GEMM array's
+     relayouts of their planes from and to token rows (conv_route; without those, the strided ones with
+     K <= 2 x stride as a linear over their im2col patches on the GEMM engine); attention on the
      attention engine; element-wise int ops on the vector engine. A candidate exists when the preset
      has the engine and the compiler accepts the shape (its CompileError says why not).
   4. The node goes where it is fastest: the candidate's time (the cycle model on the compiled
@@ -108,6 +110,7 @@ class EngineCost:
     array_macs: int
     programs: int = 1
     bound: str = ""          # set where the engine's own model says (the vector engine's)
+    note: str = ""           # how the executor runs it, where that is not plain (its placement's reason says)
 
 
 @dataclass(frozen=True)
@@ -228,6 +231,33 @@ def depthwise_cost(cfg, c: int, h: int, w: int, k: int, padding: int) -> EngineC
     return EngineCost("depthwise", *program_cost(prog), prog.array_macs)
 
 
+def conv_route(cfg, k: int, stride: int, padding: int, batch: int = 1) -> str:
+    """How the executor runs a K x K convolution (not 1 x 1 / 1; sw.runtime.graph_exec._conv_dev), which the
+    placement prices: "planes" on the convolution engine between token rows (the GEMM array's relayouts from
+    and to its planes, its input written there by the host where the host made it); without the convolution
+    engine or the transposing LOAD, or for a batch, "patches" (a linear over its im2col patches, gathered on
+    the host) where K <= 2 x stride (at most about 4 times the map's elements), else "host-planar" (the
+    convolution engine from and to the host). A 1 x 1 / 1 convolution is "linear": a linear on its input's
+    token rows."""
+    from sw.compile.conv import supported
+    from sw.runtime.layout import transpose_refusal
+    if k == 1 and stride == 1 and padding == 0:
+        return "linear"
+    if batch == 1 and supported(cfg, k, stride, padding) is None and transpose_refusal(cfg) is None:
+        return "planes"
+    return "patches" if k <= 2 * stride else "host-planar"
+
+
+def planes_cost(cfg, one: EngineCost, ins: tuple | None, outs: tuple, order: int | None, note: str) -> EngineCost:
+    """An engine's planar program `one` between token rows: with the relayouts of its output (outs: channels,
+    H, W; in window order `order`) and, unless the host writes it (ins None), of its input."""
+    from sw.runtime.layout import compile_planar_to_rows, compile_rows_to_planar
+    progs = [compile_planar_to_rows(cfg, *outs, order=order)] + ([compile_rows_to_planar(cfg, *ins)] if ins else [])
+    costs = [program_cost(p) for p in progs]
+    return EngineCost(one.engine, one.cycles + sum(c for c, _ in costs), one.ddr_bytes + sum(b for _, b in costs),
+                      one.array_macs, one.programs + len(progs), note=note)
+
+
 def attention_cost(cfg, heads: int, lq: int, lk: int, d: int) -> EngineCost:
     """An attention node's programs: whole when within PROGRAM_UNITS descriptors a unit; else groups
     of heads (windows x heads), else per head blocks of query rows (whole groups of the engine's query
@@ -257,8 +287,11 @@ def _attention_program(cfg, heads: int, lq: int, lk: int, d: int) -> EngineCost:
     return EngineCost("attention", *program_cost(prog), 2 * cfg.macs)
 
 
-def engine_cost(cfg, layer: Layer, lanes: int = 0) -> tuple[EngineCost | None, str]:
-    """The node's program on its engine, or (None, why not)."""
+def engine_cost(cfg, layer: Layer, lanes: int = 0, host_input: bool = False,
+                order: int | None = None) -> tuple[EngineCost | None, str]:
+    """The node's program on its engine, or (None, why not). `host_input`: its input is a host array (a graph
+    input, a host node's output): a convolution between token rows has the host write its input planes;
+    `order`: the window order its output is stored in (window_orders), which its relayout writes."""
     from sw.compile.conv import dw_supported, supported
     from sw.compile.linear import CompileError
     op, a = layer.op, layer.attrs
@@ -277,13 +310,26 @@ def engine_cost(cfg, layer: Layer, lanes: int = 0) -> tuple[EngineCost | None, s
             cout = layer.out_shape[-1]
             if op == "conv" and k == 1 and s == 1 and p == 0:
                 return linear_cost(cfg, n * h * w, cin, cout), ""
+            ho, wo = layer.out_shape[1:3]
+            ins = None if host_input else (cin, h, w)
             if op == "depthwise" and dw_supported(cfg, k, s, p, w, False) is None:
+                from sw.runtime.layout import transpose_refusal
                 one = depthwise_cost(cfg, cin, h, w, k, p)
+                if n == 1 and transpose_refusal(cfg) is None:
+                    return planes_cost(cfg, one, ins, (cout, ho, wo), order, "its planes from and to token rows "
+                                       "on the GEMM array"), ""
             else:
+                route = conv_route(cfg, k, s, p, n) if op == "conv" else "host-planar"
+                if route == "patches":
+                    return replace(linear_cost(cfg, n * ho * wo, cin * k * k, cout),
+                                   note="as a linear over its im2col patches"), ""
                 why = supported(cfg, k, s, p)
                 if why:
                     return None, why
                 one = conv_cost(cfg, cin, h, w, cout, k, s, p, op == "depthwise")
+                if route == "planes":
+                    return planes_cost(cfg, one, ins, (cout, ho, wo), order, "its planes from and to token rows "
+                                       "on the GEMM array"), ""
             return EngineCost(one.engine, one.cycles * n, one.ddr_bytes * n, one.array_macs, n), ""
         if op == "attention":
             if "attention" not in cfg.engines:
@@ -313,8 +359,9 @@ def host_cost(host: HostModel, layer: Layer) -> float:
     return host_seconds(host, layer.op, elements, layer.macs, layer.bytes_in(), layer.bytes_out())
 
 
-def place(cfg, layer: Layer, host: HostModel | None = None, lanes: int = 0) -> Placement:
-    """One node's placement by the rule in this module's docstring."""
+def place(cfg, layer: Layer, host: HostModel | None = None, lanes: int = 0, host_input: bool = False,
+          order: int | None = None) -> Placement:
+    """One node's placement by the rule in this module's docstring (`host_input`, `order`: engine_cost's)."""
     host = host or host_for(cfg)
     if layer.op in LAYOUT_OPS:
         return Placement(layer, "layout", "DMA addressing (strides of the neighbouring programs)", 0, 0.0, 0, "")
@@ -323,7 +370,7 @@ def place(cfg, layer: Layer, host: HostModel | None = None, lanes: int = 0) -> P
     if layer.op in HOST_OPS or layer.host:
         why = "float op (the builder's host node)" if layer.host else "host op"
         return Placement(layer, "host", why, 0, hs, host_bytes, "host", host_seconds=hs)
-    eng, why = engine_cost(cfg, layer, lanes)
+    eng, why = engine_cost(cfg, layer, lanes, host_input, order)
     if eng is None:
         return Placement(layer, "host", why, 0, hs, host_bytes, "host", host_seconds=hs)
     clock = cfg.clock_mhz * 1e6
@@ -334,13 +381,53 @@ def place(cfg, layer: Layer, host: HostModel | None = None, lanes: int = 0) -> P
     if hs < seconds:
         return Placement(layer, "host", f"faster on the host ({_ms(hs)} vs {eng.engine} {_ms(seconds)})", 0, hs,
                          host_bytes, "host", host_seconds=hs)
-    return Placement(layer, eng.engine, f"{eng.engine} {_ms(seconds)} < host {_ms(hs)}", eng.cycles, seconds,
-                     eng.ddr_bytes, bound, eng.array_macs, hs)
+    return Placement(layer, eng.engine, f"{eng.engine} {_ms(seconds)} < host {_ms(hs)}" + (
+        f"; {eng.note}" if eng.note else ""), eng.cycles, seconds, eng.ddr_bytes, bound, eng.array_macs, hs)
+
+
+def window_orders(layers: list[Layer]) -> dict[str, int]:
+    """node -> the window size ws whose order (DeviceTensor.order) its output is stored in: the nodes that
+    lead to a window partition of ws tiling its map exactly, so the partition is the buffer as it is:
+    back from it through row-wise nodes (add, layernorm, GELU, rescale, a linear's A), a 2x2 max-pool (its
+    input in order 2 ws) and up to a window unpartition of ws (its windows are the map in that order) or a
+    convolution (the patch embedding: graph_exec._conv_dev writes its output rows in that order). The
+    vector nodes of this map write their output in its order (their host operands so; one in DDR in
+    another order read back), the others in the map's order: Hiera's later stages, whose windows pad, and
+    their global attentions read their maps in place."""
+    writers = {x.output: x for x in layers if x.output}
+    want: dict[str, int] = {}
+    for node in layers:
+        if node.op != "window_partition":
+            continue
+        ws, (b, h, w, _) = node.attrs["ws"], node.in_shapes[0]
+        exact = b == 1 and 1 < ws < max(h, w) and h % ws == 0 and w % ws == 0     # (ws = h = w: one window)
+        todo = [(node.inputs[0], ws)] if exact else []
+        while todo:
+            t, ws = todo.pop()
+            p = writers.get(t)
+            if p is None or p.name in want or p.op == "window_unpartition" and p.attrs["ws"] != ws or p.op not in (
+                    "add", "layernorm", "gelu", "rescale", "linear", "maxpool2x2", "window_unpartition", "conv"):
+                continue
+            want[p.name] = ws
+            if p.op not in ("window_unpartition", "conv"):
+                todo += [(i, 2 * ws if p.op == "maxpool2x2" else ws)
+                         for i in (p.inputs[:2] if p.op == "add" else p.inputs[:1])]
+    return want
 
 
 def place_all(cfg, layers: list[Layer], host: HostModel | None = None, lanes: int = 0) -> list[Placement]:
     host = host or host_for(cfg)
-    return fuse_store_tables(cfg, [place(cfg, layer, host, lanes) for layer in layers])
+    written = {x.output for x in layers if x.output}
+    on_host: set = set()          # tensors the host holds: graph inputs (the frame), host nodes' outputs
+    want, out = window_orders(layers), []
+    for layer in layers:
+        first = layer.inputs[0] if layer.inputs else None
+        p = place(cfg, layer, host, lanes, host_input=first is not None and (first not in written or first in on_host),
+                  order=want.get(layer.name))
+        if p.where == "host" and layer.output:
+            on_host.add(layer.output)
+        out.append(p)
+    return fuse_store_tables(cfg, out)
 
 
 def fuse_store_tables(cfg, placements: list[Placement]) -> list[Placement]:

@@ -237,10 +237,11 @@ class Driver:
         self.last_programs = [prog]
         return self.last_run
 
-    def buffer(self, size: int, prefix: str = "act"):
-        """A new session buffer (not zeroed), room made by dropping the kept programs when the arena is full."""
+    def buffer(self, size: int, prefix: str = "act", zero: bool = False):
+        """A new session buffer (zeroed only with `zero`), room made by dropping the kept programs when the arena
+        is full."""
         name = f"{prefix}{next(self._names)}"
-        return self._making_room(lambda: self.session.buffer(name, size, zero=False))
+        return self._making_room(lambda: self.session.buffer(name, size, zero=zero))
 
     def _load(self, prog, descriptors, bind=None):
         name = f"call{next(self._names)}"

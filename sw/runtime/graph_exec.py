@@ -57,9 +57,13 @@ Where the layouts agree (read in place, no host bytes):
   each STORE writes R query rows x C columns of a head at its column h x d, row pitch heads x d
   (sw.compile.attention.TokenRows), so the heads are merged in DDR. Both need C to divide the head dim;
   otherwise, or without load_t, all of that attention crosses the host (the record's reason says why);
-  a strided convolution (K <= 2 x stride: the patch embedding, the mask downsampler) runs as a linear over its
-  im2col patches (_conv_dev: gathered on the host, in its readers' window order), its output left in token
-  rows for the layernorm or add reading it;
+  linear or vector op out -> a K x K convolution and a depthwise one (the patch embedding, the mask downsampler,
+  the fuser's 7 x 7) on their engines between token rows on load_t overlays (_planar_dev): the GEMM array
+  moves the map into the planes the engines read (sw.runtime.layout.compile_rows_to_planar; a host input's
+  pixels the host writes there) and their output planes back into token rows (compile_planar_to_rows, in the
+  window order its readers want), left in DDR; without the conv engine or load_t, or for a batch, a strided one
+  (K <= 2 x stride) runs as a linear over its im2col patches gathered on the host (_conv_dev), its output token
+  rows too (sw.compile.graph.conv_route names the route, the placement prices it);
   a k x k, stride k transposed convolution (the decoder's upscaling) runs as a linear over its input's token rows
   (_conv_transpose_dev), its output left as the GEMM stores it: each input row's k x k output pixels as k k rows,
   the map in nested window order (subpixel_order: DeviceTensor.order a tuple), with no pixel shuffle; its
@@ -77,9 +81,9 @@ table's "host own" column is the part issue 18 allows a frame: a host node's, th
     writes A;
   * attention's Q, K, V and output on overlays without load_t or where C does not divide the head dim
     (heads split and tiled, and merged, on the host);
-  * depthwise and stride-1 K x K conv: planar (C, H, W) maps (sw.compile.conv.FmapLayout),
-    image by image, and the token-row readers of their outputs (layernorm, add, the next linear); a strided
-    convolution's input, its patches gathered on the host (about K^2 / stride^2 times the map's bytes);
+  * the convolutions without load_t or for a batch: planar (C, H, W) maps (sw.compile.conv.FmapLayout), image by
+    image, and the token-row readers of their outputs (layernorm, add, the next linear); a strided convolution's
+    patches gathered on the host (about K^2 / stride^2 times the map's bytes);
   * a fused add's residual (the GEMM store's RES region is N-tile major, not token rows): read back and
     written in the linear's row order;
   * a map inside padded windows read by anything but a row op (its windows' rows read back, cropped), and a
@@ -120,7 +124,8 @@ from golden_model.intvec import RescaleParams
 from golden_model.quant.interpret import merge_heads, nchw_to_nhwc, nhwc_to_nchw, split_heads
 from golden_model.quant.intinterp import IntRunner, _mask_product, _requant_args, _vec_params
 from sw.compile.attention import TokenRows, token_rows_refusal
-from sw.compile.graph import fused_adds, place_all, vector_lanes
+from sw.compile.conv import FmapLayout, compile_conv2d, compile_depthwise, dw_supported
+from sw.compile.graph import conv_route, fused_adds, place_all, vector_lanes, window_orders
 from sw.compile.vector import OPS as VECTOR_OPS, compile_vector, row_dim
 from sw.perf.layers import graph_layers
 from sw.runtime.arena import ArenaFull
@@ -128,7 +133,8 @@ from sw.runtime.device_tensor import (DeviceTensor, GraphExecError, Resident, Se
                                       _padded, _segmented, _window_order, reorder_rows, subpixel_order,
                                       window_alias)
 from sw.runtime.driver import Driver
-from sw.runtime.layout import RowRuns, TokenRowLayout
+from sw.runtime.layout import (RowRuns, TokenRowLayout, compile_planar_to_rows, compile_rows_to_planar,
+                               transpose_refusal)
 
 
 @dataclass
@@ -275,23 +281,29 @@ def _linear_dev(drv, n, a, r, lut=None, residual=None, add=None, out=None, order
     return y, [drv.last_run]
 
 
-def conv_as_linear(k: int, stride: int) -> bool:
-    """Whether _conv_dev runs a K x K convolution as a linear over its im2col patches (K <= 2 x stride: at most
-    about 4 times the map's elements; else on the convolution engine, planar)."""
-    return k <= 2 * stride
-
-
 def _conv_dev(drv, n, a, r):
-    """A convolution as a linear over its im2col patches, its output left in DDR as token rows (where a layernorm,
-    an add or a linear reads it in place) instead of a planar map read back for them: A's token row for output
-    pixel (y, x) is its K x K x Cin field in torch's (ci, ky, kx) order (golden_model.intconv.im2col), so the
-    weights' rows are the linear's as they are and the int32 sums, hence the output, are the convolution's.
-    The host gathers the patches (its input read back where it is in DDR), their rows in the window order its
-    readers want (window_orders: the patch embedding's). Where the patches would be over about four times the
-    input's elements (conv_as_linear: stride 1, K = 3 is 9 times) it runs as _conv, planar."""
+    """A K x K convolution with its output left in DDR as token rows (where a layernorm, an add or a linear reads
+    it in place), by the route sw.compile.graph.conv_route names (the placement prices the same):
+      "linear" (1 x 1 / 1): a linear on its input's token rows;
+      "planes": on the convolution engine between token rows (_planar_dev), its input read in place;
+      "patches" (no convolution engine or transposing LOAD, or a batch): a linear over its im2col patches, which
+        the host gathers (its input read back where it is in DDR): A's token row for output pixel (y, x) is its
+        K x K x Cin field in torch's (ci, ky, kx) order (golden_model.intconv.im2col), so the weights' rows are
+        the linear's as they are and the int32 sums, hence the output, are the convolution's; its rows in the
+        window order its readers want (window_orders: the patch embedding's);
+      else planar from and to the host (_conv)."""
     x, w, b = a
     k, stride, pad = w.shape[2], n.attrs["stride"], n.attrs["padding"]
-    if not conv_as_linear(k, stride):
+    route = conv_route(drv.cfg, k, stride, pad, x.shape[0])
+    if route == "linear":
+        return _linear_dev(drv, n, a, r)
+    if route == "planes":
+        m, s = _requant_args(r, n)
+        ho, wo = (intconv.out_size(d, k, stride, pad) for d in x.shape[1:3])
+        return _planar_dev(drv, n, x, r, (w.shape[0], ho, wo), lambda base, room: compile_conv2d(
+            drv.cfg, np.zeros(_chw(x.shape), np.int8), w, b, m, s, stride=stride, padding=pad,
+            base_addr=base, max_ddr_bytes=room), lambda: _conv(drv, n, _host_args(a), r))
+    if route != "patches":
         return _conv(drv, n, _host_args(a), r)
     x = np.asarray(x)
     ho, wo = (intconv.out_size(d, k, stride, pad) for d in x.shape[1:3])
@@ -371,6 +383,56 @@ def _hyper_b(drv, r, owner: str, region, h) -> str:
     for start, size in spans:
         session.backend.write(addr + start, data[start:start + size])
     return name
+
+
+def _depthwise_dev(drv, n, a, r):
+    """A depthwise convolution on the depthwise engine between token rows (_planar_dev); else (a batch, no
+    depthwise engine or transposing LOAD) _conv, from and to the host."""
+    x, w, b = a
+    k, pad = w.shape[2], n.attrs["padding"]
+    if x.shape[0] != 1 or transpose_refusal(drv.cfg) or dw_supported(drv.cfg, k, n.attrs["stride"], pad,
+                                                                      x.shape[2], False):
+        return _conv(drv, n, _host_args(a), r)
+    m, s = _requant_args(r, n)
+    return _planar_dev(drv, n, x, r, _chw(x.shape), lambda base, room: compile_depthwise(
+        drv.cfg, np.zeros(_chw(x.shape), np.int8), w, b, m, s, padding=pad, base_addr=base,
+        max_ddr_bytes=room), lambda: _conv(drv, n, _host_args(a), r))
+
+
+def _chw(nhwc: tuple) -> tuple:
+    """An (N, H, W, C) shape's image as (C, H, W)."""
+    return nhwc[3], nhwc[1], nhwc[2]
+
+
+def _planar_dev(drv, n, x, r, out_chw: tuple, compile_engine, fallback):
+    """A convolution engine's or the depthwise engine's program (compile_engine(base, room): planar maps in and
+    out, FmapLayout) between token rows: its input, a (1, H, W, C) DeviceTensor in token rows, moved into its
+    planes on the GEMM array (compile_rows_to_planar), or a host array's pixels written there (its bytes alone:
+    the frame, the mask); its output planes moved back into token rows (compile_planar_to_rows, in the window
+    order its readers want) and left in DDR. The planes are buffers the executor keeps a session per shape
+    (GraphExecutor.plane), zeroed when made; only their pixels are ever written after, so their margins stay
+    the zeros the engines read as padding. Where the arena has no room for them: fallback()."""
+    cfg, (_, H, W, cin) = drv.cfg, x.shape
+    planes = r.plane((cin, H, W), 0), r.plane(out_chw, 1)
+    if None in planes:
+        return fallback()
+    rows_l, base, room = TokenRowLayout(H * W, cin, cfg.cols), drv.BUFFER_BASE, drv.ddr_bytes - drv.BUFFER_BASE
+    runs = []
+    if _in_place(x, rows_l):
+        runs.append(drv.run_bound(compile_rows_to_planar(cfg, cin, H, W, base_addr=base, max_ddr_bytes=room),
+                                  {"in": x.buffer, "out": planes[0]}, owner=f"{n.name} in"))
+    else:
+        lay, at = FmapLayout(cin, H, W, cfg.cols), drv.session.arena[planes[0]].addr
+        for c, rows in enumerate(np.asarray(x)[0].transpose(2, 0, 1)):
+            for yy, row in enumerate(rows):
+                drv.device.write(at + lay.offset(c, yy, 0), row.view(np.uint8))
+    runs.append(drv.run_bound(compile_engine(base, room), {"in": planes[0], "out": planes[1]}, owner=n.name))
+    cout, ho, wo = out_chw
+    order = _want(r, n)
+    prog = compile_planar_to_rows(cfg, cout, ho, wo, order=order, base_addr=base, max_ddr_bytes=room)
+    y = _run_to_device(drv, prog, {"in": planes[1]}, TokenRowLayout(ho * wo, cout, cfg.cols), (1, ho, wo, cout),
+                       n.name, order)
+    return y, runs + [drv.last_run]
 
 
 def _vector_dev(drv, n, op, x, p=None, b=None, end_x=None, want=None, out=None, pad=None):
@@ -536,6 +598,7 @@ def _want(r, n, operands=()) -> int | tuple | None:
 DEVICE_OPS = {
     "linear": _linear_dev,
     "conv": _conv_dev,
+    "depthwise": _depthwise_dev,
     "attention": _attention_dev,
     "conv_transpose": _conv_transpose_dev,
     "mask_product": _mask_dev,
@@ -549,38 +612,9 @@ DEVICE_OPS = {
     "maxpool2x2": lambda d, n, a, r: _vector_dev(d, n, "maxpool", a[0], want=_want(r, n)),
     "upsample2x": lambda d, n, a, r: _vector_dev(d, n, "upsample", a[0]),
 }
-IN_PLACE = {"linear": (0,), "conv_transpose": (0,), "mask_product": (0,), "attention": (0, 1, 2), "layernorm": (0,),
-            "gelu": (0,), "rescale": (0,), "add": (0, 1), "maxpool2x2": (0,), "upsample2x": (0,)}
-
-
-def window_orders(graph) -> dict[str, int]:
-    """node -> the window size ws whose order (DeviceTensor.order) its output is stored in: the nodes that
-    lead to a window partition of ws tiling its map exactly, so the partition is the buffer as it is:
-    back from it through row-wise nodes (add, layernorm, GELU, rescale, a linear's A), a 2x2 max-pool (its
-    input in order 2 ws) and up to a window unpartition of ws (its windows are the map in that order) or a
-    convolution (the patch embedding: _conv_dev writes its patches' rows in that order). The
-    vector nodes of this map write their output in its order (their host operands so; one in DDR in
-    another order read back), the others in the map's order: Hiera's later stages, whose windows pad, and
-    their global attentions read their maps in place."""
-    writers = {t: n for n in graph.nodes for t in n.outputs}
-    want: dict[str, int] = {}
-    for node in graph.nodes:
-        if node.op != "window_partition":
-            continue
-        ws, (b, h, w, _) = node.attrs["ws"], graph.tensors[node.inputs[0]].shape
-        exact = b == 1 and 1 < ws < max(h, w) and h % ws == 0 and w % ws == 0     # (ws = h = w: one window)
-        todo = [(node.inputs[0], ws)] if exact else []
-        while todo:
-            t, ws = todo.pop()
-            p = writers.get(t)
-            if p is None or p.name in want or p.op == "window_unpartition" and p.attrs["ws"] != ws or p.op not in (
-                    "add", "layernorm", "gelu", "rescale", "linear", "maxpool2x2", "window_unpartition", "conv"):
-                continue
-            want[p.name] = ws
-            if p.op not in ("window_unpartition", "conv"):
-                todo += [(i, 2 * ws if p.op == "maxpool2x2" else ws)
-                         for i in (p.inputs[:2] if p.op == "add" else p.inputs[:1])]
-    return want
+IN_PLACE = {"linear": (0,), "conv": (0,), "depthwise": (0,), "conv_transpose": (0,), "mask_product": (0,),
+            "attention": (0, 1, 2), "layernorm": (0,), "gelu": (0,), "rescale": (0,), "add": (0, 1),
+            "maxpool2x2": (0,), "upsample2x": (0,)}
 
 
 def _host_args(args, keep=()):
@@ -650,11 +684,12 @@ class GraphExecutor(IntRunner):
                                                  for t in n.outputs}
         self.host_read = set(qm.graph.outputs) | {t for n in qm.graph.nodes
                                                   if self.placements[n.name].where == "host" for t in n.inputs}
-        self.want = window_orders(qm.graph) if chain else {}
+        self.want = window_orders(graph_layers(qm.graph)) if chain else {}
         self.any_order = self._any_order() if chain else set()
         self.shared = self._shared_layouts() if chain else set()
         self._pad_buffers: dict[str, tuple] = {}       # node -> (its padded window's buffer, the session)
         self.b_buffers: dict[str, tuple] = {}          # mask product -> (its B's buffer, the session, spans): _hyper_b
+        self._planes: dict[tuple, tuple] = {}          # (planar map shape, slot) -> (its buffer, the session)
         self.records: dict[str, NodeRecord] = {}
         self._scope: _Scope | None = None
         self._env: dict = {}
@@ -743,6 +778,28 @@ class GraphExecutor(IntRunner):
                 return None
             self._pad_buffers[node.name] = kept
         return ws, kept[0]
+
+    def plane(self, shape: tuple, slot: int) -> str | None:
+        """A buffer of a planar (channels, H, W) map (FmapLayout) for _planar_dev (slot 0: a program's input, 1:
+        its output), kept a session and shared by the nodes of that shape and slot: zeroed when made, then
+        written only at the map's pixels, so its margins stay the zeros the engines read as padding; None where
+        the arena has no room."""
+        key = (tuple(shape), slot)
+        kept = self._planes.get(key)
+        if kept is None or kept[1] is not self.driver.session:
+            try:
+                kept = self.driver.buffer(FmapLayout(*shape, self.cfg.cols).size, "planes", zero=True), \
+                    self.driver.session
+            except ArenaFull:
+                return None
+            self._planes[key] = kept
+        return kept[0].name
+
+    def kept_bytes(self) -> int:
+        """Arena bytes of the buffers the executor keeps a session for its convolutions' planes (plane), a fixed
+        amount per graph whatever the number of runs."""
+        from sw.runtime.arena import aligned
+        return sum(aligned(b.size) for b, session in self._planes.values() if session is self.driver.session)
 
     def _shared(self, node, y):
         """Host array y (a layout node's output, _shared_layouts) written to DDR once, as token rows, for its
@@ -946,10 +1003,6 @@ class GraphExecutor(IntRunner):
             why = token_rows_refusal(self.cfg, self.graph.tensors[node.inputs[0]].shape[-1] // node.attrs["heads"],
                                      inputs=True)
             rec.reason += f"; Q, K, V and output via the host: {why}" if why else ""
-
-        if node.op == "conv" and self.chain:
-            patches = conv_as_linear(node.attrs["k"], node.attrs["stride"])
-            rec.reason += "; as a linear over its im2col patches" if patches else "; planar maps"
 
         def once(n, args, r):
             if self._device(n):

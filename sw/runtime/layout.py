@@ -24,7 +24,7 @@ import numpy as np
 
 from hw import isa
 from sw.compile.conv import ConvProgram, FmapLayout
-from sw.compile.linear import ALIGN, CompileError, lay_out_image, pack_descriptors, schedule
+from sw.compile.linear import ALIGN, CompileError, lay_out_image, pack_descriptors, plan_cache, schedule, schedule_runs
 
 #: requantize(x, IDENTITY_MULT, IDENTITY_SHIFT) == x for every int32 x that fits int8.
 IDENTITY_MULT, IDENTITY_SHIFT = 1 << 30, 30
@@ -298,3 +298,169 @@ class RowSegments:
         """Write the contiguous region's bytes `data` into each segment region of a compiled image."""
         for r, s, size in zip(self.regions, self.starts, self.sizes(pitch).values()):
             image[offsets[r][0]:offsets[r][0] + size] = data[s * pitch:s * pitch + size]
+
+
+class TransposeProgram(ConvProgram):
+    """compile_rows_to_planar / compile_planar_to_rows: the identity tile (A) is its weight."""
+    ROLES = {"descriptors": "program", "in": "input", "A": "weight", "params": "weight", "out": "output"}
+
+
+def transpose_refusal(cfg) -> str | None:
+    """Why the GEMM array cannot move a map between token rows and planes (None: it can)."""
+    R, C, DB = cfg.rows, cfg.cols, cfg.beat_bytes
+    if "load_t" not in cfg.engines:
+        return "the overlay has no transposing LOAD"
+    if C % R or C % DB:
+        return f"the array's cols ({C}) must be a multiple of its rows ({R}) and of the {DB}-byte AXI beat"
+    if cfg.b_depth // 2 < C or cfg.acc_depth // C < 2:
+        return f"the transpose needs {C} B entries a half and 2 x {C} accumulator rows"
+    return None
+
+
+def _transpose_program(cfg, kind: str, channels: int, height: int, width: int, base_addr: int,
+                       max_ddr_bytes: int, order: int | None = None) -> TransposeProgram:
+    offsets, image, sym, out_l, raw, runs = _transpose_plan(cfg, kind, channels, height, width, base_addr,
+                                                            max_ddr_bytes, order)
+    op = dict(kind=kind, channels=channels, height=height, width=width, order=order)
+    T = height * width
+    return TransposeProgram(cfg, channels, cfg.rows, T, False, image.copy(), list(raw), offsets,
+                            macs=channels * T * cfg.rows, base_addr=base_addr, symbolic=sym, out_layout=out_l, op=op,
+                            runs=runs)
+
+
+@plan_cache
+def _transpose_plan(cfg, kind: str, channels: int, height: int, width: int, base_addr: int, max_ddr_bytes: int,
+                    order: int | None = None):
+    """An identity GEMM moving a map between token rows and planes (kind "rows_to_planar" or "planar_to_rows"),
+    whatever the data (kept: a video frame runs the same ones every frame). Per item of the work (src offset,
+    rows read, row pitch, entries, stores: [(tiles, first entry, rows, dst offset, row pitch, tile pitch,
+    cols)]) one transposing LOAD B of those entries (entry e byte c = DDR row c byte e: the rows read become the
+    columns) and per store one COMPUTE of `tiles` R x R identity tiles (tile t: B entries first + t R ..) and
+    one STORE: accumulator row r of tile t = B entry first + t R + r, a transpose of the rows read. The
+    requantisation is the identity. `order`: planar_to_rows writes the token rows in window order ws."""
+    why = transpose_refusal(cfg)
+    if why:
+        raise CompileError(f"{kind}: {why}")
+    if base_addr % ALIGN:
+        raise CompileError(f"DDR buffer address {base_addr:#x} is not {ALIGN}-byte aligned")
+    R, C = cfg.rows, cfg.cols
+    rows_l, planes = TokenRowLayout(height * width, channels, C), FmapLayout(channels, height, width, C)
+    if kind == "rows_to_planar":
+        work = _rows_to_planar_work(R, C, cfg.beat_bytes, rows_l, planes)
+    else:
+        # pixels per item: whole C-pixel blocks of a row, as many as half the accumulator's tiles and of B hold
+        tile = order if order and R % order == 0 and C % order == 0 else R     # pixels a tile
+        block = max(C, min(cfg.acc_depth // (2 * R) * tile, cfg.b_depth // 2, isa.MAX_TILES * tile) // C * C)
+        work = _planar_to_rows_work(R, C, rows_l, planes, block, order, tile)
+    in_l, out_l = (rows_l, planes) if kind == "rows_to_planar" else (planes, rows_l)
+    b_half, regions = cfg.b_depth // 2, cfg.acc_depth // R
+    first = [dict(target="A", src=("A", 0), count=R, sp=0, res=("A", 0)),
+             dict(target="PARAM", src=("params", 0), count=1, sp=0, res=("P", 0))]
+    ops, step, acc = [], 0, 0
+    for src, rows, pitch, entries, stores in work:
+        h = step % 2
+        # (not paced: each load goes right after the compute that frees its half, which keeps the DMA-bound
+        # relayouts' schedule linear in their length)
+        load = dict(target="B", src=("in", src), count=entries, sp=h * b_half, res=("B", h),
+                    fields=dict(transpose=1, t_rows_last=rows - 1, stride=pitch))
+        for i, (tiles, e0, n, dst, row_pitch, tile_pitch, cols, *k) in enumerate(stores):
+            K = k[0] if k else R                  # B entries a tile (an identity tile's first K columns)
+            if acc + tiles > regions:
+                acc = 0
+            used = list(range(acc, acc + tiles))
+            fields = dict(cols=0 if cols == C else cols)
+            if tiles > 1:
+                fields.update(tiles_last=tiles - 1, tile_stride=tile_pitch)
+            ops.append(dict(loads=(first if not ops else []) + ([load] if i == 0 else []), a=("A", 0), b=("B", h),
+                            a_base=0, b_base=h * b_half + e0, k_last=K - 1, acc=acc, acc_regions=used,
+                            tiles=tiles, accumulate=0,
+                            store=dict(rows=n, acc=acc, acc_regions=used, param=0, p=("P", 0), dst=("out", dst),
+                                       stride=row_pitch, fields=fields)))
+            acc += tiles
+        step += 1
+    descs, runs = schedule_runs(ops, R, relu=False, out_int32=False)     # (runs: a big map's wait counts)
+    sizes = {"in": in_l.size, "A": R * R, "params": C * isa.PARAM_CHANNEL_BYTES, "out": out_l.size}
+    offsets, image = lay_out_image(cfg, len(descs), sizes, base_addr, max_ddr_bytes, kind)
+    off = offsets["A"][0]
+    image[off:off + R * R] = np.eye(R, dtype=np.int8).reshape(-1).view(np.uint8)     # entry k: byte k is 1
+    params = isa.pack_params(np.zeros(C, np.int64), np.full(C, IDENTITY_MULT), np.full(C, IDENTITY_SHIFT))
+    image[offsets["params"][0]:offsets["params"][0] + params.size] = params
+    sym, raw = pack_descriptors(descs, image, offsets, base_addr, "split the map")
+    image.flags.writeable = False
+    return offsets, image, sym, out_l, tuple(raw), runs
+
+
+def _tiles(first: int, n: int, dst: int, pitch: int, R: int, cols: int) -> list[tuple]:
+    """Stores of n rows of B entries first .. first + n - 1 to DDR rows `pitch` apart from dst: whole R-row
+    tiles, then the rest (fewer than R rows) by a STORE of its own."""
+    full, rest = divmod(n, R)
+    return ([(full, first, R, dst, pitch, R * pitch, cols)] if full else []) + (
+        [(1, first + full * R, rest, dst + full * R * pitch, pitch, 0, cols)] if rest else [])
+
+
+def _rows_to_planar_work(R, C, DB, rows_l, planes):
+    """Per C channels and run of up to C tokens of a map row: its tokens' rows (an entry a channel: the channels'
+    whole beats, fewer than C for a map of fewer channels), each channel row stored in its plane, only the run's
+    columns."""
+    width, out = planes.width, []
+    for c0 in range(0, planes.channels, C):
+        nc = min(C, planes.channels - c0)
+        for y in range(planes.height):
+            for x0 in range(0, width, C):
+                n = min(C, width - x0)
+                out.append((rows_l.offset(y * width + x0, c0), n, rows_l.pitch, -(-nc // DB) * DB,
+                            _tiles(0, nc, planes.offset(c0, y, x0), planes.channel_pitch, R, n)))
+    return out
+
+
+def _planar_to_rows_work(R, C, rows_l, planes, block: int, order: int | None, tile: int):
+    """Per C channels and `block` pixels of a map row: the channels' plane rows (an entry a pixel); each run of
+    pixels whose token rows follow each other (a whole row segment; in window order ws, the run within one
+    window) stored in them. In window order ws dividing R (`tile` = ws), tiles of ws pixels (K = ws: ws rows
+    of an identity tile) make every window's run one tile of one STORE, the next window ws x ws rows on."""
+    width, out = planes.width, []
+    for c0 in range(0, planes.channels, C):
+        nc = min(C, planes.channels - c0)
+        for y in range(planes.height):
+            for x0 in range(0, width, block):
+                n = min(block, width - x0)
+                stores, x = [], x0
+                if tile != R:                     # whole windows (ws divides C, so the block and the map width)
+                    stores, x = [(n // tile, 0, tile, rows_l.offset(window_row(y, x0, width, order), c0),
+                                  rows_l.pitch, tile * tile * rows_l.pitch, C, tile)], x0 + n
+                while x < x0 + n:
+                    run = min(x0 + n, (x // order + 1) * order) - x if order else x0 + n - x
+                    t = window_row(y, x, width, order) if order else y * width + x
+                    stores += _tiles(x - x0, run, rows_l.offset(t, c0), rows_l.pitch, R, C)
+                    x += run
+                out.append((planes.offset(c0, y, x0), nc, planes.channel_pitch, -(-n // C) * C, stores))
+    return out
+
+
+def window_row(y: int, x: int, width: int, ws: int) -> int:
+    """The token row of pixel (y, x) of a map `width` wide stored in window order ws (ws tiling it:
+    window_partition's rows, windows row-major, each window's rows row-major)."""
+    return ((y // ws * (width // ws) + x // ws) * ws + y % ws) * ws + x % ws
+
+
+def compile_rows_to_planar(cfg, channels: int, height: int, width: int, *, base_addr: int = 0,
+                           max_ddr_bytes: int = 1 << 30) -> TransposeProgram:
+    """int8 token rows (TokenRowLayout: token y width + x's channels at its row) -> the planar map (FmapLayout)
+    on the GEMM array, writing only the map's pixels (the planes' zero margins are the buffer's). Per C
+    channels and run of up to C tokens of one map row: the tokens' rows read transposed into B (entry e = channel
+    c0 + e of the run's tokens), C / R identity tiles leave channel c0 + t R + r's tokens in row r of tile t,
+    one STORE puts them in their planes (its columns: the run's tokens). What a depthwise convolution reads
+    when its neighbours write token rows (sw.runtime.graph_exec._depthwise_dev)."""
+    return _transpose_program(cfg, "rows_to_planar", channels, height, width, base_addr, max_ddr_bytes)
+
+
+def compile_planar_to_rows(cfg, channels: int, height: int, width: int, *, order: int | None = None,
+                           base_addr: int = 0, max_ddr_bytes: int = 1 << 30) -> TransposeProgram:
+    """The planar map (FmapLayout) -> int8 token rows (TokenRowLayout), on the GEMM array: per C channels and C
+    pixels of a map row, the C channels' plane rows read transposed into B (entry e = pixel x0 + e of the C
+    channels), identity tiles leave pixel x0 + t R + r's channels in row r of tile t, STOREs put each row in its
+    token row (a tail of fewer than R pixels: a STORE of its own). `order`: the token rows in window order ws
+    (window_row; ws tiling the map), as the patch embedding's readers want them (graph_exec.window_orders)."""
+    if order and (height % order or width % order):
+        raise CompileError(f"window order {order} does not tile a {height} x {width} map")
+    return _transpose_program(cfg, "planar_to_rows", channels, height, width, base_addr, max_ddr_bytes, order)
