@@ -132,7 +132,9 @@ def _rope_dev(drv, n, a, r, out=None):
     that buffer) where it is one ROPE call: one batch row, no excluded tokens (the queries', the self-attention's
     keys, a memory frame's keys entering the bank); else _rope."""
     x = a[0]
-    _, keep, rp, _ = rope_parts(n, [np.zeros(x.shape, np.int8)] + list(a[1:]), r)     # the split, from the shape
+    _, keep, rp, tail = rope_parts(n, [np.zeros(x.shape, np.int8)] + list(a[1:]), r)     # the split, from the shape
+    if x.shape[0] == 1 and keep == 0:       # every token excluded (a banked chain's pointer tokens): one RESCALE
+        return _vector_dev(drv, n, "rescale", x, tail, out=out)
     if x.shape[0] != 1 or keep != math.prod(x.shape[1:-1]):
         return _rope(drv, n, [np.asarray(x)] + list(a[1:]), r)
     return _vector_dev(drv, n, "rope", x, rp, end_x=math.isqrt(rp.positions), out=out)
@@ -213,6 +215,8 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
         self.in_place = self._segment_readers()     # chains whose output its readers take from the bank in place
         self.batch_groups: list | None = None     # a batch's objects: (banked entries, pointer tokens) (_rows_batched)
         self.store_into: dict = {}          # node -> the session buffer its output goes into (project_into)
+        self._projecting: set = set()       # a banked chain's nodes projecting a frame into the bank (in DDR)
+        self._tails: dict = {}              # part -> (run, its pointer tokens in DDR, their values) (_tail_rows)
 
     def project(self, tokens, part: str) -> dict:
         """The banked chains of `part` ("memory": one memory frame's tokens, "memory_pos": one slot
@@ -239,23 +243,43 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
         tokens = tokens.reshape(1, -1, tokens.shape[-1])
         saved, self.banked = (self.banked, getattr(self, "run_dims", None)), None
         self.run_dims = {"O": 0}
+        chains = [c for c in self.chains if c.part == part]
+        src = tokens
+        if entries:        # the chains in DDR: the tokens written once, each chain's rows left for the next node
+            self._projecting = {name for c in chains for name in c.nodes}
+            before = self.driver.device.traffic.snapshot()
+            layout = TokenRowLayout(tokens.shape[1], tokens.shape[-1], self.cfg.cols)
+            src = DeviceTensor(self.driver, _upload(self.driver, tokens[0], layout), layout, tokens.shape,
+                               BANK_TENSORS[part])
+            self.frame_stats.add("memory_attention", ddr_bytes=self.driver.device.traffic.since(before).total)
         try:
-            for chain in self.chains:
-                if chain.part == part:
-                    y = tokens
-                    for n in self.nodes_named(chain.nodes):
-                        if n.name == chain.nodes[-1] and chain.ring in (entries or {}):
-                            self.store_into = {n.name: entries[chain.ring].segment(chain.layer)[0]}
-                        try:
-                            y = self.op_fn(n)(n, [y] + [self.arg(i, {}) for i in n.inputs[1:]], self)
-                        finally:
-                            self.store_into = {}
-                    yield chain, y
+            for chain in chains:
+                y = src
+                for n in self.nodes_named(chain.nodes):
+                    if n.name == chain.nodes[-1] and chain.ring in (entries or {}):
+                        self.store_into = {n.name: entries[chain.ring].segment(chain.layer)[0]}
+                    try:
+                        x, y = y, self.op_fn(n)(n, [y] + [self.arg(i, {}) for i in n.inputs[1:]], self)
+                    finally:
+                        self.store_into = {}
+                    if isinstance(x, DeviceTensor) and x is not src and x.buffer is not None:
+                        x.free(keep=False)       # a chain's rows between its nodes
+                yield chain, y
         finally:
-            self.banked, self.run_dims = saved
+            self.banked, self.run_dims, self._projecting = *saved, set()
+            if isinstance(src, DeviceTensor):
+                src.free(keep=False)
 
     def _device(self, node, layout: bool = False) -> bool:
-        return node.name in self.store_into or super()._device(node, layout)
+        """GraphExecutor's, and a banked chain's nodes where they leave their rows in DDR: projecting a frame
+        entering the bank (project_into), or on the pointer tokens where the chain's output is read in place
+        as segments (its pointer rows then never cross the host)."""
+        if node.name in self.store_into or node.name in self._projecting:
+            return True
+        chain = self.chain_of.get(node.name)
+        if chain is not None:
+            return self.banked is not None and self._in_place_now(chain.nodes[-1]) and node.op in self.DEVICE_OPS
+        return super()._device(node, layout)
 
     def _segment_readers(self) -> set:
         """The banked chains' last nodes whose every reader takes their output as segments in DDR (a
@@ -317,23 +341,42 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
                     raise GraphExecError(f"{n.name}: the bank's {chain.ring} hold {rows} tokens, the memory "
                                          f"{x.shape[1]}")
                 x = np.ascontiguousarray(x[:, rows:])
-            if last and self._in_place_now(n):
-                ptrs = fn(n, [x] + list(args[1:]), r) if x.shape[1] else np.zeros((0, channels), np.int8)
+                if x.shape[1] and self._device(n):      # the pointer tokens, written once for every such chain
+                    x = self._tail_rows(chain.part, x)
+            y = fn(n, [x] + list(args[1:]), r) if x.shape[1] else np.zeros((1, 0, channels), np.int8)
+            if not last:
+                return y
+            if self._in_place_now(n.name):
                 groups = self.batch_groups or [(self.banked, x.shape[1])]
-                return self._segments(n, chain, [(b[chain.ring], t) for b, t in groups], ptrs, channels)
+                return self._segments(n, chain, [(b[chain.ring], t) for b, t in groups], y, channels)
             parts, read = [], {}        # a slot's rows read once a call: batched objects share the slot keys
-            for e in entries if last else ():
+            for e in entries:
                 if e.slot not in read:
                     read[e.slot] = e.part(chain.layer)[None]
                 parts.append(read[e.slot])
-            parts.append(fn(n, [x] + list(args[1:]), r) if x.shape[1] else np.zeros((1, 0, channels), np.int8))
-            return np.concatenate(parts, axis=1)
+            return np.concatenate(parts + [np.asarray(y)], axis=1)
         return run
 
-    def _in_place_now(self, node) -> bool:
+    def _tail_rows(self, part: str, x: np.ndarray) -> DeviceTensor:
+        """The gathered `part`'s pointer tokens `x` (a host node's rows) in DDR for the banked chains of `part`
+        in this run, which read them in place: written once (not once per chain and layer), freed after the
+        last of those chains' first nodes."""
+        scope, kept = self._scope, self._tails.get(part)
+        if kept is not None and kept[0] is scope and kept[1].buffer is not None and np.array_equal(kept[2], x):
+            return kept[1]
+        firsts = [n for c in self.chains if c.part == part for n in self.nodes_named(c.nodes[:1])
+                  if n.name in scope.nodes and self._device(n)]
+        layout = TokenRowLayout(x.shape[1], x.shape[-1], self.cfg.cols)
+        t = DeviceTensor(self.driver, _upload(self.driver, x[0], layout), layout, x.shape, firsts[0].name)
+        t.pending = len(firsts)
+        scope.made[id(t)] = t
+        self._tails[part] = (scope, t, x)
+        return t
+
+    def _in_place_now(self, name: str) -> bool:
         """Whether this run leaves a banked chain's output in DDR as segments (_segment_readers): a memory
         attention chained in DDR (one object's, or a batch's)."""
-        return node.name in self.in_place and self._scope is not None and node.name in self._scope.nodes
+        return name in self.in_place and self._scope is not None and name in self._scope.nodes
 
     def _segments(self, node, chain, groups, ptrs, channels: int) -> SegmentedTensor:
         """A banked chain's output where its readers bind it, object after object (`groups`: each object's
@@ -341,14 +384,22 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
         its pointer tokens' rows (of `ptrs`, their projection's, a host array: every object's, in order) in a
         buffer of their own, written once (counted to the memory attention). Freed after its last reader in
         the run, the bank's slots kept."""
-        parts, owns, t0 = [], [], 0
-        ptrs = np.asarray(ptrs).reshape(-1, channels)
+        parts, owns, t0, mine = [], [], 0, None
         before = self.driver.device.traffic.snapshot()
+        if isinstance(ptrs, DeviceTensor) and ptrs.buffer is not None and sum(t > 0 for _, t in groups) == 1 \
+                and ptrs.layout.pitch == channels:       # the chain left them in DDR: that buffer is the segment
+            del self._scope.made[id(ptrs)]
+            mine, ptrs.buffer = ptrs.buffer, None
+            owns.append(mine)
+        else:                                             # on the host, or several objects' rows: one each
+            ptrs = self._fetch(ptrs).reshape(-1, channels)
         for entries, tail in groups:
             parts += [e.segment(chain.layer) for e in entries]
             if tail:
-                owns.append(_upload(self.driver, ptrs[t0:t0 + tail], TokenRowLayout(tail, channels, self.cfg.cols)))
-                parts.append((owns[-1], tail))
+                if mine is None:
+                    owns.append(_upload(self.driver, ptrs[t0:t0 + tail],
+                                        TokenRowLayout(tail, channels, self.cfg.cols)))
+                parts.append((mine or owns[-1], tail))
                 t0 += tail
         self.frame_stats.add("memory_attention", ddr_bytes=self.driver.device.traffic.since(before).total)
         y = SegmentedTensor(self.driver, parts, channels, (1, sum(r for _, r in parts), channels), node.name, owns)
