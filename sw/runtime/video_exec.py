@@ -64,18 +64,24 @@ counted to the memory attention stage (_fetch).
 The bank read in place: a banked chain's output whose every reader is on the overlay and chained (the
 k_sum add on the vector engine, the attention's V: `in_place`) is a SegmentedTensor (sw.runtime.graph_exec):
 each memory frame's (slot's) layer rows in its own bank buffer (LAYER_RINGS: one buffer per slot and layer,
-layer_buffer), then the pointer tokens' rows, projected per frame and written once into a buffer of their
-own; in a batch, object after object. The readers' programs take it as RowSegments (a region per range,
-relinked per frame to that frame's slots), so the host neither reads the bank's rows nor writes them back.
+layer_buffer), then the pointer tokens' rows, the chain's nodes' output on them left in DDR (the pointer
+tokens, the gather's rows, written once a run and read in place by every such chain's first node:
+_tail_rows; the keys' RoPE, every token excluded, one RESCALE: _rope_dev); in a batch, object after object,
+each object's pointer rows read back and written into a buffer of their own. The readers' programs take it
+as RowSegments (a region per range, relinked per frame to that frame's slots: only the moved descriptors
+written, LoadedProgram.rebind), so the host neither reads the bank's rows nor writes them back.
 
 A new frame's values and keys are STOREd into its slots by their chains' last nodes where those run on
 an engine (project_into: the slots taken first, DdrBank.take, the nodes' outputs bound to their layer
-buffers).
+buffers, a program per slot), the chains' first nodes reading the frame's tokens in its `frames` slot in
+place (SLOT_RINGS), an inner node's rows (k_proj's) left in a buffer the executor keeps (_stage).
 
 Not yet (honest): a reader on the host reads the bank's rows at the gather (BankEntry.part), a projection
 on the host is written in by the host (DdrBank.write_part), and a temporal slot's keys go through the host
-(once a session per slot). A fused add's residual crosses the host (the store's RES region is
-N-tile-major, not token rows). Per-object readers in a batch (above) read their tensor back.
+(once a session per slot). The new frame's features cross the host between the memory encoder's run and
+the bank, the pointers are read back for the gather, and the memory attention's input and output cross it
+between the stages' runs (the tracker's arrays). A fused add's residual crosses the host (the store's RES
+region is N-tile-major, not token rows). Per-object readers in a batch (above) read their tensor back.
 """
 from __future__ import annotations
 
@@ -216,6 +222,7 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
         self.batch_groups: list | None = None     # a batch's objects: (banked entries, pointer tokens) (_rows_batched)
         self.store_into: dict = {}          # node -> the session buffer its output goes into (project_into)
         self._projecting: set = set()       # a banked chain's nodes projecting a frame into the bank (in DDR)
+        self._stages: dict = {}             # node -> (its buffer, the session) (_stage)
         self._tails: dict = {}              # part -> (run, its pointer tokens in DDR, their values) (_tail_rows)
 
     def project(self, tokens, part: str) -> dict:
@@ -227,16 +234,17 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
             out.setdefault(chain.ring, []).append(np.asarray(y)[0])
         return {ring: np.stack(ys) for ring, ys in out.items()}
 
-    def project_into(self, tokens, part: str, entries: dict) -> None:
+    def project_into(self, tokens, part: str, entries: dict, source=None) -> None:
         """project, each chain's output into its layer of entries[ring] (a BankEntry of DdrBank.take): STOREd
         there by the chain's last node where it runs on an engine and chains (its rows never cross the host),
-        else written in by the host."""
-        for chain, y in self._projections(tokens, part, entries if self.chain else {}):
+        else written in by the host. `source`: the BankEntry holding `tokens` (a frame's slot), which the chains'
+        first nodes on an engine read in place."""
+        for chain, y in self._projections(tokens, part, entries if self.chain else {}, source):
             e = entries[chain.ring]
             if not (isinstance(y, DeviceTensor) and y.buffer == e.segment(chain.layer)[0]):
                 e.bank.write_part(e, chain.layer, np.asarray(y))
 
-    def _projections(self, tokens, part: str, entries: dict | None = None):
+    def _projections(self, tokens, part: str, entries: dict | None = None, source=None):
         """(chain, its output) of each banked chain of `part` on `tokens`; `entries`: ring -> the BankEntry
         whose layer buffer a chain's last node leaves its output in, where it runs on an engine."""
         tokens = np.asarray(tokens)
@@ -249,8 +257,10 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
             self._projecting = {name for c in chains for name in c.nodes}
             before = self.driver.device.traffic.snapshot()
             layout = TokenRowLayout(tokens.shape[1], tokens.shape[-1], self.cfg.cols)
-            src = DeviceTensor(self.driver, _upload(self.driver, tokens[0], layout), layout, tokens.shape,
-                               BANK_TENSORS[part])
+            src = DeviceTensor(self.driver, source.segment(0)[0] if source is not None and
+                               layout.pitch == layout.channels else _upload(self.driver, tokens[0], layout),
+                               layout, tokens.shape, BANK_TENSORS[part])
+            src.kept = source is not None and src.buffer == source.segment(0)[0]      # the bank's slot stays
             self.frame_stats.add("memory_attention", ddr_bytes=self.driver.device.traffic.since(before).total)
         try:
             for chain in chains:
@@ -258,17 +268,33 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
                 for n in self.nodes_named(chain.nodes):
                     if n.name == chain.nodes[-1] and chain.ring in (entries or {}):
                         self.store_into = {n.name: entries[chain.ring].segment(chain.layer)[0]}
+                    elif entries and self.driver.CACHED_PROGRAMS:       # (no kept programs: nothing to keep linked)
+                        self.store_into = {n.name: self._stage(n, tokens.shape[1])}
                     try:
                         x, y = y, self.op_fn(n)(n, [y] + [self.arg(i, {}) for i in n.inputs[1:]], self)
                     finally:
                         self.store_into = {}
-                    if isinstance(x, DeviceTensor) and x is not src and x.buffer is not None:
-                        x.free(keep=False)       # a chain's rows between its nodes
+                    if isinstance(x, DeviceTensor) and x is not src and x.buffer not in self._staged() | {None}:
+                        x.free(keep=False)       # a chain's rows between its nodes, in a buffer of their own
                 yield chain, y
         finally:
             self.banked, self.run_dims, self._projecting = *saved, set()
             if isinstance(src, DeviceTensor):
                 src.free(keep=False)
+
+    def _stage(self, node, tokens: int) -> str:
+        """The buffer a banked chain's inner node (k_proj before its RoPE) leaves a frame's rows in when the
+        frame enters the bank: the executor's, one per node and session, so its program (one per output buffer
+        the caller keeps: _run_to_device) and its reader's stay linked to it."""
+        kept = self._stages.get(node.name)
+        if kept is None or kept[1] is not self.driver.session:
+            rows = -(-tokens // self.cfg.rows) * self.cfg.rows
+            layout = TokenRowLayout(rows, self.graph.tensors[node.outputs[0]].shape[-1], self.cfg.cols)
+            kept = self._stages[node.name] = self.driver.buffer(layout.size, "stage").name, self.driver.session
+        return kept[0]
+
+    def _staged(self) -> set:
+        return {name for name, session in self._stages.values() if session is self.driver.session}
 
     def _device(self, node, layout: bool = False) -> bool:
         """GraphExecutor's, and a banked chain's nodes where they leave their rows in DDR: projecting a frame
@@ -341,9 +367,15 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
                     raise GraphExecError(f"{n.name}: the bank's {chain.ring} hold {rows} tokens, the memory "
                                          f"{x.shape[1]}")
                 x = np.ascontiguousarray(x[:, rows:])
-                if x.shape[1] and self._device(n):      # the pointer tokens, written once for every such chain
-                    x = self._tail_rows(chain.part, x)
+            written = 0
+            if first and x.shape[1] and self._device(n):      # the pointer tokens, written once for every such chain
+                before = self.driver.device.traffic.snapshot()
+                x = self._tail_rows(chain.part, x)
+                written = self.driver.device.traffic.since(before).total
             y = fn(n, [x] + list(args[1:]), r) if x.shape[1] else np.zeros((1, 0, channels), np.int8)
+            if written:         # the node's bytes: a host node's rows (the gather's), the host's own
+                rec = self.records[n.name]
+                rec.ddr_bytes, rec.own_bytes = rec.ddr_bytes + written, rec.own_bytes + written
             if not last:
                 return y
             if self._in_place_now(n.name):
@@ -381,8 +413,9 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
     def _segments(self, node, chain, groups, ptrs, channels: int) -> SegmentedTensor:
         """A banked chain's output where its readers bind it, object after object (`groups`: each object's
         memory frames' (slots') entries and pointer tokens): its memory frames' layer rows in the bank, then
-        its pointer tokens' rows (of `ptrs`, their projection's, a host array: every object's, in order) in a
-        buffer of their own, written once (counted to the memory attention). Freed after its last reader in
+        its pointer tokens' rows (of `ptrs`, their projection's: every object's, in order) in a buffer of their
+        own: `ptrs`' own where the chain left one object's in DDR, else written once per object (counted to the
+        memory attention). Freed after its last reader in
         the run, the bank's slots kept."""
         parts, owns, t0, mine = [], [], 0, None
         before = self.driver.device.traffic.snapshot()
@@ -577,6 +610,7 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
             y = self.node_fn(node)(node, ins, self)
             if isinstance(y, SegmentedTensor):       # every object's rows in DDR, object after object
                 return _Stacked(y, [(1, o.bank[chain.part].shape[1], y.shape[-1]) for o in objects], self._fetch)
+            y = self._fetch(y)                       # a banked chain's inner rows (its pointer tokens'), split below
             if chain is not None and self.banked is not None:   # its head rows: the bank's (the last) or none
                 heads = [o.bank[chain.part].shape[1] - o.ptr_tokens if node.name == chain.nodes[-1] else 0
                          for o in objects]
@@ -665,7 +699,7 @@ class BankEntry:
         return self.bank.read(self.ring, self.slot, i).reshape(self.shape[1:])
 
     def segment(self, i: int) -> tuple[str, int]:
-        """Row i of a LAYER_RINGS entry (a layer's token rows) where an engine reads it in place: (its session
+        """Row i of a SLOT_RINGS entry (a layer's token rows) where an engine reads it in place: (its session
         buffer, its rows)."""
         return layer_buffer(self.ring, self.slot, i), self.shape[1]
 
@@ -692,9 +726,9 @@ class DdrBank:
         return sum(aligned(b.size) for b in self.buffers.values())
 
     def _spans(self, ring: str, slot: int) -> list[tuple[int, int]]:
-        """(DDR address, bytes) of a slot's parts, in order: one per layer of a LAYER_RINGS ring, else one."""
+        """(DDR address, bytes) of a slot's parts, in order: one per layer of a SLOT_RINGS ring, else one."""
         shape = self.shapes[ring]
-        if ring in LAYER_RINGS:
+        if ring in SLOT_RINGS:
             return [(self.buffers[layer_buffer(ring, slot, i)].addr, math.prod(shape[1:])) for i in range(shape[0])]
         n = math.prod(shape)
         return [(self.buffers[f"bank.{ring}"].addr + slot * n, n)]
@@ -804,7 +838,7 @@ class OverlayTracker(GraphTracker):
         if self.banks_projections:          # each ring's slot taken first: the engines STORE the rows there
             rings = sorted({c.ring for c in self.runner.chains if c.part == "memory"})
             entry.projections = {ring: self.bank.take(ring) for ring in rings}
-            self.runner.project_into(feats, "memory", entry.projections)
+            self.runner.project_into(feats, "memory", entry.projections, source=entry)
         return entry
 
     @property
@@ -974,19 +1008,22 @@ SLOT_KEYS = "slot_keys"
 #: the rings of projections (a slot: every layer's HW token rows), which the memory attention's engines read in
 #: place: one DDR buffer per slot and layer (layer_buffer), a segment of the reader's input (RowSegments)
 LAYER_RINGS = ("values", "keys", SLOT_KEYS)
+#: the rings whose slots are session buffers of their own (a slot's every layer one): the projections', and the
+#: frames' (a frame entering the bank is projected from its slot in place: VideoGraphExecutor.project_into)
+SLOT_RINGS = LAYER_RINGS + ("frames",)
 
 
 def layer_buffer(ring: str, slot: int, layer: int) -> str:
-    """The session buffer of layer `layer`'s rows of slot `slot` of a LAYER_RINGS ring."""
+    """The session buffer of layer `layer`'s rows of slot `slot` of a SLOT_RINGS ring."""
     return f"bank.{ring}.{slot}.{layer}"
 
 
 def bank_buffers(rings: dict, slot_pos_bytes: int) -> dict[str, int]:
-    """The bank's DDR buffers (name -> bytes) for bank_rings' `rings`: a LAYER_RINGS ring one per slot and
-    layer, any other ring one for all its slots; the slot encodings ("bank.slot_pos")."""
+    """The bank's DDR buffers (name -> bytes) for bank_rings' `rings`: a SLOT_RINGS ring one per slot and
+    layer (the frames': one layer), any other ring one for all its slots; the slot encodings ("bank.slot_pos")."""
     out = {}
     for ring, (shape, n) in rings.items():
-        if ring in LAYER_RINGS:
+        if ring in SLOT_RINGS:
             out.update({layer_buffer(ring, slot, i): math.prod(shape[1:]) for slot in range(n)
                         for i in range(shape[0])})
         else:
