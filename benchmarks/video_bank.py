@@ -7,6 +7,8 @@ objects' memory attentions batched against one by one.
     SAM2FPGA_BENCH_CHAIN=0 python -m benchmarks video_bank   # every engine output back to the host (no chaining)
     SAM2FPGA_BENCH_LOAD_T=0 python -m benchmarks video_bank  # bench16 without the transposing LOAD (load_t)
     SAM2FPGA_BENCH_TABLE=1 python -m benchmarks video_bank   # and the last frame's nodes: where the bytes go
+    SAM2FPGA_BENCH_TRACE=1 python -m benchmarks video_bank   # the last frame's host <-> DDR bytes per node, every
+                                                             # run of it (the table: its last run), and outside nodes
 
 Scaled-down tiny (128 px, seeded random weights, calibrated on one random image), shifted copies of a
 random image, one click on frame 0 per object; bench16's own placement (every engine). "Modelled" is
@@ -59,6 +61,7 @@ def long_clip(qm, cfg, photo, n: int) -> None:
           f"{bank.nbytes:,} bytes ({', '.join(f'{c} {r}' for r, c in bank.counts.items())} slots)")
     print(f"{'frame':>5s} {'arena bytes':>12s} {'slots in use':>28s} {'modelled ms':>11s} {'host<->DDR':>12s} "
           f"{'wall s':>7s}")
+    trace = _trace(ex) if os.environ.get("SAM2FPGA_BENCH_TRACE") == "1" else None
     t = time.perf_counter()
     for idx, _, _ in predictor.propagate_in_video(state):
         stages = ex.frame_stats.stages
@@ -71,6 +74,9 @@ def long_clip(qm, cfg, photo, n: int) -> None:
         last = {name: stages[name].cycles / (cfg.clock_mhz * 1e3) for name in STAGES}
         last_ddr = {name: stages[name].ddr_bytes for name in STAGES}
         ex.frame_stats.reset()
+        last_trace = dict(trace or {})
+        if trace is not None:
+            trace.clear()
         t = now
     print("last frame, modelled ms per stage: " + ", ".join(f"{k} {v:.2f}" for k, v in last.items()))
     print("last frame, host<->DDR bytes per stage: " + ", ".join(f"{k} {v:,d}" for k, v in last_ddr.items())
@@ -82,6 +88,36 @@ def long_clip(qm, cfg, photo, n: int) -> None:
                                              for k, t in totals.items()))
     if os.environ.get("SAM2FPGA_BENCH_TABLE") == "1":
         print(ex.table())
+    if trace is not None:
+        print(f"last frame, host<->DDR bytes by the node running (all its runs), {sum(last_trace.values()):,d} in all:")
+        for name, n in sorted(last_trace.items(), key=lambda kv: -kv[1]):
+            print(f"{n:12,d}  {name}")
+
+
+def _trace(ex) -> dict:
+    """Host <-> DDR bytes from now on by the graph node running (every run of it), the rest ("outside a node":
+    the bank's reads and writes at the tracker's calls) apart."""
+    out, inside, dev = {}, [], ex.driver.device
+    op_fn, read, write = ex.op_fn, dev.read, dev.write
+
+    def count(n):
+        key = inside[-1] if inside else "outside a node (the bank's reads and writes for the tracker)"
+        out[key] = out.get(key, 0) + n
+
+    def traced(node):
+        fn = op_fn(node)
+
+        def run(n, args, r):
+            inside.append(n.name)
+            try:
+                return fn(n, args, r)
+            finally:
+                inside.pop()
+        return run
+    ex.op_fn = traced
+    dev.read = lambda addr, size: count(size) or read(addr, size)
+    dev.write = lambda addr, data: count(np.asarray(data).nbytes) or write(addr, data)
+    return out
 
 
 def objects(qm, cfg, photo, n: int, counts=(1, 3)) -> None:

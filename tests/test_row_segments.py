@@ -60,8 +60,8 @@ def test_segmented_inputs_bound_in_place_and_relinked(mode):
         got = prog.out_layout.unpack(drv.session.backend.read(out.addr, prog.out_layout.size))
         want = intvec.add(np.concatenate([data[i] for i in a_order]), np.concatenate([data[i] for i in b_order]), p)
         np.testing.assert_array_equal(got, want)
-        if a_order[0] == 3:                 # relinked: the descriptors written again, not the parameters
-            assert 0 < drv.program_bytes - written == prog.regions["descriptors"][1]
+        if a_order[0] == 3:     # relinked: only the descriptors addressing a moved segment written, not the parameters
+            assert 0 < drv.program_bytes - written < prog.regions["descriptors"][1]
 
     # attention: V over the slots and the pointer rows, Q and K from the host
     rng = np.random.default_rng(1)

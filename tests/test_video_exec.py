@@ -22,6 +22,7 @@ from golden_model.quant.video import (VideoIntRunner, build_full_graph, calibrat
 from hw.config import preset
 from sw.backends.faults import Fault
 from sw.runtime import graph_exec
+from sw.runtime import video_exec
 from sw.runtime.video_exec import (LAYER_RINGS, BankEntry, BankFull, VideoGraphExecutor, bank_bytes,
                                    overlay_video_predictor)
 
@@ -122,7 +123,7 @@ def _node_by_node(video_case, reference, frames_out):
     banked, projected = [], []
     project, project_into = ex.project, ex.project_into
     ex.project = lambda tokens, part: projected.append(part) or project(tokens, part)
-    ex.project_into = lambda tokens, part, into: projected.append(part) or project_into(tokens, part, into)
+    ex.project_into = lambda tokens, part, into, **kw: projected.append(part) or project_into(tokens, part, into, **kw)
     digest, ex.in_ddr = _digests(seen), set()        # nodes whose output a run left in DDR (chained)
 
     def observe(node, out):
@@ -221,6 +222,10 @@ def test_bank_bounded_read_in_place_and_a_failed_frame_rerun_on_the_same_bank(vi
                 into[name] = into.get(name, 0) + n
     device.read = lambda addr, n: count(reads, addr, n) or read(addr, n)
     device.write = lambda addr, data: count(writes, addr, len(data)) or write(addr, data)
+    uploads: dict = {}        # host arrays written into new buffers, by the node running (VideoGraphExecutor.current)
+    upload = video_exec._upload
+    monkeypatch.setattr(video_exec, "_upload", lambda drv, x, *a: uploads.setdefault(ex.current, []).append(
+        np.asarray(x).size) or upload(drv, x, *a))
 
     def after(idx, state):
         used[idx] = (arena.size - arena.free_bytes, bank.in_use("frames"), bank.in_use("ptrs"))
@@ -241,6 +246,11 @@ def test_bank_bounded_read_in_place_and_a_failed_frame_rerun_on_the_same_bank(vi
     assert any(name.endswith(".1") for name in reads), reads           # the other layers' (their readers on the host)
     # a new frame's layer 0 values and keys STOREd into its slots by their nodes (on the overlay), not by the host
     assert not (set(writes) & (layer["values"] | layer["keys"])) and any(n.endswith(".1") for n in writes), writes
+    # nor the pointer tokens' rows of a tracked frame: left in DDR by k_proj, the RoPE's RESCALE and v_proj, each
+    # chain's a segment of its readers' inputs (not computed on the host and written in); the pointer tokens
+    # themselves (the gather's, a host node's) written once a frame for both chains
+    assert uploads and not (set(uploads) & {"ma.layers.0.cross.k_rope", "ma.layers.0.cross.v"}), uploads
+    assert len(uploads["ma.layers.0.cross.k"]) == len(got) - 1 + len(predictor.retries), uploads   # once a run
 
 
 def test_track_backend_pynq_equals_int8_host_and_keeps_frames_on_a_second_failure(video_case, monkeypatch,
@@ -275,7 +285,8 @@ def test_track_backend_pynq_equals_int8_host_and_keeps_frames_on_a_second_failur
 BATCHED = ("ma.layers.0.cross.q", "ma.layers.0.cross.k", "ma.layers.0.cross.v", "ma.layers.0.cross.k_rope",
            "ma.layers.0.cross.sdpa", "ma.layers.0.cross_res", "ma.layers.1.self.sdpa", "ma.layers.1.cross.sdpa",
            "ma.layers.1.norm3", "ma.layers.1.linear1", "ma.layers.0.cross.out", "ma.layers.1.cross.out",
-           "ma.layers.1.cross_res")      # the out_projs with their residual adds fused (batched residuals)
+           "ma.layers.1.cross_res",      # the out_projs with their residual adds fused (batched residuals)
+           "ma.layers.0.cross.k_sum")    # the keys' chain read in place: its k_proj's pointer rows in DDR
 
 
 def _objects_script(predictor, frames, after_frame=None):

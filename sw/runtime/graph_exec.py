@@ -247,11 +247,12 @@ ENGINE_OPS = {
 # ---------------------------------------------------------------- engine nodes leaving their outputs in DDR
 def _run_to_device(drv, prog, bind, layout, shape, producer, order=None, out: str | None = None) -> DeviceTensor:
     """Run `prog` (regions bound as `bind`) with its out region in a new buffer (or in `out`, a buffer the
-    caller keeps, e.g. a memory bank slot's): that buffer as a DeviceTensor (rows in `order`: a row-wise
-    op's, its input's)."""
+    caller keeps, e.g. a memory bank slot's: a kept program per such buffer, so a node writing into a ring's
+    slots in turn relinks none once each slot has had its program): that buffer as a DeviceTensor (rows in
+    `order`: a row-wise op's, its input's)."""
     y = DeviceTensor(drv, out or drv.buffer(prog.regions["out"][1]).name, layout, shape, producer, order)
     try:
-        drv.run_bound(prog, {**bind, "out": y.buffer}, owner=producer)
+        drv.run_bound(prog, {**bind, "out": y.buffer}, owner=producer if out is None else f"{producer}@{out}")
     except BaseException:
         if out is None:
             y.free(keep=False)

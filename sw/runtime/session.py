@@ -149,6 +149,21 @@ class Session:
         self.backend.close()
 
 
+def _write_changed(backend, addr: int, raw: np.ndarray, old: np.ndarray | None) -> int:
+    """Write descriptor bytes `raw` at `addr` where DDR holds `old` (the same list linked to the last buffers;
+    None: unknown): only the runs of descriptors that differ (a relink moves a few regions: a memory bank's
+    slots in turn leave the other regions' descriptors as they are). The bytes written."""
+    if old is None or old.size != raw.size:
+        backend.write(addr, raw)
+        return raw.size
+    d = isa.DESCRIPTOR_BYTES
+    changed = np.any(raw.reshape(-1, d) != old.reshape(-1, d), axis=1)
+    edges = np.flatnonzero(np.diff(np.concatenate(([0], changed.view(np.int8), [0]))))
+    for first, end in zip(edges[::2], edges[1::2]):
+        backend.write(addr + first * d, raw[first * d:end * d])
+    return int(changed.sum()) * d
+
+
 @dataclass
 class LoadedProgram:
     session: Session
@@ -187,11 +202,14 @@ class LoadedProgram:
             self.buffers = names
             return 0
         addresses, raw = s._link(self.prog, names)
-        moved = addresses != self.addresses
-        if moved:
-            s.backend.write(addresses["descriptors"], raw)
+        written = 0
+        if addresses != self.addresses:
+            same_list = self.linked is not None and linked[0] is not None and linked[0] is self.linked[0] \
+                and addresses["descriptors"] == self.addresses["descriptors"]
+            written = _write_changed(s.backend, addresses["descriptors"], raw,
+                                     link_words(linked[0], self.addresses) if same_list else None)
         self.buffers, self.addresses, self.linked = names, addresses, linked
-        return raw.size if moved else 0
+        return written
 
     def write(self, region: str, data) -> None:
         self.session.backend.write(self.addresses[region], data)

@@ -64,18 +64,24 @@ counted to the memory attention stage (_fetch).
 The bank read in place: a banked chain's output whose every reader is on the overlay and chained (the
 k_sum add on the vector engine, the attention's V: `in_place`) is a SegmentedTensor (sw.runtime.graph_exec):
 each memory frame's (slot's) layer rows in its own bank buffer (LAYER_RINGS: one buffer per slot and layer,
-layer_buffer), then the pointer tokens' rows, projected per frame and written once into a buffer of their
-own; in a batch, object after object. The readers' programs take it as RowSegments (a region per range,
-relinked per frame to that frame's slots), so the host neither reads the bank's rows nor writes them back.
+layer_buffer), then the pointer tokens' rows, the chain's nodes' output on them left in DDR (the pointer
+tokens, the gather's rows, written once a run and read in place by every such chain's first node:
+_tail_rows; the keys' RoPE, every token excluded, one RESCALE: _rope_dev); in a batch, object after object,
+each object's pointer rows read back and written into a buffer of their own. The readers' programs take it
+as RowSegments (a region per range, relinked per frame to that frame's slots: only the moved descriptors
+written, LoadedProgram.rebind), so the host neither reads the bank's rows nor writes them back.
 
 A new frame's values and keys are STOREd into its slots by their chains' last nodes where those run on
 an engine (project_into: the slots taken first, DdrBank.take, the nodes' outputs bound to their layer
-buffers).
+buffers, a program per slot), the chains' first nodes reading the frame's tokens in its `frames` slot in
+place (SLOT_RINGS), an inner node's rows (k_proj's) left in a buffer the executor keeps (_stage).
 
 Not yet (honest): a reader on the host reads the bank's rows at the gather (BankEntry.part), a projection
 on the host is written in by the host (DdrBank.write_part), and a temporal slot's keys go through the host
-(once a session per slot). A fused add's residual crosses the host (the store's RES region is
-N-tile-major, not token rows). Per-object readers in a batch (above) read their tensor back.
+(once a session per slot). The new frame's features cross the host between the memory encoder's run and
+the bank, the pointers are read back for the gather, and the memory attention's input and output cross it
+between the stages' runs (the tracker's arrays). A fused add's residual crosses the host (the store's RES
+region is N-tile-major, not token rows). Per-object readers in a batch (above) read their tensor back.
 """
 from __future__ import annotations
 
@@ -132,7 +138,9 @@ def _rope_dev(drv, n, a, r, out=None):
     that buffer) where it is one ROPE call: one batch row, no excluded tokens (the queries', the self-attention's
     keys, a memory frame's keys entering the bank); else _rope."""
     x = a[0]
-    _, keep, rp, _ = rope_parts(n, [np.zeros(x.shape, np.int8)] + list(a[1:]), r)     # the split, from the shape
+    _, keep, rp, tail = rope_parts(n, [np.zeros(x.shape, np.int8)] + list(a[1:]), r)     # the split, from the shape
+    if x.shape[0] == 1 and keep == 0:       # every token excluded (a banked chain's pointer tokens): one RESCALE
+        return _vector_dev(drv, n, "rescale", x, tail, out=out)
     if x.shape[0] != 1 or keep != math.prod(x.shape[1:-1]):
         return _rope(drv, n, [np.asarray(x)] + list(a[1:]), r)
     return _vector_dev(drv, n, "rope", x, rp, end_x=math.isqrt(rp.positions), out=out)
@@ -215,6 +223,9 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
         self.in_place = self._segment_readers()     # chains whose output its readers take from the bank in place
         self.batch_groups: list | None = None     # a batch's objects: (banked entries, pointer tokens) (_rows_batched)
         self.store_into: dict = {}          # node -> the session buffer its output goes into (project_into)
+        self._projecting: set = set()       # a banked chain's nodes projecting a frame into the bank (in DDR)
+        self._stages: dict = {}             # node -> (its buffer, the session) (_stage)
+        self._tails: dict = {}              # part -> (run, its pointer tokens in DDR, their values) (_tail_rows)
 
     def project(self, tokens, part: str) -> dict:
         """The banked chains of `part` ("memory": one memory frame's tokens, "memory_pos": one slot
@@ -225,39 +236,78 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
             out.setdefault(chain.ring, []).append(np.asarray(y)[0])
         return {ring: np.stack(ys) for ring, ys in out.items()}
 
-    def project_into(self, tokens, part: str, entries: dict) -> None:
+    def project_into(self, tokens, part: str, entries: dict, source=None) -> None:
         """project, each chain's output into its layer of entries[ring] (a BankEntry of DdrBank.take): STOREd
         there by the chain's last node where it runs on an engine and chains (its rows never cross the host),
-        else written in by the host."""
-        for chain, y in self._projections(tokens, part, entries if self.chain else {}):
+        else written in by the host. `source`: the BankEntry holding `tokens` (a frame's slot), which the chains'
+        first nodes on an engine read in place."""
+        for chain, y in self._projections(tokens, part, entries if self.chain else {}, source):
             e = entries[chain.ring]
             if not (isinstance(y, DeviceTensor) and y.buffer == e.segment(chain.layer)[0]):
                 e.bank.write_part(e, chain.layer, np.asarray(y))
 
-    def _projections(self, tokens, part: str, entries: dict | None = None):
+    def _projections(self, tokens, part: str, entries: dict | None = None, source=None):
         """(chain, its output) of each banked chain of `part` on `tokens`; `entries`: ring -> the BankEntry
         whose layer buffer a chain's last node leaves its output in, where it runs on an engine."""
         tokens = np.asarray(tokens)
         tokens = tokens.reshape(1, -1, tokens.shape[-1])
         saved, self.banked = (self.banked, getattr(self, "run_dims", None)), None
         self.run_dims = {"O": 0}
+        chains = [c for c in self.chains if c.part == part]
+        src = tokens
+        if entries:        # the chains in DDR: the tokens written once, each chain's rows left for the next node
+            self._projecting = {name for c in chains for name in c.nodes}
+            before = self.driver.device.traffic.snapshot()
+            layout = TokenRowLayout(tokens.shape[1], tokens.shape[-1], self.cfg.cols)
+            src = DeviceTensor(self.driver, source.segment(0)[0] if source is not None and
+                               layout.pitch == layout.channels else _upload(self.driver, tokens[0], layout),
+                               layout, tokens.shape, BANK_TENSORS[part])
+            src.kept = source is not None and src.buffer == source.segment(0)[0]      # the bank's slot stays
+            self.frame_stats.add("memory_attention", ddr_bytes=self.driver.device.traffic.since(before).total)
         try:
-            for chain in self.chains:
-                if chain.part == part:
-                    y = tokens
-                    for n in self.nodes_named(chain.nodes):
-                        if n.name == chain.nodes[-1] and chain.ring in (entries or {}):
-                            self.store_into = {n.name: entries[chain.ring].segment(chain.layer)[0]}
-                        try:
-                            y = self.op_fn(n)(n, [y] + [self.arg(i, {}) for i in n.inputs[1:]], self)
-                        finally:
-                            self.store_into = {}
-                    yield chain, y
+            for chain in chains:
+                y = src
+                for n in self.nodes_named(chain.nodes):
+                    if n.name == chain.nodes[-1] and chain.ring in (entries or {}):
+                        self.store_into = {n.name: entries[chain.ring].segment(chain.layer)[0]}
+                    elif entries and self.driver.CACHED_PROGRAMS:       # (no kept programs: nothing to keep linked)
+                        self.store_into = {n.name: self._stage(n, tokens.shape[1])}
+                    try:
+                        x, y = y, self.op_fn(n)(n, [y] + [self.arg(i, {}) for i in n.inputs[1:]], self)
+                    finally:
+                        self.store_into = {}
+                    if isinstance(x, DeviceTensor) and x is not src and x.buffer not in self._staged() | {None}:
+                        x.free(keep=False)       # a chain's rows between its nodes, in a buffer of their own
+                yield chain, y
         finally:
-            self.banked, self.run_dims = saved
+            self.banked, self.run_dims, self._projecting = *saved, set()
+            if isinstance(src, DeviceTensor):
+                src.free(keep=False)
+
+    def _stage(self, node, tokens: int) -> str:
+        """The buffer a banked chain's inner node (k_proj before its RoPE) leaves a frame's rows in when the
+        frame enters the bank: the executor's, one per node and session, so its program (one per output buffer
+        the caller keeps: _run_to_device) and its reader's stay linked to it."""
+        kept = self._stages.get(node.name)
+        if kept is None or kept[1] is not self.driver.session:
+            rows = -(-tokens // self.cfg.rows) * self.cfg.rows
+            layout = TokenRowLayout(rows, self.graph.tensors[node.outputs[0]].shape[-1], self.cfg.cols)
+            kept = self._stages[node.name] = self.driver.buffer(layout.size, "stage").name, self.driver.session
+        return kept[0]
+
+    def _staged(self) -> set:
+        return {name for name, session in self._stages.values() if session is self.driver.session}
 
     def _device(self, node, layout: bool = False) -> bool:
-        return node.name in self.store_into or super()._device(node, layout)
+        """GraphExecutor's, and a banked chain's nodes where they leave their rows in DDR: projecting a frame
+        entering the bank (project_into), or on the pointer tokens where the chain's output is read in place
+        as segments (its pointer rows then never cross the host)."""
+        if node.name in self.store_into or node.name in self._projecting:
+            return True
+        chain = self.chain_of.get(node.name)
+        if chain is not None:
+            return self.banked is not None and self._in_place_now(chain.nodes[-1]) and node.op in self.DEVICE_OPS
+        return super()._device(node, layout)
 
     def _segment_readers(self) -> set:
         """The banked chains' last nodes whose every reader takes their output as segments in DDR (a
@@ -319,38 +369,72 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
                     raise GraphExecError(f"{n.name}: the bank's {chain.ring} hold {rows} tokens, the memory "
                                          f"{x.shape[1]}")
                 x = np.ascontiguousarray(x[:, rows:])
-            if last and self._in_place_now(n):
-                ptrs = fn(n, [x] + list(args[1:]), r) if x.shape[1] else np.zeros((0, channels), np.int8)
+            written = 0
+            if first and x.shape[1] and self._device(n):      # the pointer tokens, written once for every such chain
+                before = self.driver.device.traffic.snapshot()
+                x = self._tail_rows(chain.part, x)
+                written = self.driver.device.traffic.since(before).total
+            y = fn(n, [x] + list(args[1:]), r) if x.shape[1] else np.zeros((1, 0, channels), np.int8)
+            if written:         # the node's bytes: a host node's rows (the gather's), the host's own
+                rec = self.records[n.name]
+                rec.ddr_bytes, rec.own_bytes = rec.ddr_bytes + written, rec.own_bytes + written
+            if not last:
+                return y
+            if self._in_place_now(n.name):
                 groups = self.batch_groups or [(self.banked, x.shape[1])]
-                return self._segments(n, chain, [(b[chain.ring], t) for b, t in groups], ptrs, channels)
+                return self._segments(n, chain, [(b[chain.ring], t) for b, t in groups], y, channels)
             parts, read = [], {}        # a slot's rows read once a call: batched objects share the slot keys
-            for e in entries if last else ():
+            for e in entries:
                 if e.slot not in read:
                     read[e.slot] = e.part(chain.layer)[None]
                 parts.append(read[e.slot])
-            parts.append(fn(n, [x] + list(args[1:]), r) if x.shape[1] else np.zeros((1, 0, channels), np.int8))
-            return np.concatenate(parts, axis=1)
+            return np.concatenate(parts + [np.asarray(y)], axis=1)
         return run
 
-    def _in_place_now(self, node) -> bool:
+    def _tail_rows(self, part: str, x: np.ndarray) -> DeviceTensor:
+        """The gathered `part`'s pointer tokens `x` (a host node's rows) in DDR for the banked chains of `part`
+        in this run, which read them in place: written once (not once per chain and layer), freed after the
+        last of those chains' first nodes."""
+        scope, kept = self._scope, self._tails.get(part)
+        if kept is not None and kept[0] is scope and kept[1].buffer is not None and np.array_equal(kept[2], x):
+            return kept[1]
+        firsts = [n for c in self.chains if c.part == part for n in self.nodes_named(c.nodes[:1])
+                  if n.name in scope.nodes and self._device(n)]
+        layout = TokenRowLayout(x.shape[1], x.shape[-1], self.cfg.cols)
+        t = DeviceTensor(self.driver, _upload(self.driver, x[0], layout), layout, x.shape, firsts[0].name)
+        t.pending = len(firsts)
+        scope.made[id(t)] = t
+        self._tails[part] = (scope, t, x)
+        return t
+
+    def _in_place_now(self, name: str) -> bool:
         """Whether this run leaves a banked chain's output in DDR as segments (_segment_readers): a memory
         attention chained in DDR (one object's, or a batch's)."""
-        return node.name in self.in_place and self._scope is not None and node.name in self._scope.nodes
+        return name in self.in_place and self._scope is not None and name in self._scope.nodes
 
     def _segments(self, node, chain, groups, ptrs, channels: int) -> SegmentedTensor:
         """A banked chain's output where its readers bind it, object after object (`groups`: each object's
         memory frames' (slots') entries and pointer tokens): its memory frames' layer rows in the bank, then
-        its pointer tokens' rows (of `ptrs`, their projection's, a host array: every object's, in order) in a
-        buffer of their own, written once (counted to the memory attention). Freed after its last reader in
+        its pointer tokens' rows (of `ptrs`, their projection's: every object's, in order) in a buffer of their
+        own: `ptrs`' own where the chain left one object's in DDR, else written once per object (counted to the
+        memory attention). Freed after its last reader in
         the run, the bank's slots kept."""
-        parts, owns, t0 = [], [], 0
-        ptrs = np.asarray(ptrs).reshape(-1, channels)
+        parts, owns, t0, mine = [], [], 0, None
         before = self.driver.device.traffic.snapshot()
+        if isinstance(ptrs, DeviceTensor) and ptrs.buffer is not None and sum(t > 0 for _, t in groups) == 1 \
+                and ptrs.layout.pitch == channels:       # the chain left them in DDR: that buffer is the segment
+            del self._scope.made[id(ptrs)]
+            mine, ptrs.buffer = ptrs.buffer, None
+            owns.append(mine)
+        else:                                             # on the host, or several objects' rows: one each
+            ptrs = self._fetch(ptrs).reshape(-1, channels)
         for entries, tail in groups:
             parts += [e.segment(chain.layer) for e in entries]
             if tail:
-                owns.append(_upload(self.driver, ptrs[t0:t0 + tail], TokenRowLayout(tail, channels, self.cfg.cols)))
-                parts.append((owns[-1], tail))
+                if mine is None:
+                    owns.append(_upload(self.driver, ptrs[t0:t0 + tail],
+                                        TokenRowLayout(tail, channels, self.cfg.cols)))
+                parts.append((mine or owns[-1], tail))
                 t0 += tail
         self.frame_stats.add("memory_attention", ddr_bytes=self.driver.device.traffic.since(before).total)
         y = SegmentedTensor(self.driver, parts, channels, (1, sum(r for _, r in parts), channels), node.name, owns)
@@ -535,6 +619,7 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
             y = self.node_fn(node)(node, ins, self)
             if isinstance(y, SegmentedTensor):       # every object's rows in DDR, object after object
                 return _Stacked(y, [(1, o.bank[chain.part].shape[1], y.shape[-1]) for o in objects], self._fetch)
+            y = self._fetch(y)                       # a banked chain's inner rows (its pointer tokens'), split below
             if chain is not None and self.banked is not None:   # its head rows: the bank's (the last) or none
                 heads = [o.bank[chain.part].shape[1] - o.ptr_tokens if node.name == chain.nodes[-1] else 0
                          for o in objects]
@@ -623,7 +708,7 @@ class BankEntry:
         return self.bank.read(self.ring, self.slot, i).reshape(self.shape[1:])
 
     def segment(self, i: int) -> tuple[str, int]:
-        """Row i of a LAYER_RINGS entry (a layer's token rows) where an engine reads it in place: (its session
+        """Row i of a SLOT_RINGS entry (a layer's token rows) where an engine reads it in place: (its session
         buffer, its rows)."""
         return layer_buffer(self.ring, self.slot, i), self.shape[1]
 
@@ -650,9 +735,9 @@ class DdrBank:
         return sum(aligned(b.size) for b in self.buffers.values())
 
     def _spans(self, ring: str, slot: int) -> list[tuple[int, int]]:
-        """(DDR address, bytes) of a slot's parts, in order: one per layer of a LAYER_RINGS ring, else one."""
+        """(DDR address, bytes) of a slot's parts, in order: one per layer of a SLOT_RINGS ring, else one."""
         shape = self.shapes[ring]
-        if ring in LAYER_RINGS:
+        if ring in SLOT_RINGS:
             return [(self.buffers[layer_buffer(ring, slot, i)].addr, math.prod(shape[1:])) for i in range(shape[0])]
         n = math.prod(shape)
         return [(self.buffers[f"bank.{ring}"].addr + slot * n, n)]
@@ -762,7 +847,7 @@ class OverlayTracker(GraphTracker):
         if self.banks_projections:          # each ring's slot taken first: the engines STORE the rows there
             rings = sorted({c.ring for c in self.runner.chains if c.part == "memory"})
             entry.projections = {ring: self.bank.take(ring) for ring in rings}
-            self.runner.project_into(feats, "memory", entry.projections)
+            self.runner.project_into(feats, "memory", entry.projections, source=entry)
         return entry
 
     @property
@@ -936,19 +1021,22 @@ SLOT_KEYS = "slot_keys"
 #: the rings of projections (a slot: every layer's HW token rows), which the memory attention's engines read in
 #: place: one DDR buffer per slot and layer (layer_buffer), a segment of the reader's input (RowSegments)
 LAYER_RINGS = ("values", "keys", SLOT_KEYS)
+#: the rings whose slots are session buffers of their own (a slot's every layer one): the projections', and the
+#: frames' (a frame entering the bank is projected from its slot in place: VideoGraphExecutor.project_into)
+SLOT_RINGS = LAYER_RINGS + ("frames",)
 
 
 def layer_buffer(ring: str, slot: int, layer: int) -> str:
-    """The session buffer of layer `layer`'s rows of slot `slot` of a LAYER_RINGS ring."""
+    """The session buffer of layer `layer`'s rows of slot `slot` of a SLOT_RINGS ring."""
     return f"bank.{ring}.{slot}.{layer}"
 
 
 def bank_buffers(rings: dict, slot_pos_bytes: int) -> dict[str, int]:
-    """The bank's DDR buffers (name -> bytes) for bank_rings' `rings`: a LAYER_RINGS ring one per slot and
-    layer, any other ring one for all its slots; the slot encodings ("bank.slot_pos")."""
+    """The bank's DDR buffers (name -> bytes) for bank_rings' `rings`: a SLOT_RINGS ring one per slot and
+    layer (the frames': one layer), any other ring one for all its slots; the slot encodings ("bank.slot_pos")."""
     out = {}
     for ring, (shape, n) in rings.items():
-        if ring in LAYER_RINGS:
+        if ring in SLOT_RINGS:
             out.update({layer_buffer(ring, slot, i): math.prod(shape[1:]) for slot in range(n)
                         for i in range(shape[0])})
         else:
