@@ -25,17 +25,20 @@ def test_equal_arguments_reuse_the_program_anything_else_compiles():
     cfg = preset("kv260")
     x = np.zeros((4, 8), np.int8)
     w = np.arange(32, dtype=np.int8).reshape(8, 4)
-    ln = LayerNormParams(np.ones(8, np.int16), np.zeros(8, np.int32), 8, 3)
-    args = dict(segments={"in": (4,)}, runs={"out": RowRuns.windows(4, 4, 2)}, lut=LutParams((np.arange(256) - 128).astype(np.int8)))
+
+    def layernorm(shift=8):
+        return LayerNormParams(np.ones(8, np.int16), np.zeros(8, np.int32), shift, 3)
+    ln = layernorm()
+    args = dict(segments={"in": (4,)}, runs={"out": RowRuns.windows(4, 4, 2)},
+                lut=LutParams((np.arange(256) - 128).astype(np.int8)))
     p = cache.get("n", make, cfg, x, w, ln, relu=True, **args)
     # equal by value (new arrays, new parameter objects): the same program
-    assert cache.get("n", make, cfg, x.copy(), w.copy(), LayerNormParams(np.ones(8, np.int16), np.zeros(8, np.int32),
-                                                                            8, 3), relu=True, **args) is p
+    assert cache.get("n", make, cfg, x.copy(), w.copy(), layernorm(), relu=True, **args) is p
     assert make.calls == 1 and (cache.hits, cache.misses) == (1, 1)
     changed = [((cfg, x, w.copy(), ln), dict(relu=False, **args)),                           # a flag
                ((cfg, x.astype(np.int16), w, ln), dict(relu=True, **args)),                  # a dtype
                ((cfg, x.reshape(8, 4), w, ln), dict(relu=True, **args)),                     # a shape
-               ((cfg, x, w, LayerNormParams(np.ones(8, np.int16), np.zeros(8, np.int32), 9, 3)), dict(relu=True, **args)),
+               ((cfg, x, w, layernorm(9)), dict(relu=True, **args)),                         # a parameter
                ((preset("bench16"), x, w, ln), dict(relu=True, **args)),                     # another overlay
                ((cfg, x, w, ln), dict(relu=True, **{**args, "runs": {"out": RowRuns.windows(4, 4, 4)}})),
                ((cfg, x, w, ln), dict(relu=True, **{**args, "lut": LutParams((127 - np.arange(256)).astype(np.int8))})),

@@ -267,12 +267,12 @@ def compile_attention(cfg, q, k, v, quant: intattn.AttentionQuant, *, out_int32:
 _Score = namedtuple("_Score", "score_mult score_shift")
 
 
-@plan_cache
 def _scored_plan(cfg, H: int, Lq: int, Lk: int, d: int, out_int32: bool, out_chunked: bool, token_tiles: bool,
                  rows: TokenRows | None, quant: _Score, base_addr: int, max_ddr_bytes: int):
-    """_attention_plan with score requantiser `quant`: the plan of its shapes made once for all scores (layers of
-    one shape, e.g. a memory attention's, differ only there) with the ATTENTION STEPs' score fields set (the
-    symbolic, numeric and packed descriptors alike)."""
+    """_attention_plan with score requantiser `quant`: the plan of its shapes, made and kept once for all scores
+    (layers of one shape, e.g. a memory attention's, differ only there), with the ATTENTION STEPs' score fields
+    set (the symbolic, numeric and packed descriptors alike). Not kept itself: a node's calls repeating its
+    arguments reuse its whole program (sw.runtime.compile_cache), and copies per layer would crowd the plans out."""
     from sw.runtime.program import SplitDescriptors, link_words
     plan = _attention_plan(cfg, H, Lq, Lk, d, out_int32, out_chunked, token_tiles, rows, _Score(0, 0), base_addr,
                            max_ddr_bytes)
