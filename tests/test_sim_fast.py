@@ -486,6 +486,11 @@ def test_plan_caches_give_the_uncached_programs_and_stay_within_their_budget(mon
     assert list(L._PLANS) == [key for key in L._PLANS if key[0] is A._attention_plan.__wrapped__] and len(L._PLANS) == 1
     assert other.descriptors != want.descriptors
     assert np.array_equal(other.image, fresh(attention, 2, 1234).image)
+    with monkeypatch.context() as m:                    # the plan made for that score itself: the same program
+        m.setattr(A, "_scored_plan", A._attention_plan.__wrapped__)
+        direct = attention(2, 1234)
+    assert np.array_equal(other.image, direct.image) and other.descriptors == direct.descriptors
+    assert list(other.symbolic) == list(direct.symbolic)
     from sw.compile import vector as V
     rng = np.random.default_rng(7)
     maps = [rand8(rng, (6, 8, 40)) for _ in range(2)]
