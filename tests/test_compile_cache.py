@@ -36,6 +36,7 @@ def test_equal_arguments_reuse_the_program_anything_else_compiles():
     assert cache.get("n", make, cfg, x.copy(), w.copy(), layernorm(), relu=True, **args) is p
     assert make.calls == 1 and (cache.hits, cache.misses) == (1, 1)
     changed = [((cfg, x, w.copy(), ln), dict(relu=False, **args)),                           # a flag
+               ((cfg, x + 1, w, ln), dict(relu=True, **args)),                               # data, not zeros
                ((cfg, x.astype(np.int16), w, ln), dict(relu=True, **args)),                  # a dtype
                ((cfg, x.reshape(8, 4), w, ln), dict(relu=True, **args)),                     # a shape
                ((cfg, x, w, layernorm(9)), dict(relu=True, **args)),                         # a parameter
@@ -61,11 +62,11 @@ def test_an_owner_keeps_its_last_calls_and_the_budget_bounds_all():
     assert cache.get("n", make, np.full(100, CC.PER_NODE, np.int8)) is progs[-1]        # kept
     cache.get("n", make, np.full(100, 0, np.int8))                                       # the oldest: dropped
     assert make.calls == CC.PER_NODE + 2
-    cache.get("big", make, np.zeros(20_000, np.int8))                                  # over the budget: not kept
-    cache.get("big", make, np.zeros(20_000, np.int8))
+    cache.get("big", make, np.ones(20_000, np.int8))                                   # over the budget: not kept
+    cache.get("big", make, np.ones(20_000, np.int8))
     assert make.calls == CC.PER_NODE + 4 and cache.used <= cache.budget
     for i in range(100):                                                                 # many owners: the budget holds
-        cache.get(f"o{i}", make, np.zeros(500, np.int8))
+        cache.get(f"o{i}", make, np.ones(500, np.int8))
     assert cache.used <= cache.budget
 
 

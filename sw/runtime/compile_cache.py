@@ -5,7 +5,8 @@ compiler arguments (weights, quantisation, the zero arrays that stand for inputs
 layouts, base address) are then equal to its last call's, and so is the program a compiler makes of them
 (a compiler is a function of its arguments: sw.compile). `CompileCache.get` returns that program instead of
 compiling it again; any argument that differs (a host input's data, a new shape) compiles anew. Arguments are
-kept as copies and compared by value on every call (an array changed in place is a different argument).
+kept as copies (an array of zeros as its shape) and compared by value on every call (an array changed in place
+is a different argument).
 """
 from __future__ import annotations
 
@@ -35,6 +36,14 @@ class _Frozen:
         self.value = value
 
 
+class _Zeros:
+    """An array of zeros (what stands for an input read in place), kept as its dtype and shape."""
+    __slots__ = ("dtype", "shape")
+
+    def __init__(self, x):
+        self.dtype, self.shape = x.dtype, x.shape
+
+
 def _frozen(x) -> bool:
     params = getattr(type(x), "__dataclass_params__", None)
     if params is None or not (params.frozen and params.eq):
@@ -49,7 +58,7 @@ def _frozen(x) -> bool:
 def _snap(x):
     """A copy of argument x to compare later calls' with (arrays copied; None: a type it cannot compare)."""
     if isinstance(x, np.ndarray):
-        return x.copy()
+        return x.copy() if x.any() else _Zeros(x)
     if isinstance(x, (tuple, list)):
         return type(x), tuple(_snap(v) for v in x)
     if isinstance(x, dict):
@@ -66,6 +75,8 @@ def _snap(x):
 def _same(kept, x) -> bool:
     """Whether argument x equals the one `kept` is the _snap of (type for type, value for value)."""
     if isinstance(x, np.ndarray):
+        if isinstance(kept, _Zeros):
+            return kept.dtype == x.dtype and kept.shape == x.shape and not x.any()
         if not (isinstance(kept, np.ndarray) and kept.dtype == x.dtype and kept.shape == x.shape):
             return False
         if x.flags.c_contiguous and x.nbytes:
