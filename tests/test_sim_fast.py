@@ -486,8 +486,10 @@ def test_attention_timing_is_remembered_with_the_normaliser_state():
 def test_plan_caches_give_the_uncached_programs_and_stay_within_their_budget(monkeypatch):
     """A linear's and an attention's plan, kept, serve a call of the same shapes with other data and output
     requantisers: images and descriptors identical to compiling afresh (and a vector call's remembered
-    descriptors); an attention with another score requantiser (in its descriptors) gets its own plan; the
-    caches drop their oldest plans past PLAN_CACHE_DESCRIPTORS."""
+    descriptors); an attention with another score requantiser (in its descriptors) gets its own descriptors,
+    the shape's plan with its score set (sw.compile.attention._scored_plan), identical to a fresh compile's;
+    the caches drop their oldest plans past PLAN_CACHE_DESCRIPTORS."""
+    from sw.compile import attention as A
     from sw.compile import linear as L
     cfg = preset("kv260")
 
@@ -503,6 +505,7 @@ def test_plan_caches_give_the_uncached_programs_and_stay_within_their_budget(mon
     def fresh(make, *args):
         L._PLANS.clear()
         return make(*args)
+    kept_linear = linear(1)
     for make in (linear, attention):
         make(1)
         before = len(L._PLANS)
@@ -510,17 +513,23 @@ def test_plan_caches_give_the_uncached_programs_and_stay_within_their_budget(mon
         assert len(L._PLANS) == before                  # served from the kept plan
         want = fresh(make, 2)
         assert np.array_equal(kept.image, want.image) and kept.descriptors == want.descriptors
-    other = attention(2, 1234)
-    assert len(L._PLANS) == 2 and other.descriptors != want.descriptors
+    other = attention(2, 1234)                          # its own descriptors, from the shape's one plan
+    assert list(L._PLANS) == [key for key in L._PLANS if key[0] is A._attention_plan.__wrapped__] and len(L._PLANS) == 1
+    assert other.descriptors != want.descriptors
     assert np.array_equal(other.image, fresh(attention, 2, 1234).image)
+    with monkeypatch.context() as m:                    # the plan made for that score itself: the same program
+        m.setattr(A, "_scored_plan", A._attention_plan.__wrapped__)
+        direct = attention(2, 1234)
+    assert np.array_equal(other.image, direct.image) and other.descriptors == direct.descriptors
+    assert list(other.symbolic) == list(direct.symbolic)
     from sw.compile import vector as V
     rng = np.random.default_rng(7)
     maps = [rand8(rng, (6, 8, 40)) for _ in range(2)]
     kept = [V.compile_vector(cfg, "maxpool", m) for m in maps]         # the second's descriptors remembered
     V._PACKED.clear()
     assert np.array_equal(kept[1].image, V.compile_vector(cfg, "maxpool", maps[1]).image)
-    n = L._PLANS.descriptors
-    monkeypatch.setattr(L, "PLAN_CACHE_DESCRIPTORS", n + 1)
+    assert all(key[0] is not L._linear_plan.__wrapped__ for key in L._PLANS)
+    monkeypatch.setattr(L, "PLAN_CACHE_DESCRIPTORS", len(kept_linear.descriptors))
     lin = linear(1)
     assert len(L._PLANS) == 1 and L._PLANS.descriptors == len(lin.descriptors)     # the attention's dropped
 

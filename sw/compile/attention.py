@@ -43,6 +43,7 @@ from golden_model import intattn
 from hw import isa
 from sw.compile.linear import (ALIGN, WAIT_LIMIT, CompileError, Program, lay_out_image, pack_descriptors,
                                plan_cache)
+from sw.lru import Lru
 
 
 @dataclass
@@ -242,8 +243,8 @@ def compile_attention(cfg, q, k, v, quant: intattn.AttentionQuant, *, out_int32:
             why = f"items {rows.item0}+{H}, queries {rows.q0}+{Lq}, {Lk} keys outside {rows}"
         if why:
             raise CompileError(f"attention as token rows: {why}")
-    plan = _attention_plan(cfg, H, Lq, Lk, d, bool(out_int32), bool(out_chunked), bool(token_tiles), rows,
-                           _Score(quant.score_mult, quant.score_shift), base_addr, max_ddr_bytes)
+    plan = _scored_plan(cfg, H, Lq, Lk, d, bool(out_int32), bool(out_chunked), bool(token_tiles), rows,
+                        _Score(quant.score_mult, quant.score_shift), base_addr, max_ddr_bytes)
     offsets, head, size, sym, raw, kv_bytes, slots, q_tiles, kt, k_stride = plan
     image = np.zeros(size, np.uint8)
     image[:head.size] = head
@@ -265,6 +266,49 @@ def compile_attention(cfg, q, k, v, quant: intattn.AttentionQuant, *, out_int32:
 #: The score requantiser's parameters: the one part of an AttentionQuant in the descriptors (the output's are
 #: data, in the params region), so layers that differ only there share a plan.
 _Score = namedtuple("_Score", "score_mult score_shift")
+
+
+def _scored_plan(cfg, H: int, Lq: int, Lk: int, d: int, out_int32: bool, out_chunked: bool, token_tiles: bool,
+                 rows: TokenRows | None, quant: _Score, base_addr: int, max_ddr_bytes: int):
+    """_attention_plan with score requantiser `quant`: the plan of its shapes, made and kept for the first score
+    they came with, and for another (layers of one shape, e.g. a memory attention's four, differ only there)
+    that plan with the ATTENTION STEPs' score fields set (the symbolic, numeric and packed descriptors alike).
+    The copies are not kept: a node's calls repeating its arguments reuse its whole program
+    (sw.runtime.compile_cache), and copies per layer would crowd the plans out; a shape seen once (most of a
+    1024 px image's) is not copied at all."""
+    shape = (cfg, H, Lq, Lk, d, out_int32, out_chunked, token_tiles, rows, base_addr, max_ddr_bytes)
+    first = _FIRST_SCORES.get(shape)
+    if first is None:
+        _FIRST_SCORES.put(shape, first := quant)
+    plan = _attention_plan(cfg, H, Lq, Lk, d, out_int32, out_chunked, token_tiles, rows, first, base_addr,
+                           max_ddr_bytes)
+    return plan if first == quant else _with_score(plan, quant, base_addr)
+
+
+#: The score each attention shape's plan was made with (_scored_plan), for the most recent shapes.
+_FIRST_SCORES = Lru(1 << 12)
+
+
+def _with_score(plan, quant: _Score, base_addr: int):
+    """An _attention_plan result with its ATTENTION STEPs' score fields set to `quant`."""
+    from sw.runtime.program import SplitDescriptors, link_words
+    offsets, _, _, sym, raw = plan[:5]
+    score = {"param_addr": quant.score_mult, "stride": quant.score_shift}
+    fixed, moved = sym.split                      # (pack_descriptors' fields as columns: isa fields only)
+    steps = np.flatnonzero((fixed["opcode"] == isa.OPCODES["ATTENTION"])
+                           & (fixed["target"] == isa.ATTN_MODES["STEP"])).tolist()
+    fixed = {**fixed, **{key: fixed[key].copy() for key in score}}
+    raw, symbolic = list(raw), list(sym)
+    for key, value in score.items():
+        fixed[key][steps] = value
+    for j in steps:
+        raw[j], symbolic[j] = {**raw[j], **score}, {**symbolic[j], **score}
+    symbolic = SplitDescriptors(symbolic)
+    symbolic.split = (fixed, moved)
+    # (the scores fit their fields: AttentionQuant checks them)
+    head = link_words(symbolic, {name: base_addr + off for name, (off, _) in offsets.items()})
+    head.flags.writeable = False
+    return (offsets, head, plan[2], symbolic, tuple(raw), *plan[5:])
 
 
 #: Plans kept: every attention shape of a video frame (the memory attention's, the decoder's, Hiera's windows),

@@ -22,6 +22,7 @@ import numpy as np
 
 from sw.compile.linear import compile_linear
 from sw.lru import same_bytes
+from sw.runtime.compile_cache import CompileCache
 from sw.runtime.arena import ArenaFull
 from sw.runtime.backend import (BACKENDS, DDR_BASE, DEFAULT_DDR_BYTES, AcceleratorError,  # noqa: F401
                                 describe_error, open_backend)
@@ -50,6 +51,7 @@ class Driver:
         self._reused: set = set()            # keys of kept programs run again since their load
         self._keys: dict = {}                # (owner, kind) -> (its last program's regions, their bytes, key)
         self.program_bytes = 0               # descriptors and weights written by loads (host -> DDR), so far
+        self.compiles = CompileCache()       # graph nodes' programs, reused while their arguments repeat
 
     # Where a program's image sits when it is run whole (sw.backends.rtl.run_images, tests); the
     # session binds each region to its own buffer wherever the arena has room.
@@ -72,6 +74,7 @@ class Driver:
             self._session.close()
             self._session = None
             self._cache, self._reused, self._keys = {}, set(), {}
+            self.compiles.clear()
 
     def compile(self, a, b, bias=None, multiplier=None, shift=None, *, relu=False, out_int32=False, lut=None,
                 residual=None, add=None, a_rows=False):

@@ -123,7 +123,7 @@ from golden_model.intattn import AttentionQuant
 from golden_model.intvec import RescaleParams
 from golden_model.quant.interpret import merge_heads, nchw_to_nhwc, nhwc_to_nchw, split_heads
 from golden_model.quant.intinterp import IntRunner, _mask_product, _requant_args, _vec_params
-from sw.compile.attention import TokenRows, token_rows_refusal
+from sw.compile.attention import TokenRows, compile_attention_calls, token_rows_refusal
 from sw.compile.conv import FmapLayout, compile_conv2d, compile_depthwise, dw_supported
 from sw.compile.graph import conv_route, fused_adds, place_all, vector_lanes, window_orders
 from sw.compile.vector import OPS as VECTOR_OPS, compile_vector, row_dim
@@ -275,8 +275,8 @@ def _linear_dev(drv, n, a, r, lut=None, residual=None, add=None, out=None, order
     if residual is not None:
         residual = _window_order(residual, order) if order else residual
         residual = np.ascontiguousarray(residual).reshape(-1, w.shape[0])
-    prog = drv.compile(x2, np.ascontiguousarray(w.reshape(w.shape[0], -1).T), b, m, s,
-                       relu=n.attrs.get("relu", False), lut=lut, residual=residual, add=add, a_rows=in_place)
+    prog = drv.compiles.get(n.name, drv.compile, x2, np.ascontiguousarray(w.reshape(w.shape[0], -1).T), b, m, s,
+                            relu=n.attrs.get("relu", False), lut=lut, residual=residual, add=add, a_rows=in_place)
     y = _run_to_device(drv, prog, {"A": x.buffer} if in_place else {}, TokenRowLayout(prog.m, prog.n, drv.cfg.cols),
                        x.shape[:-1] + (w.shape[0],), n.name, order, out)
     return y, [drv.last_run]
@@ -495,8 +495,8 @@ def _vector_dev(drv, n, op, x, p=None, b=None, end_x=None, want=None, out=None, 
     if out_runs:
         runs["out"] = out_runs
     base = drv.BUFFER_BASE
-    prog = compile_vector(drv.cfg, op, data["in"], p, b=data.get("b"), end_x=end_x, base_addr=base,
-                          max_ddr_bytes=drv.ddr_bytes - base, segments=segments, runs=runs)
+    prog = drv.compiles.get(n.name, compile_vector, drv.cfg, op, data["in"], p, b=data.get("b"), end_x=end_x,
+                            base_addr=base, max_ddr_bytes=drv.ddr_bytes - base, segments=segments, runs=runs)
     if pad:
         y = _run_to_device(drv, prog, bind, TokenRowLayout(runs["out"].size, dim, C), shape, n.name, None, out)
         y.pad, y.kept = pad[0], True
@@ -575,7 +575,9 @@ def _attention_dev(drv, n, a, r):
                          n.name)
         runs = []
         try:
-            for *_, prog in drv.attention_programs(qh, kh, vh, _attention_quant(n, r), rows=rows):
+            calls = drv.compiles.get(n.name, _attention_calls, drv.cfg, drv._buffer_base(), drv.ddr_bytes, qh, kh, vh,
+                                     _attention_quant(n, r), rows)
+            for *_, prog in calls:
                 runs.append(drv.run_bound(prog, {**bind, "out": y.buffer}, owner=n.name))
         except BaseException:
             y.free(keep=False)
@@ -584,6 +586,11 @@ def _attention_dev(drv, n, a, r):
         for name in uploaded:
             drv.session.free(name)
     return y, runs
+
+
+def _attention_calls(cfg, base: int, ddr_bytes: int, q, k, v, quant, rows) -> list:
+    """Driver.attention_programs as a list (what the compile cache keeps), programs at `base` in DDR of `ddr_bytes`."""
+    return list(compile_attention_calls(cfg, q, k, v, quant, base_addr=base, max_ddr_bytes=ddr_bytes - base, rows=rows))
 
 
 def _want(r, n, operands=()) -> int | tuple | None:

@@ -1,0 +1,151 @@
+"""Programs compiled per graph node, used again while the node's call compiles against equal arguments.
+
+A video frame runs the same nodes on the same shapes, in the same buffers, as the frame before: an engine node's
+compiler arguments (weights, quantisation, the zero arrays that stand for inputs read in place, bound
+layouts, base address) are then equal to its last call's, and so is the program a compiler makes of them
+(a compiler is a function of its arguments: sw.compile). `CompileCache.get` returns that program instead of
+compiling it again; any argument that differs (a host input's data, a new shape) compiles anew. Arguments are
+kept as copies (an array of zeros as its shape) and compared by value on every call (an array changed in place
+is a different argument).
+"""
+from __future__ import annotations
+
+import dataclasses
+from collections import OrderedDict
+
+import numpy as np
+
+from sw.lru import same_bytes
+
+#: The bytes kept (argument copies and programs' images), all nodes together: every engine node of a 256 px
+#: video frame (~60 MB) fits; a program whose entry alone is more than ENTRY_BYTES (a 1024 px image's
+#: big layers, each run once) is not kept.
+BUDGET_BYTES = 512 << 20
+ENTRY_BYTES = 64 << 20
+#: Calls of one node kept (a node run on two shapes in turn, e.g. per object, keeps both).
+PER_NODE = 4
+
+_SCALARS = (int, float, str, bool, bytes, type(None), np.generic)
+
+
+class _Frozen:
+    """A hashable frozen dataclass (an OverlayConfig, a TokenRows): immutable, kept as it is, compared by ==."""
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+
+class _Zeros:
+    """An array of zeros (what stands for an input read in place), kept as its dtype and shape."""
+    __slots__ = ("dtype", "shape")
+
+    def __init__(self, x):
+        self.dtype, self.shape = x.dtype, x.shape
+
+
+def _frozen(x) -> bool:
+    params = getattr(type(x), "__dataclass_params__", None)
+    if params is None or not (params.frozen and params.eq):
+        return False
+    try:
+        hash(x)
+    except TypeError:                   # a field that is not (an array): compared field by field
+        return False
+    return True
+
+
+def _snap(x):
+    """A copy of argument x to compare later calls' with (arrays copied; None: a type it cannot compare)."""
+    if isinstance(x, np.ndarray):
+        return x.copy() if x.any() else _Zeros(x)
+    if isinstance(x, (tuple, list)):
+        return type(x), tuple(_snap(v) for v in x)
+    if isinstance(x, dict):
+        return dict, tuple((k, _snap(v)) for k, v in x.items())
+    if _frozen(x):
+        return _Frozen(x)
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        return type(x), tuple(_snap(getattr(x, f.name)) for f in dataclasses.fields(x))
+    if isinstance(x, _SCALARS):
+        return x
+    raise TypeError(type(x).__name__)
+
+
+def _same(kept, x) -> bool:
+    """Whether argument x equals the one `kept` is the _snap of (type for type, value for value)."""
+    if isinstance(x, np.ndarray):
+        if isinstance(kept, _Zeros):
+            return kept.dtype == x.dtype and kept.shape == x.shape and not x.any()
+        if not (isinstance(kept, np.ndarray) and kept.dtype == x.dtype and kept.shape == x.shape):
+            return False
+        if x.flags.c_contiguous and x.nbytes:
+            return same_bytes(kept.reshape(-1).view(np.uint8), x.reshape(-1).view(np.uint8))
+        return bool(np.array_equal(kept, x))
+    if isinstance(x, (tuple, list)):
+        return kept[0] is type(x) and len(kept[1]) == len(x) and all(map(_same, kept[1], x))
+    if isinstance(x, dict):
+        return kept[0] is dict and len(kept[1]) == len(x) and all(
+            k == k2 and _same(v, x[k2]) for (k, v), k2 in zip(kept[1], x))
+    if isinstance(kept, _Frozen):
+        return type(kept.value) is type(x) and (kept.value is x or kept.value == x)
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        return kept[0] is type(x) and all(_same(v, getattr(x, f.name))
+                                          for v, f in zip(kept[1], dataclasses.fields(x)))
+    return type(kept) is type(x) and kept == x
+
+
+def _nbytes(x) -> int:
+    if isinstance(x, np.ndarray):
+        return x.nbytes
+    if isinstance(x, tuple):
+        return sum(_nbytes(v) for v in x)
+    return 0
+
+
+class CompileCache:
+    """Per owner (a graph node) and compiler, the programs of its last PER_NODE distinct calls; at most
+    BUDGET_BYTES of copies and images in all, the least recently used dropped first."""
+
+    def __init__(self, budget: int = BUDGET_BYTES):
+        self.budget, self.used = budget, 0
+        self._kept: OrderedDict = OrderedDict()       # (owner, compiler, i) -> (args, kwargs, result, bytes)
+        self.hits = self.misses = 0
+
+    def get(self, owner: str, compiler, *args, **kwargs):
+        """compiler(*args, **kwargs), or the result of an earlier call of `owner`'s with equal arguments."""
+        slots = [(owner, compiler, i) for i in range(PER_NODE)]
+        for key in slots:
+            entry = self._kept.get(key)
+            if entry is not None and len(entry[0][1]) == len(args) and _same(entry[0], args) \
+                    and _same(entry[1], kwargs):
+                self._kept.move_to_end(key)
+                self.hits += 1
+                return entry[2]
+        self.misses += 1
+        result = compiler(*args, **kwargs)
+        try:
+            entry = (_snap(args), _snap(kwargs))
+        except TypeError:                                   # an argument it cannot compare: never kept
+            return result
+        size = _nbytes(entry) + sum(getattr(p, "image", np.empty(0)).nbytes for p in
+                                    (result if isinstance(result, list) else [result]))
+        if size > min(ENTRY_BYTES, self.budget):
+            return result
+        # this owner's free slot, else its least recently used one
+        key = next((k for k in slots if k not in self._kept), None) or next(k for k in self._kept if k in slots)
+        self._drop(key)
+        self._kept[key] = (*entry, result, size)
+        self.used += size
+        while self.used > self.budget:
+            self._drop(next(iter(self._kept)))
+        return result
+
+    def _drop(self, key) -> None:
+        entry = self._kept.pop(key, None)
+        if entry is not None:
+            self.used -= entry[3]
+
+    def clear(self) -> None:
+        self._kept.clear()
+        self.used = 0

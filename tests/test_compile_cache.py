@@ -1,0 +1,84 @@
+"""sw.runtime.compile_cache: a node's program used again only while its compiler's arguments are equal, by value."""
+import numpy as np
+import pytest
+
+from golden_model.intvec import LayerNormParams, LutParams
+from hw.config import preset
+from sw.runtime import compile_cache as CC
+from sw.runtime.compile_cache import CompileCache
+from sw.runtime.layout import RowRuns
+
+
+class Compiler:
+    """Counts its calls; its 'program' a fresh object holding an image."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def __call__(self, *args, **kwargs):
+        self.calls += 1
+        return type("Prog", (), {"image": np.zeros(64, np.uint8)})()
+
+
+def test_equal_arguments_reuse_the_program_anything_else_compiles():
+    cache, make = CompileCache(), Compiler()
+    cfg = preset("kv260")
+    x = np.zeros((4, 8), np.int8)
+    w = np.arange(32, dtype=np.int8).reshape(8, 4)
+
+    def layernorm(shift=8):
+        return LayerNormParams(np.ones(8, np.int16), np.zeros(8, np.int32), shift, 3)
+    ln = layernorm()
+    args = dict(segments={"in": (4,)}, runs={"out": RowRuns.windows(4, 4, 2)},
+                lut=LutParams((np.arange(256) - 128).astype(np.int8)))
+    p = cache.get("n", make, cfg, x, w, ln, relu=True, **args)
+    # equal by value (new arrays, new parameter objects): the same program
+    assert cache.get("n", make, cfg, x.copy(), w.copy(), layernorm(), relu=True, **args) is p
+    assert make.calls == 1 and (cache.hits, cache.misses) == (1, 1)
+    changed = [((cfg, x, w.copy(), ln), dict(relu=False, **args)),                           # a flag
+               ((cfg, x + 1, w, ln), dict(relu=True, **args)),                               # data, not zeros
+               ((cfg, x.astype(np.int16), w, ln), dict(relu=True, **args)),                  # a dtype
+               ((cfg, x.reshape(8, 4), w, ln), dict(relu=True, **args)),                     # a shape
+               ((cfg, x, w, layernorm(9)), dict(relu=True, **args)),                         # a parameter
+               ((preset("bench16"), x, w, ln), dict(relu=True, **args)),                     # another overlay
+               ((cfg, x, w, ln), dict(relu=True, **{**args, "runs": {"out": RowRuns.windows(4, 4, 4)}})),
+               ((cfg, x, w, ln), dict(relu=True, **{**args, "lut": LutParams((127 - np.arange(256)).astype(np.int8))})),
+               ((cfg, x, w, ln), dict(relu=1, **args))]                                       # 1 is not True
+    for a, kw in changed:
+        assert cache.get("n", make, *a, **kw) is not p
+    assert make.calls == 1 + len(changed)
+    # another owner compiles its own; an argument changed in place is a new argument
+    assert cache.get("m", make, cfg, x, w, ln, relu=True, **args) is not p
+    w[0, 0] = 99
+    before = make.calls
+    cache.get("m", make, cfg, x, w, ln, relu=True, **args)
+    assert make.calls == before + 1
+
+
+def test_an_owner_keeps_its_last_calls_and_the_budget_bounds_all():
+    cache, make = CompileCache(budget=10_000), Compiler()
+    progs = [cache.get("n", make, np.full(100, i, np.int8)) for i in range(CC.PER_NODE + 1)]
+    assert make.calls == CC.PER_NODE + 1
+    assert cache.get("n", make, np.full(100, CC.PER_NODE, np.int8)) is progs[-1]        # kept
+    cache.get("n", make, np.full(100, 0, np.int8))                                       # the oldest: dropped
+    assert make.calls == CC.PER_NODE + 2
+    cache.get("big", make, np.ones(20_000, np.int8))                                   # over the budget: not kept
+    cache.get("big", make, np.ones(20_000, np.int8))
+    assert make.calls == CC.PER_NODE + 4 and cache.used <= cache.budget
+    for i in range(100):                                                                 # many owners: the budget holds
+        cache.get(f"o{i}", make, np.ones(500, np.int8))
+    assert cache.used <= cache.budget
+
+
+def test_arguments_it_cannot_compare_are_never_kept():
+    cache, make = CompileCache(), Compiler()
+    thing = object()
+    cache.get("n", make, thing)
+    cache.get("n", make, thing)
+    assert make.calls == 2
+
+
+@pytest.mark.parametrize("bad", [{1, 2}, lambda: 0])
+def test_snap_refuses_what_it_cannot_compare(bad):
+    with pytest.raises(TypeError):
+        CC._snap(bad)
