@@ -100,8 +100,9 @@ from golden_model.video import VideoPredictor
 from sw.compile.attention import token_rows_refusal
 from sw.runtime.arena import aligned
 from sw.runtime.backend import AcceleratorError
+from golden_model.quant.intinterp import _vec_params
 from sw.runtime.graph_exec import (DEVICE_OPS, ENGINE_OPS, IN_PLACE, DeviceTensor, GraphExecError,
-                                   GraphExecutor, SegmentedTensor, _upload, _vector_dev)
+                                   GraphExecutor, SegmentedTensor, _upload, _vector_dev, _want)
 from sw.runtime.layout import TokenRowLayout
 from sw.runtime.overlay_segment import STAGE_GROUPS
 
@@ -150,6 +151,12 @@ def _into_bank(dev_op):
     """A device op whose output goes into the buffer the executor's `store_into` names for the node (a bank
     slot's layer, VideoGraphExecutor.project_into), else into a new one."""
     return lambda d, n, a, r: dev_op(d, n, a, r, out=r.store_into.get(n.name))
+
+
+def _add_dev(drv, n, a, r, out=None):
+    """graph_exec's device add, its output into `out` where given (the memory encoder's last node: the bank slot
+    of the frame's features, OverlayTracker.encode_new_memory)."""
+    return _vector_dev(drv, n, "add", a[0], _vec_params(r, n, "AddParams"), a[1], want=_want(r, n, a[:2]), out=out)
 
 
 class _VideoHostOps(IntRunner):
@@ -203,7 +210,8 @@ class FrameStats:
 class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
     """GraphExecutor over the whole video graph (module docstring); `frame_stats` sums the current frame."""
     ENGINE_OPS = {**ENGINE_OPS, "rope": _rope}
-    DEVICE_OPS = {**DEVICE_OPS, "rope": _into_bank(_rope_dev), "linear": _into_bank(DEVICE_OPS["linear"])}
+    DEVICE_OPS = {**DEVICE_OPS, "rope": _into_bank(_rope_dev), "linear": _into_bank(DEVICE_OPS["linear"]),
+                  "add": _into_bank(_add_dev)}
     IN_PLACE = {**IN_PLACE, "rope": (0,)}
 
     def __init__(self, qm, cfg, backend: str = "sim", driver=None):
@@ -223,6 +231,7 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
         self.in_place = self._segment_readers()     # chains whose output its readers take from the bank in place
         self.batch_groups: list | None = None     # a batch's objects: (banked entries, pointer tokens) (_rows_batched)
         self.store_into: dict = {}          # node -> the session buffer its output goes into (project_into)
+        self.into: dict = {}                # tensor -> the BankEntry a run's node writes it into (run_nodes)
         self._projecting: set = set()       # a banked chain's nodes projecting a frame into the bank (in DDR)
         self._stages: dict = {}             # node -> (its buffer, the session) (_stage)
         self._tails: dict = {}              # part -> (run, its pointer tokens in DDR, their values) (_tail_rows)
@@ -248,20 +257,21 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
 
     def _projections(self, tokens, part: str, entries: dict | None = None, source=None):
         """(chain, its output) of each banked chain of `part` on `tokens`; `entries`: ring -> the BankEntry
-        whose layer buffer a chain's last node leaves its output in, where it runs on an engine."""
-        tokens = np.asarray(tokens)
-        tokens = tokens.reshape(1, -1, tokens.shape[-1])
+        whose layer buffer a chain's last node leaves its output in, where it runs on an engine. `tokens` may be
+        `source` itself (a BankEntry), read from DDR only where a node needs its values on the host."""
+        shape = (1, math.prod(tokens.shape[:-1]), tokens.shape[-1])
         saved, self.banked = (self.banked, getattr(self, "run_dims", None)), None
         self.run_dims = {"O": 0}
         chains = [c for c in self.chains if c.part == part]
-        src = tokens
+        src = None if entries else np.asarray(tokens).reshape(shape)
         if entries:        # the chains in DDR: the tokens written once, each chain's rows left for the next node
             self._projecting = {name for c in chains for name in c.nodes}
             before = self.driver.device.traffic.snapshot()
-            layout = TokenRowLayout(tokens.shape[1], tokens.shape[-1], self.cfg.cols)
+            layout = TokenRowLayout(shape[1], shape[-1], self.cfg.cols)
             src = DeviceTensor(self.driver, source.segment(0)[0] if source is not None and
-                               layout.pitch == layout.channels else _upload(self.driver, tokens[0], layout),
-                               layout, tokens.shape, BANK_TENSORS[part])
+                               layout.pitch == layout.channels else
+                               _upload(self.driver, np.asarray(tokens).reshape(shape)[0], layout),
+                               layout, shape, BANK_TENSORS[part])
             src.kept = source is not None and src.buffer == source.segment(0)[0]      # the bank's slot stays
             self.frame_stats.add("memory_attention", ddr_bytes=self.driver.device.traffic.since(before).total)
         try:
@@ -271,7 +281,7 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
                     if n.name == chain.nodes[-1] and chain.ring in (entries or {}):
                         self.store_into = {n.name: entries[chain.ring].segment(chain.layer)[0]}
                     elif entries and self.driver.CACHED_PROGRAMS:       # (no kept programs: nothing to keep linked)
-                        self.store_into = {n.name: self._stage(n, tokens.shape[1])}
+                        self.store_into = {n.name: self._stage(n, shape[1])}
                     try:
                         x, y = y, self.op_fn(n)(n, [y] + [self.arg(i, {}) for i in n.inputs[1:]], self)
                     finally:
@@ -447,9 +457,40 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
         return self.op_fn(node)
 
     def run_nodes(self, names, env: dict, observe=None) -> dict:
-        """_VideoRunner.run_nodes with the engine outputs chained in DDR between the nodes (GraphExecutor.chained)."""
-        return self.chained(self.nodes_named(names),
-                            lambda: super(VideoGraphExecutor, self).run_nodes(names, env, observe))
+        """_VideoRunner.run_nodes with the engine outputs chained in DDR between the nodes (GraphExecutor.chained).
+        `self.into`: tensor -> a BankEntry of a one-buffer SLOT_RINGS slot (a frame's features) its node's output
+        goes into: STOREd there where the node runs on an engine and leaves token rows of the slot's bytes (its
+        values never cross the host), else written in by the host; the env then holds the entry."""
+        writers = {n.outputs[0]: n.name for n in self.nodes_named(names)}
+        into = {t: e for t, e in self.into.items() if t in writers}
+
+        def call():
+            self.store_into = {writers[t]: e.segment(0)[0] for t, e in into.items()       # token rows = the slot's
+                               if self.chain and e.shape[-1] % self.cfg.cols == 0}
+            try:
+                out = super(VideoGraphExecutor, self).run_nodes(names, env, observe)
+            finally:
+                self.store_into = {}
+            for t, e in into.items():
+                out[t] = self._into_slot(out[t], e)
+            return out
+        return self.chained(self.nodes_named(names), call)
+
+    def _into_slot(self, y, entry: "BankEntry") -> "BankEntry":
+        """A node's output `y` as the BankEntry it was STOREd into (run_nodes' `into`), or written in by the host:
+        a DeviceTensor in the slot's buffer is left there (not read back at the run's end)."""
+        buf = entry.segment(0)[0]
+        if isinstance(y, DeviceTensor) and y.buffer == buf:
+            y.kept = True           # the bank's buffer: never the arena's to free
+            if self._scope is not None:
+                self._scope.made.pop(id(y), None)
+            if y.order is None and not y.pad and y.layout.pitch == y.layout.channels \
+                    and y.layout.tokens * y.layout.channels == math.prod(entry.shape):
+                y.buffer = None
+                return entry
+            y.host, y.buffer = y.read(), None       # rows in another order: put back in the map's by the host
+        entry.bank.write_part(entry, 0, np.asarray(y).astype(np.int8, copy=False))
+        return entry
 
     def on_read_back(self, rec, nbytes: int) -> None:
         super().on_read_back(rec, nbytes)
@@ -839,10 +880,20 @@ class OverlayTracker(GraphTracker):
         self.image_model = _BankImageModel(graph, executor, bank, observe)
         self.attended: dict = {}      # (frame, reverse, id(output_dict)) -> the frame's batched memory attention
 
+    def encode_new_memory(self, vision_feat, pred_masks_high_res, object_score_logits, is_mask_from_pts):
+        """GraphTracker's, the memory encoder's last node (`mem.features`) writing into a free `frames` slot of the
+        bank (VideoGraphExecutor.run_nodes' `into`): the features are a BankEntry, never read back."""
+        self.runner.into = {"mem.features": self.bank.take("frames")}
+        try:
+            return super().encode_new_memory(vision_feat, pred_masks_high_res, object_score_logits, is_mask_from_pts)
+        finally:
+            self.runner.into = {}
+
     def bank_features(self, feats):
-        """The frame into the bank, with its memory-attention projections (every layer's values, and its
-        RoPE'd keys of the memory part) when kept: entry.projections, ring -> BankEntry."""
-        entry = self.bank.put("frames", feats)
+        """The frame into the bank (already there: encode_new_memory's entry), with its memory-attention
+        projections (every layer's values, and its RoPE'd keys of the memory part) when kept: entry.projections,
+        ring -> BankEntry."""
+        entry = feats if isinstance(feats, BankEntry) else self.bank.put("frames", feats)
         entry.projections = {}
         if self.banks_projections:          # each ring's slot taken first: the engines STORE the rows there
             rings = sorted({c.ring for c in self.runner.chains if c.part == "memory"})
