@@ -802,10 +802,12 @@ class GraphExecutor(IntRunner):
         return kept[0].name
 
     def kept_bytes(self) -> int:
-        """Arena bytes of the buffers the executor keeps a session for its convolutions' planes (plane), a fixed
-        amount per graph whatever the number of runs."""
+        """Arena bytes of the buffers the executor keeps a session for its convolutions' planes (plane) and the
+        constants its vector nodes read (_constant), a fixed amount per graph whatever the number of runs."""
         from sw.runtime.arena import aligned
-        return sum(aligned(b.size) for b, session in self._planes.values() if session is self.driver.session)
+        s = self.driver.session
+        return sum(aligned(b.size) for b, session in self._planes.values() if session is s) + sum(
+            aligned(s.arena[t.buffer].size) for t in self._constants.values() if t.session is s and t.buffer)
 
     def _shared(self, node, y):
         """Host array y (a layout node's output, _shared_layouts) written to DDR once, as token rows, for its
