@@ -6,7 +6,8 @@ objects' memory attentions batched against one by one.
                                              # SAM2FPGA_BENCH_OBJECT_FRAMES=4 frames per objects case
     SAM2FPGA_BENCH_CHAIN=0 python -m benchmarks video_bank   # every engine output back to the host (no chaining)
     SAM2FPGA_BENCH_LOAD_T=0 python -m benchmarks video_bank  # bench16 without the transposing LOAD (load_t)
-    SAM2FPGA_BENCH_TABLE=1 python -m benchmarks video_bank   # and the last frame's nodes: where the bytes go
+    SAM2FPGA_BENCH_TABLE=1 python -m benchmarks video_bank   # and the last frame's nodes: where the bytes go (every
+                                                             # run: the host's own, programs, relayed; each node's last)
     SAM2FPGA_BENCH_TRACE=1 python -m benchmarks video_bank   # the last frame's host <-> DDR bytes per node, every
                                                              # run of it (the table: its last run), and outside nodes
 
