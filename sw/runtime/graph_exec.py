@@ -1052,7 +1052,8 @@ class GraphExecutor(IntRunner):
             layout = TokenRowLayout(math.prod(shape[:-1]), shape[-1], self.cfg.cols)
             t = DeviceTensor(drv, _upload(drv, (_window_order(v, order) if order else v).reshape(layout.tokens, -1),
                                           layout, "const"), layout, shape, node.inputs[i], order)
-            t.pinned, t.session, t.value = True, drv.session, np.array(value)
+            t.pinned, t.session = True, drv.session
+            t.value = None if node.inputs[i] in self.graph.constants else np.array(value)    # compared next run
             self._constants[key] = t
         return t
 
