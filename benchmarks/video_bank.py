@@ -6,7 +6,8 @@ objects' memory attentions batched against one by one.
                                              # SAM2FPGA_BENCH_OBJECT_FRAMES=4 frames per objects case
     SAM2FPGA_BENCH_CHAIN=0 python -m benchmarks video_bank   # every engine output back to the host (no chaining)
     SAM2FPGA_BENCH_LOAD_T=0 python -m benchmarks video_bank  # bench16 without the transposing LOAD (load_t)
-    SAM2FPGA_BENCH_TABLE=1 python -m benchmarks video_bank   # and the last frame's nodes: where the bytes go
+    SAM2FPGA_BENCH_TABLE=1 python -m benchmarks video_bank   # and the last frame's nodes: where the bytes go (every
+                                                             # run: the host's own, programs, relayed; each node's last)
     SAM2FPGA_BENCH_TRACE=1 python -m benchmarks video_bank   # the last frame's host <-> DDR bytes per node, every
                                                              # run of it (the table: its last run), and outside nodes
 
@@ -73,6 +74,7 @@ def long_clip(qm, cfg, photo, n: int) -> None:
               flush=True)
         last = {name: stages[name].cycles / (cfg.clock_mhz * 1e3) for name in STAGES}
         last_ddr = {name: stages[name].ddr_bytes for name in STAGES}
+        last_nodes = dict(ex.frame_stats.nodes)
         ex.frame_stats.reset()
         last_trace = dict(trace or {})
         if trace is not None:
@@ -82,16 +84,35 @@ def long_clip(qm, cfg, photo, n: int) -> None:
     print("last frame, host<->DDR bytes per stage: " + ", ".join(f"{k} {v:,d}" for k, v in last_ddr.items())
           + f"; of them programs + weights (each node's last run) "
           f"{sum(r.program_bytes for r in ex.records.values()):,d}")
-    totals = ex.stage_totals()
-    print("last frame, per stage: nodes' host<->DDR bytes / of them the host ops' own (frame in, logits out, host "
-          "nodes) / programs: " + ", ".join(f"{k} {t['ddr_bytes']:,d} / {t['own_bytes']:,d} / {t['program_bytes']:,d}"
-                                             for k, t in totals.items()))
+    totals: dict = {}
+    for name, v in last_nodes.items():       # every run of each node in the frame (FrameStats.nodes)
+        t = totals.setdefault(ex.records[name].stage, [0, 0, 0])
+        t[:] = [a + b for a, b in zip(t, v)]
+    print("last frame, per stage: nodes' host<->DDR bytes (every run) / of them the host ops' own (frame in, logits "
+          "out, host nodes) / programs: " + ", ".join(f"{k} {b:,d} / {o:,d} / {p:,d}" for k, (b, p, o) in totals.items()))
+    _frame_bytes(ex, last_ddr, last_nodes, os.environ.get("SAM2FPGA_BENCH_TABLE") == "1")
     if os.environ.get("SAM2FPGA_BENCH_TABLE") == "1":
         print(ex.table())
     if trace is not None:
         print(f"last frame, host<->DDR bytes by the node running (all its runs), {sum(last_trace.values()):,d} in all:")
         for name, n in sorted(last_trace.items(), key=lambda kv: -kv[1]):
             print(f"{n:12,d}  {name}")
+
+
+def _frame_bytes(ex, stage_ddr: dict, nodes: dict, per_node: bool) -> None:
+    """The last frame's host <-> DDR bytes, every run of each node summed (FrameStats.nodes): the host ops' own
+    (issue 18's allowed kind: the frame in, the logits out, host nodes' bytes), the programs', the rest relayed;
+    and outside the nodes (the bank's reads and writes for the tracker). `per_node`: each node that moved any."""
+    total, ddr, program, own = sum(stage_ddr.values()), *(sum(v[i] for v in nodes.values()) for i in range(3))
+    print(f"last frame, host<->DDR bytes {total:,d}: the nodes' (every run) {ddr:,d} = host own {own:,d} + programs "
+          f"{program:,d} + relayed {ddr - own - program:,d}; outside the nodes {total - ddr:,d}")
+    if per_node:
+        print(f"{'node (every run of the last frame)':44s} {'DDR bytes':>9s} {'programs':>9s} {'host own':>9s} "
+              f"{'relayed':>8s}  the host's own: the host's tensors it moves (programs: descriptors relinked to "
+              f"the bank's slots, weights on a first load)")
+        for name, (b, p, o) in sorted(nodes.items(), key=lambda kv: -kv[1][0]):
+            if b:
+                print(f"{name:44s} {b:9,d} {p:9,d} {o:9,d} {b - p - o:8,d}  {ex.own_reason(name) if o else ''}")
 
 
 def _trace(ex) -> dict:

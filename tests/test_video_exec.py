@@ -203,7 +203,7 @@ def test_bank_bounded_read_in_place_and_a_failed_frame_rerun_on_the_same_bank(vi
     a fault that outlives the session's own retry on frame 2 makes the frame run again, and every frame
     still equals the host's bit for bit (the failed attempt changed nothing it reads)."""
     qm, cfg, frames = video_case
-    _mostly_host(monkeypatch, ON_OVERLAY + ("ma.layers.0.cross.k", "ma.layers.0.cross.k_sum"))
+    _mostly_host(monkeypatch, ON_OVERLAY + ("ma.layers.0.cross.k", "ma.layers.0.cross.k_sum", "mem.features"))
     ex = VideoGraphExecutor(qm, cfg, "sim")
     ex.driver.CACHED_PROGRAMS = 0            # the arena without the driver's program cache (at most 16 programs)
     assert {c.ring for c in ex.chains if c.nodes[-1] in ex.in_place} == set(LAYER_RINGS)
@@ -251,6 +251,11 @@ def test_bank_bounded_read_in_place_and_a_failed_frame_rerun_on_the_same_bank(vi
     # themselves (the gather's, a host node's) written once a frame for both chains
     assert uploads and not (set(uploads) & {"ma.layers.0.cross.k_rope", "ma.layers.0.cross.v"}), uploads
     assert len(uploads["ma.layers.0.cross.k"]) == len(got) - 1 + len(predictor.retries), uploads   # once a run
+    # a new frame's features STOREd into its frames slot by the memory encoder's last node (the vector engine's
+    # add), not written by the host (its projections on the host read them there); the pointers (a host node's,
+    # read by the gather, a host node) kept on the host: no DDR buffer, none read back
+    assert not any(name.startswith("bank.frames.") for name in writes) and ex.records["mem.features"].cycles, writes
+    assert not any(name.startswith("bank.ptrs") for name in spans)
 
 
 def test_track_backend_pynq_equals_int8_host_and_keeps_frames_on_a_second_failure(video_case, monkeypatch,

@@ -533,6 +533,11 @@ def _stacked_images(op: str, shape: tuple) -> bool:
     return shape[0] == 1 or op == "upsample" or shape[1] % 2 == 0
 
 
+def _broadcast(value, x) -> bool:
+    """Whether host array `value` is broadcast over the rows of a row op's first operand `x` (fewer values)."""
+    return isinstance(value, np.ndarray) and value.size < math.prod(np.shape(x))
+
+
 def _upload(drv, x, layout: TokenRowLayout | None, prefix: str = "act") -> str:
     """A new session buffer holding host array x in `layout` (None: x's bytes as they are; written once): its
     name."""
@@ -804,10 +809,12 @@ class GraphExecutor(IntRunner):
         return kept[0].name
 
     def kept_bytes(self) -> int:
-        """Arena bytes of the buffers the executor keeps a session for its convolutions' planes (plane), a fixed
-        amount per graph whatever the number of runs."""
+        """Arena bytes of the buffers the executor keeps a session for its convolutions' planes (plane) and the
+        constants its vector nodes read (_constant), a fixed amount per graph whatever the number of runs."""
         from sw.runtime.arena import aligned
-        return sum(aligned(b.size) for b, session in self._planes.values() if session is self.driver.session)
+        s = self.driver.session
+        return sum(aligned(b.size) for b, session in self._planes.values() if session is s) + sum(
+            aligned(s.arena[t.buffer].size) for t in self._constants.values() if t.session is s and t.buffer)
 
     def _shared(self, node, y):
         """Host array y (a layout node's output, _shared_layouts) written to DDR once, as token rows, for its
@@ -1017,7 +1024,8 @@ class GraphExecutor(IntRunner):
                 keep = self.IN_PLACE.get(n.op, ())
                 if n.op in ROW_WISE_NODES:
                     args = [self._constant(n, i, a, np.shape(args[0])) if i and i in keep
-                            and n.inputs[i] in self.graph.constants else a for i, a in enumerate(args)]
+                            and (n.inputs[i] in self.graph.constants or _broadcast(a, args[0]))
+                            else a for i, a in enumerate(args)]
                 return dev_call(self.driver, n, _host_args(args, keep), r)
             return call(self.driver, n, _host_args(args), r)
 
@@ -1035,16 +1043,24 @@ class GraphExecutor(IntRunner):
     def _constant(self, node, i: int, value, shape: tuple) -> DeviceTensor:
         """Graph constant `value`, node's input i (the positional embeddings an add reads), as a DeviceTensor of
         `shape` (its first input's) in its window order, written once a session like a weight (pinned),
-        shared by the nodes reading it so (again after the driver opened a new session)."""
+        shared by the nodes reading it so (again after the driver opened a new session). A host tensor an add
+        broadcasts (the memory encoder's no-object embedding, one row for every token) is kept so too while its
+        values stay those of its last run (written again when they change, the old copy freed): its broadcast
+        rows would otherwise be written every run."""
         order = self.want.get(node.name)
         key = (node.inputs[i], tuple(shape), order)
         t = self._constants.get(key)
+        if t is not None and node.inputs[i] not in self.graph.constants and t.session is self.driver.session \
+                and not np.array_equal(t.value, value):
+            t.free(keep=False)
+            t = None
         if t is None or t.session is not self.driver.session:
             drv, v = self.driver, np.ascontiguousarray(np.broadcast_to(value, shape))
             layout = TokenRowLayout(math.prod(shape[:-1]), shape[-1], self.cfg.cols)
             t = DeviceTensor(drv, _upload(drv, (_window_order(v, order) if order else v).reshape(layout.tokens, -1),
                                           layout, "const"), layout, shape, node.inputs[i], order)
             t.pinned, t.session = True, drv.session
+            t.value = None if node.inputs[i] in self.graph.constants else np.array(value)    # compared next run
             self._constants[key] = t
         return t
 

@@ -14,7 +14,8 @@ host). Every node equals VideoIntRunner's (tests/test_video_exec.py).
 
 The memory bank (DdrBank) lives in the driver session's DDR arena, allocated once: int8 memory
 frames (mem.features), each frame's cross-attention values and keys (every layer's v_proj, and
-k_proj + RoPE, of its tokens: ring `values`, `keys`), int8 object pointers, the int8 slot encodings
+k_proj + RoPE, of its tokens: ring `values`, `keys`), int8 object pointers (in host memory: HOST_RINGS), the
+int8 slot encodings
 (sine + temporal embedding per slot, uploaded once) and each temporal slot's keys (every layer's
 k_proj + RoPE of its encoding: ring SLOT_KEYS, projected on the slot's first use in the session).
 Projected once (BankedChain, VideoGraphExecutor.project): rows of a linear, of RoPE with its table
@@ -71,16 +72,16 @@ each object's pointer rows read back and written into a buffer of their own. The
 as RowSegments (a region per range, relinked per frame to that frame's slots: only the moved descriptors
 written, LoadedProgram.rebind), so the host neither reads the bank's rows nor writes them back.
 
-A new frame's values and keys are STOREd into its slots by their chains' last nodes where those run on
+A new frame's features are STOREd into its `frames` slot by the memory encoder's last node (taken before the run:
+OverlayTracker.encode_new_memory, VideoGraphExecutor.into), and its values and keys into their slots by their
+chains' last nodes where those run on
 an engine (project_into: the slots taken first, DdrBank.take, the nodes' outputs bound to their layer
 buffers, a program per slot), the chains' first nodes reading the frame's tokens in its `frames` slot in
 place (SLOT_RINGS), an inner node's rows (k_proj's) left in a buffer the executor keeps (_stage).
 
 Not yet (honest): a reader on the host reads the bank's rows at the gather (BankEntry.part), a projection
 on the host is written in by the host (DdrBank.write_part), and a temporal slot's keys go through the host
-(once a session per slot). The new frame's features cross the host between the memory encoder's run and
-the bank, the pointers are read back for the gather, and the memory attention's input and output cross it
-between the stages' runs (the tracker's arrays). A fused add's residual crosses the host (the store's RES
+(once a session per slot). A fused add's residual crosses the host (the store's RES
 region is N-tile-major, not token rows). Per-object readers in a batch (above) read their tensor back.
 """
 from __future__ import annotations
@@ -100,8 +101,9 @@ from golden_model.video import VideoPredictor
 from sw.compile.attention import token_rows_refusal
 from sw.runtime.arena import aligned
 from sw.runtime.backend import AcceleratorError
+from golden_model.quant.intinterp import _vec_params
 from sw.runtime.graph_exec import (DEVICE_OPS, ENGINE_OPS, IN_PLACE, DeviceTensor, GraphExecError,
-                                   GraphExecutor, SegmentedTensor, _upload, _vector_dev)
+                                   GraphExecutor, SegmentedTensor, _upload, _vector_dev, _want)
 from sw.runtime.layout import TokenRowLayout
 from sw.runtime.overlay_segment import STAGE_GROUPS
 
@@ -152,6 +154,12 @@ def _into_bank(dev_op):
     return lambda d, n, a, r: dev_op(d, n, a, r, out=r.store_into.get(n.name))
 
 
+def _add_dev(drv, n, a, r, out=None):
+    """graph_exec's device add, its output into `out` where given (the memory encoder's last node: the bank slot
+    of the frame's features, OverlayTracker.encode_new_memory)."""
+    return _vector_dev(drv, n, "add", a[0], _vec_params(r, n, "AddParams"), a[1], want=_want(r, n, a[:2]), out=out)
+
+
 class _VideoHostOps(IntRunner):
     """Host functions of the video ops (VideoIntRunner's table), for GraphExecutor's host placements."""
 
@@ -181,10 +189,18 @@ class StageStats:
 class FrameStats:
     stages: dict = field(default_factory=lambda: {s: StageStats() for s in STAGES})
     batches: list = field(default_factory=list)   # per memory-attention batch: its objects' memory lengths
+    # per node, every run of the frame summed: [host <-> DDR bytes, of them programs', of them the host ops' own]
+    # (NodeRecord's fields, which hold a node's last run only); the stages' bytes less theirs: outside the nodes
+    nodes: dict = field(default_factory=dict)
 
     def reset(self) -> None:
         self.stages = {s: StageStats() for s in STAGES}
         self.batches = []
+        self.nodes = {}
+
+    def node(self, name: str, ddr_bytes: int, program_bytes: int = 0, own_bytes: int = 0) -> None:
+        t = self.nodes.setdefault(name, [0, 0, 0])
+        t[0], t[1], t[2] = t[0] + ddr_bytes, t[1] + program_bytes, t[2] + own_bytes
 
     def batch_note(self) -> str:
         """The frame's memory-attention runs, e.g. "3 objects (2 memory lengths) + 1 object": one run of
@@ -203,7 +219,8 @@ class FrameStats:
 class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
     """GraphExecutor over the whole video graph (module docstring); `frame_stats` sums the current frame."""
     ENGINE_OPS = {**ENGINE_OPS, "rope": _rope}
-    DEVICE_OPS = {**DEVICE_OPS, "rope": _into_bank(_rope_dev), "linear": _into_bank(DEVICE_OPS["linear"])}
+    DEVICE_OPS = {**DEVICE_OPS, "rope": _into_bank(_rope_dev), "linear": _into_bank(DEVICE_OPS["linear"]),
+                  "add": _into_bank(_add_dev)}
     IN_PLACE = {**IN_PLACE, "rope": (0,)}
 
     def __init__(self, qm, cfg, backend: str = "sim", driver=None):
@@ -223,6 +240,7 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
         self.in_place = self._segment_readers()     # chains whose output its readers take from the bank in place
         self.batch_groups: list | None = None     # a batch's objects: (banked entries, pointer tokens) (_rows_batched)
         self.store_into: dict = {}          # node -> the session buffer its output goes into (project_into)
+        self.into: dict = {}                # tensor -> the BankEntry a run's node writes it into (run_nodes)
         self._projecting: set = set()       # a banked chain's nodes projecting a frame into the bank (in DDR)
         self._stages: dict = {}             # node -> (its buffer, the session) (_stage)
         self._tails: dict = {}              # part -> (run, its pointer tokens in DDR, their values) (_tail_rows)
@@ -248,20 +266,21 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
 
     def _projections(self, tokens, part: str, entries: dict | None = None, source=None):
         """(chain, its output) of each banked chain of `part` on `tokens`; `entries`: ring -> the BankEntry
-        whose layer buffer a chain's last node leaves its output in, where it runs on an engine."""
-        tokens = np.asarray(tokens)
-        tokens = tokens.reshape(1, -1, tokens.shape[-1])
+        whose layer buffer a chain's last node leaves its output in, where it runs on an engine. `tokens` may be
+        `source` itself (a BankEntry), read from DDR only where a node needs its values on the host."""
+        shape = (1, math.prod(tokens.shape[:-1]), tokens.shape[-1])
         saved, self.banked = (self.banked, getattr(self, "run_dims", None)), None
         self.run_dims = {"O": 0}
         chains = [c for c in self.chains if c.part == part]
-        src = tokens
+        src = None if entries else np.asarray(tokens).reshape(shape)
         if entries:        # the chains in DDR: the tokens written once, each chain's rows left for the next node
             self._projecting = {name for c in chains for name in c.nodes}
             before = self.driver.device.traffic.snapshot()
-            layout = TokenRowLayout(tokens.shape[1], tokens.shape[-1], self.cfg.cols)
+            layout = TokenRowLayout(shape[1], shape[-1], self.cfg.cols)
             src = DeviceTensor(self.driver, source.segment(0)[0] if source is not None and
-                               layout.pitch == layout.channels else _upload(self.driver, tokens[0], layout),
-                               layout, tokens.shape, BANK_TENSORS[part])
+                               layout.pitch == layout.channels else
+                               _upload(self.driver, np.asarray(tokens).reshape(shape)[0], layout),
+                               layout, shape, BANK_TENSORS[part])
             src.kept = source is not None and src.buffer == source.segment(0)[0]      # the bank's slot stays
             self.frame_stats.add("memory_attention", ddr_bytes=self.driver.device.traffic.since(before).total)
         try:
@@ -271,7 +290,7 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
                     if n.name == chain.nodes[-1] and chain.ring in (entries or {}):
                         self.store_into = {n.name: entries[chain.ring].segment(chain.layer)[0]}
                     elif entries and self.driver.CACHED_PROGRAMS:       # (no kept programs: nothing to keep linked)
-                        self.store_into = {n.name: self._stage(n, tokens.shape[1])}
+                        self.store_into = {n.name: self._stage(n, shape[1])}
                     try:
                         x, y = y, self.op_fn(n)(n, [y] + [self.arg(i, {}) for i in n.inputs[1:]], self)
                     finally:
@@ -347,6 +366,7 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
             on_host = rec.where in ("host", "layout")
             self.frame_stats.add(n.stage, rec.cycles, rec.wall_s if on_host else 0.0,
                                  0.0 if on_host else rec.wall_s, rec.ddr_bytes)
+            self.frame_stats.node(n.name, rec.ddr_bytes, rec.program_bytes, rec.own_bytes)
             return y
         return counted
 
@@ -447,13 +467,57 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
         return self.op_fn(node)
 
     def run_nodes(self, names, env: dict, observe=None) -> dict:
-        """_VideoRunner.run_nodes with the engine outputs chained in DDR between the nodes (GraphExecutor.chained)."""
-        return self.chained(self.nodes_named(names),
-                            lambda: super(VideoGraphExecutor, self).run_nodes(names, env, observe))
+        """_VideoRunner.run_nodes with the engine outputs chained in DDR between the nodes (GraphExecutor.chained).
+        `self.into`: tensor -> a BankEntry of a one-buffer SLOT_RINGS slot (a frame's features) its node's output
+        goes into: STOREd there where the node runs on an engine and leaves token rows of the slot's bytes (its
+        values never cross the host), else written in by the host; the env then holds the entry."""
+        writers = {n.outputs[0]: n.name for n in self.nodes_named(names)}
+        into = {t: e for t, e in self.into.items() if t in writers}
+
+        def call():
+            self.store_into = {writers[t]: e.segment(0)[0] for t, e in into.items()       # token rows = the slot's
+                               if self.chain and e.shape[-1] % self.cfg.cols == 0}
+            try:
+                out = super(VideoGraphExecutor, self).run_nodes(names, env, observe)
+            finally:
+                self.store_into = {}
+            for t, e in into.items():
+                out[t] = self._into_slot(out[t], e)
+            return out
+        return self.chained(self.nodes_named(names), call)
+
+    def _into_slot(self, y, entry: "BankEntry") -> "BankEntry":
+        """A node's output `y` as the BankEntry it was STOREd into (run_nodes' `into`), or written in by the host:
+        a DeviceTensor in the slot's buffer is left there (not read back at the run's end)."""
+        buf = entry.segment(0)[0]
+        if isinstance(y, DeviceTensor) and y.buffer == buf:
+            y.kept = True           # the bank's buffer: never the arena's to free
+            if self._scope is not None:
+                self._scope.made.pop(id(y), None)
+            if y.order is None and not y.pad and y.layout.pitch == y.layout.channels \
+                    and y.layout.tokens * y.layout.channels == math.prod(entry.shape):
+                y.buffer = None
+                return entry
+            y.host, y.buffer = y.read(), None       # rows in another order: put back in the map's by the host
+        entry.bank.write_part(entry, 0, np.asarray(y).astype(np.int8, copy=False))
+        return entry
+
+    def own_reason(self, name: str) -> str:
+        """Why node `name`'s own bytes (NodeRecord.own_bytes) are the host's: a host node's, the inputs the host
+        makes (a feed, a host node's output) it writes, the output the host reads."""
+        n = self.nodes_named([name])[0]
+        if self.placements[name].where == "host":
+            return "a host node"
+        why = [f"writes {t} (" + ("fed" if t in self.graph.inputs else "a host node's") + ")"
+               for t in n.inputs if t in self.host_made]
+        why += [f"reads {t} for the host" for t in n.outputs if t in self.host_read]
+        return ", ".join(why)
 
     def on_read_back(self, rec, nbytes: int) -> None:
+        own = rec.own_bytes
         super().on_read_back(rec, nbytes)
         self.frame_stats.add(rec.stage, ddr_bytes=nbytes)
+        self.frame_stats.node(rec.name, nbytes, 0, rec.own_bytes - own)
 
     # ------------------------------------------------------------ several objects' memory attention at once
     def run_objects(self, names, env: dict, objects: list, output: str, observe=None) -> list:
@@ -715,7 +779,8 @@ class BankEntry:
 
 class DdrBank:
     """Rings of fixed int8 slots in the session's DDR arena (module docstring); allocated once.
-    `rings`: name -> (one slot's shape, slots); ring SLOT_KEYS has one slot per temporal slot, written once."""
+    `rings`: name -> (one slot's shape, slots); ring SLOT_KEYS has one slot per temporal slot, written once; a
+    HOST_RINGS ring's slots hold their values in host memory (the same slots, free list and BankFull)."""
 
     def __init__(self, session, rings: dict, slot_pos: np.ndarray, stats: FrameStats | None = None):
         self.session, self.stats = session, stats
@@ -723,6 +788,7 @@ class DdrBank:
         self.counts = {ring: n for ring, (_, n) in rings.items()}
         self.free = {ring: list(range(n)) for ring, n in self.counts.items() if ring != SLOT_KEYS}
         self.slot_keys: dict[int, BankEntry] = {}     # temporal slot -> its keys (projected on first use)
+        self.held: dict[tuple, np.ndarray] = {}       # (HOST_RINGS ring, slot) -> its values, in host memory
         pos = np.ascontiguousarray(slot_pos, np.int8)
         self.pos_shape = pos.shape
         self.buffers = {name: session.buffer(name, size, zero=name != "bank.slot_pos")
@@ -763,7 +829,10 @@ class DdrBank:
             raise ValueError(f"bank {ring}: expected {math.prod(self.shapes[ring])} int8 values, got {x.dtype} "
                              f"{x.shape}")
         entry = self.take(ring, x.shape)
-        self._write(ring, entry.slot, x, "prompt + decoder" if ring == "ptrs" else "memory encoder")  # who banks it
+        if ring in HOST_RINGS:
+            self.held[ring, entry.slot] = x.copy()
+        else:
+            self._write(ring, entry.slot, x, "memory encoder")
         return entry
 
     def take(self, ring: str, shape: tuple | None = None) -> BankEntry:
@@ -799,6 +868,9 @@ class DdrBank:
 
     def read(self, ring: str, slot: int, part: int | None = None) -> np.ndarray:
         """A slot's bytes (int8), or only its `part`-th row along the slot shape's first axis."""
+        if ring in HOST_RINGS:
+            x = self.held[ring, slot].reshape(-1)
+            return x if part is None else x.reshape(self.shapes[ring][0], -1)[part]
         t0 = time.perf_counter()
         spans = self._part_spans(ring, slot, part)
         data = np.concatenate([np.asarray(self.session.backend.read(a, n)) for a, n in spans]).view(np.int8)
@@ -813,6 +885,7 @@ class DdrBank:
         return data.reshape(self.pos_shape[1:])
 
     def release(self, ring: str, slot: int) -> None:
+        self.held.pop((ring, slot), None)
         if ring in self.free:
             self.free[ring].append(slot)
 
@@ -839,10 +912,20 @@ class OverlayTracker(GraphTracker):
         self.image_model = _BankImageModel(graph, executor, bank, observe)
         self.attended: dict = {}      # (frame, reverse, id(output_dict)) -> the frame's batched memory attention
 
+    def encode_new_memory(self, vision_feat, pred_masks_high_res, object_score_logits, is_mask_from_pts):
+        """GraphTracker's, the memory encoder's last node (`mem.features`) writing into a free `frames` slot of the
+        bank (VideoGraphExecutor.run_nodes' `into`): the features are a BankEntry, never read back."""
+        self.runner.into = {"mem.features": self.bank.take("frames")}
+        try:
+            return super().encode_new_memory(vision_feat, pred_masks_high_res, object_score_logits, is_mask_from_pts)
+        finally:
+            self.runner.into = {}
+
     def bank_features(self, feats):
-        """The frame into the bank, with its memory-attention projections (every layer's values, and its
-        RoPE'd keys of the memory part) when kept: entry.projections, ring -> BankEntry."""
-        entry = self.bank.put("frames", feats)
+        """The frame into the bank (already there: encode_new_memory's entry), with its memory-attention
+        projections (every layer's values, and its RoPE'd keys of the memory part) when kept: entry.projections,
+        ring -> BankEntry."""
+        entry = feats if isinstance(feats, BankEntry) else self.bank.put("frames", feats)
         entry.projections = {}
         if self.banks_projections:          # each ring's slot taken first: the engines STORE the rows there
             rings = sorted({c.ring for c in self.runner.chains if c.part == "memory"})
@@ -1024,6 +1107,10 @@ LAYER_RINGS = ("values", "keys", SLOT_KEYS)
 #: the rings whose slots are session buffers of their own (a slot's every layer one): the projections', and the
 #: frames' (a frame entering the bank is projected from its slot in place: VideoGraphExecutor.project_into)
 SLOT_RINGS = LAYER_RINGS + ("frames",)
+#: the rings the host alone makes and reads, kept in host memory (no DDR buffer): the object pointers (a host
+#: node's, the pointer MLP's, quantised on the host), whose one reader is the gather (a host node) building the
+#: pointer tokens; in DDR each would be written once and read back by every frame that attends to it
+HOST_RINGS = ("ptrs",)
 
 
 def layer_buffer(ring: str, slot: int, layer: int) -> str:
@@ -1033,9 +1120,12 @@ def layer_buffer(ring: str, slot: int, layer: int) -> str:
 
 def bank_buffers(rings: dict, slot_pos_bytes: int) -> dict[str, int]:
     """The bank's DDR buffers (name -> bytes) for bank_rings' `rings`: a SLOT_RINGS ring one per slot and
-    layer (the frames': one layer), any other ring one for all its slots; the slot encodings ("bank.slot_pos")."""
+    layer (the frames': one layer), a HOST_RINGS ring none, any other ring one for all its slots; the slot
+    encodings ("bank.slot_pos")."""
     out = {}
     for ring, (shape, n) in rings.items():
+        if ring in HOST_RINGS:
+            continue
         if ring in SLOT_RINGS:
             out.update({layer_buffer(ring, slot, i): math.prod(shape[1:]) for slot in range(n)
                         for i in range(shape[0])})
