@@ -40,6 +40,9 @@ class OverlayConfig:
     attn_o_uram   : attention engine: the O memories in UltraRAM (UltraScale+ parts) instead of block RAM.
     scratch_uram  : the GEMM engine's A and B scratchpads in UltraRAM (UltraScale+ parts) instead of block RAM
                     (hw/gemm/engine.py operand_memory).
+    pv_preadd     : attention engine: the P V array's PEs pick their p bank in the DSP's pre-adder (DSP48E1/E2)
+                    instead of a multiplexer in the fabric; False for ECP5, whose multipliers have none
+                    (hw/attention/pv_array.py).
     clock_mhz     : target clock (for reports and the board flow).
     dw_lanes      : depthwise engine: channel lanes (each K x K multipliers, one output pixel per cycle).
     dw_row_bytes  : depthwise engine: the longest feature-map row (pitch, bytes) its line buffers hold.
@@ -70,6 +73,7 @@ class OverlayConfig:
     vec_lanes: int = 8
     attn_o_uram: bool = False
     scratch_uram: bool = False
+    pv_preadd: bool = True
 
     @property
     def norm_lanes(self) -> int:
@@ -168,10 +172,10 @@ PRESETS: dict[str, OverlayConfig] = {
     # bitstreams/README.md.
     "ulx3s": OverlayConfig("ulx3s", rows=2, cols=8, a_depth=1024, b_depth=1024, acc_depth=64,
                            param_depth=16, axi_data_bits=64, clock_mhz=40.0, board="ULX3S-85F LFE5U-85F",
-                           engines=("gemm", "attention"), attn_max_dim=64, attn_norm_lanes=1),
+                           engines=("gemm", "attention"), attn_max_dim=64, attn_norm_lanes=1, pv_preadd=False),
     "ulx3s-gemm": OverlayConfig("ulx3s-gemm", rows=2, cols=8, a_depth=1024, b_depth=1024, acc_depth=64,
                                 param_depth=16, axi_data_bits=64, clock_mhz=50.0, board="ULX3S-85F LFE5U-85F",
-                                engines=("gemm", "conv"), attn_max_dim=64, attn_norm_lanes=1),
+                                engines=("gemm", "conv"), attn_max_dim=64, attn_norm_lanes=1, pv_preadd=False),
     # The Zynq boards: two int8 MACs per DSP in the GEMM array (dsp_packing; DSP48E2 and DSP48E1 alike),
     # the attention engine's own P V array at one 17 x 8-bit MAC per DSP (its products do not pack), a
     # requantiser per byte of the AXI beat. Resource estimates per preset and why these sizes:
