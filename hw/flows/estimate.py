@@ -69,11 +69,12 @@ def xcup_map_dsp() -> str:
     mapped as for xc7 (DSP48E1s) and `xilinx_dsp -family xc7` packing them.
 
     Why: yosys 0.70's xilinx_dsp packs post-adders (`P = C + A*B`, an accumulator `P = P + A*B`), the
-    PCIN cascade and the M/P registers into DSP48E1s only; for xcu/xcup it runs its C-register and cascade
-    matchers alone, which need a packed post-adder first, so every multiply-add's adder and register stay in
-    the fabric, where Vivado puts them in the DSP48E2 (UG579: the same ALU, P register and PCIN cascade).
-    A DSP48E2 is a DSP48E1 with a 27- instead of 25-bit A port (and a wider pre-adder, XOR and pattern
-    features the packer does not use), so whatever xilinx_dsp packs into one DSP48E1 a DSP48E2 holds as
+    PCIN cascade, the pre-adder (`(D + A) * B`) and the A/B/D/M/P registers into DSP48E1s only; for xcu/xcup
+    it runs its C-register and cascade matchers alone, which need a packed post-adder first, so every
+    multiply-add's adder and registers stay in the fabric, where Vivado puts them in the DSP48E2 (UG579: the
+    same ALU, pre-adder, registers and PCIN cascade). A DSP48E2 is a DSP48E1 with a 27- instead of 25-bit
+    A port and pre-adder (and XOR and pattern features the packer does not use), so whatever xilinx_dsp
+    packs into one DSP48E1 a DSP48E2 holds as
     well, and the estimate counts each DSP48E1 as one DSP48E2 (cell_resources: DSP48*). A multiplier one
     DSP48E1 does not hold whole (wider than 25 x 18 bits) keeps the xcup mapping (DSP48E2s, split at
     27 x 18 as Vivado splits it, adders in the fabric): mapped as for xc7 it would take more DSPs than
