@@ -99,7 +99,8 @@ def synth_script(verilog: str, top: str, family: str, stat_json: str, abc9: bool
         if not abc9:
             # The attention engine trips that assertion even flat: synth_xilinx's own script
             # with its map_luts step done by the classic abc instead of abc9.
-            synth = (f"{dsp}{base} -run {start}:map_luts; opt_expr -mux_undef -noclkinv; abc -luts 2:2,3,6:5,10,20; clean; "
+            synth = (f"{dsp}{base} -run {start}:map_luts; opt_expr -mux_undef -noclkinv; "
+                     "abc -luts 2:2,3,6:5,10,20; clean; "
                      "xilinx_srl -fixed -minlen 3; techmap -map +/xilinx/lut_map.v -map +/xilinx/cells_map.v "
                      f"-D LUT_WIDTH=6; xilinx_dffopt; opt_lut_ins -tech xilinx; "
                      f"synth_xilinx -family {family} -top {top} -run finalize:")
