@@ -196,8 +196,8 @@ PRESETS: dict[str, OverlayConfig] = {
     # UltraRAM (attn_o_uram; a bank per normaliser lane: 2 on kv260 (768 x 40 bits), 4 on zcu104 (512 x 40),
     # one URAM288 each: 32 and 64 of the parts' 64 and 96). kv260 also keeps its GEMM A and B scratchpads in
     # UltraRAM (scratch_uram: 6 URAM288), which leaves block RAM room for a 4,096-entry A and 6 query slots
-    # (attention steady state 100 %, 83.7 % with 4). zcu104 fits within 85 %; kv260 does not (LUT 113 %, about
-    # 106 % with the P V pre-adder; DSP 91 %; BRAM 81 %, URAM 59 %: `sam2fpga build --board kv260`).
+    # (attention steady state 100 %, 83.7 % with 4). zcu104 fits within 85 %; kv260 does not (LUT 106 %,
+    # DSP 91 %; BRAM 81 %, URAM 59 %: `sam2fpga build --board kv260`).
     # Estimates (yosys, per engine): bitstreams/README.md.
     "kv260": OverlayConfig("kv260", rows=16, cols=32, a_depth=4096, b_depth=2048, acc_depth=512,
                            param_depth=128, axi_data_bits=128, clock_mhz=300.0, board="KV260 xck26",
