@@ -40,6 +40,9 @@ class OverlayConfig:
     attn_o_uram   : attention engine: the O memories in UltraRAM (UltraScale+ parts) instead of block RAM.
     scratch_uram  : the GEMM engine's A and B scratchpads in UltraRAM (UltraScale+ parts) instead of block RAM
                     (hw/gemm/engine.py operand_memory).
+    pv_preadd     : attention engine: the P V array's PEs pick their p bank in the DSP's pre-adder (DSP48E1/E2)
+                    instead of a multiplexer in the fabric; False for ECP5, whose multipliers have none
+                    (hw/attention/pv_array.py).
     clock_mhz     : target clock (for reports and the board flow).
     dw_lanes      : depthwise engine: channel lanes (each K x K multipliers, one output pixel per cycle).
     dw_row_bytes  : depthwise engine: the longest feature-map row (pitch, bytes) its line buffers hold.
@@ -70,6 +73,7 @@ class OverlayConfig:
     vec_lanes: int = 8
     attn_o_uram: bool = False
     scratch_uram: bool = False
+    pv_preadd: bool = True
 
     @property
     def norm_lanes(self) -> int:
@@ -168,10 +172,10 @@ PRESETS: dict[str, OverlayConfig] = {
     # bitstreams/README.md.
     "ulx3s": OverlayConfig("ulx3s", rows=2, cols=8, a_depth=1024, b_depth=1024, acc_depth=64,
                            param_depth=16, axi_data_bits=64, clock_mhz=40.0, board="ULX3S-85F LFE5U-85F",
-                           engines=("gemm", "attention"), attn_max_dim=64, attn_norm_lanes=1),
+                           engines=("gemm", "attention"), attn_max_dim=64, attn_norm_lanes=1, pv_preadd=False),
     "ulx3s-gemm": OverlayConfig("ulx3s-gemm", rows=2, cols=8, a_depth=1024, b_depth=1024, acc_depth=64,
                                 param_depth=16, axi_data_bits=64, clock_mhz=50.0, board="ULX3S-85F LFE5U-85F",
-                                engines=("gemm", "conv"), attn_max_dim=64, attn_norm_lanes=1),
+                                engines=("gemm", "conv"), attn_max_dim=64, attn_norm_lanes=1, pv_preadd=False),
     # The Zynq boards: two int8 MACs per DSP in the GEMM array (dsp_packing; DSP48E2 and DSP48E1 alike),
     # the attention engine's own P V array at one 17 x 8-bit MAC per DSP (its products do not pack), a
     # requantiser per byte of the AXI beat. Resource estimates per preset and why these sizes:
@@ -192,9 +196,9 @@ PRESETS: dict[str, OverlayConfig] = {
     # UltraRAM (attn_o_uram; a bank per normaliser lane: 2 on kv260 (768 x 40 bits), 4 on zcu104 (512 x 40),
     # one URAM288 each: 32 and 64 of the parts' 64 and 96). kv260 also keeps its GEMM A and B scratchpads in
     # UltraRAM (scratch_uram: 6 URAM288), which leaves block RAM room for a 4,096-entry A and 6 query slots
-    # (attention steady state 100 %, 83.7 % with 4). zcu104 fits within 85 %; kv260 does not (LUT 129 %,
-    # DSP 91 %; BRAM 81 %, URAM 59 %: `sam2fpga build --board kv260`). Estimates (yosys, per engine):
-    # bitstreams/README.md.
+    # (attention steady state 100 %, 83.7 % with 4). zcu104 fits within 85 %; kv260 does not (LUT 106 %,
+    # DSP 91 %; BRAM 81 %, URAM 59 %: `sam2fpga build --board kv260`).
+    # Estimates (yosys, per engine): bitstreams/README.md.
     "kv260": OverlayConfig("kv260", rows=16, cols=32, a_depth=4096, b_depth=2048, acc_depth=512,
                            param_depth=128, axi_data_bits=128, clock_mhz=300.0, board="KV260 xck26",
                            engines=("gemm", "attention", "conv", "depthwise", "vector", "load_t"), dw_lanes=2,

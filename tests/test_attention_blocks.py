@@ -135,13 +135,14 @@ def test_normaliser_matches_golden(units):
     assert got == want
 
 
-@pytest.mark.parametrize("rows,cols", [(3, 5), (2, 8)])
-def test_pv_array_matches_dot_products(rows, cols):
-    """PVArray alone: tiles back to back (a bank switch between them; a bank is rewritten once its
-    last channel has left the array) and after bubbles, p at its port's extremes (2^17 - 1, beyond
-    softmax's 2^16: the narrowed partial sums must hold it) with v = -128 and 127, then random.
-    Every row's result, channel and bank come out i + C cycles after the channel entered, and
-    out_valid is low at every other cycle."""
+@pytest.mark.parametrize("rows,cols,preadd", [(3, 5, True), (2, 8, True), (3, 5, False)])
+def test_pv_array_matches_dot_products(rows, cols, preadd):
+    """PVArray alone, its banks picked by the pre-adder's two reset registers or by a multiplexer:
+    tiles back to back (a bank switch between them; a bank is rewritten once its last channel has
+    left the array, and set a cycle before its first channel enters, v_bank a cycle ahead of v) and
+    after bubbles, p at its port's extremes (2^17 - 1, beyond softmax's 2^16: the narrowed partial
+    sums must hold it) with v = -128 and 127, then random. Every row's result, channel and bank come
+    out i + C cycles after the channel entered, and out_valid is low at every other cycle."""
     from hw.attention.pv_array import PROB, PVArray
     rng = np.random.default_rng(rows * 10 + cols)
     pmax = (1 << PROB.width) - 1
@@ -152,14 +153,15 @@ def test_pv_array_matches_dot_products(rows, cols):
     tiles[2][0][:, ::2] = 0                                # zero probabilities among extremes
     tiles[2][1][::3] = -128
     # Channel entry cycles: each tile right after the previous one (tile 3 after 2 bubbles), and not
-    # before its bank is loaded: in the cycle after the bank's previous tile's last channel reached
-    # the last PE (entered at end - 1, there rows + cols - 2 cycles later).
+    # before the cycle after its bank is loaded, which is in the cycle after the bank's previous
+    # tile's last channel reached the last PE (entered at end - 1, there rows + cols - 2 cycles later).
     start, end, load = [], [], []
     for t, d in enumerate(ds):
         load.append(end[t - 2] + rows + cols - 2 if t >= 2 else 0)
-        start.append(max(end[-1] + 2 * (t == 3) if end else 0, load[-1]))
+        start.append(max(end[-1] + 2 * (t == 3) if end else 0, load[-1] + 1))
         end.append(start[-1] + d)
-    dut = PVArray(rows, cols, chan_bits=3)
+    assert start[1] == end[0] and start[2] > load[2] == start[2] - 1     # back to back; loaded just in time
+    dut = PVArray(rows, cols, chan_bits=3, preadd=preadd)
     want, got = {}, {}
     for t, (p, v) in enumerate(tiles):
         for c in range(v.shape[1]):
@@ -178,7 +180,8 @@ def test_pv_array_matches_dot_products(rows, cols):
                     for j in range(cols):
                         ctx.set(dut.v[j], int(v[j, c]))
                     ctx.set(dut.v_chan, c)
-                    ctx.set(dut.v_bank, t % 2)
+                if start[t] <= cycle + 1 < end[t]:
+                    ctx.set(dut.v_bank, t % 2)                 # the next cycle's channel's bank
             ctx.set(dut.v_valid, int(any(s <= cycle < e for s, e in zip(start, end))))
             for i in range(rows):
                 if ctx.get(dut.out_valid[i]):
@@ -188,5 +191,5 @@ def test_pv_array_matches_dot_products(rows, cols):
     sim = Simulator(dut)
     sim.add_clock(1e-8)
     sim.add_testbench(bench)
-    run_amaranth(sim, f"pv_array_{rows}x{cols}")
+    run_amaranth(sim, f"pv_array_{rows}x{cols}{'' if preadd else '_mux'}")
     assert got == want

@@ -64,6 +64,41 @@ def test_yosys_xilinx_estimate(requant_verilog, tmp_path):
     assert fits(res, BOARDS["kv260"]) == []
 
 
+@pytest.mark.slow(seconds=6)
+def test_xcup_estimate_puts_the_pv_arrays_partial_sum_adders_in_the_dsps(tmp_path):
+    """Vivado maps each P V PE's `P = C + A*B` (and its P register, the PCIN cascade) to one DSP48E2;
+    yosys's xcup packing does not, so the estimate maps such multiply-adds as for xc7 (DSP48E1,
+    hw.flows.estimate.xcup_map_dsp): no adder of the array is left in the fabric (no CARRY8), only the
+    p bank multiplexer's LUTs."""
+    from hw.attention.pv_array import PVArray
+    from hw.flows.estimate import run_yosys
+    rows, cols = 2, 4
+    stat = run_yosys(write_verilog(PVArray(rows, cols, 6), "pv", tmp_path), "pv", "xcup", tmp_path, abc9=False)
+    cells = stat["design"]["num_cells_by_type"]
+    assert cells.get("DSP48E1") == rows * cols and "DSP48E2" not in cells
+    assert not any(c.startswith("CARRY") for c in cells), cells
+
+
+@pytest.mark.slow(seconds=4)
+def test_xcup_estimate_keeps_multipliers_a_dsp48e1_does_not_hold_on_dsp48e2s(tmp_path):
+    """The DSP48E1 mapping is for multipliers one DSP48E1 holds whole (25 x 18 signed, 24 x 17 unsigned);
+    one bit wider, they keep the xcup mapping (one DSP48E2 each, not split over two DSP48E1s)."""
+    from hw.flows.estimate import count_cells, run_yosys
+    v = tmp_path / "muls.v"
+    v.write_text("""module muls(input clk, input signed [47:0] c, input signed [17:0] b, input [16:0] ub,
+  input signed [24:0] a25, input signed [25:0] a26, input [23:0] u24, input [24:0] u25,
+  output reg signed [47:0] p25, output reg signed [47:0] p26, output reg [47:0] q24, output reg [47:0] q25);
+  always @(posedge clk) begin
+    p25 <= c + a25 * b; p26 <= c + a26 * b; q24 <= c + u24 * ub; q25 <= c + u25 * ub;
+  end
+endmodule
+""")
+    stat = run_yosys(v, "muls", "xcup", tmp_path, abc9=False)
+    cells = stat["design"]["num_cells_by_type"]
+    assert (cells.get("DSP48E1"), cells.get("DSP48E2")) == (2, 2), cells
+    assert count_cells(stat, "muls").dsps == 4
+
+
 @pytest.mark.slow
 def test_estimates_run_the_native_yosys_and_say_its_errors(tmp_path):
     """pyosys (the fpga extra) is preferred to YoWASP (whose 4 GiB the board presets exceed); a yosys

@@ -138,7 +138,7 @@ class AttentionEngine(wiring.Component):
                 o_wr[i].append(mem.write_port())
 
         m.submodules.softmax = sm = OnlineSoftmax(C)
-        m.submodules.pv = pv = PVArray(R, C, chan_bits)
+        m.submodules.pv = pv = PVArray(R, C, chan_bits, preadd=cfg.pv_preadd)
         m.submodules.norm = norm = Normaliser(C, cfg.norm_lanes)
 
         cmd = Signal(self.layouts.cmd)           # the front's command (STEP in its softmax phase, or NORM)
@@ -198,9 +198,10 @@ class AttentionEngine(wiring.Component):
             m.d.sync += pv_c.eq(pv_c + 1)
             with m.If(pv_last):
                 m.d.sync += pv_active.eq(0)
-        v_valid1, v_chan1, v_bank1 = Signal(), Signal(chan_bits), Signal()
-        m.d.sync += [v_valid1.eq(pv_active), v_chan1.eq(pv_c), v_bank1.eq(pv_bank)]
-        m.d.comb += [pv.v.eq(v_rd.data), pv.v_valid.eq(v_valid1), pv.v_chan.eq(v_chan1), pv.v_bank.eq(v_bank1)]
+        v_valid1, v_chan1 = Signal(), Signal(chan_bits)
+        m.d.sync += [v_valid1.eq(pv_active), v_chan1.eq(pv_c)]
+        # v_bank a cycle ahead of the channel (the array registers p): the bank of the one issued now.
+        m.d.comb += [pv.v.eq(v_rd.data), pv.v_valid.eq(v_valid1), pv.v_chan.eq(v_chan1), pv.v_bank.eq(pv_bank)]
         norm_mode = Signal()
         n_chunk = Signal(self.layouts.chunk_bits + 1)
         n_grp = Signal(range(C // U))              # NORM: the lane group (U channels) of the chunk read

@@ -10,19 +10,28 @@ each row, so row i's result for channel c leaves the right edge i + C cycles aft
 v[:, c] entered. One channel per cycle: d cycles per tile, every PE busy.
 
   out[i] = sum_j p[b][i][j] * v[j]  (int32: C <= 32 keys x 2^16 x 128 < 2^31)
-with out_valid[i] / out_chan[i] / out_bank[i] the input's valid / channel / bank delayed by i + C.
+with out_valid[i] / out_chan[i] the input's valid / channel delayed by i + C, out_bank[i] the
+channel's bank.
 
-Two banks of p (b = v_bank, which travels with v through the skew): while bank b's tile
+Two banks of p (b, which travels with v through the skew): while bank b's tile
 streams, the engine's softmax fills bank 1 - b with the next tile's probabilities, and
 the next tile's first channel may follow the current tile's last one in the next cycle,
-so back-to-back tiles keep every PE busy. Bank b must be held while its channels are in flight.
+so back-to-back tiles keep every PE busy. Bank b must be held while its channels are in flight,
+and set a cycle before its first channel enters: `v_bank` is the bank of the channel that enters
+in the *next* cycle (one cycle ahead of v, v_valid and v_chan), because each PE registers its p.
+
+How a PE picks its bank (`preadd`): with a DSP pre-adder (DSP48E1/E2: (D + A) x B), as two registers
+`pa <= bank ? 0 : p[0]` and `pd <= bank ? p[1] : 0`, a synchronous reset each (the DSP's A and D
+registers, RSTA / RSTD), whose sum is the selected p: no logic outside the DSP. Without one (ECP5's
+MULT18X18D), a 17-bit 2:1 multiplexer in the fabric before the multiplier (17 LUTs a MAC on Xilinx
+parts, which is what the pre-adder saves; bitstreams/README.md).
 
 Each partial sum is only as wide as its prefix can get (`psum_bits`): the PE in column j adds
 j + 1 products of a PROB-wide p (any value of the port, not only softmax's [0, 2^16]) and an
 int8, |sum| < (j + 1) 2^(PROB.width + 7), so 25 bits in column 0 and 30 in column 31 (PROB is
-17 bits) instead of 32: on UltraScale+ yosys 0.70 leaves these adders in the fabric (its
-xilinx_dsp pass packs post-adders and registers into DSP48E1s only, the xc7 family), where
-every bit is a LUT and a flip-flop; on xc7 they are in the DSP (P = C + A B, PREG) either way.
+17 bits) instead of 32. On Xilinx parts each PE is one DSP (P = C + (D + A) B, PREG, the PCIN
+cascade): yosys 0.70 packs that into DSP48E1s only, so the xcup estimate maps these multipliers
+as for xc7 (hw.flows.estimate.xcup_map_dsp); in the fabric (ECP5) every bit is a LUT and a flip-flop.
 """
 
 from amaranth import Module, Mux, Signal, signed, unsigned
@@ -43,8 +52,8 @@ def psum_bits(j: int) -> int:
 
 
 class PVArray(wiring.Component):
-    def __init__(self, rows: int, cols: int, chan_bits: int):
-        self.rows, self.cols, self.chan_bits = rows, cols, chan_bits
+    def __init__(self, rows: int, cols: int, chan_bits: int, preadd: bool = True):
+        self.rows, self.cols, self.chan_bits, self.preadd = rows, cols, chan_bits, preadd
         super().__init__({
             "p": In(data.ArrayLayout(data.ArrayLayout(data.ArrayLayout(PROB, cols), rows), 2)),
             "v": In(data.ArrayLayout(INT8, cols)),
@@ -65,14 +74,21 @@ class PVArray(wiring.Component):
             return delay_line(m, sig, n, name)
 
         vin = [delayed(self.v[j], j, f"v{j}") for j in range(C)]       # skew: column j late by j
-        bin_ = [delayed(self.v_bank, j, f"bank{j}") for j in range(C)]  # the bank travels with v
+        # The bank travels with v, a cycle ahead: bin_ is the bank of the channel at the PE next cycle.
+        bin_ = [delayed(self.v_bank, j, f"bank{j}") for j in range(C)]
         for i in range(R):
             left = None
             below, below_bank = [], []
             for j in range(C):
                 psum = Signal(signed(psum_bits(j)), name=f"psum_{i}_{j}")
                 prod = Signal(signed(psum_bits(0)), name=f"prod_{i}_{j}")
-                p = Mux(bin_[j], self.p[1][i][j], self.p[0][i][j])
+                if self.preadd:
+                    pa, pd = Signal(PROB, name=f"pa_{i}_{j}"), Signal(PROB, name=f"pd_{i}_{j}")
+                    m.d.sync += [pa.eq(Mux(bin_[j], 0, self.p[0][i][j])), pd.eq(Mux(bin_[j], self.p[1][i][j], 0))]
+                    p = pa + pd
+                else:
+                    p = Signal(PROB, name=f"p_{i}_{j}")
+                    m.d.sync += p.eq(Mux(bin_[j], self.p[1][i][j], self.p[0][i][j]))
                 m.d.comb += prod.eq(p * vin[j])
                 m.d.sync += psum.eq(prod if left is None else left + prod)
                 left = psum
@@ -88,7 +104,7 @@ class PVArray(wiring.Component):
         valid, chan, bank = self.v_valid, self.v_chan, self.v_bank
         valid = delayed(valid, C, "valid")
         chan = delayed(chan, C, "chan")
-        bank = delayed(bank, C, "bank")
+        bank = delayed(bank, C + 1, "bank")
         for i in range(R):
             m.d.comb += [self.out_valid[i].eq(valid), self.out_chan[i].eq(chan), self.out_bank[i].eq(bank)]
             if i + 1 < R:

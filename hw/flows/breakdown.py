@@ -37,7 +37,7 @@ def components(cfg) -> dict:
         from hw.attention.pv_array import PVArray
         from hw.gemm.engine import abits
         parts["attention"] = (lambda: AttentionEngine(cfg), "attention engine: softmax, P V array, normaliser, O memories")
-        parts["pv_array"] = (lambda: PVArray(cfg.rows, cfg.cols, abits(cfg.attn_max_dim)),
+        parts["pv_array"] = (lambda: PVArray(cfg.rows, cfg.cols, abits(cfg.attn_max_dim), cfg.pv_preadd),
                              f"attention's P V array {cfg.rows} x {cfg.cols}")
     if "conv" in cfg.engines:
         from hw.conv.im2col import Im2colLoader

@@ -51,17 +51,56 @@ def yosys_command() -> list[str]:
         raise EstimateError(str(e)) from None
 
 
+#: synth_xilinx's map_dsp step (yosys 0.70, techlibs/xilinx/synth_xilinx.cc) per DSP primitive: mul2dsp
+#: splits each $mul into pieces of at most A x B bits (A the wider operand; DSP_SIGNEDONLY: an unsigned
+#: operand takes a bit more), which the family's map makes DSP48E1s (xc7) or DSP48E2s (xcu, xcup).
+_MUL2DSP = ("techmap -map +/mul2dsp.v -map +/xilinx/{map}_dsp_map.v -D DSP_A_MAXWIDTH={a} -D DSP_B_MAXWIDTH=18 "
+            "-D DSP_A_MAXWIDTH_PARTIAL=18 -D DSP_A_MINWIDTH=2 -D DSP_B_MINWIDTH=2 -D DSP_Y_MINWIDTH=9 "
+            "-D DSP_SIGNEDONLY=1 -D DSP_NAME=$__MUL{a}X18")
+#: The multipliers one DSP48E1 holds whole: the wider operand at most 25 bits and the narrower 18, signed
+#: (both unsigned: 24 and 17, the sign bit mul2dsp adds). A yosys selection of $mul cells.
+DSP48E1_FITS = " ".join(
+    f"t:$mul r:A_SIGNED={s} %i r:A_WIDTH<={wa - 1 + s} %i r:B_WIDTH<={wb - 1 + s} %i" + (" %u" if i else "")
+    for i, (s, wa, wb) in enumerate((s, wa, wb) for s in (1, 0) for wa, wb in ((25, 18), (18, 25))))
+
+
+def xcup_map_dsp() -> str:
+    """synth_xilinx -family xcup's map_dsp step, with the multipliers a DSP48E1 holds whole (DSP48E1_FITS)
+    mapped as for xc7 (DSP48E1s) and `xilinx_dsp -family xc7` packing them.
+
+    Why: yosys 0.70's xilinx_dsp packs post-adders (`P = C + A*B`, an accumulator `P = P + A*B`), the
+    PCIN cascade, the pre-adder (`(D + A) * B`) and the A/B/D/M/P registers into DSP48E1s only; for xcu/xcup
+    it runs its C-register and cascade matchers alone, which need a packed post-adder first, so every
+    multiply-add's adder and registers stay in the fabric, where Vivado puts them in the DSP48E2 (UG579: the
+    same ALU, pre-adder, registers and PCIN cascade). A DSP48E2 is a DSP48E1 with a 27- instead of 25-bit
+    A port and pre-adder (and XOR and pattern features the packer does not use), so whatever xilinx_dsp
+    packs into one DSP48E1 a DSP48E2 holds as
+    well, and the estimate counts each DSP48E1 as one DSP48E2 (cell_resources: DSP48*). A multiplier one
+    DSP48E1 does not hold whole (wider than 25 x 18 bits) keeps the xcup mapping (DSP48E2s, split at
+    27 x 18 as Vivado splits it, adders in the fabric): mapped as for xc7 it would take more DSPs than
+    the part does."""
+    return ("memory_dff; alumacc -macc-only; maccmap -unmap; opt_clean; "
+            f"select -set dsp48e1_fits {DSP48E1_FITS}; "
+            f"{_MUL2DSP.format(map='xc7', a=25)} @dsp48e1_fits; {_MUL2DSP.format(map='xcu', a=27)}; "
+            "select a:mul2dsp; setattr -unset mul2dsp; opt_expr -fine; wreduce; select -clear; "
+            "xilinx_dsp -family xc7; chtype -set $mul t:$__soft_mul")
+
+
 def synth_script(verilog: str, top: str, family: str, stat_json: str, abc9: bool = True,
                  flatten: bool = True) -> str:
-    """flatten=False keeps the module hierarchy (per-module counts, hw.flows.breakdown); it needs abc9=False."""
+    """flatten=False keeps the module hierarchy (per-module counts, hw.flows.breakdown); it needs abc9=False.
+    On xcup the DSP mapping is xcup_map_dsp's (multiply-adds packed into the DSPs as Vivado packs them)."""
     if family in ("xc7", "xcup"):
         # -flatten: yosys 0.70's abc9 trips an internal assertion on the
         # hierarchical overlay (ABC_OPS_REINTEGRATE); flat, it maps cleanly.
-        synth = f"synth_xilinx -family {family}{' -flatten' if flatten else ''} -top {top}"
+        base = f"synth_xilinx -family {family}{' -flatten' if flatten else ''} -top {top}"
+        dsp, start = (f"{base} -run :map_dsp; {xcup_map_dsp()}; ", "coarse") if family == "xcup" else ("", "")
+        synth = f"{dsp}{base}" + (f" -run {start}:" if start else "")
         if not abc9:
             # The attention engine trips that assertion even flat: synth_xilinx's own script
             # with its map_luts step done by the classic abc instead of abc9.
-            synth = (f"{synth} -run :map_luts; opt_expr -mux_undef -noclkinv; abc -luts 2:2,3,6:5,10,20; clean; "
+            synth = (f"{dsp}{base} -run {start}:map_luts; opt_expr -mux_undef -noclkinv; "
+                     "abc -luts 2:2,3,6:5,10,20; clean; "
                      "xilinx_srl -fixed -minlen 3; techmap -map +/xilinx/lut_map.v -map +/xilinx/cells_map.v "
                      f"-D LUT_WIDTH=6; xilinx_dffopt; opt_lut_ins -tech xilinx; "
                      f"synth_xilinx -family {family} -top {top} -run finalize:")
