@@ -17,10 +17,11 @@ import numpy as np
 
 from sw.lru import same_bytes
 
-#: The bytes kept (argument copies and programs' images), all nodes together: every engine node of a 256 px
-#: video frame (~60 MB) fits; a program whose entry alone is more than ENTRY_BYTES (a 1024 px image's
-#: big layers, each run once) is not kept.
-BUDGET_BYTES = 512 << 20
+#: The bytes kept (argument copies and programs' images), all nodes together: every engine node of a 1024 px
+#: image (~1.5 GB; a 256 px video frame ~220 MB) fits, so a session's next image compiles only its host-fed
+#: nodes (a budget below a whole image's keeps none of them: each drops the oldest, the one needed next);
+#: a program whose entry alone is more than ENTRY_BYTES is not kept.
+BUDGET_BYTES = 2 << 30
 ENTRY_BYTES = 64 << 20
 #: Calls of one node kept (a node run on two shapes in turn, e.g. per object, keeps both).
 PER_NODE = 4
@@ -103,6 +104,15 @@ def _nbytes(x) -> int:
     return 0
 
 
+def _image_bytes(result) -> int:
+    """The program images' bytes in a compiler's result: a program, or a list of programs or of tuples
+    ending in one (compile_attention_calls' (head, q0, q1, program))."""
+    if isinstance(result, (list, tuple)):
+        return sum(_image_bytes(p) for p in result)
+    image = getattr(result, "image", None)
+    return image.nbytes if isinstance(image, np.ndarray) else 0
+
+
 class CompileCache:
     """Per owner (a graph node) and compiler, the programs of its last PER_NODE distinct calls; at most
     BUDGET_BYTES of copies and images in all, the least recently used dropped first."""
@@ -128,8 +138,7 @@ class CompileCache:
             entry = (_snap(args), _snap(kwargs))
         except TypeError:                                   # an argument it cannot compare: never kept
             return result
-        size = _nbytes(entry) + sum(getattr(p, "image", np.empty(0)).nbytes for p in
-                                    (result if isinstance(result, list) else [result]))
+        size = _nbytes(entry) + _image_bytes(result)
         if size > min(ENTRY_BYTES, self.budget):
             return result
         # this owner's free slot, else its least recently used one
