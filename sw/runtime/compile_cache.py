@@ -18,7 +18,7 @@ import numpy as np
 from sw.lru import same_bytes
 
 #: The bytes kept (argument copies and programs' images), all nodes together: every engine node of a 1024 px
-#: image (~1.5 GB; a 256 px video frame ~220 MB) fits, so a session's next image compiles only its host-fed
+#: image (~1.5 GiB; a 256 px video frame ~220 MB) fits, so a session's next image compiles only its host-fed
 #: nodes (a budget below a whole image's keeps none of them: each drops the oldest, the one needed next);
 #: a program whose entry alone is more than ENTRY_BYTES is not kept.
 BUDGET_BYTES = 2 << 30
