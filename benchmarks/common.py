@@ -30,6 +30,8 @@ def report(name: str, rows: list[dict], notes: str = "") -> Path:
 
 #: The click on scikit-image's chelsea (x, y) the overlay benchmarks prompt with: on the cat.
 CHELSEA_CLICK = (250.0, 170.0)
+#: scikit-image's coffee (600 x 400), the second photo of a session: on the cup.
+COFFEE_CLICK = (300.0, 200.0)
 
 
 def best(fn, repeats: int = 3) -> float:

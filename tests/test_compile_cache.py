@@ -82,3 +82,30 @@ def test_arguments_it_cannot_compare_are_never_kept():
 def test_snap_refuses_what_it_cannot_compare(bad):
     with pytest.raises(TypeError):
         CC._snap(bad)
+
+
+def test_programs_in_a_list_of_calls_count_against_the_budget():
+    """compile_attention_calls' result, (head, q0, q1, program) tuples: their images are what the entry holds."""
+    def calls(n):
+        return [(h, 0, 4, type("Prog", (), {"image": np.zeros(1000, np.uint8)})()) for h in range(n)]
+    cache = CompileCache(budget=1500)
+    cache.get("two", calls, 2)                  # 2,000 bytes of images: over the budget, not kept
+    assert cache.used == 0
+    cache.get("one", calls, 1)
+    assert cache.used == 1000
+
+
+def test_the_budget_follows_its_environment_variable(monkeypatch):
+    from sw.runtime import compile_cache
+    monkeypatch.setenv(compile_cache.BUDGET_ENV, "0")
+    cache = compile_cache.CompileCache()
+    assert cache.budget == 0
+    calls = []
+    compiler = lambda x: calls.append(x) or x      # noqa: E731
+    cache.get("n", compiler, 1), cache.get("n", compiler, 1)
+    assert calls == [1, 1]                        # a budget of 0 keeps nothing
+    monkeypatch.setenv(compile_cache.BUDGET_ENV, "12")
+    assert compile_cache.CompileCache().budget == 12 << 20
+    monkeypatch.setenv(compile_cache.BUDGET_ENV, "lots")
+    with pytest.raises(ValueError, match="SAM2FPGA_COMPILE_CACHE_MB"):
+        compile_cache.CompileCache()

@@ -94,3 +94,30 @@ def test_nodes_of_a_missing_engine_are_said_to_run_on_the_host(scaled):
         ex.op_fn(node)
     lines = missing_engines(ex)
     assert len(lines) == 1 and re.fullmatch(r"no vector engine: \d+ nodes run on the host", lines[0])
+
+
+def test_a_sessions_second_image_reuses_its_programs(scaled):
+    """Two images on one executor (one driver session): the second compiles only the nodes whose compiler
+    arguments hold the image's own data (host-fed inputs), and both equal the host int8 bit for bit."""
+    from golden_model.quant.intinterp import IntRunner
+    from golden_model.quant.predictor import GraphPredictor
+    from sw.runtime.overlay_segment import OverlayRunner
+    qm = scaled_quantised(scaled, preset("kv260"))
+    ex = OverlayRunner(qm, preset("kv260"), "sim")
+    cache = ex.driver.compiles
+
+    def segment(runner, image):
+        p = GraphPredictor(qm.graph, runner)
+        p.set_image(image)
+        return p.predict(point_coords=np.array([SCALED_CLICK], np.float32), point_labels=np.array([1]),
+                         multimask_output=True, return_logits=True)
+    second = np.random.default_rng(1).integers(0, 256, scaled[2].shape, dtype=np.uint8)
+    for i, image in enumerate([scaled[2], second]):
+        hits, misses = cache.hits, cache.misses
+        got, want = segment(ex, image), segment(IntRunner(qm), image)
+        assert all(np.array_equal(a, b) for a, b in zip(got, want))
+        if i == 0:
+            compiled = cache.misses - misses
+            assert cache.hits == hits and compiled > 100
+        else:
+            assert cache.hits - hits >= compiled - 5 and cache.misses - misses <= 5

@@ -11,16 +11,21 @@ is a different argument).
 from __future__ import annotations
 
 import dataclasses
+import os
 from collections import OrderedDict
 
 import numpy as np
 
 from sw.lru import same_bytes
 
-#: The bytes kept (argument copies and programs' images), all nodes together: every engine node of a 256 px
-#: video frame (~60 MB) fits; a program whose entry alone is more than ENTRY_BYTES (a 1024 px image's
-#: big layers, each run once) is not kept.
-BUDGET_BYTES = 512 << 20
+#: The bytes kept (argument copies and programs' images), all nodes together: every engine node of a 1024 px
+#: image (~1.5 GiB; a 256 px video frame ~220 MB) fits, so a session's next image compiles only its host-fed
+#: nodes (a budget below a whole image's keeps none of them: each drops the oldest, the one needed next);
+#: a program whose entry alone is more than ENTRY_BYTES is not kept.
+BUDGET_BYTES = 2 << 30
+#: Environment variable overriding BUDGET_BYTES, in MiB (a board's ARM with 4 GB for everything may want less:
+#: 0 keeps nothing, each call compiles as before the cache).
+BUDGET_ENV = "SAM2FPGA_COMPILE_CACHE_MB"
 ENTRY_BYTES = 64 << 20
 #: Calls of one node kept (a node run on two shapes in turn, e.g. per object, keeps both).
 PER_NODE = 4
@@ -103,12 +108,31 @@ def _nbytes(x) -> int:
     return 0
 
 
+def _image_bytes(result) -> int:
+    """The program images' bytes in a compiler's result: a program, or a list of programs or of tuples
+    ending in one (compile_attention_calls' (head, q0, q1, program))."""
+    if isinstance(result, (list, tuple)):
+        return sum(_image_bytes(p) for p in result)
+    image = getattr(result, "image", None)
+    return image.nbytes if isinstance(image, np.ndarray) else 0
+
+
+def budget_bytes() -> int:
+    """BUDGET_BYTES, or the BUDGET_ENV override (MiB, a whole number >= 0; anything else is an error)."""
+    value = os.environ.get(BUDGET_ENV)
+    if value is None:
+        return BUDGET_BYTES
+    if not value.strip().isdigit():
+        raise ValueError(f"{BUDGET_ENV}={value!r}: expected the compile cache's size in MiB, a whole number >= 0")
+    return int(value) << 20
+
+
 class CompileCache:
     """Per owner (a graph node) and compiler, the programs of its last PER_NODE distinct calls; at most
     BUDGET_BYTES of copies and images in all, the least recently used dropped first."""
 
-    def __init__(self, budget: int = BUDGET_BYTES):
-        self.budget, self.used = budget, 0
+    def __init__(self, budget: int | None = None):
+        self.budget, self.used = budget_bytes() if budget is None else budget, 0
         self._kept: OrderedDict = OrderedDict()       # (owner, compiler, i) -> (args, kwargs, result, bytes)
         self.hits = self.misses = 0
 
@@ -128,9 +152,8 @@ class CompileCache:
             entry = (_snap(args), _snap(kwargs))
         except TypeError:                                   # an argument it cannot compare: never kept
             return result
-        size = _nbytes(entry) + sum(getattr(p, "image", np.empty(0)).nbytes for p in
-                                    (result if isinstance(result, list) else [result]))
-        if size > min(ENTRY_BYTES, self.budget):
+        size = _nbytes(entry) + _image_bytes(result)
+        if not self.budget or size > min(ENTRY_BYTES, self.budget):
             return result
         # this owner's free slot, else its least recently used one
         key = next((k for k in slots if k not in self._kept), None) or next(k for k in self._kept if k in slots)
