@@ -22,10 +22,10 @@ import numpy as np
 
 from sw.compile.linear import compile_linear
 from sw.lru import same_bytes
-from sw.runtime.compile_cache import CompileCache
 from sw.runtime.arena import ArenaFull
 from sw.runtime.backend import (BACKENDS, DDR_BASE, DEFAULT_DDR_BYTES, AcceleratorError,  # noqa: F401
                                 describe_error, open_backend)
+from sw.runtime.compile_cache import CompileCache
 from sw.runtime.session import RunStats, Session  # noqa: F401  (the driver's public names)
 
 

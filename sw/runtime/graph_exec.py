@@ -372,14 +372,14 @@ def _hyper_b(drv, r, owner: str, region, h) -> str:
     """The session buffer holding B region region(h) for the mask product `owner`: kept per node and session
     (r.b_buffers), zeroed when made (the block-diagonal's zero blocks stay), then only the bytes h sets written
     each call (those a B of ones makes nonzero, in runs: the host's own bytes, no zeros)."""
-    kept = r.b_buffers.get(owner)
-    if kept is None or kept[1] is not drv.session:
+    def make():
         ones = region(np.ones_like(h))
         at = np.flatnonzero(ones)
         cuts = np.flatnonzero(np.diff(at) != 1) + 1
-        spans = [(int(a[0]), a.size) for a in np.split(at, cuts)]
-        kept = r.b_buffers[owner] = (_upload(drv, np.zeros(ones.size, np.uint8), None, "hyper"), drv.session, spans)
-    name, session, spans = kept
+        return _upload(drv, np.zeros(ones.size, np.uint8), None, "hyper"), [(int(a[0]), a.size)
+                                                                            for a in np.split(at, cuts)]
+    name, spans = r.b_buffers.get(owner, make)
+    session = drv.session
     data, addr = region(h), session.arena[name].addr
     for start, size in spans:
         session.backend.write(addr + start, data[start:start + size])
@@ -643,6 +643,25 @@ class _Scope:
     made: dict
 
 
+class SessionKept:
+    """Values made once a driver session and kept for it (buffers an executor keeps: zeroed planes, padded
+    windows, a mask product's B), by key; a new session (after a reset) makes them again."""
+
+    def __init__(self, driver: Driver):
+        self.driver, self._kept = driver, {}
+
+    def get(self, key, make):
+        """The value kept for key in this session, else make()'s (kept; an exception from make keeps nothing)."""
+        kept = self._kept.get(key)
+        if kept is None or kept[1] is not self.driver.session:
+            kept = self._kept[key] = make(), self.driver.session
+        return kept[0]
+
+    def current(self) -> list:
+        """The values kept for this session."""
+        return [v for v, session in self._kept.values() if session is self.driver.session]
+
+
 # ---------------------------------------------------------------- the executor
 class GraphExecutor(IntRunner):
     """IntRunner whose engine-placed nodes run on the overlay (module docstring)."""
@@ -700,9 +719,9 @@ class GraphExecutor(IntRunner):
         self.want = window_orders(graph_layers(qm.graph)) if chain else {}
         self.any_order = self._any_order() if chain else set()
         self.shared = self._shared_layouts() if chain else set()
-        self._pad_buffers: dict[str, tuple] = {}       # node -> (its padded window's buffer, the session)
-        self.b_buffers: dict[str, tuple] = {}          # mask product -> (its B's buffer, the session, spans): _hyper_b
-        self._planes: dict[tuple, tuple] = {}          # (planar map shape, slot) -> (its buffer, the session)
+        self._pad_buffers = SessionKept(self.driver)     # node -> its padded windows' buffer (padded_out)
+        self.b_buffers = SessionKept(self.driver)        # mask product -> (its B's buffer, spans): _hyper_b
+        self._planes = SessionKept(self.driver)          # (planar map shape, slot) -> its buffer (plane)
         self.records: dict[str, NodeRecord] = {}
         self._scope: _Scope | None = None
         self._env: dict = {}
@@ -780,40 +799,31 @@ class GraphExecutor(IntRunner):
         ws = self.pad_into.get(node.name)
         if ws is None:
             return None
-        kept = self._pad_buffers.get(node.name)
-        if kept is None or kept[1] is not self.driver.session:
-            shape = self.graph.tensors[node.outputs[0]].shape
-            layout = TokenRowLayout(math.prod(shape[:-1]), shape[-1], self.cfg.cols)
-            try:
-                kept = _upload(self.driver, np.zeros((layout.tokens, shape[-1]), np.int8), layout, "pad"), \
-                    self.driver.session
-            except ArenaFull:
-                return None
-            self._pad_buffers[node.name] = kept
-        return ws, kept[0]
+        shape = self.graph.tensors[node.outputs[0]].shape
+        layout = TokenRowLayout(math.prod(shape[:-1]), shape[-1], self.cfg.cols)
+        try:
+            return ws, self._pad_buffers.get(node.name, lambda: _upload(
+                self.driver, np.zeros((layout.tokens, shape[-1]), np.int8), layout, "pad"))
+        except ArenaFull:
+            return None
 
     def plane(self, shape: tuple, slot: int) -> str | None:
         """A buffer of a planar (channels, H, W) map (FmapLayout) for _planar_dev (slot 0: a program's input, 1:
         its output), kept a session and shared by the nodes of that shape and slot: zeroed when made, then
         written only at the map's pixels, so its margins stay the zeros the engines read as padding; None where
         the arena has no room."""
-        key = (tuple(shape), slot)
-        kept = self._planes.get(key)
-        if kept is None or kept[1] is not self.driver.session:
-            try:
-                kept = self.driver.buffer(FmapLayout(*shape, self.cfg.cols).size, "planes", zero=True), \
-                    self.driver.session
-            except ArenaFull:
-                return None
-            self._planes[key] = kept
-        return kept[0].name
+        try:
+            return self._planes.get((tuple(shape), slot), lambda: self.driver.buffer(
+                FmapLayout(*shape, self.cfg.cols).size, "planes", zero=True)).name
+        except ArenaFull:
+            return None
 
     def kept_bytes(self) -> int:
         """Arena bytes of the buffers the executor keeps a session for its convolutions' planes (plane) and the
         constants its vector nodes read (_constant), a fixed amount per graph whatever the number of runs."""
         from sw.runtime.arena import aligned
         s = self.driver.session
-        return sum(aligned(b.size) for b, session in self._planes.values() if session is s) + sum(
+        return sum(aligned(b.size) for b in self._planes.current()) + sum(
             aligned(s.arena[t.buffer].size) for t in self._constants.values() if t.session is s and t.buffer)
 
     def _shared(self, node, y):

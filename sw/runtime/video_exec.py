@@ -103,7 +103,7 @@ from sw.runtime.arena import aligned
 from sw.runtime.backend import AcceleratorError
 from golden_model.quant.intinterp import _vec_params
 from sw.runtime.graph_exec import (DEVICE_OPS, ENGINE_OPS, IN_PLACE, DeviceTensor, GraphExecError,
-                                   GraphExecutor, SegmentedTensor, _upload, _vector_dev, _want)
+                                   GraphExecutor, SegmentedTensor, SessionKept, _upload, _vector_dev, _want)
 from sw.runtime.layout import TokenRowLayout
 from sw.runtime.overlay_segment import STAGE_GROUPS
 
@@ -242,7 +242,7 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
         self.store_into: dict = {}          # node -> the session buffer its output goes into (project_into)
         self.into: dict = {}                # tensor -> the BankEntry a run's node writes it into (run_nodes)
         self._projecting: set = set()       # a banked chain's nodes projecting a frame into the bank (in DDR)
-        self._stages: dict = {}             # node -> (its buffer, the session) (_stage)
+        self._stages = SessionKept(self.driver)     # node -> its buffer (_stage)
         self._tails: dict = {}              # part -> (run, its pointer tokens in DDR, their values) (_tail_rows)
 
     def project(self, tokens, part: str) -> dict:
@@ -307,15 +307,12 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
         """The buffer a banked chain's inner node (k_proj before its RoPE) leaves a frame's rows in when the
         frame enters the bank: the executor's, one per node and session, so its program (one per output buffer
         the caller keeps: _run_to_device) and its reader's stay linked to it."""
-        kept = self._stages.get(node.name)
-        if kept is None or kept[1] is not self.driver.session:
-            rows = -(-tokens // self.cfg.rows) * self.cfg.rows
-            layout = TokenRowLayout(rows, self.graph.tensors[node.outputs[0]].shape[-1], self.cfg.cols)
-            kept = self._stages[node.name] = self.driver.buffer(layout.size, "stage").name, self.driver.session
-        return kept[0]
+        rows = -(-tokens // self.cfg.rows) * self.cfg.rows
+        layout = TokenRowLayout(rows, self.graph.tensors[node.outputs[0]].shape[-1], self.cfg.cols)
+        return self._stages.get(node.name, lambda: self.driver.buffer(layout.size, "stage").name)
 
     def _staged(self) -> set:
-        return {name for name, session in self._stages.values() if session is self.driver.session}
+        return set(self._stages.current())
 
     def _device(self, node, layout: bool = False) -> bool:
         """GraphExecutor's, and a banked chain's nodes where they leave their rows in DDR: projecting a frame
