@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from golden_model import intattn, intvec
+from golden_model.image_encoder import window_partition
 from golden_model.intconv import im2col, out_size
 from golden_model.intops import OutputStage, exact_f32_matmul
 from hw import isa
@@ -243,6 +244,5 @@ def planar_to_rows(cfg, ddr, op, at):
     x = _planes(ddr, at["in"], in_l)[:, PAD:PAD + h, in_l.left:in_l.left + w].view(np.int8)
     rows = x.reshape(ch, h * w).T
     if op["order"]:                             # window order: token (y, x) at its window row
-        ws = op["order"]
-        rows = rows.reshape(h // ws, ws, w // ws, ws, ch).transpose(0, 2, 1, 3, 4).reshape(h * w, ch)
+        rows = window_partition(rows.reshape(1, h, w, ch), op["order"])[0].reshape(h * w, ch)
     ddr[at["out"]:at["out"] + rows_l.size] = rows_l.pack(rows)

@@ -248,7 +248,8 @@ def conv_route(cfg, k: int, stride: int, padding: int, batch: int = 1) -> str:
     return "patches" if k <= 2 * stride else "host-planar"
 
 
-def planes_cost(cfg, one: EngineCost, ins: tuple | None, outs: tuple, order: int | None, note: str) -> EngineCost:
+def planes_cost(cfg, one: EngineCost, ins: tuple | None, outs: tuple, order: int | None,
+                note: str = "its planes from and to token rows on the GEMM array") -> EngineCost:
     """An engine's planar program `one` between token rows: with the relayouts of its output (outs: channels,
     H, W; in window order `order`) and, unless the host writes it (ins None), of its input."""
     from sw.runtime.layout import compile_planar_to_rows, compile_rows_to_planar
@@ -316,8 +317,7 @@ def engine_cost(cfg, layer: Layer, lanes: int = 0, host_input: bool = False,
                 from sw.runtime.layout import transpose_refusal
                 one = depthwise_cost(cfg, cin, h, w, k, p)
                 if n == 1 and transpose_refusal(cfg) is None:
-                    return planes_cost(cfg, one, ins, (cout, ho, wo), order, "its planes from and to token rows "
-                                       "on the GEMM array"), ""
+                    return planes_cost(cfg, one, ins, (cout, ho, wo), order), ""
             else:
                 route = conv_route(cfg, k, s, p, n) if op == "conv" else "host-planar"
                 if route == "patches":
@@ -328,8 +328,7 @@ def engine_cost(cfg, layer: Layer, lanes: int = 0, host_input: bool = False,
                     return None, why
                 one = conv_cost(cfg, cin, h, w, cout, k, s, p, op == "depthwise")
                 if route == "planes":
-                    return planes_cost(cfg, one, ins, (cout, ho, wo), order, "its planes from and to token rows "
-                                       "on the GEMM array"), ""
+                    return planes_cost(cfg, one, ins, (cout, ho, wo), order), ""
             return EngineCost(one.engine, one.cycles * n, one.ddr_bytes * n, one.array_macs, n), ""
         if op == "attention":
             if "attention" not in cfg.engines:
