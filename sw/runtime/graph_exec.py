@@ -895,9 +895,8 @@ class GraphExecutor(IntRunner):
                 self.on_read_back(self.records[t.producer], self._free(t, keep=True))
         for i, t in resident.items():
             if self.read_back:          # for check(), like every freed tensor (not in the nodes' figures)
-                before = self.driver.device.traffic.snapshot()
-                t.host = t.read()
-                self.check_bytes += self.driver.device.traffic.since(before).total
+                t.host, moved = self._bytes_of(t.read)
+                self.check_bytes += moved
             resident[i] = Resident.of(t, lambda t: self.on_read_back(self.records[t.producer], t.layout.size))
         for k, v in env.items():
             if isinstance(v, DeviceTensor) and id(v) in resident:
@@ -914,9 +913,14 @@ class GraphExecutor(IntRunner):
 
     def _free(self, t: DeviceTensor, keep: bool) -> int:
         """t.free(keep): the host <-> DDR bytes it took (its read back)."""
-        before = self.driver.device.traffic.snapshot()
-        t.free(keep)
-        return self.driver.device.traffic.since(before).total
+        return self._bytes_of(lambda: t.free(keep))[1]
+
+    def _bytes_of(self, fn) -> tuple:
+        """fn()'s result and the host <-> DDR bytes it moved."""
+        traffic = self.driver.device.traffic
+        before = traffic.snapshot()
+        out = fn()
+        return out, traffic.since(before).total
 
     def on_read_back(self, rec: NodeRecord, nbytes: int) -> None:
         """A node's output read back at the end of a run (a subclass counts it where it keeps figures)."""

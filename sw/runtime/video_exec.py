@@ -388,9 +388,7 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
                 x = np.ascontiguousarray(x[:, rows:])
             written = 0
             if first and x.shape[1] and self._device(n):      # the pointer tokens, written once for every such chain
-                before = self.driver.device.traffic.snapshot()
-                x = self._tail_rows(chain.part, x)
-                written = self.driver.device.traffic.since(before).total
+                x, written = self._bytes_of(lambda: self._tail_rows(chain.part, x))
             y = fn(n, [x] + list(args[1:]), r) if x.shape[1] else np.zeros((1, 0, channels), np.int8)
             if written:         # the node's bytes: a host node's rows (the gather's), the host's own
                 rec = self.records[n.name]
@@ -542,10 +540,8 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
         values), its bytes counted to `stage`; one a later reader still reads in place (pinned: an earlier run's
         output, a Resident's) read, not freed."""
         if isinstance(x, DeviceTensor) and x.buffer is not None and x.pinned:
-            traffic = self.driver.device.traffic
-            before = traffic.snapshot()
-            x.host = np.asarray(x)          # once: the objects' copies of the frame's tensor
-            self.frame_stats.add(stage, ddr_bytes=traffic.since(before).total)
+            x.host, moved = self._bytes_of(lambda: np.asarray(x))      # read once: the objects share it
+            self.frame_stats.add(stage, ddr_bytes=moved)
             return x.host
         if isinstance(x, DeviceTensor) and x.buffer is not None:
             self.frame_stats.add(stage, ddr_bytes=self._free(x, keep=True))
