@@ -96,16 +96,15 @@ def test_programs_in_a_list_of_calls_count_against_the_budget():
 
 
 def test_the_budget_follows_its_environment_variable(monkeypatch):
-    from sw.runtime import compile_cache
-    monkeypatch.setenv(compile_cache.BUDGET_ENV, "0")
-    cache = compile_cache.CompileCache()
+    monkeypatch.setenv(CC.BUDGET_ENV, "0")
+    cache = CC.CompileCache()
     assert cache.budget == 0
     calls = []
     compiler = lambda x: calls.append(x) or x      # noqa: E731
     cache.get("n", compiler, 1), cache.get("n", compiler, 1)
     assert calls == [1, 1]                        # a budget of 0 keeps nothing
-    monkeypatch.setenv(compile_cache.BUDGET_ENV, "12")
-    assert compile_cache.CompileCache().budget == 12 << 20
-    monkeypatch.setenv(compile_cache.BUDGET_ENV, "lots")
+    monkeypatch.setenv(CC.BUDGET_ENV, "12")
+    assert CC.CompileCache().budget == 12 << 20
+    monkeypatch.setenv(CC.BUDGET_ENV, "lots")
     with pytest.raises(ValueError, match="SAM2FPGA_COMPILE_CACHE_MB"):
-        compile_cache.CompileCache()
+        CC.CompileCache()
