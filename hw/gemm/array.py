@@ -45,14 +45,22 @@ whole drain had to end before row 0's next write.
 Four registers beyond the skew, for timing (`EXTRA_LATENCY`): the edge inputs are
 registered once (the scratchpads' outputs go straight to flip-flops), and each PE's
 multiplier has registers of its own on its inputs, its product and its output (a DSP
-block's AREG/BREG, MREG and PREG), so the multiplier, the wires into and out of the DSP
-column and the accumulator's adder each get a cycle.
+block's AREG/BREG, MREG and PREG), so the multiplier and the wires into and out of the DSP
+column each get a cycle. PREG is the accumulator: the DSP's post-adder adds each product
+into it (P <- P + product; a tile's first product loads P through OPMODE's Z multiplexer),
+so the fabric keeps no adder per PE (`_accumulate`), and `out` takes P the cycle after the
+tile's last product, as it took the fabric accumulator's sum before.
+
+A packed pair (`packed`) accumulates both of its products in one 48-bit P: the fabric keeps
+a 16-bit counter of the lower field's wraps per pair and the drain subtracts it from the upper
+sum after each column pair's multiplexer, one 32-bit subtractor a column pair
+(golden_model/dsp_packing.py: why that is exact up to intops.MAX_K).
 """
 from amaranth import Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
 from amaranth.lib.wiring import In, Out
 
-from golden_model.dsp_packing import PACK_SHIFT, PRODUCT_BITS, WORD_BITS
+from golden_model.dsp_packing import P_BITS, PACK_SHIFT, PRODUCT_BITS, Q_BITS, WORD_BITS
 from golden_model.intops import ACC_BITS
 from hw import isa
 
@@ -71,9 +79,10 @@ def delay_line(m: Module, sig, n: int, name: str):
 
 class SystolicArray(wiring.Component):
     """`packed`: columns 2q and 2q+1 form a PE pair that shares one multiplier (two int8 MACs per
-    DSP block, golden_model/dsp_packing.py). The pair works at the odd column's time: the even
-    column's b enters one cycle later and its results drain one cycle later and de-skew one cycle
-    shorter, so the ports and their timing are those of the unpacked array."""
+    DSP block and one 48-bit accumulator P, golden_model/dsp_packing.py). The pair works at the odd
+    column's time: the even column's b enters one cycle later and its results drain one cycle later
+    and de-skew one cycle shorter (so both of a pair's columns drain at the same cycles, through the
+    pair's subtractor), and the ports and their timing are those of the unpacked array."""
     #: Cycles beyond the skew from an input to its PE's `out` write.
     EXTRA_LATENCY = isa.ARRAY_EXTRA_LATENCY
 
@@ -137,22 +146,15 @@ class SystolicArray(wiring.Component):
             for g, (j0, j1) in enumerate(groups):
                 b_in = b_from_above[g]
                 # The DSP block's three registers: its inputs (flip-flops that feed only the multiplier,
-                # so they can sit in the DSP: AREG/BREG), the product (MREG) and its output (PREG);
-                # valid/last kept in step. Every path into or out of a DSP starts or ends at a register.
+                # so they can sit in the DSP: AREG/BREG), the product (MREG) and its output, the
+                # accumulator P (PREG, `_accumulate`); valid/last kept in step. Every path into or out
+                # of a DSP starts or ends at a register.
                 a_d, b_d = Signal.like(a_in, name=f"adsp_{i}_{j0}"), Signal.like(b_in, name=f"bdsp_{i}_{j0}")
                 m.d.sync += [a_d.eq(a_in), b_d.eq(b_in)]
-                v_p, l_p = delayed(v_in, 3, f"vp_{i}_{j0}"), delayed(l_in, 3, f"lp_{i}_{j0}")
-                width = signed(PRODUCT_BITS if self.packed else 16)
-                prod, p = Signal(width, name=f"prod_{i}_{j0}"), Signal(width, name=f"p_{i}_{j0}")
-                m.d.sync += [prod.eq(b_d * a_d), p.eq(prod)]
-                if self.packed:
-                    # The two fields (golden_model.dsp_packing.split); the correction bit p[15] joins the
-                    # upper sum (yosys makes it the accumulator's carry-in, not an adder of its own).
-                    terms = [p[:PACK_SHIFT].as_signed(), p[PACK_SHIFT:].as_signed() + p[PACK_SHIFT - 1]]
-                else:
-                    terms = [p]
-                for j, x in zip(range(j0, j1), terms):
-                    self._accumulate(m, i, j, x, v_p, l_p, out)
+                v_m, l_m = delayed(v_in, 2, f"vm_{i}_{j0}"), delayed(l_in, 2, f"lm_{i}_{j0}")
+                prod = Signal(signed(PRODUCT_BITS if self.packed else 16), name=f"prod_{i}_{j0}")
+                m.d.sync += prod.eq(b_d * a_d)
+                self._accumulate(m, i, j0, prod, v_m, l_m, out, self.packed)
                 # Forward operands to the right and downwards (not past the edges); a pair's a takes
                 # two registers, as two PEs' would.
                 if j1 < C:
@@ -166,28 +168,60 @@ class SystolicArray(wiring.Component):
                     m.d.sync += b_r.eq(b_in)
                     b_below.append(b_r)
             b_from_above = b_below
+        bottom = [Signal(ACC, name=f"drain_{j}") for j in range(C)]   # what the chain's bottom register held
         for j in range(C):
-            bottom = Signal(ACC, name=f"drain_{j}")      # what the chain's bottom register held
             with m.Switch(select[j]):
                 for d in range(R):
                     with m.Case(d):
-                        m.d.comb += bottom.eq(out[R - 1 - d][j])
-            m.d.comb += self.out[j].eq(delayed(bottom, C - 1 - j - late[j], f"deskew{j}"))
+                        m.d.comb += bottom[j].eq(out[R - 1 - d][j])
+        drained = bottom
+        if self.packed:
+            # A pair's upper sum is its `out` minus the wrap counter, the lower `out`'s top half (both
+            # columns of a pair drain at the same cycles): one subtractor a column pair, mod 2^32.
+            drained = list(bottom)
+            for j in range(1, C, 2):
+                drained[j] = Signal(ACC, name=f"drain_hi{j}")
+                m.d.comb += drained[j].eq(bottom[j] - bottom[j - 1][PACK_SHIFT:].as_signed())
+        for j in range(C):
+            m.d.comb += self.out[j].eq(delayed(drained[j], C - 1 - j - late[j], f"deskew{j}"))
         return m
 
     @staticmethod
-    def _accumulate(m, i, j, x, v_p, l_p, out):
-        """PE (i, j)'s accumulator and `out` register: on `last` the sum (this product included)
-        moves to `out` (its only write: a flip-flop enable) and the accumulator restarts."""
-        acc = Signal(ACC, name=f"acc_{i}_{j}")
-        total = acc + x
+    def _accumulate(m, i, j, prod, v_m, l_m, out, packed):
+        """PE (i, j)'s (a pair's: j even) accumulator, in the DSP block, and its `out` registers.
+
+        The DSP's post-adder and P register: P <- P + prod on valid (CEP), P <- prod on a tile's first
+        product (`fresh`: OPMODE's Z multiplexer selects 0 instead of P), so no adder is left in the
+        fabric (xilinx_dsp's postAdd + postAddMux pattern; Vivado's multiply-accumulate with a
+        synchronous load, UG901). The cycle after the tile's last product P holds the sum and `out`
+        takes it (its only write: a flip-flop enable), as the fabric accumulator's output did before.
+        A packed pair's P is the two sums in one 48-bit word: the fabric keeps the lower field's wrap
+        counter q and `out` holds P[16:48] (A + q) beside B = (q, P[:16]); the drain subtracts q from
+        the upper sum (golden_model/dsp_packing.py: why this is exact)."""
+        p_reg = Signal(signed(P_BITS if packed else ACC_BITS), name=f"p_{i}_{j}")
+        fresh = Signal(init=1, name=f"fresh_{i}_{j}")     # the next valid product starts a tile
+        with m.If(v_m):
+            m.d.sync += [p_reg.eq(Mux(fresh, 0, p_reg) + prod), fresh.eq(l_m)]
+        v_p, l_p = delay_line(m, v_m, 1, f"vp_{i}_{j}"), delay_line(m, l_m, 1, f"lp_{i}_{j}")
         restart = Signal(name=f"restart_{i}_{j}")
         m.d.comb += restart.eq(v_p & l_p)
+        if not packed:
+            with m.If(restart):
+                m.d.sync += out[i][j].eq(p_reg)
+            return
+        # The lower field's top two bits before P's last update (00 before a tile's first product; a
+        # reset over the enable: the flip-flops' own), against now: the wrap (dsp_packing.wrap).
+        top = p_reg[PACK_SHIFT - 2:PACK_SHIFT]
+        before = Signal(2, name=f"top_{i}_{j}")
+        with m.If(v_m & fresh):
+            m.d.sync += before.eq(0)
+        with m.Elif(v_m):
+            m.d.sync += before.eq(top)
+        up, down = (before == 3) & (top == 0), (before == 0) & (top == 3)
+        q, q_next = Signal(signed(Q_BITS), name=f"q_{i}_{j}"), Signal(signed(Q_BITS), name=f"qn_{i}_{j}")
+        m.d.comb += q_next.eq(q + Cat(up | down, down.replicate(Q_BITS - 1)).as_signed())
         with m.If(restart):
-            m.d.sync += out[i][j].eq(total)
-        # The restart written as a reset over the enable: a flip-flop's own synchronous reset
-        # (FDRE R), not a LUT per bit.
-        with m.If(restart):
-            m.d.sync += acc.eq(0)
+            m.d.sync += [q.eq(0), out[i][j].eq(Cat(p_reg[:PACK_SHIFT], q_next)),
+                         out[i][j + 1].eq(p_reg[PACK_SHIFT:PACK_SHIFT + ACC_BITS])]
         with m.Elif(v_p):
-            m.d.sync += acc.eq(total)
+            m.d.sync += q.eq(q_next)
