@@ -23,7 +23,7 @@ VERILOG_NAME = "sam2fpga_overlay"
 
 #: Pipeline depth the sim backend's cycle model shares with the hardware: registers
 #: the systolic array adds beyond its skew (edge input register; each multiplier's input,
-#: product and output registers, the output being the DSP's accumulator).
+#: product and output registers).
 ARRAY_EXTRA_LATENCY = 4
 
 

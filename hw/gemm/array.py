@@ -46,15 +46,15 @@ Four registers beyond the skew, for timing (`EXTRA_LATENCY`): the edge inputs ar
 registered once (the scratchpads' outputs go straight to flip-flops), and each PE's
 multiplier has registers of its own on its inputs, its product and its output (a DSP
 block's AREG/BREG, MREG and PREG), so the multiplier and the wires into and out of the DSP
-column each get a cycle. PREG is the accumulator: the DSP's post-adder adds each product
-into it (P <- P + product; a tile's first product loads P through OPMODE's Z multiplexer),
-so the fabric keeps no adder per PE (`_accumulate`), and `out` takes P the cycle after the
-tile's last product, as it took the fabric accumulator's sum before.
+column each get a cycle; `out` takes the tile's sum the cycle after PREG.
 
-A packed pair (`packed`) accumulates both of its products in one 48-bit P: the fabric keeps
-a 16-bit counter of the lower field's wraps per pair and the drain subtracts it from the upper
-sum after each column pair's multiplexer, one 32-bit subtractor a column pair
-(golden_model/dsp_packing.py: why that is exact up to intops.MAX_K).
+`packed` (the Zynq presets): PREG is the accumulator. The DSP's post-adder adds each product
+into it (P <- P + product; a tile's first product loads P through OPMODE's Z multiplexer), so
+the fabric keeps no adder per PE, and a pair keeps both sums in one 48-bit P: the fabric counts
+the lower field's wraps (16 bits a pair) and the drain subtracts the count from the upper sum
+after each column pair's multiplexer, one 32-bit subtractor a column pair
+(`_accumulate_packed`; golden_model/dsp_packing.py: why that is exact up to intops.MAX_K).
+Unpacked (the ECP5 presets): PREG feeds a 32-bit accumulator in the fabric (`_accumulate`).
 """
 from amaranth import Cat, Module, Mux, Signal, signed
 from amaranth.lib import data, wiring
@@ -152,9 +152,14 @@ class SystolicArray(wiring.Component):
                 a_d, b_d = Signal.like(a_in, name=f"adsp_{i}_{j0}"), Signal.like(b_in, name=f"bdsp_{i}_{j0}")
                 m.d.sync += [a_d.eq(a_in), b_d.eq(b_in)]
                 v_m, l_m = delayed(v_in, 2, f"vm_{i}_{j0}"), delayed(l_in, 2, f"lm_{i}_{j0}")
-                prod = Signal(signed(PRODUCT_BITS if self.packed else 16), name=f"prod_{i}_{j0}")
+                prod = Signal(signed(PRODUCT_BITS if self.packed else 16), name=f"prod_{i}_{j0}")  # MREG
                 m.d.sync += prod.eq(b_d * a_d)
-                self._accumulate(m, i, j0, prod, v_m, l_m, out, self.packed)
+                if self.packed:
+                    self._accumulate_packed(m, i, j0, prod, v_m, l_m, out)
+                else:
+                    p = Signal.like(prod, name=f"p_{i}_{j0}")          # PREG
+                    m.d.sync += p.eq(prod)
+                    self._accumulate(m, i, j0, p, delayed(v_m, 1, f"vp_{i}_{j0}"), delayed(l_m, 1, f"lp_{i}_{j0}"), out)
                 # Forward operands to the right and downwards (not past the edges); a pair's a takes
                 # two registers, as two PEs' would.
                 if j1 < C:
@@ -187,28 +192,44 @@ class SystolicArray(wiring.Component):
         return m
 
     @staticmethod
-    def _accumulate(m, i, j, prod, v_m, l_m, out, packed):
-        """PE (i, j)'s (a pair's: j even) accumulator, in the DSP block, and its `out` registers.
+    def _accumulate(m, i, j, x, v_p, l_p, out):
+        """The unpacked PE (i, j)'s accumulator, in the fabric, and its `out` register: on `last` the sum
+        (this product included) moves to `out` (its only write: a flip-flop enable) and the accumulator
+        restarts. The unpacked array is the ECP5 presets' (the Zynq presets pack): yosys maps no
+        post-adder into ECP5's multipliers, and there the restart as the flip-flops' own synchronous
+        reset is free where `_accumulate_packed`'s Z multiplexer would be a LUT a bit."""
+        acc = Signal(ACC, name=f"acc_{i}_{j}")
+        total = acc + x
+        restart = Signal(name=f"restart_{i}_{j}")
+        m.d.comb += restart.eq(v_p & l_p)
+        with m.If(restart):
+            m.d.sync += out[i][j].eq(total)
+        # The restart written as a reset over the enable: a flip-flop's own synchronous reset
+        # (FDRE R), not a LUT per bit.
+        with m.If(restart):
+            m.d.sync += acc.eq(0)
+        with m.Elif(v_p):
+            m.d.sync += acc.eq(total)
+
+    @staticmethod
+    def _accumulate_packed(m, i, j, prod, v_m, l_m, out):
+        """PE pair (i, j)'s (j, j + 1) accumulator, in the DSP block, and its two `out` registers.
 
         The DSP's post-adder and P register: P <- P + prod on valid (CEP), P <- prod on a tile's first
         product (`fresh`: OPMODE's Z multiplexer selects 0 instead of P), so no adder is left in the
-        fabric (xilinx_dsp's postAdd + postAddMux pattern; Vivado's multiply-accumulate with a
-        synchronous load, UG901). The cycle after the tile's last product P holds the sum and `out`
-        takes it (its only write: a flip-flop enable), as the fabric accumulator's output did before.
-        A packed pair's P is the two sums in one 48-bit word: the fabric keeps the lower field's wrap
-        counter q and `out` holds P[16:48] (A + q) beside B = (q, P[:16]); the drain subtracts q from
-        the upper sum (golden_model/dsp_packing.py: why this is exact)."""
-        p_reg = Signal(signed(P_BITS if packed else ACC_BITS), name=f"p_{i}_{j}")
+        fabric (yosys xilinx_dsp's postAdd and postAddMux patterns; Vivado's multiply-accumulate with a
+        synchronous load, UG901). The cycle after the tile's last product P holds the sums and `out`
+        takes them (its only write: a flip-flop enable), the cycle the fabric accumulators' sums came.
+        P is both sums in one 48-bit word: the fabric keeps the lower field's wrap counter q, and `out`
+        holds B = (q, P[:16]) and P[16:48] = A + q mod 2^32; the drain subtracts q
+        (golden_model/dsp_packing.py: why this is exact)."""
+        p_reg = Signal(signed(P_BITS), name=f"p_{i}_{j}")
         fresh = Signal(init=1, name=f"fresh_{i}_{j}")     # the next valid product starts a tile
         with m.If(v_m):
             m.d.sync += [p_reg.eq(Mux(fresh, 0, p_reg) + prod), fresh.eq(l_m)]
         v_p, l_p = delay_line(m, v_m, 1, f"vp_{i}_{j}"), delay_line(m, l_m, 1, f"lp_{i}_{j}")
         restart = Signal(name=f"restart_{i}_{j}")
         m.d.comb += restart.eq(v_p & l_p)
-        if not packed:
-            with m.If(restart):
-                m.d.sync += out[i][j].eq(p_reg)
-            return
         # The lower field's top two bits before P's last update (00 before a tile's first product; a
         # reset over the enable: the flip-flops' own), against now: the wrap (dsp_packing.wrap).
         top = p_reg[PACK_SHIFT - 2:PACK_SHIFT]
