@@ -146,9 +146,9 @@ class SystolicArray(wiring.Component):
             for g, (j0, j1) in enumerate(groups):
                 b_in = b_from_above[g]
                 # The DSP block's three registers: its inputs (flip-flops that feed only the multiplier,
-                # so they can sit in the DSP: AREG/BREG), the product (MREG) and its output, the
-                # accumulator P (PREG, `_accumulate`); valid/last kept in step. Every path into or out
-                # of a DSP starts or ends at a register.
+                # so they can sit in the DSP: AREG/BREG), the product (MREG) and its output (PREG:
+                # packed, the accumulator itself; unpacked, the fabric accumulator's input); valid/last
+                # kept in step. Every path into or out of a DSP starts or ends at a register.
                 a_d, b_d = Signal.like(a_in, name=f"adsp_{i}_{j0}"), Signal.like(b_in, name=f"bdsp_{i}_{j0}")
                 m.d.sync += [a_d.eq(a_in), b_d.eq(b_in)]
                 v_m, l_m = delayed(v_in, 2, f"vm_{i}_{j0}"), delayed(l_in, 2, f"lm_{i}_{j0}")
@@ -157,9 +157,10 @@ class SystolicArray(wiring.Component):
                 if self.packed:
                     self._accumulate_packed(m, i, j0, prod, v_m, l_m, out)
                 else:
-                    p = Signal.like(prod, name=f"p_{i}_{j0}")          # PREG
+                    p = Signal.like(prod, name=f"p_{i}_{j0}")
                     m.d.sync += p.eq(prod)
-                    self._accumulate(m, i, j0, p, delayed(v_m, 1, f"vp_{i}_{j0}"), delayed(l_m, 1, f"lp_{i}_{j0}"), out)
+                    v_p, l_p = delayed(v_m, 1, f"vp_{i}_{j0}"), delayed(l_m, 1, f"lp_{i}_{j0}")
+                    self._accumulate(m, i, j0, p, v_p, l_p, out)
                 # Forward operands to the right and downwards (not past the edges); a pair's a takes
                 # two registers, as two PEs' would.
                 if j1 < C:
