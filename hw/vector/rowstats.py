@@ -1,6 +1,6 @@
 """LayerNorm's per-row constants, as a row streams in (the engine's first pass).
 
-Per beat: masked lanes, their squares, the beat's sum and sum of squares (a tree), accumulated
+Per beat: masked lanes, their squares (two per multiplier), the beat's sum and sum of squares (a tree), accumulated
 over the row. At the row's last beat (S, Q) enter the scalar pipeline, one row per cycle at most:
 
     var = D Q - S^2, V = max(var + E, 1)      D Q: 11 x 25, S^2: 18 x 18 (registered products)
@@ -62,15 +62,21 @@ class RowStats(wiring.Component):
         m.d.sync += [v1.eq(b.valid), last1.eq(b.payload.last)]
         for i in range(L):
             m.d.sync += x1[i].eq(Mux(i < b.payload.nvalid, b.payload.x[i], 0))
+        # Two squares per multiplier: (a + 2^9 b)(a - 2^9 b) = a^2 - 2^18 b^2 (18 x 18 bits, one DSP), and
+        # 0 <= a^2 <= 2^14 < 2^18, so its low 18 bits are a^2 and the rest, arithmetically shifted, -b^2.
         x2 = [Signal(signed(8), name=f"x2_{i}") for i in range(L)]
-        q2 = [Signal(unsigned(15), name=f"q2_{i}") for i in range(L)]
+        p2 = [Signal(signed(34), name=f"p2_{i}") for i in range(L // 2)]
         v2, last2 = Signal(), Signal()
         m.d.sync += [v2.eq(v1), last2.eq(last1)]
         for i in range(L):
-            m.d.sync += [x2[i].eq(x1[i]), q2[i].eq(x1[i] * x1[i])]
+            m.d.sync += x2[i].eq(x1[i])
+        for i in range(L // 2):
+            a, bb = x1[2 * i], x1[2 * i + 1]
+            m.d.sync += p2[i].eq((a + (bb << 9)) * (a - (bb << 9)))
         sb, qb = Signal(signed(S_BITS)), Signal(unsigned(Q_BITS))
         v3, last3 = Signal(), Signal()
-        m.d.sync += [v3.eq(v2), last3.eq(last2), sb.eq(sum(x2)), qb.eq(sum(q2))]
+        m.d.sync += [v3.eq(v2), last3.eq(last2), sb.eq(sum(x2)),
+                     qb.eq(sum(p[:15] - p[18:].as_signed() for p in p2))]
         s_acc, q_acc = Signal(signed(S_BITS)), Signal(unsigned(Q_BITS))
         s4, q4, v4 = Signal(signed(S_BITS)), Signal(unsigned(Q_BITS)), Signal()
         m.d.sync += v4.eq(v3 & last3)
