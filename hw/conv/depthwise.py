@@ -23,8 +23,9 @@ no logic.
   col0 + x .. + K_MAX - 1, which lie in two beats. The state is per window row ky (row
   q_base + ky), not per slot: beats c, c + 1, c + 2 (`cur`, `nxt`, `nn`; c = (col0 + x) // DB).
   At a beat crossing `nn` moves up to `nxt` and `nxt` to `cur`; a reader then refills `nn`
-  of one window row per cycle from the line buffer's single asynchronous read port
-  (LUTRAM), K_MAX cycles, before the next crossing DB > K_MAX pixels later: no per-slot
+  of one window row per cycle from the line buffer's single read port (block RAM: the first
+  address at the crossing, each row's data a cycle after its address), K_MAX cycles, before the
+  next crossing DB > K_MAX pixels later: no per-slot
   registers and no NS:1 multiplexers. The first three beats of every row are written as
   it arrives into a heads memory (an entry per slot, K_MAX asynchronous read ports), which
   loads the window rows when an output row starts: no fill bubble per row.
@@ -236,12 +237,12 @@ class DepthwiseUnit(wiring.Component):
         pos = Signal(16)
         m.d.comb += pos.eq(cmd.col0 + x)
         o = pos[:lg]
-        # The line buffer: one memory, slot s's beat j at entry s * RB + j, read asynchronously (LUTRAM)
-        # by the window-row reader below, one window row per cycle.
-        lbuf = Memory(shape=unsigned(L * BW), depth=NS * RB, init=[])
+        # The line buffer: one memory, slot s's beat j at entry s * RB + j, in block RAM (as LUT RAM it was
+        # about 1.5 k LUTs on kv260), read by the window-row reader below, one window row per cycle.
+        lbuf = Memory(shape=unsigned(L * BW), depth=NS * RB, init=[], attrs={"ram_style": "block"})
         m.submodules.line_buffer = lbuf
         wp = lbuf.write_port(granularity=BW)
-        rp = lbuf.read_port(domain="comb")
+        rp = lbuf.read_port()
         m.d.comb += [wp.addr.eq(Cat(r_beat, r_slot)), wp.data.eq(Cat(*[self.r.payload] * L)),
                      wp.en.eq(Mux(r_fire, 1 << r_lane, 0))]
         # Heads: the first three beats of every row (all lanes), one entry per slot, in a small memory read
@@ -260,13 +261,19 @@ class DepthwiseUnit(wiring.Component):
         nxts = [Signal(L * BW, name=f"nxt{ky}") for ky in range(K_MAX)]
         nns = [Signal(L * BW, name=f"nn{ky}") for ky in range(K_MAX)]
         rd_row = Signal(range(K_MAX + 1), init=K_MAX)     # window row the reader fetches (K_MAX: idle)
+        rd_data_row = Signal(range(K_MAX + 1), init=K_MAX)  # ... whose data the memory gives this cycle
         rd_beat = Signal(range(RB))                       # the beat it fetches: c + 2 after the crossing
-        m.d.comb += rp.addr.eq(Cat(rd_beat, (q_base + rd_row)[:nsb]))
-        with m.If(rd_row != K_MAX):
+        cross = Signal()                                  # a beat crossing: the reader starts (row 0 now)
+        cross_beat = Signal(range(RB))
+        m.d.comb += rp.addr.eq(Mux(cross, Cat(cross_beat, q_base[:nsb]), Cat(rd_beat, (q_base + rd_row)[:nsb])))
+        m.d.sync += rd_data_row.eq(Mux(cross, 0, rd_row))
+        with m.If(cross):
+            m.d.sync += [rd_row.eq(1), rd_beat.eq(cross_beat)]
+        with m.Elif(rd_row != K_MAX):
             m.d.sync += rd_row.eq(rd_row + 1)
-            for ky in range(K_MAX):
-                with m.If(rd_row == ky):
-                    m.d.sync += nns[ky].eq(rp.data)
+        for ky in range(K_MAX):
+            with m.If(rd_data_row == ky):
+                m.d.sync += nns[ky].eq(rp.data)
 
         # ------------------------------------------------ issue: one output pixel of every lane per cycle
         run = Signal()                     # issuing row oy of group ig (else waiting for its rows / coefficients)
@@ -296,7 +303,7 @@ class DepthwiseUnit(wiring.Component):
             for ky, hp in enumerate(head_ports):
                 stmts += [curs[ky].eq(hp.data.word_select(0, L * BW)), nxts[ky].eq(hp.data.word_select(1, L * BW)),
                           nns[ky].eq(hp.data.word_select(2, L * BW))]
-            return stmts + [rd_row.eq(K_MAX)]
+            return stmts + [rd_row.eq(K_MAX), rd_data_row.eq(K_MAX)]
 
         with m.If(accept):
             m.d.sync += [issuing.eq(1), run.eq(0), ig.eq(0), oy.eq(0), x.eq(0), q_base.eq(0),
@@ -325,7 +332,7 @@ class DepthwiseUnit(wiring.Component):
                 with m.If(o == DB - 1):
                     for ky in range(K_MAX):
                         m.d.sync += [curs[ky].eq(nxts[ky]), nxts[ky].eq(nns[ky])]
-                    m.d.sync += [rd_row.eq(0), rd_beat.eq((pos >> lg) + 3)]
+                    m.d.comb += [cross.eq(1), cross_beat.eq((pos >> lg) + 3)]
         for b in range(2):
             with m.If(go & (ig[0] == b)):
                 m.d.sync += cooldown[b].eq(COOLDOWN)
