@@ -86,7 +86,6 @@ class VectorEngine(wiring.Component):
         nbeats = Signal(JB)                           # J = ceil(D / L)
         group_beats = Signal(JB + 2)                  # beats freed per group: 4 J (max-pool) or J
         osh = Signal(range(OSH_MAX + 1))              # the op's output shift (RoPE's capped at OSH_MAX)
-        ornd = Signal(W_BITS)                         # rnd(osh)
         ovf_mask = Signal(W_BITS)                     # bits of W at osh + 7 and up: all the sign's, or saturate
         c_osh = Signal(range(OSH_MAX + 1))
         ybase = Signal(P.ROPE_COORD_BITS + 8)         # table word of the y part's first row
@@ -100,7 +99,7 @@ class VectorEngine(wiring.Component):
         with m.If(accept):
             m.d.sync += [busy.eq(1), cmd.eq(c), nbeats.eq(c_beats),
                          group_beats.eq(Mux(c.op == VecOp.MAXPOOL, c_beats << 2, c_beats)),
-                         osh.eq(c_osh), ornd.eq((Const(1, W_BITS) << c_osh) >> 1),
+                         osh.eq(c_osh),
                          ovf_mask.eq(Cat(*[c_osh + 7 <= b for b in range(W_BITS)])),
                          ybase.eq(c.rope_nx * c.rope_jx)]
 
@@ -308,22 +307,23 @@ class VectorEngine(wiring.Component):
         res5 = [carry(r, f"res5_{i}") for i, r in enumerate(res4)]
         mask5 = carry(mask4, "mask5")
 
-        # st5 -> st6: sum (the op's rounding is one constant for all lanes)
+        # st5 -> st6: sum (without the rounding: below)
         W6 = stage_regs("W6", signed(W_BITS))
         with m.If(advance):
             for i in range(L):
-                m.d.sync += W6[i].eq(C5[i] + Mux(is_rope, D5[i] << 16, add5[i]) + ornd)
+                m.d.sync += W6[i].eq(C5[i] + Mux(is_rope, D5[i] << 16, add5[i]))
         res6 = [carry(r, f"res6_{i}") for i, r in enumerate(res5)]
         mask6 = carry(mask5, "mask6")
 
-        # st6 -> st7: Z = W >> s, only its low byte and whether it is outside int8 (a bit of W at s + 7 or
-        # above differs from the sign);  st7 -> o: saturate, select, mask
-        Z7 = stage_regs("Z7", unsigned(8))
+        # st6 -> st7: Z = (W + rnd(s)) >> s = (T + 1) >> 1 with T = 2 W >> s (also for s = 0). Only T's low 9
+        # bits go on, and whether T is outside [-256, 255] (a bit of W at s + 7 or above differs from the
+        # sign);  st7 -> o: Z, saturated (T = 255 gives 128), select, mask
+        T7 = stage_regs("T7", signed(9))
         ov7, sg7 = stage_regs("ov7", 1), stage_regs("sg7", 1)
         with m.If(advance):
             for i in range(L):
                 sign = W6[i][-1]
-                m.d.sync += [Z7[i].eq((W6[i] >> osh)[:8]), sg7[i].eq(sign),
+                m.d.sync += [T7[i].eq((Cat(Const(0, 1), W6[i]).as_signed() >> osh)[:9]), sg7[i].eq(sign),
                              ov7[i].eq(((W6[i].as_unsigned() ^ Cat(*[sign] * W_BITS)) & ovf_mask).any())]
         res7 = [carry(r, f"res7_{i}") for i, r in enumerate(res6)]
         mask7 = carry(mask6, "mask7")
@@ -332,7 +332,8 @@ class VectorEngine(wiring.Component):
         shifted = is_ln | is_rope | is_add | is_rescale
         with m.If(advance):
             for i in range(L):
-                sat = Mux(ov7[i], Mux(sg7[i], -128, 127), Z7[i].as_signed())
+                z = ((T7[i] + 1) >> 1)[:8].as_signed()
+                sat = Mux(ov7[i] | (T7[i] == 255), Mux(sg7[i], -128, 127), z)
                 m.d.sync += out_r[i].eq(Mux(mask7[i], Mux(shifted, sat, res7[i]), 0))
         m.d.comb += [out[i].eq(out_r[i]) for i in range(L)]
         return m
