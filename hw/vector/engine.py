@@ -13,13 +13,13 @@
   each row read 4 times (output-bound at L elements per cycle).
 * The datapath has one global enable (`advance`, as hw.requant): it moves when its last stage is
   empty or taken. Four multipliers per lane, shared between the ops, each registered:
-    st1  A = q x (DT | ma | c)      B = (b | q) x (mb | s)        LUT read, max-pool max
-    st2  U = A - ST | A + B + rnd | pairs: A0 - B1, B0 + A1
+    st1  A = q x (DT | ma | c)      B = (b | q | -q odd lanes) x (mb | s)      LUT read, max-pool max
+    st2  U = A + (-ST | B | pairs: B1, B0)    (one adder: -ST negated once for all lanes)
     st3  n = U >> sh (int16) | RoPE: acc = U                          gain, bias read (per channel)
     st4  C = (n | acc) x (g | m_lo)  D = acc x m_hi
-    st5  W = C + b + rnd(s) | C + D 2^16 + rnd(shift) | add: U
-    st6  Z = W >> (s | shift)             (one shifter and saturation for LayerNorm, RoPE, add)
-    st7  sat8, op select, unused lanes zeroed -> o
+    st5  W = C + b | C + D 2^16 | add: U      (56 bits: RoPE's shift is capped at 55, OSH_MAX)
+    st6  T = 2 W >> s, low 9 bits, and whether T is outside [-256, 255] (a per-command bit mask)
+    st7  Z = (T + 1) >> 1 = (W + rnd(s)) >> s saturated, op select, unused lanes zeroed -> o
 Parameters (gains, biases, the LUT, RoPE tables) are written through `param` while no command that
 reads them runs; the scalars come with the command (hw.vector.params.COMMAND_FIELDS).
 """
