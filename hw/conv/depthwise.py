@@ -31,8 +31,10 @@ no logic.
   loads the window rows when an output row starts: no fill bubble per row.
 * The weights and the per-channel bias/multiplier/shift come from a coefficient memory
   loaded beforehand by LOAD target DW (hw.isa.DW_COEF_BYTES per channel); a prefetcher
-  copies the next group's into the idle one of two register banks while the current group
-  runs, and every pixel carries its bank through the pipeline.
+  copies the next group's into a shadow register bank while the current group runs; at the
+  group's first pixel the taps move to the one bank the multipliers read, and the bias,
+  multiplier and shift to one of two small banks, which every pixel's bank bit selects in the
+  later stages (the previous group's last pixels are still there).
 * Output: lane l's pixel x of row oy is byte x % DB of a beat; every DB pixels (or at
   the row's end) the L beats go to a small FIFO and out as single-beat AXI writes with
   strobes (only the row's W pixels are written: the output map's zero margins stay).
@@ -128,13 +130,20 @@ class DepthwiseUnit(wiring.Component):
         def lanes_of(g):
             return Mux(g == groups - 1, last_lanes, L)
 
-        # ------------------------------------------------ coefficients: memory (LOAD DW) -> two register banks
+        # ------------------------------------------------ coefficients: memory (LOAD DW) -> a shadow register bank
+        # -> at a group's first pixel, its taps to the one active bank the multipliers read (no bank
+        # multiplexer in front of them) and its bias, multiplier and shift to one of two small banks (pixels of
+        # the previous group are still in the stages that read those).
         cmem = Memory(shape=unsigned(BW), depth=isa.scratchpad_depth(cfg, "DW"), init=[])
         m.submodules.coef_mem = cmem
         cwp, crp = cmem.write_port(), cmem.read_port()
         m.d.comb += [self.coef_wr.ready.eq(1), cwp.addr.eq(self.coef_wr.payload.addr),
                      cwp.data.eq(self.coef_wr.payload.data), cwp.en.eq(self.coef_wr.valid)]
-        banks = [Signal(L * isa.DW_COEF_BYTES * 8, name=f"coef_bank{b}") for b in range(2)]
+        PB = isa.DW_COEF_BYTES - isa.DW_TAP_BYTES            # parameter bytes per channel (bias, multiplier, shift)
+        shadow = Signal(L * isa.DW_COEF_BYTES * 8)
+        taps = Signal(L * isa.DW_TAP_BYTES * 8)
+        pbanks = [Signal(L * PB * 8, name=f"param_bank{b}") for b in range(2)]
+        copied = Signal(12)                  # groups whose coefficients have left the shadow bank
         ig = Signal(12)                      # group being issued
         cooldown = [Signal(range(COOLDOWN + 1), name=f"cooldown{b}") for b in range(2)]
         pf_g = Signal(12)                    # group being (or next to be) prefetched
@@ -144,29 +153,30 @@ class DepthwiseUnit(wiring.Component):
         loaded = Signal(12)                  # groups whose coefficients are in their bank
         pf_w, pf_w_last = Signal(), Signal()
         pf_w_idx = Signal(range(L * E))
-        pf_w_bank = Signal()
         m.d.comb += crp.addr.eq(pf_base + pf_i)
         with m.If(accept):
-            m.d.sync += [pf_g.eq(0), pf_active.eq(0), pf_base.eq(0), loaded.eq(0)]
+            m.d.sync += [pf_g.eq(0), pf_active.eq(0), pf_base.eq(0), loaded.eq(0), copied.eq(0)]
         with m.Elif(pf_active):
             m.d.sync += pf_i.eq(pf_i + 1)
             with m.If(pf_i == L * E - 1):
                 m.d.sync += [pf_active.eq(0), pf_g.eq(pf_g + 1), pf_base.eq(pf_base + L * E)]
-        with m.Elif(busy & (pf_g < groups) & (pf_g <= ig + 1)
+        with m.Elif(busy & (pf_g < groups) & (pf_g <= ig + 1) & (copied == pf_g)
                     & (Mux(pf_g[0], cooldown[1], cooldown[0]) == 0)):
-            # Bank pf_g % 2 is free: group pf_g - 2 has issued its last pixel and left the coefficient stages.
+            # The shadow bank is free (group pf_g - 1 has begun), and parameter bank pf_g % 2 will be when
+            # group pf_g begins: group pf_g - 2 has issued its last pixel and left the coefficient stages.
             m.d.sync += [pf_active.eq(1), pf_i.eq(0)]
-        m.d.sync += [pf_w.eq(pf_active), pf_w_last.eq(pf_active & (pf_i == L * E - 1)), pf_w_idx.eq(pf_i),
-                     pf_w_bank.eq(pf_g[0])]
-        for b in range(2):
-            with m.If(pf_w & (pf_w_bank == b)):
-                m.d.sync += banks[b].word_select(pf_w_idx, BW).eq(crp.data)
+        m.d.sync += [pf_w.eq(pf_active), pf_w_last.eq(pf_active & (pf_i == L * E - 1)), pf_w_idx.eq(pf_i)]
+        with m.If(pf_w):
+            m.d.sync += shadow.word_select(pf_w_idx, BW).eq(crp.data)
         with m.If(pf_w_last & ~accept):
             m.d.sync += loaded.eq(loaded + 1)
 
-        def coef_byte(bank_sel, lane, byte, width=8):
-            base = (lane * isa.DW_COEF_BYTES + byte) * 8
-            return Mux(bank_sel, banks[1][base:base + width], banks[0][base:base + width])
+        def tap(lane, byte):
+            return taps.word_select(lane * isa.DW_TAP_BYTES + byte, 8)
+
+        def param(bank_sel, lane, byte, width):
+            base = (lane * PB + byte - isa.DW_TAP_BYTES) * 8
+            return Mux(bank_sel, pbanks[1][base:base + width], pbanks[0][base:base + width])
 
         # ------------------------------------------------ AR: groups, their rows 0 .. rows_in-1, lanes, nb beats each
         q_base = Signal(32)                  # global row of the window's top row (issue side)
@@ -333,6 +343,14 @@ class DepthwiseUnit(wiring.Component):
                     for ky in range(K_MAX):
                         m.d.sync += [curs[ky].eq(nxts[ky]), nxts[ky].eq(nns[ky])]
                     m.d.comb += [cross.eq(1), cross_beat.eq((pos >> lg) + 3)]
+        with m.If(go & (x == 0) & (oy == 0)):           # the group's first pixel: its coefficients leave the shadow
+            m.d.sync += copied.eq(copied + 1)
+            for lane in range(L):
+                ch = shadow.word_select(lane, isa.DW_COEF_BYTES * 8)
+                m.d.sync += taps.word_select(lane, isa.DW_TAP_BYTES * 8).eq(ch[:isa.DW_TAP_BYTES * 8])
+                for b in range(2):
+                    with m.If(ig[0] == b):
+                        m.d.sync += pbanks[b].word_select(lane, PB * 8).eq(ch[isa.DW_TAP_BYTES * 8:])
         for b in range(2):
             with m.If(go & (ig[0] == b)):
                 m.d.sync += cooldown[b].eq(COOLDOWN)
@@ -371,7 +389,7 @@ class DepthwiseUnit(wiring.Component):
                 for kx in range(K_MAX):
                     pr = Signal(signed(16), name=f"prod{lane}_{ky}_{kx}")
                     m.d.sync += pr.eq(wins[lane][ky].word_select(kx, 8).as_signed()
-                                      * coef_byte(meta[1].bank, lane, ky * TAP_PITCH + kx).as_signed())
+                                      * tap(lane, ky * TAP_PITCH + kx).as_signed())
                     prods.append(pr)
             row_sums = []
             for ky in range(K_MAX):
@@ -380,7 +398,7 @@ class DepthwiseUnit(wiring.Component):
                 row_sums.append(rs)
             total = Signal(signed(22), name=f"sum{lane}")
             m.d.sync += total.eq(sum(row_sums))
-            bias = coef_byte(meta[4].bank, lane, isa.DW_TAP_BYTES, 32).as_signed()
+            bias = param(meta[4].bank, lane, isa.DW_TAP_BYTES, 32).as_signed()
             wide = Signal(signed(ACC_BITS + 1), name=f"wide{lane}")
             biased = Signal(signed(ACC_BITS), name=f"biased{lane}")
             m.d.comb += wide.eq(total + bias)
@@ -388,8 +406,8 @@ class DepthwiseUnit(wiring.Component):
             rq = Requantizer()
             m.submodules[f"requant{lane}"] = rq
             m.d.comb += [rq.relu.eq(cmd.relu), rq.i.valid.eq(v[5]), rq.i.payload.acc.eq(biased),
-                         rq.i.payload.multiplier.eq(coef_byte(meta[5].bank, lane, isa.DW_TAP_BYTES + 4, MULT_BITS)),
-                         rq.i.payload.shift.eq(coef_byte(meta[5].bank, lane, isa.DW_TAP_BYTES + 8, SHIFT_BITS)),
+                         rq.i.payload.multiplier.eq(param(meta[5].bank, lane, isa.DW_TAP_BYTES + 4, MULT_BITS)),
+                         rq.i.payload.shift.eq(param(meta[5].bank, lane, isa.DW_TAP_BYTES + 8, SHIFT_BITS)),
                          rq.o.ready.eq(1)]
             lanes.append(rq)
         # The requantisers never stall (output always ready): their latency is fixed.
