@@ -62,21 +62,25 @@ class RowStats(wiring.Component):
         m.d.sync += [v1.eq(b.valid), last1.eq(b.payload.last)]
         for i in range(L):
             m.d.sync += x1[i].eq(Mux(i < b.payload.nvalid, b.payload.x[i], 0))
-        # Two squares per multiplier: (a + 2^9 b)(a - 2^9 b) = a^2 - 2^18 b^2 (18 x 18 bits, one DSP), and
-        # 0 <= a^2 <= 2^14 < 2^18, so its low 18 bits are a^2 and the rest, arithmetically shifted, -b^2.
+        # Two squares per multiplier, of w = x + 128 in [0, 255] (so its operands are wiring and one
+        # negation): (u + 2^9 v)(u - 2^9 v) = u^2 - 2^18 v^2 (18 x 18 bits, one DSP), 0 <= u^2 < 2^16, so
+        # the low 18 bits are u^2 and the rest, arithmetically shifted, -v^2. Over the beat's L lanes
+        # (masked ones are x = 0, w = 128 too): sum x^2 = sum w^2 - 2^8 sum x - 2^14 L.
         x2 = [Signal(signed(8), name=f"x2_{i}") for i in range(L)]
-        p2 = [Signal(signed(34), name=f"p2_{i}") for i in range(L // 2)]
+        p2 = [Signal(signed(36), name=f"p2_{i}") for i in range(L // 2)]
         v2, last2 = Signal(), Signal()
         m.d.sync += [v2.eq(v1), last2.eq(last1)]
         for i in range(L):
             m.d.sync += x2[i].eq(x1[i])
         for i in range(L // 2):
-            a, bb = x1[2 * i], x1[2 * i + 1]
-            m.d.sync += p2[i].eq((a + (bb << 9)) * (a - (bb << 9)))
+            u, v = (x1[2 * i + j].as_unsigned() ^ 0x80 for j in (0, 1))
+            m.d.sync += p2[i].eq(Cat(u, Const(0, 1), v, Const(0, 1)).as_signed() * (u - (v << 9)))
+        sum_x = Signal(signed(S_BITS))
+        m.d.comb += sum_x.eq(sum(x2))
         sb, qb = Signal(signed(S_BITS)), Signal(unsigned(Q_BITS))
         v3, last3 = Signal(), Signal()
-        m.d.sync += [v3.eq(v2), last3.eq(last2), sb.eq(sum(x2)),
-                     qb.eq(sum(p[:15] - p[18:].as_signed() for p in p2))]
+        m.d.sync += [v3.eq(v2), last3.eq(last2), sb.eq(sum_x),
+                     qb.eq(sum(p[:16] - p[18:].as_signed() for p in p2) - (sum_x << 8) - (L << 14))]
         s_acc, q_acc = Signal(signed(S_BITS)), Signal(unsigned(Q_BITS))
         s4, q4, v4 = Signal(signed(S_BITS)), Signal(unsigned(Q_BITS)), Signal()
         m.d.sync += v4.eq(v3 & last3)
