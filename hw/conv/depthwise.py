@@ -56,7 +56,6 @@ from hw.requant import Requantizer
 
 from hw.limits import DW_K_MAX as K_MAX
 from hw.limits import DW_ROW_SLOTS as NS    # row slots: K_MAX rows read, the rest streaming in
-HEADS = 3              # beats of every row start kept in the heads memory (cur, nxt, nn of a window row)
 TAP_PITCH = 8          # taps of a channel at coefficient byte ky * TAP_PITCH + kx
 OUT_FIFO = 4           # depth of the output FIFO (groups of L beats)
 COOLDOWN = 8           # cycles a coefficient bank is still read after its last pixel issued (to the requantiser)
@@ -246,7 +245,6 @@ class DepthwiseUnit(wiring.Component):
         x = Signal(14)
         pos = Signal(16)
         m.d.comb += pos.eq(cmd.col0 + x)
-        o = pos[:lg]
         # The line buffer: one memory, slot s's beat j at entry s * RB + j, in block RAM (as LUT RAM it was
         # about 1.5 k LUTs on kv260), read by the window-row reader below, one window row per cycle.
         lbuf = Memory(shape=unsigned(L * BW), depth=NS * RB, init=[], attrs={"ram_style": "block"})
@@ -255,25 +253,36 @@ class DepthwiseUnit(wiring.Component):
         rp = lbuf.read_port()
         m.d.comb += [wp.addr.eq(Cat(r_beat, r_slot)), wp.data.eq(Cat(*[self.r.payload] * L)),
                      wp.en.eq(Mux(r_fire, 1 << r_lane, 0))]
-        # Heads: the first three beats of every row (all lanes), one entry per slot, in a small memory read
-        # asynchronously (LUTRAM) by the K_MAX window rows when an output row starts.
-        heads = Memory(shape=unsigned(HEADS * L * BW), depth=NS, init=[])
+        # Heads, one entry per slot, in a small memory read asynchronously (LUTRAM) by the K_MAX window rows
+        # when an output row starts, all lanes: the row's first window (bytes col0 .. col0 + K_MAX - 1, put
+        # in place by one byte rotator as the row's beats arrive) and the feed beats F, G (the beat of byte
+        # col0 + K_MAX, and the next).
+        WB = K_MAX * 8
+        b_f = Signal(range(64 // DB + 2))
+        m.d.comb += b_f.eq((cmd.col0 + K_MAX) >> lg)
+        o0 = cmd.col0[:lg]
+        rot = Cat(*[self.r.payload.word_select((o0 + j)[:lg], 8) for j in range(K_MAX)])
+        heads = Memory(shape=unsigned(L * (2 * BW + WB)), depth=NS, init=[])
         m.submodules.heads = heads
-        hwp = heads.write_port(granularity=BW)
-        m.d.comb += [hwp.addr.eq(r_slot), hwp.data.eq(Cat(*[self.r.payload] * (HEADS * L))),
-                     hwp.en.eq(sum((Mux(r_fire & (r_beat == b0 + i), 1 << (r_lane + i * L), 0)
-                                    for i in range(HEADS)), 0))]
+        hwp = heads.write_port(granularity=8)
+        lane_en = Cat(*[r_fire & (r_lane == lane) for lane in range(L)])
+        m.d.comb += [hwp.addr.eq(r_slot), hwp.data.eq(Cat(*[self.r.payload] * (2 * L), *[rot] * L)),
+                     hwp.en.eq(Cat(*[Cat(*[lane_en[lane] & (r_beat == b_f + i)] * DB) for i in range(2)
+                                     for lane in range(L)],
+                                   *[Cat(*[lane_en[lane] & (r_beat == b0 + ((o0 + j) >> lg)) for j in range(K_MAX)])
+                                     for lane in range(L)]))]
         head_ports = [heads.read_port(domain="comb") for _ in range(K_MAX)]
-        # Window state per window row ky (row q_base + ky), not per slot: beats c, c + 1, c + 2 of all lanes,
-        # c the beat of pixel x's first byte. `cur` and `nxt` feed the window; `nn` is refilled after every
-        # beat crossing by the reader, one window row per cycle (K_MAX < DB cycles before the next crossing).
-        curs = [Signal(L * BW, name=f"cur{ky}") for ky in range(K_MAX)]
-        nxts = [Signal(L * BW, name=f"nxt{ky}") for ky in range(K_MAX)]
-        nns = [Signal(L * BW, name=f"nn{ky}") for ky in range(K_MAX)]
+        # Window state per window row ky (row q_base + ky), not per slot. The window registers shift one byte a
+        # pixel; the byte coming in (col0 + x + K_MAX - 1) is taken from the feed beat F; once F's last byte is
+        # in, F takes G and the reader refills G, one window row per cycle (K_MAX < DB cycles before the next
+        # feed crossing). `wn` holds the next row's first window until its first pixel issues.
+        fs = [Signal(L * BW, name=f"feed{ky}") for ky in range(K_MAX)]
+        gs = [Signal(L * BW, name=f"feed_next{ky}") for ky in range(K_MAX)]
+        wns = [Signal(L * WB, name=f"win_first{ky}") for ky in range(K_MAX)]
         rd_row = Signal(range(K_MAX + 1), init=K_MAX)     # window row the reader fetches (K_MAX: idle)
         rd_data_row = Signal(range(K_MAX + 1), init=K_MAX)  # ... whose data the memory gives this cycle
-        rd_beat = Signal(range(RB))                       # the beat it fetches: c + 2 after the crossing
-        cross = Signal()                                  # a beat crossing: the reader starts (row 0 now)
+        rd_beat = Signal(range(RB))                       # the beat it fetches: F's + 2 at the crossing
+        cross = Signal()                                  # a feed crossing: the reader starts (row 0 now)
         cross_beat = Signal(range(RB))
         m.d.comb += rp.addr.eq(Mux(cross, Cat(cross_beat, q_base[:nsb]), Cat(rd_beat, (q_base + rd_row)[:nsb])))
         m.d.sync += rd_data_row.eq(Mux(cross, 0, rd_row))
@@ -283,7 +292,9 @@ class DepthwiseUnit(wiring.Component):
             m.d.sync += rd_row.eq(rd_row + 1)
         for ky in range(K_MAX):
             with m.If(rd_data_row == ky):
-                m.d.sync += nns[ky].eq(rp.data)
+                m.d.sync += gs[ky].eq(rp.data)
+        feed = Signal(16)
+        m.d.comb += feed.eq(pos + K_MAX - 1)              # the byte the window takes in at pixel x > 0
 
         # ------------------------------------------------ issue: one output pixel of every lane per cycle
         run = Signal()                     # issuing row oy of group ig (else waiting for its rows / coefficients)
@@ -311,8 +322,8 @@ class DepthwiseUnit(wiring.Component):
         def start_row():
             stmts = []
             for ky, hp in enumerate(head_ports):
-                stmts += [curs[ky].eq(hp.data.word_select(0, L * BW)), nxts[ky].eq(hp.data.word_select(1, L * BW)),
-                          nns[ky].eq(hp.data.word_select(2, L * BW))]
+                stmts += [fs[ky].eq(hp.data.word_select(0, L * BW)), gs[ky].eq(hp.data.word_select(1, L * BW)),
+                          wns[ky].eq(hp.data[2 * L * BW:])]
             return stmts + [rd_row.eq(K_MAX), rd_data_row.eq(K_MAX)]
 
         with m.If(accept):
@@ -339,10 +350,10 @@ class DepthwiseUnit(wiring.Component):
                         m.d.sync += run.eq(0)
             with m.Else():
                 m.d.sync += x.eq(x + 1)
-                with m.If(o == DB - 1):
+                with m.If((x != 0) & (feed[:lg] == DB - 1)):
                     for ky in range(K_MAX):
-                        m.d.sync += [curs[ky].eq(nxts[ky]), nxts[ky].eq(nns[ky])]
-                    m.d.comb += [cross.eq(1), cross_beat.eq((pos >> lg) + 3)]
+                        m.d.sync += fs[ky].eq(gs[ky])
+                    m.d.comb += [cross.eq(1), cross_beat.eq((feed >> lg) + 2)]
         with m.If(go & (x == 0) & (oy == 0)):           # the group's first pixel: its coefficients leave the shadow
             m.d.sync += copied.eq(copied + 1)
             for lane in range(L):
@@ -357,7 +368,7 @@ class DepthwiseUnit(wiring.Component):
             with m.Elif(cooldown[b] != 0):
                 m.d.sync += cooldown[b].eq(cooldown[b] - 1)
 
-        # Stage 1: the window of every lane, 7 rows of 7 bytes from the two beats of window row ky.
+        # Stage 1: the window of every lane, 7 rows of 7 bytes: the row's first, or the last one shifted a byte.
         v = [Signal(name=f"valid{i}") for i in range(6)]
         meta_layout = data.StructLayout({"x_lo": unsigned(lg), "end": unsigned(1), "addr": unsigned(32),
                                          "bank": unsigned(1), "lanes": unsigned(LANE_BITS)})
@@ -370,11 +381,10 @@ class DepthwiseUnit(wiring.Component):
         for lane in range(L):
             win = []
             for ky in range(K_MAX):
-                row = Signal(2 * BW, name=f"pair{lane}_{ky}")
-                m.d.comb += row.eq(Cat(curs[ky].word_select(lane, BW), nxts[ky].word_select(lane, BW)))
-                reg = Signal(K_MAX * 8, name=f"win{lane}_{ky}")
+                reg = Signal(WB, name=f"win{lane}_{ky}")
+                byte_in = fs[ky].word_select(lane, BW).word_select(feed[:lg], 8)
                 with m.If(go):
-                    m.d.sync += reg.eq(row.bit_select(o * 8, K_MAX * 8))
+                    m.d.sync += reg.eq(Mux(x == 0, wns[ky].word_select(lane, WB), Cat(reg[8:], byte_in)))
                 win.append(reg)
             wins.append(win)
         for i in range(2, 6):
