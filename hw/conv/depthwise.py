@@ -9,10 +9,10 @@ dw_channels channels, DDR to DDR, in groups of L channels, in the overlay's plan
 (docs/conv.md), whose real zero rows and columns around every plane make the borders need
 no logic.
 
-    AR/R (id 1) ─► line buffer: NS row slots of RB beats x L lanes ─┐  + heads memory (NS x 3 beats)
+    AR/R (id 1) ─► line buffer: NS row slots of RB beats x L lanes ─┐  + heads memory (NS x (first window, F, G))
                     input row q of lane l ─► slot q % NS, lane l      │
-    issue (oy, x): per window row ky beats c, c+1 (+ c+2 prefetched) ┴► K_MAX x K_MAX window
-                    of row q_base + ky, per lane (a byte shifter by (col0 + x) % DB)
+    issue (oy, x): per window row ky a byte shift register, fed from ┴► K_MAX x K_MAX window
+                    beat F of row q_base + ky (G prefetched), per lane
        ─► products ─► row sums ─► sum ─► + bias (saturating) ─► Requantizer ─► beat per lane
        ─► group FIFO (L beats) ─► AW/W single-beat writes (id 1, strobes) ─► B
 
@@ -20,15 +20,16 @@ no logic.
   follow group g-1's); row q lives in slot q % NS. NS = 2 * K_MAX + 2 slots let the next
   group's first K rows stream in while the current group's last rows are computed, so
   groups follow each other without a fill bubble. The window needs, per row, bytes
-  col0 + x .. + K_MAX - 1, which lie in two beats. The state is per window row ky (row
-  q_base + ky), not per slot: beats c, c + 1, c + 2 (`cur`, `nxt`, `nn`; c = (col0 + x) // DB).
-  At a beat crossing `nn` moves up to `nxt` and `nxt` to `cur`; a reader then refills `nn`
-  of one window row per cycle from the line buffer's single read port (block RAM: the first
-  address at the crossing, each row's data a cycle after its address), K_MAX cycles, before the
-  next crossing DB > K_MAX pixels later: no per-slot
-  registers and no NS:1 multiplexers. The first three beats of every row are written as
-  it arrives into a heads memory (an entry per slot, K_MAX asynchronous read ports), which
-  loads the window rows when an output row starts: no fill bubble per row.
+  col0 + x .. + K_MAX - 1. The state is per window row ky (row q_base + ky), not per slot:
+  the window register shifts a byte per pixel and takes in byte col0 + x + K_MAX - 1 from the
+  feed beat F (a byte multiplexer, not a window-wide shifter); after F's last byte, F takes G
+  and a reader refills G of one window row per cycle from the line buffer's single read port
+  (block RAM: the first address at the crossing, each row's data a cycle after its address),
+  K_MAX cycles, before the next crossing DB > K_MAX pixels later: no per-slot registers and no
+  NS:1 multiplexers. As every row arrives, its first window (bytes col0 .. + K_MAX - 1, put in
+  place by one byte rotator) and its feed beats (those of bytes col0 + K_MAX and + DB) are
+  written into a heads memory (an entry per slot, K_MAX asynchronous read ports), which loads
+  the window rows when an output row starts: no fill bubble per row.
 * The weights and the per-channel bias/multiplier/shift come from a coefficient memory
   loaded beforehand by LOAD target DW (hw.isa.DW_COEF_BYTES per channel); a prefetcher
   copies the next group's into a shadow register bank while the current group runs; at the
