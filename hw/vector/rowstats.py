@@ -74,13 +74,17 @@ class RowStats(wiring.Component):
             m.d.sync += x2[i].eq(x1[i])
         for i in range(L // 2):
             u, v = (x1[2 * i + j].as_unsigned() ^ 0x80 for j in (0, 1))
-            m.d.sync += p2[i].eq(Cat(u, Const(0, 1), v, Const(0, 1)).as_signed() * (u - (v << 9)))
+            nv = Signal(signed(9), name=f"nv{i}")                 # -v: u - 2^9 v is u, 0, -v side by side
+            m.d.comb += nv.eq(-v)
+            m.d.sync += p2[i].eq(Cat(u, Const(0, 1), v, Const(0, 1)).as_signed() * Cat(u, Const(0, 1), nv).as_signed())
         sum_x = Signal(signed(S_BITS))
+        pp = [Signal(unsigned(17), name=f"pp{i}") for i in range(L // 2)]   # u^2 + v^2 (17-bit terms for the sum)
+        m.d.comb += [q.eq(p[:16] - p[18:].as_signed()) for q, p in zip(pp, p2)]
         m.d.comb += sum_x.eq(sum(x2))
         sb, qb = Signal(signed(S_BITS)), Signal(unsigned(Q_BITS))
         v3, last3 = Signal(), Signal()
         m.d.sync += [v3.eq(v2), last3.eq(last2), sb.eq(sum_x),
-                     qb.eq(sum(p[:16] - p[18:].as_signed() for p in p2) - (sum_x << 8) - (L << 14))]
+                     qb.eq(sum(pp) - (sum_x << 8) - (L << 14))]
         s_acc, q_acc = Signal(signed(S_BITS)), Signal(unsigned(Q_BITS))
         s4, q4, v4 = Signal(signed(S_BITS)), Signal(unsigned(Q_BITS)), Signal()
         m.d.sync += v4.eq(v3 & last3)
