@@ -122,6 +122,42 @@ def test_layernorm_rows_of_1024(kind):
     check(make_case("layernorm", 16, 3, 1024, seed=5, kind=kind), 16, stall=0.2)
 
 
+def _edge_case(op: str, shift: int, mult: int, seed: int):
+    """A command at the edges of the output shift and multiplier ranges (past what .make() picks):
+    the output word's width, its rounding and the saturation test (bits of W at s + 7 and up)."""
+    from golden_model import intvec as V
+    from sim.benches.vector_cases import Case
+    rng = np.random.default_rng(seed)
+    rows, dim = 8, 16
+    x = rng.choice(np.array([-128, 127, -127, 0, -1, 1, 64, -65], np.int8), (rows, dim))
+    x[rows // 2:] = rng.integers(-128, 128, (rows - rows // 2, dim))
+    if op == "rope":
+        one = 1 << V.ROPE_FRAC_BITS
+        t = rng.choice(np.array([one, -one, one - 1, 0, 3], np.int16), (2, rows, dim // 2))
+        t[:, rows // 2:] = rng.integers(-one, one + 1, (2, rows - rows // 2, dim // 2))
+        p = V.RopeParams(t[0], t[1], mult, shift)
+        cmd, writes = P.rope_command(p, rows, 8)
+        return Case(f"rope-edge-s{shift}", cmd, writes, x, None, V.rope(x, p))
+    if op == "add":
+        b = rng.integers(-128, 128, (rows, dim)).astype(np.int8)
+        p = V.AddParams(mult, (1 << V.ADD_MULT_BITS) - 1 - mult, shift)
+        cmd, writes = P.add_command(p, dim, rows)
+        return Case(f"add-edge-s{shift}", cmd, writes, x, b, V.add(x, b, p))
+    gain = rng.integers(-(1 << 15) + 1, 1 << 15, dim).astype(np.int16)
+    bias = rng.integers(-V.LN_BIAS_LIMIT, V.LN_BIAS_LIMIT + 1, dim).astype(np.int32)
+    p = V.LayerNormParams(gain, bias, shift, 0)
+    cmd, writes = P.layernorm_command(p, rows)
+    return Case(f"layernorm-edge-s{shift}", cmd, writes, x, None, V.layernorm(x, p))
+
+
+@pytest.mark.parametrize("op,shift,mult", [
+    ("rope", 0, (1 << 31) - 1), ("rope", 45, (1 << 31) - 1), ("rope", 46, (1 << 30) + 12345),
+    ("rope", 54, (1 << 31) - 1), ("rope", 55, (1 << 31) - 1), ("rope", 63, (1 << 31) - 1),
+    ("add", 0, 65535), ("add", 23, 40000), ("add", 31, 65535), ("layernorm", 1, 0), ("layernorm", 30, 0)])
+def test_output_shift_edges(op, shift, mult):
+    check(_edge_case(op, shift, mult, seed=shift), 8, stall=0.1)
+
+
 def test_add_broadcast_and_back_to_back_commands():
     """Two commands on one engine (parameters rewritten in between): nothing is left over."""
     dut = VectorEngine(4)

@@ -9,10 +9,10 @@ dw_channels channels, DDR to DDR, in groups of L channels, in the overlay's plan
 (docs/conv.md), whose real zero rows and columns around every plane make the borders need
 no logic.
 
-    AR/R (id 1) ─► line buffer: NS row slots of RB beats x L lanes ─┐  + heads memory (NS x 3 beats)
+    AR/R (id 1) ─► line buffer: NS row slots of RB beats x L lanes ─┐  + heads memory (NS x (first window, F, G))
                     input row q of lane l ─► slot q % NS, lane l      │
-    issue (oy, x): per window row ky beats c, c+1 (+ c+2 prefetched) ┴► K_MAX x K_MAX window
-                    of row q_base + ky, per lane (a byte shifter by (col0 + x) % DB)
+    issue (oy, x): per window row ky a byte shift register, fed from ┴► K_MAX x K_MAX window
+                    beat F of row q_base + ky (G prefetched), per lane
        ─► products ─► row sums ─► sum ─► + bias (saturating) ─► Requantizer ─► beat per lane
        ─► group FIFO (L beats) ─► AW/W single-beat writes (id 1, strobes) ─► B
 
@@ -20,18 +20,22 @@ no logic.
   follow group g-1's); row q lives in slot q % NS. NS = 2 * K_MAX + 2 slots let the next
   group's first K rows stream in while the current group's last rows are computed, so
   groups follow each other without a fill bubble. The window needs, per row, bytes
-  col0 + x .. + K_MAX - 1, which lie in two beats. The state is per window row ky (row
-  q_base + ky), not per slot: beats c, c + 1, c + 2 (`cur`, `nxt`, `nn`; c = (col0 + x) // DB).
-  At a beat crossing `nn` moves up to `nxt` and `nxt` to `cur`; a reader then refills `nn`
-  of one window row per cycle from the line buffer's single asynchronous read port
-  (LUTRAM), K_MAX cycles, before the next crossing DB > K_MAX pixels later: no per-slot
-  registers and no NS:1 multiplexers. The first three beats of every row are written as
-  it arrives into a heads memory (an entry per slot, K_MAX asynchronous read ports), which
-  loads the window rows when an output row starts: no fill bubble per row.
+  col0 + x .. + K_MAX - 1. The state is per window row ky (row q_base + ky), not per slot:
+  the window register shifts a byte per pixel and takes in byte col0 + x + K_MAX - 1 from the
+  feed beat F (a byte multiplexer, not a window-wide shifter); after F's last byte, F takes G
+  and a reader refills G of one window row per cycle from the line buffer's single read port
+  (block RAM: the first address at the crossing, each row's data a cycle after its address),
+  K_MAX cycles, before the next crossing DB > K_MAX pixels later: no per-slot registers and no
+  NS:1 multiplexers. As every row arrives, its first window (bytes col0 .. + K_MAX - 1, put in
+  place by one byte rotator) and its feed beats (those of bytes col0 + K_MAX and + DB) are
+  written into a heads memory (an entry per slot, K_MAX asynchronous read ports), which loads
+  the window rows when an output row starts: no fill bubble per row.
 * The weights and the per-channel bias/multiplier/shift come from a coefficient memory
   loaded beforehand by LOAD target DW (hw.isa.DW_COEF_BYTES per channel); a prefetcher
-  copies the next group's into the idle one of two register banks while the current group
-  runs, and every pixel carries its bank through the pipeline.
+  copies the next group's into a shadow register bank while the current group runs; at the
+  group's first pixel the taps move to the one bank the multipliers read, and the bias,
+  multiplier and shift to one of two small banks, which every pixel's bank bit selects in the
+  later stages (the previous group's last pixels are still there).
 * Output: lane l's pixel x of row oy is byte x % DB of a beat; every DB pixels (or at
   the row's end) the L beats go to a small FIFO and out as single-beat AXI writes with
   strobes (only the row's W pixels are written: the output map's zero margins stay).
@@ -53,7 +57,6 @@ from hw.requant import Requantizer
 
 from hw.limits import DW_K_MAX as K_MAX
 from hw.limits import DW_ROW_SLOTS as NS    # row slots: K_MAX rows read, the rest streaming in
-HEADS = 3              # beats of every row start kept in the heads memory (cur, nxt, nn of a window row)
 TAP_PITCH = 8          # taps of a channel at coefficient byte ky * TAP_PITCH + kx
 OUT_FIFO = 4           # depth of the output FIFO (groups of L beats)
 COOLDOWN = 8           # cycles a coefficient bank is still read after its last pixel issued (to the requantiser)
@@ -127,13 +130,20 @@ class DepthwiseUnit(wiring.Component):
         def lanes_of(g):
             return Mux(g == groups - 1, last_lanes, L)
 
-        # ------------------------------------------------ coefficients: memory (LOAD DW) -> two register banks
+        # ------------------------------------------------ coefficients: memory (LOAD DW) -> a shadow register bank
+        # -> at a group's first pixel, its taps to the one active bank the multipliers read (no bank
+        # multiplexer in front of them) and its bias, multiplier and shift to one of two small banks (pixels of
+        # the previous group are still in the stages that read those).
         cmem = Memory(shape=unsigned(BW), depth=isa.scratchpad_depth(cfg, "DW"), init=[])
         m.submodules.coef_mem = cmem
         cwp, crp = cmem.write_port(), cmem.read_port()
         m.d.comb += [self.coef_wr.ready.eq(1), cwp.addr.eq(self.coef_wr.payload.addr),
                      cwp.data.eq(self.coef_wr.payload.data), cwp.en.eq(self.coef_wr.valid)]
-        banks = [Signal(L * isa.DW_COEF_BYTES * 8, name=f"coef_bank{b}") for b in range(2)]
+        PB = isa.DW_COEF_BYTES - isa.DW_TAP_BYTES            # parameter bytes per channel (bias, multiplier, shift)
+        shadow = Signal(L * isa.DW_COEF_BYTES * 8)
+        taps = Signal(L * isa.DW_TAP_BYTES * 8)
+        pbanks = [Signal(L * PB * 8, name=f"param_bank{b}") for b in range(2)]
+        copied = Signal(12)                  # groups whose coefficients have left the shadow bank
         ig = Signal(12)                      # group being issued
         cooldown = [Signal(range(COOLDOWN + 1), name=f"cooldown{b}") for b in range(2)]
         pf_g = Signal(12)                    # group being (or next to be) prefetched
@@ -143,29 +153,30 @@ class DepthwiseUnit(wiring.Component):
         loaded = Signal(12)                  # groups whose coefficients are in their bank
         pf_w, pf_w_last = Signal(), Signal()
         pf_w_idx = Signal(range(L * E))
-        pf_w_bank = Signal()
         m.d.comb += crp.addr.eq(pf_base + pf_i)
         with m.If(accept):
-            m.d.sync += [pf_g.eq(0), pf_active.eq(0), pf_base.eq(0), loaded.eq(0)]
+            m.d.sync += [pf_g.eq(0), pf_active.eq(0), pf_base.eq(0), loaded.eq(0), copied.eq(0)]
         with m.Elif(pf_active):
             m.d.sync += pf_i.eq(pf_i + 1)
             with m.If(pf_i == L * E - 1):
                 m.d.sync += [pf_active.eq(0), pf_g.eq(pf_g + 1), pf_base.eq(pf_base + L * E)]
-        with m.Elif(busy & (pf_g < groups) & (pf_g <= ig + 1)
+        with m.Elif(busy & (pf_g < groups) & (pf_g <= ig + 1) & (copied == pf_g)
                     & (Mux(pf_g[0], cooldown[1], cooldown[0]) == 0)):
-            # Bank pf_g % 2 is free: group pf_g - 2 has issued its last pixel and left the coefficient stages.
+            # The shadow bank is free (group pf_g - 1 has begun), and parameter bank pf_g % 2 will be when
+            # group pf_g begins: group pf_g - 2 has issued its last pixel and left the coefficient stages.
             m.d.sync += [pf_active.eq(1), pf_i.eq(0)]
-        m.d.sync += [pf_w.eq(pf_active), pf_w_last.eq(pf_active & (pf_i == L * E - 1)), pf_w_idx.eq(pf_i),
-                     pf_w_bank.eq(pf_g[0])]
-        for b in range(2):
-            with m.If(pf_w & (pf_w_bank == b)):
-                m.d.sync += banks[b].word_select(pf_w_idx, BW).eq(crp.data)
+        m.d.sync += [pf_w.eq(pf_active), pf_w_last.eq(pf_active & (pf_i == L * E - 1)), pf_w_idx.eq(pf_i)]
+        with m.If(pf_w):
+            m.d.sync += shadow.word_select(pf_w_idx, BW).eq(crp.data)
         with m.If(pf_w_last & ~accept):
             m.d.sync += loaded.eq(loaded + 1)
 
-        def coef_byte(bank_sel, lane, byte, width=8):
-            base = (lane * isa.DW_COEF_BYTES + byte) * 8
-            return Mux(bank_sel, banks[1][base:base + width], banks[0][base:base + width])
+        def tap(lane, byte):
+            return taps.word_select(lane * isa.DW_TAP_BYTES + byte, 8)
+
+        def param(bank_sel, lane, byte, width):
+            base = (lane * PB + byte - isa.DW_TAP_BYTES) * 8
+            return Mux(bank_sel, pbanks[1][base:base + width], pbanks[0][base:base + width])
 
         # ------------------------------------------------ AR: groups, their rows 0 .. rows_in-1, lanes, nb beats each
         q_base = Signal(32)                  # global row of the window's top row (issue side)
@@ -235,38 +246,56 @@ class DepthwiseUnit(wiring.Component):
         x = Signal(14)
         pos = Signal(16)
         m.d.comb += pos.eq(cmd.col0 + x)
-        o = pos[:lg]
-        # The line buffer: one memory, slot s's beat j at entry s * RB + j, read asynchronously (LUTRAM)
-        # by the window-row reader below, one window row per cycle.
-        lbuf = Memory(shape=unsigned(L * BW), depth=NS * RB, init=[])
+        # The line buffer: one memory, slot s's beat j at entry s * RB + j, in block RAM (as LUT RAM it was
+        # about 1.5 k LUTs on kv260), read by the window-row reader below, one window row per cycle.
+        lbuf = Memory(shape=unsigned(L * BW), depth=NS * RB, init=[], attrs={"ram_style": "block"})
         m.submodules.line_buffer = lbuf
         wp = lbuf.write_port(granularity=BW)
-        rp = lbuf.read_port(domain="comb")
+        rp = lbuf.read_port()
         m.d.comb += [wp.addr.eq(Cat(r_beat, r_slot)), wp.data.eq(Cat(*[self.r.payload] * L)),
                      wp.en.eq(Mux(r_fire, 1 << r_lane, 0))]
-        # Heads: the first three beats of every row (all lanes), one entry per slot, in a small memory read
-        # asynchronously (LUTRAM) by the K_MAX window rows when an output row starts.
-        heads = Memory(shape=unsigned(HEADS * L * BW), depth=NS, init=[])
+        # Heads, one entry per slot, in a small memory read asynchronously (LUTRAM) by the K_MAX window rows
+        # when an output row starts, all lanes: the row's first window (bytes col0 .. col0 + K_MAX - 1, put
+        # in place by one byte rotator as the row's beats arrive) and the feed beats F, G (the beat of byte
+        # col0 + K_MAX, and the next).
+        WB = K_MAX * 8
+        b_f = Signal(range(64 // DB + 2))
+        m.d.comb += b_f.eq((cmd.col0 + K_MAX) >> lg)
+        o0 = cmd.col0[:lg]
+        rot = Cat(*[self.r.payload.word_select((o0 + j)[:lg], 8) for j in range(K_MAX)])
+        heads = Memory(shape=unsigned(L * (2 * BW + WB)), depth=NS, init=[])
         m.submodules.heads = heads
-        hwp = heads.write_port(granularity=BW)
-        m.d.comb += [hwp.addr.eq(r_slot), hwp.data.eq(Cat(*[self.r.payload] * (HEADS * L))),
-                     hwp.en.eq(sum((Mux(r_fire & (r_beat == b0 + i), 1 << (r_lane + i * L), 0)
-                                    for i in range(HEADS)), 0))]
+        hwp = heads.write_port(granularity=8)
+        lane_en = Cat(*[r_fire & (r_lane == lane) for lane in range(L)])
+        m.d.comb += [hwp.addr.eq(r_slot), hwp.data.eq(Cat(*[self.r.payload] * (2 * L), *[rot] * L)),
+                     hwp.en.eq(Cat(*[Cat(*[lane_en[lane] & (r_beat == b_f + i)] * DB) for i in range(2)
+                                     for lane in range(L)],
+                                   *[Cat(*[lane_en[lane] & (r_beat == b0 + ((o0 + j) >> lg)) for j in range(K_MAX)])
+                                     for lane in range(L)]))]
         head_ports = [heads.read_port(domain="comb") for _ in range(K_MAX)]
-        # Window state per window row ky (row q_base + ky), not per slot: beats c, c + 1, c + 2 of all lanes,
-        # c the beat of pixel x's first byte. `cur` and `nxt` feed the window; `nn` is refilled after every
-        # beat crossing by the reader, one window row per cycle (K_MAX < DB cycles before the next crossing).
-        curs = [Signal(L * BW, name=f"cur{ky}") for ky in range(K_MAX)]
-        nxts = [Signal(L * BW, name=f"nxt{ky}") for ky in range(K_MAX)]
-        nns = [Signal(L * BW, name=f"nn{ky}") for ky in range(K_MAX)]
+        # Window state per window row ky (row q_base + ky), not per slot. The window registers shift one byte a
+        # pixel; the byte coming in (col0 + x + K_MAX - 1) is taken from the feed beat F; once F's last byte is
+        # in, F takes G and the reader refills G, one window row per cycle (K_MAX < DB cycles before the next
+        # feed crossing). `wn` holds the next row's first window until its first pixel issues.
+        fs = [Signal(L * BW, name=f"feed{ky}") for ky in range(K_MAX)]
+        gs = [Signal(L * BW, name=f"feed_next{ky}") for ky in range(K_MAX)]
+        wns = [Signal(L * WB, name=f"win_first{ky}") for ky in range(K_MAX)]
         rd_row = Signal(range(K_MAX + 1), init=K_MAX)     # window row the reader fetches (K_MAX: idle)
-        rd_beat = Signal(range(RB))                       # the beat it fetches: c + 2 after the crossing
-        m.d.comb += rp.addr.eq(Cat(rd_beat, (q_base + rd_row)[:nsb]))
-        with m.If(rd_row != K_MAX):
+        rd_data_row = Signal(range(K_MAX + 1), init=K_MAX)  # ... whose data the memory gives this cycle
+        rd_beat = Signal(range(RB))                       # the beat it fetches: F's + 2 at the crossing
+        cross = Signal()                                  # a feed crossing: the reader starts (row 0 now)
+        cross_beat = Signal(range(RB))
+        m.d.comb += rp.addr.eq(Mux(cross, Cat(cross_beat, q_base[:nsb]), Cat(rd_beat, (q_base + rd_row)[:nsb])))
+        m.d.sync += rd_data_row.eq(Mux(cross, 0, rd_row))
+        with m.If(cross):
+            m.d.sync += [rd_row.eq(1), rd_beat.eq(cross_beat)]
+        with m.Elif(rd_row != K_MAX):
             m.d.sync += rd_row.eq(rd_row + 1)
-            for ky in range(K_MAX):
-                with m.If(rd_row == ky):
-                    m.d.sync += nns[ky].eq(rp.data)
+        for ky in range(K_MAX):
+            with m.If(rd_data_row == ky):
+                m.d.sync += gs[ky].eq(rp.data)
+        feed = Signal(16)
+        m.d.comb += feed.eq(pos + K_MAX - 1)              # the byte the window takes in at pixel x > 0
 
         # ------------------------------------------------ issue: one output pixel of every lane per cycle
         run = Signal()                     # issuing row oy of group ig (else waiting for its rows / coefficients)
@@ -294,9 +323,9 @@ class DepthwiseUnit(wiring.Component):
         def start_row():
             stmts = []
             for ky, hp in enumerate(head_ports):
-                stmts += [curs[ky].eq(hp.data.word_select(0, L * BW)), nxts[ky].eq(hp.data.word_select(1, L * BW)),
-                          nns[ky].eq(hp.data.word_select(2, L * BW))]
-            return stmts + [rd_row.eq(K_MAX)]
+                stmts += [fs[ky].eq(hp.data.word_select(0, L * BW)), gs[ky].eq(hp.data.word_select(1, L * BW)),
+                          wns[ky].eq(hp.data[2 * L * BW:])]
+            return stmts + [rd_row.eq(K_MAX), rd_data_row.eq(K_MAX)]
 
         with m.If(accept):
             m.d.sync += [issuing.eq(1), run.eq(0), ig.eq(0), oy.eq(0), x.eq(0), q_base.eq(0),
@@ -322,17 +351,25 @@ class DepthwiseUnit(wiring.Component):
                         m.d.sync += run.eq(0)
             with m.Else():
                 m.d.sync += x.eq(x + 1)
-                with m.If(o == DB - 1):
+                with m.If((x != 0) & (feed[:lg] == DB - 1)):
                     for ky in range(K_MAX):
-                        m.d.sync += [curs[ky].eq(nxts[ky]), nxts[ky].eq(nns[ky])]
-                    m.d.sync += [rd_row.eq(0), rd_beat.eq((pos >> lg) + 3)]
+                        m.d.sync += fs[ky].eq(gs[ky])
+                    m.d.comb += [cross.eq(1), cross_beat.eq((feed >> lg) + 2)]
+        with m.If(go & (x == 0) & (oy == 0)):           # the group's first pixel: its coefficients leave the shadow
+            m.d.sync += copied.eq(copied + 1)
+            for lane in range(L):
+                ch = shadow.word_select(lane, isa.DW_COEF_BYTES * 8)
+                m.d.sync += taps.word_select(lane, isa.DW_TAP_BYTES * 8).eq(ch[:isa.DW_TAP_BYTES * 8])
+                for b in range(2):
+                    with m.If(ig[0] == b):
+                        m.d.sync += pbanks[b].word_select(lane, PB * 8).eq(ch[isa.DW_TAP_BYTES * 8:])
         for b in range(2):
             with m.If(go & (ig[0] == b)):
                 m.d.sync += cooldown[b].eq(COOLDOWN)
             with m.Elif(cooldown[b] != 0):
                 m.d.sync += cooldown[b].eq(cooldown[b] - 1)
 
-        # Stage 1: the window of every lane, 7 rows of 7 bytes from the two beats of window row ky.
+        # Stage 1: the window of every lane, 7 rows of 7 bytes: the row's first, or the last one shifted a byte.
         v = [Signal(name=f"valid{i}") for i in range(6)]
         meta_layout = data.StructLayout({"x_lo": unsigned(lg), "end": unsigned(1), "addr": unsigned(32),
                                          "bank": unsigned(1), "lanes": unsigned(LANE_BITS)})
@@ -345,11 +382,10 @@ class DepthwiseUnit(wiring.Component):
         for lane in range(L):
             win = []
             for ky in range(K_MAX):
-                row = Signal(2 * BW, name=f"pair{lane}_{ky}")
-                m.d.comb += row.eq(Cat(curs[ky].word_select(lane, BW), nxts[ky].word_select(lane, BW)))
-                reg = Signal(K_MAX * 8, name=f"win{lane}_{ky}")
+                reg = Signal(WB, name=f"win{lane}_{ky}")
+                byte_in = fs[ky].word_select(lane, BW).word_select(feed[:lg], 8)
                 with m.If(go):
-                    m.d.sync += reg.eq(row.bit_select(o * 8, K_MAX * 8))
+                    m.d.sync += reg.eq(Mux(x == 0, wns[ky].word_select(lane, WB), Cat(reg[8:], byte_in)))
                 win.append(reg)
             wins.append(win)
         for i in range(2, 6):
@@ -364,7 +400,7 @@ class DepthwiseUnit(wiring.Component):
                 for kx in range(K_MAX):
                     pr = Signal(signed(16), name=f"prod{lane}_{ky}_{kx}")
                     m.d.sync += pr.eq(wins[lane][ky].word_select(kx, 8).as_signed()
-                                      * coef_byte(meta[1].bank, lane, ky * TAP_PITCH + kx).as_signed())
+                                      * tap(lane, ky * TAP_PITCH + kx).as_signed())
                     prods.append(pr)
             row_sums = []
             for ky in range(K_MAX):
@@ -373,7 +409,7 @@ class DepthwiseUnit(wiring.Component):
                 row_sums.append(rs)
             total = Signal(signed(22), name=f"sum{lane}")
             m.d.sync += total.eq(sum(row_sums))
-            bias = coef_byte(meta[4].bank, lane, isa.DW_TAP_BYTES, 32).as_signed()
+            bias = param(meta[4].bank, lane, isa.DW_TAP_BYTES, 32).as_signed()
             wide = Signal(signed(ACC_BITS + 1), name=f"wide{lane}")
             biased = Signal(signed(ACC_BITS), name=f"biased{lane}")
             m.d.comb += wide.eq(total + bias)
@@ -381,8 +417,8 @@ class DepthwiseUnit(wiring.Component):
             rq = Requantizer()
             m.submodules[f"requant{lane}"] = rq
             m.d.comb += [rq.relu.eq(cmd.relu), rq.i.valid.eq(v[5]), rq.i.payload.acc.eq(biased),
-                         rq.i.payload.multiplier.eq(coef_byte(meta[5].bank, lane, isa.DW_TAP_BYTES + 4, MULT_BITS)),
-                         rq.i.payload.shift.eq(coef_byte(meta[5].bank, lane, isa.DW_TAP_BYTES + 8, SHIFT_BITS)),
+                         rq.i.payload.multiplier.eq(param(meta[5].bank, lane, isa.DW_TAP_BYTES + 4, MULT_BITS)),
+                         rq.i.payload.shift.eq(param(meta[5].bank, lane, isa.DW_TAP_BYTES + 8, SHIFT_BITS)),
                          rq.o.ready.eq(1)]
             lanes.append(rq)
         # The requantisers never stall (output always ready): their latency is fixed.

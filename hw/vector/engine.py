@@ -13,13 +13,13 @@
   each row read 4 times (output-bound at L elements per cycle).
 * The datapath has one global enable (`advance`, as hw.requant): it moves when its last stage is
   empty or taken. Four multipliers per lane, shared between the ops, each registered:
-    st1  A = q x (DT | ma | c)      B = (b | q) x (mb | s)        LUT read, max-pool max
-    st2  U = A - ST | A + B + rnd | pairs: A0 - B1, B0 + A1
+    st1  A = q x (DT | ma | c)      B = (b | q | -q odd lanes) x (mb | s)      LUT read, max-pool max
+    st2  U = A + (-ST | B | pairs: B1, B0)    (one adder: -ST negated once for all lanes)
     st3  n = U >> sh (int16) | RoPE: acc = U                          gain, bias read (per channel)
     st4  C = (n | acc) x (g | m_lo)  D = acc x m_hi
-    st5  W = C + b + rnd(s) | C + D 2^16 + rnd(shift) | add: U
-    st6  Z = W >> (s | shift)             (one shifter and saturation for LayerNorm, RoPE, add)
-    st7  sat8, op select, unused lanes zeroed -> o
+    st5  W = C + b | C + D 2^16 | add: U      (56 bits: RoPE's shift is capped at 55, OSH_MAX)
+    st6  T = 2 W >> s, low 9 bits, and whether T is outside [-256, 255] (a per-command bit mask)
+    st7  Z = (T + 1) >> 1 = (W + rnd(s)) >> s saturated, op select, unused lanes zeroed -> o
 Parameters (gains, biases, the LUT, RoPE tables) are written through `param` while no command that
 reads them runs; the scalars come with the command (hw.vector.params.COMMAND_FIELDS).
 """
@@ -31,6 +31,7 @@ from amaranth.lib.wiring import In, Out
 from amaranth.utils import exact_log2
 
 from golden_model import intvec
+from golden_model.intops import MULT_BITS
 from hw.vector import params as P
 from hw.vector.params import ParamTarget, VecOp
 from hw.vector.rowstats import RowConstants, RowStats
@@ -39,10 +40,13 @@ VectorCommand = data.StructLayout({name: unsigned(width) for name, width in P.CO
 ParamWrite = data.StructLayout({"target": unsigned(2), "addr": unsigned(P.ADDR_BITS),
                                 "data": unsigned(P.PARAM_DATA_BITS)})
 STAGES = 8        # issue -> o.payload register (ring read, 7 datapath registers)
+# The output stage's word W = C + (D 2^16 | b | add's sum) + rnd(s), shifted right by s and saturated to
+# int8. RoPE's is the widest: |acc| < 2^23 (int16 cos / sin, int8 x) times m < 2^31, so |acc m| < 2^54;
+# for s >= 55, acc m + 2^(s-1) lies in (0, 2^s) and the result is 0, as it is with s = 55: the shift is
+# capped at OSH_MAX and W needs W_BITS (LayerNorm and add are int32 throughout).
+OSH_MAX = intvec.ROPE_ACC_BITS - 1 + MULT_BITS + 1
+W_BITS = OSH_MAX + 1
 
-
-def _sat8(v):
-    return Mux(v > 127, 127, Mux(v < -128, -128, v))
 
 
 class VectorEngine(wiring.Component):
@@ -81,19 +85,22 @@ class VectorEngine(wiring.Component):
         is_lut, is_max, is_up = op == VecOp.LUT, op == VecOp.MAXPOOL, op == VecOp.UPSAMPLE
         nbeats = Signal(JB)                           # J = ceil(D / L)
         group_beats = Signal(JB + 2)                  # beats freed per group: 4 J (max-pool) or J
-        rnd_add, rnd_ln = Signal(32), Signal(32)
-        rnd_rope = Signal(64)
+        osh = Signal(range(OSH_MAX + 1))              # the op's output shift (RoPE's capped at OSH_MAX)
+        ovf_mask = Signal(W_BITS)                     # bits of W at osh + 7 and up: all the sign's, or saturate
+        c_osh = Signal(range(OSH_MAX + 1))
         ybase = Signal(P.ROPE_COORD_BITS + 8)         # table word of the y part's first row
         accept = self.cmd.valid & self.cmd.ready
         c = self.cmd.payload
         m.d.comb += [self.cmd.ready.eq(~busy), self.busy.eq(busy)]
         c_beats = (c.dim + L - 1) >> lgL
+        m.d.comb += c_osh.eq(Mux(c.op == VecOp.LAYERNORM, c.ln_shift,
+                                 Mux(c.op == VecOp.ROPE, Mux(c.rope_shift > OSH_MAX, OSH_MAX, c.rope_shift),
+                                     c.add_shift)))
         with m.If(accept):
             m.d.sync += [busy.eq(1), cmd.eq(c), nbeats.eq(c_beats),
                          group_beats.eq(Mux(c.op == VecOp.MAXPOOL, c_beats << 2, c_beats)),
-                         rnd_add.eq((Const(1, 32) << c.add_shift) >> 1),
-                         rnd_ln.eq((Const(1, 32) << c.ln_shift) >> 1),
-                         rnd_rope.eq((Const(1, 64) << c.rope_shift) >> 1),
+                         osh.eq(c_osh),
+                         ovf_mask.eq(Cat(*[c_osh + 7 <= b for b in range(W_BITS)])),
                          ybase.eq(c.rope_nx * c.rope_jx)]
 
         # ------------------------------------------------ parameter memories (written through `param`)
@@ -228,7 +235,8 @@ class VectorEngine(wiring.Component):
         k1 = carry(k, "k1")
         j1s = carry(j, "j_st1")
         bq1 = carry(Mux(is_add, self.b.payload.as_value(), 0), "b_st1")
-        dt1, st1c, sh1 = carry(row_c.dt, "dt1"), carry(row_c.st, "st1"), carry(row_c.sh, "sh1")
+        # -(S T - rnd(sh)): negated once for all lanes, so that every lane's U below is one adder
+        dt1, st1c, sh1 = carry(row_c.dt, "dt1"), carry(-row_c.st, "nst1"), carry(row_c.sh, "sh1")
         q = data.ArrayLayout(signed(8), L)(ring_r.data)
         bq = data.ArrayLayout(signed(8), L)(bq1)
         cos = [rope_r.data[32 * p:32 * p + 16].as_signed() for p in range(PB)]
@@ -243,7 +251,9 @@ class VectorEngine(wiring.Component):
                 coef_a = Mux(is_ln, Cat(dt1, Const(0, 1)).as_signed(),
                              Mux(is_rope, cos[i // 2], Cat(cmd.a_mult, Const(0, 1)).as_signed()))
                 coef_b = Mux(is_rope, sin[i // 2], Cat(cmd.b_mult, Const(0, 1)).as_signed())
-                m.d.sync += [A2[i].eq(q[i] * coef_a), B2[i].eq(Mux(is_rope, q[i], bq[i]) * coef_b)]
+                # RoPE: the odd lane's B is -x1 s, which its even partner adds (x0 c - x1 s)
+                xb = Mux(is_rope, -q[i] if i % 2 else q[i], bq[i])
+                m.d.sync += [A2[i].eq(q[i] * coef_a), B2[i].eq(xb * coef_b)]
                 mx = Mux((k1 == 0) | (q[i] > macc[i]), q[i], macc[i])
                 with m.If(valid[0] & is_max):
                     m.d.sync += macc[i].eq(mx)
@@ -252,7 +262,7 @@ class VectorEngine(wiring.Component):
             rp = lut.read_port()
             m.d.comb += [rp.addr.eq(q[i].as_unsigned() ^ 0x80), rp.en.eq(advance)]
             luts[i] = rp.data
-        st2c, sh2 = carry(st1c, "st2"), carry(sh1, "sh2")
+        st2c, sh2 = carry(st1c, "nst2"), carry(sh1, "sh2")
         j2 = carry(j1s, "j_st2")
         mask2 = carry(mask1, "mask2")
 
@@ -261,9 +271,9 @@ class VectorEngine(wiring.Component):
         res3 = stage_regs("res3", signed(8))
         with m.If(advance):
             for i in range(L):
-                pair = A2[i] - B2[i + 1] if i % 2 == 0 else B2[i - 1] + A2[i]   # (x0 c - x1 s, x0 s + x1 c)
+                partner = B2[i ^ 1]                  # RoPE: x0 c + (-x1 s), x1 c + x0 s
                 m.d.sync += [
-                    U3[i].eq(Mux(is_ln, A2[i] - st2c, Mux(is_rope, pair, A2[i] + B2[i] + rnd_add))),
+                    U3[i].eq(A2[i] + Mux(is_ln, st2c, Mux(is_rope, partner, B2[i]))),
                     res3[i].eq(Mux(is_lut, luts[i], simple2[i])),
                 ]
         sh3 = carry(sh2, "sh3")
@@ -276,14 +286,16 @@ class VectorEngine(wiring.Component):
         m.d.comb += [gain_r.addr.eq(j3), bias_r.addr.eq(j3), gain_r.en.eq(advance), bias_r.en.eq(advance)]
         with m.If(advance):
             for i in range(L):
-                m.d.sync += V4[i].eq(Mux(is_ln, U3[i] >> sh3, Mux(is_rope, U3[i], 0)))
-        sum4 = [carry(u[:32].as_signed(), f"sum4_{i}") for i, u in enumerate(U3)]   # add: a ma + b mb + rnd
+                # n is int16 without saturation (golden_model.intvec.layernorm, step 4): 16 bits suffice
+                m.d.sync += V4[i].eq(Mux(is_ln, (U3[i] >> sh3)[:intvec.LN_NORM_BITS].as_signed(),
+                                         Mux(is_rope, U3[i], 0)))
+        sum4 = [carry(u[:32].as_signed(), f"sum4_{i}") for i, u in enumerate(U3)]   # add: a ma + b mb
         res4 = [carry(r, f"res4_{i}") for i, r in enumerate(res3)]
         mask4 = carry(mask3, "mask4")
 
         # st4 -> st5: the second multipliers
         C5, D5 = stage_regs("C5", signed(42)), stage_regs("D5", signed(41))
-        add5 = stage_regs("add5", signed(64))
+        add5 = stage_regs("add5", signed(32))
         m_lo = Cat(cmd.rope_mult[:16], Const(0, 1)).as_signed()
         with m.If(advance):
             for i in range(L):
@@ -291,24 +303,28 @@ class VectorEngine(wiring.Component):
                 bi = bias_r.data[32 * i:32 * i + 32].as_signed()
                 m.d.sync += [C5[i].eq(V4[i] * Mux(is_ln, g, m_lo)),
                              D5[i].eq(V4[i] * cmd.rope_mult[16:]),
-                             add5[i].eq(Mux(is_ln, bi + rnd_ln, Mux(is_rope, rnd_rope, sum4[i])))]
+                             add5[i].eq(Mux(is_ln, bi, sum4[i]))]
         res5 = [carry(r, f"res5_{i}") for i, r in enumerate(res4)]
         mask5 = carry(mask4, "mask5")
 
-        # st5 -> st6: sum
-        W6 = stage_regs("W6", signed(64))
+        # st5 -> st6: sum (without the rounding: below)
+        W6 = stage_regs("W6", signed(W_BITS))
         with m.If(advance):
             for i in range(L):
-                m.d.sync += W6[i].eq(C5[i] + Mux(is_rope, D5[i] << 16, 0) + add5[i])
+                m.d.sync += W6[i].eq(C5[i] + Mux(is_rope, D5[i] << 16, add5[i]))
         res6 = [carry(r, f"res6_{i}") for i, r in enumerate(res5)]
         mask6 = carry(mask5, "mask6")
 
-        # st6 -> st7: shift;  st7 -> o: saturate, select, mask
-        Z7 = stage_regs("Z7", signed(64))
+        # st6 -> st7: Z = (W + rnd(s)) >> s = (T + 1) >> 1 with T = 2 W >> s (also for s = 0). Only T's low 9
+        # bits go on, and whether T is outside [-256, 255] (a bit of W at s + 7 or above differs from the
+        # sign);  st7 -> o: Z, saturated (T = 255 gives 128), select, mask
+        T7 = stage_regs("T7", signed(9))
+        ov7, sg7 = stage_regs("ov7", 1), stage_regs("sg7", 1)
         with m.If(advance):
             for i in range(L):
-                m.d.sync += Z7[i].eq(W6[i] >> Mux(is_ln, cmd.ln_shift,
-                                                  Mux(is_rope, cmd.rope_shift, cmd.add_shift)))
+                sign = W6[i][-1]
+                m.d.sync += [T7[i].eq((Cat(Const(0, 1), W6[i]).as_signed() >> osh)[:9]), sg7[i].eq(sign),
+                             ov7[i].eq(((W6[i].as_unsigned() ^ Cat(*[sign] * W_BITS)) & ovf_mask).any())]
         res7 = [carry(r, f"res7_{i}") for i, r in enumerate(res6)]
         mask7 = carry(mask6, "mask7")
         out = data.ArrayLayout(signed(8), L)(self.o.payload)
@@ -316,6 +332,8 @@ class VectorEngine(wiring.Component):
         shifted = is_ln | is_rope | is_add | is_rescale
         with m.If(advance):
             for i in range(L):
-                m.d.sync += out_r[i].eq(Mux(mask7[i], Mux(shifted, _sat8(Z7[i]), res7[i]), 0))
+                z = ((T7[i] + 1) >> 1)[:8].as_signed()
+                sat = Mux(ov7[i] | (T7[i] == 255), Mux(sg7[i], -128, 127), z)
+                m.d.sync += out_r[i].eq(Mux(mask7[i], Mux(shifted, sat, res7[i]), 0))
         m.d.comb += [out[i].eq(out_r[i]) for i in range(L)]
         return m

@@ -1,6 +1,6 @@
 """LayerNorm's per-row constants, as a row streams in (the engine's first pass).
 
-Per beat: masked lanes, their squares, the beat's sum and sum of squares (a tree), accumulated
+Per beat: masked lanes, their squares (two per multiplier), the beat's sum and sum of squares (a tree), accumulated
 over the row. At the row's last beat (S, Q) enter the scalar pipeline, one row per cycle at most:
 
     var = D Q - S^2, V = max(var + E, 1)      D Q: 11 x 25, S^2: 18 x 18 (registered products)
@@ -62,15 +62,29 @@ class RowStats(wiring.Component):
         m.d.sync += [v1.eq(b.valid), last1.eq(b.payload.last)]
         for i in range(L):
             m.d.sync += x1[i].eq(Mux(i < b.payload.nvalid, b.payload.x[i], 0))
+        # Two squares per multiplier, of w = x + 128 in [0, 255] (so its operands are wiring and one
+        # negation): (u + 2^9 v)(u - 2^9 v) = u^2 - 2^18 v^2 (18 x 18 bits, one DSP), 0 <= u^2 < 2^16, so
+        # the low 18 bits are u^2 and the rest, arithmetically shifted, -v^2. Over the beat's L lanes
+        # (masked ones are x = 0, w = 128 too): sum x^2 = sum w^2 - 2^8 sum x - 2^14 L.
         x2 = [Signal(signed(8), name=f"x2_{i}") for i in range(L)]
-        q2 = [Signal(unsigned(15), name=f"q2_{i}") for i in range(L)]
+        p2 = [Signal(signed(36), name=f"p2_{i}") for i in range(L // 2)]
         v2, last2 = Signal(), Signal()
         m.d.sync += [v2.eq(v1), last2.eq(last1)]
         for i in range(L):
-            m.d.sync += [x2[i].eq(x1[i]), q2[i].eq(x1[i] * x1[i])]
+            m.d.sync += x2[i].eq(x1[i])
+        for i in range(L // 2):
+            u, v = (x1[2 * i + j].as_unsigned() ^ 0x80 for j in (0, 1))
+            nv = Signal(signed(9), name=f"nv{i}")                 # -v: u - 2^9 v is u, 0, -v side by side
+            m.d.comb += nv.eq(-v)
+            m.d.sync += p2[i].eq(Cat(u, Const(0, 1), v, Const(0, 1)).as_signed() * Cat(u, Const(0, 1), nv).as_signed())
+        sum_x = Signal(signed(S_BITS))
+        pp = [Signal(unsigned(17), name=f"pp{i}") for i in range(L // 2)]   # u^2 + v^2 (17-bit terms for the sum)
+        m.d.comb += [q.eq(p[:16] - p[18:].as_signed()) for q, p in zip(pp, p2)]
+        m.d.comb += sum_x.eq(sum(x2))
         sb, qb = Signal(signed(S_BITS)), Signal(unsigned(Q_BITS))
         v3, last3 = Signal(), Signal()
-        m.d.sync += [v3.eq(v2), last3.eq(last2), sb.eq(sum(x2)), qb.eq(sum(q2))]
+        m.d.sync += [v3.eq(v2), last3.eq(last2), sb.eq(sum_x),
+                     qb.eq(sum(pp) - (sum_x << 8) - (L << 14))]
         s_acc, q_acc = Signal(signed(S_BITS)), Signal(unsigned(Q_BITS))
         s4, q4, v4 = Signal(signed(S_BITS)), Signal(unsigned(Q_BITS)), Signal()
         m.d.sync += v4.eq(v3 & last3)

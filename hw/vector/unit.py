@@ -81,7 +81,7 @@ class VectorUnit(wiring.Component):
         sec = Signal(2)
         e = Signal(16)                                   # value index of the read issued this cycle
         e_n = Signal(16)
-        s_target, s_base, s_eb = Signal(2), Signal(17), Signal(3)
+        s_target, s_base, s_lgeb = Signal(2), Signal(17), Signal(2)    # s_lgeb: log2(bytes per value)
         rd_valid = Signal()
         rd_sel = Signal(lg)
         rd_target = Signal(2)
@@ -121,14 +121,14 @@ class VectorUnit(wiring.Component):
                             with m.Case(i | int(o) << 2):
                                 count = {ParamTarget.GAIN: cmd.dim, ParamTarget.BIAS: cmd.dim,
                                          ParamTarget.LUT: Const(256, 16), ParamTarget.ROPE: cmd.aux}[target]
-                                m.d.sync += [s_target.eq(target), s_base.eq(base), s_eb.eq(eb), e.eq(0),
+                                m.d.sync += [s_target.eq(target), s_base.eq(base), s_lgeb.eq(exact_log2(eb)), e.eq(0),
                                              e_n.eq(count)]
                                 m.next = "COPY"
                     with m.Default():
                         m.next = "COMMAND"
             with m.State("COPY"):
                 byte = Signal(20)
-                m.d.comb += [byte.eq(s_base + e * s_eb), pr.addr.eq(byte >> lg)]
+                m.d.comb += [byte.eq(s_base + (e << s_lgeb)), pr.addr.eq(byte >> lg)]
                 m.d.sync += [rd_valid.eq(e != e_n), rd_sel.eq(byte[:lg]), rd_target.eq(s_target), rd_addr.eq(e)]
                 with m.If(e != e_n):
                     m.d.sync += e.eq(e + 1)
@@ -151,10 +151,10 @@ class VectorUnit(wiring.Component):
                      eng.param.payload.addr.eq(rd_addr),
                      eng.param.payload.data.eq(Mux(rd_target == ParamTarget.GAIN, value[:16],
                                                    Mux(rd_target == ParamTarget.LUT, value[:8], value)))]
-        m.d.comb += [eng_rows.eq(Mux(is_max, ((cmd.rows >> 1) * (cmd.width >> 1)) << 2,
-                                     Mux(is_up, cmd.rows * cmd.width, cmd.rows))),
-                     n_out.eq(Mux(is_max, (cmd.rows >> 1) * (cmd.width >> 1),
-                                  Mux(is_up, (cmd.rows * cmd.width) << 2, cmd.rows)))]
+        pixels = Signal(28)                              # max-pool: windows; upsample: input pixels (one multiplier)
+        m.d.comb += [pixels.eq(Mux(is_max, cmd.rows >> 1, cmd.rows) * Mux(is_max, cmd.width >> 1, cmd.width)),
+                     eng_rows.eq(Mux(is_max, pixels << 2, Mux(is_up, pixels, cmd.rows))),
+                     n_out.eq(Mux(is_max, pixels, Mux(is_up, pixels << 2, cmd.rows)))]
         ec = eng.cmd.payload
         m.d.comb += [ec.op.eq(op), ec.dim.eq(cmd.dim), ec.rows.eq(eng_rows),
                      ec.eps_term.eq(_field(header, "eps_term")), ec.ln_shift.eq(_field(header, "ln_shift")),
