@@ -5,10 +5,10 @@ query row per cycle, fully pipelined (one enable, like hw/requant.py: the whole
 pipeline holds when its output is not taken). Every stage is one short step (a
 product, an add, a shift, a compare-and-select pair), so it times on ECP5 fabric:
 
-  s1       S * score_mult                     N products (24 x 16 bits: a DSP each)
-  s2       prod + 2^(sh-1)                    sh capped at SHIFT_CAP (the same result, 49 bits not 66)
-  s3       >> sh
-  s4       x = sat32(.)                       lanes past `count` excluded
+  s1       S * score_mult                     N products (24 x 16 bits: a DSP each, its M register)
+  s2       prod + 2^(sh-1)                    the DSP's post-adder (P register); sh capped at SHIFT_CAP
+  s3       >> (sh mod 16)                     the shift in two steps of two LUT levels each:
+  s4       x = sat32(. >> 16 (sh // 16))      saturation only when sh < 16; lanes past `count` excluded
   s5..     m' = max(m, max_j x_j)             a comparator tree, registered every two levels (T stages)
   +1       deltas m' - x_j and m' - m         33 bits, >= 0
   +2       exp2 table lookup, integer part n  a 2^FRAC_BITS-entry ROM (block RAM read ports)
@@ -26,14 +26,17 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
-from golden_model.intattn import EXP2_TABLE, FRAC_BITS, M_INIT, P_BITS, SCORE_MULT_BITS, SUM_BITS, X_BITS
+from golden_model.intattn import (EXP2_TABLE, FRAC_BITS, M_INIT, P_BITS, SCORE_BITS, SCORE_MULT_BITS, SUM_BITS,
+                                  X_BITS)
 from hw.limits import softmax_latency
 from hw.limits import softmax_tree_stages as tree_stages
 
-SCORE = signed(32)            # what the Q K^T array delivers (|S| <= 2^22 for d <= 256)
-SCORE_PROD = signed(SCORE.width + SCORE_MULT_BITS)   # S * score_mult: |.| < 2^47
+# The Q K^T array's int32 scores are exact int24 (|S| <= 2^22 for d <= MAX_HEAD_DIM, which the compiler
+# enforces): the low SCORE_BITS bits are S, and S * score_mult is one DSP (24 x 17 bits signed).
+SCORE = signed(SCORE_BITS)
+SCORE_PROD = signed(SCORE_BITS + SCORE_MULT_BITS)   # any int24 S: |S * score_mult| < 2^39
 # (S * mult + 2^(sh-1)) >> sh is 0 for every sh >= SHIFT_CAP (2^(sh-1) > |S * mult|), so the rounding and
-# the shift run at sh = min(sh, SHIFT_CAP) on SCORE_PROD.width + 1 bits instead of 66 (bit for bit the same).
+# the shift run at sh = min(sh, SHIFT_CAP) on SCORE_PROD.width + 1 bits (bit for bit the same).
 SHIFT_CAP = SCORE_PROD.width
 PROB = unsigned(P_BITS + 1)   # p and alpha: [0, 2^P_BITS]
 DELTA_BITS = X_BITS + 1       # m' - x, m' - m
@@ -115,18 +118,33 @@ class OnlineSoftmax(wiring.Component):
         m.d.comb += sh.eq(Mux(self.score_shift > SHIFT_CAP, SHIFT_CAP, self.score_shift))
         half = Signal(unsigned(SHIFT_CAP))           # 2^(sh-1)
         m.d.comb += half.eq((Const(1, unsigned(SHIFT_CAP + 1)) << sh) >> 1)
-        rounded_shape = signed(SCORE_PROD.width + 1)    # prod + half in (-2^47, 2^48)
+        rounded_shape = signed(SCORE_PROD.width + 1)    # prod + half in (-2^39, 2^40)
         xs, ok = [], []
         for j in range(N):
+            # s1, s2: `S * mult + half` with its M and P registers, the post-adder's shape (one DSP, no LUTs).
             prod = stage(inp.scores[j] * self.score_mult, f"prod{j}", SCORE_PROD)
             rounded = stage(prod + half, f"rounded{j}", rounded_shape)
-            shifted = stage(rounded >> sh, f"shifted{j}", rounded_shape)
-            xs.append(stage(Mux(shifted > hi, hi, Mux(shifted < lo, lo, shifted)), f"x{j}", signed(X_BITS)))
-            ok.append(stage(j < counts[2], f"ok{j}"))
-        # s5 .. s4 + T: the new maximum (lanes past count do not take part; M_INIT is the identity).
+            # s3, s4: the shift as two 16:1 / 3:1 steps (a log shifter of one stage took 40 % more LUTs);
+            # |rounded| < 2^40, so x saturates only when sh < 16, i.e. in s4's first case.
+            shifted = stage(rounded >> sh[:4], f"shifted{j}", rounded_shape)
+            top = shifted[X_BITS - 1:]              # all equal unless the value overflows int32 (sh < 16)
+            low = sh[4:] == 0
+            pos_ovf, neg_ovf = low & ~top[-1] & top.any(), low & top[-1] & ~top.all()
+            # x = M_INIT for a lane past `count` (the maximum's identity; its p is 0 whatever x) and on
+            # negative overflow: the x register's own reset; only positive overflow is a LUT input.
+            ok_now = j < counts[2]
+            x = Signal(signed(X_BITS), name=f"x{j}")
+            with m.If(advance):
+                with m.If(~ok_now | neg_ovf):
+                    m.d.sync += x.eq(lo)
+                with m.Else():
+                    m.d.sync += x.eq(Mux(pos_ovf, hi, shifted >> Cat(Const(0, 4), sh[4:])))
+            xs.append(x)
+            ok.append(stage(ok_now, f"ok{j}"))
+        # s5 .. s4 + T: the new maximum.
         # A balanced tree of named signals: an expression reusing `best` twice per step would
         # double the emitted Verilog per lane (2^N copies).
-        level = [ms[3]] + [Mux(ok[j], xs[j], lo) for j in range(N)]
+        level = [ms[3]] + xs
         depth = 0
         while len(level) > 1:
             nxt = []
