@@ -103,6 +103,18 @@ def test_online_softmax_matches_golden(mult, shift, lanes, score_bits):
         assert g == w, (g, w)
 
 
+def test_exp2_table_with_two_bits_of_n_is_exp2fix():
+    """The softmax's exp2 (hw/attention/softmax.py): U = EXP2_ROM[(n mod 4, f)], p = ((U >> 4 (n div 4)) + 1) >> 1,
+    0 from n = P_BITS + 2 on, equals golden's exp2fix for every argument up to where it is 0 and past it."""
+    from hw.attention.softmax import EXP2_ROM
+    t = np.arange(1 << (A.FRAC_BITS + 6))
+    n, low = t >> A.FRAC_BITS, t & ((1 << (A.FRAC_BITS + 2)) - 1)
+    rom = np.array(EXP2_ROM)
+    got = np.where(n < A.P_BITS + 2, ((rom[low] >> (4 * (n >> 2))) + 1) >> 1, 0)
+    assert (got == A.exp2fix(t)).all()
+    assert A.exp2fix(t)[(A.P_BITS + 2) * (1 << A.FRAC_BITS) - 1] == 0 and got[(A.P_BITS + 1) << A.FRAC_BITS] == 1
+
+
 @pytest.mark.parametrize("units", [4, 2, 1])
 def test_normaliser_matches_golden(units):
     """units: multipliers shared by the 4 lanes (4: one each)."""

@@ -11,9 +11,9 @@ product, an add, a shift, a compare-and-select pair), so it times on ECP5 fabric
   s4       x = sat32(. >> 16 (sh // 16))      saturation only when sh < 16; lanes past `count` excluded
   s5..     m' = max(m, max_j x_j)             a comparator tree, registered every two levels (T stages)
   +1       deltas m' - x_j and m' - m         33 bits, >= 0
-  +2       exp2 table lookup, integer part n  a 2^FRAC_BITS-entry ROM (block RAM read ports)
-  +3       T + 2^(n-1)
-  +4       p = . >> n
+  +2       exp2 table lookup, n mod 4 and f   a 4 x 2^FRAC_BITS-entry ROM (block RAM read ports)
+  +3       U >> 4 (n div 4)                   a 5:1 choice
+  +4       p = (. + 1) >> 1                   round half up
   +5       sum p, l * alpha                   (l * alpha: a DSP)
   +6       l' = ((l * alpha + 2^15) >> 16) + sum p
 
@@ -40,6 +40,9 @@ SCORE_PROD = signed(SCORE_BITS + SCORE_MULT_BITS)   # any int24 S: |S * score_mu
 SHIFT_CAP = SCORE_PROD.width
 PROB = unsigned(P_BITS + 1)   # p and alpha: [0, 2^P_BITS]
 DELTA_BITS = X_BITS + 1       # m' - x, m' - m
+# The exp2 table with two bits of n in its address: U[a][f] = floor(2 T[f] / 2^a), address a * 2^FRAC_BITS + f.
+EXP2_ROM = [(2 * int(t)) >> a for a in range(4) for t in EXP2_TABLE]
+EXP2_SHAPE = unsigned(P_BITS + 2)
 
 
 class SoftmaxLayouts:
@@ -165,26 +168,28 @@ class OnlineSoftmax(wiring.Component):
         d_alpha = stage(m_new - ms[s_max - 1], "delta_alpha", unsigned(DELTA_BITS))
         m_out = delay(m_new, "m_new", 6)
         ok_1 = [stage(ok_t[j], f"ok{j}_s1") for j in range(N)]
-        # +2 .. +4: exp2; the table in block RAM (a synchronous read port per lane: the +2 register), a copy
-        # per two lanes (a block RAM's two ports): yosys would build the read ports from logic, and mapping
-        # one memory of N + 1 read ports took it past 14 GB at N = 32.
+        # +2 .. +4: exp2 (t = delta: n = t >> 8, f = t mod 256) as p = floor((T[f] + 2^(n-1)) / 2^n), in block RAM
+        # a copy per two lanes (a block RAM's two ports): yosys would build the read ports from logic, and
+        # mapping one memory of N + 1 read ports took it past 14 GB at N = 32. A table of 2^8 entries leaves
+        # 3/4 of the RAMB18 empty, so it holds 4: U[a][f] = floor(2 T[f] / 2^a) for a = n mod 4 (1,024 x 18
+        # bits), and with b = 4 (n div 4) nested floors give p = floor((U + 2^b) / 2^(b+1)) =
+        # ((U >> b) + 1) >> 1: a 5:1 choice (b = 0, 4 .. 16) and an increment instead of a 19-bit adder
+        # and a 19:1 barrel shift. p = 0 for n >= P_BITS + 2 (the spec's n > P_BITS + 1): the register's reset.
         lanes = [(deltas[j], ok_1[j], f"p{j}") for j in range(N)] + [(d_alpha, Const(1), "alpha")]
         tables = []
         for k in range(0, len(lanes), 2):
-            tables.append(Memory(shape=PROB, depth=len(EXP2_TABLE), init=[int(v) for v in EXP2_TABLE],
-                                 attrs={"rom_style": "block"}))
+            tables.append(Memory(shape=EXP2_SHAPE, depth=len(EXP2_ROM), init=EXP2_ROM, attrs={"rom_style": "block"}))
             m.submodules[f"exp2_table{k // 2}"] = tables[-1]
         outs = []
         for i, (delta, lane_ok, name) in enumerate(lanes):
             rd = tables[i // 2].read_port(domain="sync")
-            m.d.comb += [rd.addr.eq(delta[:FRAC_BITS]), rd.en.eq(advance)]
+            m.d.comb += [rd.addr.eq(delta[:FRAC_BITS + 2]), rd.en.eq(advance)]
             n_full = delta[FRAC_BITS:]
-            n2 = stage(Mux(n_full > P_BITS + 2, P_BITS + 2, n_full), f"{name}_n2", range(P_BITS + 3))
-            ok2 = stage(lane_ok, f"{name}_ok2")
-            rounded = stage(rd.data + Mux(n2 == 0, 0, (Const(1, unsigned(P_BITS + 3)) << n2) >> 1),
-                            f"{name}_rounded", unsigned(P_BITS + 3))
-            n3, ok3 = stage(n2, f"{name}_n3"), stage(ok2, f"{name}_ok3")
-            outs.append(stage(Mux(ok3, (rounded >> n3)[:P_BITS + 1], 0), f"{name}_s4", PROB))
+            b2 = stage(n_full[2:5], f"{name}_b2", range(P_BITS // 4 + 1))      # n div 4 (n < P_BITS + 2)
+            ok2 = stage(lane_ok & (n_full < P_BITS + 2), f"{name}_ok2")
+            shifted = stage(rd.data >> (b2 << 2), f"{name}_shifted", EXP2_SHAPE)
+            ok3 = stage(ok2, f"{name}_ok3")
+            outs.append(stage(Mux(ok3, (shifted + 1) >> 1, 0), f"{name}_s4", PROB))
         ps, alpha = outs[:N], outs[N]
         # +5, +6: the running sum (l < 2^32 by the spec's widths).
         l_in = delay(inp.l, "l", s_max + 4)
