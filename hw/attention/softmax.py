@@ -90,10 +90,19 @@ class OnlineSoftmax(wiring.Component):
         with m.If(advance):
             m.d.sync += valid.eq(Cat(self.i.valid, valid[:-1]))
 
-        def stage(value, name, shape=None):
+        def stage(value, name, shape=None, reset_when=None, reset_to=0):
+            """A pipeline register; with `reset_when`, `reset_to` instead of `value` when that holds. The reset is
+            written over the enable (`advance & reset_when`), so it is the flip-flop's own synchronous reset or set
+            (FDRE R / FDSE S, which take priority over CE): under the enable it is a multiplexer a bit."""
             r = Signal(shape if shape is not None else value.shape(), name=name)
-            with m.If(advance):
-                m.d.sync += r.eq(value)
+            if reset_when is not None:
+                with m.If(advance & reset_when):
+                    m.d.sync += r.eq(reset_to)
+                with m.Elif(advance):
+                    m.d.sync += r.eq(value)
+            else:
+                with m.If(advance):
+                    m.d.sync += r.eq(value)
             return r
 
         def carry(sig, name, upto):
@@ -136,13 +145,8 @@ class OnlineSoftmax(wiring.Component):
             # x = M_INIT for a lane past `count` (the maximum's identity; its p is 0 whatever x) and on
             # negative overflow: the x register's own reset; only positive overflow is a LUT input.
             ok_now = j < counts[2]
-            x = Signal(signed(X_BITS), name=f"x{j}")
-            with m.If(advance):
-                with m.If(~ok_now | neg_ovf):
-                    m.d.sync += x.eq(lo)
-                with m.Else():
-                    m.d.sync += x.eq(Mux(pos_ovf, hi, shifted >> Cat(Const(0, 4), sh[4:])))
-            xs.append(x)
+            xs.append(stage(Mux(pos_ovf, hi, shifted >> Cat(Const(0, 4), sh[4:])), f"x{j}", signed(X_BITS),
+                            reset_when=~ok_now | neg_ovf, reset_to=lo))
             ok.append(stage(ok_now, f"ok{j}"))
         # s5 .. s4 + T: the new maximum.
         # A balanced tree of named signals: an expression reusing `best` twice per step would
@@ -189,7 +193,7 @@ class OnlineSoftmax(wiring.Component):
             ok2 = stage(lane_ok & (n_full < P_BITS + 2), f"{name}_ok2")
             shifted = stage(rd.data >> (b2 << 2), f"{name}_shifted", EXP2_SHAPE)
             ok3 = stage(ok2, f"{name}_ok3")
-            outs.append(stage(Mux(ok3, (shifted + 1) >> 1, 0), f"{name}_s4", PROB))
+            outs.append(stage((shifted + 1) >> 1, f"{name}_s4", PROB, reset_when=~ok3))
         ps, alpha = outs[:N], outs[N]
         # +5, +6: the running sum (l < 2^32 by the spec's widths).
         l_in = delay(inp.l, "l", s_max + 4)
