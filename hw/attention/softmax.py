@@ -7,14 +7,15 @@ product, an add, a shift, a compare-and-select pair), so it times on ECP5 fabric
 
   s1       S * score_mult                     N products (24 x 16 bits: a DSP each, its M register)
   s2       prod + 2^(sh-1)                    the DSP's post-adder (P register); sh capped at SHIFT_CAP
-  s3       >> (sh mod 16)                     the shift in two steps of two LUT levels each:
-  s4       x = sat32(. >> 16 (sh // 16))      saturation only when sh < 16; lanes past `count` excluded
+  s3       >> (sh mod 16)                     the shift in two steps: 16:1 (two LUT levels),
+  s4       x = sat32(. >> 16 (sh div 16))     3:1 with the saturation (only when sh < 16); x = M_INIT
+                                              past `count` (the register's reset)
   s5..     m' = max(m, max_j x_j)             a comparator tree, registered every two levels (T stages)
   +1       deltas m' - x_j and m' - m         33 bits, >= 0
   +2       exp2 table lookup, n mod 4 and f   a 4 x 2^FRAC_BITS-entry ROM (block RAM read ports)
   +3       U >> 4 (n div 4)                   a 5:1 choice
-  +4       p = (. + 1) >> 1                   round half up
-  +5       sum p, l * alpha                   (l * alpha: a DSP)
+  +4       p = (. + 1) >> 1                   round half up; 0 past `count` or n > P_BITS + 1 (reset)
+  +5       sum p, l * alpha                   (l * alpha: two DSPs, 33 x 18 bits)
   +6       l' = ((l * alpha + 2^15) >> 16) + sum p
 
 The row state (m, l) goes in and comes out with the row, so the engine keeps it in
