@@ -155,14 +155,7 @@ class AttentionEngine(wiring.Component):
         p_banks = Signal(data.ArrayLayout(data.ArrayLayout(data.ArrayLayout(PROB, C), R), 2))
         alpha_banks = [[Signal(PROB, name=f"alpha{b}_{i}") for i in range(R)] for b in range(2)]
         bank_first = Array(Signal(name=f"first{b}") for b in range(2))
-        bank_slot = Array(Signal(range(S), name=f"slot{b}") for b in range(2))
-
-        def o_addr(slot, entry):
-            """A bank's address of `entry` of `slot`: the slot's bits above the entry's when o_entries is a power of
-            two (wires, where a register of slot * o_entries plus the entry was an adder a row and port)."""
-            if o_entries & (o_entries - 1) == 0:
-                return Cat(entry[:exact_log2(o_entries)], slot)
-            return slot * o_entries + entry
+        bank_obase = Array(Signal(range(S * o_entries), name=f"obase{b}") for b in range(2))
         bank_dlast = Array(Signal(chan_bits, name=f"dlast{b}") for b in range(2))
         bank_busy = Array(Signal(name=f"busy{b}") for b in range(2))
         front_bank = Signal()
@@ -214,6 +207,8 @@ class AttentionEngine(wiring.Component):
         norm_mode = Signal()
         n_chunk = Signal(self.layouts.chunk_bits + 1)
         n_grp = Signal(range(C // U))              # NORM: the lane group (U channels) of the chunk read
+        norm_obase = Signal(range(S * o_entries))
+        m.d.comb += norm_obase.eq(cmd.slot * o_entries)
         for i in range(R):
             # stage A: the row's result arrives (its O entry was read the cycle before); stage B holds
             # the old value and alpha (the multiplier's inputs in flip-flops), stage C the product;
@@ -243,10 +238,10 @@ class AttentionEngine(wiring.Component):
             new = Signal(OACC, name=f"new{i}")
             m.d.comb += new.eq(Mux(c_first, 0, rescaled) + c_pv)
             for b, (rd, wr) in enumerate(zip(o_rd[i], o_wr[i])):
-                m.d.comb += [wr.addr.eq(o_addr(bank_slot[c_bank], c_chan[lu:])), wr.data.eq(new),
+                m.d.comb += [wr.addr.eq(bank_obase[c_bank] + c_chan[lu:]), wr.data.eq(new),
                              wr.en.eq(c_valid & (c_chan[:lu] == b)),
-                             rd.addr.eq(Mux(norm_mode, o_addr(cmd.slot, (n_chunk << (lc - lu)) | n_grp),
-                                            o_addr(bank_slot[pv.out_bank[i]], pv.out_chan[i][lu:])))]
+                             rd.addr.eq(Mux(norm_mode, norm_obase + ((n_chunk << (lc - lu)) | n_grp),
+                                            bank_obase[pv.out_bank[i]] + pv.out_chan[i][lu:]))]
             if i == R - 1:
                 with m.If(c_valid & (c_chan == bank_dlast[c_bank])):
                     m.d.comb += step_done.eq(1)
@@ -290,7 +285,7 @@ class AttentionEngine(wiring.Component):
                     with m.If(~bank_busy[front_bank]):
                         m.d.sync += [issue_i.eq(0), got_i.eq(0), bank_busy[front_bank].eq(1),
                                      bank_first[front_bank].eq(first),
-                                     bank_slot[front_bank].eq(cmd.slot),
+                                     bank_obase[front_bank].eq(cmd.slot * o_entries),
                                      bank_dlast[front_bank].eq(((cmd.chunks_last + 1) << lc) - 1)]
                         m.next = "SOFTMAX"
                 with m.Elif(all_idle):
