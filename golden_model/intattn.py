@@ -61,6 +61,7 @@ O_BITS = 40               # output accumulators: int40
 RECIP_BITS = 17           # reciprocal of l: mantissa in [2^16, 2^17] (18 bits unsigned)
 NORM_FRAC_BITS = 16       # fraction bits of O / l before the output requantiser
 MAX_HEAD_DIM = 256
+SCORE_BITS = (128 * 128 * MAX_HEAD_DIM).bit_length() + 1   # S = q k^T: |S| <= 2^22, signed 24 bits
 MAX_KEYS = 1 << 15        # l <= MAX_KEYS * 2^P_BITS = 2^31 fits SUM_BITS
 M_INIT = -(1 << (X_BITS - 1))
 

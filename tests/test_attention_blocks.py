@@ -45,12 +45,12 @@ def softmax_rows(rng, n, lanes, score_bits=22):
     rows = []
     for i in range(n):
         s = rng.integers(-2 ** score_bits, 2 ** score_bits + 1, lanes)
-        if score_bits == 31 and i % 5 == 1:
-            s[:2] = [-2 ** 31, 2 ** 31 - 1]                # int32 extremes
+        if score_bits == 23 and i % 5 == 1:
+            s[:2] = [-2 ** 23, 2 ** 23 - 1]                # the int24 score port's extremes
         if i % 7 == 0:
             s[:] = s[0]                                    # all scores equal
         if i % 11 == 0:
-            s[rng.integers(lanes)] = min(2 ** score_bits, 2 ** 31 - 1)   # one dominant score
+            s[rng.integers(lanes)] = min(2 ** score_bits, 2 ** 23 - 1)   # one dominant score
         count = int(rng.integers(1, lanes + 1)) if i % 3 else lanes
         m = A.M_INIT if i % 4 == 0 else int(rng.integers(-2 ** 20, 2 ** 20))
         l = 0 if m == A.M_INIT else int(rng.integers(1 << A.P_BITS, 1 << 30))
@@ -72,9 +72,12 @@ def softmax_golden(rows, mult, shift):
 
 @pytest.mark.parametrize("mult,shift,lanes,score_bits", [(40000, 24, 8, 22), (65535, 1, 8, 22), (1, 63, 8, 22),
                                                         (12345, 17, 5, 22), (777, 20, 16, 22),
-                                                        # any int32 score, shifts about the softmax's cap (48)
-                                                        (65535, 46, 4, 31), (65535, 47, 4, 31), (65535, 48, 4, 31),
-                                                        (65535, 63, 4, 31)])
+                                                        # any int24 score (the port; |S| <= 2^22 from the
+                                                        # array), shifts about the softmax's cap (40) and the
+                                                        # two-step shift's boundary (16), saturation
+                                                        (65535, 38, 4, 23), (65535, 39, 4, 23), (65535, 40, 4, 23),
+                                                        (65535, 41, 4, 23), (65535, 63, 4, 23), (65535, 15, 4, 23),
+                                                        (65535, 16, 4, 23), (65535, 2, 4, 23)])
 def test_online_softmax_matches_golden(mult, shift, lanes, score_bits):
     dut = OnlineSoftmax(lanes)
     rows = softmax_rows(np.random.default_rng(mult + shift), 60, lanes, score_bits)
@@ -98,6 +101,18 @@ def test_online_softmax_matches_golden(mult, shift, lanes, score_bits):
     want = softmax_golden(rows, mult, shift)
     for g, w in zip(got, want):
         assert g == w, (g, w)
+
+
+def test_exp2_table_with_two_bits_of_n_is_exp2fix():
+    """The softmax's exp2 (hw/attention/softmax.py): U = EXP2_ROM[(n mod 4, f)], p = ((U >> 4 (n div 4)) + 1) >> 1,
+    0 from n = P_BITS + 2 on, equals golden's exp2fix for every argument up to where it is 0 and past it."""
+    from hw.attention.softmax import EXP2_ROM
+    t = np.arange(1 << (A.FRAC_BITS + 6))
+    n, low = t >> A.FRAC_BITS, t & ((1 << (A.FRAC_BITS + 2)) - 1)
+    rom = np.array(EXP2_ROM)
+    got = np.where(n < A.P_BITS + 2, ((rom[low] >> (4 * (n >> 2))) + 1) >> 1, 0)
+    assert (got == A.exp2fix(t)).all()
+    assert A.exp2fix(t)[(A.P_BITS + 2) * (1 << A.FRAC_BITS) - 1] == 0 and got[(A.P_BITS + 1) << A.FRAC_BITS] == 1
 
 
 @pytest.mark.parametrize("units", [4, 2, 1])

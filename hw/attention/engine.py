@@ -172,7 +172,9 @@ class AttentionEngine(wiring.Component):
         sm_valid, sm_tag = Signal(), Signal(range(R))
         m.d.comb += [self.acc_rd_addr.eq(cmd.s_base + issue_i), st_sm.addr.eq(st_base + issue_i)]
         first = ~cmd.accumulate
-        m.d.comb += [sm.i.valid.eq(sm_valid), sm.i.payload.scores.eq(self.acc_rd_data),
+        # int32 scores into the softmax's int24 lanes (exact: |S| <= 2^22), lane by lane.
+        m.d.comb += [sm.i.payload.scores[j].eq(self.acc_rd_data[j]) for j in range(C)]
+        m.d.comb += [sm.i.valid.eq(sm_valid),
                      sm.i.payload.count.eq(cmd.count), sm.i.payload.tag.eq(sm_tag),
                      sm.i.payload.m.eq(Mux(first, M_INIT, st_sm.data.m)),
                      sm.i.payload.l.eq(Mux(first, 0, st_sm.data.l))]

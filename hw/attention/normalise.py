@@ -104,10 +104,13 @@ class Normaliser(wiring.Component):
         v2, last2, tag2, e2 = stage(v1, "v2"), stage(last1, "last2"), stage(tag1, "tag2"), stage(e1, "e2")
         v3, last3, tag3 = stage(v2, "v3"), stage(last2, "last3"), stage(tag2, "tag3")
         half = (Const(1, unsigned(SUM_BITS + 1)) << e1) >> 1
+        # O r = O 2^16 + O (r - 2^16): r is in (2^16, 2^17], so r - 2^16 is r's low 16 bits with bit 16 = r[17]
+        # (wires), 17 bits unsigned: O (r - 2^16) is 2 DSPs (41 x 18 signed), where O r (41 x 19) was 4.
+        r_lo = Cat(r[:RECIP_BITS - 1], r[RECIP_BITS])
         lo, hi = -(1 << 31), (1 << 31) - 1
         sats = []
         for u in range(U):
-            prod = stage(inp.o[u] * r, f"prod{u}", signed(O_BITS + QUOT_BITS + 1))
+            prod = stage(inp.o[u] * r_lo + (inp.o[u] << RECIP_BITS - 1), f"prod{u}", signed(O_BITS + QUOT_BITS + 1))
             rounded = stage(prod + half, f"rounded{u}", signed(O_BITS + QUOT_BITS + 2))
             shifted = stage(rounded >> e2, f"shifted{u}", signed(O_BITS + QUOT_BITS + 2))
             sats.append(Mux(shifted > hi, hi, Mux(shifted < lo, lo, shifted))[:32])

@@ -39,6 +39,11 @@ def components(cfg) -> dict:
         parts["attention"] = (lambda: AttentionEngine(cfg), "attention engine: softmax, P V array, normaliser, O memories")
         parts["pv_array"] = (lambda: PVArray(cfg.rows, cfg.cols, abits(cfg.attn_max_dim), cfg.pv_preadd),
                              f"attention's P V array {cfg.rows} x {cfg.cols}")
+        from hw.attention.normalise import Normaliser
+        from hw.attention.softmax import OnlineSoftmax
+        parts["softmax"] = (lambda: OnlineSoftmax(cfg.cols), f"attention's online softmax, {cfg.cols} lanes")
+        parts["normaliser"] = (lambda: Normaliser(cfg.cols, cfg.norm_lanes),
+                               f"attention's normaliser, {cfg.norm_lanes} of {cfg.cols} lanes")
     if "conv" in cfg.engines:
         from hw.conv.im2col import Im2colLoader
         parts["conv"] = (lambda: Im2colLoader(cfg), "convolution: the im2col loader (the MACs are the GEMM array's)")
