@@ -9,6 +9,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from golden_model.intattn import MAX_HEAD_DIM
+
 ENGINES = ("gemm", "attention", "conv", "depthwise", "vector", "store_lut", "store_add", "load_t")
 #                 engines the overlay knows of (conv: hw/conv, on the GEMM array; depthwise: hw/conv/depthwise.py, its own datapath; vector: hw/vector,
 #                 element-wise ops; store_lut: a 256 x int8 table per requantiser lane of the GEMM store, GELU fused;
@@ -103,6 +105,9 @@ class OverlayConfig:
                 errors.append(f"attention engine: cols={self.cols} must be a power of two")
             if self.attn_max_dim < self.cols or self.attn_max_dim % self.cols:
                 errors.append(f"attn_max_dim={self.attn_max_dim} must be a positive multiple of cols={self.cols}")
+            if self.attn_max_dim > MAX_HEAD_DIM:
+                # The softmax reads scores as int24, exact only for d <= MAX_HEAD_DIM (golden_model.intattn).
+                errors.append(f"attn_max_dim={self.attn_max_dim} exceeds the attention spec's MAX_HEAD_DIM={MAX_HEAD_DIM}")
         beat = self.axi_data_bits // 8
         if "depthwise" in self.engines:
             if self.dw_lanes not in (1, 2, 4, 8, 16):
