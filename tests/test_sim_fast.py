@@ -437,17 +437,26 @@ def test_timing_is_remembered_by_the_descriptor_bytes():
 
 
 def test_timing_is_remembered_wherever_the_program_is_linked():
-    """The memo's key leaves dram_addr out (the recurrence never reads addresses): an attention and a linear
-    linked at other buffers share their first link's entry, and timed afresh (a plain dict, no digest) they
-    take exactly its cycles, unit counts included."""
+    """The memo's key leaves the addresses out (the recurrence never reads them: dram_addr, and the output and b
+    addresses of the opcodes whose own fields they are): an attention, a linear, a depthwise and a vector
+    program (an add into padded windows: a VECTOR command per run) linked at other buffers share their first
+    link's entry, and timed afresh (a plain dict, no digest: every slot command timed on its own, where the
+    decoded list times each distinct one once) they take exactly its cycles, unit counts included."""
+    from golden_model import intvec
     from sw.backends import cycles as CY
     from sw.backends.sim_attention import AttentionModel
+    from sw.compile.vector import compile_vector
+    from sw.runtime.layout import RowRuns
     from sw.runtime.program import link_words
     cfg = preset("kv260")
     rng = np.random.default_rng(5)
+    x = rand8(rng, (5 * 9, 48))
     progs = [compile_linear(cfg, rand8(rng, (300, 96)), rand8(rng, (96, 64)), None, 1 << 20, 20),
              compile_attention(cfg, *(rand8(rng, (2, n, 64)) for n in (40, 70, 70)),
-                               intattn.AttentionQuant(3000, 14, 1 << 28, 30))]
+                               intattn.AttentionQuant(3000, 14, 1 << 28, 30)),
+             compile_depthwise(cfg, rand8(rng, (40, 8, 8)), rand8(rng, (40, 1, 7, 7)), None, 1 << 20, 20, padding=3),
+             compile_vector(cfg, "add", x, intvec.AddParams(3000, 5000, 12), b=x[::-1].copy(),
+                            runs={"out": RowRuns.windows(5, 9, 4)})]
     for prog in progs:
         raw = prog.image[:len(prog.descriptors) * isa.DESCRIPTOR_BYTES]
         moved = link_words(prog.symbolic, {name: 0x4000_0000 + 0x10_0000 * i + off
@@ -455,8 +464,9 @@ def test_timing_is_remembered_wherever_the_program_is_linked():
         assert not np.array_equal(moved, raw)
         f, g = CY.decode_descriptors(raw), CY.decode_descriptors(moved)
         assert f.digest == g.digest and not np.array_equal(f["dram_addr"], g["dram_addr"])
-        a, b = (CY.simulate(cfg, dict(h), AttentionModel(cfg)) for h in (f, g))
-        assert (a.state, a.cycles, a.counts) == (b.state, b.cycles, b.counts)
+        CY.forget_timings()
+        a, b, c = (CY.simulate(cfg, h, AttentionModel(cfg)) for h in (f, dict(f), dict(g)))
+        assert (a.state, a.cycles, a.counts) == (b.state, b.cycles, b.counts) == (c.state, c.cycles, c.counts)
 
 
 def test_attention_timing_is_remembered_with_the_normaliser_state():
