@@ -148,10 +148,11 @@ def test_row_commands_one_pass_only_where_it_equals_them_in_turn():
 
     def command(src, b, out, n, aux):
         return dict(target=isa.VEC_OPS["ADD"], vec_rows=n, vec_width=0, vec_dim=dim, vec_pitch=pitch // cfg.beat_bytes,
-                    vec_aux=aux, dram_addr=src * pitch, vec_b_addr=b * pitch, vec_out_addr=out * pitch)
+                    vec_aux=aux, dram_addr=int(src * pitch), vec_b_addr=int(b * pitch), vec_out_addr=int(out * pitch))
 
     for commands, one_pass in [([command(0, 10, 20, 3, 3), command(3, 13, 23, 4, 4)], True),
                                ([command(0, 10, 20, 6, 2), command(6, 10, 26, 2, 2)], True),     # b repeated
+                               ([command(0, 10, 20, 3, 3), command(3.5, 13.5, 23.5, 4, 4)], True),  # two grids
                                ([command(0, 10, 20, 3, 3), command(20, 13, 30, 3, 3)], False),   # reads its output
                                ([command(0, 10, 20, 3, 3), command(3, 13, 22, 3, 3)], False),    # outputs meet
                                ([command(0, 10, 0, 3, 3)], False)]:                              # in place

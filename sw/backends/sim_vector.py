@@ -188,10 +188,25 @@ def _overlap(a, wa, b, wb) -> bool:
     return bool(np.any(bs[np.maximum(j, 0)][hit] + wb > a[hit]))
 
 
-def _rows(ddr, addresses, width) -> np.ndarray:
-    """The rows of `width` bytes at `addresses` (a copy): rows on one pitch grid gathered whole."""
-    i = addresses[:, None] + np.arange(width)
-    return ddr[i]
+def _on_grids(ddr, addresses, pitch: int, width: int):
+    """(rows, view) per pitch grid the addresses lie on (their residue mod pitch; a region or segment each):
+    `rows` selects the addresses on it, `view` their rows of `width` bytes as a (k, width) view of DDR
+    (the whole rows gathered or scattered at once, not byte by byte). Addresses in DDR (checked before)."""
+    phase = addresses % pitch
+    for p in np.unique(phase):
+        rows = phase == p
+        at = addresses[rows]
+        lo = int(at.min())
+        view = np.lib.stride_tricks.as_strided(ddr[lo:], ((int(at.max()) - lo) // pitch + 1, width), (pitch, 1))
+        yield rows, view, (at - lo) // pitch
+
+
+def _rows(ddr, addresses, pitch: int, width: int) -> np.ndarray:
+    """The rows of `width` bytes at `addresses` (a copy)."""
+    out = np.empty((len(addresses), width), np.uint8)
+    for rows, view, i in _on_grids(ddr, addresses, pitch, width):
+        out[rows] = view[i]
+    return out
 
 
 def run_rows(cfg, mem: np.ndarray, ddr: np.ndarray, commands: list[dict]) -> bool:
@@ -214,9 +229,10 @@ def run_rows(cfg, mem: np.ndarray, ddr: np.ndarray, commands: list[dict]) -> boo
             return False
     if np.any(np.diff(np.sort(out)) < row_bytes) or any(_overlap(out, row_bytes, r, dim) for r in reads):
         return False
-    x = _rows(ddr, src, dim).view(np.int8)
-    b = _rows(ddr, reads[1], dim).view(np.int8) if op == "ADD" else None
+    x = _rows(ddr, src, pitch, dim).view(np.int8)
+    b = _rows(ddr, reads[1], pitch, dim).view(np.int8) if op == "ADD" else None
     y = np.zeros((len(out), row_bytes), np.uint8)           # the rows' padding to whole beats: zero
     y[:, :dim] = compute(cfg, op, mem, x, b).view(np.uint8)
-    ddr[out[:, None] + np.arange(row_bytes)] = y
+    for rows, view, i in _on_grids(ddr, out, pitch, row_bytes):
+        view[i] = y[rows]
     return True
