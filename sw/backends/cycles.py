@@ -48,7 +48,8 @@ UNITS = ("LOAD", "COMPUTE", "STORE", "ATTENTION")
 
 class Fields(dict):
     """Decoded descriptors, {field: int64 array}, with `digest`: a hash of the packed bytes they came from,
-    dram_addr zeroed (simulate remembers the timing of a list it has timed before, wherever it is linked).
+    addresses zeroed (timing_bytes: simulate remembers the timing of a list it has timed before, wherever
+    it is linked).
     A field is decoded when first read (a remembered list's run reads none); iterating decodes them all.
     `raw`: the packed descriptors with dram_addr zeroed, `addresses` (n, 4) its bytes."""
     digest: bytes | None = None
@@ -104,10 +105,10 @@ class Fields(dict):
         return iter(self.keys())
 
 
-#: The bytes of hw.isa's dram_addr in a descriptor (no other field shares them). The recurrence never reads
-#: an address (DDR moves whole aligned beats: the checks refuse others), so a program relinked to new
-#: buffers times the same: its timing is remembered without them. (The other address fields share bits
-#: with other opcodes' timing fields: kept.)
+#: The recurrence never reads an address (DDR moves whole aligned beats: the checks refuse others), so a
+#: program relinked to new buffers times the same: its timing is remembered without them. dram_addr's bytes
+#: (no other field shares them) are kept apart when decoded; the other address fields share bits with other
+#: opcodes' timing fields, so they are left out on their own opcode's descriptors only (timing_bytes).
 def _bytes_of(name: str) -> slice:
     pos, width = isa.FIELDS[name]
     assert pos % 8 == 0 and width % 8 == 0, name

@@ -3,7 +3,9 @@
 The engine's parameter memory (hw.isa VEC_*: header of scalars, gains, biases, table, RoPE pair
 slots) is a byte array the LOAD VEC descriptors fill; `compute` turns it back into intvec's
 parameter dataclasses and applies the op to the rows. The checked mode (sim_model.exec_vector)
-reads each descriptor's rows from DDR; the fast mode (`fast_job`) one whole call's rows at once.
+reads each descriptor's rows from DDR; the fast mode (`fast_job`) one whole call's rows at once (a call
+of several commands, inputs in segments or output in runs, as one pass over all of them where that equals
+the commands in turn: `run_rows`).
 Rows: sw.runtime.layout.TokenRowLayout (row r at address + r x pitch); each output row is written as
 ceil(D / beat) whole beats, bytes past D zero (the engine zeroes its unused lanes).
 """
