@@ -66,6 +66,9 @@ def test_runs_misuse_is_refused():
         compile_vector(CFG, "add", x, intvec.AddParams(1, 1, 0), b=x[0], runs={"out": runs})
     with pytest.raises(CompileError, match="cannot be placed"):
         compile_vector(CFG, "rescale", x, intvec.RescaleParams(1, 0), runs={"params": runs})
+    ang = np.zeros((H * W, D // 2))           # a command's rows restart RoPE's table: runs on its period only
+    with pytest.raises(CompileError, match="not on its period of 45"):
+        compile_vector(CFG, "rope", x, intvec.RopeParams.make(np.cos(ang), np.sin(ang), 0.05, 0.05), runs={"out": runs})
     assert [runs.row(r) for r in (0, WS - 1, WS, W, 4 * W)] == [0, WS - 1, WS * WS, WS, 3 * WS * WS]
 
 

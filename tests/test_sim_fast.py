@@ -338,6 +338,35 @@ def test_descriptors_packed_at_once_equal_the_scalar_packer():
         assert prog.image[:n * 32].tobytes() == b"".join(isa.pack_descriptor(**d) for d in prog.descriptors)
 
 
+def test_relinks_write_the_addresses_into_the_kept_words():
+    """A compiled list relinked (sw.runtime.program.link_words: its words without addresses kept, the address
+    bytes written) equals the list linked afresh field by field (hw.isa.pack_descriptor), for programs using
+    every address field, at buffers moved about; an address past 32 bits is refused as before."""
+    from golden_model import intvec
+    from sw.compile.vector import compile_vector
+    from sw.runtime.layout import RowRuns
+    from sw.runtime.program import LinkError, link_words
+    cfg = preset("bench16")
+    rng = np.random.default_rng(6)
+    x = rand8(rng, (45, 24))
+    progs = [compile_depthwise(cfg, rand8(rng, (5, 8, 8)), rand8(rng, (5, 1, 7, 7)), None, 1 << 20, 20, padding=3),
+             compile_attention(cfg, rand8(rng, (2, 40, 32)), rand8(rng, (2, 50, 32)), rand8(rng, (2, 50, 32)),
+                               intattn.AttentionQuant(3000, 14, 1 << 28, 30)),
+             compile_vector(cfg, "add", x, intvec.AddParams(3000, 5000, 12), b=x[::-1].copy(),
+                            runs={"out": RowRuns.windows(5, 9, 4)}),
+             compile_linear(cfg, rand8(rng, (40, 300)), rand8(rng, (300, 20)), None, 1 << 20, 20)]
+    for prog in progs:
+        assert type(prog.symbolic).__name__ == "SplitDescriptors"
+        for trial in range(3):
+            at = {name: int(rng.integers(0, 1 << 20)) * 64 for name in prog.regions}
+            want = b"".join(isa.pack_descriptor(**{k: at[v[0]] + v[1] if isinstance(v, tuple) else v
+                                                    for k, v in d.items()}) for d in prog.symbolic)
+            assert link_words(prog.symbolic, at).tobytes() == want
+            assert prog.symbolic._unaddressed[1] is not None              # (the kept words' way)
+        with pytest.raises(LinkError):
+            link_words(prog.symbolic, {name: 1 << 32 for name in prog.regions})
+
+
 def test_a_descriptor_that_does_not_fit_is_named():
     from sw.compile.linear import CompileError, pack_descriptors
     image = np.zeros(4096, np.uint8)
@@ -437,17 +466,26 @@ def test_timing_is_remembered_by_the_descriptor_bytes():
 
 
 def test_timing_is_remembered_wherever_the_program_is_linked():
-    """The memo's key leaves dram_addr out (the recurrence never reads addresses): an attention and a linear
-    linked at other buffers share their first link's entry, and timed afresh (a plain dict, no digest) they
-    take exactly its cycles, unit counts included."""
+    """The memo's key leaves the addresses out (the recurrence never reads them: dram_addr, and the output and b
+    addresses of the opcodes whose own fields they are): an attention, a linear, a depthwise and a vector
+    program (an add into padded windows: a VECTOR command per run) linked at other buffers share their first
+    link's entry, and timed afresh (a plain dict, no digest: every slot command timed on its own, where the
+    decoded list times each distinct one once) they take exactly its cycles, unit counts included."""
+    from golden_model import intvec
     from sw.backends import cycles as CY
     from sw.backends.sim_attention import AttentionModel
+    from sw.compile.vector import compile_vector
+    from sw.runtime.layout import RowRuns
     from sw.runtime.program import link_words
     cfg = preset("kv260")
     rng = np.random.default_rng(5)
+    x = rand8(rng, (5 * 9, 48))
     progs = [compile_linear(cfg, rand8(rng, (300, 96)), rand8(rng, (96, 64)), None, 1 << 20, 20),
              compile_attention(cfg, *(rand8(rng, (2, n, 64)) for n in (40, 70, 70)),
-                               intattn.AttentionQuant(3000, 14, 1 << 28, 30))]
+                               intattn.AttentionQuant(3000, 14, 1 << 28, 30)),
+             compile_depthwise(cfg, rand8(rng, (40, 8, 8)), rand8(rng, (40, 1, 7, 7)), None, 1 << 20, 20, padding=3),
+             compile_vector(cfg, "add", x, intvec.AddParams(3000, 5000, 12), b=x[::-1].copy(),
+                            runs={"out": RowRuns.windows(5, 9, 4)})]
     for prog in progs:
         raw = prog.image[:len(prog.descriptors) * isa.DESCRIPTOR_BYTES]
         moved = link_words(prog.symbolic, {name: 0x4000_0000 + 0x10_0000 * i + off
@@ -455,8 +493,9 @@ def test_timing_is_remembered_wherever_the_program_is_linked():
         assert not np.array_equal(moved, raw)
         f, g = CY.decode_descriptors(raw), CY.decode_descriptors(moved)
         assert f.digest == g.digest and not np.array_equal(f["dram_addr"], g["dram_addr"])
-        a, b = (CY.simulate(cfg, dict(h), AttentionModel(cfg)) for h in (f, g))
-        assert (a.state, a.cycles, a.counts) == (b.state, b.cycles, b.counts)
+        CY.forget_timings()
+        a, b, c = (CY.simulate(cfg, h, AttentionModel(cfg)) for h in (f, dict(f), dict(g)))
+        assert (a.state, a.cycles, a.counts) == (b.state, b.cycles, b.counts) == (c.state, c.cycles, c.counts)
 
 
 def test_attention_timing_is_remembered_with_the_normaliser_state():

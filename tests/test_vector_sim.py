@@ -103,6 +103,68 @@ def test_long_calls_split_into_commands(monkeypatch):
         assert sum(d["opcode"] == isa.OPCODES["VECTOR"] for d in drv.last_programs[0].descriptors) > 1
 
 
+@pytest.mark.parametrize("op", ["layernorm", "lut", "add", "rescale"])
+def test_commands_in_runs_and_segments_fast_equals_checked(op, monkeypatch):
+    """A row op reading its input in segments and writing its output in padded windows (RowRuns: a VECTOR
+    command per run): the fast mode runs the commands as one pass (sim_vector.run_rows), with the same bytes
+    (padding rows and beats included) and cycles as the checked mode's interpreter."""
+    from sw.runtime.layout import RowRuns, TokenRowLayout
+    h, w, ws, d = 5, 9, 4, 24
+    rng = np.random.default_rng(7)
+    _, x, p, kw, want = next(c for c in cases(h * w, d, "random", rng) if c[0] == op and "b" not in c[3] or
+                             c[0] == op and c[3]["b"].ndim == 2)
+    passes = []
+    run_rows = sim_vector.run_rows
+    monkeypatch.setattr(sim_vector, "run_rows", lambda *a: passes.append(run_rows(*a)) or passes[-1])
+    segments = {"in": (20, 25), **({"b": (20, 25)} if "b" in kw else {})}
+    got = {}
+    for mode in ("fast", "checked"):
+        prog = CV.compile_vector(preset("bench16"), op, x, p, **kw, segments=segments,
+                                 runs={"out": RowRuns.windows(h, w, ws)}, base_addr=Driver.BUFFER_BASE)
+        drv = driver("bench16", mode)
+        got[mode] = (drv.run(prog, keep=False), drv.last_run.cycles)
+        runs = RowRuns.windows(h, w, ws)
+        out = TokenRowLayout(runs.size, d, prog.cfg.cols).unpack(got[mode][0][slice(*_span(prog, "out"))])
+        assert np.array_equal(out[[runs.row(r) for r in range(h * w)]], want), (op, mode)
+    assert np.array_equal(got["fast"][0], got["checked"][0]) and got["fast"][1] == got["checked"][1]
+    assert passes == [True]
+
+
+def _span(prog, region):
+    off, size = prog.regions[region]
+    return off, off + size
+
+
+def test_row_commands_one_pass_only_where_it_equals_them_in_turn():
+    """run_rows declines (and changes nothing) where running the commands in turn would differ: a command
+    writing rows a later one reads, or two writing the same bytes; otherwise it equals them in turn."""
+    cfg = preset("bench16")
+    rng = np.random.default_rng(8)
+    pitch, dim = 2 * cfg.cols, 20
+    mem = np.zeros(isa.VEC_PARAM_BYTES, np.uint8)
+    for name, value in (("a_mult", 3000), ("b_mult", 5000), ("add_shift", 12)):
+        o, dt = isa.VEC_HEADER[name]
+        mem[o:o + np.dtype(dt).itemsize] = np.array([value], dt).view(np.uint8)
+
+    def command(src, b, out, n, aux):
+        return dict(target=isa.VEC_OPS["ADD"], vec_rows=n, vec_width=0, vec_dim=dim, vec_pitch=pitch // cfg.beat_bytes,
+                    vec_aux=aux, dram_addr=int(src * pitch), vec_b_addr=int(b * pitch), vec_out_addr=int(out * pitch))
+
+    for commands, one_pass in [([command(0, 10, 20, 3, 3), command(3, 13, 23, 4, 4)], True),
+                               ([command(0, 10, 20, 6, 2), command(6, 10, 26, 2, 2)], True),     # b repeated
+                               ([command(0, 10, 20, 3, 3), command(3.5, 13.5, 23.5, 4, 4)], True),  # two grids
+                               ([command(0, 10, 20, 3, 3), command(20, 13, 30, 3, 3)], False),   # reads its output
+                               ([command(0, 10, 20, 3, 3), command(3, 13, 22, 3, 3)], False),    # outputs meet
+                               ([command(0, 10, 0, 3, 3)], False)]:                              # in place
+        ddr = rng.integers(0, 256, 40 * pitch, dtype=np.uint8)
+        turn = ddr.copy()
+        for c in commands:
+            assert sim_vector.run(cfg, mem, turn, c)
+        before = ddr.copy()
+        assert sim_vector.run_rows(cfg, mem, ddr, commands) == one_pass
+        assert np.array_equal(ddr, turn if one_pass else before)
+
+
 def test_steady_state_reaches_the_bound():
     """The streaming part of long calls runs within 3 % of the slower of the engine's and the DDR port's bounds."""
     rng = np.random.default_rng(3)

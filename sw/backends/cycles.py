@@ -48,7 +48,8 @@ UNITS = ("LOAD", "COMPUTE", "STORE", "ATTENTION")
 
 class Fields(dict):
     """Decoded descriptors, {field: int64 array}, with `digest`: a hash of the packed bytes they came from,
-    dram_addr zeroed (simulate remembers the timing of a list it has timed before, wherever it is linked).
+    addresses zeroed (timing_bytes: simulate remembers the timing of a list it has timed before, wherever
+    it is linked).
     A field is decoded when first read (a remembered list's run reads none); iterating decodes them all.
     `raw`: the packed descriptors with dram_addr zeroed, `addresses` (n, 4) its bytes."""
     digest: bytes | None = None
@@ -104,12 +105,36 @@ class Fields(dict):
         return iter(self.keys())
 
 
-#: The bytes of hw.isa's dram_addr in a descriptor (no other field shares them). The recurrence never reads
-#: an address (DDR moves whole aligned beats: the checks refuse others), so a program relinked to new
-#: buffers times the same: its timing is remembered without them. (The other address fields share bits
-#: with other opcodes' timing fields: kept.)
-_ADDR_BYTES = slice(isa.FIELDS["dram_addr"][0] // 8, (isa.FIELDS["dram_addr"][0] + isa.FIELDS["dram_addr"][1]) // 8)
-assert isa.FIELDS["dram_addr"][0] % 8 == 0 and isa.FIELDS["dram_addr"][1] % 8 == 0
+#: The recurrence never reads an address (DDR moves whole aligned beats: the checks refuse others), so a
+#: program relinked to new buffers times the same: its timing is remembered without them. dram_addr's bytes
+#: (no other field shares them) are kept apart when decoded; the other address fields share bits with other
+#: opcodes' timing fields, so they are left out on their own opcode's descriptors only (timing_bytes).
+def _bytes_of(name: str) -> slice:
+    pos, width = isa.FIELDS[name]
+    assert pos % 8 == 0 and width % 8 == 0, name
+    return slice(pos // 8, (pos + width) // 8)
+
+
+_ADDR_BYTES = _bytes_of("dram_addr")
+#: opcode -> the bytes of the address fields its own field group holds (VECTOR: vec_out_addr, vec_b_addr;
+#: DEPTHWISE: dw_out_addr). Other opcodes read those bits as timing fields, so they are left out of the
+#: timing's key on that opcode's descriptors only.
+_OWN_ADDR_BYTES = {isa.OPCODES[group]: [_bytes_of(n) for n, _, _ in fields if n in isa.ADDRESS_FIELDS]
+                   for _, group, fields in isa.SHARED_GROUPS if group in isa.OPCODES}
+assert isa.FIELDS["opcode"] == (0, 8)
+
+
+def timing_bytes(timed: np.ndarray) -> np.ndarray:
+    """(n, 32) descriptors (dram_addr zeroed) with every other address field zeroed too, on the descriptors
+    of the opcodes that own one: what their timing depends on (a copy where any changed)."""
+    out = timed
+    for code, slices in _OWN_ADDR_BYTES.items():
+        rows = timed[:, 0] == code
+        if slices and rows.any():
+            out = out.copy() if out is timed else out
+            for sl in slices:
+                out[rows, sl] = 0
+    return out
 
 
 def decode_descriptors(raw: np.ndarray) -> Fields:
@@ -119,7 +144,7 @@ def decode_descriptors(raw: np.ndarray) -> Fields:
     addresses = timed[:, _ADDR_BYTES].copy()
     timed[:, _ADDR_BYTES] = 0
     out = Fields(timed, addresses)
-    out.digest = hashlib.blake2b(timed, digest_size=16).digest()
+    out.digest = hashlib.blake2b(timing_bytes(timed), digest_size=16).digest()
     return out
 
 
@@ -198,13 +223,22 @@ def fixed_costs(cfg, f: dict[str, np.ndarray], kind: np.ndarray) -> dict[str, np
                      + STORE_ADD_LATENCY * ("store_add" in cfg.engines))
     dur[st] = (start + (f["tiles_last"] + 1) * cnt * row_beats + STORE_LATENCY)[st]
     # Slot commands (DEPTHWISE, VECTOR): their engine's own duration (sw.engines: Command.cycles).
+    # Descriptors of equal timing bytes take equal cycles: each distinct one timed once (a map in padded
+    # windows is thousands of VECTOR commands equal but for their addresses).
     slot = np.flatnonzero(kind == K_SLOT)
     if slot.size:
         from sw.engines import commands
         names = {v: k for k, v in isa.OPCODES.items()}
-        for i in slot:
-            d = {key: int(v[i]) for key, v in f.items()}
-            dur[i] = commands()[names[d["opcode"]]].cycles(cfg, d)
+        raw = getattr(f, "_raw", None)
+        if raw is not None:
+            keys = np.ascontiguousarray(timing_bytes(raw[slot])).view(np.dtype((np.void, isa.DESCRIPTOR_BYTES)))
+            _, first, inverse = np.unique(keys.reshape(-1), return_index=True, return_inverse=True)
+        else:
+            first = inverse = np.arange(slot.size)
+        columns = {key: v[slot[first]].tolist() for key, v in f.items()}
+        timed = [commands()[names[d["opcode"]]].cycles(cfg, d)
+                 for d in ({key: c[j] for key, c in columns.items()} for j in range(len(first)))]
+        dur[slot] = np.array(timed, np.int64)[inverse.reshape(-1)]
     return dict(dur=dur, rows=rows, period=period, ck=f["k_last"] + 1, tiles=np.maximum(1, cnt))
 
 

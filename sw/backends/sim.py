@@ -20,6 +20,14 @@ class SimBackend(Backend):
     def _write(self, addr, data):
         self.model.ddr[addr:addr + data.size] = data
 
+    def write_rows(self, addr, rows, which):
+        """One scatter (a relink's changed descriptors: thousands of short runs)."""
+        if len(which):
+            w = rows.shape[1]
+            self._check_range(addr + int(which[0]) * w, (int(which[-1]) - int(which[0]) + 1) * w)
+            self.model.ddr[addr:addr + len(rows) * w].reshape(-1, w)[which] = rows[which]
+            self.traffic.to_ddr += len(which) * w
+
     def _read(self, addr, size):
         return self.model.ddr[addr:addr + size].copy()
 

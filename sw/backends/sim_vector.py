@@ -3,7 +3,9 @@
 The engine's parameter memory (hw.isa VEC_*: header of scalars, gains, biases, table, RoPE pair
 slots) is a byte array the LOAD VEC descriptors fill; `compute` turns it back into intvec's
 parameter dataclasses and applies the op to the rows. The checked mode (sim_model.exec_vector)
-reads each descriptor's rows from DDR; the fast mode (`fast_job`) one whole call's rows at once.
+reads each descriptor's rows from DDR; the fast mode (`fast_job`) one whole call's rows at once (a call
+of several commands, inputs in segments or output in runs, as one pass over all of them where that equals
+the commands in turn: `run_rows`).
 Rows: sw.runtime.layout.TokenRowLayout (row r at address + r x pitch); each output row is written as
 ceil(D / beat) whole beats, bytes past D zero (the engine zeroes its unused lanes).
 """
@@ -154,8 +156,85 @@ def fast_job(cfg, ddr, op, at):
     fields = dict(target=isa.VEC_OPS[op["op"]], vec_rows=op["rows"], vec_width=op["width"], vec_dim=op["dim"],
                   vec_pitch=op["pitch"] // cfg.beat_bytes, vec_aux=op["aux"], dram_addr=at.get("in", 0),
                   vec_out_addr=at["out"], vec_b_addr=at.get("b", 0))
-    for src, b, out, n, aux in op.get("pieces") or ():      # inputs in segments: one pass per command's rows
-        run(cfg, mem, ddr, {**fields, "vec_rows": n, "vec_aux": aux, "dram_addr": at[src[0]] + src[1],
-                            "vec_b_addr": at[b[0]] + b[1] if b else 0, "vec_out_addr": at["out"] + out})
-    if not op.get("pieces"):
+    pieces = op.get("pieces")
+    if not pieces:
         run(cfg, mem, ddr, fields)
+        return
+    commands = [{**fields, "vec_rows": n, "vec_aux": aux, "dram_addr": at[src[0]] + src[1],
+                 "vec_b_addr": at[b[0]] + b[1] if b else 0, "vec_out_addr": at["out"] + out}
+                for src, b, out, n, aux in pieces]       # inputs in segments, outputs in runs: a command each
+    if op["op"] not in ROW_OPS or not run_rows(cfg, mem, ddr, commands):
+        for d in commands:
+            run(cfg, mem, ddr, d)
+
+
+#: ops whose output row is a function of its input row alone (and ADD's b row): commands of them run as one
+ROW_OPS = ("LAYERNORM", "LUT", "ADD", "RESCALE")
+
+
+def _row_addresses(starts, counts, pitch, repeat=None) -> np.ndarray:
+    """Each command's rows' addresses, commands' rows in order: row r of a command at start + r pitch
+    (`repeat`: its rows r mod repeat, ADD's b re-read)."""
+    first = np.repeat(np.cumsum(counts) - counts, counts)
+    r = np.arange(int(np.sum(counts))) - first
+    if repeat is not None:
+        r %= np.repeat(repeat, counts)
+    return np.repeat(starts, counts) + r * pitch
+
+
+def _overlap(a, wa, b, wb) -> bool:
+    """Whether any range [a_i, a_i + wa) meets any [b_j, b_j + wb) (addresses' arrays)."""
+    bs = np.sort(b)
+    j = np.searchsorted(bs, a + wa, "left") - 1           # the last b range starting before a's end
+    hit = j >= 0
+    return bool(np.any(bs[np.maximum(j, 0)][hit] + wb > a[hit]))
+
+
+def _on_grids(ddr, addresses, pitch: int, width: int):
+    """(rows, view) per pitch grid the addresses lie on (their residue mod pitch; a region or segment each):
+    `rows` selects the addresses on it, `view` their rows of `width` bytes as a (k, width) view of DDR
+    (the whole rows gathered or scattered at once, not byte by byte). Addresses in DDR (checked before)."""
+    phase = addresses % pitch
+    for p in np.unique(phase):
+        rows = phase == p
+        at = addresses[rows]
+        lo = int(at.min())
+        view = np.lib.stride_tricks.as_strided(ddr[lo:], ((int(at.max()) - lo) // pitch + 1, width), (pitch, 1))
+        yield rows, view, (at - lo) // pitch
+
+
+def _rows(ddr, addresses, pitch: int, width: int) -> np.ndarray:
+    """The rows of `width` bytes at `addresses` (a copy)."""
+    out = np.empty((len(addresses), width), np.uint8)
+    for rows, view, i in _on_grids(ddr, addresses, pitch, width):
+        out[rows] = view[i]
+    return out
+
+
+def run_rows(cfg, mem: np.ndarray, ddr: np.ndarray, commands: list[dict]) -> bool:
+    """VECTOR commands of one row op (ROW_OPS), one parameter memory, as one NumPy pass: every input row
+    read, then every output row written, as the commands one after another do when no command writes a
+    byte a later one reads and no two write the same byte (else False: nothing done, run them in turn);
+    False also when a row falls outside DDR."""
+    d0 = commands[0]
+    op, _, _, pitch, row_bytes = isa.vector_geometry(cfg, d0)
+    dim = d0["vec_dim"]
+    counts = np.array([d["vec_rows"] for d in commands], np.int64)
+    src = _row_addresses(np.array([d["dram_addr"] for d in commands], np.int64), counts, pitch)
+    out = _row_addresses(np.array([d["vec_out_addr"] for d in commands], np.int64), counts, pitch)
+    reads = [src]
+    if op == "ADD":
+        aux = np.maximum(np.array([d["vec_aux"] for d in commands], np.int64), 1)
+        reads.append(_row_addresses(np.array([d["vec_b_addr"] for d in commands], np.int64), counts, pitch, aux))
+    for a, w in [(r, dim) for r in reads] + [(out, row_bytes)]:
+        if a.size and (a.min() < 0 or a.max() + w > len(ddr)):
+            return False
+    if np.any(np.diff(np.sort(out)) < row_bytes) or any(_overlap(out, row_bytes, r, dim) for r in reads):
+        return False
+    x = _rows(ddr, src, pitch, dim).view(np.int8)
+    b = _rows(ddr, reads[1], pitch, dim).view(np.int8) if op == "ADD" else None
+    y = np.zeros((len(out), row_bytes), np.uint8)           # the rows' padding to whole beats: zero
+    y[:, :dim] = compute(cfg, op, mem, x, b).view(np.uint8)
+    for rows, view, i in _on_grids(ddr, out, pitch, row_bytes):
+        view[i] = y[rows]
+    return True

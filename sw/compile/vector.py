@@ -177,7 +177,7 @@ def compile_vector(cfg, op: str, x, p=None, *, b=None, end_x: int | None = None,
              for off, at_mem, size in packed]
     per_row = width if image_op else 1
     segs = _segments(op, segments, image_op or dim != shape[-1], {"in": rows, "b": b_rows}, unit)
-    placed = _runs(op, runs, image_op or dim != shape[-1] or b_rows not in (0, rows), rows, segs)
+    placed = _runs(op, runs, image_op or dim != shape[-1] or b_rows not in (0, rows), rows, segs, unit)
     cuts = sorted({0, rows, *(s for g in segs.values() for s in g.starts),
                    *(s for g in placed.values() for s in g.starts)})
 
@@ -250,9 +250,10 @@ def _segments(op: str, segments: dict | None, whole_rows_only: bool, rows: dict,
     return segs
 
 
-def _runs(op: str, runs: dict | None, refused: bool, rows: int, segs: dict) -> dict:
+def _runs(op: str, runs: dict | None, refused: bool, rows: int, segs: dict, unit: int) -> dict:
     """compile_vector's `runs` checked: row ops on whole rows (b not repeated), not segmented, every row in a
-    run, the runs inside the region."""
+    run, the runs inside the region, each starting on a period of `unit` rows (RoPE's table: a command's
+    rows restart it)."""
     for region, g in (runs or {}).items():
         if region not in ("in", "b", "out") or region in segs or not isinstance(g, RowRuns):
             raise CompileError(f"{op}: region {region!r} cannot be placed in runs (in, b or out, a RowRuns, not "
@@ -264,6 +265,8 @@ def _runs(op: str, runs: dict | None, refused: bool, rows: int, segs: dict) -> d
                 at < 0 or at + n > g.size for _, n, at in g.runs):
             raise CompileError(f"{op}: {region}'s runs do not cover its {rows} rows in order within "
                                f"its {g.size} rows")
+        if any(start % unit for start in g.starts):
+            raise CompileError(f"{op}: {region}'s runs start at rows {g.starts}, not on its period of {unit}")
     return dict(runs or {})
 
 

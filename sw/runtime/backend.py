@@ -79,6 +79,15 @@ class Backend(ABC):
         self._write(addr, data)
         self.traffic.to_ddr += data.size
 
+    def write_rows(self, addr: int, rows: np.ndarray, which: np.ndarray) -> None:
+        """Rows `which` (indices, ascending) of the (n, w) uint8 `rows` at addr + i w: each run of
+        consecutive rows one write."""
+        w = rows.shape[1]
+        edges = np.flatnonzero(np.diff(which) != 1) + 1
+        for run in np.split(which, edges) if len(which) else ():
+            first, end = int(run[0]), int(run[-1]) + 1
+            self.write(addr + first * w, rows[first:end])
+
     def read(self, addr: int, size: int) -> np.ndarray:
         self._check_range(addr, size)
         out = self._read(addr, size)

@@ -84,15 +84,30 @@ def link_words(symbolic, addresses: dict[str, int]) -> np.ndarray:
     """link's packed bytes alone (a SplitDescriptors list relinked from its split)."""
     split = getattr(symbolic, "split", None)
     if split is not None and split[1].keys() <= addresses.keys():
-        words = _relink(split, addresses, len(symbolic))
+        words = _relink(split, addresses, len(symbolic), symbolic)
         if words is not None:
             return words.view(np.uint8).reshape(-1)
     return link(list(symbolic), addresses)[1]        # its errors say which descriptor and why
 
 
-def _relink(split, addresses: dict[str, int], n: int) -> np.ndarray | None:
-    """encode_columns of a split_addresses result with each buffer at addresses[buffer]."""
+def _relink(split, addresses: dict[str, int], n: int, symbolic=None) -> np.ndarray | None:
+    """encode_columns of a split_addresses result with each buffer at addresses[buffer]. A SplitDescriptors
+    list keeps its words without addresses: a relink then writes only the address bytes (None where an
+    address does not fit or takes bits another field of its descriptor holds: encode_columns says)."""
     fixed, moved = split
+    base = _unaddressed(symbolic, split, n) if symbolic is not None else None
+    if base is not None:
+        words, clash = base
+        words = words.copy()
+        raw = words.view(np.uint8).reshape(n, isa.DESCRIPTOR_BYTES)
+        for name, fields in moved.items():
+            for key, (rows, offsets) in fields.items():
+                v = addresses[name] + offsets
+                if np.any((v < 0) | (v >= 1 << 32)) or key not in clash or np.any(clash[key][rows] & (v != 0)):
+                    return None
+                pos, _ = isa.FIELDS[key]
+                raw[rows, pos // 8:pos // 8 + 4] = v.astype("<u4").view(np.uint8).reshape(-1, 4)
+        return words
     cols = dict(fixed)
     for name, fields in moved.items():
         for key, (rows, offsets) in fields.items():
@@ -100,6 +115,52 @@ def _relink(split, addresses: dict[str, int], n: int) -> np.ndarray | None:
                 cols[key] = fixed[key].copy()
             cols[key][rows] = addresses[name] + offsets
     return encode_columns(cols, n)
+
+
+def _unaddressed(symbolic, split, n: int) -> tuple | None:
+    """(the words of `split`'s fixed columns (addresses zero), {address field: the descriptors where it must
+    stay 0: its bits are another field's there}) of a SplitDescriptors list, made once and kept on it; None
+    where a relink must take encode_columns' way (the fixed columns do not encode; a descriptor with moved
+    addresses of two field groups)."""
+    kept = getattr(symbolic, "_unaddressed", None)
+    if kept is not None and kept[0] is split:
+        return kept[1]
+    fixed, moved = split
+    words, made = encode_columns(fixed, n), None
+    zero = np.zeros(n, bool)
+    if words is not None:
+        # The address fields are 32-bit, byte aligned, and in no group's shared bits: each its own bytes
+        # but in a group (DEPTHWISE's, VECTOR's), which a descriptor may use only where it uses no other
+        # and none of the group's shared fields (encode_columns' rule).
+        used = {g: np.any([fixed[f] != 0 for f, _, _ in fs if f in fixed] or [zero], axis=0)
+                for _, g, fs in isa.SHARED_GROUPS}
+        groups = sum(used.values(), np.zeros(n, np.int64))
+        clash, owner = {}, {}
+        for key in isa.ADDRESS_FIELDS:
+            pos, width = isa.FIELDS[key]
+            assert pos % 8 == 0 and width == 32 and not any(key in sh for sh, _, _ in isa.SHARED_GROUPS)
+            group = next((g for _, g, fs in isa.SHARED_GROUPS if key in (f for f, _, _ in fs)), None)
+            if group is None:
+                clash[key] = zero
+                continue
+            shares = next(sh for sh, g, _ in isa.SHARED_GROUPS if g == group)
+            shared = np.any([fixed[f] != 0 for f in shares if f in fixed] or [zero], axis=0)
+            clash[key] = shared | (groups - used[group] > 0)
+            owner[key] = group
+        mixed = np.zeros(n, np.int64)
+        for group in set(owner.values()):
+            rows = [r for fields in moved.values() for key, (r, _) in fields.items() if owner.get(key) == group]
+            if rows:
+                hit = np.zeros(n, bool)
+                hit[np.concatenate(rows)] = True
+                mixed += hit
+        if not np.any(mixed > 1):
+            made = (words, clash)
+    try:
+        symbolic._unaddressed = (split, made)
+    except AttributeError:             # (a plain list: made again next time)
+        pass
+    return made
 
 
 def split_addresses(symbolic) -> tuple | None:

@@ -157,11 +157,10 @@ def _write_changed(backend, addr: int, raw: np.ndarray, old: np.ndarray | None) 
         backend.write(addr, raw)
         return raw.size
     d = isa.DESCRIPTOR_BYTES
-    changed = np.any(raw.reshape(-1, d) != old.reshape(-1, d), axis=1)
-    edges = np.flatnonzero(np.diff(np.concatenate(([0], changed.view(np.int8), [0]))))
-    for first, end in zip(edges[::2], edges[1::2]):
-        backend.write(addr + first * d, raw[first * d:end * d])
-    return int(changed.sum()) * d
+    rows = raw.reshape(-1, d)
+    changed = np.flatnonzero(np.any(rows != old.reshape(-1, d), axis=1))
+    backend.write_rows(addr, rows, changed)
+    return len(changed) * d
 
 
 @dataclass
