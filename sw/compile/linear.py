@@ -33,6 +33,7 @@ import numpy as np
 
 from golden_model.intops import MAX_K, token_tiles
 from hw import isa
+from sw.runtime.program import Emitter, frozen
 
 ALIGN = 4096
 #: The most descriptors of one unit a run may hold: the wait counts are 16-bit (hw.isa wait_* fields).
@@ -199,7 +200,7 @@ def compile_linear(cfg, a, b, bias, multiplier=None, shift=None, *, relu=False, 
         image[offsets["res"][0]:offsets["res"][0] + res.size] = res.reshape(-1).view(np.uint8)
     op = dict(kind="linear", m=M, k=K, mt=mt, nt=nt, a_stride=a_stride, b_stride=b_stride, relu=relu,
               out_int32=out_int32, lut=table is not None, add=residual is not None, a_rows=bool(a_rows))
-    return Program(cfg, M, K, N, out_int32, image, list(raw), dict(offsets), macs=M * K * N, base_addr=base_addr,
+    return Program(cfg, M, K, N, out_int32, image, frozen(raw), dict(offsets), macs=M * K * N, base_addr=base_addr,
                    symbolic=sym, op=op, runs=runs and list(runs))
 
 
@@ -251,7 +252,7 @@ def _fastest_blocking(cfg, K: int, mt: int, nt: int, a_rows: bool = False) -> tu
         # uncached: the candidates' plans would push the model's own shapes out of _linear_plan's cache
         plan = _linear_plan.__wrapped__(cfg, m, min(K, 3 * kc), n, False, False, False, False, 0, 1 << 40,
                                         blocking=(mb, nb, kc), a_rows=a_rows)
-        per_mac = cycles_only(cfg, list(plan[4]), plan[5]) / (m * n * min(K, 3 * kc))
+        per_mac = cycles_only(cfg, plan[1], plan[5]) / (m * n * min(K, 3 * kc))
         key = (per_mac, traffic[mb, nb, kc])
         if best is None or key < best[0]:
             best = (key, (mb, nb, kc))
@@ -392,7 +393,7 @@ def _linear_plan(cfg, M: int, K: int, N: int, relu: bool, out_int32: bool, fused
     sym, raw = pack_descriptors(descs, image, offsets, base_addr, "split the layer")
     head = image[:offsets["descriptors"][1]].copy()
     head.flags.writeable = False
-    return (offsets, head, image.size, SplitDescriptors.of(sym), tuple(raw), runs and tuple(runs), mt, nt, a_stride,
+    return (offsets, head, image.size, SplitDescriptors.of(sym), frozen(raw), runs and tuple(runs), mt, nt, a_stride,
             b_stride)
 
 
@@ -518,11 +519,11 @@ def split_runs(ops: list[dict], limit: int = None) -> list[list[dict]]:
 
 def schedule_runs(ops: list[dict], R: int, relu: bool, out_int32: bool):
     """`schedule` per run of `split_runs`: (all descriptors in order, (first, count) per run or None for one)."""
-    descs, runs = [], []
+    descs, runs = Emitter(), []
     for run in split_runs(ops):
-        part = schedule(run, R, relu, out_int32)
-        runs.append((len(descs), len(part)))
-        descs += part
+        first = len(descs)
+        schedule(run, R, relu, out_int32, out=descs)
+        runs.append((first, len(descs) - first))
     return descs, (runs if len(runs) > 1 else None)
 
 
@@ -582,7 +583,7 @@ class LoadWindows:
         return at
 
 
-def schedule(ops: list[dict], R: int, relu: bool, out_int32: bool) -> list[dict]:
+def schedule(ops: list[dict], R: int, relu: bool, out_int32: bool, out: Emitter | None = None) -> Emitter:
     """Descriptors in dispatch order with exact waits, for the GEMM and conv compilers.
 
     ops: COMPUTEs in order, each with the loads it needs ("loads": target, src, count, sp,
@@ -592,15 +593,29 @@ def schedule(ops: list[dict], R: int, relu: bool, out_int32: bool) -> list[dict]
     its operands "a"/"b" (resources), "acc" region, "accumulate", optional "tiles" (COMPUTE.count:
     tiles back to back) with their "acc_regions", and an optional "store" (rows, acc, param,
     p = its PARAM resource, dst, stride, optional "fields" and "acc_regions").
+    Appended to `out` (a new Emitter by default): each descriptor's fields in the order of its dict before
+    the Emitter (opcode, ..., its "fields", wait_load, wait_compute, wait_store, dram_addr).
     """
-    descs: list[dict] = []
+    descs = Emitter() if out is None else out
     counts = {"LOAD": 0, "COMPUTE": 0, "STORE": 0}
     last_reader: dict = {}    # resource -> (unit, completion count needed) of its last user
     acc_free: dict = {}       # acc region -> stores_done needed before overwriting
+    LOAD, COMPUTE, STORE = (isa.OPCODES[u] for u in ("LOAD", "COMPUTE", "STORE"))
+    waits_of = {"LOAD": lambda n: (n, 0, 0), "COMPUTE": lambda n: (0, n, 0), "STORE": lambda n: (0, 0, n)}
+    relu, out_int32 = int(relu), int(out_int32)
+    keys_of: dict = {}        # (descriptor kind, its extra fields' names) -> its keys
 
-    def emit(d, waits):
-        descs.append(dict(d, wait_load=waits.get("LOAD", 0), wait_compute=waits.get("COMPUTE", 0),
-                          wait_store=waits.get("STORE", 0)))
+    def keys(kind, head, extra, tail=_WAIT_KEYS):
+        k = keys_of.get((kind, extra))
+        if k is None:
+            k = keys_of[(kind, extra)] = head + extra + tail
+        return k
+
+    def put(keys, values, addr):
+        if type(addr) is tuple:
+            descs.add_at(keys, values, *addr)
+        else:                                     # a number: an address field like any other
+            descs.add(keys + ("dram_addr",), values + (addr,))
 
     # Each load goes right after the compute that follows its hazard (the last compute
     # using its half, or for parameters the last store using them): early enough to be
@@ -627,18 +642,22 @@ def schedule(ops: list[dict], R: int, relu: bool, out_int32: bool) -> list[dict]
                 last_user[res] = j
 
     def emit_bucket(pos):
-        for ld in buckets.get(pos, []):
+        for ld in buckets.get(pos, ()):
             unit, cnt = last_reader.get(ld["res"], ("COMPUTE", 0))
             counts["LOAD"] += 1
             ld["done_at"] = counts["LOAD"]
-            emit(dict(opcode="LOAD", target=ld["target"], src=ld["src"], count=ld["count"], sp_addr=ld["sp"],
-                      **ld.get("fields", {})), {unit: cnt})
+            fields = ld.get("fields") or _NONE
+            target = ld["target"]
+            put(keys("LOAD", _LOAD_KEYS, tuple(fields)),
+                (LOAD, isa.TARGETS[target] if type(target) is str else target, ld["count"], ld["sp"],
+                 *fields.values(), *waits_of[unit](cnt)), ld["src"])
 
     def emit_store(st, compute_done, load_done):
         counts["STORE"] += 1
-        emit(dict(opcode="STORE", count=st["rows"], sp_addr=st["acc"] * R, param_addr=st["param"],
-                  relu=int(relu), out_int32=int(out_int32), dst=st["dst"], stride=st["stride"],
-                  **st.get("fields", {})), {"COMPUTE": compute_done, "LOAD": load_done})
+        fields = st.get("fields") or _NONE
+        put(keys("STORE", _STORE_KEYS, tuple(fields)),
+            (STORE, st["rows"], st["acc"] * R, st["param"], relu, out_int32, st["stride"], *fields.values(),
+             load_done, compute_done, 0), st["dst"])
         for region in st.get("acc_regions", [st["acc"]]):
             acc_free[region] = counts["STORE"]
         for res in (st["p"], *st.get("uses", ())):
@@ -653,9 +672,9 @@ def schedule(ops: list[dict], R: int, relu: bool, out_int32: bool) -> list[dict]
                  "STORE": max(acc_free.get(r, 0) for r in regions) if not op["accumulate"] else 0}
         counts["COMPUTE"] += 1
         op["done_at"] = counts["COMPUTE"]
-        tiles = {"count": op["tiles"]} if op.get("tiles", 1) > 1 else {}
-        emit(dict(opcode="COMPUTE", sp_addr=op["a_base"], b_base=op["b_base"], k_last=op["k_last"],
-                  acc_base=op["acc"] * R, accumulate=op["accumulate"], **tiles), waits)
+        tiles = (op["tiles"],) if op.get("tiles", 1) > 1 else ()
+        descs.add(_COMPUTE_KEYS[len(tiles)], (COMPUTE, op["a_base"], op["b_base"], op["k_last"], op["acc"] * R,
+                                              op["accumulate"], *tiles, waits["LOAD"], 0, waits["STORE"]))
         last_reader[op["a"]] = ("COMPUTE", op["done_at"])
         last_reader[op["b"]] = ("COMPUTE", op["done_at"])
         if pending is not None:
@@ -668,14 +687,37 @@ def schedule(ops: list[dict], R: int, relu: bool, out_int32: bool) -> list[dict]
     return descs
 
 
+_NONE: dict = {}
+_WAIT_KEYS = ("wait_load", "wait_compute", "wait_store")
+_LOAD_KEYS = ("opcode", "target", "count", "sp_addr")
+_STORE_KEYS = ("opcode", "count", "sp_addr", "param_addr", "relu", "out_int32", "stride")
+_COMPUTE_KEYS = tuple(("opcode", "sp_addr", "b_base", "k_last", "acc_base", "accumulate", *tiles, *_WAIT_KEYS)
+                      for tiles in ((), ("count",)))
+
+
 def pack_descriptors(descs: list[dict], image: np.ndarray, offsets: dict, base_addr: int,
-                     hint: str) -> tuple[list[dict], list[dict]]:
+                     hint: str) -> tuple:
     """Encode descriptors (symbolic opcode, target; addresses as ("region", offset), `src`/`dst`
     standing for dram_addr) into the image's descriptor area, the image placed at base_addr.
-    Returns (symbolic fields, numeric fields). hint: what to do when one does not fit."""
-    from sw.runtime.program import LinkError, SplitDescriptors, link
+    Returns (symbolic fields, numeric fields): sw.runtime.program.ColumnDescriptors, the fields as columns
+    (the dicts made only when read). hint: what to do when one does not fit."""
+    from sw.runtime.program import ColumnDescriptors, LinkError, SplitDescriptors, encode_columns, link
+    addresses = {name: base_addr + off for name, (off, _) in offsets.items()}
+    emitted = isinstance(descs, Emitter)
+    symbolic = descs.columns() if emitted else ColumnDescriptors.of_compiled(descs)
+    if symbolic is not None and symbolic.split[1].keys() <= addresses.keys():
+        numeric = symbolic.resolved(addresses)
+        words = encode_columns(numeric.split[0], len(numeric))
+        if words is not None:
+            raw = words.view(np.uint8).reshape(-1)
+            image[:raw.size] = raw
+            return symbolic, numeric
+    # something does not fit (or is not a number): the dict path says which descriptor and why
     symbolic = []
-    for d in descs:
+    for d in descs.dicts() if emitted else descs:
+        if emitted:
+            symbolic.append({k: v for k, v in d.items() if k in isa.FIELDS})
+            continue
         fields = {k: v for k, v in d.items() if k in isa.FIELDS}
         fields["opcode"] = isa.OPCODES[d["opcode"]]
         if isinstance(d.get("target"), str):
@@ -684,9 +726,9 @@ def pack_descriptors(descs: list[dict], image: np.ndarray, offsets: dict, base_a
             if key in d:
                 fields["dram_addr"] = d[key]
         symbolic.append(fields)
-    symbolic = SplitDescriptors.of(symbolic)      # addresses split out once: this link and every relink use it
+    symbolic = SplitDescriptors.of(symbolic)
     try:
-        numeric, raw = link(symbolic, {name: base_addr + off for name, (off, _) in offsets.items()})
+        numeric, raw = link(symbolic, addresses)
     except LinkError as e:
         raise CompileError(f"{e} (does not fit the format); {hint}") from None
     image[:raw.size] = raw
