@@ -597,25 +597,13 @@ def schedule(ops: list[dict], R: int, relu: bool, out_int32: bool, out: Emitter 
     the Emitter (opcode, ..., its "fields", wait_load, wait_compute, wait_store, dram_addr).
     """
     descs = Emitter() if out is None else out
-    counts = {"LOAD": 0, "COMPUTE": 0, "STORE": 0}
+    add, add_at = descs.add, descs.add_at
     last_reader: dict = {}    # resource -> (unit, completion count needed) of its last user
     acc_free: dict = {}       # acc region -> stores_done needed before overwriting
     LOAD, COMPUTE, STORE = (isa.OPCODES[u] for u in ("LOAD", "COMPUTE", "STORE"))
-    waits_of = {"LOAD": lambda n: (n, 0, 0), "COMPUTE": lambda n: (0, n, 0), "STORE": lambda n: (0, 0, n)}
     relu, out_int32 = int(relu), int(out_int32)
-    keys_of: dict = {}        # (descriptor kind, its extra fields' names) -> its keys
-
-    def keys(kind, head, extra, tail=_WAIT_KEYS):
-        k = keys_of.get((kind, extra))
-        if k is None:
-            k = keys_of[(kind, extra)] = head + extra + tail
-        return k
-
-    def put(keys, values, addr):
-        if type(addr) is tuple:
-            descs.add_at(keys, values, *addr)
-        else:                                     # a number: an address field like any other
-            descs.add(keys + ("dram_addr",), values + (addr,))
+    load_keys: dict = {(): _LOAD_KEYS + _WAIT_KEYS}      # extra fields' names -> a LOAD's keys
+    store_keys: dict = {(): _STORE_KEYS + _WAIT_KEYS}    # ... a STORE's
 
     # Each load goes right after the compute that follows its hazard (the last compute
     # using its half, or for parameters the last store using them): early enough to be
@@ -641,49 +629,80 @@ def schedule(ops: list[dict], R: int, relu: bool, out_int32: bool, out: Emitter 
             for res in (op["store"]["p"], *op["store"].get("uses", ())):
                 last_user[res] = j
 
-    def emit_bucket(pos):
-        for ld in buckets.get(pos, ()):
+    def put(keys, values, addr):
+        if type(addr) is tuple:
+            add_at(keys, values, *addr)
+        else:                                     # a number: an address field like any other
+            add(keys + ("dram_addr",), values + (addr,))
+
+    def emit_loads(bucket, n_load):
+        """The loads of a bucket, LOADs n_load + 1 ...; the LOADs done after them."""
+        for ld in bucket:
             unit, cnt = last_reader.get(ld["res"], ("COMPUTE", 0))
-            counts["LOAD"] += 1
-            ld["done_at"] = counts["LOAD"]
-            fields = ld.get("fields") or _NONE
+            n_load += 1
+            ld["done_at"] = n_load
+            waits = (cnt, 0, 0) if unit == "LOAD" else (0, cnt, 0) if unit == "COMPUTE" else (0, 0, cnt)
             target = ld["target"]
-            put(keys("LOAD", _LOAD_KEYS, tuple(fields)),
-                (LOAD, isa.TARGETS[target] if type(target) is str else target, ld["count"], ld["sp"],
-                 *fields.values(), *waits_of[unit](cnt)), ld["src"])
+            target = isa.TARGETS[target] if type(target) is str else target
+            fields = ld.get("fields")
+            if fields:
+                names = tuple(fields)
+                keys = load_keys.get(names) or load_keys.setdefault(names, _LOAD_KEYS + names + _WAIT_KEYS)
+                put(keys, (LOAD, target, ld["count"], ld["sp"], *fields.values(), *waits), ld["src"])
+            else:
+                put(load_keys[()], (LOAD, target, ld["count"], ld["sp"], *waits), ld["src"])
+        return n_load
 
-    def emit_store(st, compute_done, load_done):
-        counts["STORE"] += 1
-        fields = st.get("fields") or _NONE
-        put(keys("STORE", _STORE_KEYS, tuple(fields)),
-            (STORE, st["rows"], st["acc"] * R, st["param"], relu, out_int32, st["stride"], *fields.values(),
-             load_done, compute_done, 0), st["dst"])
-        for region in st.get("acc_regions", [st["acc"]]):
-            acc_free[region] = counts["STORE"]
+    def emit_store(st, compute_done, load_done, n_store):
+        """op's STORE, the n_store-th."""
+        fields = st.get("fields")
+        names = tuple(fields) if fields else ()
+        keys = store_keys.get(names) or store_keys.setdefault(names, _STORE_KEYS + names + _WAIT_KEYS)
+        put(keys, (STORE, st["rows"], st["acc"] * R, st["param"], relu, out_int32, st["stride"],
+                   *(fields.values() if fields else ()), load_done, compute_done, 0), st["dst"])
+        regions = st.get("acc_regions")
+        if regions is None:
+            acc_free[st["acc"]] = n_store
+        else:
+            for region in regions:
+                acc_free[region] = n_store
         for res in (st["p"], *st.get("uses", ())):
-            prev = last_reader.get(res, ("STORE", 0))
-            last_reader[res] = ("STORE", max(counts["STORE"], prev[1] if prev[0] == "STORE" else 0))
+            prev = last_reader.get(res)
+            last_reader[res] = ("STORE", n_store if prev is None or prev[0] != "STORE" else max(n_store, prev[1]))
 
-    emit_bucket(-1)
+    n_load = emit_loads(buckets.get(-1, ()), 0)
+    n_store = 0
     pending = None
     for i, op in enumerate(ops):
-        regions = op.get("acc_regions", [op["acc"]])
-        waits = {"LOAD": max([ld["done_at"] for ld in op["loads"] if not ld.get("store_only")], default=0),
-                 "STORE": max(acc_free.get(r, 0) for r in regions) if not op["accumulate"] else 0}
-        counts["COMPUTE"] += 1
-        op["done_at"] = counts["COMPUTE"]
-        tiles = (op["tiles"],) if op.get("tiles", 1) > 1 else ()
-        descs.add(_COMPUTE_KEYS[len(tiles)], (COMPUTE, op["a_base"], op["b_base"], op["k_last"], op["acc"] * R,
-                                              op["accumulate"], *tiles, waits["LOAD"], 0, waits["STORE"]))
-        last_reader[op["a"]] = ("COMPUTE", op["done_at"])
-        last_reader[op["b"]] = ("COMPUTE", op["done_at"])
+        wait_load = store_loads = 0
+        for ld in op["loads"]:
+            if ld.get("store_only"):
+                store_loads = max(store_loads, ld["done_at"])
+            else:
+                wait_load = max(wait_load, ld["done_at"])
+        if op["accumulate"]:
+            wait_store = 0
+        else:
+            regions = op.get("acc_regions")
+            wait_store = acc_free.get(op["acc"], 0) if regions is None else max(acc_free.get(r, 0) for r in regions)
+        op["done_at"] = done = i + 1                 # (COMPUTEs done: one per op)
+        tiles = op.get("tiles", 1)
+        if tiles > 1:
+            add(_COMPUTE_KEYS[1], (COMPUTE, op["a_base"], op["b_base"], op["k_last"], op["acc"] * R,
+                                   op["accumulate"], tiles, wait_load, 0, wait_store))
+        else:
+            add(_COMPUTE_KEYS[0], (COMPUTE, op["a_base"], op["b_base"], op["k_last"], op["acc"] * R,
+                                   op["accumulate"], wait_load, 0, wait_store))
+        last_reader[op["a"]] = last_reader[op["b"]] = ("COMPUTE", done)
         if pending is not None:
-            emit_store(*pending)      # after the next COMPUTE: the store overlaps it
-        store_loads = max([ld["done_at"] for ld in op["loads"] if ld.get("store_only")], default=0)
-        pending = (op["store"], op["done_at"], store_loads) if op["store"] else None
-        emit_bucket(i)
+            n_store += 1
+            emit_store(*pending, n_store)      # after the next COMPUTE: the store overlaps it
+        pending = (op["store"], done, store_loads) if op["store"] else None
+        bucket = buckets.get(i)
+        if bucket:
+            n_load = emit_loads(bucket, n_load)
     if pending is not None:
-        emit_store(*pending)
+        emit_store(*pending, n_store + 1)
     return descs
 
 

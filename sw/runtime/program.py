@@ -320,8 +320,8 @@ class Emitter:
     key. Descriptors of the same keys are kept together and turned into columns at once (`columns`)."""
 
     def __init__(self):
-        self._plain: dict[tuple, tuple[list, list]] = {}      # keys -> (rows, values)
-        self._at: dict[tuple, tuple[list, list, list, list]] = {}   # keys -> (rows, values, buffers, offsets)
+        self._plain: dict[tuple, list] = {}     # keys -> [(row, values)]
+        self._at: dict[tuple, list] = {}        # keys -> [(row, values, buffer, offset)]
         self._blocks: list[tuple] = []          # (keys, rows, values (rows x keys), buffers, offsets or None)
         self.n = 0
 
@@ -342,19 +342,15 @@ class Emitter:
     def add(self, keys: tuple, values: tuple) -> None:
         kind = self._plain.get(keys)
         if kind is None:
-            kind = self._plain[keys] = ([], [])
-        kind[0].append(self.n)
-        kind[1].append(values)
+            kind = self._plain[keys] = []
+        kind.append((self.n, values))
         self.n += 1
 
     def add_at(self, keys: tuple, values: tuple, buffer: str, offset: int) -> None:
         kind = self._at.get(keys)
         if kind is None:
-            kind = self._at[keys] = ([], [], [], [])
-        kind[0].append(self.n)
-        kind[1].append(values)
-        kind[2].append(buffer)
-        kind[3].append(offset)
+            kind = self._at[keys] = []
+        kind.append((self.n, values, buffer, offset))
         self.n += 1
 
     def columns(self) -> ColumnDescriptors | None:
@@ -364,8 +360,9 @@ class Emitter:
         cols: dict[str, np.ndarray] = {}
         where: dict[str, dict[str, list]] = {}
         kinds, kind = [], np.zeros(n, np.intp)
-        groups = [(keys, rows, values, None) for keys, (rows, values) in self._plain.items()]
-        groups += [(keys, rows, values, (buffers, offsets)) for keys, (rows, values, buffers, offsets) in self._at.items()]
+        groups = [(keys, *zip(*kind), None) for keys, kind in self._plain.items()]
+        groups += [(keys, rows, values, (buffers, offsets))
+                   for keys, (rows, values, buffers, offsets) in ((k, zip(*kind)) for k, kind in self._at.items())]
         blocks: dict[tuple, list] = {}          # (keys, with addresses) -> their blocks, put together
         for keys, rows, values, buffers, offsets in self._blocks:
             blocks.setdefault((keys, buffers is not None), []).append((rows, values, buffers, offsets))
@@ -406,11 +403,11 @@ class Emitter:
     def dicts(self) -> list[dict]:
         """The descriptors as symbolic dicts (the slow path's: it says which does not fit and why)."""
         out: list = [None] * self.n
-        for keys, (rows, values) in self._plain.items():
-            for j, v in zip(rows, values):
+        for keys, kind in self._plain.items():
+            for j, v in kind:
                 out[j] = dict(zip(keys, v))
-        for keys, (rows, values, buffers, offsets) in self._at.items():
-            for j, v, b, o in zip(rows, values, buffers, offsets):
+        for keys, kind in self._at.items():
+            for j, v, b, o in kind:
                 out[j] = {**dict(zip(keys, v)), "dram_addr": (b, o)}
         for keys, rows, values, buffers, offsets in self._blocks:
             for i, (j, v) in enumerate(zip(rows.tolist(), values.tolist())):
