@@ -45,9 +45,10 @@ class CompileError(ValueError):
     """The layer does not fit this overlay configuration (the message says why)."""
 
 
-#: Descriptors the plan caches (_linear_plan, sw.compile.attention's) hold at most, all plans together, ~1.3 KB
-#: each (~520 MB): every plan of a 256 px video track (~210,000); of a 1024 px image's 1.1 million the recent.
-PLAN_CACHE_DESCRIPTORS = 400_000
+#: Descriptors the plan caches (_linear_plan, sw.compile.attention's) hold at most, all plans together, ~190 bytes
+#: each as columns (sw.runtime.program.ColumnDescriptors; ~380 MB): every plan of a 256 px video track (~210,000)
+#: and of a 1024 px image (~1.9 million packed, the vector engine's included).
+PLAN_CACHE_DESCRIPTORS = 2_000_000
 
 
 def plan_cache(fn):
