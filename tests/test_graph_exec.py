@@ -39,9 +39,32 @@ def test_sim_every_node_bit_exact_with_intinterp(scaled):
     assert ex.table().count(" yes ") == len(recs)
 
 
-def test_bench16_segment_equals_int8_host_node_by_node(scaled):
+def _programs(result):
+    """The programs in a compiler's result (a program, or lists and tuples holding them)."""
+    if isinstance(result, (list, tuple)):
+        return [p for r in result for p in _programs(r)]
+    return [result] if hasattr(result, "symbolic") else []
+
+
+def test_bench16_segment_equals_int8_host_node_by_node(scaled, monkeypatch):
     """bench16 places every engine op kind of the image path on the overlay; the predictor on the executor
-    gives the `--precision int8` masks, scores and logits bit for bit, and every node equals intinterp's."""
+    gives the `--precision int8` masks, scores and logits bit for bit, and every node equals intinterp's.
+    Every program it compiles (descriptors emitted as columns: sw.runtime.program.Emitter) packs to the bytes
+    hw.isa.pack_descriptor makes of its descriptors one by one, relinks as its descriptor dicts do, and each
+    attention's equals the one its Python schedule makes without replaying groups (REPLAY_GROUPS)."""
+    from hw import isa
+    from sw.compile import attention as attention_compiler
+    from sw.compile import linear as linear_compiler
+    from sw.runtime import compile_cache
+    from sw.runtime.program import ColumnDescriptors, link, link_words
+    compiled = []
+    get = compile_cache.CompileCache.get
+
+    def recording(self, owner, compiler, *args, **kwargs):
+        result = get(self, owner, compiler, *args, **kwargs)
+        compiled.append((compiler, args, kwargs, result))
+        return result
+    monkeypatch.setattr(compile_cache.CompileCache, "get", recording)
     cfg = preset("bench16")
     qm = _quantised(scaled, cfg)
     ex = GraphExecutor(qm, cfg, "sim", read_back=True)
@@ -77,6 +100,24 @@ def test_bench16_segment_equals_int8_host_node_by_node(scaled):
     b_bytes = cfg.cols // m * c * m              # B's diagonal blocks: C / m copies of the c x m tokens (the zeros
     assert relayed["masks"] == logits + b_bytes  # written once a session)
     assert ex.records["masks"].own_bytes == logits + min(b_bytes, m * c * 4)    # at most the float tokens' bytes
+
+    programs = [p for *_, result in compiled for p in _programs(result)]
+    assert {type(p).__name__ for p in programs} >= {"Program", "AttentionProgram", "VectorProgram"}, {type(p).__name__ for p in programs}
+    assert sum(isinstance(p.symbolic, ColumnDescriptors) for p in programs) > len(programs) // 2
+    for prog in programs:
+        n = len(prog.descriptors)
+        assert prog.image[:n * isa.DESCRIPTOR_BYTES].tobytes() == b"".join(
+            isa.pack_descriptor(**d) for d in prog.descriptors)
+        where = {r: 0x100_0000 + 0x10_0000 * i for i, r in enumerate(reversed(list(prog.regions)))}
+        assert np.array_equal(link_words(prog.symbolic, where), link([dict(d) for d in prog.symbolic], where)[1])
+    monkeypatch.setattr(attention_compiler, "REPLAY_GROUPS", False)
+    linear_compiler._PLANS.clear()
+    attentions = [(c, a, k, r) for c, a, k, r in compiled if any(hasattr(p, "slots") for p in _programs(r))]
+    assert attentions
+    for compiler, args, kwargs, result in attentions:
+        for kept, again in zip(_programs(result), _programs(compiler(*args, **kwargs)), strict=True):
+            assert np.array_equal(kept.image, again.image) and kept.descriptors == again.descriptors
+            assert [list(d.items()) for d in kept.symbolic] == [list(d.items()) for d in again.symbolic]
 
 
 def test_element_wise_rows_wider_than_the_engine():

@@ -11,7 +11,7 @@ from sw.compile.linear import compile_linear
 from sw.runtime.arena import ALIGN, Arena, ArenaFull
 from sw.runtime.backend import AcceleratorError, open_backend
 from sw.runtime.chain import Chain, ChainSpec, ChainWeights
-from sw.runtime.program import LinkError, link, link_words
+from sw.runtime.program import ColumnDescriptors, LinkError, link, link_words
 from sw.runtime.session import Session
 from tests.conftest import mid_overlay
 
@@ -161,8 +161,8 @@ def test_link_places_buffers_anywhere_and_checks_use_the_buffer_table():
     assert raw.size == 32 * len(prog.symbolic)
     with pytest.raises(LinkError, match="names buffer 'out', which is not bound"):
         link(prog.symbolic, {r: a for r, a in far.items() if r != "out"})
-    # The tuple a compiled linear shares with its shape's programs relinks in NumPy to the same bytes.
-    assert isinstance(prog.symbolic, tuple)
+    # The columns a compiled linear shares with its shape's programs relink in NumPy to the same bytes.
+    assert isinstance(prog.symbolic, ColumnDescriptors)
     for where in (far, {r: 0x20_0000 + 0x1000 * i for i, r in enumerate(reversed(prog.regions))}):
         assert np.array_equal(link_words(prog.symbolic, where), link(list(prog.symbolic), where)[1])
     with pytest.raises(LinkError, match="names buffer 'out', which is not bound"):

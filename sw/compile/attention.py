@@ -44,6 +44,7 @@ from hw import isa
 from sw.compile.linear import (ALIGN, WAIT_LIMIT, CompileError, Program, lay_out_image, pack_descriptors,
                                plan_cache)
 from sw.lru import Lru
+from sw.runtime.program import Emitter, frozen
 
 
 @dataclass
@@ -253,7 +254,7 @@ def compile_attention(cfg, q, k, v, quant: intattn.AttentionQuant, *, out_int32:
     op = dict(kind="attention", heads=H, lq=Lq, lk=Lk, dp=dp, q_tiles=q_tiles, kt=kt, k_stride=k_stride,
               out_int32=out_int32, out_chunked=out_chunked, score_mult=quant.score_mult, score_shift=quant.score_shift,
               rows=rows)
-    prog = AttentionProgram(cfg, H, Lq, Lk, d, out_int32, image, list(raw), dict(offsets), macs=2 * H * Lq * Lk * d,
+    prog = AttentionProgram(cfg, H, Lq, Lk, d, out_int32, image, frozen(raw), dict(offsets), macs=2 * H * Lq * Lk * d,
                             base_addr=base_addr, kv_bytes=kv_bytes, slots=slots, symbolic=sym, out_chunked=out_chunked,
                             token_tiles=token_tiles, op=op, rows=rows)
     if rows is not None and rows.segments:       # each segment an input, as its whole region is
@@ -291,24 +292,37 @@ _FIRST_SCORES = Lru(1 << 12)
 
 def _with_score(plan, quant: _Score, base_addr: int):
     """An _attention_plan result with its ATTENTION STEPs' score fields set to `quant`."""
-    from sw.runtime.program import SplitDescriptors, link_words
+    from sw.runtime.program import ColumnDescriptors, SplitDescriptors, link_words
     offsets, _, _, sym, raw = plan[:5]
     score = {"param_addr": quant.score_mult, "stride": quant.score_shift}
     fixed, moved = sym.split                      # (pack_descriptors' fields as columns: isa fields only)
     steps = np.flatnonzero((fixed["opcode"] == isa.OPCODES["ATTENTION"])
-                           & (fixed["target"] == isa.ATTN_MODES["STEP"])).tolist()
-    fixed = {**fixed, **{key: fixed[key].copy() for key in score}}
-    raw, symbolic = list(raw), list(sym)
+                           & (fixed["target"] == isa.ATTN_MODES["STEP"]))
+    cols = {key: fixed[key].copy() for key in score}
     for key, value in score.items():
-        fixed[key][steps] = value
-    for j in steps:
-        raw[j], symbolic[j] = {**raw[j], **score}, {**symbolic[j], **score}
-    symbolic = SplitDescriptors(symbolic)
-    symbolic.split = (fixed, moved)
+        cols[key][steps] = value
+    if isinstance(sym, ColumnDescriptors) and isinstance(raw, ColumnDescriptors):
+        symbolic, raw = sym.with_columns(cols), raw.with_columns(cols)   # (STEPs have both fields already)
+    else:
+        raw, symbolic = list(raw), list(sym)
+        for j in steps.tolist():
+            raw[j], symbolic[j] = {**raw[j], **score}, {**symbolic[j], **score}
+        symbolic, raw = SplitDescriptors(symbolic), tuple(raw)
+        symbolic.split = ({**fixed, **cols}, moved)
     # (the scores fit their fields: AttentionQuant checks them)
     head = link_words(symbolic, {name: base_addr + off for name, (off, _) in offsets.items()})
     head.flags.writeable = False
-    return (offsets, head, plan[2], symbolic, tuple(raw), *plan[5:])
+    return (offsets, head, plan[2], symbolic, raw, *plan[5:])
+
+
+# Each descriptor's fields in the order the schedule names them (dram_addr, when it has one, after its waits).
+_NONE: dict = {}
+_LOAD_KEYS = ("opcode", "target", "count", "sp_addr")
+_LOAD_T_KEYS = _LOAD_KEYS + ("transpose", "t_rows_last", "stride")
+_COMPUTE_KEYS = ("opcode", "sp_addr", "b_base", "k_last", "acc_base", "accumulate")
+_STEP_KEYS = ("opcode", "target", "accumulate", "slot", "sp_addr", "b_base", "count", "k_last", "param_addr", "stride")
+_NORM_KEYS = ("opcode", "target", "slot", "sp_addr", "count", "acc_base")
+_STORE_KEYS = ("opcode", "count", "sp_addr", "param_addr", "out_int32", "stride")
 
 
 #: Plans kept: every attention shape of a video frame (the memory attention's, the decoder's, Hiera's windows),
@@ -324,7 +338,7 @@ def _attention_plan(cfg, H: int, Lq: int, Lk: int, d: int, out_int32: bool, out_
     chunks = dp // C
     split_q = token_tiles and R != C
     a_half, b_half = cfg.a_depth // 2, cfg.b_depth // 2
-    s_regions, group = acc_regions(cfg)
+    s_regions, group_chunks = acc_regions(cfg)
     qt, kt = -(-Lq // R), -(-Lk // C)
     slots = query_slots(cfg, dp, qt)
     eb = 4 if out_int32 else 1
@@ -348,141 +362,257 @@ def _attention_plan(cfg, H: int, Lq: int, Lk: int, d: int, out_int32: bool, out_
     rows_in = rows is not None and rows.inputs
     v_half = isa.scratchpad_depth(cfg, "V") // 2
 
-    descs: list[dict] = []
+    descs = Emitter()
     done = {"LOAD": 0, "COMPUTE": 0, "STORE": 0, "ATTENTION": 0}
     last = {}                               # resource -> {unit: count} of its last users
+    LOAD, COMPUTE, STORE, ATTENTION = (isa.OPCODES[u] for u in ("LOAD", "COMPUTE", "STORE", "ATTENTION"))
+    STEP, NORM, A = isa.ATTN_MODES["STEP"], isa.ATTN_MODES["NORM"], isa.TARGETS["A"]
+    with_waits: dict = {}                   # (keys, units waited for) -> the descriptor's keys
+    rec = None                              # the group being recorded (_GroupTemplate), if any
+    at = (0, 0)                             # the group's (head, first query tile): its addresses' arguments
 
-    def emit(d_, unit, waits):
+    def emit(keys, values, unit, waits, addr=None):
+        """A descriptor of fields `keys` = `values` that waits for the last users of the resources `waits`
+        (wait_<unit> fields after its own, in order of use). addr: dram_addr, a (region, offset), or
+        (function, args) of the group's addresses: function(head, first query tile, *args) is it."""
         w = {}
         for res in waits:
-            for u, n in last.get(res, {}).items():
+            for u, n in last.get(res, _NONE).items():
                 w[u] = max(w.get(u, 0), n)
-        d_.update({f"wait_{u.lower()}": n for u, n in w.items()})
-        descs.append(d_)
+        k = with_waits.get((keys, tuple(w)))
+        if k is None:
+            k = with_waits[(keys, tuple(w))] = keys + tuple(f"wait_{u.lower()}" for u in w)
+        if rec is not None:
+            rec.note(k, values, w, [(res, last.get(res, _NONE)) for res in waits], addr)
+        if addr is None:
+            descs.add(k, values + tuple(w.values()))
+        else:
+            descs.add_at(k, values + tuple(w.values()), *(addr[0](*at, *addr[1]) if callable(addr[0]) else addr))
         done[unit] += 1
         return done[unit]
 
     def use(res, unit, n):
         last.setdefault(res, {})[unit] = n
 
-    n_param = emit(dict(opcode="LOAD", target="PARAM", src=("params", 0), count=1, sp_addr=0), "LOAD", [])
+    n_param = emit(_LOAD_KEYS, (LOAD, isa.TARGETS["PARAM"], 1, 0), "LOAD", [], ("params", 0))
     use("param", "LOAD", n_param)
     kv_bytes = 0
     kv_tiles = 0                            # K/V tiles loaded before this group: their halves alternate
 
-    def transposed(n_rows):
-        return dict(transpose=1, t_rows_last=n_rows - 1, stride=token_pitch)
+    # The addresses of a group's loads and stores: (region, offset) of (head h, first query tile q0, ...).
+    def kv_src(h, q0, region, ki):
+        if rows_in:                         # the tile's keys from the item's token rows
+            return rows.at(region, rows.row(h, ki * C, Lk, d), min(C, Lk - ki * C), d)
+        return region, (h * kt + ki) * k_stride
 
-    def load(target, region, h, ki, half):
+    def q_rows_src(h, q0, s):               # query tile q0 + s from its R token rows
+        qi = q0 + s
+        return rows.at("Q", rows.row(h, rows.q0 + qi * R, rows.queries, d), min(R, Lq - qi * R), d)
+
+    def q_split_src(h, q0, s, c):           # channel c of query tile qi: R bytes of token tile qi // m
+        qi, m = q0 + s, C // R
+        return "Q", ((h * qtc + qi // m) * dp + c) * C + qi % m * R
+
+    def q_src(h, q0):
+        return "Q", (h * qt + q0) * q_stride
+
+    def out_dst(h, q0, s, c):               # chunk c of query tile q0 + s
+        qi = q0 + s
+        if rows is not None:                # the item's query rows, its head's columns
+            return "out", rows.row(h, rows.q0 + qi * R, rows.queries, d) + c * C
+        if out_chunked:
+            return "out", ((c * H + h) * Lq + qi * R) * C * eb
+        return "out", ((h * Lq + qi * R) * dp + c * C) * eb
+    pitch = token_pitch if rows is not None else C * eb if out_chunked else row_bytes
+
+    def load(target, region, ki, half):
         nonlocal kv_bytes
         sp = half * (b_half if target == "B" else v_half)
         res = "B" if target == "B" else "Vh"
-        if rows_in:                         # the tile's keys from the item's token rows, transposed
+        if rows_in:                         # transposed from token rows
             keys = min(C, Lk - ki * C)
-            desc = dict(src=rows.at(region, rows.row(h, ki * C, Lk, d), keys, d), **transposed(keys))
+            n_l = emit(_LOAD_T_KEYS, (LOAD, isa.TARGETS[target], dp, sp, 1, keys - 1, token_pitch), "LOAD",
+                       [(res, half)], (kv_src, (region, ki)))
         else:
-            desc = dict(src=(region, (h * kt + ki) * k_stride))
-        n_l = emit(dict(opcode="LOAD", target=target, count=dp, sp_addr=sp, **desc), "LOAD", [(res, half)])
+            n_l = emit(_LOAD_KEYS, (LOAD, isa.TARGETS[target], dp, sp), "LOAD", [(res, half)], (kv_src, (region, ki)))
         last[(res, half)] = {}
         use(("kload" if target == "B" else "vload", half), "LOAD", n_l)
         kv_bytes += dp * C
 
+    def group(ns):
+        """Emit the group of `ns` query tiles at `at`."""
+        nonlocal kv_tiles, n
+        ha = g % 2
+        if rows_in:                     # each query tile from its R token rows, transposed
+            for s in range(ns):
+                n_rows = min(R, Lq - (at[1] + s) * R)
+                n_q = emit(_LOAD_T_KEYS, (LOAD, A, dp, ha * a_half + s * dp, 1, n_rows - 1, token_pitch),
+                           "LOAD", [("A", ha)], (q_rows_src, (s,)))
+                last[("A", ha)] = {}    # the first waited; descriptors dispatch in order
+        elif split_q:
+            for s in range(ns):
+                for c in range(dp):
+                    n_q = emit(_LOAD_KEYS, (LOAD, A, 1, ha * a_half + s * dp + c), "LOAD", [("A", ha)],
+                               (q_split_src, (s, c)))
+                    last[("A", ha)] = {}    # the first waited; descriptors dispatch in order
+        else:
+            n_q = emit(_LOAD_KEYS, (LOAD, A, ns * dp, ha * a_half), "LOAD", [("A", ha)], (q_src, ()))
+        last[("A", ha)] = {}
+        use(("qload", ha), "LOAD", n_q)
+        half = [(kv_tiles + ki) % 2 for ki in range(kt)]
+        kv_tiles += kt
+        steps = [(ki, s) for ki in range(kt) for s in range(ns)]
+        v_after = (ns - 1) // 2             # LOAD V of the next key tile follows this slot's STEP
+
+        def compute(j):
+            """COMPUTE S = Q_slot K^T of step j into the next score region; K(ki + 1) follows slot 0's."""
+            ki, s = steps[j]
+            sr = (n + j) % s_regions
+            n_c = emit(_COMPUTE_KEYS, (COMPUTE, ha * a_half + s * dp, half[ki] * b_half, dp - 1, sr * R, 0),
+                       "COMPUTE", [("qload", ha), ("kload", half[ki]), ("S", sr)])
+            last[("S", sr)] = {}
+            use(("A", ha), "COMPUTE", n_c)
+            use(("B", half[ki]), "COMPUTE", n_c)
+            use(("Sready", sr), "COMPUTE", n_c)
+            if s == 0 and ki + 1 < kt:
+                load("B", "K", ki + 1, half[ki + 1])
+
+        # Descriptors run in order, so the order is the schedule: the GEMM array computes one step
+        # ahead of the engine (COMPUTE j + 1 before STEP j), and the two LOADs of the next key tile
+        # sit about ns / 2 steps apart, so neither waits behind the other's burst in the dispatcher.
+        load("B", "K", 0, half[0])
+        load("V", "V", 0, half[0])
+        compute(0)
+        for j, (ki, s) in enumerate(steps):
+            if j + 1 < len(steps):
+                compute(j + 1)
+            sr = (n + j) % s_regions
+            n_a = emit(_STEP_KEYS, (ATTENTION, STEP, int(ki > 0), s, sr * R, half[ki] * v_half,
+                                    min(C, Lk - ki * C), chunks - 1, quant.score_mult, quant.score_shift),
+                       "ATTENTION", [("Sready", sr), ("vload", half[ki])])
+            use(("S", sr), "ATTENTION", n_a)
+            use(("Vh", half[ki]), "ATTENTION", n_a)
+            if s == v_after and ki + 1 < kt:
+                load("V", "V", ki + 1, half[ki + 1])
+        n += len(steps)
+        for s in range(ns):
+            valid = min(R, Lq - (at[1] + s) * R)
+            for c0 in range(0, chunks, group_chunks):
+                cnt = min(group_chunks, chunks - c0)
+                n_norm = emit(_NORM_KEYS, (ATTENTION, NORM, s, c0, cnt, s_regions * R), "ATTENTION",
+                              [("out", r) for r in range(cnt)])
+                last["normed"] = {"ATTENTION": n_norm}
+                for r in range(cnt):
+                    last[("out", r)] = {}
+                    n_s = emit(_STORE_KEYS, (STORE, valid, (s_regions + r) * R, 0, int(out_int32), pitch),
+                               "STORE", ["param", "normed"], (out_dst, (s, c0 + r)))
+                    use(("out", r), "STORE", n_s)
+
+    # Groups repeat: one whose state (the last users, as counts back from each unit's done count; the
+    # halves and score region it starts on; its tiles' valid rows) equals an earlier group's emits that
+    # group's descriptors again with every wait moved by the units' progress since, and its own addresses
+    # (_GroupTemplate). Entries set before the groups (the PARAM load's) do not move: part of the state as
+    # they are.
+    fixed = {res: dict(units) for res, units in last.items()}
+    templates: dict = {}
     g = n = 0
     for h in range(H):
         for q0 in range(0, qt, slots):      # a group of `ns` query tiles, one per slot
             ns = min(slots, qt - q0)
-            ha = g % 2
-            if rows_in:                     # each query tile from its R token rows, transposed
-                for s in range(ns):
-                    qi = q0 + s
-                    n_rows = min(R, Lq - qi * R)
-                    src = rows.at("Q", rows.row(h, rows.q0 + qi * R, rows.queries, d), n_rows, d)
-                    n_q = emit(dict(opcode="LOAD", target="A", src=src, count=dp, sp_addr=ha * a_half + s * dp,
-                                    **transposed(n_rows)), "LOAD", [("A", ha)])
-                    last[("A", ha)] = {}    # the first waited; descriptors dispatch in order
-            elif split_q:                   # channel c of query tile qi: R bytes of token tile qi // m
-                m = C // R
-                for s in range(ns):
-                    qi = q0 + s
-                    for c in range(dp):
-                        src = ((h * qtc + qi // m) * dp + c) * C + qi % m * R
-                        n_q = emit(dict(opcode="LOAD", target="A", src=("Q", src), count=1,
-                                        sp_addr=ha * a_half + s * dp + c), "LOAD", [("A", ha)])
-                        last[("A", ha)] = {}    # the first waited; descriptors dispatch in order
+            at = (h, q0)
+            key = (ns, tuple(min(R, Lq - (q0 + s) * R) for s in range(ns)), g % 2, kv_tiles % 2, n % s_regions,
+                   tuple((res, tuple(units.items()) if res in fixed else
+                          tuple((u, done[u] - c) for u, c in units.items())) for res, units in last.items()))
+            t = templates.get(key)
+            if t is not None and t.replayable and REPLAY_GROUPS:
+                t.replay(descs, done, at)
+                last = {res: dict(units) if res in fixed else {u: done[u] - c for u, c in units}
+                        for res, units in t.end}
+                kv_bytes += t.kv_bytes
+                kv_tiles += kt
+                n += kt * ns
             else:
-                n_q = emit(dict(opcode="LOAD", target="A", src=("Q", (h * qt + q0) * q_stride), count=ns * dp,
-                                sp_addr=ha * a_half), "LOAD", [("A", ha)])
-            last[("A", ha)] = {}
-            use(("qload", ha), "LOAD", n_q)
-            half = [(kv_tiles + ki) % 2 for ki in range(kt)]
-            kv_tiles += kt
-            steps = [(ki, s) for ki in range(kt) for s in range(ns)]
-            v_after = (ns - 1) // 2             # LOAD V of the next key tile follows this slot's STEP
-
-            def compute(j):
-                """COMPUTE S = Q_slot K^T of step j into the next score region; K(ki + 1) follows slot 0's."""
-                ki, s = steps[j]
-                sr = (n + j) % s_regions
-                n_c = emit(dict(opcode="COMPUTE", sp_addr=ha * a_half + s * dp, b_base=half[ki] * b_half,
-                                k_last=dp - 1, acc_base=sr * R, accumulate=0),
-                           "COMPUTE", [("qload", ha), ("kload", half[ki]), ("S", sr)])
-                last[("S", sr)] = {}
-                use(("A", ha), "COMPUTE", n_c)
-                use(("B", half[ki]), "COMPUTE", n_c)
-                use(("Sready", sr), "COMPUTE", n_c)
-                if s == 0 and ki + 1 < kt:
-                    load("B", "K", h, ki + 1, half[ki + 1])
-
-            # Descriptors run in order, so the order is the schedule: the GEMM array computes one step
-            # ahead of the engine (COMPUTE j + 1 before STEP j), and the two LOADs of the next key tile
-            # sit about ns / 2 steps apart, so neither waits behind the other's burst in the dispatcher.
-            load("B", "K", h, 0, half[0])
-            load("V", "V", h, 0, half[0])
-            compute(0)
-            for j, (ki, s) in enumerate(steps):
-                if j + 1 < len(steps):
-                    compute(j + 1)
-                sr = (n + j) % s_regions
-                n_a = emit(dict(opcode="ATTENTION", target=isa.ATTN_MODES["STEP"], accumulate=int(ki > 0),
-                                slot=s, sp_addr=sr * R, b_base=half[ki] * v_half, count=min(C, Lk - ki * C),
-                                k_last=chunks - 1, param_addr=quant.score_mult, stride=quant.score_shift),
-                           "ATTENTION", [("Sready", sr), ("vload", half[ki])])
-                use(("S", sr), "ATTENTION", n_a)
-                use(("Vh", half[ki]), "ATTENTION", n_a)
-                if s == v_after and ki + 1 < kt:
-                    load("V", "V", h, ki + 1, half[ki + 1])
-            n += len(steps)
-            for s in range(ns):
-                qi = q0 + s
-                valid = min(R, Lq - qi * R)
-                for c0 in range(0, chunks, group):
-                    cnt = min(group, chunks - c0)
-                    n_norm = emit(dict(opcode="ATTENTION", target=isa.ATTN_MODES["NORM"], slot=s, sp_addr=c0,
-                                       count=cnt, acc_base=s_regions * R), "ATTENTION",
-                                  [("out", r) for r in range(cnt)])
-                    last["normed"] = {"ATTENTION": n_norm}
-                    for r in range(cnt):
-                        last[("out", r)] = {}
-                        if rows is not None:        # the item's query rows, its head's columns
-                            dst = rows.row(h, rows.q0 + qi * R, rows.queries, d) + (c0 + r) * C
-                            pitch = token_pitch
-                        elif out_chunked:
-                            dst, pitch = (((c0 + r) * H + h) * Lq + qi * R) * C * eb, C * eb
-                        else:
-                            dst, pitch = ((h * Lq + qi * R) * dp + (c0 + r) * C) * eb, row_bytes
-                        n_s = emit(dict(opcode="STORE", count=valid, sp_addr=(s_regions + r) * R, param_addr=0,
-                                        out_int32=int(out_int32), dst=("out", dst), stride=pitch),
-                                   "STORE", ["param", "normed"])
-                        use(("out", r), "STORE", n_s)
+                kv0 = kv_bytes
+                rec = _GroupTemplate(done, fixed) if t is None else None
+                group(ns)
+                if rec is not None:
+                    rec.close(done, kv_bytes - kv0, last)
+                    templates[key], rec = rec, None
             g += 1
 
-    # ---- addresses
+            # ---- addresses
     offsets, image = lay_out_image(cfg, len(descs), sizes, base_addr, max_ddr_bytes, "attention")
     q_tiles = (qtc, k_stride, C) if split_q else (qt, q_stride, R)    # Q: tiles, bytes apart, tokens each
     sym, raw = pack_descriptors(descs, image, offsets, base_addr, "split the attention")
     head = image[:len(descs) * isa.DESCRIPTOR_BYTES].copy()
     head.flags.writeable = False
-    return offsets, head, image.size, sym, tuple(raw), kv_bytes, slots, q_tiles, kt, k_stride
+    return offsets, head, image.size, sym, frozen(raw), kv_bytes, slots, q_tiles, kt, k_stride
+
+
+#: Whether _attention_plan emits a group again from the template of an earlier one in the same state (False:
+#: every group by the Python schedule, the reference the templates are tested against).
+REPLAY_GROUPS = True
+
+
+class _GroupTemplate:
+    """One group of an attention's descriptors as _attention_plan emitted it, to emit again for a group that
+    starts in the same state: the same fields, each wait moved by its unit's progress since (a wait on an
+    entry set before the groups stays), each address from its function at the new group's (head, query
+    tile). Not replayable when a wait mixes entries that move and entries that stay, or the group changes
+    one that stays, or has an address of no function."""
+
+    def __init__(self, done: dict, fixed: dict):
+        self.start, self.fixed = dict(done), fixed
+        self.notes: list = []
+        self.replayable = True
+
+    def note(self, keys, values, w, sources, addr) -> None:
+        moves = []
+        for u in w:
+            from_fixed = any(u in src for res, src in sources if res in self.fixed)
+            from_moving = any(u in src for res, src in sources if res not in self.fixed)
+            if from_fixed and from_moving:
+                self.replayable = False
+            moves.append(not from_fixed)
+        if addr is not None and not callable(addr[0]):
+            self.replayable = False
+        self.notes.append((keys, values + tuple(w.values()), tuple(w), tuple(moves), addr))
+
+    def close(self, done: dict, kv_bytes: int, last: dict) -> None:
+        self.count = {u: done[u] - self.start[u] for u in done}
+        self.kv_bytes = kv_bytes
+        if any(last.get(res) != units for res, units in self.fixed.items()):
+            self.replayable = False
+        self.end = tuple((res, dict(units) if res in self.fixed else tuple((u, done[u] - c) for u, c in units.items()))
+                         for res, units in last.items())
+        kinds: dict = {}
+        for j, (keys, values, units, moves, addr) in enumerate(self.notes):
+            kind = kinds.setdefault((keys, units, moves, addr is not None), ([], [], []))
+            kind[0].append(j)
+            kind[1].append(values)
+            kind[2].append(addr)
+        self.m = len(self.notes)
+        self.kinds = []
+        for (keys, units, moves, has_addr), (rows, values, addrs) in kinds.items():
+            table = np.array(values, np.int64)
+            first_wait = len(keys) - len(units)
+            moving = [(first_wait + i, u) for i, (u, mv) in enumerate(zip(units, moves)) if mv]
+            self.kinds.append((keys, np.array(rows, np.intp), table, moving, addrs if has_addr else None))
+        del self.notes
+
+    def replay(self, descs, done: dict, at: tuple) -> None:
+        base = descs.reserve(self.m)
+        for keys, rows, table, moving, addrs in self.kinds:
+            values = table.copy()
+            for col, u in moving:
+                values[:, col] += done[u] - self.start[u]
+            if addrs is None:
+                descs.add_block(keys, base + rows, values)
+            else:
+                where = [fn(*at, *args) for fn, args in addrs]
+                descs.add_block(keys, base + rows, values, [w[0] for w in where], [w[1] for w in where])
+        for u, k in self.count.items():
+            done[u] += k
 
 
 def acc_regions(cfg) -> tuple[int, int]:

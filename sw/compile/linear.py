@@ -33,6 +33,7 @@ import numpy as np
 
 from golden_model.intops import MAX_K, token_tiles
 from hw import isa
+from sw.runtime.program import Emitter, frozen
 
 ALIGN = 4096
 #: The most descriptors of one unit a run may hold: the wait counts are 16-bit (hw.isa wait_* fields).
@@ -44,9 +45,10 @@ class CompileError(ValueError):
     """The layer does not fit this overlay configuration (the message says why)."""
 
 
-#: Descriptors the plan caches (_linear_plan, sw.compile.attention's) hold at most, all plans together, ~1.3 KB
-#: each (~520 MB): every plan of a 256 px video track (~210,000); of a 1024 px image's 1.1 million the recent.
-PLAN_CACHE_DESCRIPTORS = 400_000
+#: Descriptors the plan caches (_linear_plan, sw.compile.attention's) hold at most, all plans together, ~190 bytes
+#: each as columns (sw.runtime.program.ColumnDescriptors; ~380 MB): every plan of a 256 px video track (~210,000)
+#: and of a 1024 px image (~1.9 million packed, the vector engine's included).
+PLAN_CACHE_DESCRIPTORS = 2_000_000
 
 
 def plan_cache(fn):
@@ -199,7 +201,7 @@ def compile_linear(cfg, a, b, bias, multiplier=None, shift=None, *, relu=False, 
         image[offsets["res"][0]:offsets["res"][0] + res.size] = res.reshape(-1).view(np.uint8)
     op = dict(kind="linear", m=M, k=K, mt=mt, nt=nt, a_stride=a_stride, b_stride=b_stride, relu=relu,
               out_int32=out_int32, lut=table is not None, add=residual is not None, a_rows=bool(a_rows))
-    return Program(cfg, M, K, N, out_int32, image, list(raw), dict(offsets), macs=M * K * N, base_addr=base_addr,
+    return Program(cfg, M, K, N, out_int32, image, frozen(raw), dict(offsets), macs=M * K * N, base_addr=base_addr,
                    symbolic=sym, op=op, runs=runs and list(runs))
 
 
@@ -251,7 +253,7 @@ def _fastest_blocking(cfg, K: int, mt: int, nt: int, a_rows: bool = False) -> tu
         # uncached: the candidates' plans would push the model's own shapes out of _linear_plan's cache
         plan = _linear_plan.__wrapped__(cfg, m, min(K, 3 * kc), n, False, False, False, False, 0, 1 << 40,
                                         blocking=(mb, nb, kc), a_rows=a_rows)
-        per_mac = cycles_only(cfg, list(plan[4]), plan[5]) / (m * n * min(K, 3 * kc))
+        per_mac = cycles_only(cfg, plan[1], plan[5]) / (m * n * min(K, 3 * kc))
         key = (per_mac, traffic[mb, nb, kc])
         if best is None or key < best[0]:
             best = (key, (mb, nb, kc))
@@ -392,7 +394,7 @@ def _linear_plan(cfg, M: int, K: int, N: int, relu: bool, out_int32: bool, fused
     sym, raw = pack_descriptors(descs, image, offsets, base_addr, "split the layer")
     head = image[:offsets["descriptors"][1]].copy()
     head.flags.writeable = False
-    return (offsets, head, image.size, SplitDescriptors.of(sym), tuple(raw), runs and tuple(runs), mt, nt, a_stride,
+    return (offsets, head, image.size, SplitDescriptors.of(sym), frozen(raw), runs and tuple(runs), mt, nt, a_stride,
             b_stride)
 
 
@@ -518,11 +520,11 @@ def split_runs(ops: list[dict], limit: int = None) -> list[list[dict]]:
 
 def schedule_runs(ops: list[dict], R: int, relu: bool, out_int32: bool):
     """`schedule` per run of `split_runs`: (all descriptors in order, (first, count) per run or None for one)."""
-    descs, runs = [], []
+    descs, runs = Emitter(), []
     for run in split_runs(ops):
-        part = schedule(run, R, relu, out_int32)
-        runs.append((len(descs), len(part)))
-        descs += part
+        first = len(descs)
+        schedule(run, R, relu, out_int32, out=descs)
+        runs.append((first, len(descs) - first))
     return descs, (runs if len(runs) > 1 else None)
 
 
@@ -582,7 +584,7 @@ class LoadWindows:
         return at
 
 
-def schedule(ops: list[dict], R: int, relu: bool, out_int32: bool) -> list[dict]:
+def schedule(ops: list[dict], R: int, relu: bool, out_int32: bool, out: Emitter | None = None) -> Emitter:
     """Descriptors in dispatch order with exact waits, for the GEMM and conv compilers.
 
     ops: COMPUTEs in order, each with the loads it needs ("loads": target, src, count, sp,
@@ -592,15 +594,17 @@ def schedule(ops: list[dict], R: int, relu: bool, out_int32: bool) -> list[dict]
     its operands "a"/"b" (resources), "acc" region, "accumulate", optional "tiles" (COMPUTE.count:
     tiles back to back) with their "acc_regions", and an optional "store" (rows, acc, param,
     p = its PARAM resource, dst, stride, optional "fields" and "acc_regions").
+    Appended to `out` (a new Emitter by default): each descriptor's fields in the order of its dict before
+    the Emitter (opcode, ..., its "fields", wait_load, wait_compute, wait_store, dram_addr).
     """
-    descs: list[dict] = []
-    counts = {"LOAD": 0, "COMPUTE": 0, "STORE": 0}
+    descs = Emitter() if out is None else out
+    add, add_at = descs.add, descs.add_at
     last_reader: dict = {}    # resource -> (unit, completion count needed) of its last user
     acc_free: dict = {}       # acc region -> stores_done needed before overwriting
-
-    def emit(d, waits):
-        descs.append(dict(d, wait_load=waits.get("LOAD", 0), wait_compute=waits.get("COMPUTE", 0),
-                          wait_store=waits.get("STORE", 0)))
+    LOAD, COMPUTE, STORE = (isa.OPCODES[u] for u in ("LOAD", "COMPUTE", "STORE"))
+    relu, out_int32 = int(relu), int(out_int32)
+    load_keys: dict = {(): _LOAD_KEYS + _WAIT_KEYS}      # extra fields' names -> a LOAD's keys
+    store_keys: dict = {(): _STORE_KEYS + _WAIT_KEYS}    # ... a STORE's
 
     # Each load goes right after the compute that follows its hazard (the last compute
     # using its half, or for parameters the last store using them): early enough to be
@@ -626,56 +630,114 @@ def schedule(ops: list[dict], R: int, relu: bool, out_int32: bool) -> list[dict]
             for res in (op["store"]["p"], *op["store"].get("uses", ())):
                 last_user[res] = j
 
-    def emit_bucket(pos):
-        for ld in buckets.get(pos, []):
+    def put(keys, values, addr):
+        if type(addr) is tuple:
+            add_at(keys, values, *addr)
+        else:                                     # a number: an address field like any other
+            add(keys + ("dram_addr",), values + (addr,))
+
+    def emit_loads(bucket, n_load):
+        """The loads of a bucket, LOADs n_load + 1 ...; the LOADs done after them."""
+        for ld in bucket:
             unit, cnt = last_reader.get(ld["res"], ("COMPUTE", 0))
-            counts["LOAD"] += 1
-            ld["done_at"] = counts["LOAD"]
-            emit(dict(opcode="LOAD", target=ld["target"], src=ld["src"], count=ld["count"], sp_addr=ld["sp"],
-                      **ld.get("fields", {})), {unit: cnt})
+            n_load += 1
+            ld["done_at"] = n_load
+            waits = (cnt, 0, 0) if unit == "LOAD" else (0, cnt, 0) if unit == "COMPUTE" else (0, 0, cnt)
+            target = ld["target"]
+            target = isa.TARGETS[target] if type(target) is str else target
+            fields = ld.get("fields")
+            if fields:
+                names = tuple(fields)
+                keys = load_keys.get(names) or load_keys.setdefault(names, _LOAD_KEYS + names + _WAIT_KEYS)
+                put(keys, (LOAD, target, ld["count"], ld["sp"], *fields.values(), *waits), ld["src"])
+            else:
+                put(load_keys[()], (LOAD, target, ld["count"], ld["sp"], *waits), ld["src"])
+        return n_load
 
-    def emit_store(st, compute_done, load_done):
-        counts["STORE"] += 1
-        emit(dict(opcode="STORE", count=st["rows"], sp_addr=st["acc"] * R, param_addr=st["param"],
-                  relu=int(relu), out_int32=int(out_int32), dst=st["dst"], stride=st["stride"],
-                  **st.get("fields", {})), {"COMPUTE": compute_done, "LOAD": load_done})
-        for region in st.get("acc_regions", [st["acc"]]):
-            acc_free[region] = counts["STORE"]
+    def emit_store(st, compute_done, load_done, n_store):
+        """op's STORE, the n_store-th."""
+        fields = st.get("fields")
+        names = tuple(fields) if fields else ()
+        keys = store_keys.get(names) or store_keys.setdefault(names, _STORE_KEYS + names + _WAIT_KEYS)
+        put(keys, (STORE, st["rows"], st["acc"] * R, st["param"], relu, out_int32, st["stride"],
+                   *(fields.values() if fields else ()), load_done, compute_done, 0), st["dst"])
+        regions = st.get("acc_regions")
+        if regions is None:
+            acc_free[st["acc"]] = n_store
+        else:
+            for region in regions:
+                acc_free[region] = n_store
         for res in (st["p"], *st.get("uses", ())):
-            prev = last_reader.get(res, ("STORE", 0))
-            last_reader[res] = ("STORE", max(counts["STORE"], prev[1] if prev[0] == "STORE" else 0))
+            prev = last_reader.get(res)
+            last_reader[res] = ("STORE", n_store if prev is None or prev[0] != "STORE" else max(n_store, prev[1]))
 
-    emit_bucket(-1)
+    n_load = emit_loads(buckets.get(-1, ()), 0)
+    n_store = 0
     pending = None
     for i, op in enumerate(ops):
-        regions = op.get("acc_regions", [op["acc"]])
-        waits = {"LOAD": max([ld["done_at"] for ld in op["loads"] if not ld.get("store_only")], default=0),
-                 "STORE": max(acc_free.get(r, 0) for r in regions) if not op["accumulate"] else 0}
-        counts["COMPUTE"] += 1
-        op["done_at"] = counts["COMPUTE"]
-        tiles = {"count": op["tiles"]} if op.get("tiles", 1) > 1 else {}
-        emit(dict(opcode="COMPUTE", sp_addr=op["a_base"], b_base=op["b_base"], k_last=op["k_last"],
-                  acc_base=op["acc"] * R, accumulate=op["accumulate"], **tiles), waits)
-        last_reader[op["a"]] = ("COMPUTE", op["done_at"])
-        last_reader[op["b"]] = ("COMPUTE", op["done_at"])
+        wait_load = store_loads = 0
+        for ld in op["loads"]:
+            if ld.get("store_only"):
+                store_loads = max(store_loads, ld["done_at"])
+            else:
+                wait_load = max(wait_load, ld["done_at"])
+        if op["accumulate"]:
+            wait_store = 0
+        else:
+            regions = op.get("acc_regions")
+            wait_store = acc_free.get(op["acc"], 0) if regions is None else max(acc_free.get(r, 0) for r in regions)
+        op["done_at"] = done = i + 1                 # (COMPUTEs done: one per op)
+        tiles = op.get("tiles", 1)
+        if tiles > 1:
+            add(_COMPUTE_KEYS[1], (COMPUTE, op["a_base"], op["b_base"], op["k_last"], op["acc"] * R,
+                                   op["accumulate"], tiles, wait_load, 0, wait_store))
+        else:
+            add(_COMPUTE_KEYS[0], (COMPUTE, op["a_base"], op["b_base"], op["k_last"], op["acc"] * R,
+                                   op["accumulate"], wait_load, 0, wait_store))
+        last_reader[op["a"]] = last_reader[op["b"]] = ("COMPUTE", done)
         if pending is not None:
-            emit_store(*pending)      # after the next COMPUTE: the store overlaps it
-        store_loads = max([ld["done_at"] for ld in op["loads"] if ld.get("store_only")], default=0)
-        pending = (op["store"], op["done_at"], store_loads) if op["store"] else None
-        emit_bucket(i)
+            n_store += 1
+            emit_store(*pending, n_store)      # after the next COMPUTE: the store overlaps it
+        pending = (op["store"], done, store_loads) if op["store"] else None
+        bucket = buckets.get(i)
+        if bucket:
+            n_load = emit_loads(bucket, n_load)
     if pending is not None:
-        emit_store(*pending)
+        emit_store(*pending, n_store + 1)
     return descs
 
 
+_NONE: dict = {}
+_WAIT_KEYS = ("wait_load", "wait_compute", "wait_store")
+_LOAD_KEYS = ("opcode", "target", "count", "sp_addr")
+_STORE_KEYS = ("opcode", "count", "sp_addr", "param_addr", "relu", "out_int32", "stride")
+_COMPUTE_KEYS = tuple(("opcode", "sp_addr", "b_base", "k_last", "acc_base", "accumulate", *tiles, *_WAIT_KEYS)
+                      for tiles in ((), ("count",)))
+
+
 def pack_descriptors(descs: list[dict], image: np.ndarray, offsets: dict, base_addr: int,
-                     hint: str) -> tuple[list[dict], list[dict]]:
+                     hint: str) -> tuple:
     """Encode descriptors (symbolic opcode, target; addresses as ("region", offset), `src`/`dst`
     standing for dram_addr) into the image's descriptor area, the image placed at base_addr.
-    Returns (symbolic fields, numeric fields). hint: what to do when one does not fit."""
-    from sw.runtime.program import LinkError, SplitDescriptors, link
+    Returns (symbolic fields, numeric fields): sw.runtime.program.ColumnDescriptors, the fields as columns
+    (the dicts made only when read). hint: what to do when one does not fit."""
+    from sw.runtime.program import ColumnDescriptors, LinkError, SplitDescriptors, encode_columns, link
+    addresses = {name: base_addr + off for name, (off, _) in offsets.items()}
+    emitted = isinstance(descs, Emitter)
+    symbolic = descs.columns() if emitted else ColumnDescriptors.of_compiled(descs)
+    if symbolic is not None and symbolic.split[1].keys() <= addresses.keys():
+        numeric = symbolic.resolved(addresses)
+        words = encode_columns(numeric.split[0], len(numeric))
+        if words is not None:
+            raw = words.view(np.uint8).reshape(-1)
+            image[:raw.size] = raw
+            return symbolic, numeric
+    # something does not fit (or is not a number): the dict path says which descriptor and why
     symbolic = []
-    for d in descs:
+    for d in descs.dicts() if emitted else descs:
+        if emitted:
+            symbolic.append({k: v for k, v in d.items() if k in isa.FIELDS})
+            continue
         fields = {k: v for k, v in d.items() if k in isa.FIELDS}
         fields["opcode"] = isa.OPCODES[d["opcode"]]
         if isinstance(d.get("target"), str):
@@ -684,9 +746,9 @@ def pack_descriptors(descs: list[dict], image: np.ndarray, offsets: dict, base_a
             if key in d:
                 fields["dram_addr"] = d[key]
         symbolic.append(fields)
-    symbolic = SplitDescriptors.of(symbolic)      # addresses split out once: this link and every relink use it
+    symbolic = SplitDescriptors.of(symbolic)
     try:
-        numeric, raw = link(symbolic, {name: base_addr + off for name, (off, _) in offsets.items()})
+        numeric, raw = link(symbolic, addresses)
     except LinkError as e:
         raise CompileError(f"{e} (does not fit the format); {hint}") from None
     image[:raw.size] = raw

@@ -25,6 +25,7 @@ import numpy as np
 from hw import isa
 from sw.compile.conv import ConvProgram, FmapLayout
 from sw.compile.linear import ALIGN, CompileError, lay_out_image, pack_descriptors, plan_cache, schedule, schedule_runs
+from sw.runtime.program import frozen
 
 #: requantize(x, IDENTITY_MULT, IDENTITY_SHIFT) == x for every int32 x that fits int8.
 IDENTITY_MULT, IDENTITY_SHIFT = 1 << 30, 30
@@ -323,7 +324,7 @@ def _transpose_program(cfg, kind: str, channels: int, height: int, width: int, b
                                                             max_ddr_bytes, order)
     op = dict(kind=kind, channels=channels, height=height, width=width, order=order)
     T = height * width
-    return TransposeProgram(cfg, channels, cfg.rows, T, False, image.copy(), list(raw), offsets,
+    return TransposeProgram(cfg, channels, cfg.rows, T, False, image.copy(), frozen(raw), offsets,
                             macs=channels * T * cfg.rows, base_addr=base_addr, symbolic=sym, out_layout=out_l, op=op,
                             runs=runs)
 
@@ -387,7 +388,7 @@ def _transpose_plan(cfg, kind: str, channels: int, height: int, width: int, base
     image[offsets["params"][0]:offsets["params"][0] + params.size] = params
     sym, raw = pack_descriptors(descs, image, offsets, base_addr, "split the map")
     image.flags.writeable = False
-    return offsets, image, sym, out_l, tuple(raw), runs
+    return offsets, image, sym, out_l, frozen(raw), runs
 
 
 def _tiles(first: int, n: int, dst: int, pitch: int, R: int, cols: int) -> list[tuple]:

@@ -7,6 +7,7 @@ the buffers; nothing else in the host knows which fields are addresses.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from operator import itemgetter
 
 import numpy as np
@@ -28,6 +29,8 @@ def link(symbolic: list[dict], addresses: dict[str, int]) -> tuple[list[dict], n
     split = getattr(symbolic, "split", None) or split_addresses(symbolic)
     if split is not None and split[1].keys() <= addresses.keys():
         words = _relink(split, addresses, len(symbolic))
+        if words is not None and isinstance(symbolic, ColumnDescriptors):
+            return symbolic.resolved(addresses), words.view(np.uint8).reshape(-1)
         if words is not None:               # the fast path: the fields as columns, the dicts copied once
             numeric = [dict(d) for d in symbolic]
             for name, fields in split[1].items():
@@ -73,7 +76,7 @@ class SplitDescriptors(tuple):
 
     @classmethod
     def of(cls, symbolic) -> "SplitDescriptors":
-        if isinstance(symbolic, cls) and symbolic.split is not None:
+        if getattr(symbolic, "split", None) is not None:      # (a ColumnDescriptors is split as it is made)
             return symbolic
         t = cls(symbolic)
         t.split = split_addresses(t)
@@ -248,3 +251,226 @@ def encode_columns(cols: dict[str, np.ndarray], n: int) -> np.ndarray | None:
         if bit + width > 64:
             words[:, lane + 1] |= v >> np.uint64(64 - bit)
     return words
+
+
+class ColumnDescriptors(Sequence):
+    """A compiled descriptor list held as its fields' columns (what a compiler's pack makes: no dict per
+    descriptor). Its `split` is split_addresses' (the columns with the (buffer, offset) addresses zeroed, and
+    those addresses per buffer), so link_words relinks it like a SplitDescriptors. Read as a sequence, it is
+    the dicts the compiler emitted, field for field in their order (made once, on first use: the runtime
+    never needs them). Immutable; equal to any sequence of the same dicts."""
+    __hash__ = object.__hash__
+
+    def __init__(self, n: int, cols: dict, moved: dict, kinds: list[tuple], kind: np.ndarray):
+        self.split = (cols, moved)
+        self._n, self._kinds, self._kind = n, kinds, kind   # each descriptor's keys: kinds[kind[j]]
+        self._dicts = None
+
+    @classmethod
+    def of_compiled(cls, descs: list[dict]) -> "ColumnDescriptors | None":
+        """A compiler's descriptors (opcode and LOAD target by name, `src`/`dst` standing for dram_addr,
+        addresses as (buffer, offset)) as columns; keys outside hw.isa.FIELDS are not fields and are left out.
+        None when a value is not a whole number (the dict path then says which)."""
+        n = len(descs)
+        kinds: dict[tuple, int] = {}
+        kind = np.fromiter((kinds.setdefault(tuple(d), len(kinds)) for d in descs), np.intp, n)
+        order = np.argsort(kind, kind="stable")
+        bounds = np.searchsorted(kind[order], np.arange(len(kinds) + 1)).tolist()
+        cols: dict[str, np.ndarray] = {}
+        where: dict[str, dict[str, tuple[list, list]]] = {}
+        out_kinds = []
+        for keys, g in kinds.items():
+            rows = order[bounds[g]:bounds[g + 1]]
+            rl = rows.tolist()
+            fields = [k for k in keys if k in isa.FIELDS]
+            if "opcode" not in fields:
+                return None
+            src = "dst" if "dst" in keys else "src" if "src" in keys else None
+            out = fields + (["dram_addr"] if src and "dram_addr" not in fields else [])
+            out_kinds.append(tuple(out))
+            taken = [k for k in fields if not (src and k == "dram_addr")] + ([src] if src else [])
+            get = itemgetter(*taken)
+            values = list(zip(*[get(descs[j]) for j in rl])) if len(taken) > 1 else [[get(descs[j]) for j in rl]]
+            for k, vals in zip(taken, values):
+                key = "dram_addr" if k == src else k
+                if key == "opcode":
+                    vals = [isa.OPCODES[v] for v in vals]
+                elif key == "target":
+                    vals = [isa.TARGETS[v] if isinstance(v, str) else v for v in vals]
+                elif key in isa.ADDRESS_FIELDS:
+                    plain = []
+                    for j, v in zip(rl, vals):
+                        if isinstance(v, tuple):
+                            r, o = where.setdefault(v[0], {}).setdefault(key, ([], []))
+                            r.append(j)
+                            o.append(v[1])
+                            v = 0
+                        plain.append(v)
+                    vals = plain
+                try:
+                    col = np.array(vals, np.int64)
+                except (OverflowError, TypeError, ValueError):
+                    return None
+                if col.shape != (len(rl),):
+                    return None
+                cols.setdefault(key, np.zeros(n, np.int64))[rows] = col
+        moved = {name: {key: (np.array(r, np.intp), np.array(o, np.int64)) for key, (r, o) in keys.items()}
+                 for name, keys in where.items()}
+        return cls(n, cols, moved, out_kinds, kind)
+
+    def resolved(self, addresses: dict[str, int]) -> "ColumnDescriptors":
+        """The numeric descriptors: each (buffer, offset) address at addresses[buffer] + offset."""
+        cols, moved = self.split
+        cols = dict(cols)
+        for name, fields in moved.items():
+            for key, (rows, offsets) in fields.items():
+                if cols[key] is self.split[0][key]:
+                    cols[key] = cols[key].copy()
+                cols[key][rows] = addresses[name] + offsets
+        return ColumnDescriptors(self._n, cols, {}, self._kinds, self._kind)
+
+    def with_columns(self, cols: dict) -> "ColumnDescriptors":
+        """The same descriptors with the columns `cols` instead (fields every descriptor already has or
+        has zero: a descriptor's keys stay its own)."""
+        return ColumnDescriptors(self._n, {**self.split[0], **cols}, self.split[1], self._kinds, self._kind)
+
+    def dicts(self) -> tuple[dict, ...]:
+        if self._dicts is None:
+            cols, moved = self.split
+            values = {k: c.tolist() for k, c in cols.items()}
+            for name, fields in moved.items():
+                for key, (rows, offsets) in fields.items():
+                    col = values[key]
+                    for j, o in zip(rows.tolist(), offsets.tolist()):
+                        col[j] = (name, o)
+            out: list = [None] * self._n
+            order = np.argsort(self._kind, kind="stable")
+            bounds = np.searchsorted(self._kind[order], np.arange(len(self._kinds) + 1)).tolist()
+            for g, keys in enumerate(self._kinds):
+                rl = order[bounds[g]:bounds[g + 1]].tolist()
+                per_key = [[values[k][j] for j in rl] for k in keys]
+                for j, row in zip(rl, zip(*per_key)):
+                    out[j] = dict(zip(keys, row))
+            self._dicts = tuple(out)
+        return self._dicts
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, i):
+        return self.dicts()[i]
+
+    def __iter__(self):
+        return iter(self.dicts())
+
+    def __eq__(self, other) -> bool:
+        if not isinstance(other, Sequence) or isinstance(other, (str, bytes)):
+            return NotImplemented
+        return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+
+
+def frozen(descs):
+    """A packed descriptor list to keep or share: a ColumnDescriptors as it is (immutable), else a tuple."""
+    return descs if isinstance(descs, ColumnDescriptors) else tuple(descs)
+
+
+class Emitter:
+    """Descriptors as a compiler's schedule emits them, straight into rows of their fields (no dict each):
+    `add(keys, values)` appends one whose fields `keys` (a tuple, opcode and target as numbers) hold
+    `values`; `add_at(keys, values, buffer, offset)` one that also has dram_addr = (buffer, offset), its last
+    key. Descriptors of the same keys are kept together and turned into columns at once (`columns`)."""
+
+    def __init__(self):
+        self._plain: dict[tuple, list] = {}     # keys -> [(row, values)]
+        self._at: dict[tuple, list] = {}        # keys -> [(row, values, buffer, offset)]
+        self._blocks: list[tuple] = []          # (keys, rows, values (rows x keys), buffers, offsets or None)
+        self.n = 0
+
+    def reserve(self, m: int) -> int:
+        """Room for m descriptors that add_block fills: the first one's row."""
+        self.n += m
+        return self.n - m
+
+    def add_block(self, keys: tuple, rows: np.ndarray, values: np.ndarray, buffers: list | None = None,
+                  offsets: list | None = None) -> None:
+        """Descriptors at reserved `rows` of fields `keys` = the rows of `values` (and dram_addr = (buffer,
+        offset) with `buffers`)."""
+        self._blocks.append((keys, rows, values, buffers, offsets))
+
+    def __len__(self) -> int:
+        return self.n
+
+    def add(self, keys: tuple, values: tuple) -> None:
+        kind = self._plain.get(keys)
+        if kind is None:
+            kind = self._plain[keys] = []
+        kind.append((self.n, values))
+        self.n += 1
+
+    def add_at(self, keys: tuple, values: tuple, buffer: str, offset: int) -> None:
+        kind = self._at.get(keys)
+        if kind is None:
+            kind = self._at[keys] = []
+        kind.append((self.n, values, buffer, offset))
+        self.n += 1
+
+    def columns(self) -> ColumnDescriptors | None:
+        """The descriptors as a ColumnDescriptors (keys outside hw.isa.FIELDS left out, as pack_descriptors
+        leaves them), or None when a value is not a whole number in int64 (dicts() then says which)."""
+        n = self.n
+        cols: dict[str, np.ndarray] = {}
+        where: dict[str, dict[str, list]] = {}
+        kinds, kind = [], np.zeros(n, np.intp)
+        groups = [(keys, *zip(*kind), None) for keys, kind in self._plain.items()]
+        groups += [(keys, rows, values, (buffers, offsets))
+                   for keys, (rows, values, buffers, offsets) in ((k, zip(*kind)) for k, kind in self._at.items())]
+        blocks: dict[tuple, list] = {}          # (keys, with addresses) -> their blocks, put together
+        for keys, rows, values, buffers, offsets in self._blocks:
+            blocks.setdefault((keys, buffers is not None), []).append((rows, values, buffers, offsets))
+        for (keys, addressed), parts in blocks.items():
+            rows, values, buffers, offsets = zip(*parts)
+            groups.append((keys, np.concatenate(rows), np.concatenate(values),
+                           ([b for part in buffers for b in part], [o for part in offsets for o in part])
+                           if addressed else None))
+        for keys, rows, values, at in groups:
+            rows = np.asarray(rows, np.intp)
+            try:
+                table = np.asarray(values, np.int64)
+            except (OverflowError, TypeError, ValueError):
+                return None
+            if table.shape != (len(rows), len(keys)):
+                return None
+            keep = [i for i, k in enumerate(keys) if k in isa.FIELDS]
+            out = tuple(keys[i] for i in keep)
+            for i in keep:
+                cols.setdefault(keys[i], np.zeros(n, np.int64))[rows] = table[:, i]
+            if at is not None:
+                out += ("dram_addr",)
+                cols.setdefault("dram_addr", np.zeros(n, np.int64))
+                buffers = np.array(at[0], object)
+                try:
+                    offsets = np.array(at[1], np.int64)
+                except (OverflowError, TypeError, ValueError):
+                    return None
+                for name in dict.fromkeys(at[0]):
+                    sel = buffers == name
+                    where.setdefault(name, {}).setdefault("dram_addr", []).append((rows[sel], offsets[sel]))
+            kind[rows] = len(kinds)
+            kinds.append(out)
+        moved = {name: {key: tuple(np.concatenate(p) for p in zip(*parts)) for key, parts in keys.items()}
+                 for name, keys in where.items()}
+        return ColumnDescriptors(n, cols, moved, kinds, kind)
+
+    def dicts(self) -> list[dict]:
+        """The descriptors as symbolic dicts (the slow path's: it says which does not fit and why)."""
+        out: list = [None] * self.n
+        for keys, kind in self._plain.items():
+            for j, v in kind:
+                out[j] = dict(zip(keys, v))
+        for keys, kind in self._at.items():
+            for j, v, b, o in kind:
+                out[j] = {**dict(zip(keys, v)), "dram_addr": (b, o)}
+        for keys, rows, values, buffers, offsets in self._blocks:
+            for i, (j, v) in enumerate(zip(rows.tolist(), values.tolist())):
+                out[j] = dict(zip(keys, v), **({} if buffers is None else {"dram_addr": (buffers[i], offsets[i])}))
+        return out
