@@ -35,6 +35,7 @@ from hw.vector import params as VP
 from sw.compile.linear import ALIGN, CompileError, Program, lay_out_image, pack_descriptors
 from sw.lru import Lru
 from sw.runtime.layout import RowRuns, RowSegments, TokenRowLayout
+from sw.runtime.program import frozen
 
 #: CLI / driver names -> (VECTOR op, parameter class or None)
 OPS = {"layernorm": ("LAYERNORM", intvec.LayerNormParams), "lut": ("LUT", intvec.LutParams),
@@ -282,11 +283,11 @@ def _pack(descs: list[dict], image: np.ndarray, offsets: dict, base_addr: int) -
     kept = _PACKED.get(key)
     if kept is None:
         sym, raw = pack_descriptors(descs, image, offsets, base_addr, "split the call")
-        kept = (sym, tuple(raw), image[:len(descs) * isa.DESCRIPTOR_BYTES].copy())
+        kept = (sym, frozen(raw), image[:len(descs) * isa.DESCRIPTOR_BYTES].copy())
         _PACKED.put(key, kept)
     else:
         image[:kept[2].size] = kept[2]
-    return kept[0], list(kept[1])
+    return kept[0], kept[1]
 
 
 def elements(prog: VectorProgram) -> int:
