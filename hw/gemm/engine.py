@@ -190,10 +190,20 @@ class GemmCompute(wiring.Component):
             m.d.sync += [cmd.eq(self.cmd.payload), k.eq(0), busy.eq(1), is_last.eq(self.cmd.payload.k_last == 0)]
 
         # Drain: R cycles from column 0's start (shift), and R cycles of de-skewed rows (the
-        # bottom row is row R-1-d at drain cycle d): read the old row for accumulate now,
-        # write the sum next cycle.
+        # bottom row is row R-1-d at drain cycle d): the old row for accumulate is read a cycle
+        # ahead (`to_read`, the same rows one cycle earlier) into flip-flops that reset to zero
+        # without accumulate (their own reset, where a gate per bit stood), and the sum of the
+        # drained row and those is written the cycle after the drain cycle.
         m.d.comb += array.shift.eq(self._window(m, delay_line(m, finished.valid, col0_drain, "col0_go"), "col0")[0])
-        to_drain = delay_line(m, finished, drain_start, "drain_go")
+        to_read = delay_line(m, finished, drain_start - 1, "drain_go")
+        to_drain = Signal.like(finished, name="drain_go")
+        m.d.sync += to_drain.eq(to_read)
+        _, r_d = self._window(m, to_read.valid, "read")
+        read_tile = Signal.like(finished)
+        with m.If(to_read.valid):
+            m.d.sync += read_tile.eq(to_read)
+        read_base = Mux(to_read.valid, to_read.acc_base, read_tile.acc_base)
+        m.d.comb += acc_rd.addr.eq(read_base + (R - 1) - r_d)
         draining, d = self._window(m, to_drain.valid, "drain")
         drain_tile = Signal.like(finished)
         with m.If(to_drain.valid):
@@ -201,16 +211,21 @@ class GemmCompute(wiring.Component):
         drain_base = Mux(to_drain.valid, to_drain.acc_base, drain_tile.acc_base)
         drain_accum = Mux(to_drain.valid, to_drain.accumulate, drain_tile.accumulate)
         row_addr = Signal.like(cmd.acc_base)
-        m.d.comb += [row_addr.eq(drain_base + (R - 1) - d), acc_rd.addr.eq(row_addr)]
+        m.d.comb += row_addr.eq(drain_base + (R - 1) - d)
         drain_final = Mux(to_drain.valid, to_drain.final, drain_tile.final)
-        w_valid, w_last, w_final, w_accum = Signal(), Signal(), Signal(), Signal()
+        w_valid, w_last, w_final = Signal(), Signal(), Signal()
         w_addr = Signal.like(cmd.acc_base)
         w_data = Signal(data.ArrayLayout(ACC, C))
+        w_old = Signal(data.ArrayLayout(ACC, C))        # the old row, zero without accumulate
         m.d.sync += [w_valid.eq(draining), w_last.eq(draining & (d == R - 1)), w_final.eq(drain_final),
-                     w_accum.eq(drain_accum), w_addr.eq(row_addr), w_data.eq(array.out)]
+                     w_addr.eq(row_addr), w_data.eq(array.out)]
+        with m.If(~drain_accum):
+            m.d.sync += w_old.eq(0)
+        with m.Else():
+            m.d.sync += w_old.eq(acc_rd.data)
         m.d.comb += [acc_wr.en.eq(w_valid), acc_wr.addr.eq(w_addr), self.done.eq(w_last & w_final)]
         for j in range(C):
-            m.d.comb += acc_wr.data[j].eq(w_data[j] + Mux(w_accum, acc_rd.data[j], 0))
+            m.d.comb += acc_wr.data[j].eq(w_data[j] + w_old[j])
         if "attention" in self.cfg.engines:
             ext = self.ext_wr
             m.d.comb += ext.ready.eq(~w_valid)
