@@ -33,6 +33,9 @@ def components(cfg) -> dict:
         "gemm_engine": (lambda: GemmEngine(cfg), "GEMM engine: array, scratchpads, store with its requantisers"),
         "gemm_store": (lambda: _StoreAlone(cfg), "GEMM store unit with its requantisers (and the memories it reads)"),
     }
+    if "load_t" in cfg.engines:
+        from hw.gemm.transpose_load import TransposeLoader
+        parts["load_t"] = (lambda: TransposeLoader(cfg, max(cfg.rows, cfg.cols)), "the transposing LOAD unit")
     if "attention" in cfg.engines:
         from hw.attention.engine import AttentionEngine
         from hw.attention.pv_array import PVArray
