@@ -125,7 +125,8 @@ class TransposeLoader(wiring.Component):
             read = [mem.read_port(domain="comb") for mem in block]
             m.d.comb += [rp.addr.eq(Cat(e_idx, e_half)) for rp in read]
             rows += xor_swizzle([rp.data for rp in read], e_idx)          # row p from memory p ^ e
-        m.d.comb += entry.eq(Cat(*rows))
+        for r in range(NR):                                               # row 0: always read
+            m.d.comb += entry[8 * r:8 * (r + 1)].eq(Mux(cmd.rows_last >= r, rows[r], 0) if r else rows[r])
         w_valid, w_data = Signal(), Signal(8 * NR)
         m.d.sync += w_valid.eq(emit)
         m.d.comb += [self.wr.valid.eq(w_valid), self.wr.payload.addr.eq(w_addr), self.wr.payload.data.eq(w_data)]
@@ -137,10 +138,6 @@ class TransposeLoader(wiring.Component):
                 m.d.sync += [e_idx.eq(0), e_half.eq(~e_half), e_group.eq(e_group + 1)]
             with m.Else():
                 m.d.sync += e_idx.eq(e_idx + 1)
-        for r in range(1, NR):                                            # row 0: always read
-            # Rows past rows_last written as zero: the flip-flops' own reset (FDRE R), not a gate per bit.
-            with m.If(emit & (cmd.rows_last < r)):
-                m.d.sync += w_data[8 * r:8 * (r + 1)].eq(0)
 
         with m.If(busy & (e_group == groups) & ~w_valid):
             m.d.sync += busy.eq(0)
