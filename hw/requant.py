@@ -11,8 +11,7 @@ from amaranth.lib.wiring import In, Out
 
 from golden_model.intops import ACC_BITS, MULT_BITS, OUT_BITS, SHIFT_BITS
 
-PRODUCT_BITS = ACC_BITS + MULT_BITS + 1   # signed acc x unsigned m
-PIECE = 17             # the operands' low pieces: the DSP48's cascade shifts its input product by 17
+PRODUCT_BITS = ACC_BITS + MULT_BITS + 1   # signed acc x unsigned m (as the four partial products sum it)
 T_BITS = 9             # T = P >> max(s - 1, 0) saturated: the fewest bits rounding and int8 saturation cannot tell
 WINDOW_BITS = T_BITS + 7   # stage 4's window of P: its fine shift (<= 7) leaves T_BITS bits
 
@@ -24,7 +23,7 @@ class RequantIn(data.Struct):
     shift: unsigned(SHIFT_BITS)
 
 
-#: DSP blocks one Requantizer maps to: the four products of 17-bit pieces (stages 1 and 2), each with its adder.
+#: Multipliers (18 x 18 DSP blocks) one Requantizer maps to: stage 1's four partial products.
 DSPS = 4
 
 
@@ -65,17 +64,17 @@ class Requantizer(wiring.Component):
         # its sign) and then 9 bits of it (stage 5: by s1 & 7).
         s1 = Signal(SHIFT_BITS)                  # max(s - 1, 0): the shift before rounding
         m.d.comb += s1.eq(Mux(shift == 0, 0, shift - 1))
-        # Stages 1-3: the product P = acc m from 17-bit pieces (acc = a_hi 2^17 + a_lo, m = m_hi 2^17 + m_lo),
-        # each multiply-add one DSP with its adder inside (P = C + A B, C the previous product >> 17: the
-        # DSP's 17-bit-shifted cascade): stage 1 a_lo m_lo and a_hi m_lo, stage 2 each + its 2^17 term,
-        # stage 3 the two chains' sum in the fabric (the low 17 bits of each chain are final).
-        a_lo, a_hi = acc.as_unsigned()[:PIECE], acc[PIECE:].as_signed()
-        m_lo, m_hi = mult[:PIECE], mult[PIECE:]
-        ll, hl = Signal(2 * PIECE), Signal(signed(ACC_BITS + 1))             # a_lo m_lo, a_hi m_lo
-        a_lo1, a_hi1, m_hi1 = Signal.like(a_lo), Signal.like(a_hi), Signal.like(m_hi)
-        low = Signal(ACC_BITS)                  # (a_lo m_lo >> 17) + a_lo m_hi < 2^17 + 2^31
-        high = Signal(signed(ACC_BITS + MULT_BITS - 2 * PIECE + 1))   # (a_hi m_lo >> 17) + a_hi m_hi
-        ll_lo2, hl_lo2 = Signal(PIECE), Signal(PIECE)
+        # Stage 1: four 16-bit partial products (each fits one 18x18 DSP).
+        a_lo, a_hi = acc.as_unsigned()[:16], acc[16:].as_signed()
+        m_lo, m_hi = mult[:16], mult[16:]
+        p_ll = Signal(32)
+        p_lh = Signal(signed(33))
+        p_hl = Signal(signed(33))
+        p_hh = Signal(signed(32))
+        # Stage 2: the cross terms summed; the outer terms are one concatenation.
+        cross = Signal(signed(34))
+        outer = Signal(signed(PRODUCT_BITS))
+        # Stage 3: the product P.
         product = Signal(signed(PRODUCT_BITS))
         # Stage 4: P >> (s1 & ~7), WINDOW_BITS of it, and whether it fits them (else it saturates).
         window = Signal(signed(WINDOW_BITS))
@@ -109,11 +108,14 @@ class Requantizer(wiring.Component):
         relued = Mux(self.relu & (y < 0), 0, y)
         with m.If(advance):
             m.d.sync += [
-                ll.eq(a_lo * m_lo), hl.eq(a_hi * m_lo), a_lo1.eq(a_lo), a_hi1.eq(a_hi), m_hi1.eq(m_hi),
+                p_ll.eq(a_lo * m_lo),
+                p_lh.eq(a_lo * m_hi),
+                p_hl.eq(a_hi * m_lo),
+                p_hh.eq(a_hi * m_hi),
                 Cat(*shifts).eq(Cat(s1, shift == 0, *shifts[:-1])),
-                low.eq((ll >> PIECE) + a_lo1 * m_hi1), high.eq((hl >> PIECE) + a_hi1 * m_hi1),
-                ll_lo2.eq(ll[:PIECE]), hl_lo2.eq(hl[:PIECE]),
-                product.eq(Cat(ll_lo2, low + Cat(hl_lo2, high).as_signed())),
+                cross.eq(p_lh + p_hl),
+                outer.eq(Cat(p_ll, p_hh).as_signed()),
+                product.eq(outer + (cross << 16)),
                 window.eq((product >> Cat(Const(0, 3), coarse))[:WINDOW_BITS]),
                 wide.eq(~Array(fits)[coarse]),
                 neg[0].eq(product[-1]),
