@@ -20,7 +20,7 @@ they are stored) is the command processor's job (hw/overlay.py); the engine does
 not check it. `compute_done` pulses when a compute command's results are in the
 accumulator scratchpad.
 """
-from amaranth import Array, Cat, Module, Mux, Signal, signed, unsigned
+from amaranth import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory
@@ -31,7 +31,7 @@ from golden_model.intops import ACC_BITS, MULT_BITS, OUT_BITS, SHIFT_BITS
 from golden_model.intvec import ADD_MULT_BITS
 from hw import isa
 from hw.gemm.array import ACC, INT8, SystolicArray, delay_line
-from hw.requant import T_BITS, Requantizer
+from hw.requant import Requantizer
 
 
 class ChannelParams(data.Struct):
@@ -500,7 +500,7 @@ class StoreAdd(wiring.Component):
     each of the L lanes' int8 y becoming sat8((y a + x b + rnd(s)) >> s) (golden_model.intvec.add, y as
     its a) while `enable` (STORE.add), passed through otherwise; x (the residual byte) comes with y,
     `params` (a, b, s) are the command's, held. Stage 1: the two 8 x 17 products and their sum (< 2^24);
-    stage 2: the arithmetic shift, rounding, saturation. Held while the output is not taken."""
+    stage 2: rounding, the arithmetic shift, saturation. Held while the output is not taken."""
 
     LATENCY = 2          # = sw.backends.cycles.STORE_ADD_LATENCY
 
@@ -519,25 +519,20 @@ class StoreAdd(wiring.Component):
             m.d.sync += valid.eq(Cat(self.i.valid, valid[:-1]))
         lo, hi = -(1 << (OUT_BITS - 1)), (1 << (OUT_BITS - 1)) - 1
         p = self.params
-        # Rounding after the shift, as the requantiser (hw/requant.py): for s > 0
-        # (v + 2^(s-1)) >> s == ((v >> (s-1)) + 1) >> 1, and v >> max(s-1, 0) saturated to
-        # T_BITS gives the same int8, so no 32-bit rounding adder or 2^(s-1) decoder.
-        s1 = Signal(len(p.s))
-        m.d.comb += s1.eq(Mux(p.s == 0, 0, p.s - 1))
+        s = p.s
+        rnd = Signal(32)                                               # rnd(s) = 2^(s - 1), 0 for s = 0
+        m.d.comb += rnd.eq(Const(1, 33) << s >> 1)
         for l in range(len(self.o.payload)):
             y, x = self.i.payload[l].y, self.i.payload[l].x
-            total = Signal(signed(OUT_BITS + ADD_MULT_BITS + 1), name=f"sum{l}")    # |y a + x b| < 2^24
+            total = Signal(signed(2 * OUT_BITS + ADD_MULT_BITS), name=f"sum{l}")    # |y a + x b| < 2^24
             raw1, raw2 = Signal(signed(OUT_BITS), name=f"raw{l}_1"), Signal(signed(OUT_BITS), name=f"raw{l}_2")
             out = Signal(signed(OUT_BITS), name=f"added{l}")
-            t = Signal(signed(len(total)), name=f"shifted{l}")
-            m.d.comb += t.eq(total >> s1)
-            t9 = t[:T_BITS].as_signed()
-            rounded = Mux(p.s == 0, t9, (t9 + 1) >> 1)
-            over = ~(t[T_BITS - 1:].all() | ~t[T_BITS - 1:].any())
-            v = Mux(over, Mux(t[-1], lo, hi), rounded)
+            rounded = Signal(signed(32), name=f"rounded{l}")                        # + rnd(s) <= 2^30: int32
+            shifted = Signal(signed(32), name=f"shifted{l}")
+            m.d.comb += [rounded.eq(total + rnd), shifted.eq(rounded >> s)]
             with m.If(advance):
                 m.d.sync += [total.eq(y * p.a + x * p.b), raw1.eq(y), raw2.eq(raw1),
-                             out.eq(Mux(v > hi, hi, Mux(v < lo, lo, v)))]
+                             out.eq(Mux(shifted > hi, hi, Mux(shifted < lo, lo, shifted)))]
             m.d.comb += self.o.payload[l].eq(Mux(self.enable, out, raw2))
         return m
 
