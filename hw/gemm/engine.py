@@ -316,9 +316,9 @@ class GemmStore(wiring.Component):
         # Parameters: read at command start, held (en=0) for the command. Each column's own channel
         # (`chan`) is copied into flip-flops the cycle after (the first row reaches stage 2 after that);
         # with param_rows the copy is zero (the flip-flops' own reset), and the row's channel travels
-        # with the row instead (`prow`, zero without param_rows). So every user takes `chan | prow`, an
-        # OR that folds into the bias adders' LUTs and the lanes' chunk pick, where a multiplexer per
-        # bit and column stood.
+        # with the row instead (`prow`, zero without param_rows). So every user takes `chan | prow`:
+        # the lanes' chunk pick takes the OR in its LUT, the bias adders take it where a multiplexer
+        # and a second set of registers per column stood.
         accept = ~running & (in_flight == 0)
         m.d.comb += [self.cmd.ready.eq(accept), p_rd.addr.eq(self.cmd.payload.param_addr),
                      p_rd.en.eq(accept)]
@@ -336,7 +336,7 @@ class GemmStore(wiring.Component):
 
         # Two register stages before the requantisers, for timing: stage 2 holds the
         # raw accumulator row (the RAM's output goes straight to flip-flops), stage 3
-        # the bias-added, int32-saturated row (the adders get a cycle of their own).
+        # the bias-added row (the adders get a cycle of their own).
         s2_valid, s3_valid = Signal(), Signal()
         s3_ready = Signal()
         advance3 = ~s3_valid | s3_ready
