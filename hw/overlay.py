@@ -477,11 +477,14 @@ class Core(wiring.Component):
         # Rows wait in a 2-row FIFO for the W channel: the next row is ready the cycle after the
         # last beat of the current one (a single-beat row per cycle), and the store pipeline's
         # ready comes from the FIFO's registers, not from wready.
+        # An int8 row is its first C bytes (bpr8 beats; the beats after them are not sent, so the bits
+        # above are the int32 view's, with no gate to clear them).
         m.submodules.w_rows = w_rows = SyncFIFO(width=C * 32, depth=2)
         w_beat = Signal(range(max(2, bpr32)))
+        row32 = Cat(*[engine.out.payload[j] for j in range(C)])
         m.d.comb += [engine.out.ready.eq(w_rows.w_rdy), w_rows.w_en.eq(engine.out.valid),
-                     w_rows.w_data.eq(Mux(s_int32, Cat(*[engine.out.payload[j] for j in range(C)]),
-                                          Cat(*[engine.out.payload[j][:8] for j in range(C)])))]
+                     w_rows.w_data.eq(Cat(Mux(s_int32, row32[:C * 8], Cat(*[engine.out.payload[j][:8] for j in range(C)])),
+                                          row32[C * 8:]))]
         w_last = w_beat == Mux(s_int32, bpr32 - 1, bpr8 - 1)
         m.d.comb += [axi.wvalid.eq(w_rows.r_rdy), axi.wdata.eq(w_rows.r_data.word_select(w_beat, DW)),
                      axi.wstrb.eq((1 << DB) - 1), axi.wlast.eq(w_last)]

@@ -75,7 +75,7 @@ def _case(rng, m, k, n):
     a[0] = -128
     b[:, -1] = 127
     bias = rng.integers(-2**20, 2**20, n)
-    bias[0] = 2**31 - 1
+    bias[0], bias[1] = 2**31 - 1, -2**31         # int32 saturation both ways (with the products)
     mult = rng.integers(1 << 29, 1 << 31, n)
     shift = rng.integers(36, 44, n)
     return a, b, bias, mult, shift

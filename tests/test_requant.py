@@ -50,23 +50,15 @@ def test_quantize_multiplier_is_close(scale):
     assert abs(m / 2**s - scale) <= scale * 2**-30
 
 
-def test_requantizer_amaranth_sim():
-    """Cycle-level unit test in Amaranth's own simulator, with random stalls."""
+def _run_amaranth(acc, mult, shift, relu: bool, seed: int) -> np.ndarray:
+    """The Requantizer in Amaranth's simulator, random stalls on both streams; its outputs in order."""
     dut = Requantizer()
-    rng = np.random.default_rng(3)
-    n = 200
-    acc = rng.integers(-2**31, 2**31, n)
-    mult = rng.integers(0, 2**31, n)
-    # In-range outputs (shifts near 31..40) and rounding-sensitive small values.
-    shift = np.where(np.arange(n) % 2, rng.integers(25, 45, n), rng.integers(0, 64, n))
-    acc[::3] = rng.integers(-300, 300, len(acc[::3]))
-    mult[::3] = rng.integers(0, 8, len(mult[::3]))
-    expected = requantize(acc, mult, shift, relu=True)
+    n = len(acc)
     got = []
-    stalls = random.Random(5)
+    stalls = random.Random(seed)
 
     async def producer(ctx):
-        ctx.set(dut.relu, 1)
+        ctx.set(dut.relu, int(relu))
         for a, m, s in zip(acc, mult, shift):
             while stalls.random() < 0.3:
                 await ctx.tick()
@@ -78,7 +70,7 @@ def test_requantizer_amaranth_sim():
             ctx.set(dut.i.valid, 0)
 
     async def consumer(ctx):
-        sink_rng = random.Random(6)
+        sink_rng = random.Random(seed + 1)
         while len(got) < n:
             ready = sink_rng.random() > 0.3
             ctx.set(dut.o.ready, ready)
@@ -91,7 +83,49 @@ def test_requantizer_amaranth_sim():
     sim.add_testbench(producer)
     sim.add_testbench(consumer)
     run_amaranth(sim, "requant")
-    assert np.array_equal(np.array(got), expected)
+    return np.array(got)
+
+
+def test_requantizer_amaranth_sim():
+    """Cycle-level unit test in Amaranth's own simulator, with random stalls."""
+    rng = np.random.default_rng(3)
+    n = 200
+    acc = rng.integers(-2**31, 2**31, n)
+    mult = rng.integers(0, 2**31, n)
+    # In-range outputs (shifts near 31..40) and rounding-sensitive small values.
+    shift = np.where(np.arange(n) % 2, rng.integers(25, 45, n), rng.integers(0, 64, n))
+    acc[::3] = rng.integers(-300, 300, len(acc[::3]))
+    mult[::3] = rng.integers(0, 8, len(mult[::3]))
+    assert np.array_equal(_run_amaranth(acc, mult, shift, True, 5), requantize(acc, mult, shift, relu=True))
+
+
+def test_requantizer_amaranth_rounding_and_saturation_edges():
+    """Every shift with products just around the edges the shifter's windows and the rounding decide: the int8
+    and the 10-bit saturation bounds, the rounding half (P = k 2^s +- 1, k 2^s + 2^(s-1) +- 1), and P's
+    extremes (int32 min/max accumulators with the largest multiplier), at multipliers 1 and 2^30; and
+    powers of two around the top of the shifter's window."""
+    acc, mult, shift = [], [], []
+    for s in range(64):
+        for k in (-513, -512, -258, -257, -129, -128, -1, 0, 127, 128, 255, 256, 511, 512):
+            for m, d in ((1, -1), (1, 0), (1, 1), (1 << 30, 0)):
+                half = 1 << (s - 1) if s else 0
+                for p in ((k << s) + d, (k << s) + half + d):
+                    a = p // m if m > 1 else p
+                    if -2**31 <= a < 2**31:
+                        acc.append(a), mult.append(m), shift.append(s)
+        for a in (-2**31, 2**31 - 1):
+            acc.append(a), mult.append(2**31 - 1), shift.append(s)
+        if (s - 1) % 8 in (0, 7):
+            # Powers of two around the 16-bit window's top, which the coarse shift (s - 1) & ~7 places: a
+            # sign change just above or below it; P = (+-2^30, +-(2^30 - 1)) x 2^(j - 30).
+            for j in range(s + 8, min(s + 27, 61)):
+                for a in (1 << 30, -(1 << 30), (1 << 30) - 1, 1 - (1 << 30)):
+                    acc.append(a >> max(30 - j, 0)), mult.append(1 << max(j - 30, 0)), shift.append(s)
+    acc, mult, shift = np.array(acc), np.array(mult), np.array(shift)
+    assert np.array_equal(_run_amaranth(acc, mult, shift, False, 7), requantize(acc, mult, shift))
+    some = slice(None, None, 5)
+    assert np.array_equal(_run_amaranth(acc[some], mult[some], shift[some], True, 8),
+                          requantize(acc[some], mult[some], shift[some], relu=True))
 
 
 @pytest.mark.rtl

@@ -119,6 +119,9 @@ def test_store_add_stage_amaranth_with_stalls():
                 for enable, p in ((True, AddParams(65535, 65535, 31)), (False, AddParams(3, 5, 2)),
                                   (True, AddParams(1, 1, 0)), (True, AddParams.make(0.05, 0.08, 0.1)))]
     commands.append(((True, AddParams(40000, 123, 9)), rng.integers(-128, 128, (25, 2, L)).astype(np.int8)))
+    # Every shift, random multipliers: the rounding half and the saturation edges move with it.
+    commands += [((True, AddParams(int(rng.integers(1, 65536)), int(rng.integers(0, 65536)), s)),
+                  rng.integers(-128, 128, (6, 2, L)).astype(np.int8)) for s in range(1, 31)]
 
     def set_command(ctx, command):
         enable, p = command

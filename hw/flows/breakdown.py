@@ -31,7 +31,11 @@ def components(cfg) -> dict:
                        f"systolic array {cfg.rows} x {cfg.cols}{' (packed)' if cfg.dsp_packing else ''}"),
         "requantiser": (Requantizer, "one requantiser lane (the store has cfg.requant_lanes)"),
         "gemm_engine": (lambda: GemmEngine(cfg), "GEMM engine: array, scratchpads, store with its requantisers"),
+        "gemm_store": (lambda: _StoreAlone(cfg), "GEMM store unit with its requantisers (and the memories it reads)"),
     }
+    if "load_t" in cfg.engines:
+        from hw.gemm.transpose_load import TransposeLoader
+        parts["load_t"] = (lambda: TransposeLoader(cfg, max(cfg.rows, cfg.cols)), "the transposing LOAD unit")
     if "attention" in cfg.engines:
         from hw.attention.engine import AttentionEngine
         from hw.attention.pv_array import PVArray
@@ -54,6 +58,59 @@ def components(cfg) -> dict:
         from hw.vector.unit import VectorUnit
         parts["vector"] = (lambda: VectorUnit(cfg), f"vector engine and its DMA, {cfg.vec_lanes} lanes")
     return parts
+
+
+def _StoreAlone(cfg):
+    """The GEMM engine's store unit with the memories it reads (their write ports its inputs), as in GemmEngine."""
+    from amaranth import Module, unsigned
+    from amaranth.lib import data, stream, wiring
+    from amaranth.lib.memory import Memory
+    from amaranth.lib.wiring import In, Out
+    from hw.gemm.array import ACC, INT8
+    from hw.gemm.engine import AddParams, ChannelParams, EngineLayouts, GemmStore
+
+    class StoreAlone(wiring.Component):
+        def __init__(self):
+            self.layouts = L = EngineLayouts(cfg)
+            ports = {"acc_wr": In(stream.Signature(L.acc_write)), "p_wr": In(stream.Signature(L.p_write)),
+                     "cmd": In(stream.Signature(L.store)), "out": Out(stream.Signature(L.out)), "busy": Out(1)}
+            if "store_lut" in cfg.engines:
+                ports["lut_wr"] = In(stream.Signature(L.lut_write))
+            if "store_add" in cfg.engines:
+                ports["res_wr"] = In(stream.Signature(L.res_write))
+            super().__init__(ports)
+
+        def elaborate(self, platform):
+            m = Module()
+            m.submodules.acc_mem = acc = Memory(shape=data.ArrayLayout(ACC, cfg.cols), depth=cfg.acc_depth, init=[])
+            m.submodules.p_mem = pm = Memory(shape=data.ArrayLayout(ChannelParams, cfg.cols), depth=cfg.param_depth,
+                                             init=[])
+            writes = [(self.acc_wr, acc), (self.p_wr, pm)]
+            res = add = None
+            if "store_add" in cfg.engines:
+                m.submodules.res_mem = res = Memory(shape=data.ArrayLayout(INT8, cfg.cols), depth=cfg.acc_depth, init=[])
+                m.submodules.add_mem = add = Memory(shape=AddParams, depth=cfg.param_depth, init=[])
+                writes.append((self.res_wr, res))
+                wp = add.write_port()
+                m.d.comb += [wp.addr.eq(self.p_wr.payload.addr), wp.data.eq(self.p_wr.payload.add), wp.en.eq(self.p_wr.valid)]
+            luts = []
+            if "store_lut" in cfg.engines:
+                for i in range(cfg.requant_lanes):
+                    m.submodules[f"lut_mem{i}"] = mem = Memory(shape=unsigned(cfg.axi_data_bits),
+                                                               depth=self.layouts.lut_depth, init=[])
+                    writes.append((self.lut_wr, mem))
+                    luts.append(mem)
+            for port, mem in writes:
+                wp = mem.write_port()
+                m.d.comb += [wp.addr.eq(port.payload.addr), wp.data.eq(port.payload.data), wp.en.eq(port.valid),
+                             port.ready.eq(1)]
+            m.submodules.store_unit = su = GemmStore(cfg, acc, pm, luts, res, add)
+            wiring.connect(m, wiring.flipped(self.cmd), su.cmd)
+            wiring.connect(m, su.out, wiring.flipped(self.out))
+            m.d.comb += self.busy.eq(su.busy)
+            return m
+
+    return StoreAlone()
 
 
 def main(argv=None) -> int:

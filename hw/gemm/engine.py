@@ -49,6 +49,20 @@ class AddParams(data.Struct):
     s: unsigned(isa.ADD_SHIFT_WIDTH)
 
 
+class Biased(data.Struct):
+    """A bias-added accumulator before its int32 saturation: the 33-bit sum's low 32 bits, whether the sum
+    is outside int32, and its sign (golden_model.intops.saturate_int32 is `saturate` of these)."""
+    low: unsigned(ACC_BITS)
+    over: unsigned(1)
+    neg: unsigned(1)
+
+
+def saturate(low, over, neg):
+    """int32 saturation of a `Biased` sum's fields: the sum's own bits when in range, else the bound of its sign."""
+    lo, hi = -(1 << (ACC_BITS - 1)), (1 << (ACC_BITS - 1)) - 1
+    return Mux(over, Mux(neg, lo, hi), low.as_signed())
+
+
 def abits(depth: int) -> int:
     return max(1, ceil_log2(depth))
 
@@ -176,10 +190,20 @@ class GemmCompute(wiring.Component):
             m.d.sync += [cmd.eq(self.cmd.payload), k.eq(0), busy.eq(1), is_last.eq(self.cmd.payload.k_last == 0)]
 
         # Drain: R cycles from column 0's start (shift), and R cycles of de-skewed rows (the
-        # bottom row is row R-1-d at drain cycle d): read the old row for accumulate now,
-        # write the sum next cycle.
+        # bottom row is row R-1-d at drain cycle d): the old row for accumulate is read a cycle
+        # ahead (`to_read`, the same rows one cycle earlier) into flip-flops that reset to zero
+        # without accumulate (their own reset, where a gate per bit stood), and the sum of the
+        # drained row and those is written the cycle after the drain cycle.
         m.d.comb += array.shift.eq(self._window(m, delay_line(m, finished.valid, col0_drain, "col0_go"), "col0")[0])
-        to_drain = delay_line(m, finished, drain_start, "drain_go")
+        to_read = delay_line(m, finished, drain_start - 1, "drain_go")
+        to_drain = Signal.like(finished, name="drain_go")
+        m.d.sync += to_drain.eq(to_read)
+        _, r_d = self._window(m, to_read.valid, "read")
+        read_tile = Signal.like(finished)
+        with m.If(to_read.valid):
+            m.d.sync += read_tile.eq(to_read)
+        read_base = Mux(to_read.valid, to_read.acc_base, read_tile.acc_base)
+        m.d.comb += acc_rd.addr.eq(read_base + (R - 1) - r_d)
         draining, d = self._window(m, to_drain.valid, "drain")
         drain_tile = Signal.like(finished)
         with m.If(to_drain.valid):
@@ -187,16 +211,21 @@ class GemmCompute(wiring.Component):
         drain_base = Mux(to_drain.valid, to_drain.acc_base, drain_tile.acc_base)
         drain_accum = Mux(to_drain.valid, to_drain.accumulate, drain_tile.accumulate)
         row_addr = Signal.like(cmd.acc_base)
-        m.d.comb += [row_addr.eq(drain_base + (R - 1) - d), acc_rd.addr.eq(row_addr)]
+        m.d.comb += row_addr.eq(drain_base + (R - 1) - d)
         drain_final = Mux(to_drain.valid, to_drain.final, drain_tile.final)
-        w_valid, w_last, w_final, w_accum = Signal(), Signal(), Signal(), Signal()
+        w_valid, w_last, w_final = Signal(), Signal(), Signal()
         w_addr = Signal.like(cmd.acc_base)
         w_data = Signal(data.ArrayLayout(ACC, C))
+        w_old = Signal(data.ArrayLayout(ACC, C))        # the old row, zero without accumulate
         m.d.sync += [w_valid.eq(draining), w_last.eq(draining & (d == R - 1)), w_final.eq(drain_final),
-                     w_accum.eq(drain_accum), w_addr.eq(row_addr), w_data.eq(array.out)]
+                     w_addr.eq(row_addr), w_data.eq(array.out)]
+        with m.If(~drain_accum):
+            m.d.sync += w_old.eq(0)
+        with m.Else():
+            m.d.sync += w_old.eq(acc_rd.data)
         m.d.comb += [acc_wr.en.eq(w_valid), acc_wr.addr.eq(w_addr), self.done.eq(w_last & w_final)]
         for j in range(C):
-            m.d.comb += acc_wr.data[j].eq(w_data[j] + Mux(w_accum, acc_rd.data[j], 0))
+            m.d.comb += acc_wr.data[j].eq(w_data[j] + w_old[j])
         if "attention" in self.cfg.engines:
             ext = self.ext_wr
             m.d.comb += ext.ready.eq(~w_valid)
@@ -284,37 +313,44 @@ class GemmStore(wiring.Component):
                 with m.If(cmd.tiles_last == 0):
                     m.d.sync += running.eq(0)
 
-        # Parameters: read at command start, held (en=0) for the command.
+        # Parameters: read at command start, held (en=0) for the command. Each column's own channel
+        # (`chan`) is copied into flip-flops the cycle after (the first row reaches stage 2 after that);
+        # with param_rows the copy is zero (the flip-flops' own reset), and the row's channel travels
+        # with the row instead (`prow`, zero without param_rows). So every user takes `chan | prow`:
+        # the lanes' chunk pick takes the OR in its LUT, the bias adders take it where a multiplexer
+        # and a second set of registers per column stood.
         accept = ~running & (in_flight == 0)
         m.d.comb += [self.cmd.ready.eq(accept), p_rd.addr.eq(self.cmd.payload.param_addr),
                      p_rd.en.eq(accept)]
         with m.If(self.cmd.valid & accept):
             m.d.sync += [cmd.eq(self.cmd.payload), running.eq(1), row.eq(0), tile_base.eq(self.cmd.payload.acc_base)]
-        params = p_rd.data
+        load_chan = Signal()
+        m.d.sync += load_chan.eq(self.cmd.valid & accept)
+        chan = Signal.like(p_rd.data)
+        with m.If(load_chan & cmd.param_rows):
+            m.d.sync += chan.eq(0)
+        with m.Elif(load_chan):
+            m.d.sync += chan.eq(p_rd.data)
         if self._add_rd is not None:            # read with the entry, held likewise for the command
             m.d.comb += [self._add_rd.addr.eq(self.cmd.payload.param_addr), self._add_rd.en.eq(accept)]
 
         # Two register stages before the requantisers, for timing: stage 2 holds the
         # raw accumulator row (the RAM's output goes straight to flip-flops), stage 3
-        # the bias-added, int32-saturated row (the adders get a cycle of their own).
+        # the bias-added row (the adders get a cycle of their own).
         s2_valid, s3_valid = Signal(), Signal()
         s3_ready = Signal()
         advance3 = ~s3_valid | s3_ready
         advance2 = ~s2_valid | advance3
         m.d.comb += s1_ready.eq(advance2)
         row2 = Signal.like(rd.data)
-        # Which accumulator row stage 1 holds: per-row parameters (param_rows) select by it.
+        # Per-row parameters (param_rows: row r of a tile uses channel r), selected by stage 1's row.
         r1 = Signal(range(R), name="row_s1")
         with m.If(advance):
             m.d.sync += r1.eq(row)
         rows_params = min(R, C)
-        p1 = params[Mux(r1 < rows_params, r1, 0)] if rows_params > 1 else params[0]
-        # Stage 2 holds each lane's parameters, selected (per row or per column) from stage 1's
-        # row: the select's fan-out (cmd.param_rows to every lane) ends in flip-flops, and
-        # stage 3's bias adders and the requantisers' multipliers start from flip-flops.
-        bias2 = [Signal(signed(ACC_BITS), name=f"bias{j}_s2") for j in range(C)]
-        mult2 = [Signal(unsigned(MULT_BITS), name=f"mult{j}_s2") for j in range(C)]
-        shift2 = [Signal(unsigned(SHIFT_BITS), name=f"shift{j}_s2") for j in range(C)]
+        p1 = p_rd.data[Mux(r1 < rows_params, r1, 0)] if rows_params > 1 else p_rd.data[0]
+        prow2 = Signal(ChannelParams, name="row_params_s2")
+        prow3 = Signal(ChannelParams, name="row_params_s3")
         # The residual row travels beside the accumulator row (stages 2 and 3).
         res2, res3 = ((Signal(data.ArrayLayout(INT8, C), name=f"res_s{i}") for i in (2, 3)) if res_rd is not None
                       else (None, None))
@@ -325,23 +361,22 @@ class GemmStore(wiring.Component):
                 m.d.sync += res3.eq(res2)
         with m.If(advance2):
             m.d.sync += [s2_valid.eq(s1_valid), row2.eq(rd.data)]
-            for j in range(C):
-                m.d.sync += [bias2[j].eq(Mux(cmd.param_rows, p1.bias, params[j].bias)),
-                             mult2[j].eq(Mux(cmd.param_rows, p1.multiplier, params[j].multiplier)),
-                             shift2[j].eq(Mux(cmd.param_rows, p1.shift, params[j].shift))]
-        mult3 = [Signal(unsigned(MULT_BITS), name=f"mult{j}_s3") for j in range(C)]
-        shift3 = [Signal(unsigned(SHIFT_BITS), name=f"shift{j}_s3") for j in range(C)]
+        with m.If(advance2 & ~cmd.param_rows):
+            m.d.sync += prow2.eq(0)
+        with m.Elif(advance2):
+            m.d.sync += prow2.eq(p1)
         with m.If(advance3):
-            for j in range(C):
-                m.d.sync += [mult3[j].eq(mult2[j]), shift3[j].eq(shift2[j])]
-        lo, hi = -(1 << (ACC_BITS - 1)), (1 << (ACC_BITS - 1)) - 1
+            m.d.sync += [prow3.multiplier.eq(prow2.multiplier), prow3.shift.eq(prow2.shift)]
+        # Stage 3 keeps each column's 33-bit sum as its low 32 bits, whether it overflows int32 and
+        # its sign (`Biased`); the saturation is applied where the sum is read, in LUTs that pick
+        # between sources there anyway (the lanes' chunk pick, the output's int32 / int8 choice).
         biased = []
         for j in range(C):
             s = Signal(signed(ACC_BITS + 1), name=f"sum{j}")
-            t = Signal(ACC, name=f"biased{j}")
-            m.d.comb += s.eq(row2[j] + bias2[j])
+            t = Signal(Biased, name=f"biased{j}")
+            m.d.comb += s.eq(row2[j] + (chan[j].bias | prow2.bias))
             with m.If(advance3):
-                m.d.sync += t.eq(Mux(s > hi, hi, Mux(s < lo, lo, s)))
+                m.d.sync += [t.low.eq(s[:ACC_BITS]), t.over.eq(s[-1] != s[-2]), t.neg.eq(s[-1])]
             biased.append(t)
         with m.If(advance3):
             m.d.sync += s3_valid.eq(s2_valid)
@@ -355,7 +390,7 @@ class GemmStore(wiring.Component):
         ch_out = Signal(range(chunks), name="chunk_out")    # the chunk the lanes put out
         first_chunks = [Signal(signed(OUT_BITS), name=f"out8_{j}") for j in range(C - L)]
         o32_valid = Signal()
-        o32 = Signal(self.layouts.out)
+        o32 = [Signal(Biased, name=f"o32_{j}") for j in range(C)]     # as stage 3, saturated at the output
         o32_advance = ~o32_valid | self.out.ready
         take = lanes[0].i.ready & (ch_in == chunks - 1)      # stage 3's row has gone to the lanes whole
         # The lanes' chunk of int8 results as one handshake (the lanes move in lockstep), through the store
@@ -364,8 +399,11 @@ class GemmStore(wiring.Component):
         for l, lane in enumerate(lanes):
             pick = (lambda xs: Array(xs[c * L + l] for c in range(chunks))[ch_in]) if chunks > 1 else (lambda xs: xs[l])
             m.d.comb += [lane.relu.eq(cmd.relu), lane.i.valid.eq(s3_valid & ~cmd.out_int32),
-                         lane.i.payload.acc.eq(pick(biased)), lane.i.payload.multiplier.eq(pick(mult3)),
-                         lane.i.payload.shift.eq(pick(shift3)), lane.o.ready.eq(q_ready)]
+                         lane.i.payload.acc.eq(saturate(pick([b.low for b in biased]), pick([b.over for b in biased]),
+                                                        pick([b.neg for b in biased]))),
+                         lane.i.payload.multiplier.eq(prow3.multiplier | pick([chan[j].multiplier for j in range(C)])),
+                         lane.i.payload.shift.eq(prow3.shift | pick([chan[j].shift for j in range(C)])),
+                         lane.o.ready.eq(q_ready)]
         if self._lut_rd is not None:
             m.submodules.table = table = StoreTable(self.cfg, self._lut_rd)
             m.d.comb += [table.enable.eq(cmd.lut), table.i.valid.eq(q_valid), q_ready.eq(table.i.ready)]
@@ -402,10 +440,16 @@ class GemmStore(wiring.Component):
         m.d.comb += s3_ready.eq(Mux(cmd.out_int32, o32_advance, take))
         with m.If(o32_advance):
             m.d.sync += o32_valid.eq(s3_valid & cmd.out_int32)
-            for j in range(C):
-                m.d.sync += o32[j].eq(Mux(cmd.relu & (biased[j] < 0), 0, biased[j]))
+        for j in range(C):
+            # ReLU as the flip-flops' own synchronous reset (FDRE R), over their enable.
+            with m.If(o32_advance & cmd.relu & biased[j].neg):
+                m.d.sync += o32[j].eq(0)
+            with m.Elif(o32_advance):
+                m.d.sync += o32[j].eq(biased[j])
         with m.If(cmd.out_int32):
-            m.d.comb += [self.out.valid.eq(o32_valid), self.out.payload.eq(o32)]
+            m.d.comb += self.out.valid.eq(o32_valid)
+            for j in range(C):
+                m.d.comb += self.out.payload[j].eq(saturate(o32[j].low, o32[j].over, o32[j].neg))
         with m.Else():
             # The row leaves with its last chunk, the earlier chunks from their registers.
             m.d.comb += self.out.valid.eq(q_valid & (ch_out == chunks - 1))
