@@ -377,14 +377,14 @@ def test_objects_batched_bit_exact_per_object_with_a_bounded_per_object_bank(vid
         predictor.add_new_points_or_box(state, 1, 4, points=[CLICK], labels=[1])
 
 
-def _steady_frames(qm, cfg, frames, click):
+def _steady_frames(qm, cfg, frames, click, backend="sim"):
     """The int8 tracker on the overlay (the preset's own placement) against the host int8 tracker's logits on
     every frame of a video long enough for the memory attention to meet each placement of the bank's slots
     twice once its memory is full: per frame (host <-> DDR bytes, its nodes': (bytes, programs', the host ops'
     own), the arena's use, the memory length); the ring's period (its slots taken in turn, the prompted frame's
     held); the first frame of the full memory."""
     ref = [logits for _, _, logits in _clicked(graph_video_predictor(qm.graph, VideoIntRunner(qm)), frames, click)]
-    ex = VideoGraphExecutor(qm, cfg, "sim")
+    ex = VideoGraphExecutor(qm, cfg, backend)
     predictor = overlay_video_predictor(qm, ex)
     arena, bank, seen = ex.driver.session.arena, predictor.tracker.bank, []
     for idx, _, logits in _clicked(predictor, frames, click):
@@ -406,11 +406,15 @@ def _clicked(predictor, frames, click):
     return predictor.propagate_in_video(state)
 
 
-def test_steady_frames_rewrite_no_descriptor_as_the_bank_wraps():
-    """micro (64 px, 3 memory frames: 6 frame slots, 5 taken in turn) tracked 26 frames on preset sim, each equal to
-    the host int8 tracker's: once the memory is full (16 pointers) the memory attention's programs meet each
-    placement of the ring's slots once, writing its descriptor list, and on the ring's next wrap write none: a
-    frame moves the same bytes as the frame one period before, no program byte among them, the arena flat."""
+@pytest.mark.parametrize("backend", ["sim", pytest.param("pynq", marks=pytest.mark.slow(seconds=60))])
+def test_steady_frames_rewrite_no_descriptor_as_the_bank_wraps(backend):
+    """micro (64 px, 3 memory frames: 6 frame slots, 5 taken in turn) tracked 26 frames on preset sim (the sim
+    backend, and pynq's library on the simulated device), each equal to the host int8 tracker's: once the memory
+    is full (16 pointers) the memory attention's programs meet each placement of the ring's slots once, writing
+    its descriptor list, and on the ring's next wrap write none: a frame moves the same bytes as the frame one
+    period before, no program byte among them, the arena flat."""
+    if backend == "pynq":
+        pytest.importorskip("pynq")
     cfg = preset("sim")
     model = random_model("micro", seed=0)
     size = model.image_size
@@ -419,7 +423,7 @@ def test_steady_frames_rewrite_no_descriptor_as_the_bank_wraps():
     stats = calibrate(graph, [photo], prompts_per_image=1)
     calibrate_video(graph, [photo], stats, frames_per_video=2)
     qm = quantize_video(graph, stats, key_tile=cfg.cols, preset=cfg.name)
-    seen, period, full = _steady_frames(qm, cfg, shifted_frames(photo, 26), [size * 0.45, size * 0.55])
+    seen, period, full = _steady_frames(qm, cfg, shifted_frames(photo, 26), [size * 0.45, size * 0.55], backend)
     assert (full, period) == (16, 5)
     first, wrapped = seen[full:full + period], seen[full + period:]
     assert all(nodes[1] > 0 for _, nodes, _, _ in first)          # a placement's list, written once
