@@ -78,7 +78,7 @@ A new frame's features are STOREd into its `frames` slot by the memory encoder's
 OverlayTracker.encode_new_memory, VideoGraphExecutor.into), and its values and keys into their slots by their
 chains' last nodes where those run on
 an engine (project_into: the slots taken first, DdrBank.take, the nodes' outputs bound to their layer
-buffers, a program per slot), the chains' first nodes reading the frame's tokens in its `frames` slot in
+buffers, a program with a descriptor list per slot: Session.pin), the chains' first nodes reading the frame's tokens in its `frames` slot in
 place (SLOT_RINGS), an inner node's rows (k_proj's) left in a buffer the executor keeps (_stage).
 
 Not yet (honest): a reader on the host reads the bank's rows at the gather (BankEntry.part), a projection
