@@ -2,7 +2,8 @@
 a steady-state frame's modelled time per stage and its wall time (sw/runtime/video_exec.py); then the
 objects' memory attentions batched against one by one.
 
-    python -m benchmarks video_bank          # SAM2FPGA_BENCH_FRAMES=24 frames, tiny at 128 px, bench16, sim
+    python -m benchmarks video_bank          # SAM2FPGA_BENCH_FRAMES=30 frames, tiny at 128 px, bench16, sim (the
+                                             # steady state from frame 25: the ring's placements all met)
                                              # SAM2FPGA_BENCH_OBJECT_FRAMES=4 frames per objects case
     SAM2FPGA_BENCH_CHAIN=0 python -m benchmarks video_bank   # every engine output back to the host (no chaining)
     SAM2FPGA_BENCH_LOAD_T=0 python -m benchmarks video_bank  # bench16 without the transposing LOAD (load_t)
@@ -167,7 +168,7 @@ def objects(qm, cfg, photo, n: int, counts=(1, 3)) -> None:
 
 def run() -> None:
     qm, cfg, photo = _case()
-    frames = int(os.environ.get("SAM2FPGA_BENCH_FRAMES", "24"))
+    frames = int(os.environ.get("SAM2FPGA_BENCH_FRAMES", "30"))
     if frames:
         long_clip(qm, cfg, photo, frames)
     objects(qm, cfg, photo, int(os.environ.get("SAM2FPGA_BENCH_OBJECT_FRAMES", "4")))

@@ -117,6 +117,46 @@ def test_loaded_program_reruns_on_new_data_weights_written_once(backend):
     assert not session.arena.buffers
 
 
+def test_a_program_reading_pinned_slots_in_turn_keeps_a_list_per_placement(backend):
+    """Session.pin (a memory bank's ring slots, read in turn): a program bound to pinned buffers keeps a
+    descriptor list per placement of them, up to Session.placements. A placement met for the first time has its
+    list written whole, one met before is relinked by writing nothing, and every run reads the slot its placement
+    names; a placement beyond the bound takes the least recently used list and rewrites only the descriptors
+    that differ, so the arena holds at most `placements` lists; a program bound to no pinned buffer keeps one."""
+    rng = np.random.default_rng(4)
+    a, b, bias, mult, shift = layer(rng, 9, 40, 20)
+    prog = compile_linear(SIM, a, b, bias, mult, shift)
+    session = Session(backend)
+    slots = {}
+    for i in range(4):
+        slots[f"slot{i}"] = rng.integers(-128, 128, a.shape).astype(np.int8)
+        session.buffer(f"slot{i}", prog.regions["A"][1])
+        backend.write(session.arena[f"slot{i}"].addr, compile_linear(SIM, slots[f"slot{i}"], b, bias, mult,
+                                                                     shift).region("A"))
+    session.pin(["slot0", "slot1", "slot2"], 3)
+    loaded = session.load(prog, "fc", bind={"A": "slot0"})
+    whole = prog.regions["descriptors"][1]
+
+    def step(slot):
+        written = loaded.rebind({"A": slot})
+        loaded.run()
+        assert np.array_equal(loaded.output(), gemm(slots[slot], b, bias, mult, shift)), slot
+        return written
+    assert [step(s) for s in ("slot0", "slot1", "slot2")] == [0, whole, whole]     # slot0's list: the loaded one
+    free = session.arena.free_bytes
+    for _ in range(2):                   # the ring wraps: every placement met before
+        assert [step(s) for s in ("slot0", "slot1", "slot2")] == [0, 0, 0]
+    assert session.arena.free_bytes == free
+    moved = step("slot3")               # not pinned: a fourth placement, in the least recently used list (slot0's)
+    assert 0 < moved < whole and session.arena.free_bytes == free
+    assert [step(s) for s in ("slot2", "slot0")] == [0, moved]      # slot0's list was taken: relinked again
+    loaded.free()
+    other = session.load(prog, "other", bind={"A": "slot3"})
+    session.buffer("act", prog.regions["A"][1])
+    free = session.arena.free_bytes
+    assert 0 < other.rebind({"A": "act"}) < whole and session.arena.free_bytes == free     # one list, relinked
+
+
 def test_backend_hang_resets_and_raises(backend):
     backend.timeout_s = 0.2
     session = Session(backend)

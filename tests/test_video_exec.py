@@ -377,6 +377,76 @@ def test_objects_batched_bit_exact_per_object_with_a_bounded_per_object_bank(vid
         predictor.add_new_points_or_box(state, 1, 4, points=[CLICK], labels=[1])
 
 
+def _steady_frames(qm, cfg, frames, click, backend="sim"):
+    """The int8 tracker on the overlay (the preset's own placement) against the host int8 tracker's logits on
+    every frame of a video long enough for the memory attention to meet each placement of the bank's slots
+    twice once its memory is full: per frame (host <-> DDR bytes, its nodes': (bytes, programs', the host ops'
+    own), the arena's use, the memory length); the ring's period (its slots taken in turn, the prompted frame's
+    held); the first frame of the full memory."""
+    ref = [logits for _, _, logits in _clicked(graph_video_predictor(qm.graph, VideoIntRunner(qm)), frames, click)]
+    ex = VideoGraphExecutor(qm, cfg, backend)
+    predictor = overlay_video_predictor(qm, ex)
+    arena, bank, seen = ex.driver.session.arena, predictor.tracker.bank, []
+    for idx, _, logits in _clicked(predictor, frames, click):
+        np.testing.assert_array_equal(logits, ref[idx])
+        fs = ex.frame_stats
+        seen.append((sum(st.ddr_bytes for st in fs.stages.values()), tuple(map(sum, zip(*fs.nodes.values()))),
+                     arena.size - arena.free_bytes, fs.batches))
+        fs.reset()
+    assert len(seen) == len(frames)
+    period = bank.counts["frames"] - 1
+    full = next(i for i, f in enumerate(seen) if f[3] == seen[-1][3])
+    assert len(frames) >= full + 2 * period, (full, period)
+    return seen, period, full
+
+
+def _clicked(predictor, frames, click):
+    state = predictor.init_state(frames)
+    predictor.add_new_points_or_box(state, 0, 1, points=[click], labels=[1])
+    return predictor.propagate_in_video(state)
+
+
+@pytest.mark.parametrize("backend", ["sim", pytest.param("pynq", marks=pytest.mark.slow(seconds=60))])
+def test_steady_frames_rewrite_no_descriptor_as_the_bank_wraps(backend):
+    """micro (64 px, 3 memory frames: 6 frame slots, 5 taken in turn) tracked 26 frames on preset sim (the sim
+    backend, and pynq's library on the simulated device), each equal to the host int8 tracker's: once the memory
+    is full (16 pointers) the memory attention's programs meet each placement of the ring's slots once, writing
+    its descriptor list, and on the ring's next wrap write none: a frame moves the same bytes as the frame one
+    period before, no program byte among them, the arena flat."""
+    if backend == "pynq":
+        pytest.importorskip("pynq")
+    cfg = preset("sim")
+    model = random_model("micro", seed=0)
+    size = model.image_size
+    photo = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    graph = build_full_graph(model)
+    stats = calibrate(graph, [photo], prompts_per_image=1)
+    calibrate_video(graph, [photo], stats, frames_per_video=2)
+    qm = quantize_video(graph, stats, key_tile=cfg.cols, preset=cfg.name)
+    seen, period, full = _steady_frames(qm, cfg, shifted_frames(photo, 26), [size * 0.45, size * 0.55], backend)
+    assert (full, period) == (16, 5)
+    first, wrapped = seen[full:full + period], seen[full + period:]
+    assert all(nodes[1] > 0 for _, nodes, _, _ in first)          # a placement's list, written once
+    assert [(total, nodes[1]) for total, nodes, _, _ in wrapped] == [(seen[-1][0], 0)] * len(wrapped)
+    assert all(total == nodes[0] for total, nodes, _, _ in wrapped)      # nothing outside the nodes
+    assert len({arena for *_, arena, _ in seen[full + period - 1:]}) == 1
+
+
+@pytest.mark.slow(seconds=120)
+def test_steady_frames_move_only_the_host_ops_own_bytes_on_bench16(video_case):
+    """The issue's target on tiny 128 px, bench16's placement (the bench's case, docs/runtime.md): once the memory
+    is full and the ring of 9 slots has wrapped once more, a frame moves the host ops' own bytes (the frame in, the
+    logits out, the host nodes' tensors) and nothing else: no program byte, nothing relayed, nothing outside a
+    node; every frame equal to the host int8 tracker's."""
+    qm, cfg, _ = video_case
+    photo = np.random.default_rng(0).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)      # video_case's
+    seen, period, full = _steady_frames(qm, cfg, shifted_frames(photo, 34), CLICK)
+    assert (full, period) == (16, 9)
+    for total, (nodes, programs, own), _, _ in seen[full + period:]:
+        assert (total, nodes, programs) == (own, own, 0)
+    assert len({arena for *_, arena, _ in seen[full + period - 1:]}) == 1
+
+
 @pytest.mark.parametrize("extra, message", [
     (["--backend", "sim", "--precision", "float"], "drop --precision float"),
     (["--fault", "hang"], "--fault needs --backend"),

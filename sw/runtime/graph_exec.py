@@ -247,12 +247,13 @@ ENGINE_OPS = {
 # ---------------------------------------------------------------- engine nodes leaving their outputs in DDR
 def _run_to_device(drv, prog, bind, layout, shape, producer, order=None, out: str | None = None) -> DeviceTensor:
     """Run `prog` (regions bound as `bind`) with its out region in a new buffer (or in `out`, a buffer the
-    caller keeps, e.g. a memory bank slot's: a kept program per such buffer, so a node writing into a ring's
-    slots in turn relinks none once each slot has had its program): that buffer as a DeviceTensor (rows in
-    `order`: a row-wise op's, its input's)."""
+    caller keeps: a kept program per such buffer, so a node writing into two of them relinks none; a memory bank
+    slot's, pinned, its node's one program, which keeps a descriptor list per slot: Session.pin): that buffer as
+    a DeviceTensor (rows in `order`: a row-wise op's, its input's)."""
     y = DeviceTensor(drv, out or drv.buffer(prog.regions["out"][1]).name, layout, shape, producer, order)
     try:
-        drv.run_bound(prog, {**bind, "out": y.buffer}, owner=producer if out is None else f"{producer}@{out}")
+        drv.run_bound(prog, {**bind, "out": y.buffer}, owner=producer if out is None or out in drv.session.pinned
+                      else f"{producer}@{out}")
     except BaseException:
         if out is None:
             y.free(keep=False)

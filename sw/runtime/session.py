@@ -10,7 +10,9 @@
 at once: ArenaFull names the sizes before anything is written), links the descriptors to the
 buffers' addresses (sw.runtime.program.link), checks every access against the buffer table
 (sw.runtime.checks), and writes the descriptors and the weights. A loaded program runs again and
-again on new inputs without recompiling or rewriting them.
+again on new inputs without recompiling or rewriting them; `rebind` moves its bound regions to other
+buffers, writing the descriptors that changed, and one bound to pinned buffers (`pin`: a memory bank's
+slots, read in turn) keeps a descriptor list per placement of them, so a placement that recurs writes none.
 
 A run the overlay reports an error for, or that does not finish in time (AcceleratorError; the
 backend has read the registers and soft-reset the overlay), is retried once, whole (every START of
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -30,7 +32,7 @@ from hw import isa
 from sw.engines import engine_of_kind
 from sw.lru import Lru
 from sw.runtime.checks import check_descriptors
-from sw.runtime.arena import Arena, Buffer
+from sw.runtime.arena import Arena, ArenaFull, Buffer
 from sw.runtime.backend import DDR_BASE, AcceleratorError, Backend
 from sw.runtime.program import link_words, with_fields
 
@@ -67,6 +69,8 @@ class Session:
         self.arena = Arena(base, backend.ddr_base + backend.ddr_bytes - base)
         self.recoveries: list[str] = []      # faults a retry recovered from, one line each
         self._checked = Lru(keep=1024)   # (bytes digest, buffer table, runs) of lists that passed the checks
+        self.pinned: set[str] = set()    # buffers read in turn for the session (pin): a memory bank's slots
+        self.placements = 1              # descriptor lists a program bound to pinned buffers keeps (pin)
 
     @property
     def traffic(self):
@@ -82,6 +86,16 @@ class Session:
 
     def free(self, name: str) -> None:
         self.arena.free(name)
+        self.pinned.discard(name)
+
+    def pin(self, names, placements: int) -> None:
+        """Mark buffers `names` as read in turn by the same programs for the whole session (a memory bank's ring
+        slots: a reader's segments move to other slots each frame), in at most `placements` placements that
+        recur (a ring of n slots taken in turn repeats its placements every <= n frames). A loaded program
+        bound to pinned buffers keeps one descriptor list per placement of them, up to `placements`
+        (LoadedProgram.rebind): once each has been met, relinking it to a recurring placement writes nothing."""
+        self.pinned.update(names)
+        self.placements = max(self.placements, placements)
 
     def load(self, prog, name: str, bind: dict[str, str] | None = None, descriptors: list[dict] | None = None
              ) -> "LoadedProgram":
@@ -102,6 +116,7 @@ class Session:
             raise
         loaded = LoadedProgram(self, prog, name, names, addresses, raw.size // isa.DESCRIPTOR_BYTES, list(placed),
                                edited=descriptors is not None)
+        loaded.placement = loaded.pinned_placement(names)
         loaded.linked = None if descriptors is not None else self._linked(prog, names)
         self.backend.write(addresses["descriptors"], raw)
         for region in own:
@@ -175,16 +190,27 @@ class LoadedProgram:
     edited: bool = False               # loaded with other descriptors than the compiled ones (one run, no fast job)
     last_run: RunStats | None = None
     linked: tuple | None = None        # Session._linked of the descriptors in DDR (None: edited ones)
+    placement: tuple = ()              # the pinned buffers the current descriptor list is linked to (pinned_placement)
+    # the other placements' descriptor lists, least recently used first: placement -> (descriptors buffer,
+    # linked, addresses) as the current list's buffers["descriptors"], linked, addresses (Session.pin)
+    lists: dict = field(default_factory=dict)
 
     def owned_regions(self) -> list[str]:
         """The regions in buffers this program allocated (not bound to the caller's)."""
         return [r for r, buf in self.buffers.items() if buf in self.owned]
 
+    def pinned_placement(self, names: dict[str, str]) -> tuple:
+        """Which of the session's pinned buffers regions `names` bind: ((region, buffer), ...)."""
+        pinned = self.session.pinned
+        return tuple(sorted((r, b) for r, b in names.items() if b in pinned))
+
     def rebind(self, bind: dict[str, str]) -> int:
         """Move the regions bound at load to other session buffers (the next call's activations): the
         descriptors relinked, checked and written again, the weights left in place. Returns the bytes
         written (0 when nothing moved, or the new buffers sit where the old ones did: the descriptors in
-        DDR are already these, as a steady video frame's allocations repeat the last frame's)."""
+        DDR are already these, as a steady video frame's allocations repeat the last frame's). A program bound
+        to pinned buffers (Session.pin: a memory bank's slots, which move every frame) keeps a descriptor list
+        per placement of them (_use_list): a placement met before finds its list as it left it."""
         s = self.session
         if self.edited or set(bind) != set(self.buffers) - set(self.owned_regions()):
             bound = sorted(set(self.buffers) - set(self.owned_regions()))
@@ -192,6 +218,10 @@ class LoadedProgram:
                              f"got {', '.join(bind)}")
         s._check_bind(self.name, self.prog, bind)
         names = {**self.buffers, **bind}
+        placement = self.pinned_placement(names)
+        if placement != self.placement:
+            self._use_list(placement)
+            names["descriptors"] = self.buffers["descriptors"]
         if names == self.buffers:
             return 0
         linked = s._linked(self.prog, names)
@@ -209,6 +239,27 @@ class LoadedProgram:
                                      link_words(linked[0], self.addresses) if same_list else None)
         self.buffers, self.addresses, self.linked = names, addresses, linked
         return written
+
+    def _use_list(self, placement: tuple) -> None:
+        """Make the descriptor list of `placement` current: the one kept for it; else a new one (written whole by
+        rebind) while the program has fewer than Session.placements and the arena has room; else the least
+        recently used one, relinked in place (rebind writes the descriptors that differ). The current list is
+        kept for its placement."""
+        s = self.session
+        self.lists[self.placement] = (self.buffers["descriptors"], self.linked, self.addresses)
+        kept = self.lists.pop(placement, None)
+        if kept is None and len(self.lists) < s.placements:
+            name = f"{self.name}.descriptors@{len(self.lists)}"
+            try:
+                s.arena.allocate_all({name: self.prog.regions["descriptors"][1]}, top=True)
+                self.owned.append(name)
+                kept = (name, None, {})
+            except ArenaFull:       # no room for another list: relink one in place, as a program without lists
+                pass
+        if kept is None:
+            kept = self.lists.pop(next(iter(self.lists)))
+        self.buffers = {**self.buffers, "descriptors": kept[0]}
+        self.linked, self.addresses, self.placement = kept[1], kept[2], placement
 
     def write(self, region: str, data) -> None:
         self.session.backend.write(self.addresses[region], data)
@@ -270,4 +321,4 @@ class LoadedProgram:
     def free(self) -> None:
         for buf in self.owned:
             self.session.arena.free(buf)
-        self.owned = []
+        self.owned, self.lists = [], {}

@@ -69,14 +69,16 @@ layer_buffer), then the pointer tokens' rows, the chain's nodes' output on them 
 tokens, the gather's rows, written once a run and read in place by every such chain's first node:
 _tail_rows; the keys' RoPE, every token excluded, one RESCALE: _rope_dev); in a batch, object after object,
 each object's pointer rows read back and written into a buffer of their own. The readers' programs take it
-as RowSegments (a region per range, relinked per frame to that frame's slots: only the moved descriptors
-written, LoadedProgram.rebind), so the host neither reads the bank's rows nor writes them back.
+as RowSegments (a region per range, relinked per frame to that frame's slots, LoadedProgram.rebind: the bank's
+slot buffers are pinned, Session.pin, so each program keeps a descriptor list per placement of them, written
+the first time it comes; the ring's placements recur, so a steady frame writes none), so the host neither reads
+the bank's rows nor writes them back.
 
 A new frame's features are STOREd into its `frames` slot by the memory encoder's last node (taken before the run:
 OverlayTracker.encode_new_memory, VideoGraphExecutor.into), and its values and keys into their slots by their
 chains' last nodes where those run on
 an engine (project_into: the slots taken first, DdrBank.take, the nodes' outputs bound to their layer
-buffers, a program per slot), the chains' first nodes reading the frame's tokens in its `frames` slot in
+buffers, a program with a descriptor list per slot: Session.pin), the chains' first nodes reading the frame's tokens in its `frames` slot in
 place (SLOT_RINGS), an inner node's rows (k_proj's) left in a buffer the executor keeps (_stage).
 
 Not yet (honest): a reader on the host reads the bank's rows at the gather (BankEntry.part), a projection
@@ -787,6 +789,11 @@ class DdrBank:
         self.buffers = {name: session.buffer(name, size, zero=name != "bank.slot_pos")
                         for name, size in bank_buffers(rings, pos.nbytes).items()}
         session.backend.write(self.buffers["bank.slot_pos"].addr, pos.reshape(-1).view(np.uint8))
+        # The memory attention reads its memory frames' slots in place, in an order that moves every frame (the
+        # frames' temporal order); a ring's slots are taken in turn, so those placements recur every <= n frames
+        # (n slots): its programs keep a descriptor list per placement and a steady frame rewrites none.
+        session.pin([layer_buffer(r, slot, i) for r in SLOT_RINGS if r in rings for slot in range(self.counts[r])
+                     for i in range(self.shapes[r][0])], max(self.counts[r] for r in SLOT_RINGS if r in rings))
 
     @property
     def nbytes(self) -> int:
