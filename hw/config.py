@@ -201,12 +201,14 @@ PRESETS: dict[str, OverlayConfig] = {
     # UltraRAM (attn_o_uram; a bank per normaliser lane: 2 on kv260 (768 x 40 bits), 4 on zcu104 (512 x 40),
     # one URAM288 each: 32 and 64 of the parts' 64 and 96). kv260 also keeps its GEMM A and B scratchpads in
     # UltraRAM (scratch_uram: 6 URAM288), which leaves block RAM room for a 4,096-entry A and 6 query slots
-    # (attention steady state 100 %, 83.7 % with 4). zcu104 fits within 85 %; kv260 does not (LUT 106 %,
-    # DSP 91 %; BRAM 81 %, URAM 59 %: `sam2fpga build --board kv260`).
+    # (attention steady state 100 %, 83.7 % with 4). kv260 has one depthwise lane (53 DSPs a lane; its DSPs
+    # are what bind: the depthwise 7 x 7 layers are 4.8 ms of a 2.33 s modelled steady frame at two lanes,
+    # 8.3 ms at one: `sam2fpga profile --preset kv260 --video`). Both fit within 85 % of every resource: `sam2fpga build --board kv260` (figures in
+    # bitstreams/README.md).
     # Estimates (yosys, per engine): bitstreams/README.md.
     "kv260": OverlayConfig("kv260", rows=16, cols=32, a_depth=4096, b_depth=2048, acc_depth=512,
                            param_depth=128, axi_data_bits=128, clock_mhz=300.0, board="KV260 xck26",
-                           engines=("gemm", "attention", "conv", "depthwise", "vector", "load_t"), dw_lanes=2,
+                           engines=("gemm", "attention", "conv", "depthwise", "vector", "load_t"), dw_lanes=1,
                            dw_row_bytes=256, attn_q_slots=6, attn_norm_lanes=2, dsp_packing=True, vec_lanes=16,
                            attn_o_uram=True, scratch_uram=True),
     "zcu104": OverlayConfig("zcu104", rows=16, cols=32, a_depth=4096, b_depth=4096, acc_depth=1024,
