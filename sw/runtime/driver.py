@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import weakref
 
 import numpy as np
 
@@ -49,7 +50,8 @@ class Driver:
         self._names = itertools.count()
         self._cache: dict = {}               # key -> LoadedProgram, least recently used first
         self._reused: set = set()            # keys of kept programs run again since their load
-        self._keys: dict = {}                # (owner, kind) -> (its last program's regions, their bytes, key)
+        # (owner, kind) -> (its last program's regions, their bytes, key, a weak reference to that program)
+        self._keys: dict = {}
         self.program_bytes = 0               # descriptors and weights written by loads (host -> DDR), so far
         self.compiles = CompileCache()       # graph nodes' programs, reused while their arguments repeat
 
@@ -83,6 +85,11 @@ class Driver:
                               residual=residual, add=add, a_rows=a_rows, base_addr=base,
                               max_ddr_bytes=self.ddr_bytes - base)
         return prog
+
+    def compile_nk(self, a, w, *args, **kwargs):
+        """compile with B given as a layer's (N, K) weights (torch's layout), transposed here: the compile cache
+        compares (and keeps) the weights as they are, so a node's next call makes no transposed copy of them."""
+        return self.compile(a, np.ascontiguousarray(w.T), *args, **kwargs)
 
     def linear(self, a, b, bias=None, multiplier=None, shift=None, *, relu=False, out_int32=False,
                lut=None, residual=None, add=None, keep: bool = True) -> np.ndarray:
@@ -255,17 +262,21 @@ class Driver:
 
     def _owned_key(self, prog, owner: str) -> str:
         """_weights_key(prog), without hashing the bytes again when they equal those of the owner's last
-        program of this kind (a node's next call: compared, several times faster than hashing)."""
+        program of this kind (a node's next call: compared, several times faster than hashing), nor comparing
+        them when it is that very program (the compile cache's again: a compiled program is never changed)."""
         if not owner:
             return _weights_key(prog)
-        parts = _keyed_regions(prog)
         mine = (owner, type(prog).__name__)
         kept = self._keys.get(mine)
+        if kept is not None and kept[3]() is prog:
+            return kept[2]
+        parts = _keyed_regions(prog)
         if kept is not None and kept[0] == tuple(prog.regions) and [r for r, _ in kept[1]] == [r for r, _ in parts] \
                 and all(same_bytes(a, b) for (_, a), (_, b) in zip(kept[1], parts)):
+            self._keys[mine] = (*kept[:3], weakref.ref(prog))
             return kept[2]
         key = _weights_key(prog)
-        self._keys[mine] = (tuple(prog.regions), [(r, np.array(a)) for r, a in parts], key)
+        self._keys[mine] = (tuple(prog.regions), [(r, np.array(a)) for r, a in parts], key, weakref.ref(prog))
         return key
 
     def _making_room(self, make):

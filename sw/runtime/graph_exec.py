@@ -276,7 +276,7 @@ def _linear_dev(drv, n, a, r, lut=None, residual=None, add=None, out=None, order
     if residual is not None:
         residual = _window_order(residual, order) if order else residual
         residual = np.ascontiguousarray(residual).reshape(-1, w.shape[0])
-    prog = drv.compiles.get(n.name, drv.compile, x2, np.ascontiguousarray(w.reshape(w.shape[0], -1).T), b, m, s,
+    prog = drv.compiles.get(n.name, drv.compile_nk, x2, w.reshape(w.shape[0], -1), b, m, s,
                             relu=n.attrs.get("relu", False), lut=lut, residual=residual, add=add, a_rows=in_place)
     y = _run_to_device(drv, prog, {"A": x.buffer} if in_place else {}, TokenRowLayout(prog.m, prog.n, drv.cfg.cols),
                        x.shape[:-1] + (w.shape[0],), n.name, order, out)
@@ -302,9 +302,9 @@ def _conv_dev(drv, n, a, r):
     if route == "planes":
         m, s = _requant_args(r, n)
         ho, wo = (intconv.out_size(d, k, stride, pad) for d in x.shape[1:3])
-        return _planar_dev(drv, n, x, r, (w.shape[0], ho, wo), lambda base, room: compile_conv2d(
-            drv.cfg, np.zeros(_chw(x.shape), np.int8), w, b, m, s, stride=stride, padding=pad,
-            base_addr=base, max_ddr_bytes=room), lambda: _conv(drv, n, _host_args(a), r))
+        return _planar_dev(drv, n, x, r, (w.shape[0], ho, wo), (compile_conv2d, (w, b, m, s),
+                                                                 {"stride": stride, "padding": pad}),
+                           lambda: _conv(drv, n, _host_args(a), r))
     if route != "patches":
         return _conv(drv, n, _host_args(a), r)
     x = np.asarray(x)
@@ -396,9 +396,8 @@ def _depthwise_dev(drv, n, a, r):
                                                                       x.shape[2], False):
         return _conv(drv, n, _host_args(a), r)
     m, s = _requant_args(r, n)
-    return _planar_dev(drv, n, x, r, _chw(x.shape), lambda base, room: compile_depthwise(
-        drv.cfg, np.zeros(_chw(x.shape), np.int8), w, b, m, s, padding=pad, base_addr=base,
-        max_ddr_bytes=room), lambda: _conv(drv, n, _host_args(a), r))
+    return _planar_dev(drv, n, x, r, _chw(x.shape), (compile_depthwise, (w, b, m, s), {"padding": pad}),
+                       lambda: _conv(drv, n, _host_args(a), r))
 
 
 def _chw(nhwc: tuple) -> tuple:
@@ -406,9 +405,10 @@ def _chw(nhwc: tuple) -> tuple:
     return nhwc[3], nhwc[1], nhwc[2]
 
 
-def _planar_dev(drv, n, x, r, out_chw: tuple, compile_engine, fallback):
-    """A convolution engine's or the depthwise engine's program (compile_engine(base, room): planar maps in and
-    out, FmapLayout) between token rows: its input, a (1, H, W, C) DeviceTensor in token rows, moved into its
+def _planar_dev(drv, n, x, r, out_chw: tuple, engine: tuple, fallback):
+    """A convolution engine's or the depthwise engine's program (engine: (compiler, its arguments after the
+    config and the input map, its keyword arguments); planar maps in and out, FmapLayout; compiled through the
+    compile cache) between token rows: its input, a (1, H, W, C) DeviceTensor in token rows, moved into its
     planes on the GEMM array (compile_rows_to_planar), or a host array's pixels written there (its bytes alone:
     the frame, the mask); its output planes moved back into token rows (compile_planar_to_rows, in the window
     order its readers want) and left in DDR. The planes are buffers the executor keeps a session per shape
@@ -428,7 +428,10 @@ def _planar_dev(drv, n, x, r, out_chw: tuple, compile_engine, fallback):
         for c, rows in enumerate(np.asarray(x)[0].transpose(2, 0, 1)):
             for yy, row in enumerate(rows):
                 drv.device.write(at + lay.offset(c, yy, 0), row.view(np.uint8))
-    runs.append(drv.run_bound(compile_engine(base, room), {"in": planes[0], "out": planes[1]}, owner=n.name))
+    compiler, args, kwargs = engine        # compiled on zeros (the input read in place): the same each frame
+    prog = drv.compiles.get(n.name, compiler, cfg, np.zeros((cin, H, W), np.int8), *args, base_addr=base,
+                            max_ddr_bytes=room, **kwargs)
+    runs.append(drv.run_bound(prog, {"in": planes[0], "out": planes[1]}, owner=n.name))
     cout, ho, wo = out_chw
     order = _want(r, n)
     prog = compile_planar_to_rows(cfg, cout, ho, wo, order=order, base_addr=base, max_ddr_bytes=room)

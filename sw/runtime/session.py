@@ -194,6 +194,9 @@ class LoadedProgram:
     # the other placements' descriptor lists, least recently used first: placement -> (descriptors buffer,
     # linked, addresses) as the current list's buffers["descriptors"], linked, addresses (Session.pin)
     lists: dict = field(default_factory=dict)
+    # (descriptor list, addresses dict, its linked bytes) of rebind's last link: the bytes DDR holds while that
+    # list and that dict (the object) are current, the next rebind's `old` without linking them again
+    relinked: tuple = (None, None, None)
 
     def owned_regions(self) -> list[str]:
         """The regions in buffers this program allocated (not bound to the caller's)."""
@@ -235,9 +238,14 @@ class LoadedProgram:
         if addresses != self.addresses:
             same_list = self.linked is not None and linked[0] is not None and linked[0] is self.linked[0] \
                 and addresses["descriptors"] == self.addresses["descriptors"]
-            written = _write_changed(s.backend, addresses["descriptors"], raw,
-                                     link_words(linked[0], self.addresses) if same_list else None)
+            old = None
+            if same_list:
+                kept = self.relinked
+                old = kept[2] if kept[0] is linked[0] and kept[1] is self.addresses else \
+                    link_words(linked[0], self.addresses)
+            written = _write_changed(s.backend, addresses["descriptors"], raw, old)
         self.buffers, self.addresses, self.linked = names, addresses, linked
+        self.relinked = (linked[0], addresses, raw)
         return written
 
     def _use_list(self, placement: tuple) -> None:
