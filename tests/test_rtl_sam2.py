@@ -16,14 +16,12 @@ import pytest
 
 from golden_model.config import load_config
 from golden_model.quant.builder import random_model
-from golden_model.quant.quantize import calibrate
-from golden_model.quant.video import (VideoIntRunner, build_full_graph, calibrate_video, graph_video_predictor,
-                                      quantize_video, shifted_frames)
+from golden_model.quant.video import VideoIntRunner, graph_video_predictor
 from hw.config import preset
 from sw.runtime.backend import Backend
 from sw.runtime.video_exec import VideoGraphExecutor, overlay_video_predictor
 
-from tests.test_video_exec import _digests, _fused_outputs
+from tests.test_video_exec import _digests, _fused_outputs, micro_video_case
 
 FRAMES = 3
 #: every kind of node the overlay runs in the track on preset sim, by the placement rule: (engine, op)
@@ -50,15 +48,7 @@ def test_micro_config_is_tiny_scaled_down():
 
 @pytest.fixture(scope="module")
 def micro_case():
-    cfg = preset("sim")
-    model = random_model("micro", seed=0)
-    size = model.image_size
-    photo = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
-    graph = build_full_graph(model)
-    stats = calibrate(graph, [photo], prompts_per_image=1)
-    calibrate_video(graph, [photo], stats, frames_per_video=2)
-    qm = quantize_video(graph, stats, key_tile=cfg.cols, preset=cfg.name)
-    return qm, cfg, shifted_frames(photo, FRAMES), [size * 0.45, size * 0.55]
+    return micro_video_case(FRAMES)
 
 
 def _track(predictor, frames, click):

@@ -377,6 +377,20 @@ def test_objects_batched_bit_exact_per_object_with_a_bounded_per_object_bank(vid
         predictor.add_new_points_or_box(state, 1, 4, points=[CLICK], labels=[1])
 
 
+def micro_video_case(frames: int):
+    """(quantised micro model (64 px) for video on preset sim, the preset, `frames` shifted frames of a seeded
+    photo, a click near its middle): the scaled-down tracker the rtl and bank tests run."""
+    cfg = preset("sim")
+    model = random_model("micro", seed=0)
+    size = model.image_size
+    photo = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    graph = build_full_graph(model)
+    stats = calibrate(graph, [photo], prompts_per_image=1)
+    calibrate_video(graph, [photo], stats, frames_per_video=2)
+    qm = quantize_video(graph, stats, key_tile=cfg.cols, preset=cfg.name)
+    return qm, cfg, shifted_frames(photo, frames), [size * 0.45, size * 0.55]
+
+
 def _steady_frames(qm, cfg, frames, click, backend="sim"):
     """The int8 tracker on the overlay (the preset's own placement) against the host int8 tracker's logits on
     every frame of a video long enough for the memory attention to meet each placement of the bank's slots
@@ -415,15 +429,7 @@ def test_steady_frames_rewrite_no_descriptor_as_the_bank_wraps(backend):
     period before, no program byte among them, the arena flat."""
     if backend == "pynq":
         pytest.importorskip("pynq")
-    cfg = preset("sim")
-    model = random_model("micro", seed=0)
-    size = model.image_size
-    photo = np.random.default_rng(0).integers(0, 256, (size, size, 3), dtype=np.uint8)
-    graph = build_full_graph(model)
-    stats = calibrate(graph, [photo], prompts_per_image=1)
-    calibrate_video(graph, [photo], stats, frames_per_video=2)
-    qm = quantize_video(graph, stats, key_tile=cfg.cols, preset=cfg.name)
-    seen, period, full = _steady_frames(qm, cfg, shifted_frames(photo, 26), [size * 0.45, size * 0.55], backend)
+    seen, period, full = _steady_frames(*micro_video_case(26), backend)
     assert (full, period) == (16, 5)
     first, wrapped = seen[full:full + period], seen[full + period:]
     assert all(nodes[1] > 0 for _, nodes, _, _ in first)          # a placement's list, written once
