@@ -166,23 +166,25 @@ def _unaddressed(symbolic, split, n: int) -> tuple | None:
     return made
 
 
+def _zero_addresses(where: dict, key: str, rows, values) -> list:
+    """An address field's values as numbers: each (buffer, offset) noted in where[buffer][key] (rows,
+    offsets) and zeroed."""
+    out = []
+    for j, v in zip(rows, values):
+        if isinstance(v, tuple):
+            r, o = where.setdefault(v[0], {}).setdefault(key, ([], []))
+            r.append(j)
+            o.append(v[1])
+            v = 0
+        out.append(v)
+    return out
+
+
 def split_addresses(symbolic) -> tuple | None:
     """(the fields as columns with every (buffer, offset) address zeroed, {buffer: {field: (rows,
     offsets)}}) of a descriptor list, or None when a field is unknown or too large."""
     where: dict[str, dict[str, tuple[list, list]]] = {}
-
-    def address(key, rows, values):
-        """An address field's column: (buffer, offset) entries noted in `where` and zeroed."""
-        out = []
-        for j, v in zip(rows, values):
-            if isinstance(v, tuple):
-                r, o = where.setdefault(v[0], {}).setdefault(key, ([], []))
-                r.append(j)
-                o.append(v[1])
-                v = 0
-            out.append(v)
-        return out
-    cols = _columns(symbolic, address)
+    cols = _columns(symbolic, lambda key, rows, values: _zero_addresses(where, key, rows, values))
     return None if cols is None else (cols, {
         name: {key: (np.array(r, np.intp), np.array(o, np.int64)) for key, (r, o) in keys.items()}
         for name, keys in where.items()})
@@ -298,15 +300,7 @@ class ColumnDescriptors(Sequence):
                 elif key == "target":
                     vals = [isa.TARGETS[v] if isinstance(v, str) else v for v in vals]
                 elif key in isa.ADDRESS_FIELDS:
-                    plain = []
-                    for j, v in zip(rl, vals):
-                        if isinstance(v, tuple):
-                            r, o = where.setdefault(v[0], {}).setdefault(key, ([], []))
-                            r.append(j)
-                            o.append(v[1])
-                            v = 0
-                        plain.append(v)
-                    vals = plain
+                    vals = _zero_addresses(where, key, rl, vals)
                 try:
                     col = np.array(vals, np.int64)
                 except (OverflowError, TypeError, ValueError):
