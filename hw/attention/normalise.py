@@ -103,15 +103,19 @@ class Normaliser(wiring.Component):
         v1, last1, tag1, e1 = stage(take, "v1"), stage(last, "last1"), stage(inp.tag, "tag1"), stage(e, "e1")
         v2, last2, tag2, e2 = stage(v1, "v2"), stage(last1, "last2"), stage(tag1, "tag2"), stage(e1, "e2")
         v3, last3, tag3 = stage(v2, "v3"), stage(last2, "last3"), stage(tag2, "tag3")
-        half = (Const(1, unsigned(SUM_BITS + 1)) << e1) >> 1
+        half = (Const(1, unsigned(SUM_BITS + 1)) << e) >> 1      # e now is e1 in stage 2 (the item's row)
         # O r = O 2^16 + O (r - 2^16): r is in (2^16, 2^17], so r - 2^16 is r's low 16 bits with bit 16 = r[17]
         # (wires), 17 bits unsigned: O (r - 2^16) is 2 DSPs (41 x 18 signed), where O r (41 x 19) was 4.
+        # O 2^16 + half is added beside the product, not after it: on ECP5 (no post-adder) the extra term
+        # behind the multiplier was the `ulx3s` preset's critical path (O memory -> multiplier -> two carry
+        # chains: 37.2 MHz at 40).
         r_lo = Cat(r[:RECIP_BITS - 1], r[RECIP_BITS])
         lo, hi = -(1 << 31), (1 << 31) - 1
         sats = []
         for u in range(U):
-            prod = stage(inp.o[u] * r_lo + (inp.o[u] << RECIP_BITS - 1), f"prod{u}", signed(O_BITS + QUOT_BITS + 1))
-            rounded = stage(prod + half, f"rounded{u}", signed(O_BITS + QUOT_BITS + 2))
+            prod = stage(inp.o[u] * r_lo, f"prod{u}", signed(O_BITS + RECIP_BITS + 1))
+            o_half = stage((inp.o[u] << RECIP_BITS - 1) + half, f"o_half{u}", signed(O_BITS + RECIP_BITS))
+            rounded = stage(prod + o_half, f"rounded{u}", signed(O_BITS + QUOT_BITS + 2))
             shifted = stage(rounded >> e2, f"shifted{u}", signed(O_BITS + QUOT_BITS + 2))
             sats.append(Mux(shifted > hi, hi, Mux(shifted < lo, lo, shifted))[:32])
         ts = Signal(data.ArrayLayout(signed(32), N))
