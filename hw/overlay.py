@@ -549,10 +549,7 @@ class Overlay(wiring.Component):
     def elaborate(self, platform):
         m = Module()
         cfg = self.cfg
-        # The CONTROL write's reset bit registered before it fans out to every flip-flop of the core: decoded
-        # straight from the AXI-Lite write it was the open ECP5 flow's critical path (bitstreams/README.md).
-        soft_reset, soft_reset_req = Signal(), Signal()
-        m.d.sync += soft_reset.eq(soft_reset_req)
+        soft_reset = Signal()
         m.submodules[CORE] = core = ResetInserter(soft_reset)(Core(cfg))
         wiring.connect(m, core.m_axi, wiring.flipped(self.m_axi))
 
@@ -584,7 +581,7 @@ class Overlay(wiring.Component):
             m.d.sync += bvalid.eq(1)
             with m.Switch(s.awaddr[2:]):
                 with m.Case(reg["CONTROL"] >> 2):
-                    m.d.comb += [core.start.eq(s.wdata[0]), soft_reset_req.eq(s.wdata[1])]
+                    m.d.comb += [core.start.eq(s.wdata[0]), soft_reset.eq(s.wdata[1])]
                     with m.If(s.wdata[0] & ~core.busy):
                         m.d.sync += done_flag.eq(0)
                     with m.If(s.wdata[1]):
