@@ -27,10 +27,14 @@ def link(symbolic: list[dict], addresses: dict[str, int]) -> tuple[list[dict], n
     """Numeric descriptor fields and their packed bytes (len x 32, uint8) with each
     (buffer, offset) address resolved against `addresses` (buffer name -> DDR address)."""
     split = getattr(symbolic, "split", None) or split_addresses(symbolic)
-    if split is not None and split[1].keys() <= addresses.keys():
+    bound = split is not None and split[1].keys() <= addresses.keys()
+    if bound and isinstance(symbolic, ColumnDescriptors):     # resolved once: its columns are what we encode
+        numeric = symbolic.resolved(addresses)
+        words = encode_columns(numeric.split[0], len(numeric))
+        if words is not None:
+            return numeric, words.view(np.uint8).reshape(-1)
+    elif bound:
         words = _relink(split, addresses, len(symbolic))
-        if words is not None and isinstance(symbolic, ColumnDescriptors):
-            return symbolic.resolved(addresses), words.view(np.uint8).reshape(-1)
         if words is not None:               # the fast path: the fields as columns, the dicts copied once
             numeric = [dict(d) for d in symbolic]
             for name, fields in split[1].items():
@@ -111,13 +115,20 @@ def _relink(split, addresses: dict[str, int], n: int, symbolic=None) -> np.ndarr
                 pos, _ = isa.FIELDS[key]
                 raw[rows, pos // 8:pos // 8 + 4] = v.astype("<u4").view(np.uint8).reshape(-1, 4)
         return words
+    return encode_columns(_placed(split, addresses), n)
+
+
+def _placed(split, addresses: dict[str, int]) -> dict[str, np.ndarray]:
+    """A split's columns with each (buffer, offset) address at addresses[buffer] + offset (columns copied only
+    where an address lands)."""
+    fixed, moved = split
     cols = dict(fixed)
     for name, fields in moved.items():
         for key, (rows, offsets) in fields.items():
             if cols[key] is fixed[key]:
                 cols[key] = fixed[key].copy()
             cols[key][rows] = addresses[name] + offsets
-    return encode_columns(cols, n)
+    return cols
 
 
 def _unaddressed(symbolic, split, n: int) -> tuple | None:
@@ -255,6 +266,13 @@ def encode_columns(cols: dict[str, np.ndarray], n: int) -> np.ndarray | None:
     return words
 
 
+def _rows_of_kinds(kind: np.ndarray, count: int) -> list[np.ndarray]:
+    """The rows of each kind 0..count-1 (ascending), from each descriptor's kind number."""
+    order = np.argsort(kind, kind="stable")
+    bounds = np.searchsorted(kind[order], np.arange(count + 1)).tolist()
+    return [order[bounds[g]:bounds[g + 1]] for g in range(count)]
+
+
 class ColumnDescriptors(Sequence):
     """A compiled descriptor list held as its fields' columns (what a compiler's pack makes: no dict per
     descriptor). Its `split` is split_addresses' (the columns with the (buffer, offset) addresses zeroed, and
@@ -276,13 +294,10 @@ class ColumnDescriptors(Sequence):
         n = len(descs)
         kinds: dict[tuple, int] = {}
         kind = np.fromiter((kinds.setdefault(tuple(d), len(kinds)) for d in descs), np.intp, n)
-        order = np.argsort(kind, kind="stable")
-        bounds = np.searchsorted(kind[order], np.arange(len(kinds) + 1)).tolist()
         cols: dict[str, np.ndarray] = {}
         where: dict[str, dict[str, tuple[list, list]]] = {}
         out_kinds = []
-        for keys, g in kinds.items():
-            rows = order[bounds[g]:bounds[g + 1]]
+        for keys, rows in zip(kinds, _rows_of_kinds(kind, len(kinds))):
             rl = rows.tolist()
             fields = [k for k in keys if k in isa.FIELDS]
             if "opcode" not in fields:
@@ -314,14 +329,7 @@ class ColumnDescriptors(Sequence):
 
     def resolved(self, addresses: dict[str, int]) -> "ColumnDescriptors":
         """The numeric descriptors: each (buffer, offset) address at addresses[buffer] + offset."""
-        cols, moved = self.split
-        cols = dict(cols)
-        for name, fields in moved.items():
-            for key, (rows, offsets) in fields.items():
-                if cols[key] is self.split[0][key]:
-                    cols[key] = cols[key].copy()
-                cols[key][rows] = addresses[name] + offsets
-        return ColumnDescriptors(self._n, cols, {}, self._kinds, self._kind)
+        return ColumnDescriptors(self._n, _placed(self.split, addresses), {}, self._kinds, self._kind)
 
     def with_columns(self, cols: dict) -> "ColumnDescriptors":
         """The same descriptors with the columns `cols` instead (fields every descriptor already has or
@@ -338,10 +346,8 @@ class ColumnDescriptors(Sequence):
                     for j, o in zip(rows.tolist(), offsets.tolist()):
                         col[j] = (name, o)
             out: list = [None] * self._n
-            order = np.argsort(self._kind, kind="stable")
-            bounds = np.searchsorted(self._kind[order], np.arange(len(self._kinds) + 1)).tolist()
-            for g, keys in enumerate(self._kinds):
-                rl = order[bounds[g]:bounds[g + 1]].tolist()
+            for keys, rows in zip(self._kinds, _rows_of_kinds(self._kind, len(self._kinds))):
+                rl = rows.tolist()
                 per_key = [[values[k][j] for j in rl] for k in keys]
                 for j, row in zip(rl, zip(*per_key)):
                     out[j] = dict(zip(keys, row))
