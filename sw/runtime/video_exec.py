@@ -194,6 +194,7 @@ class FrameStats:
     # per node, every run of the frame summed: [host <-> DDR bytes, of them programs', of them the host ops' own]
     # (NodeRecord's fields, which hold a node's last run only); the stages' bytes less theirs: outside the nodes
     nodes: dict = field(default_factory=dict)
+    inside: int = 0          # > 0 while a node runs: its bytes are its record's (NodeRecord.ddr_bytes), counted once
 
     def reset(self) -> None:
         self.stages = {s: StageStats() for s in STAGES}
@@ -209,6 +210,12 @@ class FrameStats:
         3 objects batched (its attention in 2 calls), then one object alone (a correction's)."""
         return " + ".join(f"{len(b)} object{'s' * (len(b) > 1)}"
                           + (f" ({len(set(b))} memory lengths)" if len(set(b)) > 1 else "") for b in self.batches)
+
+    def outside(self, stage: str, host_s=0.0, ddr_bytes=0) -> None:
+        """Bytes (and host time) moved by the executor or the bank for a node's run: added where no node runs, else
+        already in that node's record."""
+        if not self.inside:
+            self.add(stage, host_s=host_s, ddr_bytes=ddr_bytes)
 
     def add(self, stage: str, cycles=0, host_s=0.0, engine_s=0.0, ddr_bytes=0) -> None:
         s = self.stages[STAGE_OF.get(stage, stage)]
@@ -361,7 +368,15 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
 
         def counted(n, args, r):
             self.current = n.name
-            y = fn(n, args, r)
+            traffic = self.driver.device.traffic
+            before = traffic.snapshot()
+            self.frame_stats.inside += 1
+            try:
+                y = fn(n, args, r)
+            finally:
+                self.frame_stats.inside -= 1
+            # the record's, and what the executor moved for the node around it (a banked chain's pointer rows)
+            rec.ddr_bytes = traffic.since(before).total
             on_host = rec.where in ("host", "layout")
             self.frame_stats.add(n.stage, rec.cycles, rec.wall_s if on_host else 0.0,
                                  0.0 if on_host else rec.wall_s, rec.ddr_bytes)
@@ -392,9 +407,8 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
             if first and x.shape[1] and self._device(n):      # the pointer tokens, written once for every such chain
                 x, written = self._bytes_of(lambda: self._tail_rows(chain.part, x))
             y = fn(n, [x] + list(args[1:]), r) if x.shape[1] else np.zeros((1, 0, channels), np.int8)
-            if written:         # the node's bytes: a host node's rows (the gather's), the host's own
-                rec = self.records[n.name]
-                rec.ddr_bytes, rec.own_bytes = rec.ddr_bytes + written, rec.own_bytes + written
+            if written:         # a host node's rows (the gather's): the host's own
+                self.records[n.name].own_bytes += written
             if not last:
                 return y
             if self._in_place_now(n.name):
@@ -437,7 +451,6 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
         memory attention). Freed after its last reader in
         the run, the bank's slots kept."""
         parts, owns, t0, mine = [], [], 0, None
-        before = self.driver.device.traffic.snapshot()
         if isinstance(ptrs, DeviceTensor) and ptrs.buffer is not None and sum(t > 0 for _, t in groups) == 1 \
                 and ptrs.layout.pitch == channels:       # the chain left them in DDR: that buffer is the segment
             del self._scope.made[id(ptrs)]
@@ -453,7 +466,6 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
                                         TokenRowLayout(tail, channels, self.cfg.cols)))
                 parts.append((mine or owns[-1], tail))
                 t0 += tail
-        self.frame_stats.add("memory_attention", ddr_bytes=self.driver.device.traffic.since(before).total)
         y = SegmentedTensor(self.driver, parts, channels, (1, sum(r for _, r in parts), channels), node.name, owns)
         y.pending = self._scope.readers.get(node.outputs[0], 0)      # GraphExecutor._done's liveness
         self._scope.made[id(y)] = y
@@ -543,10 +555,10 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
         output, a Resident's) read, not freed."""
         if isinstance(x, DeviceTensor) and x.buffer is not None and x.pinned:
             x.host, moved = self._bytes_of(lambda: np.asarray(x))      # read once: the objects share it
-            self.frame_stats.add(stage, ddr_bytes=moved)
+            self.frame_stats.outside(stage, ddr_bytes=moved)
             return x.host
         if isinstance(x, DeviceTensor) and x.buffer is not None:
-            self.frame_stats.add(stage, ddr_bytes=self._free(x, keep=True))
+            self.frame_stats.outside(stage, ddr_bytes=self._free(x, keep=True))
         return np.asarray(x)
 
     def _stacked_rows(self, node, objects, per, shared) -> list | None:
@@ -820,7 +832,7 @@ class DdrBank:
 
     def _io(self, stage: str, t0: float, nbytes: int) -> None:
         if self.stats is not None:
-            self.stats.add(stage, host_s=time.perf_counter() - t0, ddr_bytes=nbytes)
+            self.stats.outside(stage, host_s=time.perf_counter() - t0, ddr_bytes=nbytes)
 
     def put(self, ring: str, x: np.ndarray) -> BankEntry:
         """Write int8 `x` into a free slot of `ring`; its handle."""
