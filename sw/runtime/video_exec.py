@@ -101,7 +101,7 @@ from golden_model.quant.video import (SLOTS, GraphImageModel, GraphTracker, Vide
                                       rope_parts)
 from golden_model.video import VideoPredictor
 from sw.compile.attention import token_rows_refusal
-from sw.runtime.arena import aligned
+from sw.runtime.arena import ALIGN, aligned
 from sw.runtime.backend import AcceleratorError
 from golden_model.quant.intinterp import _vec_params
 from sw.runtime.graph_exec import (DEVICE_OPS, ENGINE_OPS, IN_PLACE, DeviceTensor, GraphExecError,
@@ -253,6 +253,7 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
         self._projecting: set = set()       # a banked chain's nodes projecting a frame into the bank (in DDR)
         self._stages = SessionKept(self.driver)     # node -> its buffer (_stage)
         self._tails: dict = {}              # part -> (run, its pointer tokens in DDR, their values) (_tail_rows)
+        self._repeated: list = []           # the frame's tensors a batched node reads as segments (_stacked_input)
 
     def project(self, tokens, part: str) -> dict:
         """The banked chains of `part` ("memory": one memory frame's tokens, "memory_pos": one slot
@@ -340,23 +341,16 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
         add (k_sum) or an attention reading its token rows (V), on the overlay, chained, rows a multiple of C."""
         if not self.chain:
             return set()
-        fused = {add.name for add, _ in self.fused_adds.values()}
         readers: dict = {}
         for n in self.graph.nodes:
             for t in n.inputs:
                 readers.setdefault(t, []).append(n)
-
-        def takes(n) -> bool:
-            where = self.placements[n.name].where
-            if n.op == "add":
-                return where == "vector" and n.name not in fused
-            d = self.graph.tensors[n.inputs[0]].shape[-1] // n.attrs.get("heads", 1)
-            return n.op == "attention" and where == "attention" and token_rows_refusal(self.cfg, d, True) is None
         out = set()
         for c in self.chains:
             last = self.nodes_named([c.nodes[-1]])[0]
             rs = readers.get(last.outputs[0], [])
-            if rs and self.graph.tensors[last.outputs[0]].shape[-1] % self.cfg.cols == 0 and all(map(takes, rs)):
+            if rs and self.graph.tensors[last.outputs[0]].shape[-1] % self.cfg.cols == 0 and all(
+                    map(self._takes_segments, rs)):
                 out.add(last.name)
         return out
 
@@ -446,25 +440,33 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
     def _segments(self, node, chain, groups, ptrs, channels: int) -> SegmentedTensor:
         """A banked chain's output where its readers bind it, object after object (`groups`: each object's
         memory frames' (slots') entries and pointer tokens): its memory frames' layer rows in the bank, then
-        its pointer tokens' rows (of `ptrs`, their projection's: every object's, in order) in a buffer of their
-        own: `ptrs`' own where the chain left one object's in DDR, else written once per object (counted to the
-        memory attention). Freed after its last reader in
-        the run, the bank's slots kept."""
-        parts, owns, t0, mine = [], [], 0, None
-        if isinstance(ptrs, DeviceTensor) and ptrs.buffer is not None and sum(t > 0 for _, t in groups) == 1 \
-                and ptrs.layout.pitch == channels:       # the chain left them in DDR: that buffer is the segment
-            del self._scope.made[id(ptrs)]
+        its pointer tokens' rows (of `ptrs`, their projection's: every object's, in order) where the chain left
+        them in DDR: one object's, that buffer; several objects', each object's part of it (a view, Session.view:
+        each starts on a page, as every object's pointer rows do once its pointers fill 4 KiB, 16 pointer tokens
+        of 256 bytes). Else (on the host, or a part off a page) written once per object. Freed after its last
+        reader in the run, the bank's slots kept."""
+        parts, owns, t0 = [], [], 0
+        tails = [t for _, t in groups]
+        starts = np.cumsum([0] + tails)[:-1]
+        mine = None
+        if isinstance(ptrs, DeviceTensor) and ptrs.buffer is not None and ptrs.layout.pitch == channels \
+                and not ptrs.pad and ptrs.order is None and (sum(t > 0 for t in tails) == 1 or all(
+                    s * channels % ALIGN == 0 for s, t in zip(starts, tails) if t)):
+            del self._scope.made[id(ptrs)]         # the chain left them in DDR: the segments are there
             mine, ptrs.buffer = ptrs.buffer, None
             owns.append(mine)
-        else:                                             # on the host, or several objects' rows: one each
+        else:
             ptrs = self._fetch(ptrs).reshape(-1, channels)
+        single = sum(t > 0 for t in tails) == 1
         for entries, tail in groups:
             parts += [e.segment(chain.layer) for e in entries]
             if tail:
                 if mine is None:
                     owns.append(_upload(self.driver, ptrs[t0:t0 + tail],
                                         TokenRowLayout(tail, channels, self.cfg.cols)))
-                parts.append((mine or owns[-1], tail))
+                elif not single:
+                    owns.append(self.driver.session.view(mine, t0 * channels, tail * channels))
+                parts.append((mine if single and mine else owns[-1], tail))
                 t0 += tail
         y = SegmentedTensor(self.driver, parts, channels, (1, sum(r for _, r in parts), channels), node.name, owns)
         y.pending = self._scope.readers.get(node.outputs[0], 0)      # GraphExecutor._done's liveness
@@ -546,8 +548,38 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
             finally:
                 self.bank, self.run_dims, self.banked = saved
         nodes = self.nodes_named(names)
-        return list(self.chained(nodes, lambda: {output: self._run_objects(nodes, env, objects, output,
-                                                                           observe)})[output])
+        keys = [f"{output}#{k}" for k in range(len(objects))]       # each object's, a run output of its own
+        saved = self.run_outputs
+        self.run_outputs = saved | set(keys)
+        try:
+            out = self.chained(nodes, lambda: dict(zip(keys, self._per_object(
+                self._run_objects(nodes, env, objects, output, observe)))))
+        finally:
+            self.run_outputs = saved
+        return [out[k] for k in keys]
+
+    def _per_object(self, y: "_Stacked") -> list:
+        """Each object's rows of a batch's output: where the batch left them in DDR, one buffer, each object's part
+        of it (a view, Session.view: on a page, as a frame's HW token rows of 256 bytes are), which chained() keeps
+        there (a Resident: the object's decoder reads it in place); else read back and split."""
+        t, scope = y.whole, self._scope
+        if not (isinstance(t, DeviceTensor) and not isinstance(t, SegmentedTensor) and t.buffer is not None
+                and scope is not None and id(t) in scope.made and t.order is None and not t.pad and not t.kept
+                and not t.pinned and t.layout.pitch == t.layout.channels):
+            return list(y)
+        sizes = [math.prod(s[:-1]) * t.layout.channels for s in y.shapes]
+        starts = np.cumsum([0] + sizes)[:-1]
+        if any(int(s) % ALIGN for s in starts):
+            return list(y)
+        del scope.made[id(t)]
+        out = []
+        for shape, start, size in zip(y.shapes, starts, sizes):
+            v = DeviceTensor(self.driver, self.driver.session.view(t.buffer, int(start), size),
+                             TokenRowLayout(math.prod(shape[:-1]), shape[-1], self.cfg.cols), shape, t.producer)
+            scope.made[id(v)] = v
+            out.append(v)
+        t.free(keep=False)          # the views hold its bytes: given back with the last of them
+        return out
 
     def _fetch(self, x, stage: str = "memory_attention") -> np.ndarray:
         """x's values on the host: a DeviceTensor read back and its buffer freed (a later reader takes the
@@ -567,17 +599,46 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
         is: read in place); None where the node needs _rows_batched (a ROPE tail, a banked chain)."""
         if node.attrs.get("exclude") == "O" or node.name in self.chain_of:
             return None
-        return [self._stacked_input(i, per, shared, len(objects)) if i in per or i not in self.graph.constants
-                else self.arg(i, shared) for i in node.inputs]
+        return [self._stacked_input(i, per, shared, len(objects), self._takes_segments(node))
+                if i in per or i not in self.graph.constants else self.arg(i, shared) for i in node.inputs]
 
-    def _stacked_input(self, i, per, shared, n: int):
+    def _stacked_input(self, i, per, shared, n: int, segments: bool = False):
         """Tensor `i` as every object's rows, object after object, in one (1, rows, C) tensor: a _Stacked one
-        as it is (in place), else the objects' values (the frame's, n times) concatenated on the host."""
+        as it is (in place); the frame's (shared by the objects) where it is in DDR and `segments` (the reader
+        binds segments): its buffer n times, a SegmentedTensor (released after the reader: _release_shared);
+        else the objects' values (the frame's, n times) concatenated on the host."""
         v = per.get(i)
         if isinstance(v, _Stacked):
             return v.whole
+        if v is None and segments:
+            x = self.arg(i, shared)
+            if (isinstance(x, DeviceTensor) and not isinstance(x, SegmentedTensor) and x.buffer is not None
+                    and x.order is None and not x.pad and x.shape[0] == 1 and x.layout.pitch == x.layout.channels
+                    and x.layout.channels == x.shape[-1] and x.shape[-1] % self.cfg.cols == 0):
+                rows = x.layout.tokens
+                self._repeated.append(x)
+                return SegmentedTensor(self.driver, [(x.buffer, rows)] * n, x.shape[-1], (1, n * rows, x.shape[-1]),
+                                       x.producer)
         parts = v if v is not None else [self.arg(i, shared)] * n
         return np.concatenate([self._fetch(x).reshape(-1, np.shape(x)[-1]) for x in parts])[None]
+
+    def _takes_segments(self, n) -> bool:
+        """Whether node n on the overlay binds an input held as segments (RowSegments) in place: a vector add (not
+        in a linear's store) or an attention reading its token rows."""
+        where = self.placements[n.name].where
+        if not self.chain:
+            return False
+        if n.op == "add":        # (one not in its linear's store runs on the vector engine: GraphExecutor.unfused)
+            return (where == "vector" or n.name in self.unfused) and n.name not in {
+                add.name for add, _ in self.fused_adds.values()}
+        d = self.graph.tensors[n.inputs[0]].shape[-1] // n.attrs.get("heads", 1)
+        return n.op == "attention" and where == "attention" and token_rows_refusal(self.cfg, d, True) is None
+
+    def _release_shared(self, node) -> None:
+        """The frame's tensors a batched node read as segments (_stacked_input): one reader fewer each (freed
+        after their last, as _done does)."""
+        repeated, self._repeated = self._repeated, []
+        self._done(node, repeated, None)
 
     def _object_shapes(self, i, per, shared, n: int) -> list:
         v = per.get(i)
@@ -602,8 +663,6 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
                 n = len(objects)
                 stacked = (self._stacked_attention(node, per, shared, n) if node.op == "attention"
                            else self._stacked_rows(node, objects, per, shared))
-                args = None if stacked is not None else [[per[i][k] if i in per else self.arg(i, shared)
-                                                          for i in node.inputs] for k in range(n)]
                 if node.name in self.fused_adds:      # the store's residual, row for row with the batched rows
                     self._env = self._batched_residual(node, per, shared, n)
                 if isinstance(stacked, _Stacked):
@@ -612,10 +671,12 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
                     y = self.node_fn(node)(node, stacked, self)
                     ys = _Stacked(y, [s[:-1] + y.shape[-1:] for s in self._object_shapes(node.inputs[0], per,
                                                                                            shared, n)], self._fetch)
+                elif node.op == "attention":
+                    ys = self._attention_batched(node, [[per[i][k] if i in per else self.arg(i, shared)
+                                                         for i in node.inputs] for k in range(n)], objects)
                 else:
-                    batched = self._attention_batched if node.op == "attention" else self._rows_batched
-                    ys = batched(node, args, [i in per or i not in self.graph.constants for i in node.inputs],
-                                 objects)
+                    ys = self._rows_batched(node, per, shared, objects)
+                self._release_shared(node)
             per[node.outputs[0]] = ys
             for y in (ys.peek() if isinstance(ys, _Stacked) else ys) if observe is not None else ():
                 observe(node, y)
@@ -630,7 +691,7 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
             return None
         ins, reshaped = [], []
         for i, s in zip(node.inputs, shapes):
-            x = self._stacked_input(i, per, shared, n)
+            x = self._stacked_input(i, per, shared, n, self._takes_segments(node))
             batch = (n * s[0][0],) + tuple(s[0][1:])
             if isinstance(x, DeviceTensor):        # the same bytes seen as the call's batch
                 reshaped.append((x, x.shape))
@@ -658,28 +719,37 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
         add, i = self.fused_adds[node.name]
         return add.inputs[1 - i]
 
-    def _rows_batched(self, node, args, activation, objects) -> list:
+    def _rows_batched(self, node, per, shared, objects):
         """One run of a row-wise node (linear, layernorm, add, rescale, ROPE) over every object's rows: the
         rows concatenated, the objects' pointer tokens last (the ROPE's excluded tail, a banked chain's
         rows not in the bank), so the node's own split applies to all. Exact: the weights and the
-        requantisation scales are per tensor, every row's result is its own."""
+        requantisation scales are per tensor, every row's result is its own. An input already in that order
+        (a _Stacked one of pointer rows alone: a banked chain's inner rows) is read in place, and a chain's inner
+        output left in DDR so for its next node (_Stacked); the other outputs come back to the host, per object."""
         chain = self.chain_of.get(node.name)
         tail = node.attrs.get("exclude") == "O" or chain is not None
-        rows = [[np.asarray(x).reshape(-1, np.shape(x)[-1]) if act else x for x, act in zip(a, activation)]
-                for a in args]
-        counts = [r[0].shape[0] for r in rows]
-        heads = [n - (o.ptr_tokens if tail else 0) for n, o in zip(counts, objects)]
+        n = len(objects)
+        activation = [i in per or i not in self.graph.constants for i in node.inputs]
+        shapes = [self._object_shapes(i, per, shared, n) if act else None for i, act in zip(node.inputs, activation)]
+        counts = [math.prod(s[:-1]) for s in shapes[0]]
+        heads = [c - (o.ptr_tokens if tail else 0) for c, o in zip(counts, objects)]
         ins = []
-        for j, act in enumerate(activation):
+        for i, act, sh in zip(node.inputs, activation, shapes):
             if not act:                     # a constant (weights, tables): the same for all
-                ins.append(args[0][j])
+                ins.append(self.arg(i, shared))
                 continue
-            if any(r[j].shape[0] != n for r, n in zip(rows, counts)):
-                raise GraphExecError(f"{node.name}: input {node.inputs[j]} is not row for row with {node.inputs[0]}")
-            ins.append(np.concatenate([r[j][:h] for r, h in zip(rows, heads)] +
-                                      [r[j][h:] for r, h in zip(rows, heads)])[None])
+            if [math.prod(s[:-1]) for s in sh] != counts:
+                raise GraphExecError(f"{node.name}: input {i} is not row for row with {node.inputs[0]}")
+            v = per.get(i)
+            if isinstance(v, _Stacked) and (not any(heads) or heads == counts):      # in the batch's order
+                ins.append(v.whole)
+                continue
+            rows = [np.asarray(x).reshape(-1, np.shape(x)[-1]) for x in (v if v is not None else
+                                                                         [self.arg(i, shared)] * n)]
+            ins.append(np.concatenate([r[:h] for r, h in zip(rows, heads)] +
+                                      [r[h:] for r, h in zip(rows, heads)])[None])
         saved = getattr(self, "run_dims", None), self.banked
-        tails = [n - h for n, h in zip(counts, heads)]
+        tails = [c - h for c, h in zip(counts, heads)]
         if tail:
             self.run_dims = {**(saved[0] or {}), "O": sum(tails)}
             banked = [o.banked for o in objects]
@@ -690,7 +760,10 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
             y = self.node_fn(node)(node, ins, self)
             if isinstance(y, SegmentedTensor):       # every object's rows in DDR, object after object
                 return _Stacked(y, [(1, o.bank[chain.part].shape[1], y.shape[-1]) for o in objects], self._fetch)
-            y = self._fetch(y)                       # a banked chain's inner rows (its pointer tokens'), split below
+            if chain is not None and self.banked is not None and node.name != chain.nodes[-1] and \
+                    isinstance(y, DeviceTensor):     # a banked chain's inner rows (its pointer tokens') in DDR
+                return _Stacked(y, [(1, t, y.shape[-1]) for t in tails], self._fetch)
+            y = self._fetch(y)                       # a banked chain's inner rows on the host, split below
             if chain is not None and self.banked is not None:   # its head rows: the bank's (the last) or none
                 heads = [o.bank[chain.part].shape[1] - o.ptr_tokens if node.name == chain.nodes[-1] else 0
                          for o in objects]
@@ -698,13 +771,13 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
             self.run_dims, self.banked, self.batch_groups = *saved, None
         y = y.reshape(-1, y.shape[-1])
         out, h0, t0 = [], 0, sum(heads)
-        for a, h, t in zip(args, heads, tails):
-            shape = np.shape(a[0])[:-1] if chain is None else (1, h + t)      # a chain's rows: (1, K, C)
+        for sh, h, t in zip(shapes[0], heads, tails):
+            shape = tuple(sh[:-1]) if chain is None else (1, h + t)      # a chain's rows: (1, K, C)
             out.append(np.concatenate([y[h0:h0 + h], y[t0:t0 + t]]).reshape(shape + y.shape[-1:]))
             h0, t0 = h0 + h, t0 + t
         return out
 
-    def _attention_batched(self, node, args, activation, objects) -> list:
+    def _attention_batched(self, node, args, objects) -> list:
         """Attention per object (its keys and values are its own), in one Driver call for each group of
         objects with the same memory length: stacked on the call's leading batch (its heads)."""
         groups: dict = {}
