@@ -12,10 +12,12 @@ which first fit handles without fragmenting. Every buffer starts and ends on ALI
 (4 KiB): the DMA's bursts may not cross a 4 KiB page, and a page-aligned buffer keeps
 the compilers' in-buffer alignment (beats, 4 KiB rows) true at any address.
 
-A view (`view`) names a page-aligned part of a buffer as a buffer of its own, so a program binds
-that part alone (several objects' rows of one engine output, each object's read by its own
-reader); it reserves nothing, and the buffer it is part of stays allocated until it and every
-view of it are freed, in any order.
+A view (`view`) names a part of a buffer as a buffer of its own, so a program binds that part
+alone (several objects' rows of one engine output, each object's read by its own reader); it
+reserves nothing, and the buffer it is part of stays allocated until it and every view of it are
+freed, in any order. A view may start inside a page (at `align`, e.g. the DMA beat): the engines'
+reads split their bursts at 4 KiB wherever they start, and a STORE's rows, which may not cross a
+page, are checked against their addresses (sw.runtime.checks).
 """
 from __future__ import annotations
 
@@ -123,15 +125,15 @@ class Arena:
                 return addr + n - size
         return None
 
-    def view(self, name: str, of: str, offset: int, size: int) -> Buffer:
+    def view(self, name: str, of: str, offset: int, size: int, align: int = ALIGN) -> Buffer:
         """Bytes offset .. offset + size of buffer `of` (a view's: of the buffer it is part of) as buffer `name`;
-        `offset` a multiple of ALIGN (the view starts on a page, like every buffer)."""
+        `offset` a multiple of `align` (by default a page, where every buffer starts)."""
         if name in self.buffers:
             raise ValueError(f"buffer {name!r} is already allocated")
         parent = self.buffers[of]
-        if offset % ALIGN or offset < 0 or size < 1 or offset + size > parent.size:
+        if offset % align or offset < 0 or size < 1 or offset + size > parent.size:
             raise ValueError(f"view {name!r}: bytes {offset:,}..{offset + size:,} of {of!r} ({parent.size:,} bytes) "
-                             f"must lie inside it and start on a {ALIGN}-byte page")
+                             f"must lie inside it and start on a multiple of {align} bytes")
         root = self.views.get(of, of)
         self.views[name] = root
         self._viewed[root] = self._viewed.get(root, 0) + 1

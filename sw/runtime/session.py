@@ -89,12 +89,14 @@ class Session:
         self.arena.free(name)
         self.pinned.discard(name)
 
-    def view(self, of: str, offset: int, size: int) -> str:
-        """A page-aligned part of buffer `of` as a buffer of its own (Arena.view), which a program binds alone: its
-        name. Freed like any buffer; `of` lives until it and its views are freed."""
-        self._views += 1
-        name = f"{of}[{offset}:{offset + size}]#{self._views}"
-        self.arena.view(name, of, offset, size)
+    def view(self, of: str, offset: int, size: int, name: str | None = None) -> str:
+        """Bytes offset .. offset + size of buffer `of` as a buffer of its own (Arena.view), which a program binds
+        alone: its name (`name`, else a new one). `offset` a multiple of the DMA beat. Freed like any buffer; `of`
+        lives until it and its views are freed."""
+        if name is None:
+            self._views += 1
+            name = f"{of}[{offset}:{offset + size}]#{self._views}"
+        self.arena.view(name, of, offset, size, align=self.cfg.beat_bytes)
         return name
 
     def pin(self, names, placements: int) -> None:

@@ -101,7 +101,7 @@ from golden_model.quant.video import (SLOTS, GraphImageModel, GraphTracker, Vide
                                       rope_parts)
 from golden_model.video import VideoPredictor
 from sw.compile.attention import token_rows_refusal
-from sw.runtime.arena import ALIGN, aligned
+from sw.runtime.arena import aligned
 from sw.runtime.backend import AcceleratorError
 from golden_model.quant.intinterp import _vec_params
 from sw.runtime.graph_exec import (DEVICE_OPS, ENGINE_OPS, IN_PLACE, DeviceTensor, GraphExecError,
@@ -442,16 +442,15 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
         memory frames' (slots') entries and pointer tokens): its memory frames' layer rows in the bank, then
         its pointer tokens' rows (of `ptrs`, their projection's: every object's, in order) where the chain left
         them in DDR: one object's, that buffer; several objects', each object's part of it (a view, Session.view:
-        each starts on a page, as every object's pointer rows do once its pointers fill 4 KiB, 16 pointer tokens
-        of 256 bytes). Else (on the host, or a part off a page) written once per object. Freed after its last
-        reader in the run, the bank's slots kept."""
+        rows of a multiple of C bytes start on a DMA beat). Else (on the host) written once per object. Freed after
+        its last reader in the run, the bank's slots kept."""
         parts, owns, t0 = [], [], 0
         tails = [t for _, t in groups]
         starts = np.cumsum([0] + tails)[:-1]
         mine = None
         if isinstance(ptrs, DeviceTensor) and ptrs.buffer is not None and ptrs.layout.pitch == channels \
                 and not ptrs.pad and ptrs.order is None and (sum(t > 0 for t in tails) == 1 or all(
-                    s * channels % ALIGN == 0 for s, t in zip(starts, tails) if t)):
+                    s * channels % self.cfg.beat_bytes == 0 for s, t in zip(starts, tails) if t)):
             del self._scope.made[id(ptrs)]         # the chain left them in DDR: the segments are there
             mine, ptrs.buffer = ptrs.buffer, None
             owns.append(mine)
@@ -560,8 +559,8 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
 
     def _per_object(self, y: "_Stacked") -> list:
         """Each object's rows of a batch's output: where the batch left them in DDR, one buffer, each object's part
-        of it (a view, Session.view: on a page, as a frame's HW token rows of 256 bytes are), which chained() keeps
-        there (a Resident: the object's decoder reads it in place); else read back and split."""
+        of it (a view, Session.view), which chained() keeps there (a Resident: the object's decoder reads it in
+        place); else read back and split."""
         t, scope = y.whole, self._scope
         if not (isinstance(t, DeviceTensor) and not isinstance(t, SegmentedTensor) and t.buffer is not None
                 and scope is not None and id(t) in scope.made and t.order is None and not t.pad and not t.kept
@@ -569,15 +568,19 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
             return list(y)
         sizes = [math.prod(s[:-1]) * t.layout.channels for s in y.shapes]
         starts = np.cumsum([0] + sizes)[:-1]
-        if any(int(s) % ALIGN for s in starts):
+        if any(int(s) % self.cfg.beat_bytes for s in starts):
             return list(y)
         del scope.made[id(t)]
-        out = []
-        for shape, start, size in zip(y.shapes, starts, sizes):
-            v = DeviceTensor(self.driver, self.driver.session.view(t.buffer, int(start), size),
+        # Each object's reader (its decoder's first node) is one program: the objects' views, named by where they
+        # are and pinned (Session.pin), give it a descriptor list per object, so a steady frame relinks none.
+        s, addr, out = self.driver.session, self.driver.session.arena[t.buffer].addr, []
+        names = [f"{t.producer}.object@{addr + int(start):#x}" for start in starts]
+        for shape, start, size, name in zip(y.shapes, starts, sizes, names):
+            v = DeviceTensor(self.driver, s.view(t.buffer, int(start), size, name),
                              TokenRowLayout(math.prod(shape[:-1]), shape[-1], self.cfg.cols), shape, t.producer)
             scope.made[id(v)] = v
             out.append(v)
+        s.pin(names, len(names))
         t.free(keep=False)          # the views hold its bytes: given back with the last of them
         return out
 
