@@ -55,12 +55,15 @@ frame and the layer.
 Chained in DDR (GraphExecutor.chained, as run_nodes): one object's memory attention runs its nodes as
 run_nodes would, engine outputs left in DDR for the next node (RoPE too where it is one ROPE call:
 _rope_dev). Several objects: a batched node's output is every object's rows in one DeviceTensor,
-object after object (_Stacked), which the next batched node reads in place; an attention whose objects'
-memories are equally long reads Q, K, V stacked on its batch in place and leaves its output so; a
-fused residual add reads the batched residual (_batched_residual). What a per-object reader needs (a
+object after object (_Stacked), which the next batched node reads in place (a banked chain's inner rows
+too: every object's pointer tokens' k_proj, for its RoPE); an attention whose objects' memories are equally
+long reads Q, K, V stacked on its batch in place and leaves its output so; a tensor of the frame's (shared by
+the objects: layer 0's queries, its residual) that such an attention or a vector add reads per object is its
+one buffer bound once per object (a SegmentedTensor of it, _stacked_input); a fused residual add reads the
+batched residual (_batched_residual). Each object's part of the batch's output is a view of that buffer
+(Session.view), left in DDR for its decoder (a Resident, _per_object). What a per-object reader needs (a
 banked chain with a reader on the host, a ROPE with its pointer tail, attentions of unequal memory
-lengths) is read back then,
-counted to the memory attention stage (_fetch).
+lengths) is read back then, counted to the memory attention stage (_fetch).
 
 The bank read in place: a banked chain's output whose every reader is on the overlay and chained (the
 k_sum add on the vector engine, the attention's V: `in_place`) is a SegmentedTensor (sw.runtime.graph_exec):
@@ -68,7 +71,7 @@ each memory frame's (slot's) layer rows in its own bank buffer (LAYER_RINGS: one
 layer_buffer), then the pointer tokens' rows, the chain's nodes' output on them left in DDR (the pointer
 tokens, the gather's rows, written once a run and read in place by every such chain's first node:
 _tail_rows; the keys' RoPE, every token excluded, one RESCALE: _rope_dev); in a batch, object after object,
-each object's pointer rows read back and written into a buffer of their own. The readers' programs take it
+each object's pointer rows a view of the chain's one output (Session.view). The readers' programs take it
 as RowSegments (a region per range, relinked per frame to that frame's slots, LoadedProgram.rebind: the bank's
 slot buffers are pinned, Session.pin, so each program keeps a descriptor list per placement of them, written
 the first time it comes; the ring's placements recur, so a steady frame writes none), so the host neither reads
@@ -84,7 +87,8 @@ place (SLOT_RINGS), an inner node's rows (k_proj's) left in a buffer the executo
 Not yet (honest): a reader on the host reads the bank's rows at the gather (BankEntry.part), a projection
 on the host is written in by the host (DdrBank.write_part), and a temporal slot's keys go through the host
 (once a session per slot). A fused add's residual crosses the host (the store's RES
-region is N-tile-major, not token rows). Per-object readers in a batch (above) read their tensor back.
+region is N-tile-major, not token rows). Per-object readers in a batch (above) read their tensor back, and
+each object's prompt encoder + mask decoder and memory encoder run on their own (a call per node and object).
 """
 from __future__ import annotations
 
@@ -650,6 +654,7 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
 
     def _run_objects(self, nodes, env: dict, objects: list, output: str, observe=None) -> list:
         shared, per = dict(env), {}
+        self._repeated = []         # (none left by a failed run)
         self.frame_stats.batches.append([o.bank["memory"].shape[1] for o in objects])
         for node in nodes:
             if node.op == "memory_bank":
