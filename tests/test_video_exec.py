@@ -295,13 +295,13 @@ BATCHED = ("ma.layers.0.cross.q", "ma.layers.0.cross.k", "ma.layers.0.cross.v", 
            "ma.layers.0.cross.k_sum")    # the keys' chain read in place: its k_proj's pointer rows in DDR
 
 
-def _objects_script(predictor, frames, after_frame=None):
+def _objects_script(predictor, frames, after_frame=None, scale=1.0):
     """Objects 1 (click) and 2 (box) on frame 0, frames 0-2; object 3 added on frame 2 and a correction
     (negative click) for object 1 there, frames 2-4; object 2 dropped, frame 5; backward, frames 5-4. Every
-    mask returned, in order."""
+    mask returned, in order. `scale`: the points' (a 128 px frame's) for frames of another size."""
     state = predictor.init_state(frames)
-    out = [predictor.add_new_points_or_box(state, 0, 1, points=[CLICK], labels=[1])[2],
-           predictor.add_new_points_or_box(state, 0, 2, box=[10, 15, 50, 60])[2]]
+    out = [predictor.add_new_points_or_box(state, 0, 1, points=[[v * scale for v in CLICK]], labels=[1])[2],
+           predictor.add_new_points_or_box(state, 0, 2, box=[v * scale for v in (10, 15, 50, 60)])[2]]
 
     def run(start, last, reverse=False):
         for idx, ids, logits in predictor.propagate_in_video(state, start, abs(last - start), reverse):
@@ -309,8 +309,8 @@ def _objects_script(predictor, frames, after_frame=None):
             if after_frame:
                 after_frame(idx, state)
     run(0, 2)
-    out.append(predictor.add_new_points_or_box(state, 2, 3, points=[[100.0, 40.0]], labels=[1])[2])
-    out.append(predictor.add_new_points_or_box(state, 2, 1, points=[[30.0, 90.0]], labels=[0])[2])
+    out.append(predictor.add_new_points_or_box(state, 2, 3, points=[[100.0 * scale, 40.0 * scale]], labels=[1])[2])
+    out.append(predictor.add_new_points_or_box(state, 2, 1, points=[[30.0 * scale, 90.0 * scale]], labels=[0])[2])
     run(2, 4)
     del state.objects[2]        # its outputs go, their bank slots with them
     run(5, 5)
@@ -376,6 +376,31 @@ def test_objects_batched_bit_exact_per_object_with_a_bounded_per_object_bank(vid
         predictor.add_new_points_or_box(state, 0, i, points=[CLICK], labels=[1])
     with pytest.raises(BankFull, match="made for 3 objects"):
         predictor.add_new_points_or_box(state, 1, 4, points=[CLICK], labels=[1])
+
+
+def test_objects_of_unequal_memory_lengths_read_in_place_bit_exact():
+    """The objects script on micro with preset sim's own placement (the memory attention on the overlay, chained):
+    objects whose memories differ in length (object 3 added on frame 2) attend in one call per length, each
+    call reading its objects' rows of the batch in place (the frame's queries bound once per object) and writing
+    its output into their rows of one buffer; every mask equals the host int8 tracker's, and no memory-attention
+    node relays a byte through the host once every temporal slot's keys are in the bank (frame 4 on)."""
+    qm, cfg, frames, _ = micro_video_case(6)
+    scale = np.shape(frames[0])[0] / SIZE          # micro's 64 px frames
+    ref = _objects_script(graph_video_predictor(qm.graph, VideoIntRunner(qm)), frames, scale=scale)
+    ex = VideoGraphExecutor(qm, cfg, "sim", video_driver(cfg, "sim", qm.graph, cond_frames=3, objects=3))
+    predictor = overlay_video_predictor(qm, ex, cond_frames=3, objects=3)
+    seen = []
+
+    def after(idx, state):
+        fs = ex.frame_stats
+        seen.append((idx, fs.batch_note(), [name for name, (b, p, o) in fs.nodes.items()
+                                            if b - p - o and ex.records[name].stage == "memory_attention"]))
+        fs.reset()
+    got = _objects_script(predictor, frames, after, scale)
+    for a, b in zip(ref, got, strict=True):
+        np.testing.assert_array_equal(a, b)
+    frame4 = next(x for x in seen if x[0] == 4)       # going forward
+    assert frame4[1:] == ("3 objects (2 memory lengths)", [])
 
 
 def micro_video_case(frames: int):

@@ -233,7 +233,7 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
     """GraphExecutor over the whole video graph (module docstring); `frame_stats` sums the current frame."""
     ENGINE_OPS = {**ENGINE_OPS, "rope": _rope}
     DEVICE_OPS = {**DEVICE_OPS, "rope": _into_bank(_rope_dev), "linear": _into_bank(DEVICE_OPS["linear"]),
-                  "add": _into_bank(_add_dev)}
+                  "add": _into_bank(_add_dev), "attention": _into_bank(DEVICE_OPS["attention"])}
     IN_PLACE = {**IN_PLACE, "rope": (0,)}
 
     def __init__(self, qm, cfg, backend: str = "sim", driver=None):
@@ -551,15 +551,17 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
             finally:
                 self.bank, self.run_dims, self.banked = saved
         nodes = self.nodes_named(names)
-        keys = [f"{output}#{k}" for k in range(len(objects))]       # each object's, a run output of its own
+        # equally long memories next to each other: each attention call's objects are adjacent rows of the batch
+        order = sorted(range(len(objects)), key=lambda k: objects[k].bank["memory"].shape[1])
+        keys = [f"{output}#{k}" for k in order]       # each object's, a run output of its own
         saved = self.run_outputs
         self.run_outputs = saved | set(keys)
         try:
             out = self.chained(nodes, lambda: dict(zip(keys, self._per_object(
-                self._run_objects(nodes, env, objects, output, observe)))))
+                self._run_objects(nodes, env, [objects[k] for k in order], output, observe)))))
         finally:
             self.run_outputs = saved
-        return [out[k] for k in keys]
+        return [out[f"{output}#{k}"] for k in range(len(objects))]
 
     def _per_object(self, y: "_Stacked") -> list:
         """Each object's rows of a batch's output: where the batch left them in DDR, one buffer, each object's part
@@ -617,17 +619,24 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
         v = per.get(i)
         if isinstance(v, _Stacked):
             return v.whole
-        if v is None and segments:
-            x = self.arg(i, shared)
-            if (isinstance(x, DeviceTensor) and not isinstance(x, SegmentedTensor) and x.buffer is not None
-                    and x.order is None and not x.pad and x.shape[0] == 1 and x.layout.pitch == x.layout.channels
-                    and x.layout.channels == x.shape[-1] and x.shape[-1] % self.cfg.cols == 0):
-                rows = x.layout.tokens
-                self._repeated.append(x)
-                return SegmentedTensor(self.driver, [(x.buffer, rows)] * n, x.shape[-1], (1, n * rows, x.shape[-1]),
-                                       x.producer)
+        if v is None and segments and self._rows_in_ddr(self.arg(i, shared)):
+            return self._repeat(self.arg(i, shared), n)
         parts = v if v is not None else [self.arg(i, shared)] * n
         return np.concatenate([self._fetch(x).reshape(-1, np.shape(x)[-1]) for x in parts])[None]
+
+    def _rows_in_ddr(self, x) -> bool:
+        """Whether x is one tensor's token rows in a buffer of its own in DDR, unpadded, in order: its rows a range
+        of bytes (a segment, a view)."""
+        return (isinstance(x, DeviceTensor) and not isinstance(x, SegmentedTensor) and x.buffer is not None
+                and x.order is None and not x.pad and x.layout.pitch == x.layout.channels == x.shape[-1]
+                and x.shape[-1] % self.cfg.cols == 0)
+
+    def _repeat(self, x, n: int) -> SegmentedTensor:
+        """The frame's tensor x (_rows_in_ddr) as every one of n objects' rows: its buffer n times, a SegmentedTensor
+        (x released after the reader: _release_shared)."""
+        rows = x.layout.tokens
+        self._repeated.append(x)
+        return SegmentedTensor(self.driver, [(x.buffer, rows)] * n, x.shape[-1], (1, n * rows, x.shape[-1]), x.producer)
 
     def _takes_segments(self, n) -> bool:
         """Whether node n on the overlay binds an input held as segments (RowSegments) in place: a vector add (not
@@ -680,8 +689,7 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
                     ys = _Stacked(y, [s[:-1] + y.shape[-1:] for s in self._object_shapes(node.inputs[0], per,
                                                                                            shared, n)], self._fetch)
                 elif node.op == "attention":
-                    ys = self._attention_batched(node, [[per[i][k] if i in per else self.arg(i, shared)
-                                                         for i in node.inputs] for k in range(n)], objects)
+                    ys = self._attention_groups(node, per, shared, objects)
                 else:
                     ys = self._rows_batched(node, per, shared, objects)
                 self._release_shared(node)
@@ -784,6 +792,85 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
             out.append(np.concatenate([y[h0:h0 + h], y[t0:t0 + t]]).reshape(shape + y.shape[-1:]))
             h0, t0 = h0 + h, t0 + t
         return out
+
+    def _attention_groups(self, node, per, shared, objects):
+        """Attention per group of objects with equally long memories (each object's keys and values are its own),
+        one Driver call a group. Where every input is in DDR (a _Stacked one, or the frame's) and the groups'
+        rows are adjacent (run_objects orders the objects by memory length), each call reads its objects' rows
+        in place (a view of the batch's rows, or its segments) and writes its output into their rows of one
+        buffer for all (a view), which the next batched node reads in place (_Stacked); else through the host
+        (_attention_batched)."""
+        n, scope = len(objects), self._scope
+        shapes = [self._object_shapes(i, per, shared, n) for i in node.inputs]
+        keys = [tuple(s[k] for s in shapes) for k in range(n)]
+        bounds = [0] + [k for k in range(1, n) if keys[k] != keys[k - 1]] + [n]
+        ins = [per.get(i) for i in node.inputs]
+        if not (len(bounds) - 1 == len(set(keys)) and scope is not None and self._device(node)
+                and self._takes_segments(node)
+                and all(isinstance(v, _Stacked) and isinstance(v.whole, DeviceTensor) and v.whole.buffer is not None
+                        and (isinstance(v.whole, SegmentedTensor) or self._rows_in_ddr(v.whole))
+                        or v is None and self._rows_in_ddr(self.arg(i, shared)) for i, v in zip(node.inputs, ins))):
+            frame = {i: self._fetch(self.arg(i, shared)) for i in node.inputs if i not in per}     # read by all
+            return self._attention_batched(node, [[per[i][k] if i in per else frame[i] for i in node.inputs]
+                                                  for k in range(n)], objects)
+        rows = [[math.prod(sh[:-1]) for sh in s] for s in shapes]           # per input, each object's rows
+        c = shapes[0][0][-1]
+        drv, s = self.driver, self.driver.session
+        out = drv.buffer(sum(rows[0]) * c).name
+        whole = DeviceTensor(drv, out, TokenRowLayout(sum(rows[0]), c, self.cfg.cols), (1, sum(rows[0]), c), node.name)
+        try:
+            for a, b in zip(bounds, bounds[1:]):
+                args = []
+                for i, v, r, sh in zip(node.inputs, ins, rows, shapes):
+                    batch = ((b - a) * sh[a][0],) + tuple(sh[a][1:])
+                    if v is None:
+                        t = self._repeat(self.arg(i, shared), b - a)
+                    else:
+                        t = self._rows_of(v.whole, sum(r[:a]), sum(r[a:b]))
+                        if t is None:
+                            raise GraphExecError(f"{node.name}: objects {a}..{b - 1}'s rows of {i} straddle segments")
+                    t.shape = batch
+                    args.append(t)
+                view = s.view(out, sum(rows[0][:a]) * c, sum(rows[0][a:b]) * c)
+                self.store_into = {node.name: view}
+                try:
+                    y = self.node_fn(node)(node, args, self)
+                finally:
+                    self.store_into = {}
+                    for t in args:          # the views of its inputs (freed by _done where it ran)
+                        if not isinstance(t, SegmentedTensor) and t.buffer is not None:
+                            t.free(keep=False)
+                if not (isinstance(y, DeviceTensor) and y.buffer == view):
+                    raise GraphExecError(f"{node.name}: a group's attention did not run on the engine in place")
+                scope.made.pop(id(y), None)
+                y.free(keep=False)
+        except BaseException:
+            whole.free(keep=False)
+            raise
+        self._release_shared(node)
+        self._done(node, [v.whole for v in ins if v is not None], None)       # one reader of each, done
+        whole.pending = scope.readers.get(node.outputs[0], 0)
+        scope.made[id(whole)] = whole
+        return _Stacked(whole, [sh[:-1] + (c,) for sh in shapes[0]], self._fetch)
+
+    def _rows_of(self, t, r0: int, n: int):
+        """Rows r0 .. r0 + n - 1 of DeviceTensor t (_rows_in_ddr, or a SegmentedTensor whose segments they cover
+        whole) in place: a view (freed after its reader, by _done), or a SegmentedTensor of those segments (owning
+        none); None where they straddle a segment."""
+        if isinstance(t, SegmentedTensor):
+            parts, at = [], 0
+            for buf, k in t.parts:
+                if r0 <= at and at + k <= r0 + n:
+                    parts.append((buf, k))
+                elif at < r0 + n and r0 < at + k:
+                    return None
+                at += k
+            return SegmentedTensor(self.driver, parts, t.layout.channels, (1, n, t.layout.channels), t.producer)
+        c = t.layout.channels
+        if r0 * c % self.cfg.beat_bytes:
+            return None
+        return DeviceTensor(self.driver, self.driver.session.view(t.buffer, r0 * c, n * c),
+                            TokenRowLayout(n, c, self.cfg.cols), (1, n, c), t.producer)
 
     def _attention_batched(self, node, args, objects) -> list:
         """Attention per object (its keys and values are its own), in one Driver call for each group of
