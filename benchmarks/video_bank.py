@@ -6,6 +6,7 @@ objects' memory attentions batched against one by one.
                                              # steady state from frame 25: the ring's placements all met)
                                              # SAM2FPGA_BENCH_OBJECT_FRAMES=4 frames per objects case (0: none)
     SAM2FPGA_BENCH_OBJECTS=3 python -m benchmarks video_bank # the long clip with 3 objects (batched)
+    SAM2FPGA_BENCH_CORRECTION=1 ...                          # and object 1 prompted on frame 2 too (its memory longer)
     SAM2FPGA_BENCH_CHAIN=0 python -m benchmarks video_bank   # every engine output back to the host (no chaining)
     SAM2FPGA_BENCH_LOAD_T=0 python -m benchmarks video_bank  # bench16 without the transposing LOAD (load_t)
     SAM2FPGA_BENCH_TABLE=1 python -m benchmarks video_bank   # and the last frame's nodes: where the bytes go (every
@@ -62,6 +63,8 @@ def long_clip(qm, cfg, photo, n: int, k: int = 1) -> None:
     state = predictor.init_state(shifted_frames(photo, n))
     for i in range(k):
         predictor.add_new_points_or_box(state, 0, i + 1, points=[CLICKS[i % len(CLICKS)]], labels=[1])
+    if os.environ.get("SAM2FPGA_BENCH_CORRECTION") == "1":     # object 1 prompted on frame 2 too: a longer memory
+        predictor.add_new_points_or_box(state, 2, 1, points=[[30.0, 90.0]], labels=[1])
     arena, bank = ex.driver.session.arena, predictor.tracker.bank
     print(f"video_bank: tiny {SIZE} px on {cfg.name} (sim, {cfg.clock_mhz:g} MHz), {n} frames, {k} object"
           f"{'s' * (k > 1)}; bank "

@@ -378,12 +378,15 @@ def test_objects_batched_bit_exact_per_object_with_a_bounded_per_object_bank(vid
         predictor.add_new_points_or_box(state, 1, 4, points=[CLICK], labels=[1])
 
 
-def test_objects_of_unequal_memory_lengths_read_in_place_bit_exact():
-    """The objects script on micro with preset sim's own placement (the memory attention on the overlay, chained):
-    objects whose memories differ in length (object 3 added on frame 2) attend in one call per length, each
-    call reading its objects' rows of the batch in place (the frame's queries bound once per object) and writing
-    its output into their rows of one buffer; every mask equals the host int8 tracker's, and no memory-attention
-    node relays a byte through the host once every temporal slot's keys are in the bank (frame 4 on)."""
+def test_objects_batched_read_in_place_bit_exact_with_unequal_memory_lengths():
+    """The objects script on micro with preset sim's own placement (the memory attention on the overlay, chained),
+    every mask equal to the host int8 tracker's. A batch moves through the host no byte one object's run would
+    not: every object's pointer rows read in place, the frame's queries and residual bound once per object, each
+    object's output left in DDR for its decoder; objects whose memories differ in length (object 3 added on
+    frame 2) attend in a call per length, each reading its objects' rows in place and writing its output into
+    their rows of one buffer. From frame 2 the memory-attention nodes relay only a temporal slot's keys, projected
+    through the host on its first use (frames 1-3), and from frame 4 nothing, nor does anything move outside a
+    node (frames 0 and 1 relay what one object's run does: the prompted frame's encoding, ma.x0 once)."""
     qm, cfg, frames, _ = micro_video_case(6)
     scale = np.shape(frames[0])[0] / SIZE          # micro's 64 px frames
     ref = _objects_script(graph_video_predictor(qm.graph, VideoIntRunner(qm)), frames, scale=scale)
@@ -393,14 +396,18 @@ def test_objects_of_unequal_memory_lengths_read_in_place_bit_exact():
 
     def after(idx, state):
         fs = ex.frame_stats
-        seen.append((idx, fs.batch_note(), [name for name, (b, p, o) in fs.nodes.items()
-                                            if b - p - o and ex.records[name].stage == "memory_attention"]))
+        relayed = {name for name, (b, p, o) in fs.nodes.items() if b - p - o and ex.records[name].stage in (
+            "memory_attention", "memory_encoder")}
+        outside = sum(st.ddr_bytes for st in fs.stages.values()) - sum(b for b, _, _ in fs.nodes.values())
+        seen.append((idx, fs.batch_note(), relayed, outside))
         fs.reset()
     got = _objects_script(predictor, frames, after, scale)
     for a, b in zip(ref, got, strict=True):
         np.testing.assert_array_equal(a, b)
+    slot_keys = {n for c in ex.chains if c.ring == "slot_keys" for n in c.nodes}
+    assert all(relayed <= slot_keys for idx, _, relayed, _ in seen if idx >= 2), seen      # (1: ma.x0, as one object)
     frame4 = next(x for x in seen if x[0] == 4)       # going forward
-    assert frame4[1:] == ("3 objects (2 memory lengths)", [])
+    assert frame4[1:] == ("3 objects (2 memory lengths)", set(), 0)
 
 
 def micro_video_case(frames: int):
@@ -477,21 +484,6 @@ def test_steady_frames_rewrite_no_descriptor_as_the_bank_wraps(backend, objects)
     assert [(total, nodes[1]) for total, nodes, *_ in wrapped] == [(seen[-1][0], 0)] * len(wrapped)
     assert all(total == nodes[0] for total, nodes, *_ in wrapped)      # nothing outside the nodes
     assert len({f[2] for f in seen[full + period - 1:]}) == 1
-
-
-def test_objects_batched_relay_no_more_than_one_object():
-    """3 objects on micro (preset sim's placement, their memory attentions batched), 5 frames, each equal to the
-    host int8 tracker's: the memory-attention and memory-encoder nodes relay through the host what one object's
-    do (the prompted frame's encoding, a temporal slot's keys on its first use: frames 0-3), nothing more (every
-    object's pointer rows read in place, the frame's queries and residual bound once for all objects, each
-    object's output left in DDR for its decoder), and as few bytes move outside a node (none from frame 4)."""
-    qm, cfg, frames, click = micro_video_case(5)
-    one, _, _ = _steady_frames(qm, cfg, frames, [click], wraps=0)
-    seen, _, _ = _steady_frames(qm, cfg, frames, [click, *MICRO_CLICKS], wraps=0)
-    assert all(f[3] == [[f[3][0][0]] * 3] for f in seen[1:])           # one batch a frame
-    assert [f[4] for f in seen] == [f[4] for f in one] and seen[4][4] == []
-    outside = [[total - nodes for total, (nodes, *_), *_ in s] for s in (one, seen)]
-    assert outside[0] == outside[1] and outside[1][4] == 0
 
 
 @pytest.mark.parametrize("objects, frames", [pytest.param(1, 34, marks=pytest.mark.slow(seconds=120)),

@@ -43,7 +43,8 @@ self-attention, norm2 and cross-attention queries) once for all; every other nod
 over all objects' rows concatenated (one Driver call, its weights read once; exact: rows are
 independent and the scales per tensor), the objects' pointer tokens placed last so the ROPE's
 excluded tail and the banked chains' unbanked tail stay one block; attention per object, in one
-Driver call per group of objects with equally long memories (stacked on its head batch). Each
+Driver call per group of objects with equally long memories (stacked on its head batch; the objects
+ordered by memory length). Each
 object's step then takes its own result: exact, since an object's memory attention reads only its
 own bank, which the other objects' steps on the frame do not change.
 
@@ -61,9 +62,11 @@ long reads Q, K, V stacked on its batch in place and leaves its output so; a ten
 the objects: layer 0's queries, its residual) that such an attention or a vector add reads per object is its
 one buffer bound once per object (a SegmentedTensor of it, _stacked_input); a fused residual add reads the
 batched residual (_batched_residual). Each object's part of the batch's output is a view of that buffer
-(Session.view), left in DDR for its decoder (a Resident, _per_object). What a per-object reader needs (a
-banked chain with a reader on the host, a ROPE with its pointer tail, attentions of unequal memory
-lengths) is read back then, counted to the memory attention stage (_fetch).
+(Session.view), left in DDR for its decoder (a Resident, _per_object). Objects of unequally long memories
+attend in a call per length, the batch ordered by length so each call's rows are adjacent: read in place,
+written into their rows of one buffer (_attention_groups). What a per-object reader needs (a banked chain
+with a reader on the host, a ROPE with its pointer tail, an attention whose inputs are not all in DDR) is read
+back then, counted to the memory attention stage (_fetch).
 
 The bank read in place: a banked chain's output whose every reader is on the overlay and chained (the
 k_sum add on the vector engine, the attention's V: `in_place`) is a SegmentedTensor (sw.runtime.graph_exec):
