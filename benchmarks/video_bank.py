@@ -45,11 +45,12 @@ def _case():
     return quantize_video(graph, stats, key_tile=cfg.cols, preset=cfg.name), cfg, photo
 
 
-def _predictor(qm, cfg, objects: int, batched: bool = True):
+def _predictor(qm, cfg, objects: int, batched: bool = True, cond_frames: int | None = None):
     from sw.runtime.video_exec import VideoGraphExecutor, overlay_video_predictor, video_driver
-    ex = VideoGraphExecutor(qm, cfg, "sim", video_driver(cfg, "sim", qm.graph, cond_frames=objects, objects=objects))
+    cond = objects if cond_frames is None else cond_frames
+    ex = VideoGraphExecutor(qm, cfg, "sim", video_driver(cfg, "sim", qm.graph, cond_frames=cond, objects=objects))
     ex.chain = os.environ.get("SAM2FPGA_BENCH_CHAIN", "1") != "0"
-    predictor = overlay_video_predictor(qm, ex, cond_frames=objects, objects=objects)
+    predictor = overlay_video_predictor(qm, ex, cond_frames=cond, objects=objects)
     predictor.batch_objects = batched
     return ex, predictor
 
@@ -59,11 +60,12 @@ def long_clip(qm, cfg, photo, n: int, k: int = 1) -> None:
     arena, the bank's slots, modelled ms and host <-> DDR bytes; the last frame's bytes by kind (and by node)."""
     from golden_model.quant.video import shifted_frames
     from sw.runtime.video_exec import STAGES
-    ex, predictor = _predictor(qm, cfg, k)
+    correction = os.environ.get("SAM2FPGA_BENCH_CORRECTION") == "1"
+    ex, predictor = _predictor(qm, cfg, k, cond_frames=k + correction)
     state = predictor.init_state(shifted_frames(photo, n))
     for i in range(k):
         predictor.add_new_points_or_box(state, 0, i + 1, points=[CLICKS[i % len(CLICKS)]], labels=[1])
-    if os.environ.get("SAM2FPGA_BENCH_CORRECTION") == "1":     # object 1 prompted on frame 2 too: a longer memory
+    if correction:          # object 1 prompted on frame 2 too: its memory longer (a prompted (object, frame) more)
         predictor.add_new_points_or_box(state, 2, 1, points=[[30.0, 90.0]], labels=[1])
     arena, bank = ex.driver.session.arena, predictor.tracker.bank
     print(f"video_bank: tiny {SIZE} px on {cfg.name} (sim, {cfg.clock_mhz:g} MHz), {n} frames, {k} object"

@@ -429,9 +429,8 @@ def _steady_frames(qm, cfg, frames, clicks, backend="sim", wraps=2):
     every frame of a video long enough for the memory attention to meet each placement of the bank's slots
     `wraps` times once its memory is full, one object per click (several: their memory attentions batched): per
     frame (host <-> DDR bytes, its nodes': (bytes, programs', the host ops' own), the arena's use, the memory
-    lengths, the bytes of memory-attention and memory-encoder nodes the host relays); the ring's period (its
-    slots not held by the prompted frames taken in turn, one per object a frame); the first frame of the full
-    memory."""
+    lengths); the ring's period (its slots not held by the prompted frames taken in turn, one per object a
+    frame); the first frame of the full memory."""
     ref = [logits for _, _, logits in _clicked(graph_video_predictor(qm.graph, VideoIntRunner(qm)), frames, clicks)]
     k = len(clicks)
     ex = VideoGraphExecutor(qm, cfg, backend, video_driver(cfg, backend, qm.graph, cond_frames=k, objects=k))
@@ -440,10 +439,8 @@ def _steady_frames(qm, cfg, frames, clicks, backend="sim", wraps=2):
     for idx, _, logits in _clicked(predictor, frames, clicks):
         np.testing.assert_array_equal(logits, ref[idx])
         fs = ex.frame_stats
-        video = [name for name, (b, p, o) in fs.nodes.items() if b - p - o and ex.records[name].stage in (
-            "memory_attention", "memory_encoder")]
         seen.append((sum(st.ddr_bytes for st in fs.stages.values()), tuple(map(sum, zip(*fs.nodes.values()))),
-                     arena.size - arena.free_bytes, fs.batches, video))
+                     arena.size - arena.free_bytes, fs.batches))
         fs.reset()
     assert len(seen) == len(frames)
     free = bank.counts["frames"] - k
