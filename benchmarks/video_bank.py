@@ -4,7 +4,9 @@ objects' memory attentions batched against one by one.
 
     python -m benchmarks video_bank          # SAM2FPGA_BENCH_FRAMES=30 frames, tiny at 128 px, bench16, sim (the
                                              # steady state from frame 25: the ring's placements all met)
-                                             # SAM2FPGA_BENCH_OBJECT_FRAMES=4 frames per objects case
+                                             # SAM2FPGA_BENCH_OBJECT_FRAMES=4 frames per objects case (0: none)
+    SAM2FPGA_BENCH_OBJECTS=3 python -m benchmarks video_bank # the long clip with 3 objects (batched)
+    SAM2FPGA_BENCH_CORRECTION=1 ...                          # and object 1 prompted on frame 2 too (its memory longer)
     SAM2FPGA_BENCH_CHAIN=0 python -m benchmarks video_bank   # every engine output back to the host (no chaining)
     SAM2FPGA_BENCH_LOAD_T=0 python -m benchmarks video_bank  # bench16 without the transposing LOAD (load_t)
     SAM2FPGA_BENCH_TABLE=1 python -m benchmarks video_bank   # and the last frame's nodes: where the bytes go (every
@@ -43,23 +45,31 @@ def _case():
     return quantize_video(graph, stats, key_tile=cfg.cols, preset=cfg.name), cfg, photo
 
 
-def _predictor(qm, cfg, objects: int, batched: bool = True):
+def _predictor(qm, cfg, objects: int, batched: bool = True, cond_frames: int | None = None):
     from sw.runtime.video_exec import VideoGraphExecutor, overlay_video_predictor, video_driver
-    ex = VideoGraphExecutor(qm, cfg, "sim", video_driver(cfg, "sim", qm.graph, cond_frames=objects, objects=objects))
+    cond = objects if cond_frames is None else cond_frames
+    ex = VideoGraphExecutor(qm, cfg, "sim", video_driver(cfg, "sim", qm.graph, cond_frames=cond, objects=objects))
     ex.chain = os.environ.get("SAM2FPGA_BENCH_CHAIN", "1") != "0"
-    predictor = overlay_video_predictor(qm, ex, cond_frames=objects, objects=objects)
+    predictor = overlay_video_predictor(qm, ex, cond_frames=cond, objects=objects)
     predictor.batch_objects = batched
     return ex, predictor
 
 
-def long_clip(qm, cfg, photo, n: int) -> None:
+def long_clip(qm, cfg, photo, n: int, k: int = 1) -> None:
+    """`n` frames of `k` objects (one click each on frame 0, their memory attentions batched): per frame the
+    arena, the bank's slots, modelled ms and host <-> DDR bytes; the last frame's bytes by kind (and by node)."""
     from golden_model.quant.video import shifted_frames
     from sw.runtime.video_exec import STAGES
-    ex, predictor = _predictor(qm, cfg, 1)
+    correction = os.environ.get("SAM2FPGA_BENCH_CORRECTION") == "1"
+    ex, predictor = _predictor(qm, cfg, k, cond_frames=k + correction)
     state = predictor.init_state(shifted_frames(photo, n))
-    predictor.add_new_points_or_box(state, 0, 1, points=[CLICKS[0]], labels=[1])
+    for i in range(k):
+        predictor.add_new_points_or_box(state, 0, i + 1, points=[CLICKS[i % len(CLICKS)]], labels=[1])
+    if correction:          # object 1 prompted on frame 2 too: its memory longer (a prompted (object, frame) more)
+        predictor.add_new_points_or_box(state, 2, 1, points=[[30.0, 90.0]], labels=[1])
     arena, bank = ex.driver.session.arena, predictor.tracker.bank
-    print(f"video_bank: tiny {SIZE} px on {cfg.name} (sim, {cfg.clock_mhz:g} MHz), {n} frames; bank "
+    print(f"video_bank: tiny {SIZE} px on {cfg.name} (sim, {cfg.clock_mhz:g} MHz), {n} frames, {k} object"
+          f"{'s' * (k > 1)}; bank "
           f"{bank.nbytes:,} bytes ({', '.join(f'{c} {r}' for r, c in bank.counts.items())} slots)")
     print(f"{'frame':>5s} {'arena bytes':>12s} {'slots in use':>28s} {'modelled ms':>11s} {'host<->DDR':>12s} "
           f"{'wall s':>7s}")
@@ -170,5 +180,6 @@ def run() -> None:
     qm, cfg, photo = _case()
     frames = int(os.environ.get("SAM2FPGA_BENCH_FRAMES", "30"))
     if frames:
-        long_clip(qm, cfg, photo, frames)
-    objects(qm, cfg, photo, int(os.environ.get("SAM2FPGA_BENCH_OBJECT_FRAMES", "4")))
+        long_clip(qm, cfg, photo, frames, int(os.environ.get("SAM2FPGA_BENCH_OBJECTS", "1")))
+    if int(os.environ.get("SAM2FPGA_BENCH_OBJECT_FRAMES", "4")):
+        objects(qm, cfg, photo, int(os.environ.get("SAM2FPGA_BENCH_OBJECT_FRAMES", "4")))

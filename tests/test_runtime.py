@@ -55,6 +55,33 @@ def test_arena_activations_stay_put_while_programs_come_and_go_at_the_top():
     assert arena.free_bytes == arena.largest_free == 16 * ALIGN
 
 
+def test_arena_views_name_aligned_parts_and_keep_their_buffer_until_the_last_goes():
+    arena = Arena(0x10_0000, 16 * ALIGN)
+    x = arena.allocate("x", 3 * ALIGN)
+    v1, v2 = arena.view("x1", "x", ALIGN, ALIGN), arena.view("x2", "x1", 0, 100)     # a view's view: of x
+    assert (v1.addr, v1.size, v2.addr, v2.size) == (x.addr + ALIGN, ALIGN, x.addr + ALIGN, 100)
+    assert arena.free_bytes == 13 * ALIGN                              # a view reserves nothing
+    for bad in ((ALIGN // 2, 100), (2 * ALIGN, ALIGN + 1), (0, 0)):
+        with pytest.raises(ValueError, match="must lie inside it and start on a multiple of 4096 bytes"):
+            arena.view("bad", "x", *bad)
+    assert arena.view("x3", "x", 64, 64, align=64).addr == x.addr + 64      # inside a page where asked
+    arena.free("x3")
+    arena.free("x")                                                    # its views live: x stays
+    assert "x" in arena and arena.free_bytes == 13 * ALIGN
+    with pytest.raises(KeyError):
+        arena.free("x")
+    arena.free("x1")
+    assert arena.free_bytes == 13 * ALIGN
+    arena.free("x2")                                                   # the last view: x given back
+    assert "x" not in arena and arena.free_bytes == arena.largest_free == 16 * ALIGN
+    arena.allocate("y", ALIGN)
+    arena.view("y1", "y", 0, ALIGN)
+    arena.free("y1")                                                   # a view freed first: y stays as it was
+    assert "y" in arena and arena.free_bytes == 15 * ALIGN
+    arena.free("y")
+    assert arena.free_bytes == 16 * ALIGN
+
+
 def test_arena_full_names_sizes_and_allocates_nothing():
     arena = Arena(0, 8 * ALIGN)
     arena.allocate("weights", 5 * ALIGN)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 
 import numpy as np
 import pytest
@@ -23,7 +24,7 @@ from hw.config import preset
 from sw.backends.faults import Fault
 from sw.runtime import graph_exec
 from sw.runtime import video_exec
-from sw.runtime.video_exec import (LAYER_RINGS, BankEntry, BankFull, VideoGraphExecutor, bank_bytes,
+from sw.runtime.video_exec import (LAYER_RINGS, BankEntry, BankFull, VideoGraphExecutor, bank_bytes, video_driver,
                                    overlay_video_predictor)
 
 SIZE = 128
@@ -294,13 +295,13 @@ BATCHED = ("ma.layers.0.cross.q", "ma.layers.0.cross.k", "ma.layers.0.cross.v", 
            "ma.layers.0.cross.k_sum")    # the keys' chain read in place: its k_proj's pointer rows in DDR
 
 
-def _objects_script(predictor, frames, after_frame=None):
+def _objects_script(predictor, frames, after_frame=None, scale=1.0):
     """Objects 1 (click) and 2 (box) on frame 0, frames 0-2; object 3 added on frame 2 and a correction
     (negative click) for object 1 there, frames 2-4; object 2 dropped, frame 5; backward, frames 5-4. Every
-    mask returned, in order."""
+    mask returned, in order. `scale`: the points' (a 128 px frame's) for frames of another size."""
     state = predictor.init_state(frames)
-    out = [predictor.add_new_points_or_box(state, 0, 1, points=[CLICK], labels=[1])[2],
-           predictor.add_new_points_or_box(state, 0, 2, box=[10, 15, 50, 60])[2]]
+    out = [predictor.add_new_points_or_box(state, 0, 1, points=[[v * scale for v in CLICK]], labels=[1])[2],
+           predictor.add_new_points_or_box(state, 0, 2, box=[v * scale for v in (10, 15, 50, 60)])[2]]
 
     def run(start, last, reverse=False):
         for idx, ids, logits in predictor.propagate_in_video(state, start, abs(last - start), reverse):
@@ -308,8 +309,8 @@ def _objects_script(predictor, frames, after_frame=None):
             if after_frame:
                 after_frame(idx, state)
     run(0, 2)
-    out.append(predictor.add_new_points_or_box(state, 2, 3, points=[[100.0, 40.0]], labels=[1])[2])
-    out.append(predictor.add_new_points_or_box(state, 2, 1, points=[[30.0, 90.0]], labels=[0])[2])
+    out.append(predictor.add_new_points_or_box(state, 2, 3, points=[[100.0 * scale, 40.0 * scale]], labels=[1])[2])
+    out.append(predictor.add_new_points_or_box(state, 2, 1, points=[[30.0 * scale, 90.0 * scale]], labels=[0])[2])
     run(2, 4)
     del state.objects[2]        # its outputs go, their bank slots with them
     run(5, 5)
@@ -377,6 +378,38 @@ def test_objects_batched_bit_exact_per_object_with_a_bounded_per_object_bank(vid
         predictor.add_new_points_or_box(state, 1, 4, points=[CLICK], labels=[1])
 
 
+def test_objects_batched_read_in_place_bit_exact_with_unequal_memory_lengths():
+    """The objects script on micro with preset sim's own placement (the memory attention on the overlay, chained),
+    every mask equal to the host int8 tracker's. A batch moves through the host no byte one object's run would
+    not: every object's pointer rows read in place, the frame's queries and residual bound once per object, each
+    object's output left in DDR for its decoder; objects whose memories differ in length (object 3 added on
+    frame 2) attend in a call per length, each reading its objects' rows in place and writing its output into
+    their rows of one buffer. From frame 2 the memory-attention nodes relay only a temporal slot's keys, projected
+    through the host on its first use (frames 1-3), and from frame 4 nothing, nor does anything move outside a
+    node (frames 0 and 1 relay what one object's run does: the prompted frame's encoding, ma.x0 once)."""
+    qm, cfg, frames, _ = micro_video_case(6)
+    scale = np.shape(frames[0])[0] / SIZE          # micro's 64 px frames
+    ref = _objects_script(graph_video_predictor(qm.graph, VideoIntRunner(qm)), frames, scale=scale)
+    ex = VideoGraphExecutor(qm, cfg, "sim", video_driver(cfg, "sim", qm.graph, cond_frames=3, objects=3))
+    predictor = overlay_video_predictor(qm, ex, cond_frames=3, objects=3)
+    seen = []
+
+    def after(idx, state):
+        fs = ex.frame_stats
+        relayed = {name for name, (b, p, o) in fs.nodes.items() if b - p - o and ex.records[name].stage in (
+            "memory_attention", "memory_encoder")}
+        outside = sum(st.ddr_bytes for st in fs.stages.values()) - sum(b for b, _, _ in fs.nodes.values())
+        seen.append((idx, fs.batch_note(), relayed, outside))
+        fs.reset()
+    got = _objects_script(predictor, frames, after, scale)
+    for a, b in zip(ref, got, strict=True):
+        np.testing.assert_array_equal(a, b)
+    slot_keys = {n for c in ex.chains if c.ring == "slot_keys" for n in c.nodes}
+    assert all(relayed <= slot_keys for idx, _, relayed, _ in seen if idx >= 2), seen      # (1: ma.x0, as one object)
+    frame4 = next(x for x in seen if x[0] == 4)       # going forward
+    assert frame4[1:] == ("3 objects (2 memory lengths)", set(), 0)
+
+
 def micro_video_case(frames: int):
     """(quantised micro model (64 px) for video on preset sim, the preset, `frames` shifted frames of a seeded
     photo, a click near its middle): the scaled-down tracker the rtl and bank tests run."""
@@ -391,66 +424,81 @@ def micro_video_case(frames: int):
     return qm, cfg, shifted_frames(photo, frames), [size * 0.45, size * 0.55]
 
 
-def _steady_frames(qm, cfg, frames, click, backend="sim"):
+def _steady_frames(qm, cfg, frames, clicks, backend="sim", wraps=2):
     """The int8 tracker on the overlay (the preset's own placement) against the host int8 tracker's logits on
     every frame of a video long enough for the memory attention to meet each placement of the bank's slots
-    twice once its memory is full: per frame (host <-> DDR bytes, its nodes': (bytes, programs', the host ops'
-    own), the arena's use, the memory length); the ring's period (its slots taken in turn, the prompted frame's
-    held); the first frame of the full memory."""
-    ref = [logits for _, _, logits in _clicked(graph_video_predictor(qm.graph, VideoIntRunner(qm)), frames, click)]
-    ex = VideoGraphExecutor(qm, cfg, backend)
-    predictor = overlay_video_predictor(qm, ex)
+    `wraps` times once its memory is full, one object per click (several: their memory attentions batched): per
+    frame (host <-> DDR bytes, its nodes': (bytes, programs', the host ops' own), the arena's use, the memory
+    lengths); the ring's period (its slots not held by the prompted frames taken in turn, one per object a
+    frame); the first frame of the full memory."""
+    ref = [logits for _, _, logits in _clicked(graph_video_predictor(qm.graph, VideoIntRunner(qm)), frames, clicks)]
+    k = len(clicks)
+    ex = VideoGraphExecutor(qm, cfg, backend, video_driver(cfg, backend, qm.graph, cond_frames=k, objects=k))
+    predictor = overlay_video_predictor(qm, ex, cond_frames=k, objects=k)
     arena, bank, seen = ex.driver.session.arena, predictor.tracker.bank, []
-    for idx, _, logits in _clicked(predictor, frames, click):
+    for idx, _, logits in _clicked(predictor, frames, clicks):
         np.testing.assert_array_equal(logits, ref[idx])
         fs = ex.frame_stats
         seen.append((sum(st.ddr_bytes for st in fs.stages.values()), tuple(map(sum, zip(*fs.nodes.values()))),
                      arena.size - arena.free_bytes, fs.batches))
         fs.reset()
     assert len(seen) == len(frames)
-    period = bank.counts["frames"] - 1
+    free = bank.counts["frames"] - k
+    period = free // math.gcd(free, k)
     full = next(i for i, f in enumerate(seen) if f[3] == seen[-1][3])
-    assert len(frames) >= full + 2 * period, (full, period)
+    assert len(frames) >= full + wraps * period, (full, period)
     return seen, period, full
 
 
-def _clicked(predictor, frames, click):
+def _clicked(predictor, frames, clicks):
     state = predictor.init_state(frames)
-    predictor.add_new_points_or_box(state, 0, 1, points=[click], labels=[1])
+    for i, click in enumerate(clicks):
+        predictor.add_new_points_or_box(state, 0, i + 1, points=[click], labels=[1])
     return predictor.propagate_in_video(state)
 
 
-@pytest.mark.parametrize("backend", ["sim", pytest.param("pynq", marks=pytest.mark.slow(seconds=60))])
-def test_steady_frames_rewrite_no_descriptor_as_the_bank_wraps(backend):
+#: micro's other clicks (objects 2 and 3)
+MICRO_CLICKS = ([20.0, 20.0], [45.0, 15.0])
+
+
+@pytest.mark.parametrize("backend, objects", [("sim", 1), pytest.param("pynq", 1, marks=pytest.mark.slow(seconds=60)),
+                                              pytest.param("sim", 3, marks=pytest.mark.slow(seconds=60))])
+def test_steady_frames_rewrite_no_descriptor_as_the_bank_wraps(backend, objects):
     """micro (64 px, 3 memory frames: 6 frame slots, 5 taken in turn) tracked 26 frames on preset sim (the sim
     backend, and pynq's library on the simulated device), each equal to the host int8 tracker's: once the memory
     is full (16 pointers) the memory attention's programs meet each placement of the ring's slots once, writing
     its descriptor list, and on the ring's next wrap write none: a frame moves the same bytes as the frame one
-    period before, no program byte among them, the arena flat."""
+    period before, no program byte among them, the arena flat. 3 objects (their memory attentions batched; 16
+    frame slots, 13 taken in turn, 3 a frame) 42 frames likewise: their decoders' reads of their parts of the
+    batch's output (one program, a descriptor list per object) write none either."""
     if backend == "pynq":
         pytest.importorskip("pynq")
-    seen, period, full = _steady_frames(*micro_video_case(26), backend)
-    assert (full, period) == (16, 5)
+    qm, cfg, frames, click = micro_video_case(16 + 2 * (5 if objects == 1 else 13))
+    seen, period, full = _steady_frames(qm, cfg, frames, [click, *MICRO_CLICKS][:objects], backend)
+    assert (full, period) == (16, 5 if objects == 1 else 13)
     first, wrapped = seen[full:full + period], seen[full + period:]
-    assert all(nodes[1] > 0 for _, nodes, _, _ in first)          # a placement's list, written once
-    assert [(total, nodes[1]) for total, nodes, _, _ in wrapped] == [(seen[-1][0], 0)] * len(wrapped)
-    assert all(total == nodes[0] for total, nodes, _, _ in wrapped)      # nothing outside the nodes
-    assert len({arena for *_, arena, _ in seen[full + period - 1:]}) == 1
+    assert all(nodes[1] > 0 for _, nodes, *_ in first)          # a placement's list, written once
+    assert [(total, nodes[1]) for total, nodes, *_ in wrapped] == [(seen[-1][0], 0)] * len(wrapped)
+    assert all(total == nodes[0] for total, nodes, *_ in wrapped)      # nothing outside the nodes
+    assert len({f[2] for f in seen[full + period - 1:]}) == 1
 
 
-@pytest.mark.slow(seconds=120)
-def test_steady_frames_move_only_the_host_ops_own_bytes_on_bench16(video_case):
+@pytest.mark.parametrize("objects, frames", [pytest.param(1, 34, marks=pytest.mark.slow(seconds=120)),
+                                             pytest.param(3, 45, marks=pytest.mark.slow(seconds=300))])
+def test_steady_frames_move_only_the_host_ops_own_bytes_on_bench16(video_case, objects, frames):
     """The issue's target on tiny 128 px, bench16's placement (the bench's case, docs/runtime.md): once the memory
     is full and the ring of 9 slots has wrapped once more, a frame moves the host ops' own bytes (the frame in, the
     logits out, the host nodes' tensors) and nothing else: no program byte, nothing relayed, nothing outside a
-    node; every frame equal to the host int8 tracker's."""
+    node; every frame equal to the host int8 tracker's. 3 objects (their memory attentions batched; 25 slots
+    taken in turn, 3 a frame) likewise."""
     qm, cfg, _ = video_case
     photo = np.random.default_rng(0).integers(0, 256, (SIZE, SIZE, 3), dtype=np.uint8)      # video_case's
-    seen, period, full = _steady_frames(qm, cfg, shifted_frames(photo, 34), CLICK)
-    assert (full, period) == (16, 9)
-    for total, (nodes, programs, own), _, _ in seen[full + period:]:
+    seen, period, full = _steady_frames(qm, cfg, shifted_frames(photo, frames),
+                                        [CLICK, [30.0, 30.0], [100.0, 40.0]][:objects], wraps=1)
+    assert (full, period) == (16, 9 if objects == 1 else 25)
+    for total, (nodes, programs, own), *_ in seen[full + period:]:
         assert (total, nodes, programs) == (own, own, 0)
-    assert len({arena for *_, arena, _ in seen[full + period - 1:]}) == 1
+    assert len({f[2] for f in seen[full + period - 1:]}) == 1
 
 
 @pytest.mark.parametrize("extra, message", [

@@ -11,6 +11,13 @@ lifetimes are mostly stack-like (weights for the session, activations per chain 
 which first fit handles without fragmenting. Every buffer starts and ends on ALIGN
 (4 KiB): the DMA's bursts may not cross a 4 KiB page, and a page-aligned buffer keeps
 the compilers' in-buffer alignment (beats, 4 KiB rows) true at any address.
+
+A view (`view`) names a part of a buffer as a buffer of its own, so a program binds that part
+alone (several objects' rows of one engine output, each object's read by its own reader); it
+reserves nothing, and the buffer it is part of stays allocated until it and every view of it are
+freed, in any order. A view may start inside a page (at `align`, e.g. the DMA beat): the engines'
+reads split their bursts at 4 KiB wherever they start, and a STORE's rows, which may not cross a
+page, are checked against their addresses (sw.runtime.checks).
 """
 from __future__ import annotations
 
@@ -46,6 +53,9 @@ class Arena:
         self.base, self.size = base, size // ALIGN * ALIGN
         self._free: list[tuple[int, int]] = [(base, self.size)]     # (addr, bytes), by address
         self.buffers: dict[str, Buffer] = {}
+        self.views: dict[str, str] = {}          # view -> the buffer it is part of (view)
+        self._viewed: dict[str, int] = {}        # buffer -> its live views
+        self._dropped: set[str] = set()          # buffers freed while views of them live: freed with the last
 
     # ---------------------------------------------------------------- queries
     @property
@@ -115,7 +125,40 @@ class Arena:
                 return addr + n - size
         return None
 
+    def view(self, name: str, of: str, offset: int, size: int, align: int = ALIGN) -> Buffer:
+        """Bytes offset .. offset + size of buffer `of` (a view's: of the buffer it is part of) as buffer `name`;
+        `offset` a multiple of `align` (by default a page, where every buffer starts)."""
+        if name in self.buffers:
+            raise ValueError(f"buffer {name!r} is already allocated")
+        parent = self.buffers[of]
+        if offset % align or offset < 0 or size < 1 or offset + size > parent.size:
+            raise ValueError(f"view {name!r}: bytes {offset:,}..{offset + size:,} of {of!r} ({parent.size:,} bytes) "
+                             f"must lie inside it and start on a multiple of {align} bytes")
+        root = self.views.get(of, of)
+        self.views[name] = root
+        self._viewed[root] = self._viewed.get(root, 0) + 1
+        self.buffers[name] = buf = Buffer(name, parent.addr + offset, size)
+        return buf
+
     def free(self, name: str) -> None:
+        """Give buffer `name` back; a view only drops its name, and a buffer views of which still live is given
+        back with the last of them."""
+        root = self.views.pop(name, None)
+        if root is not None:
+            del self.buffers[name]
+            self._viewed[root] -= 1
+            if self._viewed[root]:
+                return
+            del self._viewed[root]
+            if root not in self._dropped:
+                return
+            self._dropped.discard(root)
+            name = root
+        elif self._viewed.get(name):
+            if name not in self.buffers or name in self._dropped:
+                raise KeyError(name)
+            self._dropped.add(name)
+            return
         buf = self.buffers.pop(name)
         addr, size = buf.addr, aligned(buf.size)
         free = self._free

@@ -551,10 +551,10 @@ def _upload(drv, x, layout: TokenRowLayout | None, prefix: str = "act") -> str:
     return name
 
 
-def _attention_dev(drv, n, a, r):
+def _attention_dev(drv, n, a, r, out: str | None = None):
     """_attention reading Q, K, V from token rows and leaving its output there, heads merged
     (sw.compile.attention.TokenRows): a DeviceTensor in that layout is read in place, a host array written
-    there once. Where that cannot be (token_rows_refusal: no load_t, or a head dim C does not divide) it
+    there once; the output in a new buffer, or in `out` (a buffer the caller holds). Where that cannot be (token_rows_refusal: no load_t, or a head dim C does not divide) it
     runs as _attention, output too: its reader, a linear, would only read the output back (its A is a host
     transpose), and the program, bound to a new buffer each run, would rewrite its descriptors."""
     q, k, v = a
@@ -580,8 +580,8 @@ def _attention_dev(drv, n, a, r):
         rows = TokenRows(h, N, lq, lk, inputs=True, segments=tuple(segments))
         # the programs read Q, K, V from those buffers: compiled on zeros of their shapes
         qh, kh, vh = (np.zeros((N * h, tokens, d), np.int8) for tokens in (lq, lk, lk))
-        y = DeviceTensor(drv, drv.buffer(rows.size(lq, d)).name, TokenRowLayout(N * lq, h * d, cfg.cols), q.shape,
-                         n.name)
+        y = DeviceTensor(drv, out or drv.buffer(rows.size(lq, d)).name, TokenRowLayout(N * lq, h * d, cfg.cols),
+                         q.shape, n.name)
         runs = []
         try:
             calls = drv.compiles.get(n.name, _attention_calls, drv.cfg, drv._buffer_base(), drv.ddr_bytes, qh, kh, vh,
@@ -589,7 +589,8 @@ def _attention_dev(drv, n, a, r):
             for *_, prog in calls:
                 runs.append(drv.run_bound(prog, {**bind, "out": y.buffer}, owner=n.name))
         except BaseException:
-            y.free(keep=False)
+            if out is None:
+                y.free(keep=False)
             raise
     finally:
         for name in uploaded:

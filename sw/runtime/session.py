@@ -71,6 +71,7 @@ class Session:
         self._checked = Lru(keep=1024)   # (bytes digest, buffer table, runs) of lists that passed the checks
         self.pinned: set[str] = set()    # buffers read in turn for the session (pin): a memory bank's slots
         self.placements = 1              # descriptor lists a program bound to pinned buffers keeps (pin)
+        self._views = 0                  # views made (view): their names' numbers
 
     @property
     def traffic(self):
@@ -87,6 +88,16 @@ class Session:
     def free(self, name: str) -> None:
         self.arena.free(name)
         self.pinned.discard(name)
+
+    def view(self, of: str, offset: int, size: int, name: str | None = None) -> str:
+        """Bytes offset .. offset + size of buffer `of` as a buffer of its own (Arena.view), which a program binds
+        alone: its name (`name`, else a new one). `offset` a multiple of the DMA beat. Freed like any buffer; `of`
+        lives until it and its views are freed."""
+        if name is None:
+            self._views += 1
+            name = f"{of}[{offset}:{offset + size}]#{self._views}"
+        self.arena.view(name, of, offset, size, align=self.cfg.beat_bytes)
+        return name
 
     def pin(self, names, placements: int) -> None:
         """Mark buffers `names` as read in turn by the same programs for the whole session (a memory bank's ring

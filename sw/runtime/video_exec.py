@@ -43,7 +43,8 @@ self-attention, norm2 and cross-attention queries) once for all; every other nod
 over all objects' rows concatenated (one Driver call, its weights read once; exact: rows are
 independent and the scales per tensor), the objects' pointer tokens placed last so the ROPE's
 excluded tail and the banked chains' unbanked tail stay one block; attention per object, in one
-Driver call per group of objects with equally long memories (stacked on its head batch). Each
+Driver call per group of objects with equally long memories (stacked on its head batch; the objects
+ordered by memory length). Each
 object's step then takes its own result: exact, since an object's memory attention reads only its
 own bank, which the other objects' steps on the frame do not change.
 
@@ -55,12 +56,17 @@ frame and the layer.
 Chained in DDR (GraphExecutor.chained, as run_nodes): one object's memory attention runs its nodes as
 run_nodes would, engine outputs left in DDR for the next node (RoPE too where it is one ROPE call:
 _rope_dev). Several objects: a batched node's output is every object's rows in one DeviceTensor,
-object after object (_Stacked), which the next batched node reads in place; an attention whose objects'
-memories are equally long reads Q, K, V stacked on its batch in place and leaves its output so; a
-fused residual add reads the batched residual (_batched_residual). What a per-object reader needs (a
-banked chain with a reader on the host, a ROPE with its pointer tail, attentions of unequal memory
-lengths) is read back then,
-counted to the memory attention stage (_fetch).
+object after object (_Stacked), which the next batched node reads in place (a banked chain's inner rows
+too: every object's pointer tokens' k_proj, for its RoPE); an attention whose objects' memories are equally
+long reads Q, K, V stacked on its batch in place and leaves its output so; a tensor of the frame's (shared by
+the objects: layer 0's queries, its residual) that such an attention or a vector add reads per object is its
+one buffer bound once per object (a SegmentedTensor of it, _stacked_input); a fused residual add reads the
+batched residual (_batched_residual). Each object's part of the batch's output is a view of that buffer
+(Session.view), left in DDR for its decoder (a Resident, _per_object). Objects of unequally long memories
+attend in a call per length, the batch ordered by length so each call's rows are adjacent: read in place,
+written into their rows of one buffer (_attention_groups). What a per-object reader needs (a banked chain
+with a reader on the host, a ROPE with its pointer tail, an attention whose inputs are not all in DDR) is read
+back then, counted to the memory attention stage (_fetch).
 
 The bank read in place: a banked chain's output whose every reader is on the overlay and chained (the
 k_sum add on the vector engine, the attention's V: `in_place`) is a SegmentedTensor (sw.runtime.graph_exec):
@@ -68,7 +74,7 @@ each memory frame's (slot's) layer rows in its own bank buffer (LAYER_RINGS: one
 layer_buffer), then the pointer tokens' rows, the chain's nodes' output on them left in DDR (the pointer
 tokens, the gather's rows, written once a run and read in place by every such chain's first node:
 _tail_rows; the keys' RoPE, every token excluded, one RESCALE: _rope_dev); in a batch, object after object,
-each object's pointer rows read back and written into a buffer of their own. The readers' programs take it
+each object's pointer rows a view of the chain's one output (Session.view). The readers' programs take it
 as RowSegments (a region per range, relinked per frame to that frame's slots, LoadedProgram.rebind: the bank's
 slot buffers are pinned, Session.pin, so each program keeps a descriptor list per placement of them, written
 the first time it comes; the ring's placements recur, so a steady frame writes none), so the host neither reads
@@ -84,7 +90,8 @@ place (SLOT_RINGS), an inner node's rows (k_proj's) left in a buffer the executo
 Not yet (honest): a reader on the host reads the bank's rows at the gather (BankEntry.part), a projection
 on the host is written in by the host (DdrBank.write_part), and a temporal slot's keys go through the host
 (once a session per slot). A fused add's residual crosses the host (the store's RES
-region is N-tile-major, not token rows). Per-object readers in a batch (above) read their tensor back.
+region is N-tile-major, not token rows). Per-object readers in a batch (above) read their tensor back, and
+each object's prompt encoder + mask decoder and memory encoder run on their own (a call per node and object).
 """
 from __future__ import annotations
 
@@ -194,6 +201,7 @@ class FrameStats:
     # per node, every run of the frame summed: [host <-> DDR bytes, of them programs', of them the host ops' own]
     # (NodeRecord's fields, which hold a node's last run only); the stages' bytes less theirs: outside the nodes
     nodes: dict = field(default_factory=dict)
+    inside: int = 0          # > 0 while a node runs: its bytes are its record's (NodeRecord.ddr_bytes), counted once
 
     def reset(self) -> None:
         self.stages = {s: StageStats() for s in STAGES}
@@ -210,6 +218,12 @@ class FrameStats:
         return " + ".join(f"{len(b)} object{'s' * (len(b) > 1)}"
                           + (f" ({len(set(b))} memory lengths)" if len(set(b)) > 1 else "") for b in self.batches)
 
+    def outside(self, stage: str, host_s=0.0, ddr_bytes=0) -> None:
+        """Bytes (and host time) moved by the executor or the bank for a node's run: added where no node runs, else
+        already in that node's record."""
+        if not self.inside:
+            self.add(stage, host_s=host_s, ddr_bytes=ddr_bytes)
+
     def add(self, stage: str, cycles=0, host_s=0.0, engine_s=0.0, ddr_bytes=0) -> None:
         s = self.stages[STAGE_OF.get(stage, stage)]
         s.cycles += cycles
@@ -222,7 +236,7 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
     """GraphExecutor over the whole video graph (module docstring); `frame_stats` sums the current frame."""
     ENGINE_OPS = {**ENGINE_OPS, "rope": _rope}
     DEVICE_OPS = {**DEVICE_OPS, "rope": _into_bank(_rope_dev), "linear": _into_bank(DEVICE_OPS["linear"]),
-                  "add": _into_bank(_add_dev)}
+                  "add": _into_bank(_add_dev), "attention": _into_bank(DEVICE_OPS["attention"])}
     IN_PLACE = {**IN_PLACE, "rope": (0,)}
 
     def __init__(self, qm, cfg, backend: str = "sim", driver=None):
@@ -246,6 +260,7 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
         self._projecting: set = set()       # a banked chain's nodes projecting a frame into the bank (in DDR)
         self._stages = SessionKept(self.driver)     # node -> its buffer (_stage)
         self._tails: dict = {}              # part -> (run, its pointer tokens in DDR, their values) (_tail_rows)
+        self._repeated: list = []           # the frame's tensors a batched node reads as segments (_stacked_input)
 
     def project(self, tokens, part: str) -> dict:
         """The banked chains of `part` ("memory": one memory frame's tokens, "memory_pos": one slot
@@ -333,23 +348,16 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
         add (k_sum) or an attention reading its token rows (V), on the overlay, chained, rows a multiple of C."""
         if not self.chain:
             return set()
-        fused = {add.name for add, _ in self.fused_adds.values()}
         readers: dict = {}
         for n in self.graph.nodes:
             for t in n.inputs:
                 readers.setdefault(t, []).append(n)
-
-        def takes(n) -> bool:
-            where = self.placements[n.name].where
-            if n.op == "add":
-                return where == "vector" and n.name not in fused
-            d = self.graph.tensors[n.inputs[0]].shape[-1] // n.attrs.get("heads", 1)
-            return n.op == "attention" and where == "attention" and token_rows_refusal(self.cfg, d, True) is None
         out = set()
         for c in self.chains:
             last = self.nodes_named([c.nodes[-1]])[0]
             rs = readers.get(last.outputs[0], [])
-            if rs and self.graph.tensors[last.outputs[0]].shape[-1] % self.cfg.cols == 0 and all(map(takes, rs)):
+            if rs and self.graph.tensors[last.outputs[0]].shape[-1] % self.cfg.cols == 0 and all(
+                    map(self._takes_segments, rs)):
                 out.add(last.name)
         return out
 
@@ -361,7 +369,15 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
 
         def counted(n, args, r):
             self.current = n.name
-            y = fn(n, args, r)
+            traffic = self.driver.device.traffic
+            before = traffic.snapshot()
+            self.frame_stats.inside += 1
+            try:
+                y = fn(n, args, r)
+            finally:
+                self.frame_stats.inside -= 1
+            # the record's, and what the executor moved for the node around it (a banked chain's pointer rows)
+            rec.ddr_bytes = traffic.since(before).total
             on_host = rec.where in ("host", "layout")
             self.frame_stats.add(n.stage, rec.cycles, rec.wall_s if on_host else 0.0,
                                  0.0 if on_host else rec.wall_s, rec.ddr_bytes)
@@ -392,9 +408,8 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
             if first and x.shape[1] and self._device(n):      # the pointer tokens, written once for every such chain
                 x, written = self._bytes_of(lambda: self._tail_rows(chain.part, x))
             y = fn(n, [x] + list(args[1:]), r) if x.shape[1] else np.zeros((1, 0, channels), np.int8)
-            if written:         # the node's bytes: a host node's rows (the gather's), the host's own
-                rec = self.records[n.name]
-                rec.ddr_bytes, rec.own_bytes = rec.ddr_bytes + written, rec.own_bytes + written
+            if written:         # a host node's rows (the gather's): the host's own
+                self.records[n.name].own_bytes += written
             if not last:
                 return y
             if self._in_place_now(n.name):
@@ -432,28 +447,33 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
     def _segments(self, node, chain, groups, ptrs, channels: int) -> SegmentedTensor:
         """A banked chain's output where its readers bind it, object after object (`groups`: each object's
         memory frames' (slots') entries and pointer tokens): its memory frames' layer rows in the bank, then
-        its pointer tokens' rows (of `ptrs`, their projection's: every object's, in order) in a buffer of their
-        own: `ptrs`' own where the chain left one object's in DDR, else written once per object (counted to the
-        memory attention). Freed after its last reader in
-        the run, the bank's slots kept."""
-        parts, owns, t0, mine = [], [], 0, None
-        before = self.driver.device.traffic.snapshot()
-        if isinstance(ptrs, DeviceTensor) and ptrs.buffer is not None and sum(t > 0 for _, t in groups) == 1 \
-                and ptrs.layout.pitch == channels:       # the chain left them in DDR: that buffer is the segment
-            del self._scope.made[id(ptrs)]
+        its pointer tokens' rows (of `ptrs`, their projection's: every object's, in order) where the chain left
+        them in DDR: one object's, that buffer; several objects', each object's part of it (a view, Session.view:
+        rows of a multiple of C bytes start on a DMA beat). Else (on the host) written once per object. Freed after
+        its last reader in the run, the bank's slots kept."""
+        parts, owns, t0 = [], [], 0
+        tails = [t for _, t in groups]
+        starts = np.cumsum([0] + tails)[:-1]
+        mine = None
+        if isinstance(ptrs, DeviceTensor) and ptrs.buffer is not None and ptrs.layout.pitch == channels \
+                and not ptrs.pad and ptrs.order is None and (sum(t > 0 for t in tails) == 1 or all(
+                    s * channels % self.cfg.beat_bytes == 0 for s, t in zip(starts, tails) if t)):
+            del self._scope.made[id(ptrs)]         # the chain left them in DDR: the segments are there
             mine, ptrs.buffer = ptrs.buffer, None
             owns.append(mine)
-        else:                                             # on the host, or several objects' rows: one each
+        else:
             ptrs = self._fetch(ptrs).reshape(-1, channels)
+        single = sum(t > 0 for t in tails) == 1
         for entries, tail in groups:
             parts += [e.segment(chain.layer) for e in entries]
             if tail:
                 if mine is None:
                     owns.append(_upload(self.driver, ptrs[t0:t0 + tail],
                                         TokenRowLayout(tail, channels, self.cfg.cols)))
-                parts.append((mine or owns[-1], tail))
+                elif not single:
+                    owns.append(self.driver.session.view(mine, t0 * channels, tail * channels))
+                parts.append((mine if single and mine else owns[-1], tail))
                 t0 += tail
-        self.frame_stats.add("memory_attention", ddr_bytes=self.driver.device.traffic.since(before).total)
         y = SegmentedTensor(self.driver, parts, channels, (1, sum(r for _, r in parts), channels), node.name, owns)
         y.pending = self._scope.readers.get(node.outputs[0], 0)      # GraphExecutor._done's liveness
         self._scope.made[id(y)] = y
@@ -534,8 +554,44 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
             finally:
                 self.bank, self.run_dims, self.banked = saved
         nodes = self.nodes_named(names)
-        return list(self.chained(nodes, lambda: {output: self._run_objects(nodes, env, objects, output,
-                                                                           observe)})[output])
+        # equally long memories next to each other: each attention call's objects are adjacent rows of the batch
+        order = sorted(range(len(objects)), key=lambda k: objects[k].bank["memory"].shape[1])
+        keys = [f"{output}#{k}" for k in order]       # each object's, a run output of its own
+        saved = self.run_outputs
+        self.run_outputs = saved | set(keys)
+        try:
+            out = self.chained(nodes, lambda: dict(zip(keys, self._per_object(
+                self._run_objects(nodes, env, [objects[k] for k in order], output, observe)))))
+        finally:
+            self.run_outputs = saved
+        return [out[f"{output}#{k}"] for k in range(len(objects))]
+
+    def _per_object(self, y: "_Stacked") -> list:
+        """Each object's rows of a batch's output: where the batch left them in DDR, one buffer, each object's part
+        of it (a view, Session.view), which chained() keeps there (a Resident: the object's decoder reads it in
+        place); else read back and split."""
+        t, scope = y.whole, self._scope
+        if not (isinstance(t, DeviceTensor) and not isinstance(t, SegmentedTensor) and t.buffer is not None
+                and scope is not None and id(t) in scope.made and t.order is None and not t.pad and not t.kept
+                and not t.pinned and t.layout.pitch == t.layout.channels):
+            return list(y)
+        sizes = [math.prod(s[:-1]) * t.layout.channels for s in y.shapes]
+        starts = np.cumsum([0] + sizes)[:-1]
+        if any(int(s) % self.cfg.beat_bytes for s in starts):
+            return list(y)
+        del scope.made[id(t)]
+        # Each object's reader (its decoder's first node) is one program: the objects' views, named by where they
+        # are and pinned (Session.pin), give it a descriptor list per object, so a steady frame relinks none.
+        s, addr, out = self.driver.session, self.driver.session.arena[t.buffer].addr, []
+        names = [f"{t.producer}.object@{addr + int(start):#x}" for start in starts]
+        for shape, start, size, name in zip(y.shapes, starts, sizes, names):
+            v = DeviceTensor(self.driver, s.view(t.buffer, int(start), size, name),
+                             TokenRowLayout(math.prod(shape[:-1]), shape[-1], self.cfg.cols), shape, t.producer)
+            scope.made[id(v)] = v
+            out.append(v)
+        s.pin(names, len(names))
+        t.free(keep=False)          # the views hold its bytes: given back with the last of them
+        return out
 
     def _fetch(self, x, stage: str = "memory_attention") -> np.ndarray:
         """x's values on the host: a DeviceTensor read back and its buffer freed (a later reader takes the
@@ -543,10 +599,10 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
         output, a Resident's) read, not freed."""
         if isinstance(x, DeviceTensor) and x.buffer is not None and x.pinned:
             x.host, moved = self._bytes_of(lambda: np.asarray(x))      # read once: the objects share it
-            self.frame_stats.add(stage, ddr_bytes=moved)
+            self.frame_stats.outside(stage, ddr_bytes=moved)
             return x.host
         if isinstance(x, DeviceTensor) and x.buffer is not None:
-            self.frame_stats.add(stage, ddr_bytes=self._free(x, keep=True))
+            self.frame_stats.outside(stage, ddr_bytes=self._free(x, keep=True))
         return np.asarray(x)
 
     def _stacked_rows(self, node, objects, per, shared) -> list | None:
@@ -555,17 +611,53 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
         is: read in place); None where the node needs _rows_batched (a ROPE tail, a banked chain)."""
         if node.attrs.get("exclude") == "O" or node.name in self.chain_of:
             return None
-        return [self._stacked_input(i, per, shared, len(objects)) if i in per or i not in self.graph.constants
-                else self.arg(i, shared) for i in node.inputs]
+        return [self._stacked_input(i, per, shared, len(objects), self._takes_segments(node))
+                if i in per or i not in self.graph.constants else self.arg(i, shared) for i in node.inputs]
 
-    def _stacked_input(self, i, per, shared, n: int):
+    def _stacked_input(self, i, per, shared, n: int, segments: bool = False):
         """Tensor `i` as every object's rows, object after object, in one (1, rows, C) tensor: a _Stacked one
-        as it is (in place), else the objects' values (the frame's, n times) concatenated on the host."""
+        as it is (in place); the frame's (shared by the objects) where it is in DDR and `segments` (the reader
+        binds segments): its buffer n times, a SegmentedTensor (released after the reader: _release_shared);
+        else the objects' values (the frame's, n times) concatenated on the host."""
         v = per.get(i)
         if isinstance(v, _Stacked):
             return v.whole
+        if v is None and segments and self._rows_in_ddr(self.arg(i, shared)):
+            return self._repeat(self.arg(i, shared), n)
         parts = v if v is not None else [self.arg(i, shared)] * n
         return np.concatenate([self._fetch(x).reshape(-1, np.shape(x)[-1]) for x in parts])[None]
+
+    def _rows_in_ddr(self, x) -> bool:
+        """Whether x is one tensor's token rows in a buffer of its own in DDR, unpadded, in order: its rows a range
+        of bytes (a segment, a view)."""
+        return (isinstance(x, DeviceTensor) and not isinstance(x, SegmentedTensor) and x.buffer is not None
+                and x.order is None and not x.pad and x.layout.pitch == x.layout.channels == x.shape[-1]
+                and x.shape[-1] % self.cfg.cols == 0)
+
+    def _repeat(self, x, n: int) -> SegmentedTensor:
+        """The frame's tensor x (_rows_in_ddr) as every one of n objects' rows: its buffer n times, a SegmentedTensor
+        (x released after the reader: _release_shared)."""
+        rows = x.layout.tokens
+        self._repeated.append(x)
+        return SegmentedTensor(self.driver, [(x.buffer, rows)] * n, x.shape[-1], (1, n * rows, x.shape[-1]), x.producer)
+
+    def _takes_segments(self, n) -> bool:
+        """Whether node n on the overlay binds an input held as segments (RowSegments) in place: a vector add (not
+        in a linear's store) or an attention reading its token rows."""
+        where = self.placements[n.name].where
+        if not self.chain:
+            return False
+        if n.op == "add":        # (one not in its linear's store runs on the vector engine: GraphExecutor.unfused)
+            return (where == "vector" or n.name in self.unfused) and n.name not in {
+                add.name for add, _ in self.fused_adds.values()}
+        d = self.graph.tensors[n.inputs[0]].shape[-1] // n.attrs.get("heads", 1)
+        return n.op == "attention" and where == "attention" and token_rows_refusal(self.cfg, d, True) is None
+
+    def _release_shared(self, node) -> None:
+        """The frame's tensors a batched node read as segments (_stacked_input): one reader fewer each (freed
+        after their last, as _done does)."""
+        repeated, self._repeated = self._repeated, []
+        self._done(node, repeated, None)
 
     def _object_shapes(self, i, per, shared, n: int) -> list:
         v = per.get(i)
@@ -574,6 +666,7 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
 
     def _run_objects(self, nodes, env: dict, objects: list, output: str, observe=None) -> list:
         shared, per = dict(env), {}
+        self._repeated = []         # (none left by a failed run)
         self.frame_stats.batches.append([o.bank["memory"].shape[1] for o in objects])
         for node in nodes:
             if node.op == "memory_bank":
@@ -590,8 +683,6 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
                 n = len(objects)
                 stacked = (self._stacked_attention(node, per, shared, n) if node.op == "attention"
                            else self._stacked_rows(node, objects, per, shared))
-                args = None if stacked is not None else [[per[i][k] if i in per else self.arg(i, shared)
-                                                          for i in node.inputs] for k in range(n)]
                 if node.name in self.fused_adds:      # the store's residual, row for row with the batched rows
                     self._env = self._batched_residual(node, per, shared, n)
                 if isinstance(stacked, _Stacked):
@@ -600,10 +691,11 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
                     y = self.node_fn(node)(node, stacked, self)
                     ys = _Stacked(y, [s[:-1] + y.shape[-1:] for s in self._object_shapes(node.inputs[0], per,
                                                                                            shared, n)], self._fetch)
+                elif node.op == "attention":
+                    ys = self._attention_groups(node, per, shared, objects)
                 else:
-                    batched = self._attention_batched if node.op == "attention" else self._rows_batched
-                    ys = batched(node, args, [i in per or i not in self.graph.constants for i in node.inputs],
-                                 objects)
+                    ys = self._rows_batched(node, per, shared, objects)
+                self._release_shared(node)
             per[node.outputs[0]] = ys
             for y in (ys.peek() if isinstance(ys, _Stacked) else ys) if observe is not None else ():
                 observe(node, y)
@@ -618,7 +710,7 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
             return None
         ins, reshaped = [], []
         for i, s in zip(node.inputs, shapes):
-            x = self._stacked_input(i, per, shared, n)
+            x = self._stacked_input(i, per, shared, n, self._takes_segments(node))
             batch = (n * s[0][0],) + tuple(s[0][1:])
             if isinstance(x, DeviceTensor):        # the same bytes seen as the call's batch
                 reshaped.append((x, x.shape))
@@ -646,28 +738,37 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
         add, i = self.fused_adds[node.name]
         return add.inputs[1 - i]
 
-    def _rows_batched(self, node, args, activation, objects) -> list:
+    def _rows_batched(self, node, per, shared, objects):
         """One run of a row-wise node (linear, layernorm, add, rescale, ROPE) over every object's rows: the
         rows concatenated, the objects' pointer tokens last (the ROPE's excluded tail, a banked chain's
         rows not in the bank), so the node's own split applies to all. Exact: the weights and the
-        requantisation scales are per tensor, every row's result is its own."""
+        requantisation scales are per tensor, every row's result is its own. An input already in that order
+        (a _Stacked one of pointer rows alone: a banked chain's inner rows) is read in place, and a chain's inner
+        output left in DDR so for its next node (_Stacked); the other outputs come back to the host, per object."""
         chain = self.chain_of.get(node.name)
         tail = node.attrs.get("exclude") == "O" or chain is not None
-        rows = [[np.asarray(x).reshape(-1, np.shape(x)[-1]) if act else x for x, act in zip(a, activation)]
-                for a in args]
-        counts = [r[0].shape[0] for r in rows]
-        heads = [n - (o.ptr_tokens if tail else 0) for n, o in zip(counts, objects)]
+        n = len(objects)
+        activation = [i in per or i not in self.graph.constants for i in node.inputs]
+        shapes = [self._object_shapes(i, per, shared, n) if act else None for i, act in zip(node.inputs, activation)]
+        counts = [math.prod(s[:-1]) for s in shapes[0]]
+        heads = [c - (o.ptr_tokens if tail else 0) for c, o in zip(counts, objects)]
         ins = []
-        for j, act in enumerate(activation):
+        for i, act, sh in zip(node.inputs, activation, shapes):
             if not act:                     # a constant (weights, tables): the same for all
-                ins.append(args[0][j])
+                ins.append(self.arg(i, shared))
                 continue
-            if any(r[j].shape[0] != n for r, n in zip(rows, counts)):
-                raise GraphExecError(f"{node.name}: input {node.inputs[j]} is not row for row with {node.inputs[0]}")
-            ins.append(np.concatenate([r[j][:h] for r, h in zip(rows, heads)] +
-                                      [r[j][h:] for r, h in zip(rows, heads)])[None])
+            if [math.prod(s[:-1]) for s in sh] != counts:
+                raise GraphExecError(f"{node.name}: input {i} is not row for row with {node.inputs[0]}")
+            v = per.get(i)
+            if isinstance(v, _Stacked) and (not any(heads) or heads == counts):      # in the batch's order
+                ins.append(v.whole)
+                continue
+            rows = [np.asarray(x).reshape(-1, np.shape(x)[-1]) for x in (v if v is not None else
+                                                                         [self.arg(i, shared)] * n)]
+            ins.append(np.concatenate([r[:h] for r, h in zip(rows, heads)] +
+                                      [r[h:] for r, h in zip(rows, heads)])[None])
         saved = getattr(self, "run_dims", None), self.banked
-        tails = [n - h for n, h in zip(counts, heads)]
+        tails = [c - h for c, h in zip(counts, heads)]
         if tail:
             self.run_dims = {**(saved[0] or {}), "O": sum(tails)}
             banked = [o.banked for o in objects]
@@ -678,7 +779,10 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
             y = self.node_fn(node)(node, ins, self)
             if isinstance(y, SegmentedTensor):       # every object's rows in DDR, object after object
                 return _Stacked(y, [(1, o.bank[chain.part].shape[1], y.shape[-1]) for o in objects], self._fetch)
-            y = self._fetch(y)                       # a banked chain's inner rows (its pointer tokens'), split below
+            if chain is not None and self.banked is not None and node.name != chain.nodes[-1] and \
+                    isinstance(y, DeviceTensor):     # a banked chain's inner rows (its pointer tokens') in DDR
+                return _Stacked(y, [(1, t, y.shape[-1]) for t in tails], self._fetch)
+            y = self._fetch(y)                       # a banked chain's inner rows on the host, split below
             if chain is not None and self.banked is not None:   # its head rows: the bank's (the last) or none
                 heads = [o.bank[chain.part].shape[1] - o.ptr_tokens if node.name == chain.nodes[-1] else 0
                          for o in objects]
@@ -686,13 +790,92 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
             self.run_dims, self.banked, self.batch_groups = *saved, None
         y = y.reshape(-1, y.shape[-1])
         out, h0, t0 = [], 0, sum(heads)
-        for a, h, t in zip(args, heads, tails):
-            shape = np.shape(a[0])[:-1] if chain is None else (1, h + t)      # a chain's rows: (1, K, C)
+        for sh, h, t in zip(shapes[0], heads, tails):
+            shape = tuple(sh[:-1]) if chain is None else (1, h + t)      # a chain's rows: (1, K, C)
             out.append(np.concatenate([y[h0:h0 + h], y[t0:t0 + t]]).reshape(shape + y.shape[-1:]))
             h0, t0 = h0 + h, t0 + t
         return out
 
-    def _attention_batched(self, node, args, activation, objects) -> list:
+    def _attention_groups(self, node, per, shared, objects):
+        """Attention per group of objects with equally long memories (each object's keys and values are its own),
+        one Driver call a group. Where every input is in DDR (a _Stacked one, or the frame's) and the groups'
+        rows are adjacent (run_objects orders the objects by memory length), each call reads its objects' rows
+        in place (a view of the batch's rows, or its segments) and writes its output into their rows of one
+        buffer for all (a view), which the next batched node reads in place (_Stacked); else through the host
+        (_attention_batched)."""
+        n, scope = len(objects), self._scope
+        shapes = [self._object_shapes(i, per, shared, n) for i in node.inputs]
+        keys = [tuple(s[k] for s in shapes) for k in range(n)]
+        bounds = [0] + [k for k in range(1, n) if keys[k] != keys[k - 1]] + [n]
+        ins = [per.get(i) for i in node.inputs]
+        if not (len(bounds) - 1 == len(set(keys)) and scope is not None and self._device(node)
+                and self._takes_segments(node)
+                and all(isinstance(v, _Stacked) and isinstance(v.whole, DeviceTensor) and v.whole.buffer is not None
+                        and (isinstance(v.whole, SegmentedTensor) or self._rows_in_ddr(v.whole))
+                        or v is None and self._rows_in_ddr(self.arg(i, shared)) for i, v in zip(node.inputs, ins))):
+            frame = {i: self._fetch(self.arg(i, shared)) for i in node.inputs if i not in per}     # read by all
+            return self._attention_batched(node, [[per[i][k] if i in per else frame[i] for i in node.inputs]
+                                                  for k in range(n)], objects)
+        rows = [[math.prod(sh[:-1]) for sh in s] for s in shapes]           # per input, each object's rows
+        c = shapes[0][0][-1]
+        drv, s = self.driver, self.driver.session
+        out = drv.buffer(sum(rows[0]) * c).name
+        whole = DeviceTensor(drv, out, TokenRowLayout(sum(rows[0]), c, self.cfg.cols), (1, sum(rows[0]), c), node.name)
+        try:
+            for a, b in zip(bounds, bounds[1:]):
+                args = []
+                for i, v, r, sh in zip(node.inputs, ins, rows, shapes):
+                    batch = ((b - a) * sh[a][0],) + tuple(sh[a][1:])
+                    if v is None:
+                        t = self._repeat(self.arg(i, shared), b - a)
+                    else:
+                        t = self._rows_of(v.whole, sum(r[:a]), sum(r[a:b]))
+                        if t is None:
+                            raise GraphExecError(f"{node.name}: objects {a}..{b - 1}'s rows of {i} straddle segments")
+                    t.shape = batch
+                    args.append(t)
+                view = s.view(out, sum(rows[0][:a]) * c, sum(rows[0][a:b]) * c)
+                self.store_into = {node.name: view}
+                try:
+                    y = self.node_fn(node)(node, args, self)
+                finally:
+                    self.store_into = {}
+                    for t in args:          # the views of its inputs (freed by _done where it ran)
+                        if not isinstance(t, SegmentedTensor) and t.buffer is not None:
+                            t.free(keep=False)
+                if not (isinstance(y, DeviceTensor) and y.buffer == view):
+                    raise GraphExecError(f"{node.name}: a group's attention did not run on the engine in place")
+                scope.made.pop(id(y), None)
+                y.free(keep=False)
+        except BaseException:
+            whole.free(keep=False)
+            raise
+        self._release_shared(node)
+        self._done(node, [v.whole for v in ins if v is not None], None)       # one reader of each, done
+        whole.pending = scope.readers.get(node.outputs[0], 0)
+        scope.made[id(whole)] = whole
+        return _Stacked(whole, [sh[:-1] + (c,) for sh in shapes[0]], self._fetch)
+
+    def _rows_of(self, t, r0: int, n: int):
+        """Rows r0 .. r0 + n - 1 of DeviceTensor t (_rows_in_ddr, or a SegmentedTensor whose segments they cover
+        whole) in place: a view (freed after its reader, by _done), or a SegmentedTensor of those segments (owning
+        none); None where they straddle a segment."""
+        if isinstance(t, SegmentedTensor):
+            parts, at = [], 0
+            for buf, k in t.parts:
+                if r0 <= at and at + k <= r0 + n:
+                    parts.append((buf, k))
+                elif at < r0 + n and r0 < at + k:
+                    return None
+                at += k
+            return SegmentedTensor(self.driver, parts, t.layout.channels, (1, n, t.layout.channels), t.producer)
+        c = t.layout.channels
+        if r0 * c % self.cfg.beat_bytes:
+            return None
+        return DeviceTensor(self.driver, self.driver.session.view(t.buffer, r0 * c, n * c),
+                            TokenRowLayout(n, c, self.cfg.cols), (1, n, c), t.producer)
+
+    def _attention_batched(self, node, args, objects) -> list:
         """Attention per object (its keys and values are its own), in one Driver call for each group of
         objects with the same memory length: stacked on the call's leading batch (its heads)."""
         groups: dict = {}
@@ -820,7 +1003,7 @@ class DdrBank:
 
     def _io(self, stage: str, t0: float, nbytes: int) -> None:
         if self.stats is not None:
-            self.stats.add(stage, host_s=time.perf_counter() - t0, ddr_bytes=nbytes)
+            self.stats.outside(stage, host_s=time.perf_counter() - t0, ddr_bytes=nbytes)
 
     def put(self, ring: str, x: np.ndarray) -> BankEntry:
         """Write int8 `x` into a free slot of `ring`; its handle."""
