@@ -108,3 +108,29 @@ def test_the_budget_follows_its_environment_variable(monkeypatch):
     monkeypatch.setenv(CC.BUDGET_ENV, "lots")
     with pytest.raises(ValueError, match="SAM2FPGA_COMPILE_CACHE_MB"):
         CC.CompileCache()
+
+
+def test_read_only_arrays_with_read_only_owners_are_kept_as_themselves():
+    cache, make = CompileCache(), Compiler()
+    w = np.arange(64, dtype=np.int8).reshape(8, 8).copy()
+    CC.freeze([w])
+    with pytest.raises(ValueError):                     # frozen: written by no one
+        w[0, 0] = 1
+    p = cache.get("n", make, w.reshape(4, 16), CC.zeros((4, 8)))
+    assert cache.used == 64                             # the program's image only: no copies of w or the zeros
+    assert CC.zeros((4, 8)) is CC.zeros((4, 8)) and not CC.zeros((4, 8)).flags.writeable
+    assert cache.get("n", make, w.reshape(4, 16), CC.zeros((4, 8))) is p          # the same memory: a hit
+    assert cache.get("n", make, w.copy().reshape(4, 16), np.zeros((4, 8), np.int8)) is p   # equal values: a hit
+    other = np.arange(64, dtype=np.int8)[::-1].copy()
+    CC.freeze([other])
+    assert cache.get("n", make, other.reshape(4, 16), CC.zeros((4, 8))) is not p   # other values: compiled
+    shifted = np.concatenate([w.reshape(-1), w.reshape(-1)])[1:65]                  # the same shape elsewhere
+    assert cache.get("n", make, shifted.reshape(4, 16), CC.zeros((4, 8))) is not p
+    # a read-only view of a writeable array is compared by value: its owner may change it
+    live = np.arange(64, dtype=np.int8)
+    view = live.reshape(4, 16)
+    view.flags.writeable = False
+    q = cache.get("m", make, view)
+    live[0] = 5
+    assert cache.get("m", make, view) is not q
+    assert make.calls == 5

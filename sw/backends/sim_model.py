@@ -67,6 +67,9 @@ def one_blas_thread():
             lib.set_num_threads(n)
 
 
+_REG_NAME = {r.offset: r.name for r in isa.REGISTERS}       # (register lookups per run: a dict, not a scan)
+
+
 class SimOverlay:
     def __init__(self, cfg, ddr_bytes: int = 1 << 24, mode: str = "fast"):
         if mode not in MODES:
@@ -105,13 +108,13 @@ class SimOverlay:
 
     # ---------------------------------------------------------------- register interface
     def read_reg(self, offset: int) -> int:
-        for r in isa.REGISTERS:
-            if r.offset == offset:
-                value = self.regs[r.name]
-                if r.name == "STATUS":
-                    value |= isa.STATUS_ERROR if self.regs["ERROR"] else 0
-                return value & 0xFFFFFFFF
-        return 0
+        name = _REG_NAME.get(offset)
+        if name is None:
+            return 0
+        value = self.regs[name]
+        if name == "STATUS":
+            value |= isa.STATUS_ERROR if self.regs["ERROR"] else 0
+        return value & 0xFFFFFFFF
 
     def write_reg(self, offset: int, value: int) -> None:
         reg = isa.REG
@@ -126,8 +129,7 @@ class SimOverlay:
             if value & isa.STATUS_DONE:
                 self.regs["STATUS"] &= ~isa.STATUS_DONE
         elif offset in (reg["IRQ_ENABLE"], reg["DESC_ADDR"], reg["DESC_COUNT"]):
-            name = next(r.name for r in isa.REGISTERS if r.offset == offset)
-            self.regs[name] = value & 0xFFFFFFFF
+            self.regs[_REG_NAME[offset]] = value & 0xFFFFFFFF
 
     def _uses_blas(self) -> bool:
         """Whether the next START's run may multiply matrices (BLAS): an interpreted one (COMPUTE) or a fast

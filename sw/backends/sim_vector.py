@@ -17,6 +17,7 @@ from golden_model import intvec
 from hw import isa
 from hw.vector import params as VP
 from sw.backends.cycles import READ_LATENCY, STORE_LATENCY
+from sw.lru import BytesMemo
 
 # Cycle model: the engine's own cycles per command (docs/vector.md "Cycles per op", measured in the
 # Amaranth simulator at L = 8) and its DMA's fixed costs.
@@ -49,6 +50,11 @@ def rope_tables(mem: np.ndarray, hd: dict, dim: int, lanes: int, tokens: np.ndar
     return pairs[..., 0], pairs[..., 1]
 
 
+#: RoPE parameters made of the pair slots (their tables gathered and checked), used again while the slots hold
+#: the same bytes (a frame's RoPE calls repeat their tables)
+_ROPE = BytesMemo(1 << 21)        # (counts the slots copied: 64 entries, their tables besides)
+
+
 def compute(cfg, op: str, mem: np.ndarray, x: np.ndarray, b: np.ndarray | None = None,
             width: int = 0) -> np.ndarray:
     """The op on int8 rows x (n, D) with the parameter memory `mem`: int8 output rows. MAXPOOL and
@@ -69,8 +75,10 @@ def compute(cfg, op: str, mem: np.ndarray, x: np.ndarray, b: np.ndarray | None =
     if op == "ROPE":
         period = max(hd["rope_nx"], 1) * max(hd["rope_ny"], 1)
         n = period if len(x) % period == 0 else len(x)        # the table's period, or one row per token
-        cos, sin = rope_tables(mem, hd, d, cfg.vec_lanes, np.arange(n))
-        return intvec.rope(x, intvec.RopeParams(cos, sin, hd["rope_mult"], hd["rope_shift"]))
+        how = (d, cfg.vec_lanes, n, *(hd[k] for k in ("rope_nx", "rope_ny", "rope_jx", "rope_mult", "rope_shift")))
+        slots = len(mem) - isa.VEC_ROPE
+        return intvec.rope(x, _ROPE.get(mem, isa.VEC_ROPE, 1, slots, slots, how, lambda _: intvec.RopeParams(
+            *rope_tables(mem, hd, d, cfg.vec_lanes, np.arange(n)), hd["rope_mult"], hd["rope_shift"])))
     image = x.reshape(-1, width, d)
     if op == "MAXPOOL":
         return intvec.maxpool2x2(image).reshape(-1, d)
@@ -100,7 +108,8 @@ def run(cfg, mem: np.ndarray, ddr: np.ndarray, d: dict) -> bool:
         bsrc = rows_at(ddr, d["vec_b_addr"], max(d["vec_aux"], 1), pitch, dim)
         if bsrc is None:
             return False
-        b = bsrc.view(np.int8)[np.arange(n_in) % len(bsrc)]
+        b = bsrc.view(np.int8)
+        b = b[:n_in] if len(b) >= n_in else b[np.arange(n_in) % len(b)]     # (b's rows repeated: a gather)
     y = compute(cfg, op, mem, src.view(np.int8).copy(), b, d["vec_width"])
     dst[:, :dim] = y.view(np.uint8)
     dst[:, dim:] = 0                                  # the row's padding to whole beats

@@ -6,11 +6,14 @@ layouts, base address) are then equal to its last call's, and so is the program 
 (a compiler is a function of its arguments: sw.compile). `CompileCache.get` returns that program instead of
 compiling it again; any argument that differs (a host input's data, a new shape) compiles anew. Arguments are
 kept as copies (an array of zeros as its shape) and compared by value on every call (an array changed in place
-is a different argument).
+is a different argument), except read-only arrays whose owner is read-only too (a model's weights frozen by
+`freeze`, the shared zeros of `zeros`): no one can write their memory, so they are kept as themselves and the
+same memory passed again (same owner, place, shape, strides, dtype) is the same value without reading it.
 """
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections import OrderedDict
 
@@ -49,6 +52,45 @@ class _Zeros:
         self.dtype, self.shape = x.dtype, x.shape
 
 
+class _Fixed:
+    """A read-only array with a read-only owner (`_owner`), kept as itself (no copy)."""
+    __slots__ = ("array", "owner", "place")
+
+    def __init__(self, x, owner):
+        self.array, self.owner, self.place = x, owner, _place(x)
+
+
+def _owner(x: np.ndarray):
+    """The array owning x's memory when neither can be written (so its values never change), else None."""
+    if x.flags.writeable:
+        return None
+    o = x
+    while isinstance(o.base, np.ndarray):
+        o = o.base
+    return o if o.base is None and not o.flags.writeable else None
+
+
+def _place(x: np.ndarray) -> tuple:
+    return x.__array_interface__["data"][0], x.shape, x.strides, x.dtype
+
+
+def freeze(arrays) -> None:
+    """Make these arrays read-only (a loaded model's weights and quantisation: never written after loading), so
+    the cache compares them by identity. Writing one afterwards raises NumPy's read-only error."""
+    for a in arrays:
+        if isinstance(a, np.ndarray):
+            a.flags.writeable = False
+
+
+@functools.lru_cache(maxsize=512)
+def zeros(shape: tuple, dtype=np.int8) -> np.ndarray:
+    """A shared read-only array of zeros (what a compiler gets for an input read in place: only its shape
+    matters), the same object for the same shape: the cache knows it unchanged without reading it."""
+    z = np.zeros(shape, dtype)
+    z.flags.writeable = False
+    return z
+
+
 def _frozen(x) -> bool:
     params = getattr(type(x), "__dataclass_params__", None)
     if params is None or not (params.frozen and params.eq):
@@ -63,6 +105,9 @@ def _frozen(x) -> bool:
 def _snap(x):
     """A copy of argument x to compare later calls' with (arrays copied; None: a type it cannot compare)."""
     if isinstance(x, np.ndarray):
+        owner = _owner(x)
+        if owner is not None:
+            return _Fixed(x, owner)
         return x.copy() if x.any() else _Zeros(x)
     if isinstance(x, (tuple, list)):
         return type(x), tuple(_snap(v) for v in x)
@@ -80,6 +125,10 @@ def _snap(x):
 def _same(kept, x) -> bool:
     """Whether argument x equals the one `kept` is the _snap of (type for type, value for value)."""
     if isinstance(x, np.ndarray):
+        if isinstance(kept, _Fixed):
+            if x is kept.array or (_owner(x) is kept.owner and _place(x) == kept.place):
+                return True
+            kept = kept.array               # other memory: compared by value (kept's cannot have changed)
         if isinstance(kept, _Zeros):
             return kept.dtype == x.dtype and kept.shape == x.shape and not x.any()
         if not (isinstance(kept, np.ndarray) and kept.dtype == x.dtype and kept.shape == x.shape):

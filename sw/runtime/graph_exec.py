@@ -129,6 +129,7 @@ from sw.compile.graph import conv_route, fused_adds, place_all, vector_lanes, wi
 from sw.compile.vector import OPS as VECTOR_OPS, compile_vector, row_dim
 from sw.perf.layers import graph_layers
 from sw.runtime.arena import ArenaFull
+from sw.runtime.compile_cache import freeze, zeros
 from sw.runtime.device_tensor import (DeviceTensor, GraphExecError, Resident, SegmentedTensor, _in_place, _map_order,
                                       _padded, _segmented, _window_order, reorder_rows, subpixel_order,
                                       window_alias)
@@ -272,7 +273,7 @@ def _linear_dev(drv, n, a, r, lut=None, residual=None, add=None, out=None, order
     order = x.order if isinstance(x, DeviceTensor) else order
     in_place = "load_t" in drv.cfg.engines and _in_place(x, TokenRowLayout(tokens, k, drv.cfg.cols), order)
     order = order if in_place or not isinstance(x, DeviceTensor) else None     # read back: the map's order
-    x2 = np.zeros((tokens, k), np.int8) if in_place else np.asarray(x).reshape(tokens, k)    # in place: its shape only
+    x2 = zeros((tokens, k)) if in_place else np.asarray(x).reshape(tokens, k)    # in place: its shape only
     if residual is not None:
         residual = _window_order(residual, order) if order else residual
         residual = np.ascontiguousarray(residual).reshape(-1, w.shape[0])
@@ -429,7 +430,7 @@ def _planar_dev(drv, n, x, r, out_chw: tuple, engine: tuple, fallback):
             for yy, row in enumerate(rows):
                 drv.device.write(at + lay.offset(c, yy, 0), row.view(np.uint8))
     compiler, args, kwargs = engine        # compiled on zeros (the input read in place): the same each frame
-    prog = drv.compiles.get(n.name, compiler, cfg, np.zeros((cin, H, W), np.int8), *args, base_addr=base,
+    prog = drv.compiles.get(n.name, compiler, cfg, zeros((cin, H, W)), *args, base_addr=base,
                             max_ddr_bytes=room, **kwargs)
     runs.append(drv.run_bound(prog, {"in": planes[0], "out": planes[1]}, owner=n.name))
     cout, ho, wo = out_chw
@@ -477,18 +478,18 @@ def _vector_dev(drv, n, op, x, p=None, b=None, end_x=None, want=None, out=None, 
         if t is None:
             continue
         if _in_place(t, rows_l, order) and t.shape == shape:
-            bind[region], data[region] = t.buffer, np.zeros(form, np.int8)     # its shape only
+            bind[region], data[region] = t.buffer, zeros(form)     # its shape only
         elif whole_rows and not order and _padded(t, shape):
-            bind[region], data[region] = t.buffer, np.zeros(form, np.int8)
+            bind[region], data[region] = t.buffer, zeros(form)
             runs[region] = RowRuns.windows(shape[1], shape[2], t.pad)
         elif whole_rows and _in_place(t, rows_l, getattr(t, "order", None)) and t.shape == shape:
             # in DDR in another row order (a transposed convolution's output beside an earlier run's feature in
             # the map's): read where it is, a command per stretch of rows consecutive in both orders
-            bind[region], data[region] = t.buffer, np.zeros(form, np.int8)
+            bind[region], data[region] = t.buffer, zeros(form)
             runs[region] = RowRuns.gather(reorder_rows(shape, order, t.order), rows_l.tokens)
         elif not image and dim == shape[-1] and _segmented(t, rows_l.pitch, rows_l.tokens):
             g, parts = t.segments(region)
-            segments[region], data[region] = g.rows, np.zeros(form, np.int8)
+            segments[region], data[region] = g.rows, zeros(form)
             bind.update(parts)
         else:
             v = np.ascontiguousarray(np.broadcast_to(np.asarray(t), shape))
@@ -579,7 +580,7 @@ def _attention_dev(drv, n, a, r, out: str | None = None):
                 uploaded.append(bind[region])
         rows = TokenRows(h, N, lq, lk, inputs=True, segments=tuple(segments))
         # the programs read Q, K, V from those buffers: compiled on zeros of their shapes
-        qh, kh, vh = (np.zeros((N * h, tokens, d), np.int8) for tokens in (lq, lk, lk))
+        qh, kh, vh = (zeros((N * h, tokens, d)) for tokens in (lq, lk, lk))
         y = DeviceTensor(drv, out or drv.buffer(rows.size(lq, d)).name, TokenRowLayout(N * lq, h * d, cfg.cols),
                          q.shape, n.name)
         runs = []
@@ -682,6 +683,9 @@ class GraphExecutor(IntRunner):
             raise GraphExecError(f"the model was quantised with attention key tile {qm.key_tile}, the {cfg.name!r} "
                                  f"overlay's is {cfg.cols}: quantise it for this preset (--preset {cfg.name})")
         super().__init__(qm)
+        # the weights and quantisation never change after loading: read-only, the compile cache compares them by
+        # identity, not by value on every call
+        freeze([*qm.graph.constants.values(), *(v for p in qm.params.values() for v in p.values())])
         self.cfg = cfg
         self.driver = driver or Driver(cfg, backend)
         self.chain, self.read_back = chain, read_back
