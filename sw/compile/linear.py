@@ -311,7 +311,12 @@ def _linear_plan(cfg, M: int, K: int, N: int, relu: bool, out_int32: bool, fused
     ops: list[dict] = []       # dicts with 'op' and resource annotations
     resident = K <= min(a_half, b_half)
     tile_no = 0
-    if resident:
+    descs = runs = None
+    if resident and not (fused_table or fused_add) and RESIDENT_ARRAYS:
+        descs = _resident_schedule(cfg, M, K, N, relu, out_int32, a_rows, a_stride, b_stride, a_pitch)
+    if descs is not None:
+        pass
+    elif resident:
         kc = K
         nb = max(1, min(b_half // K, cfg.param_depth // 2, nt))
         step = 0
@@ -382,11 +387,12 @@ def _linear_plan(cfg, M: int, K: int, N: int, relu: bool, out_int32: bool, fused
                     step += 1
                 blk += 1
 
-    if fused_table:
-        fuse_store_table(cfg, ops)
-    if fused_add:
-        fuse_store_add(cfg, ops, M)
-    descs, runs = schedule_runs(ops, R, relu, out_int32)
+    if descs is None:
+        if fused_table:
+            fuse_store_table(cfg, ops)
+        if fused_add:
+            fuse_store_add(cfg, ops, M)
+        descs, runs = schedule_runs(ops, R, relu, out_int32)
 
     # ---- addresses
     from sw.runtime.program import SplitDescriptors
@@ -396,6 +402,144 @@ def _linear_plan(cfg, M: int, K: int, N: int, relu: bool, out_int32: bool, fused
     head.flags.writeable = False
     return (offsets, head, image.size, SplitDescriptors.of(sym), frozen(raw), runs and tuple(runs), mt, nt, a_stride,
             b_stride)
+
+
+#: Whether _linear_plan schedules a resident layer (K within half a scratchpad, no fused epilogue, one run) with
+#: _resident_schedule's arrays (False: the op list through `schedule`, the reference it is tested against).
+RESIDENT_ARRAYS = True
+
+
+def _resident_schedule(cfg, M: int, K: int, N: int, relu: bool, out_int32: bool, a_rows: bool, a_stride: int,
+                       b_stride: int, a_pitch: int) -> Emitter | None:
+    """`schedule` of _linear_plan's resident op list: the same descriptors in the same order, made as NumPy
+    columns instead of an op dict and a descriptor at a time (a 65,536-token layer has ~50,000 computes).
+    The op list is regular, so what `schedule` looks up is computed: op j (the steps, an M-tile each, of a
+    block's nb N-tiles) reads A half (step % 2) and B tile (block % 2, i), its STORE the PARAM entry
+    (block % 2, i) and accumulator region j % regions; only the paced loads' placement (LoadWindows) runs in
+    Python, a load at a time. None where the layer needs more than one run (schedule_runs cuts it then)."""
+    R, C = cfg.rows, cfg.cols
+    mt, nt = -(-M // R), -(-N // C)
+    a_half, b_half, p_half = cfg.a_depth // 2, cfg.b_depth // 2, cfg.param_depth // 2
+    regions = cfg.acc_depth // R
+    nb = max(1, min(b_half // K, p_half, nt))
+    blocks = [(nj0, min(nb, nt - nj0)) for nj0 in range(0, nt, nb)]
+    n = mt * nt
+    n_loads = len(blocks) * mt + 2 * nt
+    if max(n, n_loads) > WAIT_LIMIT:
+        return None
+    ebytes = 4 if out_int32 else 1
+    np_cols = nt * C
+    beat = cfg.beat_bytes
+
+    def cycles(count, target):
+        return -(-count * isa.entry_bytes(cfg, target) // beat) + LOAD_OVERHEAD
+
+    # ---- the ops as columns: block, M-tile, tile within the block
+    blk = np.concatenate([np.full(mt * w, b, np.int64) for b, (_, w) in enumerate(blocks)])
+    mi = np.concatenate([np.repeat(np.arange(mt), w) for _, w in blocks])
+    ti = np.concatenate([np.tile(np.arange(w), mt) for _, w in blocks])
+    nj = np.concatenate([nj0 + np.tile(np.arange(w), mt) for nj0, w in blocks])
+    step = blk * mt + mi
+    j = np.arange(n)
+    first = [0]                                   # each step's first op (and one past the last)
+    for _, w in blocks:
+        first += [first[-1] + w * (s + 1) for s in range(mt)]
+
+    # ---- the loads in op order (schedule's buckets), placed by LoadWindows as schedule places them
+    window = LoadWindows.of_lengths([K] * n)
+    a_cycles, b_cycles, p_cycles = cycles(K, "A"), cycles(K, "B"), cycles(1, "PARAM")
+    res_b, res_p = 2, 2 + 2 * nb                  # resource ids: A halves 0, 1; B and P (half, tile) from these
+    loads = []                                    # (op, kind, resource, sp, src, rows)
+    buckets = []
+    for b, (nj0, w) in enumerate(blocks):
+        h = b % 2
+        for m in range(mt):
+            s = b * mt + m
+            ha, j0 = s % 2, first[s]
+            rows = min(R, M - m * R)
+            mine = [(j0, 0, "A", ha, ha * a_half, m * R * a_pitch if a_rows else m * a_stride, rows)]
+            if m == 0:
+                for i in range(w):
+                    mine += [(j0 + i, int(i == 0), "B", res_b + h * nb + i, h * b_half + i * K, (nj0 + i) * b_stride, i),
+                             (j0 + i, 1 + int(i == 0), "P", res_p + h * nb + i, h * p_half + i,
+                              (nj0 + i) * C * isa.PARAM_CHANNEL_BYTES, i)]
+            for op, spread, kind, res, sp, src, x in mine:
+                if kind == "A":
+                    hz = first[s - 1] - 1 if s >= 2 else None
+                    cyc = (-(-K // beat) * max(rows, beat) + LOAD_OVERHEAD) if a_rows else a_cycles
+                else:
+                    hz = first[(b - 2) * mt + mt - 1] + x if b >= 2 else None
+                    cyc = b_cycles if kind == "B" else p_cycles
+                pos = -1 if hz is None else hz + (2 if kind == "P" else 1)
+                if op > 0:
+                    pos = window.place(max(pos, 0), op - 1, cyc, hazard=hz is not None, spread=spread)
+                buckets.append(min(pos, op - 1))
+                loads.append((op, "ABP".index(kind), res, sp, src, rows))
+    ld_op, ld_kind, ld_res, ld_sp, ld_src, ld_rows = (np.array(c, np.int64) for c in zip(*loads))
+    ld_bucket = np.array(buckets, np.int64)
+    nl = len(loads)
+    order = np.argsort(ld_bucket, kind="stable")              # the LOADs in dispatch order
+    done_at = np.empty(nl, np.int64)
+    done_at[order] = np.arange(1, nl + 1)
+
+    # ---- positions: bucket -1's loads; per op its COMPUTE, the previous op's STORE, its bucket's loads
+    per_bucket = np.bincount(ld_bucket + 1, minlength=n + 1)   # [bucket -1, 0, .., n - 1]
+    before = per_bucket[0] + np.concatenate([[0], np.cumsum(per_bucket[1:])[:-1]])
+    pos_c = before + j + np.maximum(j - 1, 0)
+    pos_s = np.append(pos_c[1:] + 1, 2 * n + nl - 1)          # op j's STORE follows COMPUTE j + 1; the last, all
+    b_sorted = ld_bucket[order]
+    rank = np.arange(nl) - np.searchsorted(b_sorted, b_sorted)
+    pos_l = np.empty(nl, np.int64)
+    pos_l[order] = np.where(b_sorted < 0, 0, pos_c[np.maximum(b_sorted, 0)] + 1 + (b_sorted >= 1)) + rank
+
+    # ---- waits
+    wait_load = np.zeros(n, np.int64)
+    np.maximum.at(wait_load, ld_op, done_at)
+    wait_store = np.where(j >= regions, j - regions + 1, 0)          # the last STORE from the op's region
+    # A LOAD waits for the last reader of what it overwrites: the events in dispatch order are COMPUTE j
+    # (its A half and B tile) at time 3 j, op j's STORE (its PARAM entry) at 3 (j + 1) + 1, bucket b's loads
+    # at 3 b + 2.
+    hb = blk % 2
+    ev_res = np.concatenate([step % 2, res_b + hb * nb + ti, res_p + hb * nb + ti])
+    ev_t = np.concatenate([3 * j, 3 * j, 3 * j + 4])
+    ev_store = np.arange(3 * n) >= 2 * n
+    span = 3 * n + 8
+    key = ev_res * span + ev_t
+    by = np.argsort(key, kind="stable")
+    q = np.searchsorted(key[by], ld_res * span + 3 * ld_bucket + 2, side="right") - 1
+    at = by[np.maximum(q, 0)]
+    hit = (q >= 0) & (ev_res[at] == ld_res)
+    cnt = np.where(hit, at % n + 1, 0)                              # (every event's count: its op's j + 1)
+    store = hit & ev_store[at]
+
+    # ---- the descriptors
+    LOAD, COMPUTE, STORE = (isa.OPCODES[u] for u in ("LOAD", "COMPUTE", "STORE"))
+    descs = Emitter()
+    descs.reserve(2 * n + nl)
+    region = j % regions
+    zeros = np.zeros(n, np.int64)
+
+    def const(v, m=n):
+        return np.full(m, v, np.int64)
+    descs.add_block(_COMPUTE_KEYS[0], pos_c, np.stack(
+        [const(COMPUTE), (step % 2) * a_half, hb * b_half + ti * K, const(K - 1), region * R, zeros,
+         wait_load, zeros, wait_store], axis=1))
+    descs.add_block(_STORE_KEYS + _WAIT_KEYS, pos_s, np.stack(
+        [const(STORE), np.minimum(R, M - mi * R), region * R, hb * p_half + ti, const(int(relu)),
+         const(int(out_int32)), const(np_cols * ebytes), zeros, j + 1, zeros], axis=1),
+        "out", (mi * R * np_cols + nj * C) * ebytes)
+    waits = [np.zeros(nl, np.int64), np.where(store, 0, cnt), np.where(store, cnt, 0)]
+    for code, target, count, name in ((0, "A", K, "A"), (1, "B", K, "B"), (2, "PARAM", 1, "params")):
+        sel = np.flatnonzero(ld_kind == code)
+        m = len(sel)
+        cols = [const(LOAD, m), const(isa.TARGETS[target], m), const(count, m), ld_sp[sel]]
+        keys = _LOAD_KEYS
+        if a_rows and target == "A":
+            cols += [const(1, m), ld_rows[sel] - 1, const(a_pitch, m)]
+            keys = _LOAD_KEYS + ("transpose", "t_rows_last", "stride")
+        descs.add_block(keys + _WAIT_KEYS, pos_l[sel], np.stack(cols + [w[sel] for w in waits], axis=1),
+                        name, ld_src[sel])
+    return descs
 
 
 def _store_table(cfg, lut, out_int32: bool) -> np.ndarray | None:
@@ -555,6 +699,13 @@ class LoadWindows:
         self.left = [(op["k_last"] + 1) * max(1, op.get("tiles", 1)) for op in ops]
         self.next = list(range(len(ops) + 1))      # the first window at or after i with time left
 
+    @classmethod
+    def of_lengths(cls, left: list[int]) -> "LoadWindows":
+        """Windows of the given lengths (each compute's K steps x tiles)."""
+        w = cls([])
+        w.left, w.next = list(left), list(range(len(left) + 1))
+        return w
+
     def _free(self, i: int) -> int:
         root = i
         while self.next[root] != root:
@@ -573,14 +724,16 @@ class LoadWindows:
             # no long stretch of load beats holds up the fetch of the computes queued behind them); one
             # without, where it is needed (early, it would hold up the first computes).
             at = min(first + spread, last) if hazard else last
-        i = at
-        while cycles > 0 and i < len(self.left):
-            used = min(cycles, self.left[i])
-            self.left[i] -= used
-            cycles -= used
-            if not self.left[i]:
-                self.next[i] = i + 1
-            i += 1
+        left, nxt, end = self.left, self.next, len(self.left)
+        i = self._free(at)          # (windows with no time left take nothing: skipped, not walked)
+        while cycles > 0 and i < end:
+            if left[i] > cycles:
+                left[i] -= cycles
+                break
+            cycles -= left[i]
+            left[i] = 0
+            nxt[i] = i + 1
+            i = self._free(i + 1)
         return at
 
 

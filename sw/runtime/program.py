@@ -391,10 +391,12 @@ class Emitter:
         self.n += m
         return self.n - m
 
-    def add_block(self, keys: tuple, rows: np.ndarray, values: np.ndarray, buffers: list | None = None,
-                  offsets: list | None = None) -> None:
+    def add_block(self, keys: tuple, rows: np.ndarray, values: np.ndarray, buffers: list | str | None = None,
+                  offsets: list | np.ndarray | None = None) -> None:
         """Descriptors at reserved `rows` of fields `keys` = the rows of `values` (and dram_addr = (buffer,
-        offset) with `buffers`)."""
+        offset) with `buffers`: one name a descriptor, or one for them all)."""
+        if isinstance(buffers, str):
+            buffers = [buffers] * len(rows)
         self._blocks.append((keys, rows, values, buffers, offsets))
 
     def __len__(self) -> int:

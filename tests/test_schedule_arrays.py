@@ -1,0 +1,78 @@
+"""The compilers' fast schedules equal their reference ones descriptor for descriptor (issue 18: a session's
+first image compiles every program, so compiling must be fast, and the programs must not change).
+
+sw.compile.linear._resident_schedule (NumPy columns) against `schedule` over the op list (RESIDENT_ARRAYS =
+False), and LoadWindows.place against a window-by-window walk."""
+import random
+
+import numpy as np
+import pytest
+
+import sw.compile.linear as L
+from hw.config import preset
+
+
+def _plan(monkeypatch, arrays: bool, *args, **kwargs):
+    monkeypatch.setattr(L, "RESIDENT_ARRAYS", arrays)
+    return L._linear_plan.__wrapped__(*args, **kwargs)
+
+
+def _same_plan(a, b) -> None:
+    offsets, head, size, sym, raw, runs = a[:6]
+    assert offsets == b[0] and size == b[2] and runs == b[5] and a[6:] == b[6:]
+    assert np.array_equal(head, b[1])                      # the program's descriptor bytes
+    assert len(sym) == len(b[3]) and tuple(sym) == tuple(b[3])   # every descriptor's fields, symbolic and numeric
+    assert tuple(raw) == tuple(b[4])
+
+
+# (preset, M, K, N): one block and several (B and PARAM hazards from two blocks back), a short last M-tile and
+# N-tile, K = half a scratchpad, loads the computes cannot hide (K small: the DMA is the bound), one M-tile.
+SHAPES = [("kv260", 1000, 96, 384), ("kv260", 4096, 32, 4), ("kv260", 777, 1024, 100), ("kv260", 16, 96, 384),
+          ("kv260", 300, 200, 2000), ("bench16", 500, 64, 700), ("sim", 90, 24, 200), ("sim", 7, 8, 8),
+          ("pynq-z2", 333, 48, 130), ("ulx3s-gemm", 61, 40, 90), ("zcu104", 2000, 96, 96)]
+
+
+@pytest.mark.parametrize("name,M,K,N", SHAPES)
+@pytest.mark.parametrize("a_rows,relu,out_int32", [(False, False, False), (True, True, False), (False, False, True)])
+def test_resident_arrays_equal_schedule(monkeypatch, name, M, K, N, a_rows, relu, out_int32):
+    cfg = preset(name)
+    if a_rows and "load_t" not in cfg.engines:
+        pytest.skip("no transposing LOAD")
+    args = (cfg, M, K, N, relu, out_int32, False, False, 1 << 20, 1 << 40)
+    fast = _plan(monkeypatch, True, *args, a_rows=a_rows)
+    ref = _plan(monkeypatch, False, *args, a_rows=a_rows)
+    _same_plan(fast, ref)
+
+
+def test_resident_arrays_leave_runs_to_schedule(monkeypatch):
+    """A layer of more computes than one run's wait counts takes the op list's way (split_runs)."""
+    cfg = preset("sim")
+    assert L._resident_schedule(cfg, 4 * 70_000, 8, 8, False, False, False, 32, 64, 8) is None
+
+
+def _walk(left, first, last, cycles, hazard, spread):
+    """LoadWindows.place as first written: a window at a time from the first with time left."""
+    at = next((i for i in range(first, len(left)) if left[i]), len(left))
+    if at > last:
+        at = min(first + spread, last) if hazard else last
+    i = at
+    while cycles > 0 and i < len(left):
+        used = min(cycles, left[i])
+        left[i] -= used
+        cycles -= used
+        i += 1
+    return at
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_load_windows_place(seed):
+    rng = random.Random(seed)
+    n = 300
+    lengths = [rng.choice([1, 5, 32, 96]) for _ in range(n)]
+    w, left = L.LoadWindows.of_lengths(lengths), list(lengths)
+    for j in range(1, n):
+        for spread in range(rng.choice([0, 1, 1, 3])):
+            first = rng.randrange(0, j)
+            args = (first, j - 1, rng.choice([1, 20, 41, 105, 300]), rng.random() < 0.7, spread)
+            assert w.place(*args) == _walk(left, *args)
+            assert w.left == left
