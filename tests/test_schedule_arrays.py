@@ -76,3 +76,27 @@ def test_load_windows_place(seed):
             args = (first, j - 1, rng.choice([1, 20, 41, 105, 300]), rng.random() < 0.7, spread)
             assert w.place(*args) == _walk(left, *args)
             assert w.left == left
+
+
+# (preset, H, Lq, Lk, d, rows): windows (many one-group heads: replayed back to back), a global attention (big
+# groups), a short last query tile, token-row inputs.
+ATTENTIONS = [("kv260", 300, 16, 16, 96, False), ("kv260", 2, 200, 300, 64, False), ("kv260", 64, 49, 49, 96, True),
+              ("bench16", 40, 33, 70, 32, True), ("sim", 9, 20, 30, 16, False)]
+
+
+@pytest.mark.parametrize("name,H,Lq,Lk,d,token_rows", ATTENTIONS)
+def test_attention_replayed_groups_equal_schedule(monkeypatch, name, H, Lq, Lk, d, token_rows):
+    """The attention plan's groups replayed from templates (REPLAY_GROUPS) equal every group emitted by the
+    Python schedule."""
+    from sw.compile import attention as A
+    cfg = preset(name)
+    rows = A.TokenRows(heads=4, groups=H // 4 + 1, queries=Lq, keys=Lk, inputs=True) if token_rows else None
+    args = (cfg, H, Lq, Lk, d, False, False, False, rows, A._Score(3, 9), 1 << 20, 1 << 40)
+    plans = []
+    for replay in (True, False):
+        monkeypatch.setattr(A, "REPLAY_GROUPS", replay)
+        plans.append(A._attention_plan.__wrapped__(*args))
+    fast, ref = plans
+    assert fast[0] == ref[0] and fast[2] == ref[2] and fast[5:] == ref[5:]
+    assert np.array_equal(fast[1], ref[1])
+    assert tuple(fast[3]) == tuple(ref[3]) and tuple(fast[4]) == tuple(ref[4])

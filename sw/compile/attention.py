@@ -516,25 +516,32 @@ def _attention_plan(cfg, H: int, Lq: int, Lk: int, d: int, out_int32: bool, out_
     fixed = {res: dict(units) for res, units in last.items()}
     templates: dict = {}
     g = n = 0
+    state = replayed = None      # `last` as a key has it; the template replayed last (`last` is its end)
     for h in range(H):
         for q0 in range(0, qt, slots):      # a group of `ns` query tiles, one per slot
             ns = min(slots, qt - q0)
             at = (h, q0)
+            if state is None:
+                state = tuple((res, tuple(units.items()) if res in fixed else
+                               tuple((u, done[u] - c) for u, c in units.items())) for res, units in last.items())
             key = (ns, tuple(min(R, Lq - (q0 + s) * R) for s in range(ns)), g % 2, kv_tiles % 2, n % s_regions,
-                   tuple((res, tuple(units.items()) if res in fixed else
-                          tuple((u, done[u] - c) for u, c in units.items())) for res, units in last.items()))
+                   state)
             t = templates.get(key)
             if t is not None and t.replayable and REPLAY_GROUPS:
                 t.replay(descs, done, at)
-                last = {res: dict(units) if res in fixed else {u: done[u] - c for u, c in units}
-                        for res, units in t.end}
+                state, replayed = t.end_state, t       # (`last` made from it when a group is emitted again)
                 kv_bytes += t.kv_bytes
                 kv_tiles += kt
                 n += kt * ns
             else:
+                if replayed is not None:
+                    last = {res: dict(units) if res in fixed else {u: done[u] - c for u, c in units}
+                            for res, units in replayed.end}
+                    replayed = None
                 kv0 = kv_bytes
                 rec = _GroupTemplate(done, fixed) if t is None else None
                 group(ns)
+                state = None
                 if rec is not None:
                     rec.close(done, kv_bytes - kv0, last)
                     templates[key], rec = rec, None
@@ -585,6 +592,7 @@ class _GroupTemplate:
             self.replayable = False
         self.end = tuple((res, dict(units) if res in self.fixed else tuple((u, done[u] - c) for u, c in units.items()))
                          for res, units in last.items())
+        self.end_state = tuple((res, tuple(units.items()) if res in self.fixed else units) for res, units in self.end)
         kinds: dict = {}
         for j, (keys, values, units, moves, addr) in enumerate(self.notes):
             kind = kinds.setdefault((keys, units, moves, addr is not None), ([], [], []))
