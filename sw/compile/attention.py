@@ -517,6 +517,7 @@ def _attention_plan(cfg, H: int, Lq: int, Lk: int, d: int, out_int32: bool, out_
     templates: dict = {}
     g = n = 0
     state = replayed = None      # `last` as a key has it; the template replayed last (`last` is its end)
+    replays: dict = {}           # template -> its replays, emitted together after the groups
     for h in range(H):
         for q0 in range(0, qt, slots):      # a group of `ns` query tiles, one per slot
             ns = min(slots, qt - q0)
@@ -528,7 +529,7 @@ def _attention_plan(cfg, H: int, Lq: int, Lk: int, d: int, out_int32: bool, out_
                    state)
             t = templates.get(key)
             if t is not None and t.replayable and REPLAY_GROUPS:
-                t.replay(descs, done, at)
+                t.replay(descs, done, at, replays)
                 state, replayed = t.end_state, t       # (`last` made from it when a group is emitted again)
                 kv_bytes += t.kv_bytes
                 kv_tiles += kt
@@ -546,8 +547,10 @@ def _attention_plan(cfg, H: int, Lq: int, Lk: int, d: int, out_int32: bool, out_
                     rec.close(done, kv_bytes - kv0, last)
                     templates[key], rec = rec, None
             g += 1
+    for t, where in replays.items():
+        t.emit(descs, where)
 
-            # ---- addresses
+    # ---- addresses
     offsets, image = lay_out_image(cfg, len(descs), sizes, base_addr, max_ddr_bytes, "attention")
     q_tiles = (qtc, k_stride, C) if split_q else (qt, q_stride, R)    # Q: tiles, bytes apart, tokens each
     sym, raw = pack_descriptors(descs, image, offsets, base_addr, "split the attention")
@@ -608,19 +611,30 @@ class _GroupTemplate:
             self.kinds.append((keys, np.array(rows, np.intp), table, moving, addrs if has_addr else None))
         del self.notes
 
-    def replay(self, descs, done: dict, at: tuple) -> None:
-        base = descs.reserve(self.m)
-        for keys, rows, table, moving, addrs in self.kinds:
-            values = table.copy()
-            for col, u in moving:
-                values[:, col] += done[u] - self.start[u]
-            if addrs is None:
-                descs.add_block(keys, base + rows, values)
-            else:
-                where = [fn(*at, *args) for fn, args in addrs]
-                descs.add_block(keys, base + rows, values, [w[0] for w in where], [w[1] for w in where])
+    def replay(self, descs, done: dict, at: tuple, replays: dict) -> None:
+        """Reserve the group's rows in `descs` and advance `done` past it; its descriptors are made by `emit`,
+        with the template's other replays (replays[self]: (first row, each unit's progress, (head, tile)))."""
+        replays.setdefault(self, []).append((descs.reserve(self.m), [done[u] - self.start[u] for u in self.count],
+                                             at))
         for u, k in self.count.items():
             done[u] += k
+
+    def emit(self, descs, replays: list) -> None:
+        """The descriptors of `replays` (replay's), each kind of all of them at once."""
+        bases = np.array([r[0] for r in replays], np.intp)
+        moved = np.array([r[1] for r in replays], np.int64).reshape(len(replays), len(self.count))
+        units = list(self.count)
+        for keys, rows, table, moving, addrs in self.kinds:
+            values = np.repeat(table[None], len(replays), axis=0)
+            for col, u in moving:
+                values[:, :, col] += moved[:, units.index(u), None]
+            at_rows = (bases[:, None] + rows[None, :]).reshape(-1)
+            values = values.reshape(-1, table.shape[1])
+            if addrs is None:
+                descs.add_block(keys, at_rows, values)
+            else:
+                where = [fn(*at, *args) for _, _, at in replays for fn, args in addrs]
+                descs.add_block(keys, at_rows, values, [w[0] for w in where], [w[1] for w in where])
 
 
 def acc_regions(cfg) -> tuple[int, int]:
