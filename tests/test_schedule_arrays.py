@@ -1,8 +1,9 @@
 """The compilers' fast schedules equal their reference ones descriptor for descriptor (issue 18: a session's
 first image compiles every program, so compiling must be fast, and the programs must not change).
 
-sw.compile.linear._resident_schedule (NumPy columns) against `schedule` over the op list (RESIDENT_ARRAYS =
-False), and LoadWindows.place against a window-by-window walk."""
+sw.compile.linear._scheduled_columns (a layer's resident or K-split schedule as NumPy columns) against `schedule`
+over the op list (SCHEDULE_ARRAYS = False), LoadWindows.place against a window-by-window walk, and the attention
+plan's replayed groups against its Python schedule."""
 import random
 
 import numpy as np
@@ -13,7 +14,7 @@ from hw.config import preset
 
 
 def _plan(monkeypatch, arrays: bool, *args, **kwargs):
-    monkeypatch.setattr(L, "RESIDENT_ARRAYS", arrays)
+    monkeypatch.setattr(L, "SCHEDULE_ARRAYS", arrays)
     return L._linear_plan.__wrapped__(*args, **kwargs)
 
 
@@ -25,16 +26,19 @@ def _same_plan(a, b) -> None:
     assert tuple(raw) == tuple(b[4])
 
 
-# (preset, M, K, N): one block and several (B and PARAM hazards from two blocks back), a short last M-tile and
-# N-tile, K = half a scratchpad, loads the computes cannot hide (K small: the DMA is the bound), one M-tile.
+# (preset, M, K, N): resident: one block and several (B and PARAM hazards from two blocks back), a short last
+# M-tile and N-tile, K = half a scratchpad, loads the computes cannot hide (K small: the DMA is the bound), one
+# M-tile; K-split (K over half a scratchpad): blocks of several sizes (short edge blocks), a short last chunk.
 SHAPES = [("kv260", 1000, 96, 384), ("kv260", 4096, 32, 4), ("kv260", 777, 1024, 100), ("kv260", 16, 96, 384),
           ("kv260", 300, 200, 2000), ("bench16", 500, 64, 700), ("sim", 90, 24, 200), ("sim", 7, 8, 8),
-          ("pynq-z2", 333, 48, 130), ("ulx3s-gemm", 61, 40, 90), ("zcu104", 2000, 96, 96)]
+          ("pynq-z2", 333, 48, 130), ("ulx3s-gemm", 61, 40, 90), ("zcu104", 2000, 96, 96),
+          ("kv260", 1000, 1536, 384), ("kv260", 100, 3072, 250), ("bench16", 300, 2500, 130), ("sim", 50, 5000, 60),
+          ("pynq-z2", 200, 1100, 90)]
 
 
 @pytest.mark.parametrize("name,M,K,N", SHAPES)
 @pytest.mark.parametrize("a_rows,relu,out_int32", [(False, False, False), (True, True, False), (False, False, True)])
-def test_resident_arrays_equal_schedule(monkeypatch, name, M, K, N, a_rows, relu, out_int32):
+def test_schedule_arrays_equal_schedule(monkeypatch, name, M, K, N, a_rows, relu, out_int32):
     cfg = preset(name)
     if a_rows and "load_t" not in cfg.engines:
         pytest.skip("no transposing LOAD")
@@ -44,10 +48,10 @@ def test_resident_arrays_equal_schedule(monkeypatch, name, M, K, N, a_rows, relu
     _same_plan(fast, ref)
 
 
-def test_resident_arrays_leave_runs_to_schedule(monkeypatch):
+def test_schedule_arrays_leave_runs_to_schedule():
     """A layer of more computes than one run's wait counts takes the op list's way (split_runs)."""
     cfg = preset("sim")
-    assert L._resident_schedule(cfg, 4 * 70_000, 8, 8, False, False, False, 32, 64, 8) is None
+    assert L._resident_ops(cfg, 4 * 70_000, 8, 8, False, False, 32, 64, 8) is None
 
 
 def _walk(left, first, last, cycles, hazard, spread):
