@@ -104,3 +104,39 @@ def test_attention_replayed_groups_equal_schedule(monkeypatch, name, H, Lq, Lk, 
     assert fast[0] == ref[0] and fast[2] == ref[2] and fast[5:] == ref[5:]
     assert np.array_equal(fast[1], ref[1])
     assert tuple(fast[3]) == tuple(ref[3]) and tuple(fast[4]) == tuple(ref[4])
+
+
+def _vector_calls():
+    from golden_model import intvec
+    from sw.runtime.layout import RowRuns
+    rng = np.random.default_rng(0)
+
+    def x(*shape):
+        return rng.integers(-128, 128, shape, dtype=np.int8)
+    ang = rng.uniform(-3, 3, (6, 4))
+    runs = RowRuns.windows(9, 10, 4)
+    return [("add", (x(90, 24), intvec.AddParams(3000, 5000, 12)), dict(b=x(90, 24))),
+            ("add", (x(90, 24), intvec.AddParams(3000, 5000, 12)), dict(b=x(1, 24))),
+            ("add", (x(90, 48), intvec.AddParams(3, 5, 2)), dict(b=x(90, 48), runs={"in": runs, "b": runs, "out": runs})),
+            ("rescale", (x(90, 40), intvec.RescaleParams(7, 3)), dict(runs={"out": runs})),
+            ("add", (x(70_000, 8), intvec.AddParams(1, 1, 0)), dict(b=x(70, 8))),      # several commands
+            ("rope", (x(12, 8), intvec.RopeParams.make(np.cos(ang), np.sin(ang), 0.05, 0.05)), {}),
+            ("maxpool", (x(6, 10, 16),), {}), ("upsample", (x(3, 5, 16),), {})]
+
+
+@pytest.mark.parametrize("i", range(8))
+def test_vector_columns_equal_dicts(monkeypatch, i):
+    """compile_vector's VECTOR commands made as columns equal those it makes a dict at a time: bytes, fields,
+    the fast mode's pieces."""
+    from sw.compile import vector as V
+    op, args, kwargs = _vector_calls()[i]
+    cfg = preset("bench16")
+    progs = []
+    for columns in (True, False):
+        monkeypatch.setattr(V, "COLUMNS", columns)
+        V._PACKED.clear()
+        progs.append(V.compile_vector(cfg, op, *args, **kwargs))
+    fast, ref = progs
+    assert np.array_equal(fast.image, ref.image) and fast.regions == ref.regions
+    assert tuple(fast.symbolic) == tuple(ref.symbolic) and tuple(fast.descriptors) == tuple(ref.descriptors)
+    assert fast.op == ref.op
