@@ -318,9 +318,7 @@ def _linear_plan(cfg, M: int, K: int, N: int, relu: bool, out_int32: bool, fused
                                 blocking or k_split_blocking(cfg, mt, nt, K, a_rows)))
         if columns is not None:
             descs = _scheduled_columns(cfg, relu, out_int32, *columns[:2], a_pitch if a_rows else 0, columns[2])
-    if descs is not None:
-        pass
-    elif resident:
+    if descs is None and resident:          # (the op list: fused epilogues, several runs, the reference)
         kc = K
         nb = max(1, min(b_half // K, cfg.param_depth // 2, nt))
         step = 0
@@ -350,7 +348,7 @@ def _linear_plan(cfg, M: int, K: int, N: int, relu: bool, out_int32: bool, fused
                                                dst=("out", (mi * R * np_cols + nj * C) * ebytes), stride=np_cols * ebytes)))
                     tile_no += 1
                 step += 1
-    else:
+    elif descs is None:
         # K does not fit half a scratchpad: a block of mb M-tiles x nb N-tiles keeps its accumulators
         # while K streams through in chunks; each chunk's A and B pieces are loaded once per block.
         mb, nb, kc = blocking or k_split_blocking(cfg, mt, nt, K, a_rows)
