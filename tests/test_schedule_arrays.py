@@ -140,3 +140,19 @@ def test_vector_columns_equal_dicts(monkeypatch, i):
     assert np.array_equal(fast.image, ref.image) and fast.regions == ref.regions
     assert tuple(fast.symbolic) == tuple(ref.symbolic) and tuple(fast.descriptors) == tuple(ref.descriptors)
     assert fast.op == ref.op
+
+
+def test_emitter_addressed_columns_equal_dicts():
+    """Emitter.add_addressed's descriptors read back as dicts (the path that says which does not fit) equal its
+    columns, addresses (buffer, offset) in every address field."""
+    from sw.runtime.program import Emitter
+    e = Emitter()
+    e.add_at(("opcode", "count"), (1, 2), "params", 64)
+    keys = ("opcode", "vec_out_addr", "vec_rows", "vec_b_addr", "dram_addr")
+    values = np.array([[5, 0, 7, 0, 0], [5, 0, 9, 0, 0]])
+    e.add_addressed(keys, e.reserve(2) + np.arange(2), values,
+                    {"dram_addr": ("in", np.array([0, 32])), "vec_out_addr": ("out", np.array([64, 96])),
+                     "vec_b_addr": (["b", "c"], np.array([0, 128]))})
+    assert e.dicts()[2] == {"opcode": 5, "vec_out_addr": ("out", 96), "vec_rows": 9, "vec_b_addr": ("c", 128),
+                            "dram_addr": ("in", 32)}
+    assert tuple(e.columns()) == tuple(e.dicts())
