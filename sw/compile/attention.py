@@ -577,13 +577,14 @@ class _GroupTemplate:
         self.replayable = True
 
     def note(self, keys, values, w, sources, addr) -> None:
+        fixed, moving = set(), set()               # the units waited for through entries that stay, that move
+        for res, src in sources:
+            (fixed if res in self.fixed else moving).update(src)
         moves = []
         for u in w:
-            from_fixed = any(u in src for res, src in sources if res in self.fixed)
-            from_moving = any(u in src for res, src in sources if res not in self.fixed)
-            if from_fixed and from_moving:
+            if u in fixed and u in moving:
                 self.replayable = False
-            moves.append(not from_fixed)
+            moves.append(u not in fixed)
         if addr is not None and not callable(addr[0]):
             self.replayable = False
         self.notes.append((keys, values + tuple(w.values()), tuple(w), tuple(moves), addr))
