@@ -609,9 +609,9 @@ def _blocked_ops(cfg, M: int, K: int, N: int, out_int32: bool, a_rows: bool, a_s
                 step_first.append(j0)
                 hz = step_first[-2] - 1 if step >= 2 else None     # the last op of the step two back
                 spread = 0
-                for i, m in enumerate(tiles_m.tolist()):
+                for i, m_ in enumerate(tiles_m.tolist()):
                     loads.append((j0, spread, hz, 1, 0, h, kk, h * a_half + i * kc,
-                                  m * R * a_pitch + k0 if a_rows else m * a_stride + k0 * R, min(R, M - m * R)))
+                                  m_ * R * a_pitch + k0 if a_rows else m_ * a_stride + k0 * R, min(R, M - m_ * R)))
                     spread += 1
                 for i, n_ in enumerate(tiles_n.tolist()):
                     loads.append((j0, spread, hz, 1, 1, 2 + h, kk, h * b_half + i * kc, n_ * b_stride + k0 * C, 0))
