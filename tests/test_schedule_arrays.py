@@ -2,8 +2,9 @@
 first image compiles every program, so compiling must be fast, and the programs must not change).
 
 sw.compile.linear._scheduled_columns (a layer's resident or K-split schedule as NumPy columns) against `schedule`
-over the op list (SCHEDULE_ARRAYS = False), LoadWindows.place against a window-by-window walk, and the attention
-plan's replayed groups against its Python schedule."""
+over the op list (SCHEDULE_ARRAYS = False), LoadWindows.place against a window-by-window walk, the attention
+plan's replayed groups against its Python schedule (REPLAY_GROUPS = False), and sw.compile.vector's commands as
+columns against its dict loop (COLUMNS = False)."""
 import random
 
 import numpy as np
