@@ -376,32 +376,41 @@ def _simulate(cfg, f, kinds, attn, execute) -> Outcome:
                 arrive = fix + FETCH_AFTER_LOAD
         fetch_last = arrive + beats_desc
         t = t_dispatch if t_dispatch > fetch_last else fetch_last
-        # Waits: only dispatched descriptors complete, so a count not reached yet waits forever.
-        # (Written out per unit: the hot loop, 1.6x as fast as a loop over the units.)
+        # Waits: only dispatched descriptors complete, so a count not reached yet waits forever (its
+        # completion not in the list yet). (Written out per unit: the hot loop, 1.6x as fast as a loop
+        # over the units.)
         w = wl[i]
         if w:
-            if w > len(dl):
+            try:
+                done = dl[w - 1]
+            except IndexError:
                 return Outcome("hang", i)
-            if dl[w - 1] >= t:
-                t = dl[w - 1] + 1
+            if done >= t:
+                t = done + 1
         w = wc[i]
         if w:
-            if w > len(dc):
+            try:
+                done = dc[w - 1]
+            except IndexError:
                 return Outcome("hang", i)
-            if dc[w - 1] >= t:
-                t = dc[w - 1] + 1
+            if done >= t:
+                t = done + 1
         w = ws[i]
         if w:
-            if w > len(dst):
+            try:
+                done = dst[w - 1]
+            except IndexError:
                 return Outcome("hang", i)
-            if dst[w - 1] >= t:
-                t = dst[w - 1] + 1
+            if done >= t:
+                t = done + 1
         w = wa[i]
         if w:
-            if w > len(da):
+            try:
+                done = da[w - 1]
+            except IndexError:
                 return Outcome("hang", i)
-            if da[w - 1] >= t:
-                t = da[w - 1] + 1
+            if done >= t:
+                t = done + 1
         kind = kind_l[i]
         if kind == K_BAD:
             return Outcome("error", i, error_bit=isa.ERROR_BAD_OPCODE, error_index=i)

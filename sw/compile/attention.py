@@ -516,31 +516,41 @@ def _attention_plan(cfg, H: int, Lq: int, Lk: int, d: int, out_int32: bool, out_
     fixed = {res: dict(units) for res, units in last.items()}
     templates: dict = {}
     g = n = 0
+    state = replayed = None      # `last` as a key has it; the template replayed last (`last` is its end)
+    replays: dict = {}           # template -> its replays, emitted together after the groups
     for h in range(H):
         for q0 in range(0, qt, slots):      # a group of `ns` query tiles, one per slot
             ns = min(slots, qt - q0)
             at = (h, q0)
+            if state is None:
+                state = tuple((res, tuple(units.items()) if res in fixed else
+                               tuple((u, done[u] - c) for u, c in units.items())) for res, units in last.items())
             key = (ns, tuple(min(R, Lq - (q0 + s) * R) for s in range(ns)), g % 2, kv_tiles % 2, n % s_regions,
-                   tuple((res, tuple(units.items()) if res in fixed else
-                          tuple((u, done[u] - c) for u, c in units.items())) for res, units in last.items()))
+                   state)
             t = templates.get(key)
             if t is not None and t.replayable and REPLAY_GROUPS:
-                t.replay(descs, done, at)
-                last = {res: dict(units) if res in fixed else {u: done[u] - c for u, c in units}
-                        for res, units in t.end}
+                t.replay(descs, done, at, replays)
+                state, replayed = t.end_state, t       # (`last` made from it when a group is emitted again)
                 kv_bytes += t.kv_bytes
                 kv_tiles += kt
                 n += kt * ns
             else:
+                if replayed is not None:
+                    last = {res: dict(units) if res in fixed else {u: done[u] - c for u, c in units}
+                            for res, units in replayed.end}
+                    replayed = None
                 kv0 = kv_bytes
                 rec = _GroupTemplate(done, fixed) if t is None else None
                 group(ns)
+                state = None
                 if rec is not None:
                     rec.close(done, kv_bytes - kv0, last)
                     templates[key], rec = rec, None
             g += 1
+    for t, where in replays.items():
+        t.emit(descs, where)
 
-            # ---- addresses
+    # ---- addresses
     offsets, image = lay_out_image(cfg, len(descs), sizes, base_addr, max_ddr_bytes, "attention")
     q_tiles = (qtc, k_stride, C) if split_q else (qt, q_stride, R)    # Q: tiles, bytes apart, tokens each
     sym, raw = pack_descriptors(descs, image, offsets, base_addr, "split the attention")
@@ -567,13 +577,14 @@ class _GroupTemplate:
         self.replayable = True
 
     def note(self, keys, values, w, sources, addr) -> None:
+        fixed, moving = set(), set()               # the units waited for through entries that stay, that move
+        for res, src in sources:
+            (fixed if res in self.fixed else moving).update(src)
         moves = []
         for u in w:
-            from_fixed = any(u in src for res, src in sources if res in self.fixed)
-            from_moving = any(u in src for res, src in sources if res not in self.fixed)
-            if from_fixed and from_moving:
+            if u in fixed and u in moving:
                 self.replayable = False
-            moves.append(not from_fixed)
+            moves.append(u not in fixed)
         if addr is not None and not callable(addr[0]):
             self.replayable = False
         self.notes.append((keys, values + tuple(w.values()), tuple(w), tuple(moves), addr))
@@ -585,6 +596,7 @@ class _GroupTemplate:
             self.replayable = False
         self.end = tuple((res, dict(units) if res in self.fixed else tuple((u, done[u] - c) for u, c in units.items()))
                          for res, units in last.items())
+        self.end_state = tuple((res, tuple(units.items()) if res in self.fixed else units) for res, units in self.end)
         kinds: dict = {}
         for j, (keys, values, units, moves, addr) in enumerate(self.notes):
             kind = kinds.setdefault((keys, units, moves, addr is not None), ([], [], []))
@@ -600,19 +612,30 @@ class _GroupTemplate:
             self.kinds.append((keys, np.array(rows, np.intp), table, moving, addrs if has_addr else None))
         del self.notes
 
-    def replay(self, descs, done: dict, at: tuple) -> None:
-        base = descs.reserve(self.m)
-        for keys, rows, table, moving, addrs in self.kinds:
-            values = table.copy()
-            for col, u in moving:
-                values[:, col] += done[u] - self.start[u]
-            if addrs is None:
-                descs.add_block(keys, base + rows, values)
-            else:
-                where = [fn(*at, *args) for fn, args in addrs]
-                descs.add_block(keys, base + rows, values, [w[0] for w in where], [w[1] for w in where])
+    def replay(self, descs, done: dict, at: tuple, replays: dict) -> None:
+        """Reserve the group's rows in `descs` and advance `done` past it; its descriptors are made by `emit`,
+        with the template's other replays (replays[self]: (first row, each unit's progress, (head, tile)))."""
+        replays.setdefault(self, []).append((descs.reserve(self.m), [done[u] - self.start[u] for u in self.count],
+                                             at))
         for u, k in self.count.items():
             done[u] += k
+
+    def emit(self, descs, replays: list) -> None:
+        """The descriptors of `replays` (replay's), each kind of all of them at once."""
+        bases = np.array([r[0] for r in replays], np.intp)
+        moved = np.array([r[1] for r in replays], np.int64).reshape(len(replays), len(self.count))
+        units = list(self.count)
+        for keys, rows, table, moving, addrs in self.kinds:
+            values = np.repeat(table[None], len(replays), axis=0)
+            for col, u in moving:
+                values[:, :, col] += moved[:, units.index(u), None]
+            at_rows = (bases[:, None] + rows[None, :]).reshape(-1)
+            values = values.reshape(-1, table.shape[1])
+            if addrs is None:
+                descs.add_block(keys, at_rows, values)
+            else:
+                where = [fn(*at, *args) for _, _, at in replays for fn, args in addrs]
+                descs.add_block(keys, at_rows, values, [w[0] for w in where], [w[1] for w in where])
 
 
 def acc_regions(cfg) -> tuple[int, int]:

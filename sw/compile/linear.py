@@ -311,7 +311,14 @@ def _linear_plan(cfg, M: int, K: int, N: int, relu: bool, out_int32: bool, fused
     ops: list[dict] = []       # dicts with 'op' and resource annotations
     resident = K <= min(a_half, b_half)
     tile_no = 0
-    if resident:
+    descs = runs = None
+    if SCHEDULE_ARRAYS and not (fused_table or fused_add):
+        columns = (_resident_ops(cfg, M, K, N, out_int32, a_rows, a_stride, b_stride, a_pitch) if resident else
+                   _blocked_ops(cfg, M, K, N, out_int32, a_rows, a_stride, b_stride, a_pitch,
+                                blocking or k_split_blocking(cfg, mt, nt, K, a_rows)))
+        if columns is not None:
+            descs = _scheduled_columns(cfg, relu, out_int32, *columns[:2], a_pitch if a_rows else 0, columns[2])
+    if descs is None and resident:          # (the op list: fused epilogues, several runs, the reference)
         kc = K
         nb = max(1, min(b_half // K, cfg.param_depth // 2, nt))
         step = 0
@@ -341,7 +348,7 @@ def _linear_plan(cfg, M: int, K: int, N: int, relu: bool, out_int32: bool, fused
                                                dst=("out", (mi * R * np_cols + nj * C) * ebytes), stride=np_cols * ebytes)))
                     tile_no += 1
                 step += 1
-    else:
+    elif descs is None:
         # K does not fit half a scratchpad: a block of mb M-tiles x nb N-tiles keeps its accumulators
         # while K streams through in chunks; each chunk's A and B pieces are loaded once per block.
         mb, nb, kc = blocking or k_split_blocking(cfg, mt, nt, K, a_rows)
@@ -382,11 +389,12 @@ def _linear_plan(cfg, M: int, K: int, N: int, relu: bool, out_int32: bool, fused
                     step += 1
                 blk += 1
 
-    if fused_table:
-        fuse_store_table(cfg, ops)
-    if fused_add:
-        fuse_store_add(cfg, ops, M)
-    descs, runs = schedule_runs(ops, R, relu, out_int32)
+    if descs is None:
+        if fused_table:
+            fuse_store_table(cfg, ops)
+        if fused_add:
+            fuse_store_add(cfg, ops, M)
+        descs, runs = schedule_runs(ops, R, relu, out_int32)
 
     # ---- addresses
     from sw.runtime.program import SplitDescriptors
@@ -396,6 +404,242 @@ def _linear_plan(cfg, M: int, K: int, N: int, relu: bool, out_int32: bool, fused
     head.flags.writeable = False
     return (offsets, head, image.size, SplitDescriptors.of(sym), frozen(raw), runs and tuple(runs), mt, nt, a_stride,
             b_stride)
+
+
+#: Whether _linear_plan schedules a layer without a fused epilogue that fits one run as NumPy columns
+#: (_resident_ops, _blocked_ops, _scheduled_columns; False: the op list through `schedule`, the reference they
+#: are tested against).
+SCHEDULE_ARRAYS = True
+
+
+def _scheduled_columns(cfg, relu: bool, out_int32: bool, ops: dict, loads: list, a_pitch: int,
+                       window: "LoadWindows") -> Emitter:
+    """`schedule` of a regular op list given as columns: the same descriptors in the same order, made with
+    NumPy instead of an op dict and a descriptor at a time (a 65,536-token layer has ~50,000 computes).
+
+    ops: per COMPUTE (in order) a_base, b_base, k_last, acc (region), accumulate, res_a, res_b (the ids of its A
+    and B resources), and its STORE's: store (0: none), rows, param, res_p (its PARAM resource), dst (offset in
+    "out"), stride. loads: (op, spread, hazard, after, kind, res, count, sp, src, t_rows) in `schedule`'s order,
+    hazard the last op before `op` using the load's resource (None: none), `after` how many ops after it the load
+    may go (1; 2 for a PARAM entry, which the STORE after the next compute reads), kind 0 A (src in "A"), 1 B
+    ("B"), 2 PARAM ("params"), t_rows: an A load's rows (transposed from token rows where a_pitch). Every load is
+    paced (LoadWindows, `window`: a Python loop over the loads alone); the rest is computed: the dispatch order
+    (bucket -1's loads; per op its COMPUTE, the previous op's STORE, the loads after it), the LOADs' numbers,
+    each descriptor's waits from the last users (before it in that order) of what it overwrites or reads."""
+    R, beat = cfg.rows, cfg.beat_bytes
+    n = len(ops["acc"])
+    j = np.arange(n)
+    entry = [isa.entry_bytes(cfg, t) for t in ("A", "B", "PARAM")]
+    buckets = []
+    for op, spread, hz, after, kind, _, count, _, _, t_rows in loads:
+        pos = -1 if hz is None else hz + after
+        if op > 0:
+            cycles = (-(-count // beat) * max(t_rows, beat) if kind == 0 and a_pitch else
+                      -(-count * entry[kind] // beat)) + LOAD_OVERHEAD
+            pos = window.place(max(pos, 0), op - 1, cycles, hazard=hz is not None, spread=spread)
+        buckets.append(min(pos, op - 1))
+    ld_op, _, _, _, ld_kind, ld_res, ld_count, ld_sp, ld_src, ld_rows = (
+        np.array([x if x is not None else -1 for x in c], np.int64) for c in zip(*loads))
+    ld_bucket = np.array(buckets, np.int64)
+    nl = len(loads)
+    order = np.argsort(ld_bucket, kind="stable")              # the LOADs in dispatch order
+    done_at = np.empty(nl, np.int64)
+    done_at[order] = np.arange(1, nl + 1)
+
+    # ---- positions
+    store = ops["store"].astype(bool)
+    after_store = np.concatenate([[0], store[:-1]]).astype(np.int64)    # op j's COMPUTE is followed by op j-1's STORE
+    per_bucket = np.bincount(ld_bucket + 1, minlength=n + 1)   # [bucket -1, 0, .., n - 1]
+    total = n + int(store.sum()) + nl
+
+    def excl(x):
+        return np.concatenate([[0], np.cumsum(x)[:-1]])
+    pos_c = per_bucket[0] + j + excl(after_store) + excl(per_bucket[1:])
+    stores = np.flatnonzero(store)
+    pos_s = np.where(stores < n - 1, pos_c[np.minimum(stores + 1, n - 1)] + 1, total - 1)
+    n_store = np.cumsum(store)                                 # op j's STORE is the n_store[j]-th
+    b_sorted = ld_bucket[order]
+    rank = np.arange(nl) - np.searchsorted(b_sorted, b_sorted)
+    bb = np.maximum(b_sorted, 0)
+    pos_l = np.empty(nl, np.int64)
+    pos_l[order] = np.where(b_sorted < 0, 0, pos_c[bb] + 1 + after_store[bb]) + rank
+
+    # ---- waits
+    wait_load = np.zeros(n, np.int64)
+    np.maximum.at(wait_load, ld_op, done_at)
+    # a COMPUTE that starts its accumulator region waits for the last STORE from it dispatched before it: the
+    # STORE of the last op j' <= j - 2 with that region
+    span = n + 2
+    skey = ops["acc"][stores] * span + stores
+    by = np.argsort(skey, kind="stable")
+    q = np.searchsorted(skey[by], ops["acc"] * span + j - 2, side="right") - 1
+    last = stores[by][np.maximum(q, 0)]
+    hit = (q >= 0) & (ops["acc"][last] == ops["acc"]) & (ops["accumulate"] == 0)
+    wait_store = np.where(hit, n_store[last], 0)
+    # A LOAD waits for the last reader of what it overwrites, in dispatch order: COMPUTE j (its A and B) at time
+    # 3 j, op j's STORE (its PARAM entry) at 3 (j + 1) + 1, the loads of bucket b at 3 b + 2.
+    ev_res = np.concatenate([ops["res_a"], ops["res_b"], ops["res_p"][stores]])
+    ev_t = np.concatenate([3 * j, 3 * j, 3 * stores + 4])
+    ev_cnt = np.concatenate([j + 1, j + 1, n_store[stores]])
+    ev_store = np.arange(len(ev_res)) >= 2 * n
+    span = 3 * n + 8
+    key = ev_res * span + ev_t
+    by = np.argsort(key, kind="stable")
+    q = np.searchsorted(key[by], ld_res * span + 3 * ld_bucket + 2, side="right") - 1
+    at = by[np.maximum(q, 0)]
+    hit = (q >= 0) & (ev_res[at] == ld_res)
+    cnt = np.where(hit, ev_cnt[at], 0)
+    by_store = hit & ev_store[at]
+
+    # ---- the descriptors
+    LOAD, COMPUTE, STORE = (isa.OPCODES[u] for u in ("LOAD", "COMPUTE", "STORE"))
+    descs = Emitter()
+    descs.reserve(total)
+    zeros = np.zeros(n, np.int64)
+
+    def const(v, m):
+        return np.full(m, v, np.int64)
+    descs.add_block(_COMPUTE_KEYS[0], pos_c, np.stack(
+        [const(COMPUTE, n), ops["a_base"], ops["b_base"], ops["k_last"], ops["acc"] * R, ops["accumulate"],
+         wait_load, zeros, wait_store], axis=1))
+    m = len(stores)
+    descs.add_block(_STORE_KEYS + _WAIT_KEYS, pos_s, np.stack(
+        [const(STORE, m), ops["rows"][stores], ops["acc"][stores] * R, ops["param"][stores], const(int(relu), m),
+         const(int(out_int32), m), ops["stride"][stores], const(0, m), stores + 1, const(0, m)], axis=1),
+        "out", ops["dst"][stores])
+    waits = [np.zeros(nl, np.int64), np.where(by_store, 0, cnt), np.where(by_store, cnt, 0)]
+    for kind, (target, name) in enumerate((("A", "A"), ("B", "B"), ("PARAM", "params"))):
+        sel = np.flatnonzero(ld_kind == kind)
+        m = len(sel)
+        cols = [const(LOAD, m), const(isa.TARGETS[target], m), ld_count[sel], ld_sp[sel]]
+        keys = _LOAD_KEYS
+        if a_pitch and kind == 0:
+            cols += [const(1, m), ld_rows[sel] - 1, const(a_pitch, m)]
+            keys = _LOAD_KEYS + ("transpose", "t_rows_last", "stride")
+        descs.add_block(keys + _WAIT_KEYS, pos_l[sel], np.stack(cols + [w[sel] for w in waits], axis=1),
+                        name, ld_src[sel])
+    return descs
+
+
+def _op_columns(**cols) -> dict:
+    return {k: np.asarray(v, np.int64) for k, v in cols.items()}
+
+
+def _resident_ops(cfg, M: int, K: int, N: int, out_int32: bool, a_rows: bool, a_stride: int, b_stride: int,
+                  a_pitch: int):
+    """_linear_plan's resident op list as _scheduled_columns takes it (ops, loads, windows), or None where it
+    needs more than one run. Op j (the steps, an M-tile each, of a block's nb N-tiles) reads A half
+    (step % 2) and B tile (block % 2, i), its STORE the PARAM entry (block % 2, i) and accumulator region
+    j % regions; a step's first op loads its A tile, a block's first step each B tile and PARAM entry."""
+    R, C = cfg.rows, cfg.cols
+    mt, nt = -(-M // R), -(-N // C)
+    a_half, b_half, p_half = cfg.a_depth // 2, cfg.b_depth // 2, cfg.param_depth // 2
+    nb = max(1, min(b_half // K, p_half, nt))
+    blocks = [(nj0, min(nb, nt - nj0)) for nj0 in range(0, nt, nb)]
+    n = mt * nt
+    if max(n, len(blocks) * mt + 2 * nt) > WAIT_LIMIT:
+        return None
+    ebytes = 4 if out_int32 else 1
+    np_cols = nt * C
+    blk = np.concatenate([np.full(mt * w, b, np.int64) for b, (_, w) in enumerate(blocks)])
+    mi = np.concatenate([np.repeat(np.arange(mt), w) for _, w in blocks])
+    ti = np.concatenate([np.tile(np.arange(w), mt) for _, w in blocks])
+    nj = np.concatenate([nj0 + np.tile(np.arange(w), mt) for nj0, w in blocks])
+    step, hb = blk * mt + mi, blk % 2
+    res_b, res_p = 2, 2 + 2 * nb                  # resource ids: A halves 0, 1; B, PARAM (half, tile) from these
+    ops = _op_columns(a_base=(step % 2) * a_half, b_base=hb * b_half + ti * K, k_last=np.full(n, K - 1),
+                      acc=np.arange(n) % (cfg.acc_depth // R), accumulate=np.zeros(n), res_a=step % 2,
+                      res_b=res_b + hb * nb + ti, store=np.ones(n), rows=np.minimum(R, M - mi * R),
+                      param=hb * p_half + ti, res_p=res_p + hb * nb + ti, dst=(mi * R * np_cols + nj * C) * ebytes,
+                      stride=np.full(n, np_cols * ebytes))
+    first = [0]                                   # each step's first op (and one past the last)
+    for _, w in blocks:
+        first += [first[-1] + w * (s + 1) for s in range(mt)]
+    loads = []
+    for b, (nj0, w) in enumerate(blocks):
+        h = b % 2
+        for m in range(mt):
+            s = b * mt + m
+            j0, ha, rows = first[s], s % 2, min(R, M - m * R)
+            loads.append((j0, 0, first[s - 1] - 1 if s >= 2 else None, 1, 0, ha, K, ha * a_half,
+                          m * R * a_pitch if a_rows else m * a_stride, rows))
+            if m == 0:
+                for i in range(w):
+                    hz = first[(b - 2) * mt + mt - 1] + i if b >= 2 else None    # block b - 2's last step
+                    loads += [(j0 + i, int(i == 0), hz, 1, 1, res_b + h * nb + i, K, h * b_half + i * K,
+                               (nj0 + i) * b_stride, 0),
+                              (j0 + i, 1 + int(i == 0), hz, 2, 2, res_p + h * nb + i, 1, h * p_half + i,
+                               (nj0 + i) * C * isa.PARAM_CHANNEL_BYTES, 0)]
+    return ops, loads, LoadWindows.of_lengths([K] * n)
+
+
+def _blocked_ops(cfg, M: int, K: int, N: int, out_int32: bool, a_rows: bool, a_stride: int, b_stride: int,
+                 a_pitch: int, blocking: tuple[int, int, int]):
+    """_linear_plan's K-split op list (blocks of mb M-tiles x nb N-tiles, K in chunks of kc) as
+    _scheduled_columns takes it, or None where it needs more than one run. A chunk's ops read A and B half
+    (step % 2), its first op loads the chunk's A and B pieces (and in a block's first chunk its PARAM entries,
+    one resource a half), the last chunk's ops store."""
+    R, C = cfg.rows, cfg.cols
+    mt, nt = -(-M // R), -(-N // C)
+    a_half, b_half, p_half = cfg.a_depth // 2, cfg.b_depth // 2, cfg.param_depth // 2
+    regions = cfg.acc_depth // R
+    mb, nb, kc = blocking
+    chunks = list(range(0, K, kc))
+    ebytes = 4 if out_int32 else 1
+    np_cols = nt * C
+    cols = {k: [] for k in ("a_base", "b_base", "k_last", "acc", "accumulate", "res_a", "res_b", "store", "rows",
+                            "param", "res_p", "dst")}
+    loads, windows = [], []
+    step = blk = tile_no = j0 = 0
+    block_end, step_first = [], []                # each block's last op, each step's first
+    for mi0 in range(0, mt, mb):
+        tiles_m = np.arange(mi0, min(mi0 + mb, mt))
+        for nj0 in range(0, nt, nb):
+            tiles_n = np.arange(nj0, min(nj0 + nb, nt))
+            a, b = len(tiles_m), len(tiles_n)
+            hp = blk % 2
+            ia, ib = np.repeat(np.arange(a), b), np.tile(np.arange(b), a)
+            region = (tile_no + np.arange(a * b)) % regions
+            tile_no += a * b
+            mi, nj = tiles_m[ia], tiles_n[ib]
+            for ci, k0 in enumerate(chunks):
+                kk = min(kc, K - k0)
+                h = step % 2
+                last = ci == len(chunks) - 1
+                step_first.append(j0)
+                hz = step_first[-2] - 1 if step >= 2 else None     # the last op of the step two back
+                spread = 0
+                for i, m_ in enumerate(tiles_m.tolist()):
+                    loads.append((j0, spread, hz, 1, 0, h, kk, h * a_half + i * kc,
+                                  m_ * R * a_pitch + k0 if a_rows else m_ * a_stride + k0 * R, min(R, M - m_ * R)))
+                    spread += 1
+                for i, n_ in enumerate(tiles_n.tolist()):
+                    loads.append((j0, spread, hz, 1, 1, 2 + h, kk, h * b_half + i * kc, n_ * b_stride + k0 * C, 0))
+                    spread += 1
+                if ci == 0:
+                    hzp = block_end[-2] if len(block_end) >= 2 else None
+                    for i, n_ in enumerate(tiles_n.tolist()):
+                        loads.append((j0, spread, hzp, 2, 2, 4 + hp, 1, hp * p_half + i,
+                                      n_ * C * isa.PARAM_CHANNEL_BYTES, 0))
+                        spread += 1
+                m = a * b
+                for key, v in (("a_base", h * a_half + ia * kc), ("b_base", h * b_half + ib * kc),
+                               ("k_last", np.full(m, kk - 1)), ("acc", region), ("accumulate", np.full(m, int(ci > 0))),
+                               ("res_a", np.full(m, h)), ("res_b", np.full(m, 2 + h)), ("store", np.full(m, int(last))),
+                               ("rows", np.minimum(R, M - mi * R)), ("param", hp * p_half + ib),
+                               ("res_p", np.full(m, 4 + hp)), ("dst", (mi * R * np_cols + nj * C) * ebytes)):
+                    cols[key].append(v)
+                windows += [kk] * m
+                j0 += m
+                step += 1
+            block_end.append(j0 - 1)
+            blk += 1
+    n = j0
+    n_stores = tile_no
+    if max(n, len(loads), n_stores) > WAIT_LIMIT:
+        return None
+    ops = _op_columns(**{k: np.concatenate(v) for k, v in cols.items()}, stride=np.full(n, np_cols * ebytes))
+    return ops, loads, LoadWindows.of_lengths(windows)
 
 
 def _store_table(cfg, lut, out_int32: bool) -> np.ndarray | None:
@@ -555,6 +799,13 @@ class LoadWindows:
         self.left = [(op["k_last"] + 1) * max(1, op.get("tiles", 1)) for op in ops]
         self.next = list(range(len(ops) + 1))      # the first window at or after i with time left
 
+    @classmethod
+    def of_lengths(cls, left: list[int]) -> "LoadWindows":
+        """Windows of the given lengths (each compute's K steps x tiles)."""
+        w = cls([])
+        w.left, w.next = list(left), list(range(len(left) + 1))
+        return w
+
     def _free(self, i: int) -> int:
         root = i
         while self.next[root] != root:
@@ -573,14 +824,16 @@ class LoadWindows:
             # no long stretch of load beats holds up the fetch of the computes queued behind them); one
             # without, where it is needed (early, it would hold up the first computes).
             at = min(first + spread, last) if hazard else last
-        i = at
-        while cycles > 0 and i < len(self.left):
-            used = min(cycles, self.left[i])
-            self.left[i] -= used
-            cycles -= used
-            if not self.left[i]:
-                self.next[i] = i + 1
-            i += 1
+        left, nxt, end = self.left, self.next, len(self.left)
+        i = self._free(at)          # (windows with no time left take nothing: skipped, not walked)
+        while cycles > 0 and i < end:
+            if left[i] > cycles:
+                left[i] -= cycles
+                break
+            cycles -= left[i]
+            left[i] = 0
+            nxt[i] = i + 1
+            i = self._free(i + 1)
         return at
 
 

@@ -35,7 +35,7 @@ from hw.vector import params as VP
 from sw.compile.linear import ALIGN, CompileError, Program, lay_out_image, pack_descriptors
 from sw.lru import Lru
 from sw.runtime.layout import RowRuns, RowSegments, TokenRowLayout
-from sw.runtime.program import frozen
+from sw.runtime.program import Emitter, frozen
 
 #: CLI / driver names -> (VECTOR op, parameter class or None)
 OPS = {"layernorm": ("LAYERNORM", intvec.LayerNormParams), "lut": ("LUT", intvec.LutParams),
@@ -190,7 +190,20 @@ def compile_vector(cfg, op: str, x, p=None, *, b=None, end_x: int | None = None,
             row = placed[region].row(row)
         return (region, layout.offset(row)) if g is None else g.address(layout.offset(row), n, layout.pitch)
     pieces = []
-    for r0, n in ((c0 + r, n) for c0, c1 in zip(cuts, cuts[1:]) for r, n in _chunks(c1 - c0, unit)):
+    spans = [(c0 + r, n) for c0, c1 in zip(cuts, cuts[1:]) for r, n in _chunks(c1 - c0, unit)]
+    columns = None if segs or not COLUMNS else _vector_columns(
+        vop, spans, placed, in_l, out_l, b_l, b_rows, rows, width, per_row, dim, slots, DB)
+    if columns is not None:               # (the descriptors as columns: the residual adds' tens of thousands)
+        vectors, pieces = columns
+        emitted = Emitter()
+        for off, at_mem, size in packed:
+            emitted.add_at(_VEC_LOAD_KEYS, (isa.OPCODES["LOAD"], isa.TARGETS["VEC"], size // DB, at_mem // DB),
+                           "params", off)
+        keys, values, addresses = vectors
+        emitted.add_addressed(keys, emitted.reserve(len(spans)) + np.arange(len(spans)), values, addresses)
+        descs = emitted
+        spans = ()
+    for r0, n in spans:
         if vop == "MAXPOOL":
             n_out0 = (r0 // 2) * (width // 2)
         else:
@@ -277,14 +290,74 @@ def _runs(op: str, runs: dict | None, refused: bool, rows: int, segs: dict, unit
 _PACKED = Lru(keep=512)
 
 
-def _pack(descs: list[dict], image: np.ndarray, offsets: dict, base_addr: int) -> tuple:
-    """pack_descriptors(descs, image, offsets, base_addr), remembered: (symbolic, numeric fields)."""
-    key = (tuple(tuple(d.items()) for d in descs), tuple(offsets.items()), base_addr)
-    kept = _PACKED.get(key)
+#: Whether compile_vector makes an unsegmented call's VECTOR descriptors as columns (_vector_columns; False: a
+#: dict each, the reference it is tested against).
+COLUMNS = True
+_VEC_LOAD_KEYS = ("opcode", "target", "count", "sp_addr")
+
+
+def _vector_columns(vop: str, spans: list, placed: dict, in_l, out_l, b_l, b_rows: int, rows: int, width: int,
+                    per_row: int, dim: int, slots: int, DB: int):
+    """compile_vector's VECTOR commands for `spans` ((first row, rows) each) as Emitter.add_addressed's keys,
+    values and addresses, and the fast mode's pieces; None where a row is in no run (compile_vector's loop then
+    says which)."""
+    r0, n = (np.array(c, np.int64).reshape(-1) for c in zip(*spans)) if spans else (np.zeros(0, np.int64),) * 2
+    m = len(r0)
+
+    def at(region, layout, row):
+        g = placed.get(region)
+        if g is not None:
+            first, count, where = (np.array(c, np.int64) for c in zip(*g.runs))
+            k = np.maximum(0, np.searchsorted(first, row, side="right") - 1)
+            if np.any((row < first[k]) | (row >= first[k] + count[k])):
+                return None
+            row = where[k] + row - first[k]
+        return layout.offset(row)
+    n_out0 = (r0 // 2) * (width // 2) if vop == "MAXPOOL" else r0 * per_row * (4 if vop == "UPSAMPLE" else 1)
+    src, out = at("in", in_l, r0 * per_row), at("out", out_l, n_out0)
+    keys = ["opcode", "target", "vec_out_addr", "vec_rows", "vec_dim", "vec_pitch", "vec_width"]
+    cols = [np.full(m, isa.OPCODES["VECTOR"]), np.full(m, isa.VEC_OPS[vop]), np.zeros(m, np.int64), n,
+            np.full(m, dim), np.full(m, in_l.pitch // DB), np.full(m, width)]
+    addresses = {"dram_addr": ("in", src), "vec_out_addr": ("out", out)}
+    b_addr = aux = None
+    if vop == "ADD":
+        b_addr = at("b", b_l, r0 % b_rows)
+        aux = np.full(m, b_rows) if b_rows < rows else n
+        keys += ["vec_b_addr", "vec_aux"]
+        cols += [np.zeros(m, np.int64), aux]
+        addresses["vec_b_addr"] = ("b", b_addr)
+    elif vop == "ROPE":
+        aux = np.full(m, slots)
+        keys.append("vec_aux")
+        cols.append(aux)
+    if src is None or out is None or (vop == "ADD" and b_addr is None):
+        return None
+    keys.append("dram_addr")
+    cols.append(np.zeros(m, np.int64))
+    pieces = list(zip([("in", o) for o in src.tolist()],
+                      [("b", o) for o in b_addr.tolist()] if b_addr is not None else [None] * m,
+                      out.tolist(), n.tolist(), aux.tolist() if aux is not None else [0] * m))
+    return (tuple(keys), np.stack(cols, axis=1), addresses), pieces
+
+
+def _pack(descs, image: np.ndarray, offsets: dict, base_addr: int) -> tuple:
+    """pack_descriptors(descs, image, offsets, base_addr), remembered: (symbolic, numeric fields). `descs`: dicts
+    or an Emitter (keyed by its columns' bytes)."""
+    if isinstance(descs, Emitter):
+        cols = descs.columns()
+        key = None if cols is None else (
+            tuple((k, c.tobytes()) for k, c in sorted(cols.split[0].items())),
+            tuple((b, k, r.tobytes(), o.tobytes()) for b, fs in sorted(cols.split[1].items())
+                  for k, (r, o) in sorted(fs.items())),
+            tuple(cols._kinds), cols._kind.tobytes(), tuple(offsets.items()), base_addr)
+    else:
+        key = (tuple(tuple(d.items()) for d in descs), tuple(offsets.items()), base_addr)
+    kept = None if key is None else _PACKED.get(key)
     if kept is None:
         sym, raw = pack_descriptors(descs, image, offsets, base_addr, "split the call")
         kept = (sym, frozen(raw), image[:len(descs) * isa.DESCRIPTOR_BYTES].copy())
-        _PACKED.put(key, kept)
+        if key is not None:
+            _PACKED.put(key, kept)
     else:
         image[:kept[2].size] = kept[2]
     return kept[0], kept[1]

@@ -384,6 +384,7 @@ class Emitter:
         self._plain: dict[tuple, list] = {}     # keys -> [(row, values)]
         self._at: dict[tuple, list] = {}        # keys -> [(row, values, buffer, offset)]
         self._blocks: list[tuple] = []          # (keys, rows, values (rows x keys), buffers, offsets or None)
+        self._addressed: list[tuple] = []       # (keys, rows, values, {address field: (buffers, offsets)})
         self.n = 0
 
     def reserve(self, m: int) -> int:
@@ -391,11 +392,20 @@ class Emitter:
         self.n += m
         return self.n - m
 
-    def add_block(self, keys: tuple, rows: np.ndarray, values: np.ndarray, buffers: list | None = None,
-                  offsets: list | None = None) -> None:
+    def add_block(self, keys: tuple, rows: np.ndarray, values: np.ndarray, buffers: list | str | None = None,
+                  offsets: list | np.ndarray | None = None) -> None:
         """Descriptors at reserved `rows` of fields `keys` = the rows of `values` (and dram_addr = (buffer,
-        offset) with `buffers`)."""
+        offset) with `buffers`: one name a descriptor, or one for them all)."""
+        if isinstance(buffers, str):
+            buffers = [buffers] * len(rows)
         self._blocks.append((keys, rows, values, buffers, offsets))
+
+    def add_addressed(self, keys: tuple, rows: np.ndarray, values: np.ndarray, addresses: dict) -> None:
+        """Descriptors at reserved `rows` of fields `keys` = the rows of `values`, but the address fields of
+        `addresses` ({field: (buffer name, or one a descriptor; offsets)}: any of hw.isa.ADDRESS_FIELDS, in
+        keys where the descriptors name them), which are (buffer, offset)."""
+        self._addressed.append((keys, rows, values, {k: ([b] * len(rows) if isinstance(b, str) else b, o)
+                                                     for k, (b, o) in addresses.items()}))
 
     def __len__(self) -> int:
         return self.n
@@ -432,6 +442,7 @@ class Emitter:
             groups.append((keys, np.concatenate(rows), np.concatenate(values),
                            ([b for part in buffers for b in part], [o for part in offsets for o in part])
                            if addressed else None))
+        groups += [(keys, rows, values, (None, addresses)) for keys, rows, values, addresses in self._addressed]
         for keys, rows, values, at in groups:
             rows = np.asarray(rows, np.intp)
             try:
@@ -445,16 +456,19 @@ class Emitter:
             for i in keep:
                 cols.setdefault(keys[i], np.zeros(n, np.int64))[rows] = table[:, i]
             if at is not None:
-                out += ("dram_addr",)
-                cols.setdefault("dram_addr", np.zeros(n, np.int64))
-                buffers = np.array(at[0], object)
-                try:
-                    offsets = np.array(at[1], np.int64)
-                except (OverflowError, TypeError, ValueError):
-                    return None
-                for name in dict.fromkeys(at[0]):
-                    sel = buffers == name
-                    where.setdefault(name, {}).setdefault("dram_addr", []).append((rows[sel], offsets[sel]))
+                if at[0] is not None:                # dram_addr, the last key
+                    out += ("dram_addr",)
+                    at = (None, {"dram_addr": at})
+                for key, (names, offsets) in at[1].items():
+                    cols.setdefault(key, np.zeros(n, np.int64))
+                    buffers = np.array(names, object)
+                    try:
+                        offsets = np.array(offsets, np.int64)
+                    except (OverflowError, TypeError, ValueError):
+                        return None
+                    for name in dict.fromkeys(names):
+                        sel = buffers == name
+                        where.setdefault(name, {}).setdefault(key, []).append((rows[sel], offsets[sel]))
             kind[rows] = len(kinds)
             kinds.append(out)
         moved = {name: {key: tuple(np.concatenate(p) for p in zip(*parts)) for key, parts in keys.items()}
@@ -473,4 +487,7 @@ class Emitter:
         for keys, rows, values, buffers, offsets in self._blocks:
             for i, (j, v) in enumerate(zip(rows.tolist(), values.tolist())):
                 out[j] = dict(zip(keys, v), **({} if buffers is None else {"dram_addr": (buffers[i], offsets[i])}))
+        for keys, rows, values, addresses in self._addressed:
+            for i, (j, v) in enumerate(zip(np.asarray(rows).tolist(), np.asarray(values).tolist())):
+                out[j] = dict(zip(keys, v), **{k: (b[i], int(o[i])) for k, (b, o) in addresses.items()})
         return out

@@ -1,0 +1,159 @@
+"""The compilers' fast schedules equal their reference ones descriptor for descriptor (issue 18: a session's
+first image compiles every program, so compiling must be fast, and the programs must not change).
+
+sw.compile.linear._scheduled_columns (a layer's resident or K-split schedule as NumPy columns) against `schedule`
+over the op list (SCHEDULE_ARRAYS = False), LoadWindows.place against a window-by-window walk, the attention
+plan's replayed groups against its Python schedule (REPLAY_GROUPS = False), and sw.compile.vector's commands as
+columns against its dict loop (COLUMNS = False)."""
+import random
+
+import numpy as np
+import pytest
+
+import sw.compile.linear as L
+from hw.config import preset
+
+
+def _plan(monkeypatch, arrays: bool, *args, **kwargs):
+    monkeypatch.setattr(L, "SCHEDULE_ARRAYS", arrays)
+    return L._linear_plan.__wrapped__(*args, **kwargs)
+
+
+def _same_plan(a, b) -> None:
+    offsets, head, size, sym, raw, runs = a[:6]
+    assert offsets == b[0] and size == b[2] and runs == b[5] and a[6:] == b[6:]
+    assert np.array_equal(head, b[1])                      # the program's descriptor bytes
+    assert len(sym) == len(b[3]) and tuple(sym) == tuple(b[3])   # every descriptor's fields, symbolic and numeric
+    assert tuple(raw) == tuple(b[4])
+
+
+# (preset, M, K, N): resident: one block and several (B and PARAM hazards from two blocks back), a short last
+# M-tile and N-tile, K = half a scratchpad, loads the computes cannot hide (K small: the DMA is the bound), one
+# M-tile; K-split (K over half a scratchpad): blocks of several sizes (short edge blocks), a short last chunk.
+SHAPES = [("kv260", 1000, 96, 384), ("kv260", 4096, 32, 4), ("kv260", 777, 1024, 100), ("kv260", 16, 96, 384),
+          ("kv260", 300, 200, 2000), ("bench16", 500, 64, 700), ("sim", 90, 24, 200), ("sim", 7, 8, 8),
+          ("pynq-z2", 333, 48, 130), ("ulx3s-gemm", 61, 40, 90), ("zcu104", 2000, 96, 96),
+          ("kv260", 1000, 1536, 384), ("kv260", 100, 3072, 250), ("bench16", 300, 2500, 130), ("sim", 50, 5000, 60),
+          ("pynq-z2", 200, 1100, 90)]
+
+
+@pytest.mark.parametrize("name,M,K,N", SHAPES)
+@pytest.mark.parametrize("a_rows,relu,out_int32", [(False, False, False), (True, True, False), (False, False, True)])
+def test_schedule_arrays_equal_schedule(monkeypatch, name, M, K, N, a_rows, relu, out_int32):
+    cfg = preset(name)
+    if a_rows and "load_t" not in cfg.engines:
+        pytest.skip("no transposing LOAD")
+    args = (cfg, M, K, N, relu, out_int32, False, False, 1 << 20, 1 << 40)
+    fast = _plan(monkeypatch, True, *args, a_rows=a_rows)
+    ref = _plan(monkeypatch, False, *args, a_rows=a_rows)
+    _same_plan(fast, ref)
+
+
+def test_schedule_arrays_leave_runs_to_schedule():
+    """A layer of more computes than one run's wait counts takes the op list's way (split_runs)."""
+    cfg = preset("sim")
+    assert L._resident_ops(cfg, 4 * 70_000, 8, 8, False, False, 32, 64, 8) is None
+
+
+def _walk(left, first, last, cycles, hazard, spread):
+    """LoadWindows.place as first written: a window at a time from the first with time left."""
+    at = next((i for i in range(first, len(left)) if left[i]), len(left))
+    if at > last:
+        at = min(first + spread, last) if hazard else last
+    i = at
+    while cycles > 0 and i < len(left):
+        used = min(cycles, left[i])
+        left[i] -= used
+        cycles -= used
+        i += 1
+    return at
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_load_windows_place(seed):
+    rng = random.Random(seed)
+    n = 300
+    lengths = [rng.choice([1, 5, 32, 96]) for _ in range(n)]
+    w, left = L.LoadWindows.of_lengths(lengths), list(lengths)
+    for j in range(1, n):
+        for spread in range(rng.choice([0, 1, 1, 3])):
+            first = rng.randrange(0, j)
+            args = (first, j - 1, rng.choice([1, 20, 41, 105, 300]), rng.random() < 0.7, spread)
+            assert w.place(*args) == _walk(left, *args)
+            assert w.left == left
+
+
+# (preset, H, Lq, Lk, d, rows): windows (many one-group heads: replayed back to back), a global attention (big
+# groups), a short last query tile, token-row inputs.
+ATTENTIONS = [("kv260", 300, 16, 16, 96, False), ("kv260", 2, 200, 300, 64, False), ("kv260", 64, 49, 49, 96, True),
+              ("bench16", 40, 33, 70, 32, True), ("sim", 9, 20, 30, 16, False)]
+
+
+@pytest.mark.parametrize("name,H,Lq,Lk,d,token_rows", ATTENTIONS)
+def test_attention_replayed_groups_equal_schedule(monkeypatch, name, H, Lq, Lk, d, token_rows):
+    """The attention plan's groups replayed from templates (REPLAY_GROUPS) equal every group emitted by the
+    Python schedule."""
+    from sw.compile import attention as A
+    cfg = preset(name)
+    rows = A.TokenRows(heads=4, groups=H // 4 + 1, queries=Lq, keys=Lk, inputs=True) if token_rows else None
+    args = (cfg, H, Lq, Lk, d, False, False, False, rows, A._Score(3, 9), 1 << 20, 1 << 40)
+    plans = []
+    for replay in (True, False):
+        monkeypatch.setattr(A, "REPLAY_GROUPS", replay)
+        plans.append(A._attention_plan.__wrapped__(*args))
+    fast, ref = plans
+    assert fast[0] == ref[0] and fast[2] == ref[2] and fast[5:] == ref[5:]
+    assert np.array_equal(fast[1], ref[1])
+    assert tuple(fast[3]) == tuple(ref[3]) and tuple(fast[4]) == tuple(ref[4])
+
+
+def _vector_calls():
+    from golden_model import intvec
+    from sw.runtime.layout import RowRuns
+    rng = np.random.default_rng(0)
+
+    def x(*shape):
+        return rng.integers(-128, 128, shape, dtype=np.int8)
+    ang = rng.uniform(-3, 3, (6, 4))
+    runs = RowRuns.windows(9, 10, 4)
+    return [("add", (x(90, 24), intvec.AddParams(3000, 5000, 12)), dict(b=x(90, 24))),
+            ("add", (x(90, 24), intvec.AddParams(3000, 5000, 12)), dict(b=x(1, 24))),
+            ("add", (x(90, 48), intvec.AddParams(3, 5, 2)), dict(b=x(90, 48), runs={"in": runs, "b": runs, "out": runs})),
+            ("rescale", (x(90, 40), intvec.RescaleParams(7, 3)), dict(runs={"out": runs})),
+            ("add", (x(70_000, 8), intvec.AddParams(1, 1, 0)), dict(b=x(70, 8))),      # several commands
+            ("rope", (x(12, 8), intvec.RopeParams.make(np.cos(ang), np.sin(ang), 0.05, 0.05)), {}),
+            ("maxpool", (x(6, 10, 16),), {}), ("upsample", (x(3, 5, 16),), {})]
+
+
+@pytest.mark.parametrize("i", range(8))
+def test_vector_columns_equal_dicts(monkeypatch, i):
+    """compile_vector's VECTOR commands made as columns equal those it makes a dict at a time: bytes, fields,
+    the fast mode's pieces."""
+    from sw.compile import vector as V
+    op, args, kwargs = _vector_calls()[i]
+    cfg = preset("bench16")
+    progs = []
+    for columns in (True, False):
+        monkeypatch.setattr(V, "COLUMNS", columns)
+        V._PACKED.clear()
+        progs.append(V.compile_vector(cfg, op, *args, **kwargs))
+    fast, ref = progs
+    assert np.array_equal(fast.image, ref.image) and fast.regions == ref.regions
+    assert tuple(fast.symbolic) == tuple(ref.symbolic) and tuple(fast.descriptors) == tuple(ref.descriptors)
+    assert fast.op == ref.op
+
+
+def test_emitter_addressed_columns_equal_dicts():
+    """Emitter.add_addressed's descriptors read back as dicts (the path that says which does not fit) equal its
+    columns, addresses (buffer, offset) in every address field."""
+    from sw.runtime.program import Emitter
+    e = Emitter()
+    e.add_at(("opcode", "count"), (1, 2), "params", 64)
+    keys = ("opcode", "vec_out_addr", "vec_rows", "vec_b_addr", "dram_addr")
+    values = np.array([[5, 0, 7, 0, 0], [5, 0, 9, 0, 0]])
+    e.add_addressed(keys, e.reserve(2) + np.arange(2), values,
+                    {"dram_addr": ("in", np.array([0, 32])), "vec_out_addr": ("out", np.array([64, 96])),
+                     "vec_b_addr": (["b", "c"], np.array([0, 128]))})
+    assert e.dicts()[2] == {"opcode": 5, "vec_out_addr": ("out", 96), "vec_rows": 9, "vec_b_addr": ("c", 128),
+                            "dram_addr": ("in", 32)}
+    assert tuple(e.columns()) == tuple(e.dicts())
