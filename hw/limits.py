@@ -27,4 +27,4 @@ def softmax_tree_stages(lanes: int) -> int:
 
 def softmax_latency(lanes: int) -> int:
     """OnlineSoftmax's latency (cycles) for `lanes` lanes (the sim backend's cycle model uses it)."""
-    return 10 + softmax_tree_stages(lanes)
+    return 11 + softmax_tree_stages(lanes)

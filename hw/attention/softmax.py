@@ -5,12 +5,15 @@ query row per cycle, fully pipelined (one enable, like hw/requant.py: the whole
 pipeline holds when its output is not taken). Every stage is one short step (a
 product, an add, a shift, a compare-and-select pair), so it times on ECP5 fabric:
 
-  s1       S * score_mult                     N products (24 x 16 bits: a DSP each, its M register)
-  s2       prod + 2^(sh-1)                    the DSP's post-adder (P register); sh capped at SHIFT_CAP
-  s3       >> (sh mod 16)                     the shift in two steps: 16:1 (two LUT levels),
-  s4       x = sat32(. >> 16 (sh div 16))     3:1 with the saturation (only when sh < 16); x = M_INIT
+  s1       S                                  the DSP's input register (A/B): on ECP5 the path from the
+                                              GEMM accumulator's read port (a LUT) into the multiplier
+                                              column was the `ulx3s` preset's critical path
+  s2       S * score_mult                     N products (24 x 16 bits: a DSP each, its M register)
+  s3       prod + 2^(sh-1)                    the DSP's post-adder (P register); sh capped at SHIFT_CAP
+  s4       >> (sh mod 16)                     the shift in two steps: 16:1 (two LUT levels),
+  s5       x = sat32(. >> 16 (sh div 16))     3:1 with the saturation (only when sh < 16); x = M_INIT
                                               past `count` (the register's reset)
-  s5..     m' = max(m, max_j x_j)             a comparator tree, registered every two levels (T stages)
+  s6..     m' = max(m, max_j x_j)             a comparator tree, registered every two levels (T stages)
   +1       deltas m' - x_j and m' - m         33 bits, >= 0
   +2       exp2 table lookup, n mod 4 and f   a 4 x 2^FRAC_BITS-entry ROM (block RAM read ports)
   +3       U >> 4 (n div 4)                   a 5:1 choice
@@ -120,12 +123,12 @@ class OnlineSoftmax(wiring.Component):
             return sig
 
         inp = self.i.payload
-        s_max = 4 + T                                # the stage whose output is m'
+        s_max = 5 + T                                # the stage whose output is m'
         ms = carry(inp.m, "m", s_max)
         tags = carry(inp.tag, "tag", self.LATENCY)
-        counts = carry(inp.count, "count", 3)
+        counts = carry(inp.count, "count", 4)
 
-        # s1..s4: x = sat32((S * score_mult + 2^(shift-1)) >> shift)
+        # s1..s5: x = sat32((S * score_mult + 2^(shift-1)) >> shift)
         lo, hi = M_INIT, -M_INIT - 1
         sh = Signal(range(SHIFT_CAP + 1))
         m.d.comb += sh.eq(Mux(self.score_shift > SHIFT_CAP, SHIFT_CAP, self.score_shift))
@@ -134,25 +137,26 @@ class OnlineSoftmax(wiring.Component):
         rounded_shape = signed(SCORE_PROD.width + 1)    # prod + half in (-2^39, 2^40)
         xs, ok = [], []
         for j in range(N):
-            # s1, s2: `S * mult + half` with its M and P registers, the post-adder's shape (one DSP, no LUTs).
-            prod = stage(inp.scores[j] * self.score_mult, f"prod{j}", SCORE_PROD)
+            # s1..s3: `S * mult + half` with its input, M and P registers, the post-adder's shape (one DSP, no LUTs).
+            score = stage(inp.scores[j], f"score{j}", SCORE)
+            prod = stage(score * self.score_mult, f"prod{j}", SCORE_PROD)
             rounded = stage(prod + half, f"rounded{j}", rounded_shape)
-            # s3, s4: the shift as two 16:1 / 3:1 steps (a log shifter of one stage took 40 % more LUTs);
-            # |rounded| < 2^40, so x saturates only when sh < 16, i.e. in s4's first case.
+            # s4, s5: the shift as two 16:1 / 3:1 steps (a log shifter of one stage took 40 % more LUTs);
+            # |rounded| < 2^40, so x saturates only when sh < 16, i.e. in s5's first case.
             shifted = stage(rounded >> sh[:4], f"shifted{j}", rounded_shape)
             top = shifted[X_BITS - 1:]              # all equal unless the value overflows int32 (sh < 16)
             low = sh[4:] == 0
             pos_ovf, neg_ovf = low & ~top[-1] & top.any(), low & top[-1] & ~top.all()
             # x = M_INIT for a lane past `count` (the maximum's identity; its p is 0 whatever x) and on
             # negative overflow: the x register's own reset; only positive overflow is a LUT input.
-            ok_now = j < counts[2]
+            ok_now = j < counts[3]
             xs.append(stage(Mux(pos_ovf, hi, shifted >> Cat(Const(0, 4), sh[4:])), f"x{j}", signed(X_BITS),
                             reset_when=~ok_now | neg_ovf, reset_to=lo))
             ok.append(stage(ok_now, f"ok{j}"))
-        # s5 .. s4 + T: the new maximum.
+        # s6 .. s5 + T: the new maximum.
         # A balanced tree of named signals: an expression reusing `best` twice per step would
         # double the emitted Verilog per lane (2^N copies).
-        level = [ms[3]] + xs
+        level = [ms[4]] + xs
         depth = 0
         while len(level) > 1:
             nxt = []
