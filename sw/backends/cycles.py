@@ -180,51 +180,53 @@ def classify(cfg, f: dict[str, np.ndarray]) -> np.ndarray:
 
 def fixed_costs(cfg, f: dict[str, np.ndarray], kind: np.ndarray) -> dict[str, np.ndarray]:
     """Each descriptor's own cycles, vectorised: LOAD, IM2COL, STORE and slot-command durations (dur),
-    IM2COL input rows and cycles per row, COMPUTE K (ck) and tiles."""
+    IM2COL input rows and cycles per row (0 on other descriptors), COMPUTE K (ck) and tiles."""
     C, DB = cfg.cols, cfg.beat_bytes
     n = len(kind)
-    dur = np.zeros(n, np.int64)
+    dur, rows, period = np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n, np.int64)
+    cnt = f["count"]
+    # (each class's fields read on its own descriptors only: most lists have few classes)
     # LOAD: one cycle per beat, or per entry slot of a beat (the last beat's unused slots too);
     # LOAD_PIPELINE: the burst sized a cycle ahead, the beat register, the registered write.
-    eb = np.zeros(n, np.int64)
-    for name, code in isa.TARGETS.items():
-        if name != "IM2COL" and isa.has_target(cfg, name):
-            eb[(kind == K_LOAD) & (f["target"] == code)] = isa.entry_bytes(cfg, name)
-    load = kind == K_LOAD
-    cnt = f["count"]
-    wide = eb >= DB
-    per = np.where(wide, 1, DB // np.maximum(eb, 1))
-    beats = np.where(wide, cnt * eb // DB, -(-cnt // per))
-    cycles = np.where(wide, beats, beats * per)
-    bursts = -(-beats // 256)
-    dur[load] = (READ_LATENCY * bursts + cycles + LOAD_PIPELINE)[load]
-    # A transposing LOAD (load_t): per group of a beat's worth of entries, a beat of each row read (single-beat
-    # bursts, one AR a cycle) into one half of the transpose buffer while the other half's entries are
-    # written, one a cycle: max(rows, beat bytes) cycles a group; the first group's rows and the last
-    # group's entries are not overlapped.
-    tr = load & (f["transpose"] != 0)
-    if tr.any():
-        rows = f["t_rows_last"] + 1
-        groups = -(-cnt // DB)
-        last = cnt - (groups - 1) * DB
-        dur[tr] = (READ_LATENCY + rows + (groups - 1) * np.maximum(rows, DB) + last + LOAD_PIPELINE)[tr]
+    load = np.flatnonzero(kind == K_LOAD)
+    if load.size:
+        target, c = f["target"][load], cnt[load]
+        eb = np.zeros(load.size, np.int64)
+        for name, code in isa.TARGETS.items():
+            if name != "IM2COL" and isa.has_target(cfg, name):
+                eb[target == code] = isa.entry_bytes(cfg, name)
+        wide = eb >= DB
+        per = np.where(wide, 1, DB // np.maximum(eb, 1))
+        beats = np.where(wide, c * eb // DB, -(-c // per))
+        dur[load] = READ_LATENCY * -(-beats // 256) + np.where(wide, beats, beats * per) + LOAD_PIPELINE
+        # A transposing LOAD (load_t): per group of a beat's worth of entries, a beat of each row read
+        # (single-beat bursts, one AR a cycle) into one half of the transpose buffer while the other half's
+        # entries are written, one a cycle: max(rows, beat bytes) cycles a group; the first group's rows and
+        # the last group's entries are not overlapped.
+        tr = load[f["transpose"][load] != 0]
+        if tr.size:
+            r, c = f["t_rows_last"][tr] + 1, cnt[tr]
+            groups = -(-c // DB)
+            last = c - (groups - 1) * DB
+            dur[tr] = READ_LATENCY + r + (groups - 1) * np.maximum(r, DB) + last + LOAD_PIPELINE
     # IM2COL: input rows stream at max(beats, K) cycles each (line buffer and emission overlap).
-    k = f["kernel_last"] + 1
-    stride = np.left_shift(1, f["stride_log2"])
-    nb = im2col_row_beats(cfg, k, stride, f["col_offset"])
-    rows = (f["out_rows_last"] + 1) * cnt * k
-    period = np.maximum(nb, k)
-    im = kind == K_IM2COL
-    dur[im] = (READ_LATENCY + rows * period + k + IM2COL_CYCLES)[im]
+    im = np.flatnonzero(kind == K_IM2COL)
+    if im.size:
+        k = f["kernel_last"][im] + 1
+        nb = im2col_row_beats(cfg, k, np.left_shift(1, f["stride_log2"][im]), f["col_offset"][im])
+        rows[im] = (f["out_rows_last"][im] + 1) * cnt[im] * k
+        period[im] = np.maximum(nb, k)
+        dur[im] = READ_LATENCY + rows[im] * period[im] + k + IM2COL_CYCLES
     # STORE: the output stage's start, a cycle per beat of every row of every tile, the B response.
-    st = kind == K_STORE
-    i32 = f["out_int32"].astype(bool)
-    row_beats = C * np.where(i32, 4, 1) // DB
-    # (int8 rows pass the store table's stage and the residual add's two where the overlay has them:
-    # hw/gemm/engine.py StoreTable, StoreAdd)
-    start = np.where(i32, STORE_START[True], STORE_START[False] + ("store_lut" in cfg.engines)
-                     + STORE_ADD_LATENCY * ("store_add" in cfg.engines))
-    dur[st] = (start + (f["tiles_last"] + 1) * cnt * row_beats + STORE_LATENCY)[st]
+    st = np.flatnonzero(kind == K_STORE)
+    if st.size:
+        i32 = f["out_int32"][st].astype(bool)
+        row_beats = C * np.where(i32, 4, 1) // DB
+        # (int8 rows pass the store table's stage and the residual add's two where the overlay has them:
+        # hw/gemm/engine.py StoreTable, StoreAdd)
+        start = np.where(i32, STORE_START[True], STORE_START[False] + ("store_lut" in cfg.engines)
+                         + STORE_ADD_LATENCY * ("store_add" in cfg.engines))
+        dur[st] = start + (f["tiles_last"][st] + 1) * cnt[st] * row_beats + STORE_LATENCY
     # Slot commands (DEPTHWISE, VECTOR): their engine's own duration (sw.engines: Command.cycles).
     # Descriptors of equal timing bytes take equal cycles: each distinct one timed once (a map in padded
     # windows is thousands of VECTOR commands equal but for their addresses).
