@@ -5,13 +5,16 @@ that executes each descriptor's data as it dispatches; the fast mode and `cycles
 without data, for profiles) run it alone. The descriptor fields are decoded for the whole list at
 once (NumPy) and each descriptor's fixed costs (burst and beat cycles, tile counts) computed
 vectorised; what remains per descriptor is the in-order dispatch and the units' occupancy, a
-max-plus recurrence that is inherently sequential.
+max-plus recurrence that is inherently sequential. Timing alone takes it a chunk of descriptors at a time:
+a compiled list repeats itself, and a chunk met again in a state seen before (relative to its start) is
+applied from its first run, shifted (_simulate_chunks; CHUNKS = False: the loop over every descriptor).
 
 Latencies are the RTL's (cycles), measured against the Verilator runs (tests/test_overlay.py,
 tests/test_conv_engine.py, tests/test_depthwise.py, tests/test_attention_overlay.py).
 """
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import hashlib
 from dataclasses import dataclass
@@ -177,51 +180,53 @@ def classify(cfg, f: dict[str, np.ndarray]) -> np.ndarray:
 
 def fixed_costs(cfg, f: dict[str, np.ndarray], kind: np.ndarray) -> dict[str, np.ndarray]:
     """Each descriptor's own cycles, vectorised: LOAD, IM2COL, STORE and slot-command durations (dur),
-    IM2COL input rows and cycles per row, COMPUTE K (ck) and tiles."""
+    IM2COL input rows and cycles per row (0 on other descriptors), COMPUTE K (ck) and tiles."""
     C, DB = cfg.cols, cfg.beat_bytes
     n = len(kind)
-    dur = np.zeros(n, np.int64)
+    dur, rows, period = np.zeros(n, np.int64), np.zeros(n, np.int64), np.zeros(n, np.int64)
+    cnt = f["count"]
+    # (each class's fields read on its own descriptors only: most lists have few classes)
     # LOAD: one cycle per beat, or per entry slot of a beat (the last beat's unused slots too);
     # LOAD_PIPELINE: the burst sized a cycle ahead, the beat register, the registered write.
-    eb = np.zeros(n, np.int64)
-    for name, code in isa.TARGETS.items():
-        if name != "IM2COL" and isa.has_target(cfg, name):
-            eb[(kind == K_LOAD) & (f["target"] == code)] = isa.entry_bytes(cfg, name)
-    load = kind == K_LOAD
-    cnt = f["count"]
-    wide = eb >= DB
-    per = np.where(wide, 1, DB // np.maximum(eb, 1))
-    beats = np.where(wide, cnt * eb // DB, -(-cnt // per))
-    cycles = np.where(wide, beats, beats * per)
-    bursts = -(-beats // 256)
-    dur[load] = (READ_LATENCY * bursts + cycles + LOAD_PIPELINE)[load]
-    # A transposing LOAD (load_t): per group of a beat's worth of entries, a beat of each row read (single-beat
-    # bursts, one AR a cycle) into one half of the transpose buffer while the other half's entries are
-    # written, one a cycle: max(rows, beat bytes) cycles a group; the first group's rows and the last
-    # group's entries are not overlapped.
-    tr = load & (f["transpose"] != 0)
-    if tr.any():
-        rows = f["t_rows_last"] + 1
-        groups = -(-cnt // DB)
-        last = cnt - (groups - 1) * DB
-        dur[tr] = (READ_LATENCY + rows + (groups - 1) * np.maximum(rows, DB) + last + LOAD_PIPELINE)[tr]
+    load = np.flatnonzero(kind == K_LOAD)
+    if load.size:
+        target, c = f["target"][load], cnt[load]
+        eb = np.zeros(load.size, np.int64)
+        for name, code in isa.TARGETS.items():
+            if name != "IM2COL" and isa.has_target(cfg, name):
+                eb[target == code] = isa.entry_bytes(cfg, name)
+        wide = eb >= DB
+        per = np.where(wide, 1, DB // np.maximum(eb, 1))
+        beats = np.where(wide, c * eb // DB, -(-c // per))
+        dur[load] = READ_LATENCY * -(-beats // 256) + np.where(wide, beats, beats * per) + LOAD_PIPELINE
+        # A transposing LOAD (load_t): per group of a beat's worth of entries, a beat of each row read
+        # (single-beat bursts, one AR a cycle) into one half of the transpose buffer while the other half's
+        # entries are written, one a cycle: max(rows, beat bytes) cycles a group; the first group's rows and
+        # the last group's entries are not overlapped.
+        tr = load[f["transpose"][load] != 0]
+        if tr.size:
+            r, c = f["t_rows_last"][tr] + 1, cnt[tr]
+            groups = -(-c // DB)
+            last = c - (groups - 1) * DB
+            dur[tr] = READ_LATENCY + r + (groups - 1) * np.maximum(r, DB) + last + LOAD_PIPELINE
     # IM2COL: input rows stream at max(beats, K) cycles each (line buffer and emission overlap).
-    k = f["kernel_last"] + 1
-    stride = np.left_shift(1, f["stride_log2"])
-    nb = im2col_row_beats(cfg, k, stride, f["col_offset"])
-    rows = (f["out_rows_last"] + 1) * cnt * k
-    period = np.maximum(nb, k)
-    im = kind == K_IM2COL
-    dur[im] = (READ_LATENCY + rows * period + k + IM2COL_CYCLES)[im]
+    im = np.flatnonzero(kind == K_IM2COL)
+    if im.size:
+        k = f["kernel_last"][im] + 1
+        nb = im2col_row_beats(cfg, k, np.left_shift(1, f["stride_log2"][im]), f["col_offset"][im])
+        rows[im] = (f["out_rows_last"][im] + 1) * cnt[im] * k
+        period[im] = np.maximum(nb, k)
+        dur[im] = READ_LATENCY + rows[im] * period[im] + k + IM2COL_CYCLES
     # STORE: the output stage's start, a cycle per beat of every row of every tile, the B response.
-    st = kind == K_STORE
-    i32 = f["out_int32"].astype(bool)
-    row_beats = C * np.where(i32, 4, 1) // DB
-    # (int8 rows pass the store table's stage and the residual add's two where the overlay has them:
-    # hw/gemm/engine.py StoreTable, StoreAdd)
-    start = np.where(i32, STORE_START[True], STORE_START[False] + ("store_lut" in cfg.engines)
-                     + STORE_ADD_LATENCY * ("store_add" in cfg.engines))
-    dur[st] = (start + (f["tiles_last"] + 1) * cnt * row_beats + STORE_LATENCY)[st]
+    st = np.flatnonzero(kind == K_STORE)
+    if st.size:
+        i32 = f["out_int32"][st].astype(bool)
+        row_beats = C * np.where(i32, 4, 1) // DB
+        # (int8 rows pass the store table's stage and the residual add's two where the overlay has them:
+        # hw/gemm/engine.py StoreTable, StoreAdd)
+        start = np.where(i32, STORE_START[True], STORE_START[False] + ("store_lut" in cfg.engines)
+                         + STORE_ADD_LATENCY * ("store_add" in cfg.engines))
+        dur[st] = start + (f["tiles_last"][st] + 1) * cnt[st] * row_beats + STORE_LATENCY
     # Slot commands (DEPTHWISE, VECTOR): their engine's own duration (sw.engines: Command.cycles).
     # Descriptors of equal timing bytes take equal cycles: each distinct one timed once (a map in padded
     # windows is thousands of VECTOR commands equal but for their addresses).
@@ -332,31 +337,218 @@ def _copy(out: Outcome) -> Outcome:
     return dataclasses.replace(out, counts=None if out.counts is None else dict(out.counts))
 
 
+#: Time a list in chunks, each chunk's run remembered by its descriptors and the recurrence's state relative
+#: to its start (_simulate_chunks); False: the per-descriptor loop over the whole list, the reference.
+CHUNKS = True
+CHUNK_MIN, CHUNK_MAX, CUT_RADIUS = 128, 2048, 64    # a chunk's descriptors (content-defined cuts)
+
+
+class _State:
+    """The recurrence's state between descriptors: the fetch and dispatch times, the units' free times,
+    each unit's completion times (UNITS, in order), the descriptors' dispatch times and the reads in
+    flight (the LOADs' and IM2COLs' dispatch times, when their R beats end or -1 for an IM2COL, whose rows
+    are requested ahead: r_rows, r_per)."""
+    __slots__ = ("fetch_last", "t_dispatch", "load_free", "store_free", "c_last", "dispatched", "units",
+                 "r_t", "r_fix", "r_rows", "r_per")
+
+    def __init__(self):
+        self.fetch_last = self.t_dispatch = START_CYCLES
+        self.load_free = self.store_free = 0
+        self.c_last = -10 ** 9                # the engine's last step issue of the previous compute
+        self.dispatched: list[int] = []
+        self.units: tuple[list[int], ...] = ([], [], [], [])
+        self.r_t: list[int] = []
+        self.r_fix: list[int] = []
+        self.r_rows: list[int] = []
+        self.r_per: list[int] = []
+
+
 def _simulate(cfg, f, kinds, attn, execute) -> Outcome:
-    R, C, DB = cfg.rows, cfg.cols, cfg.beat_bytes
     cost = fixed_costs(cfg, f, kinds)
     n = len(kinds)
-    kind_l = kinds.tolist()
-    dur_l, rows_l, period_l = cost["dur"].tolist(), cost["rows"].tolist(), cost["period"].tolist()
-    ck_l, tiles_l = cost["ck"].tolist(), cost["tiles"].tolist()
-    wl, wc, ws, wa = (f[f"wait_{u.lower()}"].tolist() for u in UNITS)
-    dl, dc, dst, da = [], [], [], []          # completion times per unit (UNITS), in order
-    load_free = store_free = 0
+    cols = (kinds, cost["dur"], cost["rows"], cost["period"], cost["ck"], cost["tiles"],
+            *(f[f"wait_{u.lower()}"] for u in UNITS))
     if attn is not None:
         attn.reset_timing()
-    t_dispatch = START_CYCLES
-    fetch_last = START_CYCLES                 # when the previous descriptor reached the FIFO
-    dispatched: list[int] = []                # time each descriptor left the FIFO
-    r_t: list[int] = []                       # the LOADs' dispatch times, in order, and when their
-    r_fix: list[int] = []                     # R beats end (-1: IM2COL, rows requested ahead: r_rows, r_per)
-    r_rows: list[int] = []
-    r_per: list[int] = []
-    c_last = -10 ** 9                         # engine: last step issue of the previous compute
+    st = _State()
+    if CHUNKS and execute is None:
+        out = _simulate_chunks(cfg, f, kinds, cost, cols, st, attn)
+    else:
+        out = _steps(cfg, f, cols, st, 0, n, attn, execute)
+    if out is not None:
+        return out
+    dl, dc, dst, da = st.units
+    end = max([st.t_dispatch] + [v[-1] + 1 for v in st.units if v])
+    return Outcome("done", n, end, dict(LOAD=len(dl), COMPUTE=len(dc), STORE=len(dst), ATTENTION=len(da)))
+
+
+#: Each kind's unit (UNITS' index; -1: none), whose completions its waits count.
+_UNIT_OF = np.array([0, 0, 1, 2, 0, 3, -1, -1])      # K_LOAD, K_IM2COL, K_COMPUTE, K_STORE, K_SLOT, K_ATTENTION, ...
+_MIX = np.array([0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93],
+                np.uint64)
+
+
+def _wait_slots() -> tuple[list[int], np.ndarray]:
+    """Each unit's wait field as a column of the descriptors viewed as 16-bit words, and the descriptors'
+    64-bit lanes with the wait fields' bits cleared (a mask per lane)."""
+    cols, mask = [], np.full(isa.DESCRIPTOR_BYTES // 8, 2 ** 64 - 1, np.uint64)
+    for u in UNITS:
+        pos, width = isa.FIELDS[f"wait_{u.lower()}"]
+        assert pos % 16 == 0 and width == 16, u
+        cols.append(pos // 16)
+        mask[pos // 64] &= np.uint64(~(0xFFFF << pos % 64) & (2 ** 64 - 1))
+    return cols, mask
+
+
+_WAIT_COLS, _WAIT_MASK = _wait_slots()
+_OUTER, _MET = 0xFFFF, 0xFFFE       # a chunk's key for a wait on a completion before the chunk (_simulate_chunks)
+assert isa.DESC_FIFO_DEPTH <= CHUNK_MIN and CHUNK_MAX < _MET       # (a chunk's last dispatches kept; its waits keyed)
+
+
+def _simulate_chunks(cfg, f, kinds, cost, cols, st: _State, attn) -> Outcome | None:
+    """The recurrence over the list in chunks (timing alone). A compiled list repeats itself: a linear's
+    schedule is regular, an attention plan replays a template group after group. A chunk's key is its
+    descriptors' timing bytes (timing_bytes) with each wait as how many of its unit's completions back it
+    reaches within the chunk (_OUTER: before the chunk; _MET: before the chunk and met, as an earlier
+    descriptor of the chunk waits on as late a completion of that unit: each unit's completions are in time
+    order), and its start state its times relative to T = t_dispatch (every descriptor of the chunk
+    dispatches at T or later), each time the recurrence only compares with later ones held as T when earlier,
+    the _OUTER waits' completions among them. The recurrence is a max-plus system: the same chunk from the same
+    relative state takes the same cycles, shifted; a chunk met again in a state seen before is applied from
+    its first run's record instead of run."""
+    n = len(kinds)
+    raw = getattr(f, "_raw", None)
+    if raw is None or (kinds == K_BAD).any():
+        return _steps(cfg, f, cols, st, 0, n, attn, None)                   # (a stop: the reference's outcome)
+    key = np.array(timing_bytes(raw), np.uint8)
+    lanes = key.view("<u8")
+    # Cuts: before each descriptor whose hash (of its timing bytes but waits and the 3 before) is the least
+    # within CUT_RADIUS either side, at least CHUNK_MIN apart: a repeated stretch is cut alike wherever it sits
+    # (a period's least hash recurs each period), in whole periods.
+    h = (lanes & _WAIT_MASK) @ _MIX          # (wraps: a hash)
+    w = h * _MIX[0]
+    for k in range(1, 4):
+        w[k:] += h[:-k] * _MIX[k]
+    w *= _MIX[1]
+    lo_min, hi_min, k = w.copy(), w.copy(), 1
+    while k <= CUT_RADIUS // 2:
+        lo_min[k:] = np.minimum(lo_min[k:], lo_min[:-k])
+        hi_min[:-k] = np.minimum(hi_min[:-k], hi_min[k:])
+        k *= 2
+    k = CUT_RADIUS - k + 1                      # the rest of the radius (windows overlap: still their minimum)
+    lo_min[k:] = np.minimum(lo_min[k:], lo_min[:-k])
+    hi_min[:-k] = np.minimum(hi_min[:-k], hi_min[k:])
+    cuts = np.flatnonzero((w <= lo_min) & (w <= hi_min))
+    cuts = cuts.tolist() + [n]
+    bounds, lo = [], 0
+    while lo < n:
+        lo = min(cuts[bisect.bisect_left(cuts, min(lo + CHUNK_MIN, n))], lo + CHUNK_MAX)
+        bounds.append(lo)
+    starts = np.array([0] + bounds[:-1])
+    words = key.view("<u2")
+    unit = _UNIT_OF[kinds]
+    outer_refs = [None] * 4           # per unit, per chunk: its _OUTER waits' completions
+    for u, col in enumerate(_WAIT_COLS):
+        wait = words[:, col]
+        at = np.flatnonzero(wait)
+        if not at.size:
+            continue
+        mine = np.flatnonzero(unit == u)
+        ref = wait[at].astype(np.int64) - 1                  # the completion it reads
+        done = np.searchsorted(mine, at)                     # the unit's completions before it
+        if (ref >= done).any():
+            return _steps(cfg, f, cols, st, 0, n, attn, None)              # a hang: the reference's outcome
+        chunk = np.searchsorted(starts, at, "right") - 1
+        first = np.searchsorted(mine, starts[chunk])           # the unit's completions before the chunk
+        outer = ref < first
+        reach = np.maximum.accumulate(ref + chunk * np.int64(n + 1))
+        met = outer.copy()
+        met[1:] &= reach[:-1] >= (ref + chunk * np.int64(n + 1))[1:]
+        words[at, col] = np.where(outer, np.where(met, _MET, _OUTER), done - ref)
+        keep = outer & ~met                      # increasing within a chunk
+        outer_refs[u] = (ref[keep].tolist(), np.searchsorted(at[keep], [0] + bounds).tolist())
+    R = cfg.rows
+    gap = isa.array_tile_gap(R)
+    fifo = isa.DESC_FIFO_DEPTH
+    units, dispatched, r_t, r_fix, r_rows, r_per = st.units, st.dispatched, st.r_t, st.r_fix, st.r_rows, st.r_per
+    seen: dict[tuple, tuple] = {}
+    lo = 0
+    for c, hi in enumerate(bounds):
+        if hi - lo < CHUNK_MIN:         # (the last)
+            _steps(cfg, f, cols, st, lo, hi, attn, None)
+            lo = hi
+            continue
+        T, fl = st.t_dispatch, st.fetch_last
+        # the reads a fetch from fl on may wait behind: those dispatched at fl or later, and the one before
+        j = len(r_t) - 1
+        while j >= 0 and r_t[j] >= fl:
+            j -= 1
+        if j >= 0:          # (held only if its R beats could still end after a fetch from fl on)
+            last = r_fix[j] if r_fix[j] >= 0 else r_t[j] + IM2COL_FIRST_R + r_per[j] * r_rows[j]
+            j += last + FETCH_AFTER_LOAD <= fl + FETCH_CYCLES
+        reads = tuple((r_t[k] - T, r_fix[k] - T if r_fix[k] >= 0 else -1, r_rows[k], r_per[k])
+                      for k in range(max(j, 0), len(r_t)))
+        state = (key[lo:hi].tobytes(), fl - T, max(st.load_free, T) - T, max(st.store_free, T) - T,
+                 max(st.c_last, T - gap) - T, tuple(max(x, fl) - T for x in dispatched[-fifo:]), reads,
+                 tuple(max(v[-1], T - 1) - T if v else -1 for v in units),
+                 tuple(_outer_state(v, refs[0][refs[1][c]:refs[1][c + 1]], T) if refs else None
+                       for v, refs in zip(units, outer_refs)),
+                 attn.timing_key(T) if attn is not None else None)
+        rec = seen.get(state)
+        if rec is None:
+            n_units = [len(v) for v in units]
+            n_reads = len(r_t)
+            _steps(cfg, f, cols, st, lo, hi, attn, None)
+            # Kept of the dispatch times and reads: what a later descriptor reads (the last DESC_FIFO_DEPTH;
+            # the reads from the new fetch_last on, and the one before)
+            j = len(r_t) - 1
+            while j >= n_reads and r_t[j] >= st.fetch_last:
+                j -= 1
+            j = max(j, n_reads)
+            seen[state] = (
+                [x - T for x in dispatched[hi - fifo:hi]], [[x - T for x in v[m:]] for v, m in zip(units, n_units)],
+                [x - T for x in r_t[j:]], [x - T if x >= 0 else None for x in r_fix[j:]], r_rows[j:], r_per[j:],
+                (st.fetch_last - T, st.t_dispatch - T, st.load_free - T, st.store_free - T, st.c_last - T),
+                attn.timing_at(T) if attn is not None else None)
+        else:
+            disp, done, rt, rf, rr, rp, scalars, at = rec
+            dispatched.extend([0] * (hi - lo - fifo))        # (never read again)
+            dispatched.extend([x + T for x in disp])
+            for v, a in zip(units, done):
+                v.extend([x + T for x in a])
+            r_t.extend([x + T for x in rt])
+            r_fix.extend([-1 if x is None else x + T for x in rf])
+            r_rows.extend(rr)
+            r_per.extend(rp)
+            st.fetch_last, st.t_dispatch, st.load_free, st.store_free, st.c_last = (x + T for x in scalars)
+            if attn is not None:
+                attn.set_timing_at(at, T)
+        lo = hi
+    return None
+
+
+def _outer_state(done: list[int], refs: list[int], t: int) -> tuple:
+    """The times of completions `refs` (increasing) of a unit (`done`, in time order) relative to t, -1 if
+    before: how many are before, and the others'."""
+    m = bisect.bisect_left(refs, bisect.bisect_left(done, t))
+    return m, tuple(done[k] - t for k in refs[m:])
+
+
+def _steps(cfg, f, cols, st: _State, lo: int, hi: int, attn, execute) -> Outcome | None:
+    """Descriptors lo..hi-1 dispatched in order from state `st` (updated); an Outcome if the run stops.
+    `cols`: the descriptors' classes, fixed costs and waits (arrays of all the list)."""
+    R, C = cfg.rows, cfg.cols
+    kind_l, dur_l, rows_l, period_l, ck_l, tiles_l, wl, wc, ws, wa = (c[lo:hi].tolist() for c in cols)
+    dl, dc, dst, da = st.units
+    load_free, store_free, c_last = st.load_free, st.store_free, st.c_last
+    t_dispatch, fetch_last = st.t_dispatch, st.fetch_last
+    dispatched, r_t, r_fix, r_rows, r_per = st.dispatched, st.r_t, st.r_fix, st.r_rows, st.r_per
     gap = isa.array_tile_gap(R)
     drain = R + C + R + isa.ARRAY_EXTRA_LATENCY
     fifo = isa.DESC_FIFO_DEPTH
-    beats_desc = isa.DESCRIPTOR_BYTES // DB
-    for i in range(n):
+    beats_desc = isa.DESCRIPTOR_BYTES // cfg.beat_bytes
+    for x in range(hi - lo):           # (x: in the lists here, i: in the list timed)
+        i = lo + x
         # fetch: one descriptor at a time, up to DESC_FIFO_DEPTH ahead of the dispatcher
         s = fetch_last
         if i >= fifo and dispatched[i - fifo] > s:
@@ -379,7 +571,7 @@ def _simulate(cfg, f, kinds, attn, execute) -> Outcome:
         # Waits: only dispatched descriptors complete, so a count not reached yet waits forever (its
         # completion not in the list yet). (Written out per unit: the hot loop, 1.6x as fast as a loop
         # over the units.)
-        w = wl[i]
+        w = wl[x]
         if w:
             try:
                 done = dl[w - 1]
@@ -387,7 +579,7 @@ def _simulate(cfg, f, kinds, attn, execute) -> Outcome:
                 return Outcome("hang", i)
             if done >= t:
                 t = done + 1
-        w = wc[i]
+        w = wc[x]
         if w:
             try:
                 done = dc[w - 1]
@@ -395,7 +587,7 @@ def _simulate(cfg, f, kinds, attn, execute) -> Outcome:
                 return Outcome("hang", i)
             if done >= t:
                 t = done + 1
-        w = ws[i]
+        w = ws[x]
         if w:
             try:
                 done = dst[w - 1]
@@ -403,7 +595,7 @@ def _simulate(cfg, f, kinds, attn, execute) -> Outcome:
                 return Outcome("hang", i)
             if done >= t:
                 t = done + 1
-        w = wa[i]
+        w = wa[x]
         if w:
             try:
                 done = da[w - 1]
@@ -411,7 +603,7 @@ def _simulate(cfg, f, kinds, attn, execute) -> Outcome:
                 return Outcome("hang", i)
             if done >= t:
                 t = done + 1
-        kind = kind_l[i]
+        kind = kind_l[x]
         if kind == K_BAD:
             return Outcome("error", i, error_bit=isa.ERROR_BAD_OPCODE, error_index=i)
         if execute is not None:
@@ -421,31 +613,31 @@ def _simulate(cfg, f, kinds, attn, execute) -> Outcome:
         if kind == K_LOAD:
             if load_free > t:
                 t = load_free
-            load_free = t + dur_l[i]
+            load_free = t + dur_l[x]
             r_t.append(t); r_fix.append(load_free - 2); r_rows.append(0); r_per.append(0)   # last R beat
             dl.append(load_free)
         elif kind == K_COMPUTE:
-            k = ck_l[i]
+            k = ck_l[x]
             if c_last > t:
                 t = c_last                      # the engine takes a command at its predecessor's last step
-            for _ in range(tiles_l[i]):         # tiles back to back (COMPUTE.count)
+            for _ in range(tiles_l[x]):         # tiles back to back (COMPUTE.count)
                 start = (t if t > c_last else c_last) + k       # its last step
                 c_last = start if start > c_last + gap else c_last + gap
             dc.append(c_last + drain)
         elif kind == K_STORE:
             if store_free > t:
                 t = store_free
-            store_free = t + dur_l[i]
+            store_free = t + dur_l[x]
             dst.append(store_free)
         elif kind == K_IM2COL:
             if load_free > t:
                 t = load_free
-            load_free = t + dur_l[i]
-            r_t.append(t); r_fix.append(-1); r_rows.append(rows_l[i]); r_per.append(period_l[i])
+            load_free = t + dur_l[x]
+            r_t.append(t); r_fix.append(-1); r_rows.append(rows_l[x]); r_per.append(period_l[x])
             dl.append(load_free)
         elif kind == K_SLOT:
             t = max(t, load_free, store_free)     # after loads (same slot) and stores
-            load_free = t + dur_l[i]
+            load_free = t + dur_l[x]
             dl.append(load_free)
         elif kind == K_ATTENTION:
             # The engine takes a STEP while the previous ones still run (sw.backends.sim_attention).
@@ -456,8 +648,9 @@ def _simulate(cfg, f, kinds, attn, execute) -> Outcome:
             t = max([t] + [v[-1] + 1 for v in (dl, dc, dst, da) if v])
         dispatched.append(t)
         t_dispatch = t + 1
-    end = max([t_dispatch] + [v[-1] + 1 for v in (dl, dc, dst, da) if v])
-    return Outcome("done", n, end, dict(LOAD=len(dl), COMPUTE=len(dc), STORE=len(dst), ATTENTION=len(da)))
+    st.load_free, st.store_free, st.c_last = load_free, store_free, c_last
+    st.t_dispatch, st.fetch_last = t_dispatch, fetch_last
+    return None
 
 
 def cycles_only(cfg, descriptors, runs=None) -> int:

@@ -49,6 +49,22 @@ class AttentionModel:
         self.handover = -10 ** 9      # last HANDOVER cycle
         self.pv_len = 0               # its d_pad: the next HANDOVER is at least this much later
 
+    def timing_key(self, t: int) -> tuple:
+        """The timing state relative to cycle t, for a caller whose commands all come at t or later: a
+        time schedule() only compares with such a command's (front_idle, bank_done, handover + pv_len)
+        counts from t if later, as t if not (sw.backends.cycles remembers a run of descriptors by it)."""
+        return (max(self.front_idle, t) - t, max(self.bank_done[0], t) - t, max(self.bank_done[1], t) - t,
+                self.bank, max(self.handover, t - self.pv_len) - t, self.pv_len, self.normed)
+
+    def timing_at(self, t: int) -> tuple:
+        """The timing state with its times relative to cycle t (set_timing_at restores it shifted)."""
+        return (self.front_idle - t, self.bank_done[0] - t, self.bank_done[1] - t, self.bank, self.handover - t,
+                self.pv_len, self.normed)
+
+    def set_timing_at(self, state: tuple, t: int) -> None:
+        fi, b0, b1, self.bank, h, self.pv_len, self.normed = state
+        self.front_idle, self.bank_done, self.handover = fi + t, [b0 + t, b1 + t], h + t
+
     def schedule(self, d, t: int) -> tuple[int, int]:
         """Cycles of one ATTENTION descriptor offered at cycle t: (taken, done)."""
         R, C = self.cfg.rows, self.cfg.cols
