@@ -64,7 +64,7 @@ def run(image_size: int | None = None, n_frames: int | None = None, preset_name:
                 "int8 host": graph_video_predictor(qm.graph, VideoIntRunner(qm), feature_cache_size=cache),
                 "sim": overlay_video_predictor(qm, ex, feature_cache_size=cache)}
     runs = {name: _timed_frames(p, frames) for name, p in trackers.items()}
-    rows = []
+    rows, session, relinks = [], ex.driver.session, 0
     for _ in range(n_frames):
         step = {name: next(gen) for name, gen in runs.items()}       # one frame of each, back to back
         idx = step["sim"][0]
@@ -72,13 +72,14 @@ def run(image_size: int | None = None, n_frames: int | None = None, preset_name:
         (f, fc), (h, hc), (s, sc) = (step[k][2] for k in ("float", "int8 host", "sim"))
         modelled = sum(st.cycles for st in ex.frame_stats.stages.values()) / (cfg.clock_mhz * 1e6)
         ex.frame_stats.reset()
+        relinked, relinks = session.relinks - relinks, session.relinks     # programs whose lists were linked again
         rows.append({"image": image_size, "preset": cfg.name, "frame": idx, "float s": f, "int8 host s": h,
                      "sim s": s, "sim / float": s / f, "sim / int8 host": s / h, "float CPU s": fc,
                      "int8 host CPU s": hc, "sim CPU s": sc, "sim / float CPU": sc / fc,
                      "sim == int8 host": bool(np.array_equal(step["sim"][1], step["int8 host"][1])),
-                     "modelled s": modelled})
+                     "modelled s": modelled, "sim relinks": relinked})
         print(f"frame {idx}: float {f:.2f} s, int8 host {h:.2f} s, sim {s:.2f} s ({s / f:.2f}x float; CPU "
-              f"{fc:.2f}, {hc:.2f}, {sc:.2f} s: {sc / fc:.2f}x)", flush=True)
+              f"{fc:.2f}, {hc:.2f}, {sc:.2f} s: {sc / fc:.2f}x; {relinked} programs relinked)", flush=True)
     steady = rows[-1]
     report("overlay_track", rows,
            notes=f"SAM 2.1 tiny at {image_size} px, random weights (seed 0), {n_frames} shifted copies of chelsea, "

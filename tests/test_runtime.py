@@ -146,10 +146,11 @@ def test_loaded_program_reruns_on_new_data_weights_written_once(backend):
 
 def test_a_program_reading_pinned_slots_in_turn_keeps_a_list_per_placement(backend):
     """Session.pin (a memory bank's ring slots, read in turn): a program bound to pinned buffers keeps a
-    descriptor list per placement of them, up to Session.placements. A placement met for the first time has its
-    list written whole, one met before is relinked by writing nothing, and every run reads the slot its placement
-    names; a placement beyond the bound takes the least recently used list and rewrites only the descriptors
-    that differ, so the arena holds at most `placements` lists; a program bound to no pinned buffer keeps one."""
+    descriptor list per placement of them (up to ALTERNATES x Session.placements). A placement met for the first
+    time has its list written whole, one met before is relinked by writing nothing, and every run reads the slot its
+    placement names; a placement of no pinned buffer met for the first time takes the least recently used list and
+    rewrites only the descriptors that differ; a program bound to no pinned buffer keeps one list while no
+    placement recurs."""
     rng = np.random.default_rng(4)
     a, b, bias, mult, shift = layer(rng, 9, 40, 20)
     prog = compile_linear(SIM, a, b, bias, mult, shift)
@@ -176,12 +177,45 @@ def test_a_program_reading_pinned_slots_in_turn_keeps_a_list_per_placement(backe
     assert session.arena.free_bytes == free
     moved = step("slot3")               # not pinned: a fourth placement, in the least recently used list (slot0's)
     assert 0 < moved < whole and session.arena.free_bytes == free
-    assert [step(s) for s in ("slot2", "slot0")] == [0, moved]      # slot0's list was taken: relinked again
+    assert [step(s) for s in ("slot2", "slot0")] == [0, whole]      # slot0's list was taken: a new one
     loaded.free()
     other = session.load(prog, "other", bind={"A": "slot3"})
     session.buffer("act", prog.regions["A"][1])
     free = session.arena.free_bytes
     assert 0 < other.rebind({"A": "act"}) < whole and session.arena.free_bytes == free     # one list, relinked
+
+
+def test_a_program_bound_to_alternating_buffers_keeps_a_list_for_each(backend):
+    """A program rebound to buffers whose placements alternate (a video frame's activations while the last frame's
+    features stay in DDR) relinks in place the first time a placement changes, keeps a second list once a placement
+    comes back (written whole), and from then on relinks nothing (Session.relinks) and writes no descriptor; a third
+    placement takes the least recently used list."""
+    rng = np.random.default_rng(5)
+    a, b, bias, mult, shift = layer(rng, 9, 40, 20)
+    prog = compile_linear(SIM, a, b, bias, mult, shift)
+    session = Session(backend)
+    inputs = {}
+    for name in ("x", "y", "z"):
+        inputs[name] = rng.integers(-128, 128, a.shape).astype(np.int8)
+        session.buffer(name, prog.regions["A"][1])
+        backend.write(session.arena[name].addr, compile_linear(SIM, inputs[name], b, bias, mult, shift).region("A"))
+    loaded = session.load(prog, "fc", bind={"A": "x"})
+    whole = prog.regions["descriptors"][1]
+
+    def step(name):
+        relinks, written = session.relinks, loaded.rebind({"A": name})
+        loaded.run()
+        assert np.array_equal(loaded.output(), gemm(inputs[name], b, bias, mult, shift)), name
+        return written, session.relinks - relinks
+    first = step("y")                                   # a new placement: x's list relinked in place
+    assert 0 < first[0] < whole and first[1] == 1
+    assert step("x") == (whole, 1)                      # x's placement recurs: a list of its own
+    free = session.arena.free_bytes
+    assert [step(n) for n in ("y", "x", "y", "x")] == [(0, 0)] * 4
+    assert session.arena.free_bytes == free
+    third = step("z")                                   # a third: the least recently used list (y's) relinked
+    assert 0 < third[0] < whole and third[1] == 1 and session.arena.free_bytes == free
+    assert step("x") == (0, 0)
 
 
 def test_backend_hang_resets_and_raises(backend):
@@ -402,7 +436,8 @@ def test_chain_that_does_not_fit_fails_before_writing():
 
 def test_a_list_relinked_to_the_same_buffers_is_checked_once(monkeypatch):
     """Session._link checks a descriptor list once per (bytes, buffer table, runs): a program relinked to
-    buffers at the addresses it had before skips them; one at new addresses, or that fails, is checked."""
+    buffers at the addresses it had before skips them; one at new addresses, or that fails, is checked (a
+    placement that comes back has a list of its own, at its own address: checked once)."""
     from sw.runtime import session as S
     rng = np.random.default_rng(5)
     prog = compile_linear(SIM, *layer(rng, 9, 40, 20))
@@ -415,9 +450,10 @@ def test_a_list_relinked_to_the_same_buffers_is_checked_once(monkeypatch):
     session.buffer("y", prog.regions["A"][1])
     loaded.rebind({"A": "y"})                   # new addresses: checked
     session.free("x")
-    session.buffer("x2", prog.regions["A"][1])  # at x's address again: the list x had, checked before
+    session.buffer("x2", prog.regions["A"][1])  # at x's address again: a second list (LoadedProgram.rebind)
     loaded.rebind({"A": "x2"})
-    assert len(calls) == 2
+    assert len(calls) == 3
+    assert loaded.rebind({"A": "y"}) == 0 and loaded.rebind({"A": "x2"}) == 0 and len(calls) == 3    # both kept
     links = []
     monkeypatch.setattr(S, "link_words", lambda *a: (links.append(1), link_words(*a))[1])
     session.free("x2")
@@ -427,4 +463,4 @@ def test_a_list_relinked_to_the_same_buffers_is_checked_once(monkeypatch):
     session.buffer("z", 64)                     # too small for A: refused before any check
     with pytest.raises(ValueError, match="needs"):
         loaded.rebind({"A": "z"})
-    assert len(calls) == 2
+    assert len(calls) == 3

@@ -424,24 +424,27 @@ def micro_video_case(frames: int):
     return qm, cfg, shifted_frames(photo, frames), [size * 0.45, size * 0.55]
 
 
-def _steady_frames(qm, cfg, frames, clicks, backend="sim", wraps=2):
+def _steady_frames(qm, cfg, frames, clicks, backend="sim", wraps=2, cache=1):
     """The int8 tracker on the overlay (the preset's own placement) against the host int8 tracker's logits on
     every frame of a video long enough for the memory attention to meet each placement of the bank's slots
     `wraps` times once its memory is full, one object per click (several: their memory attentions batched): per
     frame (host <-> DDR bytes, its nodes': (bytes, programs', the host ops' own), the arena's use, the memory
-    lengths); the ring's period (its slots not held by the prompted frames taken in turn, one per object a
-    frame); the first frame of the full memory."""
+    lengths, the programs relinked: Session.relinks); the ring's period (its slots not held by the prompted frames
+    taken in turn, one per object a frame); the first frame of the full memory. `cache`: the frames whose features
+    the predictor keeps (feature_cache_size)."""
     ref = [logits for _, _, logits in _clicked(graph_video_predictor(qm.graph, VideoIntRunner(qm)), frames, clicks)]
     k = len(clicks)
     ex = VideoGraphExecutor(qm, cfg, backend, video_driver(cfg, backend, qm.graph, cond_frames=k, objects=k))
-    predictor = overlay_video_predictor(qm, ex, cond_frames=k, objects=k)
-    arena, bank, seen = ex.driver.session.arena, predictor.tracker.bank, []
+    predictor = overlay_video_predictor(qm, ex, cond_frames=k, objects=k, feature_cache_size=cache)
+    session = ex.driver.session
+    arena, bank, seen, relinks = session.arena, predictor.tracker.bank, [], 0
     for idx, _, logits in _clicked(predictor, frames, clicks):
         np.testing.assert_array_equal(logits, ref[idx])
         fs = ex.frame_stats
         seen.append((sum(st.ddr_bytes for st in fs.stages.values()), tuple(map(sum, zip(*fs.nodes.values()))),
-                     arena.size - arena.free_bytes, fs.batches))
+                     arena.size - arena.free_bytes, fs.batches, session.relinks - relinks))
         fs.reset()
+        relinks = session.relinks
     assert len(seen) == len(frames)
     free = bank.counts["frames"] - k
     period = free // math.gcd(free, k)
@@ -481,6 +484,21 @@ def test_steady_frames_rewrite_no_descriptor_as_the_bank_wraps(backend, objects)
     assert [(total, nodes[1]) for total, nodes, *_ in wrapped] == [(seen[-1][0], 0)] * len(wrapped)
     assert all(total == nodes[0] for total, nodes, *_ in wrapped)      # nothing outside the nodes
     assert len({f[2] for f in seen[full + period - 1:]}) == 1
+
+
+def test_steady_frames_relink_no_program_with_the_last_frames_features_kept():
+    """micro tracked keeping two frames' features (feature_cache_size=2, as `sam2fpga track` and the overlay_track
+    benchmark): frame t - 1's stay in DDR while frame t's are made, so a frame's activations sit where frame t - 2's
+    did, two placements in turn; each program keeps a descriptor list for each (LoadedProgram.rebind), the bank's
+    readers one for each pair of slot and activation placement (5 slots in turn: 10 pairs). Once each is met, a frame
+    relinks no program and writes no descriptor; every frame equal to the host int8 tracker's."""
+    qm, cfg, frames, click = micro_video_case(16 + 2 * 5 + 3)
+    seen, period, full = _steady_frames(qm, cfg, frames, [click], cache=2)
+    relinks = [f[4] for f in seen]
+    assert (full, period) == (16, 5)
+    assert all(r > 0 for r in relinks[1:4]), relinks                # the activations' two placements met
+    assert relinks[full + 2 * period:] == [0] * 3, relinks
+    assert [nodes[1] for _, nodes, *_ in seen[full + 2 * period:]] == [0] * 3
 
 
 @pytest.mark.parametrize("objects, frames", [pytest.param(1, 34, marks=pytest.mark.slow(seconds=120)),

@@ -11,8 +11,11 @@ at once: ArenaFull names the sizes before anything is written), links the descri
 buffers' addresses (sw.runtime.program.link), checks every access against the buffer table
 (sw.runtime.checks), and writes the descriptors and the weights. A loaded program runs again and
 again on new inputs without recompiling or rewriting them; `rebind` moves its bound regions to other
-buffers, writing the descriptors that changed, and one bound to pinned buffers (`pin`: a memory bank's
-slots, read in turn) keeps a descriptor list per placement of them, so a placement that recurs writes none.
+buffers, writing the descriptors that changed, and keeps a descriptor list per placement of its bound
+buffers that recurs (their addresses: one bound to pinned buffers, `pin`, a memory bank's slots read in
+turn, one per slot placement; any other one when a placement comes back, as a video's activations
+alternate between two placements while a buffer outlives a frame), so a placement met again writes and
+links nothing. `relinks` counts the rebinds that linked a list again.
 
 A run the overlay reports an error for, or that does not finish in time (AcceleratorError; the
 backend has read the registers and soft-reset the overlay), is retried once, whole (every START of
@@ -35,6 +38,12 @@ from sw.runtime.checks import check_descriptors
 from sw.runtime.arena import Arena, ArenaFull, Buffer
 from sw.runtime.backend import DDR_BASE, AcceleratorError, Backend
 from sw.runtime.program import link_words, with_fields
+
+
+#: Descriptor lists a program keeps for each placement of its pinned buffers (one where it binds none): a
+#: video frame's activations take one of two placements while a buffer outlives a frame (the predictor's feature
+#: cache of 2 keeps frame t - 1's features while frame t's are made, so frame t's land where t - 2's were).
+ALTERNATES = 2
 
 
 @dataclass
@@ -70,7 +79,8 @@ class Session:
         self.recoveries: list[str] = []      # faults a retry recovered from, one line each
         self._checked = Lru(keep=1024)   # (bytes digest, buffer table, runs) of lists that passed the checks
         self.pinned: set[str] = set()    # buffers read in turn for the session (pin): a memory bank's slots
-        self.placements = 1              # descriptor lists a program bound to pinned buffers keeps (pin)
+        self.placements = 1              # placements of pinned buffers a program bound to them meets in turn (pin)
+        self.relinks = 0                 # rebinds that linked a descriptor list again (not a kept one's placement)
         self._views = 0                  # views made (view): their names' numbers
 
     @property
@@ -104,7 +114,8 @@ class Session:
         slots: a reader's segments move to other slots each frame), in at most `placements` placements that
         recur (a ring of n slots taken in turn repeats its placements every <= n frames). A loaded program
         bound to pinned buffers keeps one descriptor list per placement of them, up to `placements`
-        (LoadedProgram.rebind): once each has been met, relinking it to a recurring placement writes nothing."""
+        (LoadedProgram.rebind; ALTERNATES times as many where its other buffers alternate too): once each has been
+        met, relinking it to a recurring placement writes nothing."""
         self.pinned.update(names)
         self.placements = max(self.placements, placements)
 
@@ -127,7 +138,7 @@ class Session:
             raise
         loaded = LoadedProgram(self, prog, name, names, addresses, raw.size // isa.DESCRIPTOR_BYTES, list(placed),
                                edited=descriptors is not None)
-        loaded.placement = loaded.pinned_placement(names)
+        loaded.placement = loaded.placement_of(bind)
         loaded.linked = None if descriptors is not None else self._linked(prog, names)
         self.backend.write(addresses["descriptors"], raw)
         for region in own:
@@ -201,10 +212,11 @@ class LoadedProgram:
     edited: bool = False               # loaded with other descriptors than the compiled ones (one run, no fast job)
     last_run: RunStats | None = None
     linked: tuple | None = None        # Session._linked of the descriptors in DDR (None: edited ones)
-    placement: tuple = ()              # the pinned buffers the current descriptor list is linked to (pinned_placement)
+    placement: tuple = ()              # where the bound buffers of the current descriptor list sit (placement_of)
     # the other placements' descriptor lists, least recently used first: placement -> (descriptors buffer,
     # linked, addresses) as the current list's buffers["descriptors"], linked, addresses (Session.pin)
     lists: dict = field(default_factory=dict)
+    met: dict = field(default_factory=dict)     # placements met lately (a dict as an ordered set): which recur
     # (descriptor list, addresses dict, its linked bytes) of rebind's last link: the bytes DDR holds while that
     # list and that dict (the object) are current, the next rebind's `old` without linking them again
     relinked: tuple = (None, None, None)
@@ -213,18 +225,20 @@ class LoadedProgram:
         """The regions in buffers this program allocated (not bound to the caller's)."""
         return [r for r, buf in self.buffers.items() if buf in self.owned]
 
-    def pinned_placement(self, names: dict[str, str]) -> tuple:
-        """Which of the session's pinned buffers regions `names` bind: ((region, buffer), ...)."""
-        pinned = self.session.pinned
-        return tuple(sorted((r, b) for r, b in names.items() if b in pinned))
+    def placement_of(self, bind: dict[str, str]) -> tuple:
+        """Where bound regions `bind` (region -> buffer) sit, as the descriptors and their checks see them:
+        ((region, address, size), ...), equal for two binds whose lists link alike."""
+        buffers = self.session.arena.buffers
+        return tuple(sorted((r, buffers[b].addr, buffers[b].size) for r, b in bind.items()))
 
     def rebind(self, bind: dict[str, str]) -> int:
         """Move the regions bound at load to other session buffers (the next call's activations): the
         descriptors relinked, checked and written again, the weights left in place. Returns the bytes
         written (0 when nothing moved, or the new buffers sit where the old ones did: the descriptors in
-        DDR are already these, as a steady video frame's allocations repeat the last frame's). A program bound
-        to pinned buffers (Session.pin: a memory bank's slots, which move every frame) keeps a descriptor list
-        per placement of them (_use_list): a placement met before finds its list as it left it."""
+        DDR are already these, as a steady video frame's allocations repeat the last frame's). A program keeps a
+        descriptor list per placement of its bound buffers that recurs (_use_list: those bound to pinned buffers,
+        Session.pin, a memory bank's slots, which move every frame; the activations' two placements where a
+        buffer outlives a frame): a placement met before finds its list as it left it."""
         s = self.session
         if self.edited or set(bind) != set(self.buffers) - set(self.owned_regions()):
             bound = sorted(set(self.buffers) - set(self.owned_regions()))
@@ -232,12 +246,12 @@ class LoadedProgram:
                              f"got {', '.join(bind)}")
         s._check_bind(self.name, self.prog, bind)
         names = {**self.buffers, **bind}
-        placement = self.pinned_placement(names)
-        if placement != self.placement:
-            self._use_list(placement)
-            names["descriptors"] = self.buffers["descriptors"]
         if names == self.buffers:
             return 0
+        placement = self.placement_of(bind)
+        if placement != self.placement:
+            self._use_list(placement, any(b in s.pinned for b in bind.values()))
+            names["descriptors"] = self.buffers["descriptors"]
         linked = s._linked(self.prog, names)
         if self.linked is not None and linked[0] is not None and linked[0] is self.linked[0] \
                 and linked[1:] == self.linked[1:]:
@@ -245,6 +259,7 @@ class LoadedProgram:
             self.buffers = names
             return 0
         addresses, raw = s._link(self.prog, names)
+        s.relinks += 1
         written = 0
         if addresses != self.addresses:
             same_list = self.linked is not None and linked[0] is not None and linked[0] is self.linked[0] \
@@ -259,15 +274,22 @@ class LoadedProgram:
         self.relinked = (linked[0], addresses, raw)
         return written
 
-    def _use_list(self, placement: tuple) -> None:
+    def _use_list(self, placement: tuple, pinned: bool) -> None:
         """Make the descriptor list of `placement` current: the one kept for it; else a new one (written whole by
-        rebind) while the program has fewer than Session.placements and the arena has room; else the least
-        recently used one, relinked in place (rebind writes the descriptors that differ). The current list is
-        kept for its placement."""
+        rebind) when the placement recurs (it binds pinned buffers, or was met before) while the program has fewer
+        lists than it meets placements in turn (ALTERNATES, times Session.placements when pinned) and the arena
+        has room; else the least recently used one, relinked in place (rebind writes the descriptors that
+        differ). The current list is kept for its placement."""
         s = self.session
         self.lists[self.placement] = (self.buffers["descriptors"], self.linked, self.addresses)
+        self.met[self.placement] = True
         kept = self.lists.pop(placement, None)
-        if kept is None and len(self.lists) < s.placements:
+        limit = ALTERNATES * (s.placements if pinned else 1)
+        recurs = pinned or self.met.pop(placement, False)
+        self.met[placement] = True                          # (most recent last: the oldest dropped past 2 x limit)
+        while len(self.met) > 2 * limit:
+            del self.met[next(iter(self.met))]
+        if kept is None and recurs and len(self.lists) < limit:
             name = f"{self.name}.descriptors@{len(self.lists)}"
             try:
                 s.arena.allocate_all({name: self.prog.regions["descriptors"][1]}, top=True)
@@ -340,4 +362,4 @@ class LoadedProgram:
     def free(self) -> None:
         for buf in self.owned:
             self.session.arena.free(buf)
-        self.owned, self.lists = [], {}
+        self.owned, self.lists, self.met = [], {}, {}

@@ -1229,7 +1229,8 @@ class OverlayVideoPredictor(VideoPredictor):
         cache = state.cached_features
         if frame_idx not in cache:      # the frames it replaces out first: their features in DDR (Residents) are
             while len(cache) >= self.feature_cache_size:      # freed before this frame's image encoder allocates,
-                cache.popitem(last=False)                     # so every frame allocates as the one before it
+                cache.popitem(last=False)                     # so every frame allocates as the one feature_cache_size
+                                                              # frames before it (LoadedProgram.rebind: a list each)
         return self._twice(frame_idx, lambda: super(OverlayVideoPredictor, self)._features(state, frame_idx))
 
     def _run_single_frame(self, state, obj, frame_idx, is_init, point_inputs, mask_inputs, reverse, run_mem_encoder,
