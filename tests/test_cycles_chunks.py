@@ -96,11 +96,8 @@ def test_chunks_stop_where_the_loop_does(monkeypatch):
     assert _same(monkeypatch, cfg, prog, bad)[0][:2] == ("error", n // 2)
 
 
-def test_chunks_are_replayed(monkeypatch):
-    """The speed-up is real: most of a regular linear's and a many-group attention's descriptors are applied
-    from a chunk's record, not stepped one by one."""
-    cfg = preset("kv260")
-    rng = np.random.default_rng(2)
+def _count_stepped(monkeypatch) -> list:
+    """The lengths of the descriptor runs the cycle model steps one by one (not applied from a chunk's record)."""
     stepped = []
     steps = CY._steps
 
@@ -109,6 +106,15 @@ def test_chunks_are_replayed(monkeypatch):
         return steps(cfg, f, cols, st, lo, hi, attn, execute)
 
     monkeypatch.setattr(CY, "_steps", counting)
+    return stepped
+
+
+def test_chunks_are_replayed(monkeypatch):
+    """The speed-up is real: most of a regular linear's and a many-group attention's descriptors are applied
+    from a chunk's record, not stepped one by one."""
+    cfg = preset("kv260")
+    rng = np.random.default_rng(2)
+    stepped = _count_stepped(monkeypatch)
     progs = [_linear(cfg, rng, 16384, 96, 384),
              compile_attention(cfg, *(rand8(rng, (2, 2048, 64)) for _ in range(3)),
                                intattn.AttentionQuant(3000, 14, 1 << 28, 30))]
@@ -163,14 +169,7 @@ def test_random_lists_chunks_equal_the_loop(monkeypatch, name):
     cfg = preset(name)
     monkeypatch.setattr(CY, "CHUNK_MIN", 8)
     monkeypatch.setattr(CY, "CUT_RADIUS", 6)
-    stepped = []
-    steps = CY._steps
-
-    def counting(cfg, f, cols, st, lo, hi, attn, execute):
-        stepped.append(hi - lo)
-        return steps(cfg, f, cols, st, lo, hi, attn, execute)
-
-    monkeypatch.setattr(CY, "_steps", counting)
+    stepped = _count_stepped(monkeypatch)
     rng = np.random.default_rng(11)
     total = 0
     for _ in range(30):
