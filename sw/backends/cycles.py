@@ -383,7 +383,10 @@ def _simulate(cfg, f, kinds, attn, execute) -> Outcome:
 
 
 #: Each kind's unit (UNITS' index; -1: none), whose completions its waits count.
-_UNIT_OF = np.array([0, 0, 1, 2, 0, 3, -1, -1])      # K_LOAD, K_IM2COL, K_COMPUTE, K_STORE, K_SLOT, K_ATTENTION, ...
+_UNIT_OF = np.full(K_BAD + 1, -1)
+for _k, _u in ((K_LOAD, "LOAD"), (K_IM2COL, "LOAD"), (K_SLOT, "LOAD"), (K_COMPUTE, "COMPUTE"), (K_STORE, "STORE"),
+               (K_ATTENTION, "ATTENTION")):
+    _UNIT_OF[_k] = UNITS.index(_u)
 _MIX = np.array([0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9, 0xD6E8FEB86659FD93],
                 np.uint64)
 
