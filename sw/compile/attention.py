@@ -523,8 +523,7 @@ def _attention_plan(cfg, H: int, Lq: int, Lk: int, d: int, out_int32: bool, out_
             ns = min(slots, qt - q0)
             at = (h, q0)
             if state is None:
-                state = tuple((res, tuple(units.items()) if res in fixed else
-                               tuple((u, done[u] - c) for u, c in units.items())) for res, units in last.items())
+                state = _relative_state(last, fixed, done)
             key = (ns, tuple(min(R, Lq - (q0 + s) * R) for s in range(ns)), g % 2, kv_tiles % 2, n % s_regions,
                    state)
             t = templates.get(key)
@@ -537,7 +536,7 @@ def _attention_plan(cfg, H: int, Lq: int, Lk: int, d: int, out_int32: bool, out_
             else:
                 if replayed is not None:
                     last = {res: dict(units) if res in fixed else {u: done[u] - c for u, c in units}
-                            for res, units in replayed.end}
+                            for res, units in replayed.end_state}
                     replayed = None
                 kv0 = kv_bytes
                 rec = _GroupTemplate(done, fixed) if t is None else None
@@ -562,6 +561,13 @@ def _attention_plan(cfg, H: int, Lq: int, Lk: int, d: int, out_int32: bool, out_
 #: Whether _attention_plan emits a group again from the template of an earlier one in the same state (False:
 #: every group by the Python schedule, the reference the templates are tested against).
 REPLAY_GROUPS = True
+
+
+def _relative_state(last: dict, fixed: dict, done: dict) -> tuple:
+    """`last` (per resource: each unit's progress when its entry was last written) as a key: the units of
+    entries that stay (`fixed`) as they are, the others' relative to the units' progress now (`done`)."""
+    return tuple((res, tuple(units.items()) if res in fixed else tuple((u, done[u] - c) for u, c in units.items()))
+                 for res, units in last.items())
 
 
 class _GroupTemplate:
@@ -594,9 +600,8 @@ class _GroupTemplate:
         self.kv_bytes = kv_bytes
         if any(last.get(res) != units for res, units in self.fixed.items()):
             self.replayable = False
-        self.end = tuple((res, dict(units) if res in self.fixed else tuple((u, done[u] - c) for u, c in units.items()))
-                         for res, units in last.items())
-        self.end_state = tuple((res, tuple(units.items()) if res in self.fixed else units) for res, units in self.end)
+        # the group's end as the plan's key of `last` has it (fixed entries' units, the others' relative progress)
+        self.end_state = _relative_state(last, self.fixed, done)
         kinds: dict = {}
         for j, (keys, values, units, moves, addr) in enumerate(self.notes):
             kind = kinds.setdefault((keys, units, moves, addr is not None), ([], [], []))
