@@ -14,7 +14,8 @@ num_maskmem (7) is the first whose memory bank is full, but the object pointers 
 16) lengthen the memory attention's keys by a pointer's tokens each frame up to frame 16, which compile and
 load their pointer chains' and cross-attentions' programs anew (`sim compiles`: 30 a frame at 256 px); from
 frame 17 on every frame runs the programs the frame before did (2 compiles: the two decoder projections whose
-input the host writes into the program): the steady state (SAM2FPGA_BENCH_VIDEO_FRAMES=20 reaches it).
+input the host writes into the program): the steady state (SAM2FPGA_BENCH_VIDEO_FRAMES=20 reaches it; its
+cross-attentions still relink 8 lists a frame, meeting the bank ring's placements, until frame 24).
 `sim device s`: the sim's wall time inside the overlay's runs (the fast mode's data and the cycle model); the
 rest of `sim s` is the host's: per-node Python, compiles, links, host ops. Target (issue 18): the sim's
 steady-state frame <= 3x the float tracker's. SAM2FPGA_BENCH_VIDEO_SIZE / _FRAMES set the size and length
