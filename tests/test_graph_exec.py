@@ -36,6 +36,7 @@ def test_sim_every_node_bit_exact_with_intinterp(scaled):
     assert {r.where for r in on_engine} == {"gemm", "conv", "attention", "vector"}
     ridden = [r for r in on_engine if r.reason.startswith("fused into")]       # GELUs in their fc1's store
     assert all(r.cycles > 0 and r.calls > 0 and r.ddr_bytes > 0 for r in on_engine if r not in ridden)
+    assert all(0 < r.device_s <= r.wall_s for r in on_engine if r not in ridden)    # the runs' part of the node's
     assert ex.table().count(" yes ") == len(recs)
 
 
@@ -306,6 +307,13 @@ def test_strided_convolution_writes_token_rows_its_readers_read_in_place(scaled,
     pe, (_, h, w, c) = ex.records["patch_embed"], qm.graph.tensors[nodes[1].outputs[0]].shape
     k = qm.graph.constants[nodes[1].inputs[1]].shape[2]
     assert pe.own_bytes == feeds["image"].size
+    # of the bytes written, the fed input's count only where data beside the programs was written (none: 0)
+    from sw.runtime.backend import Traffic
+    pe_node, pe_args = nodes[1], [env[t] if t in env else qm.graph.constants[t] for t in nodes[1].inputs]
+    image_q = env[nodes[1].inputs[0]]
+    assert ex._own_bytes(pe_node, pe_args, Traffic(to_ddr=100), 100) == 0
+    assert ex._own_bytes(pe_node, pe_args, Traffic(to_ddr=110), 100) == min(10, image_q.nbytes)
+    assert ex._own_bytes(pe_node, pe_args, Traffic(to_ddr=10 ** 9), 100) == image_q.nbytes
     if conv_engine:
         assert pe.where == "conv" and pe.calls == 2 and pe.ddr_bytes - pe.program_bytes == feeds["image"].size
         assert pe.reason.endswith("its planes from and to token rows on the GEMM array")
@@ -322,6 +330,7 @@ def test_transposed_convolution_row_order_and_a_run_output_left_in_ddr():
     another order takes it run by run (RowRuns.gather puts the map's rows where the stored order has them). A
     Resident: a view transposed and transposed back is the tensor (bound in place), another is not; np.asarray
     reads it once (counted); its buffer goes with its last view."""
+    from sw.runtime import graph_exec
     from sw.runtime.device_tensor import (DeviceTensor, Resident, _map_order, _window_order, order_index,
                                           reorder_rows, subpixel_order)
     from sw.runtime.driver import Driver
@@ -339,6 +348,11 @@ def test_transposed_convolution_row_order_and_a_run_output_left_in_ddr():
         kept = _window_order(x, order)
         np.testing.assert_array_equal(_map_order(kept, order, x.shape), x)
         runs = RowRuns.gather(reorder_rows(x.shape, None, order), 64)       # the map's rows read where kept
+        # _vector_dev's runs, made once per arguments: each order's own, not the last order's
+        assert graph_exec._row_runs("gather", x.shape, None, order, 64) == runs
+        ws = order if isinstance(order, int) else order[0]
+        assert graph_exec._row_runs("windows", 6, 6, ws) == RowRuns.windows(6, 6, ws)
+        assert graph_exec._row_runs("unwindows", 8, 8, ws) == RowRuns.unwindows(8, 8, ws)
         assert len(runs.runs) <= 32          # a command per pair of rows at most (2 x 2 windows innermost)
         np.testing.assert_array_equal(runs.spread(x.reshape(64, 16).view(np.uint8), 16).view(np.int8),
                                       kept.reshape(-1))

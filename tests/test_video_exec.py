@@ -400,6 +400,8 @@ def test_objects_batched_read_in_place_bit_exact_with_unequal_memory_lengths():
             "memory_attention", "memory_encoder")}
         outside = sum(st.ddr_bytes for st in fs.stages.values()) - sum(b for b, _, _ in fs.nodes.values())
         seen.append((idx, fs.batch_note(), relayed, outside))
+        device, engine = (sum(getattr(st, k) for st in fs.stages.values()) for k in ("device_s", "engine_s"))
+        assert 0 < device <= engine         # the overlay's runs: part of the engine nodes' time
         fs.reset()
     got = _objects_script(predictor, frames, after, scale)
     for a, b in zip(ref, got, strict=True):

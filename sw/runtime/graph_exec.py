@@ -111,6 +111,7 @@ arena drops kept programs first (Driver._drop_one). program_bytes counts what is
 """
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass
@@ -152,6 +153,7 @@ class NodeRecord:
     program_bytes: int = 0   # of which descriptors and weights written by its program loads
     own_bytes: int = 0    # of which the host ops' own (issue 18's allowed kind; GraphExecutor._own_bytes)
     wall_s: float = 0.0   # this process's time for the node (engine nodes: compile + simulate + copies)
+    device_s: float = 0.0  # of which inside the device's runs (RunStats.wall_s; sim: its data and cycle model)
     exact: bool | None = None   # set by check()
     holds: str = ""       # the tensor its output equals when a fused op rode in its store ("": its own)
 
@@ -465,7 +467,7 @@ def _vector_dev(drv, n, op, x, p=None, b=None, end_x=None, want=None, out=None, 
     if op in ROW_WISE and want is None and out is None and row_dim(VECTOR_OPS[op][0], shape[-1]) == shape[-1]:
         ws = _one_order((x, b), shape)
         if isinstance(ws, int):
-            order, out_runs = ws, RowRuns.unwindows(shape[1], shape[2], ws)
+            order, out_runs = ws, _row_runs("unwindows", shape[1], shape[2], ws)
     stored = (shape[1] * shape[2] // order ** 2, order, order, shape[3]) if image and order else shape
     if image and not _stacked_images(op, stored):
         return _image_op(op)(drv, n, [np.asarray(x)], None)
@@ -481,12 +483,12 @@ def _vector_dev(drv, n, op, x, p=None, b=None, end_x=None, want=None, out=None, 
             bind[region], data[region] = t.buffer, zeros(form)     # its shape only
         elif whole_rows and not order and _padded(t, shape):
             bind[region], data[region] = t.buffer, zeros(form)
-            runs[region] = RowRuns.windows(shape[1], shape[2], t.pad)
+            runs[region] = _row_runs("windows", shape[1], shape[2], t.pad)
         elif whole_rows and _in_place(t, rows_l, getattr(t, "order", None)) and t.shape == shape:
             # in DDR in another row order (a transposed convolution's output beside an earlier run's feature in
             # the map's): read where it is, a command per stretch of rows consecutive in both orders
             bind[region], data[region] = t.buffer, zeros(form)
-            runs[region] = RowRuns.gather(reorder_rows(shape, order, t.order), rows_l.tokens)
+            runs[region] = _row_runs("gather", tuple(shape), order, t.order, rows_l.tokens)
         elif not image and dim == shape[-1] and _segmented(t, rows_l.pitch, rows_l.tokens):
             g, parts = t.segments(region)
             segments[region], data[region] = g.rows, zeros(form)
@@ -496,7 +498,7 @@ def _vector_dev(drv, n, op, x, p=None, b=None, end_x=None, want=None, out=None, 
             data[region] = (_window_order(v, order) if order else v).reshape(form)
     pad = pad if whole_rows and not order and out is None else None
     if pad:
-        runs["out"], out = RowRuns.windows(shape[1], shape[2], pad[0]), pad[1]
+        runs["out"], out = _row_runs("windows", shape[1], shape[2], pad[0]), pad[1]
     if out_runs:
         runs["out"] = out_runs
     base = drv.BUFFER_BASE
@@ -513,6 +515,18 @@ def _vector_dev(drv, n, op, x, p=None, b=None, end_x=None, want=None, out=None, 
     else:
         out_shape = (shape[0], prog.out_shape[0] // shape[0]) + prog.out_shape[1:] if image else shape
     return _run_to_device(drv, prog, bind, prog.out_layout, out_shape, n.name, order, out), [drv.last_run]
+
+
+@functools.lru_cache(maxsize=256)
+def _row_runs(kind: str, *args) -> RowRuns:
+    """RowRuns.windows / unwindows (h, w, ws), or "gather" (shape, order, stored order, rows): the runs a map of
+    that shape reordering between those orders reads in, by reorder_rows. A function of its arguments (and
+    frozen): made once, not again for every frame's run of the node (the reorder's runs are a Python tuple a
+    row each)."""
+    if kind == "gather":
+        shape, order, stored, rows = args
+        return RowRuns.gather(reorder_rows(shape, order, stored), rows)
+    return getattr(RowRuns, kind)(*args)
 
 
 def _one_order(operands, shape: tuple) -> int | None:
@@ -719,6 +733,8 @@ class GraphExecutor(IntRunner):
                         if chain and "vector" in cfg.engines and self._engine_output(writers.get(add.inputs[1 - i]))}
         for lin in self.unfused.values():
             del self.fused_adds[lin]
+        # add node -> which of its inputs its linear writes (op_fn: the add's node returns that input)
+        self._fused_into = {add.name: i for add, i in self.fused_adds.values()}
         # tensors the host makes or takes: a host node's output or a feed (the frame) written in, one a host
         # node or the caller reads (the logits) read back (_own_bytes)
         self.host_made = set(qm.graph.inputs) | {t for n in qm.graph.nodes if self.placements[n.name].where == "host"
@@ -798,6 +814,7 @@ class GraphExecutor(IntRunner):
         y, runs = _vector_dev(self.driver, node, "rescale", x, COPY, pad=pad)
         y.shape, y.pad = self.graph.tensors[node.outputs[0]].shape, None
         rec.where, rec.cycles, rec.calls = "vector", sum(r.cycles for r in runs), len(runs)
+        rec.device_s = sum(r.wall_s for r in runs)
         rec.reason = "the map copied into its padded windows on the vector engine (a command per run of a row)"
         return y
 
@@ -949,9 +966,11 @@ class GraphExecutor(IntRunner):
             return moved.total
         if where == "layout":
             return 0
-        fed = sum(a.nbytes for t, a in zip(node.inputs, args) if t in self.host_made and isinstance(a, np.ndarray))
+        written = moved.to_ddr - program      # (none in a steady frame's node: its inputs not summed then)
+        fed = sum(a.nbytes for t, a in zip(node.inputs, args) if t in self.host_made and isinstance(a, np.ndarray)) \
+            if written > 0 else 0
         read = out.nbytes if isinstance(out, np.ndarray) and node.outputs[0] in self.host_read else 0
-        return min(fed, max(0, moved.to_ddr - program)) + min(read, moved.from_ddr)
+        return min(fed, max(0, written)) + min(read, moved.from_ddr)
 
     def _done(self, node, args, out) -> None:
         """Liveness after a node: its device output's readers to come, its device inputs' one fewer."""
@@ -1022,9 +1041,9 @@ class GraphExecutor(IntRunner):
 
         if node.name in self.fused_gelus:
             return self._counted(rec, node, lambda n, args, r: args[0])     # its fc1's store applied the table
-        for add, i in self.fused_adds.values():
-            if add.name == node.name:       # its linear's store added the residual
-                return self._counted(rec, node, lambda n, args, r, i=i: args[i])
+        i = self._fused_into.get(node.name)
+        if i is not None:       # its linear's store added the residual
+            return self._counted(rec, node, lambda n, args, r, i=i: args[i])
         gelu = self.fused.get(node.name)
         call, dev_call = self.ENGINE_OPS[node.op], self.DEVICE_OPS.get(node.op)
         if gelu is not None:
@@ -1059,7 +1078,7 @@ class GraphExecutor(IntRunner):
                 if not self._spill():
                     raise
                 y, runs = once(n, args, r)      # its inputs now from the host
-            rec.cycles, rec.calls = sum(x.cycles for x in runs), len(runs)
+            rec.cycles, rec.calls, rec.device_s = sum(x.cycles for x in runs), len(runs), sum(x.wall_s for x in runs)
             return y
         return self._counted(rec, node, on_engine)
 

@@ -191,6 +191,7 @@ class StageStats:
     cycles: int = 0
     host_s: float = 0.0       # host ops' wall time
     engine_s: float = 0.0     # this process's time for the engine nodes (compile + simulate + copies)
+    device_s: float = 0.0     # of which inside the device's runs (NodeRecord.device_s; sim: its data and cycles)
     ddr_bytes: int = 0        # host <-> DDR bytes (Driver calls, bank reads and writes)
 
 
@@ -224,11 +225,12 @@ class FrameStats:
         if not self.inside:
             self.add(stage, host_s=host_s, ddr_bytes=ddr_bytes)
 
-    def add(self, stage: str, cycles=0, host_s=0.0, engine_s=0.0, ddr_bytes=0) -> None:
+    def add(self, stage: str, cycles=0, host_s=0.0, engine_s=0.0, ddr_bytes=0, device_s=0.0) -> None:
         s = self.stages[STAGE_OF.get(stage, stage)]
         s.cycles += cycles
         s.host_s += host_s
         s.engine_s += engine_s
+        s.device_s += device_s
         s.ddr_bytes += ddr_bytes
 
 
@@ -380,7 +382,7 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
             rec.ddr_bytes = traffic.since(before).total
             on_host = rec.where in ("host", "layout")
             self.frame_stats.add(n.stage, rec.cycles, rec.wall_s if on_host else 0.0,
-                                 0.0 if on_host else rec.wall_s, rec.ddr_bytes)
+                                 0.0 if on_host else rec.wall_s, rec.ddr_bytes, rec.device_s)
             self.frame_stats.node(n.name, rec.ddr_bytes, rec.program_bytes, rec.own_bytes)
             return y
         return counted
@@ -648,8 +650,7 @@ class VideoGraphExecutor(_VideoRunner, GraphExecutor, _VideoHostOps):
         if not self.chain:
             return False
         if n.op == "add":        # (one not in its linear's store runs on the vector engine: GraphExecutor.unfused)
-            return (where == "vector" or n.name in self.unfused) and n.name not in {
-                add.name for add, _ in self.fused_adds.values()}
+            return (where == "vector" or n.name in self.unfused) and n.name not in self._fused_into
         d = self.graph.tensors[n.inputs[0]].shape[-1] // n.attrs.get("heads", 1)
         return n.op == "attention" and where == "attention" and token_rows_refusal(self.cfg, d, True) is None
 
