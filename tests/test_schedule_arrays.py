@@ -160,3 +160,23 @@ def test_emitter_addressed_columns_equal_dicts():
     assert e.dicts()[2] == {"opcode": 5, "vec_out_addr": ("out", 96), "vec_rows": 9, "vec_b_addr": ("c", 128),
                             "dram_addr": ("in", 32)}
     assert tuple(e.columns()) == tuple(e.dicts())
+
+
+def test_a_compiled_linear_links_without_encoding_again(monkeypatch):
+    """pack_descriptors makes a linear's descriptor bytes as a load links them (the words without addresses,
+    kept on the list, then the address bytes): its image holds what hw.isa.pack_descriptor makes of the numeric
+    descriptors, and linking it to other buffers encodes no column again, the same bytes as field by field."""
+    from hw import isa
+    import sw.runtime.program as P
+    cfg = preset("kv260")
+    rng = np.random.default_rng(3)
+    prog = L.compile_linear(cfg, rng.integers(-9, 9, (300, 200), np.int8), rng.integers(-9, 9, (200, 130), np.int8),
+                            None, 1 << 20, 20, base_addr=1 << 20)
+    n = len(prog.descriptors)
+    assert prog.image[:n * 32].tobytes() == b"".join(isa.pack_descriptor(**d) for d in prog.descriptors)
+    encoded, real = [], P.encode_columns
+    monkeypatch.setattr(P, "encode_columns", lambda *a: encoded.append(a[1]) or real(*a))
+    at = {name: (7 + i) << 22 for i, name in enumerate(prog.regions)}
+    want = b"".join(isa.pack_descriptor(**{k: at[v[0]] + v[1] if isinstance(v, tuple) else v for k, v in d.items()})
+                    for d in prog.symbolic)
+    assert P.link_words(prog.symbolic, at).tobytes() == want and encoded == []

@@ -121,3 +121,24 @@ def test_a_sessions_second_image_reuses_its_programs(scaled):
             assert cache.hits == hits and compiled > 100
         else:
             assert cache.hits - hits >= compiled - 5 and cache.misses - misses <= 5
+
+
+def test_a_sessions_next_image_links_and_checks_nothing(scaled):
+    """Two photos in one OverlayRunner session: the second's programs are all still loaded (the arena holds a
+    session's programs and an image's activations) and its activations sit where the first's did (the buffers kept
+    for the session, planes, padded windows, constants, the mask product's B, are placed with the programs at
+    the arena's top), so it loads, links and checks no descriptor list, writes none, and equals the host's."""
+    from benchmarks.overlay_segment import _segment as segment
+    from golden_model.quant.intinterp import IntRunner
+    from golden_model.quant.predictor import GraphPredictor
+    from sw.runtime.overlay_segment import OverlayRunner
+    qm = scaled_quantised(scaled, preset("kv260"))
+    ex = OverlayRunner(qm, preset("kv260"), "sim")
+    other = np.random.default_rng(7).integers(0, 256, scaled[2].shape, dtype=np.uint8)
+    segment(GraphPredictor(qm.graph, ex), scaled[2], SCALED_CLICK)
+    session, drv = ex.driver.session, ex.driver
+    before = session.links, session.checks, session.relinks, drv.program_bytes, len(drv._cache)
+    got = segment(GraphPredictor(qm.graph, ex), other, SCALED_CLICK)
+    assert (session.links, session.checks, session.relinks, drv.program_bytes, len(drv._cache)) == before
+    want = segment(GraphPredictor(qm.graph, IntRunner(qm)), other, SCALED_CLICK)
+    assert all(np.array_equal(a, b) for a, b in zip(got, want))

@@ -17,11 +17,13 @@ from sw.runtime.backend import DEFAULT_DDR_BYTES, Backend
 OVERLAY_VLNV = isa.IP_VLNV   # the board flow packages the IP under this VLNV
 IP_NAME = isa.IP_INSTANCE
 CSR_BASE = 0xA000_0000          # where the registers sit in the simulated address map
-#: The simulated device's DDR: room for a few sessions' arenas (numpy leaves untouched pages unmapped).
-_SIM = {"cfg": None, "ddr_bytes": 1 << 28}
+#: The simulated device's DDR: room for a few sessions' arenas (a segment session's is 256 MiB:
+#: sw.runtime.overlay_segment.OVERLAY_DDR_BYTES; numpy leaves untouched pages unmapped).
+SIM_DDR_BYTES = 1 << 30
+_SIM = {"cfg": None, "ddr_bytes": SIM_DDR_BYTES}
 
 
-def use_simulated_device(cfg, ddr_bytes: int = 1 << 28) -> None:
+def use_simulated_device(cfg, ddr_bytes: int = SIM_DDR_BYTES) -> None:
     """Make the simulated device the one pynq finds (call before pynq first probes devices). Another
     configuration than the device's is another bitstream: the device starts afresh (new registers and
     DDR; buffers of sessions on the old one are void, as on a board after a new download)."""

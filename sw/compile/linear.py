@@ -974,13 +974,17 @@ def pack_descriptors(descs: list[dict], image: np.ndarray, offsets: dict, base_a
     standing for dram_addr) into the image's descriptor area, the image placed at base_addr.
     Returns (symbolic fields, numeric fields): sw.runtime.program.ColumnDescriptors, the fields as columns
     (the dicts made only when read). hint: what to do when one does not fit."""
-    from sw.runtime.program import ColumnDescriptors, LinkError, SplitDescriptors, encode_columns, link
+    from sw.runtime.program import ColumnDescriptors, LinkError, SplitDescriptors, encode_columns, link, link_words
     addresses = {name: base_addr + off for name, (off, _) in offsets.items()}
     emitted = isinstance(descs, Emitter)
     symbolic = descs.columns() if emitted else ColumnDescriptors.of_compiled(descs)
     if symbolic is not None and symbolic.split[1].keys() <= addresses.keys():
         numeric = symbolic.resolved(addresses)
-        words = encode_columns(numeric.split[0], len(numeric))
+        # linked as the runtime links it: the words without addresses, made here and kept on the list, are the
+        # session's load's too (it writes only the address bytes); encode_columns where those do not fit
+        words = link_words(symbolic, addresses, words=True)
+        if words is None:
+            words = encode_columns(numeric.split[0], len(numeric))
         if words is not None:
             raw = words.view(np.uint8).reshape(-1)
             image[:raw.size] = raw

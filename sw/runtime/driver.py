@@ -247,11 +247,11 @@ class Driver:
         self.last_programs = [prog]
         return self.last_run
 
-    def buffer(self, size: int, prefix: str = "act", zero: bool = False):
-        """A new session buffer (zeroed only with `zero`), room made by dropping the kept programs when the arena
-        is full."""
+    def buffer(self, size: int, prefix: str = "act", zero: bool = False, top: bool = False):
+        """A new session buffer (zeroed only with `zero`; `top`: kept for the session, Session.buffer), room made
+        by dropping the kept programs when the arena is full."""
         name = f"{prefix}{next(self._names)}"
-        return self._making_room(lambda: self.session.buffer(name, size, zero=zero))
+        return self._making_room(lambda: self.session.buffer(name, size, zero=zero, top=top))
 
     def _load(self, prog, descriptors, bind=None):
         name = f"call{next(self._names)}"

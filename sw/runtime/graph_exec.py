@@ -380,7 +380,7 @@ def _hyper_b(drv, r, owner: str, region, h) -> str:
         ones = region(np.ones_like(h))
         at = np.flatnonzero(ones)
         cuts = np.flatnonzero(np.diff(at) != 1) + 1
-        return _upload(drv, np.zeros(ones.size, np.uint8), None, "hyper"), [(int(a[0]), a.size)
+        return _upload(drv, np.zeros(ones.size, np.uint8), None, "hyper", top=True), [(int(a[0]), a.size)
                                                                             for a in np.split(at, cuts)]
     name, spans = r.b_buffers.get(owner, make)
     session = drv.session
@@ -557,11 +557,11 @@ def _broadcast(value, x) -> bool:
     return isinstance(value, np.ndarray) and value.size < math.prod(np.shape(x))
 
 
-def _upload(drv, x, layout: TokenRowLayout | None, prefix: str = "act") -> str:
+def _upload(drv, x, layout: TokenRowLayout | None, prefix: str = "act", top: bool = False) -> str:
     """A new session buffer holding host array x in `layout` (None: x's bytes as they are; written once): its
-    name."""
+    name. `top`: a buffer kept for the session (Driver.buffer)."""
     data = np.ascontiguousarray(x).reshape(-1).view(np.uint8) if layout is None else layout.pack(x)
-    name = drv.buffer(data.size, prefix).name
+    name = drv.buffer(data.size, prefix, top=top).name
     drv.session.backend.write(drv.session.arena[name].addr, data)
     return name
 
@@ -829,7 +829,7 @@ class GraphExecutor(IntRunner):
         layout = TokenRowLayout(math.prod(shape[:-1]), shape[-1], self.cfg.cols)
         try:
             return ws, self._pad_buffers.get(node.name, lambda: _upload(
-                self.driver, np.zeros((layout.tokens, shape[-1]), np.int8), layout, "pad"))
+                self.driver, np.zeros((layout.tokens, shape[-1]), np.int8), layout, "pad", top=True))
         except ArenaFull:
             return None
 
@@ -840,7 +840,7 @@ class GraphExecutor(IntRunner):
         the arena has no room."""
         try:
             return self._planes.get((tuple(shape), slot), lambda: self.driver.buffer(
-                FmapLayout(*shape, self.cfg.cols).size, "planes", zero=True)).name
+                FmapLayout(*shape, self.cfg.cols).size, "planes", zero=True, top=True)).name
         except ArenaFull:
             return None
 
@@ -1100,7 +1100,7 @@ class GraphExecutor(IntRunner):
             drv, v = self.driver, np.ascontiguousarray(np.broadcast_to(value, shape))
             layout = TokenRowLayout(math.prod(shape[:-1]), shape[-1], self.cfg.cols)
             t = DeviceTensor(drv, _upload(drv, (_window_order(v, order) if order else v).reshape(layout.tokens, -1),
-                                          layout, "const"), layout, shape, node.inputs[i], order)
+                                          layout, "const", top=True), layout, shape, node.inputs[i], order)
             t.pinned, t.session = True, drv.session
             t.value = None if node.inputs[i] in self.graph.constants else np.array(value)    # compared next run
             self._constants[key] = t

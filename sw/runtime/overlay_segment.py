@@ -21,8 +21,9 @@ from sw.runtime.graph_exec import GraphExecutor
 STAGE_GROUPS = {"image encoder": ("image_encoder",), "prompt + decoder": ("prompt_encoder", "mask_decoder")}
 #: The DDR the sim / rtl backends give a segment session: tiny at 1024's live activations chained in DDR (an
 #: MLP's 25 MB hidden tensor before and after its GELU, the residual) and the next program's own regions
-#: need ~80 MB; in 64 MiB some were spilled to the host.
-OVERLAY_DDR_BYTES = 1 << 27
+#: need ~80 MB (in 64 MiB some were spilled to the host), its 211 programs with their weights ~123 MB: in 128 MiB
+#: the arena dropped programs, and the next image loaded, linked and checked every one again.
+OVERLAY_DDR_BYTES = 1 << 28
 #: Progress is reported every this many nodes (and at the end of each run).
 PROGRESS_EVERY = 50
 

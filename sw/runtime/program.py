@@ -87,13 +87,16 @@ class SplitDescriptors(tuple):
         return t
 
 
-def link_words(symbolic, addresses: dict[str, int]) -> np.ndarray:
-    """link's packed bytes alone (a SplitDescriptors list relinked from its split)."""
+def link_words(symbolic, addresses: dict[str, int], words: bool = False) -> np.ndarray | None:
+    """link's packed bytes alone (a SplitDescriptors list relinked from its split). `words`: the (n, 4) words
+    of the split's relink only, None where that way does not fit (no fallback to link)."""
     split = getattr(symbolic, "split", None)
     if split is not None and split[1].keys() <= addresses.keys():
-        words = _relink(split, addresses, len(symbolic), symbolic)
-        if words is not None:
-            return words.view(np.uint8).reshape(-1)
+        linked = _relink(split, addresses, len(symbolic), symbolic)
+        if linked is not None:
+            return linked if words else linked.view(np.uint8).reshape(-1)
+    if words:
+        return None
     return link(list(symbolic), addresses)[1]        # its errors say which descriptor and why
 
 

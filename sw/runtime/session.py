@@ -81,16 +81,20 @@ class Session:
         self.pinned: set[str] = set()    # buffers read in turn for the session (pin): a memory bank's slots
         self.placements = 1              # placements of pinned buffers a program bound to them meets in turn (pin)
         self.relinks = 0                 # rebinds that linked a descriptor list again (not a kept one's placement)
+        self.links = 0                   # descriptor lists linked (loads and relinks)
+        self.checks = 0                  # of which checked (the rest passed the same checks before: _checked)
         self._views = 0                  # views made (view): their names' numbers
 
     @property
     def traffic(self):
         return self.backend.traffic
 
-    def buffer(self, name: str, size: int, *, zero: bool = True) -> Buffer:
+    def buffer(self, name: str, size: int, *, zero: bool = True, top: bool = False) -> Buffer:
         """A named buffer of the session (an activation, a scratch area). `zero`: cleared once now
-        (feature maps keep zero margins that convolutions read as padding)."""
-        buf = self.arena.allocate(name, size)
+        (feature maps keep zero margins that convolutions read as padding). `top`: one kept for the session,
+        placed from the arena's high end with the programs (Arena.allocate_all), so the activations of a call
+        that repeats take the addresses they had before it was made."""
+        buf = self.arena.allocate_all({name: size}, top=top)[name]
         if zero:
             self.backend.write(buf.addr, np.zeros(size, np.uint8))
         return buf
@@ -169,6 +173,7 @@ class Session:
         addresses = {r: self.arena[names[r]].addr for r in prog.regions}
         symbolic = prog.symbolic if descriptors is None else with_fields(prog.symbolic, descriptors)
         raw = link_words(symbolic, addresses)
+        self.links += 1
         table = {r: (self.arena[n].addr, self.arena[n].size) for r, n in names.items()}
         runs = program_runs(prog, raw.size // isa.DESCRIPTOR_BYTES, descriptors is not None)   # counts restart per START
         # The checks are a function of the bytes, the buffer table and the runs: a program relinked to
@@ -176,6 +181,7 @@ class Session:
         key = (hashlib.blake2b(raw, digest_size=16).digest(), tuple(table.items()), tuple(runs))
         if self._checked.get(key):
             return addresses, raw
+        self.checks += 1
         for first, count in runs:
             check_descriptors(self.cfg, raw[first * isa.DESCRIPTOR_BYTES:(first + count) * isa.DESCRIPTOR_BYTES],
                               table)
