@@ -1,0 +1,109 @@
+"""The host kernels' worker threads: the one place that says how many and owns the pool.
+
+The integer kernels (intattn.attention_state, the sim backend's fast GEMMs, LayerNorm rows) work on
+independent blocks (query rows, output rows) whose big NumPy operations release the GIL, so blocks run
+side by side on threads of one process, each on one BLAS thread. Results do not depend on the count:
+each block computes exactly what it computes serially, and every sum is an exact integer sum.
+
+SAM2FPGA_THREADS sets the count (1: everything serial); the default is the machine's cores up to
+DEFAULT_CAP. The pool is created on first use, one per process (its threads live as long as it does).
+"""
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+ENV = "SAM2FPGA_THREADS"
+#: Default thread count's upper bound: the blocks are memory-bound NumPy passes beyond a few cores.
+DEFAULT_CAP = 4
+
+
+def count() -> int:
+    """Worker threads to use: SAM2FPGA_THREADS, else min(cores, DEFAULT_CAP). (Read at each call: a test
+    or a user may change it between runs.)"""
+    value = os.environ.get(ENV, "").strip()
+    if not value:
+        return max(1, min(os.cpu_count() or 1, DEFAULT_CAP))
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ValueError(f"{ENV}={value!r}: expected a positive whole number of threads")
+    return n
+
+
+_local = threading.local()          # .inside: this thread is one of the pool's (nested maps run serially)
+_lock = threading.Lock()
+
+
+@functools.cache
+def _pool(n: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=n, thread_name_prefix="sam2fpga-worker")
+
+
+def parallel() -> int:
+    """Threads a map started here would use: count(), or 1 inside a worker (no nested hand-offs)."""
+    return 1 if getattr(_local, "inside", False) else count()
+
+
+def _enter(fn):
+    def run(item):
+        _local.inside = True
+        try:
+            return fn(item)
+        finally:
+            _local.inside = False
+    return run
+
+
+def map(fn, items) -> list:
+    """[fn(item) for item in items], the items shared out over the worker threads (in order; the first
+    exception is raised). Serial for one thread, one item, or inside a worker. BLAS is held at one thread
+    while the workers run (its own threads on top of ours would only wait for cores)."""
+    items = list(items)
+    n = min(parallel(), len(items))
+    if n <= 1:
+        return [fn(item) for item in items]
+    with _lock:
+        pool = _pool(count())
+    with one_blas_thread():
+        return list(pool.map(_enter(fn), items))
+
+
+def split(n: int, parts: int) -> list[slice]:
+    """range(n) in `parts` contiguous slices of sizes differing by at most one (fewer when n < parts)."""
+    parts = max(1, min(parts, n))
+    bounds = [i * n // parts for i in range(parts + 1)]
+    return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
+
+
+# ---------------------------------------------------------------- BLAS threads
+
+@functools.cache
+def _blas_libs() -> tuple:
+    try:
+        from threadpoolctl import ThreadpoolController
+    except ImportError:              # (a board image without it: BLAS keeps its own threads)
+        return ()
+    return tuple(ThreadpoolController().select(user_api="blas").lib_controllers)
+
+
+@contextlib.contextmanager
+def one_blas_thread():
+    """NumPy's BLAS on one thread inside (process-wide: the library's own setting, so it holds in the
+    pool's threads too). The GEMMs here are exact integer sums (any thread count gives the same bits) in
+    chunks small enough to stay in cache, where BLAS's second thread's hand-offs cost more than it adds,
+    many times more on a machine whose cores are busy with other work; the cores go to our workers
+    instead. (The libraries' own calls: threadpoolctl's limit() costs more than a small run.)"""
+    changed = [(lib, n) for lib in _blas_libs() if (n := lib.get_num_threads()) not in (None, 1)]
+    try:
+        for lib, _ in changed:
+            lib.set_num_threads(1)
+        yield
+    finally:
+        for lib, n in changed:
+            lib.set_num_threads(n)
