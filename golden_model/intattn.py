@@ -262,9 +262,10 @@ def attention_state(q, k, v, quant: AttentionQuant, key_tile: int):
     return m.reshape(lead + (lq,)), l.reshape(lead + (lq,)), o.reshape(lead + (lq, d))
 
 
-#: Score elements of an attention_state call from which its blocks go to the worker threads: 2 threads on 2
-#: idle cores took 0.68-0.89x the time of one below 2^17 (16 x 64 x 64, 1 x 256 x 256, 1 x 128 x 1024),
-#: 1.14-1.46x at 2^18, 1.64-1.77x from 2^23 (1 x 4096 x 4096: 0.279 -> 0.165 s).
+#: Score elements of an attention_state call from which its blocks go to the worker threads
+#: (golden_model.workers): one thread's time / two threads' on 2 idle cores 0.93-1.03 at 2^16-2^17 (16 x 64 x
+#: 64, 1 x 256 x 256, 1 x 128 x 1024), 1.24-1.54 at 2^18, 1.61-1.68 from 2^23 (1 x 4096 x 4096: 0.269 ->
+#: 0.162 s). (attention x (query rows x keys))
 PARALLEL_MIN = 1 << 18
 
 

@@ -116,15 +116,17 @@ def _blocks(n_rows: int, n_cols: int):
             yield rows, slice(j, min(j + cstep, n_cols))
 
 
-#: Elements of a LayerNorm from which its rows go to the worker threads (golden_model.workers): 2 threads on
-#: 2 idle cores took 0.77x the time of one at 2^18 elements, 1.09x at 2^19, 1.33-1.42x from 2^20. (The
-#: residual add stays serial: 1.1x at 2^22, for 25 % more CPU.)
+#: Elements of a LayerNorm from which its rows go to the worker threads (golden_model.workers): one thread's
+#: time / two threads' on 2 idle cores 0.77 at 2^18 elements, 1.03-1.09 at 2^19, 1.12-1.42 from 2^20. (The
+#: residual add stays serial: 1.1 at 2^22, for 25 % more CPU.)
 PARALLEL_MIN = 1 << 20
 
 
 def _parts(n: int, elements: int) -> list[slice]:
-    """range(n) (rows) in one part a worker thread for a call of `elements`, else one part."""
-    return workers.split(n, workers.parallel() if elements >= PARALLEL_MIN else 1)
+    """range(n) (rows) in parts for the worker threads for a call of `elements` (two a thread, so a thread
+    the machine's load holds back holds back a quarter of the work, not half), else one part."""
+    threads = workers.parallel() if elements >= PARALLEL_MIN else 1
+    return workers.split(n, 1 if threads == 1 else 2 * threads)
 
 
 def _saturate(y: np.ndarray, lo: int, hi: int) -> np.ndarray:

@@ -36,7 +36,7 @@ def count() -> int:
     return n
 
 
-_local = threading.local()          # .inside: this thread is one of the pool's (nested maps run serially)
+_local = threading.local()          # .inside: this thread is running a map's items (nested maps run serially)
 _lock = threading.Lock()
 
 
@@ -46,32 +46,51 @@ def _pool(n: int) -> ThreadPoolExecutor:
 
 
 def parallel() -> int:
-    """Threads a map started here would use: count(), or 1 inside a worker (no nested hand-offs)."""
+    """Threads a map started here would use: count(), or 1 inside a map's item (no nested hand-offs)."""
     return 1 if getattr(_local, "inside", False) else count()
 
 
-def _enter(fn):
-    def run(item):
-        _local.inside = True
-        try:
-            return fn(item)
-        finally:
-            _local.inside = False
-    return run
-
-
 def map(fn, items) -> list:
-    """[fn(item) for item in items], the items shared out over the worker threads (in order; the first
-    exception is raised). Serial for one thread, one item, or inside a worker. BLAS is held at one thread
-    while the workers run (its own threads on top of ours would only wait for cores)."""
+    """[fn(item) for item in items] on up to count() threads: the caller and count() - 1 pool threads take
+    the next item until none is left (the first exception is raised after the others stop). Serial for one
+    thread, one item, or inside an item. The caller works too, so a pool thread that a busy machine does
+    not schedule costs at most the item it holds (a pool thread not yet started is cancelled), not its
+    share. BLAS is held at one thread while the items run (its own threads on top of ours would only
+    wait for cores)."""
     items = list(items)
     n = min(parallel(), len(items))
     if n <= 1:
         return [fn(item) for item in items]
+    results: list = [None] * len(items)
+    errors: list = []
+    order = iter(range(len(items)))
+    take = threading.Lock()
+
+    def drain():
+        _local.inside = True
+        try:
+            while not errors:
+                with take:
+                    i = next(order, None)
+                if i is None:
+                    return
+                try:
+                    results[i] = fn(items[i])
+                except BaseException as e:       # (stops the others at their next item)
+                    errors.append(e)
+        finally:
+            _local.inside = False
     with _lock:
-        pool = _pool(count())
+        pool = _pool(count() - 1)
     with one_blas_thread():
-        return list(pool.map(_enter(fn), items))
+        helpers = [pool.submit(drain) for _ in range(n - 1)]
+        drain()
+        for future in helpers:
+            if not future.cancel():
+                future.result()
+    if errors:
+        raise errors[0]
+    return results
 
 
 def split(n: int, parts: int) -> list[slice]:

@@ -44,14 +44,17 @@ def test_map_keeps_order_runs_on_the_pool_and_raises(threads):
         seen.add(threading.current_thread().name)
         return i * i
     assert workers.map(item, range(7)) == [i * i for i in range(7)]
-    assert len(seen) == 2 and all(name.startswith("sam2fpga-worker") for name in seen)
+    others = seen - {threading.current_thread().name}          # the caller and a pool thread
+    assert len(seen) == 2 and len(others) == 1 and others.pop().startswith("sam2fpga-worker")
 
     def fails(i):
         if i == 3:
             raise KeyError("item 3")
         return i
-    with pytest.raises(KeyError, match="item 3"):
-        workers.map(fails, range(5))
+    for n in range(1, 6):                                     # on a pool thread or the caller
+        with pytest.raises(KeyError, match="item 3"):
+            workers.map(fails, range(n + 3))
+    assert workers.map(lambda i: -i, range(3)) == [0, -1, -2]  # (the pool still works)
 
 
 def test_map_is_serial_for_one_thread_one_item_and_inside_a_worker(threads):
@@ -60,10 +63,15 @@ def test_map_is_serial_for_one_thread_one_item_and_inside_a_worker(threads):
     assert {workers.map(lambda _: threading.current_thread().name, range(4))[i] for i in range(4)} == {main}
     threads(2)
     assert workers.map(lambda _: threading.current_thread().name, [0]) == [main]
-    # a map inside a worker runs there (its items on the same thread: no hand-off to a busy pool)
-    inner = workers.map(lambda _: {threading.current_thread().name for _ in
-                                   workers.map(lambda _: threading.current_thread().name, range(3))}, range(2))
-    assert all(len(names) == 1 for names in inner) and main not in set.union(*inner)
+    # a map inside an item runs on that item's thread (no hand-off to a busy pool)
+    barrier = threading.Barrier(2, timeout=10)
+
+    def outer(_):
+        barrier.wait()                                             # (the two items on two threads)
+        return threading.current_thread().name, set(workers.map(lambda _: threading.current_thread().name,
+                                                                range(3)))
+    inner = workers.map(outer, range(2))
+    assert all(names == {name} for name, names in inner) and len({name for name, _ in inner}) == 2
 
 
 def test_blas_on_one_thread_while_the_workers_run(threads):

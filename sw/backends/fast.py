@@ -28,9 +28,9 @@ from sw.lru import BytesMemo
 
 ROWS_PER_CHUNK = 256      # output rows per NumPy pass: intermediates stay in cache
 #: Multiply-accumulates of a GEMM from which its row chunks go to the worker threads (golden_model.workers):
-#: 2 threads on 2 idle cores took 0.80x the time of one at 2^22, 1.07-1.14x at 2^25-2^26, 1.25x at 2^27,
-#: 1.4-1.8x at 2^31 (65,536 x 96 x 384: 0.123 -> 0.089 s).
-PARALLEL_MIN_MACS = 1 << 26
+#: one thread's time / two threads' on 2 idle cores 1.22-1.24 at 2^25 (512 x 256 x 256, 1024 x 128 x 256),
+#: 1.35-1.48 at 2^26, 1.62 at 2^28, 1.72-1.94 at 2^31 (65,536 x 96 x 384: 0.136 -> 0.079 s).
+PARALLEL_MIN_MACS = 1 << 25
 
 
 def job(cfg, prog, addresses: dict[str, int] | None = None):
