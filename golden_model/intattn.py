@@ -265,18 +265,22 @@ def attention_state(q, k, v, quant: AttentionQuant, key_tile: int):
 #: Score elements of an attention_state call from which its blocks go to the worker threads
 #: (golden_model.workers): one thread's time / two threads' on 2 idle cores 0.93-1.03 at 2^16-2^17 (16 x 64 x
 #: 64, 1 x 256 x 256, 1 x 128 x 1024), 1.24-1.54 at 2^18, 1.61-1.68 from 2^23 (1 x 4096 x 4096: 0.269 ->
-#: 0.162 s). (attention x (query rows x keys))
+#: 0.162 s). Scores: attentions x query rows x padded keys.
 PARALLEL_MIN = 1 << 18
 
 
 def state_blocks(batch: int, lq: int, keys: int) -> list[tuple[slice, slice]]:
     """attention_state's (attention, query row) blocks of at most FAST_BLOCK scores (`keys` padded keys a
     row), of even sizes. With several worker threads (golden_model.workers) and at least PARALLEL_MIN scores
-    the blocks are smaller, at least one a thread, and a multiple of the threads when they split rows."""
+    the blocks are smaller, at least one a thread, and a multiple of the threads when they split rows; blocks
+    of whole attentions are then FAST_BLOCK / threads at most (the threads' blocks together in the cache one
+    took: 1,024 windows of 64 x 64 scores on 2 threads 0.227 s in blocks of 2^20, 0.093 s in 2^19; one
+    4,096 x 4,096 attention 0.128 s in blocks of 2^20 rows, 0.161 s in 2^19)."""
     threads = workers.parallel() if batch * lq * keys >= PARALLEL_MIN else 1
-    blocks = -(-batch * lq * keys // FAST_BLOCK)
+    limit = FAST_BLOCK if lq * keys >= FAST_BLOCK else FAST_BLOCK // threads
+    blocks = -(-batch * lq * keys // limit)
     blocks = -(-max(blocks, threads) // threads) * threads
-    cap = -(-batch * lq * keys // blocks)             # <= FAST_BLOCK
+    cap = -(-batch * lq * keys // blocks)             # <= limit
     rows = max(1, min(lq, cap // keys))
     per = max(1, cap // (rows * keys))
     batch_blocks = -(-batch // per)
