@@ -5,8 +5,9 @@ independent blocks (query rows, output rows) whose big NumPy operations release 
 side by side on threads of one process, each on one BLAS thread. Results do not depend on the count:
 each block computes exactly what it computes serially, and every sum is an exact integer sum.
 
-SAM2FPGA_THREADS sets the count (1: everything serial); the default is the machine's cores up to
-DEFAULT_CAP. The pool is created on first use, one per process (its threads live as long as it does).
+SAM2FPGA_THREADS sets the count (1: everything serial); the default is the cores this process may run on,
+up to DEFAULT_CAP. A map runs on the caller and count() - 1 pool threads; the pool is created on first use,
+one per process (per count), its threads living as long as the process.
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 ENV = "SAM2FPGA_THREADS"
-#: Default thread count's upper bound: the blocks are memory-bound NumPy passes beyond a few cores.
+#: Default thread count's upper bound: the blocks are memory-heavy NumPy passes (measured on 2 cores only:
+#: 1.5-1.7x on two, docs/overlay.md).
 DEFAULT_CAP = 4
 
 
@@ -26,7 +28,8 @@ def count() -> int:
     or a user may change it between runs.)"""
     value = os.environ.get(ENV, "").strip()
     if not value:
-        return max(1, min(os.cpu_count() or 1, DEFAULT_CAP))
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return max(1, min(cores, DEFAULT_CAP))
     try:
         n = int(value)
     except ValueError:
