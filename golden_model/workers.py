@@ -48,6 +48,10 @@ def _pool(n: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=n, thread_name_prefix="sam2fpga-worker")
 
 
+if hasattr(os, "register_at_fork"):       # a forked child has none of the pool's threads: it makes its own
+    os.register_at_fork(after_in_child=_pool.cache_clear)
+
+
 def parallel() -> int:
     """Threads a map started here would use: count(), or 1 inside a map's item (no nested hand-offs)."""
     return 1 if getattr(_local, "inside", False) else count()

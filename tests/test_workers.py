@@ -74,6 +74,28 @@ def test_map_is_serial_for_one_thread_one_item_and_inside_a_worker(threads):
     assert all(names == {name} for name, names in inner) and len({name for name, _ in inner}) == 2
 
 
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_a_forked_child_gets_its_own_pool(threads):
+    import os
+    threads(2)
+    workers.map(abs, range(4))                                 # the parent's pool made
+    pid = os.fork()
+    if pid == 0:                                               # the child: two threads again, not the parent's dead ones
+        names = set()
+        barrier = threading.Barrier(2, timeout=10)
+
+        def item(_):
+            barrier.wait()
+            names.add(threading.current_thread().name)
+        try:
+            workers.map(item, range(2))
+            os._exit(0 if len(names) == 2 else 1)
+        except BaseException:
+            os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
 def test_blas_on_one_thread_while_the_workers_run(threads):
     threadpoolctl = pytest.importorskip("threadpoolctl")
     threads(2)
