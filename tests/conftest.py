@@ -4,9 +4,10 @@ import pytest
 
 
 def _threads_per_worker() -> int | None:
-    """BLAS / OpenMP threads for one pytest-xdist worker: the cores shared out (`make test`: 2 workers on
-    2 cores, one each). Left alone outside xdist. With their defaults (a thread per core in OpenBLAS and in
-    torch) two workers ran four threads on two cores, idle pool threads waiting busy: one thread costs
+    """BLAS / OpenMP threads, and the kernels' worker threads (golden_model.workers, SAM2FPGA_THREADS), for
+    one pytest-xdist worker: the cores shared out (`make test`: 2 workers on 2 cores, one each; tests of
+    the threads set their own count). Left alone outside xdist. With their defaults (a thread per core in
+    OpenBLAS and in torch) two workers ran four threads on two cores, idle pool threads waiting busy: one thread costs
     test_video's official run 29 % less CPU, test_full_size_tiny_accuracy 14 % (OpenBLAS's system time
     68 s against 116). Results do not change: integer paths are exact, float ones within their tolerances."""
     workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
@@ -17,7 +18,7 @@ def _threads_per_worker() -> int | None:
 
 if (_THREADS := _threads_per_worker()) is not None:
     # Before numpy or torch load (each reads these once); an explicit setting of the user's wins.
-    for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "SAM2FPGA_THREADS"):
         os.environ.setdefault(_var, str(_THREADS))
 
 

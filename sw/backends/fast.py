@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from golden_model import intattn, intvec
+from golden_model import intattn, intvec, workers
 from golden_model.image_encoder import window_partition
 from golden_model.intconv import im2col, out_size
 from golden_model.intops import OutputStage, exact_f32_matmul
@@ -27,6 +27,10 @@ from hw import isa
 from sw.lru import BytesMemo
 
 ROWS_PER_CHUNK = 256      # output rows per NumPy pass: intermediates stay in cache
+#: Multiply-accumulates of a GEMM from which its row chunks go to the worker threads (golden_model.workers):
+#: one thread's time / two threads' on 2 idle cores 1.22-1.24 at 2^25 (512 x 256 x 256, 1024 x 128 x 256),
+#: 1.35-1.48 at 2^26, 1.62 at 2^28, 1.72-1.94 at 2^31 (65,536 x 96 x 384: 0.136 -> 0.079 s).
+PARALLEL_MIN_MACS = 1 << 25
 
 
 def job(cfg, prog, addresses: dict[str, int] | None = None):
@@ -104,7 +108,8 @@ def linear(cfg, ddr, op, at):
     row_bytes = nt * C * (4 if op["out_int32"] else 1)
     out = at["out"]
     step = max(1, ROWS_PER_CHUNK // R)
-    for t0 in range(0, mt, step):
+
+    def chunk(t0):                              # (chunks write disjoint output rows)
         r0, r1 = t0 * R, min(M, (t0 + step) * R)
         x = rows[r0:r1] if rows is not None else a[t0:t0 + step].transpose(0, 2, 1).reshape(-1, K)[:r1 - r0]
         y = stage(exact_f32_matmul(x.astype(np.float32), b))
@@ -113,6 +118,12 @@ def linear(cfg, ddr, op, at):
         if residual is not None:
             y = intvec.add(y, residual[r0:r1], add_params)
         ddr[out + r0 * row_bytes:out + r1 * row_bytes] = y.view(np.uint8).reshape(-1)
+    starts = range(0, mt, step)
+    if M * K * nt * C < PARALLEL_MIN_MACS:
+        for t0 in starts:
+            chunk(t0)
+    else:
+        workers.map(chunk, starts)
 
 
 def _planes(ddr, addr, layout, dtype=np.uint8) -> np.ndarray:

@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import functools
 
 import numpy as np
 
 from golden_model.intops import requantize, saturate_int32, token_tiles
 from golden_model.intvec import AddParams, LutParams, add, lut
+from golden_model.workers import one_blas_thread
 from hw import isa
 from hw.limits import im2col_row_beats
 from sw.backends import cycles as CY
@@ -34,37 +34,6 @@ from sw.backends import faults as F
 from sw.lru import BytesMemo
 
 MODES = ("fast", "checked")
-
-
-@functools.cache
-def _blas():
-    try:
-        from threadpoolctl import ThreadpoolController
-    except ImportError:              # (a board image without it: BLAS keeps its own threads)
-        return None
-    return ThreadpoolController()
-
-
-@functools.cache
-def _blas_libs() -> tuple:
-    controller = _blas()
-    return () if controller is None else tuple(controller.select(user_api="blas").lib_controllers)
-
-
-@contextlib.contextmanager
-def one_blas_thread():
-    """A run's NumPy on one BLAS thread: its GEMMs are exact integer sums (any thread count gives the same
-    bits) in chunks small enough to stay in cache (sw.backends.fast), where a second thread's hand-offs
-    cost more than it adds, many times more on a machine whose cores are busy with other work. (The
-    libraries' own calls: threadpoolctl's limit() costs more than a small run.)"""
-    changed = [(lib, n) for lib in _blas_libs() if (n := lib.get_num_threads()) not in (None, 1)]
-    try:
-        for lib, _ in changed:
-            lib.set_num_threads(1)
-        yield
-    finally:
-        for lib, n in changed:
-            lib.set_num_threads(n)
 
 
 _REG_NAME = {r.offset: r.name for r in isa.REGISTERS}       # (register lookups per run: a dict, not a scan)
