@@ -303,3 +303,16 @@ def test_fast_path_blocks_of_queries_and_attentions(monkeypatch):
     for block in (1, 500, 5000):
         monkeypatch.setattr(A, "FAST_BLOCK", block)
         assert np.array_equal(A.attention(q, k, v, quant, 16), want)
+
+
+@pytest.mark.parametrize("chunk", [1, 40, 160])
+def test_fast_path_key_chunks(monkeypatch, chunk):
+    """Keys taken a chunk at a time (KEY_CHUNK keys: one tile, a few, more than SUPER_TILE tiles; the running
+    maximum and O carried across chunks) give the spec's numbers on every fast-path case."""
+    monkeypatch.setattr(A, "KEY_CHUNK", chunk)
+    chunked = 0
+    for name, q, k, v, quant, tile in fast_path_cases():
+        chunked += k.shape[-2] > max(1, chunk // tile) * tile
+        for got, want in zip(A.attention_state(q, k, v, quant, tile), A.attention_state_reference(q, k, v, quant, tile)):
+            assert np.array_equal(got, want), name
+    assert chunked >= 6                                   # (most cases span several chunks)
