@@ -360,16 +360,21 @@ def _accumulate_o(o, p, v, alpha, grew, a: int, e: int, tile: int):
     if g.any():
         o[g] = rescale(o[g].astype(np.int64), alpha[g, a][:, None])
     inner = grew[:, a + 1:e].any(axis=-1)
-    product = p[:, a:e].reshape(len(p), -1) @ v[a * tile:e * tile]
-    o[~inner] += product[~inner]
     ri = np.flatnonzero(inner)
-    if ri.size:
+    if 4 * ri.size <= len(o):             # few others: all rows' product, added in place where it counts
+        np.add(o, p[:, a:e].reshape(len(p), -1) @ v[a * tile:e * tile], out=o, where=~inner[:, None])
+    elif ri.size < len(o):                # many: the product of the rows that take it only
+        rest = np.flatnonzero(~inner)
+        o[rest] += p[rest, a:e].reshape(len(rest), -1) @ v[a * tile:e * tile]
+    if ri.size:                           # one product a tile (a batch of e - a), the rescales between them
+        y = np.matmul(p[ri, a:e].transpose(1, 0, 2), v[a * tile:e * tile].reshape(e - a, tile, -1))
         oi = o[ri]
         for t in range(a, e):
             if t > a:
                 g = grew[ri, t]
-                oi[g] = rescale(oi[g].astype(np.int64), alpha[ri[g], t][:, None])
-            oi += p[ri, t] @ v[t * tile:(t + 1) * tile]
+                if g.any():
+                    oi[g] = rescale(oi[g].astype(np.int64), alpha[ri[g], t][:, None])
+            oi += y[t - a]
         o[ri] = oi
 
 

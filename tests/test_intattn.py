@@ -272,6 +272,8 @@ def fast_path_cases():
         ("keys not a multiple of the tile", i8(9, 24), i8(301, 24), i8(301, 24), quant, 32),
         ("all scores equal", np.zeros((3, 16), np.int8), i8(500, 16), i8(500, 16), quant, 7),
         ("rising scores", np.full((2, 8), 127, np.int8), rising, i8(700, 8), quant, 4),
+        ("half the rows' scores rising", np.repeat([[127], [-128], [100], [-50], [-100], [-1]], 8, 1).astype(np.int8),
+         rising, i8(700, 8), quant, 4),
         ("late growth", np.full((5, 16), 127, np.int8), late, i8(900, 16), quant, 8),
         ("int8 extremes, saturated scores", np.full((2, 16), -128, np.int8), extreme_k, extreme_k,
          A.AttentionQuant((1 << A.SCORE_MULT_BITS) - 1, 1, 1 << 30, 30 + A.NORM_FRAC_BITS), 16),
