@@ -218,13 +218,18 @@ def attention_state_reference(q, k, v, quant: AttentionQuant, key_tile: int):
 #: Score elements (query rows x padded keys) per block of the fast path: bounds its temporaries (~8 bytes
 #: each); 2^20 measured faster than 2^19, 2^21 and 2^22 on the tiny encoder (cache-sized blocks).
 FAST_BLOCK = 1 << 20
+#: Keys a block takes at a time (rounded down to whole key tiles): a block's rows are FAST_BLOCK / KEY_CHUNK
+#: at least, however long the keys (more rows a GEMM: BLAS is faster, k and v read fewer times). 2,048 and
+#: 1,024 within 1 %, 4,096 3 % slower on `python -m benchmarks intattn_state`'s long-key shapes (1 thread).
+KEY_CHUNK = 2048
 
 
 def attention_state(q, k, v, quant: AttentionQuant, key_tile: int):
     """`attention_state_reference` (the spec) with the same numbers, computed with whole-array ops.
 
     The running maxima after every tile are a cumulative maximum of the tile maxima, so steps 1-4 run
-    on all scores of a block of query rows at once (FAST_BLOCK scores a block). Step 5 rescales only
+    on all scores of a block of query rows and a chunk of keys at once (FAST_BLOCK scores; KEY_CHUNK keys a
+    chunk, the maximum and O carried to the next). Step 5 rescales only
     where the maximum grew (alpha = 2^P_BITS is the identity), so between two growths O just sums
     P_t V_t: a row whose maximum does not grow inside a run of SUPER_TILE tiles takes them in one GEMM,
     the others go tile by tile. l is O's column for v = 1 (the same rescale), so it rides in the GEMM.
@@ -254,9 +259,12 @@ def attention_state(q, k, v, quant: AttentionQuant, key_tile: int):
     l = np.empty((q.shape[0], lq), np.int64)
     o = np.empty((q.shape[0], lq, d), np.int64)
 
+    chunk = max(1, KEY_CHUNK // key_tile)         # tiles a chunk of keys
+
     def block(sl):                                # (blocks write disjoint parts of m, l, o)
-        m[sl], l[sl], o[sl] = _state_block(q[sl].astype(np.float32), kt[sl[0]], vt[sl[0]], quant, lk, key_tile)
-    workers.map(block, state_blocks(q.shape[0], lq, nt * key_tile))
+        m[sl], l[sl], o[sl] = _state_block(q[sl].astype(np.float32), kt[sl[0]], vt[sl[0]], quant, lk, key_tile,
+                                           chunk)
+    workers.map(block, state_blocks(q.shape[0], lq, nt * key_tile, min(nt, chunk) * key_tile))
     # Cannot fail for int8 inputs within MAX_KEYS (see the widths above): a guard for the spec.
     assert l.max() < (1 << SUM_BITS) and np.abs(o).max() < (1 << (O_BITS - 1))
     return m.reshape(lead + (lq,)), l.reshape(lead + (lq,)), o.reshape(lead + (lq, d))
@@ -269,14 +277,15 @@ def attention_state(q, k, v, quant: AttentionQuant, key_tile: int):
 PARALLEL_MIN = 1 << 18
 
 
-def state_blocks(batch: int, lq: int, keys: int) -> list[tuple[slice, slice]]:
-    """attention_state's (attention, query row) blocks of at most FAST_BLOCK scores (`keys` padded keys a
-    row), of even sizes. With several worker threads (golden_model.workers) and at least PARALLEL_MIN scores
+def state_blocks(batch: int, lq: int, keys: int, chunk: int | None = None) -> list[tuple[slice, slice]]:
+    """attention_state's (attention, query row) blocks of at most FAST_BLOCK scores at a time (`keys` padded keys
+    a row, taken `chunk` at a time: all at once by default), of even sizes. With several worker threads (golden_model.workers) and at least PARALLEL_MIN scores
     the blocks are smaller, at least one a thread, and a multiple of the threads when they split rows; blocks
     of whole attentions are then FAST_BLOCK / threads at most (the threads' blocks together in the cache one
     took: 1,024 windows of 64 x 64 scores on 2 threads 0.227 s in blocks of 2^20, 0.093 s in 2^19; one
     4,096 x 4,096 attention 0.128 s in blocks of 2^20 rows, 0.161 s in 2^19)."""
     threads = workers.parallel() if batch * lq * keys >= PARALLEL_MIN else 1
+    keys = keys if chunk is None else min(keys, chunk)
     limit = FAST_BLOCK if lq * keys >= FAST_BLOCK else FAST_BLOCK // threads
     blocks = -(-batch * lq * keys // limit)
     blocks = -(-max(blocks, threads) // threads) * threads
@@ -296,39 +305,48 @@ _EXP2_ALL_F64 = _EXP2_ALL.astype(np.float64)
 PAD_SCORE = float(M_INIT - (1 << 33))
 
 
-def _state_block(qf, kt, vt, quant: AttentionQuant, lk: int, tile: int):
+def _state_block(qf, kt, vt, quant: AttentionQuant, lk: int, tile: int, chunk: int):
     """attention_state for one block: qf (b, r, d) float32, kt (b, d, keys) float32, vt (b, keys, d + 1)
-    float64 (v and a column of ones), keys padded to whole tiles (lk real ones)."""
+    float64 (v and a column of ones), keys padded to whole tiles (lk real ones), taken `chunk` tiles at a
+    time (the running maximum and O carried from one chunk to the next, as from tile to tile)."""
     b, r = qf.shape[:2]
     nt = vt.shape[1] // tile
-    x = np.multiply(qf @ kt, quant.score_mult * 2.0 ** -quant.score_shift,   # steps 1 and 2 (b, r, keys),
-                    dtype=np.float64)                                     # exact: see the caller
-    x += 0.5
-    np.floor(x, out=x)
-    if qf.shape[-1] * 128 * 128 * quant.score_mult >= 1 << (quant.score_shift + X_BITS - 2):
-        np.clip(x, M_INIT, -M_INIT - 1, out=x)                            # (else |x| < 2^30: nothing to clip)
-    x[..., lk:] = PAD_SCORE                                               # padding: never the max, p = 0
-    x = x.reshape(b, r, nt, tile)
-    m = np.maximum.accumulate(x.max(axis=-1), axis=-1)                    # step 3: m after each tile (b, r, nt)
-    np.subtract(m[..., None], x, out=x)                                   # step 4: m' - x, then exp2fix
-    p = np.take(_EXP2_ALL_F64, x.astype(np.intp), mode="clip", out=x)    # (clip: t >= EXP2_ZERO_FROM -> 0)
-    m = m.astype(np.int64)
-    alpha = exp2fix(m - np.concatenate([np.full_like(m[..., :1], M_INIT), m[..., :-1]], axis=-1))
-    grew = alpha != (1 << P_BITS)         # rescaling by alpha = 2^P_BITS is the identity: skip those rows
+    scale = quant.score_mult * 2.0 ** -quant.score_shift
+    clip = qf.shape[-1] * 128 * 128 * quant.score_mult >= 1 << (quant.score_shift + X_BITS - 2)
+    m = np.full((b, r, 1), M_INIT, np.float64)                          # running maximum before the chunk
     o = np.zeros((b, r, vt.shape[-1]), np.float64)                       # integers held exactly (< 2^53)
-    if nt <= SUPER_TILE:                                                  # step 5, all attentions at once
-        for t in range(nt):
-            if t and grew[..., t].any():                                  # (before tile 0, O = 0)
-                bi, ri = np.nonzero(grew[..., t])
-                o[bi, ri] = rescale(o[bi, ri].astype(np.int64), alpha[bi, ri, t][:, None])
-            o += p[:, :, t] @ vt[:, t * tile:(t + 1) * tile]
-    else:                                                                 # step 5, SUPER_TILE tiles a GEMM
-        for bb in range(b):
-            for a in range(0, nt, SUPER_TILE):
-                _accumulate_o(o[bb], p[bb], vt[bb], alpha[bb], grew[bb], a, min(a + SUPER_TILE, nt), tile)
+    for c0 in range(0, nt, chunk):
+        c1 = min(c0 + chunk, nt)
+        k0, k1 = c0 * tile, c1 * tile
+        x = np.multiply(qf @ kt[:, :, k0:k1], scale, dtype=np.float64)   # steps 1 and 2 (b, r, keys),
+        x += 0.5                                                         # exact: see the caller
+        np.floor(x, out=x)
+        if clip:
+            np.clip(x, M_INIT, -M_INIT - 1, out=x)                       # (else |x| < 2^30: nothing to clip)
+        if k1 > lk:
+            x[..., lk - k0:] = PAD_SCORE                                 # padding: never the max, p = 0
+        x = x.reshape(b, r, c1 - c0, tile)
+        ms = np.maximum.accumulate(np.concatenate([m, x.max(axis=-1)], axis=-1), axis=-1)  # step 3: m, then
+        np.subtract(ms[..., 1:, None], x, out=x)                         # after each tile; step 4: m' - x,
+        p = np.take(_EXP2_ALL_F64, x.astype(np.intp), mode="clip", out=x)   # exp2fix (clip: t >= EXP2_ZERO_FROM -> 0)
+        alpha = exp2fix(np.diff(ms.astype(np.int64), axis=-1))
+        grew = alpha != (1 << P_BITS)     # rescaling by alpha = 2^P_BITS is the identity: skip those rows
+        if c0 == 0:
+            grew[..., 0] = False          # (before tile 0, O = 0)
+        if c1 - c0 <= SUPER_TILE:                                        # step 5, all attentions at once
+            for t in range(c1 - c0):
+                if grew[..., t].any():
+                    bi, ri = np.nonzero(grew[..., t])
+                    o[bi, ri] = rescale(o[bi, ri].astype(np.int64), alpha[bi, ri, t][:, None])
+                o += p[:, :, t] @ vt[:, k0 + t * tile:k0 + (t + 1) * tile]
+        else:                                                            # step 5, SUPER_TILE tiles a GEMM
+            for bb in range(b):
+                for a in range(0, c1 - c0, SUPER_TILE):
+                    _accumulate_o(o[bb], p[bb], vt[bb, k0:k1], alpha[bb], grew[bb], a, min(a + SUPER_TILE, c1 - c0),
+                                  tile)
+        m = ms[..., -1:]
     o = o.astype(np.int64)
-    l = o[..., -1]
-    return m[..., -1], l, o[..., :-1]
+    return m[..., 0].astype(np.int64), o[..., -1], o[..., :-1]
 
 
 #: Key tiles per GEMM of the fast path's O update.
@@ -339,20 +357,25 @@ def _accumulate_o(o, p, v, alpha, grew, a: int, e: int, tile: int):
     """Step 5 for O over tiles a..e-1 of one attention, in place: o (r, d), p (r, tiles, tile), v (keys, d).
     Rows whose maximum does not grow inside (a, e) take all e - a tiles in one product (no rounding
     happens between them); the others go tile by tile, as the spec."""
-    if a:                                                                 # (before tile 0, O = 0)
-        g = grew[:, a]
+    g = grew[:, a]
+    if g.any():
         o[g] = rescale(o[g].astype(np.int64), alpha[g, a][:, None])
     inner = grew[:, a + 1:e].any(axis=-1)
-    product = p[:, a:e].reshape(len(p), -1) @ v[a * tile:e * tile]
-    o[~inner] += product[~inner]
     ri = np.flatnonzero(inner)
-    if ri.size:
+    if 4 * ri.size <= len(o):             # few others: all rows' product, added in place where it counts
+        np.add(o, p[:, a:e].reshape(len(p), -1) @ v[a * tile:e * tile], out=o, where=~inner[:, None])
+    elif ri.size < len(o):                # many: the product of the rows that take it only
+        rest = np.flatnonzero(~inner)
+        o[rest] += p[rest, a:e].reshape(len(rest), -1) @ v[a * tile:e * tile]
+    if ri.size:                           # one product a tile (a batch of e - a), the rescales between them
+        y = np.matmul(p[ri, a:e].transpose(1, 0, 2), v[a * tile:e * tile].reshape(e - a, tile, -1))
         oi = o[ri]
         for t in range(a, e):
             if t > a:
                 g = grew[ri, t]
-                oi[g] = rescale(oi[g].astype(np.int64), alpha[ri[g], t][:, None])
-            oi += p[ri, t] @ v[t * tile:(t + 1) * tile]
+                if g.any():
+                    oi[g] = rescale(oi[g].astype(np.int64), alpha[ri[g], t][:, None])
+            oi += y[t - a]
         o[ri] = oi
 
 

@@ -272,6 +272,8 @@ def fast_path_cases():
         ("keys not a multiple of the tile", i8(9, 24), i8(301, 24), i8(301, 24), quant, 32),
         ("all scores equal", np.zeros((3, 16), np.int8), i8(500, 16), i8(500, 16), quant, 7),
         ("rising scores", np.full((2, 8), 127, np.int8), rising, i8(700, 8), quant, 4),
+        ("half the rows' scores rising", np.repeat([[127], [-128], [100], [-50], [-100], [-1]], 8, 1).astype(np.int8),
+         rising, i8(700, 8), quant, 4),
         ("late growth", np.full((5, 16), 127, np.int8), late, i8(900, 16), quant, 8),
         ("int8 extremes, saturated scores", np.full((2, 16), -128, np.int8), extreme_k, extreme_k,
          A.AttentionQuant((1 << A.SCORE_MULT_BITS) - 1, 1, 1 << 30, 30 + A.NORM_FRAC_BITS), 16),
@@ -303,3 +305,16 @@ def test_fast_path_blocks_of_queries_and_attentions(monkeypatch):
     for block in (1, 500, 5000):
         monkeypatch.setattr(A, "FAST_BLOCK", block)
         assert np.array_equal(A.attention(q, k, v, quant, 16), want)
+
+
+@pytest.mark.parametrize("chunk", [1, 40, 160])
+def test_fast_path_key_chunks(monkeypatch, chunk):
+    """Keys taken a chunk at a time (KEY_CHUNK keys: one tile, a few, more than SUPER_TILE tiles; the running
+    maximum and O carried across chunks) give the spec's numbers on every fast-path case."""
+    monkeypatch.setattr(A, "KEY_CHUNK", chunk)
+    chunked = 0
+    for name, q, k, v, quant, tile in fast_path_cases():
+        chunked += k.shape[-2] > max(1, chunk // tile) * tile
+        for got, want in zip(A.attention_state(q, k, v, quant, tile), A.attention_state_reference(q, k, v, quant, tile)):
+            assert np.array_equal(got, want), name
+    assert chunked >= 6                                   # (most cases span several chunks)

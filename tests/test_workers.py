@@ -112,15 +112,19 @@ def test_blas_on_one_thread_while_the_workers_run(threads):
 @pytest.mark.parametrize("shape", [(1, 4096, 4096), (2, 4096, 4096), (1, 1024, 9216), (64, 64, 64), (1, 301, 4096),
                                    (5, 999, 1024), (3, 5, 64), (1, 1, 100000), (7, 33, 2048)])
 @pytest.mark.parametrize("n", [1, 2, 3])
-def test_state_blocks_cover_every_row_once(threads, shape, n):
+@pytest.mark.parametrize("chunk", [None, 2048])
+def test_state_blocks_cover_every_row_once(threads, shape, n, chunk):
     threads(n)
     batch, lq, keys = shape
-    blocks = intattn.state_blocks(batch, lq, keys)
+    blocks = intattn.state_blocks(batch, lq, keys, chunk)
+    at_once = keys if chunk is None else min(keys, chunk)        # (keys a block takes at a time)
     seen = np.zeros((batch, lq), np.int64)
     for b, r in blocks:
         seen[b, r] += 1
-        size = len(range(batch)[b]) * len(range(lq)[r]) * keys
-        assert size <= max(intattn.FAST_BLOCK, keys)             # (one row of more keys is one block)
+        size = len(range(batch)[b]) * len(range(lq)[r]) * at_once
+        assert size <= max(intattn.FAST_BLOCK, at_once)          # (one row of more keys is one block)
+        if chunk and batch == 1 and r.start == 0:   # rows: about as many as fit a chunk (not 2^20 / keys)
+            assert len(range(lq)[r]) >= min(lq, intattn.FAST_BLOCK // at_once) // (2 * n)
     assert (seen == 1).all()
     if n > 1 and batch * lq * keys >= intattn.PARALLEL_MIN and batch * lq >= n:
         assert len(blocks) >= n
