@@ -154,3 +154,39 @@ def test_the_first_failing_descriptor_and_check_are_named(programs):
     assert descs[s]["tiles_last"] > 0
     descs[s].update(tile_stride=1 << 16, stride=4096 - 8)
     refused(SIM, descs, conv.buffer_table(), f"^descriptor {s} .*tile 0's destination .* runs outside")
+
+
+def test_page_crossings_equal_a_row_by_row_loop():
+    """_check_store's 4 KiB crossings (taken mod PAGE in int32) against each tile's rows one by one: the same
+    verdict and the same first tile and row, over random stores (rows, tiles, strides, int8 and int32 rows)."""
+    rng = np.random.default_rng(7)
+    R, C, DB = SIM.rows, SIM.cols, SIM.beat_bytes
+    table = {"out": (BASE, 1 << 24)}
+    crossed = 0
+    for _ in range(400):
+        near = lambda: 4096 * int(rng.integers(0, 3)) + DB * int(rng.integers(-4, 5))      # about whole pages
+        d = dict(opcode=isa.OPCODES["STORE"], count=int(min(R, rng.integers(1, 2 * R))), tiles_last=int(rng.integers(0, 4)),
+                 stride=max(0, near()), tile_stride=max(0, near()), out_int32=int(rng.integers(0, 2)),
+                 dram_addr=BASE + 4096 * int(rng.integers(1, 64)) + DB * int(rng.integers(-12, 1)))
+        row_bytes = C * (4 if d["out_int32"] else 1)
+        want = next((f"tile {t} row {r} crosses" for t in range(d["tiles_last"] + 1) for r in range(d["count"])
+                     if (d["dram_addr"] + t * d["tile_stride"] + r * d["stride"]) % 4096 + row_bytes > 4096), None)
+        if want is None:
+            check_descriptors(SIM, [d], table)
+            check_descriptors(SIM, np.frombuffer(isa.pack_descriptor(**d), np.uint8), table)
+        else:
+            crossed += 1
+            refused(SIM, [d], table, want)
+    assert 40 < crossed < 360
+
+
+def test_checks_decode_the_bytes_as_the_cycle_model_does(programs):
+    """The checks' decode in place (fields_of: no copy, dram_addr read with the rest) gives every field as the
+    cycle model's decode_descriptors (dram_addr kept apart), on each compiled program's linked bytes."""
+    from sw.backends.cycles import decode_descriptors, fields_of
+    for prog in programs.values():
+        raw = np.frombuffer(b"".join(isa.pack_descriptor(**d) for d in prog.descriptors), np.uint8)
+        ours, theirs = fields_of(raw), decode_descriptors(raw)
+        assert ours.keys() == theirs.keys() == isa.FIELDS.keys()
+        for name in isa.FIELDS:
+            assert np.array_equal(ours[name], theirs[name]), name

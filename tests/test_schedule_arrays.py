@@ -78,12 +78,18 @@ def test_load_windows_place(seed):
     n = 300
     lengths = [rng.choice([1, 5, 32, 96]) for _ in range(n)]
     w, left = L.LoadWindows.of_lengths(lengths), list(lengths)
+    calls, placed = [], []
     for j in range(1, n):
         for spread in range(rng.choice([0, 1, 1, 3])):
             first = rng.randrange(0, j)
             args = (first, j - 1, rng.choice([1, 20, 41, 105, 300]), rng.random() < 0.7, spread)
-            assert w.place(*args) == _walk(left, *args)
+            placed.append(w.place(*args))
+            assert placed[-1] == _walk(left, *args)
             assert w.left == left
+            calls.append(args)
+    at_once = L.LoadWindows.of_lengths(lengths)          # place_all (_scheduled_columns'): the same, in one call
+    assert at_once.place_all(*map(list, zip(*calls))) == placed
+    assert at_once.left == left
 
 
 # (preset, H, Lq, Lk, d, rows): windows (many one-group heads: replayed back to back), a global attention (big

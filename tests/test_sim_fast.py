@@ -338,6 +338,53 @@ def test_descriptors_packed_at_once_equal_the_scalar_packer():
         assert prog.image[:n * 32].tobytes() == b"".join(isa.pack_descriptor(**d) for d in prog.descriptors)
 
 
+def test_encode_lanes_equal_the_reference():
+    """encode_columns' fast way (sw.runtime.program._encode_lanes: ranges from each column's largest value, zero
+    columns skipped, lane by lane) = _encode_reference, the same words or the same refusal: on programs of
+    every field group and on columns that break each rule (negative, too wide, two groups, a group and its
+    shared fields, a field no group shares set with a group's)."""
+    from sw.runtime import program as P
+    cfg = preset("bench16")
+    rng = np.random.default_rng(5)
+    progs = [compile_conv2d(cfg, rand8(rng, (3, 30, 30)), rand8(rng, (4, 3, 3, 3)), None, 1 << 20, 20, padding=1),
+             compile_depthwise(cfg, rand8(rng, (5, 8, 8)), rand8(rng, (5, 1, 7, 7)), None, 1 << 20, 20, padding=3),
+             compile_attention(cfg, rand8(rng, (2, 40, 32)), rand8(rng, (2, 50, 32)), rand8(rng, (2, 50, 32)),
+                               intattn.AttentionQuant(3000, 14, 1 << 28, 30)),
+             compile_linear(cfg, rand8(rng, (40, 300)), rand8(rng, (300, 20)), None, 1 << 20, 20)]
+    cases = [(P._columns(prog.descriptors), len(prog.descriptors)) for prog in progs]
+    cases += [(prog.symbolic.split[0], len(prog.symbolic)) for prog in progs]
+    shares, _, fields = isa.SHARED_GROUPS[0]
+    other = next(f for _, _, fs in isa.SHARED_GROUPS[1:] for f, _, _ in fs)
+    n = 50
+    for trial in range(40):
+        cols = {name: np.zeros(n, np.int64) for name in ("opcode", "count", "dram_addr")}
+        cols["opcode"][:] = rng.integers(0, 8, n)
+        cols["count"][:] = rng.integers(0, 1 << 16, n)
+        cols["dram_addr"][:] = rng.integers(0, 1 << 32, n)
+        rows = rng.integers(0, n, 2)
+        breaks = trial % 5
+        if breaks == 1:
+            cols["count"][rows[0]] = -1
+        elif breaks == 2:
+            cols["count"][rows[0]] = 1 << 16
+        elif breaks in (3, 4):
+            cols[fields[0][0]] = np.where(np.arange(n) % 3 == 0, 1, 0)
+            cols[fields[0][0]][rows[0]] = 1
+            extra = other if breaks == 3 else shares[0]
+            cols[extra] = np.zeros(n, np.int64)
+            cols[extra][rows[0]] = 1
+        cases.append((cols, n))
+    cases.append(({"opcode": np.zeros(0, np.int64)}, 0))
+    refused = 0
+    for cols, n in cases:
+        want, got = P._encode_reference(cols, n), P._encode_lanes(cols, n)
+        refused += want is None
+        assert (got is None) == (want is None)
+        if want is not None:
+            assert got.dtype == want.dtype and got.shape == want.shape and np.array_equal(got, want)
+    assert refused == 32
+
+
 def test_relinks_write_the_addresses_into_the_kept_words():
     """A compiled list relinked (sw.runtime.program.link_words: its words without addresses kept, the address
     bytes written) equals the list linked afresh field by field (hw.isa.pack_descriptor), for programs using

@@ -54,7 +54,8 @@ class Fields(dict):
     addresses zeroed (timing_bytes: simulate remembers the timing of a list it has timed before, wherever
     it is linked).
     A field is decoded when first read (a remembered list's run reads none); iterating decodes them all.
-    `raw`: the packed descriptors with dram_addr zeroed, `addresses` (n, 4) its bytes."""
+    `raw`: the packed descriptors with dram_addr zeroed, `addresses` (n, 4) its bytes (None: dram_addr still in
+    `raw`, fields_of)."""
     digest: bytes | None = None
 
     def __init__(self, raw: np.ndarray | None = None, addresses: np.ndarray | None = None):
@@ -64,7 +65,7 @@ class Fields(dict):
     def __missing__(self, name):
         if self._raw is None or name not in isa.FIELDS:
             raise KeyError(name)
-        if name == "dram_addr":
+        if name == "dram_addr" and self._addresses is not None:
             value = self[name] = self._addresses.view("<u4").reshape(-1).astype(np.int64)
             return value
         if self._lanes is None:          # (4, n): each 64-bit lane contiguous
@@ -81,7 +82,7 @@ class Fields(dict):
     @property
     def nbytes(self) -> int:
         """Bytes held once forget() has dropped the decoded fields: the packed descriptors."""
-        return 0 if self._raw is None else self._raw.nbytes + self._addresses.nbytes
+        return 0 if self._raw is None else self._raw.nbytes + getattr(self._addresses, "nbytes", 0)
 
     def forget(self) -> None:
         """Drop the decoded fields (kept for a later run: its bytes and digest alone)."""
@@ -149,6 +150,12 @@ def decode_descriptors(raw: np.ndarray) -> Fields:
     out = Fields(timed, addresses)
     out.digest = hashlib.blake2b(timing_bytes(timed), digest_size=16).digest()
     return out
+
+
+def fields_of(raw: np.ndarray) -> Fields:
+    """decode_descriptors for a caller that reads the fields while `raw` stays as it is (the host's checks of the
+    bytes it just linked): no copy, no digest, dram_addr decoded like any field."""
+    return Fields(np.ascontiguousarray(raw, np.uint8).reshape(-1, isa.DESCRIPTOR_BYTES))
 
 
 @dataclass

@@ -152,6 +152,8 @@ class TokenRows:
 
     def segmented(self, region: str):
         """The region's RowSegments, or None (one range)."""
+        if not self.segments:            # (the common case: called for each of a plan's loads)
+            return None
         return next((g for g in self.segments if g.name == region), None)
 
     def at(self, region: str, offset: int, n_rows: int, d: int) -> tuple[str, int]:

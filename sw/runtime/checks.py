@@ -31,9 +31,9 @@ class DescriptorError(ValueError):
 def descriptor_columns(descriptors) -> dict[str, np.ndarray]:
     """Field -> int64 array: from packed descriptors (uint8, 32 bytes each, as written to DDR) or a list
     of field dicts (a field not given is 0)."""
-    if isinstance(descriptors, np.ndarray):
-        from sw.backends.cycles import decode_descriptors
-        return decode_descriptors(descriptors)
+    if isinstance(descriptors, np.ndarray):       # (read here and dropped: decoded in place, not digested)
+        from sw.backends.cycles import fields_of
+        return fields_of(descriptors)
     n = len(descriptors)
     cols = {name: np.zeros(n, np.int64) for name in isa.FIELDS}
     for j, d in enumerate(descriptors):
@@ -238,9 +238,14 @@ def _check_store(cfg, d, fail, in_buffer) -> None:
     t = np.arange(len(e)) - np.repeat(np.cumsum(n_t) - n_t, n_t)
     first = d["dram_addr"][e] + t * tile_stride[e]
     in_buffer(first, (rows[e] - 1) * stride[e] + row_bytes[e], lambda j: f"tile {t[j]}'s destination", e, t)
-    r = np.arange(R)
-    offset = (first[:, None] + r * stride[e][:, None]) % PAGE            # (tile, row): where each row starts
-    crosses = (offset + row_bytes[e][:, None] > PAGE) & (r < rows[e][:, None])
+    # (tile, row): where each row starts in its page. PAGE a power of 2: x & (PAGE - 1) is x % PAGE (negative x
+    # too), so each term is taken mod PAGE first and the sum (< R x PAGE) fits int32
+    r = np.arange(R, dtype=np.int32)
+    in_page = np.int64(PAGE - 1)
+    offset = ((first & in_page).astype(np.int32)[:, None] + r * (stride & in_page).astype(np.int32)[e][:, None]) \
+        & np.int32(PAGE - 1)
+    crosses = (offset > (PAGE - row_bytes).astype(np.int32)[e][:, None]) & \
+        (r < np.clip(rows, 0, R).astype(np.int32)[e][:, None])
     fail(crosses.any(axis=1), lambda j: f"tile {t[j]} row {np.argmax(crosses[j])} crosses a 4 KiB boundary "
          "(AXI bursts may not)", e, t)
 
