@@ -12,14 +12,11 @@ just before (a second thread gains only on a free core).
 """
 from __future__ import annotations
 
-import os
-import time
-
 import numpy as np
 
 from benchmarks.common import report
-from benchmarks.threads import _busy
-from golden_model import intattn, workers
+from benchmarks.threads import _busy, timed
+from golden_model import intattn
 
 KEY_TILE = 32
 SHAPES = (("memory attn 1024 (4096 x 8192)", (1, 4096, 8192, 256)),
@@ -44,24 +41,6 @@ def inputs(rng, shape, kind: str):
     return q, k, v, intattn.AttentionQuant.from_scales(scale, scale, 0.05, 0.05, d)
 
 
-def timed(fn, threads: int, repeats: int):
-    saved = os.environ.get(workers.ENV)
-    os.environ[workers.ENV] = str(threads)
-    try:
-        with workers.one_blas_thread():
-            result, wall = fn(), []
-            for _ in range(repeats):
-                t = time.perf_counter()
-                fn()
-                wall.append(time.perf_counter() - t)
-    finally:
-        if saved is None:
-            del os.environ[workers.ENV]
-        else:
-            os.environ[workers.ENV] = saved
-    return result, min(wall)
-
-
 def run(repeats: int = 3) -> None:
     rng = np.random.default_rng(0)
     rows = []
@@ -70,8 +49,8 @@ def run(repeats: int = 3) -> None:
             q, k, v, quant = inputs(rng, shape, kind)
             fn = lambda: intattn.attention_state(q, k, v, quant, KEY_TILE)   # noqa: E731
             busy = _busy()
-            one, w1 = timed(fn, 1, repeats)
-            two, w2 = timed(fn, 2, repeats)
+            one, w1, _ = timed(fn, 1, repeats)
+            two, w2, _ = timed(fn, 2, repeats)
             if not all(np.array_equal(a, b) for a, b in zip(one, two)):
                 raise AssertionError(f"{name} {kind}: two threads differ from one")
             rows.append({"shape": name, "data": kind, "busy": round(busy, 2), "1 thread s": round(w1, 3),

@@ -28,14 +28,14 @@ def _busy() -> float:
     return 1 - (i1 - i0) / max(1, t1 - t0)
 
 
-def _timed(fn, threads: int):
+def timed(fn, threads: int, repeats: int = REPEATS):
     """(result, best wall s, best CPU s) of fn with `threads` worker threads, BLAS on one."""
     saved = os.environ.get(workers.ENV)
     os.environ[workers.ENV] = str(threads)
     try:
         with workers.one_blas_thread():
             result, wall, cpu = fn(), [], []
-            for _ in range(REPEATS):
+            for _ in range(repeats):
                 w, c = time.perf_counter(), time.process_time()
                 fn()
                 wall.append(time.perf_counter() - w)
@@ -84,8 +84,8 @@ def run() -> None:
     rows = []
     for name, fn in kernels:
         busy = _busy()
-        one, w1, c1 = _timed(fn, 1)
-        two, w2, c2 = _timed(fn, 2)
+        one, w1, c1 = timed(fn, 1)
+        two, w2, c2 = timed(fn, 2)
         same = all(np.array_equal(a, b) for a, b in zip(*(r if isinstance(r, tuple) else (r,) for r in (one, two))))
         if not same:
             raise AssertionError(f"{name}: two threads differ from one")

@@ -815,29 +815,16 @@ class LoadWindows:
 
     def place(self, first: int, last: int, cycles: int, hazard: bool, spread: int) -> int:
         """The window (compute index) of a load of `cycles` that may go after compute `first` at the
-        earliest and must go after compute `last` at the latest; reserves its time."""
-        at = self._free(first)
-        if at > last:
-            # No time left before it is needed (the DMA is the bound): a load with a hazard `spread`
-            # computes after it (the op's i-th load after the i-th compute from the hazard on, so that
-            # no long stretch of load beats holds up the fetch of the computes queued behind them); one
-            # without, where it is needed (early, it would hold up the first computes).
-            at = min(first + spread, last) if hazard else last
-        left, nxt, end = self.left, self.next, len(self.left)
-        i = self._free(at)          # (windows with no time left take nothing: skipped, not walked)
-        while cycles > 0 and i < end:
-            if left[i] > cycles:
-                left[i] -= cycles
-                break
-            cycles -= left[i]
-            left[i] = 0
-            nxt[i] = i + 1
-            i = self._free(i + 1)
-        return at
+        earliest and must go after compute `last` at the latest; reserves its time. When no time is left
+        before it is needed (the DMA is the bound), a load with a hazard `spread` computes after it (the op's
+        i-th load after the i-th compute from the hazard on, so that no long stretch of load beats holds up
+        the fetch of the computes queued behind them); one without, where it is needed (early, it would hold
+        up the first computes). Windows with no time left take nothing: skipped, not walked."""
+        return self.place_all([first], [last], [cycles], [hazard], [spread])[0]
 
     def place_all(self, first: list, last: list, cycles: list, hazard: list, spread: list) -> list[int]:
-        """`place` of each load in turn (its arguments as lists): their windows. The loop of place with its
-        calls taken out (a 65,536-token layer paces ~100,000 loads)."""
+        """Loads placed in turn, each as `place` says (its arguments as lists): their windows. One loop, no call
+        per load (a 65,536-token layer paces ~100,000 loads)."""
         left, nxt, end, free = self.left, self.next, len(self.left), self._free
         out = []
         for lo, hi, c, hz, sp in zip(first, last, cycles, hazard, spread):
