@@ -48,6 +48,15 @@ def test_pynq_vector_engine_equals_sim_and_golden():
         assert drv_p.last_run.cycles == drv_s.last_run.cycles and drv_p.last_run.engine == "vector"
 
 
+def test_pynq_arena_too_big_for_the_contiguous_memory_says_so():
+    """A session's arena larger than pynq can allocate (a board's CMA; here the simulated device's DDR): the
+    sizes and where that memory comes from, as ArenaFull (the CLI's "does not fit the arena" error)."""
+    from sw.backends.pynq_backend import SIM_DDR_BYTES
+    from sw.runtime.arena import ArenaFull
+    with pytest.raises(ArenaFull, match=f"{2 * SIM_DDR_BYTES:,} contiguous bytes.*CMA"):
+        Driver(SIM, "pynq", ddr_bytes=2 * SIM_DDR_BYTES).linear(*layer(np.random.default_rng(2), 4, 8, 8))
+
+
 def test_pynq_hang_times_out_resets_and_raises(monkeypatch):
     drv = Driver(SIM, "pynq", timeout_s=0.2)
     a, b, bias, mult, shift = layer(np.random.default_rng(1), 4, 8, 8)

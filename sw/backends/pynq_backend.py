@@ -164,7 +164,13 @@ class PynqBackend(Backend):
         self.overlay = pynq.Overlay(bitfile, download=self.on_board, device=self.device)
         self.ip = getattr(self.overlay, IP_NAME)
         self.mmio = self.ip.mmio
-        self.buf = pynq.allocate(shape=(ddr_bytes,), dtype=np.uint8)     # the session's DDR arena
+        try:
+            self.buf = pynq.allocate(shape=(ddr_bytes,), dtype=np.uint8)     # the session's DDR arena
+        except Exception as e:      # (pynq's own error says neither how much was asked nor where it comes from)
+            from sw.runtime.arena import ArenaFull
+            raise ArenaFull(f"pynq.allocate of the session's DDR arena, {ddr_bytes:,} contiguous bytes, failed: {e}. "
+                            "On a board that memory is the kernel's CMA (`grep Cma /proc/meminfo`; "
+                            "docs/runtime.md gives each session's arena size)") from e
         super().__init__(cfg, int(self.buf.device_address), ddr_bytes)
         self.timeout_s = timeout_s
         self.poll_s = 1e-4 if self.on_board else 0.0      # a board: do not hammer the AXI-Lite bus
