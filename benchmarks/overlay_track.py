@@ -14,8 +14,9 @@ num_maskmem (7) is the first whose memory bank is full, but the object pointers 
 16) lengthen the memory attention's keys by a pointer's tokens each frame up to frame 16, which compile and
 load their pointer chains' and cross-attentions' programs anew (`sim compiles`: 30 a frame at 256 px); from
 frame 17 on every frame runs the programs the frame before did (2 compiles: the two decoder projections whose
-input the host writes into the program): the steady state (the default length runs 3 of its frames and prints their median ratios; its
-cross-attentions still relink 8 lists a frame, meeting the bank ring's placements, until frame 24).
+input the host writes into the program): the steady state (the default length runs 3 of its frames and prints
+their median ratios; its cross-attentions still relink 8 lists a frame, meeting the bank ring's placements,
+until frame 24).
 `sim device s`: the sim's wall time inside the overlay's runs (the fast mode's data and the cycle model); the
 rest of `sim s` is the host's: per-node Python, compiles, links, host ops. Target (issue 18): the sim's
 steady-state frame <= 3x the float tracker's. SAM2FPGA_BENCH_VIDEO_SIZE / _FRAMES set the size and length
@@ -102,7 +103,8 @@ def run(image_size: int | None = None, n_frames: int | None = None, preset_name:
     steady = [r for r in rows if r["frame"] >= steady_from]
     which = (f"steady frames {steady[0]['frame']}-{steady[-1]['frame']}" if steady else
              f"last frame {rows[-1]['frame']} (not steady: the steady state starts at frame {steady_from})")
-    ratio, ratio_cpu = (float(np.median([r[k] for r in steady or rows[-1:]])) for k in ("sim / float", "sim / float CPU"))
+    ratio, ratio_cpu = (float(np.median([r[k] for r in steady or rows[-1:]]))
+                        for k in ("sim / float", "sim / float CPU"))
     print(f"{which}: sim / float median {ratio:.2f} wall, {ratio_cpu:.2f} CPU (target <= 3)")
     report("overlay_track", rows,
            notes=f"SAM 2.1 tiny at {image_size} px, random weights (seed 0), {n_frames} shifted copies of chelsea, "
@@ -119,7 +121,8 @@ if __name__ == "__main__":
     import argparse
     p = argparse.ArgumentParser()
     p.add_argument("--image-size", type=int, help="input size, a multiple of 128 (default 256)")
-    p.add_argument("--frames", type=int, help="frames tracked (default: 3 past the first steady-state frame, 17 for tiny)")
+    p.add_argument("--frames", type=int,
+                   help="frames tracked (default: 3 past the first steady-state frame, 17 for tiny)")
     p.add_argument("--preset", default="kv260")
     a = p.parse_args()
     run(a.image_size, a.frames, a.preset)

@@ -279,11 +279,12 @@ PARALLEL_MIN = 1 << 18
 
 def state_blocks(batch: int, lq: int, keys: int, chunk: int | None = None) -> list[tuple[slice, slice]]:
     """attention_state's (attention, query row) blocks of at most FAST_BLOCK scores at a time (`keys` padded keys
-    a row, taken `chunk` at a time: all at once by default), of even sizes. With several worker threads (golden_model.workers) and at least PARALLEL_MIN scores
-    the blocks are smaller, at least one a thread, and a multiple of the threads when they split rows; blocks
-    of whole attentions are then FAST_BLOCK / threads at most (the threads' blocks together in the cache one
-    took: 1,024 windows of 64 x 64 scores on 2 threads 0.227 s in blocks of 2^20, 0.093 s in 2^19; one
-    4,096 x 4,096 attention 0.128 s in blocks of 2^20 rows, 0.161 s in 2^19)."""
+    a row, taken `chunk` at a time: all at once by default), of even sizes. With several worker threads
+    (golden_model.workers) and at least PARALLEL_MIN scores the blocks are smaller, at least one a thread, and
+    a multiple of the threads when they split rows; blocks of whole attentions are then FAST_BLOCK / threads at
+    most (the threads' blocks together in the cache one took: 1,024 windows of 64 x 64 scores on 2 threads
+    0.227 s in blocks of 2^20, 0.093 s in 2^19; one 4,096 x 4,096 attention 0.128 s in blocks of 2^20 rows,
+    0.161 s in 2^19)."""
     threads = workers.parallel() if batch * lq * keys >= PARALLEL_MIN else 1
     keys = keys if chunk is None else min(keys, chunk)
     limit = FAST_BLOCK if lq * keys >= FAST_BLOCK else FAST_BLOCK // threads

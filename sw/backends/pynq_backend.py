@@ -170,7 +170,7 @@ class PynqBackend(Backend):
             from sw.runtime.arena import ArenaFull
             raise ArenaFull(f"pynq.allocate of the session's DDR arena, {ddr_bytes:,} contiguous bytes, failed: {e}. "
                             "On a board that memory is the kernel's CMA (`grep Cma /proc/meminfo`; "
-                            "docs/runtime.md gives each session's arena size)") from e
+                            "bitstreams/README.md, \"On the board\", gives each session's arena size)") from e
         super().__init__(cfg, int(self.buf.device_address), ddr_bytes)
         self.timeout_s = timeout_s
         self.poll_s = 1e-4 if self.on_board else 0.0      # a board: do not hammer the AXI-Lite bus
