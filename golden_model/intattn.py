@@ -50,7 +50,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from golden_model import workers
+from golden_model import jit, workers
 from golden_model.intops import INT8_MAX, quantize_multiplier, requantize
 
 FRAC_BITS = 8             # fraction bits of the log2-domain scores (the exp2 table's index width)
@@ -319,17 +319,15 @@ def _state_block(qf, kt, vt, quant: AttentionQuant, lk: int, tile: int, chunk: i
     for c0 in range(0, nt, chunk):
         c1 = min(c0 + chunk, nt)
         k0, k1 = c0 * tile, c1 * tile
-        x = np.multiply(qf @ kt[:, :, k0:k1], scale, dtype=np.float64)   # steps 1 and 2 (b, r, keys),
-        x += 0.5                                                         # exact: see the caller
-        np.floor(x, out=x)
-        if clip:
-            np.clip(x, M_INIT, -M_INIT - 1, out=x)                       # (else |x| < 2^30: nothing to clip)
-        if k1 > lk:
-            x[..., lk - k0:] = PAD_SCORE                                 # padding: never the max, p = 0
-        x = x.reshape(b, r, c1 - c0, tile)
-        ms = np.maximum.accumulate(np.concatenate([m, x.max(axis=-1)], axis=-1), axis=-1)  # step 3: m, then
-        np.subtract(ms[..., 1:, None], x, out=x)                         # after each tile; step 4: m' - x,
-        p = np.take(_EXP2_ALL_F64, x.astype(np.intp), mode="clip", out=x)   # exp2fix (clip: t >= EXP2_ZERO_FROM -> 0)
+        s = qf @ kt[:, :, k0:k1]                                         # step 1 (b, r, keys)
+        if jit.available():                                              # steps 2-4 in one compiled pass
+            p = np.empty(s.shape, np.float64)
+            ms = np.empty((b, r, c1 - c0 + 1), np.int64)
+            _probabilities(s.reshape(b * r, -1), quant.score_mult, quant.score_shift, m.reshape(-1).astype(np.int64),
+                           lk - k0, tile, _EXP2_ALL, p.reshape(b * r, -1), ms.reshape(b * r, -1))
+            p = p.reshape(b, r, c1 - c0, tile)
+        else:
+            p, ms = _probabilities_numpy(s, scale, clip, m, lk - k0, tile)
         alpha = exp2fix(np.diff(ms.astype(np.int64), axis=-1))
         grew = alpha != (1 << P_BITS)     # rescaling by alpha = 2^P_BITS is the identity: skip those rows
         if c0 == 0:
@@ -348,6 +346,53 @@ def _state_block(qf, kt, vt, quant: AttentionQuant, lk: int, tile: int, chunk: i
         m = ms[..., -1:]
     o = o.astype(np.int64)
     return m[..., 0].astype(np.int64), o[..., -1], o[..., :-1]
+
+
+def _probabilities_numpy(s, scale: float, clip: bool, m, valid: int, tile: int):
+    """Steps 2-4 of a chunk of scores s (b, r, keys) float32 (`valid` real keys, then padding), the running
+    maximum m (b, r, 1) before it: p (b, r, tiles, tile) float64 and the maxima (b, r, tiles + 1), m first.
+    Whole-array NumPy, exact (see attention_state)."""
+    b, r, keys = s.shape
+    x = np.multiply(s, scale, dtype=np.float64)                      # step 2,
+    x += 0.5                                                         # exact: see attention_state
+    np.floor(x, out=x)
+    if clip:
+        np.clip(x, M_INIT, -M_INIT - 1, out=x)                       # (else |x| < 2^30: nothing to clip)
+    if keys > valid:
+        x[..., valid:] = PAD_SCORE                                   # padding: never the max, p = 0
+    x = x.reshape(b, r, keys // tile, tile)
+    ms = np.maximum.accumulate(np.concatenate([m, x.max(axis=-1)], axis=-1), axis=-1)  # step 3: m, then
+    np.subtract(ms[..., 1:, None], x, out=x)                         # after each tile; step 4: m' - x,
+    return np.take(_EXP2_ALL_F64, x.astype(np.intp), mode="clip", out=x), ms   # exp2fix (t >= ZERO_FROM: 0)
+
+
+def _probabilities_loop(s, score_mult, score_shift, m, valid, tile, table, p, ms):
+    """Steps 2-4 as `_probabilities_numpy`, one row at a time in integers (the spec's arithmetic), for Numba:
+    s (rows, keys) float32 holding exact integer scores, m (rows,) int64; writes p (rows, keys) float64 and
+    ms (rows, tiles + 1) int64. Padding keys (from `valid` on) are never the maximum and get p = 0."""
+    rows, keys = s.shape
+    half = np.int64(1) << (score_shift - 1)
+    x = np.empty(tile, np.int64)
+    for i in range(rows):
+        mi = m[i]
+        ms[i, 0] = mi
+        for t in range(keys // tile):
+            j0 = t * tile
+            n = min(tile, valid - j0)
+            for j in range(n):                                       # step 2, and the tile's maximum
+                xj = (np.int64(s[i, j0 + j]) * score_mult + half) >> score_shift
+                xj = min(max(xj, M_INIT), -M_INIT - 1)
+                x[j] = xj
+                if xj > mi:
+                    mi = xj
+            ms[i, t + 1] = mi                                        # step 3
+            for j in range(n):                                       # step 4: exp2fix(m' - x)
+                p[i, j0 + j] = table[min(mi - x[j], EXP2_ZERO_FROM)]
+            for j in range(max(n, 0), tile):
+                p[i, j0 + j] = 0.0
+
+
+_probabilities = jit.kernel(_probabilities_loop)
 
 
 #: Key tiles per GEMM of the fast path's O update.

@@ -90,3 +90,13 @@ def mid_overlay():
     from hw.config import preset
     return preset("sim").replace(name="mid8x16", rows=8, cols=16, engines=("gemm", "attention", "conv", "depthwise",
                                                                                   "load_t"))
+
+
+@pytest.fixture(params=["numba", "numpy"])
+def jit_mode(request, monkeypatch):
+    """The integer kernels' element-wise passes compiled (golden_model.jit: Numba, a dependency, so it must be
+    there) or in NumPy (SAM2FPGA_JIT=0, as where Numba is missing): tests taking it run on both."""
+    from golden_model import jit
+    monkeypatch.setenv(jit.ENV, "1" if request.param == "numba" else "0")
+    assert jit.available() == (request.param == "numba"), "numba is in pyproject's dependencies"
+    return request.param

@@ -284,9 +284,10 @@ def fast_path_cases():
 
 
 @pytest.mark.parametrize("case", fast_path_cases(), ids=lambda c: c[0])
-def test_fast_path_equals_the_tile_by_tile_spec(case):
-    """attention (whole-array fast path) == attention_reference (the recurrence as the hardware runs it), bit
-    for bit: the final state (m, l, O), the int32 result and the int8 output."""
+def test_fast_path_equals_the_tile_by_tile_spec(case, jit_mode):
+    """attention (whole-array fast path, its steps 2-4 compiled or in NumPy) == attention_reference (the
+    recurrence as the hardware runs it), bit for bit: the final state (m, l, O), the int32 result and the
+    int8 output."""
     _, q, k, v, quant, tile = case
     for got, want in zip(A.attention_state(q, k, v, quant, tile), A.attention_state_reference(q, k, v, quant, tile)):
         assert got.dtype == want.dtype and np.array_equal(got, want)
@@ -308,7 +309,7 @@ def test_fast_path_blocks_of_queries_and_attentions(monkeypatch):
 
 
 @pytest.mark.parametrize("chunk", [1, 40, 160])
-def test_fast_path_key_chunks(monkeypatch, chunk):
+def test_fast_path_key_chunks(monkeypatch, chunk, jit_mode):
     """Keys taken a chunk at a time (KEY_CHUNK keys: one tile, a few, more than SUPER_TILE tiles; the running
     maximum and O carried across chunks) give the spec's numbers on every fast-path case."""
     monkeypatch.setattr(A, "KEY_CHUNK", chunk)
@@ -318,3 +319,27 @@ def test_fast_path_key_chunks(monkeypatch, chunk):
         for got, want in zip(A.attention_state(q, k, v, quant, tile), A.attention_state_reference(q, k, v, quant, tile)):
             assert np.array_equal(got, want), name
     assert chunked >= 6                                   # (most cases span several chunks)
+
+
+def test_compiled_steps_run_and_equal_numpys(jit_mode):
+    """The compiled steps 2-4 (golden_model.jit) are what runs when Numba is on (the loop gets compiled), and give
+    the NumPy path's p and running maxima on padded chunks, saturated scores and a running maximum carried in."""
+    rng = np.random.default_rng(13)
+    tile, keys, valid = 8, 40, 35                          # the last tile has 3 padding keys
+    s = rng.integers(-(1 << 22), 1 << 22, (2, 3, keys)).astype(np.float32)
+    s[0, 0, :4] = 1 << 22
+    m = np.where(rng.random((2, 3, 1)) < 0.5, A.M_INIT, 2000).astype(np.float64)
+    for mult, shift in ((40_000, 20), ((1 << A.SCORE_MULT_BITS) - 1, 1), (3, 63)):
+        p0, ms0 = A._probabilities_numpy(s, mult * 2.0 ** -shift, True, m, valid, tile)
+        if jit_mode == "numba":
+            p = np.empty(s.shape, np.float64)
+            ms = np.empty((2, 3, keys // tile + 1), np.int64)
+            A._probabilities(s.reshape(6, -1), mult, shift, m.reshape(-1).astype(np.int64), valid, tile, A._EXP2_ALL,
+                             p.reshape(6, -1), ms.reshape(6, -1))
+            assert A._probabilities.signatures                  # compiled, not the Python loop
+        else:
+            p, ms = np.empty(s.shape, np.float64), np.empty((2, 3, keys // tile + 1), np.int64)
+            A._probabilities_loop(s.reshape(6, -1), mult, shift, m.reshape(-1).astype(np.int64), valid, tile,
+                                  A._EXP2_ALL, p.reshape(6, -1), ms.reshape(6, -1))
+        assert np.array_equal(p.reshape(p0.shape), p0) and np.array_equal(ms, ms0.astype(np.int64))
+        assert not p[..., valid:].any()

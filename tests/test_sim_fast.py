@@ -465,7 +465,7 @@ def test_output_stage_equals_the_requantiser(k, big_bias, mult_hi, shift_hi, pat
     assert np.array_equal(int32, np.maximum(want, 0) if relu else want)
 
 
-def test_output_stage_float_path_is_exact():
+def test_output_stage_float_path_is_exact(jit_mode):
     """intops.OutputStage requantises in float64 when |acc| m + 2^s <= 2^51 (its comment proves it exact):
     equal to golden_model's integer requantiser at the extremes (|acc| at its bound, biases next to
     saturation, multipliers up to 2^31 - 1, every shift 1..43, ReLU), from float32 and float64 accumulators."""
@@ -490,6 +490,7 @@ def test_output_stage_float_path_is_exact():
         for a in (acc.astype(np.float32), acc.astype(np.float64)):
             assert np.array_equal(stage(a), want), trial
     assert taken > 50                                   # the float path ran (the rest: int64)
+    assert bool(intops._requantise_rows.signatures) or jit_mode == "numpy"   # (compiled when Numba is on)
 
 
 def test_timing_is_remembered_by_the_descriptor_bytes():
