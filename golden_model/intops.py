@@ -176,13 +176,16 @@ class OutputStage:
                 self.float_limit = int(np.min(room // np.maximum(self.mult, 1)))
                 self.always_float = acc_bound <= self.float_limit
 
-    def _requantise_float(self, acc) -> np.ndarray:
+    def _requantise_float(self, acc, table=None) -> np.ndarray:
         if jit.available() and acc.ndim == 2 and self.scale.shape in ((), acc.shape[1:]):
             out = np.empty(acc.shape, np.int8)              # one compiled pass, the same numbers
             n = acc.shape[1]
             _requantise_rows(acc, np.broadcast_to(self.scale, (n,)), np.broadcast_to(self.offset, (n,)),
-                             float((0 if self.relu else INT8_MIN) + 128), out)
+                             float((0 if self.relu else INT8_MIN) + 128), _IDENTITY if table is None else table, out)
             return out
+        return apply_table(self._requantise_float_numpy(acc), table)
+
+    def _requantise_float_numpy(self, acc) -> np.ndarray:
         v = np.multiply(acc, self.scale, dtype=np.float64)
         v += self.offset
         np.minimum(v, INT8_MAX + 128, out=v)                 # (np.clip: several times slower here)
@@ -191,9 +194,16 @@ class OutputStage:
         y ^= 0x80
         return y.view(np.int8)
 
-    def __call__(self, acc) -> np.ndarray:
+    def __call__(self, acc, table=None) -> np.ndarray:
+        """The int8 (or int32) outputs of accumulators `acc`; `table` (int8 (256,), output for input i - 128:
+        intvec.LutParams.table), when given, applied to the int8 outputs (the GEMM store's table)."""
+        if table is not None and self.out_int32:
+            raise ValueError("OutputStage: a table applies to int8 outputs, not int32")
         if self.scale is not None and (self.always_float or max(-acc.min(), acc.max()) <= self.float_limit):
-            return self._requantise_float(acc)
+            return self._requantise_float(acc, table)
+        return apply_table(self._requantise_int(acc), table)
+
+    def _requantise_int(self, acc) -> np.ndarray:
         t = acc.astype(np.int64)
         if self.folded is not None:
             t *= self.mult
@@ -213,17 +223,31 @@ class OutputStage:
         return t.astype(np.int8)
 
 
-def _requantise_rows_loop(acc, scale, offset, low, out):
+def apply_table(y, table) -> np.ndarray:
+    """table[y + 128] for int8 y (table: int8 (256,), the output for input i - 128), or y when table is None."""
+    if table is None:
+        return y
+    by_byte = np.concatenate([table[128:], table[:128]])            # entry u: table[u ^ 0x80], y's byte u
+    return np.take(by_byte, y.view(np.uint8))                       # (one pass: faster than table[u ^ 0x80])
+
+
+#: The table that maps every int8 to itself (apply_table's identity), for the compiled requantiser.
+_IDENTITY = np.arange(INT8_MIN, INT8_MAX + 1, dtype=np.int8)
+_IDENTITY.flags.writeable = False           # (read-only like LutParams' tables: one compiled signature for both)
+
+
+def _requantise_rows_loop(acc, scale, offset, low, table, out):
     """OutputStage._requantise_float for (rows, n) accumulators and per-column scale and offset, element by
-    element: v = acc scale + offset is exact (either rounding order: see OutputStage), clipped to [low, 255],
-    truncated (the floor on [0, 255]) and less 128 (the uint8 ^ 0x80 of the NumPy path)."""
+    element, then the table: v = acc scale + offset is exact (either rounding order: see OutputStage),
+    clipped to [low, 255] and truncated (the floor on [0, 255]): y + 128, so the output is table[y + 128]
+    (y itself with the identity table: the uint8 ^ 0x80 of the NumPy path)."""
     rows, n = acc.shape
     for i in range(rows):
         for j in range(n):                  # (branch-free, int32: the loop vectorises, ~10x NumPy's passes)
             v = np.float64(acc[i, j]) * scale[j] + offset[j]
             v = v if v < 255.0 else 255.0
             v = v if v > low else low
-            out[i, j] = np.int32(v) - 128
+            out[i, j] = table[np.int32(v)]
 
 
 _requantise_rows = jit.kernel(_requantise_rows_loop)

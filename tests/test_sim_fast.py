@@ -467,7 +467,7 @@ def test_output_stage_equals_the_requantiser(k, big_bias, mult_hi, shift_hi, pat
 
 def test_output_stage_float_path_is_exact(jit_mode):
     """intops.OutputStage requantises in float64 when |acc| m + 2^s <= 2^51 (its comment proves it exact):
-    equal to golden_model's integer requantiser at the extremes (|acc| at its bound, biases next to
+    equal to golden_model's integer requantiser (and with a store table, the table of it) at the extremes (|acc| at its bound, biases next to
     saturation, multipliers up to 2^31 - 1, every shift 1..43, ReLU), from float32 and float64 accumulators."""
     from golden_model.intops import requantize, saturate_int32
     rng = np.random.default_rng(9)
@@ -487,8 +487,12 @@ def test_output_stage_float_path_is_exact(jit_mode):
         want = requantize(saturate_int32(acc + bias), mult, shift, relu=relu)
         floats = stage.scale is not None and np.abs(acc).max() <= stage.float_limit
         taken += floats
+        table = rng.integers(-128, 128, 256).astype(np.int8)
         for a in (acc.astype(np.float32), acc.astype(np.float64)):
             assert np.array_equal(stage(a), want), trial
+            assert np.array_equal(stage(a, table), table[want.astype(np.int64) + 128]), trial   # the store's table
+    with pytest.raises(ValueError, match="int32"):
+        intops.OutputStage(bias, mult, shift, False, True, bound)(acc, table)
     assert taken > 50                                   # the float path ran (the rest: int64)
     assert bool(intops._requantise_rows.signatures) or jit_mode == "numpy"   # (compiled when Numba is on)
 

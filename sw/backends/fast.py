@@ -112,9 +112,7 @@ def linear(cfg, ddr, op, at):
     def chunk(t0):                              # (chunks write disjoint output rows)
         r0, r1 = t0 * R, min(M, (t0 + step) * R)
         x = rows[r0:r1] if rows is not None else a[t0:t0 + step].transpose(0, 2, 1).reshape(-1, K)[:r1 - r0]
-        y = stage(exact_f32_matmul(x.astype(np.float32), b))
-        if table is not None:
-            y = intvec.lut(y, table)
+        y = stage(exact_f32_matmul(x.astype(np.float32), b), None if table is None else table.table)
         if residual is not None:
             y = intvec.add(y, residual[r0:r1], add_params)
         ddr[out + r0 * row_bytes:out + r1 * row_bytes] = y.view(np.uint8).reshape(-1)
