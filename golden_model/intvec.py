@@ -34,7 +34,7 @@ from dataclasses import dataclass, fields
 
 import numpy as np
 
-from golden_model import intops, nn, workers
+from golden_model import intops, jit, nn, workers
 from golden_model.intops import INT8_MAX, INT8_MIN, MULT_BITS, SHIFT_BITS, quantize_multiplier
 
 # ------------------------------------------------------------------ widths (the one place they live)
@@ -339,12 +339,34 @@ def layernorm(x, p: LayerNormParams) -> np.ndarray:
 
     def part(rs):                                   # (rows are independent: parts write their own)
         part_out = out[rs]
+        if jit.available():                         # steps 4-5 in one compiled pass, the same numbers
+            x = rows[rs]
+            if not 1 <= p.dim <= LN_MAX_DIM:
+                raise ValueError(f"layernorm: rows of {p.dim} outside 1..{LN_MAX_DIM}")
+            dt, st, sh = _ln_row_constants(x, p.eps_term)
+            _ln_rows(x, dt, st, sh, g, b, p.shift, part_out)
+            return
         for sl, n in _ln_blocks(rows[rs], p.eps_term):
             n *= g
             n += b
             part_out[sl] = _saturate(_shift_round(n, p.shift), INT8_MIN, INT8_MAX)
     workers.map(part, _parts(len(rows), rows.size))
     return out.reshape(x.shape)
+
+
+def _ln_rows_loop(x, dt, st, sh, g, b, s, out):
+    """Steps 4-5 of `layernorm` element by element (the NumPy path's numbers): x (rows, D) int8, the row
+    constants dt, st, sh of `_ln_row_constants`, gains g and biases b int32 (D,), output shift s; writes out."""
+    rows, d = x.shape
+    rnd = (1 << (s - 1)) if s > 0 else 0
+    for i in range(rows):
+        for j in range(d):
+            n = np.int32((np.int64(x[i, j]) * dt[i] - st[i]) >> sh[i])        # step 4: |n| < 2^15
+            y = (n * g[j] + b[j] + rnd) >> s                                    # step 5: int32 throughout
+            out[i, j] = min(max(y, INT8_MIN), INT8_MAX)
+
+
+_ln_rows = jit.kernel(_ln_rows_loop)
 
 
 # ------------------------------------------------------------------ LUT (GELU, sigmoid, ...)
@@ -483,6 +505,9 @@ def add(a, b, p: AddParams) -> np.ndarray:
     period = max(b.size, 1)
     a2, b2 = a.reshape(-1, period), b.reshape(1, period)
     out = np.empty(a2.shape, np.int8)
+    if jit.available():                             # one compiled pass, the same numbers
+        _add_rows(a2, b2[0], p.a_mult, p.b_mult, p.shift, out)
+        return out.reshape(a.shape)
     acc_buf, b_buf = np.empty(BLOCK, np.int32), np.empty(BLOCK, np.int32)
     for rows, cols in _blocks(*a2.shape):
         shape = (rows.stop - rows.start, cols.stop - cols.start)
@@ -494,6 +519,19 @@ def add(a, b, p: AddParams) -> np.ndarray:
         acc += bm
         out[rows, cols] = _saturate(_shift_round(acc, p.shift), INT8_MIN, INT8_MAX)
     return out.reshape(a.shape)
+
+
+def _add_rows_loop(a, b, a_mult, b_mult, s, out):
+    """`add` element by element: a (rows, period) int8, b (period,) int8 repeating over the rows; int32."""
+    rows, period = a.shape
+    rnd = (1 << (s - 1)) if s > 0 else 0
+    for i in range(rows):
+        for j in range(period):
+            y = (np.int32(a[i, j]) * a_mult + np.int32(b[j]) * b_mult + rnd) >> s
+            out[i, j] = min(max(y, INT8_MIN), INT8_MAX)
+
+
+_add_rows = jit.kernel(_add_rows_loop)
 
 
 @dataclass(frozen=True, eq=False)

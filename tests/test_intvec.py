@@ -72,7 +72,7 @@ def test_rsqrt_fixed_matches_python_ints_and_precision():
     assert rel.max() <= 2 ** -12 + 2 ** -15
 
 
-def test_layernorm_hand_derived():
+def test_layernorm_hand_derived(jit_mode):
     """Row [1, -1], gamma 1, beta 0, eps 0, in_scale 1, out_scale 1/64, by hand:
     S = 0, Q = 2, var = 2 * 2 - 0 = 4; V = 4: e = 3, k = ceil(-9 / 2) = -4, m = 4 << 8 = 1024,
     T = 2^20 / 32 = 2^15, sh = 6; c = 2 q = +-2, n = (+-2^16 + 32) >> 6 = +-1024 (1.0 in Q10).
@@ -111,7 +111,7 @@ def int_var(q):
 
 
 @pytest.mark.parametrize("d,eps", [(1, 1e-6), (3, 1e-5), (96, 1e-6), (256, 1e-5), (1024, 1e-6)])
-def test_layernorm_against_float(d, eps):
+def test_layernorm_against_float(d, eps, jit_mode):
     rng = np.random.default_rng(d)
     rows = 300 if d < 1024 else 40
     xf = rng.normal(0.5, 1.0, (rows, d)) * rng.uniform(0.05, 2, (rows, 1))
@@ -151,7 +151,7 @@ def test_layernorm_from_float_input_propagated_error():
 
 
 @pytest.mark.parametrize("d", [1, 2, 96, 1024])
-def test_layernorm_constant_rows_give_beta(d):
+def test_layernorm_constant_rows_give_beta(d, jit_mode):
     rng = np.random.default_rng(d)
     gamma, beta = rng.normal(1, 1, d), rng.normal(0, 1, d)
     sy = 2.0 / 127
@@ -165,7 +165,7 @@ def test_layernorm_constant_rows_give_beta(d):
         assert not V.layernorm_normalised(x).any()
 
 
-def test_layernorm_int8_extremes():
+def test_layernorm_int8_extremes(jit_mode):
     """One -128 among 1,023 x 127: |n| = sqrt(D - 1) = 31.98, the largest a row can give, stays in int16;
     alternating -128 / 127 rows are +-1 (up to the mean's offset)."""
     d = 1024
@@ -187,7 +187,7 @@ def test_layernorm_int8_extremes():
 
 
 @pytest.mark.parametrize("d", [2, 3, 17, 96, 1023, 1024])
-def test_layernorm_largest_normalised_values_fit_int16(d):
+def test_layernorm_largest_normalised_values_fit_int16(d, jit_mode):
     """The rows with the largest |n| (one value against D - 1 equal others: |n| = sqrt(D - 1)) against
     the Python-int reading of the spec, which asserts n fits int16 unsaturated."""
     x = np.full((2, d), 127, np.int8)
@@ -215,7 +215,7 @@ def test_layernorm2d_channels_last():
     assert np.all(np.abs(y - lsb(y_f, sy)) <= bound)
 
 
-def test_layernorm_shapes_and_leading_axes():
+def test_layernorm_shapes_and_leading_axes(jit_mode):
     rng = np.random.default_rng(3)
     x = rng.integers(-128, 128, (2, 5, 7, 32)).astype(np.int8)
     p = V.LayerNormParams.make(np.ones(32), np.zeros(32), 0.05, 0.03, 1e-6)
@@ -300,7 +300,7 @@ def add_bound(p, a, b, ra, rb):
 
 
 @pytest.mark.parametrize("sa,sb,so", [(0.02, 0.03, 0.04), (0.05, 0.001, 0.05), (1.0, 1.0, 0.01), (0.01, 0.02, 3.0)])
-def test_add_against_float(sa, sb, so):
+def test_add_against_float(sa, sb, so, jit_mode):
     rng = np.random.default_rng(int(sa * 1000))
     a = rng.integers(-128, 128, (500, 96)).astype(np.int8)
     b = rng.integers(-128, 128, (500, 96)).astype(np.int8)
@@ -314,7 +314,7 @@ def test_add_against_float(sa, sb, so):
     assert np.array_equal(y, ref)
 
 
-def test_add_hand_derived_rounding():
+def test_add_hand_derived_rounding(jit_mode):
     """(3a + b + 2) >> 2 by hand: (1, -1) -> 4 >> 2 = 1; (-1, 1) -> 0 >> 2 = 0 (-0.5 rounds up);
     (-2, 0) -> -4 >> 2 = -1 (-1.5 rounds up); (127, 127) -> 510 >> 2 = 127; (-128, -128) -> -510 >> 2 = -128."""
     p = V.AddParams(3, 1, 2)
@@ -324,7 +324,7 @@ def test_add_hand_derived_rounding():
     assert V.add(a, b, V.AddParams(1 << 15, 1 << 15, 15)).tolist() == [0, 0, -2, 127, -128]   # saturates
 
 
-def test_add_broadcasting():
+def test_add_broadcasting(jit_mode):
     rng = np.random.default_rng(4)
     a = rng.integers(-128, 128, (2, 6, 5, 8)).astype(np.int8)
     p = V.AddParams.make(0.02, 0.03, 0.05)
