@@ -34,6 +34,16 @@ CHELSEA_CLICK = (250.0, 170.0)
 COFFEE_CLICK = (300.0, 200.0)
 
 
+def busy_share() -> float:
+    """The share of the machine's cores other work used over the last half second (a kernel's threads gain
+    only on a free core: benchmarks print it beside their times)."""
+    def snap():
+        v = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+        return sum(v), v[3] + v[4]
+    (t0, i0), _, (t1, i1) = snap(), time.sleep(0.5), snap()
+    return 1 - (i1 - i0) / max(1, t1 - t0)
+
+
 def best(fn, repeats: int = 3) -> float:
     """The shortest of `repeats` wall-clock times of fn() (s): the least disturbed by other load."""
     times = []

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from benchmarks.common import report
-from benchmarks.threads import _busy, timed
+from benchmarks.common import busy_share, report
+from benchmarks.threads import timed
 from golden_model import intattn
 
 KEY_TILE = 32
@@ -48,7 +48,7 @@ def run(repeats: int = 3) -> None:
         for kind in ("random", "trend"):
             q, k, v, quant = inputs(rng, shape, kind)
             fn = lambda: intattn.attention_state(q, k, v, quant, KEY_TILE)   # noqa: E731
-            busy = _busy()
+            busy = busy_share()
             one, w1, _ = timed(fn, 1, repeats)
             two, w2, _ = timed(fn, 2, repeats)
             if not all(np.array_equal(a, b) for a, b in zip(one, two)):

@@ -14,18 +14,10 @@ import time
 
 import numpy as np
 
-from benchmarks.common import report
+from benchmarks.common import busy_share, report
 from golden_model import intattn, intvec, workers
 
 REPEATS = 5
-
-
-def _busy() -> float:
-    def snap():
-        v = [int(x) for x in open("/proc/stat").readline().split()[1:]]
-        return sum(v), v[3] + v[4]
-    (t0, i0), _, (t1, i1) = snap(), time.sleep(0.5), snap()
-    return 1 - (i1 - i0) / max(1, t1 - t0)
 
 
 def timed(fn, threads: int, repeats: int = REPEATS):
@@ -48,7 +40,7 @@ def timed(fn, threads: int, repeats: int = REPEATS):
     return result, min(wall), min(cpu)
 
 
-def _linear(rng, m, k, n):
+def sim_linear(rng, m, k, n):
     """A run of a compiled m x k x n linear in the sim backend's fast mode: a function returning its DDR."""
     from hw.config import preset
     from sw.backends import fast
@@ -77,13 +69,13 @@ def run() -> None:
                                                                              (1024, 64, 96))):
         q, k, v = (rng.integers(-128, 128, shape, dtype=np.int8) for _ in range(3))
         kernels.append((name, lambda q=q, k=k, v=v: intattn.attention_state(q, k, v, quant, 64)))
-    kernels.append(("linear 65536 x 96 x 384 (sim fast mode)", _linear(rng, 65536, 96, 384)))
+    kernels.append(("linear 65536 x 96 x 384 (sim fast mode)", sim_linear(rng, 65536, 96, 384)))
     x = rng.integers(-128, 128, (65536, 96), dtype=np.int8)
     ln = intvec.LayerNormParams.make(rng.normal(1, 0.3, 96), rng.normal(0, 0.2, 96), 0.05, 0.03, 1e-6)
     kernels.append(("layernorm 65536 x 96", lambda: intvec.layernorm(x, ln)))
     rows = []
     for name, fn in kernels:
-        busy = _busy()
+        busy = busy_share()
         one, w1, c1 = timed(fn, 1)
         two, w2, c2 = timed(fn, 2)
         same = all(np.array_equal(a, b) for a, b in zip(*(r if isinstance(r, tuple) else (r,) for r in (one, two))))
