@@ -31,12 +31,12 @@ from sw.lru import same_bytes
 
 #: The bytes kept (argument copies, the pages of programs' images written: `_lean`), all nodes together. A 1024 px
 #: image's programs hold ~130 MiB (their images 1.6 GiB, mostly zeros never written), a 1024 px video session's
-#: ~390 MiB by frame 7 (the older shapes of its growing pointer chain's programs included, dropped first when the
-#: budget is short), so a steady frame compiles only its host-fed nodes. A budget below a frame's programs keeps
+#: ~445 MiB from frame 12 on (the older shapes of its growing pointer chain's programs included, dropped first when
+#: the budget is short), so a steady frame compiles only its host-fed nodes. A budget below a frame's programs keeps
 #: part of them (`_victim`); a program whose entry alone is more than ENTRY_BYTES is not kept.
 BUDGET_BYTES = 1 << 30
 #: Environment variable overriding BUDGET_BYTES, in MiB (a board's ARM with 4 GB for everything may want less, e.g.
-#: 256: a 1024 px frame's latest programs then still fit; 0 keeps nothing, each call compiles).
+#: 512: a 1024 px video frame's latest programs fit, 223 MiB by frame 8; 0 keeps nothing, each call compiles).
 BUDGET_ENV = "SAM2FPGA_COMPILE_CACHE_MB"
 ENTRY_BYTES = 64 << 20
 #: Calls of one node kept (a node run on two shapes in turn, e.g. per object, keeps both).
