@@ -17,6 +17,7 @@ frame 17 on every frame runs the programs the frame before did (2 compiles: the 
 input the host writes into the program): the steady state (the default length runs 3 of its frames and prints
 their median ratios; its cross-attentions still relink 8 lists a frame, meeting the bank ring's placements,
 until frame 24).
+`compile cache MiB`: what the driver's compile cache holds after the frame (sw/runtime/compile_cache.py).
 `sim device s`: the sim's wall time inside the overlay's runs (the fast mode's data and the cycle model); the
 rest of `sim s` is the host's: per-node Python, compiles, links, host ops. Target (issue 18): the sim's
 steady-state frame <= 3x the float tracker's. SAM2FPGA_BENCH_VIDEO_SIZE / _FRAMES set the size and length
@@ -103,11 +104,12 @@ def run(image_size: int | None = None, n_frames: int | None = None, preset_name:
                      "sim == int8 host": bool(np.array_equal(step["sim"][1], step["int8 host"][1])) if host
                      else "not run",
                      "modelled s": modelled, "sim device s": device, "sim compiles": compiled,
-                     "sim relinks": relinked})
+                     "sim relinks": relinked, "compile cache MiB": compiles.used / 2**20})
         hs, hcs = (f"{h:.2f} s", f"{hc:.2f}") if host else ("not run", "-")
         print(f"frame {idx}: float {f:.2f} s, int8 host {hs}, sim {s:.2f} s ({s / f:.2f}x float; CPU "
               f"{fc:.2f}, {hcs}, {sc:.2f} s: {sc / fc:.2f}x; {device:.2f} s in the overlay's runs; "
-              f"{compiled} programs compiled, {relinked} relinked)", flush=True)
+              f"{compiled} programs compiled, {relinked} relinked; compile cache {compiles.used / 2**20:.0f} MiB)",
+              flush=True)
     steady = [r for r in rows if r["frame"] >= steady_from]
     which = (f"steady frames {steady[0]['frame']}-{steady[-1]['frame']}" if steady else
              f"last frame {rows[-1]['frame']} (not steady: the steady state starts at frame {steady_from})")

@@ -134,3 +134,54 @@ def test_read_only_arrays_with_read_only_owners_are_kept_as_themselves():
     live[0] = 5
     assert cache.get("m", make, view) is not q
     assert make.calls == 5
+
+
+def test_a_kept_programs_zero_pages_count_for_nothing():
+    """A linear whose input is read in place (compiled on zeros) and whose output goes to another buffer: its
+    image's A and out regions are zeros, kept unwritten (they hold no memory) and not counted against the
+    budget; the kept image is the compiled one byte for byte, and read-only (a kept program never changes)."""
+    from sw.compile.linear import compile_linear
+    cfg = preset("kv260")
+    rng = np.random.default_rng(0)
+    w = rng.integers(-128, 128, (64, 64), dtype=np.int8)
+    args = (cfg, CC.zeros((4096, 64)), w, np.zeros(64, np.int32), np.full(64, 1 << 14, np.int32),
+            np.full(64, 20, np.int32))
+    CC.freeze(args[2:])                                 # a model's: kept as themselves, no copies
+    cache = CompileCache()
+    kept, fresh = cache.get("n", compile_linear, *args), compile_linear(*args)
+    assert np.array_equal(kept.image, fresh.image) and not kept.image.flags.writeable
+    pages = -(-fresh.image.size // CC.mmap.PAGESIZE)
+    written = np.pad(fresh.image, (0, pages * CC.mmap.PAGESIZE - fresh.image.size)).reshape(pages, -1).any(axis=1)
+    assert cache.used == written.sum() * CC.mmap.PAGESIZE <= fresh.image.nbytes // 8
+    assert cache.get("n", compile_linear, *args) is kept
+
+
+def frames(cache, make, owners, n, start=0):
+    """n frames of calls: every owner with its own fixed argument, and two whose arguments change every frame (a
+    frame's host data; a key length that grows); the programs compiled in each frame."""
+    compiled = []
+    for f in range(start, start + n):
+        before = make.calls
+        for i, o in enumerate(owners):
+            cache.get(o, make, np.full(100, i, np.int8))
+            if i == len(owners) // 2:
+                cache.get("host", make, np.full(100, f, np.int8))
+                cache.get("grows", make, np.ones(f + 1, np.int8))
+        compiled.append(make.calls - before)
+    return compiled
+
+
+def test_a_budget_below_a_frames_programs_keeps_part_of_them_compiled():
+    """A frame's 10 recurring programs (164 bytes each: the stub's image, the argument's copy) and two calls whose
+    arguments change every frame, with a budget of 6: dropping the least recently used program would drop each
+    just before its next call, so every frame would compile all 12; the cache keeps the owners' latest programs
+    it holds instead, and drops the passed over ones (the host's data, the keys of frames before) first. Owners
+    no longer called (another graph's) make way in the end."""
+    cache, make = CompileCache(budget=6 * (64 + 100)), Compiler()
+    compiled = frames(cache, make, [f"o{i}" for i in range(10)], 6)
+    assert compiled[0] == 12 and all(c <= 12 - 5 for c in compiled[1:])       # >= 5 of the 10 kept
+    assert cache.used <= cache.budget
+    # another graph's nodes: once the first's have not been called for PER_NODE calls of every owner, their
+    # programs make way
+    compiled = frames(cache, make, [f"p{i}" for i in range(10)], 12, start=6)
+    assert all(c <= 12 - 4 for c in compiled[-2:])

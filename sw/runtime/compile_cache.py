@@ -9,11 +9,19 @@ kept as copies (an array of zeros as its shape) and compared by value on every c
 is a different argument), except read-only arrays whose owner is read-only too (a model's weights frozen by
 `freeze`, the shared zeros of `zeros`): no one can write their memory, so they are kept as themselves and the
 same memory passed again (same owner, place, shape, strides, dtype) is the same value without reading it.
+
+A kept program's image (its DDR image: descriptors, weights and room for the inputs and outputs, which graph
+nodes read and write in their own buffers) is moved into memory whose all-zero pages are never written
+(`_lean`: an anonymous mapping, backed by no memory until written), read-only: the zero regions, nine
+tenths of a 1024 px image's, cost nothing, and only the pages written count against the budget. A node's
+latest program is kept before its older ones (`_victim`): those its calls have since passed over (a pointer
+chain's length, a frame's host data: most never recur) go first.
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
+import mmap
 import os
 from collections import OrderedDict
 
@@ -21,17 +29,24 @@ import numpy as np
 
 from sw.lru import same_bytes
 
-#: The bytes kept (argument copies and programs' images), all nodes together: every engine node of a 1024 px
-#: image (~1.5 GiB; a 256 px video frame ~220 MB) fits, so a session's next image compiles only its host-fed
-#: nodes (a budget below a whole image's keeps none of them: each drops the oldest, the one needed next);
-#: a program whose entry alone is more than ENTRY_BYTES is not kept.
-BUDGET_BYTES = 2 << 30
-#: Environment variable overriding BUDGET_BYTES, in MiB (a board's ARM with 4 GB for everything may want less:
-#: 0 keeps nothing, each call compiles as before the cache).
+#: The bytes kept (argument copies, the pages of programs' images written: `_lean`), all nodes together. A 1024 px
+#: image's programs hold ~130 MiB (their images 1.6 GiB, mostly zeros never written), a 1024 px video session's
+#: ~445 MiB from frame 12 on (the older shapes of its growing pointer chain's programs included, dropped first when
+#: the budget is short), so a steady frame compiles only its host-fed nodes. A budget below a frame's programs keeps
+#: part of them (`_victim`); a program whose entry alone is more than ENTRY_BYTES is not kept.
+BUDGET_BYTES = 1 << 30
+#: Environment variable overriding BUDGET_BYTES, in MiB (a board's ARM with 4 GB for everything may want less, e.g.
+#: 512: a 1024 px video frame's latest programs fit, 223 MiB by frame 8; 0 keeps nothing, each call compiles).
 BUDGET_ENV = "SAM2FPGA_COMPILE_CACHE_MB"
 ENTRY_BYTES = 64 << 20
 #: Calls of one node kept (a node run on two shapes in turn, e.g. per object, keeps both).
 PER_NODE = 4
+
+#: Images smaller than this are kept as they are (a mapping of their own would save next to nothing).
+LEAN_BYTES = 16 * mmap.PAGESIZE
+#: A private anonymous mapping: reading a page never written maps the OS's zero page (a shared one, mmap's
+#: default, would allocate a page for every page read).
+_PRIVATE = dict(flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS) if hasattr(mmap, "MAP_PRIVATE") else {}
 
 _SCALARS = (int, float, str, bool, bytes, type(None), np.generic)
 
@@ -157,13 +172,44 @@ def _nbytes(x) -> int:
     return 0
 
 
-def _image_bytes(result) -> int:
-    """The program images' bytes in a compiler's result: a program, or a list of programs or of tuples
-    ending in one (compile_attention_calls' (head, q0, q1, program))."""
+def _keep_images(result) -> int:
+    """The program images in a compiler's result (a program, or a list of programs or of tuples ending in one:
+    compile_attention_calls' (head, q0, q1, program)) made lean (_lean), and the bytes they hold."""
     if isinstance(result, (list, tuple)):
-        return sum(_image_bytes(p) for p in result)
+        return sum(_keep_images(p) for p in result)
     image = getattr(result, "image", None)
-    return image.nbytes if isinstance(image, np.ndarray) else 0
+    if not isinstance(image, np.ndarray):
+        return 0
+    result.image, held = _lean(image)
+    return held
+
+
+def _lean(image: np.ndarray) -> tuple[np.ndarray, int]:
+    """(image, the bytes it holds): a large one's bytes in a read-only anonymous mapping of which only the pages
+    that are not all zeros were written; the OS backs the others with no memory (its zero page when read).
+    Equal to `image` byte for byte, as its dtype and shape."""
+    page = mmap.PAGESIZE
+    if image.nbytes < LEAN_BYTES or not image.flags.c_contiguous:
+        return image, image.nbytes
+    raw = image.reshape(-1).view(np.uint8)
+    n, full = raw.size, raw.size // page
+    written = np.empty(-(-n // page), bool)
+    body = raw[:full * page]
+    body = body.view(np.uint64) if body.ctypes.data % 8 == 0 else body
+    written[:full] = body.reshape(full, -1).any(axis=1)
+    written[full:] = raw[full * page:].any()
+    if written.sum() * 2 > written.size:            # mostly data: nothing to save
+        return image, image.nbytes
+    mapping = mmap.mmap(-1, written.size * page, **_PRIVATE)
+    if hasattr(mapping, "madvise") and hasattr(mmap, "MADV_NOHUGEPAGE"):
+        mapping.madvise(mmap.MADV_NOHUGEPAGE)       # a huge page would back a written page's zero neighbours
+    lean = np.frombuffer(mapping, np.uint8, n)
+    edges = np.flatnonzero(np.diff(written, prepend=False, append=False)) * page
+    for a, b in zip(edges[::2], edges[1::2]):       # runs of written pages
+        lean[a:b] = raw[a:b]
+    lean = lean.view(image.dtype).reshape(image.shape)
+    lean.flags.writeable = False
+    return lean, int(written.sum()) * page
 
 
 def budget_bytes() -> int:
@@ -178,40 +224,59 @@ def budget_bytes() -> int:
 
 class CompileCache:
     """Per owner (a graph node) and compiler, the programs of its last PER_NODE distinct calls; at most
-    BUDGET_BYTES of copies and images in all, the least recently used dropped first."""
+    BUDGET_BYTES of copies and images in all. Over it, programs their owners have passed over go first
+    (`_victim`), least recently used first; a new program that would drop an owner's latest one is not kept."""
 
     def __init__(self, budget: int | None = None):
         self.budget, self.used = budget_bytes() if budget is None else budget, 0
         self._kept: OrderedDict = OrderedDict()       # (owner, compiler, i) -> (args, kwargs, result, bytes)
-        self.hits = self.misses = 0
+        # owner -> (the key of its last call's program, None when not kept; the number of that call, `calls`)
+        self._latest: dict = {}
+        self.calls = self.hits = self.misses = 0
 
     def get(self, owner: str, compiler, *args, **kwargs):
         """compiler(*args, **kwargs), or the result of an earlier call of `owner`'s with equal arguments."""
+        self.calls += 1
         slots = [(owner, compiler, i) for i in range(PER_NODE)]
         for key in slots:
             entry = self._kept.get(key)
             if entry is not None and len(entry[0][1]) == len(args) and _same(entry[0], args) \
                     and _same(entry[1], kwargs):
                 self._kept.move_to_end(key)
+                self._latest[owner] = key, self.calls
                 self.hits += 1
                 return entry[2]
         self.misses += 1
+        self._latest[owner] = None, self.calls
         result = compiler(*args, **kwargs)
         try:
             entry = (_snap(args), _snap(kwargs))
         except TypeError:                                   # an argument it cannot compare: never kept
             return result
-        size = _nbytes(entry) + _image_bytes(result)
-        if not self.budget or size > min(ENTRY_BYTES, self.budget):
+        if not self.budget:
+            return result
+        size = _nbytes(entry) + _keep_images(result)
+        if size > min(ENTRY_BYTES, self.budget):
             return result
         # this owner's free slot, else its least recently used one
         key = next((k for k in slots if k not in self._kept), None) or next(k for k in self._kept if k in slots)
         self._drop(key)
         self._kept[key] = (*entry, result, size)
+        self._latest[owner] = key, self.calls
         self.used += size
         while self.used > self.budget:
-            self._drop(next(iter(self._kept)))
+            self._drop(self._victim() or key)
         return result
+
+    def _victim(self):
+        """The least recently used program that its owner has passed over (called since with other arguments: a
+        video's pointer chain of a length that never recurs, a frame's host-fed data) or not called for a long
+        while (PER_NODE calls of every owner's: another graph's); None when every program kept is its owner's
+        latest. Such a program is what its owner's next call most likely wants: dropping the least recently used
+        one for a new program (LRU) would, once a frame's programs exceed the budget, drop each one just before
+        its next use, so every frame would compile them all; keeping them keeps that part of a frame compiled."""
+        latest, old = self._latest, self.calls - PER_NODE * len(self._latest)
+        return next((k for k in self._kept if latest[k[0]][0] != k or latest[k[0]][1] < old), None)
 
     def _drop(self, key) -> None:
         entry = self._kept.pop(key, None)
@@ -220,4 +285,5 @@ class CompileCache:
 
     def clear(self) -> None:
         self._kept.clear()
+        self._latest.clear()
         self.used = 0
