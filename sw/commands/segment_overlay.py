@@ -27,12 +27,13 @@ def overlay_predictor(args, build_model):
     from hw.config import preset
     from sw.cli import CommandError
     from sw.commands.quantize import int8_model
+    from sw.commands.segment import program_store
     from sw.runtime.overlay_segment import OverlayRunner
     qm = int8_model(args, build_model, lambda m: print("segment: " + m))
     cfg = preset(args.preset)
     try:
         ex = OverlayRunner(qm, cfg, args.backend, progress=_log,
-                           bitfile=None if args.bitfile is None else str(args.bitfile))
+                           bitfile=None if args.bitfile is None else str(args.bitfile), program_store=program_store(args))
     except _overlay_errors() as e:
         raise CommandError(str(e)) from e
     on = Counter("host" if n.attrs.get("host") else ex.placements[n.name].where for n in qm.graph.nodes)

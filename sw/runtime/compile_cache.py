@@ -184,6 +184,7 @@ class CompileCache:
         self.budget, self.used = budget_bytes() if budget is None else budget, 0
         self._kept: OrderedDict = OrderedDict()       # (owner, compiler, i) -> (args, kwargs, result, bytes)
         self.hits = self.misses = 0
+        self.store = None       # a sw.runtime.program_store.ProgramStore asked before compiling (None: compile)
 
     def get(self, owner: str, compiler, *args, **kwargs):
         """compiler(*args, **kwargs), or the result of an earlier call of `owner`'s with equal arguments."""
@@ -196,7 +197,7 @@ class CompileCache:
                 self.hits += 1
                 return entry[2]
         self.misses += 1
-        result = compiler(*args, **kwargs)
+        result = compiler(*args, **kwargs) if self.store is None else self.store.compile(compiler, args, kwargs)
         try:
             entry = (_snap(args), _snap(kwargs))
         except TypeError:                                   # an argument it cannot compare: never kept

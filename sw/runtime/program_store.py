@@ -1,0 +1,676 @@
+"""Compiled programs kept on disk, so a new process (a CLI call, a board's restarted kernel) loads them instead
+of compiling them again.
+
+    store = ProgramStore(default_dir())          # or store_from(flag): the CLI's --program-store / env / default
+    drv = Driver(cfg, "sim", program_store=store)  # its CompileCache asks the store on each miss
+
+A compiler is a pure function of its arguments (sw.runtime.compile_cache), so its result is filed under a digest
+of: the code that makes programs (every .py of the sw, hw and golden_model packages, NumPy's and Python's versions,
+FORMAT: `code_fingerprint`, once a process), the compiler's qualified name (a module-level function: a bound
+method or a closure carries state its arguments do not, and is never stored) and its arguments, encoded
+canonically (`_feed`): arrays by dtype, shape and a BLAKE2b of their bytes (a read-only array with a read-only
+owner, a model's frozen weights or the shared zeros, hashed once a process), dataclasses by type name and fields,
+scalars, tuples, lists, dicts in order. Anything else (an object it cannot encode) is compiled, not stored.
+
+An entry is one .npz file (`<key>.npz`), written to a temporary file and renamed into place (a killed process
+leaves no half entry) and read with allow_pickle=False: never pickle. Its member "tree" is JSON: the result as a
+tree of JSON scalars and tagged nodes (tuple, list, dict, set, bytes, NumPy scalar, array, shared reference,
+object); an object's class must be on ALLOWED (by qualified name), which also names the attributes it may have;
+it is made with object.__new__ and its attributes set, no code of the file's choosing runs. Arrays (numeric
+dtypes only) are slices of one member per dtype; a large one mostly zeros (a program image's input and output
+space) keeps only its non-zero 4 KiB blocks. Objects shared inside a result stay shared once restored (a
+program's descriptors and its symbolic list share columns); nothing relies on identity across results. An
+entry that does not decode (truncated, edited, a class not on the list, another FORMAT, a pickle) is warned about
+once (ProgramStoreWarning), deleted, compiled again and written anew. The directory is kept within a budget
+(BUDGET_BYTES, SAM2FPGA_PROGRAM_STORE_MB), least recently used entries (file mtimes, touched on every hit)
+removed first.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import io
+import json
+import math
+import os
+import sys
+import time
+import warnings
+import weakref
+from pathlib import Path
+
+import numpy as np
+
+from sw.runtime.compile_cache import _owner, _place
+
+#: The entry format: a change to the encoding below bumps it (older entries then miss, never mis-decode).
+FORMAT = 1
+#: Where the CLI keeps the store unless told: "off", or a directory.
+STORE_ENV = "SAM2FPGA_PROGRAM_STORE"
+#: The directory's budget. One 1024 px SAM 2.1 tiny image's programs on a preset take ~150 MB on disk
+#: (docs/runtime.md): 2 GiB holds a dozen such (model size, image size, preset) sets and the host-fed nodes of
+#: photos seen before, and is little beside a board's SD card or a PC's disk.
+BUDGET_BYTES = 2 << 30
+BUDGET_ENV = "SAM2FPGA_PROGRAM_STORE_MB"
+#: Arrays at least this big keep only their non-zero blocks of BLOCK bytes when those are under SPARSE of them.
+SPARSE_MIN, BLOCK, SPARSE = 1 << 16, 4096, 0.75
+#: Eviction brings the directory down to this share of the budget (not one entry's room: fewer scans).
+LOW_WATER = 0.9
+
+
+class ProgramStoreWarning(UserWarning):
+    """An entry that could not be read (ignored, deleted, compiled again) or the store that could not be written."""
+
+
+class Unstorable(TypeError):
+    """An argument or a result the store cannot encode: compiled, not stored."""
+
+
+class BadEntry(ValueError):
+    """An entry that does not decode as this FORMAT's tree of ALLOWED objects."""
+
+
+def default_dir() -> Path:
+    """$XDG_CACHE_HOME/sam2fpga/programs, else ~/.cache/sam2fpga/programs."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "sam2fpga" / "programs"
+
+
+def budget_bytes() -> int:
+    """BUDGET_BYTES, or the BUDGET_ENV override (MiB, a whole number >= 0; 0 reads entries but writes none)."""
+    value = os.environ.get(BUDGET_ENV)
+    if value is None:
+        return BUDGET_BYTES
+    if not value.strip().isdigit():
+        raise ValueError(f"{BUDGET_ENV}={value!r}: expected the program store's size in MiB, a whole number >= 0")
+    return int(value) << 20
+
+
+def store_from(setting: str | os.PathLike | None = None) -> "ProgramStore | None":
+    """The store a command uses: `setting` (its --program-store: a directory or "off"), else STORE_ENV's, else
+    default_dir(); None when "off"."""
+    if setting is None:
+        setting = os.environ.get(STORE_ENV) or default_dir()
+    if str(setting).strip().lower() == "off":
+        return None
+    return ProgramStore(setting)
+
+
+# ---------------------------------------------------------------- the key
+def _package_dirs() -> list[Path]:
+    import golden_model
+    import sw
+    from hw import isa
+    return [Path(sw.__file__).parent, Path(isa.__file__).parent, Path(golden_model.__file__).parent]
+
+
+@functools.lru_cache(maxsize=None)
+def code_fingerprint() -> str:
+    """A digest of what a compiler's output may depend on besides its arguments: the source of every .py of the
+    sw, hw and golden_model packages (names and bytes), NumPy's and Python's versions, FORMAT."""
+    h = hashlib.blake2b(f"{FORMAT} {np.__version__} {sys.version_info[:3]}".encode(), digest_size=20)
+    for root in _package_dirs():
+        for path in sorted(root.rglob("*.py")):
+            h.update(f"\0{root.name}/{path.relative_to(root).as_posix()}\0".encode())
+            h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+def compiler_name(compiler) -> str | None:
+    """The module-level function's qualified name; None for anything else (a bound method, a closure, a lambda,
+    a callable object: state that is not in its arguments)."""
+    if getattr(compiler, "__self__", None) is not None or not callable(compiler):
+        return None
+    module, qualname = getattr(compiler, "__module__", None), getattr(compiler, "__qualname__", None)
+    if not module or not qualname or "<" in qualname or "." in qualname:
+        return None
+    if getattr(sys.modules.get(module), qualname, None) is not compiler:
+        return None
+    return f"{module}.{qualname}"
+
+
+class _Digests:
+    """BLAKE2b digests of arrays; those of a read-only array with a read-only owner (frozen weights, shared zeros:
+    their bytes never change) kept by owner and place, as CompileCache keeps them by identity."""
+
+    def __init__(self):
+        self._kept: dict = {}
+        self.hashed = 0                  # bytes hashed
+
+    def __call__(self, x: np.ndarray) -> bytes:
+        owner = _owner(x)
+        if owner is not None:
+            key = (id(owner), _place(x))
+            kept = self._kept.get(key)
+            if kept is not None and kept[0]() is owner:
+                return kept[1]
+        data = np.ascontiguousarray(x)
+        self.hashed += data.nbytes
+        digest = hashlib.blake2b(data.reshape(-1).view(np.uint8), digest_size=16).digest()
+        if owner is not None:
+            if len(self._kept) > 1 << 14:
+                self._kept.clear()
+            self._kept[key] = (weakref.ref(owner), digest)
+        return digest
+
+
+def _feed(h, x, digest) -> None:
+    """x into hash h, canonically: type-tagged, lengths given (Unstorable for what it cannot encode)."""
+    if x is None or isinstance(x, bool):
+        h.update(b"N" if x is None else b"T" if x else b"F")
+    elif isinstance(x, int):
+        h.update(b"i%d;" % x)
+    elif isinstance(x, float):
+        h.update(b"f" + x.hex().encode() + b";")
+    elif isinstance(x, str):
+        b = x.encode()
+        h.update(b"s%d;" % len(b) + b)
+    elif isinstance(x, bytes):
+        h.update(b"b%d;" % len(x) + x)
+    elif isinstance(x, np.ndarray):
+        if not _plain_dtype(x.dtype):
+            raise Unstorable(f"an array of dtype {x.dtype}")
+        h.update(f"a{x.dtype.str}{x.shape};".encode() + digest(x))
+    elif isinstance(x, np.generic):
+        if not _plain_dtype(x.dtype):
+            raise Unstorable(f"a scalar of dtype {x.dtype}")
+        h.update(f"g{x.dtype.str};".encode() + x.tobytes())
+    elif type(x) in (tuple, list):
+        h.update(b"%s%d;" % (b"t" if type(x) is tuple else b"l", len(x)))
+        for v in x:
+            _feed(h, v, digest)
+    elif type(x) is dict:
+        h.update(b"d%d;" % len(x))
+        for k, v in x.items():
+            _feed(h, k, digest)
+            _feed(h, v, digest)
+    elif dataclasses.is_dataclass(x) and not isinstance(x, type):
+        t = type(x)
+        fields = dataclasses.fields(x)
+        h.update(f"c{t.__module__}.{t.__qualname__}{len(fields)};".encode())
+        for f in fields:
+            _feed(h, f.name, digest)
+            _feed(h, getattr(x, f.name), digest)
+    else:
+        raise Unstorable(f"an argument of type {type(x).__module__}.{type(x).__qualname__}")
+
+
+def _plain_dtype(dtype: np.dtype) -> bool:
+    return dtype.kind in "biuf" and dtype.fields is None and dtype.subdtype is None
+
+
+# ---------------------------------------------------------------- the value
+def _allowed() -> dict:
+    """Class qualified name -> (class, the attributes an instance holds, {cache attribute: what a restored one
+    holds}): what an entry may contain besides JSON scalars, containers and numeric arrays."""
+    from golden_model import intattn, intvec
+    from hw import config
+    from sw.compile import attention, conv, linear, vector
+    from sw.runtime import layout, program
+    classes = [linear.Program, conv.ConvProgram, vector.VectorProgram, attention.AttentionProgram,
+               layout.RelayoutProgram, layout.TransposeProgram, attention.TokenRows, conv.FmapLayout,
+               layout.TokenRowLayout, layout.TokenTileLayout, layout.RowRuns, layout.RowSegments,
+               config.OverlayConfig, intattn.AttentionQuant, intvec.LayerNormParams, intvec.LutParams,
+               intvec.AddParams, intvec.RescaleParams, intvec.RopeParams]
+    out = {_qualname(c): (c, tuple(f.name for f in dataclasses.fields(c)), {}) for c in classes}
+    # sw.runtime.program's descriptor lists: their caches (the dicts, the relink's words) made again on use
+    out[_qualname(program.ColumnDescriptors)] = (program.ColumnDescriptors, ("split", "_n", "_kinds", "_kind"),
+                                                 {"_dicts": None, "_unaddressed": _DROP})
+    out[_qualname(program.SplitDescriptors)] = (program.SplitDescriptors, ("split",), {"_unaddressed": _DROP})
+    return out
+
+
+_DROP = object()
+ALLOWED: dict = {}              # filled on first use (_allowed: importing the compilers here would be circular)
+
+
+def _qualname(cls) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _classes() -> dict:
+    if not ALLOWED:
+        ALLOWED.update(_allowed())
+    return ALLOWED
+
+
+class _Writer:
+    """A result as a JSON tree and arrays pooled by dtype."""
+
+    def __init__(self):
+        self._refs: dict[int, int] = {}       # id -> its node's number (pre-order), for shared objects
+        self._alive: list = []                # what those ids name, alive while encoding
+        self._count = 0
+        self._open: set[int] = set()          # nodes being encoded (a reference to one is a cycle)
+        self.pools: dict[str, list] = {}      # dtype.str -> [flat arrays]
+        self._sizes: dict[str, int] = {}
+
+    def _pool(self, flat: np.ndarray) -> list:
+        key = flat.dtype.str
+        at = self._sizes.get(key, 0)
+        self.pools.setdefault(key, []).append(flat)
+        self._sizes[key] = at + flat.size
+        return [key, at, int(flat.size)]
+
+    def encode(self, x):
+        if x is None or isinstance(x, (bool, str)) or type(x) is int:
+            return x
+        if type(x) is float:
+            return x if np.isfinite(x) else {"$": "float", "v": repr(x)}
+        if type(x) is bytes:
+            return {"$": "bytes", "v": x.hex()}
+        if isinstance(x, np.generic):
+            if not _plain_dtype(x.dtype):
+                raise Unstorable(f"a scalar of dtype {x.dtype}")
+            return {"$": "np", "dtype": x.dtype.str, "v": x.tobytes().hex()}
+        n = self._refs.get(id(x))
+        if n is not None:                       # met before: shared, restored shared
+            if n in self._open:
+                raise Unstorable("a result that contains itself")
+            return {"$": "ref", "i": n}
+        # numbered in pre-order: the decoder numbers a node before its children, as here
+        n = self._refs[id(x)] = self._count
+        self._count += 1
+        self._alive.append(x)
+        self._open.add(n)
+        node = self._encode(x)
+        self._open.discard(n)
+        return node
+
+    def _encode(self, x):
+        t = type(x)
+        if t is np.ndarray:
+            return self._array(x)
+        if t in (tuple, list, set, frozenset):
+            items = sorted(x, key=repr) if t in (set, frozenset) else x
+            return {"$": t.__name__, "v": [self.encode(v) for v in items]}
+        if t is dict:
+            return {"$": "dict", "k": [self.encode(k) for k in x], "v": [self.encode(v) for v in x.values()]}
+        allowed = _classes().get(_qualname(t))
+        if allowed is None or allowed[0] is not t:
+            raise Unstorable(f"a result holding a {_qualname(t)} (not on sw.runtime.program_store.ALLOWED)")
+        _, attrs, caches = allowed
+        state = dict(getattr(x, "__dict__", {}))
+        extra = set(state) - set(attrs) - set(caches)
+        if extra or not set(attrs) <= set(state):
+            raise Unstorable(f"a {_qualname(t)} with attributes {sorted(state)}, not ALLOWED's {list(attrs)}")
+        node = {"$": "obj", "cls": _qualname(t), "f": {a: self.encode(state[a]) for a in attrs}}
+        if issubclass(t, tuple):
+            node["v"] = [self.encode(v) for v in x]
+        return node
+
+    def _array(self, x: np.ndarray) -> dict:
+        if not _plain_dtype(x.dtype):
+            raise Unstorable(f"an array of dtype {x.dtype}")
+        flat = np.ascontiguousarray(x).reshape(-1)
+        node = {"$": "nd", "dtype": x.dtype.str, "shape": list(x.shape), "ro": not x.flags.writeable}
+        raw = flat.view(np.uint8)
+        if raw.size >= SPARSE_MIN:
+            full = raw.size // BLOCK * BLOCK
+            blocks = raw[:full].reshape(-1, BLOCK)
+            used = np.flatnonzero(blocks.any(axis=1))
+            if len(used) < SPARSE * len(blocks):
+                node["blocks"] = self._pool(used.astype(np.int64))
+                node["at"] = self._pool(np.concatenate([blocks[used].reshape(-1), raw[full:]]))
+                return node
+        node["at"] = self._pool(flat)
+        return node
+
+
+class _Reader:
+    """A _Writer's tree back, every node checked (BadEntry)."""
+
+    def __init__(self, pools: dict[str, np.ndarray]):
+        self.pools = pools
+        self.refs: list = []
+
+    def decode(self, node):
+        if node is None or isinstance(node, (bool, int, float, str)):
+            return node
+        if not isinstance(node, dict) or not isinstance(node.get("$"), str):
+            raise BadEntry(f"a node {str(node)[:60]!r}")
+        tag = node["$"]
+        if tag == "float":
+            return float(_str(node["v"]))
+        if tag == "bytes":
+            return bytes.fromhex(_str(node["v"]))
+        if tag == "np":
+            dtype = _dtype(node["dtype"])
+            raw = bytes.fromhex(_str(node["v"]))
+            if len(raw) != dtype.itemsize:
+                raise BadEntry("a scalar of the wrong size")
+            return np.frombuffer(raw, dtype)[0]
+        if tag == "ref":
+            i = node["i"]
+            if type(i) is not int or not 0 <= i < len(self.refs) or self.refs[i] is _PENDING:
+                raise BadEntry(f"a reference to node {i!r}")
+            return self.refs[i]
+        n = len(self.refs)
+        self.refs.append(_PENDING)
+        value = self._decode(tag, node)
+        self.refs[n] = value
+        return value
+
+    def _decode(self, tag: str, node: dict):
+        if tag == "nd":
+            return self._array(node)
+        if tag in ("tuple", "list", "set", "frozenset"):
+            return {"tuple": tuple, "list": list, "set": set, "frozenset": frozenset}[tag](
+                self.decode(v) for v in _list(node["v"]))
+        if tag == "dict":
+            keys, values = _list(node["k"]), _list(node["v"])
+            if len(keys) != len(values):
+                raise BadEntry("a dict of unequal keys and values")
+            return {self.decode(k): self.decode(v) for k, v in zip(keys, values)}
+        if tag == "obj":
+            allowed = _classes().get(node.get("cls"))
+            if allowed is None:
+                raise BadEntry(f"class {str(node.get('cls'))[:80]!r} is not on the program store's ALLOWED list")
+            cls, attrs, caches = allowed
+            fields = node.get("f")
+            if not isinstance(fields, dict) or list(fields) != list(attrs):
+                raise BadEntry(f"a {node['cls']} with attributes {str(fields)[:80]}, not {list(attrs)}")
+            if issubclass(cls, tuple):
+                obj = tuple.__new__(cls, [self.decode(v) for v in _list(node["v"])])
+            else:
+                obj = object.__new__(cls)
+            for a in attrs:
+                object.__setattr__(obj, a, self.decode(fields[a]))
+            for a, value in caches.items():
+                if value is not _DROP:
+                    object.__setattr__(obj, a, value)
+            return obj
+        raise BadEntry(f"a node tagged {tag[:40]!r}")
+
+    def _array(self, node: dict) -> np.ndarray:
+        dtype = _dtype(node["dtype"])
+        shape = tuple(_list(node["shape"]))
+        if not all(type(s) is int and s >= 0 for s in shape):
+            raise BadEntry(f"an array of shape {shape!r}")
+        count = math.prod(shape)
+        if "blocks" in node:
+            used = self._slice(node["blocks"], np.dtype(np.int64))
+            data = self._slice(node["at"], np.dtype(np.uint8))
+            nbytes = count * dtype.itemsize
+            full = nbytes // BLOCK * BLOCK
+            if data.size != len(used) * BLOCK + nbytes - full or (len(used) and (
+                    used.min() < 0 or used.max() >= full // BLOCK)):
+                raise BadEntry("a sparse array of the wrong size")
+            raw = np.zeros(nbytes, np.uint8)
+            raw[:full].reshape(-1, BLOCK)[used] = data[:len(used) * BLOCK].reshape(-1, BLOCK)
+            raw[full:] = data[len(used) * BLOCK:]
+            out = raw.view(dtype).reshape(shape)
+        else:
+            flat = self._slice(node["at"], dtype)
+            if flat.size != count:
+                raise BadEntry("an array of the wrong size")
+            out = flat.reshape(shape)
+        if node.get("ro") is True:
+            out.flags.writeable = False
+        return out
+
+    def _slice(self, at, dtype: np.dtype) -> np.ndarray:
+        key, start, size = _list(at)
+        pool = self.pools.get(key)
+        if pool is None or pool.dtype != dtype or type(start) is not int or type(size) is not int \
+                or not 0 <= start <= start + size <= pool.size:
+            raise BadEntry(f"an array at {at!r}")
+        return pool[start:start + size]
+
+
+_PENDING = object()
+
+
+def _str(x) -> str:
+    if not isinstance(x, str):
+        raise BadEntry(f"{str(x)[:40]!r} where a string was expected")
+    return x
+
+
+def _list(x) -> list:
+    if not isinstance(x, list):
+        raise BadEntry(f"{str(x)[:40]!r} where a list was expected")
+    return x
+
+
+def _dtype(s) -> np.dtype:
+    try:
+        dtype = np.dtype(_str(s))
+    except TypeError as e:
+        raise BadEntry(f"dtype {s!r}") from e
+    if not _plain_dtype(dtype):
+        raise BadEntry(f"dtype {s!r}")
+    return dtype
+
+
+def encode(result, key: str = "") -> bytes:
+    """An entry's bytes: an .npz of the JSON header ("tree": FORMAT, the entry's key, the result's tree) and one
+    array per dtype ("p0", "p1", ...)."""
+    w = _Writer()
+    tree = w.encode(result)
+    names = {dtype: f"p{i}" for i, dtype in enumerate(w.pools)}
+    header = {"format": FORMAT, "key": key, "pools": names, "tree": tree}
+    arrays = {"tree": np.frombuffer(json.dumps(header, separators=(",", ":")).encode(), np.uint8)}
+    for key, parts in w.pools.items():
+        arrays[names[key]] = np.concatenate(parts) if len(parts) > 1 else parts[0]
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def decode(source, key: str = "") -> object:
+    """encode's result back from a path or a file object, `key` the one it was written under (BadEntry, or the
+    error reading it, when it is not such an entry)."""
+    with np.load(source, allow_pickle=False) as npz:
+        if not isinstance(npz, np.lib.npyio.NpzFile):
+            raise BadEntry("not an .npz archive")
+        header = json.loads(npz["tree"].tobytes().decode())
+        if not isinstance(header, dict) or header.get("format") != FORMAT:
+            raise BadEntry(f"format {header.get('format') if isinstance(header, dict) else None!r}, not {FORMAT}")
+        if header.get("key") != key:
+            raise BadEntry(f"the entry of key {str(header.get('key'))[:60]!r}, not {key!r}")
+        names = header.get("pools")
+        if not isinstance(names, dict) or "tree" not in header:
+            raise BadEntry("no pools or no tree")
+        pools = {}
+        for key, member in names.items():
+            if member not in npz.files or member == "tree":
+                raise BadEntry(f"no member {member!r}")
+            pools[key] = npz[member]
+            if pools[key].ndim != 1 or pools[key].dtype != _dtype(key):
+                raise BadEntry(f"member {member!r} is not a flat {key} array")
+        return _Reader(pools).decode(header.get("tree"))
+
+
+# ---------------------------------------------------------------- the directory
+@dataclasses.dataclass
+class StoreStats:
+    hits: int = 0            # results loaded
+    compiled: int = 0        # compiler calls (a miss, an unstorable call, a bad entry)
+    written: int = 0         # entries written
+    bad: int = 0             # entries that did not decode (deleted, compiled again)
+    unstorable: int = 0      # calls compiled without the store (an argument or a result it cannot encode)
+    evicted: int = 0         # entries removed for the budget
+    key_s: float = 0.0       # hashing the keys
+    load_s: float = 0.0      # reading and decoding entries
+    write_s: float = 0.0     # encoding and writing entries
+    compile_s: float = 0.0   # in the compilers
+    bytes_read: int = 0
+    bytes_written: int = 0
+
+
+class ProgramStore:
+    """A directory of compiled results (module docstring); `compile(compiler, args, kwargs)` is what
+    CompileCache calls on a miss."""
+
+    def __init__(self, directory: str | os.PathLike, budget: int | None = None):
+        self.dir = Path(directory).expanduser()
+        self.budget = budget_bytes() if budget is None else budget
+        self.stats = StoreStats()
+        self._digest = _Digests()
+        self._used: int | None = None            # the directory's bytes (scanned on the first write)
+        self._writable = True
+        self._warned: set = set()
+
+    def __repr__(self) -> str:
+        return f"ProgramStore({str(self.dir)!r}, budget={self.budget})"
+
+    def key(self, compiler, args: tuple, kwargs: dict) -> str | None:
+        """The entry's name for compiler(*args, **kwargs), None when it cannot be keyed (compiled, not stored)."""
+        name = compiler_name(compiler)
+        if name is None:
+            return None
+        h = hashlib.blake2b(digest_size=20)
+        h.update(f"{code_fingerprint()}\0{name}\0".encode())
+        try:
+            _feed(h, args, self._digest)
+            _feed(h, kwargs, self._digest)
+        except Unstorable:
+            return None
+        return h.hexdigest()
+
+    def path(self, key: str) -> Path:
+        return self.dir / f"{key}.npz"
+
+    def compile(self, compiler, args: tuple, kwargs: dict):
+        """The stored result of compiler(*args, **kwargs), else the compiler's (then stored)."""
+        s = self.stats
+        t0 = time.perf_counter()
+        key = self.key(compiler, args, kwargs)
+        t1 = time.perf_counter()
+        s.key_s += t1 - t0
+        if key is not None:
+            result = self._load(key)
+            s.load_s += time.perf_counter() - t1
+            if result is not _MISSING:
+                s.hits += 1
+                return result
+        t2 = time.perf_counter()
+        result = compiler(*args, **kwargs)
+        s.compiled += 1
+        s.compile_s += time.perf_counter() - t2
+        if key is None:
+            s.unstorable += 1
+        elif self._writable and self.budget:
+            self._save(key, result, compiler)
+        return result
+
+    def _load(self, key: str):
+        path = self.path(key)
+        try:
+            with open(path, "rb") as f:
+                data = f.read()
+        except FileNotFoundError:
+            return _MISSING
+        except OSError as e:
+            self._warn(f"cannot read {path}: {e}; compiling instead")
+            return _MISSING
+        try:
+            result = decode(io.BytesIO(data), key)
+        except Exception as e:        # whatever a bad file raises (zipfile, NumPy, JSON, BadEntry): never fatal
+            self.stats.bad += 1
+            self._warn(f"ignoring {path}: it does not decode as a stored program ({type(e).__name__}: "
+                       f"{str(e)[:200]}); compiling again and replacing it", always=True)
+            _remove(path)
+            return _MISSING
+        self.stats.bytes_read += len(data)
+        try:
+            os.utime(path)            # the least recently used go first
+        except OSError:
+            pass
+        return result
+
+    def _save(self, key: str, result, compiler) -> None:
+        t0 = time.perf_counter()
+        try:
+            data = encode(result, key)
+        except Unstorable as e:
+            self.stats.unstorable += 1
+            self._warn(f"{compiler_name(compiler)}'s result is not stored: {e}")
+            return
+        if len(data) > self.budget:
+            return
+        path = self.path(key)
+        tmp = path.with_name(f".{key}.{os.getpid()}.{time.monotonic_ns()}.tmp")
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except OSError as e:
+            _remove(tmp)
+            self._writable = False
+            self._warn(f"cannot write {self.dir} ({e}): programs are compiled, not stored, from now on")
+            return
+        s = self.stats
+        s.written += 1
+        s.bytes_written += len(data)
+        s.write_s += time.perf_counter() - t0
+        if self._used is None:
+            self._used = self.size()
+        else:
+            self._used += len(data)
+        if self._used > self.budget:
+            self.evict()
+
+    def entries(self) -> list[tuple[float, int, Path]]:
+        """(mtime, bytes, path) of every entry, least recently used first."""
+        out = []
+        try:
+            with os.scandir(self.dir) as it:
+                for e in it:
+                    if e.name.endswith(".npz") or e.name.endswith(".tmp"):
+                        try:
+                            st = e.stat()
+                        except OSError:
+                            continue
+                        out.append((st.st_mtime, st.st_size, Path(e.path)))
+        except FileNotFoundError:
+            pass
+        return sorted(out)
+
+    def size(self) -> int:
+        """The directory's entries' bytes (and temporary files')."""
+        return sum(size for _, size, _ in self.entries())
+
+    def evict(self) -> None:
+        """Remove the least recently used entries until the directory is within LOW_WATER of the budget (and any
+        temporary file an hour old: a killed writer's)."""
+        entries = self.entries()
+        used, now = sum(size for _, size, _ in entries), time.time()
+        for mtime, size, path in entries:
+            if path.name.endswith(".tmp"):          # another process's write in progress, unless an hour old
+                if now - mtime > 3600 and _remove(path):
+                    used -= size
+            elif used > LOW_WATER * self.budget and _remove(path):
+                used -= size
+                self.stats.evicted += 1
+        self._used = used
+
+    def clear(self) -> None:
+        """Remove every entry."""
+        for _, _, path in self.entries():
+            _remove(path)
+        self._used = 0
+
+    def _warn(self, message: str, always: bool = False) -> None:
+        if always or message not in self._warned:
+            self._warned.add(message)
+            warnings.warn(f"program store: {message}", ProgramStoreWarning, stacklevel=4)
+
+
+_MISSING = object()
+
+
+def _remove(path: Path) -> bool:
+    try:
+        os.remove(path)
+        return True
+    except OSError:
+        return False
+
+
+__all__ = ["ProgramStore", "ProgramStoreWarning", "StoreStats", "store_from", "default_dir", "code_fingerprint",
+           "encode", "decode", "BadEntry", "Unstorable", "ALLOWED", "FORMAT", "STORE_ENV", "BUDGET_ENV",
+           "BUDGET_BYTES"]
