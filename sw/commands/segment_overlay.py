@@ -32,8 +32,8 @@ def overlay_predictor(args, build_model):
     qm = int8_model(args, build_model, lambda m: print("segment: " + m))
     cfg = preset(args.preset)
     try:
-        ex = OverlayRunner(qm, cfg, args.backend, progress=_log,
-                           bitfile=None if args.bitfile is None else str(args.bitfile), program_store=program_store(args))
+        ex = OverlayRunner(qm, cfg, args.backend, progress=_log, program_store=program_store(args),
+                           bitfile=None if args.bitfile is None else str(args.bitfile))
     except _overlay_errors() as e:
         raise CommandError(str(e)) from e
     on = Counter("host" if n.attrs.get("host") else ex.placements[n.name].where for n in qm.graph.nodes)

@@ -55,6 +55,11 @@ BUDGET_BYTES = 2 << 30
 BUDGET_ENV = "SAM2FPGA_PROGRAM_STORE_MB"
 #: Arrays at least this big keep only their non-zero blocks of BLOCK bytes when those are under SPARSE of them.
 SPARSE_MIN, BLOCK, SPARSE = 1 << 16, 4096, 0.75
+#: Integer arrays of at least this many elements are kept as the narrowest of _NARROW holding their values.
+NARROW_MIN = 16
+_NARROW = tuple(np.dtype(t) for t in (np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32))
+#: Lists and tuples of at least this many tuples are kept as columns when their tuples are alike.
+ROWS_MIN = 8
 #: Eviction brings the directory down to this share of the budget (not one entry's room: fewer scans).
 LOW_WATER = 0.9
 
@@ -132,11 +137,32 @@ def compiler_name(compiler) -> str | None:
 
 class _Digests:
     """BLAKE2b digests of arrays; those of a read-only array with a read-only owner (frozen weights, shared zeros:
-    their bytes never change) kept by owner and place, as CompileCache keeps them by identity."""
+    their bytes never change) kept by owner and place, as CompileCache keeps them by identity; those of frozen
+    dataclasses (an OverlayConfig, a layout) by identity too (kept alive while kept)."""
 
     def __init__(self):
         self._kept: dict = {}
+        self._frozen: dict = {}
         self.hashed = 0                  # bytes hashed
+
+    def dataclass(self, x) -> bytes:
+        """A dataclass instance's encoding: type name, then each field's name and value."""
+        kept = self._frozen.get(id(x))
+        if kept is not None and kept[0] is x:
+            return kept[1]
+        t = type(x)
+        fields = dataclasses.fields(x)
+        h = hashlib.blake2b(f"c{t.__module__}.{t.__qualname__}{len(fields)};".encode(), digest_size=16)
+        for f in fields:
+            _feed(h, f.name, self)
+            _feed(h, getattr(x, f.name), self)
+        digest = b"c" + h.digest()
+        params = getattr(t, "__dataclass_params__", None)
+        if params is not None and params.frozen and all(_immutable(getattr(x, f.name)) for f in fields):
+            if len(self._frozen) > 1 << 12:
+                self._frozen.clear()
+            self._frozen[id(x)] = (x, digest)
+        return digest
 
     def __call__(self, x: np.ndarray) -> bytes:
         owner = _owner(x)
@@ -145,14 +171,22 @@ class _Digests:
             kept = self._kept.get(key)
             if kept is not None and kept[0]() is owner:
                 return kept[1]
-        data = np.ascontiguousarray(x)
-        self.hashed += data.nbytes
-        digest = hashlib.blake2b(data.reshape(-1).view(np.uint8), digest_size=16).digest()
+        if not x.any():                  # zeros (an input read in place): its dtype and shape, written by _feed
+            digest = b"zeros"
+        else:
+            data = np.ascontiguousarray(x)
+            self.hashed += data.nbytes
+            digest = hashlib.blake2b(data.reshape(-1).view(np.uint8), digest_size=16).digest()
         if owner is not None:
             if len(self._kept) > 1 << 14:
                 self._kept.clear()
             self._kept[key] = (weakref.ref(owner), digest)
         return digest
+
+
+def _immutable(v) -> bool:
+    """A scalar, or a tuple of such (what a frozen dataclass's field can hold and nothing can change)."""
+    return isinstance(v, (int, float, str, bytes, type(None))) or type(v) is tuple and all(map(_immutable, v))
 
 
 def _feed(h, x, digest) -> None:
@@ -186,12 +220,7 @@ def _feed(h, x, digest) -> None:
             _feed(h, k, digest)
             _feed(h, v, digest)
     elif dataclasses.is_dataclass(x) and not isinstance(x, type):
-        t = type(x)
-        fields = dataclasses.fields(x)
-        h.update(f"c{t.__module__}.{t.__qualname__}{len(fields)};".encode())
-        for f in fields:
-            _feed(h, f.name, digest)
-            _feed(h, getattr(x, f.name), digest)
+        h.update(digest.dataclass(x))
     else:
         raise Unstorable(f"an argument of type {type(x).__module__}.{type(x).__qualname__}")
 
@@ -264,6 +293,8 @@ class _Writer:
             if not _plain_dtype(x.dtype):
                 raise Unstorable(f"a scalar of dtype {x.dtype}")
             return {"$": "np", "dtype": x.dtype.str, "v": x.tobytes().hex()}
+        if type(x) is tuple and all(type(v) in _JSON_SCALARS for v in x):
+            return {"$": "t", "v": list(x)}     # (immutable, of JSON scalars: not numbered, never shared)
         n = self._refs.get(id(x))
         if n is not None:                       # met before: shared, restored shared
             if n in self._open:
@@ -282,6 +313,11 @@ class _Writer:
         t = type(x)
         if t is np.ndarray:
             return self._array(x)
+        if t in (tuple, list) and len(x) >= ROWS_MIN and all(type(v) is tuple for v in x):
+            # rows of equal tuples (the sim's fast-mode pieces: thousands at 1024 px) kept as columns
+            columns = self._column(list(x))
+            if columns is not None:
+                return {"$": "rows", "type": t.__name__, "n": len(x), "c": columns}
         if t in (tuple, list, set, frozenset):
             items = sorted(x, key=repr) if t in (set, frozenset) else x
             return {"$": t.__name__, "v": [self.encode(v) for v in items]}
@@ -300,11 +336,40 @@ class _Writer:
             node["v"] = [self.encode(v) for v in x]
         return node
 
+    def _column(self, items: list) -> dict | None:
+        """The values `items` as one column: whole numbers (an array), Nones, strings, or tuples of one length
+        (a column each); None when they are none of those alike."""
+        if all(type(v) is int for v in items):
+            try:
+                return {"c": "i", "v": self._array(np.array(items, np.int64))}
+            except OverflowError:
+                return None
+        if all(v is None for v in items):
+            return {"c": "n"}
+        if all(type(v) is str for v in items):
+            return {"c": "s", "v": items}
+        if all(type(v) is tuple for v in items) and len({len(v) for v in items}) == 1:
+            columns = [self._column([v[j] for v in items]) for j in range(len(items[0]))]
+            return None if None in columns else {"c": "t", "v": columns}
+        return None
+
     def _array(self, x: np.ndarray) -> dict:
         if not _plain_dtype(x.dtype):
             raise Unstorable(f"an array of dtype {x.dtype}")
         flat = np.ascontiguousarray(x).reshape(-1)
         node = {"$": "nd", "dtype": x.dtype.str, "shape": list(x.shape), "ro": not x.flags.writeable}
+        if x.dtype.kind in "iu" and x.dtype.itemsize > 1 and flat.size >= NARROW_MIN:
+            # a descriptor list's int64 columns hold small numbers: kept as the narrowest integers that hold
+            # them (a constant column as its value), widened back on loading
+            lo, hi = int(flat.min()), int(flat.max())
+            if lo == hi:
+                node["fill"] = lo
+                return node
+            narrow = next((t for t in _NARROW if t.itemsize < x.dtype.itemsize
+                           and np.iinfo(t).min <= lo and hi <= np.iinfo(t).max), None)
+            if narrow is not None:
+                node["as"] = narrow.str
+                flat = flat.astype(narrow)
         raw = flat.view(np.uint8)
         if raw.size >= SPARSE_MIN:
             full = raw.size // BLOCK * BLOCK
@@ -341,6 +406,11 @@ class _Reader:
             if len(raw) != dtype.itemsize:
                 raise BadEntry("a scalar of the wrong size")
             return np.frombuffer(raw, dtype)[0]
+        if tag == "t":
+            v = _list(node["v"])
+            if not all(type(e) in _JSON_SCALARS for e in v):
+                raise BadEntry("a tuple of scalars holding another node")
+            return tuple(v)
         if tag == "ref":
             i = node["i"]
             if type(i) is not int or not 0 <= i < len(self.refs) or self.refs[i] is _PENDING:
@@ -358,6 +428,14 @@ class _Reader:
         if tag in ("tuple", "list", "set", "frozenset"):
             return {"tuple": tuple, "list": list, "set": set, "frozenset": frozenset}[tag](
                 self.decode(v) for v in _list(node["v"]))
+        if tag == "rows":
+            n, kind = node["n"], node["type"]
+            if type(n) is not int or n < 0 or kind not in ("tuple", "list"):
+                raise BadEntry("rows of a bad count or type")
+            rows = self._column(node["c"], n)
+            if not all(type(r) is tuple for r in rows):
+                raise BadEntry("rows that are not tuples")
+            return tuple(rows) if kind == "tuple" else rows
         if tag == "dict":
             keys, values = _list(node["k"]), _list(node["v"])
             if len(keys) != len(values):
@@ -383,29 +461,61 @@ class _Reader:
             return obj
         raise BadEntry(f"a node tagged {tag[:40]!r}")
 
+    def _column(self, node, n: int) -> list:
+        """_Writer._column's values back (n of them)."""
+        kind = node.get("c") if isinstance(node, dict) else None
+        if kind == "i":
+            if not isinstance(node.get("v"), dict):
+                raise BadEntry("a column without its array")
+            out = self._array(node["v"])
+            if out.dtype != np.int64 or out.shape != (n,):
+                raise BadEntry("a column of the wrong type or length")
+            return out.tolist()
+        if kind == "n":
+            return [None] * n
+        if kind == "s":
+            out = _list(node["v"])
+            if len(out) != n or not all(type(v) is str for v in out):
+                raise BadEntry("a column of strings of the wrong type or length")
+            return out
+        if kind == "t":
+            columns = [self._column(c, n) for c in _list(node["v"])]
+            return list(zip(*columns)) if columns else [()] * n
+        raise BadEntry(f"a column {str(node)[:60]!r}")
+
     def _array(self, node: dict) -> np.ndarray:
         dtype = _dtype(node["dtype"])
         shape = tuple(_list(node["shape"]))
         if not all(type(s) is int and s >= 0 for s in shape):
             raise BadEntry(f"an array of shape {shape!r}")
         count = math.prod(shape)
-        if "blocks" in node:
-            used = self._slice(node["blocks"], np.dtype(np.int64))
-            data = self._slice(node["at"], np.dtype(np.uint8))
-            nbytes = count * dtype.itemsize
-            full = nbytes // BLOCK * BLOCK
-            if data.size != len(used) * BLOCK + nbytes - full or (len(used) and (
-                    used.min() < 0 or used.max() >= full // BLOCK)):
-                raise BadEntry("a sparse array of the wrong size")
-            raw = np.zeros(nbytes, np.uint8)
-            raw[:full].reshape(-1, BLOCK)[used] = data[:len(used) * BLOCK].reshape(-1, BLOCK)
-            raw[full:] = data[len(used) * BLOCK:]
-            out = raw.view(dtype).reshape(shape)
+        if "fill" in node:
+            if dtype.kind not in "iu" or type(node["fill"]) is not int:
+                raise BadEntry("a constant array that is not of integers")
+            out = np.full(shape, node["fill"], dtype)
         else:
-            flat = self._slice(node["at"], dtype)
-            if flat.size != count:
-                raise BadEntry("an array of the wrong size")
-            out = flat.reshape(shape)
+            stored = dtype
+            if "as" in node:
+                stored = _dtype(node["as"])
+                if stored.kind not in "iu" or dtype.kind not in "iu" or stored.itemsize >= dtype.itemsize:
+                    raise BadEntry(f"a {dtype} array kept as {stored}")
+            if "blocks" in node:
+                used = self._slice(node["blocks"], np.dtype(np.int64))
+                data = self._slice(node["at"], np.dtype(np.uint8))
+                nbytes = count * stored.itemsize
+                full = nbytes // BLOCK * BLOCK
+                if data.size != len(used) * BLOCK + nbytes - full or (len(used) and (
+                        used.min() < 0 or used.max() >= full // BLOCK)):
+                    raise BadEntry("a sparse array of the wrong size")
+                raw = np.zeros(nbytes, np.uint8)
+                raw[:full].reshape(-1, BLOCK)[used] = data[:len(used) * BLOCK].reshape(-1, BLOCK)
+                raw[full:] = data[len(used) * BLOCK:]
+                flat = raw.view(stored)
+            else:
+                flat = self._slice(node["at"], stored)
+                if flat.size != count:
+                    raise BadEntry("an array of the wrong size")
+            out = (flat.astype(dtype) if stored != dtype else flat).reshape(shape)
         if node.get("ro") is True:
             out.flags.writeable = False
         return out
@@ -420,6 +530,7 @@ class _Reader:
 
 
 _PENDING = object()
+_JSON_SCALARS = (str, int, bool, type(None))     # (floats: NaN and infinities are nodes)
 
 
 def _str(x) -> str:
