@@ -186,15 +186,16 @@ def test_what_it_cannot_key_or_encode_is_compiled_not_stored(tmp_path):
     args = _linear_args()
     for compiler in (lambda *a: compile_linear(*a), compile_linear.__get__(object())):    # a closure, a method
         assert store.key(compiler, args, {}) is None
+    assert store.key(_linear, args, {}) is None         # a function outside the fingerprinted packages
     store.compile(lambda *a: compile_linear(*a), args, {})
     assert store.key(compile_linear, args + (object(),), {}) is None           # an argument it cannot encode
     with pytest.warns(ProgramStoreWarning, match="not stored"):
-        store.compile(_returns_a_set_of_functions, (), {})
+        store.compile(ps.default_dir, (), {})                                  # a result it cannot encode (a Path)
     assert store.stats.compiled == 2 and store.stats.written == 0 and not store.entries()
 
 
-def _returns_a_set_of_functions():
-    return [compile_linear]
+def _linear(*args):
+    return compile_linear(*args)
 
 
 def _corrupt(path, how):

@@ -122,13 +122,18 @@ def code_fingerprint() -> str:
     return h.hexdigest()
 
 
+#: The packages code_fingerprint hashes: a compiler from elsewhere (a script's) could change unseen.
+PACKAGES = ("sw", "hw", "golden_model")
+
+
 def compiler_name(compiler) -> str | None:
-    """The module-level function's qualified name; None for anything else (a bound method, a closure, a lambda,
-    a callable object: state that is not in its arguments)."""
+    """The qualified name of a module-level function of PACKAGES; None for anything else (a bound method, a
+    closure, a lambda, a callable object: state that is not in its arguments; code the fingerprint does not
+    cover)."""
     if getattr(compiler, "__self__", None) is not None or not callable(compiler):
         return None
     module, qualname = getattr(compiler, "__module__", None), getattr(compiler, "__qualname__", None)
-    if not module or not qualname or "<" in qualname or "." in qualname:
+    if not module or not qualname or "<" in qualname or "." in qualname or module.split(".")[0] not in PACKAGES:
         return None
     if getattr(sys.modules.get(module), qualname, None) is not compiler:
         return None
