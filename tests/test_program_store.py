@@ -300,3 +300,26 @@ def test_allowed_names_the_attributes_of_its_classes():
         assert f"{cls.__module__}.{cls.__qualname__}" == name
         if dataclasses.is_dataclass(cls):
             assert attrs == tuple(f.name for f in dataclasses.fields(cls))
+
+
+def test_a_failed_write_leaves_no_entry_and_the_run_goes_on(tmp_path, monkeypatch):
+    """A write that fails half way (here NumPy's) leaves neither an entry nor its temporary file; a directory it
+    cannot write (a file in its way) turns writing off with one warning; the program is returned either way."""
+    args = _linear_args()
+    store = ProgramStore(tmp_path / "programs")
+    real = np.savez
+
+    def half(f, **arrays):
+        f.write(b"PK\x03\x04 half an entry")
+        raise RuntimeError("killed")
+    monkeypatch.setattr(np, "savez", half)
+    with pytest.warns(ProgramStoreWarning, match="not stored"):
+        _same(store.compile(compile_linear, args, {}), compile_linear(*args))
+    assert os.listdir(tmp_path / "programs") == []
+    monkeypatch.setattr(np, "savez", real)
+    (tmp_path / "file").write_text("")
+    blocked = ProgramStore(tmp_path / "file" / "programs")
+    with pytest.warns(ProgramStoreWarning, match="cannot write"):
+        _same(blocked.compile(compile_linear, args, {}), compile_linear(*args))
+    blocked.compile(compile_linear, _linear_args(1), {})           # (no second warning: writing is off)
+    assert blocked.stats.written == 0 and blocked.stats.compiled == 2

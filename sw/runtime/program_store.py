@@ -560,9 +560,9 @@ def _dtype(s) -> np.dtype:
     return dtype
 
 
-def encode(result, key: str = "") -> bytes:
+def encode(result, key: str = "", out=None) -> bytes | None:
     """An entry's bytes: an .npz of the JSON header ("tree": FORMAT, the entry's key, the result's tree) and one
-    array per dtype ("p0", "p1", ...)."""
+    array per dtype ("p0", "p1", ...); written into file object `out` when given (then None)."""
     w = _Writer()
     tree = w.encode(result)
     names = {dtype: f"p{i}" for i, dtype in enumerate(w.pools)}
@@ -570,6 +570,9 @@ def encode(result, key: str = "") -> bytes:
     arrays = {"tree": np.frombuffer(json.dumps(header, separators=(",", ":")).encode(), np.uint8)}
     for key, parts in w.pools.items():
         arrays[names[key]] = np.concatenate(parts) if len(parts) > 1 else parts[0]
+    if out is not None:
+        np.savez(out, **arrays)
+        return None
     buf = io.BytesIO()
     np.savez(buf, **arrays)
     return buf.getvalue()
@@ -677,7 +680,7 @@ class ProgramStore:
         try:
             with open(path, "rb") as f:
                 data = f.read()
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):         # (no entry; no directory yet)
             return _MISSING
         except OSError as e:
             self._warn(f"cannot read {path}: {e}; compiling instead")
@@ -699,34 +702,35 @@ class ProgramStore:
 
     def _save(self, key: str, result, compiler) -> None:
         t0 = time.perf_counter()
-        try:
-            data = encode(result, key)
-        except Unstorable as e:
-            self.stats.unstorable += 1
-            self._warn(f"{compiler_name(compiler)}'s result is not stored: {e}")
-            return
-        if len(data) > self.budget:
-            return
         path = self.path(key)
         tmp = path.with_name(f".{key}.{os.getpid()}.{time.monotonic_ns()}.tmp")
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
             with open(tmp, "wb") as f:
-                f.write(data)
+                encode(result, key, f)
+                size = f.tell()
+            if size > self.budget:
+                _remove(tmp)
+                return
             os.replace(tmp, path)
         except OSError as e:
             _remove(tmp)
             self._writable = False
             self._warn(f"cannot write {self.dir} ({e}): programs are compiled, not stored, from now on")
             return
+        except Exception as e:          # Unstorable (a type not on ALLOWED), or a bug here: the run goes on
+            _remove(tmp)
+            self.stats.unstorable += 1
+            self._warn(f"{compiler_name(compiler)}'s result is not stored: {e}")
+            return
         s = self.stats
         s.written += 1
-        s.bytes_written += len(data)
+        s.bytes_written += size
         s.write_s += time.perf_counter() - t0
         if self._used is None:
             self._used = self.size()
         else:
-            self._used += len(data)
+            self._used += size
         if self._used > self.budget:
             self.evict()
 
