@@ -718,7 +718,11 @@ class GraphExecutor(IntRunner):
         self._constants: dict[tuple, DeviceTensor] = {}     # graph constants a vector op reads, kept in DDR
         self.spilled_bytes = 0     # device tensors read back because the arena was full (in the nodes' figures)
         lanes = vector_lanes(cfg)
-        self.placements = {p.layer.name: p for p in place_all(cfg, graph_layers(qm.graph), lanes=lanes)}
+        # (pricing the nodes compiles programs: ~2 s at 1024 px; a program store keeps the placement too)
+        store, layers = self.driver.compiles.store, graph_layers(qm.graph)
+        placed = place_all(cfg, layers, lanes=lanes) if store is None else store.compile(place_all, (cfg, layers),
+                                                                                          {"lanes": lanes})
+        self.placements = {p.layer.name: p for p in placed}
         self.pad_into = self._padded_windows() if chain else {}
         if chain:      # every engine node's programs (a node may run several) kept loaded while the arena has room
             self.driver.CACHED_PROGRAMS = math.inf

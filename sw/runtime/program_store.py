@@ -240,13 +240,15 @@ def _allowed() -> dict:
     holds}): what an entry may contain besides JSON scalars, containers and numeric arrays."""
     from golden_model import intattn, intvec
     from hw import config
-    from sw.compile import attention, conv, linear, vector
+    from sw.compile import attention, conv, graph, linear, vector
+    from sw.perf import layers
     from sw.runtime import layout, program
     classes = [linear.Program, conv.ConvProgram, vector.VectorProgram, attention.AttentionProgram,
                layout.RelayoutProgram, layout.TransposeProgram, attention.TokenRows, conv.FmapLayout,
                layout.TokenRowLayout, layout.TokenTileLayout, layout.RowRuns, layout.RowSegments,
                config.OverlayConfig, intattn.AttentionQuant, intvec.LayerNormParams, intvec.LutParams,
-               intvec.AddParams, intvec.RescaleParams, intvec.RopeParams]
+               intvec.AddParams, intvec.RescaleParams, intvec.RopeParams,
+               graph.Placement, graph.EngineCost, layers.Layer]      # (sw.compile.graph.place_all's placements)
     out = {_qualname(c): (c, tuple(f.name for f in dataclasses.fields(c)), {}) for c in classes}
     # sw.runtime.program's descriptor lists: their caches (the dicts, the relink's words) made again on use
     out[_qualname(program.ColumnDescriptors)] = (program.ColumnDescriptors, ("split", "_n", "_kinds", "_kind"),
