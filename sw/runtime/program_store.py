@@ -6,24 +6,28 @@ of compiling them again.
 
 A compiler is a pure function of its arguments (sw.runtime.compile_cache), so its result is filed under a digest
 of: the code that makes programs (every .py of the sw, hw and golden_model packages, NumPy's and Python's versions,
-FORMAT: `code_fingerprint`, once a process), the compiler's qualified name (a module-level function: a bound
-method or a closure carries state its arguments do not, and is never stored) and its arguments, encoded
-canonically (`_feed`): arrays by dtype, shape and a BLAKE2b of their bytes (a read-only array with a read-only
-owner, a model's frozen weights or the shared zeros, hashed once a process), dataclasses by type name and fields,
-scalars, tuples, lists, dicts in order. Anything else (an object it cannot encode) is compiled, not stored.
+FORMAT: `code_fingerprint`, once a process), the compiler's qualified name (a module-level function of those
+packages: a bound method or a closure carries state its arguments do not, a script's function code the
+fingerprint does not see; those are compiled, never stored) and its arguments, encoded canonically (`_feed`):
+arrays by dtype, shape and a BLAKE2b of their bytes (an array of zeros by its shape alone; a read-only array with a
+read-only owner, a model's frozen weights or the shared zeros, hashed once a process), dataclasses by type name
+and fields, scalars, tuples, lists, dicts in order. Anything else (an object it cannot encode) is compiled, not
+stored. The graph executor's placement (sw.compile.graph.place_all, which compiles programs to price the nodes)
+is kept the same way.
 
 An entry is one .npz file (`<key>.npz`), written to a temporary file and renamed into place (a killed process
 leaves no half entry) and read with allow_pickle=False: never pickle. Its member "tree" is JSON: the result as a
 tree of JSON scalars and tagged nodes (tuple, list, dict, set, bytes, NumPy scalar, array, shared reference,
-object); an object's class must be on ALLOWED (by qualified name), which also names the attributes it may have;
-it is made with object.__new__ and its attributes set, no code of the file's choosing runs. Arrays (numeric
-dtypes only) are slices of one member per dtype; a large one mostly zeros (a program image's input and output
-space) keeps only its non-zero 4 KiB blocks. Objects shared inside a result stay shared once restored (a
-program's descriptors and its symbolic list share columns); nothing relies on identity across results. An
-entry that does not decode (truncated, edited, a class not on the list, another FORMAT, a pickle) is warned about
-once (ProgramStoreWarning), deleted, compiled again and written anew. The directory is kept within a budget
-(BUDGET_BYTES, SAM2FPGA_PROGRAM_STORE_MB), least recently used entries (file mtimes, touched on every hit)
-removed first.
+rows of alike tuples as columns, object); an object's class must be on ALLOWED (by qualified name), which also
+names the attributes it has; it is made with object.__new__ and its attributes set: no code of the file's
+choosing runs. Arrays (numeric dtypes only) are slices of one member per dtype; integer arrays kept as the
+narrowest integers holding their values (a descriptor list's int64 columns), a large one mostly zeros (a program
+image's input and output space) as its non-zero 4 KiB blocks. Objects shared inside a result stay shared once
+restored (a program's descriptors and its symbolic list share columns); nothing relies on identity across
+results. An entry that does not decode (truncated, edited, a class not on the list, another FORMAT, a pickle) is
+warned about (ProgramStoreWarning), deleted, compiled again and written anew. The directory is kept within a
+budget (BUDGET_BYTES, SAM2FPGA_PROGRAM_STORE_MB), least recently used entries (file mtimes, touched on every
+load) removed first.
 """
 from __future__ import annotations
 
@@ -48,9 +52,9 @@ from sw.runtime.compile_cache import _owner, _place
 FORMAT = 1
 #: Where the CLI keeps the store unless told: "off", or a directory.
 STORE_ENV = "SAM2FPGA_PROGRAM_STORE"
-#: The directory's budget. One 1024 px SAM 2.1 tiny image's programs on a preset take ~150 MB on disk
-#: (docs/runtime.md): 2 GiB holds a dozen such (model size, image size, preset) sets and the host-fed nodes of
-#: photos seen before, and is little beside a board's SD card or a PC's disk.
+#: The directory's budget. One 1024 px SAM 2.1 tiny image's programs on a preset take ~210 MB on disk
+#: (docs/runtime.md): 2 GiB holds about nine such (model size, image size, preset) sets and the host-fed nodes of
+#: photos seen lately, and is little beside a board's SD card or a PC's disk.
 BUDGET_BYTES = 2 << 30
 BUDGET_ENV = "SAM2FPGA_PROGRAM_STORE_MB"
 #: Arrays at least this big keep only their non-zero blocks of BLOCK bytes when those are under SPARSE of them.
