@@ -193,9 +193,12 @@ class _Digests:
         return digest
 
 
+_KEY_SCALARS = frozenset((int, float, str, bytes, bool, type(None)))
+
+
 def _immutable(v) -> bool:
     """A scalar, or a tuple of such (what a frozen dataclass's field can hold and nothing can change)."""
-    return isinstance(v, (int, float, str, bytes, type(None))) or type(v) is tuple and all(map(_immutable, v))
+    return type(v) in _KEY_SCALARS or type(v) is tuple and all(map(_immutable, v))
 
 
 def _feed(h, x, digest) -> None:
@@ -219,6 +222,9 @@ def _feed(h, x, digest) -> None:
         if not _plain_dtype(x.dtype):
             raise Unstorable(f"a scalar of dtype {x.dtype}")
         h.update(f"g{x.dtype.str};".encode() + x.tobytes())
+    elif type(x) is tuple and _immutable(x):        # (a RowRuns' runs: a tuple a row) its repr, canonical
+        b = repr(x).encode()
+        h.update(b"r%d;" % len(b) + b)
     elif type(x) in (tuple, list):
         h.update(b"%s%d;" % (b"t" if type(x) is tuple else b"l", len(x)))
         for v in x:
