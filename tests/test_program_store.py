@@ -93,7 +93,7 @@ def test_every_program_kind_round_trips_byte_identical(filled):
     and its links, op, layouts; the kinds a 128 px image compiles are all there."""
     _, store, *_ = filled
     kinds = set()
-    assert len(store.results) > 100
+    assert len(store.results) > 100 and store.stats.unstorable == 0
     for key, result in store.results.items():
         got = decode(store.path(key), key)
         _same(result, got)
@@ -107,8 +107,9 @@ def test_every_program_kind_round_trips_byte_identical(filled):
 
 
 def test_layout_programs_and_split_descriptors_round_trip():
-    """The kinds the graph's 128 px run does not make: the relayouts, a SplitDescriptors list; shared objects stay
-    shared, the program image's read-only flag stays."""
+    """The kinds the graph's 128 px run does not make: the relayouts, a depthwise program (its multipliers set on
+    the instance), a program with its own roles (a vector or attention program reading segments), a
+    SplitDescriptors list; shared objects stay shared, the program image's read-only flag stays."""
     from sw.runtime.layout import compile_chunks_to_planar, compile_planar_to_rows, compile_rows_to_planar
     for prog in (compile_rows_to_planar(CFG, 64, 8, 8), compile_planar_to_rows(CFG, 64, 8, 8, order=4),
                  compile_chunks_to_planar(CFG, 128, 2, 32, heads=2)):
@@ -116,6 +117,15 @@ def test_layout_programs_and_split_descriptors_round_trip():
         _same(prog, got)
         assert got.descriptors.split[0]["opcode"] is got.symbolic.split[0]["opcode"] or \
             prog.descriptors.split[0]["opcode"] is not prog.symbolic.split[0]["opcode"]
+    from sw.compile.conv import compile_depthwise
+    rng = np.random.default_rng(0)
+    dw = compile_depthwise(CFG, np.zeros((32, 8, 8), np.int8), rng.integers(-9, 9, (32, 1, 3, 3), dtype=np.int8),
+                           None, np.full(32, 1 << 14), np.full(32, 20), padding=1)
+    assert "array_macs" in vars(dw)                     # set on the instance: kept
+    own_roles = compile_linear(*_linear_args())
+    own_roles.ROLES = {**own_roles.ROLES, "A": "weight"}
+    for prog in (dw, own_roles):
+        _same(prog, decode(io.BytesIO(encode(prog, "k")), "k"))
     split = SplitDescriptors.of([dict(opcode=1, dram_addr=("A", 64), count=2), dict(opcode=2, dram_addr=("B", 0))])
     got = decode(io.BytesIO(encode(split, "k")), "k")
     _same(split, got)
@@ -303,7 +313,7 @@ def test_program_store_flag_needs_a_backend(tmp_path, capsys):
 
 def test_allowed_names_the_attributes_of_its_classes():
     """Every class on ALLOWED is a dataclass whose fields it lists, or one of the descriptor lists."""
-    for name, (cls, attrs, _) in ps._classes().items():
+    for name, (cls, attrs, _, _) in ps._classes().items():
         assert f"{cls.__module__}.{cls.__qualname__}" == name
         if dataclasses.is_dataclass(cls):
             assert attrs == tuple(f.name for f in dataclasses.fields(cls))

@@ -247,7 +247,8 @@ def _plain_dtype(dtype: np.dtype) -> bool:
 # ---------------------------------------------------------------- the value
 def _allowed() -> dict:
     """Class qualified name -> (class, the attributes an instance holds, {cache attribute: what a restored one
-    holds}): what an entry may contain besides JSON scalars, containers and numeric arrays."""
+    holds}, the attributes one may hold besides): what an entry may contain besides JSON scalars, containers and
+    numeric arrays."""
     from golden_model import intattn, intvec
     from hw import config
     from sw.compile import attention, conv, graph, linear, vector
@@ -259,11 +260,15 @@ def _allowed() -> dict:
                config.OverlayConfig, intattn.AttentionQuant, intvec.LayerNormParams, intvec.LutParams,
                intvec.AddParams, intvec.RescaleParams, intvec.RopeParams,
                graph.Placement, graph.EngineCost, layers.Layer]      # (sw.compile.graph.place_all's placements)
-    out = {_qualname(c): (c, tuple(f.name for f in dataclasses.fields(c)), {}) for c in classes}
+    # a program's own roles (a vector or attention program reading an input in segments: sw.compile.vector,
+    # sw.compile.attention) and the depthwise engine's multipliers (sw.compile.conv) are set on the instance
+    programs = (linear.Program, conv.ConvProgram, vector.VectorProgram, attention.AttentionProgram)
+    out = {_qualname(c): (c, tuple(f.name for f in dataclasses.fields(c)), {},
+                          ("ROLES", "array_macs") if issubclass(c, programs) else ()) for c in classes}
     # sw.runtime.program's descriptor lists: their caches (the dicts, the relink's words) made again on use
     out[_qualname(program.ColumnDescriptors)] = (program.ColumnDescriptors, ("split", "_n", "_kinds", "_kind"),
-                                                 {"_dicts": None, "_unaddressed": _DROP})
-    out[_qualname(program.SplitDescriptors)] = (program.SplitDescriptors, ("split",), {"_unaddressed": _DROP})
+                                                 {"_dicts": None, "_unaddressed": _DROP}, ())
+    out[_qualname(program.SplitDescriptors)] = (program.SplitDescriptors, ("split",), {"_unaddressed": _DROP}, ())
     return out
 
 
@@ -343,12 +348,14 @@ class _Writer:
         allowed = _classes().get(_qualname(t))
         if allowed is None or allowed[0] is not t:
             raise Unstorable(f"a result holding a {_qualname(t)} (not on sw.runtime.program_store.ALLOWED)")
-        _, attrs, caches = allowed
+        _, attrs, caches, optional = allowed
         state = dict(getattr(x, "__dict__", {}))
-        extra = set(state) - set(attrs) - set(caches)
+        extra = set(state) - set(attrs) - set(caches) - set(optional)
         if extra or not set(attrs) <= set(state):
-            raise Unstorable(f"a {_qualname(t)} with attributes {sorted(state)}, not ALLOWED's {list(attrs)}")
-        node = {"$": "obj", "cls": _qualname(t), "f": {a: self.encode(state[a]) for a in attrs}}
+            raise Unstorable(f"a {_qualname(t)} with attributes {sorted(state)}, not ALLOWED's {list(attrs)} "
+                             f"(and {list(optional)})")
+        node = {"$": "obj", "cls": _qualname(t),
+                "f": {a: self.encode(state[a]) for a in attrs + tuple(a for a in optional if a in state)}}
         if issubclass(t, tuple):
             node["v"] = [self.encode(v) for v in x]
         return node
@@ -462,15 +469,16 @@ class _Reader:
             allowed = _classes().get(node.get("cls"))
             if allowed is None:
                 raise BadEntry(f"class {str(node.get('cls'))[:80]!r} is not on the program store's ALLOWED list")
-            cls, attrs, caches = allowed
+            cls, attrs, caches, optional = allowed
             fields = node.get("f")
-            if not isinstance(fields, dict) or list(fields) != list(attrs):
-                raise BadEntry(f"a {node['cls']} with attributes {str(fields)[:80]}, not {list(attrs)}")
+            if not isinstance(fields, dict) or list(fields) != list(attrs) + [a for a in optional if a in fields]:
+                raise BadEntry(f"a {node['cls']} with attributes {str(fields)[:80]}, not {list(attrs)} "
+                               f"(and {list(optional)})")
             if issubclass(cls, tuple):
                 obj = tuple.__new__(cls, [self.decode(v) for v in _list(node["v"])])
             else:
                 obj = object.__new__(cls)
-            for a in attrs:
+            for a in fields:
                 object.__setattr__(obj, a, self.decode(fields[a]))
             for a, value in caches.items():
                 if value is not _DROP:
