@@ -60,4 +60,6 @@ def segment_on_overlay(args, image, predictor, ex):
     if args.nodes:
         print(ex.table())
     print(stage_summary(ex))
+    if ex.driver.compiles.store is not None:
+        print("segment: " + ex.driver.compiles.store.summary())
     return result

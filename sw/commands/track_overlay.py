@@ -88,3 +88,5 @@ def report(predictor, tracked: list) -> None:
               "objects' rows, attention once per memory length)")
     for note in predictor.retries + ex.driver.session.recoveries:
         print(f"  recovered: {note}")
+    if ex.driver.compiles.store is not None:
+        print("  " + ex.driver.compiles.store.summary())

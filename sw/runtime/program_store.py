@@ -655,6 +655,12 @@ class ProgramStore:
     def __repr__(self) -> str:
         return f"ProgramStore({str(self.dir)!r}, budget={self.budget})"
 
+    def summary(self) -> str:
+        """What this process did with the store, one line (the CLI prints it)."""
+        s = self.stats
+        return (f"program store {self.dir}: {s.hits} loaded ({s.load_s:.1f} s), {s.compiled} compiled "
+                f"({s.compile_s:.1f} s), {s.written} stored ({s.write_s:.1f} s)" + (f", {s.bad} bad" if s.bad else ""))
+
     def key(self, compiler, args: tuple, kwargs: dict) -> str | None:
         """The entry's name for compiler(*args, **kwargs), None when it cannot be keyed (compiled, not stored)."""
         name = compiler_name(compiler)
