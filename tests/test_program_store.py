@@ -299,7 +299,7 @@ def test_where_the_cli_keeps_it(tmp_path, monkeypatch):
         ProgramStore(tmp_path)
 
 
-def test_program_store_flag_needs_a_backend(tmp_path, capsys):
+def test_program_store_flag_needs_a_backend(tmp_path, capsys, monkeypatch):
     from sw.cli import main
     image = tmp_path / "in.png"
     from PIL import Image
@@ -309,6 +309,10 @@ def test_program_store_flag_needs_a_backend(tmp_path, capsys):
               "--program-store", str(tmp_path / "programs")])
     assert e.value.code == 2 and "--program-store is for --backend" in capsys.readouterr().err
     assert not (tmp_path / "programs").exists()
+    monkeypatch.setenv(ps.BUDGET_ENV, "2G")
+    with pytest.raises(SystemExit) as e:
+        main(["segment", str(image), "--point", "1,1", "-o", str(tmp_path / "o.png"), "--backend", "sim"])
+    assert e.value.code == 2 and "SAM2FPGA_PROGRAM_STORE_MB='2G'" in capsys.readouterr().err
 
 
 def test_allowed_names_the_attributes_of_its_classes():

@@ -72,11 +72,17 @@ def add_overlay_arguments(parser) -> None:
 
 
 def check_overlay_arguments(args) -> None:
-    """--bitfile goes with --backend pynq and names a file, --program-store with --backend (before any model is
-    built)."""
+    """--bitfile goes with --backend pynq and names a file, --program-store with --backend, and the store's
+    budget variable is a number (before any model is built)."""
     from sw.cli import UsageError
+    from sw.runtime.program_store import budget_bytes
     if args.program_store is not None and args.backend is None:
         raise UsageError("--program-store is for --backend")
+    if args.backend is not None:
+        try:
+            budget_bytes()                      # SAM2FPGA_PROGRAM_STORE_MB, read when the store opens
+        except ValueError as e:
+            raise UsageError(str(e)) from None
     if args.bitfile is None:
         return
     if args.backend != "pynq":
