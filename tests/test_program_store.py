@@ -174,6 +174,8 @@ def test_different_arguments_or_code_are_different_entries(tmp_path, monkeypatch
     _same(again.compile(compile_linear, args, {"relu": True}), relu)
     assert again.stats.hits == 2 and again.stats.compiled == 0
     key = again.key(compile_linear, args, {})
+    keys = {again.key(compile_linear, (v,), {}) for v in (1.5, np.float64(1.5), 1, np.int64(1), True, (1, 2), [1, 2])}
+    assert len(keys) == 7                     # equal values of other types are other arguments
     monkeypatch.setattr(ps, "code_fingerprint", lambda: "another version of the compilers")
     assert again.key(compile_linear, args, {}) != key is not None
     again.compile(compile_linear, args, {})

@@ -205,6 +205,10 @@ def _feed(h, x, digest) -> None:
     """x into hash h, canonically: type-tagged, lengths given (Unstorable for what it cannot encode)."""
     if x is None or isinstance(x, bool):
         h.update(b"N" if x is None else b"T" if x else b"F")
+    elif isinstance(x, np.generic):                 # (before float: a np.float64 is one, but not the same value)
+        if not _plain_dtype(x.dtype):
+            raise Unstorable(f"a scalar of dtype {x.dtype}")
+        h.update(f"g{x.dtype.str};".encode() + x.tobytes())
     elif isinstance(x, int):
         h.update(b"i%d;" % x)
     elif isinstance(x, float):
@@ -218,10 +222,6 @@ def _feed(h, x, digest) -> None:
         if not _plain_dtype(x.dtype):
             raise Unstorable(f"an array of dtype {x.dtype}")
         h.update(f"a{x.dtype.str}{x.shape};".encode() + digest(x))
-    elif isinstance(x, np.generic):
-        if not _plain_dtype(x.dtype):
-            raise Unstorable(f"a scalar of dtype {x.dtype}")
-        h.update(f"g{x.dtype.str};".encode() + x.tobytes())
     elif type(x) is tuple and _immutable(x):        # (a RowRuns' runs: a tuple a row) its repr, canonical
         b = repr(x).encode()
         h.update(b"r%d;" % len(b) + b)
@@ -305,7 +305,7 @@ class _Writer:
         return [key, at, int(flat.size)]
 
     def encode(self, x):
-        if x is None or isinstance(x, (bool, str)) or type(x) is int:
+        if x is None or type(x) in (bool, str, int):
             return x
         if type(x) is float:
             return x if np.isfinite(x) else {"$": "float", "v": repr(x)}
