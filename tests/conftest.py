@@ -22,6 +22,11 @@ if (_THREADS := _threads_per_worker()) is not None:
         os.environ.setdefault(_var, str(_THREADS))
 
 
+# The CLI's program store (sw/runtime/program_store.py) off: no test writes into the user's cache directory
+# (tests/test_program_store.py gives its own a temporary one).
+os.environ["SAM2FPGA_PROGRAM_STORE"] = "off"
+
+
 def pytest_addoption(parser):
     parser.addoption("--waves", action="store_true",
                      help="dump waveforms from RTL benches into build/sim/ (same as SAM2FPGA_WAVES=1)")

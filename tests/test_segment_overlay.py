@@ -152,3 +152,17 @@ def test_a_sessions_next_image_links_and_checks_nothing(scaled):
     assert (session.links, session.checks, session.relinks, drv.program_bytes, len(drv._cache)) == before
     want = segment(GraphPredictor(qm.graph, IntRunner(qm)), other, SCALED_CLICK)
     assert all(np.array_equal(a, b) for a, b in zip(got, want))
+
+
+def test_a_second_command_loads_its_programs_from_the_program_store(files, tmp_path, capsys):
+    """`--program-store DIR`: the first command compiles and stores its programs (and the placement), the next
+    one loads them all, compiles none, and both give the host int8 logits bit for bit."""
+    store = tmp_path / "programs"
+    for run in range(2):
+        code, out = _segment(files, tmp_path, "--backend", "sim", "--program-store", str(store))
+        assert code == 0 and out.read_bytes() == files[2].read_bytes()
+        line = next(x for x in capsys.readouterr().out.splitlines() if "program store" in x)
+        loaded, compiled = map(int, re.search(r"(\d+) loaded .* (\d+) compiled", line).groups())
+        # (the first: a few programs equal to one compiled earlier in the same run, loaded)
+        assert (compiled > 100 and loaded < 20) if run == 0 else (loaded > 100 and compiled == 0), line
+    assert len(list(store.glob("*.npz"))) > 100

@@ -306,6 +306,7 @@ def _segment_on_overlay(args) -> None:
     from sw.commands.quantize import quantise_model
     from sw.commands.segment import overlay, segment
     from sw.runtime.overlay_segment import OverlayRunner, stage_summary
+    from sw.runtime.program_store import store_from
 
     cfg = preset(OVERLAY_DEMO_PRESET)
     print(f"[10/10] int8 SAM 2 on the overlay: SAM 2.1 tiny at {OVERLAY_DEMO_SIZE} px (RANDOM weights, seed 0), "
@@ -318,7 +319,7 @@ def _segment_on_overlay(args) -> None:
     t1 = time.monotonic()
     want = segment(image, [DEMO_POINT], None, None, GraphPredictor(qm.graph, IntRunner(qm)))
     t2 = time.monotonic()
-    ex = OverlayRunner(qm, cfg, "sim")
+    ex = OverlayRunner(qm, cfg, "sim", program_store=store_from())     # the CLI's store (docs/runtime.md)
     try:
         got = segment(image, [DEMO_POINT], None, None, GraphPredictor(qm.graph, ex))
     finally:

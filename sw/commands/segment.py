@@ -60,22 +60,41 @@ def parse_box(text: str) -> tuple[float, float, float, float]:
     return x0, y0, x1, y1
 
 
-def add_bitfile_argument(parser) -> None:
-    """--bitfile, for the commands that run on the overlay (segment, track)."""
+def add_overlay_arguments(parser) -> None:
+    """--bitfile and --program-store, for the commands that run on the overlay (segment, track)."""
     parser.add_argument("--bitfile", type=Path, metavar="FILE.bit",
                         help="with --backend pynq on a board: the overlay's bitstream (its .hwh beside it); "
                              "without it pynq's library runs on the simulated device")
+    parser.add_argument("--program-store", metavar="DIR|off",
+                        help="with --backend: where compiled programs are kept for the next run (default "
+                             "$SAM2FPGA_PROGRAM_STORE, else $XDG_CACHE_HOME/sam2fpga/programs or "
+                             "~/.cache/sam2fpga/programs); off: compile every program (docs/runtime.md)")
 
 
-def check_bitfile(args) -> None:
-    """--bitfile goes with --backend pynq and names a file (before any model is built)."""
+def check_overlay_arguments(args) -> None:
+    """--bitfile goes with --backend pynq and names a file, --program-store with --backend, and the store's
+    budget variable is a number (before any model is built)."""
     from sw.cli import UsageError
+    from sw.runtime.program_store import budget_bytes
+    if args.program_store is not None and args.backend is None:
+        raise UsageError("--program-store is for --backend")
+    if args.backend is not None:
+        try:
+            budget_bytes()                      # SAM2FPGA_PROGRAM_STORE_MB, read when the store opens
+        except ValueError as e:
+            raise UsageError(str(e)) from None
     if args.bitfile is None:
         return
     if args.backend != "pynq":
         raise UsageError("--bitfile is for --backend pynq")
     if not args.bitfile.is_file():
         raise UsageError(f"--bitfile {args.bitfile}: no such file")
+
+
+def program_store(args):
+    """The ProgramStore of --program-store (sw.runtime.program_store.store_from; None: off)."""
+    from sw.runtime.program_store import store_from
+    return store_from(args.program_store)
 
 
 def add_arguments(parser):
@@ -97,7 +116,7 @@ def add_arguments(parser):
                         help="run the int8 model on the overlay (preset --preset) on this backend: sim (the "
                              "functional model), rtl (Verilator; small models only), pynq (a board, or pynq's "
                              "library on the simulated device)")
-    add_bitfile_argument(parser)
+    add_overlay_arguments(parser)
     parser.add_argument("--nodes", action="store_true",
                         help="with --backend: print every node's placement, cycles and DDR bytes")
     from sw.commands.quantize import add_quant_arguments
@@ -170,7 +189,7 @@ def check_arguments(args):
         raise UsageError("--backend runs the int8 model on the overlay: drop --precision float")
     if args.nodes and args.backend is None:
         raise UsageError("--nodes needs --backend")
-    check_bitfile(args)
+    check_overlay_arguments(args)
     args.precision = args.precision or ("int8" if args.backend else "float")
     if not args.point and args.box is None:
         raise UsageError("segment needs a prompt: at least one --point X,Y[,LABEL] or a --box X0,Y0,X1,Y1")

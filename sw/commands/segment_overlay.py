@@ -27,11 +27,12 @@ def overlay_predictor(args, build_model):
     from hw.config import preset
     from sw.cli import CommandError
     from sw.commands.quantize import int8_model
+    from sw.commands.segment import program_store
     from sw.runtime.overlay_segment import OverlayRunner
     qm = int8_model(args, build_model, lambda m: print("segment: " + m))
     cfg = preset(args.preset)
     try:
-        ex = OverlayRunner(qm, cfg, args.backend, progress=_log,
+        ex = OverlayRunner(qm, cfg, args.backend, progress=_log, program_store=program_store(args),
                            bitfile=None if args.bitfile is None else str(args.bitfile))
     except _overlay_errors() as e:
         raise CommandError(str(e)) from e
@@ -59,4 +60,6 @@ def segment_on_overlay(args, image, predictor, ex):
     if args.nodes:
         print(ex.table())
     print(stage_summary(ex))
+    if ex.driver.compiles.store is not None:
+        print("segment: " + ex.driver.compiles.store.summary())
     return result

@@ -53,8 +53,8 @@ def add_arguments(parser):
     parser.add_argument("--backend", choices=("sim", "pynq"),
                         help="run int8 SAM 2 on the overlay (implies --precision int8; --preset picks the overlay): "
                              "sim = the overlay simulator (its cycle model), pynq = the pynq library on the simulated device")
-    from sw.commands.segment import add_bitfile_argument
-    add_bitfile_argument(parser)
+    from sw.commands.segment import add_overlay_arguments
+    add_overlay_arguments(parser)
     from sw.commands.sim import _fault
     parser.add_argument("--fault", metavar="KIND[:persistent]", type=_fault,
                         help="with --backend: inject an AXI fault (sw/backends/faults.py) when --fault-frame starts")
@@ -252,8 +252,8 @@ def check_backend(args, n_frames: int) -> None:
         args.precision = "int8"
     elif args.fault is not None:
         raise UsageError("--fault needs --backend sim or pynq")
-    from sw.commands.segment import check_bitfile
-    check_bitfile(args)
+    from sw.commands.segment import check_overlay_arguments
+    check_overlay_arguments(args)
     if args.fault is not None and not 0 <= args.fault_frame < n_frames:
         raise UsageError(f"--fault-frame {args.fault_frame}: the video has {n_frames} frames (0..{n_frames - 1})")
     args.precision = args.precision or "float"

@@ -19,6 +19,7 @@ from sw.runtime.video_exec import STAGES
 def overlay_predictor(args, qm, cache: int, prompts):
     from hw.config import preset
     from sw.cli import CommandError
+    from sw.commands.segment import program_store
     from sw.runtime.arena import ArenaFull
     from sw.runtime.graph_exec import GraphExecError
     from sw.runtime.video_exec import VideoGraphExecutor, overlay_video_predictor, video_driver
@@ -26,8 +27,9 @@ def overlay_predictor(args, qm, cache: int, prompts):
     objects = len({p.obj_id for p in prompts})
     pairs = len({(p.obj_id, p.frame) for p in prompts})
     try:
-        ex = VideoGraphExecutor(qm, cfg, args.backend, video_driver(cfg, args.backend, qm.graph, cond_frames=pairs,
-                                                                    objects=objects, bitfile=args.bitfile))
+        drv = video_driver(cfg, args.backend, qm.graph, cond_frames=pairs, objects=objects, bitfile=args.bitfile,
+                           program_store=program_store(args))
+        ex = VideoGraphExecutor(qm, cfg, args.backend, drv)
     except GraphExecError as e:
         raise CommandError(str(e)) from e
     try:
@@ -86,3 +88,5 @@ def report(predictor, tracked: list) -> None:
               "objects' rows, attention once per memory length)")
     for note in predictor.retries + ex.driver.session.recoveries:
         print(f"  recovered: {note}")
+    if ex.driver.compiles.store is not None:
+        print("  " + ex.driver.compiles.store.summary())

@@ -233,6 +233,7 @@ class CompileCache:
         # owner -> (the key of its last call's program, None when not kept; the number of that call, `calls`)
         self._latest: dict = {}
         self.calls = self.hits = self.misses = 0
+        self.store = None       # a sw.runtime.program_store.ProgramStore asked before compiling (None: compile)
 
     def get(self, owner: str, compiler, *args, **kwargs):
         """compiler(*args, **kwargs), or the result of an earlier call of `owner`'s with equal arguments."""
@@ -248,7 +249,7 @@ class CompileCache:
                 return entry[2]
         self.misses += 1
         self._latest[owner] = None, self.calls
-        result = compiler(*args, **kwargs)
+        result = compiler(*args, **kwargs) if self.store is None else self.store.compile(compiler, args, kwargs)
         try:
             entry = (_snap(args), _snap(kwargs))
         except TypeError:                                   # an argument it cannot compare: never kept

@@ -33,10 +33,13 @@ from sw.runtime.session import RunStats, Session  # noqa: F401  (the driver's pu
 class Driver:
     def __init__(self, cfg, backend: str = "sim", *, timeout_s: float = 10.0, timeout_cycles: int = 50_000_000,
                  ddr_bytes: int = DEFAULT_DDR_BYTES, stall: float = 0.0, waves: bool | None = None,
-                 bitfile: str | None = None, sim_mode: str = "fast"):
+                 bitfile: str | None = None, sim_mode: str = "fast", program_store=None):
         """`bitfile`: pynq backend on a board, the overlay's .bit (its .hwh beside it);
         None runs the real pynq library on the simulated device. `sim_mode`: the sim backend's
-        "fast" (whole layers in NumPy) or "checked" (descriptor by descriptor) mode, same bits and cycles."""
+        "fast" (whole layers in NumPy) or "checked" (descriptor by descriptor) mode, same bits and cycles.
+        `program_store`: a sw.runtime.program_store.ProgramStore the compile cache loads graph nodes' programs
+        from instead of compiling them (and stores those it compiles); None (the library's default: a library
+        call writes nothing to disk unless asked) compiles them all. The CLI's commands use one by default."""
         if backend not in BACKENDS:
             raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
         self.cfg, self.backend = cfg, backend
@@ -54,6 +57,7 @@ class Driver:
         self._keys: dict = {}
         self.program_bytes = 0               # descriptors and weights written by loads (host -> DDR), so far
         self.compiles = CompileCache()       # graph nodes' programs, reused while their arguments repeat
+        self.compiles.store = program_store
 
     # Where a program's image sits when it is run whole (sw.backends.rtl.run_images, tests); the
     # session binds each region to its own buffer wherever the arena has room.
@@ -85,11 +89,6 @@ class Driver:
                               residual=residual, add=add, a_rows=a_rows, base_addr=base,
                               max_ddr_bytes=self.ddr_bytes - base)
         return prog
-
-    def compile_nk(self, a, w, *args, **kwargs):
-        """compile with B given as a layer's (N, K) weights (torch's layout), transposed here: the compile cache
-        compares (and keeps) the weights as they are, so a node's next call makes no transposed copy of them."""
-        return self.compile(a, np.ascontiguousarray(w.T), *args, **kwargs)
 
     def linear(self, a, b, bias=None, multiplier=None, shift=None, *, relu=False, out_int32=False,
                lut=None, residual=None, add=None, keep: bool = True) -> np.ndarray:

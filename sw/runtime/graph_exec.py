@@ -127,6 +127,7 @@ from golden_model.quant.intinterp import IntRunner, _mask_product, _requant_args
 from sw.compile.attention import TokenRows, compile_attention_calls, token_rows_refusal
 from sw.compile.conv import FmapLayout, compile_conv2d, compile_depthwise, dw_supported
 from sw.compile.graph import conv_route, fused_adds, place_all, vector_lanes, window_orders
+from sw.compile.linear import compile_linear
 from sw.compile.vector import OPS as VECTOR_OPS, compile_vector, row_dim
 from sw.perf.layers import graph_layers
 from sw.runtime.arena import ArenaFull
@@ -279,11 +280,21 @@ def _linear_dev(drv, n, a, r, lut=None, residual=None, add=None, out=None, order
     if residual is not None:
         residual = _window_order(residual, order) if order else residual
         residual = np.ascontiguousarray(residual).reshape(-1, w.shape[0])
-    prog = drv.compiles.get(n.name, drv.compile_nk, x2, w.reshape(w.shape[0], -1), b, m, s,
-                            relu=n.attrs.get("relu", False), lut=lut, residual=residual, add=add, a_rows=in_place)
+    prog = drv.compiles.get(n.name, _linear_nk, drv.cfg, drv._buffer_base(), drv.ddr_bytes, x2,
+                            w.reshape(w.shape[0], -1), b, m, s, relu=n.attrs.get("relu", False), lut=lut,
+                            residual=residual, add=add, a_rows=in_place)
     y = _run_to_device(drv, prog, {"A": x.buffer} if in_place else {}, TokenRowLayout(prog.m, prog.n, drv.cfg.cols),
                        x.shape[:-1] + (w.shape[0],), n.name, order, out)
     return y, [drv.last_run]
+
+
+def _linear_nk(cfg, base: int, ddr_bytes: int, a, w, *args, **kwargs):
+    """Driver.compile's program with B given as a layer's (N, K) weights (torch's layout), transposed here: the
+    compile cache compares (and keeps) the weights as they are, so a node's next call makes no transposed copy of
+    them. A module-level function of its arguments alone (the program store keys it by them): programs at `base` in
+    DDR of `ddr_bytes`."""
+    return compile_linear(cfg, a, np.ascontiguousarray(w.T), *args, base_addr=base, max_ddr_bytes=ddr_bytes - base,
+                          **kwargs)
 
 
 def _conv_dev(drv, n, a, r):
@@ -707,7 +718,11 @@ class GraphExecutor(IntRunner):
         self._constants: dict[tuple, DeviceTensor] = {}     # graph constants a vector op reads, kept in DDR
         self.spilled_bytes = 0     # device tensors read back because the arena was full (in the nodes' figures)
         lanes = vector_lanes(cfg)
-        self.placements = {p.layer.name: p for p in place_all(cfg, graph_layers(qm.graph), lanes=lanes)}
+        # (pricing the nodes compiles programs: ~2 s at 1024 px; a program store keeps the placement too)
+        store, layers = self.driver.compiles.store, graph_layers(qm.graph)
+        placed = place_all(cfg, layers, lanes=lanes) if store is None else store.compile(place_all, (cfg, layers),
+                                                                                          {"lanes": lanes})
+        self.placements = {p.layer.name: p for p in placed}
         self.pad_into = self._padded_windows() if chain else {}
         if chain:      # every engine node's programs (a node may run several) kept loaded while the arena has room
             self.driver.CACHED_PROGRAMS = math.inf

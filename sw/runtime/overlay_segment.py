@@ -29,11 +29,13 @@ PROGRESS_EVERY = 50
 
 
 class OverlayRunner(GraphExecutor):
-    """A GraphExecutor that reports its progress through `progress(message)` while a run goes on."""
+    """A GraphExecutor that reports its progress through `progress(message)` while a run goes on;
+    `program_store`: Driver's (a ProgramStore its programs are loaded from and stored in; None: compiled)."""
 
     def __init__(self, qm, cfg, backend: str = "sim", *, progress=None, ddr_bytes: int | None = None,
-                 bitfile: str | None = None):
-        driver = Driver(cfg, backend, ddr_bytes=ddr_bytes or OVERLAY_DDR_BYTES, bitfile=bitfile)
+                 bitfile: str | None = None, program_store=None):
+        driver = Driver(cfg, backend, ddr_bytes=ddr_bytes or OVERLAY_DDR_BYTES, bitfile=bitfile,
+                        program_store=program_store)
         super().__init__(qm, cfg, backend, driver=driver)
         self.progress = progress
 

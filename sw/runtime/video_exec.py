@@ -1373,14 +1373,14 @@ def bank_bytes(graph, **kwargs) -> int:
     return sum(aligned(size) for size in buffers.values())
 
 
-def video_driver(cfg, backend: str, graph, bitfile=None, **kwargs):
+def video_driver(cfg, backend: str, graph, bitfile=None, program_store=None, **kwargs):
     """A Driver whose arena holds a segment session's (OVERLAY_DDR_BYTES: a frame's programs stay loaded, so
     the next frame only relinks them) plus the memory bank (`kwargs`: bank_rings'); `bitfile`: the
-    overlay's .bit on a board (pynq backend)."""
+    overlay's .bit on a board (pynq backend); `program_store`: Driver's."""
     from sw.runtime.driver import Driver
     from sw.runtime.overlay_segment import OVERLAY_DDR_BYTES
     return Driver(cfg, backend, ddr_bytes=OVERLAY_DDR_BYTES + bank_bytes(graph, **kwargs),
-                  bitfile=None if bitfile is None else str(bitfile))
+                  bitfile=None if bitfile is None else str(bitfile), program_store=program_store)
 
 
 def overlay_video_predictor(qm, executor: VideoGraphExecutor, cond_frames: int = 1, objects: int = 1, observe=None,
