@@ -2,6 +2,7 @@
 descriptors, regions, symbolic list, op), a new executor on a filled store compiles nothing and gives the same
 logits and cycles, anything that changes a program's arguments or the code misses, and a bad entry (truncated,
 edited, a pickle) is refused with a warning and compiled again; no code of a file's runs."""
+import copy
 import dataclasses
 import io
 import json
@@ -39,7 +40,7 @@ class _Recording(ProgramStore):
         self.results = {}
 
     def _save(self, key, result, compiler):
-        self.results[key] = result
+        self.results[key] = copy.deepcopy(result)      # as written (the compile cache then keeps its image lean)
         super()._save(key, result, compiler)
 
 
