@@ -119,7 +119,8 @@ def run(image_size: int | None = None, n_frames: int | None = None, preset_name:
     report("overlay_track", rows,
            notes=f"SAM 2.1 tiny at {image_size} px, random weights (seed 0), {n_frames} shifted copies of chelsea, "
                  f"one click on frame 0; sim backend (fast mode) on preset {cfg.name}, one session; the "
-                 f"{' and '.join(trackers)} trackers stepped a frame each in turn; quantise {quant_s:.1f} s. Frame 0: the prompt and (sim) "
+                 f"{' and '.join(trackers)} trackers stepped a frame each in turn; quantise {quant_s:.1f} s. "
+                 f"Frame 0: the prompt and (sim) "
                  f"every program's compile and load; from frame 7 the bank is full, from frame 17 the object "
                  f"pointers too (no program compiled anew but the host-fed decoder projections: steady state). "
                  f"Target: sim / float <= 3 on a steady-state frame. The {which}: sim / float median {ratio:.2f} "

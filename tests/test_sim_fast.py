@@ -467,8 +467,9 @@ def test_output_stage_equals_the_requantiser(k, big_bias, mult_hi, shift_hi, pat
 
 def test_output_stage_float_path_is_exact(jit_mode):
     """intops.OutputStage requantises in float64 when |acc| m + 2^s <= 2^51 (its comment proves it exact):
-    equal to golden_model's integer requantiser (and with a store table, the table of it) at the extremes (|acc| at its bound, biases next to
-    saturation, multipliers up to 2^31 - 1, every shift 1..43, ReLU), from float32 and float64 accumulators."""
+    equal to golden_model's integer requantiser (and with a store table, the table of it) at the extremes (|acc| at
+    its bound, biases next to saturation, multipliers up to 2^31 - 1, every shift 1..43, ReLU), from float32 and
+    float64 accumulators."""
     from golden_model.intops import requantize, saturate_int32
     rng = np.random.default_rng(9)
     taken = 0
