@@ -212,14 +212,20 @@ def _lean(image: np.ndarray) -> tuple[np.ndarray, int]:
     return lean, int(written.sum()) * page
 
 
+def mib_from_env(var: str, default: int, what: str) -> int:
+    """Bytes: environment variable `var` (MiB, a whole number >= 0; anything else is an error naming `what`),
+    else `default`."""
+    value = os.environ.get(var)
+    if value is None:
+        return default
+    if not value.strip().isdigit():
+        raise ValueError(f"{var}={value!r}: expected {what} in MiB, a whole number >= 0")
+    return int(value) << 20
+
+
 def budget_bytes() -> int:
     """BUDGET_BYTES, or the BUDGET_ENV override (MiB, a whole number >= 0; anything else is an error)."""
-    value = os.environ.get(BUDGET_ENV)
-    if value is None:
-        return BUDGET_BYTES
-    if not value.strip().isdigit():
-        raise ValueError(f"{BUDGET_ENV}={value!r}: expected the compile cache's size in MiB, a whole number >= 0")
-    return int(value) << 20
+    return mib_from_env(BUDGET_ENV, BUDGET_BYTES, "the compile cache's size")
 
 
 class CompileCache:

@@ -46,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sw.runtime.compile_cache import _owner, _place
+from sw.runtime.compile_cache import _owner, _place, mib_from_env
 
 #: The entry format: a change to the encoding below bumps it (older entries then miss, never mis-decode).
 FORMAT = 1
@@ -88,12 +88,7 @@ def default_dir() -> Path:
 
 def budget_bytes() -> int:
     """BUDGET_BYTES, or the BUDGET_ENV override (MiB, a whole number >= 0; 0 reads entries but writes none)."""
-    value = os.environ.get(BUDGET_ENV)
-    if value is None:
-        return BUDGET_BYTES
-    if not value.strip().isdigit():
-        raise ValueError(f"{BUDGET_ENV}={value!r}: expected the program store's size in MiB, a whole number >= 0")
-    return int(value) << 20
+    return mib_from_env(BUDGET_ENV, BUDGET_BYTES, "the program store's size")
 
 
 def store_from(setting: str | os.PathLike | None = None) -> "ProgramStore | None":
