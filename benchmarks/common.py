@@ -1,7 +1,9 @@
 """What every benchmark shares: a table on stdout and JSON in build/bench/."""
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import platform
 import time
 from pathlib import Path
@@ -32,6 +34,20 @@ def report(name: str, rows: list[dict], notes: str = "") -> Path:
 CHELSEA_CLICK = (250.0, 170.0)
 #: scikit-image's coffee (600 x 400), the second photo of a session: on the cup.
 COFFEE_CLICK = (300.0, 200.0)
+
+
+@contextlib.contextmanager
+def environ(var: str, value: str):
+    """Environment variable `var` set to `value` inside the block, as it was after it."""
+    saved = os.environ.get(var)
+    os.environ[var] = value
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ[var]
+        else:
+            os.environ[var] = saved
 
 
 def busy_share() -> float:

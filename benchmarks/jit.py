@@ -10,11 +10,10 @@ residual add (intvec). `busy`: the share of the machine's cores other work used 
 """
 from __future__ import annotations
 
-import os
 
 import numpy as np
 
-from benchmarks.common import busy_share, report
+from benchmarks.common import busy_share, environ, report
 from benchmarks.threads import sim_linear, timed
 from golden_model import intattn, intvec, jit
 
@@ -23,17 +22,10 @@ REPEATS = 3
 
 def _both(fn):
     """(numpy (result, wall, CPU), compiled (result, wall, CPU)) of fn on one worker thread."""
-    saved = os.environ.get(jit.ENV)
     out = []
-    try:
-        for flag in ("0", "1"):
-            os.environ[jit.ENV] = flag
+    for flag in ("0", "1"):
+        with environ(jit.ENV, flag):
             out.append(timed(fn, 1, REPEATS))
-    finally:
-        if saved is None:
-            del os.environ[jit.ENV]
-        else:
-            os.environ[jit.ENV] = saved
     return out
 
 

@@ -9,12 +9,11 @@ before (a thread gains only on a free core: run it on an idle machine).
 """
 from __future__ import annotations
 
-import os
 import time
 
 import numpy as np
 
-from benchmarks.common import busy_share, report
+from benchmarks.common import busy_share, environ, report
 from golden_model import intattn, intvec, workers
 
 REPEATS = 5
@@ -22,21 +21,13 @@ REPEATS = 5
 
 def timed(fn, threads: int, repeats: int = REPEATS):
     """(result, best wall s, best CPU s) of fn with `threads` worker threads, BLAS on one."""
-    saved = os.environ.get(workers.ENV)
-    os.environ[workers.ENV] = str(threads)
-    try:
-        with workers.one_blas_thread():
-            result, wall, cpu = fn(), [], []
-            for _ in range(repeats):
-                w, c = time.perf_counter(), time.process_time()
-                fn()
-                wall.append(time.perf_counter() - w)
-                cpu.append(time.process_time() - c)
-    finally:
-        if saved is None:
-            del os.environ[workers.ENV]
-        else:
-            os.environ[workers.ENV] = saved
+    with environ(workers.ENV, str(threads)), workers.one_blas_thread():
+        result, wall, cpu = fn(), [], []
+        for _ in range(repeats):
+            w, c = time.perf_counter(), time.process_time()
+            fn()
+            wall.append(time.perf_counter() - w)
+            cpu.append(time.process_time() - c)
     return result, min(wall), min(cpu)
 
 

@@ -312,9 +312,7 @@ def _state_block(qf, kt, vt, quant: AttentionQuant, lk: int, tile: int, chunk: i
     time (the running maximum and O carried from one chunk to the next, as from tile to tile)."""
     b, r = qf.shape[:2]
     nt = vt.shape[1] // tile
-    scale = quant.score_mult * 2.0 ** -quant.score_shift
-    clip = qf.shape[-1] * 128 * 128 * quant.score_mult >= 1 << (quant.score_shift + X_BITS - 2)
-    m = np.full((b, r, 1), M_INIT, np.float64)                          # running maximum before the chunk
+    m = np.full((b, r, 1), M_INIT, np.int64)                            # running maximum before the chunk
     o = np.zeros((b, r, vt.shape[-1]), np.float64)                       # integers held exactly (< 2^53)
     for c0 in range(0, nt, chunk):
         c1 = min(c0 + chunk, nt)
@@ -323,11 +321,11 @@ def _state_block(qf, kt, vt, quant: AttentionQuant, lk: int, tile: int, chunk: i
         if jit.available():                                              # steps 2-4 in one compiled pass
             p = np.empty(s.shape, np.float64)
             ms = np.empty((b, r, c1 - c0 + 1), np.int64)
-            _probabilities(s.reshape(b * r, -1), quant.score_mult, quant.score_shift, m.reshape(-1).astype(np.int64),
-                           lk - k0, tile, _EXP2_ALL, p.reshape(b * r, -1), ms.reshape(b * r, -1))
+            _probabilities(s.reshape(b * r, -1), quant.score_mult, quant.score_shift, m.reshape(-1), lk - k0, tile,
+                           _EXP2_ALL, p.reshape(b * r, -1), ms.reshape(b * r, -1))
             p = p.reshape(b, r, c1 - c0, tile)
         else:
-            p, ms = _probabilities_numpy(s, scale, clip, m, lk - k0, tile)
+            p, ms = _probabilities_numpy(s, quant, qf.shape[-1], m, lk - k0, tile)
         alpha = exp2fix(np.diff(ms.astype(np.int64), axis=-1))
         grew = alpha != (1 << P_BITS)     # rescaling by alpha = 2^P_BITS is the identity: skip those rows
         if c0 == 0:
@@ -348,12 +346,13 @@ def _state_block(qf, kt, vt, quant: AttentionQuant, lk: int, tile: int, chunk: i
     return m[..., 0].astype(np.int64), o[..., -1], o[..., :-1]
 
 
-def _probabilities_numpy(s, scale: float, clip: bool, m, valid: int, tile: int):
-    """Steps 2-4 of a chunk of scores s (b, r, keys) float32 (`valid` real keys, then padding), the running
-    maximum m (b, r, 1) before it: p (b, r, tiles, tile) float64 and the maxima (b, r, tiles + 1), m first.
-    Whole-array NumPy, exact (see attention_state)."""
+def _probabilities_numpy(s, quant: AttentionQuant, d: int, m, valid: int, tile: int):
+    """Steps 2-4 of a chunk of scores s (b, r, keys) float32 of head dim d (`valid` real keys, then padding), the
+    running maximum m (b, r, 1) before it: p (b, r, tiles, tile) float64 and the maxima (b, r, tiles + 1), m
+    first. Whole-array NumPy, exact (see attention_state)."""
     b, r, keys = s.shape
-    x = np.multiply(s, scale, dtype=np.float64)                      # step 2,
+    clip = d * 128 * 128 * quant.score_mult >= 1 << (quant.score_shift + X_BITS - 2)
+    x = np.multiply(s, quant.score_mult * 2.0 ** -quant.score_shift, dtype=np.float64)   # step 2,
     x += 0.5                                                         # exact: see attention_state
     np.floor(x, out=x)
     if clip:

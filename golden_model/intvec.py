@@ -340,9 +340,7 @@ def layernorm(x, p: LayerNormParams) -> np.ndarray:
     def part(rs):                                   # (rows are independent: parts write their own)
         part_out = out[rs]
         if jit.available():                         # steps 4-5 in one compiled pass, the same numbers
-            x = rows[rs]
-            if not 1 <= p.dim <= LN_MAX_DIM:
-                raise ValueError(f"layernorm: rows of {p.dim} outside 1..{LN_MAX_DIM}")
+            x = rows[rs]                            # (p.dim in 1..LN_MAX_DIM: LayerNormParams checks it)
             dt, st, sh = _ln_row_constants(x, p.eps_term)
             _ln_rows(x, dt, st, sh, g, b, p.shift, part_out)
             return

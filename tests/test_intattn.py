@@ -328,18 +328,18 @@ def test_compiled_steps_run_and_equal_numpys(jit_mode):
     tile, keys, valid = 8, 40, 35                          # the last tile has 3 padding keys
     s = rng.integers(-(1 << 22), 1 << 22, (2, 3, keys)).astype(np.float32)
     s[0, 0, :4] = 1 << 22
-    m = np.where(rng.random((2, 3, 1)) < 0.5, A.M_INIT, 2000).astype(np.float64)
+    m = np.where(rng.random((2, 3, 1)) < 0.5, A.M_INIT, 2000).astype(np.int64)
     for mult, shift in ((40_000, 20), ((1 << A.SCORE_MULT_BITS) - 1, 1), (3, 63)):
-        p0, ms0 = A._probabilities_numpy(s, mult * 2.0 ** -shift, True, m, valid, tile)
+        p0, ms0 = A._probabilities_numpy(s, A.AttentionQuant(mult, shift, 1, 1), 256, m, valid, tile)
         if jit_mode == "numba":
             p = np.empty(s.shape, np.float64)
             ms = np.empty((2, 3, keys // tile + 1), np.int64)
-            A._probabilities(s.reshape(6, -1), mult, shift, m.reshape(-1).astype(np.int64), valid, tile, A._EXP2_ALL,
+            A._probabilities(s.reshape(6, -1), mult, shift, m.reshape(-1), valid, tile, A._EXP2_ALL,
                              p.reshape(6, -1), ms.reshape(6, -1))
             assert A._probabilities.signatures                  # compiled, not the Python loop
         else:
             p, ms = np.empty(s.shape, np.float64), np.empty((2, 3, keys // tile + 1), np.int64)
-            A._probabilities_loop(s.reshape(6, -1), mult, shift, m.reshape(-1).astype(np.int64), valid, tile,
+            A._probabilities_loop(s.reshape(6, -1), mult, shift, m.reshape(-1), valid, tile,
                                   A._EXP2_ALL, p.reshape(6, -1), ms.reshape(6, -1))
         assert np.array_equal(p.reshape(p0.shape), p0) and np.array_equal(ms, ms0.astype(np.int64))
         assert not p[..., valid:].any()

@@ -184,6 +184,15 @@ def _keep_images(result) -> int:
     return held
 
 
+def nonzero_blocks(raw: np.ndarray, block: int) -> np.ndarray:
+    """Whether each whole `block`-byte block of the flat uint8 array `raw` holds a non-zero byte (its tail, under
+    a block, not included): the pages a lean image writes, the blocks a program store entry keeps."""
+    body = raw[:raw.size // block * block]
+    if body.ctypes.data % 8 == 0 and block % 8 == 0:
+        body = body.view(np.uint64)                 # (eight bytes a compare)
+    return body.reshape(raw.size // block, -1).any(axis=1)
+
+
 def _lean(image: np.ndarray) -> tuple[np.ndarray, int]:
     """(image, the bytes it holds): a large one's bytes in a read-only anonymous mapping of which only the pages
     that are not all zeros were written; the OS backs the others with no memory (its zero page when read).
@@ -194,9 +203,7 @@ def _lean(image: np.ndarray) -> tuple[np.ndarray, int]:
     raw = image.reshape(-1).view(np.uint8)
     n, full = raw.size, raw.size // page
     written = np.empty(-(-n // page), bool)
-    body = raw[:full * page]
-    body = body.view(np.uint64) if body.ctypes.data % 8 == 0 else body
-    written[:full] = body.reshape(full, -1).any(axis=1)
+    written[:full] = nonzero_blocks(raw, page)
     written[full:] = raw[full * page:].any()
     if written.sum() * 2 > written.size:            # mostly data: nothing to save
         return image, image.nbytes
@@ -233,13 +240,14 @@ class CompileCache:
     BUDGET_BYTES of copies and images in all. Over it, programs their owners have passed over go first
     (`_victim`), least recently used first; a new program that would drop an owner's latest one is not kept."""
 
-    def __init__(self, budget: int | None = None):
+    def __init__(self, budget: int | None = None, store=None):
+        """`store`: a sw.runtime.program_store.ProgramStore asked before compiling (None: compile)."""
         self.budget, self.used = budget_bytes() if budget is None else budget, 0
         self._kept: OrderedDict = OrderedDict()       # (owner, compiler, i) -> (args, kwargs, result, bytes)
         # owner -> (the key of its last call's program, None when not kept; the number of that call, `calls`)
         self._latest: dict = {}
         self.calls = self.hits = self.misses = 0
-        self.store = None       # a sw.runtime.program_store.ProgramStore asked before compiling (None: compile)
+        self.store = store
 
     def get(self, owner: str, compiler, *args, **kwargs):
         """compiler(*args, **kwargs), or the result of an earlier call of `owner`'s with equal arguments."""

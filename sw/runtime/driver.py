@@ -56,8 +56,7 @@ class Driver:
         # (owner, kind) -> (its last program's regions, their bytes, key, a weak reference to that program)
         self._keys: dict = {}
         self.program_bytes = 0               # descriptors and weights written by loads (host -> DDR), so far
-        self.compiles = CompileCache()       # graph nodes' programs, reused while their arguments repeat
-        self.compiles.store = program_store
+        self.compiles = CompileCache(store=program_store)   # graph nodes' programs, reused while their arguments repeat
 
     # Where a program's image sits when it is run whole (sw.backends.rtl.run_images, tests); the
     # session binds each region to its own buffer wherever the arena has room.

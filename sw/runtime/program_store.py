@@ -46,7 +46,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sw.runtime.compile_cache import _owner, _place, mib_from_env
+from sw.runtime.compile_cache import _owner, _place, mib_from_env, nonzero_blocks
 
 #: The entry format: a change to the encoding below bumps it (older entries then miss, never mis-decode).
 FORMAT = 1
@@ -393,7 +393,7 @@ class _Writer:
         if raw.size >= SPARSE_MIN:
             full = raw.size // BLOCK * BLOCK
             blocks = raw[:full].reshape(-1, BLOCK)
-            used = np.flatnonzero(blocks.any(axis=1))
+            used = np.flatnonzero(nonzero_blocks(raw, BLOCK))
             if len(used) < SPARSE * len(blocks):
                 node["blocks"] = self._pool(used.astype(np.int64))
                 node["at"] = self._pool(np.concatenate([blocks[used].reshape(-1), raw[full:]]))
