@@ -224,12 +224,20 @@ def _corrupt(path, how):
         path.write_bytes(data[:len(data) // 2])
     elif how == "pickle":
         path.write_bytes(pickle.dumps(_Boom(str(path) + ".ran")))
+    elif how == "byte":                              # one byte of an array's data changed: its CRC
+        data = bytearray(data)
+        data[len(data) // 2] ^= 0x40
+        path.write_bytes(data)
     else:
         with zipfile.ZipFile(io.BytesIO(data)) as z:
             members = {n: z.read(n) for n in z.namelist()}
         tree = np.load(io.BytesIO(members["tree.npy"]), allow_pickle=False)
         header = json.loads(tree.tobytes())
-        if how == "class":
+        if how == "object":                          # a pool member that is a pickled object array
+            buf = io.BytesIO()
+            np.save(buf, np.array([_Boom(str(path) + ".ran")], object), allow_pickle=True)
+            members[next(n for n in members if n != "tree.npy")] = buf.getvalue()
+        elif how == "class":
             header["tree"]["cls"] = "os.system"
         elif how == "format":
             header["format"] = ps.FORMAT + 1
@@ -253,7 +261,7 @@ class _Boom:
         return open, (self.path, "w")
 
 
-@pytest.mark.parametrize("how", ["truncated", "pickle", "class", "format", "attribute"])
+@pytest.mark.parametrize("how", ["truncated", "pickle", "byte", "object", "class", "format", "attribute"])
 def test_a_bad_entry_is_refused_with_a_warning_and_compiled_again(tmp_path, how):
     store = ProgramStore(tmp_path)
     args = _linear_args()
@@ -347,3 +355,44 @@ def test_a_failed_write_leaves_no_entry_and_the_run_goes_on(tmp_path, monkeypatc
         _same(blocked.compile(compile_linear, args, {}), compile_linear(*args))
     blocked.compile(compile_linear, _linear_args(1), {})           # (no second warning: writing is off)
     assert blocked.stats.written == 0 and blocked.stats.compiled == 2
+
+
+def test_the_background_writer_writes_what_compile_returned(tmp_path, monkeypatch):
+    """A background store (the CLI's) writes the entry a store writing before compile() returns writes, though
+    the compile cache makes the program's image lean and read-only before the writer encodes it; flush waits."""
+    import threading
+
+    from sw.runtime.compile_cache import _keep_images
+    args = (CFG, np.zeros((4096, 48), np.int8), *_linear_args()[2:])       # (an image mostly input/output space)
+    sync, bg = ProgramStore(tmp_path / "sync"), ProgramStore(tmp_path / "bg", background=True)
+    sync.compile(compile_linear, args, {})
+    go, save = threading.Event(), bg._save
+    monkeypatch.setattr(bg, "_save", lambda *entry: (go.wait(30), save(*entry)))
+    prog = bg.compile(compile_linear, args, {})
+    image = prog.image
+    _keep_images(prog)                                  # what CompileCache.get does with it next
+    assert prog.image is not image and not prog.image.flags.writeable
+    assert bg.stats.written == 0 and not bg.entries()   # (still queued)
+    go.set()
+    bg.flush()
+    key = bg.key(compile_linear, args, {})
+    assert bg.stats.written == 1 and bg.path(key).read_bytes() == sync.path(key).read_bytes()
+    _same(ProgramStore(tmp_path / "bg").compile(compile_linear, args, {}), compile_linear(*args))
+
+
+def test_a_loaded_image_is_lean_as_the_compile_cache_keeps_it(tmp_path):
+    """A stored image's zero blocks are never written on loading: it comes back in the compile cache's kind of
+    mapping, holding its non-zero pages, which the cache then keeps as it is (no second pass over it)."""
+    from sw.runtime import compile_cache as CC
+    args = (CFG, np.zeros((4096, 48), np.int8), *_linear_args()[2:])
+    want = compile_linear(*args)
+    ProgramStore(tmp_path).compile(compile_linear, args, {})
+    got = ProgramStore(tmp_path).compile(compile_linear, args, {})
+    page = CC.mmap.PAGESIZE
+    pages = -(-want.image.nbytes // page)
+    raw = np.pad(want.image.reshape(-1).view(np.uint8), (0, pages * page - want.image.nbytes))
+    held = int(raw.reshape(pages, page).any(axis=1).sum()) * page
+    assert CC._lean_held(got.image) == held < want.image.nbytes // 4 and got.image.flags.writeable
+    image = got.image
+    assert CC._keep_images(got) == held and got.image is image and not image.flags.writeable
+    assert np.array_equal(image, want.image)

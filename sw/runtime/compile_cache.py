@@ -193,11 +193,39 @@ def nonzero_blocks(raw: np.ndarray, block: int) -> np.ndarray:
     return body.reshape(raw.size // block, -1).any(axis=1)
 
 
+class _LeanMapping(mmap.mmap):
+    """The private anonymous mapping a lean image lives in; `held`: the bytes of its pages written."""
+    held = 0
+
+
+def _mapping(nbytes: int) -> _LeanMapping:
+    page = mmap.PAGESIZE
+    mapping = _LeanMapping(-1, max(1, -(-nbytes // page)) * page, **_PRIVATE)
+    if hasattr(mapping, "madvise") and hasattr(mmap, "MADV_NOHUGEPAGE"):
+        mapping.madvise(mmap.MADV_NOHUGEPAGE)       # a huge page would back a written page's zero neighbours
+    return mapping
+
+
+def _lean_held(image: np.ndarray) -> int | None:
+    """The bytes a lean image (one _lean or lean_from_blocks made) holds; None for any other array."""
+    base = image
+    while isinstance(base, np.ndarray):
+        base = base.base
+    if isinstance(base, memoryview):                # (np.frombuffer's base: a view of the mapping)
+        base = base.obj
+    return base.held if isinstance(base, _LeanMapping) else None
+
+
 def _lean(image: np.ndarray) -> tuple[np.ndarray, int]:
     """(image, the bytes it holds): a large one's bytes in a read-only anonymous mapping of which only the pages
     that are not all zeros were written; the OS backs the others with no memory (its zero page when read).
-    Equal to `image` byte for byte, as its dtype and shape."""
+    Equal to `image` byte for byte, as its dtype and shape. An image already in such a mapping (the program
+    store's, lean_from_blocks) is only made read-only."""
     page = mmap.PAGESIZE
+    held = _lean_held(image)
+    if held is not None:
+        image.flags.writeable = False
+        return image, held
     if image.nbytes < LEAN_BYTES or not image.flags.c_contiguous:
         return image, image.nbytes
     raw = image.reshape(-1).view(np.uint8)
@@ -207,16 +235,34 @@ def _lean(image: np.ndarray) -> tuple[np.ndarray, int]:
     written[full:] = raw[full * page:].any()
     if written.sum() * 2 > written.size:            # mostly data: nothing to save
         return image, image.nbytes
-    mapping = mmap.mmap(-1, written.size * page, **_PRIVATE)
-    if hasattr(mapping, "madvise") and hasattr(mmap, "MADV_NOHUGEPAGE"):
-        mapping.madvise(mmap.MADV_NOHUGEPAGE)       # a huge page would back a written page's zero neighbours
+    mapping = _mapping(n)
     lean = np.frombuffer(mapping, np.uint8, n)
     edges = np.flatnonzero(np.diff(written, prepend=False, append=False)) * page
     for a, b in zip(edges[::2], edges[1::2]):       # runs of written pages
         lean[a:b] = raw[a:b]
+    mapping.held = int(written.sum()) * page
     lean = lean.view(image.dtype).reshape(image.shape)
     lean.flags.writeable = False
-    return lean, int(written.sum()) * page
+    return lean, mapping.held
+
+
+def lean_from_blocks(nbytes: int, block: int, used: np.ndarray, data: np.ndarray) -> np.ndarray:
+    """A flat uint8 array of `nbytes` bytes, zeros but for its `block`-byte blocks `used` (ascending) and its
+    tail past the last whole block, which `data` holds in that order (the program store's sparse arrays), made
+    as _lean makes a kept image: only those pages written. Writable until the compile cache keeps it."""
+    mapping = _mapping(nbytes)
+    out = np.frombuffer(mapping, np.uint8, nbytes)
+    full, k = nbytes // block * block, len(used) * block
+    out[:full].reshape(-1, block)[used] = data[:k].reshape(-1, block)
+    page, tail, u = mmap.PAGESIZE, data[k:], np.unique(used)
+    # the pages written: a block spans whole pages, or (pages bigger than blocks) one or two shared with others
+    spans = [u * block // page, (u * block + block - 1) // page] if block % page else \
+        [(u * (block // page))[:, None] + np.arange(block // page)]
+    if tail.any():
+        out[full:] = tail
+        spans.append(np.arange(full // page, -(-nbytes // page)))
+    mapping.held = len(np.unique(np.concatenate([x.reshape(-1) for x in spans]))) * page
+    return out
 
 
 def mib_from_env(var: str, default: int, what: str) -> int:

@@ -75,6 +75,8 @@ class Driver:
         return self.session.backend
 
     def close(self) -> None:
+        if self.compiles.store is not None:
+            self.compiles.store.flush()          # (its background writer's entries written whole)
         if self._session is not None:
             self._session.close()
             self._session = None

@@ -31,6 +31,8 @@ load) removed first.
 """
 from __future__ import annotations
 
+import atexit
+import copy
 import dataclasses
 import functools
 import hashlib
@@ -38,15 +40,19 @@ import io
 import json
 import math
 import os
+import queue
 import sys
+import threading
 import time
 import warnings
 import weakref
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 
-from sw.runtime.compile_cache import _owner, _place, mib_from_env, nonzero_blocks
+from sw.runtime.compile_cache import _owner, _place, lean_from_blocks, mib_from_env, nonzero_blocks
 
 #: The entry format: a change to the encoding below bumps it (older entries then miss, never mis-decode).
 FORMAT = 1
@@ -98,7 +104,7 @@ def store_from(setting: str | os.PathLike | None = None) -> "ProgramStore | None
         setting = os.environ.get(STORE_ENV) or default_dir()
     if str(setting).strip().lower() == "off":
         return None
-    return ProgramStore(setting)
+    return ProgramStore(setting, background=True)
 
 
 # ---------------------------------------------------------------- the key
@@ -527,10 +533,7 @@ class _Reader:
                 if data.size != len(used) * BLOCK + nbytes - full or (len(used) and (
                         used.min() < 0 or used.max() >= full // BLOCK)):
                     raise BadEntry("a sparse array of the wrong size")
-                raw = np.zeros(nbytes, np.uint8)
-                raw[:full].reshape(-1, BLOCK)[used] = data[:len(used) * BLOCK].reshape(-1, BLOCK)
-                raw[full:] = data[len(used) * BLOCK:]
-                flat = raw.view(stored)
+                flat = lean_from_blocks(nbytes, BLOCK, used, data).view(stored)
             else:
                 flat = self._slice(node["at"], stored)
                 if flat.size != count:
@@ -593,28 +596,88 @@ def encode(result, key: str = "", out=None) -> bytes | None:
     return buf.getvalue()
 
 
+class _Bytes(io.RawIOBase):
+    """A read-only file over a buffer, reading without copying it whole (zipfile's view of an entry's bytes)."""
+
+    def __init__(self, buffer):
+        super().__init__()
+        self.buffer, self.pos = memoryview(buffer).cast("B"), 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        self.pos = max(0, offset + (0, self.pos, len(self.buffer))[whence])
+        return self.pos
+
+    def read(self, size: int = -1) -> bytes:
+        end = len(self.buffer) if size is None or size < 0 else min(self.pos + size, len(self.buffer))
+        out, self.pos = bytes(self.buffer[self.pos:end]), max(self.pos, end)
+        return out
+
+
+def _members(data: bytearray) -> dict[str, np.ndarray]:
+    """The arrays of the uncompressed .npz in `data` (what np.savez writes), by name, as views of `data`: no
+    member copied. Each member's CRC checked (as zipfile's reads do) and its .npy header read as NumPy reads
+    it; object arrays (pickles) refused."""
+    out, view = {}, memoryview(data)
+    with zipfile.ZipFile(_Bytes(data)) as z:
+        for info in z.infolist():
+            if info.compress_type != zipfile.ZIP_STORED or not info.filename.endswith(".npy"):
+                raise BadEntry(f"member {info.filename!r} is not a stored .npy")
+            local = view[info.header_offset:info.header_offset + 30]
+            if len(local) < 30 or bytes(local[:4]) != b"PK\x03\x04":
+                raise BadEntry(f"member {info.filename!r}: no local header")
+            start = info.header_offset + 30 + int.from_bytes(local[26:28], "little") + \
+                int.from_bytes(local[28:30], "little")
+            member = view[start:start + info.file_size]
+            if len(member) != info.file_size or zlib.crc32(member) != info.CRC:
+                raise BadEntry(f"member {info.filename!r}: truncated or changed (CRC)")
+            f = _Bytes(member)
+            version = np.lib.format.read_magic(f)
+            read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+            if version not in read_header:
+                raise BadEntry(f"member {info.filename!r}: .npy version {version}")
+            shape, fortran, dtype = read_header[version](f)
+            count = math.prod(shape)
+            if dtype.hasobject or fortran or count * dtype.itemsize != len(member) - f.tell():
+                raise BadEntry(f"member {info.filename!r}: not a plain C-order array of its size")
+            out[info.filename[:-4]] = np.frombuffer(data, dtype, count, start + f.tell()).reshape(shape)
+    return out
+
+
 def decode(source, key: str = "") -> object:
-    """encode's result back from a path or a file object, `key` the one it was written under (BadEntry, or the
-    error reading it, when it is not such an entry)."""
-    with np.load(source, allow_pickle=False) as npz:
-        if not isinstance(npz, np.lib.npyio.NpzFile):
-            raise BadEntry("not an .npz archive")
-        header = json.loads(npz["tree"].tobytes().decode())
-        if not isinstance(header, dict) or header.get("format") != FORMAT:
-            raise BadEntry(f"format {header.get('format') if isinstance(header, dict) else None!r}, not {FORMAT}")
-        if header.get("key") != key:
-            raise BadEntry(f"the entry of key {str(header.get('key'))[:60]!r}, not {key!r}")
-        names = header.get("pools")
-        if not isinstance(names, dict) or "tree" not in header:
-            raise BadEntry("no pools or no tree")
-        pools = {}
-        for key, member in names.items():
-            if member not in npz.files or member == "tree":
-                raise BadEntry(f"no member {member!r}")
-            pools[key] = npz[member]
-            if pools[key].ndim != 1 or pools[key].dtype != _dtype(key):
-                raise BadEntry(f"member {member!r} is not a flat {key} array")
-        return _Reader(pools).decode(header.get("tree"))
+    """encode's result back from a path, a file object or the bytes of one (a bytearray: its arrays are views of
+    it), `key` the one it was written under (BadEntry, or the error reading it, when it is not such an entry)."""
+    if isinstance(source, (str, os.PathLike)):
+        source = Path(source).read_bytes()
+    elif not isinstance(source, (bytes, bytearray)):
+        source = source.read()
+    npz = _members(bytearray(source) if isinstance(source, bytes) else source)
+    if "tree" not in npz:
+        raise BadEntry("no member 'tree'")
+    header = json.loads(npz["tree"].tobytes().decode())
+    if not isinstance(header, dict) or header.get("format") != FORMAT:
+        raise BadEntry(f"format {header.get('format') if isinstance(header, dict) else None!r}, not {FORMAT}")
+    if header.get("key") != key:
+        raise BadEntry(f"the entry of key {str(header.get('key'))[:60]!r}, not {key!r}")
+    names = header.get("pools")
+    if not isinstance(names, dict) or "tree" not in header:
+        raise BadEntry("no pools or no tree")
+    pools = {}
+    for key, member in names.items():
+        if member not in npz or member == "tree":
+            raise BadEntry(f"no member {member!r}")
+        pools[key] = npz[member]
+        if pools[key].ndim != 1 or pools[key].dtype != _dtype(key):
+            raise BadEntry(f"member {member!r} is not a flat {key} array")
+    return _Reader(pools).decode(header.get("tree"))
 
 
 # ---------------------------------------------------------------- the directory
@@ -638,7 +701,10 @@ class ProgramStore:
     """A directory of compiled results (module docstring); `compile(compiler, args, kwargs)` is what
     CompileCache calls on a miss."""
 
-    def __init__(self, directory: str | os.PathLike, budget: int | None = None):
+    def __init__(self, directory: str | os.PathLike, budget: int | None = None, background: bool = False):
+        """`background`: entries are encoded and written by a thread of their own, beside the run's NumPy work
+        (a command's first image writes ~200 MB), instead of before compile() returns; `flush` waits for them
+        (Driver.close, summary and the process's exit do)."""
         self.dir = Path(directory).expanduser()
         self.budget = budget_bytes() if budget is None else budget
         self.stats = StoreStats()
@@ -646,12 +712,17 @@ class ProgramStore:
         self._used: int | None = None            # the directory's bytes (scanned on the first write)
         self._writable = True
         self._warned: set = set()
+        self.background = background
+        self._queue: queue.SimpleQueue | None = None     # the writer's (key, result, compiler) entries
+        self._pending = 0
+        self._idle = threading.Condition()
 
     def __repr__(self) -> str:
         return f"ProgramStore({str(self.dir)!r}, budget={self.budget})"
 
     def summary(self) -> str:
         """What this process did with the store, one line (the CLI prints it)."""
+        self.flush()
         s = self.stats
         return (f"program store {self.dir}: {s.hits} loaded ({s.load_s:.1f} s), {s.compiled} compiled "
                 f"({s.compile_s:.1f} s), {s.written} stored ({s.write_s:.1f} s)" + (f", {s.bad} bad" if s.bad else ""))
@@ -693,21 +764,49 @@ class ProgramStore:
         if key is None:
             s.unstorable += 1
         elif self._writable and self.budget:
-            self._save(key, result, compiler)
+            if self.background:
+                self._write_later(key, _detached(result), compiler)
+            else:
+                self._save(key, result, compiler)
         return result
+
+    def _write_later(self, key: str, result, compiler) -> None:
+        if self._queue is None:
+            self._queue = queue.SimpleQueue()
+            threading.Thread(target=self._writer, name=f"program store writer {self.dir}", daemon=True).start()
+            _BACKGROUND.add(self)
+        with self._idle:
+            self._pending += 1
+        self._queue.put((key, result, compiler))
+
+    def _writer(self) -> None:
+        while True:
+            entry = self._queue.get()
+            try:
+                self._save(*entry)
+            finally:
+                with self._idle:
+                    self._pending -= 1
+                    self._idle.notify_all()
+
+    def flush(self) -> None:
+        """Wait until every entry handed to the background writer is written (or refused with its warning)."""
+        with self._idle:
+            self._idle.wait_for(lambda: not self._pending)
 
     def _load(self, key: str):
         path = self.path(key)
         try:
             with open(path, "rb") as f:
-                data = f.read()
+                data = bytearray(os.fstat(f.fileno()).st_size)
+                del data[f.readinto(data):]                     # (a file cut meanwhile: what was read)
         except (FileNotFoundError, NotADirectoryError):         # (no entry; no directory yet)
             return _MISSING
         except OSError as e:
             self._warn(f"cannot read {path}: {e}; compiling instead")
             return _MISSING
         try:
-            result = decode(io.BytesIO(data), key)
+            result = decode(data, key)
         except Exception as e:        # whatever a bad file raises (zipfile, NumPy, JSON, BadEntry): never fatal
             self.stats.bad += 1
             self._warn(f"ignoring {path}: it does not decode as a stored program ({type(e).__name__}: "
@@ -802,6 +901,27 @@ class ProgramStore:
 
 
 _MISSING = object()
+#: Stores with a background writer: each flushed at the process's exit (atexit runs while daemon threads still
+#: do), so a command's last entries are written whole, never left as temporary files.
+_BACKGROUND: "weakref.WeakSet[ProgramStore]" = weakref.WeakSet()
+atexit.register(lambda: [store.flush() for store in list(_BACKGROUND)])
+
+
+def _detached(result, memo: dict | None = None):
+    """`result` with each program in it (an object with an `image`: the compile cache's _keep_images walk) a
+    shallow copy, shared ones still shared: the cache's leaning a program's image after compile() returns changes
+    the original's attribute, not what the background writer encodes."""
+    memo = {} if memo is None else memo
+    if id(result) in memo:
+        return memo[id(result)]
+    if type(result) in (list, tuple):
+        out = type(result)(_detached(x, memo) for x in result)
+    elif isinstance(getattr(result, "image", None), np.ndarray):
+        out = copy.copy(result)
+    else:
+        out = result
+    memo[id(result)] = out
+    return out
 
 
 def _remove(path: Path) -> bool:
