@@ -538,6 +538,8 @@ class _Reader:
                 flat = self._slice(node["at"], stored)
                 if flat.size != count:
                     raise BadEntry("an array of the wrong size")
+                if stored == dtype:
+                    flat = flat.copy()          # (not a view keeping the whole file's bytes alive)
             out = (flat.astype(dtype) if stored != dtype else flat).reshape(shape)
         if node.get("ro") is True:
             out.flags.writeable = False
