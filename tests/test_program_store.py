@@ -396,3 +396,30 @@ def test_a_loaded_image_is_lean_as_the_compile_cache_keeps_it(tmp_path):
     image = got.image
     assert CC._keep_images(got) == held and got.image is image and not image.flags.writeable
     assert np.array_equal(image, want.image)
+
+
+def test_a_new_process_takes_the_cycle_models_outcomes_from_the_store(scaled, tmp_path, monkeypatch):
+    """Driver.close saves what the cycle model timed (a JSON file beside the entries), a new driver on the store
+    takes it: a new process's session runs no recurrence for the programs it loads, and its cycles are the same
+    node by node. A bad file is warned about, removed, and the run times its programs itself."""
+    from sw.backends import cycles
+    from sw.runtime.overlay_segment import OverlayRunner
+    qm = scaled_quantised(scaled, CFG)
+
+    def session():
+        ex = OverlayRunner(qm, CFG, "sim", program_store=ProgramStore(tmp_path))
+        _segment(qm, ex, scaled[2])
+        ex.driver.close()
+        return {n: r.cycles for n, r in ex.records.items()}
+
+    want = session()
+    (path,) = tmp_path.glob("timings-*.json")
+    runs, simulate = [], cycles._simulate
+    monkeypatch.setattr(cycles, "_simulate", lambda *a: runs.append(1) or simulate(*a))
+    cycles.forget_timings()                         # (a new process remembers nothing)
+    assert session() == want and not runs
+    path.write_text('{"format": %d, "rows": [["00", true, [[null, "done", -1, 0, null, 0, 0, null]]]]}' % ps.FORMAT)
+    cycles.forget_timings()
+    with pytest.warns(ProgramStoreWarning, match="ignoring .*timings"):
+        assert session() == want
+    assert runs and path.exists()                   # (timed again, saved anew)

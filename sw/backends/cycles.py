@@ -335,6 +335,49 @@ def simulate(cfg, f: dict[str, np.ndarray], attn=None, execute=None) -> Outcome:
     return out
 
 
+def timings(cfg) -> list:
+    """The outcomes simulate remembers for overlay `cfg`, as JSON rows (sw.runtime.program_store keeps them for
+    the next process): [digest hex, has attention, [[normed before, state, desc_done, cycles, counts,
+    error_bit, error_index, normed after], ...]], least recently used first."""
+    return [[digest.hex(), has_attention,
+             [[normed, o.state, o.desc_done, o.cycles, o.counts, o.error_bit, o.error_index, after]
+              for normed, (o, after) in outcomes.items()]]
+            for (c, digest), (has_attention, outcomes) in _TIMED.items() if c == cfg]
+
+
+def remember_timings(cfg, rows) -> int:
+    """Take `rows` (timings' form, another process's) into what simulate remembers for `cfg`; how many lists.
+    ValueError, taking none of them, when a row is not of that form."""
+    def flag(x, none_ok=False):
+        if not (isinstance(x, bool) or (none_ok and x is None)):
+            raise ValueError(f"{x!r} where a flag was expected")
+        return x
+
+    def count(x):
+        if type(x) is not int or x < 0:
+            raise ValueError(f"{x!r} where a count was expected")
+        return x
+
+    taken = []
+    for row in rows if isinstance(rows, list) else [None]:
+        if not (isinstance(row, list) and len(row) == 3 and isinstance(row[0], str) and isinstance(row[2], list)):
+            raise ValueError(f"a timing row {str(row)[:60]!r}")
+        outcomes = {}
+        for o in row[2]:
+            if not (isinstance(o, list) and len(o) == 8 and o[1] in ("done", "hang", "error")):
+                raise ValueError(f"an outcome {str(o)[:60]!r}")
+            counts = o[4]
+            if counts is not None and not (isinstance(counts, dict) and set(counts) <= set(UNITS)):
+                raise ValueError(f"unit counts {str(counts)[:60]!r}")
+            outcomes[flag(o[0], True)] = (
+                Outcome(o[1], count(o[2]), count(o[3]), None if counts is None else {
+                    u: count(v) for u, v in counts.items()}, count(o[5]), count(o[6])), flag(o[7], True))
+        taken.append(((cfg, bytes.fromhex(row[0])), (flag(row[1]), outcomes)))
+    for key, value in taken:
+        _TIMED.put(key, value)
+    return len(taken)
+
+
 def forget_timings() -> None:
     """Drop the remembered outcomes (a benchmark timing the cycle model itself)."""
     _TIMED.clear()

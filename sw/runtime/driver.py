@@ -57,6 +57,8 @@ class Driver:
         self._keys: dict = {}
         self.program_bytes = 0               # descriptors and weights written by loads (host -> DDR), so far
         self.compiles = CompileCache(store=program_store)   # graph nodes' programs, reused while their arguments repeat
+        if program_store is not None:
+            program_store.load_timings(cfg)     # the cycle model's outcomes of the programs it keeps
 
     # Where a program's image sits when it is run whole (sw.backends.rtl.run_images, tests); the
     # session binds each region to its own buffer wherever the arena has room.
@@ -77,6 +79,7 @@ class Driver:
     def close(self) -> None:
         if self.compiles.store is not None:
             self.compiles.store.flush()          # (its background writer's entries written whole)
+            self.compiles.store.save_timings(self.cfg)
         if self._session is not None:
             self._session.close()
             self._session = None
