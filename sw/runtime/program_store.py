@@ -16,9 +16,9 @@ stored. The graph executor's placement (sw.compile.graph.place_all, which compil
 is kept the same way.
 
 An entry is one .npz file (`<key>.npz`), written to a temporary file and renamed into place (a killed process
-leaves no half entry) and read with allow_pickle=False: never pickle. Its member "tree" is JSON: the result as a
-tree of JSON scalars and tagged nodes (tuple, list, dict, set, bytes, NumPy scalar, array, shared reference,
-rows of alike tuples as columns, object); an object's class must be on ALLOWED (by qualified name), which also
+leaves no half entry) and read without pickle (`_members`: object arrays refused). Its member "tree" is JSON:
+the result as a tree of JSON scalars and tagged nodes (tuple, list, dict, set, bytes, NumPy scalar, array,
+shared reference, rows of alike tuples as columns, object); an object's class must be on ALLOWED (by qualified name), which also
 names the attributes it has; it is made with object.__new__ and its attributes set: no code of the file's
 choosing runs. Arrays (numeric dtypes only) are slices of one member per dtype; integer arrays kept as the
 narrowest integers holding their values (a descriptor list's int64 columns), a large one mostly zeros (a program
@@ -27,7 +27,8 @@ restored (a program's descriptors and its symbolic list share columns); nothing 
 results. An entry that does not decode (truncated, edited, a class not on the list, another FORMAT, a pickle) is
 warned about (ProgramStoreWarning), deleted, compiled again and written anew. The directory is kept within a
 budget (BUDGET_BYTES, SAM2FPGA_PROGRAM_STORE_MB), least recently used entries (file mtimes, touched on every
-load) removed first.
+load) removed first. The CLI's stores write in the background (`background=True`: a thread of their own, `flush`
+waits for it). Beside the entries, the cycle model's outcomes per overlay (`load_timings`, `save_timings`).
 """
 from __future__ import annotations
 
