@@ -18,9 +18,9 @@ is kept the same way.
 An entry is one .npz file (`<key>.npz`), written to a temporary file and renamed into place (a killed process
 leaves no half entry) and read without pickle (`_members`: object arrays refused). Its member "tree" is JSON:
 the result as a tree of JSON scalars and tagged nodes (tuple, list, dict, set, bytes, NumPy scalar, array,
-shared reference, rows of alike tuples as columns, object); an object's class must be on ALLOWED (by qualified name), which also
-names the attributes it has; it is made with object.__new__ and its attributes set: no code of the file's
-choosing runs. Arrays (numeric dtypes only) are slices of one member per dtype; integer arrays kept as the
+shared reference, rows of alike tuples as columns, object); an object's class must be on ALLOWED (by qualified
+name), which also names the attributes it has; it is made with object.__new__ and its attributes set: no code
+of the file's choosing runs. Arrays (numeric dtypes only) are slices of one member per dtype; integer arrays kept as the
 narrowest integers holding their values (a descriptor list's int64 columns), a large one mostly zeros (a program
 image's input and output space) as its non-zero 4 KiB blocks. Objects shared inside a result stay shared once
 restored (a program's descriptors and its symbolic list share columns); nothing relies on identity across
@@ -625,6 +625,10 @@ class _Bytes(io.RawIOBase):
         return out
 
 
+#: .npy header readers by format version (np.savez writes 1.0, or 2.0 for a header past 64 KiB)
+_NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
 def _members(data: bytearray) -> dict[str, np.ndarray]:
     """The arrays of the uncompressed .npz in `data` (what np.savez writes), by name, as views of `data`: no
     member copied. Each member's CRC checked (as zipfile's reads do) and its .npy header read as NumPy reads
@@ -644,10 +648,9 @@ def _members(data: bytearray) -> dict[str, np.ndarray]:
                 raise BadEntry(f"member {info.filename!r}: truncated or changed (CRC)")
             f = _Bytes(member)
             version = np.lib.format.read_magic(f)
-            read_header = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
-            if version not in read_header:
+            if version not in _NPY_HEADERS:
                 raise BadEntry(f"member {info.filename!r}: .npy version {version}")
-            shape, fortran, dtype = read_header[version](f)
+            shape, fortran, dtype = _NPY_HEADERS[version](f)
             count = math.prod(shape)
             if dtype.hasobject or fortran or count * dtype.itemsize != len(member) - f.tell():
                 raise BadEntry(f"member {info.filename!r}: not a plain C-order array of its size")
@@ -656,8 +659,8 @@ def _members(data: bytearray) -> dict[str, np.ndarray]:
 
 
 def decode(source, key: str = "") -> object:
-    """encode's result back from a path, a file object or the bytes of one (a bytearray: its arrays are views of
-    it), `key` the one it was written under (BadEntry, or the error reading it, when it is not such an entry)."""
+    """encode's result back from a path, a file object or the bytes of one (a bytearray is read in place), `key`
+    the one it was written under (BadEntry, or the error reading it, when it is not such an entry)."""
     if isinstance(source, (str, os.PathLike)):
         source = Path(source).read_bytes()
     elif not isinstance(source, (bytes, bytearray)):
