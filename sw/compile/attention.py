@@ -41,7 +41,7 @@ import numpy as np
 
 from golden_model import intattn
 from hw import isa
-from sw.compile.linear import (ALIGN, WAIT_LIMIT, CompileError, Program, lay_out_image, pack_descriptors,
+from sw.compile.linear import (ALIGN, WAIT_LIMIT, CompileError, Program, gc_paused, lay_out_head, pack_descriptors,
                                plan_cache)
 from sw.lru import Lru
 from sw.runtime.program import Emitter, frozen
@@ -202,6 +202,7 @@ def _heads(x, name):
     return x
 
 
+@gc_paused
 def compile_attention(cfg, q, k, v, quant: intattn.AttentionQuant, *, out_int32: bool = False,
                       base_addr: int = 0, max_ddr_bytes: int = 1 << 30, out_chunked: bool = False,
                       token_tiles: bool = False, rows: TokenRows | None = None) -> AttentionProgram:
@@ -552,12 +553,11 @@ def _attention_plan(cfg, H: int, Lq: int, Lk: int, d: int, out_int32: bool, out_
         t.emit(descs, where)
 
     # ---- addresses
-    offsets, image = lay_out_image(cfg, len(descs), sizes, base_addr, max_ddr_bytes, "attention")
+    offsets, size, head = lay_out_head(cfg, len(descs), sizes, base_addr, max_ddr_bytes, "attention")
     q_tiles = (qtc, k_stride, C) if split_q else (qt, q_stride, R)    # Q: tiles, bytes apart, tokens each
-    sym, raw = pack_descriptors(descs, image, offsets, base_addr, "split the attention")
-    head = image[:len(descs) * isa.DESCRIPTOR_BYTES].copy()
+    sym, raw = pack_descriptors(descs, head, offsets, base_addr, "split the attention")
     head.flags.writeable = False
-    return offsets, head, image.size, sym, frozen(raw), kv_bytes, slots, q_tiles, kt, k_stride
+    return offsets, head, size, sym, frozen(raw), kv_bytes, slots, q_tiles, kt, k_stride
 
 
 #: Whether _attention_plan emits a group again from the template of an earlier one in the same state (False:

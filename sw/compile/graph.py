@@ -34,6 +34,7 @@ import numpy as np
 from hw import isa
 from hw.vector import params as VP
 from hw.limits import im2col_row_beats
+from sw.compile.linear import gc_paused
 from sw.perf.host_model import HostModel, ddr_gbs, host_for, host_seconds
 from sw.perf.layers import Layer
 
@@ -414,6 +415,7 @@ def window_orders(layers: list[Layer]) -> dict[str, int]:
     return want
 
 
+@gc_paused
 def place_all(cfg, layers: list[Layer], host: HostModel | None = None, lanes: int = 0) -> list[Placement]:
     host = host or host_for(cfg)
     written = {x.output for x in layers if x.output}

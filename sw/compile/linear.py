@@ -25,9 +25,11 @@ from which scratchpad half / accumulator region / parameter entry each op touche
 """
 from __future__ import annotations
 
+import gc
 import math
+import threading
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, wraps
 
 import numpy as np
 
@@ -68,6 +70,36 @@ def plan_cache(fn):
     wrapper.__wrapped__ = fn
     wrapper.__doc__ = fn.__doc__
     return wrapper
+
+
+def gc_paused(compiler):
+    """`compiler` with Python's cyclic garbage collector paused while it runs (resumed after, when it was on). A
+    compiler makes hundreds of thousands of small objects that live until it returns (a schedule's tuples and
+    lists); each time enough have piled up the collector walks every object of the process (a 1024 px image's
+    first compile: ~2 s of its ~9 in ~10 such walks). They hold no cycles to free; what garbage does is
+    collected after. Nested and concurrent compiles share one pause (the first one in pauses, the last one
+    out resumes)."""
+    @wraps(compiler)
+    def paused(*args, **kwargs):
+        global _paused, _gc_was_on
+        with _GC_LOCK:
+            if not _paused:
+                _gc_was_on = gc.isenabled()
+                gc.disable()
+            _paused += 1
+        try:
+            return compiler(*args, **kwargs)
+        finally:
+            with _GC_LOCK:
+                _paused -= 1
+                if not _paused and _gc_was_on:
+                    gc.enable()
+    return paused
+
+
+_GC_LOCK = threading.Lock()
+_paused = 0                 # compiles running under gc_paused
+_gc_was_on = False          # whether the collector was on when the first of them started
 
 
 class _PlanStore(dict):
@@ -132,20 +164,34 @@ class Program:
 def _align(x: int) -> int:
     return -(-x // ALIGN) * ALIGN
 
-def lay_out_image(cfg, n_descriptors: int, sizes: dict, base_addr: int, max_ddr_bytes: int, what: str):
+def lay_out(cfg, n_descriptors: int, sizes: dict, base_addr: int, max_ddr_bytes: int, what: str):
     """Place the descriptors and then each named region in one DDR image, each aligned.
 
-    Returns ({region: (offset, size)}, a zeroed image); `what` names the program in the error."""
+    Returns ({region: (offset, size)}, the image's bytes); `what` names the program in the error."""
     offsets, pos = {}, 0
     for name, size in {"descriptors": n_descriptors * isa.DESCRIPTOR_BYTES, **sizes}.items():
         offsets[name] = (pos, size)
         pos = _align(pos + size)
     if pos > max_ddr_bytes or base_addr + pos > (1 << cfg.axi_addr_bits):
         raise CompileError(f"{what} needs {pos} bytes of DDR, more than the {max_ddr_bytes} allowed")
-    return offsets, np.zeros(pos, np.uint8)
+    return offsets, pos
+
+
+def lay_out_image(cfg, n_descriptors: int, sizes: dict, base_addr: int, max_ddr_bytes: int, what: str):
+    """lay_out's regions and a zeroed image of its bytes."""
+    offsets, size = lay_out(cfg, n_descriptors, sizes, base_addr, max_ddr_bytes, what)
+    return offsets, np.zeros(size, np.uint8)
+
+
+def lay_out_head(cfg, n_descriptors: int, sizes: dict, base_addr: int, max_ddr_bytes: int, what: str):
+    """lay_out's regions, the image's bytes and a zeroed buffer for the descriptors alone: what a plan packs its
+    descriptors into (a plan's image would be the whole layer's, tens of MB to zero for a few hundred KB)."""
+    offsets, size = lay_out(cfg, n_descriptors, sizes, base_addr, max_ddr_bytes, what)
+    return offsets, size, np.zeros(n_descriptors * isa.DESCRIPTOR_BYTES, np.uint8)
 
 
 
+@gc_paused
 def compile_linear(cfg, a, b, bias, multiplier=None, shift=None, *, relu=False, out_int32=False, lut=None,
                    residual=None, add=None, a_rows: bool = False, base_addr: int = 0,
                    max_ddr_bytes: int = 1 << 30) -> Program:
@@ -398,11 +444,10 @@ def _linear_plan(cfg, M: int, K: int, N: int, relu: bool, out_int32: bool, fused
 
     # ---- addresses
     from sw.runtime.program import SplitDescriptors
-    offsets, image = lay_out_image(cfg, len(descs), sizes, base_addr, max_ddr_bytes, "layer")
-    sym, raw = pack_descriptors(descs, image, offsets, base_addr, "split the layer")
-    head = image[:offsets["descriptors"][1]].copy()
+    offsets, size, head = lay_out_head(cfg, len(descs), sizes, base_addr, max_ddr_bytes, "layer")
+    sym, raw = pack_descriptors(descs, head, offsets, base_addr, "split the layer")
     head.flags.writeable = False
-    return (offsets, head, image.size, SplitDescriptors.of(sym), frozen(raw), runs and tuple(runs), mt, nt, a_stride,
+    return (offsets, head, size, SplitDescriptors.of(sym), frozen(raw), runs and tuple(runs), mt, nt, a_stride,
             b_stride)
 
 

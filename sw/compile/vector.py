@@ -32,7 +32,7 @@ import numpy as np
 from golden_model import intvec
 from hw import isa
 from hw.vector import params as VP
-from sw.compile.linear import ALIGN, CompileError, Program, lay_out_image, pack_descriptors
+from sw.compile.linear import ALIGN, CompileError, Program, gc_paused, lay_out_image, pack_descriptors
 from sw.lru import Lru
 from sw.runtime.layout import RowRuns, RowSegments, TokenRowLayout
 from sw.runtime.program import Emitter, frozen
@@ -104,6 +104,7 @@ def _chunks(total: int, unit: int) -> list[tuple[int, int]]:
     return [(r, min(step, total - r)) for r in range(0, total, step)]
 
 
+@gc_paused
 def compile_vector(cfg, op: str, x, p=None, *, b=None, end_x: int | None = None, base_addr: int = 0,
                    max_ddr_bytes: int = 1 << 30, segments: dict | None = None, runs: dict | None = None
                    ) -> VectorProgram:
