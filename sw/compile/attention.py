@@ -42,7 +42,7 @@ import numpy as np
 from golden_model import intattn
 from hw import isa
 from sw.compile.linear import (ALIGN, WAIT_LIMIT, CompileError, Program, gc_paused, lay_out_head, pack_descriptors,
-                               plan_cache)
+                               plan_cache, put_token_tiles, tiles_view)
 from sw.lru import Lru
 from sw.runtime.program import Emitter, frozen
 
@@ -687,11 +687,8 @@ def _fill(image, offsets, q, k, v, quant, C, dp, q_tiles, kv_tiles, rows=None):
             if g is not None:
                 g.scatter(image, offsets, region, rows.heads * d)
             continue
-        xp = np.zeros((H, n * lanes, dp), np.int8)
-        xp[:, :x.shape[1], :d] = x
-        tx = xp.reshape(H * n, lanes, dp).transpose(0, 2, 1).reshape(H * n, dp * lanes)
-        off = offsets[name][0]
-        image[off:off + H * n * stride].reshape(H * n, stride)[:, :dp * lanes] = tx.view(np.uint8)
+        tiles = tiles_view(image[offsets[name][0]:], H * n, stride, dp, lanes).reshape(H, n, dp, lanes)
+        put_token_tiles(tiles[:, :, :d], x)        # (channels d .. dp and tokens past L stay zero)
     params = isa.pack_params(np.zeros(C, np.int64), np.full(C, quant.out_mult), np.full(C, quant.out_shift))
     off = offsets["params"][0]
     image[off:off + params.size] = params

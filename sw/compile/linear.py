@@ -33,7 +33,7 @@ from functools import lru_cache, wraps
 
 import numpy as np
 
-from golden_model.intops import MAX_K, token_tiles
+from golden_model.intops import MAX_K
 from hw import isa
 from sw.runtime.program import Emitter, frozen
 
@@ -1064,25 +1064,40 @@ def pack_descriptors(descs: list[dict], image: np.ndarray, offsets: dict, base_a
     return symbolic, numeric
 
 
+def put_token_tiles(dst: np.ndarray, x: np.ndarray) -> None:
+    """golden_model.intops.token_tiles of x (..., tokens, channels) written into dst (..., tiles, channels, lanes)
+    in place: tile i entry c byte r = x[i lanes + r, c]; dst's bytes past the tokens are left as they are (zero
+    in a new image). Straight into the image's bytes: no zero-padded copy, no transposed one (a layer's operands
+    are MBs)."""
+    lanes, t = dst.shape[-1], x.shape[-2]
+    full, rest = divmod(t, lanes)
+    x_full = x[..., :full * lanes, :].reshape(*x.shape[:-2], full, lanes, x.shape[-1])
+    dst[..., :full, :, :] = np.swapaxes(x_full, -1, -2)
+    if rest:
+        dst[..., full, :, :rest] = np.swapaxes(x[..., full * lanes:, :], -1, -2)
+
+
+def tiles_view(region: np.ndarray, tiles: int, stride: int, entries: int, lanes: int) -> np.ndarray:
+    """A region's tiles (`stride` bytes apart, each `entries` entries of `lanes` bytes from its start) as an int8
+    (tiles, entries, lanes) view."""
+    return region[:tiles * stride].view(np.int8).reshape(tiles, stride)[:, :entries * lanes].reshape(
+        tiles, entries, lanes)
+
+
 def _fill_operands(cfg, image, offsets, a, b, bias, multiplier, shift, mt, nt, a_stride, b_stride, add=None,
                    a_rows=False):
+    """A, B and params into the zeroed `image` (the module docstring's layout)."""
     R, C = cfg.rows, cfg.cols
     M, K = a.shape
     N = b.shape[1]
     off = offsets["A"][0]
     if a_rows:                                              # token rows (the loads transpose them)
         from sw.runtime.layout import TokenRowLayout
-        image[off:off + offsets["A"][1]] = TokenRowLayout(M, K, C).pack(a)
-    else:
-        tiles_a = token_tiles(a, R).reshape(mt, K * R)      # per M-tile: K entries of R
-        for i in range(mt):
-            image[off + i * a_stride:off + i * a_stride + K * R] = tiles_a[i].view(np.uint8)
-    bp = np.zeros((K, nt * C), np.int8)
-    bp[:, :N] = b
-    tiles_b = np.ascontiguousarray(bp.reshape(K, nt, C).transpose(1, 0, 2)).reshape(nt, K * C)
-    off = offsets["B"][0]
-    for j in range(nt):
-        image[off + j * b_stride:off + j * b_stride + K * C] = tiles_b[j].view(np.uint8)
+        TokenRowLayout(M, K, C).pack_into(a, image[off:off + offsets["A"][1]])
+    else:                                                   # per M-tile: K entries of R
+        put_token_tiles(tiles_view(image[off:], mt, a_stride, K, R), a)
+    off = offsets["B"][0]                                   # per N-tile: K entries of C
+    put_token_tiles(tiles_view(image[off:], nt, b_stride, K, C), b.T)
     pad = nt * C - N
     params = isa.pack_params(np.concatenate([bias, np.zeros(pad, np.int64)]),
                              np.concatenate([multiplier, np.zeros(pad, np.int64)]),

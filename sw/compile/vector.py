@@ -231,6 +231,9 @@ def compile_vector(cfg, op: str, x, p=None, *, b=None, end_x: int | None = None,
         image[offsets["params"][0] + off:offsets["params"][0] + off + raw.size] = raw
     for region, data in (("in", x.reshape(tokens, dim)), ("b", b)):
         if region in inputs:
+            if region not in placed and region not in segs:      # (straight into the image)
+                inputs[region].pack_into(data, image[offsets[region][0]:offsets[region][0] + offsets[region][1]])
+                continue
             packed_rows = inputs[region].pack(data)
             if region in placed:
                 packed_rows = placed[region].spread(packed_rows, inputs[region].pitch)
