@@ -186,3 +186,111 @@ def test_a_compiled_linear_links_without_encoding_again(monkeypatch):
     want = b"".join(isa.pack_descriptor(**{k: at[v[0]] + v[1] if isinstance(v, tuple) else v for k, v in d.items()})
                     for d in prog.symbolic)
     assert P.link_words(prog.symbolic, at).tobytes() == want and encoded == []
+
+
+# ---- operands written straight into the image (put_token_tiles, TokenRowLayout.pack_into), the GC pause
+
+@pytest.mark.parametrize("lead,tokens,channels,lanes", [((), 37, 5, 16), ((), 32, 3, 16), ((3,), 5, 7, 8),
+                                                        ((2, 3), 1, 1, 4), ((2,), 17, 9, 32)])
+def test_put_token_tiles_equals_token_tiles(lead, tokens, channels, lanes):
+    """put_token_tiles writes golden_model.intops.token_tiles (tokens not filling the last tile too) and leaves
+    every other byte of its destination as it was."""
+    from golden_model.intops import token_tiles
+    rng = np.random.default_rng(tokens)
+    x = rng.integers(-128, 128, (*lead, tokens, channels), dtype=np.int8)
+    tiles = -(-tokens // lanes)
+    dst = np.full((*lead, tiles, channels + 2, lanes), 99, np.int8)      # (two entries past the channels)
+    L.put_token_tiles(dst[..., :channels, :], x)
+    ref = np.array([token_tiles(x[i], lanes) for i in np.ndindex(*lead)]).reshape(*lead, tiles, channels, lanes)
+    written = dst[..., :channels, :]
+    last = tokens - (tiles - 1) * lanes                                  # tokens in the last tile
+    assert np.array_equal(written[..., :tiles - 1, :, :], ref[..., :tiles - 1, :, :])
+    assert np.array_equal(written[..., -1, :, :last], ref[..., -1, :, :last])
+    assert np.all(written[..., -1, :, last:] == 99) and np.all(dst[..., channels:, :] == 99)
+
+
+def _tiles_ref(x, lanes: int, n: int, stride: int) -> np.ndarray:
+    """The bytes of x's n token tiles of `lanes` tokens, `stride` apart, the way the compilers made them before
+    put_token_tiles: a padded copy, a transposed copy, a tile at a time."""
+    from golden_model.intops import token_tiles
+    t = token_tiles(x, lanes).reshape(n, -1)
+    out = np.zeros(n * stride, np.uint8)
+    for i in range(n):
+        out[i * stride:i * stride + t.shape[1]] = t[i].view(np.uint8)
+    return out
+
+
+@pytest.mark.parametrize("name,M,K,N,a_rows", [("kv260", 37, 45, 70, False), ("kv260", 37, 45, 70, True),
+                                               ("sim", 5, 3, 9, False), ("bench16", 100, 1100, 17, False)])
+def test_linear_operands_in_the_image(name, M, K, N, a_rows):
+    """compile_linear's A (tiles, or token rows) and B regions and the zero bytes around its regions, on sizes
+    that fill no tile: against the layout built the straightforward way."""
+    from sw.runtime.layout import TokenRowLayout
+    cfg = preset(name)
+    rng = np.random.default_rng(M)
+    a = rng.integers(-128, 128, (M, K), dtype=np.int8)
+    b = rng.integers(-128, 128, (K, N), dtype=np.int8)
+    prog = L.compile_linear(cfg, a, b, np.arange(N), np.full(N, 3), np.full(N, 9), a_rows=a_rows)
+    R, C = cfg.rows, cfg.cols
+    mt, nt = -(-M // R), -(-N // C)
+    if a_rows:
+        rows = np.zeros((M, -(-K // C) * C), np.int8)
+        rows[:] = np.pad(a, ((0, 0), (0, rows.shape[1] - K)))
+        assert np.array_equal(prog.region("A"), rows.reshape(-1).view(np.uint8))
+        assert np.array_equal(TokenRowLayout(M, K, C).pack(a), rows.reshape(-1).view(np.uint8))
+    else:
+        assert np.array_equal(prog.region("A"), _tiles_ref(a, R, mt, prog.regions["A"][1] // mt))
+    assert np.array_equal(prog.region("B"), _tiles_ref(np.ascontiguousarray(b.T), C, nt, prog.regions["B"][1] // nt))
+    image = prog.image.copy()
+    for region, (off, size) in prog.regions.items():
+        if region != "out":
+            image[off:off + size] = 0
+    assert not image.any()                          # alignment gaps and the output zero
+
+
+@pytest.mark.parametrize("name,H,Lq,Lk,d", [("kv260", 3, 37, 45, 40), ("sim", 2, 5, 9, 3), ("bench16", 1, 16, 33, 16)])
+def test_attention_operands_in_the_image(name, H, Lq, Lk, d):
+    """compile_attention's Q, K and V tiles (head dim padded to C, a short last tile) against the layout built the
+    straightforward way, per head."""
+    from golden_model.intattn import AttentionQuant
+    from sw.compile.attention import compile_attention
+    cfg = preset(name)
+    rng = np.random.default_rng(Lq)
+    q, k, v = (rng.integers(-128, 128, (H, n, d), dtype=np.int8) for n in (Lq, Lk, Lk))
+    prog = compile_attention(cfg, q, k, v, AttentionQuant(3000, 14, 1 << 28, 30))
+    R, C = cfg.rows, cfg.cols
+    dp = -(-d // C) * C
+    for region, x, lanes in (("Q", q, R), ("K", k, C), ("V", v, C)):
+        n = -(-x.shape[1] // lanes)
+        stride = prog.regions[region][1] // (H * n)
+        ref = np.concatenate([_tiles_ref(np.pad(x[h], ((0, 0), (0, dp - d))), lanes, n, stride) for h in range(H)])
+        assert np.array_equal(prog.region(region), ref)
+
+
+def test_gc_paused_restores_the_collector():
+    """gc_paused turns the collector off for the outermost call only and back on after it (an error too), and
+    leaves a collector that was off off."""
+    import gc
+
+    @L.gc_paused
+    def inner():
+        return gc.isenabled()
+
+    @L.gc_paused
+    def outer(fail=False):
+        seen = (gc.isenabled(), inner(), gc.isenabled())
+        if fail:
+            raise RuntimeError("failed")
+        return seen
+
+    was = gc.isenabled()
+    try:
+        gc.enable()
+        assert outer() == (False, False, False) and gc.isenabled()
+        with pytest.raises(RuntimeError):
+            outer(fail=True)
+        assert gc.isenabled()
+        gc.disable()
+        assert outer() == (False, False, False) and not gc.isenabled()
+    finally:
+        (gc.enable if was else gc.disable)()
