@@ -294,3 +294,34 @@ def test_gc_paused_restores_the_collector():
         assert outer() == (False, False, False) and not gc.isenabled()
     finally:
         (gc.enable if was else gc.disable)()
+
+
+@pytest.mark.parametrize("name,m,k,n,out_int32", [("kv260", 1000, 96, 384, False), ("kv260", 300, 1536, 100, True),
+                                                  ("sim", 7, 8, 9, False)])
+def test_placement_prices_the_compiled_linear(name, m, k, n, out_int32):
+    """The placement's linear cost (from linear_descriptors: the plan, no data) is the compiled program's."""
+    from sw.compile import graph as G
+    cfg = preset(name)
+    ones = None if out_int32 else np.ones(n, np.int64)
+    prog = L.compile_linear(cfg, np.zeros((m, k), np.int8), np.zeros((k, n), np.int8), None, ones, ones,
+                            out_int32=out_int32)
+    assert G._linear_program.__wrapped__(cfg, m, k, n, out_int32) == G.EngineCost("gemm", *G.program_cost(prog),
+                                                                                  cfg.macs)
+    with pytest.raises(L.CompileError, match="exceeds"):
+        L.linear_descriptors(cfg, m, L.MAX_K + 1, n)
+
+
+@pytest.mark.parametrize("name,H,Lq,Lk,d", [("kv260", 4, 300, 300, 96), ("kv260", 64, 49, 49, 32), ("sim", 2, 5, 9, 3)])
+def test_placement_prices_the_compiled_attention(name, H, Lq, Lk, d):
+    """The placement's attention cost (from attention_descriptors: the plan, no data) is the compiled program's."""
+    from golden_model.intattn import AttentionQuant
+    from sw.compile import graph as G
+    from sw.compile.attention import attention_descriptors, compile_attention
+    cfg = preset(name)
+    quant = AttentionQuant(1 << 14, 14, 1 << 14, 14)
+    kv = np.zeros((H, Lk, d), np.int8)
+    prog = compile_attention(cfg, np.zeros((H, Lq, d), np.int8), kv, kv, quant)
+    assert G._attention_program.__wrapped__(cfg, H, Lq, Lk, d) == G.EngineCost("attention", *G.program_cost(prog),
+                                                                              2 * cfg.macs)
+    with pytest.raises(L.CompileError, match="head dim"):
+        attention_descriptors(cfg, H, Lq, Lk, 10_000, quant)

@@ -223,6 +223,30 @@ def compile_attention(cfg, q, k, v, quant: intattn.AttentionQuant, *, out_int32:
     if k.shape[0] != H or v.shape != k.shape or k.shape[2] != d:
         raise CompileError(f"shapes q {q.shape}, k {k.shape}, v {v.shape} do not match")
     Lk = k.shape[1]
+    plan = _checked_plan(cfg, H, Lq, Lk, d, quant, out_int32, out_chunked, token_tiles, rows, base_addr, max_ddr_bytes)
+    offsets, head, size, sym, raw, kv_bytes, slots, q_tiles, kt, k_stride = plan
+    C = cfg.cols
+    dp = -(-d // C) * C
+    image = np.zeros(size, np.uint8)
+    image[:head.size] = head
+    _fill(image, offsets, q, k, v, quant, C, dp, q_tiles, (kt, k_stride, C), rows if rows is not None and rows.inputs
+          else None)
+    op = dict(kind="attention", heads=H, lq=Lq, lk=Lk, dp=dp, q_tiles=q_tiles, kt=kt, k_stride=k_stride,
+              out_int32=out_int32, out_chunked=out_chunked, score_mult=quant.score_mult, score_shift=quant.score_shift,
+              rows=rows)
+    prog = AttentionProgram(cfg, H, Lq, Lk, d, out_int32, image, frozen(raw), dict(offsets), macs=2 * H * Lq * Lk * d,
+                            base_addr=base_addr, kv_bytes=kv_bytes, slots=slots, symbolic=sym, out_chunked=out_chunked,
+                            token_tiles=token_tiles, op=op, rows=rows)
+    if rows is not None and rows.segments:       # each segment an input, as its whole region is
+        split = {g.name: g.regions for g in rows.segments}
+        prog.ROLES = {**{r: v for r, v in AttentionProgram.ROLES.items() if r not in split},
+                      **{r: "input" for regions in split.values() for r in regions}}
+    return prog
+
+
+def _checked_plan(cfg, H: int, Lq: int, Lk: int, d: int, quant, out_int32, out_chunked, token_tiles,
+                  rows: TokenRows | None, base_addr: int, max_ddr_bytes: int):
+    """compile_attention's plan (_scored_plan) for its shapes, or the CompileError saying why there is none."""
     if min(H, Lq, Lk) < 1:
         raise CompileError("empty attention")
     if d > min(cfg.attn_max_dim, intattn.MAX_HEAD_DIM):
@@ -247,24 +271,17 @@ def compile_attention(cfg, q, k, v, quant: intattn.AttentionQuant, *, out_int32:
             why = f"items {rows.item0}+{H}, queries {rows.q0}+{Lq}, {Lk} keys outside {rows}"
         if why:
             raise CompileError(f"attention as token rows: {why}")
-    plan = _scored_plan(cfg, H, Lq, Lk, d, bool(out_int32), bool(out_chunked), bool(token_tiles), rows,
+    return _scored_plan(cfg, H, Lq, Lk, d, bool(out_int32), bool(out_chunked), bool(token_tiles), rows,
                         _Score(quant.score_mult, quant.score_shift), base_addr, max_ddr_bytes)
-    offsets, head, size, sym, raw, kv_bytes, slots, q_tiles, kt, k_stride = plan
-    image = np.zeros(size, np.uint8)
-    image[:head.size] = head
-    _fill(image, offsets, q, k, v, quant, C, dp, q_tiles, (kt, k_stride, C), rows if rows is not None and rows.inputs
-          else None)
-    op = dict(kind="attention", heads=H, lq=Lq, lk=Lk, dp=dp, q_tiles=q_tiles, kt=kt, k_stride=k_stride,
-              out_int32=out_int32, out_chunked=out_chunked, score_mult=quant.score_mult, score_shift=quant.score_shift,
-              rows=rows)
-    prog = AttentionProgram(cfg, H, Lq, Lk, d, out_int32, image, frozen(raw), dict(offsets), macs=2 * H * Lq * Lk * d,
-                            base_addr=base_addr, kv_bytes=kv_bytes, slots=slots, symbolic=sym, out_chunked=out_chunked,
-                            token_tiles=token_tiles, op=op, rows=rows)
-    if rows is not None and rows.segments:       # each segment an input, as its whole region is
-        split = {g.name: g.regions for g in rows.segments}
-        prog.ROLES = {**{r: v for r, v in AttentionProgram.ROLES.items() if r not in split},
-                      **{r: "input" for regions in split.values() for r in regions}}
-    return prog
+
+
+def attention_descriptors(cfg, H: int, Lq: int, Lk: int, d: int, quant: intattn.AttentionQuant) -> np.ndarray:
+    """The descriptor bytes of compile_attention's program for H heads of Lq queries against Lk keys of dim d
+    (Q, K, V in tiles, int8 out, at address 0), without its data: what the placement prices
+    (sw.compile.graph). The same plan, so the same bytes, without an image to zero and fill."""
+    if "attention" not in cfg.engines:
+        raise CompileError(f"overlay {cfg.name!r} has no attention engine (engines: {', '.join(cfg.engines)})")
+    return _checked_plan(cfg, H, Lq, Lk, d, quant, False, False, False, None, 0, 1 << 30)[1]
 
 
 #: The score requantiser's parameters: the one part of an AttentionQuant in the descriptors (the output's are

@@ -217,10 +217,7 @@ def compile_linear(cfg, a, b, bias, multiplier=None, shift=None, *, relu=False, 
         raise CompileError(f"activations and weights must be int8 (got {a.dtype}, {b.dtype})")
     M, K = a.shape
     N = b.shape[1]
-    if min(M, K, N) < 1:
-        raise CompileError(f"empty layer {M} x {K} x {N}")
-    if K > MAX_K:
-        raise CompileError(f"K={K} exceeds {MAX_K}: int32 accumulation could overflow")
+    _check_layer(M, K, N)
     if not out_int32 and (multiplier is None or shift is None):
         raise CompileError("int8 output needs per-channel multiplier and shift")
     table = _store_table(cfg, lut, out_int32)
@@ -249,6 +246,22 @@ def compile_linear(cfg, a, b, bias, multiplier=None, shift=None, *, relu=False, 
               out_int32=out_int32, lut=table is not None, add=residual is not None, a_rows=bool(a_rows))
     return Program(cfg, M, K, N, out_int32, image, frozen(raw), dict(offsets), macs=M * K * N, base_addr=base_addr,
                    symbolic=sym, op=op, runs=runs and list(runs))
+
+
+def _check_layer(M: int, K: int, N: int) -> None:
+    if min(M, K, N) < 1:
+        raise CompileError(f"empty layer {M} x {K} x {N}")
+    if K > MAX_K:
+        raise CompileError(f"K={K} exceeds {MAX_K}: int32 accumulation could overflow")
+
+
+def linear_descriptors(cfg, M: int, K: int, N: int, out_int32: bool = False) -> tuple[np.ndarray, tuple | None]:
+    """The descriptor bytes and runs of compile_linear's program for an M x K x N layer (A in tiles, no fused
+    epilogue, at address 0), without its data: what the placement prices (sw.compile.graph). The same plan
+    (_linear_plan, cached), so the same bytes, without a layer's image to zero and fill."""
+    _check_layer(M, K, N)
+    plan = _linear_plan(cfg, M, K, N, False, bool(out_int32), False, False, 0, 1 << 30, a_rows=False)
+    return plan[1], plan[5]
 
 
 def k_split_blocking(cfg, mt: int, nt: int, K: int, a_rows: bool = False) -> tuple[int, int, int]:
