@@ -168,6 +168,26 @@ def test_emitter_addressed_columns_equal_dicts():
     assert tuple(e.columns()) == tuple(e.dicts())
 
 
+def test_emitter_blocks_columns_equal_dicts():
+    """Emitter.add_block's descriptors (one buffer for a block, one a descriptor, an empty block naming a buffer
+    no descriptor uses) as columns equal them as dicts, and their addresses split per buffer as the dicts say."""
+    from sw.runtime.program import Emitter, split_addresses
+    e = Emitter()
+    keys = ("opcode", "count")
+    e.add_block(keys, e.reserve(3) + np.arange(3), np.array([[1, 2], [1, 3], [1, 4]]), "out", np.array([0, 32, 64]))
+    e.add_block(keys, e.reserve(0) + np.arange(0), np.zeros((0, 2), np.int64), "unused", np.zeros(0, np.int64))
+    e.add_block(keys, e.reserve(3) + np.arange(3), np.array([[1, 5], [1, 6], [1, 7]]), ["A", "out", "A"], [8, 96, 16])
+    e.add_block(("opcode",), e.reserve(1) + np.arange(1), np.array([[3]]))
+    cols = e.columns()
+    assert tuple(cols) == tuple(e.dicts())
+    assert e.dicts()[4] == {"opcode": 1, "count": 6, "dram_addr": ("out", 96)}
+    fixed, moved = cols.split
+    ref_fixed, ref_moved = split_addresses(e.dicts())
+    assert list(moved) == list(ref_moved) == ["out", "A"]
+    for name in moved:
+        assert all(np.array_equal(a, b) for a, b in zip(moved[name]["dram_addr"], ref_moved[name]["dram_addr"]))
+
+
 def test_a_compiled_linear_links_without_encoding_again(monkeypatch):
     """pack_descriptors makes a linear's descriptor bytes as a load links them (the words without addresses,
     kept on the list, then the address bytes): its image holds what hw.isa.pack_descriptor makes of the numeric
