@@ -427,7 +427,8 @@ def _attention_plan(cfg, H: int, Lq: int, Lk: int, d: int, out_int32: bool, out_
 
     def q_rows_src(h, q0, s):               # query tile q0 + s from its R token rows
         qi = q0 + s
-        return rows.at("Q", rows.row(h, rows.q0 + qi * R, rows.queries, d), min(R, Lq - qi * R), d)
+        n_rows = min(R, Lq - qi * R) if rows.segments else None      # (what a segment's address needs)
+        return rows.at("Q", rows.row(h, rows.q0 + qi * R, rows.queries, d), n_rows, d)
 
     def q_split_src(h, q0, s, c):           # channel c of query tile qi: R bytes of token tile qi // m
         qi, m = q0 + s, C // R
@@ -444,6 +445,10 @@ def _attention_plan(cfg, H: int, Lq: int, Lk: int, d: int, out_int32: bool, out_
             return "out", ((c * H + h) * Lq + qi * R) * C * eb
         return "out", ((h * Lq + qi * R) * dp + c * C) * eb
     pitch = token_pitch if rows is not None else C * eb if out_chunked else row_bytes
+    # Each is arithmetic in (h, q0), so also takes arrays of them (a template's replays at once), but for a
+    # region in segments (RowSegments.address: one access at a time).
+    for fn in (kv_src, q_rows_src, q_split_src, q_src, out_dst):
+        fn.vectorised = rows is None or not rows.segments
 
     def load(target, region, ki, half):
         nonlocal kv_bytes
@@ -657,6 +662,12 @@ class _GroupTemplate:
             values = values.reshape(-1, table.shape[1])
             if addrs is None:
                 descs.add_block(keys, at_rows, values)
+            elif all(getattr(fn, "vectorised", False) for fn, _ in addrs):      # each address for all replays
+                h, q0 = (np.array([r[2][i] for r in replays], np.int64) for i in (0, 1))
+                where = [fn(h, q0, *args) for fn, args in addrs]      # (region, offset per replay)
+                offsets = np.stack([np.broadcast_to(off, h.shape) for _, off in where], axis=1)
+                descs.add_block(keys, at_rows, values, [region for region, _ in where] * len(replays),
+                                offsets.reshape(-1))
             else:
                 where = [fn(*at, *args) for _, _, at in replays for fn, args in addrs]
                 descs.add_block(keys, at_rows, values, [w[0] for w in where], [w[1] for w in where])
