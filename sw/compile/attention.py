@@ -395,10 +395,13 @@ def _attention_plan(cfg, H: int, Lq: int, Lk: int, d: int, out_int32: bool, out_
         """A descriptor of fields `keys` = `values` that waits for the last users of the resources `waits`
         (wait_<unit> fields after its own, in order of use). addr: dram_addr, a (region, offset), or
         (function, args) of the group's addresses: function(head, first query tile, *args) is it."""
-        w = {}
-        for res in waits:
-            for u, n in last.get(res, _NONE).items():
-                w[u] = max(w.get(u, 0), n)
+        if len(waits) == 1:                 # (most: its last users as they are; counts are never negative)
+            w = dict(last.get(waits[0], _NONE))
+        else:
+            w = {}
+            for res in waits:
+                for u, n in last.get(res, _NONE).items():
+                    w[u] = max(w.get(u, 0), n)
         k = with_waits.get((keys, tuple(w)))
         if k is None:
             k = with_waits[(keys, tuple(w))] = keys + tuple(f"wait_{u.lower()}" for u in w)

@@ -488,8 +488,10 @@ def _scheduled_columns(cfg, relu: bool, out_int32: bool, ops: dict, loads: list,
     n = len(ops["acc"])
     j = np.arange(n)
     entry = [isa.entry_bytes(cfg, t) for t in ("A", "B", "PARAM")]
+    by_field = list(zip(*loads))
+    by_field[2] = [-1 if x is None else x for x in by_field[2]]       # (the hazard alone may be None)
     ld_op, ld_spread, ld_hz, ld_after, ld_kind, ld_res, ld_count, ld_sp, ld_src, ld_rows = (
-        np.array([x if x is not None else -1 for x in c], np.int64) for c in zip(*loads))
+        np.array(c, np.int64) for c in by_field)
     hazard = ld_hz >= 0                                        # (an op index; None: none)
     ld_bucket = np.where(hazard, ld_hz + ld_after, -1)
     paced = np.flatnonzero(ld_op > 0)
