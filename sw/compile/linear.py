@@ -190,7 +190,6 @@ def lay_out_head(cfg, n_descriptors: int, sizes: dict, base_addr: int, max_ddr_b
     return offsets, size, np.zeros(n_descriptors * isa.DESCRIPTOR_BYTES, np.uint8)
 
 
-
 @gc_paused
 def compile_linear(cfg, a, b, bias, multiplier=None, shift=None, *, relu=False, out_int32=False, lut=None,
                    residual=None, add=None, a_rows: bool = False, base_addr: int = 0,
