@@ -168,6 +168,26 @@ def test_emitter_addressed_columns_equal_dicts():
     assert tuple(e.columns()) == tuple(e.dicts())
 
 
+def test_emitter_blocks_columns_equal_dicts():
+    """Emitter.add_block's descriptors (one buffer for a block, one a descriptor, an empty block naming a buffer
+    no descriptor uses) as columns equal them as dicts, and their addresses split per buffer as the dicts say."""
+    from sw.runtime.program import Emitter, split_addresses
+    e = Emitter()
+    keys = ("opcode", "count")
+    e.add_block(keys, e.reserve(3) + np.arange(3), np.array([[1, 2], [1, 3], [1, 4]]), "out", np.array([0, 32, 64]))
+    e.add_block(keys, e.reserve(0) + np.arange(0), np.zeros((0, 2), np.int64), "unused", np.zeros(0, np.int64))
+    e.add_block(keys, e.reserve(3) + np.arange(3), np.array([[1, 5], [1, 6], [1, 7]]), ["A", "out", "A"], [8, 96, 16])
+    e.add_block(("opcode",), e.reserve(1) + np.arange(1), np.array([[3]]))
+    cols = e.columns()
+    assert tuple(cols) == tuple(e.dicts())
+    assert e.dicts()[4] == {"opcode": 1, "count": 6, "dram_addr": ("out", 96)}
+    fixed, moved = cols.split
+    ref_fixed, ref_moved = split_addresses(e.dicts())
+    assert list(moved) == list(ref_moved) == ["out", "A"]
+    for name in moved:
+        assert all(np.array_equal(a, b) for a, b in zip(moved[name]["dram_addr"], ref_moved[name]["dram_addr"]))
+
+
 def test_a_compiled_linear_links_without_encoding_again(monkeypatch):
     """pack_descriptors makes a linear's descriptor bytes as a load links them (the words without addresses,
     kept on the list, then the address bytes): its image holds what hw.isa.pack_descriptor makes of the numeric
@@ -186,3 +206,142 @@ def test_a_compiled_linear_links_without_encoding_again(monkeypatch):
     want = b"".join(isa.pack_descriptor(**{k: at[v[0]] + v[1] if isinstance(v, tuple) else v for k, v in d.items()})
                     for d in prog.symbolic)
     assert P.link_words(prog.symbolic, at).tobytes() == want and encoded == []
+
+
+# ---- operands written straight into the image (put_token_tiles, TokenRowLayout.pack_into), the GC pause
+
+@pytest.mark.parametrize("lead,tokens,channels,lanes", [((), 37, 5, 16), ((), 32, 3, 16), ((3,), 5, 7, 8),
+                                                        ((2, 3), 1, 1, 4), ((2,), 17, 9, 32)])
+def test_put_token_tiles_equals_token_tiles(lead, tokens, channels, lanes):
+    """put_token_tiles writes golden_model.intops.token_tiles (tokens not filling the last tile too) and leaves
+    every other byte of its destination as it was."""
+    from golden_model.intops import token_tiles
+    rng = np.random.default_rng(tokens)
+    x = rng.integers(-128, 128, (*lead, tokens, channels), dtype=np.int8)
+    tiles = -(-tokens // lanes)
+    dst = np.full((*lead, tiles, channels + 2, lanes), 99, np.int8)      # (two entries past the channels)
+    L.put_token_tiles(dst[..., :channels, :], x)
+    ref = np.array([token_tiles(x[i], lanes) for i in np.ndindex(*lead)]).reshape(*lead, tiles, channels, lanes)
+    written = dst[..., :channels, :]
+    last = tokens - (tiles - 1) * lanes                                  # tokens in the last tile
+    assert np.array_equal(written[..., :tiles - 1, :, :], ref[..., :tiles - 1, :, :])
+    assert np.array_equal(written[..., -1, :, :last], ref[..., -1, :, :last])
+    assert np.all(written[..., -1, :, last:] == 99) and np.all(dst[..., channels:, :] == 99)
+
+
+def _tiles_ref(x, lanes: int, n: int, stride: int) -> np.ndarray:
+    """The bytes of x's n token tiles of `lanes` tokens, `stride` apart, the way the compilers made them before
+    put_token_tiles: a padded copy, a transposed copy, a tile at a time."""
+    from golden_model.intops import token_tiles
+    t = token_tiles(x, lanes).reshape(n, -1)
+    out = np.zeros(n * stride, np.uint8)
+    for i in range(n):
+        out[i * stride:i * stride + t.shape[1]] = t[i].view(np.uint8)
+    return out
+
+
+@pytest.mark.parametrize("name,M,K,N,a_rows", [("kv260", 37, 45, 70, False), ("kv260", 37, 45, 70, True),
+                                               ("sim", 5, 3, 9, False), ("bench16", 100, 1100, 17, False)])
+def test_linear_operands_in_the_image(name, M, K, N, a_rows):
+    """compile_linear's A (tiles, or token rows) and B regions and the zero bytes around its regions, on sizes
+    that fill no tile: against the layout built the straightforward way."""
+    from sw.runtime.layout import TokenRowLayout
+    cfg = preset(name)
+    rng = np.random.default_rng(M)
+    a = rng.integers(-128, 128, (M, K), dtype=np.int8)
+    b = rng.integers(-128, 128, (K, N), dtype=np.int8)
+    prog = L.compile_linear(cfg, a, b, np.arange(N), np.full(N, 3), np.full(N, 9), a_rows=a_rows)
+    R, C = cfg.rows, cfg.cols
+    mt, nt = -(-M // R), -(-N // C)
+    if a_rows:
+        rows = np.zeros((M, -(-K // C) * C), np.int8)
+        rows[:] = np.pad(a, ((0, 0), (0, rows.shape[1] - K)))
+        assert np.array_equal(prog.region("A"), rows.reshape(-1).view(np.uint8))
+        assert np.array_equal(TokenRowLayout(M, K, C).pack(a), rows.reshape(-1).view(np.uint8))
+    else:
+        assert np.array_equal(prog.region("A"), _tiles_ref(a, R, mt, prog.regions["A"][1] // mt))
+    assert np.array_equal(prog.region("B"), _tiles_ref(np.ascontiguousarray(b.T), C, nt, prog.regions["B"][1] // nt))
+    image = prog.image.copy()
+    for region, (off, size) in prog.regions.items():
+        if region != "out":
+            image[off:off + size] = 0
+    assert not image.any()                          # alignment gaps and the output zero
+
+
+@pytest.mark.parametrize("name,H,Lq,Lk,d", [("kv260", 3, 37, 45, 40), ("sim", 2, 5, 9, 3), ("bench16", 1, 16, 33, 16)])
+def test_attention_operands_in_the_image(name, H, Lq, Lk, d):
+    """compile_attention's Q, K and V tiles (head dim padded to C, a short last tile) against the layout built the
+    straightforward way, per head."""
+    from golden_model.intattn import AttentionQuant
+    from sw.compile.attention import compile_attention
+    cfg = preset(name)
+    rng = np.random.default_rng(Lq)
+    q, k, v = (rng.integers(-128, 128, (H, n, d), dtype=np.int8) for n in (Lq, Lk, Lk))
+    prog = compile_attention(cfg, q, k, v, AttentionQuant(3000, 14, 1 << 28, 30))
+    R, C = cfg.rows, cfg.cols
+    dp = -(-d // C) * C
+    for region, x, lanes in (("Q", q, R), ("K", k, C), ("V", v, C)):
+        n = -(-x.shape[1] // lanes)
+        stride = prog.regions[region][1] // (H * n)
+        ref = np.concatenate([_tiles_ref(np.pad(x[h], ((0, 0), (0, dp - d))), lanes, n, stride) for h in range(H)])
+        assert np.array_equal(prog.region(region), ref)
+
+
+def test_gc_paused_restores_the_collector():
+    """gc_paused turns the collector off for the outermost call only and back on after it (an error too), and
+    leaves a collector that was off off."""
+    import gc
+
+    @L.gc_paused
+    def inner():
+        return gc.isenabled()
+
+    @L.gc_paused
+    def outer(fail=False):
+        seen = (gc.isenabled(), inner(), gc.isenabled())
+        if fail:
+            raise RuntimeError("failed")
+        return seen
+
+    was = gc.isenabled()
+    try:
+        gc.enable()
+        assert outer() == (False, False, False) and gc.isenabled()
+        with pytest.raises(RuntimeError):
+            outer(fail=True)
+        assert gc.isenabled()
+        gc.disable()
+        assert outer() == (False, False, False) and not gc.isenabled()
+    finally:
+        (gc.enable if was else gc.disable)()
+
+
+@pytest.mark.parametrize("name,m,k,n,out_int32", [("kv260", 1000, 96, 384, False), ("kv260", 300, 1536, 100, True),
+                                                  ("sim", 7, 8, 9, False)])
+def test_placement_prices_the_compiled_linear(name, m, k, n, out_int32):
+    """The placement's linear cost (from linear_descriptors: the plan, no data) is the compiled program's."""
+    from sw.compile import graph as G
+    cfg = preset(name)
+    ones = None if out_int32 else np.ones(n, np.int64)
+    prog = L.compile_linear(cfg, np.zeros((m, k), np.int8), np.zeros((k, n), np.int8), None, ones, ones,
+                            out_int32=out_int32)
+    assert G._linear_program.__wrapped__(cfg, m, k, n, out_int32) == G.EngineCost("gemm", *G.program_cost(prog),
+                                                                                  cfg.macs)
+    with pytest.raises(L.CompileError, match="exceeds"):
+        L.linear_descriptors(cfg, m, L.MAX_K + 1, n)
+
+
+@pytest.mark.parametrize("name,H,Lq,Lk,d", [("kv260", 4, 300, 300, 96), ("kv260", 64, 49, 49, 32), ("sim", 2, 5, 9, 3)])
+def test_placement_prices_the_compiled_attention(name, H, Lq, Lk, d):
+    """The placement's attention cost (from attention_descriptors: the plan, no data) is the compiled program's."""
+    from golden_model.intattn import AttentionQuant
+    from sw.compile import graph as G
+    from sw.compile.attention import attention_descriptors, compile_attention
+    cfg = preset(name)
+    quant = AttentionQuant(1 << 14, 14, 1 << 14, 14)
+    kv = np.zeros((H, Lk, d), np.int8)
+    prog = compile_attention(cfg, np.zeros((H, Lq, d), np.int8), kv, kv, quant)
+    assert G._attention_program.__wrapped__(cfg, H, Lq, Lk, d) == G.EngineCost("attention", *G.program_cost(prog),
+                                                                              2 * cfg.macs)
+    with pytest.raises(L.CompileError, match="head dim"):
+        attention_descriptors(cfg, H, Lq, Lk, 10_000, quant)

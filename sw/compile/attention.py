@@ -41,8 +41,8 @@ import numpy as np
 
 from golden_model import intattn
 from hw import isa
-from sw.compile.linear import (ALIGN, WAIT_LIMIT, CompileError, Program, lay_out_image, pack_descriptors,
-                               plan_cache)
+from sw.compile.linear import (ALIGN, WAIT_LIMIT, CompileError, Program, gc_paused, lay_out_head, pack_descriptors,
+                               plan_cache, put_token_tiles, tiles_view)
 from sw.lru import Lru
 from sw.runtime.program import Emitter, frozen
 
@@ -202,6 +202,7 @@ def _heads(x, name):
     return x
 
 
+@gc_paused
 def compile_attention(cfg, q, k, v, quant: intattn.AttentionQuant, *, out_int32: bool = False,
                       base_addr: int = 0, max_ddr_bytes: int = 1 << 30, out_chunked: bool = False,
                       token_tiles: bool = False, rows: TokenRows | None = None) -> AttentionProgram:
@@ -222,6 +223,30 @@ def compile_attention(cfg, q, k, v, quant: intattn.AttentionQuant, *, out_int32:
     if k.shape[0] != H or v.shape != k.shape or k.shape[2] != d:
         raise CompileError(f"shapes q {q.shape}, k {k.shape}, v {v.shape} do not match")
     Lk = k.shape[1]
+    plan = _checked_plan(cfg, H, Lq, Lk, d, quant, out_int32, out_chunked, token_tiles, rows, base_addr, max_ddr_bytes)
+    offsets, head, size, sym, raw, kv_bytes, slots, q_tiles, kt, k_stride = plan
+    C = cfg.cols
+    dp = -(-d // C) * C
+    image = np.zeros(size, np.uint8)
+    image[:head.size] = head
+    _fill(image, offsets, q, k, v, quant, C, dp, q_tiles, (kt, k_stride, C), rows if rows is not None and rows.inputs
+          else None)
+    op = dict(kind="attention", heads=H, lq=Lq, lk=Lk, dp=dp, q_tiles=q_tiles, kt=kt, k_stride=k_stride,
+              out_int32=out_int32, out_chunked=out_chunked, score_mult=quant.score_mult, score_shift=quant.score_shift,
+              rows=rows)
+    prog = AttentionProgram(cfg, H, Lq, Lk, d, out_int32, image, frozen(raw), dict(offsets), macs=2 * H * Lq * Lk * d,
+                            base_addr=base_addr, kv_bytes=kv_bytes, slots=slots, symbolic=sym, out_chunked=out_chunked,
+                            token_tiles=token_tiles, op=op, rows=rows)
+    if rows is not None and rows.segments:       # each segment an input, as its whole region is
+        split = {g.name: g.regions for g in rows.segments}
+        prog.ROLES = {**{r: v for r, v in AttentionProgram.ROLES.items() if r not in split},
+                      **{r: "input" for regions in split.values() for r in regions}}
+    return prog
+
+
+def _checked_plan(cfg, H: int, Lq: int, Lk: int, d: int, quant, out_int32, out_chunked, token_tiles,
+                  rows: TokenRows | None, base_addr: int, max_ddr_bytes: int):
+    """compile_attention's plan (_scored_plan) for its shapes, or the CompileError saying why there is none."""
     if min(H, Lq, Lk) < 1:
         raise CompileError("empty attention")
     if d > min(cfg.attn_max_dim, intattn.MAX_HEAD_DIM):
@@ -246,24 +271,17 @@ def compile_attention(cfg, q, k, v, quant: intattn.AttentionQuant, *, out_int32:
             why = f"items {rows.item0}+{H}, queries {rows.q0}+{Lq}, {Lk} keys outside {rows}"
         if why:
             raise CompileError(f"attention as token rows: {why}")
-    plan = _scored_plan(cfg, H, Lq, Lk, d, bool(out_int32), bool(out_chunked), bool(token_tiles), rows,
+    return _scored_plan(cfg, H, Lq, Lk, d, bool(out_int32), bool(out_chunked), bool(token_tiles), rows,
                         _Score(quant.score_mult, quant.score_shift), base_addr, max_ddr_bytes)
-    offsets, head, size, sym, raw, kv_bytes, slots, q_tiles, kt, k_stride = plan
-    image = np.zeros(size, np.uint8)
-    image[:head.size] = head
-    _fill(image, offsets, q, k, v, quant, C, dp, q_tiles, (kt, k_stride, C), rows if rows is not None and rows.inputs
-          else None)
-    op = dict(kind="attention", heads=H, lq=Lq, lk=Lk, dp=dp, q_tiles=q_tiles, kt=kt, k_stride=k_stride,
-              out_int32=out_int32, out_chunked=out_chunked, score_mult=quant.score_mult, score_shift=quant.score_shift,
-              rows=rows)
-    prog = AttentionProgram(cfg, H, Lq, Lk, d, out_int32, image, frozen(raw), dict(offsets), macs=2 * H * Lq * Lk * d,
-                            base_addr=base_addr, kv_bytes=kv_bytes, slots=slots, symbolic=sym, out_chunked=out_chunked,
-                            token_tiles=token_tiles, op=op, rows=rows)
-    if rows is not None and rows.segments:       # each segment an input, as its whole region is
-        split = {g.name: g.regions for g in rows.segments}
-        prog.ROLES = {**{r: v for r, v in AttentionProgram.ROLES.items() if r not in split},
-                      **{r: "input" for regions in split.values() for r in regions}}
-    return prog
+
+
+def attention_descriptors(cfg, H: int, Lq: int, Lk: int, d: int, quant: intattn.AttentionQuant) -> np.ndarray:
+    """The descriptor bytes of compile_attention's program for H heads of Lq queries against Lk keys of dim d
+    (Q, K, V in tiles, int8 out, at address 0), without its data: what the placement prices
+    (sw.compile.graph). The same plan, so the same bytes, without an image to zero and fill."""
+    if "attention" not in cfg.engines:
+        raise CompileError(f"overlay {cfg.name!r} has no attention engine (engines: {', '.join(cfg.engines)})")
+    return _checked_plan(cfg, H, Lq, Lk, d, quant, False, False, False, None, 0, 1 << 30)[1]
 
 
 #: The score requantiser's parameters: the one part of an AttentionQuant in the descriptors (the output's are
@@ -377,10 +395,13 @@ def _attention_plan(cfg, H: int, Lq: int, Lk: int, d: int, out_int32: bool, out_
         """A descriptor of fields `keys` = `values` that waits for the last users of the resources `waits`
         (wait_<unit> fields after its own, in order of use). addr: dram_addr, a (region, offset), or
         (function, args) of the group's addresses: function(head, first query tile, *args) is it."""
-        w = {}
-        for res in waits:
-            for u, n in last.get(res, _NONE).items():
-                w[u] = max(w.get(u, 0), n)
+        if len(waits) == 1:                 # (most: its last users as they are; counts are never negative)
+            w = dict(last.get(waits[0], _NONE))
+        else:
+            w = {}
+            for res in waits:
+                for u, n in last.get(res, _NONE).items():
+                    w[u] = max(w.get(u, 0), n)
         k = with_waits.get((keys, tuple(w)))
         if k is None:
             k = with_waits[(keys, tuple(w))] = keys + tuple(f"wait_{u.lower()}" for u in w)
@@ -409,7 +430,8 @@ def _attention_plan(cfg, H: int, Lq: int, Lk: int, d: int, out_int32: bool, out_
 
     def q_rows_src(h, q0, s):               # query tile q0 + s from its R token rows
         qi = q0 + s
-        return rows.at("Q", rows.row(h, rows.q0 + qi * R, rows.queries, d), min(R, Lq - qi * R), d)
+        n_rows = min(R, Lq - qi * R) if rows.segments else None      # (what a segment's address needs)
+        return rows.at("Q", rows.row(h, rows.q0 + qi * R, rows.queries, d), n_rows, d)
 
     def q_split_src(h, q0, s, c):           # channel c of query tile qi: R bytes of token tile qi // m
         qi, m = q0 + s, C // R
@@ -426,6 +448,10 @@ def _attention_plan(cfg, H: int, Lq: int, Lk: int, d: int, out_int32: bool, out_
             return "out", ((c * H + h) * Lq + qi * R) * C * eb
         return "out", ((h * Lq + qi * R) * dp + c * C) * eb
     pitch = token_pitch if rows is not None else C * eb if out_chunked else row_bytes
+    # Each is arithmetic in (h, q0), so also takes arrays of them (a template's replays at once), but for a
+    # region in segments (RowSegments.address: one access at a time).
+    for fn in (kv_src, q_rows_src, q_split_src, q_src, out_dst):
+        fn.vectorised = rows is None or not rows.segments
 
     def load(target, region, ki, half):
         nonlocal kv_bytes
@@ -552,12 +578,11 @@ def _attention_plan(cfg, H: int, Lq: int, Lk: int, d: int, out_int32: bool, out_
         t.emit(descs, where)
 
     # ---- addresses
-    offsets, image = lay_out_image(cfg, len(descs), sizes, base_addr, max_ddr_bytes, "attention")
+    offsets, size, head = lay_out_head(cfg, len(descs), sizes, base_addr, max_ddr_bytes, "attention")
     q_tiles = (qtc, k_stride, C) if split_q else (qt, q_stride, R)    # Q: tiles, bytes apart, tokens each
-    sym, raw = pack_descriptors(descs, image, offsets, base_addr, "split the attention")
-    head = image[:len(descs) * isa.DESCRIPTOR_BYTES].copy()
+    sym, raw = pack_descriptors(descs, head, offsets, base_addr, "split the attention")
     head.flags.writeable = False
-    return offsets, head, image.size, sym, frozen(raw), kv_bytes, slots, q_tiles, kt, k_stride
+    return offsets, head, size, sym, frozen(raw), kv_bytes, slots, q_tiles, kt, k_stride
 
 
 #: Whether _attention_plan emits a group again from the template of an earlier one in the same state (False:
@@ -640,6 +665,12 @@ class _GroupTemplate:
             values = values.reshape(-1, table.shape[1])
             if addrs is None:
                 descs.add_block(keys, at_rows, values)
+            elif all(getattr(fn, "vectorised", False) for fn, _ in addrs):      # each address for all replays
+                h, q0 = (np.array([r[2][i] for r in replays], np.int64) for i in (0, 1))
+                where = [fn(h, q0, *args) for fn, args in addrs]      # (region, offset per replay)
+                offsets = np.stack([np.broadcast_to(off, h.shape) for _, off in where], axis=1)
+                descs.add_block(keys, at_rows, values, [region for region, _ in where] * len(replays),
+                                offsets.reshape(-1))
             else:
                 where = [fn(*at, *args) for _, _, at in replays for fn, args in addrs]
                 descs.add_block(keys, at_rows, values, [w[0] for w in where], [w[1] for w in where])
@@ -687,11 +718,8 @@ def _fill(image, offsets, q, k, v, quant, C, dp, q_tiles, kv_tiles, rows=None):
             if g is not None:
                 g.scatter(image, offsets, region, rows.heads * d)
             continue
-        xp = np.zeros((H, n * lanes, dp), np.int8)
-        xp[:, :x.shape[1], :d] = x
-        tx = xp.reshape(H * n, lanes, dp).transpose(0, 2, 1).reshape(H * n, dp * lanes)
-        off = offsets[name][0]
-        image[off:off + H * n * stride].reshape(H * n, stride)[:, :dp * lanes] = tx.view(np.uint8)
+        tiles = tiles_view(image[offsets[name][0]:], H * n, stride, dp, lanes).reshape(H, n, dp, lanes)
+        put_token_tiles(tiles[:, :, :d], x)        # (channels d .. dp and tokens past L stay zero)
     params = isa.pack_params(np.zeros(C, np.int64), np.full(C, quant.out_mult), np.full(C, quant.out_shift))
     off = offsets["params"][0]
     image[off:off + params.size] = params

@@ -35,7 +35,8 @@ from golden_model.intops import MAX_K
 from hw import isa
 from hw.limits import DW_K_MAX, MAX_KERNEL
 from hw.limits import im2col_row_beats as row_beats
-from sw.compile.linear import ALIGN, CompileError, Program, lay_out_image, pack_descriptors, schedule_runs
+from sw.compile.linear import (ALIGN, CompileError, Program, gc_paused, lay_out_image, pack_descriptors,
+                               schedule_runs)
 
 PAD = 3                       # zero rows/columns kept around every plane: paddings 0..3
 STRIDES = (1, 2, 4)
@@ -131,6 +132,7 @@ def supported(cfg, k: int, stride: int, padding: int) -> str | None:
     return None
 
 
+@gc_paused
 def compile_conv2d(cfg, x, w, bias=None, multiplier=None, shift=None, *, stride=1, padding=0, depthwise=False,
                    relu=False, out_int32=False, base_addr: int = 0, max_ddr_bytes: int = 1 << 30,
                    out_layout=None) -> ConvProgram:
@@ -374,6 +376,7 @@ def dw_supported(cfg, k: int, stride: int, padding: int, width: int, out_int32: 
     return None
 
 
+@gc_paused
 def compile_depthwise(cfg, x, w, bias, multiplier, shift, *, padding, relu=False, base_addr: int = 0,
                       max_ddr_bytes: int = 1 << 30) -> ConvProgram:
     """A stride-1 "same" depthwise conv2d on the depthwise engine: per dw_channels channels one LOAD DW

@@ -34,6 +34,7 @@ import numpy as np
 from hw import isa
 from hw.vector import params as VP
 from hw.limits import im2col_row_beats
+from sw.compile.linear import gc_paused
 from sw.perf.host_model import HostModel, ddr_gbs, host_for, host_seconds
 from sw.perf.layers import Layer
 
@@ -171,6 +172,12 @@ def program_cost(prog) -> tuple[int, int]:
     return program_cycles(prog), descriptor_ddr_bytes(prog.cfg, raw)
 
 
+def descriptors_cost(cfg, raw: np.ndarray, runs=None) -> tuple[int, int]:
+    """program_cost of a program whose descriptor bytes are `raw` and runs `runs` (its data does not count)."""
+    from sw.backends.cycles import cycles_only
+    return cycles_only(cfg, raw, runs), descriptor_ddr_bytes(cfg, raw)
+
+
 # ---------------------------------------------------------------- engine programs by shape (cached)
 
 def _zeros(*shape):
@@ -208,10 +215,8 @@ def _blocks(total: int, block: int, cost) -> EngineCost:
 
 @lru_cache(maxsize=None)
 def _linear_program(cfg, m: int, k: int, n: int, out_int32: bool) -> EngineCost:
-    from sw.compile.linear import compile_linear
-    prog = compile_linear(cfg, _zeros(m, k), _zeros(k, n), None, None if out_int32 else _ones(n),
-                          None if out_int32 else _ones(n), out_int32=out_int32)
-    return EngineCost("gemm", *program_cost(prog), cfg.macs)
+    from sw.compile.linear import linear_descriptors
+    return EngineCost("gemm", *descriptors_cost(cfg, *linear_descriptors(cfg, m, k, n, out_int32)), cfg.macs)
 
 
 @lru_cache(maxsize=None)
@@ -282,10 +287,9 @@ def attention_cost(cfg, heads: int, lq: int, lk: int, d: int) -> EngineCost:
 @lru_cache(maxsize=None)
 def _attention_program(cfg, heads: int, lq: int, lk: int, d: int) -> EngineCost:
     from golden_model.intattn import AttentionQuant
-    from sw.compile.attention import compile_attention
-    kv = _zeros(heads, lk, d)
-    prog = compile_attention(cfg, _zeros(heads, lq, d), kv, kv, AttentionQuant(1 << 14, 14, 1 << 14, 14))
-    return EngineCost("attention", *program_cost(prog), 2 * cfg.macs)
+    from sw.compile.attention import attention_descriptors
+    raw = attention_descriptors(cfg, heads, lq, lk, d, AttentionQuant(1 << 14, 14, 1 << 14, 14))
+    return EngineCost("attention", *descriptors_cost(cfg, raw), 2 * cfg.macs)
 
 
 def engine_cost(cfg, layer: Layer, lanes: int = 0, host_input: bool = False,
@@ -414,6 +418,7 @@ def window_orders(layers: list[Layer]) -> dict[str, int]:
     return want
 
 
+@gc_paused
 def place_all(cfg, layers: list[Layer], host: HostModel | None = None, lanes: int = 0) -> list[Placement]:
     host = host or host_for(cfg)
     written = {x.output for x in layers if x.output}

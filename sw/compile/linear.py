@@ -25,13 +25,15 @@ from which scratchpad half / accumulator region / parameter entry each op touche
 """
 from __future__ import annotations
 
+import gc
 import math
+import threading
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, wraps
 
 import numpy as np
 
-from golden_model.intops import MAX_K, token_tiles
+from golden_model.intops import MAX_K
 from hw import isa
 from sw.runtime.program import Emitter, frozen
 
@@ -68,6 +70,36 @@ def plan_cache(fn):
     wrapper.__wrapped__ = fn
     wrapper.__doc__ = fn.__doc__
     return wrapper
+
+
+def gc_paused(compiler):
+    """`compiler` with Python's cyclic garbage collector paused while it runs (resumed after, when it was on). A
+    compiler makes hundreds of thousands of small objects that live until it returns (a schedule's tuples and
+    lists); each time enough have piled up the collector walks every object of the process (a 1024 px image's
+    first compile: ~2 s of its ~9 in ~10 such walks). They hold no cycles to free; what garbage does is
+    collected after. Nested and concurrent compiles share one pause (the first one in pauses, the last one
+    out resumes)."""
+    @wraps(compiler)
+    def paused(*args, **kwargs):
+        global _paused, _gc_was_on
+        with _GC_LOCK:
+            if not _paused:
+                _gc_was_on = gc.isenabled()
+                gc.disable()
+            _paused += 1
+        try:
+            return compiler(*args, **kwargs)
+        finally:
+            with _GC_LOCK:
+                _paused -= 1
+                if not _paused and _gc_was_on:
+                    gc.enable()
+    return paused
+
+
+_GC_LOCK = threading.Lock()
+_paused = 0                 # compiles running under gc_paused
+_gc_was_on = False          # whether the collector was on when the first of them started
 
 
 class _PlanStore(dict):
@@ -132,20 +164,33 @@ class Program:
 def _align(x: int) -> int:
     return -(-x // ALIGN) * ALIGN
 
-def lay_out_image(cfg, n_descriptors: int, sizes: dict, base_addr: int, max_ddr_bytes: int, what: str):
+def lay_out(cfg, n_descriptors: int, sizes: dict, base_addr: int, max_ddr_bytes: int, what: str):
     """Place the descriptors and then each named region in one DDR image, each aligned.
 
-    Returns ({region: (offset, size)}, a zeroed image); `what` names the program in the error."""
+    Returns ({region: (offset, size)}, the image's bytes); `what` names the program in the error."""
     offsets, pos = {}, 0
     for name, size in {"descriptors": n_descriptors * isa.DESCRIPTOR_BYTES, **sizes}.items():
         offsets[name] = (pos, size)
         pos = _align(pos + size)
     if pos > max_ddr_bytes or base_addr + pos > (1 << cfg.axi_addr_bits):
         raise CompileError(f"{what} needs {pos} bytes of DDR, more than the {max_ddr_bytes} allowed")
-    return offsets, np.zeros(pos, np.uint8)
+    return offsets, pos
 
 
+def lay_out_image(cfg, n_descriptors: int, sizes: dict, base_addr: int, max_ddr_bytes: int, what: str):
+    """lay_out's regions and a zeroed image of its bytes."""
+    offsets, size = lay_out(cfg, n_descriptors, sizes, base_addr, max_ddr_bytes, what)
+    return offsets, np.zeros(size, np.uint8)
 
+
+def lay_out_head(cfg, n_descriptors: int, sizes: dict, base_addr: int, max_ddr_bytes: int, what: str):
+    """lay_out's regions, the image's bytes and a zeroed buffer for the descriptors alone: what a plan packs its
+    descriptors into (a plan's image would be the whole layer's, tens of MB to zero for a few hundred KB)."""
+    offsets, size = lay_out(cfg, n_descriptors, sizes, base_addr, max_ddr_bytes, what)
+    return offsets, size, np.zeros(n_descriptors * isa.DESCRIPTOR_BYTES, np.uint8)
+
+
+@gc_paused
 def compile_linear(cfg, a, b, bias, multiplier=None, shift=None, *, relu=False, out_int32=False, lut=None,
                    residual=None, add=None, a_rows: bool = False, base_addr: int = 0,
                    max_ddr_bytes: int = 1 << 30) -> Program:
@@ -171,10 +216,7 @@ def compile_linear(cfg, a, b, bias, multiplier=None, shift=None, *, relu=False, 
         raise CompileError(f"activations and weights must be int8 (got {a.dtype}, {b.dtype})")
     M, K = a.shape
     N = b.shape[1]
-    if min(M, K, N) < 1:
-        raise CompileError(f"empty layer {M} x {K} x {N}")
-    if K > MAX_K:
-        raise CompileError(f"K={K} exceeds {MAX_K}: int32 accumulation could overflow")
+    _check_layer(M, K, N)
     if not out_int32 and (multiplier is None or shift is None):
         raise CompileError("int8 output needs per-channel multiplier and shift")
     table = _store_table(cfg, lut, out_int32)
@@ -203,6 +245,22 @@ def compile_linear(cfg, a, b, bias, multiplier=None, shift=None, *, relu=False, 
               out_int32=out_int32, lut=table is not None, add=residual is not None, a_rows=bool(a_rows))
     return Program(cfg, M, K, N, out_int32, image, frozen(raw), dict(offsets), macs=M * K * N, base_addr=base_addr,
                    symbolic=sym, op=op, runs=runs and list(runs))
+
+
+def _check_layer(M: int, K: int, N: int) -> None:
+    if min(M, K, N) < 1:
+        raise CompileError(f"empty layer {M} x {K} x {N}")
+    if K > MAX_K:
+        raise CompileError(f"K={K} exceeds {MAX_K}: int32 accumulation could overflow")
+
+
+def linear_descriptors(cfg, M: int, K: int, N: int, out_int32: bool = False) -> tuple[np.ndarray, tuple | None]:
+    """The descriptor bytes and runs of compile_linear's program for an M x K x N layer (A in tiles, no fused
+    epilogue, at address 0), without its data: what the placement prices (sw.compile.graph). The same plan
+    (_linear_plan, cached), so the same bytes, without a layer's image to zero and fill."""
+    _check_layer(M, K, N)
+    plan = _linear_plan(cfg, M, K, N, False, bool(out_int32), False, False, 0, 1 << 30, a_rows=False)
+    return plan[1], plan[5]
 
 
 def k_split_blocking(cfg, mt: int, nt: int, K: int, a_rows: bool = False) -> tuple[int, int, int]:
@@ -398,11 +456,10 @@ def _linear_plan(cfg, M: int, K: int, N: int, relu: bool, out_int32: bool, fused
 
     # ---- addresses
     from sw.runtime.program import SplitDescriptors
-    offsets, image = lay_out_image(cfg, len(descs), sizes, base_addr, max_ddr_bytes, "layer")
-    sym, raw = pack_descriptors(descs, image, offsets, base_addr, "split the layer")
-    head = image[:offsets["descriptors"][1]].copy()
+    offsets, size, head = lay_out_head(cfg, len(descs), sizes, base_addr, max_ddr_bytes, "layer")
+    sym, raw = pack_descriptors(descs, head, offsets, base_addr, "split the layer")
     head.flags.writeable = False
-    return (offsets, head, image.size, SplitDescriptors.of(sym), frozen(raw), runs and tuple(runs), mt, nt, a_stride,
+    return (offsets, head, size, SplitDescriptors.of(sym), frozen(raw), runs and tuple(runs), mt, nt, a_stride,
             b_stride)
 
 
@@ -430,8 +487,10 @@ def _scheduled_columns(cfg, relu: bool, out_int32: bool, ops: dict, loads: list,
     n = len(ops["acc"])
     j = np.arange(n)
     entry = [isa.entry_bytes(cfg, t) for t in ("A", "B", "PARAM")]
+    by_field = list(zip(*loads))
+    by_field[2] = [-1 if x is None else x for x in by_field[2]]       # (the hazard alone may be None)
     ld_op, ld_spread, ld_hz, ld_after, ld_kind, ld_res, ld_count, ld_sp, ld_src, ld_rows = (
-        np.array([x if x is not None else -1 for x in c], np.int64) for c in zip(*loads))
+        np.array(c, np.int64) for c in by_field)
     hazard = ld_hz >= 0                                        # (an op index; None: none)
     ld_bucket = np.where(hazard, ld_hz + ld_after, -1)
     paced = np.flatnonzero(ld_op > 0)
@@ -1019,25 +1078,40 @@ def pack_descriptors(descs: list[dict], image: np.ndarray, offsets: dict, base_a
     return symbolic, numeric
 
 
+def put_token_tiles(dst: np.ndarray, x: np.ndarray) -> None:
+    """golden_model.intops.token_tiles of x (..., tokens, channels) written into dst (..., tiles, channels, lanes)
+    in place: tile i entry c byte r = x[i lanes + r, c]; dst's bytes past the tokens are left as they are (zero
+    in a new image). Straight into the image's bytes: no zero-padded copy, no transposed one (a layer's operands
+    are MBs)."""
+    lanes, t = dst.shape[-1], x.shape[-2]
+    full, rest = divmod(t, lanes)
+    x_full = x[..., :full * lanes, :].reshape(*x.shape[:-2], full, lanes, x.shape[-1])
+    dst[..., :full, :, :] = np.swapaxes(x_full, -1, -2)
+    if rest:
+        dst[..., full, :, :rest] = np.swapaxes(x[..., full * lanes:, :], -1, -2)
+
+
+def tiles_view(region: np.ndarray, tiles: int, stride: int, entries: int, lanes: int) -> np.ndarray:
+    """A region's tiles (`stride` bytes apart, each `entries` entries of `lanes` bytes from its start) as an int8
+    (tiles, entries, lanes) view."""
+    return region[:tiles * stride].view(np.int8).reshape(tiles, stride)[:, :entries * lanes].reshape(
+        tiles, entries, lanes)
+
+
 def _fill_operands(cfg, image, offsets, a, b, bias, multiplier, shift, mt, nt, a_stride, b_stride, add=None,
                    a_rows=False):
+    """A, B and params into the zeroed `image` (the module docstring's layout)."""
     R, C = cfg.rows, cfg.cols
     M, K = a.shape
     N = b.shape[1]
     off = offsets["A"][0]
     if a_rows:                                              # token rows (the loads transpose them)
         from sw.runtime.layout import TokenRowLayout
-        image[off:off + offsets["A"][1]] = TokenRowLayout(M, K, C).pack(a)
-    else:
-        tiles_a = token_tiles(a, R).reshape(mt, K * R)      # per M-tile: K entries of R
-        for i in range(mt):
-            image[off + i * a_stride:off + i * a_stride + K * R] = tiles_a[i].view(np.uint8)
-    bp = np.zeros((K, nt * C), np.int8)
-    bp[:, :N] = b
-    tiles_b = np.ascontiguousarray(bp.reshape(K, nt, C).transpose(1, 0, 2)).reshape(nt, K * C)
-    off = offsets["B"][0]
-    for j in range(nt):
-        image[off + j * b_stride:off + j * b_stride + K * C] = tiles_b[j].view(np.uint8)
+        TokenRowLayout(M, K, C).pack_into(a, image[off:off + offsets["A"][1]])
+    else:                                                   # per M-tile: K entries of R
+        put_token_tiles(tiles_view(image[off:], mt, a_stride, K, R), a)
+    off = offsets["B"][0]                                   # per N-tile: K entries of C
+    put_token_tiles(tiles_view(image[off:], nt, b_stride, K, C), b.T)
     pad = nt * C - N
     params = isa.pack_params(np.concatenate([bias, np.zeros(pad, np.int64)]),
                              np.concatenate([multiplier, np.zeros(pad, np.int64)]),

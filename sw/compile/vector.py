@@ -32,7 +32,7 @@ import numpy as np
 from golden_model import intvec
 from hw import isa
 from hw.vector import params as VP
-from sw.compile.linear import ALIGN, CompileError, Program, lay_out_image, pack_descriptors
+from sw.compile.linear import ALIGN, CompileError, Program, gc_paused, lay_out_image, pack_descriptors
 from sw.lru import Lru
 from sw.runtime.layout import RowRuns, RowSegments, TokenRowLayout
 from sw.runtime.program import Emitter, frozen
@@ -104,6 +104,7 @@ def _chunks(total: int, unit: int) -> list[tuple[int, int]]:
     return [(r, min(step, total - r)) for r in range(0, total, step)]
 
 
+@gc_paused
 def compile_vector(cfg, op: str, x, p=None, *, b=None, end_x: int | None = None, base_addr: int = 0,
                    max_ddr_bytes: int = 1 << 30, segments: dict | None = None, runs: dict | None = None
                    ) -> VectorProgram:
@@ -230,6 +231,9 @@ def compile_vector(cfg, op: str, x, p=None, *, b=None, end_x: int | None = None,
         image[offsets["params"][0] + off:offsets["params"][0] + off + raw.size] = raw
     for region, data in (("in", x.reshape(tokens, dim)), ("b", b)):
         if region in inputs:
+            if region not in placed and region not in segs:      # (straight into the image)
+                inputs[region].pack_into(data, image[offsets[region][0]:offsets[region][0] + offsets[region][1]])
+                continue
             packed_rows = inputs[region].pack(data)
             if region in placed:
                 packed_rows = placed[region].spread(packed_rows, inputs[region].pitch)

@@ -182,9 +182,14 @@ class TokenRowLayout:
         return t * self.pitch + c
 
     def pack(self, x: np.ndarray) -> np.ndarray:
-        rows = np.zeros((self.tokens, self.pitch), np.int8)
+        rows = np.zeros(self.size, np.uint8)
+        self.pack_into(x, rows)
+        return rows
+
+    def pack_into(self, x: np.ndarray, out: np.ndarray) -> None:
+        """pack(x) written into `out` (uint8, `size` bytes or more, zeroed: the padding is left as it is)."""
+        rows = out[:self.size].view(np.int8).reshape(self.tokens, self.pitch)
         rows[:, :self.channels] = np.asarray(x, np.int8).reshape(self.tokens, self.channels)
-        return rows.reshape(-1).view(np.uint8)
 
     def unpack(self, raw: np.ndarray) -> np.ndarray:
         rows = np.ascontiguousarray(raw[:self.size]).view(np.int8).reshape(self.tokens, self.pitch)

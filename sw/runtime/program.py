@@ -204,6 +204,15 @@ def split_addresses(symbolic) -> tuple | None:
         for name, keys in where.items()})
 
 
+def _column(cols: dict, key: str, n: int) -> np.ndarray:
+    """cols[key], made n zeros first where missing (not cols.setdefault(key, np.zeros(n)): that zeros n values for
+    every kind of descriptor with the field, ~50,000 at a time)."""
+    col = cols.get(key)
+    if col is None:
+        col = cols[key] = np.zeros(n, np.int64)
+    return col
+
+
 def _columns(raw, address=None) -> dict[str, np.ndarray] | None:
     """The descriptors' fields as int64 columns (0 where a descriptor does not set one), or None when
     a field is unknown or too large. `address(key, rows, values)`: the values of an address field
@@ -227,11 +236,10 @@ def _columns(raw, address=None) -> dict[str, np.ndarray] | None:
                 values = np.array([get(d) for d in members] if len(plain) > 1 else
                                   [[get(d)] for d in members], np.int64).reshape(len(rows), len(plain))
                 for i, k in enumerate(plain):
-                    cols.setdefault(k, np.zeros(n, np.int64))[rows] = values[:, i]
+                    _column(cols, k, n)[rows] = values[:, i]
             for k in keys:
                 if k not in plain:
-                    cols.setdefault(k, np.zeros(n, np.int64))[rows] = address(k, rows.tolist(),
-                                                                              [d[k] for d in members])
+                    _column(cols, k, n)[rows] = address(k, rows.tolist(), [d[k] for d in members])
     except OverflowError:
         return None
     return cols
@@ -384,7 +392,7 @@ class ColumnDescriptors(Sequence):
                     return None
                 if col.shape != (len(rl),):
                     return None
-                cols.setdefault(key, np.zeros(n, np.int64))[rows] = col
+                _column(cols, key, n)[rows] = col
         moved = {name: {key: (np.array(r, np.intp), np.array(o, np.int64)) for key, (r, o) in keys.items()}
                  for name, keys in where.items()}
         return cls(n, cols, moved, out_kinds, kind)
@@ -436,6 +444,34 @@ def frozen(descs):
     return descs if isinstance(descs, ColumnDescriptors) else tuple(descs)
 
 
+class _Names:
+    """The buffer names of a group of descriptors, one per descriptor, from parts that each name one buffer for all
+    their descriptors (a str) or one a descriptor (a list); Emitter.columns' blocks, without a list of a name per
+    descriptor where a part has one name (a layer's ~50,000 STOREs)."""
+
+    def __init__(self, parts, lengths=None):
+        if lengths is None:
+            parts, lengths = [parts], [len(parts)]
+        self.parts, self.lengths = parts, lengths
+
+    def selections(self):
+        """(name, which descriptors: a bool mask, None for all) per name, in order of first use."""
+        order = dict.fromkeys(b for part, m in zip(self.parts, self.lengths)
+                              for b in (((part,) if m else ()) if isinstance(part, str) else part))
+        if len(order) == 1:
+            return [(next(iter(order)), None)]
+        names = np.concatenate([np.full(m, part, object) if isinstance(part, str) else np.array(part, object)
+                                for part, m in zip(self.parts, self.lengths)])
+        return [(name, names == name) for name in order]
+
+
+def _joined(parts) -> list | np.ndarray:
+    """Offsets parts (arrays or lists) as one sequence (arrays joined by NumPy; lists as they are)."""
+    if all(isinstance(p, np.ndarray) for p in parts):
+        return np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    return [o for part in parts for o in part]
+
+
 class Emitter:
     """Descriptors as a compiler's schedule emits them, straight into rows of their fields (no dict each):
     `add(keys, values)` appends one whose fields `keys` (a tuple, opcode and target as numbers) hold
@@ -458,8 +494,6 @@ class Emitter:
                   offsets: list | np.ndarray | None = None) -> None:
         """Descriptors at reserved `rows` of fields `keys` = the rows of `values` (and dram_addr = (buffer,
         offset) with `buffers`: one name a descriptor, or one for them all)."""
-        if isinstance(buffers, str):
-            buffers = [buffers] * len(rows)
         self._blocks.append((keys, rows, values, buffers, offsets))
 
     def add_addressed(self, keys: tuple, rows: np.ndarray, values: np.ndarray, addresses: dict) -> None:
@@ -502,8 +536,7 @@ class Emitter:
         for (keys, addressed), parts in blocks.items():
             rows, values, buffers, offsets = zip(*parts)
             groups.append((keys, np.concatenate(rows), np.concatenate(values),
-                           ([b for part in buffers for b in part], [o for part in offsets for o in part])
-                           if addressed else None))
+                           (_Names(buffers, [len(r) for r in rows]), _joined(offsets)) if addressed else None))
         groups += [(keys, rows, values, (None, addresses)) for keys, rows, values, addresses in self._addressed]
         for keys, rows, values, at in groups:
             rows = np.asarray(rows, np.intp)
@@ -516,21 +549,21 @@ class Emitter:
             keep = [i for i, k in enumerate(keys) if k in isa.FIELDS]
             out = tuple(keys[i] for i in keep)
             for i in keep:
-                cols.setdefault(keys[i], np.zeros(n, np.int64))[rows] = table[:, i]
+                _column(cols, keys[i], n)[rows] = table[:, i]
             if at is not None:
                 if at[0] is not None:                # dram_addr, the last key
                     out += ("dram_addr",)
                     at = (None, {"dram_addr": at})
                 for key, (names, offsets) in at[1].items():
-                    cols.setdefault(key, np.zeros(n, np.int64))
-                    buffers = np.array(names, object)
+                    _column(cols, key, n)
+                    names = names if isinstance(names, _Names) else _Names(names)
                     try:
                         offsets = np.array(offsets, np.int64)
                     except (OverflowError, TypeError, ValueError):
                         return None
-                    for name in dict.fromkeys(names):
-                        sel = buffers == name
-                        where.setdefault(name, {}).setdefault(key, []).append((rows[sel], offsets[sel]))
+                    for name, sel in names.selections():
+                        where.setdefault(name, {}).setdefault(key, []).append(
+                            (rows, offsets) if sel is None else (rows[sel], offsets[sel]))
             kind[rows] = len(kinds)
             kinds.append(out)
         moved = {name: {key: tuple(np.concatenate(p) for p in zip(*parts)) for key, parts in keys.items()}
@@ -547,6 +580,8 @@ class Emitter:
             for j, v, b, o in kind:
                 out[j] = {**dict(zip(keys, v)), "dram_addr": (b, o)}
         for keys, rows, values, buffers, offsets in self._blocks:
+            if isinstance(buffers, str):
+                buffers = [buffers] * len(rows)
             for i, (j, v) in enumerate(zip(rows.tolist(), values.tolist())):
                 out[j] = dict(zip(keys, v), **({} if buffers is None else {"dram_addr": (buffers[i], offsets[i])}))
         for keys, rows, values, addresses in self._addressed:
