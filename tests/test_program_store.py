@@ -423,3 +423,36 @@ def test_a_new_process_takes_the_cycle_models_outcomes_from_the_store(scaled, tm
     with pytest.warns(ProgramStoreWarning, match="ignoring .*timings"):
         assert session() == want
     assert runs and path.exists()                   # (timed again, saved anew)
+
+
+def test_entries_are_read_through_one_buffer_nothing_keeps(tmp_path, monkeypatch):
+    """A store reads its entries into one buffer, again and again (no fresh memory an entry), and a program it
+    loaded is not changed by reading the next; were a decoded array still to view the buffer, the store leaves
+    the buffer to it and reads the next entry into a new one."""
+    first, second = _linear_args(0), _linear_args(1)
+    store = ProgramStore(tmp_path)
+    want = [store.compile(compile_linear, args, {}) for args in (first, second)]
+    again = ProgramStore(tmp_path)
+    got = [again.compile(compile_linear, first, {})]
+    buffer = again._buffer
+    got.append(again.compile(compile_linear, second, {}))
+    assert again._buffer is buffer is not None and again.stats.hits == 2
+    for g, w in zip(got, want):
+        _same(g, w)
+    kept, decode_ = [], ps.decode
+
+    def keeping(data, key):                         # a decoder that keeps a view of what it read
+        kept.append(np.frombuffer(data, np.uint8))
+        return decode_(data, key)
+    monkeypatch.setattr(ps, "decode", keeping)
+    third = ProgramStore(tmp_path)
+    third.compile(compile_linear, first, {})
+    assert third._buffer is None
+    held = kept[0].copy()
+    third.compile(compile_linear, second, {})
+    assert np.array_equal(kept[0], held) and third.stats.hits == 2
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / f"{third.key(compile_linear, first, {})}.npz").write_bytes(b"")    # (a zero-byte entry first)
+    with pytest.warns(ProgramStoreWarning, match="does not decode"):
+        ProgramStore(empty).compile(compile_linear, first, {})

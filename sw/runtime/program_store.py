@@ -659,11 +659,12 @@ def _members(data: bytearray) -> dict[str, np.ndarray]:
 
 
 def decode(source, key: str = "") -> object:
-    """encode's result back from a path, a file object or the bytes of one (a bytearray is read in place), `key`
-    the one it was written under (BadEntry, or the error reading it, when it is not such an entry)."""
+    """encode's result back from a path, a file object or the bytes of one (a bytearray or a writable memoryview
+    is read in place), `key` the one it was written under (BadEntry, or the error reading it, when it is not such
+    an entry)."""
     if isinstance(source, (str, os.PathLike)):
         source = Path(source).read_bytes()
-    elif not isinstance(source, (bytes, bytearray)):
+    elif not isinstance(source, (bytes, bytearray, memoryview)):
         source = source.read()
     npz = _members(bytearray(source) if isinstance(source, bytes) else source)
     if "tree" not in npz:
@@ -720,6 +721,7 @@ class ProgramStore:
         self._warned: set = set()
         self.background = background
         self._timings: dict[Path, int] = {}         # timings file -> the outcomes it held (load_timings)
+        self._buffer: bytearray | None = None        # what entries are read into (_read_buffer)
         self._queue: queue.SimpleQueue | None = None     # the writer's (key, result, compiler) entries
         self._pending = 0
         self._idle = threading.Condition()
@@ -805,8 +807,9 @@ class ProgramStore:
         path = self.path(key)
         try:
             with open(path, "rb") as f:
-                data = bytearray(os.fstat(f.fileno()).st_size)
-                del data[f.readinto(data):]                     # (a file cut meanwhile: what was read)
+                data = self._read_buffer(os.fstat(f.fileno()).st_size)
+                size = f.readinto(data)
+                data = data[:size]                              # (a file cut meanwhile: what was read)
         except (FileNotFoundError, NotADirectoryError):         # (no entry; no directory yet)
             return _MISSING
         except OSError as e:
@@ -820,12 +823,33 @@ class ProgramStore:
                        f"{str(e)[:200]}); compiling again and replacing it", always=True)
             _remove(path)
             return _MISSING
-        self.stats.bytes_read += len(data)
+        finally:
+            self._release(data)
+        self.stats.bytes_read += size
         try:
             os.utime(path)            # the least recently used go first
         except OSError:
             pass
         return result
+
+    def _read_buffer(self, size: int) -> memoryview:
+        """`size` bytes of the buffer entries are read into, the same one entry after entry (its pages stay
+        mapped: a new one an entry was ~50,000 fresh pages a 1024 px image, seconds of system time where page
+        faults are dear, as in a VM); a new one when it is short."""
+        if self._buffer is None or len(self._buffer) < size:
+            self._buffer = bytearray(max(size, 2 * len(self._buffer or b"")))
+        return memoryview(self._buffer)[:size]
+
+    def _release(self, data: memoryview) -> None:
+        """Done with `data` (a _read_buffer view): the buffer is read into again only when nothing decoded still
+        views it (every array decode returns is a copy; were one not, the buffer is left to it). A bytearray with
+        views of it cannot change size: popping its last byte says whether any is left."""
+        data.release()
+        try:
+            if self._buffer:
+                self._buffer.append(self._buffer.pop())
+        except BufferError:
+            self._buffer = None
 
     def _save(self, key: str, result, compiler) -> None:
         t0 = time.perf_counter()
