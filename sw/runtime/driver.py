@@ -78,8 +78,7 @@ class Driver:
 
     def close(self) -> None:
         if self.compiles.store is not None:
-            self.compiles.store.flush()          # (its background writer's entries written whole)
-            self.compiles.store.save_timings(self.cfg)
+            self.compiles.store.flush()          # (its background writer's entries and the cycle model's outcomes)
         if self._session is not None:
             self._session.close()
             self._session = None

@@ -722,6 +722,7 @@ class ProgramStore:
         self.background = background
         self._timings: dict[Path, int] = {}         # timings file -> the outcomes it held (load_timings)
         self._buffer: bytearray | None = None        # what entries are read into (_read_buffer)
+        self._overlays: dict = {}                    # the overlays whose timings it loaded, in order (flush saves them)
         self._queue: queue.SimpleQueue | None = None     # the writer's (key, result, compiler) entries
         self._pending = 0
         self._idle = threading.Condition()
@@ -799,9 +800,12 @@ class ProgramStore:
                     self._idle.notify_all()
 
     def flush(self) -> None:
-        """Wait until every entry handed to the background writer is written (or refused with its warning)."""
+        """Wait until every entry handed to the background writer is written (or refused with its warning), and
+        write the cycle model's outcomes for the overlays this store served (save_timings)."""
         with self._idle:
             self._idle.wait_for(lambda: not self._pending)
+        for cfg in self._overlays:
+            self.save_timings(cfg)
 
     def _load(self, key: str):
         path = self.path(key)
@@ -892,8 +896,10 @@ class ProgramStore:
     def load_timings(self, cfg) -> int:
         """Take the cycle model's outcomes an earlier process saved for overlay `cfg` (save_timings) into this
         one's (sw.backends.cycles.remember_timings): a new session's programs, loaded from the store, then cost
-        no first pass of the recurrence (~0.8 s at 1024 px). How many lists; a bad file warned about, removed."""
+        no first pass of the recurrence (~0.8 s at 1024 px); `flush` saves them again with this process's. How
+        many lists; a bad file warned about, removed."""
         from sw.backends import cycles
+        self._overlays[cfg] = None
         path = self._timings_path(cfg)
         try:
             text = path.read_text()
