@@ -358,8 +358,10 @@ def remember_timings(cfg, rows) -> int:
             raise ValueError(f"{x!r} where a count was expected")
         return x
 
+    if not isinstance(rows, list):
+        raise ValueError(f"timing rows {str(rows)[:60]!r}")
     taken = []
-    for row in rows if isinstance(rows, list) else [None]:
+    for row in rows:
         if not (isinstance(row, list) and len(row) == 3 and isinstance(row[0], str) and isinstance(row[2], list)):
             raise ValueError(f"a timing row {str(row)[:60]!r}")
         outcomes = {}

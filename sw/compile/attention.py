@@ -214,8 +214,7 @@ def compile_attention(cfg, q, k, v, quant: intattn.AttentionQuant, *, out_int32:
     a 1 x 1 convolution writes), so one buffer can feed all three. With R = C that is the Q layout above;
     with R < C a query tile is 1 / (C / R) of a token tile, its channel c's R tokens C bytes after its
     channel c - 1's, so it is loaded one A entry (R bytes) per channel."""
-    if "attention" not in cfg.engines:
-        raise CompileError(f"overlay {cfg.name!r} has no attention engine (engines: {', '.join(cfg.engines)})")
+    _require_engine(cfg)
     if base_addr % ALIGN:
         raise CompileError(f"DDR buffer address {base_addr:#x} is not {ALIGN}-byte aligned")
     q, k, v = _heads(q, "q"), _heads(k, "k"), _heads(v, "v")
@@ -242,6 +241,11 @@ def compile_attention(cfg, q, k, v, quant: intattn.AttentionQuant, *, out_int32:
         prog.ROLES = {**{r: v for r, v in AttentionProgram.ROLES.items() if r not in split},
                       **{r: "input" for regions in split.values() for r in regions}}
     return prog
+
+
+def _require_engine(cfg) -> None:
+    if "attention" not in cfg.engines:
+        raise CompileError(f"overlay {cfg.name!r} has no attention engine (engines: {', '.join(cfg.engines)})")
 
 
 def _checked_plan(cfg, H: int, Lq: int, Lk: int, d: int, quant, out_int32, out_chunked, token_tiles,
@@ -279,8 +283,7 @@ def attention_descriptors(cfg, H: int, Lq: int, Lk: int, d: int, quant: intattn.
     """The descriptor bytes of compile_attention's program for H heads of Lq queries against Lk keys of dim d
     (Q, K, V in tiles, int8 out, at address 0), without its data: what the placement prices
     (sw.compile.graph). The same plan, so the same bytes, without an image to zero and fill."""
-    if "attention" not in cfg.engines:
-        raise CompileError(f"overlay {cfg.name!r} has no attention engine (engines: {', '.join(cfg.engines)})")
+    _require_engine(cfg)
     return _checked_plan(cfg, H, Lq, Lk, d, quant, False, False, False, None, 0, 1 << 30)[1]
 
 

@@ -629,7 +629,7 @@ class _Bytes(io.RawIOBase):
 _NPY_HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 
 
-def _members(data: bytearray) -> dict[str, np.ndarray]:
+def _members(data) -> dict[str, np.ndarray]:
     """The arrays of the uncompressed .npz in `data` (what np.savez writes), by name, as views of `data`: no
     member copied. Each member's CRC checked (as zipfile's reads do) and its .npy header read as NumPy reads
     it; object arrays (pickles) refused."""
@@ -659,14 +659,14 @@ def _members(data: bytearray) -> dict[str, np.ndarray]:
 
 
 def decode(source, key: str = "") -> object:
-    """encode's result back from a path, a file object or the bytes of one (a bytearray or a writable memoryview
-    is read in place), `key` the one it was written under (BadEntry, or the error reading it, when it is not such
+    """encode's result back from a path, a file object or the bytes of one (read in place: every array it returns
+    is a copy), `key` the one it was written under (BadEntry, or the error reading it, when it is not such
     an entry)."""
     if isinstance(source, (str, os.PathLike)):
         source = Path(source).read_bytes()
     elif not isinstance(source, (bytes, bytearray, memoryview)):
         source = source.read()
-    npz = _members(bytearray(source) if isinstance(source, bytes) else source)
+    npz = _members(source)
     if "tree" not in npz:
         raise BadEntry("no member 'tree'")
     header = json.loads(npz["tree"].tobytes().decode())
@@ -838,8 +838,8 @@ class ProgramStore:
 
     def _read_buffer(self, size: int) -> memoryview:
         """`size` bytes of the buffer entries are read into, the same one entry after entry (its pages stay
-        mapped: a new one an entry was ~50,000 fresh pages a 1024 px image, seconds of system time where page
-        faults are dear, as in a VM); a new one when it is short."""
+        mapped: a new one an entry was ~210 MB of fresh pages a 1024 px image, dear where page faults are, as in
+        a VM); a new one when it is short."""
         if self._buffer is None or len(self._buffer) < size:
             self._buffer = bytearray(max(size, 2 * len(self._buffer or b"")))
         return memoryview(self._buffer)[:size]
