@@ -137,11 +137,12 @@ def test_layout_programs_and_split_descriptors_round_trip():
 def test_a_new_executor_on_the_store_compiles_nothing(filled, scaled):
     """A second executor (a new process's) on the filled store loads every program and its placement (whose
     pricing compiles programs too): no compile, the same placements, logits bit for bit and modelled cycles node
-    by node."""
-    from sw.runtime.overlay_segment import OverlayRunner
+    by node. Its arena is bigger, as a video session's (the memory bank too): the DDR a program may take is a
+    limit, not part of an entry's key."""
+    from sw.runtime.overlay_segment import OVERLAY_DDR_BYTES, OverlayRunner
     qm, first, logits, cycles, placements = filled
     store = ProgramStore(first.dir)
-    ex = OverlayRunner(qm, CFG, "sim", program_store=store)
+    ex = OverlayRunner(qm, CFG, "sim", program_store=store, ddr_bytes=OVERLAY_DDR_BYTES + (96 << 20))
     assert store.stats.hits == 1 and ex.placements == placements
     got = _segment(qm, ex, scaled[2])
     assert store.stats.compiled == 0 and store.stats.hits == ex.driver.compiles.misses + 1 > 100
@@ -181,6 +182,23 @@ def test_different_arguments_or_code_are_different_entries(tmp_path, monkeypatch
     assert again.key(compile_linear, args, {}) != key is not None
     again.compile(compile_linear, args, {})
     assert again.stats.compiled == 1
+
+
+def test_the_ddr_bound_is_a_limit_not_a_key(tmp_path):
+    """A program stored under one DDR bound is loaded under any bound it fits (the same program a compile there
+    makes); under one it does not fit, the compiler runs and refuses it as it would without a store."""
+    from sw.compile.linear import CompileError
+    args = _linear_args()
+    stored = ProgramStore(tmp_path).compile(compile_linear, args, {"max_ddr_bytes": 1 << 30})
+    need = stored.image.nbytes
+    store = ProgramStore(tmp_path)
+    _same(store.compile(compile_linear, args, {"max_ddr_bytes": need}), compile_linear(*args, max_ddr_bytes=need))
+    assert store.stats.hits == 1 and store.stats.compiled == 0
+    with pytest.raises(CompileError, match=f"needs {need} bytes of DDR, more than the {need - 1} allowed"):
+        store.compile(compile_linear, args, {"max_ddr_bytes": need - 1})
+    assert store.stats.hits == 1 and store.stats.compiled == 0 and len(store.entries()) == 1     # (nothing made)
+    calls = [(0, 0, 8, stored), (1, 0, 8, stored)]          # compile_attention_calls' kind of result
+    assert ps._fits(calls, need) and not ps._fits(calls, need - 1) and ps._fits(calls, None)
 
 
 def _differ(a, b) -> bool:

@@ -49,6 +49,7 @@ def overlay_predictor(args, qm, cache: int, prompts):
 
 def frame_done(predictor, idx: int, stem: str) -> None:
     """A frame's figures to stderr and kept for the report; the executor's counters restart."""
+    from tqdm import tqdm
     ex = predictor.executor
     stats = ex.frame_stats.stages
     now = time.perf_counter()
@@ -58,8 +59,9 @@ def frame_done(predictor, idx: int, stem: str) -> None:
     parts = [f"{name} {s.cycles / (mhz * 1e3):.2f} ms" for name, s in stats.items()]
     ddr = sum(s.ddr_bytes for s in stats.values())
     batch = ex.frame_stats.batch_note()
-    print(f"frame {idx} ({stem}): modelled {', '.join(parts)}; DDR {ddr:,} B; wall {wall:.1f} s"
-          + (f"; memory attention runs: {batch}" if batch else ""), file=sys.stderr)
+    # tqdm.write: the line above track's progress bar (a plain print would be appended to the bar's line)
+    tqdm.write(f"frame {idx} ({stem}): modelled {', '.join(parts)}; DDR {ddr:,} B; wall {wall:.1f} s"
+               + (f"; memory attention runs: {batch}" if batch else ""), file=sys.stderr)
     ex.frame_stats.reset()
 
 

@@ -280,21 +280,21 @@ def _linear_dev(drv, n, a, r, lut=None, residual=None, add=None, out=None, order
     if residual is not None:
         residual = _window_order(residual, order) if order else residual
         residual = np.ascontiguousarray(residual).reshape(-1, w.shape[0])
-    prog = drv.compiles.get(n.name, _linear_nk, drv.cfg, drv._buffer_base(), drv.ddr_bytes, x2,
-                            w.reshape(w.shape[0], -1), b, m, s, relu=n.attrs.get("relu", False), lut=lut,
-                            residual=residual, add=add, a_rows=in_place)
+    base = drv._buffer_base()
+    prog = drv.compiles.get(n.name, _linear_nk, drv.cfg, base, x2, w.reshape(w.shape[0], -1), b, m, s,
+                            relu=n.attrs.get("relu", False), lut=lut, residual=residual, add=add, a_rows=in_place,
+                            max_ddr_bytes=drv.ddr_bytes - base)
     y = _run_to_device(drv, prog, {"A": x.buffer} if in_place else {}, TokenRowLayout(prog.m, prog.n, drv.cfg.cols),
                        x.shape[:-1] + (w.shape[0],), n.name, order, out)
     return y, [drv.last_run]
 
 
-def _linear_nk(cfg, base: int, ddr_bytes: int, a, w, *args, **kwargs):
+def _linear_nk(cfg, base: int, a, w, *args, **kwargs):
     """Driver.compile's program with B given as a layer's (N, K) weights (torch's layout), transposed here: the
     compile cache compares (and keeps) the weights as they are, so a node's next call makes no transposed copy of
-    them. A module-level function of its arguments alone (the program store keys it by them): programs at `base` in
-    DDR of `ddr_bytes`."""
-    return compile_linear(cfg, a, np.ascontiguousarray(w.T), *args, base_addr=base, max_ddr_bytes=ddr_bytes - base,
-                          **kwargs)
+    them. A module-level function of its arguments alone (the program store keys it by them): a program at `base`
+    in DDR."""
+    return compile_linear(cfg, a, np.ascontiguousarray(w.T), *args, base_addr=base, **kwargs)
 
 
 def _conv_dev(drv, n, a, r):
@@ -610,8 +610,9 @@ def _attention_dev(drv, n, a, r, out: str | None = None):
                          q.shape, n.name)
         runs = []
         try:
-            calls = drv.compiles.get(n.name, _attention_calls, drv.cfg, drv._buffer_base(), drv.ddr_bytes, qh, kh, vh,
-                                     _attention_quant(n, r), rows)
+            base = drv._buffer_base()
+            calls = drv.compiles.get(n.name, _attention_calls, drv.cfg, base, qh, kh, vh, _attention_quant(n, r), rows,
+                                     max_ddr_bytes=drv.ddr_bytes - base)
             for *_, prog in calls:
                 runs.append(drv.run_bound(prog, {**bind, "out": y.buffer}, owner=n.name))
         except BaseException:
@@ -624,9 +625,9 @@ def _attention_dev(drv, n, a, r, out: str | None = None):
     return y, runs
 
 
-def _attention_calls(cfg, base: int, ddr_bytes: int, q, k, v, quant, rows) -> list:
-    """Driver.attention_programs as a list (what the compile cache keeps), programs at `base` in DDR of `ddr_bytes`."""
-    return list(compile_attention_calls(cfg, q, k, v, quant, base_addr=base, max_ddr_bytes=ddr_bytes - base, rows=rows))
+def _attention_calls(cfg, base: int, q, k, v, quant, rows, max_ddr_bytes: int) -> list:
+    """Driver.attention_programs as a list (what the compile cache keeps), programs at `base` in DDR."""
+    return list(compile_attention_calls(cfg, q, k, v, quant, base_addr=base, max_ddr_bytes=max_ddr_bytes, rows=rows))
 
 
 def _want(r, n, operands=()) -> int | tuple | None:

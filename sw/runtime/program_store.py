@@ -13,7 +13,10 @@ arrays by dtype, shape and a BLAKE2b of their bytes (an array of zeros by its sh
 read-only owner, a model's frozen weights or the shared zeros, hashed once a process), dataclasses by type name
 and fields, scalars, tuples, lists, dicts in order. Anything else (an object it cannot encode) is compiled, not
 stored. The graph executor's placement (sw.compile.graph.place_all, which compiles programs to price the nodes)
-is kept the same way.
+is kept the same way. The keyword BOUND (the DDR a program may take) is not keyed: it only refuses programs that
+do not fit, so a session with more DDR (a video session's arena holds the memory bank too) loads the programs a
+smaller one stored, and a loaded result is used only when every image in it fits the call's bound (`_fits`;
+else the compiler runs and refuses it as before).
 
 An entry is one .npz file (`<key>.npz`), written to a temporary file and renamed into place (a killed process
 leaves no half entry) and read without pickle (`_members`: object arrays refused). Its member "tree" is JSON:
@@ -73,6 +76,8 @@ _NARROW = tuple(np.dtype(t) for t in (np.int8, np.uint8, np.int16, np.uint16, np
 ROWS_MIN = 8
 #: Eviction brings the directory down to this share of the budget (not one entry's room: fewer scans).
 LOW_WATER = 0.9
+#: The compilers' keyword for the DDR bytes a program may take (sw.compile.linear.lay_out): a limit, not an input.
+BOUND = "max_ddr_bytes"
 
 
 class ProgramStoreWarning(UserWarning):
@@ -746,7 +751,7 @@ class ProgramStore:
         h.update(f"{code_fingerprint()}\0{name}\0".encode())
         try:
             _feed(h, args, self._digest)
-            _feed(h, kwargs, self._digest)
+            _feed(h, {k: v for k, v in kwargs.items() if k != BOUND}, self._digest)
         except Unstorable:
             return None
         return h.hexdigest()
@@ -761,17 +766,19 @@ class ProgramStore:
         key = self.key(compiler, args, kwargs)
         t1 = time.perf_counter()
         s.key_s += t1 - t0
+        fits = True
         if key is not None:
             result = self._load(key)
             s.load_s += time.perf_counter() - t1
-            if result is not _MISSING:
+            fits = result is _MISSING or _fits(result, kwargs.get(BOUND))
+            if result is not _MISSING and fits:
                 s.hits += 1
                 return result
         t2 = time.perf_counter()
-        result = compiler(*args, **kwargs)
+        result = compiler(*args, **kwargs)      # (a stored one that does not fit: the compiler's error)
         s.compiled += 1
         s.compile_s += time.perf_counter() - t2
-        if key is None:
+        if key is None or not fits:
             s.unstorable += 1
         elif self._writable and self.budget:
             if self.background:
@@ -988,6 +995,22 @@ _MISSING = object()
 #: do), so a command's last entries are written whole, never left as temporary files.
 _BACKGROUND: "weakref.WeakSet[ProgramStore]" = weakref.WeakSet()
 atexit.register(lambda: [store.flush() for store in list(_BACKGROUND)])
+
+
+def _fits(result, bound: int | None) -> bool:
+    """Whether every program image in `result` (a program, or lists and tuples of them) takes at most `bound` bytes:
+    the test a compiler's layout makes of the bytes it lays out (sw.compile.linear.lay_out; the convolutions' early
+    tests of their maps are of parts of the image)."""
+    if bound is None:
+        return True
+    todo = [result]
+    while todo:
+        x = todo.pop()
+        if type(x) in (list, tuple):
+            todo.extend(x)
+        elif isinstance(getattr(x, "image", None), np.ndarray) and x.image.nbytes > bound:
+            return False
+    return True
 
 
 def _detached(result, memo: dict | None = None):
