@@ -2,7 +2,8 @@
 
 Per preset: a steady-state video frame (image encoder, prompt encoder + mask decoder, memory attention
 against a full bank, memory encoder) with the modelled time per stage, split overlay / host, against the
-goals (KV260: image embedding <= 0.25 s, video frame <= 0.75 s). kv260 and zcu104 carry a 16-lane vector
+goals (KV260: image embedding <= 0.25 s, video frame <= 0.75 s) and the part's floor (sw.perf.profile.
+part_floor_seconds: every DSP of the board's part a MAC at full use at the preset's clock). kv260 and zcu104 carry a 16-lane vector
 engine (the element-wise ops on the overlay); pynq-z2 has none, so also pynq-z2 as if it had an 8-lane one.
 Each profile's JSON: build/bench/profile-<preset>[-vecL].json.
 
@@ -33,6 +34,7 @@ def run() -> None:
                          "host_s": round(host, 4), "GMAC": round(t["macs"] / 1e9, 2),
                          "DDR_MB": round(t["ddr_bytes"] / 1e6, 1),
                          "goal_s": GOALS_S.get(total, "") if name == "kv260" else "",
+                         "part_floor_s": round(t["part_floor_seconds"], 4),
                          "profile_wall_s": round(prof.wall_s, 1)})
     report("profile", rows, "SAM 2.1 tiny at 1024, modelled (cycle model + host cost model), "
                             "stages run one after the other")

@@ -18,7 +18,8 @@ class Board:
     dsps: int
     bram36: int            # Xilinx BRAM36 tiles; for ECP5, EBR (18 Kb) blocks
     uram: int
-    macs_per_dsp: int      # int8 MACs one DSP does per cycle (WP486 packing on DSP48E2)
+    macs_per_dsp: int      # int8 MACs one DSP does a cycle where the product packs (the overlay's packed PE
+                           # pair, WP486: DSP48E2 and DSP48E1; the ECP5 presets do not pack)
     axi_data_bits: int     # PS DDR port width the overlay's AXI master uses
     vendor: str            # "xilinx" (Vivado flow) or "lattice" (open flow)
     ps: str = ""           # Zynq processing system: "zynq_ultra_ps_e" or "processing_system7"
@@ -30,7 +31,7 @@ BOARDS: dict[str, Board] = {b.name: b for b in [
           "zynq_ultra_ps_e", "xilinx.com:kv260_som:part0:1.4"),
     Board("zcu104", "xczu7ev-ffvc1156-2-e", "xcup", 230_400, 460_800, 1_728, 312, 96, 2, 128, "xilinx",
           "zynq_ultra_ps_e", "xilinx.com:zcu104:part0:1.1"),
-    Board("pynq-z2", "xc7z020clg400-1", "xc7", 53_200, 106_400, 220, 140, 0, 1, 64, "xilinx",
+    Board("pynq-z2", "xc7z020clg400-1", "xc7", 53_200, 106_400, 220, 140, 0, 2, 64, "xilinx",
           "processing_system7", "tul.com.tw:pynq-z2:part0:1.0"),
     Board("ulx3s-85f", "LFE5U-85F-6BG381C", "ecp5", 83_640, 83_640, 156, 208, 0, 1, 32, "lattice"),
 ]}

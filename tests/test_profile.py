@@ -13,6 +13,7 @@ from hw.config import preset
 from sw.compile import graph as G
 from sw.perf.host_model import HOSTS, HostModel, host_for
 from sw.perf.layers import Layer, video_layers
+from sw.perf.profile import GOALS_S, TOTALS, part_floor_seconds
 from sw.runtime.driver import Driver
 
 CFG = preset("sim")
@@ -200,9 +201,34 @@ def test_profile_and_plan_commands(tmp_path, capsys):
     assert seq["3"] - 2 * attention < by_objects["3"] < seq["3"]
     on = {x["on"] for x in data["layers"]}
     assert {"gemm", "conv", "attention", "host", "layout"} <= on and "depthwise" not in on   # pynq-z2 has none
+    # the part's floor: every one of the xc7z020's 220 DSPs a MAC at 150 MHz, two where the product packs (all but
+    # the attention's P V, half its MACs); no placement beats it
+    for name, stages in TOTALS.items():
+        att = sum(x["macs"] for x in data["layers"] if x["stage"] in stages and x["op"] == "attention")
+        rest = sum(x["macs"] for x in data["layers"] if x["stage"] in stages) - att
+        assert t[name]["part_floor_seconds"] == pytest.approx(((rest + att / 2) / 2 + att / 2) / (220 * 150e6))
+        assert 0 < t[name]["part_floor_seconds"] < t[name]["seconds"]
     assert main(["plan", "--model", "tiny", "--preset", "pynq-z2", "--image-size", "128"]) == 0
     plan = capsys.readouterr().out
     assert "enc.blocks.0.attn.sdpa" in plan and "nodes:" in plan
+
+
+def test_the_goals_against_the_parts_floor():
+    """docs/profile.md's reason the KV260 goals are not met: a steady tiny frame at 1024 takes longer than its goal
+    even were every DSP of the xck26 a MAC at full use at kv260's clock (P V unpacked), and the image embedding's
+    goal needs more than 86 % of them so (issue 15's presets stay within 85 %)."""
+    from hw.boards import BOARDS
+    from sw.perf.layers import image_layers, video_layers
+    kv = BOARDS["kv260"]
+    image = image_layers("tiny", 1024)
+
+    def floor(layers, dsps=kv.dsps):
+        att = sum(x.macs for x in layers if x.op == "attention")
+        return part_floor_seconds(att, sum(x.macs for x in layers) - att, dsps, kv.macs_per_dsp,
+                                  preset("kv260").clock_mhz)
+    encoder = [x for x in image if x.stage == "image_encoder"]
+    assert floor(image + video_layers("tiny", 1024)) > GOALS_S["video frame (steady state, full bank)"]
+    assert floor(encoder) < GOALS_S["image embedding"] < floor(encoder, int(0.86 * kv.dsps))
 
 
 @pytest.mark.parametrize("argv, message", [

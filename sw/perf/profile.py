@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from hw.boards import BOARDS
 from sw.compile.graph import Placement, place_all, vector_lanes
 from sw.perf.host_model import HostModel, ddr_gbs, host_for, port_gbs
 from sw.perf.layers import DECODER_STAGES, STAGES, batch_objects, image_layers, video_layers
@@ -32,6 +33,16 @@ PER_OBJECT_STAGES = tuple(s for s in STAGES if s != "image_encoder")
 DEFAULT_OBJECTS = (1, 3, 8)
 #: the project's goals (KV260, tiny): docs/profile.md
 GOALS_S = {"image embedding": 0.25, "video frame (steady state, full bank)": 0.75}
+
+
+def part_floor_seconds(attention_macs: int, other_macs: int, dsps: int, macs_per_dsp: int, clock_mhz: float) -> float:
+    """The least time any overlay of this design takes for these MACs on a part of `dsps` DSPs at `clock_mhz`: every
+    DSP an array MAC at full use (none left for the softmax, the requantisers, the vector or depthwise engines),
+    `macs_per_dsp` int8 MACs a DSP where the product packs (GEMM, convolution, the attention's Q K^T: half its MACs)
+    and one for the attention's P V (the other half: 17-bit probabilities x int8 do not share a multiplier,
+    docs/attention.md)."""
+    pv = attention_macs / 2
+    return ((other_macs + pv) / macs_per_dsp + pv) / (dsps * clock_mhz * 1e6)
 
 
 @dataclass
@@ -75,10 +86,16 @@ class Profile:
                 continue
             ps = [p for p in self.placements if p.layer.stage in stages]
             by = self.stage_time(stages)
+            attention = sum(p.macs for p in ps if p.layer.op == "attention")
             rows[name] = dict(seconds=sum(by.values()), by_engine=by, macs=sum(p.macs for p in ps),
+                              attention_macs=attention,
                               ddr_bytes=sum(p.ddr_bytes for p in ps if p.where not in ("host", "layout")),
                               host_bytes=sum(p.ddr_bytes for p in ps if p.where == "host"),
                               overlay_cycles=sum(p.cycles for p in ps))
+            part = BOARDS.get(self.cfg.name)          # (a board's preset: its part)
+            if part is not None:
+                rows[name]["part_floor_seconds"] = part_floor_seconds(
+                    attention, rows[name]["macs"] - attention, part.dsps, part.macs_per_dsp, self.cfg.clock_mhz)
         return rows
 
     # ------------------------------------------------------------- output
@@ -107,7 +124,7 @@ class Profile:
         for name, t in self.totals().items():
             by = ", ".join(f"{k} {v:.4f}" for k, v in sorted(t["by_engine"].items(), key=lambda kv: -kv[1]))
             goal = GOALS_S.get(name) if self.has_goals() else None
-            g = f"  (goal <= {goal} s)" if goal else ""
+            g = f"  (goal <= {goal} s; the part's floor {t['part_floor_seconds']:.3f} s)" if goal else ""
             lines.append(f"{name:38s} {t['seconds']:9.4f}  {t['macs'] / 1e9:8.2f}  {t['ddr_bytes'] / 1e6:8.1f}  "
                          f"{by}{g}")
         if self.video:
