@@ -11,8 +11,6 @@ import importlib
 import re
 import sys
 
-from sw.errors import CommandError, UsageError  # noqa: F401  (subcommands import them from here)
-
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("sw.commands.demo", "run the most complete path the project has, end to end"),
@@ -111,6 +109,10 @@ def describe_os_error(e: OSError) -> str:
         return f"{e.filename}: {e.strerror}"
     return e.strerror or str(e)
 
+
+# Imported last: once it is loaded only main() is left to run, which turns a Ctrl-C into one line
+# (tests/test_bad_inputs.py sends SIGINT from the moment `-X importtime` shows it).
+from sw.errors import CommandError, UsageError  # noqa: E402, F401  (subcommands import them from here)
 
 if __name__ == "__main__":
     sys.exit(main())
