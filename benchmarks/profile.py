@@ -2,9 +2,10 @@
 
 Per preset: a steady-state video frame (image encoder, prompt encoder + mask decoder, memory attention
 against a full bank, memory encoder) with the modelled time per stage, split overlay / host, against the
-goals (KV260: image embedding <= 0.25 s, video frame <= 0.75 s) and the part's floor (sw.perf.profile.
-part_floor_seconds: every DSP of the board's part a MAC at full use at the preset's clock). kv260 and zcu104 carry a 16-lane vector
-engine (the element-wise ops on the overlay); pynq-z2 has none, so also pynq-z2 as if it had an 8-lane one.
+goals (KV260: image embedding <= 0.25 s, video frame <= 0.75 s) and the part's floor
+(sw.perf.profile.part_floor_seconds: every DSP of the board's part a MAC at full use at the preset's clock).
+kv260 and zcu104 carry a 16-lane vector engine (the element-wise ops on the overlay); pynq-z2 has none, so
+also pynq-z2 as if it had an 8-lane one.
 Each profile's JSON: build/bench/profile-<preset>[-vecL].json.
 
     python -m benchmarks profile

@@ -778,9 +778,9 @@ class ProgramStore:
         result = compiler(*args, **kwargs)      # (a stored one that does not fit: the compiler's error)
         s.compiled += 1
         s.compile_s += time.perf_counter() - t2
-        if key is None or not fits:
+        if key is None:
             s.unstorable += 1
-        elif self._writable and self.budget:
+        elif fits and self._writable and self.budget:
             if self.background:
                 self._write_later(key, _detached(result), compiler)
             else:
