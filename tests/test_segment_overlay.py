@@ -166,3 +166,28 @@ def test_a_second_command_loads_its_programs_from_the_program_store(files, tmp_p
         # (the first: a few programs equal to one compiled earlier in the same run, loaded)
         assert (compiled > 100 and loaded < 20) if run == 0 else (loaded > 100 and compiled == 0), line
     assert len(list(store.glob("*.npz"))) > 100
+
+
+def test_rtl_says_how_long_it_takes_before_it_starts(files, tmp_path, capsys, monkeypatch):
+    """`--backend rtl` on a full-size model runs for hours: segment first says how long (the placement's modelled
+    cycles of the image and click at Verilator's rate here). The rtl backend stands in as sim here (the real rtl
+    runs: tests/test_rtl_sam2.py)."""
+    import sw.backends.rtl as rtl
+    import sw.runtime.overlay_segment as overlay_segment
+    made = []
+
+    class SimForRtl(overlay_segment.OverlayRunner):
+        def __init__(self, qm, cfg, backend="sim", **kwargs):
+            made.append(self)
+            super().__init__(qm, cfg, "sim" if backend == "rtl" else backend, **kwargs)
+    monkeypatch.setattr(overlay_segment, "OverlayRunner", SimForRtl)
+    code, out = _segment(files, tmp_path, "--backend", "rtl")
+    assert code == 0 and out.read_bytes() == files[2].read_bytes()
+    err = capsys.readouterr().err
+    ex = made[0]
+    cycles = sum(ex.placements[n.name].cycles for n in ex.graph.nodes
+                 if n.stage in ("image_encoder", "prompt_encoder", "mask_decoder"))
+    assert cycles > 0 and f"segment: rtl: about {cycles:,} overlay cycles" in err
+    assert err.index("rtl: about") < err.index("image_encoder: ")          # before the run's progress
+    monkeypatch.setattr(rtl, "CYCLES_PER_S", 1)
+    assert f"about {cycles / 3600:.1f} hours" in overlay_segment.rtl_forecast(ex)

@@ -21,6 +21,11 @@ from hw import isa
 from sim import rpc
 from sw.runtime.backend import DEFAULT_DDR_BYTES, AcceleratorError, Backend
 
+#: Simulated cycles a second, roughly, of an overlay under Verilator and cocotb here (docs/overlay.md: ~23 k on a
+#: small GEMM overlay, 10.6 k on bench16 with attention; less for bigger overlays and under load): what the CLI's
+#: forecasts of an rtl run divide by.
+CYCLES_PER_S = 10_000
+
 
 def overlay_verilog(cfg) -> Path:
     """The overlay's Verilog for `cfg`, converted again only when the hardware's sources changed

@@ -28,7 +28,7 @@ def overlay_predictor(args, build_model):
     from sw.cli import CommandError
     from sw.commands.quantize import int8_model
     from sw.commands.segment import program_store
-    from sw.runtime.overlay_segment import OverlayRunner
+    from sw.runtime.overlay_segment import OverlayRunner, rtl_forecast
     qm = int8_model(args, build_model, lambda m: print("segment: " + m))
     cfg = preset(args.preset)
     try:
@@ -40,6 +40,8 @@ def overlay_predictor(args, build_model):
     print(f"segment: int8 SAM 2.1 {args.model} on the {cfg.name} overlay ({cfg.rows} x {cfg.cols} at "
           f"{cfg.clock_mhz:g} MHz, engines {', '.join(cfg.engines)}), backend {args.backend}: "
           + "nodes on " + ", ".join(f"{w} {n}" for w, n in sorted(on.items())) + " (`sam2fpga plan` says why)")
+    if args.backend == "rtl":           # hours at full size: said before it starts
+        _log(rtl_forecast(ex))
     return GraphPredictor(qm.graph, ex), ex
 
 

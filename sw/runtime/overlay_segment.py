@@ -55,6 +55,19 @@ class OverlayRunner(GraphExecutor):
         return super().run(feeds, stages, env, seen)
 
 
+def rtl_forecast(ex: GraphExecutor, stages=sum(STAGE_GROUPS.values(), ())) -> str:
+    """How long the rtl backend takes for the engine nodes of `stages` (an image and a click by default): their
+    cycles as the placement modelled them, at Verilator's rate here (sw.backends.rtl.CYCLES_PER_S)."""
+    from sw.backends.rtl import CYCLES_PER_S
+    cycles = sum(ex.placements[n.name].cycles for n in ex.graph.nodes if n.stage in stages and n.name in ex.placements)
+    s = cycles / CYCLES_PER_S
+    took = f"{s:.0f} s" if s < 120 else f"{s / 60:.0f} minutes" if s < 7200 else f"{s / 3600:.1f} hours"
+    return (f"rtl: about {cycles:,} overlay cycles (the placement's cycle model) at Verilator's ~{CYCLES_PER_S:,} "
+            f"a second here: about {took}, after building the {ex.cfg.name} overlay's Verilator model. The sim "
+            f"backend gives the same bits and cycles; a scaled-down model (`sam2fpga quantize --image-size 128`) "
+            f"runs on rtl in minutes.")
+
+
 def missing_engines(ex: GraphExecutor) -> list[str]:
     """`no <engine> engine: N nodes on the host` for each engine the preset lacks that the graph wanted."""
     counts = Counter(r.reason for r in ex.records.values()
