@@ -201,12 +201,15 @@ def test_profile_and_plan_commands(tmp_path, capsys):
     assert seq["3"] - 2 * attention < by_objects["3"] < seq["3"]
     on = {x["on"] for x in data["layers"]}
     assert {"gemm", "conv", "attention", "host", "layout"} <= on and "depthwise" not in on   # pynq-z2 has none
-    # the part's floor: every one of the xc7z020's 220 DSPs a MAC at 150 MHz, two where the product packs (all but
+    # the part's floor: every DSP of the xc7z020 a MAC at pynq-z2's clock, two where the product packs (all but
     # the attention's P V, half its MACs); no placement beats it
+    from hw.boards import BOARDS
+    part, mhz = BOARDS["pynq-z2"], preset("pynq-z2").clock_mhz
     for name, stages in TOTALS.items():
         att = sum(x["macs"] for x in data["layers"] if x["stage"] in stages and x["op"] == "attention")
         rest = sum(x["macs"] for x in data["layers"] if x["stage"] in stages) - att
-        assert t[name]["part_floor_seconds"] == pytest.approx(((rest + att / 2) / 2 + att / 2) / (220 * 150e6))
+        packed = (rest + att / 2) / part.macs_per_dsp
+        assert t[name]["part_floor_seconds"] == pytest.approx((packed + att / 2) / (part.dsps * mhz * 1e6))
         assert 0 < t[name]["part_floor_seconds"] < t[name]["seconds"]
     assert main(["plan", "--model", "tiny", "--preset", "pynq-z2", "--image-size", "128"]) == 0
     plan = capsys.readouterr().out

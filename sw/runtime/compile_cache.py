@@ -172,15 +172,22 @@ def _nbytes(x) -> int:
     return 0
 
 
-def _keep_images(result) -> int:
-    """The program images in a compiler's result (a program, or a list of programs or of tuples ending in one:
-    compile_attention_calls' (head, q0, q1, program)) made lean (_lean), and the bytes they hold."""
+def programs(result):
+    """The programs in a compiler's result (objects with an array `image`): a program, or a list of programs or of
+    tuples ending in one (compile_attention_calls' (head, q0, q1, program)); none in place_all's placements."""
     if isinstance(result, (list, tuple)):
-        return sum(_keep_images(p) for p in result)
-    image = getattr(result, "image", None)
-    if not isinstance(image, np.ndarray):
-        return 0
-    result.image, held = _lean(image)
+        for p in result:
+            yield from programs(p)
+    elif isinstance(getattr(result, "image", None), np.ndarray):
+        yield result
+
+
+def _keep_images(result) -> int:
+    """The program images in a compiler's result made lean (_lean), and the bytes they hold."""
+    held = 0
+    for p in programs(result):
+        p.image, n = _lean(p.image)
+        held += n
     return held
 
 

@@ -59,7 +59,7 @@ def rtl_forecast(ex: GraphExecutor, stages=sum(STAGE_GROUPS.values(), ())) -> st
     """How long the rtl backend takes for the engine nodes of `stages` (an image and a click by default): their
     cycles as the placement modelled them, at Verilator's rate here (sw.backends.rtl.CYCLES_PER_S)."""
     from sw.backends.rtl import CYCLES_PER_S
-    cycles = sum(ex.placements[n.name].cycles for n in ex.graph.nodes if n.stage in stages and n.name in ex.placements)
+    cycles = sum(ex.placements[n.name].cycles for n in ex.graph.nodes if n.stage in stages)
     s = cycles / CYCLES_PER_S
     took = f"{s:.0f} s" if s < 120 else f"{s / 60:.0f} minutes" if s < 7200 else f"{s / 3600:.1f} hours"
     return (f"rtl: about {cycles:,} overlay cycles (the placement's cycle model) at Verilator's ~{CYCLES_PER_S:,} "

@@ -56,7 +56,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sw.runtime.compile_cache import _owner, _place, lean_from_blocks, mib_from_env, nonzero_blocks
+from sw.runtime.compile_cache import _owner, _place, lean_from_blocks, mib_from_env, nonzero_blocks, programs
 
 #: The entry format: a change to the encoding below bumps it (older entries then miss, never mis-decode).
 FORMAT = 1
@@ -998,23 +998,14 @@ atexit.register(lambda: [store.flush() for store in list(_BACKGROUND)])
 
 
 def _fits(result, bound: int | None) -> bool:
-    """Whether every program image in `result` (a program, or lists and tuples of them) takes at most `bound` bytes:
-    the test a compiler's layout makes of the bytes it lays out (sw.compile.linear.lay_out; the convolutions' early
-    tests of their maps are of parts of the image)."""
-    if bound is None:
-        return True
-    todo = [result]
-    while todo:
-        x = todo.pop()
-        if type(x) in (list, tuple):
-            todo.extend(x)
-        elif isinstance(getattr(x, "image", None), np.ndarray) and x.image.nbytes > bound:
-            return False
-    return True
+    """Whether every program image in `result` (compile_cache.programs) takes at most `bound` bytes: the test a
+    compiler's layout makes of the bytes it lays out (sw.compile.linear.lay_out; the convolutions' early tests of
+    their maps are of parts of the image)."""
+    return bound is None or all(p.image.nbytes <= bound for p in programs(result))
 
 
 def _detached(result, memo: dict | None = None):
-    """`result` with each program in it (an object with an `image`: the compile cache's _keep_images walk) a
+    """`result` with each program in it (an object with an `image`: compile_cache.programs' walk) a
     shallow copy, shared ones still shared: the cache's leaning a program's image after compile() returns changes
     the original's attribute, not what the background writer encodes."""
     memo = {} if memo is None else memo
