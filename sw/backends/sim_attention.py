@@ -22,6 +22,12 @@ from hw.limits import softmax_latency
 # last channel is written (PV_TAIL after the array's R + C skew). So back-to-back steps cost d_pad each.
 SOFTMAX_READ = 1          # SOFTMAX start to HANDOVER = R + SOFTMAX_READ (acc/state read) + the softmax's latency
 PV_TAIL = 3               # stages A-C (O read, rescale product, round + add + write) after the array's R + C
+
+
+def pv_lut_delay(cfg) -> int:
+    """Cycles the P V array's last row adds to its R + C: 1 when it is a LUT row (cfg.attn_pv_lut_rows: its
+    product register, hw/attention/pv_array.py), the engine's STEP done then a cycle later."""
+    return int(cfg.attn_pv_lut_rows > 0)
 NORM_ROW = 20             # per query row: reciprocal (18 division steps) and hand-over; then the row's chunks x G
                           # lane groups, one a cycle (G = cols / norm_lanes: the lanes share G x fewer multipliers,
                           # and the O memories give norm_lanes channels a cycle)
@@ -74,7 +80,7 @@ class AttentionModel:
             s0 = max(a + 2, self.bank_done[b] + 2)                    # WAIT sees the bank free, SOFTMAX
             h = max(s0 + R + SOFTMAX_READ + softmax_latency(C), self.handover + self.pv_len)
             dp = (d["k_last"] + 1) * C
-            done = h + dp + R + C + PV_TAIL
+            done = h + dp + R + C + pv_lut_delay(self.cfg) + PV_TAIL
             self.bank_done[b], self.bank, self.handover, self.pv_len = done, 1 - b, h, dp
             self.front_idle = h + 1
         else:
