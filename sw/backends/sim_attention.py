@@ -22,17 +22,17 @@ from hw.limits import softmax_latency
 # last channel is written (PV_TAIL after the array's R + C skew). So back-to-back steps cost d_pad each.
 SOFTMAX_READ = 1          # SOFTMAX start to HANDOVER = R + SOFTMAX_READ (acc/state read) + the softmax's latency
 PV_TAIL = 3               # stages A-C (O read, rescale product, round + add + write) after the array's R + C
+NORM_ROW = 20             # per query row: reciprocal (18 division steps) and hand-over; then the row's chunks x G
+                          # lane groups, one a cycle (G = cols / norm_lanes: the lanes share G x fewer multipliers,
+                          # and the O memories give norm_lanes channels a cycle)
+NORM_LATENCY = 3          # NORM start to done = R x (NORM_ROW + chunks x G) + NORM_LATENCY ...
+NORM_AGAIN = 1            # ... + 1 once the normaliser has run since reset (it drops the last row's reciprocal first)
 
 
 def pv_lut_delay(cfg) -> int:
     """Cycles the P V array's last row adds to its R + C: 1 when it is a LUT row (cfg.attn_pv_lut_rows: its
     product register, hw/attention/pv_array.py), the engine's STEP done then a cycle later."""
     return int(cfg.attn_pv_lut_rows > 0)
-NORM_ROW = 20             # per query row: reciprocal (18 division steps) and hand-over; then the row's chunks x G
-                          # lane groups, one a cycle (G = cols / norm_lanes: the lanes share G x fewer multipliers,
-                          # and the O memories give norm_lanes channels a cycle)
-NORM_LATENCY = 3          # NORM start to done = R x (NORM_ROW + chunks x G) + NORM_LATENCY ...
-NORM_AGAIN = 1            # ... + 1 once the normaliser has run since reset (it drops the last row's reciprocal first)
 
 
 class AttentionModel:
