@@ -45,6 +45,9 @@ class OverlayConfig:
     pv_preadd     : attention engine: the P V array's PEs pick their p bank in the DSP's pre-adder (DSP48E1/E2)
                     instead of a multiplexer in the fabric; False for ECP5, whose multipliers have none
                     (hw/attention/pv_array.py).
+    attn_pv_lut_rows : attention engine: the P V array's last k rows (0..rows) multiply-add in the fabric
+                    (LUTs and a product register) instead of DSPs: rows x cols MACs a cycle on fewer DSPs, the
+                    last row's results a cycle later (hw/attention/pv_array.py; bitstreams/README.md: LUTs a MAC).
     clock_mhz     : target clock (for reports and the board flow).
     dw_lanes      : depthwise engine: channel lanes (each K x K multipliers, one output pixel per cycle).
     dw_row_bytes  : depthwise engine: the longest feature-map row (pitch, bytes) its line buffers hold.
@@ -76,6 +79,7 @@ class OverlayConfig:
     attn_o_uram: bool = False
     scratch_uram: bool = False
     pv_preadd: bool = True
+    attn_pv_lut_rows: int = 0
 
     @property
     def norm_lanes(self) -> int:
@@ -120,6 +124,8 @@ class OverlayConfig:
         if "attention" in self.engines:
             if self.attn_norm_lanes < 0 or (self.attn_norm_lanes and self.cols % self.attn_norm_lanes):
                 errors.append(f"attn_norm_lanes={self.attn_norm_lanes} must divide cols={self.cols} (0: all)")
+            if not 0 <= self.attn_pv_lut_rows <= self.rows:
+                errors.append(f"attn_pv_lut_rows={self.attn_pv_lut_rows} outside 0..rows={self.rows}")
             if not 1 <= self.attn_q_slots <= 1 << ATTN_SLOT_BITS:
                 errors.append(f"attn_q_slots={self.attn_q_slots} outside 1..{1 << ATTN_SLOT_BITS}")
         if "vector" in self.engines and (self.vec_lanes not in VEC_LANES or self.vec_lanes != beat):

@@ -150,54 +150,41 @@ def test_normaliser_matches_golden(units):
     assert got == want
 
 
-@pytest.mark.parametrize("rows,cols,preadd", [(3, 5, True), (2, 8, True), (3, 5, False)])
-def test_pv_array_matches_dot_products(rows, cols, preadd):
-    """PVArray alone, its banks picked by the pre-adder's two reset registers or by a multiplexer:
-    tiles back to back (a bank switch between them; a bank is rewritten once its last channel has
-    left the array, and set a cycle before its first channel enters, v_bank a cycle ahead of v) and
-    after bubbles, p at its port's extremes (2^17 - 1, beyond softmax's 2^16: the narrowed partial
-    sums must hold it) with v = -128 and 127, then random. Every row's result, channel and bank come
-    out i + C cycles after the channel entered, and out_valid is low at every other cycle."""
-    from hw.attention.pv_array import PROB, PVArray
-    rng = np.random.default_rng(rows * 10 + cols)
-    pmax = (1 << PROB.width) - 1
-    ds = [3, 1, 4, 2, 5, 1]
-    tiles = [(rng.integers(0, pmax + 1, (rows, cols)), rng.integers(-128, 128, (cols, d))) for d in ds]
-    tiles[0][0][:], tiles[0][1][:] = pmax, -128            # the most negative sums
-    tiles[1][0][:], tiles[1][1][:] = pmax, 127             # the most positive
-    tiles[2][0][:, ::2] = 0                                # zero probabilities among extremes
-    tiles[2][1][::3] = -128
-    # Channel entry cycles: each tile right after the previous one (tile 3 after 2 bubbles), and not
-    # before the cycle after its bank is loaded, which is in the cycle after the bank's previous
-    # tile's last channel reached the last PE (entered at end - 1, there rows + cols - 2 cycles later).
-    start, end, load = [], [], []
-    for t, d in enumerate(ds):
-        load.append(end[t - 2] + rows + cols - 2 if t >= 2 else 0)
-        start.append(max(end[-1] + 2 * (t == 3) if end else 0, load[-1] + 1))
-        end.append(start[-1] + d)
-    assert start[1] == end[0] and start[2] > load[2] == start[2] - 1     # back to back; loaded just in time
-    dut = PVArray(rows, cols, chan_bits=3, preadd=preadd)
+def run_pv_array(rows, cols, preadd, lut_rows, tiles, entries, rng, name):
+    """PVArray(rows, cols) fed tile t's channel c (tiles[t] = (p, v)) at cycle entries[t][c], its v_bank a
+    cycle ahead, and random values on v between channels (out_valid must not see them). Bank t % 2 is loaded
+    (the cycle before t's first channel at the latest) once tile t - 2's last channel has passed the last PE.
+    Every row's result, channel and bank must leave i + C cycles after the channel entered (i + C + 1 in the
+    last lut_rows rows: their product register), and out_valid be low at every other cycle."""
+    from hw.attention.pv_array import PVArray
+    load = [entries[t - 2][-1] + rows + cols - 1 if t >= 2 else 0 for t in range(len(tiles))]
+    assert all(load[t] < entries[t][0] for t in range(len(tiles)))
+    at = {e: (t, c) for t, es in enumerate(entries) for c, e in enumerate(es)}
+    dut = PVArray(rows, cols, chan_bits=3, preadd=preadd, lut_rows=lut_rows)
     want, got = {}, {}
     for t, (p, v) in enumerate(tiles):
-        for c in range(v.shape[1]):
+        for c, e in enumerate(entries[t]):
             for i in range(rows):
-                want[(start[t] + c + i + cols, i)] = (int(p[i] @ v[:, c]), c, t % 2)
+                want[(e + i + cols + (i >= rows - lut_rows), i)] = (int(p[i] @ v[:, c]), c, t % 2)
 
     async def bench(ctx):
-        for cycle in range(end[-1] + rows + cols + 2):
+        for cycle in range(entries[-1][-1] + rows + cols + 3):
             for t, (p, v) in enumerate(tiles):
                 if cycle == load[t]:
                     for i in range(rows):
                         for j in range(cols):
                             ctx.set(dut.p[t % 2][i][j], int(p[i, j]))
-                if start[t] <= cycle < end[t]:
-                    c = cycle - start[t]
-                    for j in range(cols):
-                        ctx.set(dut.v[j], int(v[j, c]))
-                    ctx.set(dut.v_chan, c)
-                if start[t] <= cycle + 1 < end[t]:
-                    ctx.set(dut.v_bank, t % 2)                 # the next cycle's channel's bank
-            ctx.set(dut.v_valid, int(any(s <= cycle < e for s, e in zip(start, end))))
+            if cycle in at:
+                t, c = at[cycle]
+                for j in range(cols):
+                    ctx.set(dut.v[j], int(tiles[t][1][j, c]))
+                ctx.set(dut.v_chan, c)
+            else:
+                for j in range(cols):
+                    ctx.set(dut.v[j], int(rng.integers(-128, 128)))
+            if cycle + 1 in at:
+                ctx.set(dut.v_bank, at[cycle + 1][0] % 2)              # the next cycle's channel's bank
+            ctx.set(dut.v_valid, int(cycle in at))
             for i in range(rows):
                 if ctx.get(dut.out_valid[i]):
                     got[(cycle, i)] = (ctx.get(dut.out[i]), ctx.get(dut.out_chan[i]), ctx.get(dut.out_bank[i]))
@@ -206,5 +193,61 @@ def test_pv_array_matches_dot_products(rows, cols, preadd):
     sim = Simulator(dut)
     sim.add_clock(1e-8)
     sim.add_testbench(bench)
-    run_amaranth(sim, f"pv_array_{rows}x{cols}{'' if preadd else '_mux'}")
+    run_amaranth(sim, name)
     assert got == want
+
+
+@pytest.mark.parametrize("rows,cols,preadd,lut_rows", [(3, 5, True, 0), (2, 8, True, 0), (3, 5, False, 0),
+                                                       (3, 5, True, 1), (3, 5, False, 3)])
+def test_pv_array_matches_dot_products(rows, cols, preadd, lut_rows):
+    """PVArray alone, its banks picked by the pre-adder's two reset registers or by a multiplexer, its last
+    lut_rows rows multiplying in the fabric: tiles back to back (a bank switch between them) and after bubbles,
+    p at its port's extremes (2^17 - 1, beyond softmax's 2^16: the narrowed partial sums must hold it) with
+    v = -128 and 127, then random (run_pv_array)."""
+    from hw.attention.pv_array import PROB
+    rng = np.random.default_rng(rows * 10 + cols)
+    pmax = (1 << PROB.width) - 1
+    ds = [3, 1, 4, 2, 5, 1]
+    tiles = [(rng.integers(0, pmax + 1, (rows, cols)), rng.integers(-128, 128, (cols, d))) for d in ds]
+    tiles[0][0][:], tiles[0][1][:] = pmax, -128            # the most negative sums
+    tiles[1][0][:], tiles[1][1][:] = pmax, 127             # the most positive
+    tiles[2][0][:, ::2] = 0                                # zero probabilities among extremes
+    tiles[2][1][::3] = -128
+    # Each tile right after the previous one (tile 3 after 2 bubbles), and not before the cycle after its
+    # bank can be loaded.
+    entries = []
+    for t, d in enumerate(ds):
+        first = entries[-1][-1] + 1 + 2 * (t == 3) if entries else 1
+        if t >= 2:
+            first = max(first, entries[t - 2][-1] + rows + cols)
+        entries.append(list(range(first, first + d)))
+    assert entries[1][0] == entries[0][-1] + 1 and entries[2][0] == entries[0][-1] + rows + cols  # just in time
+    run_pv_array(rows, cols, preadd, lut_rows, tiles, entries, rng,
+                 f"pv_array_{rows}x{cols}{'' if preadd else '_mux'}{f'_lut{lut_rows}' if lut_rows else ''}")
+
+
+@pytest.mark.parametrize("rows,cols,preadd,lut_rows", [(4, 4, True, 2), (3, 8, False, 1)])
+def test_pv_array_lut_rows_long_run(rows, cols, preadd, lut_rows):
+    """A long run with LUT rows: 24 tiles of 1..8 channels, gaps (v_valid low, v random) inside tiles and
+    between them, p and v drawn from their extremes (0, 2^17 - 1; -128, 127) as often as at random."""
+    from hw.attention.pv_array import PROB
+    rng = np.random.default_rng(rows * 100 + cols)
+    pmax = (1 << PROB.width) - 1
+
+    def draw(lo, hi, shape):
+        x = rng.integers(lo, hi + 1, shape)
+        return np.where(rng.random(shape) < 0.5, rng.choice([lo, hi], shape), x)
+
+    tiles, entries, e = [], [], 1
+    for t in range(24):
+        d = int(rng.integers(1, 9))
+        tiles.append((draw(0, pmax, (rows, cols)), draw(-128, 127, (cols, d))))
+        if t >= 2:
+            e = max(e, entries[t - 2][-1] + rows + cols)
+        es = []
+        for _ in range(d):
+            es.append(e)
+            e += 1 + int(rng.integers(0, 3) if rng.random() < 0.3 else 0)
+        entries.append(es)
+        e += int(rng.integers(0, 3))
+    run_pv_array(rows, cols, preadd, lut_rows, tiles, entries, rng, f"pv_array_long_{rows}x{cols}_lut{lut_rows}")

@@ -46,12 +46,13 @@ def program(rng):
     return descs, acc, v
 
 
-@pytest.mark.parametrize("stall,norm_lanes", [(0.0, 0), (0.3, 0), (0.0, 1)])
-def test_engine_slots_and_overlap_match_the_model_bit_and_cycle_exact(stall, norm_lanes):
+@pytest.mark.parametrize("stall,norm_lanes,lut_rows", [(0.0, 0, 0), (0.3, 0, 0), (0.0, 1, 0), (0.0, 0, 2)])
+def test_engine_slots_and_overlap_match_the_model_bit_and_cycle_exact(stall, norm_lanes, lut_rows):
     """stall: probability that the accumulator's write port refuses a row in a cycle (the GEMM drain
     has priority in the overlay); the cycles are compared without stalls only. norm_lanes: the
-    normaliser's multipliers (0: one per lane; 1: the ECP5 preset's, shared by the lanes)."""
-    cfg = CFG.replace(attn_norm_lanes=norm_lanes)
+    normaliser's multipliers (0: one per lane; 1: the ECP5 preset's, shared by the lanes). lut_rows: the P V
+    array's last rows in the fabric (their results a cycle later)."""
+    cfg = CFG.replace(attn_norm_lanes=norm_lanes, attn_pv_lut_rows=lut_rows)
     R, C = cfg.rows, cfg.cols
     rng = np.random.default_rng(21)
     descs, acc0, v = program(rng)

@@ -139,6 +139,8 @@ def test_build_refuses_a_preset_without_enough_multipliers_at_once(monkeypatch, 
     assert main(["build", "--board", "pynq-z2", "--preset", "big", "-o", str(tmp_path)]) == 1
     # 16 x 16 packed: 128 DSPs + 8 requantisers x 4; its P V array 256 (one per MAC)
     assert est.dsp_floor_by_engine(big) == {"gemm": 160, "attention": 256, "conv": 0}
+    # P V rows in LUTs take no DSPs: 16 - 5 rows of 16
+    assert est.dsp_floor_by_engine(big.replace(attn_pv_lut_rows=5))["attention"] == 11 * 16
     assert "need at least 416 multipliers (DSP blocks), the part has 220" in capsys.readouterr().err
 
 

@@ -81,10 +81,12 @@ def test_presets_are_valid_and_named():
 
 @pytest.mark.parametrize("bad", [dict(rows=1), dict(cols=33), dict(a_depth=1000), dict(axi_data_bits=32),
                                  dict(engines=("gemm", "fft")), dict(engines=("conv",)), dict(cols=4),
-                                 dict(axi_addr_bits=64), dict(attn_max_dim=512)])
+                                 dict(axi_addr_bits=64), dict(attn_max_dim=512), dict(attn_pv_lut_rows=-1),
+                                 dict(attn_pv_lut_rows=5)])
 def test_bad_config_is_a_clear_error(bad):
     with pytest.raises(ValueError, match="overlay config"):
         PRESETS["sim"].replace(**bad)
+    assert PRESETS["sim"].replace(attn_pv_lut_rows=4).attn_pv_lut_rows == 4      # all 4 rows: allowed
 
 
 def test_int8_matmul_exact_across_float32_chunks():

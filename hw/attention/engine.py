@@ -138,7 +138,7 @@ class AttentionEngine(wiring.Component):
                 o_wr[i].append(mem.write_port())
 
         m.submodules.softmax = sm = OnlineSoftmax(C)
-        m.submodules.pv = pv = PVArray(R, C, chan_bits, preadd=cfg.pv_preadd)
+        m.submodules.pv = pv = PVArray(R, C, chan_bits, preadd=cfg.pv_preadd, lut_rows=cfg.attn_pv_lut_rows)
         m.submodules.norm = norm = Normaliser(C, cfg.norm_lanes)
 
         cmd = Signal(self.layouts.cmd)           # the front's command (STEP in its softmax phase, or NORM)

@@ -41,8 +41,10 @@ def components(cfg) -> dict:
         from hw.attention.pv_array import PVArray
         from hw.gemm.engine import abits
         parts["attention"] = (lambda: AttentionEngine(cfg), "attention engine: softmax, P V array, normaliser, O memories")
-        parts["pv_array"] = (lambda: PVArray(cfg.rows, cfg.cols, abits(cfg.attn_max_dim), cfg.pv_preadd),
-                             f"attention's P V array {cfg.rows} x {cfg.cols}")
+        parts["pv_array"] = (lambda: PVArray(cfg.rows, cfg.cols, abits(cfg.attn_max_dim), cfg.pv_preadd,
+                                             cfg.attn_pv_lut_rows),
+                             f"attention's P V array {cfg.rows} x {cfg.cols}"
+                             + (f", {cfg.attn_pv_lut_rows} rows in LUTs" if cfg.attn_pv_lut_rows else ""))
         from hw.attention.normalise import Normaliser
         from hw.attention.softmax import OnlineSoftmax
         parts["softmax"] = (lambda: OnlineSoftmax(cfg.cols), f"attention's online softmax, {cfg.cols} lanes")

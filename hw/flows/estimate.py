@@ -251,14 +251,15 @@ def dsp_floor_by_engine(cfg) -> dict[str, int]:
     """The fewest DSP blocks each engine of the overlay `cfg` needs, from its structure alone: the GEMM
     array's int8 MACs (two per DSP with cfg.dsp_packing) and hw.requant.DSPS per requantiser lane of the
     store unit (cfg.requant_lanes); one per MAC of the attention engine's P V array (17-bit x int8 products do
-    not pack); K_MAX x K_MAX = 49 multipliers and a requantiser per depthwise lane; the vector engine's four
-    datapath multipliers per lane (docs/vector.md). yosys maps a few more
+    not pack) outside its cfg.attn_pv_lut_rows LUT rows, (rows - attn_pv_lut_rows) x cols; K_MAX x K_MAX = 49
+    multipliers and a requantiser per depthwise lane; the vector engine's four datapath multipliers per lane
+    (docs/vector.md). yosys maps a few more
     (the im2col loader's address products, the softmax's); the estimate counts them all."""
     from hw.limits import DW_K_MAX as K_MAX
     from hw.requant import DSPS
     floor = {"gemm": cfg.macs // (2 if cfg.dsp_packing else 1) + DSPS * cfg.requant_lanes}
     if "attention" in cfg.engines:
-        floor["attention"] = cfg.macs
+        floor["attention"] = (cfg.rows - cfg.attn_pv_lut_rows) * cfg.cols
     if "conv" in cfg.engines:
         floor["conv"] = 0
     if "depthwise" in cfg.engines:

@@ -29,6 +29,12 @@ NORM_LATENCY = 3          # NORM start to done = R x (NORM_ROW + chunks x G) + N
 NORM_AGAIN = 1            # ... + 1 once the normaliser has run since reset (it drops the last row's reciprocal first)
 
 
+def pv_lut_delay(cfg) -> int:
+    """Cycles the P V array's last row adds to its R + C: 1 when it is a LUT row (cfg.attn_pv_lut_rows: its
+    product register, hw/attention/pv_array.py), the engine's STEP done then a cycle later."""
+    return int(cfg.attn_pv_lut_rows > 0)
+
+
 class AttentionModel:
     def __init__(self, cfg):
         self.cfg = cfg
@@ -74,7 +80,7 @@ class AttentionModel:
             s0 = max(a + 2, self.bank_done[b] + 2)                    # WAIT sees the bank free, SOFTMAX
             h = max(s0 + R + SOFTMAX_READ + softmax_latency(C), self.handover + self.pv_len)
             dp = (d["k_last"] + 1) * C
-            done = h + dp + R + C + PV_TAIL
+            done = h + dp + R + C + pv_lut_delay(self.cfg) + PV_TAIL
             self.bank_done[b], self.bank, self.handover, self.pv_len = done, 1 - b, h, dp
             self.front_idle = h + 1
         else:

@@ -40,7 +40,8 @@ def part_floor_seconds(attention_macs: int, other_macs: int, dsps: int, macs_per
     DSP an array MAC at full use (none left for the softmax, the requantisers, the vector or depthwise engines),
     `macs_per_dsp` int8 MACs a DSP where the product packs (GEMM, convolution, the attention's Q K^T: half its MACs)
     and one for the attention's P V (the other half: 17-bit probabilities x int8 do not share a multiplier,
-    docs/attention.md)."""
+    docs/attention.md). P V rows in LUTs (cfg.attn_pv_lut_rows) do MACs beyond the DSPs, which this floor
+    does not count: a DSP-only bound."""
     pv = attention_macs / 2
     return ((other_macs + pv) / macs_per_dsp + pv) / (dsps * clock_mhz * 1e6)
 
