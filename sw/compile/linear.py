@@ -19,7 +19,8 @@ Schedule. K fits half a scratchpad ("resident" path): the B scratchpad half hold
 (N-block, M-tile); each A load feeds nb computes. Where the cycle model finds it faster (`_ramp_choice`), block 0
 starts with a ramp (`_resident_order`): its first g x g tiles in K-chunks, so the first computes wait for pieces,
 not whole tile pairs (GEMM 256^3 on a 32 x 32 zcu104: 81.2 % -> 91.5 %; kv260 93.6 -> 96.9 %, zcu104 91.1 ->
-97.6 %, pynq-z2 99.7 -> 99.8 %: `python -c "from benchmarks.presets import run; run(rtl=())"`). Otherwise K is cut into chunks of
+97.6 %, pynq-z2 99.7 -> 99.8 %: `python -c "from benchmarks.presets import run; run(rtl=())"`).
+Otherwise K is cut into chunks of
 half a scratchpad accumulated in place (the accumulate flag), over blocks of mb M-tiles x
 nb N-tiles whose accumulators stay put (`k_split_blocking` picks the blocking with the
 fewest DDR bytes): each chunk's A and B pieces are loaded once per block. Halves alternate (double buffering); every descriptor carries
