@@ -52,17 +52,40 @@ def test_schedule_arrays_equal_schedule(monkeypatch, name, M, K, N, a_rows, relu
     _same_plan(fast, ref)
 
 
-def test_schedule_arrays_leave_runs_to_schedule():
-    """A layer of more computes than one run's wait counts takes the op list's way (split_runs)."""
+# (preset, M, K, N, a_rows, ramp): resident ramps (sw.compile.linear._resident_order) given, not chosen: chunks of
+# unequal length, SPLIT LOADs on token rows, a ramp wider than the tiles, short edge tiles, several blocks.
+RAMPS = [("zcu104", 300, 256, 256, False, (5, 4, 2)), ("kv260", 1000, 96, 384, True, (4, 4, 2)),
+         ("bench16", 37, 200, 700, False, (3, 3, 2)), ("pynq-z2", 70, 40, 50, True, (3, 2, 2)),
+         ("sim", 90, 24, 200, False, (2, 2, 1))]
+
+
+@pytest.mark.parametrize("name,M,K,N,a_rows,ramp", RAMPS)
+def test_schedule_arrays_equal_schedule_with_a_ramp(monkeypatch, name, M, K, N, a_rows, ramp):
+    args = (preset(name), M, K, N, True, False, False, False, 1 << 20, 1 << 40)
+    _same_plan(_plan(monkeypatch, True, *args, a_rows=a_rows, ramp=ramp),
+               _plan(monkeypatch, False, *args, a_rows=a_rows, ramp=ramp))
+
+
+def test_schedule_arrays_leave_runs_to_schedule(monkeypatch):
+    """A layer of more computes than one run's wait counts takes the op list's way (split_runs), without a ramp
+    (split_runs would not load a ramp's pieces again)."""
     cfg = preset("sim")
-    assert L._resident_ops(cfg, 4 * 70_000, 8, 8, False, False, 32, 64, 8) is None
+    assert L._resident_ops(L._resident_order(cfg, 4 * 70_000, 8, 8, False, False, 32, 64, 8, None)) is None
+    monkeypatch.setattr(L, "WAIT_LIMIT", 100)               # (a small layer of several runs)
+    args = (cfg, 4 * 60, 8, 8 * 4, False, False, False, False, 0, 1 << 40)
+    plan = L._linear_plan.__wrapped__(*args, ramp=(2, 2, 1))
+    assert len(plan[5]) > 1 and tuple(plan[3]) == tuple(L._linear_plan.__wrapped__(*args, ramp=None)[3])
 
 
-def _walk(left, first, last, cycles, hazard, spread):
-    """LoadWindows.place as first written: a window at a time from the first with time left."""
+def _walk(left, first, last, cycles, hazard, spread, stream=None):
+    """LoadWindows.place as first written: a window at a time from the first with time left. stream: a dict
+    holding "after", the op after the last load's latest window (LoadWindows' stream rule: a load without a
+    hazard that finds no time left goes there, not right before its op); None: the rule off."""
     at = next((i for i in range(first, len(left)) if left[i]), len(left))
     if at > last:
-        at = min(first + spread, last) if hazard else last
+        at = min(first + spread, last) if hazard else last if stream is None else max(first, min(last, stream["after"]))
+    if stream is not None:
+        stream["after"] = last + 1
     i = at
     while cycles > 0 and i < len(left):
         used = min(cycles, left[i])
@@ -72,22 +95,23 @@ def _walk(left, first, last, cycles, hazard, spread):
     return at
 
 
-@pytest.mark.parametrize("seed", range(4))
-def test_load_windows_place(seed):
+@pytest.mark.parametrize("seed,stream", [(seed, stream) for seed in range(4) for stream in (False, True)])
+def test_load_windows_place(seed, stream):
     rng = random.Random(seed)
     n = 300
     lengths = [rng.choice([1, 5, 32, 96]) for _ in range(n)]
-    w, left = L.LoadWindows.of_lengths(lengths), list(lengths)
+    w, left = L.LoadWindows.of_lengths(lengths, stream), list(lengths)
+    state = dict(after=0) if stream else None
     calls, placed = [], []
     for j in range(1, n):
         for spread in range(rng.choice([0, 1, 1, 3])):
             first = rng.randrange(0, j)
             args = (first, j - 1, rng.choice([1, 20, 41, 105, 300]), rng.random() < 0.7, spread)
             placed.append(w.place(*args))
-            assert placed[-1] == _walk(left, *args)
+            assert placed[-1] == _walk(left, *args, stream=state)
             assert w.left == left
             calls.append(args)
-    at_once = L.LoadWindows.of_lengths(lengths)          # place_all (_scheduled_columns'): the same, in one call
+    at_once = L.LoadWindows.of_lengths(lengths, stream)  # place_all (_scheduled_columns'): the same, in one call
     assert at_once.place_all(*map(list, zip(*calls))) == placed
     assert at_once.left == left
 

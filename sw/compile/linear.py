@@ -16,7 +16,11 @@ The host slices out[:, :N].
 
 Schedule. K fits half a scratchpad ("resident" path): the B scratchpad half holds
 `nb` N-tiles, loaded once per N-block; the A half holds one M-tile, loaded once per
-(N-block, M-tile); each A load feeds nb computes. Otherwise K is cut into chunks of
+(N-block, M-tile); each A load feeds nb computes. Where the cycle model finds it faster (`_ramp_choice`), block 0
+starts with a ramp (`_resident_order`): its first g x g tiles in K-chunks, so the first computes wait for pieces,
+not whole tile pairs (GEMM 256^3 on a 32 x 32 zcu104: 81.2 % -> 91.5 %; kv260 93.6 -> 96.9 %, zcu104 91.1 ->
+97.6 %, pynq-z2 99.7 -> 99.8 %: `python -c "from benchmarks.presets import run; run(rtl=())"`).
+Otherwise K is cut into chunks of
 half a scratchpad accumulated in place (the accumulate flag), over blocks of mb M-tiles x
 nb N-tiles whose accumulators stay put (`k_split_blocking` picks the blocking with the
 fewest DDR bytes): each chunk's A and B pieces are loaded once per block. Halves alternate (double buffering); every descriptor carries
@@ -280,8 +284,7 @@ def blocking_candidates(cfg, mt: int, nt: int, K: int, a_rows: bool = False) -> 
     R, C = cfg.rows, cfg.cols
     a_half, b_half = cfg.a_depth // 2, cfg.b_depth // 2
     regions = max(1, cfg.acc_depth // R // 2)
-    beat = cfg.beat_bytes
-    quantum = math.lcm(beat // math.gcd(beat, R), beat // math.gcd(beat, C), beat if a_rows else 1)
+    quantum = _k_quantum(cfg, a_rows)
     out = []
     for mb in range(1, min(mt, regions) + 1):
         for nb in range(1, min(nt, regions // mb, max(1, cfg.param_depth // 2)) + 1):
@@ -324,15 +327,44 @@ TIMED_TRAFFIC = 1.4
 MIN_K_CHUNK = 64
 
 
+@lru_cache(maxsize=256)
+def _ramp_choice(cfg, K: int, mt: int, nt: int, a_rows: bool, out_int32: bool) -> tuple[int, int, int] | None:
+    """The resident ramp (g, P, SPLIT: `_resident_order`) for a layer of mt M-tiles x nt N-tiles (the caller's
+    counts clamped: RAMP_TIMED_TILES, block 0 and one tile of block 1, what the ramp changes), the fastest of
+    RAMP_CANDIDATES that fit (g + 2 <= A slots, g^2 <= accumulator regions, g <= both tile counts) timed on the cycle
+    model over that sub-layer; None (no ramp) unless one is faster. Once per overlay, K and clamped counts."""
+    from sw.backends.cycles import cycles_only
+    R, C = cfg.rows, cfg.cols
+    limit = min(cfg.a_depth // K - 2, mt, nt)
+    cands = [(g, p, s) for g, p, s in RAMP_CANDIDATES if g <= limit and g * g <= cfg.acc_depth // R]
+    if not cands:
+        return None
+    best, best_cycles = None, None
+    for ramp in [None, *cands]:
+        plan = _linear_plan.__wrapped__(cfg, mt * R, K, nt * C, False, out_int32, False, False, 0, 1 << 40,
+                                        a_rows=a_rows, ramp=ramp)
+        cycles = cycles_only(cfg, plan[1], plan[5])
+        if best_cycles is None or cycles < best_cycles:
+            best, best_cycles = ramp, cycles
+    return best
+
+
+#: The (g, P, SPLIT) `_ramp_choice` times: g x g tiles in P K-chunks, A and B loads in SPLIT LOADs.
+RAMP_CANDIDATES = tuple((g, p, s) for g in (2, 3, 4, 5, 8) for p in (2, 4) for s in (1, 2))
+#: The M-tiles `_ramp_choice` times a layer over (at most): the ramp's and a few after.
+RAMP_TIMED_TILES = 10
+
+
 #: Plans kept (plan_cache): a Hiera stage's blocks repeat a handful of shapes; a video frame repeats them all.
 @plan_cache
 def _linear_plan(cfg, M: int, K: int, N: int, relu: bool, out_int32: bool, fused_table: bool, fused_add: bool,
                  base_addr: int, max_ddr_bytes: int, blocking: tuple[int, int, int] | None = None,
-                 a_rows: bool = False):
+                 a_rows: bool = False, ramp: tuple[int, int, int] | None | str = "auto"):
     """What compile_linear's program is for its shapes, whatever the data: the DDR layout, the packed
     descriptors and their fields (the symbolic ones with their addresses split out for relinking), the runs.
     Kept for the layers of a model that share shapes (a Hiera stage's blocks), whose descriptor lists are
-    most of a compile's time."""
+    most of a compile's time. `ramp` (resident path): (g, P, SPLIT) (`_resident_order`), None for none, "auto"
+    for `_ramp_choice`'s."""
     R, C = cfg.rows, cfg.cols
     mt, nt = -(-M // R), -(-N // C)
     a_half, b_half = cfg.a_depth // 2, cfg.b_depth // 2
@@ -368,49 +400,44 @@ def _linear_plan(cfg, M: int, K: int, N: int, relu: bool, out_int32: bool, fused
     # ---- the op list (before descriptors get their addresses)
     ops: list[dict] = []       # dicts with 'op' and resource annotations
     resident = K <= min(a_half, b_half)
-    tile_no = 0
     descs = runs = None
+    order = None
+    if resident:
+        if ramp == "auto":
+            ramp = _ramp_choice(                           # (a fused epilogue's too: the same schedule)
+                cfg, K, min(mt, RAMP_TIMED_TILES), min(nt, max(1, min(b_half // K, cfg.param_depth // 2)) + 1),
+                a_rows, out_int32)
+        order = _resident_order(cfg, M, K, N, out_int32, a_rows, a_stride, b_stride, a_pitch, ramp)
+        if ramp and max(len(order[0]["acc"]), len(order[1][0])) > WAIT_LIMIT:    # (split_runs would not reload
+            order = _resident_order(cfg, M, K, N, out_int32, a_rows, a_stride, b_stride, a_pitch, None)  # pieces)
     if SCHEDULE_ARRAYS and not (fused_table or fused_add):
-        columns = (_resident_ops(cfg, M, K, N, out_int32, a_rows, a_stride, b_stride, a_pitch) if resident else
+        columns = (_resident_ops(order) if resident else
                    _blocked_ops(cfg, M, K, N, out_int32, a_rows, a_stride, b_stride, a_pitch,
                                 blocking or k_split_blocking(cfg, mt, nt, K, a_rows)))
         if columns is not None:
             descs = _scheduled_columns(cfg, relu, out_int32, *columns[:2], a_pitch if a_rows else 0, columns[2])
     if descs is None and resident:          # (the op list: fused epilogues, several runs, the reference)
-        kc = K
-        nb = max(1, min(b_half // K, cfg.param_depth // 2, nt))
-        step = 0
-        for blk, nj0 in enumerate(range(0, nt, nb)):
-            tiles_n = list(range(nj0, min(nj0 + nb, nt)))
-            hb, hp = blk % 2, blk % 2
-            b_loads = [paced(cfg, dict(op="LOAD", target="B", src=("B", nj * b_stride), count=K,
-                                       sp=hb * b_half + i * K, res=("B", hb, i))) for i, nj in enumerate(tiles_n)]
-            p_loads = [paced(cfg, dict(op="LOAD", target="PARAM", src=("params", nj * C * isa.PARAM_CHANNEL_BYTES),
-                                       count=1, sp=hp * (cfg.param_depth // 2) + i, res=("P", hp, i)))
-                       for i, nj in enumerate(tiles_n)]
-            for mi in range(mt):
-                ha = step % 2
-                a_first = a_load(mi, 0, K, ha * a_half, ("A", ha))
-                for i, nj in enumerate(tiles_n):
-                    region = tile_no % regions_acc
-                    rows = min(R, M - mi * R)
-                    # The block's first row of tiles: each compute brings its own B tile and parameters, so the
-                    # first starts after one tile pair while the rest stream behind it.
-                    loads = ([a_first] if i == 0 else []) + ([b_loads[i], p_loads[i]] if mi == 0 else [])
-                    # (resources per tile of a half: a tile's load waits only for the computes that read it)
-                    ops.append(dict(op="COMPUTE", loads=loads, a=("A", ha), b=("B", hb, i),
-                                    a_base=ha * a_half, b_base=hb * b_half + i * K, k_last=kc - 1,
-                                    acc=region, accumulate=0,
-                                    store=dict(rows=rows, acc=region, param=hp * (cfg.param_depth // 2) + i,
-                                               p=("P", hp, i),
-                                               dst=("out", (mi * R * np_cols + nj * C) * ebytes), stride=np_cols * ebytes)))
-                    tile_no += 1
-                step += 1
+        op_cols, lds, _ = order
+        keys = ("a_base", "b_base", "k_last", "acc", "accumulate", "res_a", "res_b", "store", "rows", "param",
+                "res_p", "dst", "stride")
+        by_op: dict = {}
+        for j, kind, res, count, sp, src, mi in zip(*(c.tolist() for c in lds)):
+            ld = dict(op="LOAD", target=("A", "B", "PARAM")[kind], src=(("A", "B", "params")[kind], src),
+                      count=count, sp=sp, res=(("A", "B", "P")[kind], res))
+            if kind == 0 and a_rows:
+                ld["fields"] = dict(transpose=1, t_rows_last=min(R, M - mi * R) - 1, stride=a_pitch)
+            by_op.setdefault(j, []).append(paced(cfg, ld))
+        for j, (a_base, b_base, k_last, acc, accumulate, res_a, res_b, store, rows, param, res_p, dst,
+                stride) in enumerate(zip(*(op_cols[k].tolist() for k in keys))):
+            ops.append(dict(op="COMPUTE", loads=by_op.get(j, []), a=("A", res_a), b=("B", res_b), a_base=a_base,
+                            b_base=b_base, k_last=k_last, acc=acc, accumulate=accumulate,
+                            store=dict(rows=rows, acc=acc, param=param, p=("P", res_p), dst=("out", dst),
+                                       stride=stride) if store else None))
     elif descs is None:
         # K does not fit half a scratchpad: a block of mb M-tiles x nb N-tiles keeps its accumulators
         # while K streams through in chunks; each chunk's A and B pieces are loaded once per block.
         mb, nb, kc = blocking or k_split_blocking(cfg, mt, nt, K, a_rows)
-        step = blk = 0
+        step = blk = tile_no = 0
         chunks = list(range(0, K, kc))
         for mi0 in range(0, mt, mb):
             tiles_m = list(range(mi0, min(mi0 + mb, mt)))
@@ -452,7 +479,7 @@ def _linear_plan(cfg, M: int, K: int, N: int, relu: bool, out_int32: bool, fused
             fuse_store_table(cfg, ops)
         if fused_add:
             fuse_store_add(cfg, ops, M)
-        descs, runs = schedule_runs(ops, R, relu, out_int32)
+        descs, runs = schedule_runs(ops, R, relu, out_int32, stream=bool(order and order[2].stream))
 
     # ---- addresses
     from sw.runtime.program import SplitDescriptors
@@ -583,52 +610,151 @@ def _op_columns(**cols) -> dict:
     return {k: np.asarray(v, np.int64) for k, v in cols.items()}
 
 
-def _resident_ops(cfg, M: int, K: int, N: int, out_int32: bool, a_rows: bool, a_stride: int, b_stride: int,
-                  a_pitch: int):
-    """_linear_plan's resident op list as _scheduled_columns takes it (ops, loads, windows), or None where it
-    needs more than one run. Op j (the steps, an M-tile each, of a block's nb N-tiles) reads A half
-    (step % 2) and B tile (block % 2, i), its STORE the PARAM entry (block % 2, i) and accumulator region
-    j % regions; a step's first op loads its A tile, a block's first step each B tile and PARAM entry."""
+def _k_quantum(cfg, a_rows: bool) -> int:
+    """The entries a K piece's bounds are a multiple of: on AXI beats in both tiles (and in A's token rows)."""
+    beat = cfg.beat_bytes
+    return math.lcm(beat // math.gcd(beat, cfg.rows), beat // math.gcd(beat, cfg.cols), beat if a_rows else 1)
+
+
+def _cut(count: int, parts: int, quantum: int) -> list[int]:
+    """Bounds of `count` cut into at most `parts` pieces on `quantum` (all but the last of equal length)."""
+    step = -(-(-(-count // parts)) // quantum) * quantum
+    return list(range(0, count, step)) + [count]
+
+
+def _resident_order(cfg, M: int, K: int, N: int, out_int32: bool, a_rows: bool, a_stride: int, b_stride: int,
+                    a_pitch: int, ramp: tuple[int, int, int] | None):
+    """The resident schedule (K fits half a scratchpad), which both its columns (`_resident_ops`) and its op list
+    (`_linear_plan`'s, the reference and the way of fused epilogues and several runs) are made from:
+    (ops, loads, windows), ops as `_scheduled_columns` takes them, loads as columns (op, kind, res, count, sp,
+    src, M-tile) in the order `schedule` places them (per op: A, B, PARAM).
+
+    Without a ramp (None): the steps, an M-tile each, of a block's nb N-tiles; op j reads A half (step % 2) and
+    B tile (block % 2, i), its STORE the PARAM entry (block % 2, i) and accumulator region j % regions; a step's
+    first op loads its A tile, a block's first step each B tile and PARAM entry.
+
+    With a ramp (g, P, SPLIT) the first computes wait for less than a tile pair (issue 15: a 32 x 32 array's
+    first block brings one 525-cycle B tile per 256-cycle compute): block 0's first g x g tiles go in P K-chunks,
+    chunk-major, each chunk in shell order (A_s with B_0 .. B_(s-1), then B_s with A_0 .. A_s: s A and s B
+    pieces feed s^2 computes), then its N-tiles g.. over M-tiles < g, then the M-tiles g.. as without. A lives
+    in slots of K entries (the ramp's g A tiles at once, then two for the other steps, as the halves), the ramp's
+    loads of at least 32 entries are cut in SPLIT LOADs (the descriptor fetch shares the read channel: it waits
+    behind a long LOAD's beats), a PARAM entry loads with its tile's last chunk (only STOREs read it) and the
+    LoadWindows stream. A chunk but the last reads
+    its own resources (its loads wait for no reader of another piece); the last and whole tiles the slot's or
+    tile's (after every piece's readers). Needs g + 2 slots, g^2 accumulator regions (`_ramp_choice`)."""
     R, C = cfg.rows, cfg.cols
     mt, nt = -(-M // R), -(-N // C)
     a_half, b_half, p_half = cfg.a_depth // 2, cfg.b_depth // 2, cfg.param_depth // 2
+    regions = cfg.acc_depth // R
     nb = max(1, min(b_half // K, p_half, nt))
     blocks = [(nj0, min(nb, nt - nj0)) for nj0 in range(0, nt, nb)]
-    n = mt * nt
-    if max(n, len(blocks) * mt + 2 * nt) > WAIT_LIMIT:
-        return None
+    g, P, split = ramp or (1, 1, 1)
+    a_slot, slots = (K, cfg.a_depth // K) if ramp else (a_half, 2)
+    quantum = _k_quantum(cfg, a_rows)
+    kb = np.array(_cut(K, P, quantum), np.int64)
+    P = len(kb) - 1
+    parts = []                                   # (block, M-tile, tile of the block, piece: -1 the whole tile)
+    ramp_ops = 0                                 # the ramp's ops (its tiles' M-tiles and N-tiles in block 0)
+    for b, (_, w) in enumerate(blocks):
+        gg = min(g, mt, w) if b == 0 else 1
+        if gg > 1:
+            shell = [(m, i, p) for p in range(P) for s in range(gg)
+                     for m, i in [(s, i) for i in range(s)] + [(m, s) for m in range(s + 1)]]
+            parts.append((b, *np.array(shell, np.int64).T))
+            parts.append((b, np.tile(np.arange(gg), w - gg), np.repeat(np.arange(gg, w), gg), -1))
+            ramp_ops = len(shell) + gg * (w - gg)
+        else:
+            gg = 0
+        parts.append((b, np.repeat(np.arange(gg, mt), w), np.tile(np.arange(w), mt - gg), -1))
+    blk = np.concatenate([np.full(len(m), b, np.int64) for b, m, _, _ in parts])
+    mi = np.concatenate([m for _, m, _, _ in parts])
+    ti = np.concatenate([i for _, _, i, _ in parts])
+    pc = np.concatenate([np.broadcast_to(np.asarray(p, np.int64), len(m)) for _, m, _, p in parts])
+    n = len(mi)
+    nj = np.array([nj0 for nj0, _ in blocks], np.int64)[blk] + ti
+    step, hb = blk * mt + mi, blk % 2
+    ring = min(g, mt, blocks[0][1]) if ramp else 0                # A slots 0 .. ring - 1: the ramp's M-tiles
+    slot = np.where((blk == 0) & (mi < ring), mi, ring + step % 2)  # (every other step: two slots, as halves)
+    whole = pc < 0
+    q = np.where(whole, P - 1, pc)               # a resource's piece (the last piece's: the whole tile's)
+    k0 = np.where(whole, 0, kb[np.maximum(pc, 0)])
+    kk = np.where(whole, K, kb[np.maximum(pc, 0) + 1] - k0)
+    last = whole | (pc == P - 1)
+    res_b, res_p = slots * P, slots * P + 2 * nb * P     # resource ids: A (slot, piece); B, PARAM (half, tile)
+    if ramp:                                     # a tile's accumulator region: in the order tiles start
+        _, first, inv = np.unique(step * nb + ti, return_index=True, return_inverse=True)
+        rank = np.empty(len(first), np.int64)
+        rank[np.argsort(first)] = np.arange(len(first))
+        acc, accumulate = rank[inv.reshape(-1)] % regions, (np.arange(n) != first[inv.reshape(-1)])
+    else:
+        acc, accumulate = np.arange(n) % regions, np.zeros(n, np.int64)
     ebytes = 4 if out_int32 else 1
     np_cols = nt * C
-    blk = np.concatenate([np.full(mt * w, b, np.int64) for b, (_, w) in enumerate(blocks)])
-    mi = np.concatenate([np.repeat(np.arange(mt), w) for _, w in blocks])
-    ti = np.concatenate([np.tile(np.arange(w), mt) for _, w in blocks])
-    nj = np.concatenate([nj0 + np.tile(np.arange(w), mt) for nj0, w in blocks])
-    step, hb = blk * mt + mi, blk % 2
-    res_b, res_p = 2, 2 + 2 * nb                  # resource ids: A halves 0, 1; B, PARAM (half, tile) from these
-    ops = _op_columns(a_base=(step % 2) * a_half, b_base=hb * b_half + ti * K, k_last=np.full(n, K - 1),
-                      acc=np.arange(n) % (cfg.acc_depth // R), accumulate=np.zeros(n), res_a=step % 2,
-                      res_b=res_b + hb * nb + ti, store=np.ones(n), rows=np.minimum(R, M - mi * R),
-                      param=hb * p_half + ti, res_p=res_p + hb * nb + ti, dst=(mi * R * np_cols + nj * C) * ebytes,
-                      stride=np.full(n, np_cols * ebytes))
-    first = [0]                                   # each step's first op (and one past the last)
-    for _, w in blocks:
-        first += [first[-1] + w * (s + 1) for s in range(mt)]
+    ops = _op_columns(a_base=slot * a_slot + k0, b_base=hb * b_half + ti * K + k0, k_last=kk - 1, acc=acc,
+                      accumulate=accumulate, res_a=slot * P + q, res_b=res_b + (hb * nb + ti) * P + q, store=last,
+                      rows=np.minimum(R, M - mi * R), param=hb * p_half + ti, res_p=res_p + hb * nb + ti,
+                      dst=(mi * R * np_cols + nj * C) * ebytes, stride=np.full(n, np_cols * ebytes))
+
+    def firsts(key, sel=None):
+        """The first op of each value of key (among ops `sel`)."""
+        idx = np.arange(n) if sel is None else np.flatnonzero(sel)
+        return idx[np.unique(key[idx], return_index=True)[1]]
+    # a unit (A of a step, B of a block's tile) loads whole where no piece of it does, else piece by piece
     loads = []
-    for b, (nj0, w) in enumerate(blocks):
-        h = b % 2
-        for m in range(mt):
-            s = b * mt + m
-            j0, ha, rows = first[s], s % 2, min(R, M - m * R)
-            loads.append((j0, 0, first[s - 1] - 1 if s >= 2 else None, 1, 0, ha, K, ha * a_half,
-                          m * R * a_pitch if a_rows else m * a_stride, rows))
-            if m == 0:
-                for i in range(w):
-                    hz = first[(b - 2) * mt + mt - 1] + i if b >= 2 else None    # block b - 2's last step
-                    loads += [(j0 + i, int(i == 0), hz, 1, 1, res_b + h * nb + i, K, h * b_half + i * K,
-                               (nj0 + i) * b_stride, 0),
-                              (j0 + i, 1 + int(i == 0), hz, 2, 2, res_p + h * nb + i, 1, h * p_half + i,
-                               (nj0 + i) * C * isa.PARAM_CHANNEL_BYTES, 0)]
-    return ops, loads, LoadWindows.of_lengths([K] * n)
+    for kind, unit in ((0, step), (1, blk * nb + ti)):
+        at = firsts(unit * (P + 1) + pc + 1)
+        if ramp:
+            at = at[~whole[at] | ~np.isin(unit[at], unit[~whole])]
+        loads.append((at, np.full(len(at), kind)))
+    at = firsts(blk * nb + ti, last)
+    loads.append((at, np.full(len(at), 2)))
+    ld_op, ld_kind = (np.concatenate(c) for c in zip(*loads))
+    by = np.lexsort((ld_kind, ld_op))
+    ld_op, ld_kind = ld_op[by], ld_kind[by]
+    o = ld_op
+    ld_res = np.choose(ld_kind, [ops["res_a"][o], ops["res_b"][o], ops["res_p"][o]])
+    ld_count = np.where(ld_kind == 2, 1, kk[o])
+    ld_sp = np.choose(ld_kind, [ops["a_base"][o], ops["b_base"][o], ops["param"][o]])
+    a_src = mi[o] * R * a_pitch + k0[o] if a_rows else mi[o] * a_stride + k0[o] * R
+    ld_src = np.choose(ld_kind, [a_src, nj[o] * b_stride + k0[o] * C, nj[o] * C * isa.PARAM_CHANNEL_BYTES])
+    ld = [ld_op, ld_kind, ld_res, ld_count, ld_sp, ld_src, mi[o]]
+    if split > 1:                                # long A and B loads in SPLIT LOADs
+        cut = (ld_kind < 2) & (ld_count >= split * 32) & (ld_op < ramp_ops)
+        pieces = [_cut(c, split, quantum) if x else [0, c] for c, x in zip(ld_count.tolist(), cut.tolist())]
+        times = np.array([len(b) - 1 for b in pieces])
+        off = np.concatenate([b[:-1] for b in pieces]).astype(np.int64)
+        cnt = np.concatenate([np.diff(b) for b in pieces]).astype(np.int64)
+        ld = [np.repeat(c, times) for c in ld]
+        per = np.where(ld[1] == 0, 1 if a_rows else R, C)        # bytes of DDR an entry further
+        ld[3], ld[4], ld[5] = cnt, ld[4] + off, ld[5] + off * per
+    return ops, ld, LoadWindows.of_lengths(kk.tolist(), stream=bool(ramp))
+
+
+def _resident_ops(order):
+    """A `_resident_order` as `_scheduled_columns` takes it (ops, loads, windows), or None where it needs more than
+    one run. A load's hazard: the last op before its own that uses its resource (its COMPUTE reads it, or its
+    STORE, a PARAM entry); it may go `after` 1 op after it, a PARAM entry 2 (the STORE follows the next COMPUTE)."""
+    ops, (ld_op, ld_kind, ld_res, ld_count, ld_sp, ld_src, ld_m), windows = order
+    n = len(ops["acc"])
+    if max(n, len(ld_op)) > WAIT_LIMIT:
+        return None
+    stores = np.flatnonzero(ops["store"])
+    ev_res = np.concatenate([ops["res_a"], ops["res_b"], ops["res_p"][stores]])
+    ev_op = np.concatenate([np.arange(n), np.arange(n), stores])
+    span = n + 1
+    key = np.sort(ev_res * span + ev_op)
+    at = np.searchsorted(key, ld_res * span + ld_op) - 1
+    hit = (at >= 0) & (key[np.maximum(at, 0)] // span == ld_res)
+    hazard = np.where(hit, key[np.maximum(at, 0)] % span, -1)
+    starts = np.flatnonzero(np.concatenate([[True], ld_op[1:] != ld_op[:-1]]))
+    spread = np.arange(len(ld_op)) - np.repeat(starts, np.diff(np.append(starts, len(ld_op))))
+    after = np.where(ld_kind == 2, 2, 1)
+    rows = np.where(ld_kind == 0, ops["rows"][ld_op], 0)
+    hz = [None if h < 0 else h for h in hazard.tolist()]
+    loads = list(zip(ld_op.tolist(), spread.tolist(), hz, after.tolist(), ld_kind.tolist(), ld_res.tolist(),
+                     ld_count.tolist(), ld_sp.tolist(), ld_src.tolist(), rows.tolist()))
+    return ops, loads, windows
 
 
 def _blocked_ops(cfg, M: int, K: int, N: int, out_int32: bool, a_rows: bool, a_stride: int, b_stride: int,
@@ -820,12 +946,12 @@ def split_runs(ops: list[dict], limit: int = None) -> list[list[dict]]:
     return runs
 
 
-def schedule_runs(ops: list[dict], R: int, relu: bool, out_int32: bool):
+def schedule_runs(ops: list[dict], R: int, relu: bool, out_int32: bool, stream: bool = False):
     """`schedule` per run of `split_runs`: (all descriptors in order, (first, count) per run or None for one)."""
     descs, runs = Emitter(), []
     for run in split_runs(ops):
         first = len(descs)
-        schedule(run, R, relu, out_int32, out=descs)
+        schedule(run, R, relu, out_int32, out=descs, stream=stream)
         runs.append((first, len(descs) - first))
     return descs, (runs if len(runs) > 1 else None)
 
@@ -851,16 +977,21 @@ class LoadWindows:
     whose window has load time left, and fills windows from there. The in-order dispatcher waits for a
     LOAD while the load unit is busy, so loads bunched after one compute hold up the computes behind them;
     spread this way they stream under the computes (the first computes start after their own tiles only,
-    not after every tile that has no earlier user)."""
+    not after every tile that has no earlier user).
 
-    def __init__(self, ops: list[dict]):
+    `stream` (a resident ramp's, `_resident_order`): a load without a hazard that finds no time left goes after
+    the op that needs the load placed before it, not right before its own op: while the DMA is the bound (a
+    ramp's first tiles) the loads then stream back to back instead of each waiting for its op's predecessor."""
+
+    def __init__(self, ops: list[dict], stream: bool = False):
         self.left = [(op["k_last"] + 1) * max(1, op.get("tiles", 1)) for op in ops]
         self.next = list(range(len(ops) + 1))      # the first window at or after i with time left
+        self.stream, self.after = stream, 0        # (stream: the op after the last load placed's latest window)
 
     @classmethod
-    def of_lengths(cls, left: list[int]) -> "LoadWindows":
+    def of_lengths(cls, left: list[int], stream: bool = False) -> "LoadWindows":
         """Windows of the given lengths (each compute's K steps x tiles)."""
-        w = cls([])
+        w = cls([], stream)
         w.left, w.next = list(left), list(range(len(left) + 1))
         return w
 
@@ -885,11 +1016,12 @@ class LoadWindows:
         """Loads placed in turn, each as `place` says (its arguments as lists): their windows. One loop, no call
         per load (a 65,536-token layer paces ~100,000 loads)."""
         left, nxt, end, free = self.left, self.next, len(self.left), self._free
-        out = []
+        out, stream, after = [], self.stream, self.after
         for lo, hi, c, hz, sp in zip(first, last, cycles, hazard, spread):
             at = lo if nxt[lo] == lo else free(lo)
             if at > hi:
-                at = min(lo + sp, hi) if hz else hi
+                at = min(lo + sp, hi) if hz else max(lo, min(hi, after)) if stream else hi
+            after = hi + 1
             i = at if nxt[at] == at else free(at)
             while c > 0 and i < end:
                 if left[i] > c:
@@ -900,10 +1032,12 @@ class LoadWindows:
                 nxt[i] = i + 1
                 i = i + 1 if nxt[i + 1] == i + 1 else free(i + 1)
             out.append(at)
+        self.after = after
         return out
 
 
-def schedule(ops: list[dict], R: int, relu: bool, out_int32: bool, out: Emitter | None = None) -> Emitter:
+def schedule(ops: list[dict], R: int, relu: bool, out_int32: bool, out: Emitter | None = None,
+             stream: bool = False) -> Emitter:
     """Descriptors in dispatch order with exact waits, for the GEMM and conv compilers.
 
     ops: COMPUTEs in order, each with the loads it needs ("loads": target, src, count, sp,
@@ -914,7 +1048,8 @@ def schedule(ops: list[dict], R: int, relu: bool, out_int32: bool, out: Emitter 
     tiles back to back) with their "acc_regions", and an optional "store" (rows, acc, param,
     p = its PARAM resource, dst, stride, optional "fields" and "acc_regions").
     Appended to `out` (a new Emitter by default): each descriptor's fields in the order of its dict before
-    the Emitter (opcode, ..., its "fields", wait_load, wait_compute, wait_store, dram_addr).
+    the Emitter (opcode, ..., its "fields", wait_load, wait_compute, wait_store, dram_addr). `stream`: the
+    LoadWindows rule of a resident ramp.
     """
     descs = Emitter() if out is None else out
     add, add_at = descs.add, descs.add_at
@@ -931,7 +1066,7 @@ def schedule(ops: list[dict], R: int, relu: bool, out_int32: bool, out: Emitter 
     # while the engine has nothing queued.
     buckets: dict[int, list] = {}
     last_user: dict = {}
-    window = LoadWindows(ops)
+    window = LoadWindows(ops, stream)
     for j, op in enumerate(ops):
         for i, ld in enumerate(op["loads"]):
             hz = last_user.get(ld["res"])
