@@ -6,6 +6,9 @@ RTL (Verilator, operands in DDR behind cocotbext-axi) for the presets small enou
 (the engine's resident slots) over 4096 keys and over 2048 keys, d = 256; the steady state is the
 difference per key tile, over both arrays (Q K^T on the GEMM array, P V on the engine's own).
 
+The P V array's LUT rows (zcu104's last 13 of 32 rows, hw.config attn_pv_lut_rows) are measured on the RTL too:
+pynq-z2 with its last 4 rows in LUTs (`LUT_ROWS_CHECK`, not a board preset), on the sim model and Verilator.
+
     python -m benchmarks presets                       # sim model, every board preset; RTL of pynq-z2
     python -c "from benchmarks.presets import run; run(rtl=())"    # sim model only (seconds)
 """
@@ -17,6 +20,7 @@ from benchmarks.common import report
 
 BOARD_PRESETS = ("pynq-z2", "kv260", "zcu104")
 RTL_PRESETS = ("pynq-z2",)
+LUT_ROWS_CHECK = ("pynq-z2", 4)      # (preset, attn_pv_lut_rows): the LUT rows on an array Verilator runs
 KEYS, D = 4096, 256
 
 
@@ -83,5 +87,8 @@ def run(synth: bool = False, presets=BOARD_PRESETS, rtl=RTL_PRESETS) -> None:
     rows = []
     for name in presets:
         rows += rows_for(preset(name), name in rtl)
+    name, lut_rows = LUT_ROWS_CHECK
+    if name in presets:
+        rows += rows_for(preset(name).replace(name=f"{name}+{lut_rows}lut", attn_pv_lut_rows=lut_rows), name in rtl)
     report("presets", rows, notes=f"GEMM 256x256x256 int8 (whole layer, DMA included); attention: {KEYS} vs "
                                   f"{KEYS // 2} keys, d {D}, S x R queries, steady state per key tile over both arrays")
