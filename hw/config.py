@@ -200,28 +200,30 @@ PRESETS: dict[str, OverlayConfig] = {
                              param_depth=64, axi_data_bits=64, clock_mhz=150.0, board="PYNQ-Z2 xc7z020",
                              engines=("gemm", "attention", "conv", "load_t"), attn_q_slots=4, attn_norm_lanes=1,
                              dsp_packing=True),
-    # Zynq UltraScale+ (128-bit HP): every engine on 16 x 32 (512 int8 MACs in 256 DSPs, 512 P V MACs in
-    # 512), the vector engine with a lane per byte of the 16-byte beat. 32 x 32 with attention needs 1,024
-    # DSPs for its P V array alone: past 85 % of the xck26's 1,248, and past the xczu7ev's 1,728 with the
-    # rest (DSP floors 1,770 and 1,876 at 2 and 4 depthwise lanes). The attention engine's O memories in
-    # UltraRAM (attn_o_uram; a bank per normaliser lane: 2 on kv260 (768 x 40 bits), 4 on zcu104 (512 x 40),
-    # one URAM288 each: 32 and 64 of the parts' 64 and 96). kv260 also keeps its GEMM A and B scratchpads in
-    # UltraRAM (scratch_uram: 6 URAM288), which leaves block RAM room for a 4,096-entry A and 6 query slots
-    # (attention steady state 100 %, 83.7 % with 4). kv260 has one depthwise lane (53 DSPs a lane; its DSPs
-    # are what bind: the depthwise 7 x 7 layers are 4.8 ms of a 2.33 s modelled steady frame at two lanes,
-    # 8.3 ms at one: `sam2fpga profile --preset kv260 --video`). Both fit within 85 % of every resource: `sam2fpga build --board kv260` (figures in
-    # bitstreams/README.md).
+    # Zynq UltraScale+ (128-bit HP), every engine, the vector engine with a lane per byte of the 16-byte beat.
+    # kv260: 16 x 32 (512 int8 MACs in 256 DSPs, 512 P V MACs in 512); 32 x 32 with attention needs 1,024 DSPs
+    # for its P V array alone, past 85 % of the xck26's 1,248, and P V rows in LUTs (164 LUTs a MAC) would
+    # need more LUTs than it has. zcu104: 32 x 32 (1,024 int8 MACs in 512 DSPs, 1,024 P V MACs: 19 rows in
+    # 608 DSPs, the last 13 in LUTs, attn_pv_lut_rows), 2,048 MACs a cycle: all 32 rows in DSPs map 1,840 of
+    # the xczu7ev's 1,728 (85 %: 1,468). The attention engine's O memories in UltraRAM (attn_o_uram; a bank per
+    # normaliser lane, one URAM288 each: 2 x 16 rows on kv260 (768 x 40 bits), 2 x 32 rows on zcu104 (1,024 x
+    # 40): 32 and 64 of the parts' 64 and 96). kv260 also keeps its GEMM A and B scratchpads in UltraRAM
+    # (scratch_uram: 6 URAM288), which leaves block RAM room for a 4,096-entry A and 6 query slots (attention
+    # steady state 100 %, 83.7 % with 4). Both have one depthwise lane (53 DSPs a lane; DSPs are what bind: the
+    # depthwise 7 x 7 layers are 4.8 ms of a 2.33 s modelled kv260 steady frame at two lanes, 8.3 ms at one:
+    # `sam2fpga profile --preset kv260 --video`). Both fit within 85 % of every resource: `sam2fpga build
+    # --board kv260|zcu104` (figures in bitstreams/README.md).
     # Estimates (yosys, per engine): bitstreams/README.md.
     "kv260": OverlayConfig("kv260", rows=16, cols=32, a_depth=4096, b_depth=2048, acc_depth=512,
                            param_depth=128, axi_data_bits=128, clock_mhz=300.0, board="KV260 xck26",
                            engines=("gemm", "attention", "conv", "depthwise", "vector", "load_t"), dw_lanes=1,
                            dw_row_bytes=256, attn_q_slots=6, attn_norm_lanes=2, dsp_packing=True, vec_lanes=16,
                            attn_o_uram=True, scratch_uram=True),
-    "zcu104": OverlayConfig("zcu104", rows=16, cols=32, a_depth=4096, b_depth=4096, acc_depth=1024,
+    "zcu104": OverlayConfig("zcu104", rows=32, cols=32, a_depth=4096, b_depth=4096, acc_depth=1024,
                             param_depth=256, axi_data_bits=128, clock_mhz=300.0, board="ZCU104 xczu7ev",
-                            engines=("gemm", "attention", "conv", "depthwise", "vector", "load_t"), dw_lanes=4,
-                            dw_row_bytes=256, attn_q_slots=8, attn_norm_lanes=4, dsp_packing=True, vec_lanes=16,
-                            attn_o_uram=True),
+                            engines=("gemm", "attention", "conv", "depthwise", "vector", "load_t"), dw_lanes=1,
+                            dw_row_bytes=256, attn_q_slots=8, attn_norm_lanes=2, dsp_packing=True, vec_lanes=16,
+                            attn_o_uram=True, attn_pv_lut_rows=13),
     # The 16 x 16 overlay the benchmarks measure (utilisation, resources).
     "bench16": OverlayConfig("bench16", rows=16, cols=16, a_depth=2048, b_depth=2048, acc_depth=256,
                              param_depth=64, axi_data_bits=128, clock_mhz=200.0, board="(benchmark)",

@@ -251,7 +251,7 @@ def test_o_banks_and_operand_scratchpads_map_to_ultraram_or_their_size_in_block_
     from hw.gemm.engine import operand_memory
 
     kv = preset("kv260")
-    assert o_banks(preset("zcu104")) == (4, 512) and o_banks(kv) == (2, 768) and kv.scratch_uram
+    assert o_banks(preset("zcu104")) == (2, 1024) and o_banks(kv) == (2, 768) and kv.scratch_uram
     res = _map_memories(tmp_path, "kv260", "xcup", [(o_bank_memory(kv), OACC), (operand_memory(
         kv.replace(a_depth=512), "A"), data.ArrayLayout(INT8, kv.rows))])
     assert (res.uram, res.bram36, res.luts) == (1 + 2, 0, 0), res
