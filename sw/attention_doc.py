@@ -49,8 +49,8 @@ def markdown_tables() -> str:
               f"| softmax phase (R rows) -> hand-over to the P V array | R + {S.SOFTMAX_READ} + "
               f"{softmax_latency(8) - tree_stages(8)} + ceil(ceil_log2(C + 1) / 2) (the max tree's stages; "
               f"R + {S.SOFTMAX_READ + softmax_latency(8)} at C = 8), and not before the previous STEP's last channel issues |",
-              f"| P V phase: hand-over -> STEP done (last O write) | d_pad + R + C + {S.PV_TAIL} (+ 1 with P V LUT rows: "
-              "`attn_pv_lut_rows`) |",
+              f"| P V phase: hand-over -> STEP done (last O write) | d_pad + R + C + {S.PV_TAIL} "
+              "(+ 1 with P V LUT rows: `attn_pv_lut_rows`) |",
               "| back-to-back STEPs (steady state) | d_pad each (the next softmax overlaps this P V) |",
               f"| ATTENTION NORM (n chunks of C channels), after all STEPs are done | "
               f"2 + R x ({S.NORM_ROW} + n x G) + {S.NORM_LATENCY} (+ {S.NORM_AGAIN} after the first NORM "
