@@ -66,6 +66,18 @@ def test_schedule_arrays_equal_schedule_with_a_ramp(monkeypatch, name, M, K, N, 
                _plan(monkeypatch, False, *args, a_rows=a_rows, ramp=ramp))
 
 
+@pytest.mark.parametrize("name,M,K,N,timed", [("zcu104", 256, 256, 256, True), ("kv260", 256, 256, 256, True),
+                                               ("pynq-z2", 256, 256, 256, False), ("kv260", 4096, 96, 288, False)])
+def test_ramp_is_timed_only_where_it_could_pay(monkeypatch, name, M, K, N, timed):
+    """The resident ramp's candidates are timed (`_ramp_choice`, 10-100 ms) only where block 0's start could be
+    1 % of the layer (`_ramp_may_pay`): a 256^3 GEMM on the 16 x 32 and 32 x 32 arrays, not on 8 x 8 (0.5 %) nor a
+    4,096-token linear of SAM 2's (0.8 %)."""
+    calls = []
+    monkeypatch.setattr(L, "_ramp_choice", lambda *a: calls.append(a))
+    L._linear_plan.__wrapped__(preset(name), M, K, N, False, False, False, False, 0, 1 << 40)
+    assert bool(calls) == timed
+
+
 def test_schedule_arrays_leave_runs_to_schedule(monkeypatch):
     """A layer of more computes than one run's wait counts takes the op list's way (split_runs), without a ramp
     (split_runs would not load a ramp's pieces again)."""

@@ -18,9 +18,9 @@ Schedule. K fits half a scratchpad ("resident" path): the B scratchpad half hold
 `nb` N-tiles, loaded once per N-block; the A half holds one M-tile, loaded once per
 (N-block, M-tile); each A load feeds nb computes. Where the cycle model finds it faster (`_ramp_choice`), block 0
 starts with a ramp (`_resident_order`): its first g x g tiles in K-chunks, so the first computes wait for pieces,
-not whole tile pairs (GEMM 256^3 on a 32 x 32 zcu104: 81.2 % -> 91.5 %; kv260 93.6 -> 96.9 %, zcu104 91.1 ->
-97.6 %, pynq-z2 99.7 -> 99.8 %: `python -c "from benchmarks.presets import run; run(rtl=())"`).
-Otherwise K is cut into chunks of
+not whole tile pairs (GEMM 256^3 on zcu104's 32 x 32: 81.2 % -> 91.5 %; kv260 93.6 -> 96.9 %: `python -c "from
+benchmarks.presets import run; run(rtl=())"`); timed only where it could save 1 % of the layer (`_ramp_may_pay`:
+not pynq-z2's 256^3, nor most of SAM 2's layers, which gain < 0.1 % from it). Otherwise K is cut into chunks of
 half a scratchpad accumulated in place (the accumulate flag), over blocks of mb M-tiles x
 nb N-tiles whose accumulators stay put (`k_split_blocking` picks the blocking with the
 fewest DDR bytes): each chunk's A and B pieces are loaded once per block. Halves alternate (double buffering); every descriptor carries
@@ -349,6 +349,17 @@ def _ramp_choice(cfg, K: int, mt: int, nt: int, a_rows: bool, out_int32: bool) -
     return best
 
 
+def _ramp_may_pay(cfg, K: int, mt: int, nt: int, nb: int) -> bool:
+    """Whether a resident ramp could save RAMP_MIN_SHARE of a layer of mt x nt tiles whose first block has nb
+    N-tiles: it shortens at most the wait for block 0's B tiles and first A tile (their bytes at a beat a cycle),
+    against the layer's mt x nt x K array cycles. Longer layers are not timed (`_ramp_choice`'s 10-100 ms):
+    SAM 2 tiny's layers gain < 0.1 % from it (`sam2fpga profile`), a 256^3 GEMM on 32 x 32 10 %."""
+    start = (nb * cfg.cols + cfg.rows) * K / cfg.beat_bytes
+    return start >= RAMP_MIN_SHARE * mt * nt * K
+
+
+#: The least share of a layer's array cycles a resident ramp must be able to save to be timed (`_ramp_may_pay`).
+RAMP_MIN_SHARE = 0.01
 #: The (g, P, SPLIT) `_ramp_choice` times: g x g tiles in P K-chunks, A and B loads in SPLIT LOADs.
 RAMP_CANDIDATES = tuple((g, p, s) for g in (2, 3, 4, 5, 8) for p in (2, 4) for s in (1, 2))
 #: The M-tiles `_ramp_choice` times a layer over (at most): the ramp's and a few after.
@@ -404,9 +415,10 @@ def _linear_plan(cfg, M: int, K: int, N: int, relu: bool, out_int32: bool, fused
     order = None
     if resident:
         if ramp == "auto":
+            nb = max(1, min(b_half // K, cfg.param_depth // 2))            # N-tiles a block (at most)
             ramp = _ramp_choice(                           # (a fused epilogue's too: the same schedule)
-                cfg, K, min(mt, RAMP_TIMED_TILES), min(nt, max(1, min(b_half // K, cfg.param_depth // 2)) + 1),
-                a_rows, out_int32)
+                cfg, K, min(mt, RAMP_TIMED_TILES), min(nt, nb + 1), a_rows, out_int32) if _ramp_may_pay(
+                cfg, K, mt, nt, min(nt, nb)) else None
         order = _resident_order(cfg, M, K, N, out_int32, a_rows, a_stride, b_stride, a_pitch, ramp)
         if ramp and max(len(order[0]["acc"]), len(order[1][0])) > WAIT_LIMIT:    # (split_runs would not reload
             order = _resident_order(cfg, M, K, N, out_int32, a_rows, a_stride, b_stride, a_pitch, None)  # pieces)
