@@ -9,7 +9,11 @@ from __future__ import annotations
 import argparse
 import importlib
 import re
+import signal
 import sys
+import threading
+
+from sw import outputs
 
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -65,15 +69,20 @@ def main(argv: list[str] | None = None) -> int:
     errors 1 (OSError and MemoryError included: full disk, read-only folder, too big a problem),
     Ctrl-C 130 (start-up included)."""
     name = "sam2fpga"
+    outputs.interrupted = False
+    previous = _catch_sigint()
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
         name = f"sam2fpga {args.command}"
         module = importlib.import_module(args._module)
         try:
-            return int(module.run(args) or 0)
+            code = int(module.run(args) or 0)
         except UsageError as e:
             parser.error(str(e))  # exits 2
+        if outputs.interrupted:            # a library swallowed the KeyboardInterrupt
+            raise KeyboardInterrupt
+        return code
     except KeyboardInterrupt:
         print(f"{name}: interrupted", file=sys.stderr)
         return 130
@@ -91,6 +100,26 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"{name}: interrupted", file=sys.stderr)     # e.g. numpy turns Ctrl-C in its import into ImportError
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _on_sigint(signum, frame):
+    outputs.interrupted = True
+    raise KeyboardInterrupt
+
+
+def _catch_sigint():
+    """Python's own Ctrl-C handling that also remembers the Ctrl-C (sw.outputs.interrupted), so that a
+    KeyboardInterrupt some library's bare `except:` swallows still ends the command as interrupted, its outputs
+    unwritten. Only where Python handles SIGINT itself (not ignored, as for a shell's background job) and in the
+    main thread; returns the handler to restore, or None."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        return None
+    return signal.signal(signal.SIGINT, _on_sigint)
 
 
 def _caused_by_interrupt(e: BaseException) -> bool:

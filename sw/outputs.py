@@ -24,6 +24,11 @@ import tempfile
 from pathlib import Path
 
 
+#: A Ctrl-C reached the process (set by sw.cli's SIGINT handler, cleared when a command starts). No file is
+#: committed after it: a KeyboardInterrupt that a library's bare `except:` swallowed still leaves the old outputs.
+interrupted = False
+
+
 def _new_file_mode() -> int:
     """What open() would give a new file: 0o666 minus the umask (mkstemp makes 0o600)."""
     umask = os.umask(0)
@@ -46,6 +51,8 @@ def atomic_file(path, mode: str = "wb"):
             yield f
             f.flush()
             os.fsync(f.fileno())
+        if interrupted:
+            raise KeyboardInterrupt
         os.chmod(tmp, path.stat().st_mode & 0o7777 if path.exists() else _new_file_mode())
         os.replace(tmp, path)
     except BaseException:

@@ -289,6 +289,33 @@ def test_ctrl_c_wrapped_by_a_library_is_one_line(monkeypatch, capsys):
         main(["toolchain"])
 
 
+def test_ctrl_c_a_library_swallowed_still_ends_the_command(monkeypatch, capsys, tmp_path):
+    """A library's bare `except:` eats the KeyboardInterrupt: the command still ends as interrupted (130, one
+    line), the file it then writes is not committed, and Python's own SIGINT handler is back afterwards."""
+    import os
+    import signal
+
+    from sw import outputs
+    from sw.commands import toolchain
+    out = tmp_path / "out.txt"
+
+    def swallowing(args):
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1)
+        except:  # noqa: E722  (what the library does)
+            pass
+        outputs.write_text(out, "half a result")
+        return 0
+    monkeypatch.setattr(toolchain, "run", swallowing)
+    assert main(["toolchain"]) == 130
+    assert capsys.readouterr().err == "sam2fpga toolchain: interrupted\n"
+    assert not out.exists() and not list(tmp_path.iterdir())
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    monkeypatch.setattr(toolchain, "run", lambda args: outputs.write_text(out, "whole") and 0)
+    assert main(["toolchain"]) == 0 and out.read_text() == "whole"      # the next command starts afresh
+
+
 def test_ctrl_c_from_the_shell_is_one_line(w, tmp_path):
     """SIGINT at several moments of a segment run's start-up (imports, argument checks, model build),
     counted from the moment `-X importtime` shows sw.cli importing its last module (before that only
@@ -297,9 +324,12 @@ def test_ctrl_c_from_the_shell_is_one_line(w, tmp_path):
     for delay in (0.0, 0.4, 1.5):
         log = tmp_path / f"stderr-{delay}.txt"
         with open(log, "w") as err:
+            # (SIGINT's default action in the child, as a shell gives its foreground job: not whatever this
+            # worker process inherited)
             proc = subprocess.Popen([sys.executable, "-X", "importtime", "-m", "sw.cli", "segment", str(w.img),
                                      "--point", "5,5", "-o", str(w.tmp / "o.png")], cwd=REPO,
-                                    env={"PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL, stderr=err)
+                                    env={"PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL, stderr=err,
+                                    preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
             deadline = time.monotonic() + 30
             while "sw.errors" not in log.read_text() and time.monotonic() < deadline:
                 time.sleep(0.01)
