@@ -6,7 +6,8 @@
 
 The temporary file lives in the destination's folder (a rename is atomic only within one
 file system) and is removed if the body raises, including KeyboardInterrupt: an existing
-`path` keeps its old contents until the new ones are complete on disk.
+`path` keeps its old contents until the new ones are complete on disk. After a Ctrl-C (`interrupted`, which
+sw.cli sets) nothing is committed, even where a library swallowed the KeyboardInterrupt.
 
 `check_output_file` / `check_output_dir` test a destination before any compute starts
 (missing or read-only folder, a directory where a file should go), so a long run cannot
