@@ -101,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: interrupted", file=sys.stderr)     # e.g. numpy turns Ctrl-C in its import into ImportError
         return 130
     finally:
+        outputs.interrupted = False        # (a library using sw.outputs after main() writes as before)
         if previous is not None:
             signal.signal(signal.SIGINT, previous)
 

@@ -25,8 +25,8 @@ import tempfile
 from pathlib import Path
 
 
-#: A Ctrl-C reached the process (set by sw.cli's SIGINT handler, cleared when a command starts). No file is
-#: committed after it: a KeyboardInterrupt that a library's bare `except:` swallowed still leaves the old outputs.
+#: A Ctrl-C reached the command sw.cli.main runs (set by its SIGINT handler, cleared when the command starts and
+#: ends). No file is committed after it: a KeyboardInterrupt a library's bare `except:` swallowed leaves the old ones.
 interrupted = False
 
 
