@@ -289,7 +289,16 @@ def test_ctrl_c_wrapped_by_a_library_is_one_line(monkeypatch, capsys):
         main(["toolchain"])
 
 
-def test_ctrl_c_a_library_swallowed_still_ends_the_command(monkeypatch, capsys, tmp_path):
+@pytest.fixture
+def python_sigint():
+    """Python's own SIGINT handler for the test, as in a new process (a test worker's may have been changed)."""
+    import signal
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
+def test_ctrl_c_a_library_swallowed_still_ends_the_command(monkeypatch, capsys, tmp_path, python_sigint):
     """A library's bare `except:` eats the KeyboardInterrupt: the command still ends as interrupted (130, one
     line), the file it then writes is not committed, and Python's own SIGINT handler is back afterwards."""
     import os
