@@ -103,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         outputs.interrupted = False        # (a library using sw.outputs after main() writes as before)
         if previous is not None:
-            signal.signal(signal.SIGINT, previous)
+            signal.signal(signal.SIGINT, previous[0])
+            sys.unraisablehook = previous[1]
 
 
 def _on_sigint(signum, frame):
@@ -111,16 +112,28 @@ def _on_sigint(signum, frame):
     raise KeyboardInterrupt
 
 
+_unraisable_before = [sys.unraisablehook]     # the hook _catch_sigint replaced, which _on_unraisable calls
+
+
+def _on_unraisable(unraisable):
+    """A KeyboardInterrupt raised where Python cannot pass it on (a weakref callback of an import's module lock,
+    a __del__): CPython would print it as ignored and run on. It is remembered instead (sw.outputs.interrupted,
+    set by _on_sigint): the command runs on to its first output, which is not written, and ends as interrupted."""
+    if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+        _unraisable_before[0](unraisable)
+
+
 def _catch_sigint():
     """Python's own Ctrl-C handling that also remembers the Ctrl-C (sw.outputs.interrupted), so that a
     KeyboardInterrupt some library's bare `except:` swallows still ends the command as interrupted, its outputs
     unwritten. Only where Python handles SIGINT itself (not ignored, as for a shell's background job) and in the
-    main thread; returns the handler to restore, or None."""
+    main thread; returns the SIGINT handler and unraisable hook to restore, or None."""
     if threading.current_thread() is not threading.main_thread():
         return None
     if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         return None
-    return signal.signal(signal.SIGINT, _on_sigint)
+    _unraisable_before[0], sys.unraisablehook = sys.unraisablehook, _on_unraisable
+    return signal.signal(signal.SIGINT, _on_sigint), _unraisable_before[0]
 
 
 def _caused_by_interrupt(e: BaseException) -> bool:

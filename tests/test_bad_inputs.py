@@ -325,6 +325,34 @@ def test_ctrl_c_a_library_swallowed_still_ends_the_command(monkeypatch, capsys, 
     assert main(["toolchain"]) == 0 and out.read_text() == "whole"      # the next command starts afresh
 
 
+def test_ctrl_c_python_cannot_raise_is_one_line_too(monkeypatch, capsys, tmp_path, python_sigint):
+    """Ctrl-C landing in a __del__ (or an import's weakref callback): CPython cannot raise it there and would print
+    "Exception ignored" and run on; the command ends as interrupted at its first output, one line on stderr."""
+    import os
+    import signal
+
+    from sw import outputs
+    from sw.commands import toolchain
+    out = tmp_path / "out.txt"
+
+    class Dying:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(10**6):      # the handler runs in here
+                pass
+
+    def run(args):
+        Dying()
+        outputs.write_text(out, "half a result")
+        return 0
+    monkeypatch.setattr(toolchain, "run", run)
+    unraisable = []                     # what CPython would print as "Exception ignored in ..."
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    assert main(["toolchain"]) == 130
+    assert capsys.readouterr().err == "sam2fpga toolchain: interrupted\n"
+    assert not out.exists() and unraisable == [] and sys.unraisablehook == unraisable.append
+
+
 def test_ctrl_c_from_the_shell_is_one_line(w, tmp_path):
     """SIGINT at several moments of a segment run's start-up (imports, argument checks, model build),
     counted from the moment `-X importtime` shows sw.cli importing its last module (before that only
