@@ -112,17 +112,6 @@ def _on_sigint(signum, frame):
     raise KeyboardInterrupt
 
 
-_unraisable_before = [sys.unraisablehook]     # the hook _catch_sigint replaced, which _on_unraisable calls
-
-
-def _on_unraisable(unraisable):
-    """A KeyboardInterrupt raised where Python cannot pass it on (a weakref callback of an import's module lock,
-    a __del__): CPython would print it as ignored and run on. It is remembered instead (sw.outputs.interrupted,
-    set by _on_sigint): the command runs on to its first output, which is not written, and ends as interrupted."""
-    if not isinstance(unraisable.exc_value, KeyboardInterrupt):
-        _unraisable_before[0](unraisable)
-
-
 def _catch_sigint():
     """Python's own Ctrl-C handling that also remembers the Ctrl-C (sw.outputs.interrupted), so that a
     KeyboardInterrupt some library's bare `except:` swallows still ends the command as interrupted, its outputs
@@ -132,8 +121,17 @@ def _catch_sigint():
         return None
     if signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
         return None
-    _unraisable_before[0], sys.unraisablehook = sys.unraisablehook, _on_unraisable
-    return signal.signal(signal.SIGINT, _on_sigint), _unraisable_before[0]
+    before = sys.unraisablehook
+
+    def quiet(unraisable):
+        """A KeyboardInterrupt raised where Python cannot pass it on (a weakref callback of an import's module
+        lock, a __del__): CPython would print it as ignored and run on. _on_sigint has remembered it
+        (sw.outputs.interrupted): the command runs on to its first output, which is not written, and ends as
+        interrupted."""
+        if not isinstance(unraisable.exc_value, KeyboardInterrupt):
+            before(unraisable)
+    sys.unraisablehook = quiet
+    return signal.signal(signal.SIGINT, _on_sigint), before
 
 
 def _caused_by_interrupt(e: BaseException) -> bool:

@@ -415,10 +415,10 @@ def _linear_plan(cfg, M: int, K: int, N: int, relu: bool, out_int32: bool, fused
     order = None
     if resident:
         if ramp == "auto":
-            nb = max(1, min(b_half // K, cfg.param_depth // 2))            # N-tiles a block (at most)
+            nb = _resident_block(cfg, K, nt)
             ramp = _ramp_choice(                           # (a fused epilogue's too: the same schedule)
                 cfg, K, min(mt, RAMP_TIMED_TILES), min(nt, nb + 1), a_rows, out_int32) if _ramp_may_pay(
-                cfg, K, mt, nt, min(nt, nb)) else None
+                cfg, K, mt, nt, nb) else None
         order = _resident_order(cfg, M, K, N, out_int32, a_rows, a_stride, b_stride, a_pitch, ramp)
         if ramp and max(len(order[0]["acc"]), len(order[1][0])) > WAIT_LIMIT:    # (split_runs would not reload
             order = _resident_order(cfg, M, K, N, out_int32, a_rows, a_stride, b_stride, a_pitch, None)  # pieces)
@@ -622,6 +622,11 @@ def _op_columns(**cols) -> dict:
     return {k: np.asarray(v, np.int64) for k, v in cols.items()}
 
 
+def _resident_block(cfg, K: int, nt: int) -> int:
+    """N-tiles a block of the resident path holds: as many as half of B (K entries each) and half of PARAM take."""
+    return max(1, min(cfg.b_depth // 2 // K, cfg.param_depth // 2, nt))
+
+
 def _k_quantum(cfg, a_rows: bool) -> int:
     """The entries a K piece's bounds are a multiple of: on AXI beats in both tiles (and in A's token rows)."""
     beat = cfg.beat_bytes
@@ -659,7 +664,7 @@ def _resident_order(cfg, M: int, K: int, N: int, out_int32: bool, a_rows: bool, 
     mt, nt = -(-M // R), -(-N // C)
     a_half, b_half, p_half = cfg.a_depth // 2, cfg.b_depth // 2, cfg.param_depth // 2
     regions = cfg.acc_depth // R
-    nb = max(1, min(b_half // K, p_half, nt))
+    nb = _resident_block(cfg, K, nt)
     blocks = [(nj0, min(nb, nt - nj0)) for nj0 in range(0, nt, nb)]
     g, P, split = ramp or (1, 1, 1)
     a_slot, slots = (K, cfg.a_depth // K) if ramp else (a_half, 2)
