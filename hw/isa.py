@@ -49,7 +49,8 @@ class Register:
 
 REGISTERS = [
     Register("CONTROL", 0x00, "w1s", "bit0 START: run DESC_COUNT descriptors from DESC_ADDR; "
-             "bit1 RESET: soft-reset the command processor, engines and counters (self-clearing)"),
+             "bit1 RESET: soft-reset the command processor, engines and counters (self-clearing; a START in the "
+             "same write is ignored)"),
     Register("STATUS", 0x04, "w1c", "bit0 BUSY (ro; after an error, until the AXI transfers in flight have "
              "ended: soft-reset only once it is 0); bit1 DONE (sticky, write 1 to clear); bit2 ERROR (ro, = ERROR != 0)"),
     Register("ERROR", 0x08, "ro", "sticky until RESET: bit0 BAD_OPCODE; bit1 AXI_READ_ERROR (RRESP != OKAY on a "

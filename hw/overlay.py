@@ -14,9 +14,9 @@ overlap (double buffering) without the hardware tracking addresses.
 Later engines (attention, convolution) plug in as further dispatcher outputs with their
 own opcodes (reserved in hw.isa.OPCODES) and LOAD targets, reusing the DMA units.
 """
-from amaranth import Cat, Const, Module, Mux, ResetInserter, Signal, unsigned
+from amaranth import Cat, ClockDomain, ClockSignal, Const, DomainRenamer, Module, Mux, ResetSignal, Signal, unsigned
 from amaranth.lib import data, wiring
-from amaranth.lib.fifo import SyncFIFO, SyncFIFOBuffered
+from amaranth.lib.fifo import SyncFIFOBuffered
 from amaranth.lib.wiring import In, Out
 from amaranth.utils import exact_log2
 
@@ -25,6 +25,7 @@ from hw.axi import BOUNDARY, BURST_INCR, MAX_BURST_BEATS, Axi4Signature, AxiLite
 from hw.conv.depthwise import DepthwiseUnit
 from hw.conv.im2col import Im2colLoader
 from hw.gemm.engine import GemmEngine
+from hw.regfifo import RegisterFIFO2
 
 DESCRIPTOR = data.StructLayout({name: unsigned(width) for name, width, _ in isa.DESCRIPTOR_FIELDS})
 #: Where each engine sits in the overlay's hierarchy: the Overlay's `core`, the Core's submodule per engine
@@ -479,7 +480,7 @@ class Core(wiring.Component):
         # ready comes from the FIFO's registers, not from wready.
         # An int8 row is its first C bytes (bpr8 beats; the beats after them are not sent, so the bits
         # above are the int32 view's, with no gate to clear them).
-        m.submodules.w_rows = w_rows = SyncFIFO(width=C * 32, depth=2)
+        m.submodules.w_rows = w_rows = RegisterFIFO2(C * 32)     # in flip-flops: not a LUT RAM read (hw.regfifo)
         w_beat = Signal(range(max(2, bpr32)))
         row32 = Cat(*[engine.out.payload[j] for j in range(C)])
         m.d.comb += [engine.out.ready.eq(w_rows.w_rdy), w_rows.w_en.eq(engine.out.valid),
@@ -550,7 +551,17 @@ class Overlay(wiring.Component):
         m = Module()
         cfg = self.cfg
         soft_reset = Signal()
-        m.submodules[CORE] = core = ResetInserter(soft_reset)(Core(cfg))
+        # The core has one reset, the bus's or CONTROL's soft reset, from one flip-flop (init 1: set while the
+        # bus is in reset), a cycle after either, and on a global network where the platform has one
+        # (`global_net`): it reaches nearly every flip-flop of the core (~14k on ECP5's ulx3s-gemm), and two
+        # resets ORed at each (a ResetInserter) put that fan-out back in the fabric, the slowest net there.
+        core_reset = Signal(init=1)
+        m.d.sync += core_reset.eq(soft_reset)
+        m.domains.core = ClockDomain("core", local=True)
+        global_net = getattr(platform, "global_net", None)
+        m.d.comb += [ClockSignal("core").eq(ClockSignal()),
+                     ResetSignal("core").eq(global_net(m, core_reset) if global_net else core_reset)]
+        m.submodules[CORE] = core = DomainRenamer("core")(Core(cfg))
         wiring.connect(m, core.m_axi, wiring.flipped(self.m_axi))
 
         desc_addr, desc_count, irq_enable = Signal(32), Signal(32), Signal()
@@ -581,7 +592,9 @@ class Overlay(wiring.Component):
             m.d.sync += bvalid.eq(1)
             with m.Switch(s.awaddr[2:]):
                 with m.Case(reg["CONTROL"] >> 2):
-                    m.d.comb += [core.start.eq(s.wdata[0]), soft_reset.eq(s.wdata[1])]
+                    # RESET wins over a START in the same write (the core's reset comes a cycle later:
+                    # a START let through would begin a fetch that the reset then cuts off mid-burst).
+                    m.d.comb += [core.start.eq(s.wdata[0] & ~s.wdata[1]), soft_reset.eq(s.wdata[1])]
                     with m.If(s.wdata[0] & ~core.busy):
                         m.d.sync += done_flag.eq(0)
                     with m.If(s.wdata[1]):

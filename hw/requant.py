@@ -1,9 +1,9 @@
 """Requantiser: int32 accumulator -> int8, the output stage of every engine.
 
 Implements `golden_model.intops.requantize` bit for bit. A stream in, a stream
-out, six pipeline stages (partial products, their sum, the product, a coarse and a
-fine shift, rounding + relu + saturate), each short enough for 100 MHz on ECP5; the whole
-pipeline stalls when the output is not taken, so no data is ever dropped.
+out, seven pipeline stages (the inputs registered, partial products, their sum, the product, a
+coarse and a fine shift, rounding + relu + saturate), each short enough for 100 MHz on ECP5; the
+whole pipeline stalls when the output is not taken, so no data is ever dropped.
 """
 from amaranth import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
@@ -37,7 +37,7 @@ class Requantizer(wiring.Component):
     o: Out(stream.Signature(signed(OUT_BITS)))
     relu: In(1)
 
-    LATENCY = 6
+    LATENCY = 7
 
     def elaborate(self, platform):
         m = Module()
@@ -54,7 +54,12 @@ class Requantizer(wiring.Component):
         with m.If(advance):
             m.d.sync += valid.eq(Cat(self.i.valid, valid[:-1]))
 
-        acc, mult, shift = self.i.payload.acc, self.i.payload.multiplier, self.i.payload.shift
+        # Stage 0: the inputs registered, so the multipliers take them from flip-flops (what feeds them is
+        # logic: the store's saturation and chunk pick, a LUT into a MULT18X18D on ECP5's slowest path).
+        acc, mult, shift = Signal(signed(ACC_BITS)), Signal(MULT_BITS), Signal(SHIFT_BITS)
+        with m.If(advance):
+            m.d.sync += [acc.eq(self.i.payload.acc), mult.eq(self.i.payload.multiplier),
+                         shift.eq(self.i.payload.shift)]
         # Rounding after the shift, not before: with P the product and s > 0,
         # (P + 2^(s-1)) >> s == ((P >> (s-1)) + 1) >> 1, so the 64-bit adder and the
         # 2^(s-1) decoder give way to a 9-bit increment. And only what decides an int8

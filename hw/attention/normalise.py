@@ -92,37 +92,42 @@ class Normaliser(wiring.Component):
         with m.If(take):
             m.d.sync += grp.eq(Mux(last, 0, grp + 1))
 
-        # stage 1: the products; stage 2: plus half an LSB of the result; stage 3: the shift;
-        # stage 4: saturation, shifted into the output row (lane 0 first, so it ends at the bottom).
+        # stage 1: O and r registered (the multipliers' inputs: on ECP5 the O memories' block RAM outputs
+        # and the row's select in front of the multiplier were the `ulx3s` preset's critical path, 46.3 MHz);
+        # stage 2: the products; stage 3: plus half an LSB of the result; stage 4: the shift;
+        # stage 5: saturation, shifted into the output row (lane 0 first, so it ends at the bottom).
         def stage(value, name, shape=None):
             reg = Signal(shape if shape is not None else value.shape(), name=name)
             with m.If(advance):
                 m.d.sync += reg.eq(value)
             return reg
 
+        # r and e travel with the item: a new row's division may overwrite them while the pipeline holds.
         v1, last1, tag1, e1 = stage(take, "v1"), stage(last, "last1"), stage(inp.tag, "tag1"), stage(e, "e1")
         v2, last2, tag2, e2 = stage(v1, "v2"), stage(last1, "last2"), stage(tag1, "tag2"), stage(e1, "e2")
-        v3, last3, tag3 = stage(v2, "v3"), stage(last2, "last3"), stage(tag2, "tag3")
-        half = (Const(1, unsigned(SUM_BITS + 1)) << e) >> 1      # e now is e1 in stage 2 (the item's row)
+        v3, last3, tag3, e3 = stage(v2, "v3"), stage(last2, "last3"), stage(tag2, "tag3"), stage(e2, "e3")
+        v4, last4, tag4 = stage(v3, "v4"), stage(last3, "last4"), stage(tag3, "tag4")
+        half = (Const(1, unsigned(SUM_BITS + 1)) << e1) >> 1
         # O r = O 2^16 + O (r - 2^16): r is in (2^16, 2^17], so r - 2^16 is r's low 16 bits with bit 16 = r[17]
         # (wires), 17 bits unsigned: O (r - 2^16) is 2 DSPs (41 x 18 signed), where O r (41 x 19) was 4.
         # O 2^16 + half is added beside the product, not after it: on ECP5 (no post-adder) the extra term
         # behind the multiplier was the `ulx3s` preset's critical path (O memory -> multiplier -> two carry
         # chains: 37.2 MHz at 40).
-        r_lo = Cat(r[:RECIP_BITS - 1], r[RECIP_BITS])
+        r_lo = stage(Cat(r[:RECIP_BITS - 1], r[RECIP_BITS]), "r_lo1")
         lo, hi = -(1 << 31), (1 << 31) - 1
         sats = []
         for u in range(U):
-            prod = stage(inp.o[u] * r_lo, f"prod{u}", signed(O_BITS + RECIP_BITS + 1))
-            o_half = stage((inp.o[u] << RECIP_BITS - 1) + half, f"o_half{u}", signed(O_BITS + RECIP_BITS))
+            o = stage(inp.o[u], f"o{u}")
+            prod = stage(o * r_lo, f"prod{u}", signed(O_BITS + RECIP_BITS + 1))
+            o_half = stage((o << RECIP_BITS - 1) + half, f"o_half{u}", signed(O_BITS + RECIP_BITS))
             rounded = stage(prod + o_half, f"rounded{u}", signed(O_BITS + QUOT_BITS + 2))
-            shifted = stage(rounded >> e2, f"shifted{u}", signed(O_BITS + QUOT_BITS + 2))
+            shifted = stage(rounded >> e3, f"shifted{u}", signed(O_BITS + QUOT_BITS + 2))
             sats.append(Mux(shifted > hi, hi, Mux(shifted < lo, lo, shifted))[:32])
         ts = Signal(data.ArrayLayout(signed(32), N))
         tag_out = Signal(16)
         with m.If(advance):
-            m.d.sync += out_valid.eq(v3 & last3)
-            with m.If(v3):
-                m.d.sync += [ts.as_value().eq(Cat(ts.as_value()[32 * U:], *sats)), tag_out.eq(tag3)]
+            m.d.sync += out_valid.eq(v4 & last4)
+            with m.If(v4):
+                m.d.sync += [ts.as_value().eq(Cat(ts.as_value()[32 * U:], *sats)), tag_out.eq(tag4)]
         m.d.comb += [self.o.valid.eq(out_valid), self.o.payload.tag.eq(tag_out), self.o.payload.t.eq(ts)]
         return m

@@ -96,15 +96,13 @@ class TimingHarness(Elaboratable):
             i_RST=0, i_STDBY=0, i_PHASESEL0=0, i_PHASESEL1=0, i_PHASEDIR=1, i_PHASESTEP=1,
             i_PHASELOADREG=1, i_PLLWAKESYNC=0, i_ENCLKOP=0, o_LOCK=locked)
         if self.global_reset:
-            # The overlay's reset reaches the LSR pin of nearly every flip-flop (17.8k on the all-engine
-            # preset) and nextpnr promotes only the clock to a global network: routed in the fabric it was
-            # the most congested net, so a DCCA puts it on a global (small cores do without).
+            # nextpnr promotes only clocks to global networks; a reset routed in the fabric to thousands of
+            # LSR pins was the most congested net. The overlay puts its core's reset on a global itself
+            # (Overlay, `global_net` below); this one reaches the ports' registers and the bus side.
             m.domains.reset_src = ClockDomain("reset_src")
             m.d.comb += ClockSignal("reset_src").eq(clk)
             m.submodules.reset_sync = ResetSynchronizer(~locked, domain="reset_src")
-            rst_global = Signal()
-            m.submodules.reset_global = Instance("DCCA", i_CLKI=ResetSignal("reset_src"), i_CE=1, o_CLKO=rst_global)
-            m.d.comb += ResetSignal("sync").eq(rst_global)
+            m.d.comb += ResetSignal("sync").eq(platform.global_net(m, ResetSignal("reset_src")))
         else:
             m.submodules.reset_sync = ResetSynchronizer(~locked, domain="sync")
         # No explicit constraint: nextpnr derives the PLL output's from FREQUENCY_PIN_CLKOP.
@@ -133,10 +131,10 @@ class TimingHarness(Elaboratable):
                 bit += 13
             elif not self.port_registers:
                 outputs.append(value.xor())
-            else:
-                port_out = Signal(name=f"out_{name}")
-                m.d.sync += port_out.eq(value.xor())
-                outputs.append(port_out)
+            else:       # the whole port registered, then folded: the XOR's LUTs are not on the core's paths
+                port_out, port_fold = Signal(width, name=f"out_{name}"), Signal(name=f"fold_{name}")
+                m.d.sync += [port_out.eq(value), port_fold.eq(port_out.xor())]
+                outputs.append(port_fold)
         m.d.sync += fold.eq(_xor_all(outputs))
         m.submodules.led = led = io.Buffer("o", platform.request("led", 0, dir="-"))
         m.d.comb += led.o.eq(fold)
@@ -163,7 +161,12 @@ class Ecp5FlowError(RuntimeError):
 
 
 class RoutingFailed(Ecp5FlowError):
-    """nextpnr's router stopped converging; the message has its progress and what to try."""
+    """nextpnr's router stopped converging; the message has its progress and what to try, `status` the
+    progress alone."""
+
+    def __init__(self, message: str, status: str = ""):
+        super().__init__(message)
+        self.status = status
 
 
 def build_ecp5(core: wiring.Component, name: str, out_dir: Path, target_mhz: float,
@@ -214,7 +217,7 @@ def run_flow_script(out_dir: Path, name: str, what: str, progress=None, stall_it
                 raise RoutingFailed(
                     f"nextpnr does not route this design ({what}): {state.status()}, none fewer in "
                     f"{stall_iterations} iterations; stopped. Try another seed or placer, or a smaller "
-                    f"preset; the log is {log}")
+                    f"preset; the log is {log}", state.status())
     except BaseException:              # a stalled router, ^C: nextpnr must not run on unseen
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait()
@@ -255,6 +258,14 @@ def _ulx3s_85f_build_only():
         @property
         def required_tools(self):
             return [t for t in super().required_tools if t != "openFPGALoader"]
+
+        @staticmethod
+        def global_net(m, signal):
+            """`signal` through a DCCA onto a global network: nextpnr promotes only clocks, and a reset
+            routed in the fabric to thousands of LSR pins is the most congested net (hw.overlay.Overlay)."""
+            on_global = Signal()
+            m.submodules += Instance("DCCA", i_CLKI=signal, i_CE=1, o_CLKO=on_global)
+            return on_global
     return Platform()
 
 

@@ -25,7 +25,7 @@ PV_TAIL = 3               # stages A-C (O read, rescale product, round + add + w
 NORM_ROW = 20             # per query row: reciprocal (18 division steps) and hand-over; then the row's chunks x G
                           # lane groups, one a cycle (G = cols / norm_lanes: the lanes share G x fewer multipliers,
                           # and the O memories give norm_lanes channels a cycle)
-NORM_LATENCY = 3          # NORM start to done = R x (NORM_ROW + chunks x G) + NORM_LATENCY ...
+NORM_LATENCY = 4          # NORM start to done = R x (NORM_ROW + chunks x G) + NORM_LATENCY ...
 NORM_AGAIN = 1            # ... + 1 once the normaliser has run since reset (it drops the last row's reciprocal first)
 
 
