@@ -182,7 +182,7 @@ PRESETS: dict[str, OverlayConfig] = {
     # depthwise engine's 49 multipliers per lane do not fit beside attention. Fmax and the runs:
     # bitstreams/README.md.
     "ulx3s": OverlayConfig("ulx3s", rows=2, cols=8, a_depth=1024, b_depth=1024, acc_depth=64,
-                           param_depth=16, axi_data_bits=64, clock_mhz=40.0, board="ULX3S-85F LFE5U-85F",
+                           param_depth=16, axi_data_bits=64, clock_mhz=50.0, board="ULX3S-85F LFE5U-85F",
                            engines=("gemm", "attention"), attn_max_dim=64, attn_norm_lanes=1, pv_preadd=False),
     "ulx3s-gemm": OverlayConfig("ulx3s-gemm", rows=2, cols=8, a_depth=1024, b_depth=1024, acc_depth=64,
                                 param_depth=16, axi_data_bits=64, clock_mhz=50.0, board="ULX3S-85F LFE5U-85F",

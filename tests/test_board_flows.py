@@ -163,6 +163,34 @@ def test_build_zynq_without_vivado_generates_and_says_how(tmp_path, capsys, monk
     dry_run((tmp_path / "sam2fpga_pynq_z2.tcl").read_text())
 
 
+@pytest.mark.parametrize("argv, routes_at, exit_code", [([], 2, 0), ([], None, 1), (["--seed", "5"], 5, 0),
+                                                     (["--seed", "1"], 2, 1)])
+def test_ecp5_flow_tries_the_next_seed_where_one_does_not_route(argv, routes_at, exit_code, tmp_path, capsys,
+                                                                 monkeypatch):
+    """Without --seed the flow goes on to seeds 2 and 3 when router2 stalls; with --seed it tries that one only."""
+    from hw.flows import ecp5
+
+    tried = []
+
+    def fake_build(core, name, out_dir, target_mhz, seed, **_):
+        tried.append(seed)
+        if seed != routes_at:
+            raise ecp5.RoutingFailed(f"nextpnr does not route this design (seed {seed}): ...", "1 overused wire")
+        return ecp5.Ecp5Report(out_dir / "top.bit", 52.8, target_mhz, {"MULT18X18D": (92, 156)}, "path")
+    monkeypatch.setattr(ecp5, "build_ecp5", fake_build)
+    assert main(["build", "--board", "ulx3s-85f", *argv, "-o", str(tmp_path)]) == exit_code
+    out, err = capsys.readouterr()
+    if argv:
+        assert tried == [int(argv[1])]
+    else:
+        assert tried == [1, 2] if routes_at else tried == [1, 2, 3]
+        assert "seed 1 does not route (1 overused wire): the next seed" in out
+    if exit_code == 0:
+        assert json.loads((tmp_path / "report.json").read_text())["seed"] == routes_at
+    else:
+        assert "does not route" in err and ("(seeds 1, 2, 3 tried)" in err) == (not argv)
+
+
 @pytest.mark.slow(seconds=300)
 def test_ecp5_open_flow_meets_the_small_preset_clock(tmp_path, capsys):
     """The whole open flow on the small ECP5 preset (GEMM + convolution; `ulx3s`, GEMM + attention,

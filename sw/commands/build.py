@@ -19,6 +19,10 @@ from sw import outputs
 #: The share of each of the part's resources a preset aims to stay within (issue 15; room for Vivado's placer).
 TARGET_SHARE = 85
 
+#: The ECP5 flow's placement seeds, tried in turn while router2 cannot route a placement (`ulx3s` at seed 1
+#: stalls at one overused wire; bitstreams/README.md, ULX3S section). `--seed N` tries N only.
+ECP5_SEEDS = (1, 2, 3)
+
 #: The preset each board builds unless told otherwise.
 DEFAULT_PRESET = {"kv260": "kv260", "zcu104": "zcu104", "pynq-z2": "pynq-z2", "ulx3s-85f": "ulx3s"}
 
@@ -30,7 +34,9 @@ def add_arguments(parser):
     parser.add_argument("--jobs", type=int, default=4, help="Vivado implementation jobs (default 4)")
     parser.add_argument("--skip-estimate", action="store_true",
                         help="Zynq boards: skip the yosys estimate (minutes for the large presets)")
-    parser.add_argument("--seed", type=int, default=1, help="ulx3s-85f: nextpnr's placement seed (default 1)")
+    parser.add_argument("--seed", type=int,
+                        help=f"ulx3s-85f: nextpnr's placement seed (default: {', '.join(map(str, ECP5_SEEDS))} "
+                             "in turn, the next where one does not route)")
     parser.add_argument("--placer", choices=("static", "heap"),
                         help="ulx3s-85f: nextpnr's placer (default static: it routes `ulx3s`, HeAP does not)")
 
@@ -49,7 +55,7 @@ def run(args) -> int:
     if board.vendor == "xilinx" and cfg.axi_data_bits != board.axi_data_bits:
         raise UsageError(f"preset {cfg.name!r} has a {cfg.axi_data_bits}-bit AXI master but {board.name}'s "
                          f"HP port is {board.axi_data_bits}-bit: pick a preset made for {board.name}")
-    if board.vendor != "lattice" and (args.placer or args.seed != 1):
+    if board.vendor != "lattice" and (args.placer or args.seed is not None):
         raise UsageError("--seed and --placer choose nextpnr's placement: they are for --board ulx3s-85f; "
                          "Vivado places the Zynq boards")
     floors = dsp_floor_by_engine(cfg)
@@ -140,31 +146,39 @@ def _vivado_flow(cfg, signature, board, out: Path, jobs: int) -> dict:
     return {"vivado": "ok", "bitstream": str(out / f"{design}.bit"), "hwh": str(out / f"{design}.hwh")}
 
 
-def _open_flow(cfg, board, out: Path, seed: int = 1, placer: str | None = None) -> dict:
-    from hw.flows.ecp5 import OVERLAY_PLACER, Ecp5FlowError, build_ecp5
+def _open_flow(cfg, board, out: Path, seed: int | None = None, placer: str | None = None) -> dict:
+    from hw.flows.ecp5 import OVERLAY_PLACER, Ecp5FlowError, RoutingFailed, build_ecp5
     from hw.flows.tools import ToolMissing
     from hw.overlay import Overlay
     from sw.cli import CommandError
     placer = placer or OVERLAY_PLACER
-    print(f"[ecp5]     yosys synth_ecp5 + nextpnr-ecp5 ({placer} placer, seed {seed}) + ecppack for {board.part} "
-          f"at {cfg.clock_mhz:g} MHz (minutes: 5 for `ulx3s-gemm`, 10-15 for `ulx3s`)...")
+    seeds = ECP5_SEEDS if seed is None else (seed,)
     t0 = time.monotonic()
 
     def progress(line):
         print(f"           {time.monotonic() - t0:5.0f} s  {line}", flush=True)
-    progress("synthesis (yosys)")
-    try:
-        rep = build_ecp5(Overlay(cfg), TOP, out / "ecp5", target_mhz=cfg.clock_mhz, board=board.name, seed=seed,
-                         placer=placer, port_registers=True, global_reset=True, progress=progress)
-    except (ToolMissing, Ecp5FlowError) as e:
-        raise CommandError(str(e)) from None
+    for seed in seeds:
+        print(f"[ecp5]     yosys synth_ecp5 + nextpnr-ecp5 ({placer} placer, seed {seed}) + ecppack for {board.part} "
+              f"at {cfg.clock_mhz:g} MHz (minutes: 5 for `ulx3s-gemm`, 10-15 for `ulx3s`)...")
+        progress("synthesis (yosys)")
+        try:
+            rep = build_ecp5(Overlay(cfg), TOP, out / "ecp5", target_mhz=cfg.clock_mhz, board=board.name, seed=seed,
+                             placer=placer, port_registers=True, global_reset=True, progress=progress)
+            break
+        except RoutingFailed as e:
+            if seed == seeds[-1]:
+                tried = f" (seeds {', '.join(map(str, seeds))} tried)" if len(seeds) > 1 else ""
+                raise CommandError(f"{e}{tried}") from None
+            print(f"[ecp5]     seed {seed} does not route ({e.status}): the next seed", flush=True)
+        except (ToolMissing, Ecp5FlowError) as e:
+            raise CommandError(str(e)) from None
     for k in ("TRELLIS_COMB", "TRELLIS_FF", "MULT18X18D", "DP16KD"):
         used, cap = rep.utilisation.get(k, (0, 0))
         print(f"           {k:>12}: {used:>6} / {cap}")
     verdict = "meets" if rep.meets_timing else "MISSES"
     print(f"           Fmax {rep.fmax_mhz:.1f} MHz {verdict} the {cfg.clock_mhz:g} MHz target "
           f"({time.monotonic() - t0:.0f} s); bitstream {rep.bitstream}")
-    result = {"fmax_mhz": rep.fmax_mhz, "target_mhz": cfg.clock_mhz, "utilisation": rep.utilisation,
+    result = {"fmax_mhz": rep.fmax_mhz, "target_mhz": cfg.clock_mhz, "seed": seed, "utilisation": rep.utilisation,
               "bitstream": str(rep.bitstream), "critical_path": rep.critical_path}
     if not rep.meets_timing:
         outputs.write_text(out / "critical_path.txt", rep.critical_path)
