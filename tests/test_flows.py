@@ -197,9 +197,19 @@ def test_flow_script_with_a_stalled_router_is_stopped(tmp_path):
 
 
 def test_flow_script_failure_gives_the_tools_output(tmp_path):
-    _flow_script(tmp_path, "echo 'ERROR: Failed to route' ; exit 3\n")
-    with pytest.raises(Ecp5FlowError, match="(?s)exit 3.*Failed to route"):
+    _flow_script(tmp_path, "echo 'ERROR: Unable to place cell' ; exit 3\n")
+    with pytest.raises(Ecp5FlowError, match="(?s)exit 3.*Unable to place cell") as e:
         run_flow_script(tmp_path, "x", "test")
+    assert not isinstance(e.value, RoutingFailed)
+
+
+def test_an_arc_router2_cannot_route_is_a_routing_failure(tmp_path):
+    """router2 giving up on one arc (seen: the core reset's net to its DCCA, `ulx3s-gemm` at seed 2) is a
+    placement that does not route, as a stalled router is: `sam2fpga build` goes on to the next seed."""
+    _flow_script(tmp_path, "echo \"ERROR: Failed to route arc 0.0 of net 'core.core_reset'\" ; exit 1\n")
+    with pytest.raises(RoutingFailed, match="does not route.*arc 0.0 of net 'core.core_reset'.*another seed") as e:
+        run_flow_script(tmp_path, "x", "test")
+    assert e.value.status == "Failed to route arc 0.0 of net 'core.core_reset'"
 
 
 def test_estimate_reports_progress_while_yosys_runs(tmp_path, monkeypatch, requant_verilog):

@@ -226,6 +226,10 @@ def run_flow_script(out_dir: Path, name: str, what: str, progress=None, stall_it
         say(phase)
     if proc.returncode != 0:
         tail = (out_dir / f"{name}.out").read_text(errors="replace")[-2000:]
+        unrouted = re.search(r"ERROR: (Failed to route .*)", tail)
+        if unrouted:     # a placement router2 cannot route at all (a net to a DCCA's input has been seen)
+            raise RoutingFailed(f"nextpnr does not route this design ({what}): {unrouted.group(1)}. Try another "
+                                f"seed or placer; the log is {log}", unrouted.group(1))
         raise Ecp5FlowError(f"the ECP5 flow failed (exit {proc.returncode}) in {out_dir}:\n{tail}")
     return log
 

@@ -30,7 +30,7 @@ FETCH_AFTER_LOAD = 1      # a fetch queued behind a LOAD: its first beat after t
 READ_LATENCY = 4          # AR handshake to first R beat
 STORE_ADD_LATENCY = 2     # the residual add's stages (hw/gemm/engine.py StoreAdd: products, then round and saturate)
 STORE_LATENCY = 5         # row to B response, per store descriptor
-STORE_START = {False: 10,  # dispatch to the first int8 row in the W FIFO (accumulator read, 3 stages, requantiser, FIFO)
+STORE_START = {False: 10, # dispatch to the first int8 row in the W FIFO (accumulator read, 3 stages, requantiser, FIFO)
                True: 5}   # int32 rows skip the requantisers
 START_CYCLES = 3
 LOAD_PIPELINE = 5         # LOAD: dispatch to done beyond its bursts and beats (hw/overlay.py's load unit)
