@@ -161,8 +161,8 @@ class Ecp5FlowError(RuntimeError):
 
 
 class RoutingFailed(Ecp5FlowError):
-    """nextpnr's router stopped converging; the message has its progress and what to try, `status` the
-    progress alone."""
+    """nextpnr's router stopped converging, or gave up on an arc; the message says so and what to try,
+    `status` the router's state alone."""
 
     def __init__(self, message: str, status: str = ""):
         super().__init__(message)
