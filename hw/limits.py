@@ -5,6 +5,10 @@ and so does sw/, which must run on the board's ARM without Amaranth.
 """
 from __future__ import annotations
 
+# ---------------------------------------------------------------- requantiser (hw/requant.py)
+REQUANT_LATENCY = 7            # its pipeline stages: the store's and the depthwise engine's cycles count them
+
+
 # ---------------------------------------------------------------- convolution engine (hw/conv/im2col.py)
 MAX_KERNEL = 7                 # the largest K x K kernel the im2col loader gathers
 

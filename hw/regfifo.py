@@ -14,8 +14,6 @@ from amaranth.lib.wiring import In, Out
 class RegisterFIFO2(wiring.Component):
     """w_data/w_en/w_rdy in, r_data/r_en/r_rdy out, `level` 0..2; first in, first out."""
 
-    depth = 2
-
     def __init__(self, width: int):
         self.width = width
         super().__init__({

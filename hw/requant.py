@@ -10,6 +10,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from golden_model.intops import ACC_BITS, MULT_BITS, OUT_BITS, SHIFT_BITS
+from hw.limits import REQUANT_LATENCY
 
 PRODUCT_BITS = ACC_BITS + MULT_BITS + 1   # signed acc x unsigned m (as the four partial products sum it)
 T_BITS = 9             # T = P >> max(s - 1, 0) saturated: the fewest bits rounding and int8 saturation cannot tell
@@ -37,7 +38,7 @@ class Requantizer(wiring.Component):
     o: Out(stream.Signature(signed(OUT_BITS)))
     relu: In(1)
 
-    LATENCY = 7
+    LATENCY = REQUANT_LATENCY
 
     def elaborate(self, platform):
         m = Module()

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from hw import isa
-from hw.limits import DW_ROW_SLOTS, im2col_row_beats
+from hw.limits import DW_ROW_SLOTS, REQUANT_LATENCY, im2col_row_beats
 from sw.lru import Lru
 
 FETCH_CYCLES = 4          # a fetch AR -> descriptor in the FIFO and the next fetch AR (plus its beats)
@@ -30,7 +30,8 @@ FETCH_AFTER_LOAD = 1      # a fetch queued behind a LOAD: its first beat after t
 READ_LATENCY = 4          # AR handshake to first R beat
 STORE_ADD_LATENCY = 2     # the residual add's stages (hw/gemm/engine.py StoreAdd: products, then round and saturate)
 STORE_LATENCY = 5         # row to B response, per store descriptor
-STORE_START = {False: 10, # dispatch to the first int8 row in the W FIFO (accumulator read, 3 stages, requantiser, FIFO)
+STORE_START = {False: 3 + REQUANT_LATENCY,  # dispatch to the first int8 row in the W FIFO: the requantiser and
+                                            # 3 (the accumulator read, the stages before it, the FIFO)
                True: 5}   # int32 rows skip the requantisers
 START_CYCLES = 3
 LOAD_PIPELINE = 5         # LOAD: dispatch to done beyond its bursts and beats (hw/overlay.py's load unit)
@@ -38,7 +39,7 @@ IM2COL_CYCLES = 4         # command start, last entry written, done
 IM2COL_AR_PERIOD = 1      # IM2COL: cycles per row by which its bursts run ahead of a fetch (fitted to the RTL)
 IM2COL_FIRST_R = 2        # IM2COL: dispatch to the end of its first row's beats, less one row period
 DW_START = 3              # DEPTHWISE: command accepted to first AR
-DW_DRAIN = 18             # last pixel issued to last B response: window, MACs, sums, bias, requantiser, write
+DW_DRAIN = 11 + REQUANT_LATENCY   # last pixel issued to last B response: window, MACs, sums, bias, requantiser, write
 
 # Per-descriptor classes of the recurrence (K_*), decoded once.
 K_LOAD, K_IM2COL, K_COMPUTE, K_STORE, K_SLOT, K_ATTENTION, K_SYNC, K_BAD = range(8)
